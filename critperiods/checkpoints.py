@@ -1,0 +1,117 @@
+"""Checkpoint files: what a training job writes and every later stage reads.
+
+A training job writes one *piece* of a trajectory: a trunk segment
+(``trunk/e{E}.pt``: the blurred trunk up to epoch E) or a branch
+(``switch{K}.pt``). A piece holds the complete training state at its end
+(to continue from) and the checkpoints (weights + buffers) of the epochs it
+covers, each tagged with epoch, step, phase and the training-config hash.
+
+Files are written atomically and read with ``torch.load(weights_only=True)``:
+a checkpoint is data, never code. A truncated file, a foreign file, or one of
+another training config is refused with a message naming the file and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from critperiods.files import torch_save_atomic
+
+FORMAT = "critperiods-trajectory/1"
+RESUME_FORMAT = "critperiods-resume/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used, with the file and the reason."""
+
+
+def config_hash(training_params: dict) -> str:
+    """Hash of everything that shapes the blurred trunk (12 hex digits).
+
+    ``lr_after_switch`` only affects branches, so it is left out: switching it
+    keeps the trunks valid (branches record it separately).
+    """
+    params = json.loads(json.dumps(training_params, sort_keys=True))
+    params.get("optimizer", {}).pop("lr_after_switch", None)
+    blob = json.dumps(params, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def save_piece(path: str | Path, *, config_hash: str, identity: dict, state: dict,
+               checkpoints: list[dict]) -> None:
+    """Write a trajectory piece atomically."""
+    torch_save_atomic(
+        {"format": FORMAT, "config_hash": config_hash, "identity": identity,
+         "state": state, "checkpoints": checkpoints},
+        path,
+    )
+
+
+def _read(path: str | Path, fmt: str) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - every unpickling failure means the same
+        raise CheckpointError(
+            f"{path}: cannot be read ({type(err).__name__}: {err}); it is truncated or "
+            "corrupt — delete it and rerun the workflow to regenerate it"
+        ) from err
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: not a critperiods file of format {fmt!r} (found {found!r})")
+    return payload
+
+
+def load_piece(path: str | Path, expected_hash: str) -> dict:
+    """Read a piece and check that it belongs to the training config ``expected_hash``."""
+    payload = _read(path, FORMAT)
+    if payload["config_hash"] != expected_hash:
+        raise CheckpointError(
+            f"{path}: belongs to training config {payload['config_hash']}, but this run's "
+            f"config is {expected_hash}; it was made with other settings — delete it or use "
+            "another experiment name"
+        )
+    return payload
+
+
+def save_resume(path: str | Path, *, config_hash: str, identity: dict, state: dict,
+                checkpoints: list[dict]) -> None:
+    """Write the resumable state of an unfinished job (never a declared output)."""
+    torch_save_atomic(
+        {"format": RESUME_FORMAT, "config_hash": config_hash, "identity": identity,
+         "state": state, "checkpoints": checkpoints},
+        path,
+    )
+
+
+def load_resume(path: str | Path, config_hash: str, identity: dict) -> dict | None:
+    """The resumable state at ``path`` if it belongs to this very job, else None."""
+    if not Path(path).exists():
+        return None
+    try:
+        payload = _read(path, RESUME_FORMAT)
+    except CheckpointError:
+        return None  # an unreadable resume file only costs the work since the job started
+    if payload["config_hash"] != config_hash or payload["identity"] != identity:
+        return None
+    return payload
+
+
+def checkpoint_map(piece: dict) -> dict[int, dict[str, Any]]:
+    """``{epoch: checkpoint}`` of a loaded piece."""
+    return {int(c["epoch"]): c for c in piece["checkpoints"]}
+
+
+def load_checkpoints(paths: list[str | Path], expected_hash: str) -> list[dict]:
+    """All checkpoints of several pieces (e.g. every trunk segment), sorted by epoch."""
+    found: dict[int, dict] = {}
+    for path in paths:
+        found.update(checkpoint_map(load_piece(path, expected_hash)))
+    return [found[e] for e in sorted(found)]

@@ -1,0 +1,43 @@
+"""Atomic file writes: a reader never sees a half-written output.
+
+Every stage writes to a temporary file in the destination folder and renames
+it into place with ``os.replace`` (atomic on POSIX within one file system), so
+a job killed mid-write leaves either the old file or none, never a torso.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_atomic(path: str | os.PathLike, writer: Callable[[Path], Any]) -> None:
+    """Call ``writer(tmp_path)`` and move the result onto ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+
+
+def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` that never leaves a partial file at ``path``."""
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))

@@ -1,0 +1,503 @@
+"""Local learning coefficient (LLC) estimation by localised, tempered SGLD.
+
+The estimator follows Lau et al. (2023) and the devinterp library.  Each chain starts at the
+checkpoint weights ``w*`` and runs
+
+    w <- w - (eps/2) * [nbeta * grad L_B(w) + gamma * (w - w*)] + sqrt(eps) * N(0, I)
+
+where ``L_B`` is the mean loss of a minibatch and ``nbeta`` the inverse temperature times ``n``
+(default ``n / ln n``).  The estimate per chain is
+
+    llc_hat = nbeta * (mean over post-burn-in draws of L_B(w_t) - L_n(w*)),
+
+with ``L_n(w*)`` the checkpoint's loss on all ``n`` samples.  Burn-in draws are discarded
+(devinterp 2.x averages them in, which biases short runs towards the initial loss).
+
+Why batched: all chains are advanced together by ONE vmapped forward (``torch.func.vmap`` of
+``functional_call``) and one backward per step over a ``(chains, n_params)`` parameter matrix,
+so the Python overhead per step does not grow with the number of chains and everything stays
+on the model's device.  Each chain still draws its own minibatch indices and its own noise
+from one seeded generator, so a run is bitwise reproducible for a fixed ``LLCConfig.seed`` on
+a given machine.
+
+Any ``nn.Module`` works, including a "toy potential" whose forward ignores the data.  For a
+potential ``K(w)``: let ``forward(x)`` return ``K(w).expand(x.shape[0])``, pass
+``loss_fn=lambda out, y: out.mean()`` and ``data=(torch.zeros(n, 1), torch.zeros(n))``; the
+mean loss is then ``K(w)`` and ``n`` only enters through the default ``nbeta``
+(see ``critperiods.learning_coefficients`` for ready-made potentials).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+from tqdm.auto import tqdm
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+SAMPLERS = ("sgld", "rmsprop_sgld")
+
+
+class LLCDivergenceWarning(RuntimeWarning):
+    """Raised (as a warning) when every SGLD chain of an LLC estimate diverged."""
+
+
+@dataclass(frozen=True)
+class LLCConfig:
+    """Hyper-parameters of the SGLD LLC estimator.
+
+    ``burn_in`` and ``draws`` count RECORDED points; consecutive recorded points are
+    ``loss_every`` SGLD steps apart, so a run takes ``(burn_in + draws) * loss_every`` steps
+    and ``LLCResult.loss_trace`` always has ``burn_in + draws`` columns.  ``batch_size=None``
+    or ``>= n`` gives full-batch (exact) gradients shared by all chains.
+
+    ``divergence_factor`` sets the explosion threshold (see ``divergence_threshold``).
+    ``rmsprop_alpha``/``rmsprop_eps`` are the RMSProp moving-average coefficient and
+    stabiliser of ``sampler="rmsprop_sgld"`` (devinterp defaults 0.99 and 0.1).
+    """
+
+    chains: int = 4
+    draws: int = 2000
+    burn_in: int = 500
+    step_size: float = 1e-4
+    gamma: float = 100.0
+    nbeta: float | None = None
+    batch_size: int | None = 256
+    sampler: str = "sgld"
+    seed: int = 0
+    loss_every: int = 1
+    divergence_factor: float = 100.0
+    rmsprop_alpha: float = 0.99
+    rmsprop_eps: float = 0.1
+
+    def __post_init__(self) -> None:
+        """Reject settings that cannot produce an estimate."""
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.chains < 1 or self.draws < 1 or self.burn_in < 0 or self.loss_every < 1:
+            raise ValueError("need chains >= 1, draws >= 1, burn_in >= 0, loss_every >= 1")
+        if self.step_size <= 0 or self.gamma < 0:
+            raise ValueError("need step_size > 0 and gamma >= 0")
+
+
+@dataclass
+class LLCResult:
+    """Outcome of ``estimate_llc``.
+
+    ``llc_mean``/``llc_std`` are over healthy chains only (std with ddof=0 as devinterp; NaN
+    if every chain diverged).  ``llc_per_chain`` is NaN for diverged chains.  ``loss_trace``
+    holds the recorded minibatch losses ``L_B(w_t)`` (burn-in included), NaN from the point a
+    chain was flagged as diverged.
+    """
+
+    llc_mean: float
+    llc_std: float
+    llc_per_chain: np.ndarray
+    loss_trace: np.ndarray
+    init_loss: float
+    diverged: np.ndarray
+    nbeta: float
+    burn_in: int = 0
+    label: str = ""
+
+    def running_llc(self) -> np.ndarray:
+        """Running mean of the per-chain estimate over post-burn-in draws, shape (chains, draws).
+
+        Used for step-size calibration: a good step size gives curves that flatten out.
+        """
+        post = self.loss_trace[:, self.burn_in :]
+        counts = np.arange(1, post.shape[1] + 1)
+        return self.nbeta * (np.cumsum(post, axis=1) / counts - self.init_loss)
+
+
+def default_nbeta(n: int) -> float:
+    """Return the default inverse temperature ``n / ln n`` (Watanabe's WBIC choice)."""
+    if n < 2:
+        raise ValueError("need at least 2 samples for nbeta = n / ln n")
+    return n / math.log(n)
+
+
+def divergence_threshold(n_params: int, nbeta: float, batch_std: float, factor: float) -> float:
+    """Excess loss ``L_B(w) - L_n(w*)`` above which a chain counts as diverged.
+
+    Under the localised tempered posterior ``nbeta * (L(w) - L(w*))`` has mean
+    ``lambda <= d/2`` (``d`` = number of parameters; for a regular quadratic it is
+    ``chi^2_d / 2``), and a minibatch adds noise of standard deviation ``batch_std``.  A chain
+    whose excess exceeds ``factor`` times (the largest possible mean ``d/2`` per ``nbeta`` plus
+    one minibatch standard deviation) cannot be drawing from that posterior: its step size is
+    too large and the chain is exploding.  Non-finite losses are always divergence.
+    """
+    return factor * (max(n_params, 1) / (2.0 * nbeta) + batch_std)
+
+
+def _flat_params(model: nn.Module) -> tuple[list[str], list[torch.Size], Tensor]:
+    """Return parameter names, shapes and the concatenated detached parameter vector."""
+    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("model has no trainable parameters")
+    names = [k for k, _ in named]
+    shapes = [p.shape for _, p in named]
+    flat = torch.cat([p.detach().reshape(-1) for _, p in named])
+    return names, shapes, flat
+
+
+def _make_chain_loss(
+    model: nn.Module, loss_fn: LossFn, names: list[str], shapes: list[torch.Size]
+) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """Build ``f(flat_w, x, y) -> mean loss`` evaluating ``model`` at the flat weights.
+
+    Buffers (e.g. BatchNorm running statistics) are used as they are, never updated.
+    """
+    buffers = dict(model.named_buffers())
+    sizes = [math.prod(s) for s in shapes]
+
+    def chain_loss(flat: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        pieces = torch.split(flat, sizes)
+        params = {k: v.view(s) for k, v, s in zip(names, pieces, shapes, strict=True)}
+        out = functional_call(model, (params, buffers), (x,))
+        return loss_fn(out, y)
+
+    return chain_loss
+
+
+@torch.no_grad()
+def _full_loss(
+    model: nn.Module, loss_fn: LossFn, data: tuple[Tensor, Tensor], batch_size: int
+) -> tuple[float, float]:
+    """Return ``L_n(w*)`` over all samples (in batches) and the std of batch means.
+
+    The std of the means of full ``batch_size`` chunks estimates the minibatch noise of
+    ``L_B`` at ``w*`` (0 when fewer than two full chunks exist).
+    """
+    x, y = data
+    n = x.shape[0]
+    total, means = 0.0, []
+    for start in range(0, n, batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        value = float(loss_fn(model(xb), yb))
+        total += value * xb.shape[0]
+        if xb.shape[0] == batch_size:
+            means.append(value)
+    std = float(np.std(means, ddof=1)) if len(means) >= 2 else 0.0
+    return total / n, std
+
+
+@dataclass
+class _Chains:
+    """Mutable state of all chains: weights, RMSProp second moments, health mask."""
+
+    w: Tensor
+    w0: Tensor
+    v: Tensor | None
+    healthy: Tensor
+
+
+class _Sampler:
+    """One SGLD / RMSProp-SGLD transition for all chains at once."""
+
+    def __init__(
+        self,
+        chain_loss: Callable[[Tensor, Tensor, Tensor], Tensor],
+        data: tuple[Tensor, Tensor],
+        config: LLCConfig,
+        nbeta: float,
+        generator: torch.Generator,
+    ) -> None:
+        """Prepare the vmapped gradient function and minibatch settings."""
+        self.x, self.y = data
+        self.n = self.x.shape[0]
+        self.cfg = config
+        self.nbeta = nbeta
+        self.gen = generator
+        self.full_batch = config.batch_size is None or config.batch_size >= self.n
+        in_dims = (0, None, None) if self.full_batch else (0, 0, 0)
+        self.loss_fn = vmap(chain_loss, in_dims=in_dims)
+        self.half_eps = 0.5 * config.step_size
+        self.sqrt_eps = math.sqrt(config.step_size)
+
+    def batch(self) -> tuple[Tensor, Tensor]:
+        """Draw an independent minibatch (with replacement) for every chain."""
+        if self.full_batch:
+            return self.x, self.y
+        idx = torch.randint(
+            self.n,
+            (self.cfg.chains, int(self.cfg.batch_size)),  # type: ignore[arg-type]
+            generator=self.gen,
+            device=self.x.device,
+        )
+        return self.x[idx], self.y[idx]
+
+    def step(self, st: _Chains, threshold: float, init_loss: float) -> Tensor:
+        """Advance all healthy chains one step; return the losses L_B at the old weights."""
+        xb, yb = self.batch()
+        grad, loss = self.grad_and_loss(st.w, xb, yb)
+        ok = torch.isfinite(loss) & (loss - init_loss <= threshold)
+        st.healthy &= ok
+        drift = grad * self.nbeta + (st.w - st.w0) * self.cfg.gamma
+        noise = torch.randn(st.w.shape, generator=self.gen, device=st.w.device, dtype=st.w.dtype)
+        if st.v is not None:
+            precond = self._rmsprop(st.v, grad)
+            drift = drift * precond
+            noise = noise * precond.sqrt()
+        new_w = st.w - self.half_eps * drift + self.sqrt_eps * noise
+        st.w = torch.where(st.healthy.unsqueeze(1), new_w, st.w)
+        return loss
+
+    def grad_and_loss(self, w: Tensor, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-chain gradients and losses.
+
+        A vmapped FORWARD plus one ordinary backward of the summed losses is ~30% cheaper
+        than ``vmap(grad)`` and exact: chains never interact, so d(sum_c L_c)/dw_c = dL_c/dw_c.
+        """
+        with torch.enable_grad():
+            w = w.detach().requires_grad_(True)
+            loss = self.loss_fn(w, xb, yb)
+            (grad,) = torch.autograd.grad(loss.sum(), w)
+        return grad, loss.detach()
+
+    def _rmsprop(self, v: Tensor, grad: Tensor) -> Tensor:
+        """Update ``v`` in place (EMA of squared minibatch-mean-loss gradients) and return
+        ``G = 1 / (sqrt(v) + eps)``, as devinterp's ``RMSpropPreconditioner``."""
+        alpha = self.cfg.rmsprop_alpha
+        v.mul_(alpha).addcmul_(grad, grad, value=1.0 - alpha)
+        return 1.0 / (v.sqrt() + self.cfg.rmsprop_eps)
+
+
+def _init_chains(w0: Tensor, config: LLCConfig) -> _Chains:
+    """Start every chain at the checkpoint weights."""
+    chains = config.chains
+    v = torch.zeros(chains, w0.numel(), dtype=w0.dtype, device=w0.device)
+    return _Chains(
+        w=w0.unsqueeze(0).repeat(chains, 1),
+        w0=w0.unsqueeze(0),
+        v=v if config.sampler == "rmsprop_sgld" else None,
+        healthy=torch.ones(chains, dtype=torch.bool, device=w0.device),
+    )
+
+
+def _run_chains(
+    sampler: _Sampler, st: _Chains, threshold: float, init_loss: float, progress: bool
+) -> Tensor:
+    """Run all steps; return the recorded loss trace ``(chains, burn_in + draws)``."""
+    cfg = sampler.cfg
+    n_rec = cfg.burn_in + cfg.draws
+    trace = torch.empty(cfg.chains, n_rec, dtype=st.w.dtype, device=st.w.device)
+    nan = torch.tensor(float("nan"), dtype=st.w.dtype, device=st.w.device)
+    bar = tqdm(total=n_rec * cfg.loss_every, disable=not progress, desc="SGLD", leave=False)
+    with torch.no_grad():
+        for r in range(n_rec):
+            for _ in range(cfg.loss_every):
+                loss = sampler.step(st, threshold, init_loss)
+            trace[:, r] = torch.where(st.healthy, loss, nan)
+            bar.update(cfg.loss_every)
+    bar.close()
+    return trace
+
+
+def _summarise(
+    trace: np.ndarray, diverged: np.ndarray, init_loss: float, nbeta: float, burn_in: int
+) -> tuple[np.ndarray, float, float]:
+    """Per-chain estimates (NaN if diverged) and their mean/std over healthy chains."""
+    per_chain = nbeta * (trace[:, burn_in:].mean(axis=1) - init_loss)
+    per_chain = np.where(diverged | ~np.isfinite(per_chain), np.nan, per_chain)
+    good = per_chain[np.isfinite(per_chain)]
+    if good.size == 0:
+        return per_chain, float("nan"), float("nan")
+    return per_chain, float(good.mean()), float(good.std())
+
+
+def _check_data(data: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Validate ``(inputs, targets)`` and move them to the model's device."""
+    x, y = data
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"inputs and targets differ in length: {x.shape[0]} vs {y.shape[0]}")
+    return x.to(device), y.to(device)
+
+
+def estimate_llc(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: tuple[Tensor, Tensor],
+    config: LLCConfig,
+    *,
+    label: str = "",
+    progress: bool = True,
+) -> LLCResult:
+    """Estimate the local learning coefficient of ``model`` at its current weights.
+
+    Args:
+        model: any module; its current parameters are the checkpoint ``w*`` and are left
+            unchanged.  It is put in eval mode while sampling (and restored afterwards), so
+            BatchNorm uses its running statistics as fixed buffers: train-mode BatchNorm would
+            make the loss depend on the composition of each minibatch (the sampled posterior
+            would not be that of a fixed function of ``w``) and would overwrite the running
+            statistics stored in the checkpoint.  Dropout is likewise off.
+        loss_fn: ``loss_fn(model_output, targets)`` returning the MEAN loss over the batch.
+        data: ``(inputs, targets)`` with the same first dimension ``n``.
+        config: sampler settings.
+        label: name of the checkpoint, used in the warning when every chain diverges.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``LLCResult``; a diverged chain (non-finite loss, or excess loss above
+        ``divergence_threshold``) is frozen from that step on, flagged in ``diverged`` and
+        left out of ``llc_mean``/``llc_std``.  If all chains diverge both are NaN and an
+        ``LLCDivergenceWarning`` is issued.  Never returns inf.
+    """
+    names, shapes, w0 = _flat_params(model)
+    x, y = _check_data(data, w0.device)
+    n = x.shape[0]
+    nbeta = float(config.nbeta) if config.nbeta is not None else default_nbeta(n)
+    was_training = model.training
+    model.eval()
+    try:
+        init_loss, batch_std = _full_loss(model, loss_fn, (x, y), config.batch_size or n)
+        gen = torch.Generator(device=w0.device).manual_seed(config.seed)
+        sampler = _Sampler(
+            _make_chain_loss(model, loss_fn, names, shapes), (x, y), config, nbeta, gen
+        )
+        if sampler.full_batch:
+            batch_std = 0.0
+        threshold = divergence_threshold(w0.numel(), nbeta, batch_std, config.divergence_factor)
+        st = _init_chains(w0, config)
+        trace_t = _run_chains(sampler, st, threshold, init_loss, progress)
+    finally:
+        model.train(was_training)
+    return _finish(trace_t, st.healthy, init_loss, nbeta, config, label)
+
+
+def _finish(
+    trace_t: Tensor,
+    healthy: Tensor,
+    init_loss: float,
+    nbeta: float,
+    config: LLCConfig,
+    label: str,
+) -> LLCResult:
+    """Move results to numpy, summarise, and warn if every chain diverged."""
+    trace = trace_t.detach().cpu().double().numpy()
+    diverged = ~healthy.cpu().numpy()
+    per_chain, mean, std = _summarise(trace, diverged, init_loss, nbeta, config.burn_in)
+    diverged = diverged | np.isnan(per_chain)
+    if diverged.all():
+        warnings.warn(
+            f"LLC estimate for checkpoint {label!r}: all {config.chains} SGLD chains diverged "
+            f"(step_size={config.step_size:g}); try a smaller step size.",
+            LLCDivergenceWarning,
+            stacklevel=3,
+        )
+    return LLCResult(
+        llc_mean=mean,
+        llc_std=std,
+        llc_per_chain=per_chain,
+        loss_trace=trace,
+        init_loss=float(init_loss),
+        diverged=diverged,
+        nbeta=nbeta,
+        burn_in=config.burn_in,
+        label=label,
+    )
+
+
+def calibrate(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: tuple[Tensor, Tensor],
+    config: LLCConfig,
+    step_sizes: Sequence[float],
+    nbetas: Sequence[float] | None = None,
+    *,
+    label: str = "",
+    progress: bool = False,
+) -> Any:
+    """Sweep step sizes (and optionally nbetas) and collect running LLC traces.
+
+    Returns an ``xarray.Dataset`` with dims ``(nbeta, step_size, chain, draw)`` holding
+    ``llc_running`` (running mean of the per-chain estimate over post-burn-in draws),
+    ``loss_trace``, ``llc_mean``, ``llc_std`` and ``diverged``.  Pick the largest step size
+    whose curves flatten without diverging; ``plot_calibration`` draws them.
+    """
+    import xarray as xr
+
+    if nbetas is None:
+        n = data[0].shape[0]
+        nbetas = [float(config.nbeta) if config.nbeta is not None else default_nbeta(n)]
+    results = [
+        [
+            estimate_llc(
+                model,
+                loss_fn,
+                data,
+                replace(config, step_size=eps, nbeta=nb),
+                label=label,
+                progress=progress,
+            )
+            for eps in step_sizes
+        ]
+        for nb in nbetas
+    ]
+    return _calibration_dataset(xr, results, list(step_sizes), list(nbetas))
+
+
+def _calibration_dataset(
+    xr: Any, results: list[list[LLCResult]], step_sizes: list[float], nbetas: list[float]
+) -> Any:
+    """Pack a grid of ``LLCResult`` into an ``xarray.Dataset``."""
+
+    def stack(fn: Callable[[LLCResult], Any]) -> np.ndarray:
+        return np.array([[fn(r) for r in row] for row in results])
+
+    dims = ("nbeta", "step_size")
+    return xr.Dataset(
+        {
+            "llc_running": (dims + ("chain", "draw"), stack(LLCResult.running_llc)),
+            "loss_trace": (dims + ("chain", "step"), stack(lambda r: r.loss_trace)),
+            "llc_mean": (dims, stack(lambda r: r.llc_mean)),
+            "llc_std": (dims, stack(lambda r: r.llc_std)),
+            "diverged": (dims + ("chain",), stack(lambda r: r.diverged)),
+        },
+        coords={"nbeta": nbetas, "step_size": step_sizes},
+    )
+
+
+def plot_calibration(result: Any, path: str | Path) -> Path:
+    """Plot the calibration sweep: running LLC (mean over chains) per step size, one panel
+    per nbeta; saves a PNG at ``path`` and returns it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nbetas = result["nbeta"].values
+    fig, axes = plt.subplots(1, len(nbetas), figsize=(5 * len(nbetas), 3.5), squeeze=False)
+    for ax, nb in zip(axes[0], nbetas, strict=True):
+        _plot_panel(ax, result.sel(nbeta=nb), float(nb))
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _plot_panel(ax: Any, sub: Any, nbeta: float) -> None:
+    """Draw running-LLC curves (mean ± std over chains) for each step size."""
+    for eps in sub["step_size"].values:
+        run = sub["llc_running"].sel(step_size=eps).values
+        mean, std = np.nanmean(run, axis=0), np.nanstd(run, axis=0)
+        draws = np.arange(1, mean.size + 1)
+        ax.plot(draws, mean, label=f"eps={eps:g}")
+        ax.fill_between(draws, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("draw")
+    ax.set_ylabel("running LLC estimate")
+    ax.set_title(f"nbeta={nbeta:.3g}")
+    ax.legend(fontsize="small")

@@ -1,0 +1,140 @@
+"""Image classifiers used in the sweep, selected by name.
+
+Every model is split into ``features`` (everything up to the penultimate
+representation, flattened) and ``classifier`` (one ``nn.Linear``), so that
+``model(x) == model.classifier(model.features(x))``. The divergence stage uses
+``features`` for CKA and the module structure for weight matching.
+
+* ``small_cnn`` — the default: two conv layers and a linear read-out, no
+  BatchNorm, cheap enough for a 2-core laptop; ``width`` scales the channels.
+* ``all_cnn_c`` — All-CNN-C (Springenberg et al. 2015) with BatchNorm, one of
+  the two architectures of Achille et al. (2019); ``width`` scales 96/192.
+* ``resnet18`` — pre-activation CIFAR ResNet-18 (He et al. 2016), the other one;
+  ``width`` is the channel count of the first stage (64 in the paper).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+ModelBuilder = Callable[[int, int, int, int], nn.Module]
+
+
+class Classifier(nn.Module):
+    """A feature extractor followed by a linear read-out."""
+
+    def __init__(self, features: nn.Module, num_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = features
+        self.classifier = nn.Linear(num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def small_cnn(width: int, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """conv(w)-relu-pool → conv(2w)-relu-pool → linear; ~20k parameters at w=16 on 28×28."""
+    side = image_size // 4
+    features = nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+    )
+    return Classifier(features, 2 * width * side * side, num_classes)
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0):
+    return [
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+    ]
+
+
+def all_cnn_c(width: int, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """All-CNN-C with BatchNorm; ``width`` is the first stage's channels (96 in the paper).
+
+    The final 1×1 convolution to the classes followed by global average pooling
+    is written as global pooling followed by a linear layer (the same function,
+    since both are linear), so the model has a ``classifier`` like the others.
+    """
+    a, b = width, 2 * width
+    layers = [
+        *_conv_bn_relu(in_channels, a, 3, padding=1),
+        *_conv_bn_relu(a, a, 3, padding=1),
+        *_conv_bn_relu(a, a, 3, stride=2, padding=1),
+        *_conv_bn_relu(a, b, 3, padding=1),
+        *_conv_bn_relu(b, b, 3, padding=1),
+        *_conv_bn_relu(b, b, 3, stride=2, padding=1),
+        *_conv_bn_relu(b, b, 3, padding=1),
+        *_conv_bn_relu(b, b, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ]
+    return Classifier(nn.Sequential(*layers), b, num_classes)
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation basic block: BN-ReLU-conv-BN-ReLU-conv plus a shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.shortcut = (
+            nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+            if stride != 1 or cin != cout
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(x))
+        skip = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        return out + skip
+
+
+def resnet18(width: int, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """Pre-activation CIFAR ResNet-18: 3×3 stem, four stages of two blocks."""
+    widths = [width, 2 * width, 4 * width, 8 * width]
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1, bias=False)]
+    cin = width
+    for stage, cout in enumerate(widths):
+        for block in range(2):
+            stride = 2 if stage > 0 and block == 0 else 1
+            layers.append(PreActBlock(cin, cout, stride))
+            cin = cout
+    layers += [nn.BatchNorm2d(cin), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return Classifier(nn.Sequential(*layers), cin, num_classes)
+
+
+MODELS: dict[str, ModelBuilder] = {
+    "small_cnn": small_cnn,
+    "all_cnn_c": all_cnn_c,
+    "resnet18": resnet18,
+}
+
+
+def build_model(
+    name: str, width: int, in_channels: int, image_size: int, num_classes: int, seed: int
+) -> nn.Module:
+    """Build model ``name`` with initial weights that depend only on ``seed``.
+
+    The global RNG is forked, so building a model neither reads nor disturbs
+    any other random stream of the caller.
+    """
+    if name not in MODELS:
+        raise ValueError(f"model.name: unknown model {name!r}; choose one of {sorted(MODELS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MODELS[name](width, in_channels, image_size, num_classes)

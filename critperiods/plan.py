@@ -1,0 +1,116 @@
+"""The experiment plan: which trunk segments, branches and checkpoints a config implies.
+
+The Snakefile's input functions and tests both use these, so the DAG and the
+documented layout can never disagree. Cross-field checks that a JSON schema
+cannot express live here too (:func:`check_config`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class ConfigError(ValueError):
+    """A config value that is well-typed but inconsistent; the message names the key."""
+
+
+def check_config(config: dict) -> None:
+    """Checks across keys, run after schema validation and before any job is planned."""
+    grid = config["grid"]
+    for key in ("batch_sizes", "switch_epochs", "seeds"):
+        if not grid.get(key):
+            raise ConfigError(f"grid.{key}: the grid is empty (got {grid.get(key)!r})")
+    for b in grid["batch_sizes"]:
+        if not isinstance(b, int) or b <= 0:
+            raise ConfigError(f"grid.batch_sizes: batch size must be a positive integer, got {b!r}")
+    stride = config["trunk_stride"]
+    bad = [s for s in grid["switch_epochs"] if s % stride]
+    if bad:
+        raise ConfigError(
+            f"grid.switch_epochs: {bad} not a multiple of trunk_stride={stride} "
+            "(branches start from trunk states saved every trunk_stride epochs)"
+        )
+    train_subset = config["dataset"].get("train_subset")
+    too_big = [b for b in grid["batch_sizes"] if train_subset and b > train_subset]
+    if too_big:
+        raise ConfigError(
+            f"grid.batch_sizes: {too_big} larger than dataset.train_subset={train_subset}"
+        )
+
+
+def run_end(config: dict, switch_epoch: int) -> int:
+    """Last epoch of the run with this switch epoch."""
+    return switch_epoch + config["epochs_after_switch"]
+
+
+def last_epoch(config: dict) -> int:
+    """The last epoch any run reaches."""
+    return run_end(config, max(config["grid"]["switch_epochs"]))
+
+
+def trunk_end(config: dict) -> int:
+    """Last epoch the blurred trunk is trained to (a multiple of ``trunk_stride``)."""
+    return max(config["grid"]["switch_epochs"])
+
+
+def trunk_epochs(config: dict) -> list[int]:
+    """Epochs at which the trunk saves its full state: 0, stride, …, trunk_end."""
+    stride = config["trunk_stride"]
+    return list(range(0, trunk_end(config) + 1, stride))
+
+
+def checkpoint_epochs(config: dict) -> list[int]:
+    """Every epoch that keeps weights: configured ones, switch epochs and run ends."""
+    ck = config["checkpoints"]
+    horizon = max(last_epoch(config), trunk_end(config))
+    chosen = ck.get("epochs")
+    base = set(chosen) if chosen is not None else set(range(0, horizon + 1, ck["every"]))
+    runs = {e for s in config["grid"]["switch_epochs"] for e in (s, run_end(config, s))}
+    return sorted(e for e in base | runs if e <= horizon)
+
+
+def _within(epochs: Iterable[int], lo: int, hi: int) -> list[int]:
+    """Epochs in the half-open interval (lo, hi] (lo = -1 includes 0)."""
+    return [e for e in epochs if lo < e <= hi]
+
+
+def trunk_segment_checkpoints(config: dict, end_epoch: int) -> list[int]:
+    """Checkpoint epochs stored in trunk segment ``e{end_epoch}``."""
+    lo = end_epoch - config["trunk_stride"] if end_epoch > 0 else -1
+    return _within(checkpoint_epochs(config), lo, end_epoch)
+
+
+def branch_checkpoints(config: dict, switch_epoch: int) -> list[int]:
+    """Checkpoint epochs stored in branch ``switch{K}``: those in (K, K + epochs_after_switch]."""
+    return _within(checkpoint_epochs(config), switch_epoch, run_end(config, switch_epoch))
+
+
+def llc_epochs(config: dict, epochs: Iterable[int]) -> list[int]:
+    """The subset of ``epochs`` (a piece's checkpoints) at which λ̂ is estimated."""
+    llc = config["llc"]
+    if llc.get("epochs") is not None:
+        return [e for e in epochs if e in set(llc["epochs"])]
+    return [e for e in epochs if e % llc["every"] == 0]
+
+
+def epochs_trained(config: dict, shared: bool = True) -> int:
+    """Epochs of SGD the grid costs, with trunk sharing or with every run from scratch."""
+    grid = config["grid"]
+    cells = len(grid["batch_sizes"]) * len(grid["seeds"])
+    branches = len(grid["switch_epochs"]) * config["epochs_after_switch"]
+    if shared:
+        return cells * (trunk_end(config) + branches)
+    return cells * sum(run_end(config, s) for s in grid["switch_epochs"])
+
+
+def training_params(config: dict) -> dict:
+    """The config slice that shapes trajectories (and so their hash)."""
+    ds = config["dataset"]
+    return {
+        "dataset": {k: ds[k] for k in ("name", "train_subset", "blur_size")},
+        "model": dict(config["model"]),
+        "optimizer": dict(config["optimizer"]),
+        "augmentation": config["augmentation"],
+    }
+
+

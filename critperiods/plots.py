@@ -1,0 +1,96 @@
+"""Figures drawn from the cube (PNG, registered for ``snakemake --report``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from critperiods.files import write_atomic  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: str | Path, dpi: int) -> None:
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    plt.close(fig)
+
+
+def _panels(n: int, width: float = 4.2, height: float = 3.4):
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, sharey=True)
+    return fig, axes[0]
+
+
+def critical_period(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
+    """Final sharp test accuracy vs switch epoch: one line per batch size, mean ± std over seeds.
+
+    Where the cube holds ``critical_period_end``, its estimate and interval are marked.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    acc = cube.final_test_accuracy * 100
+    for i, b in enumerate(cube.batch_size.values):
+        color = f"C{i}"
+        mean = acc.sel(batch_size=b).mean("seed")
+        std = acc.sel(batch_size=b).std("seed")
+        ax.errorbar(cube.switch_epoch, mean, yerr=std, marker="o", capsize=3, color=color,
+                    label=f"batch {b}")
+        end = float(cube.critical_period_end.sel(batch_size=b)) if "critical_period_end" in cube \
+            else float("nan")
+        if np.isfinite(end):
+            ax.axvline(end, color=color, ls="--", lw=1)
+            if "critical_period_end_interval" in cube:
+                lo, hi = cube.critical_period_end_interval.sel(batch_size=b).values
+                ax.axvspan(lo, hi, color=color, alpha=0.12)
+    ax.set_xlabel("switch epoch (blur removed)")
+    ax.set_ylabel("final sharp test accuracy (%)")
+    ax.set_title("Critical period: permanent deficit vs switch epoch")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path, dpi)
+
+
+def learning_curves(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
+    """Sharp test accuracy vs epoch, a panel per batch size, a line per switch epoch."""
+    fig, axes = _panels(cube.sizes["batch_size"])
+    colors = plt.cm.viridis(np.linspace(0, 0.9, cube.sizes["switch_epoch"]))
+    for ax, b in zip(axes, cube.batch_size.values, strict=True):
+        for color, k in zip(colors, cube.switch_epoch.values, strict=True):
+            curve = (cube.test_accuracy.sel(batch_size=b, switch_epoch=k).mean("seed") * 100)
+            curve = curve.dropna("epoch")
+            ax.plot(curve.epoch, curve, color=color, label=f"switch {k}")
+            ax.axvline(k, color=color, lw=0.6, ls=":")
+        ax.set_title(f"batch {b}")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("sharp test accuracy (%)")
+    axes[-1].legend(fontsize=7)
+    _save(fig, path, dpi)
+
+
+def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
+    """λ̂ vs epoch, a panel per batch size, a line per switch epoch (mean over seeds)."""
+    fig, axes = _panels(cube.sizes["batch_size"])
+    colors = plt.cm.viridis(np.linspace(0, 0.9, cube.sizes["switch_epoch"]))
+    for ax, b in zip(axes, cube.batch_size.values, strict=True):
+        for color, k in zip(colors, cube.switch_epoch.values, strict=True):
+            curve = cube.llc_mean.sel(batch_size=b, switch_epoch=k).mean("seed").dropna("epoch")
+            ax.plot(curve.epoch, curve, marker=".", color=color, label=f"switch {k}")
+            ax.axvline(k, color=color, lw=0.6, ls=":")
+        ax.set_title(f"batch {b}")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("λ̂ (local learning coefficient)")
+    axes[-1].legend(fontsize=7)
+    _save(fig, path, dpi)
+
+
+PLOTTERS: dict[str, Callable[..., None]] = {
+    "critical_period": critical_period,
+    "learning_curves": learning_curves,
+    "llc": llc,
+}

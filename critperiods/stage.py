@@ -1,0 +1,21 @@
+"""Shared set-up for the stage scripts: logging to the job log, threads, device."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import torch
+
+from critperiods.devices import resolve_device
+
+
+def setup(snakemake: Any) -> torch.device:
+    """Send stderr (tqdm, warnings, logging) to the rule's log, pin threads, pick the device."""
+    if snakemake.log:
+        sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: SIM115 - lives for the job
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    torch.set_num_threads(max(1, int(snakemake.threads)))
+    return resolve_device(snakemake.params.get("device", "cpu"))

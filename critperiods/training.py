@@ -1,0 +1,304 @@
+"""Training with a blur switch, shared blurred prefixes, and exact resumption.
+
+A *trajectory* is defined by ``(batch_size, seed, switch_epoch)``: blurred data
+for epochs ``e < switch_epoch``, sharp data afterwards. The *trunk* of a
+``(batch_size, seed)`` pair is the trajectory that never switches; a *branch*
+starts from the trunk's state at its switch epoch.
+
+Determinism contract (DESIGN.md):
+
+* initial weights depend only on ``seed`` (:func:`critperiods.models.build_model`);
+* the order and augmentation of epoch ``e`` come from a generator seeded by
+  ``(seed, e)`` alone (:func:`epoch_plan`), drawn for the whole epoch up front;
+* the learning rate is a pure function of the epoch (:func:`learning_rate`).
+
+The full training state (weights, buffers, optimizer state, epoch, step, and
+position inside the epoch) therefore determines every later bit, so a branch
+equals a run from scratch, and a job resumed mid-epoch equals one never
+interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from critperiods.data import PreparedData, blur
+from critperiods.models import build_model
+
+NEVER = 10**9  # the trunk's switch epoch: it never leaves the blurred phase
+CROP_PADDING = 4  # Achille et al.'s CIFAR augmentation: pad 4, random crop, flip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that shapes a trajectory besides ``(batch_size, seed, switch_epoch)``."""
+
+    model: str
+    width: int
+    blur_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    lr_decay: float
+    lr_after_switch: str = "continue"
+    augmentation: bool = False
+
+    @classmethod
+    def from_params(cls, params: dict) -> TrainConfig:
+        """Build from the ``training`` params slice that the Snakefile passes to rules."""
+        opt = params["optimizer"]
+        return cls(
+            model=params["model"]["name"], width=params["model"]["width"],
+            blur_size=params["dataset"]["blur_size"], lr=opt["lr"], momentum=opt["momentum"],
+            weight_decay=opt["weight_decay"], lr_decay=opt["lr_decay"],
+            lr_after_switch=opt["lr_after_switch"], augmentation=params["augmentation"],
+        )
+
+
+def learning_rate(cfg: TrainConfig, epoch: int, switch_epoch: int) -> float:
+    """lr of ``epoch``: exponential decay, continued across the switch or restarted at it."""
+    age = epoch
+    if cfg.lr_after_switch == "restart" and epoch >= switch_epoch:
+        age = epoch - switch_epoch
+    return cfg.lr * cfg.lr_decay**age
+
+
+def phase(epoch: int, switch_epoch: int) -> str:
+    """The data that epoch ``epoch`` (0-based) trains on."""
+    return "blurred" if epoch < switch_epoch else "sharp"
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed that depends only on ``(seed, epoch)``."""
+    digest = hashlib.sha256(f"critperiods:{seed}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+@dataclass
+class EpochPlan:
+    """The order of samples and their augmentation for one epoch."""
+
+    order: torch.Tensor  # [N] sample indices
+    shifts: torch.Tensor | None  # [N, 2] crop offsets in [0, 2·pad], by position in order
+    flips: torch.Tensor | None  # [N] bool
+
+    def batches(self, batch_size: int) -> list[slice]:
+        n = len(self.order)
+        return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+def epoch_plan(n: int, seed: int, epoch: int, augment: bool, device: torch.device) -> EpochPlan:
+    """Draw the whole epoch's randomness on the CPU from the ``(seed, epoch)`` generator."""
+    g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    order = torch.randperm(n, generator=g)
+    shifts = flips = None
+    if augment:
+        shifts = torch.randint(0, 2 * CROP_PADDING + 1, (n, 2), generator=g).to(device)
+        flips = (torch.rand(n, generator=g) < 0.5).to(device)
+    return EpochPlan(order.to(device), shifts, flips)
+
+
+def augment_batch(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Random crop with zero padding and horizontal flip, for a whole batch at once."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (CROP_PADDING,) * 4)
+    rows = shifts[:, 0, None] + torch.arange(h, device=x.device)  # [B, H]
+    cols = shifts[:, 1, None] + torch.arange(w, device=x.device)  # [B, W]
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    cropped = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+    cropped = cropped.permute(0, 3, 1, 2)
+    return torch.where(flips[:, None, None, None], cropped.flip(3), cropped)
+
+
+class Preempted(Exception):  # noqa: N818 - it is an event, not a programming error
+    """Training stopped on request (SIGTERM) after saving its resumable state."""
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[Callable[[], bool]]:
+    """Turn SIGTERM into a flag the training loop polls after every step.
+
+    SLURM sends SIGTERM at preemption and at the time limit; the loop then saves
+    its state and raises :class:`Preempted`, which the stage script turns into a
+    non-zero exit so the retry resumes.
+    """
+    received = {"flag": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        received["flag"] = True
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield lambda: received["flag"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Trainer:
+    """SGD on one trajectory: model, optimizer, data and the position in training."""
+
+    def __init__(
+        self, cfg: TrainConfig, data: PreparedData, batch_size: int, seed: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.cfg, self.data, self.batch_size, self.seed = cfg, data, batch_size, seed
+        self.device = torch.device(device)
+        self.model = build_model(
+            cfg.model, cfg.width, data.in_channels, data.image_size, data.num_classes, seed
+        ).to(self.device)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+        )
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimizer steps taken
+        self.batch_in_epoch = 0  # batches of ``epoch`` already taken (mid-epoch resume)
+
+    # -- state ------------------------------------------------------------------------
+    def state(self) -> dict:
+        """The complete training state: enough to continue bit for bit."""
+        return {
+            "model": _cpu(self.model.state_dict()),
+            "optimizer": _cpu(self.optimizer.state_dict()),
+            "epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the model's weights and buffers (what a checkpoint stores)."""
+        return _cpu(self.model.state_dict())
+
+    # -- training ---------------------------------------------------------------------
+    def _batch(self, plan: EpochPlan, part: slice, epoch_phase: str) -> tuple:
+        idx = plan.order[part]
+        x = self.data.normalize(self.data.train.sharp[idx])
+        if plan.shifts is not None:
+            x = augment_batch(x, plan.shifts[part], plan.flips[part])
+        if epoch_phase == "blurred":
+            x = blur(x, self.cfg.blur_size)
+        return x, self.data.train.labels[idx]
+
+    def train_epoch(
+        self, switch_epoch: int, should_stop: Callable[[], bool] = lambda: False
+    ) -> float | None:
+        """Train the rest of epoch ``self.epoch``; return its mean loss, None if stopped early."""
+        epoch_phase = phase(self.epoch, switch_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.cfg, self.epoch, switch_epoch)
+        plan = epoch_plan(len(self.data.train.labels), self.seed, self.epoch,
+                          self.cfg.augmentation, self.device)
+        self.model.train()
+        total = torch.zeros((), device=self.device)
+        batches = plan.batches(self.batch_size)
+        for part in batches[self.batch_in_epoch :]:
+            x, y = self._batch(plan, part, epoch_phase)
+            loss = F.cross_entropy(self.model(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach() * (part.stop - part.start)
+            self.step += 1
+            self.batch_in_epoch += 1
+            if should_stop() and self.batch_in_epoch < len(batches):
+                return None
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        return float(total) / len(plan.order)
+
+
+def train_until(
+    trainer: Trainer,
+    end_epoch: int,
+    switch_epoch: int,
+    checkpoint_epochs: set[int],
+    checkpoints: list[dict],
+    config_hash: str,
+    save_resume: Callable[[], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    progress: bool = True,
+    desc: str = "train",
+) -> None:
+    """Train to ``end_epoch``, appending a checkpoint at every epoch in ``checkpoint_epochs``.
+
+    ``save_resume`` is called after every epoch and before raising
+    :class:`Preempted` when ``should_stop()`` turns true.
+    """
+    bar = tqdm(total=end_epoch, initial=trainer.epoch, desc=desc, unit="epoch",
+               disable=not progress, file=sys.stderr, mininterval=1.0)
+    with bar:
+        while trainer.epoch < end_epoch:
+            loss = trainer.train_epoch(switch_epoch, should_stop)
+            if loss is None:
+                if save_resume is not None:
+                    save_resume()
+                raise Preempted(f"stopped at epoch {trainer.epoch}, step {trainer.step}")
+            if trainer.epoch in checkpoint_epochs:
+                checkpoints.append(make_checkpoint(trainer, switch_epoch, config_hash))
+            bar.set_postfix(loss=f"{loss:.4f}", phase=phase(trainer.epoch - 1, switch_epoch))
+            bar.update(1)
+            if save_resume is not None and trainer.epoch < end_epoch:
+                save_resume()
+            if should_stop() and trainer.epoch < end_epoch:
+                raise Preempted(f"stopped at epoch {trainer.epoch}, step {trainer.step}")
+
+
+def make_checkpoint(trainer: Trainer, switch_epoch: int, config_hash: str) -> dict:
+    """Weights after ``trainer.epoch`` epochs, tagged as DESIGN.md requires."""
+    last = trainer.epoch - 1
+    return {
+        "epoch": trainer.epoch, "step": trainer.step,
+        "phase": phase(last, switch_epoch) if last >= 0 else "blurred",
+        "config_hash": config_hash, "model": trainer.weights(),
+    }
+
+
+def train_from_scratch(
+    cfg: TrainConfig, data: PreparedData, batch_size: int, seed: int, switch_epoch: int,
+    end_epoch: int, checkpoint_epochs: set[int], config_hash: str = "", progress: bool = False,
+) -> tuple[dict, list[dict]]:
+    """One trajectory in one go (no trunk sharing): the reference the tests compare with."""
+    trainer = Trainer(cfg, data, batch_size, seed)
+    checkpoints = (
+        [make_checkpoint(trainer, switch_epoch, config_hash)] if 0 in checkpoint_epochs else []
+    )
+    train_until(trainer, end_epoch, switch_epoch, checkpoint_epochs, checkpoints, config_hash,
+                progress=progress)
+    return trainer.state(), checkpoints
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _cpu(tree: Any) -> Any:
+    """Detached CPU copies of every tensor in a nested state dict."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {k: _cpu(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_cpu(v) for v in tree)
+    return tree
+
+
+__all__ = [
+    "NEVER", "EpochPlan", "Preempted", "TrainConfig", "Trainer", "augment_batch",
+    "epoch_plan", "epoch_seed", "learning_rate", "make_checkpoint", "phase",
+    "stop_on_sigterm", "train_from_scratch", "train_until",
+]

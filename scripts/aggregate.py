@@ -1,0 +1,13 @@
+"""Stage aggregate: every per-piece result → one netCDF cube."""
+
+from critperiods.cube import build_cube, write_netcdf
+from critperiods.stage import setup
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+setup(sm)
+cube = build_cube(
+    metrics_files=sm.input.metrics, llc_files=sm.input.get("llc", []),
+    grid=sm.params.grid, epochs_after_switch=sm.params.epochs_after_switch,
+    training=sm.params.training, config_yaml=sm.params.config_yaml,
+)
+write_netcdf(cube, sm.output[0])

@@ -1,0 +1,302 @@
+"""Tests for :mod:`critperiods.analysis` on synthetic curves with known answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from critperiods import analysis as an
+
+SWITCHES = np.arange(0.0, 61.0, 5.0)
+TRUE_KINK, LEVEL, SLOPE, NOISE = 25.0, 0.88, -0.003, 0.005
+
+
+def hinge(s: np.ndarray, kink: float = TRUE_KINK) -> np.ndarray:
+    """Noiseless hinge with the module-level level and slope."""
+    return LEVEL + SLOPE * np.maximum(np.asarray(s, dtype=float) - kink, 0.0)
+
+
+def noisy_accuracy(seed: int, n_seeds: int = 5, kink: float = TRUE_KINK) -> np.ndarray:
+    """(switch_epoch × seed) accuracies: hinge plus Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    return hinge(SWITCHES, kink)[:, None] + rng.normal(0.0, NOISE, (SWITCHES.size, n_seeds))
+
+
+def brute_force_hinge(s: np.ndarray, acc: np.ndarray) -> tuple[float, float]:
+    """Reference fit: dense grid over k with a constrained (b <= 0) linear solve."""
+    x = np.repeat(s[:, None], acc.shape[1], axis=1)[np.isfinite(acc)]
+    y = acc[np.isfinite(acc)]
+    best_sse, best_k = float(np.sum((y - y.mean()) ** 2)), float(s.max())
+    for k in np.linspace(s.min(), s.max(), 12001):
+        design = np.c_[np.ones_like(x), np.maximum(x - k, 0.0)]
+        coef = np.linalg.lstsq(design, y, rcond=None)[0]
+        if coef[1] < 0:
+            sse = float(np.sum((y - design @ coef) ** 2))
+            if sse < best_sse:
+                best_sse, best_k = sse, float(k)
+    return best_k, best_sse
+
+
+# --------------------------------------------------------------------------------------
+# hinge
+# --------------------------------------------------------------------------------------
+
+
+def test_fit_hinge_noiseless_is_exact() -> None:
+    fit = an.fit_hinge(SWITCHES, hinge(SWITCHES, 27.3))
+    assert fit.kink == pytest.approx(27.3, abs=1e-9)
+    assert fit.level == pytest.approx(LEVEL)
+    assert fit.slope == pytest.approx(SLOPE)
+    assert fit.sse == pytest.approx(0.0, abs=1e-12)
+    assert fit.k == fit.kink
+
+
+def test_fit_hinge_noisy_within_one_grid_step() -> None:
+    fit = an.fit_hinge(SWITCHES, noisy_accuracy(0))
+    assert abs(fit.kink - TRUE_KINK) <= 5.0
+    assert fit.slope == pytest.approx(SLOPE, rel=0.2)
+    assert fit.n_points == SWITCHES.size * 5
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_fit_hinge_matches_brute_force(seed: int) -> None:
+    acc = noisy_accuracy(seed, kink=float(np.random.default_rng(seed).uniform(5, 55)))
+    fit = an.fit_hinge(SWITCHES, acc)
+    k_ref, sse_ref = brute_force_hinge(SWITCHES, acc)
+    assert fit.sse <= sse_ref + 1e-12
+    assert fit.kink == pytest.approx(k_ref, abs=0.05)
+
+
+def test_fit_hinge_flat_and_rising_report_max_switch() -> None:
+    for acc in (np.full(SWITCHES.size, 0.9), 0.8 + 0.001 * SWITCHES):
+        fit = an.fit_hinge(SWITCHES, acc)
+        assert fit.kink == SWITCHES.max()
+        assert fit.slope == 0.0
+        assert fit.level == pytest.approx(np.mean(acc))
+
+
+def test_fit_hinge_ignores_nans() -> None:
+    acc = np.tile(hinge(SWITCHES)[:, None], (1, 4))
+    acc[3, :] = np.nan  # a switch epoch with no runs at all
+    acc[7, 1] = np.nan  # a single missing run
+    acc[-1, 1:] = np.nan
+    fit = an.fit_hinge(SWITCHES, acc)
+    assert fit.kink == pytest.approx(TRUE_KINK)
+    assert fit.n_points == int(np.isfinite(acc).sum())
+    assert np.isnan(an.fit_hinge(SWITCHES, np.full(SWITCHES.size, np.nan)).kink)
+
+
+def test_fit_hinge_kink_range_excludes_empty_switches() -> None:
+    acc = hinge(SWITCHES)
+    acc[-3:] = np.nan  # largest observed switch is then 45
+    flat = an.fit_hinge(SWITCHES, np.where(np.isfinite(acc), 0.9, np.nan))
+    assert flat.kink == 45.0
+
+
+def test_bootstrap_hinge_deterministic_and_ordered() -> None:
+    acc = noisy_accuracy(4)
+    first = an.bootstrap_hinge(SWITCHES, acc, n_boot=200, rng_seed=3)
+    again = an.bootstrap_hinge(SWITCHES, acc, n_boot=200, rng_seed=3)
+    assert first == again
+    k_hat, lower, upper, slope = first
+    assert lower <= k_hat <= upper
+    assert slope < 0
+    assert k_hat == an.fit_hinge(SWITCHES, acc).kink
+
+
+def test_bootstrap_hinge_coverage() -> None:
+    covered = 0
+    n_trials = 50
+    for trial in range(n_trials):
+        _, lower, upper, _ = an.bootstrap_hinge(
+            SWITCHES, noisy_accuracy(100 + trial), n_boot=200, rng_seed=trial
+        )
+        covered += lower <= TRUE_KINK <= upper
+    assert covered / n_trials >= 0.70
+
+
+def test_bootstrap_hinge_single_seed_and_all_nan() -> None:
+    k, lower, upper, _ = an.bootstrap_hinge(SWITCHES, hinge(SWITCHES), n_boot=50)
+    assert k == pytest.approx(TRUE_KINK) and lower == pytest.approx(k) and upper == pytest.approx(k)
+    assert all(np.isnan(an.bootstrap_hinge(SWITCHES, np.full((13, 3), np.nan), n_boot=10)))
+
+
+# --------------------------------------------------------------------------------------
+# model-free estimators
+# --------------------------------------------------------------------------------------
+
+
+def test_half_deficit_noiseless_hinge() -> None:
+    # final deficit 0.003 * 35; half of it is reached at 25 + 35 / 2
+    assert an.half_deficit_epoch(SWITCHES, hinge(SWITCHES)) == pytest.approx(42.5)
+    assert an.half_deficit_epoch(SWITCHES, hinge(SWITCHES, 30.0)) == pytest.approx(45.0)
+
+
+def test_half_deficit_nan_cases() -> None:
+    assert np.isnan(an.half_deficit_epoch(SWITCHES, np.full(SWITCHES.size, 0.9)))
+    assert np.isnan(an.half_deficit_epoch(SWITCHES, 0.8 + 0.001 * SWITCHES))
+    acc = hinge(SWITCHES)
+    acc[[2, 8]] = np.nan  # 40 is missing: interpolate between 35 and 45 (same line)
+    assert an.half_deficit_epoch(SWITCHES, acc) == pytest.approx(42.5)
+
+
+def test_largest_change_epoch_slope_break() -> None:
+    epochs = np.arange(0.0, 41.0)
+    values = np.where(epochs < 17, 2.0 * epochs, 34.0 + 0.2 * (epochs - 17))
+    assert an.largest_change_epoch(epochs, values, smooth=0) == 17.0
+    assert an.largest_change_epoch(epochs, values, smooth=1.5) == 17.0
+    rng = np.random.default_rng(0)
+    noisy = values + rng.normal(0, 0.3, epochs.size)
+    assert abs(an.largest_change_epoch(epochs, noisy, smooth=2.0) - 17.0) <= 2.0
+
+
+def test_largest_change_epoch_non_uniform_and_short() -> None:
+    epochs = np.array([0.0, 1, 2, 4, 8, 12, 16, 24, 32])
+    values = np.minimum(epochs, 8.0)
+    assert an.largest_change_epoch(epochs, values, smooth=0) == 8.0
+    assert np.isnan(an.largest_change_epoch(np.array([0.0, 1.0]), np.array([1.0, 2.0])))
+
+
+def test_smoothing_keeps_lines_straight() -> None:
+    line = 3.0 + 0.5 * np.arange(10.0)
+    np.testing.assert_allclose(an._smooth(line, 2.0), line)
+
+
+def test_divergence_drop_epoch() -> None:
+    div = 10.0 * np.exp(-SWITCHES / 20.0)  # halves at 20 ln 2 ≈ 13.86
+    expected_between = (10.0, 15.0)
+    got = an.divergence_drop_epoch(SWITCHES, div)
+    assert expected_between[0] < got < expected_between[1]
+    linear = np.interp(SWITCHES, [0, 20, 60], [8.0, 8.0, 0.0])  # half (4) reached at 40
+    assert an.divergence_drop_epoch(SWITCHES, linear) == pytest.approx(40.0)
+    assert np.isnan(an.divergence_drop_epoch(SWITCHES, np.full(SWITCHES.size, 3.0)))
+    assert np.isnan(an.divergence_drop_epoch(SWITCHES, np.full(SWITCHES.size, np.nan)))
+
+
+# --------------------------------------------------------------------------------------
+# power law
+# --------------------------------------------------------------------------------------
+
+
+def test_fit_power_law_recovers_exponent() -> None:
+    x = np.array([16.0, 32, 64, 128, 256, 512])
+    rng = np.random.default_rng(0)
+    y = 3.0 * x**-0.7 * np.exp(rng.normal(0, 0.02, x.size))
+    p, c, lower, upper = an.fit_power_law(x, y, n_boot=300, rng_seed=1)
+    assert p == pytest.approx(-0.7, abs=0.05)
+    assert c == pytest.approx(3.0, rel=0.2)
+    assert lower <= p <= upper
+    assert an.fit_power_law(x, y, n_boot=300, rng_seed=1) == (p, c, lower, upper)
+
+
+def test_fit_power_law_needs_three_points() -> None:
+    assert all(np.isnan(an.fit_power_law(np.array([1.0, 2.0]), np.array([1.0, 4.0]), 10, 0)))
+    x = np.array([1.0, 2.0, 4.0, 8.0])
+    y = np.array([1.0, np.nan, -1.0, 64.0])  # only two usable points
+    assert all(np.isnan(an.fit_power_law(x, y, 10, 0)))
+
+
+# --------------------------------------------------------------------------------------
+# cube summary
+# --------------------------------------------------------------------------------------
+
+BATCHES = np.array([32, 64, 128])
+KINKS = {32: 35.0, 64: 25.0, 128: 17.5}  # kink ∝ (lr / B)^0.5 up to a constant
+
+
+def synthetic_cube(with_llc: bool = True, with_div: bool = True) -> xr.Dataset:
+    """Small cube: 3 batch sizes × 13 switches × 3 seeds × epochs 0..70 (step 1)."""
+    rng = np.random.default_rng(7)
+    seeds = np.arange(3)
+    epochs = np.arange(0.0, 71.0)
+    acc = np.stack(
+        [hinge(SWITCHES, KINKS[b])[:, None] + rng.normal(0, 0.002, (13, 3)) for b in BATCHES]
+    )
+    acc[0, 4, 1] = np.nan  # a missing run
+    coords = {"batch_size": BATCHES, "switch_epoch": SWITCHES, "seed": seeds, "epoch": epochs}
+    data = {"final_test_accuracy": (("batch_size", "switch_epoch", "seed"), acc)}
+    shape = (BATCHES.size, SWITCHES.size, seeds.size, epochs.size)
+    if with_llc:
+        # λ̂ rises 1/epoch until epoch 20 then 0.1/epoch on every run
+        curve = np.where(epochs < 20, epochs, 20 + 0.1 * (epochs - 20))
+        data["llc_mean"] = (tuple(coords), np.broadcast_to(curve, shape).copy())
+    if with_div:
+        # divergence measured only after the switch; early value 10, halves at switch 30
+        after = epochs[None, :] - SWITCHES[:, None]
+        level = np.interp(SWITCHES, [0, 20, 40, 60], [10.0, 10.0, 0.0, 0.0])
+        div = np.where(after > 0, level[:, None] * (1 + 0.01 * after), np.nan)
+        data["div_l2_vs_blurred"] = (tuple(coords), np.broadcast_to(div[None, :, None], shape))
+    return xr.Dataset(data, coords=coords, attrs={"lr": 0.1})
+
+
+EXPECTED_VARS = (
+    "critical_period_end",
+    "critical_period_end_interval",
+    "critical_period_slope",
+    "half_deficit_epoch",
+    "llc_change_epoch_trunk",
+    "llc_change_epoch_sharp",
+    "divergence_drop_epoch",
+    "temperature_exponent",
+    "temperature_exponent_interval",
+    "batch_size_exponent",
+    "batch_size_exponent_interval",
+)
+
+
+def test_critical_period_summary_full_cube() -> None:
+    cube = synthetic_cube()
+    summary = an.critical_period_summary(cube, n_boot=100)
+    for name in EXPECTED_VARS:
+        assert name in summary, name
+        assert {"long_name", "units"} <= set(summary[name].attrs), name
+    assert summary["critical_period_end"].attrs["units"] == "epoch"
+    assert summary["critical_period_end_interval"].dims == ("batch_size", "bound")
+    assert list(summary["bound"].values) == ["lower", "upper"]
+    ends = summary["critical_period_end"].values
+    np.testing.assert_allclose(ends, [KINKS[b] for b in BATCHES], atol=5.0)
+    interval = summary["critical_period_end_interval"].values
+    assert np.all(interval[:, 0] <= ends) and np.all(ends <= interval[:, 1])
+    np.testing.assert_allclose(summary["llc_change_epoch_trunk"].values, 20.0)
+    np.testing.assert_allclose(summary["llc_change_epoch_sharp"].values, 20.0)
+    assert summary.attrs["horizon"] == 1.0
+    np.testing.assert_allclose(summary["divergence_drop_epoch"].values, 30.0, atol=0.5)
+    assert summary["batch_size_exponent"].item() == pytest.approx(-0.5, abs=0.1)
+    assert summary["temperature_exponent"].item() == pytest.approx(0.5, abs=0.1)
+    assert np.all(np.isfinite(summary["temperature_exponent_interval"].values))
+
+
+def test_critical_period_summary_missing_inputs_give_nan() -> None:
+    summary = an.critical_period_summary(synthetic_cube(with_llc=False, with_div=False), n_boot=50)
+    for name in EXPECTED_VARS:
+        assert name in summary and "units" in summary[name].attrs
+    for name in ("llc_change_epoch_trunk", "llc_change_epoch_sharp", "divergence_drop_epoch"):
+        assert np.all(np.isnan(summary[name].values)), name
+    assert np.all(np.isfinite(summary["critical_period_end"].values))
+
+
+def test_critical_period_summary_too_few_batch_sizes() -> None:
+    cube = synthetic_cube().isel(batch_size=[0, 1])
+    summary = an.critical_period_summary(cube, horizon=2, n_boot=50)
+    assert np.isnan(summary["batch_size_exponent"].item())
+    assert np.all(np.isnan(summary["temperature_exponent_interval"].values))
+    assert summary.attrs["horizon"] == 2.0
+    assert np.all(np.isfinite(summary["divergence_drop_epoch"].values))
+
+
+def test_tables(tmp_path: Path) -> None:
+    summary = an.critical_period_summary(synthetic_cube(with_div=False), n_boot=50)
+    table = an.summary_table(summary)
+    assert list(table["batch_size"]) == list(BATCHES)
+    assert {"critical_period_end_lower", "temperature_exponent_upper"} <= set(table.columns)
+    text = an.format_table(summary)
+    lines = text.splitlines()
+    assert len({len(line) for line in lines[: 1 + BATCHES.size]}) == 1  # aligned columns
+    assert "temperature_exponent" in text and "nan" in text
+    path = an.to_csv(summary, tmp_path / "out" / "summary.csv")
+    back = pd.read_csv(path)
+    np.testing.assert_allclose(back["critical_period_end"], table["critical_period_end"])

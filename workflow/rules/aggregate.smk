@@ -1,0 +1,14 @@
+rule aggregate:
+    input:
+        unpack(lambda w: get_cube_inputs()),
+    output:
+        CUBE,
+    params:
+        grid=GRID,
+        epochs_after_switch=config["epochs_after_switch"],
+        training=TRAINING,
+        config_yaml=config_yaml(),
+    log:
+        f"{LOGS}/aggregate.log",
+    script:
+        "../../scripts/aggregate.py"

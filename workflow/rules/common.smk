@@ -1,0 +1,91 @@
+# Paths and input functions shared by all rules. The logic behind them lives in
+# critperiods.plan so that tests and the DAG agree.
+import yaml
+
+from critperiods import plan
+
+plan.check_config(config)
+
+RESULTS = f"{config['results_dir']}/{config['experiment']}"
+DATA = f"{RESULTS}/data/prepared.pt"
+RUN = RESULTS + "/runs/bs{batch_size}/seed{seed}"
+TRUNK = RUN + "/trunk/e{epoch}.pt"
+BRANCH = RUN + "/switch{switch_epoch}.pt"
+PIECE = RESULTS + "/runs/{run}/{piece}"
+CUBE = f"{RESULTS}/cube.nc"
+PLOTS = f"{RESULTS}/plots"
+LOGS = f"{RESULTS}/logs"
+
+GRID = config["grid"]
+TRAINING = plan.training_params(config)
+THREADS = config["train"]["threads"]
+
+
+wildcard_constraints:
+    batch_size=r"\d+",
+    seed=r"\d+",
+    epoch=r"\d+",
+    switch_epoch=r"\d+",
+    run=r"bs\d+/seed\d+",
+    piece=r"trunk|switch\d+",
+
+
+def runs():
+    """(batch_size, seed) cells: each has one trunk."""
+    return [(b, s) for b in GRID["batch_sizes"] for s in GRID["seeds"]]
+
+
+def all_pieces():
+    """Units of evaluation and LLC: the whole trunk of a cell, and each branch."""
+    return [f"{RESULTS}/runs/bs{b}/seed{s}/{piece}" for b, s in runs()
+            for piece in ["trunk"] + [f"switch{k}" for k in GRID["switch_epochs"]]]
+
+
+def get_piece_files(wildcards):
+    """Checkpoint files behind a piece: every trunk segment, or the one branch file."""
+    base = f"{RESULTS}/runs/{wildcards.run}"
+    if wildcards.piece == "trunk":
+        return [f"{base}/trunk/e{e}.pt" for e in plan.trunk_epochs(config)]
+    return [f"{base}/{wildcards.piece}.pt"]
+
+
+def get_trunk_start(wildcards):
+    """A trunk segment continues the previous one; e0 is the initial state."""
+    epoch = int(wildcards.epoch)
+    if epoch == 0:
+        return []
+    return TRUNK.format(batch_size=wildcards.batch_size, seed=wildcards.seed,
+                        epoch=epoch - config["trunk_stride"])
+
+
+def get_piece_epochs(wildcards):
+    """The checkpoint epochs a piece holds."""
+    if wildcards.piece == "trunk":
+        return [e for e in plan.checkpoint_epochs(config) if e <= plan.trunk_end(config)]
+    return plan.branch_checkpoints(config, int(wildcards.piece[len("switch"):]))
+
+
+def get_llc_epochs(wildcards):
+    return plan.llc_epochs(config, get_piece_epochs(wildcards))
+
+
+def get_cube_inputs():
+    metrics = [f"{p}.metrics.nc" for p in all_pieces()]
+    llc = [f"{p}.llc.nc" for p in all_pieces()] if config["llc"]["enabled"] else []
+    return {"metrics": metrics, "llc": llc}
+
+
+def config_yaml():
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def get_final_outputs():
+    return [CUBE, *PLOT_FILES.values()]
+
+
+PLOT_FILES = {
+    "critical_period": f"{PLOTS}/critical_period.png",
+    "learning_curves": f"{PLOTS}/learning_curves.png",
+}
+if config["llc"]["enabled"]:
+    PLOT_FILES["llc"] = f"{PLOTS}/llc.png"

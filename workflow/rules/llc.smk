@@ -1,0 +1,19 @@
+rule llc:
+    input:
+        data=DATA,
+        pieces=get_piece_files,
+    output:
+        PIECE + ".llc.nc",
+    params:
+        training=TRAINING,
+        llc=config["llc"],
+        epochs=get_llc_epochs,
+        device=config["device"],
+        progress=config["train"]["progress"],
+    threads: THREADS
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/llc/{{run}}/{{piece}}.log",
+    script:
+        "../../scripts/llc.py"

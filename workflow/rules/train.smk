@@ -1,0 +1,39 @@
+rule train_trunk:
+    input:
+        data=DATA,
+        start=get_trunk_start,
+    output:
+        TRUNK,
+    params:
+        training=TRAINING,
+        checkpoint_epochs=lambda w: plan.trunk_segment_checkpoints(config, int(w.epoch)),
+        device=config["device"],
+        progress=config["train"]["progress"],
+    threads: THREADS
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/train/bs{{batch_size}}_seed{{seed}}_trunk_e{{epoch}}.log",
+    script:
+        "../../scripts/train.py"
+
+
+rule train_branch:
+    input:
+        data=DATA,
+        start=TRUNK.replace("{epoch}", "{switch_epoch}"),
+    output:
+        BRANCH,
+    params:
+        training=TRAINING,
+        checkpoint_epochs=lambda w: plan.branch_checkpoints(config, int(w.switch_epoch)),
+        end_epoch=lambda w: plan.run_end(config, int(w.switch_epoch)),
+        device=config["device"],
+        progress=config["train"]["progress"],
+    threads: THREADS
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/train/bs{{batch_size}}_seed{{seed}}_switch{{switch_epoch}}.log",
+    script:
+        "../../scripts/train.py"
