@@ -1,11 +1,13 @@
 # critperiods: critical learning periods through singular learning theory.
 # This file is the table of contents; each stage lives in workflow/rules/.
+import os
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
-configfile: "config.yaml"
+configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

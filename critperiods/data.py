@@ -118,7 +118,7 @@ def read_idx(path: Path) -> np.ndarray:
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
         raise ValueError(f"{path}: truncated IDX file ({data.size} bytes for shape {shape})")
-    return data.reshape(shape)
+    return data.reshape(shape).copy()  # writable, detached from the file buffer
 
 
 def _find_idx_folder(candidates: list[Path]) -> Path | None:

@@ -44,6 +44,34 @@ def normal_crossing_multiplicity(powers: Sequence[int]) -> int:
     return sum(1 for k in positive if k == max(positive))
 
 
+def normal_crossing_tempered_mean(powers: tuple[int, int], nbeta: float, gamma: float) -> float:
+    """Exact target of the SGLD estimator for a 2-d normal-crossing potential at finite
+    temperature: ``E[nbeta K(w)]`` under ``exp(-nbeta K(w) - gamma |w|^2 / 2)``.
+
+    It tends to ``lambda`` only like ``lambda - (m - 1) / log(nbeta ...)`` (multiplicity ``m``),
+    so for ``m = 2`` it stays visibly below ``lambda`` at any affordable ``nbeta``; comparing
+    with it separates sampler error from this asymptotic bias.  Only ``t = nbeta /
+    gamma^(k1+k2)`` matters (rescale ``w = u / sqrt(gamma)``); computed by 2-d quadrature.
+    """
+    from scipy import integrate
+
+    k1, k2 = powers
+    t = nbeta / gamma ** (k1 + k2)
+    breaks = [1e-4, 1e-3, 1e-2, 0.1, 1.0]
+
+    def moment(power: int) -> float:
+        def inner(u1: float) -> float:
+            def f(u2: float) -> float:
+                tk = t * u1 ** (2 * k1) * u2 ** (2 * k2)
+                return tk**power * math.exp(-tk - u2 * u2 / 2)
+
+            return integrate.quad(f, 0, 12, limit=400, points=breaks)[0] * math.exp(-u1 * u1 / 2)
+
+        return integrate.quad(inner, 0, 12, limit=400, points=breaks)[0]
+
+    return moment(1) / moment(0)
+
+
 def regular_lc(dim: int) -> float:
     """Learning coefficient of a regular model with ``dim`` parameters: ``dim / 2``."""
     return dim / 2.0

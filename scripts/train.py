@@ -23,7 +23,6 @@ try:
     run_piece(
         spec, TrainConfig.from_params(sm.params.training), config_hash(sm.params.training),
         load_prepared(sm.input.data, device), sm.input.start or None, sm.output[0], device,
-        progress=sm.params.progress,
     )
 except Preempted as stop:
     print(f"preempted: {stop}; state saved, the retry resumes from it", file=sys.stderr)

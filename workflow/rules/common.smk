@@ -76,7 +76,8 @@ def get_cube_inputs():
 
 
 def config_yaml():
-    return yaml.safe_dump(config, sort_keys=False)
+    """The config recorded in the cube: everything but plot options (plots rerun alone)."""
+    return yaml.safe_dump({k: v for k, v in config.items() if k != "plots"}, sort_keys=False)
 
 
 def get_final_outputs():

@@ -9,7 +9,6 @@ rule llc:
         llc=config["llc"],
         epochs=get_llc_epochs,
         device=config["device"],
-        progress=config["train"]["progress"],
     threads: THREADS
     resources:
         gpu=1,

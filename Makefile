@@ -1,0 +1,47 @@
+# critperiods — the two commands: `make run` (default experiment) and `make test`.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+SMK     := $(VENV)/bin/snakemake
+CORES   ?= all
+CONFIG  ?=
+STAMP   := $(VENV)/.installed
+
+.PHONY: run test lint report bench dataset clean-results help
+
+help:
+	@echo "make run     - install into $(VENV) and run the default experiment (config.yaml)"
+	@echo "make run CONFIG=configs/x.yaml - run another experiment"
+	@echo "make test    - run the test suite"
+	@echo "make report  - build the HTML report of the last run (report.html)"
+	@echo "make bench   - benchmarks (bench/), results in bench/out/"
+	@echo "make lint    - ruff + snakemake --lint"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian's package when we may install it; otherwise the
+# workflow falls back to dataset.root and then to a torchvision download.
+dataset:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) \
+		|| echo "dataset-fashion-mnist not installable; torchvision will download it"; \
+	fi
+
+run: $(STAMP) dataset
+	$(SMK) --cores $(CORES) $(if $(CONFIG),--configfile $(CONFIG))
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check critperiods scripts tests bench
+	$(SMK) --lint
+
+report: $(STAMP)
+	$(SMK) --cores 1 $(if $(CONFIG),--configfile $(CONFIG)) --report report.html
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py

@@ -1,0 +1,73 @@
+"""Corrupt, foreign and other-config checkpoints are refused with the file and the reason."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from critperiods.checkpoints import CheckpointError, config_hash, load_piece, save_piece
+from critperiods.plan import training_params
+
+
+def write_piece(path, h="aaaaaaaaaaaa"):
+    save_piece(path, config_hash=h, identity={"seed": 0}, state={"epoch": 1},
+               checkpoints=[{"epoch": 1, "model": {"w": torch.ones(3)}}])
+
+
+def test_roundtrip(tmp_path):
+    write_piece(tmp_path / "p.pt")
+    piece = load_piece(tmp_path / "p.pt", "aaaaaaaaaaaa")
+    assert torch.equal(piece["checkpoints"][0]["model"]["w"], torch.ones(3))
+
+
+def test_truncated_file_is_refused(tmp_path):
+    path = tmp_path / "p.pt"
+    write_piece(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"p\.pt: cannot be read .*truncated or corrupt"):
+        load_piece(path, "aaaaaaaaaaaa")
+
+
+def test_foreign_file_is_refused(tmp_path):
+    path = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, path)
+    with pytest.raises(CheckpointError, match=r"foreign\.pt: not a critperiods file"):
+        load_piece(path, "aaaaaaaaaaaa")
+
+
+def test_code_in_a_checkpoint_is_never_executed(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "critperiods-trajectory/1", "x": object()}, path)
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_piece(path, "aaaaaaaaaaaa")
+
+
+def test_other_config_names_both_hashes(tmp_path):
+    path = tmp_path / "p.pt"
+    write_piece(path, "aaaaaaaaaaaa")
+    with pytest.raises(CheckpointError, match="config aaaaaaaaaaaa, but this run's config is bbb"):
+        load_piece(path, "bbbbbbbbbbbb")
+
+
+def test_hash_ignores_lr_after_switch_but_not_lr():
+    from tests.test_config import checked, load_default
+
+    config = checked(load_default())
+    base = config_hash(training_params(config))
+    config["optimizer"]["lr_after_switch"] = "restart"
+    assert config_hash(training_params(config)) == base
+    config["optimizer"]["lr"] = 0.1
+    assert config_hash(training_params(config)) != base
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    path = tmp_path / "p.pt"
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        write_piece(path)
+    assert list(tmp_path.iterdir()) == []

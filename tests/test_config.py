@@ -1,0 +1,97 @@
+"""Bad configs fail before any job runs, naming the key and the bad value."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from critperiods.plan import ConfigError, check_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
+
+
+def load_default() -> dict:
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def checked(config: dict) -> dict:
+    config = copy.deepcopy(config)
+    validate(config, SCHEMA)
+    check_config(config)
+    return config
+
+
+def test_default_config_is_valid_and_gets_defaults():
+    config = checked(load_default())
+    assert config["evaluate"]["train_samples"] == 2000  # filled from the schema
+    assert config["llc"]["chains"] == 4
+
+
+def test_every_schema_property_has_type_default_description():
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+
+    def walk(props: dict, prefix: str) -> None:
+        for key, spec in props.items():
+            for field in ("type", "default", "description"):
+                assert field in spec, f"{prefix}{key} lacks {field}"
+            if "properties" in spec:
+                walk(spec["properties"], f"{prefix}{key}.")
+
+    walk(schema["properties"], "")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda c: c["optimizer"].update(lr_decya=0.9), "lr_decya"),  # typo → unknown key
+        (lambda c: c.update(epochs_after_swtich=3), "epochs_after_swtich"),
+        (lambda c: c["grid"].update(batch_sizes=[32, -4]), "-4"),
+        (lambda c: c["grid"].update(batch_sizes=[0]), "batch_sizes"),
+        (lambda c: c["grid"].update(seeds=[]), "seeds"),
+        (lambda c: c["dataset"].update(name="imagenet"), "imagenet"),
+        (lambda c: c["model"].update(name="vgg"), "vgg"),
+        (lambda c: c.update(device="tpu"), "tpu"),
+    ],
+)
+def test_schema_errors_name_key_and_value(mutate, expected):
+    config = load_default()
+    mutate(config)
+    with pytest.raises(WorkflowError) as err:
+        validate(config, SCHEMA)
+    assert expected in str(err.value)
+
+
+def test_switch_epoch_not_multiple_of_stride():
+    config = load_default()
+    config["grid"]["switch_epochs"] = [0, 4, 6]
+    with pytest.raises(ConfigError, match=r"grid.switch_epochs: \[6\].*trunk_stride=4"):
+        checked(config)
+
+
+def test_batch_size_larger_than_dataset():
+    config = load_default()
+    config["dataset"]["train_subset"] = 100
+    with pytest.raises(ConfigError, match=r"grid.batch_sizes: \[128\]"):
+        checked(config)
+
+
+def test_snakemake_refuses_bad_config_before_planning(tmp_path):
+    """Through the real CLI: a typo fails the dry run, and no job is planned."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trunk_stride: 4\ngrid:\n  switch_epochs: [0, 5]\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "grid.switch_epochs: [5]" in out
+    assert "Job stats" not in out

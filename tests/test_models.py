@@ -1,0 +1,41 @@
+"""Models build by name, split into features + classifier, and depend only on the seed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from critperiods.models import MODELS, build_model
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 32)])
+def test_forward_shapes_and_split(name, channels, size):
+    model = build_model(name, 4, channels, size, 10, seed=0).eval()
+    x = torch.randn(3, channels, size, size)
+    logits = model(x)
+    assert logits.shape == (3, 10)
+    assert torch.equal(logits, model.classifier(model.features(x)))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_initial_weights_depend_only_on_seed(name):
+    a = build_model(name, 4, 3, 32, 10, seed=7)
+    torch.rand(100)
+    b = build_model(name, 4, 3, 32, 10, seed=7)
+    c = build_model(name, 4, 3, 32, 10, seed=8)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    assert not torch.equal(next(a.parameters()), next(c.parameters()))
+
+
+def test_unknown_model_names_the_key():
+    with pytest.raises(ValueError, match="model.name: unknown model 'vgg'"):
+        build_model("vgg", 4, 1, 28, 10, 0)
+
+
+def test_resnet18_has_eighteen_weight_layers():
+    model = build_model("resnet18", 64, 3, 32, 10, 0)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) + 1 == 18  # 17 3×3 convs + the linear read-out
+    assert 11_000_000 < sum(p.numel() for p in model.parameters()) < 11_300_000

@@ -1,0 +1,125 @@
+"""End to end: the real Snakefile on a tiny config, every stage for real.
+
+One module-scoped run, then dry runs that show which jobs a config change plans.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import critperiods
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests/configs/tiny.yaml"
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir: Path, *args: str, configs: list[Path] = ()) -> str:
+    """Run the CLI in ``workdir``; return its output, failing loudly on error."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+           "--configfile", str(ROOT / "config.yaml"), str(TINY), *map(str, configs), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    return out
+
+
+def planned(out: str) -> dict[str, list[str]]:
+    """``{rule: [outputs]}`` of the jobs a dry run plans."""
+    jobs: dict[str, list[str]] = {}
+    for rule, output in re.findall(r"rule (\w+):\n(?:    input: .*\n)?    output: (.*)\n", out):
+        jobs.setdefault(rule, []).append(output)
+    return jobs
+
+
+def override(tmp: Path, name: str, text: str) -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("tiny")
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def test_cube_has_design_dims_and_no_nan_where_runs_exist(run):
+    cube = critperiods.open_cube(run / "results/tiny/cube.nc")
+    for dim in ("batch_size", "switch_epoch", "seed", "epoch"):
+        assert dim in cube.dims
+    assert list(cube.batch_size.values) == [64, 128]
+    assert list(cube.epoch.values) == [0, 1, 2, 3, 4]
+    for name in ("test_accuracy", "test_loss", "blurred_test_accuracy", "train_loss",
+                 "train_accuracy"):
+        var = cube[name]
+        assert var.dims == ("batch_size", "switch_epoch", "seed", "epoch")
+        assert var.attrs["units"] and var.attrs["long_name"]
+        ran = cube.epoch <= cube.switch_epoch + 2
+        assert not var.where(ran).isnull().where(ran, False).any(), name
+        assert var.where(~ran).isnull().all(), f"{name}: cells not run must be NaN"
+    assert cube.final_test_accuracy.dims == ("batch_size", "switch_epoch", "seed")
+    assert np.all(cube.final_test_accuracy > 0.1)  # better than chance on real data
+    assert bool(cube.phase_sharp.sel(switch_epoch=2, epoch=3))
+    assert not bool(cube.phase_sharp.sel(switch_epoch=2, epoch=2))
+    assert "critical_period_end" in cube
+    config = yaml.safe_load(cube.attrs["config"])
+    assert config["experiment"] == "tiny"
+    for key in ("Conventions", "history", "git_commit", "torch_version", "snakemake_version",
+                "critperiods_version", "training_config_hash"):
+        assert key in cube.attrs
+
+
+def test_trunk_values_shared_before_switch(run):
+    cube = critperiods.open_cube(run / "results/tiny/cube.nc")
+    early = cube.test_accuracy.sel(epoch=[0, 1, 2])
+    assert (early.sel(switch_epoch=2) == early.sel(switch_epoch=2)).all()
+    # epoch 0 is the initial model for every run of a (batch_size, seed)
+    first = cube.test_loss.sel(epoch=0)
+    assert float(abs(first.sel(switch_epoch=0) - first.sel(switch_epoch=2)).max()) == 0.0
+
+
+def test_plots_exist(run):
+    for name in ("critical_period", "learning_curves"):
+        path = run / f"results/tiny/plots/{name}.png"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_nothing_left_to_do(run):
+    assert "Nothing to be done" in snakemake(run, "-n")
+
+
+def test_evaluation_change_plans_no_training(run, tmp_path):
+    out = snakemake(run, "-n", configs=[override(tmp_path, "e", "evaluate:\n  batch_size: 333\n")])
+    jobs = planned(out)
+    assert "evaluate" in jobs and "aggregate" in jobs
+    assert not {"train_trunk", "train_branch", "prepare_data"} & set(jobs)
+
+
+def test_plot_change_plans_only_plots(run, tmp_path):
+    out = snakemake(run, "-n", configs=[override(tmp_path, "p", "plots:\n  dpi: 60\n")])
+    assert set(planned(out)) == {"plots"}
+
+
+def test_new_seed_plans_only_its_runs(run, tmp_path):
+    out = snakemake(run, "-n", configs=[override(tmp_path, "s", "grid:\n  seeds: [0, 1]\n")])
+    jobs = planned(out)
+    trained = jobs["train_trunk"] + jobs["train_branch"]
+    assert trained and all("/seed1/" in o for o in trained)
+    assert all("/seed1/" in o for o in jobs["evaluate"])
+
+
+def test_larger_switch_epoch_plans_only_new_segments(run, tmp_path):
+    out = snakemake(run, "-n",
+                    configs=[override(tmp_path, "k", "grid:\n  switch_epochs: [0, 2, 4]\n")])
+    jobs = planned(out)
+    assert sorted(o.rsplit("/", 1)[-1] for o in jobs["train_trunk"]) == ["e4.pt", "e4.pt"]
+    assert sorted(o.rsplit("/", 1)[-1] for o in jobs["train_branch"]) == ["switch4.pt"] * 2
