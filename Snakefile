@@ -18,6 +18,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/llc.smk"
+include: "workflow/rules/divergence.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/plots.smk"
 

@@ -19,7 +19,7 @@ import xarray as xr
 from critperiods.files import write_atomic
 
 PIECE_RE = re.compile(
-    r"bs(?P<batch_size>\d+)/seed(?P<seed>\d+)/(?:(?P<trunk>trunk)|switch(?P<switch>\d+))\."
+    r"bs(?P<batch_size>\d+)/seed(?P<seed>\d+)/(?:(?P<trunk>trunk)[./]|switch(?P<switch>\d+)\.)"
 )
 
 ATTRS = {
@@ -101,19 +101,33 @@ def _versions() -> dict[str, str]:
             "critperiods_version": critperiods.__version__}
 
 
+def assemble_divergence(files: Iterable[str | Path]) -> xr.Dataset:
+    """Per-batch-size divergence results (``…/divergence/bs<B>.nc``) on a ``batch_size`` dim."""
+    parts = []
+    for f in files:
+        m = re.search(r"bs(\d+)\.nc$", str(f))
+        if m is None:
+            raise ValueError(f"{f}: not a divergence result (…/divergence/bs<B>.nc)")
+        with xr.open_dataset(f) as opened:
+            ds = opened.load()
+        parts.append(ds.expand_dims(batch_size=[int(m[1])]))
+    return xr.merge(parts, join="outer", combine_attrs="drop_conflicts") if parts else xr.Dataset()
+
+
 def build_cube(
     metrics_files: Iterable[str | Path], llc_files: Iterable[str | Path], grid: dict,
     epochs_after_switch: int, training: dict, config_yaml: str,
+    divergence_files: Iterable[str | Path] = (),
 ) -> xr.Dataset:
-    """Merge per-piece metrics (and λ̂) into the cube of DESIGN.md, with attributes."""
+    """Merge per-piece metrics, λ̂ and divergences into the cube of DESIGN.md."""
     from critperiods.analysis import critical_period_summary
     from critperiods.checkpoints import config_hash
 
-    parts = [assemble_runs(metrics_files)]
-    llc_files = list(llc_files)
-    if llc_files:
-        parts.append(assemble_runs(llc_files))
+    parts = [assemble_runs(metrics_files), assemble_runs(llc_files),
+             assemble_divergence(divergence_files)]
     cube = xr.merge(parts, join="outer", combine_attrs="drop_conflicts")
+    cube = cube.sel(epoch=cube.epoch[cube.test_accuracy.notnull().any(
+        ["batch_size", "switch_epoch", "seed"])])
     cube = cube.reindex(batch_size=sorted(grid["batch_sizes"]),
                         switch_epoch=sorted(grid["switch_epochs"]), seed=sorted(grid["seeds"]))
     cube["phase_sharp"] = cube.epoch > cube.switch_epoch

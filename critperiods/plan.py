@@ -49,8 +49,16 @@ def last_epoch(config: dict) -> int:
 
 
 def trunk_end(config: dict) -> int:
-    """Last epoch the blurred trunk is trained to (a multiple of ``trunk_stride``)."""
-    return max(config["grid"]["switch_epochs"])
+    """Last epoch the blurred trunk is trained to (a multiple of ``trunk_stride``).
+
+    Branches need it up to the largest switch epoch; the divergence stage also
+    needs the always-blurred reference up to the last epoch any run reaches.
+    """
+    end = max(config["grid"]["switch_epochs"])
+    if config.get("divergence", {}).get("enabled", False):
+        stride = config["trunk_stride"]
+        end = -(-last_epoch(config) // stride) * stride
+    return end
 
 
 def trunk_epochs(config: dict) -> list[int]:
@@ -85,9 +93,15 @@ def branch_checkpoints(config: dict, switch_epoch: int) -> list[int]:
     return _within(checkpoint_epochs(config), switch_epoch, run_end(config, switch_epoch))
 
 
-def llc_epochs(config: dict, epochs: Iterable[int]) -> list[int]:
-    """The subset of ``epochs`` (a piece's checkpoints) at which λ̂ is estimated."""
+def llc_epochs(config: dict, epochs: Iterable[int], trunk: bool = False) -> list[int]:
+    """The subset of ``epochs`` (a piece's checkpoints) at which λ̂ is estimated.
+
+    The trunk's extension past the largest switch epoch (kept for divergences)
+    belongs to no run, so λ̂ is not estimated there.
+    """
     llc = config["llc"]
+    if trunk:
+        epochs = [e for e in epochs if e <= max(config["grid"]["switch_epochs"])]
     if llc.get("epochs") is not None:
         return [e for e in epochs if e in set(llc["epochs"])]
     return [e for e in epochs if e % llc["every"] == 0]

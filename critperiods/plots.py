@@ -89,8 +89,79 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     _save(fig, path, dpi)
 
 
+def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
+    """SGLD chain diagnostics: minibatch loss per draw, every chain, at a few checkpoints.
+
+    One panel per (batch size, switch epoch = largest) at its last λ̂ epoch, seed 0: the
+    traces should rise from the checkpoint's loss and then fluctuate around a plateau after
+    burn-in; a trend or a run-away chain means the step size is off.
+    """
+    trace = cube.llc_loss_trace.isel(seed=0)
+    picks = []
+    for b in cube.batch_size.values:
+        for k in (cube.switch_epoch.values[0], cube.switch_epoch.values[-1]):
+            t = trace.sel(batch_size=b, switch_epoch=k).dropna("epoch", how="all")
+            if t.sizes["epoch"]:
+                picks.append((b, k, t.isel(epoch=-1)))
+    fig, axes = plt.subplots(1, max(1, len(picks)), figsize=(4.2 * max(1, len(picks)), 3.2),
+                             squeeze=False)
+    burn_in = int(cube.attrs.get("llc_burn_in", 0))
+    for ax, (b, k, t) in zip(axes[0], picks, strict=False):
+        for c in t.chain.values:
+            ax.plot(t.draw, t.sel(chain=c), lw=0.7, label=f"chain {c}")
+        ax.axvline(burn_in, color="k", ls=":", lw=0.8)
+        ax.set_title(f"batch {b}, switch {k}, epoch {int(t.epoch)}", fontsize=9)
+        ax.set_xlabel("draw")
+    axes[0][0].set_ylabel("minibatch loss (nats)")
+    axes[0][0].legend(fontsize=7)
+    _save(fig, path, dpi)
+
+
+def divergence(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
+    """L2 distance to the always-blurred run vs epoch: a panel per batch size, a line per switch."""
+    fig, axes = _panels(cube.sizes["batch_size"])
+    colors = plt.cm.viridis(np.linspace(0, 0.9, cube.sizes["switch_epoch"]))
+    for ax, b in zip(axes, cube.batch_size.values, strict=True):
+        for color, k in zip(colors, cube.switch_epoch.values, strict=True):
+            curve = cube.div_l2_vs_blurred.sel(batch_size=b, switch_epoch=k).mean("seed")
+            curve = curve.dropna("epoch")
+            ax.plot(curve.epoch, curve, marker=".", color=color, label=f"switch {k}")
+        ax.set_title(f"batch {b}")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("‖θ − θ_blurred‖ (L2)")
+    axes[-1].legend(fontsize=7)
+    _save(fig, path, dpi)
+
+
+def divergence_final(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
+    """At each run's last epoch, vs switch epoch: disagreement with the always-blurred run,
+    and the aligned distance between seeds (mean over seed pairs)."""
+    final = cube.sel(epoch=cube.switch_epoch + int(cube.attrs["epochs_after_switch"]))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for i, b in enumerate(cube.batch_size.values):
+        f = final.sel(batch_size=b)
+        if "div_disagreement_vs_blurred" in f:
+            ax1.plot(cube.switch_epoch, f.div_disagreement_vs_blurred.mean("seed"), marker="o",
+                     color=f"C{i}", label=f"batch {b}")
+        if "div_l2_aligned_seeds" in f:
+            off = f.div_l2_aligned_seeds.where(f.seed != f.seed_b)
+            ax2.plot(cube.switch_epoch, off.mean(["seed", "seed_b"]), marker="o", color=f"C{i}",
+                     label=f"batch {b}")
+    ax1.set_ylabel("disagreement with always-blurred run")
+    ax2.set_ylabel("aligned L2 between seeds")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("switch epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(fig, path, dpi)
+
+
 PLOTTERS: dict[str, Callable[..., None]] = {
     "critical_period": critical_period,
     "learning_curves": learning_curves,
     "llc": llc,
+    "llc_traces": llc_traces,
+    "divergence": divergence,
+    "divergence_final": divergence_final,
 }

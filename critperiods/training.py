@@ -250,7 +250,8 @@ def train_until(
                 raise Preempted(f"stopped at epoch {trainer.epoch}, step {trainer.step}")
             if trainer.epoch in checkpoint_epochs:
                 checkpoints.append(make_checkpoint(trainer, switch_epoch, config_hash))
-            bar.set_postfix(loss=f"{loss:.4f}", phase=phase(trainer.epoch - 1, switch_epoch))
+            bar.set_postfix(loss=f"{loss:.4f}", phase=phase(trainer.epoch - 1, switch_epoch),
+                            refresh=False)
             bar.update(1)
             if save_resume is not None and trainer.epoch < end_epoch:
                 save_resume()

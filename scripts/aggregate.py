@@ -9,5 +9,6 @@ cube = build_cube(
     metrics_files=sm.input.metrics, llc_files=sm.input.get("llc", []),
     grid=sm.params.grid, epochs_after_switch=sm.params.epochs_after_switch,
     training=sm.params.training, config_yaml=sm.params.config_yaml,
+    divergence_files=sm.input.get("divergence", []),
 )
 write_netcdf(cube, sm.output[0])

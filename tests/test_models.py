@@ -36,6 +36,7 @@ def test_unknown_model_names_the_key():
 
 def test_resnet18_has_eighteen_weight_layers():
     model = build_model("resnet18", 64, 3, 32, 10, 0)
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    convs = [m for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
     assert len(convs) + 1 == 18  # 17 3×3 convs + the linear read-out
     assert 11_000_000 < sum(p.numel() for p in model.parameters()) < 11_300_000

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from critperiods.checkpoints import load_piece
-from critperiods.trajectories import PieceSpec, resume_path_for, run_piece
 from critperiods.training import (
     NEVER,
     Preempted,
@@ -16,6 +15,7 @@ from critperiods.training import (
     learning_rate,
     train_from_scratch,
 )
+from critperiods.trajectories import PieceSpec, resume_path_for, run_piece
 
 HASH = "testhash0001"
 

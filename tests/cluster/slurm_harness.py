@@ -106,14 +106,22 @@ class LocalSlurm:
         self.etc = self.root / "etc"
         self.logs = self.root / "log"
         self.conf = self.etc / "slurm.conf"
+        self.bin = self.root / "bin"
         self.db_socket = self.root / "mysql" / "mysqld.sock"
         self.ports = {k: _free_port() for k in ("ctld", "slurmd", "dbd", "mysql")}
 
     # -- environment seen by clients --------------------------------------------------
     @property
     def env(self) -> dict[str, str]:
-        """Variables a client (sbatch, sacct, snakemake) needs to reach this cluster."""
-        return {"SLURM_CONF": str(self.conf)}
+        """Variables a client (sbatch, sacct, snakemake) needs to reach this cluster.
+
+        ``PATH`` starts with a folder holding an ``srun`` wrapper that sets
+        ``SLURM_CONF``: inside a job the plugin starts the rule with ``srun`` after
+        dropping most ``SLURM_*`` variables, ``SLURM_CONF`` included, and srun would then
+        look for ``/etc/slurm/slurm.conf`` (a real cluster has its config there).
+        """
+        return {"SLURM_CONF": str(self.conf),
+                "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     def run(self, *cmd: str, check: bool = True, timeout: float = 60) -> str:
         """Run a SLURM client command against this cluster; return its stdout."""
@@ -135,6 +143,7 @@ class LocalSlurm:
             self._start_mariadb()
             self._make_fake_gpus()
             self._write_slurm_conf()
+            self._write_srun_wrapper()
             self._start_slurmdbd()
             self._start_slurmctld()
             self._start_slurmd()
@@ -287,6 +296,12 @@ StorageLoc=slurm_acct_db
 """)
         os.chmod(dbd, 0o600)
 
+    def _write_srun_wrapper(self) -> None:
+        self.bin.mkdir(exist_ok=True)
+        wrapper = self.bin / "srun"
+        wrapper.write_text(f'#!/bin/sh\nSLURM_CONF="{self.conf}" exec {_which("srun")} "$@"\n')
+        os.chmod(wrapper, 0o755)
+
     def _start_slurmdbd(self) -> None:
         proc = self._spawn("slurmdbd", [_which("slurmdbd"), "-D"])
 
@@ -352,17 +367,26 @@ StorageLoc=slurm_acct_db
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     reason = unavailable_reason()
     if reason:
         sys.exit(f"cannot start a local SLURM: {reason}")
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    cluster = LocalSlurm().start()
-    print(f"local SLURM up in {cluster.timings['start']:.1f} s (apt {cluster.timings['apt']:.1f} s)")
-    print(f"export SLURM_CONF={cluster.conf}")
-    print("Ctrl-C (or SIGTERM) stops it.")
+    cluster = LocalSlurm()
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        cluster.start()
+        print(f"local SLURM up in {cluster.timings['start']:.1f} s "
+              f"(apt {cluster.timings['apt']:.1f} s)", flush=True)
+        print(f"export SLURM_CONF={cluster.conf} PATH={cluster.bin}:$PATH", flush=True)
+        print("Ctrl-C (or SIGTERM) stops it.", flush=True)
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
     finally:
         cluster.stop()
         cluster.cleanup()

@@ -12,6 +12,7 @@ RUN = RESULTS + "/runs/bs{batch_size}/seed{seed}"
 TRUNK = RUN + "/trunk/e{epoch}.pt"
 BRANCH = RUN + "/switch{switch_epoch}.pt"
 PIECE = RESULTS + "/runs/{run}/{piece}"
+DIVERGENCE = RESULTS + "/divergence/bs{batch_size}.nc"
 CUBE = f"{RESULTS}/cube.nc"
 PLOTS = f"{RESULTS}/plots"
 LOGS = f"{RESULTS}/logs"
@@ -66,13 +67,28 @@ def get_piece_epochs(wildcards):
 
 
 def get_llc_epochs(wildcards):
-    return plan.llc_epochs(config, get_piece_epochs(wildcards))
+    return plan.llc_epochs(config, get_piece_epochs(wildcards), wildcards.piece == "trunk")
+
+
+def get_divergence_inputs(wildcards):
+    """Every piece of every seed of one batch size: trunks (the blurred reference) and branches."""
+    return [
+        f"{RESULTS}/runs/bs{wildcards.batch_size}/seed{s}/{piece}.pt"
+        for s in GRID["seeds"]
+        for piece in [f"trunk/e{e}" for e in plan.trunk_epochs(config)]
+        + [f"switch{k}" for k in GRID["switch_epochs"]]
+    ]
 
 
 def get_cube_inputs():
     metrics = [f"{p}.metrics.nc" for p in all_pieces()]
     llc = [f"{p}.llc.nc" for p in all_pieces()] if config["llc"]["enabled"] else []
-    return {"metrics": metrics, "llc": llc}
+    divergence = (
+        [DIVERGENCE.format(batch_size=b) for b in GRID["batch_sizes"]]
+        if config["divergence"]["enabled"]
+        else []
+    )
+    return {"metrics": metrics, "llc": llc, "divergence": divergence}
 
 
 def config_yaml():
@@ -90,3 +106,7 @@ PLOT_FILES = {
 }
 if config["llc"]["enabled"]:
     PLOT_FILES["llc"] = f"{PLOTS}/llc.png"
+    PLOT_FILES["llc_traces"] = f"{PLOTS}/llc_traces.png"
+if config["divergence"]["enabled"]:
+    PLOT_FILES["divergence"] = f"{PLOTS}/divergence.png"
+    PLOT_FILES["divergence_final"] = f"{PLOTS}/divergence_final.png"

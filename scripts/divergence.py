@@ -1,0 +1,16 @@
+"""Stage divergence: every comparison between the runs of one batch size."""
+
+from critperiods.checkpoints import config_hash
+from critperiods.cube import write_netcdf
+from critperiods.data import load_prepared
+from critperiods.divergence import divergence_for_pieces
+from critperiods.stage import setup
+from critperiods.training import TrainConfig
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+device = setup(sm)
+result = divergence_for_pieces(
+    sm.input.pieces, config_hash(sm.params.training), TrainConfig.from_params(sm.params.training),
+    load_prepared(sm.input.data, device), sm.params.divergence, device,
+)
+write_netcdf(result, sm.output[0])

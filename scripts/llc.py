@@ -1,0 +1,22 @@
+"""Stage llc: λ̂ by SGLD at the selected checkpoints of one piece."""
+
+from critperiods.checkpoints import config_hash, load_checkpoints
+from critperiods.cube import write_netcdf
+from critperiods.data import load_prepared
+from critperiods.evaluation import model_for
+from critperiods.llc import llc_at_checkpoints, llc_config_from_params, llc_data
+from critperiods.stage import setup
+from critperiods.training import TrainConfig
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+device = setup(sm)
+cfg = TrainConfig.from_params(sm.params.training)
+data = load_prepared(sm.input.data, device)
+wanted = set(sm.params.epochs)
+checkpoints = [c for c in load_checkpoints(sm.input.pieces, config_hash(sm.params.training))
+               if c["epoch"] in wanted]
+result = llc_at_checkpoints(
+    checkpoints, model_for(cfg, data, device), llc_data(data, sm.params.llc),
+    llc_config_from_params(sm.params.llc), label=str(sm.output[0]),
+)
+write_netcdf(result, sm.output[0])

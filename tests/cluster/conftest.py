@@ -1,0 +1,46 @@
+"""Fixtures for the tests against a real (local, throw-away) SLURM.
+
+``slurm_cluster`` starts one cluster per test session (see slurm_harness.py) and
+stops exactly the daemons it started at the end. Where that is impossible (not
+root, not Debian, no apt-get, or ``CRITPERIODS_SKIP_SLURM=1``) every test that
+uses it is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from slurm_harness import LocalSlurm, unavailable_reason  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"no local SLURM: {reason}")
+    # Its own folder under the system temp dir: pytest's are private to root, and
+    # the munge and mysql users must reach theirs.
+    cluster = LocalSlurm()
+    root = cluster.root
+    try:
+        cluster.start()
+    except Exception as err:  # the daemons that did start are stopped by start()
+        pytest.fail(f"starting the local SLURM failed: {err}\n{_tail_logs(cluster)}")
+    print(f"\nlocal SLURM in {root}: apt {cluster.timings['apt']:.1f} s, "
+          f"start {cluster.timings['start']:.1f} s", file=sys.stderr)
+    yield cluster
+    cluster.stop()
+    cluster.cleanup()
+
+
+def _tail_logs(cluster: LocalSlurm, lines: int = 15) -> str:
+    out = []
+    for log in sorted(cluster.logs.glob("*")):
+        text = log.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"--- {log.name}\n" + "\n".join(text))
+    return "\n".join(out)

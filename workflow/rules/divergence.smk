@@ -1,0 +1,19 @@
+rule divergence:
+    input:
+        data=DATA,
+        pieces=get_divergence_inputs,
+    output:
+        DIVERGENCE,
+    params:
+        training=TRAINING,
+        divergence=config["divergence"],
+        switch_epochs=GRID["switch_epochs"],
+        seeds=GRID["seeds"],
+        device=config["device"],
+    threads: THREADS
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/divergence/bs{{batch_size}}.log",
+    script:
+        "../../scripts/divergence.py"
