@@ -501,3 +501,85 @@ def _plot_panel(ax: Any, sub: Any, nbeta: float) -> None:
     ax.set_ylabel("running LLC estimate")
     ax.set_title(f"nbeta={nbeta:.3g}")
     ax.legend(fontsize="small")
+
+
+# --------------------------------------------------------------------------- pipeline stage
+
+
+def llc_config_from_params(params: dict) -> LLCConfig:
+    """The estimator's settings from the workflow's ``llc:`` config section."""
+    keys = ("chains", "draws", "burn_in", "step_size", "gamma", "nbeta", "batch_size",
+            "sampler", "seed")
+    return LLCConfig(**{k: params[k] for k in keys})
+
+
+def llc_at_checkpoints(
+    checkpoints: Sequence[dict], model: nn.Module, data_for: Callable[[str], tuple[Tensor, Tensor]],
+    config: LLCConfig, label: str = "", progress: bool = True,
+) -> Any:
+    """λ̂ at each checkpoint as an ``xarray.Dataset`` with dims ``epoch``, ``chain``, ``draw``.
+
+    ``data_for(phase)`` returns the ``(inputs, targets)`` the sampler sees for a checkpoint
+    of that phase (``"blurred"`` or ``"sharp"``). Variables: ``llc_mean``, ``llc_std``,
+    ``llc_chain`` (NaN for diverged chains), ``llc_diverged_chains`` (count),
+    ``llc_init_loss`` and ``llc_loss_trace`` (minibatch loss per draw, burn-in included).
+    """
+    import xarray as xr
+
+    rows = []
+    for c in checkpoints:
+        model.load_state_dict(c["model"])
+        result = estimate_llc(model, torch.nn.functional.cross_entropy, data_for(c["phase"]),
+                              config, label=f"{label} epoch {c['epoch']}", progress=progress)
+        rows.append(result)
+    epochs = np.asarray([int(c["epoch"]) for c in checkpoints], dtype=np.int64)
+    draws = config.burn_in + config.draws
+    trace = np.stack([r.loss_trace for r in rows]) if rows else np.zeros((0, config.chains, draws))
+    ds = xr.Dataset(
+        {
+            "llc_mean": ("epoch", np.asarray([r.llc_mean for r in rows], dtype=float)),
+            "llc_std": ("epoch", np.asarray([r.llc_std for r in rows], dtype=float)),
+            "llc_chain": (("epoch", "chain"),
+                          np.asarray([r.llc_per_chain for r in rows], dtype=float).reshape(
+                              len(rows), config.chains)),
+            "llc_diverged_chains": ("epoch", np.asarray(
+                [int(np.sum(r.diverged)) for r in rows], dtype=float)),
+            "llc_init_loss": ("epoch", np.asarray([r.init_loss for r in rows], dtype=float)),
+            "llc_loss_trace": (("epoch", "chain", "draw"), trace.astype(np.float32)),
+        },
+        coords={"epoch": epochs, "chain": np.arange(config.chains), "draw": np.arange(draws)},
+        attrs={"llc_nbeta": rows[0].nbeta if rows else float("nan"),
+               "llc_burn_in": config.burn_in},
+    )
+    ds["llc_loss_trace"].attrs.update(
+        long_name="SGLD minibatch loss per recorded draw (burn-in included; NaN after a chain "
+                  "diverged)", units="nats")
+    return ds
+
+
+def llc_data(data: Any, params: dict) -> Callable[[str], tuple[Tensor, Tensor]]:
+    """``phase → (inputs, targets)``: the training images the sampler sees at a checkpoint.
+
+    ``llc.data: phase`` (default) uses the data the checkpoint was last trained on
+    (blurred for the trunk, sharp after the switch): λ̂ then measures the geometry of
+    the loss SGD was actually descending. ``sharp``/``blurred`` fix one for all.
+    ``llc.samples`` takes a fixed subset of the training set (n of ``n / ln n``).
+    """
+    n = len(data.train.labels)
+    size = params.get("samples") or n
+    idx = torch.arange(n) if size >= n else torch.randperm(
+        n, generator=torch.Generator().manual_seed(LLC_SUBSET_SEED))[:size].sort().values
+    idx = idx.to(data.train.labels.device)
+    choice = params.get("data", "phase")
+    cache: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def for_phase(phase: str) -> tuple[Tensor, Tensor]:
+        which = phase if choice == "phase" else choice
+        if which not in cache:
+            cache[which] = (data.normalize(data.train.images(which)[idx]), data.train.labels[idx])
+        return cache[which]
+
+    return for_phase
+
+
+LLC_SUBSET_SEED = 4

@@ -121,6 +121,49 @@ def augment_batch(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) ->
     return torch.where(flips[:, None, None, None], cropped.flip(3), cropped)
 
 
+@dataclass(frozen=True)
+class FastPath:
+    """How to run on the device — never what to compute.
+
+    On CUDA (``mode="auto"``): channels-last tensors, bf16 autocast and, unless
+    determinism is requested, ``cudnn.benchmark``; ``compile`` wraps the model in
+    ``torch.compile`` (falling back to eager with a warning if compilation fails).
+    On the CPU everything is off unless ``mode="on"`` asks for it, so the CPU path
+    — the one the determinism contract is about — is plain float32.
+    """
+
+    channels_last: bool = False
+    bf16: bool = False
+    compile: bool = False
+    cudnn_benchmark: bool = False
+    deterministic: bool = False
+
+    @classmethod
+    def for_device(cls, device: torch.device, mode: str = "auto", compile: bool = False,
+                   deterministic: bool = False) -> FastPath:
+        on = mode == "on" or (mode == "auto" and device.type == "cuda")
+        return cls(channels_last=on, bf16=on, compile=compile,
+                   cudnn_benchmark=on and device.type == "cuda" and not deterministic,
+                   deterministic=deterministic)
+
+    @classmethod
+    def from_params(cls, params: dict | None, device: torch.device) -> FastPath:
+        params = params or {}
+        return cls.for_device(device, params.get("fast_path", "auto"),
+                              params.get("compile", False), params.get("deterministic", False))
+
+
+def _compiled(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile(model)``, or the eager model with a warning if that fails."""
+    import warnings
+
+    try:
+        return torch.compile(model)
+    except Exception as err:  # noqa: BLE001 - any backend failure means: run eagerly
+        warnings.warn(f"torch.compile failed ({err}); training eagerly", stacklevel=2)
+        return model
+
+
 class Preempted(Exception):  # noqa: N818 - it is an event, not a programming error
     """Training stopped on request (SIGTERM) after saving its resumable state."""
 
@@ -150,13 +193,21 @@ class Trainer:
 
     def __init__(
         self, cfg: TrainConfig, data: PreparedData, batch_size: int, seed: int,
-        device: torch.device | str = "cpu",
+        device: torch.device | str = "cpu", fast: FastPath | None = None,
     ) -> None:
         self.cfg, self.data, self.batch_size, self.seed = cfg, data, batch_size, seed
         self.device = torch.device(device)
+        self.fast = fast or FastPath()
         self.model = build_model(
             cfg.model, cfg.width, data.in_channels, data.image_size, data.num_classes, seed
         ).to(self.device)
+        if self.fast.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = self.fast.cudnn_benchmark
+            if self.fast.deterministic:
+                torch.use_deterministic_algorithms(True, warn_only=True)
+        self.forward = _compiled(self.model) if self.fast.compile else self.model
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
@@ -192,7 +243,15 @@ class Trainer:
             x = augment_batch(x, plan.shifts[part], plan.flips[part])
         if epoch_phase == "blurred":
             x = blur(x, self.cfg.blur_size)
+        if self.fast.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return x, self.data.train.labels[idx]
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy; the forward pass in bf16 autocast on the fast path."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.fast.bf16):
+            logits = self.forward(x)
+        return F.cross_entropy(logits.float(), y)
 
     def train_epoch(
         self, switch_epoch: int, should_stop: Callable[[], bool] = lambda: False
@@ -208,7 +267,7 @@ class Trainer:
         batches = plan.batches(self.batch_size)
         for part in batches[self.batch_in_epoch :]:
             x, y = self._batch(plan, part, epoch_phase)
-            loss = F.cross_entropy(self.model(x), y)
+            loss = self.loss(x, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -299,7 +358,7 @@ def _cpu(tree: Any) -> Any:
 
 
 __all__ = [
-    "NEVER", "EpochPlan", "Preempted", "TrainConfig", "Trainer", "augment_batch",
+    "NEVER", "EpochPlan", "FastPath", "Preempted", "TrainConfig", "Trainer", "augment_batch",
     "epoch_plan", "epoch_seed", "learning_rate", "make_checkpoint", "phase",
     "stop_on_sigterm", "train_from_scratch", "train_until",
 ]

@@ -23,6 +23,7 @@ from critperiods import checkpoints as ckpt
 from critperiods.data import PreparedData
 from critperiods.training import (
     NEVER,
+    FastPath,
     TrainConfig,
     Trainer,
     make_checkpoint,
@@ -63,10 +64,10 @@ def resume_path_for(output: str | Path) -> Path:
 def run_piece(
     spec: PieceSpec, cfg: TrainConfig, config_hash: str, data: PreparedData,
     start: str | Path | None, output: str | Path, device: torch.device | str = "cpu",
-    progress: bool = True, should_stop=None,
+    progress: bool = True, should_stop=None, fast: FastPath | None = None,
 ) -> None:
     """Train one piece and write it atomically; raise ``Preempted`` if stopped on SIGTERM."""
-    trainer = Trainer(cfg, data, spec.batch_size, spec.seed, device)
+    trainer = Trainer(cfg, data, spec.batch_size, spec.seed, device, fast)
     checkpoints: list[dict] = []
     start_epoch = 0
     if start is not None:

@@ -1,6 +1,10 @@
-"""Stage aggregate: every per-piece result → one netCDF cube."""
+"""Stage aggregate: every per-piece result → one netCDF cube, its summary table, the config."""
 
+from pathlib import Path
+
+from critperiods.analysis import to_csv
 from critperiods.cube import build_cube, write_netcdf
+from critperiods.files import write_atomic
 from critperiods.stage import setup
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
@@ -11,4 +15,6 @@ cube = build_cube(
     training=sm.params.training, config_yaml=sm.params.config_yaml,
     divergence_files=sm.input.get("divergence", []),
 )
-write_netcdf(cube, sm.output[0])
+write_netcdf(cube, sm.output.cube)
+write_atomic(sm.output.summary, lambda tmp: to_csv(cube, tmp))
+write_atomic(sm.output.config, lambda tmp: Path(tmp).write_text(sm.params.config_yaml))

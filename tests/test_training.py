@@ -149,3 +149,23 @@ def test_training_learns(cfg, data):
     metrics = evaluate_piece(ckpts, cfg, data, None)
     assert float(metrics.train_loss.sel(epoch=6)) < float(metrics.train_loss.sel(epoch=0)) * 0.5
     assert float(metrics.test_accuracy.sel(epoch=6)) > 0.5
+
+
+def test_fast_path_runs_on_cpu_and_default_cpu_path_is_untouched(cfg, data):
+    """bf16 + channels-last is a CUDA speed path; on the CPU it must still train correctly."""
+    from critperiods.training import FastPath, Trainer, train_until
+
+    assert FastPath.for_device(torch.device("cpu")) == FastPath()
+    auto_cuda = FastPath.for_device(torch.device("cuda"))
+    assert auto_cuda.bf16 and auto_cuda.channels_last and auto_cuda.cudnn_benchmark
+    fast = FastPath.for_device(torch.device("cpu"), mode="on")
+    cfg = replace(cfg, augmentation=False)
+    trainer = Trainer(cfg, data, 16, 0, "cpu", fast)
+    ckpts: list = []
+    train_until(trainer, 3, NEVER, {3}, ckpts, HASH, progress=False)
+    plain, _ = train_from_scratch(cfg, data, 16, 0, NEVER, 3, set())
+    w_fast = ckpts[0]["model"]["classifier.weight"]
+    w_plain = plain["model"]["classifier.weight"]
+    assert torch.isfinite(w_fast).all()
+    assert not torch.equal(w_fast, w_plain)  # bf16 did change the numerics …
+    assert torch.allclose(w_fast, w_plain, atol=0.05)  # … but not the outcome

@@ -14,6 +14,8 @@ BRANCH = RUN + "/switch{switch_epoch}.pt"
 PIECE = RESULTS + "/runs/{run}/{piece}"
 DIVERGENCE = RESULTS + "/divergence/bs{batch_size}.nc"
 CUBE = f"{RESULTS}/cube.nc"
+SUMMARY = f"{RESULTS}/critical_period_summary.csv"
+CONFIG_RECORD = f"{RESULTS}/config.yaml"
 PLOTS = f"{RESULTS}/plots"
 LOGS = f"{RESULTS}/logs"
 
@@ -97,7 +99,7 @@ def config_yaml():
 
 
 def get_final_outputs():
-    return [CUBE, *PLOT_FILES.values()]
+    return [CUBE, SUMMARY, *PLOT_FILES.values()]
 
 
 PLOT_FILES = {

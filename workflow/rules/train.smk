@@ -8,6 +8,7 @@ rule train_trunk:
         training=TRAINING,
         checkpoint_epochs=lambda w: plan.trunk_segment_checkpoints(config, int(w.epoch)),
         device=config["device"],
+        speed={k: config["train"][k] for k in ("fast_path", "compile", "deterministic")},
     threads: THREADS
     resources:
         gpu=1,
@@ -28,6 +29,7 @@ rule train_branch:
         checkpoint_epochs=lambda w: plan.branch_checkpoints(config, int(w.switch_epoch)),
         end_epoch=lambda w: plan.run_end(config, int(w.switch_epoch)),
         device=config["device"],
+        speed={k: config["train"][k] for k in ("fast_path", "compile", "deterministic")},
     threads: THREADS
     resources:
         gpu=1,

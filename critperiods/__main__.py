@@ -1,0 +1,122 @@
+"""Command line: ``python -m critperiods <command>`` (also installed as ``critperiods``).
+
+* ``summarize CUBE`` — the critical-period table (end per batch size with its interval,
+  and where λ̂ and divergence mark it) in the terminal; ``--csv`` writes it too.
+* ``calibrate-llc PIECE --epoch E`` — sweep the SGLD step size at one checkpoint and plot
+  the running λ̂ per setting, to choose ``llc.step_size``.
+* ``cost [CONFIG …]`` — epochs of SGD a grid costs with and without trunk sharing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_config(paths: list[str]) -> dict:
+    """config.yaml overlaid with ``paths`` (as Snakemake does), validated, defaults filled."""
+    from snakemake.utils import update_config, validate
+
+    from critperiods.plan import check_config
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for p in paths:
+        update_config(config, yaml.safe_load(Path(p).read_text()) or {})
+    validate(config, str(ROOT / "workflow/schemas/config.schema.yaml"))
+    check_config(config)
+    return config
+
+
+def summarize(args: argparse.Namespace) -> int:
+    from critperiods import open_cube
+    from critperiods.analysis import critical_period_summary, format_table, to_csv
+
+    cube = open_cube(args.cube)
+    summary = (cube if "critical_period_end" in cube and not args.recompute
+               else critical_period_summary(cube, n_boot=args.n_boot))
+    print(format_table(summary))
+    print(f"\nlearning rate after the switch: {cube.attrs.get('lr_after_switch', 'unknown')}")
+    if args.csv:
+        to_csv(summary, args.csv)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def calibrate_llc(args: argparse.Namespace) -> int:
+    import torch
+
+    from critperiods.checkpoints import checkpoint_map, config_hash, load_piece
+    from critperiods.data import load_prepared
+    from critperiods.evaluation import model_for
+    from critperiods.llc import calibrate, llc_config_from_params, llc_data, plot_calibration
+    from critperiods.plan import training_params
+    from critperiods.training import TrainConfig
+
+    config = _load_config(args.configfile)
+    results = Path(config["results_dir"]) / config["experiment"]
+    params = training_params(config)
+    ckpts = checkpoint_map(load_piece(args.piece, config_hash(params)))
+    if args.epoch not in ckpts:
+        print(f"{args.piece}: no checkpoint at epoch {args.epoch}; has {sorted(ckpts)}",
+              file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    data = load_prepared(results / "data" / "prepared.pt")
+    model = model_for(TrainConfig.from_params(params), data, "cpu")
+    model.load_state_dict(ckpts[args.epoch]["model"])
+    llc_params = config["llc"]
+    result = calibrate(model, torch.nn.functional.cross_entropy,
+                       llc_data(data, llc_params)(ckpts[args.epoch]["phase"]),
+                       llc_config_from_params(llc_params), args.step_sizes, args.nbetas)
+    plot_calibration(result, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cost(args: argparse.Namespace) -> int:
+    from critperiods.plan import epochs_trained
+
+    config = _load_config(args.configfile)
+    shared, scratch = epochs_trained(config, True), epochs_trained(config, False)
+    print(f"{config['experiment']}: {shared} epochs with trunk sharing, {scratch} training "
+          f"every run from scratch ({scratch / shared:.2f}× more)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="critperiods", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("summarize", help="print the critical-period table of a cube")
+    p.add_argument("cube")
+    p.add_argument("--csv", help="also write the table as CSV")
+    p.add_argument("--recompute", action="store_true", help="recompute from the raw variables")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.set_defaults(func=summarize)
+
+    p = sub.add_parser("calibrate-llc", help="sweep the SGLD step size at one checkpoint")
+    p.add_argument("piece", help="a trunk segment or branch file (…/trunk/e<E>.pt, switch<K>.pt)")
+    p.add_argument("--epoch", type=int, required=True)
+    p.add_argument("--configfile", nargs="*", default=[], help="configs laid over config.yaml")
+    p.add_argument("--step-sizes", type=float, nargs="+", default=[1e-5, 3e-5, 1e-4, 3e-4])
+    p.add_argument("--nbetas", type=float, nargs="*", default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="llc_calibration.png")
+    p.set_defaults(func=calibrate_llc)
+
+    p = sub.add_parser("cost", help="epochs trained with vs without trunk sharing")
+    p.add_argument("configfile", nargs="*", default=[])
+    p.set_defaults(func=cost)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
