@@ -128,8 +128,10 @@ class FastPath:
     On CUDA (``mode="auto"``): channels-last tensors, bf16 autocast and, unless
     determinism is requested, ``cudnn.benchmark``; ``compile`` wraps the model in
     ``torch.compile`` (falling back to eager with a warning if compilation fails).
-    On the CPU everything is off unless ``mode="on"`` asks for it, so the CPU path
-    — the one the determinism contract is about — is plain float32.
+    On the CPU, ``auto`` keeps float32 (bf16 only with ``mode="on"``) but uses the
+    channels-last layout, which oneDNN runs about twice as fast for these small
+    convolutions; it is still exact float32 and bitwise reproducible. ``mode="off"``
+    is the plain contiguous float32 path.
     """
 
     channels_last: bool = False
@@ -142,7 +144,7 @@ class FastPath:
     def for_device(cls, device: torch.device, mode: str = "auto", compile: bool = False,
                    deterministic: bool = False) -> FastPath:
         on = mode == "on" or (mode == "auto" and device.type == "cuda")
-        return cls(channels_last=on, bf16=on, compile=compile,
+        return cls(channels_last=on or mode == "auto", bf16=on, compile=compile,
                    cudnn_benchmark=on and device.type == "cuda" and not deterministic,
                    deterministic=deterministic)
 
@@ -197,7 +199,7 @@ class Trainer:
     ) -> None:
         self.cfg, self.data, self.batch_size, self.seed = cfg, data, batch_size, seed
         self.device = torch.device(device)
-        self.fast = fast or FastPath()
+        self.fast = fast or FastPath.for_device(self.device)
         self.model = build_model(
             cfg.model, cfg.width, data.in_channels, data.image_size, data.num_classes, seed
         ).to(self.device)

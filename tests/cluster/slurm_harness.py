@@ -33,8 +33,8 @@ from pathlib import Path
 
 PACKAGES = ["slurm-wlm", "munge", "slurmdbd", "mariadb-server"]
 # A binary per package: present means installed.
-BINARIES = {"slurm-wlm": "slurmctld", "munge": "munged", "slurmdbd": "slurmdbd",
-            "mariadb-server": "mariadbd"}
+BINARIES = {"slurm-wlm": "sacct", "munge": "munged", "slurmdbd": "slurmdbd",
+            "mariadb-server": "mariadb-install-db"}
 SBIN = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
 ACCOUNT = "research"
 PARTITION = "debug"
@@ -71,7 +71,7 @@ def ensure_packages(log: Path) -> float:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     with open(log, "a") as out:
         subprocess.run(["apt-get", "update", "-q"], check=True, stdout=out, stderr=out, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES],
+        subprocess.run(["apt-get", "install", "-y", "-q", *PACKAGES],
                        check=True, stdout=out, stderr=out, env=env)
     still = [p for p, b in BINARIES.items() if _which(b) is None]
     if still:

@@ -105,15 +105,21 @@ def start_run(name: str, tmp: Path, profile: Path, env: dict) -> Run:
     return run
 
 
-def wait_run(run: Run, timeout: float) -> int:
-    try:
-        rc = run.proc.wait(timeout=max(1.0, timeout - (time.monotonic() - run.started)))
-    except subprocess.TimeoutExpired:
-        run.proc.terminate()  # snakemake cancels its SLURM jobs on the way out
-        run.proc.wait(timeout=60)
-        pytest.fail(f"{run.name}: snakemake still running after {timeout} s; log {run.log}")
-    run.wall_s = time.monotonic() - run.started
-    return rc
+def wait_runs(runs: list[Run], timeout: float) -> dict[str, int]:
+    """Wait for every run; record each one's wall time when it ends."""
+    rcs: dict[str, int] = {}
+    while len(rcs) < len(runs):
+        for run in runs:
+            if run.name not in rcs and run.proc.poll() is not None:
+                rcs[run.name] = run.proc.returncode
+                run.wall_s = time.monotonic() - run.started
+            elif run.name not in rcs and time.monotonic() - run.started > timeout:
+                run.proc.terminate()  # snakemake cancels its SLURM jobs on the way out
+                run.proc.wait(timeout=60)
+                pytest.fail(f"{run.name}: snakemake still running after {timeout} s; "
+                            f"log {run.log}")
+        time.sleep(0.5)
+    return rcs
 
 
 def sacct(cluster, run: Run) -> list[dict]:
@@ -184,7 +190,7 @@ def runs(slurm_cluster, tmp_path_factory):
     preempted = start_run("preempted", tmp, profile, slurm_cluster.env)
     try:
         preemption = preempt_a_training_job(slurm_cluster, preempted)
-        rcs = {r.name: wait_run(r, RUN_TIMEOUT_S) for r in (reference, preempted)}
+        rcs = wait_runs([reference, preempted], RUN_TIMEOUT_S)
     finally:
         for r in (reference, preempted):
             if r.proc.poll() is None:
