@@ -43,5 +43,18 @@ lint: $(STAMP)
 report: $(STAMP)
 	$(SMK) --cores 1 $(if $(CONFIG),--configfile $(CONFIG)) --report report.html
 
-bench: $(STAMP)
-	$(PY) bench/run_all.py
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BENCH_VENV)/bin/pip install --quiet devinterp==2.0.1
+	$(BENCH_VENV)/bin/pip install --quiet -e . --no-deps
+	$(BENCH_VENV)/bin/pip install --quiet numpy scipy xarray netCDF4 tqdm pyyaml matplotlib
+	touch $@
+
+# Benchmarks (not tests): training throughput + trunk sharing, then λ̂ vs devinterp
+# (in its own venv so devinterp can never change the project's torch).
+bench: $(STAMP) $(BENCH_VENV)/.installed
+	$(PY) bench/bench_training.py
+	$(BENCH_VENV)/bin/python bench/bench_llc.py
+	cat bench/out/training.md bench/out/llc.md > bench/out/README.md

@@ -16,6 +16,14 @@ validate(config, "workflow/schemas/config.schema.yaml")
 report: "workflow/report/workflow.rst"
 
 
+# Cheap steps run where snakemake runs, never as cluster jobs.
+localrules:
+    all,
+    prepare_data,
+    aggregate,
+    plots,
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"

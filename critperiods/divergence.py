@@ -489,7 +489,9 @@ class _Comparer:
 
     def epoch(self, epoch: int, states: Mapping[RunKey, State],
               pairs: Sequence[Pair]) -> list[dict[str, float]]:
-        """Metric values of every pair, in order."""
+        """Metric values of every pair, in order (none at epochs only one run reaches)."""
+        if not pairs:
+            return []
         digests = {key: state_digest(st) for key, st in states.items()}
         values: list[dict[str, float]] = [{} for _ in pairs]
         if self.metrics & set(WEIGHT_METRICS):

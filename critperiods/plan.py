@@ -97,14 +97,17 @@ def llc_epochs(config: dict, epochs: Iterable[int], trunk: bool = False) -> list
     """The subset of ``epochs`` (a piece's checkpoints) at which λ̂ is estimated.
 
     The trunk's extension past the largest switch epoch (kept for divergences)
-    belongs to no run, so λ̂ is not estimated there.
+    belongs to no run, so λ̂ is not estimated there. With ``llc.every``, epoch 0 is
+    skipped: a randomly initialised network is not near a minimum, so SGLD just
+    descends and λ̂ is meaningless (large and negative); list it in ``llc.epochs``
+    to have it anyway.
     """
     llc = config["llc"]
     if trunk:
         epochs = [e for e in epochs if e <= max(config["grid"]["switch_epochs"])]
     if llc.get("epochs") is not None:
         return [e for e in epochs if e in set(llc["epochs"])]
-    return [e for e in epochs if e % llc["every"] == 0]
+    return [e for e in epochs if e > 0 and e % llc["every"] == 0]
 
 
 def epochs_trained(config: dict, shared: bool = True) -> int:

@@ -157,7 +157,38 @@ def divergence_final(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
     _save(fig, path, dpi)
 
 
+def critical_period_vs_temperature(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
+    """Critical-period end (90 % bootstrap interval) vs batch size and vs lr / batch size.
+
+    With ≥ 3 batch sizes the fitted power law is drawn and its exponent given in the legend.
+    """
+    end = cube.critical_period_end
+    lo, hi = cube.critical_period_end_interval.transpose("bound", "batch_size").values
+    batch = cube.batch_size.values.astype(float)
+    lr = float(cube.attrs.get("lr", 1.0))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, x, name, exponent in (
+        (axes[0], batch, "batch size", "batch_size_exponent"),
+        (axes[1], lr / batch, "SGD temperature proxy lr / batch size", "temperature_exponent"),
+    ):
+        yerr = np.clip(np.vstack([end - lo, hi - end]), 0, None)
+        ax.errorbar(x, end, yerr=yerr, marker="o", capsize=4, ls="none", color="C0")
+        p = float(cube[exponent]) if exponent in cube else float("nan")
+        if np.isfinite(p):
+            ok = np.isfinite(end.values) & (end.values > 0)
+            c = np.exp(np.mean(np.log(end.values[ok]) - p * np.log(x[ok])))
+            grid = np.geomspace(x.min(), x.max(), 50)
+            ax.plot(grid, c * grid**p, color="C1", label=f"power law, exponent {p:.2f}")
+            ax.legend(fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("end of critical period (epoch)")
+    _save(fig, path, dpi)
+
+
 PLOTTERS: dict[str, Callable[..., None]] = {
+    "critical_period_vs_temperature": critical_period_vs_temperature,
     "critical_period": critical_period,
     "learning_curves": learning_curves,
     "llc": llc,

@@ -31,7 +31,7 @@ def checked(config: dict) -> dict:
 
 def test_default_config_is_valid_and_gets_defaults():
     config = checked(load_default())
-    assert config["evaluate"]["train_samples"] == 2000  # filled from the schema
+    assert config["evaluate"]["batch_size"] == 1000  # filled from the schema
     assert config["llc"]["chains"] == 4
 
 

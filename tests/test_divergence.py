@@ -286,3 +286,16 @@ def test_probe_and_bn_data_from_prepared_data() -> None:
     assert labels.shape == (8,)
     torch.testing.assert_close(images, dv.probe_from_data(data, config)[0])
     assert dv.bn_data_from(data, config).shape == (8, 1, SIZE, SIZE)
+
+
+def test_reference_longer_than_every_run() -> None:
+    """The trunk is extended to a multiple of trunk_stride, past every run's last epoch:
+    epochs only the reference reaches have no pairs and stay NaN (no crash)."""
+    runs = _runs(switches=(0, 2), seeds=(0, 1), after=1)
+    trunk = runs[(dv.BLURRED, 0)]
+    for s in (0, 1):
+        ref = runs[(dv.BLURRED, s)]
+        ref[4] = _step(ref[3], s, -1, 4)
+    ds = dv.compare_runs(runs, _model, _probe(), None, FAST, progress=False)
+    assert 4 in trunk and ds["div_l2_vs_blurred"].sel(epoch=4).isnull().all()
+    assert ds["div_l2_vs_blurred"].sel(switch_epoch=2, epoch=3).notnull().all()

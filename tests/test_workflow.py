@@ -56,7 +56,8 @@ def test_cube_has_design_dims_and_no_nan_where_runs_exist(run):
     cube = critperiods.open_cube(run / "results/tiny/cube.nc")
     for dim in ("batch_size", "switch_epoch", "seed", "epoch"):
         assert dim in cube.dims
-    assert list(cube.batch_size.values) == [64, 128]
+    assert list(cube.batch_size.values) == [64]
+    assert list(cube.seed.values) == [0, 1]
     assert list(cube.epoch.values) == [0, 1, 2, 3, 4]
     for name in ("test_accuracy", "test_loss", "blurred_test_accuracy", "train_loss",
                  "train_accuracy"):
@@ -76,6 +77,42 @@ def test_cube_has_design_dims_and_no_nan_where_runs_exist(run):
     for key in ("Conventions", "history", "git_commit", "torch_version", "snakemake_version",
                 "critperiods_version", "training_config_hash"):
         assert key in cube.attrs
+
+
+def test_llc_and_divergence_variables(run):
+    cube = critperiods.open_cube(run / "results/tiny/cube.nc")
+    ran = cube.epoch <= cube.switch_epoch + 2
+    # λ̂ at the selected epochs (positive multiples of llc.every = 2) of every run
+    llc = cube.llc_mean.sel(epoch=[2, 4])
+    assert llc.sel(switch_epoch=2).notnull().all()
+    assert cube.llc_mean.sel(epoch=0).isnull().all(), "no λ̂ at initialisation"
+    assert cube.llc_chain.dims[-1] == "chain" and cube.sizes["chain"] == 2
+    assert (cube.llc_diverged_chains.fillna(0) >= 0).all()
+    for name in ("div_l2_vs_blurred", "div_disagreement_vs_sharp", "div_cka_vs_blurred"):
+        var = cube[name]
+        assert var.attrs["long_name"] and var.attrs["units"]
+        assert not var.where(ran).isnull().where(ran, False).any(), name
+    # identical to the always-blurred path up to the switch, different after it
+    l2 = cube.div_l2_vs_blurred.sel(batch_size=64, switch_epoch=2)
+    assert (l2.sel(epoch=[0, 1, 2]) == 0).all()
+    assert (l2.sel(epoch=[3, 4]) > 0).all()
+    seeds = cube.div_l2_seeds.sel(batch_size=64, switch_epoch=0, epoch=2)
+    assert float(seeds.sel(seed=0, seed_b=0)) == 0 and float(seeds.sel(seed=0, seed_b=1)) > 0
+    assert float(seeds.sel(seed=0, seed_b=1)) == float(seeds.sel(seed=1, seed_b=0))
+    aligned = cube.div_l2_aligned_seeds.sel(batch_size=64, switch_epoch=0, epoch=2)
+    assert float(aligned.sel(seed=0, seed_b=1)) <= float(seeds.sel(seed=0, seed_b=1)) + 1e-9
+    assert "div_l2_growth_form" in cube
+
+
+def test_llc_change_plans_only_llc_and_aggregation(run, tmp_path):
+    out = snakemake(run, "-n", configs=[override(tmp_path, "l", "llc:\n  step_size: 0.0002\n")])
+    assert set(planned(out)) == {"llc", "aggregate", "plots"}
+
+
+def test_divergence_change_plans_only_divergence_and_aggregation(run, tmp_path):
+    out = snakemake(run, "-n",
+                    configs=[override(tmp_path, "d", "divergence:\n  probe_size: 32\n")])
+    assert set(planned(out)) == {"divergence", "aggregate", "plots"}
 
 
 def test_trunk_values_shared_before_switch(run):
@@ -110,16 +147,18 @@ def test_plot_change_plans_only_plots(run, tmp_path):
 
 
 def test_new_seed_plans_only_its_runs(run, tmp_path):
-    out = snakemake(run, "-n", configs=[override(tmp_path, "s", "grid:\n  seeds: [0, 1]\n")])
+    out = snakemake(run, "-n",
+                    configs=[override(tmp_path, "s", "grid:\n  seeds: [0, 1, 2]\n")])
     jobs = planned(out)
     trained = jobs["train_trunk"] + jobs["train_branch"]
-    assert trained and all("/seed1/" in o for o in trained)
-    assert all("/seed1/" in o for o in jobs["evaluate"])
+    assert trained and all("/seed2/" in o for o in trained)
+    assert all("/seed2/" in o for o in jobs["evaluate"] + jobs["llc"])
 
 
 def test_larger_switch_epoch_plans_only_new_segments(run, tmp_path):
     out = snakemake(run, "-n",
                     configs=[override(tmp_path, "k", "grid:\n  switch_epochs: [0, 2, 4]\n")])
     jobs = planned(out)
-    assert sorted(o.rsplit("/", 1)[-1] for o in jobs["train_trunk"]) == ["e4.pt", "e4.pt"]
+    # the trunk (extended to the last epoch any run reaches, 4 + 2) grows by one segment
+    assert sorted(o.rsplit("/", 1)[-1] for o in jobs["train_trunk"]) == ["e6.pt", "e6.pt"]
     assert sorted(o.rsplit("/", 1)[-1] for o in jobs["train_branch"]) == ["switch4.pt"] * 2

@@ -98,12 +98,27 @@ def config_yaml():
     return yaml.safe_dump({k: v for k, v in config.items() if k != "plots"}, sort_keys=False)
 
 
+def runtime_minutes(units, per_unit):
+    """A resource function: minutes for ``units(wildcards)`` units of work, × attempt.
+
+    Cluster time limits follow the config (epochs per job, checkpoints per job), and a
+    retry after a time-limit kill asks for proportionally more.
+    """
+    rt = config["runtime"]
+
+    def runtime(wildcards, attempt):
+        return attempt * int(rt["minutes_base"] + units(wildcards) * rt[per_unit])
+
+    return runtime
+
+
 def get_final_outputs():
     return [CUBE, SUMMARY, *PLOT_FILES.values()]
 
 
 PLOT_FILES = {
     "critical_period": f"{PLOTS}/critical_period.png",
+    "critical_period_vs_temperature": f"{PLOTS}/critical_period_vs_temperature.png",
     "learning_curves": f"{PLOTS}/learning_curves.png",
 }
 if config["llc"]["enabled"]:

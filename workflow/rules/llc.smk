@@ -12,6 +12,7 @@ rule llc:
     threads: THREADS
     resources:
         gpu=1,
+        runtime=runtime_minutes(lambda w: len(get_llc_epochs(w)), "minutes_per_llc_checkpoint"),
     log:
         f"{LOGS}/llc/{{run}}/{{piece}}.log",
     script:

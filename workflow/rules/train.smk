@@ -12,6 +12,7 @@ rule train_trunk:
     threads: THREADS
     resources:
         gpu=1,
+        runtime=runtime_minutes(lambda w: config["trunk_stride"], "minutes_per_epoch"),
     log:
         f"{LOGS}/train/bs{{batch_size}}_seed{{seed}}_trunk_e{{epoch}}.log",
     script:
@@ -33,6 +34,7 @@ rule train_branch:
     threads: THREADS
     resources:
         gpu=1,
+        runtime=runtime_minutes(lambda w: config["epochs_after_switch"], "minutes_per_epoch"),
     log:
         f"{LOGS}/train/bs{{batch_size}}_seed{{seed}}_switch{{switch_epoch}}.log",
     script:
