@@ -88,10 +88,12 @@ def test_llc_and_divergence_variables(run):
     assert cube.llc_mean.sel(epoch=0).isnull().all(), "no λ̂ at initialisation"
     assert cube.llc_chain.dims[-1] == "chain" and cube.sizes["chain"] == 2
     assert (cube.llc_diverged_chains.fillna(0) >= 0).all()
-    for name in ("div_l2_vs_blurred", "div_disagreement_vs_sharp", "div_cka_vs_blurred"):
+    shared_with_sharp = ran & (cube.epoch <= 2)  # the never-blurred run ends at epoch 2
+    for name, cells in (("div_l2_vs_blurred", ran), ("div_cka_vs_blurred", ran),
+                        ("div_disagreement_vs_sharp", shared_with_sharp)):
         var = cube[name]
         assert var.attrs["long_name"] and var.attrs["units"]
-        assert not var.where(ran).isnull().where(ran, False).any(), name
+        assert not var.where(cells).isnull().where(cells, False).any(), name
     # identical to the always-blurred path up to the switch, different after it
     l2 = cube.div_l2_vs_blurred.sel(batch_size=64, switch_epoch=2)
     assert (l2.sel(epoch=[0, 1, 2]) == 0).all()
@@ -162,3 +164,13 @@ def test_larger_switch_epoch_plans_only_new_segments(run, tmp_path):
     # the trunk (extended to the last epoch any run reaches, 4 + 2) grows by one segment
     assert sorted(o.rsplit("/", 1)[-1] for o in jobs["train_trunk"]) == ["e6.pt", "e6.pt"]
     assert sorted(o.rsplit("/", 1)[-1] for o in jobs["train_branch"]) == ["switch4.pt"] * 2
+
+
+def test_report_builds_with_every_figure_and_the_summary(run):
+    """``snakemake --report``: one self-contained HTML file with the captions."""
+    snakemake(run, "--report", "report.html")
+    html = (run / "report.html").read_text(errors="replace")
+    assert len(html) > 50_000
+    for name in ("critical_period.png", "learning_curves.png", "llc.png", "divergence.png",
+                 "critical_period_summary.csv"):
+        assert name in html, name
