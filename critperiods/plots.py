@@ -54,39 +54,33 @@ def critical_period(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     _save(fig, path, dpi)
 
 
-def learning_curves(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
-    """Sharp test accuracy vs epoch, a panel per batch size, a line per switch epoch."""
-    fig, axes = _panels(cube.sizes["batch_size"])
-    colors = plt.cm.viridis(np.linspace(0, 0.9, cube.sizes["switch_epoch"]))
-    for ax, b in zip(axes, cube.batch_size.values, strict=True):
-        for color, k in zip(colors, cube.switch_epoch.values, strict=True):
-            curve = (cube.test_accuracy.sel(batch_size=b, switch_epoch=k).mean("seed") * 100)
-            curve = curve.dropna("epoch")
-            ax.plot(curve.epoch, curve, color=color, label=f"switch {k}")
-            ax.axvline(k, color=color, lw=0.6, ls=":")
+def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: str,
+                       marker: str | None = None, mark_switch: bool = True) -> None:
+    """``var`` (mean over seeds) vs epoch: a panel per batch size, a line per switch epoch."""
+    fig, axes = _panels(var.sizes["batch_size"])
+    colors = plt.cm.viridis(np.linspace(0, 0.9, var.sizes["switch_epoch"]))
+    for ax, b in zip(axes, var.batch_size.values, strict=True):
+        for color, k in zip(colors, var.switch_epoch.values, strict=True):
+            curve = var.sel(batch_size=b, switch_epoch=k).mean("seed").dropna("epoch")
+            ax.plot(curve.epoch, curve, marker=marker, color=color, label=f"switch {k}")
+            if mark_switch:
+                ax.axvline(k, color=color, lw=0.6, ls=":")
         ax.set_title(f"batch {b}")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("sharp test accuracy (%)")
+    axes[0].set_ylabel(ylabel)
     axes[-1].legend(fontsize=7)
     _save(fig, path, dpi)
+
+
+def learning_curves(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
+    """Sharp test accuracy vs epoch, a panel per batch size, a line per switch epoch."""
+    _curves_per_switch(cube.test_accuracy * 100, path, dpi, "sharp test accuracy (%)")
 
 
 def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """λ̂ vs epoch, a panel per batch size, a line per switch epoch (mean over seeds)."""
-    fig, axes = _panels(cube.sizes["batch_size"])
-    colors = plt.cm.viridis(np.linspace(0, 0.9, cube.sizes["switch_epoch"]))
-    for ax, b in zip(axes, cube.batch_size.values, strict=True):
-        for color, k in zip(colors, cube.switch_epoch.values, strict=True):
-            curve = cube.llc_mean.sel(batch_size=b, switch_epoch=k).mean("seed").dropna("epoch")
-            ax.plot(curve.epoch, curve, marker=".", color=color, label=f"switch {k}")
-            ax.axvline(k, color=color, lw=0.6, ls=":")
-        ax.set_title(f"batch {b}")
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("λ̂ (local learning coefficient)")
-    axes[-1].legend(fontsize=7)
-    _save(fig, path, dpi)
+    _curves_per_switch(cube.llc_mean, path, dpi, "λ̂ (local learning coefficient)", marker=".")
 
 
 def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
@@ -119,19 +113,8 @@ def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
 
 def divergence(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """L2 distance to the always-blurred run vs epoch: a panel per batch size, a line per switch."""
-    fig, axes = _panels(cube.sizes["batch_size"])
-    colors = plt.cm.viridis(np.linspace(0, 0.9, cube.sizes["switch_epoch"]))
-    for ax, b in zip(axes, cube.batch_size.values, strict=True):
-        for color, k in zip(colors, cube.switch_epoch.values, strict=True):
-            curve = cube.div_l2_vs_blurred.sel(batch_size=b, switch_epoch=k).mean("seed")
-            curve = curve.dropna("epoch")
-            ax.plot(curve.epoch, curve, marker=".", color=color, label=f"switch {k}")
-        ax.set_title(f"batch {b}")
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("‖θ − θ_blurred‖ (L2)")
-    axes[-1].legend(fontsize=7)
-    _save(fig, path, dpi)
+    _curves_per_switch(cube.div_l2_vs_blurred, path, dpi, "‖θ − θ_blurred‖ (L2)", marker=".",
+                       mark_switch=False)
 
 
 def divergence_final(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
