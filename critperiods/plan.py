@@ -20,6 +20,9 @@ def check_config(config: dict) -> None:
     for key in ("batch_sizes", "switch_epochs", "seeds"):
         if not grid.get(key):
             raise ConfigError(f"grid.{key}: the grid is empty (got {grid.get(key)!r})")
+        repeated = sorted({v for v in grid[key] if grid[key].count(v) > 1})
+        if repeated:
+            raise ConfigError(f"grid.{key}: {repeated} listed more than once")
     for b in grid["batch_sizes"]:
         if not isinstance(b, int) or b <= 0:
             raise ConfigError(f"grid.batch_sizes: batch size must be a positive integer, got {b!r}")
@@ -36,6 +39,15 @@ def check_config(config: dict) -> None:
         raise ConfigError(
             f"grid.batch_sizes: {too_big} larger than dataset.train_subset={train_subset}"
         )
+
+
+def seed_group(config: dict, seed: int) -> list[int]:
+    """The seeds trained in one job with ``seed``: consecutive chunks of ``grid.seeds`` of
+    ``train.seeds_per_job`` (the first of a chunk is the job that does the training)."""
+    seeds = list(config["grid"]["seeds"])
+    size = config.get("train", {}).get("seeds_per_job", 1)
+    first = seeds.index(seed) // size * size
+    return seeds[first : first + size]
 
 
 def run_end(config: dict, switch_epoch: int) -> int:

@@ -121,6 +121,20 @@ def augment_batch(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) ->
     return torch.where(flips[:, None, None, None], cropped.flip(3), cropped)
 
 
+def make_batch(data: PreparedData, cfg: TrainConfig, fast: FastPath, plan: EpochPlan,
+               part: slice, epoch_phase: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of batch ``part`` of an epoch: normalised, augmented, blurred."""
+    idx = plan.order[part]
+    x = data.normalize(data.train.sharp[idx])
+    if plan.shifts is not None:
+        x = augment_batch(x, plan.shifts[part], plan.flips[part])
+    if epoch_phase == "blurred":
+        x = blur(x, cfg.blur_size)
+    if fast.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, data.train.labels[idx]
+
+
 @dataclass(frozen=True)
 class FastPath:
     """How to run on the device — never what to compute.
@@ -237,18 +251,11 @@ class Trainer:
         """A CPU copy of the model's weights and buffers (what a checkpoint stores)."""
         return _cpu(self.model.state_dict())
 
-    # -- training ---------------------------------------------------------------------
-    def _batch(self, plan: EpochPlan, part: slice, epoch_phase: str) -> tuple:
-        idx = plan.order[part]
-        x = self.data.normalize(self.data.train.sharp[idx])
-        if plan.shifts is not None:
-            x = augment_batch(x, plan.shifts[part], plan.flips[part])
-        if epoch_phase == "blurred":
-            x = blur(x, self.cfg.blur_size)
-        if self.fast.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, self.data.train.labels[idx]
+    def members(self) -> list[Trainer]:
+        """The trajectories this trainer advances: just itself (see ``StackedTrainer``)."""
+        return [self]
 
+    # -- training ---------------------------------------------------------------------
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy; the forward pass in bf16 autocast on the fast path."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.fast.bf16):
@@ -268,7 +275,7 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         batches = plan.batches(self.batch_size)
         for part in batches[self.batch_in_epoch :]:
-            x, y = self._batch(plan, part, epoch_phase)
+            x, y = make_batch(self.data, self.cfg, self.fast, plan, part, epoch_phase)
             loss = self.loss(x, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -284,11 +291,11 @@ class Trainer:
 
 
 def train_until(
-    trainer: Trainer,
+    trainer: Any,
     end_epoch: int,
     switch_epoch: int,
     checkpoint_epochs: set[int],
-    checkpoints: list[dict],
+    checkpoints: list[list[dict]],
     config_hash: str,
     save_resume: Callable[[], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
@@ -297,8 +304,10 @@ def train_until(
 ) -> None:
     """Train to ``end_epoch``, appending a checkpoint at every epoch in ``checkpoint_epochs``.
 
-    ``save_resume`` is called after every epoch and before raising
-    :class:`Preempted` when ``should_stop()`` turns true.
+    ``checkpoints`` holds one list per trajectory of ``trainer.members()`` (one for a
+    :class:`Trainer`, one per seed for a stacked trainer). ``save_resume`` is called
+    after every epoch and before raising :class:`Preempted` when ``should_stop()``
+    turns true.
     """
     bar = tqdm(total=end_epoch, initial=trainer.epoch, desc=desc, unit="epoch",
                disable=not progress, file=sys.stderr, mininterval=1.0)
@@ -310,7 +319,8 @@ def train_until(
                     save_resume()
                 raise Preempted(f"stopped at epoch {trainer.epoch}, step {trainer.step}")
             if trainer.epoch in checkpoint_epochs:
-                checkpoints.append(make_checkpoint(trainer, switch_epoch, config_hash))
+                for member, kept in zip(trainer.members(), checkpoints, strict=True):
+                    kept.append(make_checkpoint(member, switch_epoch, config_hash))
             bar.set_postfix(loss=f"{loss:.4f}", phase=phase(trainer.epoch - 1, switch_epoch),
                             refresh=False)
             bar.update(1)
@@ -320,7 +330,7 @@ def train_until(
                 raise Preempted(f"stopped at epoch {trainer.epoch}, step {trainer.step}")
 
 
-def make_checkpoint(trainer: Trainer, switch_epoch: int, config_hash: str) -> dict:
+def make_checkpoint(trainer: Any, switch_epoch: int, config_hash: str) -> dict:
     """Weights after ``trainer.epoch`` epochs, tagged as DESIGN.md requires."""
     last = trainer.epoch - 1
     return {
@@ -339,7 +349,7 @@ def train_from_scratch(
     checkpoints = (
         [make_checkpoint(trainer, switch_epoch, config_hash)] if 0 in checkpoint_epochs else []
     )
-    train_until(trainer, end_epoch, switch_epoch, checkpoint_epochs, checkpoints, config_hash,
+    train_until(trainer, end_epoch, switch_epoch, checkpoint_epochs, [checkpoints], config_hash,
                 progress=progress)
     return trainer.state(), checkpoints
 
@@ -361,6 +371,6 @@ def _cpu(tree: Any) -> Any:
 
 __all__ = [
     "NEVER", "EpochPlan", "FastPath", "Preempted", "TrainConfig", "Trainer", "augment_batch",
-    "epoch_plan", "epoch_seed", "learning_rate", "make_checkpoint", "phase",
+    "epoch_plan", "epoch_seed", "learning_rate", "make_batch", "make_checkpoint", "phase",
     "stop_on_sigterm", "train_from_scratch", "train_until",
 ]

@@ -1,12 +1,17 @@
-"""Stage train_trunk / train_branch: train one trajectory piece (resumable)."""
+"""Stage train_trunk / train_branch: train one trajectory piece (resumable).
+
+With ``train.seeds_per_job > 1`` the job trains its whole seed group stacked (or
+finds its piece already trained by the group's first job); see
+``critperiods.trajectories.run_group``.
+"""
 
 import sys
 
 from critperiods.checkpoints import config_hash
 from critperiods.data import load_prepared
 from critperiods.stage import setup
-from critperiods.training import NEVER, Preempted, TrainConfig
-from critperiods.trajectories import PieceSpec, run_piece
+from critperiods.training import NEVER, FastPath, Preempted, TrainConfig
+from critperiods.trajectories import PieceSpec, run_group
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the retry resumes from the saved state
 
@@ -14,15 +19,23 @@ sm = snakemake  # noqa: F821 - injected by Snakemake
 device = setup(sm)
 w = sm.wildcards
 switch_epoch = int(w["switch_epoch"]) if "switch_epoch" in w.keys() else NEVER  # noqa: SIM118
-spec = PieceSpec(
-    batch_size=int(w["batch_size"]), seed=int(w["seed"]), switch_epoch=switch_epoch,
-    end_epoch=int(sm.params.get("end_epoch", w.get("epoch", 0))),
-    checkpoint_epochs=frozenset(sm.params.checkpoint_epochs),
-)
+group = [int(s) for s in sm.params.group]
+specs = [
+    PieceSpec(
+        batch_size=int(w["batch_size"]), seed=seed, switch_epoch=switch_epoch,
+        end_epoch=int(sm.params.get("end_epoch", w.get("epoch", 0))),
+        checkpoint_epochs=frozenset(sm.params.checkpoint_epochs),
+    )
+    for seed in group
+]
+start = sm.input.start
+starts = ([start] if isinstance(start, str) else list(start)) or [None] * len(group)
 try:
-    run_piece(
-        spec, TrainConfig.from_params(sm.params.training), config_hash(sm.params.training),
-        load_prepared(sm.input.data, device), sm.input.start or None, sm.output[0], device,
+    run_group(
+        specs, TrainConfig.from_params(sm.params.training), config_hash(sm.params.training),
+        load_prepared(sm.input.data, device), starts, sm.params.group_outputs,
+        own=group.index(int(w["seed"])), device=device,
+        fast=FastPath.from_params(sm.params.speed, device),
     )
 except Preempted as stop:
     print(f"preempted: {stop}; state saved, the retry resumes from it", file=sys.stderr)

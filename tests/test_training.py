@@ -163,7 +163,7 @@ def test_fast_path_runs_on_cpu_and_default_cpu_path_is_untouched(cfg, data):
     cfg = replace(cfg, augmentation=False)
     trainer = Trainer(cfg, data, 16, 0, "cpu", fast)
     ckpts: list = []
-    train_until(trainer, 3, NEVER, {3}, ckpts, HASH, progress=False)
+    train_until(trainer, 3, NEVER, {3}, [ckpts], HASH, progress=False)
     plain, _ = train_from_scratch(cfg, data, 16, 0, NEVER, 3, set())
     w_fast = ckpts[0]["model"]["classifier.weight"]
     w_plain = plain["model"]["classifier.weight"]

@@ -174,3 +174,25 @@ def test_report_builds_with_every_figure_and_the_summary(run):
     for name in ("critical_period.png", "learning_curves.png", "llc.png", "divergence.png",
                  "critical_period_summary.csv"):
         assert name in html, name
+
+
+def test_seeds_per_job_trains_the_group_in_its_first_job(run, tmp_path):
+    """train.seeds_per_job: 2 — seed 0's jobs train both seeds stacked, seed 1's jobs only
+    write what they were handed, and the pieces match single-seed training."""
+    import torch
+
+    from critperiods.stacked import STACKED_ATOL
+
+    branches = [f"results/tiny/runs/bs64/seed{s}/switch2.pt" for s in (0, 1)]
+    snakemake(tmp_path, "--cores", "2", *branches,
+              configs=[override(tmp_path, "g", "train:\n  seeds_per_job: 2\n")])
+    logs = tmp_path / "results/tiny/logs/train"
+    assert "trained by the job of seed 0" in (logs / "bs64_seed1_switch2.log").read_text()
+    assert "trained by the job of seed 0" not in (logs / "bs64_seed0_switch2.log").read_text()
+    for path in branches:
+        stacked = torch.load(tmp_path / path, weights_only=True)
+        single = torch.load(run / path, weights_only=True)
+        assert stacked["identity"]["stack"] == [0, 1]
+        for key, value in single["state"]["model"].items():
+            assert torch.allclose(stacked["state"]["model"][key], value, atol=STACKED_ATOL), key
+    assert not list((tmp_path / "results/tiny/runs").rglob(".*.resume"))

@@ -22,6 +22,7 @@ LOGS = f"{RESULTS}/logs"
 GRID = config["grid"]
 TRAINING = plan.training_params(config)
 THREADS = config["train"]["threads"]
+SPEED = {k: config["train"][k] for k in ("fast_path", "compile", "deterministic")}
 
 
 wildcard_constraints:
@@ -52,13 +53,43 @@ def get_piece_files(wildcards):
     return [f"{base}/{wildcards.piece}.pt"]
 
 
-def get_trunk_start(wildcards):
-    """A trunk segment continues the previous one; e0 is the initial state."""
+def group_size(wildcards):
+    """How many seeds the job of ``wildcards.seed`` trains (train.seeds_per_job)."""
+    return len(plan.seed_group(config, int(wildcards.seed)))
+
+
+def group_paths(pattern):
+    """An input function: ``pattern`` for every seed of the wildcards' seed group."""
+
+    def paths(wildcards):
+        fields = {**wildcards, "seed": "{seed}"}
+        return [pattern.format(**fields).format(seed=s)
+                for s in plan.seed_group(config, int(wildcards.seed))]
+
+    return paths
+
+
+def get_group_first(pattern):
+    """An input function: the group's first seed's output, for the group's other jobs
+    (that job trains all of them); nothing for the first seed itself."""
+
+    def first(wildcards):
+        leader = plan.seed_group(config, int(wildcards.seed))[0]
+        if leader == int(wildcards.seed):
+            return []
+        return pattern.format(**{**wildcards, "seed": leader})
+
+    return first
+
+
+def get_trunk_starts(wildcards):
+    """A trunk segment continues the previous one of every seed in its group; e0 starts
+    from the initial state."""
     epoch = int(wildcards.epoch)
     if epoch == 0:
         return []
-    return TRUNK.format(batch_size=wildcards.batch_size, seed=wildcards.seed,
-                        epoch=epoch - config["trunk_stride"])
+    previous = TRUNK.replace("{epoch}", str(epoch - config["trunk_stride"]))
+    return group_paths(previous)(wildcards)
 
 
 def get_piece_epochs(wildcards):
