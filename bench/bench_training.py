@@ -1,12 +1,16 @@
-"""Training throughput and trunk-sharing benchmarks (not a test).
+"""Training benchmarks (not a test): throughput, trunk sharing, seeds per job.
 
 1. images/s of the project's loop (device-resident uint8 tensors, whole-batch
    augmentation and blur, channels-last) vs a plain torchvision ``Dataset`` +
    ``DataLoader(num_workers=…)`` + transforms loop: same model, data, batch size and
-   step count, interleaved (ABAB…), median ratio.
+   step count, interleaved (ABAB…), median ratio; at 1 intra-op thread (what a
+   pipeline job uses by default) and at all cores.
 2. Trunk sharing: SGD epochs a grid costs with and without sharing (from the plan),
    checked against the jobs the DAG actually plans (``snakemake -n``), for
-   ``config.yaml`` and the CIFAR-10 replication config.
+   ``config.yaml`` and the CIFAR-10 replication config; wall time of one
+   ``(batch_size, seed)`` cell of the default trained both ways.
+3. Seeds per job: S seeds trained as one stacked model vs S single-seed trainers one
+   after another, for S = 1, 2, 4 (interleaved, median).
 
 Usage: ``python bench/bench_training.py [--repeats 3] [--steps 150]``; writes
 ``bench/out/training.md``.
@@ -31,27 +35,32 @@ sys.path.insert(0, str(ROOT))
 
 from critperiods import plan  # noqa: E402
 from critperiods.data import PreparedData, blur, prepare  # noqa: E402
-from critperiods.training import TrainConfig, Trainer  # noqa: E402
+from critperiods.stacked import StackedTrainer  # noqa: E402
+from critperiods.training import NEVER, TrainConfig, Trainer  # noqa: E402
 
 
-def project_loop(data: PreparedData, cfg: TrainConfig, batch_size: int, steps: int) -> float:
-    """images/s of :class:`Trainer` on blurred data for ``steps`` steps (one partial epoch)."""
-    trainer = Trainer(cfg, data, batch_size, seed=0)
-    n = steps * batch_size
-    start = time.perf_counter()
+def run_steps(trainer, steps: int) -> None:
+    """Take ``steps`` SGD steps on blurred data (wrapping around epochs)."""
+    per_epoch = -(-len(trainer.data.train.labels) // trainer.batch_size)
     done = 0
     while done < steps:
-        stop_at = done + min(steps - done, len(data.train.labels) // batch_size)
-        count = {"n": done}
+        stop_at = min(steps - done, per_epoch - trainer.batch_in_epoch)
+        count = {"n": 0}
 
         def should_stop(count=count, stop_at=stop_at) -> bool:
             count["n"] += 1
             return count["n"] >= stop_at
 
-        trainer.train_epoch(10**9, should_stop)
-        done = stop_at
-        trainer.batch_in_epoch = 0
-    return n / (time.perf_counter() - start)
+        trainer.train_epoch(NEVER, should_stop)
+        done += stop_at
+
+
+def project_loop(data: PreparedData, cfg: TrainConfig, batch_size: int, steps: int) -> float:
+    """images/s of :class:`Trainer` on blurred data for ``steps`` steps."""
+    trainer = Trainer(cfg, data, batch_size, seed=0)
+    start = time.perf_counter()
+    run_steps(trainer, steps)
+    return steps * batch_size / (time.perf_counter() - start)
 
 
 class BlurredImages(torch.utils.data.Dataset):
@@ -95,31 +104,100 @@ def dataloader_loop(data: PreparedData, cfg: TrainConfig, batch_size: int, steps
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def throughput(repeats: int, steps: int, batch_size: int, workers: int) -> list[str]:
+def default_setup() -> tuple[dict, PreparedData, TrainConfig]:
+    """The default experiment's config, prepared data and training config."""
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     ds = config["dataset"]
     data = prepare(ds["name"], ds["root"], ds["train_subset"], 1000, ds["blur_size"])
+    opt = config["optimizer"]
     cfg = TrainConfig(config["model"]["name"], config["model"]["width"], ds["blur_size"],
-                      0.05, 0.9, 5e-4, 0.85)
-    ours, theirs = [], []
-    for _ in range(repeats):  # interleaved, so drifts in machine load hit both alike
-        ours.append(project_loop(data, cfg, batch_size, steps))
-        theirs.append(dataloader_loop(data, cfg, batch_size, steps, workers))
-    ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
-    return [
-        f"### Training throughput (CPU, {torch.get_num_threads()} threads, "
-        f"{config['model']['name']} width {config['model']['width']}, batch {batch_size}, "
-        f"{steps} steps, {repeats} interleaved repeats)",
-        "",
-        "| loop | images/s (median) |",
-        "|---|---|",
-        f"| critperiods (device-resident tensors, batched blur, channels-last) "
-        f"| {statistics.median(ours):.0f} |",
-        f"| torchvision Dataset + DataLoader(num_workers={workers}) "
-        f"| {statistics.median(theirs):.0f} |",
-        f"| **ratio (median of per-pair ratios)** | **{statistics.median(ratios):.2f}×** |",
-        "",
+                      opt["lr"], opt["momentum"], opt["weight_decay"], opt["lr_decay"])
+    return config, data, cfg
+
+
+def throughput(setup: tuple, repeats: int, steps: int, batch_size: int, workers: int,
+               threads: list[int]) -> list[str]:
+    """Project loop vs DataLoader loop, interleaved, at each intra-op thread count."""
+    config, data, cfg = setup
+    lines = [
+        f"### Training throughput (CPU, {config['model']['name']} width "
+        f"{config['model']['width']}, batch {batch_size}, {steps} steps, {repeats} interleaved "
+        "repeats)", "",
+        "| intra-op threads | critperiods images/s | DataLoader(num_workers="
+        f"{workers}) images/s | ratio (median of pairs) |",
+        "|---|---|---|---|",
     ]
+    for n in threads:
+        torch.set_num_threads(n)
+        ours, theirs = [], []
+        for _ in range(repeats):  # interleaved, so drifts in machine load hit both alike
+            ours.append(project_loop(data, cfg, batch_size, steps))
+            theirs.append(dataloader_loop(data, cfg, batch_size, steps, workers))
+        ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+        lines.append(f"| {n} | {statistics.median(ours):.0f} | {statistics.median(theirs):.0f} "
+                     f"| **{statistics.median(ratios):.2f}×** |")
+    return lines + [""]
+
+
+def sharing_wall_time(setup: tuple, batch_size: int) -> list[str]:
+    """Train one (batch_size, seed) cell of the default grid with and without trunk sharing."""
+    config, data, cfg = setup
+    switches = config["grid"]["switch_epochs"]
+
+    def train(trainer: Trainer, end: int, switch: int) -> None:
+        while trainer.epoch < end:
+            trainer.train_epoch(switch)
+
+    start = time.perf_counter()
+    trunk, states = Trainer(cfg, data, batch_size, 0), {}
+    for epoch in range(plan.trunk_end(config) + 1):
+        train(trunk, epoch, NEVER)
+        if epoch in switches:
+            states[epoch] = trunk.state()
+    for k in switches:
+        branch = Trainer(cfg, data, batch_size, 0)
+        branch.load_state(states[k])
+        train(branch, plan.run_end(config, k), k)
+    shared = time.perf_counter() - start
+    start = time.perf_counter()
+    for k in switches:
+        train(Trainer(cfg, data, batch_size, 0), plan.run_end(config, k), k)
+    scratch = time.perf_counter() - start
+    cells = len(config["grid"]["batch_sizes"]) * len(config["grid"]["seeds"])
+    return [
+        f"Wall time of one cell of `config.yaml` (batch {batch_size}, seed 0, "
+        f"{torch.get_num_threads()} thread; in-process training only, no job start-up): "
+        f"{shared:.0f} s with sharing ({plan.epochs_trained(config, True) // cells} epochs) "
+        f"vs {scratch:.0f} s from scratch ({plan.epochs_trained(config, False) // cells} "
+        f"epochs): **{scratch / shared:.2f}×**.", "",
+    ]
+
+
+def seeds_per_job(setup: tuple, repeats: int, steps: int, batch_size: int,
+                  sizes: list[int]) -> list[str]:
+    """S seeds as one stacked model vs S single-seed trainers in turn, interleaved."""
+    _, data, cfg = setup
+    lines = [
+        f"### Seeds per job (CPU, {torch.get_num_threads()} thread, batch {batch_size}, "
+        f"{steps} steps per seed, {repeats} interleaved repeats)", "",
+        "| seeds | stacked s | one after another s | speed-up (median of pairs) |",
+        "|---|---|---|---|",
+    ]
+    for size in sizes:
+        stacked, sequential = [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run_steps(StackedTrainer(cfg, data, batch_size, list(range(size))), steps)
+            stacked.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for seed in range(size):
+                run_steps(Trainer(cfg, data, batch_size, seed), steps)
+            sequential.append(time.perf_counter() - start)
+        ratios = [b / a for a, b in zip(stacked, sequential, strict=True)]
+        lines.append(f"| {size} | {statistics.median(stacked):.2f} "
+                     f"| {statistics.median(sequential):.2f} "
+                     f"| {statistics.median(ratios):.2f}× |")
+    return lines + [""]
 
 
 def planned_training_jobs(configfile: Path | None) -> dict[str, int]:
@@ -158,10 +236,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", default="1,2", help="intra-op thread counts to compare")
+    parser.add_argument("--seeds", default="1,2,4", help="seeds per job to compare")
+    parser.add_argument("--skip-wall-time", action="store_true",
+                        help="skip the (2-minute) trunk-sharing wall-time measurement")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    lines = throughput(args.repeats, args.steps, args.batch_size, args.workers)
+    setup = default_setup()
+    lines = throughput(setup, args.repeats, args.steps, args.batch_size, args.workers,
+                       [int(n) for n in args.threads.split(",")])
+    torch.set_num_threads(1)  # what a pipeline job uses by default (train.threads)
+    lines += seeds_per_job(setup, args.repeats, args.steps, args.batch_size,
+                           [int(n) for n in args.seeds.split(",")])
     lines += [
         "### Trunk sharing (SGD epochs for the whole grid)", "",
         "| config | with sharing (plan) | with sharing (counted from the DAG's jobs) "
@@ -170,6 +255,9 @@ def main() -> None:
     ]
     lines += sharing(None)
     lines += sharing(ROOT / "configs/cifar10_achille.yaml")
+    lines += [""]
+    if not args.skip_wall_time:
+        lines += sharing_wall_time(setup, args.batch_size)
     text = "\n".join(lines) + "\n"
     out = ROOT / "bench/out/training.md"
     out.parent.mkdir(parents=True, exist_ok=True)

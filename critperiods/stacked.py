@@ -39,6 +39,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from critperiods.data import PreparedData
 from critperiods.models import build_model
 from critperiods.training import (
+    BatchCache,
     FastPath,
     TrainConfig,
     epoch_plan,
@@ -124,6 +125,7 @@ class StackedTrainer:
             weight_decay=cfg.weight_decay,
         )
         self._losses = vmap(self._loss_one_seed)
+        self.ready = BatchCache(data, cfg, self.fast)
         self.epoch = 0
         self.step = 0
         self.batch_in_epoch = 0
@@ -173,8 +175,8 @@ class StackedTrainer:
         total = torch.zeros((), device=self.device)
         batches = plans[0].batches(self.batch_size)
         for part in batches[self.batch_in_epoch :]:
-            pairs = [make_batch(self.data, self.cfg, self.fast, p, part, epoch_phase)
-                     for p in plans]
+            pairs = [make_batch(self.data, self.cfg, self.fast, p, part, epoch_phase,
+                                self.ready) for p in plans]
             x, y = torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
             losses = self._losses(self.params, self.buffers, x, y)
             self.optimizer.zero_grad(set_to_none=True)

@@ -122,9 +122,17 @@ def augment_batch(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) ->
 
 
 def make_batch(data: PreparedData, cfg: TrainConfig, fast: FastPath, plan: EpochPlan,
-               part: slice, epoch_phase: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and labels of batch ``part`` of an epoch: normalised, augmented, blurred."""
+               part: slice, epoch_phase: str, ready: BatchCache | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of batch ``part`` of an epoch: normalised, augmented, blurred.
+
+    Without augmentation an image's input is the same every epoch, so ``ready`` (when
+    given) holds the whole normalised (and blurred) training set and the batch is just
+    an index into it — the same bits, without re-blurring every image every epoch.
+    """
     idx = plan.order[part]
+    if ready is not None and plan.shifts is None:
+        return ready.images(epoch_phase)[idx], data.train.labels[idx]
     x = data.normalize(data.train.sharp[idx])
     if plan.shifts is not None:
         x = augment_batch(x, plan.shifts[part], plan.flips[part])
@@ -133,6 +141,24 @@ def make_batch(data: PreparedData, cfg: TrainConfig, fast: FastPath, plan: Epoch
     if fast.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, data.train.labels[idx]
+
+
+class BatchCache:
+    """The whole training set as model input, per phase, built on first use (float32 on
+    the training device: 31 MB for 10k Fashion-MNIST images, 0.6 GB for CIFAR-10)."""
+
+    def __init__(self, data: PreparedData, cfg: TrainConfig, fast: FastPath) -> None:
+        self.data, self.cfg, self.fast = data, cfg, fast
+        self._by_phase: dict[str, torch.Tensor] = {}
+
+    def images(self, epoch_phase: str) -> torch.Tensor:
+        if epoch_phase not in self._by_phase:
+            n = len(self.data.train.labels)
+            everything = EpochPlan(torch.arange(n, device=self.data.train.labels.device),
+                                   None, None)
+            self._by_phase[epoch_phase] = make_batch(self.data, self.cfg, self.fast,
+                                                     everything, slice(0, n), epoch_phase)[0]
+        return self._by_phase[epoch_phase]
 
 
 @dataclass(frozen=True)
@@ -224,6 +250,7 @@ class Trainer:
             if self.fast.deterministic:
                 torch.use_deterministic_algorithms(True, warn_only=True)
         self.forward = _compiled(self.model) if self.fast.compile else self.model
+        self.ready = BatchCache(data, cfg, self.fast)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
@@ -275,7 +302,8 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         batches = plan.batches(self.batch_size)
         for part in batches[self.batch_in_epoch :]:
-            x, y = make_batch(self.data, self.cfg, self.fast, plan, part, epoch_phase)
+            x, y = make_batch(self.data, self.cfg, self.fast, plan, part, epoch_phase,
+                              self.ready)
             loss = self.loss(x, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -170,3 +170,19 @@ def test_fast_path_runs_on_cpu_and_default_cpu_path_is_untouched(cfg, data):
     assert torch.isfinite(w_fast).all()
     assert not torch.equal(w_fast, w_plain)  # bf16 did change the numerics …
     assert torch.allclose(w_fast, w_plain, atol=0.05)  # … but not the outcome
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cached_inputs_equal_per_batch_inputs(cfg, data, channels_last):
+    """Without augmentation batches index a once-built input set: the very same bits."""
+    from critperiods.training import BatchCache, FastPath, make_batch
+
+    fast = FastPath(channels_last=channels_last)
+    ready = BatchCache(data, cfg, fast)
+    plan = epoch_plan(len(data.train.labels), 0, 1, False, torch.device("cpu"))
+    for epoch_phase in ("blurred", "sharp"):
+        for part in plan.batches(40):  # includes the short last batch
+            direct, y = make_batch(data, cfg, fast, plan, part, epoch_phase)
+            cached, y2 = make_batch(data, cfg, fast, plan, part, epoch_phase, ready)
+            assert torch.equal(direct, cached) and torch.equal(y, y2)
+            assert direct.stride() == cached.stride()
