@@ -81,7 +81,9 @@ def test_quadratic_potential_minimum() -> None:
 
 
 @pytest.mark.parametrize(
-    ("widths", "rank"), [([10, 6, 6, 10], 2), ([5, 3, 5], 0), ([4, 4, 4, 4], 4)]
+    ("widths", "rank"),
+    [([10, 6, 6, 10], 2), ([10, 6, 6, 10], 1), ([10, 6, 6, 10], 0), ([5, 3, 5], 0),
+     ([4, 4, 4, 4], 4)],
 )
 def test_make_dln_is_realisation(widths: list[int], rank: int) -> None:
     """w* multiplies out to the well-conditioned true matrix of the requested rank and the
