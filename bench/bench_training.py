@@ -31,6 +31,7 @@ import torch.nn.functional as F
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
 sys.path.insert(0, str(ROOT))
 
 from critperiods import plan  # noqa: E402
@@ -55,11 +56,23 @@ def run_steps(trainer, steps: int) -> None:
         done += stop_at
 
 
-def project_loop(data: PreparedData, cfg: TrainConfig, batch_size: int, steps: int) -> float:
-    """images/s of :class:`Trainer` on blurred data for ``steps`` steps."""
-    trainer = Trainer(cfg, data, batch_size, seed=0)
+WARMUP_STEPS = 10  # excluded from every timing (worker start-up, first-batch caches)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def project_loop(data: PreparedData, cfg: TrainConfig, batch_size: int, steps: int,
+                 device: torch.device = CPU) -> float:
+    """images/s of :class:`Trainer` on blurred data for ``steps`` steps (after warm-up)."""
+    trainer = Trainer(cfg, data.to(device), batch_size, seed=0, device=device)
+    run_steps(trainer, WARMUP_STEPS)
+    _sync(device)
     start = time.perf_counter()
     run_steps(trainer, steps)
+    _sync(device)
     return steps * batch_size / (time.perf_counter() - start)
 
 
@@ -79,29 +92,77 @@ class BlurredImages(torch.utils.data.Dataset):
 
 
 def dataloader_loop(data: PreparedData, cfg: TrainConfig, batch_size: int, steps: int,
-                    workers: int) -> float:
+                    workers: int, device: torch.device = CPU) -> float:
     """images/s of a textbook DataLoader loop with the same model and optimizer."""
     from critperiods.models import build_model
 
     model = build_model(cfg.model, cfg.width, data.in_channels, data.image_size,
-                        data.num_classes, 0)
+                        data.num_classes, 0).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
     loader = torch.utils.data.DataLoader(BlurredImages(data, cfg.blur_size), batch_size,
                                          shuffle=True, num_workers=workers, drop_last=True,
-                                         persistent_workers=workers > 0)
-    start = time.perf_counter()
-    done = 0
-    while done < steps:
+                                         persistent_workers=workers > 0,
+                                         pin_memory=device.type == "cuda")
+    done, start = 0, 0.0
+    while done < WARMUP_STEPS + steps:
         for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
             done += 1
-            if done == steps:
+            if done == WARMUP_STEPS:
+                _sync(device)
+                start = time.perf_counter()
+            if done == WARMUP_STEPS + steps:
                 break
+    _sync(device)
     return steps * batch_size / (time.perf_counter() - start)
+
+
+def step_flops(data: PreparedData, cfg: TrainConfig, batch_size: int) -> int:
+    """FLOPs of one forward + backward of the model on a batch (torch's flop counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from critperiods.models import build_model
+
+    model = build_model(cfg.model, cfg.width, data.in_channels, data.image_size,
+                        data.num_classes, 0)
+    x = torch.randn(batch_size, data.in_channels, data.image_size, data.image_size)
+    y = torch.zeros(batch_size, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops()
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 10) -> float:
+    """Measured FLOP/s of a square matmul: the device's practical limit for this dtype."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def hardware_limit(setup: tuple, batch_size: int, images_per_s: float,
+                   device: torch.device) -> str:
+    """One sentence: achieved FLOP/s of the training step vs the matmul rate."""
+    _, data, cfg = setup
+    flops = step_flops(data, cfg, batch_size)
+    achieved = flops * images_per_s / batch_size
+    dtype, size = (torch.bfloat16, 8192) if device.type == "cuda" else (torch.float32, 1024)
+    peak = matmul_rate(device, dtype, size)
+    return (f"On {device.type} ({torch.get_num_threads()} threads): the model's forward + "
+            f"backward is {flops / 1e6:.0f} MFLOP per batch of {batch_size}, so "
+            f"{images_per_s:.0f} images/s is {achieved / 1e9:.1f} GFLOP/s against a measured "
+            f"{str(dtype).removeprefix('torch.')} {size}² matmul rate of {peak / 1e9:.0f} "
+            f"GFLOP/s ({100 * achieved / peak:.0f}%).")
 
 
 def default_setup() -> tuple[dict, PreparedData, TrainConfig]:
@@ -117,26 +178,33 @@ def default_setup() -> tuple[dict, PreparedData, TrainConfig]:
 
 def throughput(setup: tuple, repeats: int, steps: int, batch_size: int, workers: int,
                threads: list[int]) -> list[str]:
-    """Project loop vs DataLoader loop, interleaved, at each intra-op thread count."""
+    """Project loop vs DataLoader loop, interleaved, at each CPU thread count (and on CUDA
+    when present), with the achieved FLOP/s against the matmul rate."""
     config, data, cfg = setup
     lines = [
-        f"### Training throughput (CPU, {config['model']['name']} width "
-        f"{config['model']['width']}, batch {batch_size}, {steps} steps, {repeats} interleaved "
-        "repeats)", "",
-        "| intra-op threads | critperiods images/s | DataLoader(num_workers="
+        f"### Training throughput ({config['model']['name']} width "
+        f"{config['model']['width']}, batch {batch_size}, {steps} steps after "
+        f"{WARMUP_STEPS} warm-up, {repeats} interleaved repeats)", "",
+        "| device, intra-op threads | critperiods images/s | DataLoader(num_workers="
         f"{workers}) images/s | ratio (median of pairs) |",
         "|---|---|---|---|",
     ]
-    for n in threads:
+    runs = [(CPU, n) for n in threads]
+    if torch.cuda.is_available():
+        runs.append((torch.device("cuda"), threads[-1]))
+    notes = []
+    for device, n in runs:
         torch.set_num_threads(n)
         ours, theirs = [], []
         for _ in range(repeats):  # interleaved, so drifts in machine load hit both alike
-            ours.append(project_loop(data, cfg, batch_size, steps))
-            theirs.append(dataloader_loop(data, cfg, batch_size, steps, workers))
+            ours.append(project_loop(data, cfg, batch_size, steps, device))
+            theirs.append(dataloader_loop(data, cfg, batch_size, steps, workers, device))
         ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
-        lines.append(f"| {n} | {statistics.median(ours):.0f} | {statistics.median(theirs):.0f} "
+        lines.append(f"| {device.type}, {n} | {statistics.median(ours):.0f} "
+                     f"| {statistics.median(theirs):.0f} "
                      f"| **{statistics.median(ratios):.2f}×** |")
-    return lines + [""]
+        notes.append(hardware_limit(setup, batch_size, statistics.median(ours), device))
+    return lines + [""] + notes + [""]
 
 
 def sharing_wall_time(setup: tuple, batch_size: int) -> list[str]:
