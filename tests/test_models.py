@@ -40,3 +40,24 @@ def test_resnet18_has_eighteen_weight_layers():
              if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
     assert len(convs) + 1 == 18  # 17 3×3 convs + the linear read-out
     assert 11_000_000 < sum(p.numel() for p in model.parameters()) < 11_300_000
+
+
+def test_small_cnn_pool_then_relu_is_relu_then_pool_bit_for_bit():
+    """The pooling/ReLU order is a speed choice only: same outputs, same gradients."""
+    import copy
+
+    from torch import nn
+
+    from critperiods.models import build_model
+
+    model = build_model("small_cnn", 4, 1, 16, 10, seed=0)
+    textbook = copy.deepcopy(model)  # its own parameters, the same values
+    f = textbook.features
+    textbook.features = nn.Sequential(f[0], f[2], f[1], f[3], f[5], f[4], f[6])
+    assert isinstance(textbook.features[1], nn.ReLU)  # the textbook order: ReLU, then pool
+    x = torch.randn(32, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    for m in (model, textbook):
+        torch.nn.functional.cross_entropy(m(x), torch.arange(32) % 10).backward()
+    assert torch.equal(model(x), textbook(x))
+    for (name, p), q in zip(model.named_parameters(), textbook.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad), name
