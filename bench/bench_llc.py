@@ -1,54 +1,91 @@
-"""Benchmark: critperiods.llc.estimate_llc vs devinterp 2.0.1 on the same problems.
+"""Benchmark: critperiods.llc.estimate_llc vs devinterp 2.0.1 (and 1.3.2) on the same problems.
 
 Not a test.  Run inside a venv that has devinterp 2.0.1 next to the project's torch, e.g.
-``.venv-bench/bin/python bench/bench_llc.py`` (see bench/README_llc.md).  Both samplers get the
-same model, data, step size, gamma, nbeta, chains (4), burn-in, draws and batch size; runs are
-interleaved ABAB and the median wall-time ratio is reported.  Output: a markdown table on
-stdout and in ``bench/out/llc.md``.
+``flock /tmp/cpu_bench.lock .venv-bench/bin/python bench/bench_llc.py`` (see
+bench/README_llc.md).  All samplers get the same model, data, step size, gamma,
+nbeta = n / ln n, chains (4), burn-in, draws and batch size.
+
+Fairness: every sampler runs once on a short warm-up (excluded), then the timed runs are
+interleaved (ours, devinterp 2, [devinterp 1.3], ours, devinterp 2, ...) and the median
+wall-time ratio is reported; all use the same number of threads.  devinterp 2.0.1 gets
+``num_init_loss_batches = n // batch_size`` so its init loss sees (nearly) all the data as
+ours does, and besides its own estimate (which averages the burn-in steps in) the table
+shows the estimate recomputed from its ``loss_trace`` with the burn-in discarded
+(like-for-like with ours).  The "floor" column is the bare compute: one forward + backward
+of the model on one minibatch, timed in a loop (median), times chains x steps: no sampler
+can beat it without changing the arithmetic.  Output: a markdown table on stdout and in
+``bench/out/llc.md``.
+
+devinterp 1.3.2 cannot live in the same venv (it pins other packages), so when
+``--devinterp13`` names a python with it (default ``.venv-bench13/bin/python`` if present),
+its runs happen in a subprocess of this script (``--worker13``) that loads the same case
+from a temporary file and reports its own in-process wall time.  1.3.2 discards burn-in
+itself; it is given ``init_loss`` = L_n(w*) over all n samples (its default uses ``chains``
+minibatches), computed outside the timed region.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import Tensor, nn
 
 from critperiods.learning_coefficients import dln_loss, make_dln
 from critperiods.llc import LLCConfig, estimate_llc
+from critperiods.models import build_model
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+ROOT = Path(__file__).resolve().parent.parent
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+CNN_SAMPLES = 4096
 
 
 @dataclass
 class Case:
     """One benchmark problem: a model at a checkpoint, its data, loss and sampler settings."""
 
+    key: str
     name: str
     model: nn.Module
     data: tuple[Tensor, Tensor]
-    loss_fn: LossFn
-    per_sample: Callable[[Tensor, Tensor], Tensor]  # unreduced loss, for devinterp
+    loss: str  # "ce" or "dln"
     config: LLCConfig
 
+    @property
+    def loss_fn(self) -> LossFn:
+        return F.cross_entropy if self.loss == "ce" else dln_loss
 
-def _train(model: nn.Module, data: tuple[Tensor, Tensor], loss_fn: LossFn, steps: int) -> None:
-    """A few Adam steps so the checkpoint sits near a minimum (LLC at a random init is
-    meaningless)."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    def per_sample(self, out: Tensor, target: Tensor) -> Tensor:
+        """Unreduced loss, for devinterp."""
+        if self.loss == "ce":
+            return F.cross_entropy(out, target, reduction="none")
+        return 0.5 * (out - target).pow(2).sum(-1)
+
+
+def _train(model: nn.Module, data: tuple[Tensor, Tensor], loss_fn: LossFn, steps: int,
+           opt: torch.optim.Optimizer | None = None, batch: int = 128) -> None:
+    """A few optimiser steps so the checkpoint sits near a minimum (LLC at a random init
+    is meaningless)."""
+    opt = opt or torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
     x, y = data
     for _ in range(steps):
-        idx = torch.randint(x.shape[0], (128,), generator=gen)
+        idx = torch.randint(x.shape[0], (batch,), generator=gen)
         opt.zero_grad()
         loss_fn(model(x[idx]), y[idx]).backward()
         opt.step()
@@ -59,6 +96,7 @@ def mlp_case(draws: int) -> Case:
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(5000, 20, generator=gen)
     y = (x @ torch.randn(20, 10, generator=gen)).argmax(1)
+    torch.manual_seed(0)
     model = nn.Sequential(
         nn.Linear(20, 100), nn.ReLU(), nn.Linear(100, 64), nn.ReLU(), nn.Linear(64, 10)
     )
@@ -66,14 +104,7 @@ def mlp_case(draws: int) -> Case:
     cfg = LLCConfig(
         chains=4, draws=draws, burn_in=draws // 10, step_size=1e-4, gamma=100.0, batch_size=256
     )
-    return Case(
-        "MLP (9.2k params)",
-        model,
-        (x, y),
-        F.cross_entropy,
-        lambda o, t: F.cross_entropy(o, t, reduction="none"),
-        cfg,
-    )
+    return Case("mlp", "MLP (9.2k params)", model, (x, y), "ce", cfg)
 
 
 def dln_case(draws: int) -> Case:
@@ -82,43 +113,60 @@ def dln_case(draws: int) -> Case:
     cfg = LLCConfig(
         chains=4, draws=draws, burn_in=draws // 10, step_size=3e-5, gamma=1.0, batch_size=256
     )
-    return Case(
-        "DLN [10,6,6,10] r=2 (lambda=26)",
-        prob.model,
-        prob.data,
-        dln_loss,
-        lambda o, t: 0.5 * (o - t).pow(2).sum(-1),
-        cfg,
-    )
+    return Case("dln", "DLN [10,6,6,10] r=2 (λ=26)", prob.model, prob.data, "dln", cfg)
+
+
+def _fmnist_or_synthetic(n: int) -> tuple[Tensor, Tensor, str]:
+    """``n`` standardised Fashion-MNIST training images (system copy) or, if absent,
+    class-template synthetic 28x28 images; returns (x, y, description)."""
+    gen = torch.Generator().manual_seed(3)
+    if FMNIST.exists():
+        from critperiods.data import load_raw
+
+        images, labels = load_raw("fashion_mnist", FMNIST)["train"]
+        idx = torch.randperm(len(labels), generator=gen)[:n]
+        x = torch.from_numpy(images)[idx].float().div_(255.0)
+        x = (x - x.mean()) / x.std()
+        return x, torch.from_numpy(labels)[idx], "Fashion-MNIST"
+    y = torch.randint(10, (n,), generator=gen)
+    templates = torch.randn(10, 1, 28, 28, generator=gen)
+    x = templates[y] + 0.5 * torch.randn(n, 1, 28, 28, generator=gen)
+    return x, y, "synthetic images"
 
 
 def cnn_case(draws: int) -> Case:
-    """Small CNN on random 28x28 inputs with random labels."""
-    gen = torch.Generator().manual_seed(2)
-    x = torch.randn(2000, 1, 28, 28, generator=gen)
-    y = torch.randint(10, (2000,), generator=gen)
-    model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32 * 7 * 7, 10),
-    )
-    _train(model, (x, y), F.cross_entropy, 100)
+    """The default experiment's CNN (config.yaml: model name/width, llc batch size, step
+    size, gamma) on n = 4096 Fashion-MNIST images, trained 3 epochs with the config's SGD."""
+    conf = yaml.safe_load((ROOT / "config.yaml").read_text())
+    llc, mconf, oconf = conf["llc"], conf["model"], conf["optimizer"]
+    x, y, source = _fmnist_or_synthetic(CNN_SAMPLES)
+    model = build_model(mconf["name"], int(mconf["width"]), 1, 28, 10, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=float(oconf["lr"]),
+                          momentum=float(oconf["momentum"]))
+    _train(model, (x, y), F.cross_entropy, 3 * CNN_SAMPLES // 32, opt, batch=32)
     cfg = LLCConfig(
-        chains=4, draws=draws, burn_in=draws // 10, step_size=1e-5, gamma=100.0, batch_size=64
+        chains=int(llc["chains"]), draws=draws, burn_in=draws // 10,
+        step_size=float(llc["step_size"]), gamma=float(llc["gamma"]),
+        batch_size=int(llc["batch_size"]),
     )
-    return Case(
-        "CNN (21k params)",
-        model,
-        (x, y),
-        F.cross_entropy,
-        lambda o, t: F.cross_entropy(o, t, reduction="none"),
-        cfg,
-    )
+    params = sum(p.numel() for p in model.parameters())
+    name = f"default CNN ({mconf['name']} w={mconf['width']}, {params / 1e3:.1f}k params, {source})"
+    return Case("cnn", name, model, (x, y), "ce", cfg)
+
+
+# --------------------------------------------------------------------------- samplers
+
+
+@dataclass
+class Run:
+    """Wall time and estimates of one run: mean/std over chains, and for devinterp the
+    burn-in-discarded recomputation (``alt``)."""
+
+    seconds: float
+    mean: float
+    std: float
+    alt_mean: float = math.nan
+    alt_std: float = math.nan
 
 
 class _IndexDataset(torch.utils.data.Dataset):
@@ -135,88 +183,201 @@ class _IndexDataset(torch.utils.data.Dataset):
         return {"input_ids": torch.tensor([i, 0])}
 
 
-def run_devinterp(case: Case) -> tuple[float, float, float]:
-    """Run devinterp 2.0.1's ``llc`` on the case; return (seconds, mean, std)."""
+def run_devinterp(case: Case, cfg: LLCConfig) -> Run:
+    """devinterp 2.0.1's ``llc`` (init loss over n // batch_size batches)."""
     from devinterp.slt.llc import llc
 
     x, y = case.data
-    cfg = case.config
+    n = x.shape[0]
+    nbeta = n / math.log(n)
+    bs = int(cfg.batch_size)  # type: ignore[arg-type]
 
     def loss_fn(model: nn.Module, input_ids: Tensor) -> Tensor:
         idx = input_ids[:, 0]
         return case.per_sample(model(x[idx]), y[idx]).unsqueeze(1)
 
-    n = x.shape[0]
-    nbeta = n / np.log(n)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t0 = time.perf_counter()
         out = llc(
-            case.model,
-            _IndexDataset(n),
-            {},
-            lr=cfg.step_size,
-            n_beta=nbeta,
-            loss_fn=loss_fn,
-            num_chains=cfg.chains,
-            num_draws=cfg.draws,
-            num_burnin_steps=cfg.burn_in,
-            batch_size=cfg.batch_size,
-            localization=cfg.gamma,
-            output_path=str(Path(tmp) / "s.zarr"),
-            device="cpu",
+            case.model, _IndexDataset(n), {}, lr=cfg.step_size, n_beta=nbeta, loss_fn=loss_fn,
+            num_chains=cfg.chains, num_draws=cfg.draws, num_burnin_steps=cfg.burn_in,
+            batch_size=bs, localization=cfg.gamma, num_init_loss_batches=n // bs,
+            output_path=str(Path(tmp) / "s.zarr"), device="cpu",
         )
-        mean, std = float(out["llc_mean"]), float(out["llc_std"])
-        return time.perf_counter() - t0, mean, std
+        seconds = time.perf_counter() - t0
+    trace = np.asarray(out["loss_trace"].values, dtype=np.float64)  # (chain, burn_in + draws)
+    assert trace.shape == (cfg.chains, cfg.burn_in + cfg.draws), trace.shape
+    per_chain = nbeta * (trace[:, cfg.burn_in :].mean(1) - float(out["init_loss"]))
+    return Run(seconds, float(out["llc_mean"]), float(out["llc_std"]),
+               float(per_chain.mean()), float(per_chain.std()))
 
 
-def run_ours(case: Case) -> tuple[float, float, float]:
-    """Run critperiods' batched estimator; return (seconds, mean, std)."""
+def run_ours(case: Case, cfg: LLCConfig) -> Run:
+    """critperiods' batched estimator."""
     t0 = time.perf_counter()
-    res = estimate_llc(case.model, case.loss_fn, case.data, case.config, progress=False)
-    return time.perf_counter() - t0, res.llc_mean, res.llc_std
+    res = estimate_llc(case.model, case.loss_fn, case.data, cfg, progress=False)
+    return Run(time.perf_counter() - t0, res.llc_mean, res.llc_std)
 
 
-def bench_case(case: Case, repeats: int) -> dict[str, object]:
-    """Interleave ABAB runs of both samplers; summarise times and estimates."""
-    ours, theirs = [], []
-    for _ in range(repeats):
-        ours.append(run_ours(case))
-        theirs.append(run_devinterp(case))
-    ratios = [t[0] / o[0] for o, t in zip(ours, theirs, strict=True)]
-    return {"case": case, "ours": ours, "theirs": theirs, "ratio": statistics.median(ratios)}
+def run_devinterp13(case: Case, cfg: LLCConfig, python: str, tmp: Path) -> Run:
+    """devinterp 1.3.2 in its own venv (``--worker13`` subprocess on a saved case)."""
+    path = tmp / f"{case.key}.pt"
+    torch.save({"model": case.model, "data": case.data, "loss": case.loss,
+                "config": cfg.__dict__, "threads": torch.get_num_threads()}, path)
+    out = subprocess.run([python, __file__, "--worker13", str(path)], check=True,
+                         capture_output=True, text=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    return Run(res["seconds"], res["mean"], res["std"])
+
+
+def worker13(path: str) -> None:
+    """Run devinterp 1.3.2's ``estimate_learning_coeff_with_summary`` on a saved case."""
+    from devinterp.optim.sgld import SGLD
+    from devinterp.slt.sampler import estimate_learning_coeff_with_summary
+
+    blob = torch.load(path, weights_only=False)
+    torch.set_num_threads(blob["threads"])
+    cfg = LLCConfig(**blob["config"])
+    x, y = blob["data"]
+    n = x.shape[0]
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=cfg.batch_size, shuffle=True
+    )
+    loss = F.cross_entropy if blob["loss"] == "ce" else dln_loss
+
+    def evaluate(model: nn.Module, data: tuple[Tensor, Tensor]) -> Tensor:
+        return loss(model(data[0]), data[1])
+
+    model = blob["model"]
+    with torch.no_grad():  # L_n(w*) on all n samples, as ours (1.3.2 would use `chains` batches)
+        init_loss = float(sum(loss(model(x[i : i + 1024]), y[i : i + 1024]) * len(y[i : i + 1024])
+                              for i in range(0, n, 1024)) / n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        out = estimate_learning_coeff_with_summary(
+            model, loader=loader, evaluate=evaluate, sampling_method=SGLD,
+            optimizer_kwargs={"lr": cfg.step_size, "nbeta": n / math.log(n),
+                              "localization": cfg.gamma},
+            num_chains=cfg.chains, num_draws=cfg.draws, num_burnin_steps=cfg.burn_in,
+            num_steps_bw_draws=1, init_loss=init_loss, device="cpu", online=False,
+            verbose=False,
+        )
+        seconds = time.perf_counter() - t0
+    print(json.dumps({"seconds": seconds, "mean": float(out["llc/mean"]),
+                      "std": float(out["llc/std"])}))
+
+
+def floor_seconds(case: Case, cfg: LLCConfig, reps: int = 200) -> float:
+    """Bare compute: median time of one forward + backward at the minibatch size, times
+    chains x steps (no sampler, no noise, no bookkeeping)."""
+    x, y = case.data
+    bs = int(cfg.batch_size)  # type: ignore[arg-type]
+    xb, yb = x[:bs], y[:bs]
+    model = case.model
+    times = []
+    for i in range(reps + 10):
+        t0 = time.perf_counter()
+        model.zero_grad(set_to_none=True)
+        case.loss_fn(model(xb), yb).backward()
+        if i >= 10:
+            times.append(time.perf_counter() - t0)
+    model.zero_grad(set_to_none=True)
+    return statistics.median(times) * cfg.chains * (cfg.burn_in + cfg.draws)
+
+
+def bench_case(case: Case, repeats: int, python13: str | None) -> dict[str, object]:
+    """Warm up every sampler, then interleave timed runs; summarise."""
+    cfg = case.config
+    warm = replace(cfg, draws=10, burn_in=2)
+    samplers: dict[str, Callable[[LLCConfig], Run]] = {
+        "ours": lambda c: run_ours(case, c),
+        "devinterp": lambda c: run_devinterp(case, c),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        if python13:
+            samplers["devinterp13"] = lambda c: run_devinterp13(case, c, python13, Path(tmp))
+        for run in samplers.values():
+            run(warm)
+        runs: dict[str, list[Run]] = {k: [] for k in samplers}
+        for _ in range(repeats):
+            for key, run in samplers.items():
+                runs[key].append(run(cfg))
+    ratios = {
+        k: statistics.median(t.seconds / o.seconds for o, t in zip(runs["ours"], v, strict=True))
+        for k, v in runs.items() if k != "ours"
+    }
+    return {"case": case, "runs": runs, "ratios": ratios, "floor": floor_seconds(case, cfg)}
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def _agree(a: Run, m: float, s: float) -> str:
+    """Agreement within error bars: the mean ± std (over chains) intervals overlap."""
+    return "yes" if abs(a.mean - m) <= a.std + s else "no"
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    """Markdown table of the benchmark results."""
-    lines = [
-        "| case | chains x (burn-in + draws) | batch | critperiods s | devinterp 2.0.1 s "
-        "| speed-up (median) | critperiods LLC | devinterp LLC |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    """Markdown table of the benchmark results (times: median over repeats; estimates: the
+    last repeat, mean ± std over chains)."""
+    has13 = any("devinterp13" in r["runs"] for r in rows)  # type: ignore[operator]
+    head = ("| case | chains x (burn-in + draws) | batch | floor s | critperiods s "
+            "| devinterp 2.0.1 s | speed-up vs 2.0.1 ")
+    sep = "|---|---|---|---|---|---|---"
+    if has13:
+        head += "| devinterp 1.3.2 s | speed-up vs 1.3.2 "
+        sep += "|---|---"
+    head += ("| critperiods λ̂ | devinterp 2.0.1 λ̂ (own, burn-in averaged in) "
+             "| devinterp 2.0.1 λ̂ (burn-in discarded) | agree? ")
+    sep += "|---|---|---|---"
+    if has13:
+        head += "| devinterp 1.3.2 λ̂ "
+        sep += "|---"
+    lines = [head + "|", sep + "|"]
     for row in rows:
         case: Case = row["case"]  # type: ignore[assignment]
-        ours, theirs = row["ours"], row["theirs"]
+        runs: dict[str, list[Run]] = row["runs"]  # type: ignore[assignment]
+        ratios: dict[str, float] = row["ratios"]  # type: ignore[assignment]
         cfg = case.config
-        lines.append(
-            f"| {case.name} | {cfg.chains} x ({cfg.burn_in} + {cfg.draws}) | {cfg.batch_size} "
-            f"| {statistics.median(o[0] for o in ours):.2f} "  # type: ignore[union-attr]
-            f"| {statistics.median(t[0] for t in theirs):.2f} "  # type: ignore[union-attr]
-            f"| {row['ratio']:.1f}x "
-            f"| {ours[-1][1]:.2f} ± {ours[-1][2]:.2f} "  # type: ignore[index]
-            f"| {theirs[-1][1]:.2f} ± {theirs[-1][2]:.2f} |"  # type: ignore[index]
-        )
+
+        def med(key: str) -> float:
+            return statistics.median(r.seconds for r in runs[key])  # noqa: B023
+
+        ours, di = runs["ours"][-1], runs["devinterp"][-1]
+        line = (f"| {case.name} | {cfg.chains} x ({cfg.burn_in} + {cfg.draws}) "
+                f"| {cfg.batch_size} | {row['floor']:.2f} | {med('ours'):.2f} "
+                f"| {med('devinterp'):.2f} | {ratios['devinterp']:.1f}x ")
+        if has13:
+            line += (f"| {med('devinterp13'):.2f} | {ratios['devinterp13']:.1f}x "
+                     if "devinterp13" in runs else "| - | - ")
+        line += (f"| {_pm(ours.mean, ours.std)} | {_pm(di.mean, di.std)} "
+                 f"| {_pm(di.alt_mean, di.alt_std)} "
+                 f"| {_agree(ours, di.alt_mean, di.alt_std)} ")
+        if has13:
+            d13 = runs.get("devinterp13")
+            line += f"| {_pm(d13[-1].mean, d13[-1].std)} " if d13 else "| - "
+        lines.append(line + "|")
     return "\n".join(lines)
 
 
 def main() -> None:
     """Parse arguments, run the selected cases, print and save the table."""
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker13":
+        worker13(sys.argv[2])
+        return
+    default13 = ROOT / ".venv-bench13" / "bin" / "python"
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--draws", type=int, default=1000)
-    parser.add_argument("--cnn-draws", type=int, default=200)
+    parser.add_argument("--cnn-draws", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cases", default="mlp,dln,cnn")
+    parser.add_argument("--devinterp13", default=str(default13) if default13.exists() else "",
+                        help="python of a venv with devinterp 1.3.2 ('' to skip)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "out" / "llc.md"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     builders = {
@@ -226,11 +387,11 @@ def main() -> None:
     }
     rows = []
     for name in args.cases.split(","):
-        rows.append(bench_case(builders[name](), args.repeats))
+        rows.append(bench_case(builders[name](), args.repeats, args.devinterp13 or None))
         print(table(rows[-1:]), flush=True)
     text = table(rows)
     print(text)
-    out = Path(__file__).parent / "out" / "llc.md"
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
 
