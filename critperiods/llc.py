@@ -223,33 +223,48 @@ class _Sampler:
         self.loss_fn = vmap(chain_loss, in_dims=in_dims)
         self.half_eps = 0.5 * config.step_size
         self.sqrt_eps = math.sqrt(config.step_size)
+        self._noise: Tensor | None = None
+        self._buf: Tensor | None = None
 
     def batch(self) -> tuple[Tensor, Tensor]:
         """Draw an independent minibatch (with replacement) for every chain."""
         if self.full_batch:
             return self.x, self.y
-        idx = torch.randint(
-            self.n,
-            (self.cfg.chains, int(self.cfg.batch_size)),  # type: ignore[arg-type]
-            generator=self.gen,
-            device=self.x.device,
-        )
-        return self.x[idx], self.y[idx]
+        shape = (self.cfg.chains, int(self.cfg.batch_size))  # type: ignore[arg-type]
+        idx = torch.randint(self.n, shape, generator=self.gen, device=self.x.device).view(-1)
+        xb = self.x.index_select(0, idx).view(shape + self.x.shape[1:])
+        return xb, self.y.index_select(0, idx).view(shape + self.y.shape[1:])
 
     def step(self, st: _Chains, threshold: float, init_loss: float) -> Tensor:
-        """Advance all healthy chains one step; return the losses L_B at the old weights."""
+        """Advance all healthy chains one step; return the losses L_B at the old weights.
+
+        The update ``w - (eps/2) [nbeta g + gamma (w - w0)] + sqrt(eps) xi`` is done with the
+        same elementary operations in the same order as the textbook expression (so the
+        rounding is identical), but in place in preallocated buffers; while every chain is
+        healthy (the usual case, checked on CPU where the check is free) the masked
+        ``torch.where`` update is skipped.
+        """
         xb, yb = self.batch()
         grad, loss = self.grad_and_loss(st.w, xb, yb)
         ok = torch.isfinite(loss) & (loss - init_loss <= threshold)
         st.healthy &= ok
-        drift = grad * self.nbeta + (st.w - st.w0) * self.cfg.gamma
-        noise = torch.randn(st.w.shape, generator=self.gen, device=st.w.device, dtype=st.w.dtype)
-        if st.v is not None:
-            precond = self._rmsprop(st.v, grad)
-            drift = drift * precond
-            noise = noise * precond.sqrt()
-        new_w = st.w - self.half_eps * drift + self.sqrt_eps * noise
-        st.w = torch.where(st.healthy.unsqueeze(1), new_w, st.w)
+        if self._noise is None:
+            self._noise = torch.empty_like(st.w)
+            self._buf = torch.empty_like(st.w)
+        noise, buf = self._noise, self._buf
+        noise.normal_(generator=self.gen)  # same stream as torch.randn(shape, generator=gen)
+        precond = self._rmsprop(st.v, grad) if st.v is not None else None  # raw gradient
+        drift = grad.mul_(self.nbeta).add_(torch.sub(st.w, st.w0, out=buf).mul_(self.cfg.gamma))
+        if precond is not None:
+            drift = drift.mul_(precond)
+            noise.mul_(precond.sqrt_())
+        step = drift.mul_(self.half_eps)
+        noise.mul_(self.sqrt_eps)
+        if st.w.device.type == "cpu" and bool(st.healthy.all()):
+            st.w.sub_(step).add_(noise)
+        else:
+            new_w = torch.sub(st.w, step, out=buf).add_(noise)
+            st.w = torch.where(st.healthy.unsqueeze(1), new_w, st.w)
         return loss
 
     def grad_and_loss(self, w: Tensor, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
