@@ -52,9 +52,18 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(BENCH_VENV)/bin/pip install --quiet numpy scipy xarray netCDF4 tqdm pyyaml matplotlib
 	touch $@
 
+# devinterp 1.3.2 for the third column of the λ̂ benchmark (keeps torch 2.14.1).
+BENCH13_VENV := .venv-bench13
+$(BENCH13_VENV)/.installed: pyproject.toml
+	test -x $(BENCH13_VENV)/bin/python || python3 -m venv $(BENCH13_VENV)
+	$(BENCH13_VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BENCH13_VENV)/bin/pip install --quiet devinterp==1.3.2 pyyaml
+	$(BENCH13_VENV)/bin/pip install --quiet -e . --no-deps
+	touch $@
+
 # Benchmarks (not tests): training throughput + trunk sharing, then λ̂ vs devinterp
-# (in its own venv so devinterp can never change the project's torch).
-bench: $(STAMP) $(BENCH_VENV)/.installed
+# (in their own venvs so devinterp can never change the project's torch).
+bench: $(STAMP) $(BENCH_VENV)/.installed $(BENCH13_VENV)/.installed
 	$(PY) bench/bench_training.py
 	$(BENCH_VENV)/bin/python bench/bench_llc.py
 	cat bench/out/training.md bench/out/llc.md > bench/out/README.md
