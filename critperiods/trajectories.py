@@ -136,7 +136,9 @@ def run_group(
             config_hash, save_resume=save_resume, should_stop=should_stop or sigterm,
             progress=progress, desc=spec.name,
         )
-    save_resume([i for i, o in enumerate(outputs) if i != own and not Path(o).exists()])
+    # every sibling, even one whose piece exists: when the group is rerun (e.g. forced),
+    # Snakemake deletes a sibling's piece only when the sibling's own job starts
+    save_resume([i for i in range(len(outputs)) if i != own])
     ckpt.save_piece(outputs[own], config_hash=config_hash, identity=identities[own],
                     state=members[own].state(), checkpoints=checkpoints[own])
     if resume_files[own].exists():

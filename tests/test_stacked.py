@@ -104,6 +104,11 @@ def test_group_job_hands_siblings_their_results(tmp_path, cfg, data):
         for ca, cb in zip(pa["checkpoints"], pb["checkpoints"], strict=True):
             assert_state_equal(ca["model"], cb["model"])
     assert load_piece(outputs[0], HASH)["identity"]["stack"] == list(SEEDS)
+    # a forced rerun of the first job hands over again, though the siblings' pieces exist
+    # (Snakemake deletes those only when the siblings' own jobs start)
+    outputs[0].unlink()
+    run_group(specs, cfg, HASH, data, [None] * 3, outputs, own=0, progress=False)
+    assert resume_path_for(outputs[1]).exists() and resume_path_for(outputs[2]).exists()
 
 
 def test_stacked_job_killed_and_resumed_equals_uninterrupted(tmp_path, cfg, data):
