@@ -42,12 +42,19 @@ def check_config(config: dict) -> None:
 
 
 def seed_group(config: dict, seed: int) -> list[int]:
-    """The seeds trained in one job with ``seed``: consecutive chunks of ``grid.seeds`` of
-    ``train.seeds_per_job`` (the first of a chunk is the job that does the training)."""
-    seeds = list(config["grid"]["seeds"])
+    """The seeds trained in one job with ``seed`` (``train.seeds_per_job`` = S): the seeds
+    of ``grid.seeds`` in the same block of S seed values (``seed // S``), sorted; the
+    first of them is the job that trains the group.
+
+    Blocks of values, not positions in the list, so reordering ``grid.seeds`` or adding
+    a seed regroups nothing except the block the new seed joins. A seed outside the grid
+    (a target named on the command line) trains alone.
+    """
     size = config.get("train", {}).get("seeds_per_job", 1)
-    first = seeds.index(seed) // size * size
-    return seeds[first : first + size]
+    seeds = config["grid"]["seeds"]
+    if seed not in seeds:
+        return [seed]
+    return sorted(s for s in seeds if s // size == seed // size)
 
 
 def run_end(config: dict, switch_epoch: int) -> int:

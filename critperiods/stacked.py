@@ -15,7 +15,7 @@ format — :meth:`SeedView.state` of member ``i`` is exactly what a single-seed
 What changes: the batched kernels (e.g. a grouped convolution instead of ``S``
 convolutions) sum in a different order, so a seed's weights equal the single-seed
 run only to float tolerance, not bit for bit. One step differs by float32 round-off
-(≤ 1e-6 on weights of order 0.3; ``tests/test_stacked.py`` checks ``STEP_ATOL``).
+(≤ ``STEP_ATOL`` = 1e-5 on weights of order 0.3, checked in ``tests/test_stacked.py``).
 Like any round-off, the difference then grows with training at the rate SGD
 amplifies perturbations: on the tiny test configs it stays within ``STACKED_ATOL``
 (1e-3) after 12–32 steps (measured 5e-7 for one seed, 1.4e-4 for the other), and a
@@ -23,13 +23,19 @@ BatchNorm net amplifies faster (a 1e-7 perturbation of a single-seed run reaches
 3e-3 in 6 steps). Over a full run, expect stacked and single-seed seeds to differ
 like two runs whose initial weights differ in the last bit: the same statistics,
 not the same bits. For a fixed config (seeds and ``train.seeds_per_job``) the
-result is still deterministic and resumable bit for bit.
+result is still deterministic and resumable bit for bit on the CPU (on CUDA with
+``train.deterministic``); on this CPU a seed's stacked result does not even depend on
+its partners or its slot in the stack.
+
+``train.compile`` is not applied to stacked models (a warning says so).
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +48,7 @@ from critperiods.training import (
     BatchCache,
     FastPath,
     TrainConfig,
+    configure_backend,
     epoch_plan,
     learning_rate,
     make_batch,
@@ -95,9 +102,6 @@ class SeedView:
             "epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
         }
 
-    def load_state(self, state: dict) -> None:
-        """Put a single-seed state into this seed's slot (positions must agree across seeds)."""
-        self.stack.load_member(self.index, state)
 
 
 class StackedTrainer:
@@ -112,6 +116,12 @@ class StackedTrainer:
         self.cfg, self.data, self.batch_size, self.seeds = cfg, data, batch_size, list(seeds)
         self.device = torch.device(device)
         self.fast = fast or FastPath.for_device(self.device)
+        configure_backend(self.fast, self.device)
+        if self.fast.compile:
+            warnings.warn("train.compile is not applied to stacked seeds (seeds_per_job > 1)",
+                          stacklevel=2)
+        # torch.stack of the seeds' batches would drop a channels-last layout anyway
+        self.batch_fast = replace(self.fast, channels_last=False)
         models = [
             build_model(cfg.model, cfg.width, data.in_channels, data.image_size,
                         data.num_classes, s).to(self.device)
@@ -125,7 +135,7 @@ class StackedTrainer:
             weight_decay=cfg.weight_decay,
         )
         self._losses = vmap(self._loss_one_seed)
-        self.ready = BatchCache(data, cfg, self.fast)
+        self.ready = BatchCache(data, cfg, self.batch_fast)
         self.epoch = 0
         self.step = 0
         self.batch_in_epoch = 0
@@ -140,19 +150,25 @@ class StackedTrainer:
             logits = functional_call(self.template, (params, buffers), (x,))
         return F.cross_entropy(logits.float(), y)
 
-    def load_member(self, index: int, state: dict) -> None:
-        """Copy one seed's ``Trainer.state()`` into slot ``index`` of the stacked state."""
-        position = (int(state["epoch"]), int(state["step"]), int(state["batch_in_epoch"]))
-        if index and position != (self.epoch, self.step, self.batch_in_epoch):
-            raise ValueError(f"seed {self.seeds[index]}: state at (epoch, step, batch) "
-                             f"{position}, the other seeds at "
-                             f"{(self.epoch, self.step, self.batch_in_epoch)}")
-        self.epoch, self.step, self.batch_in_epoch = position
+    def load_states(self, states: Sequence[dict]) -> None:
+        """Load one ``Trainer.state()`` per seed (all at the same position in training)."""
+        positions = {(int(st["epoch"]), int(st["step"]), int(st["batch_in_epoch"]))
+                     for st in states}
+        if len(states) != len(self.seeds) or len(positions) != 1:
+            raise ValueError(f"need one state per seed {self.seeds}, all at the same "
+                             f"(epoch, step, batch); got {sorted(positions)}")
+        (self.epoch, self.step, self.batch_in_epoch), = positions
+        self.optimizer.state.clear()
+        for index, state in enumerate(states):
+            self._load_member(index, state)
+
+    def _load_member(self, index: int, state: dict) -> None:
+        """Copy one seed's weights, buffers and optimizer state into slot ``index``."""
         tensors = {**self.params, **self.buffers}
+        stacked = list(self.params.values())
         with torch.no_grad():
             for k, v in state["model"].items():
                 tensors[k][index].copy_(v)
-            stacked = list(self.params.values())
             for k, entry in state["optimizer"]["state"].items():
                 slot = self.optimizer.state[stacked[int(k)]]
                 for name, v in entry.items():
@@ -175,7 +191,7 @@ class StackedTrainer:
         total = torch.zeros((), device=self.device)
         batches = plans[0].batches(self.batch_size)
         for part in batches[self.batch_in_epoch :]:
-            pairs = [make_batch(self.data, self.cfg, self.fast, p, part, epoch_phase,
+            pairs = [make_batch(self.data, self.cfg, self.batch_fast, p, part, epoch_phase,
                                 self.ready) for p in plans]
             x, y = torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
             losses = self._losses(self.params, self.buffers, x, y)

@@ -152,6 +152,7 @@ class BatchCache:
         self._by_phase: dict[str, torch.Tensor] = {}
 
     def images(self, epoch_phase: str) -> torch.Tensor:
+        """All training images of ``epoch_phase`` as model input, built on first use."""
         if epoch_phase not in self._by_phase:
             n = len(self.data.train.labels)
             everything = EpochPlan(torch.arange(n, device=self.data.train.labels.device),
@@ -193,6 +194,15 @@ class FastPath:
         params = params or {}
         return cls.for_device(device, params.get("fast_path", "auto"),
                               params.get("compile", False), params.get("deterministic", False))
+
+
+def configure_backend(fast: FastPath, device: torch.device) -> None:
+    """Process-wide CUDA settings of the fast path: ``cudnn.benchmark`` and, when
+    determinism is requested, deterministic kernels. Nothing to do on the CPU."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = fast.cudnn_benchmark
+        if fast.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _compiled(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -245,10 +255,7 @@ class Trainer:
         ).to(self.device)
         if self.fast.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = self.fast.cudnn_benchmark
-            if self.fast.deterministic:
-                torch.use_deterministic_algorithms(True, warn_only=True)
+        configure_backend(self.fast, self.device)
         self.forward = _compiled(self.model) if self.fast.compile else self.model
         self.ready = BatchCache(data, cfg, self.fast)
         self.optimizer = torch.optim.SGD(
@@ -273,6 +280,11 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
+
+    def load_states(self, states: list[dict]) -> None:
+        """``load_state`` of the one trajectory (the interface a stacked trainer shares)."""
+        (state,) = states
+        self.load_state(state)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """A CPU copy of the model's weights and buffers (what a checkpoint stores)."""
@@ -399,6 +411,7 @@ def _cpu(tree: Any) -> Any:
 
 __all__ = [
     "NEVER", "EpochPlan", "FastPath", "Preempted", "TrainConfig", "Trainer", "augment_batch",
+    "configure_backend",
     "epoch_plan", "epoch_seed", "learning_rate", "make_batch", "make_checkpoint", "phase",
     "stop_on_sigterm", "train_from_scratch", "train_until",
 ]

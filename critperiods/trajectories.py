@@ -20,8 +20,7 @@ group again, so a piece never depends on which job of its group ran first.
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -81,7 +80,8 @@ def resume_path_for(output: str | Path) -> Path:
 def run_piece(
     spec: PieceSpec, cfg: TrainConfig, config_hash: str, data: PreparedData,
     start: str | Path | None, output: str | Path, device: torch.device | str = "cpu",
-    progress: bool = True, should_stop=None, fast: FastPath | None = None,
+    progress: bool = True, should_stop: Callable[[], bool] | None = None,
+    fast: FastPath | None = None,
 ) -> None:
     """Train one piece and write it atomically; raise ``Preempted`` if stopped on SIGTERM."""
     run_group([spec], cfg, config_hash, data, [start], [output], 0, device, progress,
@@ -91,14 +91,15 @@ def run_piece(
 def run_group(
     specs: Sequence[PieceSpec], cfg: TrainConfig, config_hash: str, data: PreparedData,
     starts: Sequence[str | Path | None], outputs: Sequence[str | Path], own: int = 0,
-    device: torch.device | str = "cpu", progress: bool = True, should_stop=None,
-    fast: FastPath | None = None,
+    device: torch.device | str = "cpu", progress: bool = True,
+    should_stop: Callable[[], bool] | None = None, fast: FastPath | None = None,
 ) -> None:
     """Write piece ``outputs[own]``, training the pieces of ``specs`` (same batch size,
     switch and end epoch; one seed each) together when there are several.
 
-    The other pieces' finished states go to their resume files (see the module
-    docstring); ``starts[i]`` is the piece that ``specs[i]`` continues (None: from init).
+    ``starts[i]`` is the piece that ``specs[i]`` continues (None: from init). The group's
+    first job (``own == 0``) hands the other pieces' finished states to their resume
+    files; a later job of the group first looks for its hand-over (module docstring).
     """
     if len(specs) > 1:
         specs = [replace(s, stack=tuple(x.seed for x in specs)) for s in specs]
@@ -106,59 +107,93 @@ def run_group(
                if len(specs) == 1 else
                StackedTrainer(cfg, data, specs[0].batch_size, [s.seed for s in specs], device,
                               fast))
-    members = trainer.members()
-    checkpoints = _start(specs, members, starts, config_hash)
-    identities = [s.identity(members[0].epoch) for s in specs]
-    resume_files = [resume_path_for(o) for o in outputs]
-    resumed = [ckpt.load_resume(f, config_hash, i) for f, i in zip(resume_files, identities,
-                                                                    strict=True)]
-    if _finished(resumed[own], specs[own]):  # a sibling job trained it already
+    checkpoints = _start(specs, trainer, starts, config_hash)
+    job = _GroupJob(specs, outputs, own, config_hash, trainer, checkpoints)
+    handed = job.resumed[own]
+    if own and _finished(handed, specs[own]):  # the group's first job trained it
         log.info("%s: trained by the job of seed %d (seeds_per_job); writing it",
                  specs[own].name, specs[0].seed)
-        _write(outputs[own], config_hash, identities[own], resumed[own])
+        _write(outputs[own], config_hash, job.identities[own], handed)
         return
-    if _consistent(resumed):
-        for member, r in zip(members, resumed, strict=True):
-            member.load_state(r["state"])
-        checkpoints = [r["checkpoints"] for r in resumed]
-        log.info("%s: resuming at epoch %d, step %d", specs[own].name, trainer.epoch,
-                 trainer.step)
-
-    def save_resume(indices: Sequence[int] = range(len(specs))) -> None:
-        for i in indices:
-            ckpt.save_resume(resume_files[i], config_hash=config_hash, identity=identities[i],
-                             state=members[i].state(), checkpoints=checkpoints[i])
-
+    job.resume_if_possible()
     spec = specs[own]
     with stop_on_sigterm() as sigterm:
         train_until(
-            trainer, spec.end_epoch, spec.switch_epoch, set(spec.checkpoint_epochs), checkpoints,
-            config_hash, save_resume=save_resume, should_stop=should_stop or sigterm,
-            progress=progress, desc=spec.name,
+            trainer, spec.end_epoch, spec.switch_epoch, set(spec.checkpoint_epochs),
+            job.checkpoints, config_hash, save_resume=job.save_resume,
+            should_stop=should_stop or sigterm, progress=progress, desc=spec.name,
         )
-    # every sibling, even one whose piece exists: when the group is rerun (e.g. forced),
-    # Snakemake deletes a sibling's piece only when the sibling's own job starts
-    save_resume([i for i in range(len(outputs)) if i != own])
-    ckpt.save_piece(outputs[own], config_hash=config_hash, identity=identities[own],
-                    state=members[own].state(), checkpoints=checkpoints[own])
-    if resume_files[own].exists():
-        os.unlink(resume_files[own])
+        job.finish()
 
 
-def _start(specs: Sequence[PieceSpec], members: list, starts: Sequence[str | Path | None],
-           config_hash: str) -> list[list[dict]]:
-    """Load each member's start piece; return the checkpoints kept so far (epoch 0's)."""
-    checkpoints: list[list[dict]] = []
-    for spec, member, start in zip(specs, members, starts, strict=True):
-        kept: list[dict] = []
-        if start is not None:
-            member.load_state(ckpt.load_piece(start, config_hash)["state"])
-        elif 0 in spec.checkpoint_epochs:
-            kept.append(make_checkpoint(member, spec.switch_epoch, config_hash))
-        if member.epoch > spec.end_epoch:
-            raise ValueError(f"{start}: starts at epoch {member.epoch}, after {spec.end_epoch}")
-        checkpoints.append(kept)
-    return checkpoints
+class _GroupJob:
+    """The files of one training job: its piece, and the resume files of its group."""
+
+    def __init__(self, specs: Sequence[PieceSpec], outputs: Sequence[str | Path], own: int,
+                 config_hash: str, trainer: Trainer | StackedTrainer,
+                 checkpoints: list[list[dict]]) -> None:
+        self.specs, self.outputs, self.own, self.hash = specs, outputs, own, config_hash
+        self.trainer, self.checkpoints = trainer, checkpoints
+        self.members = trainer.members()
+        self.identities = [s.identity(trainer.epoch) for s in specs]
+        self.resume_files = [resume_path_for(o) for o in outputs]
+        self.resumed = [ckpt.load_resume(f, config_hash, i)
+                        for f, i in zip(self.resume_files, self.identities, strict=True)]
+
+    def resume_if_possible(self) -> None:
+        """Continue from the group's resume files if all are there at one position."""
+        if not _consistent(self.resumed):
+            return
+        self.trainer.load_states([r["state"] for r in self.resumed])  # type: ignore[index]
+        self.checkpoints[:] = [r["checkpoints"] for r in self.resumed]  # type: ignore[index]
+        log.info("%s: resuming at epoch %d, step %d", self.specs[self.own].name,
+                 self.trainer.epoch, self.trainer.step)
+
+    def save_resume(self, indices: Sequence[int] | None = None) -> None:
+        """Write the resumable state of the given members (default: all)."""
+        for i in range(len(self.specs)) if indices is None else indices:
+            ckpt.save_resume(self.resume_files[i], config_hash=self.hash,
+                             identity=self.identities[i], state=self.members[i].state(),
+                             checkpoints=self.checkpoints[i])
+
+    def finish(self) -> None:
+        """Write the piece; the first job of a group hands every sibling its state (even
+        one whose piece exists: on a forced rerun Snakemake deletes a sibling's piece only
+        when the sibling's own job starts); any other job drops the group's resume files."""
+        own = self.own
+        others = [i for i in range(len(self.specs)) if i != own]
+        if own == 0:
+            self.save_resume(others)
+        else:
+            for i in others:
+                self.resume_files[i].unlink(missing_ok=True)
+        ckpt.save_piece(self.outputs[own], config_hash=self.hash,
+                        identity=self.identities[own], state=self.members[own].state(),
+                        checkpoints=self.checkpoints[own])
+        self.resume_files[own].unlink(missing_ok=True)
+
+
+def _start(specs: Sequence[PieceSpec], trainer: Trainer | StackedTrainer,
+           starts: Sequence[str | Path | None], config_hash: str) -> list[list[dict]]:
+    """Load the members' start pieces (all or none: a group shares its start epoch);
+    return the checkpoints kept so far (epoch 0's when starting from init)."""
+    if all(start is None for start in starts):
+        return [[make_checkpoint(m, s.switch_epoch, config_hash)]
+                if 0 in s.checkpoint_epochs else []
+                for s, m in zip(specs, trainer.members(), strict=True)]
+    pieces = [ckpt.load_piece(start, config_hash) for start in starts]  # type: ignore[arg-type]
+    for start, piece, spec in zip(starts, pieces, specs, strict=True):
+        made_with = piece["identity"].get("stack", [spec.seed])
+        if made_with != list(spec.stack or [spec.seed]):
+            raise ckpt.CheckpointError(
+                f"{start}: trained with seeds {made_with} stacked, but this job stacks "
+                f"{list(spec.stack or [spec.seed])} (train.seeds_per_job changed); rerun its "
+                "training (snakemake --forcerun train_trunk train_branch)")
+    trainer.load_states([p["state"] for p in pieces])
+    if trainer.epoch > specs[0].end_epoch:
+        raise ValueError(f"{starts[0]}: starts at epoch {trainer.epoch}, "
+                         f"after {specs[0].end_epoch}")
+    return [[] for _ in specs]
 
 
 def _consistent(resumed: Sequence[dict | None]) -> bool:
@@ -180,4 +215,4 @@ def _write(output: str | Path, config_hash: str, identity: dict, resumed: dict) 
     """Turn a finished resume file into the declared piece, then drop the resume file."""
     ckpt.save_piece(output, config_hash=config_hash, identity=identity, state=resumed["state"],
                     checkpoints=resumed["checkpoints"])
-    os.unlink(resume_path_for(output))
+    resume_path_for(output).unlink()

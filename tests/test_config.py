@@ -95,3 +95,14 @@ def test_snakemake_refuses_bad_config_before_planning(tmp_path):
     out = proc.stdout + proc.stderr
     assert "grid.switch_epochs: [5]" in out
     assert "Job stats" not in out
+
+
+def test_seed_groups_are_blocks_of_seed_values():
+    from critperiods.plan import seed_group
+
+    config = {"grid": {"seeds": [5, 0, 1, 2]}, "train": {"seeds_per_job": 2}}
+    assert seed_group(config, 0) == seed_group(config, 1) == [0, 1]
+    assert seed_group(config, 2) == [2]  # its block (2, 3) has one seed so far
+    assert seed_group(config, 5) == [5]
+    assert seed_group(config, 7) == [7]  # outside the grid: alone
+    assert seed_group({"grid": {"seeds": [0, 1]}, "train": {"seeds_per_job": 1}}, 1) == [1]

@@ -31,7 +31,9 @@ def assert_state_close(a: dict, b: dict, atol: float) -> None:
             assert a[key] == b[key], key
 
 
-def test_stacked_seeds_equal_single_seed_runs(cfg, data):
+@pytest.mark.parametrize("augmentation", [True, False])  # False: inputs from BatchCache
+def test_stacked_seeds_equal_single_seed_runs(cfg, data, augmentation):
+    cfg = replace(cfg, augmentation=augmentation)
     stack = StackedTrainer(cfg, data, 32, SEEDS)
     kept: list[list[dict]] = [[] for _ in SEEDS]
     train_until(stack, 2, 1, {1, 2}, kept, HASH, progress=False)
@@ -74,8 +76,7 @@ def test_seed_state_loads_into_a_single_seed_trainer(cfg, data):
     single.load_state(stack.members()[1].state())
     assert_state_equal(single.state(), stack.members()[1].state())
     back = StackedTrainer(cfg, data, 32, SEEDS)
-    for member, source in zip(back.members(), stack.members(), strict=True):
-        member.load_state(source.state())
+    back.load_states([m.state() for m in stack.members()])
     for a, b in zip(back.members(), stack.members(), strict=True):
         assert_state_equal(a.state(), b.state())
 
@@ -95,14 +96,15 @@ def test_group_job_hands_siblings_their_results(tmp_path, cfg, data):
     for own in (1, 2):  # the siblings' jobs only write what the first one trained
         run_group(specs, cfg, HASH, data, [None] * 3, outputs, own=own, progress=False)
         assert not resume_path_for(outputs[own]).exists()
-    # a sibling that finds no hand-over trains the group again: the very same bits
+    # a sibling that finds no hand-over trains the group again: the very same bits, and
+    # it leaves no resume files behind
     specs_b, outputs_b = _group(tmp_path, "b")
     run_group(specs_b, cfg, HASH, data, [None] * 3, outputs_b, own=2, progress=False)
-    for a, b in ((outputs[2], outputs_b[2]),):
-        pa, pb = load_piece(a, HASH), load_piece(b, HASH)
-        assert_state_equal(pa["state"], pb["state"])
-        for ca, cb in zip(pa["checkpoints"], pb["checkpoints"], strict=True):
-            assert_state_equal(ca["model"], cb["model"])
+    pa, pb = load_piece(outputs[2], HASH), load_piece(outputs_b[2], HASH)
+    assert_state_equal(pa["state"], pb["state"])
+    for ca, cb in zip(pa["checkpoints"], pb["checkpoints"], strict=True):
+        assert_state_equal(ca["model"], cb["model"])
+    assert not list(outputs_b[0].parent.glob(".*.resume"))
     assert load_piece(outputs[0], HASH)["identity"]["stack"] == list(SEEDS)
     # a forced rerun of the first job hands over again, though the siblings' pieces exist
     # (Snakemake deletes those only when the siblings' own jobs start)
@@ -124,3 +126,16 @@ def test_stacked_job_killed_and_resumed_equals_uninterrupted(tmp_path, cfg, data
     run_group(specs, cfg, HASH, data, [None, None], cut, own=1, progress=False)
     run_group(specs, cfg, HASH, data, [None, None], whole, own=1, progress=False)
     assert_state_equal(load_piece(whole[1], HASH)["state"], load_piece(cut[1], HASH)["state"])
+
+
+def test_piece_of_another_stacking_is_refused(tmp_path, cfg, data):
+    """Continuing a stacked trunk in a single-seed job (seeds_per_job changed without a
+    rerun) would mix the two; the start piece is refused with the file named."""
+    from critperiods.checkpoints import CheckpointError
+
+    specs, outputs = _group(tmp_path, "t", end=1, stack=(0, 1))
+    specs = [replace(s, switch_epoch=NEVER, checkpoint_epochs=frozenset()) for s in specs]
+    run_group(specs, cfg, HASH, data, [None, None], outputs, progress=False)
+    single = PieceSpec(32, 0, NEVER, 2, frozenset())
+    with pytest.raises(CheckpointError, match=r"seed0\.pt: trained with seeds \[0, 1\]"):
+        run_group([single], cfg, HASH, data, [outputs[0]], [tmp_path / "x.pt"], progress=False)
