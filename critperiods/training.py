@@ -24,9 +24,9 @@ import contextlib
 import hashlib
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -216,6 +216,30 @@ def _compiled(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         return model
 
 
+class Trajectory(Protocol):
+    """One trajectory's position and weights: a ``Trainer`` or one seed of a stack."""
+
+    @property
+    def epoch(self) -> int: ...
+
+    @property
+    def step(self) -> int: ...
+
+    def weights(self) -> dict[str, torch.Tensor]: ...
+
+
+class TrajectoryTrainer(Protocol):
+    """What ``train_until`` drives: ``Trainer`` or ``critperiods.stacked.StackedTrainer``."""
+
+    epoch: int
+    step: int
+
+    def members(self) -> Sequence[Trajectory]: ...
+
+    def train_epoch(self, switch_epoch: int,
+                    should_stop: Callable[[], bool] = ...) -> float | None: ...
+
+
 class Preempted(Exception):  # noqa: N818 - it is an event, not a programming error
     """Training stopped on request (SIGTERM) after saving its resumable state."""
 
@@ -331,7 +355,7 @@ class Trainer:
 
 
 def train_until(
-    trainer: Any,
+    trainer: TrajectoryTrainer,
     end_epoch: int,
     switch_epoch: int,
     checkpoint_epochs: set[int],
@@ -370,7 +394,7 @@ def train_until(
                 raise Preempted(f"stopped at epoch {trainer.epoch}, step {trainer.step}")
 
 
-def make_checkpoint(trainer: Any, switch_epoch: int, config_hash: str) -> dict:
+def make_checkpoint(trainer: Trajectory, switch_epoch: int, config_hash: str) -> dict:
     """Weights after ``trainer.epoch`` epochs, tagged as DESIGN.md requires."""
     last = trainer.epoch - 1
     return {

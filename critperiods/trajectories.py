@@ -6,7 +6,9 @@
 
 Each job resumes from its own resume file when one exists (written after every
 epoch and on SIGTERM), so a preempted or killed job loses at most one epoch and
-its result is bitwise equal to an uninterrupted one. The resume file is not a
+its result is bitwise equal to an uninterrupted one. (A group job writes one file
+per seed; should a hard kill land between those writes, their positions differ and
+the job starts its piece again — slower, never different.) The resume file is not a
 declared output, so Snakemake never mistakes a half-finished job for a done one.
 
 With ``train.seeds_per_job > 1`` the seeds of a group train together as one stacked
