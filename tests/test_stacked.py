@@ -139,3 +139,22 @@ def test_piece_of_another_stacking_is_refused(tmp_path, cfg, data):
     single = PieceSpec(32, 0, NEVER, 2, frozenset())
     with pytest.raises(CheckpointError, match=r"seed0\.pt: trained with seeds \[0, 1\]"):
         run_group([single], cfg, HASH, data, [outputs[0]], [tmp_path / "x.pt"], progress=False)
+
+
+def test_stacked_fast_path_with_bf16_runs_on_cpu(cfg, data):
+    """The GPU fast path (bf16 autocast, channels-last batches) also drives a stack:
+    correctness only — finite, trained, and close to the float32 stack."""
+    from critperiods.training import FastPath
+
+    fast = FastPath.for_device(torch.device("cpu"), mode="on")
+    assert fast.bf16
+    runs = {}
+    for name, path in (("bf16", fast), ("fp32", None)):
+        stack = StackedTrainer(cfg, data, 32, (0, 1), fast=path)
+        first = stack.train_epoch(NEVER)
+        last = stack.train_epoch(NEVER)
+        assert first is not None and last is not None and last < first
+        runs[name] = stack.members()[1].weights()["classifier.weight"]
+    assert torch.isfinite(runs["bf16"]).all()
+    assert not torch.equal(runs["bf16"], runs["fp32"])
+    assert torch.allclose(runs["bf16"], runs["fp32"], atol=0.05)
