@@ -59,6 +59,10 @@ STEP_ATOL = 1e-5  # stacked vs single-seed, first steps (round-off only; see mod
 STACKED_ATOL = 1e-3  # … after a few epochs of the tiny test configs
 
 
+class StackedOnCPUWarning(UserWarning):
+    """Stacking seeds on a CPU is slower than training them one after another."""
+
+
 class SeedView:
     """One seed of a :class:`StackedTrainer`, with the single-seed ``Trainer`` interface
     that checkpoints and resume files use (``epoch``, ``step``, ``state``, ``weights``)."""
@@ -120,6 +124,10 @@ class StackedTrainer:
         if self.fast.compile:
             warnings.warn("train.compile is not applied to stacked seeds (seeds_per_job > 1)",
                           stacklevel=2)
+        if self.device.type == "cpu":
+            warnings.warn("stacked seeds on the CPU train about 0.6x as fast as the same seeds "
+                          "one after another (README, Benchmarks); seeds_per_job is meant "
+                          "for GPUs", StackedOnCPUWarning, stacklevel=2)
         # torch.stack of the seeds' batches would drop a channels-last layout anyway
         self.batch_fast = replace(self.fast, channels_last=False)
         models = [
