@@ -50,9 +50,9 @@ from critperiods.training import (
     TrainConfig,
     configure_backend,
     epoch_plan,
-    learning_rate,
     make_batch,
     phase,
+    sgd_epoch,
 )
 
 STEP_ATOL = 1e-5  # stacked vs single-seed, first steps (round-off only; see module docstring)
@@ -190,27 +190,17 @@ class StackedTrainer:
         """Train the rest of epoch ``self.epoch`` for every seed; mean loss over seeds and
         samples, or None if stopped early (same contract as ``Trainer.train_epoch``)."""
         epoch_phase = phase(self.epoch, switch_epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.cfg, self.epoch, switch_epoch)
         n = len(self.data.train.labels)
         plans = [epoch_plan(n, s, self.epoch, self.cfg.augmentation, self.device)
                  for s in self.seeds]
         self.template.train()
-        total = torch.zeros((), device=self.device)
-        batches = plans[0].batches(self.batch_size)
-        for part in batches[self.batch_in_epoch :]:
+
+        def loss_of(part: slice) -> Tensor:
             pairs = [make_batch(self.data, self.cfg, self.batch_fast, p, part, epoch_phase,
                                 self.ready) for p in plans]
             x, y = torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
-            losses = self._losses(self.params, self.buffers, x, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            self.optimizer.step()
-            total += losses.detach().sum() * (part.stop - part.start)
-            self.step += 1
-            self.batch_in_epoch += 1
-            if should_stop() and self.batch_in_epoch < len(batches):
-                return None
-        self.epoch += 1
-        self.batch_in_epoch = 0
-        return float(total) / (n * len(self.seeds))
+            return self._losses(self.params, self.buffers, x, y)
+
+        total = sgd_epoch(self, switch_epoch, plans[0].batches(self.batch_size), loss_of,
+                          should_stop)
+        return None if total is None else total / (n * len(self.seeds))

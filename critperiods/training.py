@@ -330,28 +330,45 @@ class Trainer:
     ) -> float | None:
         """Train the rest of epoch ``self.epoch``; return its mean loss, None if stopped early."""
         epoch_phase = phase(self.epoch, switch_epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.cfg, self.epoch, switch_epoch)
         plan = epoch_plan(len(self.data.train.labels), self.seed, self.epoch,
                           self.cfg.augmentation, self.device)
         self.model.train()
-        total = torch.zeros((), device=self.device)
-        batches = plan.batches(self.batch_size)
-        for part in batches[self.batch_in_epoch :]:
-            x, y = make_batch(self.data, self.cfg, self.fast, plan, part, epoch_phase,
-                              self.ready)
-            loss = self.loss(x, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total += loss.detach() * (part.stop - part.start)
-            self.step += 1
-            self.batch_in_epoch += 1
-            if should_stop() and self.batch_in_epoch < len(batches):
-                return None
-        self.epoch += 1
-        self.batch_in_epoch = 0
-        return float(total) / len(plan.order)
+
+        def loss_of(part: slice) -> torch.Tensor:
+            return self.loss(*make_batch(self.data, self.cfg, self.fast, plan, part,
+                                         epoch_phase, self.ready))
+
+        total = sgd_epoch(self, switch_epoch, plan.batches(self.batch_size), loss_of,
+                          should_stop)
+        return None if total is None else total / len(plan.order)
+
+
+def sgd_epoch(trainer: Any, switch_epoch: int, batches: list[slice],
+              loss_of: Callable[[slice], torch.Tensor],
+              should_stop: Callable[[], bool]) -> float | None:
+    """The SGD loop of ``Trainer`` and ``StackedTrainer``: the epoch's learning rate,
+    then one step per batch from ``trainer.batch_in_epoch`` on, on the sum of the
+    trajectories' losses (``loss_of``: a scalar, or one loss per stacked seed).
+
+    Returns the sum of loss × batch size over the epoch, or None if ``should_stop``
+    fired before its last batch (the position is kept for resuming).
+    """
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = learning_rate(trainer.cfg, trainer.epoch, switch_epoch)
+    total = torch.zeros((), device=trainer.device)
+    for part in batches[trainer.batch_in_epoch :]:
+        loss = loss_of(part)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        trainer.optimizer.step()
+        total += loss.detach().sum() * (part.stop - part.start)
+        trainer.step += 1
+        trainer.batch_in_epoch += 1
+        if should_stop() and trainer.batch_in_epoch < len(batches):
+            return None
+    trainer.epoch += 1
+    trainer.batch_in_epoch = 0
+    return float(total)
 
 
 def train_until(
@@ -437,5 +454,6 @@ __all__ = [
     "NEVER", "EpochPlan", "FastPath", "Preempted", "TrainConfig", "Trainer", "augment_batch",
     "configure_backend",
     "epoch_plan", "epoch_seed", "learning_rate", "make_batch", "make_checkpoint", "phase",
+    "sgd_epoch",
     "stop_on_sigterm", "train_from_scratch", "train_until",
 ]
