@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -75,14 +77,22 @@ def _hold_lock_in_child(lock_file) -> subprocess.Popen:
     return child
 
 
+@contextlib.contextmanager
+def _locks_held(*lock_files) -> Iterator[None]:
+    """Other jobs holding these GPU locks for the duration of the block."""
+    children = [_hold_lock_in_child(f) for f in lock_files]
+    try:
+        yield
+    finally:
+        for child in children:
+            child.stdin.close()
+            child.wait(timeout=10)
+
+
 def test_gpu_locked_by_another_process_is_skipped(gpus, tmp_path):
     gpus(2)
-    child = _hold_lock_in_child(tmp_path / "critperiods-gpu-0.lock")
-    try:
+    with _locks_held(tmp_path / "critperiods-gpu-0.lock"):
         assert devices.acquire_device("auto", wait_s=0) == torch.device("cuda:1")
-    finally:
-        child.stdin.close()
-        child.wait(timeout=10)
     devices.release_devices()
     # The lock dies with its process: GPU 0 is free again.
     assert devices.acquire_device("auto", wait_s=0) == torch.device("cuda:0")
@@ -90,14 +100,9 @@ def test_gpu_locked_by_another_process_is_skipped(gpus, tmp_path):
 
 def test_all_gpus_busy_waits_then_shares(gpus, tmp_path, caplog):
     gpus(2)
-    children = [_hold_lock_in_child(tmp_path / f"critperiods-gpu-{i}.lock") for i in (0, 1)]
-    try:
-        with caplog.at_level("WARNING"):
-            device = devices.acquire_device("auto", wait_s=0.2)
-    finally:
-        for child in children:
-            child.stdin.close()
-            child.wait(timeout=10)
+    locks = [tmp_path / f"critperiods-gpu-{i}.lock" for i in (0, 1)]
+    with _locks_held(*locks), caplog.at_level("WARNING"):
+        device = devices.acquire_device("auto", wait_s=0.2)
     assert device.type == "cuda" and device.index in (0, 1)
     assert "locked by other jobs" in caplog.text
 
@@ -115,12 +120,8 @@ def test_cuda_visible_devices_is_honoured(gpus, monkeypatch, tmp_path, visible):
 def test_several_visible_devices_are_locked_by_their_ids(gpus, monkeypatch, tmp_path):
     gpus(2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    child = _hold_lock_in_child(tmp_path / "critperiods-gpu-2.lock")
-    try:
+    with _locks_held(tmp_path / "critperiods-gpu-2.lock"):
         assert devices.acquire_device("auto", wait_s=0) == torch.device("cuda:1")
-    finally:
-        child.stdin.close()
-        child.wait(timeout=10)
     assert (tmp_path / "critperiods-gpu-3.lock").exists()
 
 
