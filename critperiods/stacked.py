@@ -1,8 +1,9 @@
 """Several seeds of one ``(batch_size, switch_epoch)`` cell trained as one stacked model.
 
-A small CNN leaves most of a GPU idle. :class:`StackedTrainer` stacks the weights of
-``S`` seeds (``torch.func.stack_module_state``) and runs one ``vmap``-ed forward and
-one backward per step over ``S`` minibatches, each drawn from its own seed's
+A small CNN leaves most of a GPU idle and, on a CPU, the vector units. :class:`StackedTrainer`
+stacks the weights of ``S`` seeds (``torch.func.stack_module_state``) and runs one
+forward (the seeds as one grouped network, ``critperiods.grouped``; ``vmap`` for other
+models) and one backward per step over ``S`` minibatches, each drawn from its own seed's
 ``(seed, epoch)`` plan; SGD with momentum and weight decay is elementwise, so one
 ``torch.optim.SGD`` over the stacked tensors updates every seed exactly as its own
 optimizer would.
@@ -40,9 +41,10 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import stack_module_state
 
 from critperiods.data import PreparedData
+from critperiods.grouped import copies_forward
 from critperiods.models import build_model
 from critperiods.training import (
     BatchCache,
@@ -57,10 +59,6 @@ from critperiods.training import (
 
 STEP_ATOL = 1e-5  # stacked vs single-seed, first steps (round-off only; see module docstring)
 STACKED_ATOL = 1e-3  # … after a few epochs of the tiny test configs
-
-
-class StackedOnCPUWarning(UserWarning):
-    """Stacking seeds on a CPU is slower than training them one after another."""
 
 
 class SeedView:
@@ -124,11 +122,7 @@ class StackedTrainer:
         if self.fast.compile:
             warnings.warn("train.compile is not applied to stacked seeds (seeds_per_job > 1)",
                           stacklevel=2)
-        if self.device.type == "cpu":
-            warnings.warn("stacked seeds on the CPU train about 0.6x as fast as the same seeds "
-                          "one after another (README, Benchmarks); seeds_per_job is meant "
-                          "for GPUs", StackedOnCPUWarning, stacklevel=2)
-        # torch.stack of the seeds' batches would drop a channels-last layout anyway
+        # the grouped forward lays the seeds out channels-last itself
         self.batch_fast = replace(self.fast, channels_last=False)
         models = [
             build_model(cfg.model, cfg.width, data.in_channels, data.image_size,
@@ -142,7 +136,7 @@ class StackedTrainer:
             list(self.params.values()), lr=cfg.lr, momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
         )
-        self._losses = vmap(self._loss_one_seed)
+        self.forward = copies_forward(self.template)
         self.ready = BatchCache(data, cfg, self.batch_fast)
         self.epoch = 0
         self.step = 0
@@ -152,11 +146,12 @@ class StackedTrainer:
         """One view per seed, in ``seeds`` order."""
         return [SeedView(self, i) for i in range(len(self.seeds))]
 
-    def _loss_one_seed(self, params: dict, buffers: dict, x: Tensor, y: Tensor) -> Tensor:
-        """Mean cross-entropy of one seed's model on its batch (vmapped over seeds)."""
+    def _losses(self, x: Tensor, y: Tensor) -> Tensor:
+        """Mean cross-entropy of every seed's model on its own batch, shape ``(seeds,)``."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.fast.bf16):
-            logits = functional_call(self.template, (params, buffers), (x,))
-        return F.cross_entropy(logits.float(), y)
+            logits = self.forward(self.params, self.buffers, x)
+        return torch.stack([F.cross_entropy(lg.float(), t) for lg, t in zip(logits, y,
+                                                                              strict=True)])
 
     def load_states(self, states: Sequence[dict]) -> None:
         """Load one ``Trainer.state()`` per seed (all at the same position in training)."""
@@ -199,7 +194,7 @@ class StackedTrainer:
             pairs = [make_batch(self.data, self.cfg, self.batch_fast, p, part, epoch_phase,
                                 self.ready) for p in plans]
             x, y = torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
-            return self._losses(self.params, self.buffers, x, y)
+            return self._losses(x, y)
 
         total = sgd_epoch(self, switch_epoch, plans[0].batches(self.batch_size), loss_of,
                           should_stop)

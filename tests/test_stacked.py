@@ -15,15 +15,6 @@ from critperiods.trajectories import PieceSpec, resume_path_for, run_group
 from tests.test_training import HASH, assert_state_equal, stop_after
 
 SEEDS = (0, 1, 2)
-pytestmark = pytest.mark.filterwarnings("ignore::critperiods.stacked.StackedOnCPUWarning")
-
-
-def test_stacking_on_the_cpu_warns_that_it_is_slower(cfg, data):
-    from critperiods.stacked import StackedOnCPUWarning
-
-    with pytest.warns(StackedOnCPUWarning, match="meant for GPUs"):
-        StackedTrainer(cfg, data, 32, SEEDS)
-
 
 def assert_state_close(a: dict, b: dict, atol: float) -> None:
     """Every tensor within ``atol``, every other value equal."""

@@ -1,0 +1,234 @@
+"""Several copies of one network, each with its own weights and inputs, run as ONE network.
+
+SGLD chains (``critperiods.llc``) and stacked seeds (``critperiods.stacked``) evaluate
+``C`` copies of the same architecture at once.  ``vmap(functional_call)`` does that for any
+model, but on a CPU it is slow for small CNNs: each convolution becomes a grouped
+convolution on an NCHW tensor whose copy dimension sits inside the batch, so the next
+max-pool copies it out, and every convolution has only 8-16 channels per copy, too few
+for the vector units.
+
+:class:`GroupedModel` lays the copies side by side in the CHANNEL dimension instead, in
+channels-last memory format: an image activation of ``C`` copies with ``k`` channels each
+is one ``(batch, C*k, H, W)`` tensor, copy-major in the channels.  Then
+
+* ``Conv2d`` is one grouped convolution with ``C * groups`` groups;
+* ``BatchNorm2d``, ``ReLU`` and pooling act per channel, so they run unchanged (BatchNorm
+  on ``C*k`` channels keeps per-copy statistics; running buffers are updated in place);
+* ``Flatten`` turns images into ``(C, batch, features)`` and ``Linear`` is a batched matmul.
+
+Every copy computes exactly its own function (copies never mix); only the summation order
+inside the wide kernels differs from separate runs, so results agree to float round-off.
+On the 2-core CPU of the benchmarks, 4 copies of the default ``small_cnn`` run forward +
+backward about 2.4x faster than 4 separate passes (``bench/``).
+
+The model is traced once with ``torch.fx``; a model with any other layer, or one whose
+``forward`` reads parameters directly (e.g. a toy potential), raises :class:`NotGroupable`
+at construction, and :func:`copies_forward` then falls back to ``vmap``.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+from torch.func import functional_call, vmap
+
+Tensors = dict[str, Tensor]
+CopiesForward = Callable[[Tensors, Tensors, Tensor], Tensor]
+
+# Modules that act on each channel (images) or each element (features) on its own, so a
+# grouped activation passes through them unchanged.
+PER_CHANNEL = (
+    nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity,
+    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+)
+ELEMENTWISE_FUNCTIONS = {operator.add, operator.mul, torch.add, torch.mul, torch.relu, F.relu}
+
+
+class NotGroupable(ValueError):
+    """The model uses something :class:`GroupedModel` cannot run as grouped copies."""
+
+
+@dataclass
+class _Act:
+    """A grouped activation: ``image`` = ``(B, C*k, H, W)``, else ``(C, B, ...)``."""
+
+    t: Tensor
+    image: bool
+
+
+class GroupedModel:
+    """``C`` copies of ``model``'s architecture evaluated together (see the module docstring).
+
+    Call with ``params`` and ``buffers`` stacked along a new first dimension of size ``C``
+    (as ``torch.func.stack_module_state`` makes them) and inputs ``x`` of shape
+    ``(C, B, *sample_shape)``; returns ``(C, B, *output_shape)``, the same as
+    ``vmap(functional_call)``.  The module's ``training`` flags decide BatchNorm's mode, as
+    in ``functional_call``; running statistics are updated in place in ``buffers``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        try:
+            self.graph = fx.symbolic_trace(model).graph
+        except Exception as err:  # noqa: BLE001 - any tracing failure means "use vmap"
+            raise NotGroupable(f"torch.fx cannot trace {type(model).__name__}: {err}") from err
+        self.modules = dict(model.named_modules())
+        for node in self.graph.nodes:
+            self._check(node)
+
+    def _check(self, node: fx.Node) -> None:
+        """Raise NotGroupable for a node this class has no grouped rule for."""
+        if node.op == "call_module":
+            module = self.modules[node.target]
+            if not isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.Flatten,
+                                       nn.Dropout, *PER_CHANNEL)):
+                raise NotGroupable(f"{node.target}: {type(module).__name__} is not supported")
+            if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
+                raise NotGroupable(f"{node.target}: padding_mode={module.padding_mode!r}")
+            if getattr(module, "return_indices", False):
+                raise NotGroupable(f"{node.target}: return_indices=True")
+        elif node.op == "call_function" and node.target not in ELEMENTWISE_FUNCTIONS | {
+            torch.flatten
+        }:
+            raise NotGroupable(f"function {getattr(node.target, '__name__', node.target)}")
+        elif node.op in ("call_method", "get_attr"):
+            raise NotGroupable(f"{node.op} {node.target} (forward reads tensors directly)")
+
+    def __call__(self, params: Tensors, buffers: Tensors, x: Tensor) -> Tensor:
+        copies = x.shape[0]
+        env: dict[fx.Node, object] = {}
+        for node in self.graph.nodes:
+            if node.op == "placeholder":
+                env[node] = _group_input(x)
+            elif node.op == "output":
+                return _ungroup(env[node.args[0]], copies)  # type: ignore[arg-type]
+            else:
+                args = fx.node.map_arg(node.args, env.__getitem__)
+                kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+                env[node] = self._run(node, args, kwargs, params, buffers, copies)
+        raise AssertionError("fx graph without output")  # pragma: no cover
+
+    def _run(self, node: fx.Node, args: tuple, kwargs: dict, params: Tensors,
+             buffers: Tensors, copies: int) -> _Act:
+        """Evaluate one node on grouped activations."""
+        if node.op == "call_function":
+            if node.target is torch.flatten:
+                return _flatten(args[0], copies, *args[1:], **kwargs)
+            acts = [a for a in args if isinstance(a, _Act)]
+            if len({a.image for a in acts}) > 1:
+                raise NotGroupable(f"{node.name}: mixes image and feature activations")
+            plain = [a.t if isinstance(a, _Act) else a for a in args]
+            return _Act(node.target(*plain, **kwargs), acts[0].image)  # type: ignore[operator]
+        module = self.modules[node.target]  # type: ignore[index]
+        (act,) = args
+        name = str(node.target)
+        if isinstance(module, nn.Conv2d):
+            return _conv(module, act, params, name, copies)
+        if isinstance(module, nn.Linear):
+            return _linear(act, params, name)
+        if isinstance(module, nn.BatchNorm2d):
+            return _batch_norm(module, act, params, buffers, name)
+        if isinstance(module, nn.Flatten):
+            return _flatten(act, copies, module.start_dim, module.end_dim)
+        if isinstance(module, nn.Dropout) and module.training and module.p > 0:
+            raise NotGroupable(f"{name}: dropout in training mode")
+        return _Act(module(act.t), act.image)
+
+
+def _group_input(x: Tensor) -> _Act:
+    """``(C, B, k, H, W)`` images → ``(B, C*k, H, W)`` channels-last; features stay."""
+    if x.dim() != 5:
+        return _Act(x, image=False)
+    c, b, k, h, w = x.shape
+    grouped = x.transpose(0, 1).reshape(b, c * k, h, w)
+    return _Act(grouped.contiguous(memory_format=torch.channels_last), image=True)
+
+
+def _ungroup(act: _Act, copies: int) -> Tensor:
+    """Back to ``(C, B, ...)``."""
+    if not act.image:
+        return act.t
+    b, ck, h, w = act.t.shape
+    return act.t.reshape(b, copies, ck // copies, h, w).transpose(0, 1)
+
+
+def _stacked(tensors: Tensors, name: str) -> Tensor:
+    """``(C, *shape)`` → ``(C * shape[0], *shape[1:])`` (the copies' channels side by side)."""
+    t = tensors[name]
+    return t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
+
+
+def _conv(module: nn.Conv2d, act: _Act, params: Tensors, name: str, copies: int) -> _Act:
+    """One grouped convolution for all copies."""
+    if not act.image:
+        raise NotGroupable(f"{name}: convolution of a flattened activation")
+    bias = _stacked(params, f"{name}.bias") if module.bias is not None else None
+    out = F.conv2d(act.t, _stacked(params, f"{name}.weight"), bias, module.stride,
+                   module.padding, module.dilation, module.groups * copies)
+    return _Act(out, image=True)
+
+
+def _linear(act: _Act, params: Tensors, name: str) -> _Act:
+    """A batched matmul: ``(C, B, ..., in)`` @ ``(C, in, out)`` (+ bias)."""
+    if act.image:
+        raise NotGroupable(f"{name}: linear layer on an image activation")
+    x, weight = act.t, params[f"{name}.weight"]
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    bias = params.get(f"{name}.bias")
+    out = (torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2)) if bias is not None
+           else torch.bmm(flat, weight.transpose(1, 2)))
+    return _Act(out.reshape(*x.shape[:-1], weight.shape[1]), image=False)
+
+
+def _batch_norm(module: nn.BatchNorm2d, act: _Act, params: Tensors, buffers: Tensors,
+                name: str) -> _Act:
+    """BatchNorm over ``C*k`` channels: per-copy statistics, as separate runs have them."""
+    running = module.track_running_stats and f"{name}.running_mean" in buffers
+    batch_stats = module.training or not running
+    momentum = module.momentum
+    if module.training and running:
+        tracked = buffers[f"{name}.num_batches_tracked"]
+        tracked.add_(1)
+        if momentum is None:  # cumulative moving average, as nn.BatchNorm2d
+            momentum = 1.0 / float(tracked.reshape(-1)[0])
+    mean = var = None
+    if running:
+        mean, var = buffers[f"{name}.running_mean"], buffers[f"{name}.running_var"]
+        # in-place updates must reach the caller's buffers: views, not copies
+        mean, var = (mean.view(-1), var.view(-1)) if module.training else (
+            mean.reshape(-1), var.reshape(-1))
+    weight = params[f"{name}.weight"].reshape(-1) if module.affine else None
+    bias = params[f"{name}.bias"].reshape(-1) if module.affine else None
+    out = F.batch_norm(act.t, mean, var, weight, bias, batch_stats, momentum or 0.0,
+                       module.eps)
+    return _Act(out, image=True)
+
+
+def _flatten(act: _Act, copies: int, start_dim: int = 1, end_dim: int = -1) -> _Act:
+    """Flatten each sample (``start_dim=1`` of the per-copy tensor) into features."""
+    if start_dim != 1 or end_dim != -1:
+        raise NotGroupable(f"flatten(start_dim={start_dim}, end_dim={end_dim})")
+    x = act.t
+    if not act.image:
+        return _Act(x.flatten(2), image=False)
+    return _Act(x.reshape(x.shape[0], copies, -1).transpose(0, 1), image=False)
+
+
+def copies_forward(model: nn.Module) -> CopiesForward:
+    """``f(params, buffers, x)`` evaluating stacked copies of ``model``: a
+    :class:`GroupedModel` when the model allows it, else ``vmap(functional_call)``."""
+    try:
+        return GroupedModel(model)
+    except NotGroupable:
+        return vmap(lambda p, b, x: functional_call(model, (p, b), (x,)))
+
+
+def stack_like(tensors: Tensors, copies: int) -> Tensors:
+    """Shared tensors (e.g. a checkpoint's buffers) as ``copies`` stacked views, no copy."""
+    return {k: v.unsqueeze(0).expand(copies, *v.shape) for k, v in tensors.items()}
+

@@ -1,0 +1,129 @@
+"""GroupedModel: copies of a network run as one grouped network equal vmap(functional_call)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from critperiods.grouped import GroupedModel, NotGroupable, copies_forward, stack_like
+from critperiods.learning_coefficients import make_dln
+from critperiods.models import build_model
+
+COPIES = 3
+
+
+def _reference(template: nn.Module, params: dict, buffers: dict, x: torch.Tensor):
+    return vmap(lambda p, b, xx: functional_call(template, (p, b), (xx,)))(params, buffers, x)
+
+
+def _clone(tensors: dict) -> dict:
+    return {k: v.detach().clone().requires_grad_(v.requires_grad) for k, v in tensors.items()}
+
+
+def _stacks(models: list[nn.Module]) -> tuple[dict, dict, dict, dict]:
+    params, buffers = stack_module_state(models)
+    return params, buffers, _clone(params), _clone(buffers)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name", ["small_cnn", "all_cnn_c", "resnet18"])
+def test_cnn_copies_match_vmap(name: str, train: bool) -> None:
+    """Outputs, gradients and (train mode) BatchNorm running statistics of every copy equal
+    those of vmap(functional_call) to float round-off."""
+    channels, side = (1, 28) if name == "small_cnn" else (3, 32)
+    models = [build_model(name, 4, channels, side, 10, seed=s).train(train)
+              for s in range(COPIES)]
+    params, buffers, params2, buffers2 = _stacks(models)
+    template = copy.deepcopy(models[0]).to("meta").train(train)
+    x = torch.randn(COPIES, 5, channels, side, side, generator=torch.Generator().manual_seed(0))
+
+    ref = _reference(template, params, buffers, x)
+    out = GroupedModel(template)(params2, buffers2, x)
+    assert out.shape == ref.shape == (COPIES, 5, 10)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+
+    grads = torch.autograd.grad(ref.square().sum(), list(params.values()))
+    grads2 = torch.autograd.grad(out.square().sum(), list(params2.values()))
+    for g, g2 in zip(grads, grads2, strict=True):
+        torch.testing.assert_close(g2, g, atol=1e-4, rtol=1e-3)
+    for k in buffers:
+        torch.testing.assert_close(buffers2[k], buffers[k], atol=1e-6, rtol=1e-5)
+    if train and buffers:  # the running statistics really moved, once per call
+        assert not torch.equal(buffers2[next(iter(buffers))], stack_module_state(models)[1][
+            next(iter(buffers))])
+        tracked = [v for k, v in buffers2.items() if k.endswith("num_batches_tracked")]
+        assert all(bool((t == 1).all()) for t in tracked)
+
+
+def test_copies_are_independent() -> None:
+    """Each copy computes its own network: copy 1 of a stack equals that model alone."""
+    models = [build_model("small_cnn", 4, 1, 28, 10, seed=s) for s in range(COPIES)]
+    params, buffers = stack_module_state(models)
+    x = torch.randn(COPIES, 7, 1, 28, 28)
+    out = GroupedModel(models[0])(params, buffers, x)
+    torch.testing.assert_close(out[1], models[1](x[1]), atol=1e-5, rtol=1e-4)
+
+
+def test_linear_networks_match_vmap() -> None:
+    """MLPs (with bias) and deep linear networks (without) run as batched matmuls."""
+    mlp = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    dln = make_dln([4, 3, 4], 1, n=10, seed=0).model
+    for model in (mlp, dln):
+        models = [copy.deepcopy(model) for _ in range(COPIES)]
+        for i, m in enumerate(models):
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.add_(0.1 * i)
+        params, buffers, params2, buffers2 = _stacks(models)
+        x = torch.randn(COPIES, 5, models[0][0].in_features)
+        ref = _reference(models[0], params, buffers, x)
+        torch.testing.assert_close(GroupedModel(models[0])(params2, buffers2, x), ref)
+
+
+class _Potential(nn.Module):
+    """A toy potential: forward reads its parameter directly (not groupable)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([0.5, -0.3]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.w[0] ** 2 * self.w[1] ** 4).expand(x.shape[0])
+
+
+def test_unsupported_models_raise_and_fall_back_to_vmap() -> None:
+    """A forward that reads parameters, or an unknown layer, is refused with the node's
+    name; copies_forward then uses vmap and gives the same values."""
+    with pytest.raises(NotGroupable, match="get_attr w"):
+        GroupedModel(_Potential())
+    with pytest.raises(NotGroupable, match="0: Conv1d is not supported"):
+        GroupedModel(nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten()))
+
+    potential = _Potential()
+    params = {"w": torch.stack([potential.w.detach(), potential.w.detach() * 2])}
+    out = copies_forward(potential)(params, {}, torch.zeros(2, 4, 1))
+    expected = torch.stack([(w[0] ** 2 * w[1] ** 4).expand(4) for w in params["w"]])
+    torch.testing.assert_close(out, expected)
+
+
+def test_dropout_in_training_mode_is_refused() -> None:
+    """Dropout would need per-copy random masks: refused in train mode, identity in eval."""
+    model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5), nn.Linear(3, 2))
+    params, buffers = stack_module_state([model, copy.deepcopy(model)])
+    x = torch.randn(2, 4, 3)
+    with pytest.raises(NotGroupable, match="dropout in training mode"):
+        GroupedModel(model.train())(params, buffers, x)
+    torch.testing.assert_close(GroupedModel(model.eval())(params, buffers, x),
+                               _reference(model, params, buffers, x))
+
+
+def test_stack_like_makes_views() -> None:
+    """Shared buffers are expanded, not copied."""
+    shared = {"running_mean": torch.arange(3.0)}
+    stacked = stack_like(shared, 4)["running_mean"]
+    assert stacked.shape == (4, 3)
+    assert stacked.data_ptr() == shared["running_mean"].data_ptr()
