@@ -3,7 +3,7 @@
 Not a test.  Run inside a venv that has devinterp 2.0.1 next to the project's torch, e.g.
 ``flock /tmp/cpu_bench.lock .venv-bench/bin/python bench/bench_llc.py`` (see
 bench/README_llc.md).  All samplers get the same model, data, step size, gamma,
-nbeta = n / ln n, chains (4), burn-in, draws and batch size.
+nbeta = n / ln n, chains (4, or ``--chains``), burn-in, draws and batch size.
 
 Fairness: every sampler runs once on a short warm-up (excluded), then the timed runs are
 interleaved (ours, devinterp 2, [devinterp 1.3], ours, devinterp 2, ...) and the median
@@ -11,9 +11,11 @@ wall-time ratio is reported; all use the same number of threads.  devinterp 2.0.
 ``num_init_loss_batches = n // batch_size`` so its init loss sees (nearly) all the data as
 ours does, and besides its own estimate (which averages the burn-in steps in) the table
 shows the estimate recomputed from its ``loss_trace`` with the burn-in discarded
-(like-for-like with ours).  The "floor" column is the bare compute: one forward + backward
-of the model on one minibatch, timed in a loop (median), times chains x steps: no sampler
-can beat it without changing the arithmetic.  Output: a markdown table on stdout and in
+(like-for-like with ours).  The "floor" column is one plain forward + backward of the model
+(the ``nn.Module`` as is, one chain, one minibatch), timed in a loop (median), times
+chains x steps: the bare compute of a sampler that runs its chains one after another.
+Running the chains as ONE grouped network (``critperiods.grouped``, what ours does for
+these models) can go below it.  Output: a markdown table on stdout and in
 ``bench/out/llc.md``.
 
 devinterp 1.3.2 cannot live in the same venv (it pins other packages), so when
@@ -374,6 +376,7 @@ def main() -> None:
     parser.add_argument("--cnn-draws", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--chains", type=int, default=4, help="chains for every case")
     parser.add_argument("--cases", default="mlp,dln,cnn")
     parser.add_argument("--devinterp13", default=str(default13) if default13.exists() else "",
                         help="python of a venv with devinterp 1.3.2 ('' to skip)")
@@ -387,7 +390,9 @@ def main() -> None:
     }
     rows = []
     for name in args.cases.split(","):
-        rows.append(bench_case(builders[name](), args.repeats, args.devinterp13 or None))
+        case = builders[name]()
+        case.config = replace(case.config, chains=args.chains)
+        rows.append(bench_case(case, args.repeats, args.devinterp13 or None))
         print(table(rows[-1:]), flush=True)
     text = table(rows)
     print(text)

@@ -10,7 +10,8 @@
    ``config.yaml`` and the CIFAR-10 replication config; wall time of one
    ``(batch_size, seed)`` cell of the default trained both ways.
 3. Seeds per job: S seeds trained as one stacked model vs S single-seed trainers one
-   after another, for S = 1, 2, 4 (interleaved, median).
+   after another, for S = 1, 2, 4 (interleaved, median), at each batch size of the
+   default grid (32 and 128).
 
 Usage: ``python bench/bench_training.py [--repeats 3] [--steps 150]``; writes
 ``bench/out/training.md``.
@@ -313,6 +314,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", default="1,2", help="intra-op thread counts to compare")
     parser.add_argument("--seeds", default="1,2,4", help="seeds per job to compare")
+    parser.add_argument("--seeds-batch-sizes", default="32,128",
+                        help="batch sizes for the seeds-per-job table (config.yaml's grid)")
     parser.add_argument("--skip-wall-time", action="store_true",
                         help="skip the (2-minute) trunk-sharing wall-time measurement")
     args = parser.parse_args()
@@ -320,8 +323,9 @@ def main() -> None:
     lines = throughput(setup, args.repeats, args.steps, args.batch_size, args.workers,
                        [int(n) for n in args.threads.split(",")])
     torch.set_num_threads(1)  # what a pipeline job uses by default (train.threads)
-    lines += seeds_per_job(setup, args.repeats, args.steps, args.batch_size,
-                           [int(n) for n in args.seeds.split(",")])
+    for batch_size in (int(b) for b in args.seeds_batch_sizes.split(",")):
+        lines += seeds_per_job(setup, args.repeats, args.steps, batch_size,
+                               [int(n) for n in args.seeds.split(",")])
     lines += [
         "### Trunk sharing (SGD epochs for the whole grid)", "",
         "| config | with sharing (plan) | with sharing (counted from the DAG's jobs) "
