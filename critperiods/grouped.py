@@ -23,7 +23,9 @@ backward about 2.4x faster than 4 separate passes (``bench/``).
 
 The model is traced once with ``torch.fx``; a model with any other layer, or one whose
 ``forward`` reads parameters directly (e.g. a toy potential), raises :class:`NotGroupable`
-at construction, and :func:`copies_forward` then falls back to ``vmap``.
+at construction, and a layout no rule covers (e.g. a linear layer on an image, dropout in
+training mode) makes :meth:`GroupedModel.supports` false before anything runs;
+:func:`copies_forward` then falls back to ``vmap``.
 """
 
 from __future__ import annotations
@@ -40,12 +42,12 @@ from torch.func import functional_call, vmap
 Tensors = dict[str, Tensor]
 CopiesForward = Callable[[Tensors, Tensors, Tensor], Tensor]
 
-# Modules that act on each channel (images) or each element (features) on its own, so a
-# grouped activation passes through them unchanged.
-PER_CHANNEL = (
-    nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity,
-    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
-)
+# Modules that act on each element, so a grouped activation of either layout passes through
+# them unchanged; and those that act on each channel of an image (likewise unchanged).
+ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity,
+               nn.Dropout)
+PER_CHANNEL = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+IMAGE_ONLY = (nn.Conv2d, nn.BatchNorm2d, *PER_CHANNEL)
 ELEMENTWISE_FUNCTIONS = {operator.add, operator.mul, torch.add, torch.mul, torch.relu, F.relu}
 
 
@@ -80,13 +82,14 @@ class GroupedModel:
         self.modules = dict(model.named_modules())
         for node in self.graph.nodes:
             self._check(node)
+        self._dropouts = [m for m in self.modules.values() if isinstance(m, nn.Dropout)]
+        self._layouts: dict[bool, bool] = {}
 
     def _check(self, node: fx.Node) -> None:
         """Raise NotGroupable for a node this class has no grouped rule for."""
         if node.op == "call_module":
-            module = self.modules[node.target]
-            if not isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.Flatten,
-                                       nn.Dropout, *PER_CHANNEL)):
+            module = self.modules[node.target]  # type: ignore[index]
+            if not isinstance(module, (nn.Linear, nn.Flatten, *ELEMENTWISE, *IMAGE_ONLY)):
                 raise NotGroupable(f"{node.target}: {type(module).__name__} is not supported")
             if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
                 raise NotGroupable(f"{node.target}: padding_mode={module.padding_mode!r}")
@@ -99,7 +102,58 @@ class GroupedModel:
         elif node.op in ("call_method", "get_attr"):
             raise NotGroupable(f"{node.op} {node.target} (forward reads tensors directly)")
 
+    def supports(self, x: Tensor) -> bool:
+        """Whether the grouped rules cover inputs like ``x``: every node's activation has
+        a layout its rule accepts (e.g. no linear layer on an image) and no dropout is in
+        training mode.  Decided before anything runs, so a refusal has no side effects."""
+        if any(m.training and m.p > 0 for m in self._dropouts):
+            return False
+        image = x.dim() == 5
+        if image not in self._layouts:
+            self._layouts[image] = self._layouts_fit(image)
+        return self._layouts[image]
+
+    def _layouts_fit(self, image_input: bool) -> bool:
+        """Propagate layouts (image or features) through the graph without running it."""
+        kinds: dict[fx.Node, bool] = {}
+        for node in self.graph.nodes:
+            if node.op == "placeholder":
+                kinds[node] = image_input
+            elif node.op != "output":
+                kind = self._kind(node, kinds)
+                if kind is None:
+                    return False
+                kinds[node] = kind
+        return True
+
+    def _kind(self, node: fx.Node, kinds: dict[fx.Node, bool]) -> bool | None:
+        """Layout of ``node``'s output (True = image), or None if no grouped rule fits."""
+        inputs = [kinds[a] for a in node.args if isinstance(a, fx.Node)]
+        if not inputs or len(set(inputs)) > 1 or any(
+            isinstance(v, fx.Node) for v in node.kwargs.values()
+        ):
+            return None
+        kind = inputs[0]
+        if node.op == "call_function":
+            if node.target is torch.flatten:
+                dims = (*node.args[1:], *node.kwargs.values())
+                return False if tuple(dims) in ((1,), (1, -1)) else None
+            return kind
+        module = self.modules[node.target]  # type: ignore[index]
+        if len(node.args) != 1:
+            return None
+        if isinstance(module, nn.Linear):
+            return None if kind else False
+        if isinstance(module, nn.Flatten):
+            return False if (module.start_dim, module.end_dim) == (1, -1) else None
+        if isinstance(module, IMAGE_ONLY):
+            return True if kind else None
+        return kind
+
     def __call__(self, params: Tensors, buffers: Tensors, x: Tensor) -> Tensor:
+        if not self.supports(x):
+            raise NotGroupable(f"{type(self.model).__name__}: no grouped rule for inputs of "
+                               f"shape {tuple(x.shape)} in this mode")
         copies = x.shape[0]
         env: dict[fx.Node, object] = {}
         for node in self.graph.nodes:
@@ -109,19 +163,16 @@ class GroupedModel:
                 return _ungroup(env[node.args[0]], copies)  # type: ignore[arg-type]
             else:
                 args = fx.node.map_arg(node.args, env.__getitem__)
-                kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
-                env[node] = self._run(node, args, kwargs, params, buffers, copies)
+                env[node] = self._run(node, args, node.kwargs, params, buffers, copies)
         raise AssertionError("fx graph without output")  # pragma: no cover
 
     def _run(self, node: fx.Node, args: tuple, kwargs: dict, params: Tensors,
              buffers: Tensors, copies: int) -> _Act:
-        """Evaluate one node on grouped activations."""
+        """Evaluate one node on grouped activations (layouts already checked)."""
         if node.op == "call_function":
             if node.target is torch.flatten:
-                return _flatten(args[0], copies, *args[1:], **kwargs)
+                return _flatten(args[0], copies)
             acts = [a for a in args if isinstance(a, _Act)]
-            if len({a.image for a in acts}) > 1:
-                raise NotGroupable(f"{node.name}: mixes image and feature activations")
             plain = [a.t if isinstance(a, _Act) else a for a in args]
             return _Act(node.target(*plain, **kwargs), acts[0].image)  # type: ignore[operator]
         module = self.modules[node.target]  # type: ignore[index]
@@ -134,9 +185,7 @@ class GroupedModel:
         if isinstance(module, nn.BatchNorm2d):
             return _batch_norm(module, act, params, buffers, name)
         if isinstance(module, nn.Flatten):
-            return _flatten(act, copies, module.start_dim, module.end_dim)
-        if isinstance(module, nn.Dropout) and module.training and module.p > 0:
-            raise NotGroupable(f"{name}: dropout in training mode")
+            return _flatten(act, copies)
         return _Act(module(act.t), act.image)
 
 
@@ -165,8 +214,6 @@ def _stacked(tensors: Tensors, name: str) -> Tensor:
 
 def _conv(module: nn.Conv2d, act: _Act, params: Tensors, name: str, copies: int) -> _Act:
     """One grouped convolution for all copies."""
-    if not act.image:
-        raise NotGroupable(f"{name}: convolution of a flattened activation")
     bias = _stacked(params, f"{name}.bias") if module.bias is not None else None
     out = F.conv2d(act.t, _stacked(params, f"{name}.weight"), bias, module.stride,
                    module.padding, module.dilation, module.groups * copies)
@@ -175,8 +222,6 @@ def _conv(module: nn.Conv2d, act: _Act, params: Tensors, name: str, copies: int)
 
 def _linear(act: _Act, params: Tensors, name: str) -> _Act:
     """A batched matmul: ``(C, B, ..., in)`` @ ``(C, in, out)`` (+ bias)."""
-    if act.image:
-        raise NotGroupable(f"{name}: linear layer on an image activation")
     x, weight = act.t, params[f"{name}.weight"]
     flat = x.reshape(x.shape[0], -1, x.shape[-1])
     bias = params.get(f"{name}.bias")
@@ -209,10 +254,8 @@ def _batch_norm(module: nn.BatchNorm2d, act: _Act, params: Tensors, buffers: Ten
     return _Act(out, image=True)
 
 
-def _flatten(act: _Act, copies: int, start_dim: int = 1, end_dim: int = -1) -> _Act:
-    """Flatten each sample (``start_dim=1`` of the per-copy tensor) into features."""
-    if start_dim != 1 or end_dim != -1:
-        raise NotGroupable(f"flatten(start_dim={start_dim}, end_dim={end_dim})")
+def _flatten(act: _Act, copies: int) -> _Act:
+    """Flatten each sample into features (``flatten(start_dim=1)`` of one copy's batch)."""
     x = act.t
     if not act.image:
         return _Act(x.flatten(2), image=False)
@@ -221,11 +264,20 @@ def _flatten(act: _Act, copies: int, start_dim: int = 1, end_dim: int = -1) -> _
 
 def copies_forward(model: nn.Module) -> CopiesForward:
     """``f(params, buffers, x)`` evaluating stacked copies of ``model``: a
-    :class:`GroupedModel` when the model allows it, else ``vmap(functional_call)``."""
+    :class:`GroupedModel` for the inputs and modes it supports, else
+    ``vmap(functional_call)`` (the same values to float round-off)."""
+    fallback = vmap(lambda p, b, xx: functional_call(model, (p, b), (xx,)))
     try:
-        return GroupedModel(model)
+        grouped = GroupedModel(model)
     except NotGroupable:
-        return vmap(lambda p, b, x: functional_call(model, (p, b), (x,)))
+        return fallback
+
+    def forward(params: Tensors, buffers: Tensors, x: Tensor) -> Tensor:
+        if grouped.supports(x):
+            return grouped(params, buffers, x)
+        return fallback(params, buffers, x)
+
+    return forward
 
 
 def stack_like(tensors: Tensors, copies: int) -> Tensors:

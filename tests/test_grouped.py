@@ -115,7 +115,7 @@ def test_dropout_in_training_mode_is_refused() -> None:
     model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5), nn.Linear(3, 2))
     params, buffers = stack_module_state([model, copy.deepcopy(model)])
     x = torch.randn(2, 4, 3)
-    with pytest.raises(NotGroupable, match="dropout in training mode"):
+    with pytest.raises(NotGroupable, match="in this mode"):
         GroupedModel(model.train())(params, buffers, x)
     torch.testing.assert_close(GroupedModel(model.eval())(params, buffers, x),
                                _reference(model, params, buffers, x))
@@ -127,3 +127,34 @@ def test_stack_like_makes_views() -> None:
     stacked = stack_like(shared, 4)["running_mean"]
     assert stacked.shape == (4, 3)
     assert stacked.data_ptr() == shared["running_mean"].data_ptr()
+
+
+class _LinearOnImage(nn.Module):
+    """Legal PyTorch that the grouped rules do not cover: a linear layer on the last
+    (width) dimension of an image, and torch.flatten with its default start_dim=0."""
+
+    def __init__(self, flatten_all: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.width = nn.Linear(6, 3)
+        self.flatten_all = flatten_all
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flatten_all:
+            return torch.flatten(self.conv(x))
+        return self.width(self.conv(x))
+
+
+@pytest.mark.parametrize("flatten_all", [False, True])
+def test_layouts_without_a_grouped_rule_use_vmap(flatten_all: bool) -> None:
+    """The layout check runs before anything executes: such models are refused by
+    GroupedModel and computed by vmap in copies_forward, with the same values."""
+    model = _LinearOnImage(flatten_all)
+    params, buffers = stack_module_state([model, copy.deepcopy(model)])
+    x = torch.randn(2, 4, 1, 8, 8)
+    grouped = GroupedModel(model)
+    assert not grouped.supports(x)
+    with pytest.raises(NotGroupable, match="no grouped rule"):
+        grouped(params, buffers, x)
+    torch.testing.assert_close(copies_forward(model)(params, buffers, x),
+                               _reference(model, params, buffers, x))
