@@ -31,13 +31,14 @@ training mode) makes :meth:`GroupedModel.supports` false before anything runs;
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.func import functional_call, vmap
+from torch.nn.modules import module as module_hooks
 
 Tensors = dict[str, Tensor]
 CopiesForward = Callable[[Tensors, Tensors, Tensor], Tensor]
@@ -75,15 +76,33 @@ class GroupedModel:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        try:
-            self.graph = fx.symbolic_trace(model).graph
-        except Exception as err:  # noqa: BLE001 - any tracing failure means "use vmap"
-            raise NotGroupable(f"torch.fx cannot trace {type(model).__name__}: {err}") from err
         self.modules = dict(model.named_modules())
-        for node in self.graph.nodes:
-            self._check(node)
+        self._graphs: dict[tuple[bool, ...], fx.Graph] = {}
+        self._verdicts: dict[tuple, bool] = {}
         self._dropouts = [m for m in self.modules.values() if isinstance(m, nn.Dropout)]
-        self._layouts: dict[bool, bool] = {}
+        self.graph  # noqa: B018 - trace now: an unsupported model fails at construction
+
+    @property
+    def graph(self) -> fx.Graph:
+        """The traced graph for the modules' current train/eval modes (tracing bakes in
+        any branch of ``forward`` on ``self.training``, so each mode gets its own)."""
+        mode = tuple(m.training for m in self.modules.values())
+        if mode not in self._graphs:
+            self._graphs[mode] = self._trace()
+        return self._graphs[mode]
+
+    def _trace(self) -> fx.Graph:
+        """Trace the model and check every node; raise NotGroupable if anything is unknown."""
+        try:
+            graph = fx.symbolic_trace(self.model).graph
+        except Exception as err:  # noqa: BLE001 - any tracing failure means "use vmap"
+            raise NotGroupable(f"torch.fx cannot trace {type(self.model).__name__}: {err}"
+                               ) from err
+        if sum(node.op == "placeholder" for node in graph.nodes) != 1:
+            raise NotGroupable("forward takes more than one input")
+        for node in graph.nodes:
+            self._check(node)
+        return graph
 
     def _check(self, node: fx.Node) -> None:
         """Raise NotGroupable for a node this class has no grouped rule for."""
@@ -102,29 +121,55 @@ class GroupedModel:
         elif node.op in ("call_method", "get_attr"):
             raise NotGroupable(f"{node.op} {node.target} (forward reads tensors directly)")
 
-    def supports(self, x: Tensor) -> bool:
-        """Whether the grouped rules cover inputs like ``x``: every node's activation has
-        a layout its rule accepts (e.g. no linear layer on an image) and no dropout is in
-        training mode.  Decided before anything runs, so a refusal has no side effects."""
-        if any(m.training and m.p > 0 for m in self._dropouts):
-            return False
-        image = x.dim() == 5
-        if image not in self._layouts:
-            self._layouts[image] = self._layouts_fit(image)
-        return self._layouts[image]
+    def supports(self, params: Tensors, buffers: Tensors, x: Tensor) -> bool:
+        """Whether the grouped rules cover this call; decided before anything real runs,
+        so a refusal has no side effects.
 
-    def _layouts_fit(self, image_input: bool) -> bool:
+        Refused: a mode whose graph has an unknown node, forward hooks (``functional_call``
+        would run them), dropout in training mode, a layout no rule accepts (e.g. a linear
+        layer on an image), and anything that fails a dry run on meta tensors (a missing
+        parameter such as a frozen bias, broadcasting across channels, a tuple output).
+        Verdicts are cached per mode, input shape and parameter names."""
+        if _has_hooks(self.modules.values()) or any(
+            m.training and m.p > 0 for m in self._dropouts
+        ):
+            return False
+        try:
+            graph = self.graph
+        except NotGroupable:
+            return False
+        key = (id(graph), tuple(x.shape[2:]), x.dim(), tuple(params), tuple(buffers))
+        if key not in self._verdicts:
+            self._verdicts[key] = self._layouts_fit(graph, x.dim() == 5) and self._dry_run(
+                graph, params, buffers, x)
+        return self._verdicts[key]
+
+    def _dry_run(self, graph: fx.Graph, params: Tensors, buffers: Tensors, x: Tensor) -> bool:
+        """Run the grouped graph on meta tensors (shapes only, no data, no side effects)."""
+        def meta(tensors: Tensors) -> Tensors:
+            return {k: torch.empty(v.shape, dtype=v.dtype, device="meta")
+                    for k, v in tensors.items()}
+
+        try:
+            self._execute(graph, meta(params), meta(buffers), x.to("meta"))
+        except Exception:  # noqa: BLE001 - whatever fails here is left to vmap
+            return False
+        return True
+
+    def _layouts_fit(self, graph: fx.Graph, image_input: bool) -> bool:
         """Propagate layouts (image or features) through the graph without running it."""
         kinds: dict[fx.Node, bool] = {}
-        for node in self.graph.nodes:
+        for node in graph.nodes:
             if node.op == "placeholder":
                 kinds[node] = image_input
-            elif node.op != "output":
+            elif node.op == "output":
+                return isinstance(node.args[0], fx.Node)
+            else:
                 kind = self._kind(node, kinds)
                 if kind is None:
                     return False
                 kinds[node] = kind
-        return True
+        return False
 
     def _kind(self, node: fx.Node, kinds: dict[fx.Node, bool]) -> bool | None:
         """Layout of ``node``'s output (True = image), or None if no grouped rule fits."""
@@ -151,16 +196,21 @@ class GroupedModel:
         return kind
 
     def __call__(self, params: Tensors, buffers: Tensors, x: Tensor) -> Tensor:
-        if not self.supports(x):
+        if not self.supports(params, buffers, x):
             raise NotGroupable(f"{type(self.model).__name__}: no grouped rule for inputs of "
                                f"shape {tuple(x.shape)} in this mode")
+        return self._execute(self.graph, params, buffers, x)
+
+    def _execute(self, graph: fx.Graph, params: Tensors, buffers: Tensors, x: Tensor
+                 ) -> Tensor:
+        """Evaluate the graph node by node on grouped activations."""
         copies = x.shape[0]
         env: dict[fx.Node, object] = {}
-        for node in self.graph.nodes:
+        for node in graph.nodes:
             if node.op == "placeholder":
                 env[node] = _group_input(x)
             elif node.op == "output":
-                return _ungroup(env[node.args[0]], copies)  # type: ignore[arg-type]
+                return _ungroup(env[node.args[0]], copies)  # type: ignore[index]
             else:
                 args = fx.node.map_arg(node.args, env.__getitem__)
                 env[node] = self._run(node, args, node.kwargs, params, buffers, copies)
@@ -181,7 +231,7 @@ class GroupedModel:
         if isinstance(module, nn.Conv2d):
             return _conv(module, act, params, name, copies)
         if isinstance(module, nn.Linear):
-            return _linear(act, params, name)
+            return _linear(module, act, params, name)
         if isinstance(module, nn.BatchNorm2d):
             return _batch_norm(module, act, params, buffers, name)
         if isinstance(module, nn.Flatten):
@@ -220,13 +270,12 @@ def _conv(module: nn.Conv2d, act: _Act, params: Tensors, name: str, copies: int)
     return _Act(out, image=True)
 
 
-def _linear(act: _Act, params: Tensors, name: str) -> _Act:
+def _linear(module: nn.Linear, act: _Act, params: Tensors, name: str) -> _Act:
     """A batched matmul: ``(C, B, ..., in)`` @ ``(C, in, out)`` (+ bias)."""
     x, weight = act.t, params[f"{name}.weight"]
     flat = x.reshape(x.shape[0], -1, x.shape[-1])
-    bias = params.get(f"{name}.bias")
-    out = (torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2)) if bias is not None
-           else torch.bmm(flat, weight.transpose(1, 2)))
+    out = (torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), flat, weight.transpose(1, 2))
+           if module.bias is not None else torch.bmm(flat, weight.transpose(1, 2)))
     return _Act(out.reshape(*x.shape[:-1], weight.shape[1]), image=False)
 
 
@@ -273,11 +322,18 @@ def copies_forward(model: nn.Module) -> CopiesForward:
         return fallback
 
     def forward(params: Tensors, buffers: Tensors, x: Tensor) -> Tensor:
-        if grouped.supports(x):
-            return grouped(params, buffers, x)
+        if grouped.supports(params, buffers, x):
+            return grouped._execute(grouped.graph, params, buffers, x)  # checked just now
         return fallback(params, buffers, x)
 
     return forward
+
+
+def _has_hooks(modules: Iterable[nn.Module]) -> bool:
+    """Whether any forward (pre-)hook is registered, on these modules or globally."""
+    if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 def stack_like(tensors: Tensors, copies: int) -> Tensors:

@@ -153,8 +153,87 @@ def test_layouts_without_a_grouped_rule_use_vmap(flatten_all: bool) -> None:
     params, buffers = stack_module_state([model, copy.deepcopy(model)])
     x = torch.randn(2, 4, 1, 8, 8)
     grouped = GroupedModel(model)
-    assert not grouped.supports(x)
+    assert not grouped.supports(params, buffers, x)
     with pytest.raises(NotGroupable, match="no grouped rule"):
         grouped(params, buffers, x)
     torch.testing.assert_close(copies_forward(model)(params, buffers, x),
                                _reference(model, params, buffers, x))
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.fc(x)
+        return out * scale if scale is not None else out
+
+
+class _ModeBranch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * 0.5 if self.training else self.fc(x)
+
+
+class _ChannelMask(nn.Module):
+    """Broadcasting across channels (a 1-channel mask) does not survive side-by-side
+    channels; a tuple output has no grouped rule either."""
+
+    def __init__(self, tuple_output: bool) -> None:
+        super().__init__()
+        self.conv, self.mask = nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(1, 1, 3, padding=1)
+        self.tuple_output = tuple_output
+
+    def forward(self, x: torch.Tensor):  # noqa: ANN201
+        out = self.conv(x) * self.mask(x)
+        return (out, out) if self.tuple_output else out
+
+
+def _same_as_vmap(model: nn.Module, x: torch.Tensor, params: dict | None = None) -> None:
+    stacked, buffers = stack_module_state([model, copy.deepcopy(model)])
+    params = stacked if params is None else params
+    torch.testing.assert_close(copies_forward(model)(params, buffers, x),
+                               _reference(model, params, buffers, x))
+
+
+def test_frozen_parameters_hooks_and_modes_are_honoured() -> None:
+    """Cases where a grouped run would silently differ from functional_call fall back:
+    a frozen bias missing from params (llc passes trainable parameters only), forward
+    hooks, and a forward that branches on self.training (each mode is traced anew)."""
+    frozen = nn.Linear(4, 3)
+    with torch.no_grad():
+        frozen.bias.fill_(5.0)
+    frozen.bias.requires_grad_(False)
+    params = {"weight": torch.stack([frozen.weight.detach()] * 2)}
+    _same_as_vmap(frozen, torch.randn(2, 5, 4), params)
+
+    hooked = nn.Sequential(nn.Linear(4, 3))
+    handle = hooked.register_forward_hook(lambda mod, inp, out: out * 2)
+    _same_as_vmap(hooked, torch.randn(2, 5, 4))
+    handle.remove()
+
+    branch = _ModeBranch().train()
+    grouped = GroupedModel(branch)
+    branch.eval()
+    params, buffers = stack_module_state([branch, copy.deepcopy(branch)])
+    x = torch.randn(2, 5, 3)
+    torch.testing.assert_close(grouped(params, buffers, x), _reference(branch, params,
+                                                                         buffers, x))
+
+
+def test_more_inputs_broadcast_channels_and_tuple_outputs_fall_back() -> None:
+    """A second forward input is refused at construction; channel broadcasting and tuple
+    outputs fail the dry run on meta tensors, so nothing real runs before the fallback."""
+    with pytest.raises(NotGroupable, match="more than one input"):
+        GroupedModel(_TwoInputs())
+    x = torch.randn(2, 4, 1, 6, 6)
+    for tuple_output in (False, True):
+        model = _ChannelMask(tuple_output)
+        params, buffers = stack_module_state([model, copy.deepcopy(model)])
+        assert not GroupedModel(model).supports(params, buffers, x)
+        if not tuple_output:
+            _same_as_vmap(model, x)
