@@ -130,19 +130,23 @@ class GroupedModel:
         layer on an image), and anything that fails a dry run on meta tensors (a missing
         parameter such as a frozen bias, broadcasting across channels, a tuple output).
         Verdicts are cached per mode, input shape and parameter names."""
+        return self._graph_for(params, buffers, x) is not None
+
+    def _graph_for(self, params: Tensors, buffers: Tensors, x: Tensor) -> fx.Graph | None:
+        """The graph to run for this call, or None if it is not supported (``supports``)."""
         if _has_hooks(self.modules.values()) or any(
             m.training and m.p > 0 for m in self._dropouts
         ):
-            return False
+            return None
         try:
             graph = self.graph
         except NotGroupable:
-            return False
+            return None
         key = (id(graph), tuple(x.shape[2:]), x.dim(), tuple(params), tuple(buffers))
         if key not in self._verdicts:
             self._verdicts[key] = self._layouts_fit(graph, x.dim() == 5) and self._dry_run(
                 graph, params, buffers, x)
-        return self._verdicts[key]
+        return graph if self._verdicts[key] else None
 
     def _dry_run(self, graph: fx.Graph, params: Tensors, buffers: Tensors, x: Tensor) -> bool:
         """Run the grouped graph on meta tensors (shapes only, no data, no side effects)."""
@@ -196,10 +200,11 @@ class GroupedModel:
         return kind
 
     def __call__(self, params: Tensors, buffers: Tensors, x: Tensor) -> Tensor:
-        if not self.supports(params, buffers, x):
+        graph = self._graph_for(params, buffers, x)
+        if graph is None:
             raise NotGroupable(f"{type(self.model).__name__}: no grouped rule for inputs of "
                                f"shape {tuple(x.shape)} in this mode")
-        return self._execute(self.graph, params, buffers, x)
+        return self._execute(graph, params, buffers, x)
 
     def _execute(self, graph: fx.Graph, params: Tensors, buffers: Tensors, x: Tensor
                  ) -> Tensor:
@@ -322,11 +327,19 @@ def copies_forward(model: nn.Module) -> CopiesForward:
         return fallback
 
     def forward(params: Tensors, buffers: Tensors, x: Tensor) -> Tensor:
-        if grouped.supports(params, buffers, x):
-            return grouped._execute(grouped.graph, params, buffers, x)  # checked just now
-        return fallback(params, buffers, x)
+        graph = grouped._graph_for(params, buffers, x)  # one check per call
+        if graph is None:
+            return fallback(params, buffers, x)
+        return grouped._execute(graph, params, buffers, x)
 
     return forward
+
+
+def per_copy_losses(loss_fn: Callable[[Tensor, Tensor], Tensor], outputs: Tensor,
+                    targets: Tensor) -> Tensor:
+    """``(C,)`` losses, one ``loss_fn`` call per copy: any loss works (``vmap`` would
+    restrict it), and for a few copies on a CPU this is cheaper than vmap's batching rules."""
+    return torch.stack([loss_fn(o, t) for o, t in zip(outputs, targets, strict=True)])
 
 
 def _has_hooks(modules: Iterable[nn.Module]) -> bool:

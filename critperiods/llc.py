@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from critperiods.grouped import copies_forward, stack_like
+from critperiods.grouped import copies_forward, per_copy_losses, stack_like
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -161,8 +161,7 @@ def _make_chain_losses(
     ``w`` is ``(chains, n_params)``, ``x``/``y`` hold one minibatch per chain
     (``(chains, batch, ...)``).  The chains' forward passes run as one grouped network when
     the model is built from standard layers (``critperiods.grouped``), else through ``vmap``.
-    Buffers
-    (e.g. BatchNorm running statistics) are the checkpoint's, shared, never updated.
+    Buffers (e.g. BatchNorm running statistics) are the checkpoint's, shared, never updated.
     """
     buffers = stack_like(dict(model.named_buffers()), chains)
     sizes = [math.prod(s) for s in shapes]
@@ -171,10 +170,7 @@ def _make_chain_losses(
     def chain_losses(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
         pieces = torch.split(w, sizes, dim=1)
         params = {k: v.view(chains, *s) for k, v, s in zip(names, pieces, shapes, strict=True)}
-        out = forward(params, buffers, x)
-        # one call per chain: any loss works (vmap would restrict loss_fn) and on a CPU
-        # this is cheaper than vmap's batching rules for a few chains
-        return torch.stack([loss_fn(o, t) for o, t in zip(out, y, strict=True)])
+        return per_copy_losses(loss_fn, forward(params, buffers, x), y)
 
     return chain_losses
 
@@ -229,7 +225,7 @@ class _Sampler:
         self.nbeta = nbeta
         self.gen = generator
         self.full_batch = config.batch_size is None or config.batch_size >= self.n
-        self.loss_fn = chain_losses
+        self.chain_losses = chain_losses
         self.half_eps = 0.5 * config.step_size
         self.sqrt_eps = math.sqrt(config.step_size)
         self._noise: Tensor | None = None
@@ -285,7 +281,7 @@ class _Sampler:
         """
         with torch.enable_grad():
             w = w.detach().requires_grad_(True)
-            loss = self.loss_fn(w, xb, yb)
+            loss = self.chain_losses(w, xb, yb)
             (grad,) = torch.autograd.grad(loss.sum(), w)
         return grad, loss.detach()
 

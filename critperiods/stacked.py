@@ -44,7 +44,7 @@ from torch import Tensor
 from torch.func import stack_module_state
 
 from critperiods.data import PreparedData
-from critperiods.grouped import copies_forward
+from critperiods.grouped import copies_forward, per_copy_losses
 from critperiods.models import build_model
 from critperiods.training import (
     BatchCache,
@@ -150,8 +150,7 @@ class StackedTrainer:
         """Mean cross-entropy of every seed's model on its own batch, shape ``(seeds,)``."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.fast.bf16):
             logits = self.forward(self.params, self.buffers, x)
-        return torch.stack([F.cross_entropy(lg.float(), t) for lg, t in zip(logits, y,
-                                                                              strict=True)])
+        return per_copy_losses(lambda lg, t: F.cross_entropy(lg.float(), t), logits, y)
 
     def load_states(self, states: Sequence[dict]) -> None:
         """Load one ``Trainer.state()`` per seed (all at the same position in training)."""
