@@ -14,7 +14,7 @@ import xarray as xr
 from torch import nn
 
 from critperiods.data import PreparedData
-from critperiods.models import build_model
+from critperiods.models import build_model, to_channels_last
 from critperiods.training import TrainConfig
 
 #: name → (long_name, units) of every per-checkpoint metric.
@@ -37,7 +37,7 @@ def model_for(cfg: TrainConfig, data: PreparedData, device: torch.device | str) 
     """
     model = build_model(cfg.model, cfg.width, data.in_channels, data.image_size,
                         data.num_classes, seed=0).to(device)
-    return model.to(memory_format=torch.channels_last)
+    return to_channels_last(model)
 
 
 @torch.no_grad()

@@ -245,12 +245,13 @@ class GroupedModel:
 
 
 def _group_input(x: Tensor) -> _Act:
-    """``(C, B, k, H, W)`` images → ``(B, C*k, H, W)`` channels-last; features stay."""
+    """``(C, B, k, H, W)`` images → ``(B, C*k, H, W)`` channels-last (one copy); features
+    stay."""
     if x.dim() != 5:
         return _Act(x, image=False)
     c, b, k, h, w = x.shape
-    grouped = x.transpose(0, 1).reshape(b, c * k, h, w)
-    return _Act(grouped.contiguous(memory_format=torch.channels_last), image=True)
+    grouped = x.permute(1, 3, 4, 0, 2).contiguous().view(b, h, w, c * k)  # (B, H, W, C*k)
+    return _Act(grouped.permute(0, 3, 1, 2), image=True)
 
 
 def _ungroup(act: _Act, copies: int) -> Tensor:

@@ -31,6 +31,7 @@ mean loss is then ``K(w)`` and ``n`` only enters through the default ``nbeta``
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -44,6 +45,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from critperiods.grouped import copies_forward, per_copy_losses, stack_like
+from critperiods.workers import can_fork, run_forked
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -142,34 +144,21 @@ def divergence_threshold(n_params: int, nbeta: float, batch_std: float, factor: 
     return factor * (max(n_params, 1) / (2.0 * nbeta) + batch_std)
 
 
-def _flat_params(model: nn.Module) -> tuple[list[str], list[torch.Size], Tensor]:
-    """Return parameter names, shapes and the concatenated detached parameter vector."""
-    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
-    if not named:
-        raise ValueError("model has no trainable parameters")
-    names = [k for k, _ in named]
-    shapes = [p.shape for _, p in named]
-    flat = torch.cat([p.detach().reshape(-1) for _, p in named])
-    return names, shapes, flat
+def _chain_losses_fn(
+    model: nn.Module, loss_fn: LossFn, chains: int
+) -> Callable[[dict[str, Tensor], Tensor, Tensor], Tensor]:
+    """Build ``f(params, x, y) -> (chains,)`` mean losses of ``model`` at stacked weights.
 
-
-def _make_chain_losses(
-    model: nn.Module, loss_fn: LossFn, names: list[str], shapes: list[torch.Size], chains: int
-) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    """Build ``f(w, x, y) -> (chains,)`` mean losses of ``model`` at the rows of ``w``.
-
-    ``w`` is ``(chains, n_params)``, ``x``/``y`` hold one minibatch per chain
-    (``(chains, batch, ...)``).  The chains' forward passes run as one grouped network when
-    the model is built from standard layers (``critperiods.grouped``), else through ``vmap``.
-    Buffers (e.g. BatchNorm running statistics) are the checkpoint's, shared, never updated.
+    ``params`` maps each parameter name to a ``(chains, *shape)`` tensor; ``x``/``y`` hold one
+    minibatch per chain (``(chains, batch, ...)``).  The chains' forward passes run as one
+    grouped network when the model is built from standard layers (``critperiods.grouped``),
+    else through ``vmap``.  Buffers (e.g. BatchNorm running statistics) are the checkpoint's,
+    shared, never updated.
     """
     buffers = stack_like(dict(model.named_buffers()), chains)
-    sizes = [math.prod(s) for s in shapes]
     forward = copies_forward(model)
 
-    def chain_losses(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        pieces = torch.split(w, sizes, dim=1)
-        params = {k: v.view(chains, *s) for k, v, s in zip(names, pieces, shapes, strict=True)}
+    def chain_losses(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return per_copy_losses(loss_fn, forward(params, buffers, x), y)
 
     return chain_losses
@@ -179,86 +168,145 @@ def _make_chain_losses(
 def _full_loss(
     model: nn.Module, loss_fn: LossFn, data: tuple[Tensor, Tensor], batch_size: int
 ) -> tuple[float, float]:
-    """Return ``L_n(w*)`` over all samples (in batches) and the std of batch means.
+    """Return ``L_n(w*)`` over all samples and the std of the means of ``batch_size`` chunks.
 
     The std of the means of full ``batch_size`` chunks estimates the minibatch noise of
-    ``L_B`` at ``w*`` (0 when fewer than two full chunks exist).
+    ``L_B`` at ``w*`` (0 when fewer than two full chunks exist).  The model runs on up to
+    ``INIT_LOSS_CHUNK`` samples at a time (one forward per chunk is much cheaper than one per
+    minibatch); the loss is then taken per ``batch_size`` slice of the outputs.
     """
     x, y = data
     n = x.shape[0]
+    chunk = batch_size * max(1, INIT_LOSS_CHUNK // batch_size)
     total, means = 0.0, []
-    for start in range(0, n, batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        value = float(loss_fn(model(xb), yb))
-        total += value * xb.shape[0]
-        if xb.shape[0] == batch_size:
-            means.append(value)
+    for start in range(0, n, chunk):
+        out, target = model(x[start : start + chunk]), y[start : start + chunk]
+        for s in range(0, out.shape[0], batch_size):
+            value = float(loss_fn(out[s : s + batch_size], target[s : s + batch_size]))
+            size = min(batch_size, out.shape[0] - s)
+            total += value * size
+            if size == batch_size:
+                means.append(value)
     std = float(np.std(means, ddof=1)) if len(means) >= 2 else 0.0
     return total / n, std
 
 
+INIT_LOSS_CHUNK = 1024  # samples per forward pass when computing L_n(w*)
+
+
+def chain_seed(seed: int, chain: int) -> int:
+    """A 63-bit seed for chain ``chain`` of an estimate with ``LLCConfig.seed = seed``.
+
+    Every chain draws its minibatches and noise from its own generator, so a chain's
+    trajectory depends only on ``(seed, chain)``: not on how many chains run beside it, nor
+    on how they are split between worker processes.
+    """
+    digest = hashlib.sha256(f"critperiods-llc:{seed}:{chain}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
 @dataclass
 class _Chains:
-    """Mutable state of all chains: weights, RMSProp second moments, health mask."""
+    """State of a block of chains.
+
+    ``w`` holds one row of weights per chain.  ``params`` are views of ``w`` shaped like the
+    model's parameters with a leading chain dimension: leaf tensors that require grad, so the
+    forward reads the current weights without copying them out of ``w``, and the gradient of
+    each lands, through ``grad_views``, in the matching columns of ``grad``.  ``v`` holds the
+    RMSProp second moments; ``healthy`` is False for chains flagged as diverged, and
+    ``all_healthy`` says so without looking at the tensor (kept on CPU only, where the check is
+    free; None on other devices).
+    """
 
     w: Tensor
     w0: Tensor
     v: Tensor | None
     healthy: Tensor
+    params: dict[str, Tensor]
+    grad: Tensor
+    grad_views: list[Tensor]
+    all_healthy: bool | None
+
+
+def _init_chains(model: nn.Module, chains: int, sampler: str) -> _Chains:
+    """Start ``chains`` chains at the checkpoint weights (the model's trainable parameters)."""
+    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("model has no trainable parameters")
+    w0 = torch.cat([p.detach().reshape(-1) for _, p in named]).unsqueeze(0)
+    w, grad = w0.repeat(chains, 1), torch.empty(chains, w0.shape[1], dtype=w0.dtype,
+                                                  device=w0.device)
+    params, grad_views, start = {}, [], 0
+    for name, p in named:
+        cols = slice(start, start + p.numel())
+        params[name] = w[:, cols].view(chains, *p.shape).detach().requires_grad_()
+        grad_views.append(grad[:, cols].view(chains, *p.shape))
+        start = cols.stop
+    return _Chains(
+        w=w, w0=w0,
+        v=torch.zeros_like(w) if sampler == "rmsprop_sgld" else None,
+        healthy=torch.ones(chains, dtype=torch.bool, device=w.device),
+        params=params, grad=grad, grad_views=grad_views,
+        all_healthy=True if w.device.type == "cpu" else None,
+    )
 
 
 class _Sampler:
-    """One SGLD / RMSProp-SGLD transition for all chains at once."""
+    """One SGLD / RMSProp-SGLD transition for a block of chains at once."""
 
     def __init__(
         self,
-        chain_losses: Callable[[Tensor, Tensor, Tensor], Tensor],
+        chain_losses: Callable[[dict[str, Tensor], Tensor, Tensor], Tensor],
         data: tuple[Tensor, Tensor],
         config: LLCConfig,
         nbeta: float,
-        generator: torch.Generator,
+        generators: list[torch.Generator],
     ) -> None:
-        """Prepare the batched loss function and minibatch settings."""
+        """Prepare the batched loss function, the chains' generators and buffers."""
         self.x, self.y = data
         self.n = self.x.shape[0]
         self.cfg = config
         self.nbeta = nbeta
-        self.gen = generator
+        self.gens = generators
         self.full_batch = config.batch_size is None or config.batch_size >= self.n
         self.chain_losses = chain_losses
         self.half_eps = 0.5 * config.step_size
         self.sqrt_eps = math.sqrt(config.step_size)
+        batch = 0 if self.full_batch else int(config.batch_size)  # type: ignore[arg-type]
+        self._idx = torch.empty(len(generators), batch, dtype=torch.long, device=self.x.device)
         self._noise: Tensor | None = None
         self._buf: Tensor | None = None
 
     def batch(self) -> tuple[Tensor, Tensor]:
         """Draw an independent minibatch (with replacement) for every chain."""
-        chains = self.cfg.chains
+        chains = len(self.gens)
         if self.full_batch:
             return self.x.expand(chains, *self.x.shape), self.y.expand(chains, *self.y.shape)
-        shape = (chains, int(self.cfg.batch_size))  # type: ignore[arg-type]
-        idx = torch.randint(self.n, shape, generator=self.gen, device=self.x.device).view(-1)
+        for row, gen in zip(self._idx, self.gens, strict=True):
+            torch.randint(self.n, row.shape, generator=gen, out=row)
+        idx, shape = self._idx.view(-1), tuple(self._idx.shape)
         xb = self.x.index_select(0, idx).view(shape + self.x.shape[1:])
         return xb, self.y.index_select(0, idx).view(shape + self.y.shape[1:])
 
-    def step(self, st: _Chains, threshold: float, init_loss: float) -> Tensor:
+    def step(self, st: _Chains, ceiling: float) -> Tensor:
         """Advance all healthy chains one step; return the losses L_B at the old weights.
 
-        The update ``w - (eps/2) [nbeta g + gamma (w - w0)] + sqrt(eps) xi`` is done with the
-        same elementary operations in the same order as the textbook expression (so the
-        rounding is identical), but in place in preallocated buffers; while every chain is
-        healthy (the usual case, checked on CPU where the check is free) the masked
-        ``torch.where`` update is skipped.
+        A chain whose loss is not finite or exceeds ``ceiling`` is flagged and frozen.  The
+        update ``w - (eps/2) [nbeta g + gamma (w - w0)] + sqrt(eps) xi`` is done with the same
+        elementary operations in the same order as the textbook expression (so the rounding
+        is identical), in place in preallocated buffers; while every chain is healthy (the
+        usual case, known on CPU where the check is free) the masked update is skipped.
         """
         xb, yb = self.batch()
-        grad, loss = self.grad_and_loss(st.w, xb, yb)
-        ok = torch.isfinite(loss) & (loss - init_loss <= threshold)
-        st.healthy &= ok
+        loss = self.grad_and_loss(st, xb, yb)
+        self._check_health(st, loss, ceiling)
         if self._noise is None:
             self._noise = torch.empty_like(st.w)
             self._buf = torch.empty_like(st.w)
         noise, buf = self._noise, self._buf
-        noise.normal_(generator=self.gen)  # same stream as torch.randn(shape, generator=gen)
+        for row, gen in zip(noise, self.gens, strict=True):
+            row.normal_(generator=gen)
+        grad = st.grad
         precond = self._rmsprop(st.v, grad) if st.v is not None else None  # raw gradient
         drift = grad.mul_(self.nbeta).add_(torch.sub(st.w, st.w0, out=buf).mul_(self.cfg.gamma))
         if precond is not None:
@@ -266,24 +314,36 @@ class _Sampler:
             noise.mul_(precond.sqrt_())
         step = drift.mul_(self.half_eps)
         noise.mul_(self.sqrt_eps)
-        if st.w.device.type == "cpu" and bool(st.healthy.all()):
+        if st.all_healthy:
             st.w.sub_(step).add_(noise)
-        else:
+        else:  # frozen chains keep their weights; ``w`` is updated in place (``params`` view it)
             new_w = torch.sub(st.w, step, out=buf).add_(noise)
-            st.w = torch.where(st.healthy.unsqueeze(1), new_w, st.w)
+            st.w.copy_(torch.where(st.healthy.unsqueeze(1), new_w, st.w))
         return loss
 
-    def grad_and_loss(self, w: Tensor, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-chain gradients and losses.
+    @staticmethod
+    def _check_health(st: _Chains, loss: Tensor, ceiling: float) -> None:
+        """Flag chains whose loss is not finite or above ``ceiling`` (on CPU also updates
+        ``all_healthy``, without a device sync anywhere else)."""
+        ok = torch.isfinite(loss).logical_and_(loss <= ceiling)
+        if st.all_healthy is None:
+            st.healthy &= ok
+        elif not bool(ok.all()):
+            st.healthy &= ok
+            st.all_healthy = False
+
+    def grad_and_loss(self, st: _Chains, xb: Tensor, yb: Tensor) -> Tensor:
+        """Per-chain losses; their gradients are written to ``st.grad``.
 
         A batched FORWARD plus one ordinary backward of the summed losses is ~30% cheaper
         than ``vmap(grad)`` and exact: chains never interact, so d(sum_c L_c)/dw_c = dL_c/dw_c.
         """
+        leaves = list(st.params.values())
         with torch.enable_grad():
-            w = w.detach().requires_grad_(True)
-            loss = self.chain_losses(w, xb, yb)
-            (grad,) = torch.autograd.grad(loss.sum(), w)
-        return grad, loss.detach()
+            loss = self.chain_losses(st.params, xb, yb)
+            grads = torch.autograd.grad(loss.sum(), leaves)
+        torch._foreach_copy_(st.grad_views, grads)  # one call for every parameter
+        return loss.detach()
 
     def _rmsprop(self, v: Tensor, grad: Tensor) -> Tensor:
         """Update ``v`` in place (EMA of squared minibatch-mean-loss gradients) and return
@@ -293,35 +353,70 @@ class _Sampler:
         return 1.0 / (v.sqrt() + self.cfg.rmsprop_eps)
 
 
-def _init_chains(w0: Tensor, config: LLCConfig) -> _Chains:
-    """Start every chain at the checkpoint weights."""
-    chains = config.chains
-    v = torch.zeros(chains, w0.numel(), dtype=w0.dtype, device=w0.device)
-    return _Chains(
-        w=w0.unsqueeze(0).repeat(chains, 1),
-        w0=w0.unsqueeze(0),
-        v=v if config.sampler == "rmsprop_sgld" else None,
-        healthy=torch.ones(chains, dtype=torch.bool, device=w0.device),
-    )
-
-
-def _run_chains(
-    sampler: _Sampler, st: _Chains, threshold: float, init_loss: float, progress: bool
-) -> Tensor:
-    """Run all steps; return the recorded loss trace ``(chains, burn_in + draws)``."""
+def _run_chains(sampler: _Sampler, st: _Chains, ceiling: float,
+                report: Callable[[int], None]) -> tuple[np.ndarray, np.ndarray]:
+    """Run all steps; return the recorded loss trace ``(chains, burn_in + draws)`` (NaN from
+    the record at which a chain was flagged) and which chains stayed healthy."""
     cfg = sampler.cfg
     n_rec = cfg.burn_in + cfg.draws
-    trace = torch.empty(cfg.chains, n_rec, dtype=st.w.dtype, device=st.w.device)
+    trace = torch.empty(st.w.shape[0], n_rec, dtype=st.w.dtype, device=st.w.device)
     nan = torch.tensor(float("nan"), dtype=st.w.dtype, device=st.w.device)
-    bar = tqdm(total=n_rec * cfg.loss_every, disable=not progress, desc="SGLD", leave=False)
     with torch.no_grad():
         for r in range(n_rec):
             for _ in range(cfg.loss_every):
-                loss = sampler.step(st, threshold, init_loss)
-            trace[:, r] = torch.where(st.healthy, loss, nan)
-            bar.update(cfg.loss_every)
-    bar.close()
-    return trace
+                loss = sampler.step(st, ceiling)
+            trace[:, r] = loss if st.all_healthy else torch.where(st.healthy, loss, nan)
+            report(cfg.loss_every * st.w.shape[0])  # chain-steps
+    return trace.cpu().double().numpy(), st.healthy.cpu().numpy()
+
+
+@dataclass(frozen=True)
+class _ChainBlock:
+    """Chains ``chains`` of one estimate, sampled as one grouped network: everything a
+    worker process needs (it inherits it by forking, nothing is pickled)."""
+
+    model: nn.Module
+    loss_fn: LossFn
+    data: tuple[Tensor, Tensor]
+    config: LLCConfig
+    nbeta: float
+    ceiling: float
+    chains: range
+
+    def __call__(self, report: Callable[[int], None]) -> tuple[np.ndarray, np.ndarray]:
+        """Sample the block; ``report(k)`` is called after every ``k`` steps."""
+        st = _init_chains(self.model, len(self.chains), self.config.sampler)
+        gens = [torch.Generator(device=st.w.device).manual_seed(chain_seed(self.config.seed, c))
+                for c in self.chains]
+        sampler = _Sampler(_chain_losses_fn(self.model, self.loss_fn, len(self.chains)),
+                           self.data, self.config, self.nbeta, gens)
+        return _run_chains(sampler, st, self.ceiling, report)
+
+
+def _worker_count(workers: int | None, chains: int, device: torch.device) -> int:
+    """How many processes sample the chains: ``workers`` (default: torch's intra-op thread
+    count), but blocks of at least two chains (a lone chain runs a different, ungrouped
+    kernel, so its bits would depend on the split), and 1 off the CPU or where processes
+    cannot be forked."""
+    if device.type != "cpu" or not can_fork():
+        return 1
+    wanted = torch.get_num_threads() if workers is None else workers
+    return max(1, min(wanted, chains // 2))
+
+
+def _sample(block: _ChainBlock, workers: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Sample every chain, in this process or split into ``workers`` contiguous blocks (the
+    progress bar counts chain-steps)."""
+    cfg = block.config
+    total = cfg.chains * (cfg.burn_in + cfg.draws) * cfg.loss_every
+    if workers == 1:
+        with tqdm(total=total, disable=not progress, desc="SGLD", leave=False) as bar:
+            return block(bar.update)
+    parts = [replace(block, chains=range(int(p[0]), int(p[-1]) + 1))
+             for p in np.array_split(np.arange(cfg.chains), workers)]
+    results = run_forked(parts, total, "SGLD", progress)
+    return (np.concatenate([trace for trace, _ in results]),
+            np.concatenate([healthy for _, healthy in results]))
 
 
 def _summarise(
@@ -352,6 +447,7 @@ def estimate_llc(
     *,
     label: str = "",
     progress: bool = True,
+    workers: int | None = None,
 ) -> LLCResult:
     """Estimate the local learning coefficient of ``model`` at its current weights.
 
@@ -367,6 +463,12 @@ def estimate_llc(
         config: sampler settings.
         label: name of the checkpoint, used in the warning when every chain diverges.
         progress: show a tqdm progress bar.
+        workers: on a CPU, sample the chains in this many processes of one thread each
+            (``critperiods.workers``; Linux only); default: ``torch.get_num_threads()``,
+            capped so that every process has at least two chains.  Each chain has its own
+            random stream (``chain_seed``) and the grouped network computes each chain on
+            its own, so the estimate does not depend on ``workers``: bit for bit on this
+            project's CPU (tested), only its speed changes.  Ignored on other devices.
 
     Returns:
         ``LLCResult``; a diverged chain (non-finite loss, or excess loss above
@@ -374,40 +476,38 @@ def estimate_llc(
         left out of ``llc_mean``/``llc_std``.  If all chains diverge both are NaN and an
         ``LLCDivergenceWarning`` is issued.  Never returns inf.
     """
-    names, shapes, w0 = _flat_params(model)
-    x, y = _check_data(data, w0.device)
-    n = x.shape[0]
-    nbeta = float(config.nbeta) if config.nbeta is not None else default_nbeta(n)
     was_training = model.training
     model.eval()
     try:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("model has no trainable parameters")
+        n_params, device = sum(p.numel() for p in trainable), trainable[0].device
+        x, y = _check_data(data, device)
+        n = x.shape[0]
+        nbeta = float(config.nbeta) if config.nbeta is not None else default_nbeta(n)
+        full_batch = config.batch_size is None or config.batch_size >= n
         init_loss, batch_std = _full_loss(model, loss_fn, (x, y), config.batch_size or n)
-        gen = torch.Generator(device=w0.device).manual_seed(config.seed)
-        sampler = _Sampler(
-            _make_chain_losses(model, loss_fn, names, shapes, config.chains), (x, y), config,
-            nbeta, gen,
-        )
-        if sampler.full_batch:
-            batch_std = 0.0
-        threshold = divergence_threshold(w0.numel(), nbeta, batch_std, config.divergence_factor)
-        st = _init_chains(w0, config)
-        trace_t = _run_chains(sampler, st, threshold, init_loss, progress)
+        threshold = divergence_threshold(n_params, nbeta, 0.0 if full_batch else batch_std,
+                                         config.divergence_factor)
+        block = _ChainBlock(model, loss_fn, (x, y), config, nbeta, init_loss + threshold,
+                            range(config.chains))
+        trace, healthy = _sample(block, _worker_count(workers, config.chains, device), progress)
     finally:
         model.train(was_training)
-    return _finish(trace_t, st.healthy, init_loss, nbeta, config, label)
+    return _finish(trace, healthy, init_loss, nbeta, config, label)
 
 
 def _finish(
-    trace_t: Tensor,
-    healthy: Tensor,
+    trace: np.ndarray,
+    healthy: np.ndarray,
     init_loss: float,
     nbeta: float,
     config: LLCConfig,
     label: str,
 ) -> LLCResult:
-    """Move results to numpy, summarise, and warn if every chain diverged."""
-    trace = trace_t.detach().cpu().double().numpy()
-    diverged = ~healthy.cpu().numpy()
+    """Summarise, and warn if every chain diverged."""
+    diverged = ~healthy
     per_chain, mean, std = _summarise(trace, diverged, init_loss, nbeta, config.burn_in)
     diverged = diverged | np.isnan(per_chain)
     if diverged.all():

@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from critperiods.data import PreparedData, blur
-from critperiods.models import build_model
+from critperiods.models import build_model, to_channels_last
 
 NEVER = 10**9  # the trunk's switch epoch: it never leaves the blurred phase
 CROP_PADDING = 4  # Achille et al.'s CIFAR augmentation: pad 4, random crop, flip
@@ -278,7 +278,7 @@ class Trainer:
             cfg.model, cfg.width, data.in_channels, data.image_size, data.num_classes, seed
         ).to(self.device)
         if self.fast.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = to_channels_last(self.model)
         configure_backend(self.fast, self.device)
         self.forward = _compiled(self.model) if self.fast.compile else self.model
         self.ready = BatchCache(data, cfg, self.fast)

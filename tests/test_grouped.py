@@ -237,3 +237,15 @@ def test_more_inputs_broadcast_channels_and_tuple_outputs_fall_back() -> None:
         assert not GroupedModel(model).supports(params, buffers, x)
         if not tuple_output:
             _same_as_vmap(model, x)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_grouped_input_is_channels_last(channels: int) -> None:
+    """The copies' images become one channels-last tensor, copy-major in the channels: the
+    layout oneDNN's grouped convolutions are fast on (a strided view runs ~2x slower)."""
+    from critperiods.grouped import _group_input
+
+    x = torch.randn(COPIES, 5, channels, 28, 28)
+    act = _group_input(x)
+    assert act.image and act.t.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(act.t, x.transpose(0, 1).reshape(5, COPIES * channels, 28, 28))
