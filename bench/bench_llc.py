@@ -7,7 +7,12 @@ nbeta = n / ln n, chains (4, or ``--chains``), burn-in, draws and batch size.
 
 Fairness: every sampler runs once on a short warm-up (excluded), then the timed runs are
 interleaved (ours, devinterp 2, [devinterp 1.3], ours, devinterp 2, ...) and the median
-wall-time ratio is reported; all use the same number of threads.  devinterp 2.0.1 gets
+wall-time ratio is reported; all get the same number of torch threads and use the machine as
+they can: critperiods by default splits its chains over that many forked worker processes
+of one thread each (``estimate_llc(workers=)``; ``--threads 1`` keeps it in one process),
+devinterp 2.0.1 has no multi-process option, and devinterp 1.3.2's ``cores=2`` (a spawned
+interpreter per process) took 66 s against 14 s with ``cores=1`` on the MLP case here, so
+it runs with its default ``cores=1``.  devinterp 2.0.1 gets
 ``num_init_loss_batches = n // batch_size`` so its init loss sees (nearly) all the data as
 ours does, and besides its own estimate (which averages the burn-in steps in) the table
 shows the estimate recomputed from its ``loss_trace`` with the burn-in discarded
@@ -374,7 +379,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--cnn-draws", type=int, default=300)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--chains", type=int, default=4, help="chains for every case")
     parser.add_argument("--cases", default="mlp,dln,cnn")

@@ -19,8 +19,10 @@ the number of chains and everything stays on the model's device.  The forward ru
 as one grouped network (``critperiods.grouped``: convolutions become one grouped
 convolution, linear layers one batched matmul) when the model is built from standard layers,
 and as ``torch.func.vmap`` of ``functional_call`` otherwise (e.g. toy potentials).  Each
-chain still draws its own minibatch indices and its own noise from one seeded generator, so
-a run is bitwise reproducible for a fixed ``LLCConfig.seed`` on a given machine.
+chain draws its own minibatch indices and its own noise from its own generator
+(``chain_seed``), so a run is bitwise reproducible for a fixed ``LLCConfig.seed`` on a given
+machine, a chain does not change when others are added, and on a CPU the chains can be split
+over worker processes (``critperiods.workers``) without changing a bit.
 
 Any ``nn.Module`` works, including a "toy potential" whose forward ignores the data.  For a
 potential ``K(w)``: let ``forward(x)`` return ``K(w).expand(x.shape[0])``, pass

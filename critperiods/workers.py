@@ -16,8 +16,11 @@ Progress is a shared counter per worker that the parent turns into one tqdm bar.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
+import signal
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
@@ -50,10 +53,13 @@ def run_forked(jobs: Sequence[Job], total: int, desc: str, progress: bool = True
     ctx = mp.get_context("fork")
     done = ctx.Array("q", len(jobs), lock=False)
     procs, conns = [], []
+    sys.stdout.flush()  # a child would otherwise print the parent's pending output again
+    sys.stderr.flush()
     try:
         for index, job in enumerate(jobs):
             receive, send = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_work, args=(job, index, done, send), daemon=True)
+            proc = ctx.Process(target=_work, args=(job, index, done, send, os.getpid()),
+                               daemon=True)
             proc.start()
             send.close()
             procs.append(proc)
@@ -66,8 +72,9 @@ def run_forked(jobs: Sequence[Job], total: int, desc: str, progress: bool = True
             proc.join()
 
 
-def _work(job: Job, index: int, done: Any, send: Connection) -> None:
+def _work(job: Job, index: int, done: Any, send: Connection, parent: int) -> None:
     """Body of a worker: one thread, run the job, send ``("ok", result)`` or the error."""
+    _die_with(parent)
     torch.set_num_threads(1)
 
     def report(steps: int) -> None:
@@ -79,6 +86,18 @@ def _work(job: Job, index: int, done: Any, send: Connection) -> None:
         send.send(("error", traceback.format_exc()))
     finally:
         send.close()
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel stop this worker when its parent dies (e.g. a SLURM job killed for its
+    time limit), instead of leaving it to sample for nobody."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def _collect(procs: list, conns: list[Connection], done: Any, total: int, desc: str,

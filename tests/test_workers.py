@@ -41,3 +41,43 @@ def test_a_dying_worker_is_an_error_with_its_exit_code() -> None:
 
     with pytest.raises(WorkerError, match="worker 0 died without a result .exit code 3"):
         run_forked([dies], total=1, desc="test", progress=False)
+
+
+def test_workers_stop_when_their_parent_dies(tmp_path) -> None:  # noqa: ANN001
+    """A worker whose parent is killed (SLURM time limit) is stopped by the kernel instead of
+    sampling on for nobody."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    pids = tmp_path / "pids"
+    script = textwrap.dedent(f"""
+        import os, time
+        from critperiods.workers import run_forked
+        def job(report):
+            open({str(pids)!r}, "a").write(f"{{os.getpid()}}\\n")
+            time.sleep(60)
+        run_forked([job, job], total=1, desc="x", progress=False)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 30
+    while time.time() < deadline and (not pids.exists() or len(pids.read_text().split()) < 2):
+        time.sleep(0.05)
+    children = [int(p) for p in pids.read_text().split()]
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(pid) for pid in children):
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in children)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie of a reaped orphan counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
