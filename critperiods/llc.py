@@ -22,7 +22,7 @@ and as ``torch.func.vmap`` of ``functional_call`` otherwise (e.g. toy potentials
 chain draws its own minibatch indices and its own noise from its own generator
 (``chain_seed``), so a run is bitwise reproducible for a fixed ``LLCConfig.seed`` on a given
 machine, a chain does not change when others are added, and on a CPU the chains can be split
-over worker processes (``critperiods.workers``) without changing a bit.
+over worker processes (``critperiods.workers``) without changing the estimate.
 
 Any ``nn.Module`` works, including a "toy potential" whose forward ignores the data.  For a
 potential ``K(w)``: let ``forward(x)`` return ``K(w).expand(x.shape[0])``, pass
@@ -469,8 +469,9 @@ def estimate_llc(
             (``critperiods.workers``; Linux only); default: ``torch.get_num_threads()``,
             capped so that every process has at least two chains.  Each chain has its own
             random stream (``chain_seed``) and the grouped network computes each chain on
-            its own, so the estimate does not depend on ``workers``: bit for bit on this
-            project's CPU (tested), only its speed changes.  Ignored on other devices.
+            its own, so the estimate does not depend on ``workers`` (bit for bit on the
+            development CPU, to float round-off in general), only its speed does.
+            Ignored on other devices.
 
     Returns:
         ``LLCResult``; a diverged chain (non-finite loss, or excess loss above

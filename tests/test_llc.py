@@ -261,8 +261,10 @@ def test_deterministic_for_fixed_seed() -> None:
 @pytest.mark.skipif(not can_fork(), reason="worker processes need Linux (fork)")
 @pytest.mark.parametrize("model_name", ["dln", "small_cnn"])
 def test_worker_processes_do_not_change_the_estimate(model_name: str) -> None:
-    """Chains split over worker processes give the same bits as in one process (each chain
-    has its own random stream; the grouped network computes each chain alone)."""
+    """Chains split over worker processes give the same estimate as in one process (each
+    chain has its own random stream; the grouped network computes each chain alone).  Bit
+    for bit on the development CPU; the test allows float round-off, which another CPU's
+    kernels may add when they sum a group of 2 chains differently from a group of 6."""
     if model_name == "dln":
         model, data = _small_dln()
         loss = dln_loss
@@ -276,8 +278,8 @@ def test_worker_processes_do_not_change_the_estimate(model_name: str) -> None:
     one = estimate_llc(model, loss, data, cfg, progress=False, workers=1)
     for workers in (2, 3, 6):  # blocks of 3 + 3, 2 + 2 + 2, and 6 capped to 3 blocks of 2
         split = estimate_llc(model, loss, data, cfg, progress=False, workers=workers)
-        assert np.array_equal(one.loss_trace, split.loss_trace)
-        assert np.array_equal(one.llc_per_chain, split.llc_per_chain)
+        np.testing.assert_allclose(split.loss_trace, one.loss_trace, rtol=1e-6, atol=0)
+        np.testing.assert_allclose(split.llc_per_chain, one.llc_per_chain, rtol=1e-5)
 
 
 def test_more_chains_keep_the_first_chains() -> None:
@@ -287,8 +289,8 @@ def test_more_chains_keep_the_first_chains() -> None:
     cfg = LLCConfig(chains=2, draws=40, burn_in=5, step_size=1e-4, gamma=10.0, batch_size=16)
     two = estimate_llc(model, dln_loss, data, cfg, progress=False, workers=1)
     five = estimate_llc(model, dln_loss, data, replace(cfg, chains=5), progress=False, workers=1)
-    assert np.array_equal(two.loss_trace, five.loss_trace[:2])
-    assert not np.array_equal(five.loss_trace[2], five.loss_trace[3])
+    np.testing.assert_allclose(five.loss_trace[:2], two.loss_trace, rtol=1e-6, atol=0)
+    assert not np.allclose(five.loss_trace[2], five.loss_trace[3])
 
 
 @pytest.mark.skipif(not can_fork(), reason="worker processes need Linux (fork)")
