@@ -61,3 +61,22 @@ def test_small_cnn_pool_then_relu_is_relu_then_pool_bit_for_bit():
     assert torch.equal(model(x), textbook(x))
     for (name, p), q in zip(model.named_parameters(), textbook.parameters(), strict=True):
         assert torch.equal(p.grad, q.grad), name
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_channels_last_images_makes_the_convolution_run_channels_last(channels):
+    """A one-channel batch gets channels-last strides too (``contiguous`` cannot give them),
+    so the convolution's output, and the pooling after it, are channels-last; the values
+    are the input's, and ``small_cnn`` computes the same outputs from either layout."""
+    from critperiods.models import channels_last_images
+
+    x = torch.randn(4, channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    cl = channels_last_images(x)
+    assert torch.equal(cl, x) and cl.stride(1) == 1 and cl.data_ptr() != x.data_ptr()
+    model = build_model("small_cnn", 4, channels, 8, 10, seed=0).eval()
+    conv = model.features[0]
+    assert conv(cl).is_contiguous(memory_format=torch.channels_last)
+    assert not conv(x).is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(model(cl), model(x))
+    flat = torch.randn(4, 6)
+    assert channels_last_images(flat) is flat
