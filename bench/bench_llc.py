@@ -312,10 +312,15 @@ def bench_case(case: Case, repeats: int, python13: str | None) -> dict[str, obje
             for key, run in samplers.items():
                 runs[key].append(run(cfg))
     ratios = {
-        k: statistics.median(t.seconds / o.seconds for o, t in zip(runs["ours"], v, strict=True))
+        k: [t.seconds / o.seconds for o, t in zip(runs["ours"], v, strict=True)]
         for k, v in runs.items() if k != "ours"
     }
     return {"case": case, "runs": runs, "ratios": ratios, "floor": floor_seconds(case, cfg)}
+
+
+def _speedup(ratios: list[float]) -> str:
+    """Median of the per-repeat speed-ups, with their range (this machine is noisy)."""
+    return f"{statistics.median(ratios):.1f}x ({min(ratios):.1f}-{max(ratios):.1f})"
 
 
 def _pm(mean: float, std: float) -> str:
@@ -328,8 +333,9 @@ def _agree(a: Run, m: float, s: float) -> str:
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    """Markdown table of the benchmark results (times: median over repeats; estimates: the
-    last repeat, mean ± std over chains)."""
+    """Markdown table of the benchmark results (times: median over repeats; speed-ups: median
+    of the per-repeat ratios and their range; estimates: the last repeat, mean ± std over
+    chains)."""
     has13 = any("devinterp13" in r["runs"] for r in rows)  # type: ignore[operator]
     head = ("| case | chains x (burn-in + draws) | batch | floor s | critperiods s "
             "| devinterp 2.0.1 s | speed-up vs 2.0.1 ")
@@ -347,7 +353,7 @@ def table(rows: list[dict[str, object]]) -> str:
     for row in rows:
         case: Case = row["case"]  # type: ignore[assignment]
         runs: dict[str, list[Run]] = row["runs"]  # type: ignore[assignment]
-        ratios: dict[str, float] = row["ratios"]  # type: ignore[assignment]
+        ratios: dict[str, list[float]] = row["ratios"]  # type: ignore[assignment]
         cfg = case.config
 
         def med(key: str) -> float:
@@ -356,9 +362,9 @@ def table(rows: list[dict[str, object]]) -> str:
         ours, di = runs["ours"][-1], runs["devinterp"][-1]
         line = (f"| {case.name} | {cfg.chains} x ({cfg.burn_in} + {cfg.draws}) "
                 f"| {cfg.batch_size} | {row['floor']:.2f} | {med('ours'):.2f} "
-                f"| {med('devinterp'):.2f} | {ratios['devinterp']:.1f}x ")
+                f"| {med('devinterp'):.2f} | {_speedup(ratios['devinterp'])} ")
         if has13:
-            line += (f"| {med('devinterp13'):.2f} | {ratios['devinterp13']:.1f}x "
+            line += (f"| {med('devinterp13'):.2f} | {_speedup(ratios['devinterp13'])} "
                      if "devinterp13" in runs else "| - | - ")
         line += (f"| {_pm(ours.mean, ours.std)} | {_pm(di.mean, di.std)} "
                  f"| {_pm(di.alt_mean, di.alt_std)} "
