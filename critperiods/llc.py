@@ -176,7 +176,7 @@ def _full_loss(
     The std of the means of full ``batch_size`` chunks estimates the minibatch noise of
     ``L_B`` at ``w*`` (0 when fewer than two full chunks exist).  The model runs on up to
     ``INIT_LOSS_CHUNK`` samples at a time (one forward per chunk is much cheaper than one per
-    minibatch), with image chunks laid out channels-last (5x faster for the default CNN than
+    minibatch), with image chunks laid out channels-last (~3x faster for the default CNN than
     NCHW); the loss is then taken per ``batch_size`` slice of the outputs.
     """
     x, y = data
