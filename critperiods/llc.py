@@ -235,9 +235,7 @@ class _Chains:
 
 def _init_chains(model: nn.Module, chains: int, sampler: str) -> _Chains:
     """Start ``chains`` chains at the checkpoint weights (the model's trainable parameters)."""
-    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
-    if not named:
-        raise ValueError("model has no trainable parameters")
+    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]  # checked non-empty
     w0 = torch.cat([p.detach().reshape(-1) for _, p in named]).unsqueeze(0)
     w, grad = w0.repeat(chains, 1), torch.empty(chains, w0.shape[1], dtype=w0.dtype,
                                                   device=w0.device)
@@ -497,10 +495,9 @@ def estimate_llc(
         x, y = _check_data(data, device)
         n = x.shape[0]
         nbeta = float(config.nbeta) if config.nbeta is not None else default_nbeta(n)
-        full_batch = config.batch_size is None or config.batch_size >= n
+        # batch_std is 0 when the sampler uses the full batch (no two full minibatches)
         init_loss, batch_std = _full_loss(model, loss_fn, (x, y), config.batch_size or n)
-        threshold = divergence_threshold(n_params, nbeta, 0.0 if full_batch else batch_std,
-                                         config.divergence_factor)
+        threshold = divergence_threshold(n_params, nbeta, batch_std, config.divergence_factor)
         block = _ChainBlock(model, loss_fn, (x, y), config, nbeta, init_loss + threshold,
                             range(config.chains))
         trace, healthy = _sample(block, _worker_count(workers, config.chains, device), progress)

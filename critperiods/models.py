@@ -146,7 +146,7 @@ def to_channels_last(model: nn.Module) -> nn.Module:
         for module in model.modules():
             if isinstance(module, nn.Conv2d) and module.weight.shape[1] == 1:
                 w = module.weight
-                out, _, kh, kw = w.shape
+                kh, kw = w.shape[2:]
                 w.set_(w.untyped_storage(), w.storage_offset(), w.shape, (kh * kw, 1, kw, 1))
     return model
 
