@@ -59,6 +59,7 @@ import functools
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -96,9 +97,13 @@ POTENTIALS = {(1, 1): 1e-4, (1, 2): 3e-4, (2, 2): 3e-4, (1, 3): 3e-4}  # powers 
 
 
 @pytest.fixture(autouse=True)
-def _threads() -> None:
-    """Pin the thread count so timings and floating point reductions are stable."""
+def _threads() -> Iterator[None]:
+    """Pin the thread count so timings and floating point reductions are stable; restore it
+    afterwards, so tests in other files run at the thread count they would alone."""
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @functools.cache
