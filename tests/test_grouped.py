@@ -24,6 +24,19 @@ def _clone(tensors: dict) -> dict:
     return {k: v.detach().clone().requires_grad_(v.requires_grad) for k, v in tensors.items()}
 
 
+def _float64_gradients(template: nn.Module, params: dict, buffers: dict, x: torch.Tensor
+                       ) -> tuple[torch.Tensor, ...]:
+    """Gradients of ``sum(output**2)`` by vmap in float64: the exact values, to float32."""
+    p64 = {k: v.detach().double().requires_grad_() for k, v in params.items()}
+    b64 = {k: v.double() if v.is_floating_point() else v.clone() for k, v in buffers.items()}
+    out = _reference(template, p64, b64, x.double())
+    return torch.autograd.grad(out.square().sum(), list(p64.values()))
+
+
+def _relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
+    return float((approx.detach().double() - exact).norm() / exact.norm())
+
+
 def _stacks(models: list[nn.Module]) -> tuple[dict, dict, dict, dict]:
     params, buffers = stack_module_state(models)
     return params, buffers, _clone(params), _clone(buffers)
@@ -46,10 +59,15 @@ def test_cnn_copies_match_vmap(name: str, train: bool) -> None:
     assert out.shape == ref.shape == (COPIES, 5, 10)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
 
+    # Gradients against the exact (float64) ones: train-mode BatchNorm on a batch of 5 makes
+    # all_cnn_c's gradient so ill-conditioned that float32 vmap itself is ~1e-2 off, and how
+    # far each float32 path lands depends on the thread count; so the grouped gradient must
+    # be as accurate as vmap's (to 2x), or within 1e-4 of the exact one (relative norm).
+    exact = _float64_gradients(template, params, buffers, x)
     grads = torch.autograd.grad(ref.square().sum(), list(params.values()))
     grads2 = torch.autograd.grad(out.square().sum(), list(params2.values()))
-    for g, g2 in zip(grads, grads2, strict=True):
-        torch.testing.assert_close(g2, g, atol=1e-4, rtol=1e-3)
+    for name_, g, g2, g64 in zip(params, grads, grads2, exact, strict=True):
+        assert _relative_error(g2, g64) <= max(2 * _relative_error(g, g64), 1e-4), name_
     for k in buffers:
         torch.testing.assert_close(buffers2[k], buffers[k], atol=1e-6, rtol=1e-5)
     if train and buffers:  # the running statistics really moved, once per call
