@@ -267,3 +267,22 @@ def test_grouped_input_is_channels_last(channels: int) -> None:
     act = _group_input(x)
     assert act.image and act.t.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(act.t, x.transpose(0, 1).reshape(5, COPIES * channels, 28, 28))
+
+
+def test_flattened_images_pass_their_gradient_back_channels_last() -> None:
+    """Flattening grouped channels-last images gives each copy's NCHW-ordered features, and
+    the gradient comes back channels-last (so the backward before it runs on one layout),
+    with the same values as the plain reshape's."""
+    from critperiods.grouped import _Act, _flatten
+
+    k, side = 4, 3
+    x = torch.randn(5, COPIES * k, side, side).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    out = _flatten(_Act(x, image=True), COPIES).t
+    per_copy = x.detach().reshape(5, COPIES, k, side, side).transpose(0, 1)
+    assert torch.equal(out, per_copy.flatten(2))
+    weights = torch.randn(out.shape)
+    (grad,) = torch.autograd.grad((out * weights).sum(), [x])
+    assert grad.is_contiguous(memory_format=torch.channels_last)
+    expected = weights.transpose(0, 1).reshape(x.shape)  # d(sum out*weights)/dx
+    assert torch.equal(grad, expected)
