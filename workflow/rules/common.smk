@@ -1,5 +1,7 @@
 # Paths and input functions shared by all rules. The logic behind them lives in
 # critperiods.plan so that tests and the DAG agree.
+import os
+
 import yaml
 
 from critperiods import plan
@@ -8,11 +10,11 @@ plan.check_config(config)
 
 RESULTS = f"{config['results_dir']}/{config['experiment']}"
 DATA = f"{RESULTS}/data/prepared.pt"
-RUN = RESULTS + "/runs/bs{batch_size}/seed{seed}"
-TRUNK = RUN + "/trunk/e{epoch}.pt"
-BRANCH = RUN + "/switch{switch_epoch}.pt"
-PIECE = RESULTS + "/runs/{run}/{piece}"
-DIVERGENCE = RESULTS + "/divergence/bs{batch_size}.nc"
+RUN = os.path.join(RESULTS, "runs", "bs{batch_size}", "seed{seed}")
+TRUNK = os.path.join(RUN, "trunk", "e{epoch}.pt")
+BRANCH = os.path.join(RUN, "switch{switch_epoch}.pt")
+PIECE = os.path.join(RESULTS, "runs", "{run}", "{piece}")  # a piece's files: PIECE.<kind>.nc
+DIVERGENCE = os.path.join(RESULTS, "divergence", "bs{batch_size}.nc")
 CUBE = f"{RESULTS}/cube.nc"
 SUMMARY = f"{RESULTS}/critical_period_summary.csv"
 CONFIG_RECORD = f"{RESULTS}/config.yaml"

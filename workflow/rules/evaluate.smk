@@ -3,7 +3,7 @@ rule evaluate:
         data=DATA,
         pieces=get_piece_files,
     output:
-        PIECE + ".metrics.nc",
+        f"{PIECE}.metrics.nc",
     params:
         training=TRAINING,
         evaluate=config["evaluate"],

@@ -3,7 +3,7 @@ rule llc:
         data=DATA,
         pieces=get_piece_files,
     output:
-        PIECE + ".llc.nc",
+        f"{PIECE}.llc.nc",
     params:
         training=TRAINING,
         llc=config["llc"],
