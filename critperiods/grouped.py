@@ -338,11 +338,8 @@ class _FlattenImages(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         b, ck, h, w = ctx.shape
-        copies = ctx.copies
-        out = grad.new_empty((b, h, w, ck))  # (B, H, W, C*k): channels-last memory
-        out.view(b, h, w, copies, ck // copies).copy_(
-            grad.reshape(copies, b, ck // copies, h, w).permute(1, 3, 4, 0, 2))
-        return out.permute(0, 3, 1, 2), None
+        per_copy = grad.reshape(ctx.copies, b, ck // ctx.copies, h, w)
+        return _group_input(per_copy).t, None  # the same layout change as the input's
 
 
 def copies_forward(model: nn.Module) -> CopiesForward:
