@@ -27,8 +27,9 @@ def _load_config(paths: list[str]) -> dict:
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     for p in paths:
         update_config(config, yaml.safe_load(Path(p).read_text()) or {})
-    validate(config, str(ROOT / "workflow/schemas/config.schema.yaml"))
-    check_config(config)
+    schema = ROOT / "workflow/schemas/config.schema.yaml"
+    validate(config, str(schema))
+    check_config(config, yaml.safe_load(schema.read_text()))
     return config
 
 
@@ -78,13 +79,23 @@ def calibrate_llc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _times(scratch: int, shared: int) -> str:
+    """How much more (or less) training from scratch costs than sharing trunks.
+
+    Sharing can cost more: the divergence stage extends the always-blurred trunk to the last
+    epoch any run reaches."""
+    if scratch >= shared:
+        return f"{scratch / shared:.2f}× more"
+    return f"{shared / scratch:.2f}× less: the trunk is extended for the divergence stage"
+
+
 def cost(args: argparse.Namespace) -> int:
     from critperiods.plan import epochs_trained
 
     config = _load_config(args.configfile)
     shared, scratch = epochs_trained(config, True), epochs_trained(config, False)
     print(f"{config['experiment']}: {shared} epochs with trunk sharing, {scratch} training "
-          f"every run from scratch ({scratch / shared:.2f}× more)")
+          f"every run from scratch ({_times(scratch, shared)})")
     return 0
 
 

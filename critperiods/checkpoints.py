@@ -34,7 +34,7 @@ def config_hash(training_params: dict) -> str:
     """Hash of everything that shapes the blurred trunk (12 hex digits).
 
     ``lr_after_switch`` only affects branches, so it is left out: switching it
-    keeps the trunks valid (branches record it separately).
+    keeps the trunks valid (the branch jobs rerun because their params change).
     """
     params = json.loads(json.dumps(training_params, sort_keys=True))
     params.get("optimizer", {}).pop("lr_after_switch", None)
@@ -60,13 +60,21 @@ def _read(path: str | Path, fmt: str) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every unpickling failure means the same
         raise CheckpointError(
-            f"{path}: cannot be read ({type(err).__name__}: {err}); it is truncated or "
-            "corrupt — delete it and rerun the workflow to regenerate it"
+            f"{path}: cannot be read ({type(err).__name__}: {err}); it is truncated, "
+            "corrupt or not a file critperiods wrote — delete it and rerun the workflow to "
+            "regenerate it"
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"{path}: not a critperiods file of format {fmt!r} (found {found!r})")
+    missing = [key for key in FIELDS if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: a {fmt!r} file without {', '.join(missing)}; it was "
+                              "not written by critperiods — delete it and rerun the workflow")
     return payload
+
+
+FIELDS = ("config_hash", "identity", "state", "checkpoints")  # what save_piece/save_resume write
 
 
 def load_piece(path: str | Path, expected_hash: str) -> dict:

@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
 from critperiods.files import write_atomic
@@ -28,6 +29,9 @@ ATTRS = {
     "seed": ("seed of initial weights and data order", "1"),
     "epoch": ("training epochs completed at the checkpoint", "epoch"),
     "chain": ("SGLD chain", "1"),
+    "draw": ("SGLD draw, burn-in included (the first llc_burn_in draws)", "1"),
+    "seed_b": ("the other seed of a pair of runs", "1"),
+    "bound": ("lower and upper bound of a bootstrap interval", "1"),
     "phase_sharp": ("true where the epoch's checkpoint was last trained on sharp data", "1"),
     "final_test_accuracy": ("sharp test accuracy at the run's last epoch", "1"),
     "llc_mean": ("local learning coefficient, mean over healthy SGLD chains", "1"),
@@ -83,9 +87,11 @@ def assemble_runs(files: Iterable[str | Path]) -> xr.Dataset:
 
 
 def _git_commit() -> str:
+    """The commit of the critperiods checkout that runs (not of the working folder, which
+    ``snakemake -d`` can put anywhere); "unknown" for an installed copy."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True, timeout=10)
+                             check=True, timeout=10, cwd=Path(__file__).resolve().parent)
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -122,6 +128,7 @@ def build_cube(
     """Merge per-piece metrics, λ̂ and divergences into the cube of DESIGN.md."""
     from critperiods.analysis import critical_period_summary
     from critperiods.checkpoints import config_hash
+    from critperiods.growth_laws import NO_FIT
 
     parts = [assemble_runs(metrics_files), assemble_runs(llc_files),
              assemble_divergence(divergence_files)]
@@ -130,9 +137,14 @@ def build_cube(
         ["batch_size", "switch_epoch", "seed"])])
     cube = cube.reindex(batch_size=sorted(grid["batch_sizes"]),
                         switch_epoch=sorted(grid["switch_epochs"]), seed=sorted(grid["seeds"]))
-    cube["phase_sharp"] = cube.epoch > cube.switch_epoch
+    cube["phase_sharp"] = (cube.epoch > cube.switch_epoch).transpose("switch_epoch", "epoch")
     final_epoch = cube.switch_epoch + epochs_after_switch
-    cube["final_test_accuracy"] = cube.test_accuracy.sel(epoch=final_epoch).drop_vars("epoch")
+    final = cube.test_accuracy.sel(epoch=final_epoch).drop_vars("epoch")
+    final.attrs = {}  # its own long_name (describe), not test_accuracy's
+    cube["final_test_accuracy"] = final
+    for name in [v for v in cube.data_vars if str(v).endswith("_growth_form")]:
+        # merging promotes the int8 codes to float; cells without a fit are code NO_FIT
+        cube[name] = cube[name].fillna(NO_FIT).astype(np.int8)
     cube = cube.merge(critical_period_summary(cube, n_boot=1000, rng_seed=0))
     cube.attrs = {
         "Conventions": "CF-1.10",

@@ -2,7 +2,9 @@
 
 Every stage writes to a temporary file in the destination folder and renames
 it into place with ``os.replace`` (atomic on POSIX within one file system), so
-a job killed mid-write leaves either the old file or none, never a torso.
+a job killed mid-write leaves either the old file or none, never a torso.  The
+file gets the permissions an ordinary ``open`` would give it (``0666`` less the umask), so
+colleagues and notebook servers can read the results.
 """
 
 from __future__ import annotations
@@ -26,10 +28,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; outputs are for sharing
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: str | os.PathLike, writer: Callable[[Path], Any]) -> None:

@@ -14,8 +14,10 @@ class ConfigError(ValueError):
     """A config value that is well-typed but inconsistent; the message names the key."""
 
 
-def check_config(config: dict) -> None:
-    """Checks across keys, run after schema validation and before any job is planned."""
+def check_config(config: dict, schema: dict) -> None:
+    """Checks that the JSON schema (already validated against) cannot express, run before
+    any job is planned: whole numbers, and consistency across keys."""
+    check_whole_numbers(config, schema)
     grid = config["grid"]
     for key in ("batch_sizes", "switch_epochs", "seeds"):
         if not grid.get(key):
@@ -23,9 +25,6 @@ def check_config(config: dict) -> None:
         repeated = sorted({v for v in grid[key] if grid[key].count(v) > 1})
         if repeated:
             raise ConfigError(f"grid.{key}: {repeated} listed more than once")
-    for b in grid["batch_sizes"]:
-        if not isinstance(b, int) or b <= 0:
-            raise ConfigError(f"grid.batch_sizes: batch size must be a positive integer, got {b!r}")
     stride = config["trunk_stride"]
     bad = [s for s in grid["switch_epochs"] if s % stride]
     if bad:
@@ -39,6 +38,51 @@ def check_config(config: dict) -> None:
         raise ConfigError(
             f"grid.batch_sizes: {too_big} larger than dataset.train_subset={train_subset}"
         )
+    kept = set(checkpoint_epochs(config))
+    for key, section in (("llc.epochs", "llc"), ("divergence.barrier_epochs", "divergence")):
+        listed = config.get(section, {}).get(key.split(".")[1])
+        missing = sorted(set(listed or ()) - kept)
+        if missing:
+            raise ConfigError(
+                f"{key}: {missing} are not checkpoint epochs, so nothing could be computed "
+                f"there; checkpoints are kept at {sorted(kept)} (see checkpoints.every and "
+                "checkpoints.epochs)"
+            )
+
+
+def in_schema_order(value: object, schema: dict) -> object:
+    """``value`` with every mapping's keys in the order the schema lists them.
+
+    Snakemake compares a rule's params as text, so the same settings must always print the
+    same: a default stated in a config file (which lands where the file puts it) must not
+    look like a change from the default the schema filled in (which lands last).
+    """
+    if isinstance(value, dict) and "properties" in schema:
+        props = schema["properties"]
+        known = [k for k in props if k in value]
+        return {k: in_schema_order(value[k], props.get(k, {}))
+                for k in known + [k for k in value if k not in props]}
+    return value
+
+
+def check_whole_numbers(value: object, schema: dict, key: str = "") -> None:
+    """Refuse a float where ``schema`` asks for an integer.
+
+    JSON Schema counts ``4.0`` as an integer, but epochs, seeds and sizes end up in file
+    names and ``range``: ``switch4.0.pt`` would never be found.
+    """
+    types = schema.get("type", ())
+    types = [types] if isinstance(types, str) else types
+    if "integer" in types and "number" not in types and isinstance(value, float):
+        raise ConfigError(f"{key}: must be a whole number written without a decimal point, "
+                          f"got {value!r}")
+    if isinstance(value, dict):
+        for name, sub in schema.get("properties", {}).items():
+            if name in value:
+                check_whole_numbers(value[name], sub, f"{key}.{name}" if key else name)
+    elif isinstance(value, list) and "items" in schema:
+        for item in value:
+            check_whole_numbers(item, schema["items"], key)
 
 
 def seed_group(config: dict, seed: int) -> list[int]:
@@ -148,5 +192,19 @@ def training_params(config: dict) -> dict:
         "optimizer": dict(config["optimizer"]),
         "augmentation": config["augmentation"],
     }
+
+
+def trunk_training_params(config: dict) -> dict:
+    """``training_params`` without ``optimizer.lr_after_switch``: what shapes the blurred
+    trunks, and all that a reader of checkpoints needs (the model and the hash).
+
+    The learning rate after the switch acts only on branches, so the rules that train trunks
+    or read checkpoints get this slice, and changing it reruns only the branches (and what
+    reads them) while the trunks stay valid.
+    """
+    params = training_params(config)
+    params["optimizer"] = {k: v for k, v in params["optimizer"].items()
+                           if k != "lr_after_switch"}
+    return params
 
 

@@ -56,13 +56,15 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, params: dict) -> TrainConfig:
-        """Build from the ``training`` params slice that the Snakefile passes to rules."""
+        """Build from the ``training`` params slice that the Snakefile passes to rules
+        (trunk rules get it without ``lr_after_switch``, which cannot act on a trunk)."""
         opt = params["optimizer"]
         return cls(
             model=params["model"]["name"], width=params["model"]["width"],
             blur_size=params["dataset"]["blur_size"], lr=opt["lr"], momentum=opt["momentum"],
             weight_decay=opt["weight_decay"], lr_decay=opt["lr_decay"],
-            lr_after_switch=opt["lr_after_switch"], augmentation=params["augmentation"],
+            lr_after_switch=opt.get("lr_after_switch", "continue"),
+            augmentation=params["augmentation"],
         )
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 
 from critperiods.checkpoints import CheckpointError, config_hash, load_piece, save_piece
+from critperiods.files import write_atomic
 from critperiods.plan import training_params
 
 
@@ -25,7 +29,7 @@ def test_truncated_file_is_refused(tmp_path):
     write_piece(path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"p\.pt: cannot be read .*truncated or corrupt"):
+    with pytest.raises(CheckpointError, match=r"p\.pt: cannot be read .*truncated, corrupt"):
         load_piece(path, "aaaaaaaaaaaa")
 
 
@@ -33,6 +37,15 @@ def test_foreign_file_is_refused(tmp_path):
     path = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.ones(2)}}, path)
     with pytest.raises(CheckpointError, match=r"foreign\.pt: not a critperiods file"):
+        load_piece(path, "aaaaaaaaaaaa")
+
+
+def test_file_with_the_format_but_missing_fields_is_refused(tmp_path):
+    path = tmp_path / "hollow.pt"
+    torch.save({"format": "critperiods-trajectory/1", "checkpoints": []}, path)
+    with pytest.raises(CheckpointError,
+                       match=r"hollow\.pt: a 'critperiods-trajectory/1' file without "
+                             r"config_hash, identity, state"):
         load_piece(path, "aaaaaaaaaaaa")
 
 
@@ -59,6 +72,20 @@ def test_hash_ignores_lr_after_switch_but_not_lr():
     assert config_hash(training_params(config)) == base
     config["optimizer"]["lr"] = 0.1
     assert config_hash(training_params(config)) != base
+
+
+def test_atomic_write_gives_the_usual_permissions(tmp_path):
+    """Outputs are readable by others as an ordinary open() would make them (mkstemp's
+    temporary file is 0600)."""
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "shared.txt", lambda p: p.write_text("x"))
+        os.umask(0o077)
+        write_atomic(tmp_path / "private.txt", lambda p: p.write_text("x"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "shared.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ def load_default() -> dict:
 def checked(config: dict) -> dict:
     config = copy.deepcopy(config)
     validate(config, SCHEMA)
-    check_config(config)
+    check_config(config, yaml.safe_load(Path(SCHEMA).read_text()))
     return config
 
 
@@ -81,6 +81,52 @@ def test_batch_size_larger_than_dataset():
     config["dataset"]["train_subset"] = 100
     with pytest.raises(ConfigError, match=r"grid.batch_sizes: \[128\]"):
         checked(config)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda c: c.update(trunk_stride=4.0), "trunk_stride: must be a whole number"),
+        (lambda c: c["grid"].update(switch_epochs=[0, 4.0]), "grid.switch_epochs: must be"),
+        (lambda c: c["grid"].update(batch_sizes=[32.0]), "grid.batch_sizes: must be"),
+        (lambda c: c.setdefault("llc", {}).update(chains=4.0), "llc.chains: must be"),
+        (lambda c: c.setdefault("checkpoints", {}).update(every=4.0), "checkpoints.every: must"),
+    ],
+)
+def test_whole_numbers_are_refused_as_floats(mutate, expected):
+    """JSON Schema's "integer" accepts 4.0, which would end up in file names as "4.0"."""
+    config = load_default()
+    mutate(config)
+    with pytest.raises(ConfigError, match=expected):
+        checked(config)
+
+
+def test_llc_epochs_must_be_checkpoint_epochs():
+    config = load_default()
+    config.setdefault("llc", {})["epochs"] = [4, 999]
+    with pytest.raises(ConfigError, match=r"llc.epochs: \[999\] are not checkpoint epochs"):
+        checked(config)
+    config["llc"]["epochs"] = [4]
+    checked(config)
+    config.setdefault("divergence", {})["barrier_epochs"] = [3]
+    with pytest.raises(ConfigError, match=r"divergence.barrier_epochs: \[3\]"):
+        checked(config)
+
+
+def test_schema_order_makes_a_stated_default_print_the_same():
+    """Rule params are compared as text: a default written in a config file must print like
+    the default the schema fills in."""
+    from critperiods.plan import in_schema_order
+
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    filled = checked(load_default())
+    stated = load_default()
+    stated["llc"] = {"seed": 0, **stated["llc"]}  # the default, first instead of last
+    stated = checked(stated)
+    assert list(stated["llc"]) != list(filled["llc"])
+    a, b = in_schema_order(filled, schema), in_schema_order(stated, schema)
+    assert yaml.safe_dump(a, sort_keys=False) == yaml.safe_dump(b, sort_keys=False)
+    assert list(a["llc"])[:2] == ["enabled", "every"]  # the schema's order, not sorted
 
 
 def test_snakemake_refuses_bad_config_before_planning(tmp_path):

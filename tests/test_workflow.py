@@ -69,6 +69,8 @@ def test_cube_has_design_dims_and_no_nan_where_runs_exist(run):
         assert var.where(~ran).isnull().all(), f"{name}: cells not run must be NaN"
     assert cube.final_test_accuracy.dims == ("batch_size", "switch_epoch", "seed")
     assert np.all(cube.final_test_accuracy > 0.1)  # better than chance on real data
+    assert cube.final_test_accuracy.attrs["long_name"].endswith("at the run's last epoch")
+    assert cube.phase_sharp.dims == ("switch_epoch", "epoch")
     assert bool(cube.phase_sharp.sel(switch_epoch=2, epoch=3))
     assert not bool(cube.phase_sharp.sel(switch_epoch=2, epoch=2))
     assert "critical_period_end" in cube
@@ -77,6 +79,10 @@ def test_cube_has_design_dims_and_no_nan_where_runs_exist(run):
     for key in ("Conventions", "history", "git_commit", "torch_version", "snakemake_version",
                 "critperiods_version", "training_config_hash"):
         assert key in cube.attrs
+    if (ROOT / ".git").exists():  # snakemake ran with -d elsewhere: still this checkout's
+        assert re.fullmatch(r"[0-9a-f]{40}", cube.attrs["git_commit"])
+    for name in [*cube.data_vars, *cube.coords]:
+        assert {"long_name", "units"} <= set(cube[name].attrs), f"{name} lacks long_name/units"
 
 
 def test_llc_and_divergence_variables(run):
@@ -103,7 +109,8 @@ def test_llc_and_divergence_variables(run):
     assert float(seeds.sel(seed=0, seed_b=1)) == float(seeds.sel(seed=1, seed_b=0))
     aligned = cube.div_l2_aligned_seeds.sel(batch_size=64, switch_epoch=0, epoch=2)
     assert float(aligned.sel(seed=0, seed_b=1)) <= float(seeds.sel(seed=0, seed_b=1)) + 1e-9
-    assert "div_l2_growth_form" in cube
+    assert cube.div_l2_growth_form.dtype == np.int8  # CF flags: codes of the flags' type
+    assert cube.div_l2_growth_form.attrs["flag_values"].dtype == np.int8
 
 
 def test_llc_change_plans_only_llc_and_aggregation(run, tmp_path):
@@ -141,6 +148,24 @@ def test_evaluation_change_plans_no_training(run, tmp_path):
     jobs = planned(out)
     assert "evaluate" in jobs and "aggregate" in jobs
     assert not {"train_trunk", "train_branch", "prepare_data"} & set(jobs)
+
+
+def test_stated_defaults_and_time_limits_plan_nothing(run, tmp_path):
+    """A default written out (in another position than the schema's) and cluster time
+    limits change no result, so nothing reruns."""
+    out = snakemake(run, "-n", configs=[override(
+        tmp_path, "same", "llc:\n  seed: 0\nruntime:\n  minutes_base: 20\n")])
+    assert "Nothing to be done" in out
+
+
+def test_lr_after_switch_change_keeps_the_trunks(run, tmp_path):
+    """The learning rate after the switch acts only on branches: trunks stay valid."""
+    out = snakemake(run, "-n", configs=[
+        override(tmp_path, "r", "optimizer:\n  lr_after_switch: restart\n")])
+    jobs = planned(out)
+    assert "train_branch" in jobs and "aggregate" in jobs
+    assert not {"train_trunk", "prepare_data"} & set(jobs)
+    assert not any("/trunk." in o for o in jobs.get("evaluate", []) + jobs.get("llc", []))
 
 
 def test_plot_change_plans_only_plots(run, tmp_path):

@@ -6,7 +6,12 @@ import yaml
 
 from critperiods import plan
 
-plan.check_config(config)
+with open(os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")) as f:
+    SCHEMA = yaml.safe_load(f)
+plan.check_config(config, SCHEMA)
+_ordered = plan.in_schema_order(dict(config), SCHEMA)  # params print the same
+config.clear()
+config.update(_ordered)
 
 RESULTS = f"{config['results_dir']}/{config['experiment']}"
 DATA = f"{RESULTS}/data/prepared.pt"
@@ -22,7 +27,8 @@ PLOTS = f"{RESULTS}/plots"
 LOGS = f"{RESULTS}/logs"
 
 GRID = config["grid"]
-TRAINING = plan.training_params(config)
+TRAINING = plan.training_params(config)  # branches and the cube's record
+TRUNK_TRAINING = plan.trunk_training_params(config)  # trunks and checkpoint readers
 THREADS = config["train"]["threads"]
 SPEED = {k: config["train"][k] for k in ("fast_path", "compile", "deterministic")}
 
@@ -127,8 +133,10 @@ def get_cube_inputs():
 
 
 def config_yaml():
-    """The config recorded in the cube: everything but plot options (plots rerun alone)."""
-    return yaml.safe_dump({k: v for k, v in config.items() if k != "plots"}, sort_keys=False)
+    """The config recorded in the cube: everything but plot options (plots rerun alone)
+    and cluster time limits (which never change a result)."""
+    return yaml.safe_dump({k: v for k, v in config.items() if k not in ("plots", "runtime")},
+                          sort_keys=False)
 
 
 def runtime_minutes(units, per_unit):

@@ -5,7 +5,7 @@ rule divergence:
     output:
         DIVERGENCE,
     params:
-        training=TRAINING,
+        training=TRUNK_TRAINING,
         divergence=config["divergence"],
         switch_epochs=GRID["switch_epochs"],
         seeds=GRID["seeds"],

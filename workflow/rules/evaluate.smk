@@ -5,7 +5,7 @@ rule evaluate:
     output:
         f"{PIECE}.metrics.nc",
     params:
-        training=TRAINING,
+        training=TRUNK_TRAINING,
         evaluate=config["evaluate"],
         device=config["device"],
     threads: THREADS

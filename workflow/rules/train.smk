@@ -9,7 +9,7 @@ rule train_trunk:
     output:
         TRUNK,
     params:
-        training=TRAINING,
+        training=TRUNK_TRAINING,
         checkpoint_epochs=lambda w: plan.trunk_segment_checkpoints(config, int(w.epoch)),
         group=lambda w: plan.seed_group(config, int(w.seed)),
         group_outputs=group_paths(TRUNK),
