@@ -33,6 +33,7 @@ mean loss is then ``K(w)`` and ``n`` only enters through the default ``nbeta``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import warnings
@@ -48,7 +49,7 @@ from tqdm.auto import tqdm
 
 from critperiods.grouped import copies_forward, per_copy_losses, stack_like
 from critperiods.models import channels_last_images
-from critperiods.workers import can_fork, run_forked
+from critperiods.workers import can_fork, one_thread, run_forked
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -88,13 +89,27 @@ class LLCConfig:
     rmsprop_eps: float = 0.1
 
     def __post_init__(self) -> None:
-        """Reject settings that cannot produce an estimate."""
+        """Reject settings that cannot produce an estimate, naming the field."""
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        if self.chains < 1 or self.draws < 1 or self.burn_in < 0 or self.loss_every < 1:
-            raise ValueError("need chains >= 1, draws >= 1, burn_in >= 0, loss_every >= 1")
-        if self.step_size <= 0 or self.gamma < 0:
-            raise ValueError("need step_size > 0 and gamma >= 0")
+        counts = {"chains": 1, "draws": 1, "burn_in": 0, "loss_every": 1, "seed": 0}
+        if self.batch_size is not None:
+            counts["batch_size"] = 1
+        for name, least in counts.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"LLCConfig.{name} must be an integer >= {least}, got {value!r}")
+        positive = {"step_size": self.step_size, "divergence_factor": self.divergence_factor,
+                    "rmsprop_eps": self.rmsprop_eps}
+        if self.nbeta is not None:
+            positive["nbeta"] = self.nbeta
+        for name, value in positive.items():
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"LLCConfig.{name} must be finite and > 0, got {value!r}")
+        if not math.isfinite(self.gamma) or self.gamma < 0:
+            raise ValueError(f"LLCConfig.gamma must be finite and >= 0, got {self.gamma!r}")
+        if not 0 <= self.rmsprop_alpha < 1:
+            raise ValueError(f"LLCConfig.rmsprop_alpha must be in [0, 1), got {self.rmsprop_alpha!r}")
 
 
 @dataclass
@@ -175,16 +190,18 @@ def _full_loss(
 
     The std of the means of full ``batch_size`` chunks estimates the minibatch noise of
     ``L_B`` at ``w*`` (0 when fewer than two full chunks exist).  The model runs on up to
-    ``INIT_LOSS_CHUNK`` samples at a time (one forward per chunk is much cheaper than one per
-    minibatch), with image chunks laid out channels-last (~3x faster for the default CNN than
-    NCHW); the loss is then taken per ``batch_size`` slice of the outputs.
+    ``INIT_LOSS_CHUNK`` samples at a time, also in full-batch mode (one forward per chunk is
+    much cheaper than one per minibatch), with image chunks laid out channels-last (~3x faster
+    for the default CNN than NCHW); the loss is then taken per ``batch_size`` slice of the
+    outputs.
     """
     x, y = data
     n = x.shape[0]
-    chunk = batch_size * max(1, INIT_LOSS_CHUNK // batch_size)
+    chunk = batch_size * max(1, INIT_LOSS_CHUNK // batch_size)  # whole minibatches
     total, means = 0.0, []
     for start in range(0, n, chunk):
-        out = model(channels_last_images(x[start : start + chunk]))
+        out = torch.cat([model(channels_last_images(x[s : s + INIT_LOSS_CHUNK]))
+                         for s in range(start, min(start + chunk, n), INIT_LOSS_CHUNK)])
         target = y[start : start + chunk]
         for s in range(0, out.shape[0], batch_size):
             value = float(loss_fn(out[s : s + batch_size], target[s : s + batch_size]))
@@ -349,7 +366,8 @@ class _Sampler:
         leaves = list(st.params.values())
         with torch.enable_grad():
             loss = self.chain_losses(st.params, xb, yb)
-            grads = torch.autograd.grad(loss.sum(), leaves)
+            # a parameter the loss does not use (e.g. an unused head) has gradient zero
+            grads = torch.autograd.grad(loss.sum(), leaves, materialize_grads=True)
         torch._foreach_copy_(st.grad_views, grads)  # one call for every parameter
         return loss.detach()
 
@@ -414,11 +432,14 @@ def _worker_count(workers: int | None, chains: int, device: torch.device) -> int
 
 def _sample(block: _ChainBlock, workers: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """Sample every chain, in this process or split into ``workers`` contiguous blocks (the
-    progress bar counts chain-steps)."""
+    progress bar counts chain-steps).  On a CPU every block runs at one thread, here as in a
+    worker, so the split never changes a bit."""
     cfg = block.config
     total = cfg.chains * (cfg.burn_in + cfg.draws) * cfg.loss_every
     if workers == 1:
-        with tqdm(total=total, disable=not progress, desc="SGLD", leave=False) as bar:
+        on_cpu = block.data[0].device.type == "cpu"
+        with (one_thread() if on_cpu else contextlib.nullcontext(),
+              tqdm(total=total, disable=not progress, desc="SGLD", leave=False) as bar):
             return block(bar.update)
     parts = [replace(block, chains=range(int(p[0]), int(p[-1]) + 1))
              for p in np.array_split(np.arange(cfg.chains), workers)]
@@ -473,11 +494,13 @@ def estimate_llc(
         progress: show a tqdm progress bar.
         workers: on a CPU, sample the chains in this many processes of one thread each
             (``critperiods.workers``; Linux only); default: ``torch.get_num_threads()``,
-            capped so that every process has at least two chains.  Each chain has its own
-            random stream (``chain_seed``) and the grouped network computes each chain on
-            its own, so the estimate does not depend on ``workers`` (bit for bit on the
-            development CPU, to float round-off in general), only its speed does.
-            Ignored on other devices.
+            capped so that every process has at least two chains; with one process the
+            chains run here, also at one thread.  Each chain has its own random stream
+            (``chain_seed``) and the grouped network computes each chain on its own, so the
+            estimate does not depend on ``workers`` nor on the thread count (bit for bit on
+            the development CPU; to float round-off where a CPU's kernels sum a group of two
+            chains differently from a group of six), only its speed does.  Ignored on other
+            devices.
 
     Returns:
         ``LLCResult``; a diverged chain (non-finite loss, or excess loss above
@@ -485,7 +508,7 @@ def estimate_llc(
         left out of ``llc_mean``/``llc_std``.  If all chains diverge both are NaN and an
         ``LLCDivergenceWarning`` is issued.  Never returns inf.
     """
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # a sub-module may be frozen in eval
     model.eval()
     try:
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -502,7 +525,8 @@ def estimate_llc(
                             range(config.chains))
         trace, healthy = _sample(block, _worker_count(workers, config.chains, device), progress)
     finally:
-        model.train(was_training)
+        for module, training in modes.items():
+            module.training = training
     return _finish(trace, healthy, init_loss, nbeta, config, label)
 
 

@@ -16,13 +16,14 @@ Progress is a shared counter per worker that the parent turns into one tqdm bar.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing as mp
 import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -43,6 +44,22 @@ def can_fork() -> bool:
     another worker (which may not have children)."""
     return (os.name == "posix" and os.uname().sysname == "Linux"
             and "fork" in mp.get_all_start_methods() and not mp.current_process().daemon)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the body at one intra-op thread, as every worker does, and restore the count.
+
+    Jobs that run in this process instead of a worker then compute exactly as a worker would:
+    some kernels (e.g. oneDNN's bias gradient of a grouped convolution) sum in another order
+    at two threads than at one.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_forked(jobs: Sequence[Job], total: int, desc: str, progress: bool = True
@@ -69,12 +86,16 @@ def run_forked(jobs: Sequence[Job], total: int, desc: str, progress: bool = True
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()
-            proc.join()
+            proc.join(timeout=10)
+            if proc.is_alive():  # stuck, e.g. writing a result nobody reads any more
+                proc.kill()
+                proc.join()
 
 
 def _work(job: Job, index: int, done: Any, send: Connection, parent: int) -> None:
     """Body of a worker: one thread, run the job, send ``("ok", result)`` or the error."""
-    _die_with(parent)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a handler inherited from the parent
+    _die_with(parent)                               # (e.g. training's) must not keep it alive
     torch.set_num_threads(1)
 
     def report(steps: int) -> None:

@@ -287,6 +287,26 @@ def test_worker_processes_do_not_change_the_estimate(model_name: str) -> None:
         np.testing.assert_allclose(split.llc_per_chain, one.llc_per_chain, rtol=1e-5)
 
 
+def test_thread_count_does_not_change_the_estimate() -> None:
+    """In one process the chains run at one thread whatever torch's setting: at two threads
+    oneDNN's bias gradient of a grouped convolution of 3 or 5 copies sums in another order."""
+    model = build_model("small_cnn", 4, 1, 16, 10, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    data = (torch.randn(300, 1, 16, 16, generator=gen), torch.randint(10, (300,), generator=gen))
+    cfg = LLCConfig(chains=5, draws=20, burn_in=5, step_size=1e-4, gamma=10.0, batch_size=32)
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            runs.append(estimate_llc(model, nn.functional.cross_entropy, data, cfg,
+                                     progress=False, workers=1))
+            assert torch.get_num_threads() == n  # restored
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(runs[0].loss_trace, runs[1].loss_trace)
+
+
 def test_more_chains_keep_the_first_chains() -> None:
     """A chain's trajectory depends only on (seed, chain): raising ``chains`` adds chains and
     leaves the existing ones as they were."""
@@ -329,6 +349,58 @@ def test_checkpoint_and_batchnorm_stats_untouched() -> None:
     assert model.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_every_submodule_keeps_its_mode_and_unused_parameters_are_allowed() -> None:
+    """A frozen (eval-mode) sub-module of a training model stays frozen afterwards; a
+    parameter the loss never uses (an unused head) just has gradient zero."""
+
+    class WithSpareHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(),
+                                      nn.Linear(8, 3))
+            self.spare = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(100, 5, generator=gen), torch.randint(3, (100,), generator=gen)
+    model = WithSpareHead().train()
+    model.body[1].eval()
+    modes = [m.training for m in model.modules()]
+    cfg = LLCConfig(chains=2, draws=10, burn_in=2, step_size=1e-5, batch_size=16)
+    res = estimate_llc(model, nn.functional.cross_entropy, (x, y), cfg, progress=False)
+    assert np.isfinite(res.llc_mean)
+    assert [m.training for m in model.modules()] == modes
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("batch_size", 0), ("batch_size", -4), ("batch_size", 32.5), ("nbeta", 0.0),
+     ("nbeta", -5.0), ("divergence_factor", 0.0), ("rmsprop_alpha", 1.5),
+     ("rmsprop_eps", 0.0), ("step_size", float("nan")), ("gamma", float("inf")),
+     ("chains", 0), ("draws", 2.0)],
+)
+def test_bad_settings_are_refused_naming_the_field(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=rf"LLCConfig\.{field} must be"):
+        LLCConfig(**{field: value})
+
+
+def test_full_batch_init_loss_runs_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """L_n(w*) never runs more than INIT_LOSS_CHUNK samples per forward, also when the
+    sampler uses the full batch (and gives the same value as one big forward)."""
+    import critperiods.llc as llc_module
+
+    model, (x, y) = _small_dln()
+    whole, _ = llc_module._full_loss(model, dln_loss, (x, y), x.shape[0])
+    sizes: list[int] = []
+    model.register_forward_hook(lambda m, inp, out: sizes.append(inp[0].shape[0]))
+    monkeypatch.setattr(llc_module, "INIT_LOSS_CHUNK", 64)
+    chunked, std = llc_module._full_loss(model, dln_loss, (x, y), x.shape[0])
+    assert max(sizes) == 64 and sum(sizes) == x.shape[0]
+    assert chunked == pytest.approx(whole, rel=1e-6) and std == 0.0
 
 
 def test_diverged_chains_flagged_and_excluded() -> None:

@@ -35,6 +35,29 @@ def test_a_failing_job_raises_with_its_traceback() -> None:
         run_forked([_square(1), bad], total=1, desc="test", progress=False)
 
 
+def test_a_failure_stops_the_others_despite_an_inherited_sigterm_handler() -> None:
+    """Workers inherit the parent's signal handlers (training installs one for SIGTERM); a
+    worker must still stop when the parent gives up on it."""
+    import signal
+    import time
+
+    def fails(report):
+        time.sleep(0.2)
+        raise RuntimeError("first worker failed")
+
+    def sleeps(report):
+        time.sleep(30)
+
+    old = signal.signal(signal.SIGTERM, lambda *args: None)
+    try:
+        start = time.monotonic()
+        with pytest.raises(WorkerError, match="first worker failed"):
+            run_forked([fails, sleeps], total=1, desc="test", progress=False)
+        assert time.monotonic() - start < 10
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def test_a_dying_worker_is_an_error_with_its_exit_code() -> None:
     def dies(report):
         os._exit(3)
