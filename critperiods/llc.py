@@ -109,7 +109,8 @@ class LLCConfig:
         if not math.isfinite(self.gamma) or self.gamma < 0:
             raise ValueError(f"LLCConfig.gamma must be finite and >= 0, got {self.gamma!r}")
         if not 0 <= self.rmsprop_alpha < 1:
-            raise ValueError(f"LLCConfig.rmsprop_alpha must be in [0, 1), got {self.rmsprop_alpha!r}")
+            raise ValueError(
+                f"LLCConfig.rmsprop_alpha must be in [0, 1), got {self.rmsprop_alpha!r}")
 
 
 @dataclass
