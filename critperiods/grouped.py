@@ -81,6 +81,7 @@ class GroupedModel:
         self._graphs: dict[tuple[bool, ...], fx.Graph] = {}
         self._verdicts: dict[tuple, bool] = {}
         self._dropouts = [m for m in self.modules.values() if isinstance(m, nn.Dropout)]
+        self._buffer_names = {name for name, _ in model.named_buffers()}
         self.graph  # noqa: B018 - trace now: an unsupported model fails at construction
 
     @property
@@ -127,9 +128,10 @@ class GroupedModel:
         so a refusal has no side effects.
 
         Refused: a mode whose graph has an unknown node, forward hooks (``functional_call``
-        would run them), dropout in training mode, a layout no rule accepts (e.g. a linear
-        layer on an image), and anything that fails a dry run on meta tensors (a missing
-        parameter such as a frozen bias, broadcasting across channels, a tuple output).
+        would run them), dropout in training mode, buffers missing from ``buffers``, a
+        layout no rule accepts (e.g. a linear layer on an image), and anything that fails a
+        dry run on meta tensors (a missing parameter such as a frozen bias, broadcasting
+        across channels or between activations of different ranks, a tuple output).
         Verdicts are cached per mode, input shape and parameter names."""
         return self._graph_for(params, buffers, x) is not None
 
@@ -137,7 +139,9 @@ class GroupedModel:
         """The graph to run for this call, or None if it is not supported (``supports``)."""
         if _has_hooks(self.modules.values()) or any(
             m.training and m.p > 0 for m in self._dropouts
-        ):
+        ) or not self._buffer_names <= set(buffers):
+            # a buffer left out would make functional_call use the module's own, and the
+            # grouped BatchNorm fall back to batch statistics: leave such calls to vmap
             return None
         try:
             graph = self.graph
@@ -229,6 +233,10 @@ class GroupedModel:
             if node.target is torch.flatten:
                 return _flatten(args[0], copies)
             acts = [a for a in args if isinstance(a, _Act)]
+            if len({a.t.dim() for a in acts}) > 1:
+                # per copy (B,T,F) + (B,F) broadcasts B against T; grouped it would broadcast
+                # the copies against the batch, mixing copies: refused (the dry run fails)
+                raise NotGroupable(f"{node.name}: activations of different ranks")
             plain = [a.t if isinstance(a, _Act) else a for a in args]
             return _Act(node.target(*plain, **kwargs), acts[0].image)  # type: ignore[operator]
         module = self.modules[node.target]  # type: ignore[index]

@@ -543,7 +543,15 @@ def _finish(
     diverged = ~healthy
     per_chain, mean, std = _summarise(trace, diverged, init_loss, nbeta, config.burn_in)
     diverged = diverged | np.isnan(per_chain)
-    if diverged.all():
+    if not math.isfinite(init_loss):
+        warnings.warn(
+            f"LLC estimate for checkpoint {label!r}: the loss at the checkpoint itself, "
+            f"L_n(w*), is {init_loss}; the checkpoint is broken (e.g. training diverged), "
+            "so λ̂ is NaN.",
+            LLCDivergenceWarning,
+            stacklevel=3,
+        )
+    elif diverged.all():
         warnings.warn(
             f"LLC estimate for checkpoint {label!r}: all {config.chains} SGLD chains diverged "
             f"(step_size={config.step_size:g}); try a smaller step size.",

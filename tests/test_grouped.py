@@ -257,6 +257,38 @@ def test_more_inputs_broadcast_channels_and_tuple_outputs_fall_back() -> None:
             _same_as_vmap(model, x)
 
 
+class _RankMix(nn.Module):
+    """Per copy ``(B,T,F) + (B,F)`` broadcasts B against T (needs B == T); grouped, the
+    copy dimension would meet the batch instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 3), nn.Linear(9, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) + self.b(torch.flatten(x, 1))
+
+
+def test_activations_of_different_ranks_and_missing_buffers_fall_back() -> None:
+    """Two cases where a grouped run would mix copies or use other statistics than
+    functional_call are refused, and copies_forward gives vmap's values."""
+    mix = _RankMix()
+    x = torch.randn(3, 3, 3, 3)  # copies = batch = T = 3
+    params, buffers = stack_module_state([mix, copy.deepcopy(mix), copy.deepcopy(mix)])
+    assert not GroupedModel(mix).supports(params, buffers, x)
+    torch.testing.assert_close(copies_forward(mix)(params, buffers, x),
+                               _reference(mix, params, buffers, x))
+
+    bn = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2)).eval()
+    with torch.no_grad():
+        bn[1].running_mean.fill_(3.0)
+    params, _ = stack_module_state([bn, copy.deepcopy(bn)])
+    x = torch.randn(2, 4, 1, 6, 6)
+    assert not GroupedModel(bn).supports(params, {}, x)
+    torch.testing.assert_close(copies_forward(bn)(params, {}, x),
+                               _reference(bn, params, {}, x))
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_grouped_input_is_channels_last(channels: int) -> None:
     """The copies' images become one channels-last tensor, copy-major in the channels: the

@@ -448,6 +448,18 @@ def test_all_diverged_gives_nan_and_named_warning() -> None:
     assert not np.isinf(res.loss_trace).any()
 
 
+def test_a_broken_checkpoint_is_named_as_such() -> None:
+    """A checkpoint whose own loss is not finite (training diverged) gives NaN, with a
+    warning that says so instead of suggesting a smaller step size."""
+    model, data = _small_dln()
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    cfg = LLCConfig(chains=2, draws=5, burn_in=0, step_size=1e-4, gamma=10.0, batch_size=16)
+    with pytest.warns(LLCDivergenceWarning, match=r"ckpt-3.*L_n\(w\*\), is nan"):
+        res = estimate_llc(model, dln_loss, data, cfg, label="ckpt-3", progress=False)
+    assert math.isnan(res.llc_mean) and res.diverged.all()
+
+
 def test_calibrate_and_plot(tmp_path) -> None:  # noqa: ANN001
     """The calibration sweep returns running-LLC traces per setting and plots them."""
     model, data = _small_dln()
