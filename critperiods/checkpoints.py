@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from critperiods.files import torch_save_atomic
+from critperiods.plan import trunk_slice
 
 FORMAT = "critperiods-trajectory/1"
 RESUME_FORMAT = "critperiods-resume/1"
@@ -33,12 +34,10 @@ class CheckpointError(ValueError):
 def config_hash(training_params: dict) -> str:
     """Hash of everything that shapes the blurred trunk (12 hex digits).
 
-    ``lr_after_switch`` only affects branches, so it is left out: switching it
-    keeps the trunks valid (the branch jobs rerun because their params change).
+    ``lr_after_switch`` only affects branches, so it is left out (``plan.trunk_slice``):
+    switching it keeps the trunks valid (the branch jobs rerun because their params change).
     """
-    params = json.loads(json.dumps(training_params, sort_keys=True))
-    params.get("optimizer", {}).pop("lr_after_switch", None)
-    blob = json.dumps(params, sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(trunk_slice(training_params), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -33,7 +33,6 @@ mean loss is then ``K(w)`` and ``n`` only enters through the default ``nbeta``
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import warnings
@@ -433,14 +432,13 @@ def _worker_count(workers: int | None, chains: int, device: torch.device) -> int
 
 def _sample(block: _ChainBlock, workers: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """Sample every chain, in this process or split into ``workers`` contiguous blocks (the
-    progress bar counts chain-steps).  On a CPU every block runs at one thread, here as in a
+    progress bar counts chain-steps).  Every block runs at one CPU thread, here as in a
     worker, so the split never changes a bit."""
     cfg = block.config
     total = cfg.chains * (cfg.burn_in + cfg.draws) * cfg.loss_every
     if workers == 1:
-        on_cpu = block.data[0].device.type == "cpu"
-        with (one_thread() if on_cpu else contextlib.nullcontext(),
-              tqdm(total=total, disable=not progress, desc="SGLD", leave=False) as bar):
+        with one_thread(), tqdm(total=total, disable=not progress, desc="SGLD",
+                                leave=False) as bar:
             return block(bar.update)
     parts = [replace(block, chains=range(int(p[0]), int(p[-1]) + 1))
              for p in np.array_split(np.arange(cfg.chains), workers)]

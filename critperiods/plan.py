@@ -39,12 +39,12 @@ def check_config(config: dict, schema: dict) -> None:
             f"grid.batch_sizes: {too_big} larger than dataset.train_subset={train_subset}"
         )
     kept = set(checkpoint_epochs(config))
-    for key, section in (("llc.epochs", "llc"), ("divergence.barrier_epochs", "divergence")):
-        listed = config.get(section, {}).get(key.split(".")[1])
-        missing = sorted(set(listed or ()) - kept)
+    for section, field in (("llc", "epochs"), ("divergence", "barrier_epochs")):
+        missing = sorted(set(config.get(section, {}).get(field) or ()) - kept)
         if missing:
             raise ConfigError(
-                f"{key}: {missing} are not checkpoint epochs, so nothing could be computed "
+                f"{section}.{field}: {missing} are not checkpoint epochs, so nothing could be "
+                "computed "
                 f"there; checkpoints are kept at {sorted(kept)} (see checkpoints.every and "
                 "checkpoints.epochs)"
             )
@@ -194,17 +194,21 @@ def training_params(config: dict) -> dict:
     }
 
 
-def trunk_training_params(config: dict) -> dict:
-    """``training_params`` without ``optimizer.lr_after_switch``: what shapes the blurred
-    trunks, and all that a reader of checkpoints needs (the model and the hash).
+def trunk_slice(training: dict) -> dict:
+    """A ``training`` params slice without ``optimizer.lr_after_switch``: what shapes the
+    blurred trunks, and all that a reader of checkpoints needs (the model and the hash).
 
     The learning rate after the switch acts only on branches, so the rules that train trunks
-    or read checkpoints get this slice, and changing it reruns only the branches (and what
-    reads them) while the trunks stay valid.
+    or read checkpoints get this slice, and the config hash is taken over it: changing it
+    reruns only the branches (and what reads them) while the trunks stay valid.
     """
-    params = training_params(config)
-    params["optimizer"] = {k: v for k, v in params["optimizer"].items()
-                           if k != "lr_after_switch"}
-    return params
+    optimizer = {k: v for k, v in training.get("optimizer", {}).items()
+                 if k != "lr_after_switch"}
+    return {**training, "optimizer": optimizer} if "optimizer" in training else dict(training)
+
+
+def trunk_training_params(config: dict) -> dict:
+    """``trunk_slice`` of ``training_params``: the params of trunks and checkpoint readers."""
+    return trunk_slice(training_params(config))
 
 
