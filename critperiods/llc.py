@@ -38,6 +38,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -182,33 +183,51 @@ def _chain_losses_fn(
     return chain_losses
 
 
-@torch.no_grad()
-def _full_loss(
+def _init_loss_tasks(
     model: nn.Module, loss_fn: LossFn, data: tuple[Tensor, Tensor], batch_size: int
-) -> tuple[float, float]:
-    """Return ``L_n(w*)`` over all samples and the std of the means of ``batch_size`` chunks.
+) -> list[Callable[[], list[tuple[float, int]]]]:
+    """Split ``L_n(w*)`` into tasks of whole ``batch_size`` minibatches, ~``INIT_LOSS_CHUNK``
+    samples each (one per minibatch when these are larger); :func:`_init_loss` combines them.
 
-    The std of the means of full ``batch_size`` chunks estimates the minibatch noise of
-    ``L_B`` at ``w*`` (0 when fewer than two full chunks exist).  The model runs on up to
-    ``INIT_LOSS_CHUNK`` samples at a time, also in full-batch mode (one forward per chunk is
-    much cheaper than one per minibatch), with image chunks laid out channels-last (~3x faster
-    for the default CNN than NCHW); the loss is then taken per ``batch_size`` slice of the
-    outputs.
+    They run after the chains, in whichever worker finishes first (``run_forked``'s tail),
+    so a core that is faster than another does them while the other still samples.  The
+    loss at ``w*`` is only needed afterwards: the chains are cut at the divergence ceiling
+    retroactively (:func:`_cut_at_ceiling`).
     """
     x, y = data
-    n = x.shape[0]
-    chunk = batch_size * max(1, INIT_LOSS_CHUNK // batch_size)  # whole minibatches
-    total, means = 0.0, []
-    for start in range(0, n, chunk):
-        out = torch.cat([model(channels_last_images(x[s : s + INIT_LOSS_CHUNK]))
-                         for s in range(start, min(start + chunk, n), INIT_LOSS_CHUNK)])
-        target = y[start : start + chunk]
-        for s in range(0, out.shape[0], batch_size):
-            value = float(loss_fn(out[s : s + batch_size], target[s : s + batch_size]))
-            size = min(batch_size, out.shape[0] - s)
-            total += value * size
-            if size == batch_size:
-                means.append(value)
+    chunk = batch_size * max(1, INIT_LOSS_CHUNK // batch_size)
+    return [partial(_minibatch_losses, model, loss_fn, x[s : s + chunk], y[s : s + chunk],
+                    batch_size) for s in range(0, x.shape[0], chunk)]
+
+
+@torch.no_grad()
+def _minibatch_losses(
+    model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, batch_size: int
+) -> list[tuple[float, int]]:
+    """Mean loss and size of every ``batch_size`` slice of ``(x, y)`` at the model's weights.
+
+    The model runs on up to ``INIT_LOSS_CHUNK`` samples at a time, also in full-batch mode
+    (one forward per chunk is much cheaper than one per minibatch), with image chunks laid
+    out channels-last (~3x faster for the default CNN than NCHW).
+    """
+    out = torch.cat([model(channels_last_images(x[s : s + INIT_LOSS_CHUNK]))
+                     for s in range(0, x.shape[0], INIT_LOSS_CHUNK)])
+    return [(float(loss_fn(out[s : s + batch_size], y[s : s + batch_size])),
+             min(batch_size, x.shape[0] - s)) for s in range(0, x.shape[0], batch_size)]
+
+
+def _init_loss(tasks: list[list[tuple[float, int]]], batch_size: int) -> tuple[float, float]:
+    """``L_n(w*)`` over all samples and the std of the means of full ``batch_size`` minibatches.
+
+    That std estimates the minibatch noise of ``L_B`` at ``w*`` (0 when fewer than two full
+    minibatches exist).  The sum runs in sample order, whoever computed which task.
+    """
+    total, n, means = 0.0, 0, []
+    for value, size in (pair for task in tasks for pair in task):
+        total += value * size
+        n += size
+        if size == batch_size:
+            means.append(value)
     std = float(np.std(means, ddof=1)) if len(means) >= 2 else 0.0
     return total / n, std
 
@@ -308,18 +327,19 @@ class _Sampler:
         xb = self.x.index_select(0, idx).view(shape + self.x.shape[1:])
         return xb, self.y.index_select(0, idx).view(shape + self.y.shape[1:])
 
-    def step(self, st: _Chains, ceiling: float) -> Tensor:
+    def step(self, st: _Chains) -> Tensor:
         """Advance all healthy chains one step; return the losses L_B at the old weights.
 
-        A chain whose loss is not finite or exceeds ``ceiling`` is flagged and frozen.  The
-        update ``w - (eps/2) [nbeta g + gamma (w - w0)] + sqrt(eps) xi`` is done with the same
+        A chain whose loss is not finite is flagged and frozen (the divergence ceiling is
+        applied afterwards, :func:`_cut_at_ceiling`).  The update
+        ``w - (eps/2) [nbeta g + gamma (w - w0)] + sqrt(eps) xi`` is done with the same
         elementary operations in the same order as the textbook expression (so the rounding
         is identical), in place in preallocated buffers; while every chain is healthy (the
         usual case, known on CPU where the check is free) the masked update is skipped.
         """
         xb, yb = self.batch()
         loss = self.grad_and_loss(st, xb, yb)
-        self._check_health(st, loss, ceiling)
+        self._check_health(st, loss)
         if self._noise is None:
             self._noise = torch.empty_like(st.w)
             self._buf = torch.empty_like(st.w)
@@ -342,17 +362,17 @@ class _Sampler:
         return loss
 
     @staticmethod
-    def _check_health(st: _Chains, loss: Tensor, ceiling: float) -> None:
-        """Flag chains whose loss is not finite or above ``ceiling``.
+    def _check_health(st: _Chains, loss: Tensor) -> None:
+        """Flag chains whose loss is not finite.
 
         On the CPU the few losses are read once as Python floats (cheaper than three tensor
         operations per step) and ``all_healthy`` kept up to date; elsewhere the flags are
         updated on the device, without a sync.
         """
         if st.all_healthy is None:
-            st.healthy &= torch.isfinite(loss).logical_and_(loss <= ceiling)
+            st.healthy &= torch.isfinite(loss)
             return
-        ok = [math.isfinite(v) and v <= ceiling for v in loss.tolist()]
+        ok = [math.isfinite(v) for v in loss.tolist()]
         if not all(ok):
             st.healthy &= torch.tensor(ok, device=st.healthy.device)
             st.all_healthy = False
@@ -379,21 +399,45 @@ class _Sampler:
         return 1.0 / (v.sqrt() + self.cfg.rmsprop_eps)
 
 
-def _run_chains(sampler: _Sampler, st: _Chains, ceiling: float,
-                report: Callable[[int], None]) -> tuple[np.ndarray, np.ndarray]:
-    """Run all steps; return the recorded loss trace ``(chains, burn_in + draws)`` (NaN from
-    the record at which a chain was flagged) and which chains stayed healthy."""
+@dataclass
+class _Trace:
+    """What a block of chains returns: the recorded losses ``(chains, burn_in + draws)``
+    (NaN from the record at which a chain's loss was not finite), the highest loss of the
+    steps behind each record (NaN if one was not finite), and which chains stayed finite."""
+
+    loss: np.ndarray
+    peak: np.ndarray
+    healthy: np.ndarray
+
+
+def _run_chains(sampler: _Sampler, st: _Chains, report: Callable[[int], None]) -> _Trace:
+    """Run all steps and record every ``loss_every``-th loss (and the peak in between)."""
     cfg = sampler.cfg
     n_rec = cfg.burn_in + cfg.draws
     trace = torch.empty(st.w.shape[0], n_rec, dtype=st.w.dtype, device=st.w.device)
+    peak = torch.empty_like(trace)
     nan = torch.tensor(float("nan"), dtype=st.w.dtype, device=st.w.device)
     with torch.no_grad():
         for r in range(n_rec):
-            for _ in range(cfg.loss_every):
-                loss = sampler.step(st, ceiling)
+            loss = highest = sampler.step(st)
+            for _ in range(cfg.loss_every - 1):
+                loss = sampler.step(st)
+                highest = torch.maximum(highest, loss)  # NaN wins
             trace[:, r] = loss if st.all_healthy else torch.where(st.healthy, loss, nan)
+            peak[:, r] = highest
             report(cfg.loss_every * st.w.shape[0])  # chain-steps
-    return trace.cpu().double().numpy(), st.healthy.cpu().numpy()
+    return _Trace(*(t.cpu().double().numpy() for t in (trace, peak)), st.healthy.cpu().numpy())
+
+
+def _cut_at_ceiling(trace: _Trace, ceiling: float) -> _Trace:
+    """Flag every chain whose loss was not finite or above ``ceiling`` at some step, and
+    blank its trace from that step's record on: what freezing the chain at that step would
+    give, since chains never interact."""
+    over = ~(trace.peak <= ceiling)  # NaN counts as over
+    first = np.where(over.any(axis=1), over.argmax(axis=1), over.shape[1])
+    cut = np.arange(over.shape[1])[None, :] >= first[:, None]
+    return _Trace(np.where(cut, np.nan, trace.loss), trace.peak,
+                  trace.healthy & (first == over.shape[1]))
 
 
 @dataclass(frozen=True)
@@ -406,17 +450,16 @@ class _ChainBlock:
     data: tuple[Tensor, Tensor]
     config: LLCConfig
     nbeta: float
-    ceiling: float
     chains: range
 
-    def __call__(self, report: Callable[[int], None]) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, report: Callable[[int], None]) -> _Trace:
         """Sample the block; ``report(k)`` is called after every ``k`` steps."""
         st = _init_chains(self.model, len(self.chains), self.config.sampler)
         gens = [torch.Generator(device=st.w.device).manual_seed(chain_seed(self.config.seed, c))
                 for c in self.chains]
         sampler = _Sampler(_chain_losses_fn(self.model, self.loss_fn, len(self.chains)),
                            self.data, self.config, self.nbeta, gens)
-        return _run_chains(sampler, st, self.ceiling, report)
+        return _run_chains(sampler, st, report)
 
 
 def _worker_count(workers: int | None, chains: int, device: torch.device) -> int:
@@ -430,21 +473,24 @@ def _worker_count(workers: int | None, chains: int, device: torch.device) -> int
     return max(1, min(wanted, chains // 2))
 
 
-def _sample(block: _ChainBlock, workers: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+def _sample(block: _ChainBlock, tail: list[Callable[[], Any]], workers: int, progress: bool
+            ) -> tuple[_Trace, list[Any]]:
     """Sample every chain, in this process or split into ``workers`` contiguous blocks (the
-    progress bar counts chain-steps).  Every block runs at one CPU thread, here as in a
-    worker, so the split never changes a bit."""
+    progress bar counts chain-steps), then run the ``tail`` tasks (in the workers that
+    finish first).  Every block runs at one CPU thread, here as in a worker, so the split
+    never changes a bit."""
     cfg = block.config
     total = cfg.chains * (cfg.burn_in + cfg.draws) * cfg.loss_every
     if workers == 1:
         with one_thread(), tqdm(total=total, disable=not progress, desc="SGLD",
                                 leave=False) as bar:
-            return block(bar.update)
+            return block(bar.update), [task() for task in tail]
     parts = [replace(block, chains=range(int(p[0]), int(p[-1]) + 1))
              for p in np.array_split(np.arange(cfg.chains), workers)]
-    results = run_forked(parts, total, "SGLD", progress)
-    return (np.concatenate([trace for trace, _ in results]),
-            np.concatenate([healthy for _, healthy in results]))
+    results = run_forked(parts, total, "SGLD", progress, tail=tail)
+    traces = results[:workers]
+    return _Trace(*(np.concatenate([getattr(t, f) for t in traces])
+                    for f in ("loss", "peak", "healthy"))), results[workers:]
 
 
 def _summarise(
@@ -503,9 +549,12 @@ def estimate_llc(
 
     Returns:
         ``LLCResult``; a diverged chain (non-finite loss, or excess loss above
-        ``divergence_threshold``) is frozen from that step on, flagged in ``diverged`` and
-        left out of ``llc_mean``/``llc_std``.  If all chains diverge both are NaN and an
-        ``LLCDivergenceWarning`` is issued.  Never returns inf.
+        ``divergence_threshold``) is flagged in ``diverged``, its trace is NaN from the record
+        of that step on, and it is left out of ``llc_mean``/``llc_std``.  (A chain with a
+        non-finite loss is frozen at once; one above the threshold, which is known only once
+        ``L_n(w*)`` has been computed at the end, samples on, alone: chains never interact.)
+        If all chains diverge both are NaN and an ``LLCDivergenceWarning`` is issued.
+        Never returns inf.
     """
     modes = {m: m.training for m in model.modules()}  # a sub-module may be frozen in eval
     model.eval()
@@ -517,16 +566,18 @@ def estimate_llc(
         x, y = _check_data(data, device)
         n = x.shape[0]
         nbeta = float(config.nbeta) if config.nbeta is not None else default_nbeta(n)
-        # batch_std is 0 when the sampler uses the full batch (no two full minibatches)
-        init_loss, batch_std = _full_loss(model, loss_fn, (x, y), config.batch_size or n)
-        threshold = divergence_threshold(n_params, nbeta, batch_std, config.divergence_factor)
-        block = _ChainBlock(model, loss_fn, (x, y), config, nbeta, init_loss + threshold,
-                            range(config.chains))
-        trace, healthy = _sample(block, _worker_count(workers, config.chains, device), progress)
+        batch = config.batch_size or n
+        block = _ChainBlock(model, loss_fn, (x, y), config, nbeta, range(config.chains))
+        trace, init_tasks = _sample(block, _init_loss_tasks(model, loss_fn, (x, y), batch),
+                                    _worker_count(workers, config.chains, device), progress)
     finally:
         for module, training in modes.items():
             module.training = training
-    return _finish(trace, healthy, init_loss, nbeta, config, label)
+    # batch_std is 0 when the sampler uses the full batch (no two full minibatches)
+    init_loss, batch_std = _init_loss(init_tasks, batch)
+    threshold = divergence_threshold(n_params, nbeta, batch_std, config.divergence_factor)
+    trace = _cut_at_ceiling(trace, init_loss + threshold)
+    return _finish(trace.loss, trace.healthy, init_loss, nbeta, config, label)
 
 
 def _finish(

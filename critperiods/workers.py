@@ -7,7 +7,10 @@ SGLD chains of an LLC estimate) scale better as separate processes, each with on
 that is what :func:`run_forked` does, the way MCMC libraries run chains on several cores.
 
 Workers are forked, so they inherit the model, the data and any closure without pickling;
-only their results travel back (through a pipe).  Each sets ``torch.set_num_threads(1)``
+only their results travel back (through a pipe).  Small ``tail`` tasks are taken, one at a
+time, by whichever worker finishes its job first: on a machine whose cores run at different
+speeds (a busy core, a noisy VM neighbour) the fast ones do them while a slow one finishes,
+instead of idling.  Each sets ``torch.set_num_threads(1)``
 before touching a tensor: a forked child must not start OpenMP threads of its own (GNU
 OpenMP is not fork-safe).  A worker's exception is raised again in the parent with the
 worker's traceback; a worker that dies (e.g. killed for memory) is an error that says so.
@@ -62,26 +65,30 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def run_forked(jobs: Sequence[Job], total: int, desc: str, progress: bool = True
-               ) -> list[Any]:
-    """Run ``job(report)`` for every job in its own forked process; return their results in
-    order.  ``report(k)`` adds ``k`` to the job's progress; ``total`` is the sum over all
-    jobs, shown as one bar."""
+def run_forked(jobs: Sequence[Job], total: int, desc: str, progress: bool = True,
+               tail: Sequence[Callable[[], Any]] = ()) -> list[Any]:
+    """Run ``job(report)`` for every job in its own forked process, then every ``tail()``
+    task in whichever worker is free first; return the jobs' results in order, followed by
+    the tail tasks' in order.  ``report(k)`` adds ``k`` to the job's progress; ``total`` is
+    the sum over all jobs, shown as one bar."""
     ctx = mp.get_context("fork")
     done = ctx.Array("q", len(jobs), lock=False)
+    queue = _TailQueue(tail, ctx.Value("q", 0))
     procs, conns = [], []
     sys.stdout.flush()  # a child would otherwise print the parent's pending output again
     sys.stderr.flush()
     try:
         for index, job in enumerate(jobs):
             receive, send = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_work, args=(job, index, done, send, os.getpid()),
-                               daemon=True)
+            proc = ctx.Process(target=_work, args=(job, queue, index, done, send,
+                                                   os.getpid()), daemon=True)
             proc.start()
             send.close()
             procs.append(proc)
             conns.append(receive)
-        return _collect(procs, conns, done, total, desc, progress)
+        results = _collect(procs, conns, done, total, desc, progress)
+        finished = dict(item for _, tails in results for item in tails.items())
+        return [result for result, _ in results] + [finished[i] for i in range(len(tail))]
     finally:
         for proc in procs:
             if proc.is_alive():
@@ -92,8 +99,28 @@ def run_forked(jobs: Sequence[Job], total: int, desc: str, progress: bool = True
                 proc.join()
 
 
-def _work(job: Job, index: int, done: Any, send: Connection, parent: int) -> None:
-    """Body of a worker: one thread, run the job, send ``("ok", result)`` or the error."""
+class _TailQueue:
+    """The tail tasks and a counter shared by the workers: the next task to take."""
+
+    def __init__(self, tasks: Sequence[Callable[[], Any]], counter: Any) -> None:
+        self.tasks, self.counter = tasks, counter
+
+    def drain(self) -> dict[int, Any]:
+        """Run tasks until none is left; return their results by index."""
+        results = {}
+        while True:
+            with self.counter.get_lock():
+                index = self.counter.value
+                self.counter.value += 1
+            if index >= len(self.tasks):
+                return results
+            results[index] = self.tasks[index]()
+
+
+def _work(job: Job, queue: _TailQueue, index: int, done: Any, send: Connection, parent: int
+          ) -> None:
+    """Body of a worker: one thread, run the job, then tail tasks while any is left; send
+    ``("ok", (result, tail results))`` or the error."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a handler inherited from the parent
     _die_with(parent)                               # (e.g. training's) must not keep it alive
     torch.set_num_threads(1)
@@ -102,7 +129,8 @@ def _work(job: Job, index: int, done: Any, send: Connection, parent: int) -> Non
         done[index] += steps
 
     try:
-        send.send(("ok", job(report)))
+        result = job(report)
+        send.send(("ok", (result, queue.drain())))
     except BaseException:  # noqa: BLE001 - everything goes back to the parent
         send.send(("error", traceback.format_exc()))
     finally:

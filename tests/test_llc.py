@@ -66,6 +66,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from critperiods.learning_coefficients import (
     NormalCrossingPotential,
@@ -394,13 +395,76 @@ def test_full_batch_init_loss_runs_in_chunks(monkeypatch: pytest.MonkeyPatch) ->
     import critperiods.llc as llc_module
 
     model, (x, y) = _small_dln()
-    whole, _ = llc_module._full_loss(model, dln_loss, (x, y), x.shape[0])
+    with torch.no_grad():
+        whole = float(dln_loss(model(x), y))
     sizes: list[int] = []
     model.register_forward_hook(lambda m, inp, out: sizes.append(inp[0].shape[0]))
     monkeypatch.setattr(llc_module, "INIT_LOSS_CHUNK", 64)
-    chunked, std = llc_module._full_loss(model, dln_loss, (x, y), x.shape[0])
+    tasks = llc_module._init_loss_tasks(model, dln_loss, (x, y), x.shape[0])
+    chunked, std = llc_module._init_loss([task() for task in tasks], x.shape[0])
     assert max(sizes) == 64 and sum(sizes) == x.shape[0]
     assert chunked == pytest.approx(whole, rel=1e-6) and std == 0.0
+
+
+def test_init_loss_with_a_batch_size_that_does_not_divide_the_chunk() -> None:
+    """Minibatches of 100 (1024 is not a multiple): L_n(w*) over all 2500 samples and the
+    std of the 25 minibatch means.  (Each forward once overran its chunk here, and the
+    loss of the last 24 outputs met no targets.)"""
+    import critperiods.llc as llc_module
+
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3)
+    x, y = torch.randn(2500, 5), torch.randint(3, (2500,))
+    tasks = llc_module._init_loss_tasks(model, F.cross_entropy, (x, y), 100)
+    loss, std = llc_module._init_loss([task() for task in tasks], 100)
+    with torch.no_grad():
+        means = [float(F.cross_entropy(model(x[s : s + 100]), y[s : s + 100]))
+                 for s in range(0, 2500, 100)]
+        assert loss == pytest.approx(float(F.cross_entropy(model(x), y)), rel=1e-6)
+    assert std == pytest.approx(float(np.std(means, ddof=1)), rel=1e-6)
+
+
+def test_a_chain_over_the_ceiling_is_cut_where_it_crossed() -> None:
+    """The divergence ceiling is applied once L_n(w*) is known, after sampling: a chain is
+    flagged at the first step above it, its trace blanked from there, exactly as if it had
+    been stopped there; the other chains are untouched."""
+    import critperiods.llc as llc_module
+
+    model, data = _small_dln()
+    cfg = LLCConfig(chains=4, draws=60, burn_in=0, step_size=3e-4, gamma=10.0, batch_size=16,
+                    divergence_factor=1e9)
+    free = estimate_llc(model, dln_loss, data, cfg, progress=False)
+    assert not free.diverged.any()
+    peaks = np.sort(free.loss_trace.max(axis=1))
+    ceiling = (peaks[1] + peaks[2]) / 2  # two chains cross it
+    tasks = llc_module._init_loss_tasks(model, dln_loss, data, 16)
+    _, batch_std = llc_module._init_loss([task() for task in tasks], 16)
+    n_params = sum(p.numel() for p in model.parameters())
+    factor = (ceiling - free.init_loss) / (n_params / (2 * free.nbeta) + batch_std)
+    cut = estimate_llc(model, dln_loss, data, replace(cfg, divergence_factor=factor),
+                       progress=False)
+    crossed = free.loss_trace.max(axis=1) > ceiling
+    assert crossed.sum() == 2 and np.array_equal(cut.diverged, crossed)
+    for c in range(4):
+        first = int(np.argmax(free.loss_trace[c] > ceiling)) if crossed[c] else 60
+        assert np.array_equal(cut.loss_trace[c, :first], free.loss_trace[c, :first])
+        assert np.isnan(cut.loss_trace[c, first:]).all()
+    assert cut.llc_mean == pytest.approx(np.mean(free.llc_per_chain[~crossed]))
+
+
+def test_the_cut_uses_the_peak_between_records() -> None:
+    """With ``loss_every`` > 1 a chain is cut at the record whose steps crossed the ceiling,
+    also when the recorded (last) loss of that record is below it; NaN counts as over."""
+    import critperiods.llc as llc_module
+
+    loss = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, np.nan, np.nan]])
+    peak = np.array([[1.0, 5.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], [1.0, np.nan, np.nan, 1.0]])
+    out = llc_module._cut_at_ceiling(
+        llc_module._Trace(loss, peak, np.array([True, True, False])), ceiling=2.0)
+    assert out.healthy.tolist() == [False, True, False]
+    assert np.isnan(out.loss[0, 1:]).all() and out.loss[0, 0] == 1.0
+    assert np.array_equal(out.loss[1], loss[1])
+    assert np.isnan(out.loss[2, 1:]).all() and out.loss[2, 0] == 1.0
 
 
 def test_diverged_chains_flagged_and_excluded() -> None:

@@ -27,6 +27,32 @@ def test_results_in_order_from_separate_single_threaded_processes() -> None:
     assert all(r[2] == 1 for r in out)
 
 
+def test_tail_tasks_run_in_the_worker_that_is_free_first() -> None:
+    """Tail tasks go to whichever worker has finished its job; their results follow the
+    jobs' results, in the tasks' order."""
+    import time
+
+    def slow(report):
+        time.sleep(1.0)
+        return "slow", os.getpid()
+
+    def fast(report):
+        return "fast", os.getpid()
+
+    tail = [lambda i=i: (i, os.getpid()) for i in range(5)]
+    out = run_forked([slow, fast], total=1, desc="test", progress=False, tail=tail)
+    assert [r[0] for r in out] == ["slow", "fast", 0, 1, 2, 3, 4]
+    assert {r[1] for r in out[2:]} == {out[1][1]} != {os.getpid()}
+
+
+def test_a_failing_tail_task_raises_with_its_traceback() -> None:
+    def bad():
+        raise ValueError("chunk 3 unreadable")
+
+    with pytest.raises(WorkerError, match=r"ValueError: chunk 3 unreadable"):
+        run_forked([_square(1), _square(2)], total=1, desc="test", progress=False, tail=[bad])
+
+
 def test_a_failing_job_raises_with_its_traceback() -> None:
     def bad(report):
         raise ValueError("chain 7 exploded")
