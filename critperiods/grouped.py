@@ -41,6 +41,8 @@ from torch import Tensor, fx, nn
 from torch.func import functional_call, vmap
 from torch.nn.modules import module as module_hooks
 
+from critperiods.native import max_pool2
+
 Tensors = dict[str, Tensor]
 CopiesForward = Callable[[Tensors, Tensors, Tensor], Tensor]
 
@@ -250,6 +252,8 @@ class GroupedModel:
             return _batch_norm(module, act, params, buffers, name)
         if isinstance(module, nn.Flatten):
             return _flatten(act, copies)
+        if isinstance(module, nn.MaxPool2d) and (out := max_pool2(module, act.t)) is not None:
+            return _Act(out, act.image)  # the native kernel, bit for bit the module's
         return _Act(module(act.t), act.image)
 
 

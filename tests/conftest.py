@@ -28,6 +28,15 @@ def synthetic_data(n_train: int = 192, n_test: int = 64, channels: int = 1, size
                         {"dataset": "synthetic"})
 
 
+@pytest.fixture(scope="session", autouse=True)
+def native_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Compiled kernels (``critperiods.native``) go to a temporary folder, also in the
+    workflow tests' subprocesses, never to the user's cache."""
+    import os
+
+    os.environ["CRITPERIODS_CACHE_DIR"] = str(tmp_path_factory.mktemp("native-cache"))
+
+
 @pytest.fixture(scope="session")
 def data() -> PreparedData:
     return synthetic_data()
