@@ -319,8 +319,9 @@ def bench_case(case: Case, repeats: int, python13: str | None) -> dict[str, obje
 
 
 def _speedup(ratios: list[float]) -> str:
-    """Median of the per-repeat speed-ups, with their range (this machine is noisy)."""
-    return f"{statistics.median(ratios):.1f}x ({min(ratios):.1f}-{max(ratios):.1f})"
+    """Median of the per-repeat speed-ups (two decimals, so that a median just under a
+    target does not round up to it), with their range (this machine is noisy)."""
+    return f"{statistics.median(ratios):.2f}x ({min(ratios):.1f}-{max(ratios):.1f})"
 
 
 def _pm(mean: float, std: float) -> str:
