@@ -123,12 +123,14 @@ def _build() -> Path:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        done = subprocess.run([compiler, *FLAGS, "-o", str(tmp), str(SOURCE)],
-                              capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
+        try:
+            done = subprocess.run([compiler, *FLAGS, "-o", str(tmp), str(SOURCE)],
+                                  capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                raise OSError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
+            os.replace(tmp, path)  # atomic: concurrent builders each install a whole file
+        finally:
             tmp.unlink(missing_ok=True)
-            raise OSError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
-        os.replace(tmp, path)  # atomic: concurrent builders each install a whole file
     return path
 
 
