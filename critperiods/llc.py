@@ -37,7 +37,7 @@ import hashlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -409,6 +409,12 @@ class _Trace:
     peak: np.ndarray
     healthy: np.ndarray
 
+    @staticmethod
+    def join(blocks: list[_Trace]) -> _Trace:
+        """The blocks' chains one after another."""
+        return _Trace(*(np.concatenate([getattr(b, f.name) for b in blocks])
+                        for f in fields(_Trace)))
+
 
 def _run_chains(sampler: _Sampler, st: _Chains, report: Callable[[int], None]) -> _Trace:
     """Run all steps and record every ``loss_every``-th loss (and the peak in between)."""
@@ -488,9 +494,7 @@ def _sample(block: _ChainBlock, tail: list[Callable[[], Any]], workers: int, pro
     parts = [replace(block, chains=range(int(p[0]), int(p[-1]) + 1))
              for p in np.array_split(np.arange(cfg.chains), workers)]
     results = run_forked(parts, total, "SGLD", progress, tail=tail)
-    traces = results[:workers]
-    return _Trace(*(np.concatenate([getattr(t, f) for t in traces])
-                    for f in ("loss", "peak", "healthy"))), results[workers:]
+    return _Trace.join(results[:workers]), results[workers:]
 
 
 def _summarise(

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from critperiods.files import atomic_path
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("max_pool2.c")
@@ -121,16 +123,11 @@ def _build() -> Path:
         [SOURCE.read_text(), compiler, *FLAGS, _cpu_signature()]).encode()).hexdigest()[:16]
     path = _cache_dir() / f"max_pool2-{key}.so"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_path(path) as tmp:  # concurrent builders each install a whole file
             done = subprocess.run([compiler, *FLAGS, "-o", str(tmp), str(SOURCE)],
                                   capture_output=True, text=True, timeout=120)
             if done.returncode != 0:
                 raise OSError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
-            os.replace(tmp, path)  # atomic: concurrent builders each install a whole file
-        finally:
-            tmp.unlink(missing_ok=True)
     return path
 
 

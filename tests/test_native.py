@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from critperiods import native
+from critperiods import native, workers
 from critperiods.grouped import copies_forward, stack_like
 from critperiods.models import build_model, to_channels_last
 
@@ -21,10 +21,8 @@ HAVE_CC = shutil.which(os.environ.get("CC", "cc")) is not None
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with workers.one_thread():
+        yield
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
