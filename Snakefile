@@ -4,12 +4,15 @@ import os
 
 from snakemake.utils import min_version, validate
 
+from critperiods.plan import check_moved_keys
+
 min_version("9.0")
 
 
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
+check_moved_keys(config)  # a key that moved: say where (the schema would only say "unknown")
 validate(config, "workflow/schemas/config.schema.yaml")
 
 

@@ -22,26 +22,58 @@ def _load_config(paths: list[str]) -> dict:
     """config.yaml overlaid with ``paths`` (as Snakemake does), validated, defaults filled."""
     from snakemake.utils import update_config, validate
 
-    from critperiods.plan import check_config
+    from critperiods.plan import check_config, check_moved_keys
 
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     for p in paths:
         update_config(config, yaml.safe_load(Path(p).read_text()) or {})
+    check_moved_keys(config)
     schema = ROOT / "workflow/schemas/config.schema.yaml"
     validate(config, str(schema))
     check_config(config, yaml.safe_load(schema.read_text()))
     return config
 
 
-def summarize(args: argparse.Namespace) -> int:
+def _open_cube_or_exit(path: str) -> object:
+    """The cube at ``path``, or a one-line error (no traceback) naming the file and why."""
     from critperiods import open_cube
-    from critperiods.analysis import critical_period_summary, format_table, to_csv
 
-    cube = open_cube(args.cube)
+    if not Path(path).is_file():
+        raise SystemExit(f"critperiods: {path}: no such file")
+    try:
+        cube = open_cube(path)
+    except Exception as err:  # noqa: BLE001 - any reader failure means: not a cube
+        raise SystemExit(f"critperiods: {path}: not a netCDF cube ({type(err).__name__})") from None
+    if "final_test_accuracy" not in cube:
+        raise SystemExit(f"critperiods: {path}: not a critperiods cube (no final_test_accuracy; "
+                         "expected results/<experiment>/cube.nc)")
+    return cube
+
+
+def summarize(args: argparse.Namespace) -> int:
+    from critperiods.analysis import (
+        critical_period_summary,
+        format_table,
+        llc_flag_counts,
+        restart_verdicts,
+        to_csv,
+    )
+
+    cube = _open_cube_or_exit(args.cube)
     summary = (cube if "critical_period_end" in cube and not args.recompute
                else critical_period_summary(cube, n_boot=args.n_boot))
     print(format_table(summary))
-    print(f"\nlearning rate after the switch: {cube.attrs.get('lr_after_switch', 'unknown')}")
+    verdicts = restart_verdicts(summary)
+    if verdicts:
+        print("\ndoes the permanent deficit survive restarting the learning rate at the switch?")
+        for b, verdict in verdicts.items():
+            print(f"  batch {b:g}: {verdict}")
+    counts = llc_flag_counts(cube)
+    if counts:
+        flagged = ", ".join(f"{name} {n}" for name, n in counts.items()
+                            if name not in ("estimates", "ok"))
+        print(f"\nλ̂ estimates: {counts['estimates']}, ok {counts['ok']}; flagged: {flagged} "
+              "(flagged estimates are left out of the λ̂ markers)")
     if args.csv:
         to_csv(summary, args.csv)
         print(f"wrote {args.csv}")

@@ -10,8 +10,10 @@ accuracy declines.  We summarise that curve with
 * a model-free "half-deficit" epoch;
 * where the local learning coefficient (LLC, ``llc_mean``) changes slope most, along the
   blurred trunk and along the sharp-from-the-start run;
-* when the weight divergence from the blurred continuation (``div_l2_vs_blurred``) at a fixed
-  horizon after the switch drops below half of its early value;
+* when the weight distance to the blurred continuation (``div_l2``, ``reference="blurred"``)
+  at a fixed horizon after the switch drops below half of its early value;
+* the permanent deficit of the latest switch, per learning-rate schedule: the deficit
+  "survives the restart" when it stays above 0 with the rate reset at the switch;
 * power-law exponents of the critical-period end versus temperature (``lr / batch_size``)
   and versus batch size.
 
@@ -29,10 +31,12 @@ import pandas as pd
 import xarray as xr
 
 __all__ = [
+    "MIN_SEEDS_FOR_INTERVAL",
     "HingeFit",
     "bootstrap_hinge",
     "critical_period_summary",
     "default_horizon",
+    "deficit_bootstrap",
     "divergence_at_horizon",
     "divergence_drop_epoch",
     "fit_hinge",
@@ -40,10 +44,13 @@ __all__ = [
     "format_table",
     "half_deficit_epoch",
     "largest_change_epoch",
+    "llc_flag_counts",
     "llc_sharp",
     "llc_trunk",
+    "restart_verdicts",
     "summary_table",
     "to_csv",
+    "valid_llc",
 ]
 
 _TINY = 1e-300
@@ -447,9 +454,47 @@ def fit_power_law(
     return p, float(np.exp(log_c)), float(lower), float(upper)
 
 
+def deficit_bootstrap(
+    switch_epochs: np.ndarray,
+    accuracy_by_seed: np.ndarray,
+    n_boot: int = 1000,
+    rng_seed: int = 0,
+    level: float = 0.90,
+) -> tuple[float, float, float]:
+    """The permanent deficit of the latest switch, with a seed-bootstrap interval.
+
+    Per seed, the final accuracy at the smallest switch epoch (normally 0, never blurred) minus
+    that at the largest, paired because both runs share the seed's initialisation and data
+    order; then the mean over seeds. Seeds are resampled with replacement for the central
+    ``level`` percentile interval. Returns ``(deficit, lower, upper)``; NaN without a seed that
+    has both ends, and an interval equal to the point with a single seed.
+    """
+    s = np.asarray(switch_epochs, dtype=float)
+    acc = np.asarray(accuracy_by_seed, dtype=float).reshape(s.size, -1)
+    rows = np.flatnonzero(np.isfinite(acc).any(axis=1) & np.isfinite(s))
+    if rows.size < 2:
+        return (float("nan"),) * 3
+    first, last = rows[np.argmin(s[rows])], rows[np.argmax(s[rows])]
+    diffs = acc[first] - acc[last]
+    diffs = diffs[np.isfinite(diffs)]
+    if diffs.size == 0:
+        return (float("nan"),) * 3
+    rng = np.random.default_rng(rng_seed)
+    boots = diffs[rng.integers(0, diffs.size, size=(int(n_boot), diffs.size))].mean(axis=1)
+    tail = 50.0 * (1.0 - level)
+    lower, upper = np.percentile(boots, [tail, 100.0 - tail])
+    return float(diffs.mean()), float(lower), float(upper)
+
+
 # --------------------------------------------------------------------------------------
 # cube accessors
 # --------------------------------------------------------------------------------------
+
+#: Below this many seeds a seed-bootstrap interval is reported as a range, not a confidence
+#: interval: resampling 2–4 seeds only shuffles the few values there are.
+MIN_SEEDS_FOR_INTERVAL = 5
+#: Points a slope change needs (:func:`largest_change_epoch`).
+MIN_LLC_POINTS = 3
 
 
 def _seed_mean(da: xr.DataArray) -> xr.DataArray:
@@ -462,46 +507,67 @@ def _seed_mean(da: xr.DataArray) -> xr.DataArray:
     return xr.DataArray(_nanmean(da.values, axis=axis), dims=dims, coords=coords)
 
 
+def _shared(da: xr.DataArray) -> xr.DataArray:
+    """One schedule's copy of values every schedule shares (the trunk, the never-blurred run)."""
+    return da.isel(lr_schedule=0, drop=True) if "lr_schedule" in da.dims else da
+
+
+def valid_llc(cube: xr.Dataset) -> xr.DataArray | None:
+    """``llc_mean`` where its quality flag is ok, NaN where it is flagged; None without λ̂."""
+    if "llc_mean" not in cube:
+        return None
+    llc = cube["llc_mean"]
+    return llc.where(cube["llc_quality"] == 0) if "llc_quality" in cube else llc
+
+
+def _empty() -> xr.DataArray:
+    return xr.DataArray(np.array([]), dims=["epoch"], coords={"epoch": np.array([])})
+
+
 def llc_trunk(cube: xr.Dataset, batch_size: float) -> xr.DataArray:
-    """λ̂ along the blurred trunk for one batch size, as a function of epoch.
+    """Valid λ̂ along the blurred trunk for one batch size (mean over seeds) vs epoch.
 
     Every run trains on blurred images until its switch, so the run with the largest switch
-    epoch (that has any finite ``llc_mean``) traces the longest trunk; its seed-averaged values
-    at epochs ``<=`` that switch are returned.  Empty if ``llc_mean`` is absent.
+    epoch that has any λ̂ traces the longest trunk; its values at epochs ``<=`` that switch
+    are returned. Flagged estimates are left out (:func:`valid_llc`).
     """
-    if "llc_mean" not in cube:
-        return xr.DataArray(np.array([]), dims=["epoch"], coords={"epoch": np.array([])})
-    llc = cube["llc_mean"].sel(batch_size=batch_size)
-    has = np.isfinite(llc).any(dim=[d for d in llc.dims if d != "switch_epoch"])
+    llc = valid_llc(cube)
+    if llc is None:
+        return _empty()
+    llc = _shared(llc.sel(batch_size=batch_size))
+    has = np.isfinite(cube["llc_mean"].sel(batch_size=batch_size))
+    has = _shared(has).any(dim=[d for d in llc.dims if d != "switch_epoch"])
     switches = llc["switch_epoch"].values[has.values]
     if switches.size == 0:
-        return xr.DataArray(np.array([]), dims=["epoch"], coords={"epoch": np.array([])})
+        return _empty()
     s_max = switches.max()
     trunk = _seed_mean(llc.sel(switch_epoch=s_max))
     return trunk.where(trunk["epoch"] <= s_max, drop=True)
 
 
 def llc_sharp(cube: xr.Dataset, batch_size: float) -> xr.DataArray:
-    """Seed-averaged λ̂ of the sharp-from-the-start run (``switch_epoch == 0``) versus epoch.
+    """Valid λ̂ of the never-blurred run (``switch_epoch == 0``), mean over seeds, vs epoch.
 
-    Empty if ``llc_mean`` is absent or there is no switch epoch 0.
+    Empty if there is no λ̂ or no switch epoch 0.
     """
-    if "llc_mean" not in cube or 0 not in cube["switch_epoch"].values:
-        return xr.DataArray(np.array([]), dims=["epoch"], coords={"epoch": np.array([])})
-    return _seed_mean(cube["llc_mean"].sel(batch_size=batch_size, switch_epoch=0))
+    llc = valid_llc(cube)
+    if llc is None or 0 not in cube["switch_epoch"].values:
+        return _empty()
+    return _seed_mean(_shared(llc.sel(batch_size=batch_size, switch_epoch=0)))
 
 
 def default_horizon(cube: xr.Dataset) -> float:
     """Default horizon for the divergence read-out: the first checkpoint after a switch.
 
-    Among positive offsets ``epoch - switch_epoch`` at which ``div_l2_vs_blurred`` is finite
-    (any batch size, any seed), return the smallest offset that is available for the largest
-    number of switch epochs, so that the read-out covers as many switches as possible.
-    NaN if the divergence is absent or never finite after a switch.
+    Among positive offsets ``epoch - switch_epoch`` at which the divergence from the
+    always-blurred run (``div_l2``, ``reference = "blurred"``) is finite (any batch size,
+    schedule or seed), return the smallest offset that is available for the largest number of
+    switch epochs, so that the read-out covers as many switches as possible. NaN if the
+    divergence is absent or never finite after a switch.
     """
-    if "div_l2_vs_blurred" not in cube:
+    if "div_l2" not in cube:
         return float("nan")
-    div = cube["div_l2_vs_blurred"]
+    div = cube["div_l2"].sel(reference="blurred")
     mask = np.isfinite(div).any(dim=[d for d in div.dims if d not in ("switch_epoch", "epoch")])
     mask = mask.transpose("switch_epoch", "epoch").values
     switches = cube["switch_epoch"].values.astype(float)
@@ -515,18 +581,23 @@ def default_horizon(cube: xr.Dataset) -> float:
     return float(candidates[int(np.argmax(counts))])
 
 
-def divergence_at_horizon(cube: xr.Dataset, batch_size: float, horizon: float) -> np.ndarray:
-    """Seed-averaged ``div_l2_vs_blurred`` at ``epoch = switch + horizon``, one per switch.
+def divergence_at_horizon(cube: xr.Dataset, batch_size: float, horizon: float,
+                          lr_schedule: str | None = None) -> np.ndarray:
+    """Seed-averaged distance to the always-blurred run at ``epoch = switch + horizon``, one
+    value per switch epoch (for ``lr_schedule``, default the first).
 
     Switches whose ``switch + horizon`` is not a checkpoint give NaN; all NaN if the variable
     is absent or the horizon is not finite.
     """
     switches = cube["switch_epoch"].values.astype(float)
     out = np.full(switches.size, np.nan)
-    if "div_l2_vs_blurred" not in cube or not np.isfinite(horizon):
+    if "div_l2" not in cube or not np.isfinite(horizon):
         return out
-    div = _seed_mean(cube["div_l2_vs_blurred"].sel(batch_size=batch_size))
-    div = div.transpose("switch_epoch", "epoch")
+    div = cube["div_l2"].sel(batch_size=batch_size, reference="blurred")
+    if "lr_schedule" in div.dims:
+        div = (div.sel(lr_schedule=lr_schedule) if lr_schedule is not None
+               else div.isel(lr_schedule=0))
+    div = _seed_mean(div).transpose("switch_epoch", "epoch")
     epochs = cube["epoch"].values.astype(float)
     for i, s in enumerate(switches):
         col = np.flatnonzero(np.isclose(epochs, s + horizon))
@@ -539,38 +610,73 @@ def divergence_at_horizon(cube: xr.Dataset, batch_size: float, horizon: float) -
 # summary dataset
 # --------------------------------------------------------------------------------------
 
-_PER_BATCH = {
-    "critical_period_end": ("end of the critical period (hinge kink)", "epoch"),
-    "critical_period_slope": ("accuracy lost per epoch of delay after the kink", "1/epoch"),
-    "half_deficit_epoch": ("switch epoch at half the final permanent deficit", "epoch"),
-    "llc_change_epoch_trunk": ("epoch of largest LLC slope change along blurred trunk", "epoch"),
-    "llc_change_epoch_sharp": ("epoch of largest LLC slope change, sharp-only run", "epoch"),
-    "divergence_drop_epoch": ("switch epoch where divergence at horizon halves", "epoch"),
+#: Per (batch_size, lr_schedule) statistics: name → (long_name, units).
+_PER_CELL = {
+    "critical_period_end": ("end of the critical period (hinge kink), in epochs", "1"),
+    "critical_period_slope": ("final accuracy lost per epoch of delay after the kink", "1"),
+    "permanent_deficit": ("final sharp test accuracy of the earliest switch minus that of the "
+                          "latest, paired by seed, mean over seeds", "1"),
+    "half_deficit_epoch": ("switch epoch at half the final permanent deficit", "1"),
+    "llc_change_epoch_trunk": ("epoch of largest slope change of valid lambda-hat along the "
+                               "blurred trunk", "1"),
+    "llc_change_epoch_sharp": ("epoch of largest slope change of valid lambda-hat, "
+                               "never-blurred run", "1"),
+    "divergence_drop_epoch": ("switch epoch where the distance to the always-blurred run at "
+                              "the horizon halves", "1"),
 }
+_INTERVALS = ("critical_period_end", "permanent_deficit")
 
 
-def _per_batch_values(
-    cube: xr.Dataset, batch_size: float, horizon: float, n_boot: int, rng_seed: int, level: float
-) -> dict[str, float]:
-    """All per-batch-size statistics for one batch size, as plain floats."""
+def _llc_reason(cube: xr.Dataset, curve: xr.DataArray, where: str) -> str | None:
+    """Why a λ̂ marker is NaN (None if it is not)."""
+    if "llc_mean" not in cube:
+        return "λ̂ not estimated (llc.enabled: false)"
+    n = int(np.isfinite(curve.values).sum()) if curve.size else 0
+    if n < MIN_LLC_POINTS:
+        return (f"{n} valid λ̂ point(s) on the {where} (a slope change needs "
+                f"{MIN_LLC_POINTS}; see llc.every/llc.epochs/llc.first_epoch and the λ̂ flags)")
+    return None
+
+
+def _cell_values(
+    cube: xr.Dataset, batch_size: float, lr_schedule: str, horizon: float, n_boot: int,
+    rng_seed: int, level: float,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The statistics of one (batch size, schedule) as plain floats, and why any is NaN."""
     switches = cube["switch_epoch"].values.astype(float)
     acc = cube["final_test_accuracy"].sel(batch_size=batch_size)
+    if "lr_schedule" in acc.dims:
+        acc = acc.sel(lr_schedule=lr_schedule)
     acc = acc.transpose("switch_epoch", ...).values.reshape(switches.size, -1)
     k, lower, upper, slope = bootstrap_hinge(switches, acc, n_boot, rng_seed, level)
-    trunk = llc_trunk(cube, batch_size)
-    sharp = llc_sharp(cube, batch_size)
-    return {
-        "critical_period_end": k,
-        "lower": lower,
-        "upper": upper,
-        "critical_period_slope": slope,
+    deficit, d_lo, d_hi = deficit_bootstrap(switches, acc, n_boot, rng_seed, level)
+    trunk, sharp = llc_trunk(cube, batch_size), llc_sharp(cube, batch_size)
+    div = divergence_at_horizon(cube, batch_size, horizon, lr_schedule)
+    values = {
+        "critical_period_end": k, "critical_period_end_lower": lower,
+        "critical_period_end_upper": upper, "critical_period_slope": slope,
+        "permanent_deficit": deficit, "permanent_deficit_lower": d_lo,
+        "permanent_deficit_upper": d_hi,
         "half_deficit_epoch": half_deficit_epoch(switches, _nanmean(acc, axis=1)),
         "llc_change_epoch_trunk": largest_change_epoch(trunk["epoch"].values, trunk.values),
         "llc_change_epoch_sharp": largest_change_epoch(sharp["epoch"].values, sharp.values),
-        "divergence_drop_epoch": divergence_drop_epoch(
-            switches, divergence_at_horizon(cube, batch_size, horizon)
-        ),
+        "divergence_drop_epoch": divergence_drop_epoch(switches, div),
     }
+    reasons = {
+        "critical_period_end": "no finite final accuracy",
+        "permanent_deficit": "no seed with both the earliest and the latest switch",
+        "half_deficit_epoch": "the latest switch costs no accuracy (no positive deficit)",
+        "llc_change_epoch_trunk": _llc_reason(cube, trunk, "blurred trunk"),
+        "llc_change_epoch_sharp": (
+            _llc_reason(cube, sharp, "never-blurred run") if 0 in switches
+            else "no switch epoch 0 (the never-blurred run) in the grid"),
+        "divergence_drop_epoch": (
+            "divergence not computed (divergence.enabled: false)" if "div_l2" not in cube
+            else "the distance at the horizon never falls below half its early value"),
+    }
+    why = {name: reason for name, reason in reasons.items()
+           if reason and not np.isfinite(values[name])}
+    return values, why
 
 
 def _temperature(cube: xr.Dataset, batch_sizes: np.ndarray) -> np.ndarray:
@@ -583,33 +689,33 @@ def _temperature(cube: xr.Dataset, batch_sizes: np.ndarray) -> np.ndarray:
     return lr / batch_sizes
 
 
-def _global_vars(
-    ends: np.ndarray,
-    temperature: np.ndarray,
-    batch_sizes: np.ndarray,
-    n_boot: int,
-    seed: int,
-    level: float,
-) -> dict[str, xr.DataArray]:
-    """Power-law exponents (with intervals) of the critical-period end vs T and batch size."""
+def _exponents(ends: np.ndarray, temperature: np.ndarray, batch_sizes: np.ndarray,
+               schedules: list[str], n_boot: int, seed: int, level: float
+               ) -> dict[str, xr.DataArray]:
+    """Power-law exponents (with intervals) of the end vs T and vs batch size, per schedule.
+
+    ``ends`` is (batch_size, lr_schedule). The interval resamples batch sizes, so with 3–5 of
+    them it is a crude band, not a test.
+    """
     out: dict[str, xr.DataArray] = {}
     for name, x, what in (
         ("temperature_exponent", temperature, "lr / batch_size"),
         ("batch_size_exponent", batch_sizes, "batch size"),
     ):
-        p, _, lower, upper = fit_power_law(x, ends, n_boot, seed, level)
+        fits = [fit_power_law(x, ends[:, j], n_boot, seed, level) for j in range(len(schedules))]
+        usable = [int(np.sum(np.isfinite(ends[:, j]) & (ends[:, j] > 0)))
+                  for j in range(len(schedules))]
+        missing = "; ".join(
+            f"{r}: {n} batch size(s) with a finite, positive end (a power law needs 3)"
+            for r, n, f in zip(schedules, usable, fits, strict=True) if not np.isfinite(f[0]))
         out[name] = xr.DataArray(
-            p,
-            attrs={
-                "long_name": f"power-law exponent of critical period end vs {what}",
-                "units": "1",
-            },
-        )
+            np.array([f[0] for f in fits]), dims=["lr_schedule"],
+            attrs={"long_name": f"power-law exponent of critical period end vs {what}",
+                   "units": "1", **({"missing": missing} if missing else {})})
         out[f"{name}_interval"] = xr.DataArray(
-            np.array([lower, upper]),
-            dims=["bound"],
-            attrs={"long_name": f"{level:.0%} bootstrap interval of {name}", "units": "1"},
-        )
+            np.array([[f[2], f[3]] for f in fits]).reshape(-1, 2), dims=["lr_schedule", "bound"],
+            attrs={"long_name": f"{level:.0%} bootstrap interval (over batch sizes) of {name}",
+                   "units": "1"})
     return out
 
 
@@ -620,50 +726,100 @@ def critical_period_summary(
     rng_seed: int = 0,
     level: float = 0.90,
 ) -> xr.Dataset:
-    """Critical-period statistics per batch size plus global scaling exponents.
+    """Critical-period statistics per (batch size, lr schedule), and scaling exponents.
 
-    Per ``batch_size``: ``critical_period_end`` (hinge kink) with
-    ``critical_period_end_interval(batch_size, bound)`` (seed bootstrap, ``bound`` =
-    lower/upper), ``critical_period_slope``, ``half_deficit_epoch``, ``llc_change_epoch_trunk``,
-    ``llc_change_epoch_sharp`` and ``divergence_drop_epoch`` (``div_l2_vs_blurred`` at
-    ``epoch = switch + horizon``; ``horizon`` defaults to :func:`default_horizon`).  Global:
+    Per ``(batch_size, lr_schedule)``: ``critical_period_end`` (hinge kink) with
+    ``critical_period_end_interval(…, bound)`` (seed bootstrap), ``critical_period_slope``,
+    ``permanent_deficit`` (+ ``_interval``; the deficit "survives the restart" when the
+    restart schedule's lower bound is above 0), ``half_deficit_epoch``,
+    ``llc_change_epoch_trunk``/``_sharp`` (valid λ̂ only: flagged estimates are left out) and
+    ``divergence_drop_epoch`` (distance to the always-blurred run at ``epoch = switch +
+    horizon``; ``horizon`` defaults to :func:`default_horizon`). Per ``lr_schedule``:
     ``temperature_exponent`` and ``batch_size_exponent`` (+ ``_interval``), NaN with fewer
-    than 3 batch sizes.  Missing ``llc_mean`` / ``div_l2_vs_blurred`` give NaN variables rather
-    than errors.  Every variable carries ``long_name`` and ``units``.
+    than 3 batch sizes. A NaN statistic says why in its ``missing`` attribute; the dataset's
+    ``interval_kind`` attribute says whether the intervals rest on enough seeds
+    (:data:`MIN_SEEDS_FOR_INTERVAL`) to be read as confidence intervals. A cube without an
+    ``lr_schedule`` dim is treated as one ``continue`` schedule.
     """
+    if "lr_schedule" not in cube.dims:
+        cube = cube.expand_dims(lr_schedule=["continue"])
     batch_sizes = cube["batch_size"].values
+    schedules = [str(r) for r in cube["lr_schedule"].values]
     h = default_horizon(cube) if horizon is None else float(horizon)
-    rows = [_per_batch_values(cube, b, h, n_boot, rng_seed, level) for b in batch_sizes]
-    coords = {"batch_size": batch_sizes, "bound": ["lower", "upper"]}
-    data: dict[str, xr.DataArray] = {
-        name: xr.DataArray(
-            np.array([r[name] for r in rows], dtype=float),
-            dims=["batch_size"],
-            attrs={"long_name": long_name, "units": units},
-        )
-        for name, (long_name, units) in _PER_BATCH.items()
-    }
-    data["critical_period_end_interval"] = xr.DataArray(
-        np.array([[r["lower"], r["upper"]] for r in rows], dtype=float).reshape(-1, 2),
-        dims=["batch_size", "bound"],
-        attrs={
-            "long_name": f"{level:.0%} seed-bootstrap interval of critical_period_end",
-            "units": "epoch",
-        },
-    )
-    bs = batch_sizes.astype(float)
-    data.update(
-        _global_vars(
-            data["critical_period_end"].values,
-            _temperature(cube, bs),
-            bs,
-            n_boot,
-            rng_seed,
-            level,
-        )
-    )
-    attrs = {"horizon": h, "n_boot": int(n_boot), "rng_seed": int(rng_seed), "level": level}
+    cells = {(b, r): _cell_values(cube, b, r, h, n_boot, rng_seed, level)
+             for b in batch_sizes for r in schedules}
+
+    def grid(key: str) -> np.ndarray:
+        return np.array([[cells[(b, r)][0][key] for r in schedules] for b in batch_sizes],
+                        dtype=float).reshape(len(batch_sizes), len(schedules))
+
+    dims = ["batch_size", "lr_schedule"]
+    data: dict[str, xr.DataArray] = {}
+    for name, (long_name, units) in _PER_CELL.items():
+        missing = "; ".join(f"batch {b}, {r}: {cells[(b, r)][1][name]}"
+                            for b in batch_sizes for r in schedules if name in cells[(b, r)][1])
+        data[name] = xr.DataArray(grid(name), dims=dims, attrs={
+            "long_name": long_name, "units": units, **({"missing": missing} if missing else {})})
+    seeds = int(cube.sizes.get("seed", 1))
+    kind = (f"{level:.0%} seed-bootstrap interval" if seeds >= MIN_SEEDS_FOR_INTERVAL else
+            f"range of the seed bootstrap over only {seeds} seed(s): not a confidence interval")
+    for name in _INTERVALS:
+        data[f"{name}_interval"] = xr.DataArray(
+            np.stack([grid(f"{name}_lower"), grid(f"{name}_upper")], axis=-1),
+            dims=[*dims, "bound"],
+            attrs={"long_name": f"{kind} of {name}", "units": "1"})
+    data.update(_exponents(data["critical_period_end"].values,
+                           _temperature(cube, batch_sizes.astype(float)),
+                           batch_sizes.astype(float), schedules, n_boot, rng_seed, level))
+    coords = {"batch_size": batch_sizes, "lr_schedule": schedules, "bound": ["lower", "upper"]}
+    attrs = {"horizon": h, "n_boot": int(n_boot), "rng_seed": int(rng_seed), "level": level,
+             "seeds": seeds, "interval_kind": kind}
     return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
+    """Per batch size, whether the permanent deficit survives restarting the learning rate.
+
+    Empty without a ``restart`` schedule. "survives" needs the restart deficit's interval
+    above 0; the wording says when the interval rests on few seeds.
+    """
+    if "lr_schedule" not in summary.dims or "restart" not in summary["lr_schedule"].values:
+        return {}
+    few = "not a confidence interval" in summary.attrs.get("interval_kind", "")
+    out = {}
+    for b in summary["batch_size"].values:
+        cell = summary.sel(batch_size=b, lr_schedule="restart")
+        d = float(cell["permanent_deficit"])
+        lo, hi = (float(v) for v in cell["permanent_deficit_interval"].values)
+        if not np.isfinite(d):
+            out[float(b)] = "unknown (no restart deficit)"
+        elif lo > 0:
+            out[float(b)] = (f"survives the restart: {100 * d:.1f} pp [{100 * lo:.1f}, "
+                             f"{100 * hi:.1f}]" + (" (few seeds)" if few else ""))
+        else:
+            out[float(b)] = (f"does not survive the restart: {100 * d:.1f} pp [{100 * lo:.1f}, "
+                             f"{100 * hi:.1f}] includes no loss" + (" (few seeds)" if few else ""))
+    return out
+
+
+def llc_flag_counts(cube: xr.Dataset) -> dict[str, int]:
+    """Distinct λ̂ estimates of the cube, how many are ok and how many carry each flag.
+
+    An estimate shared by several runs (a trunk checkpoint, the never-blurred run) counts once.
+    """
+    from critperiods.llc_quality import count_flags
+
+    if "llc_quality" not in cube:
+        return {}
+    quality = cube["llc_quality"]
+    if "lr_schedule" in quality.dims:
+        first = quality["lr_schedule"] == quality["lr_schedule"][0]
+    else:
+        first = xr.DataArray(True)
+    k, e = quality["switch_epoch"], quality["epoch"]
+    branch = (e > k) & ((k > 0) | first)
+    trunk = (e <= k) & (k == k.max()) & first
+    return count_flags(quality.where(branch | trunk).values)
 
 
 # --------------------------------------------------------------------------------------
@@ -674,21 +830,27 @@ _GLOBAL = ("temperature_exponent", "batch_size_exponent")
 
 
 def summary_table(summary: xr.Dataset) -> pd.DataFrame:
-    """One row per batch size: per-batch statistics, the interval split into
-    ``critical_period_end_lower``/``_upper``, and the global exponents repeated on every row
-    (so the CSV is self-contained)."""
-    table = pd.DataFrame({"batch_size": summary["batch_size"].values})
-    for name in _PER_BATCH:
-        table[name] = summary[name].values
-        if name == "critical_period_end":
-            interval = summary["critical_period_end_interval"].transpose("batch_size", "bound")
-            table[f"{name}_lower"] = interval.values[:, 0]
-            table[f"{name}_upper"] = interval.values[:, 1]
-    for name in _GLOBAL:
-        table[name] = float(summary[name].values)
-        table[f"{name}_lower"] = float(summary[f"{name}_interval"].values[0])
-        table[f"{name}_upper"] = float(summary[f"{name}_interval"].values[1])
-    return table
+    """One row per (batch size, schedule): the statistics, each interval split into
+    ``_lower``/``_upper``, and the schedule's exponents repeated on every row (so the CSV is
+    self-contained)."""
+    if "lr_schedule" not in summary.dims:
+        summary = summary.expand_dims(lr_schedule=["continue"])
+    rows = []
+    for b in summary["batch_size"].values:
+        for r in summary["lr_schedule"].values:
+            cell = summary.sel(batch_size=b, lr_schedule=r)
+            row: dict[str, object] = {"batch_size": b, "lr_schedule": str(r)}
+            for name in _PER_CELL:
+                row[name] = float(cell[name])
+                if name in _INTERVALS:
+                    lo, hi = cell[f"{name}_interval"].values
+                    row[f"{name}_lower"], row[f"{name}_upper"] = float(lo), float(hi)
+            for name in _GLOBAL:
+                row[name] = float(cell[name])
+                lo, hi = cell[f"{name}_interval"].values
+                row[f"{name}_lower"], row[f"{name}_upper"] = float(lo), float(hi)
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _fmt(value: float) -> str:
@@ -696,19 +858,24 @@ def _fmt(value: float) -> str:
     return "nan" if not np.isfinite(value) else f"{value:.4g}"
 
 
+def _pp(value: float) -> str:
+    return "nan" if not np.isfinite(value) else f"{100 * value:.1f}"
+
+
 def format_table(summary: xr.Dataset) -> str:
-    """Aligned plain-text table of the per-batch statistics plus a line per global exponent."""
+    """Aligned plain-text table of the per-(batch, schedule) statistics, the exponents, what
+    the intervals are, and why any value is NaN."""
     table = summary_table(summary)
     columns = {
         "batch": table["batch_size"].map(lambda v: f"{v:g}"),
+        "lr": table["lr_schedule"],
         "cp_end": table["critical_period_end"].map(_fmt),
-        "cp_interval": [
-            f"[{_fmt(lo)}, {_fmt(hi)}]"
-            for lo, hi in zip(
-                table["critical_period_end_lower"], table["critical_period_end_upper"], strict=True
-            )
-        ],
-        "slope": table["critical_period_slope"].map(_fmt),
+        "cp_interval": [f"[{_fmt(lo)}, {_fmt(hi)}]" for lo, hi in zip(
+            table["critical_period_end_lower"], table["critical_period_end_upper"], strict=True)],
+        "slope_pp/ep": table["critical_period_slope"].map(_pp),
+        "deficit_pp": [f"{_pp(d)} [{_pp(lo)}, {_pp(hi)}]" for d, lo, hi in zip(
+            table["permanent_deficit"], table["permanent_deficit_lower"],
+            table["permanent_deficit_upper"], strict=True)],
         "half_def": table["half_deficit_epoch"].map(_fmt),
         "llc_trunk": table["llc_change_epoch_trunk"].map(_fmt),
         "llc_sharp": table["llc_change_epoch_sharp"].map(_fmt),
@@ -717,10 +884,22 @@ def format_table(summary: xr.Dataset) -> str:
     widths = {k: max(len(k), *(len(str(v)) for v in col)) for k, col in columns.items()}
     lines = ["  ".join(k.rjust(widths[k]) for k in columns)]
     for i in range(len(table)):
-        lines.append("  ".join(str(columns[k].__getitem__(i)).rjust(widths[k]) for k in columns))
+        lines.append("  ".join(str(list(columns[k])[i]).rjust(widths[k]) for k in columns))
+    lines.append(f"intervals: {summary.attrs.get('interval_kind', 'seed-bootstrap interval')}")
+    schedules = (summary["lr_schedule"].values if "lr_schedule" in summary.dims
+                 else ["continue"])
     for name in _GLOBAL:
-        lo, hi = summary[f"{name}_interval"].values
-        lines.append(f"{name}: {_fmt(float(summary[name].values))} [{_fmt(lo)}, {_fmt(hi)}]")
+        for r in schedules:
+            var = summary[name].sel(lr_schedule=r) if "lr_schedule" in summary[name].dims \
+                else summary[name]
+            interval = summary[f"{name}_interval"]
+            lo, hi = (interval.sel(lr_schedule=r) if "lr_schedule" in interval.dims
+                      else interval).values
+            lines.append(f"{name} ({r}): {_fmt(float(var))} [{_fmt(lo)}, {_fmt(hi)}]")
+    missing = [f"  {name}: {summary[name].attrs['missing']}" for name in [*_PER_CELL, *_GLOBAL]
+               if name in summary and "missing" in summary[name].attrs]
+    if missing:
+        lines += ["why some values are nan:", *missing]
     return "\n".join(lines)
 
 

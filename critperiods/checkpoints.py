@@ -21,7 +21,6 @@ from typing import Any
 import torch
 
 from critperiods.files import torch_save_atomic
-from critperiods.plan import trunk_slice
 
 FORMAT = "critperiods-trajectory/1"
 RESUME_FORMAT = "critperiods-resume/1"
@@ -32,12 +31,12 @@ class CheckpointError(ValueError):
 
 
 def config_hash(training_params: dict) -> str:
-    """Hash of everything that shapes the blurred trunk (12 hex digits).
+    """Hash of everything that shapes a trajectory besides its grid coordinates (12 hex digits).
 
-    ``lr_after_switch`` only affects branches, so it is left out (``plan.trunk_slice``):
-    switching it keeps the trunks valid (the branch jobs rerun because their params change).
+    The learning-rate schedule after the switch is a grid axis (``grid.lr_schedules``), not
+    part of this slice, so both schedules' branches continue the same trunks.
     """
-    blob = json.dumps(trunk_slice(training_params), sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(training_params, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -1,89 +1,116 @@
 """The results cube: every per-piece result merged into one self-describing netCDF file.
 
-Dims are named after what was swept (``batch_size``, ``switch_epoch``, ``seed``,
-``epoch``, ``chain``); a run's values at epochs up to its switch are its
-trunk's; cells that were not run are NaN. See DESIGN.md for the schema.
+Dims are named after what was swept (``batch_size``, ``lr_schedule``, ``switch_epoch``,
+``seed``, ``epoch``, ``chain``, …); a run's values at epochs up to its switch are its
+trunk's; cells that were not run are NaN. See docs/architecture.md for the schema.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import re
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from critperiods.files import write_atomic
+from critperiods.layout import parse_divergence, parse_piece
+from critperiods.llc_quality import MAX_RHAT, MAX_TREND_Z
+from critperiods.plan import piece_schedule
 
-PIECE_RE = re.compile(
-    r"bs(?P<batch_size>\d+)/seed(?P<seed>\d+)/(?:(?P<trunk>trunk)[./]|switch(?P<switch>\d+)\.)"
-)
+#: The dims of one run of the grid, in the cube's order.
+RUN_DIMS = ("batch_size", "lr_schedule", "switch_epoch", "seed")
 
-ATTRS = {
-    "batch_size": ("SGD batch size", "1"),
-    "switch_epoch": ("epoch at which the blur deficit is removed", "epoch"),
-    "seed": ("seed of initial weights and data order", "1"),
-    "epoch": ("training epochs completed at the checkpoint", "epoch"),
-    "chain": ("SGLD chain", "1"),
-    "draw": ("SGLD draw, burn-in included (the first llc_burn_in draws)", "1"),
-    "seed_b": ("the other seed of a pair of runs", "1"),
-    "bound": ("lower and upper bound of a bootstrap interval", "1"),
+#: name → (long_name, units). Index coordinates (dims) carry a long_name and no units, and every
+#: unit parses in UDUNITS ("1" for dimensionless; losses in nats name the unit in long_name).
+ATTRS: dict[str, tuple[str, str | None]] = {
+    "batch_size": ("SGD batch size", None),
+    "lr_schedule": ("learning-rate schedule after the switch: continue = the per-epoch decay "
+                    "goes on, restart = the rate is reset to its initial value at the switch",
+                    None),
+    "switch_epoch": ("epoch at which the blur deficit is removed (0: never blurred)", None),
+    "seed": ("seed of initial weights and data order", None),
+    "epoch": ("training epochs completed at the checkpoint", None),
+    "chain": ("SGLD chain", None),
+    "draw": ("SGLD draw, burn-in included (the first llc_burn_in draws)", None),
+    "seed_b": ("the other seed of a pair of runs", None),
+    "bound": ("lower and upper bound of an interval", None),
+    "reference": ("run compared with: blurred = the always-blurred run, sharp = the "
+                  "never-blurred run (switch epoch 0), both of the same seed", None),
+    "epochs_since_switch": ("epochs since the run's switch epoch (negative before it)", "1"),
     "phase_sharp": ("true where the epoch's checkpoint was last trained on sharp data", "1"),
     "final_test_accuracy": ("sharp test accuracy at the run's last epoch", "1"),
     "llc_mean": ("local learning coefficient, mean over healthy SGLD chains", "1"),
     "llc_std": ("local learning coefficient, std over healthy SGLD chains", "1"),
     "llc_chain": ("local learning coefficient per SGLD chain (NaN if diverged)", "1"),
     "llc_diverged_chains": ("SGLD chains that diverged (excluded from the mean)", "1"),
-    "llc_init_loss": ("loss of the checkpoint on the LLC samples, L_n(w*)", "nats"),
+    "llc_init_loss": ("loss of the checkpoint on the LLC samples, L_n(w*), in nats", "1"),
+    "llc_rhat": ("rank-normalised split R-hat of the post-burn-in SGLD draws (ArviZ)", "1"),
+    "llc_ess": ("bulk effective sample size of the post-burn-in SGLD draws (ArviZ)", "1"),
+    "llc_trend_z": ("mean of the first 20% minus the last 50% of the post-burn-in draws, in "
+                    "Monte Carlo standard errors", "1"),
+    "llc_quality": ("quality of the local learning coefficient estimate (0 = ok)", "1"),
+    "llc_nbeta": ("inverse temperature times sample size of the SGLD posterior (n beta)", "1"),
+    "llc_burn_in": ("SGLD draws per chain discarded as burn-in", "1"),
+    "llc_step_size": ("SGLD step size epsilon", "1"),
+    "llc_gamma": ("SGLD localisation strength gamma", "1"),
 }
-
-
-def parse_piece(path: str | Path) -> tuple[int, int, int | None]:
-    """``(batch_size, seed, switch_epoch)`` from a piece path; switch_epoch None for the trunk."""
-    m = PIECE_RE.search(str(path))
-    if m is None:
-        raise ValueError(f"{path}: not a piece result (…/bs<B>/seed<S>/trunk.* or switch<K>.*)")
-    switch = None if m["trunk"] else int(m["switch"])
-    return int(m["batch_size"]), int(m["seed"]), switch
+#: Settings of the sampler, 0-d in a per-piece file and in the cube.
+LLC_SETTINGS = ("llc_nbeta", "llc_burn_in", "llc_step_size", "llc_gamma")
 
 
 def _load_pieces(files: Iterable[str | Path]) -> tuple[dict, dict]:
-    """Per-piece datasets, split into trunks ``{(b, s): ds}`` and branches ``{(b, s, k): ds}``."""
+    """Per-piece datasets, split into trunks ``{(b, s): ds}`` and branches
+    ``{(b, s, stored schedule, k): ds}``."""
     trunks: dict[tuple[int, int], xr.Dataset] = {}
-    branches: dict[tuple[int, int, int], xr.Dataset] = {}
+    branches: dict[tuple[int, int, str, int], xr.Dataset] = {}
     for f in files:
-        b, s, switch = parse_piece(f)
+        key = parse_piece(f)
         with xr.open_dataset(f) as opened:
             ds = opened.load()
-        if switch is None:
-            trunks[(b, s)] = ds
+        if key.is_trunk:
+            trunks[(key.batch_size, key.seed)] = ds
         else:
-            branches[(b, s, switch)] = ds
+            branches[(key.batch_size, key.seed, key.lr_schedule, key.switch_epoch)] = ds
     return trunks, branches
 
 
-def assemble_runs(files: Iterable[str | Path]) -> xr.Dataset:
-    """One Dataset over (batch_size, switch_epoch, seed, epoch[, …]) from per-piece files.
+def assemble_runs(files: Iterable[str | Path],
+                  lr_schedules: Sequence[str] = ("continue",)) -> xr.Dataset:
+    """One Dataset over (batch_size, lr_schedule, switch_epoch, seed, epoch[, …]) from
+    per-piece files.
 
-    A run's value at epoch ``e ≤ switch_epoch`` is its trunk's; later epochs come
-    from its branch. Runs that do not exist stay NaN.
+    A run's value at epoch ``e ≤ switch_epoch`` is its trunk's; later epochs come from its
+    branch, which may serve several schedules (``plan.piece_schedule``: the never-blurred run
+    is one branch for all). Runs that do not exist stay NaN. 0-d variables (the sampler's
+    settings) are kept 0-d when every piece agrees, else laid out per run.
     """
     trunks, branches = _load_pieces(files)
-    runs = []
-    for (b, s, k), branch in sorted(branches.items()):
+    runs, settings = [], []
+    for (b, s, stored, k), branch in sorted(branches.items()):
         trunk = trunks.get((b, s))
         parts = [branch]
         if trunk is not None:
             parts.insert(0, trunk.sel(epoch=trunk.epoch[trunk.epoch <= k]))
-        run = xr.concat(parts, dim="epoch", data_vars="all") if len(parts) > 1 else branch
-        runs.append(run.expand_dims(batch_size=[b], switch_epoch=[k], seed=[s]))
+        flat = [p.drop_vars([v for v in p.data_vars if not p[v].dims]) for p in parts]
+        run = xr.concat(flat, dim="epoch", data_vars="all") if len(flat) > 1 else flat[0]
+        for r in lr_schedules:
+            if piece_schedule(r, k) == stored:
+                coords = {"batch_size": [b], "lr_schedule": [r], "switch_epoch": [k], "seed": [s]}
+                runs.append(run.expand_dims(coords))
+                settings.append(xr.Dataset({v: p[v] for p in parts for v in p.data_vars
+                                            if not p[v].dims}).expand_dims(coords))
     if not runs:
         return xr.Dataset()
-    return xr.merge(runs, compat="no_conflicts", join="outer", combine_attrs="drop_conflicts")
+    cube = xr.merge(runs, compat="no_conflicts", join="outer", combine_attrs="drop_conflicts")
+    per_run = xr.merge(settings, join="outer", combine_attrs="drop_conflicts")
+    for name, var in per_run.data_vars.items():
+        values = np.unique(var.values[np.isfinite(var.values)])
+        cube[name] = ((), values[0]) if values.size == 1 else var
+    return cube
 
 
 def _git_commit() -> str:
@@ -108,45 +135,56 @@ def _versions() -> dict[str, str]:
 
 
 def assemble_divergence(files: Iterable[str | Path]) -> xr.Dataset:
-    """Per-batch-size divergence results (``…/divergence/bs<B>.nc``) on a ``batch_size`` dim."""
+    """Per-(batch size, schedule) divergence results (``…/divergence/bs<B>_<schedule>.nc``)
+    on ``batch_size`` and ``lr_schedule`` dims."""
     parts = []
     for f in files:
-        m = re.search(r"bs(\d+)\.nc$", str(f))
-        if m is None:
-            raise ValueError(f"{f}: not a divergence result (…/divergence/bs<B>.nc)")
+        batch_size, lr_schedule = parse_divergence(f)
         with xr.open_dataset(f) as opened:
             ds = opened.load()
-        parts.append(ds.expand_dims(batch_size=[int(m[1])]))
+        parts.append(ds.expand_dims(batch_size=[batch_size], lr_schedule=[lr_schedule]))
     return xr.merge(parts, join="outer", combine_attrs="drop_conflicts") if parts else xr.Dataset()
 
 
 def build_cube(
     metrics_files: Iterable[str | Path], llc_files: Iterable[str | Path], grid: dict,
     epochs_after_switch: int, training: dict, config_yaml: str,
-    divergence_files: Iterable[str | Path] = (),
+    divergence_files: Iterable[str | Path] = (), analysis: dict | None = None,
 ) -> xr.Dataset:
-    """Merge per-piece metrics, λ̂ and divergences into the cube of DESIGN.md."""
+    """Merge per-piece metrics, λ̂ and divergences into the cube (docs/architecture.md).
+
+    ``analysis`` holds the config's ``analysis:`` section (the λ̂ quality thresholds and the
+    interval settings of the critical-period statistics; defaults where absent).
+    """
     from critperiods.analysis import critical_period_summary
     from critperiods.checkpoints import config_hash
     from critperiods.growth_laws import NO_FIT
 
-    parts = [assemble_runs(metrics_files), assemble_runs(llc_files),
+    settings = {**ANALYSIS_DEFAULTS, **(analysis or {})}
+    schedules = list(grid.get("lr_schedules", ["continue"]))
+    parts = [assemble_runs(metrics_files, schedules), assemble_runs(llc_files, schedules),
              assemble_divergence(divergence_files)]
     cube = xr.merge(parts, join="outer", combine_attrs="drop_conflicts")
-    cube = cube.sel(epoch=cube.epoch[cube.test_accuracy.notnull().any(
-        ["batch_size", "switch_epoch", "seed"])])
-    cube = cube.reindex(batch_size=sorted(grid["batch_sizes"]),
+    cube = cube.sel(epoch=cube.epoch[cube.test_accuracy.notnull().any(RUN_DIMS)])
+    cube = cube.reindex(batch_size=sorted(grid["batch_sizes"]), lr_schedule=schedules,
                         switch_epoch=sorted(grid["switch_epochs"]), seed=sorted(grid["seeds"]))
     cube["phase_sharp"] = (cube.epoch > cube.switch_epoch).transpose("switch_epoch", "epoch")
+    cube = cube.assign_coords(epochs_since_switch=cube.epoch - cube.switch_epoch)
     final_epoch = cube.switch_epoch + epochs_after_switch
-    final = cube.test_accuracy.sel(epoch=final_epoch).drop_vars("epoch")
+    final = cube.test_accuracy.sel(epoch=final_epoch).drop_vars(["epoch", "epochs_since_switch"])
     final.attrs = {}  # its own long_name (describe), not test_accuracy's
     cube["final_test_accuracy"] = final
     for name in [v for v in cube.data_vars if str(v).endswith("_growth_form")]:
         # merging promotes the int8 codes to float; cells without a fit are code NO_FIT
         cube[name] = cube[name].fillna(NO_FIT).astype(np.int8)
-    cube = cube.merge(critical_period_summary(cube, n_boot=1000, rng_seed=0))
+    if "llc_mean" in cube:
+        cube["llc_quality"] = _llc_quality(cube, settings)
+    summary = critical_period_summary(cube, n_boot=settings["bootstrap_samples"], rng_seed=0,
+                                      level=settings["interval_level"])
+    cube = cube.merge(summary)
     cube.attrs = {
+        **{f"summary_{k}" if k in ("horizon", "n_boot", "rng_seed", "level") else k: v
+           for k, v in summary.attrs.items()},
         "Conventions": "CF-1.10",
         "title": "critperiods: critical learning periods sweep",
         "history": f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} "
@@ -157,14 +195,54 @@ def build_cube(
         "git_commit": _git_commit(),
         "epochs_after_switch": epochs_after_switch,
         "lr": training["optimizer"]["lr"],
-        "lr_after_switch": training["optimizer"]["lr_after_switch"],
         **_versions(),
     }
     return describe(cube)
 
 
+#: Defaults of the config's ``analysis:`` section (the schema holds the same; a test checks).
+ANALYSIS_DEFAULTS = {"llc_max_rhat": MAX_RHAT, "llc_max_trend_z": MAX_TREND_Z,
+                     "interval_level": 0.9, "bootstrap_samples": 1000}
+
+
+def _llc_quality(cube: xr.Dataset, settings: dict) -> xr.DataArray:
+    """The λ̂ quality flag of every estimate (NaN where none was made)."""
+    from critperiods.llc_quality import flag_attrs, quality_flags
+
+    mean = cube["llc_mean"]
+    flags = quality_flags(mean.values, cube["llc_diverged_chains"].values,
+                          cube["llc_rhat"].values, cube["llc_trend_z"].values,
+                          settings["llc_max_rhat"], settings["llc_max_trend_z"])
+    attrs = {**flag_attrs(), "comment": (
+        f"bit field: negative = lambda < 0; not_converged = R-hat > {settings['llc_max_rhat']} "
+        f"or |trend z| > {settings['llc_max_trend_z']}; diverged_chains = at least one chain "
+        "diverged. Flagged estimates are left out of the markers and drawn hollow.")}
+    return xr.DataArray(flags, dims=mean.dims, coords=mean.coords, attrs=attrs)
+
+
+def align_at_switch(da: xr.DataArray) -> xr.DataArray:
+    """``da`` (with ``switch_epoch`` and ``epoch`` dims) re-indexed by epochs since the switch.
+
+    The result has a dim ``epochs_since_switch`` instead of ``epoch`` (negative before the
+    switch), so runs with different switch epochs line up at their switch::
+
+        align_at_switch(cube.test_accuracy).sel(epochs_since_switch=2).mean("seed")
+    """
+    offsets = sorted({int(e - k) for k in da["switch_epoch"].values for e in da["epoch"].values})
+    parts = []
+    for k in da["switch_epoch"].values:
+        run = da.sel(switch_epoch=k).drop_vars("epochs_since_switch", errors="ignore")
+        run = run.assign_coords(epochs_since_switch=("epoch", (run["epoch"] - k).values))
+        run = run.swap_dims(epoch="epochs_since_switch").drop_vars("epoch")
+        parts.append(run.reindex(epochs_since_switch=offsets).expand_dims(switch_epoch=[k]))
+    out = xr.concat(parts, dim="switch_epoch")
+    out["epochs_since_switch"].attrs["long_name"] = ATTRS["epochs_since_switch"][0]
+    return out
+
+
 def describe(ds: xr.Dataset) -> xr.Dataset:
-    """Fill ``long_name``/``units`` from :data:`ATTRS` and the evaluation metrics."""
+    """Fill ``long_name`` (and ``units``, except on index coordinates) from :data:`ATTRS`
+    and the evaluation metrics."""
     from critperiods.evaluation import METRICS
 
     known = {**ATTRS, **METRICS}
@@ -172,14 +250,19 @@ def describe(ds: xr.Dataset) -> xr.Dataset:
         if name in known:
             long_name, units = known[name]
             ds[name].attrs.setdefault("long_name", long_name)
-            ds[name].attrs.setdefault("units", units)
+            if units is not None and name not in ds.dims:
+                ds[name].attrs.setdefault("units", units)
     return ds
+
+
+#: Flag variables: int8 on disk with -1 where no estimate was made (NaN when opened).
+FLAG_ENCODING = {"llc_quality": {"dtype": "int8", "_FillValue": -1}}
 
 
 def write_netcdf(ds: xr.Dataset, path: str | Path) -> None:
     """Write ``ds`` atomically as compressed netCDF4."""
     encoding = {
-        name: {"zlib": True, "complevel": 4}
+        name: {"zlib": True, "complevel": 4, **FLAG_ENCODING.get(str(name), {})}
         for name, var in ds.data_vars.items()
         if var.dtype.kind in "fiub"
     }
@@ -192,4 +275,5 @@ def open_cube(path: str | Path) -> xr.Dataset:
         return ds.load()
 
 
-__all__ = ["assemble_runs", "build_cube", "describe", "open_cube", "parse_piece", "write_netcdf"]
+__all__ = ["ANALYSIS_DEFAULTS", "RUN_DIMS", "align_at_switch", "assemble_runs", "build_cube",
+           "describe", "open_cube", "write_netcdf"]

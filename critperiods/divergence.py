@@ -5,9 +5,11 @@ Runs of one batch size are keyed by ``(switch_epoch, seed)``; each is ``{epoch: 
 continuation of the trunk has key ``(BLURRED, seed)``. At every epoch :func:`compare_runs` fills
 three comparison sets:
 
-* ``div_<metric>_vs_blurred`` — run ``(K, s)`` against ``(BLURRED, s)``: identical (exactly 0)
-  up to ``K``, so its growth after ``K`` measures how far removing the deficit moves the network;
-* ``div_<metric>_vs_sharp`` — run ``(K, s)`` against ``(0, s)``, the never-blurred run;
+* ``div_<metric>`` with ``reference = "blurred"`` — run ``(K, s)`` against ``(BLURRED, s)``:
+  identical (exactly 0) up to ``K``, so its growth after ``K`` measures how far removing the
+  deficit moves the network;
+* ``div_<metric>`` with ``reference = "sharp"`` — run ``(K, s)`` against ``(0, s)``, the
+  never-blurred run;
 * ``div_<metric>_seeds`` — every ordered pair of seeds ``(seed, seed_b)`` within one switch epoch.
 
 Metrics: in weight space ``l2``, ``l2_rel``, ``cosine`` (all pairs of one epoch from one Gram
@@ -51,6 +53,8 @@ State = Mapping[str, Tensor]
 Runs = Mapping[RunKey, Mapping[int, State]]
 
 SETS = ("vs_blurred", "vs_sharp", "seeds")
+#: The comparison sets against a reference run, as values of the ``reference`` dimension.
+REFERENCES = {"vs_blurred": "blurred", "vs_sharp": "sharp"}
 METRICS = ("l2", "l2_rel", "cosine", "l2_aligned", "disagreement", "kl", "js", "acc_gap",
            "loss_gap", "cka", "barrier")
 #: Requested metric → the variables it produces (default: just itself).
@@ -61,7 +65,8 @@ FUNCTION_METRICS = ("disagreement", "kl", "js", "acc_gap", "loss_gap", "cka")
 #: Metrics only defined for seed pairs.
 SEEDS_ONLY = ("l2_aligned",)
 
-#: variable → (long_name, units). "a" is the run, "b" the reference (or ``seed_b``).
+#: variable → (long_name, units). "a" is the run, "b" the reference (or ``seed_b``). Losses and
+#: divergences of distributions are in nats, named in the long_name (UDUNITS has no nat).
 ATTRS = {
     "l2": ("L2 distance between trainable weights", "1"),
     "l2_rel": ("L2 distance relative to the mean weight norm of the pair", "1"),
@@ -70,22 +75,24 @@ ATTRS = {
                    "1"),
     "disagreement": ("fraction of probe images with different predicted classes", "1"),
     "disagreement_norm": ("disagreement divided by the pair's mean probe error rate", "1"),
-    "kl": ("mean KL(p_a || p_b) of predictive distributions on the probe set", "nats"),
-    "js": ("mean Jensen-Shannon divergence of predictive distributions on the probe set", "nats"),
+    "kl": ("mean KL(p_a || p_b) of predictive distributions on the probe set, in nats", "1"),
+    "js": ("mean Jensen-Shannon divergence of predictive distributions on the probe set, "
+           "in nats", "1"),
     "acc_gap": ("probe accuracy of a minus that of b", "1"),
-    "loss_gap": ("probe cross-entropy of a minus that of b", "nats"),
+    "loss_gap": ("probe cross-entropy of a minus that of b, in nats", "1"),
     "cka": ("linear CKA of penultimate features on the probe set (minibatch unbiased HSIC)", "1"),
     "barrier": ("max over alpha of probe loss on the a-b line above the linear interpolation "
-                "of the endpoint losses", "nats"),
-    "barrier_mean": ("max over alpha of probe loss on the a-b line minus the mean endpoint loss",
-                     "nats"),
+                "of the endpoint losses, in nats", "1"),
+    "barrier_mean": ("max over alpha of probe loss on the a-b line minus the mean endpoint loss, "
+                     "in nats", "1"),
 }
 #: Values for a pair of bitwise-identical checkpoints.
 IDENTICAL = {"l2": 0.0, "l2_rel": 0.0, "cosine": 1.0, "l2_aligned": 0.0, "disagreement": 0.0,
              "disagreement_norm": 0.0, "kl": 0.0, "js": 0.0, "acc_gap": 0.0, "loss_gap": 0.0,
              "cka": 1.0, "barrier": 0.0, "barrier_mean": 0.0}
-SET_ROLES = {"vs_blurred": "b is the always-blurred run of the same seed",
-             "vs_sharp": "b is the never-blurred run (switch epoch 0) of the same seed",
+SET_ROLES = {"reference": "a is the run, b its reference run of the same seed: the "
+                          "always-blurred run (reference=blurred) or the never-blurred run "
+                          "(reference=sharp)",
              "seeds": "a is seed, b is seed_b, both with the same switch epoch"}
 
 
@@ -408,7 +415,9 @@ def _pairs(present: Iterable[RunKey], switches: Sequence[int],
 
 @dataclass
 class _Store:
-    """NaN-initialised arrays of every output variable, indexed like :class:`Pair`."""
+    """NaN-initialised arrays of every output variable, indexed like :class:`Pair`:
+    ``div_<v>`` (switch_epoch, seed, reference, epoch) and ``div_<v>_seeds``
+    (switch_epoch, seed, seed_b, epoch)."""
 
     switches: list[int]
     seeds: list[int]
@@ -419,32 +428,36 @@ class _Store:
     def __post_init__(self) -> None:
         nk, ns, ne = len(self.switches), len(self.seeds), len(self.epochs)
         for v in self.variables:
-            for kind in SETS:
-                if v in SEEDS_ONLY and kind != "seeds":
-                    continue
-                shape = (nk, ns, ns, ne) if kind == "seeds" else (nk, ns, ne)
-                self.arrays[f"div_{v}_{kind}"] = np.full(shape, np.nan)
+            if v not in SEEDS_ONLY:
+                self.arrays[f"div_{v}"] = np.full((nk, ns, len(REFERENCES), ne), np.nan)
+            self.arrays[f"div_{v}_seeds"] = np.full((nk, ns, ns, ne), np.nan)
 
     def put(self, pair: Pair, epoch_index: int, values: Mapping[str, float]) -> None:
+        if pair.kind == "seeds":
+            names, index = {v: f"div_{v}_seeds" for v in values}, pair.index
+        else:
+            names = {v: f"div_{v}" for v in values}
+            index = (*pair.index, list(REFERENCES).index(pair.kind))
         for v, x in values.items():
-            name = f"div_{v}_{pair.kind}"
-            if name in self.arrays:
-                self.arrays[name][(*pair.index, epoch_index)] = x
+            if names[v] in self.arrays:
+                self.arrays[names[v]][(*index, epoch_index)] = x
 
     def dataset(self) -> xr.Dataset:
         coords = {"switch_epoch": np.asarray(self.switches, dtype=np.int64),
                   "seed": np.asarray(self.seeds, dtype=np.int64),
                   "seed_b": np.asarray(self.seeds, dtype=np.int64),
+                  "reference": list(REFERENCES.values()),
                   "epoch": np.asarray(self.epochs, dtype=np.int64)}
         data = {}
         for name, arr in self.arrays.items():
-            kind = next(k for k in SETS if name.endswith(f"_{k}"))
-            metric = name[len("div_"):-len(kind) - 1]
-            dims = (("switch_epoch", "seed", "seed_b", "epoch") if kind == "seeds"
-                    else ("switch_epoch", "seed", "epoch"))
+            seeds = name.endswith("_seeds")
+            metric = name[len("div_"):-len("_seeds")] if seeds else name[len("div_"):]
+            dims = (("switch_epoch", "seed", "seed_b", "epoch") if seeds
+                    else ("switch_epoch", "seed", "reference", "epoch"))
             long_name, units = ATTRS[metric]
-            data[name] = xr.Variable(dims, arr, attrs={
-                "long_name": f"{long_name} ({SET_ROLES[kind]})", "units": units})
+            role = SET_ROLES["seeds" if seeds else "reference"]
+            data[name] = xr.Variable(dims, arr, attrs={"long_name": f"{long_name} ({role})",
+                                                       "units": units})
         return xr.Dataset(data, coords=coords)
 
 
@@ -601,8 +614,9 @@ def compare_runs(runs: Runs, make_model: Callable[[], nn.Module], probe: tuple[T
     ``probe``: normalised sharp test images and labels; ``bn_data``: normalised sharp training
     images for the BatchNorm reset of barriers (may be None for models without BN).
 
-    Variables ``div_<v>_vs_blurred`` / ``div_<v>_vs_sharp`` have dims
-    ``(switch_epoch, seed, epoch)``; ``div_<v>_seeds`` has ``(switch_epoch, seed, seed_b, epoch)``.
+    Variables ``div_<v>`` have dims ``(switch_epoch, seed, reference, epoch)`` (``reference``:
+    ``blurred``, the always-blurred run; ``sharp``, the never-blurred run); ``div_<v>_seeds``
+    has ``(switch_epoch, seed, seed_b, epoch)``.
     NaN where a pair does not exist at an epoch (or a barrier is not computed there). The
     ``switch_epoch`` coordinate excludes :data:`BLURRED`. Attrs record ``forward_passes`` (probe
     evaluations of checkpoints, one per distinct checkpoint), ``barrier_evaluations`` and
@@ -677,17 +691,17 @@ def runs_from_pieces(paths: Iterable[str], expected_hash: str) -> dict[RunKey, d
     branch's afterwards; the trunk itself is the always-blurred reference ``(BLURRED, seed)``.
     """
     from critperiods.checkpoints import checkpoint_map, load_piece
-    from critperiods.cube import parse_piece
+    from critperiods.layout import parse_piece
 
     trunks: dict[int, dict[int, State]] = {}
     branches: dict[RunKey, dict[int, State]] = {}
     for path in paths:
-        _, seed, switch = parse_piece(path)
+        key = parse_piece(path)
         ckpts = {e: c["model"] for e, c in checkpoint_map(load_piece(path, expected_hash)).items()}
-        if switch is None:
-            trunks.setdefault(seed, {}).update(ckpts)
+        if key.is_trunk:
+            trunks.setdefault(key.seed, {}).update(ckpts)
         else:
-            branches[(switch, seed)] = ckpts
+            branches[(key.switch_epoch, key.seed)] = ckpts
     runs: dict[RunKey, dict[int, State]] = {(BLURRED, s): t for s, t in trunks.items()}
     for (switch, seed), ckpts in branches.items():
         before = {e: w for e, w in trunks.get(seed, {}).items() if e <= switch}

@@ -19,11 +19,11 @@ from critperiods.training import TrainConfig
 
 #: name → (long_name, units) of every per-checkpoint metric.
 METRICS = {
-    "test_loss": ("cross-entropy on the sharp test set", "nats"),
+    "test_loss": ("cross-entropy on the sharp test set, in nats", "1"),
     "test_accuracy": ("accuracy on the sharp test set", "1"),
-    "blurred_test_loss": ("cross-entropy on the blurred test set", "nats"),
+    "blurred_test_loss": ("cross-entropy on the blurred test set, in nats", "1"),
     "blurred_test_accuracy": ("accuracy on the blurred test set", "1"),
-    "train_loss": ("cross-entropy on the training data of the checkpoint's phase", "nats"),
+    "train_loss": ("cross-entropy on the training data of the checkpoint's phase, in nats", "1"),
     "train_accuracy": ("accuracy on the training data of the checkpoint's phase", "1"),
 }
 SUBSET_SEED = 1

@@ -1,7 +1,7 @@
 """How a branch's divergence from its always-blurred reference grows after the switch.
 
-For each run, ``div_<metric>_vs_blurred`` is exactly 0 up to its switch epoch ``K`` and then
-grows. Against ``t = epoch − K`` (``t > 0`` only) three forms are fitted with
+For each run, ``div_<metric>`` against the always-blurred run is exactly 0 up to its switch
+epoch ``K`` and then grows. Against ``t = epoch − K`` (``t > 0`` only) three forms are fitted with
 ``scipy.optimize.curve_fit`` and the one with the lowest AIC (``n·ln(RSS/n) + 2k``) is kept:
 
 * ``linear``      ``a·t + c``   — rate ``a`` (metric units per epoch): steady drift;
@@ -143,7 +143,8 @@ def _fit_grid(div: xr.DataArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def growth_law_dataset(div_ds: xr.Dataset,
                        metrics: Sequence[str] = ("l2", "disagreement")) -> xr.Dataset:
-    """Growth-law fits of ``div_<metric>_vs_blurred`` for every run, dims (switch_epoch, seed).
+    """Growth-law fits of ``div_<metric>`` against the always-blurred run (``reference =
+    "blurred"``) for every run, dims (switch_epoch, seed).
 
     Variables ``div_<metric>_growth_form`` (int8 code with CF ``flag_values``/``flag_meanings``),
     ``div_<metric>_growth_rate`` (what it means depends on the form: see ``comment``) and
@@ -152,10 +153,10 @@ def growth_law_dataset(div_ds: xr.Dataset,
     out = xr.Dataset(coords={"switch_epoch": div_ds["switch_epoch"], "seed": div_ds["seed"]})
     dims = ("switch_epoch", "seed")
     for metric in metrics:
-        name = f"div_{metric}_vs_blurred"
+        name = f"div_{metric}"
         if name not in div_ds:
             continue
-        codes, rates, r2s = _fit_grid(div_ds[name])
+        codes, rates, r2s = _fit_grid(div_ds[name].sel(reference="blurred", drop=True))
         out[f"div_{metric}_growth_form"] = xr.Variable(dims, codes, attrs={
             "long_name": f"growth law of {metric} vs the always-blurred run (lowest AIC)",
             "units": "1", "flag_values": np.arange(NO_FIT, len(FORMS), dtype=np.int8),

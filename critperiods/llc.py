@@ -733,14 +733,21 @@ def llc_at_checkpoints(
     checkpoints: Sequence[dict], model: nn.Module, data_for: Callable[[str], tuple[Tensor, Tensor]],
     config: LLCConfig, label: str = "", progress: bool = True,
 ) -> Any:
-    """λ̂ at each checkpoint as an ``xarray.Dataset`` with dims ``epoch``, ``chain``, ``draw``.
+    """λ̂ at each checkpoint, with its diagnostics, as an ``xarray.Dataset`` with dims
+    ``epoch``, ``chain``, ``draw``.
 
     ``data_for(phase)`` returns the ``(inputs, targets)`` the sampler sees for a checkpoint
     of that phase (``"blurred"`` or ``"sharp"``). Variables: ``llc_mean``, ``llc_std``,
     ``llc_chain`` (NaN for diverged chains), ``llc_diverged_chains`` (count),
-    ``llc_init_loss`` and ``llc_loss_trace`` (minibatch loss per draw, burn-in included).
+    ``llc_init_loss``, ``llc_loss_trace`` (minibatch loss per draw, burn-in included), the
+    convergence diagnostics ``llc_rhat``, ``llc_ess`` and ``llc_trend_z``
+    (:mod:`critperiods.llc_quality`, which also turns them into the quality flag), and the
+    sampler's settings as 0-d variables ``llc_nbeta``, ``llc_burn_in``, ``llc_step_size``,
+    ``llc_gamma``.
     """
     import xarray as xr
+
+    from critperiods.llc_quality import diagnose
 
     rows = []
     for c in checkpoints:
@@ -748,28 +755,37 @@ def llc_at_checkpoints(
         result = estimate_llc(model, torch.nn.functional.cross_entropy, data_for(c["phase"]),
                               config, label=f"{label} epoch {c['epoch']}", progress=progress)
         rows.append(result)
+    checks = [diagnose(r.loss_trace, r.burn_in, r.diverged) for r in rows]
     epochs = np.asarray([int(c["epoch"]) for c in checkpoints], dtype=np.int64)
     draws = config.burn_in + config.draws
     trace = np.stack([r.loss_trace for r in rows]) if rows else np.zeros((0, config.chains, draws))
+
+    def per_epoch(values: list[float]) -> tuple[str, np.ndarray]:
+        return "epoch", np.asarray(values, dtype=float)
+
     ds = xr.Dataset(
         {
-            "llc_mean": ("epoch", np.asarray([r.llc_mean for r in rows], dtype=float)),
-            "llc_std": ("epoch", np.asarray([r.llc_std for r in rows], dtype=float)),
+            "llc_mean": per_epoch([r.llc_mean for r in rows]),
+            "llc_std": per_epoch([r.llc_std for r in rows]),
             "llc_chain": (("epoch", "chain"),
                           np.asarray([r.llc_per_chain for r in rows], dtype=float).reshape(
                               len(rows), config.chains)),
-            "llc_diverged_chains": ("epoch", np.asarray(
-                [int(np.sum(r.diverged)) for r in rows], dtype=float)),
-            "llc_init_loss": ("epoch", np.asarray([r.init_loss for r in rows], dtype=float)),
+            "llc_diverged_chains": per_epoch([int(np.sum(r.diverged)) for r in rows]),
+            "llc_init_loss": per_epoch([r.init_loss for r in rows]),
             "llc_loss_trace": (("epoch", "chain", "draw"), trace.astype(np.float32)),
+            "llc_rhat": per_epoch([d.rhat for d in checks]),
+            "llc_ess": per_epoch([d.ess for d in checks]),
+            "llc_trend_z": per_epoch([d.trend_z for d in checks]),
+            "llc_nbeta": ((), rows[0].nbeta if rows else float("nan")),
+            "llc_burn_in": ((), config.burn_in),
+            "llc_step_size": ((), config.step_size),
+            "llc_gamma": ((), config.gamma),
         },
         coords={"epoch": epochs, "chain": np.arange(config.chains), "draw": np.arange(draws)},
-        attrs={"llc_nbeta": rows[0].nbeta if rows else float("nan"),
-               "llc_burn_in": config.burn_in},
     )
     ds["llc_loss_trace"].attrs.update(
-        long_name="SGLD minibatch loss per recorded draw (burn-in included; NaN after a chain "
-                  "diverged)", units="nats")
+        long_name="SGLD minibatch loss per recorded draw, in nats (burn-in included; NaN after "
+                  "a chain diverged)", units="1")
     return ds
 
 

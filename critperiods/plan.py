@@ -14,12 +14,38 @@ class ConfigError(ValueError):
     """A config value that is well-typed but inconsistent; the message names the key."""
 
 
+#: The learning-rate schedules after the switch (``grid.lr_schedules``, cube dim ``lr_schedule``):
+#: ``continue`` keeps the per-epoch decay across the switch (Achille et al.), ``restart`` resets
+#: the learning rate to ``optimizer.lr`` at the switch epoch (the learning-rate control).
+LR_SCHEDULES = ("continue", "restart")
+
+#: Keys that moved, with the message that says where (checked before the schema, whose
+#: "additional property" error would not say it).
+MOVED_KEYS = {
+    ("optimizer", "lr_after_switch"): (
+        "optimizer.lr_after_switch was replaced by the sweep axis grid.lr_schedules: write "
+        "grid: {lr_schedules: [continue]} (Achille et al.'s protocol), [restart], or "
+        "[continue, restart] (both, sharing the blurred trunks)"),
+}
+
+
+#: Side length (pixels) of each dataset's images.
+IMAGE_SIZE = {"fashion_mnist": 28, "mnist": 28, "cifar10": 32}
+
+
+def check_moved_keys(config: dict) -> None:
+    """Refuse keys that moved elsewhere, naming the new key (run before schema validation)."""
+    for (section, key), message in MOVED_KEYS.items():
+        if isinstance(config.get(section), dict) and key in config[section]:
+            raise ConfigError(message)
+
+
 def check_config(config: dict, schema: dict) -> None:
     """Checks that the JSON schema (already validated against) cannot express, run before
     any job is planned: whole numbers, and consistency across keys."""
     check_whole_numbers(config, schema)
     grid = config["grid"]
-    for key in ("batch_sizes", "switch_epochs", "seeds"):
+    for key in ("batch_sizes", "switch_epochs", "seeds", "lr_schedules"):
         if not grid.get(key):
             raise ConfigError(f"grid.{key}: the grid is empty (got {grid.get(key)!r})")
         repeated = sorted({v for v in grid[key] if grid[key].count(v) > 1})
@@ -32,7 +58,14 @@ def check_config(config: dict, schema: dict) -> None:
             f"grid.switch_epochs: {bad} not a multiple of trunk_stride={stride} "
             "(branches start from trunk states saved every trunk_stride epochs)"
         )
-    train_subset = config["dataset"].get("train_subset")
+    dataset = config["dataset"]
+    size = IMAGE_SIZE.get(dataset["name"])
+    if size is not None and dataset["blur_size"] >= size:
+        raise ConfigError(
+            f"dataset.blur_size: {dataset['blur_size']} is not smaller than the "
+            f"{size}×{size} images of {dataset['name']}, so the blur would do nothing and no "
+            "run would have a deficit; use a blur_size below the image size (e.g. 4 or 8)")
+    train_subset = dataset.get("train_subset")
     too_big = [b for b in grid["batch_sizes"] if train_subset and b > train_subset]
     if too_big:
         raise ConfigError(
@@ -101,6 +134,22 @@ def seed_group(config: dict, seed: int) -> list[int]:
     return sorted(s for s in seeds if s // size == seed // size)
 
 
+def piece_schedule(lr_schedule: str, switch_epoch: int) -> str:
+    """The schedule under which run ``(lr_schedule, switch_epoch)``'s branch is stored.
+
+    Restarting the decay at epoch 0 is the decay itself, so the never-blurred run (switch
+    epoch 0) is the same branch for every schedule: it is trained once, under ``continue``.
+    """
+    return "continue" if switch_epoch == 0 else lr_schedule
+
+
+def branches(config: dict) -> list[tuple[str, int]]:
+    """The distinct branches ``(stored schedule, switch epoch)`` the grid trains."""
+    grid = config["grid"]
+    return sorted({(piece_schedule(r, k), k) for r in grid["lr_schedules"]
+                   for k in grid["switch_epochs"]}, key=lambda b: (b[1], b[0]))
+
+
 def run_end(config: dict, switch_epoch: int) -> int:
     """Last epoch of the run with this switch epoch."""
     return switch_epoch + config["epochs_after_switch"]
@@ -160,31 +209,33 @@ def llc_epochs(config: dict, epochs: Iterable[int], trunk: bool = False) -> list
     """The subset of ``epochs`` (a piece's checkpoints) at which λ̂ is estimated.
 
     The trunk's extension past the largest switch epoch (kept for divergences)
-    belongs to no run, so λ̂ is not estimated there. With ``llc.every``, epoch 0 is
-    skipped: a randomly initialised network is not near a minimum, so SGLD just
-    descends and λ̂ is meaningless (large and negative); list it in ``llc.epochs``
-    to have it anyway.
+    belongs to no run, so λ̂ is not estimated there. With ``llc.every``, epochs before
+    ``llc.first_epoch`` (and always epoch 0) are skipped: a network early in training is
+    not near a minimum, so SGLD just descends and λ̂ is meaningless (negative); list
+    them in ``llc.epochs`` to have them anyway.
     """
     llc = config["llc"]
     if trunk:
         epochs = [e for e in epochs if e <= max(config["grid"]["switch_epochs"])]
     if llc.get("epochs") is not None:
         return [e for e in epochs if e in set(llc["epochs"])]
-    return [e for e in epochs if e > 0 and e % llc["every"] == 0]
+    first = max(1, llc.get("first_epoch", 1))
+    return [e for e in epochs if e >= first and e % llc["every"] == 0]
 
 
 def epochs_trained(config: dict, shared: bool = True) -> int:
     """Epochs of SGD the grid costs, with trunk sharing or with every run from scratch."""
     grid = config["grid"]
     cells = len(grid["batch_sizes"]) * len(grid["seeds"])
-    branches = len(grid["switch_epochs"]) * config["epochs_after_switch"]
     if shared:
-        return cells * (trunk_end(config) + branches)
-    return cells * sum(run_end(config, s) for s in grid["switch_epochs"])
+        return cells * (trunk_end(config) + len(branches(config)) * config["epochs_after_switch"])
+    return cells * len(grid["lr_schedules"]) * sum(run_end(config, s)
+                                                   for s in grid["switch_epochs"])
 
 
 def training_params(config: dict) -> dict:
-    """The config slice that shapes trajectories (and so their hash)."""
+    """The config slice that shapes trajectories (and so their hash). The learning-rate
+    schedule after the switch is not in it: it is a grid axis, in a branch's path."""
     ds = config["dataset"]
     return {
         "dataset": {k: ds[k] for k in ("name", "train_subset", "blur_size")},
@@ -192,23 +243,3 @@ def training_params(config: dict) -> dict:
         "optimizer": dict(config["optimizer"]),
         "augmentation": config["augmentation"],
     }
-
-
-def trunk_slice(training: dict) -> dict:
-    """A ``training`` params slice without ``optimizer.lr_after_switch``: what shapes the
-    blurred trunks, and all that a reader of checkpoints needs (the model and the hash).
-
-    The learning rate after the switch acts only on branches, so the rules that train trunks
-    or read checkpoints get this slice, and the config hash is taken over it: changing it
-    reruns only the branches (and what reads them) while the trunks stay valid.
-    """
-    optimizer = {k: v for k, v in training.get("optimizer", {}).items()
-                 if k != "lr_after_switch"}
-    return {**training, "optimizer": optimizer} if "optimizer" in training else dict(training)
-
-
-def trunk_training_params(config: dict) -> dict:
-    """``trunk_slice`` of ``training_params``: the params of trunks and checkpoint readers."""
-    return trunk_slice(training_params(config))
-
-

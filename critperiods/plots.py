@@ -26,71 +26,123 @@ def _panels(n: int, width: float = 4.2, height: float = 3.4):
     return fig, axes[0]
 
 
-def critical_period(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
-    """Final sharp test accuracy vs switch epoch: one line per batch size, mean ± std over seeds.
+def _schedules(cube: xr.Dataset) -> list[str]:
+    return [str(r) for r in cube["lr_schedule"].values] if "lr_schedule" in cube.dims \
+        else ["continue"]
 
-    Where the cube holds ``critical_period_end``, its estimate and interval are marked.
-    """
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+
+def _sel(da: xr.DataArray, **where) -> xr.DataArray:
+    """``da.sel(**where)`` for the dims ``da`` has (a cube without a schedule dim is one)."""
+    return da.sel(**{k: v for k, v in where.items() if k in da.dims})
+
+
+def _seeds_note(cube: xr.Dataset) -> str:
+    n = int(cube.sizes.get("seed", 1))
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
+def critical_period(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
+    """Final sharp test accuracy vs switch epoch: a panel per lr schedule, a line per batch size,
+    mean ± std over seeds, with the estimated end of the critical period and its interval."""
+    schedules = _schedules(cube)
+    fig, axes = _panels(len(schedules), width=5.2, height=4.2)
     acc = cube.final_test_accuracy * 100
-    for i, b in enumerate(cube.batch_size.values):
-        color = f"C{i}"
-        mean = acc.sel(batch_size=b).mean("seed")
-        std = acc.sel(batch_size=b).std("seed")
-        ax.errorbar(cube.switch_epoch, mean, yerr=std, marker="o", capsize=3, color=color,
-                    label=f"batch {b}")
-        end = float(cube.critical_period_end.sel(batch_size=b)) if "critical_period_end" in cube \
-            else float("nan")
-        if np.isfinite(end):
-            ax.axvline(end, color=color, ls="--", lw=1)
-            if "critical_period_end_interval" in cube:
-                lo, hi = cube.critical_period_end_interval.sel(batch_size=b).values
+    for ax, r in zip(axes, schedules, strict=True):
+        for i, b in enumerate(cube.batch_size.values):
+            color = f"C{i}"
+            cell = _sel(acc, batch_size=b, lr_schedule=r)
+            ax.errorbar(cube.switch_epoch, cell.mean("seed"), yerr=cell.std("seed"), marker="o",
+                        capsize=3, color=color, label=f"batch {b}")
+            if "critical_period_end" not in cube:
+                continue
+            end = float(_sel(cube.critical_period_end, batch_size=b, lr_schedule=r))
+            if np.isfinite(end):
+                ax.axvline(end, color=color, ls="--", lw=1)
+                lo, hi = _sel(cube.critical_period_end_interval, batch_size=b,
+                              lr_schedule=r).values
                 ax.axvspan(lo, hi, color=color, alpha=0.12)
-    ax.set_xlabel("switch epoch (blur removed)")
-    ax.set_ylabel("final sharp test accuracy (%)")
-    ax.set_title("Critical period: permanent deficit vs switch epoch")
-    ax.grid(alpha=0.3)
-    ax.legend()
+        ax.set_title(f"learning rate after the switch: {r}")
+        ax.set_xlabel("switch epoch (blur removed)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("final sharp test accuracy (%)")
+    fig.suptitle(f"Permanent deficit vs switch epoch (mean ± std over {_seeds_note(cube)}; "
+                 "dashed: estimated end, band: its interval)", fontsize=10)
     _save(fig, path, dpi)
 
 
 def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: str,
-                       marker: str | None = None, mark_switch: bool = True) -> None:
-    """``var`` (mean over seeds) vs epoch: a panel per batch size, a line per switch epoch."""
-    fig, axes = _panels(var.sizes["batch_size"])
+                       marker: str | None = None, mark_switch: bool = True,
+                       flagged: xr.DataArray | None = None, spread: xr.DataArray | None = None,
+                       ) -> None:
+    """``var`` (mean over seeds) vs epoch: a row per lr schedule, a panel per batch size, a line
+    per switch epoch. ``flagged`` (same dims, bool) marks values left out of the mean, drawn
+    as hollow grey markers; ``spread`` draws error bars (mean over the seeds kept)."""
+    schedules = [str(r) for r in var.lr_schedule.values] if "lr_schedule" in var.dims \
+        else ["continue"]
+    nb = var.sizes["batch_size"]
+    fig, grid = plt.subplots(len(schedules), nb, figsize=(4.2 * nb, 3.3 * len(schedules)),
+                             squeeze=False, sharey=True)
     colors = plt.cm.viridis(np.linspace(0, 0.9, var.sizes["switch_epoch"]))
-    for ax, b in zip(axes, var.batch_size.values, strict=True):
-        for color, k in zip(colors, var.switch_epoch.values, strict=True):
-            curve = var.sel(batch_size=b, switch_epoch=k).mean("seed").dropna("epoch")
-            ax.plot(curve.epoch, curve, marker=marker, color=color, label=f"switch {k}")
-            if mark_switch:
-                ax.axvline(k, color=color, lw=0.6, ls=":")
-        ax.set_title(f"batch {b}")
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel(ylabel)
-    axes[-1].legend(fontsize=7)
+    kept = var if flagged is None else var.where(~flagged)
+    for row, r in zip(grid, schedules, strict=True):
+        for ax, b in zip(row, var.batch_size.values, strict=True):
+            for color, k in zip(colors, var.switch_epoch.values, strict=True):
+                cell = _sel(kept, batch_size=b, lr_schedule=r, switch_epoch=k)
+                curve = cell.mean("seed")
+                ok = np.isfinite(curve.values)
+                if spread is not None:
+                    err = _sel(spread.where(np.isfinite(kept)), batch_size=b, lr_schedule=r,
+                               switch_epoch=k).mean("seed")
+                    ax.errorbar(curve.epoch[ok], curve[ok], yerr=err[ok], marker=marker,
+                                color=color, capsize=2, lw=1.2, label=f"switch {k}")
+                else:
+                    ax.plot(curve.epoch[ok], curve[ok], marker=marker, color=color,
+                            label=f"switch {k}")
+                if flagged is not None:
+                    bad = _sel(var.where(flagged), batch_size=b, lr_schedule=r, switch_epoch=k)
+                    for s in bad.seed.values:
+                        v = bad.sel(seed=s)
+                        v = v[np.isfinite(v.values)]
+                        ax.plot(v.epoch, v, ls="none", marker="o", mfc="none", color="0.55",
+                                ms=6)
+                if mark_switch:
+                    ax.axvline(k, color=color, lw=0.6, ls=":")
+            title = f"batch {b}" if len(schedules) == 1 else f"batch {b}, lr {r}"
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        row[0].set_ylabel(ylabel)
+    handles, labels = grid[0][-1].get_legend_handles_labels()
+    if flagged is not None and bool(flagged.any()):
+        handles.append(plt.Line2D([], [], ls="none", marker="o", mfc="none", color="0.55"))
+        labels.append("flagged estimate (left out)")
+    grid[0][-1].legend(handles, labels, fontsize=7)
     _save(fig, path, dpi)
 
 
 def learning_curves(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
-    """Sharp test accuracy vs epoch, a panel per batch size, a line per switch epoch."""
+    """Sharp test accuracy vs epoch: a row per schedule, a panel per batch size, a line per
+    switch epoch."""
     _curves_per_switch(cube.test_accuracy * 100, path, dpi, "sharp test accuracy (%)")
 
 
 def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
-    """λ̂ vs epoch, a panel per batch size, a line per switch epoch (mean over seeds)."""
-    _curves_per_switch(cube.llc_mean, path, dpi, "λ̂ (local learning coefficient)", marker=".")
+    """Valid λ̂ vs epoch (mean over seeds, bars: std over chains), flagged estimates hollow."""
+    flagged = (cube.llc_quality > 0) if "llc_quality" in cube else None
+    _curves_per_switch(cube.llc_mean, path, dpi, "λ̂ (local learning coefficient)", marker=".",
+                       flagged=flagged, spread=cube.llc_std)
 
 
 def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """SGLD chain diagnostics: minibatch loss per draw, every chain, at a few checkpoints.
 
-    One panel per (batch size, switch epoch = largest) at its last λ̂ epoch, seed 0: the
-    traces should rise from the checkpoint's loss and then fluctuate around a plateau after
-    burn-in; a trend or a run-away chain means the step size is off.
+    One panel per (batch size, switch epoch = smallest and largest) at its last λ̂ epoch,
+    seed 0, first schedule: the traces should rise from the checkpoint's loss and then
+    fluctuate around a plateau after burn-in (dotted line); a trend or a run-away chain
+    means the step size is off. The panel title gives R-hat and the quality flag.
     """
-    trace = cube.llc_loss_trace.isel(seed=0)
+    trace = _sel(cube.llc_loss_trace.isel(seed=0), lr_schedule=_schedules(cube)[0])
     picks = []
     for b in cube.batch_size.values:
         for k in (cube.switch_epoch.values[0], cube.switch_epoch.values[-1]):
@@ -99,38 +151,50 @@ def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                 picks.append((b, k, t.isel(epoch=-1)))
     fig, axes = plt.subplots(1, max(1, len(picks)), figsize=(4.2 * max(1, len(picks)), 3.2),
                              squeeze=False)
-    burn_in = int(cube.attrs.get("llc_burn_in", 0))
+    burn_in = int(cube["llc_burn_in"]) if "llc_burn_in" in cube else 0
     for ax, (b, k, t) in zip(axes[0], picks, strict=False):
         for c in t.chain.values:
             ax.plot(t.draw, t.sel(chain=c), lw=0.7, label=f"chain {c}")
         ax.axvline(burn_in, color="k", ls=":", lw=0.8)
-        ax.set_title(f"batch {b}, switch {k}, epoch {int(t.epoch)}", fontsize=9)
-        ax.set_xlabel("draw")
+        where = {"batch_size": b, "switch_epoch": k, "seed": t.seed, "epoch": t.epoch,
+                 "lr_schedule": _schedules(cube)[0]}
+        note = ""
+        if "llc_rhat" in cube:
+            rhat = float(_sel(cube.llc_rhat, **where))
+            quality = float(_sel(cube.llc_quality, **where)) if "llc_quality" in cube else 0
+            note = f"\nR-hat {rhat:.2f}, " + ("ok" if quality == 0 else "flagged")
+        ax.set_title(f"batch {b}, switch {k}, epoch {int(t.epoch)}{note}", fontsize=9)
+        ax.set_xlabel("draw (left of dotted line: burn-in)")
     axes[0][0].set_ylabel("minibatch loss (nats)")
     axes[0][0].legend(fontsize=7)
     _save(fig, path, dpi)
 
 
 def divergence(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
-    """L2 distance to the always-blurred run vs epoch: a panel per batch size, a line per switch."""
-    _curves_per_switch(cube.div_l2_vs_blurred, path, dpi, "‖θ − θ_blurred‖ (L2)", marker=".",
-                       mark_switch=False)
+    """L2 distance to the always-blurred run vs epoch: a row per schedule, a panel per batch
+    size, a line per switch."""
+    _curves_per_switch(cube.div_l2.sel(reference="blurred"), path, dpi,
+                       "‖θ − θ_blurred‖ (L2)", marker=".", mark_switch=False)
 
 
 def divergence_final(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """At each run's last epoch, vs switch epoch: disagreement with the always-blurred run,
-    and the aligned distance between seeds (mean over seed pairs)."""
+    and the aligned distance between seeds (mean over seed pairs); a line per batch size and
+    schedule (restart dashed)."""
     final = cube.sel(epoch=cube.switch_epoch + int(cube.attrs["epochs_after_switch"]))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
     for i, b in enumerate(cube.batch_size.values):
-        f = final.sel(batch_size=b)
-        if "div_disagreement_vs_blurred" in f:
-            ax1.plot(cube.switch_epoch, f.div_disagreement_vs_blurred.mean("seed"), marker="o",
-                     color=f"C{i}", label=f"batch {b}")
-        if "div_l2_aligned_seeds" in f:
-            off = f.div_l2_aligned_seeds.where(f.seed != f.seed_b)
-            ax2.plot(cube.switch_epoch, off.mean(["seed", "seed_b"]), marker="o", color=f"C{i}",
-                     label=f"batch {b}")
+        for r in _schedules(cube):
+            f = final.sel(batch_size=b)
+            f = f.sel(lr_schedule=r) if "lr_schedule" in f.dims else f
+            style = {"color": f"C{i}", "marker": "o", "ls": "--" if r == "restart" else "-",
+                     "label": f"batch {b}, {r}"}
+            if "div_disagreement" in f:
+                ax1.plot(cube.switch_epoch, f.div_disagreement.sel(reference="blurred")
+                         .mean("seed"), **style)
+            if "div_l2_aligned_seeds" in f:
+                off = f.div_l2_aligned_seeds.where(f.seed != f.seed_b)
+                ax2.plot(cube.switch_epoch, off.mean(["seed", "seed_b"]), **style)
     ax1.set_ylabel("disagreement with always-blurred run")
     ax2.set_ylabel("aligned L2 between seeds")
     for ax in (ax1, ax2):
@@ -141,31 +205,33 @@ def divergence_final(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
 
 
 def critical_period_vs_temperature(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
-    """Critical-period end (90 % bootstrap interval) vs batch size and vs lr / batch size.
-
-    With ≥ 3 batch sizes the fitted power law is drawn and its exponent given in the legend.
+    """Critical-period end (with its interval) vs batch size and vs lr / batch size, a colour
+    per schedule. With ≥ 3 batch sizes the fitted power law is drawn, exponent in the legend.
     """
-    end = cube.critical_period_end
-    lo, hi = cube.critical_period_end_interval.transpose("bound", "batch_size").values
     batch = cube.batch_size.values.astype(float)
     lr = float(cube.attrs.get("lr", 1.0))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, x, name, exponent in (
-        (axes[0], batch, "batch size", "batch_size_exponent"),
-        (axes[1], lr / batch, "SGD temperature proxy lr / batch size", "temperature_exponent"),
-    ):
-        yerr = np.clip(np.vstack([end - lo, hi - end]), 0, None)
-        ax.errorbar(x, end, yerr=yerr, marker="o", capsize=4, ls="none", color="C0")
-        p = float(cube[exponent]) if exponent in cube else float("nan")
-        if np.isfinite(p):
-            ok = np.isfinite(end.values) & (end.values > 0)
-            c = np.exp(np.mean(np.log(end.values[ok]) - p * np.log(x[ok])))
-            grid = np.geomspace(x.min(), x.max(), 50)
-            ax.plot(grid, c * grid**p, color="C1", label=f"power law, exponent {p:.2f}")
-            ax.legend(fontsize=8)
+    for j, r in enumerate(_schedules(cube)):
+        end = _sel(cube.critical_period_end, lr_schedule=r)
+        lo, hi = _sel(cube.critical_period_end_interval, lr_schedule=r).transpose(
+            "bound", "batch_size").values
+        for ax, x, exponent in ((axes[0], batch, "batch_size_exponent"),
+                                (axes[1], lr / batch, "temperature_exponent")):
+            yerr = np.clip(np.vstack([end - lo, hi - end]), 0, None)
+            ax.errorbar(x * (1 + 0.03 * j), end, yerr=yerr, marker="os"[j % 2], capsize=4,
+                        ls="none", color=f"C{j}", label=r)
+            p = float(_sel(cube[exponent], lr_schedule=r)) if exponent in cube else float("nan")
+            if np.isfinite(p):
+                ok = np.isfinite(end.values) & (end.values > 0)
+                c = np.exp(np.mean(np.log(end.values[ok]) - p * np.log(x[ok])))
+                grid = np.geomspace(x.min(), x.max(), 50)
+                ax.plot(grid, c * grid**p, color=f"C{j}", lw=1,
+                        label=f"{r}: power law, exponent {p:.2f}")
+    for ax, name in ((axes[0], "batch size"), (axes[1], "SGD temperature proxy lr / batch size")):
         ax.set_xscale("log")
         ax.set_xlabel(name)
         ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
     axes[0].set_ylabel("end of critical period (epoch)")
     _save(fig, path, dpi)
 

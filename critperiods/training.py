@@ -55,16 +55,15 @@ class TrainConfig:
     augmentation: bool = False
 
     @classmethod
-    def from_params(cls, params: dict) -> TrainConfig:
-        """Build from the ``training`` params slice that the Snakefile passes to rules
-        (trunk rules get it without ``lr_after_switch``, which cannot act on a trunk)."""
+    def from_params(cls, params: dict, lr_after_switch: str = "continue") -> TrainConfig:
+        """Build from the ``training`` params slice that the Snakefile passes to rules; a
+        branch adds its learning-rate schedule (a grid axis: ``grid.lr_schedules``)."""
         opt = params["optimizer"]
         return cls(
             model=params["model"]["name"], width=params["model"]["width"],
             blur_size=params["dataset"]["blur_size"], lr=opt["lr"], momentum=opt["momentum"],
             weight_decay=opt["weight_decay"], lr_decay=opt["lr_decay"],
-            lr_after_switch=opt.get("lr_after_switch", "continue"),
-            augmentation=params["augmentation"],
+            lr_after_switch=lr_after_switch, augmentation=params["augmentation"],
         )
 
 

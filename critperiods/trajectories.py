@@ -58,18 +58,22 @@ class PieceSpec:
     end_epoch: int
     checkpoint_epochs: frozenset[int]
     stack: tuple[int, ...] = ()
+    lr_schedule: str | None = None  # a branch's schedule after the switch; None for the trunk
 
     def identity(self, start_epoch: int) -> dict:
         ident = {"batch_size": self.batch_size, "seed": self.seed,
                  "switch_epoch": self.switch_epoch, "start_epoch": start_epoch,
                  "end_epoch": self.end_epoch}
+        if self.lr_schedule is not None:
+            ident["lr_schedule"] = self.lr_schedule
         if len(self.stack) > 1:
             ident["stack"] = list(self.stack)
         return ident
 
     @property
     def name(self) -> str:
-        kind = "trunk" if self.switch_epoch >= NEVER else f"switch{self.switch_epoch}"
+        kind = ("trunk" if self.switch_epoch >= NEVER
+                else f"{self.lr_schedule or 'continue'}/switch{self.switch_epoch}")
         return f"bs{self.batch_size}/seed{self.seed}/{kind}→e{self.end_epoch}"
 
 

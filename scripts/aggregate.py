@@ -13,7 +13,7 @@ cube = build_cube(
     metrics_files=sm.input.metrics, llc_files=sm.input.get("llc", []),
     grid=sm.params.grid, epochs_after_switch=sm.params.epochs_after_switch,
     training=sm.params.training, config_yaml=sm.params.config_yaml,
-    divergence_files=sm.input.get("divergence", []),
+    divergence_files=sm.input.get("divergence", []), analysis=sm.params.analysis,
 )
 write_netcdf(cube, sm.output.cube)
 write_atomic(sm.output.summary, lambda tmp: to_csv(cube, tmp))

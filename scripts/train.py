@@ -18,13 +18,15 @@ PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the retry resumes from the saved sta
 sm = snakemake  # noqa: F821 - injected by Snakemake
 device = setup(sm)
 w = sm.wildcards
-switch_epoch = int(w["switch_epoch"]) if "switch_epoch" in w.keys() else NEVER  # noqa: SIM118
+branch = "switch_epoch" in w.keys()  # noqa: SIM118 - Wildcards has no __contains__
+switch_epoch = int(w["switch_epoch"]) if branch else NEVER
+lr_schedule = w["lr_schedule"] if branch else None
 group = [int(s) for s in sm.params.group]
 specs = [
     PieceSpec(
         batch_size=int(w["batch_size"]), seed=seed, switch_epoch=switch_epoch,
         end_epoch=int(sm.params.get("end_epoch", w.get("epoch", 0))),
-        checkpoint_epochs=frozenset(sm.params.checkpoint_epochs),
+        checkpoint_epochs=frozenset(sm.params.checkpoint_epochs), lr_schedule=lr_schedule,
     )
     for seed in group
 ]
@@ -32,7 +34,8 @@ start = sm.input.start
 starts = ([start] if isinstance(start, str) else list(start)) or [None] * len(group)
 try:
     run_group(
-        specs, TrainConfig.from_params(sm.params.training), config_hash(sm.params.training),
+        specs, TrainConfig.from_params(sm.params.training, lr_schedule or "continue"),
+        config_hash(sm.params.training),
         load_prepared(sm.input.data, device), starts, sm.params.group_outputs,
         own=group.index(int(w["seed"])), device=device,
         fast=FastPath.from_params(sm.params.speed, device),

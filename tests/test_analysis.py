@@ -229,14 +229,26 @@ def synthetic_cube(with_llc: bool = True, with_div: bool = True) -> xr.Dataset:
         after = epochs[None, :] - SWITCHES[:, None]
         level = np.interp(SWITCHES, [0, 20, 40, 60], [10.0, 10.0, 0.0, 0.0])
         div = np.where(after > 0, level[:, None] * (1 + 0.01 * after), np.nan)
-        data["div_l2_vs_blurred"] = (tuple(coords), np.broadcast_to(div[None, :, None], shape))
+        div = np.broadcast_to(div[None, :, None, None, :], (*shape[:3], 2, shape[3]))
+        data["div_l2"] = (("batch_size", "switch_epoch", "seed", "reference", "epoch"), div)
+        coords["reference"] = ["blurred", "sharp"]
     return xr.Dataset(data, coords=coords, attrs={"lr": 0.1})
+
+
+def with_schedules(cube: xr.Dataset, restart_acc: np.ndarray | None = None) -> xr.Dataset:
+    """``cube`` with an ``lr_schedule`` dim: restart equal to continue unless given."""
+    both = xr.concat([cube, cube], dim=xr.DataArray(["continue", "restart"], dims="lr_schedule"))
+    if restart_acc is not None:
+        both["final_test_accuracy"].loc[{"lr_schedule": "restart"}] = restart_acc
+    return both
 
 
 EXPECTED_VARS = (
     "critical_period_end",
     "critical_period_end_interval",
     "critical_period_slope",
+    "permanent_deficit",
+    "permanent_deficit_interval",
     "half_deficit_epoch",
     "llc_change_epoch_trunk",
     "llc_change_epoch_sharp",
@@ -254,12 +266,13 @@ def test_critical_period_summary_full_cube() -> None:
     for name in EXPECTED_VARS:
         assert name in summary, name
         assert {"long_name", "units"} <= set(summary[name].attrs), name
-    assert summary["critical_period_end"].attrs["units"] == "epoch"
-    assert summary["critical_period_end_interval"].dims == ("batch_size", "bound")
+    assert summary["critical_period_end"].attrs["units"] == "1"  # UDUNITS has no "epoch"
+    assert "in epochs" in summary["critical_period_end"].attrs["long_name"]
+    assert summary["critical_period_end_interval"].dims == ("batch_size", "lr_schedule", "bound")
     assert list(summary["bound"].values) == ["lower", "upper"]
-    ends = summary["critical_period_end"].values
+    ends = summary["critical_period_end"].sel(lr_schedule="continue").values
     np.testing.assert_allclose(ends, [KINKS[b] for b in BATCHES], atol=5.0)
-    interval = summary["critical_period_end_interval"].values
+    interval = summary["critical_period_end_interval"].sel(lr_schedule="continue").values
     assert np.all(interval[:, 0] <= ends) and np.all(ends <= interval[:, 1])
     np.testing.assert_allclose(summary["llc_change_epoch_trunk"].values, 20.0)
     np.testing.assert_allclose(summary["llc_change_epoch_sharp"].values, 20.0)
@@ -268,35 +281,105 @@ def test_critical_period_summary_full_cube() -> None:
     assert summary["batch_size_exponent"].item() == pytest.approx(-0.5, abs=0.1)
     assert summary["temperature_exponent"].item() == pytest.approx(0.5, abs=0.1)
     assert np.all(np.isfinite(summary["temperature_exponent_interval"].values))
+    # the hinge drops 0.003 per epoch after the kink, up to switch 60
+    deficit = summary["permanent_deficit"].sel(lr_schedule="continue").values
+    np.testing.assert_allclose(deficit, [-SLOPE * (60 - KINKS[b]) for b in BATCHES], atol=0.004)
 
 
-def test_critical_period_summary_missing_inputs_give_nan() -> None:
+def test_three_seeds_give_a_range_not_a_confidence_interval() -> None:
+    summary = an.critical_period_summary(synthetic_cube(), n_boot=50)
+    assert summary.attrs["seeds"] == 3
+    assert "not a confidence interval" in summary.attrs["interval_kind"]
+    assert "not a confidence interval" in an.format_table(summary)
+    many = synthetic_cube().isel(seed=[0, 1, 2, 0, 1]).assign_coords(seed=np.arange(5))
+    assert "not a confidence" not in an.critical_period_summary(many, n_boot=50).attrs[
+        "interval_kind"]
+
+
+def test_critical_period_summary_missing_inputs_give_nan_and_say_why() -> None:
     summary = an.critical_period_summary(synthetic_cube(with_llc=False, with_div=False), n_boot=50)
     for name in EXPECTED_VARS:
         assert name in summary and "units" in summary[name].attrs
     for name in ("llc_change_epoch_trunk", "llc_change_epoch_sharp", "divergence_drop_epoch"):
         assert np.all(np.isnan(summary[name].values)), name
+        assert "not estimated" in summary[name].attrs["missing"] or \
+            "not computed" in summary[name].attrs["missing"], name
     assert np.all(np.isfinite(summary["critical_period_end"].values))
+    text = an.format_table(summary)
+    assert "why some values are nan" in text and "llc.enabled: false" in text
 
 
 def test_critical_period_summary_too_few_batch_sizes() -> None:
     cube = synthetic_cube().isel(batch_size=[0, 1])
     summary = an.critical_period_summary(cube, horizon=2, n_boot=50)
     assert np.isnan(summary["batch_size_exponent"].item())
+    assert "a power law needs 3" in summary["batch_size_exponent"].attrs["missing"]
     assert np.all(np.isnan(summary["temperature_exponent_interval"].values))
     assert summary.attrs["horizon"] == 2.0
     assert np.all(np.isfinite(summary["divergence_drop_epoch"].values))
 
 
+def test_flagged_llc_estimates_are_left_out_of_the_markers() -> None:
+    """A flagged λ̂ never moves a marker: flagging the kink's neighbourhood moves it, and
+    flagging all but two points of the never-blurred run leaves it NaN, saying why."""
+    cube = synthetic_cube(with_div=False)
+    quality = xr.zeros_like(cube["llc_mean"])
+    cube["llc_quality"] = quality.where(cube.epoch > 25, 1.0)  # epochs ≤ 25 flagged negative
+    summary = an.critical_period_summary(cube, n_boot=20)
+    assert np.all(summary["llc_change_epoch_trunk"].values > 25)  # 20 is no longer seen
+    cube["llc_quality"] = quality.where(cube.epoch >= 69, 2.0)
+    summary = an.critical_period_summary(cube, n_boot=20)
+    assert np.all(np.isnan(summary["llc_change_epoch_sharp"].values))
+    assert "2 valid λ̂ point(s)" in summary["llc_change_epoch_sharp"].attrs["missing"]
+
+
+def test_restart_verdict_says_whether_the_deficit_survives() -> None:
+    cube = synthetic_cube(with_llc=False, with_div=False)
+    flat = np.broadcast_to(0.9 + np.zeros((13, 3)), (3, 13, 3)).copy()  # no deficit at all
+    summary = an.critical_period_summary(with_schedules(cube, flat), n_boot=100)
+    verdicts = an.restart_verdicts(summary)
+    assert set(verdicts) == {32.0, 64.0, 128.0}
+    assert all(v.startswith("does not survive") for v in verdicts.values())
+    summary = an.critical_period_summary(with_schedules(cube), n_boot=100)
+    assert all(v.startswith("survives") for v in an.restart_verdicts(summary).values())
+    assert an.restart_verdicts(an.critical_period_summary(cube, n_boot=20)) == {}
+
+
+def test_deficit_bootstrap_pairs_runs_by_seed() -> None:
+    switches = np.array([0.0, 10.0, 20.0])
+    acc = np.array([[0.90, 0.80], [0.88, 0.79], [0.85, 0.75]])  # seed 1 is worse throughout
+    deficit, lo, hi = an.deficit_bootstrap(switches, acc, n_boot=200)
+    assert deficit == pytest.approx(0.05)
+    assert lo == pytest.approx(0.05) and hi == pytest.approx(0.05)  # both seeds lose 5 points
+    assert all(np.isnan(an.deficit_bootstrap(switches[:1], acc[:1], 10)))
+
+
+def test_llc_flag_counts_count_shared_estimates_once() -> None:
+    k, e = np.array([0, 2]), np.array([0, 1, 2, 3, 4])
+    # runs (schedule, switch) × epochs; the trunk (e ≤ k) and the never-blurred run are shared
+    quality = np.full((2, 2, 5), np.nan)
+    quality[:, :, 1:] = 0.0
+    quality[:, 1, 1] = 1.0  # a trunk estimate, flagged negative, seen in both schedules
+    cube = xr.Dataset({"llc_quality": (("lr_schedule", "switch_epoch", "epoch"), quality)},
+                      coords={"lr_schedule": ["continue", "restart"], "switch_epoch": k,
+                              "epoch": e})
+    counts = an.llc_flag_counts(cube)
+    # distinct: trunk e1, e2; never-blurred e1..e4; continue/switch2 e3, e4; restart e3, e4
+    assert counts["estimates"] == 10
+    assert counts["negative"] == 1 and counts["ok"] == 9
+
+
 def test_tables(tmp_path: Path) -> None:
-    summary = an.critical_period_summary(synthetic_cube(with_div=False), n_boot=50)
+    summary = an.critical_period_summary(with_schedules(synthetic_cube(with_div=False)), n_boot=50)
     table = an.summary_table(summary)
-    assert list(table["batch_size"]) == list(BATCHES)
-    assert {"critical_period_end_lower", "temperature_exponent_upper"} <= set(table.columns)
+    assert list(table["batch_size"]) == [b for b in BATCHES for _ in range(2)]
+    assert list(table["lr_schedule"])[:2] == ["continue", "restart"]
+    assert {"critical_period_end_lower", "temperature_exponent_upper",
+            "permanent_deficit_upper"} <= set(table.columns)
     text = an.format_table(summary)
     lines = text.splitlines()
-    assert len({len(line) for line in lines[: 1 + BATCHES.size]}) == 1  # aligned columns
-    assert "temperature_exponent" in text and "nan" in text
+    assert len({len(line) for line in lines[: 1 + 2 * BATCHES.size]}) == 1  # aligned columns
+    assert "temperature_exponent (restart)" in text and "nan" in text
     path = an.to_csv(summary, tmp_path / "out" / "summary.csv")
     back = pd.read_csv(path)
     np.testing.assert_allclose(back["critical_period_end"], table["critical_period_end"])

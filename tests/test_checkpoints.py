@@ -63,15 +63,27 @@ def test_other_config_names_both_hashes(tmp_path):
         load_piece(path, "bbbbbbbbbbbb")
 
 
-def test_hash_ignores_lr_after_switch_but_not_lr():
+def test_hash_ignores_the_lr_schedules_but_not_lr():
+    """Both schedules' branches continue the same trunks, so the schedules are not hashed."""
     from tests.test_config import checked, load_default
 
     config = checked(load_default())
     base = config_hash(training_params(config))
-    config["optimizer"]["lr_after_switch"] = "restart"
+    config["grid"]["lr_schedules"] = ["restart"]
     assert config_hash(training_params(config)) == base
     config["optimizer"]["lr"] = 0.1
     assert config_hash(training_params(config)) != base
+
+
+def test_the_hash_of_existing_trunks_is_unchanged():
+    """The hash of a default config's training slice is the one pieces written before the
+    schedules became a grid axis carry (then taken without optimizer.lr_after_switch)."""
+    training = {"dataset": {"name": "fashion_mnist", "train_subset": 10000, "blur_size": 4},
+                "model": {"name": "small_cnn", "width": 8},
+                "optimizer": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0005,
+                              "lr_decay": 0.85},
+                "augmentation": False}
+    assert config_hash(training) == "4c786db3bca9"  # what the old code gave
 
 
 def test_atomic_write_gives_the_usual_permissions(tmp_path):

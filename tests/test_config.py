@@ -152,3 +152,46 @@ def test_seed_groups_are_blocks_of_seed_values():
     assert seed_group(config, 5) == [5]
     assert seed_group(config, 7) == [7]  # outside the grid: alone
     assert seed_group({"grid": {"seeds": [0, 1]}, "train": {"seeds_per_job": 1}}, 1) == [1]
+
+
+@pytest.mark.parametrize(("name", "size"), [("fashion_mnist", 28), ("cifar10", 32)])
+def test_a_blur_as_large_as_the_image_is_refused(name, size):
+    config = load_default()
+    config["dataset"].update(name=name, blur_size=size)
+    with pytest.raises(ConfigError, match=r"dataset\.blur_size: .* would do nothing"):
+        checked(config)
+    config["dataset"]["blur_size"] = size - 1
+    checked(config)
+
+
+def test_the_moved_lr_after_switch_key_names_grid_lr_schedules():
+    from critperiods.plan import check_moved_keys
+
+    config = load_default()
+    config["optimizer"]["lr_after_switch"] = "restart"
+    with pytest.raises(ConfigError, match=r"grid\.lr_schedules"):
+        check_moved_keys(config)
+    check_moved_keys(load_default())
+
+
+def test_analysis_defaults_agree_with_the_library():
+    """The λ̂ quality thresholds and interval settings have one default: the schema's equals
+    the library's (used when the cube is built without a config)."""
+    from critperiods.cube import ANALYSIS_DEFAULTS
+
+    schema = yaml.safe_load(Path(SCHEMA).read_text())["properties"]["analysis"]["properties"]
+    assert {k: v["default"] for k, v in schema.items()} == ANALYSIS_DEFAULTS
+
+
+@pytest.mark.parametrize("content", [None, b"not a netCDF file"])
+def test_summarize_on_a_missing_or_foreign_file_is_one_line(tmp_path, content):
+    path = tmp_path / "cube.nc"
+    if content is not None:
+        path.write_bytes(content)
+    proc = subprocess.run([sys.executable, "-m", "critperiods", "summarize", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0], proc.stderr
+    assert ("no such file" if content is None else "not a netCDF cube") in lines[0]

@@ -183,30 +183,32 @@ def small_ds():
 
 def test_branch_matches_blurred_reference_exactly_until_switch(small_ds) -> None:
     _, ds = small_ds
-    for var in [v for v in ds.data_vars if v.endswith("_vs_blurred")]:
-        identity = dv.IDENTICAL[var[len("div_"):-len("_vs_blurred")]]
+    for var in [v for v in ds.data_vars if "reference" in ds[v].dims]:
+        identity = dv.IDENTICAL[var[len("div_"):]]
         epochs = [2] if "barrier" in var else [0, 1, 2]  # barriers only at barrier epochs
-        up_to = ds[var].sel(switch_epoch=2, epoch=epochs).values
+        up_to = ds[var].sel(reference="blurred", switch_epoch=2, epoch=epochs).values
         np.testing.assert_array_equal(up_to, np.full(up_to.shape, identity), err_msg=var)
-    after = ds["div_l2_vs_blurred"].sel(switch_epoch=2, epoch=[3, 4, 5]).values
+    after = ds["div_l2"].sel(reference="blurred", switch_epoch=2, epoch=[3, 4, 5]).values
     assert np.all(after > 0)
-    assert np.all(ds["div_js_vs_blurred"].sel(switch_epoch=2, epoch=5).values > 0)
-    assert np.all(ds["div_cka_vs_blurred"].sel(switch_epoch=2, epoch=5).values < 1)
+    assert np.all(ds["div_js"].sel(reference="blurred", switch_epoch=2, epoch=5).values > 0)
+    assert np.all(ds["div_cka"].sel(reference="blurred", switch_epoch=2, epoch=5).values < 1)
 
 
 def test_compare_runs_layout_and_nans(small_ds) -> None:
     _, ds = small_ds
     assert list(ds["switch_epoch"].values) == list(SWITCHES)
-    assert ds["div_l2_vs_sharp"].dims == ("switch_epoch", "seed", "epoch")
+    assert ds["div_l2"].dims == ("switch_epoch", "seed", "reference", "epoch")
+    assert list(ds["reference"].values) == ["blurred", "sharp"]
     assert ds["div_l2_seeds"].dims == ("switch_epoch", "seed", "seed_b", "epoch")
-    assert "div_l2_aligned_seeds" in ds and "div_l2_aligned_vs_blurred" not in ds
+    assert "div_l2_aligned_seeds" in ds and "div_l2_aligned" not in ds
     for var in ds.data_vars.values():
-        assert var.attrs["long_name"] and var.attrs["units"] in ("1", "nats")
-    assert ds["div_kl_seeds"].attrs["units"] == "nats"
+        assert var.attrs["long_name"] and var.attrs["units"] == "1"
+    assert "in nats" in ds["div_kl_seeds"].attrs["long_name"]
     # run (0, s) stops at epoch 3: later vs_sharp and its seed pairs are missing
-    assert np.all(np.isnan(ds["div_l2_vs_sharp"].sel(switch_epoch=2, epoch=[4, 5]).values))
+    sharp = ds["div_l2"].sel(reference="sharp", switch_epoch=2)
+    assert np.all(np.isnan(sharp.sel(epoch=[4, 5]).values))
     assert np.all(np.isnan(ds["div_l2_seeds"].sel(switch_epoch=0, epoch=[4, 5]).values))
-    assert np.all(np.isfinite(ds["div_l2_vs_sharp"].sel(switch_epoch=2, epoch=3).values))
+    assert np.all(np.isfinite(sharp.sel(epoch=3).values))
 
 
 def test_seed_matrices_are_symmetric_with_identity_diagonal(small_ds) -> None:
@@ -227,12 +229,13 @@ def test_seed_matrices_are_symmetric_with_identity_diagonal(small_ds) -> None:
 def test_barriers_only_at_switch_and_last_epoch(small_ds) -> None:
     _, ds = small_ds
     # branch 2 ends at 5, the never-blurred run (switch 0) at 3, the blurred one at 5
-    bar = ds["div_barrier_vs_sharp"].sel(switch_epoch=2)
+    bar = ds["div_barrier"].sel(reference="sharp", switch_epoch=2)
     np.testing.assert_array_equal(bar.sel(epoch=0).values, 0.0)  # identical trunk checkpoints
     assert np.all(np.isfinite(bar.sel(epoch=[2, 3]).values))
-    assert np.all(ds["div_barrier_mean_vs_sharp"].sel(switch_epoch=2, epoch=[2, 3]).values > 0)
+    mean = ds["div_barrier_mean"].sel(reference="sharp", switch_epoch=2, epoch=[2, 3])
+    assert np.all(mean.values > 0)
     assert np.all(np.isnan(bar.sel(epoch=[1, 4, 5]).values))
-    bar = ds["div_barrier_vs_blurred"].sel(switch_epoch=2)
+    bar = ds["div_barrier"].sel(reference="blurred", switch_epoch=2)
     np.testing.assert_array_equal(bar.sel(epoch=2).values, 0.0)
     assert np.all(np.isnan(bar.sel(epoch=[0, 1, 3, 4]).values))
     assert np.all(np.isfinite(bar.sel(epoch=5).values))
@@ -258,9 +261,10 @@ def test_compare_runs_with_batch_norm_model() -> None:
         return _model("all_cnn_c")
 
     ds = dv.compare_runs(runs, make, _probe(), _bn_data(), config, progress=False)
-    assert set(ds.data_vars) >= {"div_barrier_mean_seeds", "div_cka_vs_sharp"}
+    assert set(ds.data_vars) >= {"div_barrier_mean_seeds", "div_cka"}
     assert "div_js_seeds" not in ds
-    assert np.isfinite(ds["div_barrier_vs_sharp"].sel(switch_epoch=1, epoch=1).values).all()
+    barrier = ds["div_barrier"].sel(reference="sharp", switch_epoch=1, epoch=1)
+    assert np.isfinite(barrier.values).all()
     assert np.isfinite(ds["div_barrier_seeds"].sel(switch_epoch=1, epoch=2).values).all()
 
 
@@ -297,5 +301,5 @@ def test_reference_longer_than_every_run() -> None:
         ref = runs[(dv.BLURRED, s)]
         ref[4] = _step(ref[3], s, -1, 4)
     ds = dv.compare_runs(runs, _model, _probe(), None, FAST, progress=False)
-    assert 4 in trunk and ds["div_l2_vs_blurred"].sel(epoch=4).isnull().all()
-    assert ds["div_l2_vs_blurred"].sel(switch_epoch=2, epoch=3).notnull().all()
+    assert 4 in trunk and ds["div_l2"].sel(reference="blurred", epoch=4).isnull().all()
+    assert ds["div_l2"].sel(reference="blurred", switch_epoch=2, epoch=3).notnull().all()

@@ -47,8 +47,10 @@ def test_growth_law_dataset_fits_every_run() -> None:
         t = epochs - k
         l2[i, :, :] = np.where(t > 0, 0.2 * np.exp(0.1 * t), 0.0)
     l2[1, 1, :] = np.nan  # a missing run
-    ds = xr.Dataset({"div_l2_vs_blurred": (("switch_epoch", "seed", "epoch"), l2)},
-                    coords={"switch_epoch": switches, "seed": seeds, "epoch": epochs})
+    both = np.stack([l2, np.zeros_like(l2)], axis=2)  # vs the always-blurred run, vs sharp
+    ds = xr.Dataset({"div_l2": (("switch_epoch", "seed", "reference", "epoch"), both)},
+                    coords={"switch_epoch": switches, "seed": seeds,
+                            "reference": ["blurred", "sharp"], "epoch": epochs})
     out = growth_law_dataset(ds)
     assert set(out.data_vars) == {"div_l2_growth_form", "div_l2_growth_rate", "div_l2_growth_r2"}
     form = out["div_l2_growth_form"]

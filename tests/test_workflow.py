@@ -54,20 +54,21 @@ def run(tmp_path_factory) -> Path:
 
 def test_cube_has_design_dims_and_no_nan_where_runs_exist(run):
     cube = critperiods.open_cube(run / "results/tiny/cube.nc")
-    for dim in ("batch_size", "switch_epoch", "seed", "epoch"):
+    for dim in ("batch_size", "lr_schedule", "switch_epoch", "seed", "epoch"):
         assert dim in cube.dims
     assert list(cube.batch_size.values) == [64]
+    assert list(cube.lr_schedule.values) == ["continue", "restart"]
     assert list(cube.seed.values) == [0, 1]
     assert list(cube.epoch.values) == [0, 1, 2, 3, 4]
     for name in ("test_accuracy", "test_loss", "blurred_test_accuracy", "train_loss",
                  "train_accuracy"):
         var = cube[name]
-        assert var.dims == ("batch_size", "switch_epoch", "seed", "epoch")
+        assert var.dims == ("batch_size", "lr_schedule", "switch_epoch", "seed", "epoch")
         assert var.attrs["units"] and var.attrs["long_name"]
         ran = cube.epoch <= cube.switch_epoch + 2
         assert not var.where(ran).isnull().where(ran, False).any(), name
         assert var.where(~ran).isnull().all(), f"{name}: cells not run must be NaN"
-    assert cube.final_test_accuracy.dims == ("batch_size", "switch_epoch", "seed")
+    assert cube.final_test_accuracy.dims == ("batch_size", "lr_schedule", "switch_epoch", "seed")
     assert np.all(cube.final_test_accuracy > 0.1)  # better than chance on real data
     assert cube.final_test_accuracy.attrs["long_name"].endswith("at the run's last epoch")
     assert cube.phase_sharp.dims == ("switch_epoch", "epoch")
@@ -82,7 +83,61 @@ def test_cube_has_design_dims_and_no_nan_where_runs_exist(run):
     if (ROOT / ".git").exists():  # snakemake ran with -d elsewhere: still this checkout's
         assert re.fullmatch(r"[0-9a-f]{40}", cube.attrs["git_commit"])
     for name in [*cube.data_vars, *cube.coords]:
-        assert {"long_name", "units"} <= set(cube[name].attrs), f"{name} lacks long_name/units"
+        assert "long_name" in cube[name].attrs, f"{name} lacks a long_name"
+        if name in cube.dims:
+            assert "units" not in cube[name].attrs, f"index coordinate {name} has units"
+        else:
+            assert "units" in cube[name].attrs, f"{name} lacks units"
+
+
+def test_every_unit_of_the_cube_parses_in_udunits(run):
+    """Conventions: CF-1.10 holds: UDUNITS (through cf-units) parses every unit."""
+    cf_units = pytest.importorskip("cf_units")
+    cube = critperiods.open_cube(run / "results/tiny/cube.nc")
+    assert cube.attrs["Conventions"] == "CF-1.10"
+    units = {name: cube[name].attrs["units"] for name in [*cube.data_vars, *cube.coords]
+             if "units" in cube[name].attrs}
+    assert units
+    for name, unit in units.items():
+        cf_units.Unit(unit)  # raises ValueError on what UDUNITS cannot parse
+        assert unit != "nats", name
+
+
+def test_restart_runs_share_the_trunk_and_the_never_blurred_run(run):
+    cube = critperiods.open_cube(run / "results/tiny/cube.nc")
+    acc = cube.test_accuracy.sel(batch_size=64)
+    # up to the switch every schedule is the trunk; the never-blurred run is one branch
+    trunk = acc.sel(switch_epoch=2, epoch=[0, 1, 2])
+    np.testing.assert_array_equal(trunk.sel(lr_schedule="continue"),
+                                  trunk.sel(lr_schedule="restart"))
+    never = acc.sel(switch_epoch=0)
+    assert never.notnull().sum() > 0
+    np.testing.assert_array_equal(never.sel(lr_schedule="continue"),
+                                  never.sel(lr_schedule="restart"))
+    late = acc.sel(switch_epoch=2, epoch=4)
+    assert (late.sel(lr_schedule="continue") != late.sel(lr_schedule="restart")).any()
+    runs = run / "results/tiny/runs/bs64/seed0"
+    assert (runs / "continue/switch0.pt").exists() and not (runs / "restart/switch0.pt").exists()
+    assert (runs / "restart/switch2.pt").exists()
+
+
+def test_llc_carries_its_diagnostics_and_quality_flag(run):
+    cube = critperiods.open_cube(run / "results/tiny/cube.nc")
+    for name in ("llc_rhat", "llc_ess", "llc_trend_z", "llc_quality"):
+        assert cube[name].dims == cube.llc_mean.dims, name
+    estimated = cube.llc_mean.notnull()
+    assert (cube.llc_quality.notnull() == estimated).all()
+    assert cube.llc_rhat.where(estimated).notnull().sum() > 0
+    flags = cube.llc_quality.attrs
+    assert flags["flag_meanings"].split() == ["ok", "negative", "not_converged",
+                                              "diverged_chains"]
+    assert list(flags["flag_values"]) == [0, 1, 2, 4]
+    negative = (cube.llc_mean < 0) & estimated
+    assert ((cube.llc_quality.where(negative) % 2) == 1).where(negative, True).all(), \
+        "every negative λ̂ carries the negative flag"
+    for name in ("llc_nbeta", "llc_burn_in", "llc_step_size", "llc_gamma"):
+        assert cube[name].dims == (), name
+    assert int(cube.llc_burn_in) == 5
 
 
 def test_llc_and_divergence_variables(run):
@@ -91,23 +146,25 @@ def test_llc_and_divergence_variables(run):
     # λ̂ at the selected epochs (positive multiples of llc.every = 2) of every run
     llc = cube.llc_mean.sel(epoch=[2, 4])
     assert llc.sel(switch_epoch=2).notnull().all()
+    assert int(cube.llc_burn_in) == 5
     assert cube.llc_mean.sel(epoch=0).isnull().all(), "no λ̂ at initialisation"
     assert cube.llc_chain.dims[-1] == "chain" and cube.sizes["chain"] == 2
     assert (cube.llc_diverged_chains.fillna(0) >= 0).all()
     shared_with_sharp = ran & (cube.epoch <= 2)  # the never-blurred run ends at epoch 2
-    for name, cells in (("div_l2_vs_blurred", ran), ("div_cka_vs_blurred", ran),
-                        ("div_disagreement_vs_sharp", shared_with_sharp)):
-        var = cube[name]
+    for name, ref, cells in (("div_l2", "blurred", ran), ("div_cka", "blurred", ran),
+                             ("div_disagreement", "sharp", shared_with_sharp)):
+        var = cube[name].sel(reference=ref)
         assert var.attrs["long_name"] and var.attrs["units"]
         assert not var.where(cells).isnull().where(cells, False).any(), name
     # identical to the always-blurred path up to the switch, different after it
-    l2 = cube.div_l2_vs_blurred.sel(batch_size=64, switch_epoch=2)
+    l2 = cube.div_l2.sel(batch_size=64, switch_epoch=2, reference="blurred")
     assert (l2.sel(epoch=[0, 1, 2]) == 0).all()
     assert (l2.sel(epoch=[3, 4]) > 0).all()
-    seeds = cube.div_l2_seeds.sel(batch_size=64, switch_epoch=0, epoch=2)
+    seeds = cube.div_l2_seeds.sel(batch_size=64, lr_schedule="restart", switch_epoch=0, epoch=2)
     assert float(seeds.sel(seed=0, seed_b=0)) == 0 and float(seeds.sel(seed=0, seed_b=1)) > 0
     assert float(seeds.sel(seed=0, seed_b=1)) == float(seeds.sel(seed=1, seed_b=0))
-    aligned = cube.div_l2_aligned_seeds.sel(batch_size=64, switch_epoch=0, epoch=2)
+    aligned = cube.div_l2_aligned_seeds.sel(batch_size=64, lr_schedule="continue", switch_epoch=0,
+                                            epoch=2)
     assert float(aligned.sel(seed=0, seed_b=1)) <= float(seeds.sel(seed=0, seed_b=1)) + 1e-9
     assert cube.div_l2_growth_form.dtype == np.int8  # CF flags: codes of the flags' type
     assert cube.div_l2_growth_form.attrs["flag_values"].dtype == np.int8
@@ -158,14 +215,19 @@ def test_stated_defaults_and_time_limits_plan_nothing(run, tmp_path):
     assert "Nothing to be done" in out
 
 
-def test_lr_after_switch_change_keeps_the_trunks(run, tmp_path):
-    """The learning rate after the switch acts only on branches: trunks stay valid."""
+def test_dropping_a_schedule_reruns_only_the_aggregation(run, tmp_path):
     out = snakemake(run, "-n", configs=[
-        override(tmp_path, "r", "optimizer:\n  lr_after_switch: restart\n")])
-    jobs = planned(out)
-    assert "train_branch" in jobs and "aggregate" in jobs
-    assert not {"train_trunk", "prepare_data"} & set(jobs)
-    assert not any("/trunk." in o for o in jobs.get("evaluate", []) + jobs.get("llc", []))
+        override(tmp_path, "r", "grid:\n  lr_schedules: [continue]\n")])
+    assert set(planned(out)) == {"aggregate", "plots"}
+
+
+def test_the_old_lr_after_switch_key_names_its_replacement(run, tmp_path):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(run),
+           "-n", "--configfile", str(ROOT / "config.yaml"), str(TINY),
+           str(override(tmp_path, "old", "optimizer:\n  lr_after_switch: restart\n"))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "grid.lr_schedules" in proc.stdout + proc.stderr
 
 
 def test_plot_change_plans_only_plots(run, tmp_path):
@@ -188,7 +250,8 @@ def test_larger_switch_epoch_plans_only_new_segments(run, tmp_path):
     jobs = planned(out)
     # the trunk (extended to the last epoch any run reaches, 4 + 2) grows by one segment
     assert sorted(o.rsplit("/", 1)[-1] for o in jobs["train_trunk"]) == ["e6.pt", "e6.pt"]
-    assert sorted(o.rsplit("/", 1)[-1] for o in jobs["train_branch"]) == ["switch4.pt"] * 2
+    assert sorted(o.split("/seed", 1)[1][2:] for o in jobs["train_branch"]) == [
+        "continue/switch4.pt", "continue/switch4.pt", "restart/switch4.pt", "restart/switch4.pt"]
 
 
 def test_report_builds_with_every_figure_and_the_summary(run):
@@ -208,12 +271,13 @@ def test_seeds_per_job_trains_the_group_in_its_first_job(run, tmp_path):
 
     from critperiods.stacked import STACKED_ATOL
 
-    branches = [f"results/tiny/runs/bs64/seed{s}/switch2.pt" for s in (0, 1)]
+    branches = [f"results/tiny/runs/bs64/seed{s}/continue/switch2.pt" for s in (0, 1)]
     snakemake(tmp_path, "--cores", "2", *branches,
               configs=[override(tmp_path, "g", "train:\n  seeds_per_job: 2\n")])
     logs = tmp_path / "results/tiny/logs/train"
-    assert "trained by the job of seed 0" in (logs / "bs64_seed1_switch2.log").read_text()
-    assert "trained by the job of seed 0" not in (logs / "bs64_seed0_switch2.log").read_text()
+    seed1, seed0 = (logs / f"bs64_seed{s}_continue_switch2.log" for s in (1, 0))
+    assert "trained by the job of seed 0" in seed1.read_text()
+    assert "trained by the job of seed 0" not in seed0.read_text()
     for path in branches:
         stacked = torch.load(tmp_path / path, weights_only=True)
         single = torch.load(run / path, weights_only=True)

@@ -11,6 +11,7 @@ rule aggregate:
         grid=GRID,
         epochs_after_switch=config["epochs_after_switch"],
         training=TRAINING,
+        analysis=config["analysis"],
         config_yaml=config_yaml(),
     log:
         f"{LOGS}/aggregate.log",

@@ -17,9 +17,9 @@ RESULTS = f"{config['results_dir']}/{config['experiment']}"
 DATA = f"{RESULTS}/data/prepared.pt"
 RUN = os.path.join(RESULTS, "runs", "bs{batch_size}", "seed{seed}")
 TRUNK = os.path.join(RUN, "trunk", "e{epoch}.pt")
-BRANCH = os.path.join(RUN, "switch{switch_epoch}.pt")
+BRANCH = os.path.join(RUN, "{lr_schedule}", "switch{switch_epoch}.pt")
 PIECE = os.path.join(RESULTS, "runs", "{run}", "{piece}")  # a piece's files: PIECE.<kind>.nc
-DIVERGENCE = os.path.join(RESULTS, "divergence", "bs{batch_size}.nc")
+DIVERGENCE = os.path.join(RESULTS, "divergence", "bs{batch_size}_{lr_schedule}.nc")
 CUBE = f"{RESULTS}/cube.nc"
 SUMMARY = f"{RESULTS}/critical_period_summary.csv"
 CONFIG_RECORD = f"{RESULTS}/config.yaml"
@@ -27,8 +27,7 @@ PLOTS = f"{RESULTS}/plots"
 LOGS = f"{RESULTS}/logs"
 
 GRID = config["grid"]
-TRAINING = plan.training_params(config)  # branches and the cube's record
-TRUNK_TRAINING = plan.trunk_training_params(config)  # trunks and checkpoint readers
+TRAINING = plan.training_params(config)  # what shapes trajectories; checkpoints carry its hash
 THREADS = config["train"]["threads"]
 SPEED = {k: config["train"][k] for k in ("fast_path", "compile", "deterministic")}
 
@@ -38,8 +37,9 @@ wildcard_constraints:
     seed=r"\d+",
     epoch=r"\d+",
     switch_epoch=r"\d+",
+    lr_schedule="|".join(plan.LR_SCHEDULES),
     run=r"bs\d+/seed\d+",
-    piece=r"trunk|switch\d+",
+    piece=rf"trunk|({'|'.join(plan.LR_SCHEDULES)})/switch\d+",
 
 
 def runs():
@@ -50,7 +50,7 @@ def runs():
 def all_pieces():
     """Units of evaluation and LLC: the whole trunk of a cell, and each branch."""
     return [f"{RESULTS}/runs/bs{b}/seed{s}/{piece}" for b, s in runs()
-            for piece in ["trunk"] + [f"switch{k}" for k in GRID["switch_epochs"]]]
+            for piece in ["trunk"] + [f"{r}/switch{k}" for r, k in plan.branches(config)]]
 
 
 def get_piece_files(wildcards):
@@ -104,7 +104,7 @@ def get_piece_epochs(wildcards):
     """The checkpoint epochs a piece holds."""
     if wildcards.piece == "trunk":
         return [e for e in plan.checkpoint_epochs(config) if e <= plan.trunk_end(config)]
-    return plan.branch_checkpoints(config, int(wildcards.piece[len("switch"):]))
+    return plan.branch_checkpoints(config, int(wildcards.piece.rsplit("switch", 1)[1]))
 
 
 def get_llc_epochs(wildcards):
@@ -112,12 +112,14 @@ def get_llc_epochs(wildcards):
 
 
 def get_divergence_inputs(wildcards):
-    """Every piece of every seed of one batch size: trunks (the blurred reference) and branches."""
+    """Every piece of every seed of one batch size and schedule: trunks (the blurred
+    reference) and that schedule's branches (the never-blurred one is shared)."""
     return [
         f"{RESULTS}/runs/bs{wildcards.batch_size}/seed{s}/{piece}.pt"
         for s in GRID["seeds"]
         for piece in [f"trunk/e{e}" for e in plan.trunk_epochs(config)]
-        + [f"switch{k}" for k in GRID["switch_epochs"]]
+        + [f"{plan.piece_schedule(wildcards.lr_schedule, k)}/switch{k}"
+           for k in GRID["switch_epochs"]]
     ]
 
 
@@ -125,7 +127,8 @@ def get_cube_inputs():
     metrics = [f"{p}.metrics.nc" for p in all_pieces()]
     llc = [f"{p}.llc.nc" for p in all_pieces()] if config["llc"]["enabled"] else []
     divergence = (
-        [DIVERGENCE.format(batch_size=b) for b in GRID["batch_sizes"]]
+        [DIVERGENCE.format(batch_size=b, lr_schedule=r) for b in GRID["batch_sizes"]
+         for r in GRID["lr_schedules"]]
         if config["divergence"]["enabled"]
         else []
     )

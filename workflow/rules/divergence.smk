@@ -5,7 +5,7 @@ rule divergence:
     output:
         DIVERGENCE,
     params:
-        training=TRUNK_TRAINING,
+        training=TRAINING,
         divergence=config["divergence"],
         switch_epochs=GRID["switch_epochs"],
         seeds=GRID["seeds"],
@@ -14,6 +14,6 @@ rule divergence:
     resources:
         gpu=1,
     log:
-        f"{LOGS}/divergence/bs{{batch_size}}.log",
+        f"{LOGS}/divergence/bs{{batch_size}}_{{lr_schedule}}.log",
     script:
         "../../scripts/divergence.py"

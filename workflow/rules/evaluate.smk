@@ -5,7 +5,7 @@ rule evaluate:
     output:
         f"{PIECE}.metrics.nc",
     params:
-        training=TRUNK_TRAINING,
+        training=TRAINING,
         evaluate=config["evaluate"],
         device=config["device"],
     threads: THREADS

@@ -5,7 +5,7 @@ rule llc:
     output:
         f"{PIECE}.llc.nc",
     params:
-        training=TRUNK_TRAINING,
+        training=TRAINING,
         llc=config["llc"],
         epochs=get_llc_epochs,
         device=config["device"],

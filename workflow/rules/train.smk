@@ -9,7 +9,7 @@ rule train_trunk:
     output:
         TRUNK,
     params:
-        training=TRUNK_TRAINING,
+        training=TRAINING,
         checkpoint_epochs=lambda w: plan.trunk_segment_checkpoints(config, int(w.epoch)),
         group=lambda w: plan.seed_group(config, int(w.seed)),
         group_outputs=group_paths(TRUNK),
@@ -47,6 +47,6 @@ rule train_branch:
         runtime=runtime_minutes(lambda w: config["epochs_after_switch"] * group_size(w),
                                 "minutes_per_epoch"),
     log:
-        f"{LOGS}/train/bs{{batch_size}}_seed{{seed}}_switch{{switch_epoch}}.log",
+        f"{LOGS}/train/bs{{batch_size}}_seed{{seed}}_{{lr_schedule}}_switch{{switch_epoch}}.log",
     script:
         "../../scripts/train.py"

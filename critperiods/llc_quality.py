@@ -1,0 +1,115 @@
+"""Whether a λ̂ estimate can be trusted: convergence diagnostics and a quality flag.
+
+Every estimate gets, from its post-burn-in SGLD trace (healthy chains only):
+
+* ``rhat`` — rank-normalised split R-hat over chains (Vehtari et al. 2021, computed by
+  ArviZ's ``arviz_stats``): near 1 when the chains sample the same distribution and none of
+  them drifts within itself;
+* ``ess`` — bulk effective sample size of the pooled draws (ArviZ);
+* ``trend_z`` — how far the mean over the first 20 % of the draws lies from the mean over
+  the last 50 %, in Monte Carlo standard errors (ArviZ's ``mcse`` of each segment): the
+  running λ̂ is still moving when this is large (a Geweke-style check);
+
+and, from these, a CF bit-field flag (:data:`FLAGS`, :func:`quality_flags`): ``ok`` (0), or
+any of ``negative`` (λ̂ < 0: the checkpoint is not a local minimum at this localisation, so
+SGLD descends and λ̂ is meaningless), ``not_converged`` (R-hat above ``max_rhat`` or
+``|trend_z|`` above ``max_trend_z``) and ``diverged_chains`` (a chain blew up and was left
+out; all of them: λ̂ is NaN). The llc stage writes the diagnostics; the cube applies the
+thresholds (``analysis.llc_max_rhat``, ``analysis.llc_max_trend_z``), so changing them reruns
+only the aggregation. A flagged estimate is never used for a marker and is drawn hollow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: flag → bit of ``llc_quality``; 0 means ok.
+FLAGS = {"negative": 1, "not_converged": 2, "diverged_chains": 4}
+MAX_RHAT = 1.1
+MAX_TREND_Z = 4.0
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """Convergence diagnostics of one estimate (NaN where they cannot be computed)."""
+
+    rhat: float
+    ess: float
+    trend_z: float
+
+
+def flag_attrs() -> dict:
+    """CF attributes of the ``llc_quality`` variable (a bit field; 0 = ok)."""
+    masks = [sum(FLAGS.values()), *FLAGS.values()]
+    return {"flag_masks": np.asarray(masks, dtype=np.int8),
+            "flag_values": np.asarray([0, *FLAGS.values()], dtype=np.int8),
+            "flag_meanings": " ".join(["ok", *FLAGS])}
+
+
+def _trend_z(post: np.ndarray) -> float:
+    """(mean of the first 20 % − mean of the last 50 %) / combined MCSE, over all chains."""
+    from arviz_stats.base import array_stats
+
+    n = post.shape[1]
+    head, tail = post[:, : max(2, n // 5)], post[:, n - max(2, n // 2):]
+    se = math.hypot(*(float(array_stats.mcse(part, chain_axis=0, draw_axis=1))
+                      for part in (head, tail)))
+    diff = float(head.mean() - tail.mean())
+    if not se > 0:
+        return 0.0 if diff == 0 else math.copysign(math.inf, diff)
+    return diff / se
+
+
+def diagnose(loss_trace: np.ndarray, burn_in: int, diverged: np.ndarray) -> Diagnostics:
+    """Diagnose one estimate from its ``(chains, burn_in + draws)`` loss trace.
+
+    The trace of λ̂ per draw is an affine function of the loss (``nβ (L_B − L_n(w*))``), so
+    R-hat, ESS and the trend z-score are the same computed on either. Diverged chains are
+    left out; with no healthy chain or fewer than 4 post-burn-in draws all three are NaN.
+    """
+    from arviz_stats.base import array_stats
+
+    healthy = ~np.asarray(diverged, dtype=bool)
+    post = np.asarray(loss_trace, dtype=float)[healthy, burn_in:]
+    if post.shape[0] == 0 or post.shape[1] < 4 or not np.all(np.isfinite(post)):
+        return Diagnostics(float("nan"), float("nan"), float("nan"))
+    return Diagnostics(float(array_stats.rhat(post, chain_axis=0, draw_axis=1)),
+                       float(array_stats.ess(post, chain_axis=0, draw_axis=1)),
+                       _trend_z(post))
+
+
+def quality_flags(llc_mean: np.ndarray, diverged_chains: np.ndarray, rhat: np.ndarray,
+                  trend_z: np.ndarray, max_rhat: float = MAX_RHAT,
+                  max_trend_z: float = MAX_TREND_Z) -> np.ndarray:
+    """The flag bits of every estimate (arrays of one shape); NaN where ``llc_mean`` and
+    ``diverged_chains`` are both NaN (no estimate was made there).
+
+    A NaN R-hat or trend of an estimate that exists counts as not converged, and an estimate
+    whose chains all diverged (NaN mean) as ``diverged_chains``.
+    """
+    mean, div = np.asarray(llc_mean, dtype=float), np.asarray(diverged_chains, dtype=float)
+    rhat, trend = np.asarray(rhat, dtype=float), np.asarray(trend_z, dtype=float)
+    with np.errstate(invalid="ignore"):
+        bits = (np.where(mean < 0, FLAGS["negative"], 0)
+                | np.where(~(rhat <= max_rhat) | ~(np.abs(trend) <= max_trend_z),
+                           FLAGS["not_converged"], 0)
+                | np.where((div > 0) | (np.isnan(mean) & np.isfinite(div)),
+                           FLAGS["diverged_chains"], 0))
+    # an estimate whose chains all diverged has no diagnostics: it is not "not converged"
+    bits = np.where(np.isnan(mean) & (div > 0), FLAGS["diverged_chains"], bits)
+    return np.where(np.isnan(mean) & np.isnan(div), np.nan, bits.astype(float))
+
+
+def count_flags(quality: np.ndarray) -> dict[str, int]:
+    """How many estimates (finite entries of ``quality``) are ok and how many carry each flag."""
+    q = np.asarray(quality, dtype=float)
+    q = q[np.isfinite(q)].astype(int)
+    return {"estimates": int(q.size), "ok": int(np.sum(q == 0)),
+            **{name: int(np.sum((q & bit) > 0)) for name, bit in FLAGS.items()}}
+
+
+__all__ = ["FLAGS", "MAX_RHAT", "MAX_TREND_Z", "Diagnostics", "count_flags", "diagnose",
+           "flag_attrs", "quality_flags"]
