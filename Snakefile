@@ -16,9 +16,6 @@ check_moved_keys(config)  # a key that moved: say where (the schema would only s
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
-report: "workflow/report/workflow.rst"
-
-
 # Cheap steps run where snakemake runs, never as cluster jobs.
 localrules:
     all,
@@ -35,6 +32,9 @@ include: "workflow/rules/llc.smk"
 include: "workflow/rules/divergence.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/plots.smk"
+
+
+report: report_landing_page()  # the answer page of the last run (plots writes it)
 
 
 rule all:

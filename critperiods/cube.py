@@ -10,19 +10,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from critperiods.assemble import RUN_DIMS, assemble_runs, load_pieces
 from critperiods.files import write_atomic
-from critperiods.layout import parse_divergence, parse_piece
+from critperiods.layout import parse_divergence
 from critperiods.llc_quality import MAX_RHAT, MAX_TREND_Z
-from critperiods.plan import piece_schedule
-
-#: The dims of one run of the grid, in the cube's order.
-RUN_DIMS = ("batch_size", "lr_schedule", "switch_epoch", "seed")
 
 #: name → (long_name, units). Index coordinates (dims) carry a long_name and no units, and every
 #: unit parses in UDUNITS ("1" for dimensionless; losses in nats name the unit in long_name).
@@ -58,61 +55,6 @@ ATTRS: dict[str, tuple[str, str | None]] = {
     "llc_step_size": ("SGLD step size epsilon", "1"),
     "llc_gamma": ("SGLD localisation strength gamma", "1"),
 }
-#: Settings of the sampler, 0-d in a per-piece file and in the cube.
-LLC_SETTINGS = ("llc_nbeta", "llc_burn_in", "llc_step_size", "llc_gamma")
-
-
-def _load_pieces(files: Iterable[str | Path]) -> tuple[dict, dict]:
-    """Per-piece datasets, split into trunks ``{(b, s): ds}`` and branches
-    ``{(b, s, stored schedule, k): ds}``."""
-    trunks: dict[tuple[int, int], xr.Dataset] = {}
-    branches: dict[tuple[int, int, str, int], xr.Dataset] = {}
-    for f in files:
-        key = parse_piece(f)
-        with xr.open_dataset(f) as opened:
-            ds = opened.load()
-        if key.is_trunk:
-            trunks[(key.batch_size, key.seed)] = ds
-        else:
-            branches[(key.batch_size, key.seed, key.lr_schedule, key.switch_epoch)] = ds
-    return trunks, branches
-
-
-def assemble_runs(files: Iterable[str | Path],
-                  lr_schedules: Sequence[str] = ("continue",)) -> xr.Dataset:
-    """One Dataset over (batch_size, lr_schedule, switch_epoch, seed, epoch[, …]) from
-    per-piece files.
-
-    A run's value at epoch ``e ≤ switch_epoch`` is its trunk's; later epochs come from its
-    branch, which may serve several schedules (``plan.piece_schedule``: the never-blurred run
-    is one branch for all). Runs that do not exist stay NaN. 0-d variables (the sampler's
-    settings) are kept 0-d when every piece agrees, else laid out per run.
-    """
-    trunks, branches = _load_pieces(files)
-    runs, settings = [], []
-    for (b, s, stored, k), branch in sorted(branches.items()):
-        trunk = trunks.get((b, s))
-        parts = [branch]
-        if trunk is not None:
-            parts.insert(0, trunk.sel(epoch=trunk.epoch[trunk.epoch <= k]))
-        flat = [p.drop_vars([v for v in p.data_vars if not p[v].dims]) for p in parts]
-        run = xr.concat(flat, dim="epoch", data_vars="all") if len(flat) > 1 else flat[0]
-        for r in lr_schedules:
-            if piece_schedule(r, k) == stored:
-                coords = {"batch_size": [b], "lr_schedule": [r], "switch_epoch": [k], "seed": [s]}
-                runs.append(run.expand_dims(coords))
-                settings.append(xr.Dataset({v: p[v] for p in parts for v in p.data_vars
-                                            if not p[v].dims}).expand_dims(coords))
-    if not runs:
-        return xr.Dataset()
-    cube = xr.merge(runs, compat="no_conflicts", join="outer", combine_attrs="drop_conflicts")
-    per_run = xr.merge(settings, join="outer", combine_attrs="drop_conflicts")
-    for name, var in per_run.data_vars.items():
-        values = np.unique(var.values[np.isfinite(var.values)])
-        cube[name] = ((), values[0]) if values.size == 1 else var
-    return cube
-
-
 def _git_commit() -> str:
     """The commit of the critperiods checkout that runs (not of the working folder, which
     ``snakemake -d`` can put anywhere); "unknown" for an installed copy."""
@@ -132,6 +74,15 @@ def _versions() -> dict[str, str]:
 
     return {"torch_version": torch.__version__, "snakemake_version": snakemake.__version__,
             "critperiods_version": critperiods.__version__}
+
+
+def merge_files(files: Iterable[str | Path]) -> xr.Dataset:
+    """Datasets already laid out on the cube's dims (one per cell), merged into one."""
+    parts = []
+    for f in files:
+        with xr.open_dataset(f) as opened:
+            parts.append(opened.load())
+    return xr.merge(parts, join="outer", combine_attrs="drop_conflicts") if parts else xr.Dataset()
 
 
 def assemble_divergence(files: Iterable[str | Path]) -> xr.Dataset:
@@ -162,8 +113,8 @@ def build_cube(
 
     settings = {**ANALYSIS_DEFAULTS, **(analysis or {})}
     schedules = list(grid.get("lr_schedules", ["continue"]))
-    parts = [assemble_runs(metrics_files, schedules), assemble_runs(llc_files, schedules),
-             assemble_divergence(divergence_files)]
+    llc = assemble_runs(load_pieces(llc_files), schedules, grid["switch_epochs"])
+    parts = [merge_files(metrics_files), llc, assemble_divergence(divergence_files)]
     cube = xr.merge(parts, join="outer", combine_attrs="drop_conflicts")
     cube = cube.sel(epoch=cube.epoch[cube.test_accuracy.notnull().any(RUN_DIMS)])
     cube = cube.reindex(batch_size=sorted(grid["batch_sizes"]), lr_schedule=schedules,
@@ -275,5 +226,5 @@ def open_cube(path: str | Path) -> xr.Dataset:
         return ds.load()
 
 
-__all__ = ["ANALYSIS_DEFAULTS", "RUN_DIMS", "align_at_switch", "assemble_runs", "build_cube",
-           "describe", "open_cube", "write_netcdf"]
+__all__ = ["ANALYSIS_DEFAULTS", "align_at_switch", "build_cube", "describe", "merge_files",
+           "open_cube", "write_netcdf"]

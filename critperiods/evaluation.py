@@ -1,11 +1,16 @@
-"""Losses and accuracies of every checkpoint of a trajectory piece.
+"""Losses and accuracies of every checkpoint of a trajectory piece, and of a whole cell.
 
 For each checkpoint: sharp and blurred test loss/accuracy, and train
 loss/accuracy on the data of the phase that checkpoint was last trained on
-(a fixed subset of the training set, to keep evaluation cheap).
+(a fixed subset of the training set, to keep evaluation cheap). The evaluate stage
+does one (batch size, seed) cell per job: its trunk and every branch, laid out as runs.
 """
 
 from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -97,3 +102,25 @@ def evaluate_piece(
     for name, (long_name, units) in METRICS.items():
         ds[name].attrs.update(long_name=long_name, units=units)
     return ds
+
+
+def evaluate_cell(
+    piece_files: Iterable[str | Path], expected_hash: str, cfg: TrainConfig, data: PreparedData,
+    grid: dict, train_samples: int | None, batch_size: int = 1000,
+    device: torch.device | str = "cpu",
+) -> xr.Dataset:
+    """Evaluate every checkpoint of a cell's pieces (trunk segments and branch files) and lay
+    the results out as its runs (dims ``batch_size, lr_schedule, switch_epoch, seed, epoch``)
+    of the grid (``grid``: the config's ``grid:`` section).
+    """
+    from critperiods.assemble import assemble_runs
+    from critperiods.checkpoints import load_checkpoints
+    from critperiods.layout import parse_piece
+
+    files = defaultdict(list)
+    for f in piece_files:
+        files[parse_piece(f)].append(f)
+    pieces = {key: evaluate_piece(load_checkpoints(paths, expected_hash), cfg, data,
+                                  train_samples, batch_size, device)
+              for key, paths in files.items()}
+    return assemble_runs(pieces, grid["lr_schedules"], grid["switch_epochs"])

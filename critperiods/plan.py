@@ -71,6 +71,11 @@ def check_config(config: dict, schema: dict) -> None:
         raise ConfigError(
             f"grid.batch_sizes: {too_big} larger than dataset.train_subset={train_subset}"
         )
+    asked = set(config.get("llc", {}).get("switch_epochs") or ())
+    extra = sorted(asked - set(grid["switch_epochs"]))
+    if extra:
+        raise ConfigError(f"llc.switch_epochs: {extra} are not in grid.switch_epochs "
+                          f"{grid['switch_epochs']}, so there is no such branch to estimate on")
     kept = set(checkpoint_epochs(config))
     for section, field in (("llc", "epochs"), ("divergence", "barrier_epochs")):
         missing = sorted(set(config.get(section, {}).get(field) or ()) - kept)
@@ -148,6 +153,12 @@ def branches(config: dict) -> list[tuple[str, int]]:
     grid = config["grid"]
     return sorted({(piece_schedule(r, k), k) for r in grid["lr_schedules"]
                    for k in grid["switch_epochs"]}, key=lambda b: (b[1], b[0]))
+
+
+def llc_branches(config: dict) -> list[tuple[str, int]]:
+    """The branches λ̂ is estimated on: those of ``llc.switch_epochs`` (default: all)."""
+    wanted = config["llc"].get("switch_epochs")
+    return [(r, k) for r, k in branches(config) if wanted is None or k in wanted]
 
 
 def run_end(config: dict, switch_epoch: int) -> int:

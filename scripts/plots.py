@@ -1,11 +1,18 @@
-"""Stage plots: figures from the cube."""
+"""Stage plots: figures from the cube, and the report's landing page (the answer first)."""
+
+from pathlib import Path
 
 from critperiods import open_cube
+from critperiods.files import write_atomic
 from critperiods.plots import PLOTTERS
+from critperiods.report_page import landing_page
 from critperiods.stage import setup
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 setup(sm)
 cube = open_cube(sm.input[0])
-for name, path in sm.output.items():
+figures = {name: path for name, path in sm.output.items() if name in PLOTTERS}
+for name, path in figures.items():
     PLOTTERS[name](cube, path, dpi=sm.params.plots["dpi"])
+page = landing_page(cube, figures["critical_period"], Path(sm.params.description).read_text())
+write_atomic(sm.output.landing, lambda tmp: Path(tmp).write_text(page))

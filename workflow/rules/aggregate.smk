@@ -4,9 +4,11 @@ rule aggregate:
     output:
         cube=CUBE,
         summary=report(
-            SUMMARY, caption="../report/summary.rst", category="Critical period"
+            SUMMARY, caption="../report/summary.rst", category="1 Critical period",
+            labels={"figure": "1c critical-period table (CSV)"},
         ),
-        config=report(CONFIG_RECORD, caption="../report/config.rst", category="Configuration"),
+        config=report(CONFIG_RECORD, caption="../report/config.rst", category="5 Configuration",
+                      labels={"figure": "5 configuration (YAML)"}),
     params:
         grid=GRID,
         epochs_after_switch=config["epochs_after_switch"],

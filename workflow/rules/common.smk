@@ -5,6 +5,7 @@ import os
 import yaml
 
 from critperiods import plan
+from critperiods.report_page import FIGURES
 
 with open(os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")) as f:
     SCHEMA = yaml.safe_load(f)
@@ -19,10 +20,12 @@ RUN = os.path.join(RESULTS, "runs", "bs{batch_size}", "seed{seed}")
 TRUNK = os.path.join(RUN, "trunk", "e{epoch}.pt")
 BRANCH = os.path.join(RUN, "{lr_schedule}", "switch{switch_epoch}.pt")
 PIECE = os.path.join(RESULTS, "runs", "{run}", "{piece}")  # a piece's files: PIECE.<kind>.nc
+CELL_METRICS = os.path.join(RUN, "metrics.nc")  # evaluation of every run of a cell
 DIVERGENCE = os.path.join(RESULTS, "divergence", "bs{batch_size}_{lr_schedule}.nc")
 CUBE = f"{RESULTS}/cube.nc"
 SUMMARY = f"{RESULTS}/critical_period_summary.csv"
 CONFIG_RECORD = f"{RESULTS}/config.yaml"
+LANDING = f"{RESULTS}/report/landing.rst"  # the report's first page, written by plots
 PLOTS = f"{RESULTS}/plots"
 LOGS = f"{RESULTS}/logs"
 
@@ -47,10 +50,19 @@ def runs():
     return [(b, s) for b in GRID["batch_sizes"] for s in GRID["seeds"]]
 
 
-def all_pieces():
-    """Units of evaluation and LLC: the whole trunk of a cell, and each branch."""
+def llc_pieces():
+    """Units of λ̂ estimation: the whole trunk of a cell, and each branch λ̂ is asked for
+    (``llc.switch_epochs``)."""
     return [f"{RESULTS}/runs/bs{b}/seed{s}/{piece}" for b, s in runs()
-            for piece in ["trunk"] + [f"{r}/switch{k}" for r, k in plan.branches(config)]]
+            for piece in ["trunk"] + [f"{r}/switch{k}" for r, k in plan.llc_branches(config)]]
+
+
+def get_cell_pieces(wildcards):
+    """Checkpoint files of a cell's runs: the trunk up to the largest switch, every branch."""
+    base = RUN.format(**wildcards)
+    last = max(GRID["switch_epochs"])
+    return ([f"{base}/trunk/e{e}.pt" for e in plan.trunk_epochs(config) if e <= last]
+            + [f"{base}/{r}/switch{k}.pt" for r, k in plan.branches(config)])
 
 
 def get_piece_files(wildcards):
@@ -124,8 +136,8 @@ def get_divergence_inputs(wildcards):
 
 
 def get_cube_inputs():
-    metrics = [f"{p}.metrics.nc" for p in all_pieces()]
-    llc = [f"{p}.llc.nc" for p in all_pieces()] if config["llc"]["enabled"] else []
+    metrics = [CELL_METRICS.format(batch_size=b, seed=s) for b, s in runs()]
+    llc = [f"{p}.llc.nc" for p in llc_pieces()] if config["llc"]["enabled"] else []
     divergence = (
         [DIVERGENCE.format(batch_size=b, lr_schedule=r) for b in GRID["batch_sizes"]
          for r in GRID["lr_schedules"]]
@@ -157,7 +169,17 @@ def runtime_minutes(units, per_unit):
 
 
 def get_final_outputs():
-    return [CUBE, SUMMARY, *PLOT_FILES.values()]
+    return [CUBE, SUMMARY, *PLOT_FILES.values(), LANDING]
+
+
+def report_landing_page():
+    """The report's first page: the answer page of the last run, else the static description
+    (``snakemake --report`` before any run)."""
+    landing = os.path.abspath(LANDING)
+    return landing if os.path.exists(landing) else "workflow/report/workflow.rst"
+
+
+REPORT_FIGURES = FIGURES  # file stem → (category, label), in reading order
 
 
 PLOT_FILES = {

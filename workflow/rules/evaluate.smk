@@ -1,15 +1,16 @@
 rule evaluate:
     input:
         data=DATA,
-        pieces=get_piece_files,
+        pieces=get_cell_pieces,
     output:
-        f"{PIECE}.metrics.nc",
+        CELL_METRICS,
     params:
         training=TRAINING,
         evaluate=config["evaluate"],
+        grid={k: GRID[k] for k in ("switch_epochs", "lr_schedules")},
         device=config["device"],
     threads: THREADS
     log:
-        f"{LOGS}/evaluate/{{run}}/{{piece}}.log",
+        f"{LOGS}/evaluate/bs{{batch_size}}_seed{{seed}}.log",
     script:
         "../../scripts/evaluate.py"

@@ -1,0 +1,71 @@
+"""From trajectory pieces to runs: the trunk up to a run's switch, then its branch.
+
+A run ``(batch_size, lr_schedule, switch_epoch, seed)`` takes its values at epochs
+``e ≤ switch_epoch`` from the trunk of ``(batch_size, seed)`` and later ones from its branch.
+One branch can serve several schedules (:func:`critperiods.plan.piece_schedule`: the
+never-blurred run is the same for all). The evaluate stage lays out one cell this way and
+the cube its λ̂; both give datasets on the cube's dims.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from critperiods.layout import PieceKey, parse_piece
+from critperiods.plan import piece_schedule
+
+#: The dims of one run of the grid, in the cube's order.
+RUN_DIMS = ("batch_size", "lr_schedule", "switch_epoch", "seed")
+
+
+def load_pieces(files: Iterable[str | Path]) -> dict[PieceKey, xr.Dataset]:
+    """Per-piece result files, keyed by their coordinates (read from the path)."""
+    pieces = {}
+    for f in files:
+        with xr.open_dataset(f) as opened:
+            pieces[parse_piece(f)] = opened.load()
+    return pieces
+
+
+def assemble_runs(pieces: Mapping[PieceKey, xr.Dataset], lr_schedules: Sequence[str],
+                  switch_epochs: Sequence[int]) -> xr.Dataset:
+    """One Dataset over ``RUN_DIMS`` + ``epoch`` (and the pieces' other dims) from per-piece
+    datasets with an ``epoch`` dim, for the runs of the grid ``lr_schedules × switch_epochs``.
+
+    A run without its branch piece still gets its trunk's values (λ̂ may be estimated on the
+    trunk only); a run with neither is absent (NaN once merged into a grid). 0-d variables
+    (the sampler's settings) stay 0-d when every piece agrees, else they are laid out per run.
+    """
+    cells = sorted({(k.batch_size, k.seed) for k in pieces})
+    runs, settings = [], []
+    for b, s in cells:
+        trunk = pieces.get(PieceKey(b, s, None, None))
+        for k in sorted(switch_epochs):
+            for r in lr_schedules:
+                branch = pieces.get(PieceKey(b, s, piece_schedule(r, k), k))
+                parts = [] if branch is None else [branch]
+                if trunk is not None:
+                    parts.insert(0, trunk.sel(epoch=trunk.epoch[trunk.epoch <= k]))
+                if not parts:
+                    continue
+                flat = [p.drop_vars([v for v in p.data_vars if not p[v].dims]) for p in parts]
+                run = xr.concat(flat, dim="epoch", data_vars="all") if len(flat) > 1 else flat[0]
+                coords = {"batch_size": [b], "lr_schedule": [r], "switch_epoch": [k], "seed": [s]}
+                runs.append(run.expand_dims(coords))
+                settings.append(xr.Dataset({v: p[v] for p in parts for v in p.data_vars
+                                            if not p[v].dims}).expand_dims(coords))
+    if not runs:
+        return xr.Dataset()
+    out = xr.merge(runs, compat="no_conflicts", join="outer", combine_attrs="drop_conflicts")
+    per_run = xr.merge(settings, join="outer", combine_attrs="drop_conflicts")
+    for name, var in per_run.data_vars.items():
+        values = np.unique(var.values[np.isfinite(var.values)])
+        out[name] = ((), values[0]) if values.size == 1 else var
+    return out
+
+
+__all__ = ["RUN_DIMS", "assemble_runs", "load_pieces"]

@@ -1,0 +1,171 @@
+"""The landing page of ``snakemake --report``: the answer first, then the table and figure.
+
+Snakemake renders the workflow description (``report:``) as the report's first page. The
+plots stage writes this page from the cube after every run: the question, the answer in a
+few sentences (critical-period end per batch size and learning-rate schedule, whether the
+deficit survives restarting the rate, the scaling exponent, the λ̂ flag counts), the main
+figure embedded, the critical-period table rendered, the caveats, and the reading order of
+the figures. Everything is reStructuredText; the figure travels inside it as a data URI.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import yaml
+
+from critperiods.analysis import llc_flag_counts, restart_verdicts, summary_table
+
+#: The figures of the report, in reading order: file stem → (category, label).
+FIGURES = {
+    "critical_period": ("1 Critical period", "1a permanent deficit vs switch epoch"),
+    "critical_period_vs_temperature": ("1 Critical period", "1b end vs batch size"),
+    "learning_curves": ("2 Training", "2 learning curves"),
+    "llc": ("3 Local learning coefficient", "3a lambda-hat vs epoch"),
+    "llc_traces": ("3 Local learning coefficient", "3b SGLD chain diagnostics"),
+    "divergence": ("4 Divergence", "4a distance to the always-blurred run"),
+    "divergence_final": ("4 Divergence", "4b divergences at the end of training"),
+}
+
+
+def _num(value: float, digits: int = 1) -> str:
+    return "n/a" if not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _interval(lo: float, hi: float, digits: int = 1) -> str:
+    return f"[{_num(lo, digits)}, {_num(hi, digits)}]"
+
+
+def answer_lines(cube: xr.Dataset) -> list[str]:
+    """The answer as bullet points (reStructuredText), one per batch size and exponent."""
+    table = summary_table(cube)
+    verdicts = restart_verdicts(cube)
+    lines = []
+    for b, rows in table.groupby("batch_size", sort=True):
+        parts = []
+        for _, row in rows.iterrows():
+            parts.append(
+                f"{row['lr_schedule']}: ends at epoch {_num(row['critical_period_end'])} "
+                f"{_interval(row['critical_period_end_lower'], row['critical_period_end_upper'])}"
+                f", deficit {_num(100 * row['permanent_deficit'])} pp")
+        verdict = verdicts.get(float(b))
+        lines.append(f"* **batch {b:g}** — " + "; ".join(parts)
+                     + (f". The deficit {verdict}." if verdict else "."))
+    schedules = [str(r) for r in cube["lr_schedule"].values] if "lr_schedule" in cube.dims \
+        else ["continue"]
+    for r in schedules:
+        p = cube["batch_size_exponent"].sel(lr_schedule=r) if "lr_schedule" in \
+            cube["batch_size_exponent"].dims else cube["batch_size_exponent"]
+        lo, hi = (cube["batch_size_exponent_interval"].sel(lr_schedule=r)
+                  if "lr_schedule" in cube["batch_size_exponent_interval"].dims
+                  else cube["batch_size_exponent_interval"]).values
+        if np.isfinite(float(p)):
+            lines.append(f"* end ∝ batch size^p ({r}): p = {_num(float(p), 2)} "
+                         f"{_interval(lo, hi, 2)} (p < 0: smaller batches end later)")
+        else:
+            lines.append(f"* end ∝ batch size^p ({r}): n/a — a power law needs 3 batch sizes "
+                         "with a finite, positive end")
+    return lines
+
+
+def table_rst(cube: xr.Dataset) -> str:
+    """The critical-period table as an rst list-table, one row per (batch size, schedule)."""
+    table = summary_table(cube)
+    counts = _flag_counts_by_cell(cube)
+    header = ["batch", "lr after switch", "end (epoch)", "interval", "slope (pp/epoch)",
+              "deficit (pp)", "λ̂ marker: trunk", "λ̂ marker: never blurred",
+              "divergence marker", "λ̂ ok / estimates"]
+    rows = []
+    for _, row in table.iterrows():
+        ok, total = counts.get((row["batch_size"], row["lr_schedule"]), (0, 0))
+        rows.append([
+            f"{row['batch_size']:g}", row["lr_schedule"], _num(row["critical_period_end"]),
+            _interval(row["critical_period_end_lower"], row["critical_period_end_upper"]),
+            _num(100 * row["critical_period_slope"], 2),
+            f"{_num(100 * row['permanent_deficit'])} "
+            + _interval(100 * row["permanent_deficit_lower"], 100 * row["permanent_deficit_upper"]),
+            _num(row["llc_change_epoch_trunk"]), _num(row["llc_change_epoch_sharp"]),
+            _num(row["divergence_drop_epoch"]), f"{ok} / {total}"])
+    out = [".. list-table::", "   :header-rows: 1", ""]
+    for cells in [header, *rows]:
+        out.append("   * - " + cells[0])
+        out += [f"     - {c}" for c in cells[1:]]
+    return "\n".join(out)
+
+
+def _flag_counts_by_cell(cube: xr.Dataset) -> dict[tuple[float, str], tuple[int, int]]:
+    """(ok, estimates) of the λ̂ estimates of each (batch size, schedule)'s runs."""
+    if "llc_quality" not in cube:
+        return {}
+    out = {}
+    for b in cube["batch_size"].values:
+        for r in cube["lr_schedule"].values:
+            counts = llc_flag_counts(cube.sel(batch_size=[b], lr_schedule=[r]))
+            out[(b, str(r))] = (counts["ok"], counts["estimates"])
+    return out
+
+
+def figure_rst(png: str | Path) -> str:
+    """An rst raw-html block that embeds ``png`` as a data URI."""
+    data = base64.b64encode(Path(png).read_bytes()).decode()
+    # docutils refuses lines over 10 000 characters; browsers skip whitespace in base64
+    lines = "\n".join(f"   {data[i:i + 4000]}" for i in range(0, len(data), 4000))
+    return (".. raw:: html\n\n"
+            '   <img style="max-width:100%" alt="final sharp test accuracy vs switch epoch"\n'
+            f'   src="data:image/png;base64,\n{lines}"/>')
+
+
+def landing_page(cube: xr.Dataset, figure: str | Path, description: str) -> str:
+    """The report's first page (reStructuredText) for ``cube``, embedding ``figure``.
+
+    ``description`` (the workflow's static description) closes the page.
+    """
+    seeds = int(cube.sizes.get("seed", 1))
+    kind = cube.attrs.get("interval_kind", "seed-bootstrap interval")
+    experiment = (yaml.safe_load(cube.attrs.get("config", "")) or {}).get("experiment", "run")
+    title = f"Critical learning periods: {experiment}"
+    counts = llc_flag_counts(cube)
+    flags = ("" if not counts else
+             f"λ̂: {counts['estimates']} estimates, {counts['ok']} ok; flagged: "
+             + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()
+                         if k not in ("estimates", "ok"))
+             + " (flagged estimates are left out of the λ̂ markers and drawn hollow).")
+    reading = "\n".join(f"{i + 1}. {label.split(' ', 1)[1]} ({category.split(' ', 1)[1]})"
+                        for i, (category, label) in enumerate(FIGURES.values()))
+    parts = [
+        title, "=" * len(title), "",
+        "**Question.** Does the critical period end later when the batch size is smaller "
+        "(a higher SGD temperature), and is the permanent deficit a critical period at all, "
+        "i.e. does it survive restarting the learning rate at the switch?", "",
+        f"**Answer from this run** ({seeds} seed{'s' if seeds != 1 else ''} per cell; "
+        f"brackets: {kind}):", "",
+        *answer_lines(cube), "",
+        flags, "",
+        figure_rst(figure), "",
+        "Critical-period table", "---------------------", "",
+        table_rst(cube), "",
+        "*end*: kink of a hinge fit of final accuracy against switch epoch; *deficit*: final "
+        "accuracy of the never-blurred run minus that of the latest switch (percentage "
+        "points, paired by seed); *markers*: where λ̂ changes slope most along the blurred "
+        "trunk and the never-blurred run (valid estimates only), and the switch epoch where "
+        "the distance to the always-blurred run halves. n/a: see ``python -m critperiods "
+        "summarize`` for the reason.", "",
+        "Caveats", "-------", "",
+        f"* {seeds} seed{'s' if seeds != 1 else ''} per cell: the brackets are a {kind}.",
+        "* A deficit with the rate continued but not with it restarted is the learning-rate "
+        "confound (late switches train their sharp epochs at a small rate), not a critical "
+        "period.",
+        "* Exponents rest on as many points as there are batch sizes; their interval "
+        "resamples those points and is a crude band.", "",
+        "Figures, in reading order", "-------------------------", "",
+        reading, "",
+        "How the numbers were made", "-------------------------", "",
+        description.strip(), "",
+    ]
+    return "\n".join(parts)
+
+
+__all__ = ["FIGURES", "answer_lines", "figure_rst", "landing_page", "table_rst"]
