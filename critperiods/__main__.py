@@ -122,12 +122,20 @@ def _times(scratch: int, shared: int) -> str:
 
 
 def cost(args: argparse.Namespace) -> int:
+    from critperiods.cost import describe, grid_cost
     from critperiods.plan import epochs_trained
 
     config = _load_config(args.configfile)
     shared, scratch = epochs_trained(config, True), epochs_trained(config, False)
     print(f"{config['experiment']}: {shared} epochs with trunk sharing, {scratch} training "
           f"every run from scratch ({_times(scratch, shared)})")
+    for device in ("cpu", "cuda"):
+        found = grid_cost(config, device)
+        if device == "cpu":
+            print(f"  {found.images / 1e6:,.1f} M training images, "
+                  f"{found.llc_images / 1e6:,.1f} M images through SGLD steps, "
+                  f"{found.jobs} jobs")
+        print(f"  {describe(found, device)}")
     return 0
 
 

@@ -61,7 +61,8 @@ def assemble_runs(pieces: Mapping[PieceKey, xr.Dataset], lr_schedules: Sequence[
     if not runs:
         return xr.Dataset()
     out = xr.merge(runs, compat="no_conflicts", join="outer", combine_attrs="drop_conflicts")
-    per_run = xr.merge(settings, join="outer", combine_attrs="drop_conflicts")
+    per_run = xr.merge(settings, compat="no_conflicts", join="outer",
+                       combine_attrs="drop_conflicts")
     for name, var in per_run.data_vars.items():
         values = np.unique(var.values[np.isfinite(var.values)])
         out[name] = ((), values[0]) if values.size == 1 else var

@@ -76,13 +76,20 @@ def _versions() -> dict[str, str]:
             "critperiods_version": critperiods.__version__}
 
 
+def _merge(parts: list[xr.Dataset]) -> xr.Dataset:
+    """Outer-join ``parts``; overlapping values must agree (NaN fills gaps)."""
+    if not parts:
+        return xr.Dataset()
+    return xr.merge(parts, compat="no_conflicts", join="outer", combine_attrs="drop_conflicts")
+
+
 def merge_files(files: Iterable[str | Path]) -> xr.Dataset:
     """Datasets already laid out on the cube's dims (one per cell), merged into one."""
     parts = []
     for f in files:
         with xr.open_dataset(f) as opened:
             parts.append(opened.load())
-    return xr.merge(parts, join="outer", combine_attrs="drop_conflicts") if parts else xr.Dataset()
+    return _merge(parts)
 
 
 def assemble_divergence(files: Iterable[str | Path]) -> xr.Dataset:
@@ -94,7 +101,7 @@ def assemble_divergence(files: Iterable[str | Path]) -> xr.Dataset:
         with xr.open_dataset(f) as opened:
             ds = opened.load()
         parts.append(ds.expand_dims(batch_size=[batch_size], lr_schedule=[lr_schedule]))
-    return xr.merge(parts, join="outer", combine_attrs="drop_conflicts") if parts else xr.Dataset()
+    return _merge(parts)
 
 
 def build_cube(
@@ -115,7 +122,7 @@ def build_cube(
     schedules = list(grid.get("lr_schedules", ["continue"]))
     llc = assemble_runs(load_pieces(llc_files), schedules, grid["switch_epochs"])
     parts = [merge_files(metrics_files), llc, assemble_divergence(divergence_files)]
-    cube = xr.merge(parts, join="outer", combine_attrs="drop_conflicts")
+    cube = _merge(parts)
     cube = cube.sel(epoch=cube.epoch[cube.test_accuracy.notnull().any(RUN_DIMS)])
     cube = cube.reindex(batch_size=sorted(grid["batch_sizes"]), lr_schedule=schedules,
                         switch_epoch=sorted(grid["switch_epochs"]), seed=sorted(grid["seeds"]))

@@ -1,0 +1,112 @@
+"""What a grid costs: epochs of SGD, images, and the time it takes on reference hardware.
+
+Trunk sharing (``plan.epochs_trained``) gives the epochs; images are epochs × training set
+size per cell; time divides images by measured training throughputs (:data:`RATES`, one job's
+images per second, all seeds of a stacked job together) and adds a per-job start-up cost.
+A model, width, image size or batch size without a measured rate is reported as not
+measured instead of guessed. λ̂ is priced as forward + backward passes over
+``chains × batch_size`` images per SGLD step, at the same rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from critperiods import plan
+
+#: Training images per second of one job, measured with ``python bench/bench_cost.py``
+#: (docs/performance.md): (device, model, width, image size) → {batch size: images/s}.
+#: "cpu": one job at one thread on the 2-core development VM (a job per core);
+#: "cuda": one job on one NVIDIA H200 (torch 2.11), the graphed default path, 5 seeds stacked
+#: (images of all seeds counted).
+RATES: dict[tuple[str, str, int, int], dict[int, float]] = {}
+
+#: Seconds a job spends starting (Python, torch, reading its inputs), per device.
+JOB_OVERHEAD_S = {"cpu": 2.5, "cuda": 8.0}
+#: Parallel jobs on the reference machine: the 2-core VM runs one job per core.
+PARALLEL_JOBS = {"cpu": 2, "cuda": 1}
+
+IMAGES = {"fashion_mnist": (60000, 28), "mnist": (60000, 28), "cifar10": (50000, 32)}
+
+
+@dataclass(frozen=True)
+class Cost:
+    """The cost of a config's grid on one device (``seconds`` None when not measured)."""
+
+    epochs: int
+    images: float
+    llc_images: float
+    jobs: int
+    seconds: float | None
+    missing: tuple[str, ...]
+
+
+def _train_size(config: dict) -> tuple[int, int]:
+    total, size = IMAGES[config["dataset"]["name"]]
+    subset = config["dataset"].get("train_subset")
+    return (min(subset, total) if subset else total), size
+
+
+def _jobs(config: dict) -> int:
+    """Training, evaluation, λ̂ and divergence jobs the DAG plans (seed jobs included)."""
+    grid = config["grid"]
+    cells = len(grid["batch_sizes"]) * len(grid["seeds"])
+    per_cell = len(plan.trunk_epochs(config)) + len(plan.branches(config)) + 1
+    if config["llc"]["enabled"]:
+        per_cell += 1 + len(plan.llc_branches(config))
+    divergence = (len(grid["batch_sizes"]) * len(grid["lr_schedules"])
+                  if config["divergence"]["enabled"] else 0)
+    return cells * per_cell + divergence + 3
+
+
+def _llc_estimates(config: dict) -> int:
+    """λ̂ estimates per cell: trunk checkpoints and those of the branches λ̂ is asked for."""
+    if not config["llc"]["enabled"]:
+        return 0
+    trunk = [e for e in plan.checkpoint_epochs(config) if e <= plan.trunk_end(config)]
+    count = len(plan.llc_epochs(config, trunk, trunk=True))
+    for _, k in plan.llc_branches(config):
+        count += len(plan.llc_epochs(config, plan.branch_checkpoints(config, k)))
+    return count
+
+
+def grid_cost(config: dict, device: str) -> Cost:
+    """The cost of ``config``'s grid on the reference ``device`` ("cpu" or "cuda")."""
+    grid, model = config["grid"], config["model"]
+    n, size = _train_size(config)
+    cell_epochs = plan.epochs_trained(config, True) // (len(grid["batch_sizes"])
+                                                        * len(grid["seeds"]))
+    llc = config["llc"]
+    steps = (llc["burn_in"] + llc["draws"]) * llc.get("loss_every", 1)
+    rates = RATES.get((device, model["name"], model["width"], size), {})
+    seconds, images, llc_images, missing = 0.0, 0.0, 0.0, []
+    for b in grid["batch_sizes"]:
+        cell_images = cell_epochs * n * len(grid["seeds"])
+        estimates = _llc_estimates(config) * len(grid["seeds"])
+        sgld = estimates * llc["chains"] * steps * min(llc["batch_size"], n)
+        images += cell_images
+        llc_images += sgld
+        if b in rates:
+            seconds += (cell_images + sgld) / rates[b]
+        else:
+            missing.append(f"{model['name']} w{model['width']} {size}px batch {b}")
+    jobs = _jobs(config)
+    total = None
+    if not missing:
+        total = (seconds + jobs * JOB_OVERHEAD_S[device]) / PARALLEL_JOBS[device]
+    return Cost(plan.epochs_trained(config, True), images, llc_images, jobs, total,
+                tuple(missing))
+
+
+def describe(cost: Cost, device: str) -> str:
+    """One line: the time on the reference device, or what was not measured."""
+    where = {"cpu": "the 2-core development VM (a job per core)",
+             "cuda": "one NVIDIA H200 (seeds stacked, graphed)"}[device]
+    if cost.seconds is None:
+        return f"{device}: not measured for {', '.join(cost.missing)}"
+    minutes = cost.seconds / 60
+    when = f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+    return f"{device}: ~{when} on {where} ({cost.jobs} jobs)"
+
+
+__all__ = ["RATES", "Cost", "describe", "grid_cost"]

@@ -1,0 +1,71 @@
+"""Pieces become runs: the trunk up to the switch, then the branch; shared branches serve
+every schedule; the cube's helpers line runs up at their switch."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from critperiods.assemble import assemble_runs
+from critperiods.cube import align_at_switch
+from critperiods.layout import PieceKey, parse_divergence, parse_piece
+
+
+def piece(epochs: list[int], values: list[float], **settings: float) -> xr.Dataset:
+    ds = xr.Dataset({"acc": ("epoch", np.asarray(values, dtype=float))},
+                    coords={"epoch": np.asarray(epochs)})
+    for name, value in settings.items():
+        ds[name] = ((), value)
+    return ds
+
+
+def test_paths_map_to_coordinates_and_back_out():
+    assert parse_piece("r/runs/bs32/seed1/trunk/e4.pt") == PieceKey(32, 1, None, None)
+    assert parse_piece("r/runs/bs32/seed1/trunk.llc.nc").is_trunk
+    assert parse_piece("r/runs/bs64/seed0/restart/switch8.metrics.nc") == PieceKey(
+        64, 0, "restart", 8)
+    assert parse_divergence("r/divergence/bs128_continue.nc") == (128, "continue")
+    for bad in ("r/runs/bs64/seed0/switch8.pt", "r/runs/bs64/seed0/later/switch8.pt"):
+        try:
+            parse_piece(bad)
+        except ValueError as err:
+            assert bad in str(err)
+        else:
+            raise AssertionError(f"{bad} parsed")
+
+
+def test_runs_take_the_trunk_until_the_switch_and_share_the_never_blurred_branch():
+    pieces = {
+        PieceKey(32, 0, None, None): piece([0, 1, 2], [0.0, 1.0, 2.0], llc_gamma=100.0),
+        PieceKey(32, 0, "continue", 0): piece([1, 2], [10.0, 20.0], llc_gamma=100.0),
+        PieceKey(32, 0, "continue", 2): piece([3, 4], [30.0, 40.0], llc_gamma=100.0),
+        PieceKey(32, 0, "restart", 2): piece([3, 4], [-3.0, -4.0], llc_gamma=100.0),
+    }
+    runs = assemble_runs(pieces, ["continue", "restart"], [0, 2])
+    acc = runs["acc"].sel(batch_size=32, seed=0)
+    np.testing.assert_array_equal(acc.sel(lr_schedule="restart", switch_epoch=0),
+                                  acc.sel(lr_schedule="continue", switch_epoch=0))
+    np.testing.assert_array_equal(acc.sel(lr_schedule="restart", switch_epoch=2),
+                                  [0.0, 1.0, 2.0, -3.0, -4.0])
+    assert runs["llc_gamma"].dims == () and float(runs["llc_gamma"]) == 100.0
+
+
+def test_a_run_without_its_branch_keeps_its_trunk_values():
+    """λ̂ may be estimated on the trunk only (llc.switch_epochs): runs still show it."""
+    pieces = {PieceKey(32, 0, None, None): piece([0, 2, 4], [0.0, 2.0, 4.0])}
+    runs = assemble_runs(pieces, ["continue"], [0, 4])
+    acc = runs["acc"].sel(batch_size=32, seed=0, lr_schedule="continue")
+    np.testing.assert_array_equal(acc.sel(switch_epoch=4), [0.0, 2.0, 4.0])
+    assert np.isnan(acc.sel(switch_epoch=0, epoch=2))
+
+
+def test_align_at_switch_lines_runs_up_at_their_switch():
+    epochs, switches = np.arange(6), np.array([0, 2])
+    values = epochs[None, :] - switches[:, None] + 100.0  # 100 + epochs since the switch
+    da = xr.DataArray(values, dims=("switch_epoch", "epoch"),
+                      coords={"switch_epoch": switches, "epoch": epochs})
+    aligned = align_at_switch(da)
+    assert aligned.dims == ("switch_epoch", "epochs_since_switch")
+    assert list(aligned.epochs_since_switch.values) == list(range(-2, 6))
+    np.testing.assert_array_equal(aligned.sel(epochs_since_switch=1), [101.0, 101.0])
+    assert np.isnan(aligned.sel(switch_epoch=0, epochs_since_switch=-1))
