@@ -43,15 +43,19 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import stack_module_state
 
+from critperiods.cuda_graphs import GraphedSGD
 from critperiods.data import PreparedData
+from critperiods.folded import copies_layout
 from critperiods.grouped import copies_forward, per_copy_losses
 from critperiods.models import build_model
 from critperiods.training import (
     BatchCache,
+    EpochPlan,
     FastPath,
     TrainConfig,
     configure_backend,
     epoch_plan,
+    learning_rate,
     make_batch,
     phase,
     sgd_epoch,
@@ -117,7 +121,7 @@ class StackedTrainer:
             raise ValueError(f"seeds must be distinct and non-empty, got {list(seeds)}")
         self.cfg, self.data, self.batch_size, self.seeds = cfg, data, batch_size, list(seeds)
         self.device = torch.device(device)
-        self.fast = fast or FastPath.for_device(self.device)
+        self.fast = fast or FastPath.for_device(self.device, model=cfg.model)
         configure_backend(self.fast, self.device)
         if self.fast.compile:
             warnings.warn("train.compile is not applied to stacked seeds (seeds_per_job > 1)",
@@ -136,11 +140,14 @@ class StackedTrainer:
             list(self.params.values()), lr=cfg.lr, momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
         )
-        self.forward = copies_forward(self.template)
+        self.forward = copies_forward(self.template, copies_layout(self.device))
         self.ready = BatchCache(data, cfg, self.batch_fast)
         self.epoch = 0
         self.step = 0
         self.batch_in_epoch = 0
+        self.graphs = (GraphedSGD(self, list(self.params.values()), list(self.buffers.values()),
+                                  self.batch_losses, self.device)
+                       if self.fast.cuda_graphs else None)
 
     def members(self) -> list[SeedView]:
         """One view per seed, in ``seeds`` order."""
@@ -188,13 +195,18 @@ class StackedTrainer:
         plans = [epoch_plan(n, s, self.epoch, self.cfg.augmentation, self.device)
                  for s in self.seeds]
         self.template.train()
-
-        def loss_of(part: slice) -> Tensor:
-            pairs = [make_batch(self.data, self.cfg, self.batch_fast, p, part, epoch_phase,
-                                self.ready) for p in plans]
-            x, y = torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
-            return self._losses(x, y)
-
-        total = sgd_epoch(self, switch_epoch, plans[0].batches(self.batch_size), loss_of,
-                          should_stop)
+        if self.graphs is not None:
+            total = self.graphs.train_epoch(learning_rate(self.cfg, self.epoch, switch_epoch),
+                                            plans, epoch_phase, should_stop)
+        else:
+            total = sgd_epoch(self, switch_epoch, plans[0].batches(self.batch_size),
+                              lambda part: self.batch_losses(plans, part, epoch_phase),
+                              should_stop)
         return None if total is None else total / (n * len(self.seeds))
+
+    def batch_losses(self, plans: list[EpochPlan], part: slice, epoch_phase: str) -> Tensor:
+        """Every seed's loss on batch ``part`` of its own plan, shape ``(seeds,)``."""
+        pairs = [make_batch(self.data, self.cfg, self.batch_fast, p, part, epoch_phase,
+                            self.ready) for p in plans]
+        x, y = torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
+        return self._losses(x, y)
