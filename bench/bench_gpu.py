@@ -617,18 +617,25 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
                 return run_devinterp13(m, d, conf, device)
 
             variants[f"{sizes.chains[0]} chains, devinterp 1.3.2"] = theirs
-        for run in variants.values():  # warm-up (cuDNN, first shapes, graph capture)
-            run(warm=True)
+        errors: dict[str, str] = {}
+        for key, run in list(variants.items()):  # warm-up (cuDNN, first shapes, capture)
+            try:
+                run(warm=True)
+            except Exception as err:  # noqa: BLE001 - report it, time the others
+                errors[key] = f"{type(err).__name__}: {err}"[:300]
+                del variants[key]
         times: dict[str, list[float]] = {k: [] for k in variants}
         for _ in range(2 if sizes is FULL else 1):
             for key, run in variants.items():
                 times[key].append(run())
-        raw[model] = {"seconds": times, "steps": cfg.burn_in + cfg.draws,
+        raw[model] = {"seconds": times, "steps": cfg.burn_in + cfg.draws, "errors": errors,
                       "batch": cfg.batch_size, "samples": data[0].shape[0]}
         steps = cfg.burn_in + cfg.draws
         for key, values in times.items():
             rows.append(f"| {model} w{width} | {key} | {steps} | {med(values):.2f} "
                         f"| {1000 * med(values) / steps:.1f} |")
+        rows += [f"| {model} w{width} | {key} | - | failed: {err} | |"
+                 for key, err in errors.items()]
         _free(device)
     lines = ["## λ̂: SGLD chains (batch per chain "
              f"{sizes.llc_batch}, n = {sizes.llc_samples}, float32 chain state)", "",

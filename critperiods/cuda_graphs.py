@@ -26,8 +26,10 @@ anywhere takes the same kernels in the same order as one never interrupted: with
 from a trunk equals a run from scratch bit for bit. Loading a state copies INTO the
 captured tensors (``load_state_dict`` copies parameters and buffers in place; the momentum
 buffers are adopted by :meth:`GraphedSGD.adopt_optimizer_state` before every epoch).
-Capture warms up on a side stream and then restores every tensor it touched, so capturing
-never changes a result.
+Capture warms up and then restores every tensor it touched, so capturing never changes a
+result. Every step, eager or replayed, runs on one side stream of its own (:func:`own_stream`):
+autograd ties a parameter's gradient accumulator to the stream it was created on, and one
+created on the default stream would make the capture depend on it (which CUDA refuses).
 
 On the CPU (tests, ``bench/bench_gpu.py --smoke``) the same static-buffer step runs eagerly.
 
@@ -39,7 +41,8 @@ random stream as eager steps would.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -47,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-WARMUP_STEPS = 3  # eager steps on a side stream before a capture (then undone)
+WARMUP_STEPS = 3  # eager steps before a capture (then undone)
 EAGER_RECORDS = 2  # SGLD records run eagerly before the capture (real steps, warm-up too)
 
 BatchLosses = Callable[[list[Any], slice, str], Tensor]
@@ -82,6 +85,7 @@ class GraphedSGD:
         self.plans: list[Any] = []  # static copies of the epoch's plans
         self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
+        self.stream = torch.cuda.Stream(device) if self.capture else None
         self._addresses = self._current_addresses()
 
     # -- state --------------------------------------------------------------------------
@@ -117,6 +121,11 @@ class GraphedSGD:
                     should_stop: Callable[[], bool]) -> float | None:
         """``sgd_epoch``'s contract: train the rest of epoch ``trainer.epoch`` at ``lr``;
         the sum of loss × batch size, or None if ``should_stop`` fired before the end."""
+        with own_stream(self.stream):
+            return self._train_epoch(lr, plans, epoch_phase, should_stop)
+
+    def _train_epoch(self, lr: float, plans: Sequence[Any], epoch_phase: str,
+                     should_stop: Callable[[], bool]) -> float | None:
         trainer = self.trainer
         for group in trainer.optimizer.param_groups:
             group["lr"] = lr  # what the state records, as sgd_epoch does
@@ -186,14 +195,10 @@ class GraphedSGD:
         """The full-batch step of ``epoch_phase`` as a graph, captured on first use."""
         if epoch_phase not in self.graphs:
             saved = [t.clone() for t in self._mutable()]
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP_STEPS):  # cuDNN/cuBLAS set-up, benchmark runs
-                    self._step(self.batch_size, epoch_phase)
-            torch.cuda.current_stream(self.device).wait_stream(side)
+            for _ in range(WARMUP_STEPS):  # cuDNN/cuBLAS set-up, benchmark runs
+                self._step(self.batch_size, epoch_phase)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
+            with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
                 self._step(self.batch_size, epoch_phase)
             with torch.no_grad():  # the warm-up steps never happened
                 for tensor, value in zip(self._mutable(), saved, strict=True):
@@ -230,17 +235,13 @@ def run_chains_graphed(sampler: Any, st: Any, report: Callable[[int], None]) -> 
         peak.index_copy_(1, record_at, highest.unsqueeze(1))
         record_at.add_(1)
 
-    device = st.w.device
-    with torch.no_grad():
+    stream = torch.cuda.Stream(st.w.device)
+    with torch.no_grad(), own_stream(stream):
         eager = min(EAGER_RECORDS, n_rec)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(eager):
-                record()
-                report(cfg.loss_every * chains)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = _capture_record(record, sampler.gens) if n_rec > eager else None
+        for _ in range(eager):
+            record()
+            report(cfg.loss_every * chains)
+        graph = _capture_record(record, sampler.gens, stream) if n_rec > eager else None
         for _ in range(n_rec - eager):
             if graph is None:
                 record()
@@ -251,8 +252,8 @@ def run_chains_graphed(sampler: Any, st: Any, report: Callable[[int], None]) -> 
             st.healthy.cpu().numpy().astype(np.bool_))
 
 
-def _capture_record(record: Callable[[], None], generators: Sequence[torch.Generator]
-                    ) -> torch.cuda.CUDAGraph | None:
+def _capture_record(record: Callable[[], None], generators: Sequence[torch.Generator],
+                    stream: torch.cuda.Stream) -> torch.cuda.CUDAGraph | None:
     """One record as a graph with the chains' generators registered, or None where this
     torch has no graph-safe custom generators."""
     graph = torch.cuda.CUDAGraph()
@@ -261,9 +262,25 @@ def _capture_record(record: Callable[[], None], generators: Sequence[torch.Gener
         return None
     for gen in generators:
         register(gen)
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=stream):
         record()
     return graph
+
+
+@contextlib.contextmanager
+def own_stream(stream: torch.cuda.Stream | None) -> Iterator[None]:
+    """Run the block on ``stream`` (nothing to do for None), ordered after the work already
+    queued on the current stream and before what the caller queues next."""
+    if stream is None:
+        yield
+        return
+    caller = torch.cuda.current_stream(stream.device)
+    stream.wait_stream(caller)
+    try:
+        with torch.cuda.stream(stream):
+            yield
+    finally:
+        caller.wait_stream(stream)
 
 
 __all__ = ["EAGER_RECORDS", "WARMUP_STEPS", "GraphedSGD", "run_chains_graphed"]

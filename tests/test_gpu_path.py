@@ -175,10 +175,13 @@ def test_cuda_graphed_branch_from_trunk_equals_run_from_scratch(tmp_path, cfg, d
     scratch = Trainer(cfg, data, 16, 3, gpu, fast)
     train_until(scratch, 4, 2, set(), [[]], HASH, progress=False)
     assert_state_equal(load_piece(tmp_path / "b.pt", HASH)["state"], scratch.state())
-    eager = Trainer(cfg, data, 16, 3, gpu, replace(fast, cuda_graphs=False))
-    train_until(eager, 4, 2, set(), [[]], HASH, progress=False)
-    # the update's rounding differs from torch.optim.SGD's; BatchNorm nets amplify it
-    assert max_diff(eager.state()["model"], scratch.state()["model"]) < 0.05
+    # the first steps follow the eager loop (later, TF32 rounding and SGD amplify the
+    # update's last-bit difference from torch.optim.SGD's, as between any two kernels)
+    pair = [Trainer(cfg, data, 16, 3, gpu, replace(fast, cuda_graphs=graphs))
+            for graphs in (False, True)]
+    for t in pair:
+        assert t.train_epoch(NEVER, stop_after(4)) is None  # eager, capture, 2 replays
+    assert max_diff(pair[0].state()["model"], pair[1].state()["model"]) < 1e-2
 
 
 @cuda
