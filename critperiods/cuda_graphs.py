@@ -42,6 +42,7 @@ random stream as eager steps would.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
@@ -51,6 +52,9 @@ import torch
 from torch import Tensor
 
 WARMUP_STEPS = 3  # eager steps before a capture (then undone)
+# Capture checks only this thread's CUDA calls (as torch.compile's CUDA graph trees do): a
+# DataLoader's pin-memory thread elsewhere in the process must not invalidate a capture.
+CAPTURE_MODE = "thread_local"
 EAGER_RECORDS = 2  # SGLD records run eagerly before the capture (real steps, warm-up too)
 
 BatchLosses = Callable[[list[Any], slice, str], Tensor]
@@ -59,22 +63,23 @@ BatchLosses = Callable[[list[Any], slice, str], Tensor]
 class GraphedSGD:
     """The SGD steps of a trainer, on static buffers, replayed from CUDA graphs.
 
-    ``trainer`` has ``optimizer`` (a ``torch.optim.SGD`` over ``params``, one param group,
-    no dampening or Nesterov), ``batch_size``, ``epoch``, ``step`` and ``batch_in_epoch``.
-    ``batch_losses(plans, part, epoch_phase)`` returns the loss of every stacked seed (or
-    the one loss) on batch ``part`` of ``plans``; it must not synchronise with the host.
-    ``buffers`` are the tensors the forward pass updates in place (BatchNorm statistics).
+    ``optimizer`` is a ``torch.optim.SGD`` over ``params`` (one param group, no dampening
+    or Nesterov); ``buffers`` are the tensors the forward pass updates in place (BatchNorm
+    statistics). It holds no reference to the trainer (which holds it), so a trainer and its
+    graphs are freed as soon as the trainer is dropped, never by a garbage collection that
+    could run during another capture.
     """
 
-    def __init__(self, trainer: Any, params: Sequence[Tensor], buffers: Sequence[Tensor],
-                 batch_losses: BatchLosses, device: torch.device) -> None:
-        group, *others = trainer.optimizer.param_groups
+    def __init__(self, optimizer: torch.optim.SGD, batch_size: int, params: Sequence[Tensor],
+                 buffers: Sequence[Tensor], device: torch.device) -> None:
+        group, *others = optimizer.param_groups
         if others or group["dampening"] or group["nesterov"] or group["maximize"]:
             raise ValueError("GraphedSGD takes plain SGD with momentum and weight decay")
-        self.trainer, self.batch_losses = trainer, batch_losses
+        self.optimizer = optimizer
         self.params, self.buffers = list(params), list(buffers)
         self.device, self.capture = device, device.type == "cuda"
-        self.batch_size = trainer.batch_size
+        self.batch_size = batch_size
+        self._batch_losses: BatchLosses | None = None  # set during an epoch only
         self.momentum, self.weight_decay = group["momentum"], group["weight_decay"]
         self.momentum_buffers = [torch.zeros_like(p) for p in self.params] if self.momentum else []
         self.has_momentum = False  # whether the optimizer's state holds momentum buffers yet
@@ -83,7 +88,7 @@ class GraphedSGD:
         self.total = torch.zeros((), device=device)  # sum of loss × batch size this epoch
         self.steps = torch.arange(self.batch_size, device=device)
         self.plans: list[Any] = []  # static copies of the epoch's plans
-        self.graphs: dict[str, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[str, torch.cuda.CUDAGraph | None] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
         self.stream = torch.cuda.Stream(device) if self.capture else None
         self._addresses = self._current_addresses()
@@ -92,7 +97,7 @@ class GraphedSGD:
     def adopt_optimizer_state(self) -> None:
         """Make the optimizer's momentum buffers the captured ones, copying in whatever a
         ``load_state_dict`` put there (a state without buffers: the next step creates them)."""
-        state = self.trainer.optimizer.state
+        state = self.optimizer.state
         found = [state[p].get("momentum_buffer") if p in state else None for p in self.params]
         self.has_momentum = bool(self.momentum) and all(b is not None for b in found)
         if not self.has_momentum:
@@ -117,17 +122,24 @@ class GraphedSGD:
         return [*self.params, *self.buffers, *self.momentum_buffers, self.pos, self.total]
 
     # -- one epoch ----------------------------------------------------------------------
-    def train_epoch(self, lr: float, plans: Sequence[Any], epoch_phase: str,
-                    should_stop: Callable[[], bool]) -> float | None:
-        """``sgd_epoch``'s contract: train the rest of epoch ``trainer.epoch`` at ``lr``;
-        the sum of loss × batch size, or None if ``should_stop`` fired before the end."""
-        with own_stream(self.stream):
-            return self._train_epoch(lr, plans, epoch_phase, should_stop)
+    def train_epoch(self, trainer: Any, lr: float, plans: Sequence[Any], epoch_phase: str,
+                    batch_losses: BatchLosses, should_stop: Callable[[], bool]
+                    ) -> float | None:
+        """``sgd_epoch``'s contract: train the rest of epoch ``trainer.epoch`` at ``lr``
+        (``trainer`` has ``epoch``, ``step`` and ``batch_in_epoch``); the sum of loss × batch
+        size, or None if ``should_stop`` fired before the end. ``batch_losses(plans, part,
+        epoch_phase)`` is the loss of every stacked seed (or the one loss) on batch ``part``
+        of ``plans``; it must not synchronise with the host."""
+        self._batch_losses = batch_losses
+        try:
+            with own_stream(self.stream):
+                return self._train_epoch(trainer, lr, plans, epoch_phase, should_stop)
+        finally:
+            self._batch_losses = None
 
-    def _train_epoch(self, lr: float, plans: Sequence[Any], epoch_phase: str,
+    def _train_epoch(self, trainer: Any, lr: float, plans: Sequence[Any], epoch_phase: str,
                      should_stop: Callable[[], bool]) -> float | None:
-        trainer = self.trainer
-        for group in trainer.optimizer.param_groups:
+        for group in self.optimizer.param_groups:
             group["lr"] = lr  # what the state records, as sgd_epoch does
         if self._current_addresses() != self._addresses:  # tensors replaced: capture anew
             self.graphs.clear()
@@ -140,8 +152,10 @@ class GraphedSGD:
         batches = plans[0].batches(self.batch_size)
         for part in batches[trainer.batch_in_epoch:]:
             size = part.stop - part.start
-            if size == self.batch_size and self.capture and self._started():
-                self._graph(epoch_phase).replay()
+            graph = (self._graph(epoch_phase)
+                     if size == self.batch_size and self.capture and self._started() else None)
+            if graph is not None:
+                graph.replay()
             else:
                 self._step(size, epoch_phase)
             trainer.step += 1
@@ -168,7 +182,7 @@ class GraphedSGD:
         index = self.pos * self.batch_size + self.steps[:size]
         batch = [replace(p, **{k: None if v is None else v[index] for k, v in vars(p).items()})
                  for p in self.plans]
-        losses = self.batch_losses(batch, slice(0, size), epoch_phase)
+        losses = self._batch_losses(batch, slice(0, size), epoch_phase)  # type: ignore[misc]
         grads = torch.autograd.grad(losses.sum(), self.params)
         with torch.no_grad():
             self._update(list(grads))
@@ -186,20 +200,27 @@ class GraphedSGD:
             else:  # the first step: buf = d_p, as torch.optim.SGD starts it
                 torch._foreach_copy_(self.momentum_buffers, d_p)
                 for p, buf in zip(self.params, self.momentum_buffers, strict=True):
-                    self.trainer.optimizer.state[p]["momentum_buffer"] = buf
+                    self.optimizer.state[p]["momentum_buffer"] = buf
                 self.has_momentum = True
             d_p = self.momentum_buffers
         torch._foreach_sub_(self.params, torch._foreach_mul(d_p, self.lr))
 
-    def _graph(self, epoch_phase: str) -> torch.cuda.CUDAGraph:
-        """The full-batch step of ``epoch_phase`` as a graph, captured on first use."""
+    def _graph(self, epoch_phase: str) -> torch.cuda.CUDAGraph | None:
+        """The full-batch step of ``epoch_phase`` as a graph, captured on first use; None
+        (the step runs eagerly, with a warning) where the capture fails."""
         if epoch_phase not in self.graphs:
             saved = [t.clone() for t in self._mutable()]
-            for _ in range(WARMUP_STEPS):  # cuDNN/cuBLAS set-up, benchmark runs
-                self._step(self.batch_size, epoch_phase)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
-                self._step(self.batch_size, epoch_phase)
+            graph: torch.cuda.CUDAGraph | None = torch.cuda.CUDAGraph()
+            try:
+                for _ in range(WARMUP_STEPS):  # cuDNN/cuBLAS set-up, benchmark runs
+                    self._step(self.batch_size, epoch_phase)
+                with torch.cuda.graph(graph, pool=self.pool, stream=self.stream,
+                                      capture_error_mode=CAPTURE_MODE):
+                    self._step(self.batch_size, epoch_phase)
+            except RuntimeError as err:  # torch.AcceleratorError included
+                warnings.warn(f"CUDA graph capture of the {epoch_phase} step failed ({err}); "
+                              "this job takes eager steps", stacklevel=4)
+                graph = None
             with torch.no_grad():  # the warm-up steps never happened
                 for tensor, value in zip(self._mutable(), saved, strict=True):
                     tensor.copy_(value)
@@ -262,8 +283,13 @@ def _capture_record(record: Callable[[], None], generators: Sequence[torch.Gener
         return None
     for gen in generators:
         register(gen)
-    with torch.cuda.graph(graph, stream=stream):
-        record()
+    try:
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode=CAPTURE_MODE):
+            record()
+    except RuntimeError as err:  # the eager records go on
+        warnings.warn(f"CUDA graph capture of an SGLD record failed ({err}); sampling "
+                      "eagerly", stacklevel=3)
+        return None
     return graph
 
 

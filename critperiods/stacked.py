@@ -145,8 +145,8 @@ class StackedTrainer:
         self.epoch = 0
         self.step = 0
         self.batch_in_epoch = 0
-        self.graphs = (GraphedSGD(self, list(self.params.values()), list(self.buffers.values()),
-                                  self.batch_losses, self.device)
+        self.graphs = (GraphedSGD(self.optimizer, batch_size, list(self.params.values()),
+                                  list(self.buffers.values()), self.device)
                        if self.fast.cuda_graphs else None)
 
     def members(self) -> list[SeedView]:
@@ -196,8 +196,8 @@ class StackedTrainer:
                  for s in self.seeds]
         self.template.train()
         if self.graphs is not None:
-            total = self.graphs.train_epoch(learning_rate(self.cfg, self.epoch, switch_epoch),
-                                            plans, epoch_phase, should_stop)
+            total = self.graphs.train_epoch(self, learning_rate(self.cfg, self.epoch, switch_epoch),
+                                            plans, epoch_phase, self.batch_losses, should_stop)
         else:
             total = sgd_epoch(self, switch_epoch, plans[0].batches(self.batch_size),
                               lambda part: self.batch_losses(plans, part, epoch_phase),

@@ -306,8 +306,8 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps taken
         self.batch_in_epoch = 0  # batches of ``epoch`` already taken (mid-epoch resume)
-        self.graphs = (GraphedSGD(self, list(self.model.parameters()), list(self.model.buffers()),
-                                  self.batch_losses, self.device)
+        self.graphs = (GraphedSGD(self.optimizer, batch_size, list(self.model.parameters()),
+                                  list(self.model.buffers()), self.device)
                        if self.fast.cuda_graphs else None)
 
     # -- state ------------------------------------------------------------------------
@@ -354,8 +354,8 @@ class Trainer:
                           self.cfg.augmentation, self.device)
         self.model.train()
         if self.graphs is not None:
-            total = self.graphs.train_epoch(learning_rate(self.cfg, self.epoch, switch_epoch),
-                                            [plan], epoch_phase, should_stop)
+            total = self.graphs.train_epoch(self, learning_rate(self.cfg, self.epoch, switch_epoch),
+                                            [plan], epoch_phase, self.batch_losses, should_stop)
         else:
             total = sgd_epoch(self, switch_epoch, plan.batches(self.batch_size),
                               lambda part: self.batch_losses([plan], part, epoch_phase),

@@ -74,6 +74,23 @@ def test_graphed_step_code_resumes_mid_epoch_bit_for_bit(cfg, data):
     assert_state_equal(again.state(), fresh.state())
 
 
+def test_a_dropped_trainer_frees_its_graphs_at_once(cfg, data):
+    """No reference cycle: the graphs (and their memory) go with the trainer, never in a
+    garbage collection that could run during another trainer's capture."""
+    import gc
+    import weakref
+
+    trainer = Trainer(cfg, data, 32, 0, fast=GRAPHED_CODE)
+    trainer.train_epoch(NEVER)
+    graphs = weakref.ref(trainer.graphs)
+    gc.disable()
+    try:
+        del trainer
+        assert graphs() is None
+    finally:
+        gc.enable()
+
+
 def test_stacked_graphed_step_code_follows_the_eager_stack(cfg, data):
     eager = StackedTrainer(cfg, data, 32, (0, 1))
     graphed = StackedTrainer(cfg, data, 32, (0, 1), fast=GRAPHED_CODE)
