@@ -28,7 +28,9 @@ result is still deterministic and resumable bit for bit on the CPU (on CUDA with
 ``train.deterministic``); on this CPU a seed's stacked result does not even depend on
 its partners or its slot in the stack.
 
-``train.compile`` is not applied to stacked models (a warning says so).
+``train.compile`` is not applied to stacked models (a warning says so). On CUDA the
+step is replayed from a CUDA graph (``critperiods.cuda_graphs``) and the seeds are folded
+into the batch (``critperiods.folded``) instead of laid side by side in the channels.
 """
 
 from __future__ import annotations
