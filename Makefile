@@ -6,7 +6,7 @@ CORES   ?= all
 CONFIG  ?=
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test lint report bench dataset clean-results help
+.PHONY: run test lint report bench bench-gpu dataset clean-results help
 
 help:
 	@echo "make run     - install into $(VENV) and run the default experiment (config.yaml)"
@@ -14,6 +14,7 @@ help:
 	@echo "make test    - run the test suite"
 	@echo "make report  - build the HTML report of the last run (report.html)"
 	@echo "make bench   - benchmarks (bench/), results in bench/out/"
+	@echo "make bench-gpu - GPU benchmark (about 5 minutes on one GPU): bench/out/gpu.md"
 	@echo "make lint    - ruff + snakemake --lint"
 
 $(STAMP): pyproject.toml
@@ -67,3 +68,8 @@ bench: $(STAMP) $(BENCH_VENV)/.installed $(BENCH13_VENV)/.installed
 	$(PY) bench/bench_training.py
 	$(BENCH_VENV)/bin/python bench/bench_llc.py
 	cat bench/out/training.md bench/out/llc.md > bench/out/README.md
+
+# The GPU path on one GPU (a few minutes): training, stacked seeds, λ̂, cost -> bench/out/gpu.md.
+# devinterp 1.3.2 is compared where it can be imported (e.g. PYTHONPATH with its wheel).
+bench-gpu: $(STAMP)
+	$(PY) bench/bench_gpu.py $(BENCH_GPU_ARGS)

@@ -354,13 +354,19 @@ class _FlattenImages(torch.autograd.Function):
         return _group_input(per_copy).t, None  # the same layout change as the input's
 
 
-def copies_forward(model: nn.Module) -> CopiesForward:
+def copies_forward(model: nn.Module, layout: str = "channels") -> CopiesForward:
     """``f(params, buffers, x)`` evaluating stacked copies of ``model``: a
-    :class:`GroupedModel` for the inputs and modes it supports, else
+    :class:`GroupedModel` (``layout="channels"``) or a ``critperiods.folded.FoldedModel``
+    (``layout="batch"``, for GPUs) for the inputs and modes it supports, else
     ``vmap(functional_call)`` (the same values to float round-off)."""
     fallback = vmap(lambda p, b, xx: functional_call(model, (p, b), (xx,)))
     try:
-        grouped = GroupedModel(model)
+        if layout == "batch":
+            from critperiods.folded import FoldedModel
+
+            grouped = FoldedModel(model)
+        else:
+            grouped = GroupedModel(model)
     except NotGroupable:
         return fallback
 

@@ -47,6 +47,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from critperiods.cuda_graphs import run_chains_graphed
+from critperiods.folded import copies_layout
 from critperiods.grouped import copies_forward, per_copy_losses, stack_like
 from critperiods.models import channels_last_images
 from critperiods.workers import can_fork, one_thread, run_forked
@@ -54,6 +56,7 @@ from critperiods.workers import can_fork, one_thread, run_forked
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 SAMPLERS = ("sgld", "rmsprop_sgld")
+SGLD_CUDA_GRAPHS = True  # on CUDA, replay each record of the chains from a CUDA graph
 
 
 class LLCDivergenceWarning(RuntimeWarning):
@@ -175,7 +178,7 @@ def _chain_losses_fn(
     shared, never updated.
     """
     buffers = stack_like(dict(model.named_buffers()), chains)
-    forward = copies_forward(model)
+    forward = copies_forward(model, copies_layout(next(model.parameters()).device))
 
     def chain_losses(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return per_copy_losses(loss_fn, forward(params, buffers, x), y)
@@ -465,6 +468,8 @@ class _ChainBlock:
                 for c in self.chains]
         sampler = _Sampler(_chain_losses_fn(self.model, self.loss_fn, len(self.chains)),
                            self.data, self.config, self.nbeta, gens)
+        if st.w.device.type == "cuda" and SGLD_CUDA_GRAPHS:  # critperiods.cuda_graphs
+            return _Trace(*run_chains_graphed(sampler, st, report))
         return _run_chains(sampler, st, report)
 
 

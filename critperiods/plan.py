@@ -123,16 +123,45 @@ def check_whole_numbers(value: object, schema: dict, key: str = "") -> None:
             check_whole_numbers(item, schema["items"], key)
 
 
+AUTO_SEEDS_PER_JOB = 16  # ``seeds_per_job: auto`` on CUDA: blocks of 16 seed values
+
+
+def cuda_visible() -> bool:
+    """Whether this machine shows an NVIDIA GPU to CUDA, without importing torch: a GPU in
+    ``/proc/driver/nvidia/gpus`` and ``CUDA_VISIBLE_DEVICES`` not set to hide every GPU."""
+    import os
+    from pathlib import Path
+
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None and hidden.strip() in ("", "-1", "none", "NoDevFiles"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
+
+
+def seeds_per_job(config: dict) -> int:
+    """``train.seeds_per_job`` as a number, resolved when the DAG is built: ``auto`` is
+    ``AUTO_SEEDS_PER_JOB`` when training runs on CUDA (``device: cuda``, or ``device: auto``
+    on a machine that shows a GPU: :func:`cuda_visible`), else 1. On a cluster whose login
+    node has no GPU, write ``device: cuda`` to stack the seeds."""
+    size = config.get("train", {}).get("seeds_per_job", 1)
+    if size != "auto":
+        return int(size)
+    device = config.get("device", "auto")
+    on_cuda = device == "cuda" or (device == "auto" and cuda_visible())
+    return AUTO_SEEDS_PER_JOB if on_cuda else 1
+
+
 def seed_group(config: dict, seed: int) -> list[int]:
-    """The seeds trained in one job with ``seed`` (``train.seeds_per_job`` = S): the seeds
-    of ``grid.seeds`` in the same block of S seed values (``seed // S``), sorted; the
-    first of them is the job that trains the group.
+    """The seeds trained in one job with ``seed`` (``train.seeds_per_job`` = S, see
+    :func:`seeds_per_job`): the seeds of ``grid.seeds`` in the same block of S seed values
+    (``seed // S``), sorted; the first of them is the job that trains the group.
 
     Blocks of values, not positions in the list, so reordering ``grid.seeds`` or adding
     a seed regroups nothing except the block the new seed joins. A seed outside the grid
     (a target named on the command line) trains alone.
     """
-    size = config.get("train", {}).get("seeds_per_job", 1)
+    size = seeds_per_job(config)
     seeds = config["grid"]["seeds"]
     if seed not in seeds:
         return [seed]

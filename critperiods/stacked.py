@@ -28,7 +28,9 @@ result is still deterministic and resumable bit for bit on the CPU (on CUDA with
 ``train.deterministic``); on this CPU a seed's stacked result does not even depend on
 its partners or its slot in the stack.
 
-``train.compile`` is not applied to stacked models (a warning says so).
+``train.compile`` is not applied to stacked models (a warning says so). On CUDA the
+step is replayed from a CUDA graph (``critperiods.cuda_graphs``) and the seeds are folded
+into the batch (``critperiods.folded``) instead of laid side by side in the channels.
 """
 
 from __future__ import annotations
@@ -43,15 +45,19 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import stack_module_state
 
+from critperiods.cuda_graphs import GraphedSGD
 from critperiods.data import PreparedData
+from critperiods.folded import copies_layout
 from critperiods.grouped import copies_forward, per_copy_losses
 from critperiods.models import build_model
 from critperiods.training import (
     BatchCache,
+    EpochPlan,
     FastPath,
     TrainConfig,
     configure_backend,
     epoch_plan,
+    learning_rate,
     make_batch,
     phase,
     sgd_epoch,
@@ -117,7 +123,7 @@ class StackedTrainer:
             raise ValueError(f"seeds must be distinct and non-empty, got {list(seeds)}")
         self.cfg, self.data, self.batch_size, self.seeds = cfg, data, batch_size, list(seeds)
         self.device = torch.device(device)
-        self.fast = fast or FastPath.for_device(self.device)
+        self.fast = fast or FastPath.for_device(self.device, model=cfg.model)
         configure_backend(self.fast, self.device)
         if self.fast.compile:
             warnings.warn("train.compile is not applied to stacked seeds (seeds_per_job > 1)",
@@ -136,11 +142,14 @@ class StackedTrainer:
             list(self.params.values()), lr=cfg.lr, momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
         )
-        self.forward = copies_forward(self.template)
+        self.forward = copies_forward(self.template, copies_layout(self.device))
         self.ready = BatchCache(data, cfg, self.batch_fast)
         self.epoch = 0
         self.step = 0
         self.batch_in_epoch = 0
+        self.graphs = (GraphedSGD(self.optimizer, batch_size, list(self.params.values()),
+                                  list(self.buffers.values()), self.device)
+                       if self.fast.cuda_graphs else None)
 
     def members(self) -> list[SeedView]:
         """One view per seed, in ``seeds`` order."""
@@ -188,13 +197,18 @@ class StackedTrainer:
         plans = [epoch_plan(n, s, self.epoch, self.cfg.augmentation, self.device)
                  for s in self.seeds]
         self.template.train()
-
-        def loss_of(part: slice) -> Tensor:
-            pairs = [make_batch(self.data, self.cfg, self.batch_fast, p, part, epoch_phase,
-                                self.ready) for p in plans]
-            x, y = torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
-            return self._losses(x, y)
-
-        total = sgd_epoch(self, switch_epoch, plans[0].batches(self.batch_size), loss_of,
-                          should_stop)
+        if self.graphs is not None:
+            total = self.graphs.train_epoch(self, learning_rate(self.cfg, self.epoch, switch_epoch),
+                                            plans, epoch_phase, self.batch_losses, should_stop)
+        else:
+            total = sgd_epoch(self, switch_epoch, plans[0].batches(self.batch_size),
+                              lambda part: self.batch_losses(plans, part, epoch_phase),
+                              should_stop)
         return None if total is None else total / (n * len(self.seeds))
+
+    def batch_losses(self, plans: list[EpochPlan], part: slice, epoch_phase: str) -> Tensor:
+        """Every seed's loss on batch ``part`` of its own plan, shape ``(seeds,)``."""
+        pairs = [make_batch(self.data, self.cfg, self.batch_fast, p, part, epoch_phase,
+                            self.ready) for p in plans]
+        x, y = torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
+        return self._losses(x, y)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from critperiods.cuda_graphs import GraphedSGD
 from critperiods.data import PreparedData, blur
 from critperiods.models import build_model, to_channels_last
 
@@ -163,17 +164,27 @@ class BatchCache:
         return self._by_phase[epoch_phase]
 
 
+# bf16 autocast on CUDA under ``fast_path: auto``, per model: only where it measured faster
+# than float32 (TF32 convolutions) in the graphed step (bench/bench_gpu.py, docs/performance.md).
+# A model not listed gets bf16.
+BF16_PAYS_ON_CUDA = {"small_cnn": False, "all_cnn_c": True, "resnet18": True}
+
+
 @dataclass(frozen=True)
 class FastPath:
     """How to run on the device — never what to compute.
 
-    On CUDA (``mode="auto"``): channels-last tensors, bf16 autocast and, unless
+    On CUDA (``mode="auto"``): channels-last tensors, the whole SGD step captured as a CUDA
+    graph and replayed (``critperiods.cuda_graphs``), bf16 autocast where it pays for the
+    model (``BF16_PAYS_ON_CUDA``; every model when the model is not named) and, unless
     determinism is requested, ``cudnn.benchmark``; ``compile`` wraps the model in
-    ``torch.compile`` (falling back to eager with a warning if compilation fails).
+    ``torch.compile`` instead of capturing graphs (falling back to eager with a warning if
+    compilation fails). ``mode="on"`` forces bf16 for every model.
     On the CPU, ``auto`` keeps float32 (bf16 only with ``mode="on"``) but uses the
     channels-last layout, which oneDNN runs about twice as fast for these small
     convolutions; it is still exact float32 and bitwise reproducible. ``mode="off"``
-    is the plain contiguous float32 path.
+    is the plain contiguous float32 eager path. ``cuda_graphs`` set on the CPU runs the
+    graphed step's static-buffer code eagerly (tests).
     """
 
     channels_last: bool = False
@@ -181,20 +192,25 @@ class FastPath:
     compile: bool = False
     cudnn_benchmark: bool = False
     deterministic: bool = False
+    cuda_graphs: bool = False
 
     @classmethod
     def for_device(cls, device: torch.device, mode: str = "auto", compile: bool = False,
-                   deterministic: bool = False) -> FastPath:
+                   deterministic: bool = False, model: str | None = None) -> FastPath:
         on = mode == "on" or (mode == "auto" and device.type == "cuda")
-        return cls(channels_last=on or mode == "auto", bf16=on, compile=compile,
-                   cudnn_benchmark=on and device.type == "cuda" and not deterministic,
-                   deterministic=deterministic)
+        cuda = device.type == "cuda"
+        bf16 = on and (mode == "on" or model is None or BF16_PAYS_ON_CUDA.get(model, True))
+        return cls(channels_last=on or mode == "auto", bf16=bf16, compile=compile,
+                   cudnn_benchmark=on and cuda and not deterministic,
+                   deterministic=deterministic, cuda_graphs=on and cuda and not compile)
 
     @classmethod
-    def from_params(cls, params: dict | None, device: torch.device) -> FastPath:
+    def from_params(cls, params: dict | None, device: torch.device,
+                    model: str | None = None) -> FastPath:
         params = params or {}
         return cls.for_device(device, params.get("fast_path", "auto"),
-                              params.get("compile", False), params.get("deterministic", False))
+                              params.get("compile", False), params.get("deterministic", False),
+                              model)
 
 
 def configure_backend(fast: FastPath, device: torch.device) -> None:
@@ -274,7 +290,7 @@ class Trainer:
     ) -> None:
         self.cfg, self.data, self.batch_size, self.seed = cfg, data, batch_size, seed
         self.device = torch.device(device)
-        self.fast = fast or FastPath.for_device(self.device)
+        self.fast = fast or FastPath.for_device(self.device, model=cfg.model)
         self.model = build_model(
             cfg.model, cfg.width, data.in_channels, data.image_size, data.num_classes, seed
         ).to(self.device)
@@ -290,6 +306,9 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps taken
         self.batch_in_epoch = 0  # batches of ``epoch`` already taken (mid-epoch resume)
+        self.graphs = (GraphedSGD(self.optimizer, batch_size, list(self.model.parameters()),
+                                  list(self.model.buffers()), self.device)
+                       if self.fast.cuda_graphs else None)
 
     # -- state ------------------------------------------------------------------------
     def state(self) -> dict:
@@ -334,14 +353,21 @@ class Trainer:
         plan = epoch_plan(len(self.data.train.labels), self.seed, self.epoch,
                           self.cfg.augmentation, self.device)
         self.model.train()
-
-        def loss_of(part: slice) -> torch.Tensor:
-            return self.loss(*make_batch(self.data, self.cfg, self.fast, plan, part,
-                                         epoch_phase, self.ready))
-
-        total = sgd_epoch(self, switch_epoch, plan.batches(self.batch_size), loss_of,
-                          should_stop)
+        if self.graphs is not None:
+            total = self.graphs.train_epoch(self, learning_rate(self.cfg, self.epoch, switch_epoch),
+                                            [plan], epoch_phase, self.batch_losses, should_stop)
+        else:
+            total = sgd_epoch(self, switch_epoch, plan.batches(self.batch_size),
+                              lambda part: self.batch_losses([plan], part, epoch_phase),
+                              should_stop)
         return None if total is None else total / len(plan.order)
+
+    def batch_losses(self, plans: list[EpochPlan], part: slice, epoch_phase: str
+                     ) -> torch.Tensor:
+        """The loss on batch ``part`` of the epoch's plan (``plans`` holds the one plan)."""
+        (plan,) = plans
+        return self.loss(*make_batch(self.data, self.cfg, self.fast, plan, part, epoch_phase,
+                                     self.ready))
 
 
 def sgd_epoch(trainer: Any, switch_epoch: int, batches: list[slice],

@@ -32,13 +32,13 @@ specs = [
 ]
 start = sm.input.start
 starts = ([start] if isinstance(start, str) else list(start)) or [None] * len(group)
+cfg = TrainConfig.from_params(sm.params.training, lr_schedule or "continue")
 try:
     run_group(
-        specs, TrainConfig.from_params(sm.params.training, lr_schedule or "continue"),
-        config_hash(sm.params.training),
+        specs, cfg, config_hash(sm.params.training),
         load_prepared(sm.input.data, device), starts, sm.params.group_outputs,
         own=group.index(int(w["seed"])), device=device,
-        fast=FastPath.from_params(sm.params.speed, device),
+        fast=FastPath.from_params(sm.params.speed, device, cfg.model),
     )
 except Preempted as stop:
     print(f"preempted: {stop}; state saved, the retry resumes from it", file=sys.stderr)

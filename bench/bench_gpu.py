@@ -1,0 +1,815 @@
+"""GPU benchmark (not a test): the training step, stacked seeds and λ̂ at the hardware's pace.
+
+One script, a few minutes on one GPU, writing ``bench/out/gpu.md`` (and ``gpu.json`` with
+every raw timing). It needs only what a stock PyTorch GPU image has (torch, numpy; no
+snakemake, no netCDF4); devinterp 1.3.2 is used where it can be imported.
+
+Sections, each timed in windows of SGD steps that never contain an epoch boundary or the
+first call of a new shape (warm-up and CUDA-graph capture come first), repeated in
+interleaved order (A B C A B C …), medians reported:
+
+1. **Correctness** (run last, shown first): on CUDA, a branch resumed from a trunk equals
+   training from scratch bit for bit, and a job stopped mid-epoch and resumed equals one
+   never stopped, with graphs and ``deterministic``; the graphed step follows the eager one
+   to float tolerance.
+2. **Training** (small_cnn w8 28×28, all_cnn_c w96 and resnet18 w64 on 32×32 with
+   augmentation + blur, synthetic uint8 data), batch 32 / 128 / 512: the project's
+   images/s with ``fast_path: off`` (fp32 eager), the previous ``auto`` (bf16 +
+   channels-last, eager), the graphed step in fp32 (TF32 convolutions) and in bf16, beside a
+   textbook ``DataLoader`` fp32 loop (batch 128) and a bare eager fp32 loop on resident
+   data; the achieved FLOP/s as a share of the measured bf16 matmul rate.
+3. **Stacked seeds** (graphed default): 1, 5, 16 seeds; both layouts of the copies.
+4. **Fashion-MNIST cost model**: small_cnn width 8 and 16 on 28×28, batch 32–256, 5 seeds.
+5. **λ̂** (All-CNN-C w96 and small_cnn): 4 / 8 / 16 chains, graphed, both copy layouts,
+   against the eager sampler and devinterp 1.3.2 (4 chains).
+6. **Cost**: the CIFAR-10 grid (``configs/cifar10_achille.yaml``) in GPU-hours.
+
+Usage: ``python bench/bench_gpu.py [--out bench/out] [--budget-s 270]``;
+``--smoke`` runs every section at tiny sizes (on the CPU unless ``--device cuda``), which
+``make test`` does so that the script cannot rot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from critperiods import plan  # noqa: E402
+from critperiods.data import PreparedData, Split, blur, blur_uint8  # noqa: E402
+from critperiods.models import build_model  # noqa: E402
+from critperiods.stacked import StackedTrainer  # noqa: E402
+from critperiods.training import (  # noqa: E402
+    NEVER,
+    FastPath,
+    TrainConfig,
+    Trainer,
+    augment_batch,
+    epoch_plan,
+    train_until,
+)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Everything that differs between the real run and ``--smoke``."""
+
+    n_train: int
+    batches: tuple[int, ...]
+    widths: dict[str, int]
+    window_s: float  # target length of one timing window
+    max_window: int  # steps
+    repeats: int
+    seeds: tuple[int, ...]
+    chains: tuple[int, ...]
+    llc_samples: int
+    llc_batch: int
+    llc_records: int
+    fmnist_widths: tuple[int, ...]
+    fmnist_batches: tuple[int, ...]
+    dataloader_batch: int
+    pixels: tuple[int, int] = (28, 32)  # side of the gray (small_cnn) and RGB images
+
+
+FULL = Sizes(n_train=50_000, batches=(32, 128, 512),
+             widths={"small_cnn": 8, "all_cnn_c": 96, "resnet18": 64}, window_s=0.25,
+             max_window=200, repeats=3, seeds=(1, 5, 16), chains=(4, 8, 16), llc_samples=10_000,
+             llc_batch=256, llc_records=100, fmnist_widths=(8, 16),
+             fmnist_batches=(32, 64, 128, 256), dataloader_batch=128)
+SMOKE = Sizes(n_train=64, batches=(8,), widths={"small_cnn": 2, "all_cnn_c": 4, "resnet18": 2},
+              window_s=0.0, max_window=3, repeats=2, seeds=(1, 2), chains=(2, 4), llc_samples=64,
+              llc_batch=16, llc_records=4, fmnist_widths=(2,), fmnist_batches=(8,),
+              dataloader_batch=8, pixels=(8, 8))
+
+WARMUP = 6  # steps before timing: the eager first step, warm-up and capture of the graph
+
+
+class Budget:
+    """Wall-clock budget: sections ask whether there is time left for them."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.perf_counter() + seconds
+
+    def left(self) -> float:
+        return self.end - time.perf_counter()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synthetic(n: int, channels: int, size: int, blur_size: int, device: torch.device,
+              seed: int = 0) -> PreparedData:
+    """Class-template uint8 images (learnable, no download), resident on ``device``."""
+    g = torch.Generator().manual_seed(seed)
+    templates = torch.rand(10, channels, size, size, generator=g)
+
+    def split(count: int) -> Split:
+        labels = torch.randint(0, 10, (count,), generator=g)
+        noise = torch.rand(count, channels, size, size, generator=g)
+        images = ((0.6 * templates[labels] + 0.4 * noise) * 255).round().to(torch.uint8)
+        return Split(images, blur_uint8(images, blur_size), labels)
+
+    train = split(n)
+    scaled = train.sharp.float() / 255
+    return PreparedData(train, split(max(n // 10, 16)), scaled.mean((0, 2, 3)),
+                        scaled.std((0, 2, 3)), 10, {"dataset": "synthetic"}).to(device)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A model on its data: CIFAR-like 32×32 RGB with augmentation, or 28×28 gray without."""
+
+    model: str
+    width: int
+    data: PreparedData
+    cfg: TrainConfig
+
+
+def setup_for(model: str, width: int, sizes: Sizes, device: torch.device,
+              cache: dict) -> Setup:
+    gray = model == "small_cnn"
+    key = "gray" if gray else "rgb"
+    if key not in cache:
+        cache[key] = synthetic(sizes.n_train, 1 if gray else 3, sizes.pixels[not gray],
+                               4 if gray or sizes is not FULL else 8, device)
+    cfg = TrainConfig(model, width, 4 if gray or sizes is not FULL else 8, lr=0.05, momentum=0.9,
+                      weight_decay=5e-4, lr_decay=0.97, augmentation=not gray)
+    return Setup(model, width, cache[key], cfg)
+
+
+# --------------------------------------------------------------------------- timing
+
+def stop_after(steps: int) -> Callable[[], bool]:
+    count = {"n": 0}
+
+    def should_stop() -> bool:
+        count["n"] += 1
+        return count["n"] >= steps
+
+    return should_stop
+
+
+class ProjectLoop:
+    """A ``Trainer``/``StackedTrainer`` stepped in windows inside one epoch."""
+
+    def __init__(self, trainer: Trainer | StackedTrainer, device: torch.device) -> None:
+        self.trainer, self.device = trainer, device
+        self.full = len(trainer.data.train.labels) // trainer.batch_size  # full batches
+        self.images_per_step = trainer.batch_size * len(getattr(trainer, "seeds", [0]))
+
+    def steps(self, k: int) -> None:
+        """``k`` steps; if the epoch has fewer full batches left, finish it first (untimed
+        by the caller's window only when called from ``window``)."""
+        t = self.trainer
+        while k > 0:
+            room = self.full - 1 - t.batch_in_epoch  # never the last (partial) batch
+            if room <= 0:
+                t.train_epoch(NEVER)
+                continue
+            take = min(k, room)
+            t.train_epoch(NEVER, stop_after(take))
+            k -= take
+
+    def window(self, k: int) -> float:
+        """Seconds for ``k`` steps inside one epoch (moves to a fresh epoch if needed)."""
+        k = min(k, self.full - 2)
+        if self.full - 1 - self.trainer.batch_in_epoch < k:
+            self.trainer.train_epoch(NEVER)  # the boundary, untimed
+        sync(self.device)
+        start = time.perf_counter()
+        self.trainer.train_epoch(NEVER, stop_after(k))
+        sync(self.device)
+        return time.perf_counter() - start
+
+
+class BareLoop:
+    """Textbook eager fp32 loop on resident data: the same model, augmentation, blur, SGD."""
+
+    def __init__(self, s: Setup, batch: int, device: torch.device) -> None:
+        self.s, self.batch, self.device = s, batch, device
+        self.model = build_model(s.model, s.width, s.data.in_channels, s.data.image_size, 10,
+                                 0).to(device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9,
+                                   weight_decay=5e-4)
+        self.full = len(s.data.train.labels) // batch
+        self.images_per_step = batch
+        self._i = 0
+        self._plan = epoch_plan(len(s.data.train.labels), 0, 0, s.cfg.augmentation, device)
+
+    def step(self) -> None:
+        part = slice(self._i * self.batch, (self._i + 1) * self.batch)
+        self._i = (self._i + 1) % self.full
+        d, p = self.s.data, self._plan
+        x = d.normalize(d.train.sharp[p.order[part]])
+        if p.shifts is not None:
+            x = augment_batch(x, p.shifts[part], p.flips[part])
+        x = blur(x, self.s.cfg.blur_size)
+        loss = F.cross_entropy(self.model(x), d.train.labels[p.order[part]])
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def window(self, k: int) -> float:
+        sync(self.device)
+        start = time.perf_counter()
+        for _ in range(k):
+            self.step()
+        sync(self.device)
+        return time.perf_counter() - start
+
+
+class LoaderLoop(BareLoop):
+    """Textbook ``DataLoader`` loop: per-sample crop/flip/normalise/blur in worker processes,
+    pinned batches copied to the GPU, fp32 model."""
+
+    def __init__(self, s: Setup, batch: int, device: torch.device, workers: int) -> None:
+        super().__init__(s, batch, device)
+        cpu = s.data.to("cpu")
+        dataset = _PerSample(cpu, s.cfg.blur_size, s.cfg.augmentation)
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch, shuffle=True, num_workers=workers, drop_last=True,
+            persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+        self._it = self._forever()
+
+    def _forever(self) -> Iterator:
+        while True:
+            yield from self.loader
+
+    def step(self) -> None:
+        x, y = next(self._it)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        loss = F.cross_entropy(self.model(x), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+
+class _PerSample(torch.utils.data.Dataset):
+    def __init__(self, data: PreparedData, blur_size: int, augment: bool) -> None:
+        self.data, self.blur_size, self.augment = data, blur_size, augment
+
+    def __len__(self) -> int:
+        return len(self.data.train.labels)
+
+    def __getitem__(self, i: int):
+        x = self.data.normalize(self.data.train.sharp[i : i + 1])
+        if self.augment:
+            shift = torch.randint(0, 9, (1, 2))
+            x = augment_batch(x, shift, torch.rand(1) < 0.5)
+        return blur(x, self.blur_size)[0], self.data.train.labels[i]
+
+
+def window_steps(loop, sizes: Sizes) -> int:
+    """Steps per timing window: about ``window_s`` seconds, from a short probe."""
+    if sizes.window_s <= 0:
+        return sizes.max_window
+    probe = loop.window(5) / 5
+    return int(max(10, min(sizes.max_window, sizes.window_s / max(probe, 1e-6))))
+
+
+def interleaved(loops: dict[str, object], sizes: Sizes) -> dict[str, list[float]]:
+    """images/s of every loop, ``repeats`` interleaved windows each (warm-up excluded)."""
+    steps = {}
+    for name, loop in loops.items():
+        if isinstance(loop, ProjectLoop):
+            loop.steps(WARMUP)
+        else:
+            for _ in range(WARMUP):
+                loop.step()
+        steps[name] = window_steps(loop, sizes)
+    rates: dict[str, list[float]] = {k: [] for k in loops}
+    for _ in range(sizes.repeats):
+        for name, loop in loops.items():
+            seconds = loop.window(steps[name])
+            rates[name].append(steps[name] * loop.images_per_step / seconds)
+    return rates
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# --------------------------------------------------------------------------- fast paths
+
+def paths(device: torch.device, model: str) -> dict[str, FastPath]:
+    """The variants compared: before this change, and the graphed step in fp32 and bf16."""
+    auto = FastPath.for_device(device, "auto", model=model)
+    before = replace(FastPath.for_device(device, "auto"), cuda_graphs=False)
+    graphed = replace(auto, cuda_graphs=True)
+    return {
+        "off (fp32 eager)": FastPath.for_device(device, "off"),
+        "auto before (bf16+CL eager)": before,
+        "graphed fp32": replace(graphed, bf16=False),
+        "graphed bf16": replace(graphed, bf16=True),
+    }
+
+
+def default_name(device: torch.device, model: str) -> str:
+    return "graphed bf16" if FastPath.for_device(device, model=model).bf16 else "graphed fp32"
+
+
+# --------------------------------------------------------------------------- sections
+
+def section_correctness(device: torch.device, sizes: Sizes) -> tuple[list[str], dict]:
+    """Bitwise: trunk → branch equals scratch; stop/resume equals uninterrupted (graphs,
+    deterministic); graphed follows eager to float tolerance."""
+    from critperiods.training import Preempted
+    from critperiods.trajectories import PieceSpec, run_piece
+
+    data = synthetic(96 if sizes is FULL else 48, 3, 16 if sizes is FULL else 8, 4, device)
+    rows, raw = [], {}
+    for model in ("small_cnn", "all_cnn_c") if sizes is FULL else ("small_cnn",):
+        cfg = TrainConfig(model, 4, 4, 0.05, 0.9, 5e-4, 0.9, augmentation=True)
+        fast = replace(FastPath.for_device(device, "auto", deterministic=True, model=model),
+                       cuda_graphs=True)  # on the CPU: the graphed step's code, eagerly
+        bf16 = replace(fast, bf16=True)
+        variants = (("graphed, deterministic", fast), ("graphed bf16, deterministic", bf16))
+        for name, fp in variants if sizes is FULL else variants[:1]:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                tmp = Path(tmp)
+                prev = None
+                for e in (0, 1, 2):
+                    out = tmp / f"t{e}.pt"
+                    run_piece(PieceSpec(16, 3, NEVER, e, frozenset()), cfg, "h", data, prev, out,
+                              device, progress=False, fast=fp)
+                    prev = out
+                branch = tmp / "b.pt"
+                run_piece(PieceSpec(16, 3, 2, 4, frozenset()), cfg, "h", data, prev, branch,
+                          device, progress=False, fast=fp)
+                stopped = tmp / "s.pt"
+                with contextlib.suppress(Preempted):
+                    run_piece(PieceSpec(16, 3, 2, 4, frozenset()), cfg, "h", data, None,
+                              stopped, device, progress=False, fast=fp,
+                              should_stop=stop_after(9))
+                run_piece(PieceSpec(16, 3, 2, 4, frozenset()), cfg, "h", data, None, stopped,
+                          device, progress=False, fast=fp)
+                scratch = Trainer(cfg, data, 16, 3, device, fp)
+                train_until(scratch, 4, 2, set(), [[]], "h", progress=False)
+                want = scratch.state()
+                from critperiods.checkpoints import load_piece
+
+                got = load_piece(branch, "h")["state"]
+                resumed = load_piece(stopped, "h")["state"]
+            same = _equal(got, want)
+            same_resume = _equal(resumed, want)
+            raw[f"{model} {name}"] = {"branch_equals_scratch": same,
+                                      "stopped_and_resumed_equals_scratch": same_resume}
+            rows.append(f"| {model} | {name} | {'yes' if same else '**NO**'} "
+                        f"| {'yes' if same_resume else '**NO**'} |")
+        eager = Trainer(cfg, data, 16, 3, device, replace(fast, cuda_graphs=False))
+        graphed = Trainer(cfg, data, 16, 3, device, fast)
+        for t in (eager, graphed):
+            train_until(t, 2, NEVER, set(), [[]], "h", progress=False)
+        diff = max(float((a.float() - b.float()).abs().max()) for a, b in
+                   zip(eager.state()["model"].values(), graphed.state()["model"].values(),
+                       strict=True))
+        raw[f"{model} graphed vs eager max |Δw| after 2 epochs"] = diff
+        rows.append(f"| {model} | graphed vs eager step, max abs weight difference after 2 "
+                    f"epochs | {diff:.1e} | |")
+    torch.use_deterministic_algorithms(False)  # process-wide: the timings run without it
+    torch.backends.cudnn.deterministic = False
+    lines = ["## Correctness on this device", "",
+             "| model | path | branch from trunk = from scratch, bit for bit | stopped mid-epoch "
+             "and resumed = uninterrupted |", "|---|---|---|---|", *rows, ""]
+    return lines, raw
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def matmul_rate(device: torch.device, smoke: bool) -> float:
+    """Measured bf16 (CPU: fp32) FLOP/s of a large square matmul on random data."""
+    dtype, size = (torch.bfloat16, 8192) if device.type == "cuda" and not smoke else (
+        torch.float32, 256)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    reps = 10
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * size**3 * reps / (time.perf_counter() - start)
+
+
+def step_flops(s: Setup, batch: int) -> float:
+    """FLOPs of one forward + backward (torch's counter, on the CPU)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(s.model, s.width, s.data.in_channels, s.data.image_size, 10, 0)
+    x = torch.randn(batch, s.data.in_channels, s.data.image_size, s.data.image_size)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), torch.zeros(batch, dtype=torch.long)).backward()
+    return float(counter.get_total_flops())
+
+
+def section_training(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
+                     peak: float, order: list[tuple[str, int]], reserve: float
+                     ) -> tuple[list[str], dict]:
+    """The training table; stops starting new rows when less than ``reserve`` seconds
+    (for the later sections) would be left."""
+    workers = max(0, min(14, (os.cpu_count() or 2) - 2))
+    raw: dict = {}
+    rows = []
+    for model, batch in order:
+        if budget.left() < 20 + reserve:
+            rows.append(f"| {model} | {batch} | not measured (time budget) |||||||||")
+            continue
+        s = setup_for(model, sizes.widths[model], sizes, device, cache)
+        loops: dict[str, object] = {
+            name: ProjectLoop(Trainer(s.cfg, s.data, batch, 0, device, fp), device)
+            for name, fp in paths(device, model).items()}
+        loops["bare eager fp32"] = BareLoop(s, batch, device)
+        if batch == sizes.dataloader_batch:
+            loops[f"DataLoader fp32 ({workers} workers)"] = LoaderLoop(s, batch, device, workers)
+        rates = interleaved(loops, sizes)
+        del loops
+        default = default_name(device, model)
+        flops = step_flops(s, batch) / batch
+        m = {k: med(v) for k, v in rates.items()}
+        raw[f"{model} b{batch}"] = {"images_per_s": rates, "default": default,
+                                    "flop_per_image": flops}
+        loader = next((v for k, v in m.items() if k.startswith("DataLoader")), float("nan"))
+        share = 100 * m[default] * flops / peak
+        rows.append(
+            f"| {model} w{s.width} | {batch} | {m['off (fp32 eager)']:,.0f} "
+            f"| {m['auto before (bf16+CL eager)']:,.0f} | {m['graphed fp32']:,.0f} "
+            f"| {m['graphed bf16']:,.0f} | {loader:,.0f} | {m['bare eager fp32']:,.0f} "
+            f"| **{m[default] / m['auto before (bf16+CL eager)']:.2f}×** "
+            f"| {m[default] / loader:.2f}× | {share:.1f} % |")
+        _free(device)
+    lines = [
+        "## Training, images/s (one seed; medians of interleaved windows)", "",
+        "Default = the graphed path in the precision `fast_path: auto` picks for the model "
+        "(`BF16_PAYS_ON_CUDA`). Ratios: default over the previous `auto`, and over the "
+        "DataLoader loop. Share: achieved FLOP/s of the default over the measured "
+        "matmul rate.", "",
+        "| model | batch | off (fp32 eager) | auto before (bf16 + CL, eager) | graphed fp32 "
+        "| graphed bf16 | DataLoader fp32 | bare eager fp32 | default / auto before "
+        "| default / DataLoader | share of matmul rate |",
+        "|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
+    return lines, raw
+
+
+def _free(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def stacked_rates(s: Setup, batch: int, seeds: tuple[int, ...], device: torch.device,
+                  sizes: Sizes, layouts: tuple[str, ...] = ("default",)) -> dict[str, list]:
+    """images/s (all seeds) of the graphed default with S stacked seeds (S=1: Trainer)."""
+    from critperiods import folded
+
+    loops: dict[str, object] = {}
+    for layout in layouts:
+        for count in seeds:
+            key = f"{count} seeds" + ("" if layout == "default" else f", {layout} layout")
+            if count == 1 and layout != "default":
+                continue
+            saved = folded.CUDA_LAYOUT
+            if layout != "default":
+                folded.CUDA_LAYOUT = layout
+            try:
+                trainer = (Trainer(s.cfg, s.data, batch, 0, device) if count == 1 else
+                           StackedTrainer(s.cfg, s.data, batch, list(range(count)), device))
+            finally:
+                folded.CUDA_LAYOUT = saved
+            loops[key] = ProjectLoop(trainer, device)
+    return interleaved(loops, sizes)
+
+
+def section_stacked(device: torch.device, sizes: Sizes, budget: Budget, cache: dict
+                    ) -> tuple[list[str], dict]:
+    raw, rows = {}, []
+    mid = sizes.batches[len(sizes.batches) // 2]
+    configs = list(dict.fromkeys([("small_cnn", mid), ("all_cnn_c", mid),
+                                  ("all_cnn_c", sizes.batches[0])]))
+    for model, batch in configs:
+        if budget.left() < 25:
+            rows.append(f"| {model} | {batch} | not measured (time budget) | | |")
+            continue
+        s = setup_for(model, sizes.widths[model], sizes, device, cache)
+        layouts = ("default", "channels") if device.type == "cuda" or model != "small_cnn" \
+            else ("default",)
+        rates = stacked_rates(s, batch, sizes.seeds, device, sizes, layouts)
+        raw[f"{model} b{batch}"] = rates
+        one = med(rates[f"{sizes.seeds[0]} seeds"])
+        for key, values in rates.items():
+            rows.append(f"| {model} w{s.width} | {batch} | {key} | {med(values):,.0f} "
+                        f"| {med(values) / one:.2f}× |")
+        _free(device)
+    lines = ["## Stacked seeds (graphed default), images/s of all seeds together", "",
+             f"Layout: the copies folded into the batch (`{_layout()}`, the CUDA default) "
+             "unless named; `channels` = one grouped convolution for all seeds.", "",
+             "| model | batch | seeds | images/s (all seeds) | vs 1 seed |",
+             "|---|---|---|---|---|", *rows, ""]
+    return lines, raw
+
+
+def _layout() -> str:
+    from critperiods import folded
+
+    return folded.CUDA_LAYOUT
+
+
+def section_fmnist(device: torch.device, sizes: Sizes, budget: Budget, cache: dict
+                   ) -> tuple[list[str], dict]:
+    raw, rows = {}, []
+    seeds = 5 if sizes is FULL else 2
+    for width in sizes.fmnist_widths:
+        s = setup_for("small_cnn", width, sizes, device, cache)
+        for batch in sizes.fmnist_batches:
+            if budget.left() < 10:
+                rows.append(f"| {width} | {batch} | not measured (time budget) |")
+                continue
+            rates = stacked_rates(s, batch, (seeds,), device, sizes)
+            value = med(next(iter(rates.values())))
+            raw[f"w{width} b{batch}"] = rates
+            rows.append(f"| {width} | {batch} | {value:,.0f} |")
+            _free(device)
+    lines = [f"## Fashion-MNIST cost model: small_cnn on 28×28, {seeds} stacked seeds, graphed "
+             "default (fp32), no augmentation", "",
+             "| width | batch | images/s (all seeds together) |", "|---|---|---|", *rows, ""]
+    return lines, raw
+
+
+def llc_case(model: str, width: int, sizes: Sizes, device: torch.device, cache: dict):
+    """A model a few SGD steps from init, its λ̂ data and a config like the CIFAR one."""
+    s = setup_for(model, width, sizes, device, cache)
+    trainer = Trainer(s.cfg, s.data, 128 if sizes is FULL else 8, 0, device)
+    trainer.train_epoch(NEVER, stop_after(30 if sizes is FULL else 2))
+    net = trainer.model.float().to(memory_format=torch.contiguous_format)
+    n = min(sizes.llc_samples, len(s.data.train.labels))
+    x = s.data.normalize(s.data.train.sharp[:n]).contiguous()
+    y = s.data.train.labels[:n]
+    return net, (x, y)
+
+
+def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
+                devinterp: bool) -> tuple[list[str], dict]:
+    from critperiods import folded, llc
+
+    raw, rows = {}, []
+    cases = [("all_cnn_c", sizes.widths["all_cnn_c"]), ("small_cnn", sizes.widths["small_cnn"])]
+    for model, width in cases:
+        if budget.left() < 40:
+            rows.append(f"| {model} | not measured (time budget) |||||")
+            continue
+        net, data = llc_case(model, width, sizes, device, cache)
+        burn = max(1, sizes.llc_records // 5)
+        cfg = llc.LLCConfig(chains=4, draws=sizes.llc_records - burn, burn_in=burn,
+                            step_size=1e-5, gamma=1000.0, batch_size=sizes.llc_batch)
+        variants: dict[str, Callable[[], float]] = {}
+
+        def ours(chains: int, layout: str, graphs: bool, c=cfg, m=net, d=data):
+            def timed(warm: bool = False) -> float:
+                saved = folded.CUDA_LAYOUT, llc.SGLD_CUDA_GRAPHS
+                folded.CUDA_LAYOUT, llc.SGLD_CUDA_GRAPHS = layout, graphs
+                conf = replace(c, chains=chains, **({"burn_in": 1, "draws": 3} if warm else {}))
+                try:
+                    sync(device)
+                    start = time.perf_counter()
+                    llc.estimate_llc(m, F.cross_entropy, d, conf, progress=False, workers=1)
+                    sync(device)
+                    return time.perf_counter() - start
+                finally:
+                    folded.CUDA_LAYOUT, llc.SGLD_CUDA_GRAPHS = saved
+            return timed
+
+        for chains in sizes.chains:
+            for layout in ("batch", "channels"):
+                variants[f"{chains} chains, graphed, {layout} layout"] = ours(chains, layout, True)
+        variants[f"{sizes.chains[0]} chains, eager (before), channels layout"] = ours(
+            sizes.chains[0], "channels", False)
+        if devinterp:
+            def theirs(warm: bool = False, c=cfg, m=net, d=data) -> float:
+                conf = replace(c, chains=sizes.chains[0],
+                               **({"burn_in": 1, "draws": 3} if warm else {}))
+                return run_devinterp13(m, d, conf, device)
+
+            variants[f"{sizes.chains[0]} chains, devinterp 1.3.2"] = theirs
+        errors: dict[str, str] = {}
+        for key, run in list(variants.items()):  # warm-up (cuDNN, first shapes, capture)
+            try:
+                run(warm=True)
+            except Exception as err:  # noqa: BLE001 - report it, time the others
+                errors[key] = f"{type(err).__name__}: {err}"[:300]
+                del variants[key]
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(2 if sizes is FULL else 1):
+            for key, run in variants.items():
+                times[key].append(run())
+        raw[model] = {"seconds": times, "steps": cfg.burn_in + cfg.draws, "errors": errors,
+                      "batch": cfg.batch_size, "samples": data[0].shape[0]}
+        steps = cfg.burn_in + cfg.draws
+        for key, values in times.items():
+            rows.append(f"| {model} w{width} | {key} | {steps} | {med(values):.2f} "
+                        f"| {1000 * med(values) / steps:.1f} |")
+        rows += [f"| {model} w{width} | {key} | - | failed: {err} | |"
+                 for key, err in errors.items()]
+        _free(device)
+    lines = ["## λ̂: SGLD chains (batch per chain "
+             f"{sizes.llc_batch}, n = {sizes.llc_samples}, float32 chain state)", "",
+             "| model | sampler | steps | seconds (median) | ms per step |",
+             "|---|---|---|---|---|", *rows, ""]
+    return lines, raw
+
+
+def run_devinterp13(model, data, cfg, device: torch.device) -> float:
+    """devinterp 1.3.2's ``estimate_learning_coeff_with_summary`` on the same model, data and
+    settings; data as whole GPU-resident minibatches (no per-sample collation)."""
+    import math
+    import warnings
+
+    from devinterp.optim.sgld import SGLD
+    from devinterp.slt.sampler import estimate_learning_coeff_with_summary
+
+    x, y = data
+    n = x.shape[0]
+
+    class Batches(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return n
+
+        def __getitem__(self, idx):
+            idx = torch.as_tensor(idx, device=x.device)
+            return x[idx], y[idx]
+
+    sampler = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(range(n)),
+                                            cfg.batch_size, drop_last=True)
+    loader = torch.utils.data.DataLoader(Batches(), sampler=sampler, batch_size=None)
+
+    def evaluate(m, batch):
+        return F.cross_entropy(m(batch[0]), batch[1])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sync(device)
+        start = time.perf_counter()
+        estimate_learning_coeff_with_summary(
+            model, loader=loader, evaluate=evaluate, sampling_method=SGLD,
+            optimizer_kwargs={"lr": cfg.step_size, "nbeta": n / math.log(n),
+                              "localization": cfg.gamma},
+            num_chains=cfg.chains, num_draws=cfg.draws, num_burnin_steps=cfg.burn_in,
+            num_steps_bw_draws=1, init_loss=0.0, device=device, online=False, verbose=False)
+        sync(device)
+        return time.perf_counter() - start
+
+
+def section_cost(raw_stacked: dict, raw_training: dict, sizes: Sizes) -> list[str]:
+    """The CIFAR-10 grid's GPU-hours from the measured All-CNN rates."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    _merge(config, yaml.safe_load((ROOT / "configs/cifar10_achille.yaml").read_text()))
+    epochs = plan.epochs_trained(config, True)
+    images = 50_000
+    lines = ["## Cost of the CIFAR-10 grid (`configs/cifar10_achille.yaml`)", "",
+             f"{epochs:,} SGD epochs of {images:,} images (trunk sharing on), All-CNN-C w96, "
+             "λ̂ and evaluation not included.", ""]
+    b128 = raw_training.get("all_cnn_c b128")
+    if b128:
+        m = {k: med(v) for k, v in b128["images_per_s"].items()}
+        for name in ("auto before (bf16+CL eager)", b128["default"]):
+            hours = epochs * images / m[name] / 3600
+            lines.append(f"* one seed per job, {name}, at batch 128's rate: **{hours:.1f} "
+                         "GPU-hours**")
+    stacked = raw_stacked.get("all_cnn_c b128")
+    if stacked and "5 seeds" in stacked:
+        rate = med(stacked["5 seeds"])
+        lines.append(f"* 5 seeds stacked per job (the grid's 5 seeds; `seeds_per_job: auto`), "
+                     f"at batch 128's rate: **{epochs * images / rate / 3600:.1f} GPU-hours**")
+    elif stacked is None:
+        lines.append("* stacked: not measured in this run")
+    return lines + [""]
+
+
+def _merge(base: dict, over: dict) -> None:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def devinterp_available() -> bool:
+    try:
+        import devinterp.slt.sampler  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure: not measured
+        return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (CPU by default)")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
+    parser.add_argument("--budget-s", type=float, default=270.0)
+    parser.add_argument("--reserve-s", type=float, default=130.0,
+                        help="seconds the training table leaves for the later sections")
+    parser.add_argument("--sections", default="correctness,training,llc,stacked,fmnist,cost")
+    parser.add_argument("--batches", default="", help="training batch sizes (default 32,128,512)")
+    parser.add_argument("--chains", default="", help="λ̂ chain counts (default 4,8,16)")
+    args = parser.parse_args()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.smoke
+                                          else "cpu"))
+    sizes = SMOKE if args.smoke else FULL
+    if args.batches:
+        sizes = replace(sizes, batches=tuple(int(b) for b in args.batches.split(",")))
+    if args.chains:
+        sizes = replace(sizes, chains=tuple(int(c) for c in args.chains.split(",")))
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # tiny sizes: threads only contend
+    budget = Budget(args.budget_s)
+    sections = args.sections.split(",")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda" else
+            f"CPU ({os.cpu_count()} cores)")
+    head = [f"# GPU benchmark ({'smoke, tiny sizes' if args.smoke else 'full'})", "",
+            f"{time.strftime('%Y-%m-%d')}, {name}, torch {torch.__version__}, "
+            f"{'devinterp 1.3.2 present' if devinterp_available() else 'devinterp not present'}"
+            ".", ""]
+    parts: dict[str, list[str]] = {}
+    raw: dict = {"device": name, "torch": torch.__version__}
+
+    def save() -> None:
+        order = [s for s in ("correctness", "training", "stacked", "fmnist", "llc", "cost")
+                 if s in parts]
+        text = "\n".join(head + [line for s in order for line in parts[s]]) + "\n"
+        (out / "gpu.md").write_text(text)
+        (out / "gpu.json").write_text(json.dumps(raw, indent=1, default=str))
+
+    def run(section: str, fn: Callable[[], tuple[list[str], dict]]) -> None:
+        if section not in sections:
+            return
+        start = time.perf_counter()
+        try:
+            parts[section], raw[section] = fn()
+        except Exception:  # noqa: BLE001 - report it, keep the other sections
+            parts[section] = [f"## {section}: FAILED", "", "```",
+                              traceback.format_exc()[-3000:], "```", ""]
+            raw[section] = {"error": traceback.format_exc()}
+            if args.smoke:
+                save()
+                raise
+        print(f"[{section}: {time.perf_counter() - start:.0f} s]", flush=True)
+        save()
+
+    cache: dict = {}
+    peak = matmul_rate(device, args.smoke)
+    raw["matmul_flops"] = peak
+    head.insert(3, f"Measured {'bf16' if device.type == 'cuda' else 'fp32'} matmul rate: "
+                   f"{peak / 1e12:.1f} TFLOP/s.\n")
+    mid = sizes.batches[len(sizes.batches) // 2]
+    first = [("all_cnn_c", mid), ("resnet18", mid)]
+    rest = [(m, b) for m in ("all_cnn_c", "resnet18", "small_cnn") for b in sizes.batches
+            if (m, b) not in first]
+    run("training", lambda: section_training(device, sizes, budget, cache, peak, first + rest,
+                                             args.reserve_s))
+    run("llc", lambda: section_llc(device, sizes, budget, cache, devinterp_available()))
+    run("stacked", lambda: section_stacked(device, sizes, budget, cache))
+    run("fmnist", lambda: section_fmnist(device, sizes, budget, cache))
+    run("cost", lambda: (section_cost(raw.get("stacked", {}), raw.get("training", {}), sizes),
+                         {}))
+    # last: it switches on deterministic algorithms, and a failure there must not leave
+    # the process in a state that spoils the timings
+    run("correctness", lambda: section_correctness(device, sizes))
+    save()
+    print((out / "gpu.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""The GPU path: the graphed SGD step's code, copies folded into the batch, seeds_per_job:
+auto, and bench/bench_gpu.py. On the CPU the graphed step's static-buffer code runs eagerly,
+so its logic (plans gathered on the device, the learning rate as a tensor, the momentum
+buffers adopted after a load, the short last batch) is tested here without a GPU; the tests
+marked ``cuda`` also capture and replay graphs where a GPU is present."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+
+from critperiods import plan
+from critperiods.folded import FoldedModel
+from critperiods.grouped import copies_forward
+from critperiods.models import build_model
+from critperiods.stacked import StackedTrainer
+from critperiods.training import NEVER, FastPath, Trainer, train_until
+from tests.test_training import HASH, assert_state_equal, stop_after
+
+ROOT = Path(__file__).resolve().parents[1]
+GRAPHED_CODE = FastPath(channels_last=True, cuda_graphs=True)  # on the CPU: run eagerly
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def max_diff(a: dict, b: dict) -> float:
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+@pytest.mark.parametrize("model", ["small_cnn", "all_cnn_c"])
+def test_graphed_step_code_follows_the_eager_step(cfg, data, model):
+    """Same plans, same SGD: the static-buffer step (40-sample batches leave a short last
+    batch) trains like the eager loop to float round-off, in the same state format."""
+    cfg = replace(cfg, model=model)
+    eager, graphed = Trainer(cfg, data, 40, 0), Trainer(cfg, data, 40, 0, fast=GRAPHED_CODE)
+    for _ in range(2):
+        assert eager.train_epoch(1) == pytest.approx(graphed.train_epoch(1), rel=1e-5)
+    a, b = eager.state(), graphed.state()
+    assert max_diff(a["model"], b["model"]) < 1e-5
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    assert (a["epoch"], a["step"], a["batch_in_epoch"]) == (b["epoch"], b["step"], 0)
+
+
+def test_graphed_step_code_resumes_mid_epoch_bit_for_bit(cfg, data):
+    """A state loaded mid-epoch (weights, BatchNorm buffers, momentum) continues exactly as
+    the uninterrupted run: the loaded momentum is copied into the step's own buffers."""
+    cfg = replace(cfg, model="all_cnn_c")
+    whole = Trainer(cfg, data, 32, 1, fast=GRAPHED_CODE)
+    train_until(whole, 2, 1, set(), [[]], HASH, progress=False)
+    cut = Trainer(cfg, data, 32, 1, fast=GRAPHED_CODE)
+    cut.train_epoch(1)
+    assert cut.train_epoch(1, stop_after(2)) is None
+    resumed = Trainer(cfg, data, 32, 1, fast=GRAPHED_CODE)
+    resumed.train_epoch(1)  # its buffers exist and hold other values: load must overwrite
+    resumed.load_state(cut.state())
+    train_until(resumed, 2, 1, set(), [[]], HASH, progress=False)
+    assert_state_equal(resumed.state(), whole.state())
+    # an initial state (no momentum yet) restarts the momentum as torch.optim.SGD does
+    fresh = Trainer(cfg, data, 32, 1, fast=GRAPHED_CODE)
+    again = Trainer(cfg, data, 32, 1, fast=GRAPHED_CODE)
+    start = again.state()
+    again.train_epoch(1)
+    again.load_state(start)
+    assert_state_equal(again.state(), fresh.state())
+    for t in (fresh, again):
+        t.train_epoch(1)
+    assert_state_equal(again.state(), fresh.state())
+
+
+def test_a_dropped_trainer_frees_its_graphs_at_once(cfg, data):
+    """No reference cycle: the graphs (and their memory) go with the trainer, never in a
+    garbage collection that could run during another trainer's capture."""
+    import gc
+    import weakref
+
+    trainer = Trainer(cfg, data, 32, 0, fast=GRAPHED_CODE)
+    trainer.train_epoch(NEVER)
+    graphs = weakref.ref(trainer.graphs)
+    gc.disable()
+    try:
+        del trainer
+        assert graphs() is None
+    finally:
+        gc.enable()
+
+
+def test_stacked_graphed_step_code_follows_the_eager_stack(cfg, data):
+    eager = StackedTrainer(cfg, data, 32, (0, 1))
+    graphed = StackedTrainer(cfg, data, 32, (0, 1), fast=GRAPHED_CODE)
+    for t in (eager, graphed):
+        train_until(t, 2, 1, set(), [[], []], HASH, progress=False)
+    for a, b in zip(eager.members(), graphed.members(), strict=True):
+        assert max_diff(a.weights(), b.weights()) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "all_cnn_c", "resnet18"])
+@pytest.mark.parametrize("training", [True, False])
+def test_copies_folded_into_the_batch_compute_each_copy_on_its_own(name, training):
+    channels = 1 if name == "small_cnn" else 3
+    models = [build_model(name, 4, channels, 8, 10, s) for s in range(3)]
+    template = copy.deepcopy(models[0]).to("meta").train(training)
+    x = torch.randn(3, 5, channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    results = []
+    for forward in (copies_forward(template, "batch"),
+                    vmap(lambda p, b, xx: functional_call(template, (p, b), (xx,)))):
+        params, buffers = stack_module_state(models)
+        params = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+        out = forward(params, buffers, x)
+        grads = torch.autograd.grad(out.square().sum(), list(params.values()))
+        results.append((out, grads, buffers))
+    (out, grads, buffers), (ref, ref_grads, ref_buffers) = results
+    assert FoldedModel(template).supports(*stack_module_state(models), x)  # no vmap fallback
+    assert torch.allclose(out, ref, atol=1e-5)
+    for g, r in zip(grads, ref_grads, strict=True):  # train-mode BatchNorm on 5 samples
+        assert (g - r).norm() <= 1e-4 * r.norm() + 1e-6  # amplifies round-off: relative
+    for key in buffers:  # BatchNorm statistics per copy, updated in place in training mode
+        assert torch.allclose(buffers[key].float(), ref_buffers[key].float(), atol=1e-6), key
+
+
+def test_seeds_per_job_auto_stacks_on_cuda_only(monkeypatch):
+    config = {"device": "auto", "grid": {"seeds": [0, 1, 2, 17]},
+              "train": {"seeds_per_job": "auto"}}
+    monkeypatch.setattr(plan, "cuda_visible", lambda: False)
+    assert plan.seed_group(config, 1) == [1]  # a CPU machine (or a login node): alone
+    assert plan.seed_group({**config, "device": "cuda"}, 1) == [0, 1, 2]  # blocks of 16
+    assert plan.seed_group({**config, "device": "cuda"}, 17) == [17]
+    monkeypatch.setattr(plan, "cuda_visible", lambda: True)
+    assert plan.seed_group(config, 2) == [0, 1, 2]
+    assert plan.seed_group({**config, "device": "cpu"}, 2) == [2]
+    explicit = {**config, "device": "cuda", "train": {"seeds_per_job": 2}}
+    assert plan.seed_group(explicit, 1) == [0, 1]
+
+
+def test_cuda_visible_respects_an_empty_cuda_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert not plan.cuda_visible()
+
+
+def test_fast_path_on_cuda_graphs_the_step_and_picks_bf16_per_model():
+    gpu = torch.device("cuda")
+    assert FastPath.for_device(gpu).cuda_graphs
+    assert not FastPath.for_device(gpu, compile=True).cuda_graphs
+    assert not FastPath.for_device(gpu, "off").cuda_graphs
+    assert FastPath.for_device(gpu, model="all_cnn_c").bf16
+    assert not FastPath.for_device(gpu, model="small_cnn").bf16
+    assert FastPath.for_device(gpu, "on", model="small_cnn").bf16
+    assert FastPath.for_device(torch.device("cpu"), model="all_cnn_c") == FastPath(
+        channels_last=True)
+
+
+def test_bench_gpu_smoke_runs_every_section(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench/bench_gpu.py"), "--smoke",
+                           "--device", "cpu", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (tmp_path / "gpu.md").read_text()
+    for heading in ("## Correctness", "## Training", "## Stacked seeds", "## Fashion-MNIST",
+                    "## λ̂", "## Cost"):
+        assert heading in text, heading
+    assert "FAILED" not in text and "**NO**" not in text
+    assert "| small_cnn | graphed, deterministic | yes | yes |" in text
+    assert (tmp_path / "gpu.json").exists()
+
+
+# ------------------------------------------------------------------ on a GPU only
+
+@cuda
+@pytest.mark.parametrize("model", ["small_cnn", "all_cnn_c"])
+def test_cuda_graphed_branch_from_trunk_equals_run_from_scratch(tmp_path, cfg, data, model):
+    from critperiods.checkpoints import load_piece
+    from critperiods.trajectories import PieceSpec, run_piece
+
+    gpu = torch.device("cuda")
+    cfg, data = replace(cfg, model=model), data.to(gpu)
+    fast = FastPath.for_device(gpu, deterministic=True, model=model)
+    assert fast.cuda_graphs
+    prev = None
+    for e in (0, 1, 2):
+        out = tmp_path / f"t{e}.pt"
+        run_piece(PieceSpec(16, 3, NEVER, e, frozenset()), cfg, HASH, data, prev, out, gpu,
+                  progress=False, fast=fast)
+        prev = out
+    run_piece(PieceSpec(16, 3, 2, 4, frozenset()), cfg, HASH, data, prev, tmp_path / "b.pt",
+              gpu, progress=False, fast=fast)
+    scratch = Trainer(cfg, data, 16, 3, gpu, fast)
+    train_until(scratch, 4, 2, set(), [[]], HASH, progress=False)
+    assert_state_equal(load_piece(tmp_path / "b.pt", HASH)["state"], scratch.state())
+    # the first steps follow the eager loop (later, TF32 rounding and SGD amplify the
+    # update's last-bit difference from torch.optim.SGD's, as between any two kernels)
+    pair = [Trainer(cfg, data, 16, 3, gpu, replace(fast, cuda_graphs=graphs))
+            for graphs in (False, True)]
+    for t in pair:
+        assert t.train_epoch(NEVER, stop_after(4)) is None  # eager, capture, 2 replays
+    assert max_diff(pair[0].state()["model"], pair[1].state()["model"]) < 1e-2
+
+
+@cuda
+def test_cuda_graphed_sgld_matches_the_eager_sampler():
+    from critperiods import llc
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 4, 1, 8, 10, 0).cuda()
+    data = (torch.randn(256, 1, 8, 8, device="cuda"), torch.randint(10, (256,), device="cuda"))
+    cfg = llc.LLCConfig(chains=3, draws=20, burn_in=5, step_size=1e-5, batch_size=32)
+    graphed = llc.estimate_llc(model, torch.nn.functional.cross_entropy, data, cfg,
+                               progress=False)
+    llc.SGLD_CUDA_GRAPHS = False
+    try:
+        eager = llc.estimate_llc(model, torch.nn.functional.cross_entropy, data, cfg,
+                                 progress=False)
+    finally:
+        llc.SGLD_CUDA_GRAPHS = True
+    assert torch.allclose(torch.tensor(graphed.loss_trace), torch.tensor(eager.loss_trace),
+                          rtol=1e-4, atol=1e-5)
