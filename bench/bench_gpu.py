@@ -83,6 +83,7 @@ class Sizes:
     fmnist_batches: tuple[int, ...]
     dataloader_batch: int
     pixels: tuple[int, int] = (28, 32)  # side of the gray (small_cnn) and RGB images
+    full: bool = True  # the real run (False: --smoke); survives dataclasses.replace
 
 
 FULL = Sizes(n_train=50_000, batches=(32, 128, 512),
@@ -93,7 +94,7 @@ FULL = Sizes(n_train=50_000, batches=(32, 128, 512),
 SMOKE = Sizes(n_train=64, batches=(8,), widths={"small_cnn": 2, "all_cnn_c": 4, "resnet18": 2},
               window_s=0.0, max_window=3, repeats=2, seeds=(1, 2), chains=(2, 4), llc_samples=64,
               llc_batch=16, llc_records=4, fmnist_widths=(2,), fmnist_batches=(8,),
-              dataloader_batch=8, pixels=(8, 8))
+              dataloader_batch=8, pixels=(8, 8), full=False)
 
 WARMUP = 6  # steps before timing: the eager first step, warm-up and capture of the graph
 
@@ -332,15 +333,15 @@ def section_correctness(device: torch.device, sizes: Sizes) -> tuple[list[str], 
     from critperiods.training import Preempted
     from critperiods.trajectories import PieceSpec, run_piece
 
-    data = synthetic(96 if sizes is FULL else 48, 3, 16 if sizes is FULL else 8, 4, device)
+    data = synthetic(96 if sizes.full else 48, 3, 16 if sizes.full else 8, 4, device)
     rows, raw = [], {}
-    for model in ("small_cnn", "all_cnn_c") if sizes is FULL else ("small_cnn",):
+    for model in ("small_cnn", "all_cnn_c") if sizes.full else ("small_cnn",):
         cfg = TrainConfig(model, 4, 4, 0.05, 0.9, 5e-4, 0.9, augmentation=True)
         fast = replace(FastPath.for_device(device, "auto", deterministic=True, model=model),
                        cuda_graphs=True)  # on the CPU: the graphed step's code, eagerly
         bf16 = replace(fast, bf16=True)
         variants = (("graphed, deterministic", fast), ("graphed bf16, deterministic", bf16))
-        for name, fp in variants if sizes is FULL else variants[:1]:
+        for name, fp in variants if sizes.full else variants[:1]:
             import tempfile
 
             with tempfile.TemporaryDirectory() as tmp:
@@ -497,14 +498,14 @@ def stacked_rates(s: Setup, batch: int, seeds: tuple[int, ...], device: torch.de
             key = f"{count} seeds" + ("" if layout == "default" else f", {layout} layout")
             if count == 1 and layout != "default":
                 continue
-            saved = folded.CUDA_LAYOUT
+            saved = folded.LAYOUT_OVERRIDE
             if layout != "default":
-                folded.CUDA_LAYOUT = layout
+                folded.LAYOUT_OVERRIDE = layout
             try:
                 trainer = (Trainer(s.cfg, s.data, batch, 0, device) if count == 1 else
                            StackedTrainer(s.cfg, s.data, batch, list(range(count)), device))
             finally:
-                folded.CUDA_LAYOUT = saved
+                folded.LAYOUT_OVERRIDE = saved
             loops[key] = ProjectLoop(trainer, device)
     return interleaved(loops, sizes)
 
@@ -520,8 +521,8 @@ def section_stacked(device: torch.device, sizes: Sizes, budget: Budget, cache: d
             rows.append(f"| {model} | {batch} | not measured (time budget) | | |")
             continue
         s = setup_for(model, sizes.widths[model], sizes, device, cache)
-        layouts = ("default", "channels") if device.type == "cuda" or model != "small_cnn" \
-            else ("default",)
+        layouts = ("default", "batch", "channels") if device.type == "cuda" \
+            or model != "small_cnn" else ("default",)
         rates = stacked_rates(s, batch, sizes.seeds, device, sizes, layouts)
         raw[f"{model} b{batch}"] = rates
         one = med(rates[f"{sizes.seeds[0]} seeds"])
@@ -530,23 +531,18 @@ def section_stacked(device: torch.device, sizes: Sizes, budget: Budget, cache: d
                         f"| {med(values) / one:.2f}× |")
         _free(device)
     lines = ["## Stacked seeds (graphed default), images/s of all seeds together", "",
-             f"Layout: the copies folded into the batch (`{_layout()}`, the CUDA default) "
-             "unless named; `channels` = one grouped convolution for all seeds.", "",
+             "Layout: the default for the model (`critperiods.folded.CUDA_LAYOUT`) unless "
+             "named; `batch` = the copies folded into the batch, `channels` = one grouped "
+             "convolution for all seeds.", "",
              "| model | batch | seeds | images/s (all seeds) | vs 1 seed |",
              "|---|---|---|---|---|", *rows, ""]
     return lines, raw
 
 
-def _layout() -> str:
-    from critperiods import folded
-
-    return folded.CUDA_LAYOUT
-
-
 def section_fmnist(device: torch.device, sizes: Sizes, budget: Budget, cache: dict
                    ) -> tuple[list[str], dict]:
     raw, rows = {}, []
-    seeds = 5 if sizes is FULL else 2
+    seeds = 5 if sizes.full else 2
     for width in sizes.fmnist_widths:
         s = setup_for("small_cnn", width, sizes, device, cache)
         for batch in sizes.fmnist_batches:
@@ -567,8 +563,8 @@ def section_fmnist(device: torch.device, sizes: Sizes, budget: Budget, cache: di
 def llc_case(model: str, width: int, sizes: Sizes, device: torch.device, cache: dict):
     """A model a few SGD steps from init, its λ̂ data and a config like the CIFAR one."""
     s = setup_for(model, width, sizes, device, cache)
-    trainer = Trainer(s.cfg, s.data, 128 if sizes is FULL else 8, 0, device)
-    trainer.train_epoch(NEVER, stop_after(30 if sizes is FULL else 2))
+    trainer = Trainer(s.cfg, s.data, 128 if sizes.full else 8, 0, device)
+    trainer.train_epoch(NEVER, stop_after(30 if sizes.full else 2))
     net = trainer.model.float().to(memory_format=torch.contiguous_format)
     n = min(sizes.llc_samples, len(s.data.train.labels))
     x = s.data.normalize(s.data.train.sharp[:n]).contiguous()
@@ -594,8 +590,8 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
 
         def ours(chains: int, layout: str, graphs: bool, c=cfg, m=net, d=data):
             def timed(warm: bool = False) -> float:
-                saved = folded.CUDA_LAYOUT, llc.SGLD_CUDA_GRAPHS
-                folded.CUDA_LAYOUT, llc.SGLD_CUDA_GRAPHS = layout, graphs
+                saved = folded.LAYOUT_OVERRIDE, llc.SGLD_CUDA_GRAPHS
+                folded.LAYOUT_OVERRIDE, llc.SGLD_CUDA_GRAPHS = layout, graphs
                 conf = replace(c, chains=chains, **({"burn_in": 1, "draws": 3} if warm else {}))
                 try:
                     sync(device)
@@ -604,7 +600,7 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
                     sync(device)
                     return time.perf_counter() - start
                 finally:
-                    folded.CUDA_LAYOUT, llc.SGLD_CUDA_GRAPHS = saved
+                    folded.LAYOUT_OVERRIDE, llc.SGLD_CUDA_GRAPHS = saved
             return timed
 
         for chains in sizes.chains:
@@ -627,7 +623,7 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
                 errors[key] = f"{type(err).__name__}: {err}"[:300]
                 del variants[key]
         times: dict[str, list[float]] = {k: [] for k in variants}
-        for _ in range(2 if sizes is FULL else 1):
+        for _ in range(2 if sizes.full else 1):
             for key, run in variants.items():
                 times[key].append(run())
         raw[model] = {"seconds": times, "steps": cfg.burn_in + cfg.draws, "errors": errors,

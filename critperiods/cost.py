@@ -17,12 +17,19 @@ from critperiods import plan
 #: Training images per second of one job, measured with ``python bench/bench_cost.py``
 #: (docs/performance.md): (device, model, width, image size) → {batch size: images/s}.
 #: "cpu": one job at one thread on the 2-core development VM (a job per core);
-#: "cuda": one job on one NVIDIA H200 (torch 2.11), the graphed default path, 5 seeds stacked
-#: (images of all seeds counted).
-RATES: dict[tuple[str, str, int, int], dict[int, float]] = {}
+#: "cuda": one job on one NVIDIA H200 (torch 2.11), the graphed default path (images of all
+#: stacked seeds counted; bench/bench_gpu.py, docs/performance.md).
+RATES: dict[tuple[str, str, int, int], dict[int, float]] = {
+    # H200, torch 2.11, 2026-12-04, 2 seeds stacked (folded layout; the channels layout now
+    # used was 1.37x faster at batch 128 with 5 seeds, so these are conservative)
+    ("cuda", "small_cnn", 8, 28): {32: 126714, 64: 343799, 128: 578411, 256: 870500},
+    ("cuda", "small_cnn", 16, 28): {32: 169193, 64: 296899, 128: 405924, 256: 678619},
+    # H200, one seed per job (seeds_per_job: auto for All-CNN-C), graphed bf16, augmentation
+    ("cuda", "all_cnn_c", 96, 32): {32: 34139, 128: 73888},
+}
 
 #: Seconds a job spends starting (Python, torch, reading its inputs), per device.
-JOB_OVERHEAD_S = {"cpu": 2.5, "cuda": 8.0}
+JOB_OVERHEAD_S = {"cpu": 2.5, "cuda": 5.0}
 #: Parallel jobs on the reference machine: the 2-core VM runs one job per core.
 PARALLEL_JOBS = {"cpu": 2, "cuda": 1}
 

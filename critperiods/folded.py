@@ -14,7 +14,8 @@ tensor (copy-major, channels-last), and
 
 Every copy computes its own function, as in the grouped layout; the graph tracing, the
 checks and the fallback to ``vmap`` are ``GroupedModel``'s. :func:`copies_layout` says
-which layout a device uses (measured: ``bench/bench_gpu.py``).
+which layout a device, use and model get (measured: ``bench/bench_gpu.py``): despite the
+slow grouped kernels, side by side in the channels won for stacked training on an H200.
 """
 
 from __future__ import annotations
@@ -26,12 +27,27 @@ from torch import Tensor, fx, nn
 from critperiods.grouped import PER_CHANNEL, GroupedModel, Tensors, _Act
 from critperiods.models import channels_last_images
 
-CUDA_LAYOUT = "batch"  # "batch" (this module) or "channels" (critperiods.grouped) on CUDA
+#: The layout of copies on CUDA, where it measured faster on an H200 (bench/bench_gpu.py,
+#: docs/performance.md): stacked seeds train fastest side by side in the channels for every
+#: model measured (small_cnn w8 1.63× vs 1.20× at 5 seeds; All-CNN-C w96 0.81× vs 0.72× at
+#: batch 128); λ̂ chains of a network with BatchNorm sample faster folded into the batch
+#: (All-CNN-C w96: 24.6 vs 28.9 ms per step at 4 chains), small_cnn's in the channels.
+CUDA_LAYOUT = {"train": "channels", "llc": "channels", "llc_batchnorm": "batch"}
+#: Set (to "batch" or "channels") to force one layout on CUDA: for benchmarks only.
+LAYOUT_OVERRIDE: str | None = None
 
 
-def copies_layout(device: torch.device | str) -> str:
-    """The layout of stacked copies on ``device``: ``CUDA_LAYOUT`` on CUDA, else channels."""
-    return CUDA_LAYOUT if torch.device(device).type == "cuda" else "channels"
+def copies_layout(device: torch.device | str, use: str = "train",
+                  model: nn.Module | None = None) -> str:
+    """The layout of stacked copies of ``model``: ``channels`` (critperiods.grouped) or
+    ``batch`` (this module). Off CUDA always channels; on CUDA :data:`CUDA_LAYOUT` for
+    ``use`` ("train" or "llc"; λ̂ of a model with BatchNorm is "llc_batchnorm")."""
+    if torch.device(device).type != "cuda":
+        return "channels"
+    if use == "llc" and model is not None and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        use = "llc_batchnorm"
+    return LAYOUT_OVERRIDE or CUDA_LAYOUT[use]
 
 
 class FoldedModel(GroupedModel):
@@ -130,4 +146,4 @@ def _flatten(act: _Act, copies: int) -> _Act:
     return _Act(act.t.reshape(copies, act.t.shape[0] // copies, -1), image=False)
 
 
-__all__ = ["CUDA_LAYOUT", "FoldedModel", "copies_layout"]
+__all__ = ["CUDA_LAYOUT", "LAYOUT_OVERRIDE", "FoldedModel", "copies_layout"]

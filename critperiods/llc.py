@@ -178,7 +178,7 @@ def _chain_losses_fn(
     shared, never updated.
     """
     buffers = stack_like(dict(model.named_buffers()), chains)
-    forward = copies_forward(model, copies_layout(next(model.parameters()).device))
+    forward = copies_forward(model, copies_layout(next(model.parameters()).device, "llc", model))
 
     def chain_losses(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return per_copy_losses(loss_fn, forward(params, buffers, x), y)

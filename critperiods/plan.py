@@ -123,7 +123,11 @@ def check_whole_numbers(value: object, schema: dict, key: str = "") -> None:
             check_whole_numbers(item, schema["items"], key)
 
 
-AUTO_SEEDS_PER_JOB = 16  # ``seeds_per_job: auto`` on CUDA: blocks of 16 seed values
+#: ``seeds_per_job: auto`` on CUDA, per model: blocks of this many seed values. Measured on
+#: an H200 (docs/performance.md): 16 stacked small_cnn w8 train 2.18× as many images/s as
+#: one; All-CNN-C w96 fills the GPU alone (5 stacked: 0.81× at batch 128, 1.20× at batch 32),
+#: so it and ResNet-18 train one seed per job.
+AUTO_SEEDS_PER_JOB = {"small_cnn": 16}
 
 
 def cuda_visible() -> bool:
@@ -141,15 +145,15 @@ def cuda_visible() -> bool:
 
 def seeds_per_job(config: dict) -> int:
     """``train.seeds_per_job`` as a number, resolved when the DAG is built: ``auto`` is
-    ``AUTO_SEEDS_PER_JOB`` when training runs on CUDA (``device: cuda``, or ``device: auto``
-    on a machine that shows a GPU: :func:`cuda_visible`), else 1. On a cluster whose login
-    node has no GPU, write ``device: cuda`` to stack the seeds."""
+    ``AUTO_SEEDS_PER_JOB`` of the model when training runs on CUDA (``device: cuda``, or
+    ``device: auto`` on a machine that shows a GPU: :func:`cuda_visible`), else 1. On a
+    cluster whose login node has no GPU, write ``device: cuda`` to stack the seeds."""
     size = config.get("train", {}).get("seeds_per_job", 1)
     if size != "auto":
         return int(size)
     device = config.get("device", "auto")
     on_cuda = device == "cuda" or (device == "auto" and cuda_visible())
-    return AUTO_SEEDS_PER_JOB if on_cuda else 1
+    return AUTO_SEEDS_PER_JOB.get(config["model"]["name"], 1) if on_cuda else 1
 
 
 def seed_group(config: dict, seed: int) -> list[int]:

@@ -142,7 +142,7 @@ class StackedTrainer:
             list(self.params.values()), lr=cfg.lr, momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
         )
-        self.forward = copies_forward(self.template, copies_layout(self.device))
+        self.forward = copies_forward(self.template, copies_layout(self.device, "train"))
         self.ready = BatchCache(data, cfg, self.batch_fast)
         self.epoch = 0
         self.step = 0

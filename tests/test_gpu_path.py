@@ -124,9 +124,11 @@ def test_copies_folded_into_the_batch_compute_each_copy_on_its_own(name, trainin
         assert torch.allclose(buffers[key].float(), ref_buffers[key].float(), atol=1e-6), key
 
 
-def test_seeds_per_job_auto_stacks_on_cuda_only(monkeypatch):
-    config = {"device": "auto", "grid": {"seeds": [0, 1, 2, 17]},
+def test_seeds_per_job_auto_stacks_small_models_on_cuda_only(monkeypatch):
+    config = {"device": "auto", "grid": {"seeds": [0, 1, 2, 17]}, "model": {"name": "small_cnn"},
               "train": {"seeds_per_job": "auto"}}
+    big = {**config, "device": "cuda", "model": {"name": "all_cnn_c"}}
+    assert plan.seed_group(big, 1) == [1]  # All-CNN-C fills an H200 alone
     monkeypatch.setattr(plan, "cuda_visible", lambda: False)
     assert plan.seed_group(config, 1) == [1]  # a CPU machine (or a login node): alone
     assert plan.seed_group({**config, "device": "cuda"}, 1) == [0, 1, 2]  # blocks of 16
