@@ -199,6 +199,19 @@ def run_end(config: dict, switch_epoch: int) -> int:
     return switch_epoch + config["epochs_after_switch"]
 
 
+def branch_end(config: dict, switch_epoch: int) -> int:
+    """Last epoch a branch is trained to: its run's end (``run_end``), except the
+    never-blurred branch, the sharp reference, which trains on to the last epoch any run
+    reaches when λ̂ or divergences are computed (as the always-blurred trunk does), so that
+    its λ̂ and the distance of every run to it cover all epochs. Its final accuracy is still
+    read at its run's end."""
+    end = run_end(config, switch_epoch)
+    if switch_epoch == 0 and (config.get("llc", {}).get("enabled", False)
+                              or config.get("divergence", {}).get("enabled", False)):
+        end = max(end, last_epoch(config))
+    return end
+
+
 def last_epoch(config: dict) -> int:
     """The last epoch any run reaches."""
     return run_end(config, max(config["grid"]["switch_epochs"]))
@@ -245,8 +258,8 @@ def trunk_segment_checkpoints(config: dict, end_epoch: int) -> list[int]:
 
 
 def branch_checkpoints(config: dict, switch_epoch: int) -> list[int]:
-    """Checkpoint epochs stored in branch ``switch{K}``: those in (K, K + epochs_after_switch]."""
-    return _within(checkpoint_epochs(config), switch_epoch, run_end(config, switch_epoch))
+    """Checkpoint epochs stored in branch ``switch{K}``: those in (K, branch_end]."""
+    return _within(checkpoint_epochs(config), switch_epoch, branch_end(config, switch_epoch))
 
 
 def llc_epochs(config: dict, epochs: Iterable[int], trunk: bool = False) -> list[int]:
@@ -272,7 +285,9 @@ def epochs_trained(config: dict, shared: bool = True) -> int:
     grid = config["grid"]
     cells = len(grid["batch_sizes"]) * len(grid["seeds"])
     if shared:
-        return cells * (trunk_end(config) + len(branches(config)) * config["epochs_after_switch"])
+        extra = branch_end(config, 0) - run_end(config, 0) if 0 in grid["switch_epochs"] else 0
+        return cells * (trunk_end(config) + extra
+                        + len(branches(config)) * config["epochs_after_switch"])
     return cells * len(grid["lr_schedules"]) * sum(run_end(config, s)
                                                    for s in grid["switch_epochs"])
 

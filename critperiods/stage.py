@@ -21,5 +21,6 @@ def setup(snakemake: Any) -> torch.device:
         sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: SIM115 - lives for the job
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("arviz").setLevel(logging.WARNING)  # its plotting-backend chatter
     torch.set_num_threads(max(1, int(snakemake.threads)))
     return acquire_device(snakemake.params.get("device", "cpu"))

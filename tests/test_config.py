@@ -195,3 +195,15 @@ def test_summarize_on_a_missing_or_foreign_file_is_one_line(tmp_path, content):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0], proc.stderr
     assert ("no such file" if content is None else "not a netCDF cube") in lines[0]
+
+
+def test_the_never_blurred_branch_trains_on_as_the_sharp_reference():
+    from critperiods import plan
+
+    config = checked(load_default())
+    last = plan.last_epoch(config)
+    assert plan.branch_end(config, 0) == last > plan.run_end(config, 0)
+    assert max(plan.branch_checkpoints(config, 0)) == last
+    assert plan.branch_end(config, 4) == plan.run_end(config, 4)  # other branches: their end
+    config["llc"]["enabled"] = config["divergence"]["enabled"] = False
+    assert plan.branch_end(config, 0) == plan.run_end(config, 0)  # nothing needs it

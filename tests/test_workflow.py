@@ -65,7 +65,8 @@ def test_cube_has_design_dims_and_no_nan_where_runs_exist(run):
         var = cube[name]
         assert var.dims == ("batch_size", "lr_schedule", "switch_epoch", "seed", "epoch")
         assert var.attrs["units"] and var.attrs["long_name"]
-        ran = cube.epoch <= cube.switch_epoch + 2
+        # the never-blurred run, the sharp reference, trains on to the last epoch (4)
+        ran = (cube.epoch <= cube.switch_epoch + 2) | (cube.switch_epoch == 0)
         assert not var.where(ran).isnull().where(ran, False).any(), name
         assert var.where(~ran).isnull().all(), f"{name}: cells not run must be NaN"
     assert cube.final_test_accuracy.dims == ("batch_size", "lr_schedule", "switch_epoch", "seed")
@@ -116,6 +117,10 @@ def test_restart_runs_share_the_trunk_and_the_never_blurred_run(run):
                                   never.sel(lr_schedule="restart"))
     late = acc.sel(switch_epoch=2, epoch=4)
     assert (late.sel(lr_schedule="continue") != late.sel(lr_schedule="restart")).any()
+    # the never-blurred run trains on as the sharp reference; its final accuracy is at epoch 2
+    assert never.sel(epoch=4).notnull().all()
+    np.testing.assert_array_equal(cube.final_test_accuracy.sel(batch_size=64, switch_epoch=0),
+                                  never.sel(epoch=2).drop_vars("epoch"))
     runs = run / "results/tiny/runs/bs64/seed0"
     assert (runs / "continue/switch0.pt").exists() and not (runs / "restart/switch0.pt").exists()
     assert (runs / "restart/switch2.pt").exists()
@@ -142,7 +147,7 @@ def test_llc_carries_its_diagnostics_and_quality_flag(run):
 
 def test_llc_and_divergence_variables(run):
     cube = critperiods.open_cube(run / "results/tiny/cube.nc")
-    ran = cube.epoch <= cube.switch_epoch + 2
+    ran = (cube.epoch <= cube.switch_epoch + 2) | (cube.switch_epoch == 0)
     # λ̂ at the selected epochs (positive multiples of llc.every = 2) of every run
     llc = cube.llc_mean.sel(epoch=[2, 4])
     assert llc.sel(switch_epoch=2).notnull().all()
@@ -150,7 +155,7 @@ def test_llc_and_divergence_variables(run):
     assert cube.llc_mean.sel(epoch=0).isnull().all(), "no λ̂ at initialisation"
     assert cube.llc_chain.dims[-1] == "chain" and cube.sizes["chain"] == 2
     assert (cube.llc_diverged_chains.fillna(0) >= 0).all()
-    shared_with_sharp = ran & (cube.epoch <= 2)  # the never-blurred run ends at epoch 2
+    shared_with_sharp = ran  # the never-blurred run reaches the last epoch too
     for name, ref, cells in (("div_l2", "blurred", ran), ("div_cka", "blurred", ran),
                              ("div_disagreement", "sharp", shared_with_sharp)):
         var = cube[name].sel(reference=ref)

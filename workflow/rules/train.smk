@@ -36,7 +36,7 @@ rule train_branch:
     params:
         training=TRAINING,
         checkpoint_epochs=lambda w: plan.branch_checkpoints(config, int(w.switch_epoch)),
-        end_epoch=lambda w: plan.run_end(config, int(w.switch_epoch)),
+        end_epoch=lambda w: plan.branch_end(config, int(w.switch_epoch)),
         group=lambda w: plan.seed_group(config, int(w.seed)),
         group_outputs=group_paths(BRANCH),
         device=config["device"],
@@ -44,7 +44,8 @@ rule train_branch:
     threads: THREADS
     resources:
         gpu=1,
-        runtime=runtime_minutes(lambda w: config["epochs_after_switch"] * group_size(w),
+        runtime=runtime_minutes(lambda w: group_size(w) * (
+            plan.branch_end(config, int(w.switch_epoch)) - int(w.switch_epoch)),
                                 "minutes_per_epoch"),
     log:
         f"{LOGS}/train/bs{{batch_size}}_seed{{seed}}_{{lr_schedule}}_switch{{switch_epoch}}.log",
