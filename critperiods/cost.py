@@ -20,6 +20,9 @@ from critperiods import plan
 #: "cuda": one job on one NVIDIA H200 (torch 2.11), the graphed default path (images of all
 #: stacked seeds counted; bench/bench_gpu.py, docs/performance.md).
 RATES: dict[tuple[str, str, int, int], dict[int, float]] = {
+    # the 2-core development VM, one job at one thread (CPU time), 2026-12-04
+    ("cpu", "small_cnn", 8, 28): {32: 8401, 64: 11531, 128: 13567, 256: 12790},
+    ("cpu", "small_cnn", 16, 28): {32: 5888, 64: 6543, 128: 7618, 256: 7871},
     # H200, torch 2.11, 2026-12-04, 2 seeds stacked (folded layout; the channels layout now
     # used was 1.37x faster at batch 128 with 5 seeds, so these are conservative)
     ("cuda", "small_cnn", 8, 28): {32: 126714, 64: 343799, 128: 578411, 256: 870500},
@@ -28,8 +31,10 @@ RATES: dict[tuple[str, str, int, int], dict[int, float]] = {
     ("cuda", "all_cnn_c", 96, 32): {32: 34139, 128: 73888},
 }
 
-#: Seconds a job spends starting (Python, torch, reading its inputs), per device.
-JOB_OVERHEAD_S = {"cpu": 2.5, "cuda": 5.0}
+#: Seconds a job holds its device while starting, per device: on the CPU all of Python's and
+#: torch's start; on a GPU box with spare cores (``--cores`` ≥ 4, ``--resources gpu=4``) jobs
+#: import while another holds the GPU, which is then held only for CUDA's context and the data.
+JOB_OVERHEAD_S = {"cpu": 2.5, "cuda": 2.0}
 #: Parallel jobs on the reference machine: the 2-core VM runs one job per core.
 PARALLEL_JOBS = {"cpu": 2, "cuda": 1}
 
