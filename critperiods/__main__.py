@@ -4,7 +4,9 @@
   and where λ̂ and divergence mark it) in the terminal; ``--csv`` writes it too.
 * ``calibrate-llc PIECE --epoch E`` — sweep the SGLD step size at one checkpoint and plot
   the running λ̂ per setting, to choose ``llc.step_size``.
-* ``cost [CONFIG …]`` — epochs of SGD a grid costs with and without trunk sharing.
+* ``cost [CONFIG …]`` — epochs of SGD a grid costs with and without trunk sharing, its
+  images, and the time on the reference CPU and GPU.
+* ``--version``.
 """
 
 from __future__ import annotations
@@ -140,29 +142,41 @@ def cost(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from critperiods import __version__
+
     parser = argparse.ArgumentParser(prog="critperiods", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"critperiods {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("summarize", help="print the critical-period table of a cube")
-    p.add_argument("cube")
-    p.add_argument("--csv", help="also write the table as CSV")
-    p.add_argument("--recompute", action="store_true", help="recompute from the raw variables")
-    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("cube", help="a cube written by the pipeline: results/<experiment>/cube.nc")
+    p.add_argument("--csv", help="also write the table to this CSV file")
+    p.add_argument("--recompute", action="store_true",
+                   help="recompute the statistics from the raw variables instead of reading "
+                        "the stored ones")
+    p.add_argument("--n-boot", type=int, default=1000,
+                   help="bootstrap resamples when recomputing (default 1000)")
     p.set_defaults(func=summarize)
 
     p = sub.add_parser("calibrate-llc", help="sweep the SGLD step size at one checkpoint")
-    p.add_argument("piece", help="a trunk segment or branch file (…/trunk/e<E>.pt, switch<K>.pt)")
-    p.add_argument("--epoch", type=int, required=True)
-    p.add_argument("--configfile", nargs="*", default=[], help="configs laid over config.yaml")
-    p.add_argument("--step-sizes", type=float, nargs="+", default=[1e-5, 3e-5, 1e-4, 3e-4])
-    p.add_argument("--nbetas", type=float, nargs="*", default=None)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="llc_calibration.png")
+    p.add_argument("piece", help="a trunk segment or branch file "
+                                 "(…/trunk/e<E>.pt, …/<schedule>/switch<K>.pt)")
+    p.add_argument("--epoch", type=int, required=True,
+                   help="the checkpoint epoch inside that file")
+    p.add_argument("--configfile", nargs="*", default=[],
+                   help="configs laid over config.yaml (the experiment the piece belongs to)")
+    p.add_argument("--step-sizes", type=float, nargs="+", default=[1e-5, 3e-5, 1e-4, 3e-4],
+                   help="SGLD step sizes to try")
+    p.add_argument("--nbetas", type=float, nargs="*", default=None,
+                   help="inverse temperatures n·β to try (default: the config's)")
+    p.add_argument("--threads", type=int, default=2, help="worker processes for the chains")
+    p.add_argument("--out", default="llc_calibration.png", help="where to write the plot")
     p.set_defaults(func=calibrate_llc)
 
-    p = sub.add_parser("cost", help="epochs trained with vs without trunk sharing")
-    p.add_argument("configfile", nargs="*", default=[])
+    p = sub.add_parser("cost", help="epochs, images and time a grid costs (trunk sharing on)")
+    p.add_argument("configfile", nargs="*", default=[],
+                   help="configs laid over config.yaml (none: the default experiment)")
     p.set_defaults(func=cost)
 
     args = parser.parse_args(argv)

@@ -207,3 +207,16 @@ def test_the_never_blurred_branch_trains_on_as_the_sharp_reference():
     assert plan.branch_end(config, 4) == plan.run_end(config, 4)  # other branches: their end
     config["llc"]["enabled"] = config["divergence"]["enabled"] = False
     assert plan.branch_end(config, 0) == plan.run_end(config, 0)  # nothing needs it
+
+
+def test_the_cli_says_its_version_and_documents_every_option():
+    from critperiods import __version__
+    from critperiods.__main__ import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    parser_help = subprocess.run([sys.executable, "-m", "critperiods", "summarize", "--help"],
+                                 capture_output=True, text=True, timeout=120).stdout
+    assert "--n-boot" in parser_help and "bootstrap resamples" in parser_help
+    assert __version__.count(".") == 2
