@@ -1,6 +1,6 @@
 rule llc:
     input:
-        data=DATA,
+        data=TRAIN_DATA,
         pieces=get_piece_files,
     output:
         f"{PIECE}.llc.nc",
