@@ -8,6 +8,7 @@ contains it (critperiods.fingerprint) plus what depends on them (the rule graph)
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -27,7 +28,7 @@ from tests.test_workflow import ROOT, TINY, planned, snakemake
 pytestmark = pytest.mark.workflow
 DOC = ROOT / "docs/invalidation.md"
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
-WORKERS = 3  # dry runs at once (each mostly waits on Python start-up and imports)
+WORKERS = 2  # processes running dry runs
 
 
 # ------------------------------------------------------------------------------- the tables
@@ -81,7 +82,26 @@ def rules_planned(out: str) -> frozenset[str]:
 
 
 def dry_run(workdir: Path, configs: list[Path] = (), repo: Path = ROOT) -> frozenset[str]:
+    """The rules a dry run of the Snakefile in ``repo`` plans, from the command line."""
     return rules_planned(snakemake(workdir, "-n", "--nolock", configs=configs, repo=repo))
+
+
+def dry_runs(workdir: Path, extra: list[Path]) -> dict[Path, frozenset[str]]:
+    """``dry_run(workdir, [e])`` for every ``e`` of ``extra``, in WORKERS processes that
+    each import Snakemake once (tests/dry_runs.py)."""
+    def batch(part: list[Path]) -> dict[str, str]:
+        cmd = [sys.executable, str(ROOT / "tests/dry_runs.py"), str(ROOT / "Snakefile"),
+               str(workdir), str(ROOT / "config.yaml"), str(TINY), "--", *map(str, part)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout)
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        outputs = {k: v for part in pool.map(batch, [extra[i::WORKERS] for i in range(WORKERS)])
+                   for k, v in part.items()}
+    for path, out in outputs.items():
+        assert "DRY RUN FAILED" not in out, f"{path}:\n{out[-3000:]}"
+    return {e: rules_planned(outputs[str(e)]) for e in extra}
 
 
 def every_rule() -> frozenset[str]:
@@ -176,9 +196,8 @@ def test_each_config_key_reruns_what_the_table_says(tiny_run, tmp_path):
     rows = table("Config keys")
     overrides = {key: key_override(tmp_path, key, cells[0], tiny_run)
                  for key, cells in rows.items()}
-    with ThreadPoolExecutor(WORKERS) as pool:
-        got = dict(zip(overrides, pool.map(lambda p: dry_run(tiny_run, [p]),
-                                           overrides.values()), strict=True))
+    planned_by = dry_runs(tiny_run, list(overrides.values()))
+    got = {key: planned_by[path] for key, path in overrides.items()}
     wrong = {key: (sorted(got[key]), rows[key][1]) for key in rows
              if got[key] != expand(rules_named(rows[key][1]))}
     assert not wrong, "dry run vs docs/invalidation.md:\n" + "\n".join(

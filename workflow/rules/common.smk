@@ -218,7 +218,7 @@ CODE = Fingerprints(workflow.basedir)
 
 
 def add_code_params(all_rules):
-    """Give every rule that runs a script a ``code`` param: the fingerprint of the script and
+    """Give each script-running rule a ``code`` param, the fingerprint of the script and
     of every critperiods module (and file such as max_pool2.c) it can import
     (critperiods.fingerprint). The params trigger then reruns a rule when code it runs
     changes, and only then: comments, docstrings and layout do not count (nor, with the
