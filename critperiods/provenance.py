@@ -73,10 +73,13 @@ def cube_attrs(files: Iterable[str | Path], code: str) -> dict[str, str]:
 
 
 def piece_name(path: str) -> str:
-    """``bs64/seed0/switch2`` from ``…/runs/bs64/seed0/switch2.llc.nc``; ``divergence/bs64``
-    from ``…/divergence/bs64.nc``."""
-    m = re.search(r"(?:runs/)?((?:divergence/)?bs\d+(?:/seed\d+/(?:trunk|switch\d+))?)", path)
-    return m.group(1) if m else path
+    """What a result file is about, from its path: ``bs64/seed0`` (a cell's metrics),
+    ``bs64/seed0/continue/switch2`` (a piece's λ̂), ``divergence/bs64_continue``."""
+    m = re.search(r"(?:^|/)(runs|divergence)/(.+?)(?:/metrics|\.metrics|\.llc)?\.nc$",
+                  str(path).replace("\\", "/"))
+    if m is None:
+        return str(path)
+    return m.group(2) if m.group(1) == "runs" else f"divergence/{m.group(2)}"
 
 
 def versions(prov: dict) -> dict[str, dict[str, list[str]]]:

@@ -69,21 +69,23 @@ def test_outputs_record_the_fingerprints_of_the_code_and_data_that_made_them(
             for split in ("train", "test")}
     assert data["train"]["code"] == fp.stage(ROOT / "scripts/prepare_data.py")
     fingerprints = {s: m["fingerprint"] for s, m in data.items()}
-    branch = torch.load(results / "runs/bs64/seed1/switch2.pt", weights_only=True)
+    branch = torch.load(results / "runs/bs64/seed1/continue/switch2.pt", weights_only=True)
     assert branch["provenance"] == {"code": fp.stage(ROOT / "scripts/train.py"),
                                     "data": {"train": fingerprints["train"]}}
     with xr.open_dataset(results / "runs/bs64/seed0/trunk.llc.nc") as llc:
         assert llc.attrs["provenance_code"] == fp.stage(ROOT / "scripts/llc.py")
         assert llc.attrs["provenance_data"] == f"train:{fingerprints['train']}"
         assert llc.attrs["provenance_training_code"] == branch["provenance"]["code"]
-    with xr.open_dataset(results / "divergence/bs64.nc") as div:
+    with xr.open_dataset(results / "divergence/bs64_continue.nc") as div:
         assert div.attrs["provenance_data"] == (f"test:{fingerprints['test']} "
                                                 f"train:{fingerprints['train']}")
 
     cube = results / "cube.nc"
     recorded = json.loads(xr.open_dataset(cube).attrs["provenance"])
     assert recorded["aggregate"]["code"] == fp.stage(ROOT / "scripts/aggregate.py")
-    assert len(recorded["pieces"]) == 6 + 6 + 1  # metrics and λ̂ of 6 pieces, 1 divergence
+    stages = [r["stage"] for r in recorded["pieces"]]  # 2 cells; 2 × (trunk + 3 branches)
+    assert (stages.count("evaluate"), stages.count("llc"), stages.count("divergence")) == (
+        2, 8, 2)
     assert main(["provenance", str(cube)]) == 0
     assert "consistent" in capsys.readouterr().out
 

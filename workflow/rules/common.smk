@@ -37,6 +37,11 @@ GRID = config["grid"]
 TRAINING = plan.training_params(config)  # what shapes trajectories; checkpoints carry its hash
 THREADS = config["train"]["threads"]
 SPEED = {k: config["train"][k] for k in ("fast_path", "compile", "deterministic")}
+# What an llc job's estimates depend on. Which pieces and checkpoints get one (enabled,
+# switch_epochs, every, first_epoch, epochs) reaches a job through the DAG and its `epochs`
+# param: changing the selection reruns only the pieces whose selection changes.
+LLC_SAMPLER = {k: v for k, v in config["llc"].items()
+               if k not in ("enabled", "switch_epochs", "every", "first_epoch", "epochs")}
 
 
 wildcard_constraints:
@@ -196,6 +201,14 @@ def report_landing_page():
     (``snakemake --report`` before any run)."""
     landing = os.path.abspath(LANDING)
     return landing if os.path.exists(landing) else "workflow/report/workflow.rst"
+
+
+def report_description():
+    """The workflow's static description (workflow/report/workflow.rst), as text: the plots
+    param holds its content, not its path, so a copy or move of the repository reruns
+    nothing while an edit of the description reruns plots."""
+    with open(os.path.join(workflow.basedir, "workflow/report/workflow.rst")) as f:
+        return f.read()
 
 
 REPORT_FIGURES = FIGURES  # file stem → (category, label), in reading order

@@ -6,7 +6,7 @@ rule llc:
         f"{PIECE}.llc.nc",
     params:
         training=TRAINING,
-        llc=config["llc"],
+        llc=LLC_SAMPLER,
         epochs=get_llc_epochs,
         device=config["device"],
     threads: THREADS
