@@ -6,11 +6,11 @@ also holds the normalisation statistics of its sharp images. Training reads only
 training split, so a change to the test split never retrains. Training keeps these tensors
 resident on its device and builds batches by indexing, never through a per-sample DataLoader.
 
-Data are identified by content, not location: :func:`raw_identity` names the raw files of a
-split with their MD5 sums (those torchvision publishes when the files are still to be
-downloaded, which its download verifies), and a prepared split records a fingerprint of the
-raw files, the subset indices and the blur (:func:`data_fingerprint`). Moving the data folder
-changes neither.
+Data are identified by content, not location:
+:func:`~critperiods.dataset_files.raw_identity` names the raw files of a split with their MD5
+sums (those torchvision publishes when the files are still to be downloaded, which its
+download verifies), and a prepared split records a fingerprint of the raw files, the subset
+indices and the blur (:func:`data_fingerprint`). Moving the data folder changes neither.
 
 The blur deficit follows Achille et al. (2019): downsample to
 ``blur_size × blur_size`` by area averaging and upsample back bilinearly.
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 #: Seed of the fixed training subset; independent of run seeds so all runs share data.
 SUBSET_SEED = 0
 FORMAT = "critperiods-data/2"
-
 
 
 @dataclass
