@@ -105,6 +105,7 @@ def dry_runs(workdir: Path, extra: list[Path]) -> dict[Path, frozenset[str]]:
 
 
 def every_rule() -> frozenset[str]:
+    """The rules of the tiny config's workflow ("everything" in the tables)."""
     return frozenset(rule_graph())
 
 
@@ -125,6 +126,7 @@ def rule_graph() -> dict[str, set[str]]:
 
 
 def downstream(rules: set[str]) -> set[str]:
+    """``rules`` and every rule that reads their outputs, directly or not."""
     out, todo = set(rules), list(rules)
     while todo:
         for after in rule_graph()[todo.pop()]:
@@ -140,13 +142,14 @@ def scripts_of_rules() -> dict[str, Path]:
     for smk in [ROOT / "Snakefile", *sorted((ROOT / "workflow/rules").glob("*.smk"))]:
         for name, body in re.findall(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", smk.read_text(),
                                      re.M):
-            script = re.search(r"script:\s*\n\s*\"([^\"]+)\"", body)
+            script = re.search(r"script:\s*\"([^\"]+)\"", body)
             if script:
                 found[name] = (smk.parent / script.group(1)).resolve()
     return found
 
 
 def expand(rules: frozenset[str]) -> frozenset[str]:
+    """A table cell's rules, with "everything" spelled out."""
     return every_rule() if rules == {"everything"} else rules
 
 
