@@ -41,3 +41,7 @@ rule all:
     input:
         get_final_outputs(),
     default_target: True
+
+
+# Every rule that runs a script gets its code fingerprint as a param (common.smk).
+add_code_params(workflow.rules)

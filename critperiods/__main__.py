@@ -6,6 +6,8 @@
   the running λ̂ per setting, to choose ``llc.step_size``.
 * ``cost [CONFIG …]`` — epochs of SGD a grid costs with and without trunk sharing, its
   images, and the time on the reference CPU and GPU.
+* ``provenance CUBE`` — which pieces of a cube came from which code and data version; exits
+  with 1, naming the stage, where one stage's results come from more than one version.
 * ``--version``.
 """
 
@@ -101,7 +103,7 @@ def calibrate_llc(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    data = load_prepared(results / "data" / "prepared.pt")
+    data = load_prepared(results / "data" / "train.pt")
     model = model_for(TrainConfig.from_params(params), data, "cpu")
     model.load_state_dict(ckpts[args.epoch]["model"])
     llc_params = config["llc"]
@@ -138,6 +140,33 @@ def cost(args: argparse.Namespace) -> int:
                   f"{found.llc_images / 1e6:,.1f} M images through SGLD steps, "
                   f"{found.jobs} jobs")
         print(f"  {describe(found, device)}")
+    return 0
+
+
+def provenance(args: argparse.Namespace) -> int:
+    import json
+
+    from critperiods.provenance import report
+
+    path = Path(args.cube)
+    try:
+        import netCDF4
+
+        with netCDF4.Dataset(path) as nc:
+            text = nc.getncattr("provenance") if "provenance" in nc.ncattrs() else None
+        if text is None:
+            raise ValueError("no provenance attribute (a cube written before it was recorded)")
+        prov = json.loads(text)
+    except (OSError, ValueError) as err:
+        print(f"{path}: not a critperiods cube with provenance: {err}", file=sys.stderr)
+        return 2
+    lines, problems = report(prov)
+    print(f"{path}")
+    print("\n".join(lines))
+    if problems:
+        print("\n" + "\n".join(problems))
+        return 1
+    print("\nconsistent: every stage's results come from one code version and one data version")
     return 0
 
 
@@ -178,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("configfile", nargs="*", default=[],
                    help="configs laid over config.yaml (none: the default experiment)")
     p.set_defaults(func=cost)
+
+    p = sub.add_parser("provenance",
+                       help="which pieces of a cube came from which code and data version")
+    p.add_argument("cube", help="a cube written by the pipeline: results/<experiment>/cube.nc")
+    p.set_defaults(func=provenance)
 
     args = parser.parse_args(argv)
     return args.func(args)

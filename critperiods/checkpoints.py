@@ -41,11 +41,12 @@ def config_hash(training_params: dict) -> str:
 
 
 def save_piece(path: str | Path, *, config_hash: str, identity: dict, state: dict,
-               checkpoints: list[dict]) -> None:
-    """Write a trajectory piece atomically."""
+               checkpoints: list[dict], provenance: dict | None = None) -> None:
+    """Write a trajectory piece atomically; ``provenance``: the code and data fingerprints
+    that made it (critperiods.provenance)."""
     torch_save_atomic(
         {"format": FORMAT, "config_hash": config_hash, "identity": identity,
-         "state": state, "checkpoints": checkpoints},
+         "state": state, "checkpoints": checkpoints, "provenance": provenance or {}},
         path,
     )
 
@@ -88,17 +89,22 @@ def load_piece(path: str | Path, expected_hash: str) -> dict:
 
 
 def save_resume(path: str | Path, *, config_hash: str, identity: dict, state: dict,
-                checkpoints: list[dict]) -> None:
+                checkpoints: list[dict], provenance: dict | None = None) -> None:
     """Write the resumable state of an unfinished job (never a declared output)."""
     torch_save_atomic(
         {"format": RESUME_FORMAT, "config_hash": config_hash, "identity": identity,
-         "state": state, "checkpoints": checkpoints},
+         "state": state, "checkpoints": checkpoints, "provenance": provenance or {}},
         path,
     )
 
 
-def load_resume(path: str | Path, config_hash: str, identity: dict) -> dict | None:
-    """The resumable state at ``path`` if it belongs to this very job, else None."""
+def load_resume(path: str | Path, config_hash: str, identity: dict,
+                provenance: dict | None = None) -> dict | None:
+    """The resumable state at ``path`` if it belongs to this very job, else None.
+
+    A state saved by other code or from other data (``provenance`` differs) is not resumed
+    from: a piece is made by one code version from start to end.
+    """
     if not Path(path).exists():
         return None
     try:
@@ -107,7 +113,19 @@ def load_resume(path: str | Path, config_hash: str, identity: dict) -> dict | No
         return None  # an unreadable resume file only costs the work since the job started
     if payload["config_hash"] != config_hash or payload["identity"] != identity:
         return None
+    if provenance is not None and payload.get("provenance", {}) != provenance:
+        return None
     return payload
+
+
+def read_provenance(path: str | Path) -> dict:
+    """The ``provenance`` a piece records (empty for pieces written before it existed),
+    read without loading its tensors into memory."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - every unpickling failure means the same
+        raise CheckpointError(f"{path}: cannot be read ({type(err).__name__}: {err})") from err
+    return dict(payload.get("provenance", {})) if isinstance(payload, dict) else {}
 
 
 def checkpoint_map(piece: dict) -> dict[int, dict[str, Any]]:

@@ -1,9 +1,16 @@
 """Datasets, the blur deficit, and the prepared tensors every stage trains on.
 
-``prepare`` reads a dataset once and caches sharp and blurred train/test images
-as uint8 tensors (plus labels and the normalisation statistics of the sharp
-training images) in one file. Training keeps these tensors resident on its
-device and builds batches by indexing, never through a per-sample DataLoader.
+``prepare_split`` reads one split of a dataset (train or test) and caches its sharp and
+blurred images as uint8 tensors with the labels, in one file per split; the training split
+also holds the normalisation statistics of its sharp images. Training reads only the
+training split, so a change to the test split never retrains. Training keeps these tensors
+resident on its device and builds batches by indexing, never through a per-sample DataLoader.
+
+Data are identified by content, not location:
+:func:`~critperiods.dataset_files.raw_identity` names the raw files of a split with their MD5
+sums (those torchvision publishes when the files are still to be downloaded, which its
+download verifies), and a prepared split records a fingerprint of the raw files, the subset
+indices and the blur (:func:`data_fingerprint`). Moving the data folder changes neither.
 
 The blur deficit follows Achille et al. (2019): downsample to
 ``blur_size × blur_size`` by area averaging and upsample back bilinearly.
@@ -12,6 +19,8 @@ The blur deficit follows Achille et al. (2019): downsample to
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,20 +29,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from critperiods.dataset_files import (  # noqa: F401 - DATASETS, SYSTEM_…: re-exported
+    DATASETS,
+    IDX_FILES,
+    SPLITS,
+    SYSTEM_FASHION_MNIST,
+    TORCHVISION_FOLDER,
+    check_name,
+    find_idx_folder,
+    idx_candidates,
+    raw_identity,
+)
+
 log = logging.getLogger(__name__)
 
-DATASETS = ("fashion_mnist", "mnist", "cifar10")
-#: Debian's ``dataset-fashion-mnist`` package puts the four IDX files here.
-SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-IDX_FILES = {
-    ("train", "images"): "train-images-idx3-ubyte.gz",
-    ("train", "labels"): "train-labels-idx1-ubyte.gz",
-    ("test", "images"): "t10k-images-idx3-ubyte.gz",
-    ("test", "labels"): "t10k-labels-idx1-ubyte.gz",
-}
 #: Seed of the fixed training subset; independent of run seeds so all runs share data.
 SUBSET_SEED = 0
-FORMAT = "critperiods-data/1"
+FORMAT = "critperiods-data/2"
 
 
 @dataclass
@@ -54,14 +66,21 @@ class Split:
 
 @dataclass
 class PreparedData:
-    """Everything training and evaluation need, as produced by :func:`prepare`."""
+    """Everything training and evaluation need: the training split with its normalisation
+    statistics, and the test split where a stage reads it (None where it does not)."""
 
     train: Split
-    test: Split
+    test: Split | None
     mean: torch.Tensor  # [C], of sharp training images scaled to [0, 1]
     std: torch.Tensor  # [C]
     num_classes: int
     meta: dict
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        """``{split: fingerprint}`` of the prepared splits this holds (see
+        :func:`data_fingerprint`); empty for data not prepared from files."""
+        return dict(self.meta.get("fingerprints", {}))
 
     @property
     def in_channels(self) -> int:
@@ -73,7 +92,7 @@ class PreparedData:
 
     def to(self, device: torch.device | str) -> PreparedData:
         return PreparedData(
-            self.train.to(device), self.test.to(device),
+            self.train.to(device), None if self.test is None else self.test.to(device),
             self.mean.to(device), self.std.to(device), self.num_classes, self.meta,
         )
 
@@ -121,23 +140,14 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(shape).copy()  # writable, detached from the file buffer
 
 
-def _find_idx_folder(candidates: list[Path]) -> Path | None:
-    for folder in candidates:
-        if all((folder / name).exists() for name in IDX_FILES.values()):
-            return folder
-    return None
-
-
-def _load_idx_dataset(name: str, root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _load_idx_dataset(name: str, root: Path,
+                      splits: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(Fashion-)MNIST from IDX files: ``root``, torchvision's folder, the Debian package.
 
     Downloads through torchvision only when no local copy exists.
     """
-    tv_folder = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}[name]
-    candidates = [root, root / tv_folder / "raw"]
-    if name == "fashion_mnist":
-        candidates.append(SYSTEM_FASHION_MNIST)
-    folder = _find_idx_folder(candidates)
+    candidates = idx_candidates(name, root)
+    folder = find_idx_folder(candidates)
     if folder is None:
         import torchvision
 
@@ -146,23 +156,23 @@ def _load_idx_dataset(name: str, root: Path) -> dict[str, tuple[np.ndarray, np.n
                "mnist": torchvision.datasets.MNIST}[name]
         cls(str(root), train=True, download=True)
         cls(str(root), train=False, download=True)
-        folder = root / tv_folder / "raw"
+        folder = root / TORCHVISION_FOLDER[name] / "raw"
     log.info("reading %s from %s", name, folder)
     return {
         split: (
             read_idx(folder / IDX_FILES[(split, "images")])[:, None],
             read_idx(folder / IDX_FILES[(split, "labels")]).astype(np.int64),
         )
-        for split in ("train", "test")
+        for split in splits
     }
 
 
-def _load_cifar10(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _load_cifar10(root: Path, splits: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """CIFAR-10 through torchvision (downloaded into ``root`` if absent)."""
     import torchvision
 
     out = {}
-    for split in ("train", "test"):
+    for split in splits:
         train = split == "train"
         try:
             ds = torchvision.datasets.CIFAR10(str(root), train=train, download=False)
@@ -173,14 +183,26 @@ def _load_cifar10(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def load_raw(name: str, root: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Return ``{"train": (images uint8 [N,C,H,W], labels), "test": (...)}``."""
-    if name not in DATASETS:
-        raise ValueError(f"dataset.name: unknown dataset {name!r}; choose one of {DATASETS}")
+def load_raw(name: str, root: str | Path,
+             splits: tuple[str, ...] = SPLITS) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Return ``{"train": (images uint8 [N,C,H,W], labels), "test": (...)}`` (the ``splits``
+    asked for)."""
+    check_name(name)
     root = Path(root)
     if name == "cifar10":
-        return _load_cifar10(root)
-    return _load_idx_dataset(name, root)
+        return _load_cifar10(root, splits)
+    return _load_idx_dataset(name, root, splits)
+
+
+def data_fingerprint(name: str, split: str, raw: dict[str, str], indices: torch.Tensor,
+                     blur_size: int) -> str:
+    """Fingerprint of a prepared split (12 hex digits): the raw files' sums, the indices of
+    the subset taken and the blur, so equal fingerprints mean equal tensors."""
+    head = json.dumps({"format": FORMAT, "dataset": name, "split": split, "raw": raw,
+                       "blur_size": blur_size}, sort_keys=True)
+    digest = hashlib.sha256(head.encode())
+    digest.update(indices.to(torch.int64).numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------- prepare
@@ -194,52 +216,105 @@ def _subset(n: int, size: int | None) -> torch.Tensor:
     return torch.randperm(n, generator=g)[:size].sort().values
 
 
-def _make_split(images: np.ndarray, labels: np.ndarray, size: int | None, blur_size: int) -> Split:
-    idx = _subset(len(images), size)
+def _make_split(images: np.ndarray, labels: np.ndarray, idx: torch.Tensor,
+                blur_size: int) -> Split:
     sharp = torch.from_numpy(images)[idx].contiguous()
     return Split(sharp, blur_uint8(sharp, blur_size), torch.from_numpy(labels)[idx].contiguous())
+
+
+@dataclass
+class PreparedSplit:
+    """One split as the ``prepare_data`` stage writes it: images, the number of classes, the
+    normalisation statistics (training split only) and ``meta``: dataset, split, subset,
+    blur_size, raw (file → MD5) and fingerprint."""
+
+    images: Split
+    num_classes: int
+    meta: dict
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+
+
+def prepare_split(name: str, root: str | Path, split: str, subset: int | None,
+                  blur_size: int, expected_raw: dict[str, str] | None = None) -> PreparedSplit:
+    """Load ``split`` of ``name`` and build its sharp/blurred tensors (and, for the training
+    split, the normalisation statistics).
+
+    ``expected_raw``: the raw identity the workflow planned with (:func:`raw_identity`); a
+    mismatch with the files read is an error, naming both.
+    """
+    images, labels = load_raw(name, root, (split,))[split]
+    raw = raw_identity(name, root, split)
+    if expected_raw is not None and raw != expected_raw:
+        raise ValueError(
+            f"dataset.root: the {split} files read from {root!r} ({raw}) are not those the "
+            f"workflow planned with ({expected_raw}); they changed meanwhile — run again")
+    idx = _subset(len(images), subset)
+    part = _make_split(images, labels, idx, blur_size)
+    meta = {"dataset": name, "split": split, "subset": subset, "blur_size": blur_size,
+            "raw": raw, "fingerprint": data_fingerprint(name, split, raw, idx, blur_size)}
+    prepared = PreparedSplit(part, int(labels.max()) + 1, meta)
+    if split == "train":
+        scaled = part.sharp.float().div(255.0)
+        prepared.mean, prepared.std = scaled.mean(dim=(0, 2, 3)), scaled.std(dim=(0, 2, 3))
+    return prepared
+
+
+def combine(train: PreparedSplit, test: PreparedSplit | None = None) -> PreparedData:
+    """The data a stage works on, from the training split and (if it reads it) the test
+    split; refuses splits of different datasets or blurs."""
+    if train.meta.get("split") != "train" or train.mean is None:
+        raise ValueError("combine: the first split must be the training split")
+    if test is not None:
+        for key in ("dataset", "blur_size"):
+            if test.meta.get(key) != train.meta.get(key):
+                raise ValueError(f"the prepared splits disagree on dataset.{key}: "
+                                 f"{train.meta.get(key)!r} (train) vs {test.meta.get(key)!r} "
+                                 "(test); delete results/<experiment>/data and rerun")
+    meta = {"dataset": train.meta["dataset"], "blur_size": train.meta["blur_size"],
+            "train_subset": train.meta["subset"],
+            "test_subset": None if test is None else test.meta["subset"],
+            "fingerprints": {"train": train.meta["fingerprint"],
+                             **({} if test is None else {"test": test.meta["fingerprint"]})}}
+    return PreparedData(train.images, None if test is None else test.images,
+                        train.mean, train.std, train.num_classes, meta)
 
 
 def prepare(
     name: str, root: str | Path, train_subset: int | None, test_subset: int | None,
     blur_size: int,
 ) -> PreparedData:
-    """Load ``name`` and build the sharp/blurred tensors and normalisation statistics."""
-    raw = load_raw(name, root)
-    train = _make_split(*raw["train"], train_subset, blur_size)
-    test = _make_split(*raw["test"], test_subset, blur_size)
-    scaled = train.sharp.float().div(255.0)
-    mean = scaled.mean(dim=(0, 2, 3))
-    std = scaled.std(dim=(0, 2, 3))
-    meta = {"dataset": name, "train_subset": train_subset, "test_subset": test_subset,
-            "blur_size": blur_size}
-    num_classes = int(max(raw["train"][1].max(), raw["test"][1].max())) + 1
-    return PreparedData(train, test, mean, std, num_classes, meta)
+    """Both splits of ``name`` prepared as the pipeline does (one :func:`prepare_split` each)."""
+    return combine(prepare_split(name, root, "train", train_subset, blur_size),
+                   prepare_split(name, root, "test", test_subset, blur_size))
 
 
-def save_prepared(data: PreparedData, path: str | Path) -> None:
-    """Write prepared tensors atomically (one file, loadable with ``weights_only``)."""
+def save_prepared(part: PreparedSplit, path: str | Path) -> None:
+    """Write a prepared split atomically (one file, loadable with ``weights_only``)."""
     from critperiods.files import torch_save_atomic
 
-    payload = {
-        "format": FORMAT, "meta": data.meta, "num_classes": data.num_classes,
-        "mean": data.mean, "std": data.std,
-        **{f"{s}_{k}": getattr(getattr(data, s), k)
-           for s in ("train", "test") for k in ("sharp", "blurred", "labels")},
-    }
+    payload = {"format": FORMAT, "meta": part.meta, "num_classes": part.num_classes,
+               "sharp": part.images.sharp, "blurred": part.images.blurred,
+               "labels": part.images.labels}
+    if part.mean is not None:
+        payload.update(mean=part.mean, std=part.std)
     torch_save_atomic(payload, path)
 
 
-def load_prepared(path: str | Path, device: torch.device | str = "cpu") -> PreparedData:
-    """Load what :func:`save_prepared` wrote, onto ``device``."""
+def load_split(path: str | Path) -> PreparedSplit:
+    """Read what :func:`save_prepared` wrote."""
     try:
         p = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
         raise ValueError(f"{path}: cannot read prepared data ({err}); delete it and rerun") from err
     if not isinstance(p, dict) or p.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a critperiods prepared-data file")
-    split = {s: Split(p[f"{s}_sharp"], p[f"{s}_blurred"], p[f"{s}_labels"])
-             for s in ("train", "test")}
-    data = PreparedData(split["train"], split["test"], p["mean"], p["std"],
-                        p["num_classes"], p["meta"])
-    return data.to(device)
+        raise ValueError(f"{path}: not a critperiods prepared-data file of format {FORMAT!r}; "
+                         "delete it and rerun")
+    return PreparedSplit(Split(p["sharp"], p["blurred"], p["labels"]), p["num_classes"],
+                         p["meta"], p.get("mean"), p.get("std"))
+
+
+def load_prepared(train: str | Path, test: str | Path | None = None,
+                  device: torch.device | str = "cpu") -> PreparedData:
+    """The prepared training split (and test split, when given), onto ``device``."""
+    return combine(load_split(train), None if test is None else load_split(test)).to(device)

@@ -99,6 +99,7 @@ def run_group(
     starts: Sequence[str | Path | None], outputs: Sequence[str | Path], own: int = 0,
     device: torch.device | str = "cpu", progress: bool = True,
     should_stop: Callable[[], bool] | None = None, fast: FastPath | None = None,
+    provenance: dict | None = None,
 ) -> None:
     """Write piece ``outputs[own]``, training the pieces of ``specs`` (same batch size,
     switch and end epoch; one seed each) together when there are several.
@@ -106,6 +107,8 @@ def run_group(
     ``starts[i]`` is the piece that ``specs[i]`` continues (None: from init). The group's
     first job (``own == 0``) hands the other pieces' finished states to their resume
     files; a later job of the group first looks for its hand-over (module docstring).
+    ``provenance`` (code and data fingerprints) is recorded in the pieces and resume files;
+    a resume file of other code or data is not resumed from.
     """
     if len(specs) > 1:
         specs = [replace(s, stack=tuple(x.seed for x in specs)) for s in specs]
@@ -114,12 +117,12 @@ def run_group(
                StackedTrainer(cfg, data, specs[0].batch_size, [s.seed for s in specs], device,
                               fast))
     checkpoints = _start(specs, trainer, starts, config_hash)
-    job = _GroupJob(specs, outputs, own, config_hash, trainer, checkpoints)
+    job = _GroupJob(specs, outputs, own, config_hash, trainer, checkpoints, provenance)
     handed = job.resumed[own]
     if own and _finished(handed, specs[own]):  # the group's first job trained it
         log.info("%s: trained by the job of seed %d (seeds_per_job); writing it",
                  specs[own].name, specs[0].seed)
-        _write(outputs[own], config_hash, job.identities[own], handed)
+        _write(outputs[own], config_hash, job.identities[own], handed, provenance)
         return
     job.resume_if_possible()
     spec = specs[own]
@@ -137,13 +140,14 @@ class _GroupJob:
 
     def __init__(self, specs: Sequence[PieceSpec], outputs: Sequence[str | Path], own: int,
                  config_hash: str, trainer: Trainer | StackedTrainer,
-                 checkpoints: list[list[dict]]) -> None:
+                 checkpoints: list[list[dict]], provenance: dict | None = None) -> None:
         self.specs, self.outputs, self.own, self.hash = specs, outputs, own, config_hash
+        self.provenance = provenance or {}
         self.trainer, self.checkpoints = trainer, checkpoints
         self.members = trainer.members()
         self.identities = [s.identity(trainer.epoch) for s in specs]
         self.resume_files = [resume_path_for(o) for o in outputs]
-        self.resumed = [ckpt.load_resume(f, config_hash, i)
+        self.resumed = [ckpt.load_resume(f, config_hash, i, self.provenance)
                         for f, i in zip(self.resume_files, self.identities, strict=True)]
 
     def resume_if_possible(self) -> None:
@@ -160,7 +164,7 @@ class _GroupJob:
         for i in range(len(self.specs)) if indices is None else indices:
             ckpt.save_resume(self.resume_files[i], config_hash=self.hash,
                              identity=self.identities[i], state=self.members[i].state(),
-                             checkpoints=self.checkpoints[i])
+                             checkpoints=self.checkpoints[i], provenance=self.provenance)
 
     def finish(self) -> None:
         """Write the piece; the first job of a group hands every sibling its state (even
@@ -175,7 +179,7 @@ class _GroupJob:
                 self.resume_files[i].unlink(missing_ok=True)
         ckpt.save_piece(self.outputs[own], config_hash=self.hash,
                         identity=self.identities[own], state=self.members[own].state(),
-                        checkpoints=self.checkpoints[own])
+                        checkpoints=self.checkpoints[own], provenance=self.provenance)
         self.resume_files[own].unlink(missing_ok=True)
 
 
@@ -217,8 +221,9 @@ def _finished(resumed: dict | None, spec: PieceSpec) -> bool:
             and int(resumed["state"]["batch_in_epoch"]) == 0)
 
 
-def _write(output: str | Path, config_hash: str, identity: dict, resumed: dict) -> None:
+def _write(output: str | Path, config_hash: str, identity: dict, resumed: dict,
+           provenance: dict | None = None) -> None:
     """Turn a finished resume file into the declared piece, then drop the resume file."""
     ckpt.save_piece(output, config_hash=config_hash, identity=identity, state=resumed["state"],
-                    checkpoints=resumed["checkpoints"])
+                    checkpoints=resumed["checkpoints"], provenance=provenance)
     resume_path_for(output).unlink()

@@ -5,6 +5,7 @@ from pathlib import Path
 from critperiods.analysis import to_csv
 from critperiods.cube import build_cube, write_netcdf
 from critperiods.files import write_atomic
+from critperiods.provenance import cube_attrs
 from critperiods.stage import setup
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
@@ -15,6 +16,8 @@ cube = build_cube(
     training=sm.params.training, config_yaml=sm.params.config_yaml,
     divergence_files=sm.input.get("divergence", []), analysis=sm.params.analysis,
 )
+cube.attrs.update(cube_attrs([*sm.input.metrics, *sm.input.get("llc", []),
+                              *sm.input.get("divergence", [])], sm.params.code))
 write_netcdf(cube, sm.output.cube)
 write_atomic(sm.output.summary, lambda tmp: to_csv(cube, tmp))
 write_atomic(sm.output.config, lambda tmp: Path(tmp).write_text(sm.params.config_yaml))

@@ -4,13 +4,16 @@ from critperiods.checkpoints import config_hash
 from critperiods.cube import write_netcdf
 from critperiods.data import load_prepared
 from critperiods.divergence import divergence_for_pieces
+from critperiods.provenance import piece_attrs
 from critperiods.stage import setup
 from critperiods.training import TrainConfig
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 device = setup(sm)
+data = load_prepared(sm.input.data, sm.input.test_data, device)
 result = divergence_for_pieces(
     sm.input.pieces, config_hash(sm.params.training), TrainConfig.from_params(sm.params.training),
-    load_prepared(sm.input.data, device), sm.params.divergence, device,
+    data, sm.params.divergence, device,
 )
+result.attrs.update(piece_attrs(sm.rule, sm.params.code, data.fingerprints, sm.input.pieces))
 write_netcdf(result, sm.output[0])

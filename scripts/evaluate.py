@@ -4,14 +4,17 @@ from critperiods.checkpoints import config_hash
 from critperiods.cube import write_netcdf
 from critperiods.data import load_prepared
 from critperiods.evaluation import evaluate_cell
+from critperiods.provenance import piece_attrs
 from critperiods.stage import setup
 from critperiods.training import TrainConfig
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 device = setup(sm)
+data = load_prepared(sm.input.data, sm.input.test_data, device)
 metrics = evaluate_cell(
     sm.input.pieces, config_hash(sm.params.training), TrainConfig.from_params(sm.params.training),
-    load_prepared(sm.input.data, device), sm.params.grid,
+    data, sm.params.grid,
     sm.params.evaluate["train_samples"], sm.params.evaluate["batch_size"], device,
 )
+metrics.attrs.update(piece_attrs(sm.rule, sm.params.code, data.fingerprints, sm.input.pieces))
 write_netcdf(metrics, sm.output[0])

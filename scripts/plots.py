@@ -14,5 +14,5 @@ cube = open_cube(sm.input[0])
 figures = {name: path for name, path in sm.output.items() if name in PLOTTERS}
 for name, path in figures.items():
     PLOTTERS[name](cube, path, dpi=sm.params.plots["dpi"])
-page = landing_page(cube, figures["critical_period"], Path(sm.params.description).read_text())
+page = landing_page(cube, figures["critical_period"], sm.params.description)
 write_atomic(sm.output.landing, lambda tmp: Path(tmp).write_text(page))

@@ -1,9 +1,17 @@
-"""Stage prepare_data: read the dataset once, cache sharp + blurred tensors."""
+"""Stage prepare_data: read one split of the dataset once, cache sharp + blurred tensors.
 
-from critperiods.data import prepare, save_prepared
+The files are found through ``dataset.root`` in the config, deliberately not through the
+params: the params hold what the data are (raw files' MD5 sums, subset, blur), so that
+pointing ``dataset.root`` at another folder with the same files reruns nothing.
+"""
+
+from critperiods.data import prepare_split, save_prepared
 from critperiods.stage import setup
 
-setup(snakemake)  # noqa: F821 - injected by Snakemake
-ds = snakemake.params.dataset  # noqa: F821
-data = prepare(ds["name"], ds["root"], ds["train_subset"], ds["test_subset"], ds["blur_size"])
-save_prepared(data, snakemake.output[0])  # noqa: F821
+sm = snakemake  # noqa: F821 - injected by Snakemake
+setup(sm)
+p = sm.params.data
+prepared = prepare_split(p["name"], sm.config["dataset"]["root"], p["split"], p["subset"],
+                         p["blur_size"], expected_raw=p["raw"])
+prepared.meta["code"] = sm.params.code
+save_prepared(prepared, sm.output[0])

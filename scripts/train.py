@@ -33,12 +33,13 @@ specs = [
 start = sm.input.start
 starts = ([start] if isinstance(start, str) else list(start)) or [None] * len(group)
 cfg = TrainConfig.from_params(sm.params.training, lr_schedule or "continue")
+data = load_prepared(sm.input.data, device=device)
 try:
     run_group(
-        specs, cfg, config_hash(sm.params.training),
-        load_prepared(sm.input.data, device), starts, sm.params.group_outputs,
+        specs, cfg, config_hash(sm.params.training), data, starts, sm.params.group_outputs,
         own=group.index(int(w["seed"])), device=device,
         fast=FastPath.from_params(sm.params.speed, device, cfg.model),
+        provenance={"code": sm.params.code, "data": data.fingerprints},
     )
 except Preempted as stop:
     print(f"preempted: {stop}; state saved, the retry resumes from it", file=sys.stderr)

@@ -46,3 +46,14 @@ def data() -> PreparedData:
 def cfg() -> TrainConfig:
     return TrainConfig(model="small_cnn", width=4, blur_size=4, lr=0.05, momentum=0.9,
                        weight_decay=5e-4, lr_decay=0.9, augmentation=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory):
+    """A finished run of the real Snakefile on tests/configs/tiny.yaml (every stage for
+    real), made once per session; tests only read it or dry-run against it."""
+    from tests.test_workflow import snakemake
+
+    workdir = tmp_path_factory.mktemp("tiny")
+    snakemake(workdir, "--cores", "2")
+    return workdir

@@ -8,6 +8,7 @@ import stat
 import pytest
 import torch
 
+from critperiods import checkpoints as ckpt
 from critperiods.checkpoints import CheckpointError, config_hash, load_piece, save_piece
 from critperiods.files import write_atomic
 from critperiods.plan import training_params
@@ -110,3 +111,13 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_piece(path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pieces_record_their_provenance_and_resume_only_from_the_same_code(tmp_path):
+    ckpt.save_piece(tmp_path / "p.pt", config_hash="h", identity={}, state={}, checkpoints=[],
+                    provenance={"code": "c1", "data": {"train": "d1"}})
+    assert ckpt.read_provenance(tmp_path / "p.pt") == {"code": "c1", "data": {"train": "d1"}}
+    ckpt.save_resume(tmp_path / "r.pt", config_hash="h", identity={"seed": 0}, state={},
+                     checkpoints=[], provenance={"code": "c1"})
+    assert ckpt.load_resume(tmp_path / "r.pt", "h", {"seed": 0}, {"code": "c1"}) is not None
+    assert ckpt.load_resume(tmp_path / "r.pt", "h", {"seed": 0}, {"code": "c2"}) is None

@@ -110,13 +110,75 @@ def test_blur_removes_high_frequencies_and_keeps_the_mean():
     assert D.blur(x, 8).equal(x)
 
 
-def test_prepared_data_roundtrip(tmp_path):
+def test_prepared_splits_roundtrip(tmp_path):
     fake_idx_folder(tmp_path / "src")
-    data = D.prepare("fashion_mnist", tmp_path / "src", None, None, 4)
-    D.save_prepared(data, tmp_path / "prepared.pt")
-    back = D.load_prepared(tmp_path / "prepared.pt")
-    assert torch.equal(back.train.blurred, data.train.blurred)
-    assert back.meta == data.meta
-    (tmp_path / "prepared.pt").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="prepared.pt: cannot read prepared data"):
-        D.load_prepared(tmp_path / "prepared.pt")
+    train = D.prepare_split("fashion_mnist", tmp_path / "src", "train", None, 4)
+    test = D.prepare_split("fashion_mnist", tmp_path / "src", "test", 7, 4)
+    D.save_prepared(train, tmp_path / "train.pt")
+    D.save_prepared(test, tmp_path / "test.pt")
+    back = D.load_prepared(tmp_path / "train.pt", tmp_path / "test.pt")
+    assert torch.equal(back.train.blurred, train.images.blurred)
+    assert torch.equal(back.test.sharp, test.images.sharp) and len(back.test.labels) == 7
+    assert back.fingerprints == {"train": train.meta["fingerprint"],
+                                 "test": test.meta["fingerprint"]}
+    alone = D.load_prepared(tmp_path / "train.pt")  # training reads the training split only
+    assert alone.test is None and alone.fingerprints == {"train": train.meta["fingerprint"]}
+    assert torch.equal(alone.mean, back.mean)
+    (tmp_path / "test.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="test.pt: cannot read prepared data"):
+        D.load_prepared(tmp_path / "train.pt", tmp_path / "test.pt")
+
+
+def test_prepare_equals_the_two_splits_prepared_alone(tmp_path):
+    fake_idx_folder(tmp_path)
+    both = D.prepare("fashion_mnist", tmp_path, 30, 10, 4)
+    train = D.prepare_split("fashion_mnist", tmp_path, "train", 30, 4)
+    assert torch.equal(both.train.blurred, train.images.blurred)
+    assert torch.equal(both.mean, train.mean) and both.num_classes == train.num_classes == 10
+
+
+def test_data_are_identified_by_content_not_location(tmp_path):
+    """The same files in another folder: the same identity and fingerprints; another subset
+    or blur: another fingerprint; a changed file: another identity."""
+    fake_idx_folder(tmp_path / "a")
+    fake_idx_folder(tmp_path / "b" / "FashionMNIST" / "raw")  # torchvision's layout
+    a = D.raw_identity("fashion_mnist", tmp_path / "a", "train")
+    b = D.raw_identity("fashion_mnist", tmp_path / "b", "train")
+    assert a == b and set(a) == {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"}
+    assert D.raw_identity("fashion_mnist", tmp_path / "a", "test") != a
+    fingerprint = D.prepare_split("fashion_mnist", tmp_path / "a", "train", 30, 4).meta[
+        "fingerprint"]
+    assert D.prepare_split("fashion_mnist", tmp_path / "b", "train", 30, 4).meta[
+        "fingerprint"] == fingerprint
+    assert D.prepare_split("fashion_mnist", tmp_path / "a", "train", 29, 4).meta[
+        "fingerprint"] != fingerprint
+    assert D.prepare_split("fashion_mnist", tmp_path / "a", "train", 30, 7).meta[
+        "fingerprint"] != fingerprint
+    fake_idx_folder(tmp_path / "a", n_train=41)
+    assert D.raw_identity("fashion_mnist", tmp_path / "a", "train") != a
+
+
+def test_data_still_to_download_are_identified_by_the_published_sums(tmp_path, monkeypatch):
+    """torchvision's download checks these sums, so the identity before and after a download
+    is the same; they are torchvision's own constants."""
+    from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
+
+    from critperiods import dataset_files
+
+    monkeypatch.setattr(dataset_files, "SYSTEM_FASHION_MNIST", tmp_path / "nowhere")
+    for name, cls in (("fashion_mnist", FashionMNIST), ("mnist", MNIST)):
+        published = dict(cls.resources)
+        for split in D.SPLITS:
+            identity = D.raw_identity(name, tmp_path, split)
+            assert identity == {f: published[f] for f in identity} and len(identity) == 2
+    assert D.raw_identity("cifar10", tmp_path, "train") == dict(CIFAR10.train_list)
+    assert D.raw_identity("cifar10", tmp_path, "test") == dict(CIFAR10.test_list)
+
+
+def test_files_unlike_the_planned_ones_are_refused(tmp_path):
+    fake_idx_folder(tmp_path)
+    planned = D.raw_identity("fashion_mnist", tmp_path, "train")
+    fake_idx_folder(tmp_path, n_train=41)
+    with pytest.raises(ValueError, match="dataset.root: the train files read from .* are not "
+                                         "those the workflow planned with"):
+        D.prepare_split("fashion_mnist", tmp_path, "train", None, 4, expected_raw=planned)

@@ -21,9 +21,10 @@ TINY = ROOT / "tests/configs/tiny.yaml"
 pytestmark = pytest.mark.workflow
 
 
-def snakemake(workdir: Path, *args: str, configs: list[Path] = ()) -> str:
-    """Run the CLI in ``workdir``; return its output, failing loudly on error."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+def snakemake(workdir: Path, *args: str, configs: list[Path] = (), repo: Path = ROOT) -> str:
+    """Run the CLI of the Snakefile in ``repo`` in ``workdir``; return its output, failing
+    loudly on error."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(workdir),
            "--configfile", str(ROOT / "config.yaml"), str(TINY), *map(str, configs), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
@@ -45,11 +46,10 @@ def override(tmp: Path, name: str, text: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("tiny")
-    snakemake(workdir, "--cores", "2")
-    return workdir
+@pytest.fixture
+def run(tiny_run) -> Path:
+    """The finished tiny run (conftest.tiny_run), shared with the invalidation tests."""
+    return tiny_run
 
 
 def test_cube_has_design_dims_and_no_nan_where_runs_exist(run):

@@ -5,6 +5,8 @@ import os
 import yaml
 
 from critperiods import plan
+from critperiods.dataset_files import raw_identity
+from critperiods.fingerprint import Fingerprints
 from critperiods.report_page import FIGURES
 
 with open(os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")) as f:
@@ -15,7 +17,9 @@ config.clear()
 config.update(_ordered)
 
 RESULTS = f"{config['results_dir']}/{config['experiment']}"
-DATA = f"{RESULTS}/data/prepared.pt"
+DATA = f"{RESULTS}/data/{{split}}.pt"  # one file per split: training never reads the test set
+TRAIN_DATA = DATA.format(split="train")
+TEST_DATA = DATA.format(split="test")
 RUN = os.path.join(RESULTS, "runs", "bs{batch_size}", "seed{seed}")
 TRUNK = os.path.join(RUN, "trunk", "e{epoch}.pt")
 BRANCH = os.path.join(RUN, "{lr_schedule}", "switch{switch_epoch}.pt")
@@ -33,6 +37,11 @@ GRID = config["grid"]
 TRAINING = plan.training_params(config)  # what shapes trajectories; checkpoints carry its hash
 THREADS = config["train"]["threads"]
 SPEED = {k: config["train"][k] for k in ("fast_path", "compile", "deterministic")}
+# What an llc job's estimates depend on. Which pieces and checkpoints get one (enabled,
+# switch_epochs, every, first_epoch, epochs) reaches a job through the DAG and its `epochs`
+# param: changing the selection reruns only the pieces whose selection changes.
+LLC_SAMPLER = {k: v for k, v in config["llc"].items()
+               if k not in ("enabled", "switch_epochs", "every", "first_epoch", "epochs")}
 
 
 wildcard_constraints:
@@ -43,6 +52,18 @@ wildcard_constraints:
     lr_schedule="|".join(plan.LR_SCHEDULES),
     run=r"bs\d+/seed\d+",
     piece=rf"trunk|({'|'.join(plan.LR_SCHEDULES)})/switch\d+",
+    split=r"train|test",
+
+
+def get_data_identity(wildcards):
+    """What a prepared split is made of, as the params of its job: the dataset, the subset
+    size, the blur and the raw files' MD5 sums — never ``dataset.root``, so moving the data
+    folder reruns nothing, while other files (or other subsets) rerun the split and what
+    reads it. The script finds the files through ``dataset.root`` in the config."""
+    ds = config["dataset"]
+    split = wildcards.split
+    return {"name": ds["name"], "split": split, "subset": ds[f"{split}_subset"],
+            "blur_size": ds["blur_size"], "raw": raw_identity(ds["name"], ds["root"], split)}
 
 
 def runs():
@@ -148,10 +169,13 @@ def get_cube_inputs():
 
 
 def config_yaml():
-    """The config recorded in the cube: everything but plot options (plots rerun alone)
-    and cluster time limits (which never change a result)."""
-    return yaml.safe_dump({k: v for k, v in config.items() if k not in ("plots", "runtime")},
-                          sort_keys=False)
+    """The config recorded in the cube: everything but plot options (plots rerun alone),
+    cluster time limits (which never change a result) and where the data are read from
+    (the data's fingerprints are in the cube's provenance instead: moving the data folder
+    reruns nothing)."""
+    recorded = {k: v for k, v in config.items() if k not in ("plots", "runtime")}
+    recorded["dataset"] = {k: v for k, v in config["dataset"].items() if k != "root"}
+    return yaml.safe_dump(recorded, sort_keys=False)
 
 
 def runtime_minutes(units, per_unit):
@@ -179,6 +203,14 @@ def report_landing_page():
     return landing if os.path.exists(landing) else "workflow/report/workflow.rst"
 
 
+def report_description():
+    """The workflow's static description (workflow/report/workflow.rst), as text: the plots
+    param holds its content, not its path, so a copy or move of the repository reruns
+    nothing while an edit of the description reruns plots."""
+    with open(os.path.join(workflow.basedir, "workflow/report/workflow.rst")) as f:
+        return f.read()
+
+
 REPORT_FIGURES = FIGURES  # file stem → (category, label), in reading order
 
 
@@ -193,3 +225,19 @@ if config["llc"]["enabled"]:
 if config["divergence"]["enabled"]:
     PLOT_FILES["divergence"] = f"{PLOTS}/divergence.png"
     PLOT_FILES["divergence_final"] = f"{PLOTS}/divergence_final.png"
+
+
+CODE = Fingerprints(workflow.basedir)
+
+
+def add_code_params(all_rules):
+    """Give each script-running rule a ``code`` param, the fingerprint of the script and
+    of every critperiods module (and file such as max_pool2.c) it can import
+    (critperiods.fingerprint). The params trigger then reruns a rule when code it runs
+    changes, and only then: comments, docstrings and layout do not count (nor, with the
+    workflow profile profiles/default, the script's modification time). Called once all
+    rules are defined, so that no rule can be left without one."""
+    for each in all_rules:
+        if each.script:
+            script = os.path.normpath(os.path.join(os.path.dirname(each.snakefile), each.script))
+            each.set_params(code=CODE.stage(script))

@@ -1,6 +1,7 @@
 rule divergence:
     input:
-        data=DATA,
+        data=TRAIN_DATA,
+        test_data=TEST_DATA,
         pieces=get_divergence_inputs,
     output:
         DIVERGENCE,

@@ -1,6 +1,7 @@
 rule evaluate:
     input:
-        data=DATA,
+        data=TRAIN_DATA,
+        test_data=TEST_DATA,
         pieces=get_cell_pieces,
     output:
         CELL_METRICS,

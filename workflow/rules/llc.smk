@@ -1,12 +1,12 @@
 rule llc:
     input:
-        data=DATA,
+        data=TRAIN_DATA,
         pieces=get_piece_files,
     output:
         f"{PIECE}.llc.nc",
     params:
         training=TRAINING,
-        llc=config["llc"],
+        llc=LLC_SAMPLER,
         epochs=get_llc_epochs,
         device=config["device"],
     threads: THREADS

@@ -11,7 +11,7 @@ rule plots:
         landing=LANDING,
     params:
         plots=config["plots"],
-        description=os.path.join(workflow.basedir, "workflow/report/workflow.rst"),
+        description=report_description(),
     log:
         f"{LOGS}/plots.log",
     script:

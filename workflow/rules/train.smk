@@ -3,7 +3,7 @@
 # (their jobs wait for it: see get_group_first and critperiods.trajectories).
 rule train_trunk:
     input:
-        data=DATA,
+        data=TRAIN_DATA,
         start=get_trunk_starts,
         first=get_group_first(TRUNK),
     output:
@@ -28,7 +28,7 @@ rule train_trunk:
 
 rule train_branch:
     input:
-        data=DATA,
+        data=TRAIN_DATA,
         start=group_paths(TRUNK.replace("{epoch}", "{switch_epoch}")),
         first=get_group_first(BRANCH),
     output:
