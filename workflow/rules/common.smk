@@ -148,9 +148,10 @@ def get_cube_inputs():
 
 
 def config_yaml():
-    """The config recorded in the cube: everything but plot options (plots rerun alone)
-    and cluster time limits (which never change a result)."""
-    return yaml.safe_dump({k: v for k, v in config.items() if k not in ("plots", "runtime")},
+    """The config recorded in the cube: everything but plot options (plots rerun alone),
+    cluster time limits (which never change a result) and the toy study's keys."""
+    return yaml.safe_dump({k: v for k, v in config.items()
+                           if k not in ("plots", "runtime", "study", "toy")},
                           sort_keys=False)
 
 
@@ -169,6 +170,8 @@ def runtime_minutes(units, per_unit):
 
 
 def get_final_outputs():
+    if config["study"] == "toy_landscapes":
+        return get_toy_outputs()  # workflow/rules/toy.smk
     return [CUBE, SUMMARY, *PLOT_FILES.values(), LANDING]
 
 
