@@ -92,6 +92,9 @@ ATTRS = {
     "llc_at_critical_point": ("local learning coefficient at w* = 0, mean over chains", "1"),
     "llc_at_critical_point_std": ("local learning coefficient at w* = 0, std over chains", "1"),
     "learning_coefficient": ("exact learning coefficient of w* = 0", "1"),
+    "llc_finite_nbeta_target": ("expected n beta (L - L(w*)) under the localised tempered "
+                                "posterior of the population loss at the sampler's n beta and "
+                                "gamma: the value the LLC estimator converges to", "1"),
     "learning_coefficient_multiplicity": ("multiplicity of the exact learning coefficient",
                                           "1"),
 }
@@ -164,6 +167,7 @@ def summary_table(cube: xr.Dataset) -> pd.DataFrame:
             "landscape": _name(kind, k1, k2),
             "lambda": exact,
             "m": int(c.learning_coefficient_multiplicity),
+            "target": float(c.llc_finite_nbeta_target),
             "llc_at_w*": float(c.llc_at_critical_point),
             "llc_at_end": llc_end,
             "llc_end_err_%": 100 * (llc_end - exact) / exact,

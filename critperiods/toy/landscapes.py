@@ -33,7 +33,11 @@ from functools import cached_property
 import torch
 from torch import Tensor, nn
 
-from critperiods.learning_coefficients import normal_crossing_lc, normal_crossing_multiplicity
+from critperiods.learning_coefficients import (
+    normal_crossing_lc,
+    normal_crossing_multiplicity,
+    normal_crossing_tempered_mean,
+)
 
 KINDS = ("line", "sum", "product")
 _NAME = re.compile(r"^(?P<kind>line|sum|product)_k(?P<k1>\d+)(?:-(?P<k2>\d+))?$")
@@ -141,6 +145,21 @@ class Landscape:
         """Multiplicity of λ: 2 for a product with ``k1 = k2``, else 1."""
         return normal_crossing_multiplicity((self.k1, self.k2)) if self.kind == "product" else 1
 
+    def tempered_target(self, nbeta: float, gamma: float) -> float:
+        """What the λ̂ estimator converges to at finite ``nbeta``: ``E[nβ (L − L(w*))]`` under
+        ``exp(−nβ (L − L(w*)) − γ |w|² / 2)``, ``L`` the population loss.
+
+        Equal to λ for ``line`` and ``sum`` without localisation (``γ = 0``: ``nβ ½ w^(2k)``
+        has mean ``1/(2k)`` at any ``nβ``); a product's tends to λ only like
+        ``λ − (m − 1) / log nβ`` and is computed by 2-d quadrature
+        (``normal_crossing_tempered_mean``; NaN at ``γ = 0``, where it is not normalisable).
+        """
+        if self.kind == "product":
+            if gamma <= 0:
+                return float("nan")
+            return normal_crossing_tempered_mean((self.k1, self.k2), nbeta / 2, gamma)
+        return sum(_monomial_tempered_mean(k, nbeta, gamma) for k in self.degrees)
+
     @property
     def gradient_flow_exponent(self) -> float:
         """``p`` in ``T(ε) ∝ ε^(−p)``: the time gradient flow from a point ``(a, a)`` on the
@@ -155,6 +174,23 @@ class Landscape:
         if self.kind == "product" and self.k1 == self.k2:
             return 1.0 - 1.0 / (self.k1 + self.k2)
         return 1.0 - 1.0 / max(self.degrees)
+
+
+def _monomial_tempered_mean(k: int, nbeta: float, gamma: float) -> float:
+    """``E[nβ ½ w^(2k)]`` under ``exp(−nβ ½ w^(2k) − γ w² / 2)`` (1-d quadrature)."""
+    from scipy import integrate
+
+    scale = (2.0 / nbeta) ** (1.0 / (2 * k))  # where nβ ½ w^(2k) = 1
+
+    def moment(power: int) -> float:
+        def f(w: float) -> float:
+            energy = 0.5 * nbeta * w ** (2 * k)
+            return energy**power * math.exp(-energy - 0.5 * gamma * w * w)
+
+        return sum(integrate.quad(f, a, b, limit=200)[0]
+                   for a, b in ((0, scale), (scale, 10 * scale), (10 * scale, math.inf)))
+
+    return moment(1) / moment(0)
 
 
 def _dpow(w: Tensor, k: int, order: int) -> Tensor:
@@ -229,7 +265,11 @@ def empirical_loss(landscape: Landscape, data: RegressionData, w: Tensor) -> Ten
 
 def excess_loss(landscape: Landscape, data: RegressionData, w: Tensor) -> Tensor:
     """``L_n(w) − L_n(w*)`` with ``w* = 0``: ``½ uᵀ S u − sᵀ u``."""
-    u = landscape.features(w)
+    return excess_from_features(data, landscape.features(w))
+
+
+def excess_from_features(data: RegressionData, u: Tensor) -> Tensor:
+    """:func:`excess_loss` from the features ``u = u(w)``."""
     return 0.5 * ((u @ data.second_moment) * u).sum(-1) - u @ data.cross_moment
 
 
@@ -253,4 +293,4 @@ def squared_error(out: Tensor, target: Tensor) -> Tensor:
 
 
 __all__ = ["KINDS", "Landscape", "RegressionData", "ToyModel", "empirical_loss",
-           "excess_loss", "make_data", "squared_error"]
+           "excess_from_features", "excess_loss", "make_data", "squared_error"]

@@ -244,6 +244,7 @@ def measure_landscape(landscape: Landscape, params: ToyParams,
     centre = np.full(2, np.nan)
     centre[:dim] = near_centre(landscape, params)
     star = llc_at(landscape, data, np.zeros(dim), params.llc, f"{landscape.name} at w*")
+    llc_nbeta = params.llc["nbeta"] or data.n / math.log(data.n)
     ds = xr.Dataset(
         {
             "endpoint": (cellwise + ("start", "trajectory", "weight"), ends),
@@ -282,6 +283,8 @@ def measure_landscape(landscape: Landscape, params: ToyParams,
             "llc_at_critical_point": ((), star[0]),
             "llc_at_critical_point_std": ((), star[1]),
             "learning_coefficient": ((), landscape.learning_coefficient),
+            "llc_finite_nbeta_target": ((), landscape.tempered_target(llc_nbeta,
+                                                                      params.llc["gamma"])),
             "learning_coefficient_multiplicity": ((), landscape.multiplicity),
         },
         coords={
@@ -295,7 +298,7 @@ def measure_landscape(landscape: Landscape, params: ToyParams,
         },
     )
     ds = ds.assign_coords(w1_grid=ds.w_grid.values, w2_grid=ds.w_grid.values)
-    ds.attrs["llc_nbeta"] = params.llc["nbeta"] or data.n / math.log(data.n)
+    ds.attrs["llc_nbeta"] = llc_nbeta
     return ds
 
 
