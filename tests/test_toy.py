@@ -22,7 +22,7 @@ from critperiods.toy.landscapes import (
 )
 from critperiods.toy.measure import convergence_exponent, escape_shares, llc_at
 from critperiods.toy.plan import check_toy_config, job_params, landscapes
-from critperiods.toy.sgd import run_sgd
+from critperiods.toy.sgd import minibatch_gradient, run_sgd
 
 SOME = ["line_k1", "line_k3", "sum_k1-1", "sum_k2-3", "product_k1-1", "product_k1-2",
         "product_k3-2"]
@@ -76,6 +76,21 @@ def test_population_loss_has_the_stated_form_near_w_star():
         assert float(excess_loss(land, data, w[:, : land.dim])) == pytest.approx(expected)
 
 
+def test_finite_temperature_target_of_the_estimator():
+    """Without localisation a monomial's E[nβ ½ w^(2k)] is 1/(2k) at any nβ; products stay
+    below λ (multiplicity 2: far below) at the pipeline's nβ = n / ln n."""
+    for name in ("line_k1", "line_k3", "sum_k1-2"):
+        land = Landscape.parse(name)
+        assert land.tempered_target(50.0, 0.0) == pytest.approx(land.learning_coefficient,
+                                                                 rel=1e-6)
+        assert land.tempered_target(50.0, 1.0) < land.learning_coefficient
+    nbeta = 1000 / math.log(1000)
+    assert Landscape.parse("product_k1-2").tempered_target(nbeta, 1.0) == pytest.approx(
+        0.202, abs=0.002)
+    assert Landscape.parse("product_k1-1").tempered_target(nbeta, 1.0) < 0.75 * 0.5
+    assert math.isnan(Landscape.parse("product_k1-1").tempered_target(nbeta, 0.0))
+
+
 def test_exact_learning_coefficients():
     assert Landscape.parse("line_k3").learning_coefficient == pytest.approx(1 / 6)
     assert Landscape.parse("sum_k1-2").learning_coefficient == pytest.approx(0.75)
@@ -96,6 +111,20 @@ def test_orthogonal_noise_puts_the_empirical_minimum_at_w_star():
 
 
 # -- SGD --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SOME)
+def test_minibatch_gradient_is_the_gradient_of_the_minibatch_loss(name):
+    land = Landscape.parse(name)
+    data = make_data(land, 40, 1.0, 2)
+    w = torch.randn(6, land.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    batches = torch.randint(40, (6, 5), generator=torch.Generator().manual_seed(1))
+    moments = data.per_sample_moments()[batches].mean(1)
+    for i in range(6):
+        xb, yb = data.x[batches[i]], data.y[batches[i]]
+        grad = torch.func.grad(lambda v: squared_error(xb @ land.features(v), yb))(w[i])
+        assert torch.allclose(minibatch_gradient(land, w[i : i + 1], moments[i : i + 1])[0],
+                              grad)
 
 
 def test_sgd_is_deterministic_given_the_seed():
@@ -262,17 +291,18 @@ def test_fit_proportionality_is_exact_for_proportional_matrices():
 
 # -- λ̂ against the exact coefficient ----------------------------------------------------------
 
-LLC_TOLERANCE = 0.15  # relative; chain noise at these settings is ~4 %
+LLC_TOLERANCE = 0.15  # relative: ~5 % chain noise, ≤ 7 % discretisation and localisation
 
 
 @pytest.mark.parametrize("name", ["line_k1", "line_k2", "sum_k1-1", "sum_k1-2"])
 def test_exact_learning_coefficient_matches_the_estimator(name):
-    """λ̂ at w* by critperiods.llc.estimate_llc (nβ = n / ln n, 4 chains × 1500 draws) is
-    within 15 % of the exact λ.  For these separable, multiplicity-1 landscapes the
-    finite-nβ target E[nβ (L_n − L_n(w*))] equals λ up to the localisation and S ≠ I."""
+    """λ̂ at w* by critperiods.llc.estimate_llc (nβ = n / ln n, 4 chains × 1500 draws, the
+    study's defaults) is within 15 % of the exact λ.  For these separable, multiplicity-1
+    landscapes the finite-nβ target equals λ up to the localisation (−1 to −4 %), and the
+    SGLD step adds about step·nβ/4 = +7 % on a regular coordinate."""
     land = Landscape.parse(name)
     data = make_data(land, 1000, 1.0, 0)
-    llc = dict(chains=4, draws=1500, burn_in=200, step_size=3e-3, gamma=1.0, nbeta=None,
+    llc = dict(chains=4, draws=1500, burn_in=300, step_size=2e-3, gamma=1.0, nbeta=None,
                batch_size=None, seed=0)
     mean, std = llc_at(land, data, np.zeros(land.dim), llc, name)
     assert mean == pytest.approx(land.learning_coefficient, rel=LLC_TOLERANCE), (mean, std)

@@ -105,8 +105,11 @@ def escape(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         ax.invert_yaxis()
         ax.set_xlabel("share of runs")
         ax.set_title(f"lr {lr:g}, batch {batch}", fontsize=9)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    _save(fig, path, dpi)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    plt.close(fig)
 
 
 def endpoints_over_posterior(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
@@ -125,8 +128,9 @@ def endpoints_over_posterior(cube: xr.Dataset, path: str | Path, dpi: int = 110)
             f"{float(v):.3f}" for v in cell.posterior_w1_distance.values[: land.dim])
         if land.dim == 2:
             density = cell.posterior_density.values.T
-            ax.pcolormesh(c.w1_grid, c.w2_grid, np.log10(np.maximum(density, 1e-6)),
-                          cmap="Greys", shading="auto", vmin=-3)
+            relative = np.log10(np.maximum(density / np.nanmax(density), 1e-12))
+            ax.pcolormesh(c.w1_grid, c.w2_grid, relative, cmap="Greys", shading="auto",
+                          vmin=-4, vmax=0)
             pts = ends[:500]
             ax.scatter(pts[:, 0], pts[:, 1], s=2, color="C3", alpha=0.6)
             ax.set_xlim(c.w_grid.values[0], c.w_grid.values[-1])
@@ -185,13 +189,16 @@ def noise_vs_hessian(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
 
 
 def llc_vs_exact(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
-    """λ̂ at ``w*`` and at far-start SGD endpoints (every cell) against the exact λ."""
+    """λ̂ at ``w*`` and at far-start SGD endpoints (every cell) against the exact λ, with
+    the value the estimator converges to at its finite nβ (black bars)."""
     fig, ax = plt.subplots(figsize=(6.0, 5.0))
     for land, c in _landscapes(cube):
         exact = float(c.learning_coefficient)
         colour = KIND_COLOURS[land.kind]
         ends = c.llc_mean.values.ravel()
         ax.scatter(np.full_like(ends, exact), ends, s=12, color=colour, alpha=0.6)
+        ax.scatter([exact], [float(c.llc_finite_nbeta_target)], marker="_", s=200,
+                   color="k", zorder=3)
         ax.errorbar(exact, float(c.llc_at_critical_point),
                     yerr=float(c.llc_at_critical_point_std), marker="s", color=colour,
                     mec="k", capsize=2)
@@ -204,6 +211,7 @@ def llc_vs_exact(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
             ax.scatter([], [], color=colour, label=kind)
     ax.scatter([], [], marker="s", color="w", edgecolor="k", label="at w* (± std over chains)")
     ax.scatter([], [], color="0.5", s=12, label="at SGD endpoints")
+    ax.scatter([], [], marker="_", s=200, color="k", label="finite-nβ target")
     ax.set_xlabel("exact learning coefficient λ")
     ax.set_ylabel("λ̂ (critperiods.llc.estimate_llc)")
     ax.grid(alpha=0.3)
