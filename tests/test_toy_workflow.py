@@ -69,7 +69,7 @@ def test_toy_cube_has_the_swept_dims_and_self_describing_variables(run):
         cell = cube.sel(landscape=landscape, k1=k1, k2=k2)
         assert np.isfinite(cell.llc_at_critical_point)
         assert cell.posterior_w1_distance.sel(weight="w1").notnull().all()
-        assert (cell.escape_fraction.sum("escape") == pytest.approx(1.0))
+        assert np.allclose(cell.escape_fraction.sum("escape"), 1.0)
 
 
 def test_toy_plots_and_summary_exist(run, capsys):
@@ -88,16 +88,15 @@ def test_toy_study_builds_nothing_of_the_critical_period_study(run):
 
 
 def test_toy_changes_rerun_only_what_they_invalidate(run, tmp_path):
+    """Nothing is left to do; adding a landscape (and a plot option) plans that landscape's
+    job, the cube and the plots, never the other landscapes."""
     assert "Nothing to be done" in snakemake(run, "-n")
     more = tmp_path / "more.yaml"
     more.write_text("toy:\n  landscapes:\n    line: [2, 3]\n    sum: [[1, 2]]\n"
                     "    product: [[1, 1]]\nplots:\n  dpi: 40\n")
-    rules = planned_rules(snakemake(run, "-n", configs=[more]))
-    assert sorted(rules) == ["all", "toy_cube", "toy_landscape", "toy_plots"], rules
-    sgd = tmp_path / "sgd.yaml"
-    sgd.write_text("toy:\n  sgd:\n    steps: 301\n")
-    rules = planned_rules(snakemake(run, "-n", configs=[sgd]))
-    assert rules.count("toy_landscape") == 3 and "toy_cube" in rules
+    out = snakemake(run, "-n", configs=[more])
+    assert sorted(planned_rules(out)) == ["all", "toy_cube", "toy_landscape", "toy_plots"], out
+    assert "landscapes/line_k3.nc" in out
 
 
 def test_report_has_the_toy_section(run):
