@@ -120,9 +120,11 @@ def test_minibatch_gradient_is_the_gradient_of_the_minibatch_loss(name):
     w = torch.randn(6, land.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     batches = torch.randint(40, (6, 5), generator=torch.Generator().manual_seed(1))
     moments = data.per_sample_moments()[batches].mean(1)
+    def batch_loss(v, xb, yb):
+        return squared_error(xb @ land.features(v), yb)
+
     for i in range(6):
-        xb, yb = data.x[batches[i]], data.y[batches[i]]
-        grad = torch.func.grad(lambda v: squared_error(xb @ land.features(v), yb))(w[i])
+        grad = torch.func.grad(batch_loss)(w[i], data.x[batches[i]], data.y[batches[i]])
         assert torch.allclose(minibatch_gradient(land, w[i : i + 1], moments[i : i + 1])[0],
                               grad)
 
