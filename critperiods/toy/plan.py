@@ -28,6 +28,11 @@ def landscapes(toy: dict[str, Any]) -> list[Landscape]:
     return out
 
 
+def piece_paths(toy: dict[str, Any], pattern: str) -> list[str]:
+    """``pattern`` (with a ``{landscape}`` field) for every configured landscape."""
+    return [pattern.format(landscape=land.name) for land in landscapes(toy)]
+
+
 def job_params(toy: dict[str, Any]) -> dict[str, Any]:
     """What a landscape job reads: every ``toy`` section but the list of landscapes, so
     adding a landscape never reruns the others."""
@@ -61,4 +66,5 @@ def record(config: dict[str, Any]) -> str:
                           sort_keys=False)
 
 
-__all__ = ["JOB_SECTIONS", "check_toy_config", "job_params", "landscapes", "record"]
+__all__ = ["JOB_SECTIONS", "check_toy_config", "job_params", "landscapes", "piece_paths",
+           "record"]

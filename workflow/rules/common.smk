@@ -171,7 +171,7 @@ def runtime_minutes(units, per_unit):
 
 def get_final_outputs():
     if config["study"] == "toy_landscapes":
-        return get_toy_outputs()  # workflow/rules/toy.smk
+        return TOY_OUTPUTS  # workflow/rules/toy.smk
     return [CUBE, SUMMARY, *PLOT_FILES.values(), LANDING]
 
 

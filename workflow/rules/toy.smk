@@ -9,6 +9,7 @@ TOY_CUBE = f"{RESULTS}/toy_cube.nc"
 TOY_SUMMARY = f"{RESULTS}/toy_summary.csv"
 TOY_PLOTS = {name: f"{PLOTS}/{name}.png" for name in
              ("toy_convergence", "toy_escape", "toy_posterior", "toy_noise_hessian", "toy_llc")}
+TOY_OUTPUTS = [TOY_CUBE, TOY_SUMMARY, *TOY_PLOTS.values()]  # the study's targets
 
 
 localrules:
@@ -18,14 +19,6 @@ localrules:
 
 wildcard_constraints:
     landscape=r"line_k\d+|(sum|product)_k\d+-\d+",
-
-
-def get_toy_pieces():
-    return [TOY_PIECE.format(landscape=land.name) for land in toy_plan.landscapes(TOY)]
-
-
-def get_toy_outputs():
-    return [TOY_CUBE, TOY_SUMMARY, *TOY_PLOTS.values()]
 
 
 rule toy_landscape:
@@ -41,7 +34,7 @@ rule toy_landscape:
 
 rule toy_cube:
     input:
-        get_toy_pieces(),
+        toy_plan.piece_paths(TOY, TOY_PIECE),
     output:
         cube=TOY_CUBE,
         summary=report(TOY_SUMMARY, caption="../report/toy_summary.rst",
