@@ -72,6 +72,13 @@ def test_toy_cube_has_the_swept_dims_and_self_describing_variables(run):
         assert np.allclose(cell.escape_fraction.sum("escape"), 1.0)
 
 
+def test_every_unit_of_the_toy_cube_parses_in_udunits(run):
+    cf_units = pytest.importorskip("cf_units")
+    cube = critperiods.open_cube(run / RESULTS / "toy_cube.nc")
+    for name in cube.data_vars:
+        cf_units.Unit(cube[name].attrs["units"])  # raises ValueError if UDUNITS cannot parse it
+
+
 def test_toy_plots_and_summary_exist(run, capsys):
     for name in PLOTS:
         assert (run / RESULTS / f"plots/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
