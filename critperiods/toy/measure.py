@@ -24,12 +24,12 @@ results as they were.
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import xarray as xr
 
@@ -43,8 +43,6 @@ from critperiods.toy.landscapes import (
     squared_error,
 )
 from critperiods.toy.sgd import run_sgd
-
-log = logging.getLogger(__name__)
 
 STARTS = ("far", "near", "prior")
 ESCAPES = ("w1", "w2", "both", "none")  # which coordinates moved more than escape.radius
@@ -140,8 +138,15 @@ def llc_at(landscape: Landscape, data: RegressionData, point: np.ndarray,
     return res.llc_mean, res.llc_std
 
 
+def _pad_weights(values: np.ndarray, *axes: int) -> np.ndarray:
+    """``values`` with each of ``axes`` (a weight axis) padded with NaN to both weights."""
+    values = np.asarray(values, float)
+    widths = [(0, len(WEIGHTS) - values.shape[a] if a in axes else 0) for a in range(values.ndim)]
+    return np.pad(values, widths, constant_values=np.nan)
+
+
 def _cell(landscape: Landscape, data: RegressionData, params: ToyParams, lr: float,
-          batch: int, progress: bool) -> dict[str, Any]:
+          batch: int, progress: bool) -> xr.Dataset:
     """Run and measure one (learning rate, batch size) cell."""
     sgd, count = params.sgd, params.sgd["trajectories"]
     seed = cell_seed(sgd["seed"], landscape.name, lr, batch)
@@ -151,49 +156,68 @@ def _cell(landscape: Landscape, data: RegressionData, params: ToyParams, lr: flo
     ends = result.endpoints.numpy().reshape(len(STARTS), count, landscape.dim)
     diverged = result.diverged.numpy().reshape(len(STARTS), count)
     quartiles, reached = hitting_quartiles(result.hitting_steps.numpy())
+    centre = near_centre(landscape, params)
 
     post_cfg = params.posterior
     nbeta = post_cfg["nbeta"] or posterior.matched_nbeta(lr, batch, data.noise_std)
     grid = posterior.make_grid(params.starts["prior_half_width"], post_cfg["cells"],
                                post_cfg["stretch"])
     post = posterior.grid_posterior(landscape, data, nbeta, grid)
-    prior_ends = ends[2][~diverged[2]]
+    kept = ~diverged[2]
+    prior_ends = ends[2][kept]
     null = posterior.posterior_sample(post, len(prior_ends), cell_seed(seed, "null"))
     display = np.linspace(-grid.half_width, grid.half_width, post_cfg["display_points"])
+    density = np.full((len(display), len(display)), np.nan)
     if landscape.dim == 2:
         mesh = np.stack(np.meshgrid(display, display, indexing="ij"), -1)
         density = np.exp(posterior.log_density(post, landscape, data, mesh))
-    else:
-        density = np.full((len(display), len(display)), np.nan)
     marginals = [np.interp(display, grid.centres, post.marginal(i) / grid.widths)
                  for i in range(landscape.dim)]
 
     points = torch.from_numpy(prior_ends)
-    cov = noise.noise_covariance(landscape, data, points)
-    hess = noise.loss_hessian(landscape, data, points)
-    fit = noise.fit_proportionality(cov, hess)
-    fit_gn = noise.fit_proportionality(cov, noise.gauss_newton(landscape, data, points))
-
-    llc_points = ends[0][: params.llc["endpoints"]]
-    llc = [llc_at(landscape, data, p, params.llc, f"{landscape.name} lr={lr} B={batch}")
-           for p in llc_points]
-    return {
-        "endpoints": ends, "diverged": diverged, "quartiles": quartiles, "reached": reached,
-        "exponent": convergence_exponent(thresholds, quartiles[:, 1]),
-        "escape": escape_shares(ends[1], near_centre(landscape, params),
-                                params.escape["radius"]),
-        "displacement": np.nanmedian(np.abs(ends[1] - near_centre(landscape, params)), 0),
-        "nbeta": nbeta,
-        "w1": posterior.wasserstein_per_coordinate(prior_ends, post),
-        "w1_null": posterior.wasserstein_per_coordinate(null, post),
-        "kl": posterior.kl_divergence(prior_ends, post, post_cfg["kl_bins"]),
-        "kl_null": posterior.kl_divergence(null, post, post_cfg["kl_bins"]),
-        "post_std": post.std(), "end_std": prior_ends.std(0),
-        "outside": float((np.abs(prior_ends) > grid.half_width).any(1).mean()),
-        "density": density, "marginals": np.array(marginals),
-        "cov": cov.numpy(), "hess": hess.numpy(), "fit": fit, "fit_gn": fit_gn,
-        "llc": np.array(llc).reshape(-1, 2),
-    }
+    cov_at = noise.noise_covariance(landscape, data, points)
+    hess_at = noise.loss_hessian(landscape, data, points)
+    fit = noise.fit_proportionality(cov_at, hess_at)
+    fit_gn = noise.fit_proportionality(cov_at, noise.gauss_newton(landscape, data, points))
+    cov, hess = np.full((count, 2, 2), np.nan), np.full((count, 2, 2), np.nan)
+    cov[kept] = _pad_weights(cov_at.numpy(), 1, 2)
+    hess[kept] = _pad_weights(hess_at.numpy(), 1, 2)
+    llc = np.array([llc_at(landscape, data, p, params.llc, f"{landscape.name} lr={lr} B={batch}")
+                    for p in ends[0][: params.llc["endpoints"]]]).reshape(-1, 2)
+    weight, pair = ("weight",), ("trajectory", "weight", "weight_b")
+    return xr.Dataset({
+        "endpoint": (("start", "trajectory", "weight"), _pad_weights(ends, 2)),
+        "diverged_fraction": (("start",), diverged.mean(1)),
+        "convergence_steps": (("threshold", "quartile"), quartiles),
+        "converged_fraction": (("threshold",), reached),
+        "convergence_exponent": ((), convergence_exponent(thresholds, quartiles[:, 1])),
+        "escape_fraction": (("escape",), escape_shares(ends[1], centre,
+                                                       params.escape["radius"])),
+        "escape_displacement": (weight, _pad_weights(
+            np.nanmedian(np.abs(ends[1] - centre), 0), 0)),
+        "posterior_nbeta": ((), nbeta),
+        "posterior_w1_distance": (weight, _pad_weights(
+            posterior.wasserstein_per_coordinate(prior_ends, post), 0)),
+        "posterior_w1_distance_null": (weight, _pad_weights(
+            posterior.wasserstein_per_coordinate(null, post), 0)),
+        "posterior_kl": ((), posterior.kl_divergence(prior_ends, post, post_cfg["kl_bins"])),
+        "posterior_kl_null": ((), posterior.kl_divergence(null, post, post_cfg["kl_bins"])),
+        "posterior_std": (weight, _pad_weights(post.std(), 0)),
+        "endpoint_std": (weight, _pad_weights(prior_ends.std(0), 0)),
+        "outside_prior_fraction": ((), float((np.abs(prior_ends) > grid.half_width)
+                                             .any(1).mean())),
+        "posterior_density": (("w1_grid", "w2_grid"), density),
+        "posterior_marginal": (("weight", "w_grid"), _pad_weights(np.array(marginals), 0)),
+        "noise_covariance": (pair, cov),
+        "loss_hessian": (pair, hess),
+        "noise_hessian_ratio": ((), fit.ratio),
+        "noise_hessian_r2": ((), fit.r2),
+        "noise_hessian_relative_error": ((), fit.relative_error),
+        "noise_gauss_newton_ratio": ((), fit_gn.ratio),
+        "noise_gauss_newton_relative_error": ((), fit_gn.relative_error),
+        "llc_mean": (("llc_endpoint",), llc[:, 0]),
+        "llc_std": (("llc_endpoint",), llc[:, 1]),
+    })
 
 
 def measure_landscape(landscape: Landscape, params: ToyParams,
@@ -209,95 +233,33 @@ def measure_landscape(landscape: Landscape, params: ToyParams,
     data = make_data(landscape, d["n"], d["noise_std"], cell_seed(d["seed"], landscape.name),
                      d["orthogonal_noise"])
     lrs, batches = params.sgd["lrs"], params.sgd["batch_sizes"]
-    cells = {(lr, b): _cell(landscape, data, params, lr, b, progress)
-             for lr in lrs for b in batches}
-    dim = landscape.dim
-
-    def grid_of(key: str, shape: tuple[int, ...], pad_axes: tuple[int, ...] = ()) -> np.ndarray:
-        """Stack ``cells[..][key]`` into (lr, batch_size, *shape), padding weight axes."""
-        out = np.full((len(lrs), len(batches), *shape), np.nan)
-        for i, lr in enumerate(lrs):
-            for j, b in enumerate(batches):
-                value = np.asarray(cells[(lr, b)][key], float)
-                index = tuple(slice(0, value.shape[a]) for a in range(value.ndim))
-                out[(i, j, *index)] = value
-        return out
-
-    count, nthr = params.sgd["trajectories"], len(params.convergence["thresholds"])
-    points = params.posterior["display_points"]
-    llc_n = params.llc["endpoints"]
-    cellwise = ("lr", "batch_size")
-    pairs = ("trajectory", "weight", "weight_b")
-    cov = np.full((len(lrs), len(batches), count, 2, 2), np.nan)
-    hess = np.full_like(cov, np.nan)
-    for i, lr in enumerate(lrs):
-        for j, b in enumerate(batches):
-            c = cells[(lr, b)]
-            kept = ~c["diverged"][2]
-            cov[i, j, kept, :dim, :dim] = c["cov"]
-            hess[i, j, kept, :dim, :dim] = c["hess"]
-    ends = grid_of("endpoints", (len(STARTS), count, 2))
-    fits = {(key, attr): np.array([[getattr(cells[(lr, b)][key], attr) for b in batches]
-                                   for lr in lrs])
-            for key in ("fit", "fit_gn") for attr in ("ratio", "r2", "relative_error")}
-    llc = grid_of("llc", (llc_n, 2))
-    centre = np.full(2, np.nan)
-    centre[:dim] = near_centre(landscape, params)
-    star = llc_at(landscape, data, np.zeros(dim), params.llc, f"{landscape.name} at w*")
+    ds = xr.concat(
+        [xr.concat([_cell(landscape, data, params, lr, b, progress) for b in batches],
+                   dim=pd.Index(batches, name="batch_size")) for lr in lrs],
+        dim=pd.Index(lrs, name="lr"))
+    star = llc_at(landscape, data, np.zeros(landscape.dim), params.llc,
+                  f"{landscape.name} at w*")
     llc_nbeta = params.llc["nbeta"] or data.n / math.log(data.n)
-    ds = xr.Dataset(
-        {
-            "endpoint": (cellwise + ("start", "trajectory", "weight"), ends),
-            "diverged_fraction": (cellwise + ("start",),
-                                  grid_of("diverged", (len(STARTS), count)).mean(-1)),
-            "convergence_steps": (cellwise + ("threshold", "quartile"),
-                                  grid_of("quartiles", (nthr, len(QUARTILES)))),
-            "converged_fraction": (cellwise + ("threshold",), grid_of("reached", (nthr,))),
-            "convergence_exponent": (cellwise, grid_of("exponent", ())),
-            "convergence_exponent_gradient_flow": ((), landscape.gradient_flow_exponent),
-            "escape_fraction": (cellwise + ("escape",), grid_of("escape", (len(ESCAPES),))),
-            "escape_displacement": (cellwise + ("weight",), grid_of("displacement", (2,))),
-            "near_start_centre": (("weight",), centre),
-            "posterior_nbeta": (cellwise, grid_of("nbeta", ())),
-            "posterior_w1_distance": (cellwise + ("weight",), grid_of("w1", (2,))),
-            "posterior_w1_distance_null": (cellwise + ("weight",), grid_of("w1_null", (2,))),
-            "posterior_kl": (cellwise, grid_of("kl", ())),
-            "posterior_kl_null": (cellwise, grid_of("kl_null", ())),
-            "posterior_std": (cellwise + ("weight",), grid_of("post_std", (2,))),
-            "endpoint_std": (cellwise + ("weight",), grid_of("end_std", (2,))),
-            "outside_prior_fraction": (cellwise, grid_of("outside", ())),
-            "posterior_density": (cellwise + ("w1_grid", "w2_grid"),
-                                  grid_of("density", (points, points))),
-            "posterior_marginal": (cellwise + ("weight", "w_grid"),
-                                   grid_of("marginals", (2, points))),
-            "noise_covariance": (cellwise + pairs, cov),
-            "loss_hessian": (cellwise + pairs, hess),
-            "noise_hessian_ratio": (cellwise, fits["fit", "ratio"]),
-            "noise_hessian_r2": (cellwise, fits["fit", "r2"]),
-            "noise_hessian_relative_error": (cellwise, fits["fit", "relative_error"]),
-            "noise_gauss_newton_ratio": (cellwise, fits["fit_gn", "ratio"]),
-            "noise_gauss_newton_relative_error": (cellwise, fits["fit_gn", "relative_error"]),
-            "noise_variance": ((), float(data.y.pow(2).mean())),
-            "llc_mean": (cellwise + ("llc_endpoint",), llc[..., 0]),
-            "llc_std": (cellwise + ("llc_endpoint",), llc[..., 1]),
-            "llc_at_critical_point": ((), star[0]),
-            "llc_at_critical_point_std": ((), star[1]),
-            "learning_coefficient": ((), landscape.learning_coefficient),
-            "llc_finite_nbeta_target": ((), landscape.tempered_target(llc_nbeta,
-                                                                      params.llc["gamma"])),
-            "learning_coefficient_multiplicity": ((), landscape.multiplicity),
-        },
-        coords={
-            "lr": list(lrs), "batch_size": list(batches), "start": list(STARTS),
-            "trajectory": np.arange(count), "weight": list(WEIGHTS), "weight_b": list(WEIGHTS),
-            "threshold": list(params.convergence["thresholds"]), "quartile": list(QUARTILES),
-            "escape": list(ESCAPES), "llc_endpoint": np.arange(llc_n),
-            "w_grid": np.linspace(-params.starts["prior_half_width"],
-                                  params.starts["prior_half_width"], points),
-            "landscape": landscape.kind, "k1": landscape.k1, "k2": landscape.k2,
-        },
+    half, points = params.starts["prior_half_width"], params.posterior["display_points"]
+    display = np.linspace(-half, half, points)
+    ds = ds.assign(
+        convergence_exponent_gradient_flow=((), landscape.gradient_flow_exponent),
+        near_start_centre=(("weight",), _pad_weights(near_centre(landscape, params), 0)),
+        noise_variance=((), float(data.y.pow(2).mean())),
+        llc_at_critical_point=((), star[0]),
+        llc_at_critical_point_std=((), star[1]),
+        learning_coefficient=((), landscape.learning_coefficient),
+        llc_finite_nbeta_target=((), landscape.tempered_target(llc_nbeta, params.llc["gamma"])),
+        learning_coefficient_multiplicity=((), landscape.multiplicity),
     )
-    ds = ds.assign_coords(w1_grid=ds.w_grid.values, w2_grid=ds.w_grid.values)
+    ds = ds.assign_coords(
+        start=list(STARTS), trajectory=np.arange(params.sgd["trajectories"]),
+        weight=list(WEIGHTS), weight_b=list(WEIGHTS),
+        threshold=list(params.convergence["thresholds"]), quartile=list(QUARTILES),
+        escape=list(ESCAPES), llc_endpoint=np.arange(params.llc["endpoints"]),
+        w_grid=display, w1_grid=display, w2_grid=display,
+        landscape=landscape.kind, k1=landscape.k1, k2=landscape.k2,
+    )
     ds.attrs["llc_nbeta"] = llc_nbeta
     return ds
 
