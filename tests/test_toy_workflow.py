@@ -69,6 +69,8 @@ def test_toy_cube_has_the_swept_dims_and_self_describing_variables(run):
         cell = cube.sel(landscape=landscape, k1=k1, k2=k2)
         assert np.isfinite(cell.llc_at_critical_point)
         assert cell.posterior_w1_distance.sel(weight="w1").notnull().all()
+        assert list(cell.posterior_kl.sample.values) == ["sgd", "exact"]
+        assert list(cell.noise_ratio.curvature.values) == ["hessian", "gauss_newton"]
         assert np.allclose(cell.escape_fraction.sum("escape"), 1.0)
 
 

@@ -57,14 +57,12 @@ ATTRS = {
     "near_start_centre": ("critical point the near-start runs begin around", "1"),
     "posterior_nbeta": ("n beta of the tempered posterior compared with the prior-start "
                         "endpoints", "1"),
-    "posterior_w1_distance": ("Wasserstein-1 distance per coordinate between prior-start SGD "
-                              "endpoints and the tempered posterior", "1"),
-    "posterior_w1_distance_null": ("Wasserstein-1 distance per coordinate of an exact "
-                                   "posterior sample of the same size (sampling level)", "1"),
-    "posterior_kl": ("KL divergence (in nats) of the prior-start endpoints' histogram from "
-                     "the tempered posterior, on coarse bins", "1"),
-    "posterior_kl_null": ("KL divergence (in nats) of an exact posterior sample of the same "
-                          "size (sampling level)", "1"),
+    "sample": ("points compared with the tempered posterior: sgd = prior-start SGD "
+               "endpoints; exact = as many exact posterior draws (the sampling level)", None),
+    "posterior_w1_distance": ("Wasserstein-1 distance per coordinate between a sample and "
+                              "the tempered posterior", "1"),
+    "posterior_kl": ("KL divergence (in nats) of a sample's histogram from the tempered "
+                     "posterior, on coarse bins", "1"),
     "posterior_std": ("standard deviation per coordinate of the tempered posterior", "1"),
     "endpoint_std": ("standard deviation per coordinate of the prior-start endpoints", "1"),
     "outside_prior_fraction": ("share of prior-start endpoints outside the prior box", "1"),
@@ -75,15 +73,13 @@ ATTRS = {
     "noise_covariance": ("per-sample gradient covariance over the data set at a prior-start "
                          "endpoint (a minibatch of B has 1/B of it)", "1"),
     "loss_hessian": ("Hessian of the empirical loss at a prior-start endpoint", "1"),
-    "noise_hessian_ratio": ("least-squares c in noise covariance = c Hessian over the "
-                            "prior-start endpoints", "1"),
-    "noise_hessian_r2": ("R^2 (through the origin) of noise covariance = c Hessian", "1"),
-    "noise_hessian_relative_error": ("Frobenius norm of (noise covariance - c Hessian) over "
-                                     "that of the noise covariance", "1"),
-    "noise_gauss_newton_ratio": ("least-squares c in noise covariance = c J^T S J "
-                                 "(Gauss-Newton part of the Hessian)", "1"),
-    "noise_gauss_newton_relative_error": ("relative Frobenius error of noise covariance = "
-                                          "c J^T S J", "1"),
+    "curvature": ("matrix the noise covariance is fitted against: hessian = Hessian of L_n; "
+                  "gauss_newton = its Gauss-Newton part J^T S J", None),
+    "noise_ratio": ("least-squares c in noise covariance = c curvature over the prior-start "
+                    "endpoints", "1"),
+    "noise_r2": ("R^2 (through the origin) of noise covariance = c curvature", "1"),
+    "noise_relative_error": ("Frobenius norm of (noise covariance - c curvature) over that of "
+                             "the noise covariance", "1"),
     "noise_variance": ("mean squared noise of the data set, sigma^2", "1"),
     "llc_mean": ("local learning coefficient at a far-start SGD endpoint, mean over chains",
                  "1"),
@@ -177,13 +173,13 @@ def summary_table(cube: xr.Dataset) -> pd.DataFrame:
             "escape_w2": float(escape.sel(escape="w2")),
             "escape_both": float(escape.sel(escape="both")),
             "stuck": float(escape.sel(escape="none")),
-            "W1": float(c.posterior_w1_distance.mean()),
-            "W1_null": float(c.posterior_w1_distance_null.mean()),
-            "KL": float(c.posterior_kl.mean()),
-            "KL_null": float(c.posterior_kl_null.mean()),
-            "noise/H": float(c.noise_hessian_ratio.mean()),
-            "R2": float(c.noise_hessian_r2.mean()),
-            "noise/GN": float(c.noise_gauss_newton_ratio.mean()),
+            "W1": float(c.posterior_w1_distance.sel(sample="sgd").mean()),
+            "W1_null": float(c.posterior_w1_distance.sel(sample="exact").mean()),
+            "KL": float(c.posterior_kl.sel(sample="sgd").mean()),
+            "KL_null": float(c.posterior_kl.sel(sample="exact").mean()),
+            "noise/H": float(c.noise_ratio.sel(curvature="hessian").mean()),
+            "R2": float(c.noise_r2.sel(curvature="hessian").mean()),
+            "noise/GN": float(c.noise_ratio.sel(curvature="gauss_newton").mean()),
         })
     return pd.DataFrame(rows).set_index("landscape")
 
@@ -194,8 +190,8 @@ def distance_table(cube: xr.Dataset) -> pd.DataFrame:
     rows = {}
     for kind, k1, k2 in configured(cube):
         c = cube.sel(landscape=kind, k1=k1, k2=k2)
-        w1 = c.posterior_w1_distance.mean("weight")
-        null = c.posterior_w1_distance_null.mean("weight")
+        w1 = c.posterior_w1_distance.sel(sample="sgd").mean("weight")
+        null = c.posterior_w1_distance.sel(sample="exact").mean("weight")
         rows[_name(kind, k1, k2)] = {
             f"lr={lr:g} B={b}": f"{float(w1.sel(lr=lr, batch_size=b)):.4f} "
                                 f"({float(null.sel(lr=lr, batch_size=b)):.4f})"

@@ -13,8 +13,9 @@ advanced together, each from its own start (dimension ``start``):
   ``w1 = 0`` for ``product``: how often each coordinate ends more than ``escape.radius``
   from that point (escape directions).
 * ``prior`` — uniform in ``[−R, R]^dim``, the posterior's prior box: the endpoints against
-  the tempered posterior (W1 per coordinate, KL, each beside the null level of an exact
-  posterior sample of the same size) and the noise covariance against the Hessian at them.
+  the tempered posterior (W1 per coordinate and KL, on a ``sample`` dim beside the same
+  distances of an exact posterior sample of the same size: the sampling level) and the noise
+  covariance against the Hessian and its Gauss–Newton part (``curvature`` dim) at them.
 
 Every random stream is seeded from the configured seeds and the landscape and cell
 (:func:`cell_seed`), so adding a landscape, a learning rate or a batch size leaves the other
@@ -47,6 +48,8 @@ from critperiods.toy.sgd import run_sgd
 STARTS = ("far", "near", "prior")
 ESCAPES = ("w1", "w2", "both", "none")  # which coordinates moved more than escape.radius
 QUARTILES = (0.25, 0.5, 0.75)
+SAMPLES = ("sgd", "exact")  # prior-start SGD endpoints; as many exact posterior draws
+CURVATURES = ("hessian", "gauss_newton")  # what the noise covariance is fitted against
 MIN_FIT_STEPS = 10  # thresholds reached (in median) sooner are left out of the exponent fit
 WEIGHTS = ("w1", "w2")
 
@@ -196,12 +199,10 @@ def _cell(landscape: Landscape, data: RegressionData, params: ToyParams, lr: flo
         "escape_displacement": (weight, _pad_weights(
             np.nanmedian(np.abs(ends[1] - centre), 0), 0)),
         "posterior_nbeta": ((), nbeta),
-        "posterior_w1_distance": (weight, _pad_weights(
-            posterior.wasserstein_per_coordinate(prior_ends, post), 0)),
-        "posterior_w1_distance_null": (weight, _pad_weights(
-            posterior.wasserstein_per_coordinate(null, post), 0)),
-        "posterior_kl": ((), posterior.kl_divergence(prior_ends, post, post_cfg["kl_bins"])),
-        "posterior_kl_null": ((), posterior.kl_divergence(null, post, post_cfg["kl_bins"])),
+        "posterior_w1_distance": (("weight", "sample"), _pad_weights(np.stack(
+            [posterior.wasserstein_per_coordinate(x, post) for x in (prior_ends, null)], 1), 0)),
+        "posterior_kl": (("sample",), [posterior.kl_divergence(x, post, post_cfg["kl_bins"])
+                                       for x in (prior_ends, null)]),
         "posterior_std": (weight, _pad_weights(post.std(), 0)),
         "endpoint_std": (weight, _pad_weights(prior_ends.std(0), 0)),
         "outside_prior_fraction": ((), float((np.abs(prior_ends) > grid.half_width)
@@ -210,11 +211,9 @@ def _cell(landscape: Landscape, data: RegressionData, params: ToyParams, lr: flo
         "posterior_marginal": (("weight", "w_grid"), _pad_weights(np.array(marginals), 0)),
         "noise_covariance": (pair, cov),
         "loss_hessian": (pair, hess),
-        "noise_hessian_ratio": ((), fit.ratio),
-        "noise_hessian_r2": ((), fit.r2),
-        "noise_hessian_relative_error": ((), fit.relative_error),
-        "noise_gauss_newton_ratio": ((), fit_gn.ratio),
-        "noise_gauss_newton_relative_error": ((), fit_gn.relative_error),
+        "noise_ratio": (("curvature",), [fit.ratio, fit_gn.ratio]),
+        "noise_r2": (("curvature",), [fit.r2, fit_gn.r2]),
+        "noise_relative_error": (("curvature",), [fit.relative_error, fit_gn.relative_error]),
         "llc_mean": (("llc_endpoint",), llc[:, 0]),
         "llc_std": (("llc_endpoint",), llc[:, 1]),
     })
@@ -257,6 +256,7 @@ def measure_landscape(landscape: Landscape, params: ToyParams,
         weight=list(WEIGHTS), weight_b=list(WEIGHTS),
         threshold=list(params.convergence["thresholds"]), quartile=list(QUARTILES),
         escape=list(ESCAPES), llc_endpoint=np.arange(params.llc["endpoints"]),
+        sample=list(SAMPLES), curvature=list(CURVATURES),
         w_grid=display, w1_grid=display, w2_grid=display,
         landscape=landscape.kind, k1=landscape.k1, k2=landscape.k2,
     )
@@ -264,6 +264,6 @@ def measure_landscape(landscape: Landscape, params: ToyParams,
     return ds
 
 
-__all__ = ["ESCAPES", "QUARTILES", "STARTS", "ToyParams", "cell_seed", "convergence_exponent",
-           "escape_shares", "hitting_quartiles", "initial_points", "llc_at",
-           "measure_landscape", "near_centre"]
+__all__ = ["CURVATURES", "ESCAPES", "QUARTILES", "SAMPLES", "STARTS", "ToyParams", "cell_seed",
+           "convergence_exponent", "escape_shares", "hitting_quartiles", "initial_points",
+           "llc_at", "measure_landscape", "near_centre"]

@@ -125,7 +125,8 @@ def endpoints_over_posterior(cube: xr.Dataset, path: str | Path, dpi: int = 110)
         cell = c.sel(lr=lr, batch_size=batch)
         ends = cell.endpoint.sel(start="prior").values
         w1d = ", ".join(
-            f"{float(v):.3f}" for v in cell.posterior_w1_distance.values[: land.dim])
+            f"{float(v):.3f}"
+            for v in cell.posterior_w1_distance.sel(sample="sgd").values[: land.dim])
         if land.dim == 2:
             density = cell.posterior_density.values.T
             relative = np.log10(np.maximum(density / np.nanmax(density), 1e-12))
@@ -171,8 +172,9 @@ def noise_vs_hessian(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
                 if not ok.any():
                     continue
                 lo, hi = min(lo, hess[ok].min()), max(hi, hess[ok].max())
-                label = (f"{land.name}: c={float(cell.noise_hessian_ratio):.2f}, "
-                         f"R²={float(cell.noise_hessian_r2):.3f}") if j == 0 else None
+                fit = cell.sel(curvature="hessian")
+                label = (f"{land.name}: c={float(fit.noise_ratio):.2f}, "
+                         f"R²={float(fit.noise_r2):.3f}") if j == 0 else None
                 ax.scatter(hess[ok][:300], cov[ok][:300], s=3, color=f"C{i}",
                            marker="o" if j == 0 else "x", label=label)
         if hi > 0:
