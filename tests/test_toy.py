@@ -338,6 +338,18 @@ def _toy(**changes) -> dict:
     return toy
 
 
+def test_every_report_figure_has_a_plotter_and_a_caption():
+    from pathlib import Path
+
+    from critperiods.toy.plan import FIGURE_LABELS
+    from critperiods.toy.plots import PLOTTERS
+
+    assert set(PLOTTERS) == set(FIGURE_LABELS)
+    report = Path(__file__).resolve().parents[1] / "workflow/report"
+    for name in FIGURE_LABELS:
+        assert (report / f"{name}.rst").read_text().strip(), name
+
+
 def test_config_lists_landscapes_in_kind_order_and_jobs_see_no_landscape_list():
     assert [x.name for x in landscapes(_toy())] == ["line_k1", "line_k2", "sum_k1-2",
                                                      "product_k2-1"]

@@ -11,6 +11,13 @@ from critperiods.plan import ConfigError
 from critperiods.toy.landscapes import KINDS, Landscape
 
 JOB_SECTIONS = ("data", "sgd", "starts", "convergence", "escape", "posterior", "llc")
+FIGURE_LABELS = {  # file stem → report label, in the order of the findings
+    "toy_convergence": "T1 convergence time vs degeneracy",
+    "toy_escape": "T2 escape directions",
+    "toy_noise_hessian": "T3 noise covariance vs Hessian",
+    "toy_posterior": "T4 SGD endpoints over the posterior",
+    "toy_llc": "T5 lambda-hat vs exact lambda",
+}
 
 
 def landscapes(toy: dict[str, Any]) -> list[Landscape]:
@@ -66,5 +73,5 @@ def record(config: dict[str, Any]) -> str:
                           sort_keys=False)
 
 
-__all__ = ["JOB_SECTIONS", "check_toy_config", "job_params", "landscapes", "piece_paths",
-           "record"]
+__all__ = ["FIGURE_LABELS", "JOB_SECTIONS", "check_toy_config", "job_params", "landscapes",
+           "piece_paths", "record"]

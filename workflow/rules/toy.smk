@@ -7,8 +7,7 @@ toy_plan.check_toy_config(TOY)
 TOY_PIECE = os.path.join(RESULTS, "landscapes", "{landscape}.nc")
 TOY_CUBE = f"{RESULTS}/toy_cube.nc"
 TOY_SUMMARY = f"{RESULTS}/toy_summary.csv"
-TOY_PLOTS = {name: f"{PLOTS}/{name}.png" for name in
-             ("toy_convergence", "toy_escape", "toy_posterior", "toy_noise_hessian", "toy_llc")}
+TOY_PLOTS = {name: f"{PLOTS}/{name}.png" for name in toy_plan.FIGURE_LABELS}
 TOY_OUTPUTS = [TOY_CUBE, TOY_SUMMARY, *TOY_PLOTS.values()]  # the study's targets
 
 
@@ -38,7 +37,7 @@ rule toy_cube:
     output:
         cube=TOY_CUBE,
         summary=report(TOY_SUMMARY, caption="../report/toy_summary.rst",
-                       category="Toy landscapes"),
+                       category="Toy landscapes", labels={"figure": "T0 summary table (CSV)"}),
     params:
         config_yaml=toy_plan.record(config),
     log:
@@ -52,7 +51,8 @@ rule toy_plots:
         TOY_CUBE,
     output:
         **{
-            name: report(path, caption=f"../report/{name}.rst", category="Toy landscapes")
+            name: report(path, caption=f"../report/{name}.rst", category="Toy landscapes",
+                         labels={"figure": toy_plan.FIGURE_LABELS[name]})
             for name, path in TOY_PLOTS.items()
         },
     params:
