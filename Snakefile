@@ -32,6 +32,7 @@ include: "workflow/rules/llc.smk"
 include: "workflow/rules/divergence.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/plots.smk"
+include: "workflow/rules/toy.smk"
 
 
 report: report_landing_page()  # the answer page of the last run (plots writes it)

@@ -1,7 +1,8 @@
 """Command line: ``python -m critperiods <command>`` (also installed as ``critperiods``).
 
 * ``summarize CUBE`` — the critical-period table (end per batch size with its interval,
-  and where λ̂ and divergence mark it) in the terminal; ``--csv`` writes it too.
+  and where λ̂ and divergence mark it) in the terminal; ``--csv`` writes it too.  For a toy
+  cube (``toy_cube.nc``) the toy study's summary instead.
 * ``calibrate-llc PIECE --epoch E`` — sweep the SGLD step size at one checkpoint and plot
   the running λ̂ per setting, to choose ``llc.step_size``.
 * ``cost [CONFIG …]`` — epochs of SGD a grid costs with and without trunk sharing, its
@@ -48,7 +49,7 @@ def _open_cube_or_exit(path: str) -> object:
         cube = open_cube(path)
     except Exception as err:  # noqa: BLE001 - any reader failure means: not a cube
         raise SystemExit(f"critperiods: {path}: not a netCDF cube ({type(err).__name__})") from None
-    if "final_test_accuracy" not in cube:
+    if "final_test_accuracy" not in cube and cube.attrs.get("cube_kind") != "toy_landscapes":
         raise SystemExit(f"critperiods: {path}: not a critperiods cube (no final_test_accuracy; "
                          "expected results/<experiment>/cube.nc)")
     return cube
@@ -64,6 +65,14 @@ def summarize(args: argparse.Namespace) -> int:
     )
 
     cube = _open_cube_or_exit(args.cube)
+    if cube.attrs.get("cube_kind") == "toy_landscapes":
+        from critperiods.toy.cube import format_summary, summary_csv
+
+        print(format_summary(cube))
+        if args.csv:
+            summary_csv(cube, args.csv)
+            print(f"wrote {args.csv}")
+        return 0
     summary = (cube if "critical_period_end" in cube and not args.recompute
                else critical_period_summary(cube, n_boot=args.n_boot))
     print(format_table(summary))
@@ -178,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"critperiods {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("summarize", help="print the critical-period table of a cube")
-    p.add_argument("cube", help="a cube written by the pipeline: results/<experiment>/cube.nc")
+    p = sub.add_parser("summarize", help="print the summary of a cube (critical period or toy)")
+    p.add_argument("cube", help="a cube written by the pipeline: results/<experiment>/cube.nc "
+                                "or toy_cube.nc")
     p.add_argument("--csv", help="also write the table to this CSV file")
     p.add_argument("--recompute", action="store_true",
                    help="recompute the statistics from the raw variables instead of reading "

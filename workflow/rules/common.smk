@@ -170,10 +170,10 @@ def get_cube_inputs():
 
 def config_yaml():
     """The config recorded in the cube: everything but plot options (plots rerun alone),
-    cluster time limits (which never change a result) and where the data are read from
-    (the data's fingerprints are in the cube's provenance instead: moving the data folder
-    reruns nothing)."""
-    recorded = {k: v for k, v in config.items() if k not in ("plots", "runtime")}
+    cluster time limits (which never change a result), the toy study's keys, and where the
+    data are read from (the data's fingerprints are in the cube's provenance instead: moving
+    the data folder reruns nothing)."""
+    recorded = {k: v for k, v in config.items() if k not in ("plots", "runtime", "study", "toy")}
     recorded["dataset"] = {k: v for k, v in config["dataset"].items() if k != "root"}
     return yaml.safe_dump(recorded, sort_keys=False)
 
@@ -193,6 +193,8 @@ def runtime_minutes(units, per_unit):
 
 
 def get_final_outputs():
+    if config["study"] == "toy_landscapes":
+        return TOY_OUTPUTS  # workflow/rules/toy.smk
     return [CUBE, SUMMARY, *PLOT_FILES.values(), LANDING]
 
 

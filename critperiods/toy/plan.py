@@ -1,0 +1,77 @@
+"""The toy study's plan: which landscapes a config asks for, what each job needs, and the
+cross-key checks a JSON schema cannot express (run before any job is planned)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from critperiods.plan import ConfigError
+from critperiods.toy.landscapes import KINDS, Landscape
+
+JOB_SECTIONS = ("data", "sgd", "starts", "convergence", "escape", "posterior", "llc")
+FIGURE_LABELS = {  # file stem → report label, in the order of the findings
+    "toy_convergence": "T1 convergence time vs degeneracy",
+    "toy_escape": "T2 escape directions",
+    "toy_noise_hessian": "T3 noise covariance vs Hessian",
+    "toy_posterior": "T4 SGD endpoints over the posterior",
+    "toy_llc": "T5 lambda-hat vs exact lambda",
+}
+
+
+def landscapes(toy: dict[str, Any]) -> list[Landscape]:
+    """The landscapes of ``toy.landscapes``, in kind order, each once."""
+    spec, out = toy["landscapes"], []
+    for kind in KINDS:
+        for entry in spec.get(kind) or ():
+            k1, k2 = (entry, 0) if kind == "line" else entry
+            landscape = Landscape(kind, int(k1), int(k2))
+            if landscape in out:
+                raise ConfigError(f"toy.landscapes.{kind}: {entry!r} listed more than once")
+            out.append(landscape)
+    if not out:
+        raise ConfigError("toy.landscapes: no landscape listed")
+    return out
+
+
+def piece_paths(toy: dict[str, Any], pattern: str) -> list[str]:
+    """``pattern`` (with a ``{landscape}`` field) for every configured landscape."""
+    return [pattern.format(landscape=land.name) for land in landscapes(toy)]
+
+
+def job_params(toy: dict[str, Any]) -> dict[str, Any]:
+    """What a landscape job reads: every ``toy`` section but the list of landscapes, so
+    adding a landscape never reruns the others."""
+    return {k: toy[k] for k in JOB_SECTIONS}
+
+
+def check_toy_config(toy: dict[str, Any]) -> None:
+    """Checks across ``toy`` keys; each error names the key."""
+    landscapes(toy)
+    post, starts = toy["posterior"], toy["starts"]
+    if post["cells"] % post["kl_bins"]:
+        raise ConfigError(f"toy.posterior.kl_bins: {post['kl_bins']} must divide "
+                          f"toy.posterior.cells ({post['cells']}): bins are unions of cells")
+    box = starts["prior_half_width"]
+    for key in ("far", "manifold_point"):
+        if starts[key] > box:
+            raise ConfigError(f"toy.starts.{key}: {starts[key]} lies outside the prior box "
+                              f"[-{box}, {box}] (toy.starts.prior_half_width)")
+    if toy["escape"]["radius"] <= starts["near_radius"]:
+        raise ConfigError(f"toy.escape.radius: {toy['escape']['radius']} must exceed "
+                          f"toy.starts.near_radius ({starts['near_radius']}), or a run counts "
+                          "as escaped where it started")
+    if toy["llc"]["endpoints"] > toy["sgd"]["trajectories"]:
+        raise ConfigError(f"toy.llc.endpoints: {toy['llc']['endpoints']} exceeds "
+                          f"toy.sgd.trajectories ({toy['sgd']['trajectories']})")
+
+
+def record(config: dict[str, Any]) -> str:
+    """The config a toy cube records (YAML): the experiment, the study and ``toy``."""
+    return yaml.safe_dump({k: config[k] for k in ("experiment", "study", "toy")},
+                          sort_keys=False)
+
+
+__all__ = ["FIGURE_LABELS", "JOB_SECTIONS", "check_toy_config", "job_params", "landscapes",
+           "piece_paths", "record"]

@@ -1,0 +1,11 @@
+"""Stage toy_cube: the landscapes' results → toy_cube.nc and its summary table."""
+
+from critperiods.cube import write_netcdf
+from critperiods.stage import setup
+from critperiods.toy.cube import build_toy_cube, summary_csv
+
+sm = snakemake  # noqa: F821 - injected by Snakemake
+setup(sm)
+cube = build_toy_cube(sm.input, sm.params.config_yaml)
+write_netcdf(cube, sm.output.cube)
+summary_csv(cube, sm.output.summary)

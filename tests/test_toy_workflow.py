@@ -1,0 +1,115 @@
+"""End to end: the toy_landscapes study through the real Snakefile on a tiny config.
+
+One module-scoped run, then dry runs that show which jobs a config change plans.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import critperiods
+from critperiods.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests/configs/toy_tiny.yaml"
+RESULTS = Path("results/toy_tiny")
+PLOTS = ("toy_convergence", "toy_escape", "toy_posterior", "toy_noise_hessian", "toy_llc")
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir: Path, *args: str, configs: list[Path] = ()) -> str:
+    """Run the CLI in ``workdir``; return its output, failing loudly on error."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+           "--configfile", str(ROOT / "config.yaml"), str(TINY), *map(str, configs), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    return out
+
+
+def planned_rules(out: str) -> list[str]:
+    """Rule of every job a dry run plans (with repeats)."""
+    return [line.split()[-1].rstrip(":") for line in out.splitlines()
+            if line.startswith(("rule ", "localrule "))]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("toy")
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def test_toy_cube_has_the_swept_dims_and_self_describing_variables(run):
+    cube = critperiods.open_cube(run / RESULTS / "toy_cube.nc")
+    assert cube.attrs["cube_kind"] == "toy_landscapes"
+    assert list(cube.landscape.values) == ["line", "sum", "product"]
+    assert list(cube.k1.values) == [1, 2] and list(cube.k2.values) == [0, 1, 2]
+    assert list(cube.lr.values) == [0.05] and list(cube.batch_size.values) == [4, 32]
+    assert cube.sizes["trajectory"] == 64
+    assert cube.endpoint.dims == ("landscape", "k1", "k2", "lr", "batch_size", "start",
+                                  "trajectory", "weight")
+    line = cube.sel(landscape="line", k1=2, k2=0)
+    assert line.endpoint.sel(weight="w1").notnull().all()
+    assert line.endpoint.sel(weight="w2").isnull().all(), "a 1-D landscape has no w2"
+    assert cube.endpoint.sel(landscape="line", k1=1).isnull().all(), "not configured: NaN"
+    assert float(cube.learning_coefficient.sel(landscape="sum", k1=1, k2=2)) == 0.75
+    assert yaml.safe_load(cube.attrs["config"])["study"] == "toy_landscapes"
+    for name in cube.data_vars:
+        assert {"long_name", "units"} <= set(cube[name].attrs), name
+    for name in cube.indexes:
+        assert "long_name" in cube[name].attrs and "units" not in cube[name].attrs, name
+    for landscape, k1, k2 in (("line", 2, 0), ("sum", 1, 2), ("product", 1, 1)):
+        cell = cube.sel(landscape=landscape, k1=k1, k2=k2)
+        assert np.isfinite(cell.llc_at_critical_point)
+        assert cell.posterior_w1_distance.sel(weight="w1").notnull().all()
+        assert list(cell.posterior_kl.sample.values) == ["sgd", "exact"]
+        assert list(cell.noise_ratio.curvature.values) == ["hessian", "gauss_newton"]
+        assert np.allclose(cell.escape_fraction.sum("escape"), 1.0)
+
+
+def test_every_unit_of_the_toy_cube_parses_in_udunits(run):
+    cf_units = pytest.importorskip("cf_units")
+    cube = critperiods.open_cube(run / RESULTS / "toy_cube.nc")
+    for name in cube.data_vars:
+        cf_units.Unit(cube[name].attrs["units"])  # raises ValueError if UDUNITS cannot parse it
+
+
+def test_toy_plots_and_summary_exist(run, capsys):
+    for name in PLOTS:
+        assert (run / RESULTS / f"plots/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "lambda" in (run / RESULTS / "toy_summary.csv").read_text().splitlines()[0]
+    assert main(["summarize", str(run / RESULTS / "toy_cube.nc")]) == 0
+    out = capsys.readouterr().out
+    for name in ("line_k2", "sum_k1-2", "product_k1-1", "W1 distance"):
+        assert name in out
+
+
+def test_toy_study_builds_nothing_of_the_critical_period_study(run):
+    assert not (run / RESULTS / "cube.nc").exists()
+    assert not (run / RESULTS / "data").exists()
+
+
+def test_toy_changes_rerun_only_what_they_invalidate(run, tmp_path):
+    """Nothing is left to do; adding a landscape (and a plot option) plans that landscape's
+    job, the cube and the plots, never the other landscapes."""
+    assert "Nothing to be done" in snakemake(run, "-n")
+    more = tmp_path / "more.yaml"
+    more.write_text("toy:\n  landscapes:\n    line: [2, 3]\n    sum: [[1, 2]]\n"
+                    "    product: [[1, 1]]\nplots:\n  dpi: 40\n")
+    out = snakemake(run, "-n", configs=[more])
+    assert sorted(planned_rules(out)) == ["all", "toy_cube", "toy_landscape", "toy_plots"], out
+    assert "landscapes/line_k3.nc" in out
+
+
+def test_report_has_the_toy_section(run):
+    snakemake(run, "--report", "report.html")
+    html = (run / "report.html").read_text(errors="replace")
+    for name in ("Toy landscapes", "toy_summary.csv", *(f"{p}.png" for p in PLOTS)):
+        assert name in html, name

@@ -1,0 +1,63 @@
+# The toy_landscapes study (study: toy_landscapes): SGD on landscapes of known degeneracy.
+# One job per landscape, then the cube, then the figures; logic in critperiods.toy.
+from critperiods.toy import plan as toy_plan
+
+TOY = config["toy"]
+toy_plan.check_toy_config(TOY)
+TOY_PIECE = os.path.join(RESULTS, "landscapes", "{landscape}.nc")
+TOY_CUBE = f"{RESULTS}/toy_cube.nc"
+TOY_SUMMARY = f"{RESULTS}/toy_summary.csv"
+TOY_PLOTS = {name: f"{PLOTS}/{name}.png" for name in toy_plan.FIGURE_LABELS}
+TOY_OUTPUTS = [TOY_CUBE, TOY_SUMMARY, *TOY_PLOTS.values()]  # the study's targets
+
+
+localrules:
+    toy_cube,
+    toy_plots,
+
+
+wildcard_constraints:
+    landscape=r"line_k\d+|(sum|product)_k\d+-\d+",
+
+
+rule toy_landscape:
+    output:
+        TOY_PIECE,
+    params:
+        toy=toy_plan.job_params(TOY),
+    log:
+        f"{LOGS}/toy/{{landscape}}.log",
+    script:
+        "../../scripts/toy_landscape.py"
+
+
+rule toy_cube:
+    input:
+        toy_plan.piece_paths(TOY, TOY_PIECE),
+    output:
+        cube=TOY_CUBE,
+        summary=report(TOY_SUMMARY, caption="../report/toy_summary.rst",
+                       category="Toy landscapes", labels={"figure": "T0 summary table (CSV)"}),
+    params:
+        config_yaml=toy_plan.record(config),
+    log:
+        f"{LOGS}/toy/cube.log",
+    script:
+        "../../scripts/toy_cube.py"
+
+
+rule toy_plots:
+    input:
+        TOY_CUBE,
+    output:
+        **{
+            name: report(path, caption=f"../report/{name}.rst", category="Toy landscapes",
+                         labels={"figure": toy_plan.FIGURE_LABELS[name]})
+            for name, path in TOY_PLOTS.items()
+        },
+    params:
+        dpi=config["plots"]["dpi"],
+    log:
+        f"{LOGS}/toy/plots.log",
+    script:
+        "../../scripts/toy_plots.py"
