@@ -57,3 +57,14 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("tiny")
     snakemake(workdir, "--cores", "2")
     return workdir
+
+
+@pytest.fixture(scope="session")
+def toy_tiny_run(tmp_path_factory: pytest.TempPathFactory):
+    """A finished run of the toy_landscapes study on tests/configs/toy_tiny.yaml, made once
+    per session; tests only read it or dry-run against it."""
+    from tests.test_toy_workflow import snakemake
+
+    workdir = tmp_path_factory.mktemp("toy")
+    snakemake(workdir, "--cores", "2")
+    return workdir

@@ -25,6 +25,8 @@ from critperiods import dataset_files
 from critperiods.fingerprint import Fingerprints
 from tests.test_workflow import ROOT, TINY, planned, snakemake
 
+TOY_TINY = ROOT / "tests/configs/toy_tiny.yaml"
+
 pytestmark = pytest.mark.workflow
 DOC = ROOT / "docs/invalidation.md"
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
@@ -54,6 +56,11 @@ def rules_named(cell: str) -> frozenset[str]:
     if "everything" in words:
         return frozenset({"everything"})
     return frozenset(words - {"nothing", "and"})
+
+
+def is_toy_key(key: str) -> bool:
+    """Keys of the toy study: their table is tested on tests/configs/toy_tiny.yaml."""
+    return key.startswith("toy.")
 
 
 def schema_keys(props: dict | None = None, prefix: str = "") -> dict[str, dict]:
@@ -86,12 +93,13 @@ def dry_run(workdir: Path, configs: list[Path] = (), repo: Path = ROOT) -> froze
     return rules_planned(snakemake(workdir, "-n", "--nolock", configs=configs, repo=repo))
 
 
-def dry_runs(workdir: Path, extra: list[Path]) -> dict[Path, frozenset[str]]:
-    """``dry_run(workdir, [e])`` for every ``e`` of ``extra``, in WORKERS processes that
-    each import Snakemake once (tests/dry_runs.py)."""
+def dry_runs(workdir: Path, extra: list[Path], base: Path = TINY
+             ) -> dict[Path, frozenset[str]]:
+    """``dry_run(workdir, [e])`` for every ``e`` of ``extra`` (laid over config.yaml and
+    ``base``), in WORKERS processes that each import Snakemake once (tests/dry_runs.py)."""
     def batch(part: list[Path]) -> dict[str, str]:
         cmd = [sys.executable, str(ROOT / "tests/dry_runs.py"), str(ROOT / "Snakefile"),
-               str(workdir), str(ROOT / "config.yaml"), str(TINY), "--", *map(str, part)]
+               str(workdir), str(ROOT / "config.yaml"), str(base), "--", *map(str, part)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads(proc.stdout)
@@ -104,17 +112,17 @@ def dry_runs(workdir: Path, extra: list[Path]) -> dict[Path, frozenset[str]]:
     return {e: rules_planned(outputs[str(e)]) for e in extra}
 
 
-def every_rule() -> frozenset[str]:
-    """The rules of the tiny config's workflow ("everything" in the tables)."""
-    return frozenset(rule_graph())
+def every_rule(base: Path = TINY) -> frozenset[str]:
+    """The rules of a tiny config's workflow ("everything" in the tables)."""
+    return frozenset(rule_graph(base))
 
 
 @cache
-def rule_graph() -> dict[str, set[str]]:
-    """``{rule: rules that consume its outputs}`` of the tiny config (without ``all``)."""
+def rule_graph(base: Path = TINY) -> dict[str, set[str]]:
+    """``{rule: rules that consume its outputs}`` of a tiny config (without ``all``)."""
     with tempfile.TemporaryDirectory() as workdir:
         cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", workdir,
-               "--configfile", str(ROOT / "config.yaml"), str(TINY), "--rulegraph"]
+               "--configfile", str(ROOT / "config.yaml"), str(base), "--rulegraph"]
         dot = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                              check=True).stdout
     names = dict(re.findall(r'(\d+)\[label = "(\w+)"', dot))
@@ -125,11 +133,16 @@ def rule_graph() -> dict[str, set[str]]:
     return graph
 
 
+def both_graphs() -> dict[str, set[str]]:
+    """The rule graphs of both studies (they share no rule)."""
+    return {**rule_graph(TINY), **rule_graph(TOY_TINY)}
+
+
 def downstream(rules: set[str]) -> set[str]:
     """``rules`` and every rule that reads their outputs, directly or not."""
     out, todo = set(rules), list(rules)
     while todo:
-        for after in rule_graph()[todo.pop()]:
+        for after in both_graphs()[todo.pop()]:
             if after not in out:
                 out.add(after)
                 todo.append(after)
@@ -148,9 +161,12 @@ def scripts_of_rules() -> dict[str, Path]:
     return found
 
 
-def expand(rules: frozenset[str]) -> frozenset[str]:
-    """A table cell's rules, with "everything" spelled out."""
-    return every_rule() if rules == {"everything"} else rules
+def expand(rules: frozenset[str], base: Path | None = TINY) -> frozenset[str]:
+    """A table cell's rules, with "everything" spelled out: the rules of ``base``'s study,
+    or of both studies (``base`` None: the code table)."""
+    if rules != {"everything"}:
+        return rules
+    return every_rule(base) if base is not None else frozenset(both_graphs())
 
 
 # ------------------------------------------------------------------------------- config keys
@@ -179,7 +195,7 @@ def key_override(tmp: Path, key: str, cell: str, run: Path) -> Path:
 
 
 def test_every_config_key_has_a_row_and_states_its_rerun_scope_in_the_schema():
-    rows = table("Config keys")
+    rows = {**table("Config keys"), **table("Config keys of the toy study")}
     keys = schema_keys()
     assert set(rows) == set(keys), (
         f"missing rows: {sorted(set(keys) - set(rows))}; rows of no key: "
@@ -210,6 +226,20 @@ def test_each_config_key_reruns_what_the_table_says(tiny_run, tmp_path):
     assert not {"train_trunk", "train_branch"} & got["dataset.test_subset"]
 
 
+def test_each_toy_key_reruns_what_the_table_says(toy_tiny_run, tmp_path):
+    """The toy study's keys, one dry run each on the finished toy tiny run."""
+    rows = table("Config keys of the toy study")
+    overrides = {key: key_override(tmp_path, key, cells[0], toy_tiny_run)
+                 for key, cells in rows.items()}
+    planned_by = dry_runs(toy_tiny_run, list(overrides.values()), TOY_TINY)
+    got = {key: planned_by[path] for key, path in overrides.items()}
+    wrong = {key: (sorted(got[key]), rows[key][1]) for key in rows
+             if got[key] != expand(rules_named(rows[key][1]), TOY_TINY)}
+    assert not wrong, "dry run vs docs/invalidation.md:\n" + "\n".join(
+        f"| `{k}` | {rows[k][0]} | {', '.join(g) or 'nothing'} |   (table: {t})"
+        for k, (g, t) in sorted(wrong.items()))
+
+
 # ------------------------------------------------------------------------------- code
 
 
@@ -218,7 +248,7 @@ def code_rows_derived() -> dict[str, frozenset[str]]:
     file, and everything downstream of them."""
     fp = Fingerprints(ROOT)
     reach = {rule: set(fp.sources(script)) for rule, script in scripts_of_rules().items()
-             if rule in every_rule()}
+             if rule in both_graphs()}
     files = {p.relative_to(ROOT).as_posix() for p in (ROOT / "critperiods").rglob("*.py")}
     files |= {p.relative_to(ROOT).as_posix() for p in (ROOT / "scripts").glob("*.py")}
     files |= set().union(*reach.values())
@@ -233,7 +263,7 @@ def test_every_source_file_reruns_what_the_table_says():
         f"files without a row: {sorted(set(derived) - set(rows))}; rows of no file: "
         f"{sorted(set(rows) - set(derived))}")
     wrong = {f: sorted(derived[f]) for f in derived
-             if expand(rules_named(rows[f][0])) != derived[f]}
+             if expand(rules_named(rows[f][0]), None) != derived[f]}
     assert not wrong, "derived vs docs/invalidation.md:\n" + "\n".join(
         f"| `{f}` | {', '.join(r) or 'nothing'} |" for f, r in sorted(wrong.items()))
 
@@ -287,8 +317,9 @@ def test_code_changes_rerun_their_stage_and_downstream_and_tidying_reruns_nothin
     with ThreadPoolExecutor(WORKERS) as pool:
         got = dict(zip(copies, pool.map(lambda c: dry_run(tiny_run, repo=c), copies.values()),
                        strict=True))
-    for (path, real), rules in got.items():
-        expected = expand(rules_named(rows[path][0])) if real else frozenset()
+    for (path, real), rules in got.items():  # on the critical-period study's tiny run
+        expected = (expand(rules_named(rows[path][0]), None) & every_rule(TINY) if real
+                    else frozenset())
         assert rules == expected, f"{path} ({'real' if real else 'cosmetic'} change): {rules}"
     assert got[("critperiods/llc.py", True)] == {"llc", "aggregate", "plots"}
     assert got[("critperiods/plots.py", True)] == {"plots"}

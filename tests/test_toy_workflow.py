@@ -40,10 +40,8 @@ def planned_rules(out: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("toy")
-    snakemake(workdir, "--cores", "2")
-    return workdir
+def run(toy_tiny_run) -> Path:
+    return toy_tiny_run
 
 
 def test_toy_cube_has_the_swept_dims_and_self_describing_variables(run):

@@ -220,10 +220,12 @@ def test_stated_defaults_and_time_limits_plan_nothing(run, tmp_path):
     assert "Nothing to be done" in out
 
 
-def test_dropping_a_schedule_reruns_only_the_aggregation(run, tmp_path):
+def test_dropping_a_schedule_trains_nothing(run, tmp_path):
+    """The cells' evaluation lays out the remaining runs again (cheap); no training, λ̂ or
+    divergence reruns."""
     out = snakemake(run, "-n", configs=[
         override(tmp_path, "r", "grid:\n  lr_schedules: [continue]\n")])
-    assert set(planned(out)) == {"aggregate", "plots"}
+    assert set(planned(out)) == {"evaluate", "aggregate", "plots"}
 
 
 def test_the_old_lr_after_switch_key_names_its_replacement(run, tmp_path):
@@ -253,9 +255,11 @@ def test_larger_switch_epoch_plans_only_new_segments(run, tmp_path):
     out = snakemake(run, "-n",
                     configs=[override(tmp_path, "k", "grid:\n  switch_epochs: [0, 2, 4]\n")])
     jobs = planned(out)
-    # the trunk (extended to the last epoch any run reaches, 4 + 2) grows by one segment
+    # the trunk (extended to the last epoch any run reaches, 4 + 2) grows by one segment;
+    # the never-blurred branch, the sharp reference, is extended to that epoch too
     assert sorted(o.rsplit("/", 1)[-1] for o in jobs["train_trunk"]) == ["e6.pt", "e6.pt"]
     assert sorted(o.split("/seed", 1)[1][2:] for o in jobs["train_branch"]) == [
+        "continue/switch0.pt", "continue/switch0.pt",
         "continue/switch4.pt", "continue/switch4.pt", "restart/switch4.pt", "restart/switch4.pt"]
 
 
