@@ -4,7 +4,7 @@ import os
 
 from snakemake.utils import min_version, validate
 
-from critperiods.plan import check_moved_keys
+from critperiods.pipeline.plan import check_moved_keys
 
 min_version("9.0")
 

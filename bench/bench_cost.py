@@ -3,7 +3,7 @@
 Measures one training job's images per second, as the pipeline runs it, for the models and
 batch sizes of the shipped configs: on the CPU at one thread (what a pipeline job uses), on
 CUDA with the default (graphed, stacked) path and 5 seeds stacked. Prints the rows of
-``critperiods.cost.RATES`` and writes ``bench/out/rates.md``.
+``critperiods.pipeline.cost.RATES`` and writes ``bench/out/rates.md``.
 
 Usage: ``python bench/bench_cost.py [--device cpu|cuda] [--steps 60] [--batch-sizes ...]``
 """
@@ -20,8 +20,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from critperiods.data import PreparedData, Split, blur_uint8  # noqa: E402
-from critperiods.training import NEVER, FastPath, TrainConfig, Trainer  # noqa: E402
+from critperiods.train.data import PreparedData, Split, blur_uint8  # noqa: E402
+from critperiods.train.training import NEVER, FastPath, TrainConfig, Trainer  # noqa: E402
 
 
 def synthetic(n: int, size: int, channels: int, device: torch.device) -> PreparedData:
@@ -37,7 +37,7 @@ def synthetic(n: int, size: int, channels: int, device: torch.device) -> Prepare
 def rate(model: str, width: int, size: int, batch: int, device: torch.device, steps: int,
          seeds: int) -> float:
     """Images per second (all seeds) of ``steps`` SGD steps after a warm-up epoch part."""
-    from critperiods.stacked import StackedTrainer
+    from critperiods.train.stacked import StackedTrainer
 
     data = synthetic(batch * (steps + 10), size, 1 if size == 28 else 3, device)
     cfg = TrainConfig(model=model, width=width, blur_size=4, lr=0.01, momentum=0.9,

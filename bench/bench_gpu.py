@@ -49,11 +49,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from critperiods import plan  # noqa: E402
-from critperiods.data import PreparedData, Split, blur, blur_uint8  # noqa: E402
-from critperiods.models import build_model  # noqa: E402
-from critperiods.stacked import StackedTrainer  # noqa: E402
-from critperiods.training import (  # noqa: E402
+from critperiods.pipeline import plan  # noqa: E402
+from critperiods.train.data import PreparedData, Split, blur, blur_uint8  # noqa: E402
+from critperiods.train.models import build_model  # noqa: E402
+from critperiods.train.stacked import StackedTrainer  # noqa: E402
+from critperiods.train.training import (  # noqa: E402
     NEVER,
     FastPath,
     TrainConfig,
@@ -330,8 +330,8 @@ def default_name(device: torch.device, model: str) -> str:
 def section_correctness(device: torch.device, sizes: Sizes) -> tuple[list[str], dict]:
     """Bitwise: trunk → branch equals scratch; stop/resume equals uninterrupted (graphs,
     deterministic); graphed follows eager to float tolerance."""
-    from critperiods.training import Preempted
-    from critperiods.trajectories import PieceSpec, run_piece
+    from critperiods.pipeline.trajectories import PieceSpec, run_piece
+    from critperiods.train.training import Preempted
 
     data = synthetic(96 if sizes.full else 48, 3, 16 if sizes.full else 8, 4, device)
     rows, raw = [], {}
@@ -365,7 +365,7 @@ def section_correctness(device: torch.device, sizes: Sizes) -> tuple[list[str], 
                 scratch = Trainer(cfg, data, 16, 3, device, fp)
                 train_until(scratch, 4, 2, set(), [[]], "h", progress=False)
                 want = scratch.state()
-                from critperiods.checkpoints import load_piece
+                from critperiods.pipeline.checkpoints import load_piece
 
                 got = load_piece(branch, "h")["state"]
                 resumed = load_piece(stopped, "h")["state"]
@@ -490,7 +490,7 @@ def _free(device: torch.device) -> None:
 def stacked_rates(s: Setup, batch: int, seeds: tuple[int, ...], device: torch.device,
                   sizes: Sizes, layouts: tuple[str, ...] = ("default",)) -> dict[str, list]:
     """images/s (all seeds) of the graphed default with S stacked seeds (S=1: Trainer)."""
-    from critperiods import folded
+    from critperiods.train import folded
 
     loops: dict[str, object] = {}
     for layout in layouts:
@@ -531,7 +531,7 @@ def section_stacked(device: torch.device, sizes: Sizes, budget: Budget, cache: d
                         f"| {med(values) / one:.2f}× |")
         _free(device)
     lines = ["## Stacked seeds (graphed default), images/s of all seeds together", "",
-             "Layout: the default for the model (`critperiods.folded.CUDA_LAYOUT`) unless "
+             "Layout: the default for the model (`critperiods.train.folded.CUDA_LAYOUT`) unless "
              "named; `batch` = the copies folded into the batch, `channels` = one grouped "
              "convolution for all seeds.", "",
              "| model | batch | seeds | images/s (all seeds) | vs 1 seed |",
@@ -574,7 +574,8 @@ def llc_case(model: str, width: int, sizes: Sizes, device: torch.device, cache: 
 
 def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
                 devinterp: bool) -> tuple[list[str], dict]:
-    from critperiods import folded, llc
+    from critperiods.measure import llc
+    from critperiods.train import folded
 
     raw, rows = {}, []
     cases = [("all_cnn_c", sizes.widths["all_cnn_c"]), ("small_cnn", sizes.widths["small_cnn"])]

@@ -1,4 +1,4 @@
-"""Benchmark: critperiods.llc.estimate_llc vs devinterp 2.0.1 (and 1.3.2) on the same problems.
+"""Benchmark: critperiods.measure.llc.estimate_llc vs devinterp 2.0.1 (and 1.3.2), same problems.
 
 Not a test.  Run inside a venv that has devinterp 2.0.1 next to the project's torch, e.g.
 ``flock /tmp/cpu_bench.lock .venv-bench/bin/python bench/bench_llc.py`` (see
@@ -19,7 +19,7 @@ shows the estimate recomputed from its ``loss_trace`` with the burn-in discarded
 (like-for-like with ours).  The "floor" column is one plain forward + backward of the model
 (the ``nn.Module`` as is, one chain, one minibatch), timed in a loop (median), times
 chains x steps: the bare compute of a sampler that runs its chains one after another.
-Running the chains as ONE grouped network (``critperiods.grouped``, what ours does for
+Running the chains as ONE grouped network (``critperiods.train.grouped``, what ours does for
 these models) can go below it.  Output: a markdown table on stdout and in
 ``bench/out/llc.md``.
 
@@ -52,9 +52,9 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
-from critperiods.learning_coefficients import dln_loss, make_dln
-from critperiods.llc import LLCConfig, estimate_llc
-from critperiods.models import build_model
+from critperiods.measure.learning_coefficients import dln_loss, make_dln
+from critperiods.measure.llc import LLCConfig, estimate_llc
+from critperiods.train.models import build_model
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,7 +128,7 @@ def _fmnist_or_synthetic(n: int) -> tuple[Tensor, Tensor, str]:
     class-template synthetic 28x28 images; returns (x, y, description)."""
     gen = torch.Generator().manual_seed(3)
     if FMNIST.exists():
-        from critperiods.data import load_raw
+        from critperiods.train.data import load_raw
 
         images, labels = load_raw("fashion_mnist", FMNIST)["train"]
         idx = torch.randperm(len(labels), generator=gen)[:n]

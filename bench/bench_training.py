@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 sys.path.insert(0, str(ROOT))
 
-from critperiods import plan  # noqa: E402
-from critperiods.data import PreparedData, blur, prepare  # noqa: E402
-from critperiods.stacked import StackedTrainer  # noqa: E402
-from critperiods.training import NEVER, TrainConfig, Trainer  # noqa: E402
+from critperiods.pipeline import plan  # noqa: E402
+from critperiods.train.data import PreparedData, blur, prepare  # noqa: E402
+from critperiods.train.stacked import StackedTrainer  # noqa: E402
+from critperiods.train.training import NEVER, TrainConfig, Trainer  # noqa: E402
 
 
 def run_steps(trainer, steps: int) -> None:
@@ -95,7 +95,7 @@ class BlurredImages(torch.utils.data.Dataset):
 def dataloader_loop(data: PreparedData, cfg: TrainConfig, batch_size: int, steps: int,
                     workers: int, device: torch.device = CPU) -> float:
     """images/s of a textbook DataLoader loop with the same model and optimizer."""
-    from critperiods.models import build_model
+    from critperiods.train.models import build_model
 
     model = build_model(cfg.model, cfg.width, data.in_channels, data.image_size,
                         data.num_classes, 0).to(device)
@@ -127,7 +127,7 @@ def step_flops(data: PreparedData, cfg: TrainConfig, batch_size: int) -> int:
     """FLOPs of one forward + backward of the model on a batch (torch's flop counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from critperiods.models import build_model
+    from critperiods.train.models import build_model
 
     model = build_model(cfg.model, cfg.width, data.in_channels, data.image_size,
                         data.num_classes, 0)

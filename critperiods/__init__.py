@@ -13,7 +13,7 @@ __version__ = "0.2.0"
 
 def open_cube(path: str | Path) -> xr.Dataset:
     """Open ``results/<experiment>/cube.nc`` as an xarray Dataset (fully loaded)."""
-    from critperiods.cube import open_cube as _open
+    from critperiods.results.cube import open_cube as _open
 
     return _open(path)
 

@@ -27,7 +27,7 @@ def _load_config(paths: list[str]) -> dict:
     """config.yaml overlaid with ``paths`` (as Snakemake does), validated, defaults filled."""
     from snakemake.utils import update_config, validate
 
-    from critperiods.plan import check_config, check_moved_keys
+    from critperiods.pipeline.plan import check_config, check_moved_keys
 
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     for p in paths:
@@ -56,7 +56,7 @@ def _open_cube_or_exit(path: str) -> object:
 
 
 def summarize(args: argparse.Namespace) -> int:
-    from critperiods.analysis import (
+    from critperiods.results.analysis import (
         critical_period_summary,
         format_table,
         llc_flag_counts,
@@ -96,12 +96,17 @@ def summarize(args: argparse.Namespace) -> int:
 def calibrate_llc(args: argparse.Namespace) -> int:
     import torch
 
-    from critperiods.checkpoints import checkpoint_map, config_hash, load_piece
-    from critperiods.data import load_prepared
-    from critperiods.evaluation import model_for
-    from critperiods.llc import calibrate, llc_config_from_params, llc_data, plot_calibration
-    from critperiods.plan import training_params
-    from critperiods.training import TrainConfig
+    from critperiods.measure.evaluation import model_for
+    from critperiods.measure.llc import (
+        calibrate,
+        llc_config_from_params,
+        llc_data,
+        plot_calibration,
+    )
+    from critperiods.pipeline.checkpoints import checkpoint_map, config_hash, load_piece
+    from critperiods.pipeline.plan import training_params
+    from critperiods.train.data import load_prepared
+    from critperiods.train.training import TrainConfig
 
     config = _load_config(args.configfile)
     results = Path(config["results_dir"]) / config["experiment"]
@@ -135,8 +140,8 @@ def _times(scratch: int, shared: int) -> str:
 
 
 def cost(args: argparse.Namespace) -> int:
-    from critperiods.cost import describe, grid_cost
-    from critperiods.plan import epochs_trained
+    from critperiods.pipeline.cost import describe, grid_cost
+    from critperiods.pipeline.plan import epochs_trained
 
     config = _load_config(args.configfile)
     shared, scratch = epochs_trained(config, True), epochs_trained(config, False)
@@ -155,7 +160,7 @@ def cost(args: argparse.Namespace) -> int:
 def provenance(args: argparse.Namespace) -> int:
     import json
 
-    from critperiods.provenance import report
+    from critperiods.pipeline.provenance import report
 
     path = Path(args.cube)
     try:

@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
-from critperiods.analysis import to_csv
-from critperiods.cube import build_cube, write_netcdf
-from critperiods.files import write_atomic
-from critperiods.provenance import cube_attrs
-from critperiods.stage import setup
+from critperiods.pipeline.files import write_atomic
+from critperiods.pipeline.provenance import cube_attrs
+from critperiods.pipeline.stage import setup
+from critperiods.results.analysis import to_csv
+from critperiods.results.cube import build_cube, write_netcdf
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 setup(sm)

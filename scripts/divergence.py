@@ -1,12 +1,12 @@
 """Stage divergence: every comparison between the runs of one batch size."""
 
-from critperiods.checkpoints import config_hash
-from critperiods.cube import write_netcdf
-from critperiods.data import load_prepared
-from critperiods.divergence import divergence_for_pieces
-from critperiods.provenance import piece_attrs
-from critperiods.stage import setup
-from critperiods.training import TrainConfig
+from critperiods.measure.divergence import divergence_for_pieces
+from critperiods.pipeline.checkpoints import config_hash
+from critperiods.pipeline.provenance import piece_attrs
+from critperiods.pipeline.stage import setup
+from critperiods.results.cube import write_netcdf
+from critperiods.train.data import load_prepared
+from critperiods.train.training import TrainConfig
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 device = setup(sm)

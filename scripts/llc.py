@@ -1,13 +1,13 @@
 """Stage llc: λ̂ by SGLD at the selected checkpoints of one piece."""
 
-from critperiods.checkpoints import config_hash, load_checkpoints
-from critperiods.cube import write_netcdf
-from critperiods.data import load_prepared
-from critperiods.evaluation import model_for
-from critperiods.llc import llc_at_checkpoints, llc_config_from_params, llc_data
-from critperiods.provenance import piece_attrs
-from critperiods.stage import setup
-from critperiods.training import TrainConfig
+from critperiods.measure.evaluation import model_for
+from critperiods.measure.llc import llc_at_checkpoints, llc_config_from_params, llc_data
+from critperiods.pipeline.checkpoints import config_hash, load_checkpoints
+from critperiods.pipeline.provenance import piece_attrs
+from critperiods.pipeline.stage import setup
+from critperiods.results.cube import write_netcdf
+from critperiods.train.data import load_prepared
+from critperiods.train.training import TrainConfig
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 device = setup(sm)

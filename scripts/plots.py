@@ -3,10 +3,10 @@
 from pathlib import Path
 
 from critperiods import open_cube
-from critperiods.files import write_atomic
-from critperiods.plots import PLOTTERS
-from critperiods.report_page import landing_page
-from critperiods.stage import setup
+from critperiods.pipeline.files import write_atomic
+from critperiods.pipeline.stage import setup
+from critperiods.results.plots import PLOTTERS
+from critperiods.results.report_page import landing_page
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 setup(sm)

@@ -5,8 +5,8 @@ params: the params hold what the data are (raw files' MD5 sums, subset, blur), s
 pointing ``dataset.root`` at another folder with the same files reruns nothing.
 """
 
-from critperiods.data import prepare_split, save_prepared
-from critperiods.stage import setup
+from critperiods.pipeline.stage import setup
+from critperiods.train.data import prepare_split, save_prepared
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 setup(sm)

@@ -2,16 +2,16 @@
 
 With ``train.seeds_per_job > 1`` the job trains its whole seed group stacked (or
 finds its piece already trained by the group's first job); see
-``critperiods.trajectories.run_group``.
+``critperiods.pipeline.trajectories.run_group``.
 """
 
 import sys
 
-from critperiods.checkpoints import config_hash
-from critperiods.data import load_prepared
-from critperiods.stage import setup
-from critperiods.training import NEVER, FastPath, Preempted, TrainConfig
-from critperiods.trajectories import PieceSpec, run_group
+from critperiods.pipeline.checkpoints import config_hash
+from critperiods.pipeline.stage import setup
+from critperiods.pipeline.trajectories import PieceSpec, run_group
+from critperiods.train.data import load_prepared
+from critperiods.train.training import NEVER, FastPath, Preempted, TrainConfig
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the retry resumes from the saved state
 

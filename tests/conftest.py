@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from critperiods.data import PreparedData, Split, blur_uint8
-from critperiods.training import TrainConfig
+from critperiods.train.data import PreparedData, Split, blur_uint8
+from critperiods.train.training import TrainConfig
 
 
 def synthetic_data(n_train: int = 192, n_test: int = 64, channels: int = 1, size: int = 16,
@@ -30,7 +30,7 @@ def synthetic_data(n_train: int = 192, n_test: int = 64, channels: int = 1, size
 
 @pytest.fixture(scope="session", autouse=True)
 def native_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Compiled kernels (``critperiods.native``) go to a temporary folder, also in the
+    """Compiled kernels (``critperiods.train.native``) go to a temporary folder, also in the
     workflow tests' subprocesses, never to the user's cache."""
     import os
 

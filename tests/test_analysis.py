@@ -1,4 +1,4 @@
-"""Tests for :mod:`critperiods.analysis` on synthetic curves with known answers."""
+"""Tests for :mod:`critperiods.results.analysis` on synthetic curves with known answers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from critperiods import analysis as an
+from critperiods.results import analysis as an
 
 SWITCHES = np.arange(0.0, 61.0, 5.0)
 TRUE_KINK, LEVEL, SLOPE, NOISE = 25.0, 0.88, -0.003, 0.005

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from critperiods.assemble import assemble_runs
-from critperiods.cube import align_at_switch
-from critperiods.layout import PieceKey, parse_divergence, parse_piece
+from critperiods.pipeline.layout import PieceKey, parse_divergence, parse_piece
+from critperiods.results.assemble import assemble_runs
+from critperiods.results.cube import align_at_switch
 
 
 def piece(epochs: list[int], values: list[float], **settings: float) -> xr.Dataset:

@@ -8,10 +8,10 @@ import stat
 import pytest
 import torch
 
-from critperiods import checkpoints as ckpt
-from critperiods.checkpoints import CheckpointError, config_hash, load_piece, save_piece
-from critperiods.files import write_atomic
-from critperiods.plan import training_params
+from critperiods.pipeline import checkpoints as ckpt
+from critperiods.pipeline.checkpoints import CheckpointError, config_hash, load_piece, save_piece
+from critperiods.pipeline.files import write_atomic
+from critperiods.pipeline.plan import training_params
 
 
 def write_piece(path, h="aaaaaaaaaaaa"):

@@ -12,7 +12,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from critperiods.plan import ConfigError, check_config
+from critperiods.pipeline.plan import ConfigError, check_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
@@ -116,7 +116,7 @@ def test_llc_epochs_must_be_checkpoint_epochs():
 def test_schema_order_makes_a_stated_default_print_the_same():
     """Rule params are compared as text: a default written in a config file must print like
     the default the schema fills in."""
-    from critperiods.plan import in_schema_order
+    from critperiods.pipeline.plan import in_schema_order
 
     schema = yaml.safe_load(Path(SCHEMA).read_text())
     filled = checked(load_default())
@@ -144,7 +144,7 @@ def test_snakemake_refuses_bad_config_before_planning(tmp_path):
 
 
 def test_seed_groups_are_blocks_of_seed_values():
-    from critperiods.plan import seed_group
+    from critperiods.pipeline.plan import seed_group
 
     config = {"grid": {"seeds": [5, 0, 1, 2]}, "train": {"seeds_per_job": 2}}
     assert seed_group(config, 0) == seed_group(config, 1) == [0, 1]
@@ -165,7 +165,7 @@ def test_a_blur_as_large_as_the_image_is_refused(name, size):
 
 
 def test_the_moved_lr_after_switch_key_names_grid_lr_schedules():
-    from critperiods.plan import check_moved_keys
+    from critperiods.pipeline.plan import check_moved_keys
 
     config = load_default()
     config["optimizer"]["lr_after_switch"] = "restart"
@@ -177,7 +177,7 @@ def test_the_moved_lr_after_switch_key_names_grid_lr_schedules():
 def test_analysis_defaults_agree_with_the_library():
     """The λ̂ quality thresholds and interval settings have one default: the schema's equals
     the library's (used when the cube is built without a config)."""
-    from critperiods.cube import ANALYSIS_DEFAULTS
+    from critperiods.results.cube import ANALYSIS_DEFAULTS
 
     schema = yaml.safe_load(Path(SCHEMA).read_text())["properties"]["analysis"]["properties"]
     assert {k: v["default"] for k, v in schema.items()} == ANALYSIS_DEFAULTS
@@ -198,7 +198,7 @@ def test_summarize_on_a_missing_or_foreign_file_is_one_line(tmp_path, content):
 
 
 def test_the_never_blurred_branch_trains_on_as_the_sharp_reference():
-    from critperiods import plan
+    from critperiods.pipeline import plan
 
     config = checked(load_default())
     last = plan.last_epoch(config)

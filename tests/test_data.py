@@ -10,7 +10,7 @@ import pytest
 import torch
 import torchvision
 
-from critperiods import data as D
+from critperiods.train import data as D
 
 
 def write_idx(path, array: np.ndarray) -> None:
@@ -163,7 +163,7 @@ def test_data_still_to_download_are_identified_by_the_published_sums(tmp_path, m
     is the same; they are torchvision's own constants."""
     from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
 
-    from critperiods import dataset_files
+    from critperiods.train import dataset_files
 
     monkeypatch.setattr(dataset_files, "SYSTEM_FASHION_MNIST", tmp_path / "nowhere")
     for name, cls in (("fashion_mnist", FashionMNIST), ("mnist", MNIST)):

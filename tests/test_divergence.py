@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from critperiods import divergence as dv
-from critperiods.data import PreparedData, Split
-from critperiods.models import build_model
+from critperiods.measure import divergence as dv
+from critperiods.train.data import PreparedData, Split
+from critperiods.train.models import build_model
 
 IN_CHANNELS, SIZE, CLASSES, WIDTH = 1, 8, 4, 3
 PROBE_N = 40

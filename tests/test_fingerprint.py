@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from critperiods.fingerprint import Fingerprints, c_text, source_digest
+from critperiods.pipeline.fingerprint import Fingerprints, c_text, source_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,11 +146,11 @@ def test_the_stage_scripts_reach_the_modules_they_use():
     never reach llc.py; plots.py reaches only the plots."""
     fp = Fingerprints(ROOT)
     llc = set(fp.sources(ROOT / "scripts/llc.py"))
-    assert {"critperiods/llc.py", "critperiods/native.py", "critperiods/max_pool2.c",
+    assert {"critperiods/measure/llc.py", "critperiods/train/native.py", "critperiods/train/max_pool2.c",
             "scripts/llc.py"} <= llc
     for script in ("train", "evaluate", "prepare_data", "aggregate"):
-        assert "critperiods/llc.py" not in fp.sources(ROOT / f"scripts/{script}.py"), script
-        assert "critperiods/plots.py" not in fp.sources(ROOT / f"scripts/{script}.py"), script
-    assert "critperiods/training.py" in fp.sources(ROOT / "scripts/train.py")
+        assert "critperiods/measure/llc.py" not in fp.sources(ROOT / f"scripts/{script}.py"), script
+        assert "critperiods/results/plots.py" not in fp.sources(ROOT / f"scripts/{script}.py"), script
+    assert "critperiods/train/training.py" in fp.sources(ROOT / "scripts/train.py")
     assert len({fp.stage(p) for p in (ROOT / "scripts").glob("*.py")}) == len(
         list((ROOT / "scripts").glob("*.py")))

@@ -16,12 +16,12 @@ import pytest
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from critperiods import plan
-from critperiods.folded import FoldedModel
-from critperiods.grouped import copies_forward
-from critperiods.models import build_model
-from critperiods.stacked import StackedTrainer
-from critperiods.training import NEVER, FastPath, Trainer, train_until
+from critperiods.pipeline import plan
+from critperiods.train.folded import FoldedModel
+from critperiods.train.grouped import copies_forward
+from critperiods.train.models import build_model
+from critperiods.train.stacked import StackedTrainer
+from critperiods.train.training import NEVER, FastPath, Trainer, train_until
 from tests.test_training import HASH, assert_state_equal, stop_after
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,8 +176,8 @@ def test_bench_gpu_smoke_runs_every_section(tmp_path):
 @cuda
 @pytest.mark.parametrize("model", ["small_cnn", "all_cnn_c"])
 def test_cuda_graphed_branch_from_trunk_equals_run_from_scratch(tmp_path, cfg, data, model):
-    from critperiods.checkpoints import load_piece
-    from critperiods.trajectories import PieceSpec, run_piece
+    from critperiods.pipeline.checkpoints import load_piece
+    from critperiods.pipeline.trajectories import PieceSpec, run_piece
 
     gpu = torch.device("cuda")
     cfg, data = replace(cfg, model=model), data.to(gpu)
@@ -205,7 +205,7 @@ def test_cuda_graphed_branch_from_trunk_equals_run_from_scratch(tmp_path, cfg, d
 
 @cuda
 def test_cuda_graphed_sgld_matches_the_eager_sampler():
-    from critperiods import llc
+    from critperiods.measure import llc
 
     torch.manual_seed(0)
     model = build_model("small_cnn", 4, 1, 8, 10, 0).cuda()

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from critperiods.grouped import GroupedModel, NotGroupable, copies_forward, stack_like
-from critperiods.learning_coefficients import make_dln
-from critperiods.models import build_model
+from critperiods.measure.learning_coefficients import make_dln
+from critperiods.train.grouped import GroupedModel, NotGroupable, copies_forward, stack_like
+from critperiods.train.models import build_model
 
 COPIES = 3
 
@@ -293,7 +293,7 @@ def test_activations_of_different_ranks_and_missing_buffers_fall_back() -> None:
 def test_grouped_input_is_channels_last(channels: int) -> None:
     """The copies' images become one channels-last tensor, copy-major in the channels: the
     layout oneDNN's grouped convolutions are fast on (a strided view runs ~2x slower)."""
-    from critperiods.grouped import _group_input
+    from critperiods.train.grouped import _group_input
 
     x = torch.randn(COPIES, 5, channels, 28, 28)
     act = _group_input(x)
@@ -305,7 +305,7 @@ def test_flattened_images_pass_their_gradient_back_channels_last() -> None:
     """Flattening grouped channels-last images gives each copy's NCHW-ordered features, and
     the gradient comes back channels-last (so the backward before it runs on one layout),
     with the same values as the plain reshape's."""
-    from critperiods.grouped import _Act, _flatten
+    from critperiods.train.grouped import _Act, _flatten
 
     k, side = 4, 3
     x = torch.randn(5, COPIES * k, side, side).contiguous(memory_format=torch.channels_last)

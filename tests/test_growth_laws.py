@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from critperiods.growth_laws import FORMS, NO_FIT, fit_growth_law, growth_law_dataset
+from critperiods.measure.growth_laws import FORMS, NO_FIT, fit_growth_law, growth_law_dataset
 
 T = np.arange(1, 31, dtype=float)
 CURVES = {

@@ -3,7 +3,7 @@
 The tables are checked against the real workflow: one dry run per config key (with the
 change the table names) on the finished tiny run, dry runs on copies of the repository with
 real and cosmetic code changes, and, for every source file, the rules whose code fingerprint
-contains it (critperiods.fingerprint) plus what depends on them (the rule graph).
+contains it (critperiods.pipeline.fingerprint) plus what depends on them (the rule graph).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from critperiods import dataset_files
-from critperiods.fingerprint import Fingerprints
+from critperiods.pipeline.fingerprint import Fingerprints
+from critperiods.train import dataset_files
 from tests.test_workflow import ROOT, TINY, planned, snakemake
 
 TOY_TINY = ROOT / "tests/configs/toy_tiny.yaml"
@@ -297,10 +297,10 @@ def tidy(text: str) -> str:
 
 
 CODE_CHANGES = {  # (file, real change?) → what a dry run must plan
-    ("critperiods/llc.py", True): lambda t: t + "\nBUG_FIX = 1\n",
-    ("critperiods/llc.py", False): tidy,
-    ("critperiods/training.py", True): lambda t: t + "\nBUG_FIX = 1\n",
-    ("critperiods/plots.py", True): lambda t: t + "\nBUG_FIX = 1\n",
+    ("critperiods/measure/llc.py", True): lambda t: t + "\nBUG_FIX = 1\n",
+    ("critperiods/measure/llc.py", False): tidy,
+    ("critperiods/train/training.py", True): lambda t: t + "\nBUG_FIX = 1\n",
+    ("critperiods/results/plots.py", True): lambda t: t + "\nBUG_FIX = 1\n",
     ("scripts/evaluate.py", False): lambda t: "# a comment in a stage script\n" + t,
 }
 
@@ -321,5 +321,5 @@ def test_code_changes_rerun_their_stage_and_downstream_and_tidying_reruns_nothin
         expected = (expand(rules_named(rows[path][0]), None) & every_rule(TINY) if real
                     else frozenset())
         assert rules == expected, f"{path} ({'real' if real else 'cosmetic'} change): {rules}"
-    assert got[("critperiods/llc.py", True)] == {"llc", "aggregate", "plots"}
-    assert got[("critperiods/plots.py", True)] == {"plots"}
+    assert got[("critperiods/measure/llc.py", True)] == {"llc", "aggregate", "plots"}
+    assert got[("critperiods/results/plots.py", True)] == {"plots"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from critperiods.learning_coefficients import (
+from critperiods.measure.learning_coefficients import (
     NormalCrossingPotential,
     QuadraticPotential,
     dln_learning_coefficient,

@@ -3,7 +3,7 @@
 Measured on the 2-core CPU box (deterministic for a fixed seed on that box).  Potentials:
 nbeta = 1e4, gamma = 1, 16 chains x (2000 + 8000) steps, full batch; the test uses seed 1,
 seed 0 is shown to make the run-to-run spread visible.  Every chain has its own random stream
-(``critperiods.llc.chain_seed``) since 2026-11-29; the numbers in brackets are those of the
+(``critperiods.measure.llc.chain_seed``) since 2026-11-29; the numbers in brackets are those of the
 earlier sampler, whose chains shared one stream (same seeds), to show the spread.
 
 =====================  =====  ===================  =====================  =====================
@@ -68,7 +68,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from critperiods.learning_coefficients import (
+from critperiods.measure.learning_coefficients import (
     NormalCrossingPotential,
     QuadraticPotential,
     dln_learning_coefficient,
@@ -81,7 +81,7 @@ from critperiods.learning_coefficients import (
     potential_loss,
     regular_lc,
 )
-from critperiods.llc import (
+from critperiods.measure.llc import (
     LLCConfig,
     LLCDivergenceWarning,
     LLCResult,
@@ -90,8 +90,8 @@ from critperiods.llc import (
     estimate_llc,
     plot_calibration,
 )
-from critperiods.models import build_model
-from critperiods.workers import WorkerError, can_fork
+from critperiods.measure.workers import WorkerError, can_fork
+from critperiods.train.models import build_model
 
 POT_NBETA, POT_GAMMA = 1e4, 1.0
 POTENTIALS = {(1, 1): 1e-4, (1, 2): 3e-4, (2, 2): 3e-4, (1, 3): 3e-4}  # powers -> step size
@@ -392,7 +392,7 @@ def test_bad_settings_are_refused_naming_the_field(field: str, value: object) ->
 def test_full_batch_init_loss_runs_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """L_n(w*) never runs more than INIT_LOSS_CHUNK samples per forward, also when the
     sampler uses the full batch (and gives the same value as one big forward)."""
-    import critperiods.llc as llc_module
+    import critperiods.measure.llc as llc_module
 
     model, (x, y) = _small_dln()
     with torch.no_grad():
@@ -410,7 +410,7 @@ def test_init_loss_with_a_batch_size_that_does_not_divide_the_chunk() -> None:
     """Minibatches of 100 (1024 is not a multiple): L_n(w*) over all 2500 samples and the
     std of the 25 minibatch means.  (Each forward once overran its chunk here, and the
     loss of the last 24 outputs met no targets.)"""
-    import critperiods.llc as llc_module
+    import critperiods.measure.llc as llc_module
 
     torch.manual_seed(0)
     model = nn.Linear(5, 3)
@@ -428,7 +428,7 @@ def test_a_chain_over_the_ceiling_is_cut_where_it_crossed() -> None:
     """The divergence ceiling is applied once L_n(w*) is known, after sampling: a chain is
     flagged at the first step above it, its trace blanked from there, exactly as if it had
     been stopped there; the other chains are untouched."""
-    import critperiods.llc as llc_module
+    import critperiods.measure.llc as llc_module
 
     model, data = _small_dln()
     cfg = LLCConfig(chains=4, draws=60, burn_in=0, step_size=3e-4, gamma=10.0, batch_size=16,
@@ -455,7 +455,7 @@ def test_a_chain_over_the_ceiling_is_cut_where_it_crossed() -> None:
 def test_the_cut_uses_the_peak_between_records() -> None:
     """With ``loss_every`` > 1 a chain is cut at the record whose steps crossed the ceiling,
     also when the recorded (last) loss of that record is below it; NaN counts as over."""
-    import critperiods.llc as llc_module
+    import critperiods.measure.llc as llc_module
 
     loss = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, np.nan, np.nan]])
     peak = np.array([[1.0, 5.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], [1.0, np.nan, np.nan, 1.0]])

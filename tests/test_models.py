@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from critperiods.models import MODELS, build_model
+from critperiods.train.models import MODELS, build_model
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -48,7 +48,7 @@ def test_small_cnn_pool_then_relu_is_relu_then_pool_bit_for_bit():
 
     from torch import nn
 
-    from critperiods.models import build_model
+    from critperiods.train.models import build_model
 
     model = build_model("small_cnn", 4, 1, 16, 10, seed=0)
     textbook = copy.deepcopy(model)  # its own parameters, the same values
@@ -68,7 +68,7 @@ def test_channels_last_images_makes_the_convolution_run_channels_last(channels):
     """A one-channel batch gets channels-last strides too (``contiguous`` cannot give them),
     so the convolution's output, and the pooling after it, are channels-last; the values
     are the input's, and ``small_cnn`` computes the same outputs from either layout."""
-    from critperiods.models import channels_last_images
+    from critperiods.train.models import channels_last_images
 
     x = torch.randn(4, channels, 8, 8, generator=torch.Generator().manual_seed(0))
     cl = channels_last_images(x)

@@ -1,4 +1,4 @@
-"""critperiods.native: the 2×2 max-pool kernel is PyTorch's, bit for bit, and used where
+"""critperiods.train.native: the 2×2 max-pool kernel is PyTorch's, bit for bit, and used where
 it applies; elsewhere (or without a compiler) PyTorch's kernel runs."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from critperiods import native, workers
-from critperiods.grouped import copies_forward, stack_like
-from critperiods.models import build_model, to_channels_last
+from critperiods.measure import workers
+from critperiods.train import native
+from critperiods.train.grouped import copies_forward, stack_like
+from critperiods.train.models import build_model, to_channels_last
 
 HAVE_CC = shutil.which(os.environ.get("CC", "cc")) is not None
 

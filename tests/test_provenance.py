@@ -11,8 +11,8 @@ import torch
 import xarray as xr
 
 from critperiods.__main__ import main
-from critperiods.fingerprint import Fingerprints
-from critperiods.provenance import record, report
+from critperiods.pipeline.fingerprint import Fingerprints
+from critperiods.pipeline.provenance import record, report
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,10 +8,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from critperiods.checkpoints import load_piece
-from critperiods.stacked import STACKED_ATOL, STEP_ATOL, StackedTrainer
-from critperiods.training import NEVER, Preempted, Trainer, train_from_scratch, train_until
-from critperiods.trajectories import PieceSpec, resume_path_for, run_group
+from critperiods.pipeline.checkpoints import load_piece
+from critperiods.pipeline.trajectories import PieceSpec, resume_path_for, run_group
+from critperiods.train.stacked import STACKED_ATOL, STEP_ATOL, StackedTrainer
+from critperiods.train.training import NEVER, Preempted, Trainer, train_from_scratch, train_until
 from tests.test_training import HASH, assert_state_equal, stop_after
 
 SEEDS = (0, 1, 2)
@@ -130,7 +130,7 @@ def test_stacked_job_killed_and_resumed_equals_uninterrupted(tmp_path, cfg, data
 def test_piece_of_another_stacking_is_refused(tmp_path, cfg, data):
     """Continuing a stacked trunk in a single-seed job (seeds_per_job changed without a
     rerun) would mix the two; the start piece is refused with the file named."""
-    from critperiods.checkpoints import CheckpointError
+    from critperiods.pipeline.checkpoints import CheckpointError
 
     specs, outputs = _group(tmp_path, "t", end=1, stack=(0, 1))
     specs = [replace(s, switch_epoch=NEVER, checkpoint_epochs=frozenset()) for s in specs]
@@ -143,7 +143,7 @@ def test_piece_of_another_stacking_is_refused(tmp_path, cfg, data):
 def test_stacked_fast_path_with_bf16_runs_on_cpu(cfg, data):
     """The GPU fast path (bf16 autocast, channels-last batches) also drives a stack:
     correctness only — finite, trained, and close to the float32 stack."""
-    from critperiods.training import FastPath
+    from critperiods.train.training import FastPath
 
     fast = FastPath.for_device(torch.device("cpu"), mode="on")
     assert fast.bf16

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from critperiods.llc import LLCConfig
-from critperiods.plan import ConfigError
+from critperiods.measure.llc import LLCConfig
+from critperiods.pipeline.plan import ConfigError
 from critperiods.toy import noise, posterior
 from critperiods.toy.landscapes import (
     Landscape,
@@ -298,7 +298,7 @@ LLC_TOLERANCE = 0.15  # relative: ~5 % chain noise, ≤ 7 % discretisation and l
 
 @pytest.mark.parametrize("name", ["line_k1", "line_k2", "sum_k1-1", "sum_k1-2"])
 def test_exact_learning_coefficient_matches_the_estimator(name):
-    """λ̂ at w* by critperiods.llc.estimate_llc (nβ = n / ln n, 4 chains × 1500 draws, the
+    """λ̂ at w* by critperiods.measure.llc.estimate_llc (nβ = n / ln n, 4 chains × 1500 draws, the
     study's defaults) is within 15 % of the exact λ.  For these separable, multiplicity-1
     landscapes the finite-nβ target equals λ up to the localisation (−1 to −4 %), and the
     SGLD step adds about step·nβ/4 = +7 % on a regular coordinate."""

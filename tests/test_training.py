@@ -7,15 +7,15 @@ from dataclasses import replace
 import pytest
 import torch
 
-from critperiods.checkpoints import load_piece
-from critperiods.training import (
+from critperiods.pipeline.checkpoints import load_piece
+from critperiods.pipeline.trajectories import PieceSpec, resume_path_for, run_piece
+from critperiods.train.training import (
     NEVER,
     Preempted,
     epoch_plan,
     learning_rate,
     train_from_scratch,
 )
-from critperiods.trajectories import PieceSpec, resume_path_for, run_piece
 
 HASH = "testhash0001"
 
@@ -142,7 +142,7 @@ def test_learning_rate_continues_or_restarts(cfg):
 
 
 def test_training_learns(cfg, data):
-    from critperiods.evaluation import evaluate_piece
+    from critperiods.measure.evaluation import evaluate_piece
 
     cfg = replace(cfg, augmentation=False)
     _, ckpts = train_from_scratch(cfg, data, 16, 0, 0, 6, {0, 6})
@@ -153,7 +153,7 @@ def test_training_learns(cfg, data):
 
 def test_fast_path_runs_on_cpu_and_default_cpu_path_is_untouched(cfg, data):
     """bf16 + channels-last is a CUDA speed path; on the CPU it must still train correctly."""
-    from critperiods.training import FastPath, Trainer, train_until
+    from critperiods.train.training import FastPath, Trainer, train_until
 
     cpu = FastPath.for_device(torch.device("cpu"))
     assert cpu.channels_last and not cpu.bf16 and not cpu.cudnn_benchmark
@@ -175,7 +175,7 @@ def test_fast_path_runs_on_cpu_and_default_cpu_path_is_untouched(cfg, data):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_cached_inputs_equal_per_batch_inputs(cfg, data, channels_last):
     """Without augmentation batches index a once-built input set: the very same bits."""
-    from critperiods.training import BatchCache, FastPath, make_batch
+    from critperiods.train.training import BatchCache, FastPath, make_batch
 
     fast = FastPath(channels_last=channels_last)
     ready = BatchCache(data, cfg, fast)

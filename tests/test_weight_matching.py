@@ -6,15 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from critperiods.divergence import aligned_l2
-from critperiods.models import Classifier, build_model
-from critperiods.weight_matching import (
+from critperiods.measure.divergence import aligned_l2
+from critperiods.measure.weight_matching import (
     apply_permutation,
     permutation_spec,
     permute_axis,
     random_permutation,
     weight_matching,
 )
+from critperiods.train.models import Classifier, build_model
 
 ARCHS = ("small_cnn", "all_cnn_c", "resnet18")
 IN_CHANNELS, SIZE, CLASSES, WIDTH = 3, 8, 5, 4

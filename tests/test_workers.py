@@ -1,4 +1,4 @@
-"""critperiods.workers: forked jobs return in order, report progress, and fail loudly."""
+"""critperiods.measure.workers: forked jobs return in order, report progress, and fail loudly."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from critperiods.workers import WorkerError, can_fork, run_forked
+from critperiods.measure.workers import WorkerError, can_fork, run_forked
 
 pytestmark = pytest.mark.skipif(not can_fork(), reason="worker processes need Linux (fork)")
 
@@ -104,7 +104,7 @@ def test_workers_stop_when_their_parent_dies(tmp_path) -> None:  # noqa: ANN001
     pids = tmp_path / "pids"
     script = textwrap.dedent(f"""
         import os, time
-        from critperiods.workers import run_forked
+        from critperiods.measure.workers import run_forked
         def job(report):
             open({str(pids)!r}, "a").write(f"{{os.getpid()}}\\n")
             time.sleep(60)

@@ -278,7 +278,7 @@ def test_seeds_per_job_trains_the_group_in_its_first_job(run, tmp_path):
     write what they were handed, and the pieces match single-seed training."""
     import torch
 
-    from critperiods.stacked import STACKED_ATOL
+    from critperiods.train.stacked import STACKED_ATOL
 
     branches = [f"results/tiny/runs/bs64/seed{s}/continue/switch2.pt" for s in (0, 1)]
     snakemake(tmp_path, "--cores", "2", *branches,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import xarray as xr
 
-from critperiods.cube import _git_commit, _versions
+from critperiods.results.cube import _git_commit, _versions
 from critperiods.toy.landscapes import KINDS
 from critperiods.toy.measure import MIN_FIT_STEPS
 
@@ -219,7 +219,7 @@ def format_summary(cube: xr.Dataset) -> str:
 
 def summary_csv(cube: xr.Dataset, path: str | Path) -> None:
     """The summary table as CSV (written atomically)."""
-    from critperiods.files import write_atomic
+    from critperiods.pipeline.files import write_atomic
 
     table = summary_table(cube)
     write_atomic(path, lambda tmp: table.to_csv(tmp, float_format="%.6g"))

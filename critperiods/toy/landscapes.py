@@ -33,7 +33,7 @@ from functools import cached_property
 import torch
 from torch import Tensor, nn
 
-from critperiods.learning_coefficients import (
+from critperiods.measure.learning_coefficients import (
     normal_crossing_lc,
     normal_crossing_multiplicity,
     normal_crossing_tempered_mean,
@@ -275,7 +275,7 @@ def excess_from_features(data: RegressionData, u: Tensor) -> Tensor:
 
 class ToyModel(nn.Module):
     """``f(w, x) = u(w)·x`` as an ``nn.Module`` whose parameter ``w`` holds the 1–2 weights;
-    with :func:`squared_error` it is what ``critperiods.llc.estimate_llc`` samples."""
+    with :func:`squared_error` it is what ``critperiods.measure.llc.estimate_llc`` samples."""
 
     def __init__(self, landscape: Landscape, w: Tensor) -> None:
         super().__init__()

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from critperiods.llc import LLCConfig, estimate_llc
+from critperiods.measure.llc import LLCConfig, estimate_llc
 from critperiods.toy import noise, posterior
 from critperiods.toy.landscapes import (
     Landscape,
@@ -130,7 +130,7 @@ def escape_shares(endpoints: np.ndarray, centre: np.ndarray, radius: float) -> n
 
 def llc_at(landscape: Landscape, data: RegressionData, point: np.ndarray,
            llc: dict[str, Any], label: str) -> tuple[float, float]:
-    """λ̂ (mean and std over chains) by ``critperiods.llc.estimate_llc`` at ``point``."""
+    """λ̂ (mean and std over chains) by ``critperiods.measure.llc.estimate_llc`` at ``point``."""
     cfg = LLCConfig(chains=llc["chains"], draws=llc["draws"], burn_in=llc["burn_in"],
                     step_size=llc["step_size"], gamma=llc["gamma"], nbeta=llc["nbeta"],
                     batch_size=llc["batch_size"], seed=llc["seed"])

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from critperiods.plan import ConfigError
+from critperiods.pipeline.plan import ConfigError
 from critperiods.toy.landscapes import KINDS, Landscape
 
 JOB_SECTIONS = ("data", "sgd", "starts", "convergence", "escape", "posterior", "llc")

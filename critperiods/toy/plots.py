@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from critperiods.files import write_atomic  # noqa: E402
+from critperiods.pipeline.files import write_atomic  # noqa: E402
 from critperiods.toy.cube import configured  # noqa: E402
 from critperiods.toy.landscapes import Landscape  # noqa: E402
 
@@ -215,7 +215,7 @@ def llc_vs_exact(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     ax.scatter([], [], color="0.5", s=12, label="at SGD endpoints")
     ax.scatter([], [], marker="_", s=200, color="k", label="finite-nβ target")
     ax.set_xlabel("exact learning coefficient λ")
-    ax.set_ylabel("λ̂ (critperiods.llc.estimate_llc)")
+    ax.set_ylabel("λ̂ (critperiods.measure.llc.estimate_llc)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, path, dpi)

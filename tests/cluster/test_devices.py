@@ -1,4 +1,4 @@
-"""GPU selection (critperiods.devices) without a GPU: torch.cuda is mocked."""
+"""GPU selection (critperiods.pipeline.devices) without a GPU: torch.cuda is mocked."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from critperiods import devices
+from critperiods.pipeline import devices
 
 
 @pytest.fixture

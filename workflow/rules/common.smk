@@ -1,13 +1,13 @@
 # Paths and input functions shared by all rules. The logic behind them lives in
-# critperiods.plan so that tests and the DAG agree.
+# critperiods.pipeline.plan so that tests and the DAG agree.
 import os
 
 import yaml
 
-from critperiods import plan
-from critperiods.dataset_files import raw_identity
-from critperiods.fingerprint import Fingerprints
-from critperiods.report_page import FIGURES
+from critperiods.pipeline import plan
+from critperiods.train.dataset_files import raw_identity
+from critperiods.pipeline.fingerprint import Fingerprints
+from critperiods.results.report_page import FIGURES
 
 with open(os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")) as f:
     SCHEMA = yaml.safe_load(f)
@@ -235,7 +235,7 @@ CODE = Fingerprints(workflow.basedir)
 def add_code_params(all_rules):
     """Give each script-running rule a ``code`` param, the fingerprint of the script and
     of every critperiods module (and file such as max_pool2.c) it can import
-    (critperiods.fingerprint). The params trigger then reruns a rule when code it runs
+    (critperiods.pipeline.fingerprint). The params trigger then reruns a rule when code it runs
     changes, and only then: comments, docstrings and layout do not count (nor, with the
     workflow profile profiles/default, the script's modification time). Called once all
     rules are defined, so that no rule can be left without one."""

@@ -1,6 +1,6 @@
 # One job per trajectory piece and seed. With train.seeds_per_job > 1 the first seed
 # of a group trains the whole group stacked and hands its siblings their results
-# (their jobs wait for it: see get_group_first and critperiods.trajectories).
+# (their jobs wait for it: see get_group_first and critperiods.pipeline.trajectories).
 rule train_trunk:
     input:
         data=TRAIN_DATA,

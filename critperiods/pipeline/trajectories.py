@@ -12,7 +12,7 @@ the job starts its piece again — slower, never different.) The resume file is 
 declared output, so Snakemake never mistakes a half-finished job for a done one.
 
 With ``train.seeds_per_job > 1`` the seeds of a group train together as one stacked
-model (:mod:`critperiods.stacked`). The same resume files carry the result to the
+model (:mod:`critperiods.train.stacked`). The same resume files carry the result to the
 group's other jobs: the job that trains the group leaves each sibling's finished
 state as that sibling's resume file, so the sibling's own job (which the DAG runs
 after it) only writes its piece. A sibling that finds no such file trains the whole
@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-from critperiods import checkpoints as ckpt
-from critperiods.data import PreparedData
-from critperiods.stacked import StackedTrainer
-from critperiods.training import (
+from critperiods.pipeline import checkpoints as ckpt
+from critperiods.train.data import PreparedData
+from critperiods.train.stacked import StackedTrainer
+from critperiods.train.training import (
     NEVER,
     FastPath,
     TrainConfig,

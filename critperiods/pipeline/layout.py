@@ -10,7 +10,7 @@ Under ``results/<experiment>/``::
 
 ``<schedule>`` is ``continue`` or ``restart`` (``grid.lr_schedules``). The never-blurred run
 (``K = 0``) is the same branch for both schedules and is stored once, under ``continue``
-(:func:`critperiods.plan.piece_schedule`).
+(:func:`critperiods.pipeline.plan.piece_schedule`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from critperiods.plan import LR_SCHEDULES
+from critperiods.pipeline.plan import LR_SCHEDULES
 
 _SCHEDULE = "|".join(LR_SCHEDULES)
 PIECE_RE = re.compile(

@@ -3,13 +3,14 @@
 Permuting the hidden units of a layer — the output channels of a conv together with its bias,
 the BatchNorm that follows and the input channels of the next layer — leaves the network function
 unchanged. Two networks trained from different seeds can therefore sit far apart in weight space
-while being "the same" up to such relabelling; ``l2_aligned`` and the seed-pair loss barrier of
-:mod:`critperiods.divergence` first undo that by *weight matching*: coordinate descent over the
-permutation groups, each step a linear assignment problem maximising ``Σ ⟨W_a, P W_b⟩``.
+while being "the same" up to such relabelling; ``l2_aligned`` and the seed-pair loss barrier
+of :mod:`critperiods.measure.divergence` first undo that by *weight matching*: coordinate
+descent over the permutation groups, each step a linear assignment problem maximising
+``Σ ⟨W_a, P W_b⟩``.
 
 A :class:`PermutationSpec` says, for every state-dict entry, which permutation acts on each of its
 axes (``None``: that axis is never permuted). :func:`permutation_spec` builds it by walking the
-module tree of the three architectures of :mod:`critperiods.models`, one rule per layer type:
+module tree of the three architectures of :mod:`critperiods.train.models`, one rule per layer type:
 
 * ``Conv2d``: a new permutation on its output axis, the incoming one on its input axis;
 * ``BatchNorm2d``: the incoming permutation on weight, bias, running mean and variance;
@@ -34,7 +35,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from critperiods.models import PreActBlock
+from critperiods.train.models import PreActBlock
 
 Axes = tuple[str | None, ...]
 Permutations = dict[str, torch.Tensor]

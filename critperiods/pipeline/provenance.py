@@ -1,8 +1,8 @@
 """Provenance: which code and which data made each result.
 
 Every rule that runs a script has a ``code`` param, the fingerprint of the code it runs
-(:mod:`critperiods.fingerprint`), and every prepared split a fingerprint of its content
-(:func:`critperiods.data.data_fingerprint`). The outputs record them:
+(:mod:`critperiods.pipeline.fingerprint`), and every prepared split a fingerprint of its content
+(:func:`critperiods.train.data.data_fingerprint`). The outputs record them:
 
 * a training piece (``*.pt``): ``{"code": …, "data": {"train": …}}`` (its ``provenance``);
 * a per-piece result (``*.metrics.nc``, ``*.llc.nc``, ``divergence/bs<B>.nc``): the netCDF
@@ -30,7 +30,7 @@ TRAIN_STAGE = "train"  # train_trunk and train_branch run the same script
 
 def training_code(pieces: Iterable[str | Path]) -> list[str]:
     """The code fingerprints recorded by the training pieces ``pieces`` (sorted, unique)."""
-    from critperiods.checkpoints import read_provenance
+    from critperiods.pipeline.checkpoints import read_provenance
 
     return sorted({read_provenance(p).get("code", UNKNOWN) for p in pieces})
 

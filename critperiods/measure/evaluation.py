@@ -18,9 +18,9 @@ import torch.nn.functional as F
 import xarray as xr
 from torch import nn
 
-from critperiods.data import PreparedData
-from critperiods.models import build_model, to_channels_last
-from critperiods.training import TrainConfig
+from critperiods.train.data import PreparedData
+from critperiods.train.models import build_model, to_channels_last
+from critperiods.train.training import TrainConfig
 
 #: name → (long_name, units) of every per-checkpoint metric.
 METRICS = {
@@ -113,9 +113,9 @@ def evaluate_cell(
     the results out as its runs (dims ``batch_size, lr_schedule, switch_epoch, seed, epoch``)
     of the grid (``grid``: the config's ``grid:`` section).
     """
-    from critperiods.assemble import assemble_runs
-    from critperiods.checkpoints import load_checkpoints
-    from critperiods.layout import parse_piece
+    from critperiods.pipeline.checkpoints import load_checkpoints
+    from critperiods.pipeline.layout import parse_piece
+    from critperiods.results.assemble import assemble_runs
 
     files = defaultdict(list)
     for f in piece_files:

@@ -7,7 +7,7 @@ training split, so a change to the test split never retrains. Training keeps the
 resident on its device and builds batches by indexing, never through a per-sample DataLoader.
 
 Data are identified by content, not location:
-:func:`~critperiods.dataset_files.raw_identity` names the raw files of a split with their MD5
+:func:`~critperiods.train.dataset_files.raw_identity` names the raw files of a split with their MD5
 sums (those torchvision publishes when the files are still to be downloaded, which its
 download verifies), and a prepared split records a fingerprint of the raw files, the subset
 indices and the blur (:func:`data_fingerprint`). Moving the data folder changes neither.
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from critperiods.dataset_files import (  # noqa: F401 - DATASETS, SYSTEM_…: re-exported
+from critperiods.train.dataset_files import (  # noqa: F401 - DATASETS, SYSTEM_…: re-exported
     DATASETS,
     IDX_FILES,
     SPLITS,
@@ -291,7 +291,7 @@ def prepare(
 
 def save_prepared(part: PreparedSplit, path: str | Path) -> None:
     """Write a prepared split atomically (one file, loadable with ``weights_only``)."""
-    from critperiods.files import torch_save_atomic
+    from critperiods.pipeline.files import torch_save_atomic
 
     payload = {"format": FORMAT, "meta": part.meta, "num_classes": part.num_classes,
                "sharp": part.images.sharp, "blurred": part.images.blurred,

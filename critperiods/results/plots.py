@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from critperiods.files import write_atomic  # noqa: E402
+from critperiods.pipeline.files import write_atomic  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: str | Path, dpi: int) -> None:

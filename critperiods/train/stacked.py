@@ -2,13 +2,13 @@
 
 A small CNN leaves most of a GPU idle and, on a CPU, the vector units. :class:`StackedTrainer`
 stacks the weights of ``S`` seeds (``torch.func.stack_module_state``) and runs one
-forward (the seeds as one grouped network, ``critperiods.grouped``; ``vmap`` for other
+forward (the seeds as one grouped network, ``critperiods.train.grouped``; ``vmap`` for other
 models) and one backward per step over ``S`` minibatches, each drawn from its own seed's
 ``(seed, epoch)`` plan; SGD with momentum and weight decay is elementwise, so one
 ``torch.optim.SGD`` over the stacked tensors updates every seed exactly as its own
 optimizer would.
 
-What stays the same as :class:`critperiods.training.Trainer`: initial weights, the
+What stays the same as :class:`critperiods.train.training.Trainer`: initial weights, the
 order and augmentation of every epoch, the learning-rate schedule, and the state
 format — :meth:`SeedView.state` of member ``i`` is exactly what a single-seed
 ``Trainer`` would save, so pieces from a stacked job load anywhere.
@@ -29,8 +29,8 @@ result is still deterministic and resumable bit for bit on the CPU (on CUDA with
 its partners or its slot in the stack.
 
 ``train.compile`` is not applied to stacked models (a warning says so). On CUDA the
-step is replayed from a CUDA graph (``critperiods.cuda_graphs``) and the seeds are folded
-into the batch (``critperiods.folded``) instead of laid side by side in the channels.
+step is replayed from a CUDA graph (``critperiods.train.cuda_graphs``) and the seeds are folded
+into the batch (``critperiods.train.folded``) instead of laid side by side in the channels.
 """
 
 from __future__ import annotations
@@ -45,12 +45,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import stack_module_state
 
-from critperiods.cuda_graphs import GraphedSGD
-from critperiods.data import PreparedData
-from critperiods.folded import copies_layout
-from critperiods.grouped import copies_forward, per_copy_losses
-from critperiods.models import build_model
-from critperiods.training import (
+from critperiods.train.cuda_graphs import GraphedSGD
+from critperiods.train.data import PreparedData
+from critperiods.train.folded import copies_layout
+from critperiods.train.grouped import copies_forward, per_copy_losses
+from critperiods.train.models import build_model
+from critperiods.train.training import (
     BatchCache,
     EpochPlan,
     FastPath,

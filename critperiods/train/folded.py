@@ -1,8 +1,8 @@
 """Several copies of one network run as one, with the copies folded into the BATCH dimension.
 
-:class:`critperiods.grouped.GroupedModel` lays ``C`` copies side by side in the channels,
+:class:`critperiods.train.grouped.GroupedModel` lays ``C`` copies side by side in the channels,
 so that a convolution becomes one grouped convolution: the right layout for a CPU. On a GPU,
-cuDNN's grouped convolutions are slow, and inside a CUDA graph (``critperiods.cuda_graphs``)
+cuDNN's grouped convolutions are slow, and inside a CUDA graph (``critperiods.train.cuda_graphs``)
 extra kernel launches cost next to nothing, so :class:`FoldedModel` uses the other layout:
 an image activation of ``C`` copies with ``B`` samples each is one ``(C*B, k, H, W)``
 tensor (copy-major, channels-last), and
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from critperiods.grouped import PER_CHANNEL, GroupedModel, Tensors, _Act
-from critperiods.models import channels_last_images
+from critperiods.train.grouped import PER_CHANNEL, GroupedModel, Tensors, _Act
+from critperiods.train.models import channels_last_images
 
 #: The layout of copies on CUDA, where it measured faster on an H200 (bench/bench_gpu.py,
 #: docs/performance.md): stacked seeds train fastest side by side in the channels for every
@@ -39,7 +39,7 @@ LAYOUT_OVERRIDE: str | None = None
 
 def copies_layout(device: torch.device | str, use: str = "train",
                   model: nn.Module | None = None) -> str:
-    """The layout of stacked copies of ``model``: ``channels`` (critperiods.grouped) or
+    """The layout of stacked copies of ``model``: ``channels`` (critperiods.train.grouped) or
     ``batch`` (this module). Off CUDA always channels; on CUDA :data:`CUDA_LAYOUT` for
     ``use`` ("train" or "llc"; λ̂ of a model with BatchNorm is "llc_batchnorm")."""
     if torch.device(device).type != "cuda":

@@ -35,13 +35,13 @@ import xarray as xr
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from critperiods.data import PreparedData
-from critperiods.weight_matching import (
+from critperiods.measure.weight_matching import (
     PermutationSpec,
     apply_permutation,
     permutation_spec,
     weight_matching,
 )
+from critperiods.train.data import PreparedData
 
 #: Switch epoch of the always-blurred reference run.
 BLURRED = -1
@@ -690,8 +690,8 @@ def runs_from_pieces(paths: Iterable[str], expected_hash: str) -> dict[RunKey, d
     A run with switch epoch K takes the trunk's checkpoints at epochs ≤ K and its
     branch's afterwards; the trunk itself is the always-blurred reference ``(BLURRED, seed)``.
     """
-    from critperiods.checkpoints import checkpoint_map, load_piece
-    from critperiods.layout import parse_piece
+    from critperiods.pipeline.checkpoints import checkpoint_map, load_piece
+    from critperiods.pipeline.layout import parse_piece
 
     trunks: dict[int, dict[int, State]] = {}
     branches: dict[RunKey, dict[int, State]] = {}
@@ -712,8 +712,8 @@ def runs_from_pieces(paths: Iterable[str], expected_hash: str) -> dict[RunKey, d
 def divergence_for_pieces(paths: Iterable[str], expected_hash: str, cfg: Any, data: PreparedData,
                           params: dict, device: Any = "cpu", progress: bool = True) -> xr.Dataset:
     """The divergence stage for one batch size: comparisons plus growth-law fits."""
-    from critperiods.evaluation import model_for
-    from critperiods.growth_laws import growth_law_dataset
+    from critperiods.measure.evaluation import model_for
+    from critperiods.measure.growth_laws import growth_law_dataset
 
     config = divergence_config_from_params(params)
     runs = runs_from_pieces([str(p) for p in paths], expected_hash)

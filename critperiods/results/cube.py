@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from critperiods.assemble import RUN_DIMS, assemble_runs, load_pieces
-from critperiods.files import write_atomic
-from critperiods.layout import parse_divergence
-from critperiods.llc_quality import MAX_RHAT, MAX_TREND_Z
+from critperiods.results.assemble import RUN_DIMS, assemble_runs, load_pieces
+from critperiods.pipeline.files import write_atomic
+from critperiods.pipeline.layout import parse_divergence
+from critperiods.measure.llc_quality import MAX_RHAT, MAX_TREND_Z
 
 #: name → (long_name, units). Index coordinates (dims) carry a long_name and no units, and every
 #: unit parses in UDUNITS ("1" for dimensionless; losses in nats name the unit in long_name).
@@ -114,9 +114,9 @@ def build_cube(
     ``analysis`` holds the config's ``analysis:`` section (the λ̂ quality thresholds and the
     interval settings of the critical-period statistics; defaults where absent).
     """
-    from critperiods.analysis import critical_period_summary
-    from critperiods.checkpoints import config_hash
-    from critperiods.growth_laws import NO_FIT
+    from critperiods.results.analysis import critical_period_summary
+    from critperiods.pipeline.checkpoints import config_hash
+    from critperiods.measure.growth_laws import NO_FIT
 
     settings = {**ANALYSIS_DEFAULTS, **(analysis or {})}
     schedules = list(grid.get("lr_schedules", ["continue"]))
@@ -165,7 +165,7 @@ ANALYSIS_DEFAULTS = {"llc_max_rhat": MAX_RHAT, "llc_max_trend_z": MAX_TREND_Z,
 
 def _llc_quality(cube: xr.Dataset, settings: dict) -> xr.DataArray:
     """The λ̂ quality flag of every estimate (NaN where none was made)."""
-    from critperiods.llc_quality import flag_attrs, quality_flags
+    from critperiods.measure.llc_quality import flag_attrs, quality_flags
 
     mean = cube["llc_mean"]
     flags = quality_flags(mean.values, cube["llc_diverged_chains"].values,
@@ -201,7 +201,7 @@ def align_at_switch(da: xr.DataArray) -> xr.DataArray:
 def describe(ds: xr.Dataset) -> xr.Dataset:
     """Fill ``long_name`` (and ``units``, except on index coordinates) from :data:`ATTRS`
     and the evaluation metrics."""
-    from critperiods.evaluation import METRICS
+    from critperiods.measure.evaluation import METRICS
 
     known = {**ATTRS, **METRICS}
     for name in list(ds.data_vars) + list(ds.coords):

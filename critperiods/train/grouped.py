@@ -1,6 +1,6 @@
 """Several copies of one network, each with its own weights and inputs, run as ONE network.
 
-SGLD chains (``critperiods.llc``) and stacked seeds (``critperiods.stacked``) evaluate
+SGLD chains (``critperiods.measure.llc``) and stacked seeds (``critperiods.train.stacked``) evaluate
 ``C`` copies of the same architecture at once.  ``vmap(functional_call)`` does that for any
 model, but on a CPU it is slow for small CNNs: each convolution becomes a grouped
 convolution on an NCHW tensor whose copy dimension sits inside the batch, so the next
@@ -41,7 +41,7 @@ from torch import Tensor, fx, nn
 from torch.func import functional_call, vmap
 from torch.nn.modules import module as module_hooks
 
-from critperiods.native import max_pool2
+from critperiods.train.native import max_pool2
 
 Tensors = dict[str, Tensor]
 CopiesForward = Callable[[Tensors, Tensors, Tensor], Tensor]
@@ -356,13 +356,13 @@ class _FlattenImages(torch.autograd.Function):
 
 def copies_forward(model: nn.Module, layout: str = "channels") -> CopiesForward:
     """``f(params, buffers, x)`` evaluating stacked copies of ``model``: a
-    :class:`GroupedModel` (``layout="channels"``) or a ``critperiods.folded.FoldedModel``
+    :class:`GroupedModel` (``layout="channels"``) or a ``critperiods.train.folded.FoldedModel``
     (``layout="batch"``, for GPUs) for the inputs and modes it supports, else
     ``vmap(functional_call)`` (the same values to float round-off)."""
     fallback = vmap(lambda p, b, xx: functional_call(model, (p, b), (xx,)))
     try:
         if layout == "batch":
-            from critperiods.folded import FoldedModel
+            from critperiods.train.folded import FoldedModel
 
             grouped = FoldedModel(model)
         else:

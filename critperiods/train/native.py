@@ -5,7 +5,7 @@ PyTorch's CPU max-pool takes ~50-80 ns per output pixel on the default CNN's few
 backward, ~15 % of an SGLD step of the default CNN.  ``max_pool2.c`` does the same 2×2,
 stride-2 pool in one pass each way, bit for bit PyTorch's values and gradients (the same
 scan order, the first maximum wins, NaN wins; checked in ``tests/test_native.py``), about
-4× faster.  The grouped network (``critperiods.grouped``) uses it where it applies, so it
+4× faster.  The grouped network (``critperiods.train.grouped``) uses it where it applies, so it
 speeds up LLC sampling and stacked training without changing a bit of either.
 
 The C file is compiled with the system C compiler (``$CC``, else ``cc``) for this machine's
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from critperiods.files import atomic_path
+from critperiods.pipeline.files import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ starts from the trunk's state at its switch epoch.
 
 Determinism contract (DESIGN.md):
 
-* initial weights depend only on ``seed`` (:func:`critperiods.models.build_model`);
+* initial weights depend only on ``seed`` (:func:`critperiods.train.models.build_model`);
 * the order and augmentation of epoch ``e`` come from a generator seeded by
   ``(seed, e)`` alone (:func:`epoch_plan`), drawn for the whole epoch up front;
 * the learning rate is a pure function of the epoch (:func:`learning_rate`).
@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from critperiods.cuda_graphs import GraphedSGD
-from critperiods.data import PreparedData, blur
-from critperiods.models import build_model, to_channels_last
+from critperiods.train.cuda_graphs import GraphedSGD
+from critperiods.train.data import PreparedData, blur
+from critperiods.train.models import build_model, to_channels_last
 
 NEVER = 10**9  # the trunk's switch epoch: it never leaves the blurred phase
 CROP_PADDING = 4  # Achille et al.'s CIFAR augmentation: pad 4, random crop, flip
@@ -175,7 +175,7 @@ class FastPath:
     """How to run on the device — never what to compute.
 
     On CUDA (``mode="auto"``): channels-last tensors, the whole SGD step captured as a CUDA
-    graph and replayed (``critperiods.cuda_graphs``), bf16 autocast where it pays for the
+    graph and replayed (``critperiods.train.cuda_graphs``), bf16 autocast where it pays for the
     model (``BF16_PAYS_ON_CUDA``; every model when the model is not named) and, unless
     determinism is requested, ``cudnn.benchmark``; ``compile`` wraps the model in
     ``torch.compile`` instead of capturing graphs (falling back to eager with a warning if
@@ -246,7 +246,7 @@ class Trajectory(Protocol):
 
 
 class TrajectoryTrainer(Protocol):
-    """What ``train_until`` drives: ``Trainer`` or ``critperiods.stacked.StackedTrainer``."""
+    """What ``train_until`` drives: ``Trainer`` or ``critperiods.train.stacked.StackedTrainer``."""
 
     epoch: int
     step: int

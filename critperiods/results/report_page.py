@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 import yaml
 
-from critperiods.analysis import llc_flag_counts, restart_verdicts, summary_table
+from critperiods.results.analysis import llc_flag_counts, restart_verdicts, summary_table
 
 #: The figures of the report, in reading order: file stem → (category, label).
 FIGURES = {

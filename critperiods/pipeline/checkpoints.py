@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from critperiods.files import torch_save_atomic
+from critperiods.pipeline.files import torch_save_atomic
 
 FORMAT = "critperiods-trajectory/1"
 RESUME_FORMAT = "critperiods-resume/1"
@@ -43,7 +43,7 @@ def config_hash(training_params: dict) -> str:
 def save_piece(path: str | Path, *, config_hash: str, identity: dict, state: dict,
                checkpoints: list[dict], provenance: dict | None = None) -> None:
     """Write a trajectory piece atomically; ``provenance``: the code and data fingerprints
-    that made it (critperiods.provenance)."""
+    that made it (critperiods.pipeline.provenance)."""
     torch_save_atomic(
         {"format": FORMAT, "config_hash": config_hash, "identity": identity,
          "state": state, "checkpoints": checkpoints, "provenance": provenance or {}},

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from critperiods import plan
+from critperiods.pipeline import plan
 
 #: Training images per second of one job, measured with ``python bench/bench_cost.py``
 #: (docs/performance.md): (device, model, width, image size) → {batch size: images/s}.

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from critperiods.devices import acquire_device
+from critperiods.pipeline.devices import acquire_device
 
 
 def setup(snakemake: Any) -> torch.device:

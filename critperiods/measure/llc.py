@@ -16,19 +16,19 @@ with ``L_n(w*)`` the checkpoint's loss on all ``n`` samples.  Burn-in draws are 
 Why batched: all chains are advanced together by ONE forward and one backward per step over
 a ``(chains, n_params)`` parameter matrix, so the Python overhead per step does not grow with
 the number of chains and everything stays on the model's device.  The forward runs the chains
-as one grouped network (``critperiods.grouped``: convolutions become one grouped
+as one grouped network (``critperiods.train.grouped``: convolutions become one grouped
 convolution, linear layers one batched matmul) when the model is built from standard layers,
 and as ``torch.func.vmap`` of ``functional_call`` otherwise (e.g. toy potentials).  Each
 chain draws its own minibatch indices and its own noise from its own generator
 (``chain_seed``), so a run is bitwise reproducible for a fixed ``LLCConfig.seed`` on a given
 machine, a chain does not change when others are added, and on a CPU the chains can be split
-over worker processes (``critperiods.workers``) without changing the estimate.
+over worker processes (``critperiods.measure.workers``) without changing the estimate.
 
 Any ``nn.Module`` works, including a "toy potential" whose forward ignores the data.  For a
 potential ``K(w)``: let ``forward(x)`` return ``K(w).expand(x.shape[0])``, pass
 ``loss_fn=lambda out, y: out.mean()`` and ``data=(torch.zeros(n, 1), torch.zeros(n))``; the
 mean loss is then ``K(w)`` and ``n`` only enters through the default ``nbeta``
-(see ``critperiods.learning_coefficients`` for ready-made potentials).
+(see ``critperiods.measure.learning_coefficients`` for ready-made potentials).
 """
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from critperiods.cuda_graphs import run_chains_graphed
-from critperiods.folded import copies_layout
-from critperiods.grouped import copies_forward, per_copy_losses, stack_like
-from critperiods.models import channels_last_images
-from critperiods.workers import can_fork, one_thread, run_forked
+from critperiods.measure.workers import can_fork, one_thread, run_forked
+from critperiods.train.cuda_graphs import run_chains_graphed
+from critperiods.train.folded import copies_layout
+from critperiods.train.grouped import copies_forward, per_copy_losses, stack_like
+from critperiods.train.models import channels_last_images
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -173,7 +173,7 @@ def _chain_losses_fn(
 
     ``params`` maps each parameter name to a ``(chains, *shape)`` tensor; ``x``/``y`` hold one
     minibatch per chain (``(chains, batch, ...)``).  The chains' forward passes run as one
-    grouped network when the model is built from standard layers (``critperiods.grouped``),
+    grouped network when the model is built from standard layers (``critperiods.train.grouped``),
     else through ``vmap``.  Buffers (e.g. BatchNorm running statistics) are the checkpoint's,
     shared, never updated.
     """
@@ -468,7 +468,7 @@ class _ChainBlock:
                 for c in self.chains]
         sampler = _Sampler(_chain_losses_fn(self.model, self.loss_fn, len(self.chains)),
                            self.data, self.config, self.nbeta, gens)
-        if st.w.device.type == "cuda" and SGLD_CUDA_GRAPHS:  # critperiods.cuda_graphs
+        if st.w.device.type == "cuda" and SGLD_CUDA_GRAPHS:  # critperiods.train.cuda_graphs
             return _Trace(*run_chains_graphed(sampler, st, report))
         return _run_chains(sampler, st, report)
 
@@ -547,7 +547,7 @@ def estimate_llc(
         label: name of the checkpoint, used in the warning when every chain diverges.
         progress: show a tqdm progress bar.
         workers: on a CPU, sample the chains in this many processes of one thread each
-            (``critperiods.workers``; Linux only); default: ``torch.get_num_threads()``,
+            (``critperiods.measure.workers``; Linux only); default: ``torch.get_num_threads()``,
             capped so that every process has at least two chains; with one process the
             chains run here, also at one thread.  Each chain has its own random stream
             (``chain_seed``) and the grouped network computes each chain on its own, so the
@@ -746,13 +746,13 @@ def llc_at_checkpoints(
     ``llc_chain`` (NaN for diverged chains), ``llc_diverged_chains`` (count),
     ``llc_init_loss``, ``llc_loss_trace`` (minibatch loss per draw, burn-in included), the
     convergence diagnostics ``llc_rhat``, ``llc_ess`` and ``llc_trend_z``
-    (:mod:`critperiods.llc_quality`, which also turns them into the quality flag), and the
+    (:mod:`critperiods.measure.llc_quality`, which also turns them into the quality flag), and the
     sampler's settings as 0-d variables ``llc_nbeta``, ``llc_burn_in``, ``llc_step_size``,
     ``llc_gamma``.
     """
     import xarray as xr
 
-    from critperiods.llc_quality import diagnose
+    from critperiods.measure.llc_quality import diagnose
 
     rows = []
     for c in checkpoints:

@@ -74,7 +74,7 @@ def check_name(name: str) -> None:
 
 
 def raw_files(name: str, root: str | Path, split: str) -> list[Path] | None:
-    """The files ``critperiods.data.load_raw`` reads for ``split``, or None where they are
+    """The files ``critperiods.train.data.load_raw`` reads for ``split``, or None where they are
     not on disk (it would download them)."""
     check_name(name)
     root = Path(root)

@@ -232,7 +232,7 @@ class GraphedSGD:
 
 
 def run_chains_graphed(sampler: Any, st: Any, report: Callable[[int], None]) -> tuple:
-    """``critperiods.llc._run_chains`` with each record replayed from one CUDA graph.
+    """``critperiods.measure.llc._run_chains`` with each record replayed from one CUDA graph.
 
     The first ``EAGER_RECORDS`` records run eagerly (real steps that also warm up cuDNN and
     the allocator), the rest replay a graph of one record; which records are eager depends
