@@ -330,7 +330,7 @@ def default_name(device: torch.device, model: str) -> str:
 def section_correctness(device: torch.device, sizes: Sizes) -> tuple[list[str], dict]:
     """Bitwise: trunk → branch equals scratch; stop/resume equals uninterrupted (graphs,
     deterministic); graphed follows eager to float tolerance."""
-    from critperiods.pipeline.trajectories import PieceSpec, run_piece
+    from critperiods.pipeline.trajectories import PieceSpec, train_piece
     from critperiods.train.training import Preempted
 
     data = synthetic(96 if sizes.full else 48, 3, 16 if sizes.full else 8, 4, device)
@@ -349,26 +349,26 @@ def section_correctness(device: torch.device, sizes: Sizes) -> tuple[list[str], 
                 prev = None
                 for e in (0, 1, 2):
                     out = tmp / f"t{e}.pt"
-                    run_piece(PieceSpec(16, 3, NEVER, e, frozenset()), cfg, "h", data, prev, out,
-                              device, progress=False, fast=fp)
+                    train_piece(PieceSpec(16, (3,), NEVER, e, frozenset()), cfg, "h", data,
+                                prev, out, device, progress=False, fast=fp)
                     prev = out
                 branch = tmp / "b.pt"
-                run_piece(PieceSpec(16, 3, 2, 4, frozenset()), cfg, "h", data, prev, branch,
-                          device, progress=False, fast=fp)
+                train_piece(PieceSpec(16, (3,), 2, 4, frozenset()), cfg, "h", data, prev,
+                            branch, device, progress=False, fast=fp)
                 stopped = tmp / "s.pt"
                 with contextlib.suppress(Preempted):
-                    run_piece(PieceSpec(16, 3, 2, 4, frozenset()), cfg, "h", data, None,
-                              stopped, device, progress=False, fast=fp,
-                              should_stop=stop_after(9))
-                run_piece(PieceSpec(16, 3, 2, 4, frozenset()), cfg, "h", data, None, stopped,
-                          device, progress=False, fast=fp)
+                    train_piece(PieceSpec(16, (3,), 2, 4, frozenset()), cfg, "h", data, None,
+                                stopped, device, progress=False, fast=fp,
+                                should_stop=stop_after(9))
+                train_piece(PieceSpec(16, (3,), 2, 4, frozenset()), cfg, "h", data, None,
+                            stopped, device, progress=False, fast=fp)
                 scratch = Trainer(cfg, data, 16, 3, device, fp)
                 train_until(scratch, 4, 2, set(), [[]], "h", progress=False)
                 want = scratch.state()
                 from critperiods.pipeline.checkpoints import load_piece
 
-                got = load_piece(branch, "h")["state"]
-                resumed = load_piece(stopped, "h")["state"]
+                got = load_piece(branch, "h")["members"][0]["state"]
+                resumed = load_piece(stopped, "h")["members"][0]["state"]
             same = _equal(got, want)
             same_resume = _equal(resumed, want)
             raw[f"{model} {name}"] = {"branch_equals_scratch": same,

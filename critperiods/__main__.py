@@ -96,26 +96,33 @@ def summarize(args: argparse.Namespace) -> int:
 def calibrate_llc(args: argparse.Namespace) -> int:
     import torch
 
-    from critperiods.measure.evaluation import model_for
-    from critperiods.measure.llc import (
-        calibrate,
-        llc_config_from_params,
-        llc_data,
-        plot_calibration,
+    from critperiods.measure.llc import calibrate, plot_calibration
+    from critperiods.pipeline.checkpoints import (
+        CheckpointError,
+        checkpoint_map,
+        config_hash,
+        load_piece,
+        member,
     )
-    from critperiods.pipeline.checkpoints import checkpoint_map, config_hash, load_piece
+    from critperiods.pipeline.layout import parse_piece
     from critperiods.pipeline.plan import training_params
+    from critperiods.pipeline.stages.llc import llc_config_from_params, llc_data
     from critperiods.train.data import load_prepared
-    from critperiods.train.training import TrainConfig
+    from critperiods.train.training import TrainConfig, model_for
 
     config = _load_config(args.configfile)
     results = Path(config["results_dir"]) / config["experiment"]
     params = training_params(config)
-    ckpts = checkpoint_map(load_piece(args.piece, config_hash(params)))
+    try:
+        seeds = parse_piece(args.piece).seeds
+        seed = seeds[0] if args.seed is None else args.seed
+        ckpts = checkpoint_map(member(load_piece(args.piece, config_hash(params)), seed,
+                                      args.piece))
+    except (CheckpointError, ValueError) as err:
+        raise SystemExit(f"critperiods: {err}") from None
     if args.epoch not in ckpts:
-        print(f"{args.piece}: no checkpoint at epoch {args.epoch}; has {sorted(ckpts)}",
-              file=sys.stderr)
-        return 2
+        raise SystemExit(f"critperiods: {args.piece}: no checkpoint at epoch {args.epoch}; "
+                         f"has {sorted(ckpts)}")
     torch.set_num_threads(args.threads)
     data = load_prepared(results / "data" / "train.pt")
     model = model_for(TrainConfig.from_params(params), data, "cpu")
@@ -205,9 +212,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("calibrate-llc", help="sweep the SGLD step size at one checkpoint")
     p.add_argument("piece", help="a trunk segment or branch file "
-                                 "(…/trunk/e<E>.pt, …/<schedule>/switch<K>.pt)")
+                                 "(…/<group>/trunk/e<E>.pt, …/<group>/<schedule>/switch<K>.pt)")
     p.add_argument("--epoch", type=int, required=True,
                    help="the checkpoint epoch inside that file")
+    p.add_argument("--seed", type=int, default=None,
+                   help="which seed of the file's group (default: its first)")
     p.add_argument("--configfile", nargs="*", default=[],
                    help="configs laid over config.yaml (the experiment the piece belongs to)")
     p.add_argument("--step-sizes", type=float, nargs="+", default=[1e-5, 3e-5, 1e-4, 3e-4],

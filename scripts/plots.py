@@ -1,18 +1,5 @@
-"""Stage plots: figures from the cube, and the report's landing page (the answer first)."""
+"""Stage plots: figures from the cube, and the report's first page (the answer first)."""
 
-from pathlib import Path
+from critperiods.pipeline.stages.plots import run
 
-from critperiods import open_cube
-from critperiods.pipeline.files import write_atomic
-from critperiods.pipeline.stage import setup
-from critperiods.results.plots import PLOTTERS
-from critperiods.results.report_page import landing_page
-
-sm = snakemake  # noqa: F821 - injected by Snakemake
-setup(sm)
-cube = open_cube(sm.input[0])
-figures = {name: path for name, path in sm.output.items() if name in PLOTTERS}
-for name, path in figures.items():
-    PLOTTERS[name](cube, path, dpi=sm.params.plots["dpi"])
-page = landing_page(cube, figures["critical_period"], sm.params.description)
-write_atomic(sm.output.landing, lambda tmp: Path(tmp).write_text(page))
+run(snakemake)  # noqa: F821 - injected by Snakemake

@@ -1,7 +1,7 @@
 """Stage toy_cube: the landscapes' results → toy_cube.nc and its summary table."""
 
-from critperiods.pipeline.stage import setup
-from critperiods.results.cube import write_netcdf
+from critperiods.pipeline.files import write_netcdf
+from critperiods.pipeline.stages import setup
 from critperiods.toy.cube import build_toy_cube, summary_csv
 
 sm = snakemake  # noqa: F821 - injected by Snakemake

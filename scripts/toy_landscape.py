@@ -1,7 +1,7 @@
 """Stage toy_landscape: SGD ensembles, posterior, noise and λ̂ on one toy landscape."""
 
-from critperiods.pipeline.stage import setup
-from critperiods.results.cube import write_netcdf
+from critperiods.pipeline.files import write_netcdf
+from critperiods.pipeline.stages import setup
 from critperiods.toy.landscapes import Landscape
 from critperiods.toy.measure import ToyParams, measure_landscape
 

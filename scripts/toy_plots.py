@@ -1,7 +1,7 @@
 """Stage toy_plots: the toy study's figures from its cube."""
 
 from critperiods import open_cube
-from critperiods.pipeline.stage import setup
+from critperiods.pipeline.stages import setup
 from critperiods.toy.plots import PLOTTERS
 
 sm = snakemake  # noqa: F821 - injected by Snakemake

@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from critperiods.pipeline.layout import PieceKey, parse_divergence, parse_piece
+from critperiods.pipeline.layout import (
+    PieceFile,
+    PieceKey,
+    group_label,
+    group_seeds,
+    parse_divergence,
+    parse_piece,
+)
 from critperiods.results.assemble import assemble_runs
 from critperiods.results.cube import align_at_switch
 
@@ -20,12 +27,17 @@ def piece(epochs: list[int], values: list[float], **settings: float) -> xr.Datas
 
 
 def test_paths_map_to_coordinates_and_back_out():
-    assert parse_piece("r/runs/bs32/seed1/trunk/e4.pt") == PieceKey(32, 1, None, None)
-    assert parse_piece("r/runs/bs32/seed1/trunk.llc.nc").is_trunk
-    assert parse_piece("r/runs/bs64/seed0/restart/switch8.metrics.nc") == PieceKey(
-        64, 0, "restart", 8)
+    assert parse_piece("r/runs/bs32/seed1/trunk/e4.pt") == PieceFile(32, (1,), None, None)
+    assert parse_piece("r/runs/bs32/seeds0_1_2/trunk.llc.nc").is_trunk
+    assert parse_piece("r/runs/bs64/seeds0_1/restart/switch8.llc.nc") == PieceFile(
+        64, (0, 1), "restart", 8)
+    assert parse_piece("r/runs/bs64/seeds0_1/restart/switch8.pt").key(1) == PieceKey(
+        64, 1, "restart", 8)
     assert parse_divergence("r/divergence/bs128_continue.nc") == (128, "continue")
-    for bad in ("r/runs/bs64/seed0/switch8.pt", "r/runs/bs64/seed0/later/switch8.pt"):
+    assert group_label([2, 0, 1]) == "seeds0_1_2" and group_label([3]) == "seed3"
+    assert group_seeds("seeds0_1_2") == (0, 1, 2) and group_seeds("seed3") == (3,)
+    for bad in ("r/runs/bs64/seed0/switch8.pt", "r/runs/bs64/seed0/later/switch8.pt",
+                "r/runs/bs64/group0/trunk/e4.pt"):
         try:
             parse_piece(bad)
         except ValueError as err:

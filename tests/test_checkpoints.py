@@ -15,14 +15,27 @@ from critperiods.pipeline.plan import training_params
 
 
 def write_piece(path, h="aaaaaaaaaaaa"):
-    save_piece(path, config_hash=h, identity={"seed": 0}, state={"epoch": 1},
-               checkpoints=[{"epoch": 1, "model": {"w": torch.ones(3)}}])
+    save_piece(path, config_hash=h, identity={"seeds": [0, 1]}, members=[
+        {"seed": s, "state": {"epoch": 1},
+         "checkpoints": [{"epoch": 1, "model": {"w": torch.full((3,), float(s))}}]}
+        for s in (0, 1)])
 
 
-def test_roundtrip(tmp_path):
+def test_roundtrip_of_a_group_file(tmp_path):
     write_piece(tmp_path / "p.pt")
     piece = load_piece(tmp_path / "p.pt", "aaaaaaaaaaaa")
-    assert torch.equal(piece["checkpoints"][0]["model"]["w"], torch.ones(3))
+    assert torch.equal(ckpt.member(piece, 1)["checkpoints"][0]["model"]["w"], torch.ones(3))
+    epochs = ckpt.load_checkpoints([tmp_path / "p.pt"], "aaaaaaaaaaaa", seed=0)
+    assert [c["epoch"] for c in epochs] == [1] and not epochs[0]["model"]["w"].any()
+    with pytest.raises(CheckpointError, match=r"p\.pt: holds seeds \[0, 1\], not seed 5"):
+        ckpt.member(piece, 5, tmp_path / "p.pt")
+
+
+def test_a_file_of_the_one_seed_format_says_to_retrain(tmp_path):
+    torch.save({"format": "critperiods-trajectory/1", "config_hash": "h", "identity": {},
+                "state": {}, "checkpoints": []}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="before 0.2 .* rerun its training"):
+        load_piece(tmp_path / "old.pt", "h")
 
 
 def test_truncated_file_is_refused(tmp_path):
@@ -114,10 +127,10 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 def test_pieces_record_their_provenance_and_resume_only_from_the_same_code(tmp_path):
-    ckpt.save_piece(tmp_path / "p.pt", config_hash="h", identity={}, state={}, checkpoints=[],
+    ckpt.save_piece(tmp_path / "p.pt", config_hash="h", identity={}, members=[],
                     provenance={"code": "c1", "data": {"train": "d1"}})
     assert ckpt.read_provenance(tmp_path / "p.pt") == {"code": "c1", "data": {"train": "d1"}}
-    ckpt.save_resume(tmp_path / "r.pt", config_hash="h", identity={"seed": 0}, state={},
-                     checkpoints=[], provenance={"code": "c1"})
+    ckpt.save_resume(tmp_path / "r.pt", config_hash="h", identity={"seed": 0}, members=[],
+                     provenance={"code": "c1"})
     assert ckpt.load_resume(tmp_path / "r.pt", "h", {"seed": 0}, {"code": "c1"}) is not None
     assert ckpt.load_resume(tmp_path / "r.pt", "h", {"seed": 0}, {"code": "c2"}) is None

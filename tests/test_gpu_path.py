@@ -177,7 +177,7 @@ def test_bench_gpu_smoke_runs_every_section(tmp_path):
 @pytest.mark.parametrize("model", ["small_cnn", "all_cnn_c"])
 def test_cuda_graphed_branch_from_trunk_equals_run_from_scratch(tmp_path, cfg, data, model):
     from critperiods.pipeline.checkpoints import load_piece
-    from critperiods.pipeline.trajectories import PieceSpec, run_piece
+    from critperiods.pipeline.trajectories import PieceSpec, train_piece
 
     gpu = torch.device("cuda")
     cfg, data = replace(cfg, model=model), data.to(gpu)
@@ -186,14 +186,15 @@ def test_cuda_graphed_branch_from_trunk_equals_run_from_scratch(tmp_path, cfg, d
     prev = None
     for e in (0, 1, 2):
         out = tmp_path / f"t{e}.pt"
-        run_piece(PieceSpec(16, 3, NEVER, e, frozenset()), cfg, HASH, data, prev, out, gpu,
+        train_piece(PieceSpec(16, (3,), NEVER, e, frozenset()), cfg, HASH, data, prev, out, gpu,
                   progress=False, fast=fast)
         prev = out
-    run_piece(PieceSpec(16, 3, 2, 4, frozenset()), cfg, HASH, data, prev, tmp_path / "b.pt",
+    train_piece(PieceSpec(16, (3,), 2, 4, frozenset()), cfg, HASH, data, prev, tmp_path / "b.pt",
               gpu, progress=False, fast=fast)
     scratch = Trainer(cfg, data, 16, 3, gpu, fast)
     train_until(scratch, 4, 2, set(), [[]], HASH, progress=False)
-    assert_state_equal(load_piece(tmp_path / "b.pt", HASH)["state"], scratch.state())
+    assert_state_equal(load_piece(tmp_path / "b.pt", HASH)["members"][0]["state"],
+                       scratch.state())
     # the first steps follow the eager loop (later, TF32 rounding and SGD amplify the
     # update's last-bit difference from torch.optim.SGD's, as between any two kernels)
     pair = [Trainer(cfg, data, 16, 3, gpu, replace(fast, cuda_graphs=graphs))

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from critperiods.pipeline.checkpoints import load_piece
-from critperiods.pipeline.trajectories import PieceSpec, resume_path_for, run_group
+from critperiods.pipeline.checkpoints import member as load_member
+from critperiods.pipeline.trajectories import PieceSpec, resume_path_for, train_piece
 from critperiods.train.stacked import STACKED_ATOL, STEP_ATOL, StackedTrainer
 from critperiods.train.training import NEVER, Preempted, Trainer, train_from_scratch, train_until
 from tests.test_training import HASH, assert_state_equal, stop_after
@@ -80,64 +81,52 @@ def test_seed_state_loads_into_a_single_seed_trainer(cfg, data):
         assert_state_equal(a.state(), b.state())
 
 
-def _group(tmp_path, name: str, end: int = 2, stack=SEEDS):
-    specs = [PieceSpec(32, s, 1, end, frozenset({1, 2})) for s in stack]
-    outputs = [tmp_path / name / f"seed{s}.pt" for s in stack]
-    outputs[0].parent.mkdir(exist_ok=True)
-    return specs, outputs
-
-
-def test_group_job_hands_siblings_their_results(tmp_path, cfg, data):
-    specs, outputs = _group(tmp_path, "a")
-    run_group(specs, cfg, HASH, data, [None] * 3, outputs, own=0, progress=False)
-    assert outputs[0].exists() and not outputs[1].exists()
-    assert resume_path_for(outputs[1]).exists() and not resume_path_for(outputs[0]).exists()
-    for own in (1, 2):  # the siblings' jobs only write what the first one trained
-        run_group(specs, cfg, HASH, data, [None] * 3, outputs, own=own, progress=False)
-        assert not resume_path_for(outputs[own]).exists()
-    # a sibling that finds no hand-over trains the group again: the very same bits, and
-    # it leaves no resume files behind
-    specs_b, outputs_b = _group(tmp_path, "b")
-    run_group(specs_b, cfg, HASH, data, [None] * 3, outputs_b, own=2, progress=False)
-    pa, pb = load_piece(outputs[2], HASH), load_piece(outputs_b[2], HASH)
-    assert_state_equal(pa["state"], pb["state"])
-    for ca, cb in zip(pa["checkpoints"], pb["checkpoints"], strict=True):
-        assert_state_equal(ca["model"], cb["model"])
-    assert not list(outputs_b[0].parent.glob(".*.resume"))
-    assert load_piece(outputs[0], HASH)["identity"]["stack"] == list(SEEDS)
-    # a forced rerun of the first job hands over again, though the siblings' pieces exist
-    # (Snakemake deletes those only when the siblings' own jobs start)
-    outputs[0].unlink()
-    run_group(specs, cfg, HASH, data, [None] * 3, outputs, own=0, progress=False)
-    assert resume_path_for(outputs[1]).exists() and resume_path_for(outputs[2]).exists()
+def test_a_group_job_writes_every_seed_of_its_group_in_one_file(tmp_path, cfg, data):
+    """One job, one file: every seed's final state and checkpoints, equal to the stack's own
+    training (no hand-over between jobs, no resume file left behind)."""
+    spec = PieceSpec(32, SEEDS, 1, 2, frozenset({1, 2}))
+    out = tmp_path / "seeds0_1_2" / "switch1.pt"
+    train_piece(spec, cfg, HASH, data, None, out, progress=False)
+    piece = load_piece(out, HASH)
+    assert [m["seed"] for m in piece["members"]] == list(SEEDS)
+    assert piece["identity"]["seeds"] == list(SEEDS)
+    stack = StackedTrainer(cfg, data, 32, SEEDS)
+    kept: list[list[dict]] = [[] for _ in SEEDS]
+    train_until(stack, 2, 1, {1, 2}, kept, HASH, progress=False)
+    for seed, member in zip(SEEDS, stack.members(), strict=True):
+        stored = load_member(piece, seed)
+        assert_state_equal(stored["state"], member.state())
+        assert [c["epoch"] for c in stored["checkpoints"]] == [1, 2]
+    assert not list(out.parent.glob(".*.resume"))
 
 
 def test_stacked_job_killed_and_resumed_equals_uninterrupted(tmp_path, cfg, data):
-    specs, whole = _group(tmp_path, "whole", stack=(0, 1))
-    run_group(specs, cfg, HASH, data, [None, None], whole, progress=False)
-    _, cut = _group(tmp_path, "cut", stack=(0, 1))
+    spec = PieceSpec(32, (0, 1), 1, 2, frozenset({1, 2}))
+    whole, cut = tmp_path / "whole.pt", tmp_path / "cut.pt"
+    train_piece(spec, cfg, HASH, data, None, whole, progress=False)
     with pytest.raises(Preempted):
-        run_group(specs, cfg, HASH, data, [None, None], cut, progress=False,
-                  should_stop=stop_after(8))  # mid-epoch 1 (6 steps per epoch)
-    assert not cut[0].exists() and resume_path_for(cut[1]).exists()
-    run_group(specs, cfg, HASH, data, [None, None], cut, progress=False)
-    assert_state_equal(load_piece(whole[0], HASH)["state"], load_piece(cut[0], HASH)["state"])
-    run_group(specs, cfg, HASH, data, [None, None], cut, own=1, progress=False)
-    run_group(specs, cfg, HASH, data, [None, None], whole, own=1, progress=False)
-    assert_state_equal(load_piece(whole[1], HASH)["state"], load_piece(cut[1], HASH)["state"])
+        train_piece(spec, cfg, HASH, data, None, cut, progress=False,
+                    should_stop=stop_after(8))  # mid-epoch 1 (6 steps per epoch)
+    assert not cut.exists() and resume_path_for(cut).exists()
+    train_piece(spec, cfg, HASH, data, None, cut, progress=False)
+    for seed in (0, 1):
+        a, b = load_member(load_piece(whole, HASH), seed), load_member(load_piece(cut, HASH), seed)
+        assert_state_equal(a["state"], b["state"])
+        for ca, cb in zip(a["checkpoints"], b["checkpoints"], strict=True):
+            assert_state_equal(ca["model"], cb["model"])
 
 
 def test_piece_of_another_stacking_is_refused(tmp_path, cfg, data):
-    """Continuing a stacked trunk in a single-seed job (seeds_per_job changed without a
-    rerun) would mix the two; the start piece is refused with the file named."""
+    """Continuing a stacked trunk with other seeds (a group file named by hand) would mix
+    trajectories; the start piece is refused with the file named."""
     from critperiods.pipeline.checkpoints import CheckpointError
 
-    specs, outputs = _group(tmp_path, "t", end=1, stack=(0, 1))
-    specs = [replace(s, switch_epoch=NEVER, checkpoint_epochs=frozenset()) for s in specs]
-    run_group(specs, cfg, HASH, data, [None, None], outputs, progress=False)
-    single = PieceSpec(32, 0, NEVER, 2, frozenset())
-    with pytest.raises(CheckpointError, match=r"seed0\.pt: trained with seeds \[0, 1\]"):
-        run_group([single], cfg, HASH, data, [outputs[0]], [tmp_path / "x.pt"], progress=False)
+    trunk = tmp_path / "trunk.pt"
+    train_piece(PieceSpec(32, (0, 1), NEVER, 1, frozenset()), cfg, HASH, data, None, trunk,
+                progress=False)
+    single = PieceSpec(32, (0,), NEVER, 2, frozenset())
+    with pytest.raises(CheckpointError, match=r"trunk\.pt: holds seeds \[0, 1\]"):
+        train_piece(single, cfg, HASH, data, trunk, tmp_path / "x.pt", progress=False)
 
 
 def test_stacked_fast_path_with_bf16_runs_on_cpu(cfg, data):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from critperiods.pipeline.checkpoints import load_piece
-from critperiods.pipeline.trajectories import PieceSpec, resume_path_for, run_piece
+from critperiods.pipeline.trajectories import PieceSpec, resume_path_for, train_piece
 from critperiods.train.training import (
     NEVER,
     Preempted,
@@ -18,6 +18,12 @@ from critperiods.train.training import (
 )
 
 HASH = "testhash0001"
+
+
+def solo(piece: dict) -> dict:
+    """The one member (seed) of a single-seed piece."""
+    (member,) = piece["members"]
+    return member
 
 
 def assert_state_equal(a: dict, b: dict) -> None:
@@ -39,13 +45,13 @@ def trunk_then_branch(tmp_path, cfg, data, switch: int, stride: int, end: int, c
     for e in range(0, switch + 1, stride):
         out = tmp_path / f"trunk_e{e}.pt"
         inside = {c for c in ckpts if (e - stride if e else -1) < c <= e}
-        run_piece(PieceSpec(batch_size, seed, NEVER, e, frozenset(inside)), cfg, HASH, data,
-                  prev, out, progress=False)
+        train_piece(PieceSpec(batch_size, (seed,), NEVER, e, frozenset(inside)), cfg, HASH,
+                    data, prev, out, progress=False)
         prev = out
     branch = tmp_path / f"switch{switch}.pt"
     inside = {c for c in ckpts if switch < c <= end}
-    run_piece(PieceSpec(batch_size, seed, switch, end, frozenset(inside)), cfg, HASH, data, prev,
-              branch, progress=False)
+    train_piece(PieceSpec(batch_size, (seed,), switch, end, frozenset(inside)), cfg, HASH, data,
+                prev, branch, progress=False)
     return prev, branch
 
 
@@ -56,7 +62,7 @@ def test_branch_from_trunk_equals_run_from_scratch(tmp_path, cfg, data, augmenta
     trunk, branch = trunk_then_branch(tmp_path, cfg, data, switch=2, stride=1, end=5, ckpts=ckpts)
     state, scratch_ckpts = train_from_scratch(cfg, data, 32, 3, switch_epoch=2, end_epoch=5,
                                               checkpoint_epochs=ckpts, config_hash=HASH)
-    piece = load_piece(branch, HASH)
+    piece = solo(load_piece(branch, HASH))
     assert_state_equal(piece["state"], state)
     # the branch's checkpoints equal the from-scratch run's at the same epochs
     scratch = {c["epoch"]: c for c in scratch_ckpts}
@@ -65,7 +71,7 @@ def test_branch_from_trunk_equals_run_from_scratch(tmp_path, cfg, data, augmenta
         assert c["phase"] == "sharp" and scratch[c["epoch"]]["phase"] == "sharp"
     assert {c["epoch"] for c in piece["checkpoints"]} == {3, 4, 5}
     # and the trunk's checkpoints before the switch are the scratch run's blurred ones
-    trunk_ckpt = load_piece(trunk, HASH)["checkpoints"]
+    trunk_ckpt = solo(load_piece(trunk, HASH))["checkpoints"]
     assert [c["epoch"] for c in trunk_ckpt] == [2]
     assert_state_equal(trunk_ckpt[0]["model"], scratch[2]["model"])
     assert scratch[2]["phase"] == "blurred"
@@ -77,7 +83,8 @@ def test_trunk_segments_do_not_depend_on_stride(tmp_path, cfg, data):
     a.mkdir(), b.mkdir()
     trunk_a, _ = trunk_then_branch(a, cfg, data, switch=4, stride=1, end=5, ckpts=set())
     trunk_b, _ = trunk_then_branch(b, cfg, data, switch=4, stride=2, end=5, ckpts=set())
-    assert_state_equal(load_piece(trunk_a, HASH)["state"], load_piece(trunk_b, HASH)["state"])
+    assert_state_equal(solo(load_piece(trunk_a, HASH))["state"],
+                       solo(load_piece(trunk_b, HASH))["state"])
 
 
 def stop_after(steps: int):
@@ -93,21 +100,22 @@ def stop_after(steps: int):
 
 @pytest.mark.parametrize("stop_at", [3, 6, 13])  # mid-epoch and at an epoch boundary
 def test_killed_and_resumed_equals_uninterrupted(tmp_path, cfg, data, stop_at):
-    spec = PieceSpec(32, 1, 2, 3, frozenset({1, 2, 3}))  # 6 steps per epoch
+    spec = PieceSpec(32, (1,), 2, 3, frozenset({1, 2, 3}))  # 6 steps per epoch
     whole = tmp_path / "whole.pt"
-    run_piece(spec, cfg, HASH, data, None, whole, progress=False)
+    train_piece(spec, cfg, HASH, data, None, whole, progress=False)
 
     cut = tmp_path / "cut.pt"
     with pytest.raises(Preempted):
-        run_piece(spec, cfg, HASH, data, None, cut, progress=False, should_stop=stop_after(stop_at))
+        train_piece(spec, cfg, HASH, data, None, cut, progress=False,
+                    should_stop=stop_after(stop_at))
     assert not cut.exists(), "a stopped job must not leave its declared output"
     resume = resume_path_for(cut)
     assert resume.exists()
-    saved = torch.load(resume, weights_only=True)["state"]
+    saved = solo(torch.load(resume, weights_only=True))["state"]
     assert saved["step"] >= stop_at - 2, "resume from the last step, not from zero"
-    run_piece(spec, cfg, HASH, data, None, cut, progress=False)
+    train_piece(spec, cfg, HASH, data, None, cut, progress=False)
     assert not resume.exists()
-    a, b = load_piece(whole, HASH), load_piece(cut, HASH)
+    a, b = solo(load_piece(whole, HASH)), solo(load_piece(cut, HASH))
     assert_state_equal(a["state"], b["state"])
     assert [c["epoch"] for c in a["checkpoints"]] == [c["epoch"] for c in b["checkpoints"]]
     for ca, cb in zip(a["checkpoints"], b["checkpoints"], strict=True):
@@ -117,12 +125,12 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, cfg, data, stop_at):
 def test_resume_file_of_another_job_is_ignored(tmp_path, cfg, data):
     out = tmp_path / "piece.pt"
     with pytest.raises(Preempted):
-        run_piece(PieceSpec(32, 1, 2, 2, frozenset()), cfg, HASH, data, None, out,
+        train_piece(PieceSpec(32, (1,), 2, 2, frozenset()), cfg, HASH, data, None, out,
                   progress=False, should_stop=stop_after(4))
     # another seed writing to the same path must not pick up seed 1's state
-    run_piece(PieceSpec(32, 2, 2, 2, frozenset()), cfg, HASH, data, None, out, progress=False)
+    train_piece(PieceSpec(32, (2,), 2, 2, frozenset()), cfg, HASH, data, None, out, progress=False)
     fresh, _ = train_from_scratch(cfg, data, 32, 2, 2, 2, set())
-    assert_state_equal(load_piece(out, HASH)["state"], fresh)
+    assert_state_equal(solo(load_piece(out, HASH))["state"], fresh)
 
 
 def test_epoch_plan_depends_only_on_seed_and_epoch():
@@ -143,10 +151,11 @@ def test_learning_rate_continues_or_restarts(cfg):
 
 def test_training_learns(cfg, data):
     from critperiods.measure.evaluation import evaluate_piece
+    from critperiods.train.training import model_for
 
     cfg = replace(cfg, augmentation=False)
     _, ckpts = train_from_scratch(cfg, data, 16, 0, 0, 6, {0, 6})
-    metrics = evaluate_piece(ckpts, cfg, data, None)
+    metrics = evaluate_piece(ckpts, model_for(cfg, data, "cpu"), data, None)
     assert float(metrics.train_loss.sel(epoch=6)) < float(metrics.train_loss.sel(epoch=0)) * 0.5
     assert float(metrics.test_accuracy.sel(epoch=6)) > 0.5
 

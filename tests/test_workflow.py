@@ -273,24 +273,23 @@ def test_report_builds_with_every_figure_and_the_summary(run):
         assert name in html, name
 
 
-def test_seeds_per_job_trains_the_group_in_its_first_job(run, tmp_path):
-    """train.seeds_per_job: 2 — seed 0's jobs train both seeds stacked, seed 1's jobs only
-    write what they were handed, and the pieces match single-seed training."""
+def test_seeds_per_job_trains_a_group_in_one_job_and_one_file(run, tmp_path):
+    """train.seeds_per_job: 2 — one job trains both seeds stacked and writes one file that
+    holds both, whose states match single-seed training within the stacked tolerance."""
     import torch
 
     from critperiods.train.stacked import STACKED_ATOL
 
-    branches = [f"results/tiny/runs/bs64/seed{s}/continue/switch2.pt" for s in (0, 1)]
-    snakemake(tmp_path, "--cores", "2", *branches,
-              configs=[override(tmp_path, "g", "train:\n  seeds_per_job: 2\n")])
-    logs = tmp_path / "results/tiny/logs/train"
-    seed1, seed0 = (logs / f"bs64_seed{s}_continue_switch2.log" for s in (1, 0))
-    assert "trained by the job of seed 0" in seed1.read_text()
-    assert "trained by the job of seed 0" not in seed0.read_text()
-    for path in branches:
-        stacked = torch.load(tmp_path / path, weights_only=True)
-        single = torch.load(run / path, weights_only=True)
-        assert stacked["identity"]["stack"] == [0, 1]
+    branch = "results/tiny/runs/bs64/seeds0_1/continue/switch2.pt"
+    out = snakemake(tmp_path, "--cores", "2", branch,
+                    configs=[override(tmp_path, "g", "train:\n  seeds_per_job: 2\n")])
+    assert len(planned(out)["train_branch"]) == 1  # one job for the group
+    assert (tmp_path / "results/tiny/logs/train/bs64_seeds0_1_continue_switch2.log").exists()
+    stacked = torch.load(tmp_path / branch, weights_only=True)
+    assert stacked["identity"]["seeds"] == [0, 1]
+    for member in stacked["members"]:
+        single = torch.load(run / f"results/tiny/runs/bs64/seed{member['seed']}/continue/"
+                            "switch2.pt", weights_only=True)["members"][0]
         for key, value in single["state"]["model"].items():
-            assert torch.allclose(stacked["state"]["model"][key], value, atol=STACKED_ATOL), key
+            assert torch.allclose(member["state"]["model"][key], value, atol=STACKED_ATOL), key
     assert not list((tmp_path / "results/tiny/runs").rglob(".*.resume"))

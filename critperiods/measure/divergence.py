@@ -26,7 +26,6 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -667,59 +666,3 @@ def bn_data_from(data: PreparedData, config: DivergenceConfig) -> Tensor:
     size = config.bn_reset_batches * config.batch_size
     idx = fixed_subset(len(data.train.labels), size, BN_SEED).to(data.train.labels.device)
     return data.normalize(data.train.sharp[idx])
-
-
-# ---------------------------------------------------------------------------------------------
-# Pipeline stage
-
-
-def divergence_config_from_params(params: dict) -> DivergenceConfig:
-    """The ``divergence:`` config section as a :class:`DivergenceConfig`."""
-    epochs = params.get("barrier_epochs")
-    return DivergenceConfig(
-        probe_size=params["probe_size"], metrics=tuple(params["metrics"]),
-        barrier_epochs=None if epochs is None else tuple(epochs),
-        barrier_alphas=params["barrier_alphas"], matching_iterations=params["matching_iterations"],
-        bn_reset_batches=params["bn_reset_batches"], batch_size=params["batch_size"],
-    )
-
-
-def runs_from_pieces(paths: Iterable[str], expected_hash: str) -> dict[RunKey, dict[int, State]]:
-    """``{(switch_epoch, seed): {epoch: state}}`` from trunk segments and branch files.
-
-    A run with switch epoch K takes the trunk's checkpoints at epochs ≤ K and its
-    branch's afterwards; the trunk itself is the always-blurred reference ``(BLURRED, seed)``.
-    """
-    from critperiods.pipeline.checkpoints import checkpoint_map, load_piece
-    from critperiods.pipeline.layout import parse_piece
-
-    trunks: dict[int, dict[int, State]] = {}
-    branches: dict[RunKey, dict[int, State]] = {}
-    for path in paths:
-        key = parse_piece(path)
-        ckpts = {e: c["model"] for e, c in checkpoint_map(load_piece(path, expected_hash)).items()}
-        if key.is_trunk:
-            trunks.setdefault(key.seed, {}).update(ckpts)
-        else:
-            branches[(key.switch_epoch, key.seed)] = ckpts
-    runs: dict[RunKey, dict[int, State]] = {(BLURRED, s): t for s, t in trunks.items()}
-    for (switch, seed), ckpts in branches.items():
-        before = {e: w for e, w in trunks.get(seed, {}).items() if e <= switch}
-        runs[(switch, seed)] = {**before, **ckpts}
-    return runs
-
-
-def divergence_for_pieces(paths: Iterable[str], expected_hash: str, cfg: Any, data: PreparedData,
-                          params: dict, device: Any = "cpu", progress: bool = True) -> xr.Dataset:
-    """The divergence stage for one batch size: comparisons plus growth-law fits."""
-    from critperiods.measure.evaluation import model_for
-    from critperiods.measure.growth_laws import growth_law_dataset
-
-    config = divergence_config_from_params(params)
-    runs = runs_from_pieces([str(p) for p in paths], expected_hash)
-    needs_bn = "barrier" in config.metrics
-    ds = compare_runs(runs, lambda: model_for(cfg, data, device), probe_from_data(data, config),
-                      bn_data_from(data, config) if needs_bn else None, config, progress)
-    if "l2" in config.metrics and "disagreement" in config.metrics:
-        ds = ds.merge(growth_law_dataset(ds))
-    return ds

@@ -2,15 +2,10 @@
 
 For each checkpoint: sharp and blurred test loss/accuracy, and train
 loss/accuracy on the data of the phase that checkpoint was last trained on
-(a fixed subset of the training set, to keep evaluation cheap). The evaluate stage
-does one (batch size, seed) cell per job: its trunk and every branch, laid out as runs.
+(a fixed subset of the training set, to keep evaluation cheap).
 """
 
 from __future__ import annotations
-
-from collections import defaultdict
-from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,8 +14,6 @@ import xarray as xr
 from torch import nn
 
 from critperiods.train.data import PreparedData
-from critperiods.train.models import build_model, to_channels_last
-from critperiods.train.training import TrainConfig
 
 #: name → (long_name, units) of every per-checkpoint metric.
 METRICS = {
@@ -32,17 +25,6 @@ METRICS = {
     "train_accuracy": ("accuracy on the training data of the checkpoint's phase", "1"),
 }
 SUBSET_SEED = 1
-
-
-def model_for(cfg: TrainConfig, data: PreparedData, device: torch.device | str) -> nn.Module:
-    """An untrained model of the configured architecture, to load checkpoints into.
-
-    Channels-last, like training (faster on both CPU and GPU; ``load_state_dict``
-    keeps the layout).
-    """
-    model = build_model(cfg.model, cfg.width, data.in_channels, data.image_size,
-                        data.num_classes, seed=0).to(device)
-    return to_channels_last(model)
 
 
 @torch.no_grad()
@@ -73,11 +55,11 @@ def train_subset(data: PreparedData, size: int | None) -> torch.Tensor:
 
 
 def evaluate_piece(
-    checkpoints: list[dict], cfg: TrainConfig, data: PreparedData, train_samples: int | None,
-    batch_size: int = 1000, device: torch.device | str = "cpu",
+    checkpoints: list[dict], model: nn.Module, data: PreparedData, train_samples: int | None,
+    batch_size: int = 1000,
 ) -> xr.Dataset:
-    """Evaluate every checkpoint; a Dataset with dim ``epoch`` and the :data:`METRICS`."""
-    model = model_for(cfg, data, device)
+    """Evaluate every checkpoint (loaded into ``model``, an untrained model of their
+    architecture); a Dataset with dim ``epoch`` and the :data:`METRICS`."""
     idx = train_subset(data, train_samples)
     rows: dict[str, list[float]] = {name: [] for name in METRICS}
     epochs = []
@@ -102,25 +84,3 @@ def evaluate_piece(
     for name, (long_name, units) in METRICS.items():
         ds[name].attrs.update(long_name=long_name, units=units)
     return ds
-
-
-def evaluate_cell(
-    piece_files: Iterable[str | Path], expected_hash: str, cfg: TrainConfig, data: PreparedData,
-    grid: dict, train_samples: int | None, batch_size: int = 1000,
-    device: torch.device | str = "cpu",
-) -> xr.Dataset:
-    """Evaluate every checkpoint of a cell's pieces (trunk segments and branch files) and lay
-    the results out as its runs (dims ``batch_size, lr_schedule, switch_epoch, seed, epoch``)
-    of the grid (``grid``: the config's ``grid:`` section).
-    """
-    from critperiods.pipeline.checkpoints import load_checkpoints
-    from critperiods.pipeline.layout import parse_piece
-    from critperiods.results.assemble import assemble_runs
-
-    files = defaultdict(list)
-    for f in piece_files:
-        files[parse_piece(f)].append(f)
-    pieces = {key: evaluate_piece(load_checkpoints(paths, expected_hash), cfg, data,
-                                  train_samples, batch_size, device)
-              for key, paths in files.items()}
-    return assemble_runs(pieces, grid["lr_schedules"], grid["switch_epochs"])

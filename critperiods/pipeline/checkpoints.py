@@ -1,10 +1,11 @@
 """Checkpoint files: what a training job writes and every later stage reads.
 
-A training job writes one *piece* of a trajectory: a trunk segment
-(``trunk/e{E}.pt``: the blurred trunk up to epoch E) or a branch
-(``switch{K}.pt``). A piece holds the complete training state at its end
-(to continue from) and the checkpoints (weights + buffers) of the epochs it
-covers, each tagged with epoch, step, phase and the training-config hash.
+A training job writes one *piece* of a trajectory for every seed of its seed group, in one
+file (docs/architecture.md, "piece"): a trunk segment (``trunk/e{E}.pt``: the blurred trunk
+up to epoch E) or a branch (``<schedule>/switch{K}.pt``). For each seed (a *member*) a piece
+holds the complete training state at its end (to continue from) and the checkpoints
+(weights + buffers) of the epochs it covers, each tagged with epoch, step, phase and the
+training-config hash.
 
 Files are written atomically and read with ``torch.load(weights_only=True)``:
 a checkpoint is data, never code. A truncated file, a foreign file, or one of
@@ -22,8 +23,8 @@ import torch
 
 from critperiods.pipeline.files import torch_save_atomic
 
-FORMAT = "critperiods-trajectory/1"
-RESUME_FORMAT = "critperiods-resume/1"
+FORMAT = "critperiods-trajectory/2"  # /1: one seed per file (critperiods < 0.2)
+RESUME_FORMAT = "critperiods-resume/2"
 
 
 class CheckpointError(ValueError):
@@ -40,13 +41,14 @@ def config_hash(training_params: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def save_piece(path: str | Path, *, config_hash: str, identity: dict, state: dict,
-               checkpoints: list[dict], provenance: dict | None = None) -> None:
-    """Write a trajectory piece atomically; ``provenance``: the code and data fingerprints
+def save_piece(path: str | Path, *, config_hash: str, identity: dict, members: list[dict],
+               provenance: dict | None = None) -> None:
+    """Write a trajectory piece atomically. ``members``: one ``{"seed", "state",
+    "checkpoints"}`` per seed of the group; ``provenance``: the code and data fingerprints
     that made it (critperiods.pipeline.provenance)."""
     torch_save_atomic(
         {"format": FORMAT, "config_hash": config_hash, "identity": identity,
-         "state": state, "checkpoints": checkpoints, "provenance": provenance or {}},
+         "members": members, "provenance": provenance or {}},
         path,
     )
 
@@ -65,7 +67,10 @@ def _read(path: str | Path, fmt: str) -> dict:
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path}: not a critperiods file of format {fmt!r} (found {found!r})")
+        hint = ("; it was written by critperiods before 0.2 (one seed per file): delete it "
+                "and rerun its training" if str(found).endswith("/1") else "")
+        raise CheckpointError(
+            f"{path}: not a critperiods file of format {fmt!r} (found {found!r}){hint}")
     missing = [key for key in FIELDS if key not in payload]
     if missing:
         raise CheckpointError(f"{path}: a {fmt!r} file without {', '.join(missing)}; it was "
@@ -73,7 +78,7 @@ def _read(path: str | Path, fmt: str) -> dict:
     return payload
 
 
-FIELDS = ("config_hash", "identity", "state", "checkpoints")  # what save_piece/save_resume write
+FIELDS = ("config_hash", "identity", "members")  # what save_piece/save_resume write
 
 
 def load_piece(path: str | Path, expected_hash: str) -> dict:
@@ -88,12 +93,12 @@ def load_piece(path: str | Path, expected_hash: str) -> dict:
     return payload
 
 
-def save_resume(path: str | Path, *, config_hash: str, identity: dict, state: dict,
-                checkpoints: list[dict], provenance: dict | None = None) -> None:
+def save_resume(path: str | Path, *, config_hash: str, identity: dict, members: list[dict],
+                provenance: dict | None = None) -> None:
     """Write the resumable state of an unfinished job (never a declared output)."""
     torch_save_atomic(
         {"format": RESUME_FORMAT, "config_hash": config_hash, "identity": identity,
-         "state": state, "checkpoints": checkpoints, "provenance": provenance or {}},
+         "members": members, "provenance": provenance or {}},
         path,
     )
 
@@ -128,14 +133,23 @@ def read_provenance(path: str | Path) -> dict:
     return dict(payload.get("provenance", {})) if isinstance(payload, dict) else {}
 
 
-def checkpoint_map(piece: dict) -> dict[int, dict[str, Any]]:
-    """``{epoch: checkpoint}`` of a loaded piece."""
-    return {int(c["epoch"]): c for c in piece["checkpoints"]}
+def member(piece: dict, seed: int, path: str | Path = "") -> dict:
+    """The member of a loaded piece for ``seed`` (its ``state`` and ``checkpoints``)."""
+    for m in piece["members"]:
+        if int(m["seed"]) == int(seed):
+            return m
+    held = [int(m["seed"]) for m in piece["members"]]
+    raise CheckpointError(f"{path}: holds seeds {held}, not seed {seed}")
 
 
-def load_checkpoints(paths: list[str | Path], expected_hash: str) -> list[dict]:
-    """All checkpoints of several pieces (e.g. every trunk segment), sorted by epoch."""
+def checkpoint_map(member: dict) -> dict[int, dict[str, Any]]:
+    """``{epoch: checkpoint}`` of one member of a loaded piece."""
+    return {int(c["epoch"]): c for c in member["checkpoints"]}
+
+
+def load_checkpoints(paths: list[str | Path], expected_hash: str, seed: int) -> list[dict]:
+    """All checkpoints of one seed in several pieces (e.g. every trunk segment), by epoch."""
     found: dict[int, dict] = {}
     for path in paths:
-        found.update(checkpoint_map(load_piece(path, expected_hash)))
+        found.update(checkpoint_map(member(load_piece(path, expected_hash), seed, path)))
     return [found[e] for e in sorted(found)]

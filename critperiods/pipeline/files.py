@@ -51,3 +51,19 @@ def write_atomic(path: str | os.PathLike, writer: Callable[[Path], Any]) -> None
 def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` that never leaves a partial file at ``path``."""
     write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def write_netcdf(ds: Any, path: str | os.PathLike) -> None:
+    """Write the xarray Dataset ``ds`` atomically as compressed netCDF4.
+
+    A CF flag variable held as float so that it can be NaN where nothing was flagged (it has
+    ``flag_values``) is stored as int8 with the fill value -1, the type of its flags.
+    """
+    encoding = {}
+    for name, var in ds.data_vars.items():
+        if var.dtype.kind not in "fiub":
+            continue
+        encoding[name] = {"zlib": True, "complevel": 4}
+        if "flag_values" in var.attrs and var.dtype.kind == "f":
+            encoding[name].update(dtype="int8", _FillValue=-1)
+    write_atomic(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding))

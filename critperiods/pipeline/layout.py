@@ -1,37 +1,71 @@
-"""Where results live: the mapping between result paths and sweep coordinates.
+"""Where results live: the one mapping between result paths and sweep coordinates.
 
-Under ``results/<experiment>/``::
+Under ``results/<experiment>/`` (templates below, with Snakemake's wildcards)::
 
-    runs/bs<B>/seed<S>/trunk/e<E>.pt                blurred trunk, full state at epoch E
-    runs/bs<B>/seed<S>/<schedule>/switch<K>.pt       branch: sharp from epoch K, lr schedule
-    runs/bs<B>/seed<S>/trunk.<kind>.nc               per-piece results (metrics, llc)
-    runs/bs<B>/seed<S>/<schedule>/switch<K>.<kind>.nc
-    divergence/bs<B>_<schedule>.nc                   comparisons of one batch size and schedule
+    runs/bs<B>/<group>/trunk/e<E>.pt                 blurred trunk: full state at epoch E
+    runs/bs<B>/<group>/<schedule>/switch<K>.pt        branch: sharp from epoch K, lr schedule
+    runs/bs<B>/<group>/metrics.nc                     evaluation of the group's runs
+    runs/bs<B>/<group>/trunk.llc.nc                   λ̂ of the trunk's checkpoints
+    runs/bs<B>/<group>/<schedule>/switch<K>.llc.nc    λ̂ of a branch's checkpoints
+    divergence/bs<B>_<schedule>.nc                    comparisons of one batch size and schedule
 
-``<schedule>`` is ``continue`` or ``restart`` (``grid.lr_schedules``). The never-blurred run
-(``K = 0``) is the same branch for both schedules and is stored once, under ``continue``
-(:func:`critperiods.pipeline.plan.piece_schedule`).
+``<group>`` names the seeds one training job trains together (``train.seeds_per_job``):
+``seed3`` for one seed, ``seeds0_1_2`` for a stacked group; every file of a group holds all
+its seeds. ``<schedule>`` is ``continue`` or ``restart`` (``grid.lr_schedules``); the
+never-blurred run (``K = 0``) is the same branch for both and is stored once, under
+``continue`` (:func:`critperiods.pipeline.plan.piece_schedule`). Nothing else builds or
+parses these paths.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from critperiods.pipeline.plan import LR_SCHEDULES
 
+#: Path templates, relative to ``results/<experiment>/``; ``{piece}`` is ``trunk`` or
+#: ``<schedule>/switch<K>``.
+RUN_GROUP = "runs/bs{batch_size}/{group}"
+TRUNK = RUN_GROUP + "/trunk/e{epoch}.pt"
+BRANCH = RUN_GROUP + "/{lr_schedule}/switch{switch_epoch}.pt"
+METRICS = RUN_GROUP + "/metrics.nc"
+PIECE = RUN_GROUP + "/{piece}"
+LLC = PIECE + ".llc.nc"
+DIVERGENCE = "divergence/bs{batch_size}_{lr_schedule}.nc"
+
 _SCHEDULE = "|".join(LR_SCHEDULES)
+#: Regular expressions of the wildcards (Snakemake's ``wildcard_constraints``).
+GROUP_PATTERN = r"seeds?\d+(?:_\d+)*"
+PIECE_PATTERN = rf"trunk|(?:{_SCHEDULE})/switch\d+"
+
 PIECE_RE = re.compile(
-    r"bs(?P<batch_size>\d+)/seed(?P<seed>\d+)/"
+    rf"bs(?P<batch_size>\d+)/(?P<group>{GROUP_PATTERN})/"
     rf"(?:(?P<trunk>trunk)[./]|(?P<schedule>{_SCHEDULE})/switch(?P<switch>\d+)\.)"
 )
 DIVERGENCE_RE = re.compile(rf"bs(?P<batch_size>\d+)_(?P<schedule>{_SCHEDULE})\.nc$")
 
 
+def group_label(seeds: Sequence[int]) -> str:
+    """The path name of a seed group: ``seed3``, or ``seeds0_1_2`` for several seeds."""
+    seeds = sorted(int(s) for s in seeds)
+    if not seeds:
+        raise ValueError("a seed group needs at least one seed")
+    return f"seed{seeds[0]}" if len(seeds) == 1 else "seeds" + "_".join(map(str, seeds))
+
+
+def group_seeds(label: str) -> tuple[int, ...]:
+    """The seeds a group label names (the inverse of :func:`group_label`)."""
+    if not re.fullmatch(GROUP_PATTERN, label):
+        raise ValueError(f"{label!r}: not a seed group (seed<S> or seeds<S>_<S>_…)")
+    return tuple(int(s) for s in re.findall(r"\d+", label))
+
+
 @dataclass(frozen=True)
 class PieceKey:
-    """The coordinates of a trajectory piece: a trunk (``switch_epoch`` None) or a branch."""
+    """The coordinates of one seed's piece: a trunk (``switch_epoch`` None) or a branch."""
 
     batch_size: int
     seed: int
@@ -43,15 +77,34 @@ class PieceKey:
         return self.switch_epoch is None
 
 
-def parse_piece(path: str | Path) -> PieceKey:
-    """The coordinates of a piece's checkpoint file or per-piece result file."""
-    m = PIECE_RE.search(str(path))
+@dataclass(frozen=True)
+class PieceFile:
+    """The coordinates of a piece file: one piece of every seed of a group."""
+
+    batch_size: int
+    seeds: tuple[int, ...]
+    lr_schedule: str | None
+    switch_epoch: int | None
+
+    @property
+    def is_trunk(self) -> bool:
+        return self.switch_epoch is None
+
+    def key(self, seed: int) -> PieceKey:
+        """The piece of one seed of the group."""
+        return PieceKey(self.batch_size, seed, self.lr_schedule, self.switch_epoch)
+
+
+def parse_piece(path: str | Path) -> PieceFile:
+    """The coordinates of a checkpoint file or of a per-piece result file."""
+    m = PIECE_RE.search(str(path).replace("\\", "/"))
     if m is None:
-        raise ValueError(f"{path}: not a piece result (…/bs<B>/seed<S>/trunk.* or "
+        raise ValueError(f"{path}: not a piece (…/bs<B>/<group>/trunk.* or "
                          f"<schedule>/switch<K>.* with schedule one of {LR_SCHEDULES})")
+    seeds = group_seeds(m["group"])
     if m["trunk"]:
-        return PieceKey(int(m["batch_size"]), int(m["seed"]), None, None)
-    return PieceKey(int(m["batch_size"]), int(m["seed"]), m["schedule"], int(m["switch"]))
+        return PieceFile(int(m["batch_size"]), seeds, None, None)
+    return PieceFile(int(m["batch_size"]), seeds, m["schedule"], int(m["switch"]))
 
 
 def parse_divergence(path: str | Path) -> tuple[int, str]:
@@ -62,4 +115,11 @@ def parse_divergence(path: str | Path) -> tuple[int, str]:
     return int(m["batch_size"]), m["schedule"]
 
 
-__all__ = ["PieceKey", "parse_divergence", "parse_piece"]
+def piece_name(schedule: str | None, switch_epoch: int | None) -> str:
+    """The ``{piece}`` of a trunk (both None) or a branch: ``trunk``, ``restart/switch8``."""
+    return "trunk" if switch_epoch is None else f"{schedule}/switch{switch_epoch}"
+
+
+__all__ = ["BRANCH", "DIVERGENCE", "GROUP_PATTERN", "LLC", "METRICS", "PIECE", "PIECE_PATTERN",
+           "RUN_GROUP", "TRUNK", "PieceFile", "PieceKey", "group_label", "group_seeds",
+           "parse_divergence", "parse_piece", "piece_name"]

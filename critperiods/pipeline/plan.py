@@ -194,6 +194,16 @@ def llc_branches(config: dict) -> list[tuple[str, int]]:
     return [(r, k) for r, k in branches(config) if wanted is None or k in wanted]
 
 
+def seed_groups(config: dict) -> list[list[int]]:
+    """The seed groups of the grid, each trained by one job per piece: the seeds of
+    ``grid.seeds`` in blocks of :func:`seeds_per_job` seed values (``seed // S``), sorted."""
+    size = seeds_per_job(config)
+    blocks: dict[int, list[int]] = {}
+    for s in sorted(config["grid"]["seeds"]):
+        blocks.setdefault(s // size, []).append(s)
+    return [blocks[k] for k in sorted(blocks)]
+
+
 def run_end(config: dict, switch_epoch: int) -> int:
     """Last epoch of the run with this switch epoch."""
     return switch_epoch + config["epochs_after_switch"]

@@ -23,11 +23,15 @@ RUN_DIMS = ("batch_size", "lr_schedule", "switch_epoch", "seed")
 
 
 def load_pieces(files: Iterable[str | Path]) -> dict[PieceKey, xr.Dataset]:
-    """Per-piece result files, keyed by their coordinates (read from the path)."""
+    """Per-piece result files of seed groups (a ``seed`` dim), split into one dataset per
+    seed's piece, keyed by its coordinates (read from the path)."""
     pieces = {}
     for f in files:
+        piece = parse_piece(f)
         with xr.open_dataset(f) as opened:
-            pieces[parse_piece(f)] = opened.load()
+            ds = opened.load()
+        for seed in piece.seeds:
+            pieces[piece.key(seed)] = ds.sel(seed=seed, drop=True) if "seed" in ds.dims else ds
     return pieces
 
 

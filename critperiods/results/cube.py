@@ -213,20 +213,6 @@ def describe(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
-#: Flag variables: int8 on disk with -1 where no estimate was made (NaN when opened).
-FLAG_ENCODING = {"llc_quality": {"dtype": "int8", "_FillValue": -1}}
-
-
-def write_netcdf(ds: xr.Dataset, path: str | Path) -> None:
-    """Write ``ds`` atomically as compressed netCDF4."""
-    encoding = {
-        name: {"zlib": True, "complevel": 4, **FLAG_ENCODING.get(str(name), {})}
-        for name, var in ds.data_vars.items()
-        if var.dtype.kind in "fiub"
-    }
-    write_atomic(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding))
-
-
 def open_cube(path: str | Path) -> xr.Dataset:
     """Open a cube written by the pipeline, fully loaded (the file is closed again)."""
     with xr.open_dataset(path, engine="netcdf4") as ds:
@@ -234,4 +220,4 @@ def open_cube(path: str | Path) -> xr.Dataset:
 
 
 __all__ = ["ANALYSIS_DEFAULTS", "align_at_switch", "build_cube", "describe", "merge_files",
-           "open_cube", "write_netcdf"]
+           "open_cube"]

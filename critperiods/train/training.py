@@ -462,6 +462,17 @@ def train_from_scratch(
     return trainer.state(), checkpoints
 
 
+def model_for(cfg: TrainConfig, data: PreparedData, device: torch.device | str) -> nn.Module:
+    """An untrained model of the configured architecture, to load checkpoints into.
+
+    Channels-last, like training (faster on both CPU and GPU; ``load_state_dict``
+    keeps the layout).
+    """
+    model = build_model(cfg.model, cfg.width, data.in_channels, data.image_size,
+                        data.num_classes, seed=0).to(device)
+    return to_channels_last(model)
+
+
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -479,6 +490,7 @@ def _cpu(tree: Any) -> Any:
 
 __all__ = [
     "NEVER", "EpochPlan", "FastPath", "Preempted", "TrainConfig", "Trainer", "augment_batch",
+    "model_for",
     "configure_backend",
     "epoch_plan", "epoch_seed", "learning_rate", "make_batch", "make_checkpoint", "phase",
     "sgd_epoch",

@@ -1,6 +1,6 @@
 rule aggregate:
     input:
-        unpack(lambda w: get_cube_inputs()),
+        unpack(get_cube_inputs),
     output:
         cube=CUBE,
         summary=report(

@@ -4,7 +4,7 @@ import os
 
 import yaml
 
-from critperiods.pipeline import plan
+from critperiods.pipeline import layout, plan
 from critperiods.train.dataset_files import raw_identity
 from critperiods.pipeline.fingerprint import Fingerprints
 from critperiods.results.report_page import FIGURES
@@ -20,12 +20,14 @@ RESULTS = f"{config['results_dir']}/{config['experiment']}"
 DATA = f"{RESULTS}/data/{{split}}.pt"  # one file per split: training never reads the test set
 TRAIN_DATA = DATA.format(split="train")
 TEST_DATA = DATA.format(split="test")
-RUN = os.path.join(RESULTS, "runs", "bs{batch_size}", "seed{seed}")
-TRUNK = os.path.join(RUN, "trunk", "e{epoch}.pt")
-BRANCH = os.path.join(RUN, "{lr_schedule}", "switch{switch_epoch}.pt")
-PIECE = os.path.join(RESULTS, "runs", "{run}", "{piece}")  # a piece's files: PIECE.<kind>.nc
-CELL_METRICS = os.path.join(RUN, "metrics.nc")  # evaluation of every run of a cell
-DIVERGENCE = os.path.join(RESULTS, "divergence", "bs{batch_size}_{lr_schedule}.nc")
+# Results of a seed group (critperiods.pipeline.layout: the one place that maps paths to
+# coordinates): {group} is seed<S> or seeds<S>_<S>_…, one job and one file per group.
+TRUNK = os.path.join(RESULTS, layout.TRUNK)
+BRANCH = os.path.join(RESULTS, layout.BRANCH)
+PIECE = os.path.join(RESULTS, layout.PIECE)
+GROUP_METRICS = os.path.join(RESULTS, layout.METRICS)
+PIECE_LLC = os.path.join(RESULTS, layout.LLC)
+DIVERGENCE = os.path.join(RESULTS, layout.DIVERGENCE)
 CUBE = f"{RESULTS}/cube.nc"
 SUMMARY = f"{RESULTS}/critical_period_summary.csv"
 CONFIG_RECORD = f"{RESULTS}/config.yaml"
@@ -34,6 +36,7 @@ PLOTS = f"{RESULTS}/plots"
 LOGS = f"{RESULTS}/logs"
 
 GRID = config["grid"]
+GROUPS = [layout.group_label(g) for g in plan.seed_groups(config)]
 TRAINING = plan.training_params(config)  # what shapes trajectories; checkpoints carry its hash
 THREADS = config["train"]["threads"]
 SPEED = {k: config["train"][k] for k in ("fast_path", "compile", "deterministic")}
@@ -46,12 +49,11 @@ LLC_SAMPLER = {k: v for k, v in config["llc"].items()
 
 wildcard_constraints:
     batch_size=r"\d+",
-    seed=r"\d+",
+    group=layout.GROUP_PATTERN,
     epoch=r"\d+",
     switch_epoch=r"\d+",
     lr_schedule="|".join(plan.LR_SCHEDULES),
-    run=r"bs\d+/seed\d+",
-    piece=rf"trunk|({'|'.join(plan.LR_SCHEDULES)})/switch\d+",
+    piece=layout.PIECE_PATTERN,
     split=r"train|test",
 
 
@@ -66,71 +68,70 @@ def get_data_identity(wildcards):
             "blur_size": ds["blur_size"], "raw": raw_identity(ds["name"], ds["root"], split)}
 
 
-def runs():
-    """(batch_size, seed) cells: each has one trunk."""
-    return [(b, s) for b in GRID["batch_sizes"] for s in GRID["seeds"]]
+def group_dirs():
+    """(batch size, seed group label) of every training group of the grid."""
+    return [(b, g) for b in GRID["batch_sizes"] for g in GROUPS]
 
 
-def llc_pieces():
-    """Units of λ̂ estimation: the whole trunk of a cell, and each branch λ̂ is asked for
-    (``llc.switch_epochs``)."""
-    return [f"{RESULTS}/runs/bs{b}/seed{s}/{piece}" for b, s in runs()
-            for piece in ["trunk"] + [f"{r}/switch{k}" for r, k in plan.llc_branches(config)]]
+def get_seeds(wildcards):
+    """The seeds of the wildcards' group, trained together by one job."""
+    return list(layout.group_seeds(wildcards.group))
 
 
-def get_cell_pieces(wildcards):
-    """Checkpoint files of a cell's runs: the trunk up to the largest switch, every branch."""
-    base = RUN.format(**wildcards)
+def trunk_file(wildcards, epoch):
+    return TRUNK.format(batch_size=wildcards.batch_size, group=wildcards.group, epoch=epoch)
+
+
+def get_trunk_start(wildcards):
+    """A trunk segment continues the previous one; e0 starts from the initial weights."""
+    epoch = int(wildcards.epoch)
+    return [] if epoch == 0 else trunk_file(wildcards, epoch - config["trunk_stride"])
+
+
+def get_branch_start(wildcards):
+    """A branch starts from the trunk's state at its switch epoch."""
+    return trunk_file(wildcards, wildcards.switch_epoch)
+
+
+def get_trunk_end(wildcards):
+    return int(wildcards.epoch)
+
+
+def get_trunk_checkpoints(wildcards):
+    return plan.trunk_segment_checkpoints(config, int(wildcards.epoch))
+
+
+def get_branch_checkpoints(wildcards):
+    return plan.branch_checkpoints(config, int(wildcards.switch_epoch))
+
+
+def get_branch_end(wildcards):
+    return plan.branch_end(config, int(wildcards.switch_epoch))
+
+
+def trunk_job_epochs(wildcards):
+    """Epochs × seeds a trunk segment job trains (for its time limit)."""
+    return config["trunk_stride"] * len(get_seeds(wildcards))
+
+
+def branch_job_epochs(wildcards):
+    """Epochs × seeds a branch job trains (for its time limit)."""
+    return (get_branch_end(wildcards) - int(wildcards.switch_epoch)) * len(get_seeds(wildcards))
+
+
+def get_group_pieces(wildcards):
+    """Checkpoint files of a group's runs: the trunk up to the largest switch, every branch."""
     last = max(GRID["switch_epochs"])
-    return ([f"{base}/trunk/e{e}.pt" for e in plan.trunk_epochs(config) if e <= last]
-            + [f"{base}/{r}/switch{k}.pt" for r, k in plan.branches(config)])
+    return ([trunk_file(wildcards, e) for e in plan.trunk_epochs(config) if e <= last]
+            + [BRANCH.format(batch_size=wildcards.batch_size, group=wildcards.group,
+                             lr_schedule=r, switch_epoch=k) for r, k in plan.branches(config)])
 
 
 def get_piece_files(wildcards):
     """Checkpoint files behind a piece: every trunk segment, or the one branch file."""
-    base = f"{RESULTS}/runs/{wildcards.run}"
     if wildcards.piece == "trunk":
-        return [f"{base}/trunk/e{e}.pt" for e in plan.trunk_epochs(config)]
-    return [f"{base}/{wildcards.piece}.pt"]
-
-
-def group_size(wildcards):
-    """How many seeds the job of ``wildcards.seed`` trains (train.seeds_per_job)."""
-    return len(plan.seed_group(config, int(wildcards.seed)))
-
-
-def group_paths(pattern):
-    """An input function: ``pattern`` for every seed of the wildcards' seed group."""
-
-    def paths(wildcards):
-        fields = {**wildcards, "seed": "{seed}"}
-        return [pattern.format(**fields).format(seed=s)
-                for s in plan.seed_group(config, int(wildcards.seed))]
-
-    return paths
-
-
-def get_group_first(pattern):
-    """An input function: the group's first seed's output, for the group's other jobs
-    (that job trains all of them); nothing for the first seed itself."""
-
-    def first(wildcards):
-        leader = plan.seed_group(config, int(wildcards.seed))[0]
-        if leader == int(wildcards.seed):
-            return []
-        return pattern.format(**{**wildcards, "seed": leader})
-
-    return first
-
-
-def get_trunk_starts(wildcards):
-    """A trunk segment continues the previous one of every seed in its group; e0 starts
-    from the initial state."""
-    epoch = int(wildcards.epoch)
-    if epoch == 0:
-        return []
-    previous = TRUNK.replace("{epoch}", str(epoch - config["trunk_stride"]))
-    return group_paths(previous)(wildcards)
+        return [trunk_file(wildcards, e) for e in plan.trunk_epochs(config)]
+    return [f"{PIECE.format(**wildcards)}.pt"]
 
 
 def get_piece_epochs(wildcards):
@@ -144,21 +145,27 @@ def get_llc_epochs(wildcards):
     return plan.llc_epochs(config, get_piece_epochs(wildcards), wildcards.piece == "trunk")
 
 
+def llc_job_checkpoints(wildcards):
+    """Checkpoints × seeds an llc job estimates at (for its time limit)."""
+    return len(get_llc_epochs(wildcards)) * len(get_seeds(wildcards))
+
+
 def get_divergence_inputs(wildcards):
-    """Every piece of every seed of one batch size and schedule: trunks (the blurred
+    """Every piece of every group of one batch size and schedule: trunks (the blurred
     reference) and that schedule's branches (the never-blurred one is shared)."""
-    return [
-        f"{RESULTS}/runs/bs{wildcards.batch_size}/seed{s}/{piece}.pt"
-        for s in GRID["seeds"]
-        for piece in [f"trunk/e{e}" for e in plan.trunk_epochs(config)]
-        + [f"{plan.piece_schedule(wildcards.lr_schedule, k)}/switch{k}"
-           for k in GRID["switch_epochs"]]
-    ]
+    b = wildcards.batch_size
+    return [TRUNK.format(batch_size=b, group=g, epoch=e)
+            for g in GROUPS for e in plan.trunk_epochs(config)] + [
+        BRANCH.format(batch_size=b, group=g, switch_epoch=k,
+                      lr_schedule=plan.piece_schedule(wildcards.lr_schedule, k))
+        for g in GROUPS for k in GRID["switch_epochs"]]
 
 
-def get_cube_inputs():
-    metrics = [CELL_METRICS.format(batch_size=b, seed=s) for b, s in runs()]
-    llc = [f"{p}.llc.nc" for p in llc_pieces()] if config["llc"]["enabled"] else []
+def get_cube_inputs(wildcards):
+    metrics = [GROUP_METRICS.format(batch_size=b, group=g) for b, g in group_dirs()]
+    pieces = ["trunk"] + [layout.piece_name(r, k) for r, k in plan.llc_branches(config)]
+    llc = ([PIECE_LLC.format(batch_size=b, group=g, piece=p) for b, g in group_dirs()
+            for p in pieces] if config["llc"]["enabled"] else [])
     divergence = (
         [DIVERGENCE.format(batch_size=b, lr_schedule=r) for b in GRID["batch_sizes"]
          for r in GRID["lr_schedules"]]

@@ -2,9 +2,9 @@ rule evaluate:
     input:
         data=TRAIN_DATA,
         test_data=TEST_DATA,
-        pieces=get_cell_pieces,
+        pieces=get_group_pieces,
     output:
-        CELL_METRICS,
+        GROUP_METRICS,
     params:
         training=TRAINING,
         evaluate=config["evaluate"],
@@ -12,6 +12,6 @@ rule evaluate:
         device=config["device"],
     threads: THREADS
     log:
-        f"{LOGS}/evaluate/bs{{batch_size}}_seed{{seed}}.log",
+        f"{LOGS}/evaluate/bs{{batch_size}}_{{group}}.log",
     script:
         "../../scripts/evaluate.py"

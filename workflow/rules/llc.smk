@@ -3,7 +3,7 @@ rule llc:
         data=TRAIN_DATA,
         pieces=get_piece_files,
     output:
-        f"{PIECE}.llc.nc",
+        PIECE_LLC,
     params:
         training=TRAINING,
         llc=LLC_SAMPLER,
@@ -12,8 +12,8 @@ rule llc:
     threads: THREADS
     resources:
         gpu=1,
-        runtime=runtime_minutes(lambda w: len(get_llc_epochs(w)), "minutes_per_llc_checkpoint"),
+        runtime=runtime_minutes(llc_job_checkpoints, "minutes_per_llc_checkpoint"),
     log:
-        f"{LOGS}/llc/{{run}}/{{piece}}.log",
+        f"{LOGS}/llc/bs{{batch_size}}/{{group}}/{{piece}}.log",
     script:
         "../../scripts/llc.py"

@@ -1,27 +1,24 @@
-# One job per trajectory piece and seed. With train.seeds_per_job > 1 the first seed
-# of a group trains the whole group stacked and hands its siblings their results
-# (their jobs wait for it: see get_group_first and critperiods.pipeline.trajectories).
+# One job per seed group and trajectory piece: the job trains every seed of its group
+# (one seed, or several stacked: train.seeds_per_job) and writes one file holding them all.
 rule train_trunk:
     input:
         data=TRAIN_DATA,
-        start=get_trunk_starts,
-        first=get_group_first(TRUNK),
+        start=get_trunk_start,
     output:
         TRUNK,
     params:
         training=TRAINING,
-        checkpoint_epochs=lambda w: plan.trunk_segment_checkpoints(config, int(w.epoch)),
-        group=lambda w: plan.seed_group(config, int(w.seed)),
-        group_outputs=group_paths(TRUNK),
+        seeds=get_seeds,
+        end_epoch=get_trunk_end,
+        checkpoint_epochs=get_trunk_checkpoints,
         device=config["device"],
         speed=SPEED,
     threads: THREADS
     resources:
         gpu=1,
-        runtime=runtime_minutes(lambda w: config["trunk_stride"] * group_size(w),
-                                "minutes_per_epoch"),
+        runtime=runtime_minutes(trunk_job_epochs, "minutes_per_epoch"),
     log:
-        f"{LOGS}/train/bs{{batch_size}}_seed{{seed}}_trunk_e{{epoch}}.log",
+        f"{LOGS}/train/bs{{batch_size}}_{{group}}_trunk_e{{epoch}}.log",
     script:
         "../../scripts/train.py"
 
@@ -29,25 +26,21 @@ rule train_trunk:
 rule train_branch:
     input:
         data=TRAIN_DATA,
-        start=group_paths(TRUNK.replace("{epoch}", "{switch_epoch}")),
-        first=get_group_first(BRANCH),
+        start=get_branch_start,
     output:
         BRANCH,
     params:
         training=TRAINING,
-        checkpoint_epochs=lambda w: plan.branch_checkpoints(config, int(w.switch_epoch)),
-        end_epoch=lambda w: plan.branch_end(config, int(w.switch_epoch)),
-        group=lambda w: plan.seed_group(config, int(w.seed)),
-        group_outputs=group_paths(BRANCH),
+        seeds=get_seeds,
+        end_epoch=get_branch_end,
+        checkpoint_epochs=get_branch_checkpoints,
         device=config["device"],
         speed=SPEED,
     threads: THREADS
     resources:
         gpu=1,
-        runtime=runtime_minutes(lambda w: group_size(w) * (
-            plan.branch_end(config, int(w.switch_epoch)) - int(w.switch_epoch)),
-                                "minutes_per_epoch"),
+        runtime=runtime_minutes(branch_job_epochs, "minutes_per_epoch"),
     log:
-        f"{LOGS}/train/bs{{batch_size}}_seed{{seed}}_{{lr_schedule}}_switch{{switch_epoch}}.log",
+        f"{LOGS}/train/bs{{batch_size}}_{{group}}_{{lr_schedule}}_switch{{switch_epoch}}.log",
     script:
         "../../scripts/train.py"

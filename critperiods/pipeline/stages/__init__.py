@@ -1,4 +1,15 @@
-"""Shared set-up for the stage scripts: logging to the job log, threads, device."""
+"""One module per workflow stage: the adapter between a rule and the library.
+
+Every stage is four short hops (docs/architecture.md): a rule in ``workflow/rules/`` (paths,
+params, resources) → a three-line script in ``scripts/`` that calls the stage module's
+``run(snakemake)`` → that module's stage function, which takes typed settings and paths and
+writes its outputs → the library that computes. All reading of params, checkpoint and
+prepared-data loading, config hashing and model construction happens here, so the library
+modules stay pure. Each stage is its own module, so that a stage's code fingerprint
+(``critperiods.pipeline.fingerprint``) holds only the code it runs.
+
+This package's ``setup`` is shared by all of them: logging to the job log, threads, device.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,142 @@
+"""Stage llc: λ̂ by SGLD, with its diagnostics, at the selected checkpoints of one piece of
+a seed group (every seed of the group)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor, nn
+
+from critperiods.measure.llc import LLCConfig, estimate_llc
+from critperiods.pipeline.checkpoints import config_hash, load_checkpoints
+from critperiods.pipeline.files import write_netcdf
+from critperiods.pipeline.layout import parse_piece
+from critperiods.pipeline.provenance import piece_attrs
+from critperiods.pipeline.stages import setup
+from critperiods.train.data import load_prepared
+from critperiods.train.training import TrainConfig, model_for
+
+
+def llc_config_from_params(params: dict) -> LLCConfig:
+    """The estimator's settings from the workflow's ``llc:`` config section."""
+    keys = ("chains", "draws", "burn_in", "step_size", "gamma", "nbeta", "batch_size",
+            "sampler", "seed")
+    return LLCConfig(**{k: params[k] for k in keys})
+
+
+def llc_at_checkpoints(
+    checkpoints: Sequence[dict], model: nn.Module, data_for: Callable[[str], tuple[Tensor, Tensor]],
+    config: LLCConfig, label: str = "", progress: bool = True,
+) -> Any:
+    """λ̂ at each checkpoint, with its diagnostics, as an ``xarray.Dataset`` with dims
+    ``epoch``, ``chain``, ``draw``.
+
+    ``data_for(phase)`` returns the ``(inputs, targets)`` the sampler sees for a checkpoint
+    of that phase (``"blurred"`` or ``"sharp"``). Variables: ``llc_mean``, ``llc_std``,
+    ``llc_chain`` (NaN for diverged chains), ``llc_diverged_chains`` (count),
+    ``llc_init_loss``, ``llc_loss_trace`` (minibatch loss per draw, burn-in included), the
+    convergence diagnostics ``llc_rhat``, ``llc_ess`` and ``llc_trend_z``
+    (:mod:`critperiods.measure.llc_quality`, which also turns them into the quality flag), and the
+    sampler's settings as 0-d variables ``llc_nbeta``, ``llc_burn_in``, ``llc_step_size``,
+    ``llc_gamma``.
+    """
+    from critperiods.measure.llc_quality import diagnose
+
+    rows = []
+    for c in checkpoints:
+        model.load_state_dict(c["model"])
+        result = estimate_llc(model, torch.nn.functional.cross_entropy, data_for(c["phase"]),
+                              config, label=f"{label} epoch {c['epoch']}", progress=progress)
+        rows.append(result)
+    checks = [diagnose(r.loss_trace, r.burn_in, r.diverged) for r in rows]
+    epochs = np.asarray([int(c["epoch"]) for c in checkpoints], dtype=np.int64)
+    draws = config.burn_in + config.draws
+    trace = np.stack([r.loss_trace for r in rows]) if rows else np.zeros((0, config.chains, draws))
+
+    def per_epoch(values: list[float]) -> tuple[str, np.ndarray]:
+        return "epoch", np.asarray(values, dtype=float)
+
+    ds = xr.Dataset(
+        {
+            "llc_mean": per_epoch([r.llc_mean for r in rows]),
+            "llc_std": per_epoch([r.llc_std for r in rows]),
+            "llc_chain": (("epoch", "chain"),
+                          np.asarray([r.llc_per_chain for r in rows], dtype=float).reshape(
+                              len(rows), config.chains)),
+            "llc_diverged_chains": per_epoch([int(np.sum(r.diverged)) for r in rows]),
+            "llc_init_loss": per_epoch([r.init_loss for r in rows]),
+            "llc_loss_trace": (("epoch", "chain", "draw"), trace.astype(np.float32)),
+            "llc_rhat": per_epoch([d.rhat for d in checks]),
+            "llc_ess": per_epoch([d.ess for d in checks]),
+            "llc_trend_z": per_epoch([d.trend_z for d in checks]),
+            "llc_nbeta": ((), rows[0].nbeta if rows else float("nan")),
+            "llc_burn_in": ((), config.burn_in),
+            "llc_step_size": ((), config.step_size),
+            "llc_gamma": ((), config.gamma),
+        },
+        coords={"epoch": epochs, "chain": np.arange(config.chains), "draw": np.arange(draws)},
+    )
+    ds["llc_loss_trace"].attrs.update(
+        long_name="SGLD minibatch loss per recorded draw, in nats (burn-in included; NaN after "
+                  "a chain diverged)", units="1")
+    return ds
+
+
+def llc_data(data: Any, params: dict) -> Callable[[str], tuple[Tensor, Tensor]]:
+    """``phase → (inputs, targets)``: the training images the sampler sees at a checkpoint.
+
+    ``llc.data: phase`` (default) uses the data the checkpoint was last trained on
+    (blurred for the trunk, sharp after the switch): λ̂ then measures the geometry of
+    the loss SGD was actually descending. ``sharp``/``blurred`` fix one for all.
+    ``llc.samples`` takes a fixed subset of the training set (n of ``n / ln n``).
+    """
+    n = len(data.train.labels)
+    size = params.get("samples") or n
+    idx = torch.arange(n) if size >= n else torch.randperm(
+        n, generator=torch.Generator().manual_seed(LLC_SUBSET_SEED))[:size].sort().values
+    idx = idx.to(data.train.labels.device)
+    choice = params.get("data", "phase")
+    cache: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def for_phase(phase: str) -> tuple[Tensor, Tensor]:
+        which = phase if choice == "phase" else choice
+        if which not in cache:
+            cache[which] = (data.normalize(data.train.images(which)[idx]), data.train.labels[idx])
+        return cache[which]
+
+    return for_phase
+
+
+LLC_SUBSET_SEED = 4
+
+
+def llc(output: str, pieces: list[str], train_data: str, *, training: dict, params: dict,
+        epochs: list[int], code: str, stage: str = "llc", device: Any = "cpu") -> None:
+    """λ̂ at ``epochs`` of the piece (its files: trunk segments, or one branch file) for every
+    seed of its group; the result has a ``seed`` dim (the sampler's settings stay 0-d)."""
+    data = load_prepared(train_data, device=device)
+    cfg, expected = TrainConfig.from_params(training), config_hash(training)
+    wanted, model = set(epochs), model_for(cfg, data, device)
+    data_for, config = llc_data(data, params), llc_config_from_params(params)
+    parts = []
+    for seed in parse_piece(pieces[0]).seeds:
+        checkpoints = [c for c in load_checkpoints(pieces, expected, seed) if c["epoch"] in wanted]
+        parts.append(llc_at_checkpoints(checkpoints, model, data_for, config,
+                                        label=f"{output} seed {seed}"))
+    settings = [v for v in parts[0].data_vars if not parts[0][v].dims]
+    result = xr.concat([p.drop_vars(settings).expand_dims(seed=[s])
+                        for p, s in zip(parts, parse_piece(pieces[0]).seeds, strict=True)],
+                       dim="seed").merge(parts[0][settings])
+    result.attrs.update(piece_attrs(stage, code, data.fingerprints, pieces))
+    write_netcdf(result, output)
+
+
+def run(sm: Any) -> None:
+    device = setup(sm)
+    llc(sm.output[0], list(sm.input.pieces), sm.input.data, training=sm.params.training,
+        params=sm.params.llc, epochs=list(sm.params.epochs), code=sm.params.code,
+        stage=sm.rule, device=device)
