@@ -143,7 +143,8 @@ def expected_comment(resume: Path) -> str:
         return f"rule_train_trunk_wildcards_{run[1]}_{run[2]}_{trunk[1]}"
     branch = re.fullmatch(r"\.switch(\d+)\.pt\.resume", resume.name)
     assert branch, resume
-    return f"rule_train_branch_wildcards_{run[1]}_{run[2]}_{branch[1]}"
+    schedule = resume.parent.name  # runs/bs<B>/seed<S>/<schedule>/switch<K>.pt
+    return f"rule_train_branch_wildcards_{run[1]}_{run[2]}_{schedule}_{branch[1]}"
 
 
 @dataclass
@@ -217,7 +218,8 @@ def test_a_workflow_through_profile_requests_gpus(runs):
 
     with xr.open_dataset(cube) as ds:
         acc = ds["final_test_accuracy"].values
-        assert acc.size == 2 and ((acc > 0) & (acc <= 1)).all(), acc
+        # 1 batch × 2 schedules × 2 switches (switch 0 is shared by both schedules)
+        assert acc.size == 4 and ((acc > 0) & (acc <= 1)).all(), acc
 
     # What Snakemake asked for, per SLURM job id, against what SLURM recorded.
     planned = submitted_jobs(run.log)
@@ -299,7 +301,8 @@ def test_b_preempted_training_job_resumes_bitwise(runs, slurm_cluster):
     # Same results as the uninterrupted run, bitwise: every piece file and the cube.
     pieces = sorted(p.relative_to(reference.experiment)
                     for p in reference.experiment.glob("runs/**/*.pt"))
-    assert len(pieces) == 4, pieces
+    # trunk e0, e2; continue switch0, switch2; restart switch2
+    assert len(pieces) == 5, pieces
     for rel in pieces:
         _assert_same(torch.load(reference.experiment / rel, weights_only=False),
                      torch.load(run.experiment / rel, weights_only=False), str(rel))
@@ -317,7 +320,8 @@ def _minutes(timelimit: str) -> int:
 
 
 def _rule_log(run: Run, comment: str) -> str:
-    m = re.fullmatch(r"rule_(train_trunk|train_branch)_wildcards_(\d+)_(\d+)_(\d+)", comment)
+    m = re.fullmatch(r"rule_(train_trunk|train_branch)_wildcards_(\d+)_(\d+)_(?:(\w+)_)?(\d+)",
+                     comment)
     assert m, comment
-    piece = f"trunk_e{m[4]}" if m[1] == "train_trunk" else f"switch{m[4]}"
+    piece = f"trunk_e{m[5]}" if m[1] == "train_trunk" else f"{m[4]}_switch{m[5]}"
     return (run.experiment / "logs" / "train" / f"bs{m[2]}_seed{m[3]}_{piece}.log").read_text()
