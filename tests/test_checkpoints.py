@@ -56,10 +56,10 @@ def test_foreign_file_is_refused(tmp_path):
 
 def test_file_with_the_format_but_missing_fields_is_refused(tmp_path):
     path = tmp_path / "hollow.pt"
-    torch.save({"format": "critperiods-trajectory/1", "checkpoints": []}, path)
+    torch.save({"format": "critperiods-trajectory/2", "checkpoints": []}, path)
     with pytest.raises(CheckpointError,
-                       match=r"hollow\.pt: a 'critperiods-trajectory/1' file without "
-                             r"config_hash, identity, state"):
+                       match=r"hollow\.pt: a 'critperiods-trajectory/2' file without "
+                             r"config_hash, identity, members"):
         load_piece(path, "aaaaaaaaaaaa")
 
 

@@ -1,7 +1,7 @@
 """Checkpoint files: what a training job writes and every later stage reads.
 
 A training job writes one *piece* of a trajectory for every seed of its seed group, in one
-file (docs/architecture.md, "piece"): a trunk segment (``trunk/e{E}.pt``: the blurred trunk
+file (docs/glossary.md, "piece"): a trunk segment (``trunk/e{E}.pt``: the blurred trunk
 up to epoch E) or a branch (``<schedule>/switch{K}.pt``). For each seed (a *member*) a piece
 holds the complete training state at its end (to continue from) and the checkpoints
 (weights + buffers) of the epochs it covers, each tagged with epoch, step, phase and the

@@ -140,11 +140,11 @@ def expected_comment(resume: Path) -> str:
     run = re.search(r"bs(\d+)/seed(\d+)", str(resume))
     trunk = re.fullmatch(r"\.e(\d+)\.pt\.resume", resume.name)
     if trunk:
-        return f"rule_train_trunk_wildcards_{run[1]}_{run[2]}_{trunk[1]}"
+        return f"rule_train_trunk_wildcards_{run[1]}_seed{run[2]}_{trunk[1]}"
     branch = re.fullmatch(r"\.switch(\d+)\.pt\.resume", resume.name)
     assert branch, resume
     schedule = resume.parent.name  # runs/bs<B>/seed<S>/<schedule>/switch<K>.pt
-    return f"rule_train_branch_wildcards_{run[1]}_{run[2]}_{schedule}_{branch[1]}"
+    return f"rule_train_branch_wildcards_{run[1]}_seed{run[2]}_{schedule}_{branch[1]}"
 
 
 @dataclass
@@ -320,7 +320,7 @@ def _minutes(timelimit: str) -> int:
 
 
 def _rule_log(run: Run, comment: str) -> str:
-    m = re.fullmatch(r"rule_(train_trunk|train_branch)_wildcards_(\d+)_(\d+)_(?:(\w+)_)?(\d+)",
+    m = re.fullmatch(r"rule_(train_trunk|train_branch)_wildcards_(\d+)_seed(\d+)_(?:(\w+)_)?(\d+)",
                      comment)
     assert m, comment
     piece = f"trunk_e{m[5]}" if m[1] == "train_trunk" else f"{m[4]}_switch{m[5]}"
