@@ -158,8 +158,7 @@ def cost(args: argparse.Namespace) -> int:
         found = grid_cost(config, device)
         if device == "cpu":
             print(f"  {found.images / 1e6:,.1f} M training images, "
-                  f"{found.llc_images / 1e6:,.1f} M images through SGLD steps, "
-                  f"{found.jobs} jobs")
+                  f"{found.llc_images / 1e6:,.1f} M images through SGLD steps")
         print(f"  {describe(found, device)}")
     return 0
 

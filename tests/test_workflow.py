@@ -293,3 +293,17 @@ def test_seeds_per_job_trains_a_group_in_one_job_and_one_file(run, tmp_path):
         for key, value in single["state"]["model"].items():
             assert torch.allclose(member["state"]["model"][key], value, atol=STACKED_ATOL), key
     assert not list((tmp_path / "results/tiny/runs").rglob(".*.resume"))
+
+
+@pytest.mark.parametrize("seeds_per_job", [1, 2])
+def test_cost_counts_the_jobs_the_workflow_plans(tmp_path, seeds_per_job):
+    """`critperiods cost` prices the jobs a fresh run of the tiny config plans (one per seed
+    group and piece), so its per-job overhead is charged for jobs that exist."""
+    from critperiods.__main__ import _load_config
+    from critperiods.pipeline.cost import grid_cost
+
+    extra = override(tmp_path, "g", f"train:\n  seeds_per_job: {seeds_per_job}\n")
+    out = snakemake(tmp_path, "-n", configs=[extra])
+    total = int(re.search(r"^total\s+(\d+)", out, re.M)[1]) - 1  # less the `all` target
+    config = _load_config([str(TINY), str(extra)])
+    assert grid_cost(config, "cpu").jobs == total, out[-3000:]

@@ -59,16 +59,27 @@ def _train_size(config: dict) -> tuple[int, int]:
     return (min(subset, total) if subset else total), size
 
 
-def _jobs(config: dict) -> int:
-    """Training, evaluation, λ̂ and divergence jobs the DAG plans (seed jobs included)."""
+def _groups(config: dict, device: str) -> int:
+    """Seed groups per batch size when the grid runs on ``device``: ``seeds_per_job: auto``
+    resolves as it would there (:data:`plan.AUTO_SEEDS_PER_JOB` on CUDA, 1 on a CPU)."""
+    size = config.get("train", {}).get("seeds_per_job", 1)
+    device_config = {**config, "device": device}
+    if size == "auto" and device == "cpu":
+        device_config["train"] = {**config.get("train", {}), "seeds_per_job": 1}
+    return len(plan.seed_groups(device_config))
+
+
+def _jobs(config: dict, device: str) -> int:
+    """Training, evaluation, λ̂ and divergence jobs the DAG plans: one per seed group and
+    piece (``train.seeds_per_job``), plus the per-batch-size and per-experiment jobs."""
     grid = config["grid"]
-    cells = len(grid["batch_sizes"]) * len(grid["seeds"])
+    cells = len(grid["batch_sizes"]) * _groups(config, device)
     per_cell = len(plan.trunk_epochs(config)) + len(plan.branches(config)) + 1
     if config["llc"]["enabled"]:
         per_cell += 1 + len(plan.llc_branches(config))
     divergence = (len(grid["batch_sizes"]) * len(grid["lr_schedules"])
                   if config["divergence"]["enabled"] else 0)
-    return cells * per_cell + divergence + 3
+    return cells * per_cell + divergence + 4  # prepare_data (2 splits), aggregate, plots
 
 
 def _llc_estimates(config: dict) -> int:
@@ -102,7 +113,7 @@ def grid_cost(config: dict, device: str) -> Cost:
             seconds += (cell_images + sgld) / rates[b]
         else:
             missing.append(f"{model['name']} w{model['width']} {size}px batch {b}")
-    jobs = _jobs(config)
+    jobs = _jobs(config, device)
     total = None
     if not missing:
         total = (seconds + jobs * JOB_OVERHEAD_S[device]) / PARALLEL_JOBS[device]
