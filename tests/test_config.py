@@ -79,7 +79,8 @@ def test_switch_epoch_not_multiple_of_stride():
 def test_batch_size_larger_than_dataset():
     config = load_default()
     config["dataset"]["train_subset"] = 100
-    with pytest.raises(ConfigError, match=r"grid.batch_sizes: \[128\]"):
+    config["grid"]["batch_sizes"] = [32, 64, 128, 256]
+    with pytest.raises(ConfigError, match=r"grid.batch_sizes: \[128, 256\]"):
         checked(config)
 
 
