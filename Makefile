@@ -37,9 +37,12 @@ run: $(STAMP) dataset
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# snakemake --lint exits 1 on any finding (e.g. a rule without a conda env); it checks the
+# workflow with the default config and with the toy study's.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check critperiods scripts tests bench
 	$(SMK) --lint
+	$(SMK) --lint --configfile configs/toy_landscapes.yaml
 
 report: $(STAMP)
 	$(SMK) --cores 1 $(if $(CONFIG),--configfile $(CONFIG)) --report report.html

@@ -33,6 +33,8 @@ REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 TINY = Path(__file__).with_name("cluster_tiny.yaml")
 RUN_TIMEOUT_S = 420
+TEST_MEM_MB = 500  # memory per job on the first attempt, in place of the rules' estimates
+THREADS = 1  # train.threads: the schema default, which cluster_tiny.yaml keeps
 SACCT_FIELDS = "JobID,State,ExitCode,ReqTRES,AllocTRES,Timelimit,Elapsed,Comment,WorkDir"
 
 
@@ -55,35 +57,41 @@ class Run:
 def make_test_profile(tmp: Path, account: str, partition: str) -> Path:
     """profiles/slurm with only what is site-specific replaced for the local cluster.
 
-    The account and partitions are the placeholders the user edits; memory and CPUs
-    per GPU are scaled to the 1-node test cluster; the first status check comes after
-    1 s instead of 20 s. GPU requests, runtimes, retries and everything else are the
-    shipped profile's.
+    The account and partitions are the placeholders the user edits; the memory of every
+    rule that states one is scaled to the 1-node test cluster (keeping its growth with
+    the attempt); the first status check comes after 1 s instead of 20 s. GPU requests,
+    CPUs, time limits, retries, requeue and everything else are the shipped profile's
+    and the rules'.
     """
     profile = yaml.safe_load(PROFILE.read_text())
     assert "<" in profile["default-resources"]["slurm_account"], "placeholder expected"
-
-    def adapt(resources: dict) -> dict:
-        out = dict(resources)
-        if "slurm_account" in out:
-            out["slurm_account"] = account
-        if "slurm_partition" in out:
-            out["slurm_partition"] = partition
-        if "mem_mb" in out:
-            out["mem_mb"] = "500*attempt"
-        if "cpus_per_gpu" in out:
-            out["cpus_per_gpu"] = 1
-        return out
-
-    profile["default-resources"] = adapt(profile["default-resources"])
-    profile["set-resources"] = {rule: adapt(res)
-                                for rule, res in profile["set-resources"].items()}
+    assert profile["slurm-requeue"] is True, "the preemption story relies on requeueing"
+    for resources in [profile["default-resources"], *profile["set-resources"].values()]:
+        if "slurm_account" in resources:
+            resources["slurm_account"] = account
+        if "slurm_partition" in resources:
+            resources["slurm_partition"] = partition
+    rules = rules_with_memory()
+    assert {"train_trunk", "train_branch", "evaluate"} <= set(rules), rules
+    for rule in rules:
+        profile["set-resources"].setdefault(rule, {})["mem_mb"] = f"{TEST_MEM_MB}*attempt"
     profile["slurm-init-seconds-before-status-checks"] = 1
     profile["latency-wait"] = 5
     folder = tmp / "profile"
     folder.mkdir()
     (folder / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     return folder
+
+
+def rules_with_memory() -> list[str]:
+    """The rules whose ``resources:`` state ``mem_mb`` (workflow/rules/*.smk)."""
+    found = []
+    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        for name, body in re.findall(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", smk.read_text(),
+                                     re.M):
+            if "mem_mb=" in body:
+                found.append(name)
+    return found
 
 
 def start_run(name: str, tmp: Path, profile: Path, env: dict) -> Run:
@@ -236,6 +244,9 @@ def test_a_workflow_through_profile_requests_gpus(runs):
             assert gpus == 1, f"{rule} must ask for one GPU"
         requested = "gres/gpu=1" in job["ReqTRES"] and "gres/gpu=1" in job["AllocTRES"]
         assert requested == (gpus == 1), f"{rule}: gpu={gpus} but SLURM has {job}"
+        # as many cores as the job runs threads, GPU jobs included
+        assert f"cpu={THREADS}," in job["ReqTRES"], f"{rule}: {job['ReqTRES']}"
+        assert _tres_mem_mb(job["ReqTRES"]) == TEST_MEM_MB, f"{rule}: {job['ReqTRES']}"
 
 
 def submitted_jobs(log: Path) -> dict[str, tuple[str, int]]:
@@ -290,6 +301,7 @@ def test_b_preempted_training_job_resumes_bitwise(runs, slurm_cluster):
     assert retry["State"] == "COMPLETED", retry
     assert "gres/gpu=1" in retry["ReqTRES"], retry
     assert _minutes(retry["Timelimit"]) == 2 * _minutes(first["Timelimit"]), attempts
+    assert _tres_mem_mb(retry["ReqTRES"]) == 2 * _tres_mem_mb(first["ReqTRES"]), attempts
     # The SIGTERM reached the Python process: it saved its state mid-epoch (a resume
     # file written at an epoch end would hold a whole number of epochs of steps).
     piece_log = _rule_log(run, pre.comment)
@@ -317,6 +329,13 @@ def _minutes(timelimit: str) -> int:
     days, _, hms = timelimit.rpartition("-")
     h, m, s = (int(x) for x in hms.split(":"))
     return int(days or 0) * 1440 + h * 60 + m + (s > 0)
+
+
+def _tres_mem_mb(tres: str) -> int:
+    """The memory of a sacct TRES list (``billing=1,cpu=1,mem=500M,node=1``) in MB."""
+    m = re.search(r"\bmem=(\d+(?:\.\d+)?)([MG])\b", tres)
+    assert m, tres
+    return round(float(m[1]) * (1024 if m[2] == "G" else 1))
 
 
 def _rule_log(run: Run, comment: str) -> str:

@@ -17,5 +17,7 @@ rule aggregate:
         config_yaml=config_yaml(),
     log:
         f"{LOGS}/aggregate.log",
+    conda:
+        "../envs/critperiods.yaml"
     script:
         "../../scripts/aggregate.py"

@@ -199,6 +199,16 @@ def runtime_minutes(units, per_unit):
     return runtime
 
 
+def per_attempt(amount):
+    """A resource function: ``amount`` on the first attempt, twice that on the first retry,
+    and so on (memory in MB, minutes)."""
+
+    def resource(wildcards, attempt):
+        return amount * attempt
+
+    return resource
+
+
 def get_final_outputs():
     if config["study"] == "toy_landscapes":
         return TOY_OUTPUTS  # workflow/rules/toy.smk

@@ -8,5 +8,7 @@ rule prepare_data:
         data=get_data_identity,
     log:
         f"{LOGS}/prepare_data_{{split}}.log",
+    conda:
+        "../envs/critperiods.yaml"
     script:
         "../../scripts/prepare_data.py"

@@ -14,7 +14,11 @@ rule divergence:
     threads: THREADS
     resources:
         gpu=1,
+        mem_mb=per_attempt(16000),
+        runtime=per_attempt(120),
     log:
         f"{LOGS}/divergence/bs{{batch_size}}_{{lr_schedule}}.log",
+    conda:
+        "../envs/critperiods.yaml"
     script:
         "../../scripts/divergence.py"

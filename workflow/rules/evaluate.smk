@@ -11,7 +11,12 @@ rule evaluate:
         grid={k: GRID[k] for k in ("switch_epochs", "lr_schedules")},
         device=config["device"],
     threads: THREADS
+    resources:
+        mem_mb=per_attempt(8000),
+        runtime=per_attempt(60),
     log:
         f"{LOGS}/evaluate/bs{{batch_size}}_{{group}}.log",
+    conda:
+        "../envs/critperiods.yaml"
     script:
         "../../scripts/evaluate.py"

@@ -12,8 +12,11 @@ rule llc:
     threads: THREADS
     resources:
         gpu=1,
+        mem_mb=per_attempt(16000),
         runtime=runtime_minutes(llc_job_checkpoints, "minutes_per_llc_checkpoint"),
     log:
         f"{LOGS}/llc/bs{{batch_size}}/{{group}}/{{piece}}.log",
+    conda:
+        "../envs/critperiods.yaml"
     script:
         "../../scripts/llc.py"

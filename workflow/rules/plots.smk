@@ -14,5 +14,7 @@ rule plots:
         description=report_description(),
     log:
         f"{LOGS}/plots.log",
+    conda:
+        "../envs/critperiods.yaml"
     script:
         "../../scripts/plots.py"

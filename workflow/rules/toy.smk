@@ -25,8 +25,13 @@ rule toy_landscape:
         TOY_PIECE,
     params:
         toy=toy_plan.job_params(TOY),
+    resources:
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(30),
     log:
         f"{LOGS}/toy/{{landscape}}.log",
+    conda:
+        "../envs/critperiods.yaml"
     script:
         "../../scripts/toy_landscape.py"
 
@@ -42,6 +47,8 @@ rule toy_cube:
         config_yaml=toy_plan.record(config),
     log:
         f"{LOGS}/toy/cube.log",
+    conda:
+        "../envs/critperiods.yaml"
     script:
         "../../scripts/toy_cube.py"
 
@@ -59,5 +66,7 @@ rule toy_plots:
         dpi=config["plots"]["dpi"],
     log:
         f"{LOGS}/toy/plots.log",
+    conda:
+        "../envs/critperiods.yaml"
     script:
         "../../scripts/toy_plots.py"

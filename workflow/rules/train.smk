@@ -16,9 +16,12 @@ rule train_trunk:
     threads: THREADS
     resources:
         gpu=1,
+        mem_mb=per_attempt(16000),
         runtime=runtime_minutes(trunk_job_epochs, "minutes_per_epoch"),
     log:
         f"{LOGS}/train/bs{{batch_size}}_{{group}}_trunk_e{{epoch}}.log",
+    conda:
+        "../envs/critperiods.yaml"
     script:
         "../../scripts/train.py"
 
@@ -39,8 +42,11 @@ rule train_branch:
     threads: THREADS
     resources:
         gpu=1,
+        mem_mb=per_attempt(16000),
         runtime=runtime_minutes(branch_job_epochs, "minutes_per_epoch"),
     log:
         f"{LOGS}/train/bs{{batch_size}}_{{group}}_{{lr_schedule}}_switch{{switch_epoch}}.log",
+    conda:
+        "../envs/critperiods.yaml"
     script:
         "../../scripts/train.py"
