@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from critperiods.results.assemble import RUN_DIMS, assemble_runs, load_pieces
-from critperiods.pipeline.files import write_atomic
-from critperiods.pipeline.layout import parse_divergence
 from critperiods.measure.llc_quality import MAX_RHAT, MAX_TREND_Z
+from critperiods.pipeline.layout import parse_divergence
+from critperiods.results.assemble import RUN_DIMS, assemble_runs, load_pieces
 
 #: name → (long_name, units). Index coordinates (dims) carry a long_name and no units, and every
 #: unit parses in UDUNITS ("1" for dimensionless; losses in nats name the unit in long_name).
@@ -114,9 +113,9 @@ def build_cube(
     ``analysis`` holds the config's ``analysis:`` section (the λ̂ quality thresholds and the
     interval settings of the critical-period statistics; defaults where absent).
     """
-    from critperiods.results.analysis import critical_period_summary
-    from critperiods.pipeline.checkpoints import config_hash
     from critperiods.measure.growth_laws import NO_FIT
+    from critperiods.pipeline.checkpoints import config_hash
+    from critperiods.results.analysis import critical_period_summary
 
     settings = {**ANALYSIS_DEFAULTS, **(analysis or {})}
     schedules = list(grid.get("lr_schedules", ["continue"]))
