@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from critperiods.train.data import PreparedData, Split, blur_uint8  # noqa: E402
-from critperiods.train.training import NEVER, FastPath, TrainConfig, Trainer  # noqa: E402
+from critperiods.train.training import ALWAYS_BLURRED, FastPath, TrainConfig, Trainer  # noqa: E402
 
 
 def synthetic(n: int, size: int, channels: int, device: torch.device) -> PreparedData:
@@ -55,13 +55,13 @@ def rate(model: str, width: int, size: int, batch: int, device: torch.device, st
             return count["n"] >= k
         return should_stop
 
-    trainer.train_epoch(NEVER, stop_after(10))  # warm-up: caches, graphs, cudnn autotune
+    trainer.train_epoch(ALWAYS_BLURRED, stop_after(10))  # warm-up: caches, graphs, cudnn autotune
     # one thread on the CPU: its CPU time is what the job costs a core, even on a busy machine
     clock = time.process_time if device.type == "cpu" else time.perf_counter
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = clock()
-    trainer.train_epoch(NEVER, stop_after(steps))
+    trainer.train_epoch(ALWAYS_BLURRED, stop_after(steps))
     if device.type == "cuda":
         torch.cuda.synchronize()
     return steps * batch * seeds / (clock() - start)

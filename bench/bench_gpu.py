@@ -54,7 +54,7 @@ from critperiods.train.data import PreparedData, Split, blur, blur_uint8  # noqa
 from critperiods.train.models import build_model  # noqa: E402
 from critperiods.train.stacked import StackedTrainer  # noqa: E402
 from critperiods.train.training import (  # noqa: E402
-    NEVER,
+    ALWAYS_BLURRED,
     FastPath,
     TrainConfig,
     Trainer,
@@ -181,20 +181,20 @@ class ProjectLoop:
         while k > 0:
             room = self.full - 1 - t.batch_in_epoch  # never the last (partial) batch
             if room <= 0:
-                t.train_epoch(NEVER)
+                t.train_epoch(ALWAYS_BLURRED)
                 continue
             take = min(k, room)
-            t.train_epoch(NEVER, stop_after(take))
+            t.train_epoch(ALWAYS_BLURRED, stop_after(take))
             k -= take
 
     def window(self, k: int) -> float:
         """Seconds for ``k`` steps inside one epoch (moves to a fresh epoch if needed)."""
         k = min(k, self.full - 2)
         if self.full - 1 - self.trainer.batch_in_epoch < k:
-            self.trainer.train_epoch(NEVER)  # the boundary, untimed
+            self.trainer.train_epoch(ALWAYS_BLURRED)  # the boundary, untimed
         sync(self.device)
         start = time.perf_counter()
-        self.trainer.train_epoch(NEVER, stop_after(k))
+        self.trainer.train_epoch(ALWAYS_BLURRED, stop_after(k))
         sync(self.device)
         return time.perf_counter() - start
 
@@ -349,7 +349,7 @@ def section_correctness(device: torch.device, sizes: Sizes) -> tuple[list[str], 
                 prev = None
                 for e in (0, 1, 2):
                     out = tmp / f"t{e}.pt"
-                    train_piece(PieceSpec(16, (3,), NEVER, e, frozenset()), cfg, "h", data,
+                    train_piece(PieceSpec(16, (3,), ALWAYS_BLURRED, e, frozenset()), cfg, "h", data,
                                 prev, out, device, progress=False, fast=fp)
                     prev = out
                 branch = tmp / "b.pt"
@@ -378,7 +378,7 @@ def section_correctness(device: torch.device, sizes: Sizes) -> tuple[list[str], 
         eager = Trainer(cfg, data, 16, 3, device, replace(fast, cuda_graphs=False))
         graphed = Trainer(cfg, data, 16, 3, device, fast)
         for t in (eager, graphed):
-            train_until(t, 2, NEVER, set(), [[]], "h", progress=False)
+            train_until(t, 2, ALWAYS_BLURRED, set(), [[]], "h", progress=False)
         diff = max(float((a.float() - b.float()).abs().max()) for a, b in
                    zip(eager.state()["model"].values(), graphed.state()["model"].values(),
                        strict=True))
@@ -564,7 +564,7 @@ def llc_case(model: str, width: int, sizes: Sizes, device: torch.device, cache: 
     """A model a few SGD steps from init, its λ̂ data and a config like the CIFAR one."""
     s = setup_for(model, width, sizes, device, cache)
     trainer = Trainer(s.cfg, s.data, 128 if sizes.full else 8, 0, device)
-    trainer.train_epoch(NEVER, stop_after(30 if sizes.full else 2))
+    trainer.train_epoch(ALWAYS_BLURRED, stop_after(30 if sizes.full else 2))
     net = trainer.model.float().to(memory_format=torch.contiguous_format)
     n = min(sizes.llc_samples, len(s.data.train.labels))
     x = s.data.normalize(s.data.train.sharp[:n]).contiguous()

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from critperiods.pipeline import plan  # noqa: E402
 from critperiods.train.data import PreparedData, blur, prepare  # noqa: E402
 from critperiods.train.stacked import StackedTrainer  # noqa: E402
-from critperiods.train.training import NEVER, TrainConfig, Trainer  # noqa: E402
+from critperiods.train.training import ALWAYS_BLURRED, TrainConfig, Trainer  # noqa: E402
 
 
 def run_steps(trainer, steps: int) -> None:
@@ -53,7 +53,7 @@ def run_steps(trainer, steps: int) -> None:
             count["n"] += 1
             return count["n"] >= stop_at
 
-        trainer.train_epoch(NEVER, should_stop)
+        trainer.train_epoch(ALWAYS_BLURRED, should_stop)
         done += stop_at
 
 
@@ -227,7 +227,7 @@ def sharing_wall_time(setup: tuple, batch_size: int) -> list[str]:
     start = time.perf_counter()
     trunk, states = Trainer(cfg, data, batch_size, 0), {}
     for epoch in range(plan.trunk_end(config) + 1):
-        train(trunk, epoch, NEVER)
+        train(trunk, epoch, ALWAYS_BLURRED)
         if epoch in switches:
             states[epoch] = trunk.state()
     for k in switches:

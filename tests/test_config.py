@@ -184,6 +184,20 @@ def test_analysis_defaults_agree_with_the_library():
     assert {k: v["default"] for k, v in schema.items()} == ANALYSIS_DEFAULTS
 
 
+def test_llc_defaults_agree_with_the_library():
+    """λ̂'s settings have one default: every ``llc:`` key the estimator takes defaults in the
+    schema to the value ``LLCConfig`` has when built without it."""
+    import dataclasses
+
+    from critperiods.measure.llc import LLCConfig
+
+    schema = yaml.safe_load(Path(SCHEMA).read_text())["properties"]["llc"]["properties"]
+    fields = {f.name: f.default for f in dataclasses.fields(LLCConfig)}
+    shared = sorted(set(schema) & set(fields))
+    assert {"chains", "draws", "burn_in", "step_size", "gamma", "batch_size"} <= set(shared)
+    assert {k: schema[k]["default"] for k in shared} == {k: fields[k] for k in shared}
+
+
 @pytest.mark.parametrize("content", [None, b"not a netCDF file"])
 def test_summarize_on_a_missing_or_foreign_file_is_one_line(tmp_path, content):
     path = tmp_path / "cube.nc"

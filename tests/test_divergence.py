@@ -12,6 +12,7 @@ from torch import nn
 from critperiods.measure import divergence as dv
 from critperiods.train.data import PreparedData, Split
 from critperiods.train.models import build_model
+from critperiods.train.training import ALWAYS_BLURRED
 
 IN_CHANNELS, SIZE, CLASSES, WIDTH = 1, 8, 4, 3
 PROBE_N = 40
@@ -60,7 +61,7 @@ def _runs(name: str = "small_cnn", switches=SWITCHES, seeds=SEEDS, after=AFTER) 
         trunk = {0: _model(name, s).state_dict()}
         for e in range(1, last + 1):
             trunk[e] = _step(trunk[e - 1], s, -1, e)
-        runs[(dv.BLURRED, s)] = trunk
+        runs[(ALWAYS_BLURRED, s)] = trunk
         for k in switches:
             run = {e: trunk[e] for e in range(k + 1)}
             for e in range(k + 1, k + after + 1):
@@ -296,9 +297,9 @@ def test_reference_longer_than_every_run() -> None:
     """The trunk is extended to a multiple of trunk_stride, past every run's last epoch:
     epochs only the reference reaches have no pairs and stay NaN (no crash)."""
     runs = _runs(switches=(0, 2), seeds=(0, 1), after=1)
-    trunk = runs[(dv.BLURRED, 0)]
+    trunk = runs[(ALWAYS_BLURRED, 0)]
     for s in (0, 1):
-        ref = runs[(dv.BLURRED, s)]
+        ref = runs[(ALWAYS_BLURRED, s)]
         ref[4] = _step(ref[3], s, -1, 4)
     ds = dv.compare_runs(runs, _model, _probe(), None, FAST, progress=False)
     assert 4 in trunk and ds["div_l2"].sel(reference="blurred", epoch=4).isnull().all()

@@ -21,7 +21,7 @@ from critperiods.train.folded import FoldedModel
 from critperiods.train.grouped import copies_forward
 from critperiods.train.models import build_model
 from critperiods.train.stacked import StackedTrainer
-from critperiods.train.training import NEVER, FastPath, Trainer, train_until
+from critperiods.train.training import ALWAYS_BLURRED, FastPath, Trainer, train_until
 from tests.test_training import HASH, assert_state_equal, stop_after
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def test_a_dropped_trainer_frees_its_graphs_at_once(cfg, data):
     import weakref
 
     trainer = Trainer(cfg, data, 32, 0, fast=GRAPHED_CODE)
-    trainer.train_epoch(NEVER)
+    trainer.train_epoch(ALWAYS_BLURRED)
     graphs = weakref.ref(trainer.graphs)
     gc.disable()
     try:
@@ -186,7 +186,7 @@ def test_cuda_graphed_branch_from_trunk_equals_run_from_scratch(tmp_path, cfg, d
     prev = None
     for e in (0, 1, 2):
         out = tmp_path / f"t{e}.pt"
-        train_piece(PieceSpec(16, (3,), NEVER, e, frozenset()), cfg, HASH, data, prev, out, gpu,
+        train_piece(PieceSpec(16, (3,), ALWAYS_BLURRED, e, frozenset()), cfg, HASH, data, prev, out, gpu,
                   progress=False, fast=fast)
         prev = out
     train_piece(PieceSpec(16, (3,), 2, 4, frozenset()), cfg, HASH, data, prev, tmp_path / "b.pt",
@@ -200,7 +200,7 @@ def test_cuda_graphed_branch_from_trunk_equals_run_from_scratch(tmp_path, cfg, d
     pair = [Trainer(cfg, data, 16, 3, gpu, replace(fast, cuda_graphs=graphs))
             for graphs in (False, True)]
     for t in pair:
-        assert t.train_epoch(NEVER, stop_after(4)) is None  # eager, capture, 2 replays
+        assert t.train_epoch(ALWAYS_BLURRED, stop_after(4)) is None  # eager, capture, 2 replays
     assert max_diff(pair[0].state()["model"], pair[1].state()["model"]) < 1e-2
 
 

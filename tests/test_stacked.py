@@ -12,7 +12,7 @@ from critperiods.pipeline.checkpoints import load_piece
 from critperiods.pipeline.checkpoints import member as load_member
 from critperiods.pipeline.trajectories import PieceSpec, resume_path_for, train_piece
 from critperiods.train.stacked import STACKED_ATOL, STEP_ATOL, StackedTrainer
-from critperiods.train.training import NEVER, Preempted, Trainer, train_from_scratch, train_until
+from critperiods.train.training import ALWAYS_BLURRED, Preempted, Trainer, train_from_scratch, train_until
 from tests.test_training import HASH, assert_state_equal, stop_after
 
 SEEDS = (0, 1, 2)
@@ -58,10 +58,10 @@ def test_stacked_batchnorm_model_follows_single_seed_runs(cfg, data):
     6 steps), so the comparison covers the first steps, where it is pure round-off."""
     cfg = replace(cfg, model="all_cnn_c")
     stack = StackedTrainer(cfg, data, 32, SEEDS)
-    assert stack.train_epoch(NEVER, stop_after(2)) is None
+    assert stack.train_epoch(ALWAYS_BLURRED, stop_after(2)) is None
     for i, seed in enumerate(SEEDS):
         single = Trainer(cfg, data, 32, seed)
-        assert single.train_epoch(NEVER, stop_after(2)) is None
+        assert single.train_epoch(ALWAYS_BLURRED, stop_after(2)) is None
         got, want = stack.members()[i].state(), single.state()
         assert_state_close(got, want, STEP_ATOL)
         mean = "features.1.running_mean"
@@ -71,7 +71,7 @@ def test_stacked_batchnorm_model_follows_single_seed_runs(cfg, data):
 def test_seed_state_loads_into_a_single_seed_trainer(cfg, data):
     """A stacked job's piece continues in a single-seed job and vice versa."""
     stack = StackedTrainer(cfg, data, 32, SEEDS)
-    train_until(stack, 1, NEVER, set(), [[] for _ in SEEDS], HASH, progress=False)
+    train_until(stack, 1, ALWAYS_BLURRED, set(), [[] for _ in SEEDS], HASH, progress=False)
     single = Trainer(cfg, data, 32, SEEDS[1])
     single.load_state(stack.members()[1].state())
     assert_state_equal(single.state(), stack.members()[1].state())
@@ -122,9 +122,9 @@ def test_piece_of_another_stacking_is_refused(tmp_path, cfg, data):
     from critperiods.pipeline.checkpoints import CheckpointError
 
     trunk = tmp_path / "trunk.pt"
-    train_piece(PieceSpec(32, (0, 1), NEVER, 1, frozenset()), cfg, HASH, data, None, trunk,
+    train_piece(PieceSpec(32, (0, 1), ALWAYS_BLURRED, 1, frozenset()), cfg, HASH, data, None, trunk,
                 progress=False)
-    single = PieceSpec(32, (0,), NEVER, 2, frozenset())
+    single = PieceSpec(32, (0,), ALWAYS_BLURRED, 2, frozenset())
     with pytest.raises(CheckpointError, match=r"trunk\.pt: holds seeds \[0, 1\]"):
         train_piece(single, cfg, HASH, data, trunk, tmp_path / "x.pt", progress=False)
 
@@ -139,8 +139,8 @@ def test_stacked_fast_path_with_bf16_runs_on_cpu(cfg, data):
     runs = {}
     for name, path in (("bf16", fast), ("fp32", None)):
         stack = StackedTrainer(cfg, data, 32, (0, 1), fast=path)
-        first = stack.train_epoch(NEVER)
-        last = stack.train_epoch(NEVER)
+        first = stack.train_epoch(ALWAYS_BLURRED)
+        last = stack.train_epoch(ALWAYS_BLURRED)
         assert first is not None and last is not None and last < first
         runs[name] = stack.members()[1].weights()["classifier.weight"]
     assert torch.isfinite(runs["bf16"]).all()

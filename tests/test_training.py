@@ -10,7 +10,7 @@ import torch
 from critperiods.pipeline.checkpoints import load_piece
 from critperiods.pipeline.trajectories import PieceSpec, resume_path_for, train_piece
 from critperiods.train.training import (
-    NEVER,
+    ALWAYS_BLURRED,
     Preempted,
     epoch_plan,
     learning_rate,
@@ -45,7 +45,7 @@ def trunk_then_branch(tmp_path, cfg, data, switch: int, stride: int, end: int, c
     for e in range(0, switch + 1, stride):
         out = tmp_path / f"trunk_e{e}.pt"
         inside = {c for c in ckpts if (e - stride if e else -1) < c <= e}
-        train_piece(PieceSpec(batch_size, (seed,), NEVER, e, frozenset(inside)), cfg, HASH,
+        train_piece(PieceSpec(batch_size, (seed,), ALWAYS_BLURRED, e, frozenset(inside)), cfg, HASH,
                     data, prev, out, progress=False)
         prev = out
     branch = tmp_path / f"switch{switch}.pt"
@@ -172,8 +172,8 @@ def test_fast_path_runs_on_cpu_and_default_cpu_path_is_untouched(cfg, data):
     cfg = replace(cfg, augmentation=False)
     trainer = Trainer(cfg, data, 16, 0, "cpu", fast)
     ckpts: list = []
-    train_until(trainer, 3, NEVER, {3}, [ckpts], HASH, progress=False)
-    plain, _ = train_from_scratch(cfg, data, 16, 0, NEVER, 3, set())
+    train_until(trainer, 3, ALWAYS_BLURRED, {3}, [ckpts], HASH, progress=False)
+    plain, _ = train_from_scratch(cfg, data, 16, 0, ALWAYS_BLURRED, 3, set())
     w_fast = ckpts[0]["model"]["classifier.weight"]
     w_plain = plain["model"]["classifier.weight"]
     assert torch.isfinite(w_fast).all()

@@ -2,10 +2,12 @@
 
 Runs of one batch size are keyed by ``(switch_epoch, seed)``; each is ``{epoch: state_dict}``
 (weights and buffers, the run's trunk checkpoints included up to its switch). The always-blurred
-continuation of the trunk has key ``(BLURRED, seed)``. At every epoch :func:`compare_runs` fills
+continuation of the trunk has key ``(ALWAYS_BLURRED, seed)``
+(:data:`critperiods.train.training.ALWAYS_BLURRED`). At every epoch :func:`compare_runs` fills
 three comparison sets:
 
-* ``div_<metric>`` with ``reference = "blurred"`` — run ``(K, s)`` against ``(BLURRED, s)``:
+* ``div_<metric>`` with ``reference = "blurred"`` — run ``(K, s)`` against
+  ``(ALWAYS_BLURRED, s)``:
   identical (exactly 0) up to ``K``, so its growth after ``K`` measures how far removing the
   deficit moves the network;
 * ``div_<metric>`` with ``reference = "sharp"`` — run ``(K, s)`` against ``(0, s)``, the
@@ -40,12 +42,10 @@ from critperiods.measure.weight_matching import (
     permutation_spec,
     weight_matching,
 )
-from critperiods.train.data import PreparedData
+from critperiods.train.data import PreparedData, fixed_subset
+from critperiods.train.training import ALWAYS_BLURRED
+from critperiods.variables import divergence_attrs
 
-#: Switch epoch of the always-blurred reference run.
-BLURRED = -1
-#: Seeds of the fixed probe (test) and BatchNorm-reset (train) subsets, shared by all runs.
-PROBE_SEED, BN_SEED = 2, 3
 
 RunKey = tuple[int, int]
 State = Mapping[str, Tensor]
@@ -64,36 +64,10 @@ FUNCTION_METRICS = ("disagreement", "kl", "js", "acc_gap", "loss_gap", "cka")
 #: Metrics only defined for seed pairs.
 SEEDS_ONLY = ("l2_aligned",)
 
-#: variable → (long_name, units). "a" is the run, "b" the reference (or ``seed_b``). Losses and
-#: divergences of distributions are in nats, named in the long_name (UDUNITS has no nat).
-ATTRS = {
-    "l2": ("L2 distance between trainable weights", "1"),
-    "l2_rel": ("L2 distance relative to the mean weight norm of the pair", "1"),
-    "cosine": ("cosine similarity of trainable weights", "1"),
-    "l2_aligned": ("L2 distance after permuting b's hidden units to match a (weight matching)",
-                   "1"),
-    "disagreement": ("fraction of probe images with different predicted classes", "1"),
-    "disagreement_norm": ("disagreement divided by the pair's mean probe error rate", "1"),
-    "kl": ("mean KL(p_a || p_b) of predictive distributions on the probe set, in nats", "1"),
-    "js": ("mean Jensen-Shannon divergence of predictive distributions on the probe set, "
-           "in nats", "1"),
-    "acc_gap": ("probe accuracy of a minus that of b", "1"),
-    "loss_gap": ("probe cross-entropy of a minus that of b, in nats", "1"),
-    "cka": ("linear CKA of penultimate features on the probe set (minibatch unbiased HSIC)", "1"),
-    "barrier": ("max over alpha of probe loss on the a-b line above the linear interpolation "
-                "of the endpoint losses, in nats", "1"),
-    "barrier_mean": ("max over alpha of probe loss on the a-b line minus the mean endpoint loss, "
-                     "in nats", "1"),
-}
 #: Values for a pair of bitwise-identical checkpoints.
 IDENTICAL = {"l2": 0.0, "l2_rel": 0.0, "cosine": 1.0, "l2_aligned": 0.0, "disagreement": 0.0,
              "disagreement_norm": 0.0, "kl": 0.0, "js": 0.0, "acc_gap": 0.0, "loss_gap": 0.0,
              "cka": 1.0, "barrier": 0.0, "barrier_mean": 0.0}
-SET_ROLES = {"reference": "a is the run, b its reference run of the same seed: the "
-                          "always-blurred run (reference=blurred) or the never-blurred run "
-                          "(reference=sharp)",
-             "seeds": "a is seed, b is seed_b, both with the same switch epoch"}
-
 
 @dataclass(frozen=True)
 class DivergenceConfig:
@@ -402,8 +376,8 @@ def _pairs(present: Iterable[RunKey], switches: Sequence[int],
     ki = {k: i for i, k in enumerate(switches)}
     si = {s: i for i, s in enumerate(seeds)}
     pairs = []
-    for k, s in sorted(key for key in have if key[0] != BLURRED):
-        for kind, ref in (("vs_blurred", (BLURRED, s)), ("vs_sharp", (0, s))):
+    for k, s in sorted(key for key in have if key[0] != ALWAYS_BLURRED):
+        for kind, ref in (("vs_blurred", (ALWAYS_BLURRED, s)), ("vs_sharp", (0, s))):
             if ref in have:
                 pairs.append(Pair(kind, (k, s), ref, (ki[k], si[s])))
         for s_b in seeds:
@@ -453,10 +427,8 @@ class _Store:
             metric = name[len("div_"):-len("_seeds")] if seeds else name[len("div_"):]
             dims = (("switch_epoch", "seed", "seed_b", "epoch") if seeds
                     else ("switch_epoch", "seed", "reference", "epoch"))
-            long_name, units = ATTRS[metric]
-            role = SET_ROLES["seeds" if seeds else "reference"]
-            data[name] = xr.Variable(dims, arr, attrs={"long_name": f"{long_name} ({role})",
-                                                       "units": units})
+            data[name] = xr.Variable(
+                dims, arr, attrs=divergence_attrs(metric, "seeds" if seeds else "reference"))
         return xr.Dataset(data, coords=coords)
 
 
@@ -467,13 +439,13 @@ class _Store:
 def _barrier_epochs(runs: Runs, config: DivergenceConfig) -> dict[RunKey, set[int]]:
     """Barrier epochs of each run; a pair gets a barrier at the barrier epochs of either run.
 
-    Default: the run's switch epoch and its last epoch (only the last for :data:`BLURRED`), so
-    e.g. a branch and the never-blurred run are compared at the branch's switch and at the
+    Default: the run's switch epoch and its last epoch (only the last for the always-blurred
+    run), so e.g. a branch and the never-blurred run are compared at the branch's switch and at the
     never-blurred run's end, the last epoch they share.
     """
     if config.barrier_epochs is not None:
         return {key: set(config.barrier_epochs) for key in runs}
-    return {(k, s): {k, max(ckpts)} if k != BLURRED else {max(ckpts)}
+    return {(k, s): {k, max(ckpts)} if k != ALWAYS_BLURRED else {max(ckpts)}
             for (k, s), ckpts in runs.items() if ckpts}
 
 
@@ -596,8 +568,8 @@ class _Comparer:
 
 
 def _axes(runs: Runs) -> tuple[list[int], list[int], list[int]]:
-    """Sorted switch epochs (without :data:`BLURRED`), seeds and epochs of ``runs``."""
-    switches = sorted({k for k, _ in runs if k != BLURRED})
+    """Sorted switch epochs (without ``ALWAYS_BLURRED``), seeds and epochs of ``runs``."""
+    switches = sorted({k for k, _ in runs if k != ALWAYS_BLURRED})
     seeds = sorted({s for _, s in runs})
     epochs = sorted({e for ckpts in runs.values() for e in ckpts})
     return switches, seeds, epochs
@@ -608,8 +580,8 @@ def compare_runs(runs: Runs, make_model: Callable[[], nn.Module], probe: tuple[T
                  progress: bool = True) -> xr.Dataset:
     """Every comparison of the runs of one batch size, as an ``xarray.Dataset``.
 
-    ``runs``: ``{(switch_epoch, seed): {epoch: state_dict}}`` including ``(BLURRED, seed)``
-    references; ``make_model()``: an untrained model of the architecture (its device is used);
+    ``runs``: ``{(switch_epoch, seed): {epoch: state_dict}}`` including the
+    ``(ALWAYS_BLURRED, seed)`` references; ``make_model()``: an untrained model of the architecture (its device is used);
     ``probe``: normalised sharp test images and labels; ``bn_data``: normalised sharp training
     images for the BatchNorm reset of barriers (may be None for models without BN).
 
@@ -617,9 +589,9 @@ def compare_runs(runs: Runs, make_model: Callable[[], nn.Module], probe: tuple[T
     ``blurred``, the always-blurred run; ``sharp``, the never-blurred run); ``div_<v>_seeds``
     has ``(switch_epoch, seed, seed_b, epoch)``.
     NaN where a pair does not exist at an epoch (or a barrier is not computed there). The
-    ``switch_epoch`` coordinate excludes :data:`BLURRED`. Attrs record ``forward_passes`` (probe
-    evaluations of checkpoints, one per distinct checkpoint), ``barrier_evaluations`` and
-    ``weight_matchings``.
+    ``switch_epoch`` coordinate excludes ``ALWAYS_BLURRED``. Attrs record ``forward_passes``
+    (probe evaluations of checkpoints, one per distinct checkpoint), ``barrier_evaluations``
+    and ``weight_matchings``.
     """
     config = config or DivergenceConfig()
     switches, seeds, epochs = _axes(runs)
@@ -641,22 +613,14 @@ def compare_runs(runs: Runs, make_model: Callable[[], nn.Module], probe: tuple[T
         metrics=" ".join(config.metrics),
         barrier_alphas=config.barrier_alphas,
         kl_direction="KL(p_a || p_b): a is the run (seed), b the reference (seed_b)",
-        blurred_switch_epoch=BLURRED,
+        blurred_switch_epoch=ALWAYS_BLURRED,
     )
     return ds
 
 
-def fixed_subset(n: int, size: int, seed: int) -> Tensor:
-    """Sorted indices of a fixed random subset of ``range(n)`` (all of it if size ≥ n)."""
-    if size >= n:
-        return torch.arange(n)
-    g = torch.Generator().manual_seed(seed)
-    return torch.randperm(n, generator=g)[:size].sort().values
-
-
 def probe_from_data(data: PreparedData, config: DivergenceConfig) -> tuple[Tensor, Tensor]:
     """The probe: a fixed subset of ``probe_size`` normalised sharp test images and labels."""
-    idx = fixed_subset(len(data.test.labels), config.probe_size, PROBE_SEED)
+    idx = fixed_subset(len(data.test.labels), config.probe_size, "probe")
     idx = idx.to(data.test.labels.device)
     return data.normalize(data.test.sharp[idx]), data.test.labels[idx]
 
@@ -664,5 +628,5 @@ def probe_from_data(data: PreparedData, config: DivergenceConfig) -> tuple[Tenso
 def bn_data_from(data: PreparedData, config: DivergenceConfig) -> Tensor:
     """Normalised sharp training images for the BatchNorm reset (``bn_reset_batches`` batches)."""
     size = config.bn_reset_batches * config.batch_size
-    idx = fixed_subset(len(data.train.labels), size, BN_SEED).to(data.train.labels.device)
+    idx = fixed_subset(len(data.train.labels), size, "bn_reset").to(data.train.labels.device)
     return data.normalize(data.train.sharp[idx])

@@ -13,18 +13,11 @@ import torch.nn.functional as F
 import xarray as xr
 from torch import nn
 
-from critperiods.train.data import PreparedData
+from critperiods.train.data import PreparedData, fixed_subset
+from critperiods.variables import EVALUATION_METRICS, attrs
 
-#: name → (long_name, units) of every per-checkpoint metric.
-METRICS = {
-    "test_loss": ("cross-entropy on the sharp test set, in nats", "1"),
-    "test_accuracy": ("accuracy on the sharp test set", "1"),
-    "blurred_test_loss": ("cross-entropy on the blurred test set, in nats", "1"),
-    "blurred_test_accuracy": ("accuracy on the blurred test set", "1"),
-    "train_loss": ("cross-entropy on the training data of the checkpoint's phase, in nats", "1"),
-    "train_accuracy": ("accuracy on the training data of the checkpoint's phase", "1"),
-}
-SUBSET_SEED = 1
+#: The per-checkpoint metrics (their metadata: :data:`critperiods.variables.VARIABLES`).
+METRICS = EVALUATION_METRICS
 
 
 @torch.no_grad()
@@ -47,11 +40,7 @@ def loss_and_accuracy(
 
 def train_subset(data: PreparedData, size: int | None) -> torch.Tensor:
     """Fixed indices of the training images used to measure train loss."""
-    n = len(data.train.labels)
-    if size is None or size >= n:
-        return torch.arange(n, device=data.train.labels.device)
-    g = torch.Generator().manual_seed(SUBSET_SEED)
-    return torch.randperm(n, generator=g)[:size].sort().values.to(data.train.labels.device)
+    return fixed_subset(len(data.train.labels), size, "train_loss").to(data.train.labels.device)
 
 
 def evaluate_piece(
@@ -81,6 +70,6 @@ def evaluate_piece(
         {name: ("epoch", np.asarray(values, dtype=np.float64)) for name, values in rows.items()},
         coords={"epoch": np.asarray(epochs, dtype=np.int64)},
     )
-    for name, (long_name, units) in METRICS.items():
-        ds[name].attrs.update(long_name=long_name, units=units)
+    for name in METRICS:
+        ds[name].attrs.update(attrs(name))
     return ds

@@ -23,13 +23,11 @@ import numpy as np
 import xarray as xr
 from scipy.optimize import OptimizeWarning, curve_fit
 
-FORMS = ("linear", "exponential", "power")
-#: Integer code of "no fit" (fewer than ``MIN_POINTS`` points after the switch).
-NO_FIT = -1
+from critperiods.variables import GROWTH_FORMS, NO_GROWTH_FIT, growth_attrs
+
+#: The forms fitted, and the code of "no fit" (fewer than ``MIN_POINTS`` points after the switch).
+FORMS, NO_FIT = GROWTH_FORMS, NO_GROWTH_FIT
 MIN_POINTS = 3
-RATE_MEANING = {"linear": "slope a of a*t + c (metric units per epoch)",
-                "exponential": "rate r of c*exp(r*t) (per epoch)",
-                "power": "exponent p of a*t**p (dimensionless)"}
 
 
 @dataclass(frozen=True)
@@ -157,13 +155,8 @@ def growth_law_dataset(div_ds: xr.Dataset,
         if name not in div_ds:
             continue
         codes, rates, r2s = _fit_grid(div_ds[name].sel(reference="blurred", drop=True))
-        out[f"div_{metric}_growth_form"] = xr.Variable(dims, codes, attrs={
-            "long_name": f"growth law of {metric} vs the always-blurred run (lowest AIC)",
-            "units": "1", "flag_values": np.arange(NO_FIT, len(FORMS), dtype=np.int8),
-            "flag_meanings": " ".join(("none", *FORMS))})
-        out[f"div_{metric}_growth_rate"] = xr.Variable(dims, rates, attrs={
-            "long_name": f"rate or exponent of the chosen growth law of {metric}",
-            "units": "1", "comment": "; ".join(f"{f}: {m}" for f, m in RATE_MEANING.items())})
-        out[f"div_{metric}_growth_r2"] = xr.Variable(dims, r2s, attrs={
-            "long_name": f"R^2 of the chosen growth law of {metric}", "units": "1"})
+        meta = growth_attrs(metric)
+        out[f"div_{metric}_growth_form"] = xr.Variable(dims, codes, attrs=meta["form"])
+        out[f"div_{metric}_growth_rate"] = xr.Variable(dims, rates, attrs=meta["rate"])
+        out[f"div_{metric}_growth_r2"] = xr.Variable(dims, r2s, attrs=meta["r2"])
     return out

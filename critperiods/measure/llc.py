@@ -75,11 +75,14 @@ class LLCConfig:
     ``divergence_factor`` sets the explosion threshold (see ``divergence_threshold``).
     ``rmsprop_alpha``/``rmsprop_eps`` are the RMSProp moving-average coefficient and
     stabiliser of ``sampler="rmsprop_sgld"`` (devinterp defaults 0.99 and 0.1).
+
+    The defaults of the fields the config's ``llc:`` section sets are the schema's
+    (workflow/schemas/config.schema.yaml; a test checks that they agree).
     """
 
     chains: int = 4
-    draws: int = 2000
-    burn_in: int = 500
+    draws: int = 200
+    burn_in: int = 100
     step_size: float = 1e-4
     gamma: float = 100.0
     nbeta: float | None = None

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: flag → bit of ``llc_quality``; 0 means ok.
-FLAGS = {"negative": 1, "not_converged": 2, "diverged_chains": 4}
+from critperiods.variables import LLC_QUALITY_FLAGS
+
+#: flag → bit of ``llc_quality``; 0 means ok (the table of the cube's variables holds it).
+FLAGS = LLC_QUALITY_FLAGS
 MAX_RHAT = 1.1
 MAX_TREND_Z = 4.0
 
@@ -39,14 +41,6 @@ class Diagnostics:
     rhat: float
     ess: float
     trend_z: float
-
-
-def flag_attrs() -> dict:
-    """CF attributes of the ``llc_quality`` variable (a bit field; 0 = ok)."""
-    masks = [sum(FLAGS.values()), *FLAGS.values()]
-    return {"flag_masks": np.asarray(masks, dtype=np.int8),
-            "flag_values": np.asarray([0, *FLAGS.values()], dtype=np.int8),
-            "flag_meanings": " ".join(["ok", *FLAGS])}
 
 
 def _trend_z(post: np.ndarray) -> float:
@@ -112,4 +106,4 @@ def count_flags(quality: np.ndarray) -> dict[str, int]:
 
 
 __all__ = ["FLAGS", "MAX_RHAT", "MAX_TREND_Z", "Diagnostics", "count_flags", "diagnose",
-           "flag_attrs", "quality_flags"]
+           "quality_flags"]

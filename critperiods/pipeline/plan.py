@@ -1,8 +1,10 @@
 """The experiment plan: which trunk segments, branches and checkpoints a config implies.
 
 The Snakefile's input functions and tests both use these, so the DAG and the
-documented layout can never disagree. Cross-field checks that a JSON schema
-cannot express live here too (:func:`check_config`).
+documented layout can never disagree. Validation has one path: the JSON schema checks
+every key on its own (type, range, allowed values, non-empty and repeat-free lists);
+:func:`check_config` then checks only what the schema cannot express: rules across keys,
+and integers written as floats.
 """
 
 from __future__ import annotations
@@ -41,16 +43,11 @@ def check_moved_keys(config: dict) -> None:
 
 
 def check_config(config: dict, schema: dict) -> None:
-    """Checks that the JSON schema (already validated against) cannot express, run before
-    any job is planned: whole numbers, and consistency across keys."""
+    """Checks that the JSON schema (already validated against, which checks each key on its
+    own) cannot express, run before any job is planned: whole numbers, and consistency across
+    keys. Each error names the key."""
     check_whole_numbers(config, schema)
     grid = config["grid"]
-    for key in ("batch_sizes", "switch_epochs", "seeds", "lr_schedules"):
-        if not grid.get(key):
-            raise ConfigError(f"grid.{key}: the grid is empty (got {grid.get(key)!r})")
-        repeated = sorted({v for v in grid[key] if grid[key].count(v) > 1})
-        if repeated:
-            raise ConfigError(f"grid.{key}: {repeated} listed more than once")
     stride = config["trunk_stride"]
     bad = [s for s in grid["switch_epochs"] if s % stride]
     if bad:

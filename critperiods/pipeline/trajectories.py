@@ -28,7 +28,7 @@ from critperiods.pipeline.layout import group_label
 from critperiods.train.data import PreparedData
 from critperiods.train.stacked import StackedTrainer
 from critperiods.train.training import (
-    NEVER,
+    ALWAYS_BLURRED,
     FastPath,
     TrainConfig,
     Trainer,
@@ -47,7 +47,7 @@ class PieceSpec:
 
     batch_size: int
     seeds: tuple[int, ...]
-    switch_epoch: int  # training.NEVER for the trunk
+    switch_epoch: int  # training.ALWAYS_BLURRED for the trunk
     end_epoch: int
     checkpoint_epochs: frozenset[int]
     lr_schedule: str | None = None  # a branch's schedule after the switch; None for the trunk
@@ -62,7 +62,7 @@ class PieceSpec:
 
     @property
     def name(self) -> str:
-        kind = ("trunk" if self.switch_epoch >= NEVER
+        kind = ("trunk" if self.switch_epoch == ALWAYS_BLURRED
                 else f"{self.lr_schedule or 'continue'}/switch{self.switch_epoch}")
         return f"bs{self.batch_size}/{group_label(self.seeds)}/{kind}→e{self.end_epoch}"
 

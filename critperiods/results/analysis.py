@@ -30,6 +30,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from critperiods.variables import SUMMARY_STATISTICS, exponent_attrs, interval_attrs
+from critperiods.variables import attrs as variable_attrs
+
 __all__ = [
     "MIN_SEEDS_FOR_INTERVAL",
     "HingeFit",
@@ -610,20 +613,8 @@ def divergence_at_horizon(cube: xr.Dataset, batch_size: float, horizon: float,
 # summary dataset
 # --------------------------------------------------------------------------------------
 
-#: Per (batch_size, lr_schedule) statistics: name → (long_name, units).
-_PER_CELL = {
-    "critical_period_end": ("end of the critical period (hinge kink), in epochs", "1"),
-    "critical_period_slope": ("final accuracy lost per epoch of delay after the kink", "1"),
-    "permanent_deficit": ("final sharp test accuracy of the earliest switch minus that of the "
-                          "latest, paired by seed, mean over seeds", "1"),
-    "half_deficit_epoch": ("switch epoch at half the final permanent deficit", "1"),
-    "llc_change_epoch_trunk": ("epoch of largest slope change of valid lambda-hat along the "
-                               "blurred trunk", "1"),
-    "llc_change_epoch_sharp": ("epoch of largest slope change of valid lambda-hat, "
-                               "never-blurred run", "1"),
-    "divergence_drop_epoch": ("switch epoch where the distance to the always-blurred run at "
-                              "the horizon halves", "1"),
-}
+#: Per (batch_size, lr_schedule) statistics (their metadata: critperiods.variables).
+_PER_CELL = SUMMARY_STATISTICS
 _INTERVALS = ("critical_period_end", "permanent_deficit")
 
 
@@ -708,14 +699,13 @@ def _exponents(ends: np.ndarray, temperature: np.ndarray, batch_sizes: np.ndarra
         missing = "; ".join(
             f"{r}: {n} batch size(s) with a finite, positive end (a power law needs 3)"
             for r, n, f in zip(schedules, usable, fits, strict=True) if not np.isfinite(f[0]))
+        meta = exponent_attrs(name, what, level)
         out[name] = xr.DataArray(
             np.array([f[0] for f in fits]), dims=["lr_schedule"],
-            attrs={"long_name": f"power-law exponent of critical period end vs {what}",
-                   "units": "1", **({"missing": missing} if missing else {})})
+            attrs={**meta["value"], **({"missing": missing} if missing else {})})
         out[f"{name}_interval"] = xr.DataArray(
             np.array([[f[2], f[3]] for f in fits]).reshape(-1, 2), dims=["lr_schedule", "bound"],
-            attrs={"long_name": f"{level:.0%} bootstrap interval (over batch sizes) of {name}",
-                   "units": "1"})
+            attrs=meta["interval"])
     return out
 
 
@@ -755,11 +745,11 @@ def critical_period_summary(
 
     dims = ["batch_size", "lr_schedule"]
     data: dict[str, xr.DataArray] = {}
-    for name, (long_name, units) in _PER_CELL.items():
+    for name in _PER_CELL:
         missing = "; ".join(f"batch {b}, {r}: {cells[(b, r)][1][name]}"
                             for b in batch_sizes for r in schedules if name in cells[(b, r)][1])
         data[name] = xr.DataArray(grid(name), dims=dims, attrs={
-            "long_name": long_name, "units": units, **({"missing": missing} if missing else {})})
+            **variable_attrs(name), **({"missing": missing} if missing else {})})
     seeds = int(cube.sizes.get("seed", 1))
     kind = (f"{level:.0%} seed-bootstrap interval" if seeds >= MIN_SEEDS_FOR_INTERVAL else
             f"range of the seed bootstrap over only {seeds} seed(s): not a confidence interval")
@@ -767,7 +757,7 @@ def critical_period_summary(
         data[f"{name}_interval"] = xr.DataArray(
             np.stack([grid(f"{name}_lower"), grid(f"{name}_upper")], axis=-1),
             dims=[*dims, "bound"],
-            attrs={"long_name": f"{kind} of {name}", "units": "1"})
+            attrs=interval_attrs(name, kind))
     data.update(_exponents(data["critical_period_end"].values,
                            _temperature(cube, batch_sizes.astype(float)),
                            batch_sizes.astype(float), schedules, n_boot, rng_seed, level))

@@ -19,41 +19,9 @@ import xarray as xr
 from critperiods.measure.llc_quality import MAX_RHAT, MAX_TREND_Z
 from critperiods.pipeline.layout import parse_divergence
 from critperiods.results.assemble import RUN_DIMS, assemble_runs, load_pieces
+from critperiods.variables import VARIABLES, llc_quality_flag_attrs
 
-#: name → (long_name, units). Index coordinates (dims) carry a long_name and no units, and every
-#: unit parses in UDUNITS ("1" for dimensionless; losses in nats name the unit in long_name).
-ATTRS: dict[str, tuple[str, str | None]] = {
-    "batch_size": ("SGD batch size", None),
-    "lr_schedule": ("learning-rate schedule after the switch: continue = the per-epoch decay "
-                    "goes on, restart = the rate is reset to its initial value at the switch",
-                    None),
-    "switch_epoch": ("epoch at which the blur deficit is removed (0: never blurred)", None),
-    "seed": ("seed of initial weights and data order", None),
-    "epoch": ("training epochs completed at the checkpoint", None),
-    "chain": ("SGLD chain", None),
-    "draw": ("SGLD draw, burn-in included (the first llc_burn_in draws)", None),
-    "seed_b": ("the other seed of a pair of runs", None),
-    "bound": ("lower and upper bound of an interval", None),
-    "reference": ("run compared with: blurred = the always-blurred run, sharp = the "
-                  "never-blurred run (switch epoch 0), both of the same seed", None),
-    "epochs_since_switch": ("epochs since the run's switch epoch (negative before it)", "1"),
-    "phase_sharp": ("true where the epoch's checkpoint was last trained on sharp data", "1"),
-    "final_test_accuracy": ("sharp test accuracy at the run's last epoch", "1"),
-    "llc_mean": ("local learning coefficient, mean over healthy SGLD chains", "1"),
-    "llc_std": ("local learning coefficient, std over healthy SGLD chains", "1"),
-    "llc_chain": ("local learning coefficient per SGLD chain (NaN if diverged)", "1"),
-    "llc_diverged_chains": ("SGLD chains that diverged (excluded from the mean)", "1"),
-    "llc_init_loss": ("loss of the checkpoint on the LLC samples, L_n(w*), in nats", "1"),
-    "llc_rhat": ("rank-normalised split R-hat of the post-burn-in SGLD draws (ArviZ)", "1"),
-    "llc_ess": ("bulk effective sample size of the post-burn-in SGLD draws (ArviZ)", "1"),
-    "llc_trend_z": ("mean of the first 20% minus the last 50% of the post-burn-in draws, in "
-                    "Monte Carlo standard errors", "1"),
-    "llc_quality": ("quality of the local learning coefficient estimate (0 = ok)", "1"),
-    "llc_nbeta": ("inverse temperature times sample size of the SGLD posterior (n beta)", "1"),
-    "llc_burn_in": ("SGLD draws per chain discarded as burn-in", "1"),
-    "llc_step_size": ("SGLD step size epsilon", "1"),
-    "llc_gamma": ("SGLD localisation strength gamma", "1"),
-}
+
 def _git_commit() -> str:
     """The commit of the critperiods checkout that runs (not of the working folder, which
     ``snakemake -d`` can put anywhere); "unknown" for an installed copy."""
@@ -164,13 +132,13 @@ ANALYSIS_DEFAULTS = {"llc_max_rhat": MAX_RHAT, "llc_max_trend_z": MAX_TREND_Z,
 
 def _llc_quality(cube: xr.Dataset, settings: dict) -> xr.DataArray:
     """The λ̂ quality flag of every estimate (NaN where none was made)."""
-    from critperiods.measure.llc_quality import flag_attrs, quality_flags
+    from critperiods.measure.llc_quality import quality_flags
 
     mean = cube["llc_mean"]
     flags = quality_flags(mean.values, cube["llc_diverged_chains"].values,
                           cube["llc_rhat"].values, cube["llc_trend_z"].values,
                           settings["llc_max_rhat"], settings["llc_max_trend_z"])
-    attrs = {**flag_attrs(), "comment": (
+    attrs = {**llc_quality_flag_attrs(), "comment": (
         f"bit field: negative = lambda < 0; not_converged = R-hat > {settings['llc_max_rhat']} "
         f"or |trend z| > {settings['llc_max_trend_z']}; diverged_chains = at least one chain "
         "diverged. Flagged estimates are left out of the markers and drawn hollow.")}
@@ -193,19 +161,16 @@ def align_at_switch(da: xr.DataArray) -> xr.DataArray:
         run = run.swap_dims(epoch="epochs_since_switch").drop_vars("epoch")
         parts.append(run.reindex(epochs_since_switch=offsets).expand_dims(switch_epoch=[k]))
     out = xr.concat(parts, dim="switch_epoch")
-    out["epochs_since_switch"].attrs["long_name"] = ATTRS["epochs_since_switch"][0]
+    out["epochs_since_switch"].attrs["long_name"] = VARIABLES["epochs_since_switch"][0]
     return out
 
 
 def describe(ds: xr.Dataset) -> xr.Dataset:
-    """Fill ``long_name`` (and ``units``, except on index coordinates) from :data:`ATTRS`
-    and the evaluation metrics."""
-    from critperiods.measure.evaluation import METRICS
-
-    known = {**ATTRS, **METRICS}
+    """Fill ``long_name`` (and ``units``, except on index coordinates) from the table of the
+    cube's variables (:data:`critperiods.variables.VARIABLES`)."""
     for name in list(ds.data_vars) + list(ds.coords):
-        if name in known:
-            long_name, units = known[name]
+        if name in VARIABLES:
+            long_name, units = VARIABLES[name]
             ds[name].attrs.setdefault("long_name", long_name)
             if units is not None and name not in ds.dims:
                 ds[name].attrs.setdefault("units", units)

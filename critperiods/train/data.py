@@ -43,8 +43,6 @@ from critperiods.train.dataset_files import (  # noqa: F401 - DATASETS, SYSTEM_â
 
 log = logging.getLogger(__name__)
 
-#: Seed of the fixed training subset; independent of run seeds so all runs share data.
-SUBSET_SEED = 0
 FORMAT = "critperiods-data/2"
 
 
@@ -208,11 +206,30 @@ def data_fingerprint(name: str, split: str, raw: dict[str, str], indices: torch.
 # --------------------------------------------------------------------------- prepare
 
 
-def _subset(n: int, size: int | None) -> torch.Tensor:
-    """A fixed random subset of ``size`` indices (all of them when ``size`` is None)."""
+#: The purposes of :func:`fixed_subset` and their seeds. Each is a constant, independent of
+#: the run seeds, so every run, stage and job draws the same images; the seeds differ so the
+#: subsets are unrelated. Changing one changes results (the dataset subset: every stage).
+SUBSET_SEEDS = {
+    "dataset": 0,  # dataset.train_subset / dataset.test_subset: the images prepare_data keeps
+    "train_loss": 1,  # evaluate.train_samples: the training images train loss is measured on
+    "probe": 2,  # divergence.probe_size: the sharp test images predictions are compared on
+    "bn_reset": 3,  # divergence.bn_reset_batches: training images that re-estimate BatchNorm
+    "llc": 4,  # llc.samples: the training images the SGLD sampler sees
+}
+
+
+def fixed_subset(n: int, size: int | None, purpose: str) -> torch.Tensor:
+    """Sorted indices (int64, on the CPU) of a fixed random subset of ``range(n)``: ``size``
+    of them, or all when ``size`` is None or at least ``n``.
+
+    ``purpose`` (a key of :data:`SUBSET_SEEDS`) names what the subset is for and picks its
+    seed; the same ``(n, size, purpose)`` gives the same indices on every machine.
+    """
+    if purpose not in SUBSET_SEEDS:
+        raise ValueError(f"fixed_subset: unknown purpose {purpose!r}; one of {list(SUBSET_SEEDS)}")
     if size is None or size >= n:
         return torch.arange(n)
-    g = torch.Generator().manual_seed(SUBSET_SEED)
+    g = torch.Generator().manual_seed(SUBSET_SEEDS[purpose])
     return torch.randperm(n, generator=g)[:size].sort().values
 
 
@@ -249,7 +266,7 @@ def prepare_split(name: str, root: str | Path, split: str, subset: int | None,
         raise ValueError(
             f"dataset.root: the {split} files read from {root!r} ({raw}) are not those the "
             f"workflow planned with ({expected_raw}); they changed meanwhile â€” run again")
-    idx = _subset(len(images), subset)
+    idx = fixed_subset(len(images), subset, "dataset")
     part = _make_split(images, labels, idx, blur_size)
     meta = {"dataset": name, "split": split, "subset": subset, "blur_size": blur_size,
             "raw": raw, "fingerprint": data_fingerprint(name, split, raw, idx, blur_size)}

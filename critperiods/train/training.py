@@ -37,7 +37,11 @@ from critperiods.train.cuda_graphs import GraphedSGD
 from critperiods.train.data import PreparedData, blur
 from critperiods.train.models import build_model, to_channels_last
 
-NEVER = 10**9  # the trunk's switch epoch: it never leaves the blurred phase
+#: The switch epoch of the always-blurred run: the trunk, which never leaves the blurred
+#: phase, and the reference the divergence stage compares branches with. The one sentinel
+#: everywhere: piece files, the divergence stage's run keys and the cube's
+#: ``blurred_switch_epoch`` attribute all write it as -1 (no real switch epoch is negative).
+ALWAYS_BLURRED = -1
 CROP_PADDING = 4  # Achille et al.'s CIFAR augmentation: pad 4, random crop, flip
 
 
@@ -71,14 +75,16 @@ class TrainConfig:
 def learning_rate(cfg: TrainConfig, epoch: int, switch_epoch: int) -> float:
     """lr of ``epoch``: exponential decay, continued across the switch or restarted at it."""
     age = epoch
-    if cfg.lr_after_switch == "restart" and epoch >= switch_epoch:
+    if (cfg.lr_after_switch == "restart" and switch_epoch != ALWAYS_BLURRED
+            and epoch >= switch_epoch):
         age = epoch - switch_epoch
     return cfg.lr * cfg.lr_decay**age
 
 
 def phase(epoch: int, switch_epoch: int) -> str:
-    """The data that epoch ``epoch`` (0-based) trains on."""
-    return "blurred" if epoch < switch_epoch else "sharp"
+    """The data that epoch ``epoch`` (0-based) trains on (always blurred for
+    :data:`ALWAYS_BLURRED`)."""
+    return "blurred" if switch_epoch == ALWAYS_BLURRED or epoch < switch_epoch else "sharp"
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -489,7 +495,7 @@ def _cpu(tree: Any) -> Any:
 
 
 __all__ = [
-    "NEVER", "EpochPlan", "FastPath", "Preempted", "TrainConfig", "Trainer", "augment_batch",
+    "ALWAYS_BLURRED", "EpochPlan", "FastPath", "Preempted", "TrainConfig", "Trainer", "augment_batch",
     "model_for",
     "configure_backend",
     "epoch_plan", "epoch_seed", "learning_rate", "make_batch", "make_checkpoint", "phase",

@@ -6,7 +6,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from critperiods.measure.divergence import (
-    BLURRED,
     DivergenceConfig,
     RunKey,
     State,
@@ -21,7 +20,7 @@ from critperiods.pipeline.layout import parse_piece
 from critperiods.pipeline.provenance import piece_attrs
 from critperiods.pipeline.stages import setup
 from critperiods.train.data import load_prepared
-from critperiods.train.training import TrainConfig, model_for
+from critperiods.train.training import ALWAYS_BLURRED, TrainConfig, model_for
 
 
 def divergence_config(params: dict) -> DivergenceConfig:
@@ -40,7 +39,7 @@ def runs_from_pieces(paths: Iterable[str], expected_hash: str) -> dict[RunKey, d
     every seed group of one batch size and schedule.
 
     A run with switch epoch K takes the trunk's checkpoints at epochs ≤ K and its branch's
-    afterwards; the trunk itself is the always-blurred reference ``(BLURRED, seed)``.
+    afterwards; the trunk itself is the always-blurred reference ``(ALWAYS_BLURRED, seed)``.
     """
     trunks: dict[int, dict[int, State]] = {}
     branches: dict[RunKey, dict[int, State]] = {}
@@ -53,7 +52,7 @@ def runs_from_pieces(paths: Iterable[str], expected_hash: str) -> dict[RunKey, d
                 trunks.setdefault(seed, {}).update(states)
             else:
                 branches[(piece.switch_epoch, seed)] = states
-    runs: dict[RunKey, dict[int, State]] = {(BLURRED, s): t for s, t in trunks.items()}
+    runs: dict[RunKey, dict[int, State]] = {(ALWAYS_BLURRED, s): t for s, t in trunks.items()}
     for (switch, seed), states in branches.items():
         before = {e: w for e, w in trunks.get(seed, {}).items() if e <= switch}
         runs[(switch, seed)] = {**before, **states}

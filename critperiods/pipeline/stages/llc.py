@@ -17,8 +17,9 @@ from critperiods.pipeline.files import write_netcdf
 from critperiods.pipeline.layout import parse_piece
 from critperiods.pipeline.provenance import piece_attrs
 from critperiods.pipeline.stages import setup
-from critperiods.train.data import load_prepared
+from critperiods.train.data import fixed_subset, load_prepared
 from critperiods.train.training import TrainConfig, model_for
+from critperiods.variables import attrs
 
 
 def llc_config_from_params(params: dict) -> LLCConfig:
@@ -80,9 +81,7 @@ def llc_at_checkpoints(
         },
         coords={"epoch": epochs, "chain": np.arange(config.chains), "draw": np.arange(draws)},
     )
-    ds["llc_loss_trace"].attrs.update(
-        long_name="SGLD minibatch loss per recorded draw, in nats (burn-in included; NaN after "
-                  "a chain diverged)", units="1")
+    ds["llc_loss_trace"].attrs.update(attrs("llc_loss_trace"))
     return ds
 
 
@@ -94,10 +93,7 @@ def llc_data(data: Any, params: dict) -> Callable[[str], tuple[Tensor, Tensor]]:
     the loss SGD was actually descending. ``sharp``/``blurred`` fix one for all.
     ``llc.samples`` takes a fixed subset of the training set (n of ``n / ln n``).
     """
-    n = len(data.train.labels)
-    size = params.get("samples") or n
-    idx = torch.arange(n) if size >= n else torch.randperm(
-        n, generator=torch.Generator().manual_seed(LLC_SUBSET_SEED))[:size].sort().values
+    idx = fixed_subset(len(data.train.labels), params.get("samples") or None, "llc")
     idx = idx.to(data.train.labels.device)
     choice = params.get("data", "phase")
     cache: dict[str, tuple[Tensor, Tensor]] = {}
@@ -109,9 +105,6 @@ def llc_data(data: Any, params: dict) -> Callable[[str], tuple[Tensor, Tensor]]:
         return cache[which]
 
     return for_phase
-
-
-LLC_SUBSET_SEED = 4
 
 
 def llc(output: str, pieces: list[str], train_data: str, *, training: dict, params: dict,

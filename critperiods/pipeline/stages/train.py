@@ -15,7 +15,7 @@ from critperiods.pipeline.checkpoints import config_hash
 from critperiods.pipeline.stages import setup
 from critperiods.pipeline.trajectories import PieceSpec, train_piece
 from critperiods.train.data import load_prepared
-from critperiods.train.training import NEVER, FastPath, Preempted, TrainConfig
+from critperiods.train.training import ALWAYS_BLURRED, FastPath, Preempted, TrainConfig
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the retry resumes from the saved state
 
@@ -28,7 +28,7 @@ def train(output: str, train_data: str, start: str | None, *, batch_size: int,
     the trunk when ``switch_epoch`` is None, else the branch from that switch epoch."""
     spec = PieceSpec(
         batch_size=batch_size, seeds=tuple(seeds),
-        switch_epoch=NEVER if switch_epoch is None else switch_epoch, end_epoch=end_epoch,
+        switch_epoch=ALWAYS_BLURRED if switch_epoch is None else switch_epoch, end_epoch=end_epoch,
         checkpoint_epochs=frozenset(checkpoint_epochs), lr_schedule=lr_schedule)
     cfg = TrainConfig.from_params(training, lr_schedule or "continue")
     data = load_prepared(train_data, device=device)

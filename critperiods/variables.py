@@ -1,0 +1,182 @@
+"""The cube's variables: one table of their metadata (``long_name``, ``units``, flags).
+
+Every stage that writes a variable of the cube (docs/architecture.md, "The cube") takes its
+attributes from here, and ``results.cube.describe`` fills what a merge dropped from the same
+table. Conventions: every unit parses in UDUNITS ("1" for dimensionless; losses and
+divergences of distributions are in nats, which UDUNITS lacks, so they are "1" with the unit
+named in the long_name); index coordinates carry a long_name and no units (``None`` here).
+
+Families of variables named after a metric (``div_<metric>``, ``div_<metric>_growth_*``,
+``<statistic>_interval``) get their attributes from the functions below, built from the
+tables here. A change to this file reruns every stage that writes a variable (evaluate, llc,
+divergence, aggregate), since their outputs carry these attributes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: name → (long_name, units) of every variable and coordinate with a fixed name.
+VARIABLES: dict[str, tuple[str, str | None]] = {
+    # coordinates (dims: no units)
+    "batch_size": ("SGD batch size", None),
+    "lr_schedule": ("learning-rate schedule after the switch: continue = the per-epoch decay "
+                    "goes on, restart = the rate is reset to its initial value at the switch",
+                    None),
+    "switch_epoch": ("epoch at which the blur deficit is removed (0: never blurred)", None),
+    "seed": ("seed of initial weights and data order", None),
+    "epoch": ("training epochs completed at the checkpoint", None),
+    "chain": ("SGLD chain", None),
+    "draw": ("SGLD draw, burn-in included (the first llc_burn_in draws)", None),
+    "seed_b": ("the other seed of a pair of runs", None),
+    "bound": ("lower and upper bound of an interval", None),
+    "reference": ("run compared with: blurred = the always-blurred run, sharp = the "
+                  "never-blurred run (switch epoch 0), both of the same seed", None),
+    "epochs_since_switch": ("epochs since the run's switch epoch (negative before it)", "1"),
+    # evaluate: per checkpoint
+    "test_loss": ("cross-entropy on the sharp test set, in nats", "1"),
+    "test_accuracy": ("accuracy on the sharp test set", "1"),
+    "blurred_test_loss": ("cross-entropy on the blurred test set, in nats", "1"),
+    "blurred_test_accuracy": ("accuracy on the blurred test set", "1"),
+    "train_loss": ("cross-entropy on the training data of the checkpoint's phase, in nats", "1"),
+    "train_accuracy": ("accuracy on the training data of the checkpoint's phase", "1"),
+    # aggregate: from the evaluations
+    "phase_sharp": ("true where the epoch's checkpoint was last trained on sharp data", "1"),
+    "final_test_accuracy": ("sharp test accuracy at the run's last epoch", "1"),
+    # llc: per checkpoint, and the sampler's settings
+    "llc_mean": ("local learning coefficient, mean over healthy SGLD chains", "1"),
+    "llc_std": ("local learning coefficient, std over healthy SGLD chains", "1"),
+    "llc_chain": ("local learning coefficient per SGLD chain (NaN if diverged)", "1"),
+    "llc_diverged_chains": ("SGLD chains that diverged (excluded from the mean)", "1"),
+    "llc_init_loss": ("loss of the checkpoint on the LLC samples, L_n(w*), in nats", "1"),
+    "llc_loss_trace": ("SGLD minibatch loss per recorded draw, in nats (burn-in included; NaN "
+                       "after a chain diverged)", "1"),
+    "llc_rhat": ("rank-normalised split R-hat of the post-burn-in SGLD draws (ArviZ)", "1"),
+    "llc_ess": ("bulk effective sample size of the post-burn-in SGLD draws (ArviZ)", "1"),
+    "llc_trend_z": ("mean of the first 20% minus the last 50% of the post-burn-in draws, in "
+                    "Monte Carlo standard errors", "1"),
+    "llc_quality": ("quality of the local learning coefficient estimate (0 = ok)", "1"),
+    "llc_nbeta": ("inverse temperature times sample size of the SGLD posterior (n beta)", "1"),
+    "llc_burn_in": ("SGLD draws per chain discarded as burn-in", "1"),
+    "llc_step_size": ("SGLD step size epsilon", "1"),
+    "llc_gamma": ("SGLD localisation strength gamma", "1"),
+    # aggregate: the critical-period summary, per (batch_size, lr_schedule)
+    "critical_period_end": ("end of the critical period (hinge kink), in epochs", "1"),
+    "critical_period_slope": ("final accuracy lost per epoch of delay after the kink", "1"),
+    "permanent_deficit": ("final sharp test accuracy of the earliest switch minus that of the "
+                          "latest, paired by seed, mean over seeds", "1"),
+    "half_deficit_epoch": ("switch epoch at half the final permanent deficit", "1"),
+    "llc_change_epoch_trunk": ("epoch of largest slope change of valid lambda-hat along the "
+                               "blurred trunk", "1"),
+    "llc_change_epoch_sharp": ("epoch of largest slope change of valid lambda-hat, "
+                               "never-blurred run", "1"),
+    "divergence_drop_epoch": ("switch epoch where the distance to the always-blurred run at "
+                              "the horizon halves", "1"),
+}
+
+#: The evaluate stage's per-checkpoint metrics (names in :data:`VARIABLES`).
+EVALUATION_METRICS = ("test_loss", "test_accuracy", "blurred_test_loss",
+                      "blurred_test_accuracy", "train_loss", "train_accuracy")
+#: The summary's statistics per (batch_size, lr_schedule) (names in :data:`VARIABLES`).
+SUMMARY_STATISTICS = ("critical_period_end", "critical_period_slope", "permanent_deficit",
+                      "half_deficit_epoch", "llc_change_epoch_trunk", "llc_change_epoch_sharp",
+                      "divergence_drop_epoch")
+
+#: divergence metric → (long_name, units) of ``div_<metric>`` and ``div_<metric>_seeds``, whose
+#: long_name adds the pair's roles (:data:`DIVERGENCE_ROLES`). "a" is the run, "b" the
+#: reference (or ``seed_b``).
+DIVERGENCE_METRICS: dict[str, tuple[str, str]] = {
+    "l2": ("L2 distance between trainable weights", "1"),
+    "l2_rel": ("L2 distance relative to the mean weight norm of the pair", "1"),
+    "cosine": ("cosine similarity of trainable weights", "1"),
+    "l2_aligned": ("L2 distance after permuting b's hidden units to match a (weight matching)",
+                   "1"),
+    "disagreement": ("fraction of probe images with different predicted classes", "1"),
+    "disagreement_norm": ("disagreement divided by the pair's mean probe error rate", "1"),
+    "kl": ("mean KL(p_a || p_b) of predictive distributions on the probe set, in nats", "1"),
+    "js": ("mean Jensen-Shannon divergence of predictive distributions on the probe set, "
+           "in nats", "1"),
+    "acc_gap": ("probe accuracy of a minus that of b", "1"),
+    "loss_gap": ("probe cross-entropy of a minus that of b, in nats", "1"),
+    "cka": ("linear CKA of penultimate features on the probe set (minibatch unbiased HSIC)", "1"),
+    "barrier": ("max over alpha of probe loss on the a-b line above the linear interpolation "
+                "of the endpoint losses, in nats", "1"),
+    "barrier_mean": ("max over alpha of probe loss on the a-b line minus the mean endpoint loss, "
+                     "in nats", "1"),
+}
+#: comparison set → who "a" and "b" are (``reference``: dim ``reference``; ``seeds``: ``seed_b``).
+DIVERGENCE_ROLES = {"reference": "a is the run, b its reference run of the same seed: the "
+                                 "always-blurred run (reference=blurred) or the never-blurred run "
+                                 "(reference=sharp)",
+                    "seeds": "a is seed, b is seed_b, both with the same switch epoch"}
+
+#: Bits of the ``llc_quality`` flag (a CF bit field; 0 means ok).
+LLC_QUALITY_FLAGS = {"negative": 1, "not_converged": 2, "diverged_chains": 4}
+
+#: The growth laws of ``div_<metric>_growth_form``: its code is the index here, or
+#: :data:`NO_GROWTH_FIT` when there were too few points to fit.
+GROWTH_FORMS = ("linear", "exponential", "power")
+NO_GROWTH_FIT = -1
+#: What ``div_<metric>_growth_rate`` means for each form.
+GROWTH_RATE_MEANING = {"linear": "slope a of a*t + c (metric units per epoch)",
+                       "exponential": "rate r of c*exp(r*t) (per epoch)",
+                       "power": "exponent p of a*t**p (dimensionless)"}
+
+
+def attrs(name: str) -> dict:
+    """``long_name`` and (unless it is an index coordinate) ``units`` of ``name``."""
+    long_name, units = VARIABLES[name]
+    return {"long_name": long_name} if units is None else {"long_name": long_name, "units": units}
+
+
+def llc_quality_flag_attrs() -> dict:
+    """CF attributes of the ``llc_quality`` bit field (0 = ok)."""
+    masks = [sum(LLC_QUALITY_FLAGS.values()), *LLC_QUALITY_FLAGS.values()]
+    return {"flag_masks": np.asarray(masks, dtype=np.int8),
+            "flag_values": np.asarray([0, *LLC_QUALITY_FLAGS.values()], dtype=np.int8),
+            "flag_meanings": " ".join(["ok", *LLC_QUALITY_FLAGS])}
+
+
+def divergence_attrs(metric: str, comparison: str) -> dict:
+    """Attributes of ``div_<metric>`` (``comparison="reference"``) or ``div_<metric>_seeds``
+    (``comparison="seeds"``)."""
+    long_name, units = DIVERGENCE_METRICS[metric]
+    return {"long_name": f"{long_name} ({DIVERGENCE_ROLES[comparison]})", "units": units}
+
+
+def growth_attrs(metric: str) -> dict[str, dict]:
+    """Attributes of ``div_<metric>_growth_form``, ``_growth_rate`` and ``_growth_r2``, by
+    suffix (``form``, ``rate``, ``r2``)."""
+    return {
+        "form": {"long_name": f"growth law of {metric} vs the always-blurred run (lowest AIC)",
+                 "units": "1",
+                 "flag_values": np.arange(NO_GROWTH_FIT, len(GROWTH_FORMS), dtype=np.int8),
+                 "flag_meanings": " ".join(("none", *GROWTH_FORMS))},
+        "rate": {"long_name": f"rate or exponent of the chosen growth law of {metric}",
+                 "units": "1",
+                 "comment": "; ".join(f"{f}: {m}" for f, m in GROWTH_RATE_MEANING.items())},
+        "r2": {"long_name": f"R^2 of the chosen growth law of {metric}", "units": "1"},
+    }
+
+
+def exponent_attrs(name: str, what: str, level: float) -> dict[str, dict]:
+    """Attributes of a scaling exponent ``name`` of the critical period's end vs ``what``, and
+    of its bootstrap interval (keys ``value`` and ``interval``)."""
+    return {
+        "value": {"long_name": f"power-law exponent of critical period end vs {what}",
+                  "units": "1"},
+        "interval": {"long_name": f"{level:.0%} bootstrap interval (over batch sizes) of {name}",
+                     "units": "1"},
+    }
+
+
+def interval_attrs(name: str, kind: str) -> dict:
+    """Attributes of ``<name>_interval``: a ``kind`` (e.g. "90% seed-bootstrap interval") of
+    the summary statistic ``name``."""
+    return {"long_name": f"{kind} of {name}", "units": "1"}
+
+
+__all__ = ["DIVERGENCE_METRICS", "DIVERGENCE_ROLES", "EVALUATION_METRICS", "GROWTH_FORMS",
+           "GROWTH_RATE_MEANING", "LLC_QUALITY_FLAGS", "NO_GROWTH_FIT", "SUMMARY_STATISTICS",
+           "VARIABLES", "attrs", "divergence_attrs", "exponent_attrs", "growth_attrs",
+           "interval_attrs", "llc_quality_flag_attrs"]
