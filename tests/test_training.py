@@ -14,6 +14,7 @@ from critperiods.train.training import (
     Preempted,
     epoch_plan,
     learning_rate,
+    phase,
     train_from_scratch,
 )
 
@@ -147,6 +148,9 @@ def test_learning_rate_continues_or_restarts(cfg):
     restart = replace(cfg, lr_after_switch="restart")
     assert learning_rate(restart, 5, switch_epoch=3) == pytest.approx(0.05 * 0.9**2)
     assert learning_rate(restart, 2, switch_epoch=3) == pytest.approx(0.05 * 0.9**2)
+    # the always-blurred run never switches, so it never restarts
+    assert learning_rate(restart, 5, ALWAYS_BLURRED) == learning_rate(cfg, 5, ALWAYS_BLURRED)
+    assert phase(0, ALWAYS_BLURRED) == phase(10**6, ALWAYS_BLURRED) == "blurred"
 
 
 def test_training_learns(cfg, data):
@@ -195,3 +199,34 @@ def test_cached_inputs_equal_per_batch_inputs(cfg, data, channels_last):
             cached, y2 = make_batch(data, cfg, fast, plan, part, epoch_phase, ready)
             assert torch.equal(direct, cached) and torch.equal(y, y2)
             assert direct.stride() == cached.stride()
+
+
+def test_training_sees_the_prepared_blurred_images_that_evaluation_and_llc_read(cfg, data):
+    """One blur route: a blurred training batch is the prepared (uint8) blurred tensor at the
+    batch's indices, normalised, exactly what the evaluation and the λ̂ stage read; with
+    augmentation, it is that image cropped and flipped."""
+    from critperiods.pipeline.stages.llc import llc_data
+    from critperiods.train.training import BatchCache, FastPath, augment_batch, make_batch
+
+    n = len(data.train.labels)
+    llc_images, _ = llc_data(data, {"samples": None, "data": "phase"})("blurred")
+    for augment in (False, True):
+        run = replace(cfg, augmentation=augment)
+        plan = epoch_plan(n, 0, 3, augment, torch.device("cpu"))
+        ready = BatchCache(data, run, FastPath())
+        for part in plan.batches(40):
+            idx = plan.order[part]
+            x, y = make_batch(data, run, FastPath(), plan, part, "blurred", ready)
+            prepared = data.normalize(data.train.blurred[idx])
+            assert torch.equal(prepared, llc_images[idx])
+            if augment:
+                prepared = augment_batch(prepared, plan.shifts[part], plan.flips[part])
+            assert torch.equal(x, prepared) and torch.equal(y, data.train.labels[idx])
+
+
+def test_data_prepared_with_another_blur_are_refused(cfg, data):
+    from critperiods.train.training import Trainer
+
+    other = replace(data, meta={**data.meta, "blur_size": cfg.blur_size + 1})
+    with pytest.raises(ValueError, match="dataset.blur_size"):
+        Trainer(cfg, other, 16, 0)

@@ -52,6 +52,7 @@ from critperiods.train.grouped import copies_forward, per_copy_losses
 from critperiods.train.models import build_model
 from critperiods.train.training import (
     BatchCache,
+    check_blur,
     EpochPlan,
     FastPath,
     TrainConfig,
@@ -121,6 +122,7 @@ class StackedTrainer:
     ) -> None:
         if len(set(seeds)) != len(seeds) or not seeds:
             raise ValueError(f"seeds must be distinct and non-empty, got {list(seeds)}")
+        check_blur(data, cfg)
         self.cfg, self.data, self.batch_size, self.seeds = cfg, data, batch_size, list(seeds)
         self.device = torch.device(device)
         self.fast = fast or FastPath.for_device(self.device, model=cfg.model)

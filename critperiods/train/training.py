@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from critperiods.train.cuda_graphs import GraphedSGD
-from critperiods.train.data import PreparedData, blur
+from critperiods.train.data import PreparedData
 from critperiods.train.models import build_model, to_channels_last
 
 #: The switch epoch of the always-blurred run: the trunk, which never leaves the blurred
@@ -132,23 +132,39 @@ def augment_batch(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) ->
 def make_batch(data: PreparedData, cfg: TrainConfig, fast: FastPath, plan: EpochPlan,
                part: slice, epoch_phase: str, ready: BatchCache | None = None,
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and labels of batch ``part`` of an epoch: normalised, augmented, blurred.
+    """Images and labels of batch ``part`` of an epoch: the prepared images of the phase,
+    normalised, then augmented.
+
+    One blur route: a blurred batch is read from the prepared blurred tensor
+    (``data.train.blurred``, blurred once and rounded to uint8 by ``prepare_data``), the
+    same images evaluation and λ̂ read, never blurred again here. Augmentation (random crop
+    with zero padding and horizontal flip) moves the prepared image: a blurred input is a
+    shifted and flipped copy of the prepared blurred image. The flip commutes with the blur;
+    a crop does up to the zero border and the position of the blur's block grid, which
+    carries no information about the image, so the deficit is the same.
 
     Without augmentation an image's input is the same every epoch, so ``ready`` (when
-    given) holds the whole normalised (and blurred) training set and the batch is just
-    an index into it — the same bits, without re-blurring every image every epoch.
+    given) holds the whole normalised training set of each phase and the batch is just an
+    index into it: the same bits, without normalising every image every epoch.
     """
     idx = plan.order[part]
     if ready is not None and plan.shifts is None:
         return ready.images(epoch_phase)[idx], data.train.labels[idx]
-    x = data.normalize(data.train.sharp[idx])
+    x = data.normalize(data.train.images(epoch_phase)[idx])
     if plan.shifts is not None:
         x = augment_batch(x, plan.shifts[part], plan.flips[part])
-    if epoch_phase == "blurred":
-        x = blur(x, cfg.blur_size)
     if fast.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, data.train.labels[idx]
+
+
+def check_blur(data: PreparedData, cfg: TrainConfig) -> None:
+    """Refuse data prepared with another blur than the training config's: training reads
+    the prepared blurred images (:func:`make_batch`), it never blurs them itself."""
+    prepared = data.meta.get("blur_size")
+    if prepared is not None and prepared != cfg.blur_size:
+        raise ValueError(f"dataset.blur_size: the prepared data are blurred to {prepared}, but "
+                         f"the training config asks for {cfg.blur_size}; prepare the data again")
 
 
 class BatchCache:
@@ -294,6 +310,7 @@ class Trainer:
         self, cfg: TrainConfig, data: PreparedData, batch_size: int, seed: int,
         device: torch.device | str = "cpu", fast: FastPath | None = None,
     ) -> None:
+        check_blur(data, cfg)
         self.cfg, self.data, self.batch_size, self.seed = cfg, data, batch_size, seed
         self.device = torch.device(device)
         self.fast = fast or FastPath.for_device(self.device, model=cfg.model)
@@ -497,7 +514,7 @@ def _cpu(tree: Any) -> Any:
 __all__ = [
     "ALWAYS_BLURRED", "EpochPlan", "FastPath", "Preempted", "TrainConfig", "Trainer", "augment_batch",
     "model_for",
-    "configure_backend",
+    "check_blur", "configure_backend",
     "epoch_plan", "epoch_seed", "learning_rate", "make_batch", "make_checkpoint", "phase",
     "sgd_epoch",
     "stop_on_sigterm", "train_from_scratch", "train_until",
