@@ -575,6 +575,7 @@ def llc_case(model: str, width: int, sizes: Sizes, device: torch.device, cache: 
 def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
                 devinterp: bool) -> tuple[list[str], dict]:
     from critperiods.measure import llc
+    from critperiods.measure.llc import sampler
     from critperiods.train import folded
 
     raw, rows = {}, []
@@ -591,8 +592,8 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
 
         def ours(chains: int, layout: str, graphs: bool, c=cfg, m=net, d=data):
             def timed(warm: bool = False) -> float:
-                saved = folded.LAYOUT_OVERRIDE, llc.SGLD_CUDA_GRAPHS
-                folded.LAYOUT_OVERRIDE, llc.SGLD_CUDA_GRAPHS = layout, graphs
+                saved = folded.LAYOUT_OVERRIDE, sampler.SGLD_CUDA_GRAPHS
+                folded.LAYOUT_OVERRIDE, sampler.SGLD_CUDA_GRAPHS = layout, graphs
                 conf = replace(c, chains=chains, **({"burn_in": 1, "draws": 3} if warm else {}))
                 try:
                     sync(device)
@@ -601,7 +602,7 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
                     sync(device)
                     return time.perf_counter() - start
                 finally:
-                    folded.LAYOUT_OVERRIDE, llc.SGLD_CUDA_GRAPHS = saved
+                    folded.LAYOUT_OVERRIDE, sampler.SGLD_CUDA_GRAPHS = saved
             return timed
 
         for chains in sizes.chains:

@@ -142,15 +142,17 @@ def test_fingerprints_do_not_depend_on_where_the_repository_is(package, tmp_path
 
 
 def test_the_stage_scripts_reach_the_modules_they_use():
-    """On this repository: λ̂ runs llc.py and the native max-pool; evaluation and training
-    never reach llc.py; plots.py reaches only the plots."""
+    """On this repository: λ̂ runs the sampler and the native max-pool, never the
+    calibration; evaluation, training and the aggregation never reach the sampler; plots.py
+    reaches only the plots."""
     fp = Fingerprints(ROOT)
     llc = set(fp.sources(ROOT / "scripts/llc.py"))
-    assert {"critperiods/measure/llc.py", "critperiods/train/native.py",
+    assert {"critperiods/measure/llc/sampler.py", "critperiods/train/native.py",
             "critperiods/train/max_pool2.c", "scripts/llc.py"} <= llc
+    assert "critperiods/measure/llc/calibration.py" not in llc
     for script in ("train", "evaluate", "prepare_data", "aggregate"):
         sources = fp.sources(ROOT / f"scripts/{script}.py")
-        assert "critperiods/measure/llc.py" not in sources, script
+        assert "critperiods/measure/llc/sampler.py" not in sources, script
         assert "critperiods/results/plots.py" not in sources, script
     assert "critperiods/train/training.py" in fp.sources(ROOT / "scripts/train.py")
     assert len({fp.stage(p) for p in (ROOT / "scripts").glob("*.py")}) == len(

@@ -186,8 +186,8 @@ def test_cuda_graphed_branch_from_trunk_equals_run_from_scratch(tmp_path, cfg, d
     prev = None
     for e in (0, 1, 2):
         out = tmp_path / f"t{e}.pt"
-        train_piece(PieceSpec(16, (3,), ALWAYS_BLURRED, e, frozenset()), cfg, HASH, data, prev, out, gpu,
-                  progress=False, fast=fast)
+        train_piece(PieceSpec(16, (3,), ALWAYS_BLURRED, e, frozenset()), cfg, HASH, data, prev,
+                    out, gpu, progress=False, fast=fast)
         prev = out
     train_piece(PieceSpec(16, (3,), 2, 4, frozenset()), cfg, HASH, data, prev, tmp_path / "b.pt",
               gpu, progress=False, fast=fast)
@@ -207,6 +207,7 @@ def test_cuda_graphed_branch_from_trunk_equals_run_from_scratch(tmp_path, cfg, d
 @cuda
 def test_cuda_graphed_sgld_matches_the_eager_sampler():
     from critperiods.measure import llc
+    from critperiods.measure.llc import sampler
 
     torch.manual_seed(0)
     model = build_model("small_cnn", 4, 1, 8, 10, 0).cuda()
@@ -214,11 +215,11 @@ def test_cuda_graphed_sgld_matches_the_eager_sampler():
     cfg = llc.LLCConfig(chains=3, draws=20, burn_in=5, step_size=1e-5, batch_size=32)
     graphed = llc.estimate_llc(model, torch.nn.functional.cross_entropy, data, cfg,
                                progress=False)
-    llc.SGLD_CUDA_GRAPHS = False
+    sampler.SGLD_CUDA_GRAPHS = False
     try:
         eager = llc.estimate_llc(model, torch.nn.functional.cross_entropy, data, cfg,
                                  progress=False)
     finally:
-        llc.SGLD_CUDA_GRAPHS = True
+        sampler.SGLD_CUDA_GRAPHS = True
     assert torch.allclose(torch.tensor(graphed.loss_trace), torch.tensor(eager.loss_trace),
                           rtol=1e-4, atol=1e-5)

@@ -297,8 +297,8 @@ def tidy(text: str) -> str:
 
 
 CODE_CHANGES = {  # (file, real change?) → what a dry run must plan
-    ("critperiods/measure/llc.py", True): lambda t: t + "\nBUG_FIX = 1\n",
-    ("critperiods/measure/llc.py", False): tidy,
+    ("critperiods/measure/llc/estimate.py", True): lambda t: t + "\nBUG_FIX = 1\n",
+    ("critperiods/measure/llc/estimate.py", False): tidy,
     ("critperiods/train/training.py", True): lambda t: t + "\nBUG_FIX = 1\n",
     ("critperiods/results/plots.py", True): lambda t: t + "\nBUG_FIX = 1\n",
     ("scripts/evaluate.py", False): lambda t: "# a comment in a stage script\n" + t,
@@ -308,7 +308,7 @@ CODE_CHANGES = {  # (file, real change?) → what a dry run must plan
 def test_code_changes_rerun_their_stage_and_downstream_and_tidying_reruns_nothing(
         tiny_run, tmp_path):
     """Real changes on copies of the repository, dry-run against the finished tiny run: a
-    line in llc.py reruns llc, aggregate and plots; one in training.py all but the data; a
+    line in the λ̂ estimator reruns llc, aggregate and plots; one in training.py all but the data; a
     comment, docstring or reflowed line reruns nothing (also in a stage script, whose
     modification time the workflow profile leaves out of the rerun triggers)."""
     rows = table("Code")
@@ -321,5 +321,5 @@ def test_code_changes_rerun_their_stage_and_downstream_and_tidying_reruns_nothin
         expected = (expand(rules_named(rows[path][0]), None) & every_rule(TINY) if real
                     else frozenset())
         assert rules == expected, f"{path} ({'real' if real else 'cosmetic'} change): {rules}"
-    assert got[("critperiods/measure/llc.py", True)] == {"llc", "aggregate", "plots"}
+    assert got[("critperiods/measure/llc/estimate.py", True)] == {"llc", "aggregate", "plots"}
     assert got[("critperiods/results/plots.py", True)] == {"plots"}

@@ -392,7 +392,7 @@ def test_bad_settings_are_refused_naming_the_field(field: str, value: object) ->
 def test_full_batch_init_loss_runs_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """L_n(w*) never runs more than INIT_LOSS_CHUNK samples per forward, also when the
     sampler uses the full batch (and gives the same value as one big forward)."""
-    import critperiods.measure.llc as llc_module
+    import critperiods.measure.llc.estimate as llc_module
 
     model, (x, y) = _small_dln()
     with torch.no_grad():
@@ -410,7 +410,7 @@ def test_init_loss_with_a_batch_size_that_does_not_divide_the_chunk() -> None:
     """Minibatches of 100 (1024 is not a multiple): L_n(w*) over all 2500 samples and the
     std of the 25 minibatch means.  (Each forward once overran its chunk here, and the
     loss of the last 24 outputs met no targets.)"""
-    import critperiods.measure.llc as llc_module
+    import critperiods.measure.llc.estimate as llc_module
 
     torch.manual_seed(0)
     model = nn.Linear(5, 3)
@@ -428,7 +428,7 @@ def test_a_chain_over_the_ceiling_is_cut_where_it_crossed() -> None:
     """The divergence ceiling is applied once L_n(w*) is known, after sampling: a chain is
     flagged at the first step above it, its trace blanked from there, exactly as if it had
     been stopped there; the other chains are untouched."""
-    import critperiods.measure.llc as llc_module
+    import critperiods.measure.llc.estimate as llc_module
 
     model, data = _small_dln()
     cfg = LLCConfig(chains=4, draws=60, burn_in=0, step_size=3e-4, gamma=10.0, batch_size=16,
@@ -455,7 +455,7 @@ def test_a_chain_over_the_ceiling_is_cut_where_it_crossed() -> None:
 def test_the_cut_uses_the_peak_between_records() -> None:
     """With ``loss_every`` > 1 a chain is cut at the record whose steps crossed the ceiling,
     also when the recorded (last) loss of that record is below it; NaN counts as over."""
-    import critperiods.measure.llc as llc_module
+    import critperiods.measure.llc.estimate as llc_module
 
     loss = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, np.nan, np.nan]])
     peak = np.array([[1.0, 5.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], [1.0, np.nan, np.nan, 1.0]])
@@ -533,3 +533,31 @@ def test_calibrate_and_plot(tmp_path) -> None:  # noqa: ANN001
     assert ds["llc_mean"].shape == (2, 2)
     out = plot_calibration(ds, tmp_path / "cal.png")
     assert out.exists() and out.stat().st_size > 0
+
+
+def test_a_diagnostics_callback_receives_every_recorded_draw() -> None:
+    """The sampler's hook (in the spirit of devinterp 1.x callbacks): a custom callback sees
+    each recorded draw once, in order, with the losses the trace records and the chains'
+    weights moving away from w*; watching changes no bit of the estimate."""
+    from critperiods.measure.llc import Draw
+
+    model, data = _small_dln()
+    w_star = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    cfg = LLCConfig(chains=4, draws=12, burn_in=3, step_size=1e-4, gamma=10.0, batch_size=16)
+    seen: list[tuple[int, bool, range, np.ndarray, float]] = []
+
+    def watch(draw: Draw) -> None:
+        moved = float((draw.weights - w_star).norm(dim=1).min())
+        seen.append((draw.index, draw.burn_in, draw.chains, draw.loss.numpy().copy(), moved))
+
+    watched = estimate_llc(model, dln_loss, data, cfg, progress=False, workers=2,
+                           callbacks=[watch])
+    plain = estimate_llc(model, dln_loss, data, cfg, progress=False, workers=1)
+    assert [s[0] for s in seen] == list(range(cfg.burn_in + cfg.draws))
+    assert [s[1] for s in seen] == [i < cfg.burn_in for i in range(cfg.burn_in + cfg.draws)]
+    assert all(s[2] == range(cfg.chains) for s in seen)
+    assert not watched.diverged.any()
+    np.testing.assert_array_equal(np.stack([s[3] for s in seen], axis=1), watched.loss_trace)
+    assert all(s[4] > 0 for s in seen)  # every chain has left w* at every recorded draw
+    np.testing.assert_array_equal(watched.loss_trace, plain.loss_trace)
+    assert watched.llc_mean == plain.llc_mean

@@ -12,7 +12,13 @@ from critperiods.pipeline.checkpoints import load_piece
 from critperiods.pipeline.checkpoints import member as load_member
 from critperiods.pipeline.trajectories import PieceSpec, resume_path_for, train_piece
 from critperiods.train.stacked import STACKED_ATOL, STEP_ATOL, StackedTrainer
-from critperiods.train.training import ALWAYS_BLURRED, Preempted, Trainer, train_from_scratch, train_until
+from critperiods.train.training import (
+    ALWAYS_BLURRED,
+    Preempted,
+    Trainer,
+    train_from_scratch,
+    train_until,
+)
 from tests.test_training import HASH, assert_state_equal, stop_after
 
 SEEDS = (0, 1, 2)

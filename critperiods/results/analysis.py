@@ -797,7 +797,7 @@ def llc_flag_counts(cube: xr.Dataset) -> dict[str, int]:
 
     An estimate shared by several runs (a trunk checkpoint, the never-blurred run) counts once.
     """
-    from critperiods.measure.llc_quality import count_flags
+    from critperiods.measure.llc.quality import count_flags
 
     if "llc_quality" not in cube:
         return {}

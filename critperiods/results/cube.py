@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from critperiods.measure.llc_quality import MAX_RHAT, MAX_TREND_Z
+from critperiods.measure.llc.quality import MAX_RHAT, MAX_TREND_Z
 from critperiods.pipeline.layout import parse_divergence
 from critperiods.results.assemble import RUN_DIMS, assemble_runs, load_pieces
 from critperiods.variables import VARIABLES, llc_quality_flag_attrs
@@ -132,7 +132,7 @@ ANALYSIS_DEFAULTS = {"llc_max_rhat": MAX_RHAT, "llc_max_trend_z": MAX_TREND_Z,
 
 def _llc_quality(cube: xr.Dataset, settings: dict) -> xr.DataArray:
     """The λ̂ quality flag of every estimate (NaN where none was made)."""
-    from critperiods.measure.llc_quality import quality_flags
+    from critperiods.measure.llc.quality import quality_flags
 
     mean = cube["llc_mean"]
     flags = quality_flags(mean.values, cube["llc_diverged_chains"].values,

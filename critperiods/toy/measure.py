@@ -34,7 +34,8 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from critperiods.measure.llc import LLCConfig, estimate_llc
+from critperiods.measure.llc.estimate import estimate_llc
+from critperiods.measure.llc.sampler import LLCConfig
 from critperiods.toy import noise, posterior
 from critperiods.toy.landscapes import (
     Landscape,

@@ -231,12 +231,15 @@ class GraphedSGD:
 # --------------------------------------------------------------------------- SGLD chains
 
 
-def run_chains_graphed(sampler: Any, st: Any, report: Callable[[int], None]) -> tuple:
-    """``critperiods.measure.llc._run_chains`` with each record replayed from one CUDA graph.
+def run_chains_graphed(sampler: Any, st: Any, report: Callable[[int], None],
+                       notify: Callable[[int, Tensor], None] | None = None) -> tuple:
+    """``critperiods.measure.llc.sampler._run_chains`` with each record replayed from one CUDA
+    graph.
 
     The first ``EAGER_RECORDS`` records run eagerly (real steps that also warm up cuDNN and
     the allocator), the rest replay a graph of one record; which records are eager depends
-    only on the config, so a run is as reproducible as the eager sampler. Returns the
+    only on the config, so a run is as reproducible as the eager sampler. ``notify(index,
+    losses)`` (when given) runs after every record, outside the graph. Returns the
     ``(loss, peak, healthy)`` arrays of ``_Trace``. Falls back to eager records where this
     torch cannot register a generator with a graph.
     """
@@ -259,15 +262,19 @@ def run_chains_graphed(sampler: Any, st: Any, report: Callable[[int], None]) -> 
     stream = torch.cuda.Stream(st.w.device)
     with torch.no_grad(), own_stream(stream):
         eager = min(EAGER_RECORDS, n_rec)
-        for _ in range(eager):
+        for r in range(eager):
             record()
+            if notify is not None:
+                notify(r, trace[:, r])
             report(cfg.loss_every * chains)
         graph = _capture_record(record, sampler.gens, stream) if n_rec > eager else None
-        for _ in range(n_rec - eager):
+        for r in range(eager, n_rec):
             if graph is None:
                 record()
             else:
                 graph.replay()
+            if notify is not None:
+                notify(r, trace[:, r])
             report(cfg.loss_every * chains)
     return (trace.cpu().double().numpy(), peak.cpu().double().numpy(),
             st.healthy.cpu().numpy().astype(np.bool_))

@@ -52,10 +52,10 @@ from critperiods.train.grouped import copies_forward, per_copy_losses
 from critperiods.train.models import build_model
 from critperiods.train.training import (
     BatchCache,
-    check_blur,
     EpochPlan,
     FastPath,
     TrainConfig,
+    check_blur,
     configure_backend,
     epoch_plan,
     learning_rate,

@@ -512,8 +512,8 @@ def _cpu(tree: Any) -> Any:
 
 
 __all__ = [
-    "ALWAYS_BLURRED", "EpochPlan", "FastPath", "Preempted", "TrainConfig", "Trainer", "augment_batch",
-    "model_for",
+    "ALWAYS_BLURRED", "EpochPlan", "FastPath", "Preempted", "TrainConfig", "Trainer",
+    "augment_batch", "model_for",
     "check_blur", "configure_backend",
     "epoch_plan", "epoch_seed", "learning_rate", "make_batch", "make_checkpoint", "phase",
     "sgd_epoch",

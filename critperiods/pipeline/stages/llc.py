@@ -11,7 +11,8 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from critperiods.measure.llc import LLCConfig, estimate_llc
+from critperiods.measure.llc.estimate import estimate_llc
+from critperiods.measure.llc.sampler import LLCConfig
 from critperiods.pipeline.checkpoints import config_hash, load_checkpoints
 from critperiods.pipeline.files import write_netcdf
 from critperiods.pipeline.layout import parse_piece
@@ -41,11 +42,11 @@ def llc_at_checkpoints(
     ``llc_chain`` (NaN for diverged chains), ``llc_diverged_chains`` (count),
     ``llc_init_loss``, ``llc_loss_trace`` (minibatch loss per draw, burn-in included), the
     convergence diagnostics ``llc_rhat``, ``llc_ess`` and ``llc_trend_z``
-    (:mod:`critperiods.measure.llc_quality`, which also turns them into the quality flag), and the
+    (:mod:`critperiods.measure.llc.quality`, which also turns them into the quality flag), and the
     sampler's settings as 0-d variables ``llc_nbeta``, ``llc_burn_in``, ``llc_step_size``,
     ``llc_gamma``.
     """
-    from critperiods.measure.llc_quality import diagnose
+    from critperiods.measure.llc.quality import diagnose
 
     rows = []
     for c in checkpoints:

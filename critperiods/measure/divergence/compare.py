@@ -14,28 +14,38 @@ three comparison sets:
   never-blurred run;
 * ``div_<metric>_seeds`` — every ordered pair of seeds ``(seed, seed_b)`` within one switch epoch.
 
-Metrics: in weight space ``l2``, ``l2_rel``, ``cosine`` (all pairs of one epoch from one Gram
-matrix), ``l2_aligned`` (seed pairs, after weight matching); in function space on a fixed probe
-set ``disagreement`` (+ ``disagreement_norm``), ``kl``, ``js``, ``acc_gap``, ``loss_gap`` and
-linear ``cka`` of the penultimate features (probe outputs computed once per distinct checkpoint
-and cached); and the linear-interpolation loss ``barrier`` (+ ``barrier_mean``) at a few epochs.
-Pairs of bitwise-identical checkpoints short-circuit to the exact identity values.
+The metrics (:mod:`~critperiods.measure.divergence.metrics`): in weight space ``l2``,
+``l2_rel``, ``cosine`` (all pairs of one epoch from one Gram matrix), ``l2_aligned`` (seed
+pairs, after weight matching); in function space on a fixed probe set ``disagreement``
+(+ ``disagreement_norm``), ``kl``, ``js``, ``acc_gap``, ``loss_gap`` and linear ``cka`` of
+the penultimate features (probe outputs computed once per distinct checkpoint and cached);
+and the linear-interpolation loss ``barrier`` (+ ``barrier_mean``) at a few epochs
+(:mod:`~critperiods.measure.divergence.barrier`). Pairs of bitwise-identical checkpoints
+short-circuit to the exact identity values.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 import xarray as xr
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from critperiods.measure.divergence.barrier import loss_barrier
+from critperiods.measure.divergence.metrics import (
+    ProbeOutputs,
+    State,
+    aligned_l2,
+    linear_cka,
+    prediction_divergence,
+    probe_outputs,
+    state_digest,
+    weight_stats,
+)
 from critperiods.measure.weight_matching import (
     PermutationSpec,
     apply_permutation,
@@ -46,9 +56,7 @@ from critperiods.train.data import PreparedData, fixed_subset
 from critperiods.train.training import ALWAYS_BLURRED
 from critperiods.variables import divergence_attrs
 
-
 RunKey = tuple[int, int]
-State = Mapping[str, Tensor]
 Runs = Mapping[RunKey, Mapping[int, State]]
 
 SETS = ("vs_blurred", "vs_sharp", "seeds")
@@ -102,257 +110,6 @@ class DivergenceConfig:
     def variables(self) -> list[str]:
         """Every variable name (without prefix/suffix) the requested metrics produce."""
         return [v for m in self.metrics for v in PRODUCES.get(m, (m,))]
-
-
-# ---------------------------------------------------------------------------------------------
-# Weight space
-
-
-@dataclass(frozen=True)
-class WeightStats:
-    """Pairwise ``l2`` and ``cosine`` [R, R] and per-run weight ``norm`` [R]."""
-
-    l2: np.ndarray
-    norm: np.ndarray
-    cosine: np.ndarray
-
-
-def state_digest(state: State, names: Iterable[str] | None = None) -> str:
-    """Hash of the bytes of ``state``'s entries ``names`` (all if None): equal iff bitwise equal."""
-    h = hashlib.blake2b(digest_size=16)
-    for name in sorted(state) if names is None else names:
-        t = state[name].detach().cpu().contiguous().reshape(-1)
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().data)
-    return h.hexdigest()
-
-
-def _symmetric(m: np.ndarray) -> np.ndarray:
-    return (m + m.T) / 2
-
-
-def _grams(states: Sequence[State], names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Raw Gram ``W Wᵀ`` and the Gram of mean-centred rows, accumulated parameter by parameter.
-
-    Centring leaves distances unchanged but removes the common part of the vectors, so
-    ``d² = G_ii + G_jj − 2 G_ij`` does not cancel catastrophically for nearby runs.
-    """
-    r = len(states)
-    gram, centred = np.zeros((r, r)), np.zeros((r, r))
-    for name in names:
-        x = torch.stack([s[name].detach().cpu().reshape(-1).double() for s in states])
-        gram += (x @ x.T).numpy()
-        x -= x.mean(0, keepdim=True)
-        centred += (x @ x.T).numpy()
-    return _symmetric(gram), _symmetric(centred)
-
-
-def weight_stats(states: Sequence[State], names: Sequence[str]) -> WeightStats:
-    """All pairwise weight distances and cosines of ``states`` over entries ``names``, from Grams.
-
-    Pairs of bitwise-identical weight vectors get exactly 0 distance and cosine 1.
-    """
-    gram, centred = _grams(states, names)
-    sq = np.diag(centred)
-    d2 = np.clip(sq[:, None] + sq[None, :] - 2 * centred, 0.0, None)
-    digests = np.array([state_digest(s, names) for s in states])
-    same = digests[:, None] == digests[None, :]
-    d2[same] = 0.0
-    norm = np.sqrt(np.clip(np.diag(gram), 0.0, None))
-    denom = np.outer(norm, norm)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cosine = np.where(denom > 0, gram / denom, np.nan)
-    cosine[same & (denom > 0)] = 1.0
-    return WeightStats(l2=np.sqrt(d2), norm=norm, cosine=cosine)
-
-
-def aligned_l2(a: State, b_aligned: State, names: Sequence[str]) -> float:
-    """Direct L2 distance between ``a`` and the (already permuted) ``b`` over ``names``."""
-    total = sum(float(((a[n].detach().cpu().double() - b_aligned[n].detach().cpu().double())
-                       ** 2).sum()) for n in names)
-    return math.sqrt(total)
-
-
-# ---------------------------------------------------------------------------------------------
-# Function space
-
-
-@dataclass(frozen=True)
-class ProbeOutputs:
-    """One checkpoint on the probe set: features [N, F], log-probabilities [N, C], loss, acc."""
-
-    features: Tensor
-    log_probs: Tensor
-    loss: float
-    accuracy: float
-
-
-@torch.no_grad()
-def probe_outputs(model: nn.Module, images: Tensor, labels: Tensor,
-                  batch_size: int = 500) -> ProbeOutputs:
-    """Penultimate features and predictive log-probabilities of ``model`` (eval mode)."""
-    model.eval()
-    feats, logps = [], []
-    for i in range(0, len(labels), batch_size):
-        f = model.features(images[i:i + batch_size])
-        feats.append(f.detach().cpu())
-        logps.append(F.log_softmax(model.classifier(f).double(), dim=1).cpu())
-    features, log_probs = torch.cat(feats), torch.cat(logps)
-    y = labels.cpu()
-    loss = float(F.nll_loss(log_probs, y))
-    accuracy = float((log_probs.argmax(1) == y).double().mean())
-    return ProbeOutputs(features, log_probs, loss, accuracy)
-
-
-def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """Per-example KL(p || q) in nats, with 0·log 0 = 0."""
-    p = log_p.exp()
-    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(1)
-
-
-def _log_mixture(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """``log((p + q) / 2)``, exactly ``log p`` where the two agree (so JS(p, p) is exactly 0)."""
-    mixed = torch.logaddexp(log_p, log_q) - math.log(2.0)
-    return torch.where(log_p == log_q, log_p, mixed)
-
-
-def _ratio(num: float, den: float) -> float:
-    """``num / den`` with 0 / anything = 0 and nonzero / 0 = NaN."""
-    if num == 0.0:
-        return 0.0
-    return num / den if den > 0 else math.nan
-
-
-def prediction_divergence(a: ProbeOutputs, b: ProbeOutputs) -> dict[str, float]:
-    """Disagreement (raw and error-normalised), KL(p_a‖p_b), JS, accuracy and loss gaps (a − b).
-
-    ``disagreement_norm`` divides by the mean error rate of the two (Fort et al. 2020); it is 0
-    when nothing disagrees and NaN when both are perfect yet disagree (impossible in practice).
-    """
-    disagreement = float((a.log_probs.argmax(1) != b.log_probs.argmax(1)).double().mean())
-    error = 1.0 - (a.accuracy + b.accuracy) / 2
-    norm = _ratio(disagreement, error)
-    log_m = _log_mixture(a.log_probs, b.log_probs)
-    js = 0.5 * (_kl(a.log_probs, log_m) + _kl(b.log_probs, log_m))
-    return {"disagreement": disagreement, "disagreement_norm": norm,
-            "kl": float(_kl(a.log_probs, b.log_probs).mean()), "js": float(js.mean()),
-            "acc_gap": a.accuracy - b.accuracy, "loss_gap": a.loss - b.loss}
-
-
-def unbiased_hsic(k: Tensor, l: Tensor) -> float:  # noqa: E741 (the paper's notation)
-    """Unbiased HSIC estimator (Song et al. 2012) of two [n, n] kernel matrices, n ≥ 4."""
-    n = k.shape[0]
-    k, l = k.clone().fill_diagonal_(0), l.clone().fill_diagonal_(0)  # noqa: E741
-    trace = (k * l).sum()
-    sums = k.sum() * l.sum() / ((n - 1) * (n - 2))
-    cross = 2.0 / (n - 2) * (k.sum(0) @ l.sum(0))
-    return float((trace + sums - cross) / (n * (n - 3)))
-
-
-def linear_cka(fa: Tensor, fb: Tensor, batch_size: int = 250) -> float:
-    """Minibatch linear CKA (Nguyen et al. 2021): Σ HSIC(K, L) / √(Σ HSIC(K, K) Σ HSIC(L, L)).
-
-    The probe is split into ``⌊N / batch_size⌋`` near-equal contiguous minibatches; each uses
-    the unbiased HSIC of the linear kernels ``X Xᵀ``, ``Y Yᵀ`` of its rows.
-    """
-    n = fa.shape[0]
-    if n < 4:
-        raise ValueError(f"linear_cka: need at least 4 examples, got {n}")
-    chunks = torch.tensor_split(torch.arange(n), max(1, n // batch_size))
-    xy = xx = yy = 0.0
-    for idx in chunks:
-        x, y = fa[idx].double().flatten(1), fb[idx].double().flatten(1)
-        k, l = x @ x.T, y @ y.T  # noqa: E741
-        xy += unbiased_hsic(k, l)
-        xx += unbiased_hsic(k, k)
-        yy += unbiased_hsic(l, l)
-    return xy / math.sqrt(xx * yy) if xx > 0 and yy > 0 else math.nan
-
-
-# ---------------------------------------------------------------------------------------------
-# Loss barrier
-
-
-@dataclass(frozen=True)
-class Barrier:
-    """Loss barrier on the segment a → b: both variants plus the loss at every alpha."""
-
-    barrier: float
-    barrier_mean: float
-    alphas: np.ndarray
-    losses: np.ndarray
-
-
-def interpolate(a: State, b: State, alpha: float) -> dict[str, Tensor]:
-    """``(1 − α) a + α b`` for floating entries (exact at α = 0 and 1); others taken from ``a``."""
-    return {k: (1 - alpha) * v + alpha * b[k] if v.is_floating_point() else v.clone()
-            for k, v in a.items()}
-
-
-def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-@torch.no_grad()
-def reset_bn_statistics(model: nn.Module, data: Tensor | None, batches: int,
-                        batch_size: int) -> bool:
-    """Re-estimate every BatchNorm's running statistics as a cumulative average over batches.
-
-    Interpolated weights do not match either endpoint's statistics (Jordan et al. 2023), so
-    they are recomputed from the first ``batches`` batches of ``data`` in train mode with
-    ``momentum=None``; the model is left in eval mode. Returns False for models without BN.
-    """
-    norms = _batch_norms(model)
-    if not norms:
-        return False
-    if data is None or len(data) == 0:
-        raise ValueError("the model has BatchNorm: barrier needs bn_data to reset its statistics")
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for i in range(0, min(len(data), batches * batch_size), batch_size):
-        model(data[i:i + batch_size])
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
-    model.eval()
-    return True
-
-
-@torch.no_grad()
-def probe_loss(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int) -> float:
-    """Mean cross-entropy (nats) of ``model`` in eval mode on the probe."""
-    model.eval()
-    total = 0.0
-    for i in range(0, len(labels), batch_size):
-        logits = model(images[i:i + batch_size])
-        total += float(F.cross_entropy(logits.double(), labels[i:i + batch_size],
-                                       reduction="sum"))
-    return total / len(labels)
-
-
-def loss_barrier(model: nn.Module, a: State, b: State, probe: tuple[Tensor, Tensor],
-                 bn_data: Tensor | None, alphas: int = 11, bn_reset_batches: int = 8,
-                 batch_size: int = 500) -> Barrier:
-    """Loss barrier between ``a`` and ``b`` on a grid of ``alphas`` points of ``[0, 1]``.
-
-    ``barrier = max_α [L(θ_α) − ((1−α) L(θ_a) + α L(θ_b))]`` and Frankle et al.'s
-    ``barrier_mean = max_α L(θ_α) − (L(θ_a) + L(θ_b)) / 2``, with ``L`` the probe loss. BatchNorm
-    statistics are re-estimated at every alpha, endpoints included, so all points are alike.
-    ``model`` is used as scratch space: its weights are overwritten.
-    """
-    grid = np.linspace(0.0, 1.0, alphas)
-    losses = np.empty(alphas)
-    for i, alpha in enumerate(grid):
-        model.load_state_dict(interpolate(a, b, float(alpha)))
-        reset_bn_statistics(model, bn_data, bn_reset_batches, batch_size)
-        losses[i] = probe_loss(model, *probe, batch_size)
-    linear = (1 - grid) * losses[0] + grid * losses[-1]
-    return Barrier(barrier=float(np.max(losses - linear)),
-                   barrier_mean=float(losses.max() - (losses[0] + losses[-1]) / 2),
-                   alphas=grid, losses=losses)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -581,7 +338,8 @@ def compare_runs(runs: Runs, make_model: Callable[[], nn.Module], probe: tuple[T
     """Every comparison of the runs of one batch size, as an ``xarray.Dataset``.
 
     ``runs``: ``{(switch_epoch, seed): {epoch: state_dict}}`` including the
-    ``(ALWAYS_BLURRED, seed)`` references; ``make_model()``: an untrained model of the architecture (its device is used);
+    ``(ALWAYS_BLURRED, seed)`` references; ``make_model()``: an untrained model of the
+    architecture (its device is used);
     ``probe``: normalised sharp test images and labels; ``bn_data``: normalised sharp training
     images for the BatchNorm reset of barriers (may be None for models without BN).
 
@@ -630,3 +388,8 @@ def bn_data_from(data: PreparedData, config: DivergenceConfig) -> Tensor:
     size = config.bn_reset_batches * config.batch_size
     idx = fixed_subset(len(data.train.labels), size, "bn_reset").to(data.train.labels.device)
     return data.normalize(data.train.sharp[idx])
+
+
+__all__ = ["FUNCTION_METRICS", "IDENTICAL", "METRICS", "PRODUCES", "REFERENCES", "SEEDS_ONLY",
+           "SETS", "WEIGHT_METRICS", "DivergenceConfig", "Pair", "RunKey", "Runs",
+           "bn_data_from", "compare_runs", "probe_from_data"]

@@ -1,17 +1,12 @@
-"""Local learning coefficient (LLC) estimation by localised, tempered SGLD.
+"""The sampler of λ̂: chains of localised, tempered SGLD, all advanced as one network.
 
-The estimator follows Lau et al. (2023) and the devinterp library.  Each chain starts at the
-checkpoint weights ``w*`` and runs
+Each chain starts at the checkpoint weights ``w*`` and runs
 
     w <- w - (eps/2) * [nbeta * grad L_B(w) + gamma * (w - w*)] + sqrt(eps) * N(0, I)
 
 where ``L_B`` is the mean loss of a minibatch and ``nbeta`` the inverse temperature times ``n``
-(default ``n / ln n``).  The estimate per chain is
-
-    llc_hat = nbeta * (mean over post-burn-in draws of L_B(w_t) - L_n(w*)),
-
-with ``L_n(w*)`` the checkpoint's loss on all ``n`` samples.  Burn-in draws are discarded
-(devinterp 2.x averages them in, which biases short runs towards the initial loss).
+(``sampler="rmsprop_sgld"`` preconditions drift and noise as devinterp's RMSProp-SGLD).
+:mod:`critperiods.measure.llc.estimate` turns the recorded losses into λ̂.
 
 Why batched: all chains are advanced together by ONE forward and one backward per step over
 a ``(chains, n_params)`` parameter matrix, so the Python overhead per step does not grow with
@@ -24,22 +19,19 @@ chain draws its own minibatch indices and its own noise from its own generator
 machine, a chain does not change when others are added, and on a CPU the chains can be split
 over worker processes (``critperiods.measure.workers``) without changing the estimate.
 
-Any ``nn.Module`` works, including a "toy potential" whose forward ignores the data.  For a
-potential ``K(w)``: let ``forward(x)`` return ``K(w).expand(x.shape[0])``, pass
-``loss_fn=lambda out, y: out.mean()`` and ``data=(torch.zeros(n, 1), torch.zeros(n))``; the
-mean loss is then ``K(w)`` and ``n`` only enters through the default ``nbeta``
-(see ``critperiods.measure.learning_coefficients`` for ready-made potentials).
+Diagnostics hook (in the spirit of devinterp 1.x's sampler callbacks): ``estimate_llc(...,
+callbacks=[f, ...])`` calls every ``f(draw)`` once per recorded draw of every block of chains,
+burn-in included, with a :class:`Draw` (the draw's index, the chains, their minibatch losses
+and their current weights). Callbacks only read; they run in this process, so with callbacks
+the chains are sampled here rather than in worker processes (no bit changes; only the speed).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,16 +43,11 @@ from critperiods.measure.workers import can_fork, one_thread, run_forked
 from critperiods.train.cuda_graphs import run_chains_graphed
 from critperiods.train.folded import copies_layout
 from critperiods.train.grouped import copies_forward, per_copy_losses, stack_like
-from critperiods.train.models import channels_last_images
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 SAMPLERS = ("sgld", "rmsprop_sgld")
 SGLD_CUDA_GRAPHS = True  # on CUDA, replay each record of the chains from a CUDA graph
-
-
-class LLCDivergenceWarning(RuntimeWarning):
-    """Raised (as a warning) when every SGLD chain of an LLC estimate diverged."""
 
 
 @dataclass(frozen=True)
@@ -119,54 +106,42 @@ class LLCConfig:
                 f"LLCConfig.rmsprop_alpha must be in [0, 1), got {self.rmsprop_alpha!r}")
 
 
-@dataclass
-class LLCResult:
-    """Outcome of ``estimate_llc``.
+@dataclass(frozen=True)
+class Draw:
+    """One recorded draw of a block of chains, as a diagnostics callback sees it.
 
-    ``llc_mean``/``llc_std`` are over healthy chains only (std with ddof=0 as devinterp; NaN
-    if every chain diverged).  ``llc_per_chain`` is NaN for diverged chains.  ``loss_trace``
-    holds the recorded minibatch losses ``L_B(w_t)`` (burn-in included), NaN from the point a
-    chain was flagged as diverged.
+    ``index``: the draw's number, burn-in included (``0 … burn_in + draws − 1``); ``burn_in``:
+    whether it is a burn-in draw; ``chains``: the numbers of the block's chains in the
+    estimate; ``loss``: their minibatch losses ``L_B`` at this draw, shape ``(len(chains),)``
+    (NaN for a chain already frozen as diverged); ``weights``: their current weights, the
+    trainable parameters flattened in ``model.named_parameters()`` order, shape
+    ``(len(chains), n_params)``. Tensors are the sampler's own buffers on its device: read or
+    copy them, never modify them.
     """
 
-    llc_mean: float
-    llc_std: float
-    llc_per_chain: np.ndarray
-    loss_trace: np.ndarray
-    init_loss: float
-    diverged: np.ndarray
-    nbeta: float
-    burn_in: int = 0
-    label: str = ""
-
-    def running_llc(self) -> np.ndarray:
-        """Running mean of the per-chain estimate over post-burn-in draws, shape (chains, draws).
-
-        Used for step-size calibration: a good step size gives curves that flatten out.
-        """
-        post = self.loss_trace[:, self.burn_in :]
-        counts = np.arange(1, post.shape[1] + 1)
-        return self.nbeta * (np.cumsum(post, axis=1) / counts - self.init_loss)
+    index: int
+    burn_in: bool
+    chains: range
+    loss: Tensor
+    weights: Tensor
 
 
-def default_nbeta(n: int) -> float:
-    """Return the default inverse temperature ``n / ln n`` (Watanabe's WBIC choice)."""
-    if n < 2:
-        raise ValueError("need at least 2 samples for nbeta = n / ln n")
-    return n / math.log(n)
+#: A diagnostics callback: called with every recorded :class:`Draw`.
+DrawCallback = Callable[[Draw], None]
 
 
-def divergence_threshold(n_params: int, nbeta: float, batch_std: float, factor: float) -> float:
-    """Excess loss ``L_B(w) - L_n(w*)`` above which a chain counts as diverged.
+def _notifier(callbacks: Sequence[DrawCallback], chains: range, burn_in: int,
+              weights: Tensor) -> Callable[[int, Tensor], None] | None:
+    """``notify(index, loss)`` that hands a :class:`Draw` to every callback (None if none)."""
+    if not callbacks:
+        return None
 
-    Under the localised tempered posterior ``nbeta * (L(w) - L(w*))`` has mean
-    ``lambda <= d/2`` (``d`` = number of parameters; for a regular quadratic it is
-    ``chi^2_d / 2``), and a minibatch adds noise of standard deviation ``batch_std``.  A chain
-    whose excess exceeds ``factor`` times (the largest possible mean ``d/2`` per ``nbeta`` plus
-    one minibatch standard deviation) cannot be drawing from that posterior: its step size is
-    too large and the chain is exploding.  Non-finite losses are always divergence.
-    """
-    return factor * (max(n_params, 1) / (2.0 * nbeta) + batch_std)
+    def notify(index: int, loss: Tensor) -> None:
+        draw = Draw(index, index < burn_in, chains, loss, weights)
+        for callback in callbacks:
+            callback(draw)
+
+    return notify
 
 
 def _chain_losses_fn(
@@ -187,58 +162,6 @@ def _chain_losses_fn(
         return per_copy_losses(loss_fn, forward(params, buffers, x), y)
 
     return chain_losses
-
-
-def _init_loss_tasks(
-    model: nn.Module, loss_fn: LossFn, data: tuple[Tensor, Tensor], batch_size: int
-) -> list[Callable[[], list[tuple[float, int]]]]:
-    """Split ``L_n(w*)`` into tasks of whole ``batch_size`` minibatches, ~``INIT_LOSS_CHUNK``
-    samples each (one per minibatch when these are larger); :func:`_init_loss` combines them.
-
-    They run after the chains, in whichever worker finishes first (``run_forked``'s tail),
-    so a core that is faster than another does them while the other still samples.  The
-    loss at ``w*`` is only needed afterwards: the chains are cut at the divergence ceiling
-    retroactively (:func:`_cut_at_ceiling`).
-    """
-    x, y = data
-    chunk = batch_size * max(1, INIT_LOSS_CHUNK // batch_size)
-    return [partial(_minibatch_losses, model, loss_fn, x[s : s + chunk], y[s : s + chunk],
-                    batch_size) for s in range(0, x.shape[0], chunk)]
-
-
-@torch.no_grad()
-def _minibatch_losses(
-    model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, batch_size: int
-) -> list[tuple[float, int]]:
-    """Mean loss and size of every ``batch_size`` slice of ``(x, y)`` at the model's weights.
-
-    The model runs on up to ``INIT_LOSS_CHUNK`` samples at a time, also in full-batch mode
-    (one forward per chunk is much cheaper than one per minibatch), with image chunks laid
-    out channels-last (~3x faster for the default CNN than NCHW).
-    """
-    out = torch.cat([model(channels_last_images(x[s : s + INIT_LOSS_CHUNK]))
-                     for s in range(0, x.shape[0], INIT_LOSS_CHUNK)])
-    return [(float(loss_fn(out[s : s + batch_size], y[s : s + batch_size])),
-             min(batch_size, x.shape[0] - s)) for s in range(0, x.shape[0], batch_size)]
-
-
-def _init_loss(tasks: list[list[tuple[float, int]]], batch_size: int) -> tuple[float, float]:
-    """``L_n(w*)`` over all samples and the std of the means of full ``batch_size`` minibatches.
-
-    That std estimates the minibatch noise of ``L_B`` at ``w*`` (0 when fewer than two full
-    minibatches exist).  The sum runs in sample order, whoever computed which task.
-    """
-    total, n, means = 0.0, 0, []
-    for value, size in (pair for task in tasks for pair in task):
-        total += value * size
-        n += size
-        if size == batch_size:
-            means.append(value)
-    std = float(np.std(means, ddof=1)) if len(means) >= 2 else 0.0
-    return total / n, std
-
-
-INIT_LOSS_CHUNK = 1024  # samples per forward pass when computing L_n(w*)
 
 
 def chain_seed(seed: int, chain: int) -> int:
@@ -422,8 +345,10 @@ class _Trace:
                         for f in fields(_Trace)))
 
 
-def _run_chains(sampler: _Sampler, st: _Chains, report: Callable[[int], None]) -> _Trace:
-    """Run all steps and record every ``loss_every``-th loss (and the peak in between)."""
+def _run_chains(sampler: _Sampler, st: _Chains, report: Callable[[int], None],
+                notify: Callable[[int, Tensor], None] | None = None) -> _Trace:
+    """Run all steps and record every ``loss_every``-th loss (and the peak in between);
+    ``notify(index, losses)`` (when given) after every record."""
     cfg = sampler.cfg
     n_rec = cfg.burn_in + cfg.draws
     trace = torch.empty(st.w.shape[0], n_rec, dtype=st.w.dtype, device=st.w.device)
@@ -437,19 +362,10 @@ def _run_chains(sampler: _Sampler, st: _Chains, report: Callable[[int], None]) -
                 highest = torch.maximum(highest, loss)  # NaN wins
             trace[:, r] = loss if st.all_healthy else torch.where(st.healthy, loss, nan)
             peak[:, r] = highest
+            if notify is not None:
+                notify(r, trace[:, r])
             report(cfg.loss_every * st.w.shape[0])  # chain-steps
     return _Trace(*(t.cpu().double().numpy() for t in (trace, peak)), st.healthy.cpu().numpy())
-
-
-def _cut_at_ceiling(trace: _Trace, ceiling: float) -> _Trace:
-    """Flag every chain whose loss was not finite or above ``ceiling`` at some step, and
-    blank its trace from that step's record on: what freezing the chain at that step would
-    give, since chains never interact."""
-    over = ~(trace.peak <= ceiling)  # NaN counts as over
-    first = np.where(over.any(axis=1), over.argmax(axis=1), over.shape[1])
-    cut = np.arange(over.shape[1])[None, :] >= first[:, None]
-    return _Trace(np.where(cut, np.nan, trace.loss), trace.peak,
-                  trace.healthy & (first == over.shape[1]))
 
 
 @dataclass(frozen=True)
@@ -463,17 +379,20 @@ class _ChainBlock:
     config: LLCConfig
     nbeta: float
     chains: range
+    callbacks: tuple[DrawCallback, ...] = ()
 
     def __call__(self, report: Callable[[int], None]) -> _Trace:
-        """Sample the block; ``report(k)`` is called after every ``k`` steps."""
+        """Sample the block; ``report(k)`` is called after every ``k`` steps, the callbacks
+        after every recorded draw."""
         st = _init_chains(self.model, len(self.chains), self.config.sampler)
         gens = [torch.Generator(device=st.w.device).manual_seed(chain_seed(self.config.seed, c))
                 for c in self.chains]
         sampler = _Sampler(_chain_losses_fn(self.model, self.loss_fn, len(self.chains)),
                            self.data, self.config, self.nbeta, gens)
+        notify = _notifier(self.callbacks, self.chains, self.config.burn_in, st.w)
         if st.w.device.type == "cuda" and SGLD_CUDA_GRAPHS:  # critperiods.train.cuda_graphs
-            return _Trace(*run_chains_graphed(sampler, st, report))
-        return _run_chains(sampler, st, report)
+            return _Trace(*run_chains_graphed(sampler, st, report, notify))
+        return _run_chains(sampler, st, report, notify)
 
 
 def _worker_count(workers: int | None, chains: int, device: torch.device) -> int:
@@ -505,224 +424,5 @@ def _sample(block: _ChainBlock, tail: list[Callable[[], Any]], workers: int, pro
     return _Trace.join(results[:workers]), results[workers:]
 
 
-def _summarise(
-    trace: np.ndarray, diverged: np.ndarray, init_loss: float, nbeta: float, burn_in: int
-) -> tuple[np.ndarray, float, float]:
-    """Per-chain estimates (NaN if diverged) and their mean/std over healthy chains."""
-    per_chain = nbeta * (trace[:, burn_in:].mean(axis=1) - init_loss)
-    per_chain = np.where(diverged | ~np.isfinite(per_chain), np.nan, per_chain)
-    good = per_chain[np.isfinite(per_chain)]
-    if good.size == 0:
-        return per_chain, float("nan"), float("nan")
-    return per_chain, float(good.mean()), float(good.std())
-
-
-def _check_data(data: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Validate ``(inputs, targets)`` and move them to the model's device."""
-    x, y = data
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"inputs and targets differ in length: {x.shape[0]} vs {y.shape[0]}")
-    return x.to(device), y.to(device)
-
-
-def estimate_llc(
-    model: nn.Module,
-    loss_fn: LossFn,
-    data: tuple[Tensor, Tensor],
-    config: LLCConfig,
-    *,
-    label: str = "",
-    progress: bool = True,
-    workers: int | None = None,
-) -> LLCResult:
-    """Estimate the local learning coefficient of ``model`` at its current weights.
-
-    Args:
-        model: any module; its current parameters are the checkpoint ``w*`` and are left
-            unchanged.  It is put in eval mode while sampling (and restored afterwards), so
-            BatchNorm uses its running statistics as fixed buffers: train-mode BatchNorm would
-            make the loss depend on the composition of each minibatch (the sampled posterior
-            would not be that of a fixed function of ``w``) and would overwrite the running
-            statistics stored in the checkpoint.  Dropout is likewise off.
-        loss_fn: ``loss_fn(model_output, targets)`` returning the MEAN loss over the batch.
-        data: ``(inputs, targets)`` with the same first dimension ``n``.
-        config: sampler settings.
-        label: name of the checkpoint, used in the warning when every chain diverges.
-        progress: show a tqdm progress bar.
-        workers: on a CPU, sample the chains in this many processes of one thread each
-            (``critperiods.measure.workers``; Linux only); default: ``torch.get_num_threads()``,
-            capped so that every process has at least two chains; with one process the
-            chains run here, also at one thread.  Each chain has its own random stream
-            (``chain_seed``) and the grouped network computes each chain on its own, so the
-            estimate does not depend on ``workers`` nor on the thread count (bit for bit on
-            the development CPU; to float round-off where a CPU's kernels sum a group of two
-            chains differently from a group of six), only its speed does.  Ignored on other
-            devices.
-
-    Returns:
-        ``LLCResult``; a diverged chain (non-finite loss, or excess loss above
-        ``divergence_threshold``) is flagged in ``diverged``, its trace is NaN from the record
-        of that step on, and it is left out of ``llc_mean``/``llc_std``.  (A chain with a
-        non-finite loss is frozen at once; one above the threshold, which is known only once
-        ``L_n(w*)`` has been computed at the end, samples on, alone: chains never interact.)
-        If all chains diverge both are NaN and an ``LLCDivergenceWarning`` is issued.
-        Never returns inf.
-    """
-    modes = {m: m.training for m in model.modules()}  # a sub-module may be frozen in eval
-    model.eval()
-    try:
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        if not trainable:
-            raise ValueError("model has no trainable parameters")
-        n_params, device = sum(p.numel() for p in trainable), trainable[0].device
-        x, y = _check_data(data, device)
-        n = x.shape[0]
-        nbeta = float(config.nbeta) if config.nbeta is not None else default_nbeta(n)
-        batch = config.batch_size or n
-        block = _ChainBlock(model, loss_fn, (x, y), config, nbeta, range(config.chains))
-        trace, init_tasks = _sample(block, _init_loss_tasks(model, loss_fn, (x, y), batch),
-                                    _worker_count(workers, config.chains, device), progress)
-    finally:
-        for module, training in modes.items():
-            module.training = training
-    # batch_std is 0 when the sampler uses the full batch (no two full minibatches)
-    init_loss, batch_std = _init_loss(init_tasks, batch)
-    threshold = divergence_threshold(n_params, nbeta, batch_std, config.divergence_factor)
-    trace = _cut_at_ceiling(trace, init_loss + threshold)
-    return _finish(trace.loss, trace.healthy, init_loss, nbeta, config, label)
-
-
-def _finish(
-    trace: np.ndarray,
-    healthy: np.ndarray,
-    init_loss: float,
-    nbeta: float,
-    config: LLCConfig,
-    label: str,
-) -> LLCResult:
-    """Summarise, and warn if every chain diverged."""
-    diverged = ~healthy
-    per_chain, mean, std = _summarise(trace, diverged, init_loss, nbeta, config.burn_in)
-    diverged = diverged | np.isnan(per_chain)
-    if not math.isfinite(init_loss):
-        warnings.warn(
-            f"LLC estimate for checkpoint {label!r}: the loss at the checkpoint itself, "
-            f"L_n(w*), is {init_loss}; the checkpoint is broken (e.g. training diverged), "
-            "so λ̂ is NaN.",
-            LLCDivergenceWarning,
-            stacklevel=3,
-        )
-    elif diverged.all():
-        warnings.warn(
-            f"LLC estimate for checkpoint {label!r}: all {config.chains} SGLD chains diverged "
-            f"(step_size={config.step_size:g}); try a smaller step size.",
-            LLCDivergenceWarning,
-            stacklevel=3,
-        )
-    return LLCResult(
-        llc_mean=mean,
-        llc_std=std,
-        llc_per_chain=per_chain,
-        loss_trace=trace,
-        init_loss=float(init_loss),
-        diverged=diverged,
-        nbeta=nbeta,
-        burn_in=config.burn_in,
-        label=label,
-    )
-
-
-def calibrate(
-    model: nn.Module,
-    loss_fn: LossFn,
-    data: tuple[Tensor, Tensor],
-    config: LLCConfig,
-    step_sizes: Sequence[float],
-    nbetas: Sequence[float] | None = None,
-    *,
-    label: str = "",
-    progress: bool = False,
-) -> Any:
-    """Sweep step sizes (and optionally nbetas) and collect running LLC traces.
-
-    Returns an ``xarray.Dataset`` with dims ``(nbeta, step_size, chain, draw)`` holding
-    ``llc_running`` (running mean of the per-chain estimate over post-burn-in draws),
-    ``loss_trace``, ``llc_mean``, ``llc_std`` and ``diverged``.  Pick the largest step size
-    whose curves flatten without diverging; ``plot_calibration`` draws them.
-    """
-    import xarray as xr
-
-    if nbetas is None:
-        n = data[0].shape[0]
-        nbetas = [float(config.nbeta) if config.nbeta is not None else default_nbeta(n)]
-    results = [
-        [
-            estimate_llc(
-                model,
-                loss_fn,
-                data,
-                replace(config, step_size=eps, nbeta=nb),
-                label=label,
-                progress=progress,
-            )
-            for eps in step_sizes
-        ]
-        for nb in nbetas
-    ]
-    return _calibration_dataset(xr, results, list(step_sizes), list(nbetas))
-
-
-def _calibration_dataset(
-    xr: Any, results: list[list[LLCResult]], step_sizes: list[float], nbetas: list[float]
-) -> Any:
-    """Pack a grid of ``LLCResult`` into an ``xarray.Dataset``."""
-
-    def stack(fn: Callable[[LLCResult], Any]) -> np.ndarray:
-        return np.array([[fn(r) for r in row] for row in results])
-
-    dims = ("nbeta", "step_size")
-    return xr.Dataset(
-        {
-            "llc_running": (dims + ("chain", "draw"), stack(LLCResult.running_llc)),
-            "loss_trace": (dims + ("chain", "step"), stack(lambda r: r.loss_trace)),
-            "llc_mean": (dims, stack(lambda r: r.llc_mean)),
-            "llc_std": (dims, stack(lambda r: r.llc_std)),
-            "diverged": (dims + ("chain",), stack(lambda r: r.diverged)),
-        },
-        coords={"nbeta": nbetas, "step_size": step_sizes},
-    )
-
-
-def plot_calibration(result: Any, path: str | Path) -> Path:
-    """Plot the calibration sweep: running LLC (mean over chains) per step size, one panel
-    per nbeta; saves a PNG at ``path`` and returns it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    nbetas = result["nbeta"].values
-    fig, axes = plt.subplots(1, len(nbetas), figsize=(5 * len(nbetas), 3.5), squeeze=False)
-    for ax, nb in zip(axes[0], nbetas, strict=True):
-        _plot_panel(ax, result.sel(nbeta=nb), float(nb))
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
-def _plot_panel(ax: Any, sub: Any, nbeta: float) -> None:
-    """Draw running-LLC curves (mean ± std over chains) for each step size."""
-    for eps in sub["step_size"].values:
-        run = sub["llc_running"].sel(step_size=eps).values
-        mean, std = np.nanmean(run, axis=0), np.nanstd(run, axis=0)
-        draws = np.arange(1, mean.size + 1)
-        ax.plot(draws, mean, label=f"eps={eps:g}")
-        ax.fill_between(draws, mean - std, mean + std, alpha=0.2)
-    ax.set_xlabel("draw")
-    ax.set_ylabel("running LLC estimate")
-    ax.set_title(f"nbeta={nbeta:.3g}")
-    ax.legend(fontsize="small")
-
+__all__ = ["SAMPLERS", "SGLD_CUDA_GRAPHS", "Draw", "DrawCallback", "LLCConfig", "LossFn",
+           "chain_seed"]

@@ -1,0 +1,77 @@
+"""The local learning coefficient λ̂ (LLC) of a checkpoint, by localised, tempered SGLD.
+
+* :mod:`~critperiods.measure.llc.sampler` — the SGLD chains (``LLCConfig``), run as one
+  grouped network, with a diagnostics hook: callbacks that receive every recorded
+  :class:`~critperiods.measure.llc.sampler.Draw`;
+* :mod:`~critperiods.measure.llc.estimate` — λ̂ from the draws (``estimate_llc``), with
+  diverged chains left out;
+* :mod:`~critperiods.measure.llc.quality` — convergence diagnostics (R-hat, ESS, trend) and
+  the quality flag (numpy and ArviZ only: the aggregation reads it without the sampler);
+* :mod:`~critperiods.measure.llc.calibration` — step-size sweeps (``calibrate``) and their
+  plot (the only module here that plots).
+
+The public names of the sub-modules are re-exported here, so ``from critperiods.measure.llc
+import estimate_llc, LLCConfig`` works. They are imported on first use, so that importing
+one sub-module does not import the others; pipeline stages import from the sub-modules
+(a stage's code fingerprint then counts only those, see ``critperiods.pipeline.fingerprint``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from critperiods.measure.llc.calibration import calibrate, plot_calibration
+    from critperiods.measure.llc.estimate import (
+        INIT_LOSS_CHUNK,
+        LLCDivergenceWarning,
+        LLCResult,
+        default_nbeta,
+        divergence_threshold,
+        estimate_llc,
+    )
+    from critperiods.measure.llc.quality import (
+        FLAGS,
+        MAX_RHAT,
+        MAX_TREND_Z,
+        Diagnostics,
+        count_flags,
+        diagnose,
+        quality_flags,
+    )
+    from critperiods.measure.llc.sampler import (
+        SAMPLERS,
+        Draw,
+        DrawCallback,
+        LLCConfig,
+        LossFn,
+        chain_seed,
+    )
+
+_SAMPLER = {"SAMPLERS", "Draw", "DrawCallback", "LLCConfig", "LossFn", "chain_seed"}
+_ESTIMATE = {"INIT_LOSS_CHUNK", "LLCDivergenceWarning", "LLCResult", "default_nbeta",
+             "divergence_threshold", "estimate_llc"}
+_QUALITY = {"FLAGS", "MAX_RHAT", "MAX_TREND_Z", "Diagnostics", "count_flags", "diagnose",
+            "quality_flags"}
+_CALIBRATION = {"calibrate", "plot_calibration"}
+
+
+def __getattr__(name: str) -> Any:
+    """A re-exported name, from its sub-module (imported on first use)."""
+    if name in _SAMPLER:
+        from critperiods.measure.llc import sampler as module
+    elif name in _ESTIMATE:
+        from critperiods.measure.llc import estimate as module
+    elif name in _QUALITY:
+        from critperiods.measure.llc import quality as module
+    elif name in _CALIBRATION:
+        from critperiods.measure.llc import calibration as module
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(module, name)
+
+
+__all__ = ["FLAGS", "INIT_LOSS_CHUNK", "MAX_RHAT", "MAX_TREND_Z", "SAMPLERS", "Diagnostics",
+           "Draw", "DrawCallback", "LLCConfig", "LLCDivergenceWarning", "LLCResult", "LossFn",
+           "calibrate", "chain_seed", "count_flags", "default_nbeta", "diagnose",
+           "divergence_threshold", "estimate_llc", "plot_calibration", "quality_flags"]

@@ -1,0 +1,114 @@
+"""Step-size calibration of the λ̂ sampler: sweep step sizes (and nβ), draw the running
+estimates. The only module of λ̂ that plots (matplotlib, imported when a plot is drawn);
+``python -m critperiods calibrate-llc`` runs it (docs/llc.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor, nn
+
+from critperiods.measure.llc.estimate import LLCResult, default_nbeta, estimate_llc
+from critperiods.measure.llc.sampler import LLCConfig, LossFn
+
+
+def calibrate(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: tuple[Tensor, Tensor],
+    config: LLCConfig,
+    step_sizes: Sequence[float],
+    nbetas: Sequence[float] | None = None,
+    *,
+    label: str = "",
+    progress: bool = False,
+) -> Any:
+    """Sweep step sizes (and optionally nbetas) and collect running LLC traces.
+
+    Returns an ``xarray.Dataset`` with dims ``(nbeta, step_size, chain, draw)`` holding
+    ``llc_running`` (running mean of the per-chain estimate over post-burn-in draws),
+    ``loss_trace``, ``llc_mean``, ``llc_std`` and ``diverged``.  Pick the largest step size
+    whose curves flatten without diverging; ``plot_calibration`` draws them.
+    """
+    import xarray as xr
+
+    if nbetas is None:
+        n = data[0].shape[0]
+        nbetas = [float(config.nbeta) if config.nbeta is not None else default_nbeta(n)]
+    results = [
+        [
+            estimate_llc(
+                model,
+                loss_fn,
+                data,
+                replace(config, step_size=eps, nbeta=nb),
+                label=label,
+                progress=progress,
+            )
+            for eps in step_sizes
+        ]
+        for nb in nbetas
+    ]
+    return _calibration_dataset(xr, results, list(step_sizes), list(nbetas))
+
+
+def _calibration_dataset(
+    xr: Any, results: list[list[LLCResult]], step_sizes: list[float], nbetas: list[float]
+) -> Any:
+    """Pack a grid of ``LLCResult`` into an ``xarray.Dataset``."""
+
+    def stack(fn: Callable[[LLCResult], Any]) -> np.ndarray:
+        return np.array([[fn(r) for r in row] for row in results])
+
+    dims = ("nbeta", "step_size")
+    return xr.Dataset(
+        {
+            "llc_running": (dims + ("chain", "draw"), stack(LLCResult.running_llc)),
+            "loss_trace": (dims + ("chain", "step"), stack(lambda r: r.loss_trace)),
+            "llc_mean": (dims, stack(lambda r: r.llc_mean)),
+            "llc_std": (dims, stack(lambda r: r.llc_std)),
+            "diverged": (dims + ("chain",), stack(lambda r: r.diverged)),
+        },
+        coords={"nbeta": nbetas, "step_size": step_sizes},
+    )
+
+
+def plot_calibration(result: Any, path: str | Path) -> Path:
+    """Plot the calibration sweep: running LLC (mean over chains) per step size, one panel
+    per nbeta; saves a PNG at ``path`` and returns it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nbetas = result["nbeta"].values
+    fig, axes = plt.subplots(1, len(nbetas), figsize=(5 * len(nbetas), 3.5), squeeze=False)
+    for ax, nb in zip(axes[0], nbetas, strict=True):
+        _plot_panel(ax, result.sel(nbeta=nb), float(nb))
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _plot_panel(ax: Any, sub: Any, nbeta: float) -> None:
+    """Draw running-LLC curves (mean ± std over chains) for each step size."""
+    for eps in sub["step_size"].values:
+        run = sub["llc_running"].sel(step_size=eps).values
+        mean, std = np.nanmean(run, axis=0), np.nanstd(run, axis=0)
+        draws = np.arange(1, mean.size + 1)
+        ax.plot(draws, mean, label=f"eps={eps:g}")
+        ax.fill_between(draws, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("draw")
+    ax.set_ylabel("running LLC estimate")
+    ax.set_title(f"nbeta={nbeta:.3g}")
+    ax.legend(fontsize="small")
+
+
+__all__ = ["calibrate", "plot_calibration"]
