@@ -8,7 +8,7 @@
 2. Trunk sharing: SGD epochs a grid costs with and without sharing (from the plan),
    checked against the jobs the DAG actually plans (``snakemake -n``), for
    ``config.yaml`` and the CIFAR-10 replication config; wall time of one
-   ``(batch_size, seed)`` cell of the default trained both ways.
+   ``(batch_size, seed)`` trunk and its branches of the default trained both ways.
 3. Seeds per job: S seeds trained as one stacked model vs S single-seed trainers one
    after another, for S = 1, 2, 4 (interleaved, median), at each batch size of the
    default grid (32 and 128).
@@ -216,7 +216,8 @@ def throughput(setup: tuple, repeats: int, steps: int, batch_size: int, workers:
 
 
 def sharing_wall_time(setup: tuple, batch_size: int) -> list[str]:
-    """Train one (batch_size, seed) cell of the default grid with and without trunk sharing."""
+    """Train the runs of one (batch_size, seed) of the default grid with and without trunk
+    sharing."""
     config, data, cfg = setup
     switches = config["grid"]["switch_epochs"]
 
@@ -239,12 +240,12 @@ def sharing_wall_time(setup: tuple, batch_size: int) -> list[str]:
     for k in switches:
         train(Trainer(cfg, data, batch_size, 0), plan.run_end(config, k), k)
     scratch = time.perf_counter() - start
-    cells = len(config["grid"]["batch_sizes"]) * len(config["grid"]["seeds"])
+    trunks = len(config["grid"]["batch_sizes"]) * len(config["grid"]["seeds"])
     return [
-        f"Wall time of one cell of `config.yaml` (batch {batch_size}, seed 0, "
+        f"Wall time of the runs of one trunk of `config.yaml` (batch {batch_size}, seed 0, "
         f"{torch.get_num_threads()} thread; in-process training only, no job start-up): "
-        f"{shared:.0f} s with sharing ({plan.epochs_trained(config, True) // cells} epochs) "
-        f"vs {scratch:.0f} s from scratch ({plan.epochs_trained(config, False) // cells} "
+        f"{shared:.0f} s with sharing ({plan.epochs_trained(config, True) // trunks} epochs) "
+        f"vs {scratch:.0f} s from scratch ({plan.epochs_trained(config, False) // trunks} "
         f"epochs): **{scratch / shared:.2f}×**.", "",
     ]
 
@@ -296,10 +297,10 @@ def sharing(configfile: Path | None) -> list[str]:
     validate(config, str(ROOT / "workflow/schemas/config.schema.yaml"))
     shared, scratch = plan.epochs_trained(config, True), plan.epochs_trained(config, False)
     jobs = planned_training_jobs(configfile)
-    cells = len(config["grid"]["batch_sizes"]) * len(config["grid"]["seeds"])
+    trunks = len(config["grid"]["batch_sizes"]) * len(config["grid"]["seeds"])
     stride = config["trunk_stride"]
     # every trunk job but e0 trains `stride` epochs; every branch `epochs_after_switch`
-    from_dag = ((jobs.get("train_trunk", 0) - cells) * stride
+    from_dag = ((jobs.get("train_trunk", 0) - trunks) * stride
                 + jobs.get("train_branch", 0) * config["epochs_after_switch"])
     return [f"| {config['experiment']} | {shared} | {from_dag} | {scratch} | "
             f"{scratch / shared:.2f}× | {jobs.get('train_trunk', 0)} + "

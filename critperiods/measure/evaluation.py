@@ -1,4 +1,4 @@
-"""Losses and accuracies of every checkpoint of a trajectory piece, and of a whole cell.
+"""Losses and accuracies of every checkpoint of a trajectory piece.
 
 For each checkpoint: sharp and blurred test loss/accuracy, and train
 loss/accuracy on the data of the phase that checkpoint was last trained on

@@ -1,11 +1,11 @@
 """Checkpoint files: what a training job writes and every later stage reads.
 
 A training job writes one *piece* of a trajectory for every seed of its seed group, in one
-file (docs/glossary.md, "piece"): a trunk segment (``trunk/e{E}.pt``: the blurred trunk
-up to epoch E) or a branch (``<schedule>/switch{K}.pt``). For each seed (a *member*) a piece
-holds the complete training state at its end (to continue from) and the checkpoints
-(weights + buffers) of the epochs it covers, each tagged with epoch, step, phase and the
-training-config hash.
+file (docs/architecture.md, glossary: "piece"): a trunk segment (``trunk/e{E}.pt``: the
+blurred trunk up to epoch E) or a branch (``<schedule>/switch{K}.pt``). For each seed (a
+*member*) a piece holds the complete training state at its end (to continue from) and the
+checkpoints (weights + buffers) of the epochs it covers, each tagged with epoch, step, phase
+and the training-config hash.
 
 Files are written atomically and read with ``torch.load(weights_only=True)``:
 a checkpoint is data, never code. A truncated file, a foreign file, or one of

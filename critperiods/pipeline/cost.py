@@ -1,7 +1,7 @@
 """What a grid costs: epochs of SGD, images, and the time it takes on reference hardware.
 
 Trunk sharing (``plan.epochs_trained``) gives the epochs; images are epochs × training set
-size per cell; time divides images by measured training throughputs (:data:`RATES`, one job's
+size; time divides images by measured training throughputs (:data:`RATES`, one job's
 images per second, all seeds of a stacked job together) and adds a per-job start-up cost.
 A model, width, image size or batch size without a measured rate is reported as not
 measured instead of guessed. λ̂ is priced as forward + backward passes over
@@ -73,17 +73,18 @@ def _jobs(config: dict, device: str) -> int:
     """Training, evaluation, λ̂ and divergence jobs the DAG plans: one per seed group and
     piece (``train.seeds_per_job``), plus the per-batch-size and per-experiment jobs."""
     grid = config["grid"]
-    cells = len(grid["batch_sizes"]) * _groups(config, device)
-    per_cell = len(plan.trunk_epochs(config)) + len(plan.branches(config)) + 1
+    groups = len(grid["batch_sizes"]) * _groups(config, device)  # (batch size, seed group)
+    per_group = len(plan.trunk_epochs(config)) + len(plan.branches(config)) + 1
     if config["llc"]["enabled"]:
-        per_cell += 1 + len(plan.llc_branches(config))
+        per_group += 1 + len(plan.llc_branches(config))
     divergence = (len(grid["batch_sizes"]) * len(grid["lr_schedules"])
                   if config["divergence"]["enabled"] else 0)
-    return cells * per_cell + divergence + 4  # prepare_data (2 splits), aggregate, plots
+    return groups * per_group + divergence + 4  # prepare_data (2 splits), aggregate, plots
 
 
 def _llc_estimates(config: dict) -> int:
-    """λ̂ estimates per cell: trunk checkpoints and those of the branches λ̂ is asked for."""
+    """λ̂ estimates per (batch size, seed): trunk checkpoints and those of the branches λ̂ is
+    asked for."""
     if not config["llc"]["enabled"]:
         return 0
     trunk = [e for e in plan.checkpoint_epochs(config) if e <= plan.trunk_end(config)]

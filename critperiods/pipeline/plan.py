@@ -290,13 +290,13 @@ def llc_epochs(config: dict, epochs: Iterable[int], trunk: bool = False) -> list
 def epochs_trained(config: dict, shared: bool = True) -> int:
     """Epochs of SGD the grid costs, with trunk sharing or with every run from scratch."""
     grid = config["grid"]
-    cells = len(grid["batch_sizes"]) * len(grid["seeds"])
+    trunks = len(grid["batch_sizes"]) * len(grid["seeds"])  # one per (batch size, seed)
     if shared:
         extra = branch_end(config, 0) - run_end(config, 0) if 0 in grid["switch_epochs"] else 0
-        return cells * (trunk_end(config) + extra
-                        + len(branches(config)) * config["epochs_after_switch"])
-    return cells * len(grid["lr_schedules"]) * sum(run_end(config, s)
-                                                   for s in grid["switch_epochs"])
+        return trunks * (trunk_end(config) + extra
+                         + len(branches(config)) * config["epochs_after_switch"])
+    return trunks * len(grid["lr_schedules"]) * sum(run_end(config, s)
+                                                    for s in grid["switch_epochs"])
 
 
 def training_params(config: dict) -> dict:

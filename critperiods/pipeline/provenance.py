@@ -73,7 +73,7 @@ def cube_attrs(files: Iterable[str | Path], code: str) -> dict[str, str]:
 
 
 def piece_name(path: str) -> str:
-    """What a result file is about, from its path: ``bs64/seed0`` (a cell's metrics),
+    """What a result file is about, from its path: ``bs64/seed0`` (a seed group's metrics),
     ``bs64/seed0/continue/switch2`` (a piece's λ̂), ``divergence/bs64_continue``."""
     m = re.search(r"(?:^|/)(runs|divergence)/(.+?)(?:/metrics|\.metrics|\.llc)?\.nc$",
                   str(path).replace("\\", "/"))

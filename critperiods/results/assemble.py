@@ -3,8 +3,8 @@
 A run ``(batch_size, lr_schedule, switch_epoch, seed)`` takes its values at epochs
 ``e ≤ switch_epoch`` from the trunk of ``(batch_size, seed)`` and later ones from its branch.
 One branch can serve several schedules (:func:`critperiods.pipeline.plan.piece_schedule`: the
-never-blurred run is the same for all). The evaluate stage lays out one cell this way and
-the cube its λ̂; both give datasets on the cube's dims.
+never-blurred run is the same for all). The evaluate stage lays out the runs of one seed group this
+way and the cube its λ̂; both give datasets on the cube's dims.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ def assemble_runs(pieces: Mapping[PieceKey, xr.Dataset], lr_schedules: Sequence[
     trunk only); a run with neither is absent (NaN once merged into a grid). 0-d variables
     (the sampler's settings) stay 0-d when every piece agrees, else they are laid out per run.
     """
-    cells = sorted({(k.batch_size, k.seed) for k in pieces})
+    trunks = sorted({(k.batch_size, k.seed) for k in pieces})
     runs, settings = [], []
-    for b, s in cells:
+    for b, s in trunks:
         trunk = pieces.get(PieceKey(b, s, None, None))
         for k in sorted(switch_epochs):
             for r in lr_schedules:

@@ -2,7 +2,7 @@
 
 Dims are named after what was swept (``batch_size``, ``lr_schedule``, ``switch_epoch``,
 ``seed``, ``epoch``, ``chain``, …); a run's values at epochs up to its switch are its
-trunk's; cells that were not run are NaN. See docs/architecture.md for the schema.
+trunk's; entries of runs that were not run are NaN. See docs/architecture.md for the schema.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def _merge(parts: list[xr.Dataset]) -> xr.Dataset:
 
 
 def merge_files(files: Iterable[str | Path]) -> xr.Dataset:
-    """Datasets already laid out on the cube's dims (one per cell), merged into one."""
+    """Datasets already laid out on the cube's dims (one per seed group or batch size),
+    merged into one."""
     parts = []
     for f in files:
         with xr.open_dataset(f) as opened:
@@ -100,7 +101,7 @@ def build_cube(
     final.attrs = {}  # its own long_name (describe), not test_accuracy's
     cube["final_test_accuracy"] = final
     for name in [v for v in cube.data_vars if str(v).endswith("_growth_form")]:
-        # merging promotes the int8 codes to float; cells without a fit are code NO_FIT
+        # merging promotes the int8 codes to float; entries without a fit are code NO_FIT
         cube[name] = cube[name].fillna(NO_FIT).astype(np.int8)
     if "llc_mean" in cube:
         cube["llc_quality"] = _llc_quality(cube, settings)

@@ -88,8 +88,8 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
     for row, r in zip(grid, schedules, strict=True):
         for ax, b in zip(row, var.batch_size.values, strict=True):
             for color, k in zip(colors, var.switch_epoch.values, strict=True):
-                cell = _sel(kept, batch_size=b, lr_schedule=r, switch_epoch=k)
-                curve = cell.mean("seed")
+                seeds = _sel(kept, batch_size=b, lr_schedule=r, switch_epoch=k)
+                curve = seeds.mean("seed")
                 ok = np.isfinite(curve.values)
                 if spread is not None:
                     err = _sel(spread.where(np.isfinite(kept)), batch_size=b, lr_schedule=r,

@@ -1,4 +1,5 @@
-"""Several seeds of one ``(batch_size, switch_epoch)`` cell trained as one stacked model.
+"""A seed group trained as one stacked model: the same run (batch size, schedule, switch
+epoch) for several seeds, one SGD step for all (docs/architecture.md, glossary: "stacked").
 
 A small CNN leaves most of a GPU idle and, on a CPU, the vector units. :class:`StackedTrainer`
 stacks the weights of ``S`` seeds (``torch.func.stack_module_state``) and runs one

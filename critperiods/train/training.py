@@ -5,7 +5,7 @@ for epochs ``e < switch_epoch``, sharp data afterwards. The *trunk* of a
 ``(batch_size, seed)`` pair is the trajectory that never switches; a *branch*
 starts from the trunk's state at its switch epoch.
 
-Determinism contract (DESIGN.md):
+Determinism contract (docs/architecture.md, "Determinism"):
 
 * initial weights depend only on ``seed`` (:func:`critperiods.train.models.build_model`);
 * the order and augmentation of epoch ``e`` come from a generator seeded by
@@ -462,7 +462,8 @@ def train_until(
 
 
 def make_checkpoint(trainer: Trajectory, switch_epoch: int, config_hash: str) -> dict:
-    """Weights after ``trainer.epoch`` epochs, tagged as DESIGN.md requires."""
+    """Weights after ``trainer.epoch`` epochs, tagged as docs/architecture.md ("Checkpoints")
+    requires."""
     last = trainer.epoch - 1
     return {
         "epoch": trainer.epoch, "step": trainer.step,
