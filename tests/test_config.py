@@ -56,6 +56,8 @@ def test_every_schema_property_has_type_default_description():
         (lambda c: c["grid"].update(batch_sizes=[32, -4]), "-4"),
         (lambda c: c["grid"].update(batch_sizes=[0]), "batch_sizes"),
         (lambda c: c["grid"].update(seeds=[]), "seeds"),
+        (lambda c: c["grid"].update(seeds=[0, 1, 0]), "seeds"),  # repeated: the schema's
+        (lambda c: c["grid"].update(lr_schedules=["restart", "restart"]), "lr_schedules"),
         (lambda c: c["dataset"].update(name="imagenet"), "imagenet"),
         (lambda c: c["model"].update(name="vgg"), "vgg"),
         (lambda c: c.update(device="tpu"), "tpu"),

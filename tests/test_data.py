@@ -101,6 +101,36 @@ def test_unknown_dataset_names_the_key(tmp_path):
         D.load_raw("svhn", tmp_path)
 
 
+#: What the five fixed-subset helpers that ``fixed_subset`` replaced drew (seeds 0–4): the
+#: indices of a 6-of-50 subset, and a digest of a realistic one. Results depend on them.
+OLD_SUBSETS = {
+    "dataset": ([6, 7, 17, 29, 39, 44], (60000, 10000, "a47872e4dbb462d4")),
+    "train_loss": ([4, 14, 25, 31, 33, 45], (60000, 1000, "f3db3c1314071a45")),
+    "probe": ([25, 31, 32, 37, 44, 48], (10000, 1000, "33567f4f9b8da026")),
+    "bn_reset": ([3, 4, 27, 32, 35, 36], (60000, 4000, "ffeb52e22b8054ea")),
+    "llc": ([5, 9, 21, 30, 35, 46], None),
+}
+
+
+@pytest.mark.parametrize("purpose", list(OLD_SUBSETS))
+def test_each_fixed_subset_purpose_draws_what_its_old_helper_drew(purpose):
+    import hashlib
+
+    small, big = OLD_SUBSETS[purpose]
+    assert D.fixed_subset(50, 6, purpose).tolist() == small
+    assert D.fixed_subset(50, None, purpose).tolist() == list(range(50))
+    assert D.fixed_subset(50, 80, purpose).tolist() == list(range(50))
+    if big is not None:
+        n, size, digest = big
+        idx = D.fixed_subset(n, size, purpose)
+        assert hashlib.sha256(idx.numpy().tobytes()).hexdigest()[:16] == digest
+
+
+def test_an_unknown_subset_purpose_is_refused():
+    with pytest.raises(ValueError, match="probes"):
+        D.fixed_subset(50, 6, "probes")
+
+
 def test_blur_removes_high_frequencies_and_keeps_the_mean():
     x = torch.zeros(1, 1, 8, 8)
     x[..., ::2, :] = 1.0  # stripes at the highest frequency
