@@ -18,35 +18,7 @@ one sub-module does not import the others; pipeline stages import from the sub-m
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from critperiods.measure.llc.calibration import calibrate, plot_calibration
-    from critperiods.measure.llc.estimate import (
-        INIT_LOSS_CHUNK,
-        LLCDivergenceWarning,
-        LLCResult,
-        default_nbeta,
-        divergence_threshold,
-        estimate_llc,
-    )
-    from critperiods.measure.llc.quality import (
-        FLAGS,
-        MAX_RHAT,
-        MAX_TREND_Z,
-        Diagnostics,
-        count_flags,
-        diagnose,
-        quality_flags,
-    )
-    from critperiods.measure.llc.sampler import (
-        SAMPLERS,
-        Draw,
-        DrawCallback,
-        LLCConfig,
-        LossFn,
-        chain_seed,
-    )
+from typing import Any
 
 _SAMPLER = {"SAMPLERS", "Draw", "DrawCallback", "LLCConfig", "LossFn", "chain_seed"}
 _ESTIMATE = {"INIT_LOSS_CHUNK", "LLCDivergenceWarning", "LLCResult", "default_nbeta",
