@@ -1,0 +1,61 @@
+"""Regenerate the "## Code" table of docs/invalidation.md from the code fingerprints.
+
+``tests/test_invalidation.py::test_every_source_file_reruns_what_the_table_says`` derives
+the table from the rules' code fingerprints and the rule graph; after moving or adding a
+module, run this from the repository root and review the diff::
+
+    PYTHONPATH=$PWD python bench/regen_invalidation_table.py
+
+Notes in parentheses of existing rows are kept.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import tests.test_invalidation as ti  # noqa: E402
+
+ORDER = ["prepare_data", "train_trunk", "train_branch", "evaluate", "llc", "divergence",
+         "aggregate", "plots", "toy_landscape", "toy_cube", "toy_plots"]
+NOTES = {"llc/calibration.py": " (the calibrate-llc command; no stage imports it)",
+         "stages/__init__.py": " (the stages' shared setup: logging, threads, device)"}
+
+
+def rows() -> list[str]:
+    """The table's rows, one per source file."""
+    old, derived, everything = ti.table("Code"), ti.code_rows_derived(), frozenset(ti.both_graphs())
+    lines = []
+    for path in sorted(derived):
+        rules = derived[path]
+        found = re.search(r"\(.*\)", old[path][0]) if path in old else None
+        note = " " + found.group(0) if found else next(
+            (n for suffix, n in NOTES.items() if path.endswith(suffix)), "")
+        if rules == everything:
+            cell = "everything"
+        elif not rules:
+            cell = "nothing"
+        else:
+            cell = ", ".join(sorted(rules, key=lambda r: ORDER.index(r) if r in ORDER else 99))
+        lines.append(f"| `{path}` | {cell}{note} |")
+    return lines
+
+
+def main() -> None:
+    doc = ROOT / "docs/invalidation.md"
+    text = doc.read_text()
+    section = text.split("## Code\n", 1)[1].split("\n## ", 1)[0]
+    head = section.partition("| file | reruns |")[0]
+    lines = section.split("\n")
+    last = [i for i, line in enumerate(lines) if line.startswith("|")][-1]
+    after = "\n".join(lines[last + 1:])
+    table = "| file | reruns |\n|---|---|\n" + "\n".join(rows()) + "\n"
+    doc.write_text(text.replace(section, head + table + after))
+
+
+if __name__ == "__main__":
+    main()
