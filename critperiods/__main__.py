@@ -61,6 +61,7 @@ def summarize(args: argparse.Namespace) -> int:
         format_table,
         llc_flag_counts,
         restart_verdicts,
+        runs_at_chance,
         to_csv,
     )
 
@@ -81,6 +82,12 @@ def summarize(args: argparse.Namespace) -> int:
         print("\ndoes the permanent deficit survive restarting the learning rate at the switch?")
         for b, verdict in verdicts.items():
             print(f"  batch {b:g}: {verdict}")
+    diverged = runs_at_chance(cube)
+    if diverged:
+        print(f"\nruns at chance accuracy (diverged; still in the means and fits above): "
+              f"{len(diverged)}")
+        for run in diverged:
+            print(f"  {run}")
     counts = llc_flag_counts(cube)
     if counts:
         flagged = ", ".join(f"{name} {n}" for name, n in counts.items()

@@ -383,3 +383,16 @@ def test_tables(tmp_path: Path) -> None:
     path = an.to_csv(summary, tmp_path / "out" / "summary.csv")
     back = pd.read_csv(path)
     np.testing.assert_allclose(back["critical_period_end"], table["critical_period_end"])
+
+
+def test_runs_at_chance_accuracy_are_named() -> None:
+    """A run that diverged to chance is named by its coordinates; healthy runs are not."""
+    cube = synthetic_cube(with_llc=False, with_div=False)
+    assert an.runs_at_chance(cube) == []
+    acc = cube["final_test_accuracy"].copy()
+    where = {d: acc[d].values[1] for d in acc.dims}
+    acc.loc[where] = 0.094
+    cube["final_test_accuracy"] = acc
+    (line,) = an.runs_at_chance(cube)
+    assert f"switch epoch {where['switch_epoch']:g}" in line and f"seed {where['seed']:g}" in line
+    assert line.startswith(f"batch {where['batch_size']:g}")

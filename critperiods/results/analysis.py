@@ -34,6 +34,7 @@ from critperiods.variables import SUMMARY_STATISTICS, exponent_attrs, interval_a
 from critperiods.variables import attrs as variable_attrs
 
 __all__ = [
+    "CHANCE_MULTIPLE",
     "MIN_SEEDS_FOR_INTERVAL",
     "HingeFit",
     "bootstrap_hinge",
@@ -51,6 +52,7 @@ __all__ = [
     "llc_sharp",
     "llc_trunk",
     "restart_verdicts",
+    "runs_at_chance",
     "summary_table",
     "to_csv",
     "valid_llc",
@@ -789,6 +791,33 @@ def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
         else:
             out[float(b)] = (f"does not survive the restart: {100 * d:.1f} pp [{100 * lo:.1f}, "
                              f"{100 * hi:.1f}] includes no loss" + (" (few seeds)" if few else ""))
+    return out
+
+
+#: A run whose final sharp test accuracy is below this multiple of chance (1 / classes) has
+#: diverged rather than learned less: e.g. a restarted learning rate that blew it up.
+CHANCE_MULTIPLE = 1.5
+
+
+def runs_at_chance(cube: xr.Dataset, classes: int = 10) -> list[str]:
+    """The runs whose final sharp test accuracy is at chance (below :data:`CHANCE_MULTIPLE`
+    / ``classes``), one line each: "batch B, <schedule>, switch K, seed S".
+
+    Such a run diverged; it is still in the means and fits, so ``summarize`` and the report
+    name it. Every dataset here has 10 classes.
+    """
+    if "final_test_accuracy" not in cube:
+        return []
+    acc = cube["final_test_accuracy"]
+    low = acc.where(acc < CHANCE_MULTIPLE / classes)
+    hits = low.to_dataframe().dropna()
+    out = []
+    for index in hits.index:
+        where = dict(zip(hits.index.names, index, strict=True))
+        out.append(", ".join(
+            f"{name.replace('_', ' ').replace('batch size', 'batch')} {where[name]:g}"
+            if name != "lr_schedule" else str(where[name])
+            for name in acc.dims))
     return out
 
 

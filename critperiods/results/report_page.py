@@ -17,7 +17,12 @@ import numpy as np
 import xarray as xr
 import yaml
 
-from critperiods.results.analysis import llc_flag_counts, restart_verdicts, summary_table
+from critperiods.results.analysis import (
+    llc_flag_counts,
+    restart_verdicts,
+    runs_at_chance,
+    summary_table,
+)
 
 #: The figures of the report, in reading order: file stem → (category, label).
 FIGURES = {
@@ -159,7 +164,9 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str) -> str:
         "confound (late switches train their sharp epochs at a small rate), not a critical "
         "period.",
         "* Exponents rest on as many points as there are batch sizes; their interval "
-        "resamples those points and is a crude band.", "",
+        "resamples those points and is a crude band.",
+        *[f"* Diverged to chance accuracy, and still in the means and fits: {run}."
+          for run in runs_at_chance(cube)], "",
         "Figures, in reading order", "-------------------------", "",
         reading, "",
         "How the numbers were made", "-------------------------", "",
