@@ -71,8 +71,10 @@ bench: $(STAMP) $(BENCH_VENV)/.installed $(BENCH13_VENV)/.installed
 	$(PY) bench/bench_training.py
 	$(BENCH_VENV)/bin/python bench/bench_llc.py
 	cat bench/out/training.md bench/out/llc.md > bench/out/README.md
+	$(PY) bench/publish.py
 
 # The GPU path on one GPU (a few minutes): training, stacked seeds, λ̂, cost -> bench/out/gpu.md.
 # devinterp 1.3.2 is compared where it can be imported (e.g. PYTHONPATH with its wheel).
 bench-gpu: $(STAMP)
 	$(PY) bench/bench_gpu.py $(BENCH_GPU_ARGS)
+	$(PY) bench/publish.py
