@@ -1,8 +1,10 @@
 """Command line: ``python -m critperiods <command>`` (also installed as ``critperiods``).
 
 * ``summarize CUBE`` — the critical-period table (end per batch size with its interval,
-  and where λ̂ and divergence mark it) in the terminal; ``--csv`` writes it too.  For a toy
-  cube (``toy_cube.nc``) the toy study's summary instead.
+  and where λ̂ and divergence mark it) in the terminal; ``--csv`` writes it too. With
+  perturbations: the lasting divergence per perturbation epoch and whether a nudge inside
+  the critical period carries further. For a toy cube (``toy_cube.nc``) the toy study's
+  summary instead.
 * ``calibrate-llc PIECE --epoch E`` — sweep the SGLD step size at one checkpoint and plot
   the running λ̂ per setting, to choose ``llc.step_size``.
 * ``cost [CONFIG …]`` — epochs of SGD a grid costs with and without trunk sharing, its
@@ -94,6 +96,16 @@ def summarize(args: argparse.Namespace) -> int:
                             if name not in ("estimates", "ok"))
         print(f"\nλ̂ estimates: {counts['estimates']}, ok {counts['ok']}; flagged: {flagged} "
               "(flagged estimates are left out of the λ̂ markers)")
+    if "perturb_l2" in cube:
+        from critperiods.results.perturbation_summary import (
+            format_perturbation,
+            perturbation_summary,
+        )
+
+        if "perturb_cp_ratio" not in cube:
+            cube = cube.merge(perturbation_summary(cube))
+        print("\nperturbations: how far a nudge carries (copy vs its unperturbed twin)")
+        print(format_perturbation(cube))
     if args.csv:
         to_csv(summary, args.csv)
         print(f"wrote {args.csv}")

@@ -32,6 +32,11 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
     "bound": ("lower and upper bound of an interval", None),
     "reference": ("run compared with: blurred = the always-blurred run, sharp = the "
                   "never-blurred run (switch epoch 0), both of the same seed", None),
+    "perturb_epoch": ("epochs trained when the copy was perturbed", None),
+    "epsilon": ("size of the perturbation: L2 distance moved in weight space (kind weights) or "
+                "pairs of batches swapped (kind batch_order)", None),
+    "replicate": ("replicate of the perturbation (its own random direction or swap)", None),
+    "step": ("optimizer steps since the perturbation", None),
     "epochs_since_switch": ("epochs since the run's switch epoch (negative before it)", "1"),
     # evaluate: per checkpoint
     "test_loss": ("cross-entropy on the sharp test set, in nats", "1"),

@@ -307,3 +307,92 @@ def test_cost_counts_the_jobs_the_workflow_plans(tmp_path, seeds_per_job):
     total = int(re.search(r"^total\s+(\d+)", out, re.M)[1]) - 1  # less the `all` target
     config = _load_config([str(TINY), str(extra)])
     assert grid_cost(config, "cpu").jobs == total, out[-3000:]
+
+
+# -- Perturbations (tests/configs/perturbation_tiny.yaml) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def perturbed(tiny_run, tmp_path_factory) -> tuple[Path, str]:
+    """A copy of the tiny run with the perturbation experiment added (the other tests keep
+    theirs), and the log of the run that added it."""
+    import shutil
+
+    workdir = tmp_path_factory.mktemp("perturbed")
+    shutil.copytree(tiny_run, workdir, dirs_exist_ok=True)
+    out = snakemake(workdir, "--cores", "2",
+                    configs=[ROOT / "tests/configs/perturbation_tiny.yaml"])
+    return workdir, out
+
+
+def test_adding_perturbations_trains_only_twins_and_copies(perturbed):
+    _, out = perturbed
+    jobs = planned(out)
+    assert set(jobs) == {"perturb", "perturbation_divergence", "aggregate", "plots"}
+    assert len(jobs["perturb"]) == 12  # 2 seeds × runs 0, 2 (two schedules) × epochs 1, 3
+
+
+def test_perturbations_land_in_the_cube_on_their_own_dims(perturbed, capsys):
+    import torch
+
+    from critperiods.__main__ import main
+
+    workdir, _ = perturbed
+    results = workdir / "results/tiny"
+    cube = critperiods.open_cube(results / "cube.nc")
+    dims = ("batch_size", "lr_schedule", "switch_epoch", "seed", "perturb_epoch", "epsilon",
+            "replicate")
+    assert cube.perturb_l2.dims == (*dims, "epoch")
+    assert cube.perturb_step_l2.dims == (*dims, "step") and cube.sizes["step"] == 21
+    for name in ("perturb_early_rate", "perturb_l2_growth_form", "perturb_step_growth_form",
+                 "perturb_accuracy_change"):
+        assert cube[name].dims == dims, name
+    l2 = cube.perturb_l2.sel(batch_size=64, lr_schedule="continue", replicate=0)
+    assert float(l2.sel(epsilon=0.0).max()) == 0.0  # ε = 0 is the twin, bit for bit
+    assert bool((l2.sel(epsilon=0.01, switch_epoch=2, epoch=4) > 0).all())
+    assert np.allclose(cube.perturb_step_l2.sel(epsilon=0.01, step=0, switch_epoch=[0, 2]),
+                       0.01, rtol=1e-4)
+    assert cube.perturb_cp_ratio.dims == ("batch_size", "lr_schedule", "switch_epoch")
+    assert cube.perturb_cp_ratio_seeds.dims[-1] == "seed"
+    cf_units = pytest.importorskip("cf_units")
+    for name in [v for v in [*cube.data_vars, *cube.coords] if str(v).startswith("perturb")]:
+        assert cube[name].attrs["long_name"], name
+        if name not in cube.dims:
+            cf_units.Unit(cube[name].attrs["units"])
+    for name in ("epsilon", "replicate", "step", "perturb_epoch"):
+        assert "units" not in cube[name].attrs and cube[name].attrs["long_name"]
+    # the twin, replayed in the job from the never-blurred run's init, is the stored run
+    group = torch.load(results / "perturbations/bs64/seed0/continue/switch0/e1.pt",
+                       weights_only=True)
+    stored = torch.load(results / "runs/bs64/seed0/continue/switch0.pt", weights_only=True)
+    assert group["identity"]["seeds"] == [0] and [m["seed"] for m in group["members"]] == [0]
+    twin = {c["epoch"]: c["model"] for c in group["members"][0]["twin"]}
+    shared = [c for c in stored["members"][0]["checkpoints"] if c["epoch"] in twin]
+    assert [c["epoch"] for c in shared] == [2, 3, 4]
+    for c in shared:
+        assert all(torch.equal(v, twin[c["epoch"]][k]) for k, v in c["model"].items())
+    assert main(["summarize", str(results / "cube.nc"), "--n-boot", "50"]) == 0
+    printed = capsys.readouterr().out
+    assert "perturbations: how far a nudge carries" in printed and "lasting L2 / epsilon" in printed
+    for name in ("perturbation", "perturbation_growth"):
+        assert (results / f"plots/{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Perturbations\n-------------" in (results / "report/landing.rst").read_text()
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ("perturbation:\n  epsilons: [0.0, 0.02]\n",
+     {"perturb", "perturbation_divergence", "aggregate", "plots"}),
+    ("perturbation:\n  epochs: [1, 2, 3]\n",
+     {"perturb", "perturbation_divergence", "aggregate", "plots"}),
+    ("divergence:\n  probe_size: 32\n",
+     {"divergence", "perturbation_divergence", "aggregate", "plots"}),
+])
+def test_perturbation_changes_rerun_only_what_they_invalidate(perturbed, tmp_path, change,
+                                                               expected):
+    workdir, _ = perturbed
+    out = snakemake(workdir, "-n", configs=[ROOT / "tests/configs/perturbation_tiny.yaml",
+                                            override(tmp_path, "c", change)])
+    jobs = planned(out)
+    assert set(jobs) == expected
+    if "epochs" in change:  # only the added epoch's copies are trained
+        assert len(jobs["perturb"]) == 6 and all(o.endswith("/e2.pt") for o in jobs["perturb"])

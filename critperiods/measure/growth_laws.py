@@ -6,9 +6,12 @@ epoch ``K`` and then grows. Against ``t = epoch − K`` (``t > 0`` only) three f
 
 * ``linear``      ``a·t + c``   — rate ``a`` (metric units per epoch): steady drift;
 * ``exponential`` ``c·exp(r·t)`` — rate ``r`` (per epoch): runaway separation, as in chaos;
-* ``power``       ``a·t^p``     — exponent ``p`` (dimensionless): diffusive-like spreading.
+* ``power``       ``a·t^p``     — exponent ``p`` (dimensionless): diffusive-like spreading;
+* ``sqrt``        ``a·√t + c``  — prefactor ``a`` (metric units per √epoch): diffusion itself.
+  Not among the default :data:`FORMS`; the perturbation stage asks for it (``forms=``) to tell
+  linear from √t growth.
 
-All three have two parameters, so AIC ranks them by residual sum of squares; it is kept in the
+All of them have two parameters, so AIC ranks them by residual sum of squares; it is kept in the
 general form so a form with another parameter count can be added without changing the rule.
 """
 
@@ -23,11 +26,17 @@ import numpy as np
 import xarray as xr
 from scipy.optimize import OptimizeWarning, curve_fit
 
-from critperiods.variables import GROWTH_FORMS, NO_GROWTH_FIT, growth_attrs
+from critperiods.variables import GROWTH_FORMS, GROWTH_RATE_MEANING, NO_GROWTH_FIT, growth_attrs
 
-#: The forms fitted, and the code of "no fit" (fewer than ``MIN_POINTS`` points after the switch).
+#: The forms fitted by default, and the code of "no fit" (fewer than ``MIN_POINTS`` points
+#: after the switch).
 FORMS, NO_FIT = GROWTH_FORMS, NO_GROWTH_FIT
+#: Every form that can be asked for; a fit's integer code indexes this (the default FORMS first).
+ALL_FORMS = (*FORMS, "sqrt")
 MIN_POINTS = 3
+#: What the rate of each form means.
+RATE_MEANING = {**GROWTH_RATE_MEANING,
+                "sqrt": "prefactor a of a*sqrt(t) + c (metric units per sqrt(epoch))"}
 
 
 @dataclass(frozen=True)
@@ -41,8 +50,8 @@ class GrowthFit:
 
     @property
     def code(self) -> int:
-        """``form`` as an integer: index into :data:`FORMS`, or :data:`NO_FIT`."""
-        return NO_FIT if self.form is None else FORMS.index(self.form)
+        """``form`` as an integer: index into :data:`ALL_FORMS`, or :data:`NO_FIT`."""
+        return NO_FIT if self.form is None else ALL_FORMS.index(self.form)
 
 
 def _linear(t: np.ndarray, a: float, c: float) -> np.ndarray:
@@ -57,11 +66,15 @@ def _power(t: np.ndarray, a: float, p: float) -> np.ndarray:
     return a * np.power(t, p)
 
 
+def _sqrt(t: np.ndarray, a: float, c: float) -> np.ndarray:
+    return a * np.sqrt(t) + c
+
+
 def _initial_guesses(t: np.ndarray, y: np.ndarray) -> dict[str, list[float]]:
     """Starting points from straight-line fits in linear, semi-log and log-log coordinates."""
     a, c = np.polyfit(t, y, 1)
     guesses = {"linear": [a, c], "exponential": [float(np.mean(y)), 0.0],
-               "power": [float(np.mean(y)), 1.0]}
+               "power": [float(np.mean(y)), 1.0], "sqrt": list(np.polyfit(np.sqrt(t), y, 1))}
     if np.all(y > 0):
         r, log_c = np.polyfit(t, np.log(y), 1)
         p, log_a = np.polyfit(np.log(t), np.log(y), 1)
@@ -72,7 +85,8 @@ def _initial_guesses(t: np.ndarray, y: np.ndarray) -> dict[str, list[float]]:
 
 #: form → (model function, index of its rate/exponent among the fitted parameters).
 MODELS: dict[str, tuple[Callable[..., np.ndarray], int]] = {
-    "linear": (_linear, 0), "exponential": (_exponential, 1), "power": (_power, 1)}
+    "linear": (_linear, 0), "exponential": (_exponential, 1), "power": (_power, 1),
+    "sqrt": (_sqrt, 0)}
 
 
 def _fit_one(form: str, t: np.ndarray, y: np.ndarray,
@@ -96,21 +110,22 @@ def aic(rss: float, n: int, k: int) -> float:
     return n * math.log(max(rss / n, np.finfo(float).tiny)) + 2 * k
 
 
-def fit_growth_law(t: Sequence[float] | np.ndarray,
-                   y: Sequence[float] | np.ndarray) -> GrowthFit:
-    """Fit the :data:`FORMS` to ``y(t)`` on the finite points with ``t > 0``; keep the best AIC.
+def fit_growth_law(t: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray,
+                   forms: Sequence[str] = FORMS) -> GrowthFit:
+    """Fit ``forms`` (default :data:`FORMS`) to ``y(t)`` on the finite points with ``t > 0``;
+    keep the best AIC (``aic_by_form`` has an entry per form asked for).
 
     Fewer than :data:`MIN_POINTS` such points (or no successful fit) give ``form=None`` and NaN.
     """
     t, y = np.asarray(t, dtype=float), np.asarray(y, dtype=float)
     keep = (t > 0) & np.isfinite(t) & np.isfinite(y)
     t, y = t[keep], y[keep]
-    none = GrowthFit(None, math.nan, math.nan, {f: math.nan for f in FORMS})
+    none = GrowthFit(None, math.nan, math.nan, {f: math.nan for f in forms})
     if t.size < MIN_POINTS:
         return none
     guesses = _initial_guesses(t, y)
     fits, aics = {}, {}
-    for form in FORMS:
+    for form in forms:
         fit = _fit_one(form, t, y, guesses[form])
         aics[form] = math.inf if fit is None else aic(float(np.sum((y - fit[1]) ** 2)), t.size, 2)
         if fit is not None:

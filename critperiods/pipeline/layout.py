@@ -8,6 +8,11 @@ Under ``results/<experiment>/`` (templates below, with Snakemake's wildcards)::
     runs/bs<B>/<group>/trunk.llc.nc                   λ̂ of the trunk's checkpoints
     runs/bs<B>/<group>/<schedule>/switch<K>.llc.nc    λ̂ of a branch's checkpoints
     divergence/bs<B>_<schedule>.nc                    comparisons of one batch size and schedule
+    perturbations/bs<B>/<group>/<schedule>/switch<K>/e<E>.pt
+                                                      run K of the group's seeds perturbed at
+                                                      epoch E: twins and copies
+    perturbations/bs<B>_<schedule>.nc                 copies vs twins of one batch size and
+                                                      schedule
 
 ``<group>`` names the seeds one training job trains together (``train.seeds_per_job``):
 ``seed3`` for one seed, ``seeds0_1_2`` for a stacked group; every file of a group holds all
@@ -35,6 +40,9 @@ METRICS = RUN_GROUP + "/metrics.nc"
 PIECE = RUN_GROUP + "/{piece}"
 LLC = PIECE + ".llc.nc"
 DIVERGENCE = "divergence/bs{batch_size}_{lr_schedule}.nc"
+PERTURBED = ("perturbations/bs{batch_size}/{group}/{lr_schedule}/switch{switch_epoch}/"
+             "e{perturb_epoch}.pt")
+PERTURBATION = "perturbations/bs{batch_size}_{lr_schedule}.nc"
 
 _SCHEDULE = "|".join(LR_SCHEDULES)
 #: Regular expressions of the wildcards (Snakemake's ``wildcard_constraints``).
@@ -46,6 +54,11 @@ PIECE_RE = re.compile(
     rf"(?:(?P<trunk>trunk)[./]|(?P<schedule>{_SCHEDULE})/switch(?P<switch>\d+)\.)"
 )
 DIVERGENCE_RE = re.compile(rf"bs(?P<batch_size>\d+)_(?P<schedule>{_SCHEDULE})\.nc$")
+PERTURBED_RE = re.compile(
+    rf"perturbations/bs(?P<batch_size>\d+)/(?P<group>{GROUP_PATTERN})/(?P<schedule>{_SCHEDULE})/"
+    r"switch(?P<switch>\d+)/e(?P<epoch>\d+)\.pt$")
+PERTURBATION_RE = re.compile(
+    rf"perturbations/bs(?P<batch_size>\d+)_(?P<schedule>{_SCHEDULE})\.nc$")
 
 
 def group_label(seeds: Sequence[int]) -> str:
@@ -115,11 +128,44 @@ def parse_divergence(path: str | Path) -> tuple[int, str]:
     return int(m["batch_size"]), m["schedule"]
 
 
+@dataclass(frozen=True)
+class PerturbedFile:
+    """The coordinates of a perturbation group file: run ``(lr_schedule, switch_epoch)`` of
+    every seed of a seed group of ``batch_size``, perturbed at ``perturb_epoch``
+    (``lr_schedule`` as stored: :func:`critperiods.pipeline.plan.piece_schedule`)."""
+
+    batch_size: int
+    seeds: tuple[int, ...]
+    lr_schedule: str
+    switch_epoch: int
+    perturb_epoch: int
+
+
+def parse_perturbed(path: str | Path) -> PerturbedFile:
+    """The coordinates of a perturbation group file."""
+    m = PERTURBED_RE.search(str(path).replace("\\", "/"))
+    if m is None:
+        raise ValueError(f"{path}: not a perturbation group (…/perturbations/bs<B>/<group>/"
+                         "<schedule>/switch<K>/e<E>.pt)")
+    return PerturbedFile(int(m["batch_size"]), group_seeds(m["group"]), m["schedule"],
+                         int(m["switch"]), int(m["epoch"]))
+
+
+def parse_perturbation(path: str | Path) -> tuple[int, str]:
+    """``(batch_size, lr_schedule)`` of a perturbation comparison file."""
+    m = PERTURBATION_RE.search(str(path))
+    if m is None:
+        raise ValueError(f"{path}: not a perturbation comparison (…/perturbations/"
+                         "bs<B>_<schedule>.nc)")
+    return int(m["batch_size"]), m["schedule"]
+
+
 def piece_name(schedule: str | None, switch_epoch: int | None) -> str:
     """The ``{piece}`` of a trunk (both None) or a branch: ``trunk``, ``restart/switch8``."""
     return "trunk" if switch_epoch is None else f"{schedule}/switch{switch_epoch}"
 
 
-__all__ = ["BRANCH", "DIVERGENCE", "GROUP_PATTERN", "LLC", "METRICS", "PIECE", "PIECE_PATTERN",
-           "RUN_GROUP", "TRUNK", "PieceFile", "PieceKey", "group_label", "group_seeds",
-           "parse_divergence", "parse_piece", "piece_name"]
+__all__ = ["BRANCH", "DIVERGENCE", "GROUP_PATTERN", "LLC", "METRICS", "PERTURBATION",
+           "PERTURBED", "PIECE", "PIECE_PATTERN", "RUN_GROUP", "TRUNK", "PerturbedFile",
+           "PieceFile", "PieceKey", "group_label", "group_seeds", "parse_divergence",
+           "parse_perturbation", "parse_perturbed", "parse_piece", "piece_name"]

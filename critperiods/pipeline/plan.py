@@ -73,6 +73,7 @@ def check_config(config: dict, schema: dict) -> None:
     if extra:
         raise ConfigError(f"llc.switch_epochs: {extra} are not in grid.switch_epochs "
                           f"{grid['switch_epochs']}, so there is no such branch to estimate on")
+    check_perturbation(config)
     kept = set(checkpoint_epochs(config))
     for section, field in (("llc", "epochs"), ("divergence", "barrier_epochs")):
         missing = sorted(set(config.get(section, {}).get(field) or ()) - kept)
@@ -303,9 +304,89 @@ def training_params(config: dict) -> dict:
     """The config slice that shapes trajectories (and so their hash). The learning-rate
     schedule after the switch is not in it: it is a grid axis, in a branch's path."""
     ds = config["dataset"]
+    # model.init at its default is left out, so configs from before the key keep their hash
+    model = {k: v for k, v in config["model"].items() if (k, v) != ("init", "kaiming")}
     return {
         "dataset": {k: ds[k] for k in ("name", "train_subset", "blur_size")},
-        "model": dict(config["model"]),
+        "model": model,
         "optimizer": dict(config["optimizer"]),
         "augmentation": config["augmentation"],
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Perturbations (perturbation: section; critperiods.train.perturbation)
+
+
+def perturbation_end(config: dict) -> int:
+    """The epoch every perturbed copy (and its twin) trains to: the last epoch any run
+    reaches, so that perturbations of different runs at the same epoch are followed equally
+    long (the never-blurred run is continued past its own end)."""
+    return last_epoch(config)
+
+
+def perturbed_switch_epochs(config: dict) -> list[int]:
+    """The switch epochs of the runs perturbed (every schedule of the grid): those of
+    ``perturbation.switch_epochs``, default the smallest and the largest of the grid."""
+    asked = config["perturbation"].get("switch_epochs")
+    grid = config["grid"]["switch_epochs"]
+    return sorted(set(asked) if asked is not None else {min(grid), max(grid)})
+
+
+def perturbation_epochs(config: dict) -> list[int]:
+    """The perturbation epochs: ``perturbation.epochs``, default the grid's switch epochs."""
+    asked = config["perturbation"].get("epochs")
+    return sorted(asked if asked is not None else config["grid"]["switch_epochs"])
+
+
+def perturbation_start(config: dict, lr_schedule: str, switch_epoch: int,
+                       epoch: int) -> tuple[str, int]:
+    """The piece whose complete training state the twin of run ``(lr_schedule, switch_epoch)``
+    replays from to reach ``epoch`` (a path below the cell's run folder, without ``.pt``),
+    and that state's epoch.
+
+    Full states exist at trunk segment ends (multiples of ``trunk_stride``), at a branch's
+    start (its switch epoch) and at its end (:func:`branch_end`); the latest one at or before
+    ``epoch`` on the run's path is used, and the replay to ``epoch`` is exact by the
+    determinism contract.
+    """
+    if epoch <= switch_epoch:
+        start = epoch // config["trunk_stride"] * config["trunk_stride"]
+        return f"trunk/e{start}", start
+    end = branch_end(config, switch_epoch)
+    if epoch >= end:
+        return f"{lr_schedule}/switch{switch_epoch}", end
+    return f"trunk/e{switch_epoch}", switch_epoch
+
+
+def perturbation_checkpoints(config: dict, epoch: int) -> list[int]:
+    """Epochs at which a copy perturbed at ``epoch`` and its twin are compared: the
+    checkpoint epochs after it, and the end."""
+    end = perturbation_end(config)
+    return sorted({e for e in checkpoint_epochs(config) if epoch < e <= end} | {end})
+
+
+def check_perturbation(config: dict) -> None:
+    """Cross-key checks of the ``perturbation:`` section (when enabled)."""
+    pert = config.get("perturbation", {})
+    if not pert.get("enabled"):
+        return
+    asked = pert.get("switch_epochs")
+    extra = sorted(set(asked or ()) - set(config["grid"]["switch_epochs"]))
+    if extra:
+        raise ConfigError(f"perturbation.switch_epochs: {extra} are not in grid.switch_epochs "
+                          f"{config['grid']['switch_epochs']}, so there is no such run to perturb")
+    for key in ("epochs", "epsilons"):
+        if pert.get(key) == []:
+            raise ConfigError(f"perturbation.{key}: empty; list at least one value")
+    end = perturbation_end(config)
+    late = sorted(e for e in perturbation_epochs(config) if e >= end)
+    if late:
+        raise ConfigError(f"perturbation.epochs: {late} are not before epoch {end}, the last "
+                          "epoch any run reaches, so a perturbed copy would not train at all")
+    if pert.get("kind") == "batch_order":
+        fractional = [x for x in pert["epsilons"] if float(x) != int(x)]
+        if fractional:
+            raise ConfigError(f"perturbation.epsilons: {fractional} with kind batch_order; "
+                              "there an epsilon counts the pairs of batches swapped, a whole "
+                              "number")

@@ -8,7 +8,9 @@ Every rule that runs a script has a ``code`` param, the fingerprint of the code 
 * a per-piece result (``*.metrics.nc``, ``*.llc.nc``, ``divergence/bs<B>.nc``): the netCDF
   attributes ``provenance_stage`` (the rule), ``provenance_code``, ``provenance_data``
   (``train:<fingerprint> test:<fingerprint>``) and ``provenance_training_code`` (the code
-  fingerprints of the training pieces it read, space-separated);
+  fingerprints of the training pieces it read, space-separated); a perturbation comparison
+  (``perturbations/bs<B>_<schedule>.nc``) also ``provenance_perturb_code``, the code of the
+  perturbation groups it read (listed as the stage ``perturb``);
 * the cube: ``provenance`` (JSON: aggregate's code and one record per file it was assembled
   from).
 
@@ -52,7 +54,8 @@ def record(path: str | Path, attrs: dict) -> dict:
     data = dict(item.split(":", 1) for item in str(attrs.get("provenance_data", "")).split())
     return {"file": str(path), "stage": str(attrs.get("provenance_stage", UNKNOWN)),
             "code": str(attrs.get("provenance_code", UNKNOWN)), "data": data,
-            "training_code": str(attrs.get("provenance_training_code", "")).split()}
+            "training_code": str(attrs.get("provenance_training_code", "")).split(),
+            "perturb_code": str(attrs.get("provenance_perturb_code", "")).split()}
 
 
 def collect(files: Iterable[str | Path]) -> list[dict]:
@@ -75,11 +78,11 @@ def cube_attrs(files: Iterable[str | Path], code: str) -> dict[str, str]:
 def piece_name(path: str) -> str:
     """What a result file is about, from its path: ``bs64/seed0`` (a seed group's metrics),
     ``bs64/seed0/continue/switch2`` (a piece's λ̂), ``divergence/bs64_continue``."""
-    m = re.search(r"(?:^|/)(runs|divergence)/(.+?)(?:/metrics|\.metrics|\.llc)?\.nc$",
-                  str(path).replace("\\", "/"))
+    m = re.search(r"(?:^|/)(runs|divergence|perturbations)/(.+?)(?:/metrics|\.metrics|\.llc)?"
+                  r"\.nc$", str(path).replace("\\", "/"))
     if m is None:
         return str(path)
-    return m.group(2) if m.group(1) == "runs" else f"divergence/{m.group(2)}"
+    return m.group(2) if m.group(1) == "runs" else f"{m.group(1)}/{m.group(2)}"
 
 
 def versions(prov: dict) -> dict[str, dict[str, list[str]]]:
@@ -92,6 +95,8 @@ def versions(prov: dict) -> dict[str, dict[str, list[str]]]:
         out.setdefault(r["stage"], {}).setdefault(r["code"], []).append(name)
         for code in r["training_code"]:
             trained.setdefault(code, set()).add(name)
+        for code in r.get("perturb_code", ()):
+            out.setdefault("perturb", {}).setdefault(code, []).append(name)
     if trained:  # the training pieces by name; a divergence result only where it is all
         out[TRAIN_STAGE] = {code: sorted({n for n in names if "/seed" in n} or names)
                             for code, names in trained.items()}
@@ -114,7 +119,8 @@ def _pieces(names: list[str], limit: int = 4) -> str:
         ", …" if len(names) > limit else "")
 
 
-STAGE_ORDER = [TRAIN_STAGE, "evaluate", "llc", "divergence"]
+STAGE_ORDER = [TRAIN_STAGE, "evaluate", "llc", "divergence", "perturb",
+               "perturbation_divergence"]
 
 
 def report(prov: dict) -> tuple[list[str], list[str]]:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from critperiods.measure.llc.quality import MAX_RHAT, MAX_TREND_Z
-from critperiods.pipeline.layout import parse_divergence
+from critperiods.pipeline.layout import parse_divergence, parse_perturbation
 from critperiods.results.assemble import RUN_DIMS, assemble_runs, load_pieces
 from critperiods.variables import VARIABLES, llc_quality_flag_attrs
 
@@ -60,12 +60,15 @@ def merge_files(files: Iterable[str | Path]) -> xr.Dataset:
     return _merge(parts)
 
 
-def assemble_divergence(files: Iterable[str | Path]) -> xr.Dataset:
-    """Per-(batch size, schedule) divergence results (``…/divergence/bs<B>_<schedule>.nc``)
-    on ``batch_size`` and ``lr_schedule`` dims."""
+def assemble_divergence(files: Iterable[str | Path],
+                        parse: Callable[[str | Path], tuple[int, str]] = parse_divergence,
+                        ) -> xr.Dataset:
+    """Per-(batch size, schedule) results on ``batch_size`` and ``lr_schedule`` dims: the
+    divergences (``…/divergence/bs<B>_<schedule>.nc``), or with ``parse=parse_perturbation``
+    the perturbation comparisons (``…/perturbations/bs<B>_<schedule>.nc``)."""
     parts = []
     for f in files:
-        batch_size, lr_schedule = parse_divergence(f)
+        batch_size, lr_schedule = parse(f)
         with xr.open_dataset(f) as opened:
             ds = opened.load()
         parts.append(ds.expand_dims(batch_size=[batch_size], lr_schedule=[lr_schedule]))
@@ -76,6 +79,7 @@ def build_cube(
     metrics_files: Iterable[str | Path], llc_files: Iterable[str | Path], grid: dict,
     epochs_after_switch: int, training: dict, config_yaml: str,
     divergence_files: Iterable[str | Path] = (), analysis: dict | None = None,
+    perturbation_files: Iterable[str | Path] = (),
 ) -> xr.Dataset:
     """Merge per-piece metrics, λ̂ and divergences into the cube (docs/architecture.md).
 
@@ -89,7 +93,8 @@ def build_cube(
     settings = {**ANALYSIS_DEFAULTS, **(analysis or {})}
     schedules = list(grid.get("lr_schedules", ["continue"]))
     llc = assemble_runs(load_pieces(llc_files), schedules, grid["switch_epochs"])
-    parts = [merge_files(metrics_files), llc, assemble_divergence(divergence_files)]
+    perturbed = assemble_divergence(perturbation_files, parse_perturbation)
+    parts = [merge_files(metrics_files), llc, assemble_divergence(divergence_files), perturbed]
     cube = _merge(parts)
     cube = cube.sel(epoch=cube.epoch[cube.test_accuracy.notnull().any(RUN_DIMS)])
     cube = cube.reindex(batch_size=sorted(grid["batch_sizes"]), lr_schedule=schedules,
@@ -108,7 +113,12 @@ def build_cube(
     summary = critical_period_summary(cube, n_boot=settings["bootstrap_samples"], rng_seed=0,
                                       level=settings["interval_level"])
     cube = cube.merge(summary)
+    if "perturb_l2" in cube:
+        from critperiods.results.perturbation_summary import perturbation_summary
+
+        cube = cube.merge(perturbation_summary(cube))
     cube.attrs = {
+        **{k: v for k, v in perturbed.attrs.items() if k.startswith("perturbation_")},
         **{f"summary_{k}" if k in ("horizon", "n_boot", "rng_seed", "level") else k: v
            for k, v in summary.attrs.items()},
         "Conventions": "CF-1.10",

@@ -236,6 +236,107 @@ def critical_period_vs_temperature(cube: xr.Dataset, path: str | Path, dpi: int 
     _save(fig, path, dpi)
 
 
+# -- Perturbations (critperiods.train.perturbation) -------------------------------------------
+
+
+def _run_style(k: int, runs: np.ndarray) -> dict:
+    """Solid for the never-blurred run, dashed for the others."""
+    return {"ls": "-" if k == runs.min() else "--"}
+
+
+def perturbation(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
+    """Lasting divergence vs perturbation epoch: a panel per batch size (a row per schedule),
+    a line per perturbed run and epsilon (mean over seeds and replicates, bars: the range of
+    the seeds' means); dashed grey: the critical-period end (band: its interval); dash-dotted
+    grey: the half-deficit epoch; dotted: the switch of the blurred run."""
+    lasting = cube.perturb_lasting_l2
+    span = cube.perturb_lasting_l2_seed_range
+    schedules = _schedules(cube)
+    runs = lasting.switch_epoch.values[lasting.notnull().any(
+        [d for d in lasting.dims if d != "switch_epoch"]).values]
+    nb = cube.sizes["batch_size"]
+    fig, grid = plt.subplots(len(schedules), nb, figsize=(4.6 * nb, 3.6 * len(schedules)),
+                             squeeze=False, sharey=True)
+    for row, r in zip(grid, schedules, strict=True):
+        for ax, b in zip(row, cube.batch_size.values, strict=True):
+            for j, k in enumerate(runs):
+                for m, eps in enumerate(lasting.epsilon.values):
+                    if eps == 0:
+                        continue
+                    at = {"batch_size": b, "lr_schedule": r, "switch_epoch": k, "epsilon": eps}
+                    y = _sel(lasting, **at)
+                    lo, hi = _sel(span, **at).transpose("bound", ...).values
+                    ok = np.isfinite(y.values)
+                    label = ("never blurred" if k == 0 else f"blurred until {k}") + \
+                        (f", ε={eps:g}" if lasting.sizes["epsilon"] > 1 else "")
+                    ax.errorbar(y.perturb_epoch[ok], y[ok], yerr=np.clip(
+                        [y.values[ok] - lo[ok], hi[ok] - y.values[ok]], 0, None),
+                        marker="os^v"[m % 4], capsize=3, color=f"C{j}", label=label,
+                        **_run_style(k, runs))
+                if k > 0:
+                    ax.axvline(k, color=f"C{j}", ls=":", lw=1)
+            end = float(_sel(cube.critical_period_end, batch_size=b, lr_schedule=r))
+            if np.isfinite(end):
+                ax.axvline(end, color="0.3", ls="--", lw=1.2, label="critical-period end")
+                lo, hi = _sel(cube.critical_period_end_interval, batch_size=b,
+                              lr_schedule=r).values
+                ax.axvspan(lo, hi, color="0.5", alpha=0.12)
+            half = (float(_sel(cube.half_deficit_epoch, batch_size=b, lr_schedule=r))
+                    if "half_deficit_epoch" in cube else np.nan)
+            if np.isfinite(half):
+                ax.axvline(half, color="0.3", ls="-.", lw=1, label="half-deficit epoch")
+            ax.set_yscale("log")
+            ax.set_title(f"batch {b}" + ("" if len(schedules) == 1 else f", lr {r}"), fontsize=9)
+            ax.set_xlabel("perturbation epoch")
+            ax.grid(alpha=0.3, which="both")
+        row[0].set_ylabel(f"‖θ_copy − θ_twin‖ at epoch {int(cube.epoch.max())}")
+    grid[0][-1].legend(fontsize=7)
+    n = cube.sizes["replicate"]
+    fig.suptitle(f"How far a nudge carries (mean over {_seeds_note(cube)} and {n} "
+                 f"replicate{'s' if n != 1 else ''}; bars: range of the seeds)", fontsize=10)
+    _save(fig, path, dpi)
+
+
+def perturbation_growth(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
+    """Distance between copy and twin relative to epsilon (geometric mean over seeds and
+    replicates, largest epsilon, first schedule): over the first steps (top) and over the
+    epochs since the perturbation (bottom); a colour per perturbation epoch, solid for the
+    never-blurred run, dashed for the blurred one."""
+    eps = float(cube.epsilon.max())
+    r = _schedules(cube)[0]
+    steps = _sel(cube.perturb_step_l2.sel(epsilon=eps), lr_schedule=r) / eps
+    epochs = _sel(cube.perturb_l2.sel(epsilon=eps), lr_schedule=r) / eps
+    runs = steps.switch_epoch.values[steps.notnull().any(
+        [d for d in steps.dims if d != "switch_epoch"]).values]
+    nb = cube.sizes["batch_size"]
+    fig, grid = plt.subplots(2, nb, figsize=(4.6 * nb, 6.4), squeeze=False)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, cube.sizes["perturb_epoch"]))
+    for col, b in enumerate(cube.batch_size.values):
+        for k in runs:
+            for color, e in zip(colors, cube.perturb_epoch.values, strict=True):
+                where = {"batch_size": b, "switch_epoch": k, "perturb_epoch": e}
+                label = f"e={e}" if k == runs.min() else None
+                s = np.exp(np.log(steps.sel(where)).mean(["seed", "replicate"]))
+                ok = np.isfinite(s.values)
+                grid[0][col].plot(s.step[ok], s[ok], color=color, label=label, lw=1,
+                                  **_run_style(k, runs))
+                t = np.exp(np.log(epochs.sel(where)).mean(["seed", "replicate"]))
+                ok = np.isfinite(t.values)
+                grid[1][col].plot(t.epoch[ok] - e, t[ok], color=color, marker=".", lw=1,
+                                  **_run_style(k, runs))
+        grid[0][col].set_title(f"batch {b} (solid: never blurred, dashed: blurred until "
+                               f"{runs.max()})", fontsize=8)
+        grid[0][col].set_xlabel("optimizer steps since the perturbation")
+        grid[1][col].set_xlabel("epochs since the perturbation")
+        for ax in grid[:, col]:
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3, which="both")
+    grid[0][0].set_ylabel(f"‖θ_copy − θ_twin‖ / ε (ε={eps:g})")
+    grid[1][0].set_ylabel(f"‖θ_copy − θ_twin‖ / ε (ε={eps:g})")
+    grid[0][-1].legend(fontsize=7, title="perturbed at", title_fontsize=7)
+    _save(fig, path, dpi)
+
+
 PLOTTERS: dict[str, Callable[..., None]] = {
     "critical_period_vs_temperature": critical_period_vs_temperature,
     "critical_period": critical_period,
@@ -244,4 +345,6 @@ PLOTTERS: dict[str, Callable[..., None]] = {
     "llc_traces": llc_traces,
     "divergence": divergence,
     "divergence_final": divergence_final,
+    "perturbation": perturbation,
+    "perturbation_growth": perturbation_growth,
 }

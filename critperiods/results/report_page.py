@@ -33,6 +33,8 @@ FIGURES = {
     "llc_traces": ("3 Local learning coefficient", "3b SGLD chain diagnostics"),
     "divergence": ("4 Divergence", "4a distance to the always-blurred run"),
     "divergence_final": ("4 Divergence", "4b divergences at the end of training"),
+    "perturbation": ("6 Perturbations", "6a lasting divergence vs perturbation epoch"),
+    "perturbation_growth": ("6 Perturbations", "6b growth after a perturbation"),
 }
 
 
@@ -113,6 +115,42 @@ def _flag_counts_by_cell(cube: xr.Dataset) -> dict[tuple[float, str], tuple[int,
     return out
 
 
+def perturbation_section(cube: xr.Dataset) -> list[str]:
+    """The perturbation experiment's answer (rst lines), empty without one: whether a nudge
+    inside the critical period carries further, the growth laws, and the table."""
+    if "perturb_cp_ratio" not in cube:
+        return []
+    from critperiods.results.perturbation_summary import (
+        growth_lines,
+        perturbation_rows,
+        verdict_lines,
+    )
+
+    table = perturbation_rows(cube)
+    header = ["batch", "lr", "run blurred until", "perturbed at", "epsilon", "phase",
+              "critical period", "lasting L2 [seed range]", "vs never blurred",
+              "Δ accuracy (pp)"]
+    def sig(x: float) -> str:
+        return "n/a" if not np.isfinite(x) else f"{x:.3g}"
+
+    rows = [[f"{row.batch_size}", row.lr_schedule, f"{row.run}", f"{row.perturb_epoch}",
+             f"{row.epsilon:g}", row.phase, row.critical_period,
+             f"{sig(row.perturb_lasting_l2)} [{sig(row.perturb_lasting_l2_lower)}, "
+             f"{sig(row.perturb_lasting_l2_upper)}]",
+             sig(getattr(row, "perturb_blur_ratio", np.nan)),
+             _num(100 * getattr(row, "perturb_accuracy_change_mean", np.nan), 2)]
+            for row in table.itertuples()]
+    out = ["Perturbations", "-------------", "",
+           "Copies of a run nudged at one epoch and trained on with the identical batch plan, "
+           "against their unperturbed twin (docs/perturbations.md):", ""]
+    out += [f"* {line}" for line in verdict_lines(cube) + growth_lines(cube)]
+    out += ["", ".. list-table::", "   :header-rows: 1", ""]
+    for cells in [header, *rows]:
+        out.append("   * - " + cells[0])
+        out += [f"     - {c}" for c in cells[1:]]
+    return [*out, ""]
+
+
 def figure_rst(png: str | Path) -> str:
     """An rst raw-html block that embeds ``png`` as a data URI."""
     data = base64.b64encode(Path(png).read_bytes()).decode()
@@ -158,6 +196,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str) -> str:
         "trunk and the never-blurred run (valid estimates only), and the switch epoch where "
         "the distance to the always-blurred run halves. n/a: see ``python -m critperiods "
         "summarize`` for the reason.", "",
+        *perturbation_section(cube),
         "Caveats", "-------", "",
         f"* {seeds} seed{'s' if seeds != 1 else ''} per cell: the brackets are a {kind}.",
         "* A deficit with the rate continued but not with it restarted is the learning-rate "
@@ -175,4 +214,5 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str) -> str:
     return "\n".join(parts)
 
 
-__all__ = ["FIGURES", "answer_lines", "figure_rst", "landing_page", "table_rst"]
+__all__ = ["FIGURES", "answer_lines", "figure_rst", "landing_page",
+           "perturbation_section", "table_rst"]

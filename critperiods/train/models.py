@@ -167,16 +167,29 @@ def channels_last_images(x: torch.Tensor) -> torch.Tensor:
     return out.copy_(x)
 
 
+#: Initialisations (``model.init``): PyTorch's default Kaiming-uniform draw, or each layer's
+#: weights uniform on the sphere of that draw's root-mean-square norm (critperiods.train.perturb).
+INITS = ("kaiming", "kaiming_sphere")
+
+
 def build_model(
-    name: str, width: int, in_channels: int, image_size: int, num_classes: int, seed: int
+    name: str, width: int, in_channels: int, image_size: int, num_classes: int, seed: int,
+    init: str = "kaiming",
 ) -> nn.Module:
-    """Build model ``name`` with initial weights that depend only on ``seed``.
+    """Build model ``name`` with initial weights that depend only on ``seed`` (and ``init``).
 
     The global RNG is forked, so building a model neither reads nor disturbs
     any other random stream of the caller.
     """
     if name not in MODELS:
         raise ValueError(f"model.name: unknown model {name!r}; choose one of {sorted(MODELS)}")
+    if init not in INITS:
+        raise ValueError(f"model.init: unknown initialisation {init!r}; choose one of {INITS}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return MODELS[name](width, in_channels, image_size, num_classes)
+        model = MODELS[name](width, in_channels, image_size, num_classes)
+        if init == "kaiming_sphere":
+            from critperiods.train.perturb import sphere_init_
+
+            sphere_init_(model)  # continues the seeded stream
+        return model

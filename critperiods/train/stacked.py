@@ -135,7 +135,7 @@ class StackedTrainer:
         self.batch_fast = replace(self.fast, channels_last=False)
         models = [
             build_model(cfg.model, cfg.width, data.in_channels, data.image_size,
-                        data.num_classes, s).to(self.device)
+                        data.num_classes, s, cfg.init).to(self.device)
             for s in self.seeds
         ]
         self.state_keys = list(models[0].state_dict())

@@ -58,6 +58,7 @@ class TrainConfig:
     lr_decay: float
     lr_after_switch: str = "continue"
     augmentation: bool = False
+    init: str = "kaiming"  # model.init (critperiods.train.models.INITS)
 
     @classmethod
     def from_params(cls, params: dict, lr_after_switch: str = "continue") -> TrainConfig:
@@ -69,6 +70,7 @@ class TrainConfig:
             blur_size=params["dataset"]["blur_size"], lr=opt["lr"], momentum=opt["momentum"],
             weight_decay=opt["weight_decay"], lr_decay=opt["lr_decay"],
             lr_after_switch=lr_after_switch, augmentation=params["augmentation"],
+            init=params["model"].get("init", "kaiming"),
         )
 
 
@@ -315,7 +317,8 @@ class Trainer:
         self.device = torch.device(device)
         self.fast = fast or FastPath.for_device(self.device, model=cfg.model)
         self.model = build_model(
-            cfg.model, cfg.width, data.in_channels, data.image_size, data.num_classes, seed
+            cfg.model, cfg.width, data.in_channels, data.image_size, data.num_classes, seed,
+            cfg.init,
         ).to(self.device)
         if self.fast.channels_last:
             self.model = to_channels_last(self.model)
@@ -332,6 +335,9 @@ class Trainer:
         self.graphs = (GraphedSGD(self.optimizer, batch_size, list(self.model.parameters()),
                                   list(self.model.buffers()), self.device)
                        if self.fast.cuda_graphs else None)
+        #: ``(epoch, plan) -> plan``: reorders an epoch's samples (the batch_order
+        #: perturbation, critperiods.train.perturbation); None trains the plan as drawn.
+        self.reorder_plan: Callable[[int, EpochPlan], EpochPlan] | None = None
 
     # -- state ------------------------------------------------------------------------
     def state(self) -> dict:
@@ -375,6 +381,8 @@ class Trainer:
         epoch_phase = phase(self.epoch, switch_epoch)
         plan = epoch_plan(len(self.data.train.labels), self.seed, self.epoch,
                           self.cfg.augmentation, self.device)
+        if self.reorder_plan is not None:
+            plan = self.reorder_plan(self.epoch, plan)
         self.model.train()
         if self.graphs is not None:
             total = self.graphs.train_epoch(self, learning_rate(self.cfg, self.epoch, switch_epoch),

@@ -172,15 +172,19 @@ def get_cube_inputs(wildcards):
         if config["divergence"]["enabled"]
         else []
     )
-    return {"metrics": metrics, "llc": llc, "divergence": divergence}
+    return {"metrics": metrics, "llc": llc, "divergence": divergence,
+            "perturbation": get_perturbation_outputs()}
 
 
 def config_yaml():
     """The config recorded in the cube: everything but plot options (plots rerun alone),
-    cluster time limits (which never change a result), the toy study's keys, and where the
-    data are read from (the data's fingerprints are in the cube's provenance instead: moving
-    the data folder reruns nothing)."""
+    cluster time limits (which never change a result), the toy study's keys, the
+    perturbation section while it is off, and where the data are read from (the data's
+    fingerprints are in the cube's provenance instead: moving the data folder reruns
+    nothing)."""
     recorded = {k: v for k, v in config.items() if k not in ("plots", "runtime", "study", "toy")}
+    if not config["perturbation"]["enabled"]:
+        del recorded["perturbation"]  # off: its keys rerun nothing
     recorded["dataset"] = {k: v for k, v in config["dataset"].items() if k != "root"}
     return yaml.safe_dump(recorded, sort_keys=False)
 
@@ -244,6 +248,64 @@ if config["llc"]["enabled"]:
 if config["divergence"]["enabled"]:
     PLOT_FILES["divergence"] = f"{PLOTS}/divergence.png"
     PLOT_FILES["divergence_final"] = f"{PLOTS}/divergence_final.png"
+if config["perturbation"]["enabled"]:
+    PLOT_FILES["perturbation"] = f"{PLOTS}/perturbation.png"
+    PLOT_FILES["perturbation_growth"] = f"{PLOTS}/perturbation_growth.png"
+
+
+# -- Perturbations (perturbation.smk; critperiods.pipeline.perturbations) ---------------------
+# One job per seed group, perturbed run and perturbation epoch; one comparison per batch size
+# and schedule (critperiods.pipeline.layout).
+PERTURBED = os.path.join(RESULTS, layout.PERTURBED)
+PERTURBATION_DIVERGENCE = os.path.join(RESULTS, layout.PERTURBATION)
+# what a perturbation job does to its copies; the run and epoch are in its path
+PERTURBATION = {k: v for k, v in config["perturbation"].items()
+                if k not in ("enabled", "switch_epochs", "epochs")}
+
+
+wildcard_constraints:
+    perturb_epoch=r"\d+",
+
+
+def get_perturbation_start(wildcards):
+    """The trunk segment or branch whose complete state the twins replay from."""
+    piece, _ = plan.perturbation_start(config, wildcards.lr_schedule,
+                                       int(wildcards.switch_epoch), int(wildcards.perturb_epoch))
+    run = layout.RUN_GROUP.format(batch_size=wildcards.batch_size, group=wildcards.group)
+    return os.path.join(RESULTS, run, f"{piece}.pt")
+
+
+def get_perturbation_checkpoints(wildcards):
+    return plan.perturbation_checkpoints(config, int(wildcards.perturb_epoch))
+
+
+def perturbation_job_epochs(wildcards):
+    """Epochs a perturbation job trains (for its time limit): per seed of the group, the
+    replay, then the twin and every copy."""
+    _, start = plan.perturbation_start(config, wildcards.lr_schedule,
+                                       int(wildcards.switch_epoch), int(wildcards.perturb_epoch))
+    epoch = int(wildcards.perturb_epoch)
+    copies = len(PERTURBATION["epsilons"]) * PERTURBATION["replicates"]
+    per_seed = epoch - start + (1 + copies) * (plan.perturbation_end(config) - epoch)
+    return per_seed * len(get_seeds(wildcards))
+
+
+def get_perturbation_groups(wildcards):
+    """Every perturbation group file of one batch size and schedule (the never-blurred run's
+    is stored under continue)."""
+    return [
+        PERTURBED.format(batch_size=wildcards.batch_size, group=g, switch_epoch=k,
+                         perturb_epoch=e, lr_schedule=plan.piece_schedule(wildcards.lr_schedule, k))
+        for g in GROUPS for k in plan.perturbed_switch_epochs(config)
+        for e in plan.perturbation_epochs(config)
+    ]
+
+
+def get_perturbation_outputs():
+    if not config["perturbation"]["enabled"]:
+        return []
+    return [PERTURBATION_DIVERGENCE.format(batch_size=b, lr_schedule=r)
+            for b in GRID["batch_sizes"] for r in GRID["lr_schedules"]]
 
 
 CODE = Fingerprints(workflow.basedir)

@@ -33,6 +33,7 @@ from critperiods.measure.divergence.compare import (
     WEIGHT_METRICS,
     DivergenceConfig,
     Pair,
+    PairComparer,
     RunKey,
     Runs,
     bn_data_from,
@@ -53,7 +54,8 @@ from critperiods.measure.divergence.metrics import (
 )
 
 __all__ = ["FUNCTION_METRICS", "IDENTICAL", "METRICS", "PRODUCES", "REFERENCES", "SEEDS_ONLY",
-           "SETS", "WEIGHT_METRICS", "Barrier", "DivergenceConfig", "Pair", "ProbeOutputs",
+           "SETS", "WEIGHT_METRICS", "Barrier", "DivergenceConfig", "Pair", "PairComparer",
+           "ProbeOutputs",
            "RunKey", "Runs", "State", "WeightStats", "aligned_l2", "bn_data_from",
            "compare_runs", "interpolate", "linear_cka", "loss_barrier", "prediction_divergence",
            "probe_from_data", "probe_loss", "probe_outputs", "reset_bn_statistics",

@@ -206,8 +206,12 @@ def _barrier_epochs(runs: Runs, config: DivergenceConfig) -> dict[RunKey, set[in
             for (k, s), ckpts in runs.items() if ckpts}
 
 
-class _Comparer:
-    """Computes every requested metric of the pairs of one epoch, caching probe outputs."""
+class PairComparer:
+    """Computes every requested metric of the pairs of one epoch, caching probe outputs.
+
+    Used by :func:`compare_runs` and by the perturbation stage (copy vs twin pairs, of a
+    ``kind`` of their own: weight matching and aligned barriers are only for ``seeds``).
+    """
 
     def __init__(self, make_model: Callable[[], nn.Module], probe: tuple[Tensor, Tensor],
                  bn_data: Tensor | None, config: DivergenceConfig,
@@ -353,7 +357,7 @@ def compare_runs(runs: Runs, make_model: Callable[[], nn.Module], probe: tuple[T
     """
     config = config or DivergenceConfig()
     switches, seeds, epochs = _axes(runs)
-    comparer = _Comparer(make_model, probe, bn_data, config, _barrier_epochs(runs, config))
+    comparer = PairComparer(make_model, probe, bn_data, config, _barrier_epochs(runs, config))
     store = _Store(switches, seeds, epochs, config.variables())
     bar = tqdm(epochs, desc="divergence", disable=not progress)
     for e_index, epoch in enumerate(bar):

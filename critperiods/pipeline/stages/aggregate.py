@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,16 @@ from critperiods.results.cube import build_cube
 
 def aggregate(cube_path: str, summary_path: str, config_path: str, *, metrics: list[str],
               llc: list[str], divergence: list[str], grid: dict, epochs_after_switch: int,
-              training: dict, analysis: dict, config_yaml: str, code: str) -> None:
-    """Assemble the cube from the groups' metrics, the pieces' λ̂ and the divergences; write
-    it, the critical-period table (CSV) and the config that made it."""
+              training: dict, analysis: dict, config_yaml: str, code: str,
+              perturbation: Sequence[str] = ()) -> None:
+    """Assemble the cube from the groups' metrics, the pieces' λ̂, the divergences and the
+    perturbation comparisons; write it, the critical-period table (CSV) and the config that
+    made it."""
     cube = build_cube(metrics_files=metrics, llc_files=llc, grid=grid,
                       epochs_after_switch=epochs_after_switch, training=training,
-                      config_yaml=config_yaml, divergence_files=divergence, analysis=analysis)
-    cube.attrs.update(cube_attrs([*metrics, *llc, *divergence], code))
+                      config_yaml=config_yaml, divergence_files=divergence, analysis=analysis,
+                      perturbation_files=perturbation)
+    cube.attrs.update(cube_attrs([*metrics, *llc, *divergence, *perturbation], code))
     write_netcdf(cube, cube_path)
     write_atomic(summary_path, lambda tmp: to_csv(cube, tmp))
     write_atomic(config_path, lambda tmp: Path(tmp).write_text(config_yaml))
@@ -30,7 +34,8 @@ def run(sm: Any) -> None:
     setup(sm)
     aggregate(sm.output.cube, sm.output.summary, sm.output.config,
               metrics=list(sm.input.metrics), llc=list(sm.input.get("llc", [])),
-              divergence=list(sm.input.get("divergence", [])), grid=sm.params.grid,
+              divergence=list(sm.input.get("divergence", [])),
+              perturbation=list(sm.input.get("perturbation", [])), grid=sm.params.grid,
               epochs_after_switch=sm.params.epochs_after_switch, training=sm.params.training,
               analysis=sm.params.analysis, config_yaml=sm.params.config_yaml,
               code=sm.params.code)

@@ -1,0 +1,268 @@
+"""The perturbation stage: twins equal the stored runs, a zero perturbation changes no bit,
+a group file holds every seed of its group, and the comparison lays every copy out against
+its twin."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from critperiods.measure import perturbation_divergence as pdiv
+from critperiods.pipeline.checkpoints import checkpoint_map, load_piece, member
+from critperiods.pipeline.perturbations import load_group, perturb_group
+from critperiods.pipeline.plan import perturbation_start
+from critperiods.pipeline.stages.perturbation_divergence import compare_groups
+from critperiods.pipeline.trajectories import PieceSpec, train_piece
+from critperiods.train import perturbation as pt
+from critperiods.train.training import NEVER
+
+HASH = "testhash0002"
+BS, SEEDS, SWITCH, END = 32, (3, 4), 2, 5  # a group of two seeds, trained one at a time
+CKPTS = (1, 2, 3, 4, 5)
+DIVERGENCE = {"probe_size": 32, "metrics": ["l2", "l2_rel", "l2_aligned", "disagreement", "kl",
+                                            "acc_gap", "barrier"],
+              "barrier_epochs": None, "barrier_alphas": 3, "matching_iterations": 5,
+              "bn_reset_batches": 1, "batch_size": 32}
+
+
+@pytest.fixture(scope="module")
+def pieces(tmp_path_factory, data):
+    """Trunk segments e0, e2 and the branch switch2 → e5 of each seed, as the workflow trains
+    them with ``train.seeds_per_job: 1``; the group's pieces (``seeds3_4``) hold both seeds'
+    members, as a stacked job writes them."""
+    cfg = _cfg()
+    root = tmp_path_factory.mktemp("pieces")
+    for seed in SEEDS:
+        prev = None
+        for e in (0, 2):
+            out = root / f"seed{seed}/trunk/e{e}.pt"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            inside = frozenset(c for c in CKPTS if (e - 2 if e else -1) < c <= e)
+            train_piece(PieceSpec(BS, (seed,), NEVER, e, inside), cfg, HASH, data, prev, out,
+                        progress=False)
+            prev = out
+        branch = root / f"seed{seed}/continue/switch{SWITCH}.pt"
+        branch.parent.mkdir()
+        train_piece(PieceSpec(BS, (seed,), SWITCH, END, frozenset(c for c in CKPTS if c > SWITCH),
+                              lr_schedule="continue"), cfg, HASH, data, prev, branch,
+                    progress=False)
+    for piece in ("trunk/e0", "trunk/e2", f"continue/switch{SWITCH}"):
+        loaded = [load_piece(root / f"seed{s}/{piece}.pt", HASH) for s in SEEDS]
+        out = root / f"group/{piece}.pt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({**loaded[0], "identity": {**loaded[0]["identity"], "seeds": list(SEEDS)},
+                    "members": [m for p in loaded for m in p["members"]]}, out)
+    return root
+
+
+def _cfg():
+    from critperiods.train.training import TrainConfig
+
+    return TrainConfig(model="small_cnn", width=4, blur_size=4, lr=0.05, momentum=0.9,
+                       weight_decay=5e-4, lr_decay=0.9, augmentation=True)
+
+
+def _group(pieces, data, root, epoch: int, pert: pt.Perturbation, seeds=SEEDS):
+    config = {"trunk_stride": 2, "epochs_after_switch": END - SWITCH}
+    start, start_epoch = perturbation_start(config, "continue", SWITCH, epoch)
+    runs = [pt.PerturbedRun(BS, s, "continue", SWITCH, epoch, END,
+                            tuple(c for c in CKPTS if c > epoch)) for s in seeds]
+    label = f"seed{seeds[0]}" if len(seeds) == 1 else "seeds" + "_".join(map(str, seeds))
+    out = root / f"perturbations/bs{BS}/{label}/continue/switch{SWITCH}/e{epoch}.pt"
+    source = pieces / ("group" if len(seeds) > 1 else f"seed{seeds[0]}") / f"{start}.pt"
+    perturb_group(runs, pert, _cfg(), HASH, data, source, out, progress=False)
+    return out, start_epoch
+
+
+@pytest.fixture(scope="module")
+def groups(pieces, data, tmp_path_factory):
+    """Run switch2 perturbed inside the blurred phase (epoch 1: replayed from trunk e0) and
+    after the switch (epoch 3: replayed from the branch start, trunk e2)."""
+    root = tmp_path_factory.mktemp("groups")
+    pert = pt.Perturbation(epsilons=(0.0, 0.05), replicates=1, steps=10)
+    return {e: _group(pieces, data, root, e, pert) for e in (1, 3)}
+
+
+@pytest.mark.parametrize("epoch", [1, 3])
+def test_a_zero_perturbation_reproduces_the_twin_and_the_stored_run_bit_for_bit(
+        pieces, groups, epoch):
+    out, start = groups[epoch]
+    assert start == (0 if epoch == 1 else SWITCH)
+    payload = load_group(out, HASH)
+    assert payload["identity"]["seeds"] == list(SEEDS)
+    assert [m["seed"] for m in payload["members"]] == list(SEEDS)
+    for seed in SEEDS:
+        _twin_and_zero_copy_are_the_stored_run(pieces, member(payload, seed), seed, epoch)
+
+
+def _twin_and_zero_copy_are_the_stored_run(pieces, run: dict, seed: int, epoch: int) -> None:
+    stored = {**checkpoint_map(member(load_piece(pieces / "group/trunk/e2.pt", HASH), seed)),
+              **checkpoint_map(member(load_piece(pieces / f"group/continue/switch{SWITCH}.pt",
+                                                 HASH), seed))}
+    twin = checkpoint_map({"checkpoints": run["twin"]})
+    assert sorted(twin) == [c for c in CKPTS if c > epoch]
+    zero, nudged = run["copies"]
+    assert (zero["epsilon"], nudged["epsilon"]) == (0.0, 0.05)
+    for e, ckpt in twin.items():
+        for k, v in ckpt["model"].items():
+            assert torch.equal(v, stored[e]["model"][k]), (e, k)  # twin = stored run
+        copy = checkpoint_map(zero)[e]["model"]
+        assert all(torch.equal(copy[k], v) for k, v in ckpt["model"].items())  # ε = 0
+        assert not all(torch.equal(checkpoint_map(nudged)[e]["model"][k], v)
+                       for k, v in ckpt["model"].items())
+    assert torch.all(zero["step_l2"] == 0)
+    assert float(nudged["step_l2"][0]) == pytest.approx(0.05, rel=1e-4)
+    assert torch.all(nudged["step_l2"][1:] > 0)
+
+
+def test_a_batch_swap_changes_nothing_before_its_first_swapped_batch(pieces, data, tmp_path):
+    pert = pt.Perturbation(kind="batch_order", epsilons=(0.0, 1.0), replicates=1, steps=6)
+    out, _ = _group(pieces, data, tmp_path, 3, pert, seeds=SEEDS[:1])
+    (run,) = load_group(out, HASH)["members"]
+    zero, swapped = run["copies"]
+    assert (zero["epsilon"], swapped["epsilon"]) == (0, 1)
+    assert torch.all(zero["step_l2"] == 0)
+    d = swapped["step_l2"].numpy()
+    assert d[0] == 0 and d[-1] > 0
+    first = int(np.flatnonzero(d > 0)[0])
+    assert np.all(d[first:] > 0)  # once apart, never exactly together again
+
+
+def test_the_comparison_lays_out_every_copy_against_its_twin(groups, data):
+    files = [out for out, _ in groups.values()]
+    ds = compare_groups(files, HASH, _cfg(), data, DIVERGENCE, progress=False)
+    for name in ("perturb_l2", "perturb_l2_aligned", "perturb_disagreement", "perturb_barrier"):
+        assert ds[name].dims == ("switch_epoch", "seed", "perturb_epoch", "epsilon",
+                                 "replicate", "epoch"), name
+        assert ds[name].attrs["long_name"].endswith("its unperturbed twin)")
+    assert list(ds.perturb_epoch.values) == [1, 3] and list(ds.epsilon.values) == [0.0, 0.05]
+    assert list(ds.seed.values) == list(SEEDS)
+    seed = SEEDS[1]  # the second member of the group
+    l2 = ds.perturb_l2.sel(switch_epoch=SWITCH, seed=seed)
+    assert float(l2.sel(epsilon=0.0).max()) == 0.0
+    assert bool((l2.sel(epsilon=0.05, perturb_epoch=1, epoch=[2, 3, 4, 5]) > 0).all())
+    assert bool(l2.sel(perturb_epoch=3, epoch=[2, 3]).isnull().all())  # before the nudge
+    aligned = ds.perturb_l2_aligned.sel(switch_epoch=SWITCH, seed=seed, epsilon=0.05)
+    assert bool((aligned <= l2.sel(epsilon=0.05) + 1e-9).where(aligned.notnull(), True).all())
+    barrier = ds.perturb_barrier.sel(switch_epoch=SWITCH, seed=seed, epsilon=0.05)
+    assert barrier.sel(epoch=END).notnull().all() and barrier.sel(epoch=4).isnull().all()
+    steps = ds.perturb_step_l2.sel(switch_epoch=SWITCH, seed=seed, epsilon=0.05)
+    assert np.allclose(steps.sel(step=0), 0.05, rtol=1e-4)
+    rate = ds.perturb_early_rate.sel(switch_epoch=SWITCH, seed=seed)
+    assert rate.sel(epsilon=0.0).isnull().all() and rate.sel(epsilon=0.05).notnull().all()
+    form = ds.perturb_l2_growth_form.sel(switch_epoch=SWITCH, seed=seed, epsilon=0.05)
+    assert form.dtype == np.int8 and bool((form.sel(perturb_epoch=1) >= 0).all())
+    change = ds.perturb_accuracy_change.sel(switch_epoch=SWITCH, seed=seed)
+    assert float(abs(change.sel(epsilon=0.0)).max()) == 0.0
+
+
+def test_early_rate_is_the_slope_of_the_log_distance() -> None:
+    steps = np.arange(50)
+    assert pdiv.early_rate(steps, 1e-3 * np.exp(0.07 * steps)) == pytest.approx(0.07)
+    assert np.isnan(pdiv.early_rate(steps, np.zeros(50)))
+
+
+def test_an_unknown_kind_names_the_key() -> None:
+    with pytest.raises(ValueError, match="perturbation.kind"):
+        replace(pt.Perturbation(), kind="noise")
+
+
+# --- planning and the critical-period link -----------------------------------------------------
+
+
+def _config(**perturbation) -> dict:
+    return {"grid": {"switch_epochs": [0, 4, 8], "batch_sizes": [32], "seeds": [0],
+                     "lr_schedules": ["continue"]},
+            "trunk_stride": 4, "epochs_after_switch": 6,
+            "checkpoints": {"every": 2, "epochs": None},
+            "perturbation": {"enabled": True, "epochs": [2], "epsilons": [0.01],
+                             "kind": "weights", **perturbation}}
+
+
+def test_the_twin_starts_from_the_latest_complete_state_on_its_path() -> None:
+    config = _config()
+    assert perturbation_start(config, "continue", 8, 6) == ("trunk/e4", 4)  # blurred phase
+    assert perturbation_start(config, "continue", 8, 8) == ("trunk/e8", 8)  # at the switch
+    assert perturbation_start(config, "restart", 8, 11) == ("trunk/e8", 8)  # branch start
+    assert perturbation_start(config, "continue", 0, 3) == ("trunk/e0", 0)  # never blurred
+    assert perturbation_start(config, "continue", 0, 9) == ("continue/switch0", 6)  # past its end
+
+
+def test_copies_are_compared_at_the_checkpoints_after_the_nudge_and_at_the_end() -> None:
+    from critperiods.pipeline.plan import (
+        perturbation_checkpoints,
+        perturbation_end,
+        perturbation_epochs,
+        perturbed_switch_epochs,
+    )
+
+    config = _config()
+    assert perturbation_end(config) == 14
+    assert perturbation_checkpoints(config, 5) == [6, 8, 10, 12, 14]
+    assert perturbed_switch_epochs(config) == [0, 8]
+    assert perturbed_switch_epochs(_config(switch_epochs=[4])) == [4]
+    assert perturbation_epochs(config) == [2] and perturbation_epochs(_config(epochs=None)) == [
+        0, 4, 8]
+
+
+@pytest.mark.parametrize(("perturbation", "expected"), [
+    ({"switch_epochs": [5]}, "perturbation.switch_epochs: [5]"),
+    ({"epochs": [2, 14]}, "perturbation.epochs: [14]"),
+    ({"kind": "batch_order", "epsilons": [1.5]}, "whole number"),
+    ({"epsilons": []}, "perturbation.epsilons: empty"),
+])
+def test_inconsistent_perturbation_settings_name_the_key(perturbation, expected) -> None:
+    from critperiods.pipeline.plan import ConfigError, check_perturbation
+
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        check_perturbation(_config(**perturbation))
+    check_perturbation(_config(enabled=False, **perturbation))  # off: nothing to check
+
+
+def _synthetic_cube(end: float) -> xr.Dataset:
+    """Run 8: L2 / epsilon of 10 at the end for nudges before epoch 7 and of 2 after; at a
+    delay of 2 epochs, 4 and 2. The never-blurred run (0): half of that."""
+    epochs, nudges = [4, 8, 12], [2, 6, 10]
+    l2 = np.full((1, 1, 2, 2, 3, 1, 1, 3), np.nan)
+    for p, e in enumerate(nudges):
+        for j, t in enumerate(epochs):
+            if t > e:
+                l2[..., p, :, :, j] = 0.01 * (2.0 if e > 7 else 4.0 if t == e + 2 else 10.0)
+    l2[:, :, 0] /= 2
+    dims = ("batch_size", "lr_schedule", "switch_epoch", "seed", "perturb_epoch", "epsilon",
+            "replicate", "epoch")
+    return xr.Dataset(
+        {"perturb_l2": (dims, l2),
+         "critical_period_end": (("batch_size", "lr_schedule"), [[end]])},
+        coords={"batch_size": [32], "lr_schedule": ["continue"], "switch_epoch": [0, 8],
+                "seed": [0, 1], "perturb_epoch": nudges, "epsilon": [0.01], "replicate": [0],
+                "epoch": epochs})
+
+
+def test_the_sensitivity_ratio_compares_nudges_before_and_after_the_critical_period_end():
+    from critperiods.results.perturbation_summary import perturbation_summary, verdict_lines
+
+    cube = _synthetic_cube(7.0)
+    summary = perturbation_summary(cube)
+    run = summary.sel(batch_size=32, lr_schedule="continue")
+    assert float(run.perturb_cp_ratio.sel(switch_epoch=8)) == pytest.approx(5.0)
+    assert float(run.perturb_cp_ratio_delay.sel(switch_epoch=8)) == pytest.approx(2.0)
+    np.testing.assert_allclose(run.perturb_cp_ratio_seeds.sel(switch_epoch=8), [5.0, 5.0])
+    assert float(run.perturb_cp_ratio.sel(switch_epoch=0)) == pytest.approx(5.0)
+    lasting = run.perturb_lasting_l2.sel(switch_epoch=8, epsilon=0.01)
+    np.testing.assert_allclose(lasting, [0.1, 0.1, 0.02])
+    np.testing.assert_allclose(run.perturb_blur_ratio.sel(switch_epoch=8), [2.0, 2.0, 2.0])
+    assert bool(run.perturb_blur_ratio.sel(switch_epoch=0).isnull().all())
+    assert float(run.perturb_drop_epoch.sel(switch_epoch=8)) == pytest.approx(8.5)  # 10 → 2
+    lines = verdict_lines(cube.merge(summary))
+    assert any("run blurred until epoch 8" in line and "carries further" in line
+               for line in lines)
+    assert any("inside its blurred phase (epochs 2, 6) 2×" in line for line in lines)
+    unknown = perturbation_summary(_synthetic_cube(np.nan))
+    assert bool(unknown.perturb_cp_ratio.isnull().all())
+    assert "no critical-period end" in unknown.perturb_cp_ratio.attrs["missing"]
