@@ -18,10 +18,13 @@ rule perturb:
     threads: THREADS
     resources:
         gpu=1,
+        mem_mb=per_attempt(16000),
         runtime=runtime_minutes(perturbation_job_epochs, "minutes_per_epoch"),
     log:
         f"{LOGS}/perturb/bs{{batch_size}}_{{group}}_{{lr_schedule}}_switch{{switch_epoch}}"
         "_e{perturb_epoch}.log",
+    conda:
+        "../envs/critperiods.yaml"
     script:
         "../../scripts/perturb.py"
 
@@ -40,7 +43,11 @@ rule perturbation_divergence:
     threads: THREADS
     resources:
         gpu=1,
+        mem_mb=per_attempt(16000),
+        runtime=per_attempt(120),
     log:
         f"{LOGS}/perturbation/bs{{batch_size}}_{{lr_schedule}}.log",
+    conda:
+        "../envs/critperiods.yaml"
     script:
         "../../scripts/perturbation_divergence.py"
