@@ -19,7 +19,7 @@ from critperiods.pipeline.plan import perturbation_start
 from critperiods.pipeline.stages.perturbation_divergence import compare_groups
 from critperiods.pipeline.trajectories import PieceSpec, train_piece
 from critperiods.train import perturbation as pt
-from critperiods.train.training import NEVER
+from critperiods.train.training import ALWAYS_BLURRED
 
 HASH = "testhash0002"
 BS, SEEDS, SWITCH, END = 32, (3, 4), 2, 5  # a group of two seeds, trained one at a time
@@ -43,7 +43,7 @@ def pieces(tmp_path_factory, data):
             out = root / f"seed{seed}/trunk/e{e}.pt"
             out.parent.mkdir(parents=True, exist_ok=True)
             inside = frozenset(c for c in CKPTS if (e - 2 if e else -1) < c <= e)
-            train_piece(PieceSpec(BS, (seed,), NEVER, e, inside), cfg, HASH, data, prev, out,
+            train_piece(PieceSpec(BS, (seed,), ALWAYS_BLURRED, e, inside), cfg, HASH, data, prev, out,
                         progress=False)
             prev = out
         branch = root / f"seed{seed}/continue/switch{SWITCH}.pt"
