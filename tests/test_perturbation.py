@@ -43,8 +43,8 @@ def pieces(tmp_path_factory, data):
             out = root / f"seed{seed}/trunk/e{e}.pt"
             out.parent.mkdir(parents=True, exist_ok=True)
             inside = frozenset(c for c in CKPTS if (e - 2 if e else -1) < c <= e)
-            train_piece(PieceSpec(BS, (seed,), ALWAYS_BLURRED, e, inside), cfg, HASH, data, prev, out,
-                        progress=False)
+            train_piece(PieceSpec(BS, (seed,), ALWAYS_BLURRED, e, inside), cfg, HASH, data,
+                        prev, out, progress=False)
             prev = out
         branch = root / f"seed{seed}/continue/switch{SWITCH}.pt"
         branch.parent.mkdir()
