@@ -396,3 +396,20 @@ def test_runs_at_chance_accuracy_are_named() -> None:
     (line,) = an.runs_at_chance(cube)
     assert f"switch epoch {where['switch_epoch']:g}" in line and f"seed {where['seed']:g}" in line
     assert line.startswith(f"batch {where['batch_size']:g}")
+
+
+def test_plots_draw_an_end_only_where_a_deficit_survives() -> None:
+    """A hinge kink fitted where the deficit's interval reaches 0 is noise: not drawn."""
+    from critperiods.results.plots import _located_end
+
+    coords = {"batch_size": [64, 128], "lr_schedule": ["continue", "restart"],
+              "bound": ["lower", "upper"]}
+    cube = xr.Dataset({
+        "critical_period_end": (("batch_size", "lr_schedule"), [[6.0, 4.0], [5.0, 7.0]]),
+        "permanent_deficit_interval": (("batch_size", "lr_schedule", "bound"),
+                                       [[[0.03, 0.04], [-0.007, 0.008]],
+                                        [[0.05, 0.07], [0.002, 0.01]]]),
+    }, coords=coords)
+    assert _located_end(cube, 64, "continue") == 6.0
+    assert np.isnan(_located_end(cube, 64, "restart"))
+    assert _located_end(cube, 128, "restart") == 7.0

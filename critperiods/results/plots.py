@@ -36,6 +36,20 @@ def _sel(da: xr.DataArray, **where) -> xr.DataArray:
     return da.sel(**{k: v for k, v in where.items() if k in da.dims})
 
 
+def _located_end(cube: xr.Dataset, batch_size, lr_schedule) -> float:
+    """The critical-period end of one cell, or NaN where there is no deficit to locate: the
+    permanent deficit's interval reaches 0 (a hinge kink fitted to noise is not drawn)."""
+    if "critical_period_end" not in cube:
+        return float("nan")
+    end = float(_sel(cube.critical_period_end, batch_size=batch_size, lr_schedule=lr_schedule))
+    if "permanent_deficit_interval" in cube:
+        lo = _sel(cube.permanent_deficit_interval, batch_size=batch_size,
+                  lr_schedule=lr_schedule).values[0]
+        if not lo > 0:
+            return float("nan")
+    return end
+
+
 def _seeds_note(cube: xr.Dataset) -> str:
     n = int(cube.sizes.get("seed", 1))
     return f"{n} seed{'s' if n != 1 else ''}"
@@ -53,9 +67,7 @@ def critical_period(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
             cell = _sel(acc, batch_size=b, lr_schedule=r)
             ax.errorbar(cube.switch_epoch, cell.mean("seed"), yerr=cell.std("seed"), marker="o",
                         capsize=3, color=color, label=f"batch {b}")
-            if "critical_period_end" not in cube:
-                continue
-            end = float(_sel(cube.critical_period_end, batch_size=b, lr_schedule=r))
+            end = _located_end(cube, b, r)
             if np.isfinite(end):
                 ax.axvline(end, color=color, ls="--", lw=1)
                 lo, hi = _sel(cube.critical_period_end_interval, batch_size=b,
@@ -67,7 +79,8 @@ def critical_period(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         ax.legend(fontsize=8)
     axes[0].set_ylabel("final sharp test accuracy (%)")
     fig.suptitle(f"Permanent deficit vs switch epoch (mean ± std over {_seeds_note(cube)}; "
-                 "dashed: estimated end, band: its interval)", fontsize=10)
+                 "dashed: estimated end where a deficit survives, band: its interval)",
+                 fontsize=10)
     _save(fig, path, dpi)
 
 
@@ -275,7 +288,7 @@ def perturbation(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                         **_run_style(k, runs))
                 if k > 0:
                     ax.axvline(k, color=f"C{j}", ls=":", lw=1)
-            end = float(_sel(cube.critical_period_end, batch_size=b, lr_schedule=r))
+            end = _located_end(cube, b, r)
             if np.isfinite(end):
                 ax.axvline(end, color="0.3", ls="--", lw=1.2, label="critical-period end")
                 lo, hi = _sel(cube.critical_period_end_interval, batch_size=b,
