@@ -40,7 +40,7 @@ test: $(STAMP)
 # snakemake --lint exits 1 on any finding (e.g. a rule without a conda env); it checks the
 # workflow with the default config and with the toy study's.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check critperiods scripts tests bench
+	$(VENV)/bin/ruff check critperiods scripts tests bench tools
 	$(SMK) --lint
 	$(SMK) --lint --configfile configs/toy_landscapes.yaml
 

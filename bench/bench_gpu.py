@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import statistics
 import sys
@@ -590,11 +591,13 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
                             step_size=1e-5, gamma=1000.0, batch_size=sizes.llc_batch)
         variants: dict[str, Callable[[], float]] = {}
 
-        def ours(chains: int, layout: str, graphs: bool, c=cfg, m=net, d=data):
+        def ours(chains: int, layout: str, graphs: bool, precision: str = "float32", c=cfg,
+                 m=net, d=data):
             def timed(warm: bool = False) -> float:
                 saved = folded.LAYOUT_OVERRIDE, sampler.SGLD_CUDA_GRAPHS
                 folded.LAYOUT_OVERRIDE, sampler.SGLD_CUDA_GRAPHS = layout, graphs
-                conf = replace(c, chains=chains, **({"burn_in": 1, "draws": 3} if warm else {}))
+                conf = replace(c, chains=chains, precision=precision,
+                               **({"burn_in": 1, "draws": 3} if warm else {}))
                 try:
                     sync(device)
                     start = time.perf_counter()
@@ -608,6 +611,8 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
         for chains in sizes.chains:
             for layout in ("batch", "channels"):
                 variants[f"{chains} chains, graphed, {layout} layout"] = ours(chains, layout, True)
+            variants[f"{chains} chains, graphed, batch layout, bf16 passes"] = ours(
+                chains, "batch", True, "bfloat16")
         variants[f"{sizes.chains[0]} chains, eager (before), channels layout"] = ours(
             sizes.chains[0], "channels", False)
         if devinterp:
@@ -638,7 +643,8 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
                  for key, err in errors.items()]
         _free(device)
     lines = ["## λ̂: SGLD chains (batch per chain "
-             f"{sizes.llc_batch}, n = {sizes.llc_samples}, float32 chain state)", "",
+             f"{sizes.llc_batch}, n = {sizes.llc_samples}, float32 chain state; `bf16 passes` = "
+             "`llc.precision: bfloat16`)", "",
              "| model | sampler | steps | seconds (median) | ms per step |",
              "|---|---|---|---|---|", *rows, ""]
     return lines, raw
@@ -657,16 +663,24 @@ def run_devinterp13(model, data, cfg, device: torch.device) -> float:
     n = x.shape[0]
 
     class Batches(torch.utils.data.Dataset):
+        """Whole minibatches straight from the device tensors: ``__getitems__`` takes a batch's
+        indices at once, so there is no per-sample collation."""
+
         def __len__(self) -> int:
             return n
 
-        def __getitem__(self, idx):
+        def __getitems__(self, idx: list[int]):
             idx = torch.as_tensor(idx, device=x.device)
             return x[idx], y[idx]
 
-    sampler = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(range(n)),
-                                            cfg.batch_size, drop_last=True)
-    loader = torch.utils.data.DataLoader(Batches(), sampler=sampler, batch_size=None)
+    # A real ``batch_size``: devinterp 1.3.2 evaluates ``default_nbeta(loader)``, i.e.
+    # ``loader.batch_size * grad_accum_steps``, even when ``nbeta`` is passed (a TypeError
+    # with ``batch_size=None``, which is what the first GPU run hit).
+    loader = torch.utils.data.DataLoader(Batches(), batch_size=cfg.batch_size, shuffle=True,
+                                         drop_last=True, collate_fn=lambda batch: batch)
+    with torch.no_grad():  # L_n(w*) on all n samples, as ours does (outside the timing)
+        init_loss = float(sum(F.cross_entropy(model(x[i:i + 1024]), y[i:i + 1024],
+                                              reduction="sum") for i in range(0, n, 1024)) / n)
 
     def evaluate(m, batch):
         return F.cross_entropy(m(batch[0]), batch[1])
@@ -680,7 +694,8 @@ def run_devinterp13(model, data, cfg, device: torch.device) -> float:
             optimizer_kwargs={"lr": cfg.step_size, "nbeta": n / math.log(n),
                               "localization": cfg.gamma},
             num_chains=cfg.chains, num_draws=cfg.draws, num_burnin_steps=cfg.burn_in,
-            num_steps_bw_draws=1, init_loss=0.0, device=device, online=False, verbose=False)
+            num_steps_bw_draws=1, init_loss=init_loss, device=device, online=False,
+            verbose=False)
         sync(device)
         return time.perf_counter() - start
 
@@ -703,6 +718,16 @@ def section_cost(raw_stacked: dict, raw_training: dict, sizes: Sizes) -> list[st
             hours = epochs * images / m[name] / 3600
             lines.append(f"* one seed per job, {name}, at batch 128's rate: **{hours:.1f} "
                          "GPU-hours**")
+    measured = {int(key.split(" b")[1]): med(v["images_per_s"][v["default"]])
+                for key, v in raw_training.items() if key.startswith("all_cnn_c b")}
+    if measured:
+        batches = config["grid"]["batch_sizes"]
+        hours = sum(epochs / len(batches) * images / rate_at(b, measured) / 3600
+                    for b in batches)
+        lines.append(f"* one seed per job, the default, each of the grid's batch sizes "
+                     f"{batches} at its own rate (log-log interpolated between the measured "
+                     f"batches {sorted(measured)}, the nearest one beyond them): "
+                     f"**{hours:.1f} GPU-hours**")
     stacked = raw_stacked.get("all_cnn_c b128")
     if stacked and "5 seeds" in stacked:
         rate = med(stacked["5 seeds"])
@@ -711,6 +736,20 @@ def section_cost(raw_stacked: dict, raw_training: dict, sizes: Sizes) -> list[st
     elif stacked is None:
         lines.append("* stacked: not measured in this run")
     return lines + [""]
+
+
+def rate_at(batch: int, rates: dict[int, float]) -> float:
+    """Images/s at ``batch`` from rates measured at other batch sizes: linear in
+    log(batch) vs log(rate) between the two nearest, the nearest one's beyond them."""
+    known = sorted(rates)
+    if batch <= known[0] or batch >= known[-1]:
+        return rates[known[0] if batch <= known[0] else known[-1]]
+    hi = next(b for b in known if b >= batch)
+    lo = max(b for b in known if b <= batch)
+    if hi == lo:
+        return rates[lo]
+    t = math.log(batch / lo) / math.log(hi / lo)
+    return math.exp((1 - t) * math.log(rates[lo]) + t * math.log(rates[hi]))
 
 
 def _merge(base: dict, over: dict) -> None:

@@ -7,8 +7,9 @@
   summary instead.
 * ``calibrate-llc PIECE --epoch E`` — sweep the SGLD step size at one checkpoint and plot
   the running λ̂ per setting, to choose ``llc.step_size``.
-* ``cost [CONFIG …]`` — epochs of SGD a grid costs with and without trunk sharing, its
-  images, and the time on the reference CPU and GPU.
+* ``cost [CONFIG …]`` (or ``--configfile CONFIG …``) — epochs of SGD a grid costs with and
+  without trunk sharing (and the perturbation experiment's), its images, the time on the
+  reference CPU and GPU, and the jobs per rule a fresh run plans.
 * ``provenance CUBE`` — which pieces of a cube came from which code and data version; exits
   with 1, naming the stage, where one stage's results come from more than one version.
 * ``--version``.
@@ -58,8 +59,9 @@ def _open_cube_or_exit(path: str) -> object:
 
 
 def summarize(args: argparse.Namespace) -> int:
-    from critperiods.results.analysis import (
-        critical_period_summary,
+    from critperiods.results.summary import critical_period_summary
+    from critperiods.results.tables import (
+        diverged_sentence,
         format_table,
         llc_flag_counts,
         restart_verdicts,
@@ -76,18 +78,22 @@ def summarize(args: argparse.Namespace) -> int:
             summary_csv(cube, args.csv)
             print(f"wrote {args.csv}")
         return 0
-    summary = (cube if "critical_period_end" in cube and not args.recompute
+    diverged = runs_at_chance(cube)
+    # a cube written before the run_diverged flag has statistics with its diverged runs in
+    stale = bool(diverged) and "run_diverged" not in cube
+    summary = (cube if "critical_period_end" in cube and not args.recompute and not stale
                else critical_period_summary(cube, n_boot=args.n_boot))
+    if stale and not args.recompute:
+        print("(statistics recomputed: this cube predates the run_diverged flag and its "
+              "stored statistics include the diverged runs)\n")
     print(format_table(summary))
     verdicts = restart_verdicts(summary)
     if verdicts:
         print("\ndoes the permanent deficit survive restarting the learning rate at the switch?")
         for b, verdict in verdicts.items():
             print(f"  batch {b:g}: {verdict}")
-    diverged = runs_at_chance(cube)
     if diverged:
-        print(f"\nruns at chance accuracy (diverged; still in the means and fits above): "
-              f"{len(diverged)}")
+        print(f"\n{diverged_sentence(len(diverged))}:")
         for run in diverged:
             print(f"  {run}")
     counts = llc_flag_counts(cube)
@@ -169,16 +175,24 @@ def cost(args: argparse.Namespace) -> int:
     from critperiods.pipeline.cost import describe, grid_cost
     from critperiods.pipeline.plan import epochs_trained
 
-    config = _load_config(args.configfile)
+    config = _load_config([*args.configfile, *args.configfiles])
     shared, scratch = epochs_trained(config, True), epochs_trained(config, False)
     print(f"{config['experiment']}: {shared} epochs with trunk sharing, {scratch} training "
           f"every run from scratch ({_times(scratch, shared)})")
-    for device in ("cpu", "cuda"):
-        found = grid_cost(config, device)
-        if device == "cpu":
-            print(f"  {found.images / 1e6:,.1f} M training images, "
-                  f"{found.llc_images / 1e6:,.1f} M images through SGLD steps")
-        print(f"  {describe(found, device)}")
+    found = {device: grid_cost(config, device) for device in ("cpu", "cuda")}
+    cpu = found["cpu"]
+    if cpu.perturbation_epochs:
+        print(f"  perturbations: {cpu.perturbation_epochs} more epochs (each seed's replay to "
+              "the perturbation epoch, its twin and its copies)")
+    print(f"  {cpu.images / 1e6:,.1f} M training images, "
+          f"{cpu.llc_images / 1e6:,.1f} M images through SGLD steps"
+          + (f", {cpu.perturbation_images / 1e6:,.1f} M through perturbed copies and twins"
+             if cpu.perturbation_epochs else ""))
+    for device, cost_on in found.items():
+        print(f"  {describe(cost_on, device)}")
+    print(f"  {'jobs per rule':<25} {'cpu':>5} {'cuda':>5}")
+    for rule in cpu.rules:
+        print(f"    {rule:<23} {cpu.rules[rule]:>5} {found['cuda'].rules[rule]:>5}")
     return 0
 
 
@@ -248,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("cost", help="epochs, images and time a grid costs (trunk sharing on)")
     p.add_argument("configfile", nargs="*", default=[],
                    help="configs laid over config.yaml (none: the default experiment)")
+    p.add_argument("--configfile", nargs="+", default=[], dest="configfiles",
+                   help="the same, spelled as for snakemake")
     p.set_defaults(func=cost)
 
     p = sub.add_parser("provenance",

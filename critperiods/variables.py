@@ -48,6 +48,7 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
     # aggregate: from the evaluations
     "phase_sharp": ("true where the epoch's checkpoint was last trained on sharp data", "1"),
     "final_test_accuracy": ("sharp test accuracy at the run's last epoch", "1"),
+    "run_diverged": ("run diverged to chance accuracy (left out of means and fits)", "1"),
     # llc: per checkpoint, and the sampler's settings
     "llc_mean": ("local learning coefficient, mean over healthy SGLD chains", "1"),
     "llc_std": ("local learning coefficient, std over healthy SGLD chains", "1"),
@@ -65,6 +66,8 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
     "llc_burn_in": ("SGLD draws per chain discarded as burn-in", "1"),
     "llc_step_size": ("SGLD step size epsilon", "1"),
     "llc_gamma": ("SGLD localisation strength gamma", "1"),
+    "llc_bf16": ("whether the SGLD forward and backward passes ran in bf16 autocast (1) or "
+                 "float32 (0); the chains' state is float32 either way", "1"),
     # aggregate: the critical-period summary, per (batch_size, lr_schedule)
     "critical_period_end": ("end of the critical period (hinge kink), in epochs", "1"),
     "critical_period_slope": ("final accuracy lost per epoch of delay after the kink", "1"),
@@ -77,6 +80,7 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
                                "never-blurred run", "1"),
     "divergence_drop_epoch": ("switch epoch where the distance to the always-blurred run at "
                               "the horizon halves", "1"),
+    "diverged_runs": ("runs that diverged to chance accuracy, left out of the statistics", "1"),
 }
 
 #: The evaluate stage's per-checkpoint metrics (names in :data:`VARIABLES`).
@@ -142,6 +146,12 @@ def llc_quality_flag_attrs() -> dict:
             "flag_meanings": " ".join(["ok", *LLC_QUALITY_FLAGS])}
 
 
+def run_diverged_flag_attrs() -> dict:
+    """CF attributes of the ``run_diverged`` flag (0 = learned, 1 = diverged to chance)."""
+    return {**attrs("run_diverged"), "flag_values": np.asarray([0, 1], dtype=np.int8),
+            "flag_meanings": "learned diverged_to_chance"}
+
+
 def divergence_attrs(metric: str, comparison: str) -> dict:
     """Attributes of ``div_<metric>`` (``comparison="reference"``) or ``div_<metric>_seeds``
     (``comparison="seeds"``)."""
@@ -184,4 +194,4 @@ def interval_attrs(name: str, kind: str) -> dict:
 __all__ = ["DIVERGENCE_METRICS", "DIVERGENCE_ROLES", "EVALUATION_METRICS", "GROWTH_FORMS",
            "GROWTH_RATE_MEANING", "LLC_QUALITY_FLAGS", "NO_GROWTH_FIT", "SUMMARY_STATISTICS",
            "VARIABLES", "attrs", "divergence_attrs", "exponent_attrs", "growth_attrs",
-           "interval_attrs", "llc_quality_flag_attrs"]
+           "interval_attrs", "llc_quality_flag_attrs", "run_diverged_flag_attrs"]

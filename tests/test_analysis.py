@@ -1,4 +1,5 @@
-"""Tests for :mod:`critperiods.results.analysis` on synthetic curves with known answers."""
+"""Tests of the critical-period statistics (:mod:`critperiods.results.fits`, ``selection``,
+``summary``, ``tables``) on synthetic curves with known answers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from critperiods.results import analysis as an
+from critperiods.results import fits, selection, tables
+from critperiods.results.summary import critical_period_summary
 
 SWITCHES = np.arange(0.0, 61.0, 5.0)
 TRUE_KINK, LEVEL, SLOPE, NOISE = 25.0, 0.88, -0.003, 0.005
@@ -47,7 +49,7 @@ def brute_force_hinge(s: np.ndarray, acc: np.ndarray) -> tuple[float, float]:
 
 
 def test_fit_hinge_noiseless_is_exact() -> None:
-    fit = an.fit_hinge(SWITCHES, hinge(SWITCHES, 27.3))
+    fit = fits.fit_hinge(SWITCHES, hinge(SWITCHES, 27.3))
     assert fit.kink == pytest.approx(27.3, abs=1e-9)
     assert fit.level == pytest.approx(LEVEL)
     assert fit.slope == pytest.approx(SLOPE)
@@ -56,7 +58,7 @@ def test_fit_hinge_noiseless_is_exact() -> None:
 
 
 def test_fit_hinge_noisy_within_one_grid_step() -> None:
-    fit = an.fit_hinge(SWITCHES, noisy_accuracy(0))
+    fit = fits.fit_hinge(SWITCHES, noisy_accuracy(0))
     assert abs(fit.kink - TRUE_KINK) <= 5.0
     assert fit.slope == pytest.approx(SLOPE, rel=0.2)
     assert fit.n_points == SWITCHES.size * 5
@@ -65,7 +67,7 @@ def test_fit_hinge_noisy_within_one_grid_step() -> None:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_fit_hinge_matches_brute_force(seed: int) -> None:
     acc = noisy_accuracy(seed, kink=float(np.random.default_rng(seed).uniform(5, 55)))
-    fit = an.fit_hinge(SWITCHES, acc)
+    fit = fits.fit_hinge(SWITCHES, acc)
     k_ref, sse_ref = brute_force_hinge(SWITCHES, acc)
     assert fit.sse <= sse_ref + 1e-12
     assert fit.kink == pytest.approx(k_ref, abs=0.05)
@@ -73,7 +75,7 @@ def test_fit_hinge_matches_brute_force(seed: int) -> None:
 
 def test_fit_hinge_flat_and_rising_report_max_switch() -> None:
     for acc in (np.full(SWITCHES.size, 0.9), 0.8 + 0.001 * SWITCHES):
-        fit = an.fit_hinge(SWITCHES, acc)
+        fit = fits.fit_hinge(SWITCHES, acc)
         assert fit.kink == SWITCHES.max()
         assert fit.slope == 0.0
         assert fit.level == pytest.approx(np.mean(acc))
@@ -84,35 +86,35 @@ def test_fit_hinge_ignores_nans() -> None:
     acc[3, :] = np.nan  # a switch epoch with no runs at all
     acc[7, 1] = np.nan  # a single missing run
     acc[-1, 1:] = np.nan
-    fit = an.fit_hinge(SWITCHES, acc)
+    fit = fits.fit_hinge(SWITCHES, acc)
     assert fit.kink == pytest.approx(TRUE_KINK)
     assert fit.n_points == int(np.isfinite(acc).sum())
-    assert np.isnan(an.fit_hinge(SWITCHES, np.full(SWITCHES.size, np.nan)).kink)
+    assert np.isnan(fits.fit_hinge(SWITCHES, np.full(SWITCHES.size, np.nan)).kink)
 
 
 def test_fit_hinge_kink_range_excludes_empty_switches() -> None:
     acc = hinge(SWITCHES)
     acc[-3:] = np.nan  # largest observed switch is then 45
-    flat = an.fit_hinge(SWITCHES, np.where(np.isfinite(acc), 0.9, np.nan))
+    flat = fits.fit_hinge(SWITCHES, np.where(np.isfinite(acc), 0.9, np.nan))
     assert flat.kink == 45.0
 
 
 def test_bootstrap_hinge_deterministic_and_ordered() -> None:
     acc = noisy_accuracy(4)
-    first = an.bootstrap_hinge(SWITCHES, acc, n_boot=200, rng_seed=3)
-    again = an.bootstrap_hinge(SWITCHES, acc, n_boot=200, rng_seed=3)
+    first = fits.bootstrap_hinge(SWITCHES, acc, n_boot=200, rng_seed=3)
+    again = fits.bootstrap_hinge(SWITCHES, acc, n_boot=200, rng_seed=3)
     assert first == again
     k_hat, lower, upper, slope = first
     assert lower <= k_hat <= upper
     assert slope < 0
-    assert k_hat == an.fit_hinge(SWITCHES, acc).kink
+    assert k_hat == fits.fit_hinge(SWITCHES, acc).kink
 
 
 def test_bootstrap_hinge_coverage() -> None:
     covered = 0
     n_trials = 50
     for trial in range(n_trials):
-        _, lower, upper, _ = an.bootstrap_hinge(
+        _, lower, upper, _ = fits.bootstrap_hinge(
             SWITCHES, noisy_accuracy(100 + trial), n_boot=200, rng_seed=trial
         )
         covered += lower <= TRUE_KINK <= upper
@@ -120,9 +122,9 @@ def test_bootstrap_hinge_coverage() -> None:
 
 
 def test_bootstrap_hinge_single_seed_and_all_nan() -> None:
-    k, lower, upper, _ = an.bootstrap_hinge(SWITCHES, hinge(SWITCHES), n_boot=50)
+    k, lower, upper, _ = fits.bootstrap_hinge(SWITCHES, hinge(SWITCHES), n_boot=50)
     assert k == pytest.approx(TRUE_KINK) and lower == pytest.approx(k) and upper == pytest.approx(k)
-    assert all(np.isnan(an.bootstrap_hinge(SWITCHES, np.full((13, 3), np.nan), n_boot=10)))
+    assert all(np.isnan(fits.bootstrap_hinge(SWITCHES, np.full((13, 3), np.nan), n_boot=10)))
 
 
 # --------------------------------------------------------------------------------------
@@ -132,49 +134,49 @@ def test_bootstrap_hinge_single_seed_and_all_nan() -> None:
 
 def test_half_deficit_noiseless_hinge() -> None:
     # final deficit 0.003 * 35; half of it is reached at 25 + 35 / 2
-    assert an.half_deficit_epoch(SWITCHES, hinge(SWITCHES)) == pytest.approx(42.5)
-    assert an.half_deficit_epoch(SWITCHES, hinge(SWITCHES, 30.0)) == pytest.approx(45.0)
+    assert fits.half_deficit_epoch(SWITCHES, hinge(SWITCHES)) == pytest.approx(42.5)
+    assert fits.half_deficit_epoch(SWITCHES, hinge(SWITCHES, 30.0)) == pytest.approx(45.0)
 
 
 def test_half_deficit_nan_cases() -> None:
-    assert np.isnan(an.half_deficit_epoch(SWITCHES, np.full(SWITCHES.size, 0.9)))
-    assert np.isnan(an.half_deficit_epoch(SWITCHES, 0.8 + 0.001 * SWITCHES))
+    assert np.isnan(fits.half_deficit_epoch(SWITCHES, np.full(SWITCHES.size, 0.9)))
+    assert np.isnan(fits.half_deficit_epoch(SWITCHES, 0.8 + 0.001 * SWITCHES))
     acc = hinge(SWITCHES)
     acc[[2, 8]] = np.nan  # 40 is missing: interpolate between 35 and 45 (same line)
-    assert an.half_deficit_epoch(SWITCHES, acc) == pytest.approx(42.5)
+    assert fits.half_deficit_epoch(SWITCHES, acc) == pytest.approx(42.5)
 
 
 def test_largest_change_epoch_slope_break() -> None:
     epochs = np.arange(0.0, 41.0)
     values = np.where(epochs < 17, 2.0 * epochs, 34.0 + 0.2 * (epochs - 17))
-    assert an.largest_change_epoch(epochs, values, smooth=0) == 17.0
-    assert an.largest_change_epoch(epochs, values, smooth=1.5) == 17.0
+    assert fits.largest_change_epoch(epochs, values, smooth=0) == 17.0
+    assert fits.largest_change_epoch(epochs, values, smooth=1.5) == 17.0
     rng = np.random.default_rng(0)
     noisy = values + rng.normal(0, 0.3, epochs.size)
-    assert abs(an.largest_change_epoch(epochs, noisy, smooth=2.0) - 17.0) <= 2.0
+    assert abs(fits.largest_change_epoch(epochs, noisy, smooth=2.0) - 17.0) <= 2.0
 
 
 def test_largest_change_epoch_non_uniform_and_short() -> None:
     epochs = np.array([0.0, 1, 2, 4, 8, 12, 16, 24, 32])
     values = np.minimum(epochs, 8.0)
-    assert an.largest_change_epoch(epochs, values, smooth=0) == 8.0
-    assert np.isnan(an.largest_change_epoch(np.array([0.0, 1.0]), np.array([1.0, 2.0])))
+    assert fits.largest_change_epoch(epochs, values, smooth=0) == 8.0
+    assert np.isnan(fits.largest_change_epoch(np.array([0.0, 1.0]), np.array([1.0, 2.0])))
 
 
 def test_smoothing_keeps_lines_straight() -> None:
     line = 3.0 + 0.5 * np.arange(10.0)
-    np.testing.assert_allclose(an._smooth(line, 2.0), line)
+    np.testing.assert_allclose(fits._smooth(line, 2.0), line)
 
 
 def test_divergence_drop_epoch() -> None:
     div = 10.0 * np.exp(-SWITCHES / 20.0)  # halves at 20 ln 2 ≈ 13.86
     expected_between = (10.0, 15.0)
-    got = an.divergence_drop_epoch(SWITCHES, div)
+    got = fits.divergence_drop_epoch(SWITCHES, div)
     assert expected_between[0] < got < expected_between[1]
     linear = np.interp(SWITCHES, [0, 20, 60], [8.0, 8.0, 0.0])  # half (4) reached at 40
-    assert an.divergence_drop_epoch(SWITCHES, linear) == pytest.approx(40.0)
-    assert np.isnan(an.divergence_drop_epoch(SWITCHES, np.full(SWITCHES.size, 3.0)))
-    assert np.isnan(an.divergence_drop_epoch(SWITCHES, np.full(SWITCHES.size, np.nan)))
+    assert fits.divergence_drop_epoch(SWITCHES, linear) == pytest.approx(40.0)
+    assert np.isnan(fits.divergence_drop_epoch(SWITCHES, np.full(SWITCHES.size, 3.0)))
+    assert np.isnan(fits.divergence_drop_epoch(SWITCHES, np.full(SWITCHES.size, np.nan)))
 
 
 # --------------------------------------------------------------------------------------
@@ -186,18 +188,18 @@ def test_fit_power_law_recovers_exponent() -> None:
     x = np.array([16.0, 32, 64, 128, 256, 512])
     rng = np.random.default_rng(0)
     y = 3.0 * x**-0.7 * np.exp(rng.normal(0, 0.02, x.size))
-    p, c, lower, upper = an.fit_power_law(x, y, n_boot=300, rng_seed=1)
+    p, c, lower, upper = fits.fit_power_law(x, y, n_boot=300, rng_seed=1)
     assert p == pytest.approx(-0.7, abs=0.05)
     assert c == pytest.approx(3.0, rel=0.2)
     assert lower <= p <= upper
-    assert an.fit_power_law(x, y, n_boot=300, rng_seed=1) == (p, c, lower, upper)
+    assert fits.fit_power_law(x, y, n_boot=300, rng_seed=1) == (p, c, lower, upper)
 
 
 def test_fit_power_law_needs_three_points() -> None:
-    assert all(np.isnan(an.fit_power_law(np.array([1.0, 2.0]), np.array([1.0, 4.0]), 10, 0)))
+    assert all(np.isnan(fits.fit_power_law(np.array([1.0, 2.0]), np.array([1.0, 4.0]), 10, 0)))
     x = np.array([1.0, 2.0, 4.0, 8.0])
     y = np.array([1.0, np.nan, -1.0, 64.0])  # only two usable points
-    assert all(np.isnan(an.fit_power_law(x, y, 10, 0)))
+    assert all(np.isnan(fits.fit_power_law(x, y, 10, 0)))
 
 
 # --------------------------------------------------------------------------------------
@@ -262,7 +264,7 @@ EXPECTED_VARS = (
 
 def test_critical_period_summary_full_cube() -> None:
     cube = synthetic_cube()
-    summary = an.critical_period_summary(cube, n_boot=100)
+    summary = critical_period_summary(cube, n_boot=100)
     for name in EXPECTED_VARS:
         assert name in summary, name
         assert {"long_name", "units"} <= set(summary[name].attrs), name
@@ -287,17 +289,17 @@ def test_critical_period_summary_full_cube() -> None:
 
 
 def test_three_seeds_give_a_range_not_a_confidence_interval() -> None:
-    summary = an.critical_period_summary(synthetic_cube(), n_boot=50)
+    summary = critical_period_summary(synthetic_cube(), n_boot=50)
     assert summary.attrs["seeds"] == 3
     assert "not a confidence interval" in summary.attrs["interval_kind"]
-    assert "not a confidence interval" in an.format_table(summary)
+    assert "not a confidence interval" in tables.format_table(summary)
     many = synthetic_cube().isel(seed=[0, 1, 2, 0, 1]).assign_coords(seed=np.arange(5))
-    assert "not a confidence" not in an.critical_period_summary(many, n_boot=50).attrs[
+    assert "not a confidence" not in critical_period_summary(many, n_boot=50).attrs[
         "interval_kind"]
 
 
 def test_critical_period_summary_missing_inputs_give_nan_and_say_why() -> None:
-    summary = an.critical_period_summary(synthetic_cube(with_llc=False, with_div=False), n_boot=50)
+    summary = critical_period_summary(synthetic_cube(with_llc=False, with_div=False), n_boot=50)
     for name in EXPECTED_VARS:
         assert name in summary and "units" in summary[name].attrs
     for name in ("llc_change_epoch_trunk", "llc_change_epoch_sharp", "divergence_drop_epoch"):
@@ -305,13 +307,13 @@ def test_critical_period_summary_missing_inputs_give_nan_and_say_why() -> None:
         assert "not estimated" in summary[name].attrs["missing"] or \
             "not computed" in summary[name].attrs["missing"], name
     assert np.all(np.isfinite(summary["critical_period_end"].values))
-    text = an.format_table(summary)
+    text = tables.format_table(summary)
     assert "why some values are nan" in text and "llc.enabled: false" in text
 
 
 def test_critical_period_summary_too_few_batch_sizes() -> None:
     cube = synthetic_cube().isel(batch_size=[0, 1])
-    summary = an.critical_period_summary(cube, horizon=2, n_boot=50)
+    summary = critical_period_summary(cube, horizon=2, n_boot=50)
     assert np.isnan(summary["batch_size_exponent"].item())
     assert "a power law needs 3" in summary["batch_size_exponent"].attrs["missing"]
     assert np.all(np.isnan(summary["temperature_exponent_interval"].values))
@@ -325,10 +327,10 @@ def test_flagged_llc_estimates_are_left_out_of_the_markers() -> None:
     cube = synthetic_cube(with_div=False)
     quality = xr.zeros_like(cube["llc_mean"])
     cube["llc_quality"] = quality.where(cube.epoch > 25, 1.0)  # epochs ≤ 25 flagged negative
-    summary = an.critical_period_summary(cube, n_boot=20)
+    summary = critical_period_summary(cube, n_boot=20)
     assert np.all(summary["llc_change_epoch_trunk"].values > 25)  # 20 is no longer seen
     cube["llc_quality"] = quality.where(cube.epoch >= 69, 2.0)
-    summary = an.critical_period_summary(cube, n_boot=20)
+    summary = critical_period_summary(cube, n_boot=20)
     assert np.all(np.isnan(summary["llc_change_epoch_sharp"].values))
     assert "2 valid λ̂ point(s)" in summary["llc_change_epoch_sharp"].attrs["missing"]
 
@@ -336,22 +338,22 @@ def test_flagged_llc_estimates_are_left_out_of_the_markers() -> None:
 def test_restart_verdict_says_whether_the_deficit_survives() -> None:
     cube = synthetic_cube(with_llc=False, with_div=False)
     flat = np.broadcast_to(0.9 + np.zeros((13, 3)), (3, 13, 3)).copy()  # no deficit at all
-    summary = an.critical_period_summary(with_schedules(cube, flat), n_boot=100)
-    verdicts = an.restart_verdicts(summary)
+    summary = critical_period_summary(with_schedules(cube, flat), n_boot=100)
+    verdicts = tables.restart_verdicts(summary)
     assert set(verdicts) == {32.0, 64.0, 128.0}
     assert all(v.startswith("does not survive") for v in verdicts.values())
-    summary = an.critical_period_summary(with_schedules(cube), n_boot=100)
-    assert all(v.startswith("survives") for v in an.restart_verdicts(summary).values())
-    assert an.restart_verdicts(an.critical_period_summary(cube, n_boot=20)) == {}
+    summary = critical_period_summary(with_schedules(cube), n_boot=100)
+    assert all(v.startswith("survives") for v in tables.restart_verdicts(summary).values())
+    assert tables.restart_verdicts(critical_period_summary(cube, n_boot=20)) == {}
 
 
 def test_deficit_bootstrap_pairs_runs_by_seed() -> None:
     switches = np.array([0.0, 10.0, 20.0])
     acc = np.array([[0.90, 0.80], [0.88, 0.79], [0.85, 0.75]])  # seed 1 is worse throughout
-    deficit, lo, hi = an.deficit_bootstrap(switches, acc, n_boot=200)
+    deficit, lo, hi = fits.deficit_bootstrap(switches, acc, n_boot=200)
     assert deficit == pytest.approx(0.05)
     assert lo == pytest.approx(0.05) and hi == pytest.approx(0.05)  # both seeds lose 5 points
-    assert all(np.isnan(an.deficit_bootstrap(switches[:1], acc[:1], 10)))
+    assert all(np.isnan(fits.deficit_bootstrap(switches[:1], acc[:1], 10)))
 
 
 def test_llc_flag_counts_count_shared_estimates_once() -> None:
@@ -363,24 +365,24 @@ def test_llc_flag_counts_count_shared_estimates_once() -> None:
     cube = xr.Dataset({"llc_quality": (("lr_schedule", "switch_epoch", "epoch"), quality)},
                       coords={"lr_schedule": ["continue", "restart"], "switch_epoch": k,
                               "epoch": e})
-    counts = an.llc_flag_counts(cube)
+    counts = tables.llc_flag_counts(cube)
     # distinct: trunk e1, e2; never-blurred e1..e4; continue/switch2 e3, e4; restart e3, e4
     assert counts["estimates"] == 10
     assert counts["negative"] == 1 and counts["ok"] == 9
 
 
 def test_tables(tmp_path: Path) -> None:
-    summary = an.critical_period_summary(with_schedules(synthetic_cube(with_div=False)), n_boot=50)
-    table = an.summary_table(summary)
+    summary = critical_period_summary(with_schedules(synthetic_cube(with_div=False)), n_boot=50)
+    table = tables.summary_table(summary)
     assert list(table["batch_size"]) == [b for b in BATCHES for _ in range(2)]
     assert list(table["lr_schedule"])[:2] == ["continue", "restart"]
     assert {"critical_period_end_lower", "temperature_exponent_upper",
             "permanent_deficit_upper"} <= set(table.columns)
-    text = an.format_table(summary)
+    text = tables.format_table(summary)
     lines = text.splitlines()
     assert len({len(line) for line in lines[: 1 + 2 * BATCHES.size]}) == 1  # aligned columns
     assert "temperature_exponent (restart)" in text and "nan" in text
-    path = an.to_csv(summary, tmp_path / "out" / "summary.csv")
+    path = tables.to_csv(summary, tmp_path / "out" / "summary.csv")
     back = pd.read_csv(path)
     np.testing.assert_allclose(back["critical_period_end"], table["critical_period_end"])
 
@@ -388,14 +390,174 @@ def test_tables(tmp_path: Path) -> None:
 def test_runs_at_chance_accuracy_are_named() -> None:
     """A run that diverged to chance is named by its coordinates; healthy runs are not."""
     cube = synthetic_cube(with_llc=False, with_div=False)
-    assert an.runs_at_chance(cube) == []
+    assert tables.runs_at_chance(cube) == []
     acc = cube["final_test_accuracy"].copy()
     where = {d: acc[d].values[1] for d in acc.dims}
     acc.loc[where] = 0.094
     cube["final_test_accuracy"] = acc
-    (line,) = an.runs_at_chance(cube)
+    (line,) = tables.runs_at_chance(cube)
     assert f"switch epoch {where['switch_epoch']:g}" in line and f"seed {where['seed']:g}" in line
-    assert line.startswith(f"batch {where['batch_size']:g}")
+    assert line.startswith(f"batch {where['batch_size']:g}") and line.endswith("9.4 %")
+
+
+def with_a_run_at_chance(cube: xr.Dataset, **where) -> xr.Dataset:
+    """``cube`` with the runs at ``where`` (a label per run dim, or a list) at chance."""
+    cube = cube.copy(deep=True)
+    cube["final_test_accuracy"].loc[where] = 0.094
+    return cube
+
+
+SUMMARY_VALUES = ("critical_period_end", "critical_period_end_interval", "permanent_deficit",
+                  "permanent_deficit_interval", "critical_period_slope", "half_deficit_epoch",
+                  "divergence_drop_epoch", "batch_size_exponent", "batch_size_exponent_interval")
+
+
+def test_a_run_diverged_to_chance_is_left_out_of_every_statistic() -> None:
+    """The summary of a cube with one run at chance equals the summary of the cube without
+    that run (NaN): the end, its interval, the deficit, the exponent and the divergence
+    marker; the summary counts the run where it was left out, and only there."""
+    cube = with_schedules(synthetic_cube())
+    where = {"batch_size": 64, "lr_schedule": "restart", "switch_epoch": 60.0, "seed": 1}
+    diverged = with_a_run_at_chance(cube, **where)
+    missing = cube.copy(deep=True)
+    missing["final_test_accuracy"].loc[where] = np.nan
+    missing["div_l2"].loc[{**where, "epoch": missing.epoch > 60}] = np.nan
+    got = critical_period_summary(diverged, n_boot=50)
+    want = critical_period_summary(missing, n_boot=50)
+    for name in SUMMARY_VALUES:
+        np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
+    # the deficit of that cell is the mean of the other two seeds' paired deficits
+    acc = cube["final_test_accuracy"].sel(batch_size=64, lr_schedule="restart")
+    paired = (acc.sel(switch_epoch=0.0) - acc.sel(switch_epoch=60.0)).sel(seed=[0, 2])
+    assert float(got["permanent_deficit"].sel(batch_size=64, lr_schedule="restart")) == \
+        pytest.approx(float(paired.mean()))
+    counts = got["diverged_runs"]
+    assert int(counts.sel(batch_size=64, lr_schedule="restart")) == 1 and int(counts.sum()) == 1
+    assert {"long_name", "units"} <= set(counts.attrs)
+    assert list(tables.summary_table(got)["diverged_runs"]) == [0, 0, 0, 1, 0, 0]
+
+
+def test_a_diverged_run_keeps_its_trunk_and_loses_its_branch() -> None:
+    """Epochs up to the switch are the shared blurred trunk, still valid; the sharp epochs of
+    the diverged run are NaN to every λ̂ seed mean."""
+    cube = with_a_run_at_chance(synthetic_cube(with_div=False), batch_size=32,
+                                switch_epoch=30.0, seed=2)
+    assert int(selection.run_diverged(cube).sum()) == 1
+    llc = selection.valid_llc(cube).sel(batch_size=32, switch_epoch=30.0, seed=2)
+    assert np.all(np.isfinite(llc.sel(epoch=slice(0, 30)))) and np.all(
+        np.isnan(llc.sel(epoch=slice(31, None))))
+    other = selection.valid_llc(cube).sel(batch_size=32, switch_epoch=30.0, seed=1)
+    assert np.isfinite(other).all()
+
+
+def test_a_cell_whose_runs_all_diverged_gives_nan_and_says_why() -> None:
+    cube = with_a_run_at_chance(with_schedules(synthetic_cube(with_llc=False, with_div=False)),
+                                batch_size=32, lr_schedule="restart")
+    summary = critical_period_summary(cube, n_boot=20)
+    cell = summary.sel(batch_size=32, lr_schedule="restart")
+    assert int(cell["diverged_runs"]) == 39  # 13 switches × 3 seeds
+    for name in ("critical_period_end", "permanent_deficit", "half_deficit_epoch"):
+        assert np.isnan(float(cell[name])), name
+        assert "batch 32, restart: " in summary[name].attrs["missing"]
+        assert "39 run(s) diverged to chance and are left out" in summary[name].attrs["missing"]
+    assert np.isfinite(float(summary["critical_period_end"].sel(batch_size=32,
+                                                                 lr_schedule="continue")))
+    assert "diverged to chance" in tables.format_table(summary)
+
+
+def test_summarize_and_the_report_say_diverged_runs_are_left_out(tmp_path, capsys) -> None:
+    """``summarize`` names the run as left out; a cube from before the flag has its stored
+    statistics recomputed; the report's landing page says the same."""
+    from critperiods.__main__ import main
+    from critperiods.results.report_page import landing_page
+
+    base = with_schedules(synthetic_cube(with_llc=False, with_div=False)).transpose(
+        "batch_size", "lr_schedule", ...)  # the cube's order
+    cube = with_a_run_at_chance(base, batch_size=128, lr_schedule="restart", switch_epoch=10.0,
+                                seed=0)
+    old = cube.merge(critical_period_summary(base, n_boot=20))  # stale: run still in
+    old.to_netcdf(tmp_path / "old.nc")
+    assert main(["summarize", str(tmp_path / "old.nc"), "--n-boot", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "statistics recomputed: this cube predates the run_diverged flag" in printed
+    assert ("1 run diverged to chance and is left out of means and fits:\n"
+            "  batch 128, restart, switch epoch 10, seed 0, final accuracy 9.4 %") in printed
+    assert "still in the means" not in printed
+    fresh = cube.merge(critical_period_summary(cube, n_boot=20))
+    fresh["run_diverged"] = selection.run_diverged(cube).astype(float)
+    fresh.to_netcdf(tmp_path / "new.nc")
+    assert main(["summarize", str(tmp_path / "new.nc")]) == 0
+    printed = capsys.readouterr().out
+    assert "recomputed" not in printed and "1 run diverged to chance" in printed
+    figure = tmp_path / "f.png"
+    figure.write_bytes(b"\x89PNG")
+    page = landing_page(fresh, figure, "described")
+    assert ("* 1 run diverged to chance and is left out of means and fits:\n\n"
+            "  * batch 128, restart, switch epoch 10, seed 0") in page
+
+
+def test_the_landing_page_locates_no_end_where_there_is_no_deficit(tmp_path) -> None:
+    """A restart whose curve is flat gets no end in the answer (a kink fitted to noise), as
+    in the figures; the continue schedule's decline gets one."""
+    from critperiods.results.report_page import answer_lines
+
+    base = synthetic_cube(with_llc=False, with_div=False)
+    flat = base["final_test_accuracy"].isel(switch_epoch=0).broadcast_like(
+        base["final_test_accuracy"]).transpose(*base["final_test_accuracy"].dims)
+    cube = with_schedules(base, restart_acc=flat.values)
+    cube = cube.merge(critical_period_summary(cube, n_boot=50))
+    text = "\n".join(answer_lines(cube))
+    assert text.count("continue: ends at epoch") == cube.sizes["batch_size"]
+    assert text.count("restart: no deficit to locate an end for. The deficit does not "
+                      "survive the restart: 0.0 pp") == cube.sizes["batch_size"]
+    from critperiods.results.report_page import table_rst
+
+    rows = table_rst(cube).split("   * - ")[1:]
+    restart = [r for r in rows if "     - restart\n" in r]
+    assert len(restart) == cube.sizes["batch_size"]
+    assert all("     - –\n     - no deficit\n" in r for r in restart)
+    assert not any("no deficit" in r for r in rows if "     - continue\n" in r)
+    lines = tables.format_table(cube).splitlines()[1:1 + 2 * cube.sizes["batch_size"]]
+    assert [("no deficit" in line) for line in lines] == [
+        " restart " in line for line in lines]
+
+
+def test_the_landing_page_lists_only_the_figures_the_run_drew(tmp_path) -> None:
+    from critperiods.results.report_page import landing_page
+
+    cube = synthetic_cube(with_llc=False, with_div=False)
+    cube = cube.merge(critical_period_summary(cube, n_boot=20))
+    figure = tmp_path / "f.png"
+    figure.write_bytes(b"\x89PNG")
+    page = landing_page(cube, figure, "described",
+                        drawn=["critical_period", "learning_curves", "divergence"])
+    order = page.split("Figures, in reading order")[1].split("How the numbers")[0]
+    assert "1. permanent deficit vs switch epoch (Critical period)" in order
+    assert "2. learning curves (Training)" in order
+    assert "3. distance to the always-blurred run (Divergence)" in order
+    assert "Perturbations" not in order and "lambda-hat" not in order
+
+
+def test_the_critical_period_figure_leaves_a_diverged_run_out_of_its_mean(monkeypatch,
+                                                                            tmp_path) -> None:
+    """The mean drawn at the diverged run's switch is the other seeds' mean; the run is marked
+    apart, and the legend and caption say it is left out."""
+    from critperiods.results import plots
+
+    cube = with_a_run_at_chance(synthetic_cube(with_llc=False, with_div=False),
+                                batch_size=64, switch_epoch=20.0, seed=0)
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi: figures.append(fig))
+    plots.critical_period(cube, tmp_path / "cp.png")
+    (ax,) = figures[0].axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert "batch 64: run diverged to chance (left out)" in lines
+    (bars,) = [c for c in ax.containers if c.get_label() == "batch 64"]
+    mean = bars.lines[0].get_ydata()[list(SWITCHES).index(20.0)]
+    acc = cube["final_test_accuracy"].sel(batch_size=64, switch_epoch=20.0, seed=[1, 2])
+    assert mean == pytest.approx(100 * float(acc.mean()))
+    assert "1 run diverged to chance, left out" in figures[0]._suptitle.get_text().replace(
+        "\n", " ")
 
 
 def test_plots_draw_an_end_only_where_a_deficit_survives() -> None:

@@ -195,9 +195,15 @@ def test_llc_defaults_agree_with_the_library():
 
     schema = yaml.safe_load(Path(SCHEMA).read_text())["properties"]["llc"]["properties"]
     fields = {f.name: f.default for f in dataclasses.fields(LLCConfig)}
-    shared = sorted(set(schema) & set(fields))
+    shared = sorted(set(schema) & set(fields) - {"precision"})
     assert {"chains", "draws", "burn_in", "step_size", "gamma", "batch_size"} <= set(shared)
     assert {k: schema[k]["default"] for k in shared} == {k: fields[k] for k in shared}
+    # precision's schema default, auto, is resolved per job; on the CPU it is the library's
+    from critperiods.pipeline.stages.llc import llc_config_from_params
+
+    params = {k: schema[k]["default"] for k in schema}
+    assert schema["precision"]["default"] == "auto"
+    assert llc_config_from_params(params, "cpu", "all_cnn_c").precision == fields["precision"]
 
 
 @pytest.mark.parametrize("content", [None, b"not a netCDF file"])

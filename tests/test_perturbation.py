@@ -210,6 +210,21 @@ def test_copies_are_compared_at_the_checkpoints_after_the_nudge_and_at_the_end()
         0, 4, 8]
 
 
+def test_a_perturbation_job_trains_the_replay_the_twin_and_each_copy() -> None:
+    from critperiods.pipeline.plan import perturbation_job_epochs, perturbation_jobs
+
+    config = _config(epochs=[2, 11], epsilons=[0.0, 0.01], replicates=1)
+    config["grid"]["lr_schedules"] = ["continue", "restart"]
+    assert perturbation_jobs(config) == [  # the never-blurred run once, under continue
+        ("continue", 0, 2), ("continue", 0, 11), ("continue", 8, 2), ("continue", 8, 11),
+        ("restart", 8, 2), ("restart", 8, 11)]
+    # replay from trunk/e4 to 6, then the twin and two copies from 6 to 14
+    assert perturbation_job_epochs(config, "continue", 8, 6) == 2 + 3 * 8
+    # the never-blurred branch ends at 6: replay 6 → 9, then three members 9 → 14
+    assert perturbation_job_epochs(config, "continue", 0, 9) == 3 + 3 * 5
+    assert perturbation_job_epochs(config, "restart", 8, 8) == 3 * 6  # from the trunk's state
+
+
 @pytest.mark.parametrize(("perturbation", "expected"), [
     ({"switch_epochs": [5]}, "perturbation.switch_epochs: [5]"),
     ({"epochs": [2, 14]}, "perturbation.epochs: [14]"),

@@ -21,11 +21,14 @@ TINY = ROOT / "tests/configs/tiny.yaml"
 pytestmark = pytest.mark.workflow
 
 
-def snakemake(workdir: Path, *args: str, configs: list[Path] = (), repo: Path = ROOT) -> str:
-    """Run the CLI of the Snakefile in ``repo`` in ``workdir``; return its output, failing
-    loudly on error."""
+def snakemake(workdir: Path, *args: str, configs: list[Path] = (), repo: Path = ROOT,
+              tiny: bool = True) -> str:
+    """Run the CLI of the Snakefile in ``repo`` in ``workdir`` with ``configs`` laid over
+    config.yaml and (``tiny``) tests/configs/tiny.yaml; return its output, failing loudly on
+    error."""
+    base = [ROOT / "config.yaml", *([TINY] if tiny else [])]
     cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(ROOT / "config.yaml"), str(TINY), *map(str, configs), *args]
+           "--configfile", *map(str, base), *map(str, configs), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
@@ -140,9 +143,10 @@ def test_llc_carries_its_diagnostics_and_quality_flag(run):
     negative = (cube.llc_mean < 0) & estimated
     assert ((cube.llc_quality.where(negative) % 2) == 1).where(negative, True).all(), \
         "every negative λ̂ carries the negative flag"
-    for name in ("llc_nbeta", "llc_burn_in", "llc_step_size", "llc_gamma"):
+    for name in ("llc_nbeta", "llc_burn_in", "llc_step_size", "llc_gamma", "llc_bf16"):
         assert cube[name].dims == (), name
     assert int(cube.llc_burn_in) == 5
+    assert int(cube.llc_bf16) == 0  # precision: auto is float32 on the CPU
 
 
 def test_llc_and_divergence_variables(run):
@@ -295,18 +299,34 @@ def test_seeds_per_job_trains_a_group_in_one_job_and_one_file(run, tmp_path):
     assert not list((tmp_path / "results/tiny/runs").rglob(".*.resume"))
 
 
-@pytest.mark.parametrize("seeds_per_job", [1, 2])
-def test_cost_counts_the_jobs_the_workflow_plans(tmp_path, seeds_per_job):
-    """`critperiods cost` prices the jobs a fresh run of the tiny config plans (one per seed
-    group and piece), so its per-job overhead is charged for jobs that exist."""
+def job_table(out: str) -> dict[str, int]:
+    """``{rule: jobs}`` of the job table a dry run prints, less the ``all`` target."""
+    table = out[out.index("Job stats:"):]
+    table = table[:table.index("\ntotal")]
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)
+            if rule not in ("all", "job")}
+
+
+@pytest.mark.parametrize(("configs", "extra"), [
+    ([TINY], "train:\n  seeds_per_job: 1\n"),
+    # seed groups of two; perturbations of both schedules' runs (the never-blurred one once)
+    ([TINY, ROOT / "tests/configs/perturbation_tiny.yaml"],
+     "train:\n  seeds_per_job: 2\nperturbation:\n  switch_epochs: [0, 2]\n"),
+    ([ROOT / "configs/perturbation.yaml"], None),
+], ids=["tiny", "tiny-perturbed-2-seeds-per-job", "perturbation-yaml"])
+def test_cost_counts_the_jobs_the_workflow_plans(tmp_path, configs, extra):
+    """`critperiods cost` counts, rule by rule, the jobs a fresh run plans (one per seed
+    group and piece, perturbation jobs included), so its per-job overhead is charged for jobs
+    that exist, and it prices the perturbation experiment's training."""
     from critperiods.__main__ import _load_config
     from critperiods.pipeline.cost import grid_cost
 
-    extra = override(tmp_path, "g", f"train:\n  seeds_per_job: {seeds_per_job}\n")
-    out = snakemake(tmp_path, "-n", configs=[extra])
-    total = int(re.search(r"^total\s+(\d+)", out, re.M)[1]) - 1  # less the `all` target
-    config = _load_config([str(TINY), str(extra)])
-    assert grid_cost(config, "cpu").jobs == total, out[-3000:]
+    configs = [*configs, *([override(tmp_path, "g", extra)] if extra else [])]
+    out = snakemake(tmp_path, "-n", configs=configs, tiny=False)
+    cost = grid_cost(_load_config(list(map(str, configs))), "cpu")
+    assert cost.rules == job_table(out), out[-3000:]
+    assert cost.jobs == int(re.search(r"^total\s+(\d+)", out, re.M)[1]) - 1
+    assert (cost.perturbation_epochs > 0) == ("perturb" in cost.rules)
 
 
 # -- Perturbations (tests/configs/perturbation_tiny.yaml) -------------------------------------
@@ -378,7 +398,9 @@ def test_perturbations_land_in_the_cube_on_their_own_dims(perturbed, capsys):
     assert "perturbations: how far a nudge carries" in printed and "lasting L2 / epsilon" in printed
     for name in ("perturbation", "perturbation_growth"):
         assert (results / f"plots/{name}.png").read_bytes()[:4] == b"\x89PNG"
-    assert "Perturbations\n-------------" in (results / "report/landing.rst").read_text()
+    landing = (results / "report/landing.rst").read_text()
+    assert "Perturbations\n-------------" in landing
+    assert "growth after a perturbation (Perturbations)" in landing  # drawn, so listed
 
 
 @pytest.mark.parametrize(("change", "expected"), [

@@ -5,12 +5,18 @@ size; time divides images by measured training throughputs (:data:`RATES`, one j
 images per second, all seeds of a stacked job together) and adds a per-job start-up cost.
 A model, width, image size or batch size without a measured rate is reported as not
 measured instead of guessed. λ̂ is priced as forward + backward passes over
-``chains × batch_size`` images per SGLD step, at the same rate.
+``chains × batch_size`` images per SGLD step, at the same rate. The perturbation experiment
+(``perturbation:``) is priced as the epochs its jobs train (:func:`plan.perturbation_job_epochs`:
+each seed's replay, twin and copies, one seed at a time) at the same rate: on the CPU the
+rates are of one seed, as there; on CUDA they are of stacked seeds, which a lone small_cnn
+seed nearly matches at batch 128 (docs/performance.md).
+Evaluation, divergence and the perturbation comparison are charged their jobs' start-up
+only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from critperiods.pipeline import plan
 
@@ -43,7 +49,8 @@ IMAGES = {"fashion_mnist": (60000, 28), "mnist": (60000, 28), "cifar10": (50000,
 
 @dataclass(frozen=True)
 class Cost:
-    """The cost of a config's grid on one device (``seconds`` None when not measured)."""
+    """The cost of a config's grid on one device (``seconds`` None when not measured);
+    ``rules`` maps each rule to the jobs of it a fresh run plans (``jobs`` is their sum)."""
 
     epochs: int
     images: float
@@ -51,6 +58,9 @@ class Cost:
     jobs: int
     seconds: float | None
     missing: tuple[str, ...]
+    perturbation_epochs: int = 0
+    perturbation_images: float = 0.0
+    rules: dict[str, int] = field(default_factory=dict)
 
 
 def _train_size(config: dict) -> tuple[int, int]:
@@ -69,17 +79,41 @@ def _groups(config: dict, device: str) -> int:
     return len(plan.seed_groups(device_config))
 
 
-def _jobs(config: dict, device: str) -> int:
-    """Training, evaluation, λ̂ and divergence jobs the DAG plans: one per seed group and
-    piece (``train.seeds_per_job``), plus the per-batch-size and per-experiment jobs."""
+def jobs_per_rule(config: dict, device: str) -> dict[str, int]:
+    """Jobs per rule a fresh run of ``config`` plans on ``device`` (as the job table of
+    ``snakemake -n`` counts them, less ``all``): training, evaluation, λ̂ and perturbation
+    jobs one per seed group and piece (``train.seeds_per_job``), divergence and perturbation
+    comparisons one per batch size and schedule, and the per-experiment jobs."""
     grid = config["grid"]
     groups = len(grid["batch_sizes"]) * _groups(config, device)  # (batch size, seed group)
-    per_group = len(plan.trunk_epochs(config)) + len(plan.branches(config)) + 1
+    per_schedule = len(grid["batch_sizes"]) * len(grid["lr_schedules"])
+    jobs = {"prepare_data": 2,  # the train and test splits
+            "train_trunk": groups * len(plan.trunk_epochs(config)),
+            "train_branch": groups * len(plan.branches(config)),
+            "evaluate": groups}
     if config["llc"]["enabled"]:
-        per_group += 1 + len(plan.llc_branches(config))
-    divergence = (len(grid["batch_sizes"]) * len(grid["lr_schedules"])
-                  if config["divergence"]["enabled"] else 0)
-    return groups * per_group + divergence + 4  # prepare_data (2 splits), aggregate, plots
+        jobs["llc"] = groups * (1 + len(plan.llc_branches(config)))  # the trunk and branches
+    if config["divergence"]["enabled"]:
+        jobs["divergence"] = per_schedule
+    if _perturbing(config):
+        jobs["perturb"] = groups * len(plan.perturbation_jobs(config))
+        jobs["perturbation_divergence"] = per_schedule
+    return {**jobs, "aggregate": 1, "plots": 1}
+
+
+def _perturbing(config: dict) -> bool:
+    return bool(config.get("perturbation", {}).get("enabled", False))
+
+
+def perturbation_epochs(config: dict) -> int:
+    """Epochs of SGD the perturbation experiment trains, all seeds together: per seed and
+    perturbation job, the replay to the perturbation epoch, the twin and its copies (0 when
+    ``perturbation.enabled`` is off)."""
+    if not _perturbing(config):
+        return 0
+    per_seed = sum(plan.perturbation_job_epochs(config, r, k, e)
+                   for r, k, e in plan.perturbation_jobs(config))
+    return per_seed * len(config["grid"]["batch_sizes"]) * len(config["grid"]["seeds"])
 
 
 def _llc_estimates(config: dict) -> int:
@@ -100,26 +134,30 @@ def grid_cost(config: dict, device: str) -> Cost:
     n, size = _train_size(config)
     cell_epochs = plan.epochs_trained(config, True) // (len(grid["batch_sizes"])
                                                         * len(grid["seeds"]))
+    pert_epochs = perturbation_epochs(config) // (len(grid["batch_sizes"]) * len(grid["seeds"]))
     llc = config["llc"]
     steps = (llc["burn_in"] + llc["draws"]) * llc.get("loss_every", 1)
     rates = RATES.get((device, model["name"], model["width"], size), {})
-    seconds, images, llc_images, missing = 0.0, 0.0, 0.0, []
+    seconds, images, llc_images, pert_images, missing = 0.0, 0.0, 0.0, 0.0, []
     for b in grid["batch_sizes"]:
         cell_images = cell_epochs * n * len(grid["seeds"])
+        perturbed = pert_epochs * n * len(grid["seeds"])
         estimates = _llc_estimates(config) * len(grid["seeds"])
         sgld = estimates * llc["chains"] * steps * min(llc["batch_size"], n)
         images += cell_images
         llc_images += sgld
+        pert_images += perturbed
         if b in rates:
-            seconds += (cell_images + sgld) / rates[b]
+            seconds += (cell_images + sgld + perturbed) / rates[b]
         else:
             missing.append(f"{model['name']} w{model['width']} {size}px batch {b}")
-    jobs = _jobs(config, device)
+    rules = jobs_per_rule(config, device)
+    jobs = sum(rules.values())
     total = None
     if not missing:
         total = (seconds + jobs * JOB_OVERHEAD_S[device]) / PARALLEL_JOBS[device]
     return Cost(plan.epochs_trained(config, True), images, llc_images, jobs, total,
-                tuple(missing))
+                tuple(missing), perturbation_epochs(config), pert_images, rules)
 
 
 def describe(cost: Cost, device: str) -> str:
@@ -133,4 +171,4 @@ def describe(cost: Cost, device: str) -> str:
     return f"{device}: ~{when} on {where} ({cost.jobs} jobs)"
 
 
-__all__ = ["RATES", "Cost", "describe", "grid_cost"]
+__all__ = ["RATES", "Cost", "describe", "grid_cost", "jobs_per_rule", "perturbation_epochs"]

@@ -359,6 +359,26 @@ def perturbation_start(config: dict, lr_schedule: str, switch_epoch: int,
     return f"trunk/e{switch_epoch}", switch_epoch
 
 
+def perturbation_jobs(config: dict) -> list[tuple[str, int, int]]:
+    """The perturbation jobs of one seed group: ``(stored schedule, switch epoch,
+    perturbation epoch)`` for every perturbed run of every schedule and every perturbation
+    epoch; the never-blurred run is perturbed once, under ``continue`` (:func:`piece_schedule`)."""
+    return sorted({(piece_schedule(r, k), k, e) for r in config["grid"]["lr_schedules"]
+                   for k in perturbed_switch_epochs(config) for e in perturbation_epochs(config)},
+                  key=lambda job: (job[1], job[0], job[2]))
+
+
+def perturbation_job_epochs(config: dict, lr_schedule: str, switch_epoch: int,
+                            epoch: int) -> int:
+    """Epochs of SGD one seed of a perturbation job trains: the replay from its start state
+    (:func:`perturbation_start`) to ``epoch``, then the twin and each of its
+    ``epsilons × replicates`` copies from ``epoch`` to :func:`perturbation_end`."""
+    _, start = perturbation_start(config, lr_schedule, switch_epoch, epoch)
+    pert = config["perturbation"]
+    copies = len(pert["epsilons"]) * pert["replicates"]
+    return epoch - start + (1 + copies) * (perturbation_end(config) - epoch)
+
+
 def perturbation_checkpoints(config: dict, epoch: int) -> list[int]:
     """Epochs at which a copy perturbed at ``epoch`` and its twin are compared: the
     checkpoint epochs after it, and the end."""

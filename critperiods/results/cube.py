@@ -19,7 +19,7 @@ import xarray as xr
 from critperiods.measure.llc.quality import MAX_RHAT, MAX_TREND_Z
 from critperiods.pipeline.layout import parse_divergence, parse_perturbation
 from critperiods.results.assemble import RUN_DIMS, assemble_runs, load_pieces
-from critperiods.variables import VARIABLES, llc_quality_flag_attrs
+from critperiods.variables import VARIABLES, llc_quality_flag_attrs, run_diverged_flag_attrs
 
 
 def _git_commit() -> str:
@@ -88,7 +88,7 @@ def build_cube(
     """
     from critperiods.measure.growth_laws import NO_FIT
     from critperiods.pipeline.checkpoints import config_hash
-    from critperiods.results.analysis import critical_period_summary
+    from critperiods.results.summary import critical_period_summary
 
     settings = {**ANALYSIS_DEFAULTS, **(analysis or {})}
     schedules = list(grid.get("lr_schedules", ["continue"]))
@@ -105,6 +105,7 @@ def build_cube(
     final = cube.test_accuracy.sel(epoch=final_epoch).drop_vars(["epoch", "epochs_since_switch"])
     final.attrs = {}  # its own long_name (describe), not test_accuracy's
     cube["final_test_accuracy"] = final
+    cube["run_diverged"] = _run_diverged(cube)
     for name in [v for v in cube.data_vars if str(v).endswith("_growth_form")]:
         # merging promotes the int8 codes to float; entries without a fit are code NO_FIT
         cube[name] = cube[name].fillna(NO_FIT).astype(np.int8)
@@ -154,6 +155,18 @@ def _llc_quality(cube: xr.Dataset, settings: dict) -> xr.DataArray:
         f"or |trend z| > {settings['llc_max_trend_z']}; diverged_chains = at least one chain "
         "diverged. Flagged estimates are left out of the markers and drawn hollow.")}
     return xr.DataArray(flags, dims=mean.dims, coords=mean.coords, attrs=attrs)
+
+
+def _run_diverged(cube: xr.Dataset) -> xr.DataArray:
+    """The CF flag of the runs that diverged to chance (NaN for runs not run)."""
+    from critperiods.results.selection import CHANCE_MULTIPLE, run_diverged
+
+    flag = run_diverged(cube).astype(float).where(cube["final_test_accuracy"].notnull())
+    flag.attrs = {**run_diverged_flag_attrs(), "comment": (
+        f"final sharp test accuracy below {CHANCE_MULTIPLE} / classes (chance): the run blew "
+        "up rather than learned less. Its sharp epochs are left out of the seed means, "
+        "bootstraps and fits, and drawn apart in the figures.")}
+    return flag
 
 
 def align_at_switch(da: xr.DataArray) -> xr.DataArray:

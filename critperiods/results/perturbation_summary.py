@@ -1,7 +1,7 @@
 """The critical-period link: does a nudge inside the critical period carry further?
 
 Read from the cube's perturbation variables (:mod:`critperiods.train.perturbation`) and its
-critical-period end (:mod:`critperiods.results.analysis`):
+critical-period end (:mod:`critperiods.results.summary`):
 
 * the *lasting divergence*: ``perturb_l2`` (and ``perturb_disagreement``) between copy and twin
   at the end epoch, the last epoch compared;
@@ -184,7 +184,7 @@ def blur_ratio(cube: xr.Dataset) -> dict[str, xr.DataArray]:
 
 def drop_epoch(cube: xr.Dataset) -> xr.DataArray:
     """``perturb_drop_epoch`` (module docstring) per (batch size, schedule, run)."""
-    from critperiods.results.analysis import divergence_drop_epoch
+    from critperiods.results.fits import divergence_drop_epoch
 
     cube = _with_schedule(cube)
     amplification = np.exp(_nanmean(_log_amplification(_at_end(cube, "perturb_l2")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,12 +14,27 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from critperiods.pipeline.files import write_atomic  # noqa: E402
+from critperiods.results.selection import (  # noqa: E402
+    diverged_branches,
+    run_diverged,
+    valid_final_accuracy,
+)
+from critperiods.results.tables import end_located  # noqa: E402
+
+#: How the figures draw what they leave out of a mean: hollow grey markers.
+_LEFT_OUT = {"ls": "none", "marker": "o", "mfc": "none", "color": "0.55"}
 
 
 def _save(fig: plt.Figure, path: str | Path, dpi: int) -> None:
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     plt.close(fig)
+
+
+def _caption(fig: plt.Figure, text: str, fontsize: float = 10) -> None:
+    """``text`` as the figure's title, wrapped to the figure's width."""
+    width = max(30, int(fig.get_figwidth() * 130 / fontsize))  # ~13 characters/inch at 10 pt
+    fig.suptitle(textwrap.fill(text, width), fontsize=fontsize)
 
 
 def _panels(n: int, width: float = 4.2, height: float = 3.4):
@@ -38,14 +54,14 @@ def _sel(da: xr.DataArray, **where) -> xr.DataArray:
 
 def _located_end(cube: xr.Dataset, batch_size, lr_schedule) -> float:
     """The critical-period end of one cell, or NaN where there is no deficit to locate: the
-    permanent deficit's interval reaches 0 (a hinge kink fitted to noise is not drawn)."""
+    permanent deficit's interval reaches 0 (:func:`~critperiods.results.tables.end_located`)."""
     if "critical_period_end" not in cube:
         return float("nan")
     end = float(_sel(cube.critical_period_end, batch_size=batch_size, lr_schedule=lr_schedule))
     if "permanent_deficit_interval" in cube:
         lo = _sel(cube.permanent_deficit_interval, batch_size=batch_size,
                   lr_schedule=lr_schedule).values[0]
-        if not lo > 0:
+        if not end_located(lo):
             return float("nan")
     return end
 
@@ -55,18 +71,33 @@ def _seeds_note(cube: xr.Dataset) -> str:
     return f"{n} seed{'s' if n != 1 else ''}"
 
 
+def _diverged_note(cube: xr.Dataset) -> str:
+    """"; N diverged run(s) left out" for a caption, empty without any."""
+    n = int(run_diverged(cube).sum()) if "final_test_accuracy" in cube else 0
+    return f"; {n} run{'s' if n != 1 else ''} diverged to chance, left out" if n else ""
+
+
 def critical_period(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """Final sharp test accuracy vs switch epoch: a panel per lr schedule, a line per batch size,
-    mean ± std over seeds, with the estimated end of the critical period and its interval."""
+    mean ± std over seeds, with the estimated end of the critical period and its interval.
+    Runs that diverged to chance are left out of the mean and marked by an x at the foot of
+    the panel at their switch epoch (their ~10 % would squash the curves)."""
     schedules = _schedules(cube)
     fig, axes = _panels(len(schedules), width=5.2, height=4.2)
-    acc = cube.final_test_accuracy * 100
+    acc = valid_final_accuracy(cube) * 100
+    diverged = run_diverged(cube)
     for ax, r in zip(axes, schedules, strict=True):
+        foot = ax.get_xaxis_transform()  # x in data, y in axes fraction
         for i, b in enumerate(cube.batch_size.values):
             color = f"C{i}"
             cell = _sel(acc, batch_size=b, lr_schedule=r)
             ax.errorbar(cube.switch_epoch, cell.mean("seed"), yerr=cell.std("seed"), marker="o",
                         capsize=3, color=color, label=f"batch {b}")
+            bad = _sel(diverged, batch_size=b, lr_schedule=r).any("seed")
+            if bool(bad.any()):
+                ax.plot(cube.switch_epoch[bad.values], np.full(int(bad.sum()), 0.03), ls="none",
+                        marker="x", ms=8, mew=2, color=color, transform=foot, clip_on=False,
+                        label=f"batch {b}: run diverged to chance (left out)")
             end = _located_end(cube, b, r)
             if np.isfinite(end):
                 ax.axvline(end, color=color, ls="--", lw=1)
@@ -78,19 +109,21 @@ def critical_period(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("final sharp test accuracy (%)")
-    fig.suptitle(f"Permanent deficit vs switch epoch (mean ± std over {_seeds_note(cube)}; "
-                 "dashed: estimated end where a deficit survives, band: its interval)",
-                 fontsize=10)
+    _caption(fig, f"Permanent deficit vs switch epoch (mean ± std over {_seeds_note(cube)}"
+                  f"{_diverged_note(cube)}; dashed: estimated end where a deficit survives, "
+                  "band: its interval)")
     _save(fig, path, dpi)
 
 
 def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: str,
                        marker: str | None = None, mark_switch: bool = True,
                        flagged: xr.DataArray | None = None, spread: xr.DataArray | None = None,
+                       flagged_label: str = "flagged estimate (left out)", caption: str = "",
                        ) -> None:
     """``var`` (mean over seeds) vs epoch: a row per lr schedule, a panel per batch size, a line
     per switch epoch. ``flagged`` (same dims, bool) marks values left out of the mean, drawn
-    as hollow grey markers; ``spread`` draws error bars (mean over the seeds kept)."""
+    as hollow grey markers named ``flagged_label`` in the legend; ``spread`` draws error bars
+    (mean over the seeds kept); ``caption`` is the figure's title, if any."""
     schedules = [str(r) for r in var.lr_schedule.values] if "lr_schedule" in var.dims \
         else ["continue"]
     nb = var.sizes["batch_size"]
@@ -117,8 +150,7 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
                     for s in bad.seed.values:
                         v = bad.sel(seed=s)
                         v = v[np.isfinite(v.values)]
-                        ax.plot(v.epoch, v, ls="none", marker="o", mfc="none", color="0.55",
-                                ms=6)
+                        ax.plot(v.epoch, v, ms=6, **_LEFT_OUT)
                 if mark_switch:
                     ax.axvline(k, color=color, lw=0.6, ls=":")
             title = f"batch {b}" if len(schedules) == 1 else f"batch {b}, lr {r}"
@@ -128,23 +160,35 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
         row[0].set_ylabel(ylabel)
     handles, labels = grid[0][-1].get_legend_handles_labels()
     if flagged is not None and bool(flagged.any()):
-        handles.append(plt.Line2D([], [], ls="none", marker="o", mfc="none", color="0.55"))
-        labels.append("flagged estimate (left out)")
+        handles.append(plt.Line2D([], [], **_LEFT_OUT))
+        labels.append(flagged_label)
     grid[0][-1].legend(handles, labels, fontsize=7)
+    if caption:
+        _caption(fig, caption)
     _save(fig, path, dpi)
 
 
 def learning_curves(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """Sharp test accuracy vs epoch: a row per schedule, a panel per batch size, a line per
-    switch epoch."""
-    _curves_per_switch(cube.test_accuracy * 100, path, dpi, "sharp test accuracy (%)")
+    switch epoch (mean over seeds); the sharp epochs of runs that diverged to chance are left
+    out of the mean and drawn hollow grey."""
+    _curves_per_switch(cube.test_accuracy * 100, path, dpi, "sharp test accuracy (%)",
+                       flagged=diverged_branches(cube),
+                       flagged_label="run diverged to chance (left out of the mean)",
+                       caption=f"Sharp test accuracy (mean over {_seeds_note(cube)}"
+                             f"{_diverged_note(cube)})")
 
 
 def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
-    """Valid λ̂ vs epoch (mean over seeds, bars: std over chains), flagged estimates hollow."""
-    flagged = (cube.llc_quality > 0) if "llc_quality" in cube else None
+    """Valid λ̂ vs epoch (mean over seeds, bars: std over chains); flagged estimates and the
+    branches of runs that diverged to chance are left out and drawn hollow."""
+    flagged = (cube.llc_quality > 0) if "llc_quality" in cube else xr.zeros_like(
+        cube.llc_mean, dtype=bool)
+    diverged = diverged_branches(cube)
+    label = ("flagged estimate or diverged run (left out)" if bool(diverged.any())
+             else "flagged estimate (left out)")
     _curves_per_switch(cube.llc_mean, path, dpi, "λ̂ (local learning coefficient)", marker=".",
-                       flagged=flagged, spread=cube.llc_std)
+                       flagged=flagged | diverged, spread=cube.llc_std, flagged_label=label)
 
 
 def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
@@ -185,15 +229,20 @@ def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
 
 def divergence(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """L2 distance to the always-blurred run vs epoch: a row per schedule, a panel per batch
-    size, a line per switch."""
-    _curves_per_switch(cube.div_l2.sel(reference="blurred"), path, dpi,
-                       "‖θ − θ_blurred‖ (L2)", marker=".", mark_switch=False)
+    size, a line per switch; runs that diverged to chance are left out (the caption counts
+    them)."""
+    div = cube.div_l2.sel(reference="blurred")
+    _curves_per_switch(div.where(~diverged_branches(cube)), path, dpi, "‖θ − θ_blurred‖ (L2)",
+                       marker=".", mark_switch=False,
+                       caption=f"Distance to the always-blurred run (mean over "
+                             f"{_seeds_note(cube)}{_diverged_note(cube)})")
 
 
 def divergence_final(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """At each run's last epoch, vs switch epoch: disagreement with the always-blurred run,
     and the aligned distance between seeds (mean over seed pairs); a line per batch size and
-    schedule (restart dashed)."""
+    schedule (restart dashed). Runs that diverged to chance are left out (a pair with one)."""
+    kept = ~run_diverged(cube)
     final = cube.sel(epoch=cube.switch_epoch + int(cube.attrs["epochs_after_switch"]))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
     for i, b in enumerate(cube.batch_size.values):
@@ -202,11 +251,13 @@ def divergence_final(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
             f = f.sel(lr_schedule=r) if "lr_schedule" in f.dims else f
             style = {"color": f"C{i}", "marker": "o", "ls": "--" if r == "restart" else "-",
                      "label": f"batch {b}, {r}"}
+            ok = _sel(kept, batch_size=b, lr_schedule=r)
             if "div_disagreement" in f:
                 ax1.plot(cube.switch_epoch, f.div_disagreement.sel(reference="blurred")
-                         .mean("seed"), **style)
+                         .where(ok).mean("seed"), **style)
             if "div_l2_aligned_seeds" in f:
-                off = f.div_l2_aligned_seeds.where(f.seed != f.seed_b)
+                pair_ok = ok & ok.rename(seed="seed_b").sel(seed_b=f.seed_b)
+                off = f.div_l2_aligned_seeds.where((f.seed != f.seed_b) & pair_ok)
                 ax2.plot(cube.switch_epoch, off.mean(["seed", "seed_b"]), **style)
     ax1.set_ylabel("disagreement with always-blurred run")
     ax2.set_ylabel("aligned L2 between seeds")
@@ -214,6 +265,8 @@ def divergence_final(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
         ax.set_xlabel("switch epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    if _diverged_note(cube):
+        _caption(fig, f"At the end of training{_diverged_note(cube)}")
     _save(fig, path, dpi)
 
 

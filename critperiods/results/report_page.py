@@ -11,13 +11,16 @@ the figures. Everything is reStructuredText; the figure travels inside it as a d
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 import yaml
 
-from critperiods.results.analysis import (
+from critperiods.results.tables import (
+    diverged_sentence,
+    end_located,
     llc_flag_counts,
     restart_verdicts,
     runs_at_chance,
@@ -53,12 +56,20 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
     lines = []
     for b, rows in table.groupby("batch_size", sort=True):
         parts = []
-        for _, row in rows.iterrows():
-            parts.append(
-                f"{row['lr_schedule']}: ends at epoch {_num(row['critical_period_end'])} "
-                f"{_interval(row['critical_period_end_lower'], row['critical_period_end_upper'])}"
-                f", deficit {_num(100 * row['permanent_deficit'])} pp")
         verdict = verdicts.get(float(b))
+        for _, row in rows.iterrows():
+            deficit = (f"deficit {_num(100 * row['permanent_deficit'])} pp "
+                       + _interval(100 * row["permanent_deficit_lower"],
+                                   100 * row["permanent_deficit_upper"]))
+            if end_located(row["permanent_deficit_lower"]):
+                end = _interval(row["critical_period_end_lower"],
+                                row["critical_period_end_upper"])
+                parts.append(f"{row['lr_schedule']}: ends at epoch "
+                             f"{_num(row['critical_period_end'])} {end}, {deficit}")
+            elif row["lr_schedule"] == "restart" and verdict:  # the verdict gives the deficit
+                parts.append("restart: no deficit to locate an end for")
+            else:
+                parts.append(f"{row['lr_schedule']}: no deficit to locate an end for, {deficit}")
         lines.append(f"* **batch {b:g}** — " + "; ".join(parts)
                      + (f". The deficit {verdict}." if verdict else "."))
     schedules = [str(r) for r in cube["lr_schedule"].values] if "lr_schedule" in cube.dims \
@@ -79,7 +90,8 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
 
 
 def table_rst(cube: xr.Dataset) -> str:
-    """The critical-period table as an rst list-table, one row per (batch size, schedule)."""
+    """The critical-period table as an rst list-table, one row per (batch size, schedule).
+    A cell whose deficit's interval reaches zero has no end to locate: "–"."""
     table = summary_table(cube)
     counts = _flag_counts_by_cell(cube)
     header = ["batch", "lr after switch", "end (epoch)", "interval", "slope (pp/epoch)",
@@ -88,9 +100,12 @@ def table_rst(cube: xr.Dataset) -> str:
     rows = []
     for _, row in table.iterrows():
         ok, total = counts.get((row["batch_size"], row["lr_schedule"]), (0, 0))
+        located = end_located(row["permanent_deficit_lower"])
         rows.append([
-            f"{row['batch_size']:g}", row["lr_schedule"], _num(row["critical_period_end"]),
-            _interval(row["critical_period_end_lower"], row["critical_period_end_upper"]),
+            f"{row['batch_size']:g}", row["lr_schedule"],
+            _num(row["critical_period_end"]) if located else "–",
+            _interval(row["critical_period_end_lower"], row["critical_period_end_upper"])
+            if located else "no deficit",
             _num(100 * row["critical_period_slope"], 2),
             f"{_num(100 * row['permanent_deficit'])} "
             + _interval(100 * row["permanent_deficit_lower"], 100 * row["permanent_deficit_upper"]),
@@ -161,10 +176,22 @@ def figure_rst(png: str | Path) -> str:
             f'   src="data:image/png;base64,\n{lines}"/>')
 
 
-def landing_page(cube: xr.Dataset, figure: str | Path, description: str) -> str:
+def _diverged_lines(cube: xr.Dataset) -> list[str]:
+    """The caveat naming the runs that diverged to chance (rst bullets), empty without any."""
+    runs = runs_at_chance(cube)
+    if not runs:
+        return []
+    return [f"* {diverged_sentence(len(runs))}:", "", *[f"  * {run}" for run in runs]]
+
+
+def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
+                 drawn: Iterable[str] | None = None) -> str:
     """The report's first page (reStructuredText) for ``cube``, embedding ``figure``.
 
-    ``description`` (the workflow's static description) closes the page.
+    ``drawn``: the stems of :data:`FIGURES` this run drew (e.g. no λ̂ figures with
+    ``llc.enabled: false``, perturbation figures only with a ``perturbation:`` section); the
+    reading order lists those only (all of them when None). ``description`` (the
+    workflow's static description) closes the page.
     """
     seeds = int(cube.sizes.get("seed", 1))
     kind = cube.attrs.get("interval_kind", "seed-bootstrap interval")
@@ -176,8 +203,10 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str) -> str:
              + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()
                          if k not in ("estimates", "ok"))
              + " (flagged estimates are left out of the λ̂ markers and drawn hollow).")
+    drawn = set(FIGURES if drawn is None else drawn)
+    shown = [FIGURES[stem] for stem in FIGURES if stem in drawn]
     reading = "\n".join(f"{i + 1}. {label.split(' ', 1)[1]} ({category.split(' ', 1)[1]})"
-                        for i, (category, label) in enumerate(FIGURES.values()))
+                        for i, (category, label) in enumerate(shown))
     parts = [
         title, "=" * len(title), "",
         "**Question.** Does the critical period end later when the batch size is smaller "
@@ -204,8 +233,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str) -> str:
         "period.",
         "* Exponents rest on as many points as there are batch sizes; their interval "
         "resamples those points and is a crude band.",
-        *[f"* Diverged to chance accuracy, and still in the means and fits: {run}."
-          for run in runs_at_chance(cube)], "",
+        *_diverged_lines(cube), "",
         "Figures, in reading order", "-------------------------", "",
         reading, "",
         "How the numbers were made", "-------------------------", "",

@@ -282,11 +282,9 @@ def get_perturbation_checkpoints(wildcards):
 def perturbation_job_epochs(wildcards):
     """Epochs a perturbation job trains (for its time limit): per seed of the group, the
     replay, then the twin and every copy."""
-    _, start = plan.perturbation_start(config, wildcards.lr_schedule,
-                                       int(wildcards.switch_epoch), int(wildcards.perturb_epoch))
-    epoch = int(wildcards.perturb_epoch)
-    copies = len(PERTURBATION["epsilons"]) * PERTURBATION["replicates"]
-    per_seed = epoch - start + (1 + copies) * (plan.perturbation_end(config) - epoch)
+    per_seed = plan.perturbation_job_epochs(config, wildcards.lr_schedule,
+                                            int(wildcards.switch_epoch),
+                                            int(wildcards.perturb_epoch))
     return per_seed * len(get_seeds(wildcards))
 
 

@@ -38,6 +38,7 @@ from critperiods.measure.llc.sampler import (
     _sample,
     _Trace,
     _worker_count,
+    forward_precision,
 )
 from critperiods.train.models import channels_last_images
 
@@ -97,7 +98,8 @@ def divergence_threshold(n_params: int, nbeta: float, batch_std: float, factor: 
 
 
 def _init_loss_tasks(
-    model: nn.Module, loss_fn: LossFn, data: tuple[Tensor, Tensor], batch_size: int
+    model: nn.Module, loss_fn: LossFn, data: tuple[Tensor, Tensor], batch_size: int,
+    precision: str = "float32",
 ) -> list[Callable[[], list[tuple[float, int]]]]:
     """Split ``L_n(w*)`` into tasks of whole ``batch_size`` minibatches, ~``INIT_LOSS_CHUNK``
     samples each (one per minibatch when these are larger); :func:`_init_loss` combines them.
@@ -105,17 +107,19 @@ def _init_loss_tasks(
     They run after the chains, in whichever worker finishes first (``run_forked``'s tail),
     so a core that is faster than another does them while the other still samples.  The
     loss at ``w*`` is only needed afterwards: the chains are cut at the divergence ceiling
-    retroactively (:func:`_cut_at_ceiling`).
+    retroactively (:func:`_cut_at_ceiling`). The forward runs in the chains' precision, so
+    that ``L_B - L_n(w*)`` compares like with like.
     """
     x, y = data
     chunk = batch_size * max(1, INIT_LOSS_CHUNK // batch_size)
     return [partial(_minibatch_losses, model, loss_fn, x[s : s + chunk], y[s : s + chunk],
-                    batch_size) for s in range(0, x.shape[0], chunk)]
+                    batch_size, precision) for s in range(0, x.shape[0], chunk)]
 
 
 @torch.no_grad()
 def _minibatch_losses(
-    model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, batch_size: int
+    model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, batch_size: int,
+    precision: str = "float32",
 ) -> list[tuple[float, int]]:
     """Mean loss and size of every ``batch_size`` slice of ``(x, y)`` at the model's weights.
 
@@ -123,8 +127,9 @@ def _minibatch_losses(
     (one forward per chunk is much cheaper than one per minibatch), with image chunks laid
     out channels-last (~3x faster for the default CNN than NCHW).
     """
-    out = torch.cat([model(channels_last_images(x[s : s + INIT_LOSS_CHUNK]))
-                     for s in range(0, x.shape[0], INIT_LOSS_CHUNK)])
+    with forward_precision(x.device, precision):
+        out = torch.cat([model(channels_last_images(x[s : s + INIT_LOSS_CHUNK]))
+                         for s in range(0, x.shape[0], INIT_LOSS_CHUNK)]).float()
     return [(float(loss_fn(out[s : s + batch_size], y[s : s + batch_size])),
              min(batch_size, x.shape[0] - s)) for s in range(0, x.shape[0], batch_size)]
 
@@ -239,8 +244,8 @@ def estimate_llc(
         block = _ChainBlock(model, loss_fn, (x, y), config, nbeta, range(config.chains),
                             tuple(callbacks))
         count = 1 if callbacks else _worker_count(workers, config.chains, device)
-        trace, init_tasks = _sample(block, _init_loss_tasks(model, loss_fn, (x, y), batch),
-                                    count, progress)
+        tasks = _init_loss_tasks(model, loss_fn, (x, y), batch, config.precision)
+        trace, init_tasks = _sample(block, tasks, count, progress)
     finally:
         for module, training in modes.items():
             module.training = training

@@ -47,6 +47,7 @@ from critperiods.train.grouped import copies_forward, per_copy_losses, stack_lik
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 SAMPLERS = ("sgld", "rmsprop_sgld")
+PRECISIONS = ("float32", "bfloat16")
 SGLD_CUDA_GRAPHS = True  # on CUDA, replay each record of the chains from a CUDA graph
 
 
@@ -58,6 +59,11 @@ class LLCConfig:
     ``loss_every`` SGLD steps apart, so a run takes ``(burn_in + draws) * loss_every`` steps
     and ``LLCResult.loss_trace`` always has ``burn_in + draws`` columns.  ``batch_size=None``
     or ``>= n`` gives full-batch (exact) gradients shared by all chains.
+
+    ``precision="bfloat16"`` runs the forward and backward passes under bf16 autocast
+    (convolutions and matmuls in bf16) while the chain state, the gradients, the noise, the
+    update and every loss stay float32 (:func:`forward_precision`); the deep-linear oracles
+    of ``tests/test_llc.py`` hold with it. ``"float32"`` is exact float32.
 
     ``divergence_factor`` sets the explosion threshold (see ``divergence_threshold``).
     ``rmsprop_alpha``/``rmsprop_eps`` are the RMSProp moving-average coefficient and
@@ -80,11 +86,15 @@ class LLCConfig:
     divergence_factor: float = 100.0
     rmsprop_alpha: float = 0.99
     rmsprop_eps: float = 0.1
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         """Reject settings that cannot produce an estimate, naming the field."""
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"LLCConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
         counts = {"chains": 1, "draws": 1, "burn_in": 0, "loss_every": 1, "seed": 0}
         if self.batch_size is not None:
             counts["batch_size"] = 1
@@ -144,8 +154,16 @@ def _notifier(callbacks: Sequence[DrawCallback], chains: range, burn_in: int,
     return notify
 
 
+def forward_precision(device: torch.device, precision: str) -> torch.autocast:
+    """The context a forward pass of the sampler runs in: bf16 autocast for
+    ``precision="bfloat16"`` (float32 weights in, float32 gradients out; no cast cache, so
+    it can be captured in a CUDA graph), a disabled one for ``"float32"``."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16",
+                          cache_enabled=False)
+
+
 def _chain_losses_fn(
-    model: nn.Module, loss_fn: LossFn, chains: int
+    model: nn.Module, loss_fn: LossFn, chains: int, precision: str = "float32"
 ) -> Callable[[dict[str, Tensor], Tensor, Tensor], Tensor]:
     """Build ``f(params, x, y) -> (chains,)`` mean losses of ``model`` at stacked weights.
 
@@ -153,13 +171,17 @@ def _chain_losses_fn(
     minibatch per chain (``(chains, batch, ...)``).  The chains' forward passes run as one
     grouped network when the model is built from standard layers (``critperiods.train.grouped``),
     else through ``vmap``.  Buffers (e.g. BatchNorm running statistics) are the checkpoint's,
-    shared, never updated.
+    shared, never updated. The forward runs in :func:`forward_precision`; the losses are
+    float32 either way.
     """
     buffers = stack_like(dict(model.named_buffers()), chains)
-    forward = copies_forward(model, copies_layout(next(model.parameters()).device, "llc", model))
+    device = next(model.parameters()).device
+    forward = copies_forward(model, copies_layout(device, "llc", model))
 
     def chain_losses(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return per_copy_losses(loss_fn, forward(params, buffers, x), y)
+        with forward_precision(device, precision):
+            out = forward(params, buffers, x)
+        return per_copy_losses(loss_fn, out.float(), y)
 
     return chain_losses
 
@@ -387,7 +409,8 @@ class _ChainBlock:
         st = _init_chains(self.model, len(self.chains), self.config.sampler)
         gens = [torch.Generator(device=st.w.device).manual_seed(chain_seed(self.config.seed, c))
                 for c in self.chains]
-        sampler = _Sampler(_chain_losses_fn(self.model, self.loss_fn, len(self.chains)),
+        sampler = _Sampler(_chain_losses_fn(self.model, self.loss_fn, len(self.chains),
+                                            self.config.precision),
                            self.data, self.config, self.nbeta, gens)
         notify = _notifier(self.callbacks, self.chains, self.config.burn_in, st.w)
         if st.w.device.type == "cuda" and SGLD_CUDA_GRAPHS:  # critperiods.train.cuda_graphs
@@ -424,5 +447,5 @@ def _sample(block: _ChainBlock, tail: list[Callable[[], Any]], workers: int, pro
     return _Trace.join(results[:workers]), results[workers:]
 
 
-__all__ = ["SAMPLERS", "SGLD_CUDA_GRAPHS", "Draw", "DrawCallback", "LLCConfig", "LossFn",
-           "chain_seed"]
+__all__ = ["PRECISIONS", "SAMPLERS", "SGLD_CUDA_GRAPHS", "Draw", "DrawCallback", "LLCConfig",
+           "LossFn", "chain_seed", "forward_precision"]

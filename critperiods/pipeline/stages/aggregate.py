@@ -9,8 +9,8 @@ from typing import Any
 from critperiods.pipeline.files import write_atomic, write_netcdf
 from critperiods.pipeline.provenance import cube_attrs
 from critperiods.pipeline.stages import setup
-from critperiods.results.analysis import to_csv
 from critperiods.results.cube import build_cube
+from critperiods.results.tables import to_csv
 
 
 def aggregate(cube_path: str, summary_path: str, config_path: str, *, metrics: list[str],

@@ -19,15 +19,29 @@ from critperiods.pipeline.layout import parse_piece
 from critperiods.pipeline.provenance import piece_attrs
 from critperiods.pipeline.stages import setup
 from critperiods.train.data import fixed_subset, load_prepared
-from critperiods.train.training import TrainConfig, model_for
+from critperiods.train.training import BF16_PAYS_ON_CUDA, TrainConfig, model_for
 from critperiods.variables import attrs
 
 
-def llc_config_from_params(params: dict) -> LLCConfig:
-    """The estimator's settings from the workflow's ``llc:`` config section."""
+def resolve_precision(precision: str, device: torch.device, model: str | None) -> str:
+    """The config's ``llc.precision`` for a job: ``"auto"`` is bf16 on CUDA for the models
+    whose training step measured faster in bf16 (``BF16_PAYS_ON_CUDA``; the SGLD step is the
+    same forward and backward), float32 for the others and always on the CPU, where the
+    estimates stay bit for bit as before."""
+    if precision != "auto":
+        return precision
+    pays = device.type == "cuda" and BF16_PAYS_ON_CUDA.get(model or "", False)
+    return "bfloat16" if pays else "float32"
+
+
+def llc_config_from_params(params: dict, device: torch.device | str = "cpu",
+                           model: str | None = None) -> LLCConfig:
+    """The estimator's settings from the workflow's ``llc:`` config section, with
+    ``precision: auto`` resolved for the job's device and model (:func:`resolve_precision`)."""
     keys = ("chains", "draws", "burn_in", "step_size", "gamma", "nbeta", "batch_size",
             "sampler", "seed")
-    return LLCConfig(**{k: params[k] for k in keys})
+    precision = resolve_precision(params.get("precision", "auto"), torch.device(device), model)
+    return LLCConfig(**{k: params[k] for k in keys}, precision=precision)
 
 
 def llc_at_checkpoints(
@@ -44,7 +58,7 @@ def llc_at_checkpoints(
     convergence diagnostics ``llc_rhat``, ``llc_ess`` and ``llc_trend_z``
     (:mod:`critperiods.measure.llc.quality`, which also turns them into the quality flag), and the
     sampler's settings as 0-d variables ``llc_nbeta``, ``llc_burn_in``, ``llc_step_size``,
-    ``llc_gamma``.
+    ``llc_gamma``, ``llc_bf16``.
     """
     from critperiods.measure.llc.quality import diagnose
 
@@ -79,6 +93,7 @@ def llc_at_checkpoints(
             "llc_burn_in": ((), config.burn_in),
             "llc_step_size": ((), config.step_size),
             "llc_gamma": ((), config.gamma),
+            "llc_bf16": ((), np.int8(config.precision == "bfloat16")),
         },
         coords={"epoch": epochs, "chain": np.arange(config.chains), "draw": np.arange(draws)},
     )
@@ -115,7 +130,8 @@ def llc(output: str, pieces: list[str], train_data: str, *, training: dict, para
     data = load_prepared(train_data, device=device)
     cfg, expected = TrainConfig.from_params(training), config_hash(training)
     wanted, model = set(epochs), model_for(cfg, data, device)
-    data_for, config = llc_data(data, params), llc_config_from_params(params)
+    data_for = llc_data(data, params)
+    config = llc_config_from_params(params, device, cfg.model)
     parts = []
     for seed in parse_piece(pieces[0]).seeds:
         checkpoints = [c for c in load_checkpoints(pieces, expected, seed) if c["epoch"] in wanted]

@@ -19,7 +19,7 @@ def plots(cube_path: str, figures: dict[str, str], landing: str, *, dpi: int,
     cube = open_cube(cube_path)
     for name, path in figures.items():
         PLOTTERS[name](cube, path, dpi=dpi)
-    page = landing_page(cube, figures["critical_period"], description)
+    page = landing_page(cube, figures["critical_period"], description, drawn=figures)
     write_atomic(landing, lambda tmp: Path(tmp).write_text(page))
 
 

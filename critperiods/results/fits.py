@@ -1,0 +1,463 @@
+"""Numerical cores of the critical-period statistics: plain numpy in, floats out.
+
+The critical period is read off the *permanent deficit curve*: the final sharp test accuracy
+as a function of the switch epoch ``s`` (blurred inputs for epochs ``< s``, sharp afterwards).
+Early switches cost nothing; once ``s`` passes the end of the critical period the final
+accuracy declines. This module fits and reads that curve, and the curves beside it:
+
+* :func:`fit_hinge` / :func:`bootstrap_hinge`: a continuous hinge (flat, then linear
+  decline) whose kink ``k`` is the end of the critical period, with a seed-bootstrap
+  percentile interval;
+* :func:`deficit_bootstrap`: the permanent deficit of the latest switch, paired by seed;
+* model-free read-outs: :func:`half_deficit_epoch`, :func:`largest_change_epoch` (where a
+  curve such as λ̂ changes slope most) and :func:`divergence_drop_epoch`;
+* :func:`fit_power_law`: the exponent of the end against temperature or batch size.
+
+Everything takes arrays, ignores NaN (a missing or left-out run) and returns NaN where there
+is too little to estimate, so it is tested in isolation; :mod:`critperiods.results.summary`
+feeds it from the cube.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["HingeFit", "bootstrap_hinge", "deficit_bootstrap", "divergence_drop_epoch",
+           "fit_hinge", "fit_power_law", "half_deficit_epoch", "largest_change_epoch",
+           "nanmean"]
+
+_TINY = 1e-300
+
+
+# --------------------------------------------------------------------------------------
+# small array helpers
+# --------------------------------------------------------------------------------------
+
+
+def nanmean(values: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """NaN-ignoring mean that returns NaN (without a RuntimeWarning) for all-NaN slices."""
+    values = np.asarray(values, dtype=float)
+    finite = np.isfinite(values)
+    total = np.where(finite, values, 0.0).sum(axis=axis)
+    count = finite.sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _sorted_finite(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(x, y)`` restricted to pairs where both are finite, sorted by ``x``.
+
+    The model-free estimators all walk along a curve in increasing ``x``; dropping missing
+    points first lets them interpolate across holes instead of propagating NaN.
+    """
+    x = np.asarray(x, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same length, got {x.shape} and {y.shape}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    order = np.argsort(x[keep], kind="stable")
+    return x[keep][order], y[keep][order]
+
+
+def _first_crossing(x: np.ndarray, exceed: np.ndarray, y: np.ndarray, target: float) -> float:
+    """Linearly interpolated ``x`` where ``y`` first reaches ``target``.
+
+    ``exceed`` flags the points that are at/over the target (in whichever direction the
+    caller cares about); the crossing is interpolated between the first flagged point and its
+    predecessor.  Returns NaN if no point is flagged.
+    """
+    hits = np.flatnonzero(exceed)
+    if hits.size == 0:
+        return float("nan")
+    i = int(hits[0])
+    if i == 0:
+        return float(x[0])
+    x0, x1, y0, y1 = x[i - 1], x[i], y[i - 1], y[i]
+    if y1 == y0:
+        return float(x1)
+    return float(x0 + (target - y0) / (y1 - y0) * (x1 - x0))
+
+
+# --------------------------------------------------------------------------------------
+# hinge fit
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HingeFit:
+    """Least-squares hinge ``acc(s) = level + slope * max(s - kink, 0)`` with ``slope <= 0``.
+
+    ``kink`` is the estimated end of the critical period (epochs), ``level`` the accuracy
+    before it, ``slope`` the accuracy lost per epoch of further delay, ``sse`` the residual
+    sum of squares and ``n_points`` the number of finite observations pooled.
+    """
+
+    kink: float
+    level: float
+    slope: float
+    sse: float
+    n_points: int
+
+    @property
+    def k(self) -> float:
+        """Alias of :attr:`kink` (the notation used in the paper)."""
+        return self.kink
+
+
+def _hinge_core(
+    s: np.ndarray, n: np.ndarray, y1: np.ndarray, y2: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Exact continuous-kink hinge fit from per-switch sufficient statistics.
+
+    ``s`` (G,) are the distinct switch epochs, ascending and shifted so that ``s[0] == 0``;
+    ``n``, ``y1``, ``y2`` (B, G) are the count, sum and sum of squares of the (centred)
+    accuracies at each switch for B independent datasets (B > 1 for the bootstrap).
+
+    Why it is exact: for a kink strictly inside a gap ``(s_j, s_j+1)`` the points split into a
+    fixed left set (fitted by the level ``a``) and a fixed right set (fitted by a line
+    ``c + b s``); continuity only ties them via ``k = (a - c) / b``.  The optimum inside the gap
+    is therefore either the unconstrained pair (left mean, right OLS line) if its implied kink
+    lies in the gap with ``b < 0``, or else it sits at a gap end ``k = s_j`` where the model is
+    linear in ``(a, b)`` and is solved in closed form (``b`` clipped at 0).  Scanning all gaps
+    and all grid points gives the global least-squares solution without a numerical search,
+    vectorised over B.
+
+    Returns ``(kink, level, slope, sse)``, each of shape (B,), still in shifted/centred units.
+    """
+    x1, x2, xy = n * s, n * s**2, y1 * s
+    cum = np.cumsum(np.stack([n, y1, y2, x1, x2, xy]), axis=-1)
+    tot = cum[..., -1:]
+    n_l, y_l, yy_l = cum[0], cum[1], cum[2]
+    n_r, y_r, yy_r, x_r, xx_r, xy_r = tot - cum  # groups strictly right of index j
+    big_n, big_y, big_yy = tot[0], tot[1], tot[2]
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # candidates 1: kink at a grid point s_j (model linear in a, b)
+        k_end = np.broadcast_to(s, n.shape)
+        xx = xx_r - 2 * k_end * x_r + n_r * k_end**2
+        xs = x_r - n_r * k_end
+        xys = xy_r - k_end * y_r
+        den = big_n * xx - xs**2
+        ok = den > 1e-12 * np.maximum(big_n * xx, _TINY)
+        b_end = np.minimum(np.where(ok, (big_n * xys - xs * big_y) / np.where(ok, den, 1.0), 0), 0)
+        a_end = (big_y - b_end * xs) / big_n
+        sse_end = (
+            big_yy
+            - 2 * a_end * big_y
+            - 2 * b_end * xys
+            + big_n * a_end**2
+            + 2 * a_end * b_end * xs
+            + b_end**2 * xx
+        )
+        # a clipped (b == 0) fit is the flat model, reported with the kink at max s
+        k_end = np.where(b_end < 0, k_end, s[-1])
+
+        # candidates 2: kink strictly inside a gap (unconstrained left mean + right OLS line)
+        sl = np.s_[..., :-1]
+        a_in = y_l[sl] / n_l[sl]
+        den_r = n_r[sl] * xx_r[sl] - x_r[sl] ** 2
+        b_in = (n_r[sl] * xy_r[sl] - x_r[sl] * y_r[sl]) / den_r
+        c_in = (y_r[sl] - b_in * x_r[sl]) / n_r[sl]
+        k_in = (a_in - c_in) / b_in
+        ok_in = (
+            (n_l[sl] > 0)
+            & (den_r > 1e-12 * np.maximum(n_r[sl] * xx_r[sl], _TINY))
+            & (b_in < 0)
+            & (k_in > s[:-1])
+            & (k_in < s[1:])
+        )
+        sse_in = (yy_l[sl] - 2 * a_in * y_l[sl] + n_l[sl] * a_in**2) + (
+            yy_r[sl]
+            - 2 * c_in * y_r[sl]
+            - 2 * b_in * xy_r[sl]
+            + n_r[sl] * c_in**2
+            + 2 * c_in * b_in * x_r[sl]
+            + b_in**2 * xx_r[sl]
+        )
+        sse_in = np.where(ok_in, sse_in, np.inf)
+
+    # flat model (last grid point) first so that argmin prefers it on exact ties
+    order = np.r_[n.shape[-1] - 1, np.arange(n.shape[-1] - 1)]
+    ks = np.concatenate([k_end[..., order], k_in], axis=-1)
+    a_all = np.concatenate([a_end[..., order], a_in], axis=-1)
+    b_all = np.concatenate([b_end[..., order], b_in], axis=-1)
+    sse_all = np.concatenate([sse_end[..., order], sse_in], axis=-1)
+    sse_all = np.where(np.isfinite(sse_all), sse_all, np.inf)
+    best = np.argmin(sse_all, axis=-1)
+    pick = np.take_along_axis
+    kink, level, slope, sse = (
+        pick(v, best[:, None], axis=-1)[:, 0] for v in (ks, a_all, b_all, sse_all)
+    )
+    # a decline must beat the flat model by more than round-off to be reported
+    flat_sse = sse_all[:, 0]
+    tol = 1e-9 * flat_sse + 1e-24 * big_n[:, 0]
+    flat = (sse > flat_sse - tol) | (slope >= 0)
+    kink = np.where(flat, s[-1], kink)
+    level = np.where(flat, a_all[:, 0], level)
+    slope = np.where(flat, 0.0, slope)
+    sse = np.where(flat, flat_sse, sse)
+    empty = big_n[:, 0] == 0
+    nan = np.nan
+    return (
+        np.where(empty, nan, kink),
+        np.where(empty, nan, level),
+        np.where(empty, nan, slope),
+        np.where(empty, nan, sse),
+    )
+
+
+def _prepare_hinge(
+    switch_epochs: np.ndarray, accuracy: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]:
+    """Group a (switch × seed) accuracy matrix into per-(switch value, seed) statistics.
+
+    Returns ``(s, n, y1, y2, s0, mu)``: ``s`` (G,) distinct switch epochs with at least one
+    finite accuracy, shifted by ``s0``; ``n``, ``y1``, ``y2`` (G, seeds) counts, sums and sums
+    of squares of accuracies centred by their overall mean ``mu``.  Centring keeps the
+    sum-of-squares formulas in :func:`_hinge_core` free of cancellation.
+    """
+    s_raw = np.asarray(switch_epochs, dtype=float).ravel()
+    acc = np.asarray(accuracy, dtype=float)
+    if acc.ndim == 1:
+        acc = acc[:, None]
+    if acc.ndim != 2 or acc.shape[0] != s_raw.size:
+        raise ValueError(
+            f"accuracy must be (switch_epoch,) or (switch_epoch, seed) with {s_raw.size} rows, "
+            f"got shape {acc.shape}"
+        )
+    finite = np.isfinite(acc) & np.isfinite(s_raw)[:, None]
+    mu = float(acc[finite].mean()) if finite.any() else 0.0
+    rows = finite.any(axis=1)
+    s_vals, inverse = np.unique(s_raw[rows], return_inverse=True)
+    onehot = np.zeros((s_vals.size, int(rows.sum())))
+    onehot[inverse, np.arange(inverse.size)] = 1.0
+    yc = np.where(finite, acc - mu, 0.0)[rows]
+    n = onehot @ finite[rows].astype(float)
+    s0 = float(s_vals[0]) if s_vals.size else 0.0
+    return s_vals - s0, n, onehot @ yc, onehot @ yc**2, s0, mu
+
+
+def fit_hinge(switch_epochs: np.ndarray, accuracy: np.ndarray) -> HingeFit:
+    """Least-squares hinge fit of final accuracy against switch epoch.
+
+    Model: ``acc(s) = a`` for ``s <= k`` and ``a + b (s - k)`` for ``s > k`` with ``b <= 0`` and
+    ``k`` continuous in ``[min s, max s]``.  ``accuracy`` is 1-D (one value per switch epoch) or
+    2-D (switch_epoch × seed); every finite value is pooled, NaNs (missing runs) are ignored, and
+    switch epochs with no finite value do not bound ``k``.  The solution is exact (see
+    :func:`_hinge_core`), not a grid search.
+
+    If the data show no decline (the best ``b`` is ``>= 0`` for every kink, or a decline does
+    not reduce the residual at all) the fit is the flat line and the kink is reported as the
+    largest switch epoch with slope 0: the critical period has not ended within the tested
+    range.  With no finite data every field is NaN.
+    """
+    s, n, y1, y2, s0, mu = _prepare_hinge(switch_epochs, accuracy)
+    if s.size == 0:
+        return HingeFit(float("nan"), float("nan"), float("nan"), float("nan"), 0)
+    k, a, b, sse = _hinge_core(s, n.sum(1)[None], y1.sum(1)[None], y2.sum(1)[None])
+    return HingeFit(float(k[0] + s0), float(a[0] + mu), float(b[0]), float(sse[0]), int(n.sum()))
+
+
+def bootstrap_hinge(
+    switch_epochs: np.ndarray,
+    accuracy_by_seed: np.ndarray,
+    n_boot: int = 1000,
+    rng_seed: int = 0,
+    level: float = 0.90,
+) -> tuple[float, float, float, float]:
+    """Hinge kink with a seed-bootstrap percentile interval.
+
+    Seeds (columns of the switch_epoch × seed matrix) are resampled with replacement, because
+    a seed is the independent unit: all its switch runs share initialisation and data order.
+    Each resample is refitted exactly (vectorised), and the interval is the central ``level``
+    percentile range of the resampled kinks.  Deterministic for a given ``rng_seed``.  With a
+    single seed (1-D input) the interval collapses to the point estimate.
+
+    Returns ``(k_hat, lower, upper, slope)`` where ``k_hat`` and ``slope`` come from the fit
+    to all data.
+    """
+    fit = fit_hinge(switch_epochs, accuracy_by_seed)
+    if not np.isfinite(fit.kink):
+        return (float("nan"),) * 4
+    s, n, y1, y2, s0, _ = _prepare_hinge(switch_epochs, accuracy_by_seed)
+    n_seed = n.shape[1]
+    rng = np.random.default_rng(rng_seed)
+    picks = rng.integers(0, n_seed, size=(int(n_boot), n_seed))
+    weights = np.zeros((int(n_boot), n_seed))
+    np.add.at(weights, (np.arange(int(n_boot))[:, None], picks), 1.0)
+    k_boot, *_ = _hinge_core(s, weights @ n.T, weights @ y1.T, weights @ y2.T)
+    k_boot = k_boot[np.isfinite(k_boot)] + s0
+    if k_boot.size == 0:
+        return fit.kink, float("nan"), float("nan"), fit.slope
+    tail = 50.0 * (1.0 - level)
+    lower, upper = np.percentile(k_boot, [tail, 100.0 - tail])
+    return fit.kink, float(lower), float(upper), fit.slope
+
+
+# --------------------------------------------------------------------------------------
+# model-free estimators
+# --------------------------------------------------------------------------------------
+
+
+def half_deficit_epoch(switch_epochs: np.ndarray, mean_accuracy: np.ndarray) -> float:
+    """First switch epoch at which the permanent deficit reaches half its final size.
+
+    The deficit at ``s`` is ``acc(s_min) - acc(s)`` (``s_min`` is normally 0, the sharp-only
+    run); its final size is the deficit at the largest switch epoch.  The crossing of half the
+    final deficit is linearly interpolated between switch epochs.  This needs no model, so it
+    cross-checks the hinge kink (for an exact hinge it equals ``(k + s_max) / 2``).  NaN if the
+    final deficit is not positive or fewer than two finite points exist.
+    """
+    s, acc = _sorted_finite(switch_epochs, mean_accuracy)
+    if s.size < 2:
+        return float("nan")
+    deficit = acc[0] - acc
+    final = deficit[-1]
+    if not final > 0:
+        return float("nan")
+    target = 0.5 * final
+    return _first_crossing(s, deficit >= target, deficit, target)
+
+
+def _smooth(values: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing (``sigma`` in samples) with point-reflected padding.
+
+    Point reflection (``2 v[0] - v[i]``) continues linear trends through the ends, so a
+    straight line stays straight and the edges do not fake a slope change.
+    """
+    if sigma <= 0 or values.size < 3:
+        return values.copy()
+    half = min(max(1, int(np.ceil(3.0 * sigma))), values.size - 1)
+    offsets = np.arange(-half, half + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel /= kernel.sum()
+    left = 2 * values[0] - values[1 : half + 1][::-1]
+    right = 2 * values[-1] - values[-half - 1 : -1][::-1]
+    padded = np.concatenate([left, values, right])
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def largest_change_epoch(epochs: np.ndarray, values: np.ndarray, smooth: float = 1.0) -> float:
+    """Epoch at which the slope of ``values`` versus epoch changes most.
+
+    Used for "where does λ̂ change regime": the LLC typically rises and then flattens (or the
+    reverse), i.e. a slope break.  Procedure: drop non-finite points, sort by epoch, smooth with
+    a Gaussian of standard deviation ``smooth`` *samples* (0 disables smoothing; ends are
+    point-reflected so linear trends are preserved), compute the finite-difference slope on each
+    interval (true epoch spacing, so non-uniform checkpoints are fine), and return the interior
+    epoch where the slope changes most in magnitude (``|slope_after - slope_before|``).  The
+    endpoints can never be returned.  NaN with fewer than 3 finite points.
+    """
+    x, v = _sorted_finite(epochs, values)
+    if x.size < 3:
+        return float("nan")
+    v = _smooth(v, float(smooth))
+    slopes = np.diff(v) / np.diff(x)
+    change = np.abs(np.diff(slopes))
+    if not np.any(np.isfinite(change)):
+        return float("nan")
+    return float(x[1 + int(np.nanargmax(change))])
+
+
+def divergence_drop_epoch(switch_epochs: np.ndarray, div_at_horizon: np.ndarray) -> float:
+    """First switch epoch at which the divergence falls below half of its early value.
+
+    ``div_at_horizon[i]`` is the L2 distance between the switched run and the blurred
+    continuation, ``h`` epochs after switch ``switch_epochs[i]`` (seed-averaged).  Early in
+    training the switch sends the weights far from the blurred path; after the critical
+    period the network barely moves.  The early value is the one at the smallest switch
+    epoch, and the half-crossing is linearly interpolated.  NaN if it never drops below half,
+    if the early value is not positive, or with fewer than two finite points.
+    """
+    s, div = _sorted_finite(switch_epochs, div_at_horizon)
+    if s.size < 2 or not div[0] > 0:
+        return float("nan")
+    target = 0.5 * div[0]
+    return _first_crossing(s, div < target, div, target)
+
+
+# --------------------------------------------------------------------------------------
+# power law
+# --------------------------------------------------------------------------------------
+
+
+def _loglog_slope(lx: np.ndarray, ly: np.ndarray) -> tuple[float, float]:
+    """OLS ``ly = intercept + slope * lx``; NaN when ``lx`` has no spread."""
+    dx = lx - lx.mean()
+    sxx = float(dx @ dx)
+    if sxx <= 1e-12 * max(float(lx @ lx), _TINY):
+        return float("nan"), float("nan")
+    slope = float(dx @ (ly - ly.mean())) / sxx
+    return slope, float(ly.mean() - slope * lx.mean())
+
+
+def fit_power_law(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_boot: int = 1000,
+    rng_seed: int = 0,
+    level: float = 0.90,
+) -> tuple[float, float, float, float]:
+    """Fit ``y = c * x**p`` by least squares in log-log space.
+
+    Only pairs with finite, positive ``x`` and ``y`` are used.  The interval on ``p`` is a
+    percentile bootstrap over the *points* (pairs resampled with replacement; resamples whose
+    ``x`` values are all equal are discarded).  With few points (typically 3–5 batch sizes) the
+    interval is crude and tends to be too narrow; it is a sanity band, not a test.
+
+    Returns ``(exponent, prefactor, lower, upper)``; all NaN with fewer than 3 usable points.
+    """
+    x = np.asarray(x, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    lx, ly = np.log(x[keep]), np.log(y[keep])
+    if lx.size < 3:
+        return (float("nan"),) * 4
+    p, log_c = _loglog_slope(lx, ly)
+    if not np.isfinite(p):
+        return (float("nan"),) * 4
+    rng = np.random.default_rng(rng_seed)
+    idx = rng.integers(0, lx.size, size=(int(n_boot), lx.size))
+    boots = np.array([_loglog_slope(lx[i], ly[i])[0] for i in idx])
+    boots = boots[np.isfinite(boots)]
+    if boots.size == 0:
+        return p, float(np.exp(log_c)), float("nan"), float("nan")
+    tail = 50.0 * (1.0 - level)
+    lower, upper = np.percentile(boots, [tail, 100.0 - tail])
+    return p, float(np.exp(log_c)), float(lower), float(upper)
+
+
+def deficit_bootstrap(
+    switch_epochs: np.ndarray,
+    accuracy_by_seed: np.ndarray,
+    n_boot: int = 1000,
+    rng_seed: int = 0,
+    level: float = 0.90,
+) -> tuple[float, float, float]:
+    """The permanent deficit of the latest switch, with a seed-bootstrap interval.
+
+    Per seed, the final accuracy at the smallest switch epoch (normally 0, never blurred) minus
+    that at the largest, paired because both runs share the seed's initialisation and data
+    order; then the mean over seeds. Seeds are resampled with replacement for the central
+    ``level`` percentile interval. Returns ``(deficit, lower, upper)``; NaN without a seed that
+    has both ends, and an interval equal to the point with a single seed.
+    """
+    s = np.asarray(switch_epochs, dtype=float)
+    acc = np.asarray(accuracy_by_seed, dtype=float).reshape(s.size, -1)
+    rows = np.flatnonzero(np.isfinite(acc).any(axis=1) & np.isfinite(s))
+    if rows.size < 2:
+        return (float("nan"),) * 3
+    first, last = rows[np.argmin(s[rows])], rows[np.argmax(s[rows])]
+    diffs = acc[first] - acc[last]
+    diffs = diffs[np.isfinite(diffs)]
+    if diffs.size == 0:
+        return (float("nan"),) * 3
+    rng = np.random.default_rng(rng_seed)
+    boots = diffs[rng.integers(0, diffs.size, size=(int(n_boot), diffs.size))].mean(axis=1)
+    tail = 50.0 * (1.0 - level)
+    lower, upper = np.percentile(boots, [tail, 100.0 - tail])
+    return float(diffs.mean()), float(lower), float(upper)
+
+

@@ -1,0 +1,179 @@
+"""What the statistics read from the cube: the runs that count, and their curves.
+
+A run that diverged to chance accuracy (:func:`run_diverged`) is no data point of a curve
+that a seed mean or a fit should see: :func:`valid_final_accuracy`, :func:`valid_llc` and
+:func:`divergence_at_horizon` leave its sharp epochs out (its epochs up to the switch are
+the blurred trunk it shares with its seed's other runs). λ̂ counts only where its quality
+flag is ok. Every read-out here is a seed mean over what is left.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from critperiods.results.fits import nanmean
+
+__all__ = ["CHANCE_MULTIPLE", "CLASSES", "default_horizon", "diverged_branches",
+           "divergence_at_horizon", "llc_sharp", "llc_trunk", "run_diverged",
+           "valid_final_accuracy", "valid_llc"]
+
+#: A run whose final sharp test accuracy is below this multiple of chance (1 / classes) has
+#: diverged rather than learned less: e.g. a restarted learning rate that blew it up.
+CHANCE_MULTIPLE = 1.5
+#: Classes of every dataset here (Fashion-MNIST, CIFAR-10): chance accuracy is 1 / CLASSES.
+CLASSES = 10
+
+
+def run_diverged(cube: xr.Dataset, classes: int = CLASSES) -> xr.DataArray:
+    """True for each run (the dims of ``final_test_accuracy``) that diverged to chance: its
+    final sharp test accuracy is below :data:`CHANCE_MULTIPLE` / ``classes``. False for runs
+    that were not run (NaN accuracy).
+
+    The one definition of a diverged run: the cube's ``run_diverged`` flag stores it, and
+    the statistics recompute it from ``final_test_accuracy``, so cubes written before the
+    flag existed are read the same way.
+    """
+    acc = cube["final_test_accuracy"]
+    return (acc < CHANCE_MULTIPLE / classes).rename("run_diverged")
+
+
+def diverged_branches(cube: xr.Dataset) -> xr.DataArray:
+    """True at the sharp epochs (``epoch > switch_epoch``) of runs that diverged to chance.
+
+    A run's epochs up to its switch are its blurred trunk's, shared with every other run of
+    its seed, so they stay valid; only its own branch is left out.
+    """
+    return run_diverged(cube) & (cube["epoch"] > cube["switch_epoch"])
+
+
+def _without_diverged(cube: xr.Dataset, da: xr.DataArray) -> xr.DataArray:
+    """``da`` (on the run dims, with or without ``epoch``) with the values of diverged runs'
+    branches set to NaN; unchanged for a cube without ``final_test_accuracy``."""
+    if "final_test_accuracy" not in cube:
+        return da
+    bad = diverged_branches(cube) if "epoch" in da.dims else run_diverged(cube)
+    bad = bad.sel({d: da[d] for d in bad.dims if d in da.dims})
+    for d in [d for d in bad.dims if d not in da.dims]:
+        bad = bad.any(d)  # da shared across that dim (no lr_schedule in an old cube)
+    return da.where(~bad)
+
+
+def valid_final_accuracy(cube: xr.Dataset) -> xr.DataArray:
+    """``final_test_accuracy`` with the runs that diverged to chance set to NaN: what the
+    seed means, bootstraps and fits use."""
+    return cube["final_test_accuracy"].where(~run_diverged(cube))
+
+
+def _seed_mean(da: xr.DataArray) -> xr.DataArray:
+    """Average over ``seed`` (if present) ignoring NaNs, without all-NaN warnings."""
+    if "seed" not in da.dims:
+        return da
+    axis = da.get_axis_num("seed")
+    dims = [d for d in da.dims if d != "seed"]
+    coords = {d: da.coords[d] for d in dims if d in da.coords}
+    return xr.DataArray(nanmean(da.values, axis=axis), dims=dims, coords=coords)
+
+
+def _shared(da: xr.DataArray) -> xr.DataArray:
+    """One schedule's copy of values every schedule shares (the trunk, the never-blurred run)."""
+    return da.isel(lr_schedule=0, drop=True) if "lr_schedule" in da.dims else da
+
+
+def valid_llc(cube: xr.Dataset) -> xr.DataArray | None:
+    """``llc_mean`` where its quality flag is ok, NaN where it is flagged or on the branch of
+    a run that diverged to chance; None without λ̂."""
+    if "llc_mean" not in cube:
+        return None
+    llc = cube["llc_mean"]
+    llc = llc.where(cube["llc_quality"] == 0) if "llc_quality" in cube else llc
+    return _without_diverged(cube, llc)
+
+
+def _empty() -> xr.DataArray:
+    return xr.DataArray(np.array([]), dims=["epoch"], coords={"epoch": np.array([])})
+
+
+def llc_trunk(cube: xr.Dataset, batch_size: float) -> xr.DataArray:
+    """Valid λ̂ along the blurred trunk for one batch size (mean over seeds) vs epoch.
+
+    Every run trains on blurred images until its switch, so the run with the largest switch
+    epoch that has any λ̂ traces the longest trunk; its values at epochs ``<=`` that switch
+    are returned. Flagged estimates are left out (:func:`valid_llc`).
+    """
+    llc = valid_llc(cube)
+    if llc is None:
+        return _empty()
+    llc = _shared(llc.sel(batch_size=batch_size))
+    has = np.isfinite(cube["llc_mean"].sel(batch_size=batch_size))
+    has = _shared(has).any(dim=[d for d in llc.dims if d != "switch_epoch"])
+    switches = llc["switch_epoch"].values[has.values]
+    if switches.size == 0:
+        return _empty()
+    s_max = switches.max()
+    trunk = _seed_mean(llc.sel(switch_epoch=s_max))
+    return trunk.where(trunk["epoch"] <= s_max, drop=True)
+
+
+def llc_sharp(cube: xr.Dataset, batch_size: float) -> xr.DataArray:
+    """Valid λ̂ of the never-blurred run (``switch_epoch == 0``), mean over seeds, vs epoch.
+
+    Empty if there is no λ̂ or no switch epoch 0.
+    """
+    llc = valid_llc(cube)
+    if llc is None or 0 not in cube["switch_epoch"].values:
+        return _empty()
+    return _seed_mean(_shared(llc.sel(batch_size=batch_size, switch_epoch=0)))
+
+
+def default_horizon(cube: xr.Dataset) -> float:
+    """Default horizon for the divergence read-out: the first checkpoint after a switch.
+
+    Among positive offsets ``epoch - switch_epoch`` at which the divergence from the
+    always-blurred run (``div_l2``, ``reference = "blurred"``) is finite (any batch size,
+    schedule or seed), return the smallest offset that is available for the largest number of
+    switch epochs, so that the read-out covers as many switches as possible. NaN if the
+    divergence is absent or never finite after a switch.
+    """
+    if "div_l2" not in cube:
+        return float("nan")
+    div = cube["div_l2"].sel(reference="blurred")
+    mask = np.isfinite(div).any(dim=[d for d in div.dims if d not in ("switch_epoch", "epoch")])
+    mask = mask.transpose("switch_epoch", "epoch").values
+    switches = cube["switch_epoch"].values.astype(float)
+    epochs = cube["epoch"].values.astype(float)
+    offsets = epochs[None, :] - switches[:, None]
+    valid = mask & (offsets > 0)
+    if not valid.any():
+        return float("nan")
+    candidates = np.unique(offsets[valid])
+    counts = [int((valid & np.isclose(offsets, h)).any(axis=1).sum()) for h in candidates]
+    return float(candidates[int(np.argmax(counts))])
+
+
+def divergence_at_horizon(cube: xr.Dataset, batch_size: float, horizon: float,
+                          lr_schedule: str | None = None) -> np.ndarray:
+    """Seed-averaged distance to the always-blurred run at ``epoch = switch + horizon``, one
+    value per switch epoch (for ``lr_schedule``, default the first); runs that diverged to
+    chance are left out.
+
+    Switches whose ``switch + horizon`` is not a checkpoint give NaN; all NaN if the variable
+    is absent or the horizon is not finite.
+    """
+    switches = cube["switch_epoch"].values.astype(float)
+    out = np.full(switches.size, np.nan)
+    if "div_l2" not in cube or not np.isfinite(horizon):
+        return out
+    div = _without_diverged(cube, cube["div_l2"].sel(reference="blurred"))
+    div = div.sel(batch_size=batch_size)
+    if "lr_schedule" in div.dims:
+        div = (div.sel(lr_schedule=lr_schedule) if lr_schedule is not None
+               else div.isel(lr_schedule=0))
+    div = _seed_mean(div).transpose("switch_epoch", "epoch")
+    epochs = cube["epoch"].values.astype(float)
+    for i, s in enumerate(switches):
+        col = np.flatnonzero(np.isclose(epochs, s + horizon))
+        if col.size:
+            out[i] = float(div.values[i, col[0]])
+    return out
+

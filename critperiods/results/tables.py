@@ -1,0 +1,190 @@
+"""What a summary says, as text: the table, its CSV, the restart verdicts, the runs left
+out as diverged and the λ̂ flag counts. ``summarize`` prints these; the report page and the
+aggregate stage use them too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from critperiods.results.selection import CLASSES, run_diverged
+from critperiods.results.summary import EXPONENTS, INTERVAL_STATISTICS
+from critperiods.variables import SUMMARY_STATISTICS
+
+__all__ = ["diverged_sentence", "end_located", "format_table", "llc_flag_counts",
+           "restart_verdicts",
+           "runs_at_chance", "summary_table", "to_csv"]
+
+def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
+    """Per batch size, whether the permanent deficit survives restarting the learning rate.
+
+    Empty without a ``restart`` schedule. "survives" needs the restart deficit's interval
+    above 0; the wording says when the interval rests on few seeds.
+    """
+    if "lr_schedule" not in summary.dims or "restart" not in summary["lr_schedule"].values:
+        return {}
+    few = "not a confidence interval" in summary.attrs.get("interval_kind", "")
+    out = {}
+    for b in summary["batch_size"].values:
+        cell = summary.sel(batch_size=b, lr_schedule="restart")
+        d = float(cell["permanent_deficit"])
+        lo, hi = (float(v) for v in cell["permanent_deficit_interval"].values)
+        if not np.isfinite(d):
+            out[float(b)] = "unknown (no restart deficit)"
+        elif lo > 0:
+            out[float(b)] = (f"survives the restart: {100 * d:.1f} pp [{100 * lo:.1f}, "
+                             f"{100 * hi:.1f}]" + (" (few seeds)" if few else ""))
+        else:
+            out[float(b)] = (f"does not survive the restart: {100 * d:.1f} pp [{100 * lo:.1f}, "
+                             f"{100 * hi:.1f}] includes no loss" + (" (few seeds)" if few else ""))
+    return out
+
+
+def runs_at_chance(cube: xr.Dataset, classes: int = CLASSES) -> list[str]:
+    """The runs that diverged to chance (:func:`run_diverged`), one line each: "batch B,
+    <schedule>, switch epoch K, seed S, final accuracy A %".
+
+    They are left out of the means and fits; ``summarize``, the report and the plots name
+    them.
+    """
+    if "final_test_accuracy" not in cube:
+        return []
+    acc = cube["final_test_accuracy"]
+    low = acc.where(run_diverged(cube, classes))
+    hits = low.to_dataframe().dropna()
+    out = []
+    for index in hits.index:
+        where = dict(zip(hits.index.names, index, strict=True))
+        out.append(", ".join(
+            f"{name.replace('_', ' ').replace('batch size', 'batch')} {where[name]:g}"
+            if name != "lr_schedule" else str(where[name])
+            for name in acc.dims) + f", final accuracy {100 * hits.loc[index, low.name]:.1f} %")
+    return out
+
+
+def diverged_sentence(n: int) -> str:
+    """"N run(s) diverged to chance and are left out of means and fits" (no full stop)."""
+    return (f"{n} run{'s' if n != 1 else ''} diverged to chance and "
+            f"{'are' if n != 1 else 'is'} left out of means and fits")
+
+
+def llc_flag_counts(cube: xr.Dataset) -> dict[str, int]:
+    """Distinct λ̂ estimates of the cube, how many are ok and how many carry each flag.
+
+    An estimate shared by several runs (a trunk checkpoint, the never-blurred run) counts once.
+    """
+    from critperiods.measure.llc.quality import count_flags
+
+    if "llc_quality" not in cube:
+        return {}
+    quality = cube["llc_quality"]
+    if "lr_schedule" in quality.dims:
+        first = quality["lr_schedule"] == quality["lr_schedule"][0]
+    else:
+        first = xr.DataArray(True)
+    k, e = quality["switch_epoch"], quality["epoch"]
+    branch = (e > k) & ((k > 0) | first)
+    trunk = (e <= k) & (k == k.max()) & first
+    return count_flags(quality.where(branch | trunk).values)
+
+
+
+def summary_table(summary: xr.Dataset) -> pd.DataFrame:
+    """One row per (batch size, schedule): the statistics, each interval split into
+    ``_lower``/``_upper``, the schedule's exponents repeated on every row (so the CSV is
+    self-contained), and the runs left out as diverged (``diverged_runs``)."""
+    if "lr_schedule" not in summary.dims:
+        summary = summary.expand_dims(lr_schedule=["continue"])
+    rows = []
+    for b in summary["batch_size"].values:
+        for r in summary["lr_schedule"].values:
+            cell = summary.sel(batch_size=b, lr_schedule=r)
+            row: dict[str, object] = {"batch_size": b, "lr_schedule": str(r)}
+            for name in SUMMARY_STATISTICS:
+                row[name] = float(cell[name])
+                if name in INTERVAL_STATISTICS:
+                    lo, hi = cell[f"{name}_interval"].values
+                    row[f"{name}_lower"], row[f"{name}_upper"] = float(lo), float(hi)
+            for name in EXPONENTS:
+                row[name] = float(cell[name])
+                lo, hi = cell[f"{name}_interval"].values
+                row[f"{name}_lower"], row[f"{name}_upper"] = float(lo), float(hi)
+            if "diverged_runs" in cell:  # absent from cubes written before the flag
+                row["diverged_runs"] = int(cell["diverged_runs"])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(value: float) -> str:
+    """Compact number for the terminal table ("nan" for missing)."""
+    return "nan" if not np.isfinite(value) else f"{value:.4g}"
+
+
+def _pp(value: float) -> str:
+    return "nan" if not np.isfinite(value) else f"{100 * value:.1f}"
+
+
+def end_located(deficit_lower: float) -> bool:
+    """Whether a cell has a critical-period end to report: the lower bound of its permanent
+    deficit's interval is above zero. Otherwise the hinge kink was fitted to a flat curve
+    and is noise; the report, ``summarize``'s table and the figures show no end there."""
+    return bool(deficit_lower > 0)
+
+
+def format_table(summary: xr.Dataset) -> str:
+    """Aligned plain-text table of the per-(batch, schedule) statistics, the exponents, what
+    the intervals are, and why any value is NaN. A cell whose permanent deficit's interval
+    reaches zero shows no end ("-", "no deficit")."""
+    table = summary_table(summary)
+    located = [end_located(lo) for lo in table["permanent_deficit_lower"]]  # the CSV keeps all
+    columns = {
+        "batch": table["batch_size"].map(lambda v: f"{v:g}"),
+        "lr": table["lr_schedule"],
+        "cp_end": [_fmt(v) if ok else "-" for v, ok in zip(
+            table["critical_period_end"], located, strict=True)],
+        "cp_interval": [f"[{_fmt(lo)}, {_fmt(hi)}]" if ok else "no deficit"
+                        for lo, hi, ok in zip(table["critical_period_end_lower"],
+                                              table["critical_period_end_upper"], located,
+                                              strict=True)],
+        "slope_pp/ep": table["critical_period_slope"].map(_pp),
+        "deficit_pp": [f"{_pp(d)} [{_pp(lo)}, {_pp(hi)}]" for d, lo, hi in zip(
+            table["permanent_deficit"], table["permanent_deficit_lower"],
+            table["permanent_deficit_upper"], strict=True)],
+        "half_def": table["half_deficit_epoch"].map(_fmt),
+        "llc_trunk": table["llc_change_epoch_trunk"].map(_fmt),
+        "llc_sharp": table["llc_change_epoch_sharp"].map(_fmt),
+        "div_drop": table["divergence_drop_epoch"].map(_fmt),
+    }
+    widths = {k: max(len(k), *(len(str(v)) for v in col)) for k, col in columns.items()}
+    lines = ["  ".join(k.rjust(widths[k]) for k in columns)]
+    for i in range(len(table)):
+        lines.append("  ".join(str(list(columns[k])[i]).rjust(widths[k]) for k in columns))
+    lines.append(f"intervals: {summary.attrs.get('interval_kind', 'seed-bootstrap interval')}")
+    schedules = (summary["lr_schedule"].values if "lr_schedule" in summary.dims
+                 else ["continue"])
+    for name in EXPONENTS:
+        for r in schedules:
+            var = summary[name].sel(lr_schedule=r) if "lr_schedule" in summary[name].dims \
+                else summary[name]
+            interval = summary[f"{name}_interval"]
+            lo, hi = (interval.sel(lr_schedule=r) if "lr_schedule" in interval.dims
+                      else interval).values
+            lines.append(f"{name} ({r}): {_fmt(float(var))} [{_fmt(lo)}, {_fmt(hi)}]")
+    missing = [f"  {name}: {summary[name].attrs['missing']}"
+               for name in [*SUMMARY_STATISTICS, *EXPONENTS]
+               if name in summary and "missing" in summary[name].attrs]
+    if missing:
+        lines += ["why some values are nan:", *missing]
+    return "\n".join(lines)
+
+
+def to_csv(summary: xr.Dataset, path: str | Path) -> Path:
+    """Write :func:`summary_table` to ``path`` (parent folders created); return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    summary_table(summary).to_csv(path, index=False)
+    return path
