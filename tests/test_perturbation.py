@@ -281,3 +281,24 @@ def test_the_sensitivity_ratio_compares_nudges_before_and_after_the_critical_per
     unknown = perturbation_summary(_synthetic_cube(np.nan))
     assert bool(unknown.perturb_cp_ratio.isnull().all())
     assert "no critical-period end" in unknown.perturb_cp_ratio.attrs["missing"]
+
+
+def test_the_copies_of_a_run_that_diverged_to_chance_are_left_out_and_named():
+    from critperiods.results.perturbation_summary import perturbation_summary, verdict_lines
+
+    cube = _synthetic_cube(7.0)
+    l2 = cube["perturb_l2"].values
+    l2[:, :, 1, 1] *= np.array([1000.0, 1000.0, 1.0])[:, None, None, None]  # seed 1 blew up
+    accuracy = np.array([[[[0.90, 0.91], [0.88, 0.10]]]])  # run 8, seed 1: chance
+    cube["final_test_accuracy"] = (("batch_size", "lr_schedule", "switch_epoch", "seed"),
+                                   accuracy)
+    summary = perturbation_summary(cube)
+    run = summary.sel(batch_size=32, lr_schedule="continue", switch_epoch=8)
+    assert float(run.perturb_cp_ratio) == pytest.approx(5.0)  # seed 0 alone, not 5000
+    assert np.isnan(float(run.perturb_cp_ratio_seeds.sel(seed=1)))
+    np.testing.assert_allclose(run.perturb_lasting_l2.sel(epsilon=0.01), [0.1, 0.1, 0.02])
+    lines = verdict_lines(cube.merge(summary))
+    assert lines[-1].startswith("1 perturbed run diverged to chance")
+    assert "batch 32, lr continue, run 8, seed 1" in lines[-1]
+    assert not any("diverged" in line for line in verdict_lines(
+        _synthetic_cube(7.0).merge(perturbation_summary(_synthetic_cube(7.0)))))

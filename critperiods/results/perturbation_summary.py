@@ -39,6 +39,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from critperiods.results.fits import nanmean
+
 RUN = ("batch_size", "lr_schedule", "switch_epoch")
 #: Statistics averaged over seeds and replicates: cube variable → (summary name, long_name).
 AVERAGED = {
@@ -62,9 +64,46 @@ def end_epoch(cube: xr.Dataset) -> int:
     return int(cube["epoch"].values[compared.values].max())
 
 
-def _at_end(cube: xr.Dataset, name: str) -> xr.DataArray:
-    """``name`` at the end epoch, without the coordinates that depend on the epoch."""
+def _valid(cube: xr.Dataset, name: str) -> xr.DataArray:
+    """``cube[name]`` with every copy of a run that diverged to chance set to NaN.
+
+    The copies and the twin of such a run follow its blown-up branch, so their distances
+    say nothing about a nudge (:func:`~critperiods.results.selection.run_diverged`, the
+    rule the seed means and fits use too).
+    """
     var = cube[name].reset_coords(drop=True)
+    if "final_test_accuracy" not in cube:
+        return var
+    from critperiods.results.selection import run_diverged
+
+    bad = run_diverged(cube).reset_coords(drop=True)
+    for d in [d for d in bad.dims if d not in var.dims]:
+        bad = bad.any(d)
+    return var.where(~bad.sel({d: var[d] for d in bad.dims}))
+
+
+def diverged_perturbed_runs(cube: xr.Dataset) -> list[str]:
+    """``"batch B, lr L, run S, seed K"`` for each perturbed run left out because it
+    diverged to chance (empty without perturbations or ``final_test_accuracy``)."""
+    if "perturb_l2" not in cube or "final_test_accuracy" not in cube:
+        return []
+    from critperiods.results.selection import run_diverged
+
+    cube = _with_schedule(cube)
+    l2 = cube["perturb_l2"]
+    perturbed = l2.notnull().any([d for d in l2.dims if d not in (*RUN, "seed")])
+    bad = run_diverged(cube).reset_coords(drop=True)
+    bad = bad.broadcast_like(perturbed).sel({d: perturbed[d] for d in perturbed.dims})
+    hits = (bad & perturbed).stack(run=[*RUN, "seed"])
+    return [f"batch {b}, lr {lr}, run {s}, seed {k}"
+            for (b, lr, s, k), hit in zip(hits["run"].values, hits.values, strict=True)
+            if hit]
+
+
+def _at_end(cube: xr.Dataset, name: str) -> xr.DataArray:
+    """``name`` at the end epoch, without the coordinates that depend on the epoch, and
+    without the runs that diverged to chance (:func:`_valid`)."""
+    var = _valid(cube, name)
     return var.sel(epoch=end_epoch(cube), drop=True) if "epoch" in var.dims else var
 
 
@@ -75,9 +114,9 @@ def _with_schedule(cube: xr.Dataset) -> xr.Dataset:
 
 
 def _nanmean(da: xr.DataArray, dims: list[str]) -> xr.DataArray:
-    """Mean over ``dims`` ignoring NaN, NaN (without a warning) where all are NaN."""
-    count = da.notnull().sum(dims)
-    return (da.fillna(0).sum(dims) / count.where(count > 0))
+    """Mean over ``dims`` ignoring NaN; NaN where all are (xarray's skipna mean, which
+    does not warn about an empty slice)."""
+    return da.mean(dims, skipna=True)
 
 
 def matched_delay(cube: xr.Dataset) -> int:
@@ -89,7 +128,7 @@ def at_delay(cube: xr.Dataset, name: str = "perturb_l2") -> xr.DataArray:
     """``name`` :func:`matched_delay` epochs after each perturbation (NaN where that is not a
     compared epoch)."""
     delay = matched_delay(cube)
-    var = cube[name].reset_coords(drop=True)
+    var = _valid(cube, name)
     parts = [var.sel(perturb_epoch=[e]).reindex(epoch=[e + delay]).squeeze("epoch", drop=True)
              for e in var["perturb_epoch"].values]
     return xr.concat(parts, dim="perturb_epoch")
@@ -292,8 +331,8 @@ def _marker_lines(cube: xr.Dataset, at: dict, run: str) -> list[str]:
                         ("after its switch", ratio["perturb_epoch"] >= k)):
         r, per = ratio.where(mask, drop=True), seeds.where(mask, drop=True)
         if r.size and np.isfinite(r.values).any():
-            geo = float(np.exp(np.nanmean(np.log(r.values))))
-            by_seed = np.exp(np.nanmean(np.log(per.values), axis=0))
+            geo = float(np.exp(nanmean(np.log(r.values))))
+            by_seed = np.exp(nanmean(np.log(per.values), axis=0))
             parts.append(f"{where} (epochs {', '.join(map(str, r.perturb_epoch.values))}) "
                          f"{_fmt(geo)}× (per seed {', '.join(_fmt(v) for v in by_seed)})")
     if parts:
@@ -337,6 +376,11 @@ def verdict_lines(cube: xr.Dataset) -> list[str]:
                     f"{_fmt(end)}) {answer}. L2 / epsilon before over after, at the end: "
                     f"{text}; {delay} epoch{'s' if delay != 1 else ''} after the nudge: "
                     f"{delayed}")
+    left_out = diverged_perturbed_runs(cube)
+    if left_out:
+        lines.append(f"{len(left_out)} perturbed run{'s' if len(left_out) != 1 else ''} "
+                     "diverged to chance; their copies are left out of every ratio and "
+                     f"mean: {'; '.join(left_out)}")
     return lines
 
 
