@@ -455,6 +455,7 @@ def format_perturbation(cube: xr.Dataset) -> str:
     return "\n".join([*lines, "", *verdict_lines(cube), *growth_lines(cube)])
 
 
-__all__ = ["at_delay", "blur_ratio", "drop_epoch", "end_epoch", "format_perturbation",
+__all__ = ["at_delay", "blur_ratio", "diverged_perturbed_runs", "drop_epoch", "end_epoch",
+           "format_perturbation",
            "growth_lines", "matched_delay", "perturbation_rows", "perturbation_summary",
            "sensitivity_ratio", "verdict_lines"]
