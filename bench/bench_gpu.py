@@ -23,6 +23,10 @@ interleaved order (A B C A B C …), medians reported:
 5. **λ̂** (All-CNN-C w96 and small_cnn): 4 / 8 / 16 chains, graphed, both copy layouts,
    against the eager sampler and devinterp 1.3.2 (4 chains).
 6. **Cost**: the CIFAR-10 grid (``configs/cifar10_achille.yaml``) in GPU-hours.
+7. **Levers** (only with ``--sections levers``, a run of its own, about 5 minutes; always in
+   ``--smoke``): ``torch.compile`` captured inside the graphed step, and 1 / 2 / 4 training
+   processes sharing the GPU, at All-CNN-C w96 — the untried ways to bring the CIFAR grid
+   under 5 GPU-hours.
 
 Usage: ``python bench/bench_gpu.py [--out bench/out] [--budget-s 270]``;
 ``--smoke`` runs every section at tiny sizes (on the CPU unless ``--device cuda``), which
@@ -96,6 +100,9 @@ SMOKE = Sizes(n_train=64, batches=(8,), widths={"small_cnn": 2, "all_cnn_c": 4, 
               window_s=0.0, max_window=3, repeats=2, seeds=(1, 2), chains=(2, 4), llc_samples=64,
               llc_batch=16, llc_records=4, fmnist_widths=(2,), fmnist_batches=(8,),
               dataloader_batch=8, pixels=(8, 8), full=False)
+
+#: What ``make bench-gpu`` measures (about 5 minutes); ``--sections levers`` is a separate run.
+DEFAULT_SECTIONS = ("correctness", "training", "llc", "stacked", "fmnist", "cost")
 
 WARMUP = 6  # steps before timing: the eager first step, warm-up and capture of the graph
 
@@ -561,6 +568,176 @@ def section_fmnist(device: torch.device, sizes: Sizes, budget: Budget, cache: di
     return lines, raw
 
 
+def _compiled_forward(trainer: Trainer, device: torch.device) -> None:
+    """Replace the trainer's forward with ``torch.compile`` of its model, before its first
+    step, so the graphed step captures the compiled kernels (Inductor on CUDA; the
+    ``eager`` backend on the CPU, which traces without generating code: the smoke run)."""
+    backend = "inductor" if device.type == "cuda" else "eager"
+    trainer.forward = torch.compile(trainer.model, backend=backend)
+
+
+def _captured(trainer: Trainer) -> str:
+    """Whether every phase the trainer stepped ran from a CUDA graph ('yes', 'no' after a
+    failed capture, 'n/a' off CUDA)."""
+    graphs = trainer.graphs
+    if graphs is None or not graphs.capture:
+        return "n/a"
+    return "yes" if graphs.graphs and all(g is not None for g in graphs.graphs.values()) \
+        else "no (capture failed: eager steps)"
+
+
+def _concurrent_worker(rank: int, model: str, width: int, batch: int, sizes: Sizes,
+                       device_name: str, barrier, queue, windows: int, seconds: float) -> None:
+    """One of K training processes sharing the device: warm up, then ``windows`` windows of
+    about ``seconds`` each, started together (``barrier``); images/s of each window (only
+    its timed steps) go to ``queue``."""
+    try:
+        device = torch.device(device_name)
+        if device.type == "cpu":
+            torch.set_num_threads(1)
+        s = setup_for(model, width, sizes, device, {})
+        loop = ProjectLoop(Trainer(s.cfg, s.data, batch, rank, device), device)
+        loop.steps(WARMUP)
+        chunk = max(1, min(10, loop.full - 2))
+        rates = []
+        for _ in range(windows):
+            barrier.wait(timeout=900)
+            start, timed, steps = time.perf_counter(), 0.0, 0
+            while True:
+                timed += loop.window(chunk)
+                steps += chunk
+                if time.perf_counter() - start >= seconds:
+                    break
+            rates.append(steps * loop.images_per_step / timed)
+        queue.put((rank, rates))
+    except Exception:  # noqa: BLE001 - the parent reports it
+        queue.put((rank, traceback.format_exc()))
+        barrier.abort()
+
+
+def concurrent_rates(model: str, width: int, batch: int, processes: int, sizes: Sizes,
+                     device: torch.device) -> list[float]:
+    """Images/s of ``processes`` training processes together (the sum of their rates in
+    each window they ran at the same time), one entry per window."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, queue = ctx.Barrier(processes), ctx.Queue()
+    windows = sizes.repeats
+    seconds = max(sizes.window_s * 8, 0.01)
+    procs = [ctx.Process(target=_concurrent_worker, args=(
+        rank, model, width, batch, sizes, str(device), barrier, queue, windows, seconds))
+        for rank in range(processes)]
+    for proc in procs:
+        proc.start()
+    try:
+        results = [queue.get(timeout=900) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+    errors = [r for _, r in results if isinstance(r, str)]
+    if errors:
+        raise RuntimeError(f"a training process failed:\n{errors[0]}")
+    return [sum(r[w] for _, r in results) for w in range(windows)]
+
+
+def _mps_running() -> bool:
+    """Whether an NVIDIA MPS control daemon runs here (concurrent processes then share the
+    GPU's SMs instead of taking turns)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["pgrep", "-f", "nvidia-cuda-mps-control"], capture_output=True)
+    except OSError:
+        return False
+    return done.returncode == 0
+
+
+def section_levers(device: torch.device, sizes: Sizes, budget: Budget, cache: dict
+                   ) -> tuple[list[str], dict]:
+    """The levers on the CIFAR grid's cost not yet measured (All-CNN-C w96, the grid's batch
+    sizes): ``torch.compile`` inside the captured step, and several training processes
+    sharing one GPU (``snakemake --resources gpu=K`` on a one-GPU machine)."""
+    model, width = "all_cnn_c", sizes.widths["all_cnn_c"]
+    batches = (64, 128, 256) if sizes.full else sizes.batches
+    raw: dict = {"compile": {}, "processes": {}}
+    rows = []
+    s = setup_for(model, width, sizes, device, cache)
+    for batch in batches:
+        if budget.left() < 30:
+            rows.append(f"| {batch} | not measured (time budget) | | |")
+            continue
+        default = ProjectLoop(Trainer(s.cfg, s.data, batch, 0, device), device)
+        compiled = Trainer(s.cfg, s.data, batch, 0, device)
+        _compiled_forward(compiled, device)
+        loops = {"graphed (default)": default, "graphed + compile": ProjectLoop(compiled, device)}
+        rates = interleaved(loops, sizes)
+        m = {k: med(v) for k, v in rates.items()}
+        captured = _captured(compiled)
+        raw["compile"][f"b{batch}"] = {"images_per_s": rates, "captured": captured}
+        rows.append(f"| {batch} | {m['graphed (default)']:,.0f} | {m['graphed + compile']:,.0f} "
+                    f"({m['graphed + compile'] / m['graphed (default)']:.2f}×) | {captured} |")
+        del loops, default, compiled
+        torch._dynamo.reset()
+        _free(device)
+    counts = (1, 2, 4) if sizes.full else (1, 2)
+    proc_rows = []
+    batch = 128 if sizes.full else sizes.batches[0]
+    for count in counts:
+        if budget.left() < 40:
+            proc_rows.append(f"| {count} | not measured (time budget) | |")
+            continue
+        rates = concurrent_rates(model, width, batch, count, sizes, device)
+        raw["processes"][str(count)] = rates
+        one = med(raw["processes"].get("1", [float("nan")]))
+        proc_rows.append(f"| {count} | {med(rates):,.0f} | {med(rates) / one:.2f}× |")
+    lines = [
+        "## Levers on the CIFAR grid's cost (All-CNN-C w96)", "",
+        "`torch.compile` (Inductor; on the CPU smoke run the `eager` backend) of the model, "
+        "captured inside the graphed step, beside the default graphed step; images/s of one "
+        "seed, interleaved windows. `captured`: whether the step still ran from CUDA graphs.",
+        "", "| batch | graphed (default) | graphed + compile | captured |", "|---|---|---|---|",
+        *rows, "",
+        f"Several training processes on one device at batch {batch} (what `snakemake "
+        "--resources gpu=K` does on a one-GPU workstation; on SLURM it needs the site's MPS "
+        f"or GPU sharding). MPS daemon running: {'yes' if _mps_running() else 'no'}. "
+        "Images/s of all processes together, each window started at the same time:", "",
+        "| processes | images/s (all) | vs 1 |", "|---|---|---|", *proc_rows, ""]
+    return lines + _lever_cost(raw), raw
+
+
+def _lever_cost(raw: dict) -> list[str]:
+    """The grid's GPU-hours from this section's own rates at the grid's batch sizes: the
+    default, with compile, and with the best process count's gain (measured at batch 128,
+    assumed at the others)."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    _merge(config, yaml.safe_load((ROOT / "configs/cifar10_achille.yaml").read_text()))
+    epochs, images = plan.epochs_trained(config, True), 50_000
+    batches = config["grid"]["batch_sizes"]
+
+    def hours(name: str, gain: float = 1.0) -> float:
+        rates = {int(k[1:]): med(v["images_per_s"][name]) for k, v in raw["compile"].items()}
+        return sum(epochs / len(batches) * images / (gain * rate_at(b, rates)) / 3600
+                   for b in batches)
+
+    if not raw["compile"]:
+        return []
+    out = [f"The grid ({epochs:,} epochs at batch sizes {batches}) at these rates: default "
+           f"**{hours('graphed (default)'):.1f} GPU-hours**, with compile "
+           f"**{hours('graphed + compile'):.1f}**"]
+    procs = {int(k): med(v) for k, v in raw["processes"].items()}
+    if 1 in procs and len(procs) > 1:
+        count = max(procs, key=procs.get)
+        gain = procs[count] / procs[1]
+        out[0] += (f", with {count} processes per GPU ({gain:.2f}× at batch 128) "
+                   f"**{hours('graphed (default)', gain):.1f}**")
+    return [out[0] + ".", ""]
+
+
 def llc_case(model: str, width: int, sizes: Sizes, device: torch.device, cache: dict):
     """A model a few SGD steps from init, its λ̂ data and a config like the CIFAR one."""
     s = setup_for(model, width, sizes, device, cache)
@@ -776,7 +953,9 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=270.0)
     parser.add_argument("--reserve-s", type=float, default=130.0,
                         help="seconds the training table leaves for the later sections")
-    parser.add_argument("--sections", default="correctness,training,llc,stacked,fmnist,cost")
+    parser.add_argument("--sections", default=None,
+                        help=f"comma-separated (default {','.join(DEFAULT_SECTIONS)}; "
+                             "--smoke: these and levers)")
     parser.add_argument("--batches", default="", help="training batch sizes (default 32,128,512)")
     parser.add_argument("--chains", default="", help="λ̂ chain counts (default 4,8,16)")
     args = parser.parse_args()
@@ -790,7 +969,8 @@ def main() -> None:
     if device.type == "cpu":
         torch.set_num_threads(1)  # tiny sizes: threads only contend
     budget = Budget(args.budget_s)
-    sections = args.sections.split(",")
+    sections = (args.sections.split(",") if args.sections else
+                [*DEFAULT_SECTIONS, *(["levers"] if args.smoke else [])])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = (torch.cuda.get_device_name(device) if device.type == "cuda" else
@@ -803,7 +983,8 @@ def main() -> None:
     raw: dict = {"device": name, "torch": torch.__version__}
 
     def save() -> None:
-        order = [s for s in ("correctness", "training", "stacked", "fmnist", "llc", "cost")
+        order = [s for s in ("correctness", "training", "stacked", "fmnist", "llc", "cost",
+                             "levers")
                  if s in parts]
         text = "\n".join(head + [line for s in order for line in parts[s]]) + "\n"
         (out / "gpu.md").write_text(text)
@@ -841,6 +1022,7 @@ def main() -> None:
     run("fmnist", lambda: section_fmnist(device, sizes, budget, cache))
     run("cost", lambda: (section_cost(raw.get("stacked", {}), raw.get("training", {}), sizes),
                          {}))
+    run("levers", lambda: section_levers(device, sizes, budget, cache))
     # last: it switches on deterministic algorithms, and a failure there must not leave
     # the process in a state that spoils the timings
     run("correctness", lambda: section_correctness(device, sizes))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -165,8 +166,12 @@ def test_bench_gpu_smoke_runs_every_section(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (tmp_path / "gpu.md").read_text()
     for heading in ("## Correctness", "## Training", "## Stacked seeds", "## Fashion-MNIST",
-                    "## λ̂", "## Cost"):
+                    "## λ̂", "## Cost", "## Levers"):
         assert heading in text, heading
+    # the levers: compile inside the graphed step, and two processes measured together
+    assert re.search(r"\| 8 \| [\d,]+ \| [\d,]+ \([\d.]+×\) \| n/a \|", text)
+    assert re.search(r"\| 2 \| [\d,]+ \| [\d.]+× \|", text)
+    assert "GPU-hours**, with compile **" in text
     assert "FAILED" not in text and "**NO**" not in text
     assert "| small_cnn | graphed, deterministic | yes | yes |" in text
     assert (tmp_path / "gpu.json").exists()
