@@ -23,10 +23,10 @@ interleaved order (A B C A B C …), medians reported:
 5. **λ̂** (All-CNN-C w96 and small_cnn): 4 / 8 / 16 chains, graphed, both copy layouts,
    against the eager sampler and devinterp 1.3.2 (4 chains).
 6. **Cost**: the CIFAR-10 grid (``configs/cifar10_achille.yaml``) in GPU-hours.
-7. **Levers** (only with ``--sections levers``, a run of its own, about 5 minutes; always in
-   ``--smoke``): ``torch.compile`` captured inside the graphed step, and 1 / 2 / 4 training
-   processes sharing the GPU, at All-CNN-C w96 — the untried ways to bring the CIFAR grid
-   under 5 GPU-hours.
+7. **Levers** (only with ``--sections levers``, a run of its own, about 5 minutes, which
+   writes ``gpu_levers.md`` / ``.json``; always in ``--smoke``): ``torch.compile`` captured
+   inside the graphed step, and 1 / 2 / 4 training processes sharing the GPU, at All-CNN-C
+   w96 — the untried ways to bring the CIFAR grid under 5 GPU-hours.
 
 Usage: ``python bench/bench_gpu.py [--out bench/out] [--budget-s 270]``;
 ``--smoke`` runs every section at tiny sizes (on the CPU unless ``--device cuda``), which
@@ -972,6 +972,8 @@ def main() -> None:
     sections = (args.sections.split(",") if args.sections else
                 [*DEFAULT_SECTIONS, *(["levers"] if args.smoke else [])])
     out = Path(args.out)
+    # a levers-only run writes beside the main tables, not over them
+    stem = "gpu_levers" if set(sections) == {"levers"} else "gpu"
     out.mkdir(parents=True, exist_ok=True)
     name = (torch.cuda.get_device_name(device) if device.type == "cuda" else
             f"CPU ({os.cpu_count()} cores)")
@@ -987,8 +989,8 @@ def main() -> None:
                              "levers")
                  if s in parts]
         text = "\n".join(head + [line for s in order for line in parts[s]]) + "\n"
-        (out / "gpu.md").write_text(text)
-        (out / "gpu.json").write_text(json.dumps(raw, indent=1, default=str))
+        (out / f"{stem}.md").write_text(text)
+        (out / f"{stem}.json").write_text(json.dumps(raw, indent=1, default=str))
 
     def run(section: str, fn: Callable[[], tuple[list[str], dict]]) -> None:
         if section not in sections:
@@ -1027,7 +1029,7 @@ def main() -> None:
     # the process in a state that spoils the timings
     run("correctness", lambda: section_correctness(device, sizes))
     save()
-    print((out / "gpu.md").read_text())
+    print((out / f"{stem}.md").read_text())
 
 
 if __name__ == "__main__":

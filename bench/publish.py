@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLES = ("training.md", "llc.md", "rates.md", "gpu.md")
+TABLES = ("training.md", "llc.md", "rates.md", "gpu.md", "gpu_levers.md")
 
 
 def machine() -> str:
