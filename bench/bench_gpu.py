@@ -712,10 +712,7 @@ def _lever_cost(raw: dict) -> list[str]:
     """The grid's GPU-hours from this section's own rates at the grid's batch sizes: the
     default, with compile, and with the best process count's gain (measured at batch 128,
     assumed at the others)."""
-    import yaml
-
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    _merge(config, yaml.safe_load((ROOT / "configs/cifar10_achille.yaml").read_text()))
+    config = cifar_config()
     epochs, images = plan.epochs_trained(config, True), 50_000
     batches = config["grid"]["batch_sizes"]
 
@@ -879,10 +876,7 @@ def run_devinterp13(model, data, cfg, device: torch.device) -> float:
 
 def section_cost(raw_stacked: dict, raw_training: dict, sizes: Sizes) -> list[str]:
     """The CIFAR-10 grid's GPU-hours from the measured All-CNN rates."""
-    import yaml
-
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    _merge(config, yaml.safe_load((ROOT / "configs/cifar10_achille.yaml").read_text()))
+    config = cifar_config()
     epochs = plan.epochs_trained(config, True)
     images = 50_000
     lines = ["## Cost of the CIFAR-10 grid (`configs/cifar10_achille.yaml`)", "",
@@ -927,6 +921,15 @@ def rate_at(batch: int, rates: dict[int, float]) -> float:
         return rates[lo]
     t = math.log(batch / lo) / math.log(hi / lo)
     return math.exp((1 - t) * math.log(rates[lo]) + t * math.log(rates[hi]))
+
+
+def cifar_config() -> dict:
+    """``config.yaml`` with ``configs/cifar10_achille.yaml`` over it: the grid costed here."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    _merge(config, yaml.safe_load((ROOT / "configs/cifar10_achille.yaml").read_text()))
+    return config
 
 
 def _merge(base: dict, over: dict) -> None:
