@@ -568,12 +568,16 @@ def section_fmnist(device: torch.device, sizes: Sizes, budget: Budget, cache: di
     return lines, raw
 
 
-def _compiled_forward(trainer: Trainer, device: torch.device) -> None:
-    """Replace the trainer's forward with ``torch.compile`` of its model, before its first
-    step, so the graphed step captures the compiled kernels (Inductor on CUDA; the
-    ``eager`` backend on the CPU, which traces without generating code: the smoke run)."""
-    backend = "inductor" if device.type == "cuda" else "eager"
-    trainer.forward = torch.compile(trainer.model, backend=backend)
+def compiled_trainer(s: Setup, batch: int, device: torch.device) -> Trainer:
+    """The trainer ``train.compile: true`` runs: on CUDA the model compiled by Inductor and
+    captured inside the graphed step. On the CPU (the smoke run) the ``eager`` backend,
+    which traces without generating code, stands in for Inductor."""
+    if device.type == "cuda":
+        fast = FastPath.for_device(device, compile=True, model=s.model)
+        return Trainer(s.cfg, s.data, batch, 0, device, fast)
+    trainer = Trainer(s.cfg, s.data, batch, 0, device)
+    trainer.forward = torch.compile(trainer.model, backend="eager")
+    return trainer
 
 
 def _captured(trainer: Trainer) -> str:
@@ -670,8 +674,7 @@ def section_levers(device: torch.device, sizes: Sizes, budget: Budget, cache: di
             rows.append(f"| {batch} | not measured (time budget) | | |")
             continue
         default = ProjectLoop(Trainer(s.cfg, s.data, batch, 0, device), device)
-        compiled = Trainer(s.cfg, s.data, batch, 0, device)
-        _compiled_forward(compiled, device)
+        compiled = compiled_trainer(s, batch, device)
         loops = {"graphed (default)": default, "graphed + compile": ProjectLoop(compiled, device)}
         rates = interleaved(loops, sizes)
         m = {k: med(v) for k, v in rates.items()}
@@ -695,9 +698,10 @@ def section_levers(device: torch.device, sizes: Sizes, budget: Budget, cache: di
         proc_rows.append(f"| {count} | {med(rates):,.0f} | {med(rates) / one:.2f}× |")
     lines = [
         "## Levers on the CIFAR grid's cost (All-CNN-C w96)", "",
-        "`torch.compile` (Inductor; on the CPU smoke run the `eager` backend) of the model, "
-        "captured inside the graphed step, beside the default graphed step; images/s of one "
-        "seed, interleaved windows. `captured`: whether the step still ran from CUDA graphs.",
+        "`train.compile: true`: the model compiled by `torch.compile` (Inductor; on the CPU "
+        "smoke run the `eager` backend) and captured inside the graphed step, beside the "
+        "default graphed step; images/s of one seed, interleaved windows. `captured`: whether "
+        "the step still ran from CUDA graphs.",
         "", "| batch | graphed (default) | graphed + compile | captured |", "|---|---|---|---|",
         *rows, "",
         f"Several training processes on one device at batch {batch} (what `snakemake "
