@@ -605,7 +605,7 @@ def _concurrent_worker(rank: int, model: str, width: int, batch: int, sizes: Siz
         chunk = max(1, min(10, loop.full - 2))
         rates = []
         for _ in range(windows):
-            barrier.wait(timeout=900)
+            barrier.wait(timeout=300)
             start, timed, steps = time.perf_counter(), 0.0, 0
             while True:
                 timed += loop.window(chunk)
@@ -635,7 +635,7 @@ def concurrent_rates(model: str, width: int, batch: int, processes: int, sizes: 
     for proc in procs:
         proc.start()
     try:
-        results = [queue.get(timeout=900) for _ in procs]
+        results = [queue.get(timeout=300) for _ in procs]  # a crashed child: give up
     finally:
         for proc in procs:
             proc.join(timeout=60)
@@ -664,6 +664,8 @@ def section_levers(device: torch.device, sizes: Sizes, budget: Budget, cache: di
     """The levers on the CIFAR grid's cost not yet measured (All-CNN-C w96, the grid's batch
     sizes): ``torch.compile`` inside the captured step, and several training processes
     sharing one GPU (``snakemake --resources gpu=K`` on a one-GPU machine)."""
+    import torch._dynamo
+
     model, width = "all_cnn_c", sizes.widths["all_cnn_c"]
     batches = (64, 128, 256) if sizes.full else sizes.batches
     raw: dict = {"compile": {}, "processes": {}}
@@ -683,7 +685,7 @@ def section_levers(device: torch.device, sizes: Sizes, budget: Budget, cache: di
         rows.append(f"| {batch} | {m['graphed (default)']:,.0f} | {m['graphed + compile']:,.0f} "
                     f"({m['graphed + compile'] / m['graphed (default)']:.2f}×) | {captured} |")
         del loops, default, compiled
-        torch._dynamo.reset()
+        torch._dynamo.reset()  # the next batch size compiles afresh, with static shapes
         _free(device)
     counts = (1, 2, 4) if sizes.full else (1, 2)
     proc_rows = []
