@@ -6,7 +6,7 @@ CORES   ?= all
 CONFIG  ?=
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test lint report bench bench-gpu dataset clean-results help
+.PHONY: run test lint report bench bench-gpu bench-gpu-deps dataset clean-results help
 
 help:
 	@echo "make run     - install into $(VENV) and run the default experiment (config.yaml)"
@@ -15,6 +15,7 @@ help:
 	@echo "make report  - build the HTML report of the last run (report.html)"
 	@echo "make bench   - benchmarks (bench/), results in bench/out/"
 	@echo "make bench-gpu - GPU benchmark (about 5 minutes on one GPU): bench/out/gpu.md"
+	@echo "make bench-gpu-deps - devinterp 1.3.2 etc. in .venv-gpu-deps/ for a GPU box without a registry"
 	@echo "make lint    - ruff + snakemake --lint"
 
 $(STAMP): pyproject.toml
@@ -78,3 +79,11 @@ bench: $(STAMP) $(BENCH_VENV)/.installed $(BENCH13_VENV)/.installed
 bench-gpu: $(STAMP)
 	$(PY) bench/bench_gpu.py $(BENCH_GPU_ARGS)
 	$(PY) bench/publish.py
+
+# For a GPU machine that cannot install from a registry: devinterp 1.3.2 and the pure-Python
+# packages the benchmark needs beyond a stock PyTorch image, without torch, in one folder to
+# copy there and put on PYTHONPATH (docs/performance.md, "Not measured").
+GPU_DEPS := .venv-gpu-deps
+bench-gpu-deps: $(STAMP)
+	$(PY) -m pip install --quiet --no-deps --target $(GPU_DEPS) devinterp==1.3.2 einops \
+		cloudpickle tqdm pyyaml
