@@ -65,21 +65,13 @@ def end_epoch(cube: xr.Dataset) -> int:
 
 
 def _valid(cube: xr.Dataset, name: str) -> xr.DataArray:
-    """``cube[name]`` with every copy of a run that diverged to chance set to NaN.
+    """``cube[name]`` with every copy of a run that diverged to chance set to NaN: the
+    copies and the twin of such a run follow its blown-up branch, so their distances say
+    nothing about a nudge (:func:`~critperiods.results.selection.without_diverged`, the rule
+    the seed means and fits use too)."""
+    from critperiods.results.selection import without_diverged
 
-    The copies and the twin of such a run follow its blown-up branch, so their distances
-    say nothing about a nudge (:func:`~critperiods.results.selection.run_diverged`, the
-    rule the seed means and fits use too).
-    """
-    var = cube[name].reset_coords(drop=True)
-    if "final_test_accuracy" not in cube:
-        return var
-    from critperiods.results.selection import run_diverged
-
-    bad = run_diverged(cube).reset_coords(drop=True)
-    for d in [d for d in bad.dims if d not in var.dims]:
-        bad = bad.any(d)
-    return var.where(~bad.sel({d: var[d] for d in bad.dims}))
+    return without_diverged(cube, cube[name].reset_coords(drop=True), whole_run=True)
 
 
 def diverged_perturbed_runs(cube: xr.Dataset) -> list[str]:

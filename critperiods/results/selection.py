@@ -16,7 +16,7 @@ from critperiods.results.fits import nanmean
 
 __all__ = ["CHANCE_MULTIPLE", "CLASSES", "default_horizon", "diverged_branches",
            "divergence_at_horizon", "llc_sharp", "llc_trunk", "run_diverged",
-           "valid_final_accuracy", "valid_llc"]
+           "valid_final_accuracy", "valid_llc", "without_diverged"]
 
 #: A run whose final sharp test accuracy is below this multiple of chance (1 / classes) has
 #: diverged rather than learned less: e.g. a restarted learning rate that blew it up.
@@ -47,12 +47,14 @@ def diverged_branches(cube: xr.Dataset) -> xr.DataArray:
     return run_diverged(cube) & (cube["epoch"] > cube["switch_epoch"])
 
 
-def _without_diverged(cube: xr.Dataset, da: xr.DataArray) -> xr.DataArray:
+def without_diverged(cube: xr.Dataset, da: xr.DataArray, whole_run: bool = False
+                     ) -> xr.DataArray:
     """``da`` (on the run dims, with or without ``epoch``) with the values of diverged runs'
-    branches set to NaN; unchanged for a cube without ``final_test_accuracy``."""
+    branches set to NaN — every value of such a run with ``whole_run`` (e.g. perturbed
+    copies that follow its branch); unchanged for a cube without ``final_test_accuracy``."""
     if "final_test_accuracy" not in cube:
         return da
-    bad = diverged_branches(cube) if "epoch" in da.dims else run_diverged(cube)
+    bad = diverged_branches(cube) if "epoch" in da.dims and not whole_run else run_diverged(cube)
     bad = bad.sel({d: da[d] for d in bad.dims if d in da.dims})
     for d in [d for d in bad.dims if d not in da.dims]:
         bad = bad.any(d)  # da shared across that dim (no lr_schedule in an old cube)
@@ -87,7 +89,7 @@ def valid_llc(cube: xr.Dataset) -> xr.DataArray | None:
         return None
     llc = cube["llc_mean"]
     llc = llc.where(cube["llc_quality"] == 0) if "llc_quality" in cube else llc
-    return _without_diverged(cube, llc)
+    return without_diverged(cube, llc)
 
 
 def _empty() -> xr.DataArray:
@@ -164,7 +166,7 @@ def divergence_at_horizon(cube: xr.Dataset, batch_size: float, horizon: float,
     out = np.full(switches.size, np.nan)
     if "div_l2" not in cube or not np.isfinite(horizon):
         return out
-    div = _without_diverged(cube, cube["div_l2"].sel(reference="blurred"))
+    div = without_diverged(cube, cube["div_l2"].sel(reference="blurred"))
     div = div.sel(batch_size=batch_size)
     if "lr_schedule" in div.dims:
         div = (div.sel(lr_schedule=lr_schedule) if lr_schedule is not None
