@@ -719,13 +719,11 @@ def _lever_cost(raw: dict) -> list[str]:
     default, with compile, and with the best process count's gain (measured at batch 128,
     assumed at the others)."""
     config = cifar_config()
-    epochs, images = plan.epochs_trained(config, True), 50_000
-    batches = config["grid"]["batch_sizes"]
+    epochs, batches = plan.epochs_trained(config, True), config["grid"]["batch_sizes"]
 
     def hours(name: str, gain: float = 1.0) -> float:
         rates = {int(k[1:]): med(v["images_per_s"][name]) for k, v in raw["compile"].items()}
-        return sum(epochs / len(batches) * images / (gain * rate_at(b, rates)) / 3600
-                   for b in batches)
+        return grid_hours(config, rates, gain)
 
     if not raw["compile"]:
         return []
@@ -899,8 +897,7 @@ def section_cost(raw_stacked: dict, raw_training: dict, sizes: Sizes) -> list[st
                 for key, v in raw_training.items() if key.startswith("all_cnn_c b")}
     if measured:
         batches = config["grid"]["batch_sizes"]
-        hours = sum(epochs / len(batches) * images / rate_at(b, measured) / 3600
-                    for b in batches)
+        hours = grid_hours(config, measured)
         lines.append(f"* one seed per job, the default, each of the grid's batch sizes "
                      f"{batches} at its own rate (log-log interpolated between the measured "
                      f"batches {sorted(measured)}, the nearest one beyond them): "
@@ -913,6 +910,14 @@ def section_cost(raw_stacked: dict, raw_training: dict, sizes: Sizes) -> list[st
     elif stacked is None:
         lines.append("* stacked: not measured in this run")
     return lines + [""]
+
+
+def grid_hours(config: dict, rates: dict[int, float], gain: float = 1.0) -> float:
+    """GPU-hours of the grid's epochs of 50,000 images, shared equally by its batch sizes,
+    each at its own rate (:func:`rate_at` of ``rates``) times ``gain``."""
+    epochs, batches = plan.epochs_trained(config, True), config["grid"]["batch_sizes"]
+    return sum(epochs / len(batches) * 50_000 / (gain * rate_at(b, rates)) / 3600
+               for b in batches)
 
 
 def rate_at(batch: int, rates: dict[int, float]) -> float:
