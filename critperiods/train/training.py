@@ -202,9 +202,8 @@ class FastPath:
     graph and replayed (``critperiods.train.cuda_graphs``), bf16 autocast where it pays for the
     model (``BF16_PAYS_ON_CUDA``; every model when the model is not named) and, unless
     determinism is requested, ``cudnn.benchmark``; ``compile`` wraps the model in
-    ``torch.compile`` (Inductor's kernels, no graphs of its own), which the graphed step then
-    captures (falling back to eager with a warning if compilation fails). ``mode="on"``
-    forces bf16 for every model.
+    ``torch.compile`` instead of capturing graphs (falling back to eager with a warning if
+    compilation fails). ``mode="on"`` forces bf16 for every model.
     On the CPU, ``auto`` keeps float32 (bf16 only with ``mode="on"``) but uses the
     channels-last layout, which oneDNN runs about twice as fast for these small
     convolutions; it is still exact float32 and bitwise reproducible. ``mode="off"``
@@ -227,7 +226,7 @@ class FastPath:
         bf16 = on and (mode == "on" or model is None or BF16_PAYS_ON_CUDA.get(model, True))
         return cls(channels_last=on or mode == "auto", bf16=bf16, compile=compile,
                    cudnn_benchmark=on and cuda and not deterministic,
-                   deterministic=deterministic, cuda_graphs=on and cuda)
+                   deterministic=deterministic, cuda_graphs=on and cuda and not compile)
 
     @classmethod
     def from_params(cls, params: dict | None, device: torch.device,
