@@ -58,6 +58,18 @@ def _open_cube_or_exit(path: str) -> object:
     return cube
 
 
+def _stale_statistics(cube, diverged: list[str]) -> str | None:
+    """Why the statistics stored in an older cube cannot be read as they are (None if they
+    can)."""
+    if diverged and "run_diverged" not in cube:
+        return ("predates the run_diverged flag and its stored statistics include the "
+                "diverged runs")
+    if "critical_period_end" in cube and "permanent_deficit_seeds" not in cube:
+        return ("predates the Student-t interval of the permanent deficit (its stored "
+                "intervals are seed-bootstrap ranges, too narrow with few seeds)")
+    return None
+
+
 def summarize(args: argparse.Namespace) -> int:
     from critperiods.results.summary import critical_period_summary
     from critperiods.results.tables import (
@@ -79,13 +91,15 @@ def summarize(args: argparse.Namespace) -> int:
             print(f"wrote {args.csv}")
         return 0
     diverged = runs_at_chance(cube)
-    # a cube written before the run_diverged flag has statistics with its diverged runs in
-    stale = bool(diverged) and "run_diverged" not in cube
-    summary = (cube if "critical_period_end" in cube and not args.recompute and not stale
-               else critical_period_summary(cube, n_boot=args.n_boot))
+    stale = _stale_statistics(cube, diverged)
+    recompute = args.recompute or stale is not None or "critical_period_end" not in cube
+    if recompute:
+        summary = critical_period_summary(cube, n_boot=args.n_boot)
+        cube = cube.assign(summary.data_vars)  # what the perturbation statistics read
+    else:
+        summary = cube
     if stale and not args.recompute:
-        print("(statistics recomputed: this cube predates the run_diverged flag and its "
-              "stored statistics include the diverged runs)\n")
+        print(f"(statistics recomputed: this cube {stale})\n")
     print(format_table(summary))
     verdicts = restart_verdicts(summary)
     if verdicts:
@@ -108,8 +122,8 @@ def summarize(args: argparse.Namespace) -> int:
             perturbation_summary,
         )
 
-        if "perturb_cp_ratio" not in cube:
-            cube = cube.merge(perturbation_summary(cube))
+        if recompute or "perturb_cp_ratio" not in cube:
+            cube = cube.assign(perturbation_summary(cube).data_vars)
         print("\nperturbations: how far a nudge carries (copy vs its unperturbed twin)")
         print(format_perturbation(cube))
     if args.csv:

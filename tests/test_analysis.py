@@ -163,6 +163,19 @@ def test_largest_change_epoch_non_uniform_and_short() -> None:
     assert np.isnan(fits.largest_change_epoch(np.array([0.0, 1.0]), np.array([1.0, 2.0])))
 
 
+def test_largest_change_epoch_needs_two_interior_points_and_a_change() -> None:
+    """Three points have one interior epoch, returned whatever they do; a straight line has
+    no slope change. Both say nothing and give NaN; four points with a break find it."""
+    for three in ([1.0, 2.0, 3.0], [1.0, 5.0, 5.1], [3.0, 2.0, 10.0]):
+        assert np.isnan(fits.largest_change_epoch(np.array([12.0, 14.0, 16.0]),
+                                                  np.array(three), smooth=0))
+    epochs = np.arange(10.0)
+    assert np.isnan(fits.largest_change_epoch(epochs, 3.0 + 0.5 * epochs))
+    assert np.isnan(fits.largest_change_epoch(epochs, np.full(10, 2.0)))
+    assert fits.largest_change_epoch(np.array([0.0, 1, 2, 3]), np.array([0.0, 1, 1, 1]),
+                                     smooth=0) == 1.0
+
+
 def test_smoothing_keeps_lines_straight() -> None:
     line = 3.0 + 0.5 * np.arange(10.0)
     np.testing.assert_allclose(fits._smooth(line, 2.0), line)
@@ -326,9 +339,14 @@ def test_flagged_llc_estimates_are_left_out_of_the_markers() -> None:
     flagging all but two points of the never-blurred run leaves it NaN, saying why."""
     cube = synthetic_cube(with_div=False)
     quality = xr.zeros_like(cube["llc_mean"])
-    cube["llc_quality"] = quality.where(cube.epoch > 25, 1.0)  # epochs ≤ 25 flagged negative
+    assert np.all(critical_period_summary(cube, n_boot=20)["llc_change_epoch_trunk"] == 20)
+    # the kink's neighbourhood flagged negative: 20 is no longer seen
+    cube["llc_quality"] = quality.where((cube.epoch < 18) | (cube.epoch > 22), 1.0)
+    trunk = critical_period_summary(cube, n_boot=20)["llc_change_epoch_trunk"].values
+    assert np.all(np.isfinite(trunk)) and not np.any((trunk >= 18) & (trunk <= 22))
+    cube["llc_quality"] = quality.where(cube.epoch > 25, 1.0)  # only the straight part left
     summary = critical_period_summary(cube, n_boot=20)
-    assert np.all(summary["llc_change_epoch_trunk"].values > 25)  # 20 is no longer seen
+    assert np.all(np.isnan(summary["llc_change_epoch_trunk"].values))
     cube["llc_quality"] = quality.where(cube.epoch >= 69, 2.0)
     summary = critical_period_summary(cube, n_boot=20)
     assert np.all(np.isnan(summary["llc_change_epoch_sharp"].values))
@@ -347,13 +365,63 @@ def test_restart_verdict_says_whether_the_deficit_survives() -> None:
     assert tables.restart_verdicts(critical_period_summary(cube, n_boot=20)) == {}
 
 
-def test_deficit_bootstrap_pairs_runs_by_seed() -> None:
+def test_permanent_deficit_pairs_runs_by_seed() -> None:
     switches = np.array([0.0, 10.0, 20.0])
     acc = np.array([[0.90, 0.80], [0.88, 0.79], [0.85, 0.75]])  # seed 1 is worse throughout
-    deficit, lo, hi = fits.deficit_bootstrap(switches, acc, n_boot=200)
-    assert deficit == pytest.approx(0.05)
+    deficit, lo, hi, n = fits.permanent_deficit(switches, acc)
+    assert deficit == pytest.approx(0.05) and n == 2
     assert lo == pytest.approx(0.05) and hi == pytest.approx(0.05)  # both seeds lose 5 points
-    assert all(np.isnan(fits.deficit_bootstrap(switches[:1], acc[:1], 10)))
+    assert all(np.isnan(fits.permanent_deficit(switches[:1], acc[:1])[:3]))
+
+
+def test_the_permanent_deficit_interval_is_students_t_over_seeds() -> None:
+    """Deficits 0.3, 0.5, 0.7: mean 0.5 ± t(0.95, 2) · 0.2 / √3 = ± 0.3372 (a percentile
+    bootstrap of the three would give about ± 0.2, too narrow); one seed gives no interval."""
+    switches = np.array([0.0, 8.0])
+    acc = np.array([[0.9, 0.9, 0.9], [0.6, 0.4, 0.2]])
+    deficit, lo, hi, n = fits.permanent_deficit(switches, acc, level=0.9)
+    assert (deficit, n) == (pytest.approx(0.5), 3)
+    assert (lo, hi) == (pytest.approx(0.16283, abs=1e-4), pytest.approx(0.83717, abs=1e-4))
+    deficit, lo, hi, n = fits.permanent_deficit(switches, acc[:, :1])
+    assert deficit == pytest.approx(0.3) and n == 1 and np.isnan(lo) and np.isnan(hi)
+
+
+def test_the_permanent_deficit_is_at_the_grids_latest_switch_or_nan() -> None:
+    """With no run at the latest switch the deficit is NaN, not the deficit of an earlier
+    switch passed off as the latest's."""
+    switches = np.array([0.0, 10.0, 20.0])
+    acc = np.array([[0.90, 0.90], [0.85, 0.86], [np.nan, np.nan]])
+    assert all(np.isnan(fits.permanent_deficit(switches, acc)[:3]))
+    acc[2, 1] = 0.80
+    deficit, lo, hi, n = fits.permanent_deficit(switches, acc)
+    assert deficit == pytest.approx(0.10) and n == 1
+
+
+def test_the_exponent_rests_on_located_ends_only() -> None:
+    """A restart curve that is flat but for noise has kinks, none of them an end: its
+    exponent is NaN and says why, while the declining continue curves give one."""
+    base = synthetic_cube(with_llc=False, with_div=False)
+    rng = np.random.default_rng(3)
+    flat = 0.9 + rng.normal(0, 0.002, base["final_test_accuracy"].shape)
+    summary = critical_period_summary(with_schedules(base, flat), n_boot=100)
+    kinks = summary["critical_period_end"].sel(lr_schedule="restart").values
+    assert np.all(np.isfinite(kinks) & (kinks > 0))  # fitted, finite, positive …
+    assert np.isnan(float(summary["batch_size_exponent"].sel(lr_schedule="restart")))
+    assert "0 batch size(s) with a located, positive end" in summary["batch_size_exponent"].attrs[
+        "missing"]
+    assert np.isfinite(float(summary["batch_size_exponent"].sel(lr_schedule="continue")))
+
+
+def test_a_restart_verdict_on_one_seed_is_undetermined() -> None:
+    cube = synthetic_cube(with_llc=False, with_div=False).isel(seed=[0])
+    verdicts = tables.restart_verdicts(critical_period_summary(with_schedules(cube), n_boot=20))
+    assert all(v.startswith("undetermined") and "(1 seed)" in v for v in verdicts.values())
+    summary = critical_period_summary(with_schedules(synthetic_cube(with_llc=False,
+                                                                    with_div=False)), n_boot=20)
+    assert all("(3 seeds)" in v for v in tables.restart_verdicts(summary).values())
+    assert np.all(summary["permanent_deficit_seeds"].sel(batch_size=64) == 3)
+    assert int(summary["permanent_deficit_seeds"].sel(batch_size=32, lr_schedule="continue")) \
+        == 3  # the missing run (batch 32, switch 20, seed 1) is not an end of the curve
 
 
 def test_llc_flag_counts_count_shared_estimates_once() -> None:
@@ -494,6 +562,23 @@ def test_summarize_and_the_report_say_diverged_runs_are_left_out(tmp_path, capsy
     page = landing_page(fresh, figure, "described")
     assert ("* 1 run diverged to chance and is left out of means and fits:\n\n"
             "  * batch 128, restart, switch epoch 10, seed 0") in page
+
+
+def test_summarize_recomputes_a_cube_with_bootstrap_deficit_intervals(tmp_path, capsys) -> None:
+    """A cube aggregated before the t interval stores seed-bootstrap deficit ranges:
+    ``summarize`` recomputes them rather than print verdicts that rest on them."""
+    from critperiods.__main__ import main
+
+    base = with_schedules(synthetic_cube(with_llc=False, with_div=False)).transpose(
+        "batch_size", "lr_schedule", ...)
+    old = base.merge(critical_period_summary(base, n_boot=20)).drop_vars(
+        "permanent_deficit_seeds")
+    old["permanent_deficit_interval"][:] = 0.5  # what an old bootstrap range might say
+    old.to_netcdf(tmp_path / "old.nc")
+    assert main(["summarize", str(tmp_path / "old.nc"), "--n-boot", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "statistics recomputed: this cube predates the Student-t interval" in printed
+    assert "(3 seeds)" in printed and "[50.0, 50.0]" not in printed
 
 
 def test_the_landing_page_locates_no_end_where_there_is_no_deficit(tmp_path) -> None:

@@ -283,6 +283,22 @@ def test_the_sensitivity_ratio_compares_nudges_before_and_after_the_critical_per
     assert "no critical-period end" in unknown.perturb_cp_ratio.attrs["missing"]
 
 
+def test_a_kink_without_a_deficit_does_not_split_the_nudges():
+    """An end whose deficit's interval reaches 0 is a kink fitted to noise: no inside/after
+    ratio rests on it; with the interval above 0 the same end splits them."""
+    from critperiods.results.perturbation_summary import perturbation_summary
+
+    cube = _synthetic_cube(7.0)
+    for lower, located in ((-0.01, False), (0.01, True)):
+        cube["permanent_deficit_interval"] = (("batch_size", "lr_schedule", "bound"),
+                                              [[[lower, 0.05]]])
+        cube = cube.assign_coords(bound=["lower", "upper"])
+        ratio = perturbation_summary(cube).perturb_cp_ratio
+        assert bool(ratio.notnull().all()) is located
+        if not located:
+            assert "no critical-period end located" in ratio.attrs["missing"]
+
+
 def test_the_copies_of_a_run_that_diverged_to_chance_are_left_out_and_named():
     from critperiods.results.perturbation_summary import perturbation_summary, verdict_lines
 

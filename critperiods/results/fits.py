@@ -8,7 +8,8 @@ accuracy declines. This module fits and reads that curve, and the curves beside 
 * :func:`fit_hinge` / :func:`bootstrap_hinge`: a continuous hinge (flat, then linear
   decline) whose kink ``k`` is the end of the critical period, with a seed-bootstrap
   percentile interval;
-* :func:`deficit_bootstrap`: the permanent deficit of the latest switch, paired by seed;
+* :func:`permanent_deficit`: the permanent deficit of the latest switch, paired by seed,
+  with a Student-t interval;
 * model-free read-outs: :func:`half_deficit_epoch`, :func:`largest_change_epoch` (where a
   curve such as λ̂ changes slope most) and :func:`divergence_drop_epoch`;
 * :func:`fit_power_law`: the exponent of the end against temperature or batch size.
@@ -23,12 +24,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
-__all__ = ["HingeFit", "bootstrap_hinge", "deficit_bootstrap", "divergence_drop_epoch",
-           "fit_hinge", "fit_power_law", "half_deficit_epoch", "largest_change_epoch",
-           "nanmean"]
+__all__ = ["MIN_CHANGE_POINTS", "HingeFit", "bootstrap_hinge", "divergence_drop_epoch",
+           "fit_hinge", "fit_power_law", "half_deficit_epoch", "largest_change_epoch", "nanmean",
+           "permanent_deficit"]
 
 _TINY = 1e-300
+#: Finite points :func:`largest_change_epoch` needs: two interior epochs to choose between.
+MIN_CHANGE_POINTS = 4
 
 
 # --------------------------------------------------------------------------------------
@@ -348,15 +352,20 @@ def largest_change_epoch(epochs: np.ndarray, values: np.ndarray, smooth: float =
     point-reflected so linear trends are preserved), compute the finite-difference slope on each
     interval (true epoch spacing, so non-uniform checkpoints are fine), and return the interior
     epoch where the slope changes most in magnitude (``|slope_after - slope_before|``).  The
-    endpoints can never be returned.  NaN with fewer than 3 finite points.
+    endpoints can never be returned, so it needs :data:`MIN_CHANGE_POINTS` finite points: with
+    three there is one interior epoch, returned whatever the curve does.  NaN then, and for a
+    straight line (no slope change beyond round-off).  It is a point read-out without an
+    interval: on a noisy curve it names the largest wiggle.
     """
     x, v = _sorted_finite(epochs, values)
-    if x.size < 3:
+    if x.size < MIN_CHANGE_POINTS:
         return float("nan")
     v = _smooth(v, float(smooth))
     slopes = np.diff(v) / np.diff(x)
     change = np.abs(np.diff(slopes))
     if not np.any(np.isfinite(change)):
+        return float("nan")
+    if np.nanmax(change) <= 1e-9 * np.nanmax(np.abs(slopes)):
         return float("nan")
     return float(x[1 + int(np.nanargmax(change))])
 
@@ -429,35 +438,36 @@ def fit_power_law(
     return p, float(np.exp(log_c)), float(lower), float(upper)
 
 
-def deficit_bootstrap(
+def permanent_deficit(
     switch_epochs: np.ndarray,
     accuracy_by_seed: np.ndarray,
-    n_boot: int = 1000,
-    rng_seed: int = 0,
     level: float = 0.90,
-) -> tuple[float, float, float]:
-    """The permanent deficit of the latest switch, with a seed-bootstrap interval.
+) -> tuple[float, float, float, int]:
+    """The permanent deficit of the latest switch, with a Student-t interval over seeds.
 
-    Per seed, the final accuracy at the smallest switch epoch (normally 0, never blurred) minus
-    that at the largest, paired because both runs share the seed's initialisation and data
-    order; then the mean over seeds. Seeds are resampled with replacement for the central
-    ``level`` percentile interval. Returns ``(deficit, lower, upper)``; NaN without a seed that
-    has both ends, and an interval equal to the point with a single seed.
+    Per seed, the final accuracy at the grid's smallest switch epoch (normally 0, never
+    blurred) minus that at its largest, paired because both runs share the seed's
+    initialisation and data order; then the mean over the ``n`` seeds that have both runs,
+    and the central ``level`` interval ``mean ± t(n − 1) · sd / √n``. A mean of a few paired
+    differences is what the t interval is exact for (under normality); a percentile
+    bootstrap of it is too narrow with few seeds (about 77 % coverage for a nominal 90 % at
+    5 seeds, 64 % at 3).
+
+    The ends are the grid's, not the last switch that happens to have a run: without a seed
+    that has both, everything is NaN (the caller says why). Returns ``(deficit, lower, upper,
+    n)``; with a single seed the interval is NaN (one difference says nothing of its spread).
     """
     s = np.asarray(switch_epochs, dtype=float)
     acc = np.asarray(accuracy_by_seed, dtype=float).reshape(s.size, -1)
-    rows = np.flatnonzero(np.isfinite(acc).any(axis=1) & np.isfinite(s))
-    if rows.size < 2:
-        return (float("nan"),) * 3
-    first, last = rows[np.argmin(s[rows])], rows[np.argmax(s[rows])]
-    diffs = acc[first] - acc[last]
+    if s.size < 2 or not np.isfinite(s).all():
+        return float("nan"), float("nan"), float("nan"), 0
+    diffs = acc[np.argmin(s)] - acc[np.argmax(s)]
     diffs = diffs[np.isfinite(diffs)]
-    if diffs.size == 0:
-        return (float("nan"),) * 3
-    rng = np.random.default_rng(rng_seed)
-    boots = diffs[rng.integers(0, diffs.size, size=(int(n_boot), diffs.size))].mean(axis=1)
-    tail = 50.0 * (1.0 - level)
-    lower, upper = np.percentile(boots, [tail, 100.0 - tail])
-    return float(diffs.mean()), float(lower), float(upper)
-
-
+    n = int(diffs.size)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    mean = float(diffs.mean())
+    if n == 1:
+        return mean, float("nan"), float("nan"), 1
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * diffs.std(ddof=1) / np.sqrt(n))
+    return mean, mean - half, mean + half, n

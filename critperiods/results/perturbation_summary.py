@@ -9,10 +9,11 @@ critical-period end (:mod:`critperiods.results.summary`):
 * per (batch size, schedule, perturbed run, perturbation epoch, epsilon): their means over
   seeds and replicates, and the range of the per-seed means;
 * the *sensitivity ratio* per (batch size, schedule, perturbed run): the geometric mean of the
-  amplification ``lasting l2 / epsilon`` over perturbations before the critical-period end,
-  divided by that after it — per seed (``perturb_cp_ratio_seeds``) and over seeds
-  (``perturb_cp_ratio``: the geometric mean of the seeds' ratios). Above 1, a nudge inside
-  the critical period carries further than one after it.
+  amplification ``lasting l2 / epsilon`` over perturbations before the critical-period end
+  (a located one: :func:`~critperiods.results.summary.located_end`), divided by that after it
+  — per seed (``perturb_cp_ratio_seeds``) and over seeds (``perturb_cp_ratio``: the
+  geometric mean of the seeds' ratios). Above 1, a nudge inside the critical period carries
+  further than one after it.
 
 Two further readings that need no critical-period estimate:
 
@@ -40,6 +41,7 @@ import pandas as pd
 import xarray as xr
 
 from critperiods.results.fits import nanmean
+from critperiods.results.summary import located_end
 
 RUN = ("batch_size", "lr_schedule", "switch_epoch")
 #: Statistics averaged over seeds and replicates: cube variable → (summary name, long_name).
@@ -134,7 +136,7 @@ def sensitivity_ratio(cube: xr.Dataset, lasting: xr.DataArray | None = None,
     cube = _with_schedule(cube)
     lasting = _at_end(cube, "perturb_l2") if lasting is None else lasting
     amplification = _log_amplification(lasting)
-    end = cube["critical_period_end"]
+    end = located_end(cube)
     inside = lasting["perturb_epoch"] < end
     pooled = ["perturb_epoch", "epsilon", "replicate"]
     before = _nanmean(amplification.where(inside), pooled)
@@ -231,10 +233,10 @@ def drop_epoch(cube: xr.Dataset) -> xr.DataArray:
 
 def _why_no_ratio(cube: xr.Dataset, batch_size: object, lr_schedule: object) -> str | None:
     """Why the ratios of one (batch size, schedule) are NaN, None if they need not be."""
-    end = float(cube["critical_period_end"].sel(batch_size=batch_size, lr_schedule=lr_schedule))
+    end = float(located_end(cube).sel(batch_size=batch_size, lr_schedule=lr_schedule))
     epochs = cube["perturb_epoch"].values
     if not np.isfinite(end):
-        return "no critical-period end"
+        return "no critical-period end located (the deficit's interval reaches 0)"
     if not (epochs < end).any():
         return f"the critical-period end (epoch {end:.3g}) precedes every perturbation epoch"
     if (epochs < end).all():
@@ -267,7 +269,7 @@ def perturbation_rows(cube: xr.Dataset) -> pd.DataFrame:
     lasting = cube["perturb_lasting_l2"]
     for b in lasting["batch_size"].values:
         for r in lasting["lr_schedule"].values:
-            end = float(cube["critical_period_end"].sel(batch_size=b, lr_schedule=r))
+            end = float(located_end(cube).sel(batch_size=b, lr_schedule=r))
             for k in lasting["switch_epoch"].values:
                 for e in lasting["perturb_epoch"].values:
                     for eps in lasting["epsilon"].values:
@@ -342,7 +344,7 @@ def verdict_lines(cube: xr.Dataset) -> list[str]:
     lasting = cube["perturb_lasting_l2"]
     for b in ratio["batch_size"].values:
         for r in ratio["lr_schedule"].values:
-            end = float(cube["critical_period_end"].sel(batch_size=b, lr_schedule=r))
+            end = float(located_end(cube).sel(batch_size=b, lr_schedule=r))
             for k in ratio["switch_epoch"].values:
                 at = {"batch_size": b, "lr_schedule": r, "switch_epoch": k}
                 if bool(lasting.sel(at).isnull().all()):

@@ -19,7 +19,7 @@ from critperiods.results.selection import (  # noqa: E402
     run_diverged,
     valid_final_accuracy,
 )
-from critperiods.results.tables import end_located  # noqa: E402
+from critperiods.results.summary import located_end  # noqa: E402
 
 #: How the figures draw what they leave out of a mean: hollow grey markers.
 _LEFT_OUT = {"ls": "none", "marker": "o", "mfc": "none", "color": "0.55"}
@@ -53,17 +53,11 @@ def _sel(da: xr.DataArray, **where) -> xr.DataArray:
 
 
 def _located_end(cube: xr.Dataset, batch_size, lr_schedule) -> float:
-    """The critical-period end of one cell, or NaN where there is no deficit to locate: the
-    permanent deficit's interval reaches 0 (:func:`~critperiods.results.tables.end_located`)."""
+    """The critical-period end of one cell, or NaN where there is no deficit to locate
+    (:func:`~critperiods.results.summary.located_end`)."""
     if "critical_period_end" not in cube:
         return float("nan")
-    end = float(_sel(cube.critical_period_end, batch_size=batch_size, lr_schedule=lr_schedule))
-    if "permanent_deficit_interval" in cube:
-        lo = _sel(cube.permanent_deficit_interval, batch_size=batch_size,
-                  lr_schedule=lr_schedule).values[0]
-        if not end_located(lo):
-            return float("nan")
-    return end
+    return float(_sel(located_end(cube), batch_size=batch_size, lr_schedule=lr_schedule))
 
 
 def _seeds_note(cube: xr.Dataset) -> str:
@@ -91,7 +85,8 @@ def critical_period(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         for i, b in enumerate(cube.batch_size.values):
             color = f"C{i}"
             cell = _sel(acc, batch_size=b, lr_schedule=r)
-            ax.errorbar(cube.switch_epoch, cell.mean("seed"), yerr=cell.std("seed"), marker="o",
+            ax.errorbar(cube.switch_epoch, cell.mean("seed"), yerr=cell.std("seed", ddof=1),
+                        marker="o",
                         capsize=3, color=color, label=f"batch {b}")
             bad = _sel(diverged, batch_size=b, lr_schedule=r).any("seed")
             if bool(bad.any()):
@@ -110,8 +105,8 @@ def critical_period(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         ax.legend(fontsize=8)
     axes[0].set_ylabel("final sharp test accuracy (%)")
     _caption(fig, f"Permanent deficit vs switch epoch (mean ± std over {_seeds_note(cube)}"
-                  f"{_diverged_note(cube)}; dashed: estimated end where a deficit survives, "
-                  "band: its interval)")
+                  f"{_diverged_note(cube)}; dashed: estimated end where the deficit's "
+                  "interval is above 0, band: the end's interval)")
     _save(fig, path, dpi)
 
 
@@ -272,13 +267,14 @@ def divergence_final(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
 
 def critical_period_vs_temperature(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """Critical-period end (with its interval) vs batch size and vs lr / batch size, a colour
-    per schedule. With ≥ 3 batch sizes the fitted power law is drawn, exponent in the legend.
-    """
+    per schedule, for the cells whose end is located (a deficit whose interval is above 0).
+    Where the exponent is finite (≥ 3 located ends) the fitted power law is drawn, exponent in
+    the legend."""
     batch = cube.batch_size.values.astype(float)
     lr = float(cube.attrs.get("lr", 1.0))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for j, r in enumerate(_schedules(cube)):
-        end = _sel(cube.critical_period_end, lr_schedule=r)
+        end = _sel(located_end(cube), lr_schedule=r)  # NaN: no deficit to locate an end for
         lo, hi = _sel(cube.critical_period_end_interval, lr_schedule=r).transpose(
             "bound", "batch_size").values
         for ax, x, exponent in ((axes[0], batch, "batch_size_exponent"),
@@ -299,6 +295,8 @@ def critical_period_vs_temperature(cube: xr.Dataset, path: str | Path, dpi: int 
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     axes[0].set_ylabel("end of critical period (epoch)")
+    _caption(fig, f"End of the critical period ({_seeds_note(cube)}; bars: seed-bootstrap "
+                  "interval), drawn only where the deficit's interval is above 0", fontsize=9)
     _save(fig, path, dpi)
 
 

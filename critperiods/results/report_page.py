@@ -18,9 +18,9 @@ import numpy as np
 import xarray as xr
 import yaml
 
+from critperiods.results.summary import end_located
 from critperiods.results.tables import (
     diverged_sentence,
-    end_located,
     llc_flag_counts,
     restart_verdicts,
     runs_at_chance,
@@ -85,7 +85,7 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
                          f"{_interval(lo, hi, 2)} (p < 0: smaller batches end later)")
         else:
             lines.append(f"* end ∝ batch size^p ({r}): n/a — a power law needs 3 batch sizes "
-                         "with a finite, positive end")
+                         "with a located end (a deficit whose interval is above 0)")
     return lines
 
 
@@ -195,6 +195,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     """
     seeds = int(cube.sizes.get("seed", 1))
     kind = cube.attrs.get("interval_kind", "seed-bootstrap interval")
+    deficit_kind = cube.attrs.get("deficit_interval_kind", "seed-bootstrap interval")
     experiment = (yaml.safe_load(cube.attrs.get("config", "")) or {}).get("experiment", "run")
     title = f"Critical learning periods: {experiment}"
     counts = llc_flag_counts(cube)
@@ -213,7 +214,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         "(a higher SGD temperature), and is the permanent deficit a critical period at all, "
         "i.e. does it survive restarting the learning rate at the switch?", "",
         f"**Answer from this run** ({seeds} seed{'s' if seeds != 1 else ''} per cell; "
-        f"brackets: {kind}):", "",
+        f"brackets: the end's {kind}, the deficit's {deficit_kind}):", "",
         *answer_lines(cube), "",
         flags, "",
         figure_rst(figure), "",
@@ -227,7 +228,9 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         "summarize`` for the reason.", "",
         *perturbation_section(cube),
         "Caveats", "-------", "",
-        f"* {seeds} seed{'s' if seeds != 1 else ''} per cell: the brackets are a {kind}.",
+        f"* {seeds} seed{'s' if seeds != 1 else ''} per cell: the end's brackets are a {kind}; "
+        f"the deficit's are a {deficit_kind} (``permanent_deficit_seeds`` per cell in the "
+        "CSV). An end is shown only where the deficit's interval is above 0.",
         "* A deficit with the rate continued but not with it restarted is the learning-rate "
         "confound (late switches train their sharp epochs at a small rate), not a critical "
         "period.",

@@ -6,7 +6,10 @@ returns a Dataset on ``batch_size`` and ``lr_schedule`` that the aggregate stage
 the cube:
 
 * the end of the critical period (hinge kink) with a seed-bootstrap interval, and its slope;
-* the permanent deficit of the latest switch, per learning-rate schedule: the deficit
+  an end is *located* (:func:`end_located`) only where the permanent deficit's interval is
+  above 0, and only located ends enter the exponents;
+* the permanent deficit of the latest switch, per learning-rate schedule, with a Student-t
+  interval over the seeds that have both runs (``permanent_deficit_seeds``): the deficit
   "survives the restart" when it stays above 0 with the rate reset at the switch;
 * the model-free half-deficit epoch;
 * where the local learning coefficient (λ̂, ``llc_mean``) changes slope most, along the
@@ -14,7 +17,8 @@ the cube:
 * when the distance to the blurred continuation (``div_l2``, ``reference="blurred"``) at a
   fixed horizon after the switch drops below half of its early value;
 * the runs that diverged to chance, left out of all of the above (``diverged_runs``);
-* power-law exponents of the end versus temperature (``lr / batch_size``) and batch size.
+* power-law exponents of the located ends versus temperature (``lr / batch_size``) and
+  batch size.
 
 A NaN statistic says why in its ``missing`` attribute.
 """
@@ -25,13 +29,14 @@ import numpy as np
 import xarray as xr
 
 from critperiods.results.fits import (
+    MIN_CHANGE_POINTS,
     bootstrap_hinge,
-    deficit_bootstrap,
     divergence_drop_epoch,
     fit_power_law,
     half_deficit_epoch,
     largest_change_epoch,
     nanmean,
+    permanent_deficit,
 )
 from critperiods.results.selection import (
     default_horizon,
@@ -45,19 +50,42 @@ from critperiods.variables import SUMMARY_STATISTICS, exponent_attrs, interval_a
 from critperiods.variables import attrs as variable_attrs
 
 __all__ = ["EXPONENTS", "INTERVAL_STATISTICS", "MIN_LLC_POINTS", "MIN_SEEDS_FOR_INTERVAL",
-           "critical_period_summary"]
+           "critical_period_summary", "end_located", "located_end"]
 
-#: Below this many seeds a seed-bootstrap interval is reported as a range, not a confidence
-#: interval: resampling 2–4 seeds only shuffles the few values there are.
+#: Below this many seeds the end's seed-bootstrap interval is reported as a range, not a
+#: confidence interval: resampling 2–4 seeds only shuffles the few values there are.
 MIN_SEEDS_FOR_INTERVAL = 5
 #: Points a slope change needs (:func:`largest_change_epoch`).
-MIN_LLC_POINTS = 3
+MIN_LLC_POINTS = MIN_CHANGE_POINTS
 
-#: The statistics with a seed-bootstrap interval (``<name>_interval``); every statistic per
+#: Attributes of ``permanent_deficit_seeds``. Kept here rather than in
+#: :data:`critperiods.variables.VARIABLES`: the evaluate, λ̂ and divergence stages import that
+#: module, so an entry there would rerun them for a variable only this stage writes.
+DEFICIT_SEEDS_ATTRS = {"long_name": "seeds with both the earliest and the latest switch run, "
+                                    "on which the permanent deficit and its interval rest",
+                       "units": "1"}
+#: The statistics with an interval (``<name>_interval``); every statistic per
 #: (batch_size, lr_schedule) is in :data:`critperiods.variables.SUMMARY_STATISTICS`.
 INTERVAL_STATISTICS = ("critical_period_end", "permanent_deficit")
 #: The power-law exponents of the end, per lr_schedule (each with ``<name>_interval``).
 EXPONENTS = ("temperature_exponent", "batch_size_exponent")
+
+
+def end_located(deficit_lower: float) -> bool:
+    """Whether a cell has a critical-period end to report: the lower bound of its permanent
+    deficit's interval is above zero. Otherwise the hinge kink was fitted to a curve that
+    need not decline at all and is noise: the exponents, the perturbation split, the table,
+    the report and the figures leave it out (the CSV and the cube keep the fitted kink)."""
+    return bool(deficit_lower > 0)
+
+
+def located_end(summary: xr.Dataset) -> xr.DataArray:
+    """``critical_period_end`` where it is located (:func:`end_located`), NaN elsewhere."""
+    end = summary["critical_period_end"]
+    if "permanent_deficit_interval" not in summary:
+        return end
+    lower = summary["permanent_deficit_interval"].sel(bound="lower", drop=True)
+    return end.where(lower > 0)
 
 
 def _llc_reason(cube: xr.Dataset, curve: xr.DataArray, where: str) -> str | None:
@@ -85,7 +113,7 @@ def _cell_values(
     acc = acc.transpose("switch_epoch", ...).values.reshape(switches.size, -1)
     n_diverged = int(diverged.sum())
     k, lower, upper, slope = bootstrap_hinge(switches, acc, n_boot, rng_seed, level)
-    deficit, d_lo, d_hi = deficit_bootstrap(switches, acc, n_boot, rng_seed, level)
+    deficit, d_lo, d_hi, pairs = permanent_deficit(switches, acc, level)
     trunk, sharp = llc_trunk(cube, batch_size), llc_sharp(cube, batch_size)
     div = divergence_at_horizon(cube, batch_size, horizon, lr_schedule)
     values = {
@@ -97,7 +125,8 @@ def _cell_values(
         "llc_change_epoch_trunk": largest_change_epoch(trunk["epoch"].values, trunk.values),
         "llc_change_epoch_sharp": largest_change_epoch(sharp["epoch"].values, sharp.values),
         "divergence_drop_epoch": divergence_drop_epoch(switches, div),
-        "diverged_runs": n_diverged,
+        "diverged_runs": n_diverged, "permanent_deficit_seeds": pairs,
+        "seeds_fitted": int(np.isfinite(acc).any(axis=0).sum()),
     }
     left_out = (f" ({n_diverged} run(s) diverged to chance and are left out)" if n_diverged
                 else "")
@@ -119,14 +148,22 @@ def _cell_values(
     return values, why
 
 
+def _why_missing(reasons: dict[tuple, str | None]) -> str:
+    """One ``missing`` attribute from the cells' reasons, each reason said once: "every
+    cell: …" when all share it, else "batch 64, continue; batch 128, continue: …"."""
+    said: dict[str, list[str]] = {}
+    for (b, r), reason in reasons.items():
+        if reason:
+            said.setdefault(reason, []).append(f"batch {b}, {r}")
+    if len(said) == 1 and len(next(iter(said.values()))) == len(reasons) > 1:
+        return f"every batch size and schedule: {next(iter(said))}"
+    return "; ".join(f"{'; '.join(where)}: {reason}" for reason, where in said.items())
+
+
 def _temperature(cube: xr.Dataset, batch_sizes: np.ndarray) -> np.ndarray:
-    """``lr / batch_size`` per batch size; lr from a variable ``lr(batch_size)``, else the
-    ``lr`` attribute, else 1 (a constant lr only changes the prefactor, not the exponent)."""
-    if "lr" in cube.data_vars and cube["lr"].dims == ("batch_size",):
-        lr = cube["lr"].values.astype(float)
-    else:
-        lr = np.full(batch_sizes.size, float(cube.attrs.get("lr", 1.0)))
-    return lr / batch_sizes
+    """``lr / batch_size`` per batch size, with the cube's initial ``lr`` (1 without it: a
+    constant lr only changes the prefactor, not the exponent)."""
+    return float(cube.attrs.get("lr", 1.0)) / batch_sizes
 
 
 def _exponents(ends: np.ndarray, temperature: np.ndarray, batch_sizes: np.ndarray,
@@ -134,8 +171,8 @@ def _exponents(ends: np.ndarray, temperature: np.ndarray, batch_sizes: np.ndarra
                ) -> dict[str, xr.DataArray]:
     """Power-law exponents (with intervals) of the end vs T and vs batch size, per schedule.
 
-    ``ends`` is (batch_size, lr_schedule). The interval resamples batch sizes, so with 3–5 of
-    them it is a crude band, not a test.
+    ``ends`` is (batch_size, lr_schedule), NaN where no end is located. The interval
+    resamples batch sizes, so with 3–5 of them it is a crude band, not a test.
     """
     out: dict[str, xr.DataArray] = {}
     for name, x, what in (
@@ -146,7 +183,8 @@ def _exponents(ends: np.ndarray, temperature: np.ndarray, batch_sizes: np.ndarra
         usable = [int(np.sum(np.isfinite(ends[:, j]) & (ends[:, j] > 0)))
                   for j in range(len(schedules))]
         missing = "; ".join(
-            f"{r}: {n} batch size(s) with a finite, positive end (a power law needs 3)"
+            f"{r}: {n} batch size(s) with a located, positive end (located: the permanent "
+            f"deficit's interval is above 0; a power law needs 3)"
             for r, n, f in zip(schedules, usable, fits, strict=True) if not np.isfinite(f[0]))
         meta = exponent_attrs(name, what, level)
         out[name] = xr.DataArray(
@@ -169,18 +207,21 @@ def critical_period_summary(
 
     Per ``(batch_size, lr_schedule)``: ``critical_period_end`` (hinge kink) with
     ``critical_period_end_interval(…, bound)`` (seed bootstrap), ``critical_period_slope``,
-    ``permanent_deficit`` (+ ``_interval``; the deficit "survives the restart" when the
-    restart schedule's lower bound is above 0), ``half_deficit_epoch``,
+    ``permanent_deficit`` (+ ``_interval``, a Student-t interval over the
+    ``permanent_deficit_seeds`` seeds with both runs; the deficit "survives the restart" when
+    the restart schedule's lower bound is above 0), ``half_deficit_epoch``,
     ``llc_change_epoch_trunk``/``_sharp`` (valid λ̂ only: flagged estimates are left out) and
     ``divergence_drop_epoch`` (distance to the always-blurred run at ``epoch = switch +
     horizon``; ``horizon`` defaults to :func:`default_horizon`), and ``diverged_runs``: the
     runs that diverged to chance (:func:`run_diverged`), left out of every statistic (their
     branches are NaN to the seed means, bootstraps and fits; a cell left with no run gives
     NaN and says so). Per ``lr_schedule``:
-    ``temperature_exponent`` and ``batch_size_exponent`` (+ ``_interval``), NaN with fewer
-    than 3 batch sizes. A NaN statistic says why in its ``missing`` attribute; the dataset's
-    ``interval_kind`` attribute says whether the intervals rest on enough seeds
-    (:data:`MIN_SEEDS_FOR_INTERVAL`) to be read as confidence intervals. A cube without an
+    ``temperature_exponent`` and ``batch_size_exponent`` (+ ``_interval``) of the located
+    ends (:func:`end_located`), NaN with fewer than 3 of them. A NaN statistic says why in its
+    ``missing`` attribute; the dataset's ``interval_kind`` attribute says whether the end's
+    bootstrap rests on enough seeds (:data:`MIN_SEEDS_FOR_INTERVAL`, counted in the cell with
+    the fewest) to be read as a confidence interval, ``deficit_interval_kind`` what the
+    deficit's interval is. A cube without an
     ``lr_schedule`` dim is treated as one ``continue`` schedule.
     """
     if "lr_schedule" not in cube.dims:
@@ -198,25 +239,32 @@ def critical_period_summary(
     dims = ["batch_size", "lr_schedule"]
     data: dict[str, xr.DataArray] = {}
     for name in SUMMARY_STATISTICS:
-        missing = "; ".join(f"batch {b}, {r}: {cells[(b, r)][1][name]}"
-                            for b in batch_sizes for r in schedules if name in cells[(b, r)][1])
+        missing = _why_missing({(b, r): cells[(b, r)][1].get(name) for b in batch_sizes
+                                for r in schedules})
         data[name] = xr.DataArray(grid(name), dims=dims, attrs={
             **variable_attrs(name), **({"missing": missing} if missing else {})})
     data["diverged_runs"] = xr.DataArray(grid("diverged_runs").astype(np.int32), dims=dims,
                                          attrs=variable_attrs("diverged_runs"))
+    data["permanent_deficit_seeds"] = xr.DataArray(
+        grid("permanent_deficit_seeds").astype(np.int32), dims=dims, attrs=DEFICIT_SEEDS_ATTRS)
     seeds = int(cube.sizes.get("seed", 1))
-    kind = (f"{level:.0%} seed-bootstrap interval" if seeds >= MIN_SEEDS_FOR_INTERVAL else
-            f"range of the seed bootstrap over only {seeds} seed(s): not a confidence interval")
+    fitted = grid("seeds_fitted")
+    fewest = int(fitted[fitted > 0].min()) if (fitted > 0).any() else 0
+    kind = (f"{level:.0%} seed-bootstrap interval" if fewest >= MIN_SEEDS_FOR_INTERVAL else
+            f"range of the seed bootstrap over only {fewest} seed(s): not a confidence interval")
+    kinds = {"critical_period_end": kind,
+             "permanent_deficit": f"{level:.0%} Student-t interval over seeds"}
     for name in INTERVAL_STATISTICS:
         data[f"{name}_interval"] = xr.DataArray(
             np.stack([grid(f"{name}_lower"), grid(f"{name}_upper")], axis=-1),
             dims=[*dims, "bound"],
-            attrs=interval_attrs(name, kind))
-    data.update(_exponents(data["critical_period_end"].values,
-                           _temperature(cube, batch_sizes.astype(float)),
-                           batch_sizes.astype(float), schedules, n_boot, rng_seed, level))
+            attrs=interval_attrs(name, kinds[name]))
     coords = {"batch_size": batch_sizes, "lr_schedule": schedules, "bound": ["lower", "upper"]}
+    ends = located_end(xr.Dataset(data, coords=coords)).values
+    data.update(_exponents(ends, _temperature(cube, batch_sizes.astype(float)),
+                           batch_sizes.astype(float), schedules, n_boot, rng_seed, level))
     attrs = {"horizon": h, "n_boot": int(n_boot), "rng_seed": int(rng_seed), "level": level,
-             "seeds": seeds, "interval_kind": kind}
+             "seeds": seeds, "interval_kind": kind,
+             "deficit_interval_kind": kinds["permanent_deficit"]}
     return xr.Dataset(data, coords=coords, attrs=attrs)
 

@@ -12,35 +12,37 @@ import pandas as pd
 import xarray as xr
 
 from critperiods.results.selection import CLASSES, run_diverged
-from critperiods.results.summary import EXPONENTS, INTERVAL_STATISTICS
+from critperiods.results.summary import EXPONENTS, INTERVAL_STATISTICS, end_located
 from critperiods.variables import SUMMARY_STATISTICS
 
-__all__ = ["diverged_sentence", "end_located", "format_table", "llc_flag_counts",
-           "restart_verdicts",
+__all__ = ["diverged_sentence", "format_table", "llc_flag_counts", "restart_verdicts",
            "runs_at_chance", "summary_table", "to_csv"]
 
 def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
     """Per batch size, whether the permanent deficit survives restarting the learning rate.
 
     Empty without a ``restart`` schedule. "survives" needs the restart deficit's interval
-    above 0; the wording says when the interval rests on few seeds.
+    above 0; each verdict says how many seeds its interval rests on, and one seed decides
+    nothing.
     """
     if "lr_schedule" not in summary.dims or "restart" not in summary["lr_schedule"].values:
         return {}
-    few = "not a confidence interval" in summary.attrs.get("interval_kind", "")
     out = {}
     for b in summary["batch_size"].values:
         cell = summary.sel(batch_size=b, lr_schedule="restart")
         d = float(cell["permanent_deficit"])
         lo, hi = (float(v) for v in cell["permanent_deficit_interval"].values)
+        n = int(cell["permanent_deficit_seeds"]) if "permanent_deficit_seeds" in cell else None
+        seeds = "" if n is None else f" ({n} seed{'s' if n != 1 else ''})"
+        interval = f"{100 * d:.1f} pp [{100 * lo:.1f}, {100 * hi:.1f}]{seeds}"
         if not np.isfinite(d):
             out[float(b)] = "unknown (no restart deficit)"
+        elif not np.isfinite(lo):
+            out[float(b)] = f"undetermined: {100 * d:.1f} pp{seeds}, no interval"
         elif lo > 0:
-            out[float(b)] = (f"survives the restart: {100 * d:.1f} pp [{100 * lo:.1f}, "
-                             f"{100 * hi:.1f}]" + (" (few seeds)" if few else ""))
+            out[float(b)] = f"survives the restart: {interval}"
         else:
-            out[float(b)] = (f"does not survive the restart: {100 * d:.1f} pp [{100 * lo:.1f}, "
-                             f"{100 * hi:.1f}] includes no loss" + (" (few seeds)" if few else ""))
+            out[float(b)] = f"does not survive the restart: {interval} includes no loss"
     return out
 
 
@@ -96,7 +98,8 @@ def llc_flag_counts(cube: xr.Dataset) -> dict[str, int]:
 def summary_table(summary: xr.Dataset) -> pd.DataFrame:
     """One row per (batch size, schedule): the statistics, each interval split into
     ``_lower``/``_upper``, the schedule's exponents repeated on every row (so the CSV is
-    self-contained), and the runs left out as diverged (``diverged_runs``)."""
+    self-contained), the seeds the deficit rests on (``permanent_deficit_seeds``) and the runs
+    left out as diverged (``diverged_runs``)."""
     if "lr_schedule" not in summary.dims:
         summary = summary.expand_dims(lr_schedule=["continue"])
     rows = []
@@ -113,8 +116,9 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
                 row[name] = float(cell[name])
                 lo, hi = cell[f"{name}_interval"].values
                 row[f"{name}_lower"], row[f"{name}_upper"] = float(lo), float(hi)
-            if "diverged_runs" in cell:  # absent from cubes written before the flag
-                row["diverged_runs"] = int(cell["diverged_runs"])
+            for name in ("permanent_deficit_seeds", "diverged_runs"):
+                if name in cell:  # absent from cubes written before they were counted
+                    row[name] = int(cell[name])
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -128,17 +132,10 @@ def _pp(value: float) -> str:
     return "nan" if not np.isfinite(value) else f"{100 * value:.1f}"
 
 
-def end_located(deficit_lower: float) -> bool:
-    """Whether a cell has a critical-period end to report: the lower bound of its permanent
-    deficit's interval is above zero. Otherwise the hinge kink was fitted to a flat curve
-    and is noise; the report, ``summarize``'s table and the figures show no end there."""
-    return bool(deficit_lower > 0)
-
-
 def format_table(summary: xr.Dataset) -> str:
     """Aligned plain-text table of the per-(batch, schedule) statistics, the exponents, what
     the intervals are, and why any value is NaN. A cell whose permanent deficit's interval
-    reaches zero shows no end ("-", "no deficit")."""
+    reaches zero shows no end and no half-deficit epoch ("-", "no deficit")."""
     table = summary_table(summary)
     located = [end_located(lo) for lo in table["permanent_deficit_lower"]]  # the CSV keeps all
     columns = {
@@ -154,7 +151,10 @@ def format_table(summary: xr.Dataset) -> str:
         "deficit_pp": [f"{_pp(d)} [{_pp(lo)}, {_pp(hi)}]" for d, lo, hi in zip(
             table["permanent_deficit"], table["permanent_deficit_lower"],
             table["permanent_deficit_upper"], strict=True)],
-        "half_def": table["half_deficit_epoch"].map(_fmt),
+        "seeds": (table["permanent_deficit_seeds"].map(str)
+                  if "permanent_deficit_seeds" in table else ["?"] * len(table)),
+        "half_def": [_fmt(v) if ok else "-" for v, ok in zip(
+            table["half_deficit_epoch"], located, strict=True)],
         "llc_trunk": table["llc_change_epoch_trunk"].map(_fmt),
         "llc_sharp": table["llc_change_epoch_sharp"].map(_fmt),
         "div_drop": table["divergence_drop_epoch"].map(_fmt),
@@ -163,7 +163,8 @@ def format_table(summary: xr.Dataset) -> str:
     lines = ["  ".join(k.rjust(widths[k]) for k in columns)]
     for i in range(len(table)):
         lines.append("  ".join(str(list(columns[k])[i]).rjust(widths[k]) for k in columns))
-    lines.append(f"intervals: {summary.attrs.get('interval_kind', 'seed-bootstrap interval')}")
+    lines.append(f"intervals: end, {summary.attrs.get('interval_kind', 'seed-bootstrap interval')}"
+                 f"; deficit, {summary.attrs.get('deficit_interval_kind', 'seed bootstrap')}")
     schedules = (summary["lr_schedule"].values if "lr_schedule" in summary.dims
                  else ["continue"])
     for name in EXPONENTS:
