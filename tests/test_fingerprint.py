@@ -157,3 +157,32 @@ def test_the_stage_scripts_reach_the_modules_they_use():
     assert "critperiods/train/training.py" in fp.sources(ROOT / "scripts/train.py")
     assert len({fp.stage(p) for p in (ROOT / "scripts").glob("*.py")}) == len(
         list((ROOT / "scripts").glob("*.py")))
+
+
+_LOADED = """
+import json, sys
+sys.modules["snakemake"] = type(sys)("snakemake")  # the object Snakemake injects; unused here
+for line in open(sys.argv[1]):
+    if line.startswith(("from critperiods", "import critperiods")):
+        exec(line)
+print(json.dumps(sorted(m.__file__ for n, m in sys.modules.items()
+                        if n.startswith("critperiods") and getattr(m, "__file__", None))))
+"""
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "scripts").glob("*.py")))
+def test_every_module_a_stage_loads_is_in_its_fingerprint(script):
+    """Checked against Python itself, not against the fingerprint's own reading: the
+    critperiods modules that importing a stage script's imports really loads are all
+    hashed into that stage's fingerprint, so editing any of them reruns the stage."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _LOADED, str(ROOT / "scripts" / script)],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded = {Path(p).resolve().relative_to(ROOT).as_posix()
+              for p in json.loads(out.stdout.splitlines()[-1])}
+    assert loaded, script
+    assert loaded <= set(Fingerprints(ROOT).sources(ROOT / "scripts" / script)), (
+        loaded - set(Fingerprints(ROOT).sources(ROOT / "scripts" / script)))
