@@ -4,6 +4,7 @@ import os
 
 from snakemake.utils import min_version, validate
 
+from critperiods.pipeline.config_file import check_against_schema
 from critperiods.pipeline.plan import check_moved_keys
 
 min_version("9.0")
@@ -13,7 +14,12 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 check_moved_keys(config)  # a key that moved: say where (the schema would only say "unknown")
-validate(config, "workflow/schemas/config.schema.yaml")
+check_against_schema(  # one line naming the key and its file, not the whole schema
+    config,
+    os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"),
+    [os.path.join(workflow.basedir, "config.yaml"), *workflow.overwrite_configfiles],
+)
+validate(config, "workflow/schemas/config.schema.yaml")  # fills in the defaults
 
 
 # Cheap steps run where snakemake runs, never as cluster jobs.

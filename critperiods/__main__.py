@@ -27,18 +27,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_config(paths: list[str]) -> dict:
-    """config.yaml overlaid with ``paths`` (as Snakemake does), validated, defaults filled."""
+    """config.yaml overlaid with ``paths`` (as Snakemake does), validated, defaults filled;
+    a bad file or key exits with one line that names it."""
     from snakemake.utils import update_config, validate
 
-    from critperiods.pipeline.plan import check_config, check_moved_keys
+    from critperiods.pipeline.config_file import check_against_schema, read_config_file
+    from critperiods.pipeline.plan import ConfigError, check_config, check_moved_keys
 
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    for p in paths:
-        update_config(config, yaml.safe_load(Path(p).read_text()) or {})
-    check_moved_keys(config)
+    files = [ROOT / "config.yaml", *map(Path, paths)]
     schema = ROOT / "workflow/schemas/config.schema.yaml"
-    validate(config, str(schema))
-    check_config(config, yaml.safe_load(schema.read_text()))
+    try:
+        config = read_config_file(files[0])
+        for path in files[1:]:
+            update_config(config, read_config_file(path))
+        check_moved_keys(config)
+        check_against_schema(config, schema, files)
+        validate(config, str(schema))
+        check_config(config, yaml.safe_load(schema.read_text()))
+    except ConfigError as err:
+        raise SystemExit(f"critperiods: config: {err}") from None
     return config
 
 

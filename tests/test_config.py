@@ -144,6 +144,15 @@ def test_snakemake_refuses_bad_config_before_planning(tmp_path):
     out = proc.stdout + proc.stderr
     assert "grid.switch_epochs: [5]" in out
     assert "Job stats" not in out
+    bad.write_text("grid:\n  batch_size: [64]\n")  # a typo: the key, its file, no schema dump
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"grid.batch_size: unknown key; did you mean grid.batch_sizes? (set in {bad})" in out
+    assert "additionalProperties" not in out and len(out.splitlines()) < 30
 
 
 def test_seed_groups_are_blocks_of_seed_values():
@@ -243,3 +252,42 @@ def test_the_cli_says_its_version_and_documents_every_option():
                                  capture_output=True, text=True, timeout=120).stdout
     assert "--n-boot" in parser_help and "bootstrap resamples" in parser_help
     assert __version__.count(".") == 2
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("epochs_after_swtich: 5\n", "epochs_after_swtich: unknown key; did you mean "
+                                 "epochs_after_switch? (set in {path})"),
+    ("grid:\n  batch_size: [64]\n", "grid.batch_size: unknown key; did you mean "
+                                    "grid.batch_sizes? (set in {path})"),
+    ("grid:\n  batch_sizes: [64, -5]\n", "grid.batch_sizes[1]: -5 is less than"),
+    ("grid: [oops\n", "{path}: not valid YAML (line 2, column 1)"),
+])
+def test_cost_names_the_bad_key_and_its_file_in_one_line(tmp_path, text, expected):
+    """A typo, a bad value or broken YAML in a config file: one line that names the key (and
+    the key it resembles) and the file that sets it, instead of a traceback or a schema dump."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    proc = subprocess.run([sys.executable, "-m", "critperiods", "cost", str(path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected.format(path=path) in lines[0], proc.stderr
+    missing = subprocess.run([sys.executable, "-m", "critperiods", "cost", str(tmp_path / "no")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert missing.stderr.strip() == f"critperiods: config: {tmp_path / 'no'}: no such config file"
+
+
+def test_the_schema_check_names_the_last_file_that_sets_a_key(tmp_path):
+    """Of the layered config files, the error names the one whose value is in force."""
+    from critperiods.pipeline.config_file import check_against_schema
+
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("grid:\n  seeds: [0, 1]\n")
+    second.write_text("grid:\n  seeds: [0, 0]\n")
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["grid"]["seeds"] = [0, 0]
+    with pytest.raises(ConfigError, match=rf"^grid\.seeds: .* \(set in {second}\)$"):
+        check_against_schema(config, ROOT / "workflow/schemas/config.schema.yaml",
+                             [ROOT / "config.yaml", first, second])
+    check_against_schema(yaml.safe_load((ROOT / "config.yaml").read_text()),
+                         ROOT / "workflow/schemas/config.schema.yaml")

@@ -420,3 +420,14 @@ def test_perturbation_changes_rerun_only_what_they_invalidate(perturbed, tmp_pat
     assert set(jobs) == expected
     if "epochs" in change:  # only the added epoch's copies are trained
         assert len(jobs["perturb"]) == 4 and all(o.endswith("/e2.pt") for o in jobs["perturb"])
+
+
+def test_the_readmes_cube_example_runs_on_a_real_cube(run):
+    """The README's "Opening the cube" block, run as written on the tiny run's cube."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Opening the cube")[1].split("```python\n")[1].split("```")[0]
+    assert "results/fmnist_quick/cube.nc" in block
+    code = block.replace("results/fmnist_quick/cube.nc", str(run / "results/tiny/cube.nc"))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    assert namespace["acc"].dims and "critical_period_end" in namespace["cube"]

@@ -281,7 +281,8 @@ def critical_period_vs_temperature(cube: xr.Dataset, path: str | Path, dpi: int 
                                 (axes[1], lr / batch, "temperature_exponent")):
             yerr = np.clip(np.vstack([end - lo, hi - end]), 0, None)
             ax.errorbar(x * (1 + 0.03 * j), end, yerr=yerr, marker="os"[j % 2], capsize=4,
-                        ls="none", color=f"C{j}", label=r)
+                        ls="none", color=f"C{j}",
+                        label=r if bool(end.notnull().any()) else f"{r}: no end located")
             p = float(_sel(cube[exponent], lr_schedule=r)) if exponent in cube else float("nan")
             if np.isfinite(p):
                 ok = np.isfinite(end.values) & (end.values > 0)

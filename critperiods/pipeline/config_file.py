@@ -1,0 +1,87 @@
+"""A config checked against the JSON schema with one clear error, before Snakemake's own
+validation (which fills in the defaults but reports a bad key with the whole schema).
+
+The error names the key as a dotted path (``grid.batch_sizes[0]``), says what is wrong, the
+file that sets it and, for an unknown key, the known key it most resembles. Only the
+Snakefile and the command line use this module; no stage imports it, so changing it reruns
+nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+from critperiods.pipeline.plan import ConfigError
+
+__all__ = ["check_against_schema", "read_config_file"]
+
+
+def read_config_file(path: str | Path) -> dict:
+    """One YAML config file as a dict, or a :class:`ConfigError` naming the file and why."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: "
+                          f"{getattr(err, 'problem', None) or err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file holds a mapping of keys, got "
+                          f"{type(data).__name__}")
+    return data
+
+
+def _dotted(path: Sequence[object]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f"{'.' if out else ''}{part}"
+    return out or "(top level)"
+
+
+def _file_setting(key: Sequence[object], files: Sequence[str | Path]) -> str | None:
+    """The last of ``files`` that sets ``key`` (later files override earlier ones)."""
+    for path in reversed(files):
+        try:
+            node: object = read_config_file(path)
+        except ConfigError:
+            continue
+        for part in key:
+            in_dict = isinstance(node, dict) and part in node
+            in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
+            if not (in_dict or in_list):
+                break
+            node = node[part]
+        else:
+            return str(path)
+    return None
+
+
+def check_against_schema(config: dict, schema: str | Path,
+                         files: Sequence[str | Path] = ()) -> None:
+    """Raise :class:`ConfigError` for the most relevant way ``config`` breaks ``schema`` (a
+    YAML JSON-schema file), naming the key, the reason and which of ``files`` sets it."""
+    rules = yaml.safe_load(Path(schema).read_text())
+    error = best_match(Draft202012Validator(rules).iter_errors(config))
+    if error is None:
+        return
+    key = list(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = list(error.schema.get("properties", {}))
+        unknown = [k for k in error.instance if k not in known]
+        key.append(unknown[0])
+        close = difflib.get_close_matches(str(unknown[0]), known, n=1)
+        reason = ("unknown key" + (f"; did you mean {_dotted([*key[:-1], close[0]])}?" if close
+                                   else f"; the keys here are {', '.join(known)}"))
+    else:
+        reason = error.message
+    where = _file_setting(key, files)
+    raise ConfigError(f"{_dotted(key)}: {reason}" + (f" (set in {where})" if where else ""))
