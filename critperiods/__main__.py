@@ -220,7 +220,7 @@ def cost(args: argparse.Namespace) -> int:
 def provenance(args: argparse.Namespace) -> int:
     import json
 
-    from critperiods.pipeline.provenance import report
+    from critperiods.pipeline.provenance_report import report
 
     path = Path(args.cube)
     try:

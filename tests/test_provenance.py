@@ -12,7 +12,8 @@ import xarray as xr
 
 from critperiods.__main__ import main
 from critperiods.pipeline.fingerprint import Fingerprints
-from critperiods.pipeline.provenance import record, report
+from critperiods.pipeline.provenance import record
+from critperiods.pipeline.provenance_report import report
 
 ROOT = Path(__file__).resolve().parents[1]
 

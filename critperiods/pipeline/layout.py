@@ -18,7 +18,7 @@ Under ``results/<experiment>/`` (templates below, with Snakemake's wildcards)::
 ``seed3`` for one seed, ``seeds0_1_2`` for a stacked group; every file of a group holds all
 its seeds. ``<schedule>`` is ``continue`` or ``restart`` (``grid.lr_schedules``); the
 never-blurred run (``K = 0``) is the same branch for both and is stored once, under
-``continue`` (:func:`critperiods.pipeline.plan.piece_schedule`). Nothing else builds or
+``continue`` (:func:`piece_schedule`). Nothing else builds or
 parses these paths.
 """
 
@@ -29,7 +29,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from critperiods.pipeline.plan import LR_SCHEDULES
+#: The learning-rate schedules after the switch (``grid.lr_schedules``, cube dim ``lr_schedule``):
+#: ``continue`` keeps the per-epoch decay across the switch (Achille et al.), ``restart`` resets
+#: the learning rate to ``optimizer.lr`` at the switch epoch (the learning-rate control).
+LR_SCHEDULES = ("continue", "restart")
+
+
+def piece_schedule(lr_schedule: str, switch_epoch: int) -> str:
+    """The schedule under which run ``(lr_schedule, switch_epoch)``'s branch is stored.
+
+    Restarting the decay at epoch 0 is the decay itself, so the never-blurred run (switch
+    epoch 0) is the same branch for every schedule: it is trained once, under ``continue``.
+    """
+    return "continue" if switch_epoch == 0 else lr_schedule
+
 
 #: Path templates, relative to ``results/<experiment>/``; ``{piece}`` is ``trunk`` or
 #: ``<schedule>/switch<K>``.
@@ -132,7 +145,7 @@ def parse_divergence(path: str | Path) -> tuple[int, str]:
 class PerturbedFile:
     """The coordinates of a perturbation group file: run ``(lr_schedule, switch_epoch)`` of
     every seed of a seed group of ``batch_size``, perturbed at ``perturb_epoch``
-    (``lr_schedule`` as stored: :func:`critperiods.pipeline.plan.piece_schedule`)."""
+    (``lr_schedule`` as stored: :func:`piece_schedule`)."""
 
     batch_size: int
     seeds: tuple[int, ...]
@@ -165,7 +178,8 @@ def piece_name(schedule: str | None, switch_epoch: int | None) -> str:
     return "trunk" if switch_epoch is None else f"{schedule}/switch{switch_epoch}"
 
 
-__all__ = ["BRANCH", "DIVERGENCE", "GROUP_PATTERN", "LLC", "METRICS", "PERTURBATION",
-           "PERTURBED", "PIECE", "PIECE_PATTERN", "RUN_GROUP", "TRUNK", "PerturbedFile",
-           "PieceFile", "PieceKey", "group_label", "group_seeds", "parse_divergence",
-           "parse_perturbation", "parse_perturbed", "parse_piece", "piece_name"]
+__all__ = ["BRANCH", "DIVERGENCE", "GROUP_PATTERN", "LLC", "LR_SCHEDULES", "METRICS",
+           "PERTURBATION", "PERTURBED", "PIECE", "PIECE_PATTERN", "RUN_GROUP", "TRUNK",
+           "PerturbedFile", "PieceFile", "PieceKey", "group_label", "group_seeds",
+           "parse_divergence", "parse_perturbation", "parse_perturbed", "parse_piece",
+           "piece_name", "piece_schedule"]

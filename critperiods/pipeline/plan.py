@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+# The schedules and where a run's branch is stored belong to the results' layout, which every
+# stage imports; they live there so that editing this module (config checks, the plan)
+# reruns no stage. Re-exported: the Snakefile and the cost model use them as plan.*.
+from critperiods.pipeline.layout import LR_SCHEDULES, piece_schedule  # noqa: F401
+
 
 class ConfigError(ValueError):
     """A config value that is well-typed but inconsistent; the message names the key."""
 
 
-#: The learning-rate schedules after the switch (``grid.lr_schedules``, cube dim ``lr_schedule``):
-#: ``continue`` keeps the per-epoch decay across the switch (Achille et al.), ``restart`` resets
-#: the learning rate to ``optimizer.lr`` at the switch epoch (the learning-rate control).
-LR_SCHEDULES = ("continue", "restart")
 
 #: Keys that moved, with the message that says where (checked before the schema, whose
 #: "additional property" error would not say it).
@@ -168,15 +169,6 @@ def seed_group(config: dict, seed: int) -> list[int]:
     if seed not in seeds:
         return [seed]
     return sorted(s for s in seeds if s // size == seed // size)
-
-
-def piece_schedule(lr_schedule: str, switch_epoch: int) -> str:
-    """The schedule under which run ``(lr_schedule, switch_epoch)``'s branch is stored.
-
-    Restarting the decay at epoch 0 is the decay itself, so the never-blurred run (switch
-    epoch 0) is the same branch for every schedule: it is trained once, under ``continue``.
-    """
-    return "continue" if switch_epoch == 0 else lr_schedule
 
 
 def branches(config: dict) -> list[tuple[str, int]]:

@@ -2,7 +2,7 @@
 
 A run ``(batch_size, lr_schedule, switch_epoch, seed)`` takes its values at epochs
 ``e ≤ switch_epoch`` from the trunk of ``(batch_size, seed)`` and later ones from its branch.
-One branch can serve several schedules (:func:`critperiods.pipeline.plan.piece_schedule`: the
+One branch can serve several schedules (:func:`critperiods.pipeline.layout.piece_schedule`: the
 never-blurred run is the same for all). The evaluate stage lays out the runs of one seed group this
 way and the cube its λ̂; both give datasets on the cube's dims.
 """
@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from critperiods.pipeline.layout import PieceKey, parse_piece
-from critperiods.pipeline.plan import piece_schedule
+from critperiods.pipeline.layout import PieceKey, parse_piece, piece_schedule
 
 #: The dims of one run of the grid, in the cube's order.
 RUN_DIMS = ("batch_size", "lr_schedule", "switch_epoch", "seed")

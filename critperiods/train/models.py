@@ -189,7 +189,7 @@ def build_model(
         torch.manual_seed(seed)
         model = MODELS[name](width, in_channels, image_size, num_classes)
         if init == "kaiming_sphere":
-            from critperiods.train.perturb import sphere_init_
+            from critperiods.train.sphere_init import sphere_init_
 
             sphere_init_(model)  # continues the seeded stream
         return model

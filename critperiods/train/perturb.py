@@ -18,9 +18,8 @@ Two scopes (``scope``):
   whole network still moves exactly ``ε``);
 * ``network`` — all trainable tensors as one vector on one sphere.
 
-``kaiming_sphere`` initialisation draws each convolution's and linear layer's weight and bias
-uniformly on the sphere of radius ``√(n / (3·fan_in))``, the root-mean-square norm of
-PyTorch's default (Kaiming-uniform, ``a = √5``) initialisation of a tensor of ``n`` entries.
+The ``kaiming_sphere`` initialisation, which draws on the same spheres, is in
+:mod:`critperiods.train.sphere_init` (re-exported here).
 
 The ``batch_order`` perturbation exchanges ``k`` disjoint pairs of full batches of one epoch.
 
@@ -35,6 +34,8 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
+
+from critperiods.train.sphere_init import kaiming_radius, sphere_init_
 
 SCOPES = ("layer", "network")
 KINDS = ("weights", "batch_order")
@@ -118,38 +119,6 @@ def perturb_model_(model: nn.Module, epsilon: float, seed: int, scope: str = "la
     moved = perturb_tensors(params, epsilon, seed, scope)
     for name, p in params.items():
         p.copy_(moved[name])
-
-
-# ---------------------------------------------------------------------------------------------
-# Initialisation on the sphere
-
-
-def kaiming_radius(numel: int, fan_in: int) -> float:
-    """Root-mean-square norm of a tensor of ``numel`` entries drawn by PyTorch's default init
-    of a layer with ``fan_in`` inputs: uniform on ±1/√fan_in, variance 1/(3·fan_in)."""
-    return math.sqrt(numel / (3 * fan_in))
-
-
-def _fan_in(weight: Tensor) -> int:
-    return int(weight.shape[1] * math.prod(weight.shape[2:]))
-
-
-@torch.no_grad()
-def sphere_init_(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
-    """Redraw every ``Conv``/``Linear`` weight and bias uniformly on the sphere of
-    :func:`kaiming_radius`; other parameters (BatchNorm's constant scale and shift) keep
-    their values. Draws from ``generator`` (default: the global stream, which
-    :func:`critperiods.train.models.build_model` forks and seeds)."""
-    for module in model.modules():
-        if not isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
-            continue
-        fan_in = _fan_in(module.weight)
-        for p in (module.weight, module.bias):
-            if p is None:
-                continue
-            g = torch.randn(p.shape, generator=generator, dtype=torch.float64)
-            p.copy_(g / g.norm() * kaiming_radius(p.numel(), fan_in))
-    return model
 
 
 # ---------------------------------------------------------------------------------------------

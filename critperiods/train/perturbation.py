@@ -103,7 +103,7 @@ class PerturbedRun:
 
     batch_size: int
     seed: int
-    lr_schedule: str  # as stored (critperiods.pipeline.plan.piece_schedule)
+    lr_schedule: str  # as stored (critperiods.pipeline.layout.piece_schedule)
     switch_epoch: int
     perturb_epoch: int
     end_epoch: int
