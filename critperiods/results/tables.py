@@ -34,15 +34,15 @@ def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
         lo, hi = (float(v) for v in cell["permanent_deficit_interval"].values)
         n = int(cell["permanent_deficit_seeds"]) if "permanent_deficit_seeds" in cell else None
         seeds = "" if n is None else f" ({n} seed{'s' if n != 1 else ''})"
-        interval = f"{100 * d:.1f} pp [{100 * lo:.1f}, {100 * hi:.1f}]{seeds}"
+        interval = f"{100 * d:.1f} pp [{100 * lo:.1f}, {100 * hi:.1f}]"
         if not np.isfinite(d):
             out[float(b)] = "unknown (no restart deficit)"
         elif not np.isfinite(lo):
             out[float(b)] = f"undetermined: {100 * d:.1f} pp{seeds}, no interval"
         elif lo > 0:
-            out[float(b)] = f"survives the restart: {interval}"
+            out[float(b)] = f"survives the restart: {interval}{seeds}"
         else:
-            out[float(b)] = f"does not survive the restart: {interval} includes no loss"
+            out[float(b)] = f"does not survive the restart: {interval} includes no loss{seeds}"
     return out
 
 
