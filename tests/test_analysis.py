@@ -660,3 +660,24 @@ def test_plots_draw_an_end_only_where_a_deficit_survives() -> None:
     assert _located_end(cube, 64, "continue") == 6.0
     assert np.isnan(_located_end(cube, 64, "restart"))
     assert _located_end(cube, 128, "restart") == 7.0
+
+
+def test_the_llc_figure_draws_one_row_for_shared_values_and_only_runs_with_values(
+        monkeypatch, tmp_path) -> None:
+    """λ̂ of the trunk and the never-blurred run is the same under both schedules: one row,
+    said in the titles; a switch epoch without λ̂ gets no legend entry."""
+    from critperiods.results import plots
+
+    cube = with_schedules(synthetic_cube(with_div=False))
+    cube["llc_mean"] = cube["llc_mean"].where(cube.switch_epoch.isin([0.0, 60.0]))
+    cube["llc_std"] = xr.ones_like(cube["llc_mean"])
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi: figures.append(fig))
+    plots.llc(cube, tmp_path / "llc.png")
+    axes = figures[0].axes
+    assert len(axes) == cube.sizes["batch_size"]
+    assert all("(both lr schedules)" in ax.get_title() for ax in axes)
+    assert axes[-1].get_legend_handles_labels()[1] == ["switch 0.0", "switch 60.0"]
+    cube["llc_mean"].loc[{"lr_schedule": "restart"}] += 1.0  # schedules differ: two rows
+    plots.llc(cube, tmp_path / "llc.png")
+    assert len(figures[1].axes) == 2 * cube.sizes["batch_size"]

@@ -116,19 +116,29 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
                        flagged_label: str = "flagged estimate (left out)", caption: str = "",
                        ) -> None:
     """``var`` (mean over seeds) vs epoch: a row per lr schedule, a panel per batch size, a line
-    per switch epoch. ``flagged`` (same dims, bool) marks values left out of the mean, drawn
-    as hollow grey markers named ``flagged_label`` in the legend; ``spread`` draws error bars
-    (mean over the seeds kept); ``caption`` is the figure's title, if any."""
+    per switch epoch that has a value (one row when the schedules hold the same values, as
+    λ̂ of the shared trunk and never-blurred run does). ``flagged`` (same dims, bool) marks
+    values left out of the mean, drawn as hollow grey markers named ``flagged_label`` in the
+    legend; ``spread`` draws error bars (mean over the seeds kept); ``caption`` is the
+    figure's title, if any."""
     schedules = [str(r) for r in var.lr_schedule.values] if "lr_schedule" in var.dims \
         else ["continue"]
+    shared = len(schedules) > 1 and all(
+        np.array_equal(var.sel(lr_schedule=r).values, var.sel(lr_schedule=schedules[0]).values,
+                       equal_nan=True) for r in schedules)
+    rows = schedules[:1] if shared else schedules
     nb = var.sizes["batch_size"]
-    fig, grid = plt.subplots(len(schedules), nb, figsize=(4.2 * nb, 3.3 * len(schedules)),
+    fig, grid = plt.subplots(len(rows), nb, figsize=(4.2 * nb, 3.3 * len(rows)),
                              squeeze=False, sharey=True)
-    colors = plt.cm.viridis(np.linspace(0, 0.9, var.sizes["switch_epoch"]))
+    colors = dict(zip(var.switch_epoch.values,
+                      plt.cm.viridis(np.linspace(0, 0.9, var.sizes["switch_epoch"])), strict=True))
+    present = var.notnull().any([d for d in var.dims if d != "switch_epoch"])
+    switches = var.switch_epoch.values[present.values]
     kept = var if flagged is None else var.where(~flagged)
-    for row, r in zip(grid, schedules, strict=True):
+    for row, r in zip(grid, rows, strict=True):
         for ax, b in zip(row, var.batch_size.values, strict=True):
-            for color, k in zip(colors, var.switch_epoch.values, strict=True):
+            for k in switches:
+                color = colors[k]
                 seeds = _sel(kept, batch_size=b, lr_schedule=r, switch_epoch=k)
                 curve = seeds.mean("seed")
                 ok = np.isfinite(curve.values)
@@ -148,7 +158,8 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
                         ax.plot(v.epoch, v, ms=6, **_LEFT_OUT)
                 if mark_switch:
                     ax.axvline(k, color=color, lw=0.6, ls=":")
-            title = f"batch {b}" if len(schedules) == 1 else f"batch {b}, lr {r}"
+            title = (f"batch {b}" if len(schedules) == 1 else
+                     f"batch {b} (both lr schedules)" if shared else f"batch {b}, lr {r}")
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
@@ -183,7 +194,10 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     label = ("flagged estimate or diverged run (left out)" if bool(diverged.any())
              else "flagged estimate (left out)")
     _curves_per_switch(cube.llc_mean, path, dpi, "λ̂ (local learning coefficient)", marker=".",
-                       flagged=flagged | diverged, spread=cube.llc_std, flagged_label=label)
+                       flagged=flagged | diverged, spread=cube.llc_std, flagged_label=label,
+                       caption=f"λ̂ of the valid estimates (mean over {_seeds_note(cube)}; bars: "
+                               "s.d. over chains; up to a run's switch epoch it is the blurred "
+                               "trunk's)")
 
 
 def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
