@@ -247,7 +247,7 @@ def provenance(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from critperiods import __version__
 
-    parser = argparse.ArgumentParser(prog="critperiods", description=__doc__,
+    parser = argparse.ArgumentParser(prog="critperiods", description=__doc__.replace("``", "`"),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"critperiods {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -273,11 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configfile", nargs="*", default=[],
                    help="configs laid over config.yaml (the experiment the piece belongs to)")
     p.add_argument("--step-sizes", type=float, nargs="+", default=[1e-5, 3e-5, 1e-4, 3e-4],
-                   help="SGLD step sizes to try")
+                   help="SGLD step sizes to try (default: 1e-5 3e-5 1e-4 3e-4)")
     p.add_argument("--nbetas", type=float, nargs="*", default=None,
                    help="inverse temperatures n·β to try (default: the config's)")
-    p.add_argument("--threads", type=int, default=2, help="worker processes for the chains")
-    p.add_argument("--out", default="llc_calibration.png", help="where to write the plot")
+    p.add_argument("--threads", type=int, default=2,
+                   help="worker processes for the chains (default: 2)")
+    p.add_argument("--out", default="llc_calibration.png",
+                   help="where to write the plot (default: llc_calibration.png)")
     p.set_defaults(func=calibrate_llc)
 
     p = sub.add_parser("cost", help="epochs, images and time a grid costs (trunk sharing on)")
