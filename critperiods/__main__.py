@@ -102,7 +102,11 @@ def summarize(args: argparse.Namespace) -> int:
     stale = _stale_statistics(cube, diverged)
     recompute = args.recompute or stale is not None or "critical_period_end" not in cube
     if recompute:
-        summary = critical_period_summary(cube, n_boot=args.n_boot)
+        if "lr_schedule" not in cube.dims:  # as the summary treats it: one continue schedule
+            cube = cube.expand_dims(lr_schedule=["continue"])
+        summary = critical_period_summary(  # with the cube's own interval settings
+            cube, n_boot=args.n_boot or int(cube.attrs.get("summary_n_boot", 1000)),
+            level=float(cube.attrs.get("summary_level", 0.9)))
         cube = cube.assign(summary.data_vars)  # what the perturbation statistics read
     else:
         summary = cube
@@ -260,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recompute", action="store_true",
                    help="recompute the statistics from the raw variables instead of reading "
                         "the stored ones")
-    p.add_argument("--n-boot", type=int, default=1000,
-                   help="bootstrap resamples when recomputing (default 1000)")
+    p.add_argument("--n-boot", type=int, default=None,
+                   help="bootstrap resamples when recomputing (default: the cube's, else 1000)")
     p.set_defaults(func=summarize)
 
     p = sub.add_parser("calibrate-llc", help="sweep the SGLD step size at one checkpoint")

@@ -347,6 +347,7 @@ def test_flagged_llc_estimates_are_left_out_of_the_markers() -> None:
     cube["llc_quality"] = quality.where(cube.epoch > 25, 1.0)  # only the straight part left
     summary = critical_period_summary(cube, n_boot=20)
     assert np.all(np.isnan(summary["llc_change_epoch_trunk"].values))
+    assert "a straight line" in summary["llc_change_epoch_trunk"].attrs["missing"]
     cube["llc_quality"] = quality.where(cube.epoch >= 69, 2.0)
     summary = critical_period_summary(cube, n_boot=20)
     assert np.all(np.isnan(summary["llc_change_epoch_sharp"].values))
@@ -413,9 +414,19 @@ def test_the_exponent_rests_on_located_ends_only() -> None:
 
 
 def test_a_restart_verdict_on_one_seed_is_undetermined() -> None:
+    """One seed: the deficit has no interval, so no end is located, and every place says it
+    is the single seed, not that there is no deficit."""
+    from critperiods.results.report_page import answer_lines
+
     cube = synthetic_cube(with_llc=False, with_div=False).isel(seed=[0])
-    verdicts = tables.restart_verdicts(critical_period_summary(with_schedules(cube), n_boot=20))
+    summary = critical_period_summary(with_schedules(cube), n_boot=20)
+    verdicts = tables.restart_verdicts(summary)
     assert all(v.startswith("undetermined") and "(1 seed)" in v for v in verdicts.values())
+    assert "no interval (1 seed)" in tables.format_table(summary)
+    assert "no deficit" not in tables.format_table(summary)
+    assert "one seed has both runs" in summary["permanent_deficit_interval"].attrs["missing"]
+    answer = "\n".join(answer_lines(cube.merge(summary.isel(lr_schedule=[0]))))
+    assert "one seed, so no interval to locate an end with" in answer
     summary = critical_period_summary(with_schedules(synthetic_cube(with_llc=False,
                                                                     with_div=False)), n_boot=20)
     assert all("(3 seeds)" in v for v in tables.restart_verdicts(summary).values())

@@ -290,13 +290,14 @@ def test_a_kink_without_a_deficit_does_not_split_the_nudges():
 
     cube = _synthetic_cube(7.0)
     for lower, located in ((-0.01, False), (0.01, True)):
+        cube["permanent_deficit"] = (("batch_size", "lr_schedule"), [[0.02]])
         cube["permanent_deficit_interval"] = (("batch_size", "lr_schedule", "bound"),
                                               [[[lower, 0.05]]])
         cube = cube.assign_coords(bound=["lower", "upper"])
         ratio = perturbation_summary(cube).perturb_cp_ratio
         assert bool(ratio.notnull().all()) is located
         if not located:
-            assert "no critical-period end located" in ratio.attrs["missing"]
+            assert "no critical-period end located (no deficit)" in ratio.attrs["missing"]
 
 
 def test_the_copies_of_a_run_that_diverged_to_chance_are_left_out_and_named():

@@ -41,7 +41,7 @@ import pandas as pd
 import xarray as xr
 
 from critperiods.results.fits import nanmean
-from critperiods.results.summary import located_end
+from critperiods.results.summary import located_end, unlocated_reason
 
 RUN = ("batch_size", "lr_schedule", "switch_epoch")
 #: Statistics averaged over seeds and replicates: cube variable → (summary name, long_name).
@@ -236,7 +236,12 @@ def _why_no_ratio(cube: xr.Dataset, batch_size: object, lr_schedule: object) -> 
     end = float(located_end(cube).sel(batch_size=batch_size, lr_schedule=lr_schedule))
     epochs = cube["perturb_epoch"].values
     if not np.isfinite(end):
-        return "no critical-period end located (the deficit's interval reaches 0)"
+        if "permanent_deficit_interval" not in cube or "permanent_deficit" not in cube:
+            return "no critical-period end located"
+        cell = cube.sel(batch_size=batch_size, lr_schedule=lr_schedule)
+        why = unlocated_reason(float(cell["permanent_deficit"]),
+                               float(cell["permanent_deficit_interval"].sel(bound="lower")))
+        return f"no critical-period end located ({why})"
     if not (epochs < end).any():
         return f"the critical-period end (epoch {end:.3g}) precedes every perturbation epoch"
     if (epochs < end).all():

@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 import yaml
 
-from critperiods.results.summary import end_located
+from critperiods.results.summary import end_located, unlocated_reason
 from critperiods.results.tables import (
     diverged_sentence,
     llc_flag_counts,
@@ -41,6 +41,11 @@ FIGURES = {
 }
 
 
+#: How the answer says why a cell has no end (:func:`unlocated_reason`'s few words, longer).
+_UNLOCATED = {"no deficit": "no deficit to locate an end for",
+              "no interval (1 seed)": "one seed, so no interval to locate an end with"}
+
+
 def _num(value: float, digits: int = 1) -> str:
     return "n/a" if not np.isfinite(value) else f"{value:.{digits}f}"
 
@@ -61,17 +66,21 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
             deficit = (f"deficit {_num(100 * row['permanent_deficit'])} pp "
                        + _interval(100 * row["permanent_deficit_lower"],
                                    100 * row["permanent_deficit_upper"]))
+            why = _UNLOCATED.get(reason := unlocated_reason(row["permanent_deficit"],
+                                                           row["permanent_deficit_lower"]),
+                                 reason)
             if end_located(row["permanent_deficit_lower"]):
                 end = _interval(row["critical_period_end_lower"],
                                 row["critical_period_end_upper"])
                 parts.append(f"{row['lr_schedule']}: ends at epoch "
                              f"{_num(row['critical_period_end'])} {end}, {deficit}")
             elif row["lr_schedule"] == "restart" and verdict:  # the verdict gives the deficit
-                parts.append("restart: no deficit to locate an end for")
+                parts.append(f"restart: {why}")
             else:
-                parts.append(f"{row['lr_schedule']}: no deficit to locate an end for, {deficit}")
-        lines.append(f"* **batch {b:g}** — " + "; ".join(parts)
-                     + (f". The deficit {verdict}." if verdict else "."))
+                parts.append(f"{row['lr_schedule']}: {why}, {deficit}")
+        said = ("" if not verdict else f". The deficit {verdict}." if verdict.startswith(
+            ("survives", "does not")) else f". Under the restart: {verdict}.")
+        lines.append(f"* **batch {b:g}** — " + "; ".join(parts) + (said or "."))
     schedules = [str(r) for r in cube["lr_schedule"].values] if "lr_schedule" in cube.dims \
         else ["continue"]
     for r in schedules:
@@ -105,7 +114,8 @@ def table_rst(cube: xr.Dataset) -> str:
             f"{row['batch_size']:g}", row["lr_schedule"],
             _num(row["critical_period_end"]) if located else "–",
             _interval(row["critical_period_end_lower"], row["critical_period_end_upper"])
-            if located else "no deficit",
+            if located else unlocated_reason(row["permanent_deficit"],
+                                             row["permanent_deficit_lower"]),
             _num(100 * row["critical_period_slope"], 2),
             f"{_num(100 * row['permanent_deficit'])} "
             + _interval(100 * row["permanent_deficit_lower"], 100 * row["permanent_deficit_upper"]),

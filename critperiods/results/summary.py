@@ -50,7 +50,7 @@ from critperiods.variables import SUMMARY_STATISTICS, exponent_attrs, interval_a
 from critperiods.variables import attrs as variable_attrs
 
 __all__ = ["EXPONENTS", "INTERVAL_STATISTICS", "MIN_LLC_POINTS", "MIN_SEEDS_FOR_INTERVAL",
-           "critical_period_summary", "end_located", "located_end"]
+           "critical_period_summary", "end_located", "located_end", "unlocated_reason"]
 
 #: Below this many seeds the end's seed-bootstrap interval is reported as a range, not a
 #: confidence interval: resampling 2–4 seeds only shuffles the few values there are.
@@ -79,6 +79,16 @@ def end_located(deficit_lower: float) -> bool:
     return bool(deficit_lower > 0)
 
 
+def unlocated_reason(deficit: float, deficit_lower: float) -> str:
+    """Why a cell has no located end, in a few words: no deficit measured, no interval (one
+    seed), or a deficit whose interval reaches 0 ("no deficit")."""
+    if not np.isfinite(deficit):
+        return "no deficit measured"
+    if not np.isfinite(deficit_lower):
+        return "no interval (1 seed)"
+    return "no deficit"
+
+
 def located_end(summary: xr.Dataset) -> xr.DataArray:
     """``critical_period_end`` where it is located (:func:`end_located`), NaN elsewhere."""
     end = summary["critical_period_end"]
@@ -89,14 +99,14 @@ def located_end(summary: xr.Dataset) -> xr.DataArray:
 
 
 def _llc_reason(cube: xr.Dataset, curve: xr.DataArray, where: str) -> str | None:
-    """Why a λ̂ marker is NaN (None if it is not)."""
+    """Why a λ̂ marker is NaN (read only where it is)."""
     if "llc_mean" not in cube:
         return "λ̂ not estimated (llc.enabled: false)"
     n = int(np.isfinite(curve.values).sum()) if curve.size else 0
     if n < MIN_LLC_POINTS:
         return (f"{n} valid λ̂ point(s) on the {where} (a slope change needs "
                 f"{MIN_LLC_POINTS}; see llc.every/llc.epochs/llc.first_epoch and the λ̂ flags)")
-    return None
+    return f"valid λ̂ on the {where} is a straight line (no slope change)"
 
 
 def _cell_values(
@@ -149,8 +159,9 @@ def _cell_values(
 
 
 def _why_missing(reasons: dict[tuple, str | None]) -> str:
-    """One ``missing`` attribute from the cells' reasons, each reason said once: "every
-    cell: …" when all share it, else "batch 64, continue; batch 128, continue: …"."""
+    """One ``missing`` attribute from the cells' reasons, each reason said once: "every batch
+    size and schedule: …" when all share it, else "batch 64, continue; batch 128, continue:
+    …"."""
     said: dict[str, list[str]] = {}
     for (b, r), reason in reasons.items():
         if reason:
@@ -254,11 +265,17 @@ def critical_period_summary(
             f"range of the seed bootstrap over only {fewest} seed(s): not a confidence interval")
     kinds = {"critical_period_end": kind,
              "permanent_deficit": f"{level:.0%} Student-t interval over seeds"}
+    one_seed = _why_missing({
+        (b, r): "one seed has both runs: no interval"
+        if cells[(b, r)][0]["permanent_deficit_seeds"] == 1 else None
+        for b in batch_sizes for r in schedules})
     for name in INTERVAL_STATISTICS:
+        missing = one_seed if name == "permanent_deficit" else ""
         data[f"{name}_interval"] = xr.DataArray(
             np.stack([grid(f"{name}_lower"), grid(f"{name}_upper")], axis=-1),
             dims=[*dims, "bound"],
-            attrs=interval_attrs(name, kinds[name]))
+            attrs={**interval_attrs(name, kinds[name]), **({"missing": missing} if missing
+                                                             else {})})
     coords = {"batch_size": batch_sizes, "lr_schedule": schedules, "bound": ["lower", "upper"]}
     ends = located_end(xr.Dataset(data, coords=coords)).values
     data.update(_exponents(ends, _temperature(cube, batch_sizes.astype(float)),

@@ -12,7 +12,12 @@ import pandas as pd
 import xarray as xr
 
 from critperiods.results.selection import CLASSES, run_diverged
-from critperiods.results.summary import EXPONENTS, INTERVAL_STATISTICS, end_located
+from critperiods.results.summary import (
+    EXPONENTS,
+    INTERVAL_STATISTICS,
+    end_located,
+    unlocated_reason,
+)
 from critperiods.variables import SUMMARY_STATISTICS
 
 __all__ = ["diverged_sentence", "format_table", "llc_flag_counts", "restart_verdicts",
@@ -143,10 +148,12 @@ def format_table(summary: xr.Dataset) -> str:
         "lr": table["lr_schedule"],
         "cp_end": [_fmt(v) if ok else "-" for v, ok in zip(
             table["critical_period_end"], located, strict=True)],
-        "cp_interval": [f"[{_fmt(lo)}, {_fmt(hi)}]" if ok else "no deficit"
-                        for lo, hi, ok in zip(table["critical_period_end_lower"],
-                                              table["critical_period_end_upper"], located,
-                                              strict=True)],
+        "cp_interval": [f"[{_fmt(lo)}, {_fmt(hi)}]" if ok else unlocated_reason(d, d_lo)
+                        for lo, hi, ok, d, d_lo in zip(
+                            table["critical_period_end_lower"],
+                            table["critical_period_end_upper"], located,
+                            table["permanent_deficit"], table["permanent_deficit_lower"],
+                            strict=True)],
         "slope_pp/ep": table["critical_period_slope"].map(_pp),
         "deficit_pp": [f"{_pp(d)} [{_pp(lo)}, {_pp(hi)}]" for d, lo, hi in zip(
             table["permanent_deficit"], table["permanent_deficit_lower"],
