@@ -12,7 +12,7 @@ help:
 	@echo "make run     - install into $(VENV) and run the default experiment (config.yaml)"
 	@echo "make run CONFIG=configs/x.yaml - run another experiment"
 	@echo "make test    - run the test suite"
-	@echo "make report  - build the HTML report of the last run (report.html)"
+	@echo "make report  - build the HTML report of the last run (report.html; with CONFIG=x.yaml: report-x.html)"
 	@echo "make bench   - benchmarks (bench/), results in bench/out/"
 	@echo "make bench-gpu - GPU benchmark (about 5 minutes on one GPU): bench/out/gpu.md"
 	@echo "make bench-gpu-deps - devinterp 1.3.2 etc. in .venv-gpu-deps/ for a GPU box without a registry"
@@ -45,8 +45,11 @@ lint: $(STAMP)
 	$(SMK) --lint
 	$(SMK) --lint --configfile configs/toy_landscapes.yaml
 
+# report.html for the default, report-<last config's name>.html with CONFIG=…, so that
+# experiments do not overwrite each other's report
+REPORT = report$(if $(CONFIG),-$(basename $(notdir $(lastword $(CONFIG))))).html
 report: $(STAMP)
-	$(SMK) --cores 1 $(if $(CONFIG),--configfile $(CONFIG)) --report report.html
+	$(SMK) --cores 1 $(if $(CONFIG),--configfile $(CONFIG)) --report $(REPORT)
 
 BENCH_VENV := .venv-bench
 $(BENCH_VENV)/.installed: pyproject.toml
