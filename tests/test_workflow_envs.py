@@ -13,8 +13,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RULE_FILES = [ROOT / "Snakefile", *sorted((ROOT / "workflow/rules").glob("*.smk"))]
-# what runs in the process that starts Snakemake, never inside a job
-NOT_IN_JOBS = {"snakemake", "snakemake-executor-plugin-slurm"}
+# what runs in the process that starts Snakemake, never inside a job (jsonschema: the
+# Snakefile's config check, critperiods.pipeline.config_file, which no stage imports)
+NOT_IN_JOBS = {"snakemake", "snakemake-executor-plugin-slurm", "jsonschema"}
 CONDA_NAMES = {"matplotlib-base": "matplotlib"}  # conda-forge's headless matplotlib
 
 
