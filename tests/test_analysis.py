@@ -658,7 +658,7 @@ def test_the_critical_period_figure_leaves_a_diverged_run_out_of_its_mean(monkey
 
 def test_plots_draw_an_end_only_where_a_deficit_survives() -> None:
     """A hinge kink fitted where the deficit's interval reaches 0 is noise: not drawn."""
-    from critperiods.results.plots import _located_end
+    from critperiods.results.plots import _end_of, _located_ends
 
     coords = {"batch_size": [64, 128], "lr_schedule": ["continue", "restart"],
               "bound": ["lower", "upper"]}
@@ -668,9 +668,10 @@ def test_plots_draw_an_end_only_where_a_deficit_survives() -> None:
                                        [[[0.03, 0.04], [-0.007, 0.008]],
                                         [[0.05, 0.07], [0.002, 0.01]]]),
     }, coords=coords)
-    assert _located_end(cube, 64, "continue") == 6.0
-    assert np.isnan(_located_end(cube, 64, "restart"))
-    assert _located_end(cube, 128, "restart") == 7.0
+    ends = _located_ends(cube)
+    assert _end_of(ends, 64, "continue") == 6.0
+    assert np.isnan(_end_of(ends, 64, "restart"))
+    assert _end_of(ends, 128, "restart") == 7.0
 
 
 def test_the_llc_figure_draws_one_row_for_shared_values_and_only_runs_with_values(

@@ -272,9 +272,10 @@ def perturbation_rows(cube: xr.Dataset) -> pd.DataFrame:
     cube = _with_schedule(cube)
     rows = []
     lasting = cube["perturb_lasting_l2"]
+    ends = located_end(cube)
     for b in lasting["batch_size"].values:
         for r in lasting["lr_schedule"].values:
-            end = float(located_end(cube).sel(batch_size=b, lr_schedule=r))
+            end = float(ends.sel(batch_size=b, lr_schedule=r))
             for k in lasting["switch_epoch"].values:
                 for e in lasting["perturb_epoch"].values:
                     for eps in lasting["epsilon"].values:
@@ -347,9 +348,10 @@ def verdict_lines(cube: xr.Dataset) -> list[str]:
     lines = []
     ratio = cube["perturb_cp_ratio"]
     lasting = cube["perturb_lasting_l2"]
+    ends = located_end(cube)
     for b in ratio["batch_size"].values:
         for r in ratio["lr_schedule"].values:
-            end = float(located_end(cube).sel(batch_size=b, lr_schedule=r))
+            end = float(ends.sel(batch_size=b, lr_schedule=r))
             for k in ratio["switch_epoch"].values:
                 at = {"batch_size": b, "lr_schedule": r, "switch_epoch": k}
                 if bool(lasting.sel(at).isnull().all()):

@@ -52,12 +52,15 @@ def _sel(da: xr.DataArray, **where) -> xr.DataArray:
     return da.sel(**{k: v for k, v in where.items() if k in da.dims})
 
 
-def _located_end(cube: xr.Dataset, batch_size, lr_schedule) -> float:
-    """The critical-period end of one cell, or NaN where there is no deficit to locate
-    (:func:`~critperiods.results.summary.located_end`)."""
-    if "critical_period_end" not in cube:
-        return float("nan")
-    return float(_sel(located_end(cube), batch_size=batch_size, lr_schedule=lr_schedule))
+def _located_ends(cube: xr.Dataset) -> xr.DataArray | None:
+    """The critical-period end per cell, NaN where there is no deficit to locate
+    (:func:`~critperiods.results.summary.located_end`); None for a cube without ends."""
+    return located_end(cube) if "critical_period_end" in cube else None
+
+
+def _end_of(ends: xr.DataArray | None, batch_size, lr_schedule) -> float:
+    return float("nan") if ends is None else float(
+        _sel(ends, batch_size=batch_size, lr_schedule=lr_schedule))
 
 
 def _seeds_note(cube: xr.Dataset) -> str:
@@ -80,6 +83,7 @@ def critical_period(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     fig, axes = _panels(len(schedules), width=5.2, height=4.2)
     acc = valid_final_accuracy(cube) * 100
     diverged = run_diverged(cube)
+    ends = _located_ends(cube)
     for ax, r in zip(axes, schedules, strict=True):
         foot = ax.get_xaxis_transform()  # x in data, y in axes fraction
         for i, b in enumerate(cube.batch_size.values):
@@ -93,7 +97,7 @@ def critical_period(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                 ax.plot(cube.switch_epoch[bad.values], np.full(int(bad.sum()), 0.03), ls="none",
                         marker="x", ms=8, mew=2, color=color, transform=foot, clip_on=False,
                         label=f"batch {b}: run diverged to chance (left out)")
-            end = _located_end(cube, b, r)
+            end = _end_of(ends, b, r)
             if np.isfinite(end):
                 ax.axvline(end, color=color, ls="--", lw=1)
                 lo, hi = _sel(cube.critical_period_end_interval, batch_size=b,
@@ -333,6 +337,7 @@ def perturbation(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     schedules = _schedules(cube)
     runs = lasting.switch_epoch.values[lasting.notnull().any(
         [d for d in lasting.dims if d != "switch_epoch"]).values]
+    ends = _located_ends(cube)
     nb = cube.sizes["batch_size"]
     fig, grid = plt.subplots(len(schedules), nb, figsize=(4.6 * nb, 3.6 * len(schedules)),
                              squeeze=False, sharey=True)
@@ -354,7 +359,7 @@ def perturbation(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                         **_run_style(k, runs))
                 if k > 0:
                     ax.axvline(k, color=f"C{j}", ls=":", lw=1)
-            end = _located_end(cube, b, r)
+            end = _end_of(ends, b, r)
             if np.isfinite(end):
                 ax.axvline(end, color="0.3", ls="--", lw=1.2, label="critical-period end")
                 lo, hi = _sel(cube.critical_period_end_interval, batch_size=b,
