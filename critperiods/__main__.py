@@ -69,12 +69,19 @@ def _open_cube_or_exit(path: str) -> object:
 def _stale_statistics(cube, diverged: list[str]) -> str | None:
     """Why the statistics stored in an older cube cannot be read as they are (None if they
     can)."""
+    from critperiods.results.summary import INTERVAL_METHOD
+
     if diverged and "run_diverged" not in cube:
         return ("predates the run_diverged flag and its stored statistics include the "
                 "diverged runs")
     if "critical_period_end" in cube and "permanent_deficit_seeds" not in cube:
         return ("predates the Student-t interval of the permanent deficit (its stored "
                 "intervals are seed-bootstrap ranges, too narrow with few seeds)")
+    method = cube.attrs.get("summary_interval_method",
+                            "bootstrap" if "summary_n_boot" in cube.attrs else INTERVAL_METHOD)
+    if "critical_period_end" in cube and method != INTERVAL_METHOD:
+        return ("predates the jackknife intervals of the end and the exponents (its stored "
+                "ones are bootstrap ranges, too narrow with few seeds or batch sizes)")
     return None
 
 
@@ -104,9 +111,8 @@ def summarize(args: argparse.Namespace) -> int:
     if recompute:
         if "lr_schedule" not in cube.dims:  # as the summary treats it: one continue schedule
             cube = cube.expand_dims(lr_schedule=["continue"])
-        summary = critical_period_summary(  # with the cube's own interval settings
-            cube, n_boot=args.n_boot or int(cube.attrs.get("summary_n_boot", 1000)),
-            level=float(cube.attrs.get("summary_level", 0.9)))
+        summary = critical_period_summary(  # at the cube's own interval level
+            cube, level=float(cube.attrs.get("summary_level", 0.9)))
         cube = cube.assign(summary.data_vars)  # what the perturbation statistics read
     else:
         summary = cube
@@ -264,8 +270,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recompute", action="store_true",
                    help="recompute the statistics from the raw variables instead of reading "
                         "the stored ones")
-    p.add_argument("--n-boot", type=int, default=None,
-                   help="bootstrap resamples when recomputing (default: the cube's, else 1000)")
     p.set_defaults(func=summarize)
 
     p = sub.add_parser("calibrate-llc", help="sweep the SGLD step size at one checkpoint")

@@ -186,6 +186,15 @@ def test_the_moved_lr_after_switch_key_names_grid_lr_schedules():
     check_moved_keys(load_default())
 
 
+def test_the_removed_bootstrap_samples_key_says_what_replaced_it():
+    from critperiods.pipeline.plan import check_moved_keys
+
+    config = load_default()
+    config.setdefault("analysis", {})["bootstrap_samples"] = 1000
+    with pytest.raises(ConfigError, match=r"analysis\.bootstrap_samples was removed.*jackknife"):
+        check_moved_keys(config)
+
+
 def test_analysis_defaults_agree_with_the_library():
     """The λ̂ quality thresholds and interval settings have one default: the schema's equals
     the library's (used when the cube is built without a config)."""
@@ -250,7 +259,7 @@ def test_the_cli_says_its_version_and_documents_every_option():
     assert stop.value.code == 0
     parser_help = subprocess.run([sys.executable, "-m", "critperiods", "summarize", "--help"],
                                  capture_output=True, text=True, timeout=120).stdout
-    assert "--n-boot" in parser_help and "bootstrap resamples" in parser_help
+    assert "--recompute" in parser_help and "--csv" in parser_help
     assert __version__.count(".") == 2
 
 

@@ -393,7 +393,7 @@ def test_perturbations_land_in_the_cube_on_their_own_dims(perturbed, capsys):
     assert [c["epoch"] for c in shared] == [2, 3, 4]
     for c in shared:
         assert all(torch.equal(v, twin[c["epoch"]][k]) for k, v in c["model"].items())
-    assert main(["summarize", str(results / "cube.nc"), "--n-boot", "50"]) == 0
+    assert main(["summarize", str(results / "cube.nc")]) == 0
     printed = capsys.readouterr().out
     assert "perturbations: how far a nudge carries" in printed and "lasting L2 / epsilon" in printed
     for name in ("perturbation", "perturbation_growth"):

@@ -22,13 +22,17 @@ class ConfigError(ValueError):
 
 
 
-#: Keys that moved, with the message that says where (checked before the schema, whose
-#: "additional property" error would not say it).
+#: Keys that moved or went, with the message that says what to write instead (checked
+#: before the schema, whose "unknown key" error would not say it).
 MOVED_KEYS = {
     ("optimizer", "lr_after_switch"): (
         "optimizer.lr_after_switch was replaced by the sweep axis grid.lr_schedules: write "
         "grid: {lr_schedules: [continue]} (Achille et al.'s protocol), [restart], or "
         "[continue, restart] (both, sharing the blurred trunks)"),
+    ("analysis", "bootstrap_samples"): (
+        "analysis.bootstrap_samples was removed: the intervals of the end and of the "
+        "exponents are now a jackknife over seeds, which has no resample count; delete the "
+        "line (see CHANGELOG.md)"),
 }
 
 

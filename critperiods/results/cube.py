@@ -111,8 +111,7 @@ def build_cube(
         cube[name] = cube[name].fillna(NO_FIT).astype(np.int8)
     if "llc_mean" in cube:
         cube["llc_quality"] = _llc_quality(cube, settings)
-    summary = critical_period_summary(cube, n_boot=settings["bootstrap_samples"], rng_seed=0,
-                                      level=settings["interval_level"])
+    summary = critical_period_summary(cube, level=settings["interval_level"])
     cube = cube.merge(summary)
     if "perturb_l2" in cube:
         from critperiods.results.perturbation_summary import perturbation_summary
@@ -120,7 +119,7 @@ def build_cube(
         cube = cube.merge(perturbation_summary(cube))
     cube.attrs = {
         **{k: v for k, v in perturbed.attrs.items() if k.startswith("perturbation_")},
-        **{f"summary_{k}" if k in ("horizon", "n_boot", "rng_seed", "level") else k: v
+        **{f"summary_{k}" if k in ("horizon", "level", "interval_method") else k: v
            for k, v in summary.attrs.items()},
         "Conventions": "CF-1.10",
         "title": "critperiods: critical learning periods sweep",
@@ -139,7 +138,7 @@ def build_cube(
 
 #: Defaults of the config's ``analysis:`` section (the schema holds the same; a test checks).
 ANALYSIS_DEFAULTS = {"llc_max_rhat": MAX_RHAT, "llc_max_trend_z": MAX_TREND_Z,
-                     "interval_level": 0.9, "bootstrap_samples": 1000}
+                     "interval_level": 0.9}
 
 
 def _llc_quality(cube: xr.Dataset, settings: dict) -> xr.DataArray:

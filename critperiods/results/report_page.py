@@ -47,6 +47,8 @@ _UNLOCATED = {"no deficit": "no deficit to locate an end for",
 
 
 def _num(value: float, digits: int = 1) -> str:
+    if np.isinf(value):
+        return "−∞" if value < 0 else "∞"
     return "n/a" if not np.isfinite(value) else f"{value:.{digits}f}"
 
 
@@ -89,9 +91,12 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
         lo, hi = (cube["batch_size_exponent_interval"].sel(lr_schedule=r)
                   if "lr_schedule" in cube["batch_size_exponent_interval"].dims
                   else cube["batch_size_exponent_interval"]).values
+        unbounded = cube["batch_size_exponent_interval"].attrs.get("unbounded")
         if np.isfinite(float(p)):
             lines.append(f"* end ∝ batch size^p ({r}): p = {_num(float(p), 2)} "
-                         f"{_interval(lo, hi, 2)} (p < 0: smaller batches end later)")
+                         f"{_interval(lo, hi, 2)} (p < 0: smaller batches end later)"
+                         + (f"; the interval is unbounded: {unbounded}"
+                            if np.isinf(lo) and unbounded else ""))
         else:
             lines.append(f"* end ∝ batch size^p ({r}): n/a — a power law needs 3 batch sizes "
                          "with a located end (a deficit whose interval is above 0)")
@@ -204,8 +209,8 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     workflow's static description) closes the page.
     """
     seeds = int(cube.sizes.get("seed", 1))
-    kind = cube.attrs.get("interval_kind", "seed-bootstrap interval")
-    deficit_kind = cube.attrs.get("deficit_interval_kind", "seed-bootstrap interval")
+    kind = cube.attrs.get("interval_kind", "interval over seeds")
+    deficit_kind = cube.attrs.get("deficit_interval_kind", "interval over seeds")
     experiment = (yaml.safe_load(cube.attrs.get("config", "")) or {}).get("experiment", "run")
     title = f"Critical learning periods: {experiment}"
     counts = llc_flag_counts(cube)
@@ -244,8 +249,9 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         "* A deficit with the rate continued but not with it restarted is the learning-rate "
         "confound (late switches train their sharp epochs at a small rate), not a critical "
         "period.",
-        "* Exponents rest on as many points as there are batch sizes; their interval "
-        "resamples those points and is a crude band.",
+        "* Exponents rest on as many points as there are batch sizes; their interval leaves "
+        "each seed out at every batch size at once, so it carries the ends' sampling error "
+        "but not the power law's misfit.",
         *_diverged_lines(cube), "",
         "Figures, in reading order", "-------------------------", "",
         reading, "",

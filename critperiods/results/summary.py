@@ -5,7 +5,8 @@
 returns a Dataset on ``batch_size`` and ``lr_schedule`` that the aggregate stage merges into
 the cube:
 
-* the end of the critical period (hinge kink) with a seed-bootstrap interval, and its slope;
+* the end of the critical period (hinge kink) with a leave-one-seed-out jackknife interval,
+  and its slope;
   an end is *located* (:func:`end_located`) only where the permanent deficit's interval is
   above 0, and only located ends enter the exponents;
 * the permanent deficit of the latest switch, per learning-rate schedule, with a Student-t
@@ -30,10 +31,11 @@ import xarray as xr
 
 from critperiods.results.fits import (
     MIN_CHANGE_POINTS,
-    bootstrap_hinge,
     divergence_drop_epoch,
     fit_power_law,
     half_deficit_epoch,
+    hinge_end,
+    kinks_without_each_seed,
     largest_change_epoch,
     nanmean,
     permanent_deficit,
@@ -49,12 +51,12 @@ from critperiods.results.selection import (
 from critperiods.variables import SUMMARY_STATISTICS, exponent_attrs, interval_attrs
 from critperiods.variables import attrs as variable_attrs
 
-__all__ = ["EXPONENTS", "INTERVAL_STATISTICS", "MIN_LLC_POINTS", "MIN_SEEDS_FOR_INTERVAL",
+__all__ = ["EXPONENTS", "INTERVAL_METHOD", "INTERVAL_STATISTICS", "MIN_LLC_POINTS",
            "critical_period_summary", "end_located", "located_end", "unlocated_reason"]
 
-#: Below this many seeds the end's seed-bootstrap interval is reported as a range, not a
-#: confidence interval: resampling 2–4 seeds only shuffles the few values there are.
-MIN_SEEDS_FOR_INTERVAL = 5
+#: How the end's and the exponents' intervals are computed; stored as the cube attribute
+#: ``summary_interval_method`` so that ``summarize`` recognises statistics of older cubes.
+INTERVAL_METHOD = "jackknife-t over seeds"
 #: Points a slope change needs (:func:`largest_change_epoch`).
 MIN_LLC_POINTS = MIN_CHANGE_POINTS
 
@@ -110,10 +112,10 @@ def _llc_reason(cube: xr.Dataset, curve: xr.DataArray, where: str) -> str | None
 
 
 def _cell_values(
-    cube: xr.Dataset, batch_size: float, lr_schedule: str, horizon: float, n_boot: int,
-    rng_seed: int, level: float,
-) -> tuple[dict[str, float], dict[str, str]]:
-    """The statistics of one (batch size, schedule) as plain floats, and why any is NaN."""
+    cube: xr.Dataset, batch_size: float, lr_schedule: str, horizon: float, level: float,
+) -> tuple[dict[str, float], dict[str, str], np.ndarray]:
+    """The statistics of one (batch size, schedule) as plain floats, why any is NaN, and the
+    end refitted without each seed (for the exponents' jackknife)."""
     switches = cube["switch_epoch"].values.astype(float)
     acc = valid_final_accuracy(cube).sel(batch_size=batch_size)
     diverged = run_diverged(cube).sel(batch_size=batch_size)
@@ -122,7 +124,7 @@ def _cell_values(
         diverged = diverged.sel(lr_schedule=lr_schedule)
     acc = acc.transpose("switch_epoch", ...).values.reshape(switches.size, -1)
     n_diverged = int(diverged.sum())
-    k, lower, upper, slope = bootstrap_hinge(switches, acc, n_boot, rng_seed, level)
+    k, lower, upper, slope = hinge_end(switches, acc, level)
     deficit, d_lo, d_hi, pairs = permanent_deficit(switches, acc, level)
     trunk, sharp = llc_trunk(cube, batch_size), llc_sharp(cube, batch_size)
     div = divergence_at_horizon(cube, batch_size, horizon, lr_schedule)
@@ -155,7 +157,7 @@ def _cell_values(
     }
     why = {name: reason for name, reason in reasons.items()
            if reason and not np.isfinite(values[name])}
-    return values, why
+    return values, why, kinks_without_each_seed(switches, acc)
 
 
 def _why_missing(reasons: dict[tuple, str | None]) -> str:
@@ -177,47 +179,69 @@ def _temperature(cube: xr.Dataset, batch_sizes: np.ndarray) -> np.ndarray:
     return float(cube.attrs.get("lr", 1.0)) / batch_sizes
 
 
-def _exponents(ends: np.ndarray, temperature: np.ndarray, batch_sizes: np.ndarray,
-               schedules: list[str], n_boot: int, seed: int, level: float
+def _unbounded(ends: np.ndarray, ends_without_each_seed: np.ndarray, batch_sizes: np.ndarray,
+               schedules: list[str], seeds: np.ndarray) -> str:
+    """Which seed left out puts which located end at or before the first switch (what makes
+    an exponent's jackknife interval unbounded), per schedule; "" where none does."""
+    said = []
+    for j, r in enumerate(schedules):
+        used = np.isfinite(ends[:, j]) & (ends[:, j] > 0)
+        hits = [f"without seed {seeds[i]}, batch {batch_sizes[b]:g}"
+                for i, b in zip(*np.nonzero((ends_without_each_seed[:, :, j] <= 0) & used),
+                                strict=True)]
+        if hits:
+            said.append(f"{r}: {'; '.join(hits)}")
+    return ("leaving a seed out puts an end at or before the first switch, where a power "
+            "law is undefined: " + " | ".join(said)) if said else ""
+
+
+def _exponents(ends: np.ndarray, ends_without_each_seed: np.ndarray, temperature: np.ndarray,
+               batch_sizes: np.ndarray, schedules: list[str], seeds: np.ndarray, level: float
                ) -> dict[str, xr.DataArray]:
     """Power-law exponents (with intervals) of the end vs T and vs batch size, per schedule.
 
-    ``ends`` is (batch_size, lr_schedule), NaN where no end is located. The interval
-    resamples batch sizes, so with 3–5 of them it is a crude band, not a test.
+    ``ends`` is (batch_size, lr_schedule), NaN where no end is located;
+    ``ends_without_each_seed`` (seed, batch_size, lr_schedule) the ends refitted with each
+    seed left out. The interval is the jackknife over seeds left out at every batch size
+    at once (:func:`fit_power_law`): it carries the ends' sampling error, not the power
+    law's misfit.
     """
     out: dict[str, xr.DataArray] = {}
+    unbounded = _unbounded(ends, ends_without_each_seed, batch_sizes, schedules, seeds)
     for name, x, what in (
         ("temperature_exponent", temperature, "lr / batch_size"),
         ("batch_size_exponent", batch_sizes, "batch size"),
     ):
-        fits = [fit_power_law(x, ends[:, j], n_boot, seed, level) for j in range(len(schedules))]
+        fits = [fit_power_law(x, ends[:, j], ends_without_each_seed[:, :, j], level)
+                for j in range(len(schedules))]
         usable = [int(np.sum(np.isfinite(ends[:, j]) & (ends[:, j] > 0)))
                   for j in range(len(schedules))]
         missing = "; ".join(
             f"{r}: {n} batch size(s) with a located, positive end (located: the permanent "
             f"deficit's interval is above 0; a power law needs 3)"
             for r, n, f in zip(schedules, usable, fits, strict=True) if not np.isfinite(f[0]))
-        meta = exponent_attrs(name, what, level)
         out[name] = xr.DataArray(
             np.array([f[0] for f in fits]), dims=["lr_schedule"],
-            attrs={**meta["value"], **({"missing": missing} if missing else {})})
+            attrs={**exponent_attrs(name, what, level)["value"],
+                   **({"missing": missing} if missing else {})})
         out[f"{name}_interval"] = xr.DataArray(
             np.array([[f[2], f[3]] for f in fits]).reshape(-1, 2), dims=["lr_schedule", "bound"],
-            attrs=meta["interval"])
+            attrs={**interval_attrs(name, f"{level:.0%} {INTERVAL_METHOD} (left out at every "
+                                          "batch size)"),
+                   **({"unbounded": unbounded} if unbounded else {})})
     return out
 
 
 def critical_period_summary(
     cube: xr.Dataset,
     horizon: float | None = None,
-    n_boot: int = 1000,
-    rng_seed: int = 0,
     level: float = 0.90,
 ) -> xr.Dataset:
     """Critical-period statistics per (batch size, lr schedule), and scaling exponents.
 
     Per ``(batch_size, lr_schedule)``: ``critical_period_end`` (hinge kink) with
-    ``critical_period_end_interval(…, bound)`` (seed bootstrap), ``critical_period_slope``,
+    ``critical_period_end_interval(…, bound)`` (leave-one-seed-out jackknife-t,
+    :func:`hinge_end`), ``critical_period_slope``,
     ``permanent_deficit`` (+ ``_interval``, a Student-t interval over the
     ``permanent_deficit_seeds`` seeds with both runs; the deficit "survives the restart" when
     the restart schedule's lower bound is above 0), ``half_deficit_epoch``,
@@ -225,22 +249,22 @@ def critical_period_summary(
     ``divergence_drop_epoch`` (distance to the always-blurred run at ``epoch = switch +
     horizon``; ``horizon`` defaults to :func:`default_horizon`), and ``diverged_runs``: the
     runs that diverged to chance (:func:`run_diverged`), left out of every statistic (their
-    branches are NaN to the seed means, bootstraps and fits; a cell left with no run gives
+    branches are NaN to the seed means, intervals and fits; a cell left with no run gives
     NaN and says so). Per ``lr_schedule``:
     ``temperature_exponent`` and ``batch_size_exponent`` (+ ``_interval``) of the located
-    ends (:func:`end_located`), NaN with fewer than 3 of them. A NaN statistic says why in its
-    ``missing`` attribute; the dataset's ``interval_kind`` attribute says whether the end's
-    bootstrap rests on enough seeds (:data:`MIN_SEEDS_FOR_INTERVAL`, counted in the cell with
-    the fewest) to be read as a confidence interval, ``deficit_interval_kind`` what the
-    deficit's interval is. A cube without an
-    ``lr_schedule`` dim is treated as one ``continue`` schedule.
+    ends (:func:`end_located`), NaN with fewer than 3 of them; their interval leaves each
+    seed out at every batch size at once. A NaN statistic says why in its ``missing``
+    attribute. The dataset's attributes ``interval_kind`` and ``deficit_interval_kind`` say
+    what the end's and the deficit's intervals are, ``interval_method`` is
+    :data:`INTERVAL_METHOD`. With one seed in a cell its intervals are NaN. A cube without
+    an ``lr_schedule`` dim is treated as one ``continue`` schedule.
     """
     if "lr_schedule" not in cube.dims:
         cube = cube.expand_dims(lr_schedule=["continue"])
     batch_sizes = cube["batch_size"].values
     schedules = [str(r) for r in cube["lr_schedule"].values]
     h = default_horizon(cube) if horizon is None else float(horizon)
-    cells = {(b, r): _cell_values(cube, b, r, h, n_boot, rng_seed, level)
+    cells = {(b, r): _cell_values(cube, b, r, h, level)
              for b in batch_sizes for r in schedules}
 
     def grid(key: str) -> np.ndarray:
@@ -259,18 +283,15 @@ def critical_period_summary(
     data["permanent_deficit_seeds"] = xr.DataArray(
         grid("permanent_deficit_seeds").astype(np.int32), dims=dims, attrs=DEFICIT_SEEDS_ATTRS)
     seeds = int(cube.sizes.get("seed", 1))
-    fitted = grid("seeds_fitted")
-    fewest = int(fitted[fitted > 0].min()) if (fitted > 0).any() else 0
-    kind = (f"{level:.0%} seed-bootstrap interval" if fewest >= MIN_SEEDS_FOR_INTERVAL else
-            f"range of the seed bootstrap over only {fewest} seed(s): not a confidence interval")
-    kinds = {"critical_period_end": kind,
+    kinds = {"critical_period_end": f"{level:.0%} {INTERVAL_METHOD} (leave one seed out)",
              "permanent_deficit": f"{level:.0%} Student-t interval over seeds"}
-    one_seed = _why_missing({
-        (b, r): "one seed has both runs: no interval"
-        if cells[(b, r)][0]["permanent_deficit_seeds"] == 1 else None
-        for b in batch_sizes for r in schedules})
+    seed_counts = {"critical_period_end": ("seeds_fitted", "one seed has runs: no interval"),
+                   "permanent_deficit": ("permanent_deficit_seeds",
+                                         "one seed has both runs: no interval")}
     for name in INTERVAL_STATISTICS:
-        missing = one_seed if name == "permanent_deficit" else ""
+        count, reason = seed_counts[name]
+        missing = _why_missing({(b, r): reason if cells[(b, r)][0][count] == 1 else None
+                                for b in batch_sizes for r in schedules})
         data[f"{name}_interval"] = xr.DataArray(
             np.stack([grid(f"{name}_lower"), grid(f"{name}_upper")], axis=-1),
             dims=[*dims, "bound"],
@@ -278,10 +299,15 @@ def critical_period_summary(
                                                              else {})})
     coords = {"batch_size": batch_sizes, "lr_schedule": schedules, "bound": ["lower", "upper"]}
     ends = located_end(xr.Dataset(data, coords=coords)).values
-    data.update(_exponents(ends, _temperature(cube, batch_sizes.astype(float)),
-                           batch_sizes.astype(float), schedules, n_boot, rng_seed, level))
-    attrs = {"horizon": h, "n_boot": int(n_boot), "rng_seed": int(rng_seed), "level": level,
-             "seeds": seeds, "interval_kind": kind,
+    without_each_seed = np.array([[cells[(b, r)][2] for r in schedules] for b in batch_sizes]
+                                 ).transpose(2, 0, 1)  # (seed, batch_size, lr_schedule)
+    data.update(_exponents(ends, without_each_seed, _temperature(cube, batch_sizes.astype(float)),
+                           batch_sizes.astype(float), schedules,
+                           cube["seed"].values if "seed" in cube.dims else np.array([0]),
+                           level))
+    attrs = {"horizon": h, "level": level, "seeds": seeds,
+             "interval_method": INTERVAL_METHOD,
+             "interval_kind": kinds["critical_period_end"],
              "deficit_interval_kind": kinds["permanent_deficit"]}
     return xr.Dataset(data, coords=coords, attrs=attrs)
 

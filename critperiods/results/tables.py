@@ -129,8 +129,8 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
 
 
 def _fmt(value: float) -> str:
-    """Compact number for the terminal table ("nan" for missing)."""
-    return "nan" if not np.isfinite(value) else f"{value:.4g}"
+    """Compact number for the terminal table ("nan" for missing, "-inf"/"inf" unbounded)."""
+    return "nan" if np.isnan(value) else f"{value:.4g}"
 
 
 def _pp(value: float) -> str:
@@ -170,8 +170,8 @@ def format_table(summary: xr.Dataset) -> str:
     lines = ["  ".join(k.rjust(widths[k]) for k in columns)]
     for i in range(len(table)):
         lines.append("  ".join(str(list(columns[k])[i]).rjust(widths[k]) for k in columns))
-    lines.append(f"intervals: end, {summary.attrs.get('interval_kind', 'seed-bootstrap interval')}"
-                 f"; deficit, {summary.attrs.get('deficit_interval_kind', 'seed bootstrap')}")
+    lines.append(f"intervals: end, {summary.attrs.get('interval_kind', 'over seeds')}"
+                 f"; deficit, {summary.attrs.get('deficit_interval_kind', 'over seeds')}")
     schedules = (summary["lr_schedule"].values if "lr_schedule" in summary.dims
                  else ["continue"])
     for name in EXPONENTS:
@@ -182,6 +182,9 @@ def format_table(summary: xr.Dataset) -> str:
             lo, hi = (interval.sel(lr_schedule=r) if "lr_schedule" in interval.dims
                       else interval).values
             lines.append(f"{name} ({r}): {_fmt(float(var))} [{_fmt(lo)}, {_fmt(hi)}]")
+    unbounded = {summary[f"{name}_interval"].attrs.get("unbounded") for name in EXPONENTS
+                 if f"{name}_interval" in summary} - {None}
+    lines += [f"exponent interval [-inf, inf]: {text}" for text in sorted(unbounded)]
     missing = [f"  {name}: {summary[name].attrs['missing']}"
                for name in [*SUMMARY_STATISTICS, *EXPONENTS]
                if name in summary and "missing" in summary[name].attrs]
