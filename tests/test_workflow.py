@@ -224,6 +224,17 @@ def test_stated_defaults_and_time_limits_plan_nothing(run, tmp_path):
     assert "Nothing to be done" in out
 
 
+def test_gpu_jobs_ask_for_no_gpu_with_device_cpu(tmp_path):
+    """A cluster would otherwise queue a CPU-only run's jobs for GPUs (``GPUS``)."""
+    def gpus(configs: list[Path]) -> set[str]:
+        out = snakemake(tmp_path / "w", "-n", configs=configs)
+        return set(re.findall(r"rule train_trunk:\n(?:    .*\n)*?    resources: .*\bgpu=(\d)",
+                              out))
+
+    assert gpus([]) == {"1"}  # device: auto may land on a GPU
+    assert gpus([override(tmp_path, "cpu", "device: cpu\n")]) == {"0"}
+
+
 def test_dropping_a_schedule_trains_nothing(run, tmp_path):
     """The cells' evaluation lays out the remaining runs again (cheap); no training, λ̂ or
     divergence reruns."""

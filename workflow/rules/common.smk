@@ -40,6 +40,9 @@ GROUPS = [layout.group_label(g) for g in plan.seed_groups(config)]
 TRAINING = plan.training_params(config)  # what shapes trajectories; checkpoints carry its hash
 THREADS = config["train"]["threads"]
 SPEED = {k: config["train"][k] for k in ("fast_path", "compile", "deterministic")}
+# GPUs a training, λ̂, divergence or perturbation job asks for: none with device: cpu (on a
+# cluster, a CPU-only run would otherwise queue for GPUs it does not use), else one.
+GPUS = 0 if config["device"] == "cpu" else 1
 # What an llc job's estimates depend on. Which pieces and checkpoints get one (enabled,
 # switch_epochs, every, first_epoch, epochs) reaches a job through the DAG and its `epochs`
 # param: changing the selection reruns only the pieces whose selection changes.

@@ -13,7 +13,7 @@ rule divergence:
         device=config["device"],
     threads: THREADS
     resources:
-        gpu=1,
+        gpu=GPUS,
         mem_mb=per_attempt(16000),
         runtime=per_attempt(120),
     log:

@@ -11,7 +11,7 @@ rule llc:
         device=config["device"],
     threads: THREADS
     resources:
-        gpu=1,
+        gpu=GPUS,
         mem_mb=per_attempt(16000),
         runtime=runtime_minutes(llc_job_checkpoints, "minutes_per_llc_checkpoint"),
     log:

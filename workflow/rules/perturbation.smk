@@ -17,7 +17,7 @@ rule perturb:
         speed=SPEED,
     threads: THREADS
     resources:
-        gpu=1,
+        gpu=GPUS,
         mem_mb=per_attempt(16000),
         runtime=runtime_minutes(perturbation_job_epochs, "minutes_per_epoch"),
     log:
@@ -42,7 +42,7 @@ rule perturbation_divergence:
         device=config["device"],
     threads: THREADS
     resources:
-        gpu=1,
+        gpu=GPUS,
         mem_mb=per_attempt(16000),
         runtime=per_attempt(120),
     log:

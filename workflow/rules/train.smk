@@ -15,7 +15,7 @@ rule train_trunk:
         speed=SPEED,
     threads: THREADS
     resources:
-        gpu=1,
+        gpu=GPUS,
         mem_mb=per_attempt(16000),
         runtime=runtime_minutes(trunk_job_epochs, "minutes_per_epoch"),
     log:
@@ -41,7 +41,7 @@ rule train_branch:
         speed=SPEED,
     threads: THREADS
     resources:
-        gpu=1,
+        gpu=GPUS,
         mem_mb=per_attempt(16000),
         runtime=runtime_minutes(branch_job_epochs, "minutes_per_epoch"),
     log:
