@@ -432,6 +432,34 @@ def test_flagged_llc_estimates_are_left_out_of_the_markers() -> None:
     assert "2 valid λ̂ point(s)" in summary["llc_change_epoch_sharp"].attrs["missing"]
 
 
+def test_seed_adjusted_mean_follows_the_curve_not_the_mix_of_seeds() -> None:
+    rng = np.random.default_rng(0)
+    curve = np.linspace(0.0, 10.0, 8)
+    values = curve[:, None] + np.array([-2.0, 0.0, 2.0]) + rng.normal(0, 0.01, (8, 3))
+    assert np.array_equal(fits.seed_adjusted_mean(values), fits.nanmean(values, axis=1))
+    holes = values.copy()
+    holes[3, 2] = holes[5, 0] = np.nan  # the high seed missing at 3, the low one at 5
+    np.testing.assert_allclose(fits.seed_adjusted_mean(holes), curve, atol=0.03)
+    plain = fits.nanmean(holes, axis=1)
+    assert plain[3] - curve[3] < -0.9 and plain[5] - curve[5] > 0.9  # what it corrects
+    alone = np.full((3, 2), np.nan)
+    alone[1, 1] = 2.0
+    np.testing.assert_array_equal(fits.seed_adjusted_mean(alone), [np.nan, 2.0, np.nan])
+
+
+def test_a_flagged_estimate_of_one_seed_does_not_bend_the_seed_mean_of_llc() -> None:
+    """Seeds with different λ̂ levels: leaving out the high seed's estimate at one epoch
+    would dent a plain seed mean there and put a slope change at it."""
+    cube = synthetic_cube(with_div=False)
+    offsets = xr.DataArray([-3.0, 0.0, 3.0], dims="seed", coords={"seed": cube.seed})
+    cube["llc_mean"] = cube["llc_mean"] + offsets
+    quality = xr.zeros_like(cube["llc_mean"])
+    cube["llc_quality"] = quality.where((cube.seed != 2) | (cube.epoch != 40), 1.0)
+    summary = critical_period_summary(cube)
+    np.testing.assert_allclose(summary["llc_change_epoch_trunk"].values, 20.0)
+    np.testing.assert_allclose(summary["llc_change_epoch_sharp"].values, 20.0)
+
+
 def test_restart_verdict_says_whether_the_deficit_survives() -> None:
     cube = synthetic_cube(with_llc=False, with_div=False)
     flat = np.broadcast_to(0.9 + np.zeros((13, 3)), (3, 13, 3)).copy()  # no deficit at all

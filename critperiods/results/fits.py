@@ -29,7 +29,8 @@ from scipy import stats
 
 __all__ = ["MIN_CHANGE_POINTS", "HingeFit", "divergence_drop_epoch", "fit_hinge",
            "fit_power_law", "half_deficit_epoch", "hinge_end", "jackknife_interval",
-           "kinks_without_each_seed", "largest_change_epoch", "nanmean", "permanent_deficit"]
+           "kinks_without_each_seed", "largest_change_epoch", "nanmean", "permanent_deficit",
+           "seed_adjusted_mean"]
 
 _TINY = 1e-300
 #: Finite points :func:`largest_change_epoch` needs: two interior epochs to choose between.
@@ -49,6 +50,39 @@ def nanmean(values: np.ndarray, axis: int | None = None) -> np.ndarray:
     count = finite.sum(axis=axis)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def seed_adjusted_mean(values: np.ndarray, iterations: int = 500) -> np.ndarray:
+    """Mean over seeds (the last axis) of a ``(cells, seeds)`` array with holes, adjusted
+    for each seed's offset.
+
+    A plain NaN-ignoring mean moves with the mix of seeds left at each cell: where a seed
+    whose values run high is missing (a flagged λ̂, a run that diverged to chance), the mean
+    dips, and a marker read off the curve can move with it. This fits the additive model
+    ``y[c, s] = m[c] + a[s]`` (``Σ a = 0``) to the finite values by least squares
+    (alternating means; a few sweeps) and returns ``m``: each cell's mean as if every seed
+    that has data anywhere were present. Where no cell with data misses such a seed, ``m``
+    is the plain mean, bit for bit. Cells without a finite value are NaN.
+    """
+    y = np.asarray(values, dtype=float)
+    finite = np.isfinite(y)
+    plain = nanmean(y, axis=-1)
+    seeds = finite.any(axis=0)
+    rows = finite.any(axis=1)
+    if (finite[rows][:, seeds]).all():
+        return plain
+    y, finite, mean = y[rows][:, seeds], finite[rows][:, seeds], plain[rows]
+    offset = np.zeros(y.shape[1])
+    for _ in range(iterations):
+        offset_new = nanmean(np.where(finite, y - mean[:, None], np.nan), axis=0)
+        offset_new -= offset_new.mean()
+        mean = nanmean(np.where(finite, y - offset_new[None, :], np.nan), axis=1)
+        if np.allclose(offset_new, offset, rtol=0, atol=1e-12 * (1 + np.abs(y[finite]).max())):
+            break
+        offset = offset_new
+    out = np.full(plain.shape, np.nan)
+    out[rows] = mean
+    return out
 
 
 def _sorted_finite(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from critperiods.results.fits import nanmean
+from critperiods.results.fits import seed_adjusted_mean
 
 __all__ = ["CHANCE_MULTIPLE", "CLASSES", "default_horizon", "diverged_branches",
            "divergence_at_horizon", "llc_sharp", "llc_trunk", "run_diverged",
@@ -68,13 +68,16 @@ def valid_final_accuracy(cube: xr.Dataset) -> xr.DataArray:
 
 
 def _seed_mean(da: xr.DataArray) -> xr.DataArray:
-    """Average over ``seed`` (if present) ignoring NaNs, without all-NaN warnings."""
+    """Average over ``seed`` (if present), adjusted for the seeds that are missing at some
+    points (:func:`~critperiods.results.fits.seed_adjusted_mean`), so that a curve's shape
+    does not follow the mix of seeds left; with every seed present, the plain mean."""
     if "seed" not in da.dims:
         return da
-    axis = da.get_axis_num("seed")
     dims = [d for d in da.dims if d != "seed"]
     coords = {d: da.coords[d] for d in dims if d in da.coords}
-    return xr.DataArray(nanmean(da.values, axis=axis), dims=dims, coords=coords)
+    values = da.transpose(*dims, "seed").values
+    mean = seed_adjusted_mean(values.reshape(-1, values.shape[-1])).reshape(values.shape[:-1])
+    return xr.DataArray(mean, dims=dims, coords=coords)
 
 
 def _shared(da: xr.DataArray) -> xr.DataArray:
