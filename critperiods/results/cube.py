@@ -164,7 +164,7 @@ def _run_diverged(cube: xr.Dataset) -> xr.DataArray:
     flag.attrs = {**run_diverged_flag_attrs(), "comment": (
         f"final sharp test accuracy below {CHANCE_MULTIPLE} / classes (chance): the run blew "
         "up rather than learned less. Its sharp epochs are left out of the seed means, "
-        "bootstraps and fits, and drawn apart in the figures.")}
+        "intervals and fits, and drawn apart in the figures.")}
     return flag
 
 

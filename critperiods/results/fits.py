@@ -30,7 +30,7 @@ from scipy import stats
 __all__ = ["MIN_CHANGE_POINTS", "HingeFit", "divergence_drop_epoch", "fit_hinge",
            "fit_power_law", "half_deficit_epoch", "hinge_end", "jackknife_interval",
            "kinks_without_each_seed", "largest_change_epoch", "nanmean", "permanent_deficit",
-           "seed_adjusted_mean"]
+           "seed_adjusted_mean", "switch_spacing_at"]
 
 _TINY = 1e-300
 #: Finite points :func:`largest_change_epoch` needs: two interior epochs to choose between.
@@ -345,6 +345,17 @@ def kinks_without_each_seed(switch_epochs: np.ndarray, accuracy_by_seed: np.ndar
     return out
 
 
+def switch_spacing_at(switch_epochs: np.ndarray, kink: float) -> float:
+    """The switch grid's spacing at ``kink``: the gap between the switch epochs around it, or,
+    at a switch epoch, the wider of the gaps beside it (0 for a single switch epoch). The
+    grid cannot place an end more finely than about half of this."""
+    s = np.unique(np.asarray(switch_epochs, dtype=float))
+    i = int(np.searchsorted(s, kink))
+    if i < s.size and s[i] == kink:
+        return float(max(np.diff(s[max(i - 1, 0):i + 2]), default=0.0))
+    return float(s[i] - s[i - 1]) if 0 < i < s.size else 0.0
+
+
 def hinge_end(
     switch_epochs: np.ndarray, accuracy_by_seed: np.ndarray, level: float = 0.90
 ) -> tuple[float, float, float, float]:
@@ -353,14 +364,16 @@ def hinge_end(
     The kink is fitted to all seeds pooled (:func:`fit_hinge`). Its interval comes from
     refitting without each seed in turn (:func:`kinks_without_each_seed`), because a seed is
     the independent unit: all its switch runs share initialisation and data order. The
-    interval is :func:`jackknife_interval` over the seeds with data, clipped to the switch
-    epochs that have data (the model places no kink outside them). With a single seed it
-    is NaN.
+    interval is :func:`jackknife_interval` over the seeds with data, widened to at least
+    ± half the switch spacing at the kink (:func:`switch_spacing_at`) and clipped to the
+    switch epochs that have data (the model places no kink outside them). With a single
+    seed it is NaN.
 
-    Why not a seed bootstrap: with 3–5 seeds a percentile bootstrap of the kink covers the
-    true end 62–82 % of the time at a nominal 90 %, the jackknife-t 85–91 % (simulated
-    hinge curves at the default's and the study's grids, Gaussian and heavy-tailed noise;
-    ``bench/interval_coverage.py``).
+    Why the widening: the kink often sits exactly on a switch epoch, and then every seed
+    left out can leave it there, which gives an interval of width 0 that the grid cannot
+    support (in a simulation of the default's grid, none of them held the true end). Why not a
+    seed bootstrap: with 3–5 seeds a percentile bootstrap of the kink covers the true end
+    far less often than its nominal level (``bench/interval_coverage.py`` measures both).
 
     Returns ``(kink, lower, upper, slope)``, ``kink`` and ``slope`` from the fit to all data.
     """
@@ -372,7 +385,9 @@ def hinge_end(
     acc = np.asarray(accuracy_by_seed, dtype=float).reshape(np.size(switch_epochs), -1)
     s = np.asarray(switch_epochs, dtype=float)[np.isfinite(acc).any(axis=1)]
     if np.isfinite(lower):
-        lower, upper = max(lower, float(s.min())), min(upper, float(s.max()))
+        half = switch_spacing_at(s, fit.kink) / 2
+        lower = max(min(lower, fit.kink - half), float(s.min()))
+        upper = min(max(upper, fit.kink + half), float(s.max()))
     return fit.kink, lower, upper, fit.slope
 
 
@@ -483,24 +498,32 @@ def fit_power_law(
     y: np.ndarray,
     y_without_each_seed: np.ndarray | None = None,
     level: float = 0.90,
+    censored_at: float = 0.0,
 ) -> tuple[float, float, float, float]:
     """Fit ``y = c * x**p`` by least squares in log-log space, with a seed-jackknife interval.
 
-    Only pairs with finite, positive ``x`` and ``y`` are used. ``y_without_each_seed`` (seed ×
-    len(x)) holds each ``y`` recomputed with one seed left out, the same seed at every ``x``
-    (seed ``s`` gives every batch size the same initialisation and data order, so the
-    points are not independent of each other). NaN there means the seed has no data at that
-    ``x`` (leaving it out changes nothing). The interval is :func:`jackknife_interval` over
-    the seeds with data at some used ``x``; it is ``(-inf, inf)`` where leaving a seed out
-    puts some ``y`` at or below 0 (log undefined). It carries the seeds' sampling error of
-    the ``y``, not the power law's misfit: with 3–5 points the misfit is not measurable.
+    Pairs with finite, positive ``x`` and finite ``y`` above ``censored_at`` are fitted. A
+    ``y`` at or below ``censored_at`` is *censored*: for an end, ``censored_at`` is the first
+    switch epoch, and an end there means "at or before it", a value the fit cannot use.
 
-    Returns ``(exponent, prefactor, lower, upper)``; all NaN with fewer than 3 usable points,
+    ``y_without_each_seed`` (seed × len(x)) holds each ``y`` recomputed with one seed left
+    out, the same seed at every ``x`` (seed ``s`` gives every batch size the same
+    initialisation and data order, so the points are not independent of each other). NaN
+    there means the seed has no data at that ``x`` (leaving it out changes nothing). The
+    interval is :func:`jackknife_interval` over the seeds with data at some fitted ``x``.
+    It is ``(-inf, inf)`` where a ``y``, or a ``y`` with some seed left out, is censored:
+    the data then do not say how steep the power law is. It carries the seeds' sampling
+    error of the ``y``, not the power law's misfit: with 3–5 points the misfit is not
+    measurable.
+
+    Returns ``(exponent, prefactor, lower, upper)``; all NaN with fewer than 3 fitted points,
     the interval NaN without ``y_without_each_seed`` or with fewer than 2 seeds.
     """
     x = np.asarray(x, dtype=float).ravel()
     y = np.asarray(y, dtype=float).ravel()
-    keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    floor = max(float(censored_at), 0.0)
+    used = np.isfinite(x) & np.isfinite(y) & (x > 0)
+    keep = used & (y > floor)
     lx = np.log(x[keep])
     if lx.size < 3:
         return (float("nan"),) * 4
@@ -509,12 +532,13 @@ def fit_power_law(
         return (float("nan"),) * 4
     if y_without_each_seed is None:
         return p, float(np.exp(log_c)), float("nan"), float("nan")
+    if (used & ~keep).any():  # a censored point: its true value could be anywhere below
+        return p, float(np.exp(log_c)), float("-inf"), float("inf")
     loo = np.asarray(y_without_each_seed, dtype=float).reshape(-1, x.size)[:, keep]
     loo = loo[np.isfinite(loo).any(axis=1)]  # seeds with data at some used x
     loo = np.where(np.isfinite(loo), loo, y[keep])  # no data there: leaving out changes nothing
-    with np.errstate(divide="ignore", invalid="ignore"):
-        slopes = [_loglog_slope(lx, np.log(row))[0] if (row > 0).all() else float("nan")
-                  for row in loo]
+    slopes = [_loglog_slope(lx, np.log(row))[0] if (row > floor).all() else float("nan")
+              for row in loo]
     lower, upper = jackknife_interval(p, np.array(slopes), level)
     return p, float(np.exp(log_c)), lower, upper
 

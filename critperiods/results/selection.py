@@ -63,7 +63,7 @@ def without_diverged(cube: xr.Dataset, da: xr.DataArray, whole_run: bool = False
 
 def valid_final_accuracy(cube: xr.Dataset) -> xr.DataArray:
     """``final_test_accuracy`` with the runs that diverged to chance set to NaN: what the
-    seed means, bootstraps and fits use."""
+    seed means, intervals and fits use."""
     return cube["final_test_accuracy"].where(~run_diverged(cube))
 
 

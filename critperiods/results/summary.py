@@ -179,46 +179,56 @@ def _temperature(cube: xr.Dataset, batch_sizes: np.ndarray) -> np.ndarray:
     return float(cube.attrs.get("lr", 1.0)) / batch_sizes
 
 
-def _unbounded(ends: np.ndarray, ends_without_each_seed: np.ndarray, batch_sizes: np.ndarray,
-               schedules: list[str], seeds: np.ndarray) -> str:
-    """Which seed left out puts which located end at or before the first switch (what makes
-    an exponent's jackknife interval unbounded), per schedule; "" where none does."""
+def _censored(ends: np.ndarray, ends_without_each_seed: np.ndarray, batch_sizes: np.ndarray,
+              schedules: list[str], seeds: np.ndarray, first_switch: float,
+              unbounded: list[bool]) -> str:
+    """For the schedules whose exponent interval is ``unbounded``: which located ends are at
+    or before the first switch (censored), by themselves or with some seed left out. ""
+    where none."""
     said = []
     for j, r in enumerate(schedules):
-        used = np.isfinite(ends[:, j]) & (ends[:, j] > 0)
-        hits = [f"without seed {seeds[i]}, batch {batch_sizes[b]:g}"
-                for i, b in zip(*np.nonzero((ends_without_each_seed[:, :, j] <= 0) & used),
-                                strict=True)]
+        if not unbounded[j]:
+            continue
+        located = np.isfinite(ends[:, j])
+        hits = [f"batch {b:g}" for b in batch_sizes[located & (ends[:, j] <= first_switch)]]
+        fitted = located & (ends[:, j] > first_switch)
+        hits += [f"batch {batch_sizes[b]:g} without seed {seeds[i]}"
+                 for i, b in zip(*np.nonzero(
+                     (ends_without_each_seed[:, :, j] <= first_switch) & fitted), strict=True)]
         if hits:
             said.append(f"{r}: {'; '.join(hits)}")
-    return ("leaving a seed out puts an end at or before the first switch, where a power "
-            "law is undefined: " + " | ".join(said)) if said else ""
+    return (f"an end at or before the first switch (epoch {first_switch:g}) says only that it "
+            "is no later, so the data do not bound how steep the power law is: "
+            + " | ".join(said)) if said else ""
 
 
 def _exponents(ends: np.ndarray, ends_without_each_seed: np.ndarray, temperature: np.ndarray,
-               batch_sizes: np.ndarray, schedules: list[str], seeds: np.ndarray, level: float
-               ) -> dict[str, xr.DataArray]:
+               batch_sizes: np.ndarray, schedules: list[str], seeds: np.ndarray,
+               first_switch: float, level: float) -> dict[str, xr.DataArray]:
     """Power-law exponents (with intervals) of the end vs T and vs batch size, per schedule.
 
     ``ends`` is (batch_size, lr_schedule), NaN where no end is located;
     ``ends_without_each_seed`` (seed, batch_size, lr_schedule) the ends refitted with each
     seed left out. The interval is the jackknife over seeds left out at every batch size
     at once (:func:`fit_power_law`): it carries the ends' sampling error, not the power
-    law's misfit.
+    law's misfit. An end at or before ``first_switch`` is censored: left out of the fit,
+    and the interval is unbounded (its ``unbounded`` attribute says which).
     """
     out: dict[str, xr.DataArray] = {}
-    unbounded = _unbounded(ends, ends_without_each_seed, batch_sizes, schedules, seeds)
     for name, x, what in (
         ("temperature_exponent", temperature, "lr / batch_size"),
         ("batch_size_exponent", batch_sizes, "batch size"),
     ):
-        fits = [fit_power_law(x, ends[:, j], ends_without_each_seed[:, :, j], level)
+        fits = [fit_power_law(x, ends[:, j], ends_without_each_seed[:, :, j], level,
+                              censored_at=first_switch)
                 for j in range(len(schedules))]
-        usable = [int(np.sum(np.isfinite(ends[:, j]) & (ends[:, j] > 0)))
+        unbounded = _censored(ends, ends_without_each_seed, batch_sizes, schedules, seeds,
+                              first_switch, [bool(np.isinf(f[2])) for f in fits])
+        usable = [int(np.sum(np.isfinite(ends[:, j]) & (ends[:, j] > max(first_switch, 0))))
                   for j in range(len(schedules))]
         missing = "; ".join(
-            f"{r}: {n} batch size(s) with a located, positive end (located: the permanent "
-            f"deficit's interval is above 0; a power law needs 3)"
+            f"{r}: {n} batch size(s) with a located end after the first switch (located: the "
+            f"permanent deficit's interval is above 0; a power law needs 3)"
             for r, n, f in zip(schedules, usable, fits, strict=True) if not np.isfinite(f[0]))
         out[name] = xr.DataArray(
             np.array([f[0] for f in fits]), dims=["lr_schedule"],
@@ -283,7 +293,8 @@ def critical_period_summary(
     data["permanent_deficit_seeds"] = xr.DataArray(
         grid("permanent_deficit_seeds").astype(np.int32), dims=dims, attrs=DEFICIT_SEEDS_ATTRS)
     seeds = int(cube.sizes.get("seed", 1))
-    kinds = {"critical_period_end": f"{level:.0%} {INTERVAL_METHOD} (leave one seed out)",
+    kinds = {"critical_period_end": f"{level:.0%} {INTERVAL_METHOD} (leave one seed out; at "
+                                    "least ± half the switch spacing)",
              "permanent_deficit": f"{level:.0%} Student-t interval over seeds"}
     seed_counts = {"critical_period_end": ("seeds_fitted", "one seed has runs: no interval"),
                    "permanent_deficit": ("permanent_deficit_seeds",
@@ -304,7 +315,7 @@ def critical_period_summary(
     data.update(_exponents(ends, without_each_seed, _temperature(cube, batch_sizes.astype(float)),
                            batch_sizes.astype(float), schedules,
                            cube["seed"].values if "seed" in cube.dims else np.array([0]),
-                           level))
+                           float(cube["switch_epoch"].min()), level))
     attrs = {"horizon": h, "level": level, "seeds": seeds,
              "interval_method": INTERVAL_METHOD,
              "interval_kind": kinds["critical_period_end"],
