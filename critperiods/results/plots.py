@@ -98,19 +98,22 @@ def critical_period(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                         marker="x", ms=8, mew=2, color=color, transform=foot, clip_on=False,
                         label=f"batch {b}: run diverged to chance (left out)")
             end = _end_of(ends, b, r)
-            if np.isfinite(end):
+            if np.isfinite(end):  # the end, and its interval as a bar along the top
                 ax.axvline(end, color=color, ls="--", lw=1)
                 lo, hi = _sel(cube.critical_period_end_interval, batch_size=b,
                               lr_schedule=r).values
-                ax.axvspan(lo, hi, color=color, alpha=0.12)
+                height = 0.97 - 0.035 * i
+                ax.plot([lo, hi], [height, height], color=color, lw=3, alpha=0.6,
+                        solid_capstyle="butt", transform=foot)
+                ax.plot([end], [height], marker="|", ms=9, mew=2, color=color, transform=foot)
         ax.set_title(f"learning rate after the switch: {r}")
         ax.set_xlabel("switch epoch (blur removed)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower left")
     axes[0].set_ylabel("final sharp test accuracy (%)")
     _caption(fig, f"Permanent deficit vs switch epoch (mean ± std over {_seeds_note(cube)}"
                   f"{_diverged_note(cube)}; dashed: estimated end where the deficit's "
-                  "interval is above 0, band: the end's interval)")
+                  "interval is above 0, bar along the top: the end's interval)")
     _save(fig, path, dpi)
 
 
