@@ -110,6 +110,9 @@ def critical_period(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         ax.set_xlabel("switch epoch (blur removed)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower left")
+    if ends is not None and np.isfinite(ends.values).any():  # room for the bars on top
+        bottom, top = axes[0].get_ylim()  # the panels share y
+        axes[0].set_ylim(bottom, top + 0.035 * (cube.sizes["batch_size"] + 1) * (top - bottom))
     axes[0].set_ylabel("final sharp test accuracy (%)")
     _caption(fig, f"Permanent deficit vs switch epoch (mean ± std over {_seeds_note(cube)}"
                   f"{_diverged_note(cube)}; dashed: estimated end where the deficit's "
