@@ -76,6 +76,85 @@ def test_graphed_step_code_resumes_mid_epoch_bit_for_bit(cfg, data):
     assert_state_equal(again.state(), fresh.state())
 
 
+@pytest.fixture
+def emulated_capture(monkeypatch):
+    """CUDA graph capture emulated on the CPU: the capture's warm-up and restore run for
+    real, the "captured" step runs eagerly (its effects are undone by the restore, as a real
+    capture records without running), and a replay takes the eager step the graph holds."""
+    import contextlib
+
+    from critperiods.train import cuda_graphs
+
+    class Graph:
+        steps = phase = None
+
+        def replay(self) -> None:
+            self.steps._step(self.steps.batch_size, self.phase)
+
+    captured = []
+    real_step = cuda_graphs.GraphedSGD._step
+
+    def step(self, size, phase):
+        captured.append((self, phase))
+        return real_step(self, size, phase)
+
+    @contextlib.contextmanager
+    def graph(g, **_):
+        yield
+        g.steps, g.phase = captured[-1]
+
+    monkeypatch.setattr(cuda_graphs.GraphedSGD, "_step", step)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+
+    def trainer(*args, **kwargs) -> Trainer:
+        t = Trainer(*args, fast=GRAPHED_CODE, **kwargs)
+        t.graphs.capture = True  # what a CUDA device sets
+        return t
+
+    return trainer
+
+
+@pytest.mark.parametrize("left", [1, 2, 3])
+def test_a_capture_near_the_end_of_an_epoch_stays_inside_it(cfg, data, emulated_capture, left):
+    """A job resumed at one of the last full batches captures there: its warm-up steps must
+    not run past the epoch (they all retake the batch it starts from). The emulated capture
+    trains as the eager steps do, bit for bit."""
+    whole = Trainer(cfg, data, 32, 0, fast=GRAPHED_CODE)  # 192 samples: 6 full batches
+    train_until(whole, 2, 1, set(), [[]], HASH, progress=False)
+    cut = Trainer(cfg, data, 32, 0, fast=GRAPHED_CODE)
+    cut.train_epoch(1)
+    assert cut.train_epoch(1, stop_after(6 - left)) is None
+    resumed = emulated_capture(cfg, data, 32, 0)
+    resumed.load_state(cut.state())
+    train_until(resumed, 2, 1, set(), [[]], HASH, progress=False)
+    assert resumed.graphs.graphs  # the capture happened
+    assert_state_equal(resumed.state(), whole.state())
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_llc_on_cuda_runs_deterministic_cudnn_and_float32_without_tf32(precision):
+    """λ̂ repeats bit for bit on a machine only with deterministic cuDNN kernels, and
+    "float32" is not float32 with cuDNN's default TF32; the settings are put back after."""
+    from critperiods.measure.llc.sampler import cuda_numerics
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    cudnn.benchmark = True  # as a training job in the same process may have left it
+    try:
+        with cuda_numerics(torch.device("cuda"), precision):
+            assert cudnn.deterministic and not cudnn.benchmark
+            if precision == "float32":
+                assert not cudnn.allow_tf32 and not matmul.allow_tf32
+            else:  # bf16 passes: TF32 is left as it was (bf16 is coarser anyway)
+                assert (cudnn.allow_tf32, matmul.allow_tf32) == before[2:]
+        assert cudnn.benchmark and cudnn.deterministic == before[0]
+        with cuda_numerics(torch.device("cpu"), precision):  # nothing to set on the CPU
+            assert cudnn.benchmark
+    finally:
+        cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = before
+
+
 def test_a_dropped_trainer_frees_its_graphs_at_once(cfg, data):
     """No reference cycle: the graphs (and their memory) go with the trainer, never in a
     garbage collection that could run during another trainer's capture."""
@@ -284,3 +363,20 @@ def test_cuda_graphed_sgld_matches_the_eager_sampler(precision):
     tol = 1e-4 if precision == "float32" else 1e-3
     assert torch.allclose(torch.tensor(graphed.loss_trace), torch.tensor(eager.loss_trace),
                           rtol=tol, atol=tol / 10)
+
+
+def test_a_compile_that_fails_at_its_first_call_falls_back_to_eager(cfg, data, monkeypatch):
+    """torch.compile is lazy: a backend failure shows at the first forward, which is where
+    ``train.compile`` must fall back (with a warning) instead of killing the job."""
+    def broken_compile(model):
+        def forward(x):
+            raise RuntimeError("backend compiler failed")
+        return forward
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    eager = Trainer(cfg, data, 32, 0)
+    compiled = Trainer(cfg, data, 32, 0, fast=FastPath(compile=True))
+    with pytest.warns(UserWarning, match="torch.compile failed .*training eagerly"):
+        compiled.train_epoch(1)
+    eager.train_epoch(1)
+    assert_state_equal(compiled.state(), eager.state())

@@ -210,10 +210,13 @@ class GraphedSGD:
         (the step runs eagerly, with a warning) where the capture fails."""
         if epoch_phase not in self.graphs:
             saved = [t.clone() for t in self._mutable()]
+            start = self.pos.clone()
             graph: torch.cuda.CUDAGraph | None = torch.cuda.CUDAGraph()
             try:
                 for _ in range(WARMUP_STEPS):  # cuDNN/cuBLAS set-up, benchmark runs
+                    self.pos.copy_(start)  # the same batch: never past the epoch's last
                     self._step(self.batch_size, epoch_phase)
+                self.pos.copy_(start)
                 with torch.cuda.graph(graph, pool=self.pool, stream=self.stream,
                                       capture_error_mode=CAPTURE_MODE):
                     self._step(self.batch_size, epoch_phase)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -239,22 +240,43 @@ class FastPath:
 
 def configure_backend(fast: FastPath, device: torch.device) -> None:
     """Process-wide CUDA settings of the fast path: ``cudnn.benchmark`` and, when
-    determinism is requested, deterministic kernels. Nothing to do on the CPU."""
+    determinism is requested, deterministic kernels (cuBLAS included: its workspace is
+    fixed before the first matmul creates a handle). Nothing to do on the CPU."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = fast.cudnn_benchmark
         if fast.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _compiled(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``torch.compile(model)``, or the eager model with a warning if that fails."""
-    import warnings
+class _CompiledOrEager:
+    """``torch.compile(model)``, falling back to the eager model with a warning where the
+    compilation fails. ``torch.compile`` is lazy: a backend failure surfaces at the first
+    call, so that call is the one guarded."""
 
-    try:
-        return torch.compile(model)
-    except Exception as err:  # noqa: BLE001 - any backend failure means: run eagerly
-        warnings.warn(f"torch.compile failed ({err}); training eagerly", stacklevel=2)
-        return model
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.forward, self.checked = model, torch.compile(model), False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.checked:
+            return self.forward(x)
+        try:
+            out = self.forward(x)
+        except Exception as err:  # noqa: BLE001 - any backend failure means: run eagerly
+            import warnings
+
+            warnings.warn(f"torch.compile failed ({type(err).__name__}: {str(err)[:200]}); "
+                          "training eagerly", stacklevel=2)
+            self.forward = self.model
+            out = self.model(x)
+        self.checked = True
+        return out
+
+
+def _compiled(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile(model)``, or the eager model with a warning if that fails (at the
+    first call, where a lazy compilation fails)."""
+    return _CompiledOrEager(model)
 
 
 class Trajectory(Protocol):

@@ -38,6 +38,7 @@ from critperiods.measure.llc.sampler import (
     _sample,
     _Trace,
     _worker_count,
+    cuda_numerics,
     forward_precision,
 )
 from critperiods.train.models import channels_last_images
@@ -245,7 +246,8 @@ def estimate_llc(
                             tuple(callbacks))
         count = 1 if callbacks else _worker_count(workers, config.chains, device)
         tasks = _init_loss_tasks(model, loss_fn, (x, y), batch, config.precision)
-        trace, init_tasks = _sample(block, tasks, count, progress)
+        with cuda_numerics(device, config.precision):
+            trace, init_tasks = _sample(block, tasks, count, progress)
     finally:
         for module, training in modes.items():
             module.training = training

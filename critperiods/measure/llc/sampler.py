@@ -16,8 +16,9 @@ convolution, linear layers one batched matmul) when the model is built from stan
 and as ``torch.func.vmap`` of ``functional_call`` otherwise (e.g. toy potentials).  Each
 chain draws its own minibatch indices and its own noise from its own generator
 (``chain_seed``), so a run is bitwise reproducible for a fixed ``LLCConfig.seed`` on a given
-machine, a chain does not change when others are added, and on a CPU the chains can be split
-over worker processes (``critperiods.measure.workers``) without changing the estimate.
+machine (on CUDA with deterministic cuDNN kernels: :func:`cuda_numerics`), a chain does not
+change when others are added, and on a CPU the chains can be split over worker processes
+(``critperiods.measure.workers``) without changing the estimate.
 
 Diagnostics hook (in the spirit of devinterp 1.x's sampler callbacks): ``estimate_llc(...,
 callbacks=[f, ...])`` calls every ``f(draw)`` once per recorded draw of every block of chains,
@@ -28,9 +29,10 @@ the chains are sampled here rather than in worker processes (no bit changes; onl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -63,7 +65,8 @@ class LLCConfig:
     ``precision="bfloat16"`` runs the forward and backward passes under bf16 autocast
     (convolutions and matmuls in bf16) while the chain state, the gradients, the noise, the
     update and every loss stay float32 (:func:`forward_precision`); the deep-linear oracles
-    of ``tests/test_llc.py`` hold with it. ``"float32"`` is exact float32.
+    of ``tests/test_llc.py`` hold with it. ``"float32"`` is float32 throughout, with TF32
+    off on CUDA (:func:`cuda_numerics`).
 
     ``divergence_factor`` sets the explosion threshold (see ``divergence_threshold``).
     ``rmsprop_alpha``/``rmsprop_eps`` are the RMSProp moving-average coefficient and
@@ -152,6 +155,26 @@ def _notifier(callbacks: Sequence[DrawCallback], chains: range, burn_in: int,
             callback(draw)
 
     return notify
+
+
+@contextlib.contextmanager
+def cuda_numerics(device: torch.device, precision: str) -> Iterator[None]:
+    """The CUDA backend settings λ̂ is computed under, restored afterwards (nothing on the
+    CPU): deterministic cuDNN kernels without autotuning, so an estimate repeats bit for
+    bit on a machine, and, for ``precision="float32"``, no TF32 in convolutions and matmuls
+    (cuDNN uses TF32 by default, which would make "float32" a 10-bit-mantissa product)."""
+    if device.type != "cuda":
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    cudnn.deterministic, cudnn.benchmark = True, False
+    if precision == "float32":
+        cudnn.allow_tf32 = matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 def forward_precision(device: torch.device, precision: str) -> torch.autocast:
@@ -448,4 +471,4 @@ def _sample(block: _ChainBlock, tail: list[Callable[[], Any]], workers: int, pro
 
 
 __all__ = ["PRECISIONS", "SAMPLERS", "SGLD_CUDA_GRAPHS", "Draw", "DrawCallback", "LLCConfig",
-           "LossFn", "chain_seed", "forward_precision"]
+           "LossFn", "chain_seed", "cuda_numerics", "forward_precision"]
