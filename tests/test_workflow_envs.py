@@ -86,7 +86,7 @@ def test_site_profile_leaves_job_needs_to_the_rules_and_the_workflow_profile_set
     site = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     assert site["slurm-requeue"] is True
     assert set(site["default-resources"]) == {"slurm_account", "slurm_partition"}
-    gpu_rules = {name for name, (_, body) in rules().items() if re.search(r"\bgpu=1\b", body)}
+    gpu_rules = {name for name, (_, body) in rules().items() if re.search(r"\bgpu=GPUS\b", body)}
     assert gpu_rules == {"train_trunk", "train_branch", "llc", "divergence", "perturb",
                          "perturbation_divergence"}
     assert set(site["set-resources"]) == gpu_rules
