@@ -81,6 +81,8 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
     "divergence_drop_epoch": ("switch epoch where the distance to the always-blurred run at "
                               "the horizon halves", "1"),
     "diverged_runs": ("runs that diverged to chance accuracy, left out of the statistics", "1"),
+    "permanent_deficit_seeds": ("seeds with both the earliest and the latest switch run, on "
+                                "which the permanent deficit and its interval rest", "1"),
 }
 
 #: The evaluate stage's per-checkpoint metrics (names in :data:`VARIABLES`).
@@ -174,20 +176,15 @@ def growth_attrs(metric: str) -> dict[str, dict]:
     }
 
 
-def exponent_attrs(name: str, what: str, level: float) -> dict[str, dict]:
-    """Attributes of a scaling exponent ``name`` of the critical period's end vs ``what``, and
-    of its bootstrap interval (keys ``value`` and ``interval``)."""
-    return {
-        "value": {"long_name": f"power-law exponent of critical period end vs {what}",
-                  "units": "1"},
-        "interval": {"long_name": f"{level:.0%} bootstrap interval (over batch sizes) of {name}",
-                     "units": "1"},
-    }
+def exponent_attrs(what: str) -> dict:
+    """Attributes of a scaling exponent of the critical period's end vs ``what`` (its
+    interval's: :func:`interval_attrs`)."""
+    return {"long_name": f"power-law exponent of critical period end vs {what}", "units": "1"}
 
 
 def interval_attrs(name: str, kind: str) -> dict:
-    """Attributes of ``<name>_interval``: a ``kind`` (e.g. "90% seed-bootstrap interval") of
-    the summary statistic ``name``."""
+    """Attributes of ``<name>_interval``: a ``kind`` (e.g. "90% Student-t interval over
+    seeds") of the summary statistic ``name``."""
     return {"long_name": f"{kind} of {name}", "units": "1"}
 
 

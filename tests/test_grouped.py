@@ -305,12 +305,12 @@ def test_flattened_images_pass_their_gradient_back_channels_last() -> None:
     """Flattening grouped channels-last images gives each copy's NCHW-ordered features, and
     the gradient comes back channels-last (so the backward before it runs on one layout),
     with the same values as the plain reshape's."""
-    from critperiods.train.grouped import _Act, _flatten
+    from critperiods.train.grouped import Activation, _flatten
 
     k, side = 4, 3
     x = torch.randn(5, COPIES * k, side, side).contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
-    out = _flatten(_Act(x, image=True), COPIES).t
+    out = _flatten(Activation(x, image=True), COPIES).t
     per_copy = x.detach().reshape(5, COPIES, k, side, side).transpose(0, 1)
     assert torch.equal(out, per_copy.flatten(2))
     weights = torch.randn(out.shape)

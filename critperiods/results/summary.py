@@ -60,12 +60,6 @@ INTERVAL_METHOD = "jackknife-t over seeds"
 #: Points a slope change needs (:func:`largest_change_epoch`).
 MIN_LLC_POINTS = MIN_CHANGE_POINTS
 
-#: Attributes of ``permanent_deficit_seeds``. Kept here rather than in
-#: :data:`critperiods.variables.VARIABLES`: the evaluate, λ̂ and divergence stages import that
-#: module, so an entry there would rerun them for a variable only this stage writes.
-DEFICIT_SEEDS_ATTRS = {"long_name": "seeds with both the earliest and the latest switch run, "
-                                    "on which the permanent deficit and its interval rest",
-                       "units": "1"}
 #: The statistics with an interval (``<name>_interval``); every statistic per
 #: (batch_size, lr_schedule) is in :data:`critperiods.variables.SUMMARY_STATISTICS`.
 INTERVAL_STATISTICS = ("critical_period_end", "permanent_deficit")
@@ -232,7 +226,7 @@ def _exponents(ends: np.ndarray, ends_without_each_seed: np.ndarray, temperature
             for r, n, f in zip(schedules, usable, fits, strict=True) if not np.isfinite(f[0]))
         out[name] = xr.DataArray(
             np.array([f[0] for f in fits]), dims=["lr_schedule"],
-            attrs={**exponent_attrs(name, what, level)["value"],
+            attrs={**exponent_attrs(what),
                    **({"missing": missing} if missing else {})})
         out[f"{name}_interval"] = xr.DataArray(
             np.array([[f[2], f[3]] for f in fits]).reshape(-1, 2), dims=["lr_schedule", "bound"],
@@ -291,7 +285,8 @@ def critical_period_summary(
     data["diverged_runs"] = xr.DataArray(grid("diverged_runs").astype(np.int32), dims=dims,
                                          attrs=variable_attrs("diverged_runs"))
     data["permanent_deficit_seeds"] = xr.DataArray(
-        grid("permanent_deficit_seeds").astype(np.int32), dims=dims, attrs=DEFICIT_SEEDS_ATTRS)
+        grid("permanent_deficit_seeds").astype(np.int32), dims=dims,
+        attrs=variable_attrs("permanent_deficit_seeds"))
     seeds = int(cube.sizes.get("seed", 1))
     kinds = {"critical_period_end": f"{level:.0%} {INTERVAL_METHOD} (leave one seed out; at "
                                     "least ± half the switch spacing)",

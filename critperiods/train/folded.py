@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from critperiods.train.grouped import PER_CHANNEL, GroupedModel, Tensors, _Act
+from critperiods.train.grouped import PER_CHANNEL, Activation, GroupedModel, Tensors
 from critperiods.train.models import channels_last_images
 
 #: The layout of copies on CUDA, where it measured faster on an H200 (bench/bench_gpu.py,
@@ -73,7 +73,7 @@ class FoldedModel(GroupedModel):
         raise AssertionError("fx graph without output")  # pragma: no cover
 
     def _run(self, node: fx.Node, args: tuple, kwargs: dict, params: Tensors,
-             buffers: Tensors, copies: int) -> _Act:
+             buffers: Tensors, copies: int) -> Activation:
         if node.op == "call_function" and node.target is torch.flatten:
             return _flatten(args[0], copies)
         if node.op != "call_module":
@@ -87,18 +87,18 @@ class FoldedModel(GroupedModel):
         if isinstance(module, nn.Flatten):
             return _flatten(act, copies)
         if isinstance(module, PER_CHANNEL):
-            return _Act(module(act.t), act.image)
+            return Activation(module(act.t), act.image)
         return super()._run(node, args, kwargs, params, buffers, copies)
 
 
-def _fold(x: Tensor) -> _Act:
+def _fold(x: Tensor) -> Activation:
     """``(C, B, k, H, W)`` images → ``(C*B, k, H, W)`` channels-last; features stay."""
     if x.dim() != 5:
-        return _Act(x, image=False)
-    return _Act(channels_last_images(x.reshape(-1, *x.shape[2:])), image=True)
+        return Activation(x, image=False)
+    return Activation(channels_last_images(x.reshape(-1, *x.shape[2:])), image=True)
 
 
-def _unfold(act: _Act, copies: int) -> Tensor:
+def _unfold(act: Activation, copies: int) -> Tensor:
     """Back to ``(C, B, ...)``."""
     return act.t.unflatten(0, (copies, -1)) if act.image else act.t
 
@@ -108,18 +108,19 @@ def _slices(x: Tensor, copies: int) -> list[Tensor]:
     return list(x.chunk(copies))
 
 
-def _conv(module: nn.Conv2d, act: _Act, params: Tensors, name: str, copies: int) -> _Act:
+def _conv(module: nn.Conv2d, act: Activation, params: Tensors, name: str,
+          copies: int) -> Activation:
     """One plain convolution per copy."""
     weight = params[f"{name}.weight"]
     bias = params[f"{name}.bias"] if module.bias is not None else None
     outs = [F.conv2d(part, weight[c], None if bias is None else bias[c], module.stride,
                      module.padding, module.dilation, module.groups)
             for c, part in enumerate(_slices(act.t, copies))]
-    return _Act(torch.cat(outs), image=True)
+    return Activation(torch.cat(outs), image=True)
 
 
-def _batch_norm(module: nn.BatchNorm2d, act: _Act, params: Tensors, buffers: Tensors,
-                name: str, copies: int) -> _Act:
+def _batch_norm(module: nn.BatchNorm2d, act: Activation, params: Tensors, buffers: Tensors,
+                name: str, copies: int) -> Activation:
     """BatchNorm per copy: its own batch statistics (training) or running statistics."""
     running = module.track_running_stats and f"{name}.running_mean" in buffers
     momentum = module.momentum
@@ -136,14 +137,14 @@ def _batch_norm(module: nn.BatchNorm2d, act: _Act, params: Tensors, buffers: Ten
         bias = params[f"{name}.bias"][c] if module.affine else None
         outs.append(F.batch_norm(part, mean, var, weight, bias, module.training or not running,
                                  momentum or 0.0, module.eps))
-    return _Act(torch.cat(outs), image=True)
+    return Activation(torch.cat(outs), image=True)
 
 
-def _flatten(act: _Act, copies: int) -> _Act:
+def _flatten(act: Activation, copies: int) -> Activation:
     """Each sample's features in NCHW order: ``(C, B, k*H*W)``."""
     if not act.image:
-        return _Act(act.t.flatten(2), image=False)
-    return _Act(act.t.reshape(copies, act.t.shape[0] // copies, -1), image=False)
+        return Activation(act.t.flatten(2), image=False)
+    return Activation(act.t.reshape(copies, act.t.shape[0] // copies, -1), image=False)
 
 
 __all__ = ["CUDA_LAYOUT", "LAYOUT_OVERRIDE", "FoldedModel", "copies_layout"]

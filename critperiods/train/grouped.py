@@ -60,8 +60,10 @@ class NotGroupable(ValueError):
 
 
 @dataclass
-class _Act:
-    """A grouped activation: ``image`` = ``(B, C*k, H, W)``, else ``(C, B, ...)``."""
+class Activation:
+    """The copies' activation between two layers, and whether it is an image tensor. Here
+    (copies in the channels) ``image`` = ``(B, C*k, H, W)``, else ``(C, B, ...)``;
+    :mod:`critperiods.train.folded` (copies in the batch) uses ``(C*B, k, H, W)``."""
 
     t: Tensor
     image: bool
@@ -229,18 +231,18 @@ class GroupedModel:
         raise AssertionError("fx graph without output")  # pragma: no cover
 
     def _run(self, node: fx.Node, args: tuple, kwargs: dict, params: Tensors,
-             buffers: Tensors, copies: int) -> _Act:
+             buffers: Tensors, copies: int) -> Activation:
         """Evaluate one node on grouped activations (layouts already checked)."""
         if node.op == "call_function":
             if node.target is torch.flatten:
                 return _flatten(args[0], copies)
-            acts = [a for a in args if isinstance(a, _Act)]
+            acts = [a for a in args if isinstance(a, Activation)]
             if len({a.t.dim() for a in acts}) > 1:
                 # per copy (B,T,F) + (B,F) broadcasts B against T; grouped it would broadcast
                 # the copies against the batch, mixing copies: refused (the dry run fails)
                 raise NotGroupable(f"{node.name}: activations of different ranks")
-            plain = [a.t if isinstance(a, _Act) else a for a in args]
-            return _Act(node.target(*plain, **kwargs), acts[0].image)  # type: ignore[operator]
+            plain = [a.t if isinstance(a, Activation) else a for a in args]
+            return Activation(node.target(*plain, **kwargs), acts[0].image)  # type: ignore[operator]
         module = self.modules[node.target]  # type: ignore[index]
         (act,) = args
         name = str(node.target)
@@ -253,21 +255,21 @@ class GroupedModel:
         if isinstance(module, nn.Flatten):
             return _flatten(act, copies)
         if isinstance(module, nn.MaxPool2d) and (out := max_pool2(module, act.t)) is not None:
-            return _Act(out, act.image)  # the native kernel, bit for bit the module's
-        return _Act(module(act.t), act.image)
+            return Activation(out, act.image)  # the native kernel, bit for bit the module's
+        return Activation(module(act.t), act.image)
 
 
-def _group_input(x: Tensor) -> _Act:
+def _group_input(x: Tensor) -> Activation:
     """``(C, B, k, H, W)`` images → ``(B, C*k, H, W)`` channels-last (one copy); features
     stay."""
     if x.dim() != 5:
-        return _Act(x, image=False)
+        return Activation(x, image=False)
     c, b, k, h, w = x.shape
     grouped = x.permute(1, 3, 4, 0, 2).contiguous().view(b, h, w, c * k)  # (B, H, W, C*k)
-    return _Act(grouped.permute(0, 3, 1, 2), image=True)
+    return Activation(grouped.permute(0, 3, 1, 2), image=True)
 
 
-def _ungroup(act: _Act, copies: int) -> Tensor:
+def _ungroup(act: Activation, copies: int) -> Tensor:
     """Back to ``(C, B, ...)``."""
     if not act.image:
         return act.t
@@ -281,25 +283,26 @@ def _stacked(tensors: Tensors, name: str) -> Tensor:
     return t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
 
 
-def _conv(module: nn.Conv2d, act: _Act, params: Tensors, name: str, copies: int) -> _Act:
+def _conv(module: nn.Conv2d, act: Activation, params: Tensors, name: str,
+          copies: int) -> Activation:
     """One grouped convolution for all copies."""
     bias = _stacked(params, f"{name}.bias") if module.bias is not None else None
     out = F.conv2d(act.t, _stacked(params, f"{name}.weight"), bias, module.stride,
                    module.padding, module.dilation, module.groups * copies)
-    return _Act(out, image=True)
+    return Activation(out, image=True)
 
 
-def _linear(module: nn.Linear, act: _Act, params: Tensors, name: str) -> _Act:
+def _linear(module: nn.Linear, act: Activation, params: Tensors, name: str) -> Activation:
     """A batched matmul: ``(C, B, ..., in)`` @ ``(C, in, out)`` (+ bias)."""
     x, weight = act.t, params[f"{name}.weight"]
     flat = x.reshape(x.shape[0], -1, x.shape[-1])
     out = (torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), flat, weight.transpose(1, 2))
            if module.bias is not None else torch.bmm(flat, weight.transpose(1, 2)))
-    return _Act(out.reshape(*x.shape[:-1], weight.shape[1]), image=False)
+    return Activation(out.reshape(*x.shape[:-1], weight.shape[1]), image=False)
 
 
-def _batch_norm(module: nn.BatchNorm2d, act: _Act, params: Tensors, buffers: Tensors,
-                name: str) -> _Act:
+def _batch_norm(module: nn.BatchNorm2d, act: Activation, params: Tensors, buffers: Tensors,
+                name: str) -> Activation:
     """BatchNorm over ``C*k`` channels: per-copy statistics, as separate runs have them."""
     running = module.track_running_stats and f"{name}.running_mean" in buffers
     batch_stats = module.training or not running
@@ -319,17 +322,17 @@ def _batch_norm(module: nn.BatchNorm2d, act: _Act, params: Tensors, buffers: Ten
     bias = params[f"{name}.bias"].reshape(-1) if module.affine else None
     out = F.batch_norm(act.t, mean, var, weight, bias, batch_stats, momentum or 0.0,
                        module.eps)
-    return _Act(out, image=True)
+    return Activation(out, image=True)
 
 
-def _flatten(act: _Act, copies: int) -> _Act:
+def _flatten(act: Activation, copies: int) -> Activation:
     """Flatten each sample into features (``flatten(start_dim=1)`` of one copy's batch)."""
     x = act.t
     if not act.image:
-        return _Act(x.flatten(2), image=False)
+        return Activation(x.flatten(2), image=False)
     if x.is_contiguous():  # NCHW (or a 1x1 image): a view, whose gradient has x's layout
-        return _Act(x.reshape(x.shape[0], copies, -1).transpose(0, 1), image=False)
-    return _Act(_FlattenImages.apply(x, copies), image=False)
+        return Activation(x.reshape(x.shape[0], copies, -1).transpose(0, 1), image=False)
+    return Activation(_FlattenImages.apply(x, copies), image=False)
 
 
 class _FlattenImages(torch.autograd.Function):
