@@ -876,10 +876,6 @@ def run_devinterp13(model, data, cfg, device: torch.device) -> float:
     # with ``batch_size=None``, which is what the first GPU run hit).
     loader = torch.utils.data.DataLoader(Batches(), batch_size=cfg.batch_size, shuffle=True,
                                          drop_last=True, collate_fn=lambda batch: batch)
-    with torch.no_grad():  # L_n(w*) on all n samples, as ours does (outside the timing)
-        init_loss = float(sum(F.cross_entropy(model(x[i:i + 1024]), y[i:i + 1024],
-                                              reduction="sum") for i in range(0, n, 1024)) / n)
-
     def evaluate(m, batch):
         return F.cross_entropy(m(batch[0]), batch[1])
 
@@ -887,6 +883,10 @@ def run_devinterp13(model, data, cfg, device: torch.device) -> float:
         warnings.simplefilter("ignore")
         sync(device)
         start = time.perf_counter()
+        with torch.no_grad():  # L_n(w*) on all n samples, timed as ours is (estimate_llc)
+            init_loss = float(sum(F.cross_entropy(model(x[i:i + 1024]), y[i:i + 1024],
+                                                  reduction="sum")
+                                  for i in range(0, n, 1024)) / n)
         estimate_learning_coeff_with_summary(
             model, loader=loader, evaluate=evaluate, sampling_method=SGLD,
             optimizer_kwargs={"lr": cfg.step_size, "nbeta": n / math.log(n),
