@@ -174,8 +174,35 @@ def stop_after(steps: int) -> Callable[[], bool]:
     return should_stop
 
 
+_PLANS: dict[tuple, object] = {}
+
+
+@contextlib.contextmanager
+def _plans_drawn_once() -> Iterator[None]:
+    """Within it, the trainers reuse an epoch's plan instead of drawing it again at every
+    ``train_epoch`` call: a job draws it once per epoch, a timing window once per window,
+    which would charge the windows a cost the job amortises."""
+    from critperiods.train import stacked, training
+
+    def cached(n: int, seed: int, epoch: int, augment: bool, device: torch.device) -> object:
+        key = (n, seed, epoch, augment, str(device))
+        if key not in _PLANS:
+            if len(_PLANS) > 64:
+                _PLANS.clear()
+            _PLANS[key] = epoch_plan(n, seed, epoch, augment, device)
+        return _PLANS[key]
+
+    saved = training.epoch_plan, stacked.epoch_plan
+    training.epoch_plan = stacked.epoch_plan = cached
+    try:
+        yield
+    finally:
+        training.epoch_plan, stacked.epoch_plan = saved
+
+
 class ProjectLoop:
-    """A ``Trainer``/``StackedTrainer`` stepped in windows inside one epoch."""
+    """A ``Trainer``/``StackedTrainer`` stepped in windows inside one epoch (each epoch's plan
+    drawn once, as in a job: :func:`_plans_drawn_once`)."""
 
     def __init__(self, trainer: Trainer | StackedTrainer, device: torch.device) -> None:
         self.trainer, self.device = trainer, device
@@ -186,25 +213,33 @@ class ProjectLoop:
         """``k`` steps; if the epoch has fewer full batches left, finish it first (untimed
         by the caller's window only when called from ``window``)."""
         t = self.trainer
-        while k > 0:
-            room = self.full - 1 - t.batch_in_epoch  # never the last (partial) batch
-            if room <= 0:
-                t.train_epoch(ALWAYS_BLURRED)
-                continue
-            take = min(k, room)
-            t.train_epoch(ALWAYS_BLURRED, stop_after(take))
-            k -= take
+        with _plans_drawn_once():
+            while k > 0:
+                room = self.full - 1 - t.batch_in_epoch  # never the last (partial) batch
+                if room <= 0:
+                    t.train_epoch(ALWAYS_BLURRED)
+                    continue
+                take = min(k, room)
+                t.train_epoch(ALWAYS_BLURRED, stop_after(take))
+                k -= take
 
     def window(self, k: int) -> float:
         """Seconds for ``k`` steps inside one epoch (moves to a fresh epoch if needed)."""
         k = min(k, self.full - 2)
-        if self.full - 1 - self.trainer.batch_in_epoch < k:
-            self.trainer.train_epoch(ALWAYS_BLURRED)  # the boundary, untimed
-        sync(self.device)
-        start = time.perf_counter()
-        self.trainer.train_epoch(ALWAYS_BLURRED, stop_after(k))
-        sync(self.device)
-        return time.perf_counter() - start
+        with _plans_drawn_once():
+            t = self.trainer
+            if self.full - 1 - t.batch_in_epoch < k:
+                t.train_epoch(ALWAYS_BLURRED)  # the boundary, untimed
+            from critperiods.train import training  # its epoch_plan: the cached one here
+
+            for seed in getattr(t, "seeds", [getattr(t, "seed", 0)]):  # drawn, untimed
+                training.epoch_plan(len(t.data.train.labels), seed, t.epoch,
+                                    t.cfg.augmentation, t.device)
+            sync(self.device)
+            start = time.perf_counter()
+            self.trainer.train_epoch(ALWAYS_BLURRED, stop_after(k))
+            sync(self.device)
+            return time.perf_counter() - start
 
 
 class BareLoop:
