@@ -235,6 +235,7 @@ class ProjectLoop:
             for seed in getattr(t, "seeds", [getattr(t, "seed", 0)]):  # drawn, untimed
                 training.epoch_plan(len(t.data.train.labels), seed, t.epoch,
                                     t.cfg.augmentation, t.device)
+            training.configure_backend(t.fast, self.device)  # its own cudnn.benchmark
             sync(self.device)
             start = time.perf_counter()
             self.trainer.train_epoch(ALWAYS_BLURRED, stop_after(k))
