@@ -271,6 +271,9 @@ class BareLoop:
         self.opt.step()
 
     def window(self, k: int) -> float:
+        # cuDNN autotuning on, as textbook CIFAR scripts set it (the setting is process-wide:
+        # the project's loops set their own before their windows)
+        torch.backends.cudnn.benchmark = self.device.type == "cuda"
         sync(self.device)
         start = time.perf_counter()
         for _ in range(k):
