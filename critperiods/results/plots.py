@@ -17,6 +17,7 @@ from critperiods.pipeline.files import write_atomic  # noqa: E402
 from critperiods.results.selection import (  # noqa: E402
     diverged_branches,
     run_diverged,
+    seed_mean,
     valid_final_accuracy,
 )
 from critperiods.results.summary import located_end  # noqa: E402
@@ -89,7 +90,7 @@ def critical_period(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         for i, b in enumerate(cube.batch_size.values):
             color = f"C{i}"
             cell = _sel(acc, batch_size=b, lr_schedule=r)
-            ax.errorbar(cube.switch_epoch, cell.mean("seed"), yerr=cell.std("seed", ddof=1),
+            ax.errorbar(cube.switch_epoch, seed_mean(cell), yerr=cell.std("seed", ddof=1),
                         marker="o",
                         capsize=3, color=color, label=f"batch {b}")
             bad = _sel(diverged, batch_size=b, lr_schedule=r).any("seed")

@@ -15,7 +15,7 @@ import xarray as xr
 from critperiods.results.fits import seed_adjusted_mean
 
 __all__ = ["CHANCE_MULTIPLE", "CLASSES", "default_horizon", "diverged_branches",
-           "divergence_at_horizon", "llc_sharp", "llc_trunk", "run_diverged",
+           "divergence_at_horizon", "llc_sharp", "llc_trunk", "run_diverged", "seed_mean",
            "valid_final_accuracy", "valid_llc", "without_diverged"]
 
 #: A run whose final sharp test accuracy is below this multiple of chance (1 / classes) has
@@ -67,7 +67,7 @@ def valid_final_accuracy(cube: xr.Dataset) -> xr.DataArray:
     return cube["final_test_accuracy"].where(~run_diverged(cube))
 
 
-def _seed_mean(da: xr.DataArray) -> xr.DataArray:
+def seed_mean(da: xr.DataArray) -> xr.DataArray:
     """Average over ``seed`` (if present), adjusted for the seeds that are missing at some
     points (:func:`~critperiods.results.fits.seed_adjusted_mean`), so that a curve's shape
     does not follow the mix of seeds left; with every seed present, the plain mean."""
@@ -116,7 +116,7 @@ def llc_trunk(cube: xr.Dataset, batch_size: float) -> xr.DataArray:
     if switches.size == 0:
         return _empty()
     s_max = switches.max()
-    trunk = _seed_mean(llc.sel(switch_epoch=s_max))
+    trunk = seed_mean(llc.sel(switch_epoch=s_max))
     return trunk.where(trunk["epoch"] <= s_max, drop=True)
 
 
@@ -128,7 +128,7 @@ def llc_sharp(cube: xr.Dataset, batch_size: float) -> xr.DataArray:
     llc = valid_llc(cube)
     if llc is None or 0 not in cube["switch_epoch"].values:
         return _empty()
-    return _seed_mean(_shared(llc.sel(batch_size=batch_size, switch_epoch=0)))
+    return seed_mean(_shared(llc.sel(batch_size=batch_size, switch_epoch=0)))
 
 
 def default_horizon(cube: xr.Dataset) -> float:
@@ -174,7 +174,7 @@ def divergence_at_horizon(cube: xr.Dataset, batch_size: float, horizon: float,
     if "lr_schedule" in div.dims:
         div = (div.sel(lr_schedule=lr_schedule) if lr_schedule is not None
                else div.isel(lr_schedule=0))
-    div = _seed_mean(div).transpose("switch_epoch", "epoch")
+    div = seed_mean(div).transpose("switch_epoch", "epoch")
     epochs = cube["epoch"].values.astype(float)
     for i, s in enumerate(switches):
         col = np.flatnonzero(np.isclose(epochs, s + horizon))
