@@ -32,7 +32,6 @@ import numpy as np
 from critperiods.results.fits import (
     _hinge_core,
     _prepare_hinge,
-    fit_hinge,
     fit_power_law,
     hinge_end,
     kinks_without_each_seed,
@@ -116,11 +115,12 @@ def coverage(scenario: Scenario, n_seeds: int, trials: int) -> dict[str, float]:
             acc = 85 - sc.slope * np.maximum(switches[:, None] - seed_ends[None], 0) \
                 + sc.noise * noise
             acc[rng.random(shape) < sc.missing] = np.nan
+            kink, *jack = hinge_end(switches, acc, LEVEL)
             for key, (lower, upper) in (("boot", _bootstrap_kink_interval(switches, acc, rng)),
-                                        ("jack", hinge_end(switches, acc, LEVEL)[1:3])):
+                                        ("jack", jack[:2])):
                 hit[key].append(lower <= end <= upper)
                 width[key].append(upper - lower)
-            fitted.append(fit_hinge(switches, acc).kink)
+            fitted.append(kink)
             without.append(kinks_without_each_seed(switches, acc))
         fitted = np.array(fitted)
         if not (fitted > switches[0]).all():

@@ -136,6 +136,23 @@ def test_hinge_end_interval_is_clipped_to_the_switch_epochs() -> None:
     assert SWITCHES.min() <= lower <= upper <= SWITCHES.max()
 
 
+def test_a_missing_run_of_a_seed_that_runs_high_does_not_tilt_the_end() -> None:
+    """Pooled, the other seeds alone stand at the switch where seed 0 (2 points above them)
+    has no run, which bends the curve there; its offset taken out, the fit is the one of the
+    complete sweep, and its leave-one-out refits likewise."""
+    acc = np.tile(hinge(SWITCHES)[:, None], (1, 3)) + np.array([0.02, 0.0, -0.02])
+    complete = fits.hinge_end(SWITCHES, acc)
+    assert complete[0] == pytest.approx(TRUE_KINK)
+    holed = acc.copy()
+    holed[4, 0] = np.nan  # switch 20, before the end
+    assert abs(fits.fit_hinge(SWITCHES, holed).kink - TRUE_KINK) > 0.3  # pooled: tilted
+    assert fits.hinge_end(SWITCHES, holed)[0] == pytest.approx(TRUE_KINK)
+    loo = fits.kinks_without_each_seed(SWITCHES, holed)
+    np.testing.assert_allclose(loo, TRUE_KINK)
+    assert fits.without_seed_offsets(acc) is not None
+    np.testing.assert_array_equal(fits.without_seed_offsets(acc), acc)  # complete: untouched
+
+
 def test_hinge_end_interval_is_never_finer_than_the_switch_grid() -> None:
     """Every seed left out can keep a kink on the same switch epoch (jackknife width 0); the
     grid cannot place an end more finely than half its spacing."""
@@ -384,7 +401,7 @@ def test_the_end_and_exponent_intervals_are_jackknifes_over_seeds_left_out_every
     ends, without = [], []
     for b in BATCHES:
         a = acc.sel(batch_size=b).transpose("switch_epoch", "seed").values
-        ends.append(fits.fit_hinge(SWITCHES, a).kink)
+        ends.append(fits.hinge_end(SWITCHES, a)[0])
         without.append(fits.kinks_without_each_seed(SWITCHES, a))
         k, lo, hi, _ = fits.hinge_end(SWITCHES, a)
         got = summary["critical_period_end_interval"].sel(batch_size=b).squeeze().values

@@ -30,7 +30,7 @@ from scipy import stats
 __all__ = ["MIN_CHANGE_POINTS", "HingeFit", "divergence_drop_epoch", "fit_hinge",
            "fit_power_law", "half_deficit_epoch", "hinge_end", "jackknife_interval",
            "kinks_without_each_seed", "largest_change_epoch", "nanmean", "permanent_deficit",
-           "seed_adjusted_mean", "switch_spacing_at"]
+           "seed_adjusted_mean", "switch_spacing_at", "without_seed_offsets"]
 
 _TINY = 1e-300
 #: Finite points :func:`largest_change_epoch` needs: two interior epochs to choose between.
@@ -52,25 +52,20 @@ def nanmean(values: np.ndarray, axis: int | None = None) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def seed_adjusted_mean(values: np.ndarray, iterations: int = 500) -> np.ndarray:
-    """Mean over seeds (the last axis) of a ``(cells, seeds)`` array with holes, adjusted
-    for each seed's offset.
-
-    A plain NaN-ignoring mean moves with the mix of seeds left at each cell: where a seed
-    whose values run high is missing (a flagged λ̂, a run that diverged to chance), the mean
-    dips, and a marker read off the curve can move with it. This fits the additive model
-    ``y[c, s] = m[c] + a[s]`` (``Σ a = 0``) to the finite values by least squares
-    (alternating means; a few sweeps) and returns ``m``: each cell's mean as if every seed
-    that has data anywhere were present. Where no cell with data misses such a seed, ``m``
-    is the plain mean, bit for bit. Cells without a finite value are NaN.
-    """
+def _additive_fit(values: np.ndarray, iterations: int = 500
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(m, a)`` of the additive model ``y[c, s] = m[c] + a[s]`` (``Σ a = 0``) fitted by least
+    squares (alternating means; a few sweeps) to the finite values of a ``(cells, seeds)``
+    array: ``m`` per cell (NaN without a finite value), ``a`` per seed (0 for a seed with no
+    value). Where no cell with data misses a seed that has data elsewhere, ``m`` is the plain
+    mean, bit for bit, and ``a`` is None (nothing to adjust)."""
     y = np.asarray(values, dtype=float)
     finite = np.isfinite(y)
     plain = nanmean(y, axis=-1)
     seeds = finite.any(axis=0)
     rows = finite.any(axis=1)
     if (finite[rows][:, seeds]).all():
-        return plain
+        return plain, None
     y, finite, mean = y[rows][:, seeds], finite[rows][:, seeds], plain[rows]
     offset = np.zeros(y.shape[1])
     for _ in range(iterations):
@@ -82,7 +77,36 @@ def seed_adjusted_mean(values: np.ndarray, iterations: int = 500) -> np.ndarray:
         offset = offset_new
     out = np.full(plain.shape, np.nan)
     out[rows] = mean
-    return out
+    offsets = np.zeros(seeds.size)
+    offsets[seeds] = offset_new
+    return out, offsets
+
+
+def seed_adjusted_mean(values: np.ndarray, iterations: int = 500) -> np.ndarray:
+    """Mean over seeds (the last axis) of a ``(cells, seeds)`` array with holes, adjusted
+    for each seed's offset.
+
+    A plain NaN-ignoring mean moves with the mix of seeds left at each cell: where a seed
+    whose values run high is missing (a flagged λ̂, a run that diverged to chance), the mean
+    dips, and a marker read off the curve can move with it. This fits the additive model
+    ``y[c, s] = m[c] + a[s]`` (``Σ a = 0``) to the finite values by least squares and
+    returns ``m``: each cell's mean as if every seed that has data anywhere were present.
+    Where no cell with data misses such a seed, ``m`` is the plain mean, bit for bit. Cells
+    without a finite value are NaN.
+    """
+    return _additive_fit(values, iterations)[0]
+
+
+def without_seed_offsets(accuracy_by_seed: np.ndarray) -> np.ndarray:
+    """A (switch_epoch × seed) accuracy matrix with each seed's offset (:func:`_additive_fit`)
+    taken out where runs are missing, so that a pooled fit does not tilt at the switch
+    where a seed that runs high or low has no run; the matrix itself where none is missing
+    (with every run present the offsets leave a pooled hinge's kink unchanged)."""
+    acc = np.asarray(accuracy_by_seed, dtype=float)
+    if acc.ndim != 2:
+        return acc
+    _, offsets = _additive_fit(acc)
+    return acc if offsets is None else acc - offsets[None, :]
 
 
 def _sorted_finite(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -329,16 +353,24 @@ def kinks_without_each_seed(switch_epochs: np.ndarray, accuracy_by_seed: np.ndar
                             ) -> np.ndarray:
     """The hinge's kink refitted with each seed left out, one value per seed column.
 
-    Exact refits (vectorised through :func:`_hinge_core`). A seed with no finite accuracy
-    gets NaN: it is not part of this curve, so there is nothing to leave out.
+    Exact refits (vectorised through :func:`_hinge_core`; where runs are missing, one refit
+    per seed, each on the other seeds with their own offsets taken out, as
+    :func:`hinge_end` fits). A seed with no finite accuracy gets NaN: it is not part of this
+    curve, so there is nothing to leave out.
     """
     acc = np.asarray(accuracy_by_seed, dtype=float)
     acc = acc[:, None] if acc.ndim == 1 else acc
-    s, n, y1, y2, s0, _ = _prepare_hinge(switch_epochs, acc)
     present = np.flatnonzero(np.isfinite(acc).any(axis=0))
     out = np.full(acc.shape[1], np.nan)
     if present.size < 2:  # leaving the only seed out leaves nothing to fit
         return out
+    if _additive_fit(acc)[1] is not None:  # runs missing: each refit takes its own offsets
+        for i in present:
+            rest = acc.copy()
+            rest[:, i] = np.nan
+            out[i] = fit_hinge(switch_epochs, without_seed_offsets(rest)).kink
+        return out
+    s, n, y1, y2, s0, _ = _prepare_hinge(switch_epochs, acc)
     keep = 1.0 - np.eye(n.shape[1])[present]  # row i: every seed but present[i]
     kinks, *_ = _hinge_core(s, keep @ n.T, keep @ y1.T, keep @ y2.T)
     out[present] = kinks + s0
@@ -361,7 +393,8 @@ def hinge_end(
 ) -> tuple[float, float, float, float]:
     """Hinge kink (the critical period's end) with a leave-one-seed-out jackknife interval.
 
-    The kink is fitted to all seeds pooled (:func:`fit_hinge`). Its interval comes from
+    The kink is fitted to all seeds pooled (:func:`fit_hinge`), each seed's offset taken out
+    where some of its runs are missing (:func:`without_seed_offsets`). Its interval comes from
     refitting without each seed in turn (:func:`kinks_without_each_seed`), because a seed is
     the independent unit: all its switch runs share initialisation and data order. The
     interval is :func:`jackknife_interval` over the seeds with data, widened to at least
@@ -377,7 +410,7 @@ def hinge_end(
 
     Returns ``(kink, lower, upper, slope)``, ``kink`` and ``slope`` from the fit to all data.
     """
-    fit = fit_hinge(switch_epochs, accuracy_by_seed)
+    fit = fit_hinge(switch_epochs, without_seed_offsets(accuracy_by_seed))
     if not np.isfinite(fit.kink):
         return (float("nan"),) * 4
     loo = kinks_without_each_seed(switch_epochs, accuracy_by_seed)

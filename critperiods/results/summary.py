@@ -37,8 +37,8 @@ from critperiods.results.fits import (
     hinge_end,
     kinks_without_each_seed,
     largest_change_epoch,
-    nanmean,
     permanent_deficit,
+    seed_adjusted_mean,
 )
 from critperiods.results.selection import (
     default_horizon,
@@ -127,7 +127,7 @@ def _cell_values(
         "critical_period_end_upper": upper, "critical_period_slope": slope,
         "permanent_deficit": deficit, "permanent_deficit_lower": d_lo,
         "permanent_deficit_upper": d_hi,
-        "half_deficit_epoch": half_deficit_epoch(switches, nanmean(acc, axis=1)),
+        "half_deficit_epoch": half_deficit_epoch(switches, seed_adjusted_mean(acc)),
         "llc_change_epoch_trunk": largest_change_epoch(trunk["epoch"].values, trunk.values),
         "llc_change_epoch_sharp": largest_change_epoch(sharp["epoch"].values, sharp.values),
         "divergence_drop_epoch": divergence_drop_epoch(switches, div),
