@@ -389,7 +389,8 @@ def switch_spacing_at(switch_epochs: np.ndarray, kink: float) -> float:
 
 
 def hinge_end(
-    switch_epochs: np.ndarray, accuracy_by_seed: np.ndarray, level: float = 0.90
+    switch_epochs: np.ndarray, accuracy_by_seed: np.ndarray, level: float = 0.90,
+    without_each_seed: np.ndarray | None = None,
 ) -> tuple[float, float, float, float]:
     """Hinge kink (the critical period's end) with a leave-one-seed-out jackknife interval.
 
@@ -408,12 +409,15 @@ def hinge_end(
     seed bootstrap: with 3–5 seeds a percentile bootstrap of the kink covers the true end
     far less often than its nominal level (``bench/interval_coverage.py`` measures both).
 
-    Returns ``(kink, lower, upper, slope)``, ``kink`` and ``slope`` from the fit to all data.
+    ``without_each_seed``: :func:`kinks_without_each_seed` of the same data, where the
+    caller already has it. Returns ``(kink, lower, upper, slope)``, ``kink`` and ``slope``
+    from the fit to all data.
     """
     fit = fit_hinge(switch_epochs, without_seed_offsets(accuracy_by_seed))
     if not np.isfinite(fit.kink):
         return (float("nan"),) * 4
-    loo = kinks_without_each_seed(switch_epochs, accuracy_by_seed)
+    loo = (kinks_without_each_seed(switch_epochs, accuracy_by_seed)
+           if without_each_seed is None else np.asarray(without_each_seed, dtype=float))
     lower, upper = jackknife_interval(fit.kink, loo[np.isfinite(loo)], level)
     acc = np.asarray(accuracy_by_seed, dtype=float).reshape(np.size(switch_epochs), -1)
     s = np.asarray(switch_epochs, dtype=float)[np.isfinite(acc).any(axis=1)]

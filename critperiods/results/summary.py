@@ -118,7 +118,8 @@ def _cell_values(
         diverged = diverged.sel(lr_schedule=lr_schedule)
     acc = acc.transpose("switch_epoch", ...).values.reshape(switches.size, -1)
     n_diverged = int(diverged.sum())
-    k, lower, upper, slope = hinge_end(switches, acc, level)
+    without_each_seed = kinks_without_each_seed(switches, acc)  # the end's and the exponents'
+    k, lower, upper, slope = hinge_end(switches, acc, level, without_each_seed)
     deficit, d_lo, d_hi, pairs = permanent_deficit(switches, acc, level)
     trunk, sharp = llc_trunk(cube, batch_size), llc_sharp(cube, batch_size)
     div = divergence_at_horizon(cube, batch_size, horizon, lr_schedule)
@@ -151,7 +152,7 @@ def _cell_values(
     }
     why = {name: reason for name, reason in reasons.items()
            if reason and not np.isfinite(values[name])}
-    return values, why, kinks_without_each_seed(switches, acc)
+    return values, why, without_each_seed
 
 
 def _why_missing(reasons: dict[tuple, str | None]) -> str:
