@@ -319,7 +319,9 @@ def critical_period_vs_temperature(cube: xr.Dataset, path: str | Path, dpi: int 
         ax.set_xscale("log")
         ax.set_xlabel(name)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        bottom, top = ax.get_ylim()  # room above the interval bars for the legend
+        ax.set_ylim(bottom, top + 0.35 * (top - bottom))
+        ax.legend(fontsize=7, loc="upper center")
     axes[0].set_ylabel("end of critical period (epoch)")
     _caption(fig, f"End of the critical period ({_seeds_note(cube)}; bars: jackknife-t "
                   "interval over seeds), drawn only where the deficit's interval is above 0",
