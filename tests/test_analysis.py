@@ -507,6 +507,40 @@ def test_a_flagged_estimate_of_one_seed_does_not_bend_the_seed_mean_of_llc() -> 
     np.testing.assert_allclose(summary["llc_change_epoch_sharp"].values, 20.0)
 
 
+def test_a_lambda_marker_that_rests_on_one_seed_moves_when_that_seed_is_left_out() -> None:
+    """Two seeds change slope at epoch 10; the third steepens sharply at 20. With all three
+    (and without seed 0 or 1) the largest change is at 20; without seed 2 it is at 10."""
+    epochs = np.arange(0.0, 32.0, 2.0)
+    base = np.where(epochs < 10, epochs, 10 + 0.1 * (epochs - 10))
+    wild = base + np.where(epochs > 20, 3.0 * (epochs - 20), 0.0)
+    values = np.stack([base, base + 1.0, wild], axis=1)
+    assert fits.largest_change_epoch(epochs, fits.seed_adjusted_mean(values), smooth=0) == 20
+    np.testing.assert_array_equal(
+        fits.change_epochs_without_each_seed(epochs, values, smooth=0), [20.0, 20.0, 10.0])
+    one = values.copy()
+    one[:, 1:] = np.nan  # one seed: nothing to leave out
+    assert np.all(np.isnan(fits.change_epochs_without_each_seed(epochs, one)))
+
+
+def test_the_lambda_markers_carry_their_seed_range_and_say_why_it_is_missing() -> None:
+    cube = synthetic_cube(with_div=False)
+    summary = critical_period_summary(cube)
+    for name in ("llc_change_epoch_trunk", "llc_change_epoch_sharp"):
+        spread = summary[f"{name}_seed_range"]
+        assert spread.dims == ("batch_size", "lr_schedule", "bound")
+        assert "not a confidence interval" in spread.attrs["long_name"]
+        np.testing.assert_allclose(spread.values, 20.0)  # every seed agrees
+    # one seed's λ̂ steepens from epoch 40: the marker's range reaches there
+    wild = xr.where((cube.seed == 2) & (cube.epoch > 40), 5.0 * (cube.epoch - 40), 0.0)
+    cube["llc_mean"] = cube["llc_mean"] + wild
+    spread = critical_period_summary(cube)["llc_change_epoch_sharp_seed_range"].values
+    assert np.all(spread[..., 0] <= 20) and np.all(spread[..., 1] >= 40)
+    single = critical_period_summary(synthetic_cube(with_div=False).isel(seed=[0]))
+    assert np.all(np.isfinite(single["llc_change_epoch_trunk"].values))
+    assert np.all(np.isnan(single["llc_change_epoch_trunk_seed_range"].values))
+    assert "nothing to leave out" in single["llc_change_epoch_trunk_seed_range"].attrs["missing"]
+
+
 def test_restart_verdict_says_whether_the_deficit_survives() -> None:
     cube = synthetic_cube(with_llc=False, with_div=False)
     flat = np.broadcast_to(0.9 + np.zeros((13, 3)), (3, 13, 3)).copy()  # no deficit at all
@@ -614,6 +648,8 @@ def test_tables(tmp_path: Path) -> None:
     lines = text.splitlines()
     assert len({len(line) for line in lines[: 1 + 2 * BATCHES.size]}) == 1  # aligned columns
     assert "temperature_exponent (restart)" in text and "nan" in text
+    assert "20 [20, 20]" in text and "each seed left out in turn" in text  # the λ̂ markers
+    assert {"llc_change_epoch_trunk_lower", "llc_change_epoch_sharp_upper"} <= set(table.columns)
     path = tables.to_csv(summary, tmp_path / "out" / "summary.csv")
     back = pd.read_csv(path)
     np.testing.assert_allclose(back["critical_period_end"], table["critical_period_end"])
@@ -764,6 +800,20 @@ def test_summarize_recomputes_a_cube_with_bootstrap_end_intervals(tmp_path, caps
     new.to_netcdf(tmp_path / "new.nc")
     assert main(["summarize", str(tmp_path / "new.nc")]) == 0
     assert "recomputed" not in capsys.readouterr().out
+
+
+def test_summarize_recomputes_a_cube_without_the_lambda_markers_seed_ranges(tmp_path,
+                                                                           capsys) -> None:
+    from critperiods.__main__ import main
+
+    base = with_schedules(synthetic_cube(with_div=False))
+    old = base.merge(critical_period_summary(base)).assign_attrs(
+        summary_interval_method=INTERVAL_METHOD)
+    old.drop_vars(["llc_change_epoch_trunk_seed_range", "llc_change_epoch_sharp_seed_range"]
+                  ).to_netcdf(tmp_path / "old.nc")
+    assert main(["summarize", str(tmp_path / "old.nc")]) == 0
+    printed = capsys.readouterr().out
+    assert "predates the λ̂ markers' seed ranges" in printed and "20 [20, 20]" in printed
 
 
 def test_the_landing_page_locates_no_end_where_there_is_no_deficit(tmp_path) -> None:

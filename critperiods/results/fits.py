@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-__all__ = ["MIN_CHANGE_POINTS", "HingeFit", "divergence_drop_epoch", "fit_hinge",
+__all__ = ["MIN_CHANGE_POINTS", "HingeFit", "change_epochs_without_each_seed",
+           "divergence_drop_epoch", "fit_hinge",
            "fit_power_law", "half_deficit_epoch", "hinge_end", "jackknife_interval",
            "kinks_without_each_seed", "largest_change_epoch", "nanmean", "permanent_deficit",
            "seed_adjusted_mean", "switch_spacing_at", "without_seed_offsets"]
@@ -496,6 +497,29 @@ def largest_change_epoch(epochs: np.ndarray, values: np.ndarray, smooth: float =
     if np.nanmax(change) <= 1e-9 * np.nanmax(np.abs(slopes)):
         return float("nan")
     return float(x[1 + int(np.nanargmax(change))])
+
+
+def change_epochs_without_each_seed(epochs: np.ndarray, values_by_seed: np.ndarray,
+                                   smooth: float = 1.0) -> np.ndarray:
+    """:func:`largest_change_epoch` of the seed-adjusted mean curve
+    (:func:`seed_adjusted_mean`) of an ``(epoch, seed)`` array, recomputed with each seed
+    left out in turn: one value per seed column, NaN for a seed with no finite value (it is
+    not part of the curve) and wherever the rest give no marker.
+
+    A marker that names the largest wiggle of a noisy curve moves when one seed goes; how far
+    it moves is the read-out's stability. It is a spread, not a confidence interval: the
+    jackknife does not hold for an arg-max.
+    """
+    values = np.asarray(values_by_seed, dtype=float)
+    values = values[:, None] if values.ndim == 1 else values
+    out = np.full(values.shape[1], np.nan)
+    present = np.flatnonzero(np.isfinite(values).any(axis=0))
+    if present.size < 2:  # leaving the only seed out leaves no curve
+        return out
+    for i in present:
+        rest = np.delete(values, i, axis=1)
+        out[i] = largest_change_epoch(epochs, seed_adjusted_mean(rest), smooth)
+    return out
 
 
 def divergence_drop_epoch(switch_epochs: np.ndarray, div_at_horizon: np.ndarray) -> float:

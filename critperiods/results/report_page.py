@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 import yaml
 
@@ -54,6 +55,12 @@ def _num(value: float, digits: int = 1) -> str:
 
 def _interval(lo: float, hi: float, digits: int = 1) -> str:
     return f"[{_num(lo, digits)}, {_num(hi, digits)}]"
+
+
+def _marker(row: pd.Series, name: str) -> str:
+    """A λ̂ marker with its seed range (all seeds and each left out), where it has one."""
+    lo, hi = row.get(f"{name}_lower", np.nan), row.get(f"{name}_upper", np.nan)
+    return _num(row[name]) + (f" {_interval(lo, hi)}" if np.isfinite(lo) else "")
 
 
 def answer_lines(cube: xr.Dataset) -> list[str]:
@@ -124,7 +131,7 @@ def table_rst(cube: xr.Dataset) -> str:
             _num(100 * row["critical_period_slope"], 2),
             f"{_num(100 * row['permanent_deficit'])} "
             + _interval(100 * row["permanent_deficit_lower"], 100 * row["permanent_deficit_upper"]),
-            _num(row["llc_change_epoch_trunk"]), _num(row["llc_change_epoch_sharp"]),
+            _marker(row, "llc_change_epoch_trunk"), _marker(row, "llc_change_epoch_sharp"),
             _num(row["divergence_drop_epoch"]), f"{ok} / {total}"])
     out = [".. list-table::", "   :header-rows: 1", ""]
     for cells in [header, *rows]:
@@ -236,9 +243,12 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         "Critical-period table", "---------------------", "",
         table_rst(cube), "",
         "*end*: kink of a hinge fit of final accuracy against switch epoch; *deficit*: final "
-        "accuracy of the never-blurred run minus that of the latest switch (percentage "
+        "accuracy of the earliest switch (normally 0, never blurred) minus that of the latest "
+        "switch (percentage "
         "points, paired by seed); *markers*: where λ̂ changes slope most along the blurred "
-        "trunk and the never-blurred run (valid estimates only), and the switch epoch where "
+        "trunk and the never-blurred run (valid estimates only; brackets: lowest and highest "
+        "with all seeds and with each seed left out, a spread that shows how much the "
+        "marker rests on one seed, not a confidence interval), and the switch epoch where "
         "the distance to the always-blurred run halves. n/a: see ``python -m critperiods "
         "summarize`` for the reason.", "",
         *perturbation_section(cube),

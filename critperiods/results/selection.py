@@ -15,7 +15,8 @@ import xarray as xr
 from critperiods.results.fits import seed_adjusted_mean
 
 __all__ = ["CHANCE_MULTIPLE", "CLASSES", "default_horizon", "diverged_branches",
-           "divergence_at_horizon", "llc_sharp", "llc_trunk", "run_diverged", "seed_mean",
+           "divergence_at_horizon", "llc_sharp", "llc_sharp_by_seed", "llc_trunk",
+           "llc_trunk_by_seed", "run_diverged", "seed_mean",
            "valid_final_accuracy", "valid_llc", "without_diverged"]
 
 #: A run whose final sharp test accuracy is below this multiple of chance (1 / classes) has
@@ -99,8 +100,8 @@ def _empty() -> xr.DataArray:
     return xr.DataArray(np.array([]), dims=["epoch"], coords={"epoch": np.array([])})
 
 
-def llc_trunk(cube: xr.Dataset, batch_size: float) -> xr.DataArray:
-    """Valid λ̂ along the blurred trunk for one batch size (mean over seeds) vs epoch.
+def llc_trunk_by_seed(cube: xr.Dataset, batch_size: float) -> xr.DataArray:
+    """Valid λ̂ along the blurred trunk for one batch size vs epoch (and ``seed``).
 
     Every run trains on blurred images until its switch, so the run with the largest switch
     epoch that has any λ̂ traces the longest trunk; its values at epochs ``<=`` that switch
@@ -116,19 +117,29 @@ def llc_trunk(cube: xr.Dataset, batch_size: float) -> xr.DataArray:
     if switches.size == 0:
         return _empty()
     s_max = switches.max()
-    trunk = seed_mean(llc.sel(switch_epoch=s_max))
+    trunk = llc.sel(switch_epoch=s_max)
     return trunk.where(trunk["epoch"] <= s_max, drop=True)
 
 
-def llc_sharp(cube: xr.Dataset, batch_size: float) -> xr.DataArray:
-    """Valid λ̂ of the never-blurred run (``switch_epoch == 0``), mean over seeds, vs epoch.
+def llc_trunk(cube: xr.Dataset, batch_size: float) -> xr.DataArray:
+    """:func:`llc_trunk_by_seed` averaged over seeds (:func:`seed_mean`)."""
+    return seed_mean(llc_trunk_by_seed(cube, batch_size))
+
+
+def llc_sharp_by_seed(cube: xr.Dataset, batch_size: float) -> xr.DataArray:
+    """Valid λ̂ of the never-blurred run (``switch_epoch == 0``) vs epoch (and ``seed``).
 
     Empty if there is no λ̂ or no switch epoch 0.
     """
     llc = valid_llc(cube)
     if llc is None or 0 not in cube["switch_epoch"].values:
         return _empty()
-    return seed_mean(_shared(llc.sel(batch_size=batch_size, switch_epoch=0)))
+    return _shared(llc.sel(batch_size=batch_size, switch_epoch=0))
+
+
+def llc_sharp(cube: xr.Dataset, batch_size: float) -> xr.DataArray:
+    """:func:`llc_sharp_by_seed` averaged over seeds (:func:`seed_mean`)."""
+    return seed_mean(llc_sharp_by_seed(cube, batch_size))
 
 
 def default_horizon(cube: xr.Dataset) -> float:

@@ -31,6 +31,7 @@ import xarray as xr
 
 from critperiods.results.fits import (
     MIN_CHANGE_POINTS,
+    change_epochs_without_each_seed,
     divergence_drop_epoch,
     fit_power_law,
     half_deficit_epoch,
@@ -43,16 +44,18 @@ from critperiods.results.fits import (
 from critperiods.results.selection import (
     default_horizon,
     divergence_at_horizon,
-    llc_sharp,
-    llc_trunk,
+    llc_sharp_by_seed,
+    llc_trunk_by_seed,
     run_diverged,
+    seed_mean,
     valid_final_accuracy,
 )
 from critperiods.variables import SUMMARY_STATISTICS, exponent_attrs, interval_attrs
 from critperiods.variables import attrs as variable_attrs
 
-__all__ = ["EXPONENTS", "INTERVAL_METHOD", "INTERVAL_STATISTICS", "MIN_LLC_POINTS",
-           "critical_period_summary", "end_located", "located_end", "unlocated_reason"]
+__all__ = ["EXPONENTS", "INTERVAL_METHOD", "INTERVAL_STATISTICS", "LLC_MARKERS",
+           "MIN_LLC_POINTS", "SEED_RANGE_KIND", "critical_period_summary", "end_located",
+           "located_end", "unlocated_reason"]
 
 #: How the end's and the exponents' intervals are computed; stored as the cube attribute
 #: ``summary_interval_method`` so that ``summarize`` recognises statistics of older cubes.
@@ -65,6 +68,10 @@ MIN_LLC_POINTS = MIN_CHANGE_POINTS
 INTERVAL_STATISTICS = ("critical_period_end", "permanent_deficit")
 #: The power-law exponents of the end, per lr_schedule (each with ``<name>_interval``).
 EXPONENTS = ("temperature_exponent", "batch_size_exponent")
+#: The λ̂ markers, each with ``<name>_seed_range``: how far it moves without one seed.
+LLC_MARKERS = ("llc_change_epoch_trunk", "llc_change_epoch_sharp")
+SEED_RANGE_KIND = ("lowest and highest value, with all seeds and with each seed left out in "
+                   "turn (a spread, not a confidence interval)")
 
 
 def end_located(deficit_lower: float) -> bool:
@@ -105,6 +112,28 @@ def _llc_reason(cube: xr.Dataset, curve: xr.DataArray, where: str) -> str | None
     return f"valid λ̂ on the {where} is a straight line (no slope change)"
 
 
+def _marker_spread(curve_by_seed: xr.DataArray, marker: float) -> tuple[float, float, str | None]:
+    """The λ̂ marker's lowest and highest value, with all seeds (``marker``) and with each
+    seed left out in turn (:func:`change_epochs_without_each_seed`; an arg-max can leave the
+    all-seed value outside the others' range), and why they are NaN where the marker is not:
+    one seed, or a seed without which no marker is left."""
+    if not np.isfinite(marker):
+        return float("nan"), float("nan"), None
+    if "seed" not in curve_by_seed.dims or curve_by_seed.sizes["seed"] < 2:
+        return float("nan"), float("nan"), "one seed: nothing to leave out"
+    values = curve_by_seed.transpose("epoch", "seed")
+    present = np.isfinite(values.values).any(axis=0)
+    if present.sum() < 2:
+        return float("nan"), float("nan"), "one seed has valid λ̂: nothing to leave out"
+    markers = change_epochs_without_each_seed(values["epoch"].values, values.values)
+    gone = [str(s) for s, m, p in zip(values["seed"].values, markers, present, strict=True)
+            if p and not np.isfinite(m)]
+    if gone:
+        return float("nan"), float("nan"), (f"without seed {', '.join(gone)} no marker is "
+                                             "left (too few valid points, or a straight line)")
+    return float(min(marker, np.nanmin(markers))), float(max(marker, np.nanmax(markers))), None
+
+
 def _cell_values(
     cube: xr.Dataset, batch_size: float, lr_schedule: str, horizon: float, level: float,
 ) -> tuple[dict[str, float], dict[str, str], np.ndarray]:
@@ -121,7 +150,9 @@ def _cell_values(
     without_each_seed = kinks_without_each_seed(switches, acc)  # the end's and the exponents'
     k, lower, upper, slope = hinge_end(switches, acc, level, without_each_seed)
     deficit, d_lo, d_hi, pairs = permanent_deficit(switches, acc, level)
-    trunk, sharp = llc_trunk(cube, batch_size), llc_sharp(cube, batch_size)
+    trunk_by_seed, sharp_by_seed = llc_trunk_by_seed(cube, batch_size), llc_sharp_by_seed(
+        cube, batch_size)
+    trunk, sharp = seed_mean(trunk_by_seed), seed_mean(sharp_by_seed)
     div = divergence_at_horizon(cube, batch_size, horizon, lr_schedule)
     values = {
         "critical_period_end": k, "critical_period_end_lower": lower,
@@ -152,6 +183,11 @@ def _cell_values(
     }
     why = {name: reason for name, reason in reasons.items()
            if reason and not np.isfinite(values[name])}
+    for name, curve in zip(LLC_MARKERS, (trunk_by_seed, sharp_by_seed), strict=True):
+        lo, hi, reason = _marker_spread(curve, values[name])
+        values[f"{name}_lower"], values[f"{name}_upper"] = lo, hi
+        if reason:
+            why[f"{name}_seed_range"] = reason
     return values, why, without_each_seed
 
 
@@ -250,7 +286,9 @@ def critical_period_summary(
     ``permanent_deficit`` (+ ``_interval``, a Student-t interval over the
     ``permanent_deficit_seeds`` seeds with both runs; the deficit "survives the restart" when
     the restart schedule's lower bound is above 0), ``half_deficit_epoch``,
-    ``llc_change_epoch_trunk``/``_sharp`` (valid λ̂ only: flagged estimates are left out) and
+    ``llc_change_epoch_trunk``/``_sharp`` (valid λ̂ only: flagged estimates are left out;
+    ``_seed_range``: the lowest and highest marker, with all seeds and with each seed left
+    out in turn) and
     ``divergence_drop_epoch`` (distance to the always-blurred run at ``epoch = switch +
     horizon``; ``horizon`` defaults to :func:`default_horizon`), and ``diverged_runs``: the
     runs that diverged to chance (:func:`run_diverged`), left out of every statistic (their
@@ -304,6 +342,14 @@ def critical_period_summary(
             dims=[*dims, "bound"],
             attrs={**interval_attrs(name, kinds[name]), **({"missing": missing} if missing
                                                              else {})})
+    for name in LLC_MARKERS:
+        missing = _why_missing({(b, r): cells[(b, r)][1].get(f"{name}_seed_range")
+                                for b in batch_sizes for r in schedules})
+        data[f"{name}_seed_range"] = xr.DataArray(
+            np.stack([grid(f"{name}_lower"), grid(f"{name}_upper")], axis=-1),
+            dims=[*dims, "bound"],
+            attrs={**interval_attrs(name, SEED_RANGE_KIND),
+                   **({"missing": missing} if missing else {})})
     coords = {"batch_size": batch_sizes, "lr_schedule": schedules, "bound": ["lower", "upper"]}
     ends = located_end(xr.Dataset(data, coords=coords)).values
     without_each_seed = np.array([[cells[(b, r)][2] for r in schedules] for b in batch_sizes]

@@ -15,6 +15,8 @@ from critperiods.results.selection import CLASSES, run_diverged
 from critperiods.results.summary import (
     EXPONENTS,
     INTERVAL_STATISTICS,
+    LLC_MARKERS,
+    SEED_RANGE_KIND,
     end_located,
     unlocated_reason,
 )
@@ -117,6 +119,9 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
                 if name in INTERVAL_STATISTICS:
                     lo, hi = cell[f"{name}_interval"].values
                     row[f"{name}_lower"], row[f"{name}_upper"] = float(lo), float(hi)
+                if name in LLC_MARKERS and f"{name}_seed_range" in cell:
+                    lo, hi = cell[f"{name}_seed_range"].values
+                    row[f"{name}_lower"], row[f"{name}_upper"] = float(lo), float(hi)
             for name in EXPONENTS:
                 row[name] = float(cell[name])
                 lo, hi = cell[f"{name}_interval"].values
@@ -135,6 +140,15 @@ def _fmt(value: float) -> str:
 
 def _pp(value: float) -> str:
     return "nan" if not np.isfinite(value) else f"{100 * value:.1f}"
+
+
+def _with_spread(table: pd.DataFrame, name: str) -> list[str]:
+    """A λ̂ marker's column: "8 [6, 12]" with its seed range where the table has one."""
+    if f"{name}_lower" not in table:  # a summary computed before the ranges existed
+        return list(table[name].map(_fmt))
+    return [_fmt(v) if not np.isfinite(lo) else f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]"
+            for v, lo, hi in zip(table[name], table[f"{name}_lower"], table[f"{name}_upper"],
+                                 strict=True)]
 
 
 def format_table(summary: xr.Dataset) -> str:
@@ -162,8 +176,8 @@ def format_table(summary: xr.Dataset) -> str:
                   if "permanent_deficit_seeds" in table else ["?"] * len(table)),
         "half_def": [_fmt(v) if ok else "-" for v, ok in zip(
             table["half_deficit_epoch"], located, strict=True)],
-        "llc_trunk": table["llc_change_epoch_trunk"].map(_fmt),
-        "llc_sharp": table["llc_change_epoch_sharp"].map(_fmt),
+        "llc_trunk": _with_spread(table, "llc_change_epoch_trunk"),
+        "llc_sharp": _with_spread(table, "llc_change_epoch_sharp"),
         "div_drop": table["divergence_drop_epoch"].map(_fmt),
     }
     widths = {k: max(len(k), *(len(str(v)) for v in col)) for k, col in columns.items()}
@@ -172,6 +186,8 @@ def format_table(summary: xr.Dataset) -> str:
         lines.append("  ".join(str(list(columns[k])[i]).rjust(widths[k]) for k in columns))
     lines.append(f"intervals: end, {summary.attrs.get('interval_kind', 'over seeds')}"
                  f"; deficit, {summary.attrs.get('deficit_interval_kind', 'over seeds')}")
+    if "llc_change_epoch_trunk_lower" in table:
+        lines.append(f"λ̂ markers (llc_trunk, llc_sharp) [lower, upper]: {SEED_RANGE_KIND}")
     schedules = (summary["lr_schedule"].values if "lr_schedule" in summary.dims
                  else ["continue"])
     for name in EXPONENTS:
@@ -186,7 +202,8 @@ def format_table(summary: xr.Dataset) -> str:
                  if f"{name}_interval" in summary} - {None}
     lines += [f"exponent interval [-inf, inf]: {text}" for text in sorted(unbounded)]
     missing = [f"  {name}: {summary[name].attrs['missing']}"
-               for name in [*SUMMARY_STATISTICS, *EXPONENTS]
+               for name in [*SUMMARY_STATISTICS, *EXPONENTS,
+                            *(f"{m}_seed_range" for m in LLC_MARKERS)]
                if name in summary and "missing" in summary[name].attrs]
     if missing:
         lines += ["why some values are nan:", *missing]
