@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 
 from critperiods.results import fits, selection, tables
-from critperiods.results.summary import INTERVAL_METHOD, critical_period_summary
+from critperiods.results.summary import INTERVAL_METHOD, critical_period_summary, located_end
 
 SWITCHES = np.arange(0.0, 61.0, 5.0)
 TRUE_KINK, LEVEL, SLOPE, NOISE = 25.0, 0.88, -0.003, 0.005
@@ -880,6 +880,42 @@ def test_the_critical_period_figure_leaves_a_diverged_run_out_of_its_mean(monkey
     others = cube["final_test_accuracy"].sel(batch_size=64, switch_epoch=20.0, seed=[1, 2])
     assert mean == pytest.approx(100 * float(others.mean()), abs=0.2)  # not the 9 % run
     assert "1 run diverged to chance, left out" in figures[0]._suptitle.get_text().replace(
+        "\n", " ")
+
+
+def test_the_llc_figure_shows_the_end_beside_the_lambda_markers(monkeypatch, tmp_path) -> None:
+    """Each panel draws the continue schedule's located end (dashed, interval shaded) and the
+    two λ̂ markers as triangles at their values; a trunk estimate shared by several runs
+    gets one mean, whichever run's line draws it."""
+    from critperiods.results import plots
+
+    base = with_schedules(synthetic_cube(with_div=False))
+    cube = base.merge(critical_period_summary(base))
+    quality = xr.zeros_like(cube["llc_mean"])
+    cube["llc_quality"] = quality.where((cube.seed != 2) | (cube.epoch != 6), 1.0)
+    noise = np.random.default_rng(3).normal(0, 1.0, (3, cube.sizes["epoch"]))
+    cube["llc_mean"] = (cube["llc_mean"] + xr.DataArray([-3.0, 0.0, 3.0], dims="seed")
+                        + xr.DataArray(noise, dims=("seed", "epoch")))
+    # as in a run: a branch's λ̂ is the trunk's up to its switch (the never-blurred run's after 0)
+    cube["llc_mean"] = cube["llc_mean"].where((cube.switch_epoch == 0)
+                                              | (cube.epoch <= cube.switch_epoch))
+    cube["llc_std"] = xr.ones_like(cube["llc_mean"])
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi: figures.append(fig))
+    plots.llc(cube, tmp_path / "llc.png")
+    panels = figures[0].axes[: BATCHES.size]
+    for ax, b in zip(panels, BATCHES, strict=True):
+        end = float(located_end(cube).sel(batch_size=b, lr_schedule="continue"))
+        dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert [line.get_xdata()[0] for line in dashed] == [pytest.approx(end)]
+        triangles = [line for line in ax.get_lines() if line.get_marker() == "v"]
+        assert sorted(float(line.get_xdata()[0]) for line in triangles) == [20.0, 20.0]
+        at_6 = {round(float(y), 6) for line in ax.get_lines() if line.get_marker() == "."
+                for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True) if x == 6}
+        assert len(at_6) <= 2  # the trunk's value at epoch 6 (and the never-blurred run's)
+    legend = [t.get_text() for t in figures[0].axes[-1].get_legend().get_texts()]
+    assert "critical-period end (continue), interval shaded" in legend
+    assert "triangles: where λ̂ changes slope most" in figures[0]._suptitle.get_text().replace(
         "\n", " ")
 
 

@@ -125,13 +125,16 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
                        marker: str | None = None, mark_switch: bool = True,
                        flagged: xr.DataArray | None = None, spread: xr.DataArray | None = None,
                        flagged_label: str = "flagged estimate (left out)", caption: str = "",
+                       overlay: Callable[[plt.Axes, object, str], list] | None = None,
                        ) -> None:
-    """``var`` (mean over seeds) vs epoch: a row per lr schedule, a panel per batch size, a line
-    per switch epoch that has a value (one row when the schedules hold the same values, as
-    λ̂ of the shared trunk and never-blurred run does). ``flagged`` (same dims, bool) marks
-    values left out of the mean, drawn as hollow grey markers named ``flagged_label`` in the
-    legend; ``spread`` draws error bars (mean over the seeds kept); ``caption`` is the
-    figure's title, if any."""
+    """``var`` (mean over seeds, :func:`seed_mean`, so that a value left out does not dent
+    the curve) vs epoch: a row per lr schedule, a panel per batch size, a line per switch
+    epoch that has a value (one row when the schedules hold the same values, as λ̂ of the
+    shared trunk and never-blurred run does). ``flagged`` (same dims, bool) marks values
+    left out of the mean, drawn as hollow grey markers named ``flagged_label`` in the
+    legend; ``spread`` draws error bars (mean over the seeds kept); ``overlay(ax,
+    batch_size, lr_schedule)`` draws more on a panel and returns legend handles;
+    ``caption`` is the figure's title, if any."""
     schedules = [str(r) for r in var.lr_schedule.values] if "lr_schedule" in var.dims \
         else ["continue"]
     shared = len(schedules) > 1 and all(
@@ -148,10 +151,12 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
     kept = var if flagged is None else var.where(~flagged)
     for row, r in zip(grid, rows, strict=True):
         for ax, b in zip(row, var.batch_size.values, strict=True):
+            # one seed offset per panel, so a value shared by several runs (a trunk
+            # checkpoint) gets the same mean in each
+            means = seed_mean(_sel(kept, batch_size=b, lr_schedule=r))
             for k in switches:
                 color = colors[k]
-                seeds = _sel(kept, batch_size=b, lr_schedule=r, switch_epoch=k)
-                curve = seeds.mean("seed")
+                curve = means.sel(switch_epoch=k)
                 ok = np.isfinite(curve.values)
                 if spread is not None:
                     err = _sel(spread.where(np.isfinite(kept)), batch_size=b, lr_schedule=r,
@@ -169,6 +174,8 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
                         ax.plot(v.epoch, v, ms=6, **_LEFT_OUT)
                 if mark_switch:
                     ax.axvline(k, color=color, lw=0.6, ls=":")
+            if overlay is not None:
+                extra = overlay(ax, b, r)
             title = (f"batch {b}" if len(schedules) == 1 else
                      f"batch {b} (both lr schedules)" if shared else f"batch {b}, lr {r}")
             ax.set_title(title, fontsize=9)
@@ -176,10 +183,20 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
             ax.grid(alpha=0.3)
         row[0].set_ylabel(ylabel)
     handles, labels = grid[0][-1].get_legend_handles_labels()
+    if overlay is not None:
+        for handle in extra:
+            handles.append(handle)
+            labels.append(handle.get_label())
     if flagged is not None and bool(flagged.any()):
         handles.append(plt.Line2D([], [], **_LEFT_OUT))
         labels.append(flagged_label)
-    grid[0][-1].legend(handles, labels, fontsize=7)
+    if overlay is not None:  # the overlay's marks sit along the top: headroom, legend outside
+        bottom, top = grid[0][0].get_ylim()  # the panels share y
+        grid[0][0].set_ylim(bottom, top + 0.15 * (top - bottom))
+        grid[0][-1].legend(handles, labels, fontsize=7, loc="upper left",
+                           bbox_to_anchor=(1.02, 1.0))
+    else:
+        grid[0][-1].legend(handles, labels, fontsize=7)
     if caption:
         _caption(fig, caption)
     _save(fig, path, dpi)
@@ -204,11 +221,49 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     diverged = diverged_branches(cube)
     label = ("flagged estimate or diverged run (left out)" if bool(diverged.any())
              else "flagged estimate (left out)")
+    ends = _located_ends(cube)
+    has_ends = ends is not None and bool(np.isfinite(_sel(ends, lr_schedule="continue")).any())
+    markers = [(name, color, text) for name, color, text in (
+        ("llc_change_epoch_sharp", plt.cm.viridis(0.0), "λ̂ marker, never-blurred run"),
+        ("llc_change_epoch_trunk", plt.cm.viridis(0.9), "λ̂ marker, blurred trunk"))
+        if name in cube and bool(np.isfinite(cube[name]).any())]
+
+    def overlay(ax: plt.Axes, b, _r: str) -> list:
+        """The continue schedule's located end (line, interval shaded) and the λ̂ markers
+        (triangles along the top, their seed range as a bar): does λ̂ mark the end?"""
+        top = ax.get_xaxis_transform()
+        end = _end_of(ends, b, "continue")
+        if np.isfinite(end):
+            lo, hi = _sel(cube.critical_period_end_interval, batch_size=b,
+                          lr_schedule="continue").values
+            ax.axvspan(lo, hi, color="0.6", alpha=0.15, lw=0)
+            ax.axvline(end, color="k", ls="--", lw=1)
+        for j, (name, color, _) in enumerate(markers):
+            value = float(_sel(cube[name], batch_size=b, lr_schedule="continue"))
+            height = 0.95 - 0.06 * j
+            if np.isfinite(value):
+                ax.plot([value], [height], marker="v", ms=7, color=color, transform=top)
+            spread = f"{name}_seed_range"
+            if spread in cube:
+                lo, hi = _sel(cube[spread], batch_size=b, lr_schedule="continue").values
+                ax.plot([lo, hi], [height, height], color=color, lw=2, alpha=0.5,
+                        solid_capstyle="butt", transform=top)
+        handles = [plt.Line2D([], [], ls="none", marker="v", ms=7, color=color, label=text)
+                   for _, color, text in markers]
+        if has_ends:
+            handles.append(plt.Line2D([], [], color="k", ls="--", lw=1,
+                                      label="critical-period end (continue), interval shaded"))
+        return handles
+
     _curves_per_switch(cube.llc_mean, path, dpi, "λ̂ (local learning coefficient)", marker=".",
                        flagged=flagged | diverged, spread=cube.llc_std, flagged_label=label,
+                       overlay=overlay if has_ends or markers else None,
                        caption=f"λ̂ of the valid estimates (mean over {_seeds_note(cube)}; bars: "
                                "s.d. over chains; up to a run's switch epoch it is the blurred "
-                               "trunk's)")
+                               "trunk's)" + ("; dashed: the critical period's end with the rate "
+                               "continued, its interval shaded" if has_ends else "")
+                               + ("; triangles: where λ̂ changes slope most, the bar its range "
+                                  "without each seed" if markers else ""))
 
 
 def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
