@@ -82,8 +82,10 @@ def _stale_statistics(cube, diverged: list[str]) -> str | None:
     if "critical_period_end" in cube and method != INTERVAL_METHOD:
         return ("predates the jackknife intervals of the end and the exponents (its stored "
                 "ones are bootstrap ranges, too narrow with few seeds or batch sizes)")
-    if "llc_change_epoch_trunk" in cube and "llc_change_epoch_trunk_seed_range" not in cube:
-        return "predates the λ̂ markers' seed ranges (how far each moves without one seed)"
+    if "llc_mean" in cube and "llc_change_epoch_trunk" in cube and (
+            "llc_change_epoch_trunk_loo_range" not in cube):
+        return ("predates the λ̂ markers' leave-one-out ranges (how far each moves without "
+                "one seed)")
     return None
 
 

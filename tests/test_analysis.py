@@ -522,23 +522,23 @@ def test_a_lambda_marker_that_rests_on_one_seed_moves_when_that_seed_is_left_out
     assert np.all(np.isnan(fits.change_epochs_without_each_seed(epochs, one)))
 
 
-def test_the_lambda_markers_carry_their_seed_range_and_say_why_it_is_missing() -> None:
+def test_the_lambda_markers_carry_their_loo_range_and_say_why_it_is_missing() -> None:
     cube = synthetic_cube(with_div=False)
     summary = critical_period_summary(cube)
     for name in ("llc_change_epoch_trunk", "llc_change_epoch_sharp"):
-        spread = summary[f"{name}_seed_range"]
+        spread = summary[f"{name}_loo_range"]
         assert spread.dims == ("batch_size", "lr_schedule", "bound")
         assert "not a confidence interval" in spread.attrs["long_name"]
         np.testing.assert_allclose(spread.values, 20.0)  # every seed agrees
     # one seed's λ̂ steepens from epoch 40: the marker's range reaches there
     wild = xr.where((cube.seed == 2) & (cube.epoch > 40), 5.0 * (cube.epoch - 40), 0.0)
     cube["llc_mean"] = cube["llc_mean"] + wild
-    spread = critical_period_summary(cube)["llc_change_epoch_sharp_seed_range"].values
+    spread = critical_period_summary(cube)["llc_change_epoch_sharp_loo_range"].values
     assert np.all(spread[..., 0] <= 20) and np.all(spread[..., 1] >= 40)
     single = critical_period_summary(synthetic_cube(with_div=False).isel(seed=[0]))
     assert np.all(np.isfinite(single["llc_change_epoch_trunk"].values))
-    assert np.all(np.isnan(single["llc_change_epoch_trunk_seed_range"].values))
-    assert "nothing to leave out" in single["llc_change_epoch_trunk_seed_range"].attrs["missing"]
+    assert np.all(np.isnan(single["llc_change_epoch_trunk_loo_range"].values))
+    assert "nothing to leave out" in single["llc_change_epoch_trunk_loo_range"].attrs["missing"]
 
 
 def test_restart_verdict_says_whether_the_deficit_survives() -> None:
@@ -649,7 +649,8 @@ def test_tables(tmp_path: Path) -> None:
     assert len({len(line) for line in lines[: 1 + 2 * BATCHES.size]}) == 1  # aligned columns
     assert "temperature_exponent (restart)" in text and "nan" in text
     assert "20 [20, 20]" in text and "each seed left out in turn" in text  # the λ̂ markers
-    assert {"llc_change_epoch_trunk_lower", "llc_change_epoch_sharp_upper"} <= set(table.columns)
+    assert {"llc_change_epoch_trunk_loo_lower", "llc_change_epoch_sharp_loo_upper"} <= set(
+        table.columns)
     path = tables.to_csv(summary, tmp_path / "out" / "summary.csv")
     back = pd.read_csv(path)
     np.testing.assert_allclose(back["critical_period_end"], table["critical_period_end"])
@@ -802,18 +803,19 @@ def test_summarize_recomputes_a_cube_with_bootstrap_end_intervals(tmp_path, caps
     assert "recomputed" not in capsys.readouterr().out
 
 
-def test_summarize_recomputes_a_cube_without_the_lambda_markers_seed_ranges(tmp_path,
+def test_summarize_recomputes_a_cube_without_the_lambda_markers_loo_ranges(tmp_path,
                                                                            capsys) -> None:
     from critperiods.__main__ import main
 
     base = with_schedules(synthetic_cube(with_div=False))
     old = base.merge(critical_period_summary(base)).assign_attrs(
         summary_interval_method=INTERVAL_METHOD)
-    old.drop_vars(["llc_change_epoch_trunk_seed_range", "llc_change_epoch_sharp_seed_range"]
+    old.drop_vars(["llc_change_epoch_trunk_loo_range", "llc_change_epoch_sharp_loo_range"]
                   ).to_netcdf(tmp_path / "old.nc")
     assert main(["summarize", str(tmp_path / "old.nc")]) == 0
     printed = capsys.readouterr().out
-    assert "predates the λ̂ markers' seed ranges" in printed and "20 [20, 20]" in printed
+    assert "predates the λ̂ markers' leave-one-out ranges" in printed
+    assert "20 [20, 20]" in printed
 
 
 def test_the_landing_page_locates_no_end_where_there_is_no_deficit(tmp_path) -> None:
@@ -883,23 +885,29 @@ def test_the_critical_period_figure_leaves_a_diverged_run_out_of_its_mean(monkey
         "\n", " ")
 
 
-def test_the_llc_figure_shows_the_end_beside_the_lambda_markers(monkeypatch, tmp_path) -> None:
-    """Each panel draws the continue schedule's located end (dashed, interval shaded) and the
-    two λ̂ markers as triangles at their values; a trunk estimate shared by several runs
-    gets one mean, whichever run's line draws it."""
-    from critperiods.results import plots
-
-    base = with_schedules(synthetic_cube(with_div=False))
-    cube = base.merge(critical_period_summary(base))
-    quality = xr.zeros_like(cube["llc_mean"])
-    cube["llc_quality"] = quality.where((cube.seed != 2) | (cube.epoch != 6), 1.0)
+def llc_cube_with_a_flagged_trunk_estimate() -> xr.Dataset:
+    """A cube shaped like a run's: λ̂ on the trunk (a branch's values up to its switch) and
+    the never-blurred run, seeds 3 apart plus noise, seed 2's trunk estimate at epoch 6
+    flagged; with its summary."""
+    cube = with_schedules(synthetic_cube(with_div=False))
     noise = np.random.default_rng(3).normal(0, 1.0, (3, cube.sizes["epoch"]))
     cube["llc_mean"] = (cube["llc_mean"] + xr.DataArray([-3.0, 0.0, 3.0], dims="seed")
                         + xr.DataArray(noise, dims=("seed", "epoch")))
-    # as in a run: a branch's λ̂ is the trunk's up to its switch (the never-blurred run's after 0)
     cube["llc_mean"] = cube["llc_mean"].where((cube.switch_epoch == 0)
                                               | (cube.epoch <= cube.switch_epoch))
+    cube["llc_quality"] = xr.zeros_like(cube["llc_mean"]).where(
+        (cube.seed != 2) | (cube.epoch != 6) | (cube.switch_epoch == 0), 1.0)
     cube["llc_std"] = xr.ones_like(cube["llc_mean"])
+    return cube.merge(critical_period_summary(cube))
+
+
+def test_the_llc_figure_shows_the_end_beside_the_lambda_markers(monkeypatch, tmp_path) -> None:
+    """Each panel draws the continue schedule's located end (dashed, interval shaded) and the
+    two λ̂ markers as triangles at their values; the curves are the ones the markers read
+    (the trunk's seed-adjusted mean, not the plain mean of the seeds left at epoch 6)."""
+    from critperiods.results import plots
+
+    cube = llc_cube_with_a_flagged_trunk_estimate()
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path, dpi: figures.append(fig))
     plots.llc(cube, tmp_path / "llc.png")
@@ -908,15 +916,47 @@ def test_the_llc_figure_shows_the_end_beside_the_lambda_markers(monkeypatch, tmp
         end = float(located_end(cube).sel(batch_size=b, lr_schedule="continue"))
         dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
         assert [line.get_xdata()[0] for line in dashed] == [pytest.approx(end)]
-        triangles = [line for line in ax.get_lines() if line.get_marker() == "v"]
-        assert sorted(float(line.get_xdata()[0]) for line in triangles) == [20.0, 20.0]
+        markers = {float(cube[n].sel(batch_size=b, lr_schedule="continue"))
+                   for n in ("llc_change_epoch_trunk", "llc_change_epoch_sharp")}
+        triangles = {float(line.get_xdata()[0]) for line in ax.get_lines()
+                     if line.get_marker() == "v"}
+        assert triangles == markers
         at_6 = {round(float(y), 6) for line in ax.get_lines() if line.get_marker() == "."
                 for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True) if x == 6}
-        assert len(at_6) <= 2  # the trunk's value at epoch 6 (and the never-blurred run's)
+        trunk = float(selection.llc_trunk(cube, b).sel(epoch=6))
+        sharp = float(selection.llc_sharp(cube, b).sel(epoch=6))
+        assert at_6 == {round(trunk, 6), round(sharp, 6)}
+        plain = float(cube["llc_mean"].sel(batch_size=b, lr_schedule="continue", switch_epoch=60,
+                                           epoch=6, seed=[0, 1]).mean())
+        assert abs(trunk - plain) > 1.0  # what the adjustment changes
     legend = [t.get_text() for t in figures[0].axes[-1].get_legend().get_texts()]
     assert "critical-period end (continue), interval shaded" in legend
     assert "triangles: where λ̂ changes slope most" in figures[0]._suptitle.get_text().replace(
         "\n", " ")
+
+
+def test_the_llc_figure_of_a_restart_only_grid_has_markers_and_no_end(monkeypatch,
+                                                                      tmp_path) -> None:
+    from critperiods.results import plots
+
+    cube = llc_cube_with_a_flagged_trunk_estimate().sel(lr_schedule=["restart"])
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi: figures.append(fig))
+    plots.llc(cube, tmp_path / "llc.png")
+    ax = figures[0].axes[0]
+    assert not [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len([line for line in ax.get_lines() if line.get_marker() == "v"]) == 2
+
+
+def test_the_report_table_gives_each_lambda_marker_its_leave_one_out_range() -> None:
+    from critperiods.results.report_page import table_rst
+
+    cube = llc_cube_with_a_flagged_trunk_estimate()
+    lo, hi = cube["llc_change_epoch_trunk_loo_range"].sel(batch_size=BATCHES[0],
+                                                          lr_schedule="continue").values
+    trunk = float(cube["llc_change_epoch_trunk"].sel(batch_size=BATCHES[0],
+                                                     lr_schedule="continue"))
+    assert f"     - {trunk:.0f} [{lo:.0f}, {hi:.0f}]" in table_rst(cube)
 
 
 def test_plots_draw_an_end_only_where_a_deficit_survives() -> None:

@@ -64,6 +64,12 @@ def _end_of(ends: xr.DataArray | None, batch_size, lr_schedule) -> float:
         _sel(ends, batch_size=batch_size, lr_schedule=lr_schedule))
 
 
+def _shared_value(da: xr.DataArray, batch_size) -> xr.DataArray:
+    """A batch size's value of a statistic every schedule shares (the λ̂ markers)."""
+    da = da.sel(batch_size=batch_size)
+    return da.isel(lr_schedule=0) if "lr_schedule" in da.dims else da
+
+
 def _seeds_note(cube: xr.Dataset) -> str:
     n = int(cube.sizes.get("seed", 1))
     return f"{n} seed{'s' if n != 1 else ''}"
@@ -149,14 +155,13 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
     present = var.notnull().any([d for d in var.dims if d != "switch_epoch"])
     switches = var.switch_epoch.values[present.values]
     kept = var if flagged is None else var.where(~flagged)
+    extra: list = []
     for row, r in zip(grid, rows, strict=True):
         for ax, b in zip(row, var.batch_size.values, strict=True):
-            # one seed offset per panel, so a value shared by several runs (a trunk
-            # checkpoint) gets the same mean in each
-            means = seed_mean(_sel(kept, batch_size=b, lr_schedule=r))
+            means = _run_means(_sel(kept, batch_size=b, lr_schedule=r), switches)
             for k in switches:
                 color = colors[k]
-                curve = means.sel(switch_epoch=k)
+                curve = means[k]
                 ok = np.isfinite(curve.values)
                 if spread is not None:
                     err = _sel(spread.where(np.isfinite(kept)), batch_size=b, lr_schedule=r,
@@ -183,10 +188,8 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
             ax.grid(alpha=0.3)
         row[0].set_ylabel(ylabel)
     handles, labels = grid[0][-1].get_legend_handles_labels()
-    if overlay is not None:
-        for handle in extra:
-            handles.append(handle)
-            labels.append(handle.get_label())
+    handles += extra
+    labels += [handle.get_label() for handle in extra]
     if flagged is not None and bool(flagged.any()):
         handles.append(plt.Line2D([], [], **_LEFT_OUT))
         labels.append(flagged_label)
@@ -202,6 +205,31 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
     _save(fig, path, dpi)
 
 
+def _run_means(panel: xr.DataArray, switches: np.ndarray) -> dict:
+    """Each run's seed-mean curve (``switch_epoch`` → DataArray over ``epoch``) from one
+    panel's ``(switch_epoch, seed, epoch)`` values, taken as the markers take them
+    (:func:`~critperiods.results.selection.seed_mean`, adjusted for a seed missing at some
+    epochs): up to its switch a run is the blurred trunk, whose mean comes from the run with
+    the largest switch (so a trunk epoch has one mean whichever run draws it); after its
+    switch, and all of the never-blurred run, from the run's own values."""
+    branched = [k for k in switches if k > 0]
+    trunk = None
+    if branched:
+        longest = panel.sel(switch_epoch=max(branched))
+        trunk = seed_mean(longest.where(longest["epoch"] <= max(branched)))
+    out = {}
+    for k in switches:
+        run = panel.sel(switch_epoch=k)
+        if k <= 0 or trunk is None:
+            out[k] = seed_mean(run)
+            continue
+        own = seed_mean(run.where(run["epoch"] > k))
+        before = trunk.where(trunk["epoch"] <= k).fillna(
+            seed_mean(run.where(run["epoch"] <= k)))
+        out[k] = own.fillna(before)
+    return out
+
+
 def learning_curves(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """Sharp test accuracy vs epoch: a row per schedule, a panel per batch size, a line per
     switch epoch (mean over seeds); the sharp epochs of runs that diverged to chance are left
@@ -215,14 +243,19 @@ def learning_curves(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
 
 def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """Valid λ̂ vs epoch (mean over seeds, bars: std over chains); flagged estimates and the
-    branches of runs that diverged to chance are left out and drawn hollow."""
+    branches of runs that diverged to chance are left out and drawn hollow. Beside the
+    curves, to ask whether λ̂ marks the end: the continue schedule's located end (dashed,
+    its interval shaded) and the λ̂ markers (triangles along the top, each with its
+    leave-one-out range as a bar)."""
     flagged = (cube.llc_quality > 0) if "llc_quality" in cube else xr.zeros_like(
         cube.llc_mean, dtype=bool)
     diverged = diverged_branches(cube)
     label = ("flagged estimate or diverged run (left out)" if bool(diverged.any())
              else "flagged estimate (left out)")
     ends = _located_ends(cube)
-    has_ends = ends is not None and bool(np.isfinite(_sel(ends, lr_schedule="continue")).any())
+    if ends is not None and "lr_schedule" in ends.dims:  # the end to compare with: continue's
+        ends = ends.sel(lr_schedule="continue") if "continue" in ends.lr_schedule else None
+    has_ends = ends is not None and bool(np.isfinite(ends).any())
     markers = [(name, color, text) for name, color, text in (
         ("llc_change_epoch_sharp", plt.cm.viridis(0.0), "λ̂ marker, never-blurred run"),
         ("llc_change_epoch_trunk", plt.cm.viridis(0.9), "λ̂ marker, blurred trunk"))
@@ -230,22 +263,23 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
 
     def overlay(ax: plt.Axes, b, _r: str) -> list:
         """The continue schedule's located end (line, interval shaded) and the λ̂ markers
-        (triangles along the top, their seed range as a bar): does λ̂ mark the end?"""
+        (triangles along the top, their leave-one-out range as a bar): does λ̂ mark the end?"""
         top = ax.get_xaxis_transform()
         end = _end_of(ends, b, "continue")
         if np.isfinite(end):
-            lo, hi = _sel(cube.critical_period_end_interval, batch_size=b,
-                          lr_schedule="continue").values
-            ax.axvspan(lo, hi, color="0.6", alpha=0.15, lw=0)
+            if "critical_period_end_interval" in cube:
+                lo, hi = _sel(cube.critical_period_end_interval, batch_size=b,
+                              lr_schedule="continue").values
+                ax.axvspan(lo, hi, color="0.6", alpha=0.15, lw=0)
             ax.axvline(end, color="k", ls="--", lw=1)
         for j, (name, color, _) in enumerate(markers):
-            value = float(_sel(cube[name], batch_size=b, lr_schedule="continue"))
+            value = float(_shared_value(cube[name], b))
             height = 0.95 - 0.06 * j
             if np.isfinite(value):
                 ax.plot([value], [height], marker="v", ms=7, color=color, transform=top)
-            spread = f"{name}_seed_range"
+            spread = f"{name}_loo_range"
             if spread in cube:
-                lo, hi = _sel(cube[spread], batch_size=b, lr_schedule="continue").values
+                lo, hi = _shared_value(cube[spread], b).values
                 ax.plot([lo, hi], [height, height], color=color, lw=2, alpha=0.5,
                         solid_capstyle="butt", transform=top)
         handles = [plt.Line2D([], [], ls="none", marker="v", ms=7, color=color, label=text)
@@ -262,8 +296,9 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                                "s.d. over chains; up to a run's switch epoch it is the blurred "
                                "trunk's)" + ("; dashed: the critical period's end with the rate "
                                "continued, its interval shaded" if has_ends else "")
-                               + ("; triangles: where λ̂ changes slope most, the bar its range "
-                                  "without each seed" if markers else ""))
+                               + ("; triangles: where λ̂ changes slope most, the bar its lowest "
+                                  "to highest value with all seeds and with each left out"
+                                  if markers else ""))
 
 
 def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
@@ -398,7 +433,7 @@ def perturbation(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     the seeds' means); dashed grey: the critical-period end (band: its interval); dash-dotted
     grey: the half-deficit epoch; dotted: the switch of the blurred run."""
     lasting = cube.perturb_lasting_l2
-    span = cube.perturb_lasting_l2_seed_range
+    span = cube.perturb_lasting_l2_loo_range
     schedules = _schedules(cube)
     runs = lasting.switch_epoch.values[lasting.notnull().any(
         [d for d in lasting.dims if d != "switch_epoch"]).values]

@@ -58,9 +58,9 @@ def _interval(lo: float, hi: float, digits: int = 1) -> str:
 
 
 def _marker(row: pd.Series, name: str) -> str:
-    """A λ̂ marker with its seed range (all seeds and each left out), where it has one."""
-    lo, hi = row.get(f"{name}_lower", np.nan), row.get(f"{name}_upper", np.nan)
-    return _num(row[name]) + (f" {_interval(lo, hi)}" if np.isfinite(lo) else "")
+    """A λ̂ marker with its leave-one-out range (all seeds and each left out), where it has one."""
+    lo, hi = row.get(f"{name}_loo_lower", np.nan), row.get(f"{name}_loo_upper", np.nan)
+    return _num(row[name], 0) + (f" {_interval(lo, hi, 0)}" if np.isfinite(lo) else "")
 
 
 def answer_lines(cube: xr.Dataset) -> list[str]:

@@ -50,11 +50,16 @@ from critperiods.results.selection import (
     seed_mean,
     valid_final_accuracy,
 )
-from critperiods.variables import SUMMARY_STATISTICS, exponent_attrs, interval_attrs
+from critperiods.variables import (
+    SUMMARY_STATISTICS,
+    exponent_attrs,
+    interval_attrs,
+    loo_range_attrs,
+)
 from critperiods.variables import attrs as variable_attrs
 
 __all__ = ["EXPONENTS", "INTERVAL_METHOD", "INTERVAL_STATISTICS", "LLC_MARKERS",
-           "MIN_LLC_POINTS", "SEED_RANGE_KIND", "critical_period_summary", "end_located",
+           "MIN_LLC_POINTS", "LOO_RANGE_KIND", "critical_period_summary", "end_located",
            "located_end", "unlocated_reason"]
 
 #: How the end's and the exponents' intervals are computed; stored as the cube attribute
@@ -68,10 +73,10 @@ MIN_LLC_POINTS = MIN_CHANGE_POINTS
 INTERVAL_STATISTICS = ("critical_period_end", "permanent_deficit")
 #: The power-law exponents of the end, per lr_schedule (each with ``<name>_interval``).
 EXPONENTS = ("temperature_exponent", "batch_size_exponent")
-#: The λ̂ markers, each with ``<name>_seed_range``: how far it moves without one seed.
+#: The λ̂ markers, each with ``<name>_loo_range``: how far it moves without one seed.
 LLC_MARKERS = ("llc_change_epoch_trunk", "llc_change_epoch_sharp")
-SEED_RANGE_KIND = ("lowest and highest value, with all seeds and with each seed left out in "
-                   "turn (a spread, not a confidence interval)")
+LOO_RANGE_KIND = ("lowest and highest value, with all seeds and with each seed left out in "
+                  "turn (a spread, not a confidence interval)")
 
 
 def end_located(deficit_lower: float) -> bool:
@@ -187,7 +192,7 @@ def _cell_values(
         lo, hi, reason = _marker_spread(curve, values[name])
         values[f"{name}_lower"], values[f"{name}_upper"] = lo, hi
         if reason:
-            why[f"{name}_seed_range"] = reason
+            why[f"{name}_loo_range"] = reason
     return values, why, without_each_seed
 
 
@@ -287,7 +292,7 @@ def critical_period_summary(
     ``permanent_deficit_seeds`` seeds with both runs; the deficit "survives the restart" when
     the restart schedule's lower bound is above 0), ``half_deficit_epoch``,
     ``llc_change_epoch_trunk``/``_sharp`` (valid λ̂ only: flagged estimates are left out;
-    ``_seed_range``: the lowest and highest marker, with all seeds and with each seed left
+    ``_loo_range``: the lowest and highest marker, with all seeds and with each seed left
     out in turn) and
     ``divergence_drop_epoch`` (distance to the always-blurred run at ``epoch = switch +
     horizon``; ``horizon`` defaults to :func:`default_horizon`), and ``diverged_runs``: the
@@ -343,12 +348,12 @@ def critical_period_summary(
             attrs={**interval_attrs(name, kinds[name]), **({"missing": missing} if missing
                                                              else {})})
     for name in LLC_MARKERS:
-        missing = _why_missing({(b, r): cells[(b, r)][1].get(f"{name}_seed_range")
+        missing = _why_missing({(b, r): cells[(b, r)][1].get(f"{name}_loo_range")
                                 for b in batch_sizes for r in schedules})
-        data[f"{name}_seed_range"] = xr.DataArray(
+        data[f"{name}_loo_range"] = xr.DataArray(
             np.stack([grid(f"{name}_lower"), grid(f"{name}_upper")], axis=-1),
             dims=[*dims, "bound"],
-            attrs={**interval_attrs(name, SEED_RANGE_KIND),
+            attrs={**loo_range_attrs(name),
                    **({"missing": missing} if missing else {})})
     coords = {"batch_size": batch_sizes, "lr_schedule": schedules, "bound": ["lower", "upper"]}
     ends = located_end(xr.Dataset(data, coords=coords)).values

@@ -16,7 +16,7 @@ from critperiods.results.summary import (
     EXPONENTS,
     INTERVAL_STATISTICS,
     LLC_MARKERS,
-    SEED_RANGE_KIND,
+    LOO_RANGE_KIND,
     end_located,
     unlocated_reason,
 )
@@ -119,9 +119,9 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
                 if name in INTERVAL_STATISTICS:
                     lo, hi = cell[f"{name}_interval"].values
                     row[f"{name}_lower"], row[f"{name}_upper"] = float(lo), float(hi)
-                if name in LLC_MARKERS and f"{name}_seed_range" in cell:
-                    lo, hi = cell[f"{name}_seed_range"].values
-                    row[f"{name}_lower"], row[f"{name}_upper"] = float(lo), float(hi)
+                if name in LLC_MARKERS and f"{name}_loo_range" in cell:
+                    lo, hi = cell[f"{name}_loo_range"].values
+                    row[f"{name}_loo_lower"], row[f"{name}_loo_upper"] = float(lo), float(hi)
             for name in EXPONENTS:
                 row[name] = float(cell[name])
                 lo, hi = cell[f"{name}_interval"].values
@@ -143,12 +143,12 @@ def _pp(value: float) -> str:
 
 
 def _with_spread(table: pd.DataFrame, name: str) -> list[str]:
-    """A λ̂ marker's column: "8 [6, 12]" with its seed range where the table has one."""
-    if f"{name}_lower" not in table:  # a summary computed before the ranges existed
+    """A λ̂ marker's column: "8 [6, 12]" with its leave-one-out range where the table has one."""
+    if f"{name}_loo_lower" not in table:  # a summary computed before the ranges existed
         return list(table[name].map(_fmt))
     return [_fmt(v) if not np.isfinite(lo) else f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]"
-            for v, lo, hi in zip(table[name], table[f"{name}_lower"], table[f"{name}_upper"],
-                                 strict=True)]
+            for v, lo, hi in zip(table[name], table[f"{name}_loo_lower"],
+                                 table[f"{name}_loo_upper"], strict=True)]
 
 
 def format_table(summary: xr.Dataset) -> str:
@@ -186,8 +186,8 @@ def format_table(summary: xr.Dataset) -> str:
         lines.append("  ".join(str(list(columns[k])[i]).rjust(widths[k]) for k in columns))
     lines.append(f"intervals: end, {summary.attrs.get('interval_kind', 'over seeds')}"
                  f"; deficit, {summary.attrs.get('deficit_interval_kind', 'over seeds')}")
-    if "llc_change_epoch_trunk_lower" in table:
-        lines.append(f"λ̂ markers (llc_trunk, llc_sharp) [lower, upper]: {SEED_RANGE_KIND}")
+    if "llc_change_epoch_trunk_loo_lower" in table:
+        lines.append(f"λ̂ markers (llc_trunk, llc_sharp) [lower, upper]: {LOO_RANGE_KIND}")
     schedules = (summary["lr_schedule"].values if "lr_schedule" in summary.dims
                  else ["continue"])
     for name in EXPONENTS:
@@ -203,7 +203,7 @@ def format_table(summary: xr.Dataset) -> str:
     lines += [f"exponent interval [-inf, inf]: {text}" for text in sorted(unbounded)]
     missing = [f"  {name}: {summary[name].attrs['missing']}"
                for name in [*SUMMARY_STATISTICS, *EXPONENTS,
-                            *(f"{m}_seed_range" for m in LLC_MARKERS)]
+                            *(f"{m}_loo_range" for m in LLC_MARKERS)]
                if name in summary and "missing" in summary[name].attrs]
     if missing:
         lines += ["why some values are nan:", *missing]
