@@ -433,7 +433,7 @@ def perturbation(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     the seeds' means); dashed grey: the critical-period end (band: its interval); dash-dotted
     grey: the half-deficit epoch; dotted: the switch of the blurred run."""
     lasting = cube.perturb_lasting_l2
-    span = cube.perturb_lasting_l2_loo_range
+    span = cube.perturb_lasting_l2_seed_range
     schedules = _schedules(cube)
     runs = lasting.switch_epoch.values[lasting.notnull().any(
         [d for d in lasting.dims if d != "switch_epoch"]).values]
