@@ -182,13 +182,6 @@ def exponent_attrs(what: str) -> dict:
     return {"long_name": f"power-law exponent of critical period end vs {what}", "units": "1"}
 
 
-def loo_range_attrs(name: str) -> dict:
-    """Attributes of ``<name>_loo_range``: the statistic ``name``'s lowest and highest value
-    with all seeds and with each seed left out in turn."""
-    return {"long_name": f"lowest and highest {name} with all seeds and with each seed left "
-                         "out in turn (a spread, not a confidence interval)", "units": "1"}
-
-
 def interval_attrs(name: str, kind: str) -> dict:
     """Attributes of ``<name>_interval``: a ``kind`` (e.g. "90% Student-t interval over
     seeds") of the summary statistic ``name``."""
@@ -198,5 +191,4 @@ def interval_attrs(name: str, kind: str) -> dict:
 __all__ = ["DIVERGENCE_METRICS", "DIVERGENCE_ROLES", "EVALUATION_METRICS", "GROWTH_FORMS",
            "GROWTH_RATE_MEANING", "LLC_QUALITY_FLAGS", "NO_GROWTH_FIT", "SUMMARY_STATISTICS",
            "VARIABLES", "attrs", "divergence_attrs", "exponent_attrs", "growth_attrs",
-           "interval_attrs", "llc_quality_flag_attrs", "loo_range_attrs",
-           "run_diverged_flag_attrs"]
+           "interval_attrs", "llc_quality_flag_attrs", "run_diverged_flag_attrs"]

@@ -50,12 +50,7 @@ from critperiods.results.selection import (
     seed_mean,
     valid_final_accuracy,
 )
-from critperiods.variables import (
-    SUMMARY_STATISTICS,
-    exponent_attrs,
-    interval_attrs,
-    loo_range_attrs,
-)
+from critperiods.variables import SUMMARY_STATISTICS, exponent_attrs, interval_attrs
 from critperiods.variables import attrs as variable_attrs
 
 __all__ = ["EXPONENTS", "INTERVAL_METHOD", "INTERVAL_STATISTICS", "LLC_MARKERS",
@@ -77,6 +72,13 @@ EXPONENTS = ("temperature_exponent", "batch_size_exponent")
 LLC_MARKERS = ("llc_change_epoch_trunk", "llc_change_epoch_sharp")
 LOO_RANGE_KIND = ("lowest and highest value, with all seeds and with each seed left out in "
                   "turn (a spread, not a confidence interval)")
+
+
+def loo_range_attrs(name: str) -> dict:
+    """Attributes of ``<name>_loo_range`` (here, not in :mod:`critperiods.variables`, whose
+    every change reruns the stages that write the cube's other variables)."""
+    return {"long_name": f"lowest and highest {name} with all seeds and with each seed left "
+                         "out in turn (a spread, not a confidence interval)", "units": "1"}
 
 
 def end_located(deficit_lower: float) -> bool:
