@@ -18,6 +18,7 @@ from critperiods.results.selection import (  # noqa: E402
     diverged_branches,
     run_diverged,
     seed_mean,
+    shared_by_schedules,
     valid_final_accuracy,
 )
 from critperiods.results.summary import located_end  # noqa: E402
@@ -62,12 +63,6 @@ def _located_ends(cube: xr.Dataset) -> xr.DataArray | None:
 def _end_of(ends: xr.DataArray | None, batch_size, lr_schedule) -> float:
     return float("nan") if ends is None else float(
         _sel(ends, batch_size=batch_size, lr_schedule=lr_schedule))
-
-
-def _shared_value(da: xr.DataArray, batch_size) -> xr.DataArray:
-    """A batch size's value of a statistic every schedule shares (the λ̂ markers)."""
-    da = da.sel(batch_size=batch_size)
-    return da.isel(lr_schedule=0) if "lr_schedule" in da.dims else da
 
 
 def _seeds_note(cube: xr.Dataset) -> str:
@@ -273,13 +268,13 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                 ax.axvspan(lo, hi, color="0.6", alpha=0.15, lw=0)
             ax.axvline(end, color="k", ls="--", lw=1)
         for j, (name, color, _) in enumerate(markers):
-            value = float(_shared_value(cube[name], b))
+            value = float(shared_by_schedules(cube[name].sel(batch_size=b)))
             height = 0.95 - 0.06 * j
             if np.isfinite(value):
                 ax.plot([value], [height], marker="v", ms=7, color=color, transform=top)
             spread = f"{name}_loo_range"
             if spread in cube:
-                lo, hi = _shared_value(cube[spread], b).values
+                lo, hi = shared_by_schedules(cube[spread].sel(batch_size=b)).values
                 ax.plot([lo, hi], [height, height], color=color, lw=2, alpha=0.5,
                         solid_capstyle="butt", transform=top)
         handles = [plt.Line2D([], [], ls="none", marker="v", ms=7, color=color, label=text)

@@ -16,7 +16,7 @@ from critperiods.results.fits import seed_adjusted_mean
 
 __all__ = ["CHANCE_MULTIPLE", "CLASSES", "default_horizon", "diverged_branches",
            "divergence_at_horizon", "llc_sharp", "llc_sharp_by_seed", "llc_trunk",
-           "llc_trunk_by_seed", "run_diverged", "seed_mean",
+           "llc_trunk_by_seed", "run_diverged", "seed_mean", "shared_by_schedules",
            "valid_final_accuracy", "valid_llc", "without_diverged"]
 
 #: A run whose final sharp test accuracy is below this multiple of chance (1 / classes) has
@@ -81,8 +81,9 @@ def seed_mean(da: xr.DataArray) -> xr.DataArray:
     return xr.DataArray(mean, dims=dims, coords=coords)
 
 
-def _shared(da: xr.DataArray) -> xr.DataArray:
-    """One schedule's copy of values every schedule shares (the trunk, the never-blurred run)."""
+def shared_by_schedules(da: xr.DataArray) -> xr.DataArray:
+    """One schedule's copy of values every schedule shares (the trunk, the never-blurred run,
+    the λ̂ markers)."""
     return da.isel(lr_schedule=0, drop=True) if "lr_schedule" in da.dims else da
 
 
@@ -110,9 +111,9 @@ def llc_trunk_by_seed(cube: xr.Dataset, batch_size: float) -> xr.DataArray:
     llc = valid_llc(cube)
     if llc is None:
         return _empty()
-    llc = _shared(llc.sel(batch_size=batch_size))
+    llc = shared_by_schedules(llc.sel(batch_size=batch_size))
     has = np.isfinite(cube["llc_mean"].sel(batch_size=batch_size))
-    has = _shared(has).any(dim=[d for d in llc.dims if d != "switch_epoch"])
+    has = shared_by_schedules(has).any(dim=[d for d in llc.dims if d != "switch_epoch"])
     switches = llc["switch_epoch"].values[has.values]
     if switches.size == 0:
         return _empty()
@@ -134,7 +135,7 @@ def llc_sharp_by_seed(cube: xr.Dataset, batch_size: float) -> xr.DataArray:
     llc = valid_llc(cube)
     if llc is None or 0 not in cube["switch_epoch"].values:
         return _empty()
-    return _shared(llc.sel(batch_size=batch_size, switch_epoch=0))
+    return shared_by_schedules(llc.sel(batch_size=batch_size, switch_epoch=0))
 
 
 def llc_sharp(cube: xr.Dataset, batch_size: float) -> xr.DataArray:

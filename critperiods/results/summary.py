@@ -77,8 +77,7 @@ LOO_RANGE_KIND = ("lowest and highest value, with all seeds and with each seed l
 def loo_range_attrs(name: str) -> dict:
     """Attributes of ``<name>_loo_range`` (here, not in :mod:`critperiods.variables`, whose
     every change reruns the stages that write the cube's other variables)."""
-    return {"long_name": f"lowest and highest {name} with all seeds and with each seed left "
-                         "out in turn (a spread, not a confidence interval)", "units": "1"}
+    return {"long_name": f"{name}: {LOO_RANGE_KIND}", "units": "1"}
 
 
 def end_located(deficit_lower: float) -> bool:
