@@ -637,8 +637,16 @@ def test_llc_flag_counts_count_shared_estimates_once() -> None:
     assert counts["negative"] == 1 and counts["ok"] == 9
 
 
+def flat_restart(cube: xr.Dataset) -> xr.Dataset:
+    """``cube`` with both schedules, the restart's accuracy flat: every switch ends where
+    switch 0 does (no deficit)."""
+    acc = cube["final_test_accuracy"]
+    flat = acc.isel(switch_epoch=0).broadcast_like(acc).transpose(*acc.dims)
+    return with_schedules(cube, restart_acc=flat.values)
+
+
 def test_tables(tmp_path: Path) -> None:
-    summary = critical_period_summary(with_schedules(synthetic_cube(with_div=False)))
+    summary = critical_period_summary(flat_restart(synthetic_cube(with_div=False)))
     table = tables.summary_table(summary)
     assert list(table["batch_size"]) == [b for b in BATCHES for _ in range(2)]
     assert list(table["lr_schedule"])[:2] == ["continue", "restart"]
@@ -654,6 +662,14 @@ def test_tables(tmp_path: Path) -> None:
     path = tables.to_csv(summary, tmp_path / "out" / "summary.csv")
     back = pd.read_csv(path)
     np.testing.assert_allclose(back["critical_period_end"], table["critical_period_end"])
+    # the CSV says which ends are located: the restart rows of this cube have no deficit,
+    # yet their hinge still puts a kink somewhere
+    located = dict(zip(zip(back["batch_size"], back["lr_schedule"]),
+                       back["critical_period_end_located"], strict=True))
+    lower = summary["permanent_deficit_interval"].sel(bound="lower")
+    for (b, r), ok in located.items():
+        assert ok == bool(lower.sel(batch_size=b, lr_schedule=r) > 0), (b, r)
+    assert [located[b, r] for b in BATCHES for r in ("continue", "restart")] == [True, False] * 3
 
 
 def test_runs_at_chance_accuracy_are_named() -> None:
@@ -823,10 +839,7 @@ def test_the_landing_page_locates_no_end_where_there_is_no_deficit(tmp_path) -> 
     in the figures; the continue schedule's decline gets one."""
     from critperiods.results.report_page import answer_lines
 
-    base = synthetic_cube(with_llc=False, with_div=False)
-    flat = base["final_test_accuracy"].isel(switch_epoch=0).broadcast_like(
-        base["final_test_accuracy"]).transpose(*base["final_test_accuracy"].dims)
-    cube = with_schedules(base, restart_acc=flat.values)
+    cube = flat_restart(synthetic_cube(with_llc=False, with_div=False))
     cube = cube.merge(critical_period_summary(cube))
     text = "\n".join(answer_lines(cube))
     assert text.count("continue: ends at epoch") == cube.sizes["batch_size"]

@@ -29,8 +29,9 @@ meet; the deep-linear and regular cases are the precise checks.  For multiplicit
 ((1,1), (2,2)) the estimator's exact target, E[nbeta K] under the tempered localised
 posterior, is itself below lambda by about (m-1)/log t (0.088 and 0.072 here; still
 0.049/0.043 at t = 1e8, where SGLD is too stiff to mix), so their comparison with the true
-lambda is marked xfail (non-strict) instead of loosening it; (1,1) against its finite-nbeta
-target is xfail too (it swung from +22% with the shared stream to +1.4% now).
+lambda is marked xfail (strict: it fails by the bias, so passing would mean the sampler
+changed) instead of loosening it; (1,1) against its finite-nbeta target passes at the test's
+seed (+1.4%; it swung from +22% with the shared stream).
 
 The regular quadratic: 16 chains x (600 + 6000) steps at eps = 2e-5, nbeta = 1000 (seeds
 0-2: 3.055, 3.047, 3.054; 32 x (2000 + 20000): 3.04-3.05, the small excess being SGLD's
@@ -125,18 +126,13 @@ def _potential_run(powers: tuple[int, int]) -> LLCResult:
     )
 
 
-@pytest.mark.parametrize(
-    "powers",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(reason="(1,1): slow mixing, ~20% swings by seed"))
-        if p == (1, 1)
-        else p
-        for p in POTENTIALS
-    ],
-)
+@pytest.mark.parametrize("powers", POTENTIALS)
 def test_potential_matches_finite_temperature_target(powers: tuple[int, int]) -> None:
     """The sampler reproduces the exact tempered posterior mean E[nbeta K] within the spec's
-    potential tolerance (10% or 0.05 absolute)."""
+    potential tolerance (10% or 0.05 absolute). (1,1) mixes slowly: its error depends on the
+    random stream (with ``seed`` 0-3 in ``_potential_run``: +0.5%, +1.4%, +7.0%, +33%); the test's
+    seed 1 is deterministic, so this checks that the sampler has not changed, not that every
+    seed would pass."""
     res = _potential_run(powers)
     target = normal_crossing_tempered_mean(powers, POT_NBETA, POT_GAMMA)
     assert abs(res.llc_mean - target) <= max(0.1 * target, 0.05), (res.llc_mean, target)
@@ -148,7 +144,8 @@ def test_potential_matches_finite_temperature_target(powers: tuple[int, int]) ->
         pytest.param(
             p,
             marks=pytest.mark.xfail(
-                reason="multiplicity 2: finite-nbeta target is (m-1)/log t below lambda"
+                reason="multiplicity 2: finite-nbeta target is (m-1)/log t below lambda",
+                strict=True, raises=AssertionError,  # a crash or a changed bias must show
             ),
         )
         if normal_crossing_multiplicity(p) > 1

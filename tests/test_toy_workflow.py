@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cf_units
 import numpy as np
 import pytest
 import yaml
@@ -73,7 +74,6 @@ def test_toy_cube_has_the_swept_dims_and_self_describing_variables(run):
 
 
 def test_every_unit_of_the_toy_cube_parses_in_udunits(run):
-    cf_units = pytest.importorskip("cf_units")
     cube = critperiods.open_cube(run / RESULTS / "toy_cube.nc")
     for name in cube.data_vars:
         cf_units.Unit(cube[name].attrs["units"])  # raises ValueError if UDUNITS cannot parse it

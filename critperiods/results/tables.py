@@ -106,14 +106,22 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
     """One row per (batch size, schedule): the statistics, each interval split into
     ``_lower``/``_upper``, the schedule's exponents repeated on every row (so the CSV is
     self-contained), the seeds the deficit rests on (``permanent_deficit_seeds``) and the runs
-    left out as diverged (``diverged_runs``)."""
+    left out as diverged (``diverged_runs``).
+
+    ``critical_period_end_located`` says whether the end is located (the permanent deficit's
+    interval lies above 0, :func:`end_located`). The hinge puts a kink even on a flat curve, so
+    ``critical_period_end`` and ``half_deficit_epoch`` of a row with ``False`` are not ends of a
+    critical period; they are kept, as in the cube, for inspection."""
     if "lr_schedule" not in summary.dims:
         summary = summary.expand_dims(lr_schedule=["continue"])
     rows = []
     for b in summary["batch_size"].values:
         for r in summary["lr_schedule"].values:
             cell = summary.sel(batch_size=b, lr_schedule=r)
-            row: dict[str, object] = {"batch_size": b, "lr_schedule": str(r)}
+            row: dict[str, object] = {
+                "batch_size": b, "lr_schedule": str(r),
+                "critical_period_end_located": end_located(
+                    float(cell["permanent_deficit_interval"].sel(bound="lower")))}
             for name in SUMMARY_STATISTICS:
                 row[name] = float(cell[name])
                 if name in INTERVAL_STATISTICS:
@@ -156,7 +164,7 @@ def format_table(summary: xr.Dataset) -> str:
     the intervals are, and why any value is NaN. A cell whose permanent deficit's interval
     reaches zero shows no end and no half-deficit epoch ("-", "no deficit")."""
     table = summary_table(summary)
-    located = [end_located(lo) for lo in table["permanent_deficit_lower"]]  # the CSV keeps all
+    located = table["critical_period_end_located"]
     columns = {
         "batch": table["batch_size"].map(lambda v: f"{v:g}"),
         "lr": table["lr_schedule"],

@@ -62,20 +62,32 @@ def unavailable_reason() -> str | None:
     return None
 
 
+class PackagesUnavailable(RuntimeError):
+    """The Debian packages of the local SLURM are missing and ``apt-get`` could not install
+    them (no registry reachable, a broken mirror)."""
+
+
 def ensure_packages(log: Path) -> float:
-    """``apt-get install`` whatever of :data:`PACKAGES` is missing; return seconds spent."""
+    """``apt-get install`` whatever of :data:`PACKAGES` is missing; return seconds spent.
+    Raises :class:`PackagesUnavailable` where that fails."""
     missing = [p for p, b in BINARIES.items() if _which(b) is None]
     if not missing:
         return 0.0
     t0 = time.monotonic()
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     with open(log, "a") as out:
-        subprocess.run(["apt-get", "update", "-q"], check=True, stdout=out, stderr=out, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-q", *PACKAGES],
-                       check=True, stdout=out, stderr=out, env=env)
+        try:
+            subprocess.run(["apt-get", "update", "-q"], check=True, stdout=out, stderr=out,
+                           env=env)
+            subprocess.run(["apt-get", "install", "-y", "-q", *PACKAGES],
+                           check=True, stdout=out, stderr=out, env=env)
+        except subprocess.CalledProcessError as err:
+            raise PackagesUnavailable(
+                f"installing {missing} failed ({' '.join(err.cmd[:2])} exited "
+                f"{err.returncode}); see {log}") from err
     still = [p for p, b in BINARIES.items() if _which(b) is None]
     if still:
-        raise RuntimeError(f"apt-get install did not provide {still}; see {log}")
+        raise PackagesUnavailable(f"apt-get install did not provide {still}; see {log}")
     return time.monotonic() - t0
 
 
