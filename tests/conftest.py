@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -26,6 +32,62 @@ def synthetic_data(n_train: int = 192, n_test: int = 64, channels: int = 1, size
     scaled = train.sharp.float() / 255
     return PreparedData(train, split(n_test), scaled.mean((0, 2, 3)), scaled.std((0, 2, 3)), 10,
                         {"dataset": "synthetic"})
+
+
+FAKE_FASHION_MNIST_SIZES = {"train": 10_000, "test": 2_000}  # above every test's subset
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes(), mtime=0))
+
+
+def write_fake_fashion_mnist(folder: Path) -> Path:
+    """A learnable stand-in for Fashion-MNIST's four IDX files in ``folder``: 28×28 images of
+    10 classes, each a class template plus noise, the same bytes every time."""
+    from critperiods.train.dataset_files import IDX_FILES
+
+    rng = np.random.default_rng(0)
+    templates = rng.random((10, 28, 28))
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in FAKE_FASHION_MNIST_SIZES.items():
+        labels = rng.integers(0, 10, n)
+        images = np.round((0.6 * templates[labels] + 0.4 * rng.random((n, 28, 28))) * 255)
+        _write_idx(folder / IDX_FILES[(split, "images")], images)
+        _write_idx(folder / IDX_FILES[(split, "labels")], labels)
+    return folder
+
+
+_fake_folder: list[Path] = []  # made once per session, where it is needed
+
+
+def fake_fashion_mnist_if_needed() -> Path | None:
+    """None where Debian's ``dataset-fashion-mnist`` is installed (the workflows the tests
+    run find it), else a folder of fake files (:func:`write_fake_fashion_mnist`, made once
+    per session), so that no test downloads the real data: no test needs the network."""
+    from critperiods.train.dataset_files import SYSTEM_FASHION_MNIST, find_idx_folder
+
+    if find_idx_folder([SYSTEM_FASHION_MNIST]) is not None:
+        return None
+    if not _fake_folder:
+        _fake_folder.append(write_fake_fashion_mnist(
+            Path(tempfile.mkdtemp(prefix="critperiods-fake-fashion-mnist-"))))
+    return _fake_folder[0]
+
+
+def provide_fashion_mnist(root: Path) -> None:
+    """Copy the fake files into ``root`` (a test's own folder: never the repository's
+    ``data/``, where a real run would read them) where :func:`fake_fashion_mnist_if_needed`
+    makes them."""
+    from critperiods.train.dataset_files import IDX_FILES, find_idx_folder
+
+    fake = fake_fashion_mnist_if_needed()
+    if fake is None or find_idx_folder([root]) is not None:
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    for name in IDX_FILES.values():
+        shutil.copyfile(fake / name, root / name)
 
 
 @pytest.fixture(scope="session", autouse=True)

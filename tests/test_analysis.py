@@ -664,7 +664,7 @@ def test_tables(tmp_path: Path) -> None:
     np.testing.assert_allclose(back["critical_period_end"], table["critical_period_end"])
     # the CSV says which ends are located: the restart rows of this cube have no deficit,
     # yet their hinge still puts a kink somewhere
-    located = dict(zip(zip(back["batch_size"], back["lr_schedule"]),
+    located = dict(zip(zip(back["batch_size"], back["lr_schedule"], strict=True),
                        back["critical_period_end_located"], strict=True))
     lower = summary["permanent_deficit_interval"].sel(bound="lower")
     for (b, r), ok in located.items():

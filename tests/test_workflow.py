@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 import critperiods
+from tests.conftest import provide_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests/configs/tiny.yaml"
@@ -28,6 +29,7 @@ def snakemake(workdir: Path, *args: str, configs: list[Path] = (), repo: Path = 
     config.yaml and (``tiny``) tests/configs/tiny.yaml; return its output, failing loudly on
     error."""
     base = [ROOT / "config.yaml", *([TINY] if tiny else [])]
+    provide_fashion_mnist(workdir / "data")  # dataset.root of config.yaml and tiny.yaml
     cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(workdir),
            "--configfile", *map(str, base), *map(str, configs), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)

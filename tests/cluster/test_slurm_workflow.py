@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import fake_fashion_mnist_if_needed
+
 pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,7 +101,8 @@ def start_run(name: str, tmp: Path, profile: Path, env: dict) -> Run:
     run.workdir.mkdir(parents=True)
     config = yaml.safe_load(TINY.read_text())
     config["results_dir"] = str(run.results)
-    config["dataset"]["root"] = str(REPO / "data")
+    # Debian's package where installed, else fake files: never a download
+    config["dataset"]["root"] = str(fake_fashion_mnist_if_needed() or REPO / "data")
     configfile = tmp / name / "config.yaml"
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
     run.log = tmp / name / "snakemake.log"
