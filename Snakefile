@@ -4,7 +4,7 @@ import os
 
 from snakemake.utils import min_version, validate
 
-from critperiods.pipeline.config_file import check_against_schema
+from critperiods.pipeline.config_file import check_against_schema, exit_on_config_error
 from critperiods.pipeline.plan import check_moved_keys
 
 min_version("9.0")
@@ -13,12 +13,13 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
-check_moved_keys(config)  # a key that moved: say where (the schema would only say "unknown")
-check_against_schema(  # one line naming the key and its file, not the whole schema
-    config,
-    os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"),
-    [os.path.join(workflow.basedir, "config.yaml"), *workflow.overwrite_configfiles],
-)
+# A bad config ends the run here with one line naming the key, the reason and its file.
+CONFIG_FILES = [os.path.join(workflow.basedir, "config.yaml"), *workflow.overwrite_configfiles]
+with exit_on_config_error(CONFIG_FILES):
+    check_moved_keys(config)  # a key that moved: say where (the schema would say "unknown")
+    check_against_schema(  # the key and its file, not the whole schema
+        config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"),
+        CONFIG_FILES)
 validate(config, "workflow/schemas/config.schema.yaml")  # fills in the defaults
 
 

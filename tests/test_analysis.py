@@ -11,7 +11,12 @@ import pytest
 import xarray as xr
 
 from critperiods.results import fits, selection, tables
-from critperiods.results.summary import INTERVAL_METHOD, critical_period_summary, located_end
+from critperiods.results.summary import (
+    INTERVAL_METHOD,
+    _marker_spread,
+    critical_period_summary,
+    located_end,
+)
 
 SWITCHES = np.arange(0.0, 61.0, 5.0)
 TRUE_KINK, LEVEL, SLOPE, NOISE = 25.0, 0.88, -0.003, 0.005
@@ -108,6 +113,10 @@ def test_jackknife_interval_is_t_times_the_jackknife_standard_error() -> None:
     assert all(np.isnan(fits.jackknife_interval(np.nan, np.array([1.0, 2.0]))))
     # leaving a seed out makes the statistic undefined: the data do not bound it
     assert fits.jackknife_interval(1.0, np.array([1.0, np.nan])) == (-np.inf, np.inf)
+    # another level: t(0.75, 2) = 0.816497
+    lower, upper = fits.jackknife_interval(10.0, np.array([1.0, 2.0, 3.0]), level=0.5)
+    half = 0.816497 * np.sqrt(2 / 3 * 2)
+    assert (lower, upper) == pytest.approx((10 - half, 10 + half), abs=1e-5)
 
 
 def test_kinks_without_each_seed_are_refits_on_the_other_seeds() -> None:
@@ -551,6 +560,33 @@ def test_restart_verdict_says_whether_the_deficit_survives() -> None:
     summary = critical_period_summary(with_schedules(cube))
     assert all(v.startswith("survives") for v in tables.restart_verdicts(summary).values())
     assert tables.restart_verdicts(critical_period_summary(cube)) == {}
+
+
+def test_half_deficit_epoch_is_half_of_the_latest_switchs_deficit_not_of_the_largest() -> None:
+    """Deficits 0, 0.2, 0.1, 0.1: half of the final 0.1 is first reached at 2.5 (half of the
+    largest, 0.2, would be at 5)."""
+    switches = np.array([0.0, 10.0, 20.0, 30.0])
+    assert fits.half_deficit_epoch(switches, np.array([1.0, 0.8, 0.9, 0.9])) == pytest.approx(2.5)
+
+
+def test_the_end_interval_stays_within_the_switches_that_have_runs() -> None:
+    """Flat until the last switch with runs (40; 45-60 have none): the end is 40, and the
+    interval, widened to ± half the spacing, is clipped at 40, not at the grid's 60."""
+    acc = np.tile(hinge(SWITCHES, 60.0)[:, None], (1, 3))
+    acc[SWITCHES > 40] = np.nan
+    kink, lower, upper, _ = fits.hinge_end(SWITCHES, acc)
+    assert (kink, lower, upper) == (40.0, 37.5, 40.0)
+
+
+def test_the_lambda_markers_without_each_seed_take_out_the_seeds_offsets_around_holes() -> None:
+    """Three seeds of one curve (slope 1 until epoch 10, then 0) at offsets 0, 100, 200, the
+    highest without its first four epochs: a plain mean would jump where it enters; the
+    seed-adjusted mean keeps the break at 10 whichever seed is left out."""
+    epochs = np.arange(0.0, 21.0)
+    curve = np.minimum(epochs, 10.0)
+    values = curve[:, None] + np.array([0.0, 100.0, 200.0])
+    values[:4, 2] = np.nan
+    assert list(fits.change_epochs_without_each_seed(epochs, values, smooth=0)) == [10.0] * 3
 
 
 def test_permanent_deficit_pairs_runs_by_seed() -> None:
@@ -1026,3 +1062,73 @@ def test_the_interval_coverage_bench_runs_and_puts_the_jackknife_nearer_its_leve
     got = bench.coverage(study, n_seeds=3, trials=40)
     assert got["jack cover"] > got["boot cover"]
     assert got["jack cover"] >= 0.8
+
+
+def test_the_summary_reads_every_seed_and_its_level() -> None:
+    """The half-deficit epoch is that of the seed-adjusted mean curve (seed 0 alone ends at
+    10, the others at 40); ``level`` reaches the deficit's Student-t interval (its half-width
+    scales by t(0.75, 2) / t(0.95, 2))."""
+    cube = synthetic_cube(with_llc=False, with_div=False)
+    acc = np.stack([np.stack([hinge(SWITCHES, k) for k in (10.0, 40.0, 40.0)], axis=1)
+                    - 0.001 * np.arange(3) * (SWITCHES[:, None] > 50)  # deficits differ
+                    for _ in BATCHES])
+    cube["final_test_accuracy"].values[:] = acc
+    wide = critical_period_summary(cube, level=0.9)
+    narrow = critical_period_summary(cube, level=0.5)
+    wide, narrow = wide.isel(batch_size=0).squeeze(), narrow.isel(batch_size=0).squeeze()
+    want = fits.half_deficit_epoch(SWITCHES, fits.seed_adjusted_mean(acc[0]))
+    assert float(wide["half_deficit_epoch"]) == pytest.approx(want)
+    assert want != pytest.approx(fits.half_deficit_epoch(SWITCHES, acc[0][:, 0]))
+    lo, hi = wide["permanent_deficit_interval"].values
+    n_lo, n_hi = narrow["permanent_deficit_interval"].values
+    assert (n_hi - n_lo) / (hi - lo) == pytest.approx(0.816497 / 2.919986, rel=1e-5)
+
+
+def test_the_divergence_marker_is_each_schedules_own() -> None:
+    """Restart's distance stays at its early level until switch 40 (half at 50), continue's
+    falls from switch 20 (half at 30): each schedule's marker reads its own runs."""
+    cube = with_schedules(synthetic_cube(with_llc=False))
+    after = cube["epoch"] - cube["switch_epoch"]
+    level = xr.DataArray(np.interp(SWITCHES, [0, 40, 60], [10.0, 10.0, 0.0]),
+                         coords={"switch_epoch": SWITCHES})
+    restart = (level * (1 + 0.01 * after)).where(after > 0)
+    cube["div_l2"].loc[{"lr_schedule": "restart"}] = restart.broadcast_like(
+        cube["div_l2"].sel(lr_schedule="restart")).transpose(
+        *cube["div_l2"].sel(lr_schedule="restart").dims)
+    drop = critical_period_summary(cube)["divergence_drop_epoch"]
+    assert list(drop.sel(lr_schedule="continue").values) == pytest.approx([30.0] * 3)
+    assert list(drop.sel(lr_schedule="restart").values) == pytest.approx([50.0] * 3)
+
+
+def test_a_diverged_runs_distance_is_left_out_of_the_divergence_marker() -> None:
+    """A run at chance at switch 30 (where the distance crosses half) whose distance blew
+    up: the marker is the one of the other seeds."""
+    cube = synthetic_cube(with_llc=False)
+    where = {"batch_size": 64, "switch_epoch": 30.0, "seed": 1}
+    diverged = with_a_run_at_chance(cube, **where)
+    diverged["div_l2"].loc[{**where, "epoch": diverged.epoch > 30}] = 1e3
+    got = critical_period_summary(diverged)["divergence_drop_epoch"].sel(batch_size=64).squeeze()
+    assert float(got) == pytest.approx(
+        float(critical_period_summary(cube)["divergence_drop_epoch"].sel(batch_size=64).squeeze()))
+
+
+def test_a_restart_without_any_deficit_has_no_located_end() -> None:
+    """Every seed's restart ends exactly where it starts: the deficit's interval is [0, 0],
+    so no end is located (lower bound 0 is not above 0), though the hinge has a kink."""
+    summary = critical_period_summary(flat_restart(synthetic_cube(with_llc=False,
+                                                                  with_div=False)))
+    lower = summary["permanent_deficit_interval"].sel(lr_schedule="restart", bound="lower")
+    assert (lower == 0).all()
+    assert located_end(summary).sel(lr_schedule="restart").isnull().all()
+    assert located_end(summary).sel(lr_schedule="continue").notnull().all()
+
+
+def test_a_lambda_markers_range_holds_the_all_seed_value() -> None:
+    """An arg-max can put the marker with all seeds outside the markers without each seed:
+    the range spans it too."""
+    epochs = np.arange(0.0, 21.0)
+    curve = xr.DataArray(np.minimum(epochs, 10.0)[:, None] + np.arange(3.0),
+                         coords={"epoch": epochs, "seed": [0, 1, 2]}, dims=("epoch", "seed"))
+    assert _marker_spread(curve, 10.0)[:2] == (10.0, 10.0)
+    assert _marker_spread(curve, 16.0)[:2] == (10.0, 16.0)
+    assert _marker_spread(curve, 4.0)[:2] == (4.0, 10.0)

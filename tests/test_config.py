@@ -142,8 +142,10 @@ def test_snakemake_refuses_bad_config_before_planning(tmp_path):
     )
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
-    assert "grid.switch_epochs: [5]" in out
+    assert "critperiods: config error: grid.switch_epochs: [5]" in out
+    assert f"(set in {bad})" in out  # keys that disagree name the file too
     assert "Job stats" not in out
+    assert 'File "' not in out and "Traceback" not in out  # one line, no frames
     bad.write_text("grid:\n  batch_size: [64]\n")  # a typo: the key, its file, no schema dump
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad)],
@@ -300,3 +302,15 @@ def test_the_schema_check_names_the_last_file_that_sets_a_key(tmp_path):
                              [ROOT / "config.yaml", first, second])
     check_against_schema(yaml.safe_load((ROOT / "config.yaml").read_text()),
                          ROOT / "workflow/schemas/config.schema.yaml")
+
+
+@pytest.mark.parametrize(("message", "key"), [
+    ("grid.batch_sizes[0]: must be positive", ["grid", "batch_sizes", 0]),
+    ("dataset.blur_size: 64 is not smaller", ["dataset", "blur_size"]),
+    ("trunk_stride: 0", ["trunk_stride"]),
+    ("/tmp/x.yaml: no such config file", None),
+])
+def test_a_config_errors_key_is_read_from_its_message(message, key):
+    from critperiods.pipeline.config_file import _key_of
+
+    assert _key_of(message) == key

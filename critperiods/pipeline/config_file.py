@@ -9,8 +9,11 @@ nothing.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Sequence
+import re
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import yaml
@@ -19,7 +22,7 @@ from jsonschema.exceptions import best_match
 
 from critperiods.pipeline.plan import ConfigError
 
-__all__ = ["check_against_schema", "read_config_file"]
+__all__ = ["check_against_schema", "exit_on_config_error", "read_config_file"]
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -85,3 +88,30 @@ def check_against_schema(config: dict, schema: str | Path,
         reason = error.message
     where = _file_setting(key, files)
     raise ConfigError(f"{_dotted(key)}: {reason}" + (f" (set in {where})" if where else ""))
+
+
+def _key_of(message: str) -> list[object] | None:
+    """The dotted key a :class:`ConfigError` message starts with, as path parts
+    (``grid.batch_sizes[0]`` → ``["grid", "batch_sizes", 0]``), or None."""
+    match = re.match(r"([A-Za-z_][\w.]*(?:\[\d+\])*): ", message)
+    if match is None:
+        return None
+    parts: list[object] = []
+    for name, index in re.findall(r"([A-Za-z_]\w*)|\[(\d+)\]", match.group(1)):
+        parts.append(name if name else int(index))
+    return parts
+
+
+@contextlib.contextmanager
+def exit_on_config_error(files: Sequence[str | Path] = ()) -> Iterator[None]:
+    """For the Snakefile: a :class:`ConfigError` raised inside ends Snakemake with its message
+    on one line (``critperiods: config error: <key>: <reason> (set in <file>)``) and exit
+    status 1, without a traceback, where Snakemake would print its frames. The file of
+    ``files`` that sets the key is added where the message does not name one."""
+    try:
+        yield
+    except ConfigError as err:
+        message = str(err)
+        key = _key_of(message)
+        where = _file_setting(key, files) if key and "(set in " not in message else None
+        sys.exit(f"critperiods: config error: {message}" + (f" (set in {where})" if where else ""))

@@ -5,13 +5,15 @@ import os
 import yaml
 
 from critperiods.pipeline import layout, plan
+from critperiods.pipeline.config_file import exit_on_config_error
 from critperiods.train.dataset_files import raw_identity
 from critperiods.pipeline.fingerprint import Fingerprints
 from critperiods.results.report_page import FIGURES
 
 with open(os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")) as f:
     SCHEMA = yaml.safe_load(f)
-plan.check_config(config, SCHEMA)
+with exit_on_config_error(CONFIG_FILES):  # keys that disagree: one line, naming the file
+    plan.check_config(config, SCHEMA)
 _ordered = plan.in_schema_order(dict(config), SCHEMA)  # params print the same
 config.clear()
 config.update(_ordered)
