@@ -178,6 +178,44 @@ def test_a_blur_as_large_as_the_image_is_refused(name, size):
     checked(config)
 
 
+def test_a_first_lambda_epoch_after_every_checkpoint_is_refused():
+    config = load_default()
+    config["llc"]["first_epoch"] = 100
+    with pytest.raises(ConfigError, match=r"llc\.first_epoch: 100 .* selects no checkpoint"):
+        checked(config)
+    config["llc"]["enabled"] = False  # nothing to estimate: nothing to refuse
+    checked(config)
+    config["llc"].update(enabled=True, first_epoch=20)  # the branches' last checkpoints
+    checked(config)
+
+
+def test_data_that_would_be_downloaded_are_named_before_the_run(tmp_path):
+    """A dry run says which key to set and where it looked, once, before any job; data
+    already prepared, or on disk, need no line."""
+    from critperiods.pipeline.plan import data_download_note
+
+    config = {"dataset": {"name": "mnist", "root": str(tmp_path / "nowhere")}}
+    prepared = {split: str(tmp_path / f"{split}.pt") for split in ("train", "test")}
+    note = data_download_note(config, prepared)
+    assert note.startswith(f"dataset.root: mnist (train, test) is not in {tmp_path}/nowhere, ")
+    assert "download" in note
+    (tmp_path / "train.pt").touch()
+    assert "mnist (test)" in data_download_note(config, prepared)
+    (tmp_path / "test.pt").touch()
+    assert data_download_note(config, prepared) is None
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-d", str(tmp_path / "w"), "--configfile",
+         str(ROOT / "config.yaml"), str(_write(tmp_path / "dl.yaml", config))],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (out.stdout + out.stderr).count("dataset.root: mnist (train, test) is not in") == 1
+
+
+def _write(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def test_the_moved_lr_after_switch_key_names_grid_lr_schedules():
     from critperiods.pipeline.plan import check_moved_keys
 

@@ -80,6 +80,12 @@ def check_config(config: dict, schema: dict) -> None:
                           f"{grid['switch_epochs']}, so there is no such branch to estimate on")
     check_perturbation(config)
     kept = set(checkpoint_epochs(config))
+    llc = config.get("llc", {})
+    if llc.get("enabled") and llc.get("epochs") is None and not llc_epochs(config, kept):
+        raise ConfigError(
+            f"llc.first_epoch: {llc.get('first_epoch')} with llc.every={llc['every']} selects no "
+            f"checkpoint (they are kept at {sorted(kept)}), so no λ̂ would be estimated; lower "
+            "it, or set llc.enabled: false")
     for section, field in (("llc", "epochs"), ("divergence", "barrier_epochs")):
         missing = sorted(set(config.get(section, {}).get(field) or ()) - kept)
         if missing:
@@ -406,3 +412,25 @@ def check_perturbation(config: dict) -> None:
             raise ConfigError(f"perturbation.epsilons: {fractional} with kind batch_order; "
                               "there an epsilon counts the pairs of batches swapped, a whole "
                               "number")
+
+
+def data_download_note(config: dict, prepared: dict[str, str]) -> str | None:
+    """One line for the user where a split's raw files are not on disk and its prepared file
+    (``prepared[split]``) is not made yet, so ``prepare_data`` will download them with
+    torchvision: which key to set and which folders were searched. None otherwise."""
+    from pathlib import Path
+
+    from critperiods.train.dataset_files import CIFAR10_FOLDER, idx_candidates, raw_files
+
+    ds = config["dataset"]
+    missing = [split for split, path in prepared.items()
+               if not Path(path).exists() and raw_files(ds["name"], ds["root"], split) is None]
+    if not missing:
+        return None
+    root = Path(ds["root"])
+    searched = ([root / CIFAR10_FOLDER] if ds["name"] == "cifar10"
+                else idx_candidates(ds["name"], root))
+    return (f"dataset.root: {ds['name']} ({', '.join(missing)}) is not in "
+            f"{', '.join(map(str, searched))}; prepare_data will download it with torchvision, "
+            "which needs the network. If the files are elsewhere, set dataset.root to their "
+            "folder.")

@@ -1,6 +1,7 @@
 # Paths and input functions shared by all rules. The logic behind them lives in
 # critperiods.pipeline.plan so that tests and the DAG agree.
 import os
+import sys
 
 import yaml
 
@@ -22,6 +23,8 @@ RESULTS = f"{config['results_dir']}/{config['experiment']}"
 DATA = f"{RESULTS}/data/{{split}}.pt"  # one file per split: training never reads the test set
 TRAIN_DATA = DATA.format(split="train")
 TEST_DATA = DATA.format(split="test")
+if note := plan.data_download_note(config, {"train": TRAIN_DATA, "test": TEST_DATA}):
+    print(note, file=sys.stderr)  # before the run, not as a traceback in a job's log
 # Results of a seed group (critperiods.pipeline.layout: the one place that maps paths to
 # coordinates): {group} is seed<S> or seeds<S>_<S>_…, one job and one file per group.
 TRUNK = os.path.join(RESULTS, layout.TRUNK)
