@@ -9,12 +9,15 @@ and integers written as floats.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 # The schedules and where a run's branch is stored belong to the results' layout, which every
 # stage imports; they live there so that editing this module (config checks, the plan)
 # reruns no stage. Re-exported: the Snakefile and the cost model use them as plan.*.
 from critperiods.pipeline.layout import LR_SCHEDULES, piece_schedule  # noqa: F401
+from critperiods.train.dataset_files import CIFAR10_FOLDER, idx_candidates, raw_files
 
 
 class ConfigError(ValueError):
@@ -142,9 +145,6 @@ AUTO_SEEDS_PER_JOB = {"small_cnn": 16}
 def cuda_visible() -> bool:
     """Whether this machine shows an NVIDIA GPU to CUDA, without importing torch: a GPU in
     ``/proc/driver/nvidia/gpus`` and ``CUDA_VISIBLE_DEVICES`` not set to hide every GPU."""
-    import os
-    from pathlib import Path
-
     hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
     if hidden is not None and hidden.strip() in ("", "-1", "none", "NoDevFiles"):
         return False
@@ -418,10 +418,6 @@ def data_download_note(config: dict, prepared: dict[str, str]) -> str | None:
     """One line for the user where a split's raw files are not on disk and its prepared file
     (``prepared[split]``) is not made yet, so ``prepare_data`` will download them with
     torchvision: which key to set and which folders were searched. None otherwise."""
-    from pathlib import Path
-
-    from critperiods.train.dataset_files import CIFAR10_FOLDER, idx_candidates, raw_files
-
     ds = config["dataset"]
     missing = [split for split, path in prepared.items()
                if not Path(path).exists() and raw_files(ds["name"], ds["root"], split) is None]
