@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 sys.path.insert(0, str(ROOT))
 
-from critperiods.pipeline import plan  # noqa: E402
+from critperiods.pipeline import layout, plan  # noqa: E402
 from critperiods.train.data import PreparedData, blur, prepare  # noqa: E402
 from critperiods.train.stacked import StackedTrainer  # noqa: E402
 from critperiods.train.training import ALWAYS_BLURRED, TrainConfig, Trainer  # noqa: E402
@@ -277,13 +277,33 @@ def seeds_per_job(setup: tuple, repeats: int, steps: int, batch_size: int,
     return lines + [""]
 
 
-def planned_training_jobs(configfile: Path | None) -> dict[str, int]:
-    """Job counts of a dry run from scratch (in a throw-away results folder)."""
+def planned_training_jobs(configfile: Path | None) -> list[tuple[str, dict[str, str]]]:
+    """``(rule, wildcards)`` of every training job of a dry run from scratch (in a throw-away
+    results folder)."""
     cmd = [sys.executable, "-m", "snakemake", "-n", "--config", "results_dir=/tmp/cp-bench-none"]
     if configfile:
         cmd += ["--configfile", str(configfile)]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", out, re.M)}
+    jobs = []
+    for rule, body in re.findall(r"^rule (train_trunk|train_branch):\n((?:    .*\n)+)", out, re.M):
+        found = re.search(r"^    wildcards: (.*)$", body, re.M)
+        jobs.append((rule, dict(w.split("=", 1) for w in found.group(1).split(", "))))
+    return jobs
+
+
+def dag_epochs(config: dict, jobs: list[tuple[str, dict[str, str]]]) -> int:
+    """Epochs of SGD, per seed, that the planned training jobs run: a trunk segment
+    ``trunk_stride`` epochs (the first, e0, none), a branch from its switch to its end
+    (``plan.branch_end``), each times the seeds of its group."""
+    total = 0
+    for rule, w in jobs:
+        seeds = len(layout.group_seeds(w["group"]))
+        if rule == "train_trunk":
+            total += (config["trunk_stride"] if int(w["epoch"]) > 0 else 0) * seeds
+        else:
+            k = int(w["switch_epoch"])
+            total += (plan.branch_end(config, k) - k) * seeds
+    return total
 
 
 def sharing(configfile: Path | None) -> list[str]:
@@ -296,12 +316,9 @@ def sharing(configfile: Path | None) -> list[str]:
 
     validate(config, str(ROOT / "workflow/schemas/config.schema.yaml"))
     shared, scratch = plan.epochs_trained(config, True), plan.epochs_trained(config, False)
-    jobs = planned_training_jobs(configfile)
-    trunks = len(config["grid"]["batch_sizes"]) * len(config["grid"]["seeds"])
-    stride = config["trunk_stride"]
-    # every trunk job but e0 trains `stride` epochs; every branch `epochs_after_switch`
-    from_dag = ((jobs.get("train_trunk", 0) - trunks) * stride
-                + jobs.get("train_branch", 0) * config["epochs_after_switch"])
+    planned = planned_training_jobs(configfile)
+    from_dag = dag_epochs(config, planned)
+    jobs = {rule: sum(r == rule for r, _ in planned) for rule in ("train_trunk", "train_branch")}
     return [f"| {config['experiment']} | {shared} | {from_dag} | {scratch} | "
             f"{scratch / shared:.2f}× | {jobs.get('train_trunk', 0)} + "
             f"{jobs.get('train_branch', 0)} |"]

@@ -443,3 +443,16 @@ def test_the_readmes_cube_example_runs_on_a_real_cube(run):
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
     assert namespace["acc"].dims and "critical_period_end" in namespace["cube"]
+
+
+@pytest.mark.parametrize("configfile", [None, "configs/cifar10_achille.yaml"])
+def test_the_dag_trains_the_epochs_the_plan_counts(configfile):
+    """The cost model's epochs with trunk sharing (``plan.epochs_trained``) are the ones the
+    jobs of a dry run train, seed groups and the never-blurred branch's longer run
+    included (``bench/bench_training.py`` reports both)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_training
+
+    row = bench_training.sharing(ROOT / configfile if configfile else None)[0]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == cells[2], row
