@@ -32,12 +32,16 @@ def _load_config(paths: list[str]) -> dict:
     a bad file or key exits with one line that names it."""
     from snakemake.utils import update_config, validate
 
-    from critperiods.pipeline.config_file import check_against_schema, read_config_file
-    from critperiods.pipeline.plan import ConfigError, check_config, check_moved_keys
+    from critperiods.pipeline.config_file import (
+        check_against_schema,
+        exit_on_config_error,
+        read_config_file,
+    )
+    from critperiods.pipeline.plan import check_config, check_moved_keys
 
     files = [ROOT / "config.yaml", *map(Path, paths)]
     schema = ROOT / "workflow/schemas/config.schema.yaml"
-    try:
+    with exit_on_config_error(files):  # the same one line as the Snakefile's
         config = read_config_file(files[0])
         for path in files[1:]:
             update_config(config, read_config_file(path))
@@ -45,8 +49,6 @@ def _load_config(paths: list[str]) -> dict:
         check_against_schema(config, schema, files)
         validate(config, str(schema))
         check_config(config, yaml.safe_load(schema.read_text()))
-    except ConfigError as err:
-        raise SystemExit(f"critperiods: config: {err}") from None
     return config
 
 
@@ -211,10 +213,12 @@ def cost(args: argparse.Namespace) -> int:
     from critperiods.pipeline.cost import describe, grid_cost
     from critperiods.pipeline.plan import epochs_trained
 
-    config = _load_config([*args.configfile, *args.configfiles])
+    paths = [*args.configfile, *args.configfiles]
+    config = _load_config(paths)
     shared, scratch = epochs_trained(config, True), epochs_trained(config, False)
-    print(f"{config['experiment']}: {shared} epochs with trunk sharing, {scratch} training "
-          f"every run from scratch ({_times(scratch, shared)})")
+    print(f"{config['experiment']} ({' + '.join(['config.yaml', *paths])}): {shared} epochs "
+          f"with trunk sharing, {scratch} training every run from scratch "
+          f"({_times(scratch, shared)})")
     found = {device: grid_cost(config, device) for device in ("cpu", "cuda")}
     cpu = found["cpu"]
     if cpu.perturbation_epochs:
