@@ -38,6 +38,7 @@ def _load_config(paths: list[str]) -> dict:
         read_config_file,
     )
     from critperiods.pipeline.plan import check_config, check_moved_keys
+    from critperiods.toy.plan import check_toy_config
 
     files = [ROOT / "config.yaml", *map(Path, paths)]
     schema = ROOT / "workflow/schemas/config.schema.yaml"
@@ -49,6 +50,7 @@ def _load_config(paths: list[str]) -> dict:
         check_against_schema(config, schema, files)
         validate(config, str(schema))
         check_config(config, yaml.safe_load(schema.read_text()))
+        check_toy_config(config["toy"])
     return config
 
 
@@ -215,8 +217,17 @@ def cost(args: argparse.Namespace) -> int:
 
     paths = [*args.configfile, *args.configfiles]
     config = _load_config(paths)
+    layered = " + ".join(["config.yaml", *paths])
+    if config["study"] == "toy_landscapes":  # the cost model is the critical_period study's
+        from critperiods.toy.plan import landscapes
+
+        print(f"{config['experiment']} ({layered}): the toy_landscapes study, "
+              f"{len(landscapes(config['toy']))} toy_landscape jobs, then toy_cube and "
+              "toy_plots; this cost model covers the critical_period study only "
+              "(docs/toy_landscapes.md gives a measured time)")
+        return 0
     shared, scratch = epochs_trained(config, True), epochs_trained(config, False)
-    print(f"{config['experiment']} ({' + '.join(['config.yaml', *paths])}): {shared} epochs "
+    print(f"{config['experiment']} ({layered}): {shared} epochs "
           f"with trunk sharing, {scratch} training every run from scratch "
           f"({_times(scratch, shared)})")
     found = {device: grid_cost(config, device) for device in ("cpu", "cuda")}

@@ -353,3 +353,22 @@ def test_a_config_errors_key_is_read_from_its_message(message, key):
     from critperiods.pipeline.config_file import _key_of
 
     assert _key_of(message) == key
+
+
+def test_cost_of_the_toy_study_counts_its_jobs_and_refuses_its_bad_keys(tmp_path):
+    """The cost model is the critical_period study's: for the toy study, `cost` says so and
+    counts the toy jobs instead of pricing a sweep it will not run; a bad toy key is the
+    same one line as in the Snakefile."""
+    def cost(*paths: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "critperiods", "cost", *map(str, paths)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    out = cost(ROOT / "configs/toy_landscapes.yaml")
+    assert out.returncode == 0, out.stderr
+    assert "12 toy_landscape jobs" in out.stdout and "train_trunk" not in out.stdout
+    bad = _write(tmp_path / "toy.yaml", {"study": "toy_landscapes",
+                                         "toy": {"starts": {"far": 5.0}}})
+    out = cost(bad)
+    assert out.returncode == 1 and out.stderr.strip() == (
+        "critperiods: config error: toy.starts.far: 5.0 lies outside the prior box [-1.0, 1.0] "
+        f"(toy.starts.prior_half_width) (set in {bad})")

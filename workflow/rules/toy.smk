@@ -3,7 +3,8 @@
 from critperiods.toy import plan as toy_plan
 
 TOY = config["toy"]
-toy_plan.check_toy_config(TOY)
+with exit_on_config_error(CONFIG_FILES):  # one line naming the key and its file
+    toy_plan.check_toy_config(TOY)
 TOY_PIECE = os.path.join(RESULTS, "landscapes", "{landscape}.nc")
 TOY_CUBE = f"{RESULTS}/toy_cube.nc"
 TOY_SUMMARY = f"{RESULTS}/toy_summary.csv"
