@@ -372,3 +372,16 @@ def test_cost_of_the_toy_study_counts_its_jobs_and_refuses_its_bad_keys(tmp_path
     assert out.returncode == 1 and out.stderr.strip() == (
         "critperiods: config error: toy.starts.far: 5.0 lies outside the prior box [-1.0, 1.0] "
         f"(toy.starts.prior_half_width) (set in {bad})")
+
+
+def test_more_batch_swaps_than_an_epoch_has_pairs_are_refused():
+    """batch_order swaps disjoint pairs of full batches: at batch 256, 10,000 images give 39
+    full batches, so 19 pairs at most; found when the config is read, not after a replay."""
+    config = load_default()
+    config["dataset"]["train_subset"] = 10000
+    config["perturbation"] = {"enabled": True, "kind": "batch_order", "epsilons": [0, 19]}
+    checked(config)
+    config["perturbation"]["epsilons"] = [0, 20]
+    with pytest.raises(ConfigError, match=r"perturbation\.epsilons: \[20\] .* batch size 256 "
+                                          r"has 39 full batches, so at most 19"):
+        checked(config)

@@ -44,8 +44,6 @@ JOB_OVERHEAD_S = {"cpu": 2.5, "cuda": 2.0}
 #: Parallel jobs on the reference machine: the 2-core VM runs one job per core.
 PARALLEL_JOBS = {"cpu": 2, "cuda": 1}
 
-IMAGES = {"fashion_mnist": (60000, 28), "mnist": (60000, 28), "cifar10": (50000, 32)}
-
 
 @dataclass(frozen=True)
 class Cost:
@@ -64,9 +62,7 @@ class Cost:
 
 
 def _train_size(config: dict) -> tuple[int, int]:
-    total, size = IMAGES[config["dataset"]["name"]]
-    subset = config["dataset"].get("train_subset")
-    return (min(subset, total) if subset else total), size
+    return plan.train_images(config), plan.IMAGE_SIZE[config["dataset"]["name"]]
 
 
 def _groups(config: dict, device: str) -> int:

@@ -41,6 +41,15 @@ MOVED_KEYS = {
 
 #: Side length (pixels) of each dataset's images.
 IMAGE_SIZE = {"fashion_mnist": 28, "mnist": 28, "cifar10": 32}
+TRAIN_IMAGES = {"fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000}
+
+
+def train_images(config: dict) -> int:
+    """Images in the training split a run sees: ``dataset.train_subset``, at most the
+    dataset's size."""
+    total = TRAIN_IMAGES[config["dataset"]["name"]]
+    subset = config["dataset"].get("train_subset")
+    return min(subset, total) if subset else total
 
 
 def check_moved_keys(config: dict) -> None:
@@ -412,6 +421,13 @@ def check_perturbation(config: dict) -> None:
             raise ConfigError(f"perturbation.epsilons: {fractional} with kind batch_order; "
                               "there an epsilon counts the pairs of batches swapped, a whole "
                               "number")
+        largest = max(config["grid"]["batch_sizes"])
+        full = train_images(config) // largest  # full batches of an epoch at that size
+        too_many = [int(x) for x in pert["epsilons"] if 2 * int(x) > full]
+        if too_many:
+            raise ConfigError(f"perturbation.epsilons: {too_many} with kind batch_order; an "
+                              f"epoch at batch size {largest} has {full} full batches, so at "
+                              f"most {full // 2} disjoint pairs can be swapped")
 
 
 def data_download_note(config: dict, prepared: dict[str, str]) -> str | None:
