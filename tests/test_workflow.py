@@ -358,6 +358,17 @@ def perturbed(tiny_run, tmp_path_factory) -> tuple[Path, str]:
     return workdir, out
 
 
+def test_the_perturbation_numbers_tool_reads_a_short_run(perturbed):
+    """tools/perturbation_numbers.py (the numbers docs/perturbations.md quotes) on a run of
+    20 steps: the step windows shrink to the steps recorded."""
+    workdir, _ = perturbed
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/perturbation_numbers.py"),
+                           str(workdir / "results/tiny")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "steps 10-20" in proc.stdout and "steps 50-" not in proc.stdout
+
+
 def test_adding_perturbations_trains_only_twins_and_copies(perturbed):
     _, out = perturbed
     jobs = planned(out)

@@ -32,6 +32,8 @@ def windowed_slope(step_l2: np.ndarray, a: int, b: int) -> np.ndarray:
 def _spread(values: np.ndarray, fmt: str) -> str:
     """``median [min, max]`` of the finite ``values``."""
     v = values[np.isfinite(values)]
+    if v.size == 0:
+        return "n/a (no finite value)"
     return f"{np.median(v):{fmt}} [{v.min():{fmt}}, {v.max():{fmt}}]"
 
 
@@ -83,7 +85,9 @@ def main(results: Path) -> None:
     last = int(cube.step.max())
     for e in cube.perturb_epoch.values:
         at = np.take(step, [list(cube.perturb_epoch.values).index(e)], axis=axis)
-        windows = [(0, 10), (10, 50), (50, 100), (100, last)]
+        # the windows that fit the steps recorded (perturbation.steps may be short)
+        edges = [e for e in (0, 10, 50, 100) if e < last] + [last]
+        windows = list(zip(edges[:-1], edges[1:], strict=True))
         slopes = "; ".join(f"steps {a}-{b} {_spread(windowed_slope(at, a, b), '.3f')}"
                            for a, b in windows)
         print(f"nudge at epoch {e}, slope of ln L2 per step, median [min, max] over copies: "
@@ -93,8 +97,9 @@ def main(results: Path) -> None:
     for name, what in (("perturb_step_growth", "steps"), ("perturb_l2_growth", "epochs")):
         form, rate = cube[f"{name}_form"].values, cube[f"{name}_rate"].values
         power = rate[form == ALL_FORMS.index("power")]
-        print(f"power-law exponents over the {what} ({power.size} copies): median "
-              f"{np.median(power):.2g}, {power.min():.2g} to {power.max():.2g}")
+        print(f"power-law exponents over the {what} ({power.size} copies): "
+              + (f"median {np.median(power):.2g}, {power.min():.2g} to {power.max():.2g}"
+                 if power.size else "none"))
 
     lasting = cube.perturb_l2.sel(epoch=end).mean(["seed", "replicate", "epsilon"])
     first, latest = cube.perturb_epoch.values.min(), cube.perturb_epoch.values.max()
@@ -113,7 +118,8 @@ def main(results: Path) -> None:
                  if (int(b), int(k), int(s), int(e)) in norms]
     print(f"norm of the trainable weights: at initialisation {min(init, default=np.nan):.3g}"
           f"..{max(init, default=np.nan):.3g}; at the perturbation epochs "
-          f"{min(at_nudges):.3g}..{max(at_nudges):.3g} ({len(at_nudges)} of "
+          f"{min(at_nudges, default=np.nan):.3g}..{max(at_nudges, default=np.nan):.3g} "
+          f"({len(at_nudges)} of "
           f"{len(cube.batch_size) * len(runs) * len(cube.seed) * len(cube.perturb_epoch)} "
           "found among the twins' checkpoints)")
 
