@@ -1132,3 +1132,15 @@ def test_a_lambda_markers_range_holds_the_all_seed_value() -> None:
     assert _marker_spread(curve, 10.0)[:2] == (10.0, 10.0)
     assert _marker_spread(curve, 16.0)[:2] == (10.0, 16.0)
     assert _marker_spread(curve, 4.0)[:2] == (4.0, 10.0)
+
+
+def test_the_perturbation_growth_figure_names_each_runs_line_style() -> None:
+    """Solid is the never-blurred run (switch 0), not whichever run comes first; each blurred
+    run gets its own dash pattern, and the title names them all."""
+    from critperiods.results.plots import _run_styles, _run_styles_note
+
+    assert _run_styles_note(_run_styles(np.array([2]))) == "dashed: blurred until 2"
+    styles = _run_styles(np.array([16, 0, 8]))
+    assert styles[0][1] == "-" and len({str(s[1]) for s in styles.values()}) == 3
+    assert _run_styles_note(styles) == ("solid: never blurred, dashed: blurred until 8, "
+                                        "dotted: blurred until 16")

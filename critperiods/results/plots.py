@@ -417,9 +417,25 @@ def critical_period_vs_temperature(cube: xr.Dataset, path: str | Path, dpi: int 
 # -- Perturbations (critperiods.train.perturbation) -------------------------------------------
 
 
-def _run_style(k: int, runs: np.ndarray) -> dict:
-    """Solid for the never-blurred run, dashed for the others."""
-    return {"ls": "-" if k == runs.min() else "--"}
+#: Line styles of the blurred runs in the growth figure, where colour is the perturbation
+#: epoch: a name (for the panel's title) and a dash pattern each, in switch order.
+_BLURRED_STYLES = (("dashed", (0, (5, 2))), ("dotted", (0, (1, 1.5))),
+                   ("dash-dotted", (0, (5, 2, 1, 2))), ("long-dashed", (0, (10, 3))))
+
+
+def _run_styles(runs: np.ndarray) -> dict[int, tuple[str, object]]:
+    """``{switch epoch: (name, line style)}`` of the perturbed runs: solid for the
+    never-blurred run (switch 0), a dash pattern per blurred run in switch order."""
+    styles: dict[int, tuple[str, object]] = {0: ("solid", "-")} if 0 in runs else {}
+    for i, k in enumerate(sorted(int(k) for k in runs if k != 0)):
+        styles[k] = _BLURRED_STYLES[i % len(_BLURRED_STYLES)]
+    return styles
+
+
+def _run_styles_note(styles: dict[int, tuple[str, object]]) -> str:
+    """What each line style stands for, as a title says it."""
+    return ", ".join(f"{name}: never blurred" if k == 0 else f"{name}: blurred until {k}"
+                     for k, (name, _) in sorted(styles.items()))
 
 
 def perturbation(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
@@ -451,7 +467,7 @@ def perturbation(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                     ax.errorbar(y.perturb_epoch[ok], y[ok], yerr=np.clip(
                         [y.values[ok] - lo[ok], hi[ok] - y.values[ok]], 0, None),
                         marker="os^v"[m % 4], capsize=3, color=f"C{j}", label=label,
-                        **_run_style(k, runs))
+                        ls="-" if k == 0 else "--")
                 if k > 0:
                     ax.axvline(k, color=f"C{j}", ls=":", lw=1)
             end = _end_of(ends, b, r)
@@ -471,22 +487,24 @@ def perturbation(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         row[0].set_ylabel(f"‖θ_copy − θ_twin‖ at epoch {int(cube.epoch.max())}")
     grid[0][-1].legend(fontsize=7)
     n = cube.sizes["replicate"]
-    fig.suptitle(f"How far a nudge carries (mean over {_seeds_note(cube)} and {n} "
-                 f"replicate{'s' if n != 1 else ''}; bars: range of the seeds)", fontsize=10)
+    title = (f"How far a nudge carries (mean over {_seeds_note(cube)} and {n} "
+             f"replicate{'s' if n != 1 else ''}; bars: range of the seeds)")
+    fig.suptitle("\n".join(textwrap.wrap(title, 60 * nb)), fontsize=10)
     _save(fig, path, dpi)
 
 
 def perturbation_growth(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """Distance between copy and twin relative to epsilon (geometric mean over seeds and
     replicates, largest epsilon, first schedule): over the first steps (top) and over the
-    epochs since the perturbation (bottom); a colour per perturbation epoch, solid for the
-    never-blurred run, dashed for the blurred one."""
+    epochs since the perturbation (bottom); a colour per perturbation epoch, a line style per
+    run (:func:`_run_styles`: solid for the never-blurred run), named in each panel's title."""
     eps = float(cube.epsilon.max())
     r = _schedules(cube)[0]
     steps = _sel(cube.perturb_step_l2.sel(epsilon=eps), lr_schedule=r) / eps
     epochs = _sel(cube.perturb_l2.sel(epsilon=eps), lr_schedule=r) / eps
     runs = steps.switch_epoch.values[steps.notnull().any(
         [d for d in steps.dims if d != "switch_epoch"]).values]
+    styles = _run_styles(runs)
     nb = cube.sizes["batch_size"]
     fig, grid = plt.subplots(2, nb, figsize=(4.6 * nb, 6.4), squeeze=False)
     colors = plt.cm.viridis(np.linspace(0, 0.9, cube.sizes["perturb_epoch"]))
@@ -498,13 +516,13 @@ def perturbation_growth(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> N
                 s = np.exp(np.log(steps.sel(where)).mean(["seed", "replicate"]))
                 ok = np.isfinite(s.values)
                 grid[0][col].plot(s.step[ok], s[ok], color=color, label=label, lw=1,
-                                  **_run_style(k, runs))
+                                  ls=styles[int(k)][1])
                 t = np.exp(np.log(epochs.sel(where)).mean(["seed", "replicate"]))
                 ok = np.isfinite(t.values)
                 grid[1][col].plot(t.epoch[ok] - e, t[ok], color=color, marker=".", lw=1,
-                                  **_run_style(k, runs))
-        grid[0][col].set_title(f"batch {b} (solid: never blurred, dashed: blurred until "
-                               f"{runs.max()})", fontsize=8)
+                                  ls=styles[int(k)][1])
+        grid[0][col].set_title("\n".join(textwrap.wrap(
+            f"batch {b} ({_run_styles_note(styles)})", 60)), fontsize=8)
         grid[0][col].set_xlabel("optimizer steps since the perturbation")
         grid[1][col].set_xlabel("epochs since the perturbation")
         for ax in grid[:, col]:
