@@ -500,14 +500,25 @@ def section_training(device: torch.device, sizes: Sizes, budget: Budget, cache: 
             rows.append(f"| {model} | {batch} | not measured (time budget) |||||||||")
             continue
         s = setup_for(model, sizes.widths[model], sizes, device, cache)
-        loops: dict[str, object] = {
-            name: ProjectLoop(Trainer(s.cfg, s.data, batch, 0, device, fp), device)
-            for name, fp in paths(device, model).items()}
-        loops["bare eager fp32"] = BareLoop(s, batch, device)
-        if batch == sizes.dataloader_batch:
-            loops[f"DataLoader fp32 ({workers} workers)"] = LoaderLoop(s, batch, device, workers)
-        rates = interleaved(loops, sizes)
-        del loops
+        try:  # one failed row (a DataLoader worker, a capture) must not lose the others
+            loops: dict[str, object] = {
+                name: ProjectLoop(Trainer(s.cfg, s.data, batch, 0, device, fp), device)
+                for name, fp in paths(device, model).items()}
+            loops["bare eager fp32"] = BareLoop(s, batch, device)
+            if batch == sizes.dataloader_batch:
+                loops[f"DataLoader fp32 ({workers} workers)"] = LoaderLoop(s, batch, device,
+                                                                           workers)
+            rates = interleaved(loops, sizes)
+        except Exception as err:  # noqa: BLE001 - reported in the table and gpu.json
+            if not sizes.full:
+                raise  # the smoke run (make test) must fail loudly
+            rows.append(f"| {model} | {batch} | failed: {type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:200]} |||||||||")
+            raw[f"{model} b{batch}"] = {"error": traceback.format_exc()[-3000:]}
+            _free(device)
+            continue
+        finally:
+            loops = {}
         default = default_name(device, model)
         flops = step_flops(s, batch) / batch
         m = {k: med(v) for k, v in rates.items()}
@@ -632,12 +643,17 @@ def compiled_trainer(s: Setup, batch: int, device: torch.device) -> Trainer:
 
 def _captured(trainer: Trainer) -> str:
     """Whether every phase the trainer stepped ran from a CUDA graph ('yes', 'no' after a
-    failed capture, 'n/a' off CUDA)."""
+    failed capture, 'n/a' off CUDA), and whether ``torch.compile`` fell back to the eager
+    model (then the "compile" rate is the eager one's)."""
+    forward = getattr(trainer, "forward", None)
+    fallback = (" (torch.compile failed: eager model, see the warning)"
+                if getattr(forward, "checked", False) and forward.forward is forward.model
+                else "")
     graphs = trainer.graphs
     if graphs is None or not graphs.capture:
-        return "n/a"
-    return "yes" if graphs.graphs and all(g is not None for g in graphs.graphs.values()) \
-        else "no (capture failed: eager steps)"
+        return "n/a" + fallback
+    return ("yes" if graphs.graphs and all(g is not None for g in graphs.graphs.values())
+            else "no (capture failed: eager steps)") + fallback
 
 
 def _concurrent_worker(rank: int, model: str, width: int, batch: int, sizes: Sizes,
@@ -684,8 +700,17 @@ def concurrent_rates(model: str, width: int, batch: int, processes: int, sizes: 
         for rank in range(processes)]
     for proc in procs:
         proc.start()
+    results: list = []
     try:
-        results = [queue.get(timeout=300) for _ in procs]  # a crashed child: give up
+        deadline = time.monotonic() + 300
+        while len(results) < len(procs):
+            try:
+                results.append(queue.get(timeout=5))
+            except Exception:  # noqa: BLE001 - queue.Empty: is a child dead without a word?
+                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if dead or time.monotonic() > deadline:
+                    raise RuntimeError(f"a training process died (exit codes {dead}) or "
+                                       "timed out before reporting") from None
     finally:
         for proc in procs:
             proc.join(timeout=60)
@@ -744,7 +769,11 @@ def section_levers(device: torch.device, sizes: Sizes, budget: Budget, cache: di
         if budget.left() < 40:
             proc_rows.append(f"| {count} | not measured (time budget) | |")
             continue
-        rates = concurrent_rates(model, width, batch, count, sizes, device)
+        try:  # one failed count must not lose the rows measured before it
+            rates = concurrent_rates(model, width, batch, count, sizes, device)
+        except Exception as err:  # noqa: BLE001 - report it in the table
+            proc_rows.append(f"| {count} | failed: {str(err).splitlines()[0][:200]} | |")
+            continue
         raw["processes"][str(count)] = rates
         one = med(raw["processes"].get("1", [float("nan")]))
         proc_rows.append(f"| {count} | {med(rates):,.0f} | {med(rates) / one:.2f}× |")
@@ -864,15 +893,20 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
             variants[f"{sizes.chains[0]} chains, devinterp 1.3.2"] = theirs
         errors: dict[str, str] = {}
         for key, run in list(variants.items()):  # warm-up (cuDNN, first shapes, capture)
+            if budget.left() < 20:  # per variant: a slow one must not starve the sections after
+                errors[key] = "not measured (time budget)"
+                del variants[key]
+                continue
             try:
                 run(warm=True)
             except Exception as err:  # noqa: BLE001 - report it, time the others
                 errors[key] = f"{type(err).__name__}: {err}"[:300]
                 del variants[key]
         times: dict[str, list[float]] = {k: [] for k in variants}
-        for _ in range(2 if sizes.full else 1):
+        for repeat in range(2 if sizes.full else 1):
             for key, run in variants.items():
-                times[key].append(run())
+                if repeat == 0 or budget.left() > 30:  # a second pass only with time left
+                    times[key].append(run())
         raw[model] = {"seconds": times, "steps": cfg.burn_in + cfg.draws, "errors": errors,
                       "batch": cfg.batch_size, "samples": data[0].shape[0],
                       "llc": estimates}
@@ -927,7 +961,11 @@ def run_devinterp13(model, data, cfg, device: torch.device) -> float:
     def evaluate(m, batch):
         return F.cross_entropy(m(batch[0]), batch[1])
 
-    with warnings.catch_warnings():
+    from critperiods.measure.llc.sampler import cuda_numerics
+
+    # the numerics ours runs under (float32 without TF32, deterministic cuDNN, no autotuning),
+    # not whatever an earlier section left switched on
+    with warnings.catch_warnings(), cuda_numerics(device, "float32"):
         warnings.simplefilter("ignore")
         sync(device)
         start = time.perf_counter()
@@ -954,6 +992,7 @@ def section_cost(raw_stacked: dict, raw_training: dict, sizes: Sizes) -> list[st
     lines = ["## Cost of the CIFAR-10 grid (`configs/cifar10_achille.yaml`)", "",
              f"{epochs:,} SGD epochs of {images:,} images (trunk sharing on), All-CNN-C w96, "
              "λ̂ and evaluation not included.", ""]
+    raw_training = {k: v for k, v in raw_training.items() if "images_per_s" in v}  # not failed
     b128 = raw_training.get("all_cnn_c b128")
     if b128:
         m = {k: med(v) for k, v in b128["images_per_s"].items()}
@@ -1041,6 +1080,11 @@ def main() -> None:
     parser.add_argument("--batches", default="", help="training batch sizes (default 32,128,512)")
     parser.add_argument("--chains", default="", help="λ̂ chain counts (default 4,8,16)")
     args = parser.parse_args()
+    if not args.smoke and args.device is None and not torch.cuda.is_available():
+        # the full sizes on a CPU would spend the whole budget on the first rows
+        raise SystemExit("bench_gpu: no CUDA device visible to torch "
+                         f"{torch.__version__}; the full run is for a GPU (--smoke for the "
+                         "CPU, --device cpu to force it)")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.smoke
                                           else "cpu"))
     sizes = SMOKE if args.smoke else FULL

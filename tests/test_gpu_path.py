@@ -268,6 +268,29 @@ def test_bench_gpu_interpolates_a_rate_between_measured_batch_sizes():
     assert bench_gpu.rate_at(1024, rates) == 80.0 and bench_gpu.rate_at(8, rates) == 10.0
 
 
+def test_bench_gpu_says_when_compile_fell_back_to_eager_and_refuses_a_full_run_on_cpu():
+    """A "graphed + compile" rate measured after torch.compile failed is the eager model's:
+    the table says so. The full sizes without a GPU would spend the budget on the CPU."""
+    from types import SimpleNamespace
+
+    from critperiods.train.training import _CompiledOrEager
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import bench_gpu
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    forward = _CompiledOrEager(torch.nn.Linear(2, 2))
+    assert bench_gpu._captured(SimpleNamespace(forward=forward, graphs=None)) == "n/a"
+    forward.forward, forward.checked = forward.model, True  # what a failed compile leaves
+    assert "torch.compile failed" in bench_gpu._captured(
+        SimpleNamespace(forward=forward, graphs=None))
+    if not torch.cuda.is_available():
+        proc = subprocess.run([sys.executable, str(ROOT / "bench/bench_gpu.py"), "--out",
+                               "/nonexistent"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and "no CUDA device" in proc.stderr
+
+
 DEVINTERP_STUB = """
 import itertools, math
 
