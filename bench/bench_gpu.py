@@ -916,7 +916,8 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
             rows.append(f"| {model} w{width} | {key} | {steps} | {med(values):.2f} "
                         f"| {1000 * med(values) / steps:.1f} | "
                         f"{'-' if math.isnan(value) else f'{value:.4g}'} |")
-        rows += [f"| {model} w{width} | {key} | - | failed: {err} | | |"
+        rows += [f"| {model} w{width} | {key} | - | "
+                 f"{err if err.startswith('not measured') else f'failed: {err}'} | | |"
                  for key, err in errors.items()]
         _free(device)
     lines = ["## λ̂: SGLD chains (batch per chain "
