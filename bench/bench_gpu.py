@@ -690,6 +690,7 @@ def concurrent_rates(model: str, width: int, batch: int, processes: int, sizes: 
     """Images/s of ``processes`` training processes together (the sum of their rates in
     each window they ran at the same time), one entry per window."""
     import multiprocessing
+    from queue import Empty
 
     ctx = multiprocessing.get_context("spawn")
     barrier, queue = ctx.Barrier(processes), ctx.Queue()
@@ -706,7 +707,7 @@ def concurrent_rates(model: str, width: int, batch: int, processes: int, sizes: 
         while len(results) < len(procs):
             try:
                 results.append(queue.get(timeout=5))
-            except Exception:  # noqa: BLE001 - queue.Empty: is a child dead without a word?
+            except Empty:  # is a child dead without a word?
                 dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
                 if dead or time.monotonic() > deadline:
                     raise RuntimeError(f"a training process died (exit codes {dead}) or "

@@ -37,7 +37,8 @@ def synthetic_data(n_train: int = 192, n_test: int = 64, channels: int = 1, size
 FAKE_FASHION_MNIST_SIZES = {"train": 10_000, "test": 2_000}  # above every test's subset
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """One gzipped IDX file of unsigned bytes, the same bytes for the same array."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
         int(n).to_bytes(4, "big") for n in array.shape)
     path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes(), mtime=0))
@@ -54,8 +55,8 @@ def write_fake_fashion_mnist(folder: Path) -> Path:
     for split, n in FAKE_FASHION_MNIST_SIZES.items():
         labels = rng.integers(0, 10, n)
         images = np.round((0.6 * templates[labels] + 0.4 * rng.random((n, 28, 28))) * 255)
-        _write_idx(folder / IDX_FILES[(split, "images")], images)
-        _write_idx(folder / IDX_FILES[(split, "labels")], labels)
+        write_idx(folder / IDX_FILES[(split, "images")], images)
+        write_idx(folder / IDX_FILES[(split, "labels")], labels)
     return folder
 
 

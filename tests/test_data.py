@@ -11,13 +11,7 @@ import torch
 import torchvision
 
 from critperiods.train import data as D
-
-
-def write_idx(path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-        int(n).to_bytes(4, "big") for n in array.shape)
-    with gzip.open(path, "wb") as fh:
-        fh.write(header + array.astype(np.uint8).tobytes())
+from tests.conftest import write_idx
 
 
 def fake_idx_folder(folder, n_train=40, n_test=20, size=28):
