@@ -343,6 +343,21 @@ def test_the_schema_check_names_the_last_file_that_sets_a_key(tmp_path):
                          ROOT / "workflow/schemas/config.schema.yaml")
 
 
+def test_the_schema_check_gives_every_reason_a_key_fails(tmp_path):
+    """A list both too short and holding a bad value gets both reasons on one line; before,
+    only the first (``too short``) was said, and the fix for it still failed."""
+    from critperiods.pipeline.config_file import check_against_schema
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["toy"] = {"convergence": {"thresholds": [0.01, -1]}}
+    with pytest.raises(ConfigError) as caught:
+        check_against_schema(config, ROOT / "workflow/schemas/config.schema.yaml")
+    message = str(caught.value)
+    assert message.startswith("toy.convergence.thresholds: [0.01, -1] is too short; also "
+                              "toy.convergence.thresholds[1]: -1 is less than"), message
+    assert "\n" not in message
+
+
 @pytest.mark.parametrize(("message", "key"), [
     ("grid.batch_sizes[0]: must be positive", ["grid", "batch_sizes", 0]),
     ("dataset.blur_size: 64 is not smaller", ["dataset", "blur_size"]),

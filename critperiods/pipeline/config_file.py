@@ -68,26 +68,43 @@ def _file_setting(key: Sequence[object], files: Sequence[str | Path]) -> str | N
     return None
 
 
-def check_against_schema(config: dict, schema: str | Path,
-                         files: Sequence[str | Path] = ()) -> None:
-    """Raise :class:`ConfigError` for the most relevant way ``config`` breaks ``schema`` (a
-    YAML JSON-schema file), naming the key, the reason and which of ``files`` sets it."""
-    rules = yaml.safe_load(Path(schema).read_text())
-    error = best_match(Draft202012Validator(rules).iter_errors(config))
-    if error is None:
-        return
+def _describe(error) -> tuple[list[object], str]:
+    """The key path and the reason of one schema error (an unknown key gets the known key it
+    most resembles, or the list of known keys)."""
     key = list(error.absolute_path)
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         known = list(error.schema.get("properties", {}))
         unknown = [k for k in error.instance if k not in known]
         key.append(unknown[0])
         close = difflib.get_close_matches(str(unknown[0]), known, n=1)
-        reason = ("unknown key" + (f"; did you mean {_dotted([*key[:-1], close[0]])}?" if close
-                                   else f"; the keys here are {', '.join(known)}"))
-    else:
-        reason = error.message
+        return key, ("unknown key" + (f"; did you mean {_dotted([*key[:-1], close[0]])}?"
+                                      if close else f"; the keys here are {', '.join(known)}"))
+    return key, error.message
+
+
+def check_against_schema(config: dict, schema: str | Path,
+                         files: Sequence[str | Path] = ()) -> None:
+    """Raise :class:`ConfigError` for the most relevant way ``config`` breaks ``schema`` (a
+    YAML JSON-schema file), naming the key, the reason and which of ``files`` sets it.
+
+    Other errors at or below the same key follow on the same line (``; also <key>: <reason>``),
+    so a list that is both too short and holds a bad value gets both reasons."""
+    rules = yaml.safe_load(Path(schema).read_text())
+    errors = list(Draft202012Validator(rules).iter_errors(config))
+    error = best_match(errors)
+    if error is None:
+        return
+    key, reason = _describe(error)
+    also = []
+    for other in errors:
+        other_key, other_reason = _describe(other)
+        related = other_key[:len(error.absolute_path)] == list(error.absolute_path)
+        line = f"{_dotted(other_key)}: {other_reason}"
+        if other is not error and related and line not in also:
+            also.append(line)
     where = _file_setting(key, files)
-    raise ConfigError(f"{_dotted(key)}: {reason}" + (f" (set in {where})" if where else ""))
+    raise ConfigError(f"{_dotted(key)}: {reason}" + (f" (set in {where})" if where else "")
+                      + "".join(f"; also {line}" for line in also[:2]))
 
 
 def _key_of(message: str) -> list[object] | None:
