@@ -81,3 +81,18 @@ def test_align_at_switch_lines_runs_up_at_their_switch():
     assert list(aligned.epochs_since_switch.values) == list(range(-2, 6))
     np.testing.assert_array_equal(aligned.sel(epochs_since_switch=1), [101.0, 101.0])
     assert np.isnan(aligned.sel(switch_epoch=0, epochs_since_switch=-1))
+
+
+def test_every_cube_variable_is_documented():
+    """Each name of the variables table is described where a cube's reader looks: the cube
+    section of docs/architecture.md, or docs/perturbations.md for the perturbation study's.
+    A variable added to the table without a row there would ship undocumented."""
+    import re
+    from pathlib import Path
+
+    from critperiods.variables import VARIABLES
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    text = (docs / "architecture.md").read_text() + (docs / "perturbations.md").read_text()
+    missing = [name for name in VARIABLES if not re.search(rf"`{re.escape(name)}\b", text)]
+    assert not missing, f"cube variables not described in docs/: {missing}"

@@ -1,11 +1,18 @@
-"""Models build by name, split into features + classifier, and depend only on the seed."""
+"""Models build by name, split into features + classifier, and depend only on the seed; a
+model added to the registry is offered by the config schema and given its CUDA precision."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from critperiods.train.models import MODELS, build_model
+from critperiods.train.training import BF16_PAYS_ON_CUDA
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -80,3 +87,13 @@ def test_channels_last_images_makes_the_convolution_run_channels_last(channels):
     torch.testing.assert_close(model(cl), model(x))
     flat = torch.randn(4, 6)
     assert channels_last_images(flat) is flat
+
+
+def test_every_registered_model_is_offered_by_the_schema_and_has_a_cuda_precision():
+    """Adding a model means three edits that nothing else ties together: the registry, the
+    schema's ``model.name`` enum (else the plan refuses it, or a job fails on it) and
+    ``BF16_PAYS_ON_CUDA`` (else training would run it in bf16 on CUDA and λ̂ in float32)."""
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    offered = schema["properties"]["model"]["properties"]["name"]["enum"]
+    assert sorted(offered) == sorted(MODELS)
+    assert sorted(BF16_PAYS_ON_CUDA) == sorted(MODELS)

@@ -14,9 +14,9 @@ from critperiods.measure.weight_matching import (
     random_permutation,
     weight_matching,
 )
-from critperiods.train.models import Classifier, build_model
+from critperiods.train.models import MODELS, Classifier, build_model
 
-ARCHS = ("small_cnn", "all_cnn_c", "resnet18")
+ARCHS = tuple(sorted(MODELS))  # a new model needs a permutation rule for l2_aligned and barrier
 IN_CHANNELS, SIZE, CLASSES, WIDTH = 3, 8, 5, 4
 
 
