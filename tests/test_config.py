@@ -231,7 +231,7 @@ def test_the_removed_bootstrap_samples_key_says_what_replaced_it():
 
     config = load_default()
     config.setdefault("analysis", {})["bootstrap_samples"] = 1000
-    with pytest.raises(ConfigError, match=r"analysis\.bootstrap_samples was removed.*jackknife"):
+    with pytest.raises(ConfigError, match=r"^analysis\.bootstrap_samples: removed.*jackknife"):
         check_moved_keys(config)
 
 
@@ -310,6 +310,9 @@ def test_the_cli_says_its_version_and_documents_every_option():
                                     "grid.batch_sizes? (set in {path})"),
     ("grid:\n  batch_sizes: [64, -5]\n", "grid.batch_sizes[1]: -5 is less than"),
     ("grid: [oops\n", "{path}: not valid YAML (line 2, column 1)"),
+    ("optimizer:\n  lr_after_switch: restart\n", "optimizer.lr_after_switch: replaced by the "
+                                                   "sweep axis grid.lr_schedules; write grid:"),
+    ("optimizer:\n  lr_after_switch: restart\n", "(set in {path})"),
 ])
 def test_cost_names_the_bad_key_and_its_file_in_one_line(tmp_path, text, expected):
     """A typo, a bad value or broken YAML in a config file: one line that names the key (and

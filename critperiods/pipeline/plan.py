@@ -26,14 +26,15 @@ class ConfigError(ValueError):
 
 
 #: Keys that moved or went, with the message that says what to write instead (checked
-#: before the schema, whose "unknown key" error would not say it).
+#: before the schema, whose "unknown key" error would not say it). Each message starts with
+#: ``<key>: `` so that the config-error line adds the file that sets it.
 MOVED_KEYS = {
     ("optimizer", "lr_after_switch"): (
-        "optimizer.lr_after_switch was replaced by the sweep axis grid.lr_schedules: write "
+        "optimizer.lr_after_switch: replaced by the sweep axis grid.lr_schedules; write "
         "grid: {lr_schedules: [continue]} (Achille et al.'s protocol), [restart], or "
         "[continue, restart] (both, sharing the blurred trunks)"),
     ("analysis", "bootstrap_samples"): (
-        "analysis.bootstrap_samples was removed: the intervals of the end and of the "
+        "analysis.bootstrap_samples: removed; the intervals of the end and of the "
         "exponents are now a jackknife over seeds, which has no resample count; delete the "
         "line (see CHANGELOG.md)"),
 }
