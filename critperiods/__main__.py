@@ -253,16 +253,21 @@ def provenance(args: argparse.Namespace) -> int:
     from critperiods.pipeline.provenance_report import report
 
     path = Path(args.cube)
+    if not path.is_file():
+        print(f"critperiods: {path}: no such file", file=sys.stderr)
+        return 2
     try:
         import netCDF4
 
         with netCDF4.Dataset(path) as nc:
             text = nc.getncattr("provenance") if "provenance" in nc.ncattrs() else None
         if text is None:
-            raise ValueError("no provenance attribute (a cube written before it was recorded)")
+            raise ValueError("no provenance attribute (a cube written before it was recorded, "
+                             "or not a cube: expected results/<experiment>/cube.nc)")
         prov = json.loads(text)
     except (OSError, ValueError) as err:
-        print(f"{path}: not a critperiods cube with provenance: {err}", file=sys.stderr)
+        print(f"critperiods: {path}: not a critperiods cube with provenance: {err}",
+              file=sys.stderr)
         return 2
     lines, problems = report(prov)
     print(f"{path}")

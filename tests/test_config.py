@@ -328,6 +328,10 @@ def test_cost_names_the_bad_key_and_its_file_in_one_line(tmp_path, text, expecte
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert missing.stderr.strip() == (
         f"critperiods: config error: {tmp_path / 'no'}: no such config file")
+    folder = subprocess.run([sys.executable, "-m", "critperiods", "cost", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert folder.stderr.strip() == (
+        f"critperiods: config error: {tmp_path}: a folder, not a config file")
 
 
 def test_the_schema_check_names_the_last_file_that_sets_a_key(tmp_path):

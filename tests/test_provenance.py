@@ -52,7 +52,7 @@ def test_pieces_of_different_code_versions_of_one_stage_are_flagged():
 def test_the_command_fails_in_one_line_on_a_missing_or_foreign_file(tmp_path, capsys):
     assert main(["provenance", str(tmp_path / "nope.nc")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "nope.nc: not a critperiods cube with provenance" in err and "\n" not in err
+    assert err == f"critperiods: {tmp_path / 'nope.nc'}: no such file"
     xr.Dataset({"x": ("a", [1.0])}).to_netcdf(tmp_path / "plain.nc")
     assert main(["provenance", str(tmp_path / "plain.nc")]) == 2
     assert "no provenance attribute" in capsys.readouterr().err

@@ -28,6 +28,8 @@ __all__ = ["check_against_schema", "exit_on_config_error", "read_config_file"]
 def read_config_file(path: str | Path) -> dict:
     """One YAML config file as a dict, or a :class:`ConfigError` naming the file and why."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder, not a config file")
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
