@@ -59,7 +59,8 @@ def _open_cube_or_exit(path: str) -> object:
     from critperiods import open_cube
 
     if not Path(path).is_file():
-        raise SystemExit(f"critperiods: {path}: no such file")
+        what = "a folder, not a cube file" if Path(path).is_dir() else "no such file"
+        raise SystemExit(f"critperiods: {path}: {what}")
     try:
         cube = open_cube(path)
     except Exception as err:  # noqa: BLE001 - any reader failure means: not a cube
@@ -254,7 +255,8 @@ def provenance(args: argparse.Namespace) -> int:
 
     path = Path(args.cube)
     if not path.is_file():
-        print(f"critperiods: {path}: no such file", file=sys.stderr)
+        what = "a folder, not a cube file" if path.is_dir() else "no such file"
+        print(f"critperiods: {path}: {what}", file=sys.stderr)
         return 2
     try:
         import netCDF4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -264,10 +265,12 @@ def test_llc_defaults_agree_with_the_library():
     assert llc_config_from_params(params, "cpu", "all_cnn_c").precision == fields["precision"]
 
 
-@pytest.mark.parametrize("content", [None, b"not a netCDF file"])
+@pytest.mark.parametrize("content", [None, b"not a netCDF file", "folder"])
 def test_summarize_on_a_missing_or_foreign_file_is_one_line(tmp_path, content):
     path = tmp_path / "cube.nc"
-    if content is not None:
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
         path.write_bytes(content)
     proc = subprocess.run([sys.executable, "-m", "critperiods", "summarize", str(path)],
                           capture_output=True, text=True, timeout=120)
@@ -275,7 +278,8 @@ def test_summarize_on_a_missing_or_foreign_file_is_one_line(tmp_path, content):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0], proc.stderr
-    assert ("no such file" if content is None else "not a netCDF cube") in lines[0]
+    expected = {None: "no such file", "folder": "a folder, not a cube file"}
+    assert expected.get(content, "not a netCDF cube") in lines[0]
 
 
 def test_the_never_blurred_branch_trains_on_as_the_sharp_reference():
@@ -328,10 +332,13 @@ def test_cost_names_the_bad_key_and_its_file_in_one_line(tmp_path, text, expecte
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert missing.stderr.strip() == (
         f"critperiods: config error: {tmp_path / 'no'}: no such config file")
-    folder = subprocess.run([sys.executable, "-m", "critperiods", "cost", str(tmp_path)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert folder.stderr.strip() == (
-        f"critperiods: config error: {tmp_path}: a folder, not a config file")
+
+
+def test_a_folder_given_as_a_config_file_is_named_as_such(tmp_path):
+    from critperiods.pipeline.config_file import read_config_file
+
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(tmp_path))}: a folder, not a config"):
+        read_config_file(tmp_path)
 
 
 def test_the_schema_check_names_the_last_file_that_sets_a_key(tmp_path):
@@ -363,6 +370,32 @@ def test_the_schema_check_gives_every_reason_a_key_fails(tmp_path):
     assert message.startswith("toy.convergence.thresholds: [0.01, -1] is too short; also "
                               "toy.convergence.thresholds[1]: -1 is less than"), message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [
+    # an unknown key: its siblings are named too, but not errors elsewhere in the config
+    (lambda c: c.update(fooo=1, gird=2) or c["grid"].update(batch_sizes=[-1]),
+     r"^fooo: unknown key; the keys here are [^;]*; also gird: unknown key; did you mean "
+     r"grid\?$"),
+    (lambda c: c["grid"].update(bogus=1) or c["llc"].update(chains=0),
+     r"^grid\.bogus: unknown key; the keys here are [^;]*$"),
+    # a bad list item: the other bad items of the list, then a count
+    (lambda c: c["grid"].update(batch_sizes=[-1, -2, -3, -4, -5]),
+     r"^grid\.batch_sizes\[\d\]: -\d is less than or equal to the minimum of 0"
+     r"(; also grid\.batch_sizes\[\d\]: -\d is less [^;]*){3}; and 1 more$"),
+    (lambda c: c["grid"].update(seeds=[0, 0]), r"^grid\.seeds: \[0, 0\] has non-unique elements$"),
+])
+def test_further_reasons_stay_with_the_key_that_fails(mutate, expected):
+    from critperiods.pipeline.config_file import check_against_schema, exit_on_config_error
+
+    config = load_default()
+    mutate(config)
+    with pytest.raises(ConfigError, match=expected) as caught:
+        check_against_schema(config, SCHEMA)
+    assert caught.value.located  # looked up here: exit_on_config_error adds no second file
+    with pytest.raises(SystemExit) as exiting, exit_on_config_error([ROOT / "config.yaml"]):
+        raise caught.value
+    assert "(set in" not in str(exiting.value.code)
 
 
 @pytest.mark.parametrize(("message", "key"), [

@@ -53,6 +53,8 @@ def test_the_command_fails_in_one_line_on_a_missing_or_foreign_file(tmp_path, ca
     assert main(["provenance", str(tmp_path / "nope.nc")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"critperiods: {tmp_path / 'nope.nc'}: no such file"
+    assert main(["provenance", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"critperiods: {tmp_path}: a folder, not a cube file"
     xr.Dataset({"x": ("a", [1.0])}).to_netcdf(tmp_path / "plain.nc")
     assert main(["provenance", str(tmp_path / "plain.nc")]) == 2
     assert "no provenance attribute" in capsys.readouterr().err

@@ -70,18 +70,25 @@ def _file_setting(key: Sequence[object], files: Sequence[str | Path]) -> str | N
     return None
 
 
-def _describe(error) -> tuple[list[object], str]:
-    """The key path and the reason of one schema error (an unknown key gets the known key it
-    most resembles, or the list of known keys)."""
+def _reasons(error) -> list[tuple[list[object], str]]:
+    """The key paths and reasons of one schema error: one per unknown key for an
+    ``additionalProperties`` error (each with the known key it most resembles, or the list of
+    known keys), else the error's own path and message."""
     key = list(error.absolute_path)
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         known = list(error.schema.get("properties", {}))
-        unknown = [k for k in error.instance if k not in known]
-        key.append(unknown[0])
-        close = difflib.get_close_matches(str(unknown[0]), known, n=1)
-        return key, ("unknown key" + (f"; did you mean {_dotted([*key[:-1], close[0]])}?"
-                                      if close else f"; the keys here are {', '.join(known)}"))
-    return key, error.message
+        out = []
+        for name in [k for k in error.instance if k not in known]:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = (f"; did you mean {_dotted([*key, close[0]])}?" if close
+                    else "" if out else f"; the keys here are {', '.join(known)}")
+            out.append(([*key, name], "unknown key" + hint))
+        return out
+    return [(key, error.message)]
+
+
+#: At most this many further reasons follow the first on the error's line.
+MORE_REASONS = 3
 
 
 def check_against_schema(config: dict, schema: str | Path,
@@ -89,24 +96,31 @@ def check_against_schema(config: dict, schema: str | Path,
     """Raise :class:`ConfigError` for the most relevant way ``config`` breaks ``schema`` (a
     YAML JSON-schema file), naming the key, the reason and which of ``files`` sets it.
 
-    Other errors at or below the same key follow on the same line (``; also <key>: <reason>``),
-    so a list that is both too short and holds a bad value gets both reasons."""
+    Further reasons follow on the same line (``; also <key>: <reason>``, at most
+    :data:`MORE_REASONS`, then ``; and N more``): the other unknown keys beside an unknown
+    key, and the other errors at or below the same key (for a list item, the same list), so
+    that a list both too short and holding a bad value gets both reasons."""
     rules = yaml.safe_load(Path(schema).read_text())
     errors = list(Draft202012Validator(rules).iter_errors(config))
-    error = best_match(errors)
-    if error is None:
+    best = best_match(errors)
+    if best is None:
         return
-    key, reason = _describe(error)
-    also = []
+    (key, reason), *siblings = _reasons(best)
+    first = f"{_dotted(key)}: {reason}"
+    also = [f"{_dotted(k)}: {r}" for k, r in siblings]
+    scope = key[:-1] if key and isinstance(key[-1], int) else key  # a list item: the list
     for other in errors:
-        other_key, other_reason = _describe(other)
-        related = other_key[:len(error.absolute_path)] == list(error.absolute_path)
-        line = f"{_dotted(other_key)}: {other_reason}"
-        if other is not error and related and line not in also:
-            also.append(line)
+        for other_key, other_reason in ([] if other is best else _reasons(other)):
+            line = f"{_dotted(other_key)}: {other_reason}"
+            if other_key[:len(scope)] == scope and line != first and line not in also:
+                also.append(line)
     where = _file_setting(key, files)
-    raise ConfigError(f"{_dotted(key)}: {reason}" + (f" (set in {where})" if where else "")
-                      + "".join(f"; also {line}" for line in also[:2]))
+    more = len(also) - MORE_REASONS
+    err = ConfigError(first + (f" (set in {where})" if where else "")
+                      + "".join(f"; also {line}" for line in also[:MORE_REASONS])
+                      + (f"; and {more} more" if more > 0 else ""))
+    err.located = True  # the file was looked up: exit_on_config_error adds none
+    raise err
 
 
 def _key_of(message: str) -> list[object] | None:
@@ -132,5 +146,6 @@ def exit_on_config_error(files: Sequence[str | Path] = ()) -> Iterator[None]:
     except ConfigError as err:
         message = str(err)
         key = _key_of(message)
-        where = _file_setting(key, files) if key and "(set in " not in message else None
+        looked_up = getattr(err, "located", False) or "(set in " in message
+        where = _file_setting(key, files) if key and not looked_up else None
         sys.exit(f"critperiods: config error: {message}" + (f" (set in {where})" if where else ""))

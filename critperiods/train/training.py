@@ -40,7 +40,7 @@ from critperiods.train.models import build_model, to_channels_last
 
 #: The switch epoch of the always-blurred run: the trunk, which never leaves the blurred
 #: phase, and the reference the divergence stage compares branches with. The one sentinel
-#: everywhere: piece files, the divergence stage's run keys and the cube's
+#: everywhere: piece files, the divergence stage's run keys and the divergence files'
 #: ``blurred_switch_epoch`` attribute all write it as -1 (no real switch epoch is negative).
 ALWAYS_BLURRED = -1
 CROP_PADDING = 4  # Achille et al.'s CIFAR augmentation: pad 4, random crop, flip
