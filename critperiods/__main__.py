@@ -54,13 +54,19 @@ def _load_config(paths: list[str]) -> dict:
     return config
 
 
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` is no file to read (a folder, or nothing there), or None."""
+    if path.is_file():
+        return None
+    return "a folder, not a cube file" if path.is_dir() else "no such file"
+
+
 def _open_cube_or_exit(path: str) -> object:
     """The cube at ``path``, or a one-line error (no traceback) naming the file and why."""
     from critperiods import open_cube
 
-    if not Path(path).is_file():
-        what = "a folder, not a cube file" if Path(path).is_dir() else "no such file"
-        raise SystemExit(f"critperiods: {path}: {what}")
+    if why := _not_a_file(Path(path)):
+        raise SystemExit(f"critperiods: {path}: {why}")
     try:
         cube = open_cube(path)
     except Exception as err:  # noqa: BLE001 - any reader failure means: not a cube
@@ -254,9 +260,8 @@ def provenance(args: argparse.Namespace) -> int:
     from critperiods.pipeline.provenance_report import report
 
     path = Path(args.cube)
-    if not path.is_file():
-        what = "a folder, not a cube file" if path.is_dir() else "no such file"
-        print(f"critperiods: {path}: {what}", file=sys.stderr)
+    if why := _not_a_file(path):
+        print(f"critperiods: {path}: {why}", file=sys.stderr)
         return 2
     try:
         import netCDF4

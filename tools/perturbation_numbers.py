@@ -86,7 +86,7 @@ def main(results: Path) -> None:
     for e in cube.perturb_epoch.values:
         at = np.take(step, [list(cube.perturb_epoch.values).index(e)], axis=axis)
         # the windows that fit the steps recorded (perturbation.steps may be short)
-        edges = [e for e in (0, 10, 50, 100) if e < last] + [last]
+        edges = [edge for edge in (0, 10, 50, 100) if edge < last] + [last]
         windows = list(zip(edges[:-1], edges[1:], strict=True))
         slopes = "; ".join(f"steps {a}-{b} {_spread(windowed_slope(at, a, b), '.3f')}"
                            for a, b in windows)

@@ -146,6 +146,5 @@ def exit_on_config_error(files: Sequence[str | Path] = ()) -> Iterator[None]:
     except ConfigError as err:
         message = str(err)
         key = _key_of(message)
-        looked_up = getattr(err, "located", False) or "(set in " in message
-        where = _file_setting(key, files) if key and not looked_up else None
+        where = _file_setting(key, files) if key and not err.located else None
         sys.exit(f"critperiods: config error: {message}" + (f" (set in {where})" if where else ""))

@@ -21,7 +21,10 @@ from critperiods.train.dataset_files import CIFAR10_FOLDER, idx_candidates, raw_
 
 
 class ConfigError(ValueError):
-    """A config value that is well-typed but inconsistent; the message names the key."""
+    """A config value that is well-typed but inconsistent; the message names the key.
+    ``located`` is true once the message says which config file sets the key."""
+
+    located = False
 
 
 
