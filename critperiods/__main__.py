@@ -97,6 +97,8 @@ def _stale_statistics(cube, diverged: list[str]) -> str | None:
             "llc_change_epoch_trunk_loo_range" not in cube):
         return ("predates the λ̂ markers' leave-one-out ranges (how far each moves without "
                 "one seed)")
+    if "llc_mean" in cube and "critical_period_end" in cube and "llc_knee_trunk" not in cube:
+        return "predates the λ̂ knees and their offsets from the end (does λ̂ mark the end?)"
     return None
 
 
@@ -105,6 +107,7 @@ def summarize(args: argparse.Namespace) -> int:
     from critperiods.results.tables import (
         diverged_sentence,
         format_table,
+        knee_verdicts,
         llc_flag_counts,
         restart_verdicts,
         runs_at_chance,
@@ -139,6 +142,12 @@ def summarize(args: argparse.Namespace) -> int:
         print("\ndoes the permanent deficit survive restarting the learning rate at the switch?")
         for b, verdict in verdicts.items():
             print(f"  batch {b:g}: {verdict}")
+    knees = knee_verdicts(summary)
+    if knees:
+        print("\ndoes λ̂ mark the end? λ̂'s knee minus the end, in epochs; intervals: "
+              f"{summary.attrs.get('knee_offset_interval_kind', 'over seeds')}")
+        for (b, r), verdict in knees.items():
+            print(f"  batch {b:g}, {r}: {verdict}")
     if diverged:
         print(f"\n{diverged_sentence(len(diverged))}:")
         for run in diverged:
@@ -148,7 +157,7 @@ def summarize(args: argparse.Namespace) -> int:
         flagged = ", ".join(f"{name} {n}" for name, n in counts.items()
                             if name not in ("estimates", "ok"))
         print(f"\nλ̂ estimates: {counts['estimates']}, ok {counts['ok']}; flagged: {flagged} "
-              "(flagged estimates are left out of the λ̂ markers)")
+              "(flagged estimates are left out of the λ̂ markers and knees)")
     if "perturb_l2" in cube:
         from critperiods.results.perturbation_summary import (
             format_perturbation,

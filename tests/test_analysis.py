@@ -692,9 +692,10 @@ def test_tables(tmp_path: Path) -> None:
     lines = text.splitlines()
     assert len({len(line) for line in lines[: 1 + 2 * BATCHES.size]}) == 1  # aligned columns
     assert "temperature_exponent (restart)" in text and "nan" in text
-    assert "20 [20, 20]" in text and "each seed left out in turn" in text  # the λ̂ markers
-    assert {"llc_change_epoch_trunk_loo_lower", "llc_change_epoch_sharp_loo_upper"} <= set(
-        table.columns)
+    # the λ̂ knees: every seed bends at 20, so the interval is the floor, ± half the spacing
+    assert "20 [19.5, 20.5]" in text and "broken-stick knee" in text
+    assert {"llc_change_epoch_trunk_loo_lower", "llc_change_epoch_sharp_loo_upper",
+            "llc_knee_trunk_lower", "llc_knee_minus_end_sharp_upper"} <= set(table.columns)
     path = tables.to_csv(summary, tmp_path / "out" / "summary.csv")
     back = pd.read_csv(path)
     np.testing.assert_allclose(back["critical_period_end"], table["critical_period_end"])
@@ -867,7 +868,30 @@ def test_summarize_recomputes_a_cube_without_the_lambda_markers_loo_ranges(tmp_p
     assert main(["summarize", str(tmp_path / "old.nc")]) == 0
     printed = capsys.readouterr().out
     assert "predates the λ̂ markers' leave-one-out ranges" in printed
-    assert "20 [20, 20]" in printed
+    assert "20 [19.5, 20.5]" in printed
+
+
+def test_summarize_recomputes_a_cube_without_the_lambda_knees(tmp_path, capsys) -> None:
+    """A cube aggregated before the λ̂ knees gets them, and says whether λ̂ marks the end:
+    every seed's λ̂ bends at epoch 20, before the ends of batch 32 and 64 (35, 25); batch
+    128's (17.5) is closer than the switch grid (every 5 epochs) can tell apart."""
+    from critperiods.__main__ import main
+
+    base = flat_restart(synthetic_cube(with_div=False))
+    summary = critical_period_summary(base)
+    old = base.merge(summary).assign_attrs(summary_interval_method=INTERVAL_METHOD)
+    knees = [v for v in summary.data_vars if v.startswith("llc_knee_")]
+    old.drop_vars(knees).to_netcdf(tmp_path / "old.nc")
+    assert main(["summarize", str(tmp_path / "old.nc")]) == 0
+    printed = capsys.readouterr().out
+    assert "predates the λ̂ knees" in printed
+    verdicts = printed.split("\ndoes λ̂ mark the end?")[1].splitlines()[1:]
+    ends = summary["critical_period_end"].sel(lr_schedule="continue").values
+    for b, end, said in zip(BATCHES, ends, ("before the end", "before the end", "includes 0"),
+                            strict=True):
+        (line,) = [v for v in verdicts if v.startswith(f"  batch {b}, continue: ")]
+        assert f"trunk {20 - end:+.1f} [" in line and line.count(said) == 2, line
+    assert not any(", restart: " in v for v in verdicts)  # no end to compare with
 
 
 def test_the_landing_page_locates_no_end_where_there_is_no_deficit(tmp_path) -> None:
@@ -950,10 +974,11 @@ def llc_cube_with_a_flagged_trunk_estimate() -> xr.Dataset:
     return cube.merge(critical_period_summary(cube))
 
 
-def test_the_llc_figure_shows_the_end_beside_the_lambda_markers(monkeypatch, tmp_path) -> None:
+def test_the_llc_figure_shows_the_end_beside_the_lambda_knees(monkeypatch, tmp_path) -> None:
     """Each panel draws the continue schedule's located end (dashed, interval shaded) and the
-    two λ̂ markers as triangles at their values; the curves are the ones the markers read
-    (the trunk's seed-adjusted mean, not the plain mean of the seeds left at epoch 6)."""
+    two λ̂ knees as triangles at their values, their intervals as bars; the curves are the
+    ones the knees are fitted to (the trunk's seed-adjusted mean, not the plain mean of the
+    seeds left at epoch 6)."""
     from critperiods.results import plots
 
     cube = llc_cube_with_a_flagged_trunk_estimate()
@@ -965,11 +990,14 @@ def test_the_llc_figure_shows_the_end_beside_the_lambda_markers(monkeypatch, tmp
         end = float(located_end(cube).sel(batch_size=b, lr_schedule="continue"))
         dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
         assert [line.get_xdata()[0] for line in dashed] == [pytest.approx(end)]
-        markers = {float(cube[n].sel(batch_size=b, lr_schedule="continue"))
-                   for n in ("llc_change_epoch_trunk", "llc_change_epoch_sharp")}
+        knees = {float(cube[n].sel(batch_size=b, lr_schedule="continue"))
+                 for n in ("llc_knee_trunk", "llc_knee_sharp")}
         triangles = {float(line.get_xdata()[0]) for line in ax.get_lines()
                      if line.get_marker() == "v"}
-        assert triangles == markers
+        assert triangles == knees
+        bars = {tuple(line.get_xdata()) for line in ax.get_lines() if line.get_linewidth() == 2}
+        assert bars == {tuple(cube[f"{n}_interval"].sel(batch_size=b, lr_schedule="continue")
+                              .values) for n in ("llc_knee_trunk", "llc_knee_sharp")}
         at_6 = {round(float(y), 6) for line in ax.get_lines() if line.get_marker() == "."
                 for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True) if x == 6}
         trunk = float(selection.llc_trunk(cube, b).sel(epoch=6))
@@ -980,8 +1008,8 @@ def test_the_llc_figure_shows_the_end_beside_the_lambda_markers(monkeypatch, tmp
         assert abs(trunk - plain) > 1.0  # what the adjustment changes
     legend = [t.get_text() for t in figures[0].axes[-1].get_legend().get_texts()]
     assert "critical-period end (continue), interval shaded" in legend
-    assert "triangles: where λ̂ changes slope most" in figures[0]._suptitle.get_text().replace(
-        "\n", " ")
+    assert "triangles: where a broken stick fitted to λ̂ bends" in (
+        figures[0]._suptitle.get_text().replace("\n", " "))
 
 
 def test_the_llc_figure_of_a_restart_only_grid_has_markers_and_no_end(monkeypatch,
@@ -997,15 +1025,20 @@ def test_the_llc_figure_of_a_restart_only_grid_has_markers_and_no_end(monkeypatc
     assert len([line for line in ax.get_lines() if line.get_marker() == "v"]) == 2
 
 
-def test_the_report_table_gives_each_lambda_marker_its_leave_one_out_range() -> None:
-    from critperiods.results.report_page import table_rst
+def test_the_report_gives_each_lambda_knee_its_interval_and_its_offset_from_the_end() -> None:
+    """The table: each knee with its interval. The answer: per batch size, the knee minus
+    the end, and whether its interval says after, before or cannot tell."""
+    from critperiods.results.report_page import answer_lines, table_rst
 
     cube = llc_cube_with_a_flagged_trunk_estimate()
-    lo, hi = cube["llc_change_epoch_trunk_loo_range"].sel(batch_size=BATCHES[0],
-                                                          lr_schedule="continue").values
-    trunk = float(cube["llc_change_epoch_trunk"].sel(batch_size=BATCHES[0],
-                                                     lr_schedule="continue"))
-    assert f"     - {trunk:.0f} [{lo:.0f}, {hi:.0f}]" in table_rst(cube)
+    cell = cube.sel(batch_size=BATCHES[0], lr_schedule="continue")
+    lo, hi = cell["llc_knee_trunk_interval"].values
+    assert f"     - {float(cell['llc_knee_trunk']):.1f} [{lo:.1f}, {hi:.1f}]" in table_rst(cube)
+    (line,) = [x for x in answer_lines(cube) if x.startswith(f"* **batch {BATCHES[0]}**")]
+    offset = float(cell["llc_knee_minus_end_trunk"])
+    assert offset < 0 and cell["llc_knee_minus_end_trunk_interval"].values[1] < 0  # 20 vs 35
+    assert (f"λ̂'s knee minus the end (epochs): continue: trunk {offset:+.1f} [" in line
+            and "before the end" in line)
 
 
 def test_plots_draw_an_end_only_where_a_deficit_survives() -> None:

@@ -240,8 +240,8 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """Valid λ̂ vs epoch (mean over seeds, bars: std over chains); flagged estimates and the
     branches of runs that diverged to chance are left out and drawn hollow. Beside the
     curves, to ask whether λ̂ marks the end: the continue schedule's located end (dashed,
-    its interval shaded) and the λ̂ markers (triangles along the top, each with its
-    leave-one-out range as a bar)."""
+    its interval shaded) and the λ̂ knees (triangles along the top, each with its interval
+    as a bar)."""
     flagged = (cube.llc_quality > 0) if "llc_quality" in cube else xr.zeros_like(
         cube.llc_mean, dtype=bool)
     diverged = diverged_branches(cube)
@@ -252,13 +252,13 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         ends = ends.sel(lr_schedule="continue") if "continue" in ends.lr_schedule else None
     has_ends = ends is not None and bool(np.isfinite(ends).any())
     markers = [(name, color, text) for name, color, text in (
-        ("llc_change_epoch_sharp", plt.cm.viridis(0.0), "λ̂ marker, never-blurred run"),
-        ("llc_change_epoch_trunk", plt.cm.viridis(0.9), "λ̂ marker, blurred trunk"))
+        ("llc_knee_sharp", plt.cm.viridis(0.0), "λ̂ knee, never-blurred run"),
+        ("llc_knee_trunk", plt.cm.viridis(0.9), "λ̂ knee, blurred trunk"))
         if name in cube and bool(np.isfinite(cube[name]).any())]
 
     def overlay(ax: plt.Axes, b, _r: str) -> list:
-        """The continue schedule's located end (line, interval shaded) and the λ̂ markers
-        (triangles along the top, their leave-one-out range as a bar): does λ̂ mark the end?"""
+        """The continue schedule's located end (line, interval shaded) and the λ̂ knees
+        (triangles along the top, their interval as a bar): does λ̂ mark the end?"""
         top = ax.get_xaxis_transform()
         end = _end_of(ends, b, "continue")
         if np.isfinite(end):
@@ -272,7 +272,7 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
             height = 0.95 - 0.06 * j
             if np.isfinite(value):
                 ax.plot([value], [height], marker="v", ms=7, color=color, transform=top)
-            spread = f"{name}_loo_range"
+            spread = f"{name}_interval"
             if spread in cube:
                 lo, hi = shared_by_schedules(cube[spread].sel(batch_size=b)).values
                 ax.plot([lo, hi], [height, height], color=color, lw=2, alpha=0.5,
@@ -291,8 +291,8 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                                "s.d. over chains; up to a run's switch epoch it is the blurred "
                                "trunk's)" + ("; dashed: the critical period's end with the rate "
                                "continued, its interval shaded" if has_ends else "")
-                               + ("; triangles: where λ̂ changes slope most, the bar its lowest "
-                                  "to highest value with all seeds and with each left out"
+                               + ("; triangles: where a broken stick fitted to λ̂ bends (its "
+                                  "knee), the bar its jackknife interval over seeds"
                                   if markers else ""))
 
 

@@ -22,6 +22,7 @@ import yaml
 from critperiods.results.summary import end_located, unlocated_reason
 from critperiods.results.tables import (
     diverged_sentence,
+    knee_verdicts,
     llc_flag_counts,
     restart_verdicts,
     runs_at_chance,
@@ -57,16 +58,17 @@ def _interval(lo: float, hi: float, digits: int = 1) -> str:
     return f"[{_num(lo, digits)}, {_num(hi, digits)}]"
 
 
-def _marker(row: pd.Series, name: str) -> str:
-    """A λ̂ marker with its leave-one-out range (all seeds and each left out), where it has one."""
-    lo, hi = row.get(f"{name}_loo_lower", np.nan), row.get(f"{name}_loo_upper", np.nan)
-    return _num(row[name], 0) + (f" {_interval(lo, hi, 0)}" if np.isfinite(lo) else "")
+def _knee(row: pd.Series, name: str) -> str:
+    """A λ̂ knee with its interval, where it has one."""
+    lo, hi = row.get(f"{name}_lower", np.nan), row.get(f"{name}_upper", np.nan)
+    return _num(row.get(name, np.nan)) + (f" {_interval(lo, hi)}" if np.isfinite(lo) else "")
 
 
 def answer_lines(cube: xr.Dataset) -> list[str]:
     """The answer as bullet points (reStructuredText), one per batch size and exponent."""
     table = summary_table(cube)
     verdicts = restart_verdicts(cube)
+    knees = knee_verdicts(cube)
     lines = []
     for b, rows in table.groupby("batch_size", sort=True):
         parts = []
@@ -89,7 +91,10 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
                 parts.append(f"{row['lr_schedule']}: {why}, {deficit}")
         said = ("" if not verdict else f". The deficit {verdict}." if verdict.startswith(
             ("survives", "does not")) else f". Under the restart: {verdict}.")
-        lines.append(f"* **batch {b:g}** — " + "; ".join(parts) + (said or "."))
+        knee = "; ".join(f"{r}: {knees[(float(b), r)]}" for r in rows["lr_schedule"]
+                         if (float(b), r) in knees)
+        lines.append(f"* **batch {b:g}** — " + "; ".join(parts) + (said or ".")
+                     + (f" λ̂'s knee minus the end (epochs): {knee}." if knee else ""))
     schedules = [str(r) for r in cube["lr_schedule"].values] if "lr_schedule" in cube.dims \
         else ["continue"]
     for r in schedules:
@@ -116,7 +121,7 @@ def table_rst(cube: xr.Dataset) -> str:
     table = summary_table(cube)
     counts = _flag_counts_by_cell(cube)
     header = ["batch", "lr after switch", "end (epoch)", "interval", "slope (pp/epoch)",
-              "deficit (pp)", "λ̂ marker: trunk", "λ̂ marker: never blurred",
+              "deficit (pp)", "λ̂ knee: trunk", "λ̂ knee: never blurred",
               "divergence marker", "λ̂ ok / estimates"]
     rows = []
     for _, row in table.iterrows():
@@ -131,7 +136,7 @@ def table_rst(cube: xr.Dataset) -> str:
             _num(100 * row["critical_period_slope"], 2),
             f"{_num(100 * row['permanent_deficit'])} "
             + _interval(100 * row["permanent_deficit_lower"], 100 * row["permanent_deficit_upper"]),
-            _marker(row, "llc_change_epoch_trunk"), _marker(row, "llc_change_epoch_sharp"),
+            _knee(row, "llc_knee_trunk"), _knee(row, "llc_knee_sharp"),
             _num(row["divergence_drop_epoch"]), f"{ok} / {total}"])
     out = [".. list-table::", "   :header-rows: 1", ""]
     for cells in [header, *rows]:
@@ -225,7 +230,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
              f"λ̂: {counts['estimates']} estimates, {counts['ok']} ok; flagged: "
              + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()
                          if k not in ("estimates", "ok"))
-             + " (flagged estimates are left out of the λ̂ markers and drawn hollow).")
+             + " (flagged estimates are left out of the λ̂ knees and drawn hollow).")
     drawn = set(FIGURES if drawn is None else drawn)
     shown = [FIGURES[stem] for stem in FIGURES if stem in drawn]
     reading = "\n".join(f"{i + 1}. {label.split(' ', 1)[1]} ({category.split(' ', 1)[1]})"
@@ -233,8 +238,9 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     parts = [
         title, "=" * len(title), "",
         "**Question.** Does the critical period end later when the batch size is smaller "
-        "(a higher SGD temperature), and is the permanent deficit a critical period at all, "
-        "i.e. does it survive restarting the learning rate at the switch?", "",
+        "(a higher SGD temperature), is the permanent deficit a critical period at all, "
+        "i.e. does it survive restarting the learning rate at the switch, and does the local "
+        "learning coefficient λ̂ change regime (its knee) where the period ends?", "",
         f"**Answer from this run** ({seeds} seed{'s' if seeds != 1 else ''} per cell; "
         f"brackets: the end's {kind}, the deficit's {deficit_kind}):", "",
         *answer_lines(cube), "",
@@ -245,12 +251,16 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         "*end*: kink of a hinge fit of final accuracy against switch epoch; *deficit*: final "
         "accuracy of the earliest switch (normally 0, never blurred) minus that of the latest "
         "switch (percentage "
-        "points, paired by seed); *markers*: where λ̂ changes slope most along the blurred "
-        "trunk and the never-blurred run (valid estimates only; brackets: lowest and highest "
-        "with all seeds and with each seed left out, a spread that shows how much the "
-        "marker rests on one seed, not a confidence interval), and the switch epoch where "
-        "the distance to the always-blurred run halves. n/a: see ``python -m critperiods "
-        "summarize`` for the reason.", "",
+        "points, paired by seed); *λ̂ knee*: where a broken stick (two lines joined at the "
+        "knee) fitted to λ̂ against epoch bends, along the blurred trunk and along the "
+        f"never-blurred run (valid estimates only; brackets: "
+        f"{cube.attrs.get('knee_interval_kind', 'an interval over seeds')}); *knee minus the "
+        "end*: in the answer above, with a "
+        f"{cube.attrs.get('knee_offset_interval_kind', 'paired interval over seeds')}: "
+        "\"includes 0\" means these seeds cannot tell the knee from the end, not that they "
+        "coincide; *divergence marker*: the switch epoch where the distance to the "
+        "always-blurred run halves. n/a: see ``python -m critperiods summarize`` for the "
+        "reason.", "",
         *perturbation_section(cube),
         "Caveats", "-------", "",
         f"* {seeds} seed{'s' if seeds != 1 else ''} per cell: the end's brackets are a {kind}; "

@@ -14,7 +14,10 @@ the cube:
   "survives the restart" when it stays above 0 with the rate reset at the switch;
 * the model-free half-deficit epoch;
 * where the local learning coefficient (λ̂, ``llc_mean``) changes slope most, along the
-  blurred trunk and along the never-blurred run;
+  blurred trunk and along the never-blurred run (an arg-max, with a leave-one-out spread);
+* the knee of λ̂ along each (a broken-stick fit, :mod:`critperiods.results.knee`) with a
+  jackknife-t interval, and the knee minus the end with a paired jackknife-t interval:
+  does λ̂ mark the end?
 * when the distance to the blurred continuation (``div_l2``, ``reference="blurred"``) at a
   fixed horizon after the switch drops below half of its early value;
 * the runs that diverged to chance, left out of all of the above (``diverged_runs``);
@@ -40,6 +43,13 @@ from critperiods.results.fits import (
     largest_change_epoch,
     permanent_deficit,
     seed_adjusted_mean,
+    switch_spacing_at,
+)
+from critperiods.results.knee import (
+    SeedJackknife,
+    knee_with_interval,
+    knees_without_each_seed,
+    paired_offset,
 )
 from critperiods.results.selection import (
     default_horizon,
@@ -53,9 +63,11 @@ from critperiods.results.selection import (
 from critperiods.variables import SUMMARY_STATISTICS, exponent_attrs, interval_attrs
 from critperiods.variables import attrs as variable_attrs
 
-__all__ = ["EXPONENTS", "INTERVAL_METHOD", "INTERVAL_STATISTICS", "LLC_MARKERS",
-           "MIN_LLC_POINTS", "LOO_RANGE_KIND", "critical_period_summary", "end_located",
-           "located_end", "unlocated_reason"]
+__all__ = ["EXPONENTS", "INTERVAL_METHOD", "INTERVAL_STATISTICS", "KNEE_STATISTICS",
+           "LLC_KNEES", "LLC_MARKERS", "MIN_LLC_POINTS", "LOO_RANGE_KIND",
+           "critical_period_summary", "end_located", "knee_attrs", "knee_interval_kind",
+           "located_end",
+           "unlocated_reason"]
 
 #: How the end's and the exponents' intervals are computed; stored as the cube attribute
 #: ``summary_interval_method`` so that ``summarize`` recognises statistics of older cubes.
@@ -72,6 +84,48 @@ EXPONENTS = ("temperature_exponent", "batch_size_exponent")
 LLC_MARKERS = ("llc_change_epoch_trunk", "llc_change_epoch_sharp")
 LOO_RANGE_KIND = ("lowest and highest value, with all seeds and with each seed left out in "
                   "turn (a spread, not a confidence interval)")
+
+
+#: The λ̂ knees (:func:`~critperiods.results.knee.knee_with_interval`) and their offsets from
+#: the end (:func:`~critperiods.results.knee.paired_offset`), per (batch_size, lr_schedule),
+#: each with ``<name>_interval``: (knee, offset) along the blurred trunk and along the
+#: never-blurred run. Their metadata is here (:data:`_KNEE_LONG_NAMES`), not in
+#: :mod:`critperiods.variables`, whose every change reruns the stages that write the cube's
+#: other variables.
+LLC_KNEES = (("llc_knee_trunk", "llc_knee_minus_end_trunk"),
+             ("llc_knee_sharp", "llc_knee_minus_end_sharp"))
+KNEE_STATISTICS = tuple(name for pair in LLC_KNEES for name in pair)
+_KNEE_LONG_NAMES = {
+    "llc_knee_trunk": "knee of valid lambda-hat along the blurred trunk (continuous broken-stick "
+                      "fit to the seed mean), in epochs",
+    "llc_knee_sharp": "knee of valid lambda-hat of the never-blurred run (continuous "
+                      "broken-stick fit to the seed mean), in epochs",
+    "llc_knee_minus_end_trunk": "llc_knee_trunk minus critical_period_end, in epochs (NaN where "
+                                "the end is not located)",
+    "llc_knee_minus_end_sharp": "llc_knee_sharp minus critical_period_end, in epochs (NaN where "
+                                "the end is not located)",
+}
+_KNEE_INTERVAL_KINDS = {
+    "knee": "{level} jackknife-t over seeds (leave one seed out; at least ± half the "
+            "lambda-hat epoch spacing, within the epochs with valid lambda-hat)",
+    "offset": "{level} paired jackknife-t over seeds (each seed left out of the knee and the "
+              "end together; at least ± half the switch spacing plus half the lambda-hat "
+              "epoch spacing)",
+}
+
+
+def knee_interval_kind(name: str, level: float) -> str:
+    """What the interval of the :data:`KNEE_STATISTICS` variable ``name`` is."""
+    kind = "offset" if "_minus_end_" in name else "knee"
+    return _KNEE_INTERVAL_KINDS[kind].format(level=f"{level:.0%}")
+
+
+def knee_attrs(name: str, level: float | None = None) -> dict:
+    """Attributes of a :data:`KNEE_STATISTICS` variable, or (with ``level``) of its
+    ``<name>_interval``."""
+    if level is None:
+        return {"long_name": _KNEE_LONG_NAMES[name], "units": "1"}
+    return interval_attrs(name, knee_interval_kind(name, level))
 
 
 def loo_range_attrs(name: str) -> dict:
@@ -194,7 +248,43 @@ def _cell_values(
         values[f"{name}_lower"], values[f"{name}_upper"] = lo, hi
         if reason:
             why[f"{name}_loo_range"] = reason
+    end = SeedJackknife(k, without_each_seed, np.isfinite(acc).any(axis=0))
+    end_half = switch_spacing_at(switches[np.isfinite(acc).any(axis=1)], k) / 2 \
+        if np.isfinite(k) else float("nan")
+    located = end_located(d_lo)
+    for (knee_name, offset_name), curve, marker in zip(
+            LLC_KNEES, (trunk_by_seed, sharp_by_seed), LLC_MARKERS, strict=True):
+        knee, offset = _knee_values(curve, level, end, end_half, located)
+        for name, triple in ((knee_name, knee), (offset_name, offset)):
+            values[name], values[f"{name}_lower"], values[f"{name}_upper"] = triple
+        if not np.isfinite(knee[0]):
+            why[knee_name] = why.get(marker) or "valid λ̂ is a straight line (no knee)"
+            why[offset_name] = f"no {knee_name}: {why[knee_name]}"
+        elif not located:
+            why[offset_name] = (f"no located end ({unlocated_reason(deficit, d_lo)}): nothing "
+                                "to compare the knee with")
     return values, why, without_each_seed
+
+
+def _knee_values(curve_by_seed: xr.DataArray, level: float, end: SeedJackknife,
+                 end_half: float, located: bool
+                 ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """The knee of a λ̂ curve (``(epoch, seed)``, :func:`knee_with_interval`) and its offset
+    from the ``end`` (:func:`paired_offset`; NaN unless the end is ``located``), each as
+    ``(value, lower, upper)``."""
+    nan3 = (float("nan"),) * 3
+    if "seed" not in curve_by_seed.dims or "epoch" not in curve_by_seed.dims:
+        return nan3, nan3
+    values = curve_by_seed.transpose("epoch", "seed")
+    epochs, matrix = values["epoch"].values.astype(float), values.values
+    loo = knees_without_each_seed(epochs, matrix)
+    knee = knee_with_interval(epochs, matrix, level, loo)
+    if not (np.isfinite(knee[0]) and located):
+        return knee, nan3
+    llc_half = switch_spacing_at(epochs[np.isfinite(matrix).any(axis=1)], knee[0]) / 2
+    present = np.isfinite(matrix).any(axis=0)
+    return knee, paired_offset(SeedJackknife(knee[0], loo, present), end, level,
+                               min_half_width=end_half + llc_half)
 
 
 def _why_missing(reasons: dict[tuple, str | None]) -> str:
@@ -356,6 +446,14 @@ def critical_period_summary(
             dims=[*dims, "bound"],
             attrs={**loo_range_attrs(name),
                    **({"missing": missing} if missing else {})})
+    for name in KNEE_STATISTICS:
+        missing = _why_missing({(b, r): cells[(b, r)][1].get(name) for b in batch_sizes
+                                for r in schedules})
+        data[name] = xr.DataArray(grid(name), dims=dims, attrs={
+            **knee_attrs(name), **({"missing": missing} if missing else {})})
+        data[f"{name}_interval"] = xr.DataArray(
+            np.stack([grid(f"{name}_lower"), grid(f"{name}_upper")], axis=-1),
+            dims=[*dims, "bound"], attrs=knee_attrs(name, level))
     coords = {"batch_size": batch_sizes, "lr_schedule": schedules, "bound": ["lower", "upper"]}
     ends = located_end(xr.Dataset(data, coords=coords)).values
     without_each_seed = np.array([[cells[(b, r)][2] for r in schedules] for b in batch_sizes]
@@ -367,6 +465,8 @@ def critical_period_summary(
     attrs = {"horizon": h, "level": level, "seeds": seeds,
              "interval_method": INTERVAL_METHOD,
              "interval_kind": kinds["critical_period_end"],
-             "deficit_interval_kind": kinds["permanent_deficit"]}
+             "deficit_interval_kind": kinds["permanent_deficit"],
+             "knee_interval_kind": knee_interval_kind("llc_knee_trunk", level),
+             "knee_offset_interval_kind": knee_interval_kind("llc_knee_minus_end_trunk", level)}
     return xr.Dataset(data, coords=coords, attrs=attrs)
 

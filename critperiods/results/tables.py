@@ -15,6 +15,8 @@ from critperiods.results.selection import CLASSES, run_diverged
 from critperiods.results.summary import (
     EXPONENTS,
     INTERVAL_STATISTICS,
+    KNEE_STATISTICS,
+    LLC_KNEES,
     LLC_MARKERS,
     LOO_RANGE_KIND,
     end_located,
@@ -22,8 +24,11 @@ from critperiods.results.summary import (
 )
 from critperiods.variables import SUMMARY_STATISTICS
 
-__all__ = ["diverged_sentence", "format_table", "llc_flag_counts", "restart_verdicts",
-           "runs_at_chance", "summary_table", "to_csv"]
+__all__ = ["diverged_sentence", "format_table", "knee_verdict", "knee_verdicts",
+           "llc_flag_counts", "restart_verdicts", "runs_at_chance", "summary_table", "to_csv"]
+
+#: Where the λ̂ knee is measured, by its name in :data:`LLC_KNEES`.
+KNEE_PLACES = {"llc_knee_trunk": "trunk", "llc_knee_sharp": "never-blurred"}
 
 def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
     """Per batch size, whether the permanent deficit survives restarting the learning rate.
@@ -50,6 +55,47 @@ def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
             out[float(b)] = f"survives the restart: {interval}{seeds}"
         else:
             out[float(b)] = f"does not survive the restart: {interval} includes no loss{seeds}"
+    return out
+
+
+def knee_verdict(offset: float, lower: float, upper: float) -> str:
+    """What a λ̂ knee's offset from the end says: "+9.2 [0.8, 17.6], after the end",
+    "… before the end" or "… includes 0" (the seeds cannot tell the knee from the end); ""
+    without an offset."""
+    if not np.isfinite(offset):
+        return ""
+    said = f"{offset:+.1f}"
+    if not np.isfinite(lower) and not np.isinf(lower):
+        return f"{said} (one seed: no interval)"
+    said += f" [{_bound(lower)}, {_bound(upper)}]"
+    if lower > 0:
+        return f"{said}, after the end"
+    if upper < 0:
+        return f"{said}, before the end"
+    return f"{said}, includes 0"
+
+
+def _bound(value: float) -> str:
+    """An interval bound to 0.1, or to two significant digits where 0.1 would round it to
+    0 and hide its sign."""
+    return f"{value:.1f}" if round(value, 1) != 0 or value == 0 else f"{value:.2g}"
+
+
+def knee_verdicts(summary: xr.Dataset) -> dict[tuple[float, str], str]:
+    """Per (batch size, schedule) with a located end: does λ̂'s knee mark it? "trunk −0.4
+    [−13.1, 12.3], includes 0; never-blurred +9.2 [0.8, 17.6], after the end"
+    (:func:`knee_verdict` of each ``llc_knee_minus_end_*``). Empty for a summary without
+    knees (computed before they existed) or without a located end."""
+    if any(name not in summary for name in KNEE_STATISTICS):
+        return {}
+    table = summary_table(summary)
+    out = {}
+    for _, row in table.iterrows():
+        said = [f"{KNEE_PLACES[knee]} {verdict}" for knee, offset in LLC_KNEES
+                if (verdict := knee_verdict(row[offset], row[f"{offset}_lower"],
+                                            row[f"{offset}_upper"]))]
+        if said:
+            out[(float(row["batch_size"]), str(row["lr_schedule"]))] = "; ".join(said)
     return out
 
 
@@ -130,6 +176,11 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
                 if name in LLC_MARKERS and f"{name}_loo_range" in cell:
                     lo, hi = cell[f"{name}_loo_range"].values
                     row[f"{name}_loo_lower"], row[f"{name}_loo_upper"] = float(lo), float(hi)
+            for name in KNEE_STATISTICS:
+                if name in cell:  # absent from cubes written before the knees
+                    row[name] = float(cell[name])
+                    lo, hi = cell[f"{name}_interval"].values
+                    row[f"{name}_lower"], row[f"{name}_upper"] = float(lo), float(hi)
             for name in EXPONENTS:
                 row[name] = float(cell[name])
                 lo, hi = cell[f"{name}_interval"].values
@@ -150,13 +201,21 @@ def _pp(value: float) -> str:
     return "nan" if not np.isfinite(value) else f"{100 * value:.1f}"
 
 
-def _with_spread(table: pd.DataFrame, name: str) -> list[str]:
-    """A λ̂ marker's column: "8 [6, 12]" with its leave-one-out range where the table has one."""
-    if f"{name}_loo_lower" not in table:  # a summary computed before the ranges existed
-        return list(table[name].map(_fmt))
-    return [_fmt(v) if not np.isfinite(lo) else f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]"
-            for v, lo, hi in zip(table[name], table[f"{name}_loo_lower"],
-                                 table[f"{name}_loo_upper"], strict=True)]
+def _with_interval(table: pd.DataFrame, name: str, lower: str, upper: str) -> list[str]:
+    """A column of values with their intervals: "6.3 [4, 16]" ("6.3" without one)."""
+    return [_fmt(v) if not np.isfinite(lo) and not np.isinf(lo)
+            else f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]"
+            for v, lo, hi in zip(table[name], table[lower], table[upper], strict=True)]
+
+
+def _llc_column(table: pd.DataFrame, knee: str, marker: str) -> list[str]:
+    """A λ̂ column: the knee with its interval; for a summary computed before the knees, the
+    arg-max marker with its leave-one-out range where it has one."""
+    if knee in table:
+        return _with_interval(table, knee, f"{knee}_lower", f"{knee}_upper")
+    if f"{marker}_loo_lower" in table:
+        return _with_interval(table, marker, f"{marker}_loo_lower", f"{marker}_loo_upper")
+    return list(table[marker].map(_fmt))
 
 
 def format_table(summary: xr.Dataset) -> str:
@@ -184,8 +243,8 @@ def format_table(summary: xr.Dataset) -> str:
                   if "permanent_deficit_seeds" in table else ["?"] * len(table)),
         "half_def": [_fmt(v) if ok else "-" for v, ok in zip(
             table["half_deficit_epoch"], located, strict=True)],
-        "llc_trunk": _with_spread(table, "llc_change_epoch_trunk"),
-        "llc_sharp": _with_spread(table, "llc_change_epoch_sharp"),
+        "llc_trunk": _llc_column(table, "llc_knee_trunk", "llc_change_epoch_trunk"),
+        "llc_sharp": _llc_column(table, "llc_knee_sharp", "llc_change_epoch_sharp"),
         "div_drop": table["divergence_drop_epoch"].map(_fmt),
     }
     widths = {k: max(len(k), *(len(str(v)) for v in col)) for k, col in columns.items()}
@@ -194,7 +253,11 @@ def format_table(summary: xr.Dataset) -> str:
         lines.append("  ".join(str(list(columns[k])[i]).rjust(widths[k]) for k in columns))
     lines.append(f"intervals: end, {summary.attrs.get('interval_kind', 'over seeds')}"
                  f"; deficit, {summary.attrs.get('deficit_interval_kind', 'over seeds')}")
-    if "llc_change_epoch_trunk_loo_lower" in table:
+    if "llc_knee_trunk" in table:
+        lines.append("λ̂ knees (llc_trunk, llc_sharp): broken-stick knee of the seed-mean λ̂ "
+                     "along the blurred trunk and along the never-blurred run, "
+                     + summary.attrs.get("knee_interval_kind", "interval over seeds"))
+    elif "llc_change_epoch_trunk_loo_lower" in table:
         lines.append(f"λ̂ markers (llc_trunk, llc_sharp) [lower, upper]: {LOO_RANGE_KIND}")
     schedules = (summary["lr_schedule"].values if "lr_schedule" in summary.dims
                  else ["continue"])
@@ -210,7 +273,7 @@ def format_table(summary: xr.Dataset) -> str:
                  if f"{name}_interval" in summary} - {None}
     lines += [f"exponent interval [-inf, inf]: {text}" for text in sorted(unbounded)]
     missing = [f"  {name}: {summary[name].attrs['missing']}"
-               for name in [*SUMMARY_STATISTICS, *EXPONENTS,
+               for name in [*SUMMARY_STATISTICS, *KNEE_STATISTICS, *EXPONENTS,
                             *(f"{m}_loo_range" for m in LLC_MARKERS)]
                if name in summary and "missing" in summary[name].attrs]
     if missing:

@@ -1,0 +1,172 @@
+"""Where a curve bends, with an interval: the broken-stick knee, and its offset from the end.
+
+"Does λ̂ mark the end of the critical period?" asks whether the epoch where λ̂ changes
+regime coincides with the end read off the accuracy (:func:`critperiods.results.fits.hinge_end`).
+The arg-max read-out (:func:`critperiods.results.fits.largest_change_epoch`) names the
+largest wiggle and has no interval. Here:
+
+* :func:`fit_broken_stick`: least-squares continuous two-segment line ``a + b x + c (x − k)₊``
+  through a curve; its knee ``k`` moves smoothly with the data, so a leave-one-seed-out
+  jackknife applies to it;
+* :func:`knee_with_interval`: the knee of the seed-adjusted mean curve, with a jackknife-t
+  interval over seeds;
+* :func:`paired_offset`: knee minus end, both refitted without the same seed, with a
+  jackknife-t interval: the seeds are the independent unit of both, so the pair's errors
+  share them.
+
+Plain numpy in, floats out, NaN where there is too little to estimate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from critperiods.results.fits import (
+    MIN_CHANGE_POINTS,
+    _sorted_finite,
+    jackknife_interval,
+    seed_adjusted_mean,
+    switch_spacing_at,
+)
+
+__all__ = ["SeedJackknife", "fit_broken_stick", "knee_with_interval",
+           "knees_without_each_seed", "paired_offset"]
+
+
+def _line_sse(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """``(intercept, slope, sse)`` of the OLS line through ``(x, y)`` (at least 2 distinct x)."""
+    dx = x - x.mean()
+    slope = float(dx @ (y - y.mean())) / float(dx @ dx)
+    intercept = float(y.mean() - slope * x.mean())
+    r = y - intercept - slope * x
+    return intercept, slope, float(r @ r)
+
+
+def fit_broken_stick(x: np.ndarray, y: np.ndarray) -> float:
+    """The knee ``k`` of the least-squares continuous broken stick ``a + b x + c (x − k)₊``.
+
+    Non-finite points are dropped; ``k`` ranges over ``[x₂, x₋₂]`` (the second to the
+    second-to-last point), so that each segment rests on at least two points. The solution
+    is exact (Hudson 1966): for each split of the points into a left and a right set, the
+    two separate OLS lines meet at some ``k``; where that ``k`` lies between the split's
+    points it is the optimum for the split, and otherwise the optimum sits at one of the
+    points, where the model is linear in ``(a, b, c)``. All candidates are compared; ties
+    go to the earliest knee.
+
+    NaN with fewer than :data:`~critperiods.results.fits.MIN_CHANGE_POINTS` points, and for
+    a straight line (a bend that does not lower the residual beyond round-off).
+    """
+    x, y = _sorted_finite(x, y)
+    if x.size < MIN_CHANGE_POINTS or np.unique(x).size != x.size:
+        return float("nan")
+    scale = float(x[-1] - x[0])
+    u = (x - x[0]) / scale  # conditioning: the knee is found in [0, 1] and mapped back
+    yc = y - y.mean()
+    n = u.size
+    *_, line = _line_sse(u, yc)
+    candidates: list[tuple[float, float]] = []
+    for i in range(1, n - 1):  # knee at a point
+        design = np.column_stack([np.ones(n), u, np.maximum(u - u[i], 0.0)])
+        coef, *_ = np.linalg.lstsq(design, yc, rcond=None)
+        r = yc - design @ coef
+        candidates.append((float(r @ r), float(u[i])))
+    for j in range(1, n - 2):  # knee between points j and j + 1: two separate lines meet
+        a_l, b_l, sse_l = _line_sse(u[:j + 1], yc[:j + 1])
+        a_r, b_r, sse_r = _line_sse(u[j + 1:], yc[j + 1:])
+        if b_l != b_r:
+            k = (a_r - a_l) / (b_l - b_r)
+            if u[j] < k < u[j + 1]:
+                candidates.append((sse_l + sse_r, float(k)))
+    sse, knee = min(candidates, key=lambda c: (c[0], c[1]))
+    if sse >= line - 1e-9 * line - 1e-24 * n:  # a straight line: no knee
+        return float("nan")
+    near = np.abs(u - knee) <= 1e-9  # a knee within round-off of a point is at it
+    return float(x[np.argmax(near)] if near.any() else x[0] + knee * scale)
+
+
+def knees_without_each_seed(epochs: np.ndarray, values_by_seed: np.ndarray) -> np.ndarray:
+    """:func:`fit_broken_stick` of the seed-adjusted mean of an ``(epoch, seed)`` array,
+    refitted with each seed left out in turn: one value per seed column. NaN for a seed with
+    no finite value (it is not part of the curve) and wherever the rest give no knee; all
+    NaN with fewer than 2 seeds with data."""
+    values = np.asarray(values_by_seed, dtype=float)
+    values = values[:, None] if values.ndim == 1 else values
+    out = np.full(values.shape[1], np.nan)
+    present = np.flatnonzero(np.isfinite(values).any(axis=0))
+    if present.size < 2:
+        return out
+    for i in present:
+        out[i] = fit_broken_stick(epochs, seed_adjusted_mean(np.delete(values, i, axis=1)))
+    return out
+
+
+def knee_with_interval(epochs: np.ndarray, values_by_seed: np.ndarray, level: float = 0.90,
+                       without_each_seed: np.ndarray | None = None
+                       ) -> tuple[float, float, float]:
+    """The knee of the seed-adjusted mean curve and its jackknife-t interval over seeds.
+
+    ``values_by_seed`` is ``(epoch, seed)``, NaN where a value is missing or left out (a
+    flagged λ̂). The interval is :func:`~critperiods.results.fits.jackknife_interval` of
+    :func:`knees_without_each_seed`, widened to at least ± half the spacing of the curve's
+    epochs at the knee (the sampling grid cannot place a bend more finely) and clipped to
+    the epochs with data. ``(-inf, inf)`` before clipping, i.e. the whole range, where
+    leaving some seed out leaves no knee. Returns ``(knee, lower, upper)``; the interval is
+    NaN with one seed.
+    """
+    values = np.asarray(values_by_seed, dtype=float)
+    values = values[:, None] if values.ndim == 1 else values
+    knee = fit_broken_stick(epochs, seed_adjusted_mean(values))
+    if not np.isfinite(knee):
+        return (float("nan"),) * 3
+    loo = (knees_without_each_seed(epochs, values) if without_each_seed is None
+           else np.asarray(without_each_seed, dtype=float))
+    present = np.isfinite(values).any(axis=0)
+    lower, upper = jackknife_interval(knee, loo[present], level)
+    if np.isnan(lower):
+        return knee, float("nan"), float("nan")
+    x = np.asarray(epochs, dtype=float)[np.isfinite(values).any(axis=1)]
+    half = switch_spacing_at(x, knee) / 2
+    return (knee, max(min(lower, knee - half), float(x.min())),
+            min(max(upper, knee + half), float(x.max())))
+
+
+@dataclass(frozen=True)
+class SeedJackknife:
+    """A statistic over seeds, as the paired jackknife needs it: its ``value`` with all
+    seeds, its value refitted ``without_each_seed`` (one per seed; NaN where leaving that
+    seed out leaves no estimate), and which seeds are ``present`` (have data at all)."""
+
+    value: float
+    without_each_seed: np.ndarray
+    present: np.ndarray
+
+
+def paired_offset(knee: SeedJackknife, end: SeedJackknife, level: float = 0.90,
+                  min_half_width: float = 0.0) -> tuple[float, float, float]:
+    """``knee − end`` with a paired leave-one-seed-out jackknife-t interval.
+
+    Both statistics come from the same seeds (initialisation and data order), so their
+    errors are not independent: leaving seed ``i`` out of both gives ``knee₋ᵢ − end₋ᵢ``,
+    and the jackknife runs over the seeds present in either. Leaving out a seed that is
+    absent from one of the two leaves that one unchanged. The interval is at least
+    ± ``min_half_width`` (the grids' resolution: half the switch spacing at the end plus
+    half the λ̂ spacing at the knee). Returns ``(offset, lower, upper)``; the interval is NaN
+    with fewer than 2 seeds and ``(-inf, inf)`` where leaving a seed out leaves no knee or
+    no end.
+    """
+    offset = float(knee.value) - float(end.value)
+    if not np.isfinite(offset):
+        return (float("nan"),) * 3
+    k_present, e_present = (np.asarray(p, dtype=bool) for p in (knee.present, end.present))
+    if k_present.shape != e_present.shape:
+        raise ValueError(f"one value per seed in both: {k_present.shape} and "
+                         f"{e_present.shape}")
+    units = k_present | e_present
+    if units.sum() < 2:
+        return offset, float("nan"), float("nan")
+    k_loo = np.where(k_present, knee.without_each_seed, knee.value)
+    e_loo = np.where(e_present, end.without_each_seed, end.value)
+    lower, upper = jackknife_interval(offset, (k_loo - e_loo)[units], level)
+    return offset, min(lower, offset - min_half_width), max(upper, offset + min_half_width)

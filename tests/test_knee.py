@@ -1,0 +1,165 @@
+"""The broken-stick knee of a λ̂ curve, its interval, and its paired offset from the end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from critperiods.results import fits
+from critperiods.results.knee import (
+    SeedJackknife,
+    fit_broken_stick,
+    knee_with_interval,
+    knees_without_each_seed,
+    paired_offset,
+)
+
+EPOCHS = np.arange(4.0, 23.0, 2.0)  # the default's λ̂ epochs and more
+
+
+def stick(x: np.ndarray, knee: float, before: float = 5.0, after: float = 1.0) -> np.ndarray:
+    return np.where(x < knee, before * (x - knee), after * (x - knee)) + 100.0
+
+
+def brute_force_knee(x: np.ndarray, y: np.ndarray, step: float = 2e-3) -> float:
+    """The knee by a dense scan of [x₂, x₋₂]: slow, obviously right."""
+    best = (np.inf, np.nan)
+    for k in np.arange(x[1], x[-2] + step / 2, step):
+        design = np.column_stack([np.ones_like(x), x, np.maximum(x - k, 0)])
+        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+        sse = float(np.sum((y - design @ coef) ** 2))
+        if sse < best[0] - 1e-12:
+            best = (sse, k)
+    return best[1]
+
+
+@pytest.mark.parametrize("knee", [7.3, 8.0, 15.9])
+def test_an_exact_broken_stick_gives_its_knee_between_points_or_at_one(knee) -> None:
+    assert fit_broken_stick(EPOCHS, stick(EPOCHS, knee)) == pytest.approx(knee, abs=1e-9)
+
+
+def test_the_knee_is_the_least_squares_one_on_noisy_curves() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        y = stick(EPOCHS, rng.uniform(6, 20)) + rng.normal(0, 4, EPOCHS.size)
+        assert fit_broken_stick(EPOCHS, y) == pytest.approx(brute_force_knee(EPOCHS, y),
+                                                            abs=3e-3)
+
+
+def test_the_knee_follows_a_shift_and_a_stretch_of_the_epochs() -> None:
+    y = stick(EPOCHS, 9.4) + np.random.default_rng(1).normal(0, 3, EPOCHS.size)
+    k = fit_broken_stick(EPOCHS, y)
+    assert fit_broken_stick(3 * EPOCHS + 10, y) == pytest.approx(3 * k + 10)
+    assert fit_broken_stick(EPOCHS[::-1], y[::-1]) == pytest.approx(k)  # order does not matter
+
+
+def test_no_knee_on_a_straight_line_or_with_too_few_points() -> None:
+    assert np.isnan(fit_broken_stick(EPOCHS, 3 * EPOCHS - 2))
+    assert np.isnan(fit_broken_stick(EPOCHS[:3], stick(EPOCHS[:3], 6)))
+    with_holes = stick(EPOCHS, 9.0)
+    with_holes[3:] = np.nan  # 3 finite points left
+    assert np.isnan(fit_broken_stick(EPOCHS, with_holes))
+    y = stick(EPOCHS, 9.0)
+    y[5] = np.nan  # a hole is skipped, not a reason to give up
+    assert fit_broken_stick(EPOCHS, y) == pytest.approx(9.0)
+
+
+def test_the_knee_never_sits_on_the_first_or_last_point() -> None:
+    """A bend at the ends would rest one segment on one point."""
+    y = stick(EPOCHS, EPOCHS[0] + 0.5)
+    y[0] += 50  # an outlier at the first epoch pulls the knee as far left as it may go
+    assert EPOCHS[1] <= fit_broken_stick(EPOCHS, y) <= EPOCHS[-2]
+
+
+def seeds_of(knees: list[float], noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    """(epoch, seed) λ̂: each seed its own knee and level, plus noise."""
+    rng = np.random.default_rng(seed)
+    return np.stack([stick(EPOCHS, k) + 10 * i + rng.normal(0, noise, EPOCHS.size)
+                     for i, k in enumerate(knees)], axis=1)
+
+
+def test_leaving_each_seed_out_refits_the_others() -> None:
+    values = seeds_of([8.0, 10.0, 12.0], noise=1.0)
+    values[:, 1] = np.nan  # seed 1 has no valid λ̂: nothing to leave out
+    loo = knees_without_each_seed(EPOCHS, values)
+    assert np.isnan(loo[1])
+    assert loo[0] == pytest.approx(fit_broken_stick(EPOCHS, values[:, 2]))
+    assert loo[2] == pytest.approx(fit_broken_stick(EPOCHS, values[:, 0]))
+    assert np.isnan(knees_without_each_seed(EPOCHS, values[:, :2])).all()  # one seed left
+
+
+def test_the_knee_interval_is_the_jackknife_with_a_floor_and_within_the_epochs() -> None:
+    same = seeds_of([9.0, 9.0, 9.0])
+    assert knee_with_interval(EPOCHS, same) == pytest.approx((9.0, 8.0, 10.0))  # ± 1 = half 2
+    spread = seeds_of([7.0, 10.0, 13.0], noise=0.5)
+    k, lo, hi = knee_with_interval(EPOCHS, spread)
+    loo = knees_without_each_seed(EPOCHS, spread)
+    assert (lo, hi) == pytest.approx(fits.jackknife_interval(k, loo))
+    wide = seeds_of([6.0, 12.0, 20.0])
+    _, lo, hi = knee_with_interval(EPOCHS, wide)
+    assert (lo, hi) == (EPOCHS[0], EPOCHS[-1])  # clipped to where λ̂ was measured
+    k, lo, hi = knee_with_interval(EPOCHS, seeds_of([9.0]))
+    assert k == pytest.approx(9.0) and np.isnan(lo) and np.isnan(hi)
+    assert all(np.isnan(knee_with_interval(EPOCHS, 2 * EPOCHS[:, None] + np.arange(3))))
+
+
+def test_the_offset_is_paired_a_shared_seed_effect_cancels() -> None:
+    """Seed i moves the knee and the end by the same amount: knee − end is the same without
+    any seed, so the paired interval is only its floor, where treating the two as
+    independent would be wide."""
+    shift = np.array([-3.0, 0.0, 3.0])
+    knee = SeedJackknife(10.0, 10.0 - shift / 2, np.ones(3, bool))
+    end = SeedJackknife(7.0, 7.0 - shift / 2, np.ones(3, bool))
+    assert paired_offset(knee, end, min_half_width=1.5) == pytest.approx((3.0, 1.5, 4.5))
+    lo_k, hi_k = fits.jackknife_interval(10.0, knee.without_each_seed)
+    assert hi_k - lo_k > 10  # each alone is uncertain
+
+
+def test_the_offset_interval_is_the_jackknife_of_the_differences() -> None:
+    knee = SeedJackknife(10.0, np.array([9.0, 10.5, 11.0, 9.5]), np.ones(4, bool))
+    end = SeedJackknife(6.0, np.array([6.5, 5.5, 6.0, 6.0]), np.ones(4, bool))
+    expected = fits.jackknife_interval(4.0, knee.without_each_seed - end.without_each_seed)
+    assert paired_offset(knee, end) == pytest.approx((4.0, *expected))
+
+
+def test_a_seed_missing_from_one_side_leaves_that_side_unchanged() -> None:
+    present = np.array([True, True, False])
+    knee = SeedJackknife(10.0, np.array([9.0, 11.0, np.nan]), present)
+    end = SeedJackknife(6.0, np.array([6.5, 5.5, 6.0]), np.ones(3, bool))
+    diffs = np.array([9.0 - 6.5, 11.0 - 5.5, 10.0 - 6.0])
+    assert paired_offset(knee, end) == pytest.approx((4.0, *fits.jackknife_interval(4.0, diffs)))
+
+
+def test_a_seed_without_which_no_knee_is_left_makes_the_offset_unbounded() -> None:
+    knee = SeedJackknife(10.0, np.array([9.0, np.nan, 11.0]), np.ones(3, bool))
+    end = SeedJackknife(6.0, np.array([6.5, 5.5, 6.0]), np.ones(3, bool))
+    assert paired_offset(knee, end) == (4.0, -np.inf, np.inf)
+
+
+def test_no_offset_without_a_knee_or_an_end_and_no_interval_with_one_seed() -> None:
+    one = np.array([True, False])
+    nothing = SeedJackknife(float("nan"), np.full(2, np.nan), one)
+    some = SeedJackknife(5.0, np.full(2, np.nan), one)
+    assert all(np.isnan(paired_offset(nothing, some)))
+    offset, lo, hi = paired_offset(some, SeedJackknife(3.0, np.full(2, np.nan), one))
+    assert offset == 2.0 and np.isnan(lo) and np.isnan(hi)
+
+
+def test_the_knee_coverage_bench_runs_and_covers_near_its_level() -> None:
+    """bench/knee_coverage.py, in a few trials, so that it cannot rot; the full run's table
+    is in docs/analysis.md. Pairing can only narrow the interval where a seed moves the
+    knee and the end together."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "knee_coverage.py"
+    spec = importlib.util.spec_from_file_location("knee_coverage", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    shifted = bench.SCENARIOS["knee after the end, seeds shift both (s.d. 15 %)"]
+    got = bench.coverage(shifted, n_seeds=5, trials=40)
+    assert got["paired cover"] >= 0.8 and got["knee cover"] >= 0.75
+    assert got["paired width"] < got["unpaired width"]
+    assert 0 < got["excludes 0"] < 1
