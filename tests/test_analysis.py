@@ -1025,6 +1025,101 @@ def test_the_llc_figure_of_a_restart_only_grid_has_markers_and_no_end(monkeypatc
     assert len([line for line in ax.get_lines() if line.get_marker() == "v"]) == 2
 
 
+def test_the_knee_offset_pairs_each_seeds_knee_with_its_own_end() -> None:
+    """Seeds 0, 1, 2 end at kink − 6, kink, kink + 6 and bend λ̂ at 14, 20, 26: leaving a
+    seed out moves the knee and the end the same way. The summary's offset and interval are
+    those of the knee and the end refitted without the same seed, seed by seed in the cube's
+    order; at one batch size seed 2 has no run at all, so leaving it out leaves the end
+    as it is."""
+    from critperiods.results.knee import SeedJackknife, knees_without_each_seed, paired_offset
+
+    cube = synthetic_cube(with_div=False)
+    shift = np.array([-6.0, 0.0, 6.0])
+    acc = np.stack([np.stack([hinge(SWITCHES, KINKS[b] + d) for d in shift], axis=1)
+                    for b in BATCHES])
+    acc[1, :, 2] = np.nan
+    cube["final_test_accuracy"].values[:] = acc
+    epochs = cube["epoch"].values
+    llc = np.stack([np.where(epochs < 20 + d, epochs - d, 20 + 0.1 * (epochs - 20 - d))
+                    for d in shift])  # (seed, epoch)
+    cube["llc_mean"].values[:] = llc[None, None]
+    summary = critical_period_summary(cube)
+    for i, b in enumerate(BATCHES):
+        cell = summary.sel(batch_size=b, lr_schedule="continue")
+        a = acc[i]
+        present = np.isfinite(a).any(axis=0)
+        end_loo = fits.kinks_without_each_seed(SWITCHES, a)
+        end = SeedJackknife(fits.hinge_end(SWITCHES, a)[0], end_loo, present)
+        trunk = selection.llc_trunk_by_seed(cube, b).transpose("epoch", "seed")
+        knee_loo = knees_without_each_seed(trunk["epoch"].values, trunk.values)
+        knee = SeedJackknife(float(cell["llc_knee_trunk"]), knee_loo, np.ones(3, bool))
+        floor = (fits.switch_spacing_at(SWITCHES, end.value) / 2
+                 + fits.switch_spacing_at(trunk["epoch"].values, knee.value) / 2)
+        expected = paired_offset(knee, end, 0.9, floor)
+        got = (float(cell["llc_knee_minus_end_trunk"]),
+               *cell["llc_knee_minus_end_trunk_interval"].values)
+        np.testing.assert_allclose(got, expected)
+        if present.all():  # the shared shift cancels, in part: narrower than either alone
+            alone = [np.ptp(fits.jackknife_interval(v.value, v.without_each_seed))
+                     for v in (knee, end)]
+            assert expected[2] - expected[1] < min(alone)
+            mismatched = SeedJackknife(knee.value, knee_loo[::-1], knee.present)
+            assert np.ptp(paired_offset(mismatched, end, 0.9, floor)[1:]) > np.ptp(
+                expected[1:])
+
+
+def test_a_knee_at_an_edge_or_gone_without_a_seed_is_flagged_unstable(monkeypatch,
+                                                                     tmp_path) -> None:
+    """Every seed bending at 20 is stable. A bend at the second λ̂ epoch (the earliest a knee
+    can be) is unstable: it may lie earlier. So is a knee only one seed makes (without it
+    the curve is straight). The flag reaches the table ("*"), the verdicts and figure 3a
+    (a hollow triangle)."""
+    from critperiods.results import plots
+
+    stable = critical_period_summary(synthetic_cube(with_div=False))
+    assert not stable["llc_knee_trunk_unstable"].any()
+    assert stable["llc_knee_trunk_unstable"].attrs["flag_meanings"] == "stable unstable"
+    early = synthetic_cube(with_div=False)
+    epochs = early["epoch"]
+    early["llc_mean"] = xr.where(epochs < 1, 5 * epochs, 5 + 0.1 * (epochs - 1)).broadcast_like(
+        early["llc_mean"]).transpose(*early["llc_mean"].dims)
+    summary = critical_period_summary(early)
+    assert (summary["llc_knee_trunk"] == 1).all() and summary["llc_knee_trunk_unstable"].all()
+    one = synthetic_cube(with_div=False)
+    one["llc_mean"] = one["llc_mean"].where(one["seed"] == 0, one["epoch"])
+    summary = critical_period_summary(one)
+    assert summary["llc_knee_sharp_unstable"].all() and np.isfinite(summary["llc_knee_sharp"]).all()
+    text = tables.format_table(summary)
+    assert "]*" in text and "* unstable knee: with some seed left out" in text
+    verdicts = tables.knee_verdicts(summary)
+    assert len(verdicts) == BATCHES.size and all(
+        v.startswith("trunk (unstable knee) ") and "never-blurred (unstable knee) " in v
+        for v in verdicts.values())
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi: figures.append(fig))
+    cube = one.merge(summary)
+    cube["llc_std"] = xr.ones_like(cube["llc_mean"])
+    plots.llc(cube, tmp_path / "llc.png")
+    triangles = [line for line in figures[0].axes[0].get_lines() if line.get_marker() == "v"]
+    assert triangles and all(line.get_markerfacecolor() == "none" for line in triangles)
+
+
+def test_each_missing_knee_or_offset_says_why() -> None:
+    cube = flat_restart(synthetic_cube(with_div=False))
+    cube["llc_mean"] = cube["llc_mean"].where(cube["epoch"] <= 2)  # 3 points: too few
+    summary = critical_period_summary(cube)
+    assert "3 valid λ̂ point(s)" in summary["llc_knee_trunk"].attrs["missing"]
+    assert ("no llc_knee_trunk: 3 valid λ̂ point(s)"
+            in summary["llc_knee_minus_end_trunk"].attrs["missing"])
+    straight = flat_restart(synthetic_cube(with_div=False))
+    straight["llc_mean"] = straight["llc_mean"] * 0 + straight["epoch"]
+    summary = critical_period_summary(straight)
+    assert "straight line" in summary["llc_knee_sharp"].attrs["missing"]
+    located = flat_restart(synthetic_cube(with_div=False))
+    missing = critical_period_summary(located)["llc_knee_minus_end_trunk"].attrs["missing"]
+    assert missing.count("no located end (no deficit)") == 1 and "continue" not in missing
+
+
 def test_the_report_gives_each_lambda_knee_its_interval_and_its_offset_from_the_end() -> None:
     """The table: each knee with its interval. The answer: per batch size, the knee minus
     the end, and whether its interval says after, before or cannot tell."""

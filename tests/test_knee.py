@@ -33,7 +33,7 @@ def brute_force_knee(x: np.ndarray, y: np.ndarray, step: float = 2e-3) -> float:
     return best[1]
 
 
-@pytest.mark.parametrize("knee", [7.3, 8.0, 15.9])
+@pytest.mark.parametrize("knee", [6.0, 6.7, 7.3, 8.0, 15.9, 19.3, 20.0])  # first gap to last
 def test_an_exact_broken_stick_gives_its_knee_between_points_or_at_one(knee) -> None:
     assert fit_broken_stick(EPOCHS, stick(EPOCHS, knee)) == pytest.approx(knee, abs=1e-9)
 
@@ -51,6 +51,18 @@ def test_the_knee_follows_a_shift_and_a_stretch_of_the_epochs() -> None:
     k = fit_broken_stick(EPOCHS, y)
     assert fit_broken_stick(3 * EPOCHS + 10, y) == pytest.approx(3 * k + 10)
     assert fit_broken_stick(EPOCHS[::-1], y[::-1]) == pytest.approx(k)  # order does not matter
+
+
+def test_the_knee_does_not_depend_on_the_units_of_the_curve() -> None:
+    y = stick(EPOCHS, 11.3)
+    for scale in (1e-12, 1.0, 1e9):
+        assert fit_broken_stick(EPOCHS, scale * y) == pytest.approx(11.3)
+    assert np.isnan(fit_broken_stick(EPOCHS, 1e-12 * (3 * EPOCHS - 2)))
+
+
+def test_a_repeated_epoch_is_an_error_not_a_missing_knee() -> None:
+    with pytest.raises(ValueError, match="x repeats"):
+        fit_broken_stick(np.r_[EPOCHS, EPOCHS[-1]], np.r_[stick(EPOCHS, 9.0), 0.0])
 
 
 def test_no_knee_on_a_straight_line_or_with_too_few_points() -> None:
@@ -97,10 +109,20 @@ def test_the_knee_interval_is_the_jackknife_with_a_floor_and_within_the_epochs()
     assert (lo, hi) == pytest.approx(fits.jackknife_interval(k, loo))
     wide = seeds_of([6.0, 12.0, 20.0])
     _, lo, hi = knee_with_interval(EPOCHS, wide)
-    assert (lo, hi) == (EPOCHS[0], EPOCHS[-1])  # clipped to where λ̂ was measured
+    assert (lo, hi) == (EPOCHS[1], EPOCHS[-2])  # clipped to where a knee can be
     k, lo, hi = knee_with_interval(EPOCHS, seeds_of([9.0]))
     assert k == pytest.approx(9.0) and np.isnan(lo) and np.isnan(hi)
     assert all(np.isnan(knee_with_interval(EPOCHS, 2 * EPOCHS[:, None] + np.arange(3))))
+
+
+def test_a_seed_without_which_no_knee_is_left_leaves_the_knee_unbounded() -> None:
+    """Seed 0 alone bends; without it the curve is straight: the data do not bound the knee,
+    so the interval is all of where a knee can be, not a jackknife of the other refits."""
+    values = np.stack([stick(EPOCHS, 12.0), 3 * EPOCHS, 3 * EPOCHS + 5], axis=1)
+    loo = knees_without_each_seed(EPOCHS, values)
+    assert np.isnan(loo[0]) and np.isfinite(loo[1:]).all()
+    knee, lo, hi = knee_with_interval(EPOCHS, values)
+    assert np.isfinite(knee) and (lo, hi) == (EPOCHS[1], EPOCHS[-2])
 
 
 def test_the_offset_is_paired_a_shared_seed_effect_cancels() -> None:
@@ -147,8 +169,8 @@ def test_no_offset_without_a_knee_or_an_end_and_no_interval_with_one_seed() -> N
 
 def test_the_knee_coverage_bench_runs_and_covers_near_its_level() -> None:
     """bench/knee_coverage.py, in a few trials, so that it cannot rot; the full run's table
-    is in docs/analysis.md. Pairing can only narrow the interval where a seed moves the
-    knee and the end together."""
+    is in docs/analysis.md. Where a seed moves the knee and the end together, pairing
+    narrows the interval."""
     import importlib.util
     import sys
     from pathlib import Path

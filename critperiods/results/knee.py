@@ -6,8 +6,9 @@ The arg-max read-out (:func:`critperiods.results.fits.largest_change_epoch`) nam
 largest wiggle and has no interval. Here:
 
 * :func:`fit_broken_stick`: least-squares continuous two-segment line ``a + b x + c (x − k)₊``
-  through a curve; its knee ``k`` moves smoothly with the data, so a leave-one-seed-out
-  jackknife applies to it;
+  through a curve; where the curve bends clearly, its knee ``k`` moves continuously with
+  the data, so a leave-one-seed-out jackknife applies to it (where it bends little, the fit
+  can jump between two bends when a seed is left out, and the interval comes out wide);
 * :func:`knee_with_interval`: the knee of the seed-adjusted mean curve, with a jackknife-t
   interval over seeds;
 * :func:`paired_offset`: knee minus end, both refitted without the same seed, with a
@@ -47,19 +48,23 @@ def _line_sse(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
 def fit_broken_stick(x: np.ndarray, y: np.ndarray) -> float:
     """The knee ``k`` of the least-squares continuous broken stick ``a + b x + c (x − k)₊``.
 
+    ``x`` are distinct (a curve: one value per epoch; a repeated ``x`` is a ValueError).
     Non-finite points are dropped; ``k`` ranges over ``[x₂, x₋₂]`` (the second to the
     second-to-last point), so that each segment rests on at least two points. The solution
     is exact (Hudson 1966): for each split of the points into a left and a right set, the
     two separate OLS lines meet at some ``k``; where that ``k`` lies between the split's
     points it is the optimum for the split, and otherwise the optimum sits at one of the
-    points, where the model is linear in ``(a, b, c)``. All candidates are compared; ties
-    go to the earliest knee.
+    points, where the model is linear in ``(a, b, c)``. All candidates are compared; exact
+    ties go to the earliest knee.
 
     NaN with fewer than :data:`~critperiods.results.fits.MIN_CHANGE_POINTS` points, and for
-    a straight line (a bend that does not lower the residual beyond round-off).
+    a straight line (a bend that does not lower the residual beyond round-off, relative to
+    the curve's own spread, so that the answer does not depend on the units of ``y``).
     """
     x, y = _sorted_finite(x, y)
-    if x.size < MIN_CHANGE_POINTS or np.unique(x).size != x.size:
+    if np.unique(x).size != x.size:
+        raise ValueError(f"a curve has one value per x; x repeats: {x.tolist()}")
+    if x.size < MIN_CHANGE_POINTS:
         return float("nan")
     scale = float(x[-1] - x[0])
     u = (x - x[0]) / scale  # conditioning: the knee is found in [0, 1] and mapped back
@@ -80,7 +85,7 @@ def fit_broken_stick(x: np.ndarray, y: np.ndarray) -> float:
             if u[j] < k < u[j + 1]:
                 candidates.append((sse_l + sse_r, float(k)))
     sse, knee = min(candidates, key=lambda c: (c[0], c[1]))
-    if sse >= line - 1e-9 * line - 1e-24 * n:  # a straight line: no knee
+    if sse >= line - 1e-9 * line - 1e-12 * float(yc @ yc):  # a straight line: no knee
         return float("nan")
     near = np.abs(u - knee) <= 1e-9  # a knee within round-off of a point is at it
     return float(x[np.argmax(near)] if near.any() else x[0] + knee * scale)
@@ -111,9 +116,9 @@ def knee_with_interval(epochs: np.ndarray, values_by_seed: np.ndarray, level: fl
     flagged λ̂). The interval is :func:`~critperiods.results.fits.jackknife_interval` of
     :func:`knees_without_each_seed`, widened to at least ± half the spacing of the curve's
     epochs at the knee (the sampling grid cannot place a bend more finely) and clipped to
-    the epochs with data. ``(-inf, inf)`` before clipping, i.e. the whole range, where
-    leaving some seed out leaves no knee. Returns ``(knee, lower, upper)``; the interval is
-    NaN with one seed.
+    where a knee can be, the second to the second-to-last epoch with data
+    (:func:`fit_broken_stick`): the whole of that where leaving some seed out leaves no
+    knee. Returns ``(knee, lower, upper)``; the interval is NaN with one seed.
     """
     values = np.asarray(values_by_seed, dtype=float)
     values = values[:, None] if values.ndim == 1 else values
@@ -126,10 +131,10 @@ def knee_with_interval(epochs: np.ndarray, values_by_seed: np.ndarray, level: fl
     lower, upper = jackknife_interval(knee, loo[present], level)
     if np.isnan(lower):
         return knee, float("nan"), float("nan")
-    x = np.asarray(epochs, dtype=float)[np.isfinite(values).any(axis=1)]
+    x = np.sort(np.asarray(epochs, dtype=float)[np.isfinite(values).any(axis=1)])
     half = switch_spacing_at(x, knee) / 2
-    return (knee, max(min(lower, knee - half), float(x.min())),
-            min(max(upper, knee + half), float(x.max())))
+    return (knee, max(min(lower, knee - half), float(x[1])),
+            min(max(upper, knee + half), float(x[-2])))
 
 
 @dataclass(frozen=True)

@@ -270,8 +270,11 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         for j, (name, color, _) in enumerate(markers):
             value = float(shared_by_schedules(cube[name].sel(batch_size=b)))
             height = 0.95 - 0.06 * j
+            unstable = f"{name}_unstable" in cube and bool(
+                shared_by_schedules(cube[f"{name}_unstable"].sel(batch_size=b)))
             if np.isfinite(value):
-                ax.plot([value], [height], marker="v", ms=7, color=color, transform=top)
+                ax.plot([value], [height], marker="v", ms=7, color=color, transform=top,
+                        mfc="none" if unstable else color)
             spread = f"{name}_interval"
             if spread in cube:
                 lo, hi = shared_by_schedules(cube[spread].sel(batch_size=b)).values
@@ -279,6 +282,10 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                         solid_capstyle="butt", transform=top)
         handles = [plt.Line2D([], [], ls="none", marker="v", ms=7, color=color, label=text)
                    for _, color, text in markers]
+        if any(bool(cube[f"{name}_unstable"].any()) for name, _, _ in markers
+               if f"{name}_unstable" in cube):
+            handles.append(plt.Line2D([], [], ls="none", marker="v", ms=7, color="0.3",
+                                      mfc="none", label="hollow: unstable knee"))
         if has_ends:
             handles.append(plt.Line2D([], [], color="k", ls="--", lw=1,
                                       label="critical-period end (continue), interval shaded"))
@@ -292,8 +299,9 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                                "trunk's)" + ("; dashed: the critical period's end with the rate "
                                "continued, its interval shaded" if has_ends else "")
                                + ("; triangles: where a broken stick fitted to λ̂ bends (its "
-                                  "knee), the bar its jackknife interval over seeds"
-                                  if markers else ""))
+                                  "knee), the bar its jackknife interval over seeds; hollow: "
+                                  "with some seed left out the knee sits at an edge of its "
+                                  "range or is gone" if markers else ""))
 
 
 def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:

@@ -19,7 +19,7 @@ import pandas as pd
 import xarray as xr
 import yaml
 
-from critperiods.results.summary import end_located, unlocated_reason
+from critperiods.results.summary import UNSTABLE_REASON, end_located, unlocated_reason
 from critperiods.results.tables import (
     diverged_sentence,
     knee_verdicts,
@@ -59,9 +59,10 @@ def _interval(lo: float, hi: float, digits: int = 1) -> str:
 
 
 def _knee(row: pd.Series, name: str) -> str:
-    """A λ̂ knee with its interval, where it has one."""
+    """A λ̂ knee with its interval, where it has one, and "(unstable)" where it is."""
     lo, hi = row.get(f"{name}_lower", np.nan), row.get(f"{name}_upper", np.nan)
-    return _num(row.get(name, np.nan)) + (f" {_interval(lo, hi)}" if np.isfinite(lo) else "")
+    return (_num(row.get(name, np.nan)) + (f" {_interval(lo, hi)}" if np.isfinite(lo) else "")
+            + (" (unstable)" if row.get(f"{name}_unstable", False) else ""))
 
 
 def answer_lines(cube: xr.Dataset) -> list[str]:
@@ -258,7 +259,8 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         "end*: in the answer above, with a "
         f"{cube.attrs.get('knee_offset_interval_kind', 'paired interval over seeds')}: "
         "\"includes 0\" means these seeds cannot tell the knee from the end, not that they "
-        "coincide; *divergence marker*: the switch epoch where the distance to the "
+        f"coincide; *unstable*: {UNSTABLE_REASON}; *divergence marker*: the switch "
+        "epoch where the distance to the "
         "always-blurred run halves. n/a: see ``python -m critperiods summarize`` for the "
         "reason.", "",
         *perturbation_section(cube),

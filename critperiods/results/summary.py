@@ -65,7 +65,8 @@ from critperiods.variables import attrs as variable_attrs
 
 __all__ = ["EXPONENTS", "INTERVAL_METHOD", "INTERVAL_STATISTICS", "KNEE_STATISTICS",
            "LLC_KNEES", "LLC_MARKERS", "MIN_LLC_POINTS", "LOO_RANGE_KIND",
-           "critical_period_summary", "end_located", "knee_attrs", "knee_interval_kind",
+           "UNSTABLE_REASON", "critical_period_summary", "end_located", "knee_attrs",
+           "knee_interval_kind", "knee_unstable_attrs",
            "located_end",
            "unlocated_reason"]
 
@@ -95,6 +96,13 @@ LOO_RANGE_KIND = ("lowest and highest value, with all seeds and with each seed l
 LLC_KNEES = (("llc_knee_trunk", "llc_knee_minus_end_trunk"),
              ("llc_knee_sharp", "llc_knee_minus_end_sharp"))
 KNEE_STATISTICS = tuple(name for pair in LLC_KNEES for name in pair)
+#: ``<knee>_unstable`` (a 0/1 flag per knee of :data:`LLC_KNEES`): with some seed left out,
+#: the knee sits at an edge of the range a knee can take (the second or the second-to-last
+#: λ̂ epoch), or there is none. The bend may then lie outside the epochs λ̂ was measured
+#: at, or λ̂ bends too little to place it; the interval says more than the value.
+UNSTABLE_REASON = ("with some seed left out, the knee sits at an edge of its range or is "
+                   "gone: the bend may lie outside the epochs with λ̂, or λ̂ bends too little "
+                   "to place it; read the interval, not the value")
 _KNEE_LONG_NAMES = {
     "llc_knee_trunk": "knee of valid lambda-hat along the blurred trunk (continuous broken-stick "
                       "fit to the seed mean), in epochs",
@@ -107,7 +115,8 @@ _KNEE_LONG_NAMES = {
 }
 _KNEE_INTERVAL_KINDS = {
     "knee": "{level} jackknife-t over seeds (leave one seed out; at least ± half the "
-            "lambda-hat epoch spacing, within the epochs with valid lambda-hat)",
+            "lambda-hat epoch spacing, within the range a knee can take: the second to the "
+            "second-to-last epoch with valid lambda-hat)",
     "offset": "{level} paired jackknife-t over seeds (each seed left out of the knee and the "
               "end together; at least ± half the switch spacing plus half the lambda-hat "
               "epoch spacing)",
@@ -118,6 +127,13 @@ def knee_interval_kind(name: str, level: float) -> str:
     """What the interval of the :data:`KNEE_STATISTICS` variable ``name`` is."""
     kind = "offset" if "_minus_end_" in name else "knee"
     return _KNEE_INTERVAL_KINDS[kind].format(level=f"{level:.0%}")
+
+
+def knee_unstable_attrs(knee: str) -> dict:
+    """Attributes of the flag ``<knee>_unstable`` (CF: 0 stable, 1 unstable)."""
+    return {"long_name": f"whether {knee} is unstable: {UNSTABLE_REASON}", "units": "1",
+            "flag_values": np.asarray([0, 1], dtype=np.int8),
+            "flag_meanings": "stable unstable"}
 
 
 def knee_attrs(name: str, level: float | None = None) -> dict:
@@ -254,9 +270,10 @@ def _cell_values(
     located = end_located(d_lo)
     for (knee_name, offset_name), curve, marker in zip(
             LLC_KNEES, (trunk_by_seed, sharp_by_seed), LLC_MARKERS, strict=True):
-        knee, offset = _knee_values(curve, level, end, end_half, located)
+        knee, offset, unstable = _knee_values(curve, level, end, end_half, located)
         for name, triple in ((knee_name, knee), (offset_name, offset)):
             values[name], values[f"{name}_lower"], values[f"{name}_upper"] = triple
+        values[f"{knee_name}_unstable"] = unstable
         if not np.isfinite(knee[0]):
             why[knee_name] = why.get(marker) or "valid λ̂ is a straight line (no knee)"
             why[offset_name] = f"no {knee_name}: {why[knee_name]}"
@@ -268,23 +285,29 @@ def _cell_values(
 
 def _knee_values(curve_by_seed: xr.DataArray, level: float, end: SeedJackknife,
                  end_half: float, located: bool
-                 ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+                 ) -> tuple[tuple[float, float, float], tuple[float, float, float], int]:
     """The knee of a λ̂ curve (``(epoch, seed)``, :func:`knee_with_interval`) and its offset
     from the ``end`` (:func:`paired_offset`; NaN unless the end is ``located``), each as
-    ``(value, lower, upper)``."""
+    ``(value, lower, upper)``, and whether the knee is unstable (1: with some seed left out
+    it sits at an edge of its range or is gone; 0 otherwise, and without a knee)."""
     nan3 = (float("nan"),) * 3
     if "seed" not in curve_by_seed.dims or "epoch" not in curve_by_seed.dims:
-        return nan3, nan3
+        return nan3, nan3, 0
     values = curve_by_seed.transpose("epoch", "seed")
     epochs, matrix = values["epoch"].values.astype(float), values.values
     loo = knees_without_each_seed(epochs, matrix)
     knee = knee_with_interval(epochs, matrix, level, loo)
-    if not (np.isfinite(knee[0]) and located):
-        return knee, nan3
-    llc_half = switch_spacing_at(epochs[np.isfinite(matrix).any(axis=1)], knee[0]) / 2
+    if not np.isfinite(knee[0]):
+        return knee, nan3, 0
     present = np.isfinite(matrix).any(axis=0)
+    x = np.sort(epochs[np.isfinite(matrix).any(axis=1)])
+    unstable = int(np.isin(loo[present], [x[1], x[-2]]).any()
+                   or (present.sum() > 1 and not np.isfinite(loo[present]).all()))
+    if not located:
+        return knee, nan3, unstable
+    llc_half = switch_spacing_at(x, knee[0]) / 2
     return knee, paired_offset(SeedJackknife(knee[0], loo, present), end, level,
-                               min_half_width=end_half + llc_half)
+                               min_half_width=end_half + llc_half), unstable
 
 
 def _why_missing(reasons: dict[tuple, str | None]) -> str:
@@ -454,6 +477,9 @@ def critical_period_summary(
         data[f"{name}_interval"] = xr.DataArray(
             np.stack([grid(f"{name}_lower"), grid(f"{name}_upper")], axis=-1),
             dims=[*dims, "bound"], attrs=knee_attrs(name, level))
+    for knee, _ in LLC_KNEES:
+        data[f"{knee}_unstable"] = xr.DataArray(grid(f"{knee}_unstable").astype(np.int8),
+                                                dims=dims, attrs=knee_unstable_attrs(knee))
     coords = {"batch_size": batch_sizes, "lr_schedule": schedules, "bound": ["lower", "upper"]}
     ends = located_end(xr.Dataset(data, coords=coords)).values
     without_each_seed = np.array([[cells[(b, r)][2] for r in schedules] for b in batch_sizes]

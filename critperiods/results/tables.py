@@ -19,6 +19,7 @@ from critperiods.results.summary import (
     LLC_KNEES,
     LLC_MARKERS,
     LOO_RANGE_KIND,
+    UNSTABLE_REASON,
     end_located,
     unlocated_reason,
 )
@@ -58,13 +59,14 @@ def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
     return out
 
 
-def knee_verdict(offset: float, lower: float, upper: float) -> str:
+def knee_verdict(offset: float, lower: float, upper: float, unstable: bool = False) -> str:
     """What a λ̂ knee's offset from the end says: "+9.2 [0.8, 17.6], after the end",
-    "… before the end" or "… includes 0" (the seeds cannot tell the knee from the end); ""
-    without an offset."""
+    "… before the end" or "… includes 0" (the seeds cannot tell the knee from the end),
+    prefixed "(unstable knee) " where the knee is (:data:`UNSTABLE_REASON`); "" without an
+    offset."""
     if not np.isfinite(offset):
         return ""
-    said = f"{offset:+.1f}"
+    said = ("(unstable knee) " if unstable else "") + f"{offset:+.1f}"
     if not np.isfinite(lower) and not np.isinf(lower):
         return f"{said} (one seed: no interval)"
     said += f" [{_bound(lower)}, {_bound(upper)}]"
@@ -93,7 +95,8 @@ def knee_verdicts(summary: xr.Dataset) -> dict[tuple[float, str], str]:
     for _, row in table.iterrows():
         said = [f"{KNEE_PLACES[knee]} {verdict}" for knee, offset in LLC_KNEES
                 if (verdict := knee_verdict(row[offset], row[f"{offset}_lower"],
-                                            row[f"{offset}_upper"]))]
+                                            row[f"{offset}_upper"],
+                                            bool(row.get(f"{knee}_unstable", False))))]
         if said:
             out[(float(row["batch_size"]), str(row["lr_schedule"]))] = "; ".join(said)
     return out
@@ -181,6 +184,8 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
                     row[name] = float(cell[name])
                     lo, hi = cell[f"{name}_interval"].values
                     row[f"{name}_lower"], row[f"{name}_upper"] = float(lo), float(hi)
+                if f"{name}_unstable" in cell:
+                    row[f"{name}_unstable"] = bool(cell[f"{name}_unstable"])
             for name in EXPONENTS:
                 row[name] = float(cell[name])
                 lo, hi = cell[f"{name}_interval"].values
@@ -209,10 +214,14 @@ def _with_interval(table: pd.DataFrame, name: str, lower: str, upper: str) -> li
 
 
 def _llc_column(table: pd.DataFrame, knee: str, marker: str) -> list[str]:
-    """A λ̂ column: the knee with its interval; for a summary computed before the knees, the
-    arg-max marker with its leave-one-out range where it has one."""
+    """A λ̂ column: the knee with its interval, "*" where it is unstable; for a summary
+    computed before the knees, the arg-max marker with its leave-one-out range where it has
+    one."""
     if knee in table:
-        return _with_interval(table, knee, f"{knee}_lower", f"{knee}_upper")
+        flags = (table[f"{knee}_unstable"] if f"{knee}_unstable" in table
+                 else [False] * len(table))
+        return [text + ("*" if flag else "") for text, flag in zip(
+            _with_interval(table, knee, f"{knee}_lower", f"{knee}_upper"), flags, strict=True)]
     if f"{marker}_loo_lower" in table:
         return _with_interval(table, marker, f"{marker}_loo_lower", f"{marker}_loo_upper")
     return list(table[marker].map(_fmt))
@@ -257,6 +266,9 @@ def format_table(summary: xr.Dataset) -> str:
         lines.append("λ̂ knees (llc_trunk, llc_sharp): broken-stick knee of the seed-mean λ̂ "
                      "along the blurred trunk and along the never-blurred run, "
                      + summary.attrs.get("knee_interval_kind", "interval over seeds"))
+        if any(table.get(f"{knee}_unstable", pd.Series(dtype=bool)).any()
+               for knee, _ in LLC_KNEES):
+            lines.append(f"* unstable knee: {UNSTABLE_REASON}")
     elif "llc_change_epoch_trunk_loo_lower" in table:
         lines.append(f"λ̂ markers (llc_trunk, llc_sharp) [lower, upper]: {LOO_RANGE_KIND}")
     schedules = (summary["lr_schedule"].values if "lr_schedule" in summary.dims
