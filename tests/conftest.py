@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import shutil
+import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -13,6 +16,20 @@ import torch
 
 from critperiods.train.data import PreparedData, Split, blur_uint8
 from critperiods.train.training import TrainConfig
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def bench_module(name: str) -> ModuleType:
+    """The script ``bench/<name>.py`` as a module (benchmarks are scripts, not a package),
+    registered in ``sys.modules`` so that its dataclasses can find their module."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def synthetic_data(n_train: int = 192, n_test: int = 64, channels: int = 1, size: int = 16,

@@ -1178,14 +1178,9 @@ def test_the_llc_figure_draws_one_row_for_shared_values_and_only_runs_with_value
 def test_the_interval_coverage_bench_runs_and_puts_the_jackknife_nearer_its_level() -> None:
     """bench/interval_coverage.py, in a few trials, so that it cannot rot; the full run's
     table is in docs/analysis.md."""
-    import importlib.util
-    import sys
+    from tests.conftest import bench_module
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "interval_coverage.py"
-    spec = importlib.util.spec_from_file_location("interval_coverage", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses look their module up there
-    spec.loader.exec_module(bench)
+    bench = bench_module("interval_coverage")
     study = bench.SCENARIOS["study grid (switch 0-20 by 4, batch 32-256), noise 0.5 pp"]
     got = bench.coverage(study, n_seeds=3, trials=40)
     assert got["jack cover"] > got["boot cover"]

@@ -24,6 +24,7 @@ from critperiods.train.grouped import copies_forward
 from critperiods.train.models import build_model
 from critperiods.train.stacked import StackedTrainer
 from critperiods.train.training import ALWAYS_BLURRED, FastPath, Trainer, train_until
+from tests.conftest import bench_module
 from tests.test_training import HASH, assert_state_equal, stop_after
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,11 +258,7 @@ def test_bench_gpu_smoke_runs_every_section(tmp_path):
 
 
 def test_bench_gpu_interpolates_a_rate_between_measured_batch_sizes():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import bench_gpu
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    bench_gpu = bench_module("bench_gpu")
     rates = {32: 10.0, 128: 40.0, 512: 80.0}
     assert bench_gpu.rate_at(64, rates) == pytest.approx(20.0)  # halfway in log batch
     assert bench_gpu.rate_at(128, rates) == 40.0
@@ -275,11 +272,7 @@ def test_bench_gpu_says_when_compile_fell_back_to_eager_and_refuses_a_full_run_o
 
     from critperiods.train.training import _CompiledOrEager
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import bench_gpu
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    bench_gpu = bench_module("bench_gpu")
     forward = _CompiledOrEager(torch.nn.Linear(2, 2))
     assert bench_gpu._captured(SimpleNamespace(forward=forward, graphs=None)) == "n/a"
     forward.forward, forward.checked = forward.model, True  # what a failed compile leaves

@@ -13,6 +13,7 @@ from critperiods.results.knee import (
     knees_without_each_seed,
     paired_offset,
 )
+from tests.conftest import bench_module
 
 EPOCHS = np.arange(4.0, 23.0, 2.0)  # the default's λ̂ epochs and more
 
@@ -171,15 +172,7 @@ def test_the_knee_coverage_bench_runs_and_covers_near_its_level() -> None:
     """bench/knee_coverage.py, in a few trials, so that it cannot rot; the full run's table
     is in docs/analysis.md. Where a seed moves the knee and the end together, pairing
     narrows the interval."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "knee_coverage.py"
-    spec = importlib.util.spec_from_file_location("knee_coverage", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses look their module up there
-    spec.loader.exec_module(bench)
+    bench = bench_module("knee_coverage")
     shifted = bench.SCENARIOS["knee after the end, seeds shift both (s.d. 15 %)"]
     got = bench.coverage(shifted, n_seeds=5, trials=40)
     assert got["paired cover"] >= 0.8 and got["knee cover"] >= 0.75

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from tests.conftest import BENCH, bench_module
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("publish", ROOT / "bench/publish.py")
-publish = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(publish)
+ROOT = BENCH.parent
+publish = bench_module("publish")
 
 
 def test_tables_replace_their_marked_section_and_nothing_else(tmp_path):
