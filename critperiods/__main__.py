@@ -97,8 +97,9 @@ def _stale_statistics(cube, diverged: list[str]) -> str | None:
             "llc_change_epoch_trunk_loo_range" not in cube):
         return ("predates the λ̂ markers' leave-one-out ranges (how far each moves without "
                 "one seed)")
-    if "llc_mean" in cube and "critical_period_end" in cube and "llc_knee_trunk" not in cube:
-        return "predates the λ̂ knees and their offsets from the end (does λ̂ mark the end?)"
+    if "critical_period_end" in cube and "divergence_drop_minus_end" not in cube:
+        return ("predates the λ̂ knees and the markers' offsets from the end (do λ̂ and the "
+                "divergence mark it?)")
     return None
 
 
@@ -107,8 +108,8 @@ def summarize(args: argparse.Namespace) -> int:
     from critperiods.results.tables import (
         diverged_sentence,
         format_table,
-        knee_verdicts,
         llc_flag_counts,
+        marker_verdicts,
         restart_verdicts,
         runs_at_chance,
         to_csv,
@@ -142,11 +143,12 @@ def summarize(args: argparse.Namespace) -> int:
         print("\ndoes the permanent deficit survive restarting the learning rate at the switch?")
         for b, verdict in verdicts.items():
             print(f"  batch {b:g}: {verdict}")
-    knees = knee_verdicts(summary)
-    if knees:
-        print("\ndoes λ̂ mark the end? λ̂'s knee minus the end, in epochs; intervals: "
-              f"{summary.attrs.get('knee_offset_interval_kind', 'over seeds')}")
-        for (b, r), verdict in knees.items():
+    markers = marker_verdicts(summary)
+    if markers:
+        print("\ndo λ̂ and the divergence mark the end? Each marker minus the end, in epochs "
+              "(λ̂: its knee; divergence: div_drop); intervals: "
+              f"{summary.attrs.get('offset_interval_kind', 'over seeds')}")
+        for (b, r), verdict in markers.items():
             print(f"  batch {b:g}, {r}: {verdict}")
     if diverged:
         print(f"\n{diverged_sentence(len(diverged))}:")

@@ -880,17 +880,18 @@ def test_summarize_recomputes_a_cube_without_the_lambda_knees(tmp_path, capsys) 
     base = flat_restart(synthetic_cube(with_div=False))
     summary = critical_period_summary(base)
     old = base.merge(summary).assign_attrs(summary_interval_method=INTERVAL_METHOD)
-    knees = [v for v in summary.data_vars if v.startswith("llc_knee_")]
-    old.drop_vars(knees).to_netcdf(tmp_path / "old.nc")
+    new = [v for v in summary.data_vars
+           if v.startswith(("llc_knee_", "divergence_drop_minus_end", "divergence_drop_epoch_"))]
+    old.drop_vars(new).to_netcdf(tmp_path / "old.nc")
     assert main(["summarize", str(tmp_path / "old.nc")]) == 0
     printed = capsys.readouterr().out
     assert "predates the λ̂ knees" in printed
-    verdicts = printed.split("\ndoes λ̂ mark the end?")[1].splitlines()[1:]
+    verdicts = printed.split("\ndo λ̂ and the divergence mark the end?")[1].splitlines()[1:]
     ends = summary["critical_period_end"].sel(lr_schedule="continue").values
     for b, end, said in zip(BATCHES, ends, ("before the end", "before the end", "includes 0"),
                             strict=True):
         (line,) = [v for v in verdicts if v.startswith(f"  batch {b}, continue: ")]
-        assert f"trunk {20 - end:+.1f} [" in line and line.count(said) == 2, line
+        assert f"λ̂ trunk {20 - end:+.1f} [" in line and line.count(said) == 2, line
     assert not any(", restart: " in v for v in verdicts)  # no end to compare with
 
 
@@ -1091,9 +1092,9 @@ def test_a_knee_at_an_edge_or_gone_without_a_seed_is_flagged_unstable(monkeypatc
     assert summary["llc_knee_sharp_unstable"].all() and np.isfinite(summary["llc_knee_sharp"]).all()
     text = tables.format_table(summary)
     assert "]*" in text and "* unstable knee: with some seed left out" in text
-    verdicts = tables.knee_verdicts(summary)
+    verdicts = tables.marker_verdicts(summary)
     assert len(verdicts) == BATCHES.size and all(
-        v.startswith("trunk (unstable knee) ") and "never-blurred (unstable knee) " in v
+        v.startswith("λ̂ trunk (unstable knee) ") and "λ̂ never-blurred (unstable knee) " in v
         for v in verdicts.values())
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path, dpi: figures.append(fig))
@@ -1102,6 +1103,45 @@ def test_a_knee_at_an_edge_or_gone_without_a_seed_is_flagged_unstable(monkeypatc
     plots.llc(cube, tmp_path / "llc.png")
     triangles = [line for line in figures[0].axes[0].get_lines() if line.get_marker() == "v"]
     assert triangles and all(line.get_markerfacecolor() == "none" for line in triangles)
+
+
+def test_the_divergence_drop_gets_a_jackknife_interval_and_a_paired_offset() -> None:
+    """Seeds 0, 1, 2 halve their distance at switch 25, 30, 35: the drop of the seed mean
+    and of each seed left out, the interval over them (at least ± half the switch spacing)
+    and the drop minus the end, each seed left out of both."""
+    from critperiods.results.knee import SeedJackknife, paired_offset
+
+    cube = synthetic_cube()
+    after = cube["epoch"] - cube["switch_epoch"]
+    level = xr.concat([xr.DataArray(np.interp(SWITCHES, [0, 20 + d, 40 + d, 60],
+                                              [10.0, 10.0, 0.0, 0.0]), dims="switch_epoch")
+                       for d in (-5.0, 0.0, 5.0)], dim="seed")
+    cube["div_l2"] = (level * (1 + 0.01 * after)).where(after > 0).broadcast_like(
+        cube["div_l2"]).transpose(*cube["div_l2"].dims)
+    without = selection.divergence_at_horizon(cube, 64, 1.0, without_seed=0)
+    both = cube["div_l2"].sel(batch_size=64, reference="blurred", seed=[1, 2]).mean("seed")
+    np.testing.assert_allclose(without, [float(both.sel(switch_epoch=k, epoch=k + 1))
+                                         if k + 1 <= 70 else np.nan for k in SWITCHES])
+    summary = critical_period_summary(cube)
+    for b in BATCHES:
+        cell = summary.sel(batch_size=b, lr_schedule="continue")
+        drop = fits.divergence_drop_epoch(SWITCHES, selection.divergence_at_horizon(cube, b, 1.0))
+        loo = np.array([fits.divergence_drop_epoch(SWITCHES, selection.divergence_at_horizon(
+            cube, b, 1.0, without_seed=s)) for s in range(3)])
+        assert float(cell["divergence_drop_epoch"]) == drop and np.ptp(loo) > 2
+        lo, hi = fits.jackknife_interval(drop, loo)
+        np.testing.assert_allclose(cell["divergence_drop_epoch_interval"].values,
+                                   [min(lo, drop - 2.5), max(hi, drop + 2.5)])
+        acc = selection.valid_final_accuracy(cube).sel(batch_size=b).transpose(
+            "switch_epoch", "seed").values
+        end = SeedJackknife(fits.hinge_end(SWITCHES, acc)[0],
+                            fits.kinks_without_each_seed(SWITCHES, acc),
+                            np.isfinite(acc).any(axis=0))
+        floor = 2.5 + fits.switch_spacing_at(SWITCHES, end.value) / 2
+        expected = paired_offset(SeedJackknife(drop, loo, np.ones(3, bool)), end, 0.9, floor)
+        np.testing.assert_allclose((float(cell["divergence_drop_minus_end"]),
+                                    *cell["divergence_drop_minus_end_interval"].values),
+                                   expected)
 
 
 def test_each_missing_knee_or_offset_says_why() -> None:
@@ -1115,9 +1155,16 @@ def test_each_missing_knee_or_offset_says_why() -> None:
     straight["llc_mean"] = straight["llc_mean"] * 0 + straight["epoch"]
     summary = critical_period_summary(straight)
     assert "straight line" in summary["llc_knee_sharp"].attrs["missing"]
-    located = flat_restart(synthetic_cube(with_div=False))
-    missing = critical_period_summary(located)["llc_knee_minus_end_trunk"].attrs["missing"]
+    located = critical_period_summary(flat_restart(synthetic_cube(with_div=False)))
+    missing = located["llc_knee_minus_end_trunk"].attrs["missing"]
     assert missing.count("no located end (no deficit)") == 1 and "continue" not in missing
+    assert located["divergence_drop_minus_end"].attrs["missing"] == (
+        "every batch size and schedule: no divergence_drop_epoch: divergence not computed "
+        "(divergence.enabled: false)")
+    with_div = critical_period_summary(flat_restart(synthetic_cube()))
+    missing = with_div["divergence_drop_minus_end"].attrs["missing"]
+    assert "restart: no located end (no deficit): nothing to compare the drop with" in missing
+    assert "continue" not in missing
 
 
 def test_the_report_gives_each_lambda_knee_its_interval_and_its_offset_from_the_end() -> None:
@@ -1132,7 +1179,7 @@ def test_the_report_gives_each_lambda_knee_its_interval_and_its_offset_from_the_
     (line,) = [x for x in answer_lines(cube) if x.startswith(f"* **batch {BATCHES[0]}**")]
     offset = float(cell["llc_knee_minus_end_trunk"])
     assert offset < 0 and cell["llc_knee_minus_end_trunk_interval"].values[1] < 0  # 20 vs 35
-    assert (f"λ̂'s knee minus the end (epochs): continue: trunk {offset:+.1f} [" in line
+    assert (f"Marker minus the end (epochs): continue: λ̂ trunk {offset:+.1f} [" in line
             and "before the end" in line)
 
 

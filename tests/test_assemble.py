@@ -92,16 +92,16 @@ def test_every_cube_variable_is_documented():
     """Each name of the variables table is described where a cube's reader looks: the cube
     section of docs/architecture.md, or the cube section of docs/perturbations.md for the
     perturbation study's. A variable added to the table without a word there would ship
-    undocumented. The λ̂ knees, whose attributes live in the summary module, count too."""
+    undocumented. The markers' statistics whose attributes live in the summary module count too."""
     import re
     from pathlib import Path
 
-    from critperiods.results.summary import KNEE_STATISTICS
+    from critperiods.results.summary import MARKER_STATISTICS
     from critperiods.variables import VARIABLES
 
     docs = Path(__file__).resolve().parents[1] / "docs"
     text = (_section((docs / "architecture.md").read_text(), "## The cube (`cube.nc`)")
             + _section((docs / "perturbations.md").read_text(), "## In the cube"))
-    missing = [name for name in [*VARIABLES, *KNEE_STATISTICS]
+    missing = [name for name in [*VARIABLES, *MARKER_STATISTICS]
                if not re.search(rf"`{re.escape(name)}[`(]", text)]
     assert not missing, f"cube variables not described in docs/: {missing}"

@@ -22,8 +22,8 @@ import yaml
 from critperiods.results.summary import UNSTABLE_REASON, end_located, unlocated_reason
 from critperiods.results.tables import (
     diverged_sentence,
-    knee_verdicts,
     llc_flag_counts,
+    marker_verdicts,
     restart_verdicts,
     runs_at_chance,
     summary_table,
@@ -58,8 +58,9 @@ def _interval(lo: float, hi: float, digits: int = 1) -> str:
     return f"[{_num(lo, digits)}, {_num(hi, digits)}]"
 
 
-def _knee(row: pd.Series, name: str) -> str:
-    """A λ̂ knee with its interval, where it has one, and "(unstable)" where it is."""
+def _marker(row: pd.Series, name: str) -> str:
+    """A marker (λ̂ knee, divergence drop) with its interval, where it has one, and
+    "(unstable)" for an unstable knee."""
     lo, hi = row.get(f"{name}_lower", np.nan), row.get(f"{name}_upper", np.nan)
     return (_num(row.get(name, np.nan)) + (f" {_interval(lo, hi)}" if np.isfinite(lo) else "")
             + (" (unstable)" if row.get(f"{name}_unstable", False) else ""))
@@ -69,7 +70,7 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
     """The answer as bullet points (reStructuredText), one per batch size and exponent."""
     table = summary_table(cube)
     verdicts = restart_verdicts(cube)
-    knees = knee_verdicts(cube)
+    markers = marker_verdicts(cube)
     lines = []
     for b, rows in table.groupby("batch_size", sort=True):
         parts = []
@@ -92,10 +93,10 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
                 parts.append(f"{row['lr_schedule']}: {why}, {deficit}")
         said = ("" if not verdict else f". The deficit {verdict}." if verdict.startswith(
             ("survives", "does not")) else f". Under the restart: {verdict}.")
-        knee = "; ".join(f"{r}: {knees[(float(b), r)]}" for r in rows["lr_schedule"]
-                         if (float(b), r) in knees)
+        marked = "; ".join(f"{r}: {markers[(float(b), r)]}" for r in rows["lr_schedule"]
+                           if (float(b), r) in markers)
         lines.append(f"* **batch {b:g}** — " + "; ".join(parts) + (said or ".")
-                     + (f" λ̂'s knee minus the end (epochs): {knee}." if knee else ""))
+                     + (f" Marker minus the end (epochs): {marked}." if marked else ""))
     schedules = [str(r) for r in cube["lr_schedule"].values] if "lr_schedule" in cube.dims \
         else ["continue"]
     for r in schedules:
@@ -137,8 +138,8 @@ def table_rst(cube: xr.Dataset) -> str:
             _num(100 * row["critical_period_slope"], 2),
             f"{_num(100 * row['permanent_deficit'])} "
             + _interval(100 * row["permanent_deficit_lower"], 100 * row["permanent_deficit_upper"]),
-            _knee(row, "llc_knee_trunk"), _knee(row, "llc_knee_sharp"),
-            _num(row["divergence_drop_epoch"]), f"{ok} / {total}"])
+            _marker(row, "llc_knee_trunk"), _marker(row, "llc_knee_sharp"),
+            _marker(row, "divergence_drop_epoch"), f"{ok} / {total}"])
     out = [".. list-table::", "   :header-rows: 1", ""]
     for cells in [header, *rows]:
         out.append("   * - " + cells[0])
@@ -240,8 +241,9 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         title, "=" * len(title), "",
         "**Question.** Does the critical period end later when the batch size is smaller "
         "(a higher SGD temperature), is the permanent deficit a critical period at all, "
-        "i.e. does it survive restarting the learning rate at the switch, and does the local "
-        "learning coefficient λ̂ change regime (its knee) where the period ends?", "",
+        "i.e. does it survive restarting the learning rate at the switch, and do the local "
+        "learning coefficient λ̂ (its knee) and the divergence between trajectories mark "
+        "where the period ends?", "",
         f"**Answer from this run** ({seeds} seed{'s' if seeds != 1 else ''} per cell; "
         f"brackets: the end's {kind}, the deficit's {deficit_kind}):", "",
         *answer_lines(cube), "",
@@ -255,14 +257,14 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         "points, paired by seed); *λ̂ knee*: where a broken stick (two lines joined at the "
         "knee) fitted to λ̂ against epoch bends, along the blurred trunk and along the "
         f"never-blurred run (valid estimates only; brackets: "
-        f"{cube.attrs.get('knee_interval_kind', 'an interval over seeds')}); *knee minus the "
-        "end*: in the answer above, with a "
-        f"{cube.attrs.get('knee_offset_interval_kind', 'paired interval over seeds')}: "
-        "\"includes 0\" means these seeds cannot tell the knee from the end, not that they "
-        f"coincide; *unstable*: {UNSTABLE_REASON}; *divergence marker*: the switch "
-        "epoch where the distance to the "
-        "always-blurred run halves. n/a: see ``python -m critperiods summarize`` for the "
-        "reason.", "",
+        f"{cube.attrs.get('knee_interval_kind', 'an interval over seeds')}); *unstable*: "
+        f"{UNSTABLE_REASON}; *divergence marker*: the switch epoch where the distance to the "
+        "always-blurred run halves (brackets: "
+        f"{cube.attrs.get('drop_interval_kind', 'an interval over seeds')}); *marker minus "
+        "the end*: in the answer above, with a "
+        f"{cube.attrs.get('offset_interval_kind', 'paired interval over seeds')}: "
+        "\"includes 0\" means these seeds cannot tell the marker from the end, not that "
+        "they coincide. n/a: see ``python -m critperiods summarize`` for the reason.", "",
         *perturbation_section(cube),
         "Caveats", "-------", "",
         f"* {seeds} seed{'s' if seeds != 1 else ''} per cell: the end's brackets are a {kind}; "

@@ -15,8 +15,8 @@ import xarray as xr
 from critperiods.results.fits import seed_adjusted_mean
 
 __all__ = ["CHANCE_MULTIPLE", "CLASSES", "default_horizon", "diverged_branches",
-           "divergence_at_horizon", "llc_sharp", "llc_sharp_by_seed", "llc_trunk",
-           "llc_trunk_by_seed", "run_diverged", "seed_mean", "shared_by_schedules",
+           "divergence_at_horizon", "divergence_to_blurred", "llc_sharp", "llc_sharp_by_seed",
+           "llc_trunk", "llc_trunk_by_seed", "run_diverged", "seed_mean", "shared_by_schedules",
            "valid_final_accuracy", "valid_llc", "without_diverged"]
 
 #: A run whose final sharp test accuracy is below this multiple of chance (1 / classes) has
@@ -168,24 +168,38 @@ def default_horizon(cube: xr.Dataset) -> float:
     return float(candidates[int(np.argmax(counts))])
 
 
+def divergence_to_blurred(cube: xr.Dataset, batch_size: float,
+                          lr_schedule: str | None = None) -> xr.DataArray | None:
+    """``div_l2`` to the always-blurred run for one batch size and schedule (default the
+    first), runs that diverged to chance left out; None without ``div_l2``."""
+    if "div_l2" not in cube:
+        return None
+    div = without_diverged(cube, cube["div_l2"].sel(reference="blurred"))
+    div = div.sel(batch_size=batch_size)
+    if "lr_schedule" in div.dims:
+        div = (div.sel(lr_schedule=lr_schedule) if lr_schedule is not None
+               else div.isel(lr_schedule=0))
+    return div
+
+
 def divergence_at_horizon(cube: xr.Dataset, batch_size: float, horizon: float,
-                          lr_schedule: str | None = None) -> np.ndarray:
+                          lr_schedule: str | None = None, without_seed: object = None
+                          ) -> np.ndarray:
     """Seed-averaged distance to the always-blurred run at ``epoch = switch + horizon``, one
     value per switch epoch (for ``lr_schedule``, default the first); runs that diverged to
-    chance are left out.
+    chance are left out, and so is the seed ``without_seed`` where one is given (for the
+    leave-one-seed-out refits).
 
     Switches whose ``switch + horizon`` is not a checkpoint give NaN; all NaN if the variable
     is absent or the horizon is not finite.
     """
     switches = cube["switch_epoch"].values.astype(float)
     out = np.full(switches.size, np.nan)
-    if "div_l2" not in cube or not np.isfinite(horizon):
+    div = divergence_to_blurred(cube, batch_size, lr_schedule)
+    if div is None or not np.isfinite(horizon):
         return out
-    div = without_diverged(cube, cube["div_l2"].sel(reference="blurred"))
-    div = div.sel(batch_size=batch_size)
-    if "lr_schedule" in div.dims:
-        div = (div.sel(lr_schedule=lr_schedule) if lr_schedule is not None
-               else div.isel(lr_schedule=0))
+    if without_seed is not None:
+        div = div.drop_sel(seed=without_seed)
     div = seed_mean(div).transpose("switch_epoch", "epoch")
     epochs = cube["epoch"].values.astype(float)
     for i, s in enumerate(switches):

@@ -39,6 +39,7 @@ from critperiods.results.fits import (
     fit_power_law,
     half_deficit_epoch,
     hinge_end,
+    jackknife_interval,
     kinks_without_each_seed,
     largest_change_epoch,
     permanent_deficit,
@@ -54,6 +55,7 @@ from critperiods.results.knee import (
 from critperiods.results.selection import (
     default_horizon,
     divergence_at_horizon,
+    divergence_to_blurred,
     llc_sharp_by_seed,
     llc_trunk_by_seed,
     run_diverged,
@@ -63,12 +65,10 @@ from critperiods.results.selection import (
 from critperiods.variables import SUMMARY_STATISTICS, exponent_attrs, interval_attrs
 from critperiods.variables import attrs as variable_attrs
 
-__all__ = ["EXPONENTS", "INTERVAL_METHOD", "INTERVAL_STATISTICS", "KNEE_STATISTICS",
-           "LLC_KNEES", "LLC_MARKERS", "MIN_LLC_POINTS", "LOO_RANGE_KIND",
-           "UNSTABLE_REASON", "critical_period_summary", "end_located", "knee_attrs",
-           "knee_interval_kind", "knee_unstable_attrs",
-           "located_end",
-           "unlocated_reason"]
+__all__ = ["EXPONENTS", "INTERVAL_METHOD", "INTERVAL_STATISTICS", "LLC_KNEES", "LLC_MARKERS",
+           "LOO_RANGE_KIND", "MARKER_OFFSETS", "MARKER_STATISTICS", "MIN_LLC_POINTS",
+           "UNSTABLE_REASON", "critical_period_summary", "end_located", "knee_unstable_attrs",
+           "located_end", "marker_attrs", "marker_interval_kind", "unlocated_reason"]
 
 #: How the end's and the exponents' intervals are computed; stored as the cube attribute
 #: ``summary_interval_method`` so that ``summarize`` recognises statistics of older cubes.
@@ -87,15 +87,21 @@ LOO_RANGE_KIND = ("lowest and highest value, with all seeds and with each seed l
                   "turn (a spread, not a confidence interval)")
 
 
-#: The λ̂ knees (:func:`~critperiods.results.knee.knee_with_interval`) and their offsets from
-#: the end (:func:`~critperiods.results.knee.paired_offset`), per (batch_size, lr_schedule),
-#: each with ``<name>_interval``: (knee, offset) along the blurred trunk and along the
-#: never-blurred run. Their metadata is here (:data:`_KNEE_LONG_NAMES`), not in
-#: :mod:`critperiods.variables`, whose every change reruns the stages that write the cube's
-#: other variables.
-LLC_KNEES = (("llc_knee_trunk", "llc_knee_minus_end_trunk"),
-             ("llc_knee_sharp", "llc_knee_minus_end_sharp"))
-KNEE_STATISTICS = tuple(name for pair in LLC_KNEES for name in pair)
+#: Does a marker mark the end? Each marker with its offset from the end
+#: (:func:`~critperiods.results.knee.paired_offset`), per (batch_size, lr_schedule), in the
+#: order the verdicts say them: the λ̂ knee along the blurred trunk and along the
+#: never-blurred run (:func:`~critperiods.results.knee.knee_with_interval`), and the
+#: divergence drop. Every marker and offset has ``<name>_interval``. Their metadata is here
+#: (:func:`marker_attrs`), not in :mod:`critperiods.variables`, whose every change reruns the
+#: stages that write the cube's other variables.
+MARKER_OFFSETS = (("llc_knee_trunk", "llc_knee_minus_end_trunk"),
+                  ("llc_knee_sharp", "llc_knee_minus_end_sharp"),
+                  ("divergence_drop_epoch", "divergence_drop_minus_end"))
+LLC_KNEES = MARKER_OFFSETS[:2]
+#: The variables this module adds for the markers (``divergence_drop_epoch`` itself is a
+#: :data:`~critperiods.variables.SUMMARY_STATISTICS` one; its interval is added here).
+MARKER_STATISTICS = ("llc_knee_trunk", "llc_knee_minus_end_trunk", "llc_knee_sharp",
+                     "llc_knee_minus_end_sharp", "divergence_drop_minus_end")
 #: ``<knee>_unstable`` (a 0/1 flag per knee of :data:`LLC_KNEES`): with some seed left out,
 #: the knee sits at an edge of the range a knee can take (the second or the second-to-last
 #: λ̂ epoch), or there is none. The bend may then lie outside the epochs λ̂ was measured
@@ -103,7 +109,7 @@ KNEE_STATISTICS = tuple(name for pair in LLC_KNEES for name in pair)
 UNSTABLE_REASON = ("with some seed left out, the knee sits at an edge of its range or is "
                    "gone: the bend may lie outside the epochs with λ̂, or λ̂ bends too little "
                    "to place it; read the interval, not the value")
-_KNEE_LONG_NAMES = {
+_MARKER_LONG_NAMES = {
     "llc_knee_trunk": "knee of valid lambda-hat along the blurred trunk (continuous broken-stick "
                       "fit to the seed mean), in epochs",
     "llc_knee_sharp": "knee of valid lambda-hat of the never-blurred run (continuous "
@@ -112,21 +118,27 @@ _KNEE_LONG_NAMES = {
                                 "the end is not located)",
     "llc_knee_minus_end_sharp": "llc_knee_sharp minus critical_period_end, in epochs (NaN where "
                                 "the end is not located)",
+    "divergence_drop_minus_end": "divergence_drop_epoch minus critical_period_end, in epochs "
+                                 "(NaN where the end is not located)",
 }
-_KNEE_INTERVAL_KINDS = {
+_MARKER_INTERVAL_KINDS = {
     "knee": "{level} jackknife-t over seeds (leave one seed out; at least ± half the "
             "lambda-hat epoch spacing, within the range a knee can take: the second to the "
             "second-to-last epoch with valid lambda-hat)",
-    "offset": "{level} paired jackknife-t over seeds (each seed left out of the knee and the "
-              "end together; at least ± half the switch spacing plus half the lambda-hat "
-              "epoch spacing)",
+    "drop": "{level} jackknife-t over seeds (leave one seed out; at least ± half the switch "
+            "spacing, within the switch epochs with a distance at the horizon)",
+    "offset": "{level} paired jackknife-t over seeds (each seed left out of the marker and the "
+              "end together; at least ± half the switch spacing at the end plus half the "
+              "spacing of the marker's grid: lambda-hat epochs for a knee, switch epochs for "
+              "the divergence drop)",
 }
 
 
-def knee_interval_kind(name: str, level: float) -> str:
-    """What the interval of the :data:`KNEE_STATISTICS` variable ``name`` is."""
-    kind = "offset" if "_minus_end_" in name else "knee"
-    return _KNEE_INTERVAL_KINDS[kind].format(level=f"{level:.0%}")
+def marker_interval_kind(name: str, level: float) -> str:
+    """What the interval of the marker or offset ``name`` (:data:`MARKER_OFFSETS`) is."""
+    kind = ("offset" if "_minus_end" in name else "drop" if name.startswith("divergence")
+            else "knee")
+    return _MARKER_INTERVAL_KINDS[kind].format(level=f"{level:.0%}")
 
 
 def knee_unstable_attrs(knee: str) -> dict:
@@ -136,12 +148,12 @@ def knee_unstable_attrs(knee: str) -> dict:
             "flag_meanings": "stable unstable"}
 
 
-def knee_attrs(name: str, level: float | None = None) -> dict:
-    """Attributes of a :data:`KNEE_STATISTICS` variable, or (with ``level``) of its
-    ``<name>_interval``."""
+def marker_attrs(name: str, level: float | None = None) -> dict:
+    """Attributes of a :data:`MARKER_STATISTICS` variable, or (with ``level``) of the
+    ``<name>_interval`` of any marker or offset of :data:`MARKER_OFFSETS`."""
     if level is None:
-        return {"long_name": _KNEE_LONG_NAMES[name], "units": "1"}
-    return interval_attrs(name, knee_interval_kind(name, level))
+        return {"long_name": _MARKER_LONG_NAMES[name], "units": "1"}
+    return interval_attrs(name, marker_interval_kind(name, level))
 
 
 def loo_range_attrs(name: str) -> dict:
@@ -280,7 +292,49 @@ def _cell_values(
         elif not located:
             why[offset_name] = (f"no located end ({unlocated_reason(deficit, d_lo)}): nothing "
                                 "to compare the knee with")
+    drop, offset = _drop_values(cube, batch_size, lr_schedule, horizon, level,
+                                values["divergence_drop_epoch"], end, end_half, located)
+    values["divergence_drop_epoch_lower"], values["divergence_drop_epoch_upper"] = drop
+    values["divergence_drop_minus_end"], *bounds = offset
+    values["divergence_drop_minus_end_lower"], values["divergence_drop_minus_end_upper"] = bounds
+    if not np.isfinite(values["divergence_drop_epoch"]):
+        why["divergence_drop_minus_end"] = ("no divergence_drop_epoch: "
+                                            + why["divergence_drop_epoch"])
+    elif not located:
+        why["divergence_drop_minus_end"] = (f"no located end ({unlocated_reason(deficit, d_lo)})"
+                                            ": nothing to compare the drop with")
     return values, why, without_each_seed
+
+
+def _drop_values(cube: xr.Dataset, batch_size: float, lr_schedule: str, horizon: float,
+                 level: float, drop: float, end: SeedJackknife, end_half: float, located: bool
+                 ) -> tuple[tuple[float, float], tuple[float, float, float]]:
+    """The divergence drop's interval ``(lower, upper)`` (jackknife-t over the seeds with a
+    distance, at least ± half the switch spacing, within the switch epochs with a distance
+    at the horizon) and its offset from the ``end`` as ``(value, lower, upper)``
+    (:func:`paired_offset`; NaN unless the end is ``located``)."""
+    nan2, nan3 = (float("nan"),) * 2, (float("nan"),) * 3
+    div = divergence_to_blurred(cube, batch_size, lr_schedule)
+    if div is None or not np.isfinite(drop) or "seed" not in div.dims:
+        return nan2, nan3
+    switches = cube["switch_epoch"].values.astype(float)
+    at_horizon = divergence_at_horizon(cube, batch_size, horizon, lr_schedule)
+    measured = switches[np.isfinite(at_horizon)]
+    seeds = div["seed"].values
+    present = np.isfinite(div).any(dim=[d for d in div.dims if d != "seed"]).values
+    loo = np.full(seeds.size, np.nan)
+    for i in np.flatnonzero(present) if present.sum() > 1 else []:  # one seed: none left
+        loo[i] = divergence_drop_epoch(switches, divergence_at_horizon(
+            cube, batch_size, horizon, lr_schedule, without_seed=seeds[i]))
+    half = switch_spacing_at(measured, drop) / 2
+    lower, upper = jackknife_interval(drop, loo[present], level)
+    if np.isfinite(lower) or np.isinf(lower):
+        lower = max(min(lower, drop - half), float(measured.min()))
+        upper = min(max(upper, drop + half), float(measured.max()))
+    if not located:
+        return (lower, upper), nan3
+    return (lower, upper), paired_offset(SeedJackknife(drop, loo, present), end, level,
+                                         min_half_width=end_half + half)
 
 
 def _knee_values(curve_by_seed: xr.DataArray, level: float, end: SeedJackknife,
@@ -469,14 +523,15 @@ def critical_period_summary(
             dims=[*dims, "bound"],
             attrs={**loo_range_attrs(name),
                    **({"missing": missing} if missing else {})})
-    for name in KNEE_STATISTICS:
+    for name in MARKER_STATISTICS:
         missing = _why_missing({(b, r): cells[(b, r)][1].get(name) for b in batch_sizes
                                 for r in schedules})
         data[name] = xr.DataArray(grid(name), dims=dims, attrs={
-            **knee_attrs(name), **({"missing": missing} if missing else {})})
+            **marker_attrs(name), **({"missing": missing} if missing else {})})
+    for name in (*MARKER_STATISTICS, "divergence_drop_epoch"):
         data[f"{name}_interval"] = xr.DataArray(
             np.stack([grid(f"{name}_lower"), grid(f"{name}_upper")], axis=-1),
-            dims=[*dims, "bound"], attrs=knee_attrs(name, level))
+            dims=[*dims, "bound"], attrs=marker_attrs(name, level))
     for knee, _ in LLC_KNEES:
         data[f"{knee}_unstable"] = xr.DataArray(grid(f"{knee}_unstable").astype(np.int8),
                                                 dims=dims, attrs=knee_unstable_attrs(knee))
@@ -492,7 +547,8 @@ def critical_period_summary(
              "interval_method": INTERVAL_METHOD,
              "interval_kind": kinds["critical_period_end"],
              "deficit_interval_kind": kinds["permanent_deficit"],
-             "knee_interval_kind": knee_interval_kind("llc_knee_trunk", level),
-             "knee_offset_interval_kind": knee_interval_kind("llc_knee_minus_end_trunk", level)}
+             "knee_interval_kind": marker_interval_kind("llc_knee_trunk", level),
+             "drop_interval_kind": marker_interval_kind("divergence_drop_epoch", level),
+             "offset_interval_kind": marker_interval_kind("divergence_drop_minus_end", level)}
     return xr.Dataset(data, coords=coords, attrs=attrs)
 

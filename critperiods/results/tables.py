@@ -15,21 +15,24 @@ from critperiods.results.selection import CLASSES, run_diverged
 from critperiods.results.summary import (
     EXPONENTS,
     INTERVAL_STATISTICS,
-    KNEE_STATISTICS,
     LLC_KNEES,
     LLC_MARKERS,
     LOO_RANGE_KIND,
+    MARKER_OFFSETS,
+    MARKER_STATISTICS,
     UNSTABLE_REASON,
     end_located,
     unlocated_reason,
 )
 from critperiods.variables import SUMMARY_STATISTICS
 
-__all__ = ["diverged_sentence", "format_table", "knee_verdict", "knee_verdicts",
-           "llc_flag_counts", "restart_verdicts", "runs_at_chance", "summary_table", "to_csv"]
+__all__ = ["MARKER_NAMES", "diverged_sentence", "format_table", "llc_flag_counts",
+           "marker_verdict", "marker_verdicts", "restart_verdicts", "runs_at_chance",
+           "summary_table", "to_csv"]
 
-#: Where the λ̂ knee is measured, by its name in :data:`LLC_KNEES`.
-KNEE_PLACES = {"llc_knee_trunk": "trunk", "llc_knee_sharp": "never-blurred"}
+#: How the verdicts name each marker of :data:`MARKER_OFFSETS`.
+MARKER_NAMES = {"llc_knee_trunk": "λ̂ trunk", "llc_knee_sharp": "λ̂ never-blurred",
+                "divergence_drop_epoch": "divergence"}
 
 def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
     """Per batch size, whether the permanent deficit survives restarting the learning rate.
@@ -59,11 +62,11 @@ def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
     return out
 
 
-def knee_verdict(offset: float, lower: float, upper: float, unstable: bool = False) -> str:
-    """What a λ̂ knee's offset from the end says: "+9.2 [0.8, 17.6], after the end",
-    "… before the end" or "… includes 0" (the seeds cannot tell the knee from the end),
-    prefixed "(unstable knee) " where the knee is (:data:`UNSTABLE_REASON`); "" without an
-    offset."""
+def marker_verdict(offset: float, lower: float, upper: float, unstable: bool = False) -> str:
+    """What a marker's offset from the end says: "+9.2 [0.8, 17.6], after the end",
+    "… before the end" or "… includes 0" (the seeds cannot tell the marker from the end),
+    prefixed "(unstable knee) " for an unstable λ̂ knee (:data:`UNSTABLE_REASON`); ""
+    without an offset."""
     if not np.isfinite(offset):
         return ""
     said = ("(unstable knee) " if unstable else "") + f"{offset:+.1f}"
@@ -83,20 +86,21 @@ def _bound(value: float) -> str:
     return f"{value:.1f}" if round(value, 1) != 0 or value == 0 else f"{value:.2g}"
 
 
-def knee_verdicts(summary: xr.Dataset) -> dict[tuple[float, str], str]:
-    """Per (batch size, schedule) with a located end: does λ̂'s knee mark it? "trunk −0.4
-    [−13.1, 12.3], includes 0; never-blurred +9.2 [0.8, 17.6], after the end"
-    (:func:`knee_verdict` of each ``llc_knee_minus_end_*``). Empty for a summary without
-    knees (computed before they existed) or without a located end."""
-    if any(name not in summary for name in KNEE_STATISTICS):
+def marker_verdicts(summary: xr.Dataset) -> dict[tuple[float, str], str]:
+    """Per (batch size, schedule) with a located end: do λ̂ and the divergence mark it? "λ̂
+    trunk −0.4 [−13.1, 12.3], includes 0; λ̂ never-blurred +9.2 [0.8, 17.6], after the end;
+    divergence −2.8 [−5.1, −0.5], before the end" (:func:`marker_verdict` of each offset
+    of :data:`MARKER_OFFSETS`). Empty for a summary computed before the offsets existed or
+    without a located end."""
+    if any(name not in summary for name in MARKER_STATISTICS):
         return {}
     table = summary_table(summary)
     out = {}
     for _, row in table.iterrows():
-        said = [f"{KNEE_PLACES[knee]} {verdict}" for knee, offset in LLC_KNEES
-                if (verdict := knee_verdict(row[offset], row[f"{offset}_lower"],
-                                            row[f"{offset}_upper"],
-                                            bool(row.get(f"{knee}_unstable", False))))]
+        said = [f"{MARKER_NAMES[marker]} {verdict}" for marker, offset in MARKER_OFFSETS
+                if (verdict := marker_verdict(row[offset], row[f"{offset}_lower"],
+                                              row[f"{offset}_upper"],
+                                              bool(row.get(f"{marker}_unstable", False))))]
         if said:
             out[(float(row["batch_size"]), str(row["lr_schedule"]))] = "; ".join(said)
     return out
@@ -179,13 +183,16 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
                 if name in LLC_MARKERS and f"{name}_loo_range" in cell:
                     lo, hi = cell[f"{name}_loo_range"].values
                     row[f"{name}_loo_lower"], row[f"{name}_loo_upper"] = float(lo), float(hi)
-            for name in KNEE_STATISTICS:
-                if name in cell:  # absent from cubes written before the knees
+            for name in MARKER_STATISTICS:  # absent from cubes written before the markers'
+                if name in cell:  # offsets
                     row[name] = float(cell[name])
+            for name in (*MARKER_STATISTICS, "divergence_drop_epoch"):
+                if f"{name}_interval" in cell:
                     lo, hi = cell[f"{name}_interval"].values
                     row[f"{name}_lower"], row[f"{name}_upper"] = float(lo), float(hi)
-                if f"{name}_unstable" in cell:
-                    row[f"{name}_unstable"] = bool(cell[f"{name}_unstable"])
+            for knee, _ in LLC_KNEES:
+                if f"{knee}_unstable" in cell:
+                    row[f"{knee}_unstable"] = bool(cell[f"{knee}_unstable"])
             for name in EXPONENTS:
                 row[name] = float(cell[name])
                 lo, hi = cell[f"{name}_interval"].values
@@ -254,7 +261,11 @@ def format_table(summary: xr.Dataset) -> str:
             table["half_deficit_epoch"], located, strict=True)],
         "llc_trunk": _llc_column(table, "llc_knee_trunk", "llc_change_epoch_trunk"),
         "llc_sharp": _llc_column(table, "llc_knee_sharp", "llc_change_epoch_sharp"),
-        "div_drop": table["divergence_drop_epoch"].map(_fmt),
+        "div_drop": (_with_interval(table, "divergence_drop_epoch",
+                                    "divergence_drop_epoch_lower",
+                                    "divergence_drop_epoch_upper")
+                     if "divergence_drop_epoch_lower" in table
+                     else table["divergence_drop_epoch"].map(_fmt)),
     }
     widths = {k: max(len(k), *(len(str(v)) for v in col)) for k, col in columns.items()}
     lines = ["  ".join(k.rjust(widths[k]) for k in columns)]
@@ -269,6 +280,10 @@ def format_table(summary: xr.Dataset) -> str:
         if any(table.get(f"{knee}_unstable", pd.Series(dtype=bool)).any()
                for knee, _ in LLC_KNEES):
             lines.append(f"* unstable knee: {UNSTABLE_REASON}")
+    if "divergence_drop_epoch_lower" in table:
+        lines.append("divergence marker (div_drop): switch epoch where the distance to the "
+                     "always-blurred run halves, "
+                     + summary.attrs.get("drop_interval_kind", "interval over seeds"))
     elif "llc_change_epoch_trunk_loo_lower" in table:
         lines.append(f"λ̂ markers (llc_trunk, llc_sharp) [lower, upper]: {LOO_RANGE_KIND}")
     schedules = (summary["lr_schedule"].values if "lr_schedule" in summary.dims
@@ -285,7 +300,7 @@ def format_table(summary: xr.Dataset) -> str:
                  if f"{name}_interval" in summary} - {None}
     lines += [f"exponent interval [-inf, inf]: {text}" for text in sorted(unbounded)]
     missing = [f"  {name}: {summary[name].attrs['missing']}"
-               for name in [*SUMMARY_STATISTICS, *KNEE_STATISTICS, *EXPONENTS,
+               for name in [*SUMMARY_STATISTICS, *MARKER_STATISTICS, *EXPONENTS,
                             *(f"{m}_loo_range" for m in LLC_MARKERS)]
                if name in summary and "missing" in summary[name].attrs]
     if missing:
