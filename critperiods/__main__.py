@@ -98,8 +98,8 @@ def _stale_statistics(cube, diverged: list[str]) -> str | None:
         return ("predates the λ̂ markers' leave-one-out ranges (how far each moves without "
                 "one seed)")
     if "critical_period_end" in cube and "divergence_drop_minus_end" not in cube:
-        return ("predates the λ̂ knees and the markers' offsets from the end (do λ̂ and the "
-                "divergence mark it?)")
+        return ("predates the markers' intervals and their offsets from the end (do λ̂ and "
+                "the divergence mark it?)")
     return None
 
 

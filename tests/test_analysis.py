@@ -885,7 +885,7 @@ def test_summarize_recomputes_a_cube_without_the_lambda_knees(tmp_path, capsys) 
     old.drop_vars(new).to_netcdf(tmp_path / "old.nc")
     assert main(["summarize", str(tmp_path / "old.nc")]) == 0
     printed = capsys.readouterr().out
-    assert "predates the λ̂ knees" in printed
+    assert "predates the markers' intervals and their offsets from the end" in printed
     verdicts = printed.split("\ndo λ̂ and the divergence mark the end?")[1].splitlines()[1:]
     ends = summary["critical_period_end"].sel(lr_schedule="continue").values
     for b, end, said in zip(BATCHES, ends, ("before the end", "before the end", "includes 0"),
@@ -1142,6 +1142,37 @@ def test_the_divergence_drop_gets_a_jackknife_interval_and_a_paired_offset() -> 
         np.testing.assert_allclose((float(cell["divergence_drop_minus_end"]),
                                     *cell["divergence_drop_minus_end_interval"].values),
                                    expected)
+
+
+def test_a_seed_without_which_no_drop_is_left_widens_the_drop_to_the_whole_range() -> None:
+    """Only seed 0's distance falls; without it the seed mean never halves, so the data do
+    not bound the drop: its interval is every switch epoch with a distance at the horizon.
+    One seed gives no interval at all."""
+    cube = synthetic_cube()
+    falls = xr.DataArray([1.0, 0.0, 0.0], dims="seed")  # the others stay at 4: mean 6 → 2.7
+    cube["div_l2"] = (falls * cube["div_l2"] + (1 - falls) * 4.0).where(
+        np.isfinite(cube["div_l2"]))
+    summary = critical_period_summary(cube)
+    measured = SWITCHES[np.isfinite(selection.divergence_at_horizon(cube, 64, 1.0))]
+    assert np.isfinite(summary["divergence_drop_epoch"]).all()
+    np.testing.assert_allclose(summary["divergence_drop_epoch_interval"].values,
+                               np.broadcast_to([measured.min(), measured.max()],
+                                               summary["divergence_drop_epoch_interval"].shape))
+    assert np.isinf(summary["divergence_drop_minus_end_interval"].values).all()
+    one = critical_period_summary(cube.isel(seed=[0]))
+    assert np.isfinite(one["divergence_drop_epoch"]).all()
+    assert np.isnan(one["divergence_drop_epoch_interval"].values).all()
+    assert np.isnan(one["divergence_drop_minus_end_interval"].values).all()
+
+
+def test_the_table_explains_only_the_marker_columns_it_shows() -> None:
+    """Knees: the knee legend and not the arg-max's spread; no divergence: no drop legend."""
+    summary = critical_period_summary(synthetic_cube(with_div=False))
+    text = tables.format_table(summary.drop_vars("divergence_drop_epoch_interval"))
+    assert "λ̂ knees (llc_trunk, llc_sharp)" in text and "a spread, not" not in text
+    assert "divergence marker (div_drop)" not in text
+    with_div = tables.format_table(critical_period_summary(synthetic_cube()))
+    assert "divergence marker (div_drop): switch epoch where the distance" in with_div
 
 
 def test_each_missing_knee_or_offset_says_why() -> None:

@@ -126,7 +126,8 @@ _MARKER_INTERVAL_KINDS = {
             "lambda-hat epoch spacing, within the range a knee can take: the second to the "
             "second-to-last epoch with valid lambda-hat)",
     "drop": "{level} jackknife-t over seeds (leave one seed out; at least ± half the switch "
-            "spacing, within the switch epochs with a distance at the horizon)",
+            "spacing, within the switch epochs with a distance at the horizon: all of them "
+            "where leaving some seed out leaves no drop)",
     "offset": "{level} paired jackknife-t over seeds (each seed left out of the marker and the "
               "end together; at least ± half the switch spacing at the end plus half the "
               "spacing of the marker's grid: lambda-hat epochs for a knee, switch epochs for "

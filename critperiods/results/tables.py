@@ -280,12 +280,13 @@ def format_table(summary: xr.Dataset) -> str:
         if any(table.get(f"{knee}_unstable", pd.Series(dtype=bool)).any()
                for knee, _ in LLC_KNEES):
             lines.append(f"* unstable knee: {UNSTABLE_REASON}")
-    if "divergence_drop_epoch_lower" in table:
+    elif "llc_change_epoch_trunk_loo_lower" in table:
+        lines.append(f"λ̂ markers (llc_trunk, llc_sharp) [lower, upper]: {LOO_RANGE_KIND}")
+    if "divergence_drop_epoch_lower" in table and np.isfinite(
+            table["divergence_drop_epoch_lower"]).any():
         lines.append("divergence marker (div_drop): switch epoch where the distance to the "
                      "always-blurred run halves, "
                      + summary.attrs.get("drop_interval_kind", "interval over seeds"))
-    elif "llc_change_epoch_trunk_loo_lower" in table:
-        lines.append(f"λ̂ markers (llc_trunk, llc_sharp) [lower, upper]: {LOO_RANGE_KIND}")
     schedules = (summary["lr_schedule"].values if "lr_schedule" in summary.dims
                  else ["continue"])
     for name in EXPONENTS:
