@@ -168,13 +168,14 @@ def test_no_offset_without_a_knee_or_an_end_and_no_interval_with_one_seed() -> N
     assert offset == 2.0 and np.isnan(lo) and np.isnan(hi)
 
 
-def test_the_knee_coverage_bench_runs_and_covers_near_its_level() -> None:
-    """bench/knee_coverage.py, in a few trials, so that it cannot rot; the full run's table
+def test_the_marker_coverage_bench_runs_and_covers_near_its_level() -> None:
+    """bench/marker_coverage.py, in a few trials, so that it cannot rot; the full run's table
     is in docs/analysis.md. Where a seed moves the knee and the end together, pairing
     narrows the interval."""
-    bench = bench_module("knee_coverage")
-    shifted = bench.SCENARIOS["knee after the end, seeds shift both (s.d. 15 %)"]
+    bench = bench_module("marker_coverage")
+    shifted = bench.SCENARIOS["knee after the end, drop before, seeds shift all three (s.d. 15 %)"]
     got = bench.coverage(shifted, n_seeds=5, trials=40)
     assert got["paired cover"] >= 0.8 and got["knee cover"] >= 0.75
+    assert got["drop cover"] >= 0.8 and got["drop paired cover"] >= 0.8
     assert got["paired width"] < got["unpaired width"]
-    assert 0 < got["excludes 0"] < 1
+    assert 0 < got["paired excludes 0"] < 1
