@@ -11,9 +11,9 @@ import pytest
 import xarray as xr
 
 from critperiods.results import fits, selection, tables
+from critperiods.results.markers import marker_spread
 from critperiods.results.summary import (
     INTERVAL_METHOD,
-    _marker_spread,
     critical_period_summary,
     located_end,
 )
@@ -1330,9 +1330,9 @@ def test_a_lambda_markers_range_holds_the_all_seed_value() -> None:
     epochs = np.arange(0.0, 21.0)
     curve = xr.DataArray(np.minimum(epochs, 10.0)[:, None] + np.arange(3.0),
                          coords={"epoch": epochs, "seed": [0, 1, 2]}, dims=("epoch", "seed"))
-    assert _marker_spread(curve, 10.0)[:2] == (10.0, 10.0)
-    assert _marker_spread(curve, 16.0)[:2] == (10.0, 16.0)
-    assert _marker_spread(curve, 4.0)[:2] == (4.0, 10.0)
+    assert marker_spread(curve, 10.0)[:2] == (10.0, 10.0)
+    assert marker_spread(curve, 16.0)[:2] == (10.0, 16.0)
+    assert marker_spread(curve, 4.0)[:2] == (4.0, 10.0)
 
 
 def test_the_perturbation_growth_figure_names_each_runs_line_style() -> None:

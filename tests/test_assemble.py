@@ -96,7 +96,7 @@ def test_every_cube_variable_is_documented():
     import re
     from pathlib import Path
 
-    from critperiods.results.summary import MARKER_STATISTICS
+    from critperiods.results.markers import MARKER_STATISTICS
     from critperiods.variables import VARIABLES
 
     docs = Path(__file__).resolve().parents[1] / "docs"

@@ -19,7 +19,8 @@ import pandas as pd
 import xarray as xr
 import yaml
 
-from critperiods.results.summary import UNSTABLE_REASON, end_located, unlocated_reason
+from critperiods.results.markers import UNSTABLE_REASON
+from critperiods.results.summary import end_located, unlocated_reason
 from critperiods.results.tables import (
     diverged_sentence,
     llc_flag_counts,

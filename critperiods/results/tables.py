@@ -11,16 +11,18 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from critperiods.results.selection import CLASSES, run_diverged
-from critperiods.results.summary import (
-    EXPONENTS,
-    INTERVAL_STATISTICS,
+from critperiods.results.markers import (
     LLC_KNEES,
     LLC_MARKERS,
     LOO_RANGE_KIND,
     MARKER_OFFSETS,
     MARKER_STATISTICS,
     UNSTABLE_REASON,
+)
+from critperiods.results.selection import CLASSES, run_diverged
+from critperiods.results.summary import (
+    EXPONENTS,
+    INTERVAL_STATISTICS,
     end_located,
     unlocated_reason,
 )

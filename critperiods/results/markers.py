@@ -1,0 +1,202 @@
+"""The markers beside the end: where λ̂ and the divergence change, with intervals, and each
+one's offset from the critical period's end. Does λ̂ or the divergence mark the end?
+
+For one (batch size, lr schedule) cell of a cube, :mod:`critperiods.results.summary` asks
+this module for:
+
+* the λ̂ arg-max markers' leave-one-out spread (:func:`marker_spread`; the markers
+  themselves are :func:`critperiods.results.fits.largest_change_epoch`);
+* the λ̂ knee along the blurred trunk and along the never-blurred run, its interval, its
+  instability flag and its offset from the end (:func:`knee_values`, on the numerical core
+  :mod:`critperiods.results.knee`);
+* the divergence drop's interval and its offset from the end (:func:`drop_values`).
+
+It also holds the names and the attributes of the variables these become
+(:func:`marker_attrs`, :func:`knee_unstable_attrs`, :func:`loo_range_attrs`): here, not
+in :mod:`critperiods.variables`, whose every change reruns the stages that write the
+cube's other variables.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from critperiods.results.fits import (
+    change_epochs_without_each_seed,
+    divergence_drop_epoch,
+    jackknife_interval,
+    switch_spacing_at,
+)
+from critperiods.results.knee import (
+    SeedJackknife,
+    knee_with_interval,
+    knees_without_each_seed,
+    paired_offset,
+)
+from critperiods.results.selection import divergence_at_horizon, divergence_to_blurred
+from critperiods.variables import interval_attrs
+
+__all__ = ["LLC_KNEES", "LLC_MARKERS", "LOO_RANGE_KIND", "MARKER_OFFSETS", "MARKER_STATISTICS",
+           "UNSTABLE_REASON", "drop_values", "knee_unstable_attrs", "knee_values",
+           "loo_range_attrs", "marker_attrs", "marker_interval_kind", "marker_spread"]
+
+#: The λ̂ markers, each with ``<name>_loo_range``: how far it moves without one seed.
+LLC_MARKERS = ("llc_change_epoch_trunk", "llc_change_epoch_sharp")
+LOO_RANGE_KIND = ("lowest and highest value, with all seeds and with each seed left out in "
+                  "turn (a spread, not a confidence interval)")
+
+
+#: Does a marker mark the end? Each marker with its offset from the end
+#: (:func:`~critperiods.results.knee.paired_offset`), per (batch_size, lr_schedule), in the
+#: order the verdicts say them: the λ̂ knee along the blurred trunk and along the
+#: never-blurred run (:func:`~critperiods.results.knee.knee_with_interval`), and the
+#: divergence drop. Every marker and offset has ``<name>_interval``. Their metadata is here
+#: (:func:`marker_attrs`).
+MARKER_OFFSETS = (("llc_knee_trunk", "llc_knee_minus_end_trunk"),
+                  ("llc_knee_sharp", "llc_knee_minus_end_sharp"),
+                  ("divergence_drop_epoch", "divergence_drop_minus_end"))
+LLC_KNEES = MARKER_OFFSETS[:2]
+#: The variables this module adds for the markers (``divergence_drop_epoch`` itself is a
+#: :data:`~critperiods.variables.SUMMARY_STATISTICS` one; its interval is added here).
+MARKER_STATISTICS = ("llc_knee_trunk", "llc_knee_minus_end_trunk", "llc_knee_sharp",
+                     "llc_knee_minus_end_sharp", "divergence_drop_minus_end")
+#: ``<knee>_unstable`` (a 0/1 flag per knee of :data:`LLC_KNEES`): with some seed left out,
+#: the knee sits at an edge of the range a knee can take (the second or the second-to-last
+#: λ̂ epoch), or there is none. The bend may then lie outside the epochs λ̂ was measured
+#: at, or λ̂ bends too little to place it; the interval says more than the value.
+UNSTABLE_REASON = ("with some seed left out, the knee sits at an edge of its range or is "
+                   "gone: the bend may lie outside the epochs with λ̂, or λ̂ bends too little "
+                   "to place it; read the interval, not the value")
+_MARKER_LONG_NAMES = {
+    "llc_knee_trunk": "knee of valid lambda-hat along the blurred trunk (continuous broken-stick "
+                      "fit to the seed mean), in epochs",
+    "llc_knee_sharp": "knee of valid lambda-hat of the never-blurred run (continuous "
+                      "broken-stick fit to the seed mean), in epochs",
+    "llc_knee_minus_end_trunk": "llc_knee_trunk minus critical_period_end, in epochs (NaN where "
+                                "the end is not located)",
+    "llc_knee_minus_end_sharp": "llc_knee_sharp minus critical_period_end, in epochs (NaN where "
+                                "the end is not located)",
+    "divergence_drop_minus_end": "divergence_drop_epoch minus critical_period_end, in epochs "
+                                 "(NaN where the end is not located)",
+}
+_MARKER_INTERVAL_KINDS = {
+    "knee": "{level} jackknife-t over seeds (leave one seed out; at least ± half the "
+            "lambda-hat epoch spacing, within the range a knee can take: the second to the "
+            "second-to-last epoch with valid lambda-hat)",
+    "drop": "{level} jackknife-t over seeds (leave one seed out; at least ± half the switch "
+            "spacing, within the switch epochs with a distance at the horizon: all of them "
+            "where leaving some seed out leaves no drop)",
+    "offset": "{level} paired jackknife-t over seeds (each seed left out of the marker and the "
+              "end together; at least ± half the switch spacing at the end plus half the "
+              "spacing of the marker's grid: lambda-hat epochs for a knee, switch epochs for "
+              "the divergence drop)",
+}
+
+
+def marker_interval_kind(name: str, level: float) -> str:
+    """What the interval of the marker or offset ``name`` (:data:`MARKER_OFFSETS`) is."""
+    kind = ("offset" if "_minus_end" in name else "drop" if name.startswith("divergence")
+            else "knee")
+    return _MARKER_INTERVAL_KINDS[kind].format(level=f"{level:.0%}")
+
+
+def knee_unstable_attrs(knee: str) -> dict:
+    """Attributes of the flag ``<knee>_unstable`` (CF: 0 stable, 1 unstable)."""
+    return {"long_name": f"whether {knee} is unstable: {UNSTABLE_REASON}", "units": "1",
+            "flag_values": np.asarray([0, 1], dtype=np.int8),
+            "flag_meanings": "stable unstable"}
+
+
+def marker_attrs(name: str, level: float | None = None) -> dict:
+    """Attributes of a :data:`MARKER_STATISTICS` variable, or (with ``level``) of the
+    ``<name>_interval`` of any marker or offset of :data:`MARKER_OFFSETS`."""
+    if level is None:
+        return {"long_name": _MARKER_LONG_NAMES[name], "units": "1"}
+    return interval_attrs(name, marker_interval_kind(name, level))
+
+
+def loo_range_attrs(name: str) -> dict:
+    """Attributes of ``<name>_loo_range`` (here, not in :mod:`critperiods.variables`, whose
+    every change reruns the stages that write the cube's other variables)."""
+    return {"long_name": f"{name}: {LOO_RANGE_KIND}", "units": "1"}
+
+
+def marker_spread(curve_by_seed: xr.DataArray, marker: float) -> tuple[float, float, str | None]:
+    """The λ̂ marker's lowest and highest value, with all seeds (``marker``) and with each
+    seed left out in turn (:func:`change_epochs_without_each_seed`; an arg-max can leave the
+    all-seed value outside the others' range), and why they are NaN where the marker is not:
+    one seed, or a seed without which no marker is left."""
+    if not np.isfinite(marker):
+        return float("nan"), float("nan"), None
+    if "seed" not in curve_by_seed.dims or curve_by_seed.sizes["seed"] < 2:
+        return float("nan"), float("nan"), "one seed: nothing to leave out"
+    values = curve_by_seed.transpose("epoch", "seed")
+    present = np.isfinite(values.values).any(axis=0)
+    if present.sum() < 2:
+        return float("nan"), float("nan"), "one seed has valid λ̂: nothing to leave out"
+    markers = change_epochs_without_each_seed(values["epoch"].values, values.values)
+    gone = [str(s) for s, m, p in zip(values["seed"].values, markers, present, strict=True)
+            if p and not np.isfinite(m)]
+    if gone:
+        return float("nan"), float("nan"), (f"without seed {', '.join(gone)} no marker is "
+                                             "left (too few valid points, or a straight line)")
+    return float(min(marker, np.nanmin(markers))), float(max(marker, np.nanmax(markers))), None
+
+
+def drop_values(cube: xr.Dataset, batch_size: float, lr_schedule: str, horizon: float,
+                 level: float, drop: float, end: SeedJackknife, end_half: float, located: bool
+                 ) -> tuple[tuple[float, float], tuple[float, float, float]]:
+    """The divergence drop's interval ``(lower, upper)`` (jackknife-t over the seeds with a
+    distance, at least ± half the switch spacing, within the switch epochs with a distance
+    at the horizon) and its offset from the ``end`` as ``(value, lower, upper)``
+    (:func:`paired_offset`; NaN unless the end is ``located``)."""
+    nan2, nan3 = (float("nan"),) * 2, (float("nan"),) * 3
+    div = divergence_to_blurred(cube, batch_size, lr_schedule)
+    if div is None or not np.isfinite(drop) or "seed" not in div.dims:
+        return nan2, nan3
+    switches = cube["switch_epoch"].values.astype(float)
+    at_horizon = divergence_at_horizon(cube, batch_size, horizon, lr_schedule)
+    measured = switches[np.isfinite(at_horizon)]
+    seeds = div["seed"].values
+    present = np.isfinite(div).any(dim=[d for d in div.dims if d != "seed"]).values
+    loo = np.full(seeds.size, np.nan)
+    for i in np.flatnonzero(present) if present.sum() > 1 else []:  # one seed: none left
+        loo[i] = divergence_drop_epoch(switches, divergence_at_horizon(
+            cube, batch_size, horizon, lr_schedule, without_seed=seeds[i]))
+    half = switch_spacing_at(measured, drop) / 2
+    lower, upper = jackknife_interval(drop, loo[present], level)
+    if np.isfinite(lower) or np.isinf(lower):
+        lower = max(min(lower, drop - half), float(measured.min()))
+        upper = min(max(upper, drop + half), float(measured.max()))
+    if not located:
+        return (lower, upper), nan3
+    return (lower, upper), paired_offset(SeedJackknife(drop, loo, present), end, level,
+                                         min_half_width=end_half + half)
+
+
+def knee_values(curve_by_seed: xr.DataArray, level: float, end: SeedJackknife,
+                 end_half: float, located: bool
+                 ) -> tuple[tuple[float, float, float], tuple[float, float, float], int]:
+    """The knee of a λ̂ curve (``(epoch, seed)``, :func:`knee_with_interval`) and its offset
+    from the ``end`` (:func:`paired_offset`; NaN unless the end is ``located``), each as
+    ``(value, lower, upper)``, and whether the knee is unstable (1: with some seed left out
+    it sits at an edge of its range or is gone; 0 otherwise, and without a knee)."""
+    nan3 = (float("nan"),) * 3
+    if "seed" not in curve_by_seed.dims or "epoch" not in curve_by_seed.dims:
+        return nan3, nan3, 0
+    values = curve_by_seed.transpose("epoch", "seed")
+    epochs, matrix = values["epoch"].values.astype(float), values.values
+    loo = knees_without_each_seed(epochs, matrix)
+    knee = knee_with_interval(epochs, matrix, level, loo)
+    if not np.isfinite(knee[0]):
+        return knee, nan3, 0
+    present = np.isfinite(matrix).any(axis=0)
+    x = np.sort(epochs[np.isfinite(matrix).any(axis=1)])
+    unstable = int(np.isin(loo[present], [x[1], x[-2]]).any()
+                   or (present.sum() > 1 and not np.isfinite(loo[present]).all()))
+    if not located:
+        return knee, nan3, unstable
+    llc_half = switch_spacing_at(x, knee[0]) / 2
+    return knee, paired_offset(SeedJackknife(knee[0], loo, present), end, level,
+                               min_half_width=end_half + llc_half), unstable
