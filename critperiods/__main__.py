@@ -147,7 +147,8 @@ def summarize(args: argparse.Namespace) -> int:
     if markers:
         print("\ndo λ̂ and the divergence mark the end? Each marker minus the end, in epochs "
               "(λ̂: its knee; divergence: div_drop); intervals: "
-              f"{summary.attrs.get('offset_interval_kind', 'over seeds')}")
+              + summary.attrs.get('offset_interval_kind', 'over seeds').replace(
+                  "lambda-hat", "λ̂"))
         for (b, r), verdict in markers.items():
             print(f"  batch {b:g}, {r}: {verdict}")
     if diverged:

@@ -145,6 +145,19 @@ def test_the_offset_interval_is_the_jackknife_of_the_differences() -> None:
     assert paired_offset(knee, end) == pytest.approx((4.0, *expected))
 
 
+def test_the_offset_interval_stays_within_what_the_two_can_give() -> None:
+    """A knee in [6, 14] minus an end in [0, 16] lies in [−10, 14], however wide the
+    jackknife; unbounded (a seed without which no knee is left) means all of that."""
+    everything = np.ones(3, bool)
+    end = SeedJackknife(6.0, np.array([2.0, 10.0, 6.0]), everything, (0.0, 16.0))
+    knee = SeedJackknife(13.0, np.array([6.0, 14.0, 14.0]), everything, (6.0, 14.0))
+    offset, lo, hi = paired_offset(knee, end)
+    raw = fits.jackknife_interval(7.0, knee.without_each_seed - end.without_each_seed)
+    assert raw[1] > 14 and (offset, lo, hi) == pytest.approx((7.0, raw[0], 14.0))
+    gone = SeedJackknife(13.0, np.array([6.0, np.nan, 14.0]), everything, (6.0, 14.0))
+    assert paired_offset(gone, end) == (7.0, -10.0, 14.0)
+
+
 def test_a_seed_missing_from_one_side_leaves_that_side_unchanged() -> None:
     present = np.array([True, True, False])
     knee = SeedJackknife(10.0, np.array([9.0, 11.0, np.nan]), present)

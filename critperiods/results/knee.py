@@ -141,11 +141,14 @@ def knee_with_interval(epochs: np.ndarray, values_by_seed: np.ndarray, level: fl
 class SeedJackknife:
     """A statistic over seeds, as the paired jackknife needs it: its ``value`` with all
     seeds, its value refitted ``without_each_seed`` (one per seed; NaN where leaving that
-    seed out leaves no estimate), and which seeds are ``present`` (have data at all)."""
+    seed out leaves no estimate), which seeds are ``present`` (have data at all), and the
+    ``bounds`` the statistic can take at all (e.g. a knee: the second to the second-to-last
+    epoch of its curve)."""
 
     value: float
     without_each_seed: np.ndarray
     present: np.ndarray
+    bounds: tuple[float, float] = (-np.inf, np.inf)
 
 
 def paired_offset(knee: SeedJackknife, end: SeedJackknife, level: float = 0.90,
@@ -157,9 +160,10 @@ def paired_offset(knee: SeedJackknife, end: SeedJackknife, level: float = 0.90,
     and the jackknife runs over the seeds present in either. Leaving out a seed that is
     absent from one of the two leaves that one unchanged. The interval is at least
     ± ``min_half_width`` (the grids' resolution: half the switch spacing at the end plus
-    half the λ̂ spacing at the knee). Returns ``(offset, lower, upper)``; the interval is NaN
-    with fewer than 2 seeds and ``(-inf, inf)`` where leaving a seed out leaves no knee or
-    no end.
+    half the λ̂ spacing at the knee), and within what the two can give at all: from the
+    knee's lowest bound minus the end's highest to the knee's highest minus the end's
+    lowest (``bounds``). Returns ``(offset, lower, upper)``; the interval is NaN with fewer
+    than 2 seeds, and all of that range where leaving a seed out leaves no knee or no end.
     """
     offset = float(knee.value) - float(end.value)
     if not np.isfinite(offset):
@@ -174,4 +178,6 @@ def paired_offset(knee: SeedJackknife, end: SeedJackknife, level: float = 0.90,
     k_loo = np.where(k_present, knee.without_each_seed, knee.value)
     e_loo = np.where(e_present, end.without_each_seed, end.value)
     lower, upper = jackknife_interval(offset, (k_loo - e_loo)[units], level)
-    return offset, min(lower, offset - min_half_width), max(upper, offset + min_half_width)
+    lowest, highest = knee.bounds[0] - end.bounds[1], knee.bounds[1] - end.bounds[0]
+    return (offset, max(min(lower, offset - min_half_width), lowest),
+            min(max(upper, offset + min_half_width), highest))

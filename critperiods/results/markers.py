@@ -171,7 +171,8 @@ def drop_values(cube: xr.Dataset, batch_size: float, lr_schedule: str, horizon: 
         upper = min(max(upper, drop + half), float(measured.max()))
     if not located:
         return (lower, upper), nan3
-    return (lower, upper), paired_offset(SeedJackknife(drop, loo, present), end, level,
+    bounds = (float(measured.min()), float(measured.max()))
+    return (lower, upper), paired_offset(SeedJackknife(drop, loo, present, bounds), end, level,
                                          min_half_width=end_half + half)
 
 
@@ -198,5 +199,5 @@ def knee_values(curve_by_seed: xr.DataArray, level: float, end: SeedJackknife,
     if not located:
         return knee, nan3, unstable
     llc_half = switch_spacing_at(x, knee[0]) / 2
-    return knee, paired_offset(SeedJackknife(knee[0], loo, present), end, level,
-                               min_half_width=end_half + llc_half), unstable
+    return knee, paired_offset(SeedJackknife(knee[0], loo, present, (x[1], x[-2])), end,
+                               level, min_half_width=end_half + llc_half), unstable

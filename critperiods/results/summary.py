@@ -176,9 +176,11 @@ def _cell_values(
         values[f"{name}_lower"], values[f"{name}_upper"] = lo, hi
         if reason:
             why[f"{name}_loo_range"] = reason
-    end = SeedJackknife(k, without_each_seed, np.isfinite(acc).any(axis=0))
-    end_half = switch_spacing_at(switches[np.isfinite(acc).any(axis=1)], k) / 2 \
-        if np.isfinite(k) else float("nan")
+    with_runs = switches[np.isfinite(acc).any(axis=1)]  # where the hinge can put the end
+    end = SeedJackknife(k, without_each_seed, np.isfinite(acc).any(axis=0),
+                        (float(with_runs.min()), float(with_runs.max())) if with_runs.size
+                        else (float("nan"),) * 2)
+    end_half = switch_spacing_at(with_runs, k) / 2 if np.isfinite(k) else float("nan")
     located = end_located(d_lo)
     for (knee_name, offset_name), curve, marker in zip(
             LLC_KNEES, (trunk_by_seed, sharp_by_seed), LLC_MARKERS, strict=True):

@@ -206,13 +206,20 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _as_said(text: str) -> str:
+    """A cube attribute as the terminal says it: "λ̂", not the attributes' ASCII
+    "lambda-hat"."""
+    return text.replace("lambda-hat", "λ̂")
+
+
 def _fmt(value: float) -> str:
     """Compact number for the terminal table ("nan" for missing, "-inf"/"inf" unbounded)."""
     return "nan" if np.isnan(value) else f"{value:.4g}"
 
 
 def _pp(value: float) -> str:
-    return "nan" if not np.isfinite(value) else f"{100 * value:.1f}"
+    """A fraction in percentage points to 0.1 ("0.0", never "-0.0")."""
+    return "nan" if not np.isfinite(value) else f"{round(100 * value, 1) + 0.0:.1f}"
 
 
 def _with_interval(table: pd.DataFrame, name: str, lower: str, upper: str) -> list[str]:
@@ -273,12 +280,17 @@ def format_table(summary: xr.Dataset) -> str:
     lines = ["  ".join(k.rjust(widths[k]) for k in columns)]
     for i in range(len(table)):
         lines.append("  ".join(str(list(columns[k])[i]).rjust(widths[k]) for k in columns))
+    lines.append("cp_end: the end of the critical period (hinge kink: the switch epoch after "
+                 "which switching later costs final accuracy); slope_pp/ep: accuracy lost per "
+                 "epoch of delay after it; deficit_pp: earliest minus latest switch, paired by "
+                 "seed, over the seeds counted; half_def: switch epoch at half that deficit")
     lines.append(f"intervals: end, {summary.attrs.get('interval_kind', 'over seeds')}"
                  f"; deficit, {summary.attrs.get('deficit_interval_kind', 'over seeds')}")
     if "llc_knee_trunk" in table:
-        lines.append("λ̂ knees (llc_trunk, llc_sharp): broken-stick knee of the seed-mean λ̂ "
-                     "along the blurred trunk and along the never-blurred run, "
-                     + summary.attrs.get("knee_interval_kind", "interval over seeds"))
+        lines.append("λ̂ knees (llc_trunk, llc_sharp; shared by both schedules): broken-stick "
+                     "knee of the seed-mean λ̂ along the blurred trunk and along the "
+                     "never-blurred run, " + _as_said(summary.attrs.get("knee_interval_kind",
+                                                                         "interval over seeds")))
         if any(table.get(f"{knee}_unstable", pd.Series(dtype=bool)).any()
                for knee, _ in LLC_KNEES):
             lines.append(f"* unstable knee: {UNSTABLE_REASON}")
@@ -288,7 +300,7 @@ def format_table(summary: xr.Dataset) -> str:
             table["divergence_drop_epoch_lower"]).any():
         lines.append("divergence marker (div_drop): switch epoch where the distance to the "
                      "always-blurred run halves, "
-                     + summary.attrs.get("drop_interval_kind", "interval over seeds"))
+                     + _as_said(summary.attrs.get("drop_interval_kind", "interval over seeds")))
     schedules = (summary["lr_schedule"].values if "lr_schedule" in summary.dims
                  else ["continue"])
     for name in EXPONENTS:
