@@ -90,7 +90,7 @@ _MARKER_INTERVAL_KINDS = {
     "offset": "{level} paired jackknife-t over seeds (each seed left out of the marker and the "
               "end together; at least ± half the switch spacing at the end plus half the "
               "spacing of the marker's grid: lambda-hat epochs for a knee, switch epochs for "
-              "the divergence drop)",
+              "the divergence drop; within what the marker and the end can give)",
 }
 
 
