@@ -1177,6 +1177,21 @@ def test_the_table_explains_only_the_marker_columns_it_shows() -> None:
     assert "divergence marker (div_drop): switch epoch where the distance" in with_div
 
 
+def test_a_verdict_says_when_no_knee_could_come_before_the_end() -> None:
+    """λ̂ valid from epoch 20 only: the earliest possible knee is epoch 21 (the second valid
+    epoch), before batch 64's end (25) and after batch 128's (17.5), whose offsets then
+    cannot be negative; the verdicts say so there only."""
+    cube = synthetic_cube(with_div=False)
+    cube["llc_mean"] = cube["llc_mean"].where(cube["epoch"] >= 20)
+    cube["llc_mean"] = cube["llc_mean"] + 0.5 * (cube["epoch"] - 30).clip(min=0)  # bend at 30
+    summary = critical_period_summary(cube)
+    assert (summary["llc_knee_trunk_earliest"] == 21).all()
+    verdicts = tables.marker_verdicts(summary)
+    note = "(the earliest possible knee, epoch 21, is after this end)"
+    assert note not in verdicts[(64.0, "continue")]
+    assert verdicts[(128.0, "continue")].count(note) == 2  # trunk and never-blurred
+
+
 def test_each_missing_knee_or_offset_says_why() -> None:
     cube = flat_restart(synthetic_cube(with_div=False))
     cube["llc_mean"] = cube["llc_mean"].where(cube["epoch"] <= 2)  # 3 points: too few

@@ -38,7 +38,8 @@ from critperiods.results.selection import divergence_at_horizon, divergence_to_b
 from critperiods.variables import interval_attrs
 
 __all__ = ["LLC_KNEES", "LLC_MARKERS", "LOO_RANGE_KIND", "MARKER_OFFSETS", "MARKER_STATISTICS",
-           "UNSTABLE_REASON", "drop_values", "knee_unstable_attrs", "knee_values",
+           "UNSTABLE_REASON", "drop_values", "knee_earliest_attrs", "knee_unstable_attrs",
+           "knee_values",
            "loo_range_attrs", "marker_attrs", "marker_interval_kind", "marker_spread"]
 
 #: The λ̂ markers, each with ``<name>_loo_range``: how far it moves without one seed.
@@ -99,6 +100,13 @@ def marker_interval_kind(name: str, level: float) -> str:
     kind = ("offset" if "_minus_end" in name else "drop" if name.startswith("divergence")
             else "knee")
     return _MARKER_INTERVAL_KINDS[kind].format(level=f"{level:.0%}")
+
+
+def knee_earliest_attrs(knee: str) -> dict:
+    """Attributes of ``<knee>_earliest``: the earliest epoch the knee can take."""
+    return {"long_name": f"earliest epoch {knee} can take: the second epoch with valid "
+                         "lambda-hat (where it is later than the end, the knee cannot come "
+                         "before the end)", "units": "1"}
 
 
 def knee_unstable_attrs(knee: str) -> dict:
@@ -177,27 +185,28 @@ def drop_values(cube: xr.Dataset, batch_size: float, lr_schedule: str, horizon: 
 
 
 def knee_values(curve_by_seed: xr.DataArray, level: float, end: SeedJackknife,
-                 end_half: float, located: bool
-                 ) -> tuple[tuple[float, float, float], tuple[float, float, float], int]:
+                end_half: float, located: bool
+                ) -> tuple[tuple[float, float, float], tuple[float, float, float], int, float]:
     """The knee of a λ̂ curve (``(epoch, seed)``, :func:`knee_with_interval`) and its offset
     from the ``end`` (:func:`paired_offset`; NaN unless the end is ``located``), each as
-    ``(value, lower, upper)``, and whether the knee is unstable (1: with some seed left out
-    it sits at an edge of its range or is gone; 0 otherwise, and without a knee)."""
+    ``(value, lower, upper)``; whether the knee is unstable (1: with some seed left out it
+    sits at an edge of its range or is gone; 0 otherwise, and without a knee); and the
+    earliest epoch a knee can take (NaN without a knee)."""
     nan3 = (float("nan"),) * 3
     if "seed" not in curve_by_seed.dims or "epoch" not in curve_by_seed.dims:
-        return nan3, nan3, 0
+        return nan3, nan3, 0, float("nan")
     values = curve_by_seed.transpose("epoch", "seed")
     epochs, matrix = values["epoch"].values.astype(float), values.values
     loo = knees_without_each_seed(epochs, matrix)
     knee = knee_with_interval(epochs, matrix, level, loo)
     if not np.isfinite(knee[0]):
-        return knee, nan3, 0
+        return knee, nan3, 0, float("nan")
     present = np.isfinite(matrix).any(axis=0)
     x = np.sort(epochs[np.isfinite(matrix).any(axis=1)])
     unstable = int(np.isin(loo[present], [x[1], x[-2]]).any()
                    or (present.sum() > 1 and not np.isfinite(loo[present]).all()))
     if not located:
-        return knee, nan3, unstable
+        return knee, nan3, unstable, float(x[1])
     llc_half = switch_spacing_at(x, knee[0]) / 2
     return knee, paired_offset(SeedJackknife(knee[0], loo, present, (x[1], x[-2])), end,
-                               level, min_half_width=end_half + llc_half), unstable
+                               level, min_half_width=end_half + llc_half), unstable, float(x[1])

@@ -51,6 +51,7 @@ from critperiods.results.markers import (
     LLC_MARKERS,
     MARKER_STATISTICS,
     drop_values,
+    knee_earliest_attrs,
     knee_unstable_attrs,
     knee_values,
     loo_range_attrs,
@@ -184,10 +185,11 @@ def _cell_values(
     located = end_located(d_lo)
     for (knee_name, offset_name), curve, marker in zip(
             LLC_KNEES, (trunk_by_seed, sharp_by_seed), LLC_MARKERS, strict=True):
-        knee, offset, unstable = knee_values(curve, level, end, end_half, located)
+        knee, offset, unstable, earliest = knee_values(curve, level, end, end_half, located)
         for name, triple in ((knee_name, knee), (offset_name, offset)):
             values[name], values[f"{name}_lower"], values[f"{name}_upper"] = triple
         values[f"{knee_name}_unstable"] = unstable
+        values[f"{knee_name}_earliest"] = earliest
         if not np.isfinite(knee[0]):
             why[knee_name] = why.get(marker) or "valid λ̂ is a straight line (no knee)"
             why[offset_name] = f"no {knee_name}: {why[knee_name]}"
@@ -379,6 +381,8 @@ def critical_period_summary(
     for knee, _ in LLC_KNEES:
         data[f"{knee}_unstable"] = xr.DataArray(grid(f"{knee}_unstable").astype(np.int8),
                                                 dims=dims, attrs=knee_unstable_attrs(knee))
+        data[f"{knee}_earliest"] = xr.DataArray(grid(f"{knee}_earliest"), dims=dims,
+                                                attrs=knee_earliest_attrs(knee))
     coords = {"batch_size": batch_sizes, "lr_schedule": schedules, "bound": ["lower", "upper"]}
     ends = located_end(xr.Dataset(data, coords=coords)).values
     without_each_seed = np.array([[cells[(b, r)][2] for r in schedules] for b in batch_sizes]

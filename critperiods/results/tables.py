@@ -88,6 +88,15 @@ def _bound(value: float) -> str:
     return f"{value:.1f}" if round(value, 1) != 0 or value == 0 else f"{value:.2g}"
 
 
+def _too_late(row: pd.Series, marker: str) -> str:
+    """" (the earliest possible knee, epoch 6, is after this end)" where the λ̂ epochs leave a
+    knee no room before the end, so that its offset cannot be negative; "" otherwise."""
+    earliest = row.get(f"{marker}_earliest", np.nan)
+    if np.isfinite(earliest) and earliest >= row["critical_period_end"]:
+        return f" (the earliest possible knee, epoch {earliest:g}, is after this end)"
+    return ""
+
+
 def marker_verdicts(summary: xr.Dataset) -> dict[tuple[float, str], str]:
     """Per (batch size, schedule) with a located end: do λ̂ and the divergence mark it? "λ̂
     trunk −0.4 [−13.1, 12.3], includes 0; λ̂ never-blurred +9.2 [0.8, 17.6], after the end;
@@ -99,7 +108,8 @@ def marker_verdicts(summary: xr.Dataset) -> dict[tuple[float, str], str]:
     table = summary_table(summary)
     out = {}
     for _, row in table.iterrows():
-        said = [f"{MARKER_NAMES[marker]} {verdict}" for marker, offset in MARKER_OFFSETS
+        said = [f"{MARKER_NAMES[marker]} {verdict}{_too_late(row, marker)}"
+                for marker, offset in MARKER_OFFSETS
                 if (verdict := marker_verdict(row[offset], row[f"{offset}_lower"],
                                               row[f"{offset}_upper"],
                                               bool(row.get(f"{marker}_unstable", False))))]
@@ -195,6 +205,8 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
             for knee, _ in LLC_KNEES:
                 if f"{knee}_unstable" in cell:
                     row[f"{knee}_unstable"] = bool(cell[f"{knee}_unstable"])
+                if f"{knee}_earliest" in cell:
+                    row[f"{knee}_earliest"] = float(cell[f"{knee}_earliest"])
             for name in EXPONENTS:
                 row[name] = float(cell[name])
                 lo, hi = cell[f"{name}_interval"].values
