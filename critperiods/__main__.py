@@ -106,6 +106,7 @@ def _stale_statistics(cube, diverged: list[str]) -> str | None:
 def summarize(args: argparse.Namespace) -> int:
     from critperiods.results.summary import critical_period_summary
     from critperiods.results.tables import (
+        as_said,
         diverged_sentence,
         format_table,
         llc_flag_counts,
@@ -147,8 +148,7 @@ def summarize(args: argparse.Namespace) -> int:
     if markers:
         print("\ndo λ̂ and the divergence mark the end? Each marker minus the end, in epochs "
               "(λ̂: its knee; divergence: div_drop); intervals: "
-              + summary.attrs.get('offset_interval_kind', 'over seeds').replace(
-                  "lambda-hat", "λ̂"))
+              + as_said(summary.attrs.get('offset_interval_kind', 'over seeds')))
         for (b, r), verdict in markers.items():
             print(f"  batch {b:g}, {r}: {verdict}")
     if diverged:

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-__all__ = ["MIN_CHANGE_POINTS", "HingeFit", "change_epochs_without_each_seed",
-           "divergence_drop_epoch", "fit_hinge",
+__all__ = ["MIN_CHANGE_POINTS", "HingeFit", "at_least_and_within",
+           "change_epochs_without_each_seed", "divergence_drop_epoch", "fit_hinge",
            "fit_power_law", "half_deficit_epoch", "hinge_end", "jackknife_interval",
            "kinks_without_each_seed", "largest_change_epoch", "nanmean", "permanent_deficit",
            "seed_adjusted_mean", "switch_spacing_at", "without_seed_offsets"]
@@ -389,6 +389,18 @@ def switch_spacing_at(switch_epochs: np.ndarray, kink: float) -> float:
     return float(s[i] - s[i - 1]) if 0 < i < s.size else 0.0
 
 
+def at_least_and_within(estimate: float, lower: float, upper: float, half_width: float,
+                        bounds: tuple[float, float]) -> tuple[float, float]:
+    """An interval ``(lower, upper)`` around ``estimate`` widened to at least
+    ``estimate ± half_width`` (what its grid can resolve) and clipped to ``bounds`` (what the
+    estimate can take at all); an unbounded side becomes the bound. NaN stays NaN: no
+    interval (one seed)."""
+    if np.isnan(lower) or np.isnan(upper):
+        return float("nan"), float("nan")
+    return (max(min(lower, estimate - half_width), bounds[0]),
+            min(max(upper, estimate + half_width), bounds[1]))
+
+
 def hinge_end(
     switch_epochs: np.ndarray, accuracy_by_seed: np.ndarray, level: float = 0.90,
     without_each_seed: np.ndarray | None = None,
@@ -422,10 +434,8 @@ def hinge_end(
     lower, upper = jackknife_interval(fit.kink, loo[np.isfinite(loo)], level)
     acc = np.asarray(accuracy_by_seed, dtype=float).reshape(np.size(switch_epochs), -1)
     s = np.asarray(switch_epochs, dtype=float)[np.isfinite(acc).any(axis=1)]
-    if np.isfinite(lower):
-        half = switch_spacing_at(s, fit.kink) / 2
-        lower = max(min(lower, fit.kink - half), float(s.min()))
-        upper = min(max(upper, fit.kink + half), float(s.max()))
+    lower, upper = at_least_and_within(fit.kink, lower, upper, switch_spacing_at(s, fit.kink) / 2,
+                                       (float(s.min()), float(s.max())))
     return fit.kink, lower, upper, fit.slope
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from critperiods.results.fits import (
     MIN_CHANGE_POINTS,
     _sorted_finite,
+    at_least_and_within,
     jackknife_interval,
     seed_adjusted_mean,
     switch_spacing_at,
@@ -129,12 +130,9 @@ def knee_with_interval(epochs: np.ndarray, values_by_seed: np.ndarray, level: fl
            else np.asarray(without_each_seed, dtype=float))
     present = np.isfinite(values).any(axis=0)
     lower, upper = jackknife_interval(knee, loo[present], level)
-    if np.isnan(lower):
-        return knee, float("nan"), float("nan")
     x = np.sort(np.asarray(epochs, dtype=float)[np.isfinite(values).any(axis=1)])
-    half = switch_spacing_at(x, knee) / 2
-    return (knee, max(min(lower, knee - half), float(x[1])),
-            min(max(upper, knee + half), float(x[-2])))
+    return (knee, *at_least_and_within(knee, lower, upper, switch_spacing_at(x, knee) / 2,
+                                       (float(x[1]), float(x[-2]))))
 
 
 @dataclass(frozen=True)
@@ -178,6 +176,5 @@ def paired_offset(knee: SeedJackknife, end: SeedJackknife, level: float = 0.90,
     k_loo = np.where(k_present, knee.without_each_seed, knee.value)
     e_loo = np.where(e_present, end.without_each_seed, end.value)
     lower, upper = jackknife_interval(offset, (k_loo - e_loo)[units], level)
-    lowest, highest = knee.bounds[0] - end.bounds[1], knee.bounds[1] - end.bounds[0]
-    return (offset, max(min(lower, offset - min_half_width), lowest),
-            min(max(upper, offset + min_half_width), highest))
+    possible = (knee.bounds[0] - end.bounds[1], knee.bounds[1] - end.bounds[0])
+    return (offset, *at_least_and_within(offset, lower, upper, min_half_width, possible))

@@ -23,6 +23,7 @@ import numpy as np
 import xarray as xr
 
 from critperiods.results.fits import (
+    at_least_and_within,
     change_epochs_without_each_seed,
     divergence_drop_epoch,
     jackknife_interval,
@@ -173,13 +174,11 @@ def drop_values(cube: xr.Dataset, batch_size: float, lr_schedule: str, horizon: 
         loo[i] = divergence_drop_epoch(switches, divergence_at_horizon(
             cube, batch_size, horizon, lr_schedule, without_seed=seeds[i]))
     half = switch_spacing_at(measured, drop) / 2
-    lower, upper = jackknife_interval(drop, loo[present], level)
-    if np.isfinite(lower) or np.isinf(lower):
-        lower = max(min(lower, drop - half), float(measured.min()))
-        upper = min(max(upper, drop + half), float(measured.max()))
+    bounds = (float(measured.min()), float(measured.max()))
+    lower, upper = at_least_and_within(drop, *jackknife_interval(drop, loo[present], level),
+                                       half, bounds)
     if not located:
         return (lower, upper), nan3
-    bounds = (float(measured.min()), float(measured.max()))
     return (lower, upper), paired_offset(SeedJackknife(drop, loo, present, bounds), end, level,
                                          min_half_width=end_half + half)
 

@@ -28,7 +28,7 @@ from critperiods.results.summary import (
 )
 from critperiods.variables import SUMMARY_STATISTICS
 
-__all__ = ["MARKER_NAMES", "diverged_sentence", "format_table", "llc_flag_counts",
+__all__ = ["MARKER_NAMES", "as_said", "diverged_sentence", "format_table", "llc_flag_counts",
            "marker_verdict", "marker_verdicts", "restart_verdicts", "runs_at_chance",
            "summary_table", "to_csv"]
 
@@ -218,7 +218,7 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _as_said(text: str) -> str:
+def as_said(text: str) -> str:
     """A cube attribute as the terminal says it: "λ̂", not the attributes' ASCII
     "lambda-hat"."""
     return text.replace("lambda-hat", "λ̂")
@@ -301,7 +301,7 @@ def format_table(summary: xr.Dataset) -> str:
     if "llc_knee_trunk" in table:
         lines.append("λ̂ knees (llc_trunk, llc_sharp; shared by both schedules): broken-stick "
                      "knee of the seed-mean λ̂ along the blurred trunk and along the "
-                     "never-blurred run, " + _as_said(summary.attrs.get("knee_interval_kind",
+                     "never-blurred run, " + as_said(summary.attrs.get("knee_interval_kind",
                                                                          "interval over seeds")))
         if any(table.get(f"{knee}_unstable", pd.Series(dtype=bool)).any()
                for knee, _ in LLC_KNEES):
@@ -312,7 +312,7 @@ def format_table(summary: xr.Dataset) -> str:
             table["divergence_drop_epoch_lower"]).any():
         lines.append("divergence marker (div_drop): switch epoch where the distance to the "
                      "always-blurred run halves, "
-                     + _as_said(summary.attrs.get("drop_interval_kind", "interval over seeds")))
+                     + as_said(summary.attrs.get("drop_interval_kind", "interval over seeds")))
     schedules = (summary["lr_schedule"].values if "lr_schedule" in summary.dims
                  else ["continue"])
     for name in EXPONENTS:
