@@ -22,6 +22,7 @@ import yaml
 from critperiods.results.markers import UNSTABLE_REASON
 from critperiods.results.summary import end_located, unlocated_reason
 from critperiods.results.tables import (
+    as_said,
     diverged_sentence,
     llc_flag_counts,
     marker_verdicts,
@@ -136,7 +137,7 @@ def table_rst(cube: xr.Dataset) -> str:
             _interval(row["critical_period_end_lower"], row["critical_period_end_upper"])
             if located else unlocated_reason(row["permanent_deficit"],
                                              row["permanent_deficit_lower"]),
-            _num(100 * row["critical_period_slope"], 2),
+            _num(round(100 * row["critical_period_slope"], 2) + 0.0, 2),  # never "-0.00"
             f"{_num(100 * row['permanent_deficit'])} "
             + _interval(100 * row["permanent_deficit_lower"], 100 * row["permanent_deficit_upper"]),
             _marker(row, "llc_knee_trunk"), _marker(row, "llc_knee_sharp"),
@@ -258,12 +259,12 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         "points, paired by seed); *λ̂ knee*: where a broken stick (two lines joined at the "
         "knee) fitted to λ̂ against epoch bends, along the blurred trunk and along the "
         f"never-blurred run (valid estimates only; brackets: "
-        f"{cube.attrs.get('knee_interval_kind', 'an interval over seeds')}); *unstable*: "
+        f"{as_said(cube.attrs.get('knee_interval_kind', 'an interval over seeds'))}); *unstable*: "
         f"{UNSTABLE_REASON}; *divergence marker*: the switch epoch where the distance to the "
         "always-blurred run halves (brackets: "
-        f"{cube.attrs.get('drop_interval_kind', 'an interval over seeds')}); *marker minus "
-        "the end*: in the answer above, with a "
-        f"{cube.attrs.get('offset_interval_kind', 'paired interval over seeds')}: "
+        f"{as_said(cube.attrs.get('drop_interval_kind', 'an interval over seeds'))}); "
+        "*marker minus the end*: in the answer above, with a "
+        f"{as_said(cube.attrs.get('offset_interval_kind', 'paired interval over seeds'))}: "
         "\"includes 0\" means these seeds cannot tell the marker from the end, not that "
         "they coincide. n/a: see ``python -m critperiods summarize`` for the reason.", "",
         *perturbation_section(cube),
