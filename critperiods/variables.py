@@ -1,20 +1,33 @@
 """The cube's variables: one table of their metadata (``long_name``, ``units``, flags).
 
-Every stage that writes a variable of the cube (docs/architecture.md, "The cube") takes its
-attributes from here, and ``results.cube.describe`` fills what a merge dropped from the same
-table. Conventions: every unit parses in UDUNITS ("1" for dimensionless; losses and
-divergences of distributions are in nats, which UDUNITS lacks, so they are "1" with the unit
-named in the long_name); index coordinates carry a long_name and no units (``None`` here).
+Only the cube's assembly reads this module. The stages that measure (evaluate, llc,
+divergence, perturbation_divergence) write values without descriptions, and
+:func:`critperiods.results.cube.describe` gives every variable of the cube its attributes
+from here when ``aggregate`` builds it (:func:`variable_attrs`). So editing a description
+reruns ``aggregate`` and what reads the cube, never training, λ̂ or a divergence
+(docs/invalidation.md; a test checks). What a stage computes by name stays with the code
+that computes it, and this module imports it from there: the evaluation metrics
+(:data:`critperiods.measure.evaluation.METRICS`), the bits of ``llc_quality``
+(:data:`critperiods.measure.llc.quality.FLAGS`) and the codes of the growth laws
+(:mod:`critperiods.measure.growth_laws`).
 
-Families of variables named after a metric (``div_<metric>``, ``div_<metric>_growth_*``,
-``<statistic>_interval``) get their attributes from the functions below, built from the
-tables here. A change to this file reruns every stage that writes a variable (evaluate, llc,
-divergence, aggregate), since their outputs carry these attributes.
+Conventions: every unit parses in UDUNITS ("1" for dimensionless; losses and divergences of
+distributions are in nats, which UDUNITS lacks, so they are "1" with the unit named in the
+long_name); index coordinates carry a long_name and no units (``None`` here). Families of
+variables named after a metric (``div_<metric>``, ``div_<metric>_growth_*``,
+``perturb_<metric>``, ``<statistic>_interval``) get their attributes from the functions
+below, built from the tables here.
 """
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+
+from critperiods.measure.growth_laws import FORMS as GROWTH_FORMS
+from critperiods.measure.growth_laws import NO_FIT, RATE_MEANING
+from critperiods.measure.llc.quality import FLAGS as LLC_QUALITY_FLAGS
 
 #: name → (long_name, units) of every variable and coordinate with a fixed name.
 VARIABLES: dict[str, tuple[str, str | None]] = {
@@ -85,9 +98,6 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
                                 "which the permanent deficit and its interval rest", "1"),
 }
 
-#: The evaluate stage's per-checkpoint metrics (names in :data:`VARIABLES`).
-EVALUATION_METRICS = ("test_loss", "test_accuracy", "blurred_test_loss",
-                      "blurred_test_accuracy", "train_loss", "train_accuracy")
 #: The summary's statistics per (batch_size, lr_schedule) (names in :data:`VARIABLES`).
 SUMMARY_STATISTICS = ("critical_period_end", "critical_period_slope", "permanent_deficit",
                       "half_deficit_epoch", "llc_change_epoch_trunk", "llc_change_epoch_sharp",
@@ -121,17 +131,15 @@ DIVERGENCE_ROLES = {"reference": "a is the run, b its reference run of the same 
                                  "(reference=sharp)",
                     "seeds": "a is seed, b is seed_b, both with the same switch epoch"}
 
-#: Bits of the ``llc_quality`` flag (a CF bit field; 0 means ok).
-LLC_QUALITY_FLAGS = {"negative": 1, "not_converged": 2, "diverged_chains": 4}
-
-#: The growth laws of ``div_<metric>_growth_form``: its code is the index here, or
-#: :data:`NO_GROWTH_FIT` when there were too few points to fit.
-GROWTH_FORMS = ("linear", "exponential", "power")
-NO_GROWTH_FIT = -1
-#: What ``div_<metric>_growth_rate`` means for each form.
-GROWTH_RATE_MEANING = {"linear": "slope a of a*t + c (metric units per epoch)",
-                       "exponential": "rate r of c*exp(r*t) (per epoch)",
-                       "power": "exponent p of a*t**p (dimensionless)"}
+#: Who "a" and "b" are in ``perturb_<metric>`` (the perturbation comparisons).
+PERTURBATION_ROLE = "a is the perturbed copy, b its unperturbed twin"
+#: Variables of the perturbation comparisons with a fixed name → (long_name, units).
+PERTURBATION_VARIABLES: dict[str, tuple[str, str]] = {
+    "perturb_step_l2": (f"L2 distance between trainable weights after each step "
+                        f"({PERTURBATION_ROLE})", "1"),
+    "perturb_accuracy_change": ("sharp test accuracy of the copy minus that of its twin at "
+                                "the end epoch", "1"),
+}
 
 
 def attrs(name: str) -> dict:
@@ -167,13 +175,42 @@ def growth_attrs(metric: str) -> dict[str, dict]:
     return {
         "form": {"long_name": f"growth law of {metric} vs the always-blurred run (lowest AIC)",
                  "units": "1",
-                 "flag_values": np.arange(NO_GROWTH_FIT, len(GROWTH_FORMS), dtype=np.int8),
+                 "flag_values": np.arange(NO_FIT, len(GROWTH_FORMS), dtype=np.int8),
                  "flag_meanings": " ".join(("none", *GROWTH_FORMS))},
         "rate": {"long_name": f"rate or exponent of the chosen growth law of {metric}",
                  "units": "1",
-                 "comment": "; ".join(f"{f}: {m}" for f, m in GROWTH_RATE_MEANING.items())},
+                 "comment": "; ".join(f"{f}: {RATE_MEANING[f]}" for f in GROWTH_FORMS)},
         "r2": {"long_name": f"R^2 of the chosen growth law of {metric}", "units": "1"},
     }
+
+
+_GROWTH = re.compile(r"div_(\w+)_growth_(form|rate|r2)")
+
+
+def variable_attrs(name: str, index: bool = False) -> dict:
+    """The attributes of the cube's variable or coordinate ``name`` from the tables here
+    ({} for a name they do not describe); ``index``: ``name`` is a dimension, which gets a
+    ``long_name`` and no ``units``. Covers the fixed names (:data:`VARIABLES`,
+    :data:`PERTURBATION_VARIABLES`) and the families ``div_<metric>``,
+    ``div_<metric>_seeds``, ``div_<metric>_growth_<form|rate|r2>`` and
+    ``perturb_<metric>``."""
+    if name in VARIABLES:
+        out = attrs(name)
+    elif name in PERTURBATION_VARIABLES:
+        long_name, units = PERTURBATION_VARIABLES[name]
+        out = {"long_name": long_name, "units": units}
+    elif (growth := _GROWTH.fullmatch(name)) and growth.group(1) in DIVERGENCE_METRICS:
+        out = growth_attrs(growth.group(1))[growth.group(2)]
+    elif name.startswith("div_") and name.removeprefix("div_").removesuffix("_seeds") in \
+            DIVERGENCE_METRICS:
+        metric = name.removeprefix("div_").removesuffix("_seeds")
+        out = divergence_attrs(metric, "seeds" if name.endswith("_seeds") else "reference")
+    elif name.removeprefix("perturb_") in DIVERGENCE_METRICS:
+        long_name, units = DIVERGENCE_METRICS[name.removeprefix("perturb_")]
+        out = {"long_name": f"{long_name} ({PERTURBATION_ROLE})", "units": units}
+    else:
+        return {}
+    return {k: v for k, v in out.items() if not (index and k == "units")}
 
 
 def exponent_attrs(what: str) -> dict:
@@ -188,7 +225,8 @@ def interval_attrs(name: str, kind: str) -> dict:
     return {"long_name": f"{kind} of {name}", "units": "1"}
 
 
-__all__ = ["DIVERGENCE_METRICS", "DIVERGENCE_ROLES", "EVALUATION_METRICS", "GROWTH_FORMS",
-           "GROWTH_RATE_MEANING", "LLC_QUALITY_FLAGS", "NO_GROWTH_FIT", "SUMMARY_STATISTICS",
-           "VARIABLES", "attrs", "divergence_attrs", "exponent_attrs", "growth_attrs",
-           "interval_attrs", "llc_quality_flag_attrs", "run_diverged_flag_attrs"]
+__all__ = ["DIVERGENCE_METRICS", "DIVERGENCE_ROLES", "PERTURBATION_ROLE",
+           "PERTURBATION_VARIABLES", "SUMMARY_STATISTICS", "VARIABLES", "attrs",
+           "divergence_attrs", "exponent_attrs", "growth_attrs",
+           "interval_attrs", "llc_quality_flag_attrs", "run_diverged_flag_attrs",
+           "variable_attrs"]

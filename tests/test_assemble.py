@@ -109,3 +109,26 @@ def test_every_cube_variable_is_documented():
     missing = [name for name in [*VARIABLES, *MARKER_STATISTICS, *written]
                if not re.search(rf"`{re.escape(name)}[`(]", text)]
     assert not missing, f"cube variables not described in docs/: {missing}"
+
+
+def test_the_table_describes_the_cube_over_whatever_a_piece_carried():
+    """Stages write values only; the assembly takes every description from variables.py, so
+    a piece file written before a description changed cannot keep the old one."""
+    from critperiods.results.cube import describe
+    from critperiods.variables import VARIABLES
+
+    ds = xr.Dataset(
+        {"test_accuracy": ("epoch", [0.5, 0.6], {"long_name": "stale", "comment": "kept"}),
+         "div_l2_growth_form": ("epoch", np.asarray([0, -1], dtype=np.int8)),
+         "perturb_kl": ("epoch", [0.1, 0.2]),
+         "mine": ("epoch", [1.0, 2.0], {"long_name": "not in the table"})},
+        coords={"epoch": [1, 2]})
+    out = describe(ds)
+    assert out.test_accuracy.attrs == {"long_name": VARIABLES["test_accuracy"][0],
+                                       "units": "1", "comment": "kept"}
+    assert out.epoch.attrs == {"long_name": VARIABLES["epoch"][0]}  # an index: no units
+    form = out.div_l2_growth_form.attrs
+    assert form["flag_meanings"].split()[:2] == ["none", "linear"]
+    assert list(form["flag_values"][:2]) == [-1, 0]
+    assert out.perturb_kl.attrs["long_name"].endswith("its unperturbed twin)")
+    assert out.mine.attrs == {"long_name": "not in the table"}

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from critperiods.measure import divergence as dv
+from critperiods.results.cube import describe
 from critperiods.train.data import PreparedData, Split
 from critperiods.train.models import build_model
 from critperiods.train.training import ALWAYS_BLURRED
@@ -202,9 +203,14 @@ def test_compare_runs_layout_and_nans(small_ds) -> None:
     assert list(ds["reference"].values) == ["blurred", "sharp"]
     assert ds["div_l2_seeds"].dims == ("switch_epoch", "seed", "seed_b", "epoch")
     assert "div_l2_aligned_seeds" in ds and "div_l2_aligned" not in ds
-    for var in ds.data_vars.values():
+    # the stage writes values only; the cube's assembly describes them (variables.py)
+    assert all(not var.attrs for var in ds.data_vars.values())
+    described = describe(ds.copy())
+    for var in described.data_vars.values():
         assert var.attrs["long_name"] and var.attrs["units"] == "1"
-    assert "in nats" in ds["div_kl_seeds"].attrs["long_name"]
+    assert "in nats" in described["div_kl_seeds"].attrs["long_name"]
+    assert "seed_b" in described["div_kl_seeds"].attrs["long_name"]
+    assert "reference run" in described["div_kl"].attrs["long_name"]
     # run (0, s) stops at epoch 3: later vs_sharp and its seed pairs are missing
     sharp = ds["div_l2"].sel(reference="sharp", switch_epoch=2)
     assert np.all(np.isnan(sharp.sel(epoch=[4, 5]).values))

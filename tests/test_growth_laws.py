@@ -9,6 +9,7 @@ import pytest
 import xarray as xr
 
 from critperiods.measure.growth_laws import FORMS, NO_FIT, fit_growth_law, growth_law_dataset
+from critperiods.results.cube import describe
 
 T = np.arange(1, 31, dtype=float)
 CURVES = {
@@ -53,6 +54,8 @@ def test_growth_law_dataset_fits_every_run() -> None:
                             "reference": ["blurred", "sharp"], "epoch": epochs})
     out = growth_law_dataset(ds)
     assert set(out.data_vars) == {"div_l2_growth_form", "div_l2_growth_rate", "div_l2_growth_r2"}
+    assert all(not v.attrs for v in out.data_vars.values())  # described at assembly
+    out = describe(out)
     form = out["div_l2_growth_form"]
     assert form.dims == ("switch_epoch", "seed")
     meanings = form.attrs["flag_meanings"].split()

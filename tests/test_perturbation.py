@@ -18,6 +18,7 @@ from critperiods.pipeline.perturbations import load_group, perturb_group
 from critperiods.pipeline.plan import perturbation_start
 from critperiods.pipeline.stages.perturbation_divergence import compare_groups
 from critperiods.pipeline.trajectories import PieceSpec, train_piece
+from critperiods.results.cube import describe
 from critperiods.train import perturbation as pt
 from critperiods.train.training import ALWAYS_BLURRED
 
@@ -136,10 +137,13 @@ def test_a_batch_swap_changes_nothing_before_its_first_swapped_batch(pieces, dat
 def test_the_comparison_lays_out_every_copy_against_its_twin(groups, data):
     files = [out for out, _ in groups.values()]
     ds = compare_groups(files, HASH, _cfg(), data, DIVERGENCE, progress=False)
+    described = describe(ds.copy())
     for name in ("perturb_l2", "perturb_l2_aligned", "perturb_disagreement", "perturb_barrier"):
         assert ds[name].dims == ("switch_epoch", "seed", "perturb_epoch", "epsilon",
                                  "replicate", "epoch"), name
-        assert ds[name].attrs["long_name"].endswith("its unperturbed twin)")
+        assert described[name].attrs["long_name"].endswith("its unperturbed twin)")
+    for name in ("perturb_step_l2", "perturb_accuracy_change", "perturb_epoch", "epsilon"):
+        assert described[name].attrs["long_name"], name
     assert list(ds.perturb_epoch.values) == [1, 3] and list(ds.epsilon.values) == [0.0, 0.05]
     assert list(ds.seed.values) == list(SEEDS)
     seed = SEEDS[1]  # the second member of the group

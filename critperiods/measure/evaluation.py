@@ -14,10 +14,11 @@ import xarray as xr
 from torch import nn
 
 from critperiods.train.data import PreparedData, fixed_subset
-from critperiods.variables import EVALUATION_METRICS, attrs
 
-#: The per-checkpoint metrics (their metadata: :data:`critperiods.variables.VARIABLES`).
-METRICS = EVALUATION_METRICS
+#: The per-checkpoint metrics (their descriptions: :data:`critperiods.variables.VARIABLES`,
+#: given to them when the cube is assembled).
+METRICS = ("test_loss", "test_accuracy", "blurred_test_loss", "blurred_test_accuracy",
+           "train_loss", "train_accuracy")
 
 
 @torch.no_grad()
@@ -66,10 +67,7 @@ def evaluate_piece(
         for prefix, (loss, acc) in results.items():
             rows[f"{prefix}_loss"].append(loss)
             rows[f"{prefix}_accuracy"].append(acc)
-    ds = xr.Dataset(
+    return xr.Dataset(
         {name: ("epoch", np.asarray(values, dtype=np.float64)) for name, values in rows.items()},
         coords={"epoch": np.asarray(epochs, dtype=np.int64)},
     )
-    for name in METRICS:
-        ds[name].attrs.update(attrs(name))
-    return ds

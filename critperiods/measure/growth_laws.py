@@ -26,16 +26,16 @@ import numpy as np
 import xarray as xr
 from scipy.optimize import OptimizeWarning, curve_fit
 
-from critperiods.variables import GROWTH_FORMS, GROWTH_RATE_MEANING, NO_GROWTH_FIT, growth_attrs
-
 #: The forms fitted by default, and the code of "no fit" (fewer than ``MIN_POINTS`` points
 #: after the switch).
-FORMS, NO_FIT = GROWTH_FORMS, NO_GROWTH_FIT
+FORMS, NO_FIT = ("linear", "exponential", "power"), -1
 #: Every form that can be asked for; a fit's integer code indexes this (the default FORMS first).
 ALL_FORMS = (*FORMS, "sqrt")
 MIN_POINTS = 3
 #: What the rate of each form means.
-RATE_MEANING = {**GROWTH_RATE_MEANING,
+RATE_MEANING = {"linear": "slope a of a*t + c (metric units per epoch)",
+                "exponential": "rate r of c*exp(r*t) (per epoch)",
+                "power": "exponent p of a*t**p (dimensionless)",
                 "sqrt": "prefactor a of a*sqrt(t) + c (metric units per sqrt(epoch))"}
 
 
@@ -159,9 +159,11 @@ def growth_law_dataset(div_ds: xr.Dataset,
     """Growth-law fits of ``div_<metric>`` against the always-blurred run (``reference =
     "blurred"``) for every run, dims (switch_epoch, seed).
 
-    Variables ``div_<metric>_growth_form`` (int8 code with CF ``flag_values``/``flag_meanings``),
-    ``div_<metric>_growth_rate`` (what it means depends on the form: see ``comment``) and
-    ``div_<metric>_growth_r2``. Metrics absent from ``div_ds`` are skipped.
+    Variables ``div_<metric>_growth_form`` (int8: an index into :data:`ALL_FORMS`, or
+    :data:`NO_FIT`), ``div_<metric>_growth_rate`` (what it means depends on the form:
+    :data:`RATE_MEANING`) and ``div_<metric>_growth_r2``. Metrics absent from ``div_ds`` are
+    skipped. Their attributes are given when the cube is assembled
+    (:func:`critperiods.variables.growth_attrs`).
     """
     out = xr.Dataset(coords={"switch_epoch": div_ds["switch_epoch"], "seed": div_ds["seed"]})
     dims = ("switch_epoch", "seed")
@@ -170,8 +172,7 @@ def growth_law_dataset(div_ds: xr.Dataset,
         if name not in div_ds:
             continue
         codes, rates, r2s = _fit_grid(div_ds[name].sel(reference="blurred", drop=True))
-        meta = growth_attrs(metric)
-        out[f"div_{metric}_growth_form"] = xr.Variable(dims, codes, attrs=meta["form"])
-        out[f"div_{metric}_growth_rate"] = xr.Variable(dims, rates, attrs=meta["rate"])
-        out[f"div_{metric}_growth_r2"] = xr.Variable(dims, r2s, attrs=meta["r2"])
+        out[f"div_{metric}_growth_form"] = xr.Variable(dims, codes)
+        out[f"div_{metric}_growth_rate"] = xr.Variable(dims, rates)
+        out[f"div_{metric}_growth_r2"] = xr.Variable(dims, r2s)
     return out

@@ -28,7 +28,6 @@ from critperiods.train.data import PreparedData
 FORMS = ("linear", "exponential", "power", "sqrt")
 #: Metrics whose growth over epochs is fitted.
 GROWTH_METRICS = ("l2", "disagreement")
-ROLE = "a is the perturbed copy, b its unperturbed twin"
 
 
 @torch.no_grad()
@@ -170,23 +169,4 @@ def growth_dataset(ds: xr.Dataset) -> xr.Dataset:
     return xr.Dataset(out, coords={d: ds[d] for d in dims})
 
 
-def describe(ds: xr.Dataset) -> xr.Dataset:
-    """``long_name``/``units`` of the metric variables and the index coordinates."""
-    from critperiods.variables import DIVERGENCE_METRICS, VARIABLES
-
-    for name in ds.data_vars:
-        metric = str(name).removeprefix("perturb_")
-        if metric in DIVERGENCE_METRICS:
-            long_name, units = DIVERGENCE_METRICS[metric]
-            ds[name].attrs.update(long_name=f"{long_name} ({ROLE})", units=units)
-    ds["perturb_step_l2"].attrs.update(
-        long_name=f"L2 distance between trainable weights after each step ({ROLE})", units="1")
-    ds["perturb_accuracy_change"].attrs.update(
-        long_name="sharp test accuracy of the copy minus that of its twin at the end epoch",
-        units="1")
-    for name in ("perturb_epoch", "epsilon", "replicate", "step"):
-        ds[name].attrs["long_name"] = VARIABLES[name][0]
-    return ds
-
-
-__all__ = ["FORMS", "compare_group", "describe", "early_rate", "growth_dataset"]
+__all__ = ["FORMS", "compare_group", "early_rate", "growth_dataset"]

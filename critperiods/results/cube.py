@@ -19,7 +19,12 @@ import xarray as xr
 from critperiods.measure.llc.quality import MAX_RHAT, MAX_TREND_Z
 from critperiods.pipeline.layout import parse_divergence, parse_perturbation
 from critperiods.results.assemble import RUN_DIMS, assemble_runs, load_pieces
-from critperiods.variables import VARIABLES, llc_quality_flag_attrs, run_diverged_flag_attrs
+from critperiods.variables import (
+    VARIABLES,
+    llc_quality_flag_attrs,
+    run_diverged_flag_attrs,
+    variable_attrs,
+)
 
 
 def _git_commit() -> str:
@@ -103,7 +108,6 @@ def build_cube(
     cube = cube.assign_coords(epochs_since_switch=cube.epoch - cube.switch_epoch)
     final_epoch = cube.switch_epoch + epochs_after_switch
     final = cube.test_accuracy.sel(epoch=final_epoch).drop_vars(["epoch", "epochs_since_switch"])
-    final.attrs = {}  # its own long_name (describe), not test_accuracy's
     cube["final_test_accuracy"] = final
     cube["run_diverged"] = _run_diverged(cube)
     for name in [v for v in cube.data_vars if str(v).endswith("_growth_form")]:
@@ -189,14 +193,12 @@ def align_at_switch(da: xr.DataArray) -> xr.DataArray:
 
 
 def describe(ds: xr.Dataset) -> xr.Dataset:
-    """Fill ``long_name`` (and ``units``, except on index coordinates) from the table of the
-    cube's variables (:data:`critperiods.variables.VARIABLES`)."""
+    """Give every variable and coordinate that :mod:`critperiods.variables` describes its
+    attributes from there (``long_name``, ``units`` except on index coordinates, and a
+    family's flags), replacing what a piece file carried: the stages write values only, and
+    the table is the one source of their descriptions."""
     for name in list(ds.data_vars) + list(ds.coords):
-        if name in VARIABLES:
-            long_name, units = VARIABLES[name]
-            ds[name].attrs.setdefault("long_name", long_name)
-            if units is not None and name not in ds.dims:
-                ds[name].attrs.setdefault("units", units)
+        ds[name].attrs.update(variable_attrs(str(name), index=name in ds.dims))
     return ds
 
 

@@ -54,7 +54,6 @@ from critperiods.measure.weight_matching import (
 )
 from critperiods.train.data import PreparedData, fixed_subset
 from critperiods.train.training import ALWAYS_BLURRED
-from critperiods.variables import divergence_attrs
 
 RunKey = tuple[int, int]
 Runs = Mapping[RunKey, Mapping[int, State]]
@@ -180,12 +179,9 @@ class _Store:
                   "epoch": np.asarray(self.epochs, dtype=np.int64)}
         data = {}
         for name, arr in self.arrays.items():
-            seeds = name.endswith("_seeds")
-            metric = name[len("div_"):-len("_seeds")] if seeds else name[len("div_"):]
-            dims = (("switch_epoch", "seed", "seed_b", "epoch") if seeds
+            dims = (("switch_epoch", "seed", "seed_b", "epoch") if name.endswith("_seeds")
                     else ("switch_epoch", "seed", "reference", "epoch"))
-            data[name] = xr.Variable(
-                dims, arr, attrs=divergence_attrs(metric, "seeds" if seeds else "reference"))
+            data[name] = xr.Variable(dims, arr)
         return xr.Dataset(data, coords=coords)
 
 

@@ -26,10 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from critperiods.variables import LLC_QUALITY_FLAGS
-
-#: flag → bit of ``llc_quality``; 0 means ok (the table of the cube's variables holds it).
-FLAGS = LLC_QUALITY_FLAGS
+#: flag → bit of ``llc_quality`` (a CF bit field); 0 means ok.
+FLAGS = {"negative": 1, "not_converged": 2, "diverged_chains": 4}
 MAX_RHAT = 1.1
 MAX_TREND_Z = 4.0
 

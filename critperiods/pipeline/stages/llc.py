@@ -20,7 +20,6 @@ from critperiods.pipeline.provenance import piece_attrs
 from critperiods.pipeline.stages import setup
 from critperiods.train.data import fixed_subset, load_prepared
 from critperiods.train.training import BF16_PAYS_ON_CUDA, TrainConfig, model_for
-from critperiods.variables import attrs
 
 
 def resolve_precision(precision: str, device: torch.device, model: str | None) -> str:
@@ -97,7 +96,6 @@ def llc_at_checkpoints(
         },
         coords={"epoch": epochs, "chain": np.arange(config.chains), "draw": np.arange(draws)},
     )
-    ds["llc_loss_trace"].attrs.update(attrs("llc_loss_trace"))
     return ds
 
 

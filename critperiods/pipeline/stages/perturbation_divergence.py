@@ -10,7 +10,7 @@ import xarray as xr
 from tqdm import tqdm
 
 from critperiods.measure.divergence import PairComparer, bn_data_from, probe_from_data
-from critperiods.measure.perturbation_divergence import compare_group, describe, growth_dataset
+from critperiods.measure.perturbation_divergence import compare_group, growth_dataset
 from critperiods.pipeline.checkpoints import config_hash
 from critperiods.pipeline.files import write_netcdf
 from critperiods.pipeline.layout import parse_perturbed
@@ -44,7 +44,7 @@ def compare_groups(paths: list[str], expected_hash: str, cfg: TrainConfig, data:
                                         perturb_epoch=[key.perturb_epoch]))
     out = xr.merge(parts, compat="no_conflicts", join="outer", combine_attrs="drop_conflicts")
     out = out.transpose("switch_epoch", "seed", "perturb_epoch", "epsilon", "replicate", ...)
-    out = describe(out.merge(growth_dataset(out)))
+    out = out.merge(growth_dataset(out))
     out.attrs.update(perturbation_kind=identity.get("kind", ""),
                      perturbation_scope=identity.get("scope", ""),
                      perturbation_seed=int(identity.get("seed_of_perturbation", 0)),
