@@ -23,6 +23,14 @@ import tests.test_invalidation as ti  # noqa: E402
 ORDER = ["prepare_data", "train_trunk", "train_branch", "evaluate", "llc", "divergence",
          "aggregate", "plots", "toy_landscape", "toy_cube", "toy_plots"]
 NOTES = {"llc/calibration.py": " (the calibrate-llc command; no stage imports it)",
+         "models/small_cnn.py": " (in an experiment whose `model.name` is small_cnn, as this "
+                                "table's; nothing in another)",
+         "models/all_cnn_c.py": " (in an experiment whose `model.name` is all_cnn_c: what "
+                                "models/small_cnn.py reruns in a small_cnn one)",
+         "models/blocks.py": " (weight matching's rules; in an experiment whose `model.name` "
+                             "is resnet18, also what models/resnet18.py reruns)",
+         "models/resnet18.py": " (in an experiment whose `model.name` is resnet18: what "
+                               "models/small_cnn.py reruns in a small_cnn one)",
          "stages/__init__.py": " (the stages' shared setup: logging, threads, device)"}
 
 

@@ -186,3 +186,50 @@ def test_every_module_a_stage_loads_is_in_its_fingerprint(script):
     assert loaded, script
     assert loaded <= set(Fingerprints(ROOT).sources(ROOT / "scripts" / script)), (
         loaded - set(Fingerprints(ROOT).sources(ROOT / "scripts" / script)))
+
+
+def test_a_module_imported_by_a_computed_name_counts_where_the_workflow_names_it(package):
+    """``by_name``: the architecture the config picks counts for every stage that can run the
+    importing module; its siblings and stages that cannot reach that module stay blind."""
+    write(package, {"pkg/arch/__init__.py": "import importlib\n"
+                                            "def build(n):\n"
+                                            "    return importlib.import_module(f'pkg.arch.{n}')\n",
+                    "pkg/arch/one.py": "from pkg.base import X\n",
+                    "pkg/arch/two.py": "W = 2\n",
+                    "scripts/d.py": "from pkg.arch import build\n"})
+    plain = set(Fingerprints(package, "pkg").sources(package / "scripts/d.py"))
+    chosen = Fingerprints(package, "pkg", by_name={"pkg.arch": ["pkg.arch.one"]})
+    assert "pkg/arch/one.py" not in plain
+    got = set(chosen.sources(package / "scripts/d.py"))
+    assert {"pkg/arch/one.py", "pkg/base.py"} <= got and "pkg/arch/two.py" not in got
+    assert "pkg/arch/one.py" not in chosen.sources(package / "scripts/b.py")
+    other = Fingerprints(package, "pkg", by_name={"pkg.arch": ["pkg.arch.two"]})
+    assert other.stage(package / "scripts/d.py") != chosen.stage(package / "scripts/d.py")
+    assert other.stage(package / "scripts/b.py") == chosen.stage(package / "scripts/b.py")
+    with pytest.raises(ValueError, match="pkg.arch.three"):
+        Fingerprints(package, "pkg", by_name={"pkg.arch": ["pkg.arch.three"]})
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "all_cnn_c", "resnet18"])
+def test_building_a_model_loads_only_the_architecture_the_fingerprints_count(name):
+    """Checked against Python: building ``name`` imports exactly the architecture modules
+    that the workflow's fingerprints count for it (plan.modules_chosen_by_config)."""
+    import json
+    import subprocess
+    import sys
+
+    from critperiods.pipeline.plan import modules_chosen_by_config
+
+    code = ("import json, sys; from critperiods.train.models import build_model; "
+            f"build_model({name!r}, 4, 3, 32, 10, seed=0); "
+            "print(json.dumps(sorted(m for m in sys.modules "
+            "if m.startswith('critperiods.train.models.'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    loaded = set(json.loads(out.stdout.splitlines()[-1]))
+    fp = Fingerprints(ROOT, by_name=modules_chosen_by_config({"model": {"name": name}}))
+    counted = {p.removesuffix(".py").replace("/", ".")
+               for p in fp.sources(ROOT / "scripts/train.py")
+               if p.startswith("critperiods/train/models/")}
+    assert loaded == counted - {"critperiods.train.models.__init__"}
+    assert f"critperiods.train.models.{name}" in loaded

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from critperiods.pipeline.fingerprint import Fingerprints
+from critperiods.pipeline.plan import modules_chosen_by_config
 from critperiods.train import dataset_files
 from tests.test_workflow import ROOT, TINY, planned, snakemake
 
@@ -245,8 +246,9 @@ def test_each_toy_key_reruns_what_the_table_says(toy_tiny_run, tmp_path):
 
 def code_rows_derived() -> dict[str, frozenset[str]]:
     """``{source file: rules that rerun}``: the rules whose code fingerprint contains the
-    file, and everything downstream of them."""
-    fp = Fingerprints(ROOT)
+    file, and everything downstream of them, in an experiment of the tiny run's model
+    (``small_cnn``: the other architectures rerun nothing there)."""
+    fp = Fingerprints(ROOT, by_name=modules_chosen_by_config({"model": {"name": "small_cnn"}}))
     reach = {rule: set(fp.sources(script)) for rule, script in scripts_of_rules().items()
              if rule in both_graphs()}
     files = {p.relative_to(ROOT).as_posix() for p in (ROOT / "critperiods").rglob("*.py")}
@@ -300,6 +302,8 @@ CODE_CHANGES = {  # (file, real change?) → what a dry run must plan
     ("critperiods/measure/llc/estimate.py", True): lambda t: t + "\nBUG_FIX = 1\n",
     ("critperiods/measure/llc/estimate.py", False): tidy,
     ("critperiods/train/training.py", True): lambda t: t + "\nBUG_FIX = 1\n",
+    ("critperiods/train/models/small_cnn.py", True): lambda t: t + "\nBUG_FIX = 1\n",
+    ("critperiods/train/models/resnet18.py", True): lambda t: t + "\nBUG_FIX = 1\n",
     ("critperiods/results/plots.py", True): lambda t: t + "\nBUG_FIX = 1\n",
     ("scripts/evaluate.py", False): lambda t: "# a comment in a stage script\n" + t,
 }
@@ -323,3 +327,6 @@ def test_code_changes_rerun_their_stage_and_downstream_and_tidying_reruns_nothin
         assert rules == expected, f"{path} ({'real' if real else 'cosmetic'} change): {rules}"
     assert got[("critperiods/measure/llc/estimate.py", True)] == {"llc", "aggregate", "plots"}
     assert got[("critperiods/results/plots.py", True)] == {"plots"}
+    # the tiny run is small_cnn's: its architecture retrains everything, another one nothing
+    assert "train_trunk" in got[("critperiods/train/models/small_cnn.py", True)]
+    assert got[("critperiods/train/models/resnet18.py", True)] == set()

@@ -75,7 +75,7 @@ def test_channels_last_images_makes_the_convolution_run_channels_last(channels):
     """A one-channel batch gets channels-last strides too (``contiguous`` cannot give them),
     so the convolution's output, and the pooling after it, are channels-last; the values
     are the input's, and ``small_cnn`` computes the same outputs from either layout."""
-    from critperiods.train.models import channels_last_images
+    from critperiods.train.memory_format import channels_last_images
 
     x = torch.randn(4, channels, 8, 8, generator=torch.Generator().manual_seed(0))
     cl = channels_last_images(x)

@@ -15,7 +15,8 @@ from torch import nn
 from critperiods.measure import workers
 from critperiods.train import native
 from critperiods.train.grouped import copies_forward, stack_like
-from critperiods.train.models import build_model, to_channels_last
+from critperiods.train.memory_format import to_channels_last
+from critperiods.train.models import build_model
 
 HAVE_CC = shutil.which(os.environ.get("CC", "cc")) is not None
 

@@ -35,7 +35,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from critperiods.train.models import PreActBlock
+from critperiods.train.models.blocks import PreActBlock
 
 Axes = tuple[str | None, ...]
 Permutations = dict[str, torch.Tensor]

@@ -21,9 +21,14 @@ when, and only when, code it can run has changed (each rule gets it as its ``cod
   without comments, leading and trailing blanks of a line, or empty lines; other files as
   they are.
 
-Not seen: modules imported by computed name (``importlib.import_module(name)``), files
-opened by a computed path, and code outside the package (other libraries: their versions
-are in the cube's attributes).
+* **Imports by a computed name** (``importlib.import_module(name)``) cannot be read from
+  the tree; where the name comes from the config, the workflow says which module it is
+  (``by_name``: the architecture ``model.name`` picks, for the models package). A stage
+  that can run the importing module then counts the chosen one too, and none of its
+  siblings.
+
+Not seen: other computed imports, files opened by a computed path, and code outside the
+package (other libraries: their versions are in the cube's attributes).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,11 +135,20 @@ class _Source:
 
 class Fingerprints:
     """Fingerprints of stage scripts against the package ``root/<package>`` (parsed once per
-    file, so computing those of every rule costs one parse of each module)."""
+    file, so computing those of every rule costs one parse of each module).
 
-    def __init__(self, root: str | Path, package: str = "critperiods") -> None:
+    ``by_name``: module → the package modules it imports by a computed name in this
+    workflow (each must exist; ValueError otherwise).
+    """
+
+    def __init__(self, root: str | Path, package: str = "critperiods",
+                 by_name: Mapping[str, Iterable[str]] | None = None) -> None:
         self.root = Path(root).resolve()
         self.package = package
+        self.by_name = {k: tuple(v) for k, v in (by_name or {}).items()}
+        for module in (m for chosen in self.by_name.values() for m in chosen):
+            if self.module_path(module) is None:
+                raise ValueError(f"{module} is not a module of {self.root / package}")
         self._sources: dict[Path, _Source] = {}
         self._files: dict[Path, str] = {}
 
@@ -236,6 +251,7 @@ class Fingerprints:
                     self._files[extra] = file_digest(extra)
                 found[extra] = self._files[extra]
             queue.extend(source.refs if ref.whole else source.top_refs)
+            queue.extend(_Ref(m, True) for m in self.by_name.get(ref.module, ()))
         return {_relative(p, self.root): d for p, d in sorted(found.items())}
 
     def stage(self, script: str | Path) -> str:

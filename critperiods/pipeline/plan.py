@@ -329,6 +329,18 @@ def training_params(config: dict) -> dict:
     }
 
 
+#: The package of the architectures; :func:`critperiods.train.models.build_model` imports
+#: ``<package>.<model.name>`` by that computed name (a test holds the two together).
+MODELS_PACKAGE = "critperiods.train.models"
+
+
+def modules_chosen_by_config(config: dict) -> dict[str, list[str]]:
+    """The modules the stages import by a name the config computes, for the code
+    fingerprints (:class:`critperiods.pipeline.fingerprint.Fingerprints` ``by_name``): the
+    architecture ``model.name`` names, so that editing another one reruns nothing here."""
+    return {MODELS_PACKAGE: [f"{MODELS_PACKAGE}.{config['model']['name']}"]}
+
+
 # ---------------------------------------------------------------------------------------------
 # Perturbations (perturbation: section; critperiods.train.perturbation)
 

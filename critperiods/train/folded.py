@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from critperiods.train.grouped import PER_CHANNEL, Activation, GroupedModel, Tensors
-from critperiods.train.models import channels_last_images
+from critperiods.train.memory_format import channels_last_images
 
 #: The layout of copies on CUDA, where it measured faster on an H200 (bench/bench_gpu.py,
 #: docs/performance.md): stacked seeds train fastest side by side in the channels for every

@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from critperiods.train.cuda_graphs import GraphedSGD
 from critperiods.train.data import PreparedData
-from critperiods.train.models import build_model, to_channels_last
+from critperiods.train.memory_format import to_channels_last
+from critperiods.train.models import build_model
 
 #: The switch epoch of the always-blurred run: the trunk, which never leaves the blurred
 #: phase, and the reference the divergence stage compares branches with. The one sentinel

@@ -314,7 +314,8 @@ def get_perturbation_outputs():
             for b in GRID["batch_sizes"] for r in GRID["lr_schedules"]]
 
 
-CODE = Fingerprints(workflow.basedir)
+# The architecture model.name picks is imported by name: the fingerprints count it, not the others.
+CODE = Fingerprints(workflow.basedir, by_name=plan.modules_chosen_by_config(config))
 
 
 def add_code_params(all_rules):

@@ -41,7 +41,7 @@ from critperiods.measure.llc.sampler import (
     cuda_numerics,
     forward_precision,
 )
-from critperiods.train.models import channels_last_images
+from critperiods.train.memory_format import channels_last_images
 
 
 class LLCDivergenceWarning(RuntimeWarning):
