@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import pickle
 
 import numpy as np
@@ -197,6 +198,9 @@ def test_data_still_to_download_are_identified_by_the_published_sums(tmp_path, m
             assert identity == {f: published[f] for f in identity} and len(identity) == 2
     assert D.raw_identity("cifar10", tmp_path, "train") == dict(CIFAR10.train_list)
     assert D.raw_identity("cifar10", tmp_path, "test") == dict(CIFAR10.test_list)
+    assert (CIFAR10.filename, CIFAR10.tgz_md5) == dataset_files.CIFAR10_ARCHIVE
+    assert CIFAR10.url == dataset_files.CIFAR10_URL
+    assert CIFAR10.meta["filename"] == dataset_files.CIFAR10_META
 
 
 def test_files_unlike_the_planned_ones_are_refused(tmp_path):
@@ -206,3 +210,85 @@ def test_files_unlike_the_planned_ones_are_refused(tmp_path):
     with pytest.raises(ValueError, match="dataset.root: the train files read from .* are not "
                                          "those the workflow planned with"):
         D.prepare_split("fashion_mnist", tmp_path, "train", None, 4, expected_raw=planned)
+
+
+def offline(monkeypatch, tmp_path):
+    """No network: every URL torchvision opens fails as urllib does without DNS; nor is
+    Debian's Fashion-MNIST package there."""
+    import urllib.error
+    import urllib.request
+
+    from critperiods.train import dataset_files
+
+    def urlopen(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(dataset_files, "SYSTEM_FASHION_MNIST", tmp_path / "no-debian-package")
+
+
+@pytest.mark.parametrize(("name", "a_missing_file", "what_to_do"), [
+    ("fashion_mnist", "train-images-idx3-ubyte.gz", "`make dataset`"),
+    ("mnist", "t10k-labels-idx1-ubyte.gz", "copy the four IDX files into dataset.root"),
+    ("cifar10", "data_batch_1", "place the extracted cifar-10-batches-py folder"),
+])
+def test_a_failed_download_names_the_dataset_the_folder_the_files_and_the_reason(
+        tmp_path, monkeypatch, name, a_missing_file, what_to_do):
+    """Offline with an empty dataset.root: one line naming the key, the folder, a missing
+    file, the network error and what to do; torchvision's own error chained beneath it."""
+    from critperiods.pipeline.stages.prepare_data import prepare_data
+
+    offline(monkeypatch, tmp_path)
+    root = tmp_path / "data"
+    identity = {"name": name, "split": "train", "subset": None, "blur_size": 4,
+                "raw": D.raw_identity(name, root, "train")}
+    with pytest.raises(D.DatasetUnavailable) as caught:
+        prepare_data(str(tmp_path / "train.pt"), identity=identity, root=str(root), code="x")
+    message = str(caught.value)
+    assert message.startswith(f"dataset.name: {name}: the raw files are not in dataset.root "
+                              f"({root})")
+    assert "\n" not in message
+    assert a_missing_file in message
+    assert "urlopen error [Errno -3] Temporary failure in name resolution" in message
+    assert what_to_do in message
+    assert caught.value.__cause__ is not None  # the download's own error, for debugging
+    assert not (tmp_path / "train.pt").exists()
+
+
+def test_a_download_with_the_wrong_md5_says_which_file_and_both_sums(tmp_path, monkeypatch):
+    from torchvision.datasets import utils
+
+    from critperiods.train import dataset_files
+
+    def serve_garbage(url, filename, *args, **kwargs):
+        with open(filename, "wb") as fh:
+            fh.write(b"not the file")
+
+    monkeypatch.setattr(utils, "_get_redirect_url", lambda url, max_hops=3: url)
+    monkeypatch.setattr(utils, "_urlretrieve", serve_garbage)
+    with pytest.raises(D.DatasetUnavailable) as caught:
+        D.load_raw("mnist", tmp_path, ("train",))
+    message = str(caught.value)
+    wrong = hashlib.md5(b"not the file").hexdigest()
+    expected = dataset_files.PUBLISHED_MD5["mnist"]["train"]["train-images-idx3-ubyte.gz"]
+    assert f"dataset.root ({tmp_path})" in message
+    assert "File not found or corrupted" in message  # torchvision's reason
+    assert (f"{tmp_path / 'MNIST' / 'raw' / 'train-images-idx3-ubyte.gz'} (MD5 {wrong}, "
+            f"expected {expected})") in message
+    assert "train-labels-idx1-ubyte.gz" in message  # still missing
+
+
+def test_the_stage_ends_a_failed_download_with_one_clear_line(tmp_path, monkeypatch, capsys):
+    """The job's log (stderr) starts and ends with the message (the last line is what
+    ``sys.exit`` prints, exit status 1); the traceback of the chained network error lies
+    between."""
+    from critperiods.pipeline.stages.prepare_data import exit_on_unavailable
+
+    offline(monkeypatch, tmp_path)
+    with pytest.raises(SystemExit) as caught, exit_on_unavailable():
+        D.load_raw("cifar10", tmp_path)
+    message = caught.value.code
+    assert isinstance(message, str) and message.startswith("critperiods: dataset.name: cifar10:")
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == message
+    assert "urllib.error.URLError: <urlopen error" in err  # the chained cause's traceback

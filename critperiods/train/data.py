@@ -22,6 +22,7 @@ import gzip
 import hashlib
 import json
 import logging
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,9 @@ from critperiods.train.dataset_files import (  # noqa: F401 - DATASETS, SYSTEM_â
     SPLITS,
     SYSTEM_FASHION_MNIST,
     TORCHVISION_FOLDER,
+    DatasetUnavailable,
     check_name,
+    download_failed,
     find_idx_folder,
     idx_candidates,
     raw_identity,
@@ -44,6 +47,9 @@ from critperiods.train.dataset_files import (  # noqa: F401 - DATASETS, SYSTEM_â
 log = logging.getLogger(__name__)
 
 FORMAT = "critperiods-data/2"
+#: What a failed download raises: no network (URLError is an OSError), a wrong MD5 sum
+#: (torchvision's RuntimeError), a full disk, a truncated archive.
+DOWNLOAD_ERRORS = (OSError, RuntimeError, EOFError, tarfile.TarError)
 
 
 @dataclass
@@ -142,7 +148,8 @@ def _load_idx_dataset(name: str, root: Path,
                       splits: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(Fashion-)MNIST from IDX files: ``root``, torchvision's folder, the Debian package.
 
-    Downloads through torchvision only when no local copy exists.
+    Downloads through torchvision only when no local copy exists; a failed download raises
+    :class:`DatasetUnavailable`.
     """
     candidates = idx_candidates(name, root)
     folder = find_idx_folder(candidates)
@@ -152,8 +159,11 @@ def _load_idx_dataset(name: str, root: Path,
         log.info("%s not found in %s; downloading with torchvision", name, candidates)
         cls = {"fashion_mnist": torchvision.datasets.FashionMNIST,
                "mnist": torchvision.datasets.MNIST}[name]
-        cls(str(root), train=True, download=True)
-        cls(str(root), train=False, download=True)
+        try:
+            cls(str(root), train=True, download=True)
+            cls(str(root), train=False, download=True)
+        except DOWNLOAD_ERRORS as err:
+            raise download_failed(name, root, err) from err
         folder = root / TORCHVISION_FOLDER[name] / "raw"
     log.info("reading %s from %s", name, folder)
     return {
@@ -166,7 +176,8 @@ def _load_idx_dataset(name: str, root: Path,
 
 
 def _load_cifar10(root: Path, splits: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """CIFAR-10 through torchvision (downloaded into ``root`` if absent)."""
+    """CIFAR-10 through torchvision (downloaded into ``root`` if absent; a failed download
+    raises :class:`DatasetUnavailable`)."""
     import torchvision
 
     out = {}
@@ -174,8 +185,14 @@ def _load_cifar10(root: Path, splits: tuple[str, ...]) -> dict[str, tuple[np.nda
         train = split == "train"
         try:
             ds = torchvision.datasets.CIFAR10(str(root), train=train, download=False)
-        except RuntimeError:
-            ds = torchvision.datasets.CIFAR10(str(root), train=train, download=True)
+        except RuntimeError:  # not there, or not intact
+            ds = None
+        if ds is None:
+            log.info("cifar10 not found in %s; downloading with torchvision", root)
+            try:
+                ds = torchvision.datasets.CIFAR10(str(root), train=train, download=True)
+            except DOWNLOAD_ERRORS as err:
+                raise download_failed("cifar10", root, err) from err
         images = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2))  # NHWC â†’ NCHW
         out[split] = (images, np.asarray(ds.targets, dtype=np.int64))
     return out

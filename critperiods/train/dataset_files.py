@@ -22,6 +22,10 @@ IDX_FILES = {
 SPLITS = ("train", "test")
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+CIFAR10_META = "batches.meta"
+#: The archive torchvision downloads CIFAR-10 as (into ``dataset.root``), and its MD5 sum.
+CIFAR10_ARCHIVE = ("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 #: MD5 sums of the raw files as torchvision 0.29 downloads them (its download checks them):
 #: the identity of data that are not on disk yet.
 PUBLISHED_MD5 = {
@@ -104,5 +108,95 @@ def raw_identity(name: str, root: str | Path, split: str) -> dict[str, str]:
     return {f.name: _md5(f, (st := f.stat()).st_size, st.st_mtime_ns) for f in files}
 
 
+class DatasetUnavailable(ValueError):
+    """Raw files that are neither on disk nor downloadable. The message (one line) names
+    ``dataset.name``, the folder looked in, the files missing, why the download failed and
+    what to do; the download's own error is chained (``__cause__``)."""
+
+
+#: What to do, per dataset, when its files cannot be downloaded (README, docs/slurm.md).
+OFFLINE_HINTS = {
+    "fashion_mnist": (
+        "to get Fashion-MNIST without network, run `make dataset` as root (it installs "
+        f"Debian's dataset-fashion-mnist into {SYSTEM_FASHION_MNIST}) or copy the four IDX "
+        "files into dataset.root"),
+    "mnist": "to get MNIST without network, copy the four IDX files into dataset.root",
+    "cifar10": (
+        f"to get CIFAR-10 without network, place the extracted {CIFAR10_FOLDER} folder (from "
+        f"{CIFAR10_URL}) under dataset.root"),
+}
+
+
+def _reason(err: BaseException, limit: int = 400) -> str:
+    """``err`` on one line: its type and its message (lines joined into sentences, blanks
+    collapsed), cut at ``limit`` characters."""
+    text = ""
+    for line in str(err).splitlines():
+        if line := " ".join(line.split()).rstrip("."):
+            text += line if not text else (" " if text.endswith(":") else ". ") + line
+    text = f"{type(err).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _md5_now(path: Path) -> str:
+    st = path.stat()
+    return _md5(path, st.st_size, st.st_mtime_ns)
+
+
+def _corrupted(name: str, root: Path) -> list[tuple[Path, str, str]]:
+    """Files a download left in ``root`` whose MD5 is not the published one: (path, MD5,
+    published MD5)."""
+    published = {f: m for split in SPLITS for f, m in PUBLISHED_MD5[name][split].items()}
+    if name == "cifar10":
+        archive, md5 = CIFAR10_ARCHIVE
+        expected = {root / archive: md5}
+        expected.update({root / CIFAR10_FOLDER / f: m for f, m in published.items()})
+    else:
+        folder = root / TORCHVISION_FOLDER[name] / "raw"
+        expected = {folder / f: m for f, m in published.items()}
+    out = []
+    for path, md5 in expected.items():
+        if path.is_file() and (got := _md5_now(path)) != md5:
+            out.append((path, got, md5))
+    return out
+
+
+def _missing(name: str, root: Path, corrupted: set[Path]) -> tuple[Path, list[str]]:
+    """The folder closest to holding the raw files :func:`raw_files` looks for (``root`` on a
+    tie) and the names of those it lacks (or holds ``corrupted``)."""
+    def lacks(folder: Path, needed: list[str]) -> list[str]:
+        return [f for f in needed if not (folder / f).is_file() or folder / f in corrupted]
+
+    if name == "cifar10":
+        folder = root / CIFAR10_FOLDER
+        return folder, lacks(folder, [f for s in SPLITS for f in CIFAR10_FILES[s]] + [CIFAR10_META])
+    needed = list(IDX_FILES.values())
+    lacking = [(folder, lacks(folder, needed)) for folder in idx_candidates(name, root)]
+    return min(lacking, key=lambda entry: len(entry[1]))  # min keeps the first on a tie
+
+
+def download_failed(name: str, root: str | Path, err: BaseException) -> DatasetUnavailable:
+    """The error to raise (``from err``) when downloading ``name`` into ``root`` failed with
+    ``err``: one line naming the key, the folders, the files missing and the reason."""
+    root = Path(root)
+    where = str(root) if root.is_absolute() else f"{root}, i.e. {root.resolve()}"
+    parts = [f"dataset.name: {name}: the raw files are not in dataset.root ({where}) and "
+             f"downloading them failed: {_reason(err)}"]
+    corrupted = _corrupted(name, root)
+    folder, missing = _missing(name, root, {path for path, _, _ in corrupted})
+    if missing:
+        parts.append(f"missing from {folder}: {', '.join(missing)}")
+    if name != "cifar10":
+        others = [str(f) for f in idx_candidates(name, root) if f != folder]
+        parts.append(f"also looked in {', '.join(others)}")
+    if corrupted:
+        parts.append("downloaded but corrupted: " + ", ".join(
+            f"{path} (MD5 {got}, expected {md5})" for path, got, md5 in corrupted))
+    parts.append(OFFLINE_HINTS[name] + ", or run once where there is network (on a cluster: "
+                 "the login node, docs/slurm.md)")
+    return DatasetUnavailable("; ".join(parts))
+
+
 __all__ = ["DATASETS", "IDX_FILES", "PUBLISHED_MD5", "SPLITS", "SYSTEM_FASHION_MNIST",
-           "find_idx_folder", "idx_candidates", "raw_files", "raw_identity"]
+           "DatasetUnavailable", "download_failed", "find_idx_folder", "idx_candidates",
+           "raw_files", "raw_identity"]
