@@ -12,21 +12,26 @@ import xarray as xr
 
 from critperiods.__main__ import main
 from critperiods.pipeline.fingerprint import Fingerprints
-from critperiods.pipeline.provenance import record
+from critperiods.pipeline.plan import modules_chosen_by_config
+from critperiods.pipeline.provenance import device_label, record
 from critperiods.pipeline.provenance_report import report
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def prov(**codes: str) -> dict:
-    """A cube's record: one trunk and one branch, evaluated and λ̂-estimated."""
+def prov(devices: dict[str, str] | None = None, **codes: str) -> dict:
+    """A cube's record: one trunk and one branch, evaluated and λ̂-estimated; ``devices``:
+    ``{"<stage>_<piece>": device}`` where one is not ``cpu A``."""
+    devices = devices or {}
     pieces = []
     for piece in ("bs64/seed0/trunk", "bs64/seed0/switch2"):
         for stage, suffix in (("evaluate", "metrics"), ("llc", "llc")):
             pieces.append(record(f"results/x/runs/{piece}.{suffix}.nc", {
                 "provenance_stage": stage, "provenance_code": codes.get(f"{stage}_{piece}", stage),
                 "provenance_data": "test:d2 train:d1" if stage == "evaluate" else "train:d1",
-                "provenance_training_code": codes.get(f"train_{piece}", "t1")}))
+                "provenance_device": devices.get(f"{stage}_{piece}", "cpu A"),
+                "provenance_training_code": codes.get(f"train_{piece}", "t1"),
+                "provenance_training_device": devices.get(f"train_{piece}", "cpu A")}))
     return {"aggregate": {"code": "a1"}, "pieces": pieces}
 
 
@@ -38,6 +43,26 @@ def test_one_version_per_stage_is_consistent():
                 "test        d2"):
         assert row in text, row
     assert "2 pieces: bs64/seed0/switch2, bs64/seed0/trunk" in text
+
+
+def test_the_devices_are_listed_and_a_mix_is_noted_but_not_an_error():
+    lines, problems = report(prov())
+    text = "\n".join(lines)
+    assert "train       cpu A: 2 pieces" in text and "llc         cpu A: 2 pieces" in text
+    assert "note:" not in text
+    lines, problems = report(prov(devices={"train_bs64/seed0/trunk": "cuda H100",
+                                           "llc_bs64/seed0/switch2": "cuda H100"}))
+    text = "\n".join(lines)
+    assert not problems  # another device is not another result, only other bits
+    assert "train       cuda H100: 1 piece: bs64/seed0/trunk" in text
+    assert "note: llc ran on 2 devices" in text and "note: train ran on 2 devices" in text
+    assert "note: evaluate" not in text
+    old = record("results/x/runs/bs64/seed0/trunk.llc.nc", {  # before devices were recorded
+        "provenance_stage": "llc", "provenance_code": "c", "provenance_data": "train:d1",
+        "provenance_training_code": "t1"})
+    lines, _ = report({"aggregate": {"code": "a1"}, "pieces": [old]})
+    text = "\n".join(lines)
+    assert "llc         unknown: 1 piece" in text and "train       unknown: 1 piece" in text
 
 
 def test_pieces_of_different_code_versions_of_one_stage_are_flagged():
@@ -67,18 +92,21 @@ def test_the_command_fails_in_one_line_on_a_missing_or_foreign_file(tmp_path, ca
 def test_outputs_record_the_fingerprints_of_the_code_and_data_that_made_them(
         tiny_run, tmp_path, capsys):
     results = tiny_run / "results/tiny"
-    fp = Fingerprints(ROOT)
+    fp = Fingerprints(ROOT, by_name=modules_chosen_by_config({"model": {"name": "small_cnn"}}))
     data = {split: torch.load(results / f"data/{split}.pt", weights_only=True)["meta"]
             for split in ("train", "test")}
     assert data["train"]["code"] == fp.stage(ROOT / "scripts/prepare_data.py")
     fingerprints = {s: m["fingerprint"] for s, m in data.items()}
     branch = torch.load(results / "runs/bs64/seed1/continue/switch2.pt", weights_only=True)
     assert branch["provenance"] == {"code": fp.stage(ROOT / "scripts/train.py"),
-                                    "data": {"train": fingerprints["train"]}}
+                                    "data": {"train": fingerprints["train"]},
+                                    "device": device_label("cpu")}
     with xr.open_dataset(results / "runs/bs64/seed0/trunk.llc.nc") as llc:
         assert llc.attrs["provenance_code"] == fp.stage(ROOT / "scripts/llc.py")
         assert llc.attrs["provenance_data"] == f"train:{fingerprints['train']}"
         assert llc.attrs["provenance_training_code"] == branch["provenance"]["code"]
+        assert llc.attrs["provenance_device"] == device_label("cpu")
+        assert llc.attrs["provenance_training_device"] == device_label("cpu")
     with xr.open_dataset(results / "divergence/bs64_continue.nc") as div:
         assert div.attrs["provenance_data"] == (f"test:{fingerprints['test']} "
                                                 f"train:{fingerprints['train']}")
@@ -90,7 +118,8 @@ def test_outputs_record_the_fingerprints_of_the_code_and_data_that_made_them(
     assert (stages.count("evaluate"), stages.count("llc"), stages.count("divergence")) == (
         2, 8, 2)
     assert main(["provenance", str(cube)]) == 0
-    assert "consistent" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "consistent" in out and f"train       {device_label('cpu')}: " in out
 
     mixed = tmp_path / "cube.nc"  # one λ̂ result from other code
     mixed.write_bytes(cube.read_bytes())

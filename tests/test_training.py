@@ -123,6 +123,29 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, cfg, data, stop_at):
         assert_state_equal(ca["model"], cb["model"])
 
 
+def test_a_piece_records_every_device_that_trained_it(tmp_path, cfg, data):
+    """A job preempted on one machine and resumed on another records both devices (the
+    resume file carries the first): bits repeat only on one device, so the record says so."""
+    from critperiods.pipeline.checkpoints import read_provenance
+    from critperiods.pipeline.provenance import device_label
+
+    spec = PieceSpec(32, (1,), 2, 2, frozenset())
+    out = tmp_path / "piece.pt"
+    with pytest.raises(Preempted):
+        train_piece(spec, cfg, HASH, data, None, out, progress=False,
+                    should_stop=stop_after(4), provenance={"code": "c"})
+    resume = resume_path_for(out)
+    payload = torch.load(resume, weights_only=True)
+    assert payload["devices"] == [device_label("cpu")]
+    payload["devices"] = ["cuda Some GPU"]  # as if the first part had run there
+    torch.save(payload, resume)
+    train_piece(spec, cfg, HASH, data, None, out, progress=False, provenance={"code": "c"})
+    assert read_provenance(out) == {"code": "c",
+                                    "device": f"{device_label('cpu')} + cuda Some GPU"}
+    train_piece(spec, cfg, HASH, data, None, tmp_path / "whole.pt", progress=False)
+    assert read_provenance(tmp_path / "whole.pt") == {"device": device_label("cpu")}
+
+
 def test_resume_file_of_another_job_is_ignored(tmp_path, cfg, data):
     out = tmp_path / "piece.pt"
     with pytest.raises(Preempted):

@@ -94,11 +94,12 @@ def load_piece(path: str | Path, expected_hash: str) -> dict:
 
 
 def save_resume(path: str | Path, *, config_hash: str, identity: dict, members: list[dict],
-                provenance: dict | None = None) -> None:
-    """Write the resumable state of an unfinished job (never a declared output)."""
+                provenance: dict | None = None, devices: list[str] | None = None) -> None:
+    """Write the resumable state of an unfinished job (never a declared output);
+    ``devices``: the hardware it has trained on so far (a resumed job adds its own)."""
     torch_save_atomic(
         {"format": RESUME_FORMAT, "config_hash": config_hash, "identity": identity,
-         "members": members, "provenance": provenance or {}},
+         "members": members, "provenance": provenance or {}, "devices": devices or []},
         path,
     )
 

@@ -4,13 +4,17 @@ Every rule that runs a script has a ``code`` param, the fingerprint of the code 
 (:mod:`critperiods.pipeline.fingerprint`), and every prepared split a fingerprint of its content
 (:func:`critperiods.train.data.data_fingerprint`). The outputs record them:
 
-* a training piece (``*.pt``): ``{"code": …, "data": {"train": …}}`` (its ``provenance``);
+* a training piece (``*.pt``): ``{"code": …, "data": {"train": …}, "device": …}`` (its
+  ``provenance``; ``device``: :func:`device_label` of the hardware that trained it, several
+  joined by `` + `` where a preempted job resumed elsewhere);
 * a per-piece result (``*.metrics.nc``, ``*.llc.nc``, ``divergence/bs<B>.nc``): the netCDF
   attributes ``provenance_stage`` (the rule), ``provenance_code``, ``provenance_data``
-  (``train:<fingerprint> test:<fingerprint>``) and ``provenance_training_code`` (the code
-  fingerprints of the training pieces it read, space-separated); a perturbation comparison
-  (``perturbations/bs<B>_<schedule>.nc``) also ``provenance_perturb_code``, the code of the
-  perturbation groups it read (listed as the stage ``perturb``);
+  (``train:<fingerprint> test:<fingerprint>``), ``provenance_device`` (where it was
+  computed), ``provenance_training_code`` (the code fingerprints of the training pieces it
+  read, space-separated) and ``provenance_training_device`` (their devices, separated by
+  ``; ``); a perturbation comparison (``perturbations/bs<B>_<schedule>.nc``) also
+  ``provenance_perturb_code``, the code of the perturbation groups it read (listed as the
+  stage ``perturb``);
 * the cube: ``provenance`` (JSON: aggregate's code and one record per file it was assembled
   from).
 
@@ -29,22 +33,56 @@ UNKNOWN = "unknown"  # results written before provenance was recorded
 TRAIN_STAGE = "train"  # train_trunk and train_branch run the same script
 
 
+def device_label(device: object) -> str:
+    """The hardware a job computes on, as provenance records it: ``cuda <GPU name>`` or
+    ``cpu <processor>``. The determinism contract (same config, seed and device → same
+    bits) holds between results of one label."""
+    import platform
+
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda {torch.cuda.get_device_name(device)}"
+    return f"{device.type} {_processor() or platform.machine()}"
+
+
+def _processor() -> str:
+    """The CPU's model name (Linux), or empty."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return ""
+
+
 def training_code(pieces: Iterable[str | Path]) -> list[str]:
     """The code fingerprints recorded by the training pieces ``pieces`` (sorted, unique)."""
+    return _recorded(pieces, "code")
+
+
+def _recorded(pieces: Iterable[str | Path], key: str) -> list[str]:
     from critperiods.pipeline.checkpoints import read_provenance
 
-    return sorted({read_provenance(p).get("code", UNKNOWN) for p in pieces})
+    return sorted({str(read_provenance(p).get(key, UNKNOWN)) for p in pieces})
 
 
 def piece_attrs(stage: str, code: str, data: dict[str, str],
-                pieces: Iterable[str | Path] = ()) -> dict[str, str]:
+                pieces: Iterable[str | Path] = (), device: object = None) -> dict[str, str]:
     """netCDF attributes of a per-piece result: the rule that made it, its code, the data
-    splits it read (``{split: fingerprint}``) and the code of the training pieces it read."""
+    splits it read (``{split: fingerprint}``), the device it ran on (``device``: a torch
+    device, None: not recorded) and the code and devices of the training pieces it read."""
+    pieces = list(pieces)
     return {
         "provenance_stage": stage,
         "provenance_code": code,
         "provenance_data": " ".join(f"{k}:{v}" for k, v in sorted(data.items())),
+        "provenance_device": UNKNOWN if device is None else device_label(device),
         "provenance_training_code": " ".join(training_code(pieces)),
+        "provenance_training_device": "; ".join(_recorded(pieces, "device")),
     }
 
 
@@ -53,7 +91,10 @@ def record(path: str | Path, attrs: dict) -> dict:
     data = dict(item.split(":", 1) for item in str(attrs.get("provenance_data", "")).split())
     return {"file": str(path), "stage": str(attrs.get("provenance_stage", UNKNOWN)),
             "code": str(attrs.get("provenance_code", UNKNOWN)), "data": data,
+            "device": str(attrs.get("provenance_device", UNKNOWN)),
             "training_code": str(attrs.get("provenance_training_code", "")).split(),
+            "training_device": [d for d in str(attrs.get("provenance_training_device", ""))
+                                .split("; ") if d],
             "perturb_code": str(attrs.get("provenance_perturb_code", "")).split()}
 
 
@@ -74,4 +115,4 @@ def cube_attrs(files: Iterable[str | Path], code: str) -> dict[str, str]:
                                      indent=1)}
 
 
-__all__ = ["collect", "cube_attrs", "piece_attrs", "record", "training_code"]
+__all__ = ["collect", "cube_attrs", "device_label", "piece_attrs", "record", "training_code"]

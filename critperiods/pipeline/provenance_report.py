@@ -1,7 +1,8 @@
 """The listing of ``python -m critperiods provenance``: which pieces of a cube came from which
-code and data version (:mod:`critperiods.pipeline.provenance` records them), flagging a
-stage whose results come from more than one code version, or a data split with more than
-one version. Only the command line imports this module.
+code and data version, and on which device (:mod:`critperiods.pipeline.provenance` records
+them), flagging a stage whose results come from more than one code version, or a data split
+with more than one version, and noting a stage that ran on more than one device. Only the
+command line imports this module.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import re
 
 from critperiods.pipeline.provenance import TRAIN_STAGE, UNKNOWN
 
-__all__ = ["data_versions", "piece_name", "report", "versions"]
+__all__ = ["data_versions", "devices", "piece_name", "report", "versions"]
 
 
 def piece_name(path: str) -> str:
@@ -26,20 +27,31 @@ def piece_name(path: str) -> str:
 def versions(prov: dict) -> dict[str, dict[str, list[str]]]:
     """``{stage: {code fingerprint: [pieces]}}``; under ``train``, the results computed
     from training pieces of each code version."""
+    return _by_stage(prov, "code", "training_code", "perturb_code")
+
+
+def devices(prov: dict) -> dict[str, dict[str, list[str]]]:
+    """``{stage: {device: [pieces]}}``; under ``train``, the results computed from training
+    pieces trained on each device (cubes from before devices were recorded: ``unknown``)."""
+    return _by_stage(prov, "device", "training_device")
+
+
+def _by_stage(prov: dict, key: str, training_key: str,
+              perturb_key: str | None = None) -> dict[str, dict[str, list[str]]]:
     out: dict[str, dict[str, list[str]]] = {}
     trained: dict[str, set[str]] = {}
     for r in prov.get("pieces", []):
         name = piece_name(r["file"])
-        out.setdefault(r["stage"], {}).setdefault(r["code"], []).append(name)
-        for code in r["training_code"]:
-            trained.setdefault(code, set()).add(name)
-        for code in r.get("perturb_code", ()):
-            out.setdefault("perturb", {}).setdefault(code, []).append(name)
+        out.setdefault(r["stage"], {}).setdefault(r.get(key, UNKNOWN), []).append(name)
+        for value in r.get(training_key) or ([UNKNOWN] if r.get("training_code") else []):
+            trained.setdefault(value, set()).add(name)
+        for value in r.get(perturb_key, ()) if perturb_key else ():
+            out.setdefault("perturb", {}).setdefault(value, []).append(name)
     if trained:  # the training pieces by name; a divergence result only where it is all
-        out[TRAIN_STAGE] = {code: sorted({n for n in names if "/seed" in n} or names)
-                            for code, names in trained.items()}
-    return {stage: {code: sorted(names) for code, names in codes.items()}
-            for stage, codes in out.items()}
+        out[TRAIN_STAGE] = {value: sorted({n for n in names if "/seed" in n} or names)
+                            for value, names in trained.items()}
+    return {stage: {value: sorted(names) for value, names in values.items()}
+            for stage, values in out.items()}
 
 
 def data_versions(prov: dict) -> dict[str, dict[str, list[str]]]:
@@ -86,4 +98,12 @@ def report(prov: dict) -> tuple[list[str], list[str]]:
         if len(fingerprints) > 1:
             problems.append(f"MIXED: the {split} data differ between pieces "
                             f"({', '.join(sorted(fingerprints))})")
+    lines += ["", f"{'stage':<11} device"]
+    by_device = devices(prov)
+    for stage in sorted(by_device, key=lambda s: (STAGE_ORDER + [s]).index(s)):
+        for device, names in sorted(by_device[stage].items()):
+            lines.append(f"{stage:<11} {device}: {_pieces(names)}")
+        if len(by_device[stage]) > 1:
+            lines.append(f"{'':<11} note: {stage} ran on {len(by_device[stage])} devices; "
+                         "results repeat bit for bit only on the same device")
     return lines, problems

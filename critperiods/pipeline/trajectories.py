@@ -25,6 +25,7 @@ import torch
 
 from critperiods.pipeline import checkpoints as ckpt
 from critperiods.pipeline.layout import group_label
+from critperiods.pipeline.provenance import device_label
 from critperiods.train.data import PreparedData
 from critperiods.train.stacked import StackedTrainer
 from critperiods.train.training import (
@@ -84,7 +85,8 @@ def train_piece(
     ``start`` is the piece file it continues (None: from the initial weights). Raises
     ``Preempted`` after saving the resumable state if stopped on SIGTERM. ``provenance``
     (code and data fingerprints) is recorded in the piece and the resume file; a resume file
-    of other code or data is not resumed from.
+    of other code or data is not resumed from. The piece also records the device that
+    trained it (``provenance["device"]``; a job that resumed on other hardware records both).
     """
     seeds = list(spec.seeds)
     trainer: Trainer | StackedTrainer = (
@@ -99,21 +101,23 @@ def train_piece(
                 for s, m, kept in zip(seeds, trainer.members(), checkpoints, strict=True)]
 
     resumed = ckpt.load_resume(resume_file, config_hash, identity, provenance)
+    devices = {device_label(device)}
     if resumed is not None:
+        devices.update(resumed.get("devices", []))
         trainer.load_states([ckpt.member(resumed, s)["state"] for s in seeds])
         checkpoints[:] = [ckpt.member(resumed, s)["checkpoints"] for s in seeds]
         log.info("%s: resuming at epoch %d, step %d", spec.name, trainer.epoch, trainer.step)
 
     def save_resume() -> None:
         ckpt.save_resume(resume_file, config_hash=config_hash, identity=identity,
-                         members=members(), provenance=provenance)
+                         members=members(), provenance=provenance, devices=sorted(devices))
 
     with stop_on_sigterm() as sigterm:
         train_until(trainer, spec.end_epoch, spec.switch_epoch, set(spec.checkpoint_epochs),
                     checkpoints, config_hash, save_resume=save_resume,
                     should_stop=should_stop or sigterm, progress=progress, desc=spec.name)
     ckpt.save_piece(output, config_hash=config_hash, identity=identity, members=members(),
-                    provenance=provenance)
+                    provenance={**(provenance or {}), "device": " + ".join(sorted(devices))})
     resume_file.unlink(missing_ok=True)
 
 

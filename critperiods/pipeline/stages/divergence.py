@@ -72,7 +72,7 @@ def divergence(output: str, pieces: list[str], train_data: str, test_data: str, 
                       bn_data_from(data, config) if needs_bn else None, config, progress)
     if "l2" in config.metrics and "disagreement" in config.metrics:
         ds = ds.merge(growth_law_dataset(ds))
-    ds.attrs.update(piece_attrs(stage, code, data.fingerprints, pieces))
+    ds.attrs.update(piece_attrs(stage, code, data.fingerprints, pieces, device))
     write_netcdf(ds, output)
 
 

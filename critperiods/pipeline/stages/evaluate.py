@@ -33,7 +33,7 @@ def evaluate(output: str, pieces: list[str], train_data: str, test_data: str, *,
                                         evaluate["train_samples"], evaluate["batch_size"])
         for piece, paths in files.items() for seed in piece.seeds}
     runs = assemble_runs(results, grid["lr_schedules"], grid["switch_epochs"])
-    runs.attrs.update(piece_attrs(stage, code, data.fingerprints, pieces))
+    runs.attrs.update(piece_attrs(stage, code, data.fingerprints, pieces, device))
     write_netcdf(runs, output)
 
 

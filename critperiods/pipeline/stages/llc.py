@@ -139,7 +139,7 @@ def llc(output: str, pieces: list[str], train_data: str, *, training: dict, para
     result = xr.concat([p.drop_vars(settings).expand_dims(seed=[s])
                         for p, s in zip(parts, parse_piece(pieces[0]).seeds, strict=True)],
                        dim="seed").merge(parts[0][settings])
-    result.attrs.update(piece_attrs(stage, code, data.fingerprints, pieces))
+    result.attrs.update(piece_attrs(stage, code, data.fingerprints, pieces, device))
     write_netcdf(result, output)
 
 

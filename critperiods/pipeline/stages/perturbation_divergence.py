@@ -61,7 +61,7 @@ def perturbation_divergence(output: str, groups: list[str], train_data: str, tes
     data = load_prepared(train_data, test_data, device)
     result = compare_groups(groups, config_hash(training), TrainConfig.from_params(training),
                             data, params, device, progress)
-    result.attrs.update(piece_attrs(stage, code, data.fingerprints),
+    result.attrs.update(piece_attrs(stage, code, data.fingerprints, device=device),
                         provenance_perturb_code=" ".join(groups_code(groups)))
     write_netcdf(result, output)
 
