@@ -1362,3 +1362,38 @@ def test_the_perturbation_growth_figure_names_each_runs_line_style() -> None:
     assert styles[0][1] == "-" and len({str(s[1]) for s in styles.values()}) == 3
     assert _run_styles_note(styles) == ("solid: never blurred, dashed: blurred until 8, "
                                         "dotted: blurred until 16")
+
+
+def test_the_divergence_figure_shows_the_drop_beside_the_end(monkeypatch, tmp_path) -> None:
+    """Figure 4b's third panel: per batch size, the continue schedule's distance at the
+    horizon over the earliest switch's (starting at 1, the drop where it crosses 0.5), the
+    drop as a triangle at its value with its interval as a bar, and the located end dashed."""
+    from critperiods.results import plots
+
+    cube = with_schedules(synthetic_cube())
+    summary = critical_period_summary(cube)
+    cube = cube.merge(summary)
+    cube.attrs.update(summary_horizon=summary.attrs["horizon"], epochs_after_switch=10)
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi: figures.append(fig))
+    plots.divergence_final(cube, tmp_path / "divergence_final.png")
+    assert len(figures[0].axes) == 3
+    ax = figures[0].axes[2]
+    lines = ax.get_lines()
+    drops = cube.divergence_drop_epoch.sel(lr_schedule="continue").values
+    assert np.isfinite(drops).all()
+    triangles = [float(line.get_xdata()[0]) for line in lines if line.get_marker() == "v"]
+    assert triangles == pytest.approx(list(drops))
+    bars = [tuple(line.get_xdata()) for line in lines if line.get_linewidth() == 2]
+    assert bars == [tuple(v) for v in
+                    cube.divergence_drop_epoch_interval.sel(lr_schedule="continue").values]
+    ends = located_end(cube).sel(lr_schedule="continue").values
+    dashed = [float(line.get_xdata()[0]) for line in lines if line.get_linestyle() == "--"]
+    assert dashed == pytest.approx(list(ends[np.isfinite(ends)]))
+    curves = [line for line in lines if line.get_marker() == "o"]
+    assert len(curves) == BATCHES.size
+    assert all(float(c.get_ydata()[np.isfinite(c.get_ydata())][0]) == 1.0 for c in curves)
+    without = cube.drop_vars([v for v in cube.data_vars if str(v).startswith("divergence_drop")])
+    figures.clear()
+    plots.divergence_final(without, tmp_path / "divergence_final.png")
+    assert len(figures[0].axes) == 2  # a cube without the drop keeps the two panels

@@ -354,10 +354,17 @@ def divergence(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
 def divergence_final(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """At each run's last epoch, vs switch epoch: disagreement with the always-blurred run,
     and the aligned distance between seeds (mean over seed pairs); a line per batch size and
-    schedule (restart dashed). Runs that diverged to chance are left out (a pair with one)."""
+    schedule (restart dashed). Runs that diverged to chance are left out (a pair with one).
+    Where the cube has the divergence drop, a third panel asks whether it marks the end:
+    the distance to the always-blurred run at the summary's horizon relative to the earliest
+    switch's, the drop where it falls below half (triangles, their interval as a bar) and
+    the critical period's end (dashed), for the continue schedule."""
     kept = ~run_diverged(cube)
     final = cube.sel(epoch=cube.switch_epoch + int(cube.attrs["epochs_after_switch"]))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    horizon = float(cube.attrs.get("summary_horizon", np.nan))
+    drop = "divergence_drop_epoch" in cube and np.isfinite(horizon)
+    fig, axes = plt.subplots(1, 3 if drop else 2, figsize=(13.5 if drop else 9, 3.6))
+    ax1, ax2 = axes[:2]
     for i, b in enumerate(cube.batch_size.values):
         for r in _schedules(cube):
             f = final.sel(batch_size=b)
@@ -374,13 +381,52 @@ def divergence_final(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
                 ax2.plot(cube.switch_epoch, off.mean(["seed", "seed_b"]), **style)
     ax1.set_ylabel("disagreement with always-blurred run")
     ax2.set_ylabel("aligned L2 between seeds")
-    for ax in (ax1, ax2):
+    if drop:
+        _drop_panel(cube, axes[2], horizon)
+    for ax in axes:
         ax.set_xlabel("switch epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     if _diverged_note(cube):
         _caption(fig, f"At the end of training{_diverged_note(cube)}")
     _save(fig, path, dpi)
+
+
+def _drop_panel(cube: xr.Dataset, ax: plt.Axes, horizon: float) -> None:
+    """Does the divergence mark the end? The continue schedule's distance to the
+    always-blurred run ``horizon`` epochs after each switch, over that of the earliest switch
+    (the drop is where it falls below 0.5), per batch size; the drop as a triangle along the
+    top with its interval as a bar, the located end as a dashed line of the same colour."""
+    from critperiods.results.selection import divergence_at_horizon
+
+    schedule = "continue" if "continue" in _schedules(cube) else _schedules(cube)[0]
+    ends = _located_ends(cube)
+    top = ax.get_xaxis_transform()
+    switches = cube.switch_epoch.values.astype(float)
+    for i, b in enumerate(cube.batch_size.values):
+        at = divergence_at_horizon(cube, b, horizon, schedule)
+        finite = np.flatnonzero(np.isfinite(at))
+        if finite.size < 2 or not at[finite[0]] > 0:
+            continue
+        ax.plot(switches, at / at[finite[0]], color=f"C{i}", marker="o", label=f"batch {b}")
+        height = 0.95 - 0.06 * i
+        value = float(_sel(cube.divergence_drop_epoch, batch_size=b, lr_schedule=schedule))
+        if np.isfinite(value):
+            ax.plot([value], [height], marker="v", ms=7, color=f"C{i}", transform=top)
+        if "divergence_drop_epoch_interval" in cube:
+            lo, hi = _sel(cube.divergence_drop_epoch_interval, batch_size=b,
+                          lr_schedule=schedule).values
+            ax.plot([lo, hi], [height, height], color=f"C{i}", lw=2, alpha=0.5,
+                    solid_capstyle="butt", transform=top)
+        end = _end_of(ends, b, schedule)
+        if np.isfinite(end):
+            ax.axvline(end, color=f"C{i}", ls="--", lw=1)
+    ax.axhline(0.5, color="0.5", ls=":", lw=1)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel(f"L2 to always-blurred, {horizon:g} epochs after\nthe switch (/ earliest "
+                  "switch's)")
+    ax.set_title(f"the drop (▼, interval bar) vs the end (dashed), {schedule}", fontsize=9)
 
 
 def critical_period_vs_temperature(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:

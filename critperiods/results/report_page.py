@@ -39,7 +39,7 @@ FIGURES = {
     "llc": ("3 Local learning coefficient", "3a lambda-hat vs epoch"),
     "llc_traces": ("3 Local learning coefficient", "3b SGLD chain diagnostics"),
     "divergence": ("4 Divergence", "4a distance to the always-blurred run"),
-    "divergence_final": ("4 Divergence", "4b divergences at the end of training"),
+    "divergence_final": ("4 Divergence", "4b divergences at the end of training, and the drop"),
     "perturbation": ("6 Perturbations", "6a lasting divergence vs perturbation epoch"),
     "perturbation_growth": ("6 Perturbations", "6b growth after a perturbation"),
 }
