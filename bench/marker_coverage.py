@@ -48,6 +48,7 @@ from critperiods.results.knee import (
     SeedJackknife,
     knee_with_interval,
     knees_without_each_seed,
+    offset_floor,
     paired_offset,
 )
 
@@ -126,7 +127,7 @@ def coverage(sc: Scenario, n_seeds: int, trials: int) -> dict[str, float]:
         knee_loo = knees_without_each_seed(EPOCHS, llc)
         knee, k_lo, k_hi = knee_with_interval(EPOCHS, llc, LEVEL, knee_loo)
         if np.isfinite(knee):
-            floor = end_half + switch_spacing_at(EPOCHS, knee) / 2
+            floor = offset_floor(switch_spacing_at(EPOCHS, knee) / 2, end_half)
             offset, lo, hi = paired_offset(SeedJackknife(knee, knee_loo, present), end_jk,
                                            LEVEL, floor)
             half = max(floor, np.hypot(*(np.diff(jackknife_interval(v, loo, LEVEL))[0] / 2
@@ -140,7 +141,7 @@ def coverage(sc: Scenario, n_seeds: int, trials: int) -> dict[str, float]:
             excludes["paired"].append(lo > 0 or hi < 0)
         drop, d_lo, d_hi, drop_loo = _drop_with_interval(div)
         if np.isfinite(drop):
-            floor = end_half + switch_spacing_at(SWITCHES, drop) / 2
+            floor = offset_floor(switch_spacing_at(SWITCHES, drop) / 2, end_half)
             _, lo, hi = paired_offset(SeedJackknife(drop, drop_loo, present), end_jk, LEVEL,
                                       floor)
             for key, covered, w in (("drop", d_lo <= sc.drop <= d_hi, d_hi - d_lo),

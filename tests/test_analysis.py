@@ -873,8 +873,9 @@ def test_summarize_recomputes_a_cube_without_the_lambda_markers_loo_ranges(tmp_p
 
 def test_summarize_recomputes_a_cube_without_the_lambda_knees(tmp_path, capsys) -> None:
     """A cube aggregated before the λ̂ knees gets them, and says whether λ̂ marks the end:
-    every seed's λ̂ bends at epoch 20, before the ends of batch 32 and 64 (35, 25); batch
-    128's (17.5) is closer than the switch grid (every 5 epochs) can tell apart."""
+    every seed's λ̂ bends at epoch 20, before the ends of batch 32 and 64 (35, 25), and 2.5
+    epochs after batch 128's (17.5): just beyond the floor of the two grids' resolutions
+    in quadrature (± 2.55 with switches 5 apart and λ̂ every epoch)."""
     from critperiods.__main__ import main
 
     base = flat_restart(synthetic_cube(with_div=False))
@@ -888,10 +889,11 @@ def test_summarize_recomputes_a_cube_without_the_lambda_knees(tmp_path, capsys) 
     assert "predates the markers' intervals and their offsets from the end" in printed
     verdicts = printed.split("\ndo λ̂ and the divergence mark the end?")[1].splitlines()[1:]
     ends = summary["critical_period_end"].sel(lr_schedule="continue").values
-    for b, end, said in zip(BATCHES, ends, ("before the end", "before the end", "includes 0"),
-                            strict=True):
+    for b, end, said in zip(BATCHES, ends, ("before the end", "before the end",
+                                            "after the end"), strict=True):
         (line,) = [v for v in verdicts if v.startswith(f"  batch {b}, continue: ")]
         assert f"λ̂ trunk {20 - end:+.1f} [" in line and line.count(said) == 2, line
+    assert "λ̂ trunk +2.6 [0.05, 5.1]" in printed  # 2.6 − hypot(2.5, 0.5), no wider
     assert not any(", restart: " in v for v in verdicts)  # no end to compare with
 
 
@@ -1054,8 +1056,8 @@ def test_the_knee_offset_pairs_each_seeds_knee_with_its_own_end() -> None:
         trunk = selection.llc_trunk_by_seed(cube, b).transpose("epoch", "seed")
         knee_loo = knees_without_each_seed(trunk["epoch"].values, trunk.values)
         knee = SeedJackknife(float(cell["llc_knee_trunk"]), knee_loo, np.ones(3, bool))
-        floor = (fits.switch_spacing_at(SWITCHES, end.value) / 2
-                 + fits.switch_spacing_at(trunk["epoch"].values, knee.value) / 2)
+        floor = np.hypot(fits.switch_spacing_at(SWITCHES, end.value) / 2,  # in quadrature
+                         fits.switch_spacing_at(trunk["epoch"].values, knee.value) / 2)
         expected = paired_offset(knee, end, 0.9, floor)
         got = (float(cell["llc_knee_minus_end_trunk"]),
                *cell["llc_knee_minus_end_trunk_interval"].values)
@@ -1137,7 +1139,7 @@ def test_the_divergence_drop_gets_a_jackknife_interval_and_a_paired_offset() -> 
         end = SeedJackknife(fits.hinge_end(SWITCHES, acc)[0],
                             fits.kinks_without_each_seed(SWITCHES, acc),
                             np.isfinite(acc).any(axis=0))
-        floor = 2.5 + fits.switch_spacing_at(SWITCHES, end.value) / 2
+        floor = np.hypot(2.5, fits.switch_spacing_at(SWITCHES, end.value) / 2)
         expected = paired_offset(SeedJackknife(drop, loo, np.ones(3, bool)), end, 0.9, floor)
         np.testing.assert_allclose((float(cell["divergence_drop_minus_end"]),
                                     *cell["divergence_drop_minus_end_interval"].values),

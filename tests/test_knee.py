@@ -11,6 +11,7 @@ from critperiods.results.knee import (
     fit_broken_stick,
     knee_with_interval,
     knees_without_each_seed,
+    offset_floor,
     paired_offset,
 )
 from tests.conftest import bench_module
@@ -192,3 +193,10 @@ def test_the_marker_coverage_bench_runs_and_covers_near_its_level() -> None:
     assert got["drop cover"] >= 0.8 and got["drop paired cover"] >= 0.8
     assert got["paired width"] < got["unpaired width"]
     assert 0 < got["paired excludes 0"] < 1
+
+
+def test_the_offset_floor_adds_the_two_resolutions_in_quadrature() -> None:
+    """Half the switch spacing (2) and half the λ̂ spacing (1.5): ± 2.5, not ± 3.5."""
+    assert offset_floor(1.5, 2.0) == pytest.approx(2.5)
+    assert offset_floor(2.0, 2.0) == pytest.approx(2 * 2**0.5)
+    assert offset_floor(0.0, 2.0) == 2.0

@@ -33,6 +33,7 @@ from critperiods.results.knee import (
     SeedJackknife,
     knee_with_interval,
     knees_without_each_seed,
+    offset_floor,
     paired_offset,
 )
 from critperiods.results.selection import divergence_at_horizon, divergence_to_blurred
@@ -90,9 +91,10 @@ _MARKER_INTERVAL_KINDS = {
             "spacing, within the switch epochs with a distance at the horizon: all of them "
             "where leaving some seed out leaves no drop)",
     "offset": "{level} paired jackknife-t over seeds (each seed left out of the marker and the "
-              "end together; at least ± half the switch spacing at the end plus half the "
-              "spacing of the marker's grid: lambda-hat epochs for a knee, switch epochs for "
-              "the divergence drop; within what the marker and the end can give)",
+              "end together; at least ± the half switch spacing at the end and the half "
+              "spacing of the marker's grid added in quadrature: lambda-hat epochs for a "
+              "knee, switch epochs for the divergence drop; within what the marker and the "
+              "end can give)",
 }
 
 
@@ -180,7 +182,7 @@ def drop_values(cube: xr.Dataset, batch_size: float, lr_schedule: str, horizon: 
     if not located:
         return (lower, upper), nan3
     return (lower, upper), paired_offset(SeedJackknife(drop, loo, present, bounds), end, level,
-                                         min_half_width=end_half + half)
+                                         min_half_width=offset_floor(half, end_half))
 
 
 def knee_values(curve_by_seed: xr.DataArray, level: float, end: SeedJackknife,
@@ -207,5 +209,6 @@ def knee_values(curve_by_seed: xr.DataArray, level: float, end: SeedJackknife,
     if not located:
         return knee, nan3, unstable, float(x[1])
     llc_half = switch_spacing_at(x, knee[0]) / 2
-    return knee, paired_offset(SeedJackknife(knee[0], loo, present, (x[1], x[-2])), end,
-                               level, min_half_width=end_half + llc_half), unstable, float(x[1])
+    offset = paired_offset(SeedJackknife(knee[0], loo, present, (x[1], x[-2])), end, level,
+                           min_half_width=offset_floor(llc_half, end_half))
+    return knee, offset, unstable, float(x[1])
