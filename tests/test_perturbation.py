@@ -16,6 +16,7 @@ from critperiods.measure import perturbation_divergence as pdiv
 from critperiods.pipeline.checkpoints import checkpoint_map, load_piece, member
 from critperiods.pipeline.perturbations import load_group, perturb_group
 from critperiods.pipeline.plan import perturbation_start
+from critperiods.pipeline.provenance import device_label
 from critperiods.pipeline.stages.perturbation_divergence import compare_groups
 from critperiods.pipeline.trajectories import PieceSpec, train_piece
 from critperiods.results.cube import describe
@@ -96,6 +97,7 @@ def test_a_zero_perturbation_reproduces_the_twin_and_the_stored_run_bit_for_bit(
     assert start == (0 if epoch == 1 else SWITCH)
     payload = load_group(out, HASH)
     assert payload["identity"]["seeds"] == list(SEEDS)
+    assert payload["provenance"]["device"] == device_label("cpu")  # bits repeat on one device
     assert [m["seed"] for m in payload["members"]] == list(SEEDS)
     for seed in SEEDS:
         _twin_and_zero_copy_are_the_stored_run(pieces, member(payload, seed), seed, epoch)

@@ -35,7 +35,7 @@ from critperiods.pipeline.checkpoints import (
     read_provenance,
 )
 from critperiods.pipeline.files import torch_save_atomic
-from critperiods.pipeline.provenance import UNKNOWN
+from critperiods.pipeline.provenance import UNKNOWN, device_label
 from critperiods.train.data import PreparedData
 from critperiods.train.perturbation import Perturbation, PerturbedRun, replay, train_copies
 from critperiods.train.training import FastPath, TrainConfig, Trainer
@@ -48,7 +48,8 @@ def perturb_group(runs: list[PerturbedRun], pert: Perturbation, cfg: TrainConfig
                   device: torch.device | str = "cpu", fast: FastPath | None = None,
                   progress: bool = True, provenance: dict | None = None) -> None:
     """Replay, perturb and train every run of ``runs`` (one per seed of a group, all of the
-    same run and epoch) from its member of the piece ``start``; write the file atomically."""
+    same run and epoch) from its member of the piece ``start``; write the file atomically,
+    with ``provenance`` and the device that trained it (``provenance["device"]``)."""
     piece = load_piece(start, config_hash)
     members = []
     for run in runs:
@@ -66,7 +67,9 @@ def perturb_group(runs: list[PerturbedRun], pert: Perturbation, cfg: TrainConfig
         "scope": pert.scope, "seed_of_perturbation": pert.seed,
     }
     torch_save_atomic({"format": FORMAT, "config_hash": config_hash, "identity": identity,
-                       "members": members, "provenance": provenance or {}}, output)
+                       "members": members,
+                       "provenance": {**(provenance or {}), "device": device_label(device)}},
+                      output)
 
 
 def load_group(path: str | Path, expected_hash: str) -> dict:
@@ -86,9 +89,10 @@ def load_group(path: str | Path, expected_hash: str) -> dict:
     return payload
 
 
-def groups_code(paths: list[str | Path]) -> list[str]:
-    """The code fingerprints the perturbation group files ``paths`` record (sorted, unique)."""
-    return sorted({read_provenance(p).get("code", UNKNOWN) for p in paths})
+def groups_code(paths: list[str | Path], key: str = "code") -> list[str]:
+    """The code fingerprints (or, with ``key="device"``, the devices) the perturbation group
+    files ``paths`` record (sorted, unique)."""
+    return sorted({str(read_provenance(p).get(key, UNKNOWN)) for p in paths})
 
 
 __all__ = ["FORMAT", "groups_code", "load_group", "perturb_group"]

@@ -13,8 +13,8 @@ Every rule that runs a script has a ``code`` param, the fingerprint of the code 
   computed), ``provenance_training_code`` (the code fingerprints of the training pieces it
   read, space-separated) and ``provenance_training_device`` (their devices, separated by
   ``; ``); a perturbation comparison (``perturbations/bs<B>_<schedule>.nc``) also
-  ``provenance_perturb_code``, the code of the perturbation groups it read (listed as the
-  stage ``perturb``);
+  ``provenance_perturb_code`` and ``provenance_perturb_device``, the code and devices of the
+  perturbation groups it read (listed as the stage ``perturb``);
 * the cube: ``provenance`` (JSON: aggregate's code and one record per file it was assembled
   from).
 
@@ -95,7 +95,9 @@ def record(path: str | Path, attrs: dict) -> dict:
             "training_code": str(attrs.get("provenance_training_code", "")).split(),
             "training_device": [d for d in str(attrs.get("provenance_training_device", ""))
                                 .split("; ") if d],
-            "perturb_code": str(attrs.get("provenance_perturb_code", "")).split()}
+            "perturb_code": str(attrs.get("provenance_perturb_code", "")).split(),
+            "perturb_device": [d for d in str(attrs.get("provenance_perturb_device", ""))
+                               .split("; ") if d]}
 
 
 def collect(files: Iterable[str | Path]) -> list[dict]:

@@ -33,7 +33,7 @@ def versions(prov: dict) -> dict[str, dict[str, list[str]]]:
 def devices(prov: dict) -> dict[str, dict[str, list[str]]]:
     """``{stage: {device: [pieces]}}``; under ``train``, the results computed from training
     pieces trained on each device (cubes from before devices were recorded: ``unknown``)."""
-    return _by_stage(prov, "device", "training_device")
+    return _by_stage(prov, "device", "training_device", "perturb_device")
 
 
 def _by_stage(prov: dict, key: str, training_key: str,

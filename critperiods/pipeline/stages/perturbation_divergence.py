@@ -62,7 +62,8 @@ def perturbation_divergence(output: str, groups: list[str], train_data: str, tes
     result = compare_groups(groups, config_hash(training), TrainConfig.from_params(training),
                             data, params, device, progress)
     result.attrs.update(piece_attrs(stage, code, data.fingerprints, device=device),
-                        provenance_perturb_code=" ".join(groups_code(groups)))
+                        provenance_perturb_code=" ".join(groups_code(groups)),
+                        provenance_perturb_device="; ".join(groups_code(groups, "device")))
     write_netcdf(result, output)
 
 
