@@ -557,7 +557,7 @@ def _free(device: torch.device) -> None:
 def stacked_rates(s: Setup, batch: int, seeds: tuple[int, ...], device: torch.device,
                   sizes: Sizes, layouts: tuple[str, ...] = ("default",)) -> dict[str, list]:
     """images/s (all seeds) of the graphed default with S stacked seeds (S=1: Trainer)."""
-    from critperiods.train import folded
+    from critperiods.train import copies
 
     loops: dict[str, object] = {}
     for layout in layouts:
@@ -565,14 +565,14 @@ def stacked_rates(s: Setup, batch: int, seeds: tuple[int, ...], device: torch.de
             key = f"{count} seeds" + ("" if layout == "default" else f", {layout} layout")
             if count == 1 and layout != "default":
                 continue
-            saved = folded.LAYOUT_OVERRIDE
+            saved = copies.LAYOUT_OVERRIDE
             if layout != "default":
-                folded.LAYOUT_OVERRIDE = layout
+                copies.LAYOUT_OVERRIDE = layout
             try:
                 trainer = (Trainer(s.cfg, s.data, batch, 0, device) if count == 1 else
                            StackedTrainer(s.cfg, s.data, batch, list(range(count)), device))
             finally:
-                folded.LAYOUT_OVERRIDE = saved
+                copies.LAYOUT_OVERRIDE = saved
             loops[key] = ProjectLoop(trainer, device)
     return interleaved(loops, sizes)
 
@@ -598,7 +598,7 @@ def section_stacked(device: torch.device, sizes: Sizes, budget: Budget, cache: d
                         f"| {med(values) / one:.2f}× |")
         _free(device)
     lines = ["## Stacked seeds (graphed default), images/s of all seeds together", "",
-             "Layout: the default for the model (`critperiods.train.folded.CUDA_LAYOUT`) unless "
+             "Layout: the default for the model (`critperiods.train.copies.CUDA_LAYOUT`) unless "
              "named; `batch` = the copies folded into the batch, `channels` = one grouped "
              "convolution for all seeds.", "",
              "| model | batch | seeds | images/s (all seeds) | vs 1 seed |",
@@ -841,7 +841,7 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
                 devinterp: bool) -> tuple[list[str], dict]:
     from critperiods.measure import llc
     from critperiods.measure.llc import sampler
-    from critperiods.train import folded
+    from critperiods.train import copies
 
     raw, rows = {}, []
     cases = [("all_cnn_c", sizes.widths["all_cnn_c"]), ("small_cnn", sizes.widths["small_cnn"])]
@@ -859,8 +859,8 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
         def ours(name: str, chains: int, layout: str, graphs: bool, precision: str = "float32",
                  c=cfg, m=net, d=data, estimates=estimates):
             def timed(warm: bool = False) -> float:
-                saved = folded.LAYOUT_OVERRIDE, sampler.SGLD_CUDA_GRAPHS
-                folded.LAYOUT_OVERRIDE, sampler.SGLD_CUDA_GRAPHS = layout, graphs
+                saved = copies.LAYOUT_OVERRIDE, sampler.SGLD_CUDA_GRAPHS
+                copies.LAYOUT_OVERRIDE, sampler.SGLD_CUDA_GRAPHS = layout, graphs
                 conf = replace(c, chains=chains, precision=precision,
                                **({"burn_in": 1, "draws": 3} if warm else {}))
                 try:
@@ -874,7 +874,7 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
                         estimates[name] = result.llc_mean
                     return seconds
                 finally:
-                    folded.LAYOUT_OVERRIDE, sampler.SGLD_CUDA_GRAPHS = saved
+                    copies.LAYOUT_OVERRIDE, sampler.SGLD_CUDA_GRAPHS = saved
             return timed
 
         def add(name: str, *args, variants=variants) -> None:

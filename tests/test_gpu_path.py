@@ -19,8 +19,8 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from critperiods.pipeline import plan
+from critperiods.train.copies import copies_forward
 from critperiods.train.folded import FoldedModel
-from critperiods.train.grouped import copies_forward
 from critperiods.train.models import build_model
 from critperiods.train.stacked import StackedTrainer
 from critperiods.train.training import ALWAYS_BLURRED, FastPath, Trainer, train_until

@@ -10,7 +10,8 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from critperiods.measure.learning_coefficients import make_dln
-from critperiods.train.grouped import GroupedModel, NotGroupable, copies_forward, stack_like
+from critperiods.train.copies import copies_forward, stack_like
+from critperiods.train.grouped import GroupedModel, NotGroupable
 from critperiods.train.models import build_model
 
 COPIES = 3

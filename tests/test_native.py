@@ -14,7 +14,7 @@ from torch import nn
 
 from critperiods.measure import workers
 from critperiods.train import native
-from critperiods.train.grouped import copies_forward, stack_like
+from critperiods.train.copies import copies_forward, stack_like
 from critperiods.train.memory_format import to_channels_last
 from critperiods.train.models import build_model
 

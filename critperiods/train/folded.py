@@ -13,9 +13,10 @@ tensor (copy-major, channels-last), and
 * ``Flatten`` gives ``(C, B, features)`` and ``Linear`` is a batched matmul, as grouped.
 
 Every copy computes its own function, as in the grouped layout; the graph tracing, the
-checks and the fallback to ``vmap`` are ``GroupedModel``'s. :func:`copies_layout` says
-which layout a device, use and model get (measured: ``bench/bench_gpu.py``): despite the
-slow grouped kernels, side by side in the channels won for stacked training on an H200.
+checks and the fallback to ``vmap`` are ``GroupedModel``'s.
+:func:`critperiods.train.copies.copies_layout` says which layout a device, use and model get
+(measured: ``bench/bench_gpu.py``): despite the slow grouped kernels, side by side in the
+channels won for stacked training on an H200.
 """
 
 from __future__ import annotations
@@ -26,28 +27,6 @@ from torch import Tensor, fx, nn
 
 from critperiods.train.grouped import PER_CHANNEL, Activation, GroupedModel, Tensors
 from critperiods.train.memory_format import channels_last_images
-
-#: The layout of copies on CUDA, where it measured faster on an H200 (bench/bench_gpu.py,
-#: docs/performance.md): stacked seeds train fastest side by side in the channels for every
-#: model measured (small_cnn w8 1.63× vs 1.20× at 5 seeds; All-CNN-C w96 0.81× vs 0.72× at
-#: batch 128); λ̂ chains of a network with BatchNorm sample faster folded into the batch
-#: (All-CNN-C w96: 24.6 vs 28.9 ms per step at 4 chains), small_cnn's in the channels.
-CUDA_LAYOUT = {"train": "channels", "llc": "channels", "llc_batchnorm": "batch"}
-#: Set (to "batch" or "channels") to force one layout on CUDA: for benchmarks only.
-LAYOUT_OVERRIDE: str | None = None
-
-
-def copies_layout(device: torch.device | str, use: str = "train",
-                  model: nn.Module | None = None) -> str:
-    """The layout of stacked copies of ``model``: ``channels`` (critperiods.train.grouped) or
-    ``batch`` (this module). Off CUDA always channels; on CUDA :data:`CUDA_LAYOUT` for
-    ``use`` ("train" or "llc"; λ̂ of a model with BatchNorm is "llc_batchnorm")."""
-    if torch.device(device).type != "cuda":
-        return "channels"
-    if use == "llc" and model is not None and any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        use = "llc_batchnorm"
-    return LAYOUT_OVERRIDE or CUDA_LAYOUT[use]
 
 
 class FoldedModel(GroupedModel):
@@ -147,4 +126,4 @@ def _flatten(act: Activation, copies: int) -> Activation:
     return Activation(act.t.reshape(copies, act.t.shape[0] // copies, -1), image=False)
 
 
-__all__ = ["CUDA_LAYOUT", "LAYOUT_OVERRIDE", "FoldedModel", "copies_layout"]
+__all__ = ["FoldedModel"]

@@ -25,7 +25,7 @@ The model is traced once with ``torch.fx``; a model with any other layer, or one
 ``forward`` reads parameters directly (e.g. a toy potential), raises :class:`NotGroupable`
 at construction, and a layout no rule covers (e.g. a linear layer on an image, dropout in
 training mode) makes :meth:`GroupedModel.supports` false before anything runs;
-:func:`copies_forward` then falls back to ``vmap``.
+:func:`critperiods.train.copies.copies_forward` then falls back to ``vmap``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
-from torch.func import functional_call, vmap
 from torch.nn.modules import module as module_hooks
 
 from critperiods.train.native import max_pool2
@@ -357,46 +356,8 @@ class _FlattenImages(torch.autograd.Function):
         return _group_input(per_copy).t, None  # the same layout change as the input's
 
 
-def copies_forward(model: nn.Module, layout: str = "channels") -> CopiesForward:
-    """``f(params, buffers, x)`` evaluating stacked copies of ``model``: a
-    :class:`GroupedModel` (``layout="channels"``) or a ``critperiods.train.folded.FoldedModel``
-    (``layout="batch"``, for GPUs) for the inputs and modes it supports, else
-    ``vmap(functional_call)`` (the same values to float round-off)."""
-    fallback = vmap(lambda p, b, xx: functional_call(model, (p, b), (xx,)))
-    try:
-        if layout == "batch":
-            from critperiods.train.folded import FoldedModel
-
-            grouped = FoldedModel(model)
-        else:
-            grouped = GroupedModel(model)
-    except NotGroupable:
-        return fallback
-
-    def forward(params: Tensors, buffers: Tensors, x: Tensor) -> Tensor:
-        graph = grouped._graph_for(params, buffers, x)  # one check per call
-        if graph is None:
-            return fallback(params, buffers, x)
-        return grouped._execute(graph, params, buffers, x)
-
-    return forward
-
-
-def per_copy_losses(loss_fn: Callable[[Tensor, Tensor], Tensor], outputs: Tensor,
-                    targets: Tensor) -> Tensor:
-    """``(C,)`` losses, one ``loss_fn`` call per copy: any loss works (``vmap`` would
-    restrict it), and for a few copies on a CPU this is cheaper than vmap's batching rules."""
-    return torch.stack([loss_fn(o, t) for o, t in zip(outputs, targets, strict=True)])
-
-
 def _has_hooks(modules: Iterable[nn.Module]) -> bool:
     """Whether any forward (pre-)hook is registered, on these modules or globally."""
     if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
-
-
-def stack_like(tensors: Tensors, copies: int) -> Tensors:
-    """Shared tensors (e.g. a checkpoint's buffers) as ``copies`` stacked views, no copy."""
-    return {k: v.unsqueeze(0).expand(copies, *v.shape) for k, v in tensors.items()}
-

@@ -46,10 +46,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import stack_module_state
 
+from critperiods.train.copies import copies_forward, copies_layout, per_copy_losses
 from critperiods.train.cuda_graphs import GraphedSGD
 from critperiods.train.data import PreparedData
-from critperiods.train.folded import copies_layout
-from critperiods.train.grouped import copies_forward, per_copy_losses
 from critperiods.train.models import build_model
 from critperiods.train.training import (
     BatchCache,

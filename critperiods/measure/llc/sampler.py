@@ -42,9 +42,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from critperiods.measure.workers import can_fork, one_thread, run_forked
+from critperiods.train.copies import copies_forward, copies_layout, per_copy_losses, stack_like
 from critperiods.train.cuda_graphs import run_chains_graphed
-from critperiods.train.folded import copies_layout
-from critperiods.train.grouped import copies_forward, per_copy_losses, stack_like
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
