@@ -36,7 +36,7 @@ FIGURES = {
     "critical_period": ("1 Critical period", "1a permanent deficit vs switch epoch"),
     "critical_period_vs_temperature": ("1 Critical period", "1b end vs batch size"),
     "learning_curves": ("2 Training", "2 learning curves"),
-    "llc": ("3 Local learning coefficient", "3a lambda-hat vs epoch"),
+    "llc": ("3 Local learning coefficient", "3a local learning coefficient λ̂ vs epoch"),
     "llc_traces": ("3 Local learning coefficient", "3b SGLD chain diagnostics"),
     "divergence": ("4 Divergence", "4a distance to the always-blurred run"),
     "divergence_final": ("4 Divergence", "4b divergences at the end of training, and the drop"),

@@ -16,7 +16,7 @@ FIGURE_LABELS = {  # file stem → report label, in the order of the findings
     "toy_escape": "T2 escape directions",
     "toy_noise_hessian": "T3 noise covariance vs Hessian",
     "toy_posterior": "T4 SGD endpoints over the posterior",
-    "toy_llc": "T5 lambda-hat vs exact lambda",
+    "toy_llc": "T5 estimated λ̂ vs exact λ",
 }
 
 
