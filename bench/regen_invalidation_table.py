@@ -23,6 +23,8 @@ import tests.test_invalidation as ti  # noqa: E402
 ORDER = ["prepare_data", "train_trunk", "train_branch", "evaluate", "llc", "divergence",
          "aggregate", "plots", "toy_landscape", "toy_cube", "toy_plots"]
 NOTES = {"llc/calibration.py": " (the calibrate-llc command; no stage imports it)",
+         "results/power.py": " (the power command and bench/marker_coverage.py; no stage "
+                             "imports it)",
          "models/small_cnn.py": " (in an experiment whose `model.name` is small_cnn, as this "
                                 "table's; nothing in another)",
          "models/all_cnn_c.py": " (in an experiment whose `model.name` is all_cnn_c: what "

@@ -10,6 +10,9 @@
 * ``cost [CONFIG …]`` (or ``--configfile CONFIG …``) — epochs of SGD a grid costs with and
   without trunk sharing (and the perturbation experiment's), its images, the time on the
   reference CPU and GPU, and the jobs per rule a fresh run plans.
+* ``power [CONFIG …]`` — what a grid can tell: on simulated runs of its switch epochs, λ̂
+  epochs and seeds, how often a marker a few epochs from the end is called "after" or
+  "before the end", how often one at the end is called anyway, and the intervals' coverage.
 * ``provenance CUBE`` — which pieces of a cube came from which code and data version; exits
   with 1, naming the stage, where one stage's results come from more than one version.
 * ``--version``.
@@ -266,6 +269,31 @@ def cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def power(args: argparse.Namespace) -> int:
+    from critperiods.results.power import Scenario, grid_of, power_table
+
+    paths = [*args.configfile, *args.configfiles]
+    config = _load_config(paths)
+    if config["study"] == "toy_landscapes":
+        print(f"critperiods: {config['experiment']}: the toy_landscapes study has no critical "
+              "period to locate; power is for the critical_period study", file=sys.stderr)
+        return 2
+    grid = grid_of(config)
+    seeds = args.seeds or sorted({grid.seeds, 2 * grid.seeds})
+    noise = Scenario(0.0, 0.0, llc_noise=args.llc_noise, seed_shift=args.seed_shift,
+                     accuracy_noise=args.accuracy_noise, deficit_slope=args.deficit_slope)
+    off = [what for what, on in (("λ̂", config["llc"]["enabled"]),
+                                 ("divergences", config["divergence"]["enabled"])) if not on]
+    print(f"{config['experiment']} ({' + '.join(['config.yaml', *paths])})")
+    if off:
+        print(f"note: {' and '.join(off)} off in this config: its runs would have no "
+              f"{'knee or drop' if len(off) > 1 else 'knee' if off[0] == 'λ̂' else 'drop'}; "
+              "the rows say what turning them on would give")
+    for line in power_table(grid, seeds, args.trials, args.offset, args.end, noise):
+        print(line)
+    return 0
+
+
 def provenance(args: argparse.Namespace) -> int:
     import json
 
@@ -340,6 +368,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configfile", nargs="+", default=[], dest="configfiles",
                    help="the same, spelled as for snakemake")
     p.set_defaults(func=cost)
+
+    p = sub.add_parser("power", help="what a grid can tell: simulated power and coverage of "
+                                     "the markers' offsets from the end")
+    p.add_argument("configfile", nargs="*", default=[],
+                   help="configs laid over config.yaml (none: the default experiment)")
+    p.add_argument("--configfile", nargs="+", default=[], dest="configfiles",
+                   help="the same, spelled as for snakemake")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="numbers of seeds to simulate (default: the config's, and twice that)")
+    p.add_argument("--offset", type=float, default=4.0,
+                   help="epochs between the end and the knee (after) or drop (before): 4")
+    p.add_argument("--end", type=float, default=None,
+                   help="the true end (default: the middle of the switch range)")
+    p.add_argument("--trials", type=int, default=200, help="simulated runs per row: 200")
+    p.add_argument("--llc-noise", type=float, default=5.0, help="s.d. of a λ̂ estimate: 5")
+    p.add_argument("--accuracy-noise", type=float, default=1.0,
+                   help="s.d. of a run's final accuracy, pp: 1")
+    p.add_argument("--deficit-slope", type=float, default=0.5,
+                   help="final accuracy lost per epoch of delay past the end, pp: 0.5")
+    p.add_argument("--seed-shift", type=float, default=0.0,
+                   help="s.d. of a seed's relative shift of the end, knee and drop: 0")
+    p.set_defaults(func=power)
 
     p = sub.add_parser("provenance",
                        help="which pieces of a cube came from which code and data version")

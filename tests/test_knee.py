@@ -186,9 +186,14 @@ def test_the_marker_coverage_bench_runs_and_covers_near_its_level() -> None:
     """bench/marker_coverage.py, in a few trials, so that it cannot rot; the full run's table
     is in docs/analysis.md. Where a seed moves the knee and the end together, pairing
     narrows the interval."""
+    from dataclasses import replace
+
+    from critperiods.results.power import DEFAULT_GRID, coverage
+
     bench = bench_module("marker_coverage")
     shifted = bench.SCENARIOS["knee after the end, drop before, seeds shift all three (s.d. 15 %)"]
-    got = bench.coverage(shifted, n_seeds=5, trials=40)
+    got = coverage(shifted, replace(DEFAULT_GRID, seeds=5), trials=40)
+    assert "| knee after the end, drop before" in bench.main(["--trials", "3", "--seeds", "3"])
     assert got["paired cover"] >= 0.8 and got["knee cover"] >= 0.75
     assert got["drop cover"] >= 0.8 and got["drop paired cover"] >= 0.8
     assert got["paired width"] < got["unpaired width"]

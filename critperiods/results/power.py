@@ -1,0 +1,225 @@
+"""What a grid can tell: how often the summary's intervals cover the truth, and how often a
+marker's offset from the end is called "after" or "before the end", on simulated runs.
+
+Each simulated run draws, per seed, on the grid's switch epochs and λ̂ epochs (:class:`Grid`):
+
+* a permanent-deficit sweep with a known end ``E``: final accuracy flat, then falling
+  ``deficit_slope`` pp per epoch of delay, with noise ``accuracy_noise`` pp;
+* a λ̂ curve along the trunk with a known knee ``K``: a broken stick rising 8 per epoch,
+  then 2, a level of its own per seed (s.d. 10), and noise ``llc_noise`` per estimate;
+* the distance to the always-blurred run at the horizon, per switch epoch, with a known
+  drop ``D``: a level of its own per seed, falling linearly from it to 0 between ``D − 4``
+  and ``D + 4``, so that the seed mean halves at ``D``; noise 10 % of the level.
+
+With ``seed_shift`` a seed moves its end, knee and drop by the same factor: what pairing is
+for. The defaults are the default experiment's (Fashion-MNIST, ``small_cnn``: the deficit's
+slope and the seeds' spread of final accuracy, λ̂'s slopes and spread there); a run of
+another dataset or model should say its own. :func:`coverage` then computes the summary's
+intervals as :func:`critperiods.results.summary.critical_period_summary` does
+(:mod:`critperiods.results.knee`): the knee's and the drop's (jackknife-t, at least ± half
+their grid's spacing), and knee − end and drop − end, paired (each seed left out of both),
+and for the knee also unpaired (the two jackknife half-widths added in quadrature), for
+comparison. ``bench/marker_coverage.py`` prints its table for the default grid
+(docs/analysis.md), ``python -m critperiods power`` for a config's.
+
+Deterministic (fixed RNG seed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from critperiods.results.fits import (
+    divergence_drop_epoch,
+    hinge_end,
+    jackknife_interval,
+    kinks_without_each_seed,
+    switch_spacing_at,
+)
+from critperiods.results.knee import (
+    SeedJackknife,
+    knee_with_interval,
+    knees_without_each_seed,
+    offset_floor,
+    paired_offset,
+)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What a simulated run is measured on: the switch epochs, the λ̂ epochs along the trunk,
+    the number of seeds and the intervals' level."""
+
+    switches: tuple[float, ...]
+    llc_epochs: tuple[float, ...]
+    seeds: int
+    level: float = 0.9
+
+
+#: The default experiment's grid (config.yaml): switch epochs 0–16 by 4, λ̂ every 2 epochs
+#: from 4 to 16, 3 seeds.
+DEFAULT_GRID = Grid(tuple(np.arange(0, 17, 4.0)), tuple(np.arange(4, 17, 2.0)), 3)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """The truth of a simulated run, and how noisy it is measured."""
+
+    end: float  #: the true end (epochs)
+    knee: float  #: the true λ̂ knee (epochs)
+    drop: float = 7.0  #: the true divergence drop (switch epoch)
+    llc_noise: float = 5.0  #: s.d. of a λ̂ estimate around its seed's curve
+    seed_shift: float = 0.0  #: s.d. of a seed's log-shift of its end, knee and drop together
+    accuracy_noise: float = 1.0  #: s.d. of a run's final accuracy (pp)
+    deficit_slope: float = 0.5  #: final accuracy lost per epoch of delay past the end (pp)
+
+
+def simulate(sc: Scenario, grid: Grid, rng: np.random.Generator
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(switch, seed) final accuracy (pp), (λ̂ epoch, seed) λ̂ and (switch, seed) distance at
+    the horizon of one simulated run."""
+    switches, epochs, n = np.asarray(grid.switches), np.asarray(grid.llc_epochs), grid.seeds
+    shift = np.exp(rng.normal(0, sc.seed_shift, n)) if sc.seed_shift else np.ones(n)
+    ends, knees, drops = sc.end * shift, sc.knee * shift, sc.drop * shift
+    acc = (85 - sc.deficit_slope * np.maximum(switches[:, None] - ends[None], 0)
+           + rng.normal(0, sc.accuracy_noise, (switches.size, n)))
+    rel = epochs[:, None] - knees[None]
+    llc = (np.where(rel < 0, 8 * rel, 2 * rel) + 100 + rng.normal(0, 10, n)[None]
+           + rng.normal(0, sc.llc_noise, (epochs.size, n)))
+    level = rng.uniform(5, 15, n)[None]
+    ramp = np.clip((drops[None] + 4 - switches[:, None]) / 8, 0, 1)
+    div = level * ramp + rng.normal(0, 0.1, (switches.size, n)) * level
+    return acc, llc, div
+
+
+def _drop_with_interval(switches: np.ndarray, div: np.ndarray, level: float
+                        ) -> tuple[float, float, float, np.ndarray]:
+    """The drop of the seed mean, its interval as the summary computes it (every seed has a
+    distance here, so the seed mean is the plain mean) and its value without each seed."""
+    drop = divergence_drop_epoch(switches, div.mean(axis=1))
+    loo = np.array([divergence_drop_epoch(switches, np.delete(div, i, axis=1).mean(axis=1))
+                    for i in range(div.shape[1])])
+    if not np.isfinite(drop):
+        return drop, float("nan"), float("nan"), loo
+    lower, upper = jackknife_interval(drop, loo, level)
+    half = switch_spacing_at(switches, drop) / 2
+    return (drop, max(min(lower, drop - half), switches[0]),
+            min(max(upper, drop + half), switches[-1]), loo)
+
+
+def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
+    """Over ``trials`` simulated runs: each interval's coverage (``<key> cover``) and median
+    width (``<key> width``) for the keys ``knee``, ``paired`` (knee − end), ``unpaired``,
+    ``drop`` and ``drop paired`` (drop − end), and how often each paired offset excludes 0
+    (``paired excludes 0``, ``drop paired excludes 0``: the share of runs that call the
+    marker after or before the end)."""
+    rng = np.random.default_rng(0)
+    switches, epochs, level = np.asarray(grid.switches), np.asarray(grid.llc_epochs), grid.level
+    keys = ("knee", "paired", "unpaired", "drop", "drop paired")
+    hit: dict[str, list] = {k: [] for k in keys}
+    width: dict[str, list] = {k: [] for k in keys}
+    excludes: dict[str, list] = {"paired": [], "drop paired": []}
+    present = np.ones(grid.seeds, dtype=bool)
+    for _ in range(trials):
+        acc, llc, div = simulate(sc, grid, rng)
+        end_loo = kinks_without_each_seed(switches, acc)
+        end, *_ = hinge_end(switches, acc, level, end_loo)
+        end_jk = SeedJackknife(end, end_loo, present)
+        end_half = switch_spacing_at(switches, end) / 2
+        knee_loo = knees_without_each_seed(epochs, llc)
+        knee, k_lo, k_hi = knee_with_interval(epochs, llc, level, knee_loo)
+        if np.isfinite(knee):
+            floor = offset_floor(switch_spacing_at(epochs, knee) / 2, end_half)
+            offset, lo, hi = paired_offset(SeedJackknife(knee, knee_loo, present), end_jk,
+                                           level, floor)
+            half = max(floor, np.hypot(*(np.diff(jackknife_interval(v, loo, level))[0] / 2
+                                         for v, loo in ((knee, knee_loo), (end, end_loo)))))
+            for key, covered, w in (
+                    ("knee", k_lo <= sc.knee <= k_hi, k_hi - k_lo),
+                    ("paired", lo <= sc.knee - sc.end <= hi, hi - lo),
+                    ("unpaired", offset - half <= sc.knee - sc.end <= offset + half, 2 * half)):
+                hit[key].append(covered)
+                width[key].append(w)
+            excludes["paired"].append(lo > 0 or hi < 0)
+        drop, d_lo, d_hi, drop_loo = _drop_with_interval(switches, div, level)
+        if np.isfinite(drop):
+            floor = offset_floor(switch_spacing_at(switches, drop) / 2, end_half)
+            _, lo, hi = paired_offset(SeedJackknife(drop, drop_loo, present), end_jk, level,
+                                      floor)
+            for key, covered, w in (("drop", d_lo <= sc.drop <= d_hi, d_hi - d_lo),
+                                    ("drop paired", lo <= sc.drop - sc.end <= hi, hi - lo)):
+                hit[key].append(covered)
+                width[key].append(w)
+            excludes["drop paired"].append(lo > 0 or hi < 0)
+    out = {f"{k} cover": float(np.mean(v)) if v else float("nan") for k, v in hit.items()}
+    out.update({f"{k} width": float(np.median(v)) if v else float("nan")
+                for k, v in width.items()})
+    out.update({f"{k} excludes 0": float(np.mean(v)) if v else float("nan")
+                for k, v in excludes.items()})
+    return out
+
+
+def grid_of(config: dict) -> Grid:
+    """The grid a config's runs are measured on: its switch epochs, the λ̂ epochs along the
+    trunk (:func:`critperiods.pipeline.plan.llc_epochs`), its seeds and its interval level."""
+    from critperiods.pipeline.plan import checkpoint_epochs, llc_epochs
+
+    llc = llc_epochs(config, checkpoint_epochs(config), trunk=True)
+    level = config.get("analysis", {}).get("interval_level", 0.9)
+    return Grid(tuple(float(s) for s in sorted(config["grid"]["switch_epochs"])),
+                tuple(float(e) for e in llc), len(config["grid"]["seeds"]), float(level))
+
+
+def _epochs(values: tuple[float, ...]) -> str:
+    shown = [f"{v:g}" for v in values]
+    return ", ".join(shown) if len(shown) <= 6 else f"{shown[0]}, {shown[1]}, …, {shown[-1]}"
+
+
+def _pct(value: float) -> str:
+    return "n/a" if not np.isfinite(value) else f"{100 * value:.0f} %"
+
+
+def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
+                end: float | None = None, noise: Scenario | None = None) -> list[str]:
+    """Lines saying what ``grid`` can tell with each number of ``seeds``: where the markers
+    are the end (``end``, default the middle of the switch range), how often an offset is
+    called anyway (false calls, nominally at most 1 − level); with a knee ``offset`` epochs
+    after the end and a drop ``offset`` before it, how often each is called, and how often
+    the paired intervals hold the truth. ``noise`` carries the noise settings of
+    :class:`Scenario` (its ``end``, ``knee`` and ``drop`` are ignored)."""
+    noise = noise or Scenario(0.0, 0.0)
+    end = (grid.switches[0] + grid.switches[-1]) / 2 if end is None else float(end)
+    null = Scenario(**{**noise.__dict__, "end": end, "knee": end, "drop": end})
+    moved = Scenario(**{**noise.__dict__, "end": end, "knee": end + offset,
+                        "drop": end - offset})
+    lines = [
+        f"switch epochs {_epochs(grid.switches)}; λ̂ along the trunk at {_epochs(grid.llc_epochs)}; "
+        f"{grid.level:.0%} intervals; {trials} simulated runs per row, the end at epoch {end:g}",
+        f"noise: final accuracy ± {noise.accuracy_noise:g} pp per run, deficit "
+        f"{noise.deficit_slope:g} pp per epoch of delay, λ̂ ± {noise.llc_noise:g} per estimate, "
+        f"seeds shifting the end, knee and drop ± {100 * noise.seed_shift:.0f} % "
+        "(defaults: the default experiment's; set them to your run's)",
+    ]
+    knee_range = grid.llc_epochs[1:-1]
+    if not knee_range or not knee_range[0] <= end + offset <= knee_range[-1]:
+        lines.append(f"note: a knee at epoch {end + offset:g} is outside what these λ̂ epochs "
+                     "can place (the second to the second-to-last)")
+    if not grid.switches[0] <= end - offset:
+        lines.append(f"note: a drop at switch epoch {end - offset:g} is before the first switch")
+    lines += ["", f"| seeds | false calls, markers at the end (knee, drop) | knee {offset:g} "
+                  f"after the end: called | drop {offset:g} before: called | coverage of "
+                  "knee − end, drop − end |", "|---|---|---|---|---|"]
+    for n in seeds:
+        sized = Grid(grid.switches, grid.llc_epochs, n, grid.level)
+        at, away = coverage(null, sized, trials), coverage(moved, sized, trials)
+        lines.append(f"| {n} | {_pct(at['paired excludes 0'])}, "
+                     f"{_pct(at['drop paired excludes 0'])} | {_pct(away['paired excludes 0'])} | "
+                     f"{_pct(away['drop paired excludes 0'])} | {_pct(away['paired cover'])}, "
+                     f"{_pct(away['drop paired cover'])} |")
+    return lines
+
+
+__all__ = ["DEFAULT_GRID", "Grid", "Scenario", "coverage", "grid_of", "power_table",
+           "simulate"]
