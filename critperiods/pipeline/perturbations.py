@@ -32,10 +32,9 @@ from critperiods.pipeline.checkpoints import (
     CheckpointError,
     load_piece,
     member,
-    read_provenance,
 )
 from critperiods.pipeline.files import torch_save_atomic
-from critperiods.pipeline.provenance import UNKNOWN, device_label
+from critperiods.pipeline.provenance import device_label
 from critperiods.train.data import PreparedData
 from critperiods.train.perturbation import Perturbation, PerturbedRun, replay, train_copies
 from critperiods.train.training import FastPath, TrainConfig, Trainer
@@ -89,10 +88,4 @@ def load_group(path: str | Path, expected_hash: str) -> dict:
     return payload
 
 
-def groups_code(paths: list[str | Path], key: str = "code") -> list[str]:
-    """The code fingerprints (or, with ``key="device"``, the devices) the perturbation group
-    files ``paths`` record (sorted, unique)."""
-    return sorted({str(read_provenance(p).get(key, UNKNOWN)) for p in paths})
-
-
-__all__ = ["FORMAT", "groups_code", "load_group", "perturb_group"]
+__all__ = ["FORMAT", "load_group", "perturb_group"]

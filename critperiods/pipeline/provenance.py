@@ -59,15 +59,16 @@ def _processor() -> str:
     return ""
 
 
-def training_code(pieces: Iterable[str | Path]) -> list[str]:
-    """The code fingerprints recorded by the training pieces ``pieces`` (sorted, unique)."""
-    return _recorded(pieces, "code")
-
-
-def _recorded(pieces: Iterable[str | Path], key: str) -> list[str]:
+def recorded(pieces: Iterable[str | Path], keys: Iterable[str] = ("code", "device")
+             ) -> dict[str, list[str]]:
+    """``{key: values}``: the ``provenance`` values that the piece files ``pieces`` (training
+    pieces or perturbation groups) record under each of ``keys`` (sorted, unique; ``unknown``
+    where a file records none), each file read once."""
     from critperiods.pipeline.checkpoints import read_provenance
 
-    return sorted({str(read_provenance(p).get(key, UNKNOWN)) for p in pieces})
+    provenances = [read_provenance(p) for p in pieces]
+    return {key: sorted({str(prov.get(key, UNKNOWN)) for prov in provenances})
+            for key in keys}
 
 
 def piece_attrs(stage: str, code: str, data: dict[str, str],
@@ -75,14 +76,14 @@ def piece_attrs(stage: str, code: str, data: dict[str, str],
     """netCDF attributes of a per-piece result: the rule that made it, its code, the data
     splits it read (``{split: fingerprint}``), the device it ran on (``device``: a torch
     device, None: not recorded) and the code and devices of the training pieces it read."""
-    pieces = list(pieces)
+    trained = recorded(pieces)
     return {
         "provenance_stage": stage,
         "provenance_code": code,
         "provenance_data": " ".join(f"{k}:{v}" for k, v in sorted(data.items())),
         "provenance_device": UNKNOWN if device is None else device_label(device),
-        "provenance_training_code": " ".join(training_code(pieces)),
-        "provenance_training_device": "; ".join(_recorded(pieces, "device")),
+        "provenance_training_code": " ".join(trained["code"]),
+        "provenance_training_device": "; ".join(trained["device"]),
     }
 
 
@@ -117,4 +118,4 @@ def cube_attrs(files: Iterable[str | Path], code: str) -> dict[str, str]:
                                      indent=1)}
 
 
-__all__ = ["collect", "cube_attrs", "device_label", "piece_attrs", "record", "training_code"]
+__all__ = ["collect", "cube_attrs", "device_label", "piece_attrs", "record", "recorded"]

@@ -65,6 +65,21 @@ def _end_of(ends: xr.DataArray | None, batch_size, lr_schedule) -> float:
         _sel(ends, batch_size=batch_size, lr_schedule=lr_schedule))
 
 
+def _marker_at_top(ax: plt.Axes, value: float, interval, height: float, color,
+                   hollow: bool = False) -> None:
+    """A marker's value as a triangle along the top of ``ax`` (at ``height`` in axes
+    coordinates; hollow where it is unstable) and its ``interval`` (lower, upper; None: none)
+    as a bar at the same height: the λ̂ knees in figure 3a, the divergence drop in 4b."""
+    top = ax.get_xaxis_transform()
+    if np.isfinite(value):
+        ax.plot([value], [height], marker="v", ms=7, color=color, transform=top,
+                mfc="none" if hollow else color)
+    if interval is not None:
+        lo, hi = interval
+        ax.plot([lo, hi], [height, height], color=color, lw=2, alpha=0.5,
+                solid_capstyle="butt", transform=top)
+
+
 def _seeds_note(cube: xr.Dataset) -> str:
     n = int(cube.sizes.get("seed", 1))
     return f"{n} seed{'s' if n != 1 else ''}"
@@ -259,7 +274,6 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     def overlay(ax: plt.Axes, b, _r: str) -> list:
         """The continue schedule's located end (line, interval shaded) and the λ̂ knees
         (triangles along the top, their interval as a bar): does λ̂ mark the end?"""
-        top = ax.get_xaxis_transform()
         end = _end_of(ends, b, "continue")
         if np.isfinite(end):
             if "critical_period_end_interval" in cube:
@@ -272,14 +286,10 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
             height = 0.95 - 0.06 * j
             unstable = f"{name}_unstable" in cube and bool(
                 shared_by_schedules(cube[f"{name}_unstable"].sel(batch_size=b)))
-            if np.isfinite(value):
-                ax.plot([value], [height], marker="v", ms=7, color=color, transform=top,
-                        mfc="none" if unstable else color)
             spread = f"{name}_interval"
-            if spread in cube:
-                lo, hi = shared_by_schedules(cube[spread].sel(batch_size=b)).values
-                ax.plot([lo, hi], [height, height], color=color, lw=2, alpha=0.5,
-                        solid_capstyle="butt", transform=top)
+            interval = (shared_by_schedules(cube[spread].sel(batch_size=b)).values
+                        if spread in cube else None)
+            _marker_at_top(ax, value, interval, height, color, hollow=unstable)
         handles = [plt.Line2D([], [], ls="none", marker="v", ms=7, color=color, label=text)
                    for _, color, text in markers]
         if any(bool(cube[f"{name}_unstable"].any()) for name, _, _ in markers
@@ -402,7 +412,6 @@ def _drop_panel(cube: xr.Dataset, ax: plt.Axes, horizon: float) -> None:
 
     schedule = "continue" if "continue" in _schedules(cube) else _schedules(cube)[0]
     ends = _located_ends(cube)
-    top = ax.get_xaxis_transform()
     switches = cube.switch_epoch.values.astype(float)
     for i, b in enumerate(cube.batch_size.values):
         at = divergence_at_horizon(cube, b, horizon, schedule)
@@ -410,15 +419,11 @@ def _drop_panel(cube: xr.Dataset, ax: plt.Axes, horizon: float) -> None:
         if finite.size < 2 or not at[finite[0]] > 0:
             continue
         ax.plot(switches, at / at[finite[0]], color=f"C{i}", marker="o", label=f"batch {b}")
-        height = 0.95 - 0.06 * i
         value = float(_sel(cube.divergence_drop_epoch, batch_size=b, lr_schedule=schedule))
-        if np.isfinite(value):
-            ax.plot([value], [height], marker="v", ms=7, color=f"C{i}", transform=top)
-        if "divergence_drop_epoch_interval" in cube:
-            lo, hi = _sel(cube.divergence_drop_epoch_interval, batch_size=b,
-                          lr_schedule=schedule).values
-            ax.plot([lo, hi], [height, height], color=f"C{i}", lw=2, alpha=0.5,
-                    solid_capstyle="butt", transform=top)
+        interval = (_sel(cube.divergence_drop_epoch_interval, batch_size=b,
+                         lr_schedule=schedule).values
+                    if "divergence_drop_epoch_interval" in cube else None)
+        _marker_at_top(ax, value, interval, 0.95 - 0.06 * i, f"C{i}")
         end = _end_of(ends, b, schedule)
         if np.isfinite(end):
             ax.axvline(end, color=f"C{i}", ls="--", lw=1)

@@ -27,7 +27,7 @@ Deterministic (fixed RNG seed).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -191,9 +191,8 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
     :class:`Scenario` (its ``end``, ``knee`` and ``drop`` are ignored)."""
     noise = noise or Scenario(0.0, 0.0)
     end = (grid.switches[0] + grid.switches[-1]) / 2 if end is None else float(end)
-    null = Scenario(**{**noise.__dict__, "end": end, "knee": end, "drop": end})
-    moved = Scenario(**{**noise.__dict__, "end": end, "knee": end + offset,
-                        "drop": end - offset})
+    null = replace(noise, end=end, knee=end, drop=end)
+    moved = replace(noise, end=end, knee=end + offset, drop=end - offset)
     lines = [
         f"switch epochs {_epochs(grid.switches)}; λ̂ along the trunk at {_epochs(grid.llc_epochs)}; "
         f"{grid.level:.0%} intervals; {trials} simulated runs per row, the end at epoch {end:g}",
@@ -212,7 +211,7 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
                   f"after the end: called | drop {offset:g} before: called | coverage of "
                   "knee − end, drop − end |", "|---|---|---|---|---|"]
     for n in seeds:
-        sized = Grid(grid.switches, grid.llc_epochs, n, grid.level)
+        sized = replace(grid, seeds=n)
         at, away = coverage(null, sized, trials), coverage(moved, sized, trials)
         lines.append(f"| {n} | {_pct(at['paired excludes 0'])}, "
                      f"{_pct(at['drop paired excludes 0'])} | {_pct(away['paired excludes 0'])} | "

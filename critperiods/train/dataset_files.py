@@ -98,6 +98,12 @@ def _md5(path: Path, size: int, mtime_ns: int) -> str:
         return hashlib.file_digest(fh, "md5").hexdigest()
 
 
+def _md5_now(path: Path) -> str:
+    """The MD5 sum of ``path`` (cached by its size and modification time)."""
+    st = path.stat()
+    return _md5(path, st.st_size, st.st_mtime_ns)
+
+
 def raw_identity(name: str, root: str | Path, split: str) -> dict[str, str]:
     """``{file name: MD5}`` of the raw files of ``split``: what is on disk, or, where nothing
     is, what torchvision's download will write (it verifies these sums). Where the files
@@ -105,7 +111,7 @@ def raw_identity(name: str, root: str | Path, split: str) -> dict[str, str]:
     files = raw_files(name, root, split)
     if files is None:
         return dict(PUBLISHED_MD5[name][split])
-    return {f.name: _md5(f, (st := f.stat()).st_size, st.st_mtime_ns) for f in files}
+    return {f.name: _md5_now(f) for f in files}
 
 
 class DatasetUnavailable(ValueError):
@@ -136,11 +142,6 @@ def _reason(err: BaseException, limit: int = 400) -> str:
             text += line if not text else (" " if text.endswith(":") else ". ") + line
     text = f"{type(err).__name__}: {text}"
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _md5_now(path: Path) -> str:
-    st = path.stat()
-    return _md5(path, st.st_size, st.st_mtime_ns)
 
 
 def _corrupted(name: str, root: Path) -> list[tuple[Path, str, str]]:

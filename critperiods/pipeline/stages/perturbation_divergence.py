@@ -14,8 +14,8 @@ from critperiods.measure.perturbation_divergence import compare_group, growth_da
 from critperiods.pipeline.checkpoints import config_hash
 from critperiods.pipeline.files import write_netcdf
 from critperiods.pipeline.layout import parse_perturbed
-from critperiods.pipeline.perturbations import groups_code, load_group
-from critperiods.pipeline.provenance import piece_attrs
+from critperiods.pipeline.perturbations import load_group
+from critperiods.pipeline.provenance import piece_attrs, recorded
 from critperiods.pipeline.stages import setup
 from critperiods.pipeline.stages.divergence import divergence_config
 from critperiods.train.data import PreparedData, load_prepared
@@ -61,9 +61,10 @@ def perturbation_divergence(output: str, groups: list[str], train_data: str, tes
     data = load_prepared(train_data, test_data, device)
     result = compare_groups(groups, config_hash(training), TrainConfig.from_params(training),
                             data, params, device, progress)
+    perturbed = recorded(groups)
     result.attrs.update(piece_attrs(stage, code, data.fingerprints, device=device),
-                        provenance_perturb_code=" ".join(groups_code(groups)),
-                        provenance_perturb_device="; ".join(groups_code(groups, "device")))
+                        provenance_perturb_code=" ".join(perturbed["code"]),
+                        provenance_perturb_device="; ".join(perturbed["device"]))
     write_netcdf(result, output)
 
 
