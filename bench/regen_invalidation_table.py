@@ -25,6 +25,8 @@ ORDER = ["prepare_data", "train_trunk", "train_branch", "evaluate", "llc", "dive
 NOTES = {"llc/calibration.py": " (the calibrate-llc command; no stage imports it)",
          "results/power.py": " (the power command and bench/marker_coverage.py; no stage "
                              "imports it)",
+         "results/observed_noise.py": " (the power command's --noise-from; no stage imports "
+                                      "it)",
          "models/small_cnn.py": " (in an experiment whose `model.name` is small_cnn, as this "
                                 "table's; nothing in another)",
          "models/all_cnn_c.py": " (in an experiment whose `model.name` is all_cnn_c: what "

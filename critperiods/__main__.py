@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -30,9 +31,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_config(paths: list[str]) -> dict:
-    """config.yaml overlaid with ``paths`` (as Snakemake does), validated, defaults filled;
-    a bad file or key exits with one line that names it."""
+def _load_config(paths: list[str], recorded: dict | None = None) -> dict:
+    """config.yaml overlaid with ``recorded`` (a config a cube recorded), then with ``paths``
+    (as Snakemake does), validated, defaults filled; a bad file or key exits with one line
+    that names it."""
     from snakemake.utils import update_config, validate
 
     from critperiods.pipeline.config_file import (
@@ -47,6 +49,7 @@ def _load_config(paths: list[str]) -> dict:
     schema = ROOT / "workflow/schemas/config.schema.yaml"
     with exit_on_config_error(files):  # the same one line as the Snakefile's
         config = read_config_file(files[0])
+        update_config(config, recorded or {})
         for path in files[1:]:
             update_config(config, read_config_file(path))
         check_moved_keys(config)
@@ -269,28 +272,82 @@ def cost(args: argparse.Namespace) -> int:
     return 0
 
 
+_NOISE_FLAGS = ("llc_noise", "accuracy_noise", "deficit_slope", "seed_shift")
+
+
+def _config_of_cube(cube, path: str) -> dict:
+    """The config a cube records (its ``config`` attribute: the keys that shape results)."""
+    text = cube.attrs.get("config")
+    if not text:
+        raise SystemExit(f"critperiods: {path}: the cube records no config (not written by "
+                         "the pipeline's aggregate stage)")
+    return yaml.safe_load(text)
+
+
 def power(args: argparse.Namespace) -> int:
-    from critperiods.results.power import Scenario, grid_of, power_table
+    from dataclasses import replace
+
+    from critperiods.results.power import DEFAULT_NOISE, grid_of, power_table
 
     paths = [*args.configfile, *args.configfiles]
-    config = _load_config(paths)
+    cube = _open_cube_or_exit(args.noise_from) if args.noise_from else None
+    if cube is not None and "final_test_accuracy" not in cube:
+        print(f"critperiods: {args.noise_from}: a toy_landscapes cube has no critical period; "
+              "--noise-from needs a critical_period cube", file=sys.stderr)
+        return 2
+    config = _load_config(paths, None if cube is None else _config_of_cube(cube, args.noise_from))
     if config["study"] == "toy_landscapes":
         print(f"critperiods: {config['experiment']}: the toy_landscapes study has no critical "
               "period to locate; power is for the critical_period study", file=sys.stderr)
         return 2
     grid = grid_of(config)
     seeds = args.seeds or sorted({grid.seeds, 2 * grid.seeds})
-    noise = Scenario(0.0, 0.0, llc_noise=args.llc_noise, seed_shift=args.seed_shift,
-                     accuracy_noise=args.accuracy_noise, deficit_slope=args.deficit_slope)
+    given = {k: getattr(args, k) for k in _NOISE_FLAGS if getattr(args, k) is not None}
+    noise = replace(DEFAULT_NOISE, **given)
     off = [what for what, on in (("λ̂", config["llc"]["enabled"]),
                                  ("divergences", config["divergence"]["enabled"])) if not on]
-    print(f"{config['experiment']} ({' + '.join(['config.yaml', *paths])})")
+    layers = ["config.yaml", *([] if cube is None else [f"{args.noise_from}'s config"]), *paths]
+    print(f"{config['experiment']} ({' + '.join(layers)})")
     if off:
         print(f"note: {' and '.join(off)} off in this config: its runs would have no "
               f"{'knee or drop' if len(off) > 1 else 'knee' if off[0] == 'λ̂' else 'drop'}; "
               "the rows say what turning them on would give")
-    for line in power_table(grid, seeds, args.trials, args.offset, args.end, noise):
-        print(line)
+    if cube is None:
+        for line in power_table(grid, seeds, args.trials, args.offset, args.end, noise):
+            print(line)
+        return 0
+    return _power_at_observed_noise(cube, args, grid, seeds, noise, given)
+
+
+def _power_at_observed_noise(cube, args: argparse.Namespace, grid, seeds: list[int],
+                             fallback, given: dict) -> int:
+    """``power --noise-from``: a table per batch size of the cube, at the noise and effect
+    sizes that batch size measured (flags given on the command line win)."""
+    from dataclasses import replace
+
+    from critperiods.results.observed_noise import observed_noise
+    from critperiods.results.power import power_table
+
+    print(f"noise and effect sizes read off {args.noise_from} "
+          "(critperiods.results.observed_noise; docs/analysis.md)")
+    for batch_size in cube["batch_size"].values:
+        seen = observed_noise(cube, int(batch_size))
+        noise, kept = seen.scenario(fallback)
+        noise = replace(noise, **given)
+        end = args.end if args.end is not None else (
+            seen.end if math.isfinite(seen.end) else None)
+        print(f"\n## batch {seen.batch_size} ({seen.seeds} seeds in the run)")
+        for name, why in seen.missing.items():
+            print(f"note: {name}: {why}"
+                  + ("; the default's is used" if name in kept else ""))
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            print(f"note: {flags} given: the command line's value is used")
+        source = (f"measured at batch {seen.batch_size}"
+                  + (f", the default's for {', '.join(kept)}" if kept else "")
+                  + ("" if "seed_shift" in given else "; the seeds' shift is not measured"))
+        lines = power_table(grid, seeds, args.trials, args.offset, end, noise, source)
+        print("\n".join(lines))
     return 0
 
 
@@ -382,12 +439,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--end", type=float, default=None,
                    help="the true end (default: the middle of the switch range)")
     p.add_argument("--trials", type=int, default=200, help="simulated runs per row: 200")
-    p.add_argument("--llc-noise", type=float, default=5.0, help="s.d. of a λ̂ estimate: 5")
-    p.add_argument("--accuracy-noise", type=float, default=1.0,
+    p.add_argument("--noise-from", metavar="CUBE", default=None,
+                   help="a finished run's cube: a table per batch size at the noise and effect "
+                        "sizes it measured, its located end as the end (the grid: its own, "
+                        "or the configs given)")
+    p.add_argument("--llc-noise", type=float, default=None, help="s.d. of a λ̂ estimate: 10")
+    p.add_argument("--accuracy-noise", type=float, default=None,
                    help="s.d. of a run's final accuracy, pp: 1")
-    p.add_argument("--deficit-slope", type=float, default=0.5,
+    p.add_argument("--deficit-slope", type=float, default=None,
                    help="final accuracy lost per epoch of delay past the end, pp: 0.5")
-    p.add_argument("--seed-shift", type=float, default=0.0,
+    p.add_argument("--seed-shift", type=float, default=None,
                    help="s.d. of a seed's relative shift of the end, knee and drop: 0")
     p.set_defaults(func=power)
 

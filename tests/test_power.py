@@ -34,7 +34,7 @@ def test_the_command_prints_a_row_per_number_of_seeds(capsys):
                  "--seeds", "2", "4", "--offset", "2", "--llc-noise", "1"]) == 0
     out = capsys.readouterr().out
     assert "λ̂ ± 1 per estimate" in out and "knee 2 after the end: called" in out
-    rows = [line for line in out.splitlines() if line.startswith("| ") and "%" in line]
+    rows = [line for line in out.splitlines() if line[:3] in ("| 2", "| 4")]
     assert [row.split(" | ")[0] for row in rows] == ["| 2", "| 4"]
 
 
@@ -42,3 +42,76 @@ def test_the_command_declines_the_toy_study_in_one_line(capsys):
     assert main(["power", str(ROOT / "configs/toy_landscapes.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "no critical period" in err
+
+
+# --- power --noise-from: the noise a finished run measured ------------------------------
+
+
+def test_the_noise_read_back_is_the_noise_put_in():
+    """Runs simulated with a known noise and shape, many seeds: the estimators give back
+    each run's spread of final accuracy, λ̂'s spread per estimate and across seeds' levels,
+    and the λ̂ curve's knee and slopes, within sampling error."""
+    import numpy as np
+
+    from critperiods.results.observed_noise import additive_spread, broken_stick_slopes
+    from critperiods.results.power import simulate
+
+    truth = Scenario(8.0, 10.0, llc_noise=6.0, accuracy_noise=0.8, llc_slopes=(5.0, 1.0),
+                     llc_seed_spread=9.0)
+    grid = Grid(tuple(np.arange(0, 21, 2.0)), tuple(np.arange(2, 21, 1.0)), 80)
+    acc, llc, _ = simulate(truth, grid, np.random.default_rng(3))
+    assert abs(additive_spread(acc)[0] - 0.8) < 0.08
+    noise, offsets = additive_spread(llc)
+    assert abs(noise - 6.0) < 0.5
+    assert abs(np.std(offsets, ddof=1) - 9.0) < 2.0
+    knee, before, after = broken_stick_slopes(np.asarray(grid.llc_epochs), llc.mean(axis=1))
+    assert abs(knee - 10.0) < 1.0 and abs(before - 5.0) < 0.5 and abs(after - 1.0) < 0.5
+
+
+def test_the_spread_takes_out_seed_offsets_keeps_holes_and_needs_two_seeds():
+    import numpy as np
+
+    from critperiods.results.observed_noise import additive_spread
+
+    rng = np.random.default_rng(0)
+    cells = np.linspace(0, 50, 30)[:, None]
+    values = cells + np.array([-20.0, 0.0, 20.0, 5.0]) + rng.normal(0, 2.0, (30, 4))
+    full, offsets = additive_spread(values)
+    assert abs(full - 2.0) < 0.5 and offsets[2] - offsets[0] > 35  # the offsets are not noise
+    values[rng.random(values.shape) < 0.15] = np.nan  # a flagged λ̂, a diverged run
+    assert abs(additive_spread(values)[0] - full) < 0.5
+    assert np.isnan(additive_spread(values[:, :1])[0])  # one seed: no spread to read
+
+
+def test_a_marker_the_grid_cannot_place_is_not_counted():
+    """An end before the second λ̂ epoch: a knee there is neither called nor missed (n/a),
+    and the note says why; the drop's cells still count."""
+    from critperiods.results.power import power_table
+
+    lines = power_table(DEFAULT_GRID, [3], trials=5, offset=4, end=2.0)
+    assert any("a knee at epoch 2 is outside" in line for line in lines)
+    row = next(line for line in lines if line.startswith("| 3 "))
+    knee_false, drop_false = row.split(" | ")[1].split(", ")
+    assert knee_false == "n/a" and drop_false.endswith("%")
+
+
+def test_power_reads_a_finished_runs_noise_off_its_cube(tiny_run, capsys):
+    """On the tiny run: a table per batch size at the noise it measured, the cube's own grid
+    (2 switch epochs), and a note for each value it could not estimate, which keeps the
+    default's."""
+    cube = tiny_run / "results/tiny/cube.nc"
+    assert main(["power", "--noise-from", str(cube), "--trials", "3", "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "## batch 64 (2 seeds in the run)" in out
+    assert "switch epochs 0, 2;" in out and "measured at batch 64" in out
+    assert "note: llc_slopes:" in out and "the default's is used" in out
+    rows = [line for line in out.splitlines() if line.startswith("| 2 ")]
+    assert len(rows) == 1
+
+
+def test_power_noise_from_something_else_is_one_line(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as err:
+        main(["power", "--noise-from", str(tmp_path / "nope.nc")])
+    assert "nope.nc: no such file" in str(err.value) and "\n" not in str(err.value)

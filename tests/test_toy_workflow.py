@@ -111,3 +111,10 @@ def test_report_has_the_toy_section(run):
     html = (run / "report.html").read_text(errors="replace")
     for name in ("Toy landscapes", "toy_summary.csv", *(f"{p}.png" for p in PLOTS)):
         assert name in html, name
+
+
+def test_power_declines_a_toy_cube_in_one_line(run, capsys):
+    """`power --noise-from` needs a critical-period cube: a toy cube is one line, exit 2."""
+    assert main(["power", "--noise-from", str(run / RESULTS / "toy_cube.nc")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no critical period" in err

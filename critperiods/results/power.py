@@ -5,16 +5,20 @@ Each simulated run draws, per seed, on the grid's switch epochs and λ̂ epochs 
 
 * a permanent-deficit sweep with a known end ``E``: final accuracy flat, then falling
   ``deficit_slope`` pp per epoch of delay, with noise ``accuracy_noise`` pp;
-* a λ̂ curve along the trunk with a known knee ``K``: a broken stick rising 8 per epoch,
-  then 2, a level of its own per seed (s.d. 10), and noise ``llc_noise`` per estimate;
+* a λ̂ curve along the trunk with a known knee ``K``: a broken stick rising ``llc_slopes``
+  per epoch before and after it (8, then 2), a level of its own per seed (s.d.
+  ``llc_seed_spread``, 10), and noise ``llc_noise`` per estimate;
 * the distance to the always-blurred run at the horizon, per switch epoch, with a known
   drop ``D``: a level of its own per seed, falling linearly from it to 0 between ``D − 4``
-  and ``D + 4``, so that the seed mean halves at ``D``; noise 10 % of the level.
+  and ``D + 4``, so that the seed mean halves at ``D``; noise ``divergence_noise`` of the
+  level (10 %).
 
 With ``seed_shift`` a seed moves its end, knee and drop by the same factor: what pairing is
-for. The defaults are the default experiment's (Fashion-MNIST, ``small_cnn``: the deficit's
-slope and the seeds' spread of final accuracy, λ̂'s slopes and spread there); a run of
-another dataset or model should say its own. :func:`coverage` then computes the summary's
+for. :class:`Scenario`'s defaults are the designed scenarios of ``bench/marker_coverage.py``
+(a clear bend, λ̂ noise 5). :data:`DEFAULT_NOISE`, what ``power`` assumes unless told, is
+what the default run measured (noisier λ̂, a weaker bend); a run of another dataset or model
+should say its own, or have it read off its cube (:mod:`critperiods.results.observed_noise`,
+``power --noise-from``). :func:`coverage` then computes the summary's
 intervals as :func:`critperiods.results.summary.critical_period_summary` does
 (:mod:`critperiods.results.knee`): the knee's and the drop's (jackknife-t, at least ± half
 their grid's spacing), and knee − end and drop − end, paired (each seed left out of both),
@@ -74,6 +78,9 @@ class Scenario:
     seed_shift: float = 0.0  #: s.d. of a seed's log-shift of its end, knee and drop together
     accuracy_noise: float = 1.0  #: s.d. of a run's final accuracy (pp)
     deficit_slope: float = 0.5  #: final accuracy lost per epoch of delay past the end (pp)
+    llc_slopes: tuple[float, float] = (8.0, 2.0)  #: λ̂ per epoch before and after the knee
+    llc_seed_spread: float = 10.0  #: s.d. of a seed's λ̂ level
+    divergence_noise: float = 0.1  #: s.d. of a distance, relative to its seed's level
 
 
 def simulate(sc: Scenario, grid: Grid, rng: np.random.Generator
@@ -86,11 +93,13 @@ def simulate(sc: Scenario, grid: Grid, rng: np.random.Generator
     acc = (85 - sc.deficit_slope * np.maximum(switches[:, None] - ends[None], 0)
            + rng.normal(0, sc.accuracy_noise, (switches.size, n)))
     rel = epochs[:, None] - knees[None]
-    llc = (np.where(rel < 0, 8 * rel, 2 * rel) + 100 + rng.normal(0, 10, n)[None]
+    before, after = sc.llc_slopes
+    llc = (np.where(rel < 0, before * rel, after * rel) + 100
+           + rng.normal(0, sc.llc_seed_spread, n)[None]
            + rng.normal(0, sc.llc_noise, (epochs.size, n)))
     level = rng.uniform(5, 15, n)[None]
     ramp = np.clip((drops[None] + 4 - switches[:, None]) / 8, 0, 1)
-    div = level * ramp + rng.normal(0, 0.1, (switches.size, n)) * level
+    div = level * ramp + rng.normal(0, sc.divergence_noise, (switches.size, n)) * level
     return acc, llc, div
 
 
@@ -181,44 +190,80 @@ def _pct(value: float) -> str:
     return "n/a" if not np.isfinite(value) else f"{100 * value:.0f} %"
 
 
+#: The noise and effect sizes ``power`` assumes unless told: the default run's batch 128
+#: (the middle of its three) as ``power --noise-from`` reads them off its cube
+#: (:mod:`critperiods.results.observed_noise`), rounded. Its markers are placeholders.
+DEFAULT_NOISE = Scenario(0.0, 0.0, llc_noise=10.0, accuracy_noise=1.0, deficit_slope=0.5,
+                         llc_slopes=(4.0, 7.0), llc_seed_spread=12.0, divergence_noise=0.1)
+DEFAULT_NOISE_SOURCE = ("the default run's, batch 128: set them to your run's, or read them "
+                        "off its cube with --noise-from")
+
+
+def noise_line(noise: Scenario) -> str:
+    """One line that states the noise and effect sizes of ``noise`` (not its markers)."""
+    before, after = noise.llc_slopes
+    return (f"final accuracy ± {noise.accuracy_noise:.2g} pp per run, deficit "
+            f"{noise.deficit_slope:.2g} pp per epoch of delay; λ̂ ± {noise.llc_noise:.2g} per "
+            f"estimate, rising {before:.2g} then {after:.2g} per epoch, seeds' levels "
+            f"± {noise.llc_seed_spread:.2g}; distances ± {100 * noise.divergence_noise:.2g} % "
+            f"of a seed's level; seeds shifting the end, knee and drop "
+            f"± {100 * noise.seed_shift:.2g} %")
+
+
 def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
-                end: float | None = None, noise: Scenario | None = None) -> list[str]:
+                end: float | None = None, noise: Scenario | None = None,
+                noise_source: str = DEFAULT_NOISE_SOURCE) -> list[str]:
     """Lines saying what ``grid`` can tell with each number of ``seeds``: where the markers
     are the end (``end``, default the middle of the switch range), how often an offset is
     called anyway (false calls, nominally at most 1 − level); with a knee ``offset`` epochs
     after the end and a drop ``offset`` before it, how often each is called, and how often
     the paired intervals hold the truth. ``noise`` carries the noise settings of
-    :class:`Scenario` (its ``end``, ``knee`` and ``drop`` are ignored)."""
-    noise = noise or Scenario(0.0, 0.0)
+    :class:`Scenario` (its ``end``, ``knee`` and ``drop`` are ignored); ``noise_source``
+    says where they come from."""
+    noise = noise or DEFAULT_NOISE
     end = (grid.switches[0] + grid.switches[-1]) / 2 if end is None else float(end)
     null = replace(noise, end=end, knee=end, drop=end)
     moved = replace(noise, end=end, knee=end + offset, drop=end - offset)
     lines = [
         f"switch epochs {_epochs(grid.switches)}; λ̂ along the trunk at {_epochs(grid.llc_epochs)}; "
-        f"{grid.level:.0%} intervals; {trials} simulated runs per row, the end at epoch {end:g}",
-        f"noise: final accuracy ± {noise.accuracy_noise:g} pp per run, deficit "
-        f"{noise.deficit_slope:g} pp per epoch of delay, λ̂ ± {noise.llc_noise:g} per estimate, "
-        f"seeds shifting the end, knee and drop ± {100 * noise.seed_shift:.0f} % "
-        "(defaults: the default experiment's; set them to your run's)",
+        f"{grid.level:.0%} intervals; {trials} simulated runs per row, the end at epoch "
+        f"{end:.3g}",
+        f"noise: {noise_line(noise)} ({noise_source})",
     ]
     knee_range = grid.llc_epochs[1:-1]
-    if not knee_range or not knee_range[0] <= end + offset <= knee_range[-1]:
-        lines.append(f"note: a knee at epoch {end + offset:g} is outside what these λ̂ epochs "
-                     "can place (the second to the second-to-last)")
-    if not grid.switches[0] <= end - offset:
-        lines.append(f"note: a drop at switch epoch {end - offset:g} is before the first switch")
+
+    def placeable(knee: float) -> bool:
+        return bool(knee_range) and knee_range[0] <= knee <= knee_range[-1]
+
+    # a marker the grid cannot place is neither called nor missed: its cell says n/a
+    shown = {"knee at": placeable(end), "knee away": placeable(end + offset),
+             "drop at": grid.switches[0] <= end <= grid.switches[-1],
+             "drop away": grid.switches[0] <= end - offset}
+    for knee in sorted({end, end + offset}):
+        if not placeable(knee):
+            lines.append(f"note: a knee at epoch {knee:.3g} is outside what these λ̂ epochs can "
+                         "place (the second to the second-to-last): n/a")
+    if not shown["drop away"]:
+        lines.append(f"note: a drop at switch epoch {end - offset:.3g} is before the first "
+                     "switch: n/a")
     lines += ["", f"| seeds | false calls, markers at the end (knee, drop) | knee {offset:g} "
                   f"after the end: called | drop {offset:g} before: called | coverage of "
                   "knee − end, drop − end |", "|---|---|---|---|---|"]
     for n in seeds:
         sized = replace(grid, seeds=n)
         at, away = coverage(null, sized, trials), coverage(moved, sized, trials)
-        lines.append(f"| {n} | {_pct(at['paired excludes 0'])}, "
-                     f"{_pct(at['drop paired excludes 0'])} | {_pct(away['paired excludes 0'])} | "
-                     f"{_pct(away['drop paired excludes 0'])} | {_pct(away['paired cover'])}, "
-                     f"{_pct(away['drop paired cover'])} |")
+
+        def cell(stats: dict, key: str, where: str) -> str:
+            return _pct(stats[key]) if shown[where] else "n/a"
+
+        lines.append(f"| {n} | {cell(at, 'paired excludes 0', 'knee at')}, "
+                     f"{cell(at, 'drop paired excludes 0', 'drop at')} | "
+                     f"{cell(away, 'paired excludes 0', 'knee away')} | "
+                     f"{cell(away, 'drop paired excludes 0', 'drop away')} | "
+                     f"{cell(away, 'paired cover', 'knee away')}, "
+                     f"{cell(away, 'drop paired cover', 'drop away')} |")
     return lines
 
 
-__all__ = ["DEFAULT_GRID", "Grid", "Scenario", "coverage", "grid_of", "power_table",
-           "simulate"]
+__all__ = ["DEFAULT_GRID", "DEFAULT_NOISE", "Grid", "Scenario", "coverage", "grid_of", "noise_line",
+           "power_table", "simulate"]

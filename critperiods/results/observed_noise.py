@@ -1,0 +1,194 @@
+"""The noise and the effect sizes a finished run measured, in the terms of the power
+simulation (:class:`critperiods.results.power.Scenario`), so that ``python -m critperiods
+power --noise-from CUBE`` says what a grid can tell at *that* run's noise, not the default's.
+
+Per batch size, on one schedule's runs (:func:`observed_noise`):
+
+* **final accuracy**: each run's spread around the additive model ``switch + seed``
+  (:func:`additive_spread`: the seeds' own offsets taken out, as the end's fit ignores
+  them), in pp; the **deficit slope** and the **end** are the hinge's
+  (:func:`~critperiods.results.fits.hinge_end`), the end only where the run located it;
+* **λ̂ along the trunk** (the valid estimates, :func:`~critperiods.results.selection.
+  llc_trunk_by_seed`): each estimate's spread around ``epoch + seed``; the seeds' levels'
+  spread (their offsets' s.d., less the part the estimates' own noise puts into them); and
+  the slopes of the seed-mean curve's broken stick before and after its knee
+  (:func:`broken_stick_slopes`);
+* **the distance to the always-blurred run at the horizon**: its spread around ``switch +
+  seed`` on a log scale, which is its s.d. relative to the seed's level.
+
+What cannot be estimated (one seed, too few λ̂ points, a straight λ̂ line, no divergence)
+is NaN and named in :attr:`ObservedNoise.missing`; :meth:`ObservedNoise.scenario` keeps the
+fallback's value there. Plain numpy in the estimators, xarray only in
+:func:`observed_noise`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import xarray as xr
+
+from critperiods.results.fits import _additive_fit, hinge_end, nanmean
+from critperiods.results.knee import fit_broken_stick
+from critperiods.results.power import Scenario
+from critperiods.results.selection import (
+    default_horizon,
+    divergence_to_blurred,
+    llc_trunk_by_seed,
+    seed_mean,
+    valid_final_accuracy,
+)
+
+__all__ = ["ObservedNoise", "additive_spread", "broken_stick_slopes", "observed_noise"]
+
+NAN = float("nan")
+
+
+def additive_spread(values_by_seed: np.ndarray) -> tuple[float, np.ndarray]:
+    """The residual s.d. of a ``(cells, seeds)`` array around the additive model
+    ``m[cell] + a[seed]`` (least squares over the finite values, the degrees of freedom
+    the model used taken off), and the seed offsets ``a`` (``Σ a = 0``; 0 for a seed with
+    no value). The s.d. is NaN with no degree of freedom left (one seed, one cell)."""
+    y = np.asarray(values_by_seed, dtype=float)
+    mean, offsets = _additive_fit(y)
+    if offsets is None:  # nothing missing: the offsets are the seeds' mean residuals
+        offsets = np.nan_to_num(nanmean(y - mean[:, None], axis=0))
+    residual = y - mean[:, None] - offsets[None, :]
+    finite = np.isfinite(residual)
+    cells, seeds = int(finite.any(axis=1).sum()), int(finite.any(axis=0).sum())
+    dof = int(finite.sum()) - cells - seeds + 1
+    if cells < 2 or seeds < 2 or dof < 1:
+        return NAN, offsets
+    return float(np.sqrt(np.square(residual[finite]).sum() / dof)), offsets
+
+
+def broken_stick_slopes(epochs: np.ndarray, curve: np.ndarray) -> tuple[float, float, float]:
+    """``(knee, slope before, slope after)`` of the least-squares continuous broken stick
+    through a curve (:func:`~critperiods.results.knee.fit_broken_stick`); NaN where it has
+    no knee."""
+    x, y = np.asarray(epochs, dtype=float), np.asarray(curve, dtype=float)
+    keep = np.isfinite(y)
+    knee = fit_broken_stick(x[keep], y[keep])
+    if not np.isfinite(knee):
+        return NAN, NAN, NAN
+    x, y = x[keep], y[keep]
+    design = np.column_stack([np.ones(x.size), x, np.maximum(x - knee, 0.0)])
+    (_, before, bend), *_ = np.linalg.lstsq(design, y, rcond=None)
+    return knee, float(before), float(before + bend)
+
+
+@dataclass(frozen=True)
+class ObservedNoise:
+    """What one batch size of a run measured, in :class:`Scenario`'s units (pp, epochs, λ̂);
+    NaN where it could not be estimated, with the reason in ``missing``."""
+
+    batch_size: int
+    seeds: int
+    accuracy_noise: float
+    deficit_slope: float
+    end: float  #: the hinge's end where the run located it (its deficit's interval > 0)
+    llc_noise: float
+    llc_seed_spread: float
+    llc_slopes: tuple[float, float]
+    divergence_noise: float
+    missing: dict[str, str] = field(default_factory=dict)
+
+    def scenario(self, fallback: Scenario) -> tuple[Scenario, list[str]]:
+        """``fallback`` with every value this run measured put in, and the names of those
+        it kept (the run could not estimate them)."""
+        measured = {"accuracy_noise": self.accuracy_noise, "deficit_slope": self.deficit_slope,
+                    "llc_noise": self.llc_noise, "llc_seed_spread": self.llc_seed_spread,
+                    "llc_slopes": self.llc_slopes, "divergence_noise": self.divergence_noise}
+        usable = {k: v for k, v in measured.items() if np.isfinite(v).all()}
+        return replace(fallback, **usable), [k for k in measured if k not in usable]
+
+
+def _accuracy(cube: xr.Dataset, batch_size: int, schedule: str | None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    acc = valid_final_accuracy(cube).sel(batch_size=batch_size)
+    if "lr_schedule" in acc.dims:
+        acc = acc.sel(lr_schedule=schedule)
+    switches = cube["switch_epoch"].values.astype(float)
+    return switches, 100 * acc.transpose("switch_epoch", ...).values.reshape(switches.size, -1)
+
+
+def _located_end(cube: xr.Dataset, batch_size: int, schedule: str | None, end: float) -> float:
+    """``end`` where the cube's deficit interval says the run located one, NaN elsewhere
+    (and where the cube has no deficit interval)."""
+    if "permanent_deficit_interval" not in cube:
+        return NAN
+    lower = cube["permanent_deficit_interval"].sel(batch_size=batch_size, bound="lower")
+    if "lr_schedule" in lower.dims:
+        lower = lower.sel(lr_schedule=schedule)
+    return end if float(lower) > 0 else NAN
+
+
+def _divergence_noise(cube: xr.Dataset, batch_size: int, schedule: str | None) -> float:
+    """The log-additive spread of the distance at the summary's horizon (NaN without it)."""
+    div = divergence_to_blurred(cube, batch_size, schedule)
+    horizon = default_horizon(cube)
+    if div is None or not np.isfinite(horizon) or "seed" not in div.dims:
+        return NAN
+    div = div.transpose("switch_epoch", "epoch", "seed")
+    epochs = cube["epoch"].values.astype(float)
+    rows = [div.values[i, np.flatnonzero(np.isclose(epochs, s + horizon))[0]]
+            for i, s in enumerate(cube["switch_epoch"].values.astype(float))
+            if np.isclose(epochs, s + horizon).any()]
+    if not rows:
+        return NAN
+    at = np.array(rows)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.where(at > 0, np.log(at), np.nan)
+    return additive_spread(logs)[0]
+
+
+def observed_noise(cube: xr.Dataset, batch_size: int, schedule: str | None = None
+                   ) -> ObservedNoise:
+    """:class:`ObservedNoise` of ``batch_size`` in a critical-period cube, read on
+    ``schedule``'s runs (default ``continue`` where the cube has it, else its first); the
+    trunk's λ̂ is every schedule's."""
+    if "lr_schedule" in cube.dims and schedule is None:
+        schedules = [str(s) for s in cube["lr_schedule"].values]
+        schedule = "continue" if "continue" in schedules else schedules[0]
+    missing: dict[str, str] = {}
+    switches, acc = _accuracy(cube, batch_size, schedule)
+    seeds = int(np.isfinite(acc).any(axis=0).sum())
+    accuracy_noise, _ = additive_spread(acc)
+    end, *_, slope = hinge_end(switches, acc)
+    deficit_slope = -slope if np.isfinite(slope) and slope < 0 else NAN
+    if not np.isfinite(accuracy_noise):
+        missing["accuracy_noise"] = "too few runs (one seed, or one switch epoch)"
+    if not np.isfinite(deficit_slope):
+        missing["deficit_slope"] = ("no final accuracy to fit" if not np.isfinite(slope)
+                                    else "a later switch costs no accuracy in this run")
+    located = _located_end(cube, batch_size, schedule, end)
+    if not np.isfinite(located):
+        missing["end"] = "the run located no end (its deficit's interval reaches 0)"
+
+    trunk = llc_trunk_by_seed(cube, batch_size)
+    llc_noise, spread, slopes = NAN, NAN, (NAN, NAN)
+    if trunk.size == 0 or "seed" not in trunk.dims:
+        for name in ("llc_noise", "llc_seed_spread", "llc_slopes"):
+            missing[name] = "no λ̂ along the trunk (llc.enabled, or one seed)"
+    else:
+        by_seed = trunk.transpose("epoch", "seed").values
+        llc_noise, offsets = additive_spread(by_seed)
+        points = int(np.isfinite(by_seed).any(axis=1).sum())
+        present = np.isfinite(by_seed).any(axis=0)
+        if np.isfinite(llc_noise) and present.sum() > 1:  # less the estimates' share
+            var = np.var(offsets[present], ddof=1) - llc_noise ** 2 / points
+            spread = float(np.sqrt(max(var, 0.0)))
+        _, before, after = broken_stick_slopes(trunk["epoch"].values, seed_mean(trunk).values)
+        slopes = (before, after)
+        if not np.isfinite(llc_noise):
+            missing["llc_noise"] = missing["llc_seed_spread"] = (
+                f"too few valid λ̂ estimates ({points} epochs, {int(present.sum())} seeds)")
+        if not np.isfinite(before):
+            missing["llc_slopes"] = (f"the trunk's mean λ̂ has no knee ({points} valid epochs; "
+                                     "a knee needs 4 and a bend)")
+    divergence_noise = _divergence_noise(cube, batch_size, schedule)
+    if not np.isfinite(divergence_noise):
+        missing["divergence_noise"] = "no distance at the horizon for two seeds"
+    return ObservedNoise(int(batch_size), seeds, accuracy_noise, deficit_slope, located,
+                         llc_noise, spread, slopes, divergence_noise, missing)
