@@ -1034,7 +1034,12 @@ def test_the_knee_offset_pairs_each_seeds_knee_with_its_own_end() -> None:
     those of the knee and the end refitted without the same seed, seed by seed in the cube's
     order; at one batch size seed 2 has no run at all, so leaving it out leaves the end
     as it is."""
-    from critperiods.results.knee import SeedJackknife, knees_without_each_seed, paired_offset
+    from critperiods.results.knee import (
+        SeedJackknife,
+        knee_resolution,
+        knees_without_each_seed,
+        paired_offset,
+    )
 
     cube = synthetic_cube(with_div=False)
     shift = np.array([-6.0, 0.0, 6.0])
@@ -1057,7 +1062,7 @@ def test_the_knee_offset_pairs_each_seeds_knee_with_its_own_end() -> None:
         knee_loo = knees_without_each_seed(trunk["epoch"].values, trunk.values)
         knee = SeedJackknife(float(cell["llc_knee_trunk"]), knee_loo, np.ones(3, bool))
         floor = np.hypot(fits.switch_spacing_at(SWITCHES, end.value) / 2,  # in quadrature
-                         fits.switch_spacing_at(trunk["epoch"].values, knee.value) / 2)
+                         knee_resolution(trunk["epoch"].values, trunk.values, knee.value))
         expected = paired_offset(knee, end, 0.9, floor)
         got = (float(cell["llc_knee_minus_end_trunk"]),
                *cell["llc_knee_minus_end_trunk_interval"].values)

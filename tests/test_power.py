@@ -53,15 +53,16 @@ def test_the_noise_read_back_is_the_noise_put_in():
     and the λ̂ curve's knee and slopes, within sampling error."""
     import numpy as np
 
-    from critperiods.results.observed_noise import additive_spread, broken_stick_slopes
+    from critperiods.results.fits import additive_spread
+    from critperiods.results.observed_noise import broken_stick_slopes
     from critperiods.results.power import simulate
 
     truth = Scenario(8.0, 10.0, llc_noise=6.0, accuracy_noise=0.8, llc_slopes=(5.0, 1.0),
                      llc_seed_spread=9.0)
     grid = Grid(tuple(np.arange(0, 21, 2.0)), tuple(np.arange(2, 21, 1.0)), 80)
     acc, llc, _ = simulate(truth, grid, np.random.default_rng(3))
-    assert abs(additive_spread(acc)[0] - 0.8) < 0.08
-    noise, offsets = additive_spread(llc)
+    assert abs(additive_spread(acc).sd - 0.8) < 0.08
+    noise, offsets, _ = additive_spread(llc)
     assert abs(noise - 6.0) < 0.5
     assert abs(np.std(offsets, ddof=1) - 9.0) < 2.0
     knee, before, after = broken_stick_slopes(np.asarray(grid.llc_epochs), llc.mean(axis=1))
@@ -71,16 +72,16 @@ def test_the_noise_read_back_is_the_noise_put_in():
 def test_the_spread_takes_out_seed_offsets_keeps_holes_and_needs_two_seeds():
     import numpy as np
 
-    from critperiods.results.observed_noise import additive_spread
+    from critperiods.results.fits import additive_spread
 
     rng = np.random.default_rng(0)
     cells = np.linspace(0, 50, 30)[:, None]
     values = cells + np.array([-20.0, 0.0, 20.0, 5.0]) + rng.normal(0, 2.0, (30, 4))
-    full, offsets = additive_spread(values)
+    full, offsets, _ = additive_spread(values)
     assert abs(full - 2.0) < 0.5 and offsets[2] - offsets[0] > 35  # the offsets are not noise
     values[rng.random(values.shape) < 0.15] = np.nan  # a flagged λ̂, a diverged run
-    assert abs(additive_spread(values)[0] - full) < 0.5
-    assert np.isnan(additive_spread(values[:, :1])[0])  # one seed: no spread to read
+    assert abs(additive_spread(values).sd - full) < 0.5
+    assert np.isnan(additive_spread(values[:, :1]).sd)  # one seed: no spread to read
 
 
 def test_a_marker_the_grid_cannot_place_is_not_counted():

@@ -23,11 +23,12 @@ feeds it from the cube.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import stats
 
-__all__ = ["MIN_CHANGE_POINTS", "HingeFit", "at_least_and_within",
+__all__ = ["MIN_CHANGE_POINTS", "HingeFit", "Spread", "additive_spread", "at_least_and_within",
            "change_epochs_without_each_seed", "divergence_drop_epoch", "fit_hinge",
            "fit_power_law", "half_deficit_epoch", "hinge_end", "jackknife_interval",
            "kinks_without_each_seed", "largest_change_epoch", "nanmean", "permanent_deficit",
@@ -96,6 +97,32 @@ def seed_adjusted_mean(values: np.ndarray, iterations: int = 500) -> np.ndarray:
     without a finite value are NaN.
     """
     return _additive_fit(values, iterations)[0]
+
+
+class Spread(NamedTuple):
+    """A residual spread around the additive model (:func:`additive_spread`)."""
+
+    sd: float  #: the residual s.d. (NaN with no degree of freedom left)
+    offsets: np.ndarray  #: the seeds' offsets ``a`` (``Σ a = 0``; 0 for a seed with no value)
+    dof: int  #: the residual degrees of freedom behind ``sd``
+
+
+def additive_spread(values_by_seed: np.ndarray) -> Spread:
+    """The residual s.d. of a ``(cells, seeds)`` array around the additive model
+    ``m[cell] + a[seed]`` (:func:`_additive_fit`, least squares over the finite values), the
+    degrees of freedom the model used taken off: the noise of one value once each cell's
+    mean and each seed's offset are out. NaN with fewer than 2 cells or 2 seeds with data."""
+    y = np.asarray(values_by_seed, dtype=float)
+    mean, offsets = _additive_fit(y)
+    if offsets is None:  # nothing missing: the offsets are the seeds' mean residuals
+        offsets = np.nan_to_num(nanmean(y - mean[:, None], axis=0))
+    residual = y - mean[:, None] - offsets[None, :]
+    finite = np.isfinite(residual)
+    cells, seeds = int(finite.any(axis=1).sum()), int(finite.any(axis=0).sum())
+    dof = int(finite.sum()) - cells - seeds + 1
+    if cells < 2 or seeds < 2 or dof < 1:
+        return Spread(float("nan"), offsets, max(dof, 0))
+    return Spread(float(np.sqrt(np.square(residual[finite]).sum() / dof)), offsets, dof)
 
 
 def without_seed_offsets(accuracy_by_seed: np.ndarray) -> np.ndarray:

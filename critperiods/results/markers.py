@@ -31,6 +31,7 @@ from critperiods.results.fits import (
 )
 from critperiods.results.knee import (
     SeedJackknife,
+    knee_resolution,
     knee_with_interval,
     knees_without_each_seed,
     offset_floor,
@@ -208,7 +209,7 @@ def knee_values(curve_by_seed: xr.DataArray, level: float, end: SeedJackknife,
                    or (present.sum() > 1 and not np.isfinite(loo[present]).all()))
     if not located:
         return knee, nan3, unstable, float(x[1])
-    llc_half = switch_spacing_at(x, knee[0]) / 2
     offset = paired_offset(SeedJackknife(knee[0], loo, present, (x[1], x[-2])), end, level,
-                           min_half_width=offset_floor(llc_half, end_half))
+                           min_half_width=offset_floor(
+                               knee_resolution(epochs, matrix, knee[0], level), end_half))
     return knee, offset, unstable, float(x[1])

@@ -5,8 +5,8 @@ power --noise-from CUBE`` says what a grid can tell at *that* run's noise, not t
 Per batch size, on one schedule's runs (:func:`observed_noise`):
 
 * **final accuracy**: each run's spread around the additive model ``switch + seed``
-  (:func:`additive_spread`: the seeds' own offsets taken out, as the end's fit ignores
-  them), in pp; the **deficit slope** and the **end** are the hinge's
+  (:func:`~critperiods.results.fits.additive_spread`: the seeds' own offsets taken out, as
+  the end's fit ignores them), in pp; the **deficit slope** and the **end** are the hinge's
   (:func:`~critperiods.results.fits.hinge_end`), the end only where the run located it;
 * **λ̂ along the trunk** (the valid estimates, :func:`~critperiods.results.selection.
   llc_trunk_by_seed`): each estimate's spread around ``epoch + seed``; the seeds' levels'
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import xarray as xr
 
-from critperiods.results.fits import _additive_fit, hinge_end, nanmean
+from critperiods.results.fits import additive_spread, hinge_end
 from critperiods.results.knee import fit_broken_stick
 from critperiods.results.power import Scenario
 from critperiods.results.selection import (
@@ -40,27 +40,9 @@ from critperiods.results.selection import (
     valid_final_accuracy,
 )
 
-__all__ = ["ObservedNoise", "additive_spread", "broken_stick_slopes", "observed_noise"]
+__all__ = ["ObservedNoise", "broken_stick_slopes", "observed_noise"]
 
 NAN = float("nan")
-
-
-def additive_spread(values_by_seed: np.ndarray) -> tuple[float, np.ndarray]:
-    """The residual s.d. of a ``(cells, seeds)`` array around the additive model
-    ``m[cell] + a[seed]`` (least squares over the finite values, the degrees of freedom
-    the model used taken off), and the seed offsets ``a`` (``Σ a = 0``; 0 for a seed with
-    no value). The s.d. is NaN with no degree of freedom left (one seed, one cell)."""
-    y = np.asarray(values_by_seed, dtype=float)
-    mean, offsets = _additive_fit(y)
-    if offsets is None:  # nothing missing: the offsets are the seeds' mean residuals
-        offsets = np.nan_to_num(nanmean(y - mean[:, None], axis=0))
-    residual = y - mean[:, None] - offsets[None, :]
-    finite = np.isfinite(residual)
-    cells, seeds = int(finite.any(axis=1).sum()), int(finite.any(axis=0).sum())
-    dof = int(finite.sum()) - cells - seeds + 1
-    if cells < 2 or seeds < 2 or dof < 1:
-        return NAN, offsets
-    return float(np.sqrt(np.square(residual[finite]).sum() / dof)), offsets
 
 
 def broken_stick_slopes(epochs: np.ndarray, curve: np.ndarray) -> tuple[float, float, float]:
@@ -140,7 +122,7 @@ def _divergence_noise(cube: xr.Dataset, batch_size: int, schedule: str | None) -
     at = np.array(rows)
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.where(at > 0, np.log(at), np.nan)
-    return additive_spread(logs)[0]
+    return additive_spread(logs).sd
 
 
 def observed_noise(cube: xr.Dataset, batch_size: int, schedule: str | None = None
@@ -154,7 +136,7 @@ def observed_noise(cube: xr.Dataset, batch_size: int, schedule: str | None = Non
     missing: dict[str, str] = {}
     switches, acc = _accuracy(cube, batch_size, schedule)
     seeds = int(np.isfinite(acc).any(axis=0).sum())
-    accuracy_noise, _ = additive_spread(acc)
+    accuracy_noise = additive_spread(acc).sd
     end, *_, slope = hinge_end(switches, acc)
     deficit_slope = -slope if np.isfinite(slope) and slope < 0 else NAN
     if not np.isfinite(accuracy_noise):
@@ -173,7 +155,7 @@ def observed_noise(cube: xr.Dataset, batch_size: int, schedule: str | None = Non
             missing[name] = "no λ̂ along the trunk (llc.enabled, or one seed)"
     else:
         by_seed = trunk.transpose("epoch", "seed").values
-        llc_noise, offsets = additive_spread(by_seed)
+        llc_noise, offsets, _ = additive_spread(by_seed)
         points = int(np.isfinite(by_seed).any(axis=1).sum())
         present = np.isfinite(by_seed).any(axis=0)
         if np.isfinite(llc_noise) and present.sum() > 1:  # less the estimates' share

@@ -44,6 +44,7 @@ from critperiods.results.fits import (
 )
 from critperiods.results.knee import (
     SeedJackknife,
+    knee_resolution,
     knee_with_interval,
     knees_without_each_seed,
     offset_floor,
@@ -140,7 +141,7 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
         knee_loo = knees_without_each_seed(epochs, llc)
         knee, k_lo, k_hi = knee_with_interval(epochs, llc, level, knee_loo)
         if np.isfinite(knee):
-            floor = offset_floor(switch_spacing_at(epochs, knee) / 2, end_half)
+            floor = offset_floor(knee_resolution(epochs, llc, knee, level), end_half)
             offset, lo, hi = paired_offset(SeedJackknife(knee, knee_loo, present), end_jk,
                                            level, floor)
             half = max(floor, np.hypot(*(np.diff(jackknife_interval(v, loo, level))[0] / 2
