@@ -85,17 +85,19 @@ _MARKER_LONG_NAMES = {
                                  "(NaN where the end is not located)",
 }
 _MARKER_INTERVAL_KINDS = {
-    "knee": "{level} jackknife-t over seeds (leave one seed out; at least ± half the "
-            "lambda-hat epoch spacing, within the range a knee can take: the second to the "
-            "second-to-last epoch with valid lambda-hat)",
+    "knee": "{level} jackknife-t over seeds (leave one seed out), joined with the mean "
+            "curve's profile interval (the knees an F test on its noise cannot tell from "
+            "the best); at least ± half the lambda-hat epoch spacing, within the range a "
+            "knee can take: the second to the second-to-last epoch with valid lambda-hat",
     "drop": "{level} jackknife-t over seeds (leave one seed out; at least ± half the switch "
             "spacing, within the switch epochs with a distance at the horizon: all of them "
             "where leaving some seed out leaves no drop)",
     "offset": "{level} paired jackknife-t over seeds (each seed left out of the marker and the "
-              "end together; at least ± the half switch spacing at the end and the half "
-              "spacing of the marker's grid added in quadrature: lambda-hat epochs for a "
-              "knee, switch epochs for the divergence drop; within what the marker and the "
-              "end can give)",
+              "end together; at least ± the half switch spacing at the end and the "
+              "marker's resolution added in quadrature: for a knee the larger of half the "
+              "lambda-hat epoch spacing and the far side of its profile interval, for the "
+              "divergence drop half the switch spacing; within what the marker and the end "
+              "can give)",
 }
 
 
