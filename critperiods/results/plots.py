@@ -309,7 +309,8 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                                "trunk's)" + ("; dashed: the critical period's end with the rate "
                                "continued, its interval shaded" if has_ends else "")
                                + ("; triangles: where a broken stick fitted to λ̂ bends (its "
-                                  "knee), the bar its jackknife interval over seeds; hollow: "
+                                  "knee), the bar its interval (the seeds' jackknife joined "
+                                  "with the curve's profile interval); hollow: "
                                   "with some seed left out the knee sits at an edge of its "
                                   "range or is gone" if markers else ""))
 
