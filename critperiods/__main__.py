@@ -157,6 +157,10 @@ def summarize(args: argparse.Namespace) -> int:
               + as_said(summary.attrs.get('offset_interval_kind', 'over seeds')))
         for (b, r), verdict in markers.items():
             print(f"  batch {b:g}, {r}: {verdict}")
+        if any("includes 0" in verdict for verdict in markers.values()):
+            print("  (\"includes 0\": these seeds cannot tell the marker from the end; how "
+                  "often this grid could have, at this run's noise: python -m critperiods "
+                  f"power --noise-from {args.cube})")
     if diverged:
         print(f"\n{diverged_sentence(len(diverged))}:")
         for run in diverged:

@@ -895,6 +895,25 @@ def test_summarize_recomputes_a_cube_without_the_lambda_knees(tmp_path, capsys) 
         assert f"λ̂ trunk {20 - end:+.1f} [" in line and line.count(said) == 2, line
     assert "λ̂ trunk +2.6 [0.05, 5.1]" in printed  # 2.6 − hypot(2.5, 0.5), no wider
     assert not any(", restart: " in v for v in verdicts)  # no end to compare with
+    assert "power --noise-from" not in printed  # every offset is called: nothing to size
+
+
+def test_summarize_points_an_undecided_marker_to_the_power_command(tmp_path, capsys) -> None:
+    """λ̂ bends at epoch 25, batch 64's end: its offset includes 0, and `summarize` says how
+    to ask whether this grid could have told them apart."""
+    from critperiods.__main__ import main
+
+    cube = flat_restart(synthetic_cube(with_div=False))
+    epochs = cube["epoch"].values
+    cube["llc_mean"].values[:] = np.where(epochs < 25, epochs, 25 + 0.1 * (epochs - 25))
+    path = tmp_path / "cube.nc"
+    cube.merge(critical_period_summary(cube)).assign_attrs(
+        summary_interval_method=INTERVAL_METHOD).to_netcdf(path)
+    assert main(["summarize", str(path)]) == 0
+    printed = capsys.readouterr().out
+    (line,) = [v for v in printed.splitlines() if v.startswith("  batch 64, continue: ")]
+    assert "includes 0" in line
+    assert f"python -m critperiods power --noise-from {path}" in printed
 
 
 def test_the_landing_page_locates_no_end_where_there_is_no_deficit(tmp_path) -> None:

@@ -266,7 +266,9 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         "*marker minus the end*: in the answer above, with a "
         f"{as_said(cube.attrs.get('offset_interval_kind', 'paired interval over seeds'))}: "
         "\"includes 0\" means these seeds cannot tell the marker from the end, not that "
-        "they coincide. n/a: see ``python -m critperiods summarize`` for the reason.", "",
+        "they coincide; ``python -m critperiods power --noise-from results/<experiment>/"
+        "cube.nc`` says how often this grid could have, at this run's noise. n/a: see "
+        "``python -m critperiods summarize`` for the reason.", "",
         *perturbation_section(cube),
         "Caveats", "-------", "",
         f"* {seeds} seed{'s' if seeds != 1 else ''} per cell: the end's brackets are a {kind}; "

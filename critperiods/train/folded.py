@@ -37,19 +37,11 @@ class FoldedModel(GroupedModel):
     BatchNorm in training mode updates each copy's running statistics in place.
     """
 
-    def _execute(self, graph: fx.Graph, params: Tensors, buffers: Tensors, x: Tensor
-                 ) -> Tensor:
-        copies = x.shape[0]
-        env: dict[fx.Node, object] = {}
-        for node in graph.nodes:
-            if node.op == "placeholder":
-                env[node] = _fold(x)
-            elif node.op == "output":
-                return _unfold(env[node.args[0]], copies)  # type: ignore[arg-type]
-            else:
-                args = fx.node.map_arg(node.args, env.__getitem__)
-                env[node] = self._run(node, args, node.kwargs, params, buffers, copies)
-        raise AssertionError("fx graph without output")  # pragma: no cover
+    def _enter(self, x: Tensor) -> Activation:
+        return _fold(x)
+
+    def _leave(self, act: Activation, copies: int) -> Tensor:
+        return _unfold(act, copies)
 
     def _run(self, node: fx.Node, args: tuple, kwargs: dict, params: Tensors,
              buffers: Tensors, copies: int) -> Activation:

@@ -216,18 +216,27 @@ class GroupedModel:
 
     def _execute(self, graph: fx.Graph, params: Tensors, buffers: Tensors, x: Tensor
                  ) -> Tensor:
-        """Evaluate the graph node by node on grouped activations."""
+        """Evaluate the graph node by node on this layout's activations: the input laid
+        out by :meth:`_enter`, each node by :meth:`_run`, the output by :meth:`_leave`."""
         copies = x.shape[0]
         env: dict[fx.Node, object] = {}
         for node in graph.nodes:
             if node.op == "placeholder":
-                env[node] = _group_input(x)
+                env[node] = self._enter(x)
             elif node.op == "output":
-                return _ungroup(env[node.args[0]], copies)  # type: ignore[index]
+                return self._leave(env[node.args[0]], copies)  # type: ignore[arg-type]
             else:
                 args = fx.node.map_arg(node.args, env.__getitem__)
                 env[node] = self._run(node, args, node.kwargs, params, buffers, copies)
         raise AssertionError("fx graph without output")  # pragma: no cover
+
+    def _enter(self, x: Tensor) -> Activation:
+        """``(C, B, ...)`` inputs as this layout's activation: side by side in the channels."""
+        return _group_input(x)
+
+    def _leave(self, act: Activation, copies: int) -> Tensor:
+        """This layout's output activation as ``(C, B, ...)``."""
+        return _ungroup(act, copies)
 
     def _run(self, node: fx.Node, args: tuple, kwargs: dict, params: Tensors,
              buffers: Tensors, copies: int) -> Activation:
