@@ -6,9 +6,10 @@ some scenarios, a per-seed shift of the end shared by every batch size (seed ``s
 every batch size the same initialisation and data order) and runs missing at random. It
 asks whether each method's nominal-90 % interval holds the true value, on the same draws:
 
-* the end: the percentile **seed bootstrap** the project used until 2026-12 against the
-  leave-one-seed-out **jackknife-t**, at least ± half the switch spacing, that it uses now
-  (:func:`critperiods.results.fits.hinge_end`);
+* the end: the percentile **seed bootstrap** the project used until 2026-12, the
+  leave-one-seed-out **jackknife-t** alone, at least ± half the switch spacing, used until
+  2026-12-05, and that jackknife **joined with the kink's profile interval**, which it uses
+  now (:func:`critperiods.results.fits.hinge_end`);
 * the exponent: the percentile bootstrap over **batch sizes** used until then against the
   jackknife over seeds left out at every batch size
   (:func:`critperiods.results.fits.fit_power_law`), counted over the sweeps whose fitted
@@ -32,9 +33,12 @@ import numpy as np
 from critperiods.results.fits import (
     _hinge_core,
     _prepare_hinge,
+    at_least_and_within,
     fit_power_law,
     hinge_end,
+    jackknife_interval,
     kinks_without_each_seed,
+    switch_spacing_at,
 )
 
 LEVEL = 0.90
@@ -67,6 +71,8 @@ SCENARIOS = {
         STUDY_GRID, (32, 64, 128, 256), STUDY_ENDS, noise=0.5, seed_shift=0.15, missing=0.1),
     "study grid, an end near the first switch": Scenario(
         STUDY_GRID, (32, 64, 128, 256), np.array([6, 4, 2.5, 1.2]), noise=0.5),
+    "default grid, a weak deficit (0.25 pp per epoch, noise 1 pp)": Scenario(
+        DEFAULT_GRID, (64, 128, 256), DEFAULT_ENDS, slope=0.25),
 }
 
 
@@ -101,7 +107,7 @@ def coverage(scenario: Scenario, n_seeds: int, trials: int) -> dict[str, float]:
     switches, batches = sc.switches, np.asarray(sc.batches, dtype=float)
     true_p = np.polyfit(np.log(batches), np.log(sc.ends), 1)[0]
     rng = np.random.default_rng(0)
-    hit = {k: [] for k in ("boot", "jack", "pboot", "pjack")}
+    hit = {k: [] for k in ("boot", "jack alone", "jack", "pboot", "pjack")}
     width = {k: [] for k in hit}
     unbounded = 0
     for _ in range(trials):
@@ -116,8 +122,12 @@ def coverage(scenario: Scenario, n_seeds: int, trials: int) -> dict[str, float]:
                 + sc.noise * noise
             acc[rng.random(shape) < sc.missing] = np.nan
             kink, *jack = hinge_end(switches, acc, LEVEL)
+            loo = kinks_without_each_seed(switches, acc)
+            alone = at_least_and_within(  # the jackknife as hinge_end had it until 2026-12-05
+                kink, *jackknife_interval(kink, loo[np.isfinite(loo)], LEVEL),
+                switch_spacing_at(switches, kink) / 2, (float(switches[0]), float(switches[-1])))
             for key, (lower, upper) in (("boot", _bootstrap_kink_interval(switches, acc, rng)),
-                                        ("jack", jack[:2])):
+                                        ("jack alone", alone), ("jack", jack[:2])):
                 hit[key].append(lower <= end <= upper)
                 width[key].append(upper - lower)
             fitted.append(kink)
@@ -153,16 +163,17 @@ def main(argv: list[str] | None = None) -> str:
     lines = [f"Nominal {LEVEL:.0%} intervals, {args.trials} simulated sweeps per row "
              "(`python bench/interval_coverage.py`). Coverage, then median width in "
              "brackets (epochs for the end, exponent units for the exponent):", "",
-             "| scenario | seeds | end: seed bootstrap | end: jackknife-t | exponent: batch "
-             "bootstrap | exponent: seed jackknife, bounded | exponent: jackknife unbounded |",
-             "|---|---|---|---|---|---|---|"]
+             "| scenario | seeds | end: seed bootstrap | end: jackknife-t alone | end: "
+             "jackknife-t + profile | exponent: batch bootstrap | exponent: seed jackknife, "
+             "bounded | exponent: jackknife unbounded |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, scenario in SCENARIOS.items():
         for n_seeds in args.seeds:
             g = coverage(scenario, n_seeds, args.trials)
             lines.append(
                 f"| {name} | {n_seeds} | "
                 + " | ".join(f"{pct(g[f'{k} cover'])} [{g[f'{k} width']:.2g}]"
-                             for k in ("boot", "jack", "pboot", "pjack"))
+                             for k in ("boot", "jack alone", "jack", "pboot", "pjack"))
                 + f" | {pct(g['pjack unbounded'])} |")
     table = "\n".join(lines)
     print(table)

@@ -25,14 +25,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from critperiods.results.fits import (
     MIN_CHANGE_POINTS,
+    PROFILE_STEPS,
     _sorted_finite,
-    additive_spread,
     at_least_and_within,
     jackknife_interval,
+    profile_interval,
     seed_adjusted_mean,
     switch_spacing_at,
 )
@@ -112,44 +112,27 @@ def knees_without_each_seed(epochs: np.ndarray, values_by_seed: np.ndarray) -> n
     return out
 
 
-#: Knees :func:`profile_knee_interval` tries between the second and the second-to-last
-#: epoch (besides the epochs themselves): a resolution far below any grid's spacing.
-PROFILE_STEPS = 240
-
-
 def profile_knee_interval(epochs: np.ndarray, values_by_seed: np.ndarray, level: float = 0.90
                           ) -> tuple[float, float]:
     """The knees a broken stick through the seed-adjusted mean curve cannot tell from the
-    best: ``(lower, upper)``, the hull of every knee ``k`` whose fit is worse than the
-    best one's by less than the F test allows,
-    ``(SSE(k) − SSE_min) / σ̂² ≤ F(level; 1, ν)``.
-
-    ``σ̂²`` is the mean curve's noise per epoch: one estimate's
-    (:func:`~critperiods.results.fits.additive_spread` of the ``(epoch, seed)`` values,
-    with ``ν`` degrees of freedom) over the number of seeds. This is the change point's
-    profile-likelihood interval (Hinkley 1970). Where the bend is weak against that noise
-    it spans much of the curve, which a jackknife over 3–5 seeds does not: a broken stick's
-    knee jumps between bends as seeds are left out, and on simulated runs as noisy as the
-    default experiment's its jackknife interval held the knee in only 81–89 % of runs at a
-    nominal 90 % (docs/analysis.md). Noise-free values give the knee itself. NaN with
-    fewer than 2 seeds or no knee.
+    best (:func:`~critperiods.results.fits.profile_interval`: an F test on the curve's
+    noise), as ``(lower, upper)``, between the second and the second-to-last epoch with
+    data. Where the bend is weak against the noise it spans much of the curve, which a
+    jackknife over 3–5 seeds does not: a broken stick's knee jumps between bends as seeds
+    are left out, and on simulated runs as noisy as the default experiment's its jackknife
+    interval held the knee in only 81–89 % of runs at a nominal 90 % (docs/analysis.md).
+    Noise-free values give the knee itself. NaN with fewer than 2 seeds or no knee.
     """
     values = np.asarray(values_by_seed, dtype=float)
     values = values[:, None] if values.ndim == 1 else values
     x_all = np.asarray(epochs, dtype=float)
     mean = seed_adjusted_mean(values)
     knee = fit_broken_stick(x_all, mean)
-    spread = additive_spread(values)
-    if not (np.isfinite(knee) and np.isfinite(spread.sd)):
+    if not np.isfinite(knee):
         return float("nan"), float("nan")
     keep = np.isfinite(mean)
-    x, y = x_all[keep], mean[keep]
-    order = np.argsort(x)
-    x, y = x[order], y[order]
-    seeds = int(np.isfinite(values).any(axis=0).sum())
-    variance = spread.sd ** 2 / seeds
-    if variance <= 0:
-        return knee, knee
+    order = np.argsort(x_all[keep])
+    x, y = x_all[keep][order], mean[keep][order]
     knees = np.unique(np.concatenate([np.linspace(x[1], x[-2], PROFILE_STEPS + 1), x[1:-1],
                                       [knee]]))
     sse = np.empty(knees.size)
@@ -157,8 +140,9 @@ def profile_knee_interval(epochs: np.ndarray, values_by_seed: np.ndarray, level:
         design = np.column_stack([np.ones(x.size), x, np.maximum(x - k, 0.0)])
         residual = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
         sse[i] = residual @ residual
-    allowed = knees[(sse - sse.min()) / variance <= stats.f.ppf(level, 1, spread.dof)]
-    return float(min(allowed.min(), knee)), float(max(allowed.max(), knee))
+    lower, upper = profile_interval(knees, sse, values[keep], level)
+    return (float(min(lower, knee)), float(max(upper, knee))) if np.isfinite(lower) else (
+        lower, upper)
 
 
 def knee_resolution(epochs: np.ndarray, values_by_seed: np.ndarray, knee: float,

@@ -93,11 +93,10 @@ _MARKER_INTERVAL_KINDS = {
             "spacing, within the switch epochs with a distance at the horizon: all of them "
             "where leaving some seed out leaves no drop)",
     "offset": "{level} paired jackknife-t over seeds (each seed left out of the marker and the "
-              "end together; at least ± the half switch spacing at the end and the "
-              "marker's resolution added in quadrature: for a knee the larger of half the "
-              "lambda-hat epoch spacing and the far side of its profile interval, for the "
-              "divergence drop half the switch spacing; within what the marker and the end "
-              "can give)",
+              "end together; at least the end's and the marker's resolutions added in "
+              "quadrature: for the end and a knee the larger of half their grid's spacing "
+              "and the far side of their profile interval, for the divergence drop half the "
+              "switch spacing; within what the marker and the end can give)",
 }
 
 

@@ -38,6 +38,7 @@ import numpy as np
 from critperiods.results.fits import (
     divergence_drop_epoch,
     hinge_end,
+    hinge_resolution,
     jackknife_interval,
     kinks_without_each_seed,
     switch_spacing_at,
@@ -137,7 +138,7 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
         end_loo = kinks_without_each_seed(switches, acc)
         end, *_ = hinge_end(switches, acc, level, end_loo)
         end_jk = SeedJackknife(end, end_loo, present)
-        end_half = switch_spacing_at(switches, end) / 2
+        end_half = hinge_resolution(switches, acc, end, level)
         knee_loo = knees_without_each_seed(epochs, llc)
         knee, k_lo, k_hi = knee_with_interval(epochs, llc, level, knee_loo)
         if np.isfinite(knee):

@@ -39,11 +39,11 @@ from critperiods.results.fits import (
     fit_power_law,
     half_deficit_epoch,
     hinge_end,
+    hinge_resolution,
     kinks_without_each_seed,
     largest_change_epoch,
     permanent_deficit,
     seed_adjusted_mean,
-    switch_spacing_at,
 )
 from critperiods.results.knee import SeedJackknife
 from critperiods.results.markers import (
@@ -181,7 +181,7 @@ def _cell_values(
     end = SeedJackknife(k, without_each_seed, np.isfinite(acc).any(axis=0),
                         (float(with_runs.min()), float(with_runs.max())) if with_runs.size
                         else (float("nan"),) * 2)
-    end_half = switch_spacing_at(with_runs, k) / 2 if np.isfinite(k) else float("nan")
+    end_half = hinge_resolution(switches, acc, k, level) if np.isfinite(k) else float("nan")
     located = end_located(d_lo)
     for (knee_name, offset_name), curve, marker in zip(
             LLC_KNEES, (trunk_by_seed, sharp_by_seed), LLC_MARKERS, strict=True):
@@ -346,8 +346,10 @@ def critical_period_summary(
         grid("permanent_deficit_seeds").astype(np.int32), dims=dims,
         attrs=variable_attrs("permanent_deficit_seeds"))
     seeds = int(cube.sizes.get("seed", 1))
-    kinds = {"critical_period_end": f"{level:.0%} {INTERVAL_METHOD} (leave one seed out; at "
-                                    "least ± half the switch spacing)",
+    kinds = {"critical_period_end": f"{level:.0%} {INTERVAL_METHOD} (leave one seed out), "
+                                    "joined with the kink's profile interval (the kinks an F "
+                                    "test on the noise cannot tell from the best); at least ± "
+                                    "half the switch spacing",
              "permanent_deficit": f"{level:.0%} Student-t interval over seeds"}
     seed_counts = {"critical_period_end": ("seeds_fitted", "one seed has runs: no interval"),
                    "permanent_deficit": ("permanent_deficit_seeds",
