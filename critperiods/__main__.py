@@ -31,10 +31,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_config(paths: list[str], recorded: dict | None = None) -> dict:
-    """config.yaml overlaid with ``recorded`` (a config a cube recorded), then with ``paths``
-    (as Snakemake does), validated, defaults filled; a bad file or key exits with one line
-    that names it."""
+def _load_config(paths: list[str], recorded: tuple[str, dict] | None = None) -> dict:
+    """config.yaml overlaid with ``recorded`` (``(cube path, the config it recorded)``), then
+    with ``paths`` (as Snakemake does), validated, defaults filled; a bad file or key exits
+    with one line that names it (the cube, where no file given sets the key)."""
     from snakemake.utils import update_config, validate
 
     from critperiods.pipeline.config_file import (
@@ -46,17 +46,23 @@ def _load_config(paths: list[str], recorded: dict | None = None) -> dict:
     from critperiods.toy.plan import check_toy_config
 
     files = [ROOT / "config.yaml", *map(Path, paths)]
+    blamed = files[1:] if recorded else files  # over a cube's config, config.yaml sets nothing
     schema = ROOT / "workflow/schemas/config.schema.yaml"
-    with exit_on_config_error(files):  # the same one line as the Snakefile's
-        config = read_config_file(files[0])
-        update_config(config, recorded or {})
-        for path in files[1:]:
-            update_config(config, read_config_file(path))
-        check_moved_keys(config)
-        check_against_schema(config, schema, files)
-        validate(config, str(schema))
-        check_config(config, yaml.safe_load(schema.read_text()))
-        check_toy_config(config["toy"])
+    try:
+        with exit_on_config_error(blamed):  # the same one line as the Snakefile's
+            config = read_config_file(files[0])
+            update_config(config, recorded[1] if recorded else {})
+            for path in files[1:]:
+                update_config(config, read_config_file(path))
+            check_moved_keys(config)
+            check_against_schema(config, schema, blamed)
+            validate(config, str(schema))
+            check_config(config, yaml.safe_load(schema.read_text()))
+            check_toy_config(config["toy"])
+    except SystemExit as err:
+        if recorded and "(set in " not in str(err):
+            raise SystemExit(f"{err} (in the config {recorded[0]} records)") from None
+        raise
     return config
 
 
@@ -276,7 +282,7 @@ def cost(args: argparse.Namespace) -> int:
     return 0
 
 
-_NOISE_FLAGS = ("llc_noise", "accuracy_noise", "deficit_slope", "seed_shift")
+_NOISE_FLAGS = ("llc_noise", "llc_slopes", "accuracy_noise", "deficit_slope", "seed_shift")
 
 
 def _config_of_cube(cube, path: str) -> dict:
@@ -299,14 +305,16 @@ def power(args: argparse.Namespace) -> int:
         print(f"critperiods: {args.noise_from}: a toy_landscapes cube has no critical period; "
               "--noise-from needs a critical_period cube", file=sys.stderr)
         return 2
-    config = _load_config(paths, None if cube is None else _config_of_cube(cube, args.noise_from))
+    config = _load_config(paths, None if cube is None else (
+        args.noise_from, _config_of_cube(cube, args.noise_from)))
     if config["study"] == "toy_landscapes":
         print(f"critperiods: {config['experiment']}: the toy_landscapes study has no critical "
               "period to locate; power is for the critical_period study", file=sys.stderr)
         return 2
     grid = grid_of(config)
     seeds = args.seeds or sorted({grid.seeds, 2 * grid.seeds})
-    given = {k: getattr(args, k) for k in _NOISE_FLAGS if getattr(args, k) is not None}
+    given = {k: tuple(v) if isinstance(v, list) else v
+             for k in _NOISE_FLAGS if (v := getattr(args, k)) is not None}
     noise = replace(DEFAULT_NOISE, **given)
     off = [what for what, on in (("λ̂", config["llc"]["enabled"]),
                                  ("divergences", config["divergence"]["enabled"])) if not on]
@@ -334,21 +342,29 @@ def _power_at_observed_noise(cube, args: argparse.Namespace, grid, seeds: list[i
 
     print(f"noise and effect sizes read off {args.noise_from} "
           "(critperiods.results.observed_noise; docs/analysis.md)")
+    flags = {k: "--" + k.replace("_", "-") for k in given}
     for batch_size in cube["batch_size"].values:
         seen = observed_noise(cube, int(batch_size))
         noise, kept = seen.scenario(fallback)
         noise = replace(noise, **given)
+        kept = [k for k in kept if k not in given]
+        print(f"\n## batch {seen.batch_size} ({seen.seeds} seed{'s' * (seen.seeds != 1)} in "
+              "the run)")
+        for name, why in seen.missing.items():
+            used = (f"{flags[name]} is used" if name in given
+                    else "the default's is used" if name in kept
+                    else "--end is used" if name == "end" and args.end is not None
+                    else "the middle of the switch range is used" if name == "end" else "")
+            print(f"note: {name}: {why}" + (f"; {used}" if used else ""))
+        for name in (k for k in given if k not in seen.missing):
+            print(f"note: {name}: {flags[name]} is used, not the run's")
+        if args.end is not None and "end" not in seen.missing:
+            print(f"note: end: --end is used, not the run's ({seen.end:.3g})")
         end = args.end if args.end is not None else (
             seen.end if math.isfinite(seen.end) else None)
-        print(f"\n## batch {seen.batch_size} ({seen.seeds} seeds in the run)")
-        for name, why in seen.missing.items():
-            print(f"note: {name}: {why}"
-                  + ("; the default's is used" if name in kept else ""))
-        if given:
-            flags = ", ".join("--" + k.replace("_", "-") for k in given)
-            print(f"note: {flags} given: the command line's value is used")
         source = (f"measured at batch {seen.batch_size}"
                   + (f", the default's for {', '.join(kept)}" if kept else "")
+                  + (f", the command line's for {', '.join(given)}" if given else "")
                   + ("" if "seed_shift" in given else "; the seeds' shift is not measured"))
         lines = power_table(grid, seeds, args.trials, args.offset, end, noise, source)
         print("\n".join(lines))
@@ -441,13 +457,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--offset", type=float, default=4.0,
                    help="epochs between the end and the knee (after) or drop (before): 4")
     p.add_argument("--end", type=float, default=None,
-                   help="the true end (default: the middle of the switch range)")
+                   help="the true end (default: the middle of the switch range; with "
+                        "--noise-from, the run's located end)")
     p.add_argument("--trials", type=int, default=200, help="simulated runs per row: 200")
     p.add_argument("--noise-from", metavar="CUBE", default=None,
                    help="a finished run's cube: a table per batch size at the noise and effect "
                         "sizes it measured, its located end as the end (the grid: its own, "
                         "or the configs given)")
     p.add_argument("--llc-noise", type=float, default=None, help="s.d. of a λ̂ estimate: 10")
+    p.add_argument("--llc-slopes", type=float, nargs=2, default=None,
+                   metavar=("BEFORE", "AFTER"),
+                   help="λ̂ per epoch before and after the knee: 8 2")
     p.add_argument("--accuracy-noise", type=float, default=None,
                    help="s.d. of a run's final accuracy, pp: 1")
     p.add_argument("--deficit-slope", type=float, default=None,

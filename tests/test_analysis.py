@@ -1082,7 +1082,7 @@ def test_the_knee_offset_pairs_each_seeds_knee_with_its_own_end() -> None:
         trunk = selection.llc_trunk_by_seed(cube, b).transpose("epoch", "seed")
         knee_loo = knees_without_each_seed(trunk["epoch"].values, trunk.values)
         knee = SeedJackknife(float(cell["llc_knee_trunk"]), knee_loo, np.ones(3, bool))
-        floor = np.hypot(fits.switch_spacing_at(SWITCHES, end.value) / 2,  # in quadrature
+        floor = np.hypot(fits.hinge_resolution(SWITCHES, a, end.value),  # in quadrature
                          knee_resolution(trunk["epoch"].values, trunk.values, knee.value))
         expected = paired_offset(knee, end, 0.9, floor)
         got = (float(cell["llc_knee_minus_end_trunk"]),

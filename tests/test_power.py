@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from critperiods.__main__ import main
-from critperiods.results.power import DEFAULT_GRID, Grid, Scenario, coverage, grid_of
+from critperiods.results.power import DEFAULT_GRID, DEFAULT_NOISE, Grid, Scenario, coverage, grid_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +46,106 @@ def test_the_command_declines_the_toy_study_in_one_line(capsys):
 
 
 # --- power --noise-from: the noise a finished run measured ------------------------------
+
+
+def simulated_cube(truth: Scenario, seeds: int, *, deficit: bool = True, llc: bool = True,
+                   divergence: bool = True):
+    """A cube of one batch size (64) and schedule whose final accuracy, trunk λ̂ and distances
+    at the horizon (2 epochs after each switch) are :func:`simulate`'s draws of ``truth`` on
+    switch epochs 0-20 by 4 and λ̂ epochs 4-20 by 1."""
+    import numpy as np
+    import xarray as xr
+
+    from critperiods.results.power import simulate
+
+    grid = Grid(tuple(np.arange(0, 21, 4.0)), tuple(np.arange(4, 21, 1.0)), seeds)
+    acc, llc_values, div = simulate(truth, grid, np.random.default_rng(11))
+    switches, llc_epochs = np.asarray(grid.switches), np.asarray(grid.llc_epochs)
+    epochs = np.union1d(llc_epochs, switches + 2)
+    run = {"batch_size": [64], "lr_schedule": ["continue"], "switch_epoch": switches,
+           "seed": np.arange(seeds)}
+    dims = tuple(run)
+    data = {"final_test_accuracy": (dims, acc[None, None] / 100)}
+    if llc:
+        values = np.full((1, 1, switches.size, seeds, epochs.size), np.nan)
+        values[0, 0, -1][:, np.isin(epochs, llc_epochs)] = llc_values.T  # the longest trunk
+        data["llc_mean"] = ((*dims, "epoch"), values)
+    if divergence:
+        distances = np.full((1, 1, switches.size, seeds, 2, epochs.size), np.nan)
+        for i, s in enumerate(switches):
+            distances[0, 0, i, :, 0, np.flatnonzero(epochs == s + 2)[0]] = div[i]
+        data["div_l2"] = ((*dims, "reference", "epoch"), distances)
+    if deficit:
+        data["permanent_deficit_interval"] = (("batch_size", "lr_schedule", "bound"),
+                                              [[[1.0, 2.0]]])
+    return xr.Dataset(data, coords={**run, "epoch": epochs, "reference": ["blurred", "sharp"],
+                                    "bound": ["lower", "upper"]})
+
+
+def test_a_cube_gives_back_the_noise_and_effects_put_in():
+    """A run simulated with known noise and shape, 60 seeds: observed_noise reads back the
+    spread of final accuracy, the deficit's slope and the end, λ̂'s spread per estimate and
+    across the seeds' levels (corrected for the estimates' share), its slopes where it bends
+    beyond its noise, and the distances' relative spread."""
+    from critperiods.results.observed_noise import observed_noise
+
+    truth = Scenario(9.0, 12.0, drop=6.0, llc_noise=6.0, accuracy_noise=0.8, deficit_slope=0.7,
+                     llc_slopes=(6.0, 1.0), llc_seed_spread=9.0, divergence_noise=0.15)
+    seen = observed_noise(simulated_cube(truth, 60), 64)
+    assert seen.seeds == 60 and not seen.missing
+    assert abs(seen.accuracy_noise - 0.8) < 0.1 and abs(seen.deficit_slope - 0.7) < 0.1
+    assert abs(seen.end - 9.0) < 1.0
+    assert abs(seen.llc_noise - 6.0) < 0.5 and abs(seen.llc_seed_spread - 9.0) < 2.0
+    assert abs(seen.llc_slopes[0] - 6.0) < 0.6 and abs(seen.llc_slopes[1] - 1.0) < 0.6
+    assert abs(seen.divergence_noise - 0.15) < 0.03
+    flat = observed_noise(simulated_cube(replace(truth, llc_slopes=(3.0, 3.0)), 3), 64)
+    assert "llc_slopes" in flat.missing and "straight line" in flat.missing["llc_slopes"]
+
+
+def test_what_a_cube_lacks_keeps_the_default_and_says_why(capsys):
+    """No deficit interval, no λ̂, no distances: each is named, the default's noise is used;
+    a flag given wins over what the run measured and says so; --end replaces its end."""
+    from critperiods.results.observed_noise import observed_noise
+
+    truth = Scenario(9.0, 12.0, drop=6.0)
+    bare = simulated_cube(truth, 4, deficit=False, llc=False, divergence=False)
+    seen = observed_noise(bare, 64)
+    assert set(seen.missing) == {"end", "llc_noise", "llc_seed_spread", "llc_slopes",
+                                 "divergence_noise"}
+    assert "no permanent_deficit_interval" in seen.missing["end"]
+    scenario, kept = seen.scenario(DEFAULT_NOISE)
+    assert scenario.llc_noise == DEFAULT_NOISE.llc_noise and "llc_noise" in kept
+    assert scenario.accuracy_noise == seen.accuracy_noise
+
+
+def test_flags_and_end_given_win_over_the_cube(tmp_path, capsys):
+    cube = simulated_cube(Scenario(9.0, 12.0, drop=6.0), 4)
+    cube.attrs["config"] = "experiment: simulated\n"
+    path = tmp_path / "cube.nc"
+    cube.to_netcdf(path)
+    assert main(["power", "--noise-from", str(path), "--trials", "3", "--seeds", "4",
+                 "--llc-noise", "2.5", "--end", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "note: llc_noise: --llc-noise is used, not the run's" in out
+    assert "λ̂ ± 2.5 per estimate" in out and "the end at epoch 10" in out
+    assert "note: end: --end is used, not the run's" in out
+    assert "the command line's for llc_noise" in out and "default's for llc_noise" not in out
+
+
+def test_a_bad_recorded_config_names_the_cube(tmp_path):
+    """A cube whose recorded config this version cannot load: one line naming the key and
+    the cube, not config.yaml."""
+    import pytest
+
+    cube = simulated_cube(Scenario(9.0, 12.0, drop=6.0), 3)
+    cube.attrs["config"] = "experiment: simulated\ngrid:\n  seeds: 0\n"
+    path = tmp_path / "cube.nc"
+    cube.to_netcdf(path)
+    with pytest.raises(SystemExit) as err:
+        main(["power", "--noise-from", str(path)])
+    said = str(err.value)
+    assert "grid.seeds" in said and str(path) in said and "config.yaml" not in said
+    assert "\n" not in said
 
 
 def test_the_noise_read_back_is_the_noise_put_in():

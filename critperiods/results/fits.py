@@ -32,8 +32,8 @@ __all__ = ["MIN_CHANGE_POINTS", "PROFILE_STEPS", "HingeFit", "Spread", "additive
            "at_least_and_within", "change_epochs_without_each_seed", "divergence_drop_epoch",
            "fit_hinge", "fit_power_law", "half_deficit_epoch", "hinge_end",
            "hinge_profile_interval", "hinge_resolution", "jackknife_interval",
-           "kinks_without_each_seed", "largest_change_epoch", "nanmean", "permanent_deficit",
-           "profile_interval",
+           "kinks_without_each_seed", "largest_change_epoch", "MeanCurve", "mean_curve",
+           "nanmean", "permanent_deficit", "profile_interval", "weighted_fits",
            "seed_adjusted_mean", "switch_spacing_at", "without_seed_offsets"]
 
 _TINY = 1e-300
@@ -132,30 +132,69 @@ def additive_spread(values_by_seed: np.ndarray) -> Spread:
 PROFILE_STEPS = 240
 
 
-def profile_interval(candidates: np.ndarray, sse: np.ndarray, values_by_seed: np.ndarray,
-                     level: float = 0.90) -> tuple[float, float]:
-    """The hull of the ``candidates`` for a curve's change point whose fit to the
-    seed-adjusted mean curve (residual sums of squares ``sse``) is worse than the best by
-    less than an F test allows: ``(SSE(k) − SSE_min) / (σ̂² / seeds) ≤ F(level; 1, ν)``.
+@dataclass(frozen=True)
+class MeanCurve:
+    """A ``(cell, seed)`` array's seed-adjusted mean curve (:func:`seed_adjusted_mean`), as
+    a profile needs it: the cells with data in ascending ``x``, their mean ``y``, the number
+    of seeds behind each (``weights``: a point's variance is ``σ² / weight``) and the noise
+    of one value around ``cell + seed`` (``spread``, :func:`additive_spread`)."""
 
-    ``σ̂`` is one value's noise around ``cell + seed`` (:func:`additive_spread` of the
-    ``(cell, seed)`` ``values_by_seed``, ``ν`` its degrees of freedom), so ``σ̂² / seeds``
-    is the mean curve's noise per point. This is a change point's profile-likelihood
-    interval (Hinkley 1970): wide where the change is weak against the noise, which a
-    jackknife over 3–5 seeds is not (the estimate jumps between near-equal fits as seeds
-    are left out). Where the values carry no noise it is the best candidates; NaN with
-    fewer than 2 seeds or 2 cells with data."""
-    spread = additive_spread(values_by_seed)
+    x: np.ndarray
+    y: np.ndarray
+    weights: np.ndarray
+    spread: Spread
+
+
+def mean_curve(x: np.ndarray, values_by_seed: np.ndarray) -> MeanCurve | None:
+    """:class:`MeanCurve` of ``values_by_seed`` at ``x``; None where its noise cannot be
+    estimated (fewer than 2 seeds or 2 cells with data)."""
+    values = np.asarray(values_by_seed, dtype=float)
+    values = values[:, None] if values.ndim == 1 else values
+    mean = seed_adjusted_mean(values)
+    keep = np.isfinite(mean)
+    spread = additive_spread(values[keep])
+    if not np.isfinite(spread.sd):
+        return None
+    order = np.argsort(np.asarray(x, dtype=float)[keep])
+    weights = np.isfinite(values[keep]).sum(axis=1).astype(float)
+    return MeanCurve(np.asarray(x, dtype=float)[keep][order], mean[keep][order],
+                     weights[order], spread)
+
+
+def weighted_fits(designs: np.ndarray, y: np.ndarray, weights: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted least squares of ``y`` on each of ``K`` designs ``(K, n, p)`` at once: the
+    weighted residual sums of squares ``(K,)`` and the coefficients ``(K, p)``."""
+    w = np.asarray(weights, dtype=float)
+    centre = float(np.average(y, weights=w))
+    yc = np.asarray(y, dtype=float) - centre  # centred: no cancellation in y'Wy − b'A⁺b
+    gram = np.einsum("kni,n,knj->kij", designs, w, designs)
+    moment = np.einsum("kni,n,n->ki", designs, w, yc)
+    coef = np.einsum("kij,kj->ki", np.linalg.pinv(gram), moment)
+    residual = yc[None, :] - np.einsum("kni,ki->kn", designs, coef)
+    coef[:, 0] += centre  # the first column is the intercept
+    return np.einsum("kn,n,kn->k", residual, w, residual), coef
+
+
+def profile_interval(candidates: np.ndarray, sse: np.ndarray, curve: MeanCurve,
+                     level: float = 0.90) -> tuple[float, float]:
+    """The hull of the ``candidates`` for a curve's change point whose fit to its mean
+    ``curve`` (weighted residual sums of squares ``sse``, :func:`weighted_fits`) is worse
+    than the best by less than an F test allows: ``(SSE(k) − SSE_min) / σ̂² ≤ F(level; 1,
+    ν)``, with ``σ̂`` and ``ν`` the curve's ``spread``.
+
+    This is the change point's profile-likelihood interval (Hinkley 1971, two-phase
+    regression): wide where the change is weak against the noise, which a jackknife over
+    3–5 seeds is not (the estimate jumps between near-equal fits as seeds are left out).
+    Each point weighs by the seeds behind it, so a mean over fewer seeds counts less.
+    Where the values carry no noise it is the best candidates."""
     candidates, sse = np.asarray(candidates, dtype=float), np.asarray(sse, dtype=float)
-    if not np.isfinite(spread.sd) or not np.isfinite(sse).any():
-        return float("nan"), float("nan")
-    seeds = int(np.isfinite(np.asarray(values_by_seed, dtype=float)).any(axis=0).sum())
-    excess = sse - np.nanmin(sse)
-    if spread.sd == 0:
-        allowed = candidates[excess <= 1e-12 * max(float(np.nanmin(sse)), _TINY)]
+    excess = sse - np.min(sse)
+    sd = curve.spread.sd
+    if sd == 0:
+        allowed = candidates[excess <= 1e-12 * max(float(np.min(sse)), _TINY)]
     else:
-        allowed = candidates[excess / (spread.sd ** 2 / seeds)
-                             <= stats.f.ppf(level, 1, spread.dof)]
+        allowed = candidates[excess / sd ** 2 <= stats.f.ppf(level, 1, curve.spread.dof)]
     return float(allowed.min()), float(allowed.max())
 
 
@@ -462,40 +501,27 @@ def at_least_and_within(estimate: float, lower: float, upper: float, half_width:
             min(max(upper, estimate + half_width), bounds[1]))
 
 
-def _hinge_sse_at(s: np.ndarray, y: np.ndarray, kink: float) -> float:
-    """The residual sum of squares of the best hinge with its kink at ``kink`` and a decline
-    (``b < 0``), inf where no decline fits better than the flat line: that is the flat
-    model, whose kink the hinge reports at the last switch epoch."""
-    after = np.maximum(s - kink, 0.0)
-    if np.ptp(after) == 0:
-        return float("inf")
-    design = np.column_stack([np.ones(s.size), after])
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    residual = y - design @ coef
-    sse = float(residual @ residual)
-    flat = float(np.sum((y - y.mean()) ** 2))
-    # a decline must beat the flat line by more than round-off, as in _hinge_core
-    return sse if coef[1] < 0 and sse < flat - 1e-9 * flat - 1e-24 * s.size else float("inf")
-
-
 def hinge_profile_interval(switch_epochs: np.ndarray, accuracy_by_seed: np.ndarray,
                            level: float = 0.90) -> tuple[float, float]:
     """The kinks a hinge through the seed-adjusted mean final accuracy cannot tell from the
     best (:func:`profile_interval`), within the switch epochs with runs; NaN with fewer
-    than 2 seeds. A kink counts only with a decline after it; the flat line counts as the
-    last switch epoch, where the hinge puts the kink of a curve that has not declined."""
+    than 2 seeds. A kink counts only with a decline after it (beyond round-off, as in
+    :func:`fit_hinge`); the flat line counts as the last switch epoch, where the hinge puts
+    the kink of a curve that has not declined."""
     acc = np.asarray(accuracy_by_seed, dtype=float).reshape(np.size(switch_epochs), -1)
-    mean = seed_adjusted_mean(acc)
-    keep = np.isfinite(mean)
-    if keep.sum() < 3:
+    curve = mean_curve(switch_epochs, acc)
+    if curve is None or curve.x.size < 3:
         return float("nan"), float("nan")
-    x = np.asarray(switch_epochs, dtype=float)[keep]
-    order = np.argsort(x)
-    x, y = x[order], mean[keep][order]
+    x, y, w = curve.x, curve.y, curve.weights
     kinks = np.unique(np.concatenate([np.linspace(x[0], x[-1], PROFILE_STEPS + 1), x]))
-    sse = np.array([_hinge_sse_at(x, y, k) for k in kinks])
-    sse[-1] = float(np.sum((y - y.mean()) ** 2))  # the flat model: "not ended by the last"
-    return profile_interval(kinks, sse, acc[keep], level)
+    after = np.maximum(x[None, :] - kinks[:, None], 0.0)
+    designs = np.stack([np.ones_like(after), after], axis=-1)
+    sse, coef = weighted_fits(designs, y, w)
+    flat = float(np.sum(w * (y - np.average(y, weights=w)) ** 2))
+    declined = (coef[:, 1] < 0) & (sse < flat - 1e-9 * flat - 1e-24 * x.size)
+    sse = np.where(declined, sse, np.inf)
+    sse[-1] = flat  # the last kink is the flat model: "not ended by the last switch"
+    return profile_interval(kinks, sse, curve, level)
 
 
 def hinge_resolution(switch_epochs: np.ndarray, accuracy_by_seed: np.ndarray, kink: float,

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from critperiods.results.fits import (
     MIN_CHANGE_POINTS,
@@ -32,13 +33,16 @@ from critperiods.results.fits import (
     _sorted_finite,
     at_least_and_within,
     jackknife_interval,
+    mean_curve,
     profile_interval,
     seed_adjusted_mean,
     switch_spacing_at,
+    weighted_fits,
 )
 
-__all__ = ["SeedJackknife", "fit_broken_stick", "knee_resolution", "knee_with_interval",
-           "knees_without_each_seed", "offset_floor", "paired_offset", "profile_knee_interval"]
+__all__ = ["SeedJackknife", "bends_beyond_noise", "fit_broken_stick", "knee_resolution",
+           "knee_with_interval", "knees_without_each_seed", "offset_floor", "paired_offset",
+           "profile_knee_interval"]
 
 
 def _line_sse(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -125,24 +129,42 @@ def profile_knee_interval(epochs: np.ndarray, values_by_seed: np.ndarray, level:
     """
     values = np.asarray(values_by_seed, dtype=float)
     values = values[:, None] if values.ndim == 1 else values
-    x_all = np.asarray(epochs, dtype=float)
-    mean = seed_adjusted_mean(values)
-    knee = fit_broken_stick(x_all, mean)
-    if not np.isfinite(knee):
+    knee = fit_broken_stick(epochs, seed_adjusted_mean(values))
+    curve = mean_curve(epochs, values)
+    if not np.isfinite(knee) or curve is None:
         return float("nan"), float("nan")
-    keep = np.isfinite(mean)
-    order = np.argsort(x_all[keep])
-    x, y = x_all[keep][order], mean[keep][order]
+    x = curve.x
     knees = np.unique(np.concatenate([np.linspace(x[1], x[-2], PROFILE_STEPS + 1), x[1:-1],
                                       [knee]]))
-    sse = np.empty(knees.size)
-    for i, k in enumerate(knees):  # a few hundred small least-squares fits
-        design = np.column_stack([np.ones(x.size), x, np.maximum(x - k, 0.0)])
-        residual = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
-        sse[i] = residual @ residual
-    lower, upper = profile_interval(knees, sse, values[keep], level)
-    return (float(min(lower, knee)), float(max(upper, knee))) if np.isfinite(lower) else (
-        lower, upper)
+    designs = np.stack(np.broadcast_arrays(
+        1.0, x[None, :], np.maximum(x[None, :] - knees[:, None], 0.0)), axis=-1)
+    sse, _ = weighted_fits(designs, curve.y, curve.weights)
+    lower, upper = profile_interval(knees, sse, curve, level)
+    return float(min(lower, knee)), float(max(upper, knee))
+
+
+def bends_beyond_noise(epochs: np.ndarray, values_by_seed: np.ndarray, level: float = 0.90
+                       ) -> bool | None:
+    """Whether the seed-adjusted mean curve bends more than its noise lets a straight line
+    seem to: the broken stick's fit beats the line's by more than an F test on 2 and ``ν``
+    degrees of freedom allows (the knee and the change of slope; ``σ̂`` and ``ν`` as in
+    :func:`~critperiods.results.fits.profile_interval`). A least-squares knee always finds
+    some bend: through 7 noisy points of a straight line its two slopes differ by about
+    as much as its noise per epoch. None where it cannot be tested (no knee, one seed)."""
+    values = np.asarray(values_by_seed, dtype=float)
+    values = values[:, None] if values.ndim == 1 else values
+    knee = fit_broken_stick(epochs, seed_adjusted_mean(values))
+    curve = mean_curve(epochs, values)
+    if not np.isfinite(knee) or curve is None:
+        return None
+    x = curve.x
+    stick = np.column_stack([np.ones(x.size), x, np.maximum(x - knee, 0.0)])
+    (bent, line), _ = zip(*(weighted_fits(d[None], curve.y, curve.weights)
+                            for d in (stick, stick[:, :2])), strict=True)
+    gain = float(line[0] - bent[0])
+    if curve.spread.sd == 0:
+        return gain > 1e-12 * max(float(line[0]), 1e-300)
+    return gain / 2 / curve.spread.sd ** 2 > stats.f.ppf(level, 2, curve.spread.dof)
 
 
 def knee_resolution(epochs: np.ndarray, values_by_seed: np.ndarray, knee: float,

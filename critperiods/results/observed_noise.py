@@ -12,9 +12,13 @@ Per batch size, on one schedule's runs (:func:`observed_noise`):
   llc_trunk_by_seed`): each estimate's spread around ``epoch + seed``; the seeds' levels'
   spread (their offsets' s.d., less the part the estimates' own noise puts into them); and
   the slopes of the seed-mean curve's broken stick before and after its knee
-  (:func:`broken_stick_slopes`);
+  (:func:`broken_stick_slopes`), where it bends beyond its noise
+  (:func:`~critperiods.results.knee.bends_beyond_noise`: a least-squares knee finds a bend
+  in any noisy line, so a bend the noise could make is no effect size);
 * **the distance to the always-blurred run at the horizon**: its spread around ``switch +
-  seed`` on a log scale, which is its s.d. relative to the seed's level.
+  seed`` on a log scale: the s.d. of a distance relative to its value, as the simulation
+  draws it. Pooled over the switch epochs; in the default run most of it is at the earliest
+  switch, where the seeds' distances differ most.
 
 What cannot be estimated (one seed, too few λ̂ points, a straight λ̂ line, no divergence)
 is NaN and named in :attr:`ObservedNoise.missing`; :meth:`ObservedNoise.scenario` keeps the
@@ -30,7 +34,7 @@ import numpy as np
 import xarray as xr
 
 from critperiods.results.fits import additive_spread, hinge_end
-from critperiods.results.knee import fit_broken_stick
+from critperiods.results.knee import bends_beyond_noise, fit_broken_stick
 from critperiods.results.power import Scenario
 from critperiods.results.selection import (
     default_horizon,
@@ -95,15 +99,19 @@ def _accuracy(cube: xr.Dataset, batch_size: int, schedule: str | None
     return switches, 100 * acc.transpose("switch_epoch", ...).values.reshape(switches.size, -1)
 
 
-def _located_end(cube: xr.Dataset, batch_size: int, schedule: str | None, end: float) -> float:
-    """``end`` where the cube's deficit interval says the run located one, NaN elsewhere
-    (and where the cube has no deficit interval)."""
+def _located_end(cube: xr.Dataset, batch_size: int, schedule: str | None, end: float
+                 ) -> tuple[float, str | None]:
+    """``end`` where the cube's deficit interval says the run located one, else NaN and
+    why."""
     if "permanent_deficit_interval" not in cube:
-        return NAN
+        return NAN, ("the cube has no permanent_deficit_interval (aggregated before it was "
+                     "recorded): no located end")
     lower = cube["permanent_deficit_interval"].sel(batch_size=batch_size, bound="lower")
     if "lr_schedule" in lower.dims:
         lower = lower.sel(lr_schedule=schedule)
-    return end if float(lower) > 0 else NAN
+    if float(lower) > 0 and np.isfinite(end):
+        return end, None
+    return NAN, "the run located no end (its deficit's interval reaches 0)"
 
 
 def _divergence_noise(cube: xr.Dataset, batch_size: int, schedule: str | None) -> float:
@@ -144,15 +152,16 @@ def observed_noise(cube: xr.Dataset, batch_size: int, schedule: str | None = Non
     if not np.isfinite(deficit_slope):
         missing["deficit_slope"] = ("no final accuracy to fit" if not np.isfinite(slope)
                                     else "a later switch costs no accuracy in this run")
-    located = _located_end(cube, batch_size, schedule, end)
-    if not np.isfinite(located):
-        missing["end"] = "the run located no end (its deficit's interval reaches 0)"
+    located, why = _located_end(cube, batch_size, schedule, end)
+    if why:
+        missing["end"] = why
 
     trunk = llc_trunk_by_seed(cube, batch_size)
     llc_noise, spread, slopes = NAN, NAN, (NAN, NAN)
     if trunk.size == 0 or "seed" not in trunk.dims:
         for name in ("llc_noise", "llc_seed_spread", "llc_slopes"):
-            missing[name] = "no λ̂ along the trunk (llc.enabled, or one seed)"
+            missing[name] = ("no valid λ̂ along the trunk (λ̂ off, or every estimate "
+                             "flagged)")
     else:
         by_seed = trunk.transpose("epoch", "seed").values
         llc_noise, offsets, _ = additive_spread(by_seed)
@@ -162,13 +171,19 @@ def observed_noise(cube: xr.Dataset, batch_size: int, schedule: str | None = Non
             var = np.var(offsets[present], ddof=1) - llc_noise ** 2 / points
             spread = float(np.sqrt(max(var, 0.0)))
         _, before, after = broken_stick_slopes(trunk["epoch"].values, seed_mean(trunk).values)
-        slopes = (before, after)
+        bends = bends_beyond_noise(trunk["epoch"].values, by_seed)
+        slopes = (before, after) if bends else (NAN, NAN)
         if not np.isfinite(llc_noise):
             missing["llc_noise"] = missing["llc_seed_spread"] = (
-                f"too few valid λ̂ estimates ({points} epochs, {int(present.sum())} seeds)")
+                f"too few valid λ̂ estimates ({points} epoch(s), {int(present.sum())} "
+                "seed(s); a spread needs 2 of each)")
         if not np.isfinite(before):
             missing["llc_slopes"] = (f"the trunk's mean λ̂ has no knee ({points} valid epochs; "
                                      "a knee needs 4 and a bend)")
+        elif not bends:
+            missing["llc_slopes"] = (
+                f"the trunk's mean λ̂ bends no more than its noise lets a straight line seem "
+                f"to (rising {before:.2g}, then {after:.2g} per epoch; F test at 90 %)")
     divergence_noise = _divergence_noise(cube, batch_size, schedule)
     if not np.isfinite(divergence_noise):
         missing["divergence_noise"] = "no distance at the horizon for two seeds"

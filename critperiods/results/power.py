@@ -11,7 +11,7 @@ Each simulated run draws, per seed, on the grid's switch epochs and λ̂ epochs 
 * the distance to the always-blurred run at the horizon, per switch epoch, with a known
   drop ``D``: a level of its own per seed, falling linearly from it to 0 between ``D − 4``
   and ``D + 4``, so that the seed mean halves at ``D``; noise ``divergence_noise`` of the
-  level (10 %).
+  distance itself (10 %), so that, as in a run, distances near 0 vary little.
 
 With ``seed_shift`` a seed moves its end, knee and drop by the same factor: what pairing is
 for. :class:`Scenario`'s defaults are the designed scenarios of ``bench/marker_coverage.py``
@@ -82,7 +82,7 @@ class Scenario:
     deficit_slope: float = 0.5  #: final accuracy lost per epoch of delay past the end (pp)
     llc_slopes: tuple[float, float] = (8.0, 2.0)  #: λ̂ per epoch before and after the knee
     llc_seed_spread: float = 10.0  #: s.d. of a seed's λ̂ level
-    divergence_noise: float = 0.1  #: s.d. of a distance, relative to its seed's level
+    divergence_noise: float = 0.1  #: s.d. of a distance, relative to its value
 
 
 def simulate(sc: Scenario, grid: Grid, rng: np.random.Generator
@@ -101,7 +101,7 @@ def simulate(sc: Scenario, grid: Grid, rng: np.random.Generator
            + rng.normal(0, sc.llc_noise, (epochs.size, n)))
     level = rng.uniform(5, 15, n)[None]
     ramp = np.clip((drops[None] + 4 - switches[:, None]) / 8, 0, 1)
-    div = level * ramp + rng.normal(0, sc.divergence_noise, (switches.size, n)) * level
+    div = level * ramp * (1 + rng.normal(0, sc.divergence_noise, (switches.size, n)))
     return acc, llc, div
 
 
@@ -192,13 +192,15 @@ def _pct(value: float) -> str:
     return "n/a" if not np.isfinite(value) else f"{100 * value:.0f} %"
 
 
-#: The noise and effect sizes ``power`` assumes unless told: the default run's batch 128
-#: (the middle of its three) as ``power --noise-from`` reads them off its cube
-#: (:mod:`critperiods.results.observed_noise`), rounded. Its markers are placeholders.
+#: The noise and effect sizes ``power`` assumes unless told: the noise of the default run's
+#: batch 128 (the middle of its three) as ``power --noise-from`` reads it off its cube
+#: (:mod:`critperiods.results.observed_noise`), rounded, and the designed scenarios' bend of
+#: λ̂ (8, then 2 per epoch): the run's own bends no more than its noise lets a straight line
+#: seem to. Its markers are placeholders.
 DEFAULT_NOISE = Scenario(0.0, 0.0, llc_noise=10.0, accuracy_noise=1.0, deficit_slope=0.5,
-                         llc_slopes=(4.0, 7.0), llc_seed_spread=12.0, divergence_noise=0.1)
-DEFAULT_NOISE_SOURCE = ("the default run's, batch 128: set them to your run's, or read them "
-                        "off its cube with --noise-from")
+                         llc_slopes=(8.0, 2.0), llc_seed_spread=12.0, divergence_noise=0.1)
+DEFAULT_NOISE_SOURCE = ("the default run's noise at batch 128 and a designed bend of λ̂: set "
+                        "them to your run's, or read them off its cube with --noise-from")
 
 
 def noise_line(noise: Scenario) -> str:
@@ -240,14 +242,15 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
     # a marker the grid cannot place is neither called nor missed: its cell says n/a
     shown = {"knee at": placeable(end), "knee away": placeable(end + offset),
              "drop at": grid.switches[0] <= end <= grid.switches[-1],
-             "drop away": grid.switches[0] <= end - offset}
+             "drop away": grid.switches[0] <= end - offset <= grid.switches[-1]}
     for knee in sorted({end, end + offset}):
         if not placeable(knee):
             lines.append(f"note: a knee at epoch {knee:.3g} is outside what these λ̂ epochs can "
                          "place (the second to the second-to-last): n/a")
-    if not shown["drop away"]:
-        lines.append(f"note: a drop at switch epoch {end - offset:.3g} is before the first "
-                     "switch: n/a")
+    for drop in sorted({end, end - offset}):
+        if not grid.switches[0] <= drop <= grid.switches[-1]:
+            lines.append(f"note: a drop at switch epoch {drop:.3g} is outside the switch "
+                         "epochs: n/a")
     lines += ["", f"| seeds | false calls, markers at the end (knee, drop) | knee {offset:g} "
                   f"after the end: called | drop {offset:g} before: called | coverage of "
                   "knee − end, drop − end |", "|---|---|---|---|---|"]
