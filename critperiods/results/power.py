@@ -210,7 +210,7 @@ def noise_line(noise: Scenario) -> str:
             f"{noise.deficit_slope:.2g} pp per epoch of delay; λ̂ ± {noise.llc_noise:.2g} per "
             f"estimate, rising {before:.2g} then {after:.2g} per epoch, seeds' levels "
             f"± {noise.llc_seed_spread:.2g}; distances ± {100 * noise.divergence_noise:.2g} % "
-            f"of a seed's level; seeds shifting the end, knee and drop "
+            f"of their value; seeds shifting the end, knee and drop "
             f"± {100 * noise.seed_shift:.2g} %")
 
 
