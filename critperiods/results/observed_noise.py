@@ -171,7 +171,8 @@ def observed_noise(cube: xr.Dataset, batch_size: int, schedule: str | None = Non
             var = np.var(offsets[present], ddof=1) - llc_noise ** 2 / points
             spread = float(np.sqrt(max(var, 0.0)))
         _, before, after = broken_stick_slopes(trunk["epoch"].values, seed_mean(trunk).values)
-        bends = bends_beyond_noise(trunk["epoch"].values, by_seed)
+        level = float(cube.attrs.get("summary_level", 0.9))  # the run's interval level
+        bends = bends_beyond_noise(trunk["epoch"].values, by_seed, level)
         slopes = (before, after) if bends else (NAN, NAN)
         if not np.isfinite(llc_noise):
             missing["llc_noise"] = missing["llc_seed_spread"] = (
@@ -183,7 +184,8 @@ def observed_noise(cube: xr.Dataset, batch_size: int, schedule: str | None = Non
         elif not bends:
             missing["llc_slopes"] = (
                 f"the trunk's mean λ̂ bends no more than its noise lets a straight line seem "
-                f"to (rising {before:.2g}, then {after:.2g} per epoch; F test at 90 %)")
+                f"to (rising {before:.2g}, then {after:.2g} per epoch; F test at "
+                f"{level:.0%})")
     divergence_noise = _divergence_noise(cube, batch_size, schedule)
     if not np.isfinite(divergence_noise):
         missing["divergence_noise"] = "no distance at the horizon for two seeds"
