@@ -102,9 +102,9 @@ def test_a_cube_gives_back_the_noise_and_effects_put_in():
     assert "llc_slopes" in flat.missing and "straight line" in flat.missing["llc_slopes"]
 
 
-def test_what_a_cube_lacks_keeps_the_default_and_says_why(capsys):
-    """No deficit interval, no λ̂, no distances: each is named, the default's noise is used;
-    a flag given wins over what the run measured and says so; --end replaces its end."""
+def test_what_a_cube_lacks_keeps_the_default_and_says_why():
+    """No deficit interval, no λ̂, no distances: each is named, and the default's noise is
+    used for it."""
     from critperiods.results.observed_noise import observed_noise
 
     truth = Scenario(9.0, 12.0, drop=6.0)

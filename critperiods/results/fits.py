@@ -163,11 +163,14 @@ def mean_curve(x: np.ndarray, values_by_seed: np.ndarray) -> MeanCurve | None:
 
 def weighted_fits(designs: np.ndarray, y: np.ndarray, weights: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted least squares of ``y`` on each of ``K`` designs ``(K, n, p)`` at once: the
-    weighted residual sums of squares ``(K,)`` and the coefficients ``(K, p)``."""
+    """Weighted least squares of ``y`` on each of ``K`` designs ``(K, n, p)`` at once, by
+    the normal equations: the weighted residual sums of squares ``(K,)`` and the
+    coefficients ``(K, p)``. Column 0 of every design is the intercept (all ones), and the
+    other columns should be of moderate size (centre them: the normal equations square
+    their scale); a column of zeros gets coefficient 0."""
     w = np.asarray(weights, dtype=float)
     centre = float(np.average(y, weights=w))
-    yc = np.asarray(y, dtype=float) - centre  # centred: no cancellation in y'Wy − b'A⁺b
+    yc = np.asarray(y, dtype=float) - centre  # centred, for the normal equations' precision
     gram = np.einsum("kni,n,knj->kij", designs, w, designs)
     moment = np.einsum("kni,n,n->ki", designs, w, yc)
     coef = np.einsum("kij,kj->ki", np.linalg.pinv(gram), moment)
@@ -502,18 +505,23 @@ def at_least_and_within(estimate: float, lower: float, upper: float, half_width:
 
 
 def hinge_profile_interval(switch_epochs: np.ndarray, accuracy_by_seed: np.ndarray,
-                           level: float = 0.90) -> tuple[float, float]:
+                           level: float = 0.90, kink: float | None = None
+                           ) -> tuple[float, float]:
     """The kinks a hinge through the seed-adjusted mean final accuracy cannot tell from the
     best (:func:`profile_interval`), within the switch epochs with runs; NaN with fewer
     than 2 seeds. A kink counts only with a decline after it (beyond round-off, as in
     :func:`fit_hinge`); the flat line counts as the last switch epoch, where the hinge puts
-    the kink of a curve that has not declined."""
+    the kink of a curve that has not declined. The interval holds ``kink`` (default: the
+    hinge's own, :func:`hinge_end`'s), which the grid of candidates may miss."""
     acc = np.asarray(accuracy_by_seed, dtype=float).reshape(np.size(switch_epochs), -1)
     curve = mean_curve(switch_epochs, acc)
     if curve is None or curve.x.size < 3:
         return float("nan"), float("nan")
+    if kink is None:
+        kink = fit_hinge(switch_epochs, without_seed_offsets(acc)).kink
     x, y, w = curve.x, curve.y, curve.weights
-    kinks = np.unique(np.concatenate([np.linspace(x[0], x[-1], PROFILE_STEPS + 1), x]))
+    kinks = np.unique(np.concatenate([np.linspace(x[0], x[-1], PROFILE_STEPS + 1), x,
+                                      np.clip([kink], x[0], x[-1])]))
     after = np.maximum(x[None, :] - kinks[:, None], 0.0)
     designs = np.stack([np.ones_like(after), after], axis=-1)
     sse, coef = weighted_fits(designs, y, w)
@@ -521,7 +529,8 @@ def hinge_profile_interval(switch_epochs: np.ndarray, accuracy_by_seed: np.ndarr
     declined = (coef[:, 1] < 0) & (sse < flat - 1e-9 * flat - 1e-24 * x.size)
     sse = np.where(declined, sse, np.inf)
     sse[-1] = flat  # the last kink is the flat model: "not ended by the last switch"
-    return profile_interval(kinks, sse, curve, level)
+    lower, upper = profile_interval(kinks, sse, curve, level)
+    return float(min(lower, kink)), float(max(upper, kink))
 
 
 def hinge_resolution(switch_epochs: np.ndarray, accuracy_by_seed: np.ndarray, kink: float,
@@ -533,7 +542,7 @@ def hinge_resolution(switch_epochs: np.ndarray, accuracy_by_seed: np.ndarray, ki
     acc = np.asarray(accuracy_by_seed, dtype=float).reshape(np.size(switch_epochs), -1)
     s = np.asarray(switch_epochs, dtype=float)[np.isfinite(acc).any(axis=1)]
     half = switch_spacing_at(s, kink) / 2
-    lower, upper = hinge_profile_interval(switch_epochs, acc, level)
+    lower, upper = hinge_profile_interval(switch_epochs, acc, level, kink)
     return float(max(half, kink - lower, upper - kink)) if np.isfinite(lower) else half
 
 
@@ -549,7 +558,7 @@ def hinge_end(
     the independent unit: all its switch runs share initialisation and data order. The
     interval spans :func:`jackknife_interval` over the seeds with data and the kink's
     profile interval (:func:`hinge_profile_interval`: where the deficit is weak against
-    the noise, the jackknife alone held the true end in only 82–86 % of simulated sweeps at
+    the noise, the jackknife alone held the true end in only 83–85 % of simulated sweeps at
     a nominal 90 %), widened to at least ± half the switch spacing at the kink
     (:func:`switch_spacing_at`) and clipped to the switch epochs that have data (the model
     places no kink outside them). With a single seed it is NaN.
@@ -571,7 +580,7 @@ def hinge_end(
            if without_each_seed is None else np.asarray(without_each_seed, dtype=float))
     lower, upper = jackknife_interval(fit.kink, loo[np.isfinite(loo)], level)
     acc = np.asarray(accuracy_by_seed, dtype=float).reshape(np.size(switch_epochs), -1)
-    profile = hinge_profile_interval(switch_epochs, acc, level)
+    profile = hinge_profile_interval(switch_epochs, acc, level, fit.kink)
     if np.isfinite(lower) and np.isfinite(profile[0]):
         lower, upper = min(lower, profile[0]), max(upper, profile[1])
     s = np.asarray(switch_epochs, dtype=float)[np.isfinite(acc).any(axis=1)]

@@ -136,8 +136,8 @@ def profile_knee_interval(epochs: np.ndarray, values_by_seed: np.ndarray, level:
     x = curve.x
     knees = np.unique(np.concatenate([np.linspace(x[1], x[-2], PROFILE_STEPS + 1), x[1:-1],
                                       [knee]]))
-    designs = np.stack(np.broadcast_arrays(
-        1.0, x[None, :], np.maximum(x[None, :] - knees[:, None], 0.0)), axis=-1)
+    designs = np.stack(np.broadcast_arrays(  # x centred: the normal equations stay exact
+        1.0, x[None, :] - x.mean(), np.maximum(x[None, :] - knees[:, None], 0.0)), axis=-1)
     sse, _ = weighted_fits(designs, curve.y, curve.weights)
     lower, upper = profile_interval(knees, sse, curve, level)
     return float(min(lower, knee)), float(max(upper, knee))
@@ -158,13 +158,13 @@ def bends_beyond_noise(epochs: np.ndarray, values_by_seed: np.ndarray, level: fl
     if not np.isfinite(knee) or curve is None:
         return None
     x = curve.x
-    stick = np.column_stack([np.ones(x.size), x, np.maximum(x - knee, 0.0)])
+    stick = np.column_stack([np.ones(x.size), x - x.mean(), np.maximum(x - knee, 0.0)])
     (bent, line), _ = zip(*(weighted_fits(d[None], curve.y, curve.weights)
                             for d in (stick, stick[:, :2])), strict=True)
     gain = float(line[0] - bent[0])
     if curve.spread.sd == 0:
-        return gain > 1e-12 * max(float(line[0]), 1e-300)
-    return gain / 2 / curve.spread.sd ** 2 > stats.f.ppf(level, 2, curve.spread.dof)
+        return bool(gain > 1e-12 * max(float(line[0]), 1e-300))
+    return bool(gain / 2 / curve.spread.sd ** 2 > stats.f.ppf(level, 2, curve.spread.dof))
 
 
 def knee_resolution(epochs: np.ndarray, values_by_seed: np.ndarray, knee: float,
