@@ -33,7 +33,7 @@ __all__ = ["MIN_CHANGE_POINTS", "PROFILE_STEPS", "HingeFit", "Spread", "additive
            "fit_hinge", "fit_power_law", "half_deficit_epoch", "hinge_end",
            "hinge_profile_interval", "hinge_resolution", "jackknife_interval",
            "kinks_without_each_seed", "largest_change_epoch", "MeanCurve", "mean_curve",
-           "nanmean", "permanent_deficit", "profile_interval", "weighted_fits",
+           "nanmean", "permanent_deficit", "profile_interval", "resolution", "weighted_fits",
            "seed_adjusted_mean", "switch_spacing_at", "without_seed_offsets"]
 
 _TINY = 1e-300
@@ -533,22 +533,31 @@ def hinge_profile_interval(switch_epochs: np.ndarray, accuracy_by_seed: np.ndarr
     return float(min(lower, kink)), float(max(upper, kink))
 
 
+def resolution(points: np.ndarray, estimate: float, profile: tuple[float, float]) -> float:
+    """How finely a change point ``estimate`` is placed: the larger of half the spacing of
+    ``points`` (where the curve has data) at it, and the farther side of its ``profile``
+    interval (:func:`profile_interval`; NaN: the grid alone). Its share of the floor of an
+    offset between two markers (:func:`critperiods.results.knee.offset_floor`)."""
+    half = switch_spacing_at(points, estimate) / 2
+    lower, upper = profile
+    return float(max(half, estimate - lower, upper - estimate)) if np.isfinite(lower) else half
+
+
 def hinge_resolution(switch_epochs: np.ndarray, accuracy_by_seed: np.ndarray, kink: float,
-                     level: float = 0.90) -> float:
-    """How finely the data place the end ``kink``: the larger of half the switch spacing at
-    it (the grid) and the farther side of its profile interval (the noise,
-    :func:`hinge_profile_interval`). The end's share of the floor of a marker's offset
-    from it (:func:`critperiods.results.knee.offset_floor`)."""
+                     level: float = 0.90, profile: tuple[float, float] | None = None
+                     ) -> float:
+    """:func:`resolution` of the end ``kink`` on the switch epochs with runs, with its
+    ``profile`` interval (default: :func:`hinge_profile_interval`, computed here)."""
     acc = np.asarray(accuracy_by_seed, dtype=float).reshape(np.size(switch_epochs), -1)
-    s = np.asarray(switch_epochs, dtype=float)[np.isfinite(acc).any(axis=1)]
-    half = switch_spacing_at(s, kink) / 2
-    lower, upper = hinge_profile_interval(switch_epochs, acc, level, kink)
-    return float(max(half, kink - lower, upper - kink)) if np.isfinite(lower) else half
+    if profile is None:
+        profile = hinge_profile_interval(switch_epochs, acc, level, kink)
+    return resolution(np.asarray(switch_epochs, dtype=float)[np.isfinite(acc).any(axis=1)],
+                      kink, profile)
 
 
 def hinge_end(
     switch_epochs: np.ndarray, accuracy_by_seed: np.ndarray, level: float = 0.90,
-    without_each_seed: np.ndarray | None = None,
+    without_each_seed: np.ndarray | None = None, profile: tuple[float, float] | None = None,
 ) -> tuple[float, float, float, float]:
     """Hinge kink (the critical period's end) with a leave-one-seed-out jackknife interval.
 
@@ -570,7 +579,8 @@ def hinge_end(
     far less often than its nominal level (``bench/interval_coverage.py`` measures both).
 
     ``without_each_seed``: :func:`kinks_without_each_seed` of the same data, where the
-    caller already has it. Returns ``(kink, lower, upper, slope)``, ``kink`` and ``slope``
+    caller already has it; ``profile``: :func:`hinge_profile_interval`, likewise. Returns
+    ``(kink, lower, upper, slope)``, ``kink`` and ``slope``
     from the fit to all data.
     """
     fit = fit_hinge(switch_epochs, without_seed_offsets(accuracy_by_seed))
@@ -580,7 +590,8 @@ def hinge_end(
            if without_each_seed is None else np.asarray(without_each_seed, dtype=float))
     lower, upper = jackknife_interval(fit.kink, loo[np.isfinite(loo)], level)
     acc = np.asarray(accuracy_by_seed, dtype=float).reshape(np.size(switch_epochs), -1)
-    profile = hinge_profile_interval(switch_epochs, acc, level, fit.kink)
+    if profile is None:
+        profile = hinge_profile_interval(switch_epochs, acc, level, fit.kink)
     if np.isfinite(lower) and np.isfinite(profile[0]):
         lower, upper = min(lower, profile[0]), max(upper, profile[1])
     s = np.asarray(switch_epochs, dtype=float)[np.isfinite(acc).any(axis=1)]

@@ -35,6 +35,7 @@ from critperiods.results.fits import (
     jackknife_interval,
     mean_curve,
     profile_interval,
+    resolution,
     seed_adjusted_mean,
     switch_spacing_at,
     weighted_fits,
@@ -168,21 +169,22 @@ def bends_beyond_noise(epochs: np.ndarray, values_by_seed: np.ndarray, level: fl
 
 
 def knee_resolution(epochs: np.ndarray, values_by_seed: np.ndarray, knee: float,
-                    level: float = 0.90) -> float:
-    """How finely a curve places its ``knee``: the larger of half its epochs' spacing at the
-    knee (the sampling grid) and the farther side of its profile interval
-    (:func:`profile_knee_interval`, the curve's noise). The knee's share of the floor of
-    its offset from the end (:func:`offset_floor`)."""
+                    level: float = 0.90, profile: tuple[float, float] | None = None
+                    ) -> float:
+    """:func:`~critperiods.results.fits.resolution` of a curve's ``knee`` on its epochs with
+    data, with its ``profile`` interval (default: :func:`profile_knee_interval`, computed
+    here). The knee's share of the floor of its offset from the end (:func:`offset_floor`)."""
     values = np.asarray(values_by_seed, dtype=float)
     values = values[:, None] if values.ndim == 1 else values
-    x = np.sort(np.asarray(epochs, dtype=float)[np.isfinite(values).any(axis=1)])
-    lower, upper = profile_knee_interval(epochs, values, level)
-    half = switch_spacing_at(x, knee) / 2
-    return float(max(half, knee - lower, upper - knee)) if np.isfinite(lower) else half
+    if profile is None:
+        profile = profile_knee_interval(epochs, values, level)
+    return resolution(np.asarray(epochs, dtype=float)[np.isfinite(values).any(axis=1)], knee,
+                      profile)
 
 
 def knee_with_interval(epochs: np.ndarray, values_by_seed: np.ndarray, level: float = 0.90,
-                       without_each_seed: np.ndarray | None = None
+                       without_each_seed: np.ndarray | None = None,
+                       profile: tuple[float, float] | None = None
                        ) -> tuple[float, float, float]:
     """The knee of the seed-adjusted mean curve and its interval: the hull of the
     jackknife-t interval over seeds and the profile interval.
@@ -194,8 +196,9 @@ def knee_with_interval(epochs: np.ndarray, values_by_seed: np.ndarray, level: fl
     to at least ± half the spacing of the curve's epochs at the knee (the sampling grid
     cannot place a bend more finely) and clipped to where a knee can be, the second to the
     second-to-last epoch with data (:func:`fit_broken_stick`): the whole of that where
-    leaving some seed out leaves no knee. Returns ``(knee, lower, upper)``; the interval is
-    NaN with one seed.
+    leaving some seed out leaves no knee. ``without_each_seed`` and ``profile``
+    (:func:`profile_knee_interval`): where the caller already has them. Returns ``(knee,
+    lower, upper)``; the interval is NaN with one seed.
     """
     values = np.asarray(values_by_seed, dtype=float)
     values = values[:, None] if values.ndim == 1 else values
@@ -206,7 +209,8 @@ def knee_with_interval(epochs: np.ndarray, values_by_seed: np.ndarray, level: fl
            else np.asarray(without_each_seed, dtype=float))
     present = np.isfinite(values).any(axis=0)
     lower, upper = jackknife_interval(knee, loo[present], level)
-    profile = profile_knee_interval(epochs, values, level)
+    if profile is None:
+        profile = profile_knee_interval(epochs, values, level)
     if np.isfinite(lower) and np.isfinite(profile[0]):
         lower, upper = min(lower, profile[0]), max(upper, profile[1])
     x = np.sort(np.asarray(epochs, dtype=float)[np.isfinite(values).any(axis=1)])

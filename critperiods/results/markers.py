@@ -36,6 +36,7 @@ from critperiods.results.knee import (
     knees_without_each_seed,
     offset_floor,
     paired_offset,
+    profile_knee_interval,
 )
 from critperiods.results.selection import divergence_at_horizon, divergence_to_blurred
 from critperiods.variables import interval_attrs
@@ -201,7 +202,8 @@ def knee_values(curve_by_seed: xr.DataArray, level: float, end: SeedJackknife,
     values = curve_by_seed.transpose("epoch", "seed")
     epochs, matrix = values["epoch"].values.astype(float), values.values
     loo = knees_without_each_seed(epochs, matrix)
-    knee = knee_with_interval(epochs, matrix, level, loo)
+    profile = profile_knee_interval(epochs, matrix, level)  # the knee's interval and floor
+    knee = knee_with_interval(epochs, matrix, level, loo, profile)
     if not np.isfinite(knee[0]):
         return knee, nan3, 0, float("nan")
     present = np.isfinite(matrix).any(axis=0)
@@ -212,5 +214,5 @@ def knee_values(curve_by_seed: xr.DataArray, level: float, end: SeedJackknife,
         return knee, nan3, unstable, float(x[1])
     offset = paired_offset(SeedJackknife(knee[0], loo, present, (x[1], x[-2])), end, level,
                            min_half_width=offset_floor(
-                               knee_resolution(epochs, matrix, knee[0], level), end_half))
+                               knee_resolution(epochs, matrix, knee[0], level, profile), end_half))
     return knee, offset, unstable, float(x[1])

@@ -37,6 +37,7 @@ from critperiods.results.fits import additive_spread, hinge_end
 from critperiods.results.knee import bends_beyond_noise, fit_broken_stick
 from critperiods.results.power import Scenario
 from critperiods.results.selection import (
+    at_horizon,
     default_horizon,
     divergence_to_blurred,
     llc_trunk_by_seed,
@@ -120,14 +121,7 @@ def _divergence_noise(cube: xr.Dataset, batch_size: int, schedule: str | None) -
     horizon = default_horizon(cube)
     if div is None or not np.isfinite(horizon) or "seed" not in div.dims:
         return NAN
-    div = div.transpose("switch_epoch", "epoch", "seed")
-    epochs = cube["epoch"].values.astype(float)
-    rows = [div.values[i, np.flatnonzero(np.isclose(epochs, s + horizon))[0]]
-            for i, s in enumerate(cube["switch_epoch"].values.astype(float))
-            if np.isclose(epochs, s + horizon).any()]
-    if not rows:
-        return NAN
-    at = np.array(rows)
+    at = at_horizon(cube, div.transpose("switch_epoch", "epoch", "seed").values, horizon)
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.where(at > 0, np.log(at), np.nan)
     return additive_spread(logs).sd

@@ -38,6 +38,7 @@ import numpy as np
 from critperiods.results.fits import (
     divergence_drop_epoch,
     hinge_end,
+    hinge_profile_interval,
     hinge_resolution,
     jackknife_interval,
     kinks_without_each_seed,
@@ -50,6 +51,7 @@ from critperiods.results.knee import (
     knees_without_each_seed,
     offset_floor,
     paired_offset,
+    profile_knee_interval,
 )
 
 
@@ -136,13 +138,16 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
     for _ in range(trials):
         acc, llc, div = simulate(sc, grid, rng)
         end_loo = kinks_without_each_seed(switches, acc)
-        end, *_ = hinge_end(switches, acc, level, end_loo)
+        end_profile = hinge_profile_interval(switches, acc, level)
+        end, *_ = hinge_end(switches, acc, level, end_loo, end_profile)
         end_jk = SeedJackknife(end, end_loo, present)
-        end_half = hinge_resolution(switches, acc, end, level)
+        end_half = hinge_resolution(switches, acc, end, level, end_profile)
         knee_loo = knees_without_each_seed(epochs, llc)
-        knee, k_lo, k_hi = knee_with_interval(epochs, llc, level, knee_loo)
+        knee_profile = profile_knee_interval(epochs, llc, level)
+        knee, k_lo, k_hi = knee_with_interval(epochs, llc, level, knee_loo, knee_profile)
         if np.isfinite(knee):
-            floor = offset_floor(knee_resolution(epochs, llc, knee, level), end_half)
+            floor = offset_floor(knee_resolution(epochs, llc, knee, level, knee_profile),
+                                 end_half)
             offset, lo, hi = paired_offset(SeedJackknife(knee, knee_loo, present), end_jk,
                                            level, floor)
             half = max(floor, np.hypot(*(np.diff(jackknife_interval(v, loo, level))[0] / 2

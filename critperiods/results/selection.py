@@ -14,7 +14,7 @@ import xarray as xr
 
 from critperiods.results.fits import seed_adjusted_mean
 
-__all__ = ["CHANCE_MULTIPLE", "CLASSES", "default_horizon", "diverged_branches",
+__all__ = ["CHANCE_MULTIPLE", "CLASSES", "at_horizon", "default_horizon", "diverged_branches",
            "divergence_at_horizon", "divergence_to_blurred", "llc_sharp", "llc_sharp_by_seed",
            "llc_trunk", "llc_trunk_by_seed", "run_diverged", "seed_mean", "shared_by_schedules",
            "valid_final_accuracy", "valid_llc", "without_diverged"]
@@ -182,6 +182,20 @@ def divergence_to_blurred(cube: xr.Dataset, batch_size: float,
     return div
 
 
+def at_horizon(cube: xr.Dataset, values: np.ndarray, horizon: float) -> np.ndarray:
+    """From ``values`` laid out ``(switch_epoch, epoch, ...)`` on the cube's coordinates, each
+    switch's value at ``epoch = switch + horizon``: ``(switch_epoch, ...)``, NaN where that
+    epoch is not a checkpoint."""
+    switches = cube["switch_epoch"].values.astype(float)
+    epochs = cube["epoch"].values.astype(float)
+    out = np.full((switches.size, *values.shape[2:]), np.nan)
+    for i, s in enumerate(switches):
+        col = np.flatnonzero(np.isclose(epochs, s + horizon))
+        if col.size:
+            out[i] = values[i, col[0]]
+    return out
+
+
 def divergence_at_horizon(cube: xr.Dataset, batch_size: float, horizon: float,
                           lr_schedule: str | None = None, without_seed: object = None
                           ) -> np.ndarray:
@@ -193,18 +207,10 @@ def divergence_at_horizon(cube: xr.Dataset, batch_size: float, horizon: float,
     Switches whose ``switch + horizon`` is not a checkpoint give NaN; all NaN if the variable
     is absent or the horizon is not finite.
     """
-    switches = cube["switch_epoch"].values.astype(float)
-    out = np.full(switches.size, np.nan)
     div = divergence_to_blurred(cube, batch_size, lr_schedule)
     if div is None or not np.isfinite(horizon):
-        return out
+        return np.full(cube.sizes["switch_epoch"], np.nan)
     if without_seed is not None:
         div = div.drop_sel(seed=without_seed)
-    div = seed_mean(div).transpose("switch_epoch", "epoch")
-    epochs = cube["epoch"].values.astype(float)
-    for i, s in enumerate(switches):
-        col = np.flatnonzero(np.isclose(epochs, s + horizon))
-        if col.size:
-            out[i] = float(div.values[i, col[0]])
-    return out
+    return at_horizon(cube, seed_mean(div).transpose("switch_epoch", "epoch").values, horizon)
 

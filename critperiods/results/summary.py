@@ -39,6 +39,7 @@ from critperiods.results.fits import (
     fit_power_law,
     half_deficit_epoch,
     hinge_end,
+    hinge_profile_interval,
     hinge_resolution,
     kinks_without_each_seed,
     largest_change_epoch,
@@ -137,7 +138,8 @@ def _cell_values(
     acc = acc.transpose("switch_epoch", ...).values.reshape(switches.size, -1)
     n_diverged = int(diverged.sum())
     without_each_seed = kinks_without_each_seed(switches, acc)  # the end's and the exponents'
-    k, lower, upper, slope = hinge_end(switches, acc, level, without_each_seed)
+    end_profile = hinge_profile_interval(switches, acc, level)  # the end's interval and floor
+    k, lower, upper, slope = hinge_end(switches, acc, level, without_each_seed, end_profile)
     deficit, d_lo, d_hi, pairs = permanent_deficit(switches, acc, level)
     trunk_by_seed, sharp_by_seed = llc_trunk_by_seed(cube, batch_size), llc_sharp_by_seed(
         cube, batch_size)
@@ -181,7 +183,8 @@ def _cell_values(
     end = SeedJackknife(k, without_each_seed, np.isfinite(acc).any(axis=0),
                         (float(with_runs.min()), float(with_runs.max())) if with_runs.size
                         else (float("nan"),) * 2)
-    end_half = hinge_resolution(switches, acc, k, level) if np.isfinite(k) else float("nan")
+    end_half = (hinge_resolution(switches, acc, k, level, end_profile) if np.isfinite(k)
+                else float("nan"))
     located = end_located(d_lo)
     for (knee_name, offset_name), curve, marker in zip(
             LLC_KNEES, (trunk_by_seed, sharp_by_seed), LLC_MARKERS, strict=True):
