@@ -82,6 +82,51 @@ def simulated_cube(truth: Scenario, seeds: int, *, deficit: bool = True, llc: bo
                                     "bound": ["lower", "upper"]})
 
 
+def test_a_simulated_run_gets_the_summarys_own_intervals():
+    """What power's simulation reports for a run (fit_end, knee_fit, drop_fit on its arrays)
+    is what the summary computes on a cube of the same draws: the end, the knee, the drop and
+    both offsets with their intervals, to the last bit. The offsets are clipped to what the
+    marker and the end can give, and vanish where the end is not located."""
+    import numpy as np
+
+    from critperiods.results.end_fit import fit_end
+    from critperiods.results.markers import drop_fit, knee_fit
+    from critperiods.results.power import _drop, simulate
+    from critperiods.results.summary import critical_period_summary
+
+    truth = Scenario(9.0, 12.0, drop=6.0)
+    summary = critical_period_summary(simulated_cube(truth, 4)).isel(batch_size=0,
+                                                                      lr_schedule=0)
+    grid = Grid(tuple(np.arange(0, 21, 4.0)), tuple(np.arange(4, 21, 1.0)), 4)
+    acc, llc, div = simulate(truth, grid, np.random.default_rng(11))  # simulated_cube's draws
+    switches = np.asarray(grid.switches)
+    end = fit_end(switches, acc / 100, 0.9)  # the cube holds accuracy as a fraction
+    knee = knee_fit(np.asarray(grid.llc_epochs), llc, 0.9, end)
+    drop_interval, drop_offset = drop_fit(switches, switches, *_drop(switches, div),
+                                          np.ones(4, bool), 0.9, end)
+
+    def triple(name):
+        return (float(summary[name]), *summary[f"{name}_interval"].values.tolist())
+
+    assert end.located
+    assert triple("critical_period_end") == (end.end, end.lower, end.upper)
+    assert triple("llc_knee_trunk") == knee.knee
+    assert triple("llc_knee_minus_end_trunk") == knee.offset
+    assert summary["divergence_drop_epoch_interval"].values.tolist() == list(drop_interval)
+    assert triple("divergence_drop_minus_end") == drop_offset
+    # seeds that scatter the drop over the whole grid: the offset's interval is clipped to
+    # what a drop (switch 0-20) minus an end (switch 0-20) can give
+    scattered = np.array([0.0, 20.0, 2.0, 18.0])
+    _, (_, lower, upper) = drop_fit(switches, switches, 10.0, scattered, np.ones(4, bool), 0.9,
+                                    end)
+    assert end.jackknife.bounds == (0.0, 20.0) and (lower, upper) == (-20.0, 20.0)
+
+    unlocated = fit_end(switches, np.full_like(acc, 0.85)
+                        + np.random.default_rng(1).normal(0, 0.01, acc.shape), 0.9)
+    assert not unlocated.located
+    assert np.isnan(knee_fit(np.asarray(grid.llc_epochs), llc, 0.9, unlocated).offset).all()
+
+
 def test_a_cube_gives_back_the_noise_and_effects_put_in():
     """A run simulated with known noise and shape, 60 seeds: observed_noise reads back the
     spread of final accuracy, the deficit's slope and the end, λ̂'s spread per estimate and

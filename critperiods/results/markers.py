@@ -11,6 +11,10 @@ this module for:
   :mod:`critperiods.results.knee`);
 * the divergence drop's interval and its offset from the end (:func:`drop_values`).
 
+The offsets are from the end as :func:`critperiods.results.end_fit.fit_end` fits it.
+:func:`knee_fit` and :func:`drop_fit` do the work on plain arrays, so that ``power``'s
+simulated runs (:mod:`critperiods.results.power`) get the summary's own intervals.
+
 It also holds the names and the attributes of the variables these become
 (:func:`marker_attrs`, :func:`knee_unstable_attrs`, :func:`loo_range_attrs`): here, not
 in :mod:`critperiods.variables`, whose every change reruns the stages that write the
@@ -19,9 +23,12 @@ cube's other variables.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import xarray as xr
 
+from critperiods.results.end_fit import EndFit
 from critperiods.results.fits import (
     at_least_and_within,
     change_epochs_without_each_seed,
@@ -42,8 +49,8 @@ from critperiods.results.selection import divergence_at_horizon, divergence_to_b
 from critperiods.variables import interval_attrs
 
 __all__ = ["LLC_KNEES", "LLC_MARKERS", "LOO_RANGE_KIND", "MARKER_OFFSETS", "MARKER_STATISTICS",
-           "UNSTABLE_REASON", "drop_values", "knee_earliest_attrs", "knee_unstable_attrs",
-           "knee_values",
+           "UNSTABLE_REASON", "KneeFit", "drop_fit", "drop_values", "knee_earliest_attrs",
+           "knee_fit", "knee_unstable_attrs", "knee_values",
            "loo_range_attrs", "marker_attrs", "marker_interval_kind", "marker_spread"]
 
 #: The λ̂ markers, each with ``<name>_loo_range``: how far it moves without one seed.
@@ -158,61 +165,96 @@ def marker_spread(curve_by_seed: xr.DataArray, marker: float) -> tuple[float, fl
     return float(min(marker, np.nanmin(markers))), float(max(marker, np.nanmax(markers))), None
 
 
+def drop_fit(switch_epochs: np.ndarray, measured: np.ndarray, drop: float,
+             without_each_seed: np.ndarray, present: np.ndarray, level: float, end: EndFit
+             ) -> tuple[tuple[float, float], tuple[float, float, float]]:
+    """The divergence drop's interval ``(lower, upper)`` and its offset from the ``end`` as
+    ``(value, lower, upper)``, from the drop of the seed mean (``drop``), the drop refitted
+    ``without_each_seed`` and the seeds ``present`` (with a distance at all): a jackknife-t
+    interval, at least ± half the spacing of the switch epochs with a distance at the horizon
+    (``measured``) and within them; the offset by :func:`paired_offset`, NaN unless the end
+    is located. NaN throughout without a drop."""
+    nan2, nan3 = (float("nan"),) * 2, (float("nan"),) * 3
+    measured = np.asarray(measured, dtype=float)
+    if not np.isfinite(drop) or measured.size == 0:
+        return nan2, nan3
+    present = np.asarray(present, dtype=bool)
+    half = switch_spacing_at(measured, drop) / 2
+    bounds = (float(measured.min()), float(measured.max()))
+    lower, upper = at_least_and_within(
+        drop, *jackknife_interval(drop, np.asarray(without_each_seed)[present], level), half,
+        bounds)
+    if not end.located:
+        return (lower, upper), nan3
+    return (lower, upper), paired_offset(
+        SeedJackknife(drop, without_each_seed, present, bounds), end.jackknife, level,
+        min_half_width=offset_floor(half, end.resolution))
+
+
 def drop_values(cube: xr.Dataset, batch_size: float, lr_schedule: str, horizon: float,
-                 level: float, drop: float, end: SeedJackknife, end_half: float, located: bool
-                 ) -> tuple[tuple[float, float], tuple[float, float, float]]:
-    """The divergence drop's interval ``(lower, upper)`` (jackknife-t over the seeds with a
-    distance, at least ± half the switch spacing, within the switch epochs with a distance
-    at the horizon) and its offset from the ``end`` as ``(value, lower, upper)``
-    (:func:`paired_offset`; NaN unless the end is ``located``)."""
+                level: float, drop: float, end: EndFit
+                ) -> tuple[tuple[float, float], tuple[float, float, float]]:
+    """:func:`drop_fit` of one cell of a cube: the drop of the distance to the always-blurred
+    run at the ``horizon`` (``drop``, :func:`~critperiods.results.fits.divergence_drop_epoch`
+    of its seed mean), refitted without each seed that has a distance."""
     nan2, nan3 = (float("nan"),) * 2, (float("nan"),) * 3
     div = divergence_to_blurred(cube, batch_size, lr_schedule)
     if div is None or not np.isfinite(drop) or "seed" not in div.dims:
         return nan2, nan3
     switches = cube["switch_epoch"].values.astype(float)
     at_horizon = divergence_at_horizon(cube, batch_size, horizon, lr_schedule)
-    measured = switches[np.isfinite(at_horizon)]
     seeds = div["seed"].values
     present = np.isfinite(div).any(dim=[d for d in div.dims if d != "seed"]).values
     loo = np.full(seeds.size, np.nan)
     for i in np.flatnonzero(present) if present.sum() > 1 else []:  # one seed: none left
         loo[i] = divergence_drop_epoch(switches, divergence_at_horizon(
             cube, batch_size, horizon, lr_schedule, without_seed=seeds[i]))
-    half = switch_spacing_at(measured, drop) / 2
-    bounds = (float(measured.min()), float(measured.max()))
-    lower, upper = at_least_and_within(drop, *jackknife_interval(drop, loo[present], level),
-                                       half, bounds)
-    if not located:
-        return (lower, upper), nan3
-    return (lower, upper), paired_offset(SeedJackknife(drop, loo, present, bounds), end, level,
-                                         min_half_width=offset_floor(half, end_half))
+    return drop_fit(switches, switches[np.isfinite(at_horizon)], drop, loo, present, level, end)
 
 
-def knee_values(curve_by_seed: xr.DataArray, level: float, end: SeedJackknife,
-                end_half: float, located: bool
-                ) -> tuple[tuple[float, float, float], tuple[float, float, float], int, float]:
-    """The knee of a λ̂ curve (``(epoch, seed)``, :func:`knee_with_interval`) and its offset
-    from the ``end`` (:func:`paired_offset`; NaN unless the end is ``located``), each as
-    ``(value, lower, upper)``; whether the knee is unstable (1: with some seed left out it
-    sits at an edge of its range or is gone; 0 otherwise, and without a knee); and the
-    earliest epoch a knee can take (NaN without a knee)."""
+@dataclass(frozen=True)
+class KneeFit:
+    """A λ̂ curve's knee and its offset from the end (:func:`knee_fit`)."""
+
+    knee: tuple[float, float, float]  #: ``(value, lower, upper)``, NaN without a knee
+    offset: tuple[float, float, float]  #: knee − end, NaN without a knee or a located end
+    unstable: int  #: 1 where, with some seed left out, the knee sits at an edge or is gone
+    earliest: float  #: the earliest epoch a knee can take (NaN without a knee)
+    jackknife: SeedJackknife | None  #: the knee refitted without each seed (None without one)
+    resolution: float  #: the knee's resolution (NaN without a knee)
+
+
+def knee_fit(epochs: np.ndarray, llc_by_seed: np.ndarray, level: float, end: EndFit
+             ) -> KneeFit:
+    """The knee of a λ̂ curve laid out ``(epoch, seed)`` (NaN where λ̂ is flagged or absent;
+    :func:`knee_with_interval`), whether it is unstable, the earliest epoch it can take, and
+    its offset from the ``end`` (:func:`paired_offset`, at least the two resolutions added in
+    quadrature; NaN unless the end is located)."""
     nan3 = (float("nan"),) * 3
-    if "seed" not in curve_by_seed.dims or "epoch" not in curve_by_seed.dims:
-        return nan3, nan3, 0, float("nan")
-    values = curve_by_seed.transpose("epoch", "seed")
-    epochs, matrix = values["epoch"].values.astype(float), values.values
+    epochs = np.asarray(epochs, dtype=float)
+    matrix = np.asarray(llc_by_seed, dtype=float).reshape(epochs.size, -1)
     loo = knees_without_each_seed(epochs, matrix)
     profile = profile_knee_interval(epochs, matrix, level)  # the knee's interval and floor
     knee = knee_with_interval(epochs, matrix, level, loo, profile)
     if not np.isfinite(knee[0]):
-        return knee, nan3, 0, float("nan")
+        return KneeFit(knee, nan3, 0, float("nan"), None, float("nan"))
     present = np.isfinite(matrix).any(axis=0)
     x = np.sort(epochs[np.isfinite(matrix).any(axis=1)])
     unstable = int(np.isin(loo[present], [x[1], x[-2]]).any()
                    or (present.sum() > 1 and not np.isfinite(loo[present]).all()))
-    if not located:
-        return knee, nan3, unstable, float(x[1])
-    offset = paired_offset(SeedJackknife(knee[0], loo, present, (x[1], x[-2])), end, level,
-                           min_half_width=offset_floor(
-                               knee_resolution(epochs, matrix, knee[0], level, profile), end_half))
-    return knee, offset, unstable, float(x[1])
+    jackknife = SeedJackknife(knee[0], loo, present, (x[1], x[-2]))
+    half = knee_resolution(epochs, matrix, knee[0], level, profile)
+    offset = (paired_offset(jackknife, end.jackknife, level,
+                            min_half_width=offset_floor(half, end.resolution))
+              if end.located else nan3)
+    return KneeFit(knee, offset, unstable, float(x[1]), jackknife, half)
+
+
+def knee_values(curve_by_seed: xr.DataArray, level: float, end: EndFit) -> KneeFit:
+    """:func:`knee_fit` of a cube's λ̂ curve (dims ``epoch`` and ``seed``); NaN throughout
+    without both dims."""
+    nan3 = (float("nan"),) * 3
+    if "seed" not in curve_by_seed.dims or "epoch" not in curve_by_seed.dims:
+        return KneeFit(nan3, nan3, 0, float("nan"), None, float("nan"))
+    values = curve_by_seed.transpose("epoch", "seed")
+    return knee_fit(values["epoch"].values, values.values, level, end)

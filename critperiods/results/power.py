@@ -18,11 +18,13 @@ for. :class:`Scenario`'s defaults are the designed scenarios of ``bench/marker_c
 (a clear bend, λ̂ noise 5). :data:`DEFAULT_NOISE`, what ``power`` assumes unless told, is
 what the default run measured (noisier λ̂, a weaker bend); a run of another dataset or model
 should say its own, or have it read off its cube (:mod:`critperiods.results.observed_noise`,
-``power --noise-from``). :func:`coverage` then computes the summary's
-intervals as :func:`critperiods.results.summary.critical_period_summary` does
-(:mod:`critperiods.results.knee`): the knee's and the drop's (jackknife-t, at least ± half
-their grid's spacing), and knee − end and drop − end, paired (each seed left out of both),
-and for the knee also unpaired (the two jackknife half-widths added in quadrature), for
+``power --noise-from``). :func:`coverage` then measures each simulated run with the
+summary's own code (:func:`critperiods.results.end_fit.fit_end`,
+:func:`critperiods.results.markers.knee_fit` and :func:`~critperiods.results.markers.drop_fit`,
+which :func:`critperiods.results.summary.critical_period_summary` calls on a cube): the
+knee's and the drop's intervals, and knee − end and drop − end, paired (each seed left out of
+both) and reported only where the end is located; for the knee also unpaired (the two
+jackknife half-widths added in quadrature), for
 comparison. ``bench/marker_coverage.py`` prints its table for the default grid
 (docs/analysis.md), ``python -m critperiods power`` for a config's.
 
@@ -35,24 +37,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from critperiods.results.fits import (
-    divergence_drop_epoch,
-    hinge_end,
-    hinge_profile_interval,
-    hinge_resolution,
-    jackknife_interval,
-    kinks_without_each_seed,
-    switch_spacing_at,
-)
-from critperiods.results.knee import (
-    SeedJackknife,
-    knee_resolution,
-    knee_with_interval,
-    knees_without_each_seed,
-    offset_floor,
-    paired_offset,
-    profile_knee_interval,
-)
+from critperiods.results.end_fit import EndFit, fit_end
+from critperiods.results.fits import divergence_drop_epoch, jackknife_interval
+from critperiods.results.knee import offset_floor
+from critperiods.results.markers import KneeFit, drop_fit, knee_fit
 
 
 @dataclass(frozen=True)
@@ -107,27 +95,34 @@ def simulate(sc: Scenario, grid: Grid, rng: np.random.Generator
     return acc, llc, div
 
 
-def _drop_with_interval(switches: np.ndarray, div: np.ndarray, level: float
-                        ) -> tuple[float, float, float, np.ndarray]:
-    """The drop of the seed mean, its interval as the summary computes it (every seed has a
-    distance here, so the seed mean is the plain mean) and its value without each seed."""
-    drop = divergence_drop_epoch(switches, div.mean(axis=1))
+def _drop(switches: np.ndarray, div: np.ndarray) -> tuple[float, np.ndarray]:
+    """The drop of the seed mean (every seed has a distance here, so the plain mean) and its
+    value without each seed, as :func:`~critperiods.results.markers.drop_values` computes
+    them on a cube."""
     loo = np.array([divergence_drop_epoch(switches, np.delete(div, i, axis=1).mean(axis=1))
                     for i in range(div.shape[1])])
-    if not np.isfinite(drop):
-        return drop, float("nan"), float("nan"), loo
-    lower, upper = jackknife_interval(drop, loo, level)
-    half = switch_spacing_at(switches, drop) / 2
-    return (drop, max(min(lower, drop - half), switches[0]),
-            min(max(upper, drop + half), switches[-1]), loo)
+    return divergence_drop_epoch(switches, div.mean(axis=1)), loo
+
+
+def _unpaired(knee: KneeFit, end: EndFit, level: float) -> float:
+    """The half-width of knee − end if the two were independent: their jackknife-t
+    half-widths added in quadrature, at least the same floor as the paired interval's."""
+    halves = (np.diff(jackknife_interval(jk.value, jk.without_each_seed[jk.present], level))[0]
+              / 2 for jk in (knee.jackknife, end.jackknife))
+    return max(offset_floor(knee.resolution, end.resolution), float(np.hypot(*halves)))
 
 
 def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
-    """Over ``trials`` simulated runs: each interval's coverage (``<key> cover``) and median
-    width (``<key> width``) for the keys ``knee``, ``paired`` (knee − end), ``unpaired``,
-    ``drop`` and ``drop paired`` (drop − end), and how often each paired offset excludes 0
-    (``paired excludes 0``, ``drop paired excludes 0``: the share of runs that call the
-    marker after or before the end)."""
+    """Over ``trials`` simulated runs, each measured as the summary measures a cell
+    (:func:`~critperiods.results.end_fit.fit_end`,
+    :func:`~critperiods.results.markers.knee_fit`,
+    :func:`~critperiods.results.markers.drop_fit`): each interval's coverage
+    (``<key> cover``) and median width (``<key> width``), over the runs that report it, for
+    the keys ``knee``, ``paired`` (knee − end), ``unpaired``, ``drop`` and ``drop paired``
+    (drop − end); and the share of all runs whose paired offset excludes 0 (``paired
+    excludes 0``, ``drop paired excludes 0``): the runs that call the marker after or
+    before the end. A run without a knee, a drop or a located end reports no offset, and so
+    calls nothing."""
     rng = np.random.default_rng(0)
     switches, epochs, level = np.asarray(grid.switches), np.asarray(grid.llc_epochs), grid.level
     keys = ("knee", "paired", "unpaired", "drop", "drop paired")
@@ -135,40 +130,32 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
     width: dict[str, list] = {k: [] for k in keys}
     excludes: dict[str, list] = {"paired": [], "drop paired": []}
     present = np.ones(grid.seeds, dtype=bool)
+
+    def record(key: str, truth: float, interval: tuple[float, float]) -> None:
+        lo, hi = interval
+        if np.isfinite(lo) and np.isfinite(hi):
+            hit[key].append(lo <= truth <= hi)
+            width[key].append(hi - lo)
+
+    def called(key: str, offset: tuple[float, float, float]) -> None:
+        excludes[key].append(bool(offset[1] > 0 or offset[2] < 0))  # NaN: not called
+
     for _ in range(trials):
         acc, llc, div = simulate(sc, grid, rng)
-        end_loo = kinks_without_each_seed(switches, acc)
-        end_profile = hinge_profile_interval(switches, acc, level)
-        end, *_ = hinge_end(switches, acc, level, end_loo, end_profile)
-        end_jk = SeedJackknife(end, end_loo, present)
-        end_half = hinge_resolution(switches, acc, end, level, end_profile)
-        knee_loo = knees_without_each_seed(epochs, llc)
-        knee_profile = profile_knee_interval(epochs, llc, level)
-        knee, k_lo, k_hi = knee_with_interval(epochs, llc, level, knee_loo, knee_profile)
-        if np.isfinite(knee):
-            floor = offset_floor(knee_resolution(epochs, llc, knee, level, knee_profile),
-                                 end_half)
-            offset, lo, hi = paired_offset(SeedJackknife(knee, knee_loo, present), end_jk,
-                                           level, floor)
-            half = max(floor, np.hypot(*(np.diff(jackknife_interval(v, loo, level))[0] / 2
-                                         for v, loo in ((knee, knee_loo), (end, end_loo)))))
-            for key, covered, w in (
-                    ("knee", k_lo <= sc.knee <= k_hi, k_hi - k_lo),
-                    ("paired", lo <= sc.knee - sc.end <= hi, hi - lo),
-                    ("unpaired", offset - half <= sc.knee - sc.end <= offset + half, 2 * half)):
-                hit[key].append(covered)
-                width[key].append(w)
-            excludes["paired"].append(lo > 0 or hi < 0)
-        drop, d_lo, d_hi, drop_loo = _drop_with_interval(switches, div, level)
-        if np.isfinite(drop):
-            floor = offset_floor(switch_spacing_at(switches, drop) / 2, end_half)
-            _, lo, hi = paired_offset(SeedJackknife(drop, drop_loo, present), end_jk, level,
-                                      floor)
-            for key, covered, w in (("drop", d_lo <= sc.drop <= d_hi, d_hi - d_lo),
-                                    ("drop paired", lo <= sc.drop - sc.end <= hi, hi - lo)):
-                hit[key].append(covered)
-                width[key].append(w)
-            excludes["drop paired"].append(lo > 0 or hi < 0)
+        end = fit_end(switches, acc, level)
+        knee = knee_fit(epochs, llc, level, end)
+        record("knee", sc.knee, knee.knee[1:])
+        record("paired", sc.knee - sc.end, knee.offset[1:])
+        called("paired", knee.offset)
+        if np.isfinite(knee.offset[0]):
+            half = _unpaired(knee, end, level)
+            record("unpaired", sc.knee - sc.end,
+                   (knee.offset[0] - half, knee.offset[0] + half))
+        drop, drop_loo = _drop(switches, div)
+        interval, offset = drop_fit(switches, switches, drop, drop_loo, present, level, end)
+        record("drop", sc.drop, interval)
+        record("drop paired", sc.drop - sc.end, offset[1:])
+        called("drop paired", offset)
     out = {f"{k} cover": float(np.mean(v)) if v else float("nan") for k, v in hit.items()}
     out.update({f"{k} width": float(np.median(v)) if v else float("nan")
                 for k, v in width.items()})

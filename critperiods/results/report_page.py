@@ -19,8 +19,9 @@ import pandas as pd
 import xarray as xr
 import yaml
 
+from critperiods.results.end_fit import end_located
 from critperiods.results.markers import UNSTABLE_REASON
-from critperiods.results.summary import end_located, unlocated_reason
+from critperiods.results.summary import unlocated_reason
 from critperiods.results.tables import (
     as_said,
     diverged_sentence,

@@ -7,8 +7,8 @@ the cube:
 
 * the end of the critical period (hinge kink) with a leave-one-seed-out jackknife interval,
   and its slope;
-  an end is *located* (:func:`end_located`) only where the permanent deficit's interval is
-  above 0, and only located ends enter the exponents;
+  an end is *located* (:func:`critperiods.results.end_fit.end_located`) only where the
+  permanent deficit's interval is above 0, and only located ends enter the exponents;
 * the permanent deficit of the latest switch, per learning-rate schedule, with a Student-t
   interval over the seeds that have both runs (``permanent_deficit_seeds``): the deficit
   "survives the restart" when it stays above 0 with the rate reset at the switch;
@@ -33,20 +33,15 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from critperiods.results.end_fit import fit_end
 from critperiods.results.fits import (
     MIN_CHANGE_POINTS,
     divergence_drop_epoch,
     fit_power_law,
     half_deficit_epoch,
-    hinge_end,
-    hinge_profile_interval,
-    hinge_resolution,
-    kinks_without_each_seed,
     largest_change_epoch,
-    permanent_deficit,
     seed_adjusted_mean,
 )
-from critperiods.results.knee import SeedJackknife
 from critperiods.results.markers import (
     LLC_KNEES,
     LLC_MARKERS,
@@ -73,7 +68,7 @@ from critperiods.variables import SUMMARY_STATISTICS, exponent_attrs, interval_a
 from critperiods.variables import attrs as variable_attrs
 
 __all__ = ["EXPONENTS", "INTERVAL_METHOD", "INTERVAL_STATISTICS", "MIN_LLC_POINTS",
-           "critical_period_summary", "end_located", "located_end", "unlocated_reason"]
+           "critical_period_summary", "located_end", "unlocated_reason"]
 
 #: How the end's and the exponents' intervals are computed; stored as the cube attribute
 #: ``summary_interval_method`` so that ``summarize`` recognises statistics of older cubes.
@@ -86,14 +81,6 @@ MIN_LLC_POINTS = MIN_CHANGE_POINTS
 INTERVAL_STATISTICS = ("critical_period_end", "permanent_deficit")
 #: The power-law exponents of the end, per lr_schedule (each with ``<name>_interval``).
 EXPONENTS = ("temperature_exponent", "batch_size_exponent")
-def end_located(deficit_lower: float) -> bool:
-    """Whether a cell has a critical-period end to report: the lower bound of its permanent
-    deficit's interval is above zero. Otherwise the hinge kink was fitted to a curve that
-    need not decline at all and is noise: the exponents, the perturbation split, the table,
-    the report and the figures leave it out (the CSV and the cube keep the fitted kink)."""
-    return bool(deficit_lower > 0)
-
-
 def unlocated_reason(deficit: float, deficit_lower: float) -> str:
     """Why a cell has no located end, in a few words: no deficit measured, no interval (one
     seed), or a deficit whose interval reaches 0 ("no deficit")."""
@@ -105,7 +92,8 @@ def unlocated_reason(deficit: float, deficit_lower: float) -> str:
 
 
 def located_end(summary: xr.Dataset) -> xr.DataArray:
-    """``critical_period_end`` where it is located (:func:`end_located`), NaN elsewhere."""
+    """``critical_period_end`` where it is located
+    (:func:`~critperiods.results.end_fit.end_located`), NaN elsewhere."""
     end = summary["critical_period_end"]
     if "permanent_deficit_interval" not in summary:
         return end
@@ -137,24 +125,21 @@ def _cell_values(
         diverged = diverged.sel(lr_schedule=lr_schedule)
     acc = acc.transpose("switch_epoch", ...).values.reshape(switches.size, -1)
     n_diverged = int(diverged.sum())
-    without_each_seed = kinks_without_each_seed(switches, acc)  # the end's and the exponents'
-    end_profile = hinge_profile_interval(switches, acc, level)  # the end's interval and floor
-    k, lower, upper, slope = hinge_end(switches, acc, level, without_each_seed, end_profile)
-    deficit, d_lo, d_hi, pairs = permanent_deficit(switches, acc, level)
+    end = fit_end(switches, acc, level)
     trunk_by_seed, sharp_by_seed = llc_trunk_by_seed(cube, batch_size), llc_sharp_by_seed(
         cube, batch_size)
     trunk, sharp = seed_mean(trunk_by_seed), seed_mean(sharp_by_seed)
     div = divergence_at_horizon(cube, batch_size, horizon, lr_schedule)
     values = {
-        "critical_period_end": k, "critical_period_end_lower": lower,
-        "critical_period_end_upper": upper, "critical_period_slope": slope,
-        "permanent_deficit": deficit, "permanent_deficit_lower": d_lo,
-        "permanent_deficit_upper": d_hi,
+        "critical_period_end": end.end, "critical_period_end_lower": end.lower,
+        "critical_period_end_upper": end.upper, "critical_period_slope": end.slope,
+        "permanent_deficit": end.deficit, "permanent_deficit_lower": end.deficit_lower,
+        "permanent_deficit_upper": end.deficit_upper,
         "half_deficit_epoch": half_deficit_epoch(switches, seed_adjusted_mean(acc)),
         "llc_change_epoch_trunk": largest_change_epoch(trunk["epoch"].values, trunk.values),
         "llc_change_epoch_sharp": largest_change_epoch(sharp["epoch"].values, sharp.values),
         "divergence_drop_epoch": divergence_drop_epoch(switches, div),
-        "diverged_runs": n_diverged, "permanent_deficit_seeds": pairs,
+        "diverged_runs": n_diverged, "permanent_deficit_seeds": end.deficit_seeds,
         "seeds_fitted": int(np.isfinite(acc).any(axis=0).sum()),
     }
     left_out = (f" ({n_diverged} run(s) diverged to chance and are left out)" if n_diverged
@@ -179,38 +164,31 @@ def _cell_values(
         values[f"{name}_lower"], values[f"{name}_upper"] = lo, hi
         if reason:
             why[f"{name}_loo_range"] = reason
-    with_runs = switches[np.isfinite(acc).any(axis=1)]  # where the hinge can put the end
-    end = SeedJackknife(k, without_each_seed, np.isfinite(acc).any(axis=0),
-                        (float(with_runs.min()), float(with_runs.max())) if with_runs.size
-                        else (float("nan"),) * 2)
-    end_half = (hinge_resolution(switches, acc, k, level, end_profile) if np.isfinite(k)
-                else float("nan"))
-    located = end_located(d_lo)
+    unlocated = ("" if end.located
+                 else f"no located end ({unlocated_reason(end.deficit, end.deficit_lower)})")
     for (knee_name, offset_name), curve, marker in zip(
             LLC_KNEES, (trunk_by_seed, sharp_by_seed), LLC_MARKERS, strict=True):
-        knee, offset, unstable, earliest = knee_values(curve, level, end, end_half, located)
-        for name, triple in ((knee_name, knee), (offset_name, offset)):
+        knee = knee_values(curve, level, end)
+        for name, triple in ((knee_name, knee.knee), (offset_name, knee.offset)):
             values[name], values[f"{name}_lower"], values[f"{name}_upper"] = triple
-        values[f"{knee_name}_unstable"] = unstable
-        values[f"{knee_name}_earliest"] = earliest
-        if not np.isfinite(knee[0]):
+        values[f"{knee_name}_unstable"] = knee.unstable
+        values[f"{knee_name}_earliest"] = knee.earliest
+        if not np.isfinite(knee.knee[0]):
             why[knee_name] = why.get(marker) or "valid λ̂ is a straight line (no knee)"
             why[offset_name] = f"no {knee_name}: {why[knee_name]}"
-        elif not located:
-            why[offset_name] = (f"no located end ({unlocated_reason(deficit, d_lo)}): nothing "
-                                "to compare the knee with")
+        elif unlocated:
+            why[offset_name] = f"{unlocated}: nothing to compare the knee with"
     drop, offset = drop_values(cube, batch_size, lr_schedule, horizon, level,
-                                values["divergence_drop_epoch"], end, end_half, located)
+                                values["divergence_drop_epoch"], end)
     values["divergence_drop_epoch_lower"], values["divergence_drop_epoch_upper"] = drop
     values["divergence_drop_minus_end"], *bounds = offset
     values["divergence_drop_minus_end_lower"], values["divergence_drop_minus_end_upper"] = bounds
     if not np.isfinite(values["divergence_drop_epoch"]):
         why["divergence_drop_minus_end"] = ("no divergence_drop_epoch: "
                                             + why["divergence_drop_epoch"])
-    elif not located:
-        why["divergence_drop_minus_end"] = (f"no located end ({unlocated_reason(deficit, d_lo)})"
-                                            ": nothing to compare the drop with")
-    return values, why, without_each_seed
+    elif unlocated:
+        why["divergence_drop_minus_end"] = f"{unlocated}: nothing to compare the drop with"
+    return values, why, end.jackknife.without_each_seed
 
 
 def _why_missing(reasons: dict[tuple, str | None]) -> str:
@@ -317,12 +295,12 @@ def critical_period_summary(
     branches are NaN to the seed means, intervals and fits; a cell left with no run gives
     NaN and says so). Per ``lr_schedule``:
     ``temperature_exponent`` and ``batch_size_exponent`` (+ ``_interval``) of the located
-    ends (:func:`end_located`), NaN with fewer than 3 of them; their interval leaves each
-    seed out at every batch size at once. A NaN statistic says why in its ``missing``
-    attribute. The dataset's attributes ``interval_kind`` and ``deficit_interval_kind`` say
-    what the end's and the deficit's intervals are, ``interval_method`` is
-    :data:`INTERVAL_METHOD`. With one seed in a cell its intervals are NaN. A cube without
-    an ``lr_schedule`` dim is treated as one ``continue`` schedule.
+    ends (:func:`~critperiods.results.end_fit.end_located`), NaN with fewer than 3 of them;
+    their interval leaves each seed out at every batch size at once. A NaN statistic says
+    why in its ``missing`` attribute. The dataset's attributes ``interval_kind`` and
+    ``deficit_interval_kind`` say what the end's and the deficit's intervals are,
+    ``interval_method`` is :data:`INTERVAL_METHOD`. With one seed in a cell its intervals
+    are NaN. A cube without an ``lr_schedule`` dim is treated as one ``continue`` schedule.
     """
     if "lr_schedule" not in cube.dims:
         cube = cube.expand_dims(lr_schedule=["continue"])

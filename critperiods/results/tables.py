@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from critperiods.results.end_fit import end_located
 from critperiods.results.markers import (
     LLC_KNEES,
     LLC_MARKERS,
@@ -20,12 +21,7 @@ from critperiods.results.markers import (
     UNSTABLE_REASON,
 )
 from critperiods.results.selection import CLASSES, run_diverged
-from critperiods.results.summary import (
-    EXPONENTS,
-    INTERVAL_STATISTICS,
-    end_located,
-    unlocated_reason,
-)
+from critperiods.results.summary import EXPONENTS, INTERVAL_STATISTICS, unlocated_reason
 from critperiods.variables import SUMMARY_STATISTICS
 
 __all__ = ["MARKER_NAMES", "as_said", "diverged_sentence", "format_table", "llc_flag_counts",
