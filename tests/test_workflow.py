@@ -456,6 +456,33 @@ def test_the_readmes_cube_example_runs_on_a_real_cube(run):
     assert namespace["acc"].dims and "critical_period_end" in namespace["cube"]
 
 
+def test_the_cubes_summary_is_the_summary_of_the_stored_cube(run, monkeypatch):
+    """``summarize --recompute`` on a finished cube gives back what aggregate stored, to the
+    bit: aggregate computes the summary on a cube that already carries the run's ``lr``
+    (the temperature is ``lr / batch_size``; it used 1 before the attribute was set)."""
+    import xarray as xr
+
+    from critperiods.pipeline.plan import training_params
+    from critperiods.results import summary as summary_module
+    from critperiods.results.cube import build_cube
+
+    results = run / "results/tiny"
+    stored = xr.load_dataset(results / "cube.nc")
+    again = summary_module.critical_period_summary(stored, level=stored.attrs["summary_level"])
+    for name in again.data_vars:
+        np.testing.assert_array_equal(again[name].values, stored[name].values, err_msg=name)
+
+    seen = []
+    real = summary_module.critical_period_summary
+    monkeypatch.setattr(summary_module, "critical_period_summary",
+                        lambda cube, **kw: seen.append(cube.attrs.get("lr")) or real(cube, **kw))
+    config = yaml.safe_load((results / "config.yaml").read_text())
+    build_cube(metrics_files=sorted(results.glob("runs/*/*/metrics.nc")), llc_files=[],
+               grid=config["grid"], epochs_after_switch=config["epochs_after_switch"],
+               training=training_params(config), config_yaml="")
+    assert seen == [config["optimizer"]["lr"]]
+
+
 @pytest.mark.parametrize("configfile", [None, "configs/cifar10_achille.yaml"])
 def test_the_dag_trains_the_epochs_the_plan_counts(configfile):
     """The cost model's epochs with trunk sharing (``plan.epochs_trained``) are the ones the

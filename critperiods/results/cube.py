@@ -115,6 +115,7 @@ def build_cube(
         cube[name] = cube[name].fillna(NO_FIT).astype(np.int8)
     if "llc_mean" in cube:
         cube["llc_quality"] = _llc_quality(cube, settings)
+    cube.attrs["lr"] = training["optimizer"]["lr"]  # the summary's temperature, lr / batch_size
     summary = critical_period_summary(cube, level=settings["interval_level"])
     cube = cube.merge(summary)
     if "perturb_l2" in cube:
