@@ -1097,6 +1097,38 @@ def test_the_knee_offset_pairs_each_seeds_knee_with_its_own_end() -> None:
                 expected[1:])
 
 
+def test_a_knee_on_a_line_within_its_noise_is_flagged_and_said(tmp_path) -> None:
+    """λ̂ along a straight line with noise: the broken stick still finds a knee, and the
+    summary flags it within noise; a clear bend with the same noise is not flagged. The flag
+    reaches the table ("~" and its footnote), the verdicts, the report's answer and the CSV."""
+    from critperiods.results import report_page
+
+    rng = np.random.default_rng(0)  # a line passes the screen in about 90 % of draws per
+    cube = synthetic_cube(with_div=False)  # cell; this draw passes in all three
+    epochs = cube["epoch"]
+    noise = xr.DataArray(rng.normal(0, 1.0, cube["llc_mean"].shape), dims=cube["llc_mean"].dims,
+                         coords=cube["llc_mean"].coords)
+    bent = cube.copy()
+    bent["llc_mean"] = (xr.where(epochs < 20, 3 * epochs, 60 + 0.2 * (epochs - 20))
+                        .broadcast_like(cube["llc_mean"]) + noise)
+    flat = cube.copy()
+    flat["llc_mean"] = (2 * epochs).broadcast_like(cube["llc_mean"]) + noise
+    assert not critical_period_summary(bent)["llc_knee_trunk_within_noise"].any()
+    summary = critical_period_summary(flat)
+    flag = summary["llc_knee_trunk_within_noise"]
+    assert flag.all() and np.isfinite(summary["llc_knee_trunk"]).all()
+    assert flag.dtype == np.int8 and flag.attrs["flag_meanings"] == (
+        "bends_beyond_noise within_noise")
+    text = tables.format_table(summary)
+    assert "~" in text.splitlines()[1] and "~ within-noise knee: the seed-mean λ̂ bends" in text
+    assert all("within-noise knee) " in v for v in tables.marker_verdicts(summary).values())
+    assert "λ̂ trunk (within-noise knee) " in "\n".join(
+        report_page.answer_lines(flat.merge(summary)))
+    assert "(within noise)" in report_page.table_rst(flat.merge(summary))
+    tables.to_csv(flat.merge(summary), tmp_path / "table.csv")
+    assert pd.read_csv(tmp_path / "table.csv")["llc_knee_trunk_within_noise"].all()
+
+
 def test_a_knee_at_an_edge_or_gone_without_a_seed_is_flagged_unstable(monkeypatch,
                                                                      tmp_path) -> None:
     """Every seed bending at 20 is stable. A bend at the second λ̂ epoch (the earliest a knee
@@ -1121,9 +1153,10 @@ def test_a_knee_at_an_edge_or_gone_without_a_seed_is_flagged_unstable(monkeypatc
     text = tables.format_table(summary)
     assert "]*" in text and "* unstable knee: with some seed left out" in text
     verdicts = tables.marker_verdicts(summary)
+    # a bend only one seed makes is also within the mean curve's noise
     assert len(verdicts) == BATCHES.size and all(
-        v.startswith("λ̂ trunk (unstable knee) ") and "λ̂ never-blurred (unstable knee) " in v
-        for v in verdicts.values())
+        v.startswith("λ̂ trunk (unstable, within-noise knee) ")
+        and "λ̂ never-blurred (unstable, within-noise knee) " in v for v in verdicts.values())
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path, dpi: figures.append(fig))
     cube = one.merge(summary)

@@ -7,8 +7,8 @@ this module for:
 * the λ̂ arg-max markers' leave-one-out spread (:func:`marker_spread`; the markers
   themselves are :func:`critperiods.results.fits.largest_change_epoch`);
 * the λ̂ knee along the blurred trunk and along the never-blurred run, its interval, its
-  instability flag and its offset from the end (:func:`knee_values`, on the numerical core
-  :mod:`critperiods.results.knee`);
+  flags (unstable; within its curve's noise) and its offset from the end
+  (:func:`knee_values`, on the numerical core :mod:`critperiods.results.knee`);
 * the divergence drop's interval and its offset from the end (:func:`drop_values`).
 
 The offsets are from the end as :func:`critperiods.results.end_fit.fit_end` fits it.
@@ -38,6 +38,7 @@ from critperiods.results.fits import (
 )
 from critperiods.results.knee import (
     SeedJackknife,
+    bends_beyond_noise,
     knee_resolution,
     knee_with_interval,
     knees_without_each_seed,
@@ -49,8 +50,9 @@ from critperiods.results.selection import divergence_at_horizon, divergence_to_b
 from critperiods.variables import interval_attrs
 
 __all__ = ["LLC_KNEES", "LLC_MARKERS", "LOO_RANGE_KIND", "MARKER_OFFSETS", "MARKER_STATISTICS",
-           "UNSTABLE_REASON", "KneeFit", "drop_fit", "drop_values", "knee_earliest_attrs",
-           "knee_fit", "knee_unstable_attrs", "knee_values",
+           "UNSTABLE_REASON", "KNEE_FLAGS", "KneeFit", "WITHIN_NOISE_REASON", "drop_fit",
+           "drop_values", "knee_earliest_attrs", "knee_fit", "knee_flags", "knee_unstable_attrs",
+           "knee_values", "knee_within_noise_attrs",
            "loo_range_attrs", "marker_attrs", "marker_interval_kind", "marker_spread"]
 
 #: The λ̂ markers, each with ``<name>_loo_range``: how far it moves without one seed.
@@ -80,6 +82,15 @@ MARKER_STATISTICS = ("llc_knee_trunk", "llc_knee_minus_end_trunk", "llc_knee_sha
 UNSTABLE_REASON = ("with some seed left out, the knee sits at an edge of its range or is "
                    "gone: the bend may lie outside the epochs with λ̂, or λ̂ bends too little "
                    "to place it; read the interval, not the value")
+#: ``<knee>_within_noise`` (a 0/1 flag per knee of :data:`LLC_KNEES`): the seed-mean curve
+#: does not bend beyond its noise (:func:`~critperiods.results.knee.bends_beyond_noise`). A
+#: least-squares knee finds some bend in any noisy line; this one is no evidence of a change.
+WITHIN_NOISE_REASON = ("the seed-mean λ̂ bends no more than its noise lets a straight line "
+                       "seem to (an F test of the broken stick against a line, at the "
+                       "intervals' level): the knee is the best of near-equal fits, not "
+                       "evidence that λ̂ changes there")
+#: The flags of a knee, each with the words the table, the verdicts and the report use.
+KNEE_FLAGS = (("unstable", "unstable"), ("within_noise", "within-noise"))
 _MARKER_LONG_NAMES = {
     "llc_knee_trunk": "knee of valid lambda-hat along the blurred trunk (continuous broken-stick "
                       "fit to the seed mean), in epochs",
@@ -127,6 +138,19 @@ def knee_unstable_attrs(knee: str) -> dict:
     return {"long_name": f"whether {knee} is unstable: {UNSTABLE_REASON}", "units": "1",
             "flag_values": np.asarray([0, 1], dtype=np.int8),
             "flag_meanings": "stable unstable"}
+
+
+def knee_within_noise_attrs(knee: str) -> dict:
+    """Attributes of the flag ``<knee>_within_noise`` (CF: 0 bends, 1 within noise)."""
+    return {"long_name": f"whether {knee} is within noise: {WITHIN_NOISE_REASON}",
+            "units": "1", "flag_values": np.asarray([0, 1], dtype=np.int8),
+            "flag_meanings": "bends_beyond_noise within_noise"}
+
+
+def knee_flags(row: dict, knee: str) -> list[str]:
+    """The words of the flags (:data:`KNEE_FLAGS`) raised for ``knee`` in a table ``row``:
+    ``["unstable"]``, ``["within-noise"]``, both, or none."""
+    return [word for flag, word in KNEE_FLAGS if bool(row.get(f"{knee}_{flag}", False))]
 
 
 def marker_attrs(name: str, level: float | None = None) -> dict:
@@ -219,6 +243,7 @@ class KneeFit:
     knee: tuple[float, float, float]  #: ``(value, lower, upper)``, NaN without a knee
     offset: tuple[float, float, float]  #: knee − end, NaN without a knee or a located end
     unstable: int  #: 1 where, with some seed left out, the knee sits at an edge or is gone
+    within_noise: int  #: 1 where the curve bends no more than its noise lets a line seem to
     earliest: float  #: the earliest epoch a knee can take (NaN without a knee)
     jackknife: SeedJackknife | None  #: the knee refitted without each seed (None without one)
     resolution: float  #: the knee's resolution (NaN without a knee)
@@ -227,7 +252,8 @@ class KneeFit:
 def knee_fit(epochs: np.ndarray, llc_by_seed: np.ndarray, level: float, end: EndFit
              ) -> KneeFit:
     """The knee of a λ̂ curve laid out ``(epoch, seed)`` (NaN where λ̂ is flagged or absent;
-    :func:`knee_with_interval`), whether it is unstable, the earliest epoch it can take, and
+    :func:`knee_with_interval`), whether it is unstable, whether the curve bends within its
+    noise (:func:`bends_beyond_noise` false), the earliest epoch it can take, and
     its offset from the ``end`` (:func:`paired_offset`, at least the two resolutions added in
     quadrature; NaN unless the end is located)."""
     nan3 = (float("nan"),) * 3
@@ -237,7 +263,8 @@ def knee_fit(epochs: np.ndarray, llc_by_seed: np.ndarray, level: float, end: End
     profile = profile_knee_interval(epochs, matrix, level)  # the knee's interval and floor
     knee = knee_with_interval(epochs, matrix, level, loo, profile)
     if not np.isfinite(knee[0]):
-        return KneeFit(knee, nan3, 0, float("nan"), None, float("nan"))
+        return KneeFit(knee, nan3, 0, 0, float("nan"), None, float("nan"))
+    within_noise = int(bends_beyond_noise(epochs, matrix, level) is False)
     present = np.isfinite(matrix).any(axis=0)
     x = np.sort(epochs[np.isfinite(matrix).any(axis=1)])
     unstable = int(np.isin(loo[present], [x[1], x[-2]]).any()
@@ -247,7 +274,7 @@ def knee_fit(epochs: np.ndarray, llc_by_seed: np.ndarray, level: float, end: End
     offset = (paired_offset(jackknife, end.jackknife, level,
                             min_half_width=offset_floor(half, end.resolution))
               if end.located else nan3)
-    return KneeFit(knee, offset, unstable, float(x[1]), jackknife, half)
+    return KneeFit(knee, offset, unstable, within_noise, float(x[1]), jackknife, half)
 
 
 def knee_values(curve_by_seed: xr.DataArray, level: float, end: EndFit) -> KneeFit:
@@ -255,6 +282,6 @@ def knee_values(curve_by_seed: xr.DataArray, level: float, end: EndFit) -> KneeF
     without both dims."""
     nan3 = (float("nan"),) * 3
     if "seed" not in curve_by_seed.dims or "epoch" not in curve_by_seed.dims:
-        return KneeFit(nan3, nan3, 0, float("nan"), None, float("nan"))
+        return KneeFit(nan3, nan3, 0, 0, float("nan"), None, float("nan"))
     values = curve_by_seed.transpose("epoch", "seed")
     return knee_fit(values["epoch"].values, values.values, level, end)

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from critperiods.pipeline.files import write_atomic  # noqa: E402
+from critperiods.results.markers import KNEE_FLAGS  # noqa: E402
 from critperiods.results.selection import (  # noqa: E402
     diverged_branches,
     run_diverged,
@@ -284,18 +285,20 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         for j, (name, color, _) in enumerate(markers):
             value = float(shared_by_schedules(cube[name].sel(batch_size=b)))
             height = 0.95 - 0.06 * j
-            unstable = f"{name}_unstable" in cube and bool(
-                shared_by_schedules(cube[f"{name}_unstable"].sel(batch_size=b)))
+            flagged = any(f"{name}_{flag}" in cube and bool(
+                shared_by_schedules(cube[f"{name}_{flag}"].sel(batch_size=b)))
+                for flag, _ in KNEE_FLAGS)
             spread = f"{name}_interval"
             interval = (shared_by_schedules(cube[spread].sel(batch_size=b)).values
                         if spread in cube else None)
-            _marker_at_top(ax, value, interval, height, color, hollow=unstable)
+            _marker_at_top(ax, value, interval, height, color, hollow=flagged)
         handles = [plt.Line2D([], [], ls="none", marker="v", ms=7, color=color, label=text)
                    for _, color, text in markers]
-        if any(bool(cube[f"{name}_unstable"].any()) for name, _, _ in markers
-               if f"{name}_unstable" in cube):
+        if any(bool(cube[f"{name}_{flag}"].any()) for name, _, _ in markers
+               for flag, _ in KNEE_FLAGS if f"{name}_{flag}" in cube):
             handles.append(plt.Line2D([], [], ls="none", marker="v", ms=7, color="0.3",
-                                      mfc="none", label="hollow: unstable knee"))
+                                      mfc="none",
+                                      label="hollow: unstable knee, or λ̂ bending within noise"))
         if has_ends:
             handles.append(plt.Line2D([], [], color="k", ls="--", lw=1,
                                       label="critical-period end (continue), interval shaded"))

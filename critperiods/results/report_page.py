@@ -20,7 +20,7 @@ import xarray as xr
 import yaml
 
 from critperiods.results.end_fit import end_located
-from critperiods.results.markers import UNSTABLE_REASON
+from critperiods.results.markers import UNSTABLE_REASON, WITHIN_NOISE_REASON, knee_flags
 from critperiods.results.summary import unlocated_reason
 from critperiods.results.tables import (
     as_said,
@@ -63,10 +63,11 @@ def _interval(lo: float, hi: float, digits: int = 1) -> str:
 
 def _marker(row: pd.Series, name: str) -> str:
     """A marker (λ̂ knee, divergence drop) with its interval, where it has one, and
-    "(unstable)" for an unstable knee."""
+    a knee's flags: "(unstable)", "(within noise)" or "(unstable, within noise)"."""
     lo, hi = row.get(f"{name}_lower", np.nan), row.get(f"{name}_upper", np.nan)
+    flags = ", ".join(word.replace("-", " ") for word in knee_flags(row, name))
     return (_num(row.get(name, np.nan)) + (f" {_interval(lo, hi)}" if np.isfinite(lo) else "")
-            + (" (unstable)" if row.get(f"{name}_unstable", False) else ""))
+            + (f" ({flags})" if flags else ""))
 
 
 def answer_lines(cube: xr.Dataset) -> list[str]:
@@ -261,8 +262,8 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         "knee) fitted to λ̂ against epoch bends, along the blurred trunk and along the "
         f"never-blurred run (valid estimates only; brackets: "
         f"{as_said(cube.attrs.get('knee_interval_kind', 'an interval over seeds'))}); *unstable*: "
-        f"{UNSTABLE_REASON}; *divergence marker*: the switch epoch where the distance to the "
-        "always-blurred run halves (brackets: "
+        f"{UNSTABLE_REASON}; *within noise*: {WITHIN_NOISE_REASON}; *divergence marker*: the "
+        "switch epoch where the distance to the always-blurred run halves (brackets: "
         f"{as_said(cube.attrs.get('drop_interval_kind', 'an interval over seeds'))}); "
         "*marker minus the end*: in the answer above, with a "
         f"{as_said(cube.attrs.get('offset_interval_kind', 'paired interval over seeds'))}: "

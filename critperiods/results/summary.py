@@ -50,6 +50,7 @@ from critperiods.results.markers import (
     knee_earliest_attrs,
     knee_unstable_attrs,
     knee_values,
+    knee_within_noise_attrs,
     loo_range_attrs,
     marker_attrs,
     marker_interval_kind,
@@ -172,6 +173,7 @@ def _cell_values(
         for name, triple in ((knee_name, knee.knee), (offset_name, knee.offset)):
             values[name], values[f"{name}_lower"], values[f"{name}_upper"] = triple
         values[f"{knee_name}_unstable"] = knee.unstable
+        values[f"{knee_name}_within_noise"] = knee.within_noise
         values[f"{knee_name}_earliest"] = knee.earliest
         if not np.isfinite(knee.knee[0]):
             why[knee_name] = why.get(marker) or "valid λ̂ is a straight line (no knee)"
@@ -364,6 +366,9 @@ def critical_period_summary(
     for knee, _ in LLC_KNEES:
         data[f"{knee}_unstable"] = xr.DataArray(grid(f"{knee}_unstable").astype(np.int8),
                                                 dims=dims, attrs=knee_unstable_attrs(knee))
+        data[f"{knee}_within_noise"] = xr.DataArray(
+            grid(f"{knee}_within_noise").astype(np.int8), dims=dims,
+            attrs=knee_within_noise_attrs(knee))
         data[f"{knee}_earliest"] = xr.DataArray(grid(f"{knee}_earliest"), dims=dims,
                                                 attrs=knee_earliest_attrs(knee))
     coords = {"batch_size": batch_sizes, "lr_schedule": schedules, "bound": ["lower", "upper"]}

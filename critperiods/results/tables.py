@@ -5,6 +5,7 @@ aggregate stage use them too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,15 @@ import xarray as xr
 
 from critperiods.results.end_fit import end_located
 from critperiods.results.markers import (
+    KNEE_FLAGS,
     LLC_KNEES,
     LLC_MARKERS,
     LOO_RANGE_KIND,
     MARKER_OFFSETS,
     MARKER_STATISTICS,
     UNSTABLE_REASON,
+    WITHIN_NOISE_REASON,
+    knee_flags,
 )
 from critperiods.results.selection import CLASSES, run_diverged
 from critperiods.results.summary import EXPONENTS, INTERVAL_STATISTICS, unlocated_reason
@@ -60,14 +64,16 @@ def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
     return out
 
 
-def marker_verdict(offset: float, lower: float, upper: float, unstable: bool = False) -> str:
+def marker_verdict(offset: float, lower: float, upper: float,
+                   flags: Sequence[str] = ()) -> str:
     """What a marker's offset from the end says: "+9.2 [0.8, 17.6], after the end",
     "… before the end" or "… includes 0" (the seeds cannot tell the marker from the end),
-    prefixed "(unstable knee) " for an unstable λ̂ knee (:data:`UNSTABLE_REASON`); ""
-    without an offset."""
+    prefixed with a λ̂ knee's ``flags`` (:func:`knee_flags`): "(unstable knee) ",
+    "(within-noise knee) " or "(unstable, within-noise knee) " (:data:`UNSTABLE_REASON`,
+    :data:`WITHIN_NOISE_REASON`); "" without an offset."""
     if not np.isfinite(offset):
         return ""
-    said = ("(unstable knee) " if unstable else "") + f"{offset:+.1f}"
+    said = (f"({', '.join(flags)} knee) " if flags else "") + f"{offset:+.1f}"
     if not np.isfinite(lower) and not np.isinf(lower):
         return f"{said} (one seed: no interval)"
     said += f" [{_bound(lower)}, {_bound(upper)}]"
@@ -107,8 +113,7 @@ def marker_verdicts(summary: xr.Dataset) -> dict[tuple[float, str], str]:
         said = [f"{MARKER_NAMES[marker]} {verdict}{_too_late(row, marker)}"
                 for marker, offset in MARKER_OFFSETS
                 if (verdict := marker_verdict(row[offset], row[f"{offset}_lower"],
-                                              row[f"{offset}_upper"],
-                                              bool(row.get(f"{marker}_unstable", False))))]
+                                              row[f"{offset}_upper"], knee_flags(row, marker)))]
         if said:
             out[(float(row["batch_size"]), str(row["lr_schedule"]))] = "; ".join(said)
     return out
@@ -199,8 +204,9 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
                     lo, hi = cell[f"{name}_interval"].values
                     row[f"{name}_lower"], row[f"{name}_upper"] = float(lo), float(hi)
             for knee, _ in LLC_KNEES:
-                if f"{knee}_unstable" in cell:
-                    row[f"{knee}_unstable"] = bool(cell[f"{knee}_unstable"])
+                for flag, _ in KNEE_FLAGS:  # absent from cubes written before the flag
+                    if f"{knee}_{flag}" in cell:
+                        row[f"{knee}_{flag}"] = bool(cell[f"{knee}_{flag}"])
                 if f"{knee}_earliest" in cell:
                     row[f"{knee}_earliest"] = float(cell[f"{knee}_earliest"])
             for name in EXPONENTS:
@@ -238,14 +244,14 @@ def _with_interval(table: pd.DataFrame, name: str, lower: str, upper: str) -> li
 
 
 def _llc_column(table: pd.DataFrame, knee: str, marker: str) -> list[str]:
-    """A λ̂ column: the knee with its interval, "*" where it is unstable; for a summary
-    computed before the knees, the arg-max marker with its leave-one-out range where it has
-    one."""
+    """A λ̂ column: the knee with its interval, "*" where it is unstable and "~" where its
+    curve bends within its noise; for a summary computed before the knees, the arg-max
+    marker with its leave-one-out range where it has one."""
     if knee in table:
-        flags = (table[f"{knee}_unstable"] if f"{knee}_unstable" in table
-                 else [False] * len(table))
-        return [text + ("*" if flag else "") for text, flag in zip(
-            _with_interval(table, knee, f"{knee}_lower", f"{knee}_upper"), flags, strict=True)]
+        marks = [("*" if "unstable" in flags else "") + ("~" if "within-noise" in flags else "")
+                 for flags in (knee_flags(row, knee) for _, row in table.iterrows())]
+        return [text + mark for text, mark in zip(
+            _with_interval(table, knee, f"{knee}_lower", f"{knee}_upper"), marks, strict=True)]
     if f"{marker}_loo_lower" in table:
         return _with_interval(table, marker, f"{marker}_loo_lower", f"{marker}_loo_upper")
     return list(table[marker].map(_fmt))
@@ -302,6 +308,9 @@ def format_table(summary: xr.Dataset) -> str:
         if any(table.get(f"{knee}_unstable", pd.Series(dtype=bool)).any()
                for knee, _ in LLC_KNEES):
             lines.append(f"* unstable knee: {UNSTABLE_REASON}")
+        if any(table.get(f"{knee}_within_noise", pd.Series(dtype=bool)).any()
+               for knee, _ in LLC_KNEES):
+            lines.append(f"~ within-noise knee: {WITHIN_NOISE_REASON}")
     elif "llc_change_epoch_trunk_loo_lower" in table:
         lines.append(f"λ̂ markers (llc_trunk, llc_sharp) [lower, upper]: {LOO_RANGE_KIND}")
     if "divergence_drop_epoch_lower" in table and np.isfinite(
