@@ -112,6 +112,9 @@ def _stale_statistics(cube, diverged: list[str]) -> str | None:
     if "critical_period_end" in cube and "divergence_drop_minus_end" not in cube:
         return ("predates the markers' intervals and their offsets from the end (do λ̂ and "
                 "the divergence mark it?)")
+    if "llc_knee_trunk" in cube and "llc_knee_trunk_within_noise" not in cube:
+        return ("predates the flag of a λ̂ knee whose curve bends no more than its noise "
+                "(llc_knee_<trunk|sharp>_within_noise)")
     return None
 
 

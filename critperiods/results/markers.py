@@ -16,7 +16,8 @@ The offsets are from the end as :func:`critperiods.results.end_fit.fit_end` fits
 simulated runs (:mod:`critperiods.results.power`) get the summary's own intervals.
 
 It also holds the names and the attributes of the variables these become
-(:func:`marker_attrs`, :func:`knee_unstable_attrs`, :func:`loo_range_attrs`): here, not
+(:func:`marker_attrs`, :func:`knee_unstable_attrs`, :func:`knee_within_noise_attrs`,
+:func:`knee_earliest_attrs`, :func:`loo_range_attrs`): here, not
 in :mod:`critperiods.variables`, whose every change reruns the stages that write the
 cube's other variables.
 """
@@ -82,9 +83,11 @@ MARKER_STATISTICS = ("llc_knee_trunk", "llc_knee_minus_end_trunk", "llc_knee_sha
 UNSTABLE_REASON = ("with some seed left out, the knee sits at an edge of its range or is "
                    "gone: the bend may lie outside the epochs with λ̂, or λ̂ bends too little "
                    "to place it; read the interval, not the value")
-#: ``<knee>_within_noise`` (a 0/1 flag per knee of :data:`LLC_KNEES`): the seed-mean curve
-#: does not bend beyond its noise (:func:`~critperiods.results.knee.bends_beyond_noise`). A
-#: least-squares knee finds some bend in any noisy line; this one is no evidence of a change.
+#: ``<knee>_within_noise`` (a 0/1 flag per knee of :data:`LLC_KNEES`): 1 where the seed-mean
+#: curve does not bend beyond its noise (:func:`~critperiods.results.knee.bends_beyond_noise`
+#: false); 0 where it does, and where there is no knee or no test (one seed with λ̂). A
+#: least-squares knee finds some bend in any noisy line; a flagged one is no evidence of a
+#: change.
 WITHIN_NOISE_REASON = ("the seed-mean λ̂ bends no more than its noise lets a straight line "
                        "seem to (an F test of the broken stick against a line, at the "
                        "intervals' level): the knee is the best of near-equal fits, not "
@@ -141,10 +144,12 @@ def knee_unstable_attrs(knee: str) -> dict:
 
 
 def knee_within_noise_attrs(knee: str) -> dict:
-    """Attributes of the flag ``<knee>_within_noise`` (CF: 0 bends, 1 within noise)."""
-    return {"long_name": f"whether {knee} is within noise: {WITHIN_NOISE_REASON}",
+    """Attributes of the flag ``<knee>_within_noise`` (CF: 0 bends beyond its noise, or
+    untested: no knee, or one seed; 1 within noise)."""
+    return {"long_name": f"whether {knee} is within noise: {WITHIN_NOISE_REASON} (0: it bends "
+                         "beyond its noise, or there is no knee, or one seed gives no test)",
             "units": "1", "flag_values": np.asarray([0, 1], dtype=np.int8),
-            "flag_meanings": "bends_beyond_noise within_noise"}
+            "flag_meanings": "bends_beyond_noise_or_untested within_noise"}
 
 
 def knee_flags(row: dict, knee: str) -> list[str]:
@@ -244,6 +249,7 @@ class KneeFit:
     offset: tuple[float, float, float]  #: knee − end, NaN without a knee or a located end
     unstable: int  #: 1 where, with some seed left out, the knee sits at an edge or is gone
     within_noise: int  #: 1 where the curve bends no more than its noise lets a line seem to
+    #: (0 also where one seed gives no test)
     earliest: float  #: the earliest epoch a knee can take (NaN without a knee)
     jackknife: SeedJackknife | None  #: the knee refitted without each seed (None without one)
     resolution: float  #: the knee's resolution (NaN without a knee)

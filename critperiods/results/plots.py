@@ -315,7 +315,8 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                                   "knee), the bar its interval (the seeds' jackknife joined "
                                   "with the curve's profile interval); hollow: "
                                   "with some seed left out the knee sits at an edge of its "
-                                  "range or is gone" if markers else ""))
+                                  "range or is gone, or λ̂ bends no more than its noise"
+                                  if markers else ""))
 
 
 def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:

@@ -24,7 +24,7 @@ summary's own code (:func:`critperiods.results.end_fit.fit_end`,
 which :func:`critperiods.results.summary.critical_period_summary` calls on a cube): the
 knee's and the drop's intervals, and knee − end and drop − end, paired (each seed left out of
 both) and reported only where the end is located; for the knee also unpaired (the two
-jackknife half-widths added in quadrature), for
+jackknife half-widths added in quadrature, with the same floor and range), for
 comparison. ``bench/marker_coverage.py`` prints its table for the default grid
 (docs/analysis.md), ``python -m critperiods power`` for a config's.
 
@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from critperiods.results.end_fit import EndFit, fit_end
-from critperiods.results.fits import divergence_drop_epoch, jackknife_interval
+from critperiods.results.fits import at_least_and_within, divergence_drop_epoch, jackknife_interval
 from critperiods.results.knee import offset_floor
 from critperiods.results.markers import KneeFit, drop_fit, knee_fit
 
@@ -104,12 +104,17 @@ def _drop(switches: np.ndarray, div: np.ndarray) -> tuple[float, np.ndarray]:
     return divergence_drop_epoch(switches, div.mean(axis=1)), loo
 
 
-def _unpaired(knee: KneeFit, end: EndFit, level: float) -> float:
-    """The half-width of knee − end if the two were independent: their jackknife-t
-    half-widths added in quadrature, at least the same floor as the paired interval's."""
+def _unpaired(knee: KneeFit, end: EndFit, level: float) -> tuple[float, float]:
+    """knee − end's interval if the two were independent: their jackknife-t half-widths
+    added in quadrature, with the paired interval's floor and within the same range (what
+    the knee and the end can give), so that the two differ only by the pairing."""
     halves = (np.diff(jackknife_interval(jk.value, jk.without_each_seed[jk.present], level))[0]
               / 2 for jk in (knee.jackknife, end.jackknife))
-    return max(offset_floor(knee.resolution, end.resolution), float(np.hypot(*halves)))
+    half = max(offset_floor(knee.resolution, end.resolution), float(np.hypot(*halves)))
+    (k_lo, k_hi), (e_lo, e_hi) = knee.jackknife.bounds, end.jackknife.bounds
+    offset = knee.offset[0]
+    return at_least_and_within(offset, offset - half, offset + half, 0.0,
+                               (k_lo - e_hi, k_hi - e_lo))
 
 
 def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
@@ -148,9 +153,7 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
         record("paired", sc.knee - sc.end, knee.offset[1:])
         called("paired", knee.offset)
         if np.isfinite(knee.offset[0]):
-            half = _unpaired(knee, end, level)
-            record("unpaired", sc.knee - sc.end,
-                   (knee.offset[0] - half, knee.offset[0] + half))
+            record("unpaired", sc.knee - sc.end, _unpaired(knee, end, level))
         drop, drop_loo = _drop(switches, div)
         interval, offset = drop_fit(switches, switches, drop, drop_loo, present, level, end)
         record("drop", sc.drop, interval)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from critperiods.results.end_fit import fit_end
+from critperiods.results.end_fit import end_located, fit_end  # end_located: also here
 from critperiods.results.fits import (
     MIN_CHANGE_POINTS,
     divergence_drop_epoch,
@@ -69,7 +69,7 @@ from critperiods.variables import SUMMARY_STATISTICS, exponent_attrs, interval_a
 from critperiods.variables import attrs as variable_attrs
 
 __all__ = ["EXPONENTS", "INTERVAL_METHOD", "INTERVAL_STATISTICS", "MIN_LLC_POINTS",
-           "critical_period_summary", "located_end", "unlocated_reason"]
+           "critical_period_summary", "end_located", "located_end", "unlocated_reason"]
 
 #: How the end's and the exponents' intervals are computed; stored as the cube attribute
 #: ``summary_interval_method`` so that ``summarize`` recognises statistics of older cubes.
