@@ -124,16 +124,19 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
     :func:`~critperiods.results.markers.drop_fit`): each interval's coverage
     (``<key> cover``) and median width (``<key> width``), over the runs that report it, for
     the keys ``knee``, ``paired`` (knee − end), ``unpaired``, ``drop`` and ``drop paired``
-    (drop − end); and the share of all runs whose paired offset excludes 0 (``paired
+    (drop − end); the share of all runs whose paired offset excludes 0 (``paired
     excludes 0``, ``drop paired excludes 0``): the runs that call the marker after or
     before the end. A run without a knee, a drop or a located end reports no offset, and so
-    calls nothing."""
+    calls nothing. ``bends``: the share of all runs whose λ̂ curve has a knee that bends
+    beyond its noise (not flagged within noise,
+    :func:`~critperiods.results.knee.bends_beyond_noise`)."""
     rng = np.random.default_rng(0)
     switches, epochs, level = np.asarray(grid.switches), np.asarray(grid.llc_epochs), grid.level
     keys = ("knee", "paired", "unpaired", "drop", "drop paired")
     hit: dict[str, list] = {k: [] for k in keys}
     width: dict[str, list] = {k: [] for k in keys}
     excludes: dict[str, list] = {"paired": [], "drop paired": []}
+    bends: list[bool] = []
     present = np.ones(grid.seeds, dtype=bool)
 
     def record(key: str, truth: float, interval: tuple[float, float]) -> None:
@@ -149,6 +152,7 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
         acc, llc, div = simulate(sc, grid, rng)
         end = fit_end(switches, acc, level)
         knee = knee_fit(epochs, llc, level, end)
+        bends.append(bool(np.isfinite(knee.knee[0]) and not knee.within_noise))
         record("knee", sc.knee, knee.knee[1:])
         record("paired", sc.knee - sc.end, knee.offset[1:])
         called("paired", knee.offset)
@@ -164,6 +168,7 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
                 for k, v in width.items()})
     out.update({f"{k} excludes 0": float(np.mean(v)) if v else float("nan")
                 for k, v in excludes.items()})
+    out["bends"] = float(np.mean(bends)) if bends else float("nan")
     return out
 
 
@@ -215,10 +220,11 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
     """Lines saying what ``grid`` can tell with each number of ``seeds``: where the markers
     are the end (``end``, default the middle of the switch range), how often an offset is
     called anyway (false calls, nominally at most 1 − level); with a knee ``offset`` epochs
-    after the end and a drop ``offset`` before it, how often each is called, and how often
-    the paired intervals hold the truth. ``noise`` carries the noise settings of
-    :class:`Scenario` (its ``end``, ``knee`` and ``drop`` are ignored); ``noise_source``
-    says where they come from."""
+    after the end and a drop ``offset`` before it, how often each is called, how often that
+    knee's curve bends beyond its noise (is not flagged within noise: how often the run
+    could see the bend at all), and how often the paired intervals hold the truth.
+    ``noise`` carries the noise settings of :class:`Scenario` (its ``end``, ``knee`` and
+    ``drop`` are ignored); ``noise_source`` says where they come from."""
     noise = noise or DEFAULT_NOISE
     end = (grid.switches[0] + grid.switches[-1]) / 2 if end is None else float(end)
     null = replace(noise, end=end, knee=end, drop=end)
@@ -247,8 +253,9 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
             lines.append(f"note: a drop at switch epoch {drop:.3g} is outside the switch "
                          "epochs: n/a")
     lines += ["", f"| seeds | false calls, markers at the end (knee, drop) | knee {offset:g} "
-                  f"after the end: called | drop {offset:g} before: called | coverage of "
-                  "knee − end, drop − end |", "|---|---|---|---|---|"]
+                  f"after the end: called | its bend beyond λ̂'s noise | drop {offset:g} "
+                  "before: called | coverage of knee − end, drop − end |",
+              "|---|---|---|---|---|---|"]
     for n in seeds:
         sized = replace(grid, seeds=n)
         at, away = coverage(null, sized, trials), coverage(moved, sized, trials)
@@ -259,6 +266,7 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
         lines.append(f"| {n} | {cell(at, 'paired excludes 0', 'knee at')}, "
                      f"{cell(at, 'drop paired excludes 0', 'drop at')} | "
                      f"{cell(away, 'paired excludes 0', 'knee away')} | "
+                     f"{cell(away, 'bends', 'knee away')} | "
                      f"{cell(away, 'drop paired excludes 0', 'drop away')} | "
                      f"{cell(away, 'paired cover', 'knee away')}, "
                      f"{cell(away, 'drop paired cover', 'drop away')} |")
