@@ -302,8 +302,10 @@ def test_the_end_profile_ignores_order_holds_the_kink_and_weighs_holes() -> None
 
 
 def test_a_bend_beyond_the_noise_is_told_from_a_noisy_line() -> None:
-    """Straight lines with noise 10 per value, 3 seeds: a bend is found in about the test's
-    10 %; the designed bend (8, then 2 per epoch) in most runs; without noise, exactly."""
+    """Straight lines with noise 10 per value, 3 seeds: a bend is found in the test's 10 %
+    (its critical value is simulated for the design, so searching for the knee does not
+    inflate it, as it did an F test's); the designed bend (8, then 2 per epoch) in most
+    runs; without noise, exactly."""
     from critperiods.results.knee import bends_beyond_noise
 
     rng = np.random.default_rng(8)
@@ -313,9 +315,9 @@ def test_a_bend_beyond_the_noise_is_told_from_a_noisy_line() -> None:
         return curve[:, None] + rng.normal(0, 10, 3)[None] + rng.normal(0, 10, (epochs.size, 3))
 
     line, bent = 5 * epochs, np.where(epochs < 10, 8 * (epochs - 10), 2 * (epochs - 10))
-    false = np.mean([bends_beyond_noise(epochs, noisy(line)) for _ in range(200)])
+    false = np.mean([bends_beyond_noise(epochs, noisy(line)) for _ in range(600)])
     found = np.mean([bends_beyond_noise(epochs, noisy(bent)) for _ in range(100)])
-    assert false <= 0.18 and found >= 0.6
+    assert 0.07 <= false <= 0.13 and found >= 0.6
     assert bends_beyond_noise(epochs, bent[:, None] + [0.0, 3.0, 7.0]) is True
     assert bends_beyond_noise(epochs, line[:, None] + [0.0, 3.0, 7.0]) in (False, None)
     assert bends_beyond_noise(epochs, noisy(bent)[:, :1]) is None  # one seed: no noise

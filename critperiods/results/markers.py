@@ -89,8 +89,9 @@ UNSTABLE_REASON = ("with some seed left out, the knee sits at an edge of its ran
 #: least-squares knee finds some bend in any noisy line; a flagged one is no evidence of a
 #: change.
 WITHIN_NOISE_REASON = ("the seed-mean λ̂ bends no more than its noise lets a straight line "
-                       "seem to (an F test of the broken stick against a line, at the "
-                       "intervals' level): the knee is the best of near-equal fits, not "
+                       "seem to (the broken stick's gain over a line, tested at the "
+                       "intervals' level against straight lines simulated on the same "
+                       "epochs and seeds): the knee is the best of near-equal fits, not "
                        "evidence that λ̂ changes there")
 #: The flags of a knee, each with the words the table, the verdicts and the report use.
 KNEE_FLAGS = (("unstable", "unstable"), ("within_noise", "within-noise"))
