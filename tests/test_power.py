@@ -32,7 +32,7 @@ def test_power_grows_with_the_offset_and_false_calls_stay_rare():
 
 def test_the_bend_shows_beyond_the_noise_where_there_is_one():
     """The share of runs whose knee is not flagged within noise: most where λ̂ bends
-    clearly, few where it is a straight line (the F test's false rate, about 1 − level)."""
+    clearly, few where it is a straight line (the test's false rate, about 1 − level)."""
     grid = Grid(DEFAULT_GRID.switches, DEFAULT_GRID.llc_epochs, 5)
     clear = coverage(Scenario(7.0, 10.0, llc_noise=3.0), grid, trials=30)
     line = coverage(Scenario(7.0, 10.0, llc_noise=3.0, llc_slopes=(4.0, 4.0)), grid, trials=30)

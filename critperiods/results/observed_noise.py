@@ -178,7 +178,7 @@ def observed_noise(cube: xr.Dataset, batch_size: int, schedule: str | None = Non
         elif not bends:
             missing["llc_slopes"] = (
                 f"the trunk's mean λ̂ bends no more than its noise lets a straight line seem "
-                f"to (rising {before:.2g}, then {after:.2g} per epoch; F test at "
+                f"to (rising {before:.2g}, then {after:.2g} per epoch; tested at "
                 f"{level:.0%})")
     divergence_noise = _divergence_noise(cube, batch_size, schedule)
     if not np.isfinite(divergence_noise):
