@@ -12,7 +12,9 @@
   reference CPU and GPU, and the jobs per rule a fresh run plans.
 * ``power [CONFIG …]`` — what a grid can tell: on simulated runs of its switch epochs, λ̂
   epochs and seeds, how often a marker a few epochs from the end is called "after" or
-  "before the end", how often one at the end is called anyway, and the intervals' coverage.
+  "before the end", how often one at the end is called anyway, how often λ̂'s bend shows
+  beyond its noise at all, and the intervals' coverage; `--noise-from CUBE` at a finished
+  run's own noise.
 * ``provenance CUBE`` — which pieces of a cube came from which code and data version; exits
   with 1, naming the stage, where one stage's results come from more than one version.
 * ``--version``.
