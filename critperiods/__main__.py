@@ -127,6 +127,7 @@ def summarize(args: argparse.Namespace) -> int:
         diverged_sentence,
         format_table,
         llc_flag_counts,
+        marker_tally,
         marker_verdicts,
         restart_verdicts,
         runs_at_chance,
@@ -168,6 +169,8 @@ def summarize(args: argparse.Namespace) -> int:
               + as_said(summary.attrs.get('offset_interval_kind', 'over seeds')))
         for (b, r), verdict in markers.items():
             print(f"  batch {b:g}, {r}: {verdict}")
+        for line in marker_tally(summary):
+            print(f"  {line}")
         if any("includes 0" in verdict for verdict in markers.values()):
             print("  (\"includes 0\": these seeds cannot tell the marker from the end; how "
                   "often this grid could have, at this run's noise: python -m critperiods "

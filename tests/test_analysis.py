@@ -900,6 +900,25 @@ def test_summarize_recomputes_a_cube_without_the_lambda_knees(tmp_path, capsys) 
     assert "power --noise-from" not in printed  # every offset is called: nothing to size
 
 
+def test_the_markers_answer_counts_the_offsets_told_from_the_end_and_their_flags() -> None:
+    """One line per kind of marker over every cell with a located end: how many offsets
+    exclude 0, which, and how many of those rest on a flagged knee. Every seed's λ̂ bends at
+    epoch 20 here: before the ends of batch 32 and 64, after batch 128's."""
+    from critperiods.results import report_page
+
+    cube = flat_restart(synthetic_cube(with_div=False))
+    summary = critical_period_summary(cube)
+    (llc,) = tables.marker_tally(summary)  # no divergence: no line for it
+    assert llc.startswith("λ̂ knees: 6 of 6 offsets from the end exclude 0 (batch 32, "
+                          "continue, trunk: before; batch 32, continue, never-blurred: before")
+    assert "batch 128, continue, trunk: after" in llc and "flagged" not in llc
+    summary["llc_knee_sharp_within_noise"][:] = 1
+    (llc,) = tables.marker_tally(summary)
+    assert llc.endswith("3 of them on flagged knees (within-noise)")
+    answer = report_page.answer_lines(cube.merge(summary))
+    assert "* **Do λ̂ and the divergence mark the end?** λ̂ knees: 6 of 6" in "\n".join(answer)
+    assert tables.marker_tally(summary.drop_vars("llc_knee_minus_end_trunk")) == []
+
 def test_summarize_recomputes_a_cube_without_the_within_noise_flag(tmp_path, capsys) -> None:
     """A cube aggregated before the within-noise flag is recomputed, so a knee on a line
     within its noise is marked as such rather than read as a bend."""

@@ -26,6 +26,7 @@ from critperiods.results.tables import (
     as_said,
     diverged_sentence,
     llc_flag_counts,
+    marker_tally,
     marker_verdicts,
     restart_verdicts,
     runs_at_chance,
@@ -101,6 +102,9 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
                            if (float(b), r) in markers)
         lines.append(f"* **batch {b:g}** — " + "; ".join(parts) + (said or ".")
                      + (f" Marker minus the end (epochs): {marked}." if marked else ""))
+    tally = marker_tally(cube)
+    if tally:
+        lines.append("* **Do λ̂ and the divergence mark the end?** " + "; ".join(tally) + ".")
     schedules = [str(r) for r in cube["lr_schedule"].values] if "lr_schedule" in cube.dims \
         else ["continue"]
     for r in schedules:

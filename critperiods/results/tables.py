@@ -29,7 +29,8 @@ from critperiods.results.summary import EXPONENTS, INTERVAL_STATISTICS, unlocate
 from critperiods.variables import SUMMARY_STATISTICS
 
 __all__ = ["MARKER_NAMES", "as_said", "diverged_sentence", "format_table", "llc_flag_counts",
-           "marker_verdict", "marker_verdicts", "restart_verdicts", "runs_at_chance",
+           "marker_tally", "marker_verdict", "marker_verdicts", "restart_verdicts",
+           "runs_at_chance",
            "summary_table", "to_csv"]
 
 #: How the verdicts name each marker of :data:`MARKER_OFFSETS`.
@@ -117,6 +118,51 @@ def marker_verdicts(summary: xr.Dataset) -> dict[tuple[float, str], str]:
         if said:
             out[(float(row["batch_size"]), str(row["lr_schedule"]))] = "; ".join(said)
     return out
+
+
+def marker_tally(summary: xr.Dataset) -> list[str]:
+    """Do λ̂ and the divergence mark the end, over every cell with a located end: for the λ̂
+    knees and for the divergence drop, how many offsets from the end exclude 0, which, and
+    for λ̂ how many of those rest on a flagged knee (:func:`knee_flags`). "λ̂ knees: 2 of 6
+    offsets exclude 0 (batch 64, continue, never-blurred: after; …), both on flagged knees
+    (within-noise); the other 4 include 0", or "divergence drops: none of 3 offsets from
+    the end excludes 0". Empty without offsets."""
+    if any(name not in summary for name in MARKER_STATISTICS):
+        return []
+    table = summary_table(summary)
+    kinds = {"λ̂ knees": [m for m in MARKER_OFFSETS if m[0].startswith("llc_")],
+             "divergence drops": [m for m in MARKER_OFFSETS if not m[0].startswith("llc_")]}
+    lines = []
+    for kind, pairs in kinds.items():
+        told, flagged, n = [], [], 0
+        for _, row in table.iterrows():
+            for marker, offset in pairs:
+                lo, hi = row[f"{offset}_lower"], row[f"{offset}_upper"]
+                if not (np.isfinite(row[offset]) and not np.isnan(lo) and not np.isnan(hi)):
+                    continue
+                n += 1
+                if lo > 0 or hi < 0:
+                    where = MARKER_NAMES[marker].removeprefix("λ̂ ")
+                    told.append(f"batch {row['batch_size']:g}, {row['lr_schedule']}"
+                                + (f", {where}" if kind == "λ̂ knees" else "")
+                                + (": after" if lo > 0 else ": before"))
+                    flagged.append(knee_flags(row, marker))
+        if not n:
+            continue
+        if not told:
+            lines.append(f"{kind}: none of {n} offsets from the end excludes 0")
+            continue
+        said = f"{kind}: {len(told)} of {n} offsets from the end exclude 0 ({'; '.join(told)})"
+        marked = [f for f in flagged if f]
+        if marked:
+            share = (("both" if len(told) == 2 else "all") if len(marked) == len(told)
+                     else f"{len(marked)} of them")
+            words = sorted({w for f in marked for w in f})
+            said += f", {share} on flagged knees ({', '.join(words)})"
+        if n > len(told):
+            said += f"; the other {n - len(told)} include 0"
+        lines.append(said)
+    return lines
 
 
 def runs_at_chance(cube: xr.Dataset, classes: int = CLASSES) -> list[str]:
