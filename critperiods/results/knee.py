@@ -30,6 +30,7 @@ import numpy as np
 from critperiods.results.fits import (
     MIN_CHANGE_POINTS,
     PROFILE_STEPS,
+    MeanCurve,
     _sorted_finite,
     at_least_and_within,
     jackknife_interval,
@@ -117,6 +118,26 @@ def knees_without_each_seed(epochs: np.ndarray, values_by_seed: np.ndarray) -> n
     return out
 
 
+def _knee_and_curve(epochs: np.ndarray, values: np.ndarray) -> tuple[float, MeanCurve] | None:
+    """The seed-adjusted mean curve of ``values`` (``(epoch, seed)``,
+    :func:`~critperiods.results.fits.mean_curve`) and the knee of its broken stick (the knee
+    :func:`knee_with_interval` reports); None where the curve has no noise estimate (one
+    seed) or no knee."""
+    curve = mean_curve(epochs, values)
+    if curve is None:
+        return None
+    knee = fit_broken_stick(curve.x, curve.y)
+    return (knee, curve) if np.isfinite(knee) else None
+
+
+def _stick_designs(x: np.ndarray, knees: np.ndarray) -> np.ndarray:
+    """The broken-stick designs ``(1, x − x̄, (x − k)₊)`` for each knee ``k``, ``(K, n, 3)``
+    (x centred: the normal equations of :func:`~critperiods.results.fits.weighted_fits` stay
+    exact)."""
+    return np.stack(np.broadcast_arrays(
+        1.0, x[None, :] - x.mean(), np.maximum(x[None, :] - knees[:, None], 0.0)), axis=-1)
+
+
 def profile_knee_interval(epochs: np.ndarray, values_by_seed: np.ndarray, level: float = 0.90
                           ) -> tuple[float, float]:
     """The knees a broken stick through the seed-adjusted mean curve cannot tell from the
@@ -130,16 +151,14 @@ def profile_knee_interval(epochs: np.ndarray, values_by_seed: np.ndarray, level:
     """
     values = np.asarray(values_by_seed, dtype=float)
     values = values[:, None] if values.ndim == 1 else values
-    knee = fit_broken_stick(epochs, seed_adjusted_mean(values))
-    curve = mean_curve(epochs, values)
-    if not np.isfinite(knee) or curve is None:
+    found = _knee_and_curve(epochs, values)
+    if found is None:
         return float("nan"), float("nan")
+    knee, curve = found
     x = curve.x
     knees = np.unique(np.concatenate([np.linspace(x[1], x[-2], PROFILE_STEPS + 1), x[1:-1],
                                       [knee]]))
-    designs = np.stack(np.broadcast_arrays(  # x centred: the normal equations stay exact
-        1.0, x[None, :] - x.mean(), np.maximum(x[None, :] - knees[:, None], 0.0)), axis=-1)
-    sse, _ = weighted_fits(designs, curve.y, curve.weights)
+    sse, _ = weighted_fits(_stick_designs(x, knees), curve.y, curve.weights)
     lower, upper = profile_interval(knees, sse, curve, level)
     return float(min(lower, knee)), float(max(upper, knee))
 
@@ -155,14 +174,13 @@ def _bend_gain(epochs: np.ndarray, values: np.ndarray) -> tuple[float, float, fl
     the weighted residual sum of squares below a straight line's (``line``), and the noise
     of one value around ``epoch + seed``; None where either is undefined (no knee, one
     seed)."""
-    knee = fit_broken_stick(epochs, seed_adjusted_mean(values))
-    curve = mean_curve(epochs, values)
-    if not np.isfinite(knee) or curve is None:
+    found = _knee_and_curve(epochs, values)
+    if found is None:
         return None
-    x = curve.x
-    stick = np.column_stack([np.ones(x.size), x - x.mean(), np.maximum(x - knee, 0.0)])
-    (bent, line), _ = zip(*(weighted_fits(d[None], curve.y, curve.weights)
-                            for d in (stick, stick[:, :2])), strict=True)
+    knee, curve = found
+    stick = _stick_designs(curve.x, np.array([knee]))
+    (bent, line), _ = zip(*(weighted_fits(d, curve.y, curve.weights)
+                            for d in (stick, stick[..., :2])), strict=True)
     return float(line[0] - bent[0]), float(line[0]), curve.spread.sd
 
 
