@@ -65,6 +65,12 @@ def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
     return out
 
 
+def _side(lower: float, upper: float) -> str | None:
+    """Which side of the end an offset's interval puts the marker: "after" (above 0),
+    "before" (below 0), or None (it includes 0, or there is none)."""
+    return "after" if lower > 0 else "before" if upper < 0 else None
+
+
 def marker_verdict(offset: float, lower: float, upper: float,
                    flags: Sequence[str] = ()) -> str:
     """What a marker's offset from the end says: "+9.2 [0.8, 17.6], after the end",
@@ -78,11 +84,8 @@ def marker_verdict(offset: float, lower: float, upper: float,
     if not np.isfinite(lower) and not np.isinf(lower):
         return f"{said} (one seed: no interval)"
     said += f" [{_bound(lower)}, {_bound(upper)}]"
-    if lower > 0:
-        return f"{said}, after the end"
-    if upper < 0:
-        return f"{said}, before the end"
-    return f"{said}, includes 0"
+    side = _side(lower, upper)
+    return f"{said}, {side} the end" if side else f"{said}, includes 0"
 
 
 def _bound(value: float) -> str:
@@ -141,11 +144,10 @@ def marker_tally(summary: xr.Dataset) -> list[str]:
                 if not (np.isfinite(row[offset]) and not np.isnan(lo) and not np.isnan(hi)):
                     continue
                 n += 1
-                if lo > 0 or hi < 0:
+                if side := _side(lo, hi):
                     where = MARKER_NAMES[marker].removeprefix("λ̂ ")
                     told.append(f"batch {row['batch_size']:g}, {row['lr_schedule']}"
-                                + (f", {where}" if kind == "λ̂ knees" else "")
-                                + (": after" if lo > 0 else ": before"))
+                                + (f", {where}" if kind == "λ̂ knees" else "") + f": {side}")
                     flagged.append(knee_flags(row, marker))
         if not n:
             continue
