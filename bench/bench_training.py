@@ -285,7 +285,8 @@ def planned_training_jobs(configfile: Path | None) -> list[tuple[str, dict[str, 
         cmd += ["--configfile", str(configfile)]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     jobs = []
-    for rule, body in re.findall(r"^rule (train_trunk|train_branch):\n((?:    .*\n)+)", out, re.M):
+    rules = r"train_trunk|train_branch|train_reference"
+    for rule, body in re.findall(rf"^rule ({rules}):\n((?:    .*\n)+)", out, re.M):
         found = re.search(r"^    wildcards: (.*)$", body, re.M)
         jobs.append((rule, dict(w.split("=", 1) for w in found.group(1).split(", "))))
     return jobs
@@ -293,16 +294,18 @@ def planned_training_jobs(configfile: Path | None) -> list[tuple[str, dict[str, 
 
 def dag_epochs(config: dict, jobs: list[tuple[str, dict[str, str]]]) -> int:
     """Epochs of SGD, per seed, that the planned training jobs run: a trunk segment
-    ``trunk_stride`` epochs (the first, e0, none), a branch from its switch to its end
-    (``plan.branch_end``), each times the seeds of its group."""
+    ``trunk_stride`` epochs (the first, e0, none), a branch from its switch to its run's end,
+    a segment of the never-blurred run's continuation from its start
+    (``plan.reference_start``), each times the seeds of its group."""
     total = 0
     for rule, w in jobs:
         seeds = len(layout.group_seeds(w["group"]))
         if rule == "train_trunk":
             total += (config["trunk_stride"] if int(w["epoch"]) > 0 else 0) * seeds
+        elif rule == "train_reference":
+            total += (int(w["epoch"]) - plan.reference_start(config, int(w["epoch"]))[1]) * seeds
         else:
-            k = int(w["switch_epoch"])
-            total += (plan.branch_end(config, k) - k) * seeds
+            total += config["epochs_after_switch"] * seeds
     return total
 
 
@@ -318,10 +321,10 @@ def sharing(configfile: Path | None) -> list[str]:
     shared, scratch = plan.epochs_trained(config, True), plan.epochs_trained(config, False)
     planned = planned_training_jobs(configfile)
     from_dag = dag_epochs(config, planned)
-    jobs = {rule: sum(r == rule for r, _ in planned) for rule in ("train_trunk", "train_branch")}
+    rules = ("train_trunk", "train_branch", "train_reference")
+    jobs = [str(sum(r == rule for r, _ in planned)) for rule in rules]
     return [f"| {config['experiment']} | {shared} | {from_dag} | {scratch} | "
-            f"{scratch / shared:.2f}× | {jobs.get('train_trunk', 0)} + "
-            f"{jobs.get('train_branch', 0)} |"]
+            f"{scratch / shared:.2f}× | {' + '.join(jobs)} |"]
 
 
 def main() -> None:
@@ -347,7 +350,7 @@ def main() -> None:
     lines += [
         "### Trunk sharing (SGD epochs for the whole grid)", "",
         "| config | with sharing (plan) | with sharing (counted from the DAG's jobs) "
-        "| every run from scratch | saving | trunk + branch jobs |",
+        "| every run from scratch | saving | trunk + branch + reference jobs |",
         "|---|---|---|---|---|---|",
     ]
     lines += sharing(None)

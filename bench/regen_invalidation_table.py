@@ -20,8 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 import tests.test_invalidation as ti  # noqa: E402
 
-ORDER = ["prepare_data", "train_trunk", "train_branch", "evaluate", "llc", "divergence",
-         "aggregate", "plots", "toy_landscape", "toy_cube", "toy_plots"]
+ORDER = ["prepare_data", "train_trunk", "train_branch", "train_reference", "evaluate", "llc",
+         "divergence", "aggregate", "plots", "toy_landscape", "toy_cube", "toy_plots"]
 NOTES = {"llc/calibration.py": " (the calibrate-llc command; no stage imports it)",
          "results/power.py": " (the power command and bench/marker_coverage.py; no stage "
                              "imports it)",

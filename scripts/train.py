@@ -1,4 +1,5 @@
-"""Stage train_trunk / train_branch: train one trajectory piece of a seed group (resumable)."""
+"""Stage train_trunk / train_branch / train_reference: train one trajectory piece of a seed group
+(resumable)."""
 
 from critperiods.pipeline.stages.train import run
 

@@ -13,8 +13,10 @@ from critperiods.pipeline.layout import (
     group_seeds,
     parse_divergence,
     parse_piece,
+    piece_coordinates,
+    piece_name,
 )
-from critperiods.results.assemble import assemble_runs
+from critperiods.results.assemble import assemble_runs, load_pieces
 from critperiods.results.cube import align_at_switch
 
 
@@ -28,7 +30,14 @@ def piece(epochs: list[int], values: list[float], **settings: float) -> xr.Datas
 
 def test_paths_map_to_coordinates_and_back_out():
     assert parse_piece("r/runs/bs32/seed1/trunk/e4.pt") == PieceFile(32, (1,), None, None)
-    assert parse_piece("r/runs/bs32/seeds0_1_2/trunk.llc.nc").is_trunk
+    assert parse_piece("r/runs/bs32/seeds0_1_2/trunk/e4.llc.nc").is_trunk
+    # the never-blurred run's continuation is that run's piece, in segments
+    assert parse_piece("r/runs/bs32/seed1/continue/switch0/e12.pt") == PieceFile(
+        32, (1,), "continue", 0)
+    assert parse_piece("r/runs/bs32/seed1/continue/switch0/e12.llc.nc") == PieceFile(
+        32, (1,), "continue", 0)
+    for coordinates in ((None, None, 8), ("restart", 4, None), ("continue", 0, 12)):
+        assert piece_coordinates(piece_name(*coordinates)) == coordinates
     assert parse_piece("r/runs/bs64/seeds0_1/restart/switch8.llc.nc") == PieceFile(
         64, (0, 1), "restart", 8)
     assert parse_piece("r/runs/bs64/seeds0_1/restart/switch8.pt").key(1) == PieceKey(
@@ -37,7 +46,7 @@ def test_paths_map_to_coordinates_and_back_out():
     assert group_label([2, 0, 1]) == "seeds0_1_2" and group_label([3]) == "seed3"
     assert group_seeds("seeds0_1_2") == (0, 1, 2) and group_seeds("seed3") == (3,)
     for bad in ("r/runs/bs64/seed0/switch8.pt", "r/runs/bs64/seed0/later/switch8.pt",
-                "r/runs/bs64/group0/trunk/e4.pt"):
+                "r/runs/bs64/group0/trunk/e4.pt", "r/runs/bs64/seed0/trunk.llc.nc"):
         try:
             parse_piece(bad)
         except ValueError as err:
@@ -132,3 +141,26 @@ def test_the_table_describes_the_cube_over_whatever_a_piece_carried():
     assert list(form["flag_values"][:2]) == [-1, 0]
     assert out.perturb_kl.attrs["long_name"].endswith("its unperturbed twin)")
     assert out.mine.attrs == {"long_name": "not in the table"}
+
+
+def test_the_segments_of_a_piece_are_read_as_one(tmp_path):
+    """λ̂ files of the trunk's segments (and of the never-blurred run's continuation) join
+    along epoch into one piece per seed, with their settings kept 0-d."""
+    group = tmp_path / "runs/bs32/seeds0_1"
+    files = []
+    for name, epochs in (("trunk/e4", [3, 4]), ("trunk/e2", [1, 2]),
+                         ("continue/switch0", [1, 2]), ("continue/switch0/e4", [3, 4])):
+        path = group / f"{name}.llc.nc"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        values = np.asarray([[e + 10.0 * s for e in epochs] for s in (0, 1)])
+        xr.Dataset({"llc_mean": (("seed", "epoch"), values), "llc_gamma": ((), 100.0)},
+                   coords={"seed": [0, 1], "epoch": epochs}).to_netcdf(path)
+        files.append(path)
+    pieces = load_pieces(files)
+    assert set(pieces) == {PieceKey(32, s, r, k) for s in (0, 1)
+                           for r, k in ((None, None), ("continue", 0))}
+    trunk = pieces[PieceKey(32, 1, None, None)]
+    assert list(trunk.epoch.values) == [1, 2, 3, 4]
+    np.testing.assert_array_equal(trunk.llc_mean.values, [11.0, 12.0, 13.0, 14.0])
+    assert trunk.llc_gamma.dims == () and float(trunk.llc_gamma) == 100.0
+    assert list(pieces[PieceKey(32, 0, "continue", 0)].epoch.values) == [1, 2, 3, 4]

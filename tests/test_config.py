@@ -282,16 +282,48 @@ def test_summarize_on_a_missing_or_foreign_file_is_one_line(tmp_path, content):
     assert expected.get(content, "not a netCDF cube") in lines[0]
 
 
-def test_the_never_blurred_branch_trains_on_as_the_sharp_reference():
+def test_the_never_blurred_run_continues_in_segments_as_the_sharp_reference():
     from critperiods.pipeline import plan
 
     config = checked(load_default())
-    last = plan.last_epoch(config)
-    assert plan.branch_end(config, 0) == last > plan.run_end(config, 0)
-    assert max(plan.branch_checkpoints(config, 0)) == last
-    assert plan.branch_end(config, 4) == plan.run_end(config, 4)  # other branches: their end
+    last, end = plan.last_epoch(config), plan.run_end(config, 0)
+    assert plan.reference_end(config) == last > end
+    assert max(plan.branch_checkpoints(config, 0)) == end  # the branch file ends with its run
+    ends = plan.reference_epochs(config)
+    stride = config["trunk_stride"]
+    assert ends[-1] == last and all(e % stride == 0 for e in ends[:-1]) and ends[0] > end
+    # the segments chain after the branch and hold every checkpoint after its end, once
+    held = [e for s in ends for e in plan.reference_segment_checkpoints(config, s)]
+    assert held == [e for e in plan.checkpoint_epochs(config) if end < e <= last]
+    starts = [plan.reference_start(config, e) for e in ends]
+    assert starts == [("continue/switch0", end)] + [(f"continue/switch0/e{e}", e)
+                                                     for e in ends[:-1]]
+    # a replay of the never-blurred run starts from the latest state on its way
+    assert plan.perturbation_start(config, "continue", 0, ends[1] + 1) == (
+        f"continue/switch0/e{ends[1]}", ends[1])
     config["llc"]["enabled"] = config["divergence"]["enabled"] = False
-    assert plan.branch_end(config, 0) == plan.run_end(config, 0)  # nothing needs it
+    assert plan.reference_epochs(config) == []  # nothing needs it
+
+
+def test_a_longer_grid_keeps_every_training_and_llc_file_it_had():
+    """Adding a switch epoch after the last one adds files: every training file and λ̂ file
+    of the shorter grid keeps its checkpoints and its λ̂ epochs (so its jobs do not rerun),
+    except a last segment of the continuation that ended off the stride."""
+    from critperiods.pipeline import plan
+
+    short = checked(load_default())
+    long = checked(load_default())
+    long["grid"]["switch_epochs"] = [*short["grid"]["switch_epochs"], 20]
+    assert plan.reference_end(short) % short["trunk_stride"] != 0  # the off-stride case
+    replaced = [f"continue/switch0/e{plan.reference_end(short)}"]
+    kept = [p for p in plan.training_pieces(short) if p not in replaced]
+    assert set(kept) < set(plan.training_pieces(long))
+    for piece in kept:
+        assert plan.piece_checkpoints(short, piece) == plan.piece_checkpoints(long, piece), piece
+    llc = [p for p in plan.llc_pieces(short) if p not in replaced]
+    assert set(llc) < set(plan.llc_pieces(long))
+    for piece in llc:
+        assert plan.piece_llc_epochs(short, piece) == plan.piece_llc_epochs(long, piece), piece
 
 
 def test_the_cli_says_its_version_and_documents_every_option():

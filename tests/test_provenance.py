@@ -71,7 +71,7 @@ def test_pieces_of_different_code_versions_of_one_stage_are_flagged():
                         "1 piece); rerun them with one version (snakemake --forcerun llc)"]
     _, problems = report(prov(**{"train_bs64/seed0/trunk": "t2"}))
     assert len(problems) == 1 and problems[0].startswith("MIXED: train results come from 2")
-    assert "--forcerun train_trunk train_branch" in problems[0]
+    assert "--forcerun train_trunk train_branch train_reference" in problems[0]
 
 
 def test_the_command_fails_in_one_line_on_a_missing_or_foreign_file(tmp_path, capsys):

@@ -269,15 +269,25 @@ def test_new_seed_plans_only_its_runs(run, tmp_path):
 
 
 def test_larger_switch_epoch_plans_only_new_segments(run, tmp_path):
+    """A switch epoch after the last one moves the epoch both references reach (4 + 2): the
+    trunk and the never-blurred run's continuation each grow by a segment, and λ̂ is estimated
+    only on the new files. Nothing trained or estimated before reruns."""
     out = snakemake(run, "-n",
                     configs=[override(tmp_path, "k", "grid:\n  switch_epochs: [0, 2, 4]\n")])
     jobs = planned(out)
-    # the trunk (extended to the last epoch any run reaches, 4 + 2) grows by one segment;
-    # the never-blurred branch, the sharp reference, is extended to that epoch too
-    assert sorted(o.rsplit("/", 1)[-1] for o in jobs["train_trunk"]) == ["e6.pt", "e6.pt"]
-    assert sorted(o.split("/seed", 1)[1][2:] for o in jobs["train_branch"]) == [
-        "continue/switch0.pt", "continue/switch0.pt",
-        "continue/switch4.pt", "continue/switch4.pt", "restart/switch4.pt", "restart/switch4.pt"]
+
+    def pieces(rule: str) -> list[str]:
+        return sorted(o.split("/seed", 1)[1][2:] for o in jobs.get(rule, []))
+
+    assert pieces("train_trunk") == ["trunk/e6.pt"] * 2
+    assert pieces("train_branch") == sorted(["continue/switch4.pt", "restart/switch4.pt"] * 2)
+    assert pieces("train_reference") == ["continue/switch0/e6.pt"] * 2
+    # λ̂ on the trunk up to the largest switch: segment e4 now holds epoch 4 (e6 holds none)
+    assert pieces("llc") == sorted(["trunk/e4.llc.nc", "continue/switch0/e6.llc.nc",
+                                    "continue/switch4.llc.nc", "restart/switch4.llc.nc"] * 2)
+    for rule, outputs in jobs.items():
+        assert all(not (run / o).exists() for o in outputs) or rule in {
+            "evaluate", "divergence", "aggregate", "plots", "all"}, (rule, outputs)
 
 
 def test_report_builds_with_every_figure_and_the_summary(run):

@@ -85,10 +85,12 @@ def jobs_per_rule(config: dict, device: str) -> dict[str, int]:
     per_schedule = len(grid["batch_sizes"]) * len(grid["lr_schedules"])
     jobs = {"prepare_data": 2,  # the train and test splits
             "train_trunk": groups * len(plan.trunk_epochs(config)),
-            "train_branch": groups * len(plan.branches(config)),
-            "evaluate": groups}
+            "train_branch": groups * len(plan.branches(config))}
+    if plan.reference_epochs(config):  # the never-blurred run's continuation
+        jobs["train_reference"] = groups * len(plan.reference_epochs(config))
+    jobs["evaluate"] = groups
     if config["llc"]["enabled"]:
-        jobs["llc"] = groups * (1 + len(plan.llc_branches(config)))  # the trunk and branches
+        jobs["llc"] = groups * len(plan.llc_pieces(config))  # one per training file
     if config["divergence"]["enabled"]:
         jobs["divergence"] = per_schedule
     if _perturbing(config):
@@ -117,11 +119,7 @@ def _llc_estimates(config: dict) -> int:
     asked for."""
     if not config["llc"]["enabled"]:
         return 0
-    trunk = [e for e in plan.checkpoint_epochs(config) if e <= plan.trunk_end(config)]
-    count = len(plan.llc_epochs(config, trunk, trunk=True))
-    for _, k in plan.llc_branches(config):
-        count += len(plan.llc_epochs(config, plan.branch_checkpoints(config, k)))
-    return count
+    return sum(len(plan.piece_llc_epochs(config, p)) for p in plan.llc_pieces(config))
 
 
 def grid_cost(config: dict, device: str) -> Cost:

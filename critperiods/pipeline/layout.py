@@ -4,9 +4,10 @@ Under ``results/<experiment>/`` (templates below, with Snakemake's wildcards)::
 
     runs/bs<B>/<group>/trunk/e<E>.pt                 blurred trunk: full state at epoch E
     runs/bs<B>/<group>/<schedule>/switch<K>.pt        branch: sharp from epoch K, lr schedule
+    runs/bs<B>/<group>/continue/switch0/e<E>.pt       the never-blurred run continued past
+                                                      its end, to epoch E (the sharp reference)
     runs/bs<B>/<group>/metrics.nc                     evaluation of the group's runs
-    runs/bs<B>/<group>/trunk.llc.nc                   λ̂ of the trunk's checkpoints
-    runs/bs<B>/<group>/<schedule>/switch<K>.llc.nc    λ̂ of a branch's checkpoints
+    runs/bs<B>/<group>/<piece>.llc.nc                 λ̂ of one training file's checkpoints
     divergence/bs<B>_<schedule>.nc                    comparisons of one batch size and schedule
     perturbations/bs<B>/<group>/<schedule>/switch<K>/e<E>.pt
                                                       run K of the group's seeds perturbed at
@@ -18,8 +19,12 @@ Under ``results/<experiment>/`` (templates below, with Snakemake's wildcards)::
 ``seed3`` for one seed, ``seeds0_1_2`` for a stacked group; every file of a group holds all
 its seeds. ``<schedule>`` is ``continue`` or ``restart`` (``grid.lr_schedules``); the
 never-blurred run (``K = 0``) is the same branch for both and is stored once, under
-``continue`` (:func:`piece_schedule`). Nothing else builds or
-parses these paths.
+``continue`` (:func:`piece_schedule`). ``<piece>`` is a training file's path below the
+group without ``.pt``: ``trunk/e8``, ``restart/switch4``, ``continue/switch0/e12``. The
+trunk and the never-blurred run's continuation are chained in segments, so that a longer
+grid adds files instead of retraining them; every training file has its own λ̂ file, so a
+new file adds estimates instead of recomputing them. Nothing else builds or parses these
+paths.
 """
 
 from __future__ import annotations
@@ -44,11 +49,13 @@ def piece_schedule(lr_schedule: str, switch_epoch: int) -> str:
     return "continue" if switch_epoch == 0 else lr_schedule
 
 
-#: Path templates, relative to ``results/<experiment>/``; ``{piece}`` is ``trunk`` or
-#: ``<schedule>/switch<K>``.
+#: Path templates, relative to ``results/<experiment>/``; ``{piece}`` is a training file
+#: without ``.pt`` (:func:`piece_name`).
 RUN_GROUP = "runs/bs{batch_size}/{group}"
 TRUNK = RUN_GROUP + "/trunk/e{epoch}.pt"
 BRANCH = RUN_GROUP + "/{lr_schedule}/switch{switch_epoch}.pt"
+#: The never-blurred run's continuation; only ``continue/switch0`` (its rule constrains it).
+REFERENCE = RUN_GROUP + "/{lr_schedule}/switch{switch_epoch}/e{epoch}.pt"
 METRICS = RUN_GROUP + "/metrics.nc"
 PIECE = RUN_GROUP + "/{piece}"
 LLC = PIECE + ".llc.nc"
@@ -60,11 +67,13 @@ PERTURBATION = "perturbations/bs{batch_size}_{lr_schedule}.nc"
 _SCHEDULE = "|".join(LR_SCHEDULES)
 #: Regular expressions of the wildcards (Snakemake's ``wildcard_constraints``).
 GROUP_PATTERN = r"seeds?\d+(?:_\d+)*"
-PIECE_PATTERN = rf"trunk|(?:{_SCHEDULE})/switch\d+"
+PIECE_PATTERN = rf"trunk/e\d+|(?:{_SCHEDULE})/switch\d+|continue/switch0/e\d+"
 
+PIECE_NAME_RE = re.compile(rf"trunk/e(?P<trunk_epoch>\d+)|"
+                           rf"(?P<schedule>{_SCHEDULE})/switch(?P<switch>\d+)(?:/e(?P<epoch>\d+))?")
 PIECE_RE = re.compile(
     rf"bs(?P<batch_size>\d+)/(?P<group>{GROUP_PATTERN})/"
-    rf"(?:(?P<trunk>trunk)[./]|(?P<schedule>{_SCHEDULE})/switch(?P<switch>\d+)\.)"
+    rf"(?:(?P<trunk>trunk)/|(?P<schedule>{_SCHEDULE})/switch(?P<switch>\d+)[./])"
 )
 DIVERGENCE_RE = re.compile(rf"bs(?P<batch_size>\d+)_(?P<schedule>{_SCHEDULE})\.nc$")
 PERTURBED_RE = re.compile(
@@ -122,11 +131,13 @@ class PieceFile:
 
 
 def parse_piece(path: str | Path) -> PieceFile:
-    """The coordinates of a checkpoint file or of a per-piece result file."""
+    """The coordinates of a checkpoint file or of a per-piece result file; the segments of
+    a trunk, or of a branch, share them."""
     m = PIECE_RE.search(str(path).replace("\\", "/"))
     if m is None:
-        raise ValueError(f"{path}: not a piece (…/bs<B>/<group>/trunk.* or "
-                         f"<schedule>/switch<K>.* with schedule one of {LR_SCHEDULES})")
+        raise ValueError(f"{path}: not a piece (…/bs<B>/<group>/trunk/*, "
+                         f"<schedule>/switch<K>.* or <schedule>/switch<K>/* with schedule "
+                         f"one of {LR_SCHEDULES})")
     seeds = group_seeds(m["group"])
     if m["trunk"]:
         return PieceFile(int(m["batch_size"]), seeds, None, None)
@@ -173,13 +184,32 @@ def parse_perturbation(path: str | Path) -> tuple[int, str]:
     return int(m["batch_size"]), m["schedule"]
 
 
-def piece_name(schedule: str | None, switch_epoch: int | None) -> str:
-    """The ``{piece}`` of a trunk (both None) or a branch: ``trunk``, ``restart/switch8``."""
-    return "trunk" if switch_epoch is None else f"{schedule}/switch{switch_epoch}"
+def piece_name(schedule: str | None, switch_epoch: int | None, epoch: int | None = None) -> str:
+    """The ``{piece}`` of a training file: the trunk's segment ending at ``epoch``
+    (``trunk/e8``), a branch (``restart/switch4``), or the never-blurred run's segment
+    ending at ``epoch`` (``continue/switch0/e12``)."""
+    if switch_epoch is None:
+        if epoch is None:
+            raise ValueError("a trunk piece is a segment: give its end epoch")
+        return f"trunk/e{epoch}"
+    branch = f"{schedule}/switch{switch_epoch}"
+    return branch if epoch is None else f"{branch}/e{epoch}"
+
+
+def piece_coordinates(piece: str) -> tuple[str | None, int | None, int | None]:
+    """``(schedule, switch_epoch, epoch)`` of a ``{piece}`` (the inverse of
+    :func:`piece_name`; None where the name has none)."""
+    m = PIECE_NAME_RE.fullmatch(piece)
+    if m is None:
+        raise ValueError(f"{piece!r}: not a piece (trunk/e<E>, <schedule>/switch<K> or "
+                         "continue/switch0/e<E>)")
+    if m["trunk_epoch"] is not None:
+        return None, None, int(m["trunk_epoch"])
+    return m["schedule"], int(m["switch"]), None if m["epoch"] is None else int(m["epoch"])
 
 
 __all__ = ["BRANCH", "DIVERGENCE", "GROUP_PATTERN", "LLC", "LR_SCHEDULES", "METRICS",
-           "PERTURBATION", "PERTURBED", "PIECE", "PIECE_PATTERN", "RUN_GROUP", "TRUNK",
-           "PerturbedFile", "PieceFile", "PieceKey", "group_label", "group_seeds",
+           "PERTURBATION", "PERTURBED", "PIECE", "PIECE_PATTERN", "REFERENCE", "RUN_GROUP",
+           "TRUNK", "PerturbedFile", "PieceFile", "PieceKey", "group_label", "group_seeds",
            "parse_divergence", "parse_perturbation", "parse_perturbed", "parse_piece",
-           "piece_name", "piece_schedule"]
+           "piece_coordinates", "piece_name", "piece_schedule"]

@@ -16,7 +16,12 @@ from pathlib import Path
 # The schedules and where a run's branch is stored belong to the results' layout, which every
 # stage imports; they live there so that editing this module (config checks, the plan)
 # reruns no stage. Re-exported: the Snakefile and the cost model use them as plan.*.
-from critperiods.pipeline.layout import LR_SCHEDULES, piece_schedule  # noqa: F401
+from critperiods.pipeline.layout import (  # noqa: F401
+    LR_SCHEDULES,
+    piece_coordinates,
+    piece_name,
+    piece_schedule,
+)
 from critperiods.train.dataset_files import CIFAR10_FOLDER, idx_candidates, raw_files
 
 
@@ -222,17 +227,33 @@ def run_end(config: dict, switch_epoch: int) -> int:
     return switch_epoch + config["epochs_after_switch"]
 
 
-def branch_end(config: dict, switch_epoch: int) -> int:
-    """Last epoch a branch is trained to: its run's end (``run_end``), except the
-    never-blurred branch, the sharp reference, which trains on to the last epoch any run
-    reaches when λ̂ or divergences are computed (as the always-blurred trunk does), so that
-    its λ̂ and the distance of every run to it cover all epochs. Its final accuracy is still
-    read at its run's end."""
-    end = run_end(config, switch_epoch)
-    if switch_epoch == 0 and (config.get("llc", {}).get("enabled", False)
-                              or config.get("divergence", {}).get("enabled", False)):
+def reference_end(config: dict) -> int:
+    """Last epoch the never-blurred run, the sharp reference, is trained to: the last epoch
+    any run reaches when λ̂ or divergences are computed (as the always-blurred trunk is), so
+    that its λ̂ and the distance of every run to it cover all epochs; else its run's end. Its
+    final accuracy is still read at its run's end."""
+    end = run_end(config, 0)
+    if config.get("llc", {}).get("enabled", False) or config.get("divergence", {}).get(
+            "enabled", False):
         end = max(end, last_epoch(config))
     return end
+
+
+def reference_epochs(config: dict) -> list[int]:
+    """Ends of the segments that continue the never-blurred run past its run's end, up to
+    :func:`reference_end` (none when the grid has no switch epoch 0): the multiples of
+    ``trunk_stride`` in between, then the reference's end.
+
+    The run itself is its branch file, which ends at its run's end like every branch; the
+    segments are chained after it as the trunk's are, so a later last switch epoch adds
+    segments (and retrains at most the last one, when it ended off the stride) instead of
+    retraining the run from epoch 0.
+    """
+    if 0 not in config["grid"]["switch_epochs"]:
+        return []
+    start, end, stride = run_end(config, 0), reference_end(config), config["trunk_stride"]
+    ends = [e for e in range(stride, end, stride) if e > start]
+    return ends + [end] if end > start else []
 
 
 def last_epoch(config: dict) -> int:
@@ -281,8 +302,64 @@ def trunk_segment_checkpoints(config: dict, end_epoch: int) -> list[int]:
 
 
 def branch_checkpoints(config: dict, switch_epoch: int) -> list[int]:
-    """Checkpoint epochs stored in branch ``switch{K}``: those in (K, branch_end]."""
-    return _within(checkpoint_epochs(config), switch_epoch, branch_end(config, switch_epoch))
+    """Checkpoint epochs stored in branch ``switch{K}``: those in (K, its run's end]."""
+    return _within(checkpoint_epochs(config), switch_epoch, run_end(config, switch_epoch))
+
+
+def reference_segment_checkpoints(config: dict, end_epoch: int) -> list[int]:
+    """Checkpoint epochs stored in the never-blurred run's segment ``e{end_epoch}``: those
+    after the previous segment's end (or the run's end) up to ``end_epoch``."""
+    before = [run_end(config, 0)] + [e for e in reference_epochs(config) if e < end_epoch]
+    return _within(checkpoint_epochs(config), max(before), end_epoch)
+
+
+def reference_start(config: dict, end_epoch: int) -> tuple[str, int]:
+    """The piece the never-blurred run's segment ``e{end_epoch}`` continues, and its end
+    epoch: the previous segment, or the run's branch file for the first one."""
+    before = [e for e in reference_epochs(config) if e < end_epoch]
+    if before:
+        return piece_name("continue", 0, before[-1]), before[-1]
+    return piece_name("continue", 0), run_end(config, 0)
+
+
+def training_pieces(config: dict, trunk_to: int | None = None) -> list[str]:
+    """A seed group's training files, as pieces (:func:`~critperiods.pipeline.layout.piece_name`):
+    the trunk's segments (those ending at or before ``trunk_to``, if given), every branch, and
+    the never-blurred run's continuation."""
+    trunk = [e for e in trunk_epochs(config) if trunk_to is None or e <= trunk_to]
+    return ([piece_name(None, None, e) for e in trunk]
+            + [piece_name(r, k) for r, k in branches(config)]
+            + [piece_name("continue", 0, e) for e in reference_epochs(config)])
+
+
+def piece_checkpoints(config: dict, piece: str) -> list[int]:
+    """The checkpoint epochs a training file holds."""
+    schedule, switch, epoch = piece_coordinates(piece)
+    if switch is None:
+        return trunk_segment_checkpoints(config, epoch)
+    if epoch is None:
+        return branch_checkpoints(config, switch)
+    return reference_segment_checkpoints(config, epoch)
+
+
+def piece_llc_epochs(config: dict, piece: str) -> list[int]:
+    """The epochs at which λ̂ is estimated on a training file (:func:`llc_epochs`)."""
+    return llc_epochs(config, piece_checkpoints(config, piece),
+                      trunk=piece_coordinates(piece)[1] is None)
+
+
+def llc_pieces(config: dict) -> list[str]:
+    """The training files of a seed group that get a λ̂ file: every one that holds an epoch
+    λ̂ is asked for, of the trunk and of the branches of ``llc.switch_epochs`` (the
+    never-blurred run's continuation with its branch). One file each, so a new training
+    file adds estimates and recomputes none."""
+    wanted = set(llc_branches(config))
+
+    def asked(piece: str) -> bool:
+        schedule, switch, _ = piece_coordinates(piece)
+        return switch is None or (schedule, switch) in wanted
+
+    return [p for p in training_pieces(config) if asked(p) and piece_llc_epochs(config, p)]
 
 
 def llc_epochs(config: dict, epochs: Iterable[int], trunk: bool = False) -> list[int]:
@@ -308,7 +385,7 @@ def epochs_trained(config: dict, shared: bool = True) -> int:
     grid = config["grid"]
     trunks = len(grid["batch_sizes"]) * len(grid["seeds"])  # one per (batch size, seed)
     if shared:
-        extra = branch_end(config, 0) - run_end(config, 0) if 0 in grid["switch_epochs"] else 0
+        extra = reference_end(config) - run_end(config, 0) if 0 in grid["switch_epochs"] else 0
         return trunks * (trunk_end(config) + extra
                          + len(branches(config)) * config["epochs_after_switch"])
     return trunks * len(grid["lr_schedules"]) * sum(run_end(config, s)
@@ -369,21 +446,23 @@ def perturbation_epochs(config: dict) -> list[int]:
 def perturbation_start(config: dict, lr_schedule: str, switch_epoch: int,
                        epoch: int) -> tuple[str, int]:
     """The piece whose complete training state the twin of run ``(lr_schedule, switch_epoch)``
-    replays from to reach ``epoch`` (a path below the cell's run folder, without ``.pt``),
-    and that state's epoch.
+    replays from to reach ``epoch`` (a path below the cell's run folder, without ``.pt``:
+    :func:`~critperiods.pipeline.layout.piece_name`), and that state's epoch.
 
     Full states exist at trunk segment ends (multiples of ``trunk_stride``), at a branch's
-    start (its switch epoch) and at its end (:func:`branch_end`); the latest one at or before
-    ``epoch`` on the run's path is used, and the replay to ``epoch`` is exact by the
-    determinism contract.
+    start (its switch epoch) and at its end, and at the ends of the never-blurred run's
+    continuation (:func:`reference_epochs`); the latest one at or before ``epoch`` on the
+    run's path is used, and the replay to ``epoch`` is exact by the determinism contract.
     """
     if epoch <= switch_epoch:
         start = epoch // config["trunk_stride"] * config["trunk_stride"]
-        return f"trunk/e{start}", start
-    end = branch_end(config, switch_epoch)
-    if epoch >= end:
-        return f"{lr_schedule}/switch{switch_epoch}", end
-    return f"trunk/e{switch_epoch}", switch_epoch
+        return piece_name(None, None, start), start
+    states = [(switch_epoch, piece_name(None, None, switch_epoch)),
+              (run_end(config, switch_epoch), piece_name(lr_schedule, switch_epoch))]
+    if switch_epoch == 0:
+        states += [(e, piece_name(lr_schedule, 0, e)) for e in reference_epochs(config)]
+    start, piece = max(s for s in states if s[0] <= epoch)
+    return piece, start
 
 
 def perturbation_jobs(config: dict) -> list[tuple[str, int, int]]:

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 UNKNOWN = "unknown"  # results written before provenance was recorded
-TRAIN_STAGE = "train"  # train_trunk and train_branch run the same script
+TRAIN_STAGE = "train"  # train_trunk, train_branch and train_reference run one script
 
 
 def device_label(device: object) -> str:

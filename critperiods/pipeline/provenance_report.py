@@ -90,7 +90,7 @@ def report(prov: dict) -> tuple[list[str], list[str]]:
                 + "; ".join(f"{c}: {len(n)} piece{'s' * (len(n) != 1)}"
                             for c, n in sorted(codes.items()))
                 + f"); rerun them with one version (snakemake --forcerun "
-                f"{'train_trunk train_branch' if stage == TRAIN_STAGE else stage})")
+                f"{'train_trunk train_branch train_reference' if stage == TRAIN_STAGE else stage})")
     lines += ["", f"{'data split':<11} {'fingerprint':<13} pieces"]
     for split, fingerprints in sorted(data_versions(prov).items()):
         for fingerprint, names in sorted(fingerprints.items()):

@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 
 from critperiods.pipeline import checkpoints as ckpt
-from critperiods.pipeline.layout import group_label
 from critperiods.pipeline.provenance import device_label
 from critperiods.train.data import PreparedData
 from critperiods.train.stacked import StackedTrainer
@@ -63,9 +62,11 @@ class PieceSpec:
 
     @property
     def name(self) -> str:
+        """The job's label in logs and progress bars (not a path: training knows no layout)."""
         kind = ("trunk" if self.switch_epoch == ALWAYS_BLURRED
                 else f"{self.lr_schedule or 'continue'}/switch{self.switch_epoch}")
-        return f"bs{self.batch_size}/{group_label(self.seeds)}/{kind}→e{self.end_epoch}"
+        seeds = ",".join(map(str, self.seeds))
+        return f"bs{self.batch_size} seeds {seeds} {kind}→e{self.end_epoch}"
 
 
 def resume_path_for(output: str | Path) -> Path:

@@ -23,15 +23,21 @@ RUN_DIMS = ("batch_size", "lr_schedule", "switch_epoch", "seed")
 
 def load_pieces(files: Iterable[str | Path]) -> dict[PieceKey, xr.Dataset]:
     """Per-piece result files of seed groups (a ``seed`` dim), split into one dataset per
-    seed's piece, keyed by its coordinates (read from the path)."""
-    pieces = {}
+    seed's piece, keyed by its coordinates (read from the path). The files of one piece's
+    segments (the trunk's, the never-blurred run's) are joined along ``epoch``; their 0-d
+    variables (the sampler's settings) must agree."""
+    parts: dict[PieceKey, list[xr.Dataset]] = {}
     for f in files:
         piece = parse_piece(f)
         with xr.open_dataset(f) as opened:
             ds = opened.load()
         for seed in piece.seeds:
-            pieces[piece.key(seed)] = ds.sel(seed=seed, drop=True) if "seed" in ds.dims else ds
-    return pieces
+            one = ds.sel(seed=seed, drop=True) if "seed" in ds.dims else ds
+            parts.setdefault(piece.key(seed), []).append(one)
+    return {key: segments[0] if len(segments) == 1 else
+            xr.concat(segments, dim="epoch", data_vars="minimal", coords="minimal",
+                      compat="equals", combine_attrs="drop_conflicts").sortby("epoch")
+            for key, segments in parts.items()}
 
 
 def assemble_runs(pieces: Mapping[PieceKey, xr.Dataset], lr_schedules: Sequence[str],

@@ -29,6 +29,7 @@ if note := plan.data_download_note(config, {"train": TRAIN_DATA, "test": TEST_DA
 # coordinates): {group} is seed<S> or seeds<S>_<S>_…, one job and one file per group.
 TRUNK = os.path.join(RESULTS, layout.TRUNK)
 BRANCH = os.path.join(RESULTS, layout.BRANCH)
+REFERENCE = os.path.join(RESULTS, layout.REFERENCE)
 PIECE = os.path.join(RESULTS, layout.PIECE)
 GROUP_METRICS = os.path.join(RESULTS, layout.METRICS)
 PIECE_LLC = os.path.join(RESULTS, layout.LLC)
@@ -86,8 +87,13 @@ def get_seeds(wildcards):
     return list(layout.group_seeds(wildcards.group))
 
 
+def piece_file(wildcards, piece):
+    """The training file of one of the wildcards' group's pieces (layout.piece_name)."""
+    return PIECE.format(batch_size=wildcards.batch_size, group=wildcards.group, piece=piece) + ".pt"
+
+
 def trunk_file(wildcards, epoch):
-    return TRUNK.format(batch_size=wildcards.batch_size, group=wildcards.group, epoch=epoch)
+    return piece_file(wildcards, layout.piece_name(None, None, epoch))
 
 
 def get_trunk_start(wildcards):
@@ -101,7 +107,15 @@ def get_branch_start(wildcards):
     return trunk_file(wildcards, wildcards.switch_epoch)
 
 
-def get_trunk_end(wildcards):
+def get_reference_start(wildcards):
+    """A segment of the never-blurred run's continuation continues the previous one; the
+    first continues the run's branch file."""
+    piece, _ = plan.reference_start(config, int(wildcards.epoch))
+    return piece_file(wildcards, piece)
+
+
+def get_segment_end(wildcards):
+    """A segment (of the trunk or the never-blurred run's continuation) ends at its epoch."""
     return int(wildcards.epoch)
 
 
@@ -113,8 +127,12 @@ def get_branch_checkpoints(wildcards):
     return plan.branch_checkpoints(config, int(wildcards.switch_epoch))
 
 
+def get_reference_checkpoints(wildcards):
+    return plan.reference_segment_checkpoints(config, int(wildcards.epoch))
+
+
 def get_branch_end(wildcards):
-    return plan.branch_end(config, int(wildcards.switch_epoch))
+    return plan.run_end(config, int(wildcards.switch_epoch))
 
 
 def trunk_job_epochs(wildcards):
@@ -124,33 +142,29 @@ def trunk_job_epochs(wildcards):
 
 def branch_job_epochs(wildcards):
     """Epochs × seeds a branch job trains (for its time limit)."""
-    return (get_branch_end(wildcards) - int(wildcards.switch_epoch)) * len(get_seeds(wildcards))
+    return config["epochs_after_switch"] * len(get_seeds(wildcards))
+
+
+def reference_job_epochs(wildcards):
+    """Epochs × seeds a segment of the never-blurred run's continuation trains."""
+    _, start = plan.reference_start(config, int(wildcards.epoch))
+    return (int(wildcards.epoch) - start) * len(get_seeds(wildcards))
 
 
 def get_group_pieces(wildcards):
-    """Checkpoint files of a group's runs: the trunk up to the largest switch, every branch."""
-    last = max(GRID["switch_epochs"])
-    return ([trunk_file(wildcards, e) for e in plan.trunk_epochs(config) if e <= last]
-            + [BRANCH.format(batch_size=wildcards.batch_size, group=wildcards.group,
-                             lr_schedule=r, switch_epoch=k) for r, k in plan.branches(config)])
+    """Training files of a group's runs: the trunk up to the largest switch, every branch,
+    the never-blurred run's continuation."""
+    pieces = plan.training_pieces(config, trunk_to=max(GRID["switch_epochs"]))
+    return [piece_file(wildcards, p) for p in pieces]
 
 
 def get_piece_files(wildcards):
-    """Checkpoint files behind a piece: every trunk segment, or the one branch file."""
-    if wildcards.piece == "trunk":
-        return [trunk_file(wildcards, e) for e in plan.trunk_epochs(config)]
-    return [f"{PIECE.format(**wildcards)}.pt"]
-
-
-def get_piece_epochs(wildcards):
-    """The checkpoint epochs a piece holds."""
-    if wildcards.piece == "trunk":
-        return [e for e in plan.checkpoint_epochs(config) if e <= plan.trunk_end(config)]
-    return plan.branch_checkpoints(config, int(wildcards.piece.rsplit("switch", 1)[1]))
+    """The training file of a piece."""
+    return [piece_file(wildcards, wildcards.piece)]
 
 
 def get_llc_epochs(wildcards):
-    return plan.llc_epochs(config, get_piece_epochs(wildcards), wildcards.piece == "trunk")
+    return plan.piece_llc_epochs(config, wildcards.piece)
 
 
 def llc_job_checkpoints(wildcards):
@@ -159,21 +173,20 @@ def llc_job_checkpoints(wildcards):
 
 
 def get_divergence_inputs(wildcards):
-    """Every piece of every group of one batch size and schedule: trunks (the blurred
-    reference) and that schedule's branches (the never-blurred one is shared)."""
-    b = wildcards.batch_size
-    return [TRUNK.format(batch_size=b, group=g, epoch=e)
-            for g in GROUPS for e in plan.trunk_epochs(config)] + [
-        BRANCH.format(batch_size=b, group=g, switch_epoch=k,
-                      lr_schedule=plan.piece_schedule(wildcards.lr_schedule, k))
-        for g in GROUPS for k in GRID["switch_epochs"]]
+    """Every training file of every group of one batch size and schedule: trunks (the
+    blurred reference), that schedule's branches (the never-blurred one is shared) and the
+    never-blurred run's continuation (the sharp reference)."""
+    b, schedule = wildcards.batch_size, wildcards.lr_schedule
+    pieces = [layout.piece_name(None, None, e) for e in plan.trunk_epochs(config)]
+    pieces += [layout.piece_name(plan.piece_schedule(schedule, k), k) for k in GRID["switch_epochs"]]
+    pieces += [layout.piece_name("continue", 0, e) for e in plan.reference_epochs(config)]
+    return [PIECE.format(batch_size=b, group=g, piece=p) + ".pt" for g in GROUPS for p in pieces]
 
 
 def get_cube_inputs(wildcards):
     metrics = [GROUP_METRICS.format(batch_size=b, group=g) for b, g in group_dirs()]
-    pieces = ["trunk"] + [layout.piece_name(r, k) for r, k in plan.llc_branches(config)]
     llc = ([PIECE_LLC.format(batch_size=b, group=g, piece=p) for b, g in group_dirs()
-            for p in pieces] if config["llc"]["enabled"] else [])
+            for p in plan.llc_pieces(config)] if config["llc"]["enabled"] else [])
     divergence = (
         [DIVERGENCE.format(batch_size=b, lr_schedule=r) for b in GRID["batch_sizes"]
          for r in GRID["lr_schedules"]]

@@ -35,8 +35,8 @@ def divergence_config(params: dict) -> DivergenceConfig:
 
 
 def runs_from_pieces(paths: Iterable[str], expected_hash: str) -> dict[RunKey, dict[int, State]]:
-    """``{(switch_epoch, seed): {epoch: state}}`` from the trunk segments and branch files of
-    every seed group of one batch size and schedule.
+    """``{(switch_epoch, seed): {epoch: state}}`` from the trunk segments, branch files and
+    the never-blurred run's segments of every seed group of one batch size and schedule.
 
     A run with switch epoch K takes the trunk's checkpoints at epochs ≤ K and its branch's
     afterwards; the trunk itself is the always-blurred reference ``(ALWAYS_BLURRED, seed)``.
@@ -50,12 +50,12 @@ def runs_from_pieces(paths: Iterable[str], expected_hash: str) -> dict[RunKey, d
             states = {e: c["model"] for e, c in checkpoint_map(member).items()}
             if piece.is_trunk:
                 trunks.setdefault(seed, {}).update(states)
-            else:
-                branches[(piece.switch_epoch, seed)] = states
+            else:  # a branch, or a segment of the never-blurred run's continuation
+                branches.setdefault((piece.switch_epoch, seed), {}).update(states)
     runs: dict[RunKey, dict[int, State]] = {(ALWAYS_BLURRED, s): t for s, t in trunks.items()}
     for (switch, seed), states in branches.items():
         before = {e: w for e, w in trunks.get(seed, {}).items() if e <= switch}
-        runs[(switch, seed)] = {**before, **states}
+        runs[(switch, seed)] = dict(sorted({**before, **states}.items()))
     return runs
 
 

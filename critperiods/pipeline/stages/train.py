@@ -1,4 +1,6 @@
-"""Stage train_trunk / train_branch: train one trajectory piece of a seed group (resumable).
+"""Stage train_trunk / train_branch / train_reference: train one trajectory piece of a seed
+group (resumable). A piece with a switch epoch in its wildcards is a branch, or a segment of
+the never-blurred run's continuation (``switch_epoch`` 0); else a trunk segment.
 
 One job trains every seed of its group (``train.seeds_per_job``; several as one stacked
 model) and writes one file holding them all (``critperiods.pipeline.trajectories``). A job
