@@ -16,7 +16,7 @@ from critperiods.pipeline.layout import (
     piece_coordinates,
     piece_name,
 )
-from critperiods.results.assemble import assemble_runs, load_pieces
+from critperiods.results.assemble import assemble_runs, join_segments, load_pieces
 from critperiods.results.cube import align_at_switch
 
 
@@ -46,7 +46,9 @@ def test_paths_map_to_coordinates_and_back_out():
     assert group_label([2, 0, 1]) == "seeds0_1_2" and group_label([3]) == "seed3"
     assert group_seeds("seeds0_1_2") == (0, 1, 2) and group_seeds("seed3") == (3,)
     for bad in ("r/runs/bs64/seed0/switch8.pt", "r/runs/bs64/seed0/later/switch8.pt",
-                "r/runs/bs64/group0/trunk/e4.pt", "r/runs/bs64/seed0/trunk.llc.nc"):
+                "r/runs/bs64/group0/trunk/e4.pt", "r/runs/bs64/seed0/trunk.llc.nc",
+                "r/runs/bs64/seed0/restart/switch4/e8.pt",  # only switch0 is continued
+                "r/perturbations/bs64/seed0/continue/switch0/e4.pt"):  # not a training file
         try:
             parse_piece(bad)
         except ValueError as err:
@@ -164,3 +166,20 @@ def test_the_segments_of_a_piece_are_read_as_one(tmp_path):
     np.testing.assert_array_equal(trunk.llc_mean.values, [11.0, 12.0, 13.0, 14.0])
     assert trunk.llc_gamma.dims == () and float(trunk.llc_gamma) == 100.0
     assert list(pieces[PieceKey(32, 0, "continue", 0)].epoch.values) == [1, 2, 3, 4]
+
+
+def test_a_setting_its_segments_disagree_on_is_kept_per_epoch():
+    """λ̂ of the trunk's later segments sampled on a GPU in bf16 (``llc.precision: auto``)
+    beside earlier ones sampled in float32 on a CPU: the piece, and then every run, records
+    ``llc_bf16`` per epoch; the settings the segments agree on stay 0-d."""
+    early = piece([1, 2], [1.0, 2.0], llc_bf16=0, llc_gamma=100.0)
+    late = piece([3, 4], [3.0, 4.0], llc_bf16=1, llc_gamma=100.0)
+    trunk = join_segments([late, early])
+    np.testing.assert_array_equal(trunk.llc_bf16.values, [0, 0, 1, 1])
+    assert trunk.llc_gamma.dims == ()
+    branch = piece([5, 6], [5.0, 6.0], llc_bf16=1, llc_gamma=100.0)
+    runs = assemble_runs({PieceKey(32, 0, None, None): trunk,
+                          PieceKey(32, 0, "continue", 4): branch}, ["continue"], [4])
+    bf16 = runs.llc_bf16.sel(batch_size=32, lr_schedule="continue", switch_epoch=4, seed=0)
+    np.testing.assert_array_equal(bf16.sel(epoch=[1, 2, 3, 4, 5, 6]).values, [0, 0, 1, 1, 1, 1])
+    assert runs.llc_gamma.dims == () and float(runs.llc_gamma) == 100.0

@@ -197,6 +197,11 @@ def test_the_twin_starts_from_the_latest_complete_state_on_its_path() -> None:
     assert perturbation_start(config, "restart", 8, 11) == ("trunk/e8", 8)  # branch start
     assert perturbation_start(config, "continue", 0, 3) == ("trunk/e0", 0)  # never blurred
     assert perturbation_start(config, "continue", 0, 9) == ("continue/switch0", 6)  # past its end
+    # with λ̂ on, the never-blurred run is continued in segments (8, 12, 14): the latest one
+    config["llc"] = {"enabled": True}
+    assert perturbation_start(config, "continue", 0, 9) == ("continue/switch0/e8", 8)
+    assert perturbation_start(config, "continue", 0, 13) == ("continue/switch0/e12", 12)
+    assert perturbation_start(config, "continue", 8, 13) == ("trunk/e8", 8)  # other runs: as before
 
 
 def test_copies_are_compared_at_the_checkpoints_after_the_nudge_and_at_the_end() -> None:

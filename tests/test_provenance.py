@@ -101,7 +101,7 @@ def test_outputs_record_the_fingerprints_of_the_code_and_data_that_made_them(
     assert branch["provenance"] == {"code": fp.stage(ROOT / "scripts/train.py"),
                                     "data": {"train": fingerprints["train"]},
                                     "device": device_label("cpu")}
-    with xr.open_dataset(results / "runs/bs64/seed0/trunk.llc.nc") as llc:
+    with xr.open_dataset(results / "runs/bs64/seed0/trunk/e2.llc.nc") as llc:
         assert llc.attrs["provenance_code"] == fp.stage(ROOT / "scripts/llc.py")
         assert llc.attrs["provenance_data"] == f"train:{fingerprints['train']}"
         assert llc.attrs["provenance_training_code"] == branch["provenance"]["code"]

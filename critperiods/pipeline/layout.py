@@ -69,11 +69,12 @@ _SCHEDULE = "|".join(LR_SCHEDULES)
 GROUP_PATTERN = r"seeds?\d+(?:_\d+)*"
 PIECE_PATTERN = rf"trunk/e\d+|(?:{_SCHEDULE})/switch\d+|continue/switch0/e\d+"
 
-PIECE_NAME_RE = re.compile(rf"trunk/e(?P<trunk_epoch>\d+)|"
-                           rf"(?P<schedule>{_SCHEDULE})/switch(?P<switch>\d+)(?:/e(?P<epoch>\d+))?")
+PIECE_NAME_RE = re.compile(rf"trunk/e(?P<trunk_epoch>\d+)|continue/switch0/e(?P<epoch>\d+)|"
+                           rf"(?P<schedule>{_SCHEDULE})/switch(?P<switch>\d+)")
 PIECE_RE = re.compile(
-    rf"bs(?P<batch_size>\d+)/(?P<group>{GROUP_PATTERN})/"
-    rf"(?:(?P<trunk>trunk)/|(?P<schedule>{_SCHEDULE})/switch(?P<switch>\d+)[./])"
+    rf"runs/bs(?P<batch_size>\d+)/(?P<group>{GROUP_PATTERN})/"
+    rf"(?:(?P<trunk>trunk)/|(?P<reference>continue/switch0)/e\d+\.|"
+    rf"(?P<schedule>{_SCHEDULE})/switch(?P<switch>\d+)\.)"
 )
 DIVERGENCE_RE = re.compile(rf"bs(?P<batch_size>\d+)_(?P<schedule>{_SCHEDULE})\.nc$")
 PERTURBED_RE = re.compile(
@@ -135,12 +136,14 @@ def parse_piece(path: str | Path) -> PieceFile:
     a trunk, or of a branch, share them."""
     m = PIECE_RE.search(str(path).replace("\\", "/"))
     if m is None:
-        raise ValueError(f"{path}: not a piece (…/bs<B>/<group>/trunk/*, "
-                         f"<schedule>/switch<K>.* or <schedule>/switch<K>/* with schedule "
-                         f"one of {LR_SCHEDULES})")
+        raise ValueError(f"{path}: not a piece (…/runs/bs<B>/<group>/trunk/e<E>.*, "
+                         f"<schedule>/switch<K>.* with schedule one of {LR_SCHEDULES}, or "
+                         "continue/switch0/e<E>.*)")
     seeds = group_seeds(m["group"])
     if m["trunk"]:
         return PieceFile(int(m["batch_size"]), seeds, None, None)
+    if m["reference"]:
+        return PieceFile(int(m["batch_size"]), seeds, "continue", 0)
     return PieceFile(int(m["batch_size"]), seeds, m["schedule"], int(m["switch"]))
 
 
@@ -192,6 +195,9 @@ def piece_name(schedule: str | None, switch_epoch: int | None, epoch: int | None
         if epoch is None:
             raise ValueError("a trunk piece is a segment: give its end epoch")
         return f"trunk/e{epoch}"
+    if epoch is not None and (schedule, switch_epoch) != ("continue", 0):
+        raise ValueError(f"{schedule}/switch{switch_epoch}: only the never-blurred run "
+                         "(continue/switch0) is continued in segments")
     branch = f"{schedule}/switch{switch_epoch}"
     return branch if epoch is None else f"{branch}/e{epoch}"
 
@@ -205,7 +211,9 @@ def piece_coordinates(piece: str) -> tuple[str | None, int | None, int | None]:
                          "continue/switch0/e<E>)")
     if m["trunk_epoch"] is not None:
         return None, None, int(m["trunk_epoch"])
-    return m["schedule"], int(m["switch"]), None if m["epoch"] is None else int(m["epoch"])
+    if m["epoch"] is not None:
+        return "continue", 0, int(m["epoch"])
+    return m["schedule"], int(m["switch"]), None
 
 
 __all__ = ["BRANCH", "DIVERGENCE", "GROUP_PATTERN", "LLC", "LR_SCHEDULES", "METRICS",

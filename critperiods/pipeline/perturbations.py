@@ -6,7 +6,8 @@ One job per seed group, perturbed run ``(lr_schedule, switch_epoch)`` and pertur
 
 1. the *twin* starts from the latest complete training state at or before ``e`` on the run's
    path (:func:`critperiods.pipeline.plan.perturbation_start`: a trunk segment end, the
-   branch's start or its end) and is replayed to ``e`` — exact by the determinism contract;
+   branch's start or its end, or the end of a segment of the never-blurred run's
+   continuation) and is replayed to ``e`` — exact by the determinism contract;
 2. :func:`critperiods.train.perturbation.train_copies` forks, perturbs and trains the copies.
 
 Each seed trains alone (a :class:`~critperiods.train.training.Trainer`), even when the grid

@@ -24,8 +24,8 @@ RUN_DIMS = ("batch_size", "lr_schedule", "switch_epoch", "seed")
 def load_pieces(files: Iterable[str | Path]) -> dict[PieceKey, xr.Dataset]:
     """Per-piece result files of seed groups (a ``seed`` dim), split into one dataset per
     seed's piece, keyed by its coordinates (read from the path). The files of one piece's
-    segments (the trunk's, the never-blurred run's) are joined along ``epoch``; their 0-d
-    variables (the sampler's settings) must agree."""
+    segments (the trunk's, the never-blurred run's) are joined along ``epoch``
+    (:func:`join_segments`)."""
     parts: dict[PieceKey, list[xr.Dataset]] = {}
     for f in files:
         piece = parse_piece(f)
@@ -34,10 +34,23 @@ def load_pieces(files: Iterable[str | Path]) -> dict[PieceKey, xr.Dataset]:
         for seed in piece.seeds:
             one = ds.sel(seed=seed, drop=True) if "seed" in ds.dims else ds
             parts.setdefault(piece.key(seed), []).append(one)
-    return {key: segments[0] if len(segments) == 1 else
-            xr.concat(segments, dim="epoch", data_vars="minimal", coords="minimal",
-                      compat="equals", combine_attrs="drop_conflicts").sortby("epoch")
-            for key, segments in parts.items()}
+    return {key: join_segments(segments) for key, segments in parts.items()}
+
+
+def join_segments(segments: Sequence[xr.Dataset]) -> xr.Dataset:
+    """One piece from its segments' datasets, along ``epoch``. A 0-d variable (a sampler's
+    setting) stays 0-d where the segments agree; where they do not (``llc_bf16`` of
+    segments sampled on different devices with ``llc.precision: auto``), it is kept per
+    epoch, each segment's value at its epochs."""
+    if len(segments) == 1:
+        return segments[0]
+    settings = {v for seg in segments for v in seg.data_vars if not seg[v].dims}
+    mixed = {v for v in settings
+             if len({seg[v].item() for seg in segments if v in seg}) > 1}
+    segments = [seg.assign({v: seg[v].expand_dims(epoch=seg.epoch) for v in mixed if v in seg})
+                for seg in segments]
+    return xr.concat(segments, dim="epoch", data_vars="minimal", coords="minimal",
+                     compat="equals", combine_attrs="drop_conflicts").sortby("epoch")
 
 
 def assemble_runs(pieces: Mapping[PieceKey, xr.Dataset], lr_schedules: Sequence[str],
@@ -47,8 +60,15 @@ def assemble_runs(pieces: Mapping[PieceKey, xr.Dataset], lr_schedules: Sequence[
 
     A run without its branch piece still gets its trunk's values (λ̂ may be estimated on the
     trunk only); a run with neither is absent (NaN once merged into a grid). 0-d variables
-    (the sampler's settings) stay 0-d when every piece agrees, else they are laid out per run.
+    (the sampler's settings) stay 0-d when every piece agrees, else they are laid out per run
+    (a run whose trunk and branch disagree takes its branch's); one that a piece holds per
+    epoch (:func:`join_segments`) is laid out per epoch.
     """
+    # a setting kept per epoch in any piece (join_segments) is per epoch in every one
+    per_epoch = {v for p in pieces.values() for v in p.data_vars if "epoch" in p[v].dims}
+    pieces = {key: p.assign({v: p[v].expand_dims(epoch=p.epoch) for v in p.data_vars
+                             if not p[v].dims and v in per_epoch})
+              for key, p in pieces.items()}
     trunks = sorted({(k.batch_size, k.seed) for k in pieces})
     runs, settings = [], []
     for b, s in trunks:
@@ -78,4 +98,4 @@ def assemble_runs(pieces: Mapping[PieceKey, xr.Dataset], lr_schedules: Sequence[
     return out
 
 
-__all__ = ["RUN_DIMS", "assemble_runs", "load_pieces"]
+__all__ = ["RUN_DIMS", "assemble_runs", "join_segments", "load_pieces"]
