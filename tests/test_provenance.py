@@ -114,9 +114,10 @@ def test_outputs_record_the_fingerprints_of_the_code_and_data_that_made_them(
     cube = results / "cube.nc"
     recorded = json.loads(xr.open_dataset(cube).attrs["provenance"])
     assert recorded["aggregate"]["code"] == fp.stage(ROOT / "scripts/aggregate.py")
-    stages = [r["stage"] for r in recorded["pieces"]]  # 2 cells; 2 × (trunk + 3 branches)
+    # 2 cells; λ̂ of 2 × (trunk segment e2, 3 branches, the never-blurred run's segment e4)
+    stages = [r["stage"] for r in recorded["pieces"]]
     assert (stages.count("evaluate"), stages.count("llc"), stages.count("divergence")) == (
-        2, 8, 2)
+        2, 10, 2)
     assert main(["provenance", str(cube)]) == 0
     out = capsys.readouterr().out
     assert "consistent" in out and f"train       {device_label('cpu')}: " in out
