@@ -123,6 +123,53 @@ def _twin_and_zero_copy_are_the_stored_run(pieces, run: dict, seed: int, epoch: 
     assert torch.all(nudged["step_l2"][1:] > 0)
 
 
+def test_the_never_blurred_run_in_segments_is_one_run_and_replays_from_a_segment(
+        data, tmp_path):
+    """The workflow's never-blurred run with λ̂ on: its branch file to its run's end (2),
+    then segments e4 and e5 of its continuation (``plan.reference_epochs``). Chained, they
+    are one uninterrupted run bit for bit; a perturbation at epoch 4 replays from segment e4
+    (``plan.perturbation_start``), and its twin equals the stored run."""
+    config = {"trunk_stride": 2, "epochs_after_switch": 2, "llc": {"enabled": True},
+              "grid": {"switch_epochs": [0, 3]}, "checkpoints": {"every": 1, "epochs": None}}
+    from critperiods.pipeline import plan
+
+    assert plan.reference_epochs(config) == [4, 5]
+    start, start_epoch = plan.perturbation_start(config, "continue", 0, 4)
+    assert (start, start_epoch) == ("continue/switch0/e4", 4)
+    cfg, seed, ends = _cfg(), SEEDS[0], (1, 2, 3, 4, 5)
+
+    def train(out, start_file, end: int, after: int) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        inside = frozenset(e for e in ends if after < e <= end)
+        train_piece(PieceSpec(BS, (seed,), 0, end, inside, lr_schedule="continue"), cfg, HASH,
+                    data, start_file, out, progress=False)
+
+    run = tmp_path / f"runs/bs{BS}/seed{seed}"
+    trunk = run / "trunk/e0.pt"
+    trunk.parent.mkdir(parents=True)
+    train_piece(PieceSpec(BS, (seed,), ALWAYS_BLURRED, 0, frozenset()), cfg, HASH, data, None,
+                trunk, progress=False)
+    train(run / "continue/switch0.pt", trunk, 2, 0)
+    train(run / "continue/switch0/e4.pt", run / "continue/switch0.pt", 4, 2)
+    train(run / "continue/switch0/e5.pt", run / "continue/switch0/e4.pt", 5, 4)
+    train(tmp_path / "whole.pt", trunk, 5, 0)
+    chained = {}
+    for piece in ("continue/switch0", "continue/switch0/e4", "continue/switch0/e5"):
+        chained.update(checkpoint_map(member(load_piece(run / f"{piece}.pt", HASH), seed)))
+    whole = checkpoint_map(member(load_piece(tmp_path / "whole.pt", HASH), seed))
+    assert sorted(chained) == sorted(whole) == [1, 2, 3, 4, 5]
+    for e, ckpt in whole.items():
+        assert all(torch.equal(v, chained[e]["model"][k]) for k, v in ckpt["model"].items()), e
+
+    out = tmp_path / f"perturbations/bs{BS}/seed{seed}/continue/switch0/e4.pt"
+    perturbed = [pt.PerturbedRun(BS, seed, "continue", 0, 4, 5, (5,))]
+    perturb_group(perturbed, pt.Perturbation(epsilons=(0.0,), replicates=1, steps=4), cfg, HASH,
+                  data, run / f"{start}.pt", out, progress=False)
+    twin = checkpoint_map({"checkpoints": member(load_group(out, HASH), seed)["twin"]})
+    assert sorted(twin) == [5]
+    assert all(torch.equal(v, whole[5]["model"][k]) for k, v in twin[5]["model"].items())
+
+
 def test_a_batch_swap_changes_nothing_before_its_first_swapped_batch(pieces, data, tmp_path):
     pert = pt.Perturbation(kind="batch_order", epsilons=(0.0, 1.0), replicates=1, steps=6)
     out, _ = _group(pieces, data, tmp_path, 3, pert, seeds=SEEDS[:1])
