@@ -13,7 +13,7 @@ import torch
 import xarray as xr
 
 from critperiods.measure import perturbation_divergence as pdiv
-from critperiods.pipeline.checkpoints import checkpoint_map, load_piece, member
+from critperiods.pipeline.checkpoints import CheckpointError, checkpoint_map, load_piece, member
 from critperiods.pipeline.perturbations import load_group, perturb_group
 from critperiods.pipeline.plan import perturbation_start
 from critperiods.pipeline.provenance import device_label
@@ -168,6 +168,10 @@ def test_the_never_blurred_run_in_segments_is_one_run_and_replays_from_a_segment
     twin = checkpoint_map({"checkpoints": member(load_group(out, HASH), seed)["twin"]})
     assert sorted(twin) == [5]
     assert all(torch.equal(v, whole[5]["model"][k]) for k, v in twin[5]["model"].items())
+
+    # a start piece past this piece's end (an older plan's, or one kept with --touch)
+    with pytest.raises(CheckpointError, match=r"epoch 4, after 3.*snakemake --forcerun"):
+        train(tmp_path / "late.pt", run / "continue/switch0/e4.pt", 3, 2)
 
 
 def test_a_batch_swap_changes_nothing_before_its_first_swapped_batch(pieces, data, tmp_path):

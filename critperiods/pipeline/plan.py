@@ -352,7 +352,7 @@ def llc_pieces(config: dict) -> list[str]:
     """The training files of a seed group that get a λ̂ file: every one that holds an epoch
     λ̂ is asked for, of the trunk and of the branches of ``llc.switch_epochs`` (the
     never-blurred run's continuation with its branch). One file each, so a new training
-    file adds estimates and recomputes none."""
+    file adds its estimates and leaves every other file's alone."""
     wanted = set(llc_branches(config))
 
     def asked(piece: str) -> bool:

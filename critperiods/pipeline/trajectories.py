@@ -136,7 +136,10 @@ def _start(spec: PieceSpec, trainer: Trainer | StackedTrainer, start: str | Path
             f"{start}: holds seeds {made_with}, but this job trains {list(spec.seeds)}")
     trainer.load_states([ckpt.member(piece, s, start)["state"] for s in spec.seeds])
     if trainer.epoch > spec.end_epoch:
-        raise ValueError(f"{start}: starts at epoch {trainer.epoch}, after {spec.end_epoch}")
+        raise ckpt.CheckpointError(
+            f"{start}: holds the state at epoch {trainer.epoch}, after {spec.end_epoch}, where "
+            "this piece ends: it was trained for another plan (by an older version, or kept "
+            f"with --touch); retrain it: snakemake --forcerun {start}")
     return [[] for _ in spec.seeds]
 
 
