@@ -67,15 +67,12 @@ PERTURBATION = "perturbations/bs{batch_size}_{lr_schedule}.nc"
 _SCHEDULE = "|".join(LR_SCHEDULES)
 #: Regular expressions of the wildcards (Snakemake's ``wildcard_constraints``).
 GROUP_PATTERN = r"seeds?\d+(?:_\d+)*"
-PIECE_PATTERN = rf"trunk/e\d+|(?:{_SCHEDULE})/switch\d+|continue/switch0/e\d+"
+PIECE_PATTERN = rf"trunk/e\d+|continue/switch0/e\d+|(?:{_SCHEDULE})/switch\d+"
 
 PIECE_NAME_RE = re.compile(rf"trunk/e(?P<trunk_epoch>\d+)|continue/switch0/e(?P<epoch>\d+)|"
                            rf"(?P<schedule>{_SCHEDULE})/switch(?P<switch>\d+)")
-PIECE_RE = re.compile(
-    rf"runs/bs(?P<batch_size>\d+)/(?P<group>{GROUP_PATTERN})/"
-    rf"(?:(?P<trunk>trunk)/|(?P<reference>continue/switch0)/e\d+\.|"
-    rf"(?P<schedule>{_SCHEDULE})/switch(?P<switch>\d+)\.)"
-)
+PIECE_RE = re.compile(rf"runs/bs(?P<batch_size>\d+)/(?P<group>{GROUP_PATTERN})/"
+                      rf"(?P<piece>{PIECE_PATTERN})\.")
 DIVERGENCE_RE = re.compile(rf"bs(?P<batch_size>\d+)_(?P<schedule>{_SCHEDULE})\.nc$")
 PERTURBED_RE = re.compile(
     rf"perturbations/bs(?P<batch_size>\d+)/(?P<group>{GROUP_PATTERN})/(?P<schedule>{_SCHEDULE})/"
@@ -139,12 +136,8 @@ def parse_piece(path: str | Path) -> PieceFile:
         raise ValueError(f"{path}: not a piece (…/runs/bs<B>/<group>/trunk/e<E>.*, "
                          f"<schedule>/switch<K>.* with schedule one of {LR_SCHEDULES}, or "
                          "continue/switch0/e<E>.*)")
-    seeds = group_seeds(m["group"])
-    if m["trunk"]:
-        return PieceFile(int(m["batch_size"]), seeds, None, None)
-    if m["reference"]:
-        return PieceFile(int(m["batch_size"]), seeds, "continue", 0)
-    return PieceFile(int(m["batch_size"]), seeds, m["schedule"], int(m["switch"]))
+    schedule, switch, _ = piece_coordinates(m["piece"])
+    return PieceFile(int(m["batch_size"]), group_seeds(m["group"]), schedule, switch)
 
 
 def parse_divergence(path: str | Path) -> tuple[int, str]:

@@ -309,8 +309,7 @@ def branch_checkpoints(config: dict, switch_epoch: int) -> list[int]:
 def reference_segment_checkpoints(config: dict, end_epoch: int) -> list[int]:
     """Checkpoint epochs stored in the never-blurred run's segment ``e{end_epoch}``: those
     after the previous segment's end (or the run's end) up to ``end_epoch``."""
-    before = [run_end(config, 0)] + [e for e in reference_epochs(config) if e < end_epoch]
-    return _within(checkpoint_epochs(config), max(before), end_epoch)
+    return _within(checkpoint_epochs(config), reference_start(config, end_epoch)[1], end_epoch)
 
 
 def reference_start(config: dict, end_epoch: int) -> tuple[str, int]:
@@ -322,13 +321,16 @@ def reference_start(config: dict, end_epoch: int) -> tuple[str, int]:
     return piece_name("continue", 0), run_end(config, 0)
 
 
-def training_pieces(config: dict, trunk_to: int | None = None) -> list[str]:
+def training_pieces(config: dict, trunk_to: int | None = None,
+                    lr_schedule: str | None = None) -> list[str]:
     """A seed group's training files, as pieces (:func:`~critperiods.pipeline.layout.piece_name`):
-    the trunk's segments (those ending at or before ``trunk_to``, if given), every branch, and
-    the never-blurred run's continuation."""
+    the trunk's segments (those ending at or before ``trunk_to``, if given), every branch (or
+    those of ``lr_schedule``'s runs, if given), and the never-blurred run's continuation."""
     trunk = [e for e in trunk_epochs(config) if trunk_to is None or e <= trunk_to]
+    runs = branches(config) if lr_schedule is None else [
+        (piece_schedule(lr_schedule, k), k) for k in config["grid"]["switch_epochs"]]
     return ([piece_name(None, None, e) for e in trunk]
-            + [piece_name(r, k) for r, k in branches(config)]
+            + [piece_name(r, k) for r, k in runs]
             + [piece_name("continue", 0, e) for e in reference_epochs(config)])
 
 

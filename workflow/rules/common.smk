@@ -176,11 +176,9 @@ def get_divergence_inputs(wildcards):
     """Every training file of every group of one batch size and schedule: trunks (the
     blurred reference), that schedule's branches (the never-blurred one is shared) and the
     never-blurred run's continuation (the sharp reference)."""
-    b, schedule = wildcards.batch_size, wildcards.lr_schedule
-    pieces = [layout.piece_name(None, None, e) for e in plan.trunk_epochs(config)]
-    pieces += [layout.piece_name(plan.piece_schedule(schedule, k), k) for k in GRID["switch_epochs"]]
-    pieces += [layout.piece_name("continue", 0, e) for e in plan.reference_epochs(config)]
-    return [PIECE.format(batch_size=b, group=g, piece=p) + ".pt" for g in GROUPS for p in pieces]
+    pieces = plan.training_pieces(config, lr_schedule=wildcards.lr_schedule)
+    return [PIECE.format(batch_size=wildcards.batch_size, group=g, piece=p) + ".pt"
+            for g in GROUPS for p in pieces]
 
 
 def get_cube_inputs(wildcards):
