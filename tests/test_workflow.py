@@ -237,6 +237,17 @@ def test_gpu_jobs_ask_for_no_gpu_with_device_cpu(tmp_path):
     assert gpus([override(tmp_path, "cpu", "device: cpu\n")]) == {"0"}
 
 
+def test_planning_imports_no_array_or_model_library(tmp_path, monkeypatch):
+    """Every ``snakemake`` call (and on a cluster every job) reads the Snakefile: for the
+    main study it imports only light modules, never PyTorch, xarray, SciPy or matplotlib
+    (seconds each time). (The toy study's checks build its landscapes, with PyTorch.)"""
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")  # each import on stderr, by name
+    out = snakemake(tmp_path / "w", "-n")
+    imported = set(re.findall(r"^import time: +\d+ \| +\d+ \| +([\w.]+)$", out, re.M))
+    assert "critperiods.pipeline.plan" in imported  # the profile did list the imports
+    assert not imported & {"torch", "xarray", "scipy", "matplotlib"}  # (pandas: the SLURM plugin)
+
+
 def test_dropping_a_schedule_trains_nothing(run, tmp_path):
     """The cells' evaluation lays out the remaining runs again (cheap); no training, λ̂ or
     divergence reruns."""

@@ -20,6 +20,7 @@ import xarray as xr
 import yaml
 
 from critperiods.results.end_fit import end_located
+from critperiods.results.figures import FIGURES
 from critperiods.results.markers import UNSTABLE_REASON, WITHIN_NOISE_REASON, knee_flags
 from critperiods.results.summary import unlocated_reason
 from critperiods.results.tables import (
@@ -32,20 +33,6 @@ from critperiods.results.tables import (
     runs_at_chance,
     summary_table,
 )
-
-#: The figures of the report, in reading order: file stem → (category, label).
-FIGURES = {
-    "critical_period": ("1 Critical period", "1a permanent deficit vs switch epoch"),
-    "critical_period_vs_temperature": ("1 Critical period", "1b end vs batch size"),
-    "learning_curves": ("2 Training", "2 learning curves"),
-    "llc": ("3 Local learning coefficient", "3a local learning coefficient λ̂ vs epoch"),
-    "llc_traces": ("3 Local learning coefficient", "3b SGLD chain diagnostics"),
-    "divergence": ("4 Divergence", "4a distance to the always-blurred run"),
-    "divergence_final": ("4 Divergence", "4b divergences at the end of training, and the drop"),
-    "perturbation": ("6 Perturbations", "6a lasting divergence vs perturbation epoch"),
-    "perturbation_growth": ("6 Perturbations", "6b growth after a perturbation"),
-}
-
 
 #: How the answer says why a cell has no end (:func:`unlocated_reason`'s few words, longer).
 _UNLOCATED = {"no deficit": "no deficit to locate an end for",
@@ -295,5 +282,5 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     return "\n".join(parts)
 
 
-__all__ = ["FIGURES", "answer_lines", "figure_rst", "landing_page",
+__all__ = ["answer_lines", "figure_rst", "landing_page",
            "perturbation_section", "table_rst"]

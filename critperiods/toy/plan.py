@@ -3,12 +3,14 @@ cross-key checks a JSON schema cannot express (run before any job is planned).""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from critperiods.pipeline.plan import ConfigError
-from critperiods.toy.landscapes import KINDS, Landscape
+
+if TYPE_CHECKING:
+    from critperiods.toy.landscapes import Landscape
 
 JOB_SECTIONS = ("data", "sgd", "starts", "convergence", "escape", "posterior", "llc")
 FIGURE_LABELS = {  # file stem → report label, in the order of the findings
@@ -22,6 +24,10 @@ FIGURE_LABELS = {  # file stem → report label, in the order of the findings
 
 def landscapes(toy: dict[str, Any]) -> list[Landscape]:
     """The landscapes of ``toy.landscapes``, in kind order, each once."""
+    # imported here, not above: the landscapes need torch, and the Snakefile reads this
+    # module for every study, the toy study's checks only when it runs
+    from critperiods.toy.landscapes import KINDS, Landscape
+
     spec, out = toy["landscapes"], []
     for kind in KINDS:
         for entry in spec.get(kind) or ():

@@ -9,7 +9,7 @@ from critperiods.pipeline import layout, plan
 from critperiods.pipeline.config_file import exit_on_config_error
 from critperiods.train.dataset_files import raw_identity
 from critperiods.pipeline.fingerprint import Fingerprints
-from critperiods.results.report_page import FIGURES
+from critperiods.results.figures import FIGURES
 
 with open(os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")) as f:
     SCHEMA = yaml.safe_load(f)
