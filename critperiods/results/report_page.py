@@ -34,6 +34,15 @@ from critperiods.results.tables import (
     summary_table,
 )
 
+#: Snakemake sets the first page in a 32rem column beside the workflow graph, too narrow for
+#: the critical-period table, which would run under the graph. A style in the page itself
+#: (so every ``snakemake --report`` has it) widens the column on windows with room for both;
+#: on narrower ones the tables scroll sideways in their column (:func:`_list_table`).
+_WIDE_PAGE = """.. raw:: html
+
+   <style>@media (min-width: 1400px) { .prose.max-w-lg { max-width: 48rem; } }</style>"""
+
+
 #: How the answer says why a cell has no end (:func:`unlocated_reason`'s few words, longer).
 _UNLOCATED = {"no deficit": "no deficit to locate an end for",
               "no interval (1 seed)": "one seed, so no interval to locate an end with"}
@@ -114,20 +123,21 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
 
 def table_rst(cube: xr.Dataset) -> str:
     """The critical-period table as an rst list-table, one row per (batch size, schedule).
-    A cell whose deficit's interval reaches zero has no end to locate: "–"."""
+    A cell whose deficit's interval reaches zero has no end to locate: the end column
+    says why (:func:`unlocated_reason`)."""
     table = summary_table(cube)
     counts = _flag_counts_by_cell(cube)
-    header = ["batch", "lr after switch", "end (epoch)", "interval", "slope (pp/epoch)",
-              "deficit (pp)", "λ̂ knee: trunk", "λ̂ knee: never blurred",
-              "divergence marker", "λ̂ ok / estimates"]
+    header = ["batch", "lr after switch", "end (epoch)", "slope (pp/epoch)", "deficit (pp)",
+              "λ̂ knee: trunk", "λ̂ knee: never blurred", "divergence marker",
+              "λ̂ ok / estimates"]
     rows = []
     for _, row in table.iterrows():
         ok, total = counts.get((row["batch_size"], row["lr_schedule"]), (0, 0))
         located = end_located(row["permanent_deficit_lower"])
         rows.append([
             f"{row['batch_size']:g}", row["lr_schedule"],
-            _num(row["critical_period_end"]) if located else "–",
-            _interval(row["critical_period_end_lower"], row["critical_period_end_upper"])
+            f"{_num(row['critical_period_end'])} "
+            + _interval(row["critical_period_end_lower"], row["critical_period_end_upper"])
             if located else unlocated_reason(row["permanent_deficit"],
                                              row["permanent_deficit_lower"]),
             _num(round(100 * row["critical_period_slope"], 2) + 0.0, 2),  # never "-0.00"
@@ -135,11 +145,19 @@ def table_rst(cube: xr.Dataset) -> str:
             + _interval(100 * row["permanent_deficit_lower"], 100 * row["permanent_deficit_upper"]),
             _marker(row, "llc_knee_trunk"), _marker(row, "llc_knee_sharp"),
             _marker(row, "divergence_drop_epoch"), f"{ok} / {total}"])
-    out = [".. list-table::", "   :header-rows: 1", ""]
+    return "\n".join(_list_table(header, rows))
+
+
+def _list_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """An rst list-table (lines) that scrolls sideways where the page is narrower than it:
+    the report's first page is a narrow column beside the workflow graph, and a table that
+    spilled out of it would run under the graph."""
+    out = [".. raw:: html", "", '   <div style="overflow-x: auto">', "",
+           ".. list-table::", "   :header-rows: 1", ""]
     for cells in [header, *rows]:
         out.append("   * - " + cells[0])
         out += [f"     - {c}" for c in cells[1:]]
-    return "\n".join(out)
+    return [*out, "", ".. raw:: html", "", "   </div>"]
 
 
 def _flag_counts_by_cell(cube: xr.Dataset) -> dict[tuple[float, str], tuple[int, int]]:
@@ -183,11 +201,7 @@ def perturbation_section(cube: xr.Dataset) -> list[str]:
            "Copies of a run nudged at one epoch and trained on with the identical batch plan, "
            "against their unperturbed twin (docs/perturbations.md):", ""]
     out += [f"* {line}" for line in verdict_lines(cube) + growth_lines(cube)]
-    out += ["", ".. list-table::", "   :header-rows: 1", ""]
-    for cells in [header, *rows]:
-        out.append("   * - " + cells[0])
-        out += [f"     - {c}" for c in cells[1:]]
-    return [*out, ""]
+    return [*out, "", *_list_table(header, rows), ""]
 
 
 def figure_rst(png: str | Path) -> str:
@@ -233,7 +247,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     reading = "\n".join(f"{i + 1}. {label.split(' ', 1)[1]} ({category.split(' ', 1)[1]})"
                         for i, (category, label) in enumerate(shown))
     parts = [
-        title, "=" * len(title), "",
+        title, "=" * len(title), "", _WIDE_PAGE, "",
         "**Question.** Does the critical period end later when the batch size is smaller "
         "(a higher SGD temperature), is the permanent deficit a critical period at all, "
         "i.e. does it survive restarting the learning rate at the switch, and do the local "
