@@ -1015,6 +1015,23 @@ def test_the_landing_pages_table_stays_in_its_column(tmp_path) -> None:
     assert "@media (min-width: 1400px) { .prose.max-w-lg { max-width: 48rem; } }" in html
 
 
+@pytest.mark.parametrize("llc, div", [(True, True), (True, False), (False, False)])
+def test_the_table_has_columns_only_for_the_markers_the_run_computed(llc, div) -> None:
+    """A run without λ̂ (or divergences) gets no λ̂ (divergence) columns of n/a, and a line
+    under the table says so and names the config key."""
+    from critperiods.results.report_page import landing_page, table_rst
+
+    cube = synthetic_cube(with_llc=llc, with_div=div)
+    cube = cube.merge(critical_period_summary(cube))
+    header = table_rst(cube).split("   * - ")[1].split("   * - ")[0]
+    assert ("λ̂ knee: trunk" in header) == llc and ("λ̂ ok / estimates" in header) == llc
+    assert ("divergence marker" in header) == div
+    assert header.count("     - ") == 4 + 3 * llc + div
+    page = landing_page(cube, Path(__file__), "described")
+    assert ("``llc.enabled``" in page) != llc and ("``divergence.enabled``" in page) != div
+    assert ("*λ̂ knee*" in page) == llc and ("*divergence marker*" in page) == div  # legend
+
+
 def test_the_critical_period_figure_leaves_a_diverged_run_out_of_its_mean(monkeypatch,
                                                                             tmp_path) -> None:
     """The mean drawn at the diverged run's switch is the other seeds' (adjusted for the

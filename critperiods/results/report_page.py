@@ -124,12 +124,16 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
 def table_rst(cube: xr.Dataset) -> str:
     """The critical-period table as an rst list-table, one row per (batch size, schedule).
     A cell whose deficit's interval reaches zero has no end to locate: the end column
-    says why (:func:`unlocated_reason`)."""
+    says why (:func:`unlocated_reason`). The λ̂ columns are left out of a run without λ̂,
+    the divergence column out of one without divergences (:func:`_markers_not_computed`)."""
     table = summary_table(cube)
     counts = _flag_counts_by_cell(cube)
     header = ["batch", "lr after switch", "end (epoch)", "slope (pp/epoch)", "deficit (pp)",
               "λ̂ knee: trunk", "λ̂ knee: never blurred", "divergence marker",
               "λ̂ ok / estimates"]
+    absent = _markers_not_computed(cube)
+    dropped = {i for i, name in enumerate(header)
+               if any(name.startswith(marker) for marker in absent)}
     rows = []
     for _, row in table.iterrows():
         ok, total = counts.get((row["batch_size"], row["lr_schedule"]), (0, 0))
@@ -145,7 +149,57 @@ def table_rst(cube: xr.Dataset) -> str:
             + _interval(100 * row["permanent_deficit_lower"], 100 * row["permanent_deficit_upper"]),
             _marker(row, "llc_knee_trunk"), _marker(row, "llc_knee_sharp"),
             _marker(row, "divergence_drop_epoch"), f"{ok} / {total}"])
-    return "\n".join(_list_table(header, rows))
+    def kept(cells: list[str]) -> list[str]:
+        return [c for i, c in enumerate(cells) if i not in dropped]
+
+    return "\n".join(_list_table(kept(header), [kept(cells) for cells in rows]))
+
+
+def _markers_not_computed(cube: xr.Dataset) -> list[str]:
+    """The markers this run did not compute: "λ̂" without an ``llc`` stage
+    (``llc.enabled: false``), "divergence" without a ``divergence`` stage."""
+    return [name for name, var in (("λ̂", "llc_mean"), ("divergence", "div_l2"))
+            if var not in cube]
+
+
+def _legend(cube: xr.Dataset) -> str:
+    """What the table's columns mean (rst), for the columns it has."""
+    absent = _markers_not_computed(cube)
+    parts = [
+        "*end*: kink of a hinge fit of final accuracy against switch epoch; *deficit*: final "
+        "accuracy of the earliest switch (normally 0, never blurred) minus that of the latest "
+        "switch (percentage points, paired by seed)"]
+    if "λ̂" not in absent:
+        parts.append(
+            "*λ̂ knee*: where a broken stick (two lines joined at the knee) fitted to λ̂ "
+            "against epoch bends, along the blurred trunk and along the never-blurred run "
+            "(valid estimates only; brackets: "
+            f"{as_said(cube.attrs.get('knee_interval_kind', 'an interval over seeds'))}); "
+            f"*unstable*: {UNSTABLE_REASON}; *within noise*: {WITHIN_NOISE_REASON}")
+    if "divergence" not in absent:
+        parts.append(
+            "*divergence marker*: the switch epoch where the distance to the always-blurred "
+            "run halves (brackets: "
+            f"{as_said(cube.attrs.get('drop_interval_kind', 'an interval over seeds'))})")
+    if len(absent) < 2:
+        parts.append(
+            "*marker minus the end*: in the answer above, with a "
+            f"{as_said(cube.attrs.get('offset_interval_kind', 'paired interval over seeds'))}"
+            ": \"includes 0\" means these seeds cannot tell the marker from the end, not that "
+            "they coincide; ``python -m critperiods power --noise-from results/<experiment>/"
+            "cube.nc`` says how often this grid could have, at this run's noise")
+    return "; ".join(parts) + ". n/a: see ``python -m critperiods summarize`` for the reason."
+
+
+def _not_computed_lines(cube: xr.Dataset) -> list[str]:
+    """A line saying which marker columns the table leaves out, and why (rst), or none."""
+    keys = {"λ̂": "``llc.enabled``", "divergence": "``divergence.enabled``"}
+    absent = _markers_not_computed(cube)
+    if not absent:
+        return []
+    names = " and ".join("divergences" if a == "divergence" else a for a in absent)
+    return [f"This run computed no {names} ({', '.join(keys[a] for a in absent)}: false), "
+            "so the table has no columns for them.", ""]
 
 
 def _list_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -260,22 +314,8 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         figure_rst(figure), "",
         "Critical-period table", "---------------------", "",
         table_rst(cube), "",
-        "*end*: kink of a hinge fit of final accuracy against switch epoch; *deficit*: final "
-        "accuracy of the earliest switch (normally 0, never blurred) minus that of the latest "
-        "switch (percentage "
-        "points, paired by seed); *λ̂ knee*: where a broken stick (two lines joined at the "
-        "knee) fitted to λ̂ against epoch bends, along the blurred trunk and along the "
-        f"never-blurred run (valid estimates only; brackets: "
-        f"{as_said(cube.attrs.get('knee_interval_kind', 'an interval over seeds'))}); *unstable*: "
-        f"{UNSTABLE_REASON}; *within noise*: {WITHIN_NOISE_REASON}; *divergence marker*: the "
-        "switch epoch where the distance to the always-blurred run halves (brackets: "
-        f"{as_said(cube.attrs.get('drop_interval_kind', 'an interval over seeds'))}); "
-        "*marker minus the end*: in the answer above, with a "
-        f"{as_said(cube.attrs.get('offset_interval_kind', 'paired interval over seeds'))}: "
-        "\"includes 0\" means these seeds cannot tell the marker from the end, not that "
-        "they coincide; ``python -m critperiods power --noise-from results/<experiment>/"
-        "cube.nc`` says how often this grid could have, at this run's noise. n/a: see "
-        "``python -m critperiods summarize`` for the reason.", "",
+        *_not_computed_lines(cube),
+        _legend(cube), "",
         *perturbation_section(cube),
         "Caveats", "-------", "",
         f"* {seeds} seed{'s' if seeds != 1 else ''} per cell: the end's brackets are a {kind}; "
