@@ -129,6 +129,7 @@ def summarize(args: argparse.Namespace) -> int:
         llc_flag_counts,
         marker_tally,
         marker_verdicts,
+        markers_not_computed,
         restart_verdicts,
         runs_at_chance,
         to_csv,
@@ -156,7 +157,7 @@ def summarize(args: argparse.Namespace) -> int:
         summary = cube
     if stale and not args.recompute:
         print(f"(statistics recomputed: this cube {stale})\n")
-    print(format_table(summary))
+    print(format_table(summary, markers_not_computed(cube)))
     verdicts = restart_verdicts(summary)
     if verdicts:
         print("\ndoes the permanent deficit survive restarting the learning rate at the switch?")

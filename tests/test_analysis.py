@@ -1030,6 +1030,12 @@ def test_the_table_has_columns_only_for_the_markers_the_run_computed(llc, div) -
     page = landing_page(cube, Path(__file__), "described")
     assert ("``llc.enabled``" in page) != llc and ("``divergence.enabled``" in page) != div
     assert ("*λ̂ knee*" in page) == llc and ("*divergence marker*" in page) == div  # legend
+    text = tables.format_table(cube, tables.markers_not_computed(cube))  # `summarize`
+    assert ("llc_trunk" in text.splitlines()[0]) == llc
+    assert ("div_drop" in text.splitlines()[0]) == div
+    assert ("no λ̂" in text) != llc and ("no divergences" in text) != div  # one line, not
+    assert "not estimated" not in text and "not computed" not in text  # a reason per statistic
+    assert ("not estimated" in tables.format_table(cube)) != llc  # (which it would be)
 
 
 def test_the_critical_period_figure_leaves_a_diverged_run_out_of_its_mean(monkeypatch,

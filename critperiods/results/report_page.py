@@ -24,11 +24,14 @@ from critperiods.results.figures import FIGURES
 from critperiods.results.markers import UNSTABLE_REASON, WITHIN_NOISE_REASON, knee_flags
 from critperiods.results.summary import unlocated_reason
 from critperiods.results.tables import (
+    MARKER_STAGES,
     as_said,
     diverged_sentence,
     llc_flag_counts,
     marker_tally,
     marker_verdicts,
+    markers_not_computed,
+    not_computed_sentence,
     restart_verdicts,
     runs_at_chance,
     summary_table,
@@ -125,13 +128,13 @@ def table_rst(cube: xr.Dataset) -> str:
     """The critical-period table as an rst list-table, one row per (batch size, schedule).
     A cell whose deficit's interval reaches zero has no end to locate: the end column
     says why (:func:`unlocated_reason`). The λ̂ columns are left out of a run without λ̂,
-    the divergence column out of one without divergences (:func:`_markers_not_computed`)."""
+    the divergence column out of one without divergences (:func:`markers_not_computed`)."""
     table = summary_table(cube)
     counts = _flag_counts_by_cell(cube)
     header = ["batch", "lr after switch", "end (epoch)", "slope (pp/epoch)", "deficit (pp)",
               "λ̂ knee: trunk", "λ̂ knee: never blurred", "divergence marker",
               "λ̂ ok / estimates"]
-    absent = _markers_not_computed(cube)
+    absent = markers_not_computed(cube)
     dropped = {i for i, name in enumerate(header)
                if any(name.startswith(marker) for marker in absent)}
     rows = []
@@ -155,16 +158,9 @@ def table_rst(cube: xr.Dataset) -> str:
     return "\n".join(_list_table(kept(header), [kept(cells) for cells in rows]))
 
 
-def _markers_not_computed(cube: xr.Dataset) -> list[str]:
-    """The markers this run did not compute: "λ̂" without an ``llc`` stage
-    (``llc.enabled: false``), "divergence" without a ``divergence`` stage."""
-    return [name for name, var in (("λ̂", "llc_mean"), ("divergence", "div_l2"))
-            if var not in cube]
-
-
 def _legend(cube: xr.Dataset) -> str:
     """What the table's columns mean (rst), for the columns it has."""
-    absent = _markers_not_computed(cube)
+    absent = markers_not_computed(cube)
     parts = [
         "*end*: kink of a hinge fit of final accuracy against switch epoch; *deficit*: final "
         "accuracy of the earliest switch (normally 0, never blurred) minus that of the latest "
@@ -193,13 +189,13 @@ def _legend(cube: xr.Dataset) -> str:
 
 def _not_computed_lines(cube: xr.Dataset) -> list[str]:
     """A line saying which marker columns the table leaves out, and why (rst), or none."""
-    keys = {"λ̂": "``llc.enabled``", "divergence": "``divergence.enabled``"}
-    absent = _markers_not_computed(cube)
-    if not absent:
+    sentence = not_computed_sentence(markers_not_computed(cube))
+    if not sentence:
         return []
-    names = " and ".join("divergences" if a == "divergence" else a for a in absent)
-    return [f"This run computed no {names} ({', '.join(keys[a] for a in absent)}: false), "
-            "so the table has no columns for them.", ""]
+    keys = [MARKER_STAGES[m][1] for m in markers_not_computed(cube)]
+    for key in keys:
+        sentence = sentence.replace(key, f"``{key}``")
+    return [f"{sentence[0].upper()}{sentence[1:]}, so the table has no columns for them.", ""]
 
 
 def _list_table(header: list[str], rows: list[list[str]]) -> list[str]:

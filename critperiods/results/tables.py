@@ -28,10 +28,10 @@ from critperiods.results.selection import CLASSES, run_diverged
 from critperiods.results.summary import EXPONENTS, INTERVAL_STATISTICS, unlocated_reason
 from critperiods.variables import SUMMARY_STATISTICS
 
-__all__ = ["MARKER_NAMES", "as_said", "diverged_sentence", "format_table", "llc_flag_counts",
-           "marker_tally", "marker_verdict", "marker_verdicts", "restart_verdicts",
-           "runs_at_chance",
-           "summary_table", "to_csv"]
+__all__ = ["MARKER_NAMES", "MARKER_STAGES", "as_said", "diverged_sentence", "format_table",
+           "llc_flag_counts", "marker_tally", "marker_verdict", "marker_verdicts",
+           "markers_not_computed", "not_computed_sentence", "restart_verdicts",
+           "runs_at_chance", "summary_table", "to_csv"]
 
 #: How the verdicts name each marker of :data:`MARKER_OFFSETS`.
 MARKER_NAMES = {"llc_knee_trunk": "λ̂ trunk", "llc_knee_sharp": "λ̂ never-blurred",
@@ -305,10 +305,32 @@ def _llc_column(table: pd.DataFrame, knee: str, marker: str) -> list[str]:
     return list(table[marker].map(_fmt))
 
 
-def format_table(summary: xr.Dataset) -> str:
+#: The markers a run may leave out, each with the cube variable its stage writes and the
+#: config key that turns the stage on.
+MARKER_STAGES = {"λ̂": ("llc_mean", "llc.enabled"), "divergence": ("div_l2", "divergence.enabled")}
+
+
+def markers_not_computed(cube: xr.Dataset) -> list[str]:
+    """The markers of :data:`MARKER_STAGES` that ``cube``'s run did not compute (its stage
+    was off): their columns are left out of the tables."""
+    return [name for name, (var, _) in MARKER_STAGES.items() if var not in cube]
+
+
+def not_computed_sentence(not_computed: Sequence[str]) -> str:
+    """"No λ̂ and no divergences (llc.enabled, divergence.enabled: false)", or ""."""
+    if not not_computed:
+        return ""
+    names = " and no ".join("divergences" if m == "divergence" else m for m in not_computed)
+    keys = ", ".join(MARKER_STAGES[m][1] for m in not_computed)
+    return f"no {names} in this run ({keys}: false)"
+
+
+def format_table(summary: xr.Dataset, not_computed: Sequence[str] = ()) -> str:
     """Aligned plain-text table of the per-(batch, schedule) statistics, the exponents, what
     the intervals are, and why any value is NaN. A cell whose permanent deficit's interval
-    reaches zero shows no end and no half-deficit epoch ("-", "no deficit")."""
+    reaches zero shows no end and no half-deficit epoch ("-", "no deficit"). The markers in
+    ``not_computed`` (:func:`markers_not_computed` of the run's cube) get no columns and one
+    line instead of a NaN reason per statistic."""
     table = summary_table(summary)
     located = table["critical_period_end_located"]
     columns = {
@@ -338,6 +360,9 @@ def format_table(summary: xr.Dataset) -> str:
                      if "divergence_drop_epoch_lower" in table
                      else table["divergence_drop_epoch"].map(_fmt)),
     }
+    prefixes = {"λ̂": "llc_", "divergence": "div"}
+    left_out = tuple(prefixes[m] for m in not_computed)
+    columns = {k: col for k, col in columns.items() if not k.startswith(left_out)}
     widths = {k: max(len(k), *(len(str(v)) for v in col)) for k, col in columns.items()}
     lines = ["  ".join(k.rjust(widths[k]) for k in columns)]
     for i in range(len(table)):
@@ -348,7 +373,8 @@ def format_table(summary: xr.Dataset) -> str:
                  "seed, over the seeds counted; half_def: switch epoch at half that deficit")
     lines.append(f"intervals: end, {summary.attrs.get('interval_kind', 'over seeds')}"
                  f"; deficit, {summary.attrs.get('deficit_interval_kind', 'over seeds')}")
-    if "llc_knee_trunk" in table:
+    llc_shown = "λ̂" not in not_computed
+    if llc_shown and "llc_knee_trunk" in table:
         lines.append("λ̂ knees (llc_trunk, llc_sharp; shared by both schedules): broken-stick "
                      "knee of the seed-mean λ̂ along the blurred trunk and along the "
                      "never-blurred run, " + as_said(summary.attrs.get("knee_interval_kind",
@@ -359,9 +385,9 @@ def format_table(summary: xr.Dataset) -> str:
         if any(table.get(f"{knee}_within_noise", pd.Series(dtype=bool)).any()
                for knee, _ in LLC_KNEES):
             lines.append(f"~ within-noise knee: {WITHIN_NOISE_REASON}")
-    elif "llc_change_epoch_trunk_loo_lower" in table:
+    elif llc_shown and "llc_change_epoch_trunk_loo_lower" in table:
         lines.append(f"λ̂ markers (llc_trunk, llc_sharp) [lower, upper]: {LOO_RANGE_KIND}")
-    if "divergence_drop_epoch_lower" in table and np.isfinite(
+    if "divergence" not in not_computed and "divergence_drop_epoch_lower" in table and np.isfinite(
             table["divergence_drop_epoch_lower"]).any():
         lines.append("divergence marker (div_drop): switch epoch where the distance to the "
                      "always-blurred run halves, "
@@ -382,7 +408,10 @@ def format_table(summary: xr.Dataset) -> str:
     missing = [f"  {name}: {summary[name].attrs['missing']}"
                for name in [*SUMMARY_STATISTICS, *MARKER_STATISTICS, *EXPONENTS,
                             *(f"{m}_loo_range" for m in LLC_MARKERS)]
-               if name in summary and "missing" in summary[name].attrs]
+               if name in summary and "missing" in summary[name].attrs
+               and not name.startswith(left_out)]
+    if not_computed:
+        lines.append(not_computed_sentence(not_computed) + ": no columns for them")
     if missing:
         lines += ["why some values are nan:", *missing]
     return "\n".join(lines)
