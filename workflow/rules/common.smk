@@ -238,6 +238,12 @@ def get_final_outputs():
     return [CUBE, SUMMARY, *PLOT_FILES.values(), LANDING]
 
 
+def get_toy_pieces(wildcards):
+    """The toy study's landscape files (workflow/rules/toy.smk), one per configured
+    landscape: a function, so that only a toy run builds the landscapes (with PyTorch)."""
+    return toy_plan.piece_paths(TOY, TOY_PIECE)
+
+
 def report_landing_page():
     """The report's first page: the answer page of the last run, else the static description
     (``snakemake --report`` before any run)."""

@@ -40,8 +40,7 @@ rule toy_landscape:
 
 rule toy_cube:
     input:
-        # one file per configured landscape; a function, so only a toy run reads the list
-        lambda wildcards: toy_plan.piece_paths(TOY, TOY_PIECE),
+        get_toy_pieces,
     output:
         cube=TOY_CUBE,
         summary=report(TOY_SUMMARY, caption="../report/toy_summary.rst",
