@@ -60,7 +60,8 @@ def _load_config(paths: list[str], recorded: tuple[str, dict] | None = None) -> 
             check_against_schema(config, schema, blamed)
             validate(config, str(schema))
             check_config(config, yaml.safe_load(schema.read_text()))
-            check_toy_config(config["toy"])
+            if config["study"] == "toy_landscapes":  # as the Snakefile: only the toy study
+                check_toy_config(config["toy"])
     except SystemExit as err:
         if recorded and "(set in " not in str(err):
             raise SystemExit(f"{err} (in the config {recorded[0]} records)") from None

@@ -459,6 +459,8 @@ def test_cost_of_the_toy_study_counts_its_jobs_and_refuses_its_bad_keys(tmp_path
     assert out.returncode == 1 and out.stderr.strip() == (
         "critperiods: config error: toy.starts.far: 5.0 lies outside the prior box [-1.0, 1.0] "
         f"(toy.starts.prior_half_width) (set in {bad})")
+    unread = _write(tmp_path / "main.yaml", {"toy": {"starts": {"far": 5.0}}})
+    assert cost(unread).returncode == 0  # the main study never reads `toy`, as the Snakefile
 
 
 def test_more_batch_swaps_than_an_epoch_has_pairs_are_refused():

@@ -444,6 +444,10 @@ def test_perturbations_land_in_the_cube_on_their_own_dims(perturbed, capsys):
         assert (results / f"plots/{name}.png").read_bytes()[:4] == b"\x89PNG"
     landing = (results / "report/landing.rst").read_text()
     assert "Perturbations\n-------------" in landing
+    from docutils.core import publish_parts  # both tables scroll in the page's column
+
+    html = publish_parts(landing, writer="html")["body"]
+    assert html.count('<div style="overflow-x: auto"><table') == html.count("<table") == 2
     assert "growth after a perturbation (Perturbations)" in landing  # drawn, so listed
 
 

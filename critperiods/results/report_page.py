@@ -24,7 +24,6 @@ from critperiods.results.figures import FIGURES
 from critperiods.results.markers import UNSTABLE_REASON, WITHIN_NOISE_REASON, knee_flags
 from critperiods.results.summary import unlocated_reason
 from critperiods.results.tables import (
-    MARKER_STAGES,
     as_said,
     diverged_sentence,
     llc_flag_counts,
@@ -134,9 +133,10 @@ def table_rst(cube: xr.Dataset) -> str:
     header = ["batch", "lr after switch", "end (epoch)", "slope (pp/epoch)", "deficit (pp)",
               "λ̂ knee: trunk", "λ̂ knee: never blurred", "divergence marker",
               "λ̂ ok / estimates"]
+    marker_of = {"λ̂ knee: trunk": "λ̂", "λ̂ knee: never blurred": "λ̂",
+                 "divergence marker": "divergence", "λ̂ ok / estimates": "λ̂"}
     absent = markers_not_computed(cube)
-    dropped = {i for i, name in enumerate(header)
-               if any(name.startswith(marker) for marker in absent)}
+    dropped = {i for i, name in enumerate(header) if marker_of.get(name) in absent}
     rows = []
     for _, row in table.iterrows():
         ok, total = counts.get((row["batch_size"], row["lr_schedule"]), (0, 0))
@@ -189,13 +189,12 @@ def _legend(cube: xr.Dataset) -> str:
 
 def _not_computed_lines(cube: xr.Dataset) -> list[str]:
     """A line saying which marker columns the table leaves out, and why (rst), or none."""
-    sentence = not_computed_sentence(markers_not_computed(cube))
-    if not sentence:
+    absent = markers_not_computed(cube)
+    if not absent:
         return []
-    keys = [MARKER_STAGES[m][1] for m in markers_not_computed(cube)]
-    for key in keys:
-        sentence = sentence.replace(key, f"``{key}``")
-    return [f"{sentence[0].upper()}{sentence[1:]}, so the table has no columns for them.", ""]
+    sentence = not_computed_sentence(absent, key=lambda k: f"``{k}``")
+    return [f"{sentence[0].upper()}{sentence[1:]}, so the table has no columns for "
+            + ("them." if len(absent) > 1 else "it."), ""]
 
 
 def _list_table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -5,7 +5,8 @@ aggregate stage use them too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,10 @@ from critperiods.results.selection import CLASSES, run_diverged
 from critperiods.results.summary import EXPONENTS, INTERVAL_STATISTICS, unlocated_reason
 from critperiods.variables import SUMMARY_STATISTICS
 
-__all__ = ["MARKER_NAMES", "MARKER_STAGES", "as_said", "diverged_sentence", "format_table",
-           "llc_flag_counts", "marker_tally", "marker_verdict", "marker_verdicts",
-           "markers_not_computed", "not_computed_sentence", "restart_verdicts",
-           "runs_at_chance", "summary_table", "to_csv"]
+__all__ = ["MARKER_NAMES", "MARKER_STAGES", "MarkerStage", "as_said", "diverged_sentence",
+           "format_table", "llc_flag_counts", "marker_tally", "marker_verdict",
+           "marker_verdicts", "markers_not_computed", "not_computed_sentence",
+           "restart_verdicts", "runs_at_chance", "summary_table", "to_csv"]
 
 #: How the verdicts name each marker of :data:`MARKER_OFFSETS`.
 MARKER_NAMES = {"llc_knee_trunk": "λ̂ trunk", "llc_knee_sharp": "λ̂ never-blurred",
@@ -305,24 +306,41 @@ def _llc_column(table: pd.DataFrame, knee: str, marker: str) -> list[str]:
     return list(table[marker].map(_fmt))
 
 
-#: The markers a run may leave out, each with the cube variable its stage writes and the
-#: config key that turns the stage on.
-MARKER_STAGES = {"λ̂": ("llc_mean", "llc.enabled"), "divergence": ("div_l2", "divergence.enabled")}
+@dataclass(frozen=True)
+class MarkerStage:
+    """A marker a run may leave out, as the tables know it: the cube variable its stage
+    writes, the config key that turns the stage on, the prefix of its statistics' names, and
+    its columns in :func:`format_table`."""
+
+    plural: str
+    variable: str
+    key: str
+    statistics: str
+    columns: tuple[str, ...]
+
+
+#: The markers a run may leave out (its stage off), by name.
+MARKER_STAGES = {
+    "λ̂": MarkerStage("λ̂", "llc_mean", "llc.enabled", "llc_", ("llc_trunk", "llc_sharp")),
+    "divergence": MarkerStage("divergences", "div_l2", "divergence.enabled", "divergence_",
+                              ("div_drop",)),
+}
 
 
 def markers_not_computed(cube: xr.Dataset) -> list[str]:
     """The markers of :data:`MARKER_STAGES` that ``cube``'s run did not compute (its stage
     was off): their columns are left out of the tables."""
-    return [name for name, (var, _) in MARKER_STAGES.items() if var not in cube]
+    return [name for name, stage in MARKER_STAGES.items() if stage.variable not in cube]
 
 
-def not_computed_sentence(not_computed: Sequence[str]) -> str:
-    """"No λ̂ and no divergences (llc.enabled, divergence.enabled: false)", or ""."""
+def not_computed_sentence(not_computed: Sequence[str], key: Callable[[str], str] = str) -> str:
+    """E.g. ``"no λ̂ and no divergences in this run (llc.enabled, divergence.enabled:
+    false)"``, with each config key written by ``key``; "" when nothing is left out."""
     if not not_computed:
         return ""
-    names = " and no ".join("divergences" if m == "divergence" else m for m in not_computed)
-    keys = ", ".join(MARKER_STAGES[m][1] for m in not_computed)
-    return f"no {names} in this run ({keys}: false)"
+    stages = [MARKER_STAGES[m] for m in not_computed]
+    return (f"no {' and no '.join(stage.plural for stage in stages)} in this run "
+            f"({', '.join(key(stage.key) for stage in stages)}: false)")
 
 
 def format_table(summary: xr.Dataset, not_computed: Sequence[str] = ()) -> str:
@@ -360,9 +378,10 @@ def format_table(summary: xr.Dataset, not_computed: Sequence[str] = ()) -> str:
                      if "divergence_drop_epoch_lower" in table
                      else table["divergence_drop_epoch"].map(_fmt)),
     }
-    prefixes = {"λ̂": "llc_", "divergence": "div"}
-    left_out = tuple(prefixes[m] for m in not_computed)
-    columns = {k: col for k, col in columns.items() if not k.startswith(left_out)}
+    stages = [MARKER_STAGES[m] for m in not_computed]
+    left_out = tuple(stage.statistics for stage in stages)
+    columns = {k: col for k, col in columns.items()
+               if not any(k in stage.columns for stage in stages)}
     widths = {k: max(len(k), *(len(str(v)) for v in col)) for k, col in columns.items()}
     lines = ["  ".join(k.rjust(widths[k]) for k in columns)]
     for i in range(len(table)):
@@ -411,7 +430,8 @@ def format_table(summary: xr.Dataset, not_computed: Sequence[str] = ()) -> str:
                if name in summary and "missing" in summary[name].attrs
                and not name.startswith(left_out)]
     if not_computed:
-        lines.append(not_computed_sentence(not_computed) + ": no columns for them")
+        lines.append(not_computed_sentence(not_computed) + ": no columns for "
+                     + ("them" if len(not_computed) > 1 else "it"))
     if missing:
         lines += ["why some values are nan:", *missing]
     return "\n".join(lines)

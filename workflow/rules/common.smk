@@ -240,7 +240,10 @@ def get_final_outputs():
 
 def get_toy_pieces(wildcards):
     """The toy study's landscape files (workflow/rules/toy.smk), one per configured
-    landscape: a function, so that only a toy run builds the landscapes (with PyTorch)."""
+    landscape: a function, so that only a toy run builds the landscapes (with PyTorch).
+    The toy section is checked here too, for a toy file asked for by name in another study."""
+    with exit_on_config_error(CONFIG_FILES):  # one line naming the key and its file
+        toy_plan.check_toy_config(TOY)
     return toy_plan.piece_paths(TOY, TOY_PIECE)
 
 
