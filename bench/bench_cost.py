@@ -1,11 +1,13 @@
 """Training throughput for the cost model (``python -m critperiods cost``), not a test.
 
-Measures one training job's images per second, as the pipeline runs it, for the models and
-batch sizes of the shipped configs: on the CPU at one thread (what a pipeline job uses), on
-CUDA with the default (graphed, stacked) path and 5 seeds stacked. Prints the rows of
+Measures one training job's images per second (all seeds of a stacked job together), as the
+pipeline runs it, for the models, batch sizes and seed groups of the shipped configs: on the
+CPU at one thread (what a pipeline job uses) with 1, 3 and 5 seeds stacked, on CUDA with
+the default (graphed, stacked) path and 5 seeds stacked. Prints the rows of
 ``critperiods.pipeline.cost.RATES`` and writes ``bench/out/rates.md``.
 
-Usage: ``python bench/bench_cost.py [--device cpu|cuda] [--steps 60] [--batch-sizes ...]``
+Usage: ``python bench/bench_cost.py [--device cpu|cuda] [--steps 120] [--batch-sizes ...]
+[--seeds 1 3 5]``
 """
 
 from __future__ import annotations
@@ -70,25 +72,28 @@ def rate(model: str, width: int, size: int, batch: int, device: torch.device, st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--steps", type=int, default=60, help="timed SGD steps per point")
+    parser.add_argument("--steps", type=int, default=120, help="timed SGD steps per point")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--models", nargs="+", default=["small_cnn:8:28", "small_cnn:16:28"],
                         help="model:width:image size")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="seeds stacked in one job (default: 1 3 5 on the CPU, 5 on CUDA)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(1 if device.type == "cpu" else torch.get_num_threads())
-    seeds = 1 if device.type == "cpu" else 5
-    lines = ["| device | model | width | image | " + " | ".join(
+    groups = args.seeds or ([1, 3, 5] if device.type == "cpu" else [5])
+    lines = ["| device | model | width | image | seeds | " + " | ".join(
         f"batch {b}" for b in args.batch_sizes) + " |",
-        "|---|---|---|---|" + "---|" * len(args.batch_sizes)]
+        "|---|---|---|---|---|" + "---|" * len(args.batch_sizes)]
     for spec in args.models:
         model, width, size = spec.split(":")
-        rates = {b: rate(model, int(width), int(size), b, device, args.steps, seeds)
-                 for b in args.batch_sizes}
-        print(f'("{device.type}", "{model}", {width}, {size}): '
-              + "{" + ", ".join(f"{b}: {r:.0f}" for b, r in rates.items()) + "},")
-        lines.append(f"| {device.type} | {model} | {width} | {size} | "
-                     + " | ".join(f"{r:,.0f}" for r in rates.values()) + " |")
+        for seeds in groups:
+            rates = {b: rate(model, int(width), int(size), b, device, args.steps, seeds)
+                     for b in args.batch_sizes}
+            print(f'("{device.type}", "{model}", {width}, {size}, {seeds}): '
+                  + "{" + ", ".join(f"{b}: {r:.0f}" for b, r in rates.items()) + "},")
+            lines.append(f"| {device.type} | {model} | {width} | {size} | {seeds} | "
+                         + " | ".join(f"{r:,.0f}" for r in rates.values()) + " |")
     out = ROOT / "bench/out/rates.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("Training images/s of one job (all seeds of a stacked job)\n\n"

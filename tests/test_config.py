@@ -442,6 +442,30 @@ def test_a_config_errors_key_is_read_from_its_message(message, key):
     assert _key_of(message) == key
 
 
+def test_cost_prices_a_job_at_the_rate_measured_for_its_seeds(monkeypatch):
+    """A job of k stacked seeds costs images / the rate of the largest measured group of at
+    most k seeds (the smallest measured if none): stacking 3 seeds is priced as measured,
+    not as 3 single seeds."""
+    from critperiods.pipeline import cost
+
+    key = ("cpu", "small_cnn", 8, 28)
+    monkeypatch.setattr(cost, "RATES", {(*key, 1): {128: 100.0}, (*key, 3): {128: 300.0}})
+    assert cost.rates_for(key, 1) == {128: 100.0} and cost.rates_for(key, 5) == {128: 300.0}
+    assert cost.rates_for(key, 2) == {128: 100.0} and cost.rates_for(("cpu", "x", 1, 28), 1) == {}
+    config = load_default()
+    config["grid"]["batch_sizes"] = [128]
+    config["llc"]["enabled"] = False
+    config["train"]["seeds_per_job"] = 3
+    stacked = cost.grid_cost(config, "cpu")
+    config["train"]["seeds_per_job"] = 1
+    alone = cost.grid_cost(config, "cpu")
+    overhead = cost.JOB_OVERHEAD_S["cpu"] / cost.PARALLEL_JOBS["cpu"]
+    # the same images, 3× the rate: a third of the training time (start-ups aside)
+    assert stacked.images == alone.images
+    assert (alone.seconds - alone.jobs * overhead) == pytest.approx(
+        3 * (stacked.seconds - stacked.jobs * overhead))
+
+
 def test_cost_of_the_toy_study_counts_its_jobs_and_refuses_its_bad_keys(tmp_path):
     """The cost model is the critical_period study's: for the toy study, `cost` says so and
     counts the toy jobs instead of pricing a sweep it will not run; a bad toy key is the

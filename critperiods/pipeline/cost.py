@@ -2,14 +2,14 @@
 
 Trunk sharing (``plan.epochs_trained``) gives the epochs; images are epochs × training set
 size; time divides images by measured training throughputs (:data:`RATES`, one job's
-images per second, all seeds of a stacked job together) and adds a per-job start-up cost.
-A model, width, image size or batch size without a measured rate is reported as not
-measured instead of guessed. λ̂ is priced as forward + backward passes over
-``chains × batch_size`` images per SGLD step, at the same rate. The perturbation experiment
-(``perturbation:``) is priced as the epochs its jobs train (:func:`plan.perturbation_job_epochs`:
-each seed's replay, twin and copies, one seed at a time) at the same rate: on the CPU the
-rates are of one seed, as there; on CUDA they are of stacked seeds, which a lone small_cnn
-seed nearly matches at batch 128 (docs/performance.md).
+images per second, all seeds of a stacked job together, at the job's number of seeds) and
+adds a per-job start-up cost (:data:`JOB_OVERHEAD_S`). A model, width, image size or batch
+size without a measured rate is reported as not measured instead of guessed. λ̂ is priced
+as forward + backward passes over ``chains × batch_size`` images per SGLD step, and the
+perturbation experiment (``perturbation:``) as the epochs its jobs train
+(:func:`plan.perturbation_job_epochs`: each seed's replay, twin and copies, one seed at a
+time), both at the rate of a one-seed job (on CUDA, where small_cnn was measured stacked,
+at that rate, which a lone small_cnn seed nearly matches at batch 128; docs/performance.md).
 Evaluation, divergence and the perturbation comparison are charged their jobs' start-up
 only.
 """
@@ -20,27 +20,36 @@ from dataclasses import dataclass, field
 
 from critperiods.pipeline import plan
 
-#: Training images per second of one job, measured with ``python bench/bench_cost.py``
-#: (docs/performance.md): (device, model, width, image size) → {batch size: images/s}.
+#: Training images per second of one job, all seeds of a stacked job together, measured
+#: with ``python bench/bench_cost.py`` (docs/performance.md): (device, model, width, image
+#: size, seeds stacked) → {batch size: images/s}. A job of ``k`` seeds is priced at the
+#: largest measured group of at most ``k`` seeds (the smallest measured, if none is).
 #: "cpu": one job at one thread on the 2-core development VM (a job per core);
-#: "cuda": one job on one NVIDIA H200 (torch 2.11), the graphed default path (images of all
-#: stacked seeds counted; bench/bench_gpu.py, docs/performance.md).
-RATES: dict[tuple[str, str, int, int], dict[int, float]] = {
-    # the 2-core development VM, one job at one thread (CPU time), 2026-12-04
-    ("cpu", "small_cnn", 8, 28): {32: 8401, 64: 11531, 128: 13567, 256: 12790},
-    ("cpu", "small_cnn", 16, 28): {32: 5888, 64: 6543, 128: 7618, 256: 7871},
+#: "cuda": one job on one NVIDIA H200 (torch 2.11), the graphed default path.
+RATES: dict[tuple[str, str, int, int, int], dict[int, float]] = {
+    # the 2-core development VM, one job at one thread (CPU time), 2026-12-06
+    ("cpu", "small_cnn", 8, 28, 1): {32: 13163, 64: 15320, 128: 16690, 256: 17387},
+    ("cpu", "small_cnn", 8, 28, 3): {32: 15417, 64: 17931, 128: 17982, 256: 18190},
+    ("cpu", "small_cnn", 8, 28, 5): {32: 19589, 64: 18314, 128: 18006, 256: 16431},
+    ("cpu", "small_cnn", 16, 28, 1): {32: 8164, 64: 8636, 128: 8331, 256: 8207},
+    ("cpu", "small_cnn", 16, 28, 3): {32: 7778, 64: 7357, 128: 7821, 256: 5512},
+    ("cpu", "small_cnn", 16, 28, 5): {32: 8498, 64: 8422, 128: 7888, 256: 6109},
     # H200, torch 2.11, 2026-12-04, 2 seeds stacked (folded layout; the channels layout now
     # used was 1.37x faster at batch 128 with 5 seeds, so these are conservative)
-    ("cuda", "small_cnn", 8, 28): {32: 126714, 64: 343799, 128: 578411, 256: 870500},
-    ("cuda", "small_cnn", 16, 28): {32: 169193, 64: 296899, 128: 405924, 256: 678619},
+    ("cuda", "small_cnn", 8, 28, 2): {32: 126714, 64: 343799, 128: 578411, 256: 870500},
+    ("cuda", "small_cnn", 16, 28, 2): {32: 169193, 64: 296899, 128: 405924, 256: 678619},
     # H200, one seed per job (seeds_per_job: auto for All-CNN-C), graphed bf16, augmentation
-    ("cuda", "all_cnn_c", 96, 32): {32: 34139, 128: 73888},
+    ("cuda", "all_cnn_c", 96, 32, 1): {32: 34139, 128: 73888},
 }
 
-#: Seconds a job holds its device while starting, per device: on the CPU all of Python's and
-#: torch's start; on a GPU box with spare cores (``--cores`` ≥ 4, ``--resources gpu=4``) jobs
-#: import while another holds the GPU, which is then held only for CUDA's context and the data.
-JOB_OVERHEAD_S = {"cpu": 2.5, "cuda": 2.0}
+#: Seconds of a core each job costs beyond its training and sampling, per device: on the
+#: CPU Python's, PyTorch's and the stage's start (about 5 s of a core measured for one job)
+#: and what runs beside the timed loop; 6 s is the value that brings the default run, the
+#: CPU study and its long recovery within 6 % of their measured wall times on the
+#: development VM (docs/performance.md). On a GPU box with spare cores (``--cores`` ≥ 4,
+#: ``--resources gpu=4``) jobs import while another holds the GPU, which is then held only
+#: for CUDA's context and the data.
+JOB_OVERHEAD_S = {"cpu": 6.0, "cuda": 2.0}
 #: Parallel jobs on the reference machine: the 2-core VM runs one job per core.
 PARALLEL_JOBS = {"cpu": 2, "cuda": 1}
 
@@ -65,14 +74,25 @@ def _train_size(config: dict) -> tuple[int, int]:
     return plan.train_images(config), plan.IMAGE_SIZE[config["dataset"]["name"]]
 
 
-def _groups(config: dict, device: str) -> int:
-    """Seed groups per batch size when the grid runs on ``device``: ``seeds_per_job: auto``
-    resolves as it would there (:data:`plan.AUTO_SEEDS_PER_JOB` on CUDA, 1 on a CPU)."""
+def _seed_groups(config: dict, device: str) -> list[list[int]]:
+    """The seed groups of a batch size when the grid runs on ``device``: ``seeds_per_job:
+    auto`` resolves as it would there (:data:`plan.AUTO_SEEDS_PER_JOB` on CUDA, 1 on a CPU)."""
     size = config.get("train", {}).get("seeds_per_job", 1)
     device_config = {**config, "device": device}
     if size == "auto" and device == "cpu":
         device_config["train"] = {**config.get("train", {}), "seeds_per_job": 1}
-    return len(plan.seed_groups(device_config))
+    return plan.seed_groups(device_config)
+
+
+def rates_for(key: tuple[str, str, int, int], seeds: int) -> dict[int, float]:
+    """The :data:`RATES` of (device, model, width, image size) for a job of ``seeds`` seeds:
+    the largest measured group of at most ``seeds``, else the smallest measured; {} if the
+    model was not measured on that device."""
+    measured = sorted(k[-1] for k in RATES if k[:-1] == key)
+    if not measured:
+        return {}
+    fits = [k for k in measured if k <= seeds]
+    return RATES[(*key, fits[-1] if fits else measured[0])]
 
 
 def jobs_per_rule(config: dict, device: str) -> dict[str, int]:
@@ -81,7 +101,7 @@ def jobs_per_rule(config: dict, device: str) -> dict[str, int]:
     jobs one per seed group and piece (``train.seeds_per_job``), divergence and perturbation
     comparisons one per batch size and schedule, and the per-experiment jobs."""
     grid = config["grid"]
-    groups = len(grid["batch_sizes"]) * _groups(config, device)  # (batch size, seed group)
+    groups = len(grid["batch_sizes"]) * len(_seed_groups(config, device))  # (batch, group)
     per_schedule = len(grid["batch_sizes"]) * len(grid["lr_schedules"])
     jobs = {"prepare_data": 2,  # the train and test splits
             "train_trunk": groups * len(plan.trunk_epochs(config)),
@@ -131,7 +151,8 @@ def grid_cost(config: dict, device: str) -> Cost:
     pert_epochs = perturbation_epochs(config) // (len(grid["batch_sizes"]) * len(grid["seeds"]))
     llc = config["llc"]
     steps = (llc["burn_in"] + llc["draws"]) * llc.get("loss_every", 1)
-    rates = RATES.get((device, model["name"], model["width"], size), {})
+    key = (device, model["name"], model["width"], size)
+    groups = [len(g) for g in _seed_groups(config, device)]
     seconds, images, llc_images, pert_images, missing = 0.0, 0.0, 0.0, 0.0, []
     for b in grid["batch_sizes"]:
         cell_images = cell_epochs * n * len(grid["seeds"])
@@ -141,8 +162,11 @@ def grid_cost(config: dict, device: str) -> Cost:
         images += cell_images
         llc_images += sgld
         pert_images += perturbed
-        if b in rates:
-            seconds += (cell_images + sgld + perturbed) / rates[b]
+        one = rates_for(key, 1).get(b)  # λ̂ and the perturbation replays: one seed at a time
+        trained = [rates_for(key, k).get(b) for k in groups]
+        if one and all(trained):
+            seconds += sum(cell_epochs * n * k / r for k, r in zip(groups, trained, strict=True))
+            seconds += (sgld + perturbed) / one
         else:
             missing.append(f"{model['name']} w{model['width']} {size}px batch {b}")
     rules = jobs_per_rule(config, device)
