@@ -623,6 +623,8 @@ def section_fmnist(device: torch.device, sizes: Sizes, budget: Budget, cache: di
             _free(device)
     lines = [f"## Fashion-MNIST cost model: small_cnn on 28×28, {seeds} stacked seeds, graphed "
              "default (fp32), no augmentation", "",
+             f"The rows of `critperiods.pipeline.cost.RATES[(\"{device.type}\", \"small_cnn\", "
+             f"<width>, 28, {seeds})]`.", "",
              "| width | batch | images/s (all seeds together) |", "|---|---|---|", *rows, ""]
     return lines, raw
 
