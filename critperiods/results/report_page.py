@@ -152,6 +152,7 @@ def table_rst(cube: xr.Dataset) -> str:
             + _interval(100 * row["permanent_deficit_lower"], 100 * row["permanent_deficit_upper"]),
             _marker(row, "llc_knee_trunk"), _marker(row, "llc_knee_sharp"),
             _marker(row, "divergence_drop_epoch"), f"{ok} / {total}"])
+
     def kept(cells: list[str]) -> list[str]:
         return [c for i, c in enumerate(cells) if i not in dropped]
 
