@@ -153,17 +153,20 @@ def grid_cost(config: dict, device: str) -> Cost:
     steps = (llc["burn_in"] + llc["draws"]) * llc.get("loss_every", 1)
     key = (device, model["name"], model["width"], size)
     groups = [len(g) for g in _seed_groups(config, device)]
+    group_rates = [rates_for(key, k) for k in groups]
+    one_seed = rates_for(key, 1)  # λ̂ and the perturbation replays: one seed at a time
+    # per batch size (the same for each: epochs and estimates do not depend on it)
+    cell_images = cell_epochs * n * len(grid["seeds"])
+    perturbed = pert_epochs * n * len(grid["seeds"])
+    sgld = (_llc_estimates(config) * len(grid["seeds"]) * llc["chains"] * steps
+            * min(llc["batch_size"], n))
     seconds, images, llc_images, pert_images, missing = 0.0, 0.0, 0.0, 0.0, []
     for b in grid["batch_sizes"]:
-        cell_images = cell_epochs * n * len(grid["seeds"])
-        perturbed = pert_epochs * n * len(grid["seeds"])
-        estimates = _llc_estimates(config) * len(grid["seeds"])
-        sgld = estimates * llc["chains"] * steps * min(llc["batch_size"], n)
         images += cell_images
         llc_images += sgld
         pert_images += perturbed
-        one = rates_for(key, 1).get(b)  # λ̂ and the perturbation replays: one seed at a time
-        trained = [rates_for(key, k).get(b) for k in groups]
+        one = one_seed.get(b)
+        trained = [rates.get(b) for rates in group_rates]
         if one and all(trained):
             seconds += sum(cell_epochs * n * k / r for k, r in zip(groups, trained, strict=True))
             seconds += (sgld + perturbed) / one

@@ -24,6 +24,7 @@ from critperiods.results.figures import FIGURES
 from critperiods.results.markers import UNSTABLE_REASON, WITHIN_NOISE_REASON, knee_flags
 from critperiods.results.summary import unlocated_reason
 from critperiods.results.tables import (
+    MARKER_STAGES,
     as_said,
     diverged_sentence,
     llc_flag_counts,
@@ -133,10 +134,8 @@ def table_rst(cube: xr.Dataset) -> str:
     header = ["batch", "lr after switch", "end (epoch)", "slope (pp/epoch)", "deficit (pp)",
               "λ̂ knee: trunk", "λ̂ knee: never blurred", "divergence marker",
               "λ̂ ok / estimates"]
-    marker_of = {"λ̂ knee: trunk": "λ̂", "λ̂ knee: never blurred": "λ̂",
-                 "divergence marker": "divergence", "λ̂ ok / estimates": "λ̂"}
-    absent = markers_not_computed(cube)
-    dropped = {i for i, name in enumerate(header) if marker_of.get(name) in absent}
+    left_out = {h for m in markers_not_computed(cube) for h in MARKER_STAGES[m].headers}
+    dropped = {i for i, name in enumerate(header) if name in left_out}
     rows = []
     for _, row in table.iterrows():
         ok, total = counts.get((row["batch_size"], row["lr_schedule"]), (0, 0))

@@ -309,21 +309,23 @@ def _llc_column(table: pd.DataFrame, knee: str, marker: str) -> list[str]:
 @dataclass(frozen=True)
 class MarkerStage:
     """A marker a run may leave out, as the tables know it: the cube variable its stage
-    writes, the config key that turns the stage on, the prefix of its statistics' names, and
-    its columns in :func:`format_table`."""
+    writes, the config key that turns the stage on, the prefix of its statistics' names, its
+    columns in :func:`format_table` and its column headers on the report's first page."""
 
     plural: str
     variable: str
     key: str
     statistics: str
     columns: tuple[str, ...]
+    headers: tuple[str, ...]
 
 
 #: The markers a run may leave out (its stage off), by name.
 MARKER_STAGES = {
-    "λ̂": MarkerStage("λ̂", "llc_mean", "llc.enabled", "llc_", ("llc_trunk", "llc_sharp")),
+    "λ̂": MarkerStage("λ̂", "llc_mean", "llc.enabled", "llc_", ("llc_trunk", "llc_sharp"),
+                     ("λ̂ knee: trunk", "λ̂ knee: never blurred", "λ̂ ok / estimates")),
     "divergence": MarkerStage("divergences", "div_l2", "divergence.enabled", "divergence_",
-                              ("div_drop",)),
+                              ("div_drop",), ("divergence marker",)),
 }
 
 
