@@ -87,9 +87,14 @@ def get_seeds(wildcards):
     return list(layout.group_seeds(wildcards.group))
 
 
+def training_file(batch_size, group, piece):
+    """The training file of one of a seed group's pieces (layout.piece_name)."""
+    return PIECE.format(batch_size=batch_size, group=group, piece=piece) + ".pt"
+
+
 def piece_file(wildcards, piece):
-    """The training file of one of the wildcards' group's pieces (layout.piece_name)."""
-    return PIECE.format(batch_size=wildcards.batch_size, group=wildcards.group, piece=piece) + ".pt"
+    """The training file of one of the wildcards' group's pieces."""
+    return training_file(wildcards.batch_size, wildcards.group, piece)
 
 
 def trunk_file(wildcards, epoch):
@@ -177,8 +182,7 @@ def get_divergence_inputs(wildcards):
     blurred reference), that schedule's branches (the never-blurred one is shared) and the
     never-blurred run's continuation (the sharp reference)."""
     pieces = plan.training_pieces(config, lr_schedule=wildcards.lr_schedule)
-    return [PIECE.format(batch_size=wildcards.batch_size, group=g, piece=p) + ".pt"
-            for g in GROUPS for p in pieces]
+    return [training_file(wildcards.batch_size, g, p) for g in GROUPS for p in pieces]
 
 
 def get_cube_inputs(wildcards):
