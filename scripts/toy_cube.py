@@ -6,6 +6,6 @@ from critperiods.toy.cube import build_toy_cube, summary_csv
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 setup(sm)
-cube = build_toy_cube(sm.input, sm.params.config_yaml)
+cube = build_toy_cube(sm.input, sm.params.config_yaml, sm.params.max_endpoint_bias)
 write_netcdf(cube, sm.output.cube)
 summary_csv(cube, sm.output.summary)

@@ -340,6 +340,8 @@ def test_the_sensitivity_ratio_compares_nudges_before_and_after_the_critical_per
     assert any("run blurred until epoch 8" in line and "carries further" in line
                for line in lines)
     assert any("inside its blurred phase (epochs 2, 6) 2×" in line for line in lines)
+    assert any("halves by perturbation epoch 8.5, interpolated between perturbation epochs 6 "
+               "and 10" in line for line in lines), lines  # the grid places it, not the data
     unknown = perturbation_summary(_synthetic_cube(np.nan))
     assert bool(unknown.perturb_cp_ratio.isnull().all())
     assert "no critical-period end" in unknown.perturb_cp_ratio.attrs["missing"]

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from snakemake.utils import validate
 
 from critperiods.measure.llc import LLCConfig
 from critperiods.pipeline.plan import ConfigError
 from critperiods.toy import noise, posterior
+from critperiods.toy.cube import flag_names
 from critperiods.toy.landscapes import (
     Landscape,
     ToyModel,
@@ -20,10 +24,19 @@ from critperiods.toy.landscapes import (
     make_data,
     squared_error,
 )
-from critperiods.toy.measure import convergence_exponent, escape_shares, llc_at
+from critperiods.toy.llc_check import FLAGS, excess_above_minimum, llc_quality
+from critperiods.toy.measure import (
+    ToyParams,
+    ToyRunError,
+    convergence_exponent,
+    escape_shares,
+    llc_at,
+    measure_landscape,
+)
 from critperiods.toy.plan import check_toy_config, job_params, landscapes
 from critperiods.toy.sgd import minibatch_gradient, run_sgd
 
+ROOT = Path(__file__).resolve().parents[1]
 SOME = ["line_k1", "line_k3", "sum_k1-1", "sum_k2-3", "product_k1-1", "product_k1-2",
         "product_k3-2"]
 
@@ -187,6 +200,46 @@ def test_escape_shares_classify_the_moved_coordinates():
     ends = np.array([[0.1, 0.0], [0.0, 0.1], [0.1, 0.1], [0.0, 0.0]])
     assert escape_shares(ends, np.zeros(2), 0.05).tolist() == [0.25, 0.25, 0.25, 0.25]
     assert escape_shares(ends[:, :1], np.zeros(1), 0.05).tolist() == [0.5, 0.0, 0.0, 0.5]
+    assert np.isnan(escape_shares(ends[:0], np.zeros(2), 0.05)).all()  # every run diverged
+
+
+def _tiny_params(**sgd) -> ToyParams:
+    """The tiny test config's toy section with the schema's defaults filled in."""
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config.update(yaml.safe_load((ROOT / "tests/configs/toy_tiny.yaml").read_text()))
+    config["toy"]["sgd"].update(sgd)
+    validate(config, str(ROOT / "workflow/schemas/config.schema.yaml"))
+    return ToyParams.from_config(job_params(config["toy"]))
+
+
+def test_diverged_runs_are_neither_stuck_nor_measured():
+    """At lr 1.2 on line_k2 runs of every ensemble blow up: they count in
+    diverged_fraction, not as "stuck" near the start, and no λ̂ is estimated at a diverged
+    endpoint."""
+    land = Landscape.parse("line_k2")
+    params = _tiny_params(lrs=[1.2], batch_sizes=[4], trajectories=32, steps=100)
+    params.llc.update(chains=2, draws=20, burn_in=5, endpoints=8)
+    cell = measure_landscape(land, params).isel(lr=0, batch_size=0)
+    diverged = cell.diverged_fraction.to_series()
+    assert (diverged > 0).all(), diverged
+    assert float(cell.escape_fraction.sum()) == pytest.approx(1.0)  # shares of the rest
+    near = cell.endpoint.sel(start="near", weight="w1").values
+    kept = np.isfinite(near) & (np.abs(near) <= 1e6)
+    stuck = np.mean(np.abs(near[kept]) <= params.escape["radius"])  # centre w* = 0
+    assert float(cell.escape_fraction.sel(escape="none")) == pytest.approx(stuck)
+    far = cell.endpoint.sel(start="far", weight="w1").values[:8]
+    gone = ~np.isfinite(far) | (np.abs(far) > 1e6)
+    assert gone.any() and not gone.all()
+    assert np.isnan(cell.llc_mean.values[gone]).all()
+    assert np.isfinite(cell.llc_mean.values[~gone]).all()
+
+
+def test_a_learning_rate_that_leaves_no_run_fails_naming_the_key():
+    land = Landscape.parse("line_k2")
+    params = _tiny_params(lrs=[3.0], batch_sizes=[4], trajectories=16, steps=100)
+    with pytest.raises(ToyRunError, match=r"line_k2, lr 3, batch 4: all 16 prior-start.*"
+                                          r"toy\.sgd\.lrs"):
+        measure_landscape(land, params)
 
 
 # -- grid posterior ---------------------------------------------------------------------------
@@ -306,8 +359,62 @@ def test_exact_learning_coefficient_matches_the_estimator(name):
     data = make_data(land, 1000, 1.0, 0)
     llc = dict(chains=4, draws=1500, burn_in=300, step_size=2e-3, gamma=1.0, nbeta=None,
                batch_size=None, seed=0)
-    mean, std = llc_at(land, data, np.zeros(land.dim), llc, name)
-    assert mean == pytest.approx(land.learning_coefficient, rel=LLC_TOLERANCE), (mean, std)
+    got = llc_at(land, data, np.zeros(land.dim), llc, name)
+    assert got["mean"] == pytest.approx(land.learning_coefficient, rel=LLC_TOLERANCE), got
+    quality = llc_quality(got["mean"], got["diverged_chains"], got["rhat"], got["trend_z"],
+                          got["bias"])
+    assert got["bias"] == 0 and quality == 0, got  # w* is the minimum: nothing to flag
+
+
+def test_lambda_hat_off_the_minimum_comes_off_by_its_recorded_bias_and_is_flagged():
+    """The toy study's hot endpoints: a sum's regular coordinate left a temperature's spread
+    from w*. λ̂ there plus nβ ΔL (``bias``) is λ̂ at w*, to the chains' noise, and the
+    estimate is flagged not_at_minimum; at w* nothing is flagged."""
+    land = Landscape.parse("sum_k1-2")
+    data = make_data(land, 1000, 1.0, 0)
+    llc = dict(chains=4, draws=1500, burn_in=300, step_size=2e-3, gamma=1.0, nbeta=None,
+               batch_size=None, seed=0)
+    star = llc_at(land, data, np.zeros(2), llc, "w*")
+    off = llc_at(land, data, np.array([0.08, 0.0]), llc, "off")
+    assert off["bias"] > 0.3  # nβ · ½ S₁₁ 0.08² ≈ 145 · 0.0032
+    assert off["mean"] + off["bias"] == pytest.approx(star["mean"], abs=0.05), (off, star)
+    flags = llc_quality(np.array([star["mean"], off["mean"]]),
+                        np.array([star["diverged_chains"], off["diverged_chains"]]),
+                        np.array([star["rhat"], off["rhat"]]),
+                        np.array([star["trend_z"], off["trend_z"]]),
+                        np.array([star["bias"], off["bias"]]))
+    assert flags[0] == 0 and int(flags[1]) & FLAGS["not_at_minimum"]
+
+
+def test_excess_above_minimum_is_the_descent_to_the_basin_minimum():
+    """0 at w* and on a product's line of minima; the closed-form excess where the minimum
+    is w* (orthogonal noise); NaN for a diverged point."""
+    sum_ = Landscape.parse("sum_k1-1")
+    data = make_data(sum_, 1000, 1.0, 0)
+    point = np.array([0.3, -0.2])
+    assert excess_above_minimum(sum_, data, np.zeros(2)) == 0
+    assert excess_above_minimum(sum_, data, point) == pytest.approx(
+        float(excess_loss(sum_, data, torch.from_numpy(point))), rel=1e-6)
+    product = Landscape.parse("product_k1-2")
+    pdata = make_data(product, 1000, 1.0, 0)
+    assert excess_above_minimum(product, pdata, np.array([0.0, 0.8])) == pytest.approx(0, abs=1e-12)
+    assert excess_above_minimum(product, pdata, np.array([0.2, 0.8])) > 0
+    assert np.isnan(excess_above_minimum(sum_, data, np.array([np.nan, 0.0])))
+
+
+def test_llc_quality_adds_not_at_minimum_to_the_stage_flags():
+    mean = np.array([0.5, 0.5, -0.1, np.nan, 0.5])
+    bias = np.array([0.01, 0.2, 0.0, np.nan, 0.05])
+    diverged = np.array([0, 0, 0, np.nan, 0])
+    rhat, trend = np.array([1.0, 1.0, 1.0, np.nan, 1.3]), np.zeros(5)
+    got = llc_quality(mean, diverged, rhat, trend, bias, max_endpoint_bias=0.1)
+    assert got[0] == 0  # 0.01 of 0.51: within 10 %
+    assert got[1] == FLAGS["not_at_minimum"]  # 0.2 of 0.7
+    assert int(got[2]) & FLAGS["negative"]
+    assert np.isnan(got[3])  # no estimate made (the SGD run diverged)
+    assert got[4] == FLAGS["not_converged"]  # 0.05 of 0.55 is within 10 %
+    assert flag_names(got[1]) == "not_at_minimum" and flag_names(0.0) == "ok"
+    assert flag_names(float("nan")) == "n/a"
 
 
 def test_the_toy_model_is_an_ordinary_module_for_the_estimator():

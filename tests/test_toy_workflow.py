@@ -16,6 +16,7 @@ import yaml
 
 import critperiods
 from critperiods.__main__ import main
+from critperiods.toy.cube import summary_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests/configs/toy_tiny.yaml"
@@ -87,6 +88,37 @@ def test_toy_plots_and_summary_exist(run, capsys):
     out = capsys.readouterr().out
     for name in ("line_k2", "sum_k1-2", "product_k1-1", "W1 distance"):
         assert name in out
+
+
+def test_toy_cube_flags_its_llc_estimates_and_the_summary_counts_them(run, capsys):
+    """Every λ̂ has its quality bits (CF flags) and the bias that sets not_at_minimum; the
+    summary's llc_at_end is the mean of the estimates that are not flagged."""
+    cube = critperiods.open_cube(run / RESULTS / "toy_cube.nc")
+    assert cube.llc_quality.attrs["flag_meanings"].split() == [
+        "ok", "negative", "not_converged", "diverged_chains", "not_at_minimum"]
+    made = cube.llc_mean.notnull()
+    assert (cube.llc_quality.notnull() == made).all() and (cube.llc_bias.notnull() == made).all()
+    assert float(cube.llc_at_critical_point_bias.sel(landscape="line", k1=2, k2=0)) == 0
+    table = summary_table(cube)
+    line = cube.sel(landscape="line", k1=2, k2=0)
+    ok = line.llc_quality == 0
+    want = float(line.llc_mean.where(ok).mean()) if bool(ok.any()) else float("nan")
+    assert table.loc["line_k2", "llc_at_end"] == pytest.approx(want, nan_ok=True)
+    made = line.llc_mean.notnull()
+    assert table.loc["line_k2", "end_flagged"] == f"{int((made & ~ok).sum())}/{int(made.sum())}"
+    assert "diverged" in table.columns
+
+
+def test_a_config_with_toy_keys_but_another_study_fails_naming_the_fix(run, tmp_path):
+    """Without `study: toy_landscapes` a file's toy section would be ignored and the
+    blur-switch sweep run in its place: refused before anything runs, naming the file."""
+    plain = tmp_path / "forgot_study.yaml"
+    plain.write_text("experiment: toy_forgot\ntoy:\n  sgd:\n    lrs: [0.02]\n")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(run),
+           "-n", "--configfile", str(plain)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    assert "study: toy_landscapes" in proc.stderr and str(plain) in proc.stderr, proc.stderr
 
 
 def test_toy_study_builds_nothing_of_the_critical_period_study(run):

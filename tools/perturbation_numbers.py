@@ -68,6 +68,10 @@ def weight_norms(results: Path) -> dict[tuple[int, int, int, int], float]:
 
 
 def main(results: Path) -> None:
+    if not (results / "cube.nc").is_file():
+        sys.exit(f"{results / 'cube.nc'}: no such file; run the experiment first "
+                 "(snakemake --cores all --configfile configs/perturbation.yaml) or pass its "
+                 "results folder")
     cube = open_cube(results / "cube.nc")
     eps = cube.epsilon.values[cube.epsilon.values > 0]
     cube = cube.sel(epsilon=eps, lr_schedule="continue")

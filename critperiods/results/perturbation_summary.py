@@ -313,6 +313,17 @@ def _ratio_text(cube: xr.Dataset, suffix: str, at: dict) -> tuple[float, str]:
                f"{int(np.isfinite(per).sum())} seeds on the same side of 1)")
 
 
+def _bracket(cube: xr.Dataset, drop: float) -> str:
+    """Which two perturbation epochs the interpolated drop lies between: the grid places it
+    there, the interpolation within them is a straight line, not data."""
+    epochs = np.sort(cube["perturb_epoch"].values) if "perturb_epoch" in cube.coords else []
+    below, above = [e for e in epochs if e < drop], [e for e in epochs if e > drop]
+    if not (np.isfinite(drop) and below and above):
+        return ""
+    return (f", interpolated between perturbation epochs {_fmt(below[-1])} and "
+            f"{_fmt(above[0])}")
+
+
 def _marker_lines(cube: xr.Dataset, at: dict, run: str) -> list[str]:
     """Where sensitivity halves, and the blur ratio inside and after the blurred phase."""
     k = int(at["switch_epoch"])
@@ -321,7 +332,8 @@ def _marker_lines(cube: xr.Dataset, at: dict, run: str) -> list[str]:
                                                  lr_schedule=at["lr_schedule"]))
             if "half_deficit_epoch" in cube else np.nan)
     lines = [f"batch {at['batch_size']}, {at['lr_schedule']}, {run}: lasting L2 / epsilon "
-             f"halves by perturbation epoch {_fmt(drop)} (half-deficit epoch {_fmt(half)})"]
+             f"halves by perturbation epoch {_fmt(drop)}{_bracket(cube, drop)} (half-deficit "
+             f"epoch {_fmt(half)})"]
     if "perturb_blur_ratio" not in cube or k == int(cube["switch_epoch"].min()):
         return lines
     ratio = cube["perturb_blur_ratio"].sel(at)

@@ -473,7 +473,8 @@ def critical_period_vs_temperature(cube: xr.Dataset, path: str | Path, dpi: int 
         ax.legend(fontsize=7, loc="upper center")
     axes[0].set_ylabel("end of critical period (epoch)")
     _caption(fig, f"End of the critical period ({_seeds_note(cube)}; bars: jackknife-t "
-                  "interval over seeds), drawn only where the deficit's interval is above 0",
+                  "interval over seeds joined with the kink's profile interval), drawn only "
+                  "where the deficit's interval is above 0",
              fontsize=9)
     _save(fig, path, dpi)
 

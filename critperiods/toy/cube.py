@@ -18,6 +18,7 @@ import xarray as xr
 
 from critperiods.results.cube import _git_commit, _versions
 from critperiods.toy.landscapes import KINDS
+from critperiods.toy.llc_check import FLAGS, MAX_ENDPOINT_BIAS, flag_attrs, llc_quality
 from critperiods.toy.measure import MIN_FIT_STEPS
 
 CUBE_KIND = "toy_landscapes"
@@ -85,8 +86,25 @@ ATTRS = {
                  "1"),
     "llc_std": ("local learning coefficient at a far-start SGD endpoint, std over chains",
                 "1"),
+    "llc_rhat": ("rank-normalised split R-hat of the LLC chains at a far-start SGD endpoint",
+                 "1"),
+    "llc_trend_z": ("drift of the LLC chains at a far-start SGD endpoint: mean of the first "
+                    "20 % of draws minus the last 50 %, in Monte Carlo standard errors", "1"),
+    "llc_diverged_chains": ("LLC chains at a far-start SGD endpoint that diverged and were "
+                            "left out", "1"),
+    "llc_bias": ("n beta (L_n(endpoint) - L_n(minimum of its basin)): how far the LLC "
+                 "estimate at a far-start SGD endpoint comes off by not starting at a minimum",
+                 "1"),
+    "llc_quality": ("quality of the LLC estimate at a far-start SGD endpoint (0 = ok)", "1"),
     "llc_at_critical_point": ("local learning coefficient at w* = 0, mean over chains", "1"),
     "llc_at_critical_point_std": ("local learning coefficient at w* = 0, std over chains", "1"),
+    "llc_at_critical_point_rhat": ("rank-normalised split R-hat of the LLC chains at w* = 0",
+                                   "1"),
+    "llc_at_critical_point_trend_z": ("drift of the LLC chains at w* = 0, in Monte Carlo "
+                                      "standard errors", "1"),
+    "llc_at_critical_point_diverged_chains": ("LLC chains at w* = 0 that diverged", "1"),
+    "llc_at_critical_point_bias": ("n beta (L_n(w*) - L_n(minimum of its basin))", "1"),
+    "llc_at_critical_point_quality": ("quality of the LLC estimate at w* = 0 (0 = ok)", "1"),
     "learning_coefficient": ("exact learning coefficient of w* = 0", "1"),
     "llc_finite_nbeta_target": ("expected n beta (L - L(w*)) under the localised tempered "
                                 "posterior of the population loss at the sampler's n beta and "
@@ -96,8 +114,11 @@ ATTRS = {
 }
 
 
-def build_toy_cube(files: Iterable[str | Path], config_yaml: str) -> xr.Dataset:
-    """Merge landscape pieces (from :func:`critperiods.toy.measure.measure_landscape`)."""
+def build_toy_cube(files: Iterable[str | Path], config_yaml: str,
+                   max_endpoint_bias: float = MAX_ENDPOINT_BIAS) -> xr.Dataset:
+    """Merge landscape pieces (from :func:`critperiods.toy.measure.measure_landscape`) and
+    flag their λ̂ estimates (``llc_quality``, ``llc_at_critical_point_quality``:
+    :func:`critperiods.toy.llc_check.llc_quality` with ``toy.llc.max_endpoint_bias``)."""
     pieces = []
     for f in files:
         with xr.open_dataset(f) as opened:
@@ -112,6 +133,13 @@ def build_toy_cube(files: Iterable[str | Path], config_yaml: str) -> xr.Dataset:
     cube = cube.reindex(landscape=kinds, k1=sorted(cube.k1.values), k2=sorted(cube.k2.values))
     cube["learning_coefficient_multiplicity"] = cube.learning_coefficient_multiplicity.astype(
         float)  # NaN where no landscape
+    for prefix in ("llc", "llc_at_critical_point"):  # at the endpoints, and at w*
+        mean = cube["llc_mean" if prefix == "llc" else prefix]
+        stats = (cube[f"{prefix}_{stat}"].values
+                 for stat in ("diverged_chains", "rhat", "trend_z", "bias"))
+        cube[f"{prefix}_quality"] = mean.copy(
+            data=llc_quality(mean.values, *stats, max_endpoint_bias=max_endpoint_bias))
+        cube[f"{prefix}_quality"].attrs = flag_attrs()
     cube.attrs = {
         "Conventions": "CF-1.10",
         "title": "critperiods: SGD on toy landscapes of known degeneracy",
@@ -123,6 +151,7 @@ def build_toy_cube(files: Iterable[str | Path], config_yaml: str) -> xr.Dataset:
         "git_commit": _git_commit(),
         "llc_nbeta": llc_nbeta if llc_nbeta is not None else float("nan"),
         "convergence_min_fit_steps": MIN_FIT_STEPS,
+        "llc_max_endpoint_bias": max_endpoint_bias,
         **_versions(),
     }
     return describe(cube)
@@ -151,13 +180,25 @@ def _name(kind: str, k1: int, k2: int) -> str:
     return f"line_k{k1}" if kind == "line" else f"{kind}_k{k1}-{k2}"
 
 
+def flag_names(quality: float) -> str:
+    """``ok``, the flags of a ``llc_quality`` value joined by ``+``, or ``n/a`` (NaN)."""
+    if quality != quality:
+        return "n/a"
+    return "+".join(name for name, bit in FLAGS.items() if int(quality) & bit) or "ok"
+
+
 def summary_table(cube: xr.Dataset) -> pd.DataFrame:
-    """One row per landscape; means over learning rates, batch sizes (and coordinates)."""
+    """One row per landscape; means over learning rates, batch sizes (and coordinates).
+    ``llc_at_end`` averages only the endpoint estimates that are not flagged
+    (``end_flagged``: how many of them are); ``diverged``: the largest share of runs that
+    diverged in any cell and ensemble."""
     rows = []
     for kind, k1, k2 in configured(cube):
         c = cube.sel(landscape=kind, k1=k1, k2=k2)
         exact = float(c.learning_coefficient)
-        llc_end = float(c.llc_mean.mean())
+        made = c.llc_quality.notnull()
+        ok = c.llc_quality == 0
+        llc_end = float(c.llc_mean.where(ok).mean()) if bool(ok.any()) else float("nan")
         escape = c.escape_fraction.mean(["lr", "batch_size"])
         rows.append({
             "landscape": _name(kind, k1, k2),
@@ -165,8 +206,10 @@ def summary_table(cube: xr.Dataset) -> pd.DataFrame:
             "m": int(c.learning_coefficient_multiplicity),
             "target": float(c.llc_finite_nbeta_target),
             "llc_at_w*": float(c.llc_at_critical_point),
+            "w*_flags": flag_names(float(c.llc_at_critical_point_quality)),
             "llc_at_end": llc_end,
             "llc_end_err_%": 100 * (llc_end - exact) / exact,
+            "end_flagged": f"{int((made & ~ok).sum())}/{int(made.sum())}",
             "exponent": float(c.convergence_exponent.mean()),
             "exponent_gf": float(c.convergence_exponent_gradient_flow),
             "escape_w1": float(escape.sel(escape="w1")),
@@ -180,6 +223,7 @@ def summary_table(cube: xr.Dataset) -> pd.DataFrame:
             "noise/H": float(c.noise_ratio.sel(curvature="hessian").mean()),
             "R2": float(c.noise_r2.sel(curvature="hessian").mean()),
             "noise/GN": float(c.noise_ratio.sel(curvature="gauss_newton").mean()),
+            "diverged": float(c.diverged_fraction.max()),
         })
     return pd.DataFrame(rows).set_index("landscape")
 
@@ -201,14 +245,20 @@ def distance_table(cube: xr.Dataset) -> pd.DataFrame:
 
 def format_summary(cube: xr.Dataset) -> str:
     """The summary ``python -m critperiods summarize`` prints for a toy cube."""
+    bias = cube.attrs.get("llc_max_endpoint_bias", MAX_ENDPOINT_BIAS)
     with pd.option_context("display.width", 250, "display.max_columns", 40,
                            "display.float_format", "{:.3g}".format):
         return "\n".join([
             "Toy landscapes: means over learning rates and batch sizes",
-            "(λ̂ at w* and at far-start SGD endpoints vs exact λ; convergence exponent p of",
-            " median steps ∝ threshold^-p vs gradient flow; near-start escape shares; prior-start",
-            " endpoints vs tempered posterior: W1 per coordinate and KL, beside the sampling",
-            " level of an exact posterior sample; noise covariance / Hessian and / J^T S J)",
+            "(λ̂ at w* and at far-start SGD endpoints vs exact λ; llc_at_end averages the",
+            " endpoint estimates that are not flagged, end_flagged counts those that are:",
+            " not_at_minimum (the endpoint sits so far above a minimum that λ̂ comes off by",
+            f" more than {bias:.0%} of its value there), negative, not_converged or",
+            " diverged_chains; convergence exponent p of median steps ∝ threshold^-p vs",
+            " gradient flow; near-start escape shares; prior-start endpoints vs tempered",
+            " posterior: W1 per coordinate and KL, beside the sampling level of an exact",
+            " posterior sample; noise covariance / Hessian and / J^T S J; the largest share",
+            " of diverged runs in any cell)",
             "",
             summary_table(cube).to_string(),
             "",

@@ -35,6 +35,7 @@ import torch
 import xarray as xr
 
 from critperiods.measure.llc.estimate import estimate_llc
+from critperiods.measure.llc.quality import diagnose
 from critperiods.measure.llc.sampler import LLCConfig
 from critperiods.toy import noise, posterior
 from critperiods.toy.landscapes import (
@@ -44,6 +45,7 @@ from critperiods.toy.landscapes import (
     make_data,
     squared_error,
 )
+from critperiods.toy.llc_check import excess_above_minimum
 from critperiods.toy.sgd import run_sgd
 
 STARTS = ("far", "near", "prior")
@@ -73,6 +75,10 @@ class ToyParams:
     def from_config(cls, toy: dict[str, Any]) -> ToyParams:
         return cls(**{k: dict(toy[k]) for k in
                       ("data", "sgd", "starts", "convergence", "escape", "posterior", "llc")})
+
+
+class ToyRunError(RuntimeError):
+    """A cell whose runs left nothing to measure; the message names the cell and the key."""
 
 
 def cell_seed(*parts: object) -> int:
@@ -121,7 +127,11 @@ def hitting_quartiles(hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def escape_shares(endpoints: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
     """Share of endpoints per ESCAPES class: which coordinates ended more than ``radius``
-    from ``centre`` (a 1-D landscape only has ``w1`` and ``none``)."""
+    from ``centre`` (a 1-D landscape only has ``w1`` and ``none``). Pass the endpoints of
+    the runs that did not diverge (the cube's ``diverged_fraction`` says how many did): NaN
+    if there are none."""
+    if not len(endpoints):
+        return np.full(len(ESCAPES), np.nan)
     moved = np.abs(endpoints - centre) > radius
     if moved.shape[1] == 1:
         return np.array([moved[:, 0].mean(), 0.0, 0.0, (~moved[:, 0]).mean()])
@@ -129,17 +139,27 @@ def escape_shares(endpoints: np.ndarray, centre: np.ndarray, radius: float) -> n
     return np.array([(w1 & ~w2).mean(), (w2 & ~w1).mean(), (w1 & w2).mean(), (~w1 & ~w2).mean()])
 
 
+LLC_STATS = ("mean", "std", "rhat", "trend_z", "diverged_chains", "bias")
+
+
 def llc_at(landscape: Landscape, data: RegressionData, point: np.ndarray,
-           llc: dict[str, Any], label: str) -> tuple[float, float]:
-    """λ̂ (mean and std over chains) by ``critperiods.measure.llc.estimate_llc`` at ``point``."""
+           llc: dict[str, Any], label: str) -> dict[str, float]:
+    """λ̂ at ``point`` by ``critperiods.measure.llc.estimate_llc``: per :data:`LLC_STATS`,
+    its mean and std over chains, R-hat and trend z (:func:`critperiods.measure.llc.quality.
+    diagnose`), the number of chains that diverged, and ``nβ ΔL``, how far the point sits
+    above the minimum of its basin (:mod:`critperiods.toy.llc_check`). All NaN where the
+    point is not finite (its SGD run diverged)."""
     cfg = LLCConfig(chains=llc["chains"], draws=llc["draws"], burn_in=llc["burn_in"],
                     step_size=llc["step_size"], gamma=llc["gamma"], nbeta=llc["nbeta"],
                     batch_size=llc["batch_size"], seed=llc["seed"])
     if not np.all(np.isfinite(point)):
-        return float("nan"), float("nan")
+        return dict.fromkeys(LLC_STATS, float("nan"))
     res = estimate_llc(ToyModel(landscape, torch.from_numpy(point)), squared_error,
                        (data.x, data.y), cfg, label=label, progress=False, workers=1)
-    return res.llc_mean, res.llc_std
+    diag = diagnose(res.loss_trace, res.burn_in, res.diverged)
+    return {"mean": res.llc_mean, "std": res.llc_std, "rhat": diag.rhat,
+            "trend_z": diag.trend_z, "diverged_chains": float(np.sum(res.diverged)),
+            "bias": res.nbeta * excess_above_minimum(landscape, data, point)}
 
 
 def _pad_weights(values: np.ndarray, *axes: int) -> np.ndarray:
@@ -161,14 +181,20 @@ def _cell(landscape: Landscape, data: RegressionData, params: ToyParams, lr: flo
     diverged = result.diverged.numpy().reshape(len(STARTS), count)
     quartiles, reached = hitting_quartiles(result.hitting_steps.numpy())
     centre = near_centre(landscape, params)
+    near_ends = ends[1][~diverged[1]]
+    kept = ~diverged[2]
+    prior_ends = ends[2][kept]
+    if not len(prior_ends):
+        raise ToyRunError(
+            f"{landscape.name}, lr {lr:g}, batch {batch}: all {count} prior-start SGD runs "
+            f"diverged (|w| > 1e6 or not finite), so none is left to compare with the "
+            f"posterior: SGD is unstable at this learning rate. Lower it in toy.sgd.lrs.")
 
     post_cfg = params.posterior
     nbeta = post_cfg["nbeta"] or posterior.matched_nbeta(lr, batch, data.noise_std)
     grid = posterior.make_grid(params.starts["prior_half_width"], post_cfg["cells"],
                                post_cfg["stretch"])
     post = posterior.grid_posterior(landscape, data, nbeta, grid)
-    kept = ~diverged[2]
-    prior_ends = ends[2][kept]
     null = posterior.posterior_sample(post, len(prior_ends), cell_seed(seed, "null"))
     display = np.linspace(-grid.half_width, grid.half_width, post_cfg["display_points"])
     density = np.full((len(display), len(display)), np.nan)
@@ -186,8 +212,8 @@ def _cell(landscape: Landscape, data: RegressionData, params: ToyParams, lr: flo
     cov, hess = np.full((count, 2, 2), np.nan), np.full((count, 2, 2), np.nan)
     cov[kept] = _pad_weights(cov_at.numpy(), 1, 2)
     hess[kept] = _pad_weights(hess_at.numpy(), 1, 2)
-    llc = np.array([llc_at(landscape, data, p, params.llc, f"{landscape.name} lr={lr} B={batch}")
-                    for p in ends[0][: params.llc["endpoints"]]]).reshape(-1, 2)
+    llc = [llc_at(landscape, data, p, params.llc, f"{landscape.name} lr={lr} B={batch}")
+           for p in np.where(diverged[0, :, None], np.nan, ends[0])[: params.llc["endpoints"]]]
     weight, pair = ("weight",), ("trajectory", "weight", "weight_b")
     return xr.Dataset({
         "endpoint": (("start", "trajectory", "weight"), _pad_weights(ends, 2)),
@@ -195,10 +221,11 @@ def _cell(landscape: Landscape, data: RegressionData, params: ToyParams, lr: flo
         "convergence_steps": (("threshold", "quartile"), quartiles),
         "converged_fraction": (("threshold",), reached),
         "convergence_exponent": ((), convergence_exponent(thresholds, quartiles[:, 1])),
-        "escape_fraction": (("escape",), escape_shares(ends[1], centre,
+        "escape_fraction": (("escape",), escape_shares(near_ends, centre,
                                                        params.escape["radius"])),
         "escape_displacement": (weight, _pad_weights(
-            np.nanmedian(np.abs(ends[1] - centre), 0), 0)),
+            np.median(np.abs(near_ends - centre), 0) if len(near_ends)
+            else np.full(landscape.dim, np.nan), 0)),
         "posterior_nbeta": ((), nbeta),
         "posterior_w1_distance": (("weight", "sample"), _pad_weights(np.stack(
             [posterior.wasserstein_per_coordinate(x, post) for x in (prior_ends, null)], 1), 0)),
@@ -215,8 +242,7 @@ def _cell(landscape: Landscape, data: RegressionData, params: ToyParams, lr: flo
         "noise_ratio": (("curvature",), [fit.ratio, fit_gn.ratio]),
         "noise_r2": (("curvature",), [fit.r2, fit_gn.r2]),
         "noise_relative_error": (("curvature",), [fit.relative_error, fit_gn.relative_error]),
-        "llc_mean": (("llc_endpoint",), llc[:, 0]),
-        "llc_std": (("llc_endpoint",), llc[:, 1]),
+        **{f"llc_{stat}": (("llc_endpoint",), [e[stat] for e in llc]) for stat in LLC_STATS},
     })
 
 
@@ -246,8 +272,8 @@ def measure_landscape(landscape: Landscape, params: ToyParams,
         convergence_exponent_gradient_flow=((), landscape.gradient_flow_exponent),
         near_start_centre=(("weight",), _pad_weights(near_centre(landscape, params), 0)),
         noise_variance=((), float(data.y.pow(2).mean())),
-        llc_at_critical_point=((), star[0]),
-        llc_at_critical_point_std=((), star[1]),
+        llc_at_critical_point=((), star["mean"]),
+        **{f"llc_at_critical_point_{stat}": ((), star[stat]) for stat in LLC_STATS[1:]},
         learning_coefficient=((), landscape.learning_coefficient),
         llc_finite_nbeta_target=((), landscape.tempered_target(llc_nbeta, params.llc["gamma"])),
         learning_coefficient_multiplicity=((), landscape.multiplicity),
@@ -265,6 +291,6 @@ def measure_landscape(landscape: Landscape, params: ToyParams,
     return ds
 
 
-__all__ = ["CURVATURES", "ESCAPES", "QUARTILES", "SAMPLES", "STARTS", "ToyParams", "cell_seed",
-           "convergence_exponent", "escape_shares", "hitting_quartiles", "initial_points",
-           "llc_at", "measure_landscape", "near_centre"]
+__all__ = ["CURVATURES", "ESCAPES", "LLC_STATS", "QUARTILES", "SAMPLES", "STARTS", "ToyParams",
+           "ToyRunError", "cell_seed", "convergence_exponent", "escape_shares",
+           "hitting_quartiles", "initial_points", "llc_at", "measure_landscape", "near_centre"]

@@ -9,7 +9,11 @@ Near ``w* = 0`` the residuals are the noise, so ``C ≈ σ² Jᵀ S J`` (the Gau
 matrix).  The Hessian is ``H = Jᵀ S J + Σ_j (S u − s)_j ∇²u_j``: at a regular minimum the
 second term vanishes and ``C ≈ σ² H``; near a degenerate one it does not (see
 :func:`loss_hessian`), and along a coordinate of degree ``k`` ``C ≈ σ² k / (2k − 1) · H``.
-Either way the noise vanishes along a direction as fast as its curvature.
+Either way the noise vanishes along a direction as fast as its curvature, as long as the
+other coordinates sit at their minimum. Where one does not (``u_1 ≠ 0``), the finite sample's
+input correlation ``S₂₁`` adds ``S₂₁ u_1 ∇²u_2`` to the Hessian along ``w2``: for degree
+``k`` it vanishes only like ``w2^(k−2)``, with either sign, so there the noise vanishes faster
+than the curvature and the Hessian's diagonal entry can be ≤ 0.
 :func:`fit_proportionality` measures how close to proportional they are.
 """
 

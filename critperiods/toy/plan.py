@@ -3,10 +3,13 @@ cross-key checks a JSON schema cannot express (run before any job is planned).""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from critperiods.pipeline.config_file import read_config_file
 from critperiods.pipeline.plan import ConfigError
 
 if TYPE_CHECKING:
@@ -46,10 +49,15 @@ def piece_paths(toy: dict[str, Any], pattern: str) -> list[str]:
     return [pattern.format(landscape=land.name) for land in landscapes(toy)]
 
 
+CUBE_KEYS = {"llc": ("max_endpoint_bias",)}  # applied by toy_cube, not by the jobs
+
+
 def job_params(toy: dict[str, Any]) -> dict[str, Any]:
-    """What a landscape job reads: every ``toy`` section but the list of landscapes, so
-    adding a landscape never reruns the others."""
-    return {k: toy[k] for k in JOB_SECTIONS}
+    """What a landscape job reads: every ``toy`` section but the list of landscapes and the
+    keys the cube applies (:data:`CUBE_KEYS`), so that adding a landscape never reruns the
+    others and a flag threshold reruns no job."""
+    return {k: {key: value for key, value in toy[k].items() if key not in CUBE_KEYS.get(k, ())}
+            for k in JOB_SECTIONS}
 
 
 def check_toy_config(toy: dict[str, Any]) -> None:
@@ -73,11 +81,22 @@ def check_toy_config(toy: dict[str, Any]) -> None:
                           f"toy.sgd.trajectories ({toy['sgd']['trajectories']})")
 
 
+def check_study_chosen(config: dict[str, Any], files: Sequence[str | Path]) -> None:
+    """Refuse a config file that sets ``toy`` while ``study`` is not ``toy_landscapes``: it
+    would run the critical-period sweep and ignore the toy section."""
+    if config["study"] == "toy_landscapes":
+        return
+    if any("toy" in read_config_file(path) for path in files):
+        raise ConfigError(f"toy: set, but study is {config['study']!r}, which ignores it and "
+                          "runs the blur-switch sweep; add `study: toy_landscapes` to run the "
+                          "toy study, or remove the toy section")
+
+
 def record(config: dict[str, Any]) -> str:
     """The config a toy cube records (YAML): the experiment, the study and ``toy``."""
     return yaml.safe_dump({k: config[k] for k in ("experiment", "study", "toy")},
                           sort_keys=False)
 
 
-__all__ = ["FIGURE_LABELS", "JOB_SECTIONS", "check_toy_config", "job_params", "landscapes",
-           "piece_paths", "record"]
+__all__ = ["CUBE_KEYS", "FIGURE_LABELS", "JOB_SECTIONS", "check_study_chosen",
+           "check_toy_config", "job_params", "landscapes", "piece_paths", "record"]

@@ -156,19 +156,24 @@ def endpoints_over_posterior(cube: xr.Dataset, path: str | Path, dpi: int = 110)
 
 def noise_vs_hessian(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """Diagonal entries of the per-sample noise covariance against those of the Hessian at
-    the prior-start endpoints (cell with most noise), one panel per kind, with ``C = σ² H``."""
+    the prior-start endpoints (cell with most noise), one panel per kind, with ``C = σ² H``.
+    Entries with ``H ≤ 0`` (or ``C ≤ 0``) cannot be drawn on log axes: each panel says how
+    many there are."""
     lr, batch = hottest(cube)
     kinds = [str(k) for k in cube.landscape.values]
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), squeeze=False)
     sigma2 = float(cube.noise_variance.mean())
     for ax, kind in zip(axes[0], kinds, strict=True):
-        lo, hi = np.inf, 0.0
+        lo, hi, dropped, entries = np.inf, 0.0, 0, 0
         for i, (land, c) in enumerate(x for x in _landscapes(cube) if x[0].kind == kind):
             cell = c.sel(lr=lr, batch_size=batch)
             for j, coord in enumerate(cube.weight.values[: land.dim]):
                 cov = cell.noise_covariance.sel(weight=coord, weight_b=coord).values
                 hess = cell.loss_hessian.sel(weight=coord, weight_b=coord).values
-                ok = np.isfinite(cov) & np.isfinite(hess) & (cov > 0) & (hess > 0)
+                measured = np.isfinite(cov) & np.isfinite(hess)
+                ok = measured & (cov > 0) & (hess > 0)
+                dropped, entries = dropped + int((measured & ~ok).sum()), entries + int(
+                    measured.sum())
                 if not ok.any():
                     continue
                 lo, hi = min(lo, hess[ok].min()), max(hi, hess[ok].max())
@@ -184,6 +189,9 @@ def noise_vs_hessian(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
         ax.set_yscale("log")
         ax.set_xlabel("Hessian diagonal entry (o: w1, x: w2)")
         ax.set_title(f"{kind} (lr {lr:g}, batch {batch})", fontsize=9)
+        if dropped:  # a log axis cannot show them; say how many, never drop them silently
+            ax.text(0.98, 0.02, f"{dropped} of {entries} entries with H ≤ 0 not drawn",
+                    transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="C3")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("noise covariance diagonal entry")
@@ -192,18 +200,22 @@ def noise_vs_hessian(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
 
 def llc_vs_exact(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """λ̂ at ``w*`` and at far-start SGD endpoints (every cell) against the exact λ, with
-    the value the estimator converges to at its finite nβ (black bars)."""
+    the value the estimator converges to at its finite nβ (black bars); flagged estimates
+    (``llc_quality``) hollow."""
     fig, ax = plt.subplots(figsize=(6.0, 5.0))
     for land, c in _landscapes(cube):
         exact = float(c.learning_coefficient)
         colour = KIND_COLOURS[land.kind]
-        ends = c.llc_mean.values.ravel()
-        ax.scatter(np.full_like(ends, exact), ends, s=12, color=colour, alpha=0.6)
+        ends, ok = c.llc_mean.values.ravel(), (c.llc_quality == 0).values.ravel()
+        ax.scatter(np.full(ok.sum(), exact), ends[ok], s=12, color=colour, alpha=0.6)
+        ax.scatter(np.full((~ok).sum(), exact), ends[~ok], s=12, facecolors="none",
+                   edgecolors=colour, alpha=0.8)
         ax.scatter([exact], [float(c.llc_finite_nbeta_target)], marker="_", s=200,
                    color="k", zorder=3)
+        star_ok = float(c.llc_at_critical_point_quality) == 0
         ax.errorbar(exact, float(c.llc_at_critical_point),
                     yerr=float(c.llc_at_critical_point_std), marker="s", color=colour,
-                    mec="k", capsize=2)
+                    mec="k", mfc=colour if star_ok else "none", capsize=2)
         ax.annotate(land.name, (exact, float(c.llc_at_critical_point)), fontsize=6,
                     xytext=(4, 2), textcoords="offset points")
     top = float(np.nanmax(cube.learning_coefficient.values)) * 1.15
@@ -213,6 +225,8 @@ def llc_vs_exact(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
             ax.scatter([], [], color=colour, label=kind)
     ax.scatter([], [], marker="s", color="w", edgecolor="k", label="at w* (± std over chains)")
     ax.scatter([], [], color="0.5", s=12, label="at SGD endpoints")
+    ax.scatter([], [], facecolors="none", edgecolors="0.5", s=12,
+               label="flagged (hollow): not at a minimum, negative or not converged")
     ax.scatter([], [], marker="_", s=200, color="k", label="finite-nβ target")
     ax.set_xlabel("exact learning coefficient λ")
     ax.set_ylabel("λ̂ (critperiods.measure.llc.estimate_llc)")

@@ -3,8 +3,9 @@
 from critperiods.toy import plan as toy_plan
 
 TOY = config["toy"]
-if config["study"] == "toy_landscapes":  # the other studies never read the toy section
-    with exit_on_config_error(CONFIG_FILES):  # one line naming the key and its file
+with exit_on_config_error(CONFIG_FILES):  # one line naming the key and its file
+    toy_plan.check_study_chosen(config, CONFIG_FILES)  # toy: set, but another study chosen
+    if config["study"] == "toy_landscapes":  # the other studies never read the toy section
         toy_plan.check_toy_config(TOY)
 TOY_PIECE = os.path.join(RESULTS, "landscapes", "{landscape}.nc")
 TOY_CUBE = f"{RESULTS}/toy_cube.nc"
@@ -47,6 +48,7 @@ rule toy_cube:
                        category="Toy landscapes", labels={"figure": "T0 summary table (CSV)"}),
     params:
         config_yaml=toy_plan.record(config),
+        max_endpoint_bias=TOY["llc"]["max_endpoint_bias"],
     log:
         f"{LOGS}/toy/cube.log",
     conda:
