@@ -45,7 +45,7 @@ def _load_config(paths: list[str], recorded: tuple[str, dict] | None = None) -> 
         read_config_file,
     )
     from critperiods.pipeline.plan import check_config, check_moved_keys
-    from critperiods.toy.plan import check_toy_config
+    from critperiods.toy.plan import check_study_chosen, check_toy_config
 
     files = [ROOT / "config.yaml", *map(Path, paths)]
     blamed = files[1:] if recorded else files  # over a cube's config, config.yaml sets nothing
@@ -60,6 +60,7 @@ def _load_config(paths: list[str], recorded: tuple[str, dict] | None = None) -> 
             check_against_schema(config, schema, blamed)
             validate(config, str(schema))
             check_config(config, yaml.safe_load(schema.read_text()))
+            check_study_chosen(config, files[1:])  # as the Snakefile
             if config["study"] == "toy_landscapes":  # as the Snakefile: only the toy study
                 check_toy_config(config["toy"])
     except SystemExit as err:

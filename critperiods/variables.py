@@ -148,12 +148,13 @@ def attrs(name: str) -> dict:
     return {"long_name": long_name} if units is None else {"long_name": long_name, "units": units}
 
 
-def llc_quality_flag_attrs() -> dict:
-    """CF attributes of the ``llc_quality`` bit field (0 = ok)."""
-    masks = [sum(LLC_QUALITY_FLAGS.values()), *LLC_QUALITY_FLAGS.values()]
+def llc_quality_flag_attrs(flags: dict[str, int] = LLC_QUALITY_FLAGS) -> dict:
+    """CF attributes of an ``llc_quality`` bit field (0 = ok) of ``flags`` (name → bit):
+    the λ̂ stage's by default."""
+    masks = [sum(flags.values()), *flags.values()]
     return {"flag_masks": np.asarray(masks, dtype=np.int8),
-            "flag_values": np.asarray([0, *LLC_QUALITY_FLAGS.values()], dtype=np.int8),
-            "flag_meanings": " ".join(["ok", *LLC_QUALITY_FLAGS])}
+            "flag_values": np.asarray([0, *flags.values()], dtype=np.int8),
+            "flag_meanings": " ".join(["ok", *flags])}
 
 
 def run_diverged_flag_attrs() -> dict:

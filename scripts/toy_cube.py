@@ -6,6 +6,7 @@ from critperiods.toy.cube import build_toy_cube, summary_csv
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 setup(sm)
-cube = build_toy_cube(sm.input, sm.params.config_yaml, sm.params.max_endpoint_bias)
+cube = build_toy_cube(sm.input, sm.params.config_yaml, sm.params.max_endpoint_bias,
+                      sm.params.max_rhat, sm.params.max_trend_z)
 write_netcdf(cube, sm.output.cube)
 summary_csv(cube, sm.output.summary)

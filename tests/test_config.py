@@ -349,6 +349,8 @@ def test_the_cli_says_its_version_and_documents_every_option():
     ("optimizer:\n  lr_after_switch: restart\n", "optimizer.lr_after_switch: replaced by the "
                                                    "sweep axis grid.lr_schedules; write grid:"),
     ("optimizer:\n  lr_after_switch: restart\n", "(set in {path})"),
+    ("toy:\n  sgd:\n    lrs: [0.02]\n", "toy: set, but study is 'critical_period', which "
+                                         "ignores it"),
 ])
 def test_cost_names_the_bad_key_and_its_file_in_one_line(tmp_path, text, expected):
     """A typo, a bad value or broken YAML in a config file: one line that names the key (and
@@ -484,7 +486,8 @@ def test_cost_of_the_toy_study_counts_its_jobs_and_refuses_its_bad_keys(tmp_path
         "critperiods: config error: toy.starts.far: 5.0 lies outside the prior box [-1.0, 1.0] "
         f"(toy.starts.prior_half_width) (set in {bad})")
     unread = _write(tmp_path / "main.yaml", {"toy": {"starts": {"far": 5.0}}})
-    assert cost(unread).returncode == 0  # the main study never reads `toy`, as the Snakefile
+    out = cost(unread)  # `toy` without `study: toy_landscapes`: refused, as by the Snakefile
+    assert out.returncode == 1 and "add `study: toy_landscapes`" in out.stderr, out.stderr
 
 
 def test_more_batch_swaps_than_an_epoch_has_pairs_are_refused():

@@ -28,8 +28,11 @@ from critperiods.toy.llc_check import FLAGS, excess_above_minimum, llc_quality
 from critperiods.toy.measure import (
     ToyParams,
     ToyRunError,
+    cell_seed,
     convergence_exponent,
     escape_shares,
+    hitting_quartiles,
+    initial_points,
     llc_at,
     measure_landscape,
 )
@@ -201,6 +204,8 @@ def test_escape_shares_classify_the_moved_coordinates():
     assert escape_shares(ends, np.zeros(2), 0.05).tolist() == [0.25, 0.25, 0.25, 0.25]
     assert escape_shares(ends[:, :1], np.zeros(1), 0.05).tolist() == [0.5, 0.0, 0.0, 0.5]
     assert np.isnan(escape_shares(ends[:0], np.zeros(2), 0.05)).all()  # every run diverged
+    quartiles, reached = hitting_quartiles(np.zeros((0, 3), dtype=int))
+    assert quartiles.shape == (3, 3) and np.isnan(quartiles).all() and np.isnan(reached).all()
 
 
 def _tiny_params(**sgd) -> ToyParams:
@@ -227,6 +232,16 @@ def test_diverged_runs_are_neither_stuck_nor_measured():
     kept = np.isfinite(near) & (np.abs(near) <= 1e6)
     stuck = np.mean(np.abs(near[kept]) <= params.escape["radius"])  # centre w* = 0
     assert float(cell.escape_fraction.sel(escape="none")) == pytest.approx(stuck)
+    # the same runs again: convergence counts only the far-start runs that did not diverge
+    data = make_data(land, params.data["n"], params.data["noise_std"],
+                     cell_seed(params.data["seed"], land.name), params.data["orthogonal_noise"])
+    seed = cell_seed(params.sgd["seed"], land.name, 1.2, 4)
+    thresholds = np.asarray(params.convergence["thresholds"], float)
+    again = run_sgd(land, data, initial_points(land, params, seed), 1.2, 4, 100, seed,
+                    thresholds=thresholds, track=32)
+    kept = ~again.diverged.numpy()[:32]
+    np.testing.assert_allclose(cell.converged_fraction,
+                               (again.hitting_steps.numpy()[kept] >= 0).mean(0))
     far = cell.endpoint.sel(start="far", weight="w1").values[:8]
     gone = ~np.isfinite(far) | (np.abs(far) > 1e6)
     assert gone.any() and not gone.all()
@@ -414,6 +429,11 @@ def test_llc_quality_adds_not_at_minimum_to_the_stage_flags():
     assert np.isnan(got[3])  # no estimate made (the SGD run diverged)
     assert got[4] == FLAGS["not_converged"]  # 0.05 of 0.55 is within 10 %
     assert flag_names(got[1]) == "not_at_minimum" and flag_names(0.0) == "ok"
+    unmeasured = llc_quality(np.array([0.5]), np.zeros(1), np.ones(1), np.zeros(1),
+                             np.array([np.nan]))
+    assert unmeasured[0] == FLAGS["not_at_minimum"]  # a bias that could not be measured
+    assert llc_quality(np.array([0.5]), np.zeros(1), np.array([1.07]), np.zeros(1),
+                       np.zeros(1), max_rhat=1.05)[0] == FLAGS["not_converged"]
     assert flag_names(float("nan")) == "n/a"
 
 

@@ -17,6 +17,7 @@ import yaml
 import critperiods
 from critperiods.__main__ import main
 from critperiods.toy.cube import summary_table
+from critperiods.toy.llc_check import FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests/configs/toy_tiny.yaml"
@@ -99,14 +100,27 @@ def test_toy_cube_flags_its_llc_estimates_and_the_summary_counts_them(run, capsy
     made = cube.llc_mean.notnull()
     assert (cube.llc_quality.notnull() == made).all() and (cube.llc_bias.notnull() == made).all()
     assert float(cube.llc_at_critical_point_bias.sel(landscape="line", k1=2, k2=0)) == 0
+    # two estimates of line_k2 set by hand: 0.2 ok, 0.4 flagged → the mean is 0.2
+    line = dict(landscape="line", k1=2, k2=0)
+    assert cube.llc_mean.sel(line).size == 2  # lr 0.05 × batch sizes 4, 32
+    cube["llc_mean"].loc[line] = [[[0.2], [0.4]]]
+    cube["llc_quality"].loc[line] = [[[0], [FLAGS["not_at_minimum"]]]]
     table = summary_table(cube)
-    line = cube.sel(landscape="line", k1=2, k2=0)
-    ok = line.llc_quality == 0
-    want = float(line.llc_mean.where(ok).mean()) if bool(ok.any()) else float("nan")
-    assert table.loc["line_k2", "llc_at_end"] == pytest.approx(want, nan_ok=True)
-    made = line.llc_mean.notnull()
-    assert table.loc["line_k2", "end_flagged"] == f"{int((made & ~ok).sum())}/{int(made.sum())}"
+    assert table.loc["line_k2", "llc_at_end"] == pytest.approx(0.2)
+    assert table.loc["line_k2", "llc_end_err_%"] == pytest.approx(-20.0)
+    assert (table.loc["line_k2", "end_n"], table.loc["line_k2", "end_flagged"]) == (1, 1)
+    cube["llc_quality"].loc[line] = [[[FLAGS["not_converged"]], [FLAGS["negative"]]]]
+    assert np.isnan(summary_table(cube).loc["line_k2", "llc_at_end"])  # nothing left to average
     assert "diverged" in table.columns
+
+
+def test_the_lambda_hat_thresholds_rerun_only_the_toy_cube_and_plots(run, tmp_path):
+    """analysis.llc_max_rhat and llc_max_trend_z flag the toy study's λ̂ too, in the cube:
+    changing them reruns no landscape job."""
+    stricter = tmp_path / "stricter.yaml"
+    stricter.write_text("analysis:\n  llc_max_rhat: 1.05\n  llc_max_trend_z: 2.0\n")
+    out = snakemake(run, "-n", configs=[stricter])
+    assert sorted(planned_rules(out)) == ["all", "toy_cube", "toy_plots"], out
 
 
 def test_a_config_with_toy_keys_but_another_study_fails_naming_the_fix(run, tmp_path):

@@ -16,10 +16,12 @@ from pathlib import Path
 import pandas as pd
 import xarray as xr
 
+from critperiods.measure.llc.quality import MAX_RHAT, MAX_TREND_Z
 from critperiods.results.cube import _git_commit, _versions
 from critperiods.toy.landscapes import KINDS
-from critperiods.toy.llc_check import FLAGS, MAX_ENDPOINT_BIAS, flag_attrs, llc_quality
+from critperiods.toy.llc_check import FLAGS, MAX_ENDPOINT_BIAS, llc_quality
 from critperiods.toy.measure import MIN_FIT_STEPS
+from critperiods.variables import llc_quality_flag_attrs
 
 CUBE_KIND = "toy_landscapes"
 
@@ -46,13 +48,16 @@ ATTRS = {
     "endpoint": ("weights after the last SGD step", "1"),
     "diverged_fraction": ("share of runs that diverged (non-finite or |w| > 1e6)", "1"),
     "convergence_steps": ("SGD steps until L_n(w) - L_n(w*) first falls below the threshold, "
-                          "quantile over far-start runs (NaN: not reached by that share)", "1"),
-    "converged_fraction": ("share of far-start runs that reached the threshold", "1"),
+                          "quantile over the far-start runs that did not diverge (NaN: not "
+                          "reached by that share)", "1"),
+    "converged_fraction": ("share of the far-start runs that did not diverge that reached "
+                           "the threshold", "1"),
     "convergence_exponent": ("p in median convergence steps proportional to threshold^(-p), "
                              "least squares over the thresholds reached", "1"),
     "convergence_exponent_gradient_flow": ("p of gradient flow from the far start as the "
                                            "threshold goes to 0", "1"),
-    "escape_fraction": ("share of near-start runs per escape class", "1"),
+    "escape_fraction": ("share of the near-start runs that did not diverge per escape class",
+                        "1"),
     "escape_displacement": ("median |w - centre| per coordinate at the end of near-start runs",
                             "1"),
     "near_start_centre": ("critical point the near-start runs begin around", "1"),
@@ -115,10 +120,12 @@ ATTRS = {
 
 
 def build_toy_cube(files: Iterable[str | Path], config_yaml: str,
-                   max_endpoint_bias: float = MAX_ENDPOINT_BIAS) -> xr.Dataset:
+                   max_endpoint_bias: float = MAX_ENDPOINT_BIAS, max_rhat: float = MAX_RHAT,
+                   max_trend_z: float = MAX_TREND_Z) -> xr.Dataset:
     """Merge landscape pieces (from :func:`critperiods.toy.measure.measure_landscape`) and
     flag their λ̂ estimates (``llc_quality``, ``llc_at_critical_point_quality``:
-    :func:`critperiods.toy.llc_check.llc_quality` with ``toy.llc.max_endpoint_bias``)."""
+    :func:`critperiods.toy.llc_check.llc_quality` with ``toy.llc.max_endpoint_bias``,
+    ``analysis.llc_max_rhat`` and ``analysis.llc_max_trend_z``)."""
     pieces = []
     for f in files:
         with xr.open_dataset(f) as opened:
@@ -137,9 +144,10 @@ def build_toy_cube(files: Iterable[str | Path], config_yaml: str,
         mean = cube["llc_mean" if prefix == "llc" else prefix]
         stats = (cube[f"{prefix}_{stat}"].values
                  for stat in ("diverged_chains", "rhat", "trend_z", "bias"))
-        cube[f"{prefix}_quality"] = mean.copy(
-            data=llc_quality(mean.values, *stats, max_endpoint_bias=max_endpoint_bias))
-        cube[f"{prefix}_quality"].attrs = flag_attrs()
+        cube[f"{prefix}_quality"] = mean.copy(data=llc_quality(
+            mean.values, *stats, max_endpoint_bias=max_endpoint_bias, max_rhat=max_rhat,
+            max_trend_z=max_trend_z))
+        cube[f"{prefix}_quality"].attrs = llc_quality_flag_attrs(FLAGS)
     cube.attrs = {
         "Conventions": "CF-1.10",
         "title": "critperiods: SGD on toy landscapes of known degeneracy",
@@ -152,6 +160,8 @@ def build_toy_cube(files: Iterable[str | Path], config_yaml: str,
         "llc_nbeta": llc_nbeta if llc_nbeta is not None else float("nan"),
         "convergence_min_fit_steps": MIN_FIT_STEPS,
         "llc_max_endpoint_bias": max_endpoint_bias,
+        "llc_max_rhat": max_rhat,
+        "llc_max_trend_z": max_trend_z,
         **_versions(),
     }
     return describe(cube)
@@ -189,9 +199,9 @@ def flag_names(quality: float) -> str:
 
 def summary_table(cube: xr.Dataset) -> pd.DataFrame:
     """One row per landscape; means over learning rates, batch sizes (and coordinates).
-    ``llc_at_end`` averages only the endpoint estimates that are not flagged
-    (``end_flagged``: how many of them are); ``diverged``: the largest share of runs that
-    diverged in any cell and ensemble."""
+    ``llc_at_end`` averages only the ``end_n`` endpoint estimates that are not flagged
+    (``end_flagged``: how many are); ``diverged``: the largest share of runs that diverged
+    in any cell and ensemble."""
     rows = []
     for kind, k1, k2 in configured(cube):
         c = cube.sel(landscape=kind, k1=k1, k2=k2)
@@ -209,7 +219,8 @@ def summary_table(cube: xr.Dataset) -> pd.DataFrame:
             "w*_flags": flag_names(float(c.llc_at_critical_point_quality)),
             "llc_at_end": llc_end,
             "llc_end_err_%": 100 * (llc_end - exact) / exact,
-            "end_flagged": f"{int((made & ~ok).sum())}/{int(made.sum())}",
+            "end_n": int(ok.sum()),
+            "end_flagged": int((made & ~ok).sum()),
             "exponent": float(c.convergence_exponent.mean()),
             "exponent_gf": float(c.convergence_exponent_gradient_flow),
             "escape_w1": float(escape.sel(escape="w1")),
@@ -251,7 +262,7 @@ def format_summary(cube: xr.Dataset) -> str:
         return "\n".join([
             "Toy landscapes: means over learning rates and batch sizes",
             "(λ̂ at w* and at far-start SGD endpoints vs exact λ; llc_at_end averages the",
-            " endpoint estimates that are not flagged, end_flagged counts those that are:",
+            " end_n endpoint estimates not flagged, end_flagged counts those that are:",
             " not_at_minimum (the endpoint sits so far above a minimum that λ̂ comes off by",
             f" more than {bias:.0%} of its value there), negative, not_converged or",
             " diverged_chains; convergence exponent p of median steps ∝ threshold^-p vs",

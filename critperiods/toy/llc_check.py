@@ -9,7 +9,8 @@ closed-form ``L_n``), the landscape job records ``nβ ΔL`` beside each estimate
 flags an estimate ``not_at_minimum`` (:data:`FLAGS`) when that bias is more than
 ``toy.llc.max_endpoint_bias`` of ``λ̂ + nβ ΔL``, the value at the minimum. The other flags
 are the λ̂ stage's (:mod:`critperiods.measure.llc.quality`: ``negative``,
-``not_converged`` at its default R-hat and trend thresholds, ``diverged_chains``).
+``not_converged`` at ``analysis.llc_max_rhat`` and ``analysis.llc_max_trend_z``,
+``diverged_chains``).
 """
 
 from __future__ import annotations
@@ -44,28 +45,26 @@ def excess_above_minimum(landscape: Landscape, data: RegressionData, point: np.n
     start = loss_and_grad(point)[0]
     found = minimize(loss_and_grad, point, jac=True, method="L-BFGS-B",
                      options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000})
-    return max(0.0, start - min(start, float(found.fun)))
+    if not np.isfinite(found.fun):  # a failed descent says nothing: not "at a minimum"
+        return float("nan")
+    return max(0.0, start - float(found.fun))
 
 
 def llc_quality(llc_mean: np.ndarray, diverged_chains: np.ndarray, rhat: np.ndarray,
                 trend_z: np.ndarray, bias: np.ndarray,
-                max_endpoint_bias: float = MAX_ENDPOINT_BIAS) -> np.ndarray:
+                max_endpoint_bias: float = MAX_ENDPOINT_BIAS, max_rhat: float = MAX_RHAT,
+                max_trend_z: float = MAX_TREND_Z) -> np.ndarray:
     """The flag bits of every estimate (arrays of one shape; NaN where none was made): the
-    λ̂ stage's flags, and ``not_at_minimum`` where ``bias`` (``nβ ΔL``) exceeds
-    ``max_endpoint_bias · (λ̂ + bias)``."""
-    bits = quality_flags(llc_mean, diverged_chains, rhat, trend_z, MAX_RHAT, MAX_TREND_Z)
+    λ̂ stage's flags at its thresholds (``analysis.llc_max_rhat``, ``llc_max_trend_z``), and
+    ``not_at_minimum`` where ``bias`` (``nβ ΔL``) exceeds ``max_endpoint_bias · (λ̂ + bias)``
+    or could not be measured (NaN). The bias is systematic: it does not average out over
+    chains or cells, so it is flagged even where it is within the chains' own noise."""
+    bits = quality_flags(llc_mean, diverged_chains, rhat, trend_z, max_rhat, max_trend_z)
     mean, bias = np.asarray(llc_mean, dtype=float), np.asarray(bias, dtype=float)
     with np.errstate(invalid="ignore"):
-        off = bias > max_endpoint_bias * (mean + bias)
+        off = (bias > max_endpoint_bias * (mean + bias)) | (np.isnan(bias) & np.isfinite(mean))
     return np.where(np.isnan(bits), np.nan,
                     np.nan_to_num(bits).astype(int) | np.where(off, FLAGS["not_at_minimum"], 0))
 
 
-def flag_attrs() -> dict:
-    """CF attributes of ``llc_quality`` (0 = ok)."""
-    return {"flag_masks": np.asarray([sum(FLAGS.values()), *FLAGS.values()], dtype=np.int8),
-            "flag_values": np.asarray([0, *FLAGS.values()], dtype=np.int8),
-            "flag_meanings": " ".join(["ok", *FLAGS])}
-
-
-__all__ = ["FLAGS", "MAX_ENDPOINT_BIAS", "excess_above_minimum", "flag_attrs", "llc_quality"]
+__all__ = ["FLAGS", "MAX_ENDPOINT_BIAS", "excess_above_minimum", "llc_quality"]

@@ -119,7 +119,10 @@ def convergence_exponent(thresholds: np.ndarray, median_steps: np.ndarray) -> fl
 
 def hitting_quartiles(hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Quartiles over trajectories of the hitting steps (thresholds, 3) — NaN where fewer
-    than that share reached it — and the share that reached each threshold."""
+    than that share reached it — and the share that reached each threshold. Pass the runs
+    that did not diverge: with none, all NaN."""
+    if not len(hits):
+        return np.full((hits.shape[1], len(QUARTILES)), np.nan), np.full(hits.shape[1], np.nan)
     steps = np.where(hits >= 0, hits, np.inf).astype(float)
     q = np.quantile(steps, QUARTILES, axis=0, method="inverted_cdf").T  # no inf − inf
     return np.where(np.isfinite(q), q, np.nan), (hits >= 0).mean(0)
@@ -179,7 +182,7 @@ def _cell(landscape: Landscape, data: RegressionData, params: ToyParams, lr: flo
                      sgd["steps"], seed, thresholds=thresholds, track=count, progress=progress)
     ends = result.endpoints.numpy().reshape(len(STARTS), count, landscape.dim)
     diverged = result.diverged.numpy().reshape(len(STARTS), count)
-    quartiles, reached = hitting_quartiles(result.hitting_steps.numpy())
+    quartiles, reached = hitting_quartiles(result.hitting_steps.numpy()[~diverged[0]])
     centre = near_centre(landscape, params)
     near_ends = ends[1][~diverged[1]]
     kept = ~diverged[2]

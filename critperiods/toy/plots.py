@@ -190,7 +190,8 @@ def noise_vs_hessian(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
         ax.set_xlabel("Hessian diagonal entry (o: w1, x: w2)")
         ax.set_title(f"{kind} (lr {lr:g}, batch {batch})", fontsize=9)
         if dropped:  # a log axis cannot show them; say how many, never drop them silently
-            ax.text(0.98, 0.02, f"{dropped} of {entries} entries with H ≤ 0 not drawn",
+            ax.text(0.98, 0.02, f"{dropped} of {entries} entries with H ≤ 0 or C ≤ 0 "
+                    "not drawn",
                     transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="C3")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6)
@@ -226,7 +227,8 @@ def llc_vs_exact(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     ax.scatter([], [], marker="s", color="w", edgecolor="k", label="at w* (± std over chains)")
     ax.scatter([], [], color="0.5", s=12, label="at SGD endpoints")
     ax.scatter([], [], facecolors="none", edgecolors="0.5", s=12,
-               label="flagged (hollow): not at a minimum, negative or not converged")
+               label="flagged (hollow): not at a minimum, negative, not converged or "
+                     "diverged chains")
     ax.scatter([], [], marker="_", s=200, color="k", label="finite-nβ target")
     ax.set_xlabel("exact learning coefficient λ")
     ax.set_ylabel("λ̂ (critperiods.measure.llc.estimate_llc)")

@@ -49,6 +49,8 @@ rule toy_cube:
     params:
         config_yaml=toy_plan.record(config),
         max_endpoint_bias=TOY["llc"]["max_endpoint_bias"],
+        max_rhat=config["analysis"]["llc_max_rhat"],
+        max_trend_z=config["analysis"]["llc_max_trend_z"],
     log:
         f"{LOGS}/toy/cube.log",
     conda:
