@@ -70,6 +70,20 @@ def _load_config(paths: list[str], recorded: tuple[str, dict] | None = None) -> 
     return config
 
 
+def _number(kind: type, least: float, why: str = "", strict: bool = False):
+    """An argparse ``type`` that reads ``kind`` and refuses a value below ``least`` (or equal
+    to it, with ``strict``), saying why: the flag, the value and the bound in one line."""
+    def read(text: str):
+        value = kind(text)
+        if value < least or (strict and value == least):
+            bound = f"{'above' if strict else 'at least'} {least:g}"
+            raise argparse.ArgumentTypeError(f"{text}: must be {bound}"
+                                             + (f" ({why})" if why else ""))
+        return value
+    read.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return read
+
+
 def _not_a_file(path: Path) -> str | None:
     """Why ``path`` is no file to read (a folder, or nothing there), or None."""
     if path.is_file():
@@ -323,7 +337,7 @@ def power(args: argparse.Namespace) -> int:
               "period to locate; power is for the critical_period study", file=sys.stderr)
         return 2
     grid = grid_of(config)
-    seeds = args.seeds or sorted({grid.seeds, 2 * grid.seeds})
+    seeds = args.seeds or sorted({max(2, grid.seeds), 2 * grid.seeds})  # 1 seed: no interval
     given = {k: tuple(v) if isinstance(v, list) else v
              for k in _NOISE_FLAGS if (v := getattr(args, k)) is not None}
     noise = replace(DEFAULT_NOISE, **given)
@@ -463,27 +477,32 @@ def main(argv: list[str] | None = None) -> int:
                    help="configs laid over config.yaml (none: the default experiment)")
     p.add_argument("--configfile", nargs="+", default=[], dest="configfiles",
                    help="the same, spelled as for snakemake")
-    p.add_argument("--seeds", type=int, nargs="+", default=None,
-                   help="numbers of seeds to simulate (default: the config's, and twice that)")
+    p.add_argument("--seeds", type=_number(int, 2, "intervals over seeds need 2 of them"),
+                   nargs="+", default=None,
+                   help="numbers of seeds to simulate, each at least 2 (default: the config's, "
+                        "and twice that)")
     p.add_argument("--offset", type=float, default=4.0,
                    help="epochs between the end and the knee (after) or drop (before): 4")
     p.add_argument("--end", type=float, default=None,
                    help="the true end (default: the middle of the switch range; with "
                         "--noise-from, the run's located end)")
-    p.add_argument("--trials", type=int, default=200, help="simulated runs per row: 200")
+    p.add_argument("--trials", type=_number(int, 1), default=200,
+                   help="simulated runs per row: 200")
     p.add_argument("--noise-from", metavar="CUBE", default=None,
                    help="a finished run's cube: a table per batch size at the noise and effect "
                         "sizes it measured, its located end as the end (the grid: its own, "
                         "or the configs given)")
-    p.add_argument("--llc-noise", type=float, default=None, help="s.d. of a λ̂ estimate: 10")
+    p.add_argument("--llc-noise", type=_number(float, 0), default=None,
+                   help="s.d. of a λ̂ estimate: 10")
     p.add_argument("--llc-slopes", type=float, nargs=2, default=None,
                    metavar=("BEFORE", "AFTER"),
                    help="λ̂ per epoch before and after the knee: 8 2")
-    p.add_argument("--accuracy-noise", type=float, default=None,
+    p.add_argument("--accuracy-noise", type=_number(float, 0), default=None,
                    help="s.d. of a run's final accuracy, pp: 1")
-    p.add_argument("--deficit-slope", type=float, default=None,
+    p.add_argument("--deficit-slope", type=_number(float, 0, "a flat sweep has no end",
+                                                   strict=True), default=None,
                    help="final accuracy lost per epoch of delay past the end, pp: 0.5")
-    p.add_argument("--seed-shift", type=float, default=None,
+    p.add_argument("--seed-shift", type=_number(float, 0), default=None,
                    help="s.d. of a seed's relative shift of the end, knee and drop: 0")
     p.set_defaults(func=power)
 

@@ -83,7 +83,8 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
                  "float32 (0); the chains' state is float32 either way", "1"),
     # aggregate: the critical-period summary, per (batch_size, lr_schedule)
     "critical_period_end": ("end of the critical period (hinge kink), in epochs", "1"),
-    "critical_period_slope": ("final accuracy lost per epoch of delay after the kink", "1"),
+    "critical_period_slope": ("change of final accuracy per epoch of delay after the kink "
+                              "(negative: accuracy lost)", "1"),
     "permanent_deficit": ("final sharp test accuracy of the earliest switch minus that of the "
                           "latest, paired by seed, mean over seeds", "1"),
     "half_deficit_epoch": ("switch epoch at half the final permanent deficit", "1"),

@@ -919,6 +919,22 @@ def test_the_markers_answer_counts_the_offsets_told_from_the_end_and_their_flags
     assert "* **Do λ̂ and the divergence mark the end?** λ̂ knees: 6 of 6" in "\n".join(answer)
     assert tables.marker_tally(summary.drop_vars("llc_knee_minus_end_trunk")) == []
 
+def test_the_markers_answer_says_where_the_divergence_drop_follows_the_learning_rate() -> None:
+    """A distance that halves with the rate decaying but never with it restarted is the
+    learning-rate confound, not a marker of the end: the tally's last line names those batch
+    sizes, and says nothing where the restart halves too."""
+    summary = critical_period_summary(flat_restart(synthetic_cube()))
+    drop = summary["divergence_drop_epoch"]
+    drop.loc[{"lr_schedule": "continue"}] = [4.0, 3.0, 2.5]
+    drop.loc[{"lr_schedule": "restart"}] = [np.nan, np.nan, 3.5]
+    last = tables.marker_tally(summary)[-1]
+    assert last.startswith("divergence drops follow the learning rate: at batch 32, 64 the "
+                           "distance halves with the rate decaying (continue) but never with "
+                           "it restarted"), last
+    drop.loc[{"lr_schedule": "restart"}] = [5.0, 4.0, 3.5]
+    assert not any("follow the learning rate" in line for line in tables.marker_tally(summary))
+
+
 def test_summarize_recomputes_a_cube_without_the_within_noise_flag(tmp_path, capsys) -> None:
     """A cube aggregated before the within-noise flag is recomputed, so a knee on a line
     within its noise is marked as such rather than read as a bend."""

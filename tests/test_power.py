@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from critperiods.__main__ import main
 from critperiods.results.power import DEFAULT_GRID, DEFAULT_NOISE, Grid, Scenario, coverage, grid_of
 
@@ -46,6 +48,21 @@ def test_the_command_prints_a_row_per_number_of_seeds(capsys):
     assert "λ̂ ± 1 per estimate" in out and "knee 2 after the end: called" in out
     rows = [line for line in out.splitlines() if line[:3] in ("| 2", "| 4")]
     assert [row.split(" | ")[0] for row in rows] == ["| 2", "| 4"]
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--trials", "0"], "argument --trials: 0: must be at least 1"),
+    (["--seeds", "1"], "argument --seeds: 1: must be at least 2"),  # no interval over 1 seed
+    (["--llc-noise", "-5"], "argument --llc-noise: -5: must be at least 0"),
+    (["--seed-shift", "-1"], "argument --seed-shift: -1: must be at least 0"),
+    (["--deficit-slope", "0"], "argument --deficit-slope: 0: must be above 0"),
+])
+def test_the_command_refuses_impossible_flags_naming_them(capsys, flags, says):
+    """Values no simulation can mean end with one line naming the flag, not a table of
+    n/a, a 100 % from an untested row, or a numpy traceback."""
+    with pytest.raises(SystemExit) as stop:
+        main(["power", *flags])
+    assert stop.value.code == 2 and says in capsys.readouterr().err
 
 
 def test_the_command_declines_the_toy_study_in_one_line(capsys):

@@ -171,7 +171,10 @@ def _legend(cube: xr.Dataset) -> str:
             "against epoch bends, along the blurred trunk and along the never-blurred run "
             "(valid estimates only; brackets: "
             f"{as_said(cube.attrs.get('knee_interval_kind', 'an interval over seeds'))}); "
-            f"*unstable*: {UNSTABLE_REASON}; *within noise*: {WITHIN_NOISE_REASON}")
+            f"*unstable*: {UNSTABLE_REASON}; *within noise*: {WITHIN_NOISE_REASON}; "
+            "*λ̂ ok / estimates*: of the λ̂ estimates on the runs of that batch size and "
+            "schedule, the blurred trunk's and the never-blurred run's counted in both "
+            "schedules' rows")
     if "divergence" not in absent:
         parts.append(
             "*divergence marker*: the switch epoch where the distance to the always-blurred "

@@ -130,7 +130,8 @@ def marker_tally(summary: xr.Dataset) -> list[str]:
     for λ̂ how many of those rest on a flagged knee (:func:`knee_flags`). "λ̂ knees: 2 of 6
     offsets exclude 0 (batch 64, continue, never-blurred: after; …), both on flagged knees
     (within-noise); the other 4 include 0", or "divergence drops: none of 3 offsets from
-    the end excludes 0". Empty without offsets."""
+    the end excludes 0". Empty without offsets. A last line says where the divergence drop
+    follows the learning rate (:func:`_drops_without_restart`)."""
     if any(name not in summary for name in MARKER_STATISTICS):
         return []
     table = summary_table(summary)
@@ -165,7 +166,28 @@ def marker_tally(summary: xr.Dataset) -> list[str]:
         if n > len(told):
             said += f"; the other {n - len(told)} include 0"
         lines.append(said)
-    return lines
+    return lines + _drops_without_restart(summary)
+
+
+def _drops_without_restart(summary: xr.Dataset) -> list[str]:
+    """The line that says where the distance halves with the rate decaying (``continue``)
+    but never with it restarted: there a later switch's smaller learning rate alone shrinks
+    the distance, and the drop is the learning-rate confound, as the deficit is. Empty
+    without a ``restart`` schedule or where the restart halves too."""
+    drop = summary.get("divergence_drop_epoch")
+    if drop is None or "lr_schedule" not in drop.dims or not {"continue", "restart"} <= set(
+            drop["lr_schedule"].values.tolist()):
+        return []
+    batches = [b for b in drop["batch_size"].values
+               if np.isfinite(float(drop.sel(batch_size=b, lr_schedule="continue")))
+               and np.isnan(float(drop.sel(batch_size=b, lr_schedule="restart")))]
+    if not batches:
+        return []
+    return [f"divergence drops follow the learning rate: at batch "
+            f"{', '.join(f'{b:g}' for b in batches)} the distance halves with the rate "
+            "decaying (continue) but never with it restarted: there the drop reflects the "
+            "smaller rate a later switch trains at, not the critical period (the "
+            "learning-rate confound, as for the deficit)"]
 
 
 def runs_at_chance(cube: xr.Dataset, classes: int = CLASSES) -> list[str]:
