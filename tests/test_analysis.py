@@ -1529,8 +1529,10 @@ def test_the_perturbation_growth_figure_names_each_runs_line_style() -> None:
 def test_the_divergence_figure_shows_the_drop_beside_the_end(monkeypatch, tmp_path) -> None:
     """Figure 4b's third panel: per batch size, the continue schedule's distance at the
     horizon over the earliest switch's (starting at 1, the drop where it crosses 0.5), the
-    drop as a triangle at its value with its interval as a bar, and the located end dashed."""
+    drop as a triangle at its value with its interval as a bar, the located end dotted, and
+    the restart schedule's distance dashed with hollow markers beside it."""
     from critperiods.results import plots
+    from critperiods.results.selection import divergence_at_horizon
 
     cube = with_schedules(synthetic_cube())
     summary = critical_period_summary(cube)
@@ -1550,11 +1552,18 @@ def test_the_divergence_figure_shows_the_drop_beside_the_end(monkeypatch, tmp_pa
     assert bars == [tuple(v) for v in
                     cube.divergence_drop_epoch_interval.sel(lr_schedule="continue").values]
     ends = located_end(cube).sel(lr_schedule="continue").values
-    dashed = [float(line.get_xdata()[0]) for line in lines if line.get_linestyle() == "--"]
-    assert dashed == pytest.approx(list(ends[np.isfinite(ends)]))
+    dotted = [float(line.get_xdata()[0]) for line in lines if line.get_linestyle() == ":"]
+    assert dotted == pytest.approx(list(ends[np.isfinite(ends)]))
     curves = [line for line in lines if line.get_marker() == "o"]
-    assert len(curves) == BATCHES.size
+    solid = [c for c in curves if c.get_linestyle() == "-"]
+    dashed = [c for c in curves if c.get_linestyle() == "--"]
+    assert len(solid) == len(dashed) == BATCHES.size
     assert all(float(c.get_ydata()[np.isfinite(c.get_ydata())][0]) == 1.0 for c in curves)
+    assert all(c.get_markerfacecolor() == "white" for c in dashed)
+    for b, c in zip(BATCHES, dashed, strict=True):
+        at = divergence_at_horizon(cube, b, summary.attrs["horizon"], "restart")
+        np.testing.assert_allclose(c.get_ydata(), at / at[np.isfinite(at)][0])
+    assert "restart dashed" in ax.get_title()
     without = cube.drop_vars([v for v in cube.data_vars if str(v).startswith("divergence_drop")])
     figures.clear()
     plots.divergence_final(without, tmp_path / "divergence_final.png")

@@ -468,7 +468,7 @@ def _toy(**changes) -> dict:
 def test_every_report_figure_has_a_plotter_and_a_caption():
     from pathlib import Path
 
-    from critperiods.toy.plan import FIGURE_LABELS
+    from critperiods.toy.figures import FIGURE_LABELS
     from critperiods.toy.plots import PLOTTERS
 
     assert set(PLOTTERS) == set(FIGURE_LABELS)
@@ -494,3 +494,54 @@ def test_config_lists_landscapes_in_kind_order_and_jobs_see_no_landscape_list():
 def test_inconsistent_toy_config_fails_naming_the_key(change, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         check_toy_config(_toy(**change))
+
+
+def _summary_rows():
+    """Three landscapes' summary rows (the columns of toy.cube.summary_table)."""
+    import pandas as pd
+
+    return pd.DataFrame({
+        "lambda": [0.5, 0.25, 0.5], "m": [1, 1, 2], "target": [0.5, 0.24, 0.35],
+        "llc_at_w*": [0.52, 0.24, 0.28], "w*_flags": ["ok", "ok", "not_converged"],
+        "llc_at_end": [0.51, 0.216, float("nan")], "llc_end_err_%": [2.0, -13.6, float("nan")],
+        "end_n": [4, 3, 0], "end_flagged": [0, 1, 4],
+        "exponent": [0.12, 0.52, 0.70], "exponent_gf": [0.0, 0.5, 0.5],
+        "escape_w1": [0.9, 0.0, 0.5], "escape_w2": [0.0, 0.0, 0.2], "escape_both": [0, 0, 0.2],
+        "stuck": [0.1, 0.98, 0.1], "W1": [0.001, 0.04, 0.03], "W1_null": [0.001, 0.004, 0.01],
+        "KL": [0.0, 1.0, 0.5], "KL_null": [0.0, 0.01, 0.2], "noise/H": [0.93, 0.58, 0.8],
+        "R2": [1.0, 1.0, 0.95], "noise/GN": [0.93, 0.88, 1.02], "diverged": [0.0, 0.0, 0.25],
+    }, index=pd.Index(["line_k1", "line_k2", "product_k1-1"], name="landscape"))
+
+
+def test_the_toy_report_page_answers_each_finding_from_the_summary(tmp_path):
+    """The toy report opens on this run's answer: the exponents off gradient flow's by more
+    than the tolerance named, stuck and escaping landscapes, the span of noise / Hessian,
+    which endpoints sit at the posterior's sampling level, λ̂ against the finite-nβ target
+    with its flags, and the runs that diverged. Rendered by docutils, as Snakemake does."""
+    from docutils.core import publish_parts
+
+    from critperiods.toy.report_page import answer_lines, table_rst
+
+    table = _summary_rows()
+    lines = answer_lines(table)
+    assert "within 0.1 of gradient flow's on 1 of 3 landscapes; off by more: line_k1 0.12 " \
+           "against 0.00, product_k1-1 0.70 against 0.50." in lines[0]
+    assert "≥ 90 % on line_k2; ≤ 20 % on line_k1, product_k1-1." in lines[1]
+    assert "c 0.58–0.93 (R² 0.950–1.000), and 0.88–1.02 times the Gauss–Newton" in lines[2]
+    assert "level (≤ 2×) on line_k1, and 3.0–10.0× it on line_k2, product_k1-1." in lines[3]
+    # at w*: |0.52/0.5 − 1| = 4 %, 0 %, |0.28/0.35 − 1| = 20 %; ends: 2 %, 10 %
+    assert "at w* off by 0–20 % (flagged: product_k1-1 not_converged)" in lines[4]
+    assert "7 estimates are not flagged and 5 flagged (left out)" in lines[4]
+    assert "off by 2–10 % (none unflagged on product_k1-1)." in lines[4]
+    assert lines[5].startswith("* Runs that diverged: up to 25% of a cell's (product_k1-1)")
+    html = publish_parts(table_rst(table), writer="html")["body"]
+    assert html.count("<tr") == 4 and "0.280 (not_converged)" in html and "n/a (0 / 4)" in html
+    assert "10.0×" in html
+
+
+def test_the_toy_report_page_names_no_divergence_where_none_diverged():
+    from critperiods.toy.report_page import answer_lines
+
+    table = _summary_rows()
+    table["diverged"] = 0.0
+    assert not any("diverged" in line for line in answer_lines(table))

@@ -152,10 +152,18 @@ def test_toy_changes_rerun_only_what_they_invalidate(run, tmp_path):
     assert "landscapes/line_k3.nc" in out
 
 
-def test_report_has_the_toy_section(run):
+def test_report_has_the_toy_section_and_opens_on_the_toy_answer(run):
+    """The report's first page is the toy study's own (toy_plots writes it), not the
+    blur-switch study's description."""
+    landing = (run / RESULTS / "report/toy_landing.rst").read_text()
+    assert landing.startswith("Toy landscapes: toy_tiny\n")
+    for finding in ("1. Convergence", "2. Escape", "3. Noise vs Hessian",
+                    "4. Endpoints vs the tempered posterior", "λ̂ against the finite-nβ target"):
+        assert finding in landing, finding
     snakemake(run, "--report", "report.html")
     html = (run / "report.html").read_text(errors="replace")
-    for name in ("Toy landscapes", "toy_summary.csv", *(f"{p}.png" for p in PLOTS)):
+    for name in ("Toy landscapes", "toy_summary.csv", *(f"{p}.png" for p in PLOTS),
+                 "Answer from this run", "Endpoints vs the tempered posterior"):
         assert name in html, name
 
 

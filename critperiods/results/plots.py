@@ -372,8 +372,9 @@ def divergence_final(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
     schedule (restart dashed). Runs that diverged to chance are left out (a pair with one).
     Where the cube has the divergence drop, a third panel asks whether it marks the end:
     the distance to the always-blurred run at the summary's horizon relative to the earliest
-    switch's, the drop where it falls below half (triangles, their interval as a bar) and
-    the critical period's end (dashed), for the continue schedule."""
+    switch's, the continue schedule's drop where it falls below half (triangles, their
+    interval as a bar) and its critical period's end (dotted), with the restart schedule
+    dashed beside it."""
     kept = ~run_diverged(cube)
     final = cube.sel(epoch=cube.switch_epoch + int(cube.attrs["epochs_after_switch"]))
     horizon = float(cube.attrs.get("summary_horizon", np.nan))
@@ -409,34 +410,45 @@ def divergence_final(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
 
 
 def _drop_panel(cube: xr.Dataset, ax: plt.Axes, horizon: float) -> None:
-    """Does the divergence mark the end? The continue schedule's distance to the
-    always-blurred run ``horizon`` epochs after each switch, over that of the earliest switch
-    (the drop is where it falls below 0.5), per batch size; the drop as a triangle along the
-    top with its interval as a bar, the located end as a dashed line of the same colour."""
+    """Does the divergence mark the end? The distance to the always-blurred run ``horizon``
+    epochs after each switch, over that of the earliest switch (the drop is where it falls
+    below 0.5), per batch size: the continue schedule solid, with its drop as a triangle along
+    the top (its interval as a bar) and the located end as a dotted line of the same colour;
+    the restart schedule, where the cube has it, dashed with hollow markers, so that a drop
+    the learning rate alone makes (halving with continue, never with restart) shows."""
     from critperiods.results.selection import divergence_at_horizon
 
-    schedule = "continue" if "continue" in _schedules(cube) else _schedules(cube)[0]
+    schedules = _schedules(cube)
+    schedule = "continue" if "continue" in schedules else schedules[0]
     ends = _located_ends(cube)
     switches = cube.switch_epoch.values.astype(float)
     for i, b in enumerate(cube.batch_size.values):
-        at = divergence_at_horizon(cube, b, horizon, schedule)
-        finite = np.flatnonzero(np.isfinite(at))
-        if finite.size < 2 or not at[finite[0]] > 0:
-            continue
-        ax.plot(switches, at / at[finite[0]], color=f"C{i}", marker="o", label=f"batch {b}")
-        value = float(_sel(cube.divergence_drop_epoch, batch_size=b, lr_schedule=schedule))
-        interval = (_sel(cube.divergence_drop_epoch_interval, batch_size=b,
-                         lr_schedule=schedule).values
-                    if "divergence_drop_epoch_interval" in cube else None)
-        _marker_at_top(ax, value, interval, 0.95 - 0.06 * i, f"C{i}")
-        end = _end_of(ends, b, schedule)
-        if np.isfinite(end):
-            ax.axvline(end, color=f"C{i}", ls="--", lw=1)
-    ax.axhline(0.5, color="0.5", ls=":", lw=1)
+        for r in [schedule] + [s for s in schedules if s == "restart" and s != schedule]:
+            at = divergence_at_horizon(cube, b, horizon, r)
+            finite = np.flatnonzero(np.isfinite(at))
+            if finite.size < 2 or not at[finite[0]] > 0:
+                continue
+            style = ({"ls": "-", "marker": "o", "label": f"batch {b}"} if r == schedule else
+                     {"ls": "--", "marker": "o", "mfc": "white", "label": f"batch {b}, {r}"})
+            ax.plot(switches, at / at[finite[0]], color=f"C{i}", **style)
+            if r != schedule:
+                continue
+            value = float(_sel(cube.divergence_drop_epoch, batch_size=b, lr_schedule=r))
+            interval = (_sel(cube.divergence_drop_epoch_interval, batch_size=b,
+                             lr_schedule=r).values
+                        if "divergence_drop_epoch_interval" in cube else None)
+            _marker_at_top(ax, value, interval, 0.95 - 0.06 * i, f"C{i}")
+            end = _end_of(ends, b, r)
+            if np.isfinite(end):
+                ax.axvline(end, color=f"C{i}", ls=":", lw=1.3)
+    ax.axhline(0.5, color="0.5", ls=(0, (1, 3)), lw=1)
     ax.set_ylim(bottom=0)
     ax.set_ylabel(f"L2 to always-blurred, {horizon:g} epochs after\nthe switch (/ earliest "
                   "switch's)")
-    ax.set_title(f"the drop (▼, interval bar) vs the end (dashed), {schedule}", fontsize=9)
+    title = f"the drop (▼, interval bar) vs the end (dotted), {schedule}"
+    if schedule != "restart" and "restart" in schedules:
+        title += "; restart dashed"
+    ax.set_title(title, fontsize=9)
 
 
 def critical_period_vs_temperature(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:

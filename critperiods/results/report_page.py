@@ -10,7 +10,6 @@ the figures. Everything is reStructuredText; the figure travels inside it as a d
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import yaml
 from critperiods.results.end_fit import end_located
 from critperiods.results.figures import FIGURES
 from critperiods.results.markers import UNSTABLE_REASON, WITHIN_NOISE_REASON, knee_flags
+from critperiods.results.rst import WIDE_PAGE, figure_rst, list_table
 from critperiods.results.summary import unlocated_reason
 from critperiods.results.tables import (
     MARKER_STAGES,
@@ -36,15 +36,6 @@ from critperiods.results.tables import (
     runs_at_chance,
     summary_table,
 )
-
-#: Snakemake sets the first page in a 32rem column beside the workflow graph, too narrow for
-#: the critical-period table, which would run under the graph. A style in the page itself
-#: (so every ``snakemake --report`` has it) widens the column on windows with room for both;
-#: on narrower ones the tables scroll sideways in their column (:func:`_list_table`).
-_WIDE_PAGE = """.. raw:: html
-
-   <style>@media (min-width: 1400px) { .prose.max-w-lg { max-width: 48rem; } }</style>"""
-
 
 #: How the answer says why a cell has no end (:func:`unlocated_reason`'s few words, longer).
 _UNLOCATED = {"no deficit": "no deficit to locate an end for",
@@ -155,7 +146,7 @@ def table_rst(cube: xr.Dataset) -> str:
     def kept(cells: list[str]) -> list[str]:
         return [c for i, c in enumerate(cells) if i not in dropped]
 
-    return "\n".join(_list_table(kept(header), [kept(cells) for cells in rows]))
+    return "\n".join(list_table(kept(header), [kept(cells) for cells in rows]))
 
 
 def _legend(cube: xr.Dataset) -> str:
@@ -200,18 +191,6 @@ def _not_computed_lines(cube: xr.Dataset) -> list[str]:
             + ("them." if len(absent) > 1 else "it."), ""]
 
 
-def _list_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    """An rst list-table (lines) that scrolls sideways where the page is narrower than it:
-    the report's first page is a narrow column beside the workflow graph, and a table that
-    spilled out of it would run under the graph."""
-    out = [".. raw:: html", "", '   <div style="overflow-x: auto">', "",
-           ".. list-table::", "   :header-rows: 1", ""]
-    for cells in [header, *rows]:
-        out.append("   * - " + cells[0])
-        out += [f"     - {c}" for c in cells[1:]]
-    return [*out, "", ".. raw:: html", "", "   </div>"]
-
-
 def _flag_counts_by_cell(cube: xr.Dataset) -> dict[tuple[float, str], tuple[int, int]]:
     """(ok, estimates) of the λ̂ estimates of each (batch size, schedule)'s runs."""
     if "llc_quality" not in cube:
@@ -253,17 +232,7 @@ def perturbation_section(cube: xr.Dataset) -> list[str]:
            "Copies of a run nudged at one epoch and trained on with the identical batch plan, "
            "against their unperturbed twin (docs/perturbations.md):", ""]
     out += [f"* {line}" for line in verdict_lines(cube) + growth_lines(cube)]
-    return [*out, "", *_list_table(header, rows), ""]
-
-
-def figure_rst(png: str | Path) -> str:
-    """An rst raw-html block that embeds ``png`` as a data URI."""
-    data = base64.b64encode(Path(png).read_bytes()).decode()
-    # docutils refuses lines over 10 000 characters; browsers skip whitespace in base64
-    lines = "\n".join(f"   {data[i:i + 4000]}" for i in range(0, len(data), 4000))
-    return (".. raw:: html\n\n"
-            '   <img style="max-width:100%" alt="final sharp test accuracy vs switch epoch"\n'
-            f'   src="data:image/png;base64,\n{lines}"/>')
+    return [*out, "", *list_table(header, rows), ""]
 
 
 def _diverged_lines(cube: xr.Dataset) -> list[str]:
@@ -299,7 +268,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     reading = "\n".join(f"{i + 1}. {label.split(' ', 1)[1]} ({category.split(' ', 1)[1]})"
                         for i, (category, label) in enumerate(shown))
     parts = [
-        title, "=" * len(title), "", _WIDE_PAGE, "",
+        title, "=" * len(title), "", WIDE_PAGE, "",
         "**Question.** Does the critical period end later when the batch size is smaller "
         "(a higher SGD temperature), is the permanent deficit a critical period at all, "
         "i.e. does it survive restarting the learning rate at the switch, and do the local "
@@ -309,7 +278,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         f"brackets: the end's {kind}, the deficit's {deficit_kind}):", "",
         *answer_lines(cube), "",
         flags, "",
-        figure_rst(figure), "",
+        figure_rst(figure, alt="final sharp test accuracy vs switch epoch"), "",
         "Critical-period table", "---------------------", "",
         table_rst(cube), "",
         *_not_computed_lines(cube),
@@ -334,5 +303,4 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     return "\n".join(parts)
 
 
-__all__ = ["answer_lines", "figure_rst", "landing_page",
-           "perturbation_section", "table_rst"]
+__all__ = ["answer_lines", "landing_page", "perturbation_section", "table_rst"]

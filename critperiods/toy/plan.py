@@ -16,13 +16,6 @@ if TYPE_CHECKING:
     from critperiods.toy.landscapes import Landscape
 
 JOB_SECTIONS = ("data", "sgd", "starts", "convergence", "escape", "posterior", "llc")
-FIGURE_LABELS = {  # file stem → report label, in the order of the findings
-    "toy_convergence": "T1 convergence time vs degeneracy",
-    "toy_escape": "T2 escape directions",
-    "toy_noise_hessian": "T3 noise covariance vs Hessian",
-    "toy_posterior": "T4 SGD endpoints over the posterior",
-    "toy_llc": "T5 estimated λ̂ vs exact λ",
-}
 
 
 def landscapes(toy: dict[str, Any]) -> list[Landscape]:
@@ -98,5 +91,5 @@ def record(config: dict[str, Any]) -> str:
                           sort_keys=False)
 
 
-__all__ = ["CUBE_KEYS", "FIGURE_LABELS", "JOB_SECTIONS", "check_study_chosen",
+__all__ = ["CUBE_KEYS", "JOB_SECTIONS", "check_study_chosen",
            "check_toy_config", "job_params", "landscapes", "piece_paths", "record"]

@@ -252,9 +252,10 @@ def get_toy_pieces(wildcards):
 
 
 def report_landing_page():
-    """The report's first page: the answer page of the last run, else the static description
-    (``snakemake --report`` before any run)."""
-    landing = os.path.abspath(LANDING)
+    """The report's first page: the answer page of the last run (the toy study's its own,
+    workflow/rules/toy.smk), else the static description (``snakemake --report`` before any
+    run)."""
+    landing = os.path.abspath(TOY_LANDING if config["study"] == "toy_landscapes" else LANDING)
     return landing if os.path.exists(landing) else "workflow/report/workflow.rst"
 
 

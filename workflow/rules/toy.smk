@@ -1,6 +1,7 @@
 # The toy_landscapes study (study: toy_landscapes): SGD on landscapes of known degeneracy.
 # One job per landscape, then the cube, then the figures; logic in critperiods.toy.
 from critperiods.toy import plan as toy_plan
+from critperiods.toy.figures import FIGURE_LABELS
 
 TOY = config["toy"]
 with exit_on_config_error(CONFIG_FILES):  # one line naming the key and its file
@@ -10,8 +11,9 @@ with exit_on_config_error(CONFIG_FILES):  # one line naming the key and its file
 TOY_PIECE = os.path.join(RESULTS, "landscapes", "{landscape}.nc")
 TOY_CUBE = f"{RESULTS}/toy_cube.nc"
 TOY_SUMMARY = f"{RESULTS}/toy_summary.csv"
-TOY_PLOTS = {name: f"{PLOTS}/{name}.png" for name in toy_plan.FIGURE_LABELS}
-TOY_OUTPUTS = [TOY_CUBE, TOY_SUMMARY, *TOY_PLOTS.values()]  # the study's targets
+TOY_PLOTS = {name: f"{PLOTS}/{name}.png" for name in FIGURE_LABELS}
+TOY_LANDING = f"{RESULTS}/report/toy_landing.rst"  # the report's first page
+TOY_OUTPUTS = [TOY_CUBE, TOY_SUMMARY, *TOY_PLOTS.values(), TOY_LANDING]  # the study's targets
 
 
 localrules:
@@ -65,11 +67,13 @@ rule toy_plots:
     output:
         **{
             name: report(path, caption=f"../report/{name}.rst", category="Toy landscapes",
-                         labels={"figure": toy_plan.FIGURE_LABELS[name]})
+                         labels={"figure": FIGURE_LABELS[name]})
             for name, path in TOY_PLOTS.items()
         },
+        landing=TOY_LANDING,
     params:
         dpi=config["plots"]["dpi"],
+        description=report_description(),
     log:
         f"{LOGS}/toy/plots.log",
     conda:

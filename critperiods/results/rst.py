@@ -1,0 +1,44 @@
+"""reStructuredText blocks for the report's first pages (Snakemake renders them with
+docutils): a table that scrolls sideways in its column, a figure embedded as a data URI, and
+a style that widens the column where the window has room. No experiment logic: the pages
+themselves are :mod:`critperiods.results.report_page` and :mod:`critperiods.toy.report_page`.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+#: Snakemake sets the first page in a 32rem column beside the workflow graph, too narrow for
+#: the critical-period table, which would run under the graph. A style in the page itself
+#: (so every ``snakemake --report`` has it) widens the column on windows with room for both;
+#: on narrower ones the tables scroll sideways in their column (:func:`list_table`).
+WIDE_PAGE = """.. raw:: html
+
+   <style>@media (min-width: 1400px) { .prose.max-w-lg { max-width: 48rem; } }</style>"""
+
+
+def list_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """An rst list-table (lines) that scrolls sideways where the page is narrower than it:
+    the report's first page is a narrow column beside the workflow graph, and a table that
+    spilled out of it would run under the graph."""
+    out = [".. raw:: html", "", '   <div style="overflow-x: auto">', "",
+           ".. list-table::", "   :header-rows: 1", ""]
+    for cells in [header, *rows]:
+        out.append("   * - " + cells[0])
+        out += [f"     - {c}" for c in cells[1:]]
+    return [*out, "", ".. raw:: html", "", "   </div>"]
+
+
+def figure_rst(png: str | Path, alt: str) -> str:
+    """An rst raw-html block that embeds ``png`` as a data URI (``alt``: its text
+    alternative)."""
+    data = base64.b64encode(Path(png).read_bytes()).decode()
+    # docutils refuses lines over 10 000 characters; browsers skip whitespace in base64
+    lines = "\n".join(f"   {data[i:i + 4000]}" for i in range(0, len(data), 4000))
+    return (".. raw:: html\n\n"
+            f'   <img style="max-width:100%" alt="{alt}"\n'
+            f'   src="data:image/png;base64,\n{lines}"/>')
+
+
+__all__ = ["WIDE_PAGE", "figure_rst", "list_table"]
