@@ -32,7 +32,10 @@ dataset:
 		|| echo "dataset-fashion-mnist not installable; torchvision will download it"; \
 	fi
 
+# A CONFIG file is checked first: for one that is not YAML, Snakemake's message names
+# neither the file nor the line.
 run: $(STAMP) dataset
+	$(if $(CONFIG),$(PY) -m critperiods check $(CONFIG))
 	$(SMK) --cores $(CORES) $(if $(CONFIG),--configfile $(CONFIG))
 
 test: $(STAMP)
@@ -49,6 +52,7 @@ lint: $(STAMP)
 # experiments do not overwrite each other's report
 REPORT = report$(if $(CONFIG),-$(basename $(notdir $(lastword $(CONFIG))))).html
 report: $(STAMP)
+	$(if $(CONFIG),$(PY) -m critperiods check $(CONFIG))
 	$(SMK) --cores 1 $(if $(CONFIG),--configfile $(CONFIG)) --report $(REPORT)
 
 BENCH_VENV := .venv-bench

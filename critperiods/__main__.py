@@ -7,6 +7,10 @@
   summary instead.
 * ``calibrate-llc PIECE --epoch E`` — sweep the SGLD step size at one checkpoint and plot
   the running λ̂ per setting, to choose ``llc.step_size``.
+* ``check [CONFIG …]`` — read the configs laid over config.yaml and check them as the
+  Snakefile does; a file that is not YAML, a misspelt key or a bad value is one line naming
+  the file (and line or key) and the reason, exit status 1 (``make run CONFIG=…`` runs it
+  first: Snakemake's own message for a file that is not YAML names neither).
 * ``cost [CONFIG …]`` (or ``--configfile CONFIG …``) — epochs of SGD a grid costs with and
   without trunk sharing (and the perturbation experiment's), its images, the time on the
   reference CPU and GPU, and the jobs per rule a fresh run plans.
@@ -68,6 +72,14 @@ def _load_config(paths: list[str], recorded: tuple[str, dict] | None = None) -> 
             raise SystemExit(f"{err} (in the config {recorded[0]} records)") from None
         raise
     return config
+
+
+def _layers(paths: list[str], *between: str) -> str:
+    """How a command names the config it read: config.yaml, ``between`` (e.g. a cube's
+    recorded config), then the files laid over them, config.yaml itself not twice."""
+    base = ROOT / "config.yaml"
+    return " + ".join(["config.yaml", *between,
+                       *(p for p in paths if Path(p).resolve() != base.resolve())])
 
 
 def _number(kind: type, least: float, why: str = "", strict: bool = False):
@@ -271,13 +283,20 @@ def _times(scratch: int, shared: int) -> str:
     return f"{shared / scratch:.2f}× less: the trunk is extended for the divergence stage"
 
 
+def check(args: argparse.Namespace) -> int:
+    config = _load_config(args.configfile)  # exits with the one line on a bad file or key
+    print(f"{config['experiment']} ({_layers(args.configfile)}): ok, "
+          f"study {config['study']}")
+    return 0
+
+
 def cost(args: argparse.Namespace) -> int:
     from critperiods.pipeline.cost import describe, grid_cost
     from critperiods.pipeline.plan import epochs_trained
 
     paths = [*args.configfile, *args.configfiles]
     config = _load_config(paths)
-    layered = " + ".join(["config.yaml", *paths])
+    layered = _layers(paths)
     if config["study"] == "toy_landscapes":  # the cost model is the critical_period study's
         from critperiods.toy.plan import landscapes
 
@@ -343,8 +362,8 @@ def power(args: argparse.Namespace) -> int:
     noise = replace(DEFAULT_NOISE, **given)
     off = [what for what, on in (("λ̂", config["llc"]["enabled"]),
                                  ("divergences", config["divergence"]["enabled"])) if not on]
-    layers = ["config.yaml", *([] if cube is None else [f"{args.noise_from}'s config"]), *paths]
-    print(f"{config['experiment']} ({' + '.join(layers)})")
+    recorded = [] if cube is None else [f"{args.noise_from}'s config"]
+    print(f"{config['experiment']} ({_layers(paths, *recorded)})")
     if off:
         print(f"note: {' and '.join(off)} off in this config: its runs would have no "
               f"{'knee or drop' if len(off) > 1 else 'knee' if off[0] == 'λ̂' else 'drop'}; "
@@ -463,6 +482,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="llc_calibration.png",
                    help="where to write the plot (default: llc_calibration.png)")
     p.set_defaults(func=calibrate_llc)
+
+    p = sub.add_parser("check", help="check configs as the Snakefile does, one line per error")
+    p.add_argument("configfile", nargs="*", default=[],
+                   help="configs laid over config.yaml (none: the default experiment)")
+    p.set_defaults(func=check)
 
     p = sub.add_parser("cost", help="epochs, images and time a grid costs (trunk sharing on)")
     p.add_argument("configfile", nargs="*", default=[],

@@ -972,6 +972,40 @@ def test_summarize_points_an_undecided_marker_to_the_power_command(tmp_path, cap
     assert f"python -m critperiods power --noise-from {path}" in printed
 
 
+def test_the_landing_page_leads_with_a_short_answer() -> None:
+    """The first page opens with the answer in a sentence or two: which way the end moves
+    with the batch size (and whether the exponent's interval includes 0), and whether the
+    deficit survives restarting the rate everywhere, nowhere or only at some batch sizes."""
+    from critperiods.results.report_page import short_answer
+
+    cube = with_schedules(synthetic_cube(with_llc=False, with_div=False))
+    cube = cube.merge(critical_period_summary(cube))
+
+    def said(p, interval, restart_lower) -> str:
+        c = cube.copy(deep=True)
+        c["batch_size_exponent"].loc[{"lr_schedule": "continue"}] = p
+        c["batch_size_exponent_interval"].loc[{"lr_schedule": "continue"}] = interval
+        c["permanent_deficit"].loc[{"lr_schedule": "restart"}] = 0.01
+        lower = c["permanent_deficit_interval"].sel(lr_schedule="restart").copy()
+        lower[:, 0] = restart_lower
+        lower[:, 1] = 0.05
+        c["permanent_deficit_interval"].loc[{"lr_schedule": "restart"}] = lower
+        return short_answer(c)
+
+    gone = said(-0.5, [-0.71, -0.29], [-0.01, -0.01, -0.01])
+    assert gone.startswith("**In short:** with the learning rate decaying, smaller batches end "
+                           "their critical period later (end ∝ batch size^-0.50, 90 % interval "
+                           "[-0.71, -0.29]).")
+    assert "removes the deficit at every batch size" in gone and "confound" in gone
+    either = said(-0.43, [-0.96, 0.09], [0.002, 0.002, 0.002])
+    assert "which includes 0: no dependence is as consistent" in either
+    assert "survives restarting the rate at the switch at every batch size" in either
+    some = said(0.3, [0.1, 0.5], [0.002, -0.01, -0.01])
+    assert "end their critical period earlier" in some
+    assert f"only at batch {BATCHES[0]:g};" in some
+    assert "no power law" in said(np.nan, [np.nan, np.nan], [-0.01, -0.01, -0.01])
+
+
 def test_the_landing_page_locates_no_end_where_there_is_no_deficit(tmp_path) -> None:
     """A restart whose curve is flat gets no end in the answer (a kink fitted to noise), as
     in the figures; the continue schedule's decline gets one."""
@@ -1005,16 +1039,18 @@ def test_the_landing_page_lists_only_the_figures_the_run_drew(tmp_path) -> None:
     page = landing_page(cube, figure, "described",
                         drawn=["critical_period", "learning_curves", "divergence"])
     order = page.split("Figures, in reading order")[1].split("How the numbers")[0]
-    assert "1. permanent deficit vs switch epoch (Critical period)" in order
-    assert "2. learning curves (Training)" in order
-    assert "3. distance to the always-blurred run (Divergence)" in order
+    # the report's own numbers (1a, 2, 4a), which captions and docs cite, not a running count
+    assert "* 1a final sharp accuracy vs switch epoch (Critical period)" in order
+    assert "* 2 learning curves (Training)" in order
+    assert "* 4a distance to the always-blurred run (Divergence)" in order
     assert "Perturbations" not in order and "lambda-hat" not in order
 
 
-def test_the_landing_pages_table_stays_in_its_column(tmp_path) -> None:
+def test_the_landing_page_opens_at_its_top_with_its_table_in_its_column(tmp_path) -> None:
     """Rendered as Snakemake renders it (docutils), the critical-period table sits in a
     block that scrolls sideways, and the page widens its column where the window has room,
-    so the table never runs under the workflow graph beside it."""
+    so the table never runs under the workflow graph beside it; a page taller than the
+    window starts at its title, not scrolled past its question."""
     from docutils.core import publish_parts
 
     from critperiods.results.report_page import landing_page
@@ -1029,6 +1065,10 @@ def test_the_landing_pages_table_stays_in_its_column(tmp_path) -> None:
     assert table.split("</table>")[1].lstrip().startswith("</div>")
     assert "<th class=\"head\">end (epoch)</th>" in table.split("</table>")[0]
     assert "@media (min-width: 1400px) { .prose.max-w-lg { max-width: 48rem; } }" in html
+    # Snakemake centres the page in a window-high box: a taller page would overflow upwards,
+    # out of reach, unless it is centred only while it fits
+    assert ".h-screen.items-center { align-items: flex-start; align-items: safe center; }" \
+        in html
 
 
 @pytest.mark.parametrize("llc, div", [(True, True), (True, False), (False, True),

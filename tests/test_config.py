@@ -501,3 +501,36 @@ def test_more_batch_swaps_than_an_epoch_has_pairs_are_refused():
     with pytest.raises(ConfigError, match=r"perturbation\.epsilons: \[20\] .* batch size 256 "
                                           r"has 39 full batches, so at most 19"):
         checked(config)
+
+
+def test_cost_names_config_yaml_once_when_it_is_given_too(tmp_path):
+    """`cost config.yaml` reads the base config once more and must not say so twice."""
+    from critperiods.__main__ import _layers
+
+    extra = tmp_path / "a.yaml"
+    assert _layers([str(ROOT / "config.yaml")]) == "config.yaml"
+    assert _layers([str(ROOT / "config.yaml"), str(extra)]) == f"config.yaml + {extra}"
+    assert _layers([str(extra)], "cube.nc's config") == f"config.yaml + cube.nc's config + {extra}"
+
+
+def test_check_names_a_file_that_is_not_yaml_with_its_line(tmp_path):
+    """Snakemake's message for a config file that is not YAML names neither the file nor the
+    line; `critperiods check` (which `make run CONFIG=…` runs first) names both, and passes
+    a good file."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("experiment: x\ngrid:\n  seeds: [0, 1\n")
+
+    def check(*paths: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "critperiods", "check", *map(str, paths)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    out = check(bad)
+    assert out.returncode == 1 and out.stderr.strip().startswith(
+        f"critperiods: config error: {bad}: not valid YAML (line 4, column 1)"), out.stderr
+    out = check(ROOT / "configs/perturbation.yaml")
+    assert out.returncode == 0, out.stderr
+    given = ROOT / "configs/perturbation.yaml"
+    assert out.stdout.strip() == f"perturbation (config.yaml + {given}): ok, study critical_period"
+    makefile = (ROOT / "Makefile").read_text()
+    assert "run: $(STAMP) dataset\n\t$(if $(CONFIG),$(PY) -m critperiods check $(CONFIG))" \
+        in makefile

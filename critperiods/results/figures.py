@@ -3,7 +3,7 @@ reading order. Plain data, so the Snakefile can read it without importing the an
 
 #: The figures of the report, in reading order: file stem → (category, label).
 FIGURES = {
-    "critical_period": ("1 Critical period", "1a permanent deficit vs switch epoch"),
+    "critical_period": ("1 Critical period", "1a final sharp accuracy vs switch epoch"),
     "critical_period_vs_temperature": ("1 Critical period", "1b end vs batch size"),
     "learning_curves": ("2 Training", "2 learning curves"),
     "llc": ("3 Local learning coefficient", "3a local learning coefficient λ̂ vs epoch"),

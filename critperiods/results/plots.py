@@ -132,7 +132,8 @@ def critical_period(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         bottom, top = axes[0].get_ylim()  # the panels share y
         axes[0].set_ylim(bottom, top + 0.035 * (cube.sizes["batch_size"] + 1) * (top - bottom))
     axes[0].set_ylabel("final sharp test accuracy (%)")
-    _caption(fig, f"Permanent deficit vs switch epoch (mean ± std over {_seeds_note(cube)}"
+    _caption(fig, f"Final sharp test accuracy vs switch epoch, whose drop is the permanent "
+                  f"deficit (mean ± std over {_seeds_note(cube)}"
                   f"{_diverged_note(cube)}; dashed: estimated end where the deficit's "
                   "interval is above 0, bar along the top: the end's interval)")
     _save(fig, path, dpi)
@@ -323,21 +324,27 @@ def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """SGLD chain diagnostics: minibatch loss per draw, every chain, at a few checkpoints.
 
     One panel per (batch size, switch epoch = smallest and largest) at its last λ̂ epoch,
-    seed 0, first schedule: the traces should rise from the checkpoint's loss and then
-    fluctuate around a plateau after burn-in (dotted line); a trend or a run-away chain
-    means the step size is off. The panel title gives R-hat and the quality flag.
+    seed 0, first schedule, a row per batch size: the traces should rise from the
+    checkpoint's loss and then fluctuate around a plateau after burn-in (dotted line); a
+    trend or a run-away chain means the step size is off. The panel title gives R-hat and
+    the quality flag.
     """
     trace = _sel(cube.llc_loss_trace.isel(seed=0), lr_schedule=_schedules(cube)[0])
-    picks = []
-    for b in cube.batch_size.values:
-        for k in (cube.switch_epoch.values[0], cube.switch_epoch.values[-1]):
+    switches = (cube.switch_epoch.values[0], cube.switch_epoch.values[-1])
+    picks = {}  # (row, column) → (batch size, switch epoch, traces)
+    for row, b in enumerate(cube.batch_size.values):
+        for col, k in enumerate(switches):
             t = trace.sel(batch_size=b, switch_epoch=k).dropna("epoch", how="all")
             if t.sizes["epoch"]:
-                picks.append((b, k, t.isel(epoch=-1)))
-    fig, axes = plt.subplots(1, max(1, len(picks)), figsize=(4.2 * max(1, len(picks)), 3.2),
-                             squeeze=False)
+                picks[(row, col)] = (b, k, t.isel(epoch=-1))
+    rows = cube.sizes["batch_size"]
+    fig, axes = plt.subplots(rows, 2, figsize=(9.0, 2.9 * rows), squeeze=False)
+    for row, col in np.ndindex(axes.shape):
+        if (row, col) not in picks:
+            axes[row][col].set_axis_off()
     burn_in = int(cube["llc_burn_in"]) if "llc_burn_in" in cube else 0
-    for ax, (b, k, t) in zip(axes[0], picks, strict=False):
+    for (row, col), (b, k, t) in picks.items():
+        ax = axes[row][col]
         for c in t.chain.values:
             ax.plot(t.draw, t.sel(chain=c), lw=0.7, label=f"chain {c}")
         ax.axvline(burn_in, color="k", ls=":", lw=0.8)
@@ -349,9 +356,12 @@ def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
             quality = float(_sel(cube.llc_quality, **where)) if "llc_quality" in cube else 0
             note = f"\nR-hat {rhat:.2f}, " + ("ok" if quality == 0 else "flagged")
         ax.set_title(f"batch {b}, switch {k}, epoch {int(t.epoch)}{note}", fontsize=9)
-        ax.set_xlabel("draw (left of dotted line: burn-in)")
-    axes[0][0].set_ylabel("minibatch loss (nats)")
-    axes[0][0].legend(fontsize=7)
+        if row == rows - 1:
+            ax.set_xlabel("draw (left of dotted line: burn-in)")
+        if col == 0:
+            ax.set_ylabel("minibatch loss (nats)")
+    if picks:
+        axes.flat[0].legend(fontsize=7)
     _save(fig, path, dpi)
 
 
@@ -369,7 +379,8 @@ def divergence(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
 def divergence_final(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """At each run's last epoch, vs switch epoch: disagreement with the always-blurred run,
     and the aligned distance between seeds (mean over seed pairs); a line per batch size and
-    schedule (restart dashed). Runs that diverged to chance are left out (a pair with one).
+    schedule (restart dashed, hollow), one legend beside the last panel. Runs that diverged
+    to chance are left out (a pair with one).
     Where the cube has the divergence drop, a third panel asks whether it marks the end:
     the distance to the always-blurred run at the summary's horizon relative to the earliest
     switch's, the continue schedule's drop where it falls below half (triangles, their
@@ -379,14 +390,13 @@ def divergence_final(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
     final = cube.sel(epoch=cube.switch_epoch + int(cube.attrs["epochs_after_switch"]))
     horizon = float(cube.attrs.get("summary_horizon", np.nan))
     drop = "divergence_drop_epoch" in cube and np.isfinite(horizon)
-    fig, axes = plt.subplots(1, 3 if drop else 2, figsize=(13.5 if drop else 9, 3.6))
+    fig, axes = plt.subplots(1, 3 if drop else 2, figsize=(15.5 if drop else 11, 3.6))
     ax1, ax2 = axes[:2]
     for i, b in enumerate(cube.batch_size.values):
         for r in _schedules(cube):
             f = final.sel(batch_size=b)
             f = f.sel(lr_schedule=r) if "lr_schedule" in f.dims else f
-            style = {"color": f"C{i}", "marker": "o", "ls": "--" if r == "restart" else "-",
-                     "label": f"batch {b}, {r}"}
+            style = {"color": f"C{i}", "label": f"batch {b}, {r}", **_schedule_style(r)}
             ok = _sel(kept, batch_size=b, lr_schedule=r)
             if "div_disagreement" in f:
                 ax1.plot(cube.switch_epoch, f.div_disagreement.sel(reference="blurred")
@@ -402,11 +412,20 @@ def divergence_final(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
     for ax in axes:
         ax.set_xlabel("switch epoch")
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+    # one legend for the three panels (they share styles), beside them, off the data
+    handles, labels = max((ax.get_legend_handles_labels() for ax in axes), key=lambda h: len(h[0]))
+    if handles:
+        axes[-1].legend(handles, labels, fontsize=7, handlelength=3, loc="upper left",
+                        bbox_to_anchor=(1.02, 1.0))
     if _diverged_note(cube):
         _caption(fig, f"At the end of training{_diverged_note(cube)}")
     _save(fig, path, dpi)
+
+
+def _schedule_style(lr_schedule: str) -> dict:
+    """How figure 4b draws a schedule's lines: continue solid, restart dashed and hollow."""
+    return ({"ls": "--", "marker": "o", "mfc": "white"} if lr_schedule == "restart" else
+            {"ls": "-", "marker": "o"})
 
 
 def _drop_panel(cube: xr.Dataset, ax: plt.Axes, horizon: float) -> None:
@@ -428,9 +447,8 @@ def _drop_panel(cube: xr.Dataset, ax: plt.Axes, horizon: float) -> None:
             finite = np.flatnonzero(np.isfinite(at))
             if finite.size < 2 or not at[finite[0]] > 0:
                 continue
-            style = ({"ls": "-", "marker": "o", "label": f"batch {b}"} if r == schedule else
-                     {"ls": "--", "marker": "o", "mfc": "white", "label": f"batch {b}, {r}"})
-            ax.plot(switches, at / at[finite[0]], color=f"C{i}", **style)
+            ax.plot(switches, at / at[finite[0]], color=f"C{i}", label=f"batch {b}, {r}",
+                    **_schedule_style(r))
             if r != schedule:
                 continue
             value = float(_sel(cube.divergence_drop_epoch, batch_size=b, lr_schedule=r))

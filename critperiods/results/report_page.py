@@ -21,7 +21,7 @@ import yaml
 from critperiods.results.end_fit import end_located
 from critperiods.results.figures import FIGURES
 from critperiods.results.markers import UNSTABLE_REASON, WITHIN_NOISE_REASON, knee_flags
-from critperiods.results.rst import WIDE_PAGE, figure_rst, list_table
+from critperiods.results.rst import PAGE_STYLE, figure_rst, list_table
 from critperiods.results.summary import unlocated_reason
 from critperiods.results.tables import (
     MARKER_STAGES,
@@ -59,6 +59,58 @@ def _marker(row: pd.Series, name: str) -> str:
     flags = ", ".join(word.replace("-", " ") for word in knee_flags(row, name))
     return (_num(row.get(name, np.nan)) + (f" {_interval(lo, hi)}" if np.isfinite(lo) else "")
             + (f" ({flags})" if flags else ""))
+
+
+def _exponent(cube: xr.Dataset, schedule: str) -> tuple[float, float, float]:
+    """``batch_size_exponent`` and its interval for ``schedule`` (p, lower, upper)."""
+    p, interval = cube["batch_size_exponent"], cube["batch_size_exponent_interval"]
+    if "lr_schedule" in p.dims:
+        p, interval = p.sel(lr_schedule=schedule), interval.sel(lr_schedule=schedule)
+    lo, hi = (float(v) for v in interval.values)
+    return float(p), lo, hi
+
+
+def short_answer(cube: xr.Dataset) -> str:
+    """The answer in one or two sentences (rst): with the rate decaying, which way the end
+    moves with the batch size and whether the exponent's interval includes 0; whether the
+    deficit survives restarting the rate at every batch size, at some, or at none (then the
+    learning-rate confound, not a critical period). The bullets below give the numbers."""
+    schedules = [str(r) for r in cube["lr_schedule"].values] if "lr_schedule" in cube.dims \
+        else ["continue"]
+    first = "continue" if "continue" in schedules else schedules[0]
+    level = f"{100 * float(cube.attrs.get('summary_level', 0.9)):.0f} %"
+    p, lo, hi = _exponent(cube, first)
+    rate = "with the learning rate decaying" if first == "continue" else f"with {first}"
+    if np.isfinite(p) and np.isfinite(lo) and np.isfinite(hi):
+        way = "later" if p < 0 else "earlier"
+        said = (f"{rate}, smaller batches end their critical period {way} (end ∝ batch "
+                f"size^{_num(p, 2)}, {level} interval {_interval(lo, hi, 2)}"
+                + (", which includes 0: no dependence is as consistent" if lo <= 0 <= hi
+                   else "") + ")")
+    elif np.isfinite(p):
+        said = (f"{rate}, the end's power law in the batch size is p = {_num(p, 2)} with an "
+                "unbounded interval: these seeds cannot say which way the end moves")
+    else:
+        said = (f"{rate}, no power law of the end in the batch size: fewer than 3 batch "
+                "sizes have a located end")
+    verdicts = restart_verdicts(cube)
+    kept = [b for b, v in verdicts.items() if v.startswith("survives")]
+    gone = [b for b, v in verdicts.items() if v.startswith("does not")]
+    if verdicts and len(gone) == len(verdicts):
+        said += (". Restarting the rate at the switch removes the deficit at every batch "
+                 "size, so here what looks like a critical period is the learning-rate "
+                 "confound")
+    elif verdicts and len(kept) == len(verdicts):
+        said += (". The deficit survives restarting the rate at the switch at every batch "
+                 "size: a critical period, not the learning-rate confound")
+    elif kept:
+        said += (". The deficit survives restarting the rate at the switch only at batch "
+                 + ", ".join(f"{b:g}" for b in kept) + "; elsewhere it is the learning-rate "
+                 "confound or undetermined")
+    elif verdicts:
+        said += (". Whether the deficit survives restarting the rate is undetermined at "
+                 "some batch size (below)")
+    return f"**In short:** {said}."
 
 
 def answer_lines(cube: xr.Dataset) -> list[str]:
@@ -265,17 +317,18 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
              + " (flagged estimates are left out of the λ̂ knees and drawn hollow).")
     drawn = set(FIGURES if drawn is None else drawn)
     shown = [FIGURES[stem] for stem in FIGURES if stem in drawn]
-    reading = "\n".join(f"{i + 1}. {label.split(' ', 1)[1]} ({category.split(' ', 1)[1]})"
-                        for i, (category, label) in enumerate(shown))
+    reading = "\n".join(f"* {label} ({category.split(' ', 1)[1]})"  # numbered as the report
+                        for category, label in shown)
     parts = [
-        title, "=" * len(title), "", WIDE_PAGE, "",
+        title, "=" * len(title), "", PAGE_STYLE, "",
         "**Question.** Does the critical period end later when the batch size is smaller "
         "(a higher SGD temperature), is the permanent deficit a critical period at all, "
         "i.e. does it survive restarting the learning rate at the switch, and do the local "
         "learning coefficient λ̂ (its knee) and the divergence between trajectories mark "
         "where the period ends?", "",
+        short_answer(cube), "",
         f"**Answer from this run** ({seeds} seed{'s' if seeds != 1 else ''} per cell; "
-        f"brackets: the end's {kind}, the deficit's {deficit_kind}):", "",
+        f"brackets: the end's {kind.rstrip(';')}; the deficit's {deficit_kind}):", "",
         *answer_lines(cube), "",
         flags, "",
         figure_rst(figure, alt="final sharp test accuracy vs switch epoch"), "",

@@ -10,12 +10,19 @@ import base64
 from pathlib import Path
 
 #: Snakemake sets the first page in a 32rem column beside the workflow graph, too narrow for
-#: the critical-period table, which would run under the graph. A style in the page itself
-#: (so every ``snakemake --report`` has it) widens the column on windows with room for both;
-#: on narrower ones the tables scroll sideways in their column (:func:`list_table`).
-WIDE_PAGE = """.. raw:: html
+#: the critical-period table, which would run under the graph, and centres it vertically in
+#: a box of the window's height, so that a page taller than the window overflows upwards,
+#: where no scrolling reaches it (its question and answer were cut off). A style in the page
+#: itself (so every ``snakemake --report`` has it) centres it only while it fits
+#: (``safe center``; ``flex-start`` where a browser lacks ``safe``) and widens the column on
+#: windows with room for both; on narrower ones the tables scroll sideways in their column
+#: (:func:`list_table`).
+PAGE_STYLE = """.. raw:: html
 
-   <style>@media (min-width: 1400px) { .prose.max-w-lg { max-width: 48rem; } }</style>"""
+   <style>
+   .h-screen.items-center { align-items: flex-start; align-items: safe center; }
+   @media (min-width: 1400px) { .prose.max-w-lg { max-width: 48rem; } }
+   </style>"""
 
 
 def list_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -41,4 +48,4 @@ def figure_rst(png: str | Path, alt: str) -> str:
             f'   src="data:image/png;base64,\n{lines}"/>')
 
 
-__all__ = ["WIDE_PAGE", "figure_rst", "list_table"]
+__all__ = ["PAGE_STYLE", "figure_rst", "list_table"]

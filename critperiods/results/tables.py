@@ -62,7 +62,8 @@ def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
         elif lo > 0:
             out[float(b)] = f"survives the restart: {interval}{seeds}"
         else:
-            out[float(b)] = f"does not survive the restart: {interval} includes no loss{seeds}"
+            out[float(b)] = (f"does not survive the restart: {interval}{seeds}, an interval "
+                             "that includes 0 (no loss)")
     return out
 
 

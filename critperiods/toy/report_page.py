@@ -18,7 +18,7 @@ import pandas as pd
 import xarray as xr
 import yaml
 
-from critperiods.results.rst import WIDE_PAGE, figure_rst, list_table
+from critperiods.results.rst import PAGE_STYLE, figure_rst, list_table
 from critperiods.toy.cube import summary_table
 from critperiods.toy.figures import FIGURE_LABELS
 
@@ -111,10 +111,9 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str) -> str:
     title = f"Toy landscapes: {experiment}"
     cells = ", ".join(f"lr {lr:g}" for lr in cube.lr.values) + "; " + ", ".join(
         f"B {b}" for b in cube.batch_size.values)
-    reading = "\n".join(f"{i + 1}. {label.split(' ', 1)[1]}"
-                        for i, label in enumerate(FIGURE_LABELS.values()))
+    reading = "\n".join(f"* {label}" for label in FIGURE_LABELS.values())
     parts = [
-        title, "=" * len(title), "", WIDE_PAGE, "",
+        title, "=" * len(title), "", PAGE_STYLE, "",
         "**Question.** On landscapes whose degeneracy is known exactly, does minibatch SGD "
         "behave as the SLT reading says: slower convergence to more degenerate points, escape "
         "along regular directions only, noise proportional to the Hessian, endpoints "
