@@ -224,8 +224,11 @@ class ProjectLoop:
                 k -= take
 
     def window(self, k: int) -> float:
-        """Seconds for ``k`` steps inside one epoch (moves to a fresh epoch if needed)."""
-        k = min(k, self.full - 2)
+        """Seconds for ``k`` steps inside one epoch (moves to a fresh epoch if needed); ``k``
+        at most ``full - 2`` (:func:`window_steps`), so that a rate counts what was timed."""
+        if k > self.full - 2:
+            raise ValueError(f"a window of {k} steps does not fit one epoch of "
+                             f"{self.full} full batches")
         with _plans_drawn_once():
             t = self.trainer
             if self.full - 1 - t.batch_in_epoch < k:
@@ -308,6 +311,37 @@ class LoaderLoop(BareLoop):
         self.opt.step()
 
 
+class Fallible:
+    """A comparison loop whose failure costs its own column only: a DataLoader loop's
+    workers (killed, say, by a container's small /dev/shm) must not lose the project's rates
+    measured in the same windows. After a failure its windows time as NaN and ``error``
+    says why."""
+
+    def __init__(self, make: Callable[..., object], *args: object) -> None:
+        self.loop, self.error = None, None
+        self.images_per_step = float("nan")
+        self._try(lambda: setattr(self, "loop", make(*args)))
+        if self.loop is not None:
+            self.images_per_step = self.loop.images_per_step
+
+    def _try(self, fn: Callable[[], object]) -> object:
+        if self.error is not None:
+            return None
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 - reported in the table and the json
+            self.error = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            self.loop = None
+            return None
+
+    def step(self) -> None:
+        self._try(lambda: self.loop.step())
+
+    def window(self, k: int) -> float:
+        seconds = self._try(lambda: self.loop.window(k))
+        return float("nan") if seconds is None else seconds
+
+
 class _PerSample(torch.utils.data.Dataset):
     def __init__(self, data: PreparedData, blur_size: int, augment: bool) -> None:
         self.data, self.blur_size, self.augment = data, blur_size, augment
@@ -324,11 +358,17 @@ class _PerSample(torch.utils.data.Dataset):
 
 
 def window_steps(loop, sizes: Sizes) -> int:
-    """Steps per timing window: about ``window_s`` seconds, from a short probe."""
+    """Steps per timing window: about ``window_s`` seconds, from a short probe; for the
+    project's loop never more than one epoch's full batches allow (:meth:`ProjectLoop.window`
+    times at most ``full - 2``, and a rate must count the steps it timed)."""
+    most = sizes.max_window if not isinstance(loop, ProjectLoop) else \
+        min(sizes.max_window, loop.full - 2)
     if sizes.window_s <= 0:
-        return sizes.max_window
+        return most
     probe = loop.window(5) / 5
-    return int(max(10, min(sizes.max_window, sizes.window_s / max(probe, 1e-6))))
+    if not math.isfinite(probe):  # a Fallible loop that failed: its windows are NaN anyway
+        return min(10, most)
+    return int(max(min(10, most), min(most, sizes.window_s / max(probe, 1e-6))))
 
 
 def interleaved(loops: dict[str, object], sizes: Sizes) -> dict[str, list[float]]:
@@ -494,7 +534,7 @@ def section_training(device: torch.device, sizes: Sizes, budget: Budget, cache: 
     (for the later sections) would be left."""
     workers = max(0, min(14, (os.cpu_count() or 2) - 2))
     raw: dict = {}
-    rows = []
+    rows, notes = [], []
     for model, batch in order:
         if budget.left() < 20 + reserve:
             rows.append(f"| {model} | {batch} | not measured (time budget) |||||||||")
@@ -506,9 +546,12 @@ def section_training(device: torch.device, sizes: Sizes, budget: Budget, cache: 
                 for name, fp in paths(device, model).items()}
             loops["bare eager fp32"] = BareLoop(s, batch, device)
             if batch == sizes.dataloader_batch:
-                loops[f"DataLoader fp32 ({workers} workers)"] = LoaderLoop(s, batch, device,
-                                                                           workers)
+                loops[f"DataLoader fp32 ({workers} workers)"] = Fallible(
+                    LoaderLoop, s, batch, device, workers)
             rates = interleaved(loops, sizes)
+            failed = {k: v.error for k, v in loops.items() if getattr(v, "error", None)}
+            notes += [f"* {model} at batch {batch}: {k} failed ({why}); its column is nan."
+                      for k, why in failed.items()]
         except Exception as err:  # noqa: BLE001 - reported in the table and gpu.json
             if not sizes.full:
                 raise  # the smoke run (make test) must fail loudly
@@ -523,7 +566,7 @@ def section_training(device: torch.device, sizes: Sizes, budget: Budget, cache: 
         flops = step_flops(s, batch) / batch
         m = {k: med(v) for k, v in rates.items()}
         raw[f"{model} b{batch}"] = {"images_per_s": rates, "default": default,
-                                    "flop_per_image": flops}
+                                    "flop_per_image": flops, "failed": failed}
         loader = next((v for k, v in m.items() if k.startswith("DataLoader")), float("nan"))
         share = 100 * m[default] * flops / peak
         rows.append(
@@ -542,7 +585,8 @@ def section_training(device: torch.device, sizes: Sizes, budget: Budget, cache: 
         "| model | batch | off (fp32 eager) | auto before (bf16 + CL, eager) | graphed fp32 "
         "| graphed bf16 | DataLoader fp32 | bare eager fp32 | default / auto before "
         "| default / DataLoader | share of matmul rate |",
-        "|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
+        "|---|---|---|---|---|---|---|---|---|---|---|", *rows, "", *notes,
+        *([""] if notes else [])]
     return lines, raw
 
 
@@ -698,9 +742,9 @@ def concurrent_rates(model: str, width: int, batch: int, processes: int, sizes: 
     barrier, queue = ctx.Barrier(processes), ctx.Queue()
     windows = sizes.repeats
     seconds = max(sizes.window_s * 8, 0.01)
-    procs = [ctx.Process(target=_concurrent_worker, args=(
-        rank, model, width, batch, sizes, str(device), barrier, queue, windows, seconds))
-        for rank in range(processes)]
+    procs = [ctx.Process(target=_concurrent_worker, args=(  # daemons: die with this process
+        rank, model, width, batch, sizes, str(device), barrier, queue, windows, seconds),
+        daemon=True) for rank in range(processes)]
     for proc in procs:
         proc.start()
     results: list = []
@@ -715,6 +759,7 @@ def concurrent_rates(model: str, width: int, batch: int, processes: int, sizes: 
                     raise RuntimeError(f"a training process died (exit codes {dead}) or "
                                        "timed out before reporting") from None
     finally:
+        barrier.abort()  # a worker still waiting for one that died stops now, not in 300 s
         for proc in procs:
             proc.join(timeout=60)
             if proc.is_alive():
@@ -737,11 +782,14 @@ def _mps_running() -> bool:
     return done.returncode == 0
 
 
-def section_levers(device: torch.device, sizes: Sizes, budget: Budget, cache: dict
+def section_levers(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
+                   progress: Callable[[list[str], dict], None] | None = None
                    ) -> tuple[list[str], dict]:
     """The levers on the CIFAR grid's cost not yet measured (All-CNN-C w96, the grid's batch
     sizes): ``torch.compile`` inside the captured step, and several training processes
-    sharing one GPU (``snakemake --resources gpu=K`` on a one-GPU machine)."""
+    sharing one GPU (``snakemake --resources gpu=K`` on a one-GPU machine). A row that fails
+    says so and the others stand; ``progress(lines, raw)`` gets the tables so far after
+    every row, so that a run stopped by its time limit keeps what it measured."""
     import torch._dynamo
 
     model, width = "all_cnn_c", sizes.widths["all_cnn_c"]
@@ -765,24 +813,51 @@ def section_levers(device: torch.device, sizes: Sizes, budget: Budget, cache: di
         raw["processes"][str(count)] = rates
         one = med(raw["processes"].get("1", [float("nan")]))
         proc_rows.append(f"| {count} | {med(rates):,.0f} | {med(rates) / one:.2f}× |")
+        if progress is not None:
+            progress(_lever_lines(rows, proc_rows, proc_batch), raw)
     s = setup_for(model, width, sizes, device, cache)
     for batch in batches:
         if budget.left() < 30:
             rows.append(f"| {batch} | not measured (time budget) | | |")
             continue
-        default = ProjectLoop(Trainer(s.cfg, s.data, batch, 0, device), device)
-        compiled = compiled_trainer(s, batch, device)
-        loops = {"graphed (default)": default, "graphed + compile": ProjectLoop(compiled, device)}
-        rates = interleaved(loops, sizes)
-        m = {k: med(v) for k, v in rates.items()}
-        captured = _captured(compiled)
-        raw["compile"][f"b{batch}"] = {"images_per_s": rates, "captured": captured}
-        rows.append(f"| {batch} | {m['graphed (default)']:,.0f} | {m['graphed + compile']:,.0f} "
-                    f"({m['graphed + compile'] / m['graphed (default)']:.2f}×) | {captured} |")
-        del loops, default, compiled
-        torch._dynamo.reset()  # the next batch size compiles afresh, with static shapes
-        _free(device)
-    lines = [
+        try:  # a failed compile (or its recompile at an epoch's short batch) loses its row
+            default = ProjectLoop(Trainer(s.cfg, s.data, batch, 0, device), device)
+            compiled = compiled_trainer(s, batch, device)
+            loops = {"graphed (default)": default,
+                     "graphed + compile": ProjectLoop(compiled, device)}
+            rates = interleaved(loops, sizes)
+            captured = _captured(compiled)
+        except Exception as err:  # noqa: BLE001 - reported in the table and the json
+            if not sizes.full:
+                raise  # the smoke run (make test) must fail loudly
+            rows.append(f"| {batch} | failed: {type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:200]} | | |")
+            raw["compile_errors"] = {**raw.get("compile_errors", {}),
+                                     f"b{batch}": traceback.format_exc()[-3000:]}
+        else:
+            m = {k: med(v) for k, v in rates.items()}
+            raw["compile"][f"b{batch}"] = {"images_per_s": rates, "captured": captured}
+            rows.append(f"| {batch} | {m['graphed (default)']:,.0f} | "
+                        f"{m['graphed + compile']:,.0f} "
+                        f"({m['graphed + compile'] / m['graphed (default)']:.2f}×) | "
+                        f"{captured} |")
+        finally:
+            loops = default = compiled = None
+            torch._dynamo.reset()  # the next batch size compiles afresh, with static shapes
+            _free(device)
+        if progress is not None:
+            progress(_lever_lines(rows, proc_rows, proc_batch), raw)
+    lines = _lever_lines(rows, proc_rows, proc_batch)
+    try:  # the measurements above stand even where the projection cannot be made
+        cost = _lever_cost(raw)
+    except ImportError as err:  # the grid's config is YAML
+        cost = [f"(grid cost not projected: {err}; the rates above stand)"]
+    return lines + cost, raw
+
+
+def _lever_lines(rows: list[str], proc_rows: list[str], proc_batch: int) -> list[str]:
+    """The levers section's two tables (markdown lines)."""
+    return [
         "## Levers on the CIFAR grid's cost (All-CNN-C w96)", "",
         "The model compiled by `torch.compile` (Inductor; on the CPU smoke run the `eager` "
         "backend) and captured inside the graphed step, beside the "
@@ -795,11 +870,6 @@ def section_levers(device: torch.device, sizes: Sizes, budget: Budget, cache: di
         f"or GPU sharding). MPS daemon running: {'yes' if _mps_running() else 'no'}. "
         "Images/s of all processes together, each window started at the same time:", "",
         "| processes | images/s (all) | vs 1 |", "|---|---|---|", *proc_rows, ""]
-    try:  # the measurements above stand even where the projection cannot be made
-        cost = _lever_cost(raw)
-    except ImportError as err:  # the grid's config is YAML
-        cost = [f"(grid cost not projected: {err}; the rates above stand)"]
-    return lines + cost, raw
 
 
 def _lever_cost(raw: dict) -> list[str]:
@@ -828,11 +898,13 @@ def _lever_cost(raw: dict) -> list[str]:
 
 
 def llc_case(model: str, width: int, sizes: Sizes, device: torch.device, cache: dict):
-    """A model a few SGD steps from init, its λ̂ data and a config like the CIFAR one."""
+    """A model a few SGD steps from init, in eval mode (as the λ̂ stage loads a checkpoint:
+    BatchNorm reads its running statistics and no λ̂ or devinterp pass changes them), and
+    its λ̂ data."""
     s = setup_for(model, width, sizes, device, cache)
     trainer = Trainer(s.cfg, s.data, 128 if sizes.full else 8, 0, device)
     trainer.train_epoch(ALWAYS_BLURRED, stop_after(30 if sizes.full else 2))
-    net = trainer.model.float().to(memory_format=torch.contiguous_format)
+    net = trainer.model.float().to(memory_format=torch.contiguous_format).eval()
     n = min(sizes.llc_samples, len(s.data.train.labels))
     x = s.data.normalize(s.data.train.sharp[:n]).contiguous()
     y = s.data.train.labels[:n]
@@ -1156,7 +1228,11 @@ def main() -> None:
     run("fmnist", lambda: section_fmnist(device, sizes, budget, cache))
     run("cost", lambda: (section_cost(raw.get("stacked", {}), raw.get("training", {}), sizes),
                          {}))
-    run("levers", lambda: section_levers(device, sizes, budget, cache))
+    def levers_so_far(lines: list[str], measured: dict) -> None:  # kept if the run is cut
+        parts["levers"], raw["levers"] = [*lines, "(section still running)", ""], measured
+        save()
+
+    run("levers", lambda: section_levers(device, sizes, budget, cache, levers_so_far))
     # last: it switches on deterministic algorithms, and a failure there must not leave
     # the process in a state that spoils the timings
     run("correctness", lambda: section_correctness(device, sizes))

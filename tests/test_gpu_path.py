@@ -116,6 +116,33 @@ def emulated_capture(monkeypatch):
     return trainer
 
 
+def test_a_failed_step_capture_trains_on_eagerly_with_a_fresh_pool(cfg, data, monkeypatch):
+    """A capture CUDA refuses (it happened once on a mid-epoch resume) leaves the job on
+    eager steps, trained as if no capture had been tried, bit for bit; the next capture gets
+    a fresh memory pool, since the failed one was never closed."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def refused(g, **_):
+        raise RuntimeError("CUDA error: operation failed due to a previous error during "
+                           "capture")
+        yield
+
+    pools = iter(range(100))
+    monkeypatch.setattr(torch.cuda, "graph", refused)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: next(pools))
+    eager = Trainer(cfg, data, 32, 0, fast=GRAPHED_CODE)
+    train_until(eager, 2, 1, set(), [[]], HASH, progress=False)
+    tried = Trainer(cfg, data, 32, 0, fast=GRAPHED_CODE)
+    tried.graphs.capture = True  # what a CUDA device sets
+    with pytest.warns(UserWarning, match="capture of the .* step failed"):
+        train_until(tried, 2, 1, set(), [[]], HASH, progress=False)
+    assert set(tried.graphs.graphs.values()) == {None}
+    assert tried.graphs.pool == len(tried.graphs.graphs) - 1  # one fresh pool per failure
+    assert_state_equal(tried.state(), eager.state())
+
+
 @pytest.mark.parametrize("left", [1, 2, 3])
 def test_a_capture_near_the_end_of_an_epoch_stays_inside_it(cfg, data, emulated_capture, left):
     """A job resumed at one of the last full batches captures there: its warm-up steps must
@@ -257,6 +284,50 @@ def test_bench_gpu_smoke_runs_every_section(tmp_path):
     assert (tmp_path / "gpu.json").exists()
 
 
+def test_bench_gpu_counts_the_steps_it_times_and_measures_lambda_hat_in_eval_mode():
+    """A timing window longer than an epoch's full batches used to be cut short while the
+    rate still counted every step asked for (small_cnn at batch 512 on a GPU: 2× too fast);
+    the λ̂ case was left in train mode, so devinterp's forward pass rewrote BatchNorm's
+    running statistics under the λ̂ rows measured after it."""
+    from dataclasses import replace
+
+    bench_gpu = bench_module("bench_gpu")
+    cpu = torch.device("cpu")
+    sizes = replace(bench_gpu.SMOKE, window_s=1.0, max_window=200)
+    s = bench_gpu.setup_for("small_cnn", 2, sizes, cpu, {})
+    loop = bench_gpu.ProjectLoop(Trainer(s.cfg, s.data, 8, 0, cpu), cpu)
+    assert bench_gpu.window_steps(loop, sizes) == loop.full - 2
+    with pytest.raises(ValueError, match="does not fit one epoch"):
+        loop.window(loop.full - 1)
+    net, _ = bench_gpu.llc_case("all_cnn_c", 4, bench_gpu.SMOKE, cpu, {})
+    assert not any(m.training for m in net.modules())
+
+
+def test_a_failing_dataloader_loop_costs_only_its_own_column():
+    """The DataLoader loop (worker processes, pinned memory: never run here) is measured in
+    the same windows as the project's; when it fails, its rate is NaN with the reason, and
+    the project's rates stand."""
+    import math
+    from dataclasses import replace
+
+    bench_gpu = bench_module("bench_gpu")
+    cpu = torch.device("cpu")
+    sizes = replace(bench_gpu.SMOKE, repeats=2)
+    s = bench_gpu.setup_for("small_cnn", 2, sizes, cpu, {})
+
+    class Dies(bench_gpu.BareLoop):
+        def step(self) -> None:
+            raise RuntimeError("DataLoader worker (pid 7) is killed by signal: Bus error.")
+
+    loops = {"ours": bench_gpu.ProjectLoop(Trainer(s.cfg, s.data, 8, 0, cpu), cpu),
+             "loader": bench_gpu.Fallible(Dies, s, 8, cpu)}
+    rates = bench_gpu.interleaved(loops, sizes)
+    assert all(math.isnan(r) for r in rates["loader"]) and len(rates["loader"]) == 2
+    assert all(r > 0 for r in rates["ours"])
+    assert loops["loader"].error.startswith("RuntimeError: DataLoader worker (pid 7)")
+    assert bench_gpu.Fallible(lambda: 1 / 0).error.startswith("ZeroDivisionError")
+
+
 def test_bench_gpu_interpolates_a_rate_between_measured_batch_sizes():
     bench_gpu = bench_module("bench_gpu")
     rates = {32: 10.0, 128: 40.0, 512: 80.0}
@@ -396,3 +467,138 @@ def test_a_compile_that_fails_at_its_first_call_falls_back_to_eager(cfg, data, m
         compiled.train_epoch(1)
     eager.train_epoch(1)
     assert_state_equal(compiled.state(), eager.state())
+
+
+class _Stream:
+    """torch.cuda.Stream on the CPU: nothing to order."""
+
+    def __init__(self, device=None) -> None:
+        self.device = device
+
+    def wait_stream(self, other) -> None:
+        pass
+
+
+@pytest.fixture
+def emulated_sgld_capture(monkeypatch):
+    """An SGLD record's CUDA graph capture emulated on the CPU: the "captured" record runs
+    eagerly and everything it changed (chain state, the trace's tensors, the generators) is
+    put back, as a real capture records without running; a replay runs the record. With
+    ``fail=True`` the capture advances the registered generators, then raises, as a capture
+    CUDA invalidates halfway does."""
+    import contextlib
+
+    from critperiods.train import cuda_graphs
+
+    mode = {"fail": False, "captured": 0}
+
+    class Graph:
+        def __init__(self) -> None:
+            self.record, self.generators = None, []
+
+        def register_generator_state(self, gen) -> None:
+            self.generators.append(gen)
+
+        def replay(self) -> None:
+            self.record()
+
+    real_capture = cuda_graphs._capture_record
+
+    def capture(record, sampler, stream):
+        mode.update(record=record, sampler=sampler)
+        return real_capture(record, sampler, stream)
+
+    @contextlib.contextmanager
+    def graph(g, **_):
+        if g.record is None and not g.generators:  # _after_failed_capture's trivial one
+            yield
+            return
+        if mode["fail"]:
+            for gen in g.generators:
+                torch.rand(3, generator=gen)  # offsets taken by the half capture
+            raise RuntimeError("operation not permitted when stream is capturing")
+        st, sampler, record = mode["st"], mode["sampler"], mode["record"]
+        tensors = [st.w, st.healthy, st.grad, *([st.v] if st.v is not None else []),
+                   sampler._idx, sampler._noise, sampler._buf,
+                   *(c.cell_contents for c in record.__closure__
+                     if isinstance(c.cell_contents, torch.Tensor))]
+        saved = [t.clone() for t in tensors]
+        states = [gen.get_state() for gen in sampler.gens]
+        yield
+        for t, s in zip(tensors, saved, strict=True):
+            t.copy_(s)
+        for gen, s in zip(sampler.gens, states, strict=True):
+            gen.set_state(s)
+        g.record = record
+        mode["captured"] += 1
+
+    monkeypatch.setattr(cuda_graphs, "_capture_record", capture)
+    monkeypatch.setattr(torch.cuda, "Stream", _Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    return mode
+
+
+def _sgld_run(mode: dict | None, sampler_name: str, loss_every: int, step_size: float):
+    """Three SGLD chains at a small CNN: graphed (``mode`` given: the emulated capture) or
+    the eager sampler; the trace arrays, the records notified and the generators used."""
+    import torch.nn.functional as F
+
+    from critperiods.measure.llc import sampler as S
+    from critperiods.train import cuda_graphs
+
+    model = build_model("small_cnn", 4, 1, 8, 10, 0).eval()
+    x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(10, (64,), generator=torch.Generator().manual_seed(2))
+    cfg = S.LLCConfig(chains=3, draws=6, burn_in=2, step_size=step_size, batch_size=16,
+                      loss_every=loss_every, sampler=sampler_name)
+    st = S._init_chains(model, 3, cfg.sampler)
+    st.all_healthy = None  # what a CUDA device sets
+    gens = [torch.Generator().manual_seed(S.chain_seed(0, c)) for c in range(3)]
+    smp = S._Sampler(S._chain_losses_fn(model, F.cross_entropy, 3), (x, y), cfg, 50.0, gens)
+    seen = []
+
+    def notify(index, losses) -> None:
+        seen.append((index, losses.clone()))
+
+    if mode is None:
+        out = S._run_chains(smp, st, lambda k: None, notify)
+        arrays = (out.loss, out.peak, out.healthy)
+    else:
+        mode["st"] = st
+        arrays = cuda_graphs.run_chains_graphed(smp, st, lambda k: None, notify)
+    return arrays, seen, smp.gens
+
+
+@pytest.mark.parametrize("sampler_name", ["sgld", "rmsprop_sgld"])
+@pytest.mark.parametrize(("loss_every", "step_size"), [(1, 1e-3), (3, 1e-3), (1, 5.0)])
+def test_graphed_sgld_records_equal_the_eager_sampler(emulated_sgld_capture, sampler_name,
+                                                      loss_every, step_size):
+    """The graphed λ̂ path (two eager records, then a captured record replayed) traces the
+    same losses, peaks and health as the eager sampler, bit for bit, and notifies the same
+    records; at step 5.0 the chains diverge and the NaNs fall where the eager ones do."""
+    graphed, seen, _ = _sgld_run(emulated_sgld_capture, sampler_name, loss_every, step_size)
+    eager, seen_eager, _ = _sgld_run(None, sampler_name, loss_every, step_size)
+    assert emulated_sgld_capture["captured"] == 1
+    for a, b in zip(graphed, eager, strict=True):
+        assert a.tobytes() == b.tobytes()
+    assert [i for i, _ in seen] == [i for i, _ in seen_eager] == list(range(8))
+    assert all(torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
+               for (_, a), (_, b) in zip(seen, seen_eager, strict=True))
+
+
+def test_a_failed_sgld_capture_samples_on_as_if_never_tried(emulated_sgld_capture):
+    """A capture that fails halfway has advanced the registered generators (and, on torch ≤
+    2.11, left them in capture mode): the chains go on eagerly from fresh generators in the
+    states the capture began with, so the estimate equals the eager sampler's."""
+    emulated_sgld_capture["fail"] = True
+    with pytest.warns(UserWarning, match="capture of an SGLD record failed"):
+        graphed, _, gens = _sgld_run(emulated_sgld_capture, "sgld", 1, 1e-3)
+    eager, _, eager_gens = _sgld_run(None, "sgld", 1, 1e-3)
+    assert emulated_sgld_capture["captured"] == 0
+    for a, b in zip(graphed, eager, strict=True):
+        assert a.tobytes() == b.tobytes()
+    assert all(torch.equal(a.get_state(), b.get_state())
+               for a, b in zip(gens, eager_gens, strict=True))

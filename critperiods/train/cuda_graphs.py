@@ -224,6 +224,8 @@ class GraphedSGD:
                 warnings.warn(f"CUDA graph capture of the {epoch_phase} step failed ({err}); "
                               "this job takes eager steps", stacklevel=4)
                 graph = None
+                self.pool = torch.cuda.graph_pool_handle()  # the failed one still "captures"
+                _after_failed_capture(self.stream)
             with torch.no_grad():  # the warm-up steps never happened
                 for tensor, value in zip(self._mutable(), saved, strict=True):
                     tensor.copy_(value)
@@ -270,7 +272,7 @@ def run_chains_graphed(sampler: Any, st: Any, report: Callable[[int], None],
             if notify is not None:
                 notify(r, trace[:, r])
             report(cfg.loss_every * chains)
-        graph = _capture_record(record, sampler.gens, stream) if n_rec > eager else None
+        graph = _capture_record(record, sampler, stream) if n_rec > eager else None
         for r in range(eager, n_rec):
             if graph is None:
                 record()
@@ -283,15 +285,20 @@ def run_chains_graphed(sampler: Any, st: Any, report: Callable[[int], None],
             st.healthy.cpu().numpy().astype(np.bool_))
 
 
-def _capture_record(record: Callable[[], None], generators: Sequence[torch.Generator],
+def _capture_record(record: Callable[[], None], sampler: Any,
                     stream: torch.cuda.Stream) -> torch.cuda.CUDAGraph | None:
-    """One record as a graph with the chains' generators registered, or None where this
-    torch has no graph-safe custom generators."""
+    """One record as a graph with the chains' generators (``sampler.gens``) registered, or
+    None where this torch has no graph-safe custom generators or the capture fails. After a
+    failure the sampler draws from fresh generators in the states the capture began with:
+    the eager records go on as if no capture had been tried (torch ≤ 2.11 leaves a failed
+    capture's generators in capture mode, where the next eager draw raises "Offset increment
+    outside graph capture"; pytorch#171263)."""
     graph = torch.cuda.CUDAGraph()
     register = getattr(graph, "register_generator_state", None)
     if register is None:
         return None
-    for gen in generators:
+    states = [(gen.device, gen.get_state()) for gen in sampler.gens]
+    for gen in sampler.gens:
         register(gen)
     try:
         with torch.cuda.graph(graph, stream=stream, capture_error_mode=CAPTURE_MODE):
@@ -299,8 +306,33 @@ def _capture_record(record: Callable[[], None], generators: Sequence[torch.Gener
     except RuntimeError as err:  # the eager records go on
         warnings.warn(f"CUDA graph capture of an SGLD record failed ({err}); sampling "
                       "eagerly", stacklevel=3)
+        del graph
+        sampler.gens = [_generator_in_state(device, state) for device, state in states]
+        _after_failed_capture(stream)
         return None
     return graph
+
+
+def _generator_in_state(device: torch.device, state: Tensor) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.set_state(state)
+    return gen
+
+
+def _after_failed_capture(stream: torch.cuda.Stream | None) -> None:
+    """Take the device's default generator out of capture mode after a failed capture, by
+    one trivial capture that succeeds: torch ≤ 2.11 registers it with every capture and
+    leaves it in capture mode when the capture fails (pytorch#171263), so that any later
+    draw from it would raise. Nothing to do, and nothing done, where that capture fails too
+    or on a torch that no longer needs it."""
+    if stream is None:
+        return
+    try:
+        with torch.cuda.graph(torch.cuda.CUDAGraph(), stream=stream,
+                              capture_error_mode=CAPTURE_MODE):
+            torch.zeros(1, device=stream.device)
+    except RuntimeError:
+        pass
 
 
 @contextlib.contextmanager

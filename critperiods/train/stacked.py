@@ -30,8 +30,10 @@ result is still deterministic and resumable bit for bit on the CPU (on CUDA with
 its partners or its slot in the stack.
 
 ``train.compile`` is not applied to stacked models (a warning says so). On CUDA the
-step is replayed from a CUDA graph (``critperiods.train.cuda_graphs``) and the seeds are folded
-into the batch (``critperiods.train.folded``) instead of laid side by side in the channels.
+step is replayed from a CUDA graph (``critperiods.train.cuda_graphs``); the seeds lie side by
+side in the channels there too, the layout that measured fastest on a GPU
+(``critperiods.train.copies.CUDA_LAYOUT``; folded into the batch, ``critperiods.train.folded``,
+is the alternative the benchmark compares).
 """
 
 from __future__ import annotations
