@@ -1648,3 +1648,27 @@ def test_the_end_resolution_is_the_grid_or_the_profile_whichever_is_coarser() ->
         max(2.0, kink - lo, hi - kink))
     exact = np.tile(85 - 3.0 * np.maximum(switches - 6.0, 0)[:, None], (1, 3)) + [0, 1, 2]
     assert fits.hinge_resolution(switches, exact, 6.0) == 2.0  # no noise: the grid decides
+
+
+def test_a_curve_with_no_values_of_its_own_leaves_the_legend() -> None:
+    """λ̂ measured on the trunk only: a run's values up to its switch are the trunk's, under
+    the latest switch's curve; the legend names those switches once, not as curves no one
+    can see. A branch whose values differ after its switch keeps its entry."""
+    from critperiods.results.plots import _under_later_curves
+
+    epochs = np.arange(0.0, 10.0)
+
+    def curve(values):
+        return xr.DataArray(np.asarray(values, dtype=float), coords={"epoch": epochs},
+                            dims="epoch")
+
+    trunk = np.linspace(1, 2, 10)
+    means = {0: curve(np.linspace(3, 4, 10)),
+             4: curve(np.where(epochs <= 4, trunk, np.nan)),
+             8: curve(np.where(epochs <= 8, trunk, np.nan)),
+             9: curve(trunk)}
+    assert _under_later_curves(means, np.array([0, 4, 8, 9])) == {4, 8}
+    means[4] = curve(np.where(epochs <= 6, np.where(epochs <= 4, trunk, 5.0), np.nan))
+    assert _under_later_curves(means, np.array([0, 4, 8, 9])) == {8}
+    means[0] = curve(trunk)  # the same values, as far: a run of its own, kept
+    assert 0 not in _under_later_curves(means, np.array([0, 4, 8, 9]))

@@ -171,18 +171,20 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
     for row, r in zip(grid, rows, strict=True):
         for ax, b in zip(row, var.batch_size.values, strict=True):
             means = _run_means(_sel(kept, batch_size=b, lr_schedule=r), switches)
+            hidden = _under_later_curves(means, switches)
             for k in switches:
                 color = colors[k]
                 curve = means[k]
                 ok = np.isfinite(curve.values)
+                label = f"switch {k}" if k not in hidden else "_hidden"
                 if spread is not None:
                     err = _sel(spread.where(np.isfinite(kept)), batch_size=b, lr_schedule=r,
                                switch_epoch=k).mean("seed")
                     ax.errorbar(curve.epoch[ok], curve[ok], yerr=err[ok], marker=marker,
-                                color=color, capsize=2, lw=1.2, label=f"switch {k}")
+                                color=color, capsize=2, lw=1.2, label=label)
                 else:
                     ax.plot(curve.epoch[ok], curve[ok], marker=marker, color=color,
-                            label=f"switch {k}")
+                            label=label)
                 if flagged is not None:
                     bad = _sel(var.where(flagged), batch_size=b, lr_schedule=r, switch_epoch=k)
                     for s in bad.seed.values:
@@ -200,6 +202,11 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
             ax.grid(alpha=0.3)
         row[0].set_ylabel(ylabel)
     handles, labels = grid[0][-1].get_legend_handles_labels()
+    if hidden:  # of the last panel, whose legend this is
+        under = max(k for k in switches if k not in hidden)
+        handles.append(plt.Line2D([], [], color="0.4", lw=0.6, ls=":"))
+        labels.append(f"switch {', '.join(f'{k:g}' for k in sorted(hidden))} (dotted): "
+                      f"under switch {under:g}'s curve")
     handles += extra
     labels += [handle.get_label() for handle in extra]
     if flagged is not None and bool(flagged.any()):
@@ -215,6 +222,24 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
     if caption:
         _caption(fig, caption)
     _save(fig, path, dpi)
+
+
+def _under_later_curves(means: dict, switches: np.ndarray) -> set:
+    """The switch epochs whose curve has no value of its own: every point it has, a later
+    switch's curve has too, equal, and goes on past its last (λ̂ measured on the trunk
+    only: a run's values up to its switch are the trunk's, all under the latest switch's
+    curve). Their legend entries would name curves no one can see."""
+    hidden = set()
+    for i, k in enumerate(switches):
+        mine = np.isfinite(means[k].values)
+        if not mine.any():
+            continue
+        last = np.flatnonzero(mine)[-1]
+        if any(np.array_equal(means[k].values[mine], means[later].values[mine])
+               and np.isfinite(means[later].values[last + 1:]).any()
+               for later in switches[i + 1:]):
+            hidden.add(k)
+    return hidden
 
 
 def _run_means(panel: xr.DataArray, switches: np.ndarray) -> dict:
