@@ -6,7 +6,7 @@ CORES   ?= all
 CONFIG  ?=
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test lint report bench bench-gpu bench-gpu-deps dataset clean-results help
+.PHONY: run check-config test lint report bench bench-gpu bench-gpu-deps dataset clean-results help
 
 help:
 	@echo "make run     - install into $(VENV) and run the default experiment (config.yaml)"
@@ -32,10 +32,12 @@ dataset:
 		|| echo "dataset-fashion-mnist not installable; torchvision will download it"; \
 	fi
 
-# A CONFIG file is checked first: for one that is not YAML, Snakemake's message names
-# neither the file nor the line.
-run: $(STAMP) dataset
+# CONFIG files are checked before anything else runs: for a file that is not YAML, or is
+# empty, Snakemake's message names neither the file nor the line.
+check-config: $(STAMP)
 	$(if $(CONFIG),$(PY) -m critperiods check $(CONFIG))
+
+run: $(STAMP) check-config dataset
 	$(SMK) --cores $(CORES) $(if $(CONFIG),--configfile $(CONFIG))
 
 test: $(STAMP)
@@ -51,8 +53,7 @@ lint: $(STAMP)
 # report.html for the default, report-<last config's name>.html with CONFIG=…, so that
 # experiments do not overwrite each other's report
 REPORT = report$(if $(CONFIG),-$(basename $(notdir $(lastword $(CONFIG))))).html
-report: $(STAMP)
-	$(if $(CONFIG),$(PY) -m critperiods check $(CONFIG))
+report: $(STAMP) check-config
 	$(SMK) --cores 1 $(if $(CONFIG),--configfile $(CONFIG)) --report $(REPORT)
 
 BENCH_VENV := .venv-bench

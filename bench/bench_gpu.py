@@ -107,6 +107,16 @@ DEFAULT_SECTIONS = ("correctness", "training", "llc", "stacked", "fmnist", "cost
 WARMUP = 6  # steps before timing: the eager first step, warm-up and capture of the graph
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's first line for a table cell (an empty message too)."""
+    return (str(err).splitlines() or [""])[0][:200]
+
+
+def said(err: BaseException) -> str:
+    """``Type: first line`` of an exception."""
+    return f"{type(err).__name__}: {first_line(err)}"
+
+
 class Budget:
     """Wall-clock budget: sections ask whether there is time left for them."""
 
@@ -330,7 +340,7 @@ class Fallible:
         try:
             return fn()
         except Exception as err:  # noqa: BLE001 - reported in the table and the json
-            self.error = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            self.error = said(err)
             self.loop = None
             return None
 
@@ -365,7 +375,8 @@ def window_steps(loop, sizes: Sizes) -> int:
         min(sizes.max_window, loop.full - 2)
     if sizes.window_s <= 0:
         return most
-    probe = loop.window(5) / 5
+    few = max(1, min(5, most))
+    probe = loop.window(few) / few
     if not math.isfinite(probe):  # a Fallible loop that failed: its windows are NaN anyway
         return min(10, most)
     return int(max(min(10, most), min(most, sizes.window_s / max(probe, 1e-6))))
@@ -556,7 +567,7 @@ def section_training(device: torch.device, sizes: Sizes, budget: Budget, cache: 
             if not sizes.full:
                 raise  # the smoke run (make test) must fail loudly
             rows.append(f"| {model} | {batch} | failed: {type(err).__name__}: "
-                        f"{str(err).splitlines()[0][:200]} |||||||||")
+                        f"{first_line(err)} |||||||||")
             raw[f"{model} b{batch}"] = {"error": traceback.format_exc()[-3000:]}
             _free(device)
             continue
@@ -808,7 +819,7 @@ def section_levers(device: torch.device, sizes: Sizes, budget: Budget, cache: di
         try:  # one failed count must not lose the rows measured before it
             rates = concurrent_rates(model, width, proc_batch, count, sizes, device)
         except Exception as err:  # noqa: BLE001 - report it in the table
-            proc_rows.append(f"| {count} | failed: {str(err).splitlines()[0][:200]} | |")
+            proc_rows.append(f"| {count} | failed: {first_line(err)} | |")
             continue
         raw["processes"][str(count)] = rates
         one = med(raw["processes"].get("1", [float("nan")]))
@@ -831,7 +842,7 @@ def section_levers(device: torch.device, sizes: Sizes, budget: Budget, cache: di
             if not sizes.full:
                 raise  # the smoke run (make test) must fail loudly
             rows.append(f"| {batch} | failed: {type(err).__name__}: "
-                        f"{str(err).splitlines()[0][:200]} | | |")
+                        f"{first_line(err)} | | |")
             raw["compile_errors"] = {**raw.get("compile_errors", {}),
                                      f"b{batch}": traceback.format_exc()[-3000:]}
         else:
@@ -1203,9 +1214,10 @@ def main() -> None:
         try:
             parts[section], raw[section] = fn()
         except Exception:  # noqa: BLE001 - report it, keep the other sections
-            parts[section] = [f"## {section}: FAILED", "", "```",
+            # after what the section saved as it went (levers), if anything
+            parts[section] = [*parts.get(section, []), f"## {section}: FAILED", "", "```",
                               traceback.format_exc()[-3000:], "```", ""]
-            raw[section] = {"error": traceback.format_exc()}
+            raw[section] = {**raw.get(section, {}), "error": traceback.format_exc()}
             if args.smoke:
                 save()
                 raise

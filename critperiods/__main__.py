@@ -7,10 +7,11 @@
   summary instead.
 * ``calibrate-llc PIECE --epoch E`` — sweep the SGLD step size at one checkpoint and plot
   the running λ̂ per setting, to choose ``llc.step_size``.
-* ``check [CONFIG …]`` — read the configs laid over config.yaml and check them as the
-  Snakefile does; a file that is not YAML, a misspelt key or a bad value is one line naming
-  the file (and line or key) and the reason, exit status 1 (``make run CONFIG=…`` runs it
-  first: Snakemake's own message for a file that is not YAML names neither).
+* ``check [CONFIG …]`` (or ``--configfile CONFIG …``) — read the configs laid over
+  config.yaml and check them as the Snakefile does; a file that is empty or not YAML, a
+  misspelt key or a bad value is one line naming the file (and line or key) and the reason,
+  exit status 1 (``make run CONFIG=…`` runs it first: Snakemake's own message for a file
+  that is empty or not YAML names neither).
 * ``cost [CONFIG …]`` (or ``--configfile CONFIG …``) — epochs of SGD a grid costs with and
   without trunk sharing (and the perturbation experiment's), its images, the time on the
   reference CPU and GPU, and the jobs per rule a fresh run plans.
@@ -284,9 +285,9 @@ def _times(scratch: int, shared: int) -> str:
 
 
 def check(args: argparse.Namespace) -> int:
-    config = _load_config(args.configfile)  # exits with the one line on a bad file or key
-    print(f"{config['experiment']} ({_layers(args.configfile)}): ok, "
-          f"study {config['study']}")
+    paths = [*args.configfile, *args.configfiles]
+    config = _load_config(paths)  # exits with the one line on a bad file or key
+    print(f"{config['experiment']} ({_layers(paths)}): ok, study {config['study']}")
     return 0
 
 
@@ -486,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check", help="check configs as the Snakefile does, one line per error")
     p.add_argument("configfile", nargs="*", default=[],
                    help="configs laid over config.yaml (none: the default experiment)")
+    p.add_argument("--configfile", nargs="+", default=[], dest="configfiles",
+                   help="the same, as snakemake takes them")
     p.set_defaults(func=check)
 
     p = sub.add_parser("cost", help="epochs, images and time a grid costs (trunk sharing on)")

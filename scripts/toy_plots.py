@@ -14,5 +14,5 @@ cube = open_cube(sm.input[0])
 figures = {name: path for name, path in sm.output.items() if name in PLOTTERS}
 for name, path in figures.items():
     PLOTTERS[name](cube, path, dpi=sm.params.dpi)
-page = landing_page(cube, figures["toy_llc"], sm.params.description)
+page = landing_page(cube, figures["toy_llc"])
 write_atomic(sm.output.landing, lambda tmp: Path(tmp).write_text(page))

@@ -1002,8 +1002,25 @@ def test_the_landing_page_leads_with_a_short_answer() -> None:
     assert "survives restarting the rate at the switch at every batch size" in either
     some = said(0.3, [0.1, 0.5], [0.002, -0.01, -0.01])
     assert "end their critical period earlier" in some
-    assert f"only at batch {BATCHES[0]:g};" in some
+    assert (f"The deficit survives restarting the rate at the switch at batch {BATCHES[0]:g}; "
+            f"it vanishes with it restarted at batch sizes {BATCHES[1]:g}, {BATCHES[2]:g} "
+            "(the learning-rate confound).") in some
     assert "no power law" in said(np.nan, [np.nan, np.nan], [-0.01, -0.01, -0.01])
+    assert "no interval (one seed)" in said(-0.5, [np.nan, np.nan], [-0.01, -0.01, -0.01])
+    assert "unbounded interval" in said(-0.5, [-np.inf, 0.3], [-0.01, -0.01, -0.01])
+    # no deficit with the rate continued: nothing for the restart to explain
+    flat = cube.copy(deep=True)
+    flat["permanent_deficit_interval"].loc[{"lr_schedule": "continue"}] = [[-0.01, 0.02]] * 3
+    assert short_answer(flat) == ("**In short:** with the learning rate decaying, no batch "
+                                  "size has a deficit whose interval lies above 0: no "
+                                  "critical period to locate here.")
+    # located at one batch size only: the restart's verdict is about that one
+    one = cube.copy(deep=True)
+    one["permanent_deficit_interval"].loc[{"lr_schedule": "continue",
+                                            "batch_size": BATCHES[1:]}] = [[-0.01, 0.02]] * 2
+    one["permanent_deficit_interval"].loc[{"lr_schedule": "restart"}] = [[-0.01, 0.05]] * 3
+    assert f"removes the deficit at every batch size that has one ({BATCHES[0]:g})" \
+        in short_answer(one)
 
 
 def test_the_landing_page_locates_no_end_where_there_is_no_deficit(tmp_path) -> None:
@@ -1667,8 +1684,34 @@ def test_a_curve_with_no_values_of_its_own_leaves_the_legend() -> None:
              4: curve(np.where(epochs <= 4, trunk, np.nan)),
              8: curve(np.where(epochs <= 8, trunk, np.nan)),
              9: curve(trunk)}
-    assert _under_later_curves(means, np.array([0, 4, 8, 9])) == {4, 8}
+    assert _under_later_curves(means, np.array([0, 4, 8, 9])) == {4: 9, 8: 9}
     means[4] = curve(np.where(epochs <= 6, np.where(epochs <= 4, trunk, 5.0), np.nan))
-    assert _under_later_curves(means, np.array([0, 4, 8, 9])) == {8}
+    assert _under_later_curves(means, np.array([0, 4, 8, 9])) == {8: 9}
     means[0] = curve(trunk)  # the same values, as far: a run of its own, kept
     assert 0 not in _under_later_curves(means, np.array([0, 4, 8, 9]))
+
+
+def test_the_sgld_traces_figure_is_a_grid_with_its_legend_on_a_drawn_panel(monkeypatch,
+                                                                          tmp_path) -> None:
+    """Figure 3b: a row per batch size, the earliest and latest switch side by side; a
+    panel with no traces is switched off, and the chains' legend goes on the first panel
+    drawn, not on the grid's first (which may be off)."""
+    from critperiods.results import plots
+
+    shape = (2, 2, 1, 2, 3, 5)  # batch, switch, seed, epoch, chain, draw
+    trace = np.arange(np.prod(shape), dtype=float).reshape(shape)
+    trace[0, 0] = np.nan  # batch 64, switch 0: no λ̂ there
+    cube = xr.Dataset(
+        {"llc_loss_trace": (("batch_size", "switch_epoch", "seed", "epoch", "chain", "draw"),
+                            trace)},
+        coords={"batch_size": [64, 128], "switch_epoch": [0, 8], "seed": [0], "epoch": [4, 8],
+                "chain": [0, 1, 2], "draw": np.arange(5)})
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi: figures.append(fig))
+    plots.llc_traces(cube, tmp_path / "llc_traces.png")
+    axes = figures[0].axes
+    assert len(axes) == 4 and not axes[0].axison  # 2 × 2, batch 64's switch 0 off
+    assert axes[1].get_legend() is not None
+    assert [t.get_text() for t in axes[1].get_legend().get_texts()] == [
+        "chain 0", "chain 1", "chain 2"]
+    assert axes[3].get_title().startswith("batch 128, switch 8, epoch 8")

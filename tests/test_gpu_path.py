@@ -327,6 +327,11 @@ def test_a_failing_dataloader_loop_costs_only_its_own_column():
     assert loops["loader"].error.startswith("RuntimeError: DataLoader worker (pid 7)")
     assert bench_gpu.Fallible(lambda: 1 / 0).error.startswith("ZeroDivisionError")
 
+    def silent() -> None:
+        raise RuntimeError()  # no message: the cell still says what failed
+
+    assert bench_gpu.Fallible(silent).error == "RuntimeError: "
+
 
 def test_bench_gpu_interpolates_a_rate_between_measured_batch_sizes():
     bench_gpu = bench_module("bench_gpu")

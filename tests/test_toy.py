@@ -528,7 +528,8 @@ def test_the_toy_report_page_answers_each_finding_from_the_summary(tmp_path):
            "against 0.00, product_k1-1 0.70 against 0.50." in lines[0]
     assert "≥ 90 % on line_k2; ≤ 20 % on line_k1, product_k1-1." in lines[1]
     assert "c 0.58–0.93 (R² 0.950–1.000), and 0.88–1.02 times the Gauss–Newton" in lines[2]
-    assert "level (≤ 2×) on line_k1, and 3.0–10.0× it on line_k2, product_k1-1." in lines[3]
+    assert "level (≤ 2×) on line_k1; 3.0–10.0× that level on line_k2, product_k1-1." \
+        in lines[3]
     # at w*: |0.52/0.5 − 1| = 4 %, 0 %, |0.28/0.35 − 1| = 20 %; ends: 2 %, 10 %
     assert "at w* off by 0–20 % (flagged: product_k1-1 not_converged)" in lines[4]
     assert "7 estimates are not flagged and 5 flagged (left out)" in lines[4]
@@ -537,6 +538,43 @@ def test_the_toy_report_page_answers_each_finding_from_the_summary(tmp_path):
     html = publish_parts(table_rst(table), writer="html")["body"]
     assert html.count("<tr") == 4 and "0.280 (not_converged)" in html and "n/a (0 / 4)" in html
     assert "10.0×" in html
+
+
+def test_the_toy_report_page_says_how_its_numbers_were_made_with_the_runs_settings():
+    """The page closes on the protocol with the settings the cube recorded, not on the
+    blur-switch study's description."""
+    from critperiods.toy.report_page import protocol
+
+    toy = {"data": {"n": 200, "orthogonal_noise": True},
+           "sgd": {"trajectories": 64, "steps": 300}, "posterior": {"nbeta": None},
+           "llc": {"chains": 2, "burn_in": 20, "draws": 60}}
+    said = protocol(toy)
+    assert f"{toy['sgd']['trajectories']} runs take {toy['sgd']['steps']} steps" in said
+    assert "nβ = 2B / (lr σ²)" in said and "blurred" not in said
+    assert "n = 200 samples with the noise projected off" in said
+    assert "(2 chains × 20 + 60 steps)" in said
+    toy["posterior"]["nbeta"] = 500.0
+    assert "at nβ = 500," in protocol(toy)
+
+
+def test_the_toy_report_page_survives_what_a_small_run_can_give():
+    """An exponent that could not be fitted is not counted as agreeing, a sampling level of
+    0 is not divided by, and no unflagged λ̂ at all is said in words, not "nan %"."""
+    from critperiods.toy.report_page import answer_lines, table_rst
+
+    table = _summary_rows()
+    table.loc["line_k2", "exponent"] = np.nan
+    table.loc["line_k1", "W1_null"] = 0.0
+    table["llc_at_end"], table["end_n"] = np.nan, 0
+    lines = answer_lines(table)
+    assert "on 0 of 2 landscapes" in lines[0] and "not fitted (fewer than 3 thresholds " \
+        "reached) on line_k2." in lines[0]
+    assert "not compared on line_k1 (a sampling level of 0)" in lines[3]
+    assert lines[4].endswith("0 estimates are not flagged and 5 flagged (left out): no "
+                             "unflagged estimate to compare.")
+    assert "nan" not in " ".join(lines)
+    rst = table_rst(table)
+    assert "n/a (0.50)" in rst and "     - n/a\n" in rst
 
 
 def test_the_toy_report_page_names_no_divergence_where_none_diverged():

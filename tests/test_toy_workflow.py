@@ -158,7 +158,8 @@ def test_report_has_the_toy_section_and_opens_on_the_toy_answer(run):
     landing = (run / RESULTS / "report/toy_landing.rst").read_text()
     assert landing.startswith("Toy landscapes: toy_tiny\n")
     for finding in ("1. Convergence", "2. Escape", "3. Noise vs Hessian",
-                    "4. Endpoints vs the tempered posterior", "λ̂ against the finite-nβ target"):
+                    "4. Endpoints vs the tempered posterior", "λ̂ against the finite-nβ target",
+                    "64 runs take 300 steps"):  # the protocol, with toy_tiny's settings
         assert finding in landing, finding
     snakemake(run, "--report", "report.html")
     html = (run / "report.html").read_text(errors="replace")

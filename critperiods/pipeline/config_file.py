@@ -33,12 +33,14 @@ def read_config_file(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}: "
                           f"{getattr(err, 'problem', None) or err}") from None
+    if data is None:  # Snakemake refuses it too, without naming the file
+        raise ConfigError(f"{path}: empty (no keys); a config file holds a mapping of keys")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file holds a mapping of keys, got "
                           f"{type(data).__name__}")

@@ -168,10 +168,14 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
     switches = var.switch_epoch.values[present.values]
     kept = var if flagged is None else var.where(~flagged)
     extra: list = []
+    legend_panel = grid[0][-1]  # the legend is this panel's
+    legend_hidden: dict = {}
     for row, r in zip(grid, rows, strict=True):
         for ax, b in zip(row, var.batch_size.values, strict=True):
             means = _run_means(_sel(kept, batch_size=b, lr_schedule=r), switches)
             hidden = _under_later_curves(means, switches)
+            if ax is legend_panel:
+                legend_hidden = hidden
             for k in switches:
                 color = colors[k]
                 curve = means[k]
@@ -201,11 +205,11 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
         row[0].set_ylabel(ylabel)
-    handles, labels = grid[0][-1].get_legend_handles_labels()
-    if hidden:  # of the last panel, whose legend this is
-        under = max(k for k in switches if k not in hidden)
+    handles, labels = legend_panel.get_legend_handles_labels()
+    for under in sorted(set(legend_hidden.values())):  # a line per curve they lie under
+        over = sorted(k for k, later in legend_hidden.items() if later == under)
         handles.append(plt.Line2D([], [], color="0.4", lw=0.6, ls=":"))
-        labels.append(f"switch {', '.join(f'{k:g}' for k in sorted(hidden))} (dotted): "
+        labels.append(f"switch {', '.join(f'{k:g}' for k in over)} (dotted): "
                       f"under switch {under:g}'s curve")
     handles += extra
     labels += [handle.get_label() for handle in extra]
@@ -224,21 +228,23 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
     _save(fig, path, dpi)
 
 
-def _under_later_curves(means: dict, switches: np.ndarray) -> set:
-    """The switch epochs whose curve has no value of its own: every point it has, a later
-    switch's curve has too, equal, and goes on past its last (λ̂ measured on the trunk
-    only: a run's values up to its switch are the trunk's, all under the latest switch's
-    curve). Their legend entries would name curves no one can see."""
-    hidden = set()
+def _under_later_curves(means: dict, switches: np.ndarray) -> dict:
+    """The switch epochs whose curve has no value of its own, each with the latest switch
+    whose curve it lies under: every point it has, that curve has too, equal, and goes on
+    past its last (λ̂ measured on the trunk only: a run's values up to its switch are the
+    trunk's, under the latest switch's curve). Their legend entries would name curves no
+    one can see."""
+    hidden = {}
     for i, k in enumerate(switches):
         mine = np.isfinite(means[k].values)
         if not mine.any():
             continue
         last = np.flatnonzero(mine)[-1]
-        if any(np.array_equal(means[k].values[mine], means[later].values[mine])
-               and np.isfinite(means[later].values[last + 1:]).any()
-               for later in switches[i + 1:]):
-            hidden.add(k)
+        under = [later for later in switches[i + 1:]
+                 if np.array_equal(means[k].values[mine], means[later].values[mine])
+                 and np.isfinite(means[later].values[last + 1:]).any()]
+        if under:
+            hidden[k] = under[-1]
     return hidden
 
 
@@ -386,7 +392,8 @@ def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         if col == 0:
             ax.set_ylabel("minibatch loss (nats)")
     if picks:
-        axes.flat[0].legend(fontsize=7)
+        row, col = next(iter(picks))  # the first panel drawn (the grid may skip some)
+        axes[row][col].legend(fontsize=7)
     _save(fig, path, dpi)
 
 

@@ -70,47 +70,70 @@ def _exponent(cube: xr.Dataset, schedule: str) -> tuple[float, float, float]:
     return float(p), lo, hi
 
 
+def _batches(values: list[float]) -> str:
+    return ("batch " if len(values) == 1 else "batch sizes ") + ", ".join(f"{b:g}" for b in values)
+
+
 def short_answer(cube: xr.Dataset) -> str:
-    """The answer in one or two sentences (rst): with the rate decaying, which way the end
-    moves with the batch size and whether the exponent's interval includes 0; whether the
-    deficit survives restarting the rate at every batch size, at some, or at none (then the
-    learning-rate confound, not a critical period). The bullets below give the numbers."""
+    """The answer in one or two sentences (rst), for the batch sizes whose deficit is
+    located with the first schedule (normally continue): which way the end moves with the
+    batch size and whether the exponent's interval includes 0; whether that deficit
+    survives restarting the rate (a critical period), vanishes (the learning-rate confound)
+    or is undetermined, at each. Without a located deficit it says so and concludes nothing
+    about the restart. The bullets below give the numbers."""
     schedules = [str(r) for r in cube["lr_schedule"].values] if "lr_schedule" in cube.dims \
         else ["continue"]
     first = "continue" if "continue" in schedules else schedules[0]
+    rate = "with the learning rate decaying" if first == "continue" else f"with {first}"
+    table = summary_table(cube)
+    rows = table[table["lr_schedule"] == first]
+    located = [float(row.batch_size) for row in rows.itertuples()
+               if end_located(row.permanent_deficit_lower)]
+    if not located:
+        return (f"**In short:** {rate}, no batch size has a deficit whose interval lies above "
+                "0: no critical period to locate here.")
     level = f"{100 * float(cube.attrs.get('summary_level', 0.9)):.0f} %"
     p, lo, hi = _exponent(cube, first)
-    rate = "with the learning rate decaying" if first == "continue" else f"with {first}"
-    if np.isfinite(p) and np.isfinite(lo) and np.isfinite(hi):
-        way = "later" if p < 0 else "earlier"
-        said = (f"{rate}, smaller batches end their critical period {way} (end ∝ batch "
-                f"size^{_num(p, 2)}, {level} interval {_interval(lo, hi, 2)}"
-                + (", which includes 0: no dependence is as consistent" if lo <= 0 <= hi
-                   else "") + ")")
-    elif np.isfinite(p):
+    if not np.isfinite(p):
+        said = (f"{rate}, the deficit is located at {_batches(located)}, but there is no power "
+                "law of the end in the batch size (it needs 3 batch sizes whose end is located "
+                "after the first switch)")
+    elif np.isinf(lo) or np.isinf(hi):
         said = (f"{rate}, the end's power law in the batch size is p = {_num(p, 2)} with an "
                 "unbounded interval: these seeds cannot say which way the end moves")
     else:
-        said = (f"{rate}, no power law of the end in the batch size: fewer than 3 batch "
-                "sizes have a located end")
+        way = "later" if p < 0 else "earlier"
+        interval = (f", {level} interval {_interval(lo, hi, 2)}" if np.isfinite(lo)
+                    else ", no interval (one seed)")
+        said = (f"{rate}, smaller batches end their critical period {way} (end ∝ batch "
+                f"size^{_num(p, 2)}{interval}"
+                + (", which includes 0: no dependence is as consistent"
+                   if np.isfinite(lo) and lo <= 0 <= hi else "") + ")")
     verdicts = restart_verdicts(cube)
-    kept = [b for b, v in verdicts.items() if v.startswith("survives")]
-    gone = [b for b, v in verdicts.items() if v.startswith("does not")]
-    if verdicts and len(gone) == len(verdicts):
-        said += (". Restarting the rate at the switch removes the deficit at every batch "
-                 "size, so here what looks like a critical period is the learning-rate "
-                 "confound")
-    elif verdicts and len(kept) == len(verdicts):
-        said += (". The deficit survives restarting the rate at the switch at every batch "
-                 "size: a critical period, not the learning-rate confound")
-    elif kept:
-        said += (". The deficit survives restarting the rate at the switch only at batch "
-                 + ", ".join(f"{b:g}" for b in kept) + "; elsewhere it is the learning-rate "
-                 "confound or undetermined")
-    elif verdicts:
-        said += (". Whether the deficit survives restarting the rate is undetermined at "
-                 "some batch size (below)")
+    if verdicts:
+        said += ". " + _restart_sentence(verdicts, located, len(rows))
     return f"**In short:** {said}."
+
+
+def _restart_sentence(verdicts: dict[float, str], located: list[float], batch_sizes: int
+                      ) -> str:
+    """What restarting the rate says of the located deficits (:func:`short_answer`)."""
+    kept = [b for b in located if verdicts.get(b, "").startswith("survives")]
+    gone = [b for b in located if verdicts.get(b, "").startswith("does not")]
+    open_ = [b for b in located if b not in kept and b not in gone]
+    every = "every batch size" if len(located) == batch_sizes else \
+        f"every batch size that has one ({', '.join(f'{b:g}' for b in located)})"
+    if gone and not kept and not open_:
+        return (f"Restarting the rate at the switch removes the deficit at {every}, so here "
+                "what looks like a critical period is the learning-rate confound")
+    if kept and not gone and not open_:
+        return (f"The deficit survives restarting the rate at the switch at {every}: a "
+                "critical period, not the learning-rate confound")
+    parts = ([f"survives restarting the rate at the switch at {_batches(kept)}"] if kept
+             else []) + ([f"vanishes with it restarted at {_batches(gone)} (the learning-rate "
+                          "confound)"] if gone else []) \
+        + ([f"is undetermined under the restart at {_batches(open_)}"] if open_ else [])
+    return "The deficit " + "; it ".join(parts)
 
 
 def answer_lines(cube: xr.Dataset) -> list[str]:
@@ -150,14 +173,10 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
     schedules = [str(r) for r in cube["lr_schedule"].values] if "lr_schedule" in cube.dims \
         else ["continue"]
     for r in schedules:
-        p = cube["batch_size_exponent"].sel(lr_schedule=r) if "lr_schedule" in \
-            cube["batch_size_exponent"].dims else cube["batch_size_exponent"]
-        lo, hi = (cube["batch_size_exponent_interval"].sel(lr_schedule=r)
-                  if "lr_schedule" in cube["batch_size_exponent_interval"].dims
-                  else cube["batch_size_exponent_interval"]).values
+        p, lo, hi = _exponent(cube, r)
         unbounded = cube["batch_size_exponent_interval"].attrs.get("unbounded")
-        if np.isfinite(float(p)):
-            lines.append(f"* end ∝ batch size^p ({r}): p = {_num(float(p), 2)} "
+        if np.isfinite(p):
+            lines.append(f"* end ∝ batch size^p ({r}): p = {_num(p, 2)} "
                          f"{_interval(lo, hi, 2)} (p < 0: smaller batches end later)"
                          + (f"; the interval is unbounded: {unbounded}"
                             if np.isinf(lo) and unbounded else ""))

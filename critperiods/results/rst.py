@@ -7,6 +7,7 @@ themselves are :mod:`critperiods.results.report_page` and :mod:`critperiods.toy.
 from __future__ import annotations
 
 import base64
+import html
 from pathlib import Path
 
 #: Snakemake sets the first page in a 32rem column beside the workflow graph, too narrow for
@@ -44,7 +45,7 @@ def figure_rst(png: str | Path, alt: str) -> str:
     # docutils refuses lines over 10 000 characters; browsers skip whitespace in base64
     lines = "\n".join(f"   {data[i:i + 4000]}" for i in range(0, len(data), 4000))
     return (".. raw:: html\n\n"
-            f'   <img style="max-width:100%" alt="{alt}"\n'
+            f'   <img style="max-width:100%" alt="{html.escape(alt)}"\n'
             f'   src="data:image/png;base64,\n{lines}"/>')
 
 

@@ -29,7 +29,7 @@ EXPONENT_TOLERANCE = 0.1
 
 
 def _names(index: pd.Index) -> str:
-    return ", ".join(index) or "none"
+    return ", ".join(index)
 
 
 def _span(values: pd.Series, digits: int = 2) -> str:
@@ -38,46 +38,78 @@ def _span(values: pd.Series, digits: int = 2) -> str:
         f"{lo:.{digits}f}–{hi:.{digits}f}"
 
 
+def _w1_ratio(table: pd.DataFrame) -> pd.Series:
+    """W1 over its sampling level, NaN where that level is 0 (nothing to compare with)."""
+    return table["W1"] / table["W1_null"].where(table["W1_null"] > 0)
+
+
+def _convergence_line(table: pd.DataFrame) -> str:
+    fitted = table[table["exponent"].notna()]
+    gap = fitted["exponent"] - fitted["exponent_gf"]
+    off = gap[gap.abs() > EXPONENT_TOLERANCE]
+    line = ("* **1. Convergence** — the fitted exponent p (median steps ∝ threshold^−p) is "
+            f"within {EXPONENT_TOLERANCE:g} of gradient flow's on {len(fitted) - len(off)} of "
+            f"{len(fitted)} landscapes")
+    if not off.empty:
+        line += "; off by more: " + ", ".join(
+            f"{n} {table.loc[n, 'exponent']:.2f} against {table.loc[n, 'exponent_gf']:.2f}"
+            for n in off.index)
+    if len(fitted) < len(table):
+        line += ("; not fitted (fewer than 3 thresholds reached) on "
+                 + _names(table.index[table["exponent"].isna()]))
+    return line + "."
+
+
+def _escape_line(table: pd.DataFrame) -> str:
+    stuck, escaped = table.index[table["stuck"] >= 0.9], table.index[table["stuck"] <= 0.2]
+    between = table.index.difference(stuck.union(escaped), sort=False)
+    parts = ([f"≥ 90 % on {_names(stuck)}"] if len(stuck) else []) + (
+        [f"≤ 20 % on {_names(escaped)}"] if len(escaped) else []) + (
+        [f"in between on {_names(between)}"] if len(between) else [])
+    return ("* **2. Escape** — near-start runs that stayed within the escape radius: "
+            + "; ".join(parts) + ".")
+
+
+def _posterior_line(table: pd.DataFrame) -> str:
+    ratio = _w1_ratio(table)
+    level, above = ratio[ratio <= SAMPLING_LEVEL], ratio[ratio > SAMPLING_LEVEL]
+    parts = ([f"at an exact posterior sample's level (≤ {SAMPLING_LEVEL:g}×) on "
+              f"{_names(level.index)}"] if len(level) else []) + (
+        [f"{_span(above, 1)}× that level on {_names(above.index)}"] if len(above) else []) + (
+        [f"not compared on {_names(ratio.index[ratio.isna()])} (a sampling level of 0)"]
+        if ratio.isna().any() else [])
+    return "* **4. Endpoints vs the tempered posterior** — W1 is " + "; ".join(parts) + "."
+
+
+def _llc_line(table: pd.DataFrame) -> str:
+    w_star = 100 * (table["llc_at_w*"] - table["target"]) / table["target"]
+    end = (100 * (table["llc_at_end"] - table["target"]) / table["target"]).dropna()
+    flags = table["w*_flags"][table["w*_flags"] != "ok"]
+    line = ("* **5. λ̂ against the finite-nβ target** (what the estimator converges to at "
+            "its nβ and γ; the exact λ is its limit as nβ grows) — at w* off by "
+            f"{_span(w_star.abs(), 0)} %"
+            + ("" if flags.empty else
+               " (flagged: " + ", ".join(f"{n} {f}" for n, f in flags.items()) + ")")
+            + f"; at far-start SGD endpoints {int(table['end_n'].sum())} estimates are not "
+            f"flagged and {int(table['end_flagged'].sum())} flagged (left out)")
+    if end.empty:
+        return line + ": no unflagged estimate to compare."
+    none = table.index.difference(end.index, sort=False)
+    return (line + f", and the unflagged means are off by {_span(end.abs(), 0)} %"
+            + (f" (none unflagged on {_names(none)})" if len(none) else "") + ".")
+
+
 def answer_lines(table: pd.DataFrame) -> list[str]:
     """The answer as rst bullets, one per finding, from :func:`summary_table`'s rows; the
     page's table gives every landscape's numbers."""
-    gap = table["exponent"] - table["exponent_gf"]
-    off = gap[gap.abs() > EXPONENT_TOLERANCE]
-    ratio = table["W1"] / table["W1_null"]
-    above = ratio[ratio > SAMPLING_LEVEL]
-    stuck, escaped = table.index[table["stuck"] >= 0.9], table.index[table["stuck"] <= 0.2]
-    w_star = 100 * (table["llc_at_w*"] - table["target"]) / table["target"]
-    end = 100 * (table["llc_at_end"] - table["target"]) / table["target"]
-    w_star_flags = table["w*_flags"][table["w*_flags"] != "ok"]
     lines = [
-        "* **1. Convergence** — the fitted exponent p (median steps ∝ threshold^−p) is "
-        f"within {EXPONENT_TOLERANCE:g} of gradient flow's on {len(table) - len(off)} of "
-        f"{len(table)} landscapes"
-        + ("" if off.empty else "; off by more: " + ", ".join(
-            f"{n} {table.loc[n, 'exponent']:.2f} against {table.loc[n, 'exponent_gf']:.2f}"
-            for n in off.index)) + ".",
-        "* **2. Escape** — near-start runs that stayed within the escape radius: ≥ 90 % on "
-        f"{_names(stuck)}; ≤ 20 % on {_names(escaped)}"
-        + ("" if len(stuck) + len(escaped) == len(table) else
-           "; in between on " + _names(table.index.difference(stuck.union(escaped),
-                                                             sort=False))) + ".",
+        _convergence_line(table),
+        _escape_line(table),
         "* **3. Noise vs Hessian** — the noise covariance is c times the Hessian with c "
         f"{_span(table['noise/H'])} (R² {_span(table['R2'], 3)}), and "
         f"{_span(table['noise/GN'])} times the Gauss–Newton matrix JᵀSJ.",
-        "* **4. Endpoints vs the tempered posterior** — W1 is at an exact posterior sample's "
-        f"level (≤ {SAMPLING_LEVEL:g}×) on {_names(ratio.index[ratio <= SAMPLING_LEVEL])}"
-        + ("" if above.empty else f", and {_span(above, 1)}× it on {_names(above.index)}")
-        + ".",
-        "* **λ̂ against the finite-nβ target** (what the estimator converges to at its nβ and γ; "
-        "the exact λ is its limit as nβ grows) "
-        f"— at w* off by {_span(w_star.abs(), 0)} %"
-        + ("" if w_star_flags.empty else " (flagged: " + ", ".join(
-            f"{n} {f}" for n, f in w_star_flags.items()) + ")")
-        + f"; at far-start SGD endpoints {int(table['end_n'].sum())} estimates are not "
-        f"flagged and {int(table['end_flagged'].sum())} flagged (left out), and the "
-        f"unflagged means are off by {_span(end.abs().dropna(), 0)} %"
-        + ("" if end.notna().all() else
-           f" (none unflagged on {_names(table.index[end.isna()])})") + ".",
+        _posterior_line(table),
+        _llc_line(table),
     ]
     worst = table["diverged"].max()
     if worst > 0:
@@ -92,22 +124,51 @@ def table_rst(table: pd.DataFrame) -> str:
     header = ["landscape", "exact λ (m)", "finite-nβ target", "λ̂ at w*",
               "λ̂ at endpoints (ok / flagged)", "p (gradient flow)", "stuck",
               "W1 / sampling level", "noise / H (R²)"]
+    ratio = _w1_ratio(table)
+
+    def num(value: float, digits: int, suffix: str = "") -> str:
+        return f"{value:.{digits}f}{suffix}" if np.isfinite(value) else "n/a"
+
     rows = [[name, f"{row['lambda']:.3f} ({row.m})", f"{row.target:.3f}",
              f"{row['llc_at_w*']:.3f}" + ("" if row["w*_flags"] == "ok"
                                           else f" ({row['w*_flags']})"),
-             (f"{row.llc_at_end:.3f}" if np.isfinite(row.llc_at_end) else "n/a")
-             + f" ({row.end_n} / {row.end_flagged})",
-             f"{row.exponent:.2f} ({row.exponent_gf:.2f})", f"{row.stuck:.2f}",
-             f"{row.W1 / row.W1_null:.1f}×", f"{row['noise/H']:.2f} ({row.R2:.3f})"]
+             num(row.llc_at_end, 3) + f" ({row.end_n} / {row.end_flagged})",
+             f"{num(row.exponent, 2)} ({row.exponent_gf:.2f})", f"{row.stuck:.2f}",
+             num(ratio[name], 1, "×"), f"{row['noise/H']:.2f} ({row.R2:.3f})"]
             for name, row in table.iterrows()]
     return "\n".join(list_table(header, rows))
 
 
-def landing_page(cube: xr.Dataset, figure: str | Path, description: str) -> str:
+def protocol(toy: dict) -> str:
+    """How the numbers were made, in a paragraph (rst), with this run's settings (the
+    ``toy`` section of its recorded config)."""
+    sgd, llc, data = toy["sgd"], toy["llc"], toy["data"]
+    nbeta = toy["posterior"].get("nbeta")
+    return (
+        "Each landscape is a regression y = u(w)·x + ε whose features u are monomials of one "
+        f"or two weights, on n = {data['n']} samples"
+        + (" with the noise projected off the inputs, so that the empirical loss keeps its "
+           "minimum exactly at w* = 0 and its degree" if data.get("orthogonal_noise") else "")
+        + ". For every learning rate and batch size (a cell), three ensembles of "
+        f"{sgd['trajectories']} runs take {sgd['steps']} steps of plain minibatch SGD: from a "
+        "far start (steps to each loss threshold, and λ̂ at endpoints), from near a critical "
+        "point (which coordinates escape), and from the prior box (endpoints against the "
+        "tempered posterior, computed exactly on a grid at "
+        + ("nβ = 2B / (lr σ²), each cell's SGD temperature" if nbeta is None
+           else f"nβ = {nbeta:g}")
+        + ", and the noise covariance and Hessian there). λ̂ comes from the pipeline's SGLD "
+        f"estimator ({llc['chains']} chains × {llc['burn_in']} + {llc['draws']} steps) at w* "
+        "and at far-start endpoints, against the exact learning coefficient and the "
+        "finite-nβ target. The protocol, its caveats and a reading of every finding: "
+        "docs/toy_landscapes.md.")
+
+
+def landing_page(cube: xr.Dataset, figure: str | Path) -> str:
     """The toy report's first page (reStructuredText) for ``cube``, embedding ``figure``
-    (the λ̂ figure); ``description`` (the workflow's static description) closes the page."""
+    (the λ̂ figure); the protocol, with the run's settings, closes the page."""
     table = summary_table(cube)
-    experiment = (yaml.safe_load(cube.attrs.get("config", "")) or {}).get("experiment", "run")
+    config = yaml.safe_load(cube.attrs.get("config", "")) or {}
+    experiment = config.get("experiment", "run")
     title = f"Toy landscapes: {experiment}"
     cells = ", ".join(f"lr {lr:g}" for lr in cube.lr.values) + "; " + ", ".join(
         f"B {b}" for b in cube.batch_size.values)
@@ -134,9 +195,9 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str) -> str:
         "Figures, in reading order", "-------------------------", "",
         reading, "",
         "How the numbers were made", "-------------------------", "",
-        description.strip(), "",
+        protocol(config["toy"]) if "toy" in config else "See docs/toy_landscapes.md.", "",
     ]
     return "\n".join(parts)
 
 
-__all__ = ["answer_lines", "landing_page", "table_rst"]
+__all__ = ["answer_lines", "landing_page", "protocol", "table_rst"]

@@ -73,7 +73,6 @@ rule toy_plots:
         landing=TOY_LANDING,
     params:
         dpi=config["plots"]["dpi"],
-        description=report_description(),
     log:
         f"{LOGS}/toy/plots.log",
     conda:
