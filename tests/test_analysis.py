@@ -1715,3 +1715,7 @@ def test_the_sgld_traces_figure_is_a_grid_with_its_legend_on_a_drawn_panel(monke
     assert [t.get_text() for t in axes[1].get_legend().get_texts()] == [
         "chain 0", "chain 1", "chain 2"]
     assert axes[3].get_title().startswith("batch 128, switch 8, epoch 8")
+    figures.clear()  # one switch epoch: one column, not the same panel twice
+    plots.llc_traces(cube.sel(switch_epoch=[8]), tmp_path / "llc_traces.png")
+    assert [ax.get_title().split(",")[:2] for ax in figures[0].axes] == [
+        ["batch 64", " switch 8"], ["batch 128", " switch 8"]]

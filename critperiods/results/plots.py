@@ -361,7 +361,7 @@ def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     the quality flag.
     """
     trace = _sel(cube.llc_loss_trace.isel(seed=0), lr_schedule=_schedules(cube)[0])
-    switches = (cube.switch_epoch.values[0], cube.switch_epoch.values[-1])
+    switches = sorted({cube.switch_epoch.values[0], cube.switch_epoch.values[-1]})
     picks = {}  # (row, column) → (batch size, switch epoch, traces)
     for row, b in enumerate(cube.batch_size.values):
         for col, k in enumerate(switches):
@@ -369,7 +369,8 @@ def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
             if t.sizes["epoch"]:
                 picks[(row, col)] = (b, k, t.isel(epoch=-1))
     rows = cube.sizes["batch_size"]
-    fig, axes = plt.subplots(rows, 2, figsize=(9.0, 2.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, len(switches), figsize=(4.5 * len(switches), 2.9 * rows),
+                             squeeze=False)
     for row, col in np.ndindex(axes.shape):
         if (row, col) not in picks:
             axes[row][col].set_axis_off()
