@@ -75,6 +75,18 @@ def _load_config(paths: list[str], recorded: tuple[str, dict] | None = None) -> 
     return config
 
 
+def _config_file_args(parser: argparse.ArgumentParser) -> None:
+    """The configs a command lays over config.yaml: positional, or as snakemake takes them."""
+    parser.add_argument("configfile", nargs="*", default=[],
+                        help="configs laid over config.yaml (none: the default experiment)")
+    parser.add_argument("--configfile", nargs="+", default=[], dest="configfiles",
+                        help="the same, spelled as for snakemake")
+
+
+def _config_paths(args: argparse.Namespace) -> list[str]:
+    return [*args.configfile, *args.configfiles]
+
+
 def _layers(paths: list[str], *between: str) -> str:
     """How a command names the config it read: config.yaml, ``between`` (e.g. a cube's
     recorded config), then the files laid over them, config.yaml itself not twice."""
@@ -285,7 +297,7 @@ def _times(scratch: int, shared: int) -> str:
 
 
 def check(args: argparse.Namespace) -> int:
-    paths = [*args.configfile, *args.configfiles]
+    paths = _config_paths(args)
     config = _load_config(paths)  # exits with the one line on a bad file or key
     print(f"{config['experiment']} ({_layers(paths)}): ok, study {config['study']}")
     return 0
@@ -295,7 +307,7 @@ def cost(args: argparse.Namespace) -> int:
     from critperiods.pipeline.cost import describe, grid_cost
     from critperiods.pipeline.plan import epochs_trained
 
-    paths = [*args.configfile, *args.configfiles]
+    paths = _config_paths(args)
     config = _load_config(paths)
     layered = _layers(paths)
     if config["study"] == "toy_landscapes":  # the cost model is the critical_period study's
@@ -344,7 +356,7 @@ def power(args: argparse.Namespace) -> int:
 
     from critperiods.results.power import DEFAULT_NOISE, grid_of, power_table
 
-    paths = [*args.configfile, *args.configfiles]
+    paths = _config_paths(args)
     cube = _open_cube_or_exit(args.noise_from) if args.noise_from else None
     if cube is not None and "final_test_accuracy" not in cube:
         print(f"critperiods: {args.noise_from}: a toy_landscapes cube has no critical period; "
@@ -485,25 +497,16 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=calibrate_llc)
 
     p = sub.add_parser("check", help="check configs as the Snakefile does, one line per error")
-    p.add_argument("configfile", nargs="*", default=[],
-                   help="configs laid over config.yaml (none: the default experiment)")
-    p.add_argument("--configfile", nargs="+", default=[], dest="configfiles",
-                   help="the same, as snakemake takes them")
+    _config_file_args(p)
     p.set_defaults(func=check)
 
     p = sub.add_parser("cost", help="epochs, images and time a grid costs (trunk sharing on)")
-    p.add_argument("configfile", nargs="*", default=[],
-                   help="configs laid over config.yaml (none: the default experiment)")
-    p.add_argument("--configfile", nargs="+", default=[], dest="configfiles",
-                   help="the same, spelled as for snakemake")
+    _config_file_args(p)
     p.set_defaults(func=cost)
 
     p = sub.add_parser("power", help="what a grid can tell: simulated power and coverage of "
                                      "the markers' offsets from the end")
-    p.add_argument("configfile", nargs="*", default=[],
-                   help="configs laid over config.yaml (none: the default experiment)")
-    p.add_argument("--configfile", nargs="+", default=[], dest="configfiles",
-                   help="the same, spelled as for snakemake")
+    _config_file_args(p)
     p.add_argument("--seeds", type=_number(int, 2, "intervals over seeds need 2 of them"),
                    nargs="+", default=None,
                    help="numbers of seeds to simulate, each at least 2 (default: the config's, "

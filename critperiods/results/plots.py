@@ -17,6 +17,7 @@ from critperiods.pipeline.files import write_atomic  # noqa: E402
 from critperiods.results.markers import KNEE_FLAGS  # noqa: E402
 from critperiods.results.selection import (  # noqa: E402
     diverged_branches,
+    lr_schedules,
     run_diverged,
     seed_mean,
     shared_by_schedules,
@@ -43,11 +44,6 @@ def _caption(fig: plt.Figure, text: str, fontsize: float = 10) -> None:
 def _panels(n: int, width: float = 4.2, height: float = 3.4):
     fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, sharey=True)
     return fig, axes[0]
-
-
-def _schedules(cube: xr.Dataset) -> list[str]:
-    return [str(r) for r in cube["lr_schedule"].values] if "lr_schedule" in cube.dims \
-        else ["continue"]
 
 
 def _sel(da: xr.DataArray, **where) -> xr.DataArray:
@@ -97,7 +93,7 @@ def critical_period(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     mean ± std over seeds, with the estimated end of the critical period and its interval.
     Runs that diverged to chance are left out of the mean and marked by an x at the foot of
     the panel at their switch epoch (their ~10 % would squash the curves)."""
-    schedules = _schedules(cube)
+    schedules = lr_schedules(cube)
     fig, axes = _panels(len(schedules), width=5.2, height=4.2)
     acc = valid_final_accuracy(cube) * 100
     diverged = run_diverged(cube)
@@ -360,7 +356,7 @@ def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     trend or a run-away chain means the step size is off. The panel title gives R-hat and
     the quality flag.
     """
-    trace = _sel(cube.llc_loss_trace.isel(seed=0), lr_schedule=_schedules(cube)[0])
+    trace = _sel(cube.llc_loss_trace.isel(seed=0), lr_schedule=lr_schedules(cube)[0])
     switches = sorted({cube.switch_epoch.values[0], cube.switch_epoch.values[-1]})
     picks = {}  # (row, column) → (batch size, switch epoch, traces)
     for row, b in enumerate(cube.batch_size.values):
@@ -381,7 +377,7 @@ def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
             ax.plot(t.draw, t.sel(chain=c), lw=0.7, label=f"chain {c}")
         ax.axvline(burn_in, color="k", ls=":", lw=0.8)
         where = {"batch_size": b, "switch_epoch": k, "seed": t.seed, "epoch": t.epoch,
-                 "lr_schedule": _schedules(cube)[0]}
+                 "lr_schedule": lr_schedules(cube)[0]}
         note = ""
         if "llc_rhat" in cube:
             rhat = float(_sel(cube.llc_rhat, **where))
@@ -426,7 +422,7 @@ def divergence_final(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
     fig, axes = plt.subplots(1, 3 if drop else 2, figsize=(15.5 if drop else 11, 3.6))
     ax1, ax2 = axes[:2]
     for i, b in enumerate(cube.batch_size.values):
-        for r in _schedules(cube):
+        for r in lr_schedules(cube):
             f = final.sel(batch_size=b)
             f = f.sel(lr_schedule=r) if "lr_schedule" in f.dims else f
             style = {"color": f"C{i}", "label": f"batch {b}, {r}", **_schedule_style(r)}
@@ -470,7 +466,7 @@ def _drop_panel(cube: xr.Dataset, ax: plt.Axes, horizon: float) -> None:
     the learning rate alone makes (halving with continue, never with restart) shows."""
     from critperiods.results.selection import divergence_at_horizon
 
-    schedules = _schedules(cube)
+    schedules = lr_schedules(cube)
     schedule = "continue" if "continue" in schedules else schedules[0]
     ends = _located_ends(cube)
     switches = cube.switch_epoch.values.astype(float)
@@ -510,7 +506,7 @@ def critical_period_vs_temperature(cube: xr.Dataset, path: str | Path, dpi: int 
     batch = cube.batch_size.values.astype(float)
     lr = float(cube.attrs.get("lr", 1.0))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for j, r in enumerate(_schedules(cube)):
+    for j, r in enumerate(lr_schedules(cube)):
         end = _sel(located_end(cube), lr_schedule=r)  # NaN: no deficit to locate an end for
         lo, hi = _sel(cube.critical_period_end_interval, lr_schedule=r).transpose(
             "bound", "batch_size").values
@@ -573,7 +569,7 @@ def perturbation(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     grey: the half-deficit epoch; dotted: the switch of the blurred run."""
     lasting = cube.perturb_lasting_l2
     span = cube.perturb_lasting_l2_seed_range
-    schedules = _schedules(cube)
+    schedules = lr_schedules(cube)
     runs = lasting.switch_epoch.values[lasting.notnull().any(
         [d for d in lasting.dims if d != "switch_epoch"]).values]
     ends = _located_ends(cube)
@@ -627,7 +623,7 @@ def perturbation_growth(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> N
     epochs since the perturbation (bottom); a colour per perturbation epoch, a line style per
     run (:func:`_run_styles`: solid for the never-blurred run), named in each panel's title."""
     eps = float(cube.epsilon.max())
-    r = _schedules(cube)[0]
+    r = lr_schedules(cube)[0]
     steps = _sel(cube.perturb_step_l2.sel(epsilon=eps), lr_schedule=r) / eps
     epochs = _sel(cube.perturb_l2.sel(epsilon=eps), lr_schedule=r) / eps
     runs = steps.switch_epoch.values[steps.notnull().any(

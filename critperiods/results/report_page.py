@@ -22,6 +22,7 @@ from critperiods.results.end_fit import end_located
 from critperiods.results.figures import FIGURES
 from critperiods.results.markers import UNSTABLE_REASON, WITHIN_NOISE_REASON, knee_flags
 from critperiods.results.rst import PAGE_STYLE, figure_rst, list_table
+from critperiods.results.selection import lr_schedules
 from critperiods.results.summary import unlocated_reason
 from critperiods.results.tables import (
     MARKER_STAGES,
@@ -81,9 +82,8 @@ def short_answer(cube: xr.Dataset) -> str:
     survives restarting the rate (a critical period), vanishes (the learning-rate confound)
     or is undetermined, at each. Without a located deficit it says so and concludes nothing
     about the restart. The bullets below give the numbers."""
-    schedules = [str(r) for r in cube["lr_schedule"].values] if "lr_schedule" in cube.dims \
-        else ["continue"]
-    first = "continue" if "continue" in schedules else schedules[0]
+    names = lr_schedules(cube)
+    first = "continue" if "continue" in names else names[0]
     rate = "with the learning rate decaying" if first == "continue" else f"with {first}"
     table = summary_table(cube)
     rows = table[table["lr_schedule"] == first]
@@ -170,9 +170,7 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
     tally = marker_tally(cube)
     if tally:
         lines.append("* **Do λ̂ and the divergence mark the end?** " + "; ".join(tally) + ".")
-    schedules = [str(r) for r in cube["lr_schedule"].values] if "lr_schedule" in cube.dims \
-        else ["continue"]
-    for r in schedules:
+    for r in lr_schedules(cube):
         p, lo, hi = _exponent(cube, r)
         unbounded = cube["batch_size_exponent_interval"].attrs.get("unbounded")
         if np.isfinite(p):

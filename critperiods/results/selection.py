@@ -16,7 +16,8 @@ from critperiods.results.fits import seed_adjusted_mean
 
 __all__ = ["CHANCE_MULTIPLE", "CLASSES", "at_horizon", "default_horizon", "diverged_branches",
            "divergence_at_horizon", "divergence_to_blurred", "llc_sharp", "llc_sharp_by_seed",
-           "llc_trunk", "llc_trunk_by_seed", "run_diverged", "seed_mean", "shared_by_schedules",
+           "llc_trunk", "llc_trunk_by_seed", "lr_schedules", "run_diverged", "seed_mean",
+           "shared_by_schedules",
            "valid_final_accuracy", "valid_llc", "without_diverged"]
 
 #: A run whose final sharp test accuracy is below this multiple of chance (1 / classes) has
@@ -79,6 +80,12 @@ def seed_mean(da: xr.DataArray) -> xr.DataArray:
     values = da.transpose(*dims, "seed").values
     mean = seed_adjusted_mean(values.reshape(-1, values.shape[-1])).reshape(values.shape[:-1])
     return xr.DataArray(mean, dims=dims, coords=coords)
+
+
+def lr_schedules(cube: xr.Dataset) -> list[str]:
+    """The cube's learning-rate schedules, in order (a cube without the dim is "continue")."""
+    return [str(r) for r in cube["lr_schedule"].values] if "lr_schedule" in cube.dims \
+        else ["continue"]
 
 
 def shared_by_schedules(da: xr.DataArray) -> xr.DataArray:
