@@ -542,3 +542,14 @@ def test_check_names_a_file_that_is_not_yaml_with_its_line(tmp_path):
     assert str(bad) in planned[check_at]
     assert all("apt-get" not in line and "snakemake" not in line
                for line in planned[:check_at]), planned
+
+
+def test_every_shipped_config_writes_to_a_results_folder_of_its_own():
+    """Each config file names its own ``experiment`` (the results folder): an overlay laid
+    alone by mistake, or a CPU-reduced variant beside its full-size run, never writes into
+    another run's folder (configs/fmnist_study_recovery_cpu.yaml once shared the full
+    recovery run's)."""
+    files = [ROOT / "config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]
+    names = {f.name: yaml.safe_load(f.read_text()).get("experiment") for f in files}
+    assert None not in names.values(), names
+    assert len(set(names.values())) == len(names), names

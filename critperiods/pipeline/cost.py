@@ -24,10 +24,10 @@ from critperiods.pipeline import plan
 #: with ``python bench/bench_cost.py`` (docs/performance.md): (device, model, width, image
 #: size, seeds stacked) → {batch size: images/s}. A job of ``k`` seeds is priced at the
 #: largest measured group of at most ``k`` seeds (the smallest measured, if none is).
-#: "cpu": one job at one thread on the 2-core development VM (a job per core);
+#: "cpu": one job at one thread on a 2-core AMD EPYC VM (a job per core);
 #: "cuda": one job on one NVIDIA H200 (torch 2.11), the graphed default path.
 RATES: dict[tuple[str, str, int, int, int], dict[int, float]] = {
-    # the 2-core development VM, one job at one thread (CPU time), 2026-12-06
+    # a 2-core AMD EPYC VM, one job at one thread (CPU time), 2026-12-06
     ("cpu", "small_cnn", 8, 28, 1): {32: 13163, 64: 15320, 128: 16690, 256: 17387},
     ("cpu", "small_cnn", 8, 28, 3): {32: 15417, 64: 17931, 128: 17982, 256: 18190},
     ("cpu", "small_cnn", 8, 28, 5): {32: 19589, 64: 18314, 128: 18006, 256: 16431},
@@ -183,7 +183,7 @@ def grid_cost(config: dict, device: str) -> Cost:
 
 def describe(cost: Cost, device: str) -> str:
     """One line: the time on the reference device, or what was not measured."""
-    where = {"cpu": "the 2-core development VM (a job per core)",
+    where = {"cpu": "a 2-core AMD EPYC VM (a job per core)",
              "cuda": "one NVIDIA H200 (seeds stacked, graphed)"}[device]
     if cost.seconds is None:
         return f"{device}: not measured for {', '.join(cost.missing)}"
