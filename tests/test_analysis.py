@@ -919,6 +919,40 @@ def test_the_markers_answer_counts_the_offsets_told_from_the_end_and_their_flags
     assert "* **Do λ̂ and the divergence mark the end?** λ̂ knees: 6 of 6" in "\n".join(answer)
     assert tables.marker_tally(summary.drop_vars("llc_knee_minus_end_trunk")) == []
 
+def test_the_short_answer_says_whether_the_markers_mark_the_end() -> None:
+    """The first page's short answer answers the question's third part too: it names the
+    markers told from the end on clear knees; with every such call on a flagged knee it says
+    the seeds cannot tell; and it names where the divergence drop follows the rate."""
+    from critperiods.results.report_page import short_answer
+
+    cube = flat_restart(synthetic_cube(with_div=False))
+    summary = critical_period_summary(cube)
+    said = short_answer(cube.merge(summary))
+    # every seed's λ̂ bends at epoch 20: before batch 32's and 64's ends, after batch 128's
+    assert (f"Markers of the end: λ̂'s knee on the trunk comes before the end at batch "
+            f"{BATCHES[0]:g}, {BATCHES[1]:g} and after it at batch {BATCHES[2]:g}; λ̂'s knee "
+            "on the never-blurred run comes before the end") in said, said
+    assert "cannot tell" not in said and "follows the learning rate" not in said
+    for knee in ("llc_knee_trunk", "llc_knee_sharp"):
+        summary[f"{knee}_within_noise"][:] = 1
+    said = short_answer(cube.merge(summary))
+    assert said.endswith("Whether λ̂ or the divergence marks the end, these seeds cannot "
+                         "tell: every offset from the end includes 0 or rests on a flagged "
+                         "knee."), said
+    cube = flat_restart(synthetic_cube())
+    summary = critical_period_summary(cube)
+    drop = summary["divergence_drop_epoch"]
+    drop.loc[{"lr_schedule": "continue"}] = [4.0, 3.0, 2.5]
+    drop.loc[{"lr_schedule": "restart"}] = [np.nan, np.nan, 3.5]
+    assert short_answer(cube.merge(summary)).endswith(
+        f"the divergence drop follows the learning rate at batch {BATCHES[0]:g}, "
+        f"{BATCHES[1]:g}: it never halves with the rate restarted."), short_answer(
+            cube.merge(summary))
+    # without λ̂ and divergences, the short answer stops at the restart
+    plain = flat_restart(synthetic_cube(with_llc=False, with_div=False))
+    assert "marks the end" not in short_answer(plain.merge(critical_period_summary(plain)))
+
+
 def test_the_markers_answer_says_where_the_divergence_drop_follows_the_learning_rate() -> None:
     """A distance that halves with the rate decaying but never with it restarted is the
     learning-rate confound, not a marker of the end: the tally's last line names those batch

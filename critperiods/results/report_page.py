@@ -28,7 +28,9 @@ from critperiods.results.tables import (
     MARKER_STAGES,
     as_said,
     diverged_sentence,
+    drops_follow_the_rate,
     llc_flag_counts,
+    marker_calls,
     marker_tally,
     marker_verdicts,
     markers_not_computed,
@@ -76,12 +78,13 @@ def _batches(values: list[float]) -> str:
 
 
 def short_answer(cube: xr.Dataset) -> str:
-    """The answer in one or two sentences (rst), for the batch sizes whose deficit is
-    located with the first schedule (normally continue): which way the end moves with the
-    batch size and whether the exponent's interval includes 0; whether that deficit
-    survives restarting the rate (a critical period), vanishes (the learning-rate confound)
-    or is undetermined, at each. Without a located deficit it says so and concludes nothing
-    about the restart. The bullets below give the numbers."""
+    """The answer in a few sentences (rst), for the batch sizes whose deficit is located
+    with the first schedule (normally continue): which way the end moves with the batch
+    size and whether the exponent's interval includes 0; whether that deficit survives
+    restarting the rate (a critical period), vanishes (the learning-rate confound) or is
+    undetermined, at each; and whether λ̂ and the divergence mark the end
+    (:func:`_markers_sentence`). Without a located deficit it says so and concludes nothing
+    about the restart or the markers. The bullets below give the numbers."""
     names = lr_schedules(cube)
     first = "continue" if "continue" in names else names[0]
     rate = "with the learning rate decaying" if first == "continue" else f"with {first}"
@@ -112,7 +115,57 @@ def short_answer(cube: xr.Dataset) -> str:
     verdicts = restart_verdicts(cube)
     if verdicts:
         said += ". " + _restart_sentence(verdicts, located, len(rows))
-    return f"**In short:** {said}."
+    markers = _markers_sentence(cube)
+    return f"**In short:** {said}." + (f" {markers}." if markers else "")
+
+
+#: How the short answer names a marker of :data:`~critperiods.results.markers.MARKER_OFFSETS`.
+_MARKER_SUBJECTS = {"llc_knee_trunk": "λ̂'s knee on the trunk",
+                    "llc_knee_sharp": "λ̂'s knee on the never-blurred run",
+                    "divergence_drop_epoch": "the divergence drop"}
+
+
+def _markers_sentence(cube: xr.Dataset) -> str:
+    """Whether λ̂ and the divergence mark the end, in a sentence (:func:`short_answer`):
+    the markers whose offset from the end excludes 0 on a knee that is neither flagged nor
+    at the earliest epoch a knee can take, by name; otherwise that these seeds cannot tell.
+    Then where the divergence drop follows the learning rate (it never halves with the
+    rate restarted). "" where the run has no markers."""
+    calls = marker_calls(cube)
+    follows = drops_follow_the_rate(cube)
+    clear = [c for c in calls if c.side and not c.weak]
+    weak = [c for c in calls if c.weak]
+    parts = []
+    if calls and not clear:
+        why = ([] if not any(c.flags for c in weak) else ["a flagged knee"]) + (
+            [] if not any(c.floored and not c.flags for c in weak)
+            else ["a knee that could not come before the end"])
+        parts.append("Whether λ̂ or the divergence marks the end, these seeds cannot tell: "
+                     "every offset from the end includes 0"
+                     + (f" or rests on {' or '.join(why)}" if why else ""))
+    elif clear:
+        schedules = len({c.lr_schedule for c in clear}) > 1
+        said = []
+        for marker, subject in _MARKER_SUBJECTS.items():
+            sides = []
+            for side in ("before", "after"):
+                batches = [f"{c.batch_size:g}" + (f" ({c.lr_schedule})" if schedules else "")
+                           for c in clear if c.marker == marker and c.side == side]
+                if batches:
+                    sides.append(f"{side} {'it' if sides else 'the end'} at batch "
+                                 + ", ".join(batches))
+            if sides:
+                said.append(f"{subject} comes " + " and ".join(sides))
+        rest = len(calls) - len(clear)
+        parts.append("Markers of the end: " + "; ".join(said)
+                     + (f"; the other {rest} offsets from the end include 0 or rest on "
+                        "weak knees (flagged, or unable to come before the end)"
+                        if rest else ""))
+    if follows:
+        parts.append(f"{'the' if parts else 'The'} divergence drop follows the learning rate "
+                     f"at batch {', '.join(f'{b:g}' for b in follows)}: it never halves with "
+                     "the rate restarted")
+    return "; ".join(parts)
 
 
 def _restart_sentence(verdicts: dict[float, str], located: list[float], batch_sizes: int

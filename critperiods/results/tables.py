@@ -29,8 +29,9 @@ from critperiods.results.selection import CLASSES, run_diverged
 from critperiods.results.summary import EXPONENTS, INTERVAL_STATISTICS, unlocated_reason
 from critperiods.variables import SUMMARY_STATISTICS
 
-__all__ = ["MARKER_NAMES", "MARKER_STAGES", "MarkerStage", "as_said", "diverged_sentence",
-           "format_table", "llc_flag_counts", "marker_tally", "marker_verdict",
+__all__ = ["MARKER_NAMES", "MARKER_STAGES", "MarkerCall", "MarkerStage", "as_said",
+           "diverged_sentence", "drops_follow_the_rate", "format_table", "llc_flag_counts",
+           "marker_calls", "marker_tally", "marker_verdict",
            "marker_verdicts", "markers_not_computed", "not_computed_sentence",
            "restart_verdicts", "runs_at_chance", "summary_table", "to_csv"]
 
@@ -125,6 +126,43 @@ def marker_verdicts(summary: xr.Dataset) -> dict[tuple[float, str], str]:
     return out
 
 
+@dataclass(frozen=True)
+class MarkerCall:
+    """One marker's offset from a located end, as :func:`marker_calls` reads it."""
+
+    kind: str  #: "λ̂ knees" or "divergence drops"
+    batch_size: float
+    lr_schedule: str
+    marker: str  #: a marker of :data:`MARKER_OFFSETS`
+    side: str | None  #: "after", "before", or None where the interval includes 0
+    flags: tuple[str, ...]  #: the knee's flag words (:func:`knee_flags`)
+    floored: bool  #: the earliest possible knee is not before the end (:func:`_too_late`)
+
+    @property
+    def weak(self) -> bool:
+        """Told from the end, but on a flagged knee or one that could not come before it."""
+        return self.side is not None and bool(self.flags or self.floored)
+
+
+def marker_calls(summary: xr.Dataset) -> list[MarkerCall]:
+    """Every marker offset from a located end that has an interval, row by row of the
+    summary table and in the order of :data:`MARKER_OFFSETS` within a row. Empty for a
+    summary without the offsets."""
+    if any(name not in summary for name in MARKER_STATISTICS):
+        return []
+    calls = []
+    for _, row in summary_table(summary).iterrows():
+        for marker, offset in MARKER_OFFSETS:
+            lo, hi = row[f"{offset}_lower"], row[f"{offset}_upper"]
+            if not (np.isfinite(row[offset]) and not np.isnan(lo) and not np.isnan(hi)):
+                continue
+            calls.append(MarkerCall(
+                "λ̂ knees" if marker.startswith("llc_") else "divergence drops",
+                float(row["batch_size"]), str(row["lr_schedule"]), marker, _side(lo, hi),
+                tuple(knee_flags(row, marker)), bool(_too_late(row, marker))))
+    return calls
+
+
 def marker_tally(summary: xr.Dataset) -> list[str]:
     """Do λ̂ and the divergence mark the end, over every cell with a located end: for the λ̂
     knees and for the divergence drop, how many offsets from the end exclude 0, which, and
@@ -132,63 +170,54 @@ def marker_tally(summary: xr.Dataset) -> list[str]:
     offsets exclude 0 (batch 64, continue, never-blurred: after; …), both on flagged knees
     (within-noise); the other 4 include 0", or "divergence drops: none of 3 offsets from
     the end excludes 0". Empty without offsets. A last line says where the divergence drop
-    follows the learning rate (:func:`_drops_without_restart`)."""
+    follows the learning rate (:func:`drops_follow_the_rate`)."""
     if any(name not in summary for name in MARKER_STATISTICS):
         return []
-    table = summary_table(summary)
-    kinds = {"λ̂ knees": [m for m in MARKER_OFFSETS if m[0].startswith("llc_")],
-             "divergence drops": [m for m in MARKER_OFFSETS if not m[0].startswith("llc_")]}
+    calls = marker_calls(summary)
     lines = []
-    for kind, pairs in kinds.items():
-        told, flagged, n = [], [], 0
-        for _, row in table.iterrows():
-            for marker, offset in pairs:
-                lo, hi = row[f"{offset}_lower"], row[f"{offset}_upper"]
-                if not (np.isfinite(row[offset]) and not np.isnan(lo) and not np.isnan(hi)):
-                    continue
-                n += 1
-                if side := _side(lo, hi):
-                    where = MARKER_NAMES[marker].removeprefix("λ̂ ")
-                    told.append(f"batch {row['batch_size']:g}, {row['lr_schedule']}"
-                                + (f", {where}" if kind == "λ̂ knees" else "") + f": {side}")
-                    flagged.append(knee_flags(row, marker))
-        if not n:
+    for kind in ("λ̂ knees", "divergence drops"):
+        of_kind = [c for c in calls if c.kind == kind]
+        told = [c for c in of_kind if c.side]
+        if not of_kind:
             continue
         if not told:
-            lines.append(f"{kind}: none of {n} offsets from the end excludes 0")
+            lines.append(f"{kind}: none of {len(of_kind)} offsets from the end excludes 0")
             continue
-        said = f"{kind}: {len(told)} of {n} offsets from the end exclude 0 ({'; '.join(told)})"
-        marked = [f for f in flagged if f]
+        said = f"{kind}: {len(told)} of {len(of_kind)} offsets from the end exclude 0 (" + \
+            "; ".join(f"batch {c.batch_size:g}, {c.lr_schedule}"
+                      + (f", {MARKER_NAMES[c.marker].removeprefix('λ̂ ')}"
+                         if kind == "λ̂ knees" else "") + f": {c.side}" for c in told) + ")"
+        marked = [c.flags for c in told if c.flags]
         if marked:
             share = (("both" if len(told) == 2 else "all") if len(marked) == len(told)
                      else f"{len(marked)} of them")
             words = sorted({w for f in marked for w in f})
             said += f", {share} on flagged knees ({', '.join(words)})"
-        if n > len(told):
-            said += f"; the other {n - len(told)} include 0"
+        if len(of_kind) > len(told):
+            said += f"; the other {len(of_kind) - len(told)} include 0"
         lines.append(said)
-    return lines + _drops_without_restart(summary)
+    batches = drops_follow_the_rate(summary)
+    if batches:
+        lines.append(f"divergence drops follow the learning rate: at batch "
+                     f"{', '.join(f'{b:g}' for b in batches)} the distance halves with the "
+                     "rate decaying (continue) but never with it restarted: there the drop "
+                     "reflects the smaller rate a later switch trains at, not the critical "
+                     "period (the learning-rate confound, as for the deficit)")
+    return lines
 
 
-def _drops_without_restart(summary: xr.Dataset) -> list[str]:
-    """The line that says where the distance halves with the rate decaying (``continue``)
-    but never with it restarted: there a later switch's smaller learning rate alone shrinks
-    the distance, and the drop is the learning-rate confound, as the deficit is. Empty
-    without a ``restart`` schedule or where the restart halves too."""
+def drops_follow_the_rate(summary: xr.Dataset) -> list[float]:
+    """The batch sizes where the distance halves with the rate decaying (``continue``) but
+    never with it restarted: there a later switch's smaller learning rate alone shrinks the
+    distance, and the drop is the learning-rate confound, as the deficit is. Empty without a
+    ``restart`` schedule or where the restart halves too."""
     drop = summary.get("divergence_drop_epoch")
     if drop is None or "lr_schedule" not in drop.dims or not {"continue", "restart"} <= set(
             drop["lr_schedule"].values.tolist()):
         return []
-    batches = [b for b in drop["batch_size"].values
-               if np.isfinite(float(drop.sel(batch_size=b, lr_schedule="continue")))
-               and np.isnan(float(drop.sel(batch_size=b, lr_schedule="restart")))]
-    if not batches:
-        return []
-    return [f"divergence drops follow the learning rate: at batch "
-            f"{', '.join(f'{b:g}' for b in batches)} the distance halves with the rate "
-            "decaying (continue) but never with it restarted: there the drop reflects the "
-            "smaller rate a later switch trains at, not the critical period (the "
-            "learning-rate confound, as for the deficit)"]
+    return [float(b) for b in drop["batch_size"].values
+            if np.isfinite(float(drop.sel(batch_size=b, lr_schedule="continue")))
+            and np.isnan(float(drop.sel(batch_size=b, lr_schedule="restart")))]
 
 
 def runs_at_chance(cube: xr.Dataset, classes: int = CLASSES) -> list[str]:
