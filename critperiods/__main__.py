@@ -31,6 +31,7 @@ import argparse
 import math
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 import yaml
@@ -198,6 +199,11 @@ def summarize(args: argparse.Namespace) -> int:
         summary = cube
     if stale and not args.recompute:
         print(f"(statistics recomputed: this cube {stale})\n")
+    if "lr_schedule" in cube.dims:  # the answer first, as on the report's first page
+        from critperiods.results.report_page import short_answer
+
+        said = short_answer(cube.assign(summary.data_vars)).replace("**In short:**", "In short:")
+        print(textwrap.fill(said, width=100) + "\n")
     print(format_table(summary, markers_not_computed(cube)))
     verdicts = restart_verdicts(summary)
     if verdicts:
