@@ -347,6 +347,34 @@ def test_the_sensitivity_ratio_compares_nudges_before_and_after_the_critical_per
     assert "no critical-period end" in unknown.perturb_cp_ratio.attrs["missing"]
 
 
+def test_the_first_page_answers_in_short_with_the_caveats_that_bound_it():
+    """The perturbation run's short answer: the ratio and how many seeds agree, the end it
+    splits at, where the sensitivity halves, that a fall at every epoch gives a ratio above 1
+    for any split, and the learning rate's own half-life where it decays."""
+    from critperiods.results.perturbation_page import rate_half_life, short_answer
+    from critperiods.results.perturbation_summary import perturbation_summary
+
+    cube = _synthetic_cube(7.0)
+    said = short_answer(cube.merge(perturbation_summary(cube)))
+    assert said.startswith("**In short:** a nudge of ε = 0.01 made before the critical-period "
+                           "end carries 5× further than one made after it (both perturbed "
+                           "runs, every seed agreeing). The ends, with their 90 % intervals: "
+                           "batch 32: 7.0. The sensitivity (lasting L2 / ε) halves by "
+                           "perturbation epoch 8.5."), said
+    assert "falls at every" not in said and "learning rate" not in said  # 0.1 → 0.1; no decay
+    cube.attrs["config"] = "optimizer:\n  lr_decay: 0.85\n"
+    assert rate_half_life(cube) == pytest.approx(4.265, abs=1e-3)
+    cube["perturb_l2"] = cube["perturb_l2"] * xr.DataArray([1.0, 0.5, 1.0], dims="perturb_epoch",
+                                                           coords={"perturb_epoch": [2, 6, 10]})
+    said = short_answer(cube.merge(perturbation_summary(cube)))
+    assert "falls at every later perturbation epoch, so any split would give a ratio above 1" \
+        in said, said
+    assert "the learning rate itself halves by epoch 4.3" in said
+    none = _synthetic_cube(np.nan)
+    assert "cannot say whether a nudge inside the period carries further" in short_answer(
+        none.merge(perturbation_summary(none)))
+
+
 def test_a_kink_without_a_deficit_does_not_split_the_nudges():
     """An end whose deficit's interval reaches 0 is a kink fitted to noise: no inside/after
     ratio rests on it; with the interval above 0 the same end splits them."""

@@ -444,6 +444,12 @@ def test_perturbations_land_in_the_cube_on_their_own_dims(perturbed, capsys):
         assert (results / f"plots/{name}.png").read_bytes()[:4] == b"\x89PNG"
     landing = (results / "report/landing.rst").read_text()
     assert "Perturbations\n-------------" in landing
+    # a perturbation run's page opens on its own question, answer and figure 6a, before
+    # the critical period it rests on
+    opening = landing.split("Perturbations\n-------------")[0]
+    assert "**Question.** Does a small nudge of the weights" in opening
+    assert "**In short:**" in opening and 'alt="lasting distance of a nudged copy' in opening
+    assert "Critical-period table" not in opening
     from docutils.core import publish_parts  # both tables scroll in the page's column
 
     html = publish_parts(landing, writer="html")["body"]

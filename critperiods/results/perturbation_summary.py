@@ -228,7 +228,8 @@ def drop_epoch(cube: xr.Dataset) -> xr.DataArray:
                                  amplification.values)
     return xr.DataArray(values, dims=RUN, coords={d: amplification[d] for d in RUN}, attrs={
         "long_name": "perturbation epoch at which the lasting L2 / epsilon first falls below "
-                     "half its value at the earliest perturbation epoch", "units": "1"})
+                     "half its value at the earliest perturbation epoch, in epochs",
+        "units": "1"})
 
 
 def _why_no_ratio(cube: xr.Dataset, batch_size: object, lr_schedule: object) -> str | None:
@@ -345,7 +346,9 @@ def _marker_lines(cube: xr.Dataset, at: dict, run: str) -> list[str]:
         if r.size and np.isfinite(r.values).any():
             geo = float(np.exp(nanmean(np.log(r.values))))
             by_seed = np.exp(nanmean(np.log(per.values), axis=0))
-            parts.append(f"{where} (epochs {', '.join(map(str, r.perturb_epoch.values))}) "
+            epochs = r.perturb_epoch.values
+            parts.append(f"{where} (epoch{'s' if epochs.size != 1 else ''} "
+                         f"{', '.join(map(str, epochs))}) "
                          f"{_fmt(geo)}× (per seed {', '.join(_fmt(v) for v in by_seed)})")
     if parts:
         lines.append(f"batch {at['batch_size']}, {at['lr_schedule']}, {run}: a nudge carries, "
@@ -423,9 +426,18 @@ def growth_lines(cube: xr.Dataset) -> list[str]:
         if rates.size:
             q1, med, q3 = np.percentile(rates, [25, 50, 75])
             steps = int(cube["step"].max())
-            lines.append(f"early rate (slope of ln distance per step over {steps} steps): "
-                         f"median {_fmt(med)} [quartiles {_fmt(q1)}, {_fmt(q3)}], "
-                         f"i.e. x{np.exp(med * steps):.3g} over the {steps} steps")
+            line = (f"early rate (slope of ln distance per step over {steps} steps): median "
+                    f"{_fmt(med)} [quartiles {_fmt(q1)}, {_fmt(q3)}], x{np.exp(med * steps):.3g}"
+                    f" over the {steps} steps at that rate")
+            if "perturb_step_l2" in cube:  # what the copies did, beside what the fit says
+                l2 = cube["perturb_step_l2"].where(nonzero)
+                grown = (l2.sel(step=steps) / l2.sel(step=int(cube["step"].min()))).values
+                grown = grown[np.isfinite(grown)]
+                if grown.size:
+                    g1, gm, g3 = np.percentile(grown, [25, 50, 75])
+                    line += (f"; measured growth over them: median x{gm:.3g} [quartiles "
+                             f"x{g1:.3g}, x{g3:.3g}]")
+            lines.append(line)
     return lines
 
 

@@ -12,6 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator  # noqa: E402
 
 from critperiods.pipeline.files import write_atomic  # noqa: E402
 from critperiods.results.markers import KNEE_FLAGS  # noqa: E402
@@ -29,8 +32,11 @@ from critperiods.results.summary import located_end  # noqa: E402
 _LEFT_OUT = {"ls": "none", "marker": "o", "mfc": "none", "color": "0.55"}
 
 
-def _save(fig: plt.Figure, path: str | Path, dpi: int) -> None:
-    fig.tight_layout()
+def _save(fig: plt.Figure, path: str | Path, dpi: int,
+          rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> None:
+    """Lay the panels out within ``rect`` (figure fractions: left, bottom, right, top; the
+    rest holds a legend of the figure's) and write the PNG atomically."""
+    fig.tight_layout(rect=rect)
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     plt.close(fig)
 
@@ -523,8 +529,11 @@ def critical_period_vs_temperature(cube: xr.Dataset, path: str | Path, dpi: int 
                 grid = np.geomspace(x.min(), x.max(), 50)
                 ax.plot(grid, c * grid**p, color=f"C{j}", lw=1,
                         label=f"{r}: power law, exponent {p:.2f}")
-    for ax, name in ((axes[0], "batch size"), (axes[1], "SGD temperature proxy lr / batch size")):
+    for ax, name, x, label in ((axes[0], "batch size", batch, "{:g}"),
+                               (axes[1], "SGD temperature proxy lr / batch size", lr / batch,
+                                "{:.2g}")):
         ax.set_xscale("log")
+        _ticks_at(ax, x, label)
         ax.set_xlabel(name)
         ax.grid(alpha=0.3, which="both")
         bottom, top = ax.get_ylim()  # room above the interval bars for the legend
@@ -536,6 +545,17 @@ def critical_period_vs_temperature(cube: xr.Dataset, path: str | Path, dpi: int 
                   "where the deficit's interval is above 0",
              fontsize=9)
     _save(fig, path, dpi)
+
+
+def _ticks_at(ax: plt.Axes, values: np.ndarray, label: str) -> None:
+    """Ticks of a log x axis at the grid's own values (``label`` formats each), no minor
+    ticks, and room on both sides: with two or three batch sizes, the decades' ticks would
+    leave the points unlabelled at the panel's edges."""
+    values = np.unique(values[np.isfinite(values)])
+    ax.xaxis.set_major_locator(FixedLocator(values))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([label.format(v) for v in values])
+    ax.set_xlim(values.min() / 1.3, values.max() * 1.3)
 
 
 # -- Perturbations (critperiods.train.perturbation) -------------------------------------------
@@ -609,12 +629,27 @@ def perturbation(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
             ax.set_xlabel("perturbation epoch")
             ax.grid(alpha=0.3, which="both")
         row[0].set_ylabel(f"‖θ_copy − θ_twin‖ at epoch {int(cube.epoch.max())}")
-    grid[0][-1].legend(fontsize=7)
+    # one legend below the panels, so that it covers no curve; the band and the switch
+    # lines have no artist of their own to name them
+    handles, labels = {}, {}
+    for ax in grid.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    labels = list(handles)
+    if ends is not None and bool(np.isfinite(ends.values).any()):
+        labels.append("its interval")
+        handles["its interval"] = Patch(color="0.5", alpha=0.12)
+    if any(k > 0 for k in runs):
+        labels.append("switch of the blurred run (dotted)")
+        handles[labels[-1]] = Line2D([], [], color="0.3", ls=":", lw=1)
+    fig.legend([handles[label] for label in labels], labels, loc="lower center",
+               ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    legend_height = (0.1 + 0.22 * (1 + (len(labels) - 1) // 4)) / fig.get_figheight()
     n = cube.sizes["replicate"]
     title = (f"How far a nudge carries (mean over {_seeds_note(cube)} and {n} "
              f"replicate{'s' if n != 1 else ''}; bars: range of the seeds)")
     fig.suptitle("\n".join(textwrap.wrap(title, 60 * nb)), fontsize=10)
-    _save(fig, path, dpi)
+    _save(fig, path, dpi, rect=(0, legend_height, 1, 1))
 
 
 def perturbation_growth(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
@@ -631,7 +666,8 @@ def perturbation_growth(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> N
     styles = _run_styles(runs)
     nb = cube.sizes["batch_size"]
     fig, grid = plt.subplots(2, nb, figsize=(4.6 * nb, 6.4), squeeze=False)
-    colors = plt.cm.viridis(np.linspace(0, 0.9, cube.sizes["perturb_epoch"]))
+    # viridis short of its palest yellow, which vanishes on white
+    colors = plt.cm.viridis(np.linspace(0, 0.78, cube.sizes["perturb_epoch"]))
     for col, b in enumerate(cube.batch_size.values):
         for k in runs:
             for color, e in zip(colors, cube.perturb_epoch.values, strict=True):
@@ -649,6 +685,7 @@ def perturbation_growth(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> N
             f"batch {b} ({_run_styles_note(styles)})", 60)), fontsize=8)
         grid[0][col].set_xlabel("optimizer steps since the perturbation")
         grid[1][col].set_xlabel("epochs since the perturbation")
+        grid[1][col].xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 4, 10]))
         for ax in grid[:, col]:
             ax.set_yscale("log")
             ax.grid(alpha=0.3, which="both")

@@ -365,14 +365,50 @@ def _diverged_lines(cube: xr.Dataset) -> list[str]:
     return [f"* {diverged_sentence(len(runs))}:", "", *[f"  * {run}" for run in runs]]
 
 
+def question(cube: xr.Dataset) -> str:
+    """The blur-switch question, asking only what this run can answer: the batch size's
+    effect with several batch sizes, the restart control with a ``restart`` schedule, and
+    the markers whose stages ran."""
+    asked = ["Does the critical period end later when the batch size is smaller (a higher "
+             "SGD temperature)" if cube.sizes.get("batch_size", 1) > 1
+             else "Where does the critical period end"]
+    if "restart" in lr_schedules(cube):
+        asked.append("is the permanent deficit a critical period at all, i.e. does it "
+                     "survive restarting the learning rate at the switch")
+    markers = [what for name, what in (
+        ("λ̂", "the local learning coefficient λ̂ (its knee)"),
+        ("divergence", "the divergence between trajectories"))
+        if name not in markers_not_computed(cube)]
+    if markers:
+        asked.append(f"do {' and '.join(markers)} mark where the period ends")
+    said = ", ".join(asked[:-1]) + (", and " if len(asked) > 2 else " and ") + asked[-1] \
+        if len(asked) > 1 else asked[0]
+    return f"**Question.** {said}?"
+
+
+def _restart_caveat(cube: xr.Dataset) -> str:
+    """What the restart control says of a deficit, or that this run has none."""
+    if "restart" in lr_schedules(cube):
+        return ("* A deficit with the rate continued but not with it restarted is the "
+                "learning-rate confound (late switches train their sharp epochs at a small "
+                "rate), not a critical period.")
+    return ("* This run has no ``restart`` schedule (``grid.lr_schedules``): a deficit with "
+            "the rate decaying may be the learning-rate confound (late switches train their "
+            "sharp epochs at a small rate), which only the restart control tells apart from "
+            "a critical period.")
+
+
 def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
-                 drawn: Iterable[str] | None = None) -> str:
+                 drawn: Iterable[str] | None = None,
+                 perturbation_figure: str | Path | None = None) -> str:
     """The report's first page (reStructuredText) for ``cube``, embedding ``figure``.
 
     ``drawn``: the stems of :data:`FIGURES` this run drew (e.g. no λ̂ figures with
     ``llc.enabled: false``, perturbation figures only with a ``perturbation:`` section); the
     reading order lists those only (all of them when None). ``description`` (the
-    workflow's static description) closes the page.
+    workflow's static description) closes the page. A perturbation run's page opens on the
+    perturbation question, its short answer (:mod:`critperiods.results.perturbation_page`)
+    and ``perturbation_figure``; the critical period it rests on follows.
     """
     seeds = int(cube.sizes.get("seed", 1))
     kind = cube.attrs.get("interval_kind", "interval over seeds")
@@ -389,13 +425,8 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     shown = [FIGURES[stem] for stem in FIGURES if stem in drawn]
     reading = "\n".join(f"* {label} ({category.split(' ', 1)[1]})"  # numbered as the report
                         for category, label in shown)
-    parts = [
-        title, "=" * len(title), "", PAGE_STYLE, "",
-        "**Question.** Does the critical period end later when the batch size is smaller "
-        "(a higher SGD temperature), is the permanent deficit a critical period at all, "
-        "i.e. does it survive restarting the learning rate at the switch, and do the local "
-        "learning coefficient λ̂ (its knee) and the divergence between trajectories mark "
-        "where the period ends?", "",
+    critical_period = [
+        question(cube), "",
         short_answer(cube), "",
         f"**Answer from this run** ({seeds} seed{'s' if seeds != 1 else ''} per cell; "
         f"brackets: the end's {kind.rstrip(';')}; the deficit's {deficit_kind}):", "",
@@ -406,17 +437,35 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         table_rst(cube), "",
         *_not_computed_lines(cube),
         _legend(cube), "",
-        *perturbation_section(cube),
+    ]
+    perturbed = "perturb_cp_ratio" in cube
+    if perturbed:
+        from critperiods.results import perturbation_page
+
+        top = [perturbation_page.QUESTION, "", perturbation_page.short_answer(cube), ""]
+        if perturbation_figure is not None:
+            top += [figure_rst(perturbation_figure,
+                               alt="lasting distance of a nudged copy vs perturbation epoch"),
+                    ""]
+        body = [*top, *perturbation_section(cube),
+                "The critical period these perturbations are set against",
+                "-------------------------------------------------------", "",
+                *critical_period]
+        more = perturbation_page.caveats(cube)
+    else:
+        body, more = critical_period, []
+    parts = [
+        title, "=" * len(title), "", PAGE_STYLE, "",
+        *body,
         "Caveats", "-------", "",
         f"* {seeds} seed{'s' if seeds != 1 else ''} per cell: the end's brackets are a {kind}; "
         f"the deficit's are a {deficit_kind} (``permanent_deficit_seeds`` per cell in the "
         "CSV). An end is shown only where the deficit's interval is above 0.",
-        "* A deficit with the rate continued but not with it restarted is the learning-rate "
-        "confound (late switches train their sharp epochs at a small rate), not a critical "
-        "period.",
+        _restart_caveat(cube),
         "* Exponents rest on as many points as there are batch sizes; their interval leaves "
         "each seed out at every batch size at once, so it carries the ends' sampling error "
         "but not the power law's misfit.",
+        *more,
         *_diverged_lines(cube), "",
         "Figures, in reading order", "-------------------------", "",
         reading, "",
@@ -426,4 +475,4 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     return "\n".join(parts)
 
 
-__all__ = ["answer_lines", "landing_page", "perturbation_section", "table_rst"]
+__all__ = ["answer_lines", "landing_page", "perturbation_section", "question", "table_rst"]

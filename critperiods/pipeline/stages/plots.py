@@ -15,11 +15,13 @@ from critperiods.results.report_page import landing_page
 def plots(cube_path: str, figures: dict[str, str], landing: str, *, dpi: int,
           description: str) -> None:
     """Draw ``figures`` (name → PNG path; names of ``PLOTTERS``) from the cube and write the
-    report's first page, which embeds the critical-period figure."""
+    report's first page, which embeds the critical-period figure (and, in a perturbation
+    run, the perturbation figure it opens on)."""
     cube = open_cube(cube_path)
     for name, path in figures.items():
         PLOTTERS[name](cube, path, dpi=dpi)
-    page = landing_page(cube, figures["critical_period"], description, drawn=figures)
+    page = landing_page(cube, figures["critical_period"], description, drawn=figures,
+                        perturbation_figure=figures.get("perturbation"))
     write_atomic(landing, lambda tmp: Path(tmp).write_text(page))
 
 

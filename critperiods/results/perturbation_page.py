@@ -1,0 +1,153 @@
+"""The perturbation experiment's answer as the report's first page opens it: the question,
+a short answer computed from the run, and the caveats that bound it (reStructuredText).
+
+The short answer says how much further a nudge made before the critical-period end carries
+than one made after it (:func:`~critperiods.results.perturbation_summary.sensitivity_ratio`),
+how loosely the ends are placed, where the sensitivity halves, whether it falls at every
+perturbation epoch (then any split gives a ratio above 1), and when the learning rate itself
+halves: with the rate decaying, a later nudge trains at a smaller rate, which the restart
+schedule does not undo before a run's switch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import xarray as xr
+import yaml
+
+from critperiods.results.summary import located_end
+
+QUESTION = ("**Question.** Does a small nudge of the weights made before the critical "
+            "period ends carry further, by the end of training, than the same nudge made "
+            "after it, and where does that sensitivity fall?")
+
+
+def _g(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _span(values: list[float]) -> str:
+    """"5.67–12.9", or one number where the range rounds to one."""
+    low, high = _g(min(values)), _g(max(values))
+    return low if low == high else f"{low}–{high}"
+
+
+def rate_half_life(cube: xr.Dataset) -> float:
+    """The epochs in which the continue schedule's learning rate halves
+    (``optimizer.lr_decay`` of the run's recorded config); NaN without a decay."""
+    config = yaml.safe_load(cube.attrs.get("config", "")) or {}
+    decay = float(config.get("optimizer", {}).get("lr_decay", 1.0))
+    return math.log(0.5) / math.log(decay) if 0 < decay < 1 else float("nan")
+
+
+def _perturbed_runs(cube: xr.Dataset) -> list[dict]:
+    """The (batch size, schedule, switch epoch) of each run with a sensitivity ratio."""
+    ratio = cube["perturb_cp_ratio"]
+    return [at for b in ratio["batch_size"].values for r in ratio["lr_schedule"].values
+            for k in ratio["switch_epoch"].values
+            if np.isfinite(float(ratio.sel(at := {"batch_size": b, "lr_schedule": r,
+                                                   "switch_epoch": k})))]
+
+
+def _falls_everywhere(cube: xr.Dataset, runs: list[dict]) -> bool:
+    """Whether the lasting L2 (mean over seeds) falls from each perturbation epoch to the
+    next, in every perturbed run and at every nonzero epsilon."""
+    lasting = cube["perturb_lasting_l2"].where(cube["epsilon"] > 0)
+    for at in runs:
+        curve = lasting.sel(at).transpose("epsilon", "perturb_epoch").values
+        for row in curve:
+            row = row[np.isfinite(row)]
+            if row.size < 2 or not (np.diff(row) < 0).all():
+                return False
+    return True
+
+
+def short_answer(cube: xr.Dataset) -> str:
+    """The answer in two or three sentences (rst), computed from the run: the sensitivity
+    ratios' range and how many seeds agree, the ends with their intervals, where the
+    sensitivity halves, whether it falls at every perturbation epoch, and the learning
+    rate's half-life where the rate decays. Without a ratio it says why none was taken."""
+    if "lr_schedule" not in cube.dims:
+        cube = cube.expand_dims(lr_schedule=["continue"])
+    runs = _perturbed_runs(cube)
+    if not runs:
+        return ("**In short:** no perturbed run has perturbation epochs on both sides of a "
+                "located critical-period end, so this run cannot say whether a nudge inside "
+                "the period carries further (``python -m critperiods summarize`` says why).")
+    ratios = [float(cube["perturb_cp_ratio"].sel(at)) for at in runs]
+    seeds = np.concatenate([cube["perturb_cp_ratio_seeds"].sel(at).values for at in runs])
+    seeds = seeds[np.isfinite(seeds)]
+    epsilons = [f"{e:g}" for e in cube["epsilon"].values if e > 0]
+    nudge = f"a nudge of ε = {', '.join(epsilons)}" if epsilons else "a nudge"
+    span = _span(ratios)
+    if all(x > 1 for x in ratios):
+        agree = int((seeds > 1).sum())
+        said = f"{nudge} made before the critical-period end carries {span}× further than " \
+               "one made after it"
+    elif all(x < 1 for x in ratios):
+        agree = int((seeds < 1).sum())
+        said = f"{nudge} made before the critical-period end carries less far than one " \
+               f"made after it ({span}×)"
+    else:
+        agree = -1
+        said = (f"{nudge} made before the critical-period end carries further than one made "
+                f"after it in {sum(x > 1 for x in ratios)} of {len(ratios)} perturbed runs "
+                f"and less far in the others ({span}×)")
+    n = len(ratios)
+    said += (f" ({'both' if n == 2 else f'all {n}'} perturbed runs"
+             + ("" if agree < 0 else ", every seed agreeing" if agree == seeds.size
+                else f", {agree} of {seeds.size} seed ratios on that side of 1") + ")")
+    ends = located_end(cube)
+    one_schedule = cube.sizes["lr_schedule"] == 1
+    placed = []
+    for at in runs:
+        cell = {"batch_size": at["batch_size"], "lr_schedule": at["lr_schedule"]}
+        label = f"batch {float(at['batch_size']):g}" + (
+            "" if one_schedule else f", {at['lr_schedule']}")
+        where = f"{label}: {float(ends.sel(cell)):.1f}"
+        if "critical_period_end_interval" in cube:
+            lo, hi = cube["critical_period_end_interval"].sel(cell).values
+            where += f" [{lo:.1f}, {hi:.1f}]"
+        if where not in placed:  # two perturbed runs of one cell share its end
+            placed.append(where)
+    level = f"{100 * float(cube.attrs.get('summary_level', 0.9)):.0f} %"
+    sentences = [said + f". The ends, with their {level} intervals: {'; '.join(placed)}"]
+    drops = [float(cube["perturb_drop_epoch"].sel(at)) for at in runs
+             if "perturb_drop_epoch" in cube]
+    drops = [d for d in drops if np.isfinite(d)]
+    fall = []
+    if drops:
+        fall.append(f"halves by perturbation epoch {_span(drops)}")
+    if _falls_everywhere(cube, runs):
+        fall.append("falls at every later perturbation epoch, so any split would give a "
+                    "ratio above 1")
+    if fall:
+        sentences.append("the sensitivity (lasting L2 / ε) " + " and ".join(fall))
+    half = rate_half_life(cube)
+    if any(at["lr_schedule"] == "continue" for at in runs) and np.isfinite(half):
+        sentences.append(
+            f"with the rate decaying, the learning rate itself halves by epoch {half:.1f}: a "
+            "later nudge trains at a smaller rate, so the fall may be the learning rate's "
+            "rather than the critical period's (the restart schedule cannot tell: it "
+            "restarts the rate only after a run's switch)")
+    text = ". ".join([sentences[0], *(s[:1].upper() + s[1:] for s in sentences[1:])])
+    return f"**In short:** {text}."
+
+
+def caveats(cube: xr.Dataset) -> list[str]:
+    """The perturbation experiment's caveats (rst bullets)."""
+    seeds = int(cube.sizes.get("seed", 1))
+    replicates = int(cube.sizes.get("replicate", 1))
+    return [
+        "* A sensitivity that falls steadily gives a before/after ratio above 1 for any "
+        "split: the ratio shows the fall, not a step at the critical-period end; "
+        "perturbation epochs closer together around the end would show a step.",
+        f"* {seeds} seed{'s' if seeds != 1 else ''} and {replicates} "
+        f"replicate{'s' if replicates != 1 else ''} per perturbation: indications, not "
+        "tests (``grid.seeds``, ``perturbation.replicates``).",
+    ]
+
+
+__all__ = ["QUESTION", "caveats", "rate_half_life", "short_answer"]
