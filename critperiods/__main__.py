@@ -32,6 +32,7 @@ import math
 import os
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -266,7 +267,11 @@ def calibrate_llc(args: argparse.Namespace) -> int:
     from critperiods.train.data import load_prepared
     from critperiods.train.training import TrainConfig, model_for
 
-    config = _load_config(args.configfile)
+    recorded = None if args.configfile else _recorded_config_of(args.piece)
+    if recorded is not None:
+        print(f"the config of {args.piece}'s experiment: {recorded} (as recorded by its run; "
+              "--configfile to give another)")
+    config = _load_config([str(recorded)] if recorded is not None else args.configfile)
     results = Path(config["results_dir"]) / config["experiment"]
     params = training_params(config)
     try:
@@ -275,7 +280,9 @@ def calibrate_llc(args: argparse.Namespace) -> int:
         ckpts = checkpoint_map(member(load_piece(args.piece, config_hash(params)), seed,
                                       args.piece))
     except (CheckpointError, ValueError) as err:
-        raise SystemExit(f"critperiods: {err}") from None
+        hint = ("" if "belongs to training config" not in str(err) else
+                " (give the configs of the piece's experiment: --configfile configs/<x>.yaml)")
+        raise SystemExit(f"critperiods: {err}{hint}") from None
     if args.epoch not in ckpts:
         raise SystemExit(f"critperiods: {args.piece}: no checkpoint at epoch {args.epoch}; "
                          f"has {sorted(ckpts)}")
@@ -290,6 +297,29 @@ def calibrate_llc(args: argparse.Namespace) -> int:
     plot_calibration(result, args.out)
     print(f"wrote {args.out}")
     return 0
+
+
+def _recorded_config_of(piece: str) -> Path | None:
+    """``results/<experiment>/config.yaml``, the config a run records beside its ``runs/``
+    folder, for a piece file inside it; None where there is none."""
+    for folder in Path(piece).resolve().parents:
+        if folder.name == "runs":
+            recorded = folder.parent / "config.yaml"
+            return recorded if recorded.is_file() else None
+    return None
+
+
+def _positive(kind: type) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` above 0, else a one-line usage error."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0 or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not above 0")
+        return value
+    return parse
 
 
 def _times(scratch: int, shared: int) -> str:
@@ -491,12 +521,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None,
                    help="which seed of the file's group (default: its first)")
     p.add_argument("--configfile", nargs="*", default=[],
-                   help="configs laid over config.yaml (the experiment the piece belongs to)")
-    p.add_argument("--step-sizes", type=float, nargs="+", default=[1e-5, 3e-5, 1e-4, 3e-4],
+                   help="configs laid over config.yaml (the experiment the piece belongs to; "
+                        "default: the config its run recorded, results/<x>/config.yaml)")
+    p.add_argument("--step-sizes", type=_positive(float), nargs="+",
+                   default=[1e-5, 3e-5, 1e-4, 3e-4],
                    help="SGLD step sizes to try (default: 1e-5 3e-5 1e-4 3e-4)")
-    p.add_argument("--nbetas", type=float, nargs="*", default=None,
+    p.add_argument("--nbetas", type=_positive(float), nargs="*", default=None,
                    help="inverse temperatures n·β to try (default: the config's)")
-    p.add_argument("--threads", type=int, default=2,
+    p.add_argument("--threads", type=_positive(int), default=2,
                    help="worker processes for the chains (default: 2)")
     p.add_argument("--out", default="llc_calibration.png",
                    help="where to write the plot (default: llc_calibration.png)")

@@ -34,7 +34,7 @@ def test_roundtrip_of_a_group_file(tmp_path):
 def test_a_file_of_the_one_seed_format_says_to_retrain(tmp_path):
     torch.save({"format": "critperiods-trajectory/1", "config_hash": "h", "identity": {},
                 "state": {}, "checkpoints": []}, tmp_path / "old.pt")
-    with pytest.raises(CheckpointError, match="before 0.2 .* rerun its training"):
+    with pytest.raises(CheckpointError, match=r"before 0.2 .* retrain it, .*--forcerun .*old\.pt"):
         load_piece(tmp_path / "old.pt", "h")
 
 
@@ -43,7 +43,8 @@ def test_truncated_file_is_refused(tmp_path):
     write_piece(path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"p\.pt: cannot be read .*truncated, corrupt"):
+    with pytest.raises(CheckpointError,
+                       match=r"p\.pt: cannot be read .*truncated, corrupt.*--forcerun .*p\.pt"):
         load_piece(path, "aaaaaaaaaaaa")
 
 

@@ -131,6 +131,26 @@ def test_stacked_job_killed_and_resumed_equals_uninterrupted(tmp_path, cfg, data
             assert_state_equal(ca["model"], cb["model"])
 
 
+def test_a_resume_file_of_another_checkpoint_plan_is_passed_over(tmp_path, cfg, data, caplog):
+    """A job stopped while its piece kept checkpoints {2}, rerun to keep {1, 2} (a change of
+    checkpoints.every, or a switch epoch that adds one): resuming would leave epoch 1 out of
+    the piece and the cube without a word. The resume file is passed over, and says so."""
+    plain, cut = tmp_path / "plain.pt", tmp_path / "cut.pt"
+    with pytest.raises(Preempted):
+        train_piece(PieceSpec(32, (0,), ALWAYS_BLURRED, 2, frozenset({2})), cfg, HASH, data,
+                    None, cut, progress=False, should_stop=stop_after(8))  # inside epoch 2
+    assert resume_path_for(cut).exists()
+    finer = PieceSpec(32, (0,), ALWAYS_BLURRED, 2, frozenset({1, 2}))
+    with caplog.at_level("WARNING"):
+        train_piece(finer, cfg, HASH, data, None, cut, progress=False)
+    assert "not resumed from (saved for another piece or checkpoint plan)" in caplog.text
+    train_piece(finer, cfg, HASH, data, None, plain, progress=False)
+    a, b = load_member(load_piece(plain, HASH), 0), load_member(load_piece(cut, HASH), 0)
+    assert [c["epoch"] for c in b["checkpoints"]] == [1, 2]
+    for ca, cb in zip(a["checkpoints"], b["checkpoints"], strict=True):
+        assert_state_equal(ca["model"], cb["model"])
+
+
 def test_piece_of_another_stacking_is_refused(tmp_path, cfg, data):
     """Continuing a stacked trunk with other seeds (a group file named by hand) would mix
     trajectories; the start piece is refused with the file named."""
@@ -142,6 +162,33 @@ def test_piece_of_another_stacking_is_refused(tmp_path, cfg, data):
     single = PieceSpec(32, (0,), ALWAYS_BLURRED, 2, frozenset())
     with pytest.raises(CheckpointError, match=r"trunk\.pt: holds seeds \[0, 1\]"):
         train_piece(single, cfg, HASH, data, trunk, tmp_path / "x.pt", progress=False)
+
+
+def test_a_start_piece_of_another_trajectory_is_refused(tmp_path, cfg, data):
+    """A branch copied over the trunk file it starts from (or a trunk of another batch size)
+    used to be continued without a word: the branch came out without checkpoints and the
+    cube with holes. The start piece's identity must be where the job starts."""
+    from critperiods.pipeline.checkpoints import CheckpointError
+
+    trunk, branch = tmp_path / "e1.pt", tmp_path / "switch1.pt"
+    train_piece(PieceSpec(32, (0,), ALWAYS_BLURRED, 1, frozenset()), cfg, HASH, data, None,
+                trunk, progress=False)
+    train_piece(PieceSpec(32, (0,), 1, 2, frozenset({2}), "continue"), cfg, HASH, data, trunk,
+                branch, progress=False)  # the right start: the trunk at the switch epoch
+    refused = {
+        "a branch as the branch's start": (PieceSpec(32, (0,), 1, 3, frozenset(), "continue"),
+                                           branch, "the continue branch from switch epoch 1"),
+        "a branch as a trunk segment's": (PieceSpec(32, (0,), ALWAYS_BLURRED, 3, frozenset()),
+                                          branch, "the continue branch from switch epoch 1"),
+        "the trunk off the switch epoch": (PieceSpec(32, (0,), 2, 4, frozenset(), "continue"),
+                                           trunk, "the trunk to epoch 1"),
+        "another batch size's trunk": (PieceSpec(64, (0,), ALWAYS_BLURRED, 2, frozenset()),
+                                       trunk, "the trunk to epoch 1 at batch size 32"),
+    }
+    for case, (spec, start, said) in refused.items():
+        with pytest.raises(CheckpointError, match=rf"{start.name}: holds {said}.*--forcerun"):
+            train_piece(spec, cfg, HASH, data, start, tmp_path / "x.pt", progress=False)
+        assert not (tmp_path / "x.pt").exists(), case
 
 
 def test_stacked_fast_path_with_bf16_runs_on_cpu(cfg, data):

@@ -487,6 +487,23 @@ def test_the_readmes_cube_example_runs_on_a_real_cube(run):
     assert namespace["acc"].dims and "critical_period_end" in namespace["cube"]
 
 
+def test_calibrate_llc_reads_the_config_its_run_recorded(run, capsys):
+    """`calibrate-llc PIECE` without --configfile takes the config the piece's run recorded
+    (results/<x>/config.yaml), not config.yaml, whose training hash the piece would not
+    match; a step size or thread count that is not above 0 is a usage error."""
+    from critperiods.__main__ import main
+
+    piece = next((run / "results/tiny/runs").glob("bs*/*/continue/switch*.pt"))
+    with pytest.raises(SystemExit) as stop:
+        main(["calibrate-llc", str(piece), "--epoch", "999"])
+    assert "no checkpoint at epoch 999" in str(stop.value), stop.value
+    assert "results/tiny/config.yaml (as recorded by its run" in capsys.readouterr().out
+    for bad in (["--step-sizes", "-1"], ["--threads", "0"], ["--nbetas", "nan"]):
+        with pytest.raises(SystemExit) as stop:
+            main(["calibrate-llc", str(piece), "--epoch", "1", *bad])
+        assert stop.value.code == 2 and "is not above 0" in capsys.readouterr().err, bad
+
+
 def test_the_cubes_summary_is_the_summary_of_the_stored_cube(run, monkeypatch):
     """``summarize --recompute`` on a finished cube gives back what aggregate stored, to the
     bit: aggregate computes the summary on a cube that already carries the run's ``lr``

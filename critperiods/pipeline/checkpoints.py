@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from critperiods.pipeline.files import torch_save_atomic
+
+log = logging.getLogger(__name__)
 
 FORMAT = "critperiods-trajectory/2"  # /1: one seed per file (critperiods < 0.2)
 RESUME_FORMAT = "critperiods-resume/2"
@@ -62,19 +65,21 @@ def _read(path: str | Path, fmt: str) -> dict:
     except Exception as err:  # noqa: BLE001 - every unpickling failure means the same
         raise CheckpointError(
             f"{path}: cannot be read ({type(err).__name__}: {err}); it is truncated, "
-            "corrupt or not a file critperiods wrote — delete it and rerun the workflow to "
-            "regenerate it"
+            "corrupt or not a file critperiods wrote — regenerate it, with the run's own "
+            f"options: snakemake --cores all --forcerun {path}"
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        hint = ("; it was written by critperiods before 0.2 (one seed per file): delete it "
-                "and rerun its training" if str(found).endswith("/1") else "")
+        hint = ("; it was written by critperiods before 0.2 (one seed per file): retrain it, "
+                f"with the run's own options: snakemake --cores all --forcerun {path}"
+                if str(found).endswith("/1") else "")
         raise CheckpointError(
             f"{path}: not a critperiods file of format {fmt!r} (found {found!r}){hint}")
     missing = [key for key in FIELDS if key not in payload]
     if missing:
         raise CheckpointError(f"{path}: a {fmt!r} file without {', '.join(missing)}; it was "
-                              "not written by critperiods — delete it and rerun the workflow")
+                              "not written by critperiods — regenerate it: snakemake --cores "
+                              f"all --forcerun {path}")
     return payload
 
 
@@ -87,8 +92,9 @@ def load_piece(path: str | Path, expected_hash: str) -> dict:
     if payload["config_hash"] != expected_hash:
         raise CheckpointError(
             f"{path}: belongs to training config {payload['config_hash']}, but this run's "
-            f"config is {expected_hash}; it was made with other settings — delete it or use "
-            "another experiment name"
+            f"config is {expected_hash}; it was made with other settings — retrain it "
+            f"(snakemake --cores all --forcerun {path}) or give this config another "
+            "experiment name"
         )
     return payload
 
@@ -115,13 +121,22 @@ def load_resume(path: str | Path, config_hash: str, identity: dict,
         return None
     try:
         payload = _read(path, RESUME_FORMAT)
-    except CheckpointError:
-        return None  # an unreadable resume file only costs the work since the job started
-    if payload["config_hash"] != config_hash or payload["identity"] != identity:
-        return None
+    except CheckpointError as err:  # it only costs the work since the job started
+        return _not_resumed(path, f"unreadable: {err}")
+    if payload["config_hash"] != config_hash:
+        return _not_resumed(path, "saved with other training settings")
+    if payload["identity"] != identity:
+        return _not_resumed(path, "saved for another piece or checkpoint plan")
     if provenance is not None and payload.get("provenance", {}) != provenance:
-        return None
+        return _not_resumed(path, "saved by other code or from other data")
     return payload
+
+
+def _not_resumed(path: str | Path, why: str) -> None:
+    """Say, in the job's log, why a resume file is passed over (the job starts its piece
+    afresh and overwrites it)."""
+    log.warning("%s: not resumed from (%s); the piece is trained from its start", path, why)
+    return None
 
 
 def read_provenance(path: str | Path) -> dict:

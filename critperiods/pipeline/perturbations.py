@@ -77,12 +77,14 @@ def load_group(path: str | Path, expected_hash: str) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every unpickling failure means the same
-        raise CheckpointError(f"{path}: cannot be read ({type(err).__name__}); delete it and "
-                              "rerun the workflow") from err
+        raise CheckpointError(f"{path}: cannot be read ({type(err).__name__}); regenerate it, "
+                              "with the run's own options: snakemake --cores all --forcerun "
+                              f"{path}") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"{path}: not a critperiods perturbation group of format "
-                              f"{FORMAT!r} (found {found!r}); delete it and rerun the workflow")
+                              f"{FORMAT!r} (found {found!r}); regenerate it: snakemake --cores "
+                              f"all --forcerun {path}")
     if payload["config_hash"] != expected_hash:
         raise CheckpointError(f"{path}: belongs to training config {payload['config_hash']}, "
                               f"but this run's config is {expected_hash}")

@@ -96,12 +96,15 @@ def train_piece(
     checkpoints = _start(spec, trainer, start, config_hash)
     identity = spec.identity(trainer.epoch)
     resume_file = resume_path_for(output)
+    # a resume file also belongs to the checkpoints its piece keeps: one saved before a
+    # change of checkpoints.every (or a switch epoch that adds one) would leave a hole
+    resumable = {**identity, "checkpoint_epochs": sorted(spec.checkpoint_epochs)}
 
     def members() -> list[dict]:
         return [{"seed": s, "state": m.state(), "checkpoints": kept}
                 for s, m, kept in zip(seeds, trainer.members(), checkpoints, strict=True)]
 
-    resumed = ckpt.load_resume(resume_file, config_hash, identity, provenance)
+    resumed = ckpt.load_resume(resume_file, config_hash, resumable, provenance)
     devices = {device_label(device)}
     if resumed is not None:
         devices.update(resumed.get("devices", []))
@@ -110,7 +113,7 @@ def train_piece(
         log.info("%s: resuming at epoch %d, step %d", spec.name, trainer.epoch, trainer.step)
 
     def save_resume() -> None:
-        ckpt.save_resume(resume_file, config_hash=config_hash, identity=identity,
+        ckpt.save_resume(resume_file, config_hash=config_hash, identity=resumable,
                          members=members(), provenance=provenance, devices=sorted(devices))
 
     with stop_on_sigterm() as sigterm:
@@ -134,6 +137,11 @@ def _start(spec: PieceSpec, trainer: Trainer | StackedTrainer, start: str | Path
     if made_with != list(spec.seeds):
         raise ckpt.CheckpointError(
             f"{start}: holds seeds {made_with}, but this job trains {list(spec.seeds)}")
+    wrong = _not_a_start_for(spec, piece["identity"])
+    if wrong:
+        raise ckpt.CheckpointError(
+            f"{start}: holds {wrong}, not where this job starts ({spec.name}): a file copied "
+            f"or moved by hand? Retrain it: snakemake --forcerun {start}")
     trainer.load_states([ckpt.member(piece, s, start)["state"] for s in spec.seeds])
     if trainer.epoch > spec.end_epoch:
         raise ckpt.CheckpointError(
@@ -141,6 +149,37 @@ def _start(spec: PieceSpec, trainer: Trainer | StackedTrainer, start: str | Path
             "this piece ends: it was trained for another plan (by an older version, or kept "
             f"with --touch); retrain it: snakemake --forcerun {start}")
     return [[] for _ in spec.seeds]
+
+
+def _describe(identity: dict) -> str:
+    """A piece's trajectory in words: "the trunk to epoch 4", "the continue branch from switch
+    epoch 2 to epoch 8"."""
+    if int(identity["switch_epoch"]) == ALWAYS_BLURRED:
+        return f"the trunk to epoch {identity['end_epoch']}"
+    schedule = identity.get("lr_schedule")
+    return (f"the {schedule + ' ' if schedule else ''}branch from switch epoch "
+            f"{identity['switch_epoch']} to epoch {identity['end_epoch']}")
+
+
+def _not_a_start_for(spec: PieceSpec, identity: dict) -> str:
+    """What is wrong with the piece of ``identity`` as the start of ``spec``, "" if nothing: a
+    trunk segment continues the trunk; a branch starts from the trunk at its switch epoch; a
+    segment of the never-blurred run's continuation (switch epoch 0) continues that run's
+    branch file or an earlier segment, of the same schedule. Each starts from a piece of its
+    batch size (a start past the job's end is refused by :func:`_start` with its own
+    reason)."""
+    same_batch = int(identity["batch_size"]) == spec.batch_size
+    trunk = int(identity["switch_epoch"]) == ALWAYS_BLURRED
+    if spec.switch_epoch == ALWAYS_BLURRED:
+        fits = trunk
+    elif trunk:
+        fits = int(identity["end_epoch"]) == spec.switch_epoch
+    else:  # only the never-blurred run is continued past its branch file
+        fits = (spec.switch_epoch == 0 == int(identity["switch_epoch"])
+                and identity.get("lr_schedule") == spec.lr_schedule)
+    if same_batch and fits:
+        return ""
+    return f"{_describe(identity)} at batch size {identity['batch_size']}"
 
 
 __all__ = ["PieceSpec", "resume_path_for", "train_piece"]

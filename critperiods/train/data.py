@@ -340,10 +340,11 @@ def load_split(path: str | Path) -> PreparedSplit:
     try:
         p = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise ValueError(f"{path}: cannot read prepared data ({err}); delete it and rerun") from err
+        raise ValueError(f"{path}: cannot read prepared data ({err}); regenerate it, with the "
+                         f"run's own options: snakemake --cores all --forcerun {path}") from err
     if not isinstance(p, dict) or p.get("format") != FORMAT:
         raise ValueError(f"{path}: not a critperiods prepared-data file of format {FORMAT!r}; "
-                         "delete it and rerun")
+                         f"regenerate it: snakemake --cores all --forcerun {path}")
     return PreparedSplit(Split(p["sharp"], p["blurred"], p["labels"]), p["num_classes"],
                          p["meta"], p.get("mean"), p.get("std"))
 
