@@ -1,10 +1,12 @@
 # critperiods: critical learning periods through singular learning theory.
 # This file is the table of contents; each stage lives in workflow/rules/.
 import os
+import sys
 
 from snakemake.utils import min_version, validate
 
 from critperiods.pipeline.config_file import check_against_schema, exit_on_config_error
+from critperiods.pipeline.failures import say_why
 from critperiods.pipeline.plan import check_moved_keys
 
 min_version("9.0")
@@ -54,3 +56,8 @@ rule all:
 
 # Every rule that runs a script gets its code fingerprint as a param (common.smk).
 add_code_params(workflow.rules)
+
+
+# A failed run ends with each failed job's reason, read from its log, not only the log's path.
+onerror:
+    print(say_why(log), file=sys.stderr)

@@ -35,7 +35,9 @@ NOTES = {"llc/calibration.py": " (the calibrate-llc command; no stage imports it
                              "is resnet18, also what models/resnet18.py reruns)",
          "models/resnet18.py": " (in an experiment whose `model.name` is resnet18: what "
                                "models/small_cnn.py reruns in a small_cnn one)",
-         "stages/__init__.py": " (the stages' shared setup: logging, threads, device)"}
+         "stages/__init__.py": " (the stages' shared setup: logging, threads, device)",
+         "pipeline/failures.py": " (the Snakefile's onerror, after a failed run; no stage "
+                                 "imports it)"}
 
 
 def rows() -> list[str]:

@@ -265,6 +265,27 @@ def test_the_old_lr_after_switch_key_names_its_replacement(run, tmp_path):
     assert "grid.lr_schedules" in proc.stdout + proc.stderr
 
 
+def test_a_failed_run_ends_with_each_failed_jobs_reason(run, tmp_path):
+    """A branch file copied over the trunk file its branch starts from: the branch job
+    refuses it, and the run's console ends with that job's reason and log (the Snakefile's
+    ``onerror``), not only Snakemake's "check log file(s)"."""
+    import shutil
+
+    workdir = tmp_path / "w"
+    shutil.copytree(run, workdir, ignore=shutil.ignore_patterns(".snakemake"))
+    group = next((workdir / "results/tiny/runs/bs64").iterdir())
+    shutil.copy(group / "continue/switch2.pt", group / "trunk/e2.pt")
+    provide_fashion_mnist(workdir / "data")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+           "--cores", "1", "--configfile", str(ROOT / "config.yaml"), str(TINY)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode != 0
+    said = [line for line in (proc.stdout + proc.stderr).splitlines()
+            if line.startswith("critperiods: train_branch failed: CheckpointError: ")]
+    assert said and "trunk/e2.pt: holds the continue branch from switch epoch 2" in said[0]
+    assert "--forcerun" in said[0] and "(log: results/tiny/logs/train/" in said[0], said
+
+
 def test_plot_change_plans_only_plots(run, tmp_path):
     out = snakemake(run, "-n", configs=[override(tmp_path, "p", "plots:\n  dpi: 60\n")])
     assert set(planned(out)) == {"plots"}

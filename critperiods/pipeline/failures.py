@@ -1,0 +1,70 @@
+"""Why jobs failed, in one line each, at the end of a failed run (the Snakefile's
+``onerror``).
+
+Snakemake reports a failed job as "Error in rule X: … log: <path> (check log file(s) for
+error details)": the reason is in the job's log, the last line of a Python traceback. This
+module reads Snakemake's own log for those entries and returns each job's rule, the reason
+and its log, so the console ends with what went wrong instead of a pointer to it. It reads
+text only (no PyTorch): the Snakefile imports it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+_ERROR = re.compile(r"^Error in rule (\S+):$")
+_LOG = re.compile(r"^\s+log: (.+?)(?: \(check log file\(s\) for error details\))?$")
+#: The last line of a traceback: "package.module.SomeError: message" or "SomeError: message".
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Exit)): (.+)$")
+
+
+def failed_jobs(snakemake_log: str | Path) -> list[tuple[str, str, str]]:
+    """``(rule, reason, job log)`` for each job Snakemake's log reports as failed; the reason
+    is the exception its log ends with ("CheckpointError: …"), or its last line."""
+    try:
+        lines = Path(snakemake_log).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    out = []
+    for i, line in enumerate(lines):
+        rule = _ERROR.match(line)
+        if not rule:
+            continue
+        for entry in lines[i + 1:i + 30]:
+            if not entry.startswith(" "):
+                break
+            log = _LOG.match(entry)
+            if log:
+                path = log.group(1).split(",")[0].strip()
+                out.append((rule.group(1), _reason(path), path))
+                break
+    return out
+
+
+def _reason(job_log: str | Path) -> str:
+    """The exception a job's log ends with, else its last non-empty line ("" if none)."""
+    try:
+        lines = [x.strip() for x in Path(job_log).read_text(errors="replace").splitlines()]
+    except OSError:
+        return ""
+    lines = [x for x in lines if x]
+    for line in reversed(lines[-40:]):
+        found = _EXCEPTION.match(line)
+        if found:
+            return f"{found.group(1)}: {found.group(2)}"
+    return lines[-1] if lines else ""
+
+
+def say_why(snakemake_logs: str | Path | Iterable[str | Path]) -> str:
+    """The lines the ``onerror`` handler prints: "critperiods: <rule> failed: <reason>
+    (log: <path>)" per failed job; "" when the logs name none. Snakemake 9 hands ``onerror``
+    a list of its logs; one path is taken too."""
+    logs = ([snakemake_logs] if isinstance(snakemake_logs, str | Path)
+            else list(snakemake_logs))
+    return "\n".join(f"critperiods: {rule} failed: {reason or 'see its log'} (log: {path})"
+                     for log in logs for rule, reason, path in failed_jobs(log))
+
+
+__all__ = ["failed_jobs", "say_why"]
