@@ -5,7 +5,11 @@ import sys
 
 from snakemake.utils import min_version, validate
 
-from critperiods.pipeline.config_file import check_against_schema, exit_on_config_error
+from critperiods.pipeline.config_file import (
+    check_against_schema,
+    exit_on_config_error,
+    read_config_file,
+)
 from critperiods.pipeline.failures import say_why
 from critperiods.pipeline.plan import check_moved_keys
 
@@ -18,6 +22,8 @@ configfile: os.path.join(workflow.basedir, "config.yaml")
 # A bad config ends the run here with one line naming the key, the reason and its file.
 CONFIG_FILES = [os.path.join(workflow.basedir, "config.yaml"), *workflow.overwrite_configfiles]
 with exit_on_config_error(CONFIG_FILES):
+    for _file in CONFIG_FILES:  # each file on its own: a key given twice, a binary file
+        read_config_file(_file)
     check_moved_keys(config)  # a key that moved: say where (the schema would say "unknown")
     check_against_schema(  # the key and its file, not the whole schema
         config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"),

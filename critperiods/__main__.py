@@ -163,6 +163,13 @@ def _stale_statistics(cube, diverged: list[str]) -> str | None:
     return None
 
 
+def _check_csv_path(path: str) -> None:
+    """Exit with one line where ``--csv`` names a folder (its parent is made if missing)."""
+    if Path(path).is_dir():
+        raise SystemExit(f"critperiods: --csv {path}: a folder; give a file name, e.g. "
+                         f"{Path(path) / 'summary.csv'}")
+
+
 def summarize(args: argparse.Namespace) -> int:
     from critperiods.results.summary import critical_period_summary
     from critperiods.results.tables import (
@@ -184,6 +191,7 @@ def summarize(args: argparse.Namespace) -> int:
 
         print(format_summary(cube))
         if args.csv:
+            _check_csv_path(args.csv)
             summary_csv(cube, args.csv)
             print(f"wrote {args.csv}")
         return 0
@@ -245,6 +253,7 @@ def summarize(args: argparse.Namespace) -> int:
         print("\nperturbations: how far a nudge carries (copy vs its unperturbed twin)")
         print(format_perturbation(cube))
     if args.csv:
+        _check_csv_path(args.csv)
         to_csv(summary, args.csv)
         print(f"wrote {args.csv}")
     return 0
@@ -322,14 +331,19 @@ def _positive(kind: type) -> Callable[[str], float]:
     return parse
 
 
-def _times(scratch: int, shared: int) -> str:
+def _times(scratch: int, shared: int, config: dict) -> str:
     """How much more (or less) training from scratch costs than sharing trunks.
 
-    Sharing can cost more: the divergence stage extends the always-blurred trunk to the last
-    epoch any run reaches."""
+    Sharing can cost more: it also trains the references, the never-blurred run continued
+    past its end (for λ̂ or the divergences) and the always-blurred trunk extended to the last
+    epoch any run reaches (for the divergences)."""
     if scratch >= shared:
         return f"{scratch / shared:.2f}× more"
-    return f"{shared / scratch:.2f}× less: the trunk is extended for the divergence stage"
+    divergence = config["divergence"]["enabled"]
+    extended = ("the trunk and the never-blurred run are extended as the divergences' "
+                "references" if divergence else
+                "the never-blurred run is continued as λ̂'s sharp reference")
+    return f"{shared / scratch:.2f}× less: {extended}"
 
 
 def check(args: argparse.Namespace) -> int:
@@ -357,7 +371,7 @@ def cost(args: argparse.Namespace) -> int:
     shared, scratch = epochs_trained(config, True), epochs_trained(config, False)
     print(f"{config['experiment']} ({layered}): {shared} epochs "
           f"with trunk sharing, {scratch} training every run from scratch "
-          f"({_times(scratch, shared)})")
+          f"({_times(scratch, shared, config)})")
     found = {device: grid_cost(config, device) for device in ("cpu", "cuda")}
     cpu = found["cpu"]
     if cpu.perturbation_epochs:

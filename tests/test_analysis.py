@@ -1001,9 +1001,12 @@ def test_summarize_points_an_undecided_marker_to_the_power_command(tmp_path, cap
         summary_interval_method=INTERVAL_METHOD).to_netcdf(path)
     assert main(["summarize", str(path)]) == 0
     printed = capsys.readouterr().out
+    assert printed.startswith("In short: with the learning rate decaying, smaller batches end")
     (line,) = [v for v in printed.splitlines() if v.startswith("  batch 64, continue: ")]
     assert "includes 0" in line
     assert f"python -m critperiods power --noise-from {path}" in printed
+    with pytest.raises(SystemExit, match=r"--csv .*: a folder; give a file name"):
+        main(["summarize", str(path), "--csv", str(tmp_path)])  # was an IsADirectoryError
 
 
 def test_the_landing_page_leads_with_a_short_answer() -> None:

@@ -351,6 +351,19 @@ def test_the_cli_says_its_version_and_documents_every_option():
     ("optimizer:\n  lr_after_switch: restart\n", "(set in {path})"),
     ("toy:\n  sgd:\n    lrs: [0.02]\n", "toy: set, but study is 'critical_period', which "
                                          "ignores it"),
+    # a run used to finish with exit 0 and every run "diverged to chance"
+    ("optimizer:\n  lr: .nan\n", "optimizer.lr: nan is not a finite number (set in {path})"),
+    ("optimizer:\n  lr: 1e-3\n", "optimizer.lr: '1e-3' is not of type 'number' (YAML reads "
+                                  "1e-3 as text: write it with a decimal point and a signed "
+                                  "exponent, e.g. 1.0e-3) (set in {path})"),
+    # was clamped to the 60,000 images, and recorded as asked
+    ("dataset:\n  train_subset: 1000000\n", "dataset.train_subset: 1000000 is more than the "
+                                             "60000 images of fashion_mnist's train split"),
+    ("dataset:\n  test_subset: 20000\n", "dataset.test_subset: 20000 is more than the 10000"),
+    # plain YAML keeps the last and drops the first
+    ("grid:\n  seeds: [0]\ngrid:\n  seeds: [1]\n",
+     "{path}: not valid YAML (line 3, column 1): the key 'grid' is given twice (first on line "
+     "1)"),
 ])
 def test_cost_names_the_bad_key_and_its_file_in_one_line(tmp_path, text, expected):
     """A typo, a bad value or broken YAML in a config file: one line that names the key (and
@@ -373,6 +386,11 @@ def test_a_folder_given_as_a_config_file_is_named_as_such(tmp_path):
 
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(tmp_path))}: a folder, not a config"):
         read_config_file(tmp_path)
+    binary = tmp_path / "cube.nc"  # a cube named where a config goes: was a UnicodeDecodeError
+    binary.write_bytes(b"\x89HDF\r\n\x1a\n\xff\xfe")
+    with pytest.raises(ConfigError, match=r"cube\.nc: not a text file \(.*\); a config file is "
+                                          r"YAML text"):
+        read_config_file(binary)
     empty = tmp_path / "empty.yaml"  # Snakemake refuses it, naming neither file nor reason
     empty.write_text("# only a comment\n")
     with pytest.raises(ConfigError, match=r"empty\.yaml: empty \(no keys\)"):
@@ -553,3 +571,15 @@ def test_every_shipped_config_writes_to_a_results_folder_of_its_own():
     names = {f.name: yaml.safe_load(f.read_text()).get("experiment") for f in files}
     assert None not in names.values(), names
     assert len(set(names.values())) == len(names), names
+
+
+def test_cost_says_what_makes_sharing_dearer_than_training_from_scratch():
+    """Where sharing trains more epochs than training every run from scratch, the reason
+    named is the reference the config needs: λ̂'s alone continues the never-blurred run."""
+    from critperiods.__main__ import _times
+
+    assert _times(12, 6, {"divergence": {"enabled": False}}) == "2.00× more"
+    llc_only = _times(6, 8, {"divergence": {"enabled": False}})
+    assert llc_only == "1.33× less: the never-blurred run is continued as λ̂'s sharp reference"
+    assert "divergences' references" in _times(6, 8, {"divergence": {"enabled": True}})
+

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -33,7 +34,10 @@ def read_config_file(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file ({err.reason} at byte {err.start}); a "
+                          "config file is YAML text") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -45,6 +49,22 @@ def read_config_file(path: str | Path) -> dict:
         raise ConfigError(f"{path}: a config file holds a mapping of keys, got "
                           f"{type(data).__name__}")
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the
+    last and drops the first without a word)."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN201 - PyYAML's API
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice (first on line {seen[key]})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 def _dotted(path: Sequence[object]) -> str:
@@ -86,7 +106,27 @@ def _reasons(error) -> list[tuple[list[object], str]]:
                     else "" if out else f"; the keys here are {', '.join(known)}")
             out.append(([*key, name], "unknown key" + hint))
         return out
+    if (error.validator == "type" and isinstance(error.instance, str)
+            and _NUMBER_AS_TEXT.match(error.instance.strip())):
+        return [(key, f"{error.message} (YAML reads {error.instance} as text: write it with a "
+                      "decimal point and a signed exponent, e.g. 1.0e-3)")]
     return [(key, error.message)]
+
+
+#: What YAML 1.1 (PyYAML) reads as a string though it looks like a number: 1e-3, 5E4.
+_NUMBER_AS_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _non_finite(node: object, key: tuple[object, ...] = ()) -> Iterator[tuple[object, ...]]:
+    """The keys of ``node`` whose value is a float that is NaN or infinite."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            yield from _non_finite(value, (*key, name))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _non_finite(value, (*key, i))
+    elif isinstance(node, float) and not math.isfinite(node):
+        yield key
 
 
 #: At most this many further reasons follow the first on the error's line.
@@ -102,6 +142,12 @@ def check_against_schema(config: dict, schema: str | Path,
     :data:`MORE_REASONS`, then ``; and N more``): the other unknown keys beside an unknown
     key, and the other errors at or below the same key (for a list item, the same list), so
     that a list both too short and holding a bad value gets both reasons."""
+    for key in _non_finite(config):  # the schema's "number" takes .nan and .inf
+        where = _file_setting(list(key), files)
+        err = ConfigError(f"{_dotted(key)}: {_get(config, key)} is not a finite number"
+                          + (f" (set in {where})" if where else ""))
+        err.located = True
+        raise err
     rules = yaml.safe_load(Path(schema).read_text())
     errors = list(Draft202012Validator(rules).iter_errors(config))
     best = best_match(errors)
@@ -123,6 +169,13 @@ def check_against_schema(config: dict, schema: str | Path,
                       + (f"; and {more} more" if more > 0 else ""))
     err.located = True  # the file was looked up: exit_on_config_error adds none
     raise err
+
+
+def _get(config: dict, key: Sequence[object]) -> object:
+    node: object = config
+    for part in key:
+        node = node[part]  # type: ignore[index]
+    return node
 
 
 def _key_of(message: str) -> list[object] | None:

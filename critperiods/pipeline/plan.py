@@ -51,6 +51,7 @@ MOVED_KEYS = {
 #: Side length (pixels) of each dataset's images.
 IMAGE_SIZE = {"fashion_mnist": 28, "mnist": 28, "cifar10": 32}
 TRAIN_IMAGES = {"fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000}
+TEST_IMAGES = {"fashion_mnist": 10000, "mnist": 10000, "cifar10": 10000}
 
 
 def train_images(config: dict) -> int:
@@ -88,6 +89,12 @@ def check_config(config: dict, schema: dict) -> None:
             f"dataset.blur_size: {dataset['blur_size']} is not smaller than the "
             f"{size}×{size} images of {dataset['name']}, so the blur would do nothing and no "
             "run would have a deficit; use a blur_size below the image size (e.g. 4 or 8)")
+    for key, images in (("train_subset", TRAIN_IMAGES), ("test_subset", TEST_IMAGES)):
+        asked, has = dataset.get(key), images.get(dataset["name"])
+        if asked and has and asked > has:  # it would be clamped, and recorded as asked
+            raise ConfigError(
+                f"dataset.{key}: {asked} is more than the {has} images of {dataset['name']}'s "
+                f"{key.split('_')[0]} split; use at most {has}, or null for all of them")
     train_subset = dataset.get("train_subset")
     too_big = [b for b in grid["batch_sizes"] if train_subset and b > train_subset]
     if too_big:
