@@ -106,6 +106,9 @@ def _reasons(error) -> list[tuple[list[object], str]]:
                     else "" if out else f"; the keys here are {', '.join(known)}")
             out.append(([*key, name], "unknown key" + hint))
         return out
+    if error.validator == "type" and error.instance is None:  # "grid:" with nothing after it
+        return [(key, f"empty, but must be of type {error.validator_value!r} (give it a value, "
+                      "or delete the key for its default)")]
     if (error.validator == "type" and isinstance(error.instance, str)
             and _NUMBER_AS_TEXT.match(error.instance.strip())):
         return [(key, f"{error.message} (YAML reads {error.instance} as text: write it with a "
