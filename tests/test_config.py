@@ -362,6 +362,8 @@ def test_the_cli_says_its_version_and_documents_every_option():
     ("dataset:\n  test_subset: 20000\n", "dataset.test_subset: 20000 is more than the 10000"),
     ("optimizer:\n  lr:\n", "optimizer.lr: empty, but must be of type 'number' (give it a "
                              "value, or delete the key for its default) (set in {path})"),
+    ("checkpoints:\n  epochs: [1, 99]\n", "checkpoints.epochs: [99] after epoch 24, the last "
+                                          "any run (or reference) is trained to"),
     # plain YAML keeps the last and drops the first
     ("grid:\n  seeds: [0]\ngrid:\n  seeds: [1]\n",
      "{path}: not valid YAML (line 3, column 1): the key 'grid' is given twice (first on line "

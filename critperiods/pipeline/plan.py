@@ -107,6 +107,11 @@ def check_config(config: dict, schema: dict) -> None:
         raise ConfigError(f"llc.switch_epochs: {extra} are not in grid.switch_epochs "
                           f"{grid['switch_epochs']}, so there is no such branch to estimate on")
     check_perturbation(config)
+    horizon = max(last_epoch(config), trunk_end(config))
+    late = sorted(e for e in config["checkpoints"].get("epochs") or () if e > horizon)
+    if late:
+        raise ConfigError(f"checkpoints.epochs: {late} after epoch {horizon}, the last any run "
+                          "(or reference) is trained to, so no checkpoint would be kept there")
     kept = set(checkpoint_epochs(config))
     llc = config.get("llc", {})
     if llc.get("enabled") and llc.get("epochs") is None and not llc_epochs(config, kept):
