@@ -427,6 +427,9 @@ def power(args: argparse.Namespace) -> int:
                                  ("divergences", config["divergence"]["enabled"])) if not on]
     recorded = [] if cube is None else [f"{args.noise_from}'s config"]
     print(f"{config['experiment']} ({_layers(paths, *recorded)})")
+    if grid.seeds < 2 and not args.seeds:
+        print("note: 1 seed in this config: an interval over seeds needs 2, so it can call "
+              "nothing; the rows are for 2 seeds and more")
     if off:
         print(f"note: {' and '.join(off)} off in this config: its runs would have no "
               f"{'knee or drop' if len(off) > 1 else 'knee' if off[0] == 'λ̂' else 'drop'}; "

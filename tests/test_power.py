@@ -50,6 +50,16 @@ def test_the_command_prints_a_row_per_number_of_seeds(capsys):
     assert [row.split(" | ")[0] for row in rows] == ["| 2", "| 4"]
 
 
+def test_a_one_seed_config_is_told_that_it_can_call_nothing(tmp_path, capsys):
+    one = tmp_path / "one.yaml"
+    one.write_text("grid:\n  seeds: [0]\n")
+    assert main(["power", str(one), "--trials", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "note: 1 seed in this config: an interval over seeds needs 2" in out
+    assert [line.split(" | ")[0] for line in out.splitlines() if line[:2] == "| "][1:] == [
+        "| 2"]  # after the header, the one row it can give
+
+
 @pytest.mark.parametrize("flags, says", [
     (["--trials", "0"], "argument --trials: 0: must be at least 1"),
     (["--seeds", "1"], "argument --seeds: 1: must be at least 2"),  # no interval over 1 seed
