@@ -444,6 +444,9 @@ def test_the_schema_check_gives_every_reason_a_key_fails(tmp_path):
      r"^grid\.batch_sizes\[\d\]: -\d is less than or equal to the minimum of 0"
      r"(; also grid\.batch_sizes\[\d\]: -\d is less [^;]*){3}; and 1 more$"),
     (lambda c: c["grid"].update(seeds=[0, 0]), r"^grid\.seeds: \[0, 0\] has non-unique elements$"),
+    # two bad values of one section: both (the second used to wait for the next run)
+    (lambda c: c["llc"].update(draws=0, chains=0),
+     r"^llc\.(draws|chains): 0 is less than [^;]*; also llc\.(draws|chains): 0 is less [^;]*$"),
 ])
 def test_further_reasons_stay_with_the_key_that_fails(mutate, expected):
     from critperiods.pipeline.config_file import check_against_schema, exit_on_config_error

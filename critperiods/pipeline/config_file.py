@@ -143,8 +143,9 @@ def check_against_schema(config: dict, schema: str | Path,
 
     Further reasons follow on the same line (``; also <key>: <reason>``, at most
     :data:`MORE_REASONS`, then ``; and N more``): the other unknown keys beside an unknown
-    key, and the other errors at or below the same key (for a list item, the same list), so
-    that a list both too short and holding a bad value gets both reasons."""
+    key, and the other errors in the same section (for a list item, the same list), so that
+    a list both too short and holding a bad value gets both reasons, and a section with two
+    bad values both."""
     for key in _non_finite(config):  # the schema's "number" takes .nan and .inf
         where = _file_setting(list(key), files)
         err = ConfigError(f"{_dotted(key)}: {_get(config, key)} is not a finite number"
@@ -159,7 +160,7 @@ def check_against_schema(config: dict, schema: str | Path,
     (key, reason), *siblings = _reasons(best)
     first = f"{_dotted(key)}: {reason}"
     also = [f"{_dotted(k)}: {r}" for k, r in siblings]
-    scope = key[:-1] if key and isinstance(key[-1], int) else key  # a list item: the list
+    scope = key[:-1] if len(key) > 1 else key  # a list item: its list; a key: its section
     for other in errors:
         for other_key, other_reason in ([] if other is best else _reasons(other)):
             line = f"{_dotted(other_key)}: {other_reason}"
