@@ -915,6 +915,15 @@ def test_the_markers_answer_counts_the_offsets_told_from_the_end_and_their_flags
     summary["llc_knee_sharp_within_noise"][:] = 1
     (llc,) = tables.marker_tally(summary)
     assert llc.endswith("3 of them on flagged knees (within-noise)")
+    one = summary.copy(deep=True)  # one offset told from the end, on a flagged knee
+    for name in ("llc_knee_minus_end_trunk_interval", "llc_knee_minus_end_sharp_interval"):
+        one[name][:] = [-1.0, 1.0]
+    one["llc_knee_minus_end_sharp_interval"].loc[{"batch_size": BATCHES[2],
+                                                   "lr_schedule": "continue"}] = [0.5, 9.0]
+    (llc,) = tables.marker_tally(one)
+    assert llc.startswith(f"λ̂ knees: 1 of 6 offsets from the end exclude 0 (batch "
+                          f"{BATCHES[2]:g}, continue, never-blurred: after), on a flagged knee "
+                          "(within-noise); the other 5 include 0"), llc
     answer = report_page.answer_lines(cube.merge(summary))
     assert "* **Do λ̂ and the divergence mark the end?** λ̂ knees: 6 of 6" in "\n".join(answer)
     assert tables.marker_tally(summary.drop_vars("llc_knee_minus_end_trunk")) == []

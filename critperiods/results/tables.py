@@ -189,10 +189,13 @@ def marker_tally(summary: xr.Dataset) -> list[str]:
                          if kind == "λ̂ knees" else "") + f": {c.side}" for c in told) + ")"
         marked = [c.flags for c in told if c.flags]
         if marked:
-            share = (("both" if len(told) == 2 else "all") if len(marked) == len(told)
-                     else f"{len(marked)} of them")
-            words = sorted({w for f in marked for w in f})
-            said += f", {share} on flagged knees ({', '.join(words)})"
+            words = ", ".join(sorted({w for f in marked for w in f}))
+            if len(told) == 1:
+                said += f", on a flagged knee ({words})"
+            else:
+                share = (("both" if len(told) == 2 else "all") if len(marked) == len(told)
+                         else f"{len(marked)} of them")
+                said += f", {share} on flagged knees ({words})"
         if len(of_kind) > len(told):
             said += f"; the other {len(of_kind) - len(told)} include 0"
         lines.append(said)
