@@ -66,4 +66,5 @@ add_code_params(workflow.rules)
 
 # A failed run ends with each failed job's reason, read from its log, not only the log's path.
 onerror:
-    print(say_why(log), file=sys.stderr)
+    if why := say_why(log):
+        print(why, file=sys.stderr)

@@ -324,7 +324,8 @@ def _positive(kind: type) -> Callable[[str], float]:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
         if not value > 0 or not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{text} is not above 0")
         return value

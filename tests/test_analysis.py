@@ -938,25 +938,40 @@ def test_the_short_answer_says_whether_the_markers_mark_the_end() -> None:
     summary = critical_period_summary(cube)
     said = short_answer(cube.merge(summary))
     # every seed's λ̂ bends at epoch 20: before batch 32's and 64's ends, after batch 128's
-    assert (f"Markers of the end: λ̂'s knee on the trunk comes before the end at batch "
-            f"{BATCHES[0]:g}, {BATCHES[1]:g} and after it at batch {BATCHES[2]:g}; λ̂'s knee "
-            "on the never-blurred run comes before the end") in said, said
+    assert (f"Told apart from the end: λ̂'s knee on the trunk comes before the end at batch "
+            f"{BATCHES[0]:g}, {BATCHES[1]:g} (continue) and after it at batch {BATCHES[2]:g} "
+            "(continue); λ̂'s knee on the never-blurred run comes before the end") in said, said
     assert "cannot tell" not in said and "follows the learning rate" not in said
     for knee in ("llc_knee_trunk", "llc_knee_sharp"):
         summary[f"{knee}_within_noise"][:] = 1
     said = short_answer(cube.merge(summary))
-    assert said.endswith("Whether λ̂ or the divergence marks the end, these seeds cannot "
-                         "tell: every offset from the end includes 0 or rests on a flagged "
-                         "knee."), said
+    assert said.endswith("Whether λ̂ marks the end, these seeds cannot tell: every offset "
+                         "from the end includes 0 or rests on a flagged knee."), said
     cube = flat_restart(synthetic_cube())
     summary = critical_period_summary(cube)
     drop = summary["divergence_drop_epoch"]
     drop.loc[{"lr_schedule": "continue"}] = [4.0, 3.0, 2.5]
     drop.loc[{"lr_schedule": "restart"}] = [np.nan, np.nan, 3.5]
-    assert short_answer(cube.merge(summary)).endswith(
-        f"the divergence drop follows the learning rate at batch {BATCHES[0]:g}, "
-        f"{BATCHES[1]:g}: it never halves with the rate restarted."), short_answer(
-            cube.merge(summary))
+    said = short_answer(cube.merge(summary))
+    assert said.endswith(f"the divergence drop follows the learning rate at batch "
+                         f"{BATCHES[0]:g}, {BATCHES[1]:g}: it never halves with the rate "
+                         "restarted."), said
+    # where the drop follows the rate, a continue drop is that confound, not a marker
+    assert f"the divergence drop comes before the end at batch {BATCHES[0]:g}" not in said
+    # a call of the restart schedule alone is named as such, not as the decaying rate's
+    restart = summary.copy(deep=True)
+    for offset in ("llc_knee_minus_end_trunk", "llc_knee_minus_end_sharp",
+                   "divergence_drop_minus_end"):
+        restart[offset] = restart[offset].fillna(1.0)
+        restart[f"{offset}_interval"].loc[{"lr_schedule": "continue"}] = [-50.0, 50.0]
+        restart[f"{offset}_interval"].loc[{"lr_schedule": "restart"}] = [-50.0, 50.0]
+    restart["llc_knee_minus_end_trunk_interval"].loc[{"lr_schedule": "restart",
+                                                      "batch_size": BATCHES[0]}] = [0.5, 9.0]
+    restart["critical_period_end"].loc[{"lr_schedule": "restart"}] = 10.0
+    restart["permanent_deficit_interval"].loc[{"lr_schedule": "restart"}] = [0.01, 0.05]
+    said = short_answer(cube.merge(restart))
+    assert (f"λ̂'s knee on the trunk comes after the end at batch {BATCHES[0]:g} (restart)"
+            in said), said
     # without λ̂ and divergences, the short answer stops at the restart
     plain = flat_restart(synthetic_cube(with_llc=False, with_div=False))
     assert "marks the end" not in short_answer(plain.merge(critical_period_summary(plain)))

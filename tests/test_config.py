@@ -390,6 +390,9 @@ def test_a_folder_given_as_a_config_file_is_named_as_such(tmp_path):
 
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(tmp_path))}: a folder, not a config"):
         read_config_file(tmp_path)
+    merged = tmp_path / "merged.yaml"  # a merge key is no duplicate: Snakemake takes it too
+    merged.write_text("base: &b\n  lr: 0.1\n  momentum: 0.5\noptimizer:\n  <<: *b\n  lr: 0.2\n")
+    assert read_config_file(merged)["optimizer"] == {"lr": 0.2, "momentum": 0.5}
     binary = tmp_path / "cube.nc"  # a cube named where a config goes: was a UnicodeDecodeError
     binary.write_bytes(b"\x89HDF\r\n\x1a\n\xff\xfe")
     with pytest.raises(ConfigError, match=r"cube\.nc: not a text file \(.*\); a config file is "

@@ -35,3 +35,19 @@ def test_each_failed_job_is_named_with_the_exception_its_log_ends_with(tmp_path)
                        f"branch (log: {branch})")
     assert len(said) == 2  # plots names no log: nothing to read a reason from
     assert say_why(tmp_path / "missing.log") == ""
+
+
+def test_a_job_retried_is_named_only_if_its_last_attempt_failed(tmp_path):
+    """The profiles retry failed jobs (a preempted training job resumes on its retry):
+    an attempt followed by "Trying to restart job N." is not a failure of the run, and a job
+    that fails every attempt is named once."""
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.log").write_text(f"ValueError: bad {name}\n")
+    entry = "Error in rule {rule}:\n    jobid: {jobid}\n    log: {log} (check log file(s) for " \
+            "error details)\n"
+    a = entry.format(rule="a", jobid=1, log=tmp_path / "a.log")
+    b = entry.format(rule="b", jobid=2, log=tmp_path / "b.log")
+    log = tmp_path / "snakemake.log"
+    log.write_text(a + "Trying to restart job 1.\n" + b + "Trying to restart job 2.\n" + b
+                   + "Finished jobid: 1 (Rule: a)\n")
+    assert failed_jobs(log) == [("b", "ValueError: bad b", str(tmp_path / "b.log"))]

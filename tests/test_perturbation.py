@@ -170,7 +170,7 @@ def test_the_never_blurred_run_in_segments_is_one_run_and_replays_from_a_segment
     assert all(torch.equal(v, whole[5]["model"][k]) for k, v in twin[5]["model"].items())
 
     # a start piece past this piece's end (an older plan's, or one kept with --touch)
-    with pytest.raises(CheckpointError, match=r"epoch 4, after 3.*snakemake --forcerun"):
+    with pytest.raises(CheckpointError, match=r"epoch 4, after 3.*snakemake --cores all --forcerun"):
         train(tmp_path / "late.pt", run / "continue/switch0/e4.pt", 3, 2)
 
 
@@ -358,9 +358,8 @@ def test_the_first_page_answers_in_short_with_the_caveats_that_bound_it():
     said = short_answer(cube.merge(perturbation_summary(cube)))
     assert said.startswith("**In short:** a nudge of ε = 0.01 made before the critical-period "
                            "end carries 5× further than one made after it (both perturbed "
-                           "runs, every seed agreeing). The ends, with their 90 % intervals: "
-                           "batch 32: 7.0. The sensitivity (lasting L2 / ε) halves by "
-                           "perturbation epoch 8.5."), said
+                           "runs, every seed agreeing). The ends: batch 32: 7.0. The "
+                           "sensitivity (lasting L2 / ε) halves by perturbation epoch 8.5."), said
     assert "falls at every" not in said and "learning rate" not in said  # 0.1 → 0.1; no decay
     cube.attrs["config"] = "optimizer:\n  lr_decay: 0.85\n"
     assert rate_half_life(cube) == pytest.approx(4.265, abs=1e-3)
@@ -371,8 +370,14 @@ def test_the_first_page_answers_in_short_with_the_caveats_that_bound_it():
         in said, said
     assert "the learning rate itself halves by epoch 4.3" in said
     none = _synthetic_cube(np.nan)
-    assert "cannot say whether a nudge inside the period carries further" in short_answer(
-        none.merge(perturbation_summary(none)))
+    assert short_answer(none.merge(perturbation_summary(none))) == (
+        "**In short:** this run cannot say whether a nudge inside the critical period carries "
+        "further: batch 32, continue: no critical-period end located.")
+    identity = _synthetic_cube(7.0).assign_coords(epsilon=[0.0])  # a control run, no nudge
+    assert short_answer(identity.merge(perturbation_summary(identity))).endswith(
+        "no copy was nudged (perturbation.epsilons holds only 0, the identity).")
+    old = _synthetic_cube(7.0).isel(lr_schedule=0, drop=True)  # an end without lr_schedule
+    assert "The ends: batch 32: 7.0." in short_answer(old.merge(perturbation_summary(old)))
 
 
 def test_a_kink_without_a_deficit_does_not_split_the_nudges():

@@ -121,8 +121,8 @@ def load_resume(path: str | Path, config_hash: str, identity: dict,
         return None
     try:
         payload = _read(path, RESUME_FORMAT)
-    except CheckpointError as err:  # it only costs the work since the job started
-        return _not_resumed(path, f"unreadable: {err}")
+    except CheckpointError:  # it only costs the work since the job started
+        return _not_resumed(path, "unreadable: truncated or corrupt")
     if payload["config_hash"] != config_hash:
         return _not_resumed(path, "saved with other training settings")
     if payload["identity"] != identity:

@@ -16,31 +16,40 @@ from pathlib import Path
 
 _ERROR = re.compile(r"^Error in rule (\S+):$")
 _LOG = re.compile(r"^\s+log: (.+?)(?: \(check log file\(s\) for error details\))?$")
+_JOBID = re.compile(r"^\s+jobid: (\d+)$")
+_RESTART = re.compile(r"^Trying to restart job (\d+)\.$")
 #: The last line of a traceback: "package.module.SomeError: message" or "SomeError: message".
 _EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Exit)): (.+)$")
 
 
 def failed_jobs(snakemake_log: str | Path) -> list[tuple[str, str, str]]:
-    """``(rule, reason, job log)`` for each job Snakemake's log reports as failed; the reason
-    is the exception its log ends with ("CheckpointError: …"), or its last line."""
+    """``(rule, reason, job log)`` for each job Snakemake's log reports as failed and did not
+    retry afterwards (an attempt followed by "Trying to restart job N." is left out: a
+    preempted training job's retry resumes, and may succeed), once per job; the reason is
+    the exception its log ends with ("CheckpointError: …"), or its last line."""
     try:
         lines = Path(snakemake_log).read_text(errors="replace").splitlines()
     except OSError:
         return []
-    out = []
+    restarted = {int(m.group(1)): i for i, line in enumerate(lines)
+                 if (m := _RESTART.match(line))}
+    found: dict[tuple[str, str], tuple[str, str, str]] = {}
     for i, line in enumerate(lines):
         rule = _ERROR.match(line)
         if not rule:
             continue
+        jobid, path = None, None
         for entry in lines[i + 1:i + 30]:
             if not entry.startswith(" "):
                 break
-            log = _LOG.match(entry)
-            if log:
+            if (job := _JOBID.match(entry)) is not None:
+                jobid = int(job.group(1))
+            if (log := _LOG.match(entry)) is not None:
                 path = log.group(1).split(",")[0].strip()
-                out.append((rule.group(1), _reason(path), path))
-                break
-    return out
+        if path is None or (jobid is not None and restarted.get(jobid, -1) > i):
+            continue
+        found[(rule.group(1), path)] = (rule.group(1), _reason(path), path)
+    return list(found.values())
 
 
 def _reason(job_log: str | Path) -> str:

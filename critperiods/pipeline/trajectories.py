@@ -141,13 +141,13 @@ def _start(spec: PieceSpec, trainer: Trainer | StackedTrainer, start: str | Path
     if wrong:
         raise ckpt.CheckpointError(
             f"{start}: holds {wrong}, not where this job starts ({spec.name}): a file copied "
-            f"or moved by hand? Retrain it: snakemake --forcerun {start}")
+            f"or moved by hand? Retrain it: snakemake --cores all --forcerun {start}")
     trainer.load_states([ckpt.member(piece, s, start)["state"] for s in spec.seeds])
     if trainer.epoch > spec.end_epoch:
         raise ckpt.CheckpointError(
             f"{start}: holds the state at epoch {trainer.epoch}, after {spec.end_epoch}, where "
             "this piece ends: it was trained for another plan (by an older version, or kept "
-            f"with --touch); retrain it: snakemake --forcerun {start}")
+            f"with --touch); retrain it: snakemake --cores all --forcerun {start}")
     return [[] for _ in spec.seeds]
 
 

@@ -19,9 +19,17 @@ import yaml
 
 from critperiods.results.summary import located_end
 
-QUESTION = ("**Question.** Does a small nudge of the weights made before the critical "
-            "period ends carry further, by the end of training, than the same nudge made "
-            "after it, and where does that sensitivity fall?")
+#: What a nudge is, per ``perturbation.kind`` (the cube's ``perturbation_kind``).
+_NUDGES = {"weights": "a small nudge of the weights",
+           "batch_order": "a small change of the batch order"}
+
+
+def question(cube: xr.Dataset) -> str:
+    """The perturbation question (rst), for the kind of nudge the run made."""
+    nudge = _NUDGES.get(str(cube.attrs.get("perturbation_kind", "weights")), "a small nudge")
+    return (f"**Question.** Does {nudge} made before the critical period ends carry further, "
+            "by the end of training, than the same nudge made after it, and where does that "
+            "sensitivity fall?")
 
 
 def _g(x: float) -> str:
@@ -64,6 +72,19 @@ def _falls_everywhere(cube: xr.Dataset, runs: list[dict]) -> bool:
     return True
 
 
+def _at(da: xr.DataArray, cell: dict) -> xr.DataArray:
+    """``da`` at ``cell``, on the dims it has (an older cube's end has no lr_schedule)."""
+    return da.sel({k: v for k, v in cell.items() if k in da.dims})
+
+
+def _why_no_ratio(cube: xr.Dataset) -> str:
+    """Why no run has a sensitivity ratio: nothing nudged (only ε = 0), or the reasons the
+    ratio records per batch size and schedule (no located end, every nudge on one side)."""
+    if not (cube["epsilon"] > 0).any():
+        return "no copy was nudged (perturbation.epsilons holds only 0, the identity)"
+    return cube["perturb_cp_ratio"].attrs.get("missing") or "no ratio could be formed"
+
+
 def short_answer(cube: xr.Dataset) -> str:
     """The answer in two or three sentences (rst), computed from the run: the sensitivity
     ratios' range and how many seeds agree, the ends with their intervals, where the
@@ -73,9 +94,8 @@ def short_answer(cube: xr.Dataset) -> str:
         cube = cube.expand_dims(lr_schedule=["continue"])
     runs = _perturbed_runs(cube)
     if not runs:
-        return ("**In short:** no perturbed run has perturbation epochs on both sides of a "
-                "located critical-period end, so this run cannot say whether a nudge inside "
-                "the period carries further (``python -m critperiods summarize`` says why).")
+        return f"**In short:** this run cannot say whether a nudge inside the critical period " \
+               f"carries further: {_why_no_ratio(cube)}."
     ratios = [float(cube["perturb_cp_ratio"].sel(at)) for at in runs]
     seeds = np.concatenate([cube["perturb_cp_ratio_seeds"].sel(at).values for at in runs])
     seeds = seeds[np.isfinite(seeds)]
@@ -106,14 +126,17 @@ def short_answer(cube: xr.Dataset) -> str:
         cell = {"batch_size": at["batch_size"], "lr_schedule": at["lr_schedule"]}
         label = f"batch {float(at['batch_size']):g}" + (
             "" if one_schedule else f", {at['lr_schedule']}")
-        where = f"{label}: {float(ends.sel(cell)):.1f}"
-        if "critical_period_end_interval" in cube:
-            lo, hi = cube["critical_period_end_interval"].sel(cell).values
-            where += f" [{lo:.1f}, {hi:.1f}]"
+        where = f"{label}: {float(_at(ends, cell)):.1f}"
+        interval = (_at(cube["critical_period_end_interval"], cell).values
+                    if "critical_period_end_interval" in cube else [np.nan, np.nan])
+        if np.isfinite(interval).all():
+            where += f" [{interval[0]:.1f}, {interval[1]:.1f}]"
         if where not in placed:  # two perturbed runs of one cell share its end
             placed.append(where)
     level = f"{100 * float(cube.attrs.get('summary_level', 0.9)):.0f} %"
-    sentences = [said + f". The ends, with their {level} intervals: {'; '.join(placed)}"]
+    said += (f". The ends, with their {level} intervals: " if any("[" in w for w in placed)
+             else ". The ends: ") + "; ".join(placed)
+    sentences = [said]
     drops = [float(cube["perturb_drop_epoch"].sel(at)) for at in runs
              if "perturb_drop_epoch" in cube]
     drops = [d for d in drops if np.isfinite(d)]
@@ -150,4 +173,4 @@ def caveats(cube: xr.Dataset) -> list[str]:
     ]
 
 
-__all__ = ["QUESTION", "caveats", "rate_half_life", "short_answer"]
+__all__ = ["caveats", "question", "rate_half_life", "short_answer"]

@@ -642,8 +642,9 @@ def perturbation(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     if any(k > 0 for k in runs):
         labels.append("switch of the blurred run (dotted)")
         handles[labels[-1]] = Line2D([], [], color="0.3", ls=":", lw=1)
-    fig.legend([handles[label] for label in labels], labels, loc="lower center",
-               ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    if labels:  # none: only ε = 0 copies, no blurred run and no located end
+        fig.legend([handles[label] for label in labels], labels, loc="lower center",
+                   ncol=min(len(labels), 4), fontsize=8, frameon=False)
     legend_height = (0.1 + 0.22 * (1 + (len(labels) - 1) // 4)) / fig.get_figheight()
     n = cube.sizes["replicate"]
     title = (f"How far a nudge carries (mean over {_seeds_note(cube)} and {n} "

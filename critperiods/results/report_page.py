@@ -128,36 +128,44 @@ _MARKER_SUBJECTS = {"llc_knee_trunk": "λ̂'s knee on the trunk",
 def _markers_sentence(cube: xr.Dataset) -> str:
     """Whether λ̂ and the divergence mark the end, in a sentence (:func:`short_answer`):
     the markers whose offset from the end excludes 0 on a knee that is neither flagged nor
-    at the earliest epoch a knee can take, by name; otherwise that these seeds cannot tell.
-    Then where the divergence drop follows the learning rate (it never halves with the
-    rate restarted). "" where the run has no markers."""
-    calls = marker_calls(cube)
+    at the earliest epoch a knee can take, by name (and schedule, where the run has
+    several); otherwise that these seeds cannot tell. Then where the divergence drop follows
+    the learning rate (it never halves with the rate restarted): a continue drop there is
+    that confound, not a marker, and is not named as one. "" where the run has no markers."""
     follows = drops_follow_the_rate(cube)
+    calls = [c for c in marker_calls(cube)
+             if not (c.kind == "divergence drops" and c.lr_schedule == "continue"
+                     and c.batch_size in follows)]
     clear = [c for c in calls if c.side and not c.weak]
     weak = [c for c in calls if c.weak]
     parts = []
     if calls and not clear:
+        kinds = [name for kind, name in (("λ̂ knees", "λ̂"), ("divergence drops",
+                                                            "the divergence"))
+                 if any(c.kind == kind for c in calls)]
         why = ([] if not any(c.flags for c in weak) else ["a flagged knee"]) + (
             [] if not any(c.floored and not c.flags for c in weak)
             else ["a knee that could not come before the end"])
-        parts.append("Whether λ̂ or the divergence marks the end, these seeds cannot tell: "
+        parts.append(f"Whether {' or '.join(kinds)} marks the end, these seeds cannot tell: "
                      "every offset from the end includes 0"
                      + (f" or rests on {' or '.join(why)}" if why else ""))
     elif clear:
-        schedules = len({c.lr_schedule for c in clear}) > 1
+        schedules = len(lr_schedules(cube)) > 1
         said = []
         for marker, subject in _MARKER_SUBJECTS.items():
             sides = []
             for side in ("before", "after"):
-                batches = [f"{c.batch_size:g}" + (f" ({c.lr_schedule})" if schedules else "")
-                           for c in clear if c.marker == marker and c.side == side]
-                if batches:
+                here = [c for c in clear if c.marker == marker and c.side == side]
+                by_schedule = [", ".join(f"{c.batch_size:g}" for c in here
+                                         if c.lr_schedule == r) + (f" ({r})" if schedules else "")
+                               for r in dict.fromkeys(c.lr_schedule for c in here)]
+                if by_schedule:
                     sides.append(f"{side} {'it' if sides else 'the end'} at batch "
-                                 + ", ".join(batches))
+                                 + " and ".join(by_schedule))
             if sides:
                 said.append(f"{subject} comes " + " and ".join(sides))
         rest = len(calls) - len(clear)
-        parts.append("Markers of the end: " + "; ".join(said)
+        parts.append("Told apart from the end: " + "; ".join(said)
                      + (f"; the other {rest} offsets from the end include 0 or rest on "
                         "weak knees (flagged, or unable to come before the end)"
                         if rest else ""))
@@ -442,7 +450,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     if perturbed:
         from critperiods.results import perturbation_page
 
-        top = [perturbation_page.QUESTION, "", perturbation_page.short_answer(cube), ""]
+        top = [perturbation_page.question(cube), "", perturbation_page.short_answer(cube), ""]
         if perturbation_figure is not None:
             top += [figure_rst(perturbation_figure,
                                alt="lasting distance of a nudged copy vs perturbation epoch"),
