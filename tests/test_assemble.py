@@ -4,6 +4,7 @@ every schedule; the cube's helpers line runs up at their switch."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import xarray as xr
 
 from critperiods.pipeline.layout import (
@@ -183,3 +184,20 @@ def test_a_setting_its_segments_disagree_on_is_kept_per_epoch():
     bf16 = runs.llc_bf16.sel(batch_size=32, lr_schedule="continue", switch_epoch=4, seed=0)
     np.testing.assert_array_equal(bf16.sel(epoch=[1, 2, 3, 4, 5, 6]).values, [0, 0, 1, 1, 1, 1])
     assert runs.llc_gamma.dims == () and float(runs.llc_gamma) == 100.0
+
+
+def test_a_truncated_result_file_is_named_with_the_command_that_remakes_it(tmp_path):
+    """aggregate reading a truncated metrics.nc used to end on the netCDF library's
+    "NetCDF: HDF error: '<path>'", with no reason and no next step."""
+    import xarray as xr
+
+    from critperiods.pipeline.files import read_netcdf, write_netcdf
+    from critperiods.results.cube import merge_files
+
+    path = tmp_path / "metrics.nc"
+    write_netcdf(xr.Dataset({"x": ("a", [1.0, 2.0])}), path)
+    assert read_netcdf(path)["x"].values.tolist() == [1.0, 2.0]
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ValueError, match=r"metrics\.nc: cannot be read as netCDF .*truncated or "
+                                         r"corrupt .*snakemake --cores all --forcerun .*metrics"):
+        merge_files([path])

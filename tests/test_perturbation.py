@@ -170,7 +170,8 @@ def test_the_never_blurred_run_in_segments_is_one_run_and_replays_from_a_segment
     assert all(torch.equal(v, whole[5]["model"][k]) for k, v in twin[5]["model"].items())
 
     # a start piece past this piece's end (an older plan's, or one kept with --touch)
-    with pytest.raises(CheckpointError, match=r"epoch 4, after 3.*snakemake --cores all --forcerun"):
+    with pytest.raises(CheckpointError,
+                       match=r"epoch 4, after 3.*snakemake --cores all --forcerun"):
         train(tmp_path / "late.pt", run / "continue/switch0/e4.pt", 3, 2)
 
 

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written output.
+"""Atomic file writes: a reader never sees a half-written output; and netCDF reads that
+name a file they cannot read and the command that remakes it.
 
 Every stage writes to a temporary file in the destination folder and renames
 it into place with ``os.replace`` (atomic on POSIX within one file system), so
@@ -67,3 +68,20 @@ def write_netcdf(ds: Any, path: str | os.PathLike) -> None:
         if "flag_values" in var.attrs and var.dtype.kind == "f":
             encoding[name].update(dtype="int8", _FillValue=-1)
     write_atomic(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding))
+
+
+def read_netcdf(path: str | os.PathLike, attrs_only: bool = False) -> Any:
+    """The xarray Dataset in the netCDF file ``path``, fully loaded (its attributes only,
+    with ``attrs_only``), the file closed again. A file that cannot be read (truncated,
+    corrupt, not netCDF) raises a ``ValueError`` that names it and the command that
+    remakes it, instead of the netCDF library's "NetCDF: HDF error"."""
+    import xarray as xr
+
+    try:
+        with xr.open_dataset(path) as opened:
+            return dict(opened.attrs) if attrs_only else opened.load()
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ValueError(
+            f"{path}: cannot be read as netCDF ({type(err).__name__}: {err}); it is truncated "
+            "or corrupt — regenerate it, with the run's own options: snakemake --cores all "
+            f"--forcerun {path}") from err

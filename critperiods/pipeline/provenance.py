@@ -103,13 +103,9 @@ def record(path: str | Path, attrs: dict) -> dict:
 
 def collect(files: Iterable[str | Path]) -> list[dict]:
     """The records of per-piece result files (their attributes only are read)."""
-    import xarray as xr
+    from critperiods.pipeline.files import read_netcdf  # it imports torch: not at planning
 
-    records = []
-    for f in files:
-        with xr.open_dataset(f) as ds:
-            records.append(record(f, dict(ds.attrs)))
-    return records
+    return [record(f, read_netcdf(f, attrs_only=True)) for f in files]
 
 
 def cube_attrs(files: Iterable[str | Path], code: str) -> dict[str, str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from critperiods.pipeline.files import read_netcdf
 from critperiods.pipeline.layout import PieceKey, parse_piece, piece_schedule
 
 #: The dims of one run of the grid, in the cube's order.
@@ -29,8 +30,7 @@ def load_pieces(files: Iterable[str | Path]) -> dict[PieceKey, xr.Dataset]:
     parts: dict[PieceKey, list[xr.Dataset]] = {}
     for f in files:
         piece = parse_piece(f)
-        with xr.open_dataset(f) as opened:
-            ds = opened.load()
+        ds = read_netcdf(f)
         for seed in piece.seeds:
             one = ds.sel(seed=seed, drop=True) if "seed" in ds.dims else ds
             parts.setdefault(piece.key(seed), []).append(one)

@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 from critperiods.measure.llc.quality import MAX_RHAT, MAX_TREND_Z
+from critperiods.pipeline.files import read_netcdf
 from critperiods.pipeline.layout import parse_divergence, parse_perturbation
 from critperiods.results.assemble import RUN_DIMS, assemble_runs, load_pieces
 from critperiods.variables import (
@@ -58,11 +59,7 @@ def _merge(parts: list[xr.Dataset]) -> xr.Dataset:
 def merge_files(files: Iterable[str | Path]) -> xr.Dataset:
     """Datasets already laid out on the cube's dims (one per seed group or batch size),
     merged into one."""
-    parts = []
-    for f in files:
-        with xr.open_dataset(f) as opened:
-            parts.append(opened.load())
-    return _merge(parts)
+    return _merge([read_netcdf(f) for f in files])
 
 
 def assemble_divergence(files: Iterable[str | Path],
@@ -74,8 +71,7 @@ def assemble_divergence(files: Iterable[str | Path],
     parts = []
     for f in files:
         batch_size, lr_schedule = parse(f)
-        with xr.open_dataset(f) as opened:
-            ds = opened.load()
+        ds = read_netcdf(f)
         parts.append(ds.expand_dims(batch_size=[batch_size], lr_schedule=[lr_schedule]))
     return _merge(parts)
 
@@ -204,9 +200,9 @@ def describe(ds: xr.Dataset) -> xr.Dataset:
 
 
 def open_cube(path: str | Path) -> xr.Dataset:
-    """Open a cube written by the pipeline, fully loaded (the file is closed again)."""
-    with xr.open_dataset(path, engine="netcdf4") as ds:
-        return ds.load()
+    """Open a cube written by the pipeline, fully loaded (the file is closed again); a file
+    that cannot be read is a ``ValueError`` naming it and the command that remakes it."""
+    return read_netcdf(path)
 
 
 __all__ = ["ANALYSIS_DEFAULTS", "align_at_switch", "build_cube", "describe", "merge_files",
