@@ -126,6 +126,8 @@ def _open_cube_or_exit(path: str) -> object:
         raise SystemExit(f"critperiods: {path}: {why}")
     try:
         cube = open_cube(path)
+    except ValueError as err:  # unreadable: the file named with the command that remakes it
+        raise SystemExit(f"critperiods: {err}") from None
     except Exception as err:  # noqa: BLE001 - any reader failure means: not a cube
         raise SystemExit(f"critperiods: {path}: not a netCDF cube ({type(err).__name__})") from None
     if "final_test_accuracy" not in cube and cube.attrs.get("cube_kind") != "toy_landscapes":

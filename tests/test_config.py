@@ -279,7 +279,7 @@ def test_summarize_on_a_missing_or_foreign_file_is_one_line(tmp_path, content):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0], proc.stderr
     expected = {None: "no such file", "folder": "a folder, not a cube file"}
-    assert expected.get(content, "not a netCDF cube") in lines[0]
+    assert expected.get(content, "cannot be read as netCDF") in lines[0]
 
 
 def test_the_never_blurred_run_continues_in_segments_as_the_sharp_reference():
@@ -393,6 +393,9 @@ def test_a_folder_given_as_a_config_file_is_named_as_such(tmp_path):
     merged = tmp_path / "merged.yaml"  # a merge key is no duplicate: Snakemake takes it too
     merged.write_text("base: &b\n  lr: 0.1\n  momentum: 0.5\noptimizer:\n  <<: *b\n  lr: 0.2\n")
     assert read_config_file(merged)["optimizer"] == {"lr": 0.2, "momentum": 0.5}
+    merged.write_text("base: &a {lr: 0.1, momentum: 0.9}\ndefaults: {inner: &b {<<: *a, lr: "
+                      "0.2}}\nuse: {<<: *b, momentum: 0.5}\n")  # a merge of a merge
+    assert read_config_file(merged)["use"] == {"lr": 0.2, "momentum": 0.5}
     binary = tmp_path / "cube.nc"  # a cube named where a config goes: was a UnicodeDecodeError
     binary.write_bytes(b"\x89HDF\r\n\x1a\n\xff\xfe")
     with pytest.raises(ConfigError, match=r"cube\.nc: not a text file \(.*\); a config file is "

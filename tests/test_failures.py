@@ -51,3 +51,21 @@ def test_a_job_retried_is_named_only_if_its_last_attempt_failed(tmp_path):
     log.write_text(a + "Trying to restart job 1.\n" + b + "Trying to restart job 2.\n" + b
                    + "Finished jobid: 1 (Rule: a)\n")
     assert failed_jobs(log) == [("b", "ValueError: bad b", str(tmp_path / "b.log"))]
+
+
+def test_an_executors_message_and_a_group_member_are_read(tmp_path):
+    """The SLURM plugin puts the job's state on the entry's message line (the rule's log then
+    ends wherever the job was killed); a group job's members are indented entries."""
+    (tmp_path / "t.log").write_text("epoch 3: 40%|████\n")
+    (tmp_path / "e.log").write_text("ValueError: bad e\n")
+    log = tmp_path / "snakemake.log"
+    log.write_text(
+        "Error in rule train_trunk:\n    message: SLURM-job '42' failed, SLURM status is: "
+        "'TIMEOUT'\n    jobid: 3\n    log: " + str(tmp_path / "t.log") + ", slurm/42.log (check "
+        "log file(s) for error details)\n"
+        "Error in group g:\n    Error in rule evaluate:\n        jobid: 4\n        log: "
+        + str(tmp_path / "e.log") + " (check log file(s) for error details)\n")
+    assert failed_jobs(log) == [
+        ("train_trunk", "SLURM-job '42' failed, SLURM status is: 'TIMEOUT'; epoch 3: 40%|████",
+         str(tmp_path / "t.log")),
+        ("evaluate", "ValueError: bad e", str(tmp_path / "e.log"))]

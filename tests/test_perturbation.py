@@ -352,7 +352,7 @@ def test_the_first_page_answers_in_short_with_the_caveats_that_bound_it():
     """The perturbation run's short answer: the ratio and how many seeds agree, the end it
     splits at, where the sensitivity halves, that a fall at every epoch gives a ratio above 1
     for any split, and the learning rate's own half-life where it decays."""
-    from critperiods.results.perturbation_page import rate_half_life, short_answer
+    from critperiods.results.perturbation_page import question, rate_half_life, short_answer
     from critperiods.results.perturbation_summary import perturbation_summary
 
     cube = _synthetic_cube(7.0)
@@ -377,6 +377,11 @@ def test_the_first_page_answers_in_short_with_the_caveats_that_bound_it():
     identity = _synthetic_cube(7.0).assign_coords(epsilon=[0.0])  # a control run, no nudge
     assert short_answer(identity.merge(perturbation_summary(identity))).endswith(
         "no copy was nudged (perturbation.epsilons holds only 0, the identity).")
+    swaps = _synthetic_cube(7.0).assign_coords(epsilon=[1.0])  # kind: batch_order
+    swaps.attrs["perturbation_kind"] = "batch_order"
+    assert short_answer(swaps.merge(perturbation_summary(swaps))).startswith(
+        "**In short:** a swap of 1 pair of batches made before the critical-period end")
+    assert "a small change of the batch order" in question(swaps)
     old = _synthetic_cube(7.0).isel(lr_schedule=0, drop=True)  # an end without lr_schedule
     assert "The ends: batch 32: 7.0." in short_answer(old.merge(perturbation_summary(old)))
 

@@ -122,7 +122,7 @@ def load_resume(path: str | Path, config_hash: str, identity: dict,
     try:
         payload = _read(path, RESUME_FORMAT)
     except CheckpointError:  # it only costs the work since the job started
-        return _not_resumed(path, "unreadable: truncated or corrupt")
+        return _not_resumed(path, "unreadable, or not a resume file of this version")
     if payload["config_hash"] != config_hash:
         return _not_resumed(path, "saved with other training settings")
     if payload["identity"] != identity:

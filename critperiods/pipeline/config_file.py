@@ -34,7 +34,10 @@ def read_config_file(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        text = path.read_text()
+        if (document := yaml.compose(text, Loader=yaml.SafeLoader)) is not None:
+            _refuse_repeated_keys(document)
+        data = yaml.safe_load(text)
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not a text file ({err.reason} at byte {err.start}); a "
                           "config file is YAML text") from None
@@ -51,28 +54,34 @@ def read_config_file(path: str | Path) -> dict:
     return data
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the
-    last and drops the first without a word)."""
-
-    def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN201 - PyYAML's API
-        seen: dict[object, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges, it is no key
+def _refuse_repeated_keys(node: yaml.Node, seen: set[int] | None = None) -> None:
+    """Raise a YAML error for a key given twice in one mapping of the composed document
+    (plain YAML keeps the last and drops the first without a word), before anything is built:
+    merge keys (``<<: *anchor``) are no keys, and a merged mapping's pairs are not counted
+    against the mapping that merges them."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias: the anchored node was checked where it stands
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[object, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                hash(key)
-            except TypeError:
+            if not isinstance(key_node, yaml.ScalarNode):
                 raise yaml.constructor.ConstructorError(
                     None, None, "a key must be a name, not a list or mapping",
-                    key_node.start_mark) from None
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {key!r} is given twice (first on line {seen[key]})",
                     key_node.start_mark)
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
+            key = (key_node.tag, key_node.value)
+            if key in lines:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key_node.value!r} is given twice (first on line "
+                    f"{lines[key]})", key_node.start_mark)
+            lines[key] = key_node.start_mark.line + 1
+            _refuse_repeated_keys(value_node, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_repeated_keys(item, seen)
 
 
 def _dotted(path: Sequence[object]) -> str:

@@ -14,9 +14,10 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-_ERROR = re.compile(r"^Error in rule (\S+):$")
+_ERROR = re.compile(r"^\s*Error in rule (\S+):$")  # indented: a member of a group job
 _LOG = re.compile(r"^\s+log: (.+?)(?: \(check log file\(s\) for error details\))?$")
 _JOBID = re.compile(r"^\s+jobid: (\d+)$")
+_MESSAGE = re.compile(r"^\s+message: (.+)$")
 _RESTART = re.compile(r"^Trying to restart job (\d+)\.$")
 #: The last line of a traceback: "package.module.SomeError: message" or "SomeError: message".
 _EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Exit)): (.+)$")
@@ -26,7 +27,9 @@ def failed_jobs(snakemake_log: str | Path) -> list[tuple[str, str, str]]:
     """``(rule, reason, job log)`` for each job Snakemake's log reports as failed and did not
     retry afterwards (an attempt followed by "Trying to restart job N." is left out: a
     preempted training job's retry resumes, and may succeed), once per job; the reason is
-    the exception its log ends with ("CheckpointError: …"), or its last line."""
+    the executor's message where it gives one (the SLURM plugin's job state), then the
+    exception the job's log ends with ("CheckpointError: …"), or its last line. Members of a
+    group job are reported as their own rules."""
     try:
         lines = Path(snakemake_log).read_text(errors="replace").splitlines()
     except OSError:
@@ -38,17 +41,21 @@ def failed_jobs(snakemake_log: str | Path) -> list[tuple[str, str, str]]:
         rule = _ERROR.match(line)
         if not rule:
             continue
-        jobid, path = None, None
+        jobid, path, message = None, None, None
         for entry in lines[i + 1:i + 30]:
-            if not entry.startswith(" "):
+            if not entry.startswith(" ") or _ERROR.match(entry):
                 break
             if (job := _JOBID.match(entry)) is not None:
                 jobid = int(job.group(1))
+            if (said := _MESSAGE.match(entry)) is not None and said.group(1) != "None":
+                message = said.group(1).strip()  # an executor's verdict (SLURM: TIMEOUT, …)
             if (log := _LOG.match(entry)) is not None:
                 path = log.group(1).split(",")[0].strip()
         if path is None or (jobid is not None and restarted.get(jobid, -1) > i):
             continue
-        found[(rule.group(1), path)] = (rule.group(1), _reason(path), path)
+        reason = _reason(path)
+        found[(rule.group(1), path)] = (rule.group(1), f"{message}; {reason}" if message and
+                                        reason else message or reason, path)
     return list(found.values())
 
 

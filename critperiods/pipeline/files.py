@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -51,6 +49,8 @@ def write_atomic(path: str | os.PathLike, writer: Callable[[Path], Any]) -> None
 
 def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` that never leaves a partial file at ``path``."""
+    import torch  # here: the netCDF readers of this module need no PyTorch
+
     write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -73,14 +73,16 @@ def write_netcdf(ds: Any, path: str | os.PathLike) -> None:
 def read_netcdf(path: str | os.PathLike, attrs_only: bool = False) -> Any:
     """The xarray Dataset in the netCDF file ``path``, fully loaded (its attributes only,
     with ``attrs_only``), the file closed again. A file that cannot be read (truncated,
-    corrupt, not netCDF) raises a ``ValueError`` that names it and the command that
-    remakes it, instead of the netCDF library's "NetCDF: HDF error"."""
+    corrupt, not netCDF) or is missing raises a ``ValueError`` that names it (and the
+    command that remakes it), instead of the netCDF library's "NetCDF: HDF error"."""
     import xarray as xr
 
-    try:
-        with xr.open_dataset(path) as opened:
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such file")
+    try:  # the engine write_netcdf uses; decoding errors are not the file's fault: raised
+        with xr.open_dataset(path, engine="netcdf4") as opened:
             return dict(opened.attrs) if attrs_only else opened.load()
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, RuntimeError) as err:
         raise ValueError(
             f"{path}: cannot be read as netCDF ({type(err).__name__}: {err}); it is truncated "
             "or corrupt — regenerate it, with the run's own options: snakemake --cores all "

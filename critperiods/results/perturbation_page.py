@@ -100,7 +100,11 @@ def short_answer(cube: xr.Dataset) -> str:
     seeds = np.concatenate([cube["perturb_cp_ratio_seeds"].sel(at).values for at in runs])
     seeds = seeds[np.isfinite(seeds)]
     epsilons = [f"{e:g}" for e in cube["epsilon"].values if e > 0]
-    nudge = f"a nudge of ε = {', '.join(epsilons)}" if epsilons else "a nudge"
+    if str(cube.attrs.get("perturbation_kind", "weights")) == "batch_order":
+        pairs = "pair" if epsilons == ["1"] else "pairs"  # ε counts the swapped pairs
+        nudge = f"a swap of {' or '.join(epsilons)} {pairs} of batches"
+    else:
+        nudge = f"a nudge of ε = {', '.join(epsilons)}" if epsilons else "a nudge"
     span = _span(ratios)
     if all(x > 1 for x in ratios):
         agree = int((seeds > 1).sum())
@@ -112,11 +116,14 @@ def short_answer(cube: xr.Dataset) -> str:
                f"made after it ({span}×)"
     else:
         agree = -1
+        rest = sum(x <= 1 for x in ratios)
         said = (f"{nudge} made before the critical-period end carries further than one made "
                 f"after it in {sum(x > 1 for x in ratios)} of {len(ratios)} perturbed runs "
-                f"and less far in the others ({span}×)")
+                f"and less far in the {'other' if rest == 1 else 'others'} ({span}×)")
     n = len(ratios)
-    said += (f" ({'both' if n == 2 else f'all {n}'} perturbed runs"
+    runs_said = ("the one perturbed run" if n == 1 else "both perturbed runs" if n == 2
+                 else f"all {n} perturbed runs")
+    said += (f" ({runs_said}"
              + ("" if agree < 0 else ", every seed agreeing" if agree == seeds.size
                 else f", {agree} of {seeds.size} seed ratios on that side of 1") + ")")
     ends = located_end(cube)

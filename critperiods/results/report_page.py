@@ -165,10 +165,13 @@ def _markers_sentence(cube: xr.Dataset) -> str:
             if sides:
                 said.append(f"{subject} comes " + " and ".join(sides))
         rest = len(calls) - len(clear)
+        other = ("the other offset from the end includes 0" if rest == 1
+                 else f"the other {rest} offsets from the end include 0")
+        if weak:
+            other += (" or rests on a weak knee" if rest == 1 else " or rest on weak knees") \
+                + " (flagged, or unable to come before the end)"
         parts.append("Told apart from the end: " + "; ".join(said)
-                     + (f"; the other {rest} offsets from the end include 0 or rest on "
-                        "weak knees (flagged, or unable to come before the end)"
-                        if rest else ""))
+                     + (f"; {other}" if rest else ""))
     if follows:
         parts.append(f"{'the' if parts else 'The'} divergence drop follows the learning rate "
                      f"at batch {', '.join(f'{b:g}' for b in follows)}: it never halves with "
