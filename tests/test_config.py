@@ -596,3 +596,16 @@ def test_cost_says_what_makes_sharing_dearer_than_training_from_scratch():
     assert llc_only == "1.33× less: the never-blurred run is continued as λ̂'s sharp reference"
     assert "divergences' references" in _times(6, 8, {"divergence": {"enabled": True}})
 
+
+
+def test_a_cross_key_error_names_the_file_of_each_key(tmp_path):
+    """Batch sizes from config.yaml against a train_subset from an overlay: both files are
+    named, not only the one that sets the key the message starts with."""
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("dataset:\n  train_subset: 32\n")
+    proc = subprocess.run([sys.executable, "-m", "critperiods", "check", str(overlay)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().endswith(
+        f"larger than dataset.train_subset=32 (set in {ROOT / 'config.yaml'}; "
+        f"dataset.train_subset set in {overlay})"), proc.stderr

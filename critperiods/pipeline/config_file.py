@@ -223,4 +223,22 @@ def exit_on_config_error(files: Sequence[str | Path] = ()) -> Iterator[None]:
         message = str(err)
         key = _key_of(message)
         where = _file_setting(key, files) if key and not err.located else None
-        sys.exit(f"critperiods: config error: {message}" + (f" (set in {where})" if where else ""))
+        others = [] if err.located else _other_keys_set(message, key, where, files)
+        said = "; ".join([*([f"set in {where}"] if where else []), *others])
+        sys.exit(f"critperiods: config error: {message}" + (f" ({said})" if said else ""))
+
+
+def _other_keys_set(message: str, key: Sequence[object] | None, where: str | None,
+                    files: Sequence[str | Path]) -> list[str]:
+    """"<key> set in <file>" for the other keys a cross-key error names with their values
+    ("… larger than dataset.train_subset=32") that a file other than ``where`` sets: the
+    two files that disagree, not one."""
+    out = []
+    for name in dict.fromkeys(re.findall(r"\b([a-z_]+(?:\.[a-z_]+)*)=", message)):
+        parts = name.split(".")
+        if parts == list(key or ()):
+            continue
+        other = _file_setting(parts, files)
+        if other is not None and other != where:
+            out.append(f"{name} set in {other}")
+    return out
