@@ -253,3 +253,21 @@ def test_data_prepared_with_another_blur_are_refused(cfg, data):
     other = replace(data, meta={**data.meta, "blur_size": cfg.blur_size + 1})
     with pytest.raises(ValueError, match="dataset.blur_size"):
         Trainer(cfg, other, 16, 0)
+
+
+def test_ctrl_c_stops_training_at_a_step_like_sigterm():
+    """SIGINT (a terminal's Ctrl-C reaches Snakemake's local jobs too) raises the same flag
+    as SIGTERM, so the job saves its state at the current step instead of dying with a
+    KeyboardInterrupt; the handlers before are restored afterwards."""
+    import os
+    import signal
+
+    from critperiods.train.training import stop_on_sigterm
+
+    before = signal.getsignal(signal.SIGINT)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with stop_on_sigterm() as stopped:
+            assert not stopped()
+            os.kill(os.getpid(), sig)
+            assert stopped()
+    assert signal.getsignal(signal.SIGINT) is before

@@ -307,27 +307,30 @@ class TrajectoryTrainer(Protocol):
 
 
 class Preempted(Exception):  # noqa: N818 - it is an event, not a programming error
-    """Training stopped on request (SIGTERM) after saving its resumable state."""
+    """Training stopped on request (SIGTERM, SIGINT) after saving its resumable state."""
 
 
 @contextlib.contextmanager
 def stop_on_sigterm() -> Iterator[Callable[[], bool]]:
-    """Turn SIGTERM into a flag the training loop polls after every step.
+    """Turn SIGTERM and SIGINT into a flag the training loop polls after every step.
 
-    SLURM sends SIGTERM at preemption and at the time limit; the loop then saves
-    its state and raises :class:`Preempted`, which the stage script turns into a
-    non-zero exit so the retry resumes.
+    SLURM sends SIGTERM at preemption and at the time limit, and a terminal's Ctrl-C sends
+    SIGINT to Snakemake and its local jobs alike; the loop then saves its state at the
+    current step and raises :class:`Preempted`, which the stage script turns into a
+    non-zero exit, so that the next run (or the retry) resumes where it stopped instead of
+    at the last epoch's resume file.
     """
     received = {"flag": False}
 
     def handler(signum: int, frame: Any) -> None:
         received["flag"] = True
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield lambda: received["flag"]
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class Trainer:
