@@ -201,8 +201,9 @@ def summarize(args: argparse.Namespace) -> int:
     stale = _stale_statistics(cube, diverged)
     recompute = args.recompute or stale is not None or "critical_period_end" not in cube
     if recompute:
-        if "lr_schedule" not in cube.dims:  # as the summary treats it: one continue schedule
-            cube = cube.expand_dims(lr_schedule=["continue"])
+        from critperiods.results.selection import with_lr_schedule
+
+        cube = with_lr_schedule(cube)  # as the summary treats it: one continue schedule
         summary = critical_period_summary(  # at the cube's own interval level
             cube, level=float(cube.attrs.get("summary_level", 0.9)))
         cube = cube.assign(summary.data_vars)  # what the perturbation statistics read

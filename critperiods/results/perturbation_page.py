@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 import yaml
 
+from critperiods.results.selection import with_lr_schedule
 from critperiods.results.summary import located_end
 
 #: What a nudge is, per ``perturbation.kind`` (the cube's ``perturbation_kind``).
@@ -90,8 +91,7 @@ def short_answer(cube: xr.Dataset) -> str:
     ratios' range and how many seeds agree, the ends with their intervals, where the
     sensitivity halves, whether it falls at every perturbation epoch, and the learning
     rate's half-life where the rate decays. Without a ratio it says why none was taken."""
-    if "lr_schedule" not in cube.dims:
-        cube = cube.expand_dims(lr_schedule=["continue"])
+    cube = with_lr_schedule(cube)
     runs = _perturbed_runs(cube)
     if not runs:
         return f"**In short:** this run cannot say whether a nudge inside the critical period " \

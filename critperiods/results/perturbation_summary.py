@@ -41,6 +41,7 @@ import pandas as pd
 import xarray as xr
 
 from critperiods.results.fits import nanmean
+from critperiods.results.selection import with_lr_schedule
 from critperiods.results.summary import located_end, unlocated_reason
 
 RUN = ("batch_size", "lr_schedule", "switch_epoch")
@@ -83,7 +84,7 @@ def diverged_perturbed_runs(cube: xr.Dataset) -> list[str]:
         return []
     from critperiods.results.selection import run_diverged
 
-    cube = _with_schedule(cube)
+    cube = with_lr_schedule(cube)
     l2 = cube["perturb_l2"]
     perturbed = l2.notnull().any([d for d in l2.dims if d not in (*RUN, "seed")])
     bad = run_diverged(cube).reset_coords(drop=True)
@@ -99,12 +100,6 @@ def _at_end(cube: xr.Dataset, name: str) -> xr.DataArray:
     without the runs that diverged to chance (:func:`_valid`)."""
     var = _valid(cube, name)
     return var.sel(epoch=end_epoch(cube), drop=True) if "epoch" in var.dims else var
-
-
-def _with_schedule(cube: xr.Dataset) -> xr.Dataset:
-    if "lr_schedule" not in cube.dims:
-        cube = cube.expand_dims(lr_schedule=["continue"])
-    return cube
 
 
 def _nanmean(da: xr.DataArray, dims: list[str]) -> xr.DataArray:
@@ -133,7 +128,7 @@ def sensitivity_ratio(cube: xr.Dataset, lasting: xr.DataArray | None = None,
     """``(perturb_cp_ratio, perturb_cp_ratio_seeds)`` of ``lasting`` (default: ``perturb_l2``
     at the end epoch); see the module docstring. NaN where the critical-period end is
     unknown or no perturbation falls on one side of it."""
-    cube = _with_schedule(cube)
+    cube = with_lr_schedule(cube)
     lasting = _at_end(cube, "perturb_l2") if lasting is None else lasting
     amplification = _log_amplification(lasting)
     end = located_end(cube)
@@ -149,7 +144,7 @@ def sensitivity_ratio(cube: xr.Dataset, lasting: xr.DataArray | None = None,
 def perturbation_summary(cube: xr.Dataset) -> xr.Dataset:
     """The summary variables (module docstring) on the cube's dims; ``missing`` attributes
     say why a ratio is NaN."""
-    cube = _with_schedule(cube)
+    cube = with_lr_schedule(cube)
     out: dict[str, xr.DataArray] = {}
     for name, (summary, long_name) in AVERAGED.items():
         if name not in cube:
@@ -197,7 +192,7 @@ def _log_amplification(lasting: xr.DataArray) -> xr.DataArray:
 def blur_ratio(cube: xr.Dataset) -> dict[str, xr.DataArray]:
     """``perturb_blur_ratio`` and ``perturb_blur_ratio_seeds`` (module docstring): NaN for the
     never-blurred run itself, and everywhere when it was not perturbed."""
-    cube = _with_schedule(cube)
+    cube = with_lr_schedule(cube)
     lasting = _log_amplification(_at_end(cube, "perturb_l2"))
     first = int(cube["switch_epoch"].min())
     paired = (lasting - lasting.sel(switch_epoch=first, drop=True)).where(
@@ -219,7 +214,7 @@ def drop_epoch(cube: xr.Dataset) -> xr.DataArray:
     """``perturb_drop_epoch`` (module docstring) per (batch size, schedule, run)."""
     from critperiods.results.fits import divergence_drop_epoch
 
-    cube = _with_schedule(cube)
+    cube = with_lr_schedule(cube)
     amplification = np.exp(_nanmean(_log_amplification(_at_end(cube, "perturb_l2")),
                                     ["seed", "epsilon", "replicate"])).transpose(
         *RUN, "perturb_epoch")
@@ -270,7 +265,7 @@ def perturbation_rows(cube: xr.Dataset) -> pd.DataFrame:
     """One row per (batch size, schedule, perturbed run, perturbation epoch, epsilon): where
     the perturbation fell, the lasting divergence and accuracy change (mean and seed range),
     and the early rate."""
-    cube = _with_schedule(cube)
+    cube = with_lr_schedule(cube)
     rows = []
     lasting = cube["perturb_lasting_l2"]
     ends = located_end(cube)
@@ -359,7 +354,7 @@ def _marker_lines(cube: xr.Dataset, at: dict, run: str) -> list[str]:
 
 def verdict_lines(cube: xr.Dataset) -> list[str]:
     """Per (batch size, schedule, perturbed run): the sensitivity ratios with the seeds'."""
-    cube = _with_schedule(cube)
+    cube = with_lr_schedule(cube)
     lines = []
     ratio = cube["perturb_cp_ratio"]
     lasting = cube["perturb_lasting_l2"]

@@ -18,7 +18,7 @@ __all__ = ["CHANCE_MULTIPLE", "CLASSES", "at_horizon", "default_horizon", "diver
            "divergence_at_horizon", "divergence_to_blurred", "llc_sharp", "llc_sharp_by_seed",
            "llc_trunk", "llc_trunk_by_seed", "lr_schedules", "run_diverged", "seed_mean",
            "shared_by_schedules",
-           "valid_final_accuracy", "valid_llc", "without_diverged"]
+           "valid_final_accuracy", "valid_llc", "with_lr_schedule", "without_diverged"]
 
 #: A run whose final sharp test accuracy is below this multiple of chance (1 / classes) has
 #: diverged rather than learned less: e.g. a restarted learning rate that blew it up.
@@ -86,6 +86,12 @@ def lr_schedules(cube: xr.Dataset) -> list[str]:
     """The cube's learning-rate schedules, in order (a cube without the dim is "continue")."""
     return [str(r) for r in cube["lr_schedule"].values] if "lr_schedule" in cube.dims \
         else ["continue"]
+
+
+def with_lr_schedule(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with an ``lr_schedule`` dim: a cube without one (from before the restart
+    control) is read as one ``continue`` schedule, as :func:`lr_schedules` says."""
+    return ds if "lr_schedule" in ds.dims else ds.expand_dims(lr_schedule=["continue"])
 
 
 def shared_by_schedules(da: xr.DataArray) -> xr.DataArray:

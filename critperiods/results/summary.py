@@ -64,6 +64,7 @@ from critperiods.results.selection import (
     run_diverged,
     seed_mean,
     valid_final_accuracy,
+    with_lr_schedule,
 )
 from critperiods.variables import SUMMARY_STATISTICS, exponent_attrs, interval_attrs
 from critperiods.variables import attrs as variable_attrs
@@ -304,8 +305,7 @@ def critical_period_summary(
     ``interval_method`` is :data:`INTERVAL_METHOD`. With one seed in a cell its intervals
     are NaN. A cube without an ``lr_schedule`` dim is treated as one ``continue`` schedule.
     """
-    if "lr_schedule" not in cube.dims:
-        cube = cube.expand_dims(lr_schedule=["continue"])
+    cube = with_lr_schedule(cube)
     batch_sizes = cube["batch_size"].values
     schedules = [str(r) for r in cube["lr_schedule"].values]
     h = default_horizon(cube) if horizon is None else float(horizon)

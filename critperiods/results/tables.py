@@ -25,7 +25,7 @@ from critperiods.results.markers import (
     WITHIN_NOISE_REASON,
     knee_flags,
 )
-from critperiods.results.selection import CLASSES, run_diverged
+from critperiods.results.selection import CLASSES, run_diverged, with_lr_schedule
 from critperiods.results.summary import EXPONENTS, INTERVAL_STATISTICS, unlocated_reason
 from critperiods.variables import SUMMARY_STATISTICS
 
@@ -282,8 +282,7 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
     interval lies above 0, :func:`end_located`). The hinge puts a kink even on a flat curve, so
     ``critical_period_end`` and ``half_deficit_epoch`` of a row with ``False`` are not ends of a
     critical period; they are kept, as in the cube, for inspection."""
-    if "lr_schedule" not in summary.dims:
-        summary = summary.expand_dims(lr_schedule=["continue"])
+    summary = with_lr_schedule(summary)
     rows = []
     for b in summary["batch_size"].values:
         for r in summary["lr_schedule"].values:
