@@ -137,8 +137,9 @@ def _reasons(error) -> list[tuple[list[object], str]]:
 _NUMBER_AS_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
-def _non_finite(node: object, key: tuple[object, ...] = ()) -> Iterator[tuple[object, ...]]:
-    """The keys of ``node`` whose value is a float that is NaN or infinite."""
+def _non_finite(node: object, key: tuple[object, ...] = ()
+                ) -> Iterator[tuple[tuple[object, ...], float]]:
+    """``(key, value)`` for each value of ``node`` that is a float NaN or infinite."""
     if isinstance(node, dict):
         for name, value in node.items():
             yield from _non_finite(value, (*key, name))
@@ -146,7 +147,7 @@ def _non_finite(node: object, key: tuple[object, ...] = ()) -> Iterator[tuple[ob
         for i, value in enumerate(node):
             yield from _non_finite(value, (*key, i))
     elif isinstance(node, float) and not math.isfinite(node):
-        yield key
+        yield key, node
 
 
 #: At most this many further reasons follow the first on the error's line.
@@ -163,9 +164,9 @@ def check_against_schema(config: dict, schema: str | Path,
     key, and the other errors in the same section (for a list item, the same list), so that
     a list both too short and holding a bad value gets both reasons, and a section with two
     bad values both."""
-    for key in _non_finite(config):  # the schema's "number" takes .nan and .inf
+    for key, value in _non_finite(config):  # the schema's "number" takes .nan and .inf
         where = _file_setting(list(key), files)
-        err = ConfigError(f"{_dotted(key)}: {_get(config, key)} is not a finite number"
+        err = ConfigError(f"{_dotted(key)}: {value} is not a finite number"
                           + (f" (set in {where})" if where else ""))
         err.located = True
         raise err
@@ -190,13 +191,6 @@ def check_against_schema(config: dict, schema: str | Path,
                       + (f"; and {more} more" if more > 0 else ""))
     err.located = True  # the file was looked up: exit_on_config_error adds none
     raise err
-
-
-def _get(config: dict, key: Sequence[object]) -> object:
-    node: object = config
-    for part in key:
-        node = node[part]  # type: ignore[index]
-    return node
 
 
 def _key_of(message: str) -> list[object] | None:
