@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from critperiods.pipeline.files import torch_save_atomic
+from critperiods.pipeline.files import remake, torch_save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +66,19 @@ def _read(path: str | Path, fmt: str) -> dict:
         raise CheckpointError(
             f"{path}: cannot be read ({type(err).__name__}: {err}); it is truncated, "
             "corrupt or not a file critperiods wrote — regenerate it, with the run's own "
-            f"options: snakemake --cores all --forcerun {path}"
+            f"options: {remake(path)}"
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         hint = ("; it was written by critperiods before 0.2 (one seed per file): retrain it, "
-                f"with the run's own options: snakemake --cores all --forcerun {path}"
+                f"with the run's own options: {remake(path)}"
                 if str(found).endswith("/1") else "")
         raise CheckpointError(
             f"{path}: not a critperiods file of format {fmt!r} (found {found!r}){hint}")
     missing = [key for key in FIELDS if key not in payload]
     if missing:
         raise CheckpointError(f"{path}: a {fmt!r} file without {', '.join(missing)}; it was "
-                              "not written by critperiods — regenerate it: snakemake --cores "
-                              f"all --forcerun {path}")
+                              f"not written by critperiods — regenerate it: {remake(path)}")
     return payload
 
 
@@ -93,7 +92,7 @@ def load_piece(path: str | Path, expected_hash: str) -> dict:
         raise CheckpointError(
             f"{path}: belongs to training config {payload['config_hash']}, but this run's "
             f"config is {expected_hash}; it was made with other settings — retrain it "
-            f"(snakemake --cores all --forcerun {path}) or give this config another "
+            f"({remake(path)}) or give this config another "
             "experiment name"
         )
     return payload

@@ -70,6 +70,13 @@ def write_netcdf(ds: Any, path: str | os.PathLike) -> None:
     write_atomic(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding))
 
 
+def remake(path: str | os.PathLike) -> str:
+    """The command that remakes one output of a run, as the errors about a bad file give it
+    (with the run's own ``--configfile``): Snakemake does not remake a deleted file whose
+    products exist, so "delete it and rerun" would do nothing."""
+    return f"snakemake --cores all --forcerun {path}"
+
+
 def read_netcdf(path: str | os.PathLike, attrs_only: bool = False) -> Any:
     """The xarray Dataset in the netCDF file ``path``, fully loaded (its attributes only,
     with ``attrs_only``), the file closed again. A file that cannot be read (truncated,
@@ -85,5 +92,4 @@ def read_netcdf(path: str | os.PathLike, attrs_only: bool = False) -> Any:
     except (OSError, RuntimeError) as err:
         raise ValueError(
             f"{path}: cannot be read as netCDF ({type(err).__name__}: {err}); it is truncated "
-            "or corrupt — regenerate it, with the run's own options: snakemake --cores all "
-            f"--forcerun {path}") from err
+            f"or corrupt — regenerate it, with the run's own options: {remake(path)}") from err

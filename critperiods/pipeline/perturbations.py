@@ -34,7 +34,7 @@ from critperiods.pipeline.checkpoints import (
     load_piece,
     member,
 )
-from critperiods.pipeline.files import torch_save_atomic
+from critperiods.pipeline.files import remake, torch_save_atomic
 from critperiods.pipeline.provenance import device_label
 from critperiods.train.data import PreparedData
 from critperiods.train.perturbation import Perturbation, PerturbedRun, replay, train_copies
@@ -78,13 +78,11 @@ def load_group(path: str | Path, expected_hash: str) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every unpickling failure means the same
         raise CheckpointError(f"{path}: cannot be read ({type(err).__name__}); regenerate it, "
-                              "with the run's own options: snakemake --cores all --forcerun "
-                              f"{path}") from err
+                              f"with the run's own options: {remake(path)}") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"{path}: not a critperiods perturbation group of format "
-                              f"{FORMAT!r} (found {found!r}); regenerate it: snakemake --cores "
-                              f"all --forcerun {path}")
+                              f"{FORMAT!r} (found {found!r}); regenerate it: {remake(path)}")
     if payload["config_hash"] != expected_hash:
         raise CheckpointError(f"{path}: belongs to training config {payload['config_hash']}, "
                               f"but this run's config is {expected_hash}")

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from critperiods.pipeline import checkpoints as ckpt
+from critperiods.pipeline.files import remake
 from critperiods.pipeline.provenance import device_label
 from critperiods.train.data import PreparedData
 from critperiods.train.stacked import StackedTrainer
@@ -141,13 +142,13 @@ def _start(spec: PieceSpec, trainer: Trainer | StackedTrainer, start: str | Path
     if wrong:
         raise ckpt.CheckpointError(
             f"{start}: holds {wrong}, not where this job starts ({spec.name}): a file copied "
-            f"or moved by hand? Retrain it: snakemake --cores all --forcerun {start}")
+            f"or moved by hand? Retrain it: {remake(start)}")
     trainer.load_states([ckpt.member(piece, s, start)["state"] for s in spec.seeds])
     if trainer.epoch > spec.end_epoch:
         raise ckpt.CheckpointError(
             f"{start}: holds the state at epoch {trainer.epoch}, after {spec.end_epoch}, where "
             "this piece ends: it was trained for another plan (by an older version, or kept "
-            f"with --touch); retrain it: snakemake --cores all --forcerun {start}")
+            f"with --touch); retrain it: {remake(start)}")
     return [[] for _ in spec.seeds]
 
 
