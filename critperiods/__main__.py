@@ -132,7 +132,8 @@ def _open_cube_or_exit(path: str) -> object:
         raise SystemExit(f"critperiods: {path}: not a netCDF cube ({type(err).__name__})") from None
     if "final_test_accuracy" not in cube and cube.attrs.get("cube_kind") != "toy_landscapes":
         raise SystemExit(f"critperiods: {path}: not a critperiods cube (no final_test_accuracy; "
-                         "expected results/<experiment>/cube.nc)")
+                         "expected results/<experiment>/cube.nc, or toy_cube.nc for the toy "
+                         "study)")
     return cube
 
 

@@ -509,7 +509,9 @@ def _summary_rows():
         "escape_w1": [0.9, 0.0, 0.5], "escape_w2": [0.0, 0.0, 0.2], "escape_both": [0, 0, 0.2],
         "stuck": [0.1, 0.98, 0.1], "W1": [0.001, 0.04, 0.03], "W1_null": [0.001, 0.004, 0.01],
         "KL": [0.0, 1.0, 0.5], "KL_null": [0.0, 0.01, 0.2], "noise/H": [0.93, 0.58, 0.8],
-        "R2": [1.0, 1.0, 0.95], "noise/GN": [0.93, 0.88, 1.02], "diverged": [0.0, 0.0, 0.25],
+        "R2": [1.0, 1.0, 0.95], "R2_min": [1.0, 1.0, 0.90], "H<=0_hot": [0.0, 0.03, 0.4],
+        "exponent_cells": [4, 4, 4],
+        "noise/GN": [0.93, 0.88, 1.02], "diverged": [0.0, 0.0, 0.25],
     }, index=pd.Index(["line_k1", "line_k2", "product_k1-1"], name="landscape"))
 
 
@@ -523,17 +525,28 @@ def test_the_toy_report_page_answers_each_finding_from_the_summary(tmp_path):
     from critperiods.toy.report_page import answer_lines, table_rst
 
     table = _summary_rows()
-    lines = answer_lines(table)
+    table.loc["line_k2", "exponent_cells"] = 3
+    lines = answer_lines(table, n_cells=4, hot=(0.05, 4))
     assert "within 0.1 of gradient flow's on 1 of 3 landscapes; off by more: line_k1 0.12 " \
-           "against 0.00, product_k1-1 0.70 against 0.50." in lines[0]
+           "against 0.00, product_k1-1 0.70 against 0.50; fitted in only some cells, and " \
+           "averaged over those, on line_k2 (3 of 4)." in lines[0]
     assert "≥ 90 % on line_k2; ≤ 20 % on line_k1, product_k1-1." in lines[1]
-    assert "c 0.58–0.93 (R² 0.950–1.000), and 0.88–1.02 times the Gauss–Newton" in lines[2]
-    assert "level (≤ 2×) on line_k1; 3.0–10.0× that level on line_k2, product_k1-1." \
-        in lines[3]
-    # at w*: |0.52/0.5 − 1| = 4 %, 0 %, |0.28/0.35 − 1| = 20 %; ends: 2 %, 10 %
-    assert "at w* off by 0–20 % (flagged: product_k1-1 not_converged)" in lines[4]
-    assert "7 estimates are not flagged and 5 flagged (left out)" in lines[4]
-    assert "off by 2–10 % (none unflagged on product_k1-1)." in lines[4]
+    # R² of the worst cell, not the mean; the 3 % of line_k2 is under the 5 % named
+    assert "c 0.58–0.93 (R² 0.900–1.000 in the worst cell), and 0.88–1.02 times the " \
+           "Gauss–Newton" in lines[2]
+    assert "in the cell with the most noise (lr 0.05, B 4) at 40 % of product_k1-1's " \
+           "endpoints (along one coordinate" in lines[2]
+    assert "line_k2" not in lines[2]
+    assert "differ on 2 of 3 landscapes: W1 is 3.0–10.0× an exact posterior sample's level " \
+           "on line_k2, product_k1-1; at that level (≤ 2×) on line_k1." in lines[3]
+    # against λ: at w* 0.52/0.5 = +4 %, 0.24/0.25 = −4 %, 0.28/0.5 = −44 %; ends +2, −14 %;
+    # the target 0, −4, −30 %; against the target: at w* 4, 0, 20 %; ends 2, 10 %
+    assert "λ̂ against the exact λ** — at w* −44 to +4 %, at far-start SGD endpoints (means " \
+           "of the estimates not flagged) −14 to +2 %" in lines[4]
+    assert "is itself −30 to 0 % off λ" in lines[4]
+    assert "off by 0–20 % at w* (flagged: product_k1-1 not_converged)" in lines[4]
+    assert "by 2–10 % at the endpoints (7 endpoint estimates are not flagged and 5 flagged " \
+           "and left out; none unflagged on product_k1-1)." in lines[4]
     assert lines[5].startswith("* Runs that diverged: up to 25% of a cell's (product_k1-1)")
     html = publish_parts(table_rst(table), writer="html")["body"]
     assert html.count("<tr") == 4 and "0.280 (not_converged)" in html and "n/a (0 / 4)" in html
@@ -570,7 +583,9 @@ def test_the_toy_report_page_survives_what_a_small_run_can_give():
     assert "on 0 of 2 landscapes" in lines[0] and "not fitted (fewer than 3 thresholds " \
         "reached) on line_k2." in lines[0]
     assert "not compared on line_k1 (a sampling level of 0)" in lines[3]
-    assert lines[4].endswith("0 estimates are not flagged and 5 flagged (left out): no "
+    assert "differ on 2 of 2 landscapes: W1 is 3.0–10.0× an exact posterior sample's level " \
+        "on line_k2, product_k1-1; not compared" in lines[3]  # "that level" never dangles
+    assert lines[4].endswith("0 endpoint estimates are not flagged and 5 flagged and left out: no "
                              "unflagged estimate to compare.")
     assert "nan" not in " ".join(lines)
     rst = table_rst(table)

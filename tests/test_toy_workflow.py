@@ -114,6 +114,31 @@ def test_toy_cube_flags_its_llc_estimates_and_the_summary_counts_them(run, capsy
     assert "diverged" in table.columns
 
 
+def test_the_toy_summary_reports_the_worst_cell_and_where_the_hessian_is_not_positive(run):
+    """R2_min is the worst cell's R², not the mean; H<=0_hot is the largest share, over
+    coordinates, of the hottest cell's endpoints with a Hessian diagonal entry ≤ 0; and
+    exponent_cells counts the cells the exponent's mean is over."""
+    from critperiods.toy.cube import hottest
+
+    cube = critperiods.open_cube(run / RESULTS / "toy_cube.nc").load()
+    line = dict(landscape="line", k1=2, k2=0)
+    assert hottest(cube) == (0.05, 4)
+    r2 = cube.noise_r2.sel(**line, curvature="hessian")
+    table = summary_table(cube)
+    assert table.loc["line_k2", "R2_min"] == pytest.approx(float(r2.min()))
+    assert table.loc["line_k2", "H<=0_hot"] == 0  # a line's Hessian is positive off w*
+    hess = cube["loss_hessian"].loc[dict(line, lr=0.05, batch_size=4, weight="w1",
+                                         weight_b="w1")]
+    measured = int(hess.notnull().sum())
+    hess[: measured // 2] = -1.0
+    cube["loss_hessian"].loc[dict(line, lr=0.05, batch_size=4, weight="w1",
+                                  weight_b="w1")] = hess
+    assert summary_table(cube).loc["line_k2", "H<=0_hot"] == pytest.approx(
+        (measured // 2) / measured)
+    cube["convergence_exponent"].loc[dict(line, lr=0.05, batch_size=32)] = np.nan
+    assert summary_table(cube).loc["line_k2", "exponent_cells"] == 1
+
+
 def test_the_lambda_hat_thresholds_rerun_only_the_toy_cube_and_plots(run, tmp_path):
     """analysis.llc_max_rhat and llc_max_trend_z flag the toy study's λ̂ too, in the cube:
     changing them reruns no landscape job."""
@@ -157,8 +182,9 @@ def test_report_has_the_toy_section_and_opens_on_the_toy_answer(run):
     blur-switch study's description."""
     landing = (run / RESULTS / "report/toy_landing.rst").read_text()
     assert landing.startswith("Toy landscapes: toy_tiny\n")
+    assert "summarize results/toy_tiny/toy_cube.nc``" in landing  # the path, not a pattern
     for finding in ("1. Convergence", "2. Escape", "3. Noise vs Hessian",
-                    "4. Endpoints vs the tempered posterior", "λ̂ against the finite-nβ target",
+                    "4. Endpoints vs the tempered posterior", "λ̂ against the exact λ",
                     "64 runs take 300 steps"):  # the protocol, with toy_tiny's settings
         assert finding in landing, finding
     snakemake(run, "--report", "report.html")

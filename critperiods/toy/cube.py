@@ -32,8 +32,8 @@ ATTRS = {
     "k2": ("degree of the second weight (0: the landscape has one weight)", None),
     "lr": ("SGD learning rate", None),
     "batch_size": ("SGD batch size (samples drawn with replacement)", None),
-    "start": ("ensemble of runs by start: far = (a, a); near = a box around a critical "
-              "point; prior = uniform in the prior box", None),
+    "start": ("ensemble of runs by start: far = toy.starts.far in every coordinate; near = a "
+              "box around a critical point; prior = uniform in the prior box", None),
     "trajectory": ("SGD run within an ensemble", None),
     "weight": ("coordinate of the weight vector", None),
     "weight_b": ("second coordinate of a matrix entry", None),
@@ -197,12 +197,36 @@ def flag_names(quality: float) -> str:
     return "+".join(name for name, bit in FLAGS.items() if int(quality) & bit) or "ok"
 
 
+def cells(cube: xr.Dataset) -> list[tuple[float, int]]:
+    """Every (learning rate, batch size) cell, in the cube's order."""
+    return [(float(lr), int(b)) for lr in cube.lr.values for b in cube.batch_size.values]
+
+
+def hottest(cube: xr.Dataset) -> tuple[float, int]:
+    """The (learning rate, batch size) cell of largest ``lr / B`` (most SGD noise)."""
+    return max(cells(cube), key=lambda c: c[0] / c[1])
+
+
+def _nonpositive_curvature(c: xr.Dataset, lr: float, batch: int) -> float:
+    """The largest share, over coordinates, of measured prior-start endpoints whose Hessian
+    diagonal entry is ≤ 0 in the cell (lr, batch): there the noise cannot be c × H."""
+    hess = c.loss_hessian.sel(lr=lr, batch_size=batch)
+    shares = [float((d <= 0).sum() / d.notnull().sum())
+              for w in c.weight.values
+              if int((d := hess.sel(weight=w, weight_b=w)).notnull().sum())]
+    return max(shares, default=float("nan"))
+
+
 def summary_table(cube: xr.Dataset) -> pd.DataFrame:
     """One row per landscape; means over learning rates, batch sizes (and coordinates).
     ``llc_at_end`` averages only the ``end_n`` endpoint estimates that are not flagged
-    (``end_flagged``: how many are); ``diverged``: the largest share of runs that diverged
+    (``end_flagged``: how many are); ``exponent`` averages the ``exponent_cells`` cells
+    where it could be fitted; ``R2_min``: the worst cell's R²; ``H<=0_hot``: in the
+    hottest cell (:func:`hottest`), the largest share over coordinates of endpoints whose
+    Hessian diagonal entry is ≤ 0; ``diverged``: the largest share of runs that diverged
     in any cell and ensemble."""
     rows = []
+    hot_lr, hot_batch = hottest(cube)
     for kind, k1, k2 in configured(cube):
         c = cube.sel(landscape=kind, k1=k1, k2=k2)
         exact = float(c.learning_coefficient)
@@ -222,6 +246,7 @@ def summary_table(cube: xr.Dataset) -> pd.DataFrame:
             "end_n": int(ok.sum()),
             "end_flagged": int((made & ~ok).sum()),
             "exponent": float(c.convergence_exponent.mean()),
+            "exponent_cells": int(c.convergence_exponent.notnull().sum()),
             "exponent_gf": float(c.convergence_exponent_gradient_flow),
             "escape_w1": float(escape.sel(escape="w1")),
             "escape_w2": float(escape.sel(escape="w2")),
@@ -233,6 +258,8 @@ def summary_table(cube: xr.Dataset) -> pd.DataFrame:
             "KL_null": float(c.posterior_kl.sel(sample="exact").mean()),
             "noise/H": float(c.noise_ratio.sel(curvature="hessian").mean()),
             "R2": float(c.noise_r2.sel(curvature="hessian").mean()),
+            "R2_min": float(c.noise_r2.sel(curvature="hessian").min()),
+            "H<=0_hot": _nonpositive_curvature(c, hot_lr, hot_batch),
             "noise/GN": float(c.noise_ratio.sel(curvature="gauss_newton").mean()),
             "diverged": float(c.diverged_fraction.max()),
         })
@@ -286,5 +313,5 @@ def summary_csv(cube: xr.Dataset, path: str | Path) -> None:
     write_atomic(path, lambda tmp: table.to_csv(tmp, float_format="%.6g"))
 
 
-__all__ = ["ATTRS", "CUBE_KIND", "build_toy_cube", "configured", "describe",
-           "distance_table", "format_summary", "summary_csv", "summary_table"]
+__all__ = ["ATTRS", "CUBE_KIND", "build_toy_cube", "cells", "configured", "describe",
+           "distance_table", "hottest", "format_summary", "summary_csv", "summary_table"]

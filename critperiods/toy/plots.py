@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from critperiods.pipeline.files import write_atomic  # noqa: E402
-from critperiods.toy.cube import configured  # noqa: E402
+from critperiods.toy.cube import cells, configured, hottest  # noqa: E402
 from critperiods.toy.landscapes import Landscape  # noqa: E402
 
 KIND_COLOURS = {"line": "C0", "sum": "C1", "product": "C2"}
@@ -23,15 +23,6 @@ def _save(fig: plt.Figure, path: str | Path, dpi: int) -> None:
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     plt.close(fig)
-
-
-def _cells(cube: xr.Dataset) -> list[tuple[float, int]]:
-    return [(float(lr), int(b)) for lr in cube.lr.values for b in cube.batch_size.values]
-
-
-def hottest(cube: xr.Dataset) -> tuple[float, int]:
-    """The (learning rate, batch size) cell of largest ``lr / B`` (most SGD noise)."""
-    return max(_cells(cube), key=lambda c: c[0] / c[1])
 
 
 def _landscapes(cube: xr.Dataset) -> list[tuple[Landscape, xr.Dataset]]:
@@ -44,7 +35,7 @@ def convergence(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     (quartile band), per kind, in the coldest-noise cell; and the fitted exponents of all
     cells against gradient flow's."""
     kinds = [str(k) for k in cube.landscape.values]
-    lr, batch = min(_cells(cube), key=lambda c: c[0] / c[1])
+    lr, batch = min(cells(cube), key=lambda c: c[0] / c[1])
     fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(4.0 * (len(kinds) + 1), 3.6),
                              squeeze=False)
     axes = axes[0]
@@ -87,11 +78,11 @@ def convergence(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
 def escape(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """Share of near-start runs by the coordinates that moved more than ``escape.radius``:
     one panel per (learning rate, batch size), one bar per landscape."""
-    cells, lands = _cells(cube), _landscapes(cube)
-    fig, axes = plt.subplots(1, len(cells), figsize=(3.6 * len(cells), 0.35 * len(lands) + 1.6),
+    grid, lands = cells(cube), _landscapes(cube)
+    fig, axes = plt.subplots(1, len(grid), figsize=(3.6 * len(grid), 0.35 * len(lands) + 1.6),
                              squeeze=False, sharey=True)
     colours = {"w1": "C0", "w2": "C1", "both": "C2", "none": "0.6"}
-    for ax, (lr, batch) in zip(axes[0], cells, strict=True):
+    for ax, (lr, batch) in zip(axes[0], grid, strict=True):
         left = np.zeros(len(lands))
         for cls in cube.escape.values:
             share = np.array([float(c.escape_fraction.sel(lr=lr, batch_size=batch, escape=cls))
@@ -102,9 +93,9 @@ def escape(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
             left += share
         ax.set_yticks(range(len(lands)), [land.name for land, _ in lands], fontsize=8)
         ax.set_xlim(0, 1)
-        ax.invert_yaxis()
         ax.set_xlabel("share of runs")
         ax.set_title(f"lr {lr:g}, batch {batch}", fontsize=9)
+    axes[0][0].invert_yaxis()  # the table's order, top down (the panels share this axis)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
@@ -180,14 +171,17 @@ def noise_vs_hessian(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
                 fit = cell.sel(curvature="hessian")
                 label = (f"{land.name}: c={float(fit.noise_ratio):.2f}, "
                          f"R²={float(fit.noise_r2):.3f}") if j == 0 else None
-                ax.scatter(hess[ok][:300], cov[ok][:300], s=3, color=f"C{i}",
-                           marker="o" if j == 0 else "x", label=label)
+                if j == 0:  # every entry drawn: w1 filled dots, w2 hollow rings
+                    ax.scatter(hess[ok], cov[ok], s=3, color=f"C{i}", label=label)
+                else:
+                    ax.scatter(hess[ok], cov[ok], s=9, facecolors="none",
+                               edgecolors=f"C{i}", linewidths=0.5)
         if hi > 0:
             ref = np.geomspace(max(lo, 1e-12), hi, 10)
             ax.plot(ref, sigma2 * ref, color="k", lw=0.8, ls="--", label="C = σ² H")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("Hessian diagonal entry (o: w1, x: w2)")
+        ax.set_xlabel("Hessian diagonal entry (dots: w1, rings: w2)")
         ax.set_title(f"{kind} (lr {lr:g}, batch {batch})", fontsize=9)
         if dropped:  # a log axis cannot show them; say how many, never drop them silently
             ax.text(0.98, 0.02, f"{dropped} of {entries} entries with H ≤ 0 or C ≤ 0 "
@@ -203,7 +197,7 @@ def llc_vs_exact(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """λ̂ at ``w*`` and at far-start SGD endpoints (every cell) against the exact λ, with
     the value the estimator converges to at its finite nβ (black bars); flagged estimates
     (``llc_quality``) hollow."""
-    fig, ax = plt.subplots(figsize=(6.0, 5.0))
+    fig, ax = plt.subplots(figsize=(6.0, 6.0))
     for land, c in _landscapes(cube):
         exact = float(c.learning_coefficient)
         colour = KIND_COLOURS[land.kind]
@@ -227,13 +221,14 @@ def llc_vs_exact(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     ax.scatter([], [], marker="s", color="w", edgecolor="k", label="at w* (± std over chains)")
     ax.scatter([], [], color="0.5", s=12, label="at SGD endpoints")
     ax.scatter([], [], facecolors="none", edgecolors="0.5", s=12,
-               label="flagged (hollow): not at a minimum, negative, not converged or "
+               label="flagged (hollow): not at a minimum, negative,\nnot converged or "
                      "diverged chains")
     ax.scatter([], [], marker="_", s=200, color="k", label="finite-nβ target")
     ax.set_xlabel("exact learning coefficient λ")
     ax.set_ylabel("λ̂ (critperiods.measure.llc.estimate_llc)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")  # the estimates lie along the diagonal
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2,
+              frameon=False)  # below the axes: inside, it hides estimates wherever it sits
     _save(fig, path, dpi)
 
 
@@ -246,5 +241,5 @@ PLOTTERS: dict[str, Callable[..., None]] = {
 }
 
 
-__all__ = ["PLOTTERS", "convergence", "endpoints_over_posterior", "escape", "hottest",
+__all__ = ["PLOTTERS", "convergence", "endpoints_over_posterior", "escape",
            "llc_vs_exact", "noise_vs_hessian"]

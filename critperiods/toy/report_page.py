@@ -19,13 +19,15 @@ import xarray as xr
 import yaml
 
 from critperiods.results.rst import PAGE_STYLE, figure_rst, list_table
-from critperiods.toy.cube import summary_table
+from critperiods.toy.cube import hottest, summary_table
 from critperiods.toy.figures import FIGURE_LABELS
 
 #: W1 up to this many times an exact posterior sample's counts as at the sampling level
 SAMPLING_LEVEL = 2.0
 #: a fitted convergence exponent this close to gradient flow's counts as agreeing with it
 EXPONENT_TOLERANCE = 0.1
+#: a larger share of endpoints with a Hessian diagonal entry ≤ 0 is named on the page
+NONPOSITIVE_CURVATURE = 0.05
 
 
 def _names(index: pd.Index) -> str:
@@ -43,7 +45,15 @@ def _w1_ratio(table: pd.DataFrame) -> pd.Series:
     return table["W1"] / table["W1_null"].where(table["W1_null"] > 0)
 
 
-def _convergence_line(table: pd.DataFrame) -> str:
+def _signed_span(values: pd.Series) -> str:
+    """``−48 to −20 %``-style span of percentages (a single value where both round alike)."""
+    def pct(v: float) -> str:
+        return "0" if round(v) == 0 else f"{v:+.0f}".replace("-", "−")
+    lo, hi = pct(values.min()), pct(values.max())
+    return f"{lo} %" if lo == hi else f"{lo} to {hi} %"
+
+
+def _convergence_line(table: pd.DataFrame, n_cells: int | None) -> str:
     fitted = table[table["exponent"].notna()]
     gap = fitted["exponent"] - fitted["exponent_gf"]
     off = gap[gap.abs() > EXPONENT_TOLERANCE]
@@ -57,6 +67,11 @@ def _convergence_line(table: pd.DataFrame) -> str:
     if len(fitted) < len(table):
         line += ("; not fitted (fewer than 3 thresholds reached) on "
                  + _names(table.index[table["exponent"].isna()]))
+    if n_cells is not None and "exponent_cells" in fitted:
+        part = fitted[fitted["exponent_cells"] < n_cells]
+        if not part.empty:  # a mean over fewer cells than the page's other means
+            line += ("; fitted in only some cells, and averaged over those, on " + ", ".join(
+                f"{n} ({int(k)} of {n_cells})" for n, k in part["exponent_cells"].items()))
     return line + "."
 
 
@@ -70,44 +85,77 @@ def _escape_line(table: pd.DataFrame) -> str:
             + "; ".join(parts) + ".")
 
 
+def _noise_line(table: pd.DataFrame, hot: tuple[float, int] | None) -> str:
+    r2 = table["R2_min"] if "R2_min" in table else table["R2"]
+    line = ("* **3. Noise vs Hessian** — the noise covariance is c times the Hessian with c "
+            f"{_span(table['noise/H'])} (R² {_span(r2, 3)} in the worst cell), and "
+            f"{_span(table['noise/GN'])} times the Gauss–Newton matrix JᵀSJ")
+    if "H<=0_hot" not in table:
+        return line + "."
+    bad = table["H<=0_hot"][table["H<=0_hot"] > NONPOSITIVE_CURVATURE]
+    if bad.empty:
+        return line + "."
+    cell = "" if hot is None else f" (lr {hot[0]:g}, B {hot[1]})"
+    return (line + "; but not along a degenerate coordinate where the Hessian's diagonal "
+            f"entry is ≤ 0, which no c can match: in the cell with the most noise{cell} "
+            "at " + ", ".join(f"{100 * v:.0f} % of {n}'s endpoints" for n, v in bad.items())
+            + " (along one coordinate; R² over all entries, which the regular coordinate's "
+            "large ones dominate, does not show it).")
+
+
 def _posterior_line(table: pd.DataFrame) -> str:
     ratio = _w1_ratio(table)
     level, above = ratio[ratio <= SAMPLING_LEVEL], ratio[ratio > SAMPLING_LEVEL]
-    parts = ([f"at an exact posterior sample's level (≤ {SAMPLING_LEVEL:g}×) on "
-              f"{_names(level.index)}"] if len(level) else []) + (
-        [f"{_span(above, 1)}× that level on {_names(above.index)}"] if len(above) else []) + (
+    compared = ratio.notna().sum()
+    verdict = (f"differ on {len(above)} of {compared} landscapes" if len(above)
+               else f"match on all {compared} compared")
+    parts = ([f"{_span(above, 1)}× an exact posterior sample's level on "
+              f"{_names(above.index)}"] if len(above) else []) + (
+        [f"at that level (≤ {SAMPLING_LEVEL:g}×) on {_names(level.index)}"]
+        if len(level) and len(above) else
+        [f"at an exact posterior sample's level (≤ {SAMPLING_LEVEL:g}×) on "
+         f"{_names(level.index)}"] if len(level) else []) + (
         [f"not compared on {_names(ratio.index[ratio.isna()])} (a sampling level of 0)"]
         if ratio.isna().any() else [])
-    return "* **4. Endpoints vs the tempered posterior** — W1 is " + "; ".join(parts) + "."
+    return (f"* **4. Endpoints vs the tempered posterior** — {verdict}: W1 is "
+            + "; ".join(parts) + ".")
 
 
 def _llc_line(table: pd.DataFrame) -> str:
-    w_star = 100 * (table["llc_at_w*"] - table["target"]) / table["target"]
-    end = (100 * (table["llc_at_end"] - table["target"]) / table["target"]).dropna()
+    def off(estimate: pd.Series, reference: pd.Series) -> pd.Series:  # in % of the reference
+        return 100 * (estimate - reference[estimate.index]) / reference[estimate.index]
+
+    exact, target = table["lambda"], table["target"]
+    end = table["llc_at_end"].dropna()
     flags = table["w*_flags"][table["w*_flags"] != "ok"]
-    line = ("* **5. λ̂ against the finite-nβ target** (what the estimator converges to at "
-            "its nβ and γ; the exact λ is its limit as nβ grows) — at w* off by "
-            f"{_span(w_star.abs(), 0)} %"
-            + ("" if flags.empty else
-               " (flagged: " + ", ".join(f"{n} {f}" for n, f in flags.items()) + ")")
-            + f"; at far-start SGD endpoints {int(table['end_n'].sum())} estimates are not "
-            f"flagged and {int(table['end_flagged'].sum())} flagged (left out)")
-    if end.empty:
-        return line + ": no unflagged estimate to compare."
     none = table.index.difference(end.index, sort=False)
-    return (line + f", and the unflagged means are off by {_span(end.abs(), 0)} %"
-            + (f" (none unflagged on {_names(none)})" if len(none) else "") + ".")
+    line = ("* **5. λ̂ against the exact λ** — at w* "
+            f"{_signed_span(off(table['llc_at_w*'], exact))}"
+            + ("" if end.empty else ", at far-start SGD endpoints (means of the estimates not "
+               f"flagged) {_signed_span(off(end, exact))}")
+            + "; the finite-nβ target (what the estimator converges to at its nβ and γ; λ "
+            f"is its limit as nβ grows) is itself {_signed_span(off(target, exact))} off λ. "
+            f"Against that target λ̂ is off by {_span(off(table['llc_at_w*'], target).abs(), 0)}"
+            " % at w*"
+            + ("" if flags.empty else
+               " (flagged: " + ", ".join(f"{n} {f}" for n, f in flags.items()) + ")"))
+    counts = (f"{int(table['end_n'].sum())} endpoint estimates are not flagged and "
+              f"{int(table['end_flagged'].sum())} flagged and left out")
+    if end.empty:
+        return line + f"; {counts}: no unflagged estimate to compare."
+    return (line + f" and by {_span(off(end, target).abs(), 0)} % at the endpoints ({counts}"
+            + (f"; none unflagged on {_names(none)}" if len(none) else "") + ").")
 
 
-def answer_lines(table: pd.DataFrame) -> list[str]:
+def answer_lines(table: pd.DataFrame, n_cells: int | None = None,
+                 hot: tuple[float, int] | None = None) -> list[str]:
     """The answer as rst bullets, one per finding, from :func:`summary_table`'s rows; the
-    page's table gives every landscape's numbers."""
+    page's table gives every landscape's numbers. ``n_cells``: how many (lr, batch size)
+    cells the means are over; ``hot``: the cell with the most SGD noise."""
     lines = [
-        _convergence_line(table),
+        _convergence_line(table, n_cells),
         _escape_line(table),
-        "* **3. Noise vs Hessian** — the noise covariance is c times the Hessian with c "
-        f"{_span(table['noise/H'])} (R² {_span(table['R2'], 3)}), and "
-        f"{_span(table['noise/GN'])} times the Gauss–Newton matrix JᵀSJ.",
+        _noise_line(table, hot),
         _posterior_line(table),
         _llc_line(table),
     ]
@@ -169,7 +217,8 @@ def landing_page(cube: xr.Dataset, figure: str | Path) -> str:
     table = summary_table(cube)
     config = yaml.safe_load(cube.attrs.get("config", "")) or {}
     experiment = config.get("experiment", "run")
-    title = f"Toy landscapes: {experiment}"
+    title = "Toy landscapes" + ("" if experiment == "toy_landscapes" else f": {experiment}")
+    cube_path = f"{config.get('results_dir', 'results')}/{experiment}/toy_cube.nc"
     cells = ", ".join(f"lr {lr:g}" for lr in cube.lr.values) + "; " + ", ".join(
         f"B {b}" for b in cube.batch_size.values)
     reading = "\n".join(f"* {label}" for label in FIGURE_LABELS.values())
@@ -182,7 +231,8 @@ def landing_page(cube: xr.Dataset, figure: str | Path) -> str:
         "exact learning coefficient λ?", "",
         f"**Answer from this run** ({len(table)} landscapes; means over the cells {cells}; "
         "the reading of each finding: docs/toy_landscapes.md):", "",
-        *answer_lines(table), "",
+        *answer_lines(table, n_cells=cube.lr.size * cube.batch_size.size,
+                      hot=hottest(cube)), "",
         figure_rst(figure, alt="estimated λ̂ against the exact learning coefficient"), "",
         "Summary table", "-------------", "",
         table_rst(table), "",
@@ -191,7 +241,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path) -> str:
         "*stuck*: near-start runs that moved less than the escape radius; *W1 / sampling "
         "level*: prior-start SGD endpoints' W1 distance to the tempered posterior over an "
         "exact posterior sample's. Every column, and more: ``python -m critperiods summarize "
-        "results/<experiment>/toy_cube.nc`` and the *T0 summary table (CSV)*.", "",
+        f"{cube_path}`` and the *T0 summary table (CSV)*.", "",
         "Figures, in reading order", "-------------------------", "",
         reading, "",
         "How the numbers were made", "-------------------------", "",
