@@ -563,6 +563,9 @@ def section_training(device: torch.device, sizes: Sizes, budget: Budget, cache: 
             failed = {k: v.error for k, v in loops.items() if getattr(v, "error", None)}
             notes += [f"* {model} at batch {batch}: {k} failed ({why}); its column is nan."
                       for k, why in failed.items()]
+            notes += [f"* {model} at batch {batch}: {k} stepped eagerly (a capture failed, "
+                      "see the warning): its column is not a graphed rate."
+                      for k in uncaptured(loops)]
         except Exception as err:  # noqa: BLE001 - reported in the table and gpu.json
             if not sizes.full:
                 raise  # the smoke run (make test) must fail loudly
@@ -609,9 +612,18 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def uncaptured(loops: dict[str, object]) -> list[str]:
+    """The loops whose trainer meant to step from CUDA graphs but fell back to eager steps
+    after a failed capture: their rates are not the graphed path's."""
+    return [k for k, loop in loops.items() if isinstance(loop, ProjectLoop)
+            and _captured(loop.trainer).startswith("no")]
+
+
 def stacked_rates(s: Setup, batch: int, seeds: tuple[int, ...], device: torch.device,
-                  sizes: Sizes, layouts: tuple[str, ...] = ("default",)) -> dict[str, list]:
-    """images/s (all seeds) of the graphed default with S stacked seeds (S=1: Trainer)."""
+                  sizes: Sizes, layouts: tuple[str, ...] = ("default",),
+                  eager: list[str] | None = None) -> dict[str, list]:
+    """images/s (all seeds) of the graphed default with S stacked seeds (S=1: Trainer);
+    the keys that stepped eagerly after a failed capture are appended to ``eager``."""
     from critperiods.train import copies
 
     loops: dict[str, object] = {}
@@ -629,7 +641,10 @@ def stacked_rates(s: Setup, batch: int, seeds: tuple[int, ...], device: torch.de
             finally:
                 copies.LAYOUT_OVERRIDE = saved
             loops[key] = ProjectLoop(trainer, device)
-    return interleaved(loops, sizes)
+    rates = interleaved(loops, sizes)
+    if eager is not None:
+        eager += uncaptured(loops)
+    return rates
 
 
 def section_stacked(device: torch.device, sizes: Sizes, budget: Budget, cache: dict
@@ -645,12 +660,14 @@ def section_stacked(device: torch.device, sizes: Sizes, budget: Budget, cache: d
         s = setup_for(model, sizes.widths[model], sizes, device, cache)
         layouts = ("default", "batch", "channels") if device.type == "cuda" \
             or model != "small_cnn" else ("default",)
-        rates = stacked_rates(s, batch, sizes.seeds, device, sizes, layouts)
+        eager: list[str] = []
+        rates = stacked_rates(s, batch, sizes.seeds, device, sizes, layouts, eager)
         raw[f"{model} b{batch}"] = rates
         one = med(rates[f"{sizes.seeds[0]} seeds"])
         for key, values in rates.items():
             rows.append(f"| {model} w{s.width} | {batch} | {key} | {med(values):,.0f} "
-                        f"| {med(values) / one:.2f}× |")
+                        f"| {med(values) / one:.2f}×"
+                        + (" (eager: a capture failed)" if key in eager else "") + " |")
         _free(device)
     lines = ["## Stacked seeds (graphed default), images/s of all seeds together", "",
              "Layout: the default for the model (`critperiods.train.copies.CUDA_LAYOUT`) unless "
@@ -1156,6 +1173,9 @@ def devinterp_available() -> bool:
 
 
 def main() -> None:
+    # before the first cuBLAS call (the matmul rate): the correctness section's
+    # deterministic runs need it set in a process whose cuBLAS handles predate them
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CPU by default)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")

@@ -403,6 +403,7 @@ def test_bench_gpu_calls_devinterp_132_the_way_it_reads_its_loader(tmp_path):
 # ------------------------------------------------------------------ on a GPU only
 
 @cuda
+@pytest.mark.filterwarnings("error:CUDA graph capture")  # an eager fallback would pass too
 @pytest.mark.parametrize("model", ["small_cnn", "all_cnn_c"])
 def test_cuda_graphed_branch_from_trunk_equals_run_from_scratch(tmp_path, cfg, data, model):
     from critperiods.pipeline.checkpoints import load_piece
@@ -430,14 +431,26 @@ def test_cuda_graphed_branch_from_trunk_equals_run_from_scratch(tmp_path, cfg, d
             for graphs in (False, True)]
     for t in pair:
         assert t.train_epoch(ALWAYS_BLURRED, stop_after(4)) is None  # eager, capture, 2 replays
+    assert pair[1].graphs.graphs and all(g is not None for g in pair[1].graphs.graphs.values())
     assert max_diff(pair[0].state()["model"], pair[1].state()["model"]) < 1e-2
 
 
 @cuda
+@pytest.mark.filterwarnings("error:CUDA graph capture")  # an eager fallback would pass too
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_cuda_graphed_sgld_matches_the_eager_sampler(precision):
+def test_cuda_graphed_sgld_matches_the_eager_sampler(precision, monkeypatch):
     from critperiods.measure import llc
     from critperiods.measure.llc import sampler
+    from critperiods.train import cuda_graphs
+
+    captured = []
+    capture = cuda_graphs._capture_record
+
+    def spy(*args, **kwargs):
+        captured.append(capture(*args, **kwargs))
+        return captured[-1]
+
+    monkeypatch.setattr(cuda_graphs, "_capture_record", spy)
 
     torch.manual_seed(0)
     model = build_model("small_cnn", 4, 1, 8, 10, 0).cuda()
@@ -455,6 +468,7 @@ def test_cuda_graphed_sgld_matches_the_eager_sampler(precision):
     tol = 1e-4 if precision == "float32" else 1e-3
     assert torch.allclose(torch.tensor(graphed.loss_trace), torch.tensor(eager.loss_trace),
                           rtol=tol, atol=tol / 10)
+    assert captured and all(g is not None for g in captured)  # the graphed run was graphed
 
 
 def test_a_compile_that_fails_at_its_first_call_falls_back_to_eager(cfg, data, monkeypatch):

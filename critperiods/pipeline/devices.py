@@ -16,8 +16,8 @@ other jobs, and makes sure concurrent jobs do not land on the same GPU:
   devices, the lock is taken among those (keyed by the listed ids).
 
 If every GPU stays locked for ``wait_s`` seconds (more GPU jobs than GPUs, or GPUs
-used by another program), the job shares the least recently tried GPU and logs a
-warning rather than failing.
+used by another program), the job shares one of them (picked by its process id, so that
+waiting jobs spread over the GPUs) and logs a warning rather than failing.
 """
 
 from __future__ import annotations
