@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Callable
@@ -518,6 +519,13 @@ def provenance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _described(command: str) -> dict:
+    """The ``description`` of a subcommand's ``--help``: its bullet of this module's
+    docstring (one text for the help and the docs)."""
+    bullet = re.search(rf"^\* ``{re.escape(command)}\b.*?(?=^\* |\Z)", __doc__, re.S | re.M)
+    return {"description": " ".join(bullet.group(0).removeprefix("* ").split()).replace("``", "`")}
+
+
 def main(argv: list[str] | None = None) -> int:
     from critperiods import __version__
 
@@ -526,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"critperiods {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("summarize", help="print the summary of a cube (critical period or toy)")
+    p = sub.add_parser("summarize", help="print the summary of a cube (critical period or toy)",
+                       **_described("summarize"))
     p.add_argument("cube", help="a cube written by the pipeline: results/<experiment>/cube.nc "
                                 "or toy_cube.nc")
     p.add_argument("--csv", help="also write the table to this CSV file")
@@ -535,20 +544,21 @@ def main(argv: list[str] | None = None) -> int:
                         "the stored ones")
     p.set_defaults(func=summarize)
 
-    p = sub.add_parser("calibrate-llc", help="sweep the SGLD step size at one checkpoint")
+    p = sub.add_parser("calibrate-llc", help="sweep the SGLD step size at one checkpoint",
+                       **_described("calibrate-llc"))
     p.add_argument("piece", help="a trunk segment or branch file "
                                  "(…/<group>/trunk/e<E>.pt, …/<group>/<schedule>/switch<K>.pt)")
     p.add_argument("--epoch", type=int, required=True,
                    help="the checkpoint epoch inside that file")
     p.add_argument("--seed", type=int, default=None,
                    help="which seed of the file's group (default: its first)")
-    p.add_argument("--configfile", nargs="*", default=[],
+    p.add_argument("--configfile", nargs="+", default=[],
                    help="configs laid over config.yaml (the experiment the piece belongs to; "
                         "default: the config its run recorded, results/<x>/config.yaml)")
     p.add_argument("--step-sizes", type=_positive(float), nargs="+",
                    default=[1e-5, 3e-5, 1e-4, 3e-4],
                    help="SGLD step sizes to try (default: 1e-5 3e-5 1e-4 3e-4)")
-    p.add_argument("--nbetas", type=_positive(float), nargs="*", default=None,
+    p.add_argument("--nbetas", type=_positive(float), nargs="+", default=None,
                    help="inverse temperatures n·β to try (default: the config's)")
     p.add_argument("--threads", type=_positive(int), default=2,
                    help="worker processes for the chains (default: 2)")
@@ -556,47 +566,49 @@ def main(argv: list[str] | None = None) -> int:
                    help="where to write the plot (default: llc_calibration.png)")
     p.set_defaults(func=calibrate_llc)
 
-    p = sub.add_parser("check", help="check configs as the Snakefile does, one line per error")
+    p = sub.add_parser("check", help="check configs as the Snakefile does, one line per error",
+                       **_described("check"))
     _config_file_args(p)
     p.set_defaults(func=check)
 
-    p = sub.add_parser("cost", help="epochs, images and time a grid costs (trunk sharing on)")
+    p = sub.add_parser("cost", help="epochs, images and time a grid costs (trunk sharing on)",
+                       **_described("cost"))
     _config_file_args(p)
     p.set_defaults(func=cost)
 
     p = sub.add_parser("power", help="what a grid can tell: simulated power and coverage of "
-                                     "the markers' offsets from the end")
+                                     "the markers' offsets from the end", **_described("power"))
     _config_file_args(p)
     p.add_argument("--seeds", type=_number(int, 2, "intervals over seeds need 2 of them"),
                    nargs="+", default=None,
                    help="numbers of seeds to simulate, each at least 2 (default: the config's, "
                         "and twice that)")
     p.add_argument("--offset", type=float, default=4.0,
-                   help="epochs between the end and the knee (after) or drop (before): 4")
+                   help="epochs between the end and the knee (after) or drop (before) (default: 4)")
     p.add_argument("--end", type=float, default=None,
                    help="the true end (default: the middle of the switch range; with "
                         "--noise-from, the run's located end)")
     p.add_argument("--trials", type=_number(int, 1), default=200,
-                   help="simulated runs per row: 200")
+                   help="simulated runs per row (default: 200)")
     p.add_argument("--noise-from", metavar="CUBE", default=None,
                    help="a finished run's cube: a table per batch size at the noise and effect "
                         "sizes it measured, its located end as the end (the grid: its own, "
                         "or the configs given)")
     p.add_argument("--llc-noise", type=_number(float, 0), default=None,
-                   help="s.d. of a λ̂ estimate: 10")
+                   help="s.d. of a λ̂ estimate (default: 10)")
     p.add_argument("--llc-slopes", type=float, nargs=2, default=None,
                    metavar=("BEFORE", "AFTER"),
-                   help="λ̂ per epoch before and after the knee: 8 2")
+                   help="λ̂ per epoch before and after the knee (default: 8 2)")
     p.add_argument("--accuracy-noise", type=_number(float, 0), default=None,
-                   help="s.d. of a run's final accuracy, pp: 1")
+                   help="s.d. of a run's final accuracy, pp (default: 1)")
     p.add_argument("--deficit-slope", type=_number(float, 0, "a flat sweep has no end",
                                                    strict=True), default=None,
-                   help="final accuracy lost per epoch of delay past the end, pp: 0.5")
+                   help="final accuracy lost per epoch of delay past the end, pp (default: 0.5)")
     p.add_argument("--seed-shift", type=_number(float, 0), default=None,
-                   help="s.d. of a seed's relative shift of the end, knee and drop: 0")
+                   help="s.d. of a seed's relative shift of the end, knee and drop (default: 0)")
     p.set_defaults(func=power)
 
-    p = sub.add_parser("provenance",
+    p = sub.add_parser("provenance", **_described("provenance"),
                        help="which pieces of a cube came from which code and data version")
     p.add_argument("cube", help="a cube written by the pipeline: results/<experiment>/cube.nc")
     p.set_defaults(func=provenance)

@@ -6,10 +6,12 @@ divergence, perturbation_divergence) write values without descriptions, and
 from here when ``aggregate`` builds it (:func:`variable_attrs`). So editing a description
 reruns ``aggregate`` and what reads the cube, never training, λ̂ or a divergence
 (docs/invalidation.md; a test checks). What a stage computes by name stays with the code
-that computes it, and this module imports it from there: the evaluation metrics
-(:data:`critperiods.measure.evaluation.METRICS`), the bits of ``llc_quality``
+that computes it, and this module imports it from there: the bits of ``llc_quality``
 (:data:`critperiods.measure.llc.quality.FLAGS`) and the codes of the growth laws
-(:mod:`critperiods.measure.growth_laws`).
+(:mod:`critperiods.measure.growth_laws`). The evaluation metrics
+(:data:`critperiods.measure.evaluation.METRICS`) are not imported, since that would put the
+evaluate stage's code under every description; each has its row in :data:`VARIABLES`
+(``tests/test_assemble.py`` checks).
 
 Conventions: every unit parses in UDUNITS ("1" for dimensionless; losses and divergences of
 distributions are in nats, which UDUNITS lacks, so they are "1" with the unit named in the

@@ -123,6 +123,18 @@ def test_every_cube_variable_is_documented():
     assert not missing, f"cube variables not described in docs/: {missing}"
 
 
+def test_every_evaluation_metric_has_a_description():
+    """The evaluate stage's metrics (``evaluation.METRICS``) are not imported by the table
+    of descriptions (that would rerun evaluate on every description's edit), so this holds
+    the two together: a new metric without its row would reach the cube undescribed."""
+    from critperiods.measure.evaluation import METRICS
+    from critperiods.variables import VARIABLES
+
+    missing = [name for name in METRICS if name not in VARIABLES]
+    assert not missing, f"add to critperiods/variables.py VARIABLES: {missing}"
+    assert all(VARIABLES[name][0] and VARIABLES[name][1] for name in METRICS)
+
+
 def test_the_table_describes_the_cube_over_whatever_a_piece_carried():
     """Stages write values only; the assembly takes every description from variables.py, so
     a piece file written before a description changed cannot keep the old one."""

@@ -101,6 +101,24 @@ def test_the_hash_of_existing_trunks_is_unchanged():
     assert config_hash(training) == "4c786db3bca9"  # what the old code gave
 
 
+@pytest.mark.parametrize(("config", "pinned"), [
+    ("config.yaml", "4c786db3bca9"), ("configs/cifar10_achille.yaml", "9423515cac30"),
+    ("configs/fmnist_study.yaml", "6863a7d2654f"),
+    ("configs/fmnist_study_cpu.yaml", "4c786db3bca9"),
+    ("configs/perturbation.yaml", "4c786db3bca9"),
+])
+def test_the_shipped_configs_keep_their_training_hash(config, pinned):
+    """Every trained piece carries this hash, and a piece of another hash is retrained. A
+    new key in the hashed slice (``plan.training_params``: the dataset's name, subset and
+    blur, ``model``, ``optimizer``, ``augmentation``) changes it for every experiment even
+    at its default: leave the key out of the slice while it has its default value, as
+    ``model.init`` is (docs/architecture.md, "A config key")."""
+    from critperiods.__main__ import _load_config
+
+    config = _load_config([] if config == "config.yaml" else [config])
+    assert config_hash(training_params(config)) == pinned
+
+
 def test_atomic_write_gives_the_usual_permissions(tmp_path):
     """Outputs are readable by others as an ordinary open() would make them (mkstemp's
     temporary file is 0600)."""

@@ -339,6 +339,22 @@ def test_the_cli_says_its_version_and_documents_every_option():
     assert __version__.count(".") == 2
 
 
+@pytest.mark.parametrize("command", ["summarize", "calibrate-llc", "check", "cost", "power",
+                                     "provenance"])
+def test_every_subcommand_help_says_what_it_does_and_its_defaults(command, capsys):
+    """``<command> --help`` opens on the command's bullet of the CLI's docstring, and the
+    options say their defaults in one spelling, "(default: …)"."""
+    from critperiods.__main__ import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"`{command}" in text and " — " in text, text[:400]
+    if command == "power":  # not "…(before): 4", which reads as part of the sentence
+        assert "(before) (default: 4)" in text and "per row (default: 200)" in text
+
+
 @pytest.mark.parametrize("text, expected", [
     ("epochs_after_swtich: 5\n", "epochs_after_swtich: unknown key; did you mean "
                                  "epochs_after_switch? (set in {path})"),

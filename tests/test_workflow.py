@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 import critperiods
+from critperiods.measure.evaluation import METRICS
 from tests.conftest import provide_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,8 +67,7 @@ def test_cube_has_design_dims_and_no_nan_where_runs_exist(run):
     assert list(cube.lr_schedule.values) == ["continue", "restart"]
     assert list(cube.seed.values) == [0, 1]
     assert list(cube.epoch.values) == [0, 1, 2, 3, 4]
-    for name in ("test_accuracy", "test_loss", "blurred_test_accuracy", "train_loss",
-                 "train_accuracy"):
+    for name in METRICS:
         var = cube[name]
         assert var.dims == ("batch_size", "lr_schedule", "switch_epoch", "seed", "epoch")
         assert var.attrs["units"] and var.attrs["long_name"]
