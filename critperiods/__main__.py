@@ -360,7 +360,7 @@ def check(args: argparse.Namespace) -> int:
 
 
 def cost(args: argparse.Namespace) -> int:
-    from critperiods.pipeline.cost import describe, grid_cost
+    from critperiods.pipeline.cost import LOCAL_RULES, describe, grid_cost
     from critperiods.pipeline.plan import epochs_trained
 
     paths = _config_paths(args)
@@ -391,7 +391,14 @@ def cost(args: argparse.Namespace) -> int:
         print(f"  {describe(cost_on, device)}")
     print(f"  {'jobs per rule':<25} {'cpu':>5} {'cuda':>5}")
     for rule in cpu.rules:
-        print(f"    {rule:<23} {cpu.rules[rule]:>5} {found['cuda'].rules[rule]:>5}")
+        local = "  (local: beside Snakemake, never a cluster job)" if rule in LOCAL_RULES else ""
+        print(f"    {rule:<23} {cpu.rules[rule]:>5} {found['cuda'].rules[rule]:>5}{local}")
+    if config["train"].get("seeds_per_job") == "auto" and cpu.rules != found["cuda"].rules:
+        print(textwrap.fill(
+            "the cuda column stacks seeds as `seeds_per_job: auto` does with `device: cuda`; "
+            "with `device: auto` it does so only where the machine that runs Snakemake shows a "
+            "GPU (on a cluster, write `device: cuda`)", 96, initial_indent="  ",
+            subsequent_indent="  "))
     return 0
 
 

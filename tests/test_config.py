@@ -564,6 +564,24 @@ def test_cost_names_config_yaml_once_when_it_is_given_too(tmp_path):
     assert _layers([str(extra)], "cube.nc's config") == f"config.yaml + cube.nc's config + {extra}"
 
 
+def test_cost_marks_the_local_rules_and_says_when_stacking_needs_a_gpu_in_sight(capsys):
+    """The rules `cost` calls local are the Snakefile's ``localrules`` (never cluster jobs),
+    and with ``seeds_per_job: auto`` it says that its cuda column assumes CUDA in sight."""
+    from critperiods.__main__ import main
+    from critperiods.pipeline.cost import LOCAL_RULES
+
+    snakefile = (ROOT / "Snakefile").read_text()
+    block = re.search(r"^localrules:\n((?:    \w+,?\n)+)", snakefile, re.M).group(1)
+    assert tuple(block.replace(",", " ").split()) == ("all", *LOCAL_RULES)
+    assert main(["cost", str(ROOT / "configs/fmnist_study.yaml")]) == 0
+    out = capsys.readouterr().out
+    local = [line.split()[0] for line in out.splitlines() if "(local:" in line]
+    assert local == list(LOCAL_RULES)
+    assert "with `device: auto` it does so only where the machine" in " ".join(out.split())
+    assert main(["cost"]) == 0  # config.yaml: 3 seeds per job, no auto, no such line
+    assert "device: auto" not in capsys.readouterr().out
+
+
 def test_check_names_a_file_that_is_not_yaml_with_its_line(tmp_path):
     """Snakemake's message for a config file that is not YAML names neither the file nor the
     line; `critperiods check` (which `make run CONFIG=…` runs first) names both, and passes

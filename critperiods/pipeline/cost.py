@@ -95,6 +95,11 @@ def rates_for(key: tuple[str, str, int, int], seeds: int) -> dict[int, float]:
     return RATES[(*key, fits[-1] if fits else measured[0])]
 
 
+#: The Snakefile's ``localrules``: they run beside Snakemake (on a cluster's login node),
+#: never as cluster jobs (a test holds this to the Snakefile).
+LOCAL_RULES = ("prepare_data", "aggregate", "plots")
+
+
 def jobs_per_rule(config: dict, device: str) -> dict[str, int]:
     """Jobs per rule a fresh run of ``config`` plans on ``device`` (as the job table of
     ``snakemake -n`` counts them, less ``all``): training, evaluation, λ̂ and perturbation

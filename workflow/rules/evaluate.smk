@@ -9,7 +9,9 @@ rule evaluate:
         training=TRAINING,
         evaluate=config["evaluate"],
         grid={k: GRID[k] for k in ("switch_epochs", "lr_schedules")},
-        device=config["device"],
+        # asks for no GPU (a CPU job on a cluster): a GPU only where one is visible, so that
+        # `device: cuda`, meant for the GPU rules, never fails it on a CPU node
+        device="cpu" if config["device"] == "cpu" else "auto",
     threads: THREADS
     resources:
         mem_mb=per_attempt(8000),
