@@ -101,13 +101,16 @@ def test_the_hash_of_existing_trunks_is_unchanged():
     assert config_hash(training) == "4c786db3bca9"  # what the old code gave
 
 
-@pytest.mark.parametrize(("config", "pinned"), [
-    ("config.yaml", "4c786db3bca9"), ("configs/cifar10_achille.yaml", "9423515cac30"),
-    ("configs/fmnist_study.yaml", "6863a7d2654f"),
-    ("configs/fmnist_study_cpu.yaml", "4c786db3bca9"),
-    ("configs/perturbation.yaml", "4c786db3bca9"),
+@pytest.mark.parametrize(("layers", "pinned"), [
+    ((), "4c786db3bca9"), (("cifar10_achille",), "9423515cac30"),
+    (("fmnist_study",), "6863a7d2654f"),
+    (("fmnist_study", "fmnist_study_cpu"), "4c786db3bca9"),
+    (("fmnist_study", "fmnist_study_recovery"), "6863a7d2654f"),
+    (("fmnist_study", "fmnist_study_cpu", "fmnist_study_recovery",
+      "fmnist_study_recovery_cpu"), "4c786db3bca9"),
+    (("perturbation",), "4c786db3bca9"),
 ])
-def test_the_shipped_configs_keep_their_training_hash(config, pinned):
+def test_the_shipped_configs_keep_their_training_hash(layers, pinned):
     """Every trained piece carries this hash, and a piece of another hash is retrained. A
     new key in the hashed slice (``plan.training_params``: the dataset's name, subset and
     blur, ``model``, ``optimizer``, ``augmentation``) changes it for every experiment even
@@ -115,7 +118,7 @@ def test_the_shipped_configs_keep_their_training_hash(config, pinned):
     ``model.init`` is (docs/architecture.md, "A config key")."""
     from critperiods.__main__ import _load_config
 
-    config = _load_config([] if config == "config.yaml" else [config])
+    config = _load_config([f"configs/{name}.yaml" for name in layers])  # laid as documented
     assert config_hash(training_params(config)) == pinned
 
 

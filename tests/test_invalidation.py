@@ -233,7 +233,8 @@ def test_each_config_key_reruns_what_the_table_says(tiny_run, tmp_path):
 
 def _only_the_keys_asked(rows: dict) -> dict:
     """``rows`` cut to the keys in ``$CRITPERIODS_TEST_KEYS`` (comma-separated), if set."""
-    asked = [k for k in os.environ.get("CRITPERIODS_TEST_KEYS", "").split(",") if k.strip()]
+    asked = [k.strip() for k in os.environ.get("CRITPERIODS_TEST_KEYS", "").split(",")
+             if k.strip()]
     if not asked:
         return rows
     unknown = sorted(set(asked) - set(rows))

@@ -592,6 +592,27 @@ def test_the_toy_report_page_survives_what_a_small_run_can_give():
     assert "n/a (0.50)" in rst and "     - n/a\n" in rst
 
 
+def test_the_toy_report_page_says_what_it_could_not_measure_instead_of_failing():
+    """λ̂ at w* missing on a landscape (every chain diverged), or everywhere; no prior-start
+    endpoint on a landscape; nothing compared: the page names each, never "nan" and never a
+    crash."""
+    from critperiods.toy.report_page import answer_lines, table_rst
+
+    table = _summary_rows()
+    table.loc["line_k2", "llc_at_w*"] = np.nan
+    table.loc["product_k1-1", "W1"] = np.nan
+    lines = answer_lines(table)
+    assert "at w* −44 to +4 %" in lines[4] and "(no estimate at w* on line_k2)" in lines[4]
+    assert "not measured on product_k1-1 (no prior-start endpoint)" in lines[3]
+    assert "a sampling level of 0" not in lines[3]
+    table["llc_at_w*"], table["W1"] = np.nan, np.nan
+    lines = answer_lines(table)
+    assert "at w* n/a" in lines[4] and "off by n/a at w*" in lines[4]
+    assert "— not compared: W1 is not measured on line_k1, line_k2, product_k1-1" in lines[3]
+    text = " ".join(lines) + table_rst(table)
+    assert "nan" not in text and "inf" not in text
+
+
 def test_the_toy_report_page_names_no_divergence_where_none_diverged():
     from critperiods.toy.report_page import answer_lines
 

@@ -135,6 +135,14 @@ def test_the_toy_summary_reports_the_worst_cell_and_where_the_hessian_is_not_pos
                                   weight_b="w1")] = hess
     assert summary_table(cube).loc["line_k2", "H<=0_hot"] == pytest.approx(
         (measured // 2) / measured)
+    # two coordinates: the larger share (w2's half), not w1's quarter nor their mean
+    cell = dict(landscape="sum", k1=1, k2=2, lr=0.05, batch_size=4)
+    for weight, share in (("w1", 4), ("w2", 2)):
+        at = dict(cell, weight=weight, weight_b=weight)
+        entries = abs(cube["loss_hessian"].loc[at]) + 1.0
+        entries[: entries.size // share] = -1.0
+        cube["loss_hessian"].loc[at] = entries
+    assert summary_table(cube).loc["sum_k1-2", "H<=0_hot"] == pytest.approx(0.5)
     cube["convergence_exponent"].loc[dict(line, lr=0.05, batch_size=32)] = np.nan
     assert summary_table(cube).loc["line_k2", "exponent_cells"] == 1
 

@@ -35,6 +35,10 @@ def _names(index: pd.Index) -> str:
 
 
 def _span(values: pd.Series, digits: int = 2) -> str:
+    """``lo–hi`` of the finite values (one value where both round alike; ``n/a`` if none)."""
+    values = values[np.isfinite(values)]
+    if values.empty:
+        return "n/a"
     lo, hi = values.min(), values.max()
     return f"{lo:.{digits}f}" if f"{lo:.{digits}f}" == f"{hi:.{digits}f}" else \
         f"{lo:.{digits}f}–{hi:.{digits}f}"
@@ -45,8 +49,19 @@ def _w1_ratio(table: pd.DataFrame) -> pd.Series:
     return table["W1"] / table["W1_null"].where(table["W1_null"] > 0)
 
 
+def _percent(values: pd.Series) -> str:
+    """``2–9 %`` (whole percent), or ``n/a``."""
+    span = _span(values, 0)
+    return span if span == "n/a" else f"{span} %"
+
+
 def _signed_span(values: pd.Series) -> str:
-    """``−48 to −20 %``-style span of percentages (a single value where both round alike)."""
+    """``−48 to −20 %``-style span of the finite percentages (a single value where both round
+    alike; ``n/a`` if none)."""
+    values = values[np.isfinite(values)]
+    if values.empty:
+        return "n/a"
+
     def pct(v: float) -> str:
         return "0" if round(v) == 0 else f"{v:+.0f}".replace("-", "−")
     lo, hi = pct(values.min()), pct(values.max())
@@ -99,24 +114,29 @@ def _noise_line(table: pd.DataFrame, hot: tuple[float, int] | None) -> str:
     return (line + "; but not along a degenerate coordinate where the Hessian's diagonal "
             f"entry is ≤ 0, which no c can match: in the cell with the most noise{cell} "
             "at " + ", ".join(f"{100 * v:.0f} % of {n}'s endpoints" for n, v in bad.items())
-            + " (along one coordinate; R² over all entries, which the regular coordinate's "
-            "large ones dominate, does not show it).")
+            + " (along one coordinate; R², a fit over all entries, stays high).")
 
 
 def _posterior_line(table: pd.DataFrame) -> str:
     ratio = _w1_ratio(table)
     level, above = ratio[ratio <= SAMPLING_LEVEL], ratio[ratio > SAMPLING_LEVEL]
-    compared = ratio.notna().sum()
-    verdict = (f"differ on {len(above)} of {compared} landscapes" if len(above)
-               else f"match on all {compared} compared")
+    compared = int(ratio.notna().sum())
+    unmeasured = table.index[table["W1"].isna()]
+    no_level = table.index[table["W1"].notna() & ratio.isna()]
+    verdict = (f"differ on {len(above)} of {compared} landscapes" if len(above) else
+               "not compared" if not compared else
+               "match on the one compared" if compared == 1 else
+               f"match on all {compared} compared")
     parts = ([f"{_span(above, 1)}× an exact posterior sample's level on "
               f"{_names(above.index)}"] if len(above) else []) + (
         [f"at that level (≤ {SAMPLING_LEVEL:g}×) on {_names(level.index)}"]
         if len(level) and len(above) else
         [f"at an exact posterior sample's level (≤ {SAMPLING_LEVEL:g}×) on "
          f"{_names(level.index)}"] if len(level) else []) + (
-        [f"not compared on {_names(ratio.index[ratio.isna()])} (a sampling level of 0)"]
-        if ratio.isna().any() else [])
+        [f"not compared on {_names(no_level)} (a sampling level of 0)"]
+        if len(no_level) else []) + (
+        [f"not measured on {_names(unmeasured)} (no prior-start endpoint)"]
+        if len(unmeasured) else [])
     return (f"* **4. Endpoints vs the tempered posterior** — {verdict}: W1 is "
             + "; ".join(parts) + ".")
 
@@ -127,6 +147,7 @@ def _llc_line(table: pd.DataFrame) -> str:
 
     exact, target = table["lambda"], table["target"]
     end = table["llc_at_end"].dropna()
+    missing = table.index[~np.isfinite(table["llc_at_w*"])]
     flags = table["w*_flags"][table["w*_flags"] != "ok"]
     none = table.index.difference(end.index, sort=False)
     line = ("* **5. λ̂ against the exact λ** — at w* "
@@ -135,15 +156,16 @@ def _llc_line(table: pd.DataFrame) -> str:
                f"flagged) {_signed_span(off(end, exact))}")
             + "; the finite-nβ target (what the estimator converges to at its nβ and γ; λ "
             f"is its limit as nβ grows) is itself {_signed_span(off(target, exact))} off λ. "
-            f"Against that target λ̂ is off by {_span(off(table['llc_at_w*'], target).abs(), 0)}"
-            " % at w*"
+            f"Against that target λ̂ is off by {_percent(off(table['llc_at_w*'], target).abs())}"
+            " at w*"
             + ("" if flags.empty else
-               " (flagged: " + ", ".join(f"{n} {f}" for n, f in flags.items()) + ")"))
+               " (flagged: " + ", ".join(f"{n} {f}" for n, f in flags.items()) + ")")
+            + (f" (no estimate at w* on {_names(missing)})" if len(missing) else ""))
     counts = (f"{int(table['end_n'].sum())} endpoint estimates are not flagged and "
               f"{int(table['end_flagged'].sum())} flagged and left out")
     if end.empty:
         return line + f"; {counts}: no unflagged estimate to compare."
-    return (line + f" and by {_span(off(end, target).abs(), 0)} % at the endpoints ({counts}"
+    return (line + f" and by {_percent(off(end, target).abs())} at the endpoints ({counts}"
             + (f"; none unflagged on {_names(none)}" if len(none) else "") + ").")
 
 
@@ -171,14 +193,14 @@ def table_rst(table: pd.DataFrame) -> str:
     """The summary as an rst list-table: a row per landscape."""
     header = ["landscape", "exact λ (m)", "finite-nβ target", "λ̂ at w*",
               "λ̂ at endpoints (ok / flagged)", "p (gradient flow)", "stuck",
-              "W1 / sampling level", "noise / H (R²)"]
+              "W1 / sampling level", "noise / H (mean R²)"]
     ratio = _w1_ratio(table)
 
     def num(value: float, digits: int, suffix: str = "") -> str:
         return f"{value:.{digits}f}{suffix}" if np.isfinite(value) else "n/a"
 
     rows = [[name, f"{row['lambda']:.3f} ({row.m})", f"{row.target:.3f}",
-             f"{row['llc_at_w*']:.3f}" + ("" if row["w*_flags"] == "ok"
+             num(row["llc_at_w*"], 3) + ("" if row["w*_flags"] == "ok"
                                           else f" ({row['w*_flags']})"),
              num(row.llc_at_end, 3) + f" ({row.end_n} / {row.end_flagged})",
              f"{num(row.exponent, 2)} ({row.exponent_gf:.2f})", f"{row.stuck:.2f}",
