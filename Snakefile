@@ -7,6 +7,7 @@ from snakemake.utils import min_version, validate
 
 from critperiods.pipeline.config_file import (
     check_against_schema,
+    check_layers,
     exit_on_config_error,
     read_config_file,
 )
@@ -24,6 +25,7 @@ CONFIG_FILES = [os.path.join(workflow.basedir, "config.yaml"), *workflow.overwri
 with exit_on_config_error(CONFIG_FILES):
     for _file in CONFIG_FILES:  # each file on its own: a key given twice, a binary file
         read_config_file(_file)
+    check_layers(CONFIG_FILES)  # an overlay given without the files it is laid over
     check_moved_keys(config)  # a key that moved: say where (the schema would say "unknown")
     check_against_schema(  # the key and its file, not the whole schema
         config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"),

@@ -49,6 +49,7 @@ def _load_config(paths: list[str], recorded: tuple[str, dict] | None = None) -> 
 
     from critperiods.pipeline.config_file import (
         check_against_schema,
+        check_layers,
         exit_on_config_error,
         read_config_file,
     )
@@ -64,6 +65,7 @@ def _load_config(paths: list[str], recorded: tuple[str, dict] | None = None) -> 
             update_config(config, recorded[1] if recorded else {})
             for path in files[1:]:
                 update_config(config, read_config_file(path))
+            check_layers(files)  # an overlay given without the files it is laid over
             check_moved_keys(config)
             check_against_schema(config, schema, blamed)
             validate(config, str(schema))

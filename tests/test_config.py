@@ -620,6 +620,43 @@ def test_every_shipped_config_writes_to_a_results_folder_of_its_own():
     assert len(set(names.values())) == len(names), names
 
 
+@pytest.mark.parametrize("given, refused", [
+    (["fmnist_study_recovery_cpu"], "fmnist_study.yaml was not given before it"),
+    (["fmnist_study", "fmnist_study_recovery", "fmnist_study_recovery_cpu"],
+     "fmnist_study_cpu.yaml was not given before it"),
+    (["fmnist_study", "fmnist_study_recovery", "fmnist_study_cpu",
+      "fmnist_study_recovery_cpu"], "that order was not kept"),
+    (["fmnist_study", "fmnist_study_cpu", "fmnist_study_recovery",
+      "fmnist_study_recovery_cpu"], None),
+])
+def test_an_overlay_given_without_the_files_it_is_laid_over_is_refused(given, refused):
+    """An overlay laid alone is another experiment under its name (the CPU recovery run laid
+    alone trained 6 sharp epochs, not 20, into the recovery run's folder): `check` refuses
+    it in one line naming the file, what it needs and the command line that lays it."""
+    proc = subprocess.run([sys.executable, "-m", "critperiods", "check",
+                           *(f"configs/{name}.yaml" for name in given)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    if refused is None:
+        assert proc.returncode == 0, proc.stderr
+        return
+    assert proc.returncode == 1 and refused in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    last = f"configs/{given[-1]}.yaml"
+    needs = yaml.safe_load((ROOT / last).read_text())["laid_over"]
+    assert f"run it as --configfile {' '.join(f'configs/{n}' for n in needs)} {last}" \
+        in proc.stderr
+
+
+def test_snakemake_refuses_an_overlay_laid_alone(tmp_path):
+    """The Snakefile runs the same check, before anything is planned."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"),
+                           "-d", str(tmp_path), "--configfile",
+                           str(ROOT / "configs/fmnist_study_recovery_cpu.yaml")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "critperiods: config error: laid_over:" in proc.stderr + proc.stdout
+
+
 def test_cost_says_what_makes_sharing_dearer_than_training_from_scratch():
     """Where sharing trains more epochs than training every run from scratch, the reason
     named is the reference the config needs: λ̂'s alone continues the never-blurred run."""

@@ -23,7 +23,7 @@ from jsonschema.exceptions import best_match
 
 from critperiods.pipeline.plan import ConfigError
 
-__all__ = ["check_against_schema", "exit_on_config_error", "read_config_file"]
+__all__ = ["check_against_schema", "check_layers", "exit_on_config_error", "read_config_file"]
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -52,6 +52,31 @@ def read_config_file(path: str | Path) -> dict:
         raise ConfigError(f"{path}: a config file holds a mapping of keys, got "
                           f"{type(data).__name__}")
     return data
+
+
+def check_layers(files: Sequence[str | Path]) -> None:
+    """Refuse a config file given without the files its ``laid_over`` names (by file name,
+    in that order, before it): laid alone, an overlay such as
+    ``configs/fmnist_study_recovery_cpu.yaml`` is another experiment under its name. A
+    :class:`ConfigError` names the file, what it needs and the command line that lays it."""
+    names = [Path(f).name for f in files]
+    for i, path in enumerate(files):
+        needed = read_config_file(path).get("laid_over") or []
+        if not isinstance(needed, list):
+            continue  # the schema names the bad value
+        before, found = names[:i], []
+        for name in map(str, needed):
+            at = before.index(name) if name in before else -1
+            if at < 0 or (found and at < found[-1]):
+                err = ConfigError(
+                    f"laid_over: {path} is to be laid over {', '.join(needed)}"
+                    f"{', in that order,' if len(needed) > 1 else ''} "
+                    f"but {'that order was not kept' if at >= 0 else f'{name} was not given'} "
+                    f"before it (given: {' + '.join(names[:i + 1])}); run it as "
+                    f"--configfile {' '.join(str(Path(path).parent / n) for n in needed)} {path}")
+                err.located = True
+                raise err
+            found.append(at)
 
 
 def _refuse_repeated_keys(node: yaml.Node, seen: set[int] | None = None) -> None:

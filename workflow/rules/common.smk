@@ -201,11 +201,13 @@ def get_cube_inputs(wildcards):
 
 def config_yaml():
     """The config recorded in the cube: everything but plot options (plots rerun alone),
-    cluster time limits (which never change a result), the toy study's keys, the
+    cluster time limits (which never change a result), the toy study's keys, which files a
+    config is laid over (a check of the command line), the
     perturbation section while it is off, and where the data are read from (the data's
     fingerprints are in the cube's provenance instead: moving the data folder reruns
     nothing)."""
-    recorded = {k: v for k, v in config.items() if k not in ("plots", "runtime", "study", "toy")}
+    recorded = {k: v for k, v in config.items()
+                if k not in ("plots", "runtime", "study", "toy", "laid_over")}
     if not config["perturbation"]["enabled"]:
         del recorded["perturbation"]  # off: its keys rerun nothing
     recorded["dataset"] = {k: v for k, v in config["dataset"].items() if k != "root"}
