@@ -38,10 +38,11 @@ from critperiods.results.tables import (
     restart_verdicts,
     runs_at_chance,
     summary_table,
+    unlocated_text,
 )
 
 #: How the answer says why a cell has no end (:func:`unlocated_reason`'s few words, longer).
-_UNLOCATED = {"no deficit": "no deficit to locate an end for",
+_UNLOCATED = {"no deficit": "no deficit told from 0, so no end to locate",
               "no interval (1 seed)": "one seed, so no interval to locate an end with"}
 
 
@@ -114,7 +115,7 @@ def short_answer(cube: xr.Dataset) -> str:
                    if np.isfinite(lo) and lo <= 0 <= hi else "") + ")")
     verdicts = restart_verdicts(cube)
     if verdicts:
-        said += ". " + _restart_sentence(verdicts, located, len(rows))
+        said += ". " + _restart_sentence(verdicts, located, len(rows), table)
     markers = _markers_sentence(cube)
     return f"**In short:** {said}." + (f" {markers}." if markers else "")
 
@@ -179,23 +180,40 @@ def _markers_sentence(cube: xr.Dataset) -> str:
     return "; ".join(parts)
 
 
-def _restart_sentence(verdicts: dict[float, str], located: list[float], batch_sizes: int
-                      ) -> str:
-    """What restarting the rate says of the located deficits (:func:`short_answer`)."""
+def _restart_sentence(verdicts: dict[float, str], located: list[float], batch_sizes: int,
+                      table: pd.DataFrame | None = None) -> str:
+    """What restarting the rate says of the located deficits (:func:`short_answer`). A
+    restart deficit whose interval includes 0 is "not told from 0", bounded by the largest
+    upper end of those intervals (from ``table``, :func:`summary_table`'s rows), and set
+    beside the deficits with the rate continued: few seeds never show that it is gone."""
     kept = [b for b in located if verdicts.get(b, "").startswith("survives")]
-    gone = [b for b in located if verdicts.get(b, "").startswith("does not")]
+    gone = [b for b in located if verdicts.get(b, "").startswith("not told")]
     open_ = [b for b in located if b not in kept and b not in gone]
     every = "every batch size" if len(located) == batch_sizes else \
         f"every batch size that has one ({', '.join(f'{b:g}' for b in located)})"
+    bound = against = ""
+    if table is not None and gone:
+        at = table[table["batch_size"].isin(gone)]
+        upper = at[at["lr_schedule"] == "restart"]["permanent_deficit_upper"]
+        kept_on = at[at["lr_schedule"] == "continue"]["permanent_deficit"]
+        if upper.notna().any():
+            bound = f"at most {_num(100 * upper.max())} pp"
+        if kept_on.notna().any():
+            lo, hi = 100 * kept_on.min(), 100 * kept_on.max()
+            against = (f"{_num(lo)}" + ("" if _num(lo) == _num(hi) else f"–{_num(hi)}")
+                       + " pp with the rate continued")
+    said = "; ".join(x for x in (bound, against) if x)
+    said = f" ({said})" if said else ""
     if gone and not kept and not open_:
-        return (f"Restarting the rate at the switch removes the deficit at {every}, so here "
-                "what looks like a critical period is the learning-rate confound")
+        return (f"Restarting the rate at the switch leaves no deficit these seeds tell from 0 "
+                f"at {every}{said}, so here what looks like a critical period is, within that "
+                "bound, the learning-rate confound")
     if kept and not gone and not open_:
         return (f"The deficit survives restarting the rate at the switch at {every}: a "
                 "critical period, not the learning-rate confound")
     parts = ([f"survives restarting the rate at the switch at {_batches(kept)}"] if kept
-             else []) + ([f"vanishes with it restarted at {_batches(gone)} (the learning-rate "
-                          "confound)"] if gone else []) \
+             else []) + ([f"is not told from 0 with it restarted at {_batches(gone)}{said} "
+                          "(the learning-rate confound, within that bound)"] if gone else []) \
         + ([f"is undetermined under the restart at {_batches(open_)}"] if open_ else [])
     return "The deficit " + "; it ".join(parts)
 
@@ -226,7 +244,8 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
             else:
                 parts.append(f"{row['lr_schedule']}: {why}, {deficit}")
         said = ("" if not verdict else f". The deficit {verdict}." if verdict.startswith(
-            ("survives", "does not")) else f". Under the restart: {verdict}.")
+            "survives") else f". The deficit is {verdict}." if verdict.startswith("not told")
+            else f". Under the restart: {verdict}.")
         marked = "; ".join(f"{r}: {markers[(float(b), r)]}" for r in rows["lr_schedule"]
                            if (float(b), r) in markers)
         lines.append(f"* **batch {b:g}** — " + "; ".join(parts) + (said or ".")
@@ -268,8 +287,8 @@ def table_rst(cube: xr.Dataset) -> str:
             f"{row['batch_size']:g}", row["lr_schedule"],
             f"{_num(row['critical_period_end'])} "
             + _interval(row["critical_period_end_lower"], row["critical_period_end_upper"])
-            if located else unlocated_reason(row["permanent_deficit"],
-                                             row["permanent_deficit_lower"]),
+            if located else unlocated_text(row["permanent_deficit"],
+                                           row["permanent_deficit_lower"]),
             _num(round(100 * row["critical_period_slope"], 2) + 0.0, 2),  # never "-0.00"
             f"{_num(100 * row['permanent_deficit'])} "
             + _interval(100 * row["permanent_deficit_lower"], 100 * row["permanent_deficit_upper"]),

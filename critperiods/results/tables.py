@@ -33,18 +33,31 @@ __all__ = ["MARKER_NAMES", "MARKER_STAGES", "MarkerCall", "MarkerStage", "as_sai
            "diverged_sentence", "drops_follow_the_rate", "format_table", "llc_flag_counts",
            "marker_calls", "marker_tally", "marker_verdict",
            "marker_verdicts", "markers_not_computed", "not_computed_sentence",
-           "restart_verdicts", "runs_at_chance", "summary_table", "to_csv"]
+           "restart_verdicts", "runs_at_chance", "summary_table", "to_csv",
+           "unlocated_text"]
 
 #: How the verdicts name each marker of :data:`MARKER_OFFSETS`.
 MARKER_NAMES = {"llc_knee_trunk": "λ̂ trunk", "llc_knee_sharp": "λ̂ never-blurred",
                 "divergence_drop_epoch": "divergence"}
 
+#: How the tables say :func:`unlocated_reason`'s "no deficit": a deficit whose interval
+#: includes 0 is not shown to be absent, only not told from 0.
+_SAID = {"no deficit": "not told from 0"}
+
+
+def unlocated_text(deficit: float, deficit_lower: float) -> str:
+    """Why a cell has no located end, as a table cell says it (:func:`unlocated_reason`)."""
+    reason = unlocated_reason(deficit, deficit_lower)
+    return _SAID.get(reason, reason)
+
+
 def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
     """Per batch size, whether the permanent deficit survives restarting the learning rate.
 
     Empty without a ``restart`` schedule. "survives" needs the restart deficit's interval
-    above 0; each verdict says how many seeds its interval rests on, and one seed decides
-    nothing.
+    above 0; an interval that includes 0 is "not told from 0", with the largest deficit it
+    leaves possible (never "no deficit": few seeds cannot show an absence). Each verdict
+    says how many seeds its interval rests on, and one seed decides nothing.
     """
     if "lr_schedule" not in summary.dims or "restart" not in summary["lr_schedule"].values:
         return {}
@@ -63,8 +76,8 @@ def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
         elif lo > 0:
             out[float(b)] = f"survives the restart: {interval}{seeds}"
         else:
-            out[float(b)] = (f"does not survive the restart: {interval}{seeds}, an interval "
-                             "that includes 0 (no loss)")
+            out[float(b)] = (f"not told from 0 under the restart: {interval}{seeds}, up to "
+                             f"{100 * hi:.1f} pp within its interval")
     return out
 
 
@@ -402,7 +415,7 @@ def not_computed_sentence(not_computed: Sequence[str], key: Callable[[str], str]
 def format_table(summary: xr.Dataset, not_computed: Sequence[str] = ()) -> str:
     """Aligned plain-text table of the per-(batch, schedule) statistics, the exponents, what
     the intervals are, and why any value is NaN. A cell whose permanent deficit's interval
-    reaches zero shows no end and no half-deficit epoch ("-", "no deficit"). The markers in
+    reaches zero shows no end and no half-deficit epoch ("-", "not told from 0"). The markers in
     ``not_computed`` (:func:`markers_not_computed` of the run's cube) get no columns and one
     line instead of a NaN reason per statistic."""
     table = summary_table(summary)
@@ -412,7 +425,7 @@ def format_table(summary: xr.Dataset, not_computed: Sequence[str] = ()) -> str:
         "lr": table["lr_schedule"],
         "cp_end": [_fmt(v) if ok else "-" for v, ok in zip(
             table["critical_period_end"], located, strict=True)],
-        "cp_interval": [f"[{_fmt(lo)}, {_fmt(hi)}]" if ok else unlocated_reason(d, d_lo)
+        "cp_interval": [f"[{_fmt(lo)}, {_fmt(hi)}]" if ok else unlocated_text(d, d_lo)
                         for lo, hi, ok, d, d_lo in zip(
                             table["critical_period_end_lower"],
                             table["critical_period_end_upper"], located,
