@@ -1067,7 +1067,7 @@ def test_the_landing_page_leads_with_a_short_answer() -> None:
     continued = 100 * cube["permanent_deficit"].sel(lr_schedule="continue").values
     span = f"{continued.min():.1f}" + ("" if f"{continued.min():.1f}" == f"{continued.max():.1f}"
                                        else f"–{continued.max():.1f}")
-    assert ("leaves no deficit these seeds tell from 0 at every batch size (at most 5.0 pp; "
+    assert ("leaves no deficit these seeds tell from 0 at any batch size (at most 5.0 pp; "
             f"{span} pp with the rate continued), so here what looks like a critical period "
             "is, within that bound, the learning-rate confound") in gone
     assert "removes" not in gone
@@ -1094,8 +1094,42 @@ def test_the_landing_page_leads_with_a_short_answer() -> None:
     one["permanent_deficit_interval"].loc[{"lr_schedule": "continue",
                                             "batch_size": BATCHES[1:]}] = [[-0.01, 0.02]] * 2
     one["permanent_deficit_interval"].loc[{"lr_schedule": "restart"}] = [[-0.01, 0.05]] * 3
-    assert ("leaves no deficit these seeds tell from 0 at every batch size that has one "
+    assert ("leaves no deficit these seeds tell from 0 at any batch size that has one "
             f"({BATCHES[0]:g}) (at most 5.0 pp;") in short_answer(one)
+
+
+def test_without_an_exponent_the_short_answer_says_whether_the_ends_are_ordered() -> None:
+    """Two located ends give no power law; the answer still gives them and says whether
+    their intervals overlap (then these seeds do not order them)."""
+    from critperiods.results.report_page import short_answer
+
+    cube = synthetic_cube(with_llc=False, with_div=False)
+    cube = cube.merge(critical_period_summary(with_schedules(cube)))
+    cube["batch_size_exponent"].loc[{"lr_schedule": "continue"}] = np.nan
+
+    def with_ends(first, second):
+        c = cube.copy(deep=True)
+        for b, interval in zip(BATCHES[:2], (first, second), strict=True):
+            c["critical_period_end_interval"].loc[{"lr_schedule": "continue",
+                                                   "batch_size": b}] = interval
+        return short_answer(c)
+
+    overlap = with_ends([3.0, 16.0], [1.5, 9.5])
+    assert "(ends " in overlap and "whose intervals overlap: these seeds do not order them" \
+        in overlap
+    apart = with_ends([20.0, 30.0], [1.5, 9.5])
+    assert "whose intervals do not overlap" in apart and "[20.0, 30.0]" in apart
+
+
+def test_a_grid_of_three_switches_is_said_to_interpolate_the_end() -> None:
+    """With as many switch epochs as the hinge has parameters the end cannot disagree with
+    the data: the caveats say so; with more they do not."""
+    from critperiods.results.report_page import _few_switches_caveat
+
+    cube = synthetic_cube(with_llc=False, with_div=False)
+    assert _few_switches_caveat(cube) == []
+    three = _few_switches_caveat(cube.isel(switch_epoch=[0, 6, 12]))
+    assert three and three[0].startswith("* 3 switch epochs:") and "interpolation" in three[0]
 
 
 def test_the_landing_page_locates_no_end_where_there_is_no_deficit(tmp_path) -> None:
@@ -1107,8 +1141,8 @@ def test_the_landing_page_locates_no_end_where_there_is_no_deficit(tmp_path) -> 
     cube = cube.merge(critical_period_summary(cube))
     text = "\n".join(answer_lines(cube))
     assert text.count("continue: ends at epoch") == cube.sizes["batch_size"]
-    assert text.count("restart: no deficit told from 0, so no end to locate. The deficit is "
-                      "not told from 0 under the restart: 0.0 pp") == cube.sizes["batch_size"]
+    assert text.count("restart: no end to locate. The deficit is not told from 0 under the "
+                      "restart: 0.0 pp") == cube.sizes["batch_size"]
     from critperiods.results.report_page import table_rst
 
     rows = table_rst(cube).split("   * - ")[1:]

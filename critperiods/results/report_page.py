@@ -99,9 +99,9 @@ def short_answer(cube: xr.Dataset) -> str:
     level = f"{100 * float(cube.attrs.get('summary_level', 0.9)):.0f} %"
     p, lo, hi = _exponent(cube, first)
     if not np.isfinite(p):
-        said = (f"{rate}, the deficit is located at {_batches(located)}, but there is no power "
-                "law of the end in the batch size (it needs 3 batch sizes whose end is located "
-                "after the first switch)")
+        said = (f"{rate}, the deficit is located at {_batches(located)}{_ends_compared(rows)}, "
+                "but there is no power law of the end in the batch size (it needs 3 batch "
+                "sizes whose end is located after the first switch)")
     elif np.isinf(lo) or np.isinf(hi):
         said = (f"{rate}, the end's power law in the batch size is p = {_num(p, 2)} with an "
                 "unbounded interval: these seeds cannot say which way the end moves")
@@ -180,6 +180,28 @@ def _markers_sentence(cube: xr.Dataset) -> str:
     return "; ".join(parts)
 
 
+def _ends_compared(rows: pd.DataFrame) -> str:
+    """`` (ends 7.0 [3.0, 15.9] and 5.6 [1.6, 9.6], whose intervals overlap: …)`` for the
+    located ends of one schedule's ``rows`` (:func:`summary_table`): where no exponent can
+    be fitted, whether the seeds still order the ends by batch size."""
+    ends = [(float(r.batch_size), r.critical_period_end, r.critical_period_end_lower,
+             r.critical_period_end_upper) for r in rows.sort_values("batch_size").itertuples()
+            if end_located(r.permanent_deficit_lower)]
+    if not ends:
+        return ""
+    listed = " and ".join(f"{_num(e)} {_interval(lo, hi)}" for _, e, lo, hi in ends)
+    if len(ends) == 1:
+        return f" (end {listed})"
+    apart = all(a[3] < b[2] or b[3] < a[2] for i, a in enumerate(ends) for b in ends[i + 1:])
+    if not all(np.isfinite([lo, hi]).all() for _, _, lo, hi in ends):
+        order = ""
+    elif apart:
+        order = ", whose intervals do not overlap"
+    else:
+        order = ", whose intervals overlap: these seeds do not order them"
+    return f" (ends {listed}{order})"
+
+
 def _restart_sentence(verdicts: dict[float, str], located: list[float], batch_sizes: int,
                       table: pd.DataFrame | None = None) -> str:
     """What restarting the rate says of the located deficits (:func:`short_answer`). A
@@ -206,7 +228,7 @@ def _restart_sentence(verdicts: dict[float, str], located: list[float], batch_si
     said = f" ({said})" if said else ""
     if gone and not kept and not open_:
         return (f"Restarting the rate at the switch leaves no deficit these seeds tell from 0 "
-                f"at {every}{said}, so here what looks like a critical period is, within that "
+                f"at {every.replace('every', 'any', 1)}{said}, so here what looks like a critical period is, within that "
                 "bound, the learning-rate confound")
     if kept and not gone and not open_:
         return (f"The deficit survives restarting the rate at the switch at {every}: a "
@@ -240,7 +262,8 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
                 parts.append(f"{row['lr_schedule']}: ends at epoch "
                              f"{_num(row['critical_period_end'])} {end}, {deficit}")
             elif row["lr_schedule"] == "restart" and verdict:  # the verdict gives the deficit
-                parts.append(f"restart: {why}")
+                parts.append("restart: no end to locate" if reason == "no deficit"
+                             else f"restart: {why}")
             else:
                 parts.append(f"{row['lr_schedule']}: {why}, {deficit}")
         said = ("" if not verdict else f". The deficit {verdict}." if verdict.startswith(
@@ -416,6 +439,18 @@ def question(cube: xr.Dataset) -> str:
     return f"**Question.** {said}?"
 
 
+def _few_switches_caveat(cube: xr.Dataset) -> list[str]:
+    """With 3 switch epochs or fewer the hinge (level, kink, slope) has as many parameters
+    as points: it can pass through the seed means, and the end is then an interpolation."""
+    switches = int(cube.sizes.get("switch_epoch", 0))
+    if switches > 3:
+        return []
+    return [f"* {switches} switch epochs: the hinge has as many parameters (level, kink, "
+            "slope) as there are points, so it can pass through their means: the end is then "
+            "an interpolation between switches, not a fit that could disagree with the data; "
+            "a finer grid of switch epochs is what places it."]
+
+
 def _restart_caveat(cube: xr.Dataset) -> str:
     """What the restart control says of a deficit, or that this run has none."""
     if "restart" in lr_schedules(cube):
@@ -443,7 +478,10 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     seeds = int(cube.sizes.get("seed", 1))
     kind = cube.attrs.get("interval_kind", "interval over seeds")
     deficit_kind = cube.attrs.get("deficit_interval_kind", "interval over seeds")
-    experiment = (yaml.safe_load(cube.attrs.get("config", "")) or {}).get("experiment", "run")
+    config = yaml.safe_load(cube.attrs.get("config", "")) or {}
+    experiment = config.get("experiment", "run")
+    sharp = config.get("epochs_after_switch")
+    sharp = "" if sharp is None else f", {sharp} sharp epochs after each switch"
     title = f"Critical learning periods: {experiment}"
     counts = llc_flag_counts(cube)
     flags = ("" if not counts else
@@ -458,7 +496,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     critical_period = [
         question(cube), "",
         short_answer(cube), "",
-        f"**Answer from this run** ({seeds} seed{'s' if seeds != 1 else ''} per cell; "
+        f"**Answer from this run** ({seeds} seed{'s' if seeds != 1 else ''} per cell{sharp}; "
         f"brackets: the end's {kind.rstrip(';')}; the deficit's {deficit_kind}):", "",
         *answer_lines(cube), "",
         flags, "",
@@ -492,6 +530,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         f"the deficit's are a {deficit_kind} (``permanent_deficit_seeds`` per cell in the "
         "CSV). An end is shown only where the deficit's interval is above 0.",
         _restart_caveat(cube),
+        *_few_switches_caveat(cube),
         "* Exponents rest on as many points as there are batch sizes; their interval leaves "
         "each seed out at every batch size at once, so it carries the ends' sampling error "
         "but not the power law's misfit.",
