@@ -1048,29 +1048,36 @@ def test_the_landing_page_leads_with_a_short_answer() -> None:
     cube = with_schedules(synthetic_cube(with_llc=False, with_div=False))
     cube = cube.merge(critical_period_summary(cube))
 
-    def said(p, interval, restart_lower) -> str:
+    def said(p, interval, restart_lower, restart_upper=0.05) -> str:
         c = cube.copy(deep=True)
         c["batch_size_exponent"].loc[{"lr_schedule": "continue"}] = p
         c["batch_size_exponent_interval"].loc[{"lr_schedule": "continue"}] = interval
         c["permanent_deficit"].loc[{"lr_schedule": "restart"}] = 0.01
         lower = c["permanent_deficit_interval"].sel(lr_schedule="restart").copy()
         lower[:, 0] = restart_lower
-        lower[:, 1] = 0.05
+        lower[:, 1] = restart_upper
         c["permanent_deficit_interval"].loc[{"lr_schedule": "restart"}] = lower
         return short_answer(c)
 
     gone = said(-0.5, [-0.71, -0.29], [-0.01, -0.01, -0.01])
     assert gone.startswith("**In short:** with the learning rate decaying, smaller batches end "
                            "their critical period later (end ∝ batch size^-0.50, 90 % interval "
-                           "[-0.71, -0.29]).")
-    # the restart bounds the deficit (the intervals' top, 5 pp) beside the continued one
+                           f"[-0.71, -0.29], over {cube.sizes['seed']} seeds).")
+    # the restart bounds the deficit (the intervals' top, 5 pp) beside the continued one,
+    # whose intervals (7.3 pp and up) lie above that bound: the confound, most of it
     continued = 100 * cube["permanent_deficit"].sel(lr_schedule="continue").values
     span = f"{continued.min():.1f}" + ("" if f"{continued.min():.1f}" == f"{continued.max():.1f}"
                                        else f"–{continued.max():.1f}")
     assert ("leaves no deficit these seeds tell from 0 at any batch size (at most 5.0 pp; "
-            f"{span} pp with the rate continued), so here what looks like a critical period "
-            "is, within that bound, the learning-rate confound") in gone
+            f"{span} pp with the rate continued), below every continued deficit's interval: "
+            "most of what looks like a critical period here is the learning-rate confound, "
+            "and a remainder up to that bound is not ruled out") in gone
     assert "removes" not in gone
+    # a restart bound (9 pp) above batch 32's continued interval (7.3 pp): an open question
+    unsure = said(-0.5, [-0.71, -0.29], [-0.01, -0.01, -0.01], 0.09)
+    assert (f"but at batch {BATCHES[0]:g} they do not tell it from the continued deficit "
+            "either: whether a critical period remains is open") in unsure
+    assert "confound" not in unsure
     either = said(-0.43, [-0.96, 0.09], [0.002, 0.002, 0.002])
     assert "which includes 0: no dependence is as consistent" in either
     assert "survives restarting the rate at the switch at every batch size" in either
@@ -1079,7 +1086,6 @@ def test_the_landing_page_leads_with_a_short_answer() -> None:
     assert (f"The deficit survives restarting the rate at the switch at batch {BATCHES[0]:g}; "
             f"it is not told from 0 with it restarted at batch sizes {BATCHES[1]:g}, "
             f"{BATCHES[2]:g} (at most 5.0 pp;") in some
-    assert "(the learning-rate confound, within that bound)." in some
     assert "no power law" in said(np.nan, [np.nan, np.nan], [-0.01, -0.01, -0.01])
     assert "no interval (one seed)" in said(-0.5, [np.nan, np.nan], [-0.01, -0.01, -0.01])
     assert "unbounded interval" in said(-0.5, [-np.inf, 0.3], [-0.01, -0.01, -0.01])
@@ -1119,6 +1125,16 @@ def test_without_an_exponent_the_short_answer_says_whether_the_ends_are_ordered(
         in overlap
     apart = with_ends([20.0, 30.0], [1.5, 9.5])
     assert "whose intervals do not overlap" in apart and "[20.0, 30.0]" in apart
+
+
+def test_the_caveats_give_the_chance_of_a_call_at_some_batch_size() -> None:
+    """Per-batch calls are one-sided 5 % tests: over 3 batch sizes, 1 − 0.95³ ≈ 14 %."""
+    from critperiods.results.report_page import _per_batch_caveat
+
+    cube = synthetic_cube(with_llc=False, with_div=False)
+    said = _per_batch_caveat(cube)
+    assert said and "over 3 batch sizes" in said[0] and "about 14 % of runs" in said[0]
+    assert _per_batch_caveat(cube.isel(batch_size=[0])) == []
 
 
 def test_a_grid_of_three_switches_is_said_to_interpolate_the_end() -> None:

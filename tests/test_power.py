@@ -32,6 +32,15 @@ def test_power_grows_with_the_offset_and_false_calls_stay_rare():
     assert at["paired cover"] > 0.75 and at["drop paired cover"] > 0.75
 
 
+def test_power_counts_apart_the_calls_the_short_answer_would_make():
+    """A call on a knee the answer flags (unstable, within noise, or unable to come before
+    the end) is a call `power` counts but the short answer reads as "cannot tell": at the
+    default noise and 3 seeds, a clear share of the calls are such."""
+    grid = Grid(DEFAULT_GRID.switches, DEFAULT_GRID.llc_epochs, 3)
+    away = coverage(replace(DEFAULT_NOISE, end=8.0, knee=12.0), grid, trials=80)
+    assert 0 < away["paired excludes 0, unflagged"] < away["paired excludes 0"]
+
+
 def test_the_bend_shows_beyond_the_noise_where_there_is_one():
     """The share of runs whose knee is not flagged within noise: most where λ̂ bends
     clearly, few where it is a straight line (the test's false rate, about 1 − level)."""

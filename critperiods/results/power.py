@@ -127,15 +127,18 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
     (drop − end); the share of all runs whose paired offset excludes 0 (``paired
     excludes 0``, ``drop paired excludes 0``): the runs that call the marker after or
     before the end. A run without a knee, a drop or a located end reports no offset, and so
-    calls nothing. ``bends``: the share of all runs whose λ̂ curve has a knee that bends
-    beyond its noise (not flagged within noise,
-    :func:`~critperiods.results.knee.bends_beyond_noise`)."""
+    calls nothing. ``paired excludes 0, unflagged``: the share whose knee call the short
+    answer would count, on a knee neither unstable, within noise, nor unable to come before
+    the end (:attr:`~critperiods.results.tables.MarkerCall.weak`). ``bends``: the share of
+    all runs whose λ̂ curve has a knee that bends beyond its noise (not flagged within
+    noise, :func:`~critperiods.results.knee.bends_beyond_noise`)."""
     rng = np.random.default_rng(0)
     switches, epochs, level = np.asarray(grid.switches), np.asarray(grid.llc_epochs), grid.level
     keys = ("knee", "paired", "unpaired", "drop", "drop paired")
     hit: dict[str, list] = {k: [] for k in keys}
     width: dict[str, list] = {k: [] for k in keys}
     excludes: dict[str, list] = {"paired": [], "drop paired": []}
+    strong: list[bool] = []  # called on a knee the answer does not flag as weak
     bends: list[bool] = []
     present = np.ones(grid.seeds, dtype=bool)
 
@@ -156,6 +159,9 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
         record("knee", sc.knee, knee.knee[1:])
         record("paired", sc.knee - sc.end, knee.offset[1:])
         called("paired", knee.offset)
+        strong.append(bool(excludes["paired"][-1] and not (
+            knee.unstable or knee.within_noise
+            or (np.isfinite(knee.earliest) and knee.earliest >= end.end))))
         if np.isfinite(knee.offset[0]):
             record("unpaired", sc.knee - sc.end, _unpaired(knee, end, level))
         drop, drop_loo = _drop(switches, div)
@@ -169,6 +175,7 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
     out.update({f"{k} excludes 0": float(np.mean(v)) if v else float("nan")
                 for k, v in excludes.items()})
     out["bends"] = float(np.mean(bends)) if bends else float("nan")
+    out["paired excludes 0, unflagged"] = float(np.mean(strong)) if strong else float("nan")
     return out
 
 
@@ -253,8 +260,9 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
             lines.append(f"note: a drop at switch epoch {drop:.3g} is outside the switch "
                          "epochs: n/a")
     lines += ["", f"| seeds | false calls, markers at the end (knee, drop) | knee {offset:g} "
-                  f"after the end: called | its bend beyond λ̂'s noise | drop {offset:g} "
-                  "before: called | coverage of knee − end, drop − end |",
+                  f"after the end: called (on a knee the answer does not flag) | its bend "
+                  f"beyond λ̂'s noise | drop {offset:g} before: called | coverage of knee − "
+                  "end, drop − end |",
               "|---|---|---|---|---|---|"]
     for n in seeds:
         sized = replace(grid, seeds=n)
@@ -265,7 +273,8 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
 
         lines.append(f"| {n} | {cell(at, 'paired excludes 0', 'knee at')}, "
                      f"{cell(at, 'drop paired excludes 0', 'drop at')} | "
-                     f"{cell(away, 'paired excludes 0', 'knee away')} | "
+                     f"{cell(away, 'paired excludes 0', 'knee away')} "
+                     f"({cell(away, 'paired excludes 0, unflagged', 'knee away')}) | "
                      f"{cell(away, 'bends', 'knee away')} | "
                      f"{cell(away, 'drop paired excludes 0', 'drop away')} | "
                      f"{cell(away, 'paired cover', 'knee away')}, "

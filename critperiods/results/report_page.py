@@ -109,8 +109,9 @@ def short_answer(cube: xr.Dataset) -> str:
         way = "later" if p < 0 else "earlier"
         interval = (f", {level} interval {_interval(lo, hi, 2)}" if np.isfinite(lo)
                     else ", no interval (one seed)")
+        seeds = int(cube.sizes.get("seed", 1))
         said = (f"{rate}, smaller batches end their critical period {way} (end ∝ batch "
-                f"size^{_num(p, 2)}{interval}"
+                f"size^{_num(p, 2)}{interval}, over {seeds} seed{'s' if seeds != 1 else ''}"
                 + (", which includes 0: no dependence is as consistent"
                    if np.isfinite(lo) and lo <= 0 <= hi else "") + ")")
     verdicts = restart_verdicts(cube)
@@ -207,35 +208,49 @@ def _restart_sentence(verdicts: dict[float, str], located: list[float], batch_si
     """What restarting the rate says of the located deficits (:func:`short_answer`). A
     restart deficit whose interval includes 0 is "not told from 0", bounded by the largest
     upper end of those intervals (from ``table``, :func:`summary_table`'s rows), and set
-    beside the deficits with the rate continued: few seeds never show that it is gone."""
+    beside the deficits with the rate continued: few seeds never show that it is gone. The
+    confound is named only where every such bound lies below the continued deficit's
+    interval (the restart shrinks it beyond doubt); otherwise the answer stays open."""
     kept = [b for b in located if verdicts.get(b, "").startswith("survives")]
     gone = [b for b in located if verdicts.get(b, "").startswith("not told")]
     open_ = [b for b in located if b not in kept and b not in gone]
     every = "every batch size" if len(located) == batch_sizes else \
         f"every batch size that has one ({', '.join(f'{b:g}' for b in located)})"
     bound = against = ""
+    unshrunk: list[float] = []
     if table is not None and gone:
-        at = table[table["batch_size"].isin(gone)]
-        upper = at[at["lr_schedule"] == "restart"]["permanent_deficit_upper"]
-        kept_on = at[at["lr_schedule"] == "continue"]["permanent_deficit"]
-        if upper.notna().any():
-            bound = f"at most {_num(100 * upper.max())} pp"
-        if kept_on.notna().any():
+        at = table[table["batch_size"].isin(gone)].set_index(["lr_schedule", "batch_size"])
+        upper = at.loc["restart", "permanent_deficit_upper"]
+        if "continue" in at.index.get_level_values(0):
+            kept_on = at.loc["continue", "permanent_deficit"]
+            floor = at.loc["continue", "permanent_deficit_lower"]
             lo, hi = 100 * kept_on.min(), 100 * kept_on.max()
             against = (f"{_num(lo)}" + ("" if _num(lo) == _num(hi) else f"–{_num(hi)}")
                        + " pp with the rate continued")
+            unshrunk = [b for b in gone if not upper.get(b, np.inf) < floor.get(b, -np.inf)]
+        if upper.notna().any():
+            bound = f"at most {_num(100 * upper.max())} pp"
     said = "; ".join(x for x in (bound, against) if x)
     said = f" ({said})" if said else ""
     if gone and not kept and not open_:
+        anywhere = every.replace("every", "any", 1)
+        if unshrunk or table is None:
+            return (f"Restarting the rate at the switch leaves no deficit these seeds tell from "
+                    f"0 at {anywhere}{said}, but at {_batches(unshrunk)} they do not tell it "
+                    "from the continued deficit either: whether a critical period remains "
+                    "is open" if unshrunk else
+                    f"Restarting the rate at the switch leaves no deficit these seeds tell from "
+                    f"0 at {anywhere}: whether a critical period remains is open")
         return (f"Restarting the rate at the switch leaves no deficit these seeds tell from 0 "
-                f"at {every.replace('every', 'any', 1)}{said}, so here what looks like a critical period is, within that "
-                "bound, the learning-rate confound")
+                f"at {anywhere}{said}, below every continued deficit's interval: most of what "
+                "looks like a critical period here is the learning-rate confound, and a "
+                "remainder up to that bound is not ruled out")
     if kept and not gone and not open_:
         return (f"The deficit survives restarting the rate at the switch at {every}: a "
                 "critical period, not the learning-rate confound")
     parts = ([f"survives restarting the rate at the switch at {_batches(kept)}"] if kept
-             else []) + ([f"is not told from 0 with it restarted at {_batches(gone)}{said} "
-                          "(the learning-rate confound, within that bound)"] if gone else []) \
+             else []) + ([f"is not told from 0 with it restarted at {_batches(gone)}{said}"]
+                         if gone else []) \
         + ([f"is undetermined under the restart at {_batches(open_)}"] if open_ else [])
     return "The deficit " + "; it ".join(parts)
 
@@ -439,6 +454,21 @@ def question(cube: xr.Dataset) -> str:
     return f"**Question.** {said}?"
 
 
+def _per_batch_caveat(cube: xr.Dataset) -> list[str]:
+    """Each batch size's deficit is called on its own one-sided 5 % test (its 90 % interval
+    above 0): over several, one such call arises by chance more often."""
+    n = int(cube.sizes.get("batch_size", 1))
+    if n < 2:
+        return []
+    level = float(cube.attrs.get("summary_level", 0.9))
+    alpha = (1 - level) / 2
+    return [f"* Each batch size's deficit is called (its {100 * level:.0f} % interval above 0, "
+            f"a one-sided {100 * alpha:g} % test) on its own: over {n} batch sizes a call at one "
+            f"of them arises by chance in about {100 * (1 - (1 - alpha) ** n):.0f} % of runs "
+            "with no deficit anywhere, so a verdict that differs between batch sizes is not, "
+            "by itself, a difference between them."]
+
+
 def _few_switches_caveat(cube: xr.Dataset) -> list[str]:
     """With 3 switch epochs or fewer the hinge (level, kink, slope) has as many parameters
     as points: it can pass through the seed means, and the end is then an interpolation."""
@@ -530,6 +560,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         f"the deficit's are a {deficit_kind} (``permanent_deficit_seeds`` per cell in the "
         "CSV). An end is shown only where the deficit's interval is above 0.",
         _restart_caveat(cube),
+        *_per_batch_caveat(cube),
         *_few_switches_caveat(cube),
         "* Exponents rest on as many points as there are batch sizes; their interval leaves "
         "each seed out at every batch size at once, so it carries the ends' sampling error "
