@@ -38,6 +38,7 @@ from critperiods.results.fits import (
     hinge_end,
     jackknife_interval,
     kinks_without_each_seed,
+    permanent_deficit,
     switch_spacing_at,
 )
 
@@ -113,7 +114,7 @@ def coverage(scenario: Scenario, n_seeds: int, trials: int) -> dict[str, float]:
     for _ in range(trials):
         shifts = np.exp(rng.normal(0, sc.seed_shift, n_seeds)) if sc.seed_shift else 1.0
         shape = (switches.size, n_seeds)
-        fitted, without = [], []
+        fitted, without, located = [], [], []
         for end in sc.ends:
             noise = (rng.standard_t(3, shape) / np.sqrt(3) if sc.heavy_tails
                      else rng.normal(0, 1, shape))
@@ -132,9 +133,12 @@ def coverage(scenario: Scenario, n_seeds: int, trials: int) -> dict[str, float]:
                 width[key].append(upper - lower)
             fitted.append(kink)
             without.append(kinks_without_each_seed(switches, acc))
+            located.append(permanent_deficit(switches, acc, LEVEL)[1] > 0)
         fitted = np.array(fitted)
         if not (fitted > switches[0]).all():
             continue  # an end censored at the first switch: neither method fits all points
+        if not all(located):
+            continue  # as the summary: an exponent only over ends whose deficit is above 0
         lower, upper = _batch_bootstrap_exponent_interval(batches, fitted, rng)
         hit["pboot"].append(lower <= true_p <= upper)
         width["pboot"].append(upper - lower)
