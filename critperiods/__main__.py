@@ -385,8 +385,9 @@ def cost(args: argparse.Namespace) -> int:
     if cpu.perturbation_epochs:
         print(f"  perturbations: {cpu.perturbation_epochs} more epochs (each seed's replay to "
               "the perturbation epoch, its twin and its copies)")
-    print(f"  {cpu.images / 1e6:,.1f} M training images, "
-          f"{cpu.llc_images / 1e6:,.1f} M images through SGLD steps"
+    print(f"  {cpu.images / 1e6:,.1f} M training images"
+          + (f", {cpu.llc_images / 1e6:,.1f} M images through SGLD steps" if cpu.llc_images
+             else " (λ̂ off: no SGLD steps)")
           + (f", {cpu.perturbation_images / 1e6:,.1f} M through perturbed copies and twins"
              if cpu.perturbation_epochs else ""))
     for device, cost_on in found.items():
