@@ -65,7 +65,8 @@ def _load_config(paths: list[str], recorded: tuple[str, dict] | None = None) -> 
             update_config(config, recorded[1] if recorded else {})
             for path in files[1:]:
                 update_config(config, read_config_file(path))
-            check_layers(files)  # an overlay given without the files it is laid over
+            if not recorded:  # over a cube's recorded config the layers are already laid
+                check_layers(files)  # an overlay given without the files it is laid over
             check_moved_keys(config)
             check_against_schema(config, schema, blamed)
             validate(config, str(schema))

@@ -647,6 +647,27 @@ def test_an_overlay_given_without_the_files_it_is_laid_over_is_refused(given, re
         in proc.stderr
 
 
+def test_laid_over_takes_file_names_of_other_files_and_is_not_checked_over_a_cube(tmp_path):
+    """A path or the file's own name in ``laid_over`` is refused as such (not as a missing
+    layer with a command that would be refused again); over a cube's recorded config, the
+    layers are already laid, so an overlay given on top is not refused."""
+    from critperiods.__main__ import _load_config
+    from critperiods.pipeline.config_file import check_layers
+
+    own = tmp_path / "own.yaml"
+    own.write_text("laid_over: [own.yaml]\n")
+    with pytest.raises(ConfigError, match="names own.yaml: give the file names"):
+        check_layers([ROOT / "config.yaml", own])
+    path = tmp_path / "path.yaml"
+    path.write_text("laid_over: [configs/fmnist_study.yaml]\n")
+    with pytest.raises(ConfigError, match="not paths"):
+        check_layers([ROOT / "config.yaml", path])
+    study = _load_config([str(ROOT / "configs/fmnist_study.yaml")])
+    recovery = str(ROOT / "configs/fmnist_study_recovery.yaml")
+    config = _load_config([recovery], recorded=("results/fmnist_study/cube.nc", study))
+    assert config["epochs_after_switch"] == 20 and config["experiment"] == "fmnist_study_recovery"
+
+
 def test_snakemake_refuses_an_overlay_laid_alone(tmp_path):
     """The Snakefile runs the same check, before anything is planned."""
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(ROOT / "Snakefile"),

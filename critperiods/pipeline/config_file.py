@@ -64,6 +64,12 @@ def check_layers(files: Sequence[str | Path]) -> None:
         needed = read_config_file(path).get("laid_over") or []
         if not isinstance(needed, list):
             continue  # the schema names the bad value
+        wrong = [n for n in map(str, needed) if "/" in n or n == names[i]]
+        if wrong:
+            err = ConfigError(f"laid_over: {path} names {', '.join(wrong)}: give the file names "
+                              "of the configs it is laid over, not paths, and not its own")
+            err.located = True
+            raise err
         before, found = names[:i], []
         for name in map(str, needed):
             at = before.index(name) if name in before else -1

@@ -82,10 +82,11 @@ def short_answer(cube: xr.Dataset) -> str:
     """The answer in a few sentences (rst), for the batch sizes whose deficit is located
     with the first schedule (normally continue): which way the end moves with the batch
     size and whether the exponent's interval includes 0; whether that deficit survives
-    restarting the rate (a critical period), vanishes (the learning-rate confound) or is
-    undetermined, at each; and whether λ̂ and the divergence mark the end
-    (:func:`_markers_sentence`). Without a located deficit it says so and concludes nothing
-    about the restart or the markers. The bullets below give the numbers."""
+    restarting the rate (a critical period), is not told from 0 under it (bounded, and set
+    beside the continued deficit: :func:`_restart_sentence`) or is undetermined, at each;
+    and whether λ̂ and the divergence mark the end (:func:`_markers_sentence`). Without a
+    located deficit it says so and concludes nothing about the restart or the markers. The
+    bullets below give the numbers."""
     names = lr_schedules(cube)
     first = "continue" if "continue" in names else names[0]
     rate = "with the learning rate decaying" if first == "continue" else f"with {first}"
@@ -206,18 +207,23 @@ def _ends_compared(rows: pd.DataFrame) -> str:
 def _restart_sentence(verdicts: dict[float, str], located: list[float], batch_sizes: int,
                       table: pd.DataFrame | None = None) -> str:
     """What restarting the rate says of the located deficits (:func:`short_answer`). A
-    restart deficit whose interval includes 0 is "not told from 0", bounded by the largest
-    upper end of those intervals (from ``table``, :func:`summary_table`'s rows), and set
-    beside the deficits with the rate continued: few seeds never show that it is gone. The
-    confound is named only where every such bound lies below the continued deficit's
-    interval (the restart shrinks it beyond doubt); otherwise the answer stays open."""
+    restart deficit whose interval includes 0 (or lies below it) is not told from 0,
+    bounded by the largest upper end of those intervals (from ``table``,
+    :func:`summary_table`'s rows) and set beside the deficits with the rate continued: few
+    seeds never show that it is gone. The restart is said to shrink the deficit only where
+    each bound lies below its batch size's continued deficit's interval, and to take most
+    of it only where each bound is below half that interval's lower end; otherwise whether
+    a critical period remains is open."""
     kept = [b for b in located if verdicts.get(b, "").startswith("survives")]
-    gone = [b for b in located if verdicts.get(b, "").startswith("not told")]
+    gone = [b for b in located if verdicts.get(b, "").startswith(("not told", "below 0"))]
     open_ = [b for b in located if b not in kept and b not in gone]
-    every = "every batch size" if len(located) == batch_sizes else \
-        f"every batch size that has one ({', '.join(f'{b:g}' for b in located)})"
+    some = ", ".join(f"{b:g}" for b in located)
+    anywhere = ("at the one batch size" if batch_sizes == 1 else "at any batch size"
+                if len(located) == batch_sizes else f"at any batch size that has one, {some}")
+    every = ("at the one batch size" if batch_sizes == 1 else "at every batch size"
+             if len(located) == batch_sizes else f"at every batch size that has one, {some}")
     bound = against = ""
-    unshrunk: list[float] = []
+    unshrunk, most = list(gone), False
     if table is not None and gone:
         at = table[table["batch_size"].isin(gone)].set_index(["lr_schedule", "batch_size"])
         upper = at.loc["restart", "permanent_deficit_upper"]
@@ -228,26 +234,27 @@ def _restart_sentence(verdicts: dict[float, str], located: list[float], batch_si
             against = (f"{_num(lo)}" + ("" if _num(lo) == _num(hi) else f"–{_num(hi)}")
                        + " pp with the rate continued")
             unshrunk = [b for b in gone if not upper.get(b, np.inf) < floor.get(b, -np.inf)]
+            most = all(upper.get(b, np.inf) < floor.get(b, -np.inf) / 2 for b in gone)
         if upper.notna().any():
             bound = f"at most {_num(100 * upper.max())} pp"
     said = "; ".join(x for x in (bound, against) if x)
     said = f" ({said})" if said else ""
     if gone and not kept and not open_:
-        anywhere = every.replace("every", "any", 1)
-        if unshrunk or table is None:
-            return (f"Restarting the rate at the switch leaves no deficit these seeds tell from "
-                    f"0 at {anywhere}{said}, but at {_batches(unshrunk)} they do not tell it "
-                    "from the continued deficit either: whether a critical period remains "
-                    "is open" if unshrunk else
-                    f"Restarting the rate at the switch leaves no deficit these seeds tell from "
-                    f"0 at {anywhere}: whether a critical period remains is open")
-        return (f"Restarting the rate at the switch leaves no deficit these seeds tell from 0 "
-                f"at {anywhere}{said}, below every continued deficit's interval: most of what "
-                "looks like a critical period here is the learning-rate confound, and a "
-                "remainder up to that bound is not ruled out")
+        start = (f"Restarting the rate at the switch leaves no deficit these seeds tell above 0 "
+                 f"{anywhere}{said}")
+        if unshrunk:
+            return (f"{start}, but at {_batches(unshrunk)} they do not tell it from the "
+                    "continued deficit either: whether a critical period remains is open")
+        if most:
+            return (f"{start}, each below half its continued deficit's interval: most of what "
+                    "looks like a critical period here is the learning-rate confound, and a "
+                    "remainder up to that bound is not ruled out")
+        return (f"{start}, each below its continued deficit's interval: the restart shrinks "
+                "the deficit, part of what looks like a critical period here is the "
+                "learning-rate confound, and a remainder up to that bound is not ruled out")
     if kept and not gone and not open_:
-        return (f"The deficit survives restarting the rate at the switch at {every}: a "
-                "critical period, not the learning-rate confound")
+        return (f"The deficit survives restarting the rate at the switch {every}: a "
+                "critical period, not only the learning-rate confound")
     parts = ([f"survives restarting the rate at the switch at {_batches(kept)}"] if kept
              else []) + ([f"is not told from 0 with it restarted at {_batches(gone)}{said}"]
                          if gone else []) \
@@ -271,6 +278,8 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
             why = _UNLOCATED.get(reason := unlocated_reason(row["permanent_deficit"],
                                                            row["permanent_deficit_lower"]),
                                  reason)
+            if row["permanent_deficit_upper"] < 0:
+                reason, why = "no deficit", "a deficit below 0 (a gain), so no end to locate"
             if end_located(row["permanent_deficit_lower"]):
                 end = _interval(row["critical_period_end_lower"],
                                 row["critical_period_end_upper"])
@@ -282,8 +291,8 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
             else:
                 parts.append(f"{row['lr_schedule']}: {why}, {deficit}")
         said = ("" if not verdict else f". The deficit {verdict}." if verdict.startswith(
-            "survives") else f". The deficit is {verdict}." if verdict.startswith("not told")
-            else f". Under the restart: {verdict}.")
+            "survives") else f". The deficit is {verdict}." if verdict.startswith(
+            ("not told", "below 0")) else f". Under the restart: {verdict}.")
         marked = "; ".join(f"{r}: {markers[(float(b), r)]}" for r in rows["lr_schedule"]
                            if (float(b), r) in markers)
         lines.append(f"* **batch {b:g}** — " + "; ".join(parts) + (said or ".")
@@ -326,7 +335,8 @@ def table_rst(cube: xr.Dataset) -> str:
             f"{_num(row['critical_period_end'])} "
             + _interval(row["critical_period_end_lower"], row["critical_period_end_upper"])
             if located else unlocated_text(row["permanent_deficit"],
-                                           row["permanent_deficit_lower"]),
+                                           row["permanent_deficit_lower"],
+                                           row["permanent_deficit_upper"]),
             _num(round(100 * row["critical_period_slope"], 2) + 0.0, 2),  # never "-0.00"
             f"{_num(100 * row['permanent_deficit'])} "
             + _interval(100 * row["permanent_deficit_lower"], 100 * row["permanent_deficit_upper"]),
@@ -475,10 +485,11 @@ def _few_switches_caveat(cube: xr.Dataset) -> list[str]:
     switches = int(cube.sizes.get("switch_epoch", 0))
     if switches > 3:
         return []
-    return [f"* {switches} switch epochs: the hinge has as many parameters (level, kink, "
-            "slope) as there are points, so it can pass through their means: the end is then "
-            "an interpolation between switches, not a fit that could disagree with the data; "
-            "a finer grid of switch epochs is what places it."]
+    many = "as many parameters (level, kink, slope) as there are points" if switches == 3 \
+        else "more parameters (level, kink, slope) than there are points"
+    return [f"* {switches} switch epochs: the hinge has {many}, so it can pass through their "
+            "means: the end is then an interpolation between switches, not a fit that could "
+            "disagree with the data; a finer grid of switch epochs is what places it."]
 
 
 def _restart_caveat(cube: xr.Dataset) -> str:

@@ -45,8 +45,12 @@ MARKER_NAMES = {"llc_knee_trunk": "λ̂ trunk", "llc_knee_sharp": "λ̂ never-bl
 _SAID = {"no deficit": "not told from 0"}
 
 
-def unlocated_text(deficit: float, deficit_lower: float) -> str:
-    """Why a cell has no located end, as a table cell says it (:func:`unlocated_reason`)."""
+def unlocated_text(deficit: float, deficit_lower: float,
+                   deficit_upper: float = float("nan")) -> str:
+    """Why a cell has no located end, as a table cell says it (:func:`unlocated_reason`):
+    "below 0 (a gain)" where the deficit's whole interval is below 0."""
+    if deficit_upper < 0:
+        return "below 0 (a gain)"
     reason = unlocated_reason(deficit, deficit_lower)
     return _SAID.get(reason, reason)
 
@@ -56,7 +60,8 @@ def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
 
     Empty without a ``restart`` schedule. "survives" needs the restart deficit's interval
     above 0; an interval that includes 0 is "not told from 0", with the largest deficit it
-    leaves possible (never "no deficit": few seeds cannot show an absence). Each verdict
+    leaves possible (never "no deficit": few seeds cannot show an absence); one wholly below
+    0 is "below 0 (a gain)". Each verdict
     says how many seeds its interval rests on, and one seed decides nothing.
     """
     if "lr_schedule" not in summary.dims or "restart" not in summary["lr_schedule"].values:
@@ -75,6 +80,8 @@ def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
             out[float(b)] = f"undetermined: {100 * d:.1f} pp{seeds}, no interval"
         elif lo > 0:
             out[float(b)] = f"survives the restart: {interval}{seeds}"
+        elif hi < 0:  # told from 0, on the other side: the late switch gains accuracy
+            out[float(b)] = f"below 0 under the restart (a gain): {interval}{seeds}"
         else:
             out[float(b)] = (f"not told from 0 under the restart: {interval}{seeds}, up to "
                              f"{100 * hi:.1f} pp within its interval")
@@ -425,12 +432,12 @@ def format_table(summary: xr.Dataset, not_computed: Sequence[str] = ()) -> str:
         "lr": table["lr_schedule"],
         "cp_end": [_fmt(v) if ok else "-" for v, ok in zip(
             table["critical_period_end"], located, strict=True)],
-        "cp_interval": [f"[{_fmt(lo)}, {_fmt(hi)}]" if ok else unlocated_text(d, d_lo)
-                        for lo, hi, ok, d, d_lo in zip(
+        "cp_interval": [f"[{_fmt(lo)}, {_fmt(hi)}]" if ok else unlocated_text(d, d_lo, d_hi)
+                        for lo, hi, ok, d, d_lo, d_hi in zip(
                             table["critical_period_end_lower"],
                             table["critical_period_end_upper"], located,
                             table["permanent_deficit"], table["permanent_deficit_lower"],
-                            strict=True)],
+                            table["permanent_deficit_upper"], strict=True)],
         "slope_pp/ep": table["critical_period_slope"].map(_pp),
         "deficit_pp": [f"{_pp(d)} [{_pp(lo)}, {_pp(hi)}]" for d, lo, hi in zip(
             table["permanent_deficit"], table["permanent_deficit_lower"],
