@@ -194,11 +194,13 @@ def _ends_compared(rows: pd.DataFrame) -> str:
     listed = " and ".join(f"{_num(e)} {_interval(lo, hi)}" for _, e, lo, hi in ends)
     if len(ends) == 1:
         return f" (end {listed})"
-    apart = all(a[3] < b[2] or b[3] < a[2] for i, a in enumerate(ends) for b in ends[i + 1:])
+    pairs = [a[3] < b[2] or b[3] < a[2] for i, a in enumerate(ends) for b in ends[i + 1:]]
     if not all(np.isfinite([lo, hi]).all() for _, _, lo, hi in ends):
         order = ""
-    elif apart:
+    elif all(pairs):
         order = ", whose intervals do not overlap"
+    elif any(pairs):
+        order = ", some of whose intervals overlap: these seeds do not order all of them"
     else:
         order = ", whose intervals overlap: these seeds do not order them"
     return f" (ends {listed}{order})"
