@@ -1131,18 +1131,20 @@ def test_without_an_exponent_the_short_answer_says_whether_the_ends_are_ordered(
     cube = cube.merge(critical_period_summary(with_schedules(cube)))
     cube["batch_size_exponent"].loc[{"lr_schedule": "continue"}] = np.nan
 
-    def with_ends(first, second):
+    def with_ends(*intervals):
         c = cube.copy(deep=True)
-        for b, interval in zip(BATCHES[:2], (first, second), strict=True):
+        for b, interval in zip(BATCHES, intervals, strict=True):
             c["critical_period_end_interval"].loc[{"lr_schedule": "continue",
                                                    "batch_size": b}] = interval
         return short_answer(c)
 
-    overlap = with_ends([3.0, 16.0], [1.5, 9.5])
-    assert "(ends " in overlap and "whose intervals overlap: these seeds do not order them" \
+    overlap = with_ends([3.0, 16.0], [1.5, 9.5], [2.0, 12.0])
+    assert "(ends " in overlap and ", whose intervals overlap: these seeds do not order them" \
         in overlap
-    apart = with_ends([20.0, 30.0], [1.5, 9.5])
+    apart = with_ends([20.0, 30.0], [10.5, 19.5], [1.5, 9.5])
     assert "whose intervals do not overlap" in apart and "[20.0, 30.0]" in apart
+    some = with_ends([20.0, 30.0], [1.5, 9.5], [2.0, 12.0])
+    assert "some of whose intervals overlap: these seeds do not order all of them" in some
 
 
 def test_the_caveats_give_the_chance_of_a_call_at_some_batch_size() -> None:
