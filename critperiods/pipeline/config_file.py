@@ -66,23 +66,26 @@ def check_layers(files: Sequence[str | Path]) -> None:
             continue  # the schema names the bad value
         wrong = [n for n in map(str, needed) if "/" in n or n == names[i]]
         if wrong:
-            err = ConfigError(f"laid_over: {path} names {', '.join(wrong)}: give the file names "
-                              "of the configs it is laid over, not paths, and not its own")
-            err.located = True
-            raise err
+            raise _located(f"laid_over: {path} names {', '.join(wrong)}: give the file names "
+                           "of the configs it is laid over, not paths, and not its own")
         before, found = names[:i], []
         for name in map(str, needed):
             at = before.index(name) if name in before else -1
             if at < 0 or (found and at < found[-1]):
-                err = ConfigError(
+                raise _located(
                     f"laid_over: {path} is to be laid over {', '.join(needed)}"
                     f"{', in that order,' if len(needed) > 1 else ''} "
                     f"but {'that order was not kept' if at >= 0 else f'{name} was not given'} "
                     f"before it (given: {' + '.join(names[:i + 1])}); run it as "
                     f"--configfile {' '.join(str(Path(path).parent / n) for n in needed)} {path}")
-                err.located = True
-                raise err
             found.append(at)
+
+
+def _located(message: str) -> ConfigError:
+    """A :class:`ConfigError` whose message already names the file."""
+    err = ConfigError(message)
+    err.located = True
+    return err
 
 
 def _refuse_repeated_keys(node: yaml.Node, seen: set[int] | None = None) -> None:

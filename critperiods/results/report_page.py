@@ -23,7 +23,6 @@ from critperiods.results.figures import FIGURES
 from critperiods.results.markers import UNSTABLE_REASON, WITHIN_NOISE_REASON, knee_flags
 from critperiods.results.rst import PAGE_STYLE, figure_rst, list_table
 from critperiods.results.selection import lr_schedules
-from critperiods.results.summary import unlocated_reason
 from critperiods.results.tables import (
     MARKER_STAGES,
     as_said,
@@ -41,8 +40,9 @@ from critperiods.results.tables import (
     unlocated_text,
 )
 
-#: How the answer says why a cell has no end (:func:`unlocated_reason`'s few words, longer).
-_UNLOCATED = {"no deficit": "no deficit told from 0, so no end to locate",
+#: How the answer says why a cell has no end (:func:`unlocated_text`'s few words, longer).
+_UNLOCATED = {"not told from 0": "no deficit told from 0, so no end to locate",
+              "below 0 (a gain)": "a deficit below 0 (a gain), so no end to locate",
               "no interval (1 seed)": "one seed, so no interval to locate an end with"}
 
 
@@ -219,11 +219,12 @@ def _restart_sentence(verdicts: dict[float, str], located: list[float], batch_si
     kept = [b for b in located if verdicts.get(b, "").startswith("survives")]
     gone = [b for b in located if verdicts.get(b, "").startswith(("not told", "below 0"))]
     open_ = [b for b in located if b not in kept and b not in gone]
-    some = ", ".join(f"{b:g}" for b in located)
-    anywhere = ("at the one batch size" if batch_sizes == 1 else "at any batch size"
-                if len(located) == batch_sizes else f"at any batch size that has one, {some}")
-    every = ("at the one batch size" if batch_sizes == 1 else "at every batch size"
-             if len(located) == batch_sizes else f"at every batch size that has one, {some}")
+    some = "" if len(located) == batch_sizes else \
+        " that has one, " + ", ".join(f"{b:g}" for b in located)
+
+    def at(word: str) -> str:  # "at any batch size", "at every batch size that has one, 64"
+        return "at the one batch size" if batch_sizes == 1 else f"at {word} batch size{some}"
+    anywhere, every = at("any"), at("every")
     bound = against = ""
     unshrunk, most = list(gone), False
     if table is not None and gone:
@@ -277,18 +278,17 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
             deficit = (f"deficit {_num(100 * row['permanent_deficit'])} pp "
                        + _interval(100 * row["permanent_deficit_lower"],
                                    100 * row["permanent_deficit_upper"]))
-            why = _UNLOCATED.get(reason := unlocated_reason(row["permanent_deficit"],
-                                                           row["permanent_deficit_lower"]),
-                                 reason)
-            if row["permanent_deficit_upper"] < 0:
-                reason, why = "no deficit", "a deficit below 0 (a gain), so no end to locate"
+            reason = unlocated_text(row["permanent_deficit"], row["permanent_deficit_lower"],
+                                    row["permanent_deficit_upper"])
+            why = _UNLOCATED.get(reason, reason)
             if end_located(row["permanent_deficit_lower"]):
                 end = _interval(row["critical_period_end_lower"],
                                 row["critical_period_end_upper"])
                 parts.append(f"{row['lr_schedule']}: ends at epoch "
                              f"{_num(row['critical_period_end'])} {end}, {deficit}")
             elif row["lr_schedule"] == "restart" and verdict:  # the verdict gives the deficit
-                parts.append("restart: no end to locate" if reason == "no deficit"
+                parts.append("restart: no end to locate"
+                             if reason in ("not told from 0", "below 0 (a gain)")
                              else f"restart: {why}")
             else:
                 parts.append(f"{row['lr_schedule']}: {why}, {deficit}")
@@ -319,8 +319,9 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
 def table_rst(cube: xr.Dataset) -> str:
     """The critical-period table as an rst list-table, one row per (batch size, schedule).
     A cell whose deficit's interval reaches zero has no end to locate: the end column
-    says why (:func:`unlocated_reason`). The λ̂ columns are left out of a run without λ̂,
-    the divergence column out of one without divergences (:func:`markers_not_computed`)."""
+    says why (:func:`~critperiods.results.tables.unlocated_text`). The λ̂ columns are left
+    out of a run without λ̂, the divergence column out of one without divergences
+    (:func:`markers_not_computed`)."""
     table = summary_table(cube)
     counts = _flag_counts_by_cell(cube)
     header = ["batch", "lr after switch", "end (epoch)", "slope (pp/epoch)", "deficit (pp)",

@@ -61,8 +61,8 @@ def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
     Empty without a ``restart`` schedule. "survives" needs the restart deficit's interval
     above 0; an interval that includes 0 is "not told from 0", with the largest deficit it
     leaves possible (never "no deficit": few seeds cannot show an absence); one wholly below
-    0 is "below 0 (a gain)". Each verdict
-    says how many seeds its interval rests on, and one seed decides nothing.
+    0 is "below 0 (a gain)". Each verdict says how many seeds its interval rests on, and one
+    seed decides nothing.
     """
     if "lr_schedule" not in summary.dims or "restart" not in summary["lr_schedule"].values:
         return {}
