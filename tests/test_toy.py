@@ -477,6 +477,34 @@ def test_every_report_figure_has_a_plotter_and_a_caption():
         assert (report / f"{name}.rst").read_text().strip(), name
 
 
+def test_landscape_labels_overlap_neither_each_other_nor_other_markers():
+    """Five landscapes share λ = 1/4 in the shipped study; their names used to print on top
+    of each other. Placed by _label_apart, no two labels overlap, nor a label another
+    point's marker."""
+    import matplotlib.pyplot as plt
+    from matplotlib.transforms import Bbox
+
+    from critperiods.toy.plots import _label_apart
+
+    points = [(0.25, 0.24 - 0.01 * i, f"product_k{i}") for i in range(5)]
+    points += [(1 / 6, 0.16, "line_k3"), (1 / 8, 0.12, "line_k4"), (1.0, 1.0, "sum_k1-1")]
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.set_xlim(0, 1.2), ax.set_ylim(0, 1.2)
+    _label_apart(ax, points)
+    renderer = fig.canvas.get_renderer()
+    boxes = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
+    plt.close(fig)
+    assert sorted(boxes) == sorted(name for *_, name in points)
+    names = list(boxes)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not boxes[a].overlaps(boxes[b]), (a, b)
+    centres = ax.transData.transform([(x, y) for x, y, _ in points])
+    for (cx, cy), (*_, owner) in zip(centres, points, strict=True):
+        marker = Bbox.from_bounds(cx - 5, cy - 5, 10, 10)
+        assert not any(box.overlaps(marker) for name, box in boxes.items() if name != owner)
+
+
 def test_config_lists_landscapes_in_kind_order_and_jobs_see_no_landscape_list():
     assert [x.name for x in landscapes(_toy())] == ["line_k1", "line_k2", "sum_k1-2",
                                                      "product_k2-1"]

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 
 from critperiods.pipeline.files import write_atomic  # noqa: E402
 from critperiods.toy.cube import cells, configured, hottest  # noqa: E402
@@ -23,6 +24,39 @@ def _save(fig: plt.Figure, path: str | Path, dpi: int) -> None:
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     plt.close(fig)
+
+
+def _label_apart(ax: plt.Axes, points: list[tuple[float, float, str]]) -> None:
+    """Names each ``(x, y, name)`` point beside it, lowest first: to its right, else to its
+    left, rising until the label overlaps neither a label already placed nor another
+    point's marker; a label that had to rise hangs on a thin leader line. Call it once the
+    axes' limits and size are final: the layout is in display space."""
+    renderer = ax.figure.canvas.get_renderer()
+    centres = ax.transData.transform([(x, y) for x, y, _ in points])
+    markers = [Bbox.from_bounds(cx - 5, cy - 5, 10, 10) for cx, cy in centres]
+    placed: list[Bbox] = []
+    for i in sorted(range(len(points)), key=lambda i: (points[i][1], points[i][0])):
+        x, y, name = points[i]
+        obstacles = placed + markers[:i] + markers[i + 1:]
+        for rise in np.arange(0.0, 60.0, 2.0):
+            for side, align in ((6, "left"), (-6, "right")):
+                label = ax.annotate(name, (x, y), xytext=(side, rise), fontsize=6,
+                                    textcoords="offset points", ha=align, va="center",
+                                    zorder=5)
+                box = label.get_window_extent(renderer)
+                if not any(box.overlaps(other) for other in obstacles):
+                    break
+                label.remove()
+            else:
+                continue
+            break
+        if rise > 4:  # redraw it hanging on a leader line back to its point
+            label.remove()
+            label = ax.annotate(name, (x, y), xytext=(side, rise), fontsize=6,
+                                textcoords="offset points", ha=align, va="center", zorder=5,
+                                arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.4",
+                                            "shrinkA": 0, "shrinkB": 4})
+        placed.append(box)
 
 
 def _landscapes(cube: xr.Dataset) -> list[tuple[Landscape, xr.Dataset]]:
@@ -198,6 +232,7 @@ def llc_vs_exact(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     the value the estimator converges to at its finite nβ (black bars); flagged estimates
     (``llc_quality``) hollow."""
     fig, ax = plt.subplots(figsize=(6.0, 6.0))
+    names = []  # (x, y, landscape) of each w* estimate, labelled once the axes are final
     for land, c in _landscapes(cube):
         exact = float(c.learning_coefficient)
         colour = KIND_COLOURS[land.kind]
@@ -211,8 +246,7 @@ def llc_vs_exact(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         ax.errorbar(exact, float(c.llc_at_critical_point),
                     yerr=float(c.llc_at_critical_point_std), marker="s", color=colour,
                     mec="k", mfc=colour if star_ok else "none", capsize=2)
-        ax.annotate(land.name, (exact, float(c.llc_at_critical_point)), fontsize=6,
-                    xytext=(4, 2), textcoords="offset points")
+        names.append((exact, float(c.llc_at_critical_point), land.name))
     top = float(np.nanmax(cube.learning_coefficient.values)) * 1.15
     ax.plot([0, top], [0, top], color="k", lw=0.8, ls="--")
     for kind, colour in KIND_COLOURS.items():
@@ -229,6 +263,8 @@ def llc_vs_exact(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2,
               frameon=False)  # below the axes: inside, it hides estimates wherever it sits
+    fig.tight_layout()
+    _label_apart(ax, names)
     _save(fig, path, dpi)
 
 
