@@ -1569,13 +1569,15 @@ def test_each_missing_knee_or_offset_says_why() -> None:
     assert "straight line" in summary["llc_knee_sharp"].attrs["missing"]
     located = critical_period_summary(flat_restart(synthetic_cube(with_div=False)))
     missing = located["llc_knee_minus_end_trunk"].attrs["missing"]
-    assert missing.count("no located end (no deficit)") == 1 and "continue" not in missing
+    assert missing.count("no located end (deficit not told from 0)") == 1
+    assert "continue" not in missing
     assert located["divergence_drop_minus_end"].attrs["missing"] == (
         "every batch size and schedule: no divergence_drop_epoch: divergence not computed "
         "(divergence.enabled: false)")
     with_div = critical_period_summary(flat_restart(synthetic_cube()))
     missing = with_div["divergence_drop_minus_end"].attrs["missing"]
-    assert "restart: no located end (no deficit): nothing to compare the drop with" in missing
+    assert ("restart: no located end (deficit not told from 0): nothing to compare the drop "
+            "with") in missing
     assert "continue" not in missing
 
 

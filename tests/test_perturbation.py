@@ -400,7 +400,8 @@ def test_a_kink_without_a_deficit_does_not_split_the_nudges():
         ratio = perturbation_summary(cube).perturb_cp_ratio
         assert bool(ratio.notnull().all()) is located
         if not located:
-            assert "no critical-period end located (no deficit)" in ratio.attrs["missing"]
+            assert ("no critical-period end located (deficit not told from 0)"
+                    in ratio.attrs["missing"])
 
 
 def test_the_copies_of_a_run_that_diverged_to_chance_are_left_out_and_named():

@@ -85,12 +85,13 @@ INTERVAL_STATISTICS = ("critical_period_end", "permanent_deficit")
 EXPONENTS = ("temperature_exponent", "batch_size_exponent")
 def unlocated_reason(deficit: float, deficit_lower: float) -> str:
     """Why a cell has no located end, in a few words: no deficit measured, no interval (one
-    seed), or a deficit whose interval reaches 0 ("no deficit")."""
+    seed), or a deficit whose interval reaches 0 ("deficit not told from 0": few seeds cannot
+    show an absence, so never "no deficit")."""
     if not np.isfinite(deficit):
         return "no deficit measured"
     if not np.isfinite(deficit_lower):
         return "no interval (1 seed)"
-    return "no deficit"
+    return "deficit not told from 0"
 
 
 def located_end(summary: xr.Dataset) -> xr.DataArray:

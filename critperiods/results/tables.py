@@ -40,9 +40,8 @@ __all__ = ["MARKER_NAMES", "MARKER_STAGES", "MarkerCall", "MarkerStage", "as_sai
 MARKER_NAMES = {"llc_knee_trunk": "λ̂ trunk", "llc_knee_sharp": "λ̂ never-blurred",
                 "divergence_drop_epoch": "divergence"}
 
-#: How the tables say :func:`unlocated_reason`'s "no deficit": a deficit whose interval
-#: includes 0 is not shown to be absent, only not told from 0.
-_SAID = {"no deficit": "not told from 0"}
+#: How the tables say :func:`unlocated_reason`'s reasons, in as few words as their column.
+_SAID = {"deficit not told from 0": "not told from 0"}
 
 
 def unlocated_text(deficit: float, deficit_lower: float,
