@@ -709,7 +709,7 @@ def test_tables(tmp_path: Path) -> None:
     assert len({len(line) for line in lines[: 1 + 2 * BATCHES.size]}) == 1  # aligned columns
     assert "temperature_exponent (restart)" in text and "nan" in text
     # the λ̂ knees: every seed bends at 20, so the interval is the floor, ± half the spacing
-    assert "20 [19.5, 20.5]" in text and "broken-stick knee" in text
+    assert "20.0 [19.5, 20.5]" in text and "broken-stick knee" in text
     assert {"llc_change_epoch_trunk_loo_lower", "llc_change_epoch_sharp_loo_upper",
             "llc_knee_trunk_lower", "llc_knee_minus_end_sharp_upper"} <= set(table.columns)
     path = tables.to_csv(summary, tmp_path / "out" / "summary.csv")
@@ -884,7 +884,7 @@ def test_summarize_recomputes_a_cube_without_the_lambda_markers_loo_ranges(tmp_p
     assert main(["summarize", str(tmp_path / "old.nc")]) == 0
     printed = capsys.readouterr().out
     assert "predates the λ̂ markers' leave-one-out ranges" in printed
-    assert "20 [19.5, 20.5]" in printed
+    assert "20.0 [19.5, 20.5]" in printed
 
 
 def test_summarize_recomputes_a_cube_without_the_lambda_knees(tmp_path, capsys) -> None:

@@ -348,9 +348,12 @@ def as_said(text: str) -> str:
     return text.replace("lambda-hat", "λ̂")
 
 
-def _fmt(value: float) -> str:
-    """Compact number for the terminal table ("nan" for missing, "-inf"/"inf" unbounded)."""
-    return "nan" if np.isnan(value) else f"{value:.4g}"
+def _fmt(value: float, digits: int = 1) -> str:
+    """A number for the terminal table to ``digits`` decimals, as the report writes it
+    (epochs to 0.1, exponents to 0.01); "nan" for missing, "-inf"/"inf" unbounded."""
+    if np.isinf(value):
+        return "-inf" if value < 0 else "inf"
+    return "nan" if np.isnan(value) else f"{round(value, digits) + 0.0:.{digits}f}"
 
 
 def _pp(value: float) -> str:
@@ -359,7 +362,7 @@ def _pp(value: float) -> str:
 
 
 def _with_interval(table: pd.DataFrame, name: str, lower: str, upper: str) -> list[str]:
-    """A column of values with their intervals: "6.3 [4, 16]" ("6.3" without one)."""
+    """A column of values with their intervals: "6.3 [4.0, 16.0]" ("6.3" without one)."""
     return [_fmt(v) if not np.isfinite(lo) and not np.isinf(lo)
             else f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]"
             for v, lo, hi in zip(table[name], table[lower], table[upper], strict=True)]
@@ -495,7 +498,8 @@ def format_table(summary: xr.Dataset, not_computed: Sequence[str] = ()) -> str:
             interval = summary[f"{name}_interval"]
             lo, hi = (interval.sel(lr_schedule=r) if "lr_schedule" in interval.dims
                       else interval).values
-            lines.append(f"{name} ({r}): {_fmt(float(var))} [{_fmt(lo)}, {_fmt(hi)}]")
+            lines.append(f"{name} ({r}): {_fmt(float(var), 2)} [{_fmt(lo, 2)}, "
+                         f"{_fmt(hi, 2)}]")
     unbounded = {summary[f"{name}_interval"].attrs.get("unbounded") for name in EXPONENTS
                  if f"{name}_interval" in summary} - {None}
     lines += [f"exponent interval [-inf, inf]: {text}" for text in sorted(unbounded)]
