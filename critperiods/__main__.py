@@ -421,7 +421,7 @@ def _config_of_cube(cube, path: str) -> dict:
 def power(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from critperiods.results.power import DEFAULT_NOISE, grid_of, power_table
+    from critperiods.results.power import DEFAULT_NOISE, grid_of, power_table, switch_spacing
 
     paths = _config_paths(args)
     cube = _open_cube_or_exit(args.noise_from) if args.noise_from else None
@@ -436,6 +436,8 @@ def power(args: argparse.Namespace) -> int:
               "period to locate; power is for the critical_period study", file=sys.stderr)
         return 2
     grid = grid_of(config)
+    if args.offset is None:
+        args.offset = switch_spacing(grid)
     seeds = args.seeds or sorted({max(2, grid.seeds), 2 * grid.seeds})  # 1 seed: no interval
     given = {k: tuple(v) if isinstance(v, list) else v
              for k in _NOISE_FLAGS if (v := getattr(args, k)) is not None}
@@ -594,8 +596,9 @@ def main(argv: list[str] | None = None) -> int:
                    nargs="+", default=None,
                    help="numbers of seeds to simulate, each at least 2 (default: the config's, "
                         "and twice that)")
-    p.add_argument("--offset", type=float, default=4.0,
-                   help="epochs between the end and the knee (after) or drop (before) (default: 4)")
+    p.add_argument("--offset", type=float, default=None,
+                   help="epochs between the end and the knee (after) or drop (before) (default: "
+                        "the switch epochs' spacing, 4 in config.yaml)")
     p.add_argument("--end", type=float, default=None,
                    help="the true end (default: the middle of the switch range; with "
                         "--noise-from, the run's located end)")

@@ -352,7 +352,8 @@ def test_every_subcommand_help_says_what_it_does_and_its_defaults(command, capsy
     text = " ".join(capsys.readouterr().out.split())
     assert f"`{command}" in text and " — " in text, text[:400]
     if command == "power":  # not "…(before): 4", which reads as part of the sentence
-        assert "(before) (default: 4)" in text and "per row (default: 200)" in text
+        assert "(before) (default: the switch epochs' spacing, 4 in config.yaml)" in text
+        assert "per row (default: 200)" in text
 
 
 @pytest.mark.parametrize("text, expected", [

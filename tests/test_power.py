@@ -287,6 +287,33 @@ def test_a_marker_the_grid_cannot_place_is_not_counted():
     assert knee_false == "n/a" and drop_false.endswith("%")
 
 
+def test_a_grid_without_trunk_llc_says_so_instead_of_failing():
+    """Switch epochs that end before llc.first_epoch leave no λ̂ along the trunk: the knee's
+    cells are n/a with a note (this raised a reshape error), the drop's still count."""
+    from critperiods.results.power import power_table
+
+    grid = Grid((0.0, 2.0, 4.0), (), 3)
+    lines = power_table(grid, [3], trials=3, offset=2, end=2.0)
+    assert lines[0].startswith("switch epochs 0, 2, 4; λ̂ along the trunk at none;")
+    assert any(line.startswith("note: no λ̂ epoch along the trunk") for line in lines)
+    row = next(line for line in lines if line.startswith("| 3 "))
+    assert row.split(" | ")[1].split(", ")[0] == "n/a"
+    assert row.split(" | ")[1].split(", ")[1].endswith("%")
+
+
+def test_the_offset_defaults_to_the_switch_spacing(tmp_path, capsys):
+    """A grid of switches 20 epochs apart is asked about markers 20 epochs from the end, not
+    the 4 that suit config.yaml's grid (which no grid this coarse can resolve)."""
+    wide = tmp_path / "wide.yaml"
+    wide.write_text("grid:\n  switch_epochs: [0, 20, 40, 60]\nepochs_after_switch: 4\n"
+                    "llc:\n  every: 20\n  first_epoch: 20\n")
+    assert main(["power", str(wide), "--trials", "3", "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "knee 20 after the end" in out and "drop 20 before" in out
+    assert main(["power", "--trials", "3", "--seeds", "2"]) == 0
+    assert "knee 4 after the end" in capsys.readouterr().out
+
+
 def test_power_reads_a_finished_runs_noise_off_its_cube(tiny_run, capsys):
     """On the tiny run: a table per batch size at the noise it measured, the cube's own grid
     (2 switch epochs), and a note for each value it could not estimate, which keeps the

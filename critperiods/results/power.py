@@ -154,16 +154,17 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
     for _ in range(trials):
         acc, llc, div = simulate(sc, grid, rng)
         end = fit_end(switches, acc, level)
-        knee = knee_fit(epochs, llc, level, end)
-        bends.append(bool(np.isfinite(knee.knee[0]) and not knee.within_noise))
-        record("knee", sc.knee, knee.knee[1:])
-        record("paired", sc.knee - sc.end, knee.offset[1:])
-        called("paired", knee.offset)
-        strong.append(bool(excludes["paired"][-1] and not (
-            knee.unstable or knee.within_noise
-            or (np.isfinite(knee.earliest) and knee.earliest >= end.end))))
-        if np.isfinite(knee.offset[0]):
-            record("unpaired", sc.knee - sc.end, _unpaired(knee, end, level))
+        if epochs.size:  # else no λ̂ along the trunk: no knee, so none is called
+            knee = knee_fit(epochs, llc, level, end)
+            bends.append(bool(np.isfinite(knee.knee[0]) and not knee.within_noise))
+            record("knee", sc.knee, knee.knee[1:])
+            record("paired", sc.knee - sc.end, knee.offset[1:])
+            called("paired", knee.offset)
+            strong.append(bool(excludes["paired"][-1] and not (
+                knee.unstable or knee.within_noise
+                or (np.isfinite(knee.earliest) and knee.earliest >= end.end))))
+            if np.isfinite(knee.offset[0]):
+                record("unpaired", sc.knee - sc.end, _unpaired(knee, end, level))
         drop, drop_loo = _drop(switches, div)
         interval, offset = drop_fit(switches, switches, drop, drop_loo, present, level, end)
         record("drop", sc.drop, interval)
@@ -179,6 +180,14 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
     return out
 
 
+def switch_spacing(grid: Grid) -> float:
+    """The median gap between the grid's switch epochs (4 in config.yaml, 20 in the CIFAR-10
+    replication): how far from the end a marker must sit for the grid to resolve it; 4 with
+    a single switch epoch."""
+    gaps = np.diff(grid.switches)
+    return float(np.median(gaps)) if gaps.size else 4.0
+
+
 def grid_of(config: dict) -> Grid:
     """The grid a config's runs are measured on: its switch epochs, the λ̂ epochs along the
     trunk (:func:`critperiods.pipeline.plan.llc_epochs`), its seeds and its interval level."""
@@ -191,6 +200,8 @@ def grid_of(config: dict) -> Grid:
 
 
 def _epochs(values: tuple[float, ...]) -> str:
+    if not values:
+        return "none"
     shown = [f"{v:g}" for v in values]
     return ", ".join(shown) if len(shown) <= 6 else f"{shown[0]}, {shown[1]}, …, {shown[-1]}"
 
@@ -251,7 +262,10 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
     shown = {"knee at": placeable(end), "knee away": placeable(end + offset),
              "drop at": grid.switches[0] <= end <= grid.switches[-1],
              "drop away": grid.switches[0] <= end - offset <= grid.switches[-1]}
-    for knee in sorted({end, end + offset}):
+    if not grid.llc_epochs:
+        lines.append("note: no λ̂ epoch along the trunk in this grid (llc.enabled, "
+                     "llc.first_epoch, llc.every against the switch epochs): no knee, n/a")
+    for knee in sorted({end, end + offset} if grid.llc_epochs else ()):
         if not placeable(knee):
             lines.append(f"note: a knee at epoch {knee:.3g} is outside what these λ̂ epochs can "
                          "place (the second to the second-to-last): n/a")
@@ -283,4 +297,4 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
 
 
 __all__ = ["DEFAULT_GRID", "DEFAULT_NOISE", "Grid", "Scenario", "coverage", "grid_of", "noise_line",
-           "power_table", "simulate"]
+           "power_table", "simulate", "switch_spacing"]
