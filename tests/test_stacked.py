@@ -14,6 +14,7 @@ from critperiods.pipeline.trajectories import PieceSpec, resume_path_for, train_
 from critperiods.train.stacked import STACKED_ATOL, STEP_ATOL, StackedTrainer
 from critperiods.train.training import (
     ALWAYS_BLURRED,
+    FastPath,
     Preempted,
     Trainer,
     train_from_scratch,
@@ -143,7 +144,7 @@ def test_a_resume_file_of_another_checkpoint_plan_is_passed_over(tmp_path, cfg, 
     finer = PieceSpec(32, (0,), ALWAYS_BLURRED, 2, frozenset({1, 2}))
     with caplog.at_level("WARNING"):
         train_piece(finer, cfg, HASH, data, None, cut, progress=False)
-    assert "not resumed from (saved for another piece or checkpoint plan)" in caplog.text
+    assert "not resumed from (saved for another piece, checkpoint plan or fast path)" in caplog.text
     train_piece(finer, cfg, HASH, data, None, plain, progress=False)
     a, b = load_member(load_piece(plain, HASH), 0), load_member(load_piece(cut, HASH), 0)
     assert [c["epoch"] for c in b["checkpoints"]] == [1, 2]
@@ -208,3 +209,23 @@ def test_stacked_fast_path_with_bf16_runs_on_cpu(cfg, data):
     assert torch.isfinite(runs["bf16"]).all()
     assert not torch.equal(runs["bf16"], runs["fp32"])
     assert torch.allclose(runs["bf16"], runs["fp32"], atol=0.05)
+
+
+def test_a_resume_file_of_another_fast_path_is_passed_over(tmp_path, cfg, data, caplog):
+    """A job stopped under one train.fast_path and rerun under another (the rerun its params
+    ask for) starts over: resuming would give a piece part trained one way, part the other,
+    that neither setting makes from scratch."""
+    spec = PieceSpec(32, (0,), ALWAYS_BLURRED, 2, frozenset({2}))
+    plain, cut = tmp_path / "plain.pt", tmp_path / "cut.pt"
+    channels_last = FastPath.for_device(torch.device("cpu"))
+    assert channels_last != FastPath()  # the CPU's auto differs from off
+    with pytest.raises(Preempted):
+        train_piece(spec, cfg, HASH, data, None, cut, progress=False, fast=channels_last,
+                    should_stop=stop_after(8))
+    assert resume_path_for(cut).exists()
+    with caplog.at_level("WARNING"):
+        train_piece(spec, cfg, HASH, data, None, cut, progress=False, fast=FastPath())
+    assert "not resumed from (saved for another piece, checkpoint plan or fast path)" in caplog.text
+    train_piece(spec, cfg, HASH, data, None, plain, progress=False, fast=FastPath())
+    a, b = load_member(load_piece(plain, HASH), 0), load_member(load_piece(cut, HASH), 0)
+    assert_state_equal(a["state"], b["state"])

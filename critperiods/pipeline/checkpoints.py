@@ -125,7 +125,7 @@ def load_resume(path: str | Path, config_hash: str, identity: dict,
     if payload["config_hash"] != config_hash:
         return _not_resumed(path, "saved with other training settings")
     if payload["identity"] != identity:
-        return _not_resumed(path, "saved for another piece or checkpoint plan")
+        return _not_resumed(path, "saved for another piece, checkpoint plan or fast path")
     if provenance is not None and payload.get("provenance", {}) != provenance:
         return _not_resumed(path, "saved by other code or from other data")
     return payload

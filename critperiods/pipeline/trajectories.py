@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -85,10 +85,12 @@ def train_piece(
     """Train the piece of every seed of ``spec`` and write them to ``output`` atomically.
 
     ``start`` is the piece file it continues (None: from the initial weights). Raises
-    ``Preempted`` after saving the resumable state if stopped on SIGTERM. ``provenance``
-    (code and data fingerprints) is recorded in the piece and the resume file; a resume file
-    of other code or data is not resumed from. The piece also records the device that
-    trained it (``provenance["device"]``; a job that resumed on other hardware records both).
+    ``Preempted`` after saving the resumable state if stopped on SIGTERM; a later call
+    resumes from that state only for the same piece, checkpoints and :class:`FastPath`.
+    ``provenance`` (code and data fingerprints) is recorded in the piece and the resume
+    file; a resume file of other code or data is not resumed from. The piece also records
+    the device that trained it (``provenance["device"]``; a job that resumed on other
+    hardware records both).
     """
     seeds = list(spec.seeds)
     trainer: Trainer | StackedTrainer = (
@@ -98,8 +100,11 @@ def train_piece(
     identity = spec.identity(trainer.epoch)
     resume_file = resume_path_for(output)
     # a resume file also belongs to the checkpoints its piece keeps: one saved before a
-    # change of checkpoints.every (or a switch epoch that adds one) would leave a hole
-    resumable = {**identity, "checkpoint_epochs": sorted(spec.checkpoint_epochs)}
+    # change of checkpoints.every (or a switch epoch that adds one) would leave a hole; and to
+    # how the steps ran (train.fast_path, compile, deterministic): a piece half trained in
+    # bf16 is not the float32 piece its rerun was asked for
+    resumable = {**identity, "checkpoint_epochs": sorted(spec.checkpoint_epochs),
+                 "fast_path": asdict(trainer.fast)}
 
     def members() -> list[dict]:
         return [{"seed": s, "state": m.state(), "checkpoints": kept}
