@@ -243,7 +243,7 @@ def test_a_workflow_through_profile_requests_gpus(runs):
         rule, gpus = planned[job["JobID"]]
         assert rule == rule_of(job), (rule, job)
         assert job["State"] == "COMPLETED", job
-        if rule in ("train_trunk", "train_branch"):
+        if rule in ("train_trunk", "train_branch", "evaluate"):
             assert gpus == 1, f"{rule} must ask for one GPU"
         requested = "gres/gpu=1" in job["ReqTRES"] and "gres/gpu=1" in job["AllocTRES"]
         assert requested == (gpus == 1), f"{rule}: gpu={gpus} but SLURM has {job}"

@@ -228,6 +228,18 @@ def runtime_minutes(units, per_unit):
     return runtime
 
 
+def holding_inputs(least_mb):
+    """A resource function: memory (MB) for a job that holds all its input files at once,
+    1.5 times their size plus 4 GB, and at least ``least_mb``; × attempt. The divergence
+    stage loads every checkpoint of its batch size and schedule: some 15 GB at CIFAR-10
+    scale. Snakemake evaluates it when the inputs exist (``<TBD>`` in a dry run)."""
+
+    def resource(wildcards, input, attempt):
+        return attempt * max(least_mb, int(1.5 * input.size_mb) + 4000)
+
+    return resource
+
+
 def per_attempt(amount):
     """A resource function: ``amount`` on the first attempt, twice that on the first retry,
     and so on (memory in MB, minutes)."""

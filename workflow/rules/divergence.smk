@@ -14,7 +14,7 @@ rule divergence:
     threads: THREADS
     resources:
         gpu=GPUS,
-        mem_mb=per_attempt(16000),
+        mem_mb=holding_inputs(16000),
         runtime=per_attempt(120),
     log:
         f"{LOGS}/divergence/bs{{batch_size}}_{{lr_schedule}}.log",

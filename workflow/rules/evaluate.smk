@@ -9,11 +9,12 @@ rule evaluate:
         training=TRAINING,
         evaluate=config["evaluate"],
         grid={k: GRID[k] for k in ("switch_epochs", "lr_schedules")},
-        # asks for no GPU (a CPU job on a cluster): a GPU only where one is visible, so that
-        # `device: cuda`, meant for the GPU rules, never fails it on a CPU node
-        device="cpu" if config["device"] == "cpu" else "auto",
+        device=config["device"],
     threads: THREADS
     resources:
+        # a GPU job like training: at CIFAR-10 scale a group has hundreds of checkpoints,
+        # each evaluated on some 20,000 images, hours on a CPU node
+        gpu=GPUS,
         mem_mb=per_attempt(8000),
         runtime=per_attempt(60),
     log:

@@ -19,9 +19,12 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, padding: in
 def build(width: int, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
     """All-CNN-C with BatchNorm; ``width`` is the first stage's channels (96 in the paper).
 
-    The final 1×1 convolution to the classes followed by global average pooling
-    is written as global pooling followed by a linear layer (the same function,
-    since both are linear), so the model has a ``classifier`` like the others.
+    One difference from Springenberg et al.'s Table 1: its seventh layer is a valid 3×3
+    convolution (global averaging over 6 × 6 for a 32×32 input); here it is padded (8 × 8),
+    so that any image of at least 4×4 pixels fits. The final 1×1 convolution to the classes
+    followed by global average pooling is written as global pooling followed by a linear
+    layer (the same function, since both are linear), so the model has a ``classifier``
+    like the others.
     """
     a, b = width, 2 * width
     layers = [
