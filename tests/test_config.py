@@ -133,6 +133,25 @@ def test_schema_order_makes_a_stated_default_print_the_same():
     assert list(a["llc"])[:2] == ["enabled", "every"]  # the schema's order, not sorted
 
 
+
+def test_a_whole_number_prints_like_the_same_float():
+    """``gamma: 100`` and ``gamma: 100.0`` are one setting: as rule params they print alike
+    (they reran every λ̂ job), while integer keys stay integers (they name files)."""
+    from critperiods.pipeline.plan import in_schema_order
+
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    plain, whole = checked(load_default()), load_default()
+    whole["llc"]["gamma"] = int(whole["llc"]["gamma"])
+    whole["optimizer"]["weight_decay"] = 0
+    plain["optimizer"]["weight_decay"] = 0.0
+    whole = checked(whole)
+    assert isinstance(whole["llc"]["gamma"], int)
+    a, b = in_schema_order(plain, schema), in_schema_order(whole, schema)
+    assert yaml.safe_dump(a, sort_keys=False) == yaml.safe_dump(b, sort_keys=False)
+    assert b["llc"]["gamma"] == 100.0 and isinstance(b["llc"]["gamma"], float)
+    assert all(isinstance(s, int) for s in b["grid"]["switch_epochs"])
+    assert isinstance(b["llc"]["chains"], int) and b["llc"]["enabled"] is True
+
 def test_snakemake_refuses_bad_config_before_planning(tmp_path):
     """Through the real CLI: a typo fails the dry run, and no job is planned."""
     bad = tmp_path / "bad.yaml"

@@ -131,18 +131,31 @@ def check_config(config: dict, schema: dict) -> None:
 
 
 def in_schema_order(value: object, schema: dict) -> object:
-    """``value`` with every mapping's keys in the order the schema lists them.
+    """``value`` with every mapping's keys in the order the schema lists them, and every
+    whole number where the schema asks for a (real) number as a float.
 
     Snakemake compares a rule's params as text, so the same settings must always print the
     same: a default stated in a config file (which lands where the file puts it) must not
-    look like a change from the default the schema filled in (which lands last).
+    look like a change from the default the schema filled in (which lands last), nor
+    ``gamma: 100`` like a change from ``gamma: 100.0``.
     """
     if isinstance(value, dict) and "properties" in schema:
         props = schema["properties"]
         known = [k for k in props if k in value]
         return {k: in_schema_order(value[k], props.get(k, {}))
                 for k in known + [k for k in value if k not in props]}
+    if isinstance(value, list) and _real(schema.get("items", {})):
+        return [in_schema_order(v, schema["items"]) for v in value]
+    if _real(schema) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
     return value
+
+
+def _real(schema: dict) -> bool:
+    """Whether ``schema`` asks for a number that need not be whole."""
+    types = schema.get("type", ())
+    types = [types] if isinstance(types, str) else types
+    return "number" in types and "integer" not in types
 
 
 def check_whole_numbers(value: object, schema: dict, key: str = "") -> None:
