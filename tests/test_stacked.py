@@ -229,3 +229,43 @@ def test_a_resume_file_of_another_fast_path_is_passed_over(tmp_path, cfg, data, 
     train_piece(spec, cfg, HASH, data, None, plain, progress=False, fast=FastPath())
     a, b = load_member(load_piece(plain, HASH), 0), load_member(load_piece(cut, HASH), 0)
     assert_state_equal(a["state"], b["state"])
+
+
+def test_a_resume_file_of_another_thread_count_is_passed_over(tmp_path, cfg, data, caplog):
+    """torch's thread count changes a CPU reduction's bits: a job stopped at 2 threads and
+    rerun at 1 starts over instead of finishing a piece part trained each way."""
+    spec = PieceSpec(32, (0,), ALWAYS_BLURRED, 2, frozenset({2}))
+    cut = tmp_path / "cut.pt"
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(Preempted):
+            train_piece(spec, cfg, HASH, data, None, cut, progress=False,
+                        should_stop=stop_after(8))
+        torch.set_num_threads(1)
+        with caplog.at_level("WARNING"):
+            train_piece(spec, cfg, HASH, data, None, cut, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert "not resumed from (saved for another piece, checkpoint plan or fast path)" in (
+        caplog.text)
+
+
+def test_setup_runs_the_configured_threads_whatever_cores_snakemake_gave(tmp_path, caplog):
+    """`--cores 1` scales a job of train.threads: 2 down to one thread; torch still runs 2
+    (and the log says so), so that --cores cannot change a result's bits."""
+    from types import SimpleNamespace
+
+    from critperiods.pipeline.stages import setup
+
+    before = torch.get_num_threads()
+    sm = SimpleNamespace(log=[], threads=1, params={"device": "cpu"})
+    try:
+        with caplog.at_level("WARNING"):
+            assert setup(sm, threads=2) == torch.device("cpu")
+        assert torch.get_num_threads() == 2
+        assert "train.threads is 2, but Snakemake gave this job 1 core(s)" in caplog.text
+        setup(sm)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

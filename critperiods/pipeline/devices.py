@@ -15,6 +15,12 @@ other jobs, and makes sure concurrent jobs do not land on the same GPU:
   of a machine must agree on it. When ``CUDA_VISIBLE_DEVICES`` lists several
   devices, the lock is taken among those (keyed by the listed ids).
 
+``auto`` runs on the CPU where torch sees no GPU, except in a SLURM job that was given one
+(``CUDA_VISIBLE_DEVICES`` names a device): there torch not seeing it means a broken install
+(a CUDA build newer than the node's driver), and the job fails at once, naming the cause,
+rather than train on the CPU until its time limit. ``CRITPERIODS_ALLOW_CPU=1`` lets it run
+on the CPU anyway (the test suite's SLURM has only fake GPUs).
+
 If every GPU stays locked for ``wait_s`` seconds (more GPU jobs than GPUs, or GPUs
 used by another program), the job shares one of them (picked by its process id, so that
 waiting jobs spread over the GPUs) and logs a warning rather than failing.
@@ -95,13 +101,32 @@ def release_devices() -> None:
     _held.clear()
 
 
+def _refuse_a_given_gpu_unseen() -> None:
+    """Raise where a SLURM job was given a GPU that torch cannot see (module docstring)."""
+    given = [v for v in visible_devices() or [] if v.lower() != "nodevfiles"]
+    if (not given or "SLURM_JOB_ID" not in os.environ
+            or os.environ.get("CRITPERIODS_ALLOW_CPU") == "1"):
+        return
+    raise RuntimeError(
+        f"device: auto: SLURM gave job {os.environ['SLURM_JOB_ID']} a GPU "
+        f"(CUDA_VISIBLE_DEVICES={','.join(given)}), but torch {torch.__version__} (built for "
+        f"CUDA {torch.version.cuda}) sees none, so the job would train on the CPU until its "
+        "time limit. Install a torch build for the node's driver (docs/slurm.md, "
+        "'Installing on a cluster'; `nvidia-smi` shows the driver's CUDA version), or set "
+        "device: cpu so that no GPU is asked for; CRITPERIODS_ALLOW_CPU=1 runs it on the CPU "
+        "anyway")
+
+
 def acquire_device(name: str, wait_s: float | None = None) -> torch.device:
     """The device for this job, with a GPU no concurrent job of this machine uses.
 
     ``name`` is the config's ``device`` (``auto``, ``cpu``, ``cuda``) or an explicit
     ``cuda:<i>`` (used as given, no lock). Call it once per process: every call locks
-    one more GPU. See the module docstring for the rules.
+    one more GPU. See the module docstring for the rules; ``auto`` raises ``RuntimeError``
+    in a SLURM job given a GPU that torch cannot see.
     """
+    if name == "auto" and not torch.cuda.is_available():
+        _refuse_a_given_gpu_unseen()
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if name not in ("auto", "cuda"):

@@ -86,7 +86,8 @@ def train_piece(
 
     ``start`` is the piece file it continues (None: from the initial weights). Raises
     ``Preempted`` after saving the resumable state if stopped on SIGTERM; a later call
-    resumes from that state only for the same piece, checkpoints and :class:`FastPath`.
+    resumes from that state only for the same piece, checkpoints, :class:`FastPath` and
+    number of torch threads.
     ``provenance`` (code and data fingerprints) is recorded in the piece and the resume
     file; a resume file of other code or data is not resumed from. The piece also records
     the device that trained it (``provenance["device"]``; a job that resumed on other
@@ -101,10 +102,11 @@ def train_piece(
     resume_file = resume_path_for(output)
     # a resume file also belongs to the checkpoints its piece keeps: one saved before a
     # change of checkpoints.every (or a switch epoch that adds one) would leave a hole; and to
-    # how the steps ran (train.fast_path, compile, deterministic): a piece half trained in
-    # bf16 is not the float32 piece its rerun was asked for
+    # how the steps ran (train.fast_path, compile, deterministic, and the threads, which
+    # change a CPU reduction's bits): a piece half trained in bf16 is not the float32 piece
+    # its rerun was asked for
     resumable = {**identity, "checkpoint_epochs": sorted(spec.checkpoint_epochs),
-                 "fast_path": asdict(trainer.fast)}
+                 "fast_path": asdict(trainer.fast), "threads": torch.get_num_threads()}
 
     def members() -> list[dict]:
         return [{"seed": s, "state": m.state(), "checkpoints": kept}

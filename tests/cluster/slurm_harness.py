@@ -131,9 +131,13 @@ class LocalSlurm:
         ``SLURM_CONF``: inside a job the plugin starts the rule with ``srun`` after
         dropping most ``SLURM_*`` variables, ``SLURM_CONF`` included, and srun would then
         look for ``/etc/slurm/slurm.conf`` (a real cluster has its config there).
+        ``CRITPERIODS_ALLOW_CPU``: the GPUs are fake.
         """
         return {"SLURM_CONF": str(self.conf),
-                "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+                "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
+                # its GPUs are fake: `device: auto` jobs given one train on the CPU
+                # (critperiods.pipeline.devices refuses that on a real cluster)
+                "CRITPERIODS_ALLOW_CPU": "1"}
 
     def run(self, *cmd: str, check: bool = True, timeout: float = 60) -> str:
         """Run a SLURM client command against this cluster; return its stdout."""

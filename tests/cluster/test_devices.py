@@ -23,6 +23,7 @@ def gpus(monkeypatch, tmp_path):
         monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # the tests may run inside a job
     monkeypatch.setenv("CRITPERIODS_GPU_LOCK_DIR", str(tmp_path))
     devices.release_devices()
     yield fake
@@ -129,3 +130,25 @@ def test_explicit_index_is_used_as_given(gpus, tmp_path):
     gpus(2)
     assert devices.acquire_device("cuda:1") == torch.device("cuda:1")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_auto_refuses_a_slurm_gpu_that_torch_cannot_see(gpus, monkeypatch):
+    """A SLURM job given a GPU (CUDA_VISIBLE_DEVICES set) whose torch sees none has a broken
+    install: `auto` fails at once, naming the job, the device and the fix, instead of
+    training on the CPU until the time limit. Outside SLURM, or with
+    CRITPERIODS_ALLOW_CPU=1, `auto` still falls back to the CPU."""
+    gpus(0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert devices.acquire_device("auto") == torch.device("cpu")  # a workstation's setting
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    with pytest.raises(RuntimeError) as err:
+        devices.acquire_device("auto")
+    said = str(err.value)
+    assert "SLURM gave job 4242 a GPU (CUDA_VISIBLE_DEVICES=0)" in said
+    assert torch.__version__ in said and "device: cpu" in said and "docs/slurm.md" in said
+    monkeypatch.setenv("CRITPERIODS_ALLOW_CPU", "1")
+    assert devices.acquire_device("auto") == torch.device("cpu")
+    monkeypatch.delenv("CRITPERIODS_ALLOW_CPU")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # a SLURM job given no GPU
+    assert devices.acquire_device("auto") == torch.device("cpu")
+    assert devices.acquire_device("cpu") == torch.device("cpu")

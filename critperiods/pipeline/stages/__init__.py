@@ -22,16 +22,26 @@ import torch
 from critperiods.pipeline.devices import acquire_device
 
 
-def setup(snakemake: Any) -> torch.device:
+def setup(snakemake: Any, threads: int | None = None) -> torch.device:
     """Send stderr (tqdm, warnings, logging) to the rule's log, pin threads, pick the device.
 
-    On a workstation with several GPUs, concurrent jobs each lock a different one;
-    under SLURM the GPU in ``CUDA_VISIBLE_DEVICES`` is used.
+    ``threads``: the torch threads the config asks for (``train.threads``), used even where
+    Snakemake scaled the job's threads down to ``--cores``, with a warning: a CPU
+    reduction's bits depend on its thread count, so ``--cores`` must not change a result.
+    Without it, the job's threads. On a workstation with several GPUs, concurrent jobs each
+    lock a different one; under SLURM the GPU in ``CUDA_VISIBLE_DEVICES`` is used.
     """
     if snakemake.log:
         sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: SIM115 - lives for the job
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("arviz").setLevel(logging.WARNING)  # its plotting-backend chatter
-    torch.set_num_threads(max(1, int(snakemake.threads)))
+    given = max(1, int(snakemake.threads))
+    wanted = given if threads is None else max(1, int(threads))
+    if wanted > given:
+        logging.getLogger(__name__).warning(
+            "train.threads is %d, but Snakemake gave this job %d core(s) (--cores): it runs "
+            "%d threads anyway, since the results' bits depend on the thread count", wanted,
+            given, wanted)
+    torch.set_num_threads(wanted)
     return acquire_device(snakemake.params.get("device", "cpu"))

@@ -77,7 +77,7 @@ def divergence(output: str, pieces: list[str], train_data: str, test_data: str, 
 
 
 def run(sm: Any) -> None:
-    device = setup(sm)
+    device = setup(sm, threads=sm.config["train"]["threads"])
     divergence(sm.output[0], list(sm.input.pieces), sm.input.data, sm.input.test_data,
                training=sm.params.training, params=sm.params.divergence, code=sm.params.code,
                stage=sm.rule, device=device)

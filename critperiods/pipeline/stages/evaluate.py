@@ -38,7 +38,7 @@ def evaluate(output: str, pieces: list[str], train_data: str, test_data: str, *,
 
 
 def run(sm: Any) -> None:
-    device = setup(sm)
+    device = setup(sm, threads=sm.config["train"]["threads"])
     evaluate(sm.output[0], list(sm.input.pieces), sm.input.data, sm.input.test_data,
              training=sm.params.training, evaluate=sm.params.evaluate, grid=sm.params.grid,
              code=sm.params.code, stage=sm.rule, device=device)

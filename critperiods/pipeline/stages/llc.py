@@ -144,7 +144,7 @@ def llc(output: str, pieces: list[str], train_data: str, *, training: dict, para
 
 
 def run(sm: Any) -> None:
-    device = setup(sm)
+    device = setup(sm, threads=sm.config["train"]["threads"])
     llc(sm.output[0], list(sm.input.pieces), sm.input.data, training=sm.params.training,
         params=sm.params.llc, epochs=list(sm.params.epochs), code=sm.params.code,
         stage=sm.rule, device=device)

@@ -32,7 +32,7 @@ def perturb(output: str, train_data: str, start: str, *, batch_size: int, seeds:
 
 
 def run(sm: Any) -> None:
-    device = setup(sm)
+    device = setup(sm, threads=sm.config["train"]["threads"])
     w = sm.wildcards
     perturb(sm.output[0], sm.input.data, sm.input.start, batch_size=int(w.batch_size),
             seeds=[int(s) for s in sm.params.seeds], lr_schedule=w.lr_schedule,

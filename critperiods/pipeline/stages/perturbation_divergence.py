@@ -69,7 +69,7 @@ def perturbation_divergence(output: str, groups: list[str], train_data: str, tes
 
 
 def run(sm: Any) -> None:
-    device = setup(sm)
+    device = setup(sm, threads=sm.config["train"]["threads"])
     perturbation_divergence(sm.output[0], list(sm.input.groups), sm.input.data,
                             sm.input.test_data, training=sm.params.training,
                             params=sm.params.divergence, code=sm.params.code, stage=sm.rule,

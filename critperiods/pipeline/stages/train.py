@@ -40,7 +40,7 @@ def train(output: str, train_data: str, start: str | None, *, batch_size: int,
 
 
 def run(sm: Any) -> None:
-    device = setup(sm)
+    device = setup(sm, threads=sm.config["train"]["threads"])
     w = sm.wildcards
     branch = "switch_epoch" in w.keys()  # noqa: SIM118 - Wildcards has no __contains__
     try:
