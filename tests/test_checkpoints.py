@@ -156,3 +156,45 @@ def test_pieces_record_their_provenance_and_resume_only_from_the_same_code(tmp_p
                      provenance={"code": "c1"})
     assert ckpt.load_resume(tmp_path / "r.pt", "h", {"seed": 0}, {"code": "c1"}) is not None
     assert ckpt.load_resume(tmp_path / "r.pt", "h", {"seed": 0}, {"code": "c2"}) is None
+
+
+def test_a_foreign_file_is_refused_in_one_line_that_ends_with_the_remake(tmp_path):
+    """Random bytes make torch.load raise several lines (its advice on weights_only); a failed
+    job's summary keeps one line, so the message keeps the first of them and ends with the
+    command that remakes the file."""
+    path = tmp_path / "p.pt"
+    path.write_bytes(bytes(range(256)) * 12)
+    with pytest.raises(CheckpointError) as err:
+        load_piece(path, "aaaaaaaaaaaa")
+    message = str(err.value)
+    assert "\n" not in message and message.endswith(f"--forcerun {path}")
+    assert "weights_only=True) accepts: Unsupported operand" in message
+    assert "weights_only` set to `False`" not in message
+
+
+def test_a_write_on_a_full_filesystem_says_so(tmp_path, monkeypatch):
+    """netCDF says "Permission denied" and torch.save "unexpected pos" when the disk fills:
+    the write names the file and the space left instead, and leaves no temporary file; with
+    space to spare, the writer's own error passes unchanged."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    from critperiods.pipeline import files
+
+    def fails(tmp):
+        tmp.write_text("partial")
+        raise PermissionError(13, "Permission denied")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**9, 10**9 - 4096, 4096))
+    with pytest.raises(OSError) as err:
+        write_atomic(tmp_path / "out.nc", fails)
+    assert err.value.errno == errno.ENOSPC
+    assert f"cannot write {tmp_path / 'out.nc'}: its filesystem has 0.0 MiB free" in str(
+        err.value) and "PermissionError: [Errno 13] Permission denied" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**12, 0, 10**12))
+    with pytest.raises(PermissionError):
+        write_atomic(tmp_path / "out.nc", fails)
+    assert files.said(ValueError("first\nsecond")) == "ValueError: first"

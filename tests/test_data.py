@@ -292,3 +292,52 @@ def test_the_stage_ends_a_failed_download_with_one_clear_line(tmp_path, monkeypa
     err = capsys.readouterr().err
     assert err.splitlines()[0] == message
     assert "urllib.error.URLError: <urlopen error" in err  # the chained cause's traceback
+
+
+def test_the_two_splits_download_one_after_the_other(tmp_path, monkeypatch):
+    """prepare_data's train and test jobs run at once: on a first run both download into
+    dataset.root, and one used to read the other's half-extracted files. The second now
+    waits for the first, then finds the files."""
+    import threading
+    import time
+
+    inside, overlaps, downloads = [], [], []
+
+    class FakeCIFAR10:
+        def __init__(self, root, train, download):
+            there = (tmp_path / "done").exists()
+            if download and not there:
+                overlaps.append(bool(inside))
+                inside.append(1)
+                time.sleep(0.3)  # the archive, half extracted
+                (tmp_path / "done").write_text("x")
+                downloads.append(train)
+                inside.pop()
+            elif not there:
+                raise RuntimeError("Dataset not found or corrupted.")
+            self.data = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+            self.targets = [0, 1]
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    out = {}
+    jobs = [threading.Thread(target=lambda s=s: out.update(D.load_raw("cifar10", tmp_path, (s,))))
+            for s in ("train", "test")]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join()
+    assert sorted(out) == ["test", "train"] and overlaps == [False] and len(downloads) == 1
+
+
+def test_cifar10_files_in_dataset_root_itself_get_a_hint(tmp_path):
+    """dataset.root set to cifar-10-batches-py itself (or a folder holding its files flat):
+    the message says to point it at the parent, not only that files are missing."""
+    from critperiods.train.dataset_files import download_failed
+
+    folder = write_fake_cifar10(tmp_path)
+    message = str(download_failed("cifar10", folder, OSError("no network")))
+    assert "dataset.root names the folder that holds the files" in message
+    # at the right root, files of other MD5 sums (here: fake) were never said to be downloaded
+    message = str(download_failed("cifar10", tmp_path, OSError("no network")))
+    assert "present but not the published files" in message
+    assert "downloaded but corrupted" not in message and "names the folder" not in message

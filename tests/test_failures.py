@@ -66,6 +66,19 @@ def test_an_executors_message_and_a_group_member_are_read(tmp_path):
         "Error in group g:\n    Error in rule evaluate:\n        jobid: 4\n        log: "
         + str(tmp_path / "e.log") + " (check log file(s) for error details)\n")
     assert failed_jobs(log) == [
-        ("train_trunk", "SLURM-job '42' failed, SLURM status is: 'TIMEOUT'; epoch 3: 40%|████",
-         str(tmp_path / "t.log")),
+        ("train_trunk", "SLURM-job '42' failed, SLURM status is: 'TIMEOUT'; stopped from "
+         "outside, with no error in its log (Ctrl-C, a kill, the time or memory limit), at: "
+         "epoch 3: 40%|████", str(tmp_path / "t.log")),
         ("evaluate", "ValueError: bad e", str(tmp_path / "e.log"))]
+
+
+def test_a_killed_job_and_a_job_that_never_started_are_said_so(tmp_path):
+    """A job killed outright (kill -9, out of memory) leaves a progress bar as its log's last
+    line, which is not its reason; a job stopped before it opened its log has none."""
+    killed = tmp_path / "killed.log"
+    killed.write_text("bs64 seeds 1 trunk→e2:   0%|          | 0/2\n")
+    log = tmp_path / "snakemake.log"
+    log.write_text(SNAKEMAKE_LOG.format(branch=killed, aggregate=tmp_path / "never.log"))
+    (branch, why, _), (aggregate, never, _) = failed_jobs(log)
+    assert why.startswith("stopped from outside, with no error in its log") and "0/2" in why
+    assert never == "it wrote no log: stopped before it started"

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from critperiods.pipeline.files import remake, torch_save_atomic
+from critperiods.pipeline.files import remake, said, torch_save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _read(path: str | Path, fmt: str) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every unpickling failure means the same
         raise CheckpointError(
-            f"{path}: cannot be read ({type(err).__name__}: {err}); it is truncated, "
+            f"{path}: cannot be read ({said(err)}); it is truncated, "
             "corrupt or not a file critperiods wrote — regenerate it, with the run's own "
             f"options: {remake(path)}"
         ) from err
@@ -144,7 +144,7 @@ def read_provenance(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 - every unpickling failure means the same
-        raise CheckpointError(f"{path}: cannot be read ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"{path}: cannot be read ({said(err)})") from err
     return dict(payload.get("provenance", {})) if isinstance(payload, dict) else {}
 
 

@@ -21,6 +21,8 @@ _MESSAGE = re.compile(r"^\s+message: (.+)$")
 _RESTART = re.compile(r"^Trying to restart job (\d+)\.$")
 #: The last line of a traceback: "package.module.SomeError: message" or "SomeError: message".
 _EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Exit)): (.+)$")
+#: A tqdm progress bar ("bs64 seeds 1 trunk→e2:  40%|████      | 2/5").
+_PROGRESS = re.compile(r"\d+%\|")
 
 
 def failed_jobs(snakemake_log: str | Path) -> list[tuple[str, str, str]]:
@@ -60,9 +62,12 @@ def failed_jobs(snakemake_log: str | Path) -> list[tuple[str, str, str]]:
 
 
 def _reason(job_log: str | Path) -> str:
-    """The exception a job's log ends with, else its last non-empty line ("" if none)."""
+    """The exception a job's log ends with, else its last non-empty line ("" if none); a
+    last line that is a progress bar means the job was stopped from outside, and says so."""
     try:
         lines = [x.strip() for x in Path(job_log).read_text(errors="replace").splitlines()]
+    except FileNotFoundError:
+        return "it wrote no log: stopped before it started"
     except OSError:
         return ""
     lines = [x for x in lines if x]
@@ -70,6 +75,9 @@ def _reason(job_log: str | Path) -> str:
         found = _EXCEPTION.match(line)
         if found:
             return f"{found.group(1)}: {found.group(2)}"
+    if lines and _PROGRESS.search(lines[-1]):
+        return ("stopped from outside, with no error in its log (Ctrl-C, a kill, the time or "
+                f"memory limit), at: {lines[-1]}")
     return lines[-1] if lines else ""
 
 

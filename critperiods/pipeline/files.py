@@ -11,16 +11,36 @@ colleagues and notebook servers can read the results.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+#: Below this many free bytes, a failed write is reported as a full filesystem: netCDF and
+#: torch.save say "Permission denied" or "unexpected pos" when the disk fills.
+LOW_SPACE = 16 * 2**20
+
+
+def said(err: BaseException) -> str:
+    """``"<type>: <first line of its message>"``: libraries' messages run over several lines,
+    and a failed job's summary keeps one. Of ``torch.load``'s refusal, the reason, not its
+    advice to load with ``weights_only=False`` (which runs whatever the file holds)."""
+    text = str(err).strip()
+    if "WeightsUnpickler error:" in text:
+        text = ("not what torch.load(weights_only=True) accepts: "
+                + text.split("WeightsUnpickler error:", 1)[1].strip())
+    lines = text.splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``."""
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``. A write
+    that fails on a (nearly) full filesystem raises ``OSError(ENOSPC)`` naming ``path`` and
+    the space left, whatever the writer said."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -29,9 +49,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; outputs are for sharing
         os.replace(tmp, target)
+    except Exception as err:
+        free = shutil.disk_usage(target.parent).free
+        if free < LOW_SPACE or _no_space(err):
+            raise OSError(errno.ENOSPC, f"cannot write {target}: its filesystem has "
+                                        f"{free / 2**20:.1f} MiB free ({said(err)})") from err
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _no_space(err: BaseException | None) -> bool:
+    """Whether ``err`` or an error it was raised from is ENOSPC."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _umask() -> int:
@@ -91,5 +126,5 @@ def read_netcdf(path: str | os.PathLike, attrs_only: bool = False) -> Any:
             return dict(opened.attrs) if attrs_only else opened.load()
     except (OSError, RuntimeError) as err:
         raise ValueError(
-            f"{path}: cannot be read as netCDF ({type(err).__name__}: {err}); it is truncated "
+            f"{path}: cannot be read as netCDF ({said(err)}); it is truncated "
             f"or corrupt — regenerate it, with the run's own options: {remake(path)}") from err

@@ -18,6 +18,8 @@ The blur deficit follows Achille et al. (2019): downsample to
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import hashlib
 import json
@@ -144,6 +146,17 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(shape).copy()  # writable, detached from the file buffer
 
 
+@contextlib.contextmanager
+def _downloading(root: Path):
+    """Hold ``<root>/.critperiods-download.lock``: the train and test splits are two jobs,
+    which would otherwise download into ``root`` at once and read each other's half-extracted
+    files. The second job waits, then finds the files there."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".critperiods-download.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def _load_idx_dataset(name: str, root: Path,
                       splits: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(Fashion-)MNIST from IDX files: ``root``, torchvision's folder, the Debian package.
@@ -159,11 +172,12 @@ def _load_idx_dataset(name: str, root: Path,
         log.info("%s not found in %s; downloading with torchvision", name, candidates)
         cls = {"fashion_mnist": torchvision.datasets.FashionMNIST,
                "mnist": torchvision.datasets.MNIST}[name]
-        try:
-            cls(str(root), train=True, download=True)
-            cls(str(root), train=False, download=True)
-        except DOWNLOAD_ERRORS as err:
-            raise download_failed(name, root, err) from err
+        with _downloading(root):  # torchvision skips files another job has downloaded
+            try:
+                cls(str(root), train=True, download=True)
+                cls(str(root), train=False, download=True)
+            except DOWNLOAD_ERRORS as err:
+                raise download_failed(name, root, err) from err
         folder = root / TORCHVISION_FOLDER[name] / "raw"
     log.info("reading %s from %s", name, folder)
     return {
@@ -189,10 +203,11 @@ def _load_cifar10(root: Path, splits: tuple[str, ...]) -> dict[str, tuple[np.nda
             ds = None
         if ds is None:
             log.info("cifar10 not found in %s; downloading with torchvision", root)
-            try:
-                ds = torchvision.datasets.CIFAR10(str(root), train=train, download=True)
-            except DOWNLOAD_ERRORS as err:
-                raise download_failed("cifar10", root, err) from err
+            with _downloading(root):  # torchvision checks what another job has downloaded
+                try:
+                    ds = torchvision.datasets.CIFAR10(str(root), train=train, download=True)
+                except DOWNLOAD_ERRORS as err:
+                    raise download_failed("cifar10", root, err) from err
         images = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2))  # NHWC → NCHW
         out[split] = (images, np.asarray(ds.targets, dtype=np.int64))
     return out
@@ -340,8 +355,11 @@ def load_split(path: str | Path) -> PreparedSplit:
     try:
         p = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise ValueError(f"{path}: cannot read prepared data ({err}); regenerate it, with the "
-                         f"run's own options: snakemake --cores all --forcerun {path}") from err
+        from critperiods.pipeline.files import said
+
+        raise ValueError(f"{path}: cannot read prepared data ({said(err)}); regenerate it, "
+                         f"with the run's own options: snakemake --cores all --forcerun {path}"
+                         ) from err
     if not isinstance(p, dict) or p.get("format") != FORMAT:
         raise ValueError(f"{path}: not a critperiods prepared-data file of format {FORMAT!r}; "
                          f"regenerate it: snakemake --cores all --forcerun {path}")

@@ -191,8 +191,12 @@ def download_failed(name: str, root: str | Path, err: BaseException) -> DatasetU
         others = [str(f) for f in idx_candidates(name, root) if f != folder]
         parts.append(f"also looked in {', '.join(others)}")
     if corrupted:
-        parts.append("downloaded but corrupted: " + ", ".join(
-            f"{path} (MD5 {got}, expected {md5})" for path, got, md5 in corrupted))
+        parts.append("present but not the published files (a broken download, or another "
+                     "copy): " + ", ".join(
+                         f"{path} (MD5 {got}, expected {md5})" for path, got, md5 in corrupted))
+    if name == "cifar10" and (root.name == CIFAR10_FOLDER or (root / "data_batch_1").exists()):
+        parts.append(f"dataset.root names the folder that holds the files; point it at the "
+                     f"folder that holds {CIFAR10_FOLDER}/")
     parts.append(OFFLINE_HINTS[name] + ", or run once where there is network (on a cluster: "
                  "the login node, docs/slurm.md)")
     return DatasetUnavailable("; ".join(parts))
