@@ -269,3 +269,29 @@ def test_setup_runs_the_configured_threads_whatever_cores_snakemake_gave(tmp_pat
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_resume_file_is_written_after_the_first_epoch_then_once_a_minute(
+        tmp_path, cfg, data, monkeypatch):
+    """It holds every checkpoint so far (hundreds of MB for a CIFAR-10 branch whose epochs
+    last seconds): written after epoch 1, then at most every RESUME_EVERY_S, and always on
+    a stop."""
+    from critperiods.pipeline import checkpoints, trajectories
+
+    saves = []
+    real = checkpoints.save_resume
+    monkeypatch.setattr(checkpoints, "save_resume",
+                        lambda path, **kw: saves.append(kw["members"][0]["state"]["epoch"])
+                        or real(path, **kw))
+    spec = PieceSpec(32, (0,), ALWAYS_BLURRED, 4, frozenset({4}))
+    train_piece(spec, cfg, HASH, data, None, tmp_path / "a.pt", progress=False)
+    assert saves == [1]  # epochs 2 and 3 came within the minute; the piece follows epoch 4
+    saves.clear()
+    with pytest.raises(Preempted):  # a stop mid-epoch 3 saves at once
+        train_piece(spec, cfg, HASH, data, None, tmp_path / "b.pt", progress=False,
+                    should_stop=stop_after(14))
+    assert saves == [1, 2]
+    saves.clear()
+    monkeypatch.setattr(trajectories, "RESUME_EVERY_S", 0.0)
+    train_piece(spec, cfg, HASH, data, None, tmp_path / "c.pt", progress=False)
+    assert saves == [1, 2, 3]
