@@ -53,7 +53,7 @@ def _load_config(paths: list[str], recorded: tuple[str, dict] | None = None) -> 
         exit_on_config_error,
         read_config_file,
     )
-    from critperiods.pipeline.plan import check_config, check_moved_keys
+    from critperiods.pipeline.plan import check_config, check_moved_keys, in_schema_order
     from critperiods.toy.plan import check_study_chosen, check_toy_config
 
     files = [ROOT / "config.yaml", *map(Path, paths)]
@@ -78,7 +78,7 @@ def _load_config(paths: list[str], recorded: tuple[str, dict] | None = None) -> 
         if recorded and "(set in " not in str(err):
             raise SystemExit(f"{err} (in the config {recorded[0]} records)") from None
         raise
-    return config
+    return in_schema_order(config, yaml.safe_load(schema.read_text()))  # as the Snakefile
 
 
 def _config_file_args(parser: argparse.ArgumentParser) -> None:

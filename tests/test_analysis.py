@@ -574,6 +574,11 @@ def test_restart_verdict_says_whether_the_deficit_survives() -> None:
                for v in gains.values()), gains
     assert tables.unlocated_text(-0.017, -0.03, -0.005) == "below 0 (a gain)"
     assert tables.unlocated_text(0.001, -0.01, 0.012) == "not told from 0"
+    # the cube's own wording: a gain is not "not told from 0"
+    from critperiods.results.summary import unlocated_reason
+    assert unlocated_reason(-0.017, -0.03, -0.005) == "deficit below 0 (a gain)"
+    assert unlocated_reason(0.001, -0.01, 0.012) == "deficit not told from 0"
+    assert unlocated_reason(0.001, float("nan")) == "no interval (1 seed)"
     assert tables.restart_verdicts(critical_period_summary(cube)) == {}
 
 

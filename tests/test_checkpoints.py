@@ -198,3 +198,15 @@ def test_a_write_on_a_full_filesystem_says_so(tmp_path, monkeypatch):
     with pytest.raises(PermissionError):
         write_atomic(tmp_path / "out.nc", fails)
     assert files.said(ValueError("first\nsecond")) == "ValueError: first"
+
+
+def test_a_write_over_quota_says_so(tmp_path, monkeypatch):
+    """On a cluster the quota fills before the disk: EDQUOT is named as such."""
+    import errno
+
+    def over_quota(tmp):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    with pytest.raises(OSError, match="over your disk quota") as err:
+        write_atomic(tmp_path / "x.pt", over_quota)
+    assert err.value.errno == errno.EDQUOT and list(tmp_path.iterdir()) == []

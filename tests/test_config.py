@@ -721,3 +721,20 @@ def test_a_cross_key_error_names_the_file_of_each_key(tmp_path):
     assert proc.stderr.strip().endswith(
         f"larger than dataset.train_subset=32 (set in {ROOT / 'config.yaml'}; "
         f"dataset.train_subset set in {overlay})"), proc.stderr
+
+
+def test_the_cli_hashes_a_config_as_the_pipeline_does(tmp_path):
+    """calibrate-llc and the other commands read configs through _load_config: with
+    `weight_decay: 0` it must give the training-config hash the Snakefile's params give
+    (0.0), or the run's own pieces are refused as another config's."""
+    from critperiods.__main__ import _load_config
+    from critperiods.pipeline.checkpoints import config_hash
+    from critperiods.pipeline.plan import training_params
+
+    whole, real = tmp_path / "whole.yaml", tmp_path / "real.yaml"
+    whole.write_text("optimizer:\n  weight_decay: 0\n")
+    real.write_text("optimizer:\n  weight_decay: 0.0\n")
+    a, b = _load_config([str(whole)]), _load_config([str(real)])
+    assert a["optimizer"]["weight_decay"] == 0.0 and isinstance(a["optimizer"]["weight_decay"],
+                                                                float)
+    assert config_hash(training_params(a)) == config_hash(training_params(b))

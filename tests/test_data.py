@@ -341,3 +341,35 @@ def test_cifar10_files_in_dataset_root_itself_get_a_hint(tmp_path):
     message = str(download_failed("cifar10", tmp_path, OSError("no network")))
     assert "present but not the published files" in message
     assert "downloaded but corrupted" not in message and "names the folder" not in message
+
+
+def test_a_folder_where_no_lock_can_be_taken_still_gets_the_download_error(
+        tmp_path, monkeypatch):
+    """A read-only dataset.root (a shared copy) lacking the files: the lock cannot be
+    created, and the user gets the one-line DatasetUnavailable with its hints, not a
+    PermissionError about a lock file."""
+    import os
+
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).endswith(".critperiods-download.lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    class Offline:
+        def __init__(self, root, train, download):
+            raise (OSError("no network") if download else RuntimeError("not found"))
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
+    with monkeypatch.context() as patched:
+        patched.setattr(D.os, "open", read_only)
+        with pytest.raises(D.DatasetUnavailable, match="dataset.name: cifar10: the raw files"):
+            D.load_raw("cifar10", tmp_path, ("train",))
+
+    def no_locks(fd, operation):  # NFS without lockd, Lustre mounted noflock
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(D.fcntl, "flock", no_locks)
+    with pytest.raises(D.DatasetUnavailable, match="dataset.name: cifar10: the raw files"):
+        D.load_raw("cifar10", tmp_path, ("train",))

@@ -295,3 +295,16 @@ def test_the_resume_file_is_written_after_the_first_epoch_then_once_a_minute(
     monkeypatch.setattr(trajectories, "RESUME_EVERY_S", 0.0)
     train_piece(spec, cfg, HASH, data, None, tmp_path / "c.pt", progress=False)
     assert saves == [1, 2, 3]
+
+
+def test_a_stop_found_at_an_epochs_end_saves_that_epoch(cfg, data):
+    """The stage's save_resume may pass over an epoch (it saves at most once a minute); a
+    stop that arrives between that call and the check after it must still leave the epoch
+    just finished in the resume file, so save_resume is called once more before raising."""
+    trainer = Trainer(cfg, data, 32, 0)
+    saved = []
+    with pytest.raises(Preempted, match="stopped at epoch 1"):
+        train_until(trainer, 3, ALWAYS_BLURRED, {3}, [[]], HASH, progress=False,
+                    save_resume=lambda: saved.append(trainer.epoch),
+                    should_stop=lambda: trainer.epoch >= 1)  # true from the end of epoch 1
+    assert saved == [1, 1]

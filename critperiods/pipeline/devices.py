@@ -16,10 +16,12 @@ other jobs, and makes sure concurrent jobs do not land on the same GPU:
   devices, the lock is taken among those (keyed by the listed ids).
 
 ``auto`` runs on the CPU where torch sees no GPU, except in a SLURM job that was given one
-(``CUDA_VISIBLE_DEVICES`` names a device): there torch not seeing it means a broken install
-(a CUDA build newer than the node's driver), and the job fails at once, naming the cause,
+(SLURM's ``SLURM_JOB_GPUS``, ``SLURM_STEP_GPUS`` or ``SLURM_GPUS_ON_NODE`` names one, and
+``CUDA_VISIBLE_DEVICES`` a device): there torch not seeing it means a broken install (a
+CUDA build newer than the node's driver), and the job fails at once, naming the cause,
 rather than train on the CPU until its time limit. ``CRITPERIODS_ALLOW_CPU=1`` lets it run
-on the CPU anyway (the test suite's SLURM has only fake GPUs).
+on the CPU anyway (the test suite's SLURM has only fake GPUs). ``cuda`` fails there with the
+same diagnosis, and without a GPU anywhere.
 
 If every GPU stays locked for ``wait_s`` seconds (more GPU jobs than GPUs, or GPUs
 used by another program), the job shares one of them (picked by its process id, so that
@@ -101,20 +103,31 @@ def release_devices() -> None:
     _held.clear()
 
 
+#: What SLURM sets in a job (or step) given GPUs; a user's shell sets none of them.
+SLURM_GPU_VARIABLES = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE")
+
+
+def _given_gpu_unseen(name: str) -> str:
+    """Where SLURM gave this job a GPU that torch cannot see, what to say (else ""): a
+    broken install, not a machine without GPUs (module docstring)."""
+    given = [v for v in visible_devices() or [] if v.lower() != "nodevfiles" and v != "-1"]
+    slurm = [f"{k}={os.environ[k]}" for k in SLURM_GPU_VARIABLES  # GPU ids; a count
+             if os.environ.get(k, "").strip() not in ("", "0" if k.endswith("NODE") else "")]
+    if not given or not slurm:
+        return ""
+    return (f"device: {name}: SLURM gave this job a GPU ({slurm[0]}, CUDA_VISIBLE_DEVICES="
+            f"{','.join(given)}), but torch {torch.__version__} (built for CUDA "
+            f"{torch.version.cuda}) sees none: install a torch build for the node's driver "
+            "(docs/slurm.md, 'Installing on a cluster'; `nvidia-smi` shows the driver's CUDA "
+            "version), or set device: cpu so that no GPU is asked for")
+
+
 def _refuse_a_given_gpu_unseen() -> None:
-    """Raise where a SLURM job was given a GPU that torch cannot see (module docstring)."""
-    given = [v for v in visible_devices() or [] if v.lower() != "nodevfiles"]
-    if (not given or "SLURM_JOB_ID" not in os.environ
-            or os.environ.get("CRITPERIODS_ALLOW_CPU") == "1"):
-        return
-    raise RuntimeError(
-        f"device: auto: SLURM gave job {os.environ['SLURM_JOB_ID']} a GPU "
-        f"(CUDA_VISIBLE_DEVICES={','.join(given)}), but torch {torch.__version__} (built for "
-        f"CUDA {torch.version.cuda}) sees none, so the job would train on the CPU until its "
-        "time limit. Install a torch build for the node's driver (docs/slurm.md, "
-        "'Installing on a cluster'; `nvidia-smi` shows the driver's CUDA version), or set "
-        "device: cpu so that no GPU is asked for; CRITPERIODS_ALLOW_CPU=1 runs it on the CPU "
-        "anyway")
+    """Raise under ``auto`` where SLURM gave this job a GPU that torch cannot see, unless
+    ``CRITPERIODS_ALLOW_CPU=1``: it would train on the CPU until its time limit."""
+    said = _given_gpu_unseen("auto")
+    if said and os.environ.get("CRITPERIODS_ALLOW_CPU") != "1":
+        raise RuntimeError(f"{said}; CRITPERIODS_ALLOW_CPU=1 runs it on the CPU anyway")
 
 
 def acquire_device(name: str, wait_s: float | None = None) -> torch.device:
@@ -132,7 +145,8 @@ def acquire_device(name: str, wait_s: float | None = None) -> torch.device:
     if name not in ("auto", "cuda"):
         return resolve_device(name)
     if not torch.cuda.is_available():
-        raise RuntimeError("device: 'cuda' requested but torch sees no CUDA device")
+        raise RuntimeError(_given_gpu_unseen("cuda")
+                           or "device: 'cuda' requested but torch sees no CUDA device")
 
     visible = visible_devices()
     if visible is not None and len(visible) <= 1:

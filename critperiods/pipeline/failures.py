@@ -67,17 +67,18 @@ def _reason(job_log: str | Path) -> str:
     try:
         lines = [x.strip() for x in Path(job_log).read_text(errors="replace").splitlines()]
     except FileNotFoundError:
-        return "it wrote no log: stopped before it started"
+        return ("no log: it ended before its setup opened one (stopped at once, or a failed "
+                "start: see Snakemake's output or the SLURM log)")
     except OSError:
         return ""
     lines = [x for x in lines if x]
+    if lines and _PROGRESS.search(lines[-1]):  # not an error it handled earlier
+        return ("stopped from outside, with no error in its log (Ctrl-C, a kill, the time or "
+                f"memory limit), at: {lines[-1]}")
     for line in reversed(lines[-40:]):
         found = _EXCEPTION.match(line)
         if found:
             return f"{found.group(1)}: {found.group(2)}"
-    if lines and _PROGRESS.search(lines[-1]):
-        return ("stopped from outside, with no error in its log (Ctrl-C, a kill, the time or "
-                f"memory limit), at: {lines[-1]}")
     return lines[-1] if lines else ""
 
 

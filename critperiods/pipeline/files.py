@@ -40,7 +40,7 @@ def said(err: BaseException) -> str:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``. A write
     that fails on a (nearly) full filesystem raises ``OSError(ENOSPC)`` naming ``path`` and
-    the space left, whatever the writer said."""
+    the space left, whatever the writer said; one over a disk quota, ``OSError(EDQUOT)``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -50,23 +50,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; outputs are for sharing
         os.replace(tmp, target)
     except Exception as err:
-        free = shutil.disk_usage(target.parent).free
-        if free < LOW_SPACE or _no_space(err):
-            raise OSError(errno.ENOSPC, f"cannot write {target}: its filesystem has "
-                                        f"{free / 2**20:.1f} MiB free ({said(err)})") from err
+        try:
+            free = shutil.disk_usage(target.parent).free
+        except OSError:
+            free = None
+        if _no_space(err) == errno.EDQUOT:
+            raise OSError(errno.EDQUOT, f"cannot write {target}: over your disk quota "
+                                        f"({said(err)})") from err
+        if (free is not None and free < LOW_SPACE) or _no_space(err):
+            left = "" if free is None else f": its filesystem has {free / 2**20:.1f} MiB free"
+            raise OSError(errno.ENOSPC, f"cannot write {target}{left} ({said(err)})") from err
         raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def _no_space(err: BaseException | None) -> bool:
-    """Whether ``err`` or an error it was raised from is ENOSPC."""
+def _no_space(err: BaseException | None) -> int:
+    """ENOSPC or EDQUOT where ``err`` or an error it was raised from is one, else 0."""
     while err is not None:
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            return True
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return err.errno
         err = err.__cause__ or err.__context__
-    return False
+    return 0
 
 
 def _umask() -> int:

@@ -235,8 +235,9 @@ def _why_no_ratio(cube: xr.Dataset, batch_size: object, lr_schedule: object) -> 
         if "permanent_deficit_interval" not in cube or "permanent_deficit" not in cube:
             return "no critical-period end located"
         cell = cube.sel(batch_size=batch_size, lr_schedule=lr_schedule)
-        why = unlocated_reason(float(cell["permanent_deficit"]),
-                               float(cell["permanent_deficit_interval"].sel(bound="lower")))
+        lower, upper = (float(cell["permanent_deficit_interval"].sel(bound=b))
+                        for b in ("lower", "upper"))
+        why = unlocated_reason(float(cell["permanent_deficit"]), lower, upper)
         return f"no critical-period end located ({why})"
     if not (epochs < end).any():
         return f"the critical-period end (epoch {end:.3g}) precedes every perturbation epoch"

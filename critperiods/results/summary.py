@@ -83,14 +83,17 @@ MIN_LLC_POINTS = MIN_CHANGE_POINTS
 INTERVAL_STATISTICS = ("critical_period_end", "permanent_deficit")
 #: The power-law exponents of the end, per lr_schedule (each with ``<name>_interval``).
 EXPONENTS = ("temperature_exponent", "batch_size_exponent")
-def unlocated_reason(deficit: float, deficit_lower: float) -> str:
+def unlocated_reason(deficit: float, deficit_lower: float,
+                     deficit_upper: float = float("nan")) -> str:
     """Why a cell has no located end, in a few words: no deficit measured, no interval (one
-    seed), or a deficit whose interval reaches 0 ("deficit not told from 0": few seeds cannot
-    show an absence, so never "no deficit")."""
+    seed), a deficit whose interval reaches 0 ("deficit not told from 0": few seeds cannot
+    show an absence, so never "no deficit"), or one whose interval lies below 0 (a gain)."""
     if not np.isfinite(deficit):
         return "no deficit measured"
     if not np.isfinite(deficit_lower):
         return "no interval (1 seed)"
+    if deficit_upper < 0:
+        return "deficit below 0 (a gain)"
     return "deficit not told from 0"
 
 
@@ -168,7 +171,8 @@ def _cell_values(
         if reason:
             why[f"{name}_loo_range"] = reason
     unlocated = ("" if end.located
-                 else f"no located end ({unlocated_reason(end.deficit, end.deficit_lower)})")
+                 else "no located end "
+                 f"({unlocated_reason(end.deficit, end.deficit_lower, end.deficit_upper)})")
     for (knee_name, offset_name), curve, marker in zip(
             LLC_KNEES, (trunk_by_seed, sharp_by_seed), LLC_MARKERS, strict=True):
         knee = knee_values(curve, level, end)

@@ -41,16 +41,15 @@ MARKER_NAMES = {"llc_knee_trunk": "λ̂ trunk", "llc_knee_sharp": "λ̂ never-bl
                 "divergence_drop_epoch": "divergence"}
 
 #: How the tables say :func:`unlocated_reason`'s reasons, in as few words as their column.
-_SAID = {"deficit not told from 0": "not told from 0"}
+_SAID = {"deficit not told from 0": "not told from 0",
+         "deficit below 0 (a gain)": "below 0 (a gain)"}
 
 
 def unlocated_text(deficit: float, deficit_lower: float,
                    deficit_upper: float = float("nan")) -> str:
     """Why a cell has no located end, as a table cell says it (:func:`unlocated_reason`):
     "below 0 (a gain)" where the deficit's whole interval is below 0."""
-    if deficit_upper < 0:
-        return "below 0 (a gain)"
-    reason = unlocated_reason(deficit, deficit_lower)
+    reason = unlocated_reason(deficit, deficit_lower, deficit_upper)
     return _SAID.get(reason, reason)
 
 

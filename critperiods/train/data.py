@@ -24,6 +24,7 @@ import gzip
 import hashlib
 import json
 import logging
+import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,11 +151,25 @@ def read_idx(path: Path) -> np.ndarray:
 def _downloading(root: Path):
     """Hold ``<root>/.critperiods-download.lock``: the train and test splits are two jobs,
     which would otherwise download into ``root`` at once and read each other's half-extracted
-    files. The second job waits, then finds the files there."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".critperiods-download.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    files. The second job waits, then finds the files there. Where the lock cannot be taken
+    (a read-only folder, a filesystem without locks) the download goes ahead without it, and
+    fails or not on its own account."""
+    path = root / ".critperiods-download.lock"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        log.warning("%s: cannot take the download lock (%s); downloading without it", path, err)
         yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as err:
+        log.warning("%s: cannot take the download lock (%s); downloading without it", path, err)
+    try:
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _load_idx_dataset(name: str, root: Path,

@@ -474,7 +474,7 @@ def train_until(
     ``checkpoints`` holds one list per trajectory of ``trainer.members()`` (one for a
     :class:`Trainer`, one per seed for a stacked trainer). ``save_resume`` is called
     after every epoch and before raising :class:`Preempted` when ``should_stop()``
-    turns true.
+    turns true (at an epoch's end: a second time, after the first call).
     """
     bar = tqdm(total=end_epoch, initial=trainer.epoch, desc=desc, unit="epoch",
                disable=not progress, file=sys.stderr, mininterval=1.0)
@@ -494,6 +494,8 @@ def train_until(
             if save_resume is not None and trainer.epoch < end_epoch:
                 save_resume()
             if should_stop() and trainer.epoch < end_epoch:
+                if save_resume is not None:  # it may have passed over this epoch (a stage
+                    save_resume()  # saves at most once a minute), and the stop came since
                 raise Preempted(f"stopped at epoch {trainer.epoch}, step {trainer.step}")
 
 

@@ -23,7 +23,8 @@ def gpus(monkeypatch, tmp_path):
         monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # the tests may run inside a job
+    for name in (*devices.SLURM_GPU_VARIABLES, "CRITPERIODS_ALLOW_CPU"):
+        monkeypatch.delenv(name, raising=False)  # the tests may run inside a job
     monkeypatch.setenv("CRITPERIODS_GPU_LOCK_DIR", str(tmp_path))
     devices.release_devices()
     yield fake
@@ -133,22 +134,27 @@ def test_explicit_index_is_used_as_given(gpus, tmp_path):
 
 
 def test_auto_refuses_a_slurm_gpu_that_torch_cannot_see(gpus, monkeypatch):
-    """A SLURM job given a GPU (CUDA_VISIBLE_DEVICES set) whose torch sees none has a broken
-    install: `auto` fails at once, naming the job, the device and the fix, instead of
-    training on the CPU until the time limit. Outside SLURM, or with
-    CRITPERIODS_ALLOW_CPU=1, `auto` still falls back to the CPU."""
+    """A SLURM job given a GPU (SLURM_JOB_GPUS, and CUDA_VISIBLE_DEVICES naming it) whose
+    torch sees none has a broken install: `auto` fails at once, naming the GPU and the fix,
+    instead of training on the CPU until the time limit, and `cuda` says the same. A
+    CUDA_VISIBLE_DEVICES of the user's own (no SLURM GPU variable; or -1, which hides every
+    GPU) and CRITPERIODS_ALLOW_CPU=1 leave `auto` on the CPU."""
     gpus(0)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     assert devices.acquire_device("auto") == torch.device("cpu")  # a workstation's setting
-    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_JOB_GPUS", "0")
     with pytest.raises(RuntimeError) as err:
         devices.acquire_device("auto")
     said = str(err.value)
-    assert "SLURM gave job 4242 a GPU (CUDA_VISIBLE_DEVICES=0)" in said
+    assert "SLURM gave this job a GPU (SLURM_JOB_GPUS=0, CUDA_VISIBLE_DEVICES=0)" in said
     assert torch.__version__ in said and "device: cpu" in said and "docs/slurm.md" in said
+    with pytest.raises(RuntimeError, match="device: cuda: SLURM gave this job a GPU"):
+        devices.acquire_device("cuda")
     monkeypatch.setenv("CRITPERIODS_ALLOW_CPU", "1")
     assert devices.acquire_device("auto") == torch.device("cpu")
     monkeypatch.delenv("CRITPERIODS_ALLOW_CPU")
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # a SLURM job given no GPU
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert devices.acquire_device("auto") == torch.device("cpu")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert devices.acquire_device("auto") == torch.device("cpu")
     assert devices.acquire_device("cpu") == torch.device("cpu")
