@@ -539,6 +539,28 @@ def test_cost_prices_a_job_at_the_rate_measured_for_its_seeds(monkeypatch):
         3 * (stacked.seconds - stacked.jobs * overhead))
 
 
+def test_cost_reads_an_unmeasured_batch_size_off_the_measured_ones_and_says_so():
+    """The CIFAR-10 grid's batch 64 and 256 were never measured on a GPU (32 and 128 were):
+    64 is interpolated (log rate against log batch), 256 priced at 128's rate (no more than
+    it costs), and the estimate says both; a measured batch size is used as measured."""
+    from critperiods.pipeline import cost
+
+    rates = {32: 100.0, 128: 400.0}
+    assert cost.rate_at(rates, 128) == (400.0, "")
+    rate, how = cost.rate_at(rates, 64)
+    assert rate == pytest.approx(200.0) and how == "batch 64 interpolated between 32 and 128"
+    assert cost.rate_at(rates, 256) == (400.0, "batch 256 at batch 128's rate")
+    assert cost.rate_at(rates, 16) == (100.0, "batch 16 at batch 32's rate")
+    assert cost.rate_at({}, 64) == (None, "")
+    from critperiods.__main__ import _load_config
+
+    estimate = cost.grid_cost(_load_config([str(ROOT / "configs/cifar10_achille.yaml")]), "cuda")
+    assert estimate.seconds is not None and estimate.projected == (
+        "batch 64 interpolated between 32 and 128", "batch 256 at batch 128's rate")
+    assert "projected: batch 64 interpolated" in cost.describe(estimate, "cuda")
+    assert not cost.grid_cost(_load_config([]), "cpu").projected
+
+
 def test_cost_of_the_toy_study_counts_its_jobs_and_refuses_its_bad_keys(tmp_path):
     """The cost model is the critical_period study's: for the toy study, `cost` says so and
     counts the toy jobs instead of pricing a sweep it will not run; a bad toy key is the

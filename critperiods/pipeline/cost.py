@@ -3,8 +3,10 @@
 Trunk sharing (``plan.epochs_trained``) gives the epochs; images are epochs × training set
 size; time divides images by measured training throughputs (:data:`RATES`, one job's
 images per second, all seeds of a stacked job together, at the job's number of seeds) and
-adds a per-job start-up cost (:data:`JOB_OVERHEAD_S`). A model, width, image size or batch
-size without a measured rate is reported as not measured instead of guessed. λ̂ is priced
+adds a per-job start-up cost (:data:`JOB_OVERHEAD_S`). A model, width or image size without
+measured rates is reported as not measured instead of guessed; a batch size between two
+measured ones is interpolated, one beyond them priced at the nearest (:func:`rate_at`), and
+the estimate says which. λ̂ is priced
 as forward + backward passes over ``chains × batch_size`` images per SGLD step, and the
 perturbation experiment (``perturbation:``) as the epochs its jobs train
 (:func:`plan.perturbation_job_epochs`: each seed's replay, twin and copies, one seed at a
@@ -17,6 +19,8 @@ only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from critperiods.pipeline import plan
 
@@ -68,6 +72,8 @@ class Cost:
     perturbation_epochs: int = 0
     perturbation_images: float = 0.0
     rules: dict[str, int] = field(default_factory=dict)
+    #: the batch sizes priced at a rate read off the measured ones (:func:`rate_at`), said so
+    projected: tuple[str, ...] = ()
 
 
 def _train_size(config: dict) -> tuple[int, int]:
@@ -93,6 +99,27 @@ def rates_for(key: tuple[str, str, int, int], seeds: int) -> dict[int, float]:
         return {}
     fits = [k for k in measured if k <= seeds]
     return RATES[(*key, fits[-1] if fits else measured[0])]
+
+
+def rate_at(rates: dict[int, float], batch: int) -> tuple[float | None, str]:
+    """Images/s at ``batch`` from the rates measured at other batch sizes, and how it was
+    had: "" where measured; between two measured batch sizes, interpolated in log rate
+    against log batch; beyond them, the nearest measured one's (larger batches run faster,
+    so a larger batch is priced at the rate of the largest measured: no more than it costs).
+    None with no rates."""
+    if batch in rates:
+        return rates[batch], ""
+    if not rates:
+        return None, ""
+    below = [b for b in rates if b < batch]
+    above = [b for b in rates if b > batch]
+    if below and above:
+        lo, hi = max(below), min(above)
+        t = np.log(batch / lo) / np.log(hi / lo)
+        rate = float(np.exp((1 - t) * np.log(rates[lo]) + t * np.log(rates[hi])))
+        return rate, f"batch {batch} interpolated between {lo} and {hi}"
+    nearest = max(below) if below else min(above)
+    return rates[nearest], f"batch {batch} at batch {nearest}'s rate"
 
 
 #: The Snakefile's ``localrules``: they run beside Snakemake (on a cluster's login node),
@@ -166,12 +193,15 @@ def grid_cost(config: dict, device: str) -> Cost:
     sgld = (_llc_estimates(config) * len(grid["seeds"]) * llc["chains"] * steps
             * min(llc["batch_size"], n))
     seconds, images, llc_images, pert_images, missing = 0.0, 0.0, 0.0, 0.0, []
+    projected: list[str] = []
     for b in grid["batch_sizes"]:
         images += cell_images
         llc_images += sgld
         pert_images += perturbed
-        one = one_seed.get(b)
-        trained = [rates.get(b) for rates in group_rates]
+        one, how = rate_at(one_seed, b)
+        read = [rate_at(rates, b) for rates in group_rates]
+        trained = [rate for rate, _ in read]
+        projected += sorted({h for h in [how, *(h for _, h in read)] if h})
         if one and all(trained):
             seconds += sum(cell_epochs * n * k / r for k, r in zip(groups, trained, strict=True))
             seconds += (sgld + perturbed) / one
@@ -183,7 +213,8 @@ def grid_cost(config: dict, device: str) -> Cost:
     if not missing:
         total = (seconds + jobs * JOB_OVERHEAD_S[device]) / PARALLEL_JOBS[device]
     return Cost(plan.epochs_trained(config, True), images, llc_images, jobs, total,
-                tuple(missing), perturbation_epochs(config), pert_images, rules)
+                tuple(missing), perturbation_epochs(config), pert_images, rules,
+                tuple(dict.fromkeys(projected)))
 
 
 def describe(cost: Cost, device: str) -> str:
@@ -194,7 +225,9 @@ def describe(cost: Cost, device: str) -> str:
         return f"{device}: not measured for {', '.join(cost.missing)}"
     minutes = cost.seconds / 60
     when = f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
-    return f"{device}: ~{when} on {where} ({cost.jobs} jobs)"
+    read = f"; projected: {', '.join(cost.projected)}" if cost.projected else ""
+    return f"{device}: ~{when} on {where} ({cost.jobs} jobs{read})"
 
 
-__all__ = ["RATES", "Cost", "describe", "grid_cost", "jobs_per_rule", "perturbation_epochs"]
+__all__ = ["RATES", "Cost", "describe", "grid_cost", "jobs_per_rule", "perturbation_epochs",
+           "rate_at"]
