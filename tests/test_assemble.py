@@ -213,3 +213,25 @@ def test_a_truncated_result_file_is_named_with_the_command_that_remakes_it(tmp_p
     with pytest.raises(ValueError, match=r"metrics\.nc: cannot be read as netCDF .*truncated or "
                                          r"corrupt .*snakemake --cores all --forcerun .*metrics"):
         merge_files([path])
+
+
+def test_aggregate_names_every_unreadable_input_at_once(tmp_path):
+    """Three truncated inputs took three rounds of fix and rerun, each naming the next one:
+    aggregate now names them all, with one command that remakes them."""
+    import xarray as xr
+
+    from critperiods.pipeline.files import write_netcdf
+    from critperiods.pipeline.stages.aggregate import check_readable
+
+    paths = [tmp_path / f"{name}.nc" for name in ("a", "b", "c")]
+    for path in paths:
+        write_netcdf(xr.Dataset({"x": ("a", [1.0, 2.0])}), path)
+    check_readable(paths)  # all readable: nothing said
+    for path in paths[1:]:
+        path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ValueError) as err:
+        check_readable(paths)
+    said = str(err.value)
+    assert said.startswith("2 inputs of the cube cannot be read as netCDF")
+    assert said.endswith(f"snakemake --cores all --forcerun {paths[1]} {paths[2]}")
+    assert str(paths[0]) not in said

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from critperiods.pipeline.files import write_atomic, write_netcdf
+from critperiods.pipeline.files import read_netcdf, remake, write_atomic, write_netcdf
 from critperiods.pipeline.provenance import cube_attrs
 from critperiods.pipeline.stages import setup
 from critperiods.results.cube import build_cube
@@ -20,6 +20,7 @@ def aggregate(cube_path: str, summary_path: str, config_path: str, *, metrics: l
     """Assemble the cube from the groups' metrics, the pieces' λ̂, the divergences and the
     perturbation comparisons; write it, the critical-period table (CSV) and the config that
     made it."""
+    check_readable([*metrics, *llc, *divergence, *perturbation])
     cube = build_cube(metrics_files=metrics, llc_files=llc, grid=grid,
                       epochs_after_switch=epochs_after_switch, training=training,
                       config_yaml=config_yaml, divergence_files=divergence, analysis=analysis,
@@ -28,6 +29,22 @@ def aggregate(cube_path: str, summary_path: str, config_path: str, *, metrics: l
     write_netcdf(cube, cube_path)
     write_atomic(summary_path, lambda tmp: to_csv(cube, tmp))
     write_atomic(config_path, lambda tmp: Path(tmp).write_text(config_yaml))
+
+
+def check_readable(paths: Sequence[str]) -> None:
+    """Raise one error naming every input that cannot be opened as netCDF, with one command
+    that remakes them all: reading them one by one took a fix and a rerun per bad file."""
+    bad = []
+    for path in paths:
+        try:
+            read_netcdf(path, attrs_only=True)
+        except ValueError:
+            bad.append(str(path))
+    if bad:
+        raise ValueError(f"{len(bad)} input{'s' * (len(bad) > 1)} of the cube cannot be read "
+                         f"as netCDF (truncated or corrupt): {', '.join(bad)}; regenerate "
+                         f"{'them' if len(bad) > 1 else 'it'}, with the run's own options: "
+                         f"{remake(' '.join(bad))}")
 
 
 def run(sm: Any) -> None:
