@@ -210,3 +210,19 @@ def test_a_write_over_quota_says_so(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="over your disk quota") as err:
         write_atomic(tmp_path / "x.pt", over_quota)
     assert err.value.errno == errno.EDQUOT and list(tmp_path.iterdir()) == []
+
+
+def test_a_write_sweeps_the_temporary_files_a_killed_write_left(tmp_path):
+    """A job killed mid-write (SIGKILL, or SIGTERM outside training) leaves its hidden
+    `.<name>.XXXXXXXX.tmp`, hundreds of MB for a piece; the next write of that file deletes
+    it, and nothing else."""
+    import tempfile
+
+    fd, stale = tempfile.mkstemp(prefix=".e4.pt.", suffix=".tmp", dir=tmp_path)
+    os.close(fd)
+    keep = [tmp_path / ".e4.pt.resume", tmp_path / ".e4.pt.not-ours.tmp",
+            tmp_path / ".e40.pt.abcdefgh.tmp"]
+    for path in keep:
+        path.write_text("x")
+    write_atomic(tmp_path / "e4.pt", lambda p: p.write_text("new"))
+    assert sorted(tmp_path.iterdir()) == sorted([*keep, tmp_path / "e4.pt"])

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -43,6 +45,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     the space left, whatever the writer said; one over a disk quota, ``OSError(EDQUOT)``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _sweep(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
@@ -64,6 +67,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _sweep(target: Path) -> None:
+    """Delete the temporary files an earlier write of ``target`` left: a job killed by a
+    signal (SIGKILL, or SIGTERM outside training) skips the cleanup below, and a piece or a
+    resume file left half-written weighs hundreds of MB. One job writes a given file at a
+    time, so none of these is being written."""
+    left = re.compile(rf"\.{re.escape(target.name)}\.[A-Za-z0-9_]{{8}}\.tmp")
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        if left.fullmatch(stale.name):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
 
 
 def _no_space(err: BaseException | None) -> int:
