@@ -36,6 +36,8 @@ NOTES = {"llc/calibration.py": " (the calibrate-llc command; no stage imports it
          "models/resnet18.py": " (in an experiment whose `model.name` is resnet18: what "
                                "models/small_cnn.py reruns in a small_cnn one)",
          "stages/__init__.py": " (the stages' shared setup: logging, threads, device)",
+         "critperiods/_version.py": " (the version the cube records: a version bump "
+                                    "retrains nothing)",
          "pipeline/failures.py": " (the Snakefile's onerror, after a failed run; no stage "
                                  "imports it)"}
 

@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import xarray as xr
 
-__version__ = "0.2.0"
+
+def __getattr__(name: str) -> str:
+    """``critperiods.__version__``, read from :mod:`critperiods._version` when asked for: a
+    version bump then reruns only the stages that record it (docs/invalidation.md), not
+    every stage that imports the package."""
+    if name == "__version__":
+        from critperiods._version import __version__
+
+        return __version__
+    raise AttributeError(f"module 'critperiods' has no attribute {name!r}")
 
 
 def open_cube(path: str | Path) -> xr.Dataset:

@@ -356,6 +356,10 @@ def test_the_cli_says_its_version_and_documents_every_option():
                                  capture_output=True, text=True, timeout=120).stdout
     assert "--recompute" in parser_help and "--csv" in parser_help
     assert __version__.count(".") == 2
+    import tomllib
+
+    packaged = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert packaged == __version__  # a bump edits both: pyproject.toml and _version.py
 
 
 @pytest.mark.parametrize("command", ["summarize", "calibrate-llc", "check", "cost", "power",
