@@ -193,7 +193,7 @@ def grid_cost(config: dict, device: str) -> Cost:
     sgld = (_llc_estimates(config) * len(grid["seeds"]) * llc["chains"] * steps
             * min(llc["batch_size"], n))
     seconds, images, llc_images, pert_images, missing = 0.0, 0.0, 0.0, 0.0, []
-    projected: list[str] = []
+    projected: dict[str, None] = {}  # how each unmeasured rate was had, once each, in order
     for b in grid["batch_sizes"]:
         images += cell_images
         llc_images += sgld
@@ -201,7 +201,7 @@ def grid_cost(config: dict, device: str) -> Cost:
         one, how = rate_at(one_seed, b)
         read = [rate_at(rates, b) for rates in group_rates]
         trained = [rate for rate, _ in read]
-        projected += sorted({h for h in [how, *(h for _, h in read)] if h})
+        projected.update(dict.fromkeys(h for h in (how, *(h for _, h in read)) if h))
         if one and all(trained):
             seconds += sum(cell_epochs * n * k / r for k, r in zip(groups, trained, strict=True))
             seconds += (sgld + perturbed) / one
@@ -214,7 +214,7 @@ def grid_cost(config: dict, device: str) -> Cost:
         total = (seconds + jobs * JOB_OVERHEAD_S[device]) / PARALLEL_JOBS[device]
     return Cost(plan.epochs_trained(config, True), images, llc_images, jobs, total,
                 tuple(missing), perturbation_epochs(config), pert_images, rules,
-                tuple(dict.fromkeys(projected)))
+                tuple(projected))
 
 
 def describe(cost: Cost, device: str) -> str:

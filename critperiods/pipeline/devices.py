@@ -140,7 +140,8 @@ def acquire_device(name: str, wait_s: float | None = None) -> torch.device:
     """
     if name == "auto" and not torch.cuda.is_available():
         _refuse_a_given_gpu_unseen()
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if name == "cpu":
         return torch.device("cpu")
     if name not in ("auto", "cuda"):
         return resolve_device(name)

@@ -53,14 +53,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; outputs are for sharing
         os.replace(tmp, target)
     except Exception as err:
+        full = _no_space(err)
+        if full == errno.EDQUOT:
+            raise OSError(errno.EDQUOT, f"cannot write {target}: over your disk quota "
+                                        f"({said(err)})") from err
         try:
             free = shutil.disk_usage(target.parent).free
         except OSError:
             free = None
-        if _no_space(err) == errno.EDQUOT:
-            raise OSError(errno.EDQUOT, f"cannot write {target}: over your disk quota "
-                                        f"({said(err)})") from err
-        if (free is not None and free < LOW_SPACE) or _no_space(err):
+        if full or (free is not None and free < LOW_SPACE):
             left = "" if free is None else f": its filesystem has {free / 2**20:.1f} MiB free"
             raise OSError(errno.ENOSPC, f"cannot write {target}{left} ({said(err)})") from err
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,22 +35,18 @@ def _label_apart(ax: plt.Axes, points: list[tuple[float, float, str]]) -> None:
     renderer = ax.figure.canvas.get_renderer()
     centres = ax.transData.transform([(x, y) for x, y, _ in points])
     markers = [Bbox.from_bounds(cx - 5, cy - 5, 10, 10) for cx, cy in centres]
+    spots = list(itertools.product(np.arange(0.0, 60.0, 2.0), ((6, "left"), (-6, "right"))))
     placed: list[Bbox] = []
     for i in sorted(range(len(points)), key=lambda i: (points[i][1], points[i][0])):
         x, y, name = points[i]
         obstacles = placed + markers[:i] + markers[i + 1:]
-        for rise in np.arange(0.0, 60.0, 2.0):
-            for side, align in ((6, "left"), (-6, "right")):
-                label = ax.annotate(name, (x, y), xytext=(side, rise), fontsize=6,
-                                    textcoords="offset points", ha=align, va="center",
-                                    zorder=5)
-                box = label.get_window_extent(renderer)
-                if not any(box.overlaps(other) for other in obstacles):
-                    break
-                label.remove()
-            else:
-                continue
-            break
+        for n, (rise, (side, align)) in enumerate(spots, 1):  # the first free spot, or the last
+            label = ax.annotate(name, (x, y), xytext=(side, rise), fontsize=6,
+                                textcoords="offset points", ha=align, va="center", zorder=5)
+            box = label.get_window_extent(renderer)
+            if n == len(spots) or not any(box.overlaps(other) for other in obstacles):
+                break
+            label.remove()
         if rise > 4:  # redraw it hanging on a leader line back to its point
             label.remove()
             label = ax.annotate(name, (x, y), xytext=(side, rise), fontsize=6,

@@ -154,22 +154,18 @@ def _downloading(root: Path):
     files. The second job waits, then finds the files there. Where the lock cannot be taken
     (a read-only folder, a filesystem without locks) the download goes ahead without it, and
     fails or not on its own account."""
-    path = root / ".critperiods-download.lock"
+    path, fd = root / ".critperiods-download.lock", None
     try:
         root.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as err:
-        log.warning("%s: cannot take the download lock (%s); downloading without it", path, err)
-        yield
-        return
-    try:
         fcntl.flock(fd, fcntl.LOCK_EX)
     except OSError as err:
         log.warning("%s: cannot take the download lock (%s); downloading without it", path, err)
     try:
         yield
     finally:
-        os.close(fd)  # releases the lock
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def _load_idx_dataset(name: str, root: Path,
