@@ -255,19 +255,20 @@ def test_data_prepared_with_another_blur_are_refused(cfg, data):
         Trainer(cfg, other, 16, 0)
 
 
-def test_ctrl_c_stops_training_at_a_step_like_sigterm():
-    """SIGINT (a terminal's Ctrl-C reaches Snakemake's local jobs too) raises the same flag
-    as SIGTERM, so the job saves its state at the current step instead of dying with a
-    KeyboardInterrupt; the handlers before are restored afterwards."""
+def test_ctrl_c_and_a_closed_terminal_stop_training_at_a_step_like_sigterm():
+    """SIGINT (a terminal's Ctrl-C reaches Snakemake's local jobs too) and SIGHUP (the
+    terminal or SSH session closed) raise the same flag as SIGTERM, so the job saves its
+    state at the current step instead of dying; the handlers before are restored
+    afterwards."""
     import os
     import signal
 
     from critperiods.train.training import stop_on_sigterm
 
-    before = signal.getsignal(signal.SIGINT)
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGHUP)}
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         with stop_on_sigterm() as stopped:
             assert not stopped()
             os.kill(os.getpid(), sig)
             assert stopped()
-    assert signal.getsignal(signal.SIGINT) is before
+    assert {sig: signal.getsignal(sig) for sig in before} == before

@@ -306,16 +306,20 @@ class TrajectoryTrainer(Protocol):
                     should_stop: Callable[[], bool] = ...) -> float | None: ...
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 class Preempted(Exception):  # noqa: N818 - it is an event, not a programming error
-    """Training stopped on request (SIGTERM, SIGINT) after saving its resumable state."""
+    """Training stopped on request (SIGTERM, SIGINT, SIGHUP) after saving its resumable state."""
 
 
 @contextlib.contextmanager
 def stop_on_sigterm() -> Iterator[Callable[[], bool]]:
-    """Turn SIGTERM and SIGINT into a flag the training loop polls after every step.
+    """Turn SIGTERM, SIGINT and SIGHUP into a flag the training loop polls after every step.
 
-    SLURM sends SIGTERM at preemption and at the time limit, and a terminal's Ctrl-C sends
-    SIGINT to Snakemake and its local jobs alike; the loop then saves its state at the
+    SLURM sends SIGTERM at preemption and at the time limit, a terminal's Ctrl-C sends
+    SIGINT to Snakemake and its local jobs alike, and a closed terminal or dropped SSH
+    session sends them SIGHUP; the loop then saves its state at the
     current step and raises :class:`Preempted`, which the stage script turns into a
     non-zero exit, so that the next run (or the retry) resumes where it stopped instead of
     at the last epoch's resume file.
@@ -325,7 +329,7 @@ def stop_on_sigterm() -> Iterator[Callable[[], bool]]:
     def handler(signum: int, frame: Any) -> None:
         received["flag"] = True
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield lambda: received["flag"]
     finally:

@@ -4,8 +4,8 @@ the never-blurred run's continuation (``switch_epoch`` 0); else a trunk segment.
 
 One job trains every seed of its group (``train.seeds_per_job``; several as one stacked
 model) and writes one file holding them all (``critperiods.pipeline.trajectories``). A job
-stopped by SIGTERM (preemption, time limit) or SIGINT (Ctrl-C) saves its state and exits
-with 143; the retry, or the next run, resumes from it.
+stopped by SIGTERM (preemption, time limit), SIGINT (Ctrl-C) or SIGHUP (its terminal closed)
+saves its state and exits with 143; the retry, or the next run, resumes from it.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def run(sm: Any) -> None:
               switch_epoch=int(w["switch_epoch"]) if branch else None,
               lr_schedule=w["lr_schedule"] if branch else None, device=device)
     except Preempted as stop:
-        print(f"stopped by SIGTERM or SIGINT (preemption, a time limit, Ctrl-C): {stop}; state "
+        print(f"stopped by SIGTERM, SIGINT or SIGHUP (preemption, a time limit, Ctrl-C, a closed "
+              f"terminal): {stop}; state "
               "saved, the retry or the next run resumes from it", file=sys.stderr)
         sys.exit(PREEMPTED_EXIT_CODE)
