@@ -144,7 +144,7 @@ def test_a_resume_file_of_another_checkpoint_plan_is_passed_over(tmp_path, cfg, 
     finer = PieceSpec(32, (0,), ALWAYS_BLURRED, 2, frozenset({1, 2}))
     with caplog.at_level("WARNING"):
         train_piece(finer, cfg, HASH, data, None, cut, progress=False)
-    assert "not resumed from (saved for another piece, checkpoint plan or fast path)" in caplog.text
+    assert "not resumed from (saved with another checkpoint_epochs)" in caplog.text
     train_piece(finer, cfg, HASH, data, None, plain, progress=False)
     a, b = load_member(load_piece(plain, HASH), 0), load_member(load_piece(cut, HASH), 0)
     assert [c["epoch"] for c in b["checkpoints"]] == [1, 2]
@@ -225,7 +225,7 @@ def test_a_resume_file_of_another_fast_path_is_passed_over(tmp_path, cfg, data, 
     assert resume_path_for(cut).exists()
     with caplog.at_level("WARNING"):
         train_piece(spec, cfg, HASH, data, None, cut, progress=False, fast=FastPath())
-    assert "not resumed from (saved for another piece, checkpoint plan or fast path)" in caplog.text
+    assert "not resumed from (saved with another fast_path)" in caplog.text
     train_piece(spec, cfg, HASH, data, None, plain, progress=False, fast=FastPath())
     a, b = load_member(load_piece(plain, HASH), 0), load_member(load_piece(cut, HASH), 0)
     assert_state_equal(a["state"], b["state"])
@@ -247,8 +247,33 @@ def test_a_resume_file_of_another_thread_count_is_passed_over(tmp_path, cfg, dat
             train_piece(spec, cfg, HASH, data, None, cut, progress=False)
     finally:
         torch.set_num_threads(before)
-    assert "not resumed from (saved for another piece, checkpoint plan or fast path)" in (
-        caplog.text)
+    assert "not resumed from (saved with another threads)" in caplog.text
+
+
+def test_a_resume_file_from_a_start_piece_retrained_since_is_passed_over(
+        tmp_path, cfg, data, caplog):
+    """A branch stopped mid-way, whose trunk was then retrained with other bits (on a GPU
+    without deterministic: true, say), starts over from the new trunk: resuming would give
+    a branch that begins on one trunk and ends on another's trajectory."""
+    trunk, cut, plain = tmp_path / "e1.pt", tmp_path / "cut.pt", tmp_path / "plain.pt"
+    branch = PieceSpec(32, (0,), 1, 3, frozenset({3}), "continue")
+    train_piece(PieceSpec(32, (0,), ALWAYS_BLURRED, 1, frozenset()), cfg, HASH, data, None,
+                trunk, progress=False)
+    with pytest.raises(Preempted):
+        train_piece(branch, cfg, HASH, data, trunk, cut, progress=False,
+                    should_stop=stop_after(8))
+    assert resume_path_for(cut).exists()
+    piece = load_piece(trunk, HASH)  # the trunk retrained: same epoch, other bits
+    weights = piece["members"][0]["state"]["model"]
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name] = weights[name] + 1e-3
+    torch.save(piece, trunk)
+    with caplog.at_level("WARNING"):
+        train_piece(branch, cfg, HASH, data, trunk, cut, progress=False)
+    assert "not resumed from (saved with another start_state)" in caplog.text
+    train_piece(branch, cfg, HASH, data, trunk, plain, progress=False)
+    assert_state_equal(load_member(load_piece(plain, HASH), 0)["state"],
+                       load_member(load_piece(cut, HASH), 0)["state"])
 
 
 def test_setup_runs_the_configured_threads_whatever_cores_snakemake_gave(tmp_path, caplog):

@@ -44,6 +44,34 @@ def config_hash(training_params: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def state_digest(states: Any) -> str:
+    """SHA-256 (12 hex digits) of nested training states: every tensor's dtype, shape and
+    bytes, and every other value's repr, dicts in key order. Equal bits, equal digest."""
+    h = hashlib.sha256()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(x.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=str):
+                h.update(repr(k).encode())
+                walk(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for v in x:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(x).encode())
+
+    walk(states)
+    return h.hexdigest()[:12]
+
+
 def save_piece(path: str | Path, *, config_hash: str, identity: dict, members: list[dict],
                provenance: dict | None = None) -> None:
     """Write a trajectory piece atomically. ``members``: one ``{"seed", "state",
@@ -125,7 +153,10 @@ def load_resume(path: str | Path, config_hash: str, identity: dict,
     if payload["config_hash"] != config_hash:
         return _not_resumed(path, "saved with other training settings")
     if payload["identity"] != identity:
-        return _not_resumed(path, "saved for another piece, checkpoint plan or fast path")
+        saved = payload["identity"]
+        differ = sorted(k for k in saved.keys() | identity.keys()
+                        if saved.get(k) != identity.get(k))
+        return _not_resumed(path, f"saved with another {', '.join(differ)}")
     if provenance is not None and payload.get("provenance", {}) != provenance:
         return _not_resumed(path, "saved by other code or from other data")
     return payload

@@ -93,8 +93,8 @@ def train_piece(
 
     ``start`` is the piece file it continues (None: from the initial weights). Raises
     ``Preempted`` after saving the resumable state if stopped on SIGTERM; a later call
-    resumes from that state only for the same piece, checkpoints, :class:`FastPath` and
-    number of torch threads.
+    resumes from that state only for the same piece, checkpoints, :class:`FastPath`, number
+    of torch threads and start state (the bits ``start`` held when it was saved).
     ``provenance`` (code and data fingerprints) is recorded in the piece and the resume
     file; a resume file of other code or data is not resumed from. The piece also records
     the device that trained it (``provenance["device"]``; a job that resumed on other
@@ -104,16 +104,18 @@ def train_piece(
     trainer: Trainer | StackedTrainer = (
         Trainer(cfg, data, spec.batch_size, seeds[0], device, fast) if len(seeds) == 1
         else StackedTrainer(cfg, data, spec.batch_size, seeds, device, fast))
-    checkpoints = _start(spec, trainer, start, config_hash)
+    checkpoints, started_from = _start(spec, trainer, start, config_hash)
     identity = spec.identity(trainer.epoch)
     resume_file = resume_path_for(output)
     # a resume file also belongs to the checkpoints its piece keeps: one saved before a
     # change of checkpoints.every (or a switch epoch that adds one) would leave a hole; and to
     # how the steps ran (train.fast_path, compile, deterministic, and the threads, which
     # change a CPU reduction's bits): a piece half trained in bf16 is not the float32 piece
-    # its rerun was asked for
+    # its rerun was asked for; and to the very state it started from: a start piece retrained
+    # since (on a GPU without deterministic: true, its bits differ) begins another trajectory
     resumable = {**identity, "checkpoint_epochs": sorted(spec.checkpoint_epochs),
-                 "fast_path": asdict(trainer.fast), "threads": torch.get_num_threads()}
+                 "fast_path": asdict(trainer.fast), "threads": torch.get_num_threads(),
+                 "start_state": started_from}
 
     def members() -> list[dict]:
         return [{"seed": s, "state": m.state(), "checkpoints": kept}
@@ -149,12 +151,13 @@ def train_piece(
 
 
 def _start(spec: PieceSpec, trainer: Trainer | StackedTrainer, start: str | Path | None,
-           config_hash: str) -> list[list[dict]]:
+           config_hash: str) -> tuple[list[list[dict]], str | None]:
     """Load the start piece into the trainer; return the checkpoints kept so far per seed
-    (epoch 0's when starting from the initial weights)."""
+    (epoch 0's when starting from the initial weights) and the digest of the states loaded
+    (None for the initial weights, which the seeds determine)."""
     if start is None:
         return [[make_checkpoint(m, spec.switch_epoch, config_hash)]
-                if 0 in spec.checkpoint_epochs else [] for m in trainer.members()]
+                if 0 in spec.checkpoint_epochs else [] for m in trainer.members()], None
     piece = ckpt.load_piece(start, config_hash)
     made_with = [int(s) for s in piece["identity"]["seeds"]]
     if made_with != list(spec.seeds):
@@ -165,13 +168,14 @@ def _start(spec: PieceSpec, trainer: Trainer | StackedTrainer, start: str | Path
         raise ckpt.CheckpointError(
             f"{start}: holds {wrong}, not where this job starts ({spec.name}): a file copied "
             f"or moved by hand? Retrain it: {remake(start)}")
-    trainer.load_states([ckpt.member(piece, s, start)["state"] for s in spec.seeds])
+    states = [ckpt.member(piece, s, start)["state"] for s in spec.seeds]
+    trainer.load_states(states)
     if trainer.epoch > spec.end_epoch:
         raise ckpt.CheckpointError(
             f"{start}: holds the state at epoch {trainer.epoch}, after {spec.end_epoch}, where "
             "this piece ends: it was trained for another plan (by an older version, or kept "
             f"with --touch); retrain it: {remake(start)}")
-    return [[] for _ in spec.seeds]
+    return [[] for _ in spec.seeds], ckpt.state_digest(states)
 
 
 def _describe(identity: dict) -> str:
