@@ -62,7 +62,10 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
     "train_accuracy": ("accuracy on the training data of the checkpoint's phase", "1"),
     # aggregate: from the evaluations
     "phase_sharp": ("true where the epoch's checkpoint was last trained on sharp data", "1"),
-    "final_test_accuracy": ("sharp test accuracy at the run's last epoch", "1"),
+    "final_test_accuracy": ("sharp test accuracy at epoch switch_epoch + epochs_after_switch "
+                            "(a global attribute), where the run ends; the never-blurred run "
+                            "(switch epoch 0) trains on as the others' reference, so its last "
+                            "test_accuracy is later", "1"),
     "run_diverged": ("run diverged to chance accuracy (left out of means and fits)", "1"),
     # llc: per checkpoint, and the sampler's settings
     "llc_mean": ("local learning coefficient, mean over healthy SGLD chains", "1"),
@@ -84,18 +87,26 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
     "llc_bf16": ("whether the SGLD forward and backward passes ran in bf16 autocast (1) or "
                  "float32 (0); the chains' state is float32 either way", "1"),
     # aggregate: the critical-period summary, per (batch_size, lr_schedule)
-    "critical_period_end": ("end of the critical period (hinge kink), in epochs", "1"),
+    "critical_period_end": ("kink of the hinge fitted to final accuracy against switch "
+                            "epoch, in epochs: the end of the critical period where "
+                            "critical_period_end_located is 1, else no end", "1"),
+    "critical_period_end_located": ("whether the critical period's end is located: 1 where "
+                                    "the permanent deficit's interval lies above 0, 0 where "
+                                    "it does not (critical_period_end and "
+                                    "half_deficit_epoch then mark no end)", "1"),
     "critical_period_slope": ("change of final accuracy per epoch of delay after the kink "
                               "(negative: accuracy lost)", "1"),
     "permanent_deficit": ("final sharp test accuracy of the earliest switch minus that of the "
                           "latest, paired by seed, mean over seeds", "1"),
-    "half_deficit_epoch": ("switch epoch at half the final permanent deficit", "1"),
+    "half_deficit_epoch": ("switch epoch at half the final permanent deficit (a deficit "
+                           "only where critical_period_end_located is 1)", "1"),
     "llc_change_epoch_trunk": ("epoch of largest slope change of valid lambda-hat along the "
                                "blurred trunk", "1"),
     "llc_change_epoch_sharp": ("epoch of largest slope change of valid lambda-hat, "
                                "never-blurred run", "1"),
-    "divergence_drop_epoch": ("switch epoch where the distance to the always-blurred run at "
-                              "the horizon halves", "1"),
+    "divergence_drop_epoch": ("switch epoch at which div_l2 (reference=blurred) at epoch = "
+                              "switch_epoch + summary_horizon (a global attribute), mean over "
+                              "seeds, has fallen to half its value at the earliest switch", "1"),
     "diverged_runs": ("runs that diverged to chance accuracy, left out of the statistics", "1"),
     "permanent_deficit_seeds": ("seeds with both the earliest and the latest switch run, on "
                                 "which the permanent deficit and its interval rest", "1"),
@@ -143,6 +154,26 @@ PERTURBATION_VARIABLES: dict[str, tuple[str, str]] = {
     "perturb_accuracy_change": ("sharp test accuracy of the copy minus that of its twin at "
                                 "the end epoch", "1"),
 }
+
+
+#: variable → the variables that qualify its values (CF ``ancillary_variables``): the flags
+#: and intervals to read before averaging or plotting it.
+ANCILLARY: dict[str, tuple[str, ...]] = {
+    "final_test_accuracy": ("run_diverged",),
+    "llc_mean": ("llc_quality",),
+    "llc_std": ("llc_quality",),
+    "llc_chain": ("llc_quality",),
+    "critical_period_end": ("critical_period_end_located", "critical_period_end_interval"),
+    "half_deficit_epoch": ("critical_period_end_located",),
+    "permanent_deficit": ("permanent_deficit_interval", "permanent_deficit_seeds"),
+}
+
+
+def located_flag_attrs() -> dict:
+    """CF attributes of the ``critical_period_end_located`` flag."""
+    return {**attrs("critical_period_end_located"),
+            "flag_values": np.asarray([0, 1], dtype=np.int8),
+            "flag_meanings": "not_located located"}
 
 
 def attrs(name: str) -> dict:
@@ -229,8 +260,9 @@ def interval_attrs(name: str, kind: str) -> dict:
     return {"long_name": f"{kind} of {name}", "units": "1"}
 
 
-__all__ = ["DIVERGENCE_METRICS", "DIVERGENCE_ROLES", "PERTURBATION_ROLE",
+__all__ = ["ANCILLARY", "DIVERGENCE_METRICS", "DIVERGENCE_ROLES", "PERTURBATION_ROLE",
            "PERTURBATION_VARIABLES", "SUMMARY_STATISTICS", "VARIABLES", "attrs",
            "divergence_attrs", "exponent_attrs", "growth_attrs",
-           "interval_attrs", "llc_quality_flag_attrs", "run_diverged_flag_attrs",
+           "interval_attrs", "llc_quality_flag_attrs", "located_flag_attrs",
+           "run_diverged_flag_attrs",
            "variable_attrs"]

@@ -1715,6 +1715,31 @@ def test_a_restart_without_any_deficit_has_no_located_end() -> None:
     assert located_end(summary).sel(lr_schedule="continue").notnull().all()
 
 
+def test_the_cube_flags_a_kink_that_is_no_end() -> None:
+    """A hinge puts a kink even where the deficit is not told from 0; the cube keeps it (for
+    inspection) but flags it: ``critical_period_end_located`` is 0 there and 1 at the
+    located ends, the end's ``comment`` names the cells and why, and the end points to its
+    flag through ``ancillary_variables``, so that a reader of the cube alone cannot take
+    the restart's kinks for ends."""
+    from critperiods.results.cube import describe
+
+    summary = describe(critical_period_summary(flat_restart(
+        synthetic_cube(with_llc=False, with_div=False))))
+    flag = summary["critical_period_end_located"]
+    assert flag.dtype == np.int8 and flag.attrs["flag_meanings"] == "not_located located"
+    assert (flag.sel(lr_schedule="restart") == 0).all()
+    assert (flag.sel(lr_schedule="continue") == 1).all()
+    assert summary["critical_period_end"].sel(lr_schedule="restart").notnull().all()
+    comment = summary["critical_period_end"].attrs["comment"]
+    assert comment.startswith("no end where critical_period_end_located is 0: ")
+    assert "restart" in comment and "continue" not in comment
+    assert "deficit not told from 0" in comment
+    assert summary["critical_period_end"].attrs["ancillary_variables"] == (
+        "critical_period_end_located critical_period_end_interval")
+    assert summary["half_deficit_epoch"].attrs["ancillary_variables"] == (
+        "critical_period_end_located")
+
+
 def test_a_lambda_markers_range_holds_the_all_seed_value() -> None:
     """An arg-max can put the marker with all seeds outside the markers without each seed:
     the range spans it too."""
@@ -1874,3 +1899,26 @@ def test_the_sgld_traces_figure_is_a_grid_with_its_legend_on_a_drawn_panel(monke
     plots.llc_traces(cube.sel(switch_epoch=[8]), tmp_path / "llc_traces.png")
     assert [ax.get_title().split(",")[:2] for ax in figures[0].axes] == [
         ["batch 64", " switch 8"], ["batch 128", " switch 8"]]
+
+
+def test_an_exponent_apart_from_0_on_ends_not_apart_says_so() -> None:
+    """The exponent's interval (a jackknife over seeds) can exclude 0 while every pair of
+    ends has overlapping intervals (which carry the kink's profile uncertainty): the short
+    answer then says so instead of claiming the ordering outright; ends that are apart, or a
+    single located end, add nothing."""
+    import pandas as pd
+
+    from critperiods.results.report_page import _ends_overlap
+
+    def rows(intervals, deficit_lower=(1.0, 1.0, 1.0)):
+        return pd.DataFrame({"batch_size": [256, 64, 128],
+                             "critical_period_end_lower": [i[0] for i in intervals],
+                             "critical_period_end_upper": [i[1] for i in intervals],
+                             "permanent_deficit_lower": list(deficit_lower)})
+
+    said = _ends_overlap(rows([(0.8, 5.8), (0.0, 13.8), (0.0, 13.7)]))
+    assert said.startswith(", though no two ends' own intervals are apart ([0.0, 13.8], "
+                           "[0.0, 13.7] and [0.8, 5.8] at batch sizes 64, 128, 256)")
+    assert _ends_overlap(rows([(0.8, 5.8), (6.0, 13.8), (0.0, 13.7)])) == ""  # 64 vs 256 apart
+    assert _ends_overlap(rows([(0.8, 5.8), (0.0, 13.8), (0.0, 13.7)],
+                              deficit_lower=(1.0, -1.0, -1.0))) == ""  # one located end

@@ -77,7 +77,15 @@ def test_cube_has_design_dims_and_no_nan_where_runs_exist(run):
         assert var.where(~ran).isnull().all(), f"{name}: cells not run must be NaN"
     assert cube.final_test_accuracy.dims == ("batch_size", "lr_schedule", "switch_epoch", "seed")
     assert np.all(cube.final_test_accuracy > 0.1)  # better than chance on real data
-    assert cube.final_test_accuracy.attrs["long_name"].endswith("at the run's last epoch")
+    assert cube.final_test_accuracy.attrs["long_name"].startswith(
+        "sharp test accuracy at epoch switch_epoch + epochs_after_switch")
+    # every flag a value must be read with is named beside it, and exists
+    assert cube.final_test_accuracy.attrs["ancillary_variables"] == "run_diverged"
+    assert cube.llc_mean.attrs["ancillary_variables"] == "llc_quality"
+    for name in cube.data_vars:
+        for other in cube[name].attrs.get("ancillary_variables", "").split():
+            assert other in cube, f"{name}: ancillary variable {other} not in the cube"
+    assert "trunk" in cube.attrs["comment"]
     assert cube.phase_sharp.dims == ("switch_epoch", "epoch")
     assert bool(cube.phase_sharp.sel(switch_epoch=2, epoch=3))
     assert not bool(cube.phase_sharp.sel(switch_epoch=2, epoch=2))

@@ -21,6 +21,7 @@ from critperiods.pipeline.files import read_netcdf
 from critperiods.pipeline.layout import parse_divergence, parse_perturbation
 from critperiods.results.assemble import RUN_DIMS, assemble_runs, load_pieces
 from critperiods.variables import (
+    ANCILLARY,
     VARIABLES,
     llc_quality_flag_attrs,
     run_diverged_flag_attrs,
@@ -132,10 +133,19 @@ def build_cube(
         "git_commit": _git_commit(),
         "epochs_after_switch": epochs_after_switch,
         "lr": training["optimizer"]["lr"],
+        "comment": COMMENT,
         **_versions(),
     }
     return describe(cube)
 
+
+#: The cube's ``comment``: what to know before averaging or counting its values.
+COMMENT = ("A run's values up to its switch epoch are its trunk's: the same trunk checkpoint "
+           "sits under every later switch_epoch and under both lr_schedules, and switch_epoch "
+           "0 is one run under both schedules, so count or average trunk values on one copy. "
+           "A variable's ancillary_variables name the flags and intervals that qualify it "
+           "(llc_quality, run_diverged, critical_period_end_located): read them before "
+           "averaging or plotting it.")
 
 #: Defaults of the config's ``analysis:`` section (the schema holds the same; a test checks).
 ANALYSIS_DEFAULTS = {"llc_max_rhat": MAX_RHAT, "llc_max_trend_z": MAX_TREND_Z,
@@ -191,11 +201,15 @@ def align_at_switch(da: xr.DataArray) -> xr.DataArray:
 
 def describe(ds: xr.Dataset) -> xr.Dataset:
     """Give every variable and coordinate that :mod:`critperiods.variables` describes its
-    attributes from there (``long_name``, ``units`` except on index coordinates, and a
-    family's flags), replacing what a piece file carried: the stages write values only, and
-    the table is the one source of their descriptions."""
+    attributes from there (``long_name``, ``units`` except on index coordinates, a family's
+    flags, and ``ancillary_variables``: the flags and intervals that qualify it), replacing
+    what a piece file carried: the stages write values only, and the table is the one source
+    of their descriptions."""
     for name in list(ds.data_vars) + list(ds.coords):
         ds[name].attrs.update(variable_attrs(str(name), index=name in ds.dims))
+        qualifiers = [q for q in ANCILLARY.get(str(name), ()) if q in ds]
+        if qualifiers:
+            ds[name].attrs["ancillary_variables"] = " ".join(qualifiers)
     return ds
 
 

@@ -111,10 +111,12 @@ def short_answer(cube: xr.Dataset) -> str:
         interval = (f", {level} interval {_interval(lo, hi, 2)}" if np.isfinite(lo)
                     else ", no interval (one seed)")
         seeds = int(cube.sizes.get("seed", 1))
+        excludes_0 = np.isfinite(lo) and not lo <= 0 <= hi
         said = (f"{rate}, smaller batches end their critical period {way} (end ∝ batch "
                 f"size^{_num(p, 2)}{interval}, over {seeds} seed{'s' if seeds != 1 else ''}"
                 + (", which includes 0: no dependence is as consistent"
-                   if np.isfinite(lo) and lo <= 0 <= hi else "") + ")")
+                   if np.isfinite(lo) and not excludes_0 else "") + ")"
+                + (_ends_overlap(rows) if excludes_0 else ""))
     verdicts = restart_verdicts(cube)
     if verdicts:
         said += ". " + _restart_sentence(verdicts, located, len(rows), table)
@@ -204,6 +206,27 @@ def _ends_compared(rows: pd.DataFrame) -> str:
     else:
         order = ", whose intervals overlap: these seeds do not order them"
     return f" (ends {listed}{order})"
+
+
+def _ends_overlap(rows: pd.DataFrame) -> str:
+    """``, though no two ends' own intervals are apart (…)`` where every pair of one
+    schedule's located ends (:func:`summary_table` ``rows``) has overlapping intervals: an
+    exponent whose interval excludes 0 then rests on the seeds agreeing on the ordering,
+    while its interval (a jackknife over seeds) leaves out the kinks' profile uncertainty
+    that the ends' intervals carry. "" otherwise."""
+    ends = [(float(r.batch_size), r.critical_period_end_lower, r.critical_period_end_upper)
+            for r in rows.sort_values("batch_size").itertuples()
+            if end_located(r.permanent_deficit_lower)]
+    if len(ends) < 2 or not all(np.isfinite([lo, hi]).all() for _, lo, hi in ends):
+        return ""
+    if any(a[2] < b[1] or b[2] < a[1] for i, a in enumerate(ends) for b in ends[i + 1:]):
+        return ""
+    intervals = [_interval(lo, hi) for _, lo, hi in ends]
+    listed = (", ".join(intervals[:-1]) + f" and {intervals[-1]} at "
+              + _batches([b for b, _, _ in ends]))
+    return (f", though no two ends' own intervals are apart ({listed}): the exponent's "
+            "interval, from leaving each seed out, does not carry how loosely the switch grid "
+            "pins each end; more seeds or a finer switch grid would settle it")
 
 
 def _restart_sentence(verdicts: dict[float, str], located: list[float], batch_sizes: int,

@@ -66,7 +66,12 @@ from critperiods.results.selection import (
     valid_final_accuracy,
     with_lr_schedule,
 )
-from critperiods.variables import SUMMARY_STATISTICS, exponent_attrs, interval_attrs
+from critperiods.variables import (
+    SUMMARY_STATISTICS,
+    exponent_attrs,
+    interval_attrs,
+    located_flag_attrs,
+)
 from critperiods.variables import attrs as variable_attrs
 
 __all__ = ["EXPONENTS", "INTERVAL_METHOD", "INTERVAL_STATISTICS", "MIN_LLC_POINTS",
@@ -173,6 +178,8 @@ def _cell_values(
     unlocated = ("" if end.located
                  else "no located end "
                  f"({unlocated_reason(end.deficit, end.deficit_lower, end.deficit_upper)})")
+    if unlocated and np.isfinite(end.end):
+        why["not_an_end"] = unlocated
     for (knee_name, offset_name), curve, marker in zip(
             LLC_KNEES, (trunk_by_seed, sharp_by_seed), LLC_MARKERS, strict=True):
         knee = knee_values(curve, level, end)
@@ -378,6 +385,14 @@ def critical_period_summary(
                                                 attrs=knee_earliest_attrs(knee))
     coords = {"batch_size": batch_sizes, "lr_schedule": schedules, "bound": ["lower", "upper"]}
     ends = located_end(xr.Dataset(data, coords=coords)).values
+    data["critical_period_end_located"] = xr.DataArray(
+        np.isfinite(ends).astype(np.int8), dims=dims, attrs=located_flag_attrs())
+    not_an_end = _why_missing({(b, r): cells[(b, r)][1].get("not_an_end") for b in batch_sizes
+                               for r in schedules})
+    if not_an_end:
+        for name in ("critical_period_end", "half_deficit_epoch"):
+            data[name].attrs["comment"] = ("no end where critical_period_end_located is 0: "
+                                           + not_an_end)
     without_each_seed = np.array([[cells[(b, r)][2] for r in schedules] for b in batch_sizes]
                                  ).transpose(2, 0, 1)  # (seed, batch_size, lr_schedule)
     data.update(_exponents(ends, without_each_seed, _temperature(cube, batch_sizes.astype(float)),
