@@ -268,6 +268,8 @@ def summarize(args: argparse.Namespace) -> int:
 
 
 def calibrate_llc(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     import torch
 
     from critperiods.measure.llc import calibrate, plot_calibration
@@ -289,7 +291,9 @@ def calibrate_llc(args: argparse.Namespace) -> int:
         print(f"the config of {args.piece}'s experiment: {recorded} (as recorded by its run; "
               "--configfile to give another)")
     config = _load_config([str(recorded)] if recorded is not None else args.configfile)
-    results = Path(config["results_dir"]) / config["experiment"]
+    # the piece's own run folder, wherever it was run from (snakemake -d puts it anywhere)
+    results = (recorded.parent if recorded is not None
+               else Path(config["results_dir"]) / config["experiment"])
     params = training_params(config)
     try:
         seeds = parse_piece(args.piece).seeds
@@ -308,10 +312,20 @@ def calibrate_llc(args: argparse.Namespace) -> int:
     model = model_for(TrainConfig.from_params(params), data, "cpu")
     model.load_state_dict(ckpts[args.epoch]["model"])
     llc_params = config["llc"]
+    chains = {k: v for k, v in (("draws", args.draws), ("burn_in", args.burn_in),
+                                ("batch_size", args.batch_size)) if v is not None}
     result = calibrate(model, torch.nn.functional.cross_entropy,
                        llc_data(data, llc_params)(ckpts[args.epoch]["phase"]),
-                       llc_config_from_params(llc_params), args.step_sizes, args.nbetas)
+                       replace(llc_config_from_params(llc_params), **chains), args.step_sizes,
+                       args.nbetas)
     plot_calibration(result, args.out)
+    for nbeta in result["nbeta"].values:
+        for eps in result["step_size"].values:
+            cell = result.sel(nbeta=nbeta, step_size=eps)
+            diverged = int(cell["diverged"].sum())
+            print(f"nβ {nbeta:.4g}, step size {eps:g}: λ̂ {float(cell['llc_mean']):.4g} "
+                  f"(chains' s.d. {float(cell['llc_std']):.3g}"
+                  + (f", {diverged} chain(s) diverged" if diverged else "") + ")")
     print(f"wrote {args.out}")
     return 0
 
@@ -573,6 +587,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="SGLD step sizes to try (default: 1e-5 3e-5 1e-4 3e-4)")
     p.add_argument("--nbetas", type=_positive(float), nargs="+", default=None,
                    help="inverse temperatures n·β to try (default: the config's)")
+    p.add_argument("--draws", type=_positive(int), default=None,
+                   help="recorded draws per chain after burn-in (default: the config's "
+                        "llc.draws); a step size's λ̂ levels off only in a chain long enough "
+                        "to relax, about 2 / (step size · γ) steps")
+    p.add_argument("--burn-in", type=_positive(int), default=None,
+                   help="draws per chain discarded first (default: the config's llc.burn_in)")
+    p.add_argument("--batch-size", type=_positive(int), default=None,
+                   help="SGLD minibatch size (default: the config's llc.batch_size); a small "
+                        "one heats the chains (docs/llc.md)")
     p.add_argument("--threads", type=_positive(int), default=2,
                    help="worker processes for the chains (default: 2)")
     p.add_argument("--out", default="llc_calibration.png",

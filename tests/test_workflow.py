@@ -533,6 +533,30 @@ def test_calibrate_llc_reads_the_config_its_run_recorded(run, capsys):
         assert stop.value.code == 2 and "is not above 0" in capsys.readouterr().err, bad
 
 
+def test_calibrate_llc_runs_chains_of_the_length_and_batch_asked_for(run, tmp_path,
+                                                                     monkeypatch, capsys):
+    """A step size's λ̂ levels off only in a chain long enough to relax, so the calibration
+    takes --draws, --burn-in and --batch-size instead of the config's short chains."""
+    from critperiods.__main__ import main
+    from critperiods.measure import llc
+
+    piece = next((run / "results/tiny/runs").glob("bs*/*/continue/switch*.pt"))
+    seen = {}
+    real = llc.estimate_llc
+
+    def spy(model, loss_fn, data, cfg, **kw):
+        seen.update(draws=cfg.draws, burn_in=cfg.burn_in, batch_size=cfg.batch_size)
+        return real(model, loss_fn, data, cfg, **kw)
+
+    monkeypatch.setattr("critperiods.measure.llc.calibration.estimate_llc", spy)
+    out = tmp_path / "cal.png"
+    assert main(["calibrate-llc", str(piece), "--epoch", "1", "--step-sizes", "1e-5",
+                 "--draws", "7", "--burn-in", "3", "--batch-size", "8", "--threads", "1",
+                 "--out", str(out)]) == 0
+    assert seen == {"draws": 7, "burn_in": 3, "batch_size": 8} and out.stat().st_size > 0
+    assert re.search(r"nβ \S+, step size 1e-05: λ̂ \S+ \(chains' s\.d\. ", capsys.readouterr().out)
+
+
 def test_the_cubes_summary_is_the_summary_of_the_stored_cube(run, monkeypatch):
     """``summarize --recompute`` on a finished cube gives back what aggregate stored, to the
     bit: aggregate computes the summary on a cube that already carries the run's ``lr``
