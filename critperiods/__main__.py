@@ -216,10 +216,24 @@ def summarize(args: argparse.Namespace) -> int:
         summary = cube
     if stale and not args.recompute:
         print(f"(statistics recomputed: this cube {stale})\n")
+    if "perturb_l2" in cube and (recompute or "perturb_cp_ratio" not in cube):
+        from critperiods.results.perturbation_summary import perturbation_summary
+
+        cube = cube.assign(perturbation_summary(cube).data_vars)
+    if "perturb_l2" in cube:  # a perturbation run answers its own question first
+        from critperiods.results import perturbation_page
+
+        said = perturbation_page.short_answer(cube.assign(summary.data_vars))
+        print(textwrap.fill(_plain(said), width=100))
+        for caveat in perturbation_page.caveats(cube):
+            print(textwrap.fill(_plain(caveat), width=100, subsequent_indent="  "))
+        print()
     if "lr_schedule" in cube.dims:  # the answer first, as on the report's first page
         from critperiods.results.report_page import short_answer
 
-        said = short_answer(cube.assign(summary.data_vars)).replace("**In short:**", "In short:")
+        said = _plain(short_answer(cube.assign(summary.data_vars)))
+        if "perturb_l2" in cube:
+            said = said.replace("In short:", "The critical period itself, in short:")
         print(textwrap.fill(said, width=100) + "\n")
     print(format_table(summary, markers_not_computed(cube)))
     verdicts = restart_verdicts(summary)
@@ -251,13 +265,8 @@ def summarize(args: argparse.Namespace) -> int:
         print(f"\nλ̂ estimates: {counts['estimates']}, ok {counts['ok']}; flagged: {flagged} "
               "(flagged estimates are left out of the λ̂ markers and knees)")
     if "perturb_l2" in cube:
-        from critperiods.results.perturbation_summary import (
-            format_perturbation,
-            perturbation_summary,
-        )
+        from critperiods.results.perturbation_summary import format_perturbation
 
-        if recompute or "perturb_cp_ratio" not in cube:
-            cube = cube.assign(perturbation_summary(cube).data_vars)
         print("\nperturbations: how far a nudge carries (copy vs its unperturbed twin)")
         print(format_perturbation(cube))
     if args.csv:
@@ -265,6 +274,12 @@ def summarize(args: argparse.Namespace) -> int:
         to_csv(summary, args.csv)
         print(f"wrote {args.csv}")
     return 0
+
+
+def _plain(rst: str) -> str:
+    """A report sentence (reStructuredText) as the terminal prints it: no ``**`` or ``\\``
+    markup."""
+    return rst.replace("**", "").replace("``", "")
 
 
 def calibrate_llc(args: argparse.Namespace) -> int:

@@ -693,6 +693,22 @@ def test_an_overlay_given_without_the_files_it_is_laid_over_is_refused(given, re
         in proc.stderr
 
 
+def test_an_overlay_kept_elsewhere_is_told_where_its_base_lies(tmp_path):
+    """An overlay of one's own (outside configs/) laid over a shipped config is told the
+    base's real path, not a file beside the overlay that does not exist."""
+    from critperiods.pipeline.config_file import CONFIGS, ConfigError, check_layers
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("laid_over: [perturbation.yaml]\n")
+    with pytest.raises(ConfigError) as refused:
+        check_layers([mine])
+    assert f"run it as --configfile {CONFIGS / 'perturbation.yaml'} {mine}" in str(refused.value)
+    (tmp_path / "perturbation.yaml").write_text("{}\n")  # one beside it wins
+    with pytest.raises(ConfigError) as refused:
+        check_layers([mine])
+    assert f"--configfile {tmp_path / 'perturbation.yaml'} {mine}" in str(refused.value)
+
+
 def test_laid_over_takes_file_names_of_other_files_and_is_not_checked_over_a_cube(tmp_path):
     """A path or the file's own name in ``laid_over`` is refused as such (not as a missing
     layer with a command that would be refused again); over a cube's recorded config, the

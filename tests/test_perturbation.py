@@ -360,16 +360,28 @@ def test_the_first_page_answers_in_short_with_the_caveats_that_bound_it():
     assert said.startswith("**In short:** a nudge of ε = 0.01 made before the critical-period "
                            "end carries 5× further than one made after it (both perturbed "
                            "runs, every seed agreeing). The ends: batch 32: 7.0. The "
-                           "sensitivity (lasting L2 / ε) halves by perturbation epoch 8.5."), said
+                           "sensitivity (lasting L2 / ε) halves by perturbation epoch 8.5 "
+                           "(interpolated linearly between perturbation epochs 6 and 10)."), said
     assert "falls at every" not in said and "learning rate" not in said  # 0.1 → 0.1; no decay
     cube.attrs["config"] = "optimizer:\n  lr_decay: 0.85\n"
     assert rate_half_life(cube) == pytest.approx(4.265, abs=1e-3)
     cube["perturb_l2"] = cube["perturb_l2"] * xr.DataArray([1.0, 0.5, 1.0], dims="perturb_epoch",
                                                            coords={"perturb_epoch": [2, 6, 10]})
     said = short_answer(cube.merge(perturbation_summary(cube)))
-    assert "falls at every later perturbation epoch, so any split would give a ratio above 1" \
-        in said, said
+    # a steady fall leads: the ratio is then the split's, not evidence of a step
+    assert said.startswith("**In short:** the sensitivity (lasting L2 / ε) falls at every "
+                           "later perturbation epoch"), said
+    assert ("so any split of the epochs gives a before/after ratio above 1, and this grid "
+            "cannot tell whether it steps at the critical-period end. Split at the ends' "
+            "estimates, a nudge of ε = 0.01 made before") in said, said
     assert "the learning rate itself halves by epoch 4.3" in said
+    wide = cube.merge(perturbation_summary(cube))
+    end = wide["critical_period_end"]
+    wide["critical_period_end_interval"] = xr.concat(
+        [xr.full_like(end, 1.0), xr.full_like(end, 9.0)],
+        dim=xr.DataArray(["lower", "upper"], dims="bound"))  # epochs 2 and 6 inside
+    assert ("(their intervals hold 2 of the 3 perturbation epochs, which the split puts on "
+            "one side or the other by the estimate alone)") in short_answer(wide)
     none = _synthetic_cube(np.nan)
     assert short_answer(none.merge(perturbation_summary(none))) == (
         "**In short:** this run cannot say whether a nudge inside the critical period carries "
@@ -423,3 +435,33 @@ def test_the_copies_of_a_run_that_diverged_to_chance_are_left_out_and_named():
     assert "batch 32, lr continue, run 8, seed 1" in lines[-1]
     assert not any("diverged" in line for line in verdict_lines(
         _synthetic_cube(7.0).merge(perturbation_summary(_synthetic_cube(7.0)))))
+
+
+def test_the_growth_laws_and_figure_6b_leave_out_a_run_that_diverged_to_chance(
+        monkeypatch, tmp_path):
+    """The growth-law counts, the early rate and figure 6b read the copies too: those of a
+    run that diverged to chance follow its blown-up branch and are left out there as well."""
+    from critperiods.results import plots
+    from critperiods.results.perturbation_summary import growth_lines
+
+    cube = _synthetic_cube(7.0)
+    shape = cube["perturb_l2"].isel(epoch=0, drop=True).shape
+    dims = [d for d in cube["perturb_l2"].dims if d != "epoch"]
+    cube["perturb_l2_growth_form"] = (dims, np.zeros(shape, dtype=np.int8))  # every copy: 0
+    cube["perturb_early_rate"] = (dims, np.full(shape, 0.01))
+    cube["perturb_early_rate"][{"switch_epoch": 1, "seed": 1}] = 5.0  # the blown-up run's
+    steps = xr.DataArray(np.ones((*shape, 2)), dims=[*dims, "step"], coords={"step": [0, 10]})
+    cube["perturb_step_l2"] = steps * 0.01
+    cube["perturb_step_l2"][{"switch_epoch": 1, "seed": 1, "step": 1}] = 1e3
+    counted = growth_lines(cube)
+    assert "12 copies" in counted[0] and "median 0.01 [" in counted[1]
+    cube["final_test_accuracy"] = (("batch_size", "lr_schedule", "switch_epoch", "seed"),
+                                   np.array([[[[0.90, 0.91], [0.88, 0.10]]]]))
+    lines = growth_lines(cube)
+    assert "9 copies" in lines[0], lines  # the 3 nudges of run 8, seed 1 left out
+    assert "median 0.01 [quartiles 0.01, 0.01]" in lines[1], lines
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi: figures.append(fig))
+    plots.perturbation_growth(cube, tmp_path / "growth.png")
+    heights = [max(line.get_ydata()) for line in figures[0].axes[0].get_lines()]
+    assert heights and max(heights) == pytest.approx(1.0), heights  # no 1e5 from the blow-up

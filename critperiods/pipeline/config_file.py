@@ -77,8 +77,22 @@ def check_layers(files: Sequence[str | Path]) -> None:
                     f"{', in that order,' if len(needed) > 1 else ''} "
                     f"but {'that order was not kept' if at >= 0 else f'{name} was not given'} "
                     f"before it (given: {' + '.join(names[:i + 1])}); run it as "
-                    f"--configfile {' '.join(str(Path(path).parent / n) for n in needed)} {path}")
+                    f"--configfile {' '.join(_found_beside(n, path) for n in needed)} {path}")
             found.append(at)
+
+
+#: The repository's configs (where the overlays' bases ship).
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _found_beside(name: str, overlay: str | Path) -> str:
+    """Where the config ``name`` that ``overlay`` is laid over lies: beside the overlay, else
+    in the repository's configs/ (a copied overlay's base stays there), else just its
+    name."""
+    for folder in (Path(overlay).parent, CONFIGS):
+        if (folder / name).is_file():
+            return str(folder / name)
+    return name
 
 
 def _located(message: str) -> ConfigError:

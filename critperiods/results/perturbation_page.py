@@ -86,6 +86,36 @@ def _why_no_ratio(cube: xr.Dataset) -> str:
     return cube["perturb_cp_ratio"].attrs.get("missing") or "no ratio could be formed"
 
 
+def _epochs_inside(cube: xr.Dataset, runs: list[dict]) -> str:
+    """`` (their intervals hold 3 of the 4 perturbation epochs)``: how many perturbation
+    epochs lie inside some perturbed cell's end interval, where the before/after split is
+    the end's point estimate's guess; "" where none does or there is no interval."""
+    if "critical_period_end_interval" not in cube:
+        return ""
+    epochs = cube["perturb_epoch"].values.astype(float)
+    inside = np.zeros(epochs.size, dtype=bool)
+    for at in runs:
+        cell = {"batch_size": at["batch_size"], "lr_schedule": at["lr_schedule"]}
+        lo, hi = _at(cube["critical_period_end_interval"], cell).values
+        if np.isfinite([lo, hi]).all():
+            inside |= (epochs >= lo) & (epochs <= hi)
+    if not inside.any():
+        return ""
+    return (f" (their intervals hold {int(inside.sum())} of the {epochs.size} perturbation "
+            f"epoch{'s' if epochs.size != 1 else ''}, which the split puts on one side or "
+            "the other by the estimate alone)")
+
+
+def _bracket(cube: xr.Dataset, drops: list[float]) -> str:
+    """"2 and 6": the perturbation epochs around the halving epochs ``drops``."""
+    epochs = np.sort(cube["perturb_epoch"].values.astype(float))
+    below = epochs[epochs <= min(drops)]
+    above = epochs[epochs >= max(drops)]
+    lo = below.max() if below.size else epochs.min()
+    hi = above.min() if above.size else epochs.max()
+    return f"{lo:g} and {hi:g}"
+
+
 def short_answer(cube: xr.Dataset) -> str:
     """The answer in two or three sentences (rst), computed from the run: the sensitivity
     ratios' range and how many seeds agree, the ends with their intervals, where the
@@ -142,19 +172,22 @@ def short_answer(cube: xr.Dataset) -> str:
             placed.append(where)
     level = f"{100 * float(cube.attrs.get('summary_level', 0.9)):.0f} %"
     said += (f". The ends, with their {level} intervals: " if any("[" in w for w in placed)
-             else ". The ends: ") + "; ".join(placed)
-    sentences = [said]
+             else ". The ends: ") + "; ".join(placed) + _epochs_inside(cube, runs)
     drops = [float(cube["perturb_drop_epoch"].sel(at)) for at in runs
              if "perturb_drop_epoch" in cube]
     drops = [d for d in drops if np.isfinite(d)]
-    fall = []
-    if drops:
-        fall.append(f"halves by perturbation epoch {_span(drops)}")
+    halves = (f" and halves by perturbation epoch {_span(drops)} (interpolated linearly "
+              f"between perturbation epochs {_bracket(cube, drops)})" if drops else "")
     if _falls_everywhere(cube, runs):
-        fall.append("falls at every later perturbation epoch, so any split would give a "
-                    "ratio above 1")
-    if fall:
-        sentences.append("the sensitivity (lasting L2 / ε) " + " and ".join(fall))
+        # a steady fall gives a ratio above 1 for any split: it leads, the ratio follows
+        sentences = ["the sensitivity (lasting L2 / ε) falls at every later perturbation "
+                     f"epoch{halves}, so any split of the epochs gives a before/after ratio "
+                     "above 1, and this grid cannot tell whether it steps at the "
+                     "critical-period end",
+                     "split at the ends' estimates, " + said]
+    else:
+        sentences = [said] + ([f"the sensitivity (lasting L2 / ε) {halves.removeprefix(' and ')}"]
+                              if drops else [])
     half = rate_half_life(cube)
     if any(at["lr_schedule"] == "continue" for at in runs) and np.isfinite(half):
         sentences.append(

@@ -264,15 +264,20 @@ def _fmt(x: float, digits: int = 3) -> str:
 
 def perturbation_rows(cube: xr.Dataset) -> pd.DataFrame:
     """One row per (batch size, schedule, perturbed run, perturbation epoch, epsilon): where
-    the perturbation fell, the lasting divergence and accuracy change (mean and seed range),
-    and the early rate."""
+    the perturbation fell (``critical_period``: "inside" or "after" the end's estimate, with
+    "?" where the epoch lies in the end's interval), the lasting divergence and accuracy
+    change (mean and seed range), and the early rate."""
     cube = with_lr_schedule(cube)
     rows = []
     lasting = cube["perturb_lasting_l2"]
     ends = located_end(cube)
+    interval = cube.get("critical_period_end_interval")
     for b in lasting["batch_size"].values:
         for r in lasting["lr_schedule"].values:
             end = float(ends.sel(batch_size=b, lr_schedule=r))
+            end_lo, end_hi = ((np.nan, np.nan) if interval is None else interval.sel(
+                {d: v for d, v in (("batch_size", b), ("lr_schedule", r))
+                 if d in interval.dims}).values)
             for k in lasting["switch_epoch"].values:
                 for e in lasting["perturb_epoch"].values:
                     for eps in lasting["epsilon"].values:
@@ -284,7 +289,8 @@ def perturbation_rows(cube: xr.Dataset) -> pd.DataFrame:
                         row = {"batch_size": int(b), "lr_schedule": str(r), "run": int(k),
                                "perturb_epoch": int(e), "epsilon": float(eps),
                                "phase": "blurred" if e < k else "sharp",
-                               "critical_period": ("inside" if e < end else "after")
+                               "critical_period": (("inside" if e < end else "after")
+                                                   + ("?" if end_lo <= e <= end_hi else ""))
                                if np.isfinite(end) else "unknown"}
                         if "perturb_blur_ratio" in cube:
                             row["perturb_blur_ratio"] = float(cube["perturb_blur_ratio"].sel(
@@ -398,7 +404,8 @@ def verdict_lines(cube: xr.Dataset) -> list[str]:
 
 def growth_lines(cube: xr.Dataset) -> list[str]:
     """The growth laws that won (over steps: the early phase; over epochs: the late one) and
-    the early rate, over every copy with a nonzero epsilon."""
+    the early rate, over every copy with a nonzero epsilon, but those of runs that diverged
+    to chance (:func:`_valid`)."""
     from critperiods.measure.growth_laws import ALL_FORMS
 
     lines = []
@@ -407,7 +414,7 @@ def growth_lines(cube: xr.Dataset) -> list[str]:
                        ("perturb_l2_growth_form", "epochs after")):
         if name not in cube:
             continue
-        codes = cube[name].where(nonzero).values
+        codes = _valid(cube, name).where(nonzero).values
         codes = codes[np.isfinite(codes) & (codes >= 0)].astype(int)
         if codes.size == 0:
             continue
@@ -417,7 +424,7 @@ def growth_lines(cube: xr.Dataset) -> list[str]:
         lines.append(f"growth of the L2 distance over the {what} the perturbation "
                      f"(lowest AIC, {codes.size} copies): {ranked}")
     if "perturb_early_rate" in cube:
-        rates = cube["perturb_early_rate"].where(nonzero).values
+        rates = _valid(cube, "perturb_early_rate").where(nonzero).values
         rates = rates[np.isfinite(rates)]
         if rates.size:
             q1, med, q3 = np.percentile(rates, [25, 50, 75])
@@ -426,7 +433,7 @@ def growth_lines(cube: xr.Dataset) -> list[str]:
                     f"{_fmt(med)} [quartiles {_fmt(q1)}, {_fmt(q3)}], x{np.exp(med * steps):.3g}"
                     f" over the {steps} steps at that rate")
             if "perturb_step_l2" in cube:  # what the copies did, beside what the fit says
-                l2 = cube["perturb_step_l2"].where(nonzero)
+                l2 = _valid(cube, "perturb_step_l2").where(nonzero)
                 grown = (l2.sel(step=steps) / l2.sel(step=int(cube["step"].min()))).values
                 grown = grown[np.isfinite(grown)]
                 if grown.size:
@@ -468,7 +475,9 @@ def format_perturbation(cube: xr.Dataset) -> str:
     lines = ["  ".join(k.rjust(widths[k]) for k in columns)]
     for i in range(len(table)):
         lines.append("  ".join(str(list(columns[k])[i]).rjust(widths[k]) for k in columns))
-    lines.append(f"(run: switch epoch of the run perturbed; e: perturbation epoch; lasting at "
+    lines.append(f"(run: switch epoch of the run perturbed; e: perturbation epoch; cp: before "
+                 "(inside) or after the critical-period end's estimate, '?' where e lies in "
+                 "the end's interval; lasting at "
                  f"epoch {end_epoch(cube)}: mean over seeds and replicates [range of the "
                  f"per-seed means]; l2_after: at the matched delay; vs_never: lasting L2 over "
                  "the never-blurred run's at the same epoch, paired by seed; d_acc: copy minus "

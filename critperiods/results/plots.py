@@ -25,6 +25,7 @@ from critperiods.results.selection import (  # noqa: E402
     seed_mean,
     shared_by_schedules,
     valid_final_accuracy,
+    without_diverged,
 )
 from critperiods.results.summary import located_end  # noqa: E402
 
@@ -628,7 +629,9 @@ def perturbation(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
             ax.set_title(f"batch {b}" + ("" if len(schedules) == 1 else f", lr {r}"), fontsize=9)
             ax.set_xlabel("perturbation epoch")
             ax.grid(alpha=0.3, which="both")
-        row[0].set_ylabel(f"‖θ_copy − θ_twin‖ at epoch {int(cube.epoch.max())}")
+        only = (f" (ε = {float(lasting.epsilon.values[lasting.epsilon.values > 0][0]):g})"
+                if int((lasting.epsilon.values > 0).sum()) == 1 else "")
+        row[0].set_ylabel(f"‖θ_copy − θ_twin‖ at epoch {int(cube.epoch.max())}{only}")
     # one legend below the panels, so that it covers no curve; the band and the switch
     # lines have no artist of their own to name them
     handles, labels = {}, {}
@@ -640,7 +643,7 @@ def perturbation(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         labels.append("its interval")
         handles["its interval"] = Patch(color="0.5", alpha=0.12)
     if any(k > 0 for k in runs):
-        labels.append("switch of the blurred run (dotted)")
+        labels.append("switch of the blurred run (dotted, in its colour)")
         handles[labels[-1]] = Line2D([], [], color="0.3", ls=":", lw=1)
     if labels:  # none: only ε = 0 copies, no blurred run and no located end
         fig.legend([handles[label] for label in labels], labels, loc="lower center",
@@ -655,13 +658,15 @@ def perturbation(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
 
 def perturbation_growth(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """Distance between copy and twin relative to epsilon (geometric mean over seeds and
-    replicates, largest epsilon, first schedule): over the first steps (top) and over the
+    replicates, largest epsilon, first schedule; runs that diverged to chance left out):
+    over the first steps (top) and over the
     epochs since the perturbation (bottom); a colour per perturbation epoch, a line style per
     run (:func:`_run_styles`: solid for the never-blurred run), named in each panel's title."""
     eps = float(cube.epsilon.max())
     r = lr_schedules(cube)[0]
-    steps = _sel(cube.perturb_step_l2.sel(epsilon=eps), lr_schedule=r) / eps
-    epochs = _sel(cube.perturb_l2.sel(epsilon=eps), lr_schedule=r) / eps
+    # the copies of a run that diverged to chance follow its blown-up branch: left out
+    steps, epochs = (_sel(without_diverged(cube, cube[name], whole_run=True).sel(epsilon=eps),
+                          lr_schedule=r) / eps for name in ("perturb_step_l2", "perturb_l2"))
     runs = steps.switch_epoch.values[steps.notnull().any(
         [d for d in steps.dims if d != "switch_epoch"]).values]
     styles = _run_styles(runs)
