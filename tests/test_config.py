@@ -72,6 +72,53 @@ def test_schema_errors_name_key_and_value(mutate, expected):
     assert expected in str(err.value)
 
 
+def _schema_bounds() -> list[tuple[str, bool, str, float]]:
+    """Every bound of the schema: (dotted key, whether it bounds the items of a list, the
+    bound's name, a value just outside it)."""
+    bounds = []
+
+    def walk(props: dict, path: list[str]) -> None:
+        for key, spec in props.items():
+            if "properties" in spec:
+                walk(spec["properties"], [*path, key])
+            items = spec.get("items") if isinstance(spec.get("items"), dict) else {}
+            for of_items, where in ((False, spec), (True, items)):
+                types = where.get("type", spec.get("type"))
+                whole = "integer" in (types if isinstance(types, list) else [types])
+                for bound in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+                    if bound in where:
+                        m = where[bound]
+                        step = 1 if whole else abs(m) * 1e-6 or 1e-9
+                        outside = {"minimum": m - step, "maximum": m + step}.get(bound, m)
+                        bounds.append((".".join([*path, key]), of_items, bound, outside))
+
+    walk(yaml.safe_load(Path(SCHEMA).read_text())["properties"], [])
+    return bounds
+
+
+def test_every_bound_of_the_schema_refuses_a_value_just_outside_it_by_name():
+    """Each minimum and maximum of the schema (a learning rate ≤ 0, a momentum of 1, …) is
+    enforced, and the refusal names the key: walked from the schema itself, so a bound
+    dropped by mistake, or one added later, is checked without a hand-written case."""
+    bounds = _schema_bounds()
+    assert len(bounds) > 50 and ("optimizer.lr", False, "exclusiveMinimum", 0) in bounds
+    missed = []
+    for key, of_items, bound, outside in bounds:
+        config = load_default()
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = [outside] if of_items else outside
+        try:
+            validate(config, SCHEMA)
+            missed.append(f"{key} = {node[leaf]} accepted ({bound})")
+        except WorkflowError as err:
+            if leaf not in str(err):
+                missed.append(f"{key} = {node[leaf]} refused without naming {leaf}")
+    assert not missed, missed
+
+
 def test_switch_epoch_not_multiple_of_stride():
     config = load_default()
     config["grid"]["switch_epochs"] = [0, 4, 6]

@@ -216,6 +216,9 @@ def test_compare_runs_layout_and_nans(small_ds) -> None:
     assert np.all(np.isnan(sharp.sel(epoch=[4, 5]).values))
     assert np.all(np.isnan(ds["div_l2_seeds"].sel(switch_epoch=0, epoch=[4, 5]).values))
     assert np.all(np.isfinite(sharp.sel(epoch=3).values))
+    # every run of a seed starts from that seed's initial weights: its never-blurred run,
+    # the reference=sharp of that very seed, is at distance 0 at epoch 0
+    np.testing.assert_array_equal(ds["div_l2"].sel(reference="sharp", epoch=0).values, 0.0)
 
 
 def test_seed_matrices_are_symmetric_with_identity_diagonal(small_ds) -> None:

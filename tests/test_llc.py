@@ -549,6 +549,28 @@ def test_the_cut_uses_the_peak_between_records() -> None:
     assert np.isnan(out.loss[2, 1:]).all() and out.loss[2, 0] == 1.0
 
 
+def test_each_quality_flag_is_raised_by_its_own_cause_and_only_by_it() -> None:
+    """The flag bits one at a time (the workflow test sees only what a tiny run happens to
+    produce): λ̂ < 0 → negative; R-hat above its threshold, or a trend above its own, →
+    not_converged (each alone); a diverged chain → diverged_chains, and all of them with no
+    mean and no diagnostics; no estimate at all → NaN; the thresholds are the arguments."""
+    from critperiods.measure.llc.quality import FLAGS, count_flags, quality_flags
+
+    nan = np.nan
+    mean = [1.0, -1.0, 1.0, 1.0, 1.0, nan, nan]
+    chains_diverged = [0, 0, 0, 0, 1, 4, nan]
+    rhat = [1.0, 1.0, 1.2, 1.0, 1.0, nan, nan]
+    trend = [0.0, 0.0, 0.0, 5.0, 0.0, nan, nan]
+    bits = quality_flags(mean, chains_diverged, rhat, trend)
+    np.testing.assert_array_equal(bits, [0, FLAGS["negative"], FLAGS["not_converged"],
+                                         FLAGS["not_converged"], FLAGS["diverged_chains"],
+                                         FLAGS["diverged_chains"], nan])
+    looser = quality_flags(mean, chains_diverged, rhat, trend, max_rhat=1.3, max_trend_z=6)
+    assert looser[2] == looser[3] == 0
+    assert count_flags(bits) == {"estimates": 6, "ok": 1, "negative": 1, "not_converged": 2,
+                                 "diverged_chains": 2}
+
+
 def test_diverged_chains_flagged_and_excluded() -> None:
     """Chains that escape along the stiff arms of K = w1^2 w2^2 at nbeta = 1e6 blow up; they
     are flagged, NaN per chain, frozen, and the mean uses the healthy chains only."""

@@ -171,6 +171,8 @@ def test_learning_rate_continues_or_restarts(cfg):
     restart = replace(cfg, lr_after_switch="restart")
     assert learning_rate(restart, 5, switch_epoch=3) == pytest.approx(0.05 * 0.9**2)
     assert learning_rate(restart, 2, switch_epoch=3) == pytest.approx(0.05 * 0.9**2)
+    assert learning_rate(restart, 3, switch_epoch=3) == pytest.approx(0.05)  # the first sharp
+    assert learning_rate(cfg, 3, switch_epoch=3) == pytest.approx(0.05 * 0.9**3)  # epoch
     # the always-blurred run never switches, so it never restarts
     assert learning_rate(restart, 5, ALWAYS_BLURRED) == learning_rate(cfg, 5, ALWAYS_BLURRED)
     assert phase(0, ALWAYS_BLURRED) == phase(10**6, ALWAYS_BLURRED) == "blurred"
