@@ -461,7 +461,8 @@ def format_perturbation(cube: xr.Dataset) -> str:
     if "perturb_delay_l2" in table:
         columns[f"l2_after_{matched_delay(cube)}ep"] = table["perturb_delay_l2"].map(_fmt)
     if "perturb_blur_ratio" in table:
-        columns["vs_never"] = table["perturb_blur_ratio"].map(_fmt)
+        columns["vs_never"] = ["–" if run == 0 else _fmt(v) for run, v in  # itself
+                               zip(table["run"], table["perturb_blur_ratio"], strict=True)]
     if "perturb_lasting_disagreement" in table:
         columns["disagree"] = table["perturb_lasting_disagreement"].map(_fmt)
     if "perturb_accuracy_change_mean" in table:

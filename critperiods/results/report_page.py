@@ -229,6 +229,16 @@ def _ends_overlap(rows: pd.DataFrame) -> str:
             "pins each end; more seeds or a finer switch grid would settle it")
 
 
+def _exponent_caveat(cube: xr.Dataset) -> list[str]:
+    """What the exponents rest on, where one was fitted (none: nothing to caveat)."""
+    fitted = "batch_size_exponent" in cube and bool(np.isfinite(
+        cube["batch_size_exponent"].values).any())
+    return ["* Exponents rest on as many points as there are batch sizes; their interval "
+            "leaves each seed out at every batch size at once, so it carries the ends' "
+            "sampling error but neither the power law's misfit nor how loosely the switch "
+            "grid pins each end."] if fitted else []
+
+
 def _restart_sentence(verdicts: dict[float, str], located: list[float], batch_sizes: int,
                       table: pd.DataFrame | None = None) -> str:
     """What restarting the rate says of the located deficits (:func:`short_answer`). A
@@ -599,9 +609,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         _restart_caveat(cube),
         *_per_batch_caveat(cube),
         *_few_switches_caveat(cube),
-        "* Exponents rest on as many points as there are batch sizes; their interval leaves "
-        "each seed out at every batch size at once, so it carries the ends' sampling error "
-        "but not the power law's misfit.",
+        *_exponent_caveat(cube),
         *more,
         *_diverged_lines(cube), "",
         "Figures, in reading order", "-------------------------", "",
