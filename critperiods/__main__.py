@@ -277,8 +277,8 @@ def summarize(args: argparse.Namespace) -> int:
 
 
 def _plain(rst: str) -> str:
-    """A report sentence (reStructuredText) as the terminal prints it: no ``**`` or ``\\``
-    markup."""
+    """A report sentence (reStructuredText) as the terminal prints it: without its bold
+    (double asterisks) and literal (double backquotes) markup."""
     return rst.replace("**", "").replace("``", "")
 
 
@@ -367,6 +367,17 @@ def _positive(kind: type) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(f"{text} is not above 0")
         return value
     return parse
+
+
+def _non_negative_int(text: str) -> int:
+    """An argparse type: a whole number of 0 or more, else a one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is below 0")
+    return value
 
 
 def _times(scratch: int, shared: int, config: dict) -> str:
@@ -606,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="recorded draws per chain after burn-in (default: the config's "
                         "llc.draws); a step size's λ̂ levels off only in a chain long enough "
                         "to relax, about 2 / (step size · γ) steps")
-    p.add_argument("--burn-in", type=_positive(int), default=None,
+    p.add_argument("--burn-in", type=_non_negative_int, default=None,
                    help="draws per chain discarded first (default: the config's llc.burn_in)")
     p.add_argument("--batch-size", type=_positive(int), default=None,
                    help="SGLD minibatch size (default: the config's llc.batch_size); a small "

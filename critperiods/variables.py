@@ -256,10 +256,10 @@ def exponent_attrs(what: str) -> dict:
 
 def interval_attrs(name: str, kind: str) -> dict:
     """Attributes of ``<name>_interval``: a ``kind`` (e.g. "90% Student-t interval over
-    seeds") of the summary statistic ``name``. A short ``long_name`` (what a plot label
-    holds: the kind's first clause) and the whole kind in ``comment``."""
-    short = kind.split(" (")[0].split(", ")[0].split("; ")[0]
-    return {"long_name": f"{short} of {name}", "units": "1", "comment": kind}
+    seeds") of the summary statistic ``name``: a short ``long_name`` ("90% interval of
+    name", what a plot label holds) and the whole kind, how it is made, in ``comment``."""
+    level = kind.split(" ")[0] if kind[:1].isdigit() else ""
+    return {"long_name": f"{level} interval of {name}".strip(), "units": "1", "comment": kind}
 
 
 __all__ = ["ANCILLARY", "DIVERGENCE_METRICS", "DIVERGENCE_ROLES", "PERTURBATION_ROLE",

@@ -1922,3 +1922,32 @@ def test_an_exponent_apart_from_0_on_ends_not_apart_says_so() -> None:
     assert _ends_overlap(rows([(0.8, 5.8), (6.0, 13.8), (0.0, 13.7)])) == ""  # 64 vs 256 apart
     assert _ends_overlap(rows([(0.8, 5.8), (0.0, 13.8), (0.0, 13.7)],
                               deficit_lower=(1.0, -1.0, -1.0))) == ""  # one located end
+
+
+def test_the_short_answer_hedges_an_exponent_only_where_its_ends_are_not_apart() -> None:
+    """The hedge rides on an exponent whose interval excludes 0: with the ends' intervals
+    apart it is absent, with them all overlapping it is said, and with an interval that
+    includes 0 the answer says that instead. The report's exponent caveat is there only
+    where an exponent was fitted."""
+    from critperiods.results.report_page import _exponent_caveat, short_answer
+
+    cube = with_schedules(synthetic_cube(with_llc=False, with_div=False))
+    cube = cube.merge(critical_period_summary(cube))
+
+    def said(interval, ends) -> str:
+        c = cube.copy(deep=True)
+        c["batch_size_exponent"].loc[{"lr_schedule": "continue"}] = -0.5
+        c["batch_size_exponent_interval"].loc[{"lr_schedule": "continue"}] = interval
+        c["critical_period_end_interval"].loc[{"lr_schedule": "continue"}] = ends
+        return short_answer(c)
+
+    apart = [[10.0, 20.0], [21.0, 30.0], [31.0, 40.0]]
+    overlapping = [[0.0, 40.0], [5.0, 30.0], [10.0, 20.0]]
+    assert "no two ends' own intervals are apart" not in said([-0.71, -0.29], apart)
+    hedged = said([-0.71, -0.29], overlapping)
+    assert ("[-0.71, -0.29], over 3 seeds), though no two ends' own intervals are apart "
+            "([0.0, 40.0], [5.0, 30.0] and [10.0, 20.0] at batch sizes") in hedged, hedged
+    loose = said([-0.9, 0.1], overlapping)
+    assert "which includes 0" in loose and "are apart" not in loose
+    assert _exponent_caveat(cube) and _exponent_caveat(
+        cube.assign(batch_size_exponent=cube["batch_size_exponent"] * np.nan)) == []

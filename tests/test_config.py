@@ -72,17 +72,21 @@ def test_schema_errors_name_key_and_value(mutate, expected):
     assert expected in str(err.value)
 
 
-def _schema_bounds() -> list[tuple[str, bool, str, float]]:
-    """Every bound of the schema: (dotted key, whether it bounds the items of a list, the
-    bound's name, a value just outside it)."""
+def _schema_bounds() -> list[tuple[str, int, str, float]]:
+    """Every bound of the schema: (dotted key, how deep in lists it bounds the value: 0 the
+    value itself, 1 a list's items, 2 the items of a list of lists; the bound's name, a value
+    just outside it)."""
     bounds = []
 
     def walk(props: dict, path: list[str]) -> None:
         for key, spec in props.items():
             if "properties" in spec:
                 walk(spec["properties"], [*path, key])
-            items = spec.get("items") if isinstance(spec.get("items"), dict) else {}
-            for of_items, where in ((False, spec), (True, items)):
+            items, depth, levels = spec, 0, [(0, spec)]
+            while isinstance(items.get("items"), dict):  # lists of lists of numbers too
+                items, depth = items["items"], depth + 1
+                levels.append((depth, items))
+            for of_items, where in levels:
                 types = where.get("type", spec.get("type"))
                 whole = "integer" in (types if isinstance(types, list) else [types])
                 for bound in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
@@ -101,15 +105,18 @@ def test_every_bound_of_the_schema_refuses_a_value_just_outside_it_by_name():
     enforced, and the refusal names the key: walked from the schema itself, so a bound
     dropped by mistake, or one added later, is checked without a hand-written case."""
     bounds = _schema_bounds()
-    assert len(bounds) > 50 and ("optimizer.lr", False, "exclusiveMinimum", 0) in bounds
+    assert len(bounds) > 80 and ("optimizer.lr", 0, "exclusiveMinimum", 0) in bounds
+    assert any(key.startswith("toy.landscapes") and depth == 2 for key, depth, _, _ in bounds)
     missed = []
-    for key, of_items, bound, outside in bounds:
+    for key, depth, bound, outside in bounds:
         config = load_default()
         *parents, leaf = key.split(".")
         node = config
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = [outside] if of_items else outside
+        for _ in range(depth):
+            outside = [outside]
+        node[leaf] = outside
         try:
             validate(config, SCHEMA)
             missed.append(f"{key} = {node[leaf]} accepted ({bound})")

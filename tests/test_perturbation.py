@@ -465,3 +465,29 @@ def test_the_growth_laws_and_figure_6b_leave_out_a_run_that_diverged_to_chance(
     plots.perturbation_growth(cube, tmp_path / "growth.png")
     heights = [max(line.get_ydata()) for line in figures[0].axes[0].get_lines()]
     assert heights and max(heights) == pytest.approx(1.0), heights  # no 1e5 from the blow-up
+
+
+def test_the_table_marks_nudges_inside_the_ends_interval_and_never_compares_a_run_with_itself():
+    """`cp` is the end's estimate's side, with '?' where the nudge's epoch lies in the end's
+    interval (the split there is the estimate's guess); `vs_never` is '–' on the
+    never-blurred run's own rows."""
+    from critperiods.results.perturbation_summary import (
+        format_perturbation,
+        perturbation_rows,
+        perturbation_summary,
+    )
+
+    cube = _synthetic_cube(7.0)
+    cube = cube.merge(perturbation_summary(cube))
+    end = cube["critical_period_end"]
+    cube["critical_period_end_interval"] = xr.concat(
+        [xr.full_like(end, 1.0), xr.full_like(end, 9.0)],
+        dim=xr.DataArray(["lower", "upper"], dims="bound"))
+    rows = perturbation_rows(cube)
+    marks = dict(zip(rows["perturb_epoch"], rows["critical_period"], strict=False))
+    assert marks == {2: "inside?", 6: "inside?", 10: "after"}
+    table = format_perturbation(cube).splitlines()
+    assert "vs_never" in table[0]
+    for line in table[1:1 + len(rows)]:
+        run = line.split()[2]  # batch, lr, run, …
+        assert (" – " in f"{line} ") == (run == "0"), line

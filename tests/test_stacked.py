@@ -263,6 +263,10 @@ def test_a_resume_file_from_a_start_piece_retrained_since_is_passed_over(
         train_piece(branch, cfg, HASH, data, trunk, cut, progress=False,
                     should_stop=stop_after(8))
     assert resume_path_for(cut).exists()
+    with caplog.at_level("WARNING"), pytest.raises(Preempted):  # the same trunk: resumed
+        train_piece(branch, cfg, HASH, data, trunk, cut, progress=False,
+                    should_stop=stop_after(2))
+    assert "not resumed" not in caplog.text
     piece = load_piece(trunk, HASH)  # the trunk retrained: same epoch, other bits
     weights = piece["members"][0]["state"]["model"]
     name = next(k for k, v in weights.items() if v.is_floating_point())

@@ -274,3 +274,22 @@ def test_ctrl_c_and_a_closed_terminal_stop_training_at_a_step_like_sigterm():
             os.kill(os.getpid(), sig)
             assert stopped()
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_a_sighup_that_nohup_ignores_stays_ignored():
+    """Under ``nohup snakemake …`` SIGHUP is ignored, and the training jobs inherit that: a
+    dropped SSH session must not stop them, so training leaves an ignored signal alone."""
+    import os
+    import signal
+
+    from critperiods.train.training import stop_on_sigterm
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with stop_on_sigterm() as stopped:
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert not stopped()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)

@@ -200,7 +200,7 @@ def test_divergence_change_plans_only_divergence_and_aggregation(run, tmp_path):
     assert set(planned(out)) == {"divergence", "aggregate", "plots"}
 
 
-def test_trunk_values_shared_before_switch(run):
+def test_a_run_has_its_trunks_values_up_to_its_switch(run):
     cube = critperiods.open_cube(run / "results/tiny/cube.nc")
     # up to its switch a run is its trunk, evaluated (both schedules share it:
     # test_restart_runs_share_the_trunk_and_the_never_blurred_run)
@@ -470,6 +470,9 @@ def test_perturbations_land_in_the_cube_on_their_own_dims(perturbed, capsys):
     assert main(["summarize", str(results / "cube.nc")]) == 0
     printed = capsys.readouterr().out
     assert "perturbations: how far a nudge carries" in printed and "lasting L2 / epsilon" in printed
+    # a perturbation run answers its own question first, then the critical period's
+    assert printed.index("In short:") < printed.index("The critical period itself, in short:")
+    assert "**" not in printed and "``" not in printed
     for name in ("perturbation", "perturbation_growth"):
         assert (results / f"plots/{name}.png").read_bytes()[:4] == b"\x89PNG"
     landing = (results / "report/landing.rst").read_text()

@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from critperiods.pipeline.files import remake, said, torch_save_atomic
@@ -54,6 +55,8 @@ def state_digest(states: Any) -> str:
             t = x.detach().cpu().contiguous().reshape(-1)
             h.update(f"T{t.dtype}{tuple(x.shape)}".encode())
             h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, np.ndarray):
+            walk(torch.from_numpy(np.ascontiguousarray(x)))
         elif isinstance(x, dict):
             h.update(b"{")
             for k in sorted(x, key=str):
@@ -155,7 +158,7 @@ def load_resume(path: str | Path, config_hash: str, identity: dict,
     if payload["identity"] != identity:
         saved = payload["identity"]
         differ = sorted(k for k in saved.keys() | identity.keys()
-                        if saved.get(k) != identity.get(k))
+                        if k not in saved or k not in identity or saved[k] != identity[k])
         return _not_resumed(path, f"saved with another {', '.join(differ)}")
     if provenance is not None and payload.get("provenance", {}) != provenance:
         return _not_resumed(path, "saved by other code or from other data")

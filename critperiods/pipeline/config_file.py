@@ -77,7 +77,8 @@ def check_layers(files: Sequence[str | Path]) -> None:
                     f"{', in that order,' if len(needed) > 1 else ''} "
                     f"but {'that order was not kept' if at >= 0 else f'{name} was not given'} "
                     f"before it (given: {' + '.join(names[:i + 1])}); run it as "
-                    f"--configfile {' '.join(_found_beside(n, path) for n in needed)} {path}")
+                    f"--configfile {' '.join(_found_beside(n, path, files) for n in needed)} "
+                    f"{path}")
             found.append(at)
 
 
@@ -85,10 +86,13 @@ def check_layers(files: Sequence[str | Path]) -> None:
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-def _found_beside(name: str, overlay: str | Path) -> str:
-    """Where the config ``name`` that ``overlay`` is laid over lies: beside the overlay, else
-    in the repository's configs/ (a copied overlay's base stays there), else just its
-    name."""
+def _found_beside(name: str, overlay: str | Path, given: Sequence[str | Path] = ()) -> str:
+    """Where the config ``name`` that ``overlay`` is laid over lies: a file of that name among
+    those ``given`` (in the wrong order), else beside the overlay, else in the repository's
+    configs/ (a copied overlay's base stays there), else just its name."""
+    for path in given:
+        if Path(path).name == name:
+            return str(path)
     for folder in (Path(overlay).parent, CONFIGS):
         if (folder / name).is_file():
             return str(folder / name)

@@ -319,7 +319,8 @@ def stop_on_sigterm() -> Iterator[Callable[[], bool]]:
 
     SLURM sends SIGTERM at preemption and at the time limit, a terminal's Ctrl-C sends
     SIGINT to Snakemake and its local jobs alike, and a closed terminal or dropped SSH
-    session sends them SIGHUP; the loop then saves its state at the
+    session sends them SIGHUP (unless ignored, as under nohup: an ignored signal stays
+    ignored); the loop then saves its state at the
     current step and raises :class:`Preempted`, which the stage script turns into a
     non-zero exit, so that the next run (or the retry) resumes where it stopped instead of
     at the last epoch's resume file.
@@ -329,7 +330,10 @@ def stop_on_sigterm() -> Iterator[Callable[[], bool]]:
     def handler(signum: int, frame: Any) -> None:
         received["flag"] = True
 
-    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    # a signal the process was told to ignore stays ignored: under nohup a closed terminal's
+    # SIGHUP must not stop the jobs that nohup was meant to keep running
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS
+                if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield lambda: received["flag"]
     finally:
