@@ -1951,3 +1951,18 @@ def test_the_short_answer_hedges_an_exponent_only_where_its_ends_are_not_apart()
     assert "which includes 0" in loose and "are apart" not in loose
     assert _exponent_caveat(cube) and _exponent_caveat(
         cube.assign(batch_size_exponent=cube["batch_size_exponent"] * np.nan)) == []
+
+
+def test_the_report_says_what_lambda_hat_is_at_the_runs_settings() -> None:
+    """Where λ̂ was estimated, the caveats give the SGLD settings it was estimated at and
+    say that its level and shape move with them; without λ̂, no such caveat."""
+    from critperiods.results.report_page import _llc_caveat
+
+    cube = synthetic_cube(with_div=False).expand_dims(chain=4, draw=90)
+    cube = cube.assign(llc_burn_in=30, llc_step_size=1e-4, llc_gamma=100.0, llc_nbeta=1086.0)
+    cube.attrs["config"] = "llc:\n  batch_size: 32\n"
+    (said,) = _llc_caveat(cube)
+    assert ("SGLD settings (4 chains × 30 burn-in + 60 draws, SGLD batch 32, ε = 0.0001, "
+            "γ = 100, nβ = 1086), not the checkpoint's equilibrium") in said
+    assert "level *and* its shape" in said
+    assert _llc_caveat(synthetic_cube(with_llc=False)) == []

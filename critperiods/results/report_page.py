@@ -229,6 +229,35 @@ def _ends_overlap(rows: pd.DataFrame) -> str:
             "pins each end; more seeds or a finer switch grid would settle it")
 
 
+def _llc_caveat(cube: xr.Dataset) -> list[str]:
+    """What λ̂ is at the run's SGLD settings, where λ̂ was estimated: a finite-chain estimate
+    whose level and shape over the epochs move with them (docs/llc.md)."""
+    if "llc_mean" not in cube:
+        return []
+    config = yaml.safe_load(cube.attrs.get("config", "")) or {}
+    llc = config.get("llc", {})
+
+    def one(name: str) -> float:
+        values = np.unique(np.asarray(cube[name].values, dtype=float)) if name in cube else []
+        return float(values[0]) if len(values) == 1 else float("nan")
+
+    burn_in = one("llc_burn_in")
+    draws = cube.sizes.get("draw", 0) - burn_in if np.isfinite(burn_in) else float("nan")
+    settings = ", ".join(text for text, ok in (
+        (f"{cube.sizes.get('chain', 0)} chains × {burn_in:g} burn-in + {draws:g} draws",
+         np.isfinite(draws)),
+        (f"SGLD batch {llc.get('batch_size')}", llc.get("batch_size") is not None),
+        (f"ε = {one('llc_step_size'):g}", np.isfinite(one("llc_step_size"))),
+        (f"γ = {one('llc_gamma'):g}", np.isfinite(one("llc_gamma"))),
+        (f"nβ = {one('llc_nbeta'):.4g}", np.isfinite(one("llc_nbeta")))) if ok)
+    settings = f" ({settings})" if settings else ""
+    return [f"* λ̂ is an estimate at this run's SGLD settings{settings}, not the "
+            "checkpoint's equilibrium learning coefficient: short chains, minibatch noise and "
+            "checkpoints off their minima move its level *and* its shape over the epochs, "
+            "which the diagnostics do not see (docs/llc.md). A knee is this setting's; "
+            "``calibrate-llc`` shows how much one checkpoint's λ̂ moves with them."]
+
+
 def _exponent_caveat(cube: xr.Dataset) -> list[str]:
     """What the exponents rest on, where one was fitted (none: nothing to caveat)."""
     fitted = "batch_size_exponent" in cube and bool(np.isfinite(
@@ -610,6 +639,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         *_per_batch_caveat(cube),
         *_few_switches_caveat(cube),
         *_exponent_caveat(cube),
+        *_llc_caveat(cube),
         *more,
         *_diverged_lines(cube), "",
         "Figures, in reading order", "-------------------------", "",
