@@ -66,7 +66,8 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
                             "(a global attribute), where the run ends; the never-blurred run "
                             "(switch epoch 0) trains on as the others' reference, so its last "
                             "test_accuracy is later", "1"),
-    "run_diverged": ("run diverged to chance accuracy (left out of means and fits)", "1"),
+    "run_diverged": ("run ended at chance accuracy: diverged, or never learned (left out of "
+                     "means and fits)", "1"),
     # llc: per checkpoint, and the sampler's settings
     "llc_mean": ("local learning coefficient, mean over healthy SGLD chains", "1"),
     "llc_std": ("local learning coefficient, std over healthy SGLD chains", "1"),

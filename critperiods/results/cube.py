@@ -174,8 +174,8 @@ def _run_diverged(cube: xr.Dataset) -> xr.DataArray:
     flag = run_diverged(cube).astype(float).where(cube["final_test_accuracy"].notnull())
     flag.attrs = {**run_diverged_flag_attrs(), "comment": (
         f"final sharp test accuracy below {CHANCE_MULTIPLE} / classes (chance): the run blew "
-        "up rather than learned less. Its sharp epochs are left out of the seed means, "
-        "intervals and fits, and drawn apart in the figures.")}
+        "up (or never learned) rather than learned less. Its sharp epochs are left out of the "
+        "seed means, intervals and fits, and drawn apart in the figures.")}
     return flag
 
 
