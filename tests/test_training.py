@@ -267,13 +267,23 @@ def test_ctrl_c_and_a_closed_terminal_stop_training_at_a_step_like_sigterm():
 
     from critperiods.train.training import stop_on_sigterm
 
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGHUP)}
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        with stop_on_sigterm() as stopped:
-            assert not stopped()
-            os.kill(os.getpid(), sig)
-            assert stopped()
-    assert {sig: signal.getsignal(sig) for sig in before} == before
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    outside = {sig: signal.getsignal(sig) for sig in signals}
+    try:
+        # as in a terminal (the test may run under nohup, or in the background, where
+        # SIGHUP or SIGINT is ignored, which training leaves alone: the test below)
+        for sig in signals:
+            signal.signal(sig, signal.default_int_handler)
+        before = {sig: signal.getsignal(sig) for sig in signals}
+        for sig in signals:
+            with stop_on_sigterm() as stopped:
+                assert not stopped()
+                os.kill(os.getpid(), sig)
+                assert stopped()
+        assert {sig: signal.getsignal(sig) for sig in signals} == before
+    finally:
+        for sig, handler in outside.items():
+            signal.signal(sig, handler)
 
 
 def test_a_sighup_that_nohup_ignores_stays_ignored():
