@@ -352,7 +352,12 @@ def test_the_first_page_answers_in_short_with_the_caveats_that_bound_it():
     """The perturbation run's short answer: the ratio and how many seeds agree, the end it
     splits at, where the sensitivity halves, that a fall at every epoch gives a ratio above 1
     for any split, and the learning rate's own half-life where it decays."""
-    from critperiods.results.perturbation_page import question, rate_half_life, short_answer
+    from critperiods.results.perturbation_page import (
+        caveats,
+        question,
+        rate_half_life,
+        short_answer,
+    )
     from critperiods.results.perturbation_summary import perturbation_summary
 
     cube = _synthetic_cube(7.0)
@@ -363,6 +368,8 @@ def test_the_first_page_answers_in_short_with_the_caveats_that_bound_it():
                            "sensitivity (lasting L2 / ε) halves by perturbation epoch 8.5 "
                            "(interpolated linearly between perturbation epochs 6 and 10)."), said
     assert "falls at every" not in said and "learning rate" not in said  # 0.1 → 0.1; no decay
+    assert caveats(cube.merge(perturbation_summary(cube)))[0].startswith(
+        "* A sensitivity that falls steadily gives a before/after ratio above 1 for any split")
     cube.attrs["config"] = "optimizer:\n  lr_decay: 0.85\n"
     assert rate_half_life(cube) == pytest.approx(4.265, abs=1e-3)
     cube["perturb_l2"] = cube["perturb_l2"] * xr.DataArray([1.0, 0.5, 1.0], dims="perturb_epoch",
@@ -375,6 +382,10 @@ def test_the_first_page_answers_in_short_with_the_caveats_that_bound_it():
             "cannot tell whether it steps at the critical-period end. Split at the ends' "
             "estimates, a nudge of ε = 0.01 made before") in said, said
     assert "the learning rate itself halves by epoch 4.3" in said
+    # said in the answer already: the caveat keeps only what would show a step
+    assert caveats(cube.merge(perturbation_summary(cube)))[0] == (
+        "* Perturbation epochs closer together around the end would show whether the "
+        "sensitivity steps there.")
     wide = cube.merge(perturbation_summary(cube))
     end = wide["critical_period_end"]
     wide["critical_period_end_interval"] = xr.concat(

@@ -200,10 +200,16 @@ def short_answer(cube: xr.Dataset) -> str:
 
 
 def caveats(cube: xr.Dataset) -> list[str]:
-    """The perturbation experiment's caveats (rst bullets)."""
+    """The perturbation experiment's caveats (rst bullets). Where the short answer already
+    leads with a fall at every perturbation epoch, the first says only what would show a
+    step."""
     seeds = int(cube.sizes.get("seed", 1))
     replicates = int(cube.sizes.get("replicate", 1))
+    runs = _perturbed_runs(with_lr_schedule(cube)) if "perturb_cp_ratio" in cube else []
+    said = bool(runs) and _falls_everywhere(with_lr_schedule(cube), runs)
     return [
+        "* Perturbation epochs closer together around the end would show whether the "
+        "sensitivity steps there." if said else
         "* A sensitivity that falls steadily gives a before/after ratio above 1 for any "
         "split: the ratio shows the fall, not a step at the critical-period end; "
         "perturbation epochs closer together around the end would show a step.",
