@@ -355,29 +355,21 @@ def _recorded_config_of(piece: str) -> Path | None:
     return None
 
 
-def _positive(kind: type) -> Callable[[str], float]:
-    """An argparse type: a number of ``kind`` above 0, else a one-line usage error."""
+def _positive(kind: type, zero: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` above 0 (0 too with ``zero``), else a one-line
+    usage error."""
     def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
             what = "a whole number" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if not value > 0 or not math.isfinite(value):
+        if zero and value < 0:
+            raise argparse.ArgumentTypeError(f"{text} is below 0")
+        if not (value > 0 or zero and value == 0) or not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{text} is not above 0")
         return value
     return parse
-
-
-def _non_negative_int(text: str) -> int:
-    """An argparse type: a whole number of 0 or more, else a one-line usage error."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is below 0")
-    return value
 
 
 def _times(scratch: int, shared: int, config: dict) -> str:
@@ -617,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="recorded draws per chain after burn-in (default: the config's "
                         "llc.draws); a step size's λ̂ levels off only in a chain long enough "
                         "to relax, about 2 / (step size · γ) steps")
-    p.add_argument("--burn-in", type=_non_negative_int, default=None,
+    p.add_argument("--burn-in", type=_positive(int, zero=True), default=None,
                    help="draws per chain discarded first (default: the config's llc.burn_in)")
     p.add_argument("--batch-size", type=_positive(int), default=None,
                    help="SGLD minibatch size (default: the config's llc.batch_size); a small "

@@ -170,11 +170,16 @@ ANCILLARY: dict[str, tuple[str, ...]] = {
 }
 
 
+def _yes_no_flag_attrs(name: str, no: str, yes: str) -> dict:
+    """CF attributes of the 0/1 flag ``name``: its long_name and units, and what 0 and 1
+    mean."""
+    return {**attrs(name), "flag_values": np.asarray([0, 1], dtype=np.int8),
+            "flag_meanings": f"{no} {yes}"}
+
+
 def located_flag_attrs() -> dict:
     """CF attributes of the ``critical_period_end_located`` flag."""
-    return {**attrs("critical_period_end_located"),
-            "flag_values": np.asarray([0, 1], dtype=np.int8),
-            "flag_meanings": "not_located located"}
+    return _yes_no_flag_attrs("critical_period_end_located", "not_located", "located")
 
 
 def attrs(name: str) -> dict:
@@ -194,8 +199,7 @@ def llc_quality_flag_attrs(flags: dict[str, int] = LLC_QUALITY_FLAGS) -> dict:
 
 def run_diverged_flag_attrs() -> dict:
     """CF attributes of the ``run_diverged`` flag (0 = learned, 1 = diverged to chance)."""
-    return {**attrs("run_diverged"), "flag_values": np.asarray([0, 1], dtype=np.int8),
-            "flag_meanings": "learned diverged_to_chance"}
+    return _yes_no_flag_attrs("run_diverged", "learned", "diverged_to_chance")
 
 
 def divergence_attrs(metric: str, comparison: str) -> dict:

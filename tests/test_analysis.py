@@ -1912,6 +1912,7 @@ def test_an_exponent_apart_from_0_on_ends_not_apart_says_so() -> None:
 
     def rows(intervals, deficit_lower=(1.0, 1.0, 1.0)):
         return pd.DataFrame({"batch_size": [256, 64, 128],
+                             "critical_period_end": [sum(i) / 2 for i in intervals],
                              "critical_period_end_lower": [i[0] for i in intervals],
                              "critical_period_end_upper": [i[1] for i in intervals],
                              "permanent_deficit_lower": list(deficit_lower)})

@@ -184,24 +184,34 @@ def _markers_sentence(cube: xr.Dataset) -> str:
     return "; ".join(parts)
 
 
+def _located_ends(rows: pd.DataFrame) -> tuple[list[tuple[float, float, float, float]],
+                                                list[bool] | None]:
+    """One schedule's located ends (:func:`summary_table` ``rows``) as (batch size, end,
+    lower, upper) by batch size, and for each pair of them whether their intervals are
+    apart (None where an interval is missing)."""
+    ends = [(float(r.batch_size), r.critical_period_end, r.critical_period_end_lower,
+             r.critical_period_end_upper) for r in rows.sort_values("batch_size").itertuples()
+            if end_located(r.permanent_deficit_lower)]
+    if not all(np.isfinite([lo, hi]).all() for _, _, lo, hi in ends):
+        return ends, None
+    return ends, [a[3] < b[2] or b[3] < a[2] for i, a in enumerate(ends) for b in ends[i + 1:]]
+
+
 def _ends_compared(rows: pd.DataFrame) -> str:
     """`` (ends 7.0 [3.0, 15.9] and 5.6 [1.6, 9.6], whose intervals overlap: …)`` for the
     located ends of one schedule's ``rows`` (:func:`summary_table`): where no exponent can
     be fitted, whether the seeds still order the ends by batch size."""
-    ends = [(float(r.batch_size), r.critical_period_end, r.critical_period_end_lower,
-             r.critical_period_end_upper) for r in rows.sort_values("batch_size").itertuples()
-            if end_located(r.permanent_deficit_lower)]
+    ends, apart = _located_ends(rows)
     if not ends:
         return ""
     listed = " and ".join(f"{_num(e)} {_interval(lo, hi)}" for _, e, lo, hi in ends)
     if len(ends) == 1:
         return f" (end {listed})"
-    pairs = [a[3] < b[2] or b[3] < a[2] for i, a in enumerate(ends) for b in ends[i + 1:]]
-    if not all(np.isfinite([lo, hi]).all() for _, _, lo, hi in ends):
+    if apart is None:
         order = ""
-    elif all(pairs):
+    elif all(apart):
         order = ", whose intervals do not overlap"
-    elif any(pairs):
+    elif any(apart):
         order = ", some of whose intervals overlap: these seeds do not order all of them"
     else:
         order = ", whose intervals overlap: these seeds do not order them"
@@ -214,16 +224,12 @@ def _ends_overlap(rows: pd.DataFrame) -> str:
     exponent whose interval excludes 0 then rests on the seeds agreeing on the ordering,
     while its interval (a jackknife over seeds) leaves out the kinks' profile uncertainty
     that the ends' intervals carry. "" otherwise."""
-    ends = [(float(r.batch_size), r.critical_period_end_lower, r.critical_period_end_upper)
-            for r in rows.sort_values("batch_size").itertuples()
-            if end_located(r.permanent_deficit_lower)]
-    if len(ends) < 2 or not all(np.isfinite([lo, hi]).all() for _, lo, hi in ends):
+    ends, apart = _located_ends(rows)
+    if len(ends) < 2 or apart is None or any(apart):
         return ""
-    if any(a[2] < b[1] or b[2] < a[1] for i, a in enumerate(ends) for b in ends[i + 1:]):
-        return ""
-    intervals = [_interval(lo, hi) for _, lo, hi in ends]
+    intervals = [_interval(lo, hi) for _, _, lo, hi in ends]
     listed = (", ".join(intervals[:-1]) + f" and {intervals[-1]} at "
-              + _batches([b for b, _, _ in ends]))
+              + _batches([b for b, _, _, _ in ends]))
     return (f", though no two ends' own intervals are apart ({listed}): the exponent's "
             "interval, from leaving each seed out, does not carry how loosely the switch grid "
             "pins each end; more seeds or a finer switch grid would settle it")
@@ -238,18 +244,19 @@ def _llc_caveat(cube: xr.Dataset) -> list[str]:
     llc = config.get("llc", {})
 
     def one(name: str) -> float:
+        """The setting ``name`` where every estimate shares one value, else NaN."""
         values = np.unique(np.asarray(cube[name].values, dtype=float)) if name in cube else []
         return float(values[0]) if len(values) == 1 else float("nan")
 
-    burn_in = one("llc_burn_in")
-    draws = cube.sizes.get("draw", 0) - burn_in if np.isfinite(burn_in) else float("nan")
+    burn_in, eps, gamma, nbeta = (one(f"llc_{k}") for k in ("burn_in", "step_size", "gamma",
+                                                            "nbeta"))
+    draws = cube.sizes.get("draw", 0) - burn_in
     settings = ", ".join(text for text, ok in (
         (f"{cube.sizes.get('chain', 0)} chains × {burn_in:g} burn-in + {draws:g} draws",
          np.isfinite(draws)),
         (f"SGLD batch {llc.get('batch_size')}", llc.get("batch_size") is not None),
-        (f"ε = {one('llc_step_size'):g}", np.isfinite(one("llc_step_size"))),
-        (f"γ = {one('llc_gamma'):g}", np.isfinite(one("llc_gamma"))),
-        (f"nβ = {one('llc_nbeta'):.4g}", np.isfinite(one("llc_nbeta")))) if ok)
+        (f"ε = {eps:g}", np.isfinite(eps)), (f"γ = {gamma:g}", np.isfinite(gamma)),
+        (f"nβ = {nbeta:.4g}", np.isfinite(nbeta))) if ok)
     settings = f" ({settings})" if settings else ""
     return [f"* λ̂ is an estimate at this run's SGLD settings{settings}, not the "
             "checkpoint's equilibrium learning coefficient: short chains, minibatch noise and "
