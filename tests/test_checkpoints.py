@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,6 +135,32 @@ def test_atomic_write_gives_the_usual_permissions(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "shared.txt").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600
+
+
+def test_atomic_write_flushes_the_file_before_the_rename_and_the_folder_after(
+        tmp_path, monkeypatch):
+    """A node that loses power after a job finished must not leave an empty file under the
+    final name: the data reach the disk before the rename, the rename before returning."""
+    events = []
+    fsync, replace = os.fsync, os.replace
+
+    def logged_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def logged_replace(src, dst):
+        events.append(("replace", str(dst)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", logged_fsync)
+    monkeypatch.setattr(os, "replace", logged_replace)
+    target = tmp_path / "e4.pt"
+    write_atomic(target, lambda p: p.write_text("x"))
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["fsync", "replace", "fsync"], events
+    assert Path(events[0][1]).parent == tmp_path and events[0][1] != str(target)
+    assert events[2][1] == str(tmp_path)
+    assert target.read_text() == "x"
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):

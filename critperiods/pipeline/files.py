@@ -1,9 +1,11 @@
 """Atomic file writes: a reader never sees a half-written output; and netCDF reads that
 name a file they cannot read and the command that remakes it.
 
-Every stage writes to a temporary file in the destination folder and renames
-it into place with ``os.replace`` (atomic on POSIX within one file system), so
-a job killed mid-write leaves either the old file or none, never a torso.  The
+Every stage writes to a temporary file in the destination folder, flushes it to the disk
+(``fsync``) and renames it into place with ``os.replace`` (atomic on POSIX within one file
+system), then flushes the folder, so a job killed mid-write, or a node that loses power
+after a job finished, leaves either the old file or the whole new one, never a torso or an
+empty file under the final name.  The
 file gets the permissions an ordinary ``open`` would give it (``0666`` less the umask), so
 colleagues and notebook servers can read the results.
 """
@@ -51,7 +53,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; outputs are for sharing
+        _fsync(tmp)
         os.replace(tmp, target)
+        _fsync(target.parent, folder=True)
     except Exception as err:
         full = _no_space(err)
         if full == errno.EDQUOT:
@@ -68,6 +72,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fsync(path: str | os.PathLike, folder: bool = False) -> None:
+    """Flush ``path``'s data (a folder: its entries, so a rename into it lasts) to the disk.
+    Without it, a file renamed into place can read back empty after a crash on file systems
+    that delay allocation. Some file systems cannot flush a folder; that is skipped."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not folder:
+            raise
+    finally:
+        os.close(fd)
 
 
 def _sweep(target: Path) -> None:
