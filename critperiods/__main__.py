@@ -264,6 +264,11 @@ def summarize(args: argparse.Namespace) -> int:
                             if name not in ("estimates", "ok"))
         print(f"\nλ̂ estimates: {counts['estimates']}, ok {counts['ok']}; flagged: {flagged} "
               "(flagged estimates are left out of the λ̂ markers and knees)")
+        from critperiods.results.report_page import llc_relaxation
+
+        relaxed = llc_relaxation(cube)
+        if relaxed:
+            print(textwrap.fill(_plain(relaxed), width=100))
     if "perturb_l2" in cube:
         from critperiods.results.perturbation_summary import format_perturbation
 
@@ -285,9 +290,11 @@ def _plain(rst: str) -> str:
 def calibrate_llc(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    import numpy as np
     import torch
 
     from critperiods.measure.llc import calibrate, plot_calibration
+    from critperiods.measure.llc.quality import RELAXED_GROWTH
     from critperiods.pipeline.checkpoints import (
         CheckpointError,
         checkpoint_map,
@@ -338,9 +345,13 @@ def calibrate_llc(args: argparse.Namespace) -> int:
         for eps in result["step_size"].values:
             cell = result.sel(nbeta=nbeta, step_size=eps)
             diverged = int(cell["diverged"].sum())
+            growth = float(cell["distance_growth"])
             print(f"nβ {nbeta:.4g}, step size {eps:g}: λ̂ {float(cell['llc_mean']):.4g} "
                   f"(chains' s.d. {float(cell['llc_std']):.3g}"
-                  + (f", {diverged} chain(s) diverged" if diverged else "") + ")")
+                  + (f", {diverged} chain(s) diverged" if diverged else "")
+                  + (f"; ‖w − w*‖² grew {100 * growth:+.0f} % over the draws"
+                     + (", not relaxed" if growth > RELAXED_GROWTH else "")
+                     if np.isfinite(growth) else "") + ")")
     print(f"wrote {args.out}")
     return 0
 

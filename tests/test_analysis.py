@@ -1162,6 +1162,29 @@ def test_the_caveats_give_the_chance_of_a_call_at_some_batch_size() -> None:
     assert _per_batch_caveat(cube.isel(batch_size=[0])) == []
 
 
+def test_the_llc_caveat_says_from_the_chains_distances_whether_they_relaxed() -> None:
+    """The caveat reads ``llc_distance_growth``: a median growth above 0.1 over the distinct
+    estimates (a trunk's repeat counted once) is said as chains not relaxed, with the steps
+    the localisation needs (1 / (ε γ)) beside the burn-in; below, as relaxed; no variable,
+    no sentence."""
+    from critperiods.results.report_page import _llc_caveat, llc_relaxation
+
+    cube = synthetic_cube(with_llc=False, with_div=False)
+    growth = xr.DataArray([[0.45, 0.45, 0.45, 0.44], [0.46, 0.02, 0.45, 0.47]],
+                          dims=("seed", "epoch"))
+    cube = cube.isel(seed=[0, 1], epoch=[0, 1, 2, 3]).assign(
+        llc_distance_growth=growth, llc_mean=growth * 100, llc_step_size=1e-4,
+        llc_gamma=100.0, llc_burn_in=30)
+    said = llc_relaxation(cube)
+    assert said.startswith("The chains had not relaxed") and "a median 45 %" in said
+    assert "(``llc_distance_growth``, 5 estimates)" in said
+    assert "~1/(εγ) = 100 steps, and burn-in lasted 30" in said
+    assert said in _llc_caveat(cube)[0]
+    relaxed = llc_relaxation(cube.assign(llc_distance_growth=growth * 0 + 0.02))
+    assert relaxed.startswith("The chains had relaxed") and "a median +2 %" in relaxed
+    assert llc_relaxation(cube.drop_vars("llc_distance_growth")) == ""
+
+
 def test_a_grid_of_three_switches_is_said_to_interpolate_the_end() -> None:
     """With as many switch epochs as the hinge has parameters the end cannot disagree with
     the data: the caveats say so; with more they do not."""

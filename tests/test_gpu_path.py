@@ -584,11 +584,10 @@ def _sgld_run(mode: dict | None, sampler_name: str, loss_every: int, step_size: 
 
     if mode is None:
         out = S._run_chains(smp, st, lambda k: None, notify)
-        arrays = (out.loss, out.peak, out.healthy)
     else:
         mode["st"] = st
-        arrays = cuda_graphs.run_chains_graphed(smp, st, lambda k: None, notify)
-    return arrays, seen, smp.gens
+        out = S._trace(*cuda_graphs.run_chains_graphed(smp, st, lambda k: None, notify))
+    return (out.loss, out.peak, out.healthy, out.distance), seen, smp.gens
 
 
 @pytest.mark.parametrize("sampler_name", ["sgld", "rmsprop_sgld"])
@@ -596,8 +595,9 @@ def _sgld_run(mode: dict | None, sampler_name: str, loss_every: int, step_size: 
 def test_graphed_sgld_records_equal_the_eager_sampler(emulated_sgld_capture, sampler_name,
                                                       loss_every, step_size):
     """The graphed λ̂ path (two eager records, then a captured record replayed) traces the
-    same losses, peaks and health as the eager sampler, bit for bit, and notifies the same
-    records; at step 5.0 the chains diverge and the NaNs fall where the eager ones do."""
+    same losses, peaks, health and distances from w* as the eager sampler, bit for bit, and
+    notifies the same records; at step 5.0 the chains diverge and the NaNs fall where the
+    eager ones do."""
     graphed, seen, _ = _sgld_run(emulated_sgld_capture, sampler_name, loss_every, step_size)
     eager, seen_eager, _ = _sgld_run(None, sampler_name, loss_every, step_size)
     assert emulated_sgld_capture["captured"] == 1

@@ -536,17 +536,21 @@ def test_a_chain_over_the_ceiling_is_cut_where_it_crossed() -> None:
 
 def test_the_cut_uses_the_peak_between_records() -> None:
     """With ``loss_every`` > 1 a chain is cut at the record whose steps crossed the ceiling,
-    also when the recorded (last) loss of that record is below it; NaN counts as over."""
+    also when the recorded (last) loss of that record is below it; NaN counts as over. The
+    distance from w* is cut where the loss is."""
     import critperiods.measure.llc.estimate as llc_module
 
     loss = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, np.nan, np.nan]])
     peak = np.array([[1.0, 5.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], [1.0, np.nan, np.nan, 1.0]])
+    distance = np.arange(12.0).reshape(3, 4)
     out = llc_module._cut_at_ceiling(
-        llc_module._Trace(loss, peak, np.array([True, True, False])), ceiling=2.0)
+        llc_module._Trace(loss, peak, np.array([True, True, False]), distance), ceiling=2.0)
     assert out.healthy.tolist() == [False, True, False]
     assert np.isnan(out.loss[0, 1:]).all() and out.loss[0, 0] == 1.0
     assert np.array_equal(out.loss[1], loss[1])
     assert np.isnan(out.loss[2, 1:]).all() and out.loss[2, 0] == 1.0
+    np.testing.assert_array_equal(np.isnan(out.distance), np.isnan(out.loss))
+    assert np.array_equal(out.distance[1], distance[1])
 
 
 def test_each_quality_flag_is_raised_by_its_own_cause_and_only_by_it() -> None:
@@ -665,3 +669,41 @@ def test_a_diagnostics_callback_receives_every_recorded_draw() -> None:
     assert all(s[4] > 0 for s in seen)  # every chain has left w* at every recorded draw
     np.testing.assert_array_equal(watched.loss_trace, plain.loss_trace)
     assert watched.llc_mean == plain.llc_mean
+
+
+def test_the_distance_trace_is_each_chains_squared_distance_from_w_star() -> None:
+    """``distance_trace`` holds ‖w − w*‖² of every chain at every record (what a callback
+    reading the weights computes), the same however the chains are split over workers."""
+    model, data = _small_dln()
+    w_star = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    cfg = LLCConfig(chains=4, draws=12, burn_in=3, step_size=1e-4, gamma=10.0, batch_size=16,
+                    loss_every=2)
+    seen: list[np.ndarray] = []
+    watched = estimate_llc(model, dln_loss, data, cfg, progress=False, callbacks=[
+        lambda draw: seen.append(((draw.weights - w_star) ** 2).sum(dim=1).numpy().copy())])
+    split = estimate_llc(model, dln_loss, data, cfg, progress=False, workers=2)
+    assert watched.distance_trace.shape == watched.loss_trace.shape == (4, 15)
+    np.testing.assert_allclose(watched.distance_trace, np.stack(seen, axis=1), rtol=1e-6)
+    np.testing.assert_array_equal(split.distance_trace, watched.distance_trace)
+    assert np.all(np.diff(watched.distance_trace[:, :3], axis=1) > 0)  # leaving w* at first
+
+
+def test_distance_growth_sees_chains_that_have_not_relaxed() -> None:
+    """The localisation pulls a chain back in the loss's flat directions only at rate ε γ / 2
+    per step, so its ‖w − w*‖² relaxes over ~1 / (ε γ) steps (here 100): chains sampled well
+    within that still spread out over their draws (R-hat cannot see it: they all do), chains
+    burnt in for several relaxation times do not."""
+    from critperiods.measure.llc.quality import diagnose
+
+    prob = make_dln([10, 10, 10], 2, n=200, seed=1)  # 200 weights: a steady distance
+    model, data = prob.model, prob.data
+    growth = {}
+    for burn_in, draws in ((10, 60), (600, 400)):
+        cfg = LLCConfig(chains=4, draws=draws, burn_in=burn_in, step_size=1e-3, gamma=10.0,
+                        batch_size=None)
+        res = estimate_llc(model, dln_loss, data, cfg, progress=False)
+        growth[burn_in] = diagnose(res.loss_trace, burn_in, res.diverged,
+                                   res.distance_trace).distance_growth
+    assert growth[10] > 0.2, growth
+    assert abs(growth[600]) < 0.05, growth
+    assert np.isnan(diagnose(res.loss_trace, 600, res.diverged).distance_growth)

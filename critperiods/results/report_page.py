@@ -18,6 +18,7 @@ import pandas as pd
 import xarray as xr
 import yaml
 
+from critperiods.measure.llc.quality import RELAXED_GROWTH
 from critperiods.results.end_fit import end_located
 from critperiods.results.figures import FIGURES
 from critperiods.results.markers import UNSTABLE_REASON, WITHIN_NOISE_REASON, knee_flags
@@ -258,11 +259,42 @@ def _llc_caveat(cube: xr.Dataset) -> list[str]:
         (f"ε = {eps:g}", np.isfinite(eps)), (f"γ = {gamma:g}", np.isfinite(gamma)),
         (f"nβ = {nbeta:.4g}", np.isfinite(nbeta))) if ok)
     settings = f" ({settings})" if settings else ""
+    relaxed = llc_relaxation(cube)
     return [f"* λ̂ is an estimate at this run's SGLD settings{settings}, not the "
             "checkpoint's equilibrium learning coefficient: short chains, minibatch noise and "
             "checkpoints off their minima move its level *and* its shape over the epochs, "
-            "which the diagnostics do not see (docs/llc.md). A knee is this setting's; "
-            "``calibrate-llc`` shows how much one checkpoint's λ̂ moves with them."]
+            "which R-hat and the trend test do not see (docs/llc.md)."
+            + (f" {relaxed}" if relaxed else "")
+            + " A knee is this setting's; ``calibrate-llc`` shows how much one checkpoint's "
+            "λ̂ moves with them."]
+
+
+def llc_relaxation(cube: xr.Dataset) -> str:
+    """Whether the run's SGLD chains had relaxed, from ``llc_distance_growth`` (one sentence;
+    "" where the cube has none): the median over the distinct estimates (a trunk's repeat
+    under every later switch), and the steps the localisation needs beside the burn-in."""
+    if "llc_distance_growth" not in cube:
+        return ""
+    values = np.asarray(cube["llc_distance_growth"].values, dtype=float)
+    values = np.unique(values[np.isfinite(values)])
+    if values.size == 0:
+        return ""
+    median = float(np.median(values))
+    steps = ""
+    eps, gamma, burn_in = (np.unique(np.asarray(cube[f"llc_{k}"].values, dtype=float))
+                           if f"llc_{k}" in cube else np.array([])
+                           for k in ("step_size", "gamma", "burn_in"))
+    if eps.size == gamma.size == burn_in.size == 1 and eps[0] * gamma[0] > 0:
+        steps = (f"; in the loss's flat directions only the localisation pulls a chain back, "
+                 f"over ~1/(εγ) = {1 / (eps[0] * gamma[0]):.0f} steps, and burn-in lasted "
+                 f"{burn_in[0]:g}")
+    if median > RELAXED_GROWTH:
+        return (f"The chains had not relaxed: their squared distance from the checkpoint "
+                f"still grew by a median {100 * median:.0f} % from the first to the second "
+                f"half of the draws (``llc_distance_growth``, {values.size} estimates){steps}.")
+    return (f"The chains had relaxed: their squared distance from the checkpoint changed by a "
+            f"median {100 * median:+.0f} % from the first to the second half of the draws "
+            f"(``llc_distance_growth``, {values.size} estimates).")
 
 
 def _exponent_caveat(cube: xr.Dataset) -> list[str]:
@@ -657,4 +689,5 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     return "\n".join(parts)
 
 
-__all__ = ["answer_lines", "landing_page", "perturbation_section", "question", "table_rst"]
+__all__ = ["answer_lines", "landing_page", "llc_relaxation",
+           "perturbation_section", "question", "table_rst"]

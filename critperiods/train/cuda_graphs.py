@@ -47,7 +47,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -245,13 +244,13 @@ def run_chains_graphed(sampler: Any, st: Any, report: Callable[[int], None],
     the allocator), the rest replay a graph of one record; which records are eager depends
     only on the config, so a run is as reproducible as the eager sampler. ``notify(index,
     losses)`` (when given) runs after every record, outside the graph. Returns the
-    ``(loss, peak, healthy)`` arrays of ``_Trace``. Falls back to eager records where this
-    torch cannot register a generator with a graph.
+    ``(loss, peak, healthy, distance)`` tensors of ``_Trace``. Falls back to eager records
+    where this torch cannot register a generator with a graph.
     """
     cfg = sampler.cfg
     n_rec, chains = cfg.burn_in + cfg.draws, st.w.shape[0]
     trace = torch.full((chains, n_rec), float("nan"), dtype=st.w.dtype, device=st.w.device)
-    peak = torch.full_like(trace, float("nan"))
+    peak, distance = torch.full_like(trace, float("nan")), torch.full_like(trace, float("nan"))
     nan = torch.tensor(float("nan"), dtype=st.w.dtype, device=st.w.device)
     record_at = torch.zeros(1, dtype=torch.long, device=st.w.device)
 
@@ -262,6 +261,7 @@ def run_chains_graphed(sampler: Any, st: Any, report: Callable[[int], None],
             highest = torch.maximum(highest, loss)  # NaN wins
         trace.index_copy_(1, record_at, torch.where(st.healthy, loss, nan).unsqueeze(1))
         peak.index_copy_(1, record_at, highest.unsqueeze(1))
+        distance.index_copy_(1, record_at, st.squared_distance().unsqueeze(1))
         record_at.add_(1)
 
     stream = torch.cuda.Stream(st.w.device)
@@ -281,8 +281,7 @@ def run_chains_graphed(sampler: Any, st: Any, report: Callable[[int], None],
             if notify is not None:
                 notify(r, trace[:, r])
             report(cfg.loss_every * chains)
-    return (trace.cpu().double().numpy(), peak.cpu().double().numpy(),
-            st.healthy.cpu().numpy().astype(np.bool_))
+    return trace, peak, st.healthy, distance
 
 
 def _capture_record(record: Callable[[], None], sampler: Any,

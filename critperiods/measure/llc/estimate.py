@@ -55,7 +55,8 @@ class LLCResult:
     ``llc_mean``/``llc_std`` are over healthy chains only (std with ddof=0 as devinterp; NaN
     if every chain diverged).  ``llc_per_chain`` is NaN for diverged chains.  ``loss_trace``
     holds the recorded minibatch losses ``L_B(w_t)`` (burn-in included), NaN from the point a
-    chain was flagged as diverged.
+    chain was flagged as diverged; ``distance_trace`` the chains' squared distance from the
+    checkpoint, ``‖w_t − w*‖²``, at the same records (NaN where ``loss_trace`` is).
     """
 
     llc_mean: float
@@ -67,6 +68,7 @@ class LLCResult:
     nbeta: float
     burn_in: int = 0
     label: str = ""
+    distance_trace: np.ndarray | None = None
 
     def running_llc(self) -> np.ndarray:
         """Running mean of the per-chain estimate over post-burn-in draws, shape (chains, draws).
@@ -162,7 +164,7 @@ def _cut_at_ceiling(trace: _Trace, ceiling: float) -> _Trace:
     first = np.where(over.any(axis=1), over.argmax(axis=1), over.shape[1])
     cut = np.arange(over.shape[1])[None, :] >= first[:, None]
     return _Trace(np.where(cut, np.nan, trace.loss), trace.peak,
-                  trace.healthy & (first == over.shape[1]))
+                  trace.healthy & (first == over.shape[1]), np.where(cut, np.nan, trace.distance))
 
 
 def _summarise(
@@ -255,19 +257,18 @@ def estimate_llc(
     init_loss, batch_std = _init_loss(init_tasks, batch)
     threshold = divergence_threshold(n_params, nbeta, batch_std, config.divergence_factor)
     trace = _cut_at_ceiling(trace, init_loss + threshold)
-    return _finish(trace.loss, trace.healthy, init_loss, nbeta, config, label)
+    return _finish(trace, init_loss, nbeta, config, label)
 
 
 def _finish(
-    trace: np.ndarray,
-    healthy: np.ndarray,
+    recorded: _Trace,
     init_loss: float,
     nbeta: float,
     config: LLCConfig,
     label: str,
 ) -> LLCResult:
     """Summarise, and warn if every chain diverged."""
-    diverged = ~healthy
+    trace, diverged = recorded.loss, ~recorded.healthy
     per_chain, mean, std = _summarise(trace, diverged, init_loss, nbeta, config.burn_in)
     diverged = diverged | np.isnan(per_chain)
     if not math.isfinite(init_loss):
@@ -295,6 +296,7 @@ def _finish(
         nbeta=nbeta,
         burn_in=config.burn_in,
         label=label,
+        distance_trace=recorded.distance,
     )
 
 

@@ -9,6 +9,12 @@ Every estimate gets, from its post-burn-in SGLD trace (healthy chains only):
 * ``trend_z`` — how far the mean over the first 20 % of the draws lies from the mean over
   the last 50 %, in Monte Carlo standard errors (ArviZ's ``mcse`` of each segment): the
   running λ̂ is still moving when this is large (a Geweke-style check);
+* ``distance_growth`` — how much the chains' squared distance from the checkpoint,
+  ``‖w − w*‖²``, grew from the first to the second half of the draws (their means' ratio
+  minus 1): near 0 once the chains have relaxed. In the directions the loss leaves flat
+  only the localisation pulls a chain back, so the distance relaxes over ~``1 / (ε γ)``
+  steps; all chains drift alike there, which R-hat cannot see, and the loss moves too
+  little for the trend test. Reported, not flagged (docs/llc.md);
 
 and, from these, a CF bit-field flag (:data:`FLAGS`, :func:`quality_flags`): ``ok`` (0), or
 any of ``negative`` (λ̂ < 0: the checkpoint is not a local minimum at this localisation, so
@@ -30,6 +36,9 @@ import numpy as np
 FLAGS = {"negative": 1, "not_converged": 2, "diverged_chains": 4}
 MAX_RHAT = 1.1
 MAX_TREND_Z = 4.0
+#: Up to this ``distance_growth`` the chains count as relaxed: chains sampled for several
+#: relaxation times scatter within a few per cent of 0 (docs/llc.md). Said, not flagged.
+RELAXED_GROWTH = 0.1
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class Diagnostics:
     rhat: float
     ess: float
     trend_z: float
+    distance_growth: float = float("nan")
 
 
 def _trend_z(post: np.ndarray) -> float:
@@ -55,12 +65,15 @@ def _trend_z(post: np.ndarray) -> float:
     return diff / se
 
 
-def diagnose(loss_trace: np.ndarray, burn_in: int, diverged: np.ndarray) -> Diagnostics:
-    """Diagnose one estimate from its ``(chains, burn_in + draws)`` loss trace.
+def diagnose(loss_trace: np.ndarray, burn_in: int, diverged: np.ndarray,
+             distance_trace: np.ndarray | None = None) -> Diagnostics:
+    """Diagnose one estimate from its ``(chains, burn_in + draws)`` loss trace (and, where
+    given, the chains' ``‖w − w*‖²`` at the same records).
 
     The trace of λ̂ per draw is an affine function of the loss (``nβ (L_B − L_n(w*))``), so
     R-hat, ESS and the trend z-score are the same computed on either. Diverged chains are
-    left out; with no healthy chain or fewer than 4 post-burn-in draws all three are NaN.
+    left out; with no healthy chain or fewer than 4 post-burn-in draws all four are NaN, and
+    ``distance_growth`` without a distance trace.
     """
     from arviz_stats.base import array_stats
 
@@ -68,9 +81,18 @@ def diagnose(loss_trace: np.ndarray, burn_in: int, diverged: np.ndarray) -> Diag
     post = np.asarray(loss_trace, dtype=float)[healthy, burn_in:]
     if post.shape[0] == 0 or post.shape[1] < 4 or not np.all(np.isfinite(post)):
         return Diagnostics(float("nan"), float("nan"), float("nan"))
+    growth = (float("nan") if distance_trace is None else
+              _growth(np.asarray(distance_trace, dtype=float)[healthy, burn_in:]))
     return Diagnostics(float(array_stats.rhat(post, chain_axis=0, draw_axis=1)),
                        float(array_stats.ess(post, chain_axis=0, draw_axis=1)),
-                       _trend_z(post))
+                       _trend_z(post), growth)
+
+
+def _growth(post: np.ndarray) -> float:
+    """Mean of the second half of the draws over the mean of the first half, minus 1."""
+    half = post.shape[1] // 2
+    early, late = post[:, :half].mean(), post[:, post.shape[1] - half:].mean()
+    return float(late / early - 1.0) if early > 0 else float("nan")
 
 
 def quality_flags(llc_mean: np.ndarray, diverged_chains: np.ndarray, rhat: np.ndarray,
@@ -103,5 +125,5 @@ def count_flags(quality: np.ndarray) -> dict[str, int]:
             **{name: int(np.sum((q & bit) > 0)) for name, bit in FLAGS.items()}}
 
 
-__all__ = ["FLAGS", "MAX_RHAT", "MAX_TREND_Z", "Diagnostics", "count_flags", "diagnose",
-           "quality_flags"]
+__all__ = ["FLAGS", "MAX_RHAT", "MAX_TREND_Z", "RELAXED_GROWTH", "Diagnostics", "count_flags",
+           "diagnose", "quality_flags"]

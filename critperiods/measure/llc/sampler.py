@@ -241,6 +241,13 @@ class _Chains:
     grad_views: list[Tensor]
     all_healthy: bool | None
 
+    def squared_distance(self) -> Tensor:
+        """Each chain's ``‖w − w*‖²``, shape ``(chains,)``: how far the chains have spread
+        from the checkpoint. In the directions the loss leaves flat only the localisation
+        pulls them back, so this relaxes over ~``1 / (step_size · gamma)`` steps
+        (docs/llc.md)."""
+        return (self.w - self.w0).square_().sum(dim=1)
+
 
 def _init_chains(model: nn.Module, chains: int, sampler: str) -> _Chains:
     """Start ``chains`` chains at the checkpoint weights (the model's trainable parameters)."""
@@ -376,11 +383,14 @@ class _Sampler:
 class _Trace:
     """What a block of chains returns: the recorded losses ``(chains, burn_in + draws)``
     (NaN from the record at which a chain's loss was not finite), the highest loss of the
-    steps behind each record (NaN if one was not finite), and which chains stayed finite."""
+    steps behind each record (NaN if one was not finite), which chains stayed finite, and
+    each chain's squared distance from the checkpoint, ``‖w − w*‖²``, after each record's
+    steps (NaN where the loss is)."""
 
     loss: np.ndarray
     peak: np.ndarray
     healthy: np.ndarray
+    distance: np.ndarray
 
     @staticmethod
     def join(blocks: list[_Trace]) -> _Trace:
@@ -391,12 +401,13 @@ class _Trace:
 
 def _run_chains(sampler: _Sampler, st: _Chains, report: Callable[[int], None],
                 notify: Callable[[int, Tensor], None] | None = None) -> _Trace:
-    """Run all steps and record every ``loss_every``-th loss (and the peak in between);
-    ``notify(index, losses)`` (when given) after every record."""
+    """Run all steps and record every ``loss_every``-th loss (and the peak in between) and
+    the chains' distance from ``w*``; ``notify(index, losses)`` (when given) after every
+    record."""
     cfg = sampler.cfg
     n_rec = cfg.burn_in + cfg.draws
     trace = torch.empty(st.w.shape[0], n_rec, dtype=st.w.dtype, device=st.w.device)
-    peak = torch.empty_like(trace)
+    peak, distance = torch.empty_like(trace), torch.empty_like(trace)
     nan = torch.tensor(float("nan"), dtype=st.w.dtype, device=st.w.device)
     with torch.no_grad():
         for r in range(n_rec):
@@ -406,10 +417,19 @@ def _run_chains(sampler: _Sampler, st: _Chains, report: Callable[[int], None],
                 highest = torch.maximum(highest, loss)  # NaN wins
             trace[:, r] = loss if st.all_healthy else torch.where(st.healthy, loss, nan)
             peak[:, r] = highest
+            distance[:, r] = st.squared_distance()
             if notify is not None:
                 notify(r, trace[:, r])
             report(cfg.loss_every * st.w.shape[0])  # chain-steps
-    return _Trace(*(t.cpu().double().numpy() for t in (trace, peak)), st.healthy.cpu().numpy())
+    return _trace(trace, peak, st.healthy, distance)
+
+
+def _trace(loss: Tensor, peak: Tensor, healthy: Tensor, distance: Tensor) -> _Trace:
+    """The recorded tensors as a :class:`_Trace` of NumPy arrays on the CPU; a distance is
+    NaN where its chain's loss is (a frozen chain does not move)."""
+    loss, peak, distance = (t.cpu().double().numpy() for t in (loss, peak, distance))
+    return _Trace(loss, peak, healthy.cpu().numpy().astype(np.bool_),
+                  np.where(np.isnan(loss), np.nan, distance))
 
 
 @dataclass(frozen=True)
@@ -436,7 +456,7 @@ class _ChainBlock:
                            self.data, self.config, self.nbeta, gens)
         notify = _notifier(self.callbacks, self.chains, self.config.burn_in, st.w)
         if st.w.device.type == "cuda" and SGLD_CUDA_GRAPHS:  # critperiods.train.cuda_graphs
-            return _Trace(*run_chains_graphed(sampler, st, report, notify))
+            return _trace(*run_chains_graphed(sampler, st, report, notify))
         return _run_chains(sampler, st, report, notify)
 
 

@@ -54,8 +54,9 @@ def llc_at_checkpoints(
     of that phase (``"blurred"`` or ``"sharp"``). Variables: ``llc_mean``, ``llc_std``,
     ``llc_chain`` (NaN for diverged chains), ``llc_diverged_chains`` (count),
     ``llc_init_loss``, ``llc_loss_trace`` (minibatch loss per draw, burn-in included), the
-    convergence diagnostics ``llc_rhat``, ``llc_ess`` and ``llc_trend_z``
-    (:mod:`critperiods.measure.llc.quality`, which also turns them into the quality flag), and the
+    convergence diagnostics ``llc_rhat``, ``llc_ess``, ``llc_trend_z`` and
+    ``llc_distance_growth`` (:mod:`critperiods.measure.llc.quality`, which also turns the
+    first three into the quality flag), and the
     sampler's settings as 0-d variables ``llc_nbeta``, ``llc_burn_in``, ``llc_step_size``,
     ``llc_gamma``, ``llc_bf16``.
     """
@@ -67,7 +68,7 @@ def llc_at_checkpoints(
         result = estimate_llc(model, torch.nn.functional.cross_entropy, data_for(c["phase"]),
                               config, label=f"{label} epoch {c['epoch']}", progress=progress)
         rows.append(result)
-    checks = [diagnose(r.loss_trace, r.burn_in, r.diverged) for r in rows]
+    checks = [diagnose(r.loss_trace, r.burn_in, r.diverged, r.distance_trace) for r in rows]
     epochs = np.asarray([int(c["epoch"]) for c in checkpoints], dtype=np.int64)
     draws = config.burn_in + config.draws
     trace = np.stack([r.loss_trace for r in rows]) if rows else np.zeros((0, config.chains, draws))
@@ -88,6 +89,7 @@ def llc_at_checkpoints(
             "llc_rhat": per_epoch([d.rhat for d in checks]),
             "llc_ess": per_epoch([d.ess for d in checks]),
             "llc_trend_z": per_epoch([d.trend_z for d in checks]),
+            "llc_distance_growth": per_epoch([d.distance_growth for d in checks]),
             "llc_nbeta": ((), rows[0].nbeta if rows else float("nan")),
             "llc_burn_in": ((), config.burn_in),
             "llc_step_size": ((), config.step_size),
