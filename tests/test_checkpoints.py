@@ -163,6 +163,30 @@ def test_atomic_write_flushes_the_file_before_the_rename_and_the_folder_after(
     assert target.read_text() == "x"
 
 
+def test_a_folder_that_cannot_be_flushed_is_passed_over_but_a_file_is_an_error(
+        tmp_path, monkeypatch):
+    """Some file systems refuse to fsync a folder (EINVAL): the write stands. A file whose
+    data cannot reach the disk fails the write, and nothing lands under its name."""
+    import errno
+
+    fsync = os.fsync
+
+    def refuse(kind):
+        def patched(fd):
+            if os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")) == (kind == "folder"):
+                raise OSError(errno.EINVAL, "Invalid argument")
+            fsync(fd)
+        return patched
+
+    monkeypatch.setattr(os, "fsync", refuse("folder"))
+    write_atomic(tmp_path / "kept.pt", lambda p: p.write_text("x"))
+    assert (tmp_path / "kept.pt").read_text() == "x"
+    monkeypatch.setattr(os, "fsync", refuse("file"))
+    with pytest.raises(OSError, match="Invalid argument"):
+        write_atomic(tmp_path / "lost.pt", lambda p: p.write_text("x"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.pt"]
+
+
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     path = tmp_path / "p.pt"
 

@@ -78,7 +78,12 @@ def _fsync(path: str | os.PathLike, folder: bool = False) -> None:
     """Flush ``path``'s data (a folder: its entries, so a rename into it lasts) to the disk.
     Without it, a file renamed into place can read back empty after a crash on file systems
     that delay allocation. Some file systems cannot flush a folder; that is skipped."""
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if folder:  # a folder one may write but not read, or a system without folder fds
+            return
+        raise
     try:
         os.fsync(fd)
     except OSError:

@@ -18,7 +18,7 @@ import pandas as pd
 import xarray as xr
 import yaml
 
-from critperiods.measure.llc.quality import RELAXED_GROWTH
+from critperiods.measure.llc.quality import RELAXED_GROWTH, flat_direction_growth
 from critperiods.results.end_fit import end_located
 from critperiods.results.figures import FIGURES
 from critperiods.results.markers import UNSTABLE_REASON, WITHIN_NOISE_REASON, knee_flags
@@ -27,6 +27,7 @@ from critperiods.results.selection import lr_schedules
 from critperiods.results.tables import (
     MARKER_STAGES,
     as_said,
+    distinct_estimates,
     diverged_sentence,
     drops_follow_the_rate,
     llc_flag_counts,
@@ -270,31 +271,47 @@ def _llc_caveat(cube: xr.Dataset) -> list[str]:
 
 
 def llc_relaxation(cube: xr.Dataset) -> str:
-    """Whether the run's SGLD chains had relaxed, from ``llc_distance_growth`` (one sentence;
-    "" where the cube has none): the median over the distinct estimates (a trunk's repeat
-    under every later switch), and the steps the localisation needs beside the burn-in."""
+    """Whether the run's SGLD chains were still spreading from the checkpoint, from
+    ``llc_distance_growth`` over the distinct estimates (one sentence; "" where the cube has
+    none): how many grew by more than ``RELAXED_GROWTH``, the median and range, and, for
+    plain SGLD at one setting, what a direction the loss leaves flat would give."""
     if "llc_distance_growth" not in cube:
         return ""
-    values = np.asarray(cube["llc_distance_growth"].values, dtype=float)
-    values = np.unique(values[np.isfinite(values)])
+    values = distinct_estimates(cube, "llc_distance_growth")
+    values = values[np.isfinite(values)]
     if values.size == 0:
         return ""
-    median = float(np.median(values))
-    steps = ""
+    above, median = int(np.sum(values > RELAXED_GROWTH)), 100 * float(np.median(values))
+    low, high = 100 * float(values.min()), 100 * float(values.max())
+    said = (f"The chains' squared distance from the checkpoint grew by more than "
+            f"{100 * RELAXED_GROWTH:.0f} % from the first to the second half of the draws in "
+            f"{above} of {values.size} estimates (median {median:+.0f} %, range {low:+.0f} to "
+            f"{high:+.0f} %; ``llc_distance_growth``)")
+    if not above:
+        return said + ": they were no longer spreading."
+    return (said + f": their weights were still spreading{_flat_directions(cube)}. λ̂ from "
+            "such chains moves with their length (docs/llc.md).")
+
+
+def _flat_directions(cube: xr.Dataset) -> str:
+    """What a chain gives where the loss is flat, at the run's one plain-SGLD setting (a
+    clause; "" for another sampler or several settings)."""
+    config = yaml.safe_load(cube.attrs.get("config", "")) or {}
+    if config.get("llc", {}).get("sampler", "sgld") != "sgld":
+        return ""
     eps, gamma, burn_in = (np.unique(np.asarray(cube[f"llc_{k}"].values, dtype=float))
                            if f"llc_{k}" in cube else np.array([])
                            for k in ("step_size", "gamma", "burn_in"))
-    if eps.size == gamma.size == burn_in.size == 1 and eps[0] * gamma[0] > 0:
-        steps = (f"; in the loss's flat directions only the localisation pulls a chain back, "
-                 f"over ~1/(εγ) = {1 / (eps[0] * gamma[0]):.0f} steps, and burn-in lasted "
-                 f"{burn_in[0]:g}")
-    if median > RELAXED_GROWTH:
-        return (f"The chains had not relaxed: their squared distance from the checkpoint "
-                f"still grew by a median {100 * median:.0f} % from the first to the second "
-                f"half of the draws (``llc_distance_growth``, {values.size} estimates){steps}.")
-    return (f"The chains had relaxed: their squared distance from the checkpoint changed by a "
-            f"median {100 * median:+.0f} % from the first to the second half of the draws "
-            f"(``llc_distance_growth``, {values.size} estimates).")
+    if not eps.size == gamma.size == burn_in.size == 1 or not eps[0] * gamma[0] > 0:
+        return ""
+    draws = cube.sizes.get("draw", 0) - int(burn_in[0])
+    if draws < 2:
+        return ""
+    flat = flat_direction_growth(float(eps[0]), float(gamma[0]), int(burn_in[0]), draws)
+    return (f", as where the loss is flat ({100 * flat:+.0f} % at these settings: only the "
+            f"localisation pulls a chain back there, over ~1/(εγ) = "
+            f"{1 / (eps[0] * gamma[0]):.0f} steps, and the chains ran {burn_in[0]:g} "
+            f"burn-in and {draws} draw steps)")
 
 
 def _exponent_caveat(cube: xr.Dataset) -> list[str]:

@@ -30,7 +30,8 @@ from critperiods.results.summary import EXPONENTS, INTERVAL_STATISTICS, unlocate
 from critperiods.variables import SUMMARY_STATISTICS
 
 __all__ = ["MARKER_NAMES", "MARKER_STAGES", "MarkerCall", "MarkerStage", "as_said",
-           "diverged_sentence", "drops_follow_the_rate", "format_table", "llc_flag_counts",
+           "distinct_estimates", "diverged_sentence", "drops_follow_the_rate", "format_table",
+           "llc_flag_counts",
            "marker_calls", "marker_tally", "marker_verdict",
            "marker_verdicts", "markers_not_computed", "not_computed_sentence",
            "restart_verdicts", "runs_at_chance", "summary_table", "to_csv",
@@ -269,25 +270,30 @@ def diverged_sentence(n: int) -> str:
             f"{'are' if n != 1 else 'is'} left out of means and fits")
 
 
-def llc_flag_counts(cube: xr.Dataset) -> dict[str, int]:
-    """Distinct λ̂ estimates of the cube, how many are ok and how many carry each flag.
+def distinct_estimates(cube: xr.Dataset, name: str) -> np.ndarray:
+    """The values of the per-estimate λ̂ variable ``name`` (``llc_quality``,
+    ``llc_distance_growth``, …), each estimate once: one shared by several runs (a trunk
+    checkpoint under every later switch, the never-blurred run under both schedules) is kept
+    where it was made and NaN elsewhere, as are the epochs without an estimate."""
+    values = cube[name]
+    if "lr_schedule" in values.dims:
+        first = values["lr_schedule"] == values["lr_schedule"][0]
+    else:
+        first = xr.DataArray(True)
+    k, e = values["switch_epoch"], values["epoch"]
+    branch = (e > k) & ((k > 0) | first)
+    trunk = (e <= k) & (k == k.max()) & first
+    return np.asarray(values.where(branch | trunk).values, dtype=float)
 
-    An estimate shared by several runs (a trunk checkpoint, the never-blurred run) counts once.
-    """
+
+def llc_flag_counts(cube: xr.Dataset) -> dict[str, int]:
+    """Distinct λ̂ estimates of the cube (:func:`distinct_estimates`), how many are ok and
+    how many carry each flag."""
     from critperiods.measure.llc.quality import count_flags
 
     if "llc_quality" not in cube:
         return {}
-    quality = cube["llc_quality"]
-    if "lr_schedule" in quality.dims:
-        first = quality["lr_schedule"] == quality["lr_schedule"][0]
-    else:
-        first = xr.DataArray(True)
-    k, e = quality["switch_epoch"], quality["epoch"]
-    branch = (e > k) & ((k > 0) | first)
-    trunk = (e <= k) & (k == k.max()) & first
-    return count_flags(quality.where(branch | trunk).values)
-
+    return count_flags(distinct_estimates(cube, "llc_quality"))
 
 
 def summary_table(summary: xr.Dataset) -> pd.DataFrame:

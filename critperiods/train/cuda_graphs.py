@@ -261,7 +261,7 @@ def run_chains_graphed(sampler: Any, st: Any, report: Callable[[int], None],
             highest = torch.maximum(highest, loss)  # NaN wins
         trace.index_copy_(1, record_at, torch.where(st.healthy, loss, nan).unsqueeze(1))
         peak.index_copy_(1, record_at, highest.unsqueeze(1))
-        distance.index_copy_(1, record_at, st.squared_distance().unsqueeze(1))
+        distance.index_copy_(1, record_at, sampler.squared_distance(st).unsqueeze(1))
         record_at.add_(1)
 
     stream = torch.cuda.Stream(st.w.device)

@@ -36,8 +36,9 @@ import numpy as np
 FLAGS = {"negative": 1, "not_converged": 2, "diverged_chains": 4}
 MAX_RHAT = 1.1
 MAX_TREND_Z = 4.0
-#: Up to this ``distance_growth`` the chains count as relaxed: chains sampled for several
-#: relaxation times scatter within a few per cent of 0 (docs/llc.md). Said, not flagged.
+#: Above this ``distance_growth`` the chains are said to be still spreading. Chains sampled
+#: for several relaxation times scatter about 0 by a few per cent for a network of thousands
+#: of weights, more for a few hundred (docs/llc.md). Said, not flagged.
 RELAXED_GROWTH = 0.1
 
 
@@ -95,6 +96,17 @@ def _growth(post: np.ndarray) -> float:
     return float(late / early - 1.0) if early > 0 else float("nan")
 
 
+def flat_direction_growth(step_size: float, gamma: float, burn_in: int, draws: int) -> float:
+    """The ``distance_growth`` of plain SGLD chains (one step per draw) in directions the
+    loss leaves flat, where only the localisation acts: there ``w − w*`` is an
+    Ornstein–Uhlenbeck walk from 0, whose expected square after ``t`` steps is its plateau
+    times ``1 − (1 − ε γ / 2)^(2t)``. Measured growth near this value says the chains'
+    spread is that of flat directions still filling in."""
+    q = (1.0 - 0.5 * step_size * gamma) ** 2
+    steps = np.arange(burn_in + 1, burn_in + draws + 1, dtype=float)
+    return _growth((1.0 - q ** steps)[None, :])
+
+
 def quality_flags(llc_mean: np.ndarray, diverged_chains: np.ndarray, rhat: np.ndarray,
                   trend_z: np.ndarray, max_rhat: float = MAX_RHAT,
                   max_trend_z: float = MAX_TREND_Z) -> np.ndarray:
@@ -126,4 +138,4 @@ def count_flags(quality: np.ndarray) -> dict[str, int]:
 
 
 __all__ = ["FLAGS", "MAX_RHAT", "MAX_TREND_Z", "RELAXED_GROWTH", "Diagnostics", "count_flags",
-           "diagnose", "quality_flags"]
+           "diagnose", "flat_direction_growth", "quality_flags"]

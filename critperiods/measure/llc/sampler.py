@@ -241,13 +241,6 @@ class _Chains:
     grad_views: list[Tensor]
     all_healthy: bool | None
 
-    def squared_distance(self) -> Tensor:
-        """Each chain's ``‖w − w*‖²``, shape ``(chains,)``: how far the chains have spread
-        from the checkpoint. In the directions the loss leaves flat only the localisation
-        pulls them back, so this relaxes over ~``1 / (step_size · gamma)`` steps
-        (docs/llc.md)."""
-        return (self.w - self.w0).square_().sum(dim=1)
-
 
 def _init_chains(model: nn.Module, chains: int, sampler: str) -> _Chains:
     """Start ``chains`` chains at the checkpoint weights (the model's trainable parameters)."""
@@ -341,6 +334,14 @@ class _Sampler:
             st.w.copy_(torch.where(st.healthy.unsqueeze(1), new_w, st.w))
         return loss
 
+    def squared_distance(self, st: _Chains) -> Tensor:
+        """Each chain's ``‖w − w*‖²``, shape ``(chains,)``, after a :meth:`step` (its
+        scratch buffer is free then): how far the chains have spread from the checkpoint.
+        In the directions the loss leaves flat only the localisation pulls them back, so
+        its expectation there relaxes over ~``1 / (step_size · gamma)`` steps
+        (docs/llc.md)."""
+        return torch.sub(st.w, st.w0, out=self._buf).square_().sum(dim=1)
+
     @staticmethod
     def _check_health(st: _Chains, loss: Tensor) -> None:
         """Flag chains whose loss is not finite.
@@ -417,7 +418,7 @@ def _run_chains(sampler: _Sampler, st: _Chains, report: Callable[[int], None],
                 highest = torch.maximum(highest, loss)  # NaN wins
             trace[:, r] = loss if st.all_healthy else torch.where(st.healthy, loss, nan)
             peak[:, r] = highest
-            distance[:, r] = st.squared_distance()
+            distance[:, r] = sampler.squared_distance(st)
             if notify is not None:
                 notify(r, trace[:, r])
             report(cfg.loss_every * st.w.shape[0])  # chain-steps
