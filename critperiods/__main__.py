@@ -349,7 +349,7 @@ def calibrate_llc(args: argparse.Namespace) -> int:
             print(f"nβ {nbeta:.4g}, step size {eps:g}: λ̂ {float(cell['llc_mean']):.4g} "
                   f"(chains' s.d. {float(cell['llc_std']):.3g}"
                   + (f", {diverged} chain(s) diverged" if diverged else "")
-                  + (f"; ‖w − w*‖² changed by {100 * growth:+.0f} % over the draws"
+                  + (f"; ‖w − w*‖² changed by {round(100 * growth):+d} % over the draws"
                      + (", still spreading" if growth > RELAXED_GROWTH else "")
                      if np.isfinite(growth) else "") + ")")
     print(f"wrote {args.out}")

@@ -633,12 +633,17 @@ def test_a_broken_checkpoint_is_named_as_such() -> None:
 
 
 def test_calibrate_and_plot(tmp_path) -> None:  # noqa: ANN001
-    """The calibration sweep returns running-LLC traces per setting and plots them."""
+    """The calibration sweep returns running-LLC and distance traces per setting, and how
+    much the distance grew over the draws, and plots them; a larger step spreads faster."""
     model, data = _small_dln()
     cfg = LLCConfig(chains=2, draws=30, burn_in=5, step_size=1e-4, gamma=10.0, batch_size=None)
     ds = calibrate(model, dln_loss, data, cfg, step_sizes=[1e-5, 1e-4], nbetas=[50.0, 100.0])
     assert ds["llc_running"].shape == (2, 2, 2, 30)
-    assert ds["llc_mean"].shape == (2, 2)
+    assert ds["distance_trace"].shape == (2, 2, 2, 35)
+    assert ds["llc_mean"].shape == (2, 2) == ds["distance_growth"].shape
+    last = ds["distance_trace"].isel(step=-1).mean("chain")
+    assert (last.sel(step_size=1e-4) > 5 * last.sel(step_size=1e-5)).all()
+    assert (ds["distance_growth"] > 0.1).all()  # 35 steps of a 1,000-step time constant
     out = plot_calibration(ds, tmp_path / "cal.png")
     assert out.exists() and out.stat().st_size > 0
 

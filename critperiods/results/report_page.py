@@ -281,12 +281,13 @@ def llc_relaxation(cube: xr.Dataset) -> str:
     values = values[np.isfinite(values)]
     if values.size == 0:
         return ""
-    above, median = int(np.sum(values > RELAXED_GROWTH)), 100 * float(np.median(values))
-    low, high = 100 * float(values.min()), 100 * float(values.max())
+    above = int(np.sum(values > RELAXED_GROWTH))
+    median, low, high = (round(100 * float(v)) for v in (np.median(values), values.min(),
+                                                          values.max()))
     said = (f"The chains' squared distance from the checkpoint grew by more than "
             f"{100 * RELAXED_GROWTH:.0f} % from the first to the second half of the draws in "
-            f"{above} of {values.size} estimates (median {median:+.0f} %, range {low:+.0f} to "
-            f"{high:+.0f} %; ``llc_distance_growth``)")
+            f"{above} of {values.size} estimates (median {median:+d} %, range {low:+d} to "
+            f"{high:+d} %; ``llc_distance_growth``)")
     if not above:
         return said + ": they were no longer spreading."
     return (said + f": their weights were still spreading{_flat_directions(cube)}. λ̂ from "
@@ -308,7 +309,7 @@ def _flat_directions(cube: xr.Dataset) -> str:
     if draws < 2:
         return ""
     flat = flat_direction_growth(float(eps[0]), float(gamma[0]), int(burn_in[0]), draws)
-    return (f", as where the loss is flat ({100 * flat:+.0f} % at these settings: only the "
+    return (f", as where the loss is flat ({round(100 * flat):+d} % at these settings: only the "
             f"localisation pulls a chain back there, over ~1/(εγ) = "
             f"{1 / (eps[0] * gamma[0]):.0f} steps, and the chains ran {burn_in[0]:g} "
             f"burn-in and {draws} draw steps)")

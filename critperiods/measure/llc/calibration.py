@@ -86,17 +86,20 @@ def _calibration_dataset(
 
 
 def plot_calibration(result: Any, path: str | Path) -> Path:
-    """Plot the calibration sweep: running LLC (mean over chains) per step size, one panel
-    per nbeta; saves a PNG at ``path`` and returns it."""
+    """Plot the calibration sweep, one column per nbeta: the running LLC (mean over chains)
+    per step size, and below it the chains' mean ``‖w − w*‖²`` per step (burn-in included,
+    its end dotted): the chains have stopped spreading where it levels off. Saves a PNG at
+    ``path`` and returns it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     nbetas = result["nbeta"].values
-    fig, axes = plt.subplots(1, len(nbetas), figsize=(5 * len(nbetas), 3.5), squeeze=False)
-    for ax, nb in zip(axes[0], nbetas, strict=True):
-        _plot_panel(ax, result.sel(nbeta=nb), float(nb))
+    fig, axes = plt.subplots(2, len(nbetas), figsize=(5 * len(nbetas), 6.5), squeeze=False)
+    for top, bottom, nb in zip(axes[0], axes[1], nbetas, strict=True):
+        _plot_panel(top, result.sel(nbeta=nb), float(nb))
+        _plot_distance(bottom, result.sel(nbeta=nb))
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +119,19 @@ def _plot_panel(ax: Any, sub: Any, nbeta: float) -> None:
     ax.set_xlabel("draw")
     ax.set_ylabel("running LLC estimate")
     ax.set_title(f"nbeta={nbeta:.3g}")
+    ax.legend(fontsize="small")
+
+
+def _plot_distance(ax: Any, sub: Any) -> None:
+    """Draw the chains' mean ``‖w − w*‖²`` against the step for each step size."""
+    burn_in = sub.sizes["step"] - sub.sizes["draw"]
+    for eps in sub["step_size"].values:
+        distance = np.nanmean(sub["distance_trace"].sel(step_size=eps).values, axis=0)
+        ax.plot(np.arange(1, distance.size + 1), distance, label=f"eps={eps:g}")
+    if burn_in:
+        ax.axvline(burn_in + 0.5, color="0.5", linestyle=":", linewidth=1)
+    ax.set_xlabel("SGLD step (burn-in left of the dotted line)")
+    ax.set_ylabel("mean ‖w − w*‖² over chains")
     ax.legend(fontsize="small")
 
 
