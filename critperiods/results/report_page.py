@@ -237,21 +237,27 @@ def _ends_overlap(rows: pd.DataFrame) -> str:
             "pins each end; more seeds or a finer switch grid would settle it")
 
 
+def _llc_settings(cube: xr.Dataset) -> tuple[dict[str, float], dict]:
+    """The SGLD settings every estimate shares (``burn_in``, ``step_size``, ``gamma``,
+    ``nbeta``; NaN where the estimates differ or the cube has none) and the config's ``llc:``
+    section."""
+    def one(name: str) -> float:
+        values = np.unique(np.asarray(cube[name].values, dtype=float)) if name in cube else []
+        return float(values[0]) if len(values) == 1 else float("nan")
+
+    config = yaml.safe_load(cube.attrs.get("config", "")) or {}
+    return ({k: one(f"llc_{k}") for k in ("burn_in", "step_size", "gamma", "nbeta")},
+            config.get("llc", {}))
+
+
 def _llc_caveat(cube: xr.Dataset) -> list[str]:
     """What λ̂ is at the run's SGLD settings, where λ̂ was estimated: a finite-chain estimate
     whose level and shape over the epochs move with them (docs/llc.md)."""
     if "llc_mean" not in cube:
         return []
-    config = yaml.safe_load(cube.attrs.get("config", "")) or {}
-    llc = config.get("llc", {})
-
-    def one(name: str) -> float:
-        """The setting ``name`` where every estimate shares one value, else NaN."""
-        values = np.unique(np.asarray(cube[name].values, dtype=float)) if name in cube else []
-        return float(values[0]) if len(values) == 1 else float("nan")
-
-    burn_in, eps, gamma, nbeta = (one(f"llc_{k}") for k in ("burn_in", "step_size", "gamma",
-                                                            "nbeta"))
+    shared, llc = _llc_settings(cube)
+    burn_in, eps, gamma, nbeta = (shared[k] for k in ("burn_in", "step_size", "gamma",
+                                                      "nbeta"))
     draws = cube.sizes.get("draw", 0) - burn_in
     settings = ", ".join(text for text, ok in (
         (f"{cube.sizes.get('chain', 0)} chains × {burn_in:g} burn-in + {draws:g} draws",
@@ -297,22 +303,16 @@ def llc_relaxation(cube: xr.Dataset) -> str:
 def _flat_directions(cube: xr.Dataset) -> str:
     """What a chain gives where the loss is flat, at the run's one plain-SGLD setting (a
     clause; "" for another sampler or several settings)."""
-    config = yaml.safe_load(cube.attrs.get("config", "")) or {}
-    if config.get("llc", {}).get("sampler", "sgld") != "sgld":
+    shared, llc = _llc_settings(cube)
+    eps, gamma, burn_in = shared["step_size"], shared["gamma"], shared["burn_in"]
+    draws = cube.sizes.get("draw", 0) - burn_in
+    if (llc.get("sampler", "sgld") != "sgld" or not np.isfinite(burn_in)
+            or not eps * gamma > 0 or not draws >= 2):
         return ""
-    eps, gamma, burn_in = (np.unique(np.asarray(cube[f"llc_{k}"].values, dtype=float))
-                           if f"llc_{k}" in cube else np.array([])
-                           for k in ("step_size", "gamma", "burn_in"))
-    if not eps.size == gamma.size == burn_in.size == 1 or not eps[0] * gamma[0] > 0:
-        return ""
-    draws = cube.sizes.get("draw", 0) - int(burn_in[0])
-    if draws < 2:
-        return ""
-    flat = flat_direction_growth(float(eps[0]), float(gamma[0]), int(burn_in[0]), draws)
+    flat = flat_direction_growth(eps, gamma, int(burn_in), int(draws))
     return (f", as where the loss is flat ({round(100 * flat):+d} % at these settings: only the "
-            f"localisation pulls a chain back there, over ~1/(εγ) = "
-            f"{1 / (eps[0] * gamma[0]):.0f} steps, and the chains ran {burn_in[0]:g} "
-            f"burn-in and {draws} draw steps)")
+            f"localisation pulls a chain back there, over ~1/(εγ) = {1 / (eps * gamma):.0f} "
+            f"steps, and the chains ran {burn_in:g} burn-in and {int(draws)} draw steps)")
 
 
 def _exponent_caveat(cube: xr.Dataset) -> list[str]:
