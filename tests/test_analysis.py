@@ -1165,7 +1165,8 @@ def test_the_caveats_give_the_chance_of_a_call_at_some_batch_size() -> None:
 def test_the_llc_caveat_says_from_the_chains_distances_whether_they_still_spread() -> None:
     """The caveat reads ``llc_distance_growth`` over the distinct estimates (a trunk's
     repeat under every later switch counted once, as the flag counts do): how many grew by
-    more than 10 %, the median and range, and, for plain SGLD at one setting, what a flat
+    more than 10 %, the median and range (one value where all round alike), and, for plain
+    SGLD at one setting, what a flat
     direction gives (1 − (1 − εγ/2)^(2t): +45 % at 30 + 60 steps of ε γ = 0.01); no growth
     above 10 %: no longer spreading; no variable: no sentence."""
     from critperiods.results.report_page import _llc_caveat, llc_relaxation
@@ -1188,6 +1189,8 @@ def test_the_llc_caveat_says_from_the_chains_distances_whether_they_still_spread
     assert said in _llc_caveat(cube)[0]
     rms = cube.assign_attrs(config="llc:\n  sampler: rmsprop_sgld\n")
     assert "as where the loss is flat" not in llc_relaxation(rms)
+    alike = llc_relaxation(cube.assign(llc_distance_growth=growth * 0 + 0.451))
+    assert f" in {n} of {n} estimates (each +45 %; ``llc_distance_growth``)" in alike
     relaxed = llc_relaxation(cube.assign(llc_distance_growth=growth * 0 + 0.02))
     assert " in 0 of " in relaxed and relaxed.endswith("they were no longer spreading.")
     assert llc_relaxation(cube.drop_vars("llc_distance_growth")) == ""

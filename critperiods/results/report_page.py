@@ -279,7 +279,8 @@ def _llc_caveat(cube: xr.Dataset) -> list[str]:
 def llc_relaxation(cube: xr.Dataset) -> str:
     """Whether the run's SGLD chains were still spreading from the checkpoint, from
     ``llc_distance_growth`` over the distinct estimates (one sentence; "" where the cube has
-    none): how many grew by more than ``RELAXED_GROWTH``, the median and range, and, for
+    none): how many grew by more than ``RELAXED_GROWTH``, the median and range (or the one
+    value, where all round alike), and, for
     plain SGLD at one setting, what a direction the loss leaves flat would give."""
     if "llc_distance_growth" not in cube:
         return ""
@@ -290,10 +291,11 @@ def llc_relaxation(cube: xr.Dataset) -> str:
     above = int(np.sum(values > RELAXED_GROWTH))
     median, low, high = (round(100 * float(v)) for v in (np.median(values), values.min(),
                                                           values.max()))
+    spread = (f"each {low:+d} %" if low == high
+              else f"median {median:+d} %, range {low:+d} to {high:+d} %")
     said = (f"The chains' squared distance from the checkpoint grew by more than "
             f"{100 * RELAXED_GROWTH:.0f} % from the first to the second half of the draws in "
-            f"{above} of {values.size} estimates (median {median:+d} %, range {low:+d} to "
-            f"{high:+d} %; ``llc_distance_growth``)")
+            f"{above} of {values.size} estimates ({spread}; ``llc_distance_growth``)")
     if not above:
         return said + ": they were no longer spreading."
     return (said + f": their weights were still spreading{_flat_directions(cube)}. λ̂ from "
