@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from critperiods.train.data import PreparedData, Split
 from critperiods.train.models import build_model
 from critperiods.train.training import ALWAYS_BLURRED
 
+ROOT = Path(__file__).resolve().parents[1]
 IN_CHANNELS, SIZE, CLASSES, WIDTH = 1, 8, 4, 3
 PROBE_N = 40
 SWITCHES, SEEDS, AFTER = (0, 2), (0, 1), 3
@@ -219,6 +221,35 @@ def test_compare_runs_layout_and_nans(small_ds) -> None:
     # every run of a seed starts from that seed's initial weights: its never-blurred run,
     # the reference=sharp of that very seed, is at distance 0 at epoch 0
     np.testing.assert_array_equal(ds["div_l2"].sel(reference="sharp", epoch=0).values, 0.0)
+
+
+def test_every_metric_the_config_accepts_is_computed_described_and_has_an_identity(
+        small_ds) -> None:
+    """A metric lives in several places (docs/architecture.md, "A divergence metric"): the
+    schema's ``divergence.metrics`` (enum and default: all), ``METRICS``, the identity
+    values, the cube's descriptions, and the method that computes it. A name left out of
+    one of them fails here, including a metric that no method fills in (it would come out
+    NaN everywhere without an error)."""
+    import yaml
+
+    from critperiods.variables import DIVERGENCE_METRICS
+
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    metrics = schema["properties"]["divergence"]["properties"]["metrics"]
+    assert metrics["items"]["enum"] == list(dv.METRICS) == metrics["default"]
+    assert set(dv.WEIGHT_METRICS + dv.FUNCTION_METRICS) <= set(dv.METRICS)
+    produced = dv.DivergenceConfig().variables()
+    assert [v for v in produced if v not in DIVERGENCE_METRICS] == []
+    assert [v for v in produced if v not in dv.IDENTICAL] == []
+    _, ds = small_ds  # identical checkpoints get IDENTICAL without any method: look past them
+    late = {"switch_epoch": 2, "epoch": 5}
+    blurred = {**late, "reference": "blurred"}
+    for variable in produced:
+        seeds = ds[f"div_{variable}_seeds"].sel(late).values
+        assert np.isfinite(seeds[~np.eye(len(SEEDS), dtype=bool)]).all(), variable
+        if variable not in dv.SEEDS_ONLY:
+            assert np.isfinite(ds[f"div_{variable}"].sel(blurred)).all(), \
+                variable
 
 
 def test_seed_matrices_are_symmetric_with_identity_diagonal(small_ds) -> None:
