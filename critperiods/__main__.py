@@ -178,6 +178,7 @@ def _check_csv_path(path: str) -> None:
 
 
 def summarize(args: argparse.Namespace) -> int:
+    from critperiods.results.setup import recorded_config, setup_sentence
     from critperiods.results.summary import critical_period_summary
     from critperiods.results.tables import (
         as_said,
@@ -214,6 +215,11 @@ def summarize(args: argparse.Namespace) -> int:
         cube = cube.assign(summary.data_vars)  # what the perturbation statistics read
     else:
         summary = cube
+    setup = setup_sentence(cube)
+    if setup:  # what ran, first: runs that differ in a key off the grid look alike otherwise
+        experiment = recorded_config(cube).get("experiment")
+        print(textwrap.fill(f"{experiment}: {setup}." if experiment else f"{setup}.",
+                            width=100) + "\n")
     if stale and not args.recompute:
         print(f"(statistics recomputed: this cube {stale})\n")
     if "perturb_l2" in cube and (recompute or "perturb_cp_ratio" not in cube):
@@ -402,7 +408,24 @@ def check(args: argparse.Namespace) -> int:
     paths = _config_paths(args)
     config = _load_config(paths)  # exits with the one line on a bad file or key
     print(f"{config['experiment']} ({_layers(paths)}): ok, study {config['study']}")
+    print(_unnamed_note(paths, config), end="")
     return 0
+
+
+def _unnamed_note(paths: list[str], config: dict) -> str:
+    """A note (a line, or "") where files laid over config.yaml change it but none names the
+    experiment: their results then go to config.yaml's folder, where they replace the
+    default run's (a changed key reruns everything there)."""
+    from critperiods.pipeline.config_file import read_config_file
+
+    base = (ROOT / "config.yaml").resolve()
+    overlays = [p for p in paths if Path(p).resolve() != base]
+    if not overlays or any("experiment" in read_config_file(p) for p in overlays):
+        return ""
+    folder = Path(config["results_dir"]) / config["experiment"]
+    return (f"note: no file laid over config.yaml sets `experiment`: this run's results go to "
+            f"{folder}/, replacing what the default run left there; give it its own name "
+            "(`experiment: <name>`)\n")
 
 
 def cost(args: argparse.Namespace) -> int:

@@ -2001,3 +2001,57 @@ def test_the_report_says_what_lambda_hat_is_at_the_runs_settings() -> None:
             "γ = 100, nβ = 1086), not the checkpoint's equilibrium") in said
     assert "level *and* its shape" in said
     assert _llc_caveat(synthetic_cube(with_llc=False)) == []
+
+
+def test_summarize_and_the_report_say_what_ran_first(tmp_path, capsys) -> None:
+    """Two runs that differ in a key off the grid (the blur) must not read alike: the
+    summary's first line and the report's setup line name the data, the blur, the network,
+    the rate and the grid (from the cube's coordinates); a cube without a config says
+    nothing of it."""
+    from critperiods.__main__ import main
+    from critperiods.results.report_page import landing_page
+    from critperiods.results.setup import setup_sentence
+
+    config = ("experiment: blur8\ndataset:\n  name: fashion_mnist\n  train_subset: 10000\n"
+              "  blur_size: 8\nmodel:\n  name: small_cnn\n  width: 8\nepochs_after_switch: 6\n"
+              "optimizer:\n  lr: 0.05\n  momentum: 0.9\n  weight_decay: 0.0\n  lr_decay: 0.85\n"
+              "augmentation: false\n")
+    cube = synthetic_cube(with_llc=False, with_div=False).isel(batch_size=[1])
+    cube = cube.merge(critical_period_summary(cube)).assign_attrs(config=config)
+    said = setup_sentence(cube)
+    assert said == ("small CNN (width 8) on 10,000 Fashion-MNIST training images, blurred by "
+                    "downsampling to 8×8 pixels (and back) until the switch; SGD at lr 0.05 × "
+                    "0.85 per epoch, momentum 0.9; batch size 64; switch epochs "
+                    + ", ".join(str(int(k)) for k in SWITCHES) + ", then 6 sharp epochs; "
+                    "seeds 0, 1, 2")
+    assert setup_sentence(cube.assign_attrs(config="")) == ""
+    cube.to_netcdf(tmp_path / "cube.nc")
+    assert main(["summarize", str(tmp_path / "cube.nc")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("blur8: small CNN (width 8) on 10,000 Fashion-MNIST")
+    assert "downsampling to 8×8 pixels" in " ".join(printed.split("\n\n")[0].split())
+    page = landing_page(cube, Path(__file__), "described")
+    assert f"**Setup.** {said}." in page
+    assert page.index("**Question.**") < page.index("**Setup.**") < page.index("In short")
+
+
+def test_one_batch_size_gets_one_line_for_the_exponents_and_no_knee_no_knee_flags(
+        tmp_path) -> None:
+    """With fewer batch sizes than a power law needs, ``summarize`` says so once instead of
+    a NaN exponent and its reason per exponent and schedule; and a knee that does not exist
+    (λ̂ off) has empty flags in the CSV, not ``False`` ("bends beyond noise")."""
+    one = synthetic_cube(with_llc=False, with_div=False).isel(batch_size=[1])
+    summary = one.merge(critical_period_summary(one))
+    text = tables.format_table(summary)
+    assert ("exponents (temperature_exponent, batch_size_exponent): not fitted: a power law "
+            "of the end needs 3 batch sizes, this grid has 1") in text
+    assert "temperature_exponent (continue)" not in text and "a power law needs 3" not in text
+    three = synthetic_cube(with_llc=False, with_div=False)
+    assert "batch_size_exponent (continue): " in tables.format_table(
+        three.merge(critical_period_summary(three)))
+    csv = pd.read_csv(tables.to_csv(summary, tmp_path / "s.csv"))
+    for knee in ("llc_knee_trunk", "llc_knee_sharp"):
+        assert csv[f"{knee}_unstable"].isna().all() and csv[f"{knee}_within_noise"].isna().all()
+    with_llc = synthetic_cube().merge(critical_period_summary(synthetic_cube()))
+    flags = tables.summary_table(with_llc)["llc_knee_trunk_within_noise"]
+    assert flags.notna().all() and set(flags) <= {True, False}

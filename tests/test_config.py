@@ -834,3 +834,23 @@ def test_the_cli_hashes_a_config_as_the_pipeline_does(tmp_path):
     assert a["optimizer"]["weight_decay"] == 0.0 and isinstance(a["optimizer"]["weight_decay"],
                                                                 float)
     assert config_hash(training_params(a)) == config_hash(training_params(b))
+
+
+def test_check_notes_an_overlay_that_would_write_into_the_default_experiment(tmp_path, capsys):
+    """A file laid over config.yaml that changes a key (the blur) but not ``experiment``
+    sends its results to the default run's folder, where they replace the default's: the
+    check says so and names the folder; a named overlay, and config.yaml alone, get no
+    note."""
+    from critperiods.__main__ import main
+
+    unnamed = tmp_path / "blur8.yaml"
+    unnamed.write_text("dataset:\n  blur_size: 8\n")
+    named = tmp_path / "named.yaml"
+    named.write_text("experiment: blur8\ndataset:\n  blur_size: 8\n")
+    assert main(["check", str(unnamed)]) == 0
+    out = capsys.readouterr().out
+    assert ("note: no file laid over config.yaml sets `experiment`: this run's results go to "
+            "results/fmnist_quick/, replacing what the default run left there") in out
+    for paths in ([str(named)], [str(unnamed), str(named)], [str(ROOT / "config.yaml")], []):
+        assert main(["check", *paths]) == 0
+        assert "note:" not in capsys.readouterr().out, paths

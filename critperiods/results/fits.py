@@ -28,9 +28,9 @@ from typing import NamedTuple
 import numpy as np
 from scipy import stats
 
-__all__ = ["MIN_CHANGE_POINTS", "PROFILE_STEPS", "HingeFit", "Spread", "additive_spread",
-           "at_least_and_within", "change_epochs_without_each_seed", "divergence_drop_epoch",
-           "fit_hinge", "fit_power_law", "half_deficit_epoch", "hinge_end",
+__all__ = ["MIN_CHANGE_POINTS", "POWER_LAW_POINTS", "PROFILE_STEPS", "HingeFit", "Spread",
+           "additive_spread", "at_least_and_within", "change_epochs_without_each_seed",
+           "divergence_drop_epoch", "fit_hinge", "fit_power_law", "half_deficit_epoch", "hinge_end",
            "hinge_profile_interval", "hinge_resolution", "jackknife_interval",
            "kinks_without_each_seed", "largest_change_epoch", "MeanCurve", "mean_curve",
            "nanmean", "permanent_deficit", "profile_interval", "resolution", "weighted_fits",
@@ -725,6 +725,10 @@ def _loglog_slope(lx: np.ndarray, ly: np.ndarray) -> tuple[float, float]:
     return slope, float(ly.mean() - slope * lx.mean())
 
 
+#: Points (batch sizes with a located end) a power law of the end is fitted to, at least.
+POWER_LAW_POINTS = 3
+
+
 def fit_power_law(
     x: np.ndarray,
     y: np.ndarray,
@@ -757,7 +761,7 @@ def fit_power_law(
     used = np.isfinite(x) & np.isfinite(y) & (x > 0)
     keep = used & (y > floor)
     lx = np.log(x[keep])
-    if lx.size < 3:
+    if lx.size < POWER_LAW_POINTS:
         return (float("nan"),) * 4
     p, log_c = _loglog_slope(lx, np.log(y[keep]))
     if not np.isfinite(p):

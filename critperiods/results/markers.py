@@ -155,8 +155,10 @@ def knee_within_noise_attrs(knee: str) -> dict:
 
 def knee_flags(row: dict, knee: str) -> list[str]:
     """The words of the flags (:data:`KNEE_FLAGS`) raised for ``knee`` in a table ``row``:
-    ``["unstable"]``, ``["within-noise"]``, both, or none."""
-    return [word for flag, word in KNEE_FLAGS if bool(row.get(f"{knee}_{flag}", False))]
+    ``["unstable"]``, ``["within-noise"]``, both, or none (an empty flag, NaN or None,
+    where there is no knee, is not raised)."""
+    return [word for flag, word in KNEE_FLAGS
+            if (value := row.get(f"{knee}_{flag}")) is not None and value == value and value]
 
 
 def marker_attrs(name: str, level: float | None = None) -> dict:

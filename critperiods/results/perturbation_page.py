@@ -15,9 +15,9 @@ import math
 
 import numpy as np
 import xarray as xr
-import yaml
 
 from critperiods.results.selection import with_lr_schedule
+from critperiods.results.setup import recorded_config
 from critperiods.results.summary import located_end
 
 #: What a nudge is, per ``perturbation.kind`` (the cube's ``perturbation_kind``).
@@ -46,7 +46,7 @@ def _span(values: list[float]) -> str:
 def rate_half_life(cube: xr.Dataset) -> float:
     """The epochs in which the continue schedule's learning rate halves
     (``optimizer.lr_decay`` of the run's recorded config); NaN without a decay."""
-    config = yaml.safe_load(cube.attrs.get("config", "")) or {}
+    config = recorded_config(cube)
     decay = float(config.get("optimizer", {}).get("lr_decay", 1.0))
     return math.log(0.5) / math.log(decay) if 0 < decay < 1 else float("nan")
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import xarray as xr
-import yaml
 
 from critperiods.measure.llc.quality import RELAXED_GROWTH, flat_direction_growth
 from critperiods.results.end_fit import end_located
@@ -24,6 +23,7 @@ from critperiods.results.figures import FIGURES
 from critperiods.results.markers import UNSTABLE_REASON, WITHIN_NOISE_REASON, knee_flags
 from critperiods.results.rst import PAGE_STYLE, figure_rst, list_table
 from critperiods.results.selection import lr_schedules
+from critperiods.results.setup import recorded_config, setup_sentence
 from critperiods.results.tables import (
     MARKER_STAGES,
     as_said,
@@ -245,7 +245,7 @@ def _llc_settings(cube: xr.Dataset) -> tuple[dict[str, float], dict]:
         values = np.unique(np.asarray(cube[name].values, dtype=float)) if name in cube else []
         return float(values[0]) if len(values) == 1 else float("nan")
 
-    config = yaml.safe_load(cube.attrs.get("config", "")) or {}
+    config = recorded_config(cube)
     return ({k: one(f"llc_{k}") for k in ("burn_in", "step_size", "gamma", "nbeta")},
             config.get("llc", {}))
 
@@ -643,7 +643,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     seeds = int(cube.sizes.get("seed", 1))
     kind = cube.attrs.get("interval_kind", "interval over seeds")
     deficit_kind = cube.attrs.get("deficit_interval_kind", "interval over seeds")
-    config = yaml.safe_load(cube.attrs.get("config", "")) or {}
+    config = recorded_config(cube)
     experiment = config.get("experiment", "run")
     sharp = config.get("epochs_after_switch")
     sharp = "" if sharp is None else f", {sharp} sharp epochs after each switch"
@@ -658,8 +658,10 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     shown = [FIGURES[stem] for stem in FIGURES if stem in drawn]
     reading = "\n".join(f"* {label} ({category.split(' ', 1)[1]})"  # numbered as the report
                         for category, label in shown)
+    setup = setup_sentence(cube)
     critical_period = [
         question(cube), "",
+        *([f"**Setup.** {setup}.", ""] if setup else []),
         short_answer(cube), "",
         f"**Answer from this run** ({seeds} seed{'s' if seeds != 1 else ''} per cell{sharp}; "
         f"brackets: the end's {kind.rstrip(';')}; the deficit's {deficit_kind}):", "",

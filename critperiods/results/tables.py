@@ -14,6 +14,7 @@ import pandas as pd
 import xarray as xr
 
 from critperiods.results.end_fit import end_located
+from critperiods.results.fits import POWER_LAW_POINTS
 from critperiods.results.markers import (
     KNEE_FLAGS,
     LLC_KNEES,
@@ -331,9 +332,11 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
                     lo, hi = cell[f"{name}_interval"].values
                     row[f"{name}_lower"], row[f"{name}_upper"] = float(lo), float(hi)
             for knee, _ in LLC_KNEES:
+                has_knee = knee in cell and np.isfinite(float(cell[knee]))
                 for flag, _ in KNEE_FLAGS:  # absent from cubes written before the flag
-                    if f"{knee}_{flag}" in cell:
-                        row[f"{knee}_{flag}"] = bool(cell[f"{knee}_{flag}"])
+                    if f"{knee}_{flag}" in cell:  # no knee: nothing to flag (an empty cell)
+                        row[f"{knee}_{flag}"] = (bool(cell[f"{knee}_{flag}"]) if has_knee
+                                                 else None)
                 if f"{knee}_earliest" in cell:
                     row[f"{knee}_earliest"] = float(cell[f"{knee}_earliest"])
             for name in EXPONENTS:
@@ -496,7 +499,12 @@ def format_table(summary: xr.Dataset, not_computed: Sequence[str] = ()) -> str:
                      + as_said(summary.attrs.get("drop_interval_kind", "interval over seeds")))
     schedules = (summary["lr_schedule"].values if "lr_schedule" in summary.dims
                  else ["continue"])
-    for name in EXPONENTS:
+    few = summary.sizes.get("batch_size", 1) < POWER_LAW_POINTS
+    if few:  # no grid of this size can give one: one line, not a NaN per exponent and schedule
+        lines.append(f"exponents ({', '.join(EXPONENTS)}): not fitted: a power law of the end "
+                     f"needs {POWER_LAW_POINTS} batch sizes, this grid has "
+                     f"{summary.sizes.get('batch_size', 1)}")
+    for name in EXPONENTS if not few else ():
         for r in schedules:
             var = summary[name].sel(lr_schedule=r) if "lr_schedule" in summary[name].dims \
                 else summary[name]
@@ -509,7 +517,8 @@ def format_table(summary: xr.Dataset, not_computed: Sequence[str] = ()) -> str:
                  if f"{name}_interval" in summary} - {None}
     lines += [f"exponent interval [-inf, inf]: {text}" for text in sorted(unbounded)]
     missing = [f"  {name}: {summary[name].attrs['missing']}"
-               for name in [*SUMMARY_STATISTICS, *MARKER_STATISTICS, *EXPONENTS,
+               for name in [*SUMMARY_STATISTICS, *MARKER_STATISTICS,
+                            *(EXPONENTS if not few else ()),
                             *(f"{m}_loo_range" for m in LLC_MARKERS)]
                if name in summary and "missing" in summary[name].attrs
                and not name.startswith(left_out)]

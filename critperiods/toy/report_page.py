@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import xarray as xr
-import yaml
 
 from critperiods.results.rst import PAGE_STYLE, figure_rst, list_table
+from critperiods.results.setup import recorded_config
 from critperiods.toy.cube import hottest, summary_table
 from critperiods.toy.figures import FIGURE_LABELS
 
@@ -237,7 +237,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path) -> str:
     """The toy report's first page (reStructuredText) for ``cube``, embedding ``figure``
     (the λ̂ figure); the protocol, with the run's settings, closes the page."""
     table = summary_table(cube)
-    config = yaml.safe_load(cube.attrs.get("config", "")) or {}
+    config = recorded_config(cube)
     experiment = config.get("experiment", "run")
     title = "Toy landscapes" + ("" if experiment == "toy_landscapes" else f": {experiment}")
     cube_path = f"{config.get('results_dir', 'results')}/{experiment}/toy_cube.nc"
