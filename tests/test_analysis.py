@@ -2031,7 +2031,7 @@ def test_summarize_and_the_report_say_what_ran_first(tmp_path, capsys) -> None:
     assert printed.startswith("blur8: small CNN (width 8) on 10,000 Fashion-MNIST")
     assert "downsampling to 8×8 pixels" in " ".join(printed.split("\n\n")[0].split())
     page = landing_page(cube, Path(__file__), "described")
-    assert f"**Setup.** {said}." in page
+    assert f"**Setup.** S{said[1:]}." in page
     assert page.index("**Question.**") < page.index("**Setup.**") < page.index("In short")
 
 

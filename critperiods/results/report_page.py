@@ -661,7 +661,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     setup = setup_sentence(cube)
     critical_period = [
         question(cube), "",
-        *([f"**Setup.** {setup}.", ""] if setup else []),
+        *([f"**Setup.** {setup[:1].upper()}{setup[1:]}.", ""] if setup else []),
         short_answer(cube), "",
         f"**Answer from this run** ({seeds} seed{'s' if seeds != 1 else ''} per cell{sharp}; "
         f"brackets: the end's {kind.rstrip(';')}; the deficit's {deficit_kind}):", "",
