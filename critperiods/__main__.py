@@ -23,6 +23,10 @@
 * ``provenance CUBE`` — which pieces of a cube came from which code and data version; exits
   with 1, naming the stage, where one stage's results come from more than one version.
 * ``--version``.
+
+The experiment itself and its HTML report are Snakemake's, not commands of this tool:
+``make run`` and ``make report`` (``snakemake --cores all`` and ``snakemake --report
+report.html``, each with the same ``--configfile``; README).
 """
 
 from __future__ import annotations
