@@ -854,3 +854,21 @@ def test_check_notes_an_overlay_that_would_write_into_the_default_experiment(tmp
     for paths in ([str(named)], [str(unnamed), str(named)], [str(ROOT / "config.yaml")], []):
         assert main(["check", *paths]) == 0
         assert "note:" not in capsys.readouterr().out, paths
+
+
+def test_the_schedules_the_config_accepts_are_the_ones_the_layout_knows():
+    """``grid.lr_schedules``' enum and ``layout.LR_SCHEDULES`` (the wildcards and path
+    patterns) name the same schedules, in the same order (docs/architecture.md, "An lr
+    schedule"), and each trains at its own rate: ``restart`` resets the decay at the switch,
+    ``continue`` goes on with it."""
+    from critperiods.pipeline.layout import LR_SCHEDULES
+    from critperiods.train.training import TrainConfig, learning_rate
+
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    grid = schema["properties"]["grid"]["properties"]["lr_schedules"]
+    assert grid["items"]["enum"] == list(LR_SCHEDULES) == grid["default"]
+    base = {"model": "small_cnn", "width": 4, "blur_size": 4, "momentum": 0.9,
+            "weight_decay": 0.0, "lr": 0.1, "lr_decay": 0.5}
+    rates = {r: [learning_rate(TrainConfig(**base, lr_after_switch=r), e, 2)
+                 for e in range(4)] for r in LR_SCHEDULES}
+    assert rates == {"continue": [0.1, 0.05, 0.025, 0.0125], "restart": [0.1, 0.05, 0.1, 0.05]}
