@@ -20,6 +20,10 @@
   "before the end", how often one at the end is called anyway, how often λ̂'s bend shows
   beyond its noise at all, and the intervals' coverage; `--noise-from CUBE` at a finished
   run's own noise.
+* ``compare CUBE CUBE …`` — several runs side by side, for a question the grid does not
+  sweep (one experiment per blur, width or rate): the config keys they differ in, each
+  one's end and deficit, and the final accuracy per switch with each run's difference from
+  the first, paired by seed, with a Student-t interval; ``--csv`` writes the accuracies.
 * ``provenance CUBE`` — which pieces of a cube came from which code and data version; exits
   with 1, naming the stage, where one stage's results come from more than one version.
 * ``--version``.
@@ -39,6 +43,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -174,6 +179,58 @@ def _stale_statistics(cube, diverged: list[str]) -> str | None:
     return None
 
 
+def _summary(cube, recompute: bool, diverged: list[str]) -> tuple[Any, Any, str | None, bool]:
+    """``(cube, summary, stale, recomputed)``: the critical-period statistics of ``cube``,
+    those it stores, or recomputed (at the cube's own interval level) where asked, where it
+    has none or where they are stale (:func:`_stale_statistics`, which says why); the cube
+    then carries them too (what the perturbation statistics read)."""
+    from critperiods.results.selection import with_lr_schedule
+    from critperiods.results.summary import critical_period_summary
+
+    stale = _stale_statistics(cube, diverged)
+    recompute = recompute or stale is not None or "critical_period_end" not in cube
+    if not recompute:
+        return cube, cube, stale, False
+    cube = with_lr_schedule(cube)  # as the summary treats it: one continue schedule
+    summary = critical_period_summary(cube, level=float(cube.attrs.get("summary_level", 0.9)))
+    return cube.assign(summary.data_vars), summary, stale, True
+
+
+def compare(args: argparse.Namespace) -> int:
+    from critperiods.results.comparison import (
+        accuracy_differences,
+        comparison_table,
+        format_comparison,
+        run_names,
+    )
+    from critperiods.results.setup import recorded_config
+    from critperiods.results.tables import runs_at_chance, summary_table
+
+    cubes = [_open_cube_or_exit(path) for path in args.cubes]
+    for path, cube in zip(args.cubes, cubes, strict=True):
+        if cube.attrs.get("cube_kind") == "toy_landscapes":
+            raise SystemExit(f"critperiods: {path}: a toy cube; compare reads the critical "
+                             "period's cubes (results/<experiment>/cube.nc)")
+    summaries = [_summary(c, False, runs_at_chance(c))[1] for c in cubes]
+    names = run_names(cubes, args.cubes)
+    differences = accuracy_differences(cubes, level=args.level)
+    if not all(differences.sizes[d] for d in ("batch_size", "lr_schedule", "switch_epoch")):
+        raise SystemExit("critperiods: these runs share no (batch size, lr schedule, switch "
+                         "epoch): nothing to set side by side")
+    for name, path in zip(names, args.cubes, strict=True):
+        print(f"{name}: {path}")
+    print()
+    print(format_comparison(names, [summary_table(s) for s in summaries], differences,
+                            [recorded_config(c) for c in cubes],
+                            [c.attrs.get("git_commit") for c in cubes]))
+    if args.csv:
+        _check_csv_path(args.csv)
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        comparison_table(differences, names).to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    return 0
+
+
 def _check_csv_path(path: str) -> None:
     """Exit with one line where ``--csv`` names a folder (its parent is made if missing)."""
     if Path(path).is_dir():
@@ -183,7 +240,6 @@ def _check_csv_path(path: str) -> None:
 
 def summarize(args: argparse.Namespace) -> int:
     from critperiods.results.setup import recorded_config, setup_sentence
-    from critperiods.results.summary import critical_period_summary
     from critperiods.results.tables import (
         as_said,
         diverged_sentence,
@@ -208,17 +264,7 @@ def summarize(args: argparse.Namespace) -> int:
             print(f"wrote {args.csv}")
         return 0
     diverged = runs_at_chance(cube)
-    stale = _stale_statistics(cube, diverged)
-    recompute = args.recompute or stale is not None or "critical_period_end" not in cube
-    if recompute:
-        from critperiods.results.selection import with_lr_schedule
-
-        cube = with_lr_schedule(cube)  # as the summary treats it: one continue schedule
-        summary = critical_period_summary(  # at the cube's own interval level
-            cube, level=float(cube.attrs.get("summary_level", 0.9)))
-        cube = cube.assign(summary.data_vars)  # what the perturbation statistics read
-    else:
-        summary = cube
+    cube, summary, stale, recompute = _summary(cube, args.recompute, diverged)
     setup = setup_sentence(cube)
     if setup:  # what ran, first: runs that differ in a key off the grid look alike otherwise
         experiment = recorded_config(cube).get("experiment")
@@ -374,6 +420,18 @@ def _recorded_config_of(piece: str) -> Path | None:
             recorded = folder.parent / "config.yaml"
             return recorded if recorded.is_file() else None
     return None
+
+
+def _level(text: str) -> float:
+    """An argparse type: an interval level strictly between 0 and 1, else a one-line usage
+    error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1 (e.g. 0.9)")
+    return value
 
 
 def _positive(kind: type, zero: bool = False) -> Callable[[str], float]:
@@ -626,6 +684,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="recompute the statistics from the raw variables instead of reading "
                         "the stored ones")
     p.set_defaults(func=summarize)
+
+    p = sub.add_parser("compare", help="several runs side by side (one experiment per "
+                       "value of a key the grid does not sweep)", **_described("compare"))
+    p.add_argument("cubes", nargs="+", metavar="cube",
+                   help="cubes written by the pipeline (results/<experiment>/cube.nc); the "
+                        "first is the baseline")
+    p.add_argument("--level", type=_level, default=0.9,
+                   help="the paired differences' interval level (default 0.9, the "
+                        "summary's)")
+    p.add_argument("--csv", help="also write the accuracies and paired differences to this "
+                                 "CSV file")
+    p.set_defaults(func=compare)
 
     p = sub.add_parser("calibrate-llc", help="sweep the SGLD step size at one checkpoint",
                        **_described("calibrate-llc"))

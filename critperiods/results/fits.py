@@ -33,6 +33,7 @@ __all__ = ["MIN_CHANGE_POINTS", "POWER_LAW_POINTS", "PROFILE_STEPS", "HingeFit",
            "divergence_drop_epoch", "fit_hinge", "fit_power_law", "half_deficit_epoch", "hinge_end",
            "hinge_profile_interval", "hinge_resolution", "jackknife_interval",
            "kinks_without_each_seed", "largest_change_epoch", "MeanCurve", "mean_curve",
+           "mean_t_interval",
            "nanmean", "permanent_deficit", "profile_interval", "resolution", "weighted_fits",
            "seed_adjusted_mean", "switch_spacing_at", "without_seed_offsets"]
 
@@ -802,7 +803,14 @@ def permanent_deficit(
     acc = np.asarray(accuracy_by_seed, dtype=float).reshape(s.size, -1)
     if s.size < 2 or not np.isfinite(s).all():
         return float("nan"), float("nan"), float("nan"), 0
-    diffs = acc[np.argmin(s)] - acc[np.argmax(s)]
+    return mean_t_interval(acc[np.argmin(s)] - acc[np.argmax(s)], level)
+
+
+def mean_t_interval(values: np.ndarray, level: float = 0.90) -> tuple[float, float, float, int]:
+    """The mean of the finite ``values`` (paired differences, one per seed) and its central
+    Student-t ``level`` interval ``mean ± t(n − 1) · sd / √n``: ``(mean, lower, upper, n)``;
+    all NaN with no finite value, the interval NaN with one."""
+    diffs = np.asarray(values, dtype=float).ravel()
     diffs = diffs[np.isfinite(diffs)]
     n = int(diffs.size)
     if n == 0:

@@ -1,0 +1,102 @@
+"""`compare`: several runs side by side, for a key the grid does not sweep."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from critperiods.results.comparison import accuracy_differences, differing_keys
+from critperiods.results.summary import critical_period_summary
+from tests.test_analysis import synthetic_cube
+
+CONFIG = ("experiment: {name}\nresults_dir: results\ndataset:\n  name: fashion_mnist\n"
+          "  root: {root}\n  blur_size: {blur}\nplots:\n  dpi: {dpi}\n"
+          "optimizer:\n  lr: 0.05\n  lr_decay: 0.85\n")
+
+
+def run(name: str, blur: int, root: str = "data", dpi: int = 100,
+        shift: float = 0.0) -> xr.Dataset:
+    """A small synthetic run whose accuracy after switch 20 is ``shift`` higher, per seed
+    by a different amount (so the paired interval has a width)."""
+    cube = synthetic_cube(with_llc=False, with_div=False)
+    late = (cube.switch_epoch > 20) * shift * (1 + 0.5 * cube.seed)
+    cube = cube.assign(final_test_accuracy=cube.final_test_accuracy + late)
+    cube = cube.merge(critical_period_summary(cube))
+    return cube.assign_attrs(config=CONFIG.format(name=name, root=root, blur=blur, dpi=dpi),
+                             git_commit="abc1234def")
+
+
+def test_differing_keys_names_only_keys_that_can_change_a_result() -> None:
+    """The experiment's name, its folders and the figure settings never count; a nested key
+    is named with dots, with each run's value (None where a run has none)."""
+    configs = [{"experiment": "a", "results_dir": "r", "dataset": {"root": "x", "blur_size": 4},
+                "plots": {"dpi": 100}, "grid": {"seeds": [0, 1]}},
+               {"experiment": "b", "results_dir": "s", "dataset": {"root": "y", "blur_size": 8},
+                "plots": {"dpi": 60}, "grid": {"seeds": [0, 1]}, "augmentation": True}]
+    assert differing_keys(configs) == {"augmentation": [None, True],
+                                       "dataset.blur_size": [4, 8]}
+    assert differing_keys(configs[:1] * 2) == {}
+
+
+def test_accuracy_differences_pair_by_seed_over_the_common_grid() -> None:
+    """Each run minus the first, per seed, then the mean and its Student-t interval: exactly
+    0 with a zero-width interval where the runs are the same (the never-blurred runs of two
+    blurs), the shift where one differs; grid values a run lacks are left out and named;
+    a run that diverged to chance is left out of its pair."""
+    base, other = run("blur4", 4), run("blur8", 8, shift=0.02)
+    other = other.isel(batch_size=[0, 1])  # one batch size fewer
+    other["final_test_accuracy"][0, -1, 2] = 0.05  # diverged to chance
+    got = accuracy_differences([base, other], level=0.9).sel(lr_schedule="continue")
+    assert list(got["batch_size"].values) == list(other["batch_size"].values)
+    assert got.attrs["left_out"] == f"batch_size {base.batch_size.values[2]:g}"
+    early = got.sel(run=1, switch_epoch=0)
+    assert (early["difference"] == 0).all() and (early["difference_interval"] == 0).all()
+    assert (early["difference_seeds"] == 3).all()
+    late = got.sel(run=1, switch_epoch=30, batch_size=base.batch_size.values[1])
+    per_seed = 0.02 * (1 + 0.5 * np.arange(3))
+    assert float(late["difference"]) == pytest.approx(per_seed.mean())
+    half = 2.919986 * per_seed.std(ddof=1) / np.sqrt(3)  # t(0.95; 2)
+    assert late["difference_interval"].values == pytest.approx(
+        [per_seed.mean() - half, per_seed.mean() + half], rel=1e-5)
+    last = got.sel(run=1, switch_epoch=got.switch_epoch.max(),
+                   batch_size=base.batch_size.values[0])
+    assert int(last["difference_seeds"]) == 2  # the diverged seed is out
+    assert np.isnan(got.sel(run=0)["difference"]).all()  # the baseline against itself
+
+
+def test_compare_prints_what_differs_each_end_and_the_paired_accuracies(tmp_path,
+                                                                         capsys) -> None:
+    """The command line: the runs by name, the key they differ in (not the folder or the
+    figure size), each run's end and deficit, the accuracies with paired differences, and
+    a CSV with a row per run and cell; a toy cube and runs with nothing in common are
+    refused in one line."""
+    from critperiods.__main__ import main
+
+    paths = [tmp_path / "a.nc", tmp_path / "b.nc"]
+    run("blur4", 4, root="data").to_netcdf(paths[0])
+    run("blur8", 8, root="/elsewhere", dpi=60, shift=0.02).to_netcdf(paths[1])
+    csv = tmp_path / "cmp.csv"
+    assert main(["compare", *map(str, paths), "--csv", str(csv)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"blur4: {paths[0]}\nblur8: {paths[1]}\n")
+    assert "  dataset.blur_size: 4 | 8\n" in out
+    assert "dataset.root" not in out and "dpi" not in out and "git_commit" not in out
+    assert "the critical period of each run: end (epoch)" in out
+    assert "final sharp test accuracy (%), mean over seeds; for each later run, its " \
+           "difference from blur4 (pp), paired by seed, [90% Student-t interval]" in out
+    assert "+0.0 [+0.0, +0.0] (3)" in out and "+3.0 [" in out
+    table = pd.read_csv(csv)
+    assert list(table.columns) == ["run", "batch_size", "lr_schedule", "switch_epoch",
+                                   "accuracy", "difference", "difference_lower",
+                                   "difference_upper", "difference_seeds"]
+    assert set(table["run"]) == {"blur4", "blur8"} and len(table) == 2 * 3 * 13
+    toy = tmp_path / "toy.nc"
+    xr.Dataset(attrs={"cube_kind": "toy_landscapes"}).to_netcdf(toy)
+    with pytest.raises(SystemExit, match="a toy cube; compare reads the critical period's"):
+        main(["compare", str(paths[0]), str(toy)])
+    apart = run("x", 4).assign_coords(batch_size=[1, 2, 3])
+    apart.to_netcdf(tmp_path / "apart.nc")
+    with pytest.raises(SystemExit, match="share no"):
+        main(["compare", str(paths[0]), str(tmp_path / "apart.nc")])
