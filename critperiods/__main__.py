@@ -22,8 +22,9 @@
   run's own noise.
 * ``compare CUBE CUBE …`` — several runs side by side, for a question the grid does not
   sweep (one experiment per blur, width or rate): the config keys they differ in, each
-  one's end and deficit, and the final accuracy per switch with each run's difference from
-  the first, paired by seed, with a Student-t interval; ``--csv`` writes the accuracies.
+  one's end and deficit, and, paired by seed against the first run with a Student-t
+  interval, the deficit's difference and the final accuracy's at every switch; ``--csv``
+  writes them.
 * ``provenance CUBE`` — which pieces of a cube came from which code and data version; exits
   with 1, naming the stage, where one stage's results come from more than one version.
 * ``--version``.
@@ -198,35 +199,39 @@ def _summary(cube, recompute: bool, diverged: list[str]) -> tuple[Any, Any, str 
 
 def compare(args: argparse.Namespace) -> int:
     from critperiods.results.comparison import (
+        Run,
         accuracy_differences,
         comparison_table,
         format_comparison,
         run_names,
     )
-    from critperiods.results.setup import recorded_config
     from critperiods.results.tables import runs_at_chance, summary_table
 
+    if len(args.cubes) < 2:
+        raise SystemExit("critperiods: compare needs at least two cubes (the first is the "
+                         "baseline)")
     cubes = [_open_cube_or_exit(path) for path in args.cubes]
     for path, cube in zip(args.cubes, cubes, strict=True):
         if cube.attrs.get("cube_kind") == "toy_landscapes":
             raise SystemExit(f"critperiods: {path}: a toy cube; compare reads the critical "
                              "period's cubes (results/<experiment>/cube.nc)")
-    summaries = [_summary(c, False, runs_at_chance(c))[1] for c in cubes]
-    names = run_names(cubes, args.cubes)
-    differences = accuracy_differences(cubes, level=args.level)
-    if not all(differences.sizes[d] for d in ("batch_size", "lr_schedule", "switch_epoch")):
-        raise SystemExit("critperiods: these runs share no (batch size, lr schedule, switch "
-                         "epoch): nothing to set side by side")
-    for name, path in zip(names, args.cubes, strict=True):
-        print(f"{name}: {path}")
+    runs = []
+    for name, cube in zip(run_names(cubes, args.cubes), cubes, strict=True):
+        diverged = runs_at_chance(cube)
+        _, summary, stale, _ = _summary(cube, False, diverged)
+        runs.append(Run(name, cube, summary_table(summary), tuple(diverged), stale))
+    try:
+        differences = accuracy_differences(cubes, level=args.level)
+    except ValueError as err:
+        raise SystemExit(f"critperiods: {err}") from None
+    for run, path in zip(runs, args.cubes, strict=True):
+        print(f"{run.name}: {path}")
     print()
-    print(format_comparison(names, [summary_table(s) for s in summaries], differences,
-                            [recorded_config(c) for c in cubes],
-                            [c.attrs.get("git_commit") for c in cubes]))
+    print(format_comparison(runs, differences))
     if args.csv:
         _check_csv_path(args.csv)
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        comparison_table(differences, names).to_csv(args.csv, index=False)
+        comparison_table(differences, [r.name for r in runs]).to_csv(args.csv, index=False)
         print(f"wrote {args.csv}")
     return 0
 
@@ -475,19 +480,24 @@ def check(args: argparse.Namespace) -> int:
 
 
 def _unnamed_note(paths: list[str], config: dict) -> str:
-    """A note (a line, or "") where files laid over config.yaml change it but none names the
-    experiment: their results then go to config.yaml's folder, where they replace the
-    default run's (a changed key reruns everything there)."""
-    from critperiods.pipeline.config_file import read_config_file
+    """A note (a line, or "") where files laid over config.yaml change a key that can change
+    a result but leave the results in the default run's folder: they would replace the
+    default run's results there."""
+    from critperiods.results.setup import differing_keys
 
     base = (ROOT / "config.yaml").resolve()
-    overlays = [p for p in paths if Path(p).resolve() != base]
-    if not overlays or any("experiment" in read_config_file(p) for p in overlays):
+    if not [p for p in paths if Path(p).resolve() != base]:
         return ""
+    default = _load_config([])
     folder = Path(config["results_dir"]) / config["experiment"]
-    return (f"note: no file laid over config.yaml sets `experiment`: this run's results go to "
-            f"{folder}/, replacing what the default run left there; give it its own name "
-            "(`experiment: <name>`)\n")
+    if folder != Path(default["results_dir"]) / default["experiment"]:
+        return ""
+    changed = list(differing_keys([default, config]))
+    if not changed:
+        return ""
+    return (f"note: this run writes to {folder}/, the default run's folder, but differs from "
+            f"it in {', '.join(changed)}: its results would replace the default's there; give "
+            "it its own name (`experiment: <name>`)\n")
 
 
 def cost(args: argparse.Namespace) -> int:

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from critperiods.results.comparison import accuracy_differences, differing_keys
+from critperiods.results.comparison import accuracy_differences
+from critperiods.results.setup import differing_keys
 from critperiods.results.summary import critical_period_summary
 from tests.test_analysis import synthetic_cube
 
@@ -54,6 +55,9 @@ def test_accuracy_differences_pair_by_seed_over_the_common_grid() -> None:
     early = got.sel(run=1, switch_epoch=0)
     assert (early["difference"] == 0).all() and (early["difference_interval"] == 0).all()
     assert (early["difference_seeds"] == 3).all()
+    assert float(got["accuracy"].sel(run=1, switch_epoch=got.switch_epoch.max(),
+                                     batch_size=base.batch_size.values[0])) == pytest.approx(
+        float(other["final_test_accuracy"][0, -1, :2].mean()))  # the valid seeds' mean
     late = got.sel(run=1, switch_epoch=30, batch_size=base.batch_size.values[1])
     per_seed = 0.02 * (1 + 0.5 * np.arange(3))
     assert float(late["difference"]) == pytest.approx(per_seed.mean())
@@ -64,6 +68,19 @@ def test_accuracy_differences_pair_by_seed_over_the_common_grid() -> None:
                    batch_size=base.batch_size.values[0])
     assert int(last["difference_seeds"]) == 2  # the diverged seed is out
     assert np.isnan(got.sel(run=0)["difference"]).all()  # the baseline against itself
+    deficit = got["deficit_difference"].sel(run=1, batch_size=base.batch_size.values[1])
+    assert float(deficit) == pytest.approx(-per_seed.mean())  # a smaller loss by the shift
+
+
+def test_a_key_that_moves_every_switch_alike_moves_no_deficit() -> None:
+    """Where the key changes the never-blurred run too (a wider network: every switch 2
+    points higher), every accuracy differs but the deficit does not: its paired difference
+    is 0."""
+    base = run("w8", 4)
+    wide = base.assign(final_test_accuracy=base.final_test_accuracy + 0.02)
+    got = accuracy_differences([base, wide]).sel(run=1, lr_schedule="continue")
+    assert got["difference"].values == pytest.approx(0.02)
+    assert got["deficit_difference"].values == pytest.approx(0.0, abs=1e-12)
 
 
 def test_compare_prints_what_differs_each_end_and_the_paired_accuracies(tmp_path,
@@ -83,20 +100,33 @@ def test_compare_prints_what_differs_each_end_and_the_paired_accuracies(tmp_path
     assert out.startswith(f"blur4: {paths[0]}\nblur8: {paths[1]}\n")
     assert "  dataset.blur_size: 4 | 8\n" in out
     assert "dataset.root" not in out and "dpi" not in out and "git_commit" not in out
-    assert "the critical period of each run: end (epoch)" in out
-    assert "final sharp test accuracy (%), mean over seeds; for each later run, its " \
-           "difference from blur4 (pp), paired by seed, [90% Student-t interval]" in out
+    assert "each run's critical period, as its own cube gives it" in out
+    assert ("the deficit (earliest minus latest switch): each later run minus blur4, paired "
+            "by seed, in points [90% Student-t interval] (seeds)") in out
+    assert "-3.0 [" in out  # blur8 loses 3 points less at the latest switch
+    assert ("final sharp test accuracy (%), mean over the seeds every run has; each later "
+            "run's difference from blur4, paired by seed, in points [90% Student-t "
+            "interval] (seeds)") in out
     assert "+0.0 [+0.0, +0.0] (3)" in out and "+3.0 [" in out
     table = pd.read_csv(csv)
-    assert list(table.columns) == ["run", "batch_size", "lr_schedule", "switch_epoch",
-                                   "accuracy", "difference", "difference_lower",
-                                   "difference_upper", "difference_seeds"]
+    assert list(table.columns) == [
+        "run", "batch_size", "lr_schedule", "switch_epoch", "accuracy", "difference",
+        "difference_lower", "difference_upper", "difference_seeds", "deficit_difference",
+        "deficit_difference_lower", "deficit_difference_upper", "deficit_difference_seeds"]
     assert set(table["run"]) == {"blur4", "blur8"} and len(table) == 2 * 3 * 13
+    later = table[table["run"] == "blur8"]
+    assert later["deficit_difference"].to_numpy() == pytest.approx(-0.03)
     toy = tmp_path / "toy.nc"
     xr.Dataset(attrs={"cube_kind": "toy_landscapes"}).to_netcdf(toy)
     with pytest.raises(SystemExit, match="a toy cube; compare reads the critical period's"):
         main(["compare", str(paths[0]), str(toy)])
     apart = run("x", 4).assign_coords(batch_size=[1, 2, 3])
     apart.to_netcdf(tmp_path / "apart.nc")
-    with pytest.raises(SystemExit, match="share no"):
+    with pytest.raises(SystemExit, match="share no batch_size: nothing to pair"):
         main(["compare", str(paths[0]), str(tmp_path / "apart.nc")])
+    other_seeds = run("y", 4).assign_coords(seed=[3, 4, 5])  # independent seeds: no pairs
+    other_seeds.to_netcdf(tmp_path / "seeds.nc")
+    with pytest.raises(SystemExit, match="share no seed: nothing to pair"):
+        main(["compare", str(paths[0]), str(tmp_path / "seeds.nc")])
+    with pytest.raises(SystemExit, match="needs at least two cubes"):
+        main(["compare", str(paths[0])])

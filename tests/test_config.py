@@ -837,24 +837,30 @@ def test_the_cli_hashes_a_config_as_the_pipeline_does(tmp_path):
 
 
 def test_check_notes_an_overlay_that_would_write_into_the_default_experiment(tmp_path, capsys):
-    """A file laid over config.yaml that changes a key (the blur) but not ``experiment``
-    sends its results to the default run's folder, where they replace the default's: the
-    check says so and names the folder; a named overlay, and config.yaml alone, get no
-    note."""
+    """Files laid over config.yaml that change a key that can change a result (the blur) but
+    leave the results in the default run's folder would replace the default's results:
+    the check says so, naming the folder and the key, also where a file names the default's
+    experiment itself. Another name, another results folder, a figure setting alone, and
+    config.yaml alone get no note."""
     from critperiods.__main__ import main
 
-    unnamed = tmp_path / "blur8.yaml"
-    unnamed.write_text("dataset:\n  blur_size: 8\n")
-    named = tmp_path / "named.yaml"
-    named.write_text("experiment: blur8\ndataset:\n  blur_size: 8\n")
-    assert main(["check", str(unnamed)]) == 0
-    out = capsys.readouterr().out
-    assert ("note: no file laid over config.yaml sets `experiment`: this run's results go to "
-            "results/fmnist_quick/, replacing what the default run left there") in out
-    for paths in ([str(named)], [str(unnamed), str(named)], [str(ROOT / "config.yaml")], []):
-        assert main(["check", *paths]) == 0
+    files = {"unnamed": "dataset:\n  blur_size: 8\n",
+             "default_name": "experiment: fmnist_quick\ndataset:\n  blur_size: 8\n",
+             "named": "experiment: blur8\ndataset:\n  blur_size: 8\n",
+             "elsewhere": "results_dir: elsewhere\ndataset:\n  blur_size: 8\n",
+             "figures": "plots:\n  dpi: 60\n"}
+    for name, text in files.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+    for noted in ("unnamed", "default_name"):
+        assert main(["check", str(tmp_path / f"{noted}.yaml")]) == 0
+        assert ("note: this run writes to results/fmnist_quick/, the default run's folder, but "
+                "differs from it in dataset.blur_size: its results would replace the "
+                "default's there") in capsys.readouterr().out, noted
+    for paths in ([tmp_path / "named.yaml"], [tmp_path / "unnamed.yaml", tmp_path / "named.yaml"],
+                  [tmp_path / "elsewhere.yaml"], [tmp_path / "figures.yaml"],
+                  [ROOT / "config.yaml"], []):
+        assert main(["check", *map(str, paths)]) == 0
         assert "note:" not in capsys.readouterr().out, paths
-
 
 def test_the_schedules_the_config_accepts_are_the_ones_the_layout_knows():
     """``grid.lr_schedules``' enum and ``layout.LR_SCHEDULES`` (the wildcards and path

@@ -1,16 +1,18 @@
 """Several runs side by side, for a question the grid does not sweep (the blur, the width,
 the rate, the data): one experiment per value, then ``python -m critperiods compare``.
 
-:func:`differing_keys` names the config keys the runs differ in (the values that can change
-a result); :func:`accuracy_differences` sets each run's final sharp test accuracy against
-the first run's, switch by switch, paired by seed (a seed fixes the initialisation and the
-data order in every experiment, so the never-blurred runs of two blurs are the same run);
-:func:`format_comparison` says both, with each run's end and deficit, as text.
+:func:`~critperiods.results.setup.differing_keys` names the config keys the runs differ in
+(the values that can change a result); :func:`accuracy_differences` sets each run's final
+sharp test accuracy, and its permanent deficit, against the first run's, paired by seed (a
+seed fixes the initialisation and the data order in every experiment);
+:func:`format_comparison` says them, with each run's end and deficit as its own cube gives
+them, as text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,94 +20,119 @@ import xarray as xr
 
 from critperiods.results.fits import mean_t_interval
 from critperiods.results.selection import run_diverged
-from critperiods.results.setup import recorded_config
+from critperiods.results.setup import differing_keys, recorded_config
 
-#: Keys that cannot change a result (names, folders, figure and cluster settings): never
-#: reported as a difference. A key ending in "." stands for everything under it.
-NOT_RESULTS = ("experiment", "results_dir", "laid_over", "dataset.root", "plots.",
-               "runtime.")
+#: The dimensions runs are matched on; a run's value is compared where every run has one.
+MATCHED = ("batch_size", "lr_schedule", "switch_epoch", "seed")
 
 
-def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"dataset.blur_size": 4, …}``: the nested config as dotted keys (lists as values)."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(_flat(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
+@dataclass(frozen=True)
+class Run:
+    """One run of a comparison: its ``name`` (the experiment), its ``cube``, its summary
+    ``table`` (:func:`critperiods.results.tables.summary_table`), and what the comparison
+    says of it besides: the runs that diverged to chance (``diverged``, one line each) and
+    why its stored statistics were recomputed (``recomputed``, or None)."""
 
-
-def differing_keys(configs: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-    """The dotted config keys whose values are not the same in every config, with each
-    config's value (None where it has none), keys that cannot change a result
-    (:data:`NOT_RESULTS`) left out."""
-    flat = [_flat(c) for c in configs]
-    keys = sorted(set().union(*flat)) if flat else []
-    return {k: [f.get(k) for f in flat] for k in keys
-            if not any(k == n or (n.endswith(".") and k.startswith(n)) for n in NOT_RESULTS)
-            and any(f.get(k) != flat[0].get(k) for f in flat[1:])}
+    name: str
+    cube: xr.Dataset
+    table: Any
+    diverged: tuple[str, ...] = ()
+    recomputed: str | None = None
 
 
 def _accuracy(cube: xr.Dataset) -> xr.DataArray:
     """Final sharp test accuracy per run, NaN where the run diverged to chance (as every
-    statistic leaves it out)."""
-    acc = cube["final_test_accuracy"]
-    acc = acc.where(~run_diverged(cube))
+    statistic leaves it out); a cube from before the restart control is one ``continue``
+    schedule (as :func:`critperiods.results.selection.with_lr_schedule` reads it)."""
+    acc = cube["final_test_accuracy"].where(~run_diverged(cube))
     return acc if "lr_schedule" in acc.dims else acc.expand_dims(lr_schedule=["continue"])
 
 
-def accuracy_differences(cubes: Sequence[xr.Dataset], level: float = 0.90) -> xr.Dataset:
-    """Each run's final accuracy per (batch size, schedule, switch epoch), and against the
-    first run's, over the coordinates every cube has.
+def _listed(values: Sequence[Any]) -> str:
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
-    ``accuracy`` (dims ``run, batch_size, lr_schedule, switch_epoch``): the mean over the
-    run's own seeds. ``difference`` (+ ``difference_interval`` with a ``bound`` dim, and
-    ``difference_seeds``): run minus the first, per seed, then the mean over the seeds both
-    have and its central Student-t ``level`` interval (:func:`mean_t_interval`; NaN for the
-    first run itself and with a single seed). Runs that diverged to chance are left out, and
-    so are coordinates some cube lacks (the ``left_out`` attribute names them)."""
-    accs = [_accuracy(c) for c in cubes]
-    dims = ("batch_size", "lr_schedule", "switch_epoch", "seed")
-    common = {dim: sorted(set.intersection(*(set(a[dim].values.tolist()) for a in accs)))
-              for dim in dims}
-    left_out = "; ".join(
-        f"{dim} " + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in extra)
-        for dim in dims
-        if (extra := sorted(set().union(*(set(a[dim].values.tolist()) for a in accs))
-                            - set(common[dim]))))
-    accs = [a.sel(common).transpose("batch_size", "lr_schedule", "switch_epoch", "seed")
-            for a in accs]
-    shape = (len(accs), *(len(common[d]) for d in ("batch_size", "lr_schedule",
-                                                     "switch_epoch")))
-    diff, interval = np.full(shape, np.nan), np.full((*shape, 2), np.nan)
+
+def _paired(per_seed: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, Student-t interval and seed count of the differences along the last axis, for
+    every cell of the others (:func:`mean_t_interval`)."""
+    shape = per_seed.shape[:-1]
+    mean, interval = np.full(shape, np.nan), np.full((*shape, 2), np.nan)
     seeds = np.zeros(shape, dtype=int)
-    first = accs[0].values
-    for i, acc in enumerate(accs[1:], start=1):
-        per_seed = acc.values - first
-        for cell in np.ndindex(shape[1:]):
-            mean, lower, upper, n = mean_t_interval(per_seed[cell], level)
-            diff[(i, *cell)], interval[(i, *cell)], seeds[(i, *cell)] = mean, (lower, upper), n
-    dims = ("run", *dims[:3])
-    coords = {"run": np.arange(len(accs)), **{d: common[d] for d in dims[1:]}}
+    for cell in np.ndindex(shape):
+        m, lower, upper, n = mean_t_interval(per_seed[cell], level)
+        mean[cell], interval[cell], seeds[cell] = m, (lower, upper), n
+    return mean, interval, seeds
+
+
+def _mean_over_seeds(values: np.ndarray) -> np.ndarray:
+    """The mean over the last axis of the finite values (NaN where there is none)."""
+    finite = np.isfinite(values)
+    counts = finite.sum(-1)
+    total = np.where(finite, values, 0.0).sum(-1)
+    return np.where(counts > 0, total / np.maximum(counts, 1), np.nan)
+
+
+def accuracy_differences(cubes: Sequence[xr.Dataset], level: float = 0.90) -> xr.Dataset:
+    """Each run's final accuracy and permanent deficit against the first run's, over the
+    batch sizes, schedules, switch epochs and seeds every cube has (the ``left_out``
+    attribute names the others).
+
+    * ``accuracy`` (``run, batch_size, lr_schedule, switch_epoch``): the mean over those
+      seeds, each run's valid runs among them.
+    * ``difference`` (+ ``_interval`` with a ``bound`` dim, + ``_seeds``): run minus the
+      first, seed by seed, then the mean over the seeds where both ran and did not diverge,
+      with its central Student-t ``level`` interval (:func:`mean_t_interval`); NaN for the
+      first run itself.
+    * ``deficit_difference`` (+ ``_interval``, + ``_seeds``; ``run, batch_size,
+      lr_schedule``): the same for each seed's deficit, the accuracy at the earliest switch
+      minus that at the latest. Where the key changes the never-blurred run too (the width,
+      the rate), an offset at every switch is no change of the critical period; this
+      difference takes it out.
+
+    Runs that diverged to chance are left out. Raises ``ValueError`` where the runs share no
+    value of one of :data:`MATCHED`."""
+    accs = [_accuracy(c) for c in cubes]
+    seen = {dim: [set(a[dim].values.tolist()) for a in accs] for dim in MATCHED}
+    common = {dim: sorted(set.intersection(*sets)) for dim, sets in seen.items()}
+    if empty := [dim for dim in MATCHED if not common[dim]]:
+        raise ValueError(f"these runs share no {' and no '.join(empty)}: nothing to pair "
+                         "(compare pairs runs by batch size, schedule, switch epoch and seed)")
+    left_out = "; ".join(f"{dim} {_listed(extra)}" for dim, sets in seen.items()
+                         if (extra := sorted(set().union(*sets) - set(common[dim]))))
+    values = np.stack([a.sel(common).transpose(*MATCHED).values for a in accs])
+    first_switch, last_switch = values[..., :1, :], values[..., -1:, :]
+    deficits = (first_switch - last_switch)[..., 0, :]  # run, batch, schedule, seed
+    diff, diff_interval, diff_seeds = _paired(values - values[:1], level)
+    deficit, deficit_interval, deficit_seeds = _paired(deficits - deficits[:1], level)
+    for array in (diff, diff_interval, deficit, deficit_interval):
+        array[0] = np.nan  # the baseline against itself says nothing
+    diff_seeds[0] = deficit_seeds[0] = 0
+    dims = ("run", *MATCHED[:3])
     return xr.Dataset(
-        {"accuracy": (dims, np.stack([a.mean("seed").values for a in accs])),
+        {"accuracy": (dims, _mean_over_seeds(values)),
          "difference": (dims, diff),
-         "difference_interval": ((*dims, "bound"), interval),
-         "difference_seeds": (dims, seeds)},
-        coords={**coords, "bound": ["lower", "upper"]},
+         "difference_interval": ((*dims, "bound"), diff_interval),
+         "difference_seeds": (dims, diff_seeds),
+         "deficit_difference": (dims[:3], deficit),
+         "deficit_difference_interval": ((*dims[:3], "bound"), deficit_interval),
+         "deficit_difference_seeds": (dims[:3], deficit_seeds)},
+        coords={"run": np.arange(len(accs)), **{d: common[d] for d in dims[1:]},
+                "bound": ["lower", "upper"]},
         attrs={"level": level, "left_out": left_out})
 
 
-def _pp(value: float) -> str:
-    """A fraction in percentage points to 0.1, signed where asked ("nan" for missing)."""
-    return "nan" if not np.isfinite(value) else f"{round(100 * value, 1) + 0.0:.1f}"
+def _pp(value: float, sign: bool = False) -> str:
+    """A fraction in percentage points to 0.1 (with its sign where ``sign``; "nan" for
+    missing, never "-0.0")."""
+    if not np.isfinite(value):
+        return "nan"
+    return f"{round(100 * value, 1) + 0.0:{'+' if sign else ''}.1f}"
 
 
-def _signed_pp(value: float) -> str:
-    return "nan" if not np.isfinite(value) else f"{round(100 * value, 1) + 0.0:+.1f}"
+def _difference(mean: float, interval: Sequence[float], seeds: int) -> str:
+    """"+4.2 [+3.3, +5.0] (3)": a paired difference in points, its interval and seeds."""
+    lower, upper = interval
+    return f"{_pp(mean, True)} [{_pp(lower, True)}, {_pp(upper, True)}] ({seeds})"
 
 
 def _columns(rows: list[list[str]]) -> list[str]:
@@ -114,87 +141,109 @@ def _columns(rows: list[list[str]]) -> list[str]:
     return ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
 
 
-def format_comparison(names: Sequence[str], tables: Sequence[Any],
-                      differences: xr.Dataset, configs: Sequence[Mapping[str, Any]],
-                      commits: Sequence[str | None]) -> str:
-    """The comparison as the terminal prints it: what the runs differ in, each run's end and
-    deficit per batch size and schedule (``tables``: each run's
-    :func:`critperiods.results.tables.summary_table`), and the final accuracy per switch
+def _critical_period(run: Run, batch_size: float, lr_schedule: str) -> str:
+    """A run's end and deficit in one cell, as its own summary gives them."""
+    from critperiods.results.tables import unlocated_text
+
+    table = run.table
+    hit = table[(table["batch_size"] == batch_size) & (table["lr_schedule"] == lr_schedule)]
+    if hit.empty:
+        return "-"
+    row = hit.iloc[0]
+    deficit, lower, upper = (row[f"permanent_deficit{s}"] for s in ("", "_lower", "_upper"))
+    end = (f"{row['critical_period_end']:.1f} [{row['critical_period_end_lower']:.1f}, "
+           f"{row['critical_period_end_upper']:.1f}]" if row["critical_period_end_located"]
+           else unlocated_text(deficit, lower, upper))
+    seeds = row.get("permanent_deficit_seeds", float("nan"))
+    return (f"{end}; {_pp(deficit)} [{_pp(lower)}, {_pp(upper)}]"
+            + (f" ({int(seeds)})" if np.isfinite(seeds) else ""))
+
+
+def format_comparison(runs: Sequence[Run], differences: xr.Dataset) -> str:
+    """The comparison as the terminal prints it: what the runs differ in and what was left
+    out, each run's end and deficit per batch size and schedule (as its cube gives them),
+    the deficits' paired differences from the first run, and the final accuracy per switch
     with each run's paired difference from the first."""
-    lines = [f"comparing {len(names)} runs, the first ({names[0]}) as the baseline:"]
-    differ = differing_keys(configs)
+    names = [r.name for r in runs]
+    lines = [f"comparing {len(runs)} runs, the first ({names[0]}) as the baseline:"]
+    differ = differing_keys([recorded_config(r.cube) for r in runs])
     lines += [f"  {key}: " + " | ".join(str(v) for v in values)
               for key, values in differ.items()]
     if not differ:
         lines.append("  (their configs agree on every key that can change a result)")
+    commits = [r.cube.attrs.get("git_commit") for r in runs]
     if len({c for c in commits if c}) > 1:
         lines.append("  code (git_commit): " + " | ".join((c or "?")[:7] for c in commits)
                      + ": differences may also be the code's")
     if differences.attrs.get("left_out"):
         lines.append(f"  not in every run, left out: {differences.attrs['left_out']}")
+    for run in runs:
+        if run.recomputed:
+            lines.append(f"  {run.name}: statistics recomputed (this cube {run.recomputed})")
+        if run.diverged:
+            lines.append(f"  {run.name}: {len(run.diverged)} run(s) diverged to chance, left "
+                         "out: " + "; ".join(run.diverged))
     level = float(differences.attrs.get("level", 0.9))
-    lines += ["", "the critical period of each run: end (epoch) [interval], or why none is "
-              "located; deficit (pp) [Student-t interval] (seeds)"]
+    lines += ["", "each run's critical period, as its own cube gives it (intervals at its "
+              "analysis.interval_level): end (epoch) [interval], or why none is located; "
+              "deficit (pp) [Student-t interval] (seeds)"]
     rows = [["batch", "lr", *names]]
-    for b in differences["batch_size"].values:
-        for r in differences["lr_schedule"].values:
-            cells = []
-            for table in tables:
-                hit = table[(table["batch_size"] == b) & (table["lr_schedule"] == str(r))]
-                if hit.empty:
-                    cells.append("-")
-                    continue
-                row = hit.iloc[0]
-                end = (f"{row['critical_period_end']:.1f} [{row['critical_period_end_lower']:.1f},"
-                       f" {row['critical_period_end_upper']:.1f}]"
-                       if row["critical_period_end_located"] else "not located")
-                seeds = int(row.get("permanent_deficit_seeds", 0))
-                cells.append(f"{end}; {_pp(row['permanent_deficit'])} "
-                             f"[{_pp(row['permanent_deficit_lower'])}, "
-                             f"{_pp(row['permanent_deficit_upper'])}] ({seeds})")
-            rows.append([f"{b:g}", str(r), *cells])
+    cells = [(b, str(r)) for b in differences["batch_size"].values
+             for r in differences["lr_schedule"].values]
+    rows += [[f"{b:g}", r, *(_critical_period(run, b, r) for run in runs)] for b, r in cells]
     lines += _columns(rows)
-    lines += ["", f"final sharp test accuracy (%), mean over seeds; for each later run, its "
-              f"difference from {names[0]} (pp), paired by seed, [{level:.0%} Student-t "
-              "interval] (seeds)"]
-    for b in differences["batch_size"].values:
-        for r in differences["lr_schedule"].values:
-            cell = differences.sel(batch_size=b, lr_schedule=r)
-            rows = [["switch", *names]]
-            for k in cell["switch_epoch"].values:
-                at = cell.sel(switch_epoch=k)
-                texts = [_pp(float(at["accuracy"].sel(run=0)))]
-                for i in range(1, len(names)):
-                    one = at.sel(run=i)
-                    lo, hi = one["difference_interval"].values
-                    texts.append(f"{_pp(float(one['accuracy']))} "
-                                 f"{_signed_pp(float(one['difference']))} "
-                                 f"[{_signed_pp(lo)}, {_signed_pp(hi)}] "
-                                 f"({int(one['difference_seeds'])})")
-                rows.append([f"{k:g}", *texts])
-            lines += [f"batch {b:g}, {r}:", *("  " + line for line in _columns(rows))]
+    lines += ["", f"the deficit (earliest minus latest switch): each later run minus "
+              f"{names[0]}, paired by seed, in points [{level:.0%} Student-t interval] "
+              "(seeds)"]
+    rows = [["batch", "lr", *names[1:]]]
+    for b, r in cells:
+        at = differences.sel(batch_size=b, lr_schedule=r)
+        rows.append([f"{b:g}", r, *(_difference(
+            float(at["deficit_difference"].sel(run=i)),
+            at["deficit_difference_interval"].sel(run=i).values,
+            int(at["deficit_difference_seeds"].sel(run=i))) for i in range(1, len(runs)))])
+    lines += _columns(rows)
+    lines += ["", f"final sharp test accuracy (%), mean over the seeds every run has; each later "
+              f"run's difference from {names[0]}, paired by seed, in points [{level:.0%} "
+              "Student-t interval] (seeds)"]
+    for b, r in cells:
+        at = differences.sel(batch_size=b, lr_schedule=r)
+        rows = [["switch", *names]]
+        for k in at["switch_epoch"].values:
+            one = at.sel(switch_epoch=k)
+            rows.append([f"{k:g}", _pp(float(one["accuracy"].sel(run=0))), *(
+                f"{_pp(float(one['accuracy'].sel(run=i)))} " + _difference(
+                    float(one["difference"].sel(run=i)),
+                    one["difference_interval"].sel(run=i).values,
+                    int(one["difference_seeds"].sel(run=i))) for i in range(1, len(runs)))])
+        lines += [f"batch {b:g}, {r}:", *("  " + line for line in _columns(rows))]
     return "\n".join(lines)
 
 
 def comparison_table(differences: xr.Dataset, names: Sequence[str]) -> Any:
     """:func:`accuracy_differences` as a table (a pandas DataFrame), one row per run,
     batch size, schedule and switch epoch: ``accuracy``, ``difference`` with
-    ``difference_lower``/``difference_upper`` and ``difference_seeds``."""
-    bounds = differences["difference_interval"]
-    flat = differences.drop_vars("difference_interval").assign(
-        difference_lower=bounds.sel(bound="lower", drop=True),
-        difference_upper=bounds.sel(bound="upper", drop=True)).drop_dims("bound")
-    table = flat.assign_coords(run=list(names)).to_dataframe().reset_index()
-    return table[["run", "batch_size", "lr_schedule", "switch_epoch", "accuracy",
-                  "difference", "difference_lower", "difference_upper", "difference_seeds"]]
+    ``difference_lower``/``difference_upper`` and ``difference_seeds``, and the cell's
+    ``deficit_difference`` (repeated on each switch's row) with its bounds and seeds."""
+    flat = differences.assign_coords(run=list(names))
+    for name in ("difference", "deficit_difference"):
+        bounds = flat[f"{name}_interval"]
+        flat = flat.assign({f"{name}_lower": bounds.sel(bound="lower", drop=True),
+                            f"{name}_upper": bounds.sel(bound="upper", drop=True)})
+    flat = flat.drop_vars(["difference_interval", "deficit_difference_interval"])
+    table = flat.drop_dims("bound").to_dataframe().reset_index()
+    return table[["run", *MATCHED[:3], "accuracy", "difference", "difference_lower",
+                  "difference_upper", "difference_seeds", "deficit_difference",
+                  "deficit_difference_lower", "deficit_difference_upper",
+                  "deficit_difference_seeds"]]
 
 
 def run_names(cubes: Sequence[xr.Dataset], paths: Sequence[str]) -> list[str]:
-    """Each run's experiment name (its path where two share one)."""
+    """The runs' experiment names, or, where two runs share one, every run's path."""
     names = [recorded_config(c).get("experiment") or str(p) for c, p in zip(cubes, paths,
                                                                               strict=True)]
     return names if len(set(names)) == len(names) else [str(p) for p in paths]
 
 
-__all__ = ["NOT_RESULTS", "accuracy_differences", "comparison_table", "differing_keys",
-           "format_comparison", "run_names"]
+__all__ = ["MATCHED", "Run", "accuracy_differences", "comparison_table", "format_comparison",
+           "run_names"]

@@ -1,16 +1,22 @@
-"""What a run was, in words: the config a cube records, and the one sentence that says what
-was trained on what (the data, the blur, the network, the optimiser and the grid), which
+"""What a run was, in words: the config a cube records, the one sentence that says what was
+trained on what (the data, the blur, the network, the optimiser and the grid), which
 ``summarize`` and the report print beside the answer, so that two runs that differ in a key
-that is not a grid axis (the blur, the width, the rate) cannot be mistaken for each other.
+that is not a grid axis (the blur, the width, the rate) cannot be mistaken for each other,
+and the keys two configs differ in (``compare``, ``check``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import xarray as xr
 import yaml
+
+#: Keys that cannot change a result (names, folders, figure and cluster settings): never
+#: reported as a difference. A key ending in "." stands for everything under it.
+NOT_RESULTS = ("experiment", "results_dir", "laid_over", "dataset.root", "plots.",
+               "runtime.")
 
 DATASET_NAMES = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10"}
 MODEL_NAMES = {"small_cnn": "small CNN", "all_cnn_c": "All-CNN-C", "resnet18": "ResNet-18"}
@@ -60,10 +66,34 @@ def setup_sentence(cube: xr.Dataset) -> str:
     return "; ".join(parts)
 
 
+def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"dataset.blur_size": 4, …}``: the nested config as dotted keys (lists as values)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(_flat(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def differing_keys(configs: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """The dotted config keys whose values are not the same in every config, with each
+    config's value (None where it has none), keys that cannot change a result
+    (:data:`NOT_RESULTS`) left out."""
+    flat = [_flat(c) for c in configs]
+    keys = sorted(set().union(*flat)) if flat else []
+    return {k: [f.get(k) for f in flat] for k in keys
+            if not any(k == n or (n.endswith(".") and k.startswith(n)) for n in NOT_RESULTS)
+            and any(f.get(k) != flat[0].get(k) for f in flat[1:])}
+
+
 def _listed(values: Sequence[Any]) -> str:
     """"64, 128, 256": the values as written in a config."""
     return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in
                      (x.item() if hasattr(x, "item") else x for x in values))
 
 
-__all__ = ["DATASET_NAMES", "MODEL_NAMES", "recorded_config", "setup_sentence"]
+__all__ = ["DATASET_NAMES", "MODEL_NAMES", "NOT_RESULTS", "differing_keys", "recorded_config",
+           "setup_sentence"]
