@@ -85,7 +85,7 @@ def accuracy_differences(cubes: Sequence[xr.Dataset], level: float = 0.90) -> xr
       first run itself.
     * ``deficit_difference`` (+ ``_interval``, + ``_seeds``; ``run, batch_size,
       lr_schedule``): the same for each seed's deficit, the accuracy at the earliest switch
-      minus that at the latest. Where the key changes the never-blurred run too (the width,
+      minus that at the latest (NaN with one switch in common). Where the key changes the never-blurred run too (the width,
       the rate), an offset at every switch is no change of the critical period; this
       difference takes it out.
 
@@ -102,6 +102,8 @@ def accuracy_differences(cubes: Sequence[xr.Dataset], level: float = 0.90) -> xr
     values = np.stack([a.sel(common).transpose(*MATCHED).values for a in accs])
     first_switch, last_switch = values[..., :1, :], values[..., -1:, :]
     deficits = (first_switch - last_switch)[..., 0, :]  # run, batch, schedule, seed
+    if len(common["switch_epoch"]) < 2:  # one switch in common: no deficit to compare
+        deficits = np.full_like(deficits, np.nan)
     diff, diff_interval, diff_seeds = _paired(values - values[:1], level)
     deficit, deficit_interval, deficit_seeds = _paired(deficits - deficits[:1], level)
     for array in (diff, diff_interval, deficit, deficit_interval):
