@@ -85,9 +85,9 @@ def accuracy_differences(cubes: Sequence[xr.Dataset], level: float = 0.90) -> xr
       first run itself.
     * ``deficit_difference`` (+ ``_interval``, + ``_seeds``; ``run, batch_size,
       lr_schedule``): the same for each seed's deficit, the accuracy at the earliest switch
-      minus that at the latest (NaN with one switch in common). Where the key changes the never-blurred run too (the width,
-      the rate), an offset at every switch is no change of the critical period; this
-      difference takes it out.
+      minus that at the latest (NaN with one switch in common). Where the key changes the
+      never-blurred run too (the width, the rate), an offset at every switch is no change
+      of the critical period; this difference takes it out.
 
     Runs that diverged to chance are left out. Raises ``ValueError`` where the runs share no
     value of one of :data:`MATCHED`."""
