@@ -2046,6 +2046,11 @@ def test_one_batch_size_gets_one_line_for_the_exponents_and_no_knee_no_knee_flag
     assert ("exponents (temperature_exponent, batch_size_exponent): not fitted: a power law "
             "of the end needs 3 batch sizes, this grid has 1") in text
     assert "temperature_exponent (continue)" not in text and "a power law needs 3" not in text
+    from critperiods.results.report_page import answer_lines
+
+    said = [line for line in answer_lines(summary) if "batch size^p" in line]
+    assert said == ["* end ∝ batch size^p: n/a — a power law needs 3 batch sizes, this grid "
+                    "has 1"]
     three = synthetic_cube(with_llc=False, with_div=False)
     assert "batch_size_exponent (continue): " in tables.format_table(
         three.merge(critical_period_summary(three)))

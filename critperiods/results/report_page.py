@@ -20,6 +20,7 @@ import xarray as xr
 from critperiods.measure.llc.quality import RELAXED_GROWTH, flat_direction_growth
 from critperiods.results.end_fit import end_located
 from critperiods.results.figures import FIGURES
+from critperiods.results.fits import POWER_LAW_POINTS
 from critperiods.results.markers import UNSTABLE_REASON, WITHIN_NOISE_REASON, knee_flags
 from critperiods.results.rst import PAGE_STYLE, figure_rst, list_table
 from critperiods.results.selection import lr_schedules
@@ -423,6 +424,9 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
     tally = marker_tally(cube)
     if tally:
         lines.append("* **Do λ̂ and the divergence mark the end?** " + "; ".join(tally) + ".")
+    if (n := cube.sizes.get("batch_size", 1)) < POWER_LAW_POINTS:
+        return [*lines, f"* end ∝ batch size^p: n/a — a power law needs {POWER_LAW_POINTS} "
+                        f"batch sizes, this grid has {n}"]
     for r in lr_schedules(cube):
         p, lo, hi = _exponent(cube, r)
         unbounded = cube["batch_size_exponent_interval"].attrs.get("unbounded")
@@ -432,8 +436,9 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
                          + (f"; the interval is unbounded: {unbounded}"
                             if np.isinf(lo) and unbounded else ""))
         else:
-            lines.append(f"* end ∝ batch size^p ({r}): n/a — a power law needs 3 batch sizes "
-                         "with a located end (a deficit whose interval is above 0)")
+            lines.append(f"* end ∝ batch size^p ({r}): n/a — a power law needs "
+                         f"{POWER_LAW_POINTS} batch sizes with a located end (a deficit whose "
+                         "interval is above 0)")
     return lines
 
 
