@@ -301,6 +301,25 @@ def test_a_grid_without_trunk_llc_says_so_instead_of_failing():
     assert row.split(" | ")[1].split(", ")[1].endswith("%")
 
 
+def test_power_says_where_an_interval_falls_short_and_how_noisy_its_shares_are():
+    """A drop 2 epochs before an end at 3.3 on a grid of switches 2 apart sits within a
+    spacing of the first switch, where its interval runs short of the nominal level: a
+    note names the interval and its coverage. With the end mid-grid no note. The header
+    says how noisy a share is at this many runs, and the offset asked about."""
+    from critperiods.results.power import power_table
+
+    grid = Grid(tuple(float(k) for k in range(0, 21, 2)),
+                tuple(float(e) for e in range(3, 21)), 8)
+    lines = power_table(grid, [8], trials=100, offset=2, end=3.3)
+    assert "100 simulated runs per row (a share near 50 % is ± 5.0 points)" in lines[0]
+    assert lines[0].endswith("the markers away from it 2 epochs (--offset)")
+    note = [line for line in lines if line.startswith("note: with 8 seeds")]
+    assert len(note) == 1 and "the drop − end interval held the true offset in " in note[0]
+    assert "against a nominal 90%" in note[0] and "knee − end" not in note[0]
+    middle = power_table(grid, [8], trials=100, offset=2, end=10)
+    assert not [line for line in middle if line.startswith("note: with")]
+
+
 def test_the_offset_defaults_to_the_switch_spacing(tmp_path, capsys):
     """A grid of switches 20 epochs apart is asked about markers 20 epochs from the end, not
     the 4 that suit config.yaml's grid (which no grid this coarse can resolve)."""

@@ -33,6 +33,7 @@ Deterministic (fixed RNG seed).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -221,6 +222,11 @@ DEFAULT_NOISE_SOURCE = ("the default run's noise at batch 128 and a designed ben
                         "them to your run's, or read them off its cube with --noise-from")
 
 
+#: How far below its nominal level a simulated coverage may fall before ``power`` says the
+#: interval is too narrow there (200 runs put ± 2 points of noise on a coverage near 90 %).
+LOW_COVERAGE = 0.1
+
+
 def noise_line(noise: Scenario) -> str:
     """One line that states the noise and effect sizes of ``noise`` (not its markers)."""
     before, after = noise.llc_slopes
@@ -249,8 +255,9 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
     moved = replace(noise, end=end, knee=end + offset, drop=end - offset)
     lines = [
         f"switch epochs {_epochs(grid.switches)}; λ̂ along the trunk at {_epochs(grid.llc_epochs)}; "
-        f"{grid.level:.0%} intervals; {trials} simulated runs per row, the end at epoch "
-        f"{end:.3g}",
+        f"{grid.level:.0%} intervals; {trials} simulated runs per row (a share near 50 % is "
+        f"± {100 * math.sqrt(0.25 / trials):.1f} points), the end at epoch {end:.3g}, the "
+        f"markers away from it {offset:g} epochs (--offset)",
         f"noise: {noise_line(noise)} ({noise_source})",
     ]
     knee_range = grid.llc_epochs[1:-1]
@@ -278,9 +285,15 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
                   f"beyond λ̂'s noise | drop {offset:g} before: called | coverage of knee − "
                   "end, drop − end |",
               "|---|---|---|---|---|---|"]
+    short = []
     for n in seeds:
         sized = replace(grid, seeds=n)
         at, away = coverage(null, sized, trials), coverage(moved, sized, trials)
+        short += [f"with {n} seeds the {what} interval held the true offset in "
+                  f"{_pct(away[key])} of simulated runs"
+                  for what, key, where in (("knee − end", "paired cover", "knee away"),
+                                           ("drop − end", "drop paired cover", "drop away"))
+                  if shown[where] and away[key] < grid.level - LOW_COVERAGE]
 
         def cell(stats: dict, key: str, where: str) -> str:
             return _pct(stats[key]) if shown[where] else "n/a"
@@ -293,6 +306,11 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
                      f"{cell(away, 'drop paired excludes 0', 'drop away')} | "
                      f"{cell(away, 'paired cover', 'knee away')}, "
                      f"{cell(away, 'drop paired cover', 'drop away')} |")
+    if short:
+        lines.append(f"note: {'; '.join(short)}, against a nominal {grid.level:.0%}: at this "
+                     "grid and end that interval is too narrow, and an offset it calls is not "
+                     "to be trusted (one known cause: a drop within about a switch spacing of "
+                     "the first switch, before which none can be placed)")
     return lines
 
 
