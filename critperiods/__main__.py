@@ -595,13 +595,15 @@ def power(args: argparse.Namespace) -> int:
         for line in power_table(grid, seeds, args.trials, args.offset, args.end, noise):
             print(line)
         return 0
-    return _power_at_observed_noise(cube, args, grid, seeds, noise, given)
+    return _power_at_observed_noise(cube, args, grid, seeds, noise, given,
+                                    config["grid"]["batch_sizes"])
 
 
 def _power_at_observed_noise(cube, args: argparse.Namespace, grid, seeds: list[int],
-                             fallback, given: dict) -> int:
+                             fallback, given: dict, batch_sizes: list[int]) -> int:
     """``power --noise-from``: a table per batch size of the cube, at the noise and effect
-    sizes that batch size measured (flags given on the command line win)."""
+    sizes that batch size measured (flags given on the command line win); a note names the
+    config's ``batch_sizes`` the cube has none of."""
     from dataclasses import replace
 
     from critperiods.results.observed_noise import observed_noise
@@ -609,6 +611,12 @@ def _power_at_observed_noise(cube, args: argparse.Namespace, grid, seeds: list[i
 
     print(f"noise and effect sizes read off {args.noise_from} "
           "(critperiods.results.observed_noise; docs/analysis.md)")
+    unseen = sorted(set(batch_sizes) - {int(b) for b in cube["batch_size"].values})
+    if unseen:
+        print(f"note: batch size{'s' * (len(unseen) > 1)} {', '.join(map(str, unseen))} of the "
+              f"config {'are' if len(unseen) > 1 else 'is'} not in {args.noise_from}: no noise "
+              "measured there, no table (a nearby batch size's table, or a pilot run at it, "
+              "stands in)")
     flags = {k: "--" + k.replace("_", "-") for k in given}
     for batch_size in cube["batch_size"].values:
         seen = observed_noise(cube, int(batch_size))

@@ -333,10 +333,10 @@ def test_the_offset_defaults_to_the_switch_spacing(tmp_path, capsys):
     assert "knee 4 after the end" in capsys.readouterr().out
 
 
-def test_power_reads_a_finished_runs_noise_off_its_cube(tiny_run, capsys):
+def test_power_reads_a_finished_runs_noise_off_its_cube(tiny_run, tmp_path, capsys):
     """On the tiny run: a table per batch size at the noise it measured, the cube's own grid
     (2 switch epochs), and a note for each value it could not estimate, which keeps the
-    default's."""
+    default's; a config's batch size the cube lacks is named, with no table."""
     cube = tiny_run / "results/tiny/cube.nc"
     assert main(["power", "--noise-from", str(cube), "--trials", "3", "--seeds", "2"]) == 0
     out = capsys.readouterr().out
@@ -345,6 +345,15 @@ def test_power_reads_a_finished_runs_noise_off_its_cube(tiny_run, capsys):
     assert "note: llc_slopes:" in out and "the default's is used" in out
     rows = [line for line in out.splitlines() if line.startswith("| 2 ")]
     assert len(rows) == 1
+    assert "not in" not in out  # the cube's own grid: every batch size measured
+    wider = tmp_path / "wider.yaml"
+    wider.write_text("grid:\n  batch_sizes: [32, 64, 512]\n")
+    assert main(["power", str(wider), "--noise-from", str(cube), "--trials", "3",
+                 "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: batch sizes 32, 512 of the config are not in {cube}: no noise measured " \
+           "there, no table" in out
+    assert "## batch 64" in out and "## batch 32" not in out
 
 
 def test_power_noise_from_something_else_is_one_line(tmp_path, capsys):
