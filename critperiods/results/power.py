@@ -310,7 +310,8 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
         lines.append(f"note: {'; '.join(short)}, against a nominal {grid.level:.0%}: at this "
                      "grid and end that interval is too narrow, and an offset it calls is not "
                      "to be trusted (one known cause: a drop within about a switch spacing of "
-                     "the first switch, before which none can be placed)")
+                     "the first switch, whose early value is read where the distance already "
+                     "falls, so the drop is read late; docs/analysis.md)")
     return lines
 
 
