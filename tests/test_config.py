@@ -595,6 +595,10 @@ def test_cost_prices_a_job_at_the_rate_measured_for_its_seeds(monkeypatch):
     assert stacked.images == alone.images
     assert (alone.seconds - alone.jobs * overhead) == pytest.approx(
         3 * (stacked.seconds - stacked.jobs * overhead))
+    # the CPU line gives the core-hours too: the reference's minutes × its 2 cores
+    said = cost.describe(alone, "cpu")
+    assert f"{alone.seconds * 2 / 3600:.2g} core-hours, shared by as many cores" in said
+    assert "core-hours" not in cost.describe(alone, "cuda")
 
 
 def test_cost_reads_an_unmeasured_batch_size_off_the_measured_ones_and_says_so():

@@ -226,7 +226,10 @@ def describe(cost: Cost, device: str) -> str:
     minutes = cost.seconds / 60
     when = f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
     read = f"; projected: {', '.join(cost.projected)}" if cost.projected else ""
-    return f"{device}: ~{when} on {where} ({cost.jobs} jobs{read})"
+    cores = PARALLEL_JOBS[device]
+    core_time = (f"; {cost.seconds * cores / 3600:.2g} core-hours, shared by as many cores as "
+                 "jobs can run at once" if device == "cpu" else "")
+    return f"{device}: ~{when} on {where} ({cost.jobs} jobs{read}{core_time})"
 
 
 __all__ = ["RATES", "Cost", "describe", "grid_cost", "jobs_per_rule", "perturbation_epochs",
