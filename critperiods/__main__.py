@@ -18,8 +18,9 @@
 * ``power [CONFIG …]`` — what a grid can tell: on simulated runs of its switch epochs, λ̂
   epochs and seeds, how often a marker a few epochs from the end is called "after" or
   "before the end", how often one at the end is called anyway, how often λ̂'s bend shows
-  beyond its noise at all, and the intervals' coverage; `--noise-from CUBE` at a finished
-  run's own noise.
+  beyond its noise at all, and the intervals' coverage; then, for ends on a power law of the
+  batch size (``--exponent``), how often the exponent is fitted, bounded, held by its
+  interval and told from 0; ``--noise-from CUBE`` at a finished run's own noise.
 * ``compare CUBE CUBE …`` — several runs side by side, for a question the grid does not
   sweep (one experiment per blur, width or rate): the config keys they differ in, each
   one's end and deficit, and, paired by seed against the first run with a Student-t
@@ -559,7 +560,13 @@ def _config_of_cube(cube, path: str) -> dict:
 def power(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from critperiods.results.power import DEFAULT_NOISE, grid_of, power_table, switch_spacing
+    from critperiods.results.power import (
+        DEFAULT_NOISE,
+        exponent_table,
+        grid_of,
+        power_table,
+        switch_spacing,
+    )
 
     paths = _config_paths(args)
     cube = _open_cube_or_exit(args.noise_from) if args.noise_from else None
@@ -591,12 +598,15 @@ def power(args: argparse.Namespace) -> int:
         print(f"note: {' and '.join(off)} off in this config: its runs would have no "
               f"{'knee or drop' if len(off) > 1 else 'knee' if off[0] == 'λ̂' else 'drop'}; "
               "the rows say what turning them on would give")
+    batch_sizes = sorted(config["grid"]["batch_sizes"])
     if cube is None:
         for line in power_table(grid, seeds, args.trials, args.offset, args.end, noise):
             print(line)
+        print()
+        print("\n".join(exponent_table(grid, batch_sizes, seeds, args.trials, args.exponent,
+                                       args.end, noise)))
         return 0
-    return _power_at_observed_noise(cube, args, grid, seeds, noise, given,
-                                    config["grid"]["batch_sizes"])
+    return _power_at_observed_noise(cube, args, grid, seeds, noise, given, batch_sizes)
 
 
 def _power_at_observed_noise(cube, args: argparse.Namespace, grid, seeds: list[int],
@@ -607,7 +617,7 @@ def _power_at_observed_noise(cube, args: argparse.Namespace, grid, seeds: list[i
     from dataclasses import replace
 
     from critperiods.results.observed_noise import observed_noise
-    from critperiods.results.power import power_table
+    from critperiods.results.power import exponent_table, power_table
 
     print(f"noise and effect sizes read off {args.noise_from} "
           "(critperiods.results.observed_noise; docs/analysis.md)")
@@ -618,6 +628,7 @@ def _power_at_observed_noise(cube, args: argparse.Namespace, grid, seeds: list[i
               "measured there, no table (a nearby batch size's table, or a pilot run at it, "
               "stands in)")
     flags = {k: "--" + k.replace("_", "-") for k in given}
+    measured = {}  # batch size → the noise its table used, for the exponent's
     for batch_size in cube["batch_size"].values:
         seen = observed_noise(cube, int(batch_size))
         noise, kept = seen.scenario(fallback)
@@ -643,6 +654,12 @@ def _power_at_observed_noise(cube, args: argparse.Namespace, grid, seeds: list[i
                   + ("" if "seed_shift" in given else "; the seeds' shift is not measured"))
         lines = power_table(grid, seeds, args.trials, args.offset, end, noise, source)
         print("\n".join(lines))
+        measured[int(batch_size)] = noise
+    shared = [b for b in batch_sizes if b in measured]
+    print()
+    print("\n".join(exponent_table(grid, shared, seeds, args.trials, args.exponent, args.end,
+                                   [measured[b] for b in shared],
+                                   "each batch size's noise as above")))
     return 0
 
 
@@ -771,6 +788,10 @@ def main(argv: list[str] | None = None) -> int:
                         "--noise-from, the run's located end)")
     p.add_argument("--trials", type=_number(int, 1), default=200,
                    help="simulated runs per row (default: 200)")
+    p.add_argument("--exponent", type=float, default=-0.5,
+                   help="the true exponent of end ∝ batch size^p for the exponent's table "
+                        "(default: -0.5; the ends lie on it through --end at the middle "
+                        "batch size)")
     p.add_argument("--noise-from", metavar="CUBE", default=None,
                    help="a finished run's cube: a table per batch size at the noise and effect "
                         "sizes it measured, its located end as the end (the grid: its own, "

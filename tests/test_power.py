@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from critperiods.__main__ import main
@@ -65,8 +66,8 @@ def test_a_one_seed_config_is_told_that_it_can_call_nothing(tmp_path, capsys):
     assert main(["power", str(one), "--trials", "3"]) == 0
     out = capsys.readouterr().out
     assert "note: 1 seed in this config: an interval over seeds needs 2" in out
-    assert [line.split(" | ")[0] for line in out.splitlines() if line[:2] == "| "][1:] == [
-        "| 2"]  # after the header, the one row it can give
+    rows = [line.split(" | ")[0] for line in out.splitlines() if line[:2] == "| "]
+    assert rows == ["| seeds", "| 2"] * 2  # the markers' table and the exponent's: one row
 
 
 @pytest.mark.parametrize("flags, says", [
@@ -362,3 +363,37 @@ def test_power_noise_from_something_else_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["power", "--noise-from", str(tmp_path / "nope.nc")])
     assert "nope.nc: no such file" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_exponent_table_says_how_often_a_grid_fits_holds_and_calls_the_exponent():
+    """Ends on a power law of the batch size (p = −0.5 through the middle of the switch
+    range): with little noise and a steep deficit every grid fits an exponent whose interval
+    holds p and excludes 0; at the default run's noise with 3 seeds only some grids locate
+    all three ends. Fewer than 3 batch sizes, or an end outside the switches, is said."""
+    from critperiods.results.power import exponent_coverage, exponent_table
+
+    grid = Grid(tuple(float(k) for k in range(0, 21, 2)), (), 5)
+    ends = 10 * (np.array([64, 128, 256]) / 128) ** -0.5
+    sharp = replace(DEFAULT_NOISE, accuracy_noise=0.1, deficit_slope=2.0)
+    clean = exponent_coverage(grid, [64, 128, 256], ends, -0.5, 40, sharp)
+    assert clean["fitted"] == 1.0 and clean["excludes 0"] == 1.0 and clean["cover"] >= 0.9
+    assert clean["width"] < 0.3
+    noisy = exponent_coverage(replace(DEFAULT_GRID, seeds=3), [64, 128, 256],
+                              8 * (np.array([64, 128, 256]) / 128) ** -0.5, -0.5, 40)
+    assert noisy["fitted"] < 0.9 and noisy["excludes 0"] < clean["excludes 0"]
+    lines = exponent_table(grid, [64, 128, 256], [5], 10, -0.5)
+    assert lines[0].startswith("the exponent (end ∝ batch size^p, p = -0.5, --exponent): "
+                               "true ends 14.1 at batch 64, 10 at batch 128, 7.07 at batch 256")
+    assert lines[-1].startswith("| 5 | ")
+    assert exponent_table(grid, [64, 128], [5], 10, -0.5) == [
+        "the exponent: a power law needs 3 batch sizes, this grid has 2: not simulated"]
+    steep = exponent_table(grid, [16, 128, 1024], [5], 3, -1.0)
+    assert any(line.startswith("note: an end at or outside the switch range") for line in steep)
+
+
+def test_power_prints_the_exponent_table_after_the_markers(capsys):
+    assert main(["power", "--trials", "3", "--seeds", "2", "--exponent", "-0.3"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("coverage of knee − end") < out.index(
+        "the exponent (end ∝ batch size^p, p = -0.3, --exponent)")
+    assert "| seeds | exponent fitted | interval unbounded (a censored end) |" in out

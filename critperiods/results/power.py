@@ -34,12 +34,19 @@ Deterministic (fixed RNG seed).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from critperiods.results.end_fit import EndFit, fit_end
-from critperiods.results.fits import at_least_and_within, divergence_drop_epoch, jackknife_interval
+from critperiods.results.fits import (
+    POWER_LAW_POINTS,
+    at_least_and_within,
+    divergence_drop_epoch,
+    fit_power_law,
+    jackknife_interval,
+)
 from critperiods.results.knee import offset_floor
 from critperiods.results.markers import KneeFit, drop_fit, knee_fit
 
@@ -181,6 +188,77 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
     return out
 
 
+def exponent_coverage(grid: Grid, batch_sizes: Sequence[float], ends: Sequence[float],
+                      exponent: float, trials: int,
+                      noise: Scenario | Sequence[Scenario] | None = None) -> dict[str, float]:
+    """Over ``trials`` simulated grids, one cell per batch size with its true end (``ends``,
+    on the power law of ``exponent``) at ``noise`` (one for all, or one per batch size),
+    each end measured as the summary
+    measures it (:func:`~critperiods.results.end_fit.fit_end`; NaN where not located) and
+    the exponent fitted as the summary fits it
+    (:func:`~critperiods.results.fits.fit_power_law`, censored at the first switch): the
+    shares of runs with an exponent (``fitted``), whose interval is unbounded (a censored
+    end, ``unbounded``), holds the true exponent (``cover``, of the bounded ones) and
+    excludes 0 (``excludes 0``, of all runs), and the median width of the bounded
+    intervals. A seed's runs at different batch sizes are drawn independently here (in a
+    real grid they share the seed's initialisation and data order)."""
+    noise = noise or DEFAULT_NOISE
+    rng = np.random.default_rng(1)
+    switches, level = np.asarray(grid.switches), grid.level
+    x = np.asarray(batch_sizes, dtype=float)
+    noises = list(noise) if isinstance(noise, Sequence) else [noise] * len(ends)
+    fitted, unbounded, cover, excludes, width = [], [], [], [], []
+    for _ in range(trials):
+        found, refits = [], []
+        for end, at in zip(ends, noises, strict=True):
+            acc, _, _ = simulate(replace(at, end=end, knee=end, drop=end), grid, rng)
+            fit = fit_end(switches, acc, level)
+            found.append(fit.end if fit.located else np.nan)
+            refits.append(fit.jackknife.without_each_seed)
+        p, _, lower, upper = fit_power_law(x, np.array(found), np.array(refits).T, level,
+                                           censored_at=float(switches[0]))
+        fitted.append(bool(np.isfinite(p)))
+        unbounded.append(bool(np.isinf(lower) or np.isinf(upper)))
+        excludes.append(bool(lower > 0 or upper < 0))
+        if np.isfinite(lower) and np.isfinite(upper):
+            cover.append(lower <= exponent <= upper)
+            width.append(upper - lower)
+    return {"fitted": float(np.mean(fitted)), "unbounded": float(np.mean(unbounded)),
+            "cover": float(np.mean(cover)) if cover else float("nan"),
+            "excludes 0": float(np.mean(excludes)),
+            "width": float(np.median(width)) if width else float("nan")}
+
+
+def exponent_table(grid: Grid, batch_sizes: Sequence[float], seeds: list[int], trials: int,
+                   exponent: float, end: float | None = None,
+                   noise: Scenario | Sequence[Scenario] | None = None,
+                   noise_source: str = "the same noise as above") -> list[str]:
+    """Lines saying what ``grid`` can tell of the exponent of end ∝ batch size^p with each
+    number of ``seeds``, where the true ends lie on that power law through ``end`` (default
+    the middle of the switch range) at the geometric middle of ``batch_sizes`` (in
+    increasing order; ``noise`` one per batch size, or one for all): :func:`exponent_coverage`."""
+    x = np.asarray(batch_sizes, dtype=float)
+    if x.size < POWER_LAW_POINTS:
+        return [f"the exponent: a power law needs {POWER_LAW_POINTS} batch sizes, this grid has "
+                f"{x.size}: not simulated"]
+    middle = (grid.switches[0] + grid.switches[-1]) / 2 if end is None else float(end)
+    ends = middle * (x / np.exp(np.mean(np.log(x)))) ** exponent
+    lines = [f"the exponent (end ∝ batch size^p, p = {exponent:g}, --exponent): true ends "
+             + ", ".join(f"{e:.3g} at batch {b:g}" for b, e in zip(x, ends, strict=True))
+             + f"; {noise_source}, {trials} simulated grids per row"]
+    if ends.min() <= grid.switches[0] or ends.max() >= grid.switches[-1]:
+        lines.append("note: an end at or outside the switch range is censored or cannot be "
+                     "placed: set --end or the switch epochs so that every end lies inside")
+    lines += ["", "| seeds | exponent fitted | interval unbounded (a censored end) | interval "
+                  "holds p | its median width | excludes 0 (p ≠ 0 called) |",
+              "|---|---|---|---|---|---|"]
+    for n in seeds:
+        got = exponent_coverage(replace(grid, seeds=n), x, ends, exponent, trials, noise)
+        lines.append(f"| {n} | {_pct(got['fitted'])} | {_pct(got['unbounded'])} | "
+                     f"{_pct(got['cover'])} | {got['width']:.2g} | {_pct(got['excludes 0'])} |")
+    return lines
+
+
 def switch_spacing(grid: Grid) -> float:
     """The median gap between the grid's switch epochs (4 in config.yaml, 20 in the CIFAR-10
     replication): how far from the end a marker must sit for the grid to resolve it; 4 with
@@ -315,5 +393,6 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
     return lines
 
 
-__all__ = ["DEFAULT_GRID", "DEFAULT_NOISE", "Grid", "Scenario", "coverage", "grid_of", "noise_line",
+__all__ = ["DEFAULT_GRID", "DEFAULT_NOISE", "Grid", "Scenario", "coverage", "exponent_coverage",
+           "exponent_table", "grid_of", "noise_line",
            "power_table", "simulate", "switch_spacing"]
