@@ -628,7 +628,7 @@ def _power_at_observed_noise(cube, args: argparse.Namespace, grid, seeds: list[i
               "measured there, no table (a nearby batch size's table, or a pilot run at it, "
               "stands in)")
     flags = {k: "--" + k.replace("_", "-") for k in given}
-    measured = {}  # batch size → the noise its table used, for the exponent's
+    measured, ends = {}, {}  # batch size → the noise its table used, its located end
     for batch_size in cube["batch_size"].values:
         seen = observed_noise(cube, int(batch_size))
         noise, kept = seen.scenario(fallback)
@@ -654,12 +654,24 @@ def _power_at_observed_noise(cube, args: argparse.Namespace, grid, seeds: list[i
                   + ("" if "seed_shift" in given else "; the seeds' shift is not measured"))
         lines = power_table(grid, seeds, args.trials, args.offset, end, noise, source)
         print("\n".join(lines))
-        measured[int(batch_size)] = noise
+        measured[int(batch_size)], ends[int(batch_size)] = noise, seen.end
     shared = [b for b in batch_sizes if b in measured]
     print()
-    print("\n".join(exponent_table(grid, shared, seeds, args.trials, args.exponent, args.end,
+    if len(shared) < len(batch_sizes) and len(shared) < 3:
+        print(f"the exponent: {len(shared)} of the config's {len(batch_sizes)} batch sizes have "
+              f"noise measured in {args.noise_from}, and a power law needs 3: not simulated "
+              "(without --noise-from, at the default noise, it is)")
+        return 0
+    located = [ends[b] for b in shared if math.isfinite(ends[b])]
+    anchor, said = args.end, "--end"
+    if anchor is None and located:  # the run's own ends: their geometric mean, in the middle
+        anchor = float(math.exp(sum(map(math.log, located)) / len(located)))
+        said = (f"the geometric mean of the run's {len(located)} located "
+                f"end{'s' * (len(located) > 1)}")
+    print("\n".join(exponent_table(grid, shared, seeds, args.trials, args.exponent, anchor,
                                    [measured[b] for b in shared],
-                                   "each batch size's noise as above")))
+                                   "each batch size's noise as above",
+                                   said if anchor is not None else "")))
     return 0
 
 

@@ -312,7 +312,8 @@ def test_power_says_where_an_interval_falls_short_and_how_noisy_its_shares_are()
     grid = Grid(tuple(float(k) for k in range(0, 21, 2)),
                 tuple(float(e) for e in range(3, 21)), 8)
     lines = power_table(grid, [8], trials=100, offset=2, end=3.3)
-    assert "100 simulated runs per row (a share near 50 % is ± 5.0 points)" in lines[0]
+    assert ("100 simulated runs per row (a share near 50 % has a standard error of 5.0 "
+            "points)") in lines[0]
     assert lines[0].endswith("the markers away from it 2 epochs (--offset)")
     note = [line for line in lines if line.startswith("note: with 8 seeds")]
     assert len(note) == 1 and "the drop − end interval held the true offset in " in note[0]
@@ -355,6 +356,8 @@ def test_power_reads_a_finished_runs_noise_off_its_cube(tiny_run, tmp_path, caps
     assert f"note: batch sizes 32, 512 of the config are not in {cube}: no noise measured " \
            "there, no table" in out
     assert "## batch 64" in out and "## batch 32" not in out
+    assert (f"the exponent: 1 of the config's 3 batch sizes have noise measured in {cube}, "
+            "and a power law needs 3: not simulated") in out
 
 
 def test_power_noise_from_something_else_is_one_line(tmp_path, capsys):
@@ -396,4 +399,7 @@ def test_power_prints_the_exponent_table_after_the_markers(capsys):
     out = capsys.readouterr().out
     assert out.index("coverage of knee − end") < out.index(
         "the exponent (end ∝ batch size^p, p = -0.3, --exponent)")
-    assert "| seeds | exponent fitted | interval unbounded (a censored end) |" in out
+    assert ("| seeds | exponent fitted (of all grids) | interval unbounded (an end, or one "
+            "refitted without a seed, at or before the first switch; of all) | interval holds "
+            "p (of the bounded) |") in out
+    assert "(the end at the middle batch size: the middle of the switch range; --end" in out

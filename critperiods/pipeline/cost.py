@@ -227,8 +227,10 @@ def describe(cost: Cost, device: str) -> str:
     when = f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
     read = f"; projected: {', '.join(cost.projected)}" if cost.projected else ""
     cores = PARALLEL_JOBS[device]
-    core_time = (f"; {cost.seconds * cores / 3600:.2g} core-hours, shared by as many cores as "
-                 "jobs can run at once" if device == "cpu" else "")
+    hours = cost.seconds * cores / 3600
+    core_time = (f"; {hours:.2g} core-hours" if hours < 10 else f"; {hours:.0f} core-hours")
+    core_time = (f"{core_time}, shared by as many cores as jobs can run at once"
+                 if device == "cpu" else "")
     return f"{device}: ~{when} on {where} ({cost.jobs} jobs{read}{core_time})"
 
 

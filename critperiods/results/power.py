@@ -232,30 +232,38 @@ def exponent_coverage(grid: Grid, batch_sizes: Sequence[float], ends: Sequence[f
 def exponent_table(grid: Grid, batch_sizes: Sequence[float], seeds: list[int], trials: int,
                    exponent: float, end: float | None = None,
                    noise: Scenario | Sequence[Scenario] | None = None,
-                   noise_source: str = "the same noise as above") -> list[str]:
+                   noise_source: str = "the same noise as above",
+                   end_source: str = "") -> list[str]:
     """Lines saying what ``grid`` can tell of the exponent of end ∝ batch size^p with each
     number of ``seeds``, where the true ends lie on that power law through ``end`` (default
-    the middle of the switch range) at the geometric middle of ``batch_sizes`` (in
-    increasing order; ``noise`` one per batch size, or one for all): :func:`exponent_coverage`."""
+    the middle of the switch range; ``end_source`` says where another came from) at the
+    geometric middle of ``batch_sizes`` (in increasing order; ``noise`` one per batch size,
+    or one for all): :func:`exponent_coverage`."""
     x = np.asarray(batch_sizes, dtype=float)
     if x.size < POWER_LAW_POINTS:
         return [f"the exponent: a power law needs {POWER_LAW_POINTS} batch sizes, this grid has "
                 f"{x.size}: not simulated"]
-    middle = (grid.switches[0] + grid.switches[-1]) / 2 if end is None else float(end)
+    first, last = grid.switches[0], grid.switches[-1]
+    middle = (first + last) / 2 if end is None else float(end)
     ends = middle * (x / np.exp(np.mean(np.log(x)))) ** exponent
     lines = [f"the exponent (end ∝ batch size^p, p = {exponent:g}, --exponent): true ends "
              + ", ".join(f"{e:.3g} at batch {b:g}" for b, e in zip(x, ends, strict=True))
-             + f"; {noise_source}, {trials} simulated grids per row"]
-    if ends.min() <= grid.switches[0] or ends.max() >= grid.switches[-1]:
+             + " (the end at the middle batch size: "
+             + (end_source or "the middle of the switch range")
+             + f"; --end sets it); {noise_source}, {trials} simulated grids per row"]
+    if ends.min() <= first + 1e-9 or ends.max() >= last - 1e-9:
         lines.append("note: an end at or outside the switch range is censored or cannot be "
                      "placed: set --end or the switch epochs so that every end lies inside")
-    lines += ["", "| seeds | exponent fitted | interval unbounded (a censored end) | interval "
-                  "holds p | its median width | excludes 0 (p ≠ 0 called) |",
+    lines += ["", "| seeds | exponent fitted (of all grids) | interval unbounded (an end, or "
+                  "one refitted without a seed, at or before the first switch; of all) | "
+                  "interval holds p (of the bounded) | their median width | excludes 0: "
+                  "p ≠ 0 called (of all) |",
               "|---|---|---|---|---|---|"]
     for n in seeds:
         got = exponent_coverage(replace(grid, seeds=n), x, ends, exponent, trials, noise)
+        width = f"{got['width']:.2g}" if np.isfinite(got["width"]) else "n/a"
         lines.append(f"| {n} | {_pct(got['fitted'])} | {_pct(got['unbounded'])} | "
-                     f"{_pct(got['cover'])} | {got['width']:.2g} | {_pct(got['excludes 0'])} |")
+                     f"{_pct(got['cover'])} | {width} | {_pct(got['excludes 0'])} |")
     return lines
 
 
@@ -333,8 +341,9 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
     moved = replace(noise, end=end, knee=end + offset, drop=end - offset)
     lines = [
         f"switch epochs {_epochs(grid.switches)}; λ̂ along the trunk at {_epochs(grid.llc_epochs)}; "
-        f"{grid.level:.0%} intervals; {trials} simulated runs per row (a share near 50 % is "
-        f"± {100 * math.sqrt(0.25 / trials):.1f} points), the end at epoch {end:.3g}, the "
+        f"{grid.level:.0%} intervals; {trials} simulated runs per row (a share near 50 % has a "
+        f"standard error of {100 * math.sqrt(0.25 / trials):.1f} points), the end at epoch "
+        f"{end:.3g}, the "
         f"markers away from it {offset:g} epochs (--offset)",
         f"noise: {noise_line(noise)} ({noise_source})",
     ]
