@@ -615,6 +615,7 @@ def _power_at_observed_noise(cube, args: argparse.Namespace, grid, seeds: list[i
     sizes that batch size measured (flags given on the command line win); a note names the
     config's ``batch_sizes`` the cube has none of."""
     from dataclasses import replace
+    from statistics import geometric_mean
 
     from critperiods.results.observed_noise import observed_noise
     from critperiods.results.power import exponent_table, power_table
@@ -665,7 +666,7 @@ def _power_at_observed_noise(cube, args: argparse.Namespace, grid, seeds: list[i
     located = [ends[b] for b in shared if math.isfinite(ends[b])]
     anchor, said = args.end, "--end"
     if anchor is None and located:  # the run's own ends: their geometric mean, in the middle
-        anchor = float(math.exp(sum(map(math.log, located)) / len(located)))
+        anchor = geometric_mean(located)
         said = (f"the geometric mean of the run's {len(located)} located "
                 f"end{'s' * (len(located) > 1)}")
     print("\n".join(exponent_table(grid, shared, seeds, args.trials, args.exponent, anchor,

@@ -20,7 +20,8 @@ import xarray as xr
 
 from critperiods.results.fits import mean_t_interval
 from critperiods.results.selection import run_diverged
-from critperiods.results.setup import differing_keys, recorded_config
+from critperiods.results.setup import differing_keys, listed, recorded_config
+from critperiods.results.tables import points, unlocated_text
 
 #: The dimensions runs are matched on; a run's value is compared where every run has one.
 MATCHED = ("batch_size", "lr_schedule", "switch_epoch", "seed")
@@ -48,10 +49,6 @@ def _accuracy(cube: xr.Dataset) -> xr.DataArray:
     return acc if "lr_schedule" in acc.dims else acc.expand_dims(lr_schedule=["continue"])
 
 
-def _listed(values: Sequence[Any]) -> str:
-    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
-
-
 def _paired(per_seed: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean, Student-t interval and seed count of the differences along the last axis, for
     every cell of the others (:func:`mean_t_interval`)."""
@@ -62,14 +59,6 @@ def _paired(per_seed: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray,
         m, lower, upper, n = mean_t_interval(per_seed[cell], level)
         mean[cell], interval[cell], seeds[cell] = m, (lower, upper), n
     return mean, interval, seeds
-
-
-def _mean_over_seeds(values: np.ndarray) -> np.ndarray:
-    """The mean over the last axis of the finite values (NaN where there is none)."""
-    finite = np.isfinite(values)
-    counts = finite.sum(-1)
-    total = np.where(finite, values, 0.0).sum(-1)
-    return np.where(counts > 0, total / np.maximum(counts, 1), np.nan)
 
 
 def accuracy_differences(cubes: Sequence[xr.Dataset], level: float = 0.90) -> xr.Dataset:
@@ -97,9 +86,10 @@ def accuracy_differences(cubes: Sequence[xr.Dataset], level: float = 0.90) -> xr
     if empty := [dim for dim in MATCHED if not common[dim]]:
         raise ValueError(f"these runs share no {' and no '.join(empty)}: nothing to pair "
                          "(compare pairs runs by batch size, schedule, switch epoch and seed)")
-    left_out = "; ".join(f"{dim} {_listed(extra)}" for dim, sets in seen.items()
+    left_out = "; ".join(f"{dim} {listed(extra)}" for dim, sets in seen.items()
                          if (extra := sorted(set().union(*sets) - set(common[dim]))))
-    values = np.stack([a.sel(common).transpose(*MATCHED).values for a in accs])
+    matched = [a.sel(common).transpose(*MATCHED) for a in accs]
+    values = np.stack([a.values for a in matched])
     first_switch, last_switch = values[..., :1, :], values[..., -1:, :]
     deficits = (first_switch - last_switch)[..., 0, :]  # run, batch, schedule, seed
     if len(common["switch_epoch"]) < 2:  # one switch in common: no deficit to compare
@@ -111,7 +101,7 @@ def accuracy_differences(cubes: Sequence[xr.Dataset], level: float = 0.90) -> xr
     diff_seeds[0] = deficit_seeds[0] = 0
     dims = ("run", *MATCHED[:3])
     return xr.Dataset(
-        {"accuracy": (dims, _mean_over_seeds(values)),
+        {"accuracy": (dims, np.stack([a.mean("seed").values for a in matched])),
          "difference": (dims, diff),
          "difference_interval": ((*dims, "bound"), diff_interval),
          "difference_seeds": (dims, diff_seeds),
@@ -123,18 +113,10 @@ def accuracy_differences(cubes: Sequence[xr.Dataset], level: float = 0.90) -> xr
         attrs={"level": level, "left_out": left_out})
 
 
-def _pp(value: float, sign: bool = False) -> str:
-    """A fraction in percentage points to 0.1 (with its sign where ``sign``; "nan" for
-    missing, never "-0.0")."""
-    if not np.isfinite(value):
-        return "nan"
-    return f"{round(100 * value, 1) + 0.0:{'+' if sign else ''}.1f}"
-
-
 def _difference(mean: float, interval: Sequence[float], seeds: int) -> str:
     """"+4.2 [+3.3, +5.0] (3)": a paired difference in points, its interval and seeds."""
     lower, upper = interval
-    return f"{_pp(mean, True)} [{_pp(lower, True)}, {_pp(upper, True)}] ({seeds})"
+    return f"{points(mean, True)} [{points(lower, True)}, {points(upper, True)}] ({seeds})"
 
 
 def _columns(rows: list[list[str]]) -> list[str]:
@@ -145,8 +127,6 @@ def _columns(rows: list[list[str]]) -> list[str]:
 
 def _critical_period(run: Run, batch_size: float, lr_schedule: str) -> str:
     """A run's end and deficit in one cell, as its own summary gives them."""
-    from critperiods.results.tables import unlocated_text
-
     table = run.table
     hit = table[(table["batch_size"] == batch_size) & (table["lr_schedule"] == lr_schedule)]
     if hit.empty:
@@ -157,7 +137,7 @@ def _critical_period(run: Run, batch_size: float, lr_schedule: str) -> str:
            f"{row['critical_period_end_upper']:.1f}]" if row["critical_period_end_located"]
            else unlocated_text(deficit, lower, upper))
     seeds = row.get("permanent_deficit_seeds", float("nan"))
-    return (f"{end}; {_pp(deficit)} [{_pp(lower)}, {_pp(upper)}]"
+    return (f"{end}; {points(deficit)} [{points(lower)}, {points(upper)}]"
             + (f" ({int(seeds)})" if np.isfinite(seeds) else ""))
 
 
@@ -213,8 +193,8 @@ def format_comparison(runs: Sequence[Run], differences: xr.Dataset) -> str:
         rows = [["switch", *names]]
         for k in at["switch_epoch"].values:
             one = at.sel(switch_epoch=k)
-            rows.append([f"{k:g}", _pp(float(one["accuracy"].sel(run=0))), *(
-                f"{_pp(float(one['accuracy'].sel(run=i)))} " + _difference(
+            rows.append([f"{k:g}", points(float(one["accuracy"].sel(run=0))), *(
+                f"{points(float(one['accuracy'].sel(run=i)))} " + _difference(
                     float(one["difference"].sel(run=i)),
                     one["difference_interval"].sel(run=i).values,
                     int(one["difference_seeds"].sel(run=i))) for i in range(1, len(runs)))])

@@ -59,7 +59,7 @@ def setup_sentence(cube: xr.Dataset) -> str:
         ("batch_size", "batch size"), ("switch_epoch", "switch epoch"), ("seed", "seed"))
             if dim in cube.coords]
     for dim, label, values in grid:
-        text = f"{label}{'s' if len(values) != 1 else ''} {_listed(values)}"
+        text = f"{label}{'s' if len(values) != 1 else ''} {listed(values)}"
         if dim == "switch_epoch" and "epochs_after_switch" in config:
             text += f", then {config['epochs_after_switch']} sharp epochs"
         parts.append(text)
@@ -89,11 +89,11 @@ def differing_keys(configs: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]
             and any(f.get(k) != flat[0].get(k) for f in flat[1:])}
 
 
-def _listed(values: Sequence[Any]) -> str:
+def listed(values: Sequence[Any]) -> str:
     """"64, 128, 256": the values as written in a config."""
     return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in
                      (x.item() if hasattr(x, "item") else x for x in values))
 
 
-__all__ = ["DATASET_NAMES", "MODEL_NAMES", "NOT_RESULTS", "differing_keys", "recorded_config",
-           "setup_sentence"]
+__all__ = ["DATASET_NAMES", "MODEL_NAMES", "NOT_RESULTS", "differing_keys", "listed",
+           "recorded_config", "setup_sentence"]

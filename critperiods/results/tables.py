@@ -35,7 +35,7 @@ __all__ = ["MARKER_NAMES", "MARKER_STAGES", "MarkerCall", "MarkerStage", "as_sai
            "llc_flag_counts",
            "marker_calls", "marker_tally", "marker_verdict",
            "marker_verdicts", "markers_not_computed", "not_computed_sentence",
-           "restart_verdicts", "runs_at_chance", "summary_table", "to_csv",
+           "points", "restart_verdicts", "runs_at_chance", "summary_table", "to_csv",
            "unlocated_text"]
 
 #: How the verdicts name each marker of :data:`MARKER_OFFSETS`.
@@ -364,9 +364,12 @@ def _fmt(value: float, digits: int = 1) -> str:
     return "nan" if np.isnan(value) else f"{round(value, digits) + 0.0:.{digits}f}"
 
 
-def _pp(value: float) -> str:
-    """A fraction in percentage points to 0.1 ("0.0", never "-0.0")."""
-    return "nan" if not np.isfinite(value) else f"{round(100 * value, 1) + 0.0:.1f}"
+def points(value: float, sign: bool = False) -> str:
+    """A fraction in percentage points to 0.1 ("0.0", never "-0.0"; with its sign where
+    ``sign``; "nan" for missing)."""
+    if not np.isfinite(value):
+        return "nan"
+    return f"{round(100 * value, 1) + 0.0:{'+' if sign else ''}.1f}"
 
 
 def _with_interval(table: pd.DataFrame, name: str, lower: str, upper: str) -> list[str]:
@@ -448,8 +451,8 @@ def format_table(summary: xr.Dataset, not_computed: Sequence[str] = ()) -> str:
                             table["critical_period_end_upper"], located,
                             table["permanent_deficit"], table["permanent_deficit_lower"],
                             table["permanent_deficit_upper"], strict=True)],
-        "slope_pp/ep": table["critical_period_slope"].map(_pp),
-        "deficit_pp": [f"{_pp(d)} [{_pp(lo)}, {_pp(hi)}]" for d, lo, hi in zip(
+        "slope_pp/ep": table["critical_period_slope"].map(points),
+        "deficit_pp": [f"{points(d)} [{points(lo)}, {points(hi)}]" for d, lo, hi in zip(
             table["permanent_deficit"], table["permanent_deficit_lower"],
             table["permanent_deficit_upper"], strict=True)],
         "seeds": (table["permanent_deficit_seeds"].map(str)
