@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from critperiods.results.fits import mean_t_interval
-from critperiods.results.selection import run_diverged
+from critperiods.results.selection import run_diverged, with_lr_schedule
 from critperiods.results.setup import differing_keys, listed, recorded_config
 from critperiods.results.tables import points, unlocated_text
 
@@ -43,10 +43,8 @@ class Run:
 
 def _accuracy(cube: xr.Dataset) -> xr.DataArray:
     """Final sharp test accuracy per run, NaN where the run diverged to chance (as every
-    statistic leaves it out); a cube from before the restart control is one ``continue``
-    schedule (as :func:`critperiods.results.selection.with_lr_schedule` reads it)."""
-    acc = cube["final_test_accuracy"].where(~run_diverged(cube))
-    return acc if "lr_schedule" in acc.dims else acc.expand_dims(lr_schedule=["continue"])
+    statistic leaves it out), with an ``lr_schedule`` dim (:func:`with_lr_schedule`)."""
+    return with_lr_schedule(cube["final_test_accuracy"].where(~run_diverged(cube)))
 
 
 def _paired(per_seed: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

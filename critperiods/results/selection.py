@@ -88,9 +88,10 @@ def lr_schedules(cube: xr.Dataset) -> list[str]:
         else ["continue"]
 
 
-def with_lr_schedule(ds: xr.Dataset) -> xr.Dataset:
-    """``ds`` with an ``lr_schedule`` dim: a cube without one (from before the restart
-    control) is read as one ``continue`` schedule, as :func:`lr_schedules` says."""
+def with_lr_schedule(ds: xr.Dataset | xr.DataArray) -> xr.Dataset | xr.DataArray:
+    """``ds`` (a cube, or one of its variables) with an ``lr_schedule`` dim: one without it
+    (from before the restart control) is read as one ``continue`` schedule, as
+    :func:`lr_schedules` says."""
     return ds if "lr_schedule" in ds.dims else ds.expand_dims(lr_schedule=["continue"])
 
 
