@@ -617,7 +617,7 @@ def _power_at_observed_noise(cube, args: argparse.Namespace, grid, seeds: list[i
     from dataclasses import replace
     from statistics import geometric_mean
 
-    from critperiods.results.observed_noise import observed_noise
+    from critperiods.results.observed_noise import observed_noise, residual_correlation
     from critperiods.results.power import exponent_table, power_table
 
     print(f"noise and effect sizes read off {args.noise_from} "
@@ -663,6 +663,15 @@ def _power_at_observed_noise(cube, args: argparse.Namespace, grid, seeds: list[i
               f"noise measured in {args.noise_from}, and a power law needs 3: not simulated "
               "(without --noise-from, at the default noise, it is)")
         return 0
+    together = residual_correlation(cube)
+    if math.isfinite(together.r):
+        beyond = abs(together.r) > 2 * together.chance
+        print(f"{'note: ' * beyond}a seed's runs at different batch sizes err together by "
+              f"r = {together.r:+.2f} (final accuracy's residuals, mean of {together.pairs} "
+              f"pair{'s' * (together.pairs > 1)} of batch sizes, ≥ {together.cells} runs each; "
+              f"±{together.chance:.2f} by chance); the exponent's simulation draws them "
+              + ("independently, so its shares below may be off" if beyond
+                 else "independently"))
     located = [ends[b] for b in shared if math.isfinite(ends[b])]
     anchor, said = args.end, "--end"
     if anchor is None and located:  # the run's own ends: their geometric mean, in the middle

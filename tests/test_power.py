@@ -95,20 +95,20 @@ def test_the_command_declines_the_toy_study_in_one_line(capsys):
 
 
 def simulated_cube(truth: Scenario, seeds: int, *, deficit: bool = True, llc: bool = True,
-                   divergence: bool = True):
-    """A cube of one batch size (64) and schedule whose final accuracy, trunk λ̂ and distances
-    at the horizon (2 epochs after each switch) are :func:`simulate`'s draws of ``truth`` on
-    switch epochs 0-20 by 4 and λ̂ epochs 4-20 by 1."""
+                   divergence: bool = True, batch_size: int = 64, draws: int = 11):
+    """A cube of one batch size and schedule whose final accuracy, trunk λ̂ and distances
+    at the horizon (2 epochs after each switch) are :func:`simulate`'s draws (seeded by
+    ``draws``) of ``truth`` on switch epochs 0-20 by 4 and λ̂ epochs 4-20 by 1."""
     import numpy as np
     import xarray as xr
 
     from critperiods.results.power import simulate
 
     grid = Grid(tuple(np.arange(0, 21, 4.0)), tuple(np.arange(4, 21, 1.0)), seeds)
-    acc, llc_values, div = simulate(truth, grid, np.random.default_rng(11))
+    acc, llc_values, div = simulate(truth, grid, np.random.default_rng(draws))
     switches, llc_epochs = np.asarray(grid.switches), np.asarray(grid.llc_epochs)
     epochs = np.union1d(llc_epochs, switches + 2)
-    run = {"batch_size": [64], "lr_schedule": ["continue"], "switch_epoch": switches,
+    run = {"batch_size": [batch_size], "lr_schedule": ["continue"], "switch_epoch": switches,
            "seed": np.arange(seeds)}
     dims = tuple(run)
     data = {"final_test_accuracy": (dims, acc[None, None] / 100)}
@@ -358,6 +358,57 @@ def test_power_reads_a_finished_runs_noise_off_its_cube(tiny_run, tmp_path, caps
     assert "## batch 64" in out and "## batch 32" not in out
     assert (f"the exponent: 1 of the config's 3 batch sizes have noise measured in {cube}, "
             "and a power law needs 3: not simulated") in out
+
+
+def simulated_grid(ends: dict[int, float], seeds: int, same_draws: bool = False):
+    """A cube of several batch sizes (``ends``: batch size → true end), each simulated as
+    :func:`simulated_cube` does, with its own draws or (``same_draws``) all with the same."""
+    import xarray as xr
+
+    return xr.concat([simulated_cube(Scenario(end, end + 3.0, drop=end), seeds,
+                                     batch_size=batch, draws=11 if same_draws else batch)
+                      for batch, end in ends.items()], dim="batch_size", data_vars="minimal",
+                     coords="minimal", compat="override")
+
+
+def test_the_correlation_across_batch_sizes_is_read_off_the_runs_residuals():
+    """Batch sizes drawn independently correlate by chance only; the same draws at every
+    batch size (one truth) correlate fully. Fewer than two batch sizes: NaN."""
+    from critperiods.results.observed_noise import residual_correlation
+
+    independent = residual_correlation(simulated_grid({64: 9.0, 128: 9.0, 256: 9.0}, 6))
+    assert independent.pairs == 3 and independent.cells == 36
+    assert abs(independent.r) < 3 * independent.chance < 0.5
+    same = residual_correlation(simulated_grid({64: 9.0, 128: 9.0}, 6, same_draws=True))
+    assert same.pairs == 1 and same.r == pytest.approx(1.0)
+    one = residual_correlation(simulated_cube(Scenario(9.0, 12.0), 6))
+    assert np.isnan(one.r) and one.pairs == 0
+
+
+def test_the_exponent_at_a_runs_noise_is_centred_on_its_located_ends(tmp_path, capsys):
+    """power --noise-from on a run of three batch sizes: the exponent's true ends pass
+    through the geometric mean of the ends the run located (as observed_noise reads them),
+    and the correlation between batch sizes is said beside the independence the simulation
+    assumes."""
+    from statistics import geometric_mean
+
+    from critperiods.results.observed_noise import observed_noise
+
+    cube = simulated_grid({64: 12.0, 128: 9.0, 256: 6.0}, 4)
+    cube.attrs["config"] = "experiment: simulated\ngrid:\n  batch_sizes: [64, 128, 256]\n"
+    path = tmp_path / "cube.nc"
+    cube.to_netcdf(path)
+    ends = [observed_noise(cube, b).end for b in (64, 128, 256)]
+    assert all(np.isfinite(ends))
+    assert main(["power", "--noise-from", str(path), "--trials", "2", "--seeds", "4"]) == 0
+    out = capsys.readouterr().out
+    middle = geometric_mean(ends)
+    assert (f"true ends {middle * 2 ** 0.5:.3g} at batch 64, {middle:.3g} at batch 128, "
+            f"{middle * 2 ** -0.5:.3g} at batch 256 (the end at the middle batch size: the "
+            "geometric mean of the run's 3 located ends; --end sets it)") in out
+    assert "a seed's runs at different batch sizes err together by r = " in out
+    assert "mean of 3 pairs of batch sizes, ≥ 24 runs each" in out
+    assert out.index("err together") < out.index("the exponent (end ∝")
 
 
 def test_power_noise_from_something_else_is_one_line(tmp_path, capsys):

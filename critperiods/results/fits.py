@@ -29,7 +29,8 @@ import numpy as np
 from scipy import stats
 
 __all__ = ["MIN_CHANGE_POINTS", "POWER_LAW_POINTS", "PROFILE_STEPS", "HingeFit", "Spread",
-           "additive_spread", "at_least_and_within", "change_epochs_without_each_seed",
+           "additive_residuals", "additive_spread", "at_least_and_within",
+           "change_epochs_without_each_seed",
            "divergence_drop_epoch", "fit_hinge", "fit_power_law", "half_deficit_epoch", "hinge_end",
            "hinge_profile_interval", "hinge_resolution", "jackknife_interval",
            "kinks_without_each_seed", "largest_change_epoch", "MeanCurve", "mean_curve",
@@ -110,16 +111,23 @@ class Spread(NamedTuple):
     dof: int  #: the residual degrees of freedom behind ``sd``
 
 
+def additive_residuals(values_by_seed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(residuals, offsets)`` of a ``(cells, seeds)`` array around the additive model
+    ``m[cell] + a[seed]`` (:func:`_additive_fit`): the residuals laid out as the values (NaN
+    where a value is) and the seeds' offsets ``a``."""
+    y = np.asarray(values_by_seed, dtype=float)
+    mean, offsets = _additive_fit(y)
+    if offsets is None:  # nothing missing: the offsets are the seeds' mean residuals
+        offsets = np.nan_to_num(nanmean(y - mean[:, None], axis=0))
+    return y - mean[:, None] - offsets[None, :], offsets
+
+
 def additive_spread(values_by_seed: np.ndarray) -> Spread:
     """The residual s.d. of a ``(cells, seeds)`` array around the additive model
     ``m[cell] + a[seed]`` (:func:`_additive_fit`, least squares over the finite values), the
     degrees of freedom the model used taken off: the noise of one value once each cell's
     mean and each seed's offset are out. NaN with fewer than 2 cells or 2 seeds with data."""
-    y = np.asarray(values_by_seed, dtype=float)
-    mean, offsets = _additive_fit(y)
-    if offsets is None:  # nothing missing: the offsets are the seeds' mean residuals
-        offsets = np.nan_to_num(nanmean(y - mean[:, None], axis=0))
-    residual = y - mean[:, None] - offsets[None, :]
+    residual, offsets = additive_residuals(values_by_seed)
     finite = np.isfinite(residual)
     cells, seeds = int(finite.any(axis=1).sum()), int(finite.any(axis=0).sum())
     dof = int(finite.sum()) - cells - seeds + 1

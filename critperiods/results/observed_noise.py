@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import xarray as xr
 
-from critperiods.results.fits import additive_spread, hinge_end
+from critperiods.results.fits import additive_residuals, additive_spread, hinge_end
 from critperiods.results.knee import bends_beyond_noise, fit_broken_stick
 from critperiods.results.power import Scenario
 from critperiods.results.selection import (
@@ -45,7 +45,8 @@ from critperiods.results.selection import (
     valid_final_accuracy,
 )
 
-__all__ = ["ObservedNoise", "broken_stick_slopes", "observed_noise"]
+__all__ = ["ObservedNoise", "ResidualCorrelation", "broken_stick_slopes", "observed_noise",
+           "residual_correlation"]
 
 NAN = float("nan")
 
@@ -127,14 +128,62 @@ def _divergence_noise(cube: xr.Dataset, batch_size: int, schedule: str | None) -
     return additive_spread(logs).sd
 
 
+def _schedule(cube: xr.Dataset, schedule: str | None) -> str | None:
+    """``schedule``, or the one the noise is read on by default: ``continue`` where the cube
+    has it, else its first (None for a cube without the dimension)."""
+    if "lr_schedule" in cube.dims and schedule is None:
+        schedules = [str(s) for s in cube["lr_schedule"].values]
+        schedule = "continue" if "continue" in schedules else schedules[0]
+    return schedule
+
+
+@dataclass(frozen=True)
+class ResidualCorrelation:
+    """How far a seed's runs at different batch sizes err together
+    (:func:`residual_correlation`)."""
+
+    r: float  #: the mean over pairs of batch sizes of their residuals' correlation
+    pairs: int  #: pairs of batch sizes with a correlation
+    cells: int  #: the fewest (switch epoch, seed) cells a pair shared
+    chance: float  #: the s.d. of ``r`` where the residuals are independent (about)
+
+
+def residual_correlation(cube: xr.Dataset, schedule: str | None = None) -> ResidualCorrelation:
+    """The correlation of final accuracy's residuals around ``switch + seed`` (the noise the
+    end's fit sees; :func:`~critperiods.results.fits.additive_residuals`) between batch
+    sizes, cell by cell (same switch epoch, same seed), averaged over the pairs of batch
+    sizes, on ``schedule``'s runs (as :func:`observed_noise`). ``power``'s exponent
+    simulation draws each batch size's runs independently (0), although a seed's runs share
+    its initialisation and data order. ``chance`` is ``r``'s s.d. under independence, about
+    ``1 / √(cells − seeds − switches)`` for one pair, over √pairs. NaN with fewer than two
+    batch sizes or three shared cells."""
+    schedule = _schedule(cube, schedule)
+    residuals = {int(b): additive_residuals(_accuracy(cube, int(b), schedule)[1])[0]
+                 for b in cube["batch_size"].values}
+    rs, cells, chance = [], [], []
+    sizes = sorted(residuals)
+    for i, a in enumerate(sizes):
+        for b in sizes[i + 1:]:
+            x, y = residuals[a].ravel(), residuals[b].ravel()
+            both = np.isfinite(x) & np.isfinite(y)
+            free = int(both.sum()) - sum(residuals[a].shape) + 1  # the additive fit's dof
+            if free < 3 or np.std(x[both]) == 0 or np.std(y[both]) == 0:
+                continue
+            rs.append(float(np.corrcoef(x[both], y[both])[0, 1]))
+            cells.append(int(both.sum()))
+            chance.append(1 / np.sqrt(free))
+    if not rs:
+        return ResidualCorrelation(NAN, 0, 0, NAN)
+    return ResidualCorrelation(float(np.mean(rs)), len(rs), min(cells),
+                               float(np.mean(chance) / np.sqrt(len(rs))))
+
+
 def observed_noise(cube: xr.Dataset, batch_size: int, schedule: str | None = None
                    ) -> ObservedNoise:
     """:class:`ObservedNoise` of ``batch_size`` in a critical-period cube, read on
     ``schedule``'s runs (default ``continue`` where the cube has it, else its first); the
     trunk's λ̂ is every schedule's."""
-    if "lr_schedule" in cube.dims and schedule is None:
-        schedules = [str(s) for s in cube["lr_schedule"].values]
-        schedule = "continue" if "continue" in schedules else schedules[0]
+    schedule = _schedule(cube, schedule)
     missing: dict[str, str] = {}
     switches, acc = _accuracy(cube, batch_size, schedule)
     seeds = int(np.isfinite(acc).any(axis=0).sum())

@@ -201,7 +201,9 @@ def exponent_coverage(grid: Grid, batch_sizes: Sequence[float], ends: Sequence[f
     end, ``unbounded``), holds the true exponent (``cover``, of the bounded ones) and
     excludes 0 (``excludes 0``, of all runs), and the median width of the bounded
     intervals. A seed's runs at different batch sizes are drawn independently here (in a
-    real grid they share the seed's initialisation and data order)."""
+    real grid they share the seed's initialisation and data order;
+    :func:`~critperiods.results.observed_noise.residual_correlation` measures how far a run's
+    err together)."""
     noise = noise or DEFAULT_NOISE
     rng = np.random.default_rng(1)
     switches, level = np.asarray(grid.switches), grid.level
