@@ -631,9 +631,12 @@ def test_cost_of_the_toy_study_counts_its_jobs_and_refuses_its_bad_keys(tmp_path
         return subprocess.run([sys.executable, "-m", "critperiods", "cost", *map(str, paths)],
                               cwd=ROOT, capture_output=True, text=True, timeout=120)
 
-    out = cost(ROOT / "configs/toy_landscapes.yaml")
+    shipped = ROOT / "configs/toy_landscapes.yaml"
+    landscapes = yaml.safe_load(shipped.read_text())["toy"]["landscapes"]
+    out = cost(shipped)
     assert out.returncode == 0, out.stderr
-    assert "12 toy_landscape jobs" in out.stdout and "train_trunk" not in out.stdout
+    jobs = sum(len(degrees) for degrees in landscapes.values())
+    assert f"{jobs} toy_landscape jobs" in out.stdout and "train_trunk" not in out.stdout
     bad = _write(tmp_path / "toy.yaml", {"study": "toy_landscapes",
                                          "toy": {"starts": {"far": 5.0}}})
     out = cost(bad)
