@@ -225,9 +225,10 @@ def compare(args: argparse.Namespace) -> int:
         differences = accuracy_differences(cubes, level=args.level)
     except ValueError as err:
         raise SystemExit(f"critperiods: {err}") from None
-    for run, path in zip(runs, args.cubes, strict=True):
-        print(f"{run.name}: {path}")
-    print()
+    if any(run.name != str(path) for run, path in zip(runs, args.cubes, strict=True)):
+        for run, path in zip(runs, args.cubes, strict=True):
+            print(f"{run.name}: {path}")
+        print()
     print(format_comparison(runs, differences))
     if args.csv:
         _check_csv_path(args.csv)
@@ -332,9 +333,12 @@ def summarize(args: argparse.Namespace) -> int:
         if relaxed:
             print(textwrap.fill(_plain(relaxed), width=100))
     if "perturb_l2" in cube:
+        from critperiods.results.perturbation_page import nudge_label
         from critperiods.results.perturbation_summary import format_perturbation
 
-        print("\nperturbations: how far a nudge carries (copy vs its unperturbed twin)")
+        label = nudge_label(cube)
+        print("\nperturbations: how far a nudge carries (copy vs its unperturbed twin"
+              + (f"; {label})" if label else ")"))
         print(format_perturbation(cube))
     if args.csv:
         _check_csv_path(args.csv)

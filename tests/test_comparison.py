@@ -130,3 +130,22 @@ def test_compare_prints_what_differs_each_end_and_the_paired_accuracies(tmp_path
         main(["compare", str(paths[0]), str(tmp_path / "seeds.nc")])
     with pytest.raises(SystemExit, match="needs at least two cubes"):
         main(["compare", str(paths[0])])
+
+
+def test_compare_names_runs_of_one_experiment_by_path_and_leaves_perturbations_to_summarize(
+        tmp_path, capsys) -> None:
+    """Two cubes of the same experiment (copied aside between runs) are named by their
+    paths, once; where a cube holds the perturbation study, compare says it does not compare
+    it."""
+    from critperiods.__main__ import main
+
+    paths = [tmp_path / "layer.nc", tmp_path / "network.nc"]
+    run("same", 4).to_netcdf(paths[0])
+    nudged = run("same", 4, shift=0.01)
+    nudged["perturb_l2"] = xr.zeros_like(nudged["final_test_accuracy"])
+    nudged.to_netcdf(paths[1])
+    assert main(["compare", *map(str, paths)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"comparing 2 runs, the first ({paths[0]}) as the baseline:")
+    assert ("  the perturbation study's results are not compared here: `summarize` each cube "
+            "for them\n") in out

@@ -25,7 +25,22 @@ def _distance(a: dict, b: dict) -> float:
     return math.sqrt(sum(float(((a[k].double() - b[k].double()) ** 2).sum()) for k in a))
 
 
-@pytest.mark.parametrize("scope", ["layer", "network"])
+def test_the_scopes_and_kinds_the_config_accepts_are_the_ones_the_code_knows() -> None:
+    """The schema's ``perturbation.scope`` and ``perturbation.kind`` enums name what
+    ``perturb.SCOPES`` and ``perturb.KINDS`` do (docs/architecture.md, "A perturbation scope
+    or kind"), each with its default first."""
+    from pathlib import Path
+
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1]
+                             / "workflow/schemas/config.schema.yaml").read_text())
+    keys = schema["properties"]["perturbation"]["properties"]
+    assert keys["scope"]["enum"] == list(perturb.SCOPES) and keys["scope"]["default"] == "layer"
+    assert keys["kind"]["enum"] == list(perturb.KINDS) and keys["kind"]["default"] == "weights"
+
+
+@pytest.mark.parametrize("scope", perturb.SCOPES)
 @pytest.mark.parametrize("epsilon", [1e-3, 0.1, 1.0])
 def test_a_perturbation_moves_exactly_epsilon_and_keeps_the_norms(scope, epsilon) -> None:
     model = build_model("small_cnn", 4, 1, 16, 10, seed=0)

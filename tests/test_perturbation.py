@@ -348,12 +348,18 @@ def test_the_sensitivity_ratio_compares_nudges_before_and_after_the_critical_per
     assert "no critical-period end" in unknown.perturb_cp_ratio.attrs["missing"]
 
 
+def swaps_of(cube: xr.Dataset) -> xr.Dataset:
+    """``cube`` as a batch-order perturbation run records itself."""
+    return cube.assign_attrs(perturbation_kind="batch_order", perturbation_scope="layer")
+
+
 def test_the_first_page_answers_in_short_with_the_caveats_that_bound_it():
     """The perturbation run's short answer: the ratio and how many seeds agree, the end it
     splits at, where the sensitivity halves, that a fall at every epoch gives a ratio above 1
     for any split, and the learning rate's own half-life where it decays."""
     from critperiods.results.perturbation_page import (
         caveats,
+        nudge_label,
         question,
         rate_half_life,
         short_answer,
@@ -397,6 +403,11 @@ def test_the_first_page_answers_in_short_with_the_caveats_that_bound_it():
     assert short_answer(none.merge(perturbation_summary(none))) == (
         "**In short:** this run cannot say whether a nudge inside the critical period carries "
         "further: batch 32, continue: no critical-period end located.")
+    assert caveats(none.merge(perturbation_summary(none)))[0].startswith(  # no ratio to read
+        "* No before/after ratio here: no critical-period end splits the perturbation epochs.")
+    assert nudge_label(none) == "" and nudge_label(swaps_of(none)) == "kind batch_order"
+    none.attrs.update(perturbation_kind="weights", perturbation_scope="network")
+    assert nudge_label(none) == "kind weights, scope network"
     identity = _synthetic_cube(7.0).assign_coords(epsilon=[0.0])  # a control run, no nudge
     assert short_answer(identity.merge(perturbation_summary(identity))).endswith(
         "no copy was nudged (perturbation.epsilons holds only 0, the identity).")
@@ -502,3 +513,7 @@ def test_the_table_marks_nudges_inside_the_ends_interval_and_never_compares_a_ru
     for line in table[1:1 + len(rows)]:
         run = line.split()[2]  # batch, lr, run, …
         assert (" – " in f"{line} ") == (run == "0"), line
+    from critperiods.results.perturbation_summary import _points
+
+    # a mean of equal accuracies' round-off is no change (one test image is 1/N)
+    assert (_points(-3.7e-17), _points(0.0123), _points(np.nan)) == ("0", "1.23", "nan")

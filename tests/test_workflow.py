@@ -428,6 +428,16 @@ def test_adding_perturbations_trains_only_twins_and_copies(perturbed):
     assert len(jobs["perturb"]) == 8  # 2 seed groups × run 2 (two schedules) × epochs 1, 3
 
 
+def test_the_perturbation_report_names_the_nudge(perturbed):
+    """Figure 6a's caption says which nudge the copies got: its kind and, for weights, its
+    scope (runs that differ only in it would otherwise read alike)."""
+    workdir, _ = perturbed
+    snakemake(workdir, "--report", "report.html",
+              configs=[ROOT / "tests/configs/perturbation_tiny.yaml"])
+    html = (workdir / "report.html").read_text(errors="replace")
+    assert "Figure 6a" in html and "weights, scope layer, epsilon" in html
+
+
 def test_perturbations_land_in_the_cube_on_their_own_dims(perturbed, capsys):
     import torch
 
@@ -470,7 +480,8 @@ def test_perturbations_land_in_the_cube_on_their_own_dims(perturbed, capsys):
         assert all(torch.equal(v, twin[c["epoch"]][k]) for k, v in c["model"].items())
     assert main(["summarize", str(results / "cube.nc")]) == 0
     printed = capsys.readouterr().out
-    assert "perturbations: how far a nudge carries" in printed and "lasting L2 / epsilon" in printed
+    assert ("perturbations: how far a nudge carries (copy vs its unperturbed twin; kind "
+            "weights, scope layer)") in printed and "lasting L2 / epsilon" in printed
     # a perturbation run answers its own question first, then the critical period's
     assert printed.index("In short:") < printed.index("The critical period itself, in short:")
     assert "**" not in printed and "``" not in printed

@@ -157,6 +157,9 @@ def format_comparison(runs: Sequence[Run], differences: xr.Dataset) -> str:
                      + ": differences may also be the code's")
     if differences.attrs.get("left_out"):
         lines.append(f"  not in every run, left out: {differences.attrs['left_out']}")
+    if any("perturb_l2" in r.cube for r in runs):
+        lines.append("  the perturbation study's results are not compared here: `summarize` "
+                     "each cube for them")
     for run in runs:
         if run.recomputed:
             lines.append(f"  {run.name}: statistics recomputed (this cube {run.recomputed})")

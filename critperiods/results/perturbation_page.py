@@ -25,6 +25,15 @@ _NUDGES = {"weights": "a small nudge of the weights",
            "batch_order": "a small change of the batch order"}
 
 
+def nudge_label(cube: xr.Dataset) -> str:
+    """The nudge as the config names it, e.g. ``kind weights, scope layer``: runs that differ
+    only in it would otherwise read alike ("" for a cube that does not record it)."""
+    kind = str(cube.attrs.get("perturbation_kind", ""))
+    scope = str(cube.attrs.get("perturbation_scope", ""))
+    return (f"kind {kind}" + (f", scope {scope}" if kind == "weights" and scope else "")
+            if kind else "")
+
+
 def question(cube: xr.Dataset) -> str:
     """The perturbation question (rst), for the kind of nudge the run made."""
     nudge = _NUDGES.get(str(cube.attrs.get("perturbation_kind", "weights")), "a small nudge")
@@ -207,16 +216,21 @@ def caveats(cube: xr.Dataset) -> list[str]:
     replicates = int(cube.sizes.get("replicate", 1))
     runs = _perturbed_runs(with_lr_schedule(cube)) if "perturb_cp_ratio" in cube else []
     said = bool(runs) and _falls_everywhere(with_lr_schedule(cube), runs)
+    ratio = "perturb_cp_ratio" in cube and bool(np.isfinite(cube["perturb_cp_ratio"]).any())
     return [
         "* Perturbation epochs closer together around the end would show whether the "
         "sensitivity steps there." if said else
         "* A sensitivity that falls steadily gives a before/after ratio above 1 for any "
         "split: the ratio shows the fall, not a step at the critical-period end; "
-        "perturbation epochs closer together around the end would show a step.",
+        "perturbation epochs closer together around the end would show a step." if ratio else
+        "* No before/after ratio here: no critical-period end splits the perturbation epochs. "
+        "Where one does, a sensitivity that falls steadily gives a ratio above 1 for any "
+        "split, so perturbation epochs closer together around the end would be needed to "
+        "show a step there.",
         f"* {seeds} seed{'s' if seeds != 1 else ''} and {replicates} "
         f"replicate{'s' if replicates != 1 else ''} per perturbation: indications, not "
         "tests (``grid.seeds``, ``perturbation.replicates``).",
     ]
 
 
-__all__ = ["caveats", "question", "rate_half_life", "short_answer"]
+__all__ = ["caveats", "nudge_label", "question", "rate_half_life", "short_answer"]

@@ -262,6 +262,12 @@ def _fmt(x: float, digits: int = 3) -> str:
     return "nan" if not np.isfinite(x) else f"{x:.{digits}g}"
 
 
+def _points(fraction: float) -> str:
+    """An accuracy change in points; float round-off of a mean of equal accuracies (far below
+    one test image's 1/N) reads 0, not ``-3.7e-15``."""
+    return _fmt(round(100 * fraction, 9) + 0.0)
+
+
 def perturbation_rows(cube: xr.Dataset) -> pd.DataFrame:
     """One row per (batch size, schedule, perturbed run, perturbation epoch, epsilon): where
     the perturbation fell (``critical_period``: "inside" or "after" the end's estimate, with
@@ -466,7 +472,7 @@ def format_perturbation(cube: xr.Dataset) -> str:
     if "perturb_lasting_disagreement" in table:
         columns["disagree"] = table["perturb_lasting_disagreement"].map(_fmt)
     if "perturb_accuracy_change_mean" in table:
-        columns["d_acc_pp"] = [f"{_fmt(100 * m)} [{_fmt(100 * lo)}, {_fmt(100 * hi)}]"
+        columns["d_acc_pp"] = [f"{_points(m)} [{_points(lo)}, {_points(hi)}]"
                                for m, lo, hi in zip(
             table["perturb_accuracy_change_mean"], table["perturb_accuracy_change_mean_lower"],
             table["perturb_accuracy_change_mean_upper"], strict=True)]
