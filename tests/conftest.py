@@ -64,9 +64,21 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 def write_fake_fashion_mnist(folder: Path) -> Path:
     """A learnable stand-in for Fashion-MNIST's four IDX files in ``folder``: 28×28 images of
     10 classes, each a class template plus noise, the same bytes every time."""
+    return _write_fake_idx_dataset(folder, seed=0)
+
+
+def write_fake_mnist(folder: Path) -> Path:
+    """The same stand-in for MNIST's four IDX files (the same names and format as
+    Fashion-MNIST's), drawn from other templates, so its files' MD5 sums, the data's
+    identity, are not the fake Fashion-MNIST's: a folder to point ``dataset.root`` at, as
+    at a local copy of the real MNIST."""
+    return _write_fake_idx_dataset(folder, seed=1)
+
+
+def _write_fake_idx_dataset(folder: Path, seed: int) -> Path:
     from critperiods.train.dataset_files import IDX_FILES
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     templates = rng.random((10, 28, 28))
     folder.mkdir(parents=True, exist_ok=True)
     for split, n in FAKE_FASHION_MNIST_SIZES.items():

@@ -110,6 +110,7 @@ def test_the_hash_of_existing_trunks_is_unchanged():
     (("fmnist_study", "fmnist_study_cpu", "fmnist_study_recovery",
       "fmnist_study_recovery_cpu"), "4c786db3bca9"),
     (("perturbation",), "4c786db3bca9"),
+    (("mnist_quick",), "775ec8af874e"),
 ])
 def test_the_shipped_configs_keep_their_training_hash(layers, pinned):
     """Every trained piece carries this hash, and a piece of another hash is retrained. A

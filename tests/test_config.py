@@ -885,3 +885,29 @@ def test_the_schedules_the_config_accepts_are_the_ones_the_layout_knows():
     rates = {r: [learning_rate(TrainConfig(**base, lr_after_switch=r), e, 2)
                  for e in range(4)] for r in LR_SCHEDULES}
     assert rates == {"continue": [0.1, 0.05, 0.025, 0.0125], "restart": [0.1, 0.05, 0.1, 0.05]}
+
+
+def test_every_dataset_the_config_accepts_is_known_wherever_a_dataset_is_looked_up():
+    """``dataset.name``'s enum and the tables keyed by it name the same datasets
+    (docs/architecture.md, "A dataset"): the loader's list, the published MD5 sums (the
+    data's identity before a download), what to do offline, the image size and split sizes
+    the config check and ``cost`` read, and the name the summary's first line prints."""
+    from critperiods.pipeline.plan import IMAGE_SIZE, TEST_IMAGES, TRAIN_IMAGES
+    from critperiods.results.setup import DATASET_NAMES
+    from critperiods.train.dataset_files import (
+        DATASETS,
+        IDX_FILES,
+        OFFLINE_HINTS,
+        PUBLISHED_MD5,
+        TORCHVISION_FOLDER,
+    )
+
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    names = schema["properties"]["dataset"]["properties"]["name"]["enum"]
+    assert names == list(DATASETS)
+    for table in (PUBLISHED_MD5, OFFLINE_HINTS, IMAGE_SIZE, TRAIN_IMAGES, TEST_IMAGES,
+                  DATASET_NAMES):
+        assert set(table) == set(names), table
+    for name in TORCHVISION_FOLDER:  # the IDX datasets: their sums are of the four files
+        assert {f for split in PUBLISHED_MD5[name].values() for f in split} == \
+            set(IDX_FILES.values()), name

@@ -53,6 +53,56 @@ def test_torchvision_folder_layout_is_found(tmp_path):
     assert len(data.train.labels) == 40 and len(data.test.labels) == 5
 
 
+def test_mnist_is_read_from_its_own_copy_never_from_fashion_mnists(tmp_path, monkeypatch):
+    """The two share the IDX files' names and format, so only where they are looked for tells
+    them apart: MNIST is found in dataset.root, never in the Debian Fashion-MNIST package,
+    and a prepared MNIST split is not a Fashion-MNIST one even from the same bytes."""
+    from critperiods.train import dataset_files
+    from tests.conftest import write_fake_fashion_mnist, write_fake_mnist
+
+    system = write_fake_fashion_mnist(tmp_path / "debian")
+    monkeypatch.setattr(dataset_files, "SYSTEM_FASHION_MNIST", system)
+    empty = tmp_path / "empty"
+    assert dataset_files.raw_files("fashion_mnist", empty, "train")[0].parent == system
+    assert dataset_files.raw_files("mnist", empty, "train") is None  # it would download
+    assert dataset_files.raw_identity("mnist", empty, "train") == \
+        dataset_files.PUBLISHED_MD5["mnist"]["train"]
+    mnist = write_fake_mnist(tmp_path / "mnist")
+    identity = dataset_files.raw_identity("mnist", mnist, "train")
+    assert identity != dataset_files.raw_identity("fashion_mnist", system, "train")
+    assert identity.keys() == dataset_files.PUBLISHED_MD5["mnist"]["train"].keys()
+    digits = D.prepare_split("mnist", mnist, "train", 50, blur_size=4)
+    assert digits.images.sharp.shape == (50, 1, 28, 28) and digits.num_classes == 10
+    same_bytes = D.prepare_split("fashion_mnist", mnist, "train", 50, blur_size=4)
+    assert torch.equal(digits.images.sharp, same_bytes.images.sharp)
+    assert digits.meta["fingerprint"] != same_bytes.meta["fingerprint"]
+
+
+def test_a_folder_of_the_other_datasets_published_files_is_refused(tmp_path, monkeypatch):
+    """Fashion-MNIST's published files in the folder a config reads MNIST from (the same file
+    names): one config error naming both datasets and the keys, before anything runs; a copy
+    of MNIST's own, and Fashion-MNIST read as itself, pass."""
+    from critperiods.pipeline.plan import ConfigError, check_dataset_files
+    from critperiods.train import dataset_files
+    from tests.conftest import write_fake_fashion_mnist, write_fake_mnist
+
+    fashion = write_fake_fashion_mnist(tmp_path / "fashion")
+    published = {split: dataset_files.raw_identity("fashion_mnist", fashion, split)
+                 for split in dataset_files.SPLITS}  # these files as if they were published
+    monkeypatch.setitem(dataset_files.PUBLISHED_MD5, "fashion_mnist", published)
+    with pytest.raises(ConfigError) as err:
+        check_dataset_files({"name": "mnist", "root": str(fashion)})
+    said = str(err.value)
+    assert said.startswith(f"dataset.name: mnist, but {fashion} holds fashion_mnist's files")
+    assert "set dataset.root to the folder of mnist's files, or dataset.name: fashion_mnist" in said
+    check_dataset_files({"name": "fashion_mnist", "root": str(fashion)})
+    check_dataset_files({"name": "mnist", "root": str(write_fake_mnist(tmp_path / "mnist"))})
+    monkeypatch.setattr("critperiods.pipeline.plan.SYSTEM_FASHION_MNIST", fashion)
+    with pytest.raises(ConfigError, match=f"dataset.name: mnist, but {fashion} is Debian's "
+                                          "Fashion-MNIST package; set dataset.root"):
+        check_dataset_files({"name": "mnist", "root": str(fashion)})
+
+
 @pytest.mark.skipif(not D.SYSTEM_FASHION_MNIST.exists(),
                     reason="Debian package dataset-fashion-mnist not installed")
 def test_real_fashion_mnist_from_debian_package(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from critperiods.pipeline.failures import failed_jobs, say_why
 
 SNAKEMAKE_LOG = """Select jobs to execute...
@@ -83,3 +85,28 @@ def test_a_killed_job_and_a_job_that_never_started_are_said_so(tmp_path):
     (branch, why, _), (aggregate, never, _) = failed_jobs(log)
     assert why.startswith("stopped from outside, with no error in its log") and "0/2" in why
     assert never.startswith("no log: it ended before its setup opened one")
+
+
+def test_a_stage_that_ends_with_its_own_verdict_is_named_by_it(tmp_path, capsys):
+    """``prepare_data`` ends its log with one line of its own, ``critperiods: dataset.name: …``
+    (what to do, where it looked), after the traceback of the failed download beneath it:
+    the run ends with that line, not with the download's ``RuntimeError: Error downloading
+    train-images-idx3-ubyte.gz:`` the traceback ends with (an MNIST offline, say)."""
+    from critperiods.pipeline.stages.prepare_data import exit_on_unavailable
+    from critperiods.train.dataset_files import DatasetUnavailable
+
+    verdict = ("dataset.name: mnist: the raw files are not in dataset.root (/data) and "
+               "downloading them failed: RuntimeError: Error downloading "
+               "train-images-idx3-ubyte.gz: no network; copy the four IDX files into "
+               "dataset.root")
+    with pytest.raises(SystemExit) as caught, exit_on_unavailable():
+        try:
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried …")
+        except RuntimeError as err:
+            raise DatasetUnavailable(verdict) from err
+    job_log = tmp_path / "prepare_data_train.log"
+    job_log.write_text(f"{capsys.readouterr().err}{caught.value.code}\n")  # sys.exit prints it
+    log = tmp_path / "snakemake.log"
+    log.write_text(f"Error in rule prepare_data:\n    jobid: 1\n    log: {job_log} (check "
+                   "log file(s) for error details)\n")
+    assert failed_jobs(log) == [("prepare_data", verdict, str(job_log))]

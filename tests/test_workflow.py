@@ -17,7 +17,7 @@ import yaml
 
 import critperiods
 from critperiods.measure.evaluation import METRICS
-from tests.conftest import provide_fashion_mnist
+from tests.conftest import provide_fashion_mnist, write_fake_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests/configs/tiny.yaml"
@@ -294,6 +294,32 @@ def test_a_failed_run_ends_with_each_failed_jobs_reason(run, tmp_path):
             if line.startswith("critperiods: train_branch failed: CheckpointError: ")]
     assert said and "trunk/e2.pt: holds the continue branch from switch epoch 2" in said[0]
     assert "--forcerun" in said[0] and "(log: results/tiny/logs/train/" in said[0], said
+
+
+def test_the_experiment_runs_on_mnist_from_a_local_copy(tmp_path):
+    """``dataset.name: mnist`` with ``dataset.root`` at a folder of MNIST's four IDX files
+    (fake ones: no test downloads), as a user points at a local copy: the run reads them from
+    there, not the Fashion-MNIST beside it in ``data/``, through to the cube, whose summary
+    names MNIST; moving the files reruns nothing (data are identified by content). λ̂ and
+    divergences are off: they read the prepared tensors, whatever the dataset."""
+    from critperiods.results.setup import setup_sentence
+
+    mnist = write_fake_mnist(tmp_path / "mnist")
+    overlay = override(tmp_path, "mnist", f"experiment: tiny_mnist\ndataset:\n  name: mnist\n"
+                       f"  root: {mnist}\nllc:\n  enabled: false\ndivergence:\n"
+                       "  enabled: false\n")
+    workdir = tmp_path / "w"
+    out = snakemake(workdir, "--cores", "2", configs=[overlay])
+    assert "will download it" not in out
+    results = workdir / "results/tiny_mnist"
+    assert f"reading mnist from {mnist}" in (results / "logs/prepare_data_train.log").read_text()
+    cube = critperiods.open_cube(results / "cube.nc")
+    assert yaml.safe_load(cube.attrs["config"])["dataset"]["name"] == "mnist"
+    assert np.all(cube.final_test_accuracy > 0.1)  # the fake digits are learnable
+    assert " MNIST training images" in setup_sentence(cube)
+    moved = mnist.rename(tmp_path / "moved")
+    again = override(tmp_path, "moved", overlay.read_text().replace(str(mnist), str(moved)))
+    assert "Nothing to be done" in snakemake(workdir, "-n", configs=[again])
 
 
 def test_plot_change_plans_only_plots(run, tmp_path):

@@ -23,6 +23,9 @@ _RESTART = re.compile(r"^Trying to restart job (\d+)\.$")
 _EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Exit)): (.+)$")
 #: A tqdm progress bar ("bs64 seeds 1 trunk→e2:  40%|████      | 2/5").
 _PROGRESS = re.compile(r"\d+%\|")
+#: A stage's own one-line verdict (``prepare_data``'s unavailable data: "critperiods: dataset.name:
+#: …"), which it prints last, after the traceback of the error beneath it.
+_OWN = "critperiods: "
 
 
 def failed_jobs(snakemake_log: str | Path) -> list[tuple[str, str, str]]:
@@ -62,8 +65,10 @@ def failed_jobs(snakemake_log: str | Path) -> list[tuple[str, str, str]]:
 
 
 def _reason(job_log: str | Path) -> str:
-    """The exception a job's log ends with, else its last non-empty line ("" if none); a
-    last line that is a progress bar means the job was stopped from outside, and says so."""
+    """The job's own verdict where its log ends with one ("critperiods: <reason>", after the
+    traceback of the error beneath it, whose last line is not the reason), else the exception
+    its log ends with, else its last non-empty line ("" if none); a last line that is a
+    progress bar means the job was stopped from outside, and says so."""
     try:
         lines = [x.strip() for x in Path(job_log).read_text(errors="replace").splitlines()]
     except FileNotFoundError:
@@ -75,6 +80,8 @@ def _reason(job_log: str | Path) -> str:
     if lines and _PROGRESS.search(lines[-1]):  # not an error it handled earlier
         return ("stopped from outside, with no error in its log (Ctrl-C, a kill, the time or "
                 f"memory limit), at: {lines[-1]}")
+    if lines and lines[-1].startswith(_OWN):
+        return lines[-1].removeprefix(_OWN)
     for line in reversed(lines[-40:]):
         found = _EXCEPTION.match(line)
         if found:

@@ -22,7 +22,15 @@ from critperiods.pipeline.layout import (  # noqa: F401
     piece_name,
     piece_schedule,
 )
-from critperiods.train.dataset_files import CIFAR10_FOLDER, idx_candidates, raw_files
+from critperiods.train.dataset_files import (
+    CIFAR10_FOLDER,
+    PUBLISHED_MD5,
+    SPLITS,
+    SYSTEM_FASHION_MNIST,
+    idx_candidates,
+    raw_files,
+    raw_identity,
+)
 
 
 class ConfigError(ValueError):
@@ -95,6 +103,7 @@ def check_config(config: dict, schema: dict) -> None:
             raise ConfigError(
                 f"dataset.{key}: {asked} is more than the {has} images of {dataset['name']}'s "
                 f"{key.split('_')[0]} split; use at most {has}, or null for all of them")
+    check_dataset_files(dataset)
     train_subset = dataset.get("train_subset")
     too_big = [b for b in grid["batch_sizes"] if train_subset and b > train_subset]
     if too_big:
@@ -550,6 +559,33 @@ def check_perturbation(config: dict) -> None:
             raise ConfigError(f"perturbation.epsilons: {too_many} with kind batch_order; an "
                               f"epoch at batch size {largest} has {full} full batches, so at "
                               f"most {full // 2} disjoint pairs can be swapped")
+
+
+def check_dataset_files(dataset: dict) -> None:
+    """Refuse raw files found for ``dataset.name`` that are another dataset's: MNIST's and
+    Fashion-MNIST's four files have the same names, so a folder of one would otherwise be read
+    as the other. Known are the published files (their MD5 sums) and Debian's Fashion-MNIST
+    package (its folder; it recompresses the files). Files known as no other dataset's (a
+    copy of one's own) pass."""
+    name, root = dataset["name"], dataset["root"]
+    for split in SPLITS:
+        files = raw_files(name, root, split)
+        if files is None:
+            continue
+        folder = files[0].parent
+        if name != "fashion_mnist" and folder.resolve() == SYSTEM_FASHION_MNIST.resolve():
+            raise ConfigError(
+                f"dataset.name: {name}, but {folder} is Debian's Fashion-MNIST package; set "
+                f"dataset.root to the folder of {name}'s files, or dataset.name: fashion_mnist")
+        sums = raw_identity(name, root, split)
+        for other, published in PUBLISHED_MD5.items():
+            theirs = {md5 for by_file in published.values() for md5 in by_file.values()}
+            same = [f for f, md5 in sums.items() if md5 in theirs]
+            if other != name and same:
+                raise ConfigError(
+                    f"dataset.name: {name}, but {folder} holds {other}'s files "
+                    f"({', '.join(same)} have the published {other} files' MD5 sums); set "
+                    f"dataset.root to the folder of {name}'s files, or dataset.name: {other}")
 
 
 def data_download_note(config: dict, prepared: dict[str, str]) -> str | None:

@@ -23,7 +23,7 @@ __all__ = ["CHANCE_MULTIPLE", "CLASSES", "at_horizon", "default_horizon", "diver
 #: A run whose final sharp test accuracy is below this multiple of chance (1 / classes) has
 #: diverged rather than learned less: e.g. a restarted learning rate that blew it up.
 CHANCE_MULTIPLE = 1.5
-#: Classes of every dataset here (Fashion-MNIST, CIFAR-10): chance accuracy is 1 / CLASSES.
+#: Classes of every dataset here (Fashion-MNIST, MNIST, CIFAR-10): chance accuracy is 1 / CLASSES.
 CLASSES = 10
 
 
