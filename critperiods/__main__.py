@@ -250,6 +250,7 @@ def summarize(args: argparse.Namespace) -> int:
     from critperiods.results.tables import (
         as_said,
         diverged_sentence,
+        flag_reasons,
         format_table,
         llc_flag_counts,
         marker_tally,
@@ -323,10 +324,9 @@ def summarize(args: argparse.Namespace) -> int:
             print(f"  {run}")
     counts = llc_flag_counts(cube)
     if counts:
-        flagged = ", ".join(f"{name} {n}" for name, n in counts.items()
-                            if name not in ("estimates", "ok"))
-        print(f"\nλ̂ estimates: {counts['estimates']}, ok {counts['ok']}; flagged: {flagged} "
-              "(flagged estimates are left out of the λ̂ markers and knees)")
+        print(f"\nλ̂ estimates: {counts['estimates']}, ok {counts['ok']}, "
+              f"{flag_reasons(counts)} (flagged estimates are left out of the λ̂ markers "
+              "and knees)")
         from critperiods.results.report_page import llc_relaxation
 
         relaxed = llc_relaxation(cube)
@@ -360,7 +360,7 @@ def calibrate_llc(args: argparse.Namespace) -> int:
     import torch
 
     from critperiods.measure.llc import calibrate, plot_calibration
-    from critperiods.measure.llc.quality import RELAXED_GROWTH
+    from critperiods.measure.llc.quality import RELAXED_GROWTH, khat_threshold
     from critperiods.pipeline.checkpoints import (
         CheckpointError,
         checkpoint_map,
@@ -402,22 +402,35 @@ def calibrate_llc(args: argparse.Namespace) -> int:
     llc_params = config["llc"]
     chains = {k: v for k, v in (("draws", args.draws), ("burn_in", args.burn_in),
                                 ("batch_size", args.batch_size)) if v is not None}
+    own = float(llc_params["step_size"])
+    step_sizes = args.step_sizes or sorted({1e-5, 3e-5, 1e-4, 3e-4, own})
+    sampler = replace(llc_config_from_params(llc_params), **chains)
     result = calibrate(model, torch.nn.functional.cross_entropy,
-                       llc_data(data, llc_params)(ckpts[args.epoch]["phase"]),
-                       replace(llc_config_from_params(llc_params), **chains), args.step_sizes,
-                       args.nbetas)
+                       llc_data(data, llc_params)(ckpts[args.epoch]["phase"]), sampler,
+                       step_sizes, args.nbetas)
     plot_calibration(result, args.out)
     for nbeta in result["nbeta"].values:
         for eps in result["step_size"].values:
             cell = result.sel(nbeta=nbeta, step_size=eps)
             diverged = int(cell["diverged"].sum())
-            growth = float(cell["distance_growth"])
-            print(f"nβ {nbeta:.4g}, step size {eps:g}: λ̂ {float(cell['llc_mean']):.4g} "
+            growth, khat = float(cell["distance_growth"]), float(cell["tail_khat"])
+            limit = khat_threshold((sampler.chains - diverged) * sampler.draws)
+            mean = float(cell["llc_mean"])
+            flags = [word for word, raised in (
+                ("negative", mean < 0), ("diverged chains", diverged > 0),
+                ("heavy-tailed", khat > limit)) if raised]
+            print(f"nβ {nbeta:.4g}, step size {eps:g}"
+                  + (" (the run's)" if eps == own else "") + f": λ̂ {mean:.4g} "
                   f"(chains' s.d. {float(cell['llc_std']):.3g}"
                   + (f", {diverged} chain(s) diverged" if diverged else "")
+                  + (f"; tail k̂ {khat:.2f}, limit {limit:.2f}" if np.isfinite(khat) else "")
                   + (f"; ‖w − w*‖² changed by {round(100 * growth):+d} % over the draws"
                      + (", still spreading" if growth > RELAXED_GROWTH else "")
-                     if np.isfinite(growth) else "") + ")")
+                     if np.isfinite(growth) else "") + ")"
+                  + (f": would be flagged {', '.join(flags)}" if flags else ""))
+    print("choose the largest step size that would not be flagged and whose ‖w − w*‖² no "
+          "longer spreads; λ̂ grows with the step size (docs/llc.md, \"Is an estimate "
+          "valid?\"), so compare runs only at one setting")
     print(f"wrote {args.out}")
     return 0
 
@@ -769,9 +782,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configfile", nargs="+", default=[],
                    help="configs laid over config.yaml (the experiment the piece belongs to; "
                         "default: the config its run recorded, results/<x>/config.yaml)")
-    p.add_argument("--step-sizes", type=_positive(float), nargs="+",
-                   default=[1e-5, 3e-5, 1e-4, 3e-4],
-                   help="SGLD step sizes to try (default: 1e-5 3e-5 1e-4 3e-4)")
+    p.add_argument("--step-sizes", type=_positive(float), nargs="+", default=None,
+                   help="SGLD step sizes to try (default: 1e-5 3e-5 1e-4 3e-4 and the run's "
+                        "own llc.step_size)")
     p.add_argument("--nbetas", type=_positive(float), nargs="+", default=None,
                    help="inverse temperatures n·β to try (default: the config's)")
     p.add_argument("--draws", type=_positive(int), default=None,

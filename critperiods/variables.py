@@ -84,6 +84,8 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
                             "checkpoint, |w - w*|^2, from the first to the second half of the "
                             "post-burn-in draws (ratio of means minus 1; near 0 once the "
                             "chains have relaxed)", "1"),
+    "llc_tail_khat": ("Pareto k-hat of the right tail of the post-burn-in SGLD draws (ArviZ); "
+                      "above min(1 - 1/log10(draws), 0.7) their mean is not reliable", "1"),
     "llc_quality": ("quality of the local learning coefficient estimate (0 = ok)", "1"),
     "llc_nbeta": ("inverse temperature times sample size of the SGLD posterior (n beta)", "1"),
     "llc_burn_in": ("SGLD draws per chain discarded as burn-in", "1"),

@@ -1182,7 +1182,8 @@ def test_the_llc_caveat_says_from_the_chains_distances_whether_they_still_spread
     said = llc_relaxation(cube)
     assert said.startswith("The chains' squared distance from the checkpoint grew by more "
                            f"than 10 % from the first to the second half of the draws in "
-                           f"{n - 1} of {n} estimates (median +45 %, range +2 to +45 %;")
+                           f"{n - 1} of {n} unflagged estimates (median +45 %, range +2 to "
+                           "+45 %;")
     assert ("their weights were still spreading, as where the loss is flat (+45 % at these "
             "settings: only the localisation pulls a chain back there, over ~1/(εγ) = 100 "
             "steps, and the chains ran 30 burn-in and 60 draw steps)") in said
@@ -1190,7 +1191,9 @@ def test_the_llc_caveat_says_from_the_chains_distances_whether_they_still_spread
     rms = cube.assign_attrs(config="llc:\n  sampler: rmsprop_sgld\n")
     assert "as where the loss is flat" not in llc_relaxation(rms)
     alike = llc_relaxation(cube.assign(llc_distance_growth=growth * 0 + 0.451))
-    assert f" in {n} of {n} estimates (each +45 %; ``llc_distance_growth``)" in alike
+    assert f" in {n} of {n} unflagged estimates (each +45 %; ``llc_distance_growth``)" in alike
+    runaway = cube.assign(llc_quality=xr.where(growth > 0.1, 16.0, growth * 0))  # heavy-tailed
+    assert " in 0 of 1 unflagged estimates (each +2 %;" in llc_relaxation(runaway)
     relaxed = llc_relaxation(cube.assign(llc_distance_growth=growth * 0 + 0.02))
     assert " in 0 of " in relaxed and relaxed.endswith("they were no longer spreading.")
     assert llc_relaxation(cube.drop_vars("llc_distance_growth")) == ""

@@ -572,7 +572,37 @@ def test_each_quality_flag_is_raised_by_its_own_cause_and_only_by_it() -> None:
     looser = quality_flags(mean, chains_diverged, rhat, trend, max_rhat=1.3, max_trend_z=6)
     assert looser[2] == looser[3] == 0
     assert count_flags(bits) == {"estimates": 6, "ok": 1, "negative": 1, "not_converged": 2,
-                                 "diverged_chains": 2}
+                                 "diverged_chains": 2, "heavy_tailed": 0}
+    # a tail k̂ above the limit for its number of draws (0.58 at 240, 0.38 at 40); a NaN k̂
+    # (too few draws to fit a tail) raises nothing
+    khat = [0.5, 0.0, 0.0, 0.0, 0.0, nan, nan]
+    assert quality_flags(mean, chains_diverged, rhat, trend, tail_khat=khat,
+                         samples=[240] * 7)[0] == 0
+    assert quality_flags(mean, chains_diverged, rhat, trend, tail_khat=khat,
+                         samples=[40] * 7)[0] == FLAGS["heavy_tailed"]
+    assert quality_flags([1.0], [0], [1.0], [0.0], tail_khat=[nan], samples=[40])[0] == 0
+
+
+def test_the_tail_khat_tells_excursions_from_a_light_tailed_trace() -> None:
+    """Draws of a healthy chain (a loss with light, chi-square-like fluctuations) have a tail
+    k̂ well under the limit for their number; the same chains with a few excursions hundreds
+    of times their bulk, as a step size near SGLD's stability limit gives, one far above it
+    (while R-hat, which ranks the draws, stays near 1). The limit is ArviZ's
+    min(1 − 1/log10 S, 0.7)."""
+    from critperiods.measure.llc.quality import diagnose, khat_threshold
+
+    rng = np.random.default_rng(0)
+    trace = 2.0 + rng.chisquare(20, size=(4, 90)) / 100  # 4 chains × (30 burn-in + 60 draws)
+    calm = diagnose(trace, 30, np.zeros(4, bool))
+    assert calm.tail_khat < khat_threshold(240) == pytest.approx(1 - 1 / np.log10(240))
+    spiky = trace.copy()
+    excursions = rng.random((4, 60)) < 0.05
+    spiky[:, 30:][excursions] *= rng.uniform(50, 500, excursions.sum())
+    wild = diagnose(spiky, 30, np.zeros(4, bool))
+    assert wild.tail_khat > 0.7 and wild.rhat < 1.1
+    assert np.isnan(diagnose(trace[:, :35], 30, np.zeros(4, bool)).tail_khat)  # 20 draws
+    assert khat_threshold(40) == pytest.approx(0.376, abs=1e-3) and khat_threshold(1e5) == 0.7
+    assert np.isnan(khat_threshold(1))
 
 
 def test_diverged_chains_flagged_and_excluded() -> None:
@@ -640,7 +670,7 @@ def test_calibrate_and_plot(tmp_path) -> None:  # noqa: ANN001
     ds = calibrate(model, dln_loss, data, cfg, step_sizes=[1e-5, 1e-4], nbetas=[50.0, 100.0])
     assert ds["llc_running"].shape == (2, 2, 2, 30)
     assert ds["distance_trace"].shape == (2, 2, 2, 35)
-    assert ds["llc_mean"].shape == (2, 2) == ds["distance_growth"].shape
+    assert ds["llc_mean"].shape == (2, 2) == ds["distance_growth"].shape == ds["tail_khat"].shape
     last = ds["distance_trace"].isel(step=-1).mean("chain")
     assert (last.sel(step_size=1e-4) > 5 * last.sel(step_size=1e-5)).all()
     assert (ds["distance_growth"] > 0.1).all()  # 35 steps of a 1,000-step time constant

@@ -157,14 +157,24 @@ def _llc_quality(cube: xr.Dataset, settings: dict) -> xr.DataArray:
     from critperiods.measure.llc.quality import quality_flags
 
     mean = cube["llc_mean"]
+    khat = cube["llc_tail_khat"].values if "llc_tail_khat" in cube else None
     flags = quality_flags(mean.values, cube["llc_diverged_chains"].values,
                           cube["llc_rhat"].values, cube["llc_trend_z"].values,
-                          settings["llc_max_rhat"], settings["llc_max_trend_z"])
+                          settings["llc_max_rhat"], settings["llc_max_trend_z"],
+                          khat, _llc_samples(cube).values)
     attrs = {**llc_quality_flag_attrs(), "comment": (
         f"bit field: negative = lambda < 0; not_converged = R-hat > {settings['llc_max_rhat']} "
         f"or |trend z| > {settings['llc_max_trend_z']}; diverged_chains = at least one chain "
-        "diverged. Flagged estimates are left out of the markers and drawn hollow.")}
+        "diverged; heavy_tailed = llc_tail_khat > min(1 - 1/log10(draws), 0.7), the healthy "
+        "chains' draws after burn-in. Flagged estimates are left out of the markers and drawn "
+        "hollow.")}
     return xr.DataArray(flags, dims=mean.dims, coords=mean.coords, attrs=attrs)
+
+
+def _llc_samples(cube: xr.Dataset) -> xr.DataArray:
+    """The draws after burn-in of each estimate's healthy chains (its λ̂ is their mean)."""
+    draws = cube.sizes.get("draw", 0) - int(cube["llc_burn_in"]) if "llc_burn_in" in cube else 0
+    return (cube.sizes.get("chain", 0) - cube["llc_diverged_chains"]) * draws
 
 
 def _run_diverged(cube: xr.Dataset) -> xr.DataArray:

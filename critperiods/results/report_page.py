@@ -31,6 +31,7 @@ from critperiods.results.tables import (
     distinct_estimates,
     diverged_sentence,
     drops_follow_the_rate,
+    flag_reasons,
     llc_flag_counts,
     marker_calls,
     marker_tally,
@@ -279,13 +280,17 @@ def _llc_caveat(cube: xr.Dataset) -> list[str]:
 
 def llc_relaxation(cube: xr.Dataset) -> str:
     """Whether the run's SGLD chains were still spreading from the checkpoint, from
-    ``llc_distance_growth`` over the distinct estimates (one sentence; "" where the cube has
-    none): how many grew by more than ``RELAXED_GROWTH``, the median and range (or the one
-    value, where all round alike), and, for
-    plain SGLD at one setting, what a direction the loss leaves flat would give."""
+    ``llc_distance_growth`` over the distinct unflagged estimates (one sentence; "" where the
+    cube has none): how many grew by more than ``RELAXED_GROWTH``, the median and range (or
+    the one value, where all round alike), and, for plain SGLD at one setting, what a
+    direction the loss leaves flat would give. A flagged estimate's chains (a heavy tail, a
+    diverged chain) run away rather than spread, and are left out."""
     if "llc_distance_growth" not in cube:
         return ""
-    values = distinct_estimates(cube, "llc_distance_growth")
+    growth = cube["llc_distance_growth"]
+    if "llc_quality" in cube:
+        growth = growth.where(cube["llc_quality"] == 0)
+    values = distinct_estimates(cube.assign(llc_distance_growth=growth), "llc_distance_growth")
     values = values[np.isfinite(values)]
     if values.size == 0:
         return ""
@@ -296,7 +301,8 @@ def llc_relaxation(cube: xr.Dataset) -> str:
               else f"median {median:+d} %, range {low:+d} to {high:+d} %")
     said = (f"The chains' squared distance from the checkpoint grew by more than "
             f"{100 * RELAXED_GROWTH:.0f} % from the first to the second half of the draws in "
-            f"{above} of {values.size} estimates ({spread}; ``llc_distance_growth``)")
+            f"{above} of {values.size} unflagged estimates ({spread}; "
+            "``llc_distance_growth``)")
     if not above:
         return said + ": they were no longer spreading."
     return (said + f": their weights were still spreading{_flat_directions(cube)}. λ̂ from "
@@ -655,9 +661,8 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     title = f"Critical learning periods: {experiment}"
     counts = llc_flag_counts(cube)
     flags = ("" if not counts else
-             f"λ̂: {counts['estimates']} estimates, {counts['ok']} ok; flagged: "
-             + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()
-                         if k not in ("estimates", "ok"))
+             f"λ̂: {counts['estimates']} estimates, {counts['ok']} ok, "
+             + flag_reasons(counts).replace("_", " ")
              + " (flagged estimates are left out of the λ̂ knees and drawn hollow).")
     drawn = set(FIGURES if drawn is None else drawn)
     shown = [FIGURES[stem] for stem in FIGURES if stem in drawn]

@@ -31,8 +31,8 @@ from critperiods.results.summary import EXPONENTS, INTERVAL_STATISTICS, unlocate
 from critperiods.variables import SUMMARY_STATISTICS
 
 __all__ = ["MARKER_NAMES", "MARKER_STAGES", "MarkerCall", "MarkerStage", "as_said",
-           "distinct_estimates", "diverged_sentence", "drops_follow_the_rate", "format_table",
-           "llc_flag_counts",
+           "distinct_estimates", "diverged_sentence", "drops_follow_the_rate", "flag_reasons",
+           "format_table", "llc_flag_counts",
            "marker_calls", "marker_tally", "marker_verdict",
            "marker_verdicts", "markers_not_computed", "not_computed_sentence",
            "points", "restart_verdicts", "runs_at_chance", "summary_table", "to_csv",
@@ -295,6 +295,18 @@ def llc_flag_counts(cube: xr.Dataset) -> dict[str, int]:
     if "llc_quality" not in cube:
         return {}
     return count_flags(distinct_estimates(cube, "llc_quality"))
+
+
+def flag_reasons(counts: dict[str, int]) -> str:
+    """``2 flagged (not_converged 2, diverged_chains 1; an estimate can carry several)``:
+    how many estimates :func:`llc_flag_counts` found flagged, then each flag raised."""
+    flagged = counts["estimates"] - counts["ok"]
+    raised = [(name, n) for name, n in counts.items() if name not in ("estimates", "ok") and n]
+    if not flagged:
+        return "none flagged"
+    return (f"{flagged} flagged (" + ", ".join(f"{name} {n}" for name, n in raised)
+            + ("; an estimate can carry several" if sum(n for _, n in raised) > flagged else "")
+            + ")")
 
 
 def summary_table(summary: xr.Dataset) -> pd.DataFrame:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import xarray as xr
+import yaml
 
 from critperiods.measure.llc.quality import MAX_RHAT, MAX_TREND_Z
 from critperiods.results.cube import _git_commit, _versions
@@ -100,6 +101,8 @@ ATTRS = {
     "llc_bias": ("n beta (L_n(endpoint) - L_n(minimum of its basin)): how far the LLC "
                  "estimate at a far-start SGD endpoint comes off by not starting at a minimum",
                  "1"),
+    "llc_tail_khat": ("Pareto k-hat of the right tail of the LLC draws at a far-start SGD "
+                      "endpoint (ArviZ)", "1"),
     "llc_quality": ("quality of the LLC estimate at a far-start SGD endpoint (0 = ok)", "1"),
     "llc_at_critical_point": ("local learning coefficient at w* = 0, mean over chains", "1"),
     "llc_at_critical_point_std": ("local learning coefficient at w* = 0, std over chains", "1"),
@@ -109,6 +112,8 @@ ATTRS = {
                                       "standard errors", "1"),
     "llc_at_critical_point_diverged_chains": ("LLC chains at w* = 0 that diverged", "1"),
     "llc_at_critical_point_bias": ("n beta (L_n(w*) - L_n(minimum of its basin))", "1"),
+    "llc_at_critical_point_tail_khat": ("Pareto k-hat of the right tail of the LLC draws at "
+                                        "w* = 0 (ArviZ)", "1"),
     "llc_at_critical_point_quality": ("quality of the LLC estimate at w* = 0 (0 = ok)", "1"),
     "learning_coefficient": ("exact learning coefficient of w* = 0", "1"),
     "llc_finite_nbeta_target": ("expected n beta (L - L(w*)) under the localised tempered "
@@ -140,13 +145,18 @@ def build_toy_cube(files: Iterable[str | Path], config_yaml: str,
     cube = cube.reindex(landscape=kinds, k1=sorted(cube.k1.values), k2=sorted(cube.k2.values))
     cube["learning_coefficient_multiplicity"] = cube.learning_coefficient_multiplicity.astype(
         float)  # NaN where no landscape
+    sampler = (yaml.safe_load(config_yaml) or {}).get("toy", {}).get("llc", {})
     for prefix in ("llc", "llc_at_critical_point"):  # at the endpoints, and at w*
         mean = cube["llc_mean" if prefix == "llc" else prefix]
         stats = (cube[f"{prefix}_{stat}"].values
                  for stat in ("diverged_chains", "rhat", "trend_z", "bias"))
+        khat = cube.get(f"{prefix}_tail_khat")  # absent from pieces made before it
+        samples = ((sampler.get("chains", 0) - cube[f"{prefix}_diverged_chains"])
+                   * sampler.get("draws", 0))
         cube[f"{prefix}_quality"] = mean.copy(data=llc_quality(
             mean.values, *stats, max_endpoint_bias=max_endpoint_bias, max_rhat=max_rhat,
-            max_trend_z=max_trend_z))
+            max_trend_z=max_trend_z, tail_khat=None if khat is None else khat.values,
+            samples=samples.values))
         cube[f"{prefix}_quality"].attrs = llc_quality_flag_attrs(FLAGS)
     cube.attrs = {
         "Conventions": "CF-1.10",

@@ -53,13 +53,15 @@ def excess_above_minimum(landscape: Landscape, data: RegressionData, point: np.n
 def llc_quality(llc_mean: np.ndarray, diverged_chains: np.ndarray, rhat: np.ndarray,
                 trend_z: np.ndarray, bias: np.ndarray,
                 max_endpoint_bias: float = MAX_ENDPOINT_BIAS, max_rhat: float = MAX_RHAT,
-                max_trend_z: float = MAX_TREND_Z) -> np.ndarray:
+                max_trend_z: float = MAX_TREND_Z, tail_khat: np.ndarray | None = None,
+                samples: np.ndarray | None = None) -> np.ndarray:
     """The flag bits of every estimate (arrays of one shape; NaN where none was made): the
     λ̂ stage's flags at its thresholds (``analysis.llc_max_rhat``, ``llc_max_trend_z``), and
     ``not_at_minimum`` where ``bias`` (``nβ ΔL``) exceeds ``max_endpoint_bias · (λ̂ + bias)``
     or could not be measured (NaN). The bias is systematic: it does not average out over
     chains or cells, so it is flagged even where it is within the chains' own noise."""
-    bits = quality_flags(llc_mean, diverged_chains, rhat, trend_z, max_rhat, max_trend_z)
+    bits = quality_flags(llc_mean, diverged_chains, rhat, trend_z, max_rhat, max_trend_z,
+                         tail_khat, samples)
     mean, bias = np.asarray(llc_mean, dtype=float), np.asarray(bias, dtype=float)
     with np.errstate(invalid="ignore"):
         off = (bias > max_endpoint_bias * (mean + bias)) | (np.isnan(bias) & np.isfinite(mean))

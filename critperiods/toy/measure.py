@@ -142,14 +142,15 @@ def escape_shares(endpoints: np.ndarray, centre: np.ndarray, radius: float) -> n
     return np.array([(w1 & ~w2).mean(), (w2 & ~w1).mean(), (w1 & w2).mean(), (~w1 & ~w2).mean()])
 
 
-LLC_STATS = ("mean", "std", "rhat", "trend_z", "diverged_chains", "bias")
+LLC_STATS = ("mean", "std", "rhat", "trend_z", "diverged_chains", "bias", "tail_khat")
 
 
 def llc_at(landscape: Landscape, data: RegressionData, point: np.ndarray,
            llc: dict[str, Any], label: str) -> dict[str, float]:
     """λ̂ at ``point`` by ``critperiods.measure.llc.estimate_llc``: per :data:`LLC_STATS`,
-    its mean and std over chains, R-hat and trend z (:func:`critperiods.measure.llc.quality.
-    diagnose`), the number of chains that diverged, and ``nβ ΔL``, how far the point sits
+    its mean and std over chains, R-hat, trend z and tail k̂
+    (:func:`critperiods.measure.llc.quality.diagnose`), the number of chains that diverged,
+    and ``nβ ΔL``, how far the point sits
     above the minimum of its basin (:mod:`critperiods.toy.llc_check`). All NaN where the
     point is not finite (its SGD run diverged)."""
     cfg = LLCConfig(chains=llc["chains"], draws=llc["draws"], burn_in=llc["burn_in"],
@@ -162,7 +163,8 @@ def llc_at(landscape: Landscape, data: RegressionData, point: np.ndarray,
     diag = diagnose(res.loss_trace, res.burn_in, res.diverged)
     return {"mean": res.llc_mean, "std": res.llc_std, "rhat": diag.rhat,
             "trend_z": diag.trend_z, "diverged_chains": float(np.sum(res.diverged)),
-            "bias": res.nbeta * excess_above_minimum(landscape, data, point)}
+            "bias": res.nbeta * excess_above_minimum(landscape, data, point),
+            "tail_khat": diag.tail_khat}
 
 
 def _pad_weights(values: np.ndarray, *axes: int) -> np.ndarray:

@@ -32,9 +32,9 @@ def calibrate(
     Returns an ``xarray.Dataset`` with dims ``(nbeta, step_size, chain, draw)`` holding
     ``llc_running`` (running mean of the per-chain estimate over post-burn-in draws),
     ``loss_trace``, ``distance_trace`` (the chains' ``‖w − w*‖²``), ``llc_mean``, ``llc_std``,
-    ``diverged`` and ``distance_growth`` (:mod:`critperiods.measure.llc.quality`).  Pick the
-    largest step size whose curves flatten without diverging; ``plot_calibration`` draws
-    them.
+    ``diverged``, ``distance_growth`` and ``tail_khat``
+    (:mod:`critperiods.measure.llc.quality`). Pick the largest step size whose curves flatten
+    without diverging or a heavy tail; ``plot_calibration`` draws them.
     """
     import xarray as xr
 
@@ -64,8 +64,8 @@ def _calibration_dataset(
     """Pack a grid of ``LLCResult`` into an ``xarray.Dataset``."""
     from critperiods.measure.llc.quality import diagnose
 
-    def growth(r: LLCResult) -> float:
-        return diagnose(r.loss_trace, r.burn_in, r.diverged, r.distance_trace).distance_growth
+    checks = {id(r): diagnose(r.loss_trace, r.burn_in, r.diverged, r.distance_trace)
+              for row in results for r in row}
 
     def stack(fn: Callable[[LLCResult], Any]) -> np.ndarray:
         return np.array([[fn(r) for r in row] for row in results])
@@ -76,7 +76,8 @@ def _calibration_dataset(
             "llc_running": (dims + ("chain", "draw"), stack(LLCResult.running_llc)),
             "loss_trace": (dims + ("chain", "step"), stack(lambda r: r.loss_trace)),
             "distance_trace": (dims + ("chain", "step"), stack(lambda r: r.distance_trace)),
-            "distance_growth": (dims, stack(growth)),
+            "distance_growth": (dims, stack(lambda r: checks[id(r)].distance_growth)),
+            "tail_khat": (dims, stack(lambda r: checks[id(r)].tail_khat)),
             "llc_mean": (dims, stack(lambda r: r.llc_mean)),
             "llc_std": (dims, stack(lambda r: r.llc_std)),
             "diverged": (dims + ("chain",), stack(lambda r: r.diverged)),

@@ -9,6 +9,12 @@ Every estimate gets, from its post-burn-in SGLD trace (healthy chains only):
 * ``trend_z`` — how far the mean over the first 20 % of the draws lies from the mean over
   the last 50 %, in Monte Carlo standard errors (ArviZ's ``mcse`` of each segment): the
   running λ̂ is still moving when this is large (a Geweke-style check);
+* ``tail_khat`` — the Pareto k̂ of the draws' right tail (ArviZ's ``pareto_khat``; Vehtari
+  et al. 2024): how heavy the tail of the draws is whose mean λ̂ is. Above
+  :func:`khat_threshold` of the number of draws the mean is ruled by a few excursions and
+  not to be trusted: a step size near SGLD's stability limit sends the chains on loss
+  excursions hundreds of times their bulk (R-hat, rank-based, does not see their size), and
+  too few draws cannot tell a heavy tail from a light one;
 * ``distance_growth`` — how much the chains' squared distance from the checkpoint,
   ``‖w − w*‖²``, grew from the first to the second half of the draws (their means' ratio
   minus 1): near 0 once the chains have relaxed. In the directions the loss leaves flat
@@ -19,8 +25,9 @@ Every estimate gets, from its post-burn-in SGLD trace (healthy chains only):
 and, from these, a CF bit-field flag (:data:`FLAGS`, :func:`quality_flags`): ``ok`` (0), or
 any of ``negative`` (λ̂ < 0: the checkpoint is not a local minimum at this localisation, so
 SGLD descends and λ̂ is meaningless), ``not_converged`` (R-hat above ``max_rhat`` or
-``|trend_z|`` above ``max_trend_z``) and ``diverged_chains`` (a chain blew up and was left
-out; all of them: λ̂ is NaN). The llc stage writes the diagnostics; the cube applies the
+``|trend_z|`` above ``max_trend_z``), ``diverged_chains`` (a chain blew up and was left
+out; all of them: λ̂ is NaN) and ``heavy_tailed`` (``tail_khat`` above
+:func:`khat_threshold`). The llc stage writes the diagnostics; the cube applies the
 thresholds (``analysis.llc_max_rhat``, ``analysis.llc_max_trend_z``), so changing them reruns
 only the aggregation. A flagged estimate is never used for a marker and is drawn hollow.
 """
@@ -33,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 #: flag → bit of ``llc_quality`` (a CF bit field); 0 means ok.
-FLAGS = {"negative": 1, "not_converged": 2, "diverged_chains": 4}
+FLAGS = {"negative": 1, "not_converged": 2, "diverged_chains": 4, "heavy_tailed": 16}
 MAX_RHAT = 1.1
 MAX_TREND_Z = 4.0
 #: Above this ``distance_growth`` the chains are said to be still spreading. Chains sampled
@@ -50,6 +57,7 @@ class Diagnostics:
     ess: float
     trend_z: float
     distance_growth: float = float("nan")
+    tail_khat: float = float("nan")
 
 
 def _trend_z(post: np.ndarray) -> float:
@@ -72,9 +80,10 @@ def diagnose(loss_trace: np.ndarray, burn_in: int, diverged: np.ndarray,
     given, the chains' ``‖w − w*‖²`` at the same records).
 
     The trace of λ̂ per draw is an affine function of the loss (``nβ (L_B − L_n(w*))``), so
-    R-hat, ESS and the trend z-score are the same computed on either. Diverged chains are
-    left out; with no healthy chain or fewer than 4 post-burn-in draws all four are NaN, and
-    ``distance_growth`` without a distance trace.
+    R-hat, ESS, the trend z-score and the tail's k̂ are the same computed on either.
+    Diverged chains are left out; with no healthy chain or fewer than 4 post-burn-in draws
+    all are NaN, ``distance_growth`` without a distance trace, and ``tail_khat`` with fewer
+    draws than a tail fit needs (25).
     """
     from arviz_stats.base import array_stats
 
@@ -86,7 +95,35 @@ def diagnose(loss_trace: np.ndarray, burn_in: int, diverged: np.ndarray,
               _growth(np.asarray(distance_trace, dtype=float)[healthy, burn_in:]))
     return Diagnostics(float(array_stats.rhat(post, chain_axis=0, draw_axis=1)),
                        float(array_stats.ess(post, chain_axis=0, draw_axis=1)),
-                       _trend_z(post), growth)
+                       _trend_z(post), growth, _tail_khat(post))
+
+
+def _tail_khat(post: np.ndarray) -> float:
+    """ArviZ's Pareto k̂ of the right tail of the pooled draws (NaN for fewer than 25, or a
+    trace without spread, where no tail can be fitted)."""
+    import warnings
+
+    from arviz_stats.base import array_stats
+
+    if post.size < 25 or np.ptp(post) == 0:
+        return float("nan")
+    with warnings.catch_warnings():  # a short tail's refit notes; the k̂ says enough
+        warnings.simplefilter("ignore")
+        try:
+            return float(array_stats.pareto_khat(post, chain_axis=0, draw_axis=1, tail="right"))
+        except ValueError:  # too few draws in the tail for this sample's efficiency
+            return float("nan")
+
+
+def khat_threshold(samples: float | np.ndarray) -> float | np.ndarray:
+    """The largest Pareto k̂ at which a mean of ``samples`` draws is reliable,
+    ``min(1 − 1 / log10(S), 0.7)`` (Vehtari et al. 2024; ArviZ's rule for PSIS-LOO): 0.58 at
+    the default config's 4 × 60 draws, 0.38 at 40 (a small sample trusts only a light tail),
+    0.7 from 2,000 on; NaN below 2 draws."""
+    s = np.asarray(samples, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        limit = np.where(s >= 2, np.minimum(1 - 1 / np.log10(s), 0.7), np.nan)
+    return float(limit) if limit.ndim == 0 else limit
 
 
 def _growth(post: np.ndarray) -> float:
@@ -109,21 +146,28 @@ def flat_direction_growth(step_size: float, gamma: float, burn_in: int, draws: i
 
 def quality_flags(llc_mean: np.ndarray, diverged_chains: np.ndarray, rhat: np.ndarray,
                   trend_z: np.ndarray, max_rhat: float = MAX_RHAT,
-                  max_trend_z: float = MAX_TREND_Z) -> np.ndarray:
+                  max_trend_z: float = MAX_TREND_Z, tail_khat: np.ndarray | None = None,
+                  samples: np.ndarray | None = None) -> np.ndarray:
     """The flag bits of every estimate (arrays of one shape); NaN where ``llc_mean`` and
     ``diverged_chains`` are both NaN (no estimate was made there).
 
     A NaN R-hat or trend of an estimate that exists counts as not converged, and an estimate
-    whose chains all diverged (NaN mean) as ``diverged_chains``.
+    whose chains all diverged (NaN mean) as ``diverged_chains``. ``heavy_tailed`` where
+    ``tail_khat`` exceeds :func:`khat_threshold` of ``samples`` (the healthy chains' draws
+    after burn-in); a NaN k̂ (too few draws to fit a tail) raises nothing, and without
+    ``tail_khat`` (estimates made before it was recorded) the flag is never raised.
     """
     mean, div = np.asarray(llc_mean, dtype=float), np.asarray(diverged_chains, dtype=float)
     rhat, trend = np.asarray(rhat, dtype=float), np.asarray(trend_z, dtype=float)
+    khat = np.full(mean.shape, np.nan) if tail_khat is None else np.asarray(tail_khat, float)
+    limit = khat_threshold(np.full(mean.shape, np.nan) if samples is None else samples)
     with np.errstate(invalid="ignore"):
         bits = (np.where(mean < 0, FLAGS["negative"], 0)
                 | np.where(~(rhat <= max_rhat) | ~(np.abs(trend) <= max_trend_z),
                            FLAGS["not_converged"], 0)
                 | np.where((div > 0) | (np.isnan(mean) & np.isfinite(div)),
-                           FLAGS["diverged_chains"], 0))
+                           FLAGS["diverged_chains"], 0)
+                | np.where(khat > limit, FLAGS["heavy_tailed"], 0))
     # an estimate whose chains all diverged has no diagnostics: it is not "not converged"
     bits = np.where(np.isnan(mean) & (div > 0), FLAGS["diverged_chains"], bits)
     return np.where(np.isnan(mean) & np.isnan(div), np.nan, bits.astype(float))
@@ -138,4 +182,4 @@ def count_flags(quality: np.ndarray) -> dict[str, int]:
 
 
 __all__ = ["FLAGS", "MAX_RHAT", "MAX_TREND_Z", "RELAXED_GROWTH", "Diagnostics", "count_flags",
-           "diagnose", "flat_direction_growth", "quality_flags"]
+           "diagnose", "flat_direction_growth", "khat_threshold", "quality_flags"]

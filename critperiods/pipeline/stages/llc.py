@@ -54,7 +54,7 @@ def llc_at_checkpoints(
     of that phase (``"blurred"`` or ``"sharp"``). Variables: ``llc_mean``, ``llc_std``,
     ``llc_chain`` (NaN for diverged chains), ``llc_diverged_chains`` (count),
     ``llc_init_loss``, ``llc_loss_trace`` (minibatch loss per draw, burn-in included), the
-    convergence diagnostics ``llc_rhat``, ``llc_ess``, ``llc_trend_z`` and
+    convergence diagnostics ``llc_rhat``, ``llc_ess``, ``llc_trend_z``, ``llc_tail_khat`` and
     ``llc_distance_growth`` (:mod:`critperiods.measure.llc.quality`, which also turns the
     first three into the quality flag), and the
     sampler's settings as 0-d variables ``llc_nbeta``, ``llc_burn_in``, ``llc_step_size``,
@@ -90,6 +90,7 @@ def llc_at_checkpoints(
             "llc_ess": per_epoch([d.ess for d in checks]),
             "llc_trend_z": per_epoch([d.trend_z for d in checks]),
             "llc_distance_growth": per_epoch([d.distance_growth for d in checks]),
+            "llc_tail_khat": per_epoch([d.tail_khat for d in checks]),
             "llc_nbeta": ((), rows[0].nbeta if rows else float("nan")),
             "llc_burn_in": ((), config.burn_in),
             "llc_step_size": ((), config.step_size),
