@@ -325,8 +325,8 @@ def summarize(args: argparse.Namespace) -> int:
     counts = llc_flag_counts(cube)
     if counts:
         print(f"\nλ̂ estimates: {counts['estimates']}, ok {counts['ok']}, "
-              f"{flag_reasons(counts)} (flagged estimates are left out of the λ̂ markers "
-              "and knees)")
+              f"{flag_reasons(counts)}; flagged estimates are left out of the λ̂ markers "
+              "and knees")
         from critperiods.results.report_page import llc_relaxation
 
         relaxed = llc_relaxation(cube)

@@ -663,7 +663,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     flags = ("" if not counts else
              f"λ̂: {counts['estimates']} estimates, {counts['ok']} ok, "
              + flag_reasons(counts).replace("_", " ")
-             + " (flagged estimates are left out of the λ̂ knees and drawn hollow).")
+             + "; flagged estimates are left out of the λ̂ knees and drawn hollow.")
     drawn = set(FIGURES if drawn is None else drawn)
     shown = [FIGURES[stem] for stem in FIGURES if stem in drawn]
     reading = "\n".join(f"* {label} ({category.split(' ', 1)[1]})"  # numbered as the report
