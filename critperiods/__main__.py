@@ -494,6 +494,13 @@ def check(args: argparse.Namespace) -> int:
     config = _load_config(paths)  # exits with the one line on a bad file or key
     print(f"{config['experiment']} ({_layers(paths)}): ok, study {config['study']}")
     print(_unnamed_note(paths, config), end="")
+    if config["study"] == "critical_period":  # as `snakemake -n` says it, before a run
+        from critperiods.pipeline.plan import data_download_note
+
+        data = Path(config["results_dir"]) / config["experiment"] / "data"
+        if note := data_download_note(config, {s: str(data / f"{s}.pt") for s in ("train",
+                                                                                   "test")}):
+            print(f"note: {note}")
     return 0
 
 

@@ -867,7 +867,27 @@ def test_check_notes_an_overlay_that_would_write_into_the_default_experiment(tmp
                   [tmp_path / "elsewhere.yaml"], [tmp_path / "figures.yaml"],
                   [ROOT / "config.yaml"], []):
         assert main(["check", *map(str, paths)]) == 0
-        assert "note:" not in capsys.readouterr().out, paths
+        assert "note: this run writes" not in capsys.readouterr().out, paths
+
+
+def test_check_says_before_a_run_that_the_data_would_be_downloaded(tmp_path, capsys):
+    """Where the raw files are not in dataset.root (nor prepared yet), check says what the
+    workflow says when it plans: the run would download them, which needs the network; with
+    the files there, no note."""
+    from critperiods.__main__ import main
+    from tests.conftest import write_fake_fashion_mnist
+
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(f"experiment: xm\ndataset:\n  name: mnist\n  root: {tmp_path / 'no'}\n")
+    assert main(["check", str(missing)]) == 0
+    assert (f"note: dataset.root: mnist (train, test) is not in {tmp_path / 'no'}, "
+            f"{tmp_path / 'no' / 'MNIST/raw'}; prepare_data will download it with torchvision, "
+            "which needs the network") in capsys.readouterr().out
+    there = tmp_path / "there.yaml"
+    there.write_text(f"experiment: xf\ndataset:\n  root: "
+                     f"{write_fake_fashion_mnist(tmp_path / 'fashion')}\n")
+    assert main(["check", str(there)]) == 0
+    assert "note:" not in capsys.readouterr().out
 
 def test_the_schedules_the_config_accepts_are_the_ones_the_layout_knows():
     """``grid.lr_schedules``' enum and ``layout.LR_SCHEDULES`` (the wildcards and path
