@@ -872,8 +872,8 @@ def test_check_notes_an_overlay_that_would_write_into_the_default_experiment(tmp
 
 def test_check_says_before_a_run_that_the_data_would_be_downloaded(tmp_path, capsys):
     """Where the raw files are not in dataset.root (nor prepared yet), check says what the
-    workflow says when it plans: the run would download them, which needs the network; with
-    the files there, no note."""
+    workflow says when it plans: the run would download them, which needs the network (and,
+    where they lie there uncompressed, to gzip them); with the files there, no note."""
     from critperiods.__main__ import main
     from tests.conftest import write_fake_fashion_mnist
 
@@ -883,6 +883,11 @@ def test_check_says_before_a_run_that_the_data_would_be_downloaded(tmp_path, cap
     assert (f"note: dataset.root: mnist (train, test) is not in {tmp_path / 'no'}, "
             f"{tmp_path / 'no' / 'MNIST/raw'}; prepare_data will download it with torchvision, "
             "which needs the network") in capsys.readouterr().out
+    (tmp_path / "no").mkdir()
+    (tmp_path / "no/train-images-idx3-ubyte").write_bytes(b"")  # gunzipped: not read
+    assert main(["check", str(missing)]) == 0
+    assert (f"{tmp_path / 'no'} holds them uncompressed, which is not read: gzip them"
+            in capsys.readouterr().out)
     there = tmp_path / "there.yaml"
     there.write_text(f"experiment: xf\ndataset:\n  root: "
                      f"{write_fake_fashion_mnist(tmp_path / 'fashion')}\n")

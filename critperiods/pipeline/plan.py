@@ -24,6 +24,7 @@ from critperiods.pipeline.layout import (  # noqa: F401
 )
 from critperiods.train.dataset_files import (
     CIFAR10_FOLDER,
+    IDX_FILES,
     PUBLISHED_MD5,
     SPLITS,
     SYSTEM_FASHION_MNIST,
@@ -600,7 +601,11 @@ def data_download_note(config: dict, prepared: dict[str, str]) -> str | None:
     root = Path(ds["root"])
     searched = ([root / CIFAR10_FOLDER] if ds["name"] == "cifar10"
                 else idx_candidates(ds["name"], root))
+    unzipped = [folder / name.removesuffix(".gz") for folder in searched
+                for name in IDX_FILES.values()
+                if ds["name"] != "cifar10" and (folder / name.removesuffix(".gz")).is_file()]
     return (f"dataset.root: {ds['name']} ({', '.join(missing)}) is not in "
             f"{', '.join(map(str, searched))}; prepare_data will download it with torchvision, "
             "which needs the network. If the files are elsewhere, set dataset.root to their "
-            "folder.")
+            "folder." + (f" {unzipped[0].parent} holds them uncompressed, which is not read: "
+                         "gzip them (`gzip -k *-ubyte`)." if unzipped else ""))
