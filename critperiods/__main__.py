@@ -324,9 +324,9 @@ def summarize(args: argparse.Namespace) -> int:
             print(f"  {run}")
     counts = llc_flag_counts(cube)
     if counts:
-        print(f"\nλ̂ estimates: {counts['estimates']}, ok {counts['ok']}, "
-              f"{flag_reasons(counts)}; flagged estimates are left out of the λ̂ markers "
-              "and knees")
+        print(f"\nλ̂ estimates: {counts['estimates']}, ok {counts['ok']}, {flag_reasons(counts)}"
+              + ("; flagged estimates are left out of the λ̂ markers and knees"
+                 if counts["ok"] < counts["estimates"] else ""))
         from critperiods.results.report_page import llc_relaxation
 
         relaxed = llc_relaxation(cube)
@@ -403,6 +403,7 @@ def calibrate_llc(args: argparse.Namespace) -> int:
     chains = {k: v for k, v in (("draws", args.draws), ("burn_in", args.burn_in),
                                 ("batch_size", args.batch_size)) if v is not None}
     own = float(llc_params["step_size"])
+    analysis = config["analysis"]
     step_sizes = args.step_sizes or sorted({1e-5, 3e-5, 1e-4, 3e-4, own})
     sampler = replace(llc_config_from_params(llc_params), **chains)
     result = calibrate(model, torch.nn.functional.cross_entropy,
@@ -416,9 +417,11 @@ def calibrate_llc(args: argparse.Namespace) -> int:
             growth, khat = float(cell["distance_growth"]), float(cell["tail_khat"])
             limit = khat_threshold((sampler.chains - diverged) * sampler.draws)
             mean = float(cell["llc_mean"])
+            converged = (float(cell["rhat"]) <= analysis["llc_max_rhat"]
+                         and abs(float(cell["trend_z"])) <= analysis["llc_max_trend_z"])
             flags = [word for word, raised in (
-                ("negative", mean < 0), ("diverged chains", diverged > 0),
-                ("heavy-tailed", khat > limit)) if raised]
+                ("negative", mean < 0), ("not converged", not converged and diverged == 0),
+                ("diverged chains", diverged > 0), ("heavy-tailed", khat > limit)) if raised]
             print(f"nβ {nbeta:.4g}, step size {eps:g}"
                   + (" (the run's)" if eps == own else "") + f": λ̂ {mean:.4g} "
                   f"(chains' s.d. {float(cell['llc_std']):.3g}"
@@ -428,9 +431,11 @@ def calibrate_llc(args: argparse.Namespace) -> int:
                      + (", still spreading" if growth > RELAXED_GROWTH else "")
                      if np.isfinite(growth) else "") + ")"
                   + (f": would be flagged {', '.join(flags)}" if flags else ""))
-    print("choose the largest step size that would not be flagged and whose ‖w − w*‖² no "
-          "longer spreads; λ̂ grows with the step size (docs/llc.md, \"Is an estimate "
-          "valid?\"), so compare runs only at one setting")
+    print("choose a step size well below (about half) the smallest one that would be "
+          "flagged, calibrated on the run's latest checkpoints, where the tail grows heavy "
+          "soonest; where ‖w − w*‖² still spreads, longer chains (--draws, --burn-in; then "
+          "llc.draws, llc.burn_in), not a larger step, let it settle. λ̂ grows with the step "
+          "size (docs/llc.md, \"Is an estimate valid?\"): compare runs only at one setting")
     print(f"wrote {args.out}")
     return 0
 
@@ -693,7 +698,7 @@ def _power_at_observed_noise(cube, args: argparse.Namespace, grid, seeds: list[i
         print(f"{'note: ' * beyond}a seed's runs at different batch sizes err together by "
               f"r = {together.r:+.2f} (final accuracy's residuals, mean of {together.pairs} "
               f"pair{'s' * (together.pairs > 1)} of batch sizes, ≥ {together.cells} runs each; "
-              f"±{together.chance:.2f} by chance); the exponent's simulation draws them "
+              f"s.d. {together.chance:.2f} if independent); the exponent's simulation draws them "
               + ("independently, so its shares below may be off" if beyond
                  else "independently"))
     located = [ends[b] for b in shared if math.isfinite(ends[b])]

@@ -85,7 +85,8 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
                             "post-burn-in draws (ratio of means minus 1; near 0 once the "
                             "chains have relaxed)", "1"),
     "llc_tail_khat": ("Pareto k-hat of the right tail of the post-burn-in SGLD draws (ArviZ); "
-                      "above min(1 - 1/log10(draws), 0.7) their mean is not reliable", "1"),
+                      "above min(1 - 1/log10(draws), 0.7) (0.7 below 100 draws) their mean is not "
+                      "reliable", "1"),
     "llc_quality": ("quality of the local learning coefficient estimate (0 = ok)", "1"),
     "llc_nbeta": ("inverse temperature times sample size of the SGLD posterior (n beta)", "1"),
     "llc_burn_in": ("SGLD draws per chain discarded as burn-in", "1"),
@@ -196,7 +197,8 @@ def attrs(name: str) -> dict:
 
 def llc_quality_flag_attrs(flags: dict[str, int] = LLC_QUALITY_FLAGS) -> dict:
     """CF attributes of an ``llc_quality`` bit field (0 = ok) of ``flags`` (name → bit):
-    the λ̂ stage's by default."""
+    the λ̂ stage's by default; the flags in the order of their bits."""
+    flags = dict(sorted(flags.items(), key=lambda flag: flag[1]))
     masks = [sum(flags.values()), *flags.values()]
     return {"flag_masks": np.asarray(masks, dtype=np.int8),
             "flag_values": np.asarray([0, *flags.values()], dtype=np.int8),

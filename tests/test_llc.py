@@ -573,14 +573,44 @@ def test_each_quality_flag_is_raised_by_its_own_cause_and_only_by_it() -> None:
     assert looser[2] == looser[3] == 0
     assert count_flags(bits) == {"estimates": 6, "ok": 1, "negative": 1, "not_converged": 2,
                                  "diverged_chains": 2, "heavy_tailed": 0}
-    # a tail k̂ above the limit for its number of draws (0.58 at 240, 0.38 at 40); a NaN k̂
-    # (too few draws to fit a tail) raises nothing
-    khat = [0.5, 0.0, 0.0, 0.0, 0.0, nan, nan]
+    # a tail k̂ above the limit for its number of draws (0.58 at 240, 0.5 at 100, 0.7 below
+    # 100); a NaN k̂ (too few draws to fit a tail) raises nothing
+    khat = [0.55, 0.0, 0.0, 0.0, 0.0, nan, nan]
     assert quality_flags(mean, chains_diverged, rhat, trend, tail_khat=khat,
                          samples=[240] * 7)[0] == 0
     assert quality_flags(mean, chains_diverged, rhat, trend, tail_khat=khat,
-                         samples=[40] * 7)[0] == FLAGS["heavy_tailed"]
+                         samples=[100] * 7)[0] == FLAGS["heavy_tailed"]
+    assert quality_flags(mean, chains_diverged, rhat, trend, tail_khat=khat,
+                         samples=[40] * 7)[0] == 0
     assert quality_flags([1.0], [0], [1.0], [0.0], tail_khat=[nan], samples=[40])[0] == 0
+
+
+def test_the_cube_holds_each_tail_k_to_the_limit_of_its_own_healthy_draws() -> None:
+    """The cube's heavy_tailed bit compares an estimate's k̂ with the limit for the draws its
+    mean is over: the healthy chains' draws after burn-in, (chains − diverged) × (draws −
+    burn-in). Four estimates of 4 chains × (30 + 60) draws: k̂ 0.59 over 240 draws (limit
+    0.583) is flagged, and would not be if the burn-in were counted; k̂ 0.55 with 2 chains
+    diverged (120 draws, limit 0.519) is flagged, and would not be if they were counted; 0.55
+    over 240 is not; 0.65 over 60 draws (too few for the rule: 0.7) is not."""
+    import xarray as xr
+
+    from critperiods.measure.llc.quality import FLAGS
+    from critperiods.results.cube import ANALYSIS_DEFAULTS, _llc_quality
+
+    epoch = ("epoch", [1, 2, 3, 4])
+    cube = xr.Dataset({
+        "llc_mean": (epoch[0], [5.0, 5.0, 5.0, 5.0]),
+        "llc_diverged_chains": (epoch[0], [0, 2, 0, 3]),
+        "llc_rhat": (epoch[0], [1.0] * 4), "llc_trend_z": (epoch[0], [0.0] * 4),
+        "llc_tail_khat": (epoch[0], [0.59, 0.55, 0.55, 0.65]),
+        "llc_burn_in": ((), 30), "llc_loss_trace": (("epoch", "chain", "draw"),
+                                                    np.zeros((4, 4, 90)))},
+        coords={"epoch": epoch[1]})
+    bits = _llc_quality(cube, ANALYSIS_DEFAULTS).values.astype(int)
+    heavy = FLAGS["heavy_tailed"]
+    np.testing.assert_array_equal(bits, [heavy, heavy | FLAGS["diverged_chains"], 0,
+                                         FLAGS["diverged_chains"]])
+    assert _llc_quality(cube.drop_vars("llc_tail_khat"), ANALYSIS_DEFAULTS).values[0] == 0
 
 
 def test_the_tail_khat_tells_excursions_from_a_light_tailed_trace() -> None:
@@ -588,7 +618,7 @@ def test_the_tail_khat_tells_excursions_from_a_light_tailed_trace() -> None:
     k̂ well under the limit for their number; the same chains with a few excursions hundreds
     of times their bulk, as a step size near SGLD's stability limit gives, one far above it
     (while R-hat, which ranks the draws, stays near 1). The limit is ArviZ's
-    min(1 − 1/log10 S, 0.7)."""
+    min(1 − 1/log10 S, 0.7), held from 100 draws on."""
     from critperiods.measure.llc.quality import diagnose, khat_threshold
 
     rng = np.random.default_rng(0)
@@ -601,7 +631,8 @@ def test_the_tail_khat_tells_excursions_from_a_light_tailed_trace() -> None:
     wild = diagnose(spiky, 30, np.zeros(4, bool))
     assert wild.tail_khat > 0.7 and wild.rhat < 1.1
     assert np.isnan(diagnose(trace[:, :35], 30, np.zeros(4, bool)).tail_khat)  # 20 draws
-    assert khat_threshold(40) == pytest.approx(0.376, abs=1e-3) and khat_threshold(1e5) == 0.7
+    assert khat_threshold(100) == pytest.approx(0.5) and khat_threshold(1e5) == 0.7
+    assert khat_threshold(40) == 0.7  # k̂ of 40 draws is too noisy for the rule's 0.38
     assert np.isnan(khat_threshold(1))
 
 

@@ -407,7 +407,7 @@ def test_the_exponent_at_a_runs_noise_is_centred_on_its_located_ends(tmp_path, c
             f"{middle * 2 ** -0.5:.3g} at batch 256 (the end at the middle batch size: the "
             "geometric mean of the run's 3 located ends; --end sets it)") in out
     assert "a seed's runs at different batch sizes err together by r = " in out
-    assert "mean of 3 pairs of batch sizes, ≥ 24 runs each" in out
+    assert "mean of 3 pairs of batch sizes, ≥ 24 runs each; s.d. " in out
     assert out.index("err together") < out.index("the exponent (end ∝")
 
 

@@ -96,9 +96,10 @@ def test_toy_cube_flags_its_llc_estimates_and_the_summary_counts_them(run, capsy
     summary's llc_at_end is the mean of the estimates that are not flagged."""
     cube = critperiods.open_cube(run / RESULTS / "toy_cube.nc")
     assert cube.llc_quality.attrs["flag_meanings"].split() == [
-        "ok", "negative", "not_converged", "diverged_chains", "not_at_minimum"]
+        "ok", "negative", "not_converged", "diverged_chains", "not_at_minimum", "heavy_tailed"]
     made = cube.llc_mean.notnull()
     assert (cube.llc_quality.notnull() == made).all() and (cube.llc_bias.notnull() == made).all()
+    assert (cube.llc_tail_khat.notnull() == made).all()  # 2 chains × 60 draws: a tail to fit
     assert float(cube.llc_at_critical_point_bias.sel(landscape="line", k1=2, k2=0)) == 0
     # two estimates of line_k2 set by hand: 0.2 ok, 0.4 flagged → the mean is 0.2
     line = dict(landscape="line", k1=2, k2=0)

@@ -598,12 +598,12 @@ def test_calibrate_llc_runs_chains_of_the_length_and_batch_asked_for(run, tmp_pa
     assert seen == {"draws": 7, "burn_in": 3, "batch_size": 8} and out.stat().st_size > 0
     said = capsys.readouterr().out
     assert re.search(r"nβ \S+, step size 1e-05: λ̂ \S+ \(chains' s\.d\. ", said)
-    assert "choose the largest step size that would not be flagged" in said
+    assert "choose a step size well below (about half) the smallest one that would be" in said
     assert main(["calibrate-llc", str(piece), "--epoch", "1", "--threads", "1", "--out",
                  str(out)]) == 0  # the config's chains; the run's own step size among them
     said = capsys.readouterr().out
     assert "step size 0.0001 (the run's): λ̂" in said
-    assert re.search(r"tail k̂ \S+, limit 0\.38", said)  # 2 chains × 20 draws: 1 − 1/log10 40
+    assert re.search(r"tail k̂ \S+, limit 0\.70", said)  # 2 chains × 20 draws: too few for the rule
 
 
 def test_the_cubes_summary_is_the_summary_of_the_stored_cube(run, monkeypatch):

@@ -161,19 +161,22 @@ def _llc_quality(cube: xr.Dataset, settings: dict) -> xr.DataArray:
     flags = quality_flags(mean.values, cube["llc_diverged_chains"].values,
                           cube["llc_rhat"].values, cube["llc_trend_z"].values,
                           settings["llc_max_rhat"], settings["llc_max_trend_z"],
-                          khat, _llc_samples(cube).values)
+                          khat, _llc_samples(cube).broadcast_like(mean).transpose(*mean.dims)
+                          .values)
     attrs = {**llc_quality_flag_attrs(), "comment": (
         f"bit field: negative = lambda < 0; not_converged = R-hat > {settings['llc_max_rhat']} "
         f"or |trend z| > {settings['llc_max_trend_z']}; diverged_chains = at least one chain "
-        "diverged; heavy_tailed = llc_tail_khat > min(1 - 1/log10(draws), 0.7), the healthy "
-        "chains' draws after burn-in. Flagged estimates are left out of the markers and drawn "
-        "hollow.")}
+        "diverged; heavy_tailed = llc_tail_khat > min(1 - 1/log10(draws), 0.7) for the "
+        "healthy chains' draws after burn-in (0.7 below 100 draws). Flagged estimates are left "
+        "out of the markers and drawn hollow.")}
     return xr.DataArray(flags, dims=mean.dims, coords=mean.coords, attrs=attrs)
 
 
 def _llc_samples(cube: xr.Dataset) -> xr.DataArray:
-    """The draws after burn-in of each estimate's healthy chains (its λ̂ is their mean)."""
-    draws = cube.sizes.get("draw", 0) - int(cube["llc_burn_in"]) if "llc_burn_in" in cube else 0
+    """The draws after burn-in of each estimate's healthy chains (its λ̂ is their mean); the
+    burn-in may differ from piece to piece (a DataArray then)."""
+    burn_in = cube["llc_burn_in"] if "llc_burn_in" in cube else cube.sizes.get("draw", 0)
+    draws = cube.sizes.get("draw", 0) - burn_in
     return (cube.sizes.get("chain", 0) - cube["llc_diverged_chains"]) * draws
 
 

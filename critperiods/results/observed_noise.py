@@ -155,8 +155,9 @@ def residual_correlation(cube: xr.Dataset, schedule: str | None = None) -> Resid
     sizes, on ``schedule``'s runs (as :func:`observed_noise`). ``power``'s exponent
     simulation draws each batch size's runs independently (0), although a seed's runs share
     its initialisation and data order. ``chance`` is ``r``'s s.d. under independence, about
-    ``1 / √(cells − seeds − switches)`` for one pair, over √pairs. NaN with fewer than two
-    batch sizes or three shared cells."""
+    ``1 / √(cells − seeds − switches + 1)`` (the residuals' degrees of freedom) for one pair,
+    over √pairs. NaN with fewer than two batch sizes, or fewer than 3 degrees of freedom
+    shared."""
     schedule = _schedule(cube, schedule)
     residuals = {int(b): additive_residuals(_accuracy(cube, int(b), schedule)[1])[0]
                  for b in cube["batch_size"].values}

@@ -297,7 +297,7 @@ def llc_relaxation(cube: xr.Dataset) -> str:
     above = int(np.sum(values > RELAXED_GROWTH))
     median, low, high = (round(100 * float(v)) for v in (np.median(values), values.min(),
                                                           values.max()))
-    spread = (f"each {low:+d} %" if low == high
+    spread = (f"{low:+d} %" if values.size == 1 else f"each {low:+d} %" if low == high
               else f"median {median:+d} %, range {low:+d} to {high:+d} %")
     said = (f"The chains' squared distance from the checkpoint grew by more than "
             f"{100 * RELAXED_GROWTH:.0f} % from the first to the second half of the draws in "
@@ -663,7 +663,8 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     flags = ("" if not counts else
              f"λ̂: {counts['estimates']} estimates, {counts['ok']} ok, "
              + flag_reasons(counts).replace("_", " ")
-             + "; flagged estimates are left out of the λ̂ knees and drawn hollow.")
+             + ("; flagged estimates are left out of the λ̂ knees and drawn hollow"
+                if counts["ok"] < counts["estimates"] else "") + ".")
     drawn = set(FIGURES if drawn is None else drawn)
     shown = [FIGURES[stem] for stem in FIGURES if stem in drawn]
     reading = "\n".join(f"* {label} ({category.split(' ', 1)[1]})"  # numbered as the report

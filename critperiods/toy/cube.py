@@ -145,14 +145,13 @@ def build_toy_cube(files: Iterable[str | Path], config_yaml: str,
     cube = cube.reindex(landscape=kinds, k1=sorted(cube.k1.values), k2=sorted(cube.k2.values))
     cube["learning_coefficient_multiplicity"] = cube.learning_coefficient_multiplicity.astype(
         float)  # NaN where no landscape
-    sampler = (yaml.safe_load(config_yaml) or {}).get("toy", {}).get("llc", {})
+    sampler = yaml.safe_load(config_yaml)["toy"]["llc"]  # toy_plan.record: the whole section
     for prefix in ("llc", "llc_at_critical_point"):  # at the endpoints, and at w*
         mean = cube["llc_mean" if prefix == "llc" else prefix]
         stats = (cube[f"{prefix}_{stat}"].values
                  for stat in ("diverged_chains", "rhat", "trend_z", "bias"))
         khat = cube.get(f"{prefix}_tail_khat")  # absent from pieces made before it
-        samples = ((sampler.get("chains", 0) - cube[f"{prefix}_diverged_chains"])
-                   * sampler.get("draws", 0))
+        samples = (sampler["chains"] - cube[f"{prefix}_diverged_chains"]) * sampler["draws"]
         cube[f"{prefix}_quality"] = mean.copy(data=llc_quality(
             mean.values, *stats, max_endpoint_bias=max_endpoint_bias, max_rhat=max_rhat,
             max_trend_z=max_trend_z, tail_khat=None if khat is None else khat.values,
@@ -301,12 +300,12 @@ def format_summary(cube: xr.Dataset) -> str:
             "(λ̂ at w* and at far-start SGD endpoints vs exact λ; llc_at_end averages the",
             " end_n endpoint estimates not flagged, end_flagged counts those that are:",
             " not_at_minimum (the endpoint sits so far above a minimum that λ̂ comes off by",
-            f" more than {bias:.0%} of its value there), negative, not_converged or",
-            " diverged_chains; convergence exponent p of median steps ∝ threshold^-p vs",
-            " gradient flow; near-start escape shares; prior-start endpoints vs tempered",
-            " posterior: W1 per coordinate and KL, beside the sampling level of an exact",
-            " posterior sample; noise covariance / Hessian and / J^T S J; the largest share",
-            " of diverged runs in any cell)",
+            f" more than {bias:.0%} of its value there), negative, not_converged,",
+            " diverged_chains or heavy_tailed; convergence exponent p of median steps ∝",
+            " threshold^-p vs gradient flow; near-start escape shares; prior-start endpoints",
+            " vs tempered posterior: W1 per coordinate and KL, beside the sampling level of an",
+            " exact posterior sample; noise covariance / Hessian and / J^T S J; the largest",
+            " share of diverged runs in any cell)",
             "",
             summary_table(cube).to_string(),
             "",

@@ -10,7 +10,7 @@ flags an estimate ``not_at_minimum`` (:data:`FLAGS`) when that bias is more than
 ``toy.llc.max_endpoint_bias`` of ``λ̂ + nβ ΔL``, the value at the minimum. The other flags
 are the λ̂ stage's (:mod:`critperiods.measure.llc.quality`: ``negative``,
 ``not_converged`` at ``analysis.llc_max_rhat`` and ``analysis.llc_max_trend_z``,
-``diverged_chains``).
+``diverged_chains``, ``heavy_tailed``).
 """
 
 from __future__ import annotations

@@ -252,8 +252,8 @@ def llc_vs_exact(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     ax.scatter([], [], marker="s", color="w", edgecolor="k", label="at w* (± std over chains)")
     ax.scatter([], [], color="0.5", s=12, label="at SGD endpoints")
     ax.scatter([], [], facecolors="none", edgecolors="0.5", s=12,
-               label="flagged (hollow): not at a minimum, negative,\nnot converged or "
-                     "diverged chains")
+               label="flagged (hollow): not at a minimum, negative,\nnot converged, "
+                     "diverged chains or heavy-tailed")
     ax.scatter([], [], marker="_", s=200, color="k", label="finite-nβ target")
     ax.set_xlabel("exact learning coefficient λ")
     ax.set_ylabel("λ̂ (critperiods.measure.llc.estimate_llc)")

@@ -259,7 +259,8 @@ def landing_page(cube: xr.Dataset, figure: str | Path) -> str:
         "Summary table", "-------------", "",
         table_rst(table), "",
         "*λ̂ at endpoints*: mean of the estimates not flagged; *flagged*: not at a minimum, "
-        "negative, not converged or with diverged chains (``llc_quality`` in the cube); "
+        "negative, not converged, with diverged chains or heavy-tailed (``llc_quality`` in "
+        "the cube); "
         "*stuck*: near-start runs that moved less than the escape radius; *W1 / sampling "
         "level*: prior-start SGD endpoints' W1 distance to the tempered posterior over an "
         "exact posterior sample's. Every column, and more: ``python -m critperiods summarize "

@@ -32,7 +32,7 @@ def calibrate(
     Returns an ``xarray.Dataset`` with dims ``(nbeta, step_size, chain, draw)`` holding
     ``llc_running`` (running mean of the per-chain estimate over post-burn-in draws),
     ``loss_trace``, ``distance_trace`` (the chains' ``‖w − w*‖²``), ``llc_mean``, ``llc_std``,
-    ``diverged``, ``distance_growth`` and ``tail_khat``
+    ``diverged``, ``distance_growth``, ``tail_khat``, ``rhat`` and ``trend_z``
     (:mod:`critperiods.measure.llc.quality`). Pick the largest step size whose curves flatten
     without diverging or a heavy tail; ``plot_calibration`` draws them.
     """
@@ -78,6 +78,8 @@ def _calibration_dataset(
             "distance_trace": (dims + ("chain", "step"), stack(lambda r: r.distance_trace)),
             "distance_growth": (dims, stack(lambda r: checks[id(r)].distance_growth)),
             "tail_khat": (dims, stack(lambda r: checks[id(r)].tail_khat)),
+            "rhat": (dims, stack(lambda r: checks[id(r)].rhat)),
+            "trend_z": (dims, stack(lambda r: checks[id(r)].trend_z)),
             "llc_mean": (dims, stack(lambda r: r.llc_mean)),
             "llc_std": (dims, stack(lambda r: r.llc_std)),
             "diverged": (dims + ("chain",), stack(lambda r: r.diverged)),
