@@ -141,7 +141,8 @@ def test_restart_runs_share_the_trunk_and_the_never_blurred_run(run):
 
 def test_llc_carries_its_diagnostics_and_quality_flag(run):
     cube = critperiods.open_cube(run / "results/tiny/cube.nc")
-    for name in ("llc_rhat", "llc_ess", "llc_trend_z", "llc_distance_growth", "llc_quality"):
+    for name in ("llc_rhat", "llc_ess", "llc_trend_z", "llc_distance_growth", "llc_tail_khat",
+                 "llc_quality"):
         assert cube[name].dims == cube.llc_mean.dims, name
     estimated = cube.llc_mean.notnull()
     assert (cube.llc_quality.notnull() == estimated).all()
@@ -149,8 +150,8 @@ def test_llc_carries_its_diagnostics_and_quality_flag(run):
     assert (cube.llc_distance_growth.notnull() == estimated).all()  # wherever λ̂ is
     flags = cube.llc_quality.attrs
     assert flags["flag_meanings"].split() == ["ok", "negative", "not_converged",
-                                              "diverged_chains"]
-    assert list(flags["flag_values"]) == [0, 1, 2, 4]
+                                              "diverged_chains", "heavy_tailed"]
+    assert list(flags["flag_values"]) == [0, 1, 2, 4, 16]
     negative = (cube.llc_mean < 0) & estimated
     assert ((cube.llc_quality.where(negative) % 2) == 1).where(negative, True).all(), \
         "every negative λ̂ carries the negative flag"
