@@ -356,11 +356,13 @@ def _plain(rst: str) -> str:
 def calibrate_llc(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    import numpy as np
     import torch
 
-    from critperiods.measure.llc import calibrate, plot_calibration
-    from critperiods.measure.llc.quality import RELAXED_GROWTH, khat_threshold
+    from critperiods.measure.llc.calibration import (
+        calibrate,
+        calibration_lines,
+        plot_calibration,
+    )
     from critperiods.pipeline.checkpoints import (
         CheckpointError,
         checkpoint_map,
@@ -403,39 +405,13 @@ def calibrate_llc(args: argparse.Namespace) -> int:
     chains = {k: v for k, v in (("draws", args.draws), ("burn_in", args.burn_in),
                                 ("batch_size", args.batch_size)) if v is not None}
     own = float(llc_params["step_size"])
-    analysis = config["analysis"]
     step_sizes = args.step_sizes or sorted({1e-5, 3e-5, 1e-4, 3e-4, own})
     sampler = replace(llc_config_from_params(llc_params), **chains)
     result = calibrate(model, torch.nn.functional.cross_entropy,
                        llc_data(data, llc_params)(ckpts[args.epoch]["phase"]), sampler,
                        step_sizes, args.nbetas)
     plot_calibration(result, args.out)
-    for nbeta in result["nbeta"].values:
-        for eps in result["step_size"].values:
-            cell = result.sel(nbeta=nbeta, step_size=eps)
-            diverged = int(cell["diverged"].sum())
-            growth, khat = float(cell["distance_growth"]), float(cell["tail_khat"])
-            limit = khat_threshold((sampler.chains - diverged) * sampler.draws)
-            mean = float(cell["llc_mean"])
-            converged = (float(cell["rhat"]) <= analysis["llc_max_rhat"]
-                         and abs(float(cell["trend_z"])) <= analysis["llc_max_trend_z"])
-            flags = [word for word, raised in (
-                ("negative", mean < 0), ("not converged", not converged and diverged == 0),
-                ("diverged chains", diverged > 0), ("heavy-tailed", khat > limit)) if raised]
-            print(f"nβ {nbeta:.4g}, step size {eps:g}"
-                  + (" (the run's)" if eps == own else "") + f": λ̂ {mean:.4g} "
-                  f"(chains' s.d. {float(cell['llc_std']):.3g}"
-                  + (f", {diverged} chain(s) diverged" if diverged else "")
-                  + (f"; tail k̂ {khat:.2f}, limit {limit:.2f}" if np.isfinite(khat) else "")
-                  + (f"; ‖w − w*‖² changed by {round(100 * growth):+d} % over the draws"
-                     + (", still spreading" if growth > RELAXED_GROWTH else "")
-                     if np.isfinite(growth) else "") + ")"
-                  + (f": would be flagged {', '.join(flags)}" if flags else ""))
-    print("choose a step size well below (about half) the smallest one that would be "
-          "flagged, calibrated on the run's latest checkpoints, where the tail grows heavy "
-          "soonest; where ‖w − w*‖² still spreads, longer chains (--draws, --burn-in; then "
-          "llc.draws, llc.burn_in), not a larger step, let it settle. λ̂ grows with the step "
-          "size (docs/llc.md, \"Is an estimate valid?\"): compare runs only at one setting")
+    print("\n".join(calibration_lines(result, sampler, own, config["analysis"])))
     print(f"wrote {args.out}")
     return 0
 

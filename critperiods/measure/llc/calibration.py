@@ -138,4 +138,44 @@ def _plot_distance(ax: Any, sub: Any) -> None:
     ax.legend(fontsize="small")
 
 
-__all__ = ["calibrate", "plot_calibration"]
+def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
+                      analysis: dict) -> list[str]:
+    """What ``calibrate-llc`` prints of a sweep (:func:`calibrate`'s ``result``, run at
+    ``sampler``'s chains and draws): per setting λ̂, the chains' spread, the tail's k̂
+    against its limit, how far ``‖w − w*‖²`` still grew, and the flags the estimate would
+    get at ``analysis``' thresholds (``llc_max_rhat``, ``llc_max_trend_z``; the run's own
+    ``own_step`` marked); then how to choose."""
+    from critperiods.measure.llc.quality import RELAXED_GROWTH, khat_threshold
+
+    lines = []
+    for nbeta in result["nbeta"].values:
+        for eps in result["step_size"].values:
+            cell = result.sel(nbeta=nbeta, step_size=eps)
+            diverged = int(cell["diverged"].sum())
+            growth, khat = float(cell["distance_growth"]), float(cell["tail_khat"])
+            limit = khat_threshold((sampler.chains - diverged) * sampler.draws)
+            mean = float(cell["llc_mean"])
+            converged = (float(cell["rhat"]) <= analysis["llc_max_rhat"]
+                         and abs(float(cell["trend_z"])) <= analysis["llc_max_trend_z"])
+            flags = [word for word, raised in (
+                ("negative", mean < 0), ("not converged", not converged and diverged == 0),
+                ("diverged chains", diverged > 0), ("heavy-tailed", khat > limit)) if raised]
+            lines.append(
+                f"nβ {nbeta:.4g}, step size {eps:g}" + (" (the run's)" if eps == own_step else "")
+                + f": λ̂ {mean:.4g} (chains' s.d. {float(cell['llc_std']):.3g}"
+                + (f", {diverged} chain(s) diverged" if diverged else "")
+                + (f"; tail k̂ {khat:.2f}, limit {limit:.2f}" if np.isfinite(khat) else "")
+                + (f"; ‖w − w*‖² changed by {round(100 * growth):+d} % over the draws"
+                   + (", still spreading" if growth > RELAXED_GROWTH else "")
+                   if np.isfinite(growth) else "") + ")"
+                + (f": would be flagged {', '.join(flags)}" if flags else ""))
+    lines.append("choose a step size well below (about half) the smallest one that would be "
+                 "flagged, calibrated on the run's latest checkpoints, where the tail grows "
+                 "heavy soonest; where ‖w − w*‖² still spreads, longer chains (--draws, "
+                 "--burn-in; then llc.draws, llc.burn_in), not a larger step, let it settle. λ̂ "
+                 "grows with the step size (docs/llc.md, \"Is an estimate valid?\"): compare "
+                 "runs only at one setting")
+    return lines
+
+
+__all__ = ["calibrate", "calibration_lines", "plot_calibration"]
