@@ -636,6 +636,22 @@ def test_the_tail_khat_tells_excursions_from_a_light_tailed_trace() -> None:
     assert np.isnan(khat_threshold(1))
 
 
+def test_the_tail_check_bench_runs_and_finds_the_rule_too_strict_for_40_draws(capsys) -> None:
+    """bench/tail_khat_false_flags.py, in a few trials, so that it cannot rot: light-tailed
+    traces of 40 draws read above ArviZ's rule far more often than above 0.7, and those of
+    240 draws almost never above it (why quality.MIN_TAIL_DRAWS is 100)."""
+    from tests.conftest import bench_module
+
+    bench = bench_module("tail_khat_false_flags")
+    rows = [line.split(" | ") for line in bench.main(["--trials", "60"]).splitlines()[2:]]
+    rate = {(row[0].lstrip("| ").split()[0], row[1]): (float(row[2].split("%")[0]),
+                                                      float(row[3].rstrip("% |")))
+            for row in rows}
+    rule_40, cap_40 = rate[("40", "chi-square 5")]
+    assert rule_40 > 15 and cap_40 < rule_40 / 3
+    assert rate[("240", "Gaussian")][0] <= 2
+
+
 def test_diverged_chains_flagged_and_excluded() -> None:
     """Chains that escape along the stiff arms of K = w1^2 w2^2 at nbeta = 1e6 blow up; they
     are flagged, NaN per chain, frozen, and the mean uses the healthy chains only."""

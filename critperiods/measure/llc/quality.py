@@ -116,7 +116,7 @@ def _tail_khat(post: np.ndarray) -> float:
 
 #: Fewer draws than this, and k̂ is too noisy for the sample-size rule: light-tailed traces
 #: of 40 draws read above its 0.38 a fifth to a third of the time, above 0.7 3-4 % of the
-#: time; of 100 draws above its 0.5 1-2 %; of 240, never (300-400 simulated traces each).
+#: time; of 100 draws above its 0.5 1-2 %; of 240, never (bench/tail_khat_false_flags.py).
 MIN_TAIL_DRAWS = 100
 
 
