@@ -308,7 +308,7 @@ def test_the_experiment_runs_on_mnist_from_a_local_copy(tmp_path):
     mnist = write_fake_mnist(tmp_path / "mnist")
     overlay = override(tmp_path, "mnist", f"experiment: tiny_mnist\ndataset:\n  name: mnist\n"
                        f"  root: {mnist}\nllc:\n  enabled: false\ndivergence:\n"
-                       "  enabled: false\n")
+                       "  enabled: false\ngrid:\n  seeds: [0]\n")  # one seed: the data's path
     workdir = tmp_path / "w"
     out = snakemake(workdir, "--cores", "2", configs=[overlay])
     assert "will download it" not in out
