@@ -503,7 +503,9 @@ def _unnamed_note(paths: list[str], config: dict) -> str:
         return ""
     return (f"note: this run writes to {folder}/, the default run's folder, but differs from "
             f"it in {', '.join(changed)}: its results would replace the default's there; give "
-            "it its own name (`experiment: <name>`)\n")
+            "it its own name (`experiment: <name>`: a folder of its own, where its whole grid "
+            f"trains anew), or copy {folder}/cube.nc aside to keep the default's numbers and "
+            "rerun only what the change touches\n")
 
 
 def cost(args: argparse.Namespace) -> int:

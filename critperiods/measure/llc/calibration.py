@@ -119,8 +119,9 @@ def _plot_panel(ax: Any, sub: Any, nbeta: float) -> None:
         draws = np.arange(1, mean.size + 1)
         ax.plot(draws, mean, label=f"eps={eps:g}")
         ax.fill_between(draws, mean - std, mean + std, alpha=0.2)
+    ax.set_yscale("symlog", linthresh=10)  # an unstable step's thousands beside the rest
     ax.set_xlabel("draw")
-    ax.set_ylabel("running LLC estimate")
+    ax.set_ylabel("running LLC estimate (symlog)")
     ax.set_title(f"nbeta={nbeta:.3g}")
     ax.legend(fontsize="small")
 
@@ -133,8 +134,9 @@ def _plot_distance(ax: Any, sub: Any) -> None:
         ax.plot(np.arange(1, distance.size + 1), distance, label=f"eps={eps:g}")
     if burn_in:
         ax.axvline(burn_in + 0.5, color="0.5", linestyle=":", linewidth=1)
+    ax.set_yscale("log")
     ax.set_xlabel("SGLD step (burn-in left of the dotted line)")
-    ax.set_ylabel("mean ‖w − w*‖² over chains")
+    ax.set_ylabel("mean ‖w − w*‖² over chains (log)")
     ax.legend(fontsize="small")
 
 
@@ -142,12 +144,18 @@ def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
                       analysis: dict) -> list[str]:
     """What ``calibrate-llc`` prints of a sweep (:func:`calibrate`'s ``result``, run at
     ``sampler``'s chains and draws): per setting λ̂, the chains' spread, the tail's k̂
-    against its limit, how far ``‖w − w*‖²`` still grew, and the flags the estimate would
-    get at ``analysis``' thresholds (``llc_max_rhat``, ``llc_max_trend_z``; the run's own
-    ``own_step`` marked); then how to choose."""
-    from critperiods.measure.llc.quality import RELAXED_GROWTH, khat_threshold
+    against its limit, how far ``‖w − w*‖²`` still grew beside what a direction the loss
+    leaves flat gives there (plain SGLD), and the flags the estimate would get at
+    ``analysis``' thresholds (``llc_max_rhat``, ``llc_max_trend_z``; the run's own
+    ``own_step`` marked); then how to choose, from the smallest step that would be
+    flagged."""
+    from critperiods.measure.llc.quality import (
+        RELAXED_GROWTH,
+        flat_direction_growth,
+        khat_threshold,
+    )
 
-    lines = []
+    lines, flagged = [], []
     for nbeta in result["nbeta"].values:
         for eps in result["step_size"].values:
             cell = result.sel(nbeta=nbeta, step_size=eps)
@@ -160,21 +168,32 @@ def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
             flags = [word for word, raised in (
                 ("negative", mean < 0), ("not converged", not converged and diverged == 0),
                 ("diverged chains", diverged > 0), ("heavy-tailed", khat > limit)) if raised]
+            if any(f != "negative" for f in flags):
+                flagged.append(float(eps))
+            flat = ("" if sampler.sampler != "sgld" else "; a flat direction: " + format(round(
+                100 * flat_direction_growth(float(eps), sampler.gamma, sampler.burn_in,
+                                            sampler.draws)), "+d") + " %")
             lines.append(
                 f"nβ {nbeta:.4g}, step size {eps:g}" + (" (the run's)" if eps == own_step else "")
                 + f": λ̂ {mean:.4g} (chains' s.d. {float(cell['llc_std']):.3g}"
                 + (f", {diverged} chain(s) diverged" if diverged else "")
                 + (f"; tail k̂ {khat:.2f}, limit {limit:.2f}" if np.isfinite(khat) else "")
                 + (f"; ‖w − w*‖² changed by {round(100 * growth):+d} % over the draws"
-                   + (", still spreading" if growth > RELAXED_GROWTH else "")
+                   + (", still spreading" if growth > RELAXED_GROWTH else "") + flat
                    if np.isfinite(growth) else "") + ")"
                 + (f": would be flagged {', '.join(flags)}" if flags else ""))
-    lines.append("choose a step size well below (about half) the smallest one that would be "
-                 "flagged, calibrated on the run's latest checkpoints, where the tail grows "
-                 "heavy soonest; where ‖w − w*‖² still spreads, longer chains (--draws, "
-                 "--burn-in; then llc.draws, llc.burn_in), not a larger step, let it settle. λ̂ "
-                 "grows with the step size (docs/llc.md, \"Is an estimate valid?\"): compare "
-                 "runs only at one setting")
+    steps = result["step_size"].values
+    lines.append(
+        (f"the smallest step size that would be flagged here is {min(flagged):g}: stay at "
+         f"about half of it or below (≤ {min(flagged) / 2:.2g})" if flagged else
+         f"no step size up to {max(steps):g} would be flagged here: add larger ones "
+         "(--step-sizes) to find where the chains start to run away, and stay at about half "
+         "of that")
+        + ". That step differs from checkpoint to checkpoint: sweep a few (early, middle and "
+        "late, trunk and branch) and take the smallest. Where ‖w − w*‖² still spreads about "
+        "as a flat direction does, the chains need to be longer (--draws, --burn-in; then "
+        "llc.draws, llc.burn_in), not the step larger: a larger step also raises λ̂ "
+        "(docs/llc.md, \"Is an estimate valid?\"), so compare runs only at one setting")
     return lines
 
 
