@@ -149,3 +149,19 @@ def test_compare_names_runs_of_one_experiment_by_path_and_leaves_perturbations_t
     assert out.startswith(f"comparing 2 runs, the first ({paths[0]}) as the baseline:")
     assert ("  the perturbation study's results are not compared here: `summarize` each cube "
             "for them\n") in out
+    assert "on different data" not in out
+
+
+def test_compare_says_what_pairing_by_seed_means_across_datasets(tmp_path, capsys) -> None:
+    from critperiods.__main__ import main
+
+    paths = [tmp_path / "fashion.nc", tmp_path / "mnist.nc"]
+    run("fashion", 4).to_netcdf(paths[0])
+    digits = run("mnist", 4, shift=0.01)
+    digits.attrs["config"] = digits.attrs["config"].replace("fashion_mnist", "mnist")
+    digits.to_netcdf(paths[1])
+    assert main(["compare", *map(str, paths)]) == 0
+    out = capsys.readouterr().out
+    assert "  dataset.name: fashion_mnist | mnist\n" in out
+    assert "  on different data, a seed's runs share only their initial weights and batch " \
+           "order" in out

@@ -157,6 +157,10 @@ def format_comparison(runs: Sequence[Run], differences: xr.Dataset) -> str:
                      + ": differences may also be the code's")
     if differences.attrs.get("left_out"):
         lines.append(f"  not in every run, left out: {differences.attrs['left_out']}")
+    if "dataset.name" in differ:
+        lines.append("  on different data, a seed's runs share only their initial weights and "
+                     "batch order: pairing by seed still gives each difference, but need not "
+                     "narrow its interval")
     if any("perturb_l2" in r.cube for r in runs):
         lines.append("  the perturbation study's results are not compared here: `summarize` "
                      "each cube for them")
