@@ -304,35 +304,35 @@ def llc_relaxation(cube: xr.Dataset) -> str:
             f"{above} of {values.size} unflagged estimates ({spread}; "
             "``llc_distance_growth``)")
     if not above:
-        flat = _flat_growth(cube)
+        flat = _flat_setting(cube)
         return said + (": they were no longer spreading" if flat is None else
                        f": they were no longer spreading (a direction the loss leaves flat "
-                       f"gives {round(100 * flat):+d} % at these settings)") + "."
+                       f"gives {round(100 * flat[0]):+d} % at these settings)") + "."
     return (said + f": their weights were still spreading{_flat_directions(cube)}. λ̂ from "
             "such chains moves with their length (docs/llc.md).")
 
 
-def _flat_growth(cube: xr.Dataset) -> float | None:
-    """What a chain's ``llc_distance_growth`` is where the loss is flat, at the run's one
-    plain-SGLD setting (None for another sampler or several settings)."""
+def _flat_setting(cube: xr.Dataset) -> tuple[float, float, float, float, int] | None:
+    """``(growth, ε, γ, burn-in, draws)``: what a chain's ``llc_distance_growth`` is where the
+    loss is flat, at the run's one plain-SGLD setting, and that setting (None for another
+    sampler or several settings)."""
     shared, llc = _llc_settings(cube)
     eps, gamma, burn_in = shared["step_size"], shared["gamma"], shared["burn_in"]
     draws = cube.sizes.get("draw", 0) - burn_in
     if (llc.get("sampler", "sgld") != "sgld" or not np.isfinite(burn_in)
             or not eps * gamma > 0 or not draws >= 2):
         return None
-    return flat_direction_growth(eps, gamma, int(burn_in), int(draws))
+    return (flat_direction_growth(eps, gamma, int(burn_in), int(draws)), eps, gamma, burn_in,
+            int(draws))
 
 
 def _flat_directions(cube: xr.Dataset) -> str:
     """What a chain gives where the loss is flat, at the run's one plain-SGLD setting (a
     clause; "" for another sampler or several settings)."""
-    flat = _flat_growth(cube)
-    if flat is None:
+    setting = _flat_setting(cube)
+    if setting is None:
         return ""
-    shared, _ = _llc_settings(cube)
-    eps, gamma, burn_in = shared["step_size"], shared["gamma"], shared["burn_in"]
-    draws = cube.sizes.get("draw", 0) - burn_in
+    flat, eps, gamma, burn_in, draws = setting
     return (f", as where the loss is flat ({round(100 * flat):+d} % at these settings: only the "
             f"localisation pulls a chain back there, over ~1/(εγ) = {1 / (eps * gamma):.0f} "
             f"steps, and the chains ran {burn_in:g} burn-in and {int(draws)} draw steps)")

@@ -150,9 +150,11 @@ def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
     ``own_step`` marked); then how to choose, from the smallest step that would be
     flagged."""
     from critperiods.measure.llc.quality import (
+        FLAGS,
         RELAXED_GROWTH,
         flat_direction_growth,
         khat_threshold,
+        quality_flags,
     )
 
     lines, flagged = [], []
@@ -161,13 +163,13 @@ def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
             cell = result.sel(nbeta=nbeta, step_size=eps)
             diverged = int(cell["diverged"].sum())
             growth, khat = float(cell["distance_growth"]), float(cell["tail_khat"])
-            limit = khat_threshold((sampler.chains - diverged) * sampler.draws)
+            samples = (sampler.chains - diverged) * sampler.draws
+            limit = khat_threshold(samples)
             mean = float(cell["llc_mean"])
-            converged = (float(cell["rhat"]) <= analysis["llc_max_rhat"]
-                         and abs(float(cell["trend_z"])) <= analysis["llc_max_trend_z"])
-            flags = [word for word, raised in (
-                ("negative", mean < 0), ("not converged", not converged and diverged == 0),
-                ("diverged chains", diverged > 0), ("heavy-tailed", khat > limit)) if raised]
+            bits = int(quality_flags(  # the cube's own flags, at the run's thresholds
+                [mean], [diverged], [float(cell["rhat"])], [float(cell["trend_z"])],
+                analysis["llc_max_rhat"], analysis["llc_max_trend_z"], [khat], [samples])[0])
+            flags = [name.replace("_", " ") for name, bit in FLAGS.items() if bits & bit]
             if any(f != "negative" for f in flags):
                 flagged.append(float(eps))
             flat = ("" if sampler.sampler != "sgld" else "; a flat direction: " + format(round(
