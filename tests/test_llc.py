@@ -636,6 +636,22 @@ def test_the_tail_khat_tells_excursions_from_a_light_tailed_trace() -> None:
     assert np.isnan(khat_threshold(1))
 
 
+def test_one_healthy_chain_has_no_rhat_and_logs_nothing(caplog) -> None:
+    """With every chain but one diverged, R-hat (a comparison of chains) is NaN, so the
+    estimate is flagged not converged, while ESS and the trend z-score still read the one
+    chain; ArviZ's shape-check log line (noise in a job's log) is not reached."""
+    import logging
+
+    from critperiods.measure.llc.quality import diagnose
+
+    trace = 2.0 + np.random.default_rng(1).chisquare(20, size=(4, 90)) / 100
+    with caplog.at_level(logging.INFO):
+        one = diagnose(trace, 30, np.array([True, True, False, True]))
+    assert np.isnan(one.rhat) and np.isfinite(one.ess) and np.isfinite(one.trend_z)
+    assert "Shape validation" not in caplog.text
+    assert np.isfinite(diagnose(trace, 30, np.zeros(4, bool)).rhat)
+
+
 def test_the_tail_check_bench_runs_and_finds_the_rule_too_strict_for_40_draws(capsys) -> None:
     """bench/tail_khat_false_flags.py, in a few trials, so that it cannot rot: light-tailed
     traces of 40 draws read above ArviZ's rule far more often than above 0.7, and those of

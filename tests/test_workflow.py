@@ -192,7 +192,7 @@ def test_llc_and_divergence_variables(run):
 
 
 def test_llc_change_plans_only_llc_and_aggregation(run, tmp_path):
-    out = snakemake(run, "-n", configs=[override(tmp_path, "l", "llc:\n  step_size: 0.0002\n")])
+    out = snakemake(run, "-n", configs=[override(tmp_path, "l", "llc:\n  step_size: 0.0003\n")])
     assert set(planned(out)) == {"llc", "aggregate", "plots"}
 
 
@@ -603,7 +603,7 @@ def test_calibrate_llc_runs_chains_of_the_length_and_batch_asked_for(run, tmp_pa
     assert main(["calibrate-llc", str(piece), "--epoch", "1", "--threads", "1", "--out",
                  str(out)]) == 0  # the config's chains; the run's own step size among them
     said = capsys.readouterr().out
-    assert "step size 0.0001 (the run's): λ̂" in said
+    assert "step size 0.0002 (the run's): λ̂" in said
     assert re.search(r"tail k̂ \S+, limit 0\.70", said)  # 2 chains × 20 draws: too few for the rule
 
 

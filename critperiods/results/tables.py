@@ -118,7 +118,7 @@ def _bound(value: float) -> str:
 
 
 def _too_late(row: pd.Series, marker: str) -> str:
-    """" (the earliest possible knee, epoch 6, is after this end)" where the λ̂ epochs leave a
+    """" (the earliest possible knee, epoch E, is after this end)" where the λ̂ epochs leave a
     knee no room before the end, so that its offset cannot be negative; "" otherwise."""
     earliest = row.get(f"{marker}_earliest", np.nan)
     if np.isfinite(earliest) and earliest >= row["critical_period_end"]:

@@ -115,6 +115,9 @@ def _plot_panel(ax: Any, sub: Any, nbeta: float) -> None:
     """Draw running-LLC curves (mean ± std over chains) for each step size."""
     for eps in sub["step_size"].values:
         run = sub["llc_running"].sel(step_size=eps).values
+        if np.isnan(run).all():  # every chain diverged: nothing to draw, but say so
+            ax.plot([], [], label=f"eps={eps:g} (all chains diverged)")
+            continue
         mean, std = np.nanmean(run, axis=0), np.nanstd(run, axis=0)
         draws = np.arange(1, mean.size + 1)
         ax.plot(draws, mean, label=f"eps={eps:g}")
@@ -130,7 +133,11 @@ def _plot_distance(ax: Any, sub: Any) -> None:
     """Draw the chains' mean ``‖w − w*‖²`` against the step for each step size."""
     burn_in = sub.sizes["step"] - sub.sizes["draw"]
     for eps in sub["step_size"].values:
-        distance = np.nanmean(sub["distance_trace"].sel(step_size=eps).values, axis=0)
+        trace = sub["distance_trace"].sel(step_size=eps).values
+        if np.isnan(trace).all():
+            ax.plot([], [], label=f"eps={eps:g} (all chains diverged)")
+            continue
+        distance = np.nanmean(trace, axis=0)
         ax.plot(np.arange(1, distance.size + 1), distance, label=f"eps={eps:g}")
     if burn_in:
         ax.axvline(burn_in + 0.5, color="0.5", linestyle=":", linewidth=1)

@@ -81,8 +81,8 @@ def diagnose(loss_trace: np.ndarray, burn_in: int, diverged: np.ndarray,
     The trace of λ̂ per draw is an affine function of the loss (``nβ (L_B − L_n(w*))``), so
     R-hat, ESS, the trend z-score and the tail's k̂ are the same computed on either.
     Diverged chains are left out; with no healthy chain or fewer than 4 post-burn-in draws
-    all are NaN, ``distance_growth`` without a distance trace, and ``tail_khat`` with fewer
-    draws than a tail fit needs (25).
+    all are NaN, R-hat with one healthy chain, ``distance_growth`` without a distance
+    trace, and ``tail_khat`` with fewer draws than a tail fit needs (25).
     """
     from arviz_stats.base import array_stats
 
@@ -92,8 +92,10 @@ def diagnose(loss_trace: np.ndarray, burn_in: int, diverged: np.ndarray,
         return Diagnostics(float("nan"), float("nan"), float("nan"))
     growth = (float("nan") if distance_trace is None else
               _growth(np.asarray(distance_trace, dtype=float)[healthy, burn_in:]))
-    return Diagnostics(float(array_stats.rhat(post, chain_axis=0, draw_axis=1)),
-                       float(array_stats.ess(post, chain_axis=0, draw_axis=1)),
+    # R-hat compares chains: with one left it is undefined (ArviZ would log its shape check)
+    rhat = (float(array_stats.rhat(post, chain_axis=0, draw_axis=1)) if post.shape[0] > 1
+            else float("nan"))
+    return Diagnostics(rhat, float(array_stats.ess(post, chain_axis=0, draw_axis=1)),
                        _trend_z(post), growth, _tail_khat(post))
 
 
@@ -123,7 +125,7 @@ MIN_TAIL_DRAWS = 100
 def khat_threshold(samples: float | np.ndarray) -> float | np.ndarray:
     """The largest Pareto k̂ at which a mean of ``samples`` draws is reliable: from
     :data:`MIN_TAIL_DRAWS` on ``min(1 − 1 / log10(S), 0.7)`` (Vehtari et al. 2024; ArviZ's
-    rule for PSIS-LOO), 0.5 at 100 draws, 0.58 at the default config's 4 × 60, 0.7 from
+    rule for PSIS-LOO), 0.5 at 100 draws, 0.62 at the default config's 4 × 100, 0.7 from
     about 2,150 on; with fewer draws 0.7, the rule's cap, since k̂ itself is then too noisy
     to hold to the rule; NaN below 2 draws."""
     s = np.asarray(samples, dtype=float)
