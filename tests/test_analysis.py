@@ -1168,7 +1168,8 @@ def test_the_llc_caveat_says_from_the_chains_distances_whether_they_still_spread
     more than 10 %, the median and range (one value where all round alike), and, for plain
     SGLD at one setting, what a flat
     direction gives (1 − (1 − εγ/2)^(2t): +45 % at 30 + 60 steps of ε γ = 0.01); no growth
-    above 10 %: no longer spreading; no variable: no sentence."""
+    above 10 %: no longer spreading, and short chains are no longer named among what moves
+    λ̂; no variable: no sentence."""
     from critperiods.results.report_page import _llc_caveat, llc_relaxation
     from critperiods.results.tables import distinct_estimates, llc_flag_counts
 
@@ -1187,7 +1188,10 @@ def test_the_llc_caveat_says_from_the_chains_distances_whether_they_still_spread
     assert ("their weights were still spreading, as where the loss is flat (+45 % at these "
             "settings: only the localisation pulls a chain back there, over ~1/(εγ) = 100 "
             "steps, and the chains ran 30 burn-in and 60 draw steps)") in said
-    assert said in _llc_caveat(cube)[0]
+    caveat = _llc_caveat(cube)[0]
+    assert said in caveat and "coefficient: short chains, minibatch noise" in caveat
+    settled = _llc_caveat(cube.assign(llc_distance_growth=growth * 0 + 0.02))[0]
+    assert "coefficient: minibatch noise and checkpoints off their minima" in settled
     rms = cube.assign_attrs(config="llc:\n  sampler: rmsprop_sgld\n")
     assert "as where the loss is flat" not in llc_relaxation(rms)
     alike = llc_relaxation(cube.assign(llc_distance_growth=growth * 0 + 0.451))

@@ -16,7 +16,7 @@ Each simulated run draws, per seed, on the grid's switch epochs and λ̂ epochs 
 With ``seed_shift`` a seed moves its end, knee and drop by the same factor: what pairing is
 for. :class:`Scenario`'s defaults are the designed scenarios of ``bench/marker_coverage.py``
 (a clear bend, λ̂ noise 5). :data:`DEFAULT_NOISE`, what ``power`` assumes unless told, is
-what the default run measured (noisier λ̂, a bend at its scale); a run of another dataset or model
+what the default run measured (noisier λ̂, a weaker bend); a run of another dataset or model
 should say its own, or have it read off its cube (:mod:`critperiods.results.observed_noise`,
 ``power --noise-from``). :func:`coverage` then measures each simulated run with the
 summary's own code (:func:`critperiods.results.end_fit.fit_end`,
@@ -299,15 +299,17 @@ def _pct(value: float) -> str:
     return "n/a" if not np.isfinite(value) else f"{100 * value:.0f} %"
 
 
-#: The noise and effect sizes ``power`` assumes unless told: the default run's batch 128 (the
-#: middle of its three) as ``power --noise-from`` reads it off its cube
-#: (:mod:`critperiods.results.observed_noise`), rounded, its trunk's bend of λ̂ included (22,
-#: then 7 per epoch: the one trunk curve there that bends beyond its noise). Its markers are
+#: The noise and effect sizes ``power`` assumes unless told: the noise of the default run's
+#: batch 128 (the middle of its three) as ``power --noise-from`` reads it off its cube
+#: (:mod:`critperiods.results.observed_noise`), rounded, and the designed scenarios' bend of
+#: λ̂ (8, then 2 per epoch). That run's one trunk curve that bends beyond its noise (batch
+#: 128's, 22 then 7) owes its bend to the rise from epoch 2 to 4, where the chains' descent
+#: bias is largest (docs/llc.md), so it is no effect size to plan with. Its markers are
 #: placeholders.
 DEFAULT_NOISE = Scenario(0.0, 0.0, llc_noise=14.0, accuracy_noise=1.0, deficit_slope=0.5,
-                         llc_slopes=(22.0, 7.0), llc_seed_spread=25.0, divergence_noise=0.1)
-DEFAULT_NOISE_SOURCE = ("the default run's noise and λ̂ bend at batch 128: set them to your "
-                        "run's, or read them off its cube with --noise-from")
+                         llc_slopes=(8.0, 2.0), llc_seed_spread=25.0, divergence_noise=0.1)
+DEFAULT_NOISE_SOURCE = ("the default run's noise at batch 128 and a designed bend of λ̂: set "
+                        "them to your run's, or read them off its cube with --noise-from")
 
 
 #: How far below its nominal level a simulated coverage may fall before ``power`` says the

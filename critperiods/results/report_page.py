@@ -269,8 +269,9 @@ def _llc_caveat(cube: xr.Dataset) -> list[str]:
         (f"nβ = {nbeta:.4g}", np.isfinite(nbeta))) if ok)
     settings = f" ({settings})" if settings else ""
     relaxed = llc_relaxation(cube)
+    short = "short chains, " if (_unflagged_growth(cube) > RELAXED_GROWTH).any() else ""
     return [f"* λ̂ is an estimate at this run's SGLD settings{settings}, not the "
-            "checkpoint's equilibrium learning coefficient: short chains, minibatch noise and "
+            f"checkpoint's equilibrium learning coefficient: {short}minibatch noise and "
             "checkpoints off their minima move its level *and* its shape over the epochs, "
             "which R-hat and the trend test do not see (docs/llc.md)."
             + (f" {relaxed}" if relaxed else "")
@@ -285,13 +286,7 @@ def llc_relaxation(cube: xr.Dataset) -> str:
     the one value, where all round alike), and, for plain SGLD at one setting, what a
     direction the loss leaves flat would give. A flagged estimate's chains (a heavy tail, a
     diverged chain) run away rather than spread, and are left out."""
-    if "llc_distance_growth" not in cube:
-        return ""
-    growth = cube["llc_distance_growth"]
-    if "llc_quality" in cube:
-        growth = growth.where(cube["llc_quality"] == 0)
-    values = distinct_estimates(cube.assign(llc_distance_growth=growth), "llc_distance_growth")
-    values = values[np.isfinite(values)]
+    values = _unflagged_growth(cube)
     if values.size == 0:
         return ""
     above = int(np.sum(values > RELAXED_GROWTH))
@@ -310,6 +305,18 @@ def llc_relaxation(cube: xr.Dataset) -> str:
                        f"gives {round(100 * flat[0]):+d} % at these settings)") + "."
     return (said + f": their weights were still spreading{_flat_directions(cube)}. λ̂ from "
             "such chains moves with their length (docs/llc.md).")
+
+
+def _unflagged_growth(cube: xr.Dataset) -> np.ndarray:
+    """``llc_distance_growth`` of the distinct unflagged estimates (empty where the cube has
+    none)."""
+    if "llc_distance_growth" not in cube:
+        return np.array([])
+    growth = cube["llc_distance_growth"]
+    if "llc_quality" in cube:
+        growth = growth.where(cube["llc_quality"] == 0)
+    values = distinct_estimates(cube.assign(llc_distance_growth=growth), "llc_distance_growth")
+    return values[np.isfinite(values)]
 
 
 def _flat_setting(cube: xr.Dataset) -> tuple[float, float, float, float, int] | None:
