@@ -361,6 +361,7 @@ def calibrate_llc(args: argparse.Namespace) -> int:
     from critperiods.measure.llc.calibration import (
         calibrate,
         calibration_lines,
+        default_step_sizes,
         plot_calibration,
     )
     from critperiods.pipeline.checkpoints import (
@@ -405,7 +406,7 @@ def calibrate_llc(args: argparse.Namespace) -> int:
     chains = {k: v for k, v in (("draws", args.draws), ("burn_in", args.burn_in),
                                 ("batch_size", args.batch_size)) if v is not None}
     own = float(llc_params["step_size"])
-    step_sizes = args.step_sizes or sorted({1e-5, 3e-5, 1e-4, 3e-4, own})
+    step_sizes = args.step_sizes or default_step_sizes(own)
     sampler = replace(llc_config_from_params(llc_params), **chains)
     result = calibrate(model, torch.nn.functional.cross_entropy,
                        llc_data(data, llc_params)(ckpts[args.epoch]["phase"]), sampler,
@@ -773,8 +774,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="configs laid over config.yaml (the experiment the piece belongs to; "
                         "default: the config its run recorded, results/<x>/config.yaml)")
     p.add_argument("--step-sizes", type=_positive(float), nargs="+", default=None,
-                   help="SGLD step sizes to try (default: 1e-5 3e-5 1e-4 3e-4 and the run's "
-                        "own llc.step_size)")
+                   help="SGLD step sizes to try (default: the run's own llc.step_size times "
+                        "0.1, 0.3, 1, 1.5, 2.5, 3.5 and 5, up to where the chains run away)")
     p.add_argument("--nbetas", type=_positive(float), nargs="+", default=None,
                    help="inverse temperatures n·β to try (default: the config's)")
     p.add_argument("--draws", type=_positive(int), default=None,

@@ -809,3 +809,28 @@ def test_distance_growth_sees_chains_that_have_not_relaxed() -> None:
     assert flat_direction_growth(1e-4, 100.0, 30, 60) == pytest.approx(0.4541, abs=1e-4)
     assert abs(flat_direction_growth(1e-3, 10.0, 600, 400)) < 0.01
     assert np.isnan(diagnose(res.loss_trace, 600, res.diverged).distance_growth)
+
+
+def test_the_package_re_exports_every_public_name_of_its_sub_modules() -> None:
+    """``critperiods.measure.llc`` names what its sub-modules export, each from its own
+    module, so a name added to a sub-module's ``__all__`` and not here fails."""
+    import critperiods.measure.llc as package
+    from critperiods.measure.llc import calibration, estimate, quality, sampler
+
+    for module in (sampler, estimate, quality, calibration):
+        for name in module.__all__:
+            assert name in package.__all__, (module.__name__, name)
+            assert getattr(package, name) is getattr(module, name)
+    assert len(package.__all__) == sum(len(m.__all__) for m in (sampler, estimate, quality,
+                                                                 calibration))
+
+
+def test_calibrate_llc_sweeps_by_default_from_a_tenth_of_the_runs_step_to_five_times() -> None:
+    """The default sweep brackets where the chains start to run away (on the default run's
+    checkpoints 2.5-3.5 times its step), so that the advice, half the smallest flagged step,
+    comes from one sweep; the run's own step is kept as it is, so that it is marked."""
+    from critperiods.measure.llc.calibration import default_step_sizes
+
+    assert default_step_sizes(2e-4) == [2e-5, 6e-5, 2e-4, 3e-4, 5e-4, 7e-4, 1e-3]
+    odd = default_step_sizes(1.25e-4)
+    assert 1.25e-4 in odd and len(odd) == 7 and odd == sorted(odd)

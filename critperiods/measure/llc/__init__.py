@@ -20,12 +20,15 @@ from __future__ import annotations
 
 from typing import Any
 
-_SAMPLER = {"SAMPLERS", "Draw", "DrawCallback", "LLCConfig", "LossFn", "chain_seed"}
+_SAMPLER = {"PRECISIONS", "SAMPLERS", "SGLD_CUDA_GRAPHS", "Draw", "DrawCallback", "LLCConfig",
+            "LossFn", "chain_seed", "cuda_numerics", "forward_precision"}
 _ESTIMATE = {"INIT_LOSS_CHUNK", "LLCDivergenceWarning", "LLCResult", "default_nbeta",
              "divergence_threshold", "estimate_llc"}
-_QUALITY = {"FLAGS", "MAX_RHAT", "MAX_TREND_Z", "Diagnostics", "count_flags", "diagnose",
+_QUALITY = {"FLAGS", "MAX_RHAT", "MAX_TREND_Z", "MIN_TAIL_DRAWS", "RELAXED_GROWTH",
+            "Diagnostics", "count_flags", "diagnose", "flat_direction_growth", "khat_threshold",
             "quality_flags"}
-_CALIBRATION = {"calibrate", "plot_calibration"}
+_CALIBRATION = {"SWEEP_FACTORS", "calibrate", "calibration_lines", "default_step_sizes",
+                "plot_calibration"}
 
 
 def __getattr__(name: str) -> Any:
@@ -43,7 +46,4 @@ def __getattr__(name: str) -> Any:
     return getattr(module, name)
 
 
-__all__ = ["FLAGS", "INIT_LOSS_CHUNK", "MAX_RHAT", "MAX_TREND_Z", "SAMPLERS", "Diagnostics",
-           "Draw", "DrawCallback", "LLCConfig", "LLCDivergenceWarning", "LLCResult", "LossFn",
-           "calibrate", "chain_seed", "count_flags", "default_nbeta", "diagnose",
-           "divergence_threshold", "estimate_llc", "plot_calibration", "quality_flags"]
+__all__ = sorted(_SAMPLER | _ESTIMATE | _QUALITY | _CALIBRATION)

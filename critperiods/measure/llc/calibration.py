@@ -147,6 +147,20 @@ def _plot_distance(ax: Any, sub: Any) -> None:
     ax.legend(fontsize="small")
 
 
+#: The step sizes ``calibrate-llc`` sweeps unless told, as multiples of the run's own: from
+#: a tenth of it, where λ̂ levels off slowly, to five times, so that the sweep reaches where
+#: the chains start to run away (on the default run's checkpoints flagged from 2.5 or 3.5
+#: times its step, all chains diverged at 5) and its advice, half the smallest flagged
+#: step, needs no second sweep.
+SWEEP_FACTORS = (0.1, 0.3, 1.0, 1.5, 2.5, 3.5, 5.0)
+
+
+def default_step_sizes(own_step: float) -> list[float]:
+    """:data:`SWEEP_FACTORS` times ``own_step`` (the others to two significant digits, the
+    run's own as it is), in increasing order."""
+    return sorted({own_step} | {float(f"{own_step * f:.2g}") for f in SWEEP_FACTORS if f != 1})
+
+
 def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
                       analysis: dict) -> list[str]:
     """What ``calibrate-llc`` prints of a sweep (:func:`calibrate`'s ``result``, run at
@@ -206,4 +220,5 @@ def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
     return lines
 
 
-__all__ = ["calibrate", "calibration_lines", "plot_calibration"]
+__all__ = ["SWEEP_FACTORS", "calibrate", "calibration_lines", "default_step_sizes",
+           "plot_calibration"]
