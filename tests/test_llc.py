@@ -741,6 +741,27 @@ def test_calibrate_and_plot(tmp_path) -> None:  # noqa: ANN001
     assert out.exists() and out.stat().st_size > 0
 
 
+def test_a_sweep_into_divergence_warns_of_nothing_and_says_so_in_its_plot(tmp_path) -> None:
+    """A sweep is meant to reach steps whose chains diverge: neither the sampler's warning
+    nor numpy's empty-slice warnings (draws after the last chain diverged) reach the user;
+    the dataset counts the diverged chains and the plot's legend names the step."""
+    import warnings
+
+    model, data = _small_dln()
+    cfg = LLCConfig(chains=2, draws=10, burn_in=2, step_size=1e-4, gamma=10.0, batch_size=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = calibrate(model, dln_loss, data, cfg, step_sizes=[1e-4, 1e3], nbetas=[50.0])
+        assert int(ds["diverged"].sel(step_size=1e3).sum()) == 2
+        late = ds.copy(deep=True)  # both chains of the small step gone after draw 6
+        late["llc_running"].loc[{"step_size": 1e-4}] = late["llc_running"].sel(
+            step_size=1e-4).where(late["draw"] < 6)
+        late["distance_trace"].loc[{"step_size": 1e-4}] = late["distance_trace"].sel(
+            step_size=1e-4).where(late["step"] < 8)
+        out = plot_calibration(late, tmp_path / "cal.png")
+    assert out.stat().st_size > 0
+
+
 def test_a_diagnostics_callback_receives_every_recorded_draw() -> None:
     """The sampler's hook (in the spirit of devinterp 1.x callbacks): a custom callback sees
     each recorded draw once, in order, with the losses the trace records and the chains'

@@ -4,6 +4,7 @@ estimates. The only module of λ̂ that plots (matplotlib, imported when a plot 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +13,12 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from critperiods.measure.llc.estimate import LLCResult, default_nbeta, estimate_llc
+from critperiods.measure.llc.estimate import (
+    LLCDivergenceWarning,
+    LLCResult,
+    default_nbeta,
+    estimate_llc,
+)
 from critperiods.measure.llc.sampler import LLCConfig, LossFn
 
 
@@ -34,27 +40,20 @@ def calibrate(
     ``loss_trace``, ``distance_trace`` (the chains' ``‖w − w*‖²``), ``llc_mean``, ``llc_std``,
     ``diverged``, ``distance_growth``, ``tail_khat``, ``rhat`` and ``trend_z``
     (:mod:`critperiods.measure.llc.quality`). Pick the largest step size whose curves flatten
-    without diverging or a heavy tail; ``plot_calibration`` draws them.
+    without diverging or a heavy tail; ``plot_calibration`` draws them. A sweep is meant to
+    reach steps whose chains diverge: ``estimate_llc``'s warning that they did is left out,
+    since ``diverged`` holds it.
     """
     import xarray as xr
 
     if nbetas is None:
         n = data[0].shape[0]
         nbetas = [float(config.nbeta) if config.nbeta is not None else default_nbeta(n)]
-    results = [
-        [
-            estimate_llc(
-                model,
-                loss_fn,
-                data,
-                replace(config, step_size=eps, nbeta=nb),
-                label=label,
-                progress=progress,
-            )
-            for eps in step_sizes
-        ]
-        for nb in nbetas
-    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCDivergenceWarning)
+        results = [[estimate_llc(model, loss_fn, data, replace(config, step_size=eps, nbeta=nb),
+                                 label=label, progress=progress) for eps in step_sizes]
+                    for nb in nbetas]
     return _calibration_dataset(xr, results, list(step_sizes), list(nbetas))
 
 
@@ -118,7 +117,9 @@ def _plot_panel(ax: Any, sub: Any, nbeta: float) -> None:
         if np.isnan(run).all():  # every chain diverged: nothing to draw, but say so
             ax.plot([], [], label=f"eps={eps:g} (all chains diverged)")
             continue
-        mean, std = np.nanmean(run, axis=0), np.nanstd(run, axis=0)
+        with warnings.catch_warnings():  # draws after the last chain diverged: NaN, not drawn
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, std = np.nanmean(run, axis=0), np.nanstd(run, axis=0)
         draws = np.arange(1, mean.size + 1)
         ax.plot(draws, mean, label=f"eps={eps:g}")
         ax.fill_between(draws, mean - std, mean + std, alpha=0.2)
@@ -137,7 +138,9 @@ def _plot_distance(ax: Any, sub: Any) -> None:
         if np.isnan(trace).all():
             ax.plot([], [], label=f"eps={eps:g} (all chains diverged)")
             continue
-        distance = np.nanmean(trace, axis=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            distance = np.nanmean(trace, axis=0)
         ax.plot(np.arange(1, distance.size + 1), distance, label=f"eps={eps:g}")
     if burn_in:
         ax.axvline(burn_in + 0.5, color="0.5", linestyle=":", linewidth=1)
