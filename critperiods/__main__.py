@@ -408,9 +408,12 @@ def calibrate_llc(args: argparse.Namespace) -> int:
     own = float(llc_params["step_size"])
     step_sizes = args.step_sizes or default_step_sizes(own)
     sampler = replace(llc_config_from_params(llc_params), **chains)
-    result = calibrate(model, torch.nn.functional.cross_entropy,
-                       llc_data(data, llc_params)(ckpts[args.epoch]["phase"]), sampler,
-                       step_sizes, args.nbetas)
+    try:
+        result = calibrate(model, torch.nn.functional.cross_entropy,
+                           llc_data(data, llc_params)(ckpts[args.epoch]["phase"]), sampler,
+                           step_sizes, args.nbetas, label=f"{args.piece} epoch {args.epoch}")
+    except ValueError as err:  # a broken checkpoint: nothing to calibrate
+        raise SystemExit(f"critperiods: {err}") from None
     plot_calibration(result, args.out)
     print("\n".join(calibration_lines(result, sampler, own, config["analysis"])))
     print(f"wrote {args.out}")

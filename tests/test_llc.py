@@ -56,6 +56,7 @@ the infinite-run limit at nbeta = 1000 (the [5,3,5] r=0 long run stays at 6.3-6.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import os
@@ -301,9 +302,10 @@ def test_minibatch_sgld_matches_a_regular_model_and_small_batches_run_hot() -> N
     (seeds 0-2: 4.84, 4.43, 4.59; full batch 4.55). At ε = 1e-4 (the default experiment's
     until 2026-12-07), nβ = n / log n and SGLD batch 32 the gradient noise is about as large
     as the injected noise, so the chains sample a hotter posterior and λ̂ comes out more
-    than twice the target (11.2 here; batch 256: 4.9, 2048: 5.0; at today's 2e-4 the noise
-    is twice as large, 16.1; docs/llc.md, "What λ̂ means in the default experiment"). A
-    bug that scales the minibatch gradient (×2 halves λ̂) fails the first check."""
+    than twice the target (11.2 here; batch 256: 4.9, 2048: 5.0; at 2e-4, config.yaml's
+    default, the noise is twice as large, 16.1; docs/llc.md, "What λ̂ means in the default
+    experiment"). A bug that scales the minibatch gradient (×2 halves λ̂) fails the first
+    check."""
     model, data, target = _noisy_regression()
     cfg = LLCConfig(chains=8, draws=6000, burn_in=1000, step_size=3e-5, gamma=100.0,
                     batch_size=1024, seed=0)
@@ -642,12 +644,14 @@ def test_one_healthy_chain_has_no_rhat_and_logs_nothing(caplog) -> None:
     chain; ArviZ's shape-check log line (noise in a job's log) is not reached."""
     import logging
 
-    from critperiods.measure.llc.quality import diagnose
+    from critperiods.measure.llc.quality import FLAGS, diagnose, quality_flags
 
     trace = 2.0 + np.random.default_rng(1).chisquare(20, size=(4, 90)) / 100
     with caplog.at_level(logging.INFO):
         one = diagnose(trace, 30, np.array([True, True, False, True]))
     assert np.isnan(one.rhat) and np.isfinite(one.ess) and np.isfinite(one.trend_z)
+    bits = int(quality_flags([5.0], [3], [one.rhat], [one.trend_z])[0])
+    assert bits & FLAGS["not_converged"]
     assert "Shape validation" not in caplog.text
     assert np.isfinite(diagnose(trace, 30, np.zeros(4, bool)).rhat)
 
@@ -741,14 +745,20 @@ def test_calibrate_and_plot(tmp_path) -> None:  # noqa: ANN001
     assert out.exists() and out.stat().st_size > 0
 
 
-def test_a_sweep_into_divergence_warns_of_nothing_and_says_so_in_its_plot(tmp_path) -> None:
+def test_a_sweep_into_divergence_warns_of_nothing_and_says_so_in_its_plot(
+        tmp_path, monkeypatch) -> None:
     """A sweep is meant to reach steps whose chains diverge: neither the sampler's warning
     nor numpy's empty-slice warnings (draws after the last chain diverged) reach the user;
-    the dataset counts the diverged chains and the plot's legend names the step."""
-    import warnings
+    the dataset counts the diverged chains and both panels' legends name the step. A broken
+    checkpoint (its own loss not finite) is an error, not a sweep of diverged steps."""
+    from matplotlib.figure import Figure
 
     model, data = _small_dln()
     cfg = LLCConfig(chains=2, draws=10, burn_in=2, step_size=1e-4, gamma=10.0, batch_size=None)
+    drawn: list[Figure] = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (drawn.append(fig),
+                                                                 save(fig, *a, **k)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ds = calibrate(model, dln_loss, data, cfg, step_sizes=[1e-4, 1e3], nbetas=[50.0])
@@ -758,8 +768,15 @@ def test_a_sweep_into_divergence_warns_of_nothing_and_says_so_in_its_plot(tmp_pa
             step_size=1e-4).where(late["draw"] < 6)
         late["distance_trace"].loc[{"step_size": 1e-4}] = late["distance_trace"].sel(
             step_size=1e-4).where(late["step"] < 8)
-        out = plot_calibration(late, tmp_path / "cal.png")
-    assert out.stat().st_size > 0
+        plot_calibration(late, tmp_path / "cal.png")
+    for ax in drawn[0].axes:
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+            "eps=0.0001", "eps=1000 (all chains diverged)"]
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        next(broken.parameters()).fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"ckpt: the loss at the checkpoint itself.*broken"):
+        calibrate(broken, dln_loss, data, cfg, step_sizes=[1e-4], label="ckpt")
 
 
 def test_a_diagnostics_callback_receives_every_recorded_draw() -> None:
@@ -855,3 +872,19 @@ def test_calibrate_llc_sweeps_by_default_from_a_tenth_of_the_runs_step_to_five_t
     assert default_step_sizes(2e-4) == [2e-5, 6e-5, 2e-4, 3e-4, 5e-4, 7e-4, 1e-3]
     odd = default_step_sizes(1.25e-4)
     assert 1.25e-4 in odd and len(odd) == 7 and odd == sorted(odd)
+    for bad in (0.0, -1e-4, float("nan")):
+        with pytest.raises(ValueError, match="positive number"):
+            default_step_sizes(bad)
+
+
+def test_calibrate_llc_help_names_the_sweep_it_runs(capsys) -> None:
+    """The ``--step-sizes`` help spells out :data:`SWEEP_FACTORS` (written by hand, since
+    building the parser must not import torch): a change to one without the other fails."""
+    from critperiods.__main__ import main
+    from critperiods.measure.llc.calibration import SWEEP_FACTORS
+
+    with pytest.raises(SystemExit):
+        main(["calibrate-llc", "--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    *most, last = (f"{f:g}" for f in SWEEP_FACTORS)
+    assert f"times {', '.join(most)} and {last}," in said

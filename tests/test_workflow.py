@@ -604,6 +604,7 @@ def test_calibrate_llc_runs_chains_of_the_length_and_batch_asked_for(run, tmp_pa
                  str(out)]) == 0  # the config's chains; the run's own step size among them
     said = capsys.readouterr().out
     assert "step size 0.0002 (the run's): λ̂" in said
+    assert "step size 0.001: λ̂" in said  # the default sweep reaches 5 times the run's step
     assert re.search(r"tail k̂ \S+, limit 0\.70", said)  # 2 chains × 20 draws: too few for the rule
 
 

@@ -16,7 +16,7 @@ Each simulated run draws, per seed, on the grid's switch epochs and λ̂ epochs 
 With ``seed_shift`` a seed moves its end, knee and drop by the same factor: what pairing is
 for. :class:`Scenario`'s defaults are the designed scenarios of ``bench/marker_coverage.py``
 (a clear bend, λ̂ noise 5). :data:`DEFAULT_NOISE`, what ``power`` assumes unless told, is
-what the default run measured (noisier λ̂, a weaker bend); a run of another dataset or model
+what the default run measured (noisier λ̂) with the designed bend; a run of another dataset or model
 should say its own, or have it read off its cube (:mod:`critperiods.results.observed_noise`,
 ``power --noise-from``). :func:`coverage` then measures each simulated run with the
 summary's own code (:func:`critperiods.results.end_fit.fit_end`,

@@ -269,7 +269,8 @@ def _llc_caveat(cube: xr.Dataset) -> list[str]:
         (f"nβ = {nbeta:.4g}", np.isfinite(nbeta))) if ok)
     settings = f" ({settings})" if settings else ""
     relaxed = llc_relaxation(cube)
-    short = "short chains, " if (_unflagged_growth(cube) > RELAXED_GROWTH).any() else ""
+    growth = _unflagged_growth(cube)  # none: nothing shows the chains had stopped spreading
+    short = "short chains, " if growth.size == 0 or (growth > RELAXED_GROWTH).any() else ""
     return [f"* λ̂ is an estimate at this run's SGLD settings{settings}, not the "
             f"checkpoint's equilibrium learning coefficient: {short}minibatch noise and "
             "checkpoints off their minima move its level *and* its shape over the epochs, "

@@ -46,4 +46,11 @@ def __getattr__(name: str) -> Any:
     return getattr(module, name)
 
 
-__all__ = sorted(_SAMPLER | _ESTIMATE | _QUALITY | _CALIBRATION)
+__all__ = ["Diagnostics", "Draw", "DrawCallback", "FLAGS", "INIT_LOSS_CHUNK", "LLCConfig",
+           "LLCDivergenceWarning", "LLCResult", "LossFn", "MAX_RHAT", "MAX_TREND_Z",
+           "MIN_TAIL_DRAWS", "PRECISIONS", "RELAXED_GROWTH", "SAMPLERS",
+           "SGLD_CUDA_GRAPHS", "SWEEP_FACTORS", "calibrate", "calibration_lines",
+           "chain_seed", "count_flags", "cuda_numerics", "default_nbeta",
+           "default_step_sizes", "diagnose", "divergence_threshold", "estimate_llc",
+           "flat_direction_growth", "forward_precision", "khat_threshold",
+           "plot_calibration", "quality_flags"]

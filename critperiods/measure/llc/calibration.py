@@ -41,20 +41,32 @@ def calibrate(
     ``diverged``, ``distance_growth``, ``tail_khat``, ``rhat`` and ``trend_z``
     (:mod:`critperiods.measure.llc.quality`). Pick the largest step size whose curves flatten
     without diverging or a heavy tail; ``plot_calibration`` draws them. A sweep is meant to
-    reach steps whose chains diverge: ``estimate_llc``'s warning that they did is left out,
-    since ``diverged`` holds it.
+    reach steps whose chains diverge: ``estimate_llc``'s warnings are left out, since
+    ``diverged`` holds it. A checkpoint whose own loss L_n(w*) is not finite has no step to
+    calibrate: ``ValueError``, naming ``label``.
     """
     import xarray as xr
 
     if nbetas is None:
         n = data[0].shape[0]
         nbetas = [float(config.nbeta) if config.nbeta is not None else default_nbeta(n)]
+    results = [[_estimate(model, loss_fn, data, replace(config, step_size=eps, nbeta=nb),
+                          label, progress) for eps in step_sizes] for nb in nbetas]
+    return _calibration_dataset(xr, results, list(step_sizes), list(nbetas))
+
+
+def _estimate(model: nn.Module, loss_fn: LossFn, data: tuple[Tensor, Tensor],
+              config: LLCConfig, label: str, progress: bool) -> LLCResult:
+    """One setting of the sweep, without ``estimate_llc``'s warnings; a broken checkpoint
+    raises."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LLCDivergenceWarning)
-        results = [[estimate_llc(model, loss_fn, data, replace(config, step_size=eps, nbeta=nb),
-                                 label=label, progress=progress) for eps in step_sizes]
-                    for nb in nbetas]
-    return _calibration_dataset(xr, results, list(step_sizes), list(nbetas))
+        result = estimate_llc(model, loss_fn, data, config, label=label, progress=progress)
+    if not np.isfinite(result.init_loss):
+        raise ValueError(f"{label or 'the checkpoint'}: the loss at the checkpoint itself, "
+                         f"L_n(w*), is {result.init_loss}; the checkpoint is broken (e.g. "
+                         "training diverged), so there is no step size to calibrate")
+    return result
 
 
 def _calibration_dataset(
@@ -110,16 +122,31 @@ def plot_calibration(result: Any, path: str | Path) -> Path:
     return out
 
 
+def _over_chains(sub: Any, name: str, eps: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """Mean and s.d. over the chains of ``sub[name]`` at step ``eps``; None where every
+    chain diverged (the legend then says so). Records after the last healthy chain
+    diverged are NaN, and stay undrawn."""
+    if bool(sub["diverged"].sel(step_size=eps).all()):
+        return None
+    values = sub[name].sel(step_size=eps).values
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"Mean of empty slice|Degrees of freedom <= 0",
+                                RuntimeWarning)
+        return np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+
+
+def _all_diverged(ax: Any, eps: float) -> None:
+    ax.plot([], [], label=f"eps={eps:g} (all chains diverged)")
+
+
 def _plot_panel(ax: Any, sub: Any, nbeta: float) -> None:
     """Draw running-LLC curves (mean ± std over chains) for each step size."""
     for eps in sub["step_size"].values:
-        run = sub["llc_running"].sel(step_size=eps).values
-        if np.isnan(run).all():  # every chain diverged: nothing to draw, but say so
-            ax.plot([], [], label=f"eps={eps:g} (all chains diverged)")
+        stats = _over_chains(sub, "llc_running", eps)
+        if stats is None:
+            _all_diverged(ax, eps)
             continue
-        with warnings.catch_warnings():  # draws after the last chain diverged: NaN, not drawn
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean, std = np.nanmean(run, axis=0), np.nanstd(run, axis=0)
+        mean, std = stats
         draws = np.arange(1, mean.size + 1)
         ax.plot(draws, mean, label=f"eps={eps:g}")
         ax.fill_between(draws, mean - std, mean + std, alpha=0.2)
@@ -134,13 +161,11 @@ def _plot_distance(ax: Any, sub: Any) -> None:
     """Draw the chains' mean ``‖w − w*‖²`` against the step for each step size."""
     burn_in = sub.sizes["step"] - sub.sizes["draw"]
     for eps in sub["step_size"].values:
-        trace = sub["distance_trace"].sel(step_size=eps).values
-        if np.isnan(trace).all():
-            ax.plot([], [], label=f"eps={eps:g} (all chains diverged)")
+        stats = _over_chains(sub, "distance_trace", eps)
+        if stats is None:
+            _all_diverged(ax, eps)
             continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            distance = np.nanmean(trace, axis=0)
+        distance = stats[0]
         ax.plot(np.arange(1, distance.size + 1), distance, label=f"eps={eps:g}")
     if burn_in:
         ax.axvline(burn_in + 0.5, color="0.5", linestyle=":", linewidth=1)
@@ -160,7 +185,10 @@ SWEEP_FACTORS = (0.1, 0.3, 1.0, 1.5, 2.5, 3.5, 5.0)
 
 def default_step_sizes(own_step: float) -> list[float]:
     """:data:`SWEEP_FACTORS` times ``own_step`` (the others to two significant digits, the
-    run's own as it is), in increasing order."""
+    run's own as it is), in increasing order; ``ValueError`` unless ``own_step`` is a
+    positive number."""
+    if not (np.isfinite(own_step) and own_step > 0):
+        raise ValueError(f"the run's step size must be a positive number, not {own_step!r}")
     return sorted({own_step} | {float(f"{own_step * f:.2g}") for f in SWEEP_FACTORS if f != 1})
 
 
