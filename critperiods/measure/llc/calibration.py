@@ -42,8 +42,8 @@ def calibrate(
     (:mod:`critperiods.measure.llc.quality`). Pick the largest step size whose curves flatten
     without diverging or a heavy tail; ``plot_calibration`` draws them. A sweep is meant to
     reach steps whose chains diverge: ``estimate_llc``'s warnings are left out, since
-    ``diverged`` holds it. A checkpoint whose own loss L_n(w*) is not finite has no step to
-    calibrate: ``ValueError``, naming ``label``.
+    ``diverged`` records each divergence. A checkpoint whose own loss L_n(w*) is not finite
+    has no step to calibrate: ``ValueError``, naming ``label``.
     """
     import xarray as xr
 
