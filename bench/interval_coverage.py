@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from markdown_table import emit
 
 from critperiods.results.fits import (
     _hinge_core,
@@ -179,12 +180,7 @@ def main(argv: list[str] | None = None) -> str:
                 + " | ".join(f"{pct(g[f'{k} cover'])} [{g[f'{k} width']:.2g}]"
                              for k in ("boot", "jack alone", "jack", "pboot", "pjack"))
                 + f" | {pct(g['pjack unbounded'])} |")
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
-    return table
+    return emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from markdown_table import emit
+
 from critperiods.results.power import DEFAULT_GRID, Scenario, coverage
 
 LEVEL = DEFAULT_GRID.level
@@ -55,12 +57,7 @@ def main(argv: list[str] | None = None) -> str:
                       for k in ("drop", "drop paired")]
             cells.append(pct(g["drop paired excludes 0"]))
             lines.append(f"| {name} | {n_seeds} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
-    return table
+    return emit(lines, args.out)
 
 
 if __name__ == "__main__":

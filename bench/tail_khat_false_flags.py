@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from markdown_table import emit
 
 from critperiods.measure.llc.quality import _tail_khat
 
@@ -43,12 +44,7 @@ def main(argv: list[str] | None = None) -> str:
                              for _ in range(args.trials)])
             lines.append(f"| {samples} ({chains} × {draws}) | {name} | "
                          f"{np.mean(khat > rule):.1%} ({rule:.2f}) | {np.mean(khat > 0.7):.1%} |")
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
-    return table
+    return emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ def bench_module(name: str) -> ModuleType:
     registered in ``sys.modules`` so that its dataclasses can find their module."""
     if name in sys.modules:
         return sys.modules[name]
+    if str(BENCH) not in sys.path:  # as ``python bench/<name>.py`` has it: its helpers import
+        sys.path.append(str(BENCH))
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
