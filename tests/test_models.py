@@ -49,6 +49,46 @@ def test_resnet18_has_eighteen_weight_layers():
     assert 11_000_000 < sum(p.numel() for p in model.parameters()) < 11_300_000
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_no_architecture_has_a_strided_one_by_one_convolution(name):
+    """oneDNN (PyTorch 2.14) gets such a convolution's weight gradient wrong on AVX2 CPUs
+    with channels-last batches, the CPU's training layout (``blocks.PreActBlock``)."""
+    model = build_model(name, 4, 3, 32, 10, seed=0)
+    strided = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)
+               and m.kernel_size == (1, 1) and m.stride != (1, 1)]
+    assert not strided
+
+
+def test_the_resnet_shortcut_is_a_strided_one_by_one_convolution_with_right_gradients():
+    """The projecting shortcut (subsample, then a 1×1 convolution) computes what a 1×1
+    convolution of stride 2 does, bit for bit; and in float32 channels-last on the CPU its
+    gradients are float64's (a strided 1×1 convolution's weight gradient was off by 10–90 %
+    on an AVX2 CPU)."""
+    import copy
+
+    from torch import nn
+
+    from critperiods.train.memory_format import channels_last_images, to_channels_last
+    from critperiods.train.models.blocks import PreActBlock
+
+    torch.manual_seed(0)
+    block = PreActBlock(4, 8, 2)
+    x = torch.randn(5, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    pre = torch.relu(block.bn1(x))
+    strided = nn.Conv2d(4, 8, 1, stride=2, bias=False)
+    strided.weight = block.shortcut.weight
+    assert torch.equal(block.shortcut(block.subsample(pre)), strided(pre))
+    exact = copy.deepcopy(block).double()
+    fast = to_channels_last(block)
+    grads = []
+    for model, batch in ((fast, channels_last_images(x)), (exact, x.double())):
+        model(batch).square().sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        reference = grads[1][name]
+        assert (grad.double() - reference).norm() <= 1e-5 * reference.norm(), name
+
+
 def test_small_cnn_pool_then_relu_is_relu_then_pool_bit_for_bit():
     """The pooling/ReLU order is a speed choice only: same outputs, same gradients."""
     import copy

@@ -9,7 +9,17 @@ from torch import nn
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation basic block: BN-ReLU-conv-BN-ReLU-conv plus a shortcut."""
+    """Pre-activation basic block: BN-ReLU-conv-BN-ReLU-conv plus a shortcut.
+
+    Where the block changes the resolution or the width, the shortcut is a 1×1 convolution
+    of the input subsampled by ``stride`` (``subsample``, a 1×1 average pool: every
+    ``stride``-th pixel, exactly). That is the usual strided 1×1 convolution, computed
+    differently: PyTorch 2.14's oneDNN gets the weight gradient of a 1×1 convolution with
+    stride 2 on a channels-last CPU batch wrong where it runs its AVX2 kernels (an AMD
+    EPYC, many laptops: relative error 0.1–0.9, and corrupted memory in a longer run), and
+    the CPU path trains channels-last. ``tests/test_models.py`` holds every architecture to
+    no strided 1×1 convolution, and checks this block's gradients against float64.
+    """
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
@@ -17,15 +27,16 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.shortcut = (
-            nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
-            if stride != 1 or cin != cout
-            else None
-        )
+        projects = stride != 1 or cin != cout
+        self.subsample = nn.AvgPool2d(1, stride) if projects and stride != 1 else None
+        self.shortcut = nn.Conv2d(cin, cout, 1, bias=False) if projects else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(x))
-        skip = self.shortcut(out) if self.shortcut is not None else x
+        if self.shortcut is None:
+            skip = x
+        else:
+            skip = self.shortcut(self.subsample(out) if self.subsample is not None else out)
         out = self.conv1(out)
         out = self.conv2(torch.relu(self.bn2(out)))
         return out + skip
