@@ -40,8 +40,10 @@ check-config: $(STAMP)
 run: $(STAMP) check-config dataset
 	$(SMK) --cores $(CORES) $(if $(CONFIG),--configfile $(CONFIG))
 
+# One pytest worker per core; the tests that read a session's finished tiny run go to one
+# worker, so that it is made once (tests/conftest.py). Plain `pytest` runs them in one process.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadgroup
 
 # snakemake --lint exits 1 on any finding (e.g. a rule without a conda env); it checks the
 # workflow with the default config and with the toy study's.

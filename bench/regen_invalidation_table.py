@@ -23,6 +23,7 @@ import tests.test_invalidation as ti  # noqa: E402
 ORDER = ["prepare_data", "train_trunk", "train_branch", "train_reference", "evaluate", "llc",
          "divergence", "aggregate", "plots", "toy_landscape", "toy_cube", "toy_plots"]
 NOTES = {"llc/calibration.py": " (the calibrate-llc command; no stage imports it)",
+         "llc/descent.py": " (calibrate-llc --descent; no stage imports it)",
          "results/power.py": " (the power command and bench/marker_coverage.py; no stage "
                              "imports it)",
          "results/observed_noise.py": " (the power command's --noise-from; no stage imports "

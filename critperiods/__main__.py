@@ -399,7 +399,11 @@ def calibrate_llc(args: argparse.Namespace) -> int:
         raise SystemExit(f"critperiods: {args.piece}: no checkpoint at epoch {args.epoch}; "
                          f"has {sorted(ckpts)}")
     torch.set_num_threads(args.threads)
-    data = load_prepared(results / "data" / "train.pt")
+    try:
+        data = load_prepared(results / "data" / "train.pt")
+    except ValueError as err:  # not there: a run not yet aggregated, read from another folder
+        hint = "" if recorded is not None else " (run this from the run's folder)"
+        raise SystemExit(f"critperiods: {err}{hint}") from None
     model = model_for(TrainConfig.from_params(params), data, "cpu")
     model.load_state_dict(ckpts[args.epoch]["model"])
     llc_params = config["llc"]
@@ -417,6 +421,14 @@ def calibrate_llc(args: argparse.Namespace) -> int:
     plot_calibration(result, args.out)
     print("\n".join(calibration_lines(result, sampler, own, config["analysis"])))
     print(f"wrote {args.out}")
+    if args.descent:
+        from critperiods.measure.llc.descent import descent, descent_line
+
+        found = descent(model, torch.nn.functional.cross_entropy,
+                        llc_data(data, llc_params)(ckpts[args.epoch]["phase"]), sampler)
+        own_llc = (result["llc_mean"].sel(step_size=own).sel(nbeta=found.nbeta, method="nearest")
+                   if own in result["step_size"].values else None)
+        print(descent_line(found, None if own_llc is None else float(own_llc), sampler))
     return 0
 
 
@@ -794,6 +806,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="worker processes for the chains (default: 2)")
     p.add_argument("--out", default="llc_calibration.png",
                    help="where to write the plot (default: llc_calibration.png)")
+    p.add_argument("--descent", action="store_true",
+                   help="also follow the noise-free, full-batch drift of one chain at the "
+                        "run's step size and say how much of λ̂ the chains' descent from the "
+                        "checkpoint takes (about 80 estimates' time at the default; "
+                        "docs/llc.md)")
     p.set_defaults(func=calibrate_llc)
 
     p = sub.add_parser("check", help="check configs as the Snakefile does, one line per error",

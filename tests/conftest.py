@@ -19,6 +19,34 @@ from critperiods.train.training import TrainConfig
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
+#: ``{session fixture: xdist group}``. Under pytest-xdist (``make test``: ``-n auto --dist
+#: loadgroup``) the tests that use one of the finished tiny runs (below) go to one worker, which
+#: makes them once, and so do those of the live SLURM (tests/cluster/conftest.py: one cluster,
+#: one apt-get at a time).
+SHARED_FIXTURES = {"tiny_run": "finished_runs", "toy_tiny_run": "finished_runs",
+                   "slurm_cluster": "slurm"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In a pytest-xdist worker, torch gets its share of the cores, not all of them: the
+    workers' thread pools would otherwise fight over every core."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests that use one of :data:`SHARED_FIXTURES` share its ``xdist_group`` (ignored
+    without ``--dist loadgroup``)."""
+    for item in items:
+        used = [group for name, group in SHARED_FIXTURES.items()
+                if name in getattr(item, "fixturenames", ())]
+        if used:
+            item.add_marker(pytest.mark.xdist_group(used[0]))
+
 
 def bench_module(name: str) -> ModuleType:
     """The script ``bench/<name>.py`` as a module (benchmarks are scripts, not a package),

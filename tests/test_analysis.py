@@ -1192,6 +1192,8 @@ def test_the_llc_caveat_says_from_the_chains_distances_whether_they_still_spread
     assert said in caveat and "coefficient: short chains, minibatch noise" in caveat
     settled = _llc_caveat(cube.assign(llc_distance_growth=growth * 0 + 0.02))[0]
     assert "coefficient: minibatch noise and checkpoints off their minima" in settled
+    assert settled.endswith("and ``calibrate-llc --descent`` how much of it the chains' descent "
+                            "from the checkpoint takes.")  # the probe that measures the latter
     unknown = _llc_caveat(cube.drop_vars("llc_distance_growth"))[0]  # nothing shows they settled
     assert "coefficient: short chains, minibatch noise" in unknown
     rms = cube.assign_attrs(config="llc:\n  sampler: rmsprop_sgld\n")

@@ -888,3 +888,70 @@ def test_calibrate_llc_help_names_the_sweep_it_runs(capsys) -> None:
     said = " ".join(capsys.readouterr().out.split())
     *most, last = (f"{f:g}" for f in SWEEP_FACTORS)
     assert f"times {', '.join(most)} and {last}," in said
+
+
+def _off_minimum(dim: int, offset: float) -> QuadraticPotential:
+    """The regular quadratic of ``test_quadratic_regular_model`` with its weights moved
+    ``offset`` (in every coordinate) off the minimum: a checkpoint that is not a minimum."""
+    model = QuadraticPotential(dim)
+    with torch.no_grad():
+        model.w.add_(offset)
+    return model
+
+
+def test_descent_follows_the_noise_free_full_batch_drift_of_sgld() -> None:
+    """On ``½ δᵀAδ`` the path is the recursion δ ← δ − (ε/2)(nβ A δ + γ (δ − δ*)), computed
+    here in float64: the excess is ``nβ (L(w_t) − L(w*))`` where each draw reads its loss
+    (draw 0 at the checkpoint); a minimum has none."""
+    from critperiods.measure.llc.descent import descent
+
+    cfg = LLCConfig(draws=40, burn_in=10, step_size=2e-5, gamma=1.0, nbeta=1e3,
+                    batch_size=None, loss_every=2)
+    model = _off_minimum(4, 0.05)
+    found = descent(model, potential_loss, potential_data(100), cfg, progress=False)
+    a = model.hessian.double().numpy()
+    start = delta = (model.w - model.centre).detach().double().numpy()
+    expected = []
+    for step in range(100):
+        if step % 2 == 0:
+            expected.append(1e3 * 0.5 * (delta @ a @ delta - start @ a @ start))
+        delta = delta - 1e-5 * (1e3 * a @ delta + (delta - start))
+    assert found.excess.shape == (50,) and found.excess[0] == 0
+    np.testing.assert_allclose(found.excess, expected, rtol=1e-4, atol=1e-4)
+    assert found.over_draws == pytest.approx(np.mean(expected[10:]), rel=1e-4)
+    assert found.at_end == pytest.approx(expected[-1], rel=1e-4) and found.at_end < -1
+    assert torch.equal(model.w, model.centre + 0.05)  # the checkpoint is left as it was
+    at_minimum = descent(QuadraticPotential(4), potential_loss, potential_data(100), cfg,
+                         progress=False)
+    assert np.all(at_minimum.excess == 0)
+
+
+def test_lambda_hat_off_a_minimum_is_lambda_hat_at_it_plus_the_descent() -> None:
+    """Where the loss is quadratic the chains' mean follows the noise-free drift, so λ̂ from a
+    checkpoint off the minimum is λ̂ from the minimum (the same chains' noise) plus the
+    descent's ``over_draws``, but for the noise's cross term; the descent module's docstring
+    rests on this."""
+    from critperiods.measure.llc.descent import descent
+
+    cfg = LLCConfig(chains=16, draws=2000, burn_in=200, step_size=2e-5, gamma=1.0, nbeta=1e3,
+                    batch_size=None)
+    off, data = _off_minimum(6, 0.04), potential_data(100)
+    found = descent(off, potential_loss, data, cfg, progress=False)
+    at_min = estimate_llc(QuadraticPotential(6), potential_loss, data, cfg, progress=False)
+    from_off = estimate_llc(off, potential_loss, data, cfg, progress=False)
+    assert found.over_draws < -3  # larger than λ = 3 itself (-8.8)
+    assert from_off.llc_mean - at_min.llc_mean == pytest.approx(found.over_draws, abs=0.02)
+
+
+def test_descent_refuses_a_preconditioned_sampler_and_a_broken_checkpoint() -> None:
+    from critperiods.measure.llc.descent import descent
+
+    cfg = LLCConfig(draws=5, burn_in=0, step_size=1e-5, nbeta=10.0, batch_size=None)
+    with pytest.raises(ValueError, match="rmsprop_sgld"):
+        descent(QuadraticPotential(2), potential_loss, potential_data(10),
+                replace(cfg, sampler="rmsprop_sgld"), progress=False)
+    broken = QuadraticPotential(2)
+    with torch.no_grad():
+        broken.w.fill_(float("nan"))
+    with pytest.raises(ValueError, match="loss at the checkpoint is nan"):
+        descent(broken, potential_loss, potential_data(10), cfg, progress=False)

@@ -606,6 +606,16 @@ def test_calibrate_llc_runs_chains_of_the_length_and_batch_asked_for(run, tmp_pa
     assert "step size 0.0002 (the run's): λ̂" in said
     assert "step size 0.001: λ̂" in said  # the default sweep reaches 5 times the run's step
     assert re.search(r"tail k̂ \S+, limit 0\.70", said)  # 2 chains × 20 draws: too few for the rule
+    assert main(["calibrate-llc", str(piece), "--epoch", "1", "--step-sizes", "2e-4", "--draws",
+                 "7", "--burn-in", "3", "--threads", "1", "--out", str(out), "--descent"]) == 0
+    said = capsys.readouterr().out
+    found = re.search(r"descent: the noise-free, full-batch drift from the checkpoint \(step size "
+                      r"0\.0002, γ \S+, nβ \S+, 10 steps\) changes nβ L_n by (\S+) averaged over "
+                      r"the draws \(\S+ at the last\): without it λ̂ at this step size would be "
+                      r"about (\S+) rather than (\S+) \(", said)
+    assert found, said  # λ̂ without the descent is λ̂ minus what the descent changed
+    change, without, llc_hat = map(float, found.groups())
+    assert without == pytest.approx(llc_hat - change, rel=1e-3, abs=1e-3)
 
 
 def test_the_cubes_summary_is_the_summary_of_the_stored_cube(run, monkeypatch):

@@ -277,7 +277,8 @@ def _llc_caveat(cube: xr.Dataset) -> list[str]:
             "which R-hat and the trend test do not see (docs/llc.md)."
             + (f" {relaxed}" if relaxed else "")
             + " A knee is this setting's; ``calibrate-llc`` shows how much one checkpoint's "
-            "λ̂ moves with them."]
+            "λ̂ moves with them, and ``calibrate-llc --descent`` how much of it the chains' "
+            "descent from the checkpoint takes."]
 
 
 def llc_relaxation(cube: xr.Dataset) -> str:

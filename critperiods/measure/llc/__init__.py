@@ -8,12 +8,16 @@
 * :mod:`~critperiods.measure.llc.quality` — convergence diagnostics (R-hat, ESS, trend) and
   the quality flag (numpy and ArviZ only: the aggregation reads it without the sampler);
 * :mod:`~critperiods.measure.llc.calibration` — step-size sweeps (``calibrate``) and their
-  plot (the only module here that plots).
+  plot (the only module here that plots);
+* :mod:`~critperiods.measure.llc.descent` — how much of λ̂ the chains' descent from a
+  checkpoint off its minimum takes (``descent``, the probe of ``calibrate-llc --descent``).
 
-The public names of the sub-modules are re-exported here, so ``from critperiods.measure.llc
-import estimate_llc, LLCConfig`` works. They are imported on first use, so that importing
-one sub-module does not import the others; pipeline stages import from the sub-modules
-(a stage's code fingerprint then counts only those, see ``critperiods.pipeline.fingerprint``).
+The public names of the first four sub-modules are re-exported here, so ``from
+critperiods.measure.llc import estimate_llc, LLCConfig`` works (``descent``'s are imported
+from their module: adding them here would change the code of every λ̂ stage). They are
+imported on first use, so that importing one sub-module does not import the others;
+pipeline stages import from the sub-modules (a stage's code fingerprint then counts only
+those, see ``critperiods.pipeline.fingerprint``).
 """
 
 from __future__ import annotations
