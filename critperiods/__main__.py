@@ -356,6 +356,7 @@ def _plain(rst: str) -> str:
 def calibrate_llc(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    import numpy as np
     import torch
 
     from critperiods.measure.llc.calibration import (
@@ -426,9 +427,10 @@ def calibrate_llc(args: argparse.Namespace) -> int:
 
         found = descent(model, torch.nn.functional.cross_entropy,
                         llc_data(data, llc_params)(ckpts[args.epoch]["phase"]), sampler)
-        own_llc = (result["llc_mean"].sel(step_size=own).sel(nbeta=found.nbeta, method="nearest")
-                   if own in result["step_size"].values else None)
-        print(descent_line(found, None if own_llc is None else float(own_llc), sampler))
+        nbetas = [v for v in result["nbeta"].values if np.isclose(v, found.nbeta)]
+        own_llc = (float(result["llc_mean"].sel(step_size=own, nbeta=nbetas[0]))
+                   if nbetas and own in result["step_size"].values else None)  # the path's λ̂
+        print(descent_line(found, own_llc, sampler))
     return 0
 
 
