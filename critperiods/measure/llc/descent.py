@@ -30,13 +30,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from critperiods.measure.llc.estimate import default_nbeta
+from critperiods.measure.llc.estimate import INIT_LOSS_CHUNK, default_nbeta
 from critperiods.measure.llc.sampler import LLCConfig, LossFn, forward_precision
 from critperiods.train.memory_format import channels_last_images
-
-#: Samples per forward pass of the full-batch gradient (bounds its memory, not its result
-#: beyond float round-off).
-CHUNK = 1024
 
 
 @dataclass(frozen=True)
@@ -67,10 +63,11 @@ class Descent:
 def _full_batch_loss(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor,
                      precision: str) -> float:
     """``L_n`` at the model's weights, its gradient accumulated into the parameters'
-    ``.grad`` (chunks of :data:`CHUNK` samples, each weighted by its share of ``n``)."""
+    ``.grad`` (chunks of ``INIT_LOSS_CHUNK`` samples, as the estimate's ``L_n(w*)``, each
+    weighted by its share of ``n``)."""
     n, total = x.shape[0], 0.0
-    for s in range(0, n, CHUNK):
-        xb, yb = x[s : s + CHUNK], y[s : s + CHUNK]
+    for s in range(0, n, INIT_LOSS_CHUNK):
+        xb, yb = x[s : s + INIT_LOSS_CHUNK], y[s : s + INIT_LOSS_CHUNK]
         with forward_precision(x.device, precision):
             out = model(channels_last_images(xb))
         loss = loss_fn(out.float(), yb) * (xb.shape[0] / n)
@@ -134,4 +131,4 @@ def descent_line(found: Descent, llc: float | None, config: LLCConfig) -> str:
             "noise is not in it, docs/llc.md)")
 
 
-__all__ = ["CHUNK", "Descent", "descent", "descent_line"]
+__all__ = ["Descent", "descent", "descent_line"]

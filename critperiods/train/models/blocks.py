@@ -28,7 +28,7 @@ class PreActBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
         projects = stride != 1 or cin != cout
-        self.subsample = nn.AvgPool2d(1, stride) if projects and stride != 1 else None
+        self.subsample = nn.AvgPool2d(1, stride) if stride != 1 else None
         self.shortcut = nn.Conv2d(cin, cout, 1, bias=False) if projects else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
