@@ -12,6 +12,7 @@ import xarray as xr
 
 from critperiods.results import fits, selection, tables
 from critperiods.results.markers import marker_spread
+from critperiods.results.multiple_testing import holm_adjusted
 from critperiods.results.summary import (
     INTERVAL_METHOD,
     critical_period_summary,
@@ -933,8 +934,11 @@ def test_the_markers_answer_counts_the_offsets_told_from_the_end_and_their_flags
     assert "batch 128, continue, trunk: after" in llc and "flagged" not in llc
     summary["llc_knee_sharp_within_noise"][:] = 1
     (llc,) = tables.marker_tally(summary)
-    assert llc.endswith("3 of them on flagged knees (within-noise)")
-    one = summary.copy(deep=True)  # one offset told from the end, on a flagged knee
+    assert llc.endswith("3 of them on flagged knees (within-noise); all 6 hold after Holm's "
+                        "correction for the run's 6 offsets"), llc
+    # one offset told from the end, on a flagged knee; a cube from before Holm's correction
+    one = summary.drop_vars([v for v in summary.data_vars
+                             if str(v).endswith("_p_holm")]).copy(deep=True)
     for name in ("llc_knee_minus_end_trunk_interval", "llc_knee_minus_end_sharp_interval"):
         one[name][:] = [-1.0, 1.0]
     one["llc_knee_minus_end_sharp_interval"].loc[{"batch_size": BATCHES[2],
@@ -994,6 +998,48 @@ def test_the_short_answer_says_whether_the_markers_mark_the_end() -> None:
     # without λ̂ and divergences, the short answer stops at the restart
     plain = flat_restart(synthetic_cube(with_llc=False, with_div=False))
     assert "marks the end" not in short_answer(plain.merge(critical_period_summary(plain)))
+
+
+def test_an_offset_told_from_0_only_by_its_own_interval_is_not_told_apart_from_the_end(
+) -> None:
+    """Nine offsets at 90 % each: about one excludes 0 by chance. The summary stores each
+    offset's p-value and Holm's adjustment over all of them; an offset whose own interval
+    excludes 0 but whose adjusted p-value is not below 10 % is said to be so in the verdict
+    and the tally, and the short answer does not tell that marker from the end."""
+    from critperiods.results.report_page import _offsets_caveat, short_answer
+
+    cube = flat_restart(synthetic_cube(with_div=False))
+    summary = critical_period_summary(cube)
+    offsets = ("llc_knee_minus_end_trunk", "llc_knee_minus_end_sharp")
+    p = np.stack([summary[f"{o}_p"].values for o in offsets])
+    assert np.isfinite(p).sum() == 6 and (p < 0.1).sum() == 6  # every interval excludes 0
+    holm = np.stack([summary[f"{o}_p_holm"].values for o in offsets])
+    np.testing.assert_allclose(holm[np.isfinite(holm)],
+                               holm_adjusted(p[np.isfinite(p)]))
+    assert summary["llc_knee_minus_end_trunk_p_holm"].attrs["tests"] == 6
+    assert (summary["llc_knee_minus_end_trunk"].attrs["ancillary_variables"]
+            == "llc_knee_minus_end_trunk_interval llc_knee_minus_end_trunk_p "
+               "llc_knee_minus_end_trunk_p_holm")
+    late = {"batch_size": BATCHES[2], "lr_schedule": "continue"}
+    summary["llc_knee_minus_end_trunk_p_holm"].loc[late] = 0.3  # as if chance among many
+    (llc,) = tables.marker_tally(summary)
+    assert llc.endswith("; 5 of the 6 hold after Holm's correction for the run's 6 offsets"), llc
+    verdict = tables.marker_verdicts(summary)[(BATCHES[2], "continue")]
+    assert "after the end by its own interval only (Holm-adjusted p 0.3)" in verdict, verdict
+    said = short_answer(cube.merge(summary))
+    assert f"λ̂'s knee on the trunk comes before the end at batch {BATCHES[0]:g}, " \
+           f"{BATCHES[1]:g} (continue)" in said, said
+    assert f"and after it at batch {BATCHES[2]:g}" not in said.split("never-blurred")[0]
+    assert ("the other offset from the end includes 0 or is within what chance gives among 6 "
+            "offsets (Holm's correction)") in said, said
+    for o in offsets:
+        summary[f"{o}_p_holm"][:] = 0.5
+    said = short_answer(cube.merge(summary))
+    assert said.endswith("Whether λ̂ marks the end, these seeds cannot tell: every offset from "
+                         "the end includes 0 or is within what chance gives among 6 offsets "
+                         "(Holm's correction)."), said
+    (caveat,) = _offsets_caveat(cube.merge(summary))
+    assert "6 tests of one question" in caveat and "about 0.6 of them" in caveat
 
 
 def test_the_markers_answer_says_where_the_divergence_drop_follows_the_learning_rate() -> None:

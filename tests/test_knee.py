@@ -13,6 +13,7 @@ from critperiods.results.knee import (
     knees_without_each_seed,
     offset_floor,
     paired_offset,
+    paired_offset_p,
 )
 from tests.conftest import bench_module
 
@@ -180,6 +181,53 @@ def test_no_offset_without_a_knee_or_an_end_and_no_interval_with_one_seed() -> N
     assert all(np.isnan(paired_offset(nothing, some)))
     offset, lo, hi = paired_offset(some, SeedJackknife(3.0, np.full(2, np.nan), one))
     assert offset == 2.0 and np.isnan(lo) and np.isnan(hi)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_offset_p_value_is_the_level_at_which_its_interval_touches_0(seed) -> None:
+    """p is the smallest 1 − level whose interval excludes 0, floor and range included: the
+    interval at any level excludes 0 exactly where p is below 1 − level."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 7))
+    knee = SeedJackknife(float(rng.normal(3, 3)), rng.normal(3, 3, n), np.ones(n, bool),
+                         (float(rng.uniform(-4, 2)), 20.0))
+    end = SeedJackknife(0.0, rng.normal(0, 1, n), np.ones(n, bool), (0.0, 4.0))
+    floor = float(rng.choice([0.0, 1.0, 3.0]))
+    p = paired_offset_p(knee, end, min_half_width=floor)
+    assert 0.0 <= p <= 1.0
+    for level in (0.5, 0.8, 0.9, 0.95, 0.99):
+        _, lo, hi = paired_offset(knee, end, level, min_half_width=floor)
+        if abs(p - (1 - level)) > 1e-9:  # at the level itself the bound touches 0
+            assert (lo > 0 or hi < 0) == (p < 1 - level), (level, p, lo, hi)
+
+
+def test_the_offset_p_value_is_1_within_the_floor_and_0_outside_the_range() -> None:
+    everything = np.ones(3, bool)
+    end = SeedJackknife(6.0, np.array([6.05, 5.95, 6.0]), everything, (0.0, 16.0))
+    knee = SeedJackknife(7.0, np.array([7.0, 7.1, 6.9]), everything, (2.0, 14.0))
+    assert paired_offset_p(knee, end) < 0.1  # a tight jackknife tells 1 epoch from 0 ...
+    assert paired_offset_p(knee, end, min_half_width=1.5) == 1.0  # ... the floor does not
+    early = SeedJackknife(3.0, np.array([3.0, 3.1, 2.9]), everything, (0.0, 4.0))
+    late = SeedJackknife(6.0, np.array([6.5, 5.5, 6.0]), everything, (5.0, 16.0))
+    assert paired_offset_p(early, late, min_half_width=10.0) == 0.0  # it cannot reach 0
+    gone = SeedJackknife(7.0, np.array([7.0, np.nan, 6.9]), everything, (2.0, 14.0))
+    assert paired_offset_p(gone, end) == 1.0  # unbounded: no level excludes 0
+    one = np.array([True, False, False])
+    assert np.isnan(paired_offset_p(SeedJackknife(7.0, np.full(3, np.nan), one),
+                                    SeedJackknife(6.0, np.full(3, np.nan), one)))
+
+
+def test_the_jackknife_p_value_is_dual_to_the_jackknife_interval() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        loo = rng.normal(1.0, 1.0, int(rng.integers(2, 8)))
+        estimate = float(loo.mean())
+        p = fits.jackknife_p_value(estimate, loo)
+        lo, hi = fits.jackknife_interval(estimate, loo, 1 - p)
+        assert min(abs(lo), abs(hi)) == pytest.approx(0.0, abs=1e-9)
+    assert fits.jackknife_p_value(2.0, np.array([2.0, 2.0])) == 0.0
+    assert fits.jackknife_p_value(0.0, np.array([0.0, 0.0])) == 1.0
+    assert np.isnan(fits.jackknife_p_value(2.0, np.array([2.0])))
 
 
 def test_the_marker_coverage_bench_runs_and_covers_near_its_level() -> None:

@@ -148,8 +148,7 @@ def test_a_simulated_run_gets_the_summarys_own_intervals():
     switches = np.asarray(grid.switches)
     end = fit_end(switches, acc / 100, 0.9)  # the cube holds accuracy as a fraction
     knee = knee_fit(np.asarray(grid.llc_epochs), llc, 0.9, end)
-    drop_interval, drop_offset = drop_fit(switches, switches, *_drop(switches, div),
-                                          np.ones(4, bool), 0.9, end)
+    drop = drop_fit(switches, switches, *_drop(switches, div), np.ones(4, bool), 0.9, end)
 
     def triple(name):
         return (float(summary[name]), *summary[f"{name}_interval"].values.tolist())
@@ -158,13 +157,15 @@ def test_a_simulated_run_gets_the_summarys_own_intervals():
     assert triple("critical_period_end") == (end.end, end.lower, end.upper)
     assert triple("llc_knee_trunk") == knee.knee
     assert triple("llc_knee_minus_end_trunk") == knee.offset
-    assert summary["divergence_drop_epoch_interval"].values.tolist() == list(drop_interval)
-    assert triple("divergence_drop_minus_end") == drop_offset
+    assert summary["divergence_drop_epoch_interval"].values.tolist() == list(drop.interval)
+    assert triple("divergence_drop_minus_end") == drop.offset
+    assert float(summary["llc_knee_minus_end_trunk_p"]) == knee.offset_p
+    assert float(summary["divergence_drop_minus_end_p"]) == drop.offset_p
     # seeds that scatter the drop over the whole grid: the offset's interval is clipped to
     # what a drop (switch 0-20) minus an end (switch 0-20) can give
     scattered = np.array([0.0, 20.0, 2.0, 18.0])
-    _, (_, lower, upper) = drop_fit(switches, switches, 10.0, scattered, np.ones(4, bool), 0.9,
-                                    end)
+    _, lower, upper = drop_fit(switches, switches, 10.0, scattered, np.ones(4, bool), 0.9,
+                               end).offset
     assert end.jackknife.bounds == (0.0, 20.0) and (lower, upper) == (-20.0, 20.0)
 
     unlocated = fit_end(switches, np.full_like(acc, 0.85)

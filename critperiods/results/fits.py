@@ -32,7 +32,7 @@ __all__ = ["MIN_CHANGE_POINTS", "POWER_LAW_POINTS", "PROFILE_STEPS", "HingeFit",
            "additive_residuals", "additive_spread", "at_least_and_within",
            "change_epochs_without_each_seed",
            "divergence_drop_epoch", "fit_hinge", "fit_power_law", "half_deficit_epoch", "hinge_end",
-           "hinge_profile_interval", "hinge_resolution", "jackknife_interval",
+           "hinge_profile_interval", "hinge_resolution", "jackknife_interval", "jackknife_p_value",
            "kinks_without_each_seed", "largest_change_epoch", "MeanCurve", "mean_curve",
            "mean_t_interval",
            "nanmean", "permanent_deficit", "profile_interval", "resolution", "weighted_fits",
@@ -451,15 +451,44 @@ def jackknife_interval(estimate: float, leave_one_out: np.ndarray, level: float 
     non-finite estimate; ``(-inf, inf)`` where a leave-one-out value is not finite (leaving
     some unit out makes the statistic undefined, so the data do not bound it).
     """
-    theta = np.asarray(leave_one_out, dtype=float).ravel()
-    n = theta.size
+    n, se = _jackknife_se(leave_one_out)
     if n < 2 or not np.isfinite(estimate):
         return float("nan"), float("nan")
-    if not np.isfinite(theta).all():
+    if not np.isfinite(se):
         return float("-inf"), float("inf")
-    se = float(np.sqrt((n - 1) / n * np.sum((theta - theta.mean()) ** 2)))
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se
     return float(estimate) - half, float(estimate) + half
+
+
+def _jackknife_se(leave_one_out: np.ndarray) -> tuple[int, float]:
+    """The number of units and the delete-one jackknife standard error over them (NaN with
+    fewer than 2 units, inf where a leave-one-out value is not finite)."""
+    theta = np.asarray(leave_one_out, dtype=float).ravel()
+    n = theta.size
+    if n < 2:
+        return n, float("nan")
+    if not np.isfinite(theta).all():
+        return n, float("inf")
+    return n, float(np.sqrt((n - 1) / n * np.sum((theta - theta.mean()) ** 2)))
+
+
+def jackknife_p_value(estimate: float, leave_one_out: np.ndarray, null: float = 0.0
+                      ) -> float:
+    """The two-sided p-value of :func:`jackknife_interval`'s test that the statistic is
+    ``null``: ``2 P(T > |estimate − null| / se)``, ``T`` Student's t on ``n − 1`` degrees of
+    freedom. It is the smallest ``1 − level`` at which that interval excludes ``null``. NaN
+    with fewer than 2 units or a non-finite estimate; 1 where a leave-one-out value is not
+    finite (the interval is unbounded); 0 where ``se`` is 0 and the estimate is not ``null``.
+    """
+    n, se = _jackknife_se(leave_one_out)
+    if n < 2 or not np.isfinite(estimate):
+        return float("nan")
+    if not np.isfinite(se):
+        return 1.0
+    distance = abs(float(estimate) - null)
+    if se == 0:
+        return 0.0 if distance > 0 else 1.0
+    return float(2 * stats.t.sf(distance / se, n - 1))
 
 
 def kinks_without_each_seed(switch_epochs: np.ndarray, accuracy_by_seed: np.ndarray

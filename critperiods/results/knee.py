@@ -15,7 +15,7 @@ largest wiggle and has no interval. Here:
   its jackknife-t interval over seeds and its profile interval;
 * :func:`paired_offset`: knee minus end, both refitted without the same seed, with a
   jackknife-t interval: the seeds are the independent unit of both, so the pair's errors
-  share them.
+  share them; :func:`paired_offset_p` is that interval's test of 0, as a p-value.
 
 Plain numpy in, floats out, NaN where there is too little to estimate.
 """
@@ -34,6 +34,7 @@ from critperiods.results.fits import (
     _sorted_finite,
     at_least_and_within,
     jackknife_interval,
+    jackknife_p_value,
     mean_curve,
     profile_interval,
     resolution,
@@ -44,7 +45,7 @@ from critperiods.results.fits import (
 
 __all__ = ["SeedJackknife", "bends_beyond_noise", "fit_broken_stick", "knee_resolution",
            "knee_with_interval", "knees_without_each_seed", "offset_floor", "paired_offset",
-           "profile_knee_interval"]
+           "paired_offset_p", "profile_knee_interval"]
 
 
 def _line_sse(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -301,6 +302,26 @@ def offset_floor(marker_half: float, end_half: float) -> float:
     return float(np.hypot(marker_half, end_half))
 
 
+def _paired(knee: SeedJackknife, end: SeedJackknife
+            ) -> tuple[float, np.ndarray | None, tuple[float, float]]:
+    """``knee − end``, its leave-one-seed-out values over the seeds present in either (None
+    with fewer than 2 such seeds; NaN offset: None too), and the range it can take."""
+    offset = float(knee.value) - float(end.value)
+    possible = (knee.bounds[0] - end.bounds[1], knee.bounds[1] - end.bounds[0])
+    if not np.isfinite(offset):
+        return offset, None, possible
+    k_present, e_present = (np.asarray(p, dtype=bool) for p in (knee.present, end.present))
+    if k_present.shape != e_present.shape:
+        raise ValueError(f"one value per seed in both: {k_present.shape} and "
+                         f"{e_present.shape}")
+    units = k_present | e_present
+    if units.sum() < 2:
+        return offset, None, possible
+    k_loo = np.where(k_present, knee.without_each_seed, knee.value)
+    e_loo = np.where(e_present, end.without_each_seed, end.value)
+    return offset, (k_loo - e_loo)[units], possible
+
+
 def paired_offset(knee: SeedJackknife, end: SeedJackknife, level: float = 0.90,
                   min_half_width: float = 0.0) -> tuple[float, float, float]:
     """``knee − end`` with a paired leave-one-seed-out jackknife-t interval.
@@ -315,18 +336,34 @@ def paired_offset(knee: SeedJackknife, end: SeedJackknife, level: float = 0.90,
     lowest (``bounds``). Returns ``(offset, lower, upper)``; the interval is NaN with fewer
     than 2 seeds, and all of that range where leaving a seed out leaves no knee or no end.
     """
-    offset = float(knee.value) - float(end.value)
+    offset, loo, possible = _paired(knee, end)
     if not np.isfinite(offset):
         return (float("nan"),) * 3
-    k_present, e_present = (np.asarray(p, dtype=bool) for p in (knee.present, end.present))
-    if k_present.shape != e_present.shape:
-        raise ValueError(f"one value per seed in both: {k_present.shape} and "
-                         f"{e_present.shape}")
-    units = k_present | e_present
-    if units.sum() < 2:
+    if loo is None:
         return offset, float("nan"), float("nan")
-    k_loo = np.where(k_present, knee.without_each_seed, knee.value)
-    e_loo = np.where(e_present, end.without_each_seed, end.value)
-    lower, upper = jackknife_interval(offset, (k_loo - e_loo)[units], level)
-    possible = (knee.bounds[0] - end.bounds[1], knee.bounds[1] - end.bounds[0])
+    lower, upper = jackknife_interval(offset, loo, level)
     return (offset, *at_least_and_within(offset, lower, upper, min_half_width, possible))
+
+
+def paired_offset_p(knee: SeedJackknife, end: SeedJackknife, min_half_width: float = 0.0
+                    ) -> float:
+    """The p-value of :func:`paired_offset`'s interval as a test that the offset is 0: the
+    smallest ``1 − level`` at which that interval, floor and range included, excludes 0.
+
+    * 0 where 0 is outside the range the offset can take (every level's interval excludes
+      it);
+    * 1 where ``|offset|`` is within ``min_half_width`` (no level's does);
+    * otherwise the jackknife-t p-value (:func:`~critperiods.results.fits.jackknife_p_value`).
+
+    NaN where the interval is NaN (no offset, or fewer than 2 seeds). These are what
+    :func:`~critperiods.results.multiple_testing.holm_adjusted` corrects for the number of
+    offsets a run tests.
+    """
+    offset, loo, possible = _paired(knee, end)
+    if loo is None:
+        return float("nan")
+    if not possible[0] <= 0 <= possible[1]:
+        return 0.0
+    if abs(offset) <= min_half_width:
+        return 1.0
+    return jackknife_p_value(offset, loo)

@@ -45,15 +45,16 @@ from critperiods.results.knee import (
     knees_without_each_seed,
     offset_floor,
     paired_offset,
+    paired_offset_p,
     profile_knee_interval,
 )
 from critperiods.results.selection import divergence_at_horizon, divergence_to_blurred
 from critperiods.variables import interval_attrs
 
 __all__ = ["LLC_KNEES", "LLC_MARKERS", "LOO_RANGE_KIND", "MARKER_OFFSETS", "MARKER_STATISTICS",
-           "UNSTABLE_REASON", "KNEE_FLAGS", "KneeFit", "WITHIN_NOISE_REASON", "drop_fit",
+           "UNSTABLE_REASON", "KNEE_FLAGS", "DropFit", "KneeFit", "WITHIN_NOISE_REASON", "drop_fit",
            "drop_values", "knee_earliest_attrs", "knee_fit", "knee_flags", "knee_unstable_attrs",
-           "knee_values", "knee_within_noise_attrs",
+           "knee_values", "knee_within_noise_attrs", "offset_p_attrs", "offset_p_holm_attrs",
            "loo_range_attrs", "marker_attrs", "marker_interval_kind", "marker_spread"]
 
 #: The λ̂ markers, each with ``<name>_loo_range``: how far it moves without one seed.
@@ -169,6 +170,24 @@ def marker_attrs(name: str, level: float | None = None) -> dict:
     return interval_attrs(name, marker_interval_kind(name, level))
 
 
+def offset_p_attrs(offset: str) -> dict:
+    """Attributes of ``<offset>_p``: the offset interval's test of 0 as a p-value
+    (:func:`~critperiods.results.knee.paired_offset_p`)."""
+    return {"long_name": f"p-value of {offset}_interval as a test that {offset} is 0: the "
+                         "smallest 1 - level at which the interval, floor and range included, "
+                         "excludes 0 (1 where the offset is within the floor)", "units": "1"}
+
+
+def offset_p_holm_attrs(offset: str, tests: int) -> dict:
+    """Attributes of ``<offset>_p_holm``: ``<offset>_p`` after Holm's correction for the
+    ``tests`` offsets with a p-value in the run
+    (:func:`~critperiods.results.multiple_testing.holm_adjusted`)."""
+    return {"long_name": f"{offset}_p adjusted by Holm's step-down method over the {tests} "
+                         "marker offsets with a p-value in this run (all markers, batch sizes "
+                         "and schedules): an offset is told from 0 at family-wise level alpha "
+                         "where this is below alpha", "units": "1", "tests": np.int32(tests)}
+
+
 def loo_range_attrs(name: str) -> dict:
     """Attributes of ``<name>_loo_range`` (here, not in :mod:`critperiods.variables`, whose
     every change reruns the stages that write the cube's other variables)."""
@@ -197,19 +216,28 @@ def marker_spread(curve_by_seed: xr.DataArray, marker: float) -> tuple[float, fl
     return float(min(marker, np.nanmin(markers))), float(max(marker, np.nanmax(markers))), None
 
 
+@dataclass(frozen=True)
+class DropFit:
+    """The divergence drop's interval and its offset from the end (:func:`drop_fit`)."""
+
+    interval: tuple[float, float]  #: ``(lower, upper)``, NaN without a drop
+    offset: tuple[float, float, float]  #: drop − end, NaN without a drop or a located end
+    offset_p: float  #: the offset interval's test of 0 (:func:`paired_offset_p`), or NaN
+
+
 def drop_fit(switch_epochs: np.ndarray, measured: np.ndarray, drop: float,
              without_each_seed: np.ndarray, present: np.ndarray, level: float, end: EndFit
-             ) -> tuple[tuple[float, float], tuple[float, float, float]]:
-    """The divergence drop's interval ``(lower, upper)`` and its offset from the ``end`` as
-    ``(value, lower, upper)``, from the drop of the seed mean (``drop``), the drop refitted
-    ``without_each_seed`` and the seeds ``present`` (with a distance at all): a jackknife-t
-    interval, at least ± half the spacing of the switch epochs with a distance at the horizon
-    (``measured``) and within them; the offset by :func:`paired_offset`, NaN unless the end
+             ) -> DropFit:
+    """The divergence drop's interval and its offset from the ``end``, from the drop of the
+    seed mean (``drop``), the drop refitted ``without_each_seed`` and the seeds ``present``
+    (with a distance at all): a jackknife-t interval, at least ± half the spacing of the
+    switch epochs with a distance at the horizon (``measured``) and within them; the offset
+    by :func:`paired_offset` and its p-value by :func:`paired_offset_p`, NaN unless the end
     is located. NaN throughout without a drop."""
     nan2, nan3 = (float("nan"),) * 2, (float("nan"),) * 3
     measured = np.asarray(measured, dtype=float)
     if not np.isfinite(drop) or measured.size == 0:
-        return nan2, nan3
+        return DropFit(nan2, nan3, float("nan"))
     present = np.asarray(present, dtype=bool)
     half = switch_spacing_at(measured, drop) / 2
     bounds = (float(measured.min()), float(measured.max()))
@@ -217,22 +245,23 @@ def drop_fit(switch_epochs: np.ndarray, measured: np.ndarray, drop: float,
         drop, *jackknife_interval(drop, np.asarray(without_each_seed)[present], level), half,
         bounds)
     if not end.located:
-        return (lower, upper), nan3
-    return (lower, upper), paired_offset(
-        SeedJackknife(drop, without_each_seed, present, bounds), end.jackknife, level,
-        min_half_width=offset_floor(half, end.resolution))
+        return DropFit((lower, upper), nan3, float("nan"))
+    jackknife = SeedJackknife(drop, without_each_seed, present, bounds)
+    floor = offset_floor(half, end.resolution)
+    return DropFit((lower, upper),
+                   paired_offset(jackknife, end.jackknife, level, min_half_width=floor),
+                   paired_offset_p(jackknife, end.jackknife, min_half_width=floor))
 
 
 def drop_values(cube: xr.Dataset, batch_size: float, lr_schedule: str, horizon: float,
-                level: float, drop: float, end: EndFit
-                ) -> tuple[tuple[float, float], tuple[float, float, float]]:
+                level: float, drop: float, end: EndFit) -> DropFit:
     """:func:`drop_fit` of one cell of a cube: the drop of the distance to the always-blurred
     run at the ``horizon`` (``drop``, :func:`~critperiods.results.fits.divergence_drop_epoch`
     of its seed mean), refitted without each seed that has a distance."""
     nan2, nan3 = (float("nan"),) * 2, (float("nan"),) * 3
     div = divergence_to_blurred(cube, batch_size, lr_schedule)
     if div is None or not np.isfinite(drop) or "seed" not in div.dims:
-        return nan2, nan3
+        return DropFit(nan2, nan3, float("nan"))
     switches = cube["switch_epoch"].values.astype(float)
     at_horizon = divergence_at_horizon(cube, batch_size, horizon, lr_schedule)
     seeds = div["seed"].values
@@ -250,6 +279,7 @@ class KneeFit:
 
     knee: tuple[float, float, float]  #: ``(value, lower, upper)``, NaN without a knee
     offset: tuple[float, float, float]  #: knee − end, NaN without a knee or a located end
+    offset_p: float  #: the offset interval's test of 0 (:func:`paired_offset_p`), or NaN
     unstable: int  #: 1 where, with some seed left out, the knee sits at an edge or is gone
     within_noise: int  #: 1 where the curve bends no more than its noise lets a line seem to
     #: (0 also where one seed gives no test)
@@ -264,7 +294,7 @@ def knee_fit(epochs: np.ndarray, llc_by_seed: np.ndarray, level: float, end: End
     :func:`knee_with_interval`), whether it is unstable, whether the curve bends within its
     noise (:func:`bends_beyond_noise` false), the earliest epoch it can take, and
     its offset from the ``end`` (:func:`paired_offset`, at least the two resolutions added in
-    quadrature; NaN unless the end is located)."""
+    quadrature) with its p-value (:func:`paired_offset_p`); NaN unless the end is located."""
     nan3 = (float("nan"),) * 3
     epochs = np.asarray(epochs, dtype=float)
     matrix = np.asarray(llc_by_seed, dtype=float).reshape(epochs.size, -1)
@@ -272,7 +302,7 @@ def knee_fit(epochs: np.ndarray, llc_by_seed: np.ndarray, level: float, end: End
     profile = profile_knee_interval(epochs, matrix, level)  # the knee's interval and floor
     knee = knee_with_interval(epochs, matrix, level, loo, profile)
     if not np.isfinite(knee[0]):
-        return KneeFit(knee, nan3, 0, 0, float("nan"), None, float("nan"))
+        return KneeFit(knee, nan3, float("nan"), 0, 0, float("nan"), None, float("nan"))
     within_noise = int(bends_beyond_noise(epochs, matrix, level) is False)
     present = np.isfinite(matrix).any(axis=0)
     x = np.sort(epochs[np.isfinite(matrix).any(axis=1)])
@@ -280,10 +310,13 @@ def knee_fit(epochs: np.ndarray, llc_by_seed: np.ndarray, level: float, end: End
                    or (present.sum() > 1 and not np.isfinite(loo[present]).all()))
     jackknife = SeedJackknife(knee[0], loo, present, (x[1], x[-2]))
     half = knee_resolution(epochs, matrix, knee[0], level, profile)
-    offset = (paired_offset(jackknife, end.jackknife, level,
-                            min_half_width=offset_floor(half, end.resolution))
-              if end.located else nan3)
-    return KneeFit(knee, offset, unstable, within_noise, float(x[1]), jackknife, half)
+    if not end.located:
+        return KneeFit(knee, nan3, float("nan"), unstable, within_noise, float(x[1]),
+                       jackknife, half)
+    floor = offset_floor(half, end.resolution)
+    return KneeFit(knee, paired_offset(jackknife, end.jackknife, level, min_half_width=floor),
+                   paired_offset_p(jackknife, end.jackknife, min_half_width=floor), unstable,
+                   within_noise, float(x[1]), jackknife, half)
 
 
 def knee_values(curve_by_seed: xr.DataArray, level: float, end: EndFit) -> KneeFit:
@@ -291,6 +324,6 @@ def knee_values(curve_by_seed: xr.DataArray, level: float, end: EndFit) -> KneeF
     without both dims."""
     nan3 = (float("nan"),) * 3
     if "seed" not in curve_by_seed.dims or "epoch" not in curve_by_seed.dims:
-        return KneeFit(nan3, nan3, 0, 0, float("nan"), None, float("nan"))
+        return KneeFit(nan3, nan3, float("nan"), 0, 0, float("nan"), None, float("nan"))
     values = curve_by_seed.transpose("epoch", "seed")
     return knee_fit(values["epoch"].values, values.values, level, end)

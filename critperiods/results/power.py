@@ -174,10 +174,10 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
             if np.isfinite(knee.offset[0]):
                 record("unpaired", sc.knee - sc.end, _unpaired(knee, end, level))
         drop, drop_loo = _drop(switches, div)
-        interval, offset = drop_fit(switches, switches, drop, drop_loo, present, level, end)
-        record("drop", sc.drop, interval)
-        record("drop paired", sc.drop - sc.end, offset[1:])
-        called("drop paired", offset)
+        fit = drop_fit(switches, switches, drop, drop_loo, present, level, end)
+        record("drop", sc.drop, fit.interval)
+        record("drop paired", sc.drop - sc.end, fit.offset[1:])
+        called("drop paired", fit.offset)
     out = {f"{k} cover": float(np.mean(v)) if v else float("nan") for k, v in hit.items()}
     out.update({f"{k} width": float(np.median(v)) if v else float("nan")
                 for k, v in width.items()})

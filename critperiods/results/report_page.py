@@ -38,6 +38,7 @@ from critperiods.results.tables import (
     marker_verdicts,
     markers_not_computed,
     not_computed_sentence,
+    offset_tests,
     restart_verdicts,
     runs_at_chance,
     summary_table,
@@ -137,16 +138,17 @@ _MARKER_SUBJECTS = {"llc_knee_trunk": "λ̂'s knee on the trunk",
 def _markers_sentence(cube: xr.Dataset) -> str:
     """Whether λ̂ and the divergence mark the end, in a sentence (:func:`short_answer`):
     the markers whose offset from the end excludes 0 on a knee that is neither flagged nor
-    at the earliest epoch a knee can take, by name (and schedule, where the run has
-    several); otherwise that these seeds cannot tell. Then where the divergence drop follows
+    at the earliest epoch a knee can take, and still does after Holm's correction for the
+    run's offsets, by name (and schedule, where the run has several); otherwise that these
+    seeds cannot tell. Then where the divergence drop follows
     the learning rate (it never halves with the rate restarted): a continue drop there is
     that confound, not a marker, and is not named as one. "" where the run has no markers."""
     follows = drops_follow_the_rate(cube)
     calls = [c for c in marker_calls(cube)
              if not (c.kind == "divergence drops" and c.lr_schedule == "continue"
                      and c.batch_size in follows)]
-    clear = [c for c in calls if c.side and not c.weak]
-    weak = [c for c in calls if c.weak]
+    clear = [c for c in calls if c.side and not c.weak and not c.chance]
+    weak = [c for c in calls if c.weak or c.chance]
     parts = []
     if calls and not clear:
         kinds = [name for kind, name in (("λ̂ knees", "λ̂"), ("divergence drops",
@@ -155,9 +157,12 @@ def _markers_sentence(cube: xr.Dataset) -> str:
         why = ([] if not any(c.flags for c in weak) else ["a flagged knee"]) + (
             [] if not any(c.floored and not c.flags for c in weak)
             else ["a knee that could not come before the end"])
+        reasons = ["includes 0", *([f"rests on {' or '.join(why)}"] if why else []),
+                   *([_chance(cube)] if any(c.chance and not c.weak for c in weak) else [])]
         parts.append(f"Whether {' or '.join(kinds)} marks the end, these seeds cannot tell: "
-                     "every offset from the end includes 0"
-                     + (f" or rests on {' or '.join(why)}" if why else ""))
+                     "every offset from the end " + (
+                         " or ".join(reasons) if len(reasons) < 3
+                         else ", ".join(reasons[:-1]) + " or " + reasons[-1]))
     elif clear:
         schedules = len(lr_schedules(cube)) > 1
         said = []
@@ -176,9 +181,11 @@ def _markers_sentence(cube: xr.Dataset) -> str:
         rest = len(calls) - len(clear)
         other = ("the other offset from the end includes 0" if rest == 1
                  else f"the other {rest} offsets from the end include 0")
-        if weak:
+        if any(c.weak for c in weak):
             other += (" or rests on a weak knee" if rest == 1 else " or rest on weak knees") \
                 + " (flagged, or unable to come before the end)"
+        if any(c.chance and not c.weak for c in weak):
+            other += f" or {_chance(cube, many=rest > 1)}"
         parts.append("Told apart from the end: " + "; ".join(said)
                      + (f"; {other}" if rest else ""))
     if follows:
@@ -186,6 +193,13 @@ def _markers_sentence(cube: xr.Dataset) -> str:
                      f"at batch {', '.join(f'{b:g}' for b in follows)}: it never halves with "
                      "the rate restarted")
     return "; ".join(parts)
+
+
+def _chance(cube: xr.Dataset, many: bool = False) -> str:
+    """Why an offset told from 0 by its own interval is not told apart from the end (``many``:
+    said of several offsets)."""
+    return (f"{'are' if many else 'is'} within what chance gives among {offset_tests(cube)} "
+            "offsets (Holm's correction)")
 
 
 def _located_ends(rows: pd.DataFrame) -> tuple[list[tuple[float, float, float, float]],
@@ -637,6 +651,21 @@ def _per_batch_caveat(cube: xr.Dataset) -> list[str]:
             "by itself, a difference between them."]
 
 
+def _offsets_caveat(cube: xr.Dataset) -> list[str]:
+    """The markers' offsets are tested many at once: what their brackets are, and that
+    "told apart from the end" needs Holm's correction for all of them."""
+    tests = offset_tests(cube)
+    if tests < 2:
+        return []
+    level = float(cube.attrs.get("summary_level", 0.9))
+    return [f"* The markers' offsets from the end are {tests} tests of one question. Each "
+            f"bracket is its own {100 * level:.0f} % interval, so where every marker marks the "
+            f"end about {tests * (1 - level):.1f} of them would still exclude 0. The answer "
+            f"tells a marker from the end only where its offset also excludes 0 after Holm's "
+            f"correction for all {tests} (family-wise {100 * (1 - level):.0f} %; "
+            "``<offset>_p_holm`` in the cube)."]
+
+
 def _few_switches_caveat(cube: xr.Dataset) -> list[str]:
     """With 3 switch epochs or fewer the hinge (level, kink, slope) has as many parameters
     as points: it can pass through the seed means, and the end is then an interpolation."""
@@ -732,6 +761,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         "CSV). An end is shown only where the deficit's interval is above 0.",
         _restart_caveat(cube),
         *_per_batch_caveat(cube),
+        *_offsets_caveat(cube),
         *_few_switches_caveat(cube),
         *_exponent_caveat(cube),
         *_llc_caveat(cube),

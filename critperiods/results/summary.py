@@ -45,6 +45,7 @@ from critperiods.results.fits import (
 from critperiods.results.markers import (
     LLC_KNEES,
     LLC_MARKERS,
+    MARKER_OFFSETS,
     MARKER_STATISTICS,
     drop_values,
     knee_earliest_attrs,
@@ -55,7 +56,10 @@ from critperiods.results.markers import (
     marker_attrs,
     marker_interval_kind,
     marker_spread,
+    offset_p_attrs,
+    offset_p_holm_attrs,
 )
+from critperiods.results.multiple_testing import holm_adjusted
 from critperiods.results.selection import (
     default_horizon,
     divergence_at_horizon,
@@ -185,6 +189,7 @@ def _cell_values(
         knee = knee_values(curve, level, end)
         for name, triple in ((knee_name, knee.knee), (offset_name, knee.offset)):
             values[name], values[f"{name}_lower"], values[f"{name}_upper"] = triple
+        values[f"{offset_name}_p"] = knee.offset_p
         values[f"{knee_name}_unstable"] = knee.unstable
         values[f"{knee_name}_within_noise"] = knee.within_noise
         values[f"{knee_name}_earliest"] = knee.earliest
@@ -193,11 +198,12 @@ def _cell_values(
             why[offset_name] = f"no {knee_name}: {why[knee_name]}"
         elif unlocated:
             why[offset_name] = f"{unlocated}: nothing to compare the knee with"
-    drop, offset = drop_values(cube, batch_size, lr_schedule, horizon, level,
-                                values["divergence_drop_epoch"], end)
-    values["divergence_drop_epoch_lower"], values["divergence_drop_epoch_upper"] = drop
-    values["divergence_drop_minus_end"], *bounds = offset
-    values["divergence_drop_minus_end_lower"], values["divergence_drop_minus_end_upper"] = bounds
+    drop = drop_values(cube, batch_size, lr_schedule, horizon, level,
+                       values["divergence_drop_epoch"], end)
+    values["divergence_drop_epoch_lower"], values["divergence_drop_epoch_upper"] = drop.interval
+    (values["divergence_drop_minus_end"], values["divergence_drop_minus_end_lower"],
+     values["divergence_drop_minus_end_upper"]) = drop.offset
+    values["divergence_drop_minus_end_p"] = drop.offset_p
     if not np.isfinite(values["divergence_drop_epoch"]):
         why["divergence_drop_minus_end"] = ("no divergence_drop_epoch: "
                                             + why["divergence_drop_epoch"])
@@ -316,6 +322,9 @@ def critical_period_summary(
     ``deficit_interval_kind`` say what the end's and the deficit's intervals are,
     ``interval_method`` is :data:`INTERVAL_METHOD`. With one seed in a cell its intervals
     are NaN. A cube without an ``lr_schedule`` dim is treated as one ``continue`` schedule.
+    Each marker offset of :data:`~critperiods.results.markers.MARKER_OFFSETS` has its
+    interval's p-value ``<offset>_p`` and ``<offset>_p_holm``: that p-value after Holm's
+    correction for every offset with one in the summary.
     """
     cube = with_lr_schedule(cube)
     batch_sizes = cube["batch_size"].values
@@ -375,6 +384,15 @@ def critical_period_summary(
         data[f"{name}_interval"] = xr.DataArray(
             np.stack([grid(f"{name}_lower"), grid(f"{name}_upper")], axis=-1),
             dims=[*dims, "bound"], attrs=marker_attrs(name, level))
+    p_values = np.stack([grid(f"{offset}_p") for _, offset in MARKER_OFFSETS])
+    tests = int(np.isfinite(p_values).sum())
+    for (_, offset), p, holm in zip(MARKER_OFFSETS, p_values, holm_adjusted(p_values),
+                                    strict=True):
+        data[f"{offset}_p"] = xr.DataArray(p, dims=dims, attrs=offset_p_attrs(offset))
+        data[f"{offset}_p_holm"] = xr.DataArray(holm, dims=dims,
+                                                attrs=offset_p_holm_attrs(offset, tests))
+        data[offset].attrs["ancillary_variables"] = \
+            f"{offset}_interval {offset}_p {offset}_p_holm"
     for knee, _ in LLC_KNEES:
         data[f"{knee}_unstable"] = xr.DataArray(grid(f"{knee}_unstable").astype(np.int8),
                                                 dims=dims, attrs=knee_unstable_attrs(knee))

@@ -31,10 +31,10 @@ from critperiods.results.summary import EXPONENTS, INTERVAL_STATISTICS, unlocate
 from critperiods.variables import SUMMARY_STATISTICS
 
 __all__ = ["MARKER_NAMES", "MARKER_STAGES", "MarkerCall", "MarkerStage", "as_said",
-           "distinct_estimates", "diverged_sentence", "drops_follow_the_rate", "flag_reasons",
-           "format_table", "llc_flag_counts",
+           "distinct_estimates", "diverged_sentence", "drops_follow_the_rate",
+           "familywise_alpha", "flag_reasons", "format_table", "llc_flag_counts",
            "marker_calls", "marker_tally", "marker_verdict",
-           "marker_verdicts", "markers_not_computed", "not_computed_sentence",
+           "marker_verdicts", "markers_not_computed", "not_computed_sentence", "offset_tests",
            "points", "restart_verdicts", "runs_at_chance", "summary_table", "to_csv",
            "unlocated_text"]
 
@@ -95,12 +95,16 @@ def _side(lower: float, upper: float) -> str | None:
 
 
 def marker_verdict(offset: float, lower: float, upper: float,
-                   flags: Sequence[str] = ()) -> str:
+                   flags: Sequence[str] = (), p_holm: float = float("nan"),
+                   alpha: float = 0.1) -> str:
     """What a marker's offset from the end says: "+9.2 [0.8, 17.6], after the end",
     "… before the end" or "… includes 0" (the seeds cannot tell the marker from the end),
     prefixed with a λ̂ knee's ``flags`` (:func:`knee_flags`): "(unstable knee) ",
     "(within-noise knee) " or "(unstable, within-noise knee) " (:data:`UNSTABLE_REASON`,
-    :data:`WITHIN_NOISE_REASON`); "" without an offset."""
+    :data:`WITHIN_NOISE_REASON`); "" without an offset. A side is followed by its
+    Holm-adjusted p-value where there is one: "after the end (Holm-adjusted p 0.04)", or,
+    where that is not below ``alpha``, "after the end by its own interval only
+    (Holm-adjusted p 0.27)"."""
     if not np.isfinite(offset):
         return ""
     said = (f"({', '.join(flags)} knee) " if flags else "") + f"{offset:+.1f}"
@@ -108,7 +112,12 @@ def marker_verdict(offset: float, lower: float, upper: float,
         return f"{said} (one seed: no interval)"
     said += f" [{_bound(lower)}, {_bound(upper)}]"
     side = _side(lower, upper)
-    return f"{said}, {side} the end" if side else f"{said}, includes 0"
+    if not side:
+        return f"{said}, includes 0"
+    if not np.isfinite(p_holm):
+        return f"{said}, {side} the end"
+    only = "" if p_holm < alpha else " by its own interval only"
+    return f"{said}, {side} the end{only} (Holm-adjusted p {p_holm:.2g})"
 
 
 def _bound(value: float) -> str:
@@ -135,12 +144,14 @@ def marker_verdicts(summary: xr.Dataset) -> dict[tuple[float, str], str]:
     if any(name not in summary for name in MARKER_STATISTICS):
         return {}
     table = summary_table(summary)
+    alpha = familywise_alpha(summary)
     out = {}
     for _, row in table.iterrows():
         said = [f"{MARKER_NAMES[marker]} {verdict}{_too_late(row, marker)}"
                 for marker, offset in MARKER_OFFSETS
                 if (verdict := marker_verdict(row[offset], row[f"{offset}_lower"],
-                                              row[f"{offset}_upper"], knee_flags(row, marker)))]
+                                              row[f"{offset}_upper"], knee_flags(row, marker),
+                                              row.get(f"{offset}_p_holm", np.nan), alpha))]
         if said:
             out[(float(row["batch_size"]), str(row["lr_schedule"]))] = "; ".join(said)
     return out
@@ -157,29 +168,55 @@ class MarkerCall:
     side: str | None  #: "after", "before", or None where the interval includes 0
     flags: tuple[str, ...]  #: the knee's flag words (:func:`knee_flags`)
     floored: bool  #: the earliest possible knee is not before the end (:func:`_too_late`)
+    #: whether the offset is told from 0 after Holm's correction for the run's offsets
+    #: (:func:`familywise_alpha`); None for a cube written before the correction
+    holds: bool | None = None
 
     @property
     def weak(self) -> bool:
         """Told from the end, but on a flagged knee or one that could not come before it."""
         return self.side is not None and bool(self.flags or self.floored)
 
+    @property
+    def chance(self) -> bool:
+        """Told from the end by its own interval, but not after Holm's correction: among
+        the offsets the run tests, one this far from 0 may be chance."""
+        return self.side is not None and self.holds is False
+
+
+def familywise_alpha(summary: xr.Dataset) -> float:
+    """The family-wise level Holm's correction of the marker offsets is read at: 1 minus the
+    run's interval level (the cube's ``summary_level``, a summary's ``level``)."""
+    return 1 - float(summary.attrs.get("summary_level", summary.attrs.get("level", 0.9)))
+
+
+def offset_tests(summary: xr.Dataset) -> int:
+    """How many marker offsets Holm's correction counts in ``summary`` (0 for a cube written
+    before it)."""
+    return int(next((summary[f"{o}_p_holm"].attrs.get("tests", 0) for _, o in MARKER_OFFSETS
+                     if f"{o}_p_holm" in summary), 0))
+
 
 def marker_calls(summary: xr.Dataset) -> list[MarkerCall]:
     """Every marker offset from a located end that has an interval, row by row of the
-    summary table and in the order of :data:`MARKER_OFFSETS` within a row. Empty for a
-    summary without the offsets."""
+    summary table and in the order of :data:`MARKER_OFFSETS` within a row, with whether it
+    holds after Holm's correction (``<offset>_p_holm`` below :func:`familywise_alpha`).
+    Empty for a summary without the offsets."""
     if any(name not in summary for name in MARKER_STATISTICS):
         return []
+    alpha = familywise_alpha(summary)
     calls = []
     for _, row in summary_table(summary).iterrows():
         for marker, offset in MARKER_OFFSETS:
             lo, hi = row[f"{offset}_lower"], row[f"{offset}_upper"]
             if not (np.isfinite(row[offset]) and not np.isnan(lo) and not np.isnan(hi)):
                 continue
+            holm = row.get(f"{offset}_p_holm", np.nan)
             calls.append(MarkerCall(
                 "λ̂ knees" if marker.startswith("llc_") else "divergence drops",
                 float(row["batch_size"]), str(row["lr_schedule"]), marker, _side(lo, hi),
-                tuple(knee_flags(row, marker)), bool(_too_late(row, marker))))
+                tuple(knee_flags(row, marker)), bool(_too_late(row, marker)),
+                bool(holm < alpha) if np.isfinite(holm) else None))
     return calls
 
 
@@ -189,8 +226,10 @@ def marker_tally(summary: xr.Dataset) -> list[str]:
     for λ̂ how many of those rest on a flagged knee (:func:`knee_flags`). "λ̂ knees: 2 of 6
     offsets exclude 0 (batch 64, continue, never-blurred: after; …), both on flagged knees
     (within-noise); the other 4 include 0", or "divergence drops: none of 3 offsets from
-    the end excludes 0". Empty without offsets. A last line says where the divergence drop
-    follows the learning rate (:func:`drops_follow_the_rate`)."""
+    the end excludes 0"; the offsets that exclude 0 with whether they still do after Holm's
+    correction for all the run's offsets (:func:`_holm_clause`). Empty without offsets. A
+    last line says where the divergence drop follows the learning rate
+    (:func:`drops_follow_the_rate`)."""
     if any(name not in summary for name in MARKER_STATISTICS):
         return []
     calls = marker_calls(summary)
@@ -216,6 +255,7 @@ def marker_tally(summary: xr.Dataset) -> list[str]:
                 share = (("both" if len(told) == 2 else "all") if len(marked) == len(told)
                          else f"{len(marked)} of them")
                 said += f", {share} on flagged knees ({words})"
+        said += _holm_clause(told, offset_tests(summary))
         if len(of_kind) > len(told):
             said += f"; the other {len(of_kind) - len(told)} include 0"
         lines.append(said)
@@ -227,6 +267,25 @@ def marker_tally(summary: xr.Dataset) -> list[str]:
                      "reflects the smaller rate a later switch trains at, not the critical "
                      "period (the learning-rate confound, as for the deficit)")
     return lines
+
+
+def _holm_clause(told: Sequence[MarkerCall], tests: int) -> str:
+    """Whether the offsets ``told`` from 0 by their own intervals still are after Holm's
+    correction for the run's ``tests`` offsets: "; it holds after Holm's correction for the
+    run's 9 offsets", "; 1 of the 2 holds after …"; "" for a cube without the correction."""
+    known = [c for c in told if c.holds is not None]
+    if not known:
+        return ""
+    family = f"Holm's correction for the run's {tests} offsets"
+    held = sum(bool(c.holds) for c in known)
+    if len(known) == 1:
+        return (f"; it holds after {family}" if held else
+                f"; it does not hold after {family} (among {tests}, one this far from 0 may "
+                "be chance)")
+    said = ("both hold" if held == len(known) == 2 else f"all {held} hold"
+            if held == len(known) else "none of them holds" if not held
+            else f"{held} of the {len(known)} hold{'s' if held == 1 else ''}")
+    return f"; {said} after {family}"
 
 
 def drops_follow_the_rate(summary: xr.Dataset) -> list[float]:
@@ -343,6 +402,10 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
                 if f"{name}_interval" in cell:
                     lo, hi = cell[f"{name}_interval"].values
                     row[f"{name}_lower"], row[f"{name}_upper"] = float(lo), float(hi)
+            for _, offset in MARKER_OFFSETS:  # absent from cubes written before Holm's
+                for name in (f"{offset}_p", f"{offset}_p_holm"):  # correction
+                    if name in cell:
+                        row[name] = float(cell[name])
             for knee, _ in LLC_KNEES:
                 has_knee = knee in cell and np.isfinite(float(cell[knee]))
                 for flag, _ in KNEE_FLAGS:  # absent from cubes written before the flag
