@@ -292,7 +292,8 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     branches of runs that diverged to chance are left out and drawn hollow. Beside the
     curves, to ask whether λ̂ marks the end: the continue schedule's located end (dashed,
     its interval shaded) and the λ̂ knees (triangles along the top, each with its interval
-    as a bar)."""
+    as a bar). The caption says that λ̂ far from a minimum carries the chains' descent
+    (docs/llc.md)."""
     flagged = (cube.llc_quality > 0) if "llc_quality" in cube else xr.zeros_like(
         cube.llc_mean, dtype=bool)
     diverged = diverged_branches(cube)
@@ -344,7 +345,10 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                        overlay=overlay if has_ends or markers else None,
                        caption=f"λ̂ of the valid estimates (mean over {_seeds_note(cube)}; bars: "
                                "s.d. over chains; up to a run's switch epoch it is the blurred "
-                               "trunk's)" + ("; dashed: the critical period's end with the rate "
+                               "trunk's; where a checkpoint is far from a minimum, as early in "
+                               "training, λ̂ is lowered by the chains' descent from it, so an "
+                               "early rise may be the sampler's: calibrate-llc --descent "
+                               "measures it)" + ("; dashed: the critical period's end with the rate "
                                "continued, its interval shaded" if has_ends else "")
                                + ("; triangles: where a broken stick fitted to λ̂ bends (its "
                                   "knee), the bar its interval (the seeds' jackknife joined "
