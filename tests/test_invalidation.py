@@ -345,3 +345,18 @@ def test_code_changes_rerun_their_stage_and_downstream_and_tidying_reruns_nothin
     # the tiny run is small_cnn's: its architecture retrains everything, another one nothing
     assert "train_trunk" in got[("critperiods/train/models/small_cnn.py", True)]
     assert got[("critperiods/train/models/resnet18.py", True)] == set()
+
+
+def test_a_dry_run_after_a_config_edit_prints_the_change_not_the_whole_config(tiny_run,
+                                                                             tmp_path):
+    """``aggregate`` reruns when the config it records changes, through a param holding the
+    record's digest: ``snakemake -n`` prints the edited section and two digests, where it
+    printed the whole YAML before and after."""
+    override = tmp_path / "level.yaml"
+    override.write_text("analysis:\n  interval_level: 0.8\n")
+    out = snakemake(tiny_run, "-n", "--nolock", configs=[override])
+    reasons = [line for line in out.splitlines() if "Params have changed" in line]
+    assert len(reasons) == 1, out[-3000:]  # aggregate's; plots reruns for its input
+    assert "'interval_level': 0.8" in reasons[0] and "'interval_level': 0.9" in reasons[0]
+    assert len(re.findall(r"'[0-9a-f]{64}'", reasons[0])) == 2  # the record's, before and now
+    assert "experiment:" not in reasons[0] and len(reasons[0]) < 600, reasons[0]

@@ -340,22 +340,22 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                                       label="critical-period end (continue), interval shaded"))
         return handles
 
+    caption = (f"λ̂ of the valid estimates (mean over {_seeds_note(cube)}; bars: s.d. over "
+               "chains; up to a run's switch epoch it is the blurred trunk's; where a checkpoint "
+               "is far from a minimum, as early in training, λ̂ is lowered by the chains' "
+               "descent from it, so an early rise may be the sampler's: calibrate-llc "
+               "--descent measures it)")
+    if has_ends:
+        caption += "; dashed: the critical period's end with the rate continued, its " \
+                   "interval shaded"
+    if markers:
+        caption += ("; triangles: where a broken stick fitted to λ̂ bends (its knee), the bar "
+                    "its interval (the seeds' jackknife joined with the curve's profile "
+                    "interval); hollow: with some seed left out the knee sits at an edge of its "
+                    "range or is gone, or λ̂ bends no more than its noise")
     _curves_per_switch(cube.llc_mean, path, dpi, "λ̂ (local learning coefficient)", marker=".",
                        flagged=flagged | diverged, spread=cube.llc_std, flagged_label=label,
-                       overlay=overlay if has_ends or markers else None,
-                       caption=f"λ̂ of the valid estimates (mean over {_seeds_note(cube)}; bars: "
-                               "s.d. over chains; up to a run's switch epoch it is the blurred "
-                               "trunk's; where a checkpoint is far from a minimum, as early in "
-                               "training, λ̂ is lowered by the chains' descent from it, so an "
-                               "early rise may be the sampler's: calibrate-llc --descent "
-                               "measures it)" + ("; dashed: the critical period's end with the rate "
-                               "continued, its interval shaded" if has_ends else "")
-                               + ("; triangles: where a broken stick fitted to λ̂ bends (its "
-                                  "knee), the bar its interval (the seeds' jackknife joined "
-                                  "with the curve's profile interval); hollow: "
-                                  "with some seed left out the knee sits at an edge of its "
-                                  "range or is gone, or λ̂ bends no more than its noise"
-                                  if markers else ""))
+                       overlay=overlay if has_ends or markers else None, caption=caption)
 
 
 def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:

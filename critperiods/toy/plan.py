@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from critperiods.pipeline.config_file import read_config_file
 from critperiods.pipeline.plan import ConfigError
 
@@ -85,11 +83,5 @@ def check_study_chosen(config: dict[str, Any], files: Sequence[str | Path]) -> N
                           "toy study, or remove the toy section")
 
 
-def record(config: dict[str, Any]) -> str:
-    """The config a toy cube records (YAML): the experiment, the study and ``toy``."""
-    return yaml.safe_dump({k: config[k] for k in ("experiment", "study", "toy")},
-                          sort_keys=False)
-
-
 __all__ = ["CUBE_KEYS", "JOB_SECTIONS", "check_study_chosen",
-           "check_toy_config", "job_params", "landscapes", "piece_paths", "record"]
+           "check_toy_config", "job_params", "landscapes", "piece_paths"]

@@ -14,7 +14,7 @@ rule aggregate:
         epochs_after_switch=config["epochs_after_switch"],
         training=TRAINING,
         analysis=config["analysis"],
-        config_yaml=config_yaml(),
+        config_sha256=config_record.digest(config_record.cube_record(config)),
     log:
         f"{LOGS}/aggregate.log",
     conda:

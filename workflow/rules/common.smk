@@ -5,7 +5,7 @@ import sys
 
 import yaml
 
-from critperiods.pipeline import layout, plan
+from critperiods.pipeline import config_record, layout, plan
 from critperiods.pipeline.config_file import exit_on_config_error
 from critperiods.train.dataset_files import raw_identity
 from critperiods.pipeline.fingerprint import Fingerprints
@@ -197,21 +197,6 @@ def get_cube_inputs(wildcards):
     )
     return {"metrics": metrics, "llc": llc, "divergence": divergence,
             "perturbation": get_perturbation_outputs()}
-
-
-def config_yaml():
-    """The config recorded in the cube: everything but plot options (plots rerun alone),
-    cluster time limits (which never change a result), the toy study's keys, which files a
-    config is laid over (a check of the command line), the
-    perturbation section while it is off, and where the data are read from (the data's
-    fingerprints are in the cube's provenance instead: moving the data folder reruns
-    nothing)."""
-    recorded = {k: v for k, v in config.items()
-                if k not in ("plots", "runtime", "study", "toy", "laid_over")}
-    if not config["perturbation"]["enabled"]:
-        del recorded["perturbation"]  # off: its keys rerun nothing
-    recorded["dataset"] = {k: v for k, v in config["dataset"].items() if k != "root"}
-    return yaml.safe_dump(recorded, sort_keys=False)
 
 
 def runtime_minutes(units, per_unit):

@@ -49,7 +49,7 @@ rule toy_cube:
         summary=report(TOY_SUMMARY, caption="../report/toy_summary.rst",
                        category="Toy landscapes", labels={"figure": "T0 summary table (CSV)"}),
     params:
-        config_yaml=toy_plan.record(config),
+        config_sha256=config_record.digest(config_record.toy_record(config)),
         max_endpoint_bias=TOY["llc"]["max_endpoint_bias"],
         max_rhat=config["analysis"]["llc_max_rhat"],
         max_trend_z=config["analysis"]["llc_max_trend_z"],

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from critperiods.pipeline.config_record import check_digest, cube_record
 from critperiods.pipeline.files import read_netcdf, remake, write_atomic, write_netcdf
 from critperiods.pipeline.provenance import cube_attrs
 from critperiods.pipeline.stages import setup
@@ -54,5 +55,7 @@ def run(sm: Any) -> None:
               divergence=list(sm.input.get("divergence", [])),
               perturbation=list(sm.input.get("perturbation", [])), grid=sm.params.grid,
               epochs_after_switch=sm.params.epochs_after_switch, training=sm.params.training,
-              analysis=sm.params.analysis, config_yaml=sm.params.config_yaml,
+              analysis=sm.params.analysis,
+              config_yaml=check_digest(cube_record(sm.config), sm.params.config_sha256,
+                                       "aggregate"),
               code=sm.params.code)
