@@ -301,6 +301,9 @@ def test_a_grid_without_trunk_llc_says_so_instead_of_failing():
     row = next(line for line in lines if line.startswith("| 3 "))
     assert row.split(" | ")[1].split(", ")[0] == "n/a"
     assert row.split(" | ")[1].split(", ")[1].endswith("%")
+    # the calls are each offset's own; the report's are after Holm's correction
+    assert lines[-1].startswith("note: each call is one offset on its own interval")
+    assert "Holm's correction" in lines[-1]
 
 
 def test_power_says_where_an_interval_falls_short_and_how_noisy_its_shares_are():

@@ -336,7 +336,9 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
     called anyway (false calls, nominally at most 1 − level); with a knee ``offset`` epochs
     after the end and a drop ``offset`` before it, how often each is called, how often that
     knee's curve bends beyond its noise (is not flagged within noise: how often the run
-    could see the bend at all), and how often the paired intervals hold the truth.
+    could see the bend at all), and how often the paired intervals hold the truth. The
+    calls are each offset's own; a last note says that the report's are after Holm's
+    correction.
     ``noise`` carries the noise settings of :class:`Scenario` (its ``end``, ``knee`` and
     ``drop`` are ignored); ``noise_source`` says where they come from."""
     noise = noise or DEFAULT_NOISE
@@ -403,6 +405,11 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
                      "to be trusted (one known cause: a drop within about a switch spacing of "
                      "the first switch, whose early value is read where the distance already "
                      "falls, so the drop is read late; docs/analysis.md)")
+    lines.append("note: each call is one offset on its own interval; the report tells a marker "
+                 "from the end only where the offset also holds after Holm's correction over "
+                 "all of a run's offsets (3 per batch size and schedule with a located end), "
+                 "which calls less often, false calls and true ones alike "
+                 "(bench/familywise_false_calls.py, docs/analysis.md)")
     return lines
 
 
