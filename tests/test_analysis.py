@@ -1039,7 +1039,7 @@ def test_an_offset_told_from_0_only_by_its_own_interval_is_not_told_apart_from_t
                          "the end includes 0 or is within what chance gives among 6 offsets "
                          "(Holm's correction)."), said
     (caveat,) = _offsets_caveat(cube.merge(summary))
-    assert "6 tests of one question" in caveat and "about 0.6 of them" in caveat
+    assert "6 tests of one question" in caveat and "up to 10 % of them may exclude 0" in caveat
 
 
 def test_the_markers_answer_says_where_the_divergence_drop_follows_the_learning_rate() -> None:

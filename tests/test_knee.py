@@ -185,20 +185,38 @@ def test_no_offset_without_a_knee_or_an_end_and_no_interval_with_one_seed() -> N
 
 @pytest.mark.parametrize("seed", range(40))
 def test_the_offset_p_value_is_the_level_at_which_its_interval_touches_0(seed) -> None:
-    """p is the smallest 1 − level whose interval excludes 0, floor and range included: the
-    interval at any level excludes 0 exactly where p is below 1 − level."""
+    """p is the smallest 1 − level whose interval excludes 0, floor and range included, and
+    the floor widening with the level as profile intervals do: the interval at any level,
+    with that level's floor, excludes 0 exactly where p is below 1 − level."""
     rng = np.random.default_rng(seed)
     n = int(rng.integers(2, 7))
     knee = SeedJackknife(float(rng.normal(3, 3)), rng.normal(3, 3, n), np.ones(n, bool),
                          (float(rng.uniform(-4, 2)), 20.0))
     end = SeedJackknife(0.0, rng.normal(0, 1, n), np.ones(n, bool), (0.0, 4.0))
-    floor = float(rng.choice([0.0, 1.0, 3.0]))
-    p = paired_offset_p(knee, end, min_half_width=floor)
+    base, growth = float(rng.choice([0.0, 1.0, 3.0])), float(rng.choice([0.0, 0.5, 2.0]))
+
+    def floor_at(level: float) -> float:
+        return base + growth * float(np.sqrt(level / (1 - level)))
+
+    p = paired_offset_p(knee, end, floor_at)
     assert 0.0 <= p <= 1.0
-    for level in (0.5, 0.8, 0.9, 0.95, 0.99):
-        _, lo, hi = paired_offset(knee, end, level, min_half_width=floor)
-        if abs(p - (1 - level)) > 1e-9:  # at the level itself the bound touches 0
+    for level in (0.2, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999):
+        _, lo, hi = paired_offset(knee, end, level, min_half_width=floor_at(level))
+        if abs(p - (1 - level)) > 1e-6:  # at the level itself the bound touches 0
             assert (lo > 0 or hi < 0) == (p < 1 - level), (level, p, lo, hi)
+
+
+def test_a_floor_that_widens_with_the_level_raises_the_p_value() -> None:
+    """A tight jackknife (p_t ~ 1e-4) beyond a floor that reaches the offset at level 0.99:
+    the p-value is 0.01, not p_t; a floor held at its 90 % width would have given p_t."""
+    everything = np.ones(4, bool)
+    knee = SeedJackknife(5.0, np.array([5.0, 5.02, 4.98, 5.01]), everything)
+    end = SeedJackknife(0.0, np.array([0.0, 0.01, -0.01, 0.0]), everything)
+    p_t = paired_offset_p(knee, end, 0.0)
+    assert p_t < 1e-3
+    assert paired_offset_p(knee, end, lambda level: 2.0 if level < 0.99 else 6.0) == \
+        pytest.approx(0.01, abs=1e-8)
+    assert paired_offset_p(knee, end, 2.0) == p_t
 
 
 def test_the_offset_p_value_is_1_within_the_floor_and_0_outside_the_range() -> None:
@@ -206,10 +224,10 @@ def test_the_offset_p_value_is_1_within_the_floor_and_0_outside_the_range() -> N
     end = SeedJackknife(6.0, np.array([6.05, 5.95, 6.0]), everything, (0.0, 16.0))
     knee = SeedJackknife(7.0, np.array([7.0, 7.1, 6.9]), everything, (2.0, 14.0))
     assert paired_offset_p(knee, end) < 0.1  # a tight jackknife tells 1 epoch from 0 ...
-    assert paired_offset_p(knee, end, min_half_width=1.5) == 1.0  # ... the floor does not
+    assert paired_offset_p(knee, end, 1.5) == 1.0  # ... the floor does not
     early = SeedJackknife(3.0, np.array([3.0, 3.1, 2.9]), everything, (0.0, 4.0))
     late = SeedJackknife(6.0, np.array([6.5, 5.5, 6.0]), everything, (5.0, 16.0))
-    assert paired_offset_p(early, late, min_half_width=10.0) == 0.0  # it cannot reach 0
+    assert paired_offset_p(early, late, 10.0) == 0.0  # it cannot reach 0
     gone = SeedJackknife(7.0, np.array([7.0, np.nan, 6.9]), everything, (2.0, 14.0))
     assert paired_offset_p(gone, end) == 1.0  # unbounded: no level excludes 0
     one = np.array([True, False, False])

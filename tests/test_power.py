@@ -159,8 +159,8 @@ def test_a_simulated_run_gets_the_summarys_own_intervals():
     assert triple("llc_knee_minus_end_trunk") == knee.offset
     assert summary["divergence_drop_epoch_interval"].values.tolist() == list(drop.interval)
     assert triple("divergence_drop_minus_end") == drop.offset
-    assert float(summary["llc_knee_minus_end_trunk_p"]) == knee.offset_p
-    assert float(summary["divergence_drop_minus_end_p"]) == drop.offset_p
+    assert float(summary["llc_knee_minus_end_trunk_p"]) == knee.offset_p(end)
+    assert float(summary["divergence_drop_minus_end_p"]) == drop.offset_p(end)
     # seeds that scatter the drop over the whole grid: the offset's interval is clipped to
     # what a drop (switch 0-20) minus an end (switch 0-20) can give
     scattered = np.array([0.0, 20.0, 2.0, 18.0])
@@ -458,3 +458,31 @@ def test_power_prints_the_exponent_table_after_the_markers(capsys):
             "refitted without a seed, at or before the first switch; of all) | interval holds "
             "p (of the bounded) |") in out
     assert "(the end at the middle batch size: the middle of the switch range; --end" in out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_an_offsets_p_value_is_the_level_at_which_the_summarys_interval_touches_0(seed):
+    """End to end, on simulated runs: the knee's and the drop's offset intervals, recomputed
+    at each level with that level's floors (their profile intervals widen with it), exclude
+    0 exactly where the offset's p-value is below 1 − level."""
+    from critperiods.results.end_fit import fit_end
+    from critperiods.results.markers import drop_fit, knee_fit
+    from critperiods.results.power import DEFAULT_GRID, _drop, simulate
+
+    truth = Scenario(7.0, 9.0 + seed, drop=5.0)
+    acc, llc, div = simulate(truth, DEFAULT_GRID, np.random.default_rng(seed))
+    switches, epochs = np.asarray(DEFAULT_GRID.switches), np.asarray(DEFAULT_GRID.llc_epochs)
+    present = np.ones(DEFAULT_GRID.seeds, dtype=bool)
+    drop, loo = _drop(switches, div)
+    end = fit_end(switches, acc, 0.9)
+    p = (knee_fit(epochs, llc, 0.9, end).offset_p(end),
+         drop_fit(switches, switches, drop, loo, present, 0.9, end).offset_p(end))
+    for level in (0.5, 0.8, 0.9, 0.95, 0.99, 0.999):
+        at = fit_end(switches, acc, level)
+        if not at.located:
+            continue
+        offsets = (knee_fit(epochs, llc, level, at).offset,
+                   drop_fit(switches, switches, drop, loo, present, level, at).offset)
+        for p_value, (_, lo, hi) in zip(p, offsets, strict=True):
+            if np.isfinite(p_value) and abs(p_value - (1 - level)) > 1e-6:
+                assert (lo > 0 or hi < 0) == (p_value < 1 - level), (level, p_value, lo, hi)

@@ -6,7 +6,8 @@ offsets need it.
 (:func:`~critperiods.results.fits.hinge_end`), the permanent deficit that says whether the
 end is located at all (:func:`end_located`), and what an offset from the end needs: the
 kink refitted without each seed, within the switch epochs with runs
-(:class:`~critperiods.results.knee.SeedJackknife`), and its resolution. The summary
+(:class:`~critperiods.results.knee.SeedJackknife`), and its resolution, at the run's level
+and at any other (an offset's p-value needs the floor at every level). The summary
 (:mod:`critperiods.results.summary`) and ``power``'s simulations
 (:mod:`critperiods.results.power`) both call it, so that what ``power`` promises is what the
 summary computes.
@@ -14,6 +15,8 @@ summary computes.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +56,9 @@ class EndFit:
     deficit_seeds: int  #: the seeds with both the earliest and the latest switch
     jackknife: SeedJackknife  #: the end refitted without each seed, within the switches with runs
     resolution: float  #: the end's resolution (:func:`~critperiods.results.fits.resolution`)
+    #: the end's resolution at any level: its profile interval is the level's (NaN without
+    #: an end)
+    resolution_at: Callable[[float], float] = lambda level: float("nan")
 
     @property
     def located(self) -> bool:
@@ -75,6 +81,9 @@ def fit_end(switch_epochs: np.ndarray, accuracy_by_seed: np.ndarray, level: floa
     bounds = ((float(with_runs.min()), float(with_runs.max())) if with_runs.size
               else (float("nan"),) * 2)
     jackknife = SeedJackknife(end, without_each_seed, np.isfinite(acc).any(axis=0), bounds)
-    half = (hinge_resolution(switches, acc, end, level, profile) if np.isfinite(end)
-            else float("nan"))
-    return EndFit(end, lower, upper, slope, deficit, d_lo, d_hi, pairs, jackknife, half)
+    if not np.isfinite(end):
+        return EndFit(end, lower, upper, slope, deficit, d_lo, d_hi, pairs, jackknife,
+                      float("nan"))
+    return EndFit(end, lower, upper, slope, deficit, d_lo, d_hi, pairs, jackknife,
+                  hinge_resolution(switches, acc, end, level, profile),
+                  functools.partial(hinge_resolution, switches, acc, end))

@@ -23,6 +23,7 @@ Plain numpy in, floats out, NaN where there is too little to estimate.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -345,15 +346,23 @@ def paired_offset(knee: SeedJackknife, end: SeedJackknife, level: float = 0.90,
     return (offset, *at_least_and_within(offset, lower, upper, min_half_width, possible))
 
 
-def paired_offset_p(knee: SeedJackknife, end: SeedJackknife, min_half_width: float = 0.0
-                    ) -> float:
+def paired_offset_p(knee: SeedJackknife, end: SeedJackknife,
+                    floor_at: Callable[[float], float] | float = 0.0) -> float:
     """The p-value of :func:`paired_offset`'s interval as a test that the offset is 0: the
     smallest ``1 − level`` at which that interval, floor and range included, excludes 0.
 
+    ``floor_at(level)`` is the interval's floor at that level (its ``min_half_width``: it
+    widens with the level where it takes in profile intervals, :func:`offset_floor`), or one
+    floor for every level. The interval at ``level`` excludes 0 exactly where the
+    jackknife-t one does (``level < 1 − p_t``,
+    :func:`~critperiods.results.fits.jackknife_p_value`) and the floor there is below
+    ``|offset|``. So the p-value is:
+
     * 0 where 0 is outside the range the offset can take (every level's interval excludes
       it);
-    * 1 where ``|offset|`` is within ``min_half_width`` (no level's does);
-    * otherwise the jackknife-t p-value (:func:`~critperiods.results.fits.jackknife_p_value`).
+    * 1 where even the least floor, at level 0, reaches ``|offset|``;
+    * otherwise the larger of ``p_t`` and ``1 −`` the level at which the floor reaches
+      ``|offset|`` (found by bisection, to 1e-9).
 
     NaN where the interval is NaN (no offset, or fewer than 2 seeds). These are what
     :func:`~critperiods.results.multiple_testing.holm_adjusted` corrects for the number of
@@ -364,6 +373,20 @@ def paired_offset_p(knee: SeedJackknife, end: SeedJackknife, min_half_width: flo
         return float("nan")
     if not possible[0] <= 0 <= possible[1]:
         return 0.0
-    if abs(offset) <= min_half_width:
+
+    def floor(level: float) -> float:  # a NaN floor widens nothing (at_least_and_within)
+        value = float(floor_at(level) if callable(floor_at) else floor_at)
+        return 0.0 if np.isnan(value) else value
+
+    distance = abs(offset)
+    if not floor(0.0) < distance:
         return 1.0
-    return jackknife_p_value(offset, loo)
+    p_t = jackknife_p_value(offset, loo)
+    top = min(1.0 - p_t, 1.0 - 1e-12)  # the levels up to which the jackknife excludes 0
+    if floor(top) < distance:
+        return p_t
+    low, high = 0.0, top  # floor(low) < distance <= floor(high)
+    while high - low > 1e-9:
+        middle = (low + high) / 2
+        low, high = (middle, high) if floor(middle) < distance else (low, middle)
+    return 1.0 - low

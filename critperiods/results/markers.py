@@ -24,6 +24,7 @@ cube's other variables.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -222,7 +223,16 @@ class DropFit:
 
     interval: tuple[float, float]  #: ``(lower, upper)``, NaN without a drop
     offset: tuple[float, float, float]  #: drop − end, NaN without a drop or a located end
-    offset_p: float  #: the offset interval's test of 0 (:func:`paired_offset_p`), or NaN
+    jackknife: SeedJackknife | None = None  #: the drop refitted without each seed
+    #: the offset's floor at any level (None without a drop or a located end)
+    floor_at: Callable[[float], float] | None = None
+
+    def offset_p(self, end: EndFit) -> float:
+        """The offset interval's test of 0 as a p-value (:func:`paired_offset_p`; NaN
+        without an offset). ``end``: the one :func:`drop_fit` was given."""
+        if self.jackknife is None or self.floor_at is None:
+            return float("nan")
+        return paired_offset_p(self.jackknife, end.jackknife, self.floor_at)
 
 
 def drop_fit(switch_epochs: np.ndarray, measured: np.ndarray, drop: float,
@@ -232,12 +242,12 @@ def drop_fit(switch_epochs: np.ndarray, measured: np.ndarray, drop: float,
     seed mean (``drop``), the drop refitted ``without_each_seed`` and the seeds ``present``
     (with a distance at all): a jackknife-t interval, at least ± half the spacing of the
     switch epochs with a distance at the horizon (``measured``) and within them; the offset
-    by :func:`paired_offset` and its p-value by :func:`paired_offset_p`, NaN unless the end
-    is located. NaN throughout without a drop."""
+    by :func:`paired_offset` (its p-value: :meth:`DropFit.offset_p`), NaN unless the end is
+    located. NaN throughout without a drop."""
     nan2, nan3 = (float("nan"),) * 2, (float("nan"),) * 3
     measured = np.asarray(measured, dtype=float)
     if not np.isfinite(drop) or measured.size == 0:
-        return DropFit(nan2, nan3, float("nan"))
+        return DropFit(nan2, nan3)
     present = np.asarray(present, dtype=bool)
     half = switch_spacing_at(measured, drop) / 2
     bounds = (float(measured.min()), float(measured.max()))
@@ -245,12 +255,12 @@ def drop_fit(switch_epochs: np.ndarray, measured: np.ndarray, drop: float,
         drop, *jackknife_interval(drop, np.asarray(without_each_seed)[present], level), half,
         bounds)
     if not end.located:
-        return DropFit((lower, upper), nan3, float("nan"))
+        return DropFit((lower, upper), nan3)
     jackknife = SeedJackknife(drop, without_each_seed, present, bounds)
-    floor = offset_floor(half, end.resolution)
     return DropFit((lower, upper),
-                   paired_offset(jackknife, end.jackknife, level, min_half_width=floor),
-                   paired_offset_p(jackknife, end.jackknife, min_half_width=floor))
+                   paired_offset(jackknife, end.jackknife, level,
+                                 min_half_width=offset_floor(half, end.resolution)),
+                   jackknife, lambda at: offset_floor(half, end.resolution_at(at)))
 
 
 def drop_values(cube: xr.Dataset, batch_size: float, lr_schedule: str, horizon: float,
@@ -261,7 +271,7 @@ def drop_values(cube: xr.Dataset, batch_size: float, lr_schedule: str, horizon: 
     nan2, nan3 = (float("nan"),) * 2, (float("nan"),) * 3
     div = divergence_to_blurred(cube, batch_size, lr_schedule)
     if div is None or not np.isfinite(drop) or "seed" not in div.dims:
-        return DropFit(nan2, nan3, float("nan"))
+        return DropFit(nan2, nan3)
     switches = cube["switch_epoch"].values.astype(float)
     at_horizon = divergence_at_horizon(cube, batch_size, horizon, lr_schedule)
     seeds = div["seed"].values
@@ -279,13 +289,21 @@ class KneeFit:
 
     knee: tuple[float, float, float]  #: ``(value, lower, upper)``, NaN without a knee
     offset: tuple[float, float, float]  #: knee − end, NaN without a knee or a located end
-    offset_p: float  #: the offset interval's test of 0 (:func:`paired_offset_p`), or NaN
     unstable: int  #: 1 where, with some seed left out, the knee sits at an edge or is gone
     within_noise: int  #: 1 where the curve bends no more than its noise lets a line seem to
     #: (0 also where one seed gives no test)
     earliest: float  #: the earliest epoch a knee can take (NaN without a knee)
     jackknife: SeedJackknife | None  #: the knee refitted without each seed (None without one)
     resolution: float  #: the knee's resolution (NaN without a knee)
+    #: the offset's floor at any level (None without a knee or a located end)
+    floor_at: Callable[[float], float] | None = None
+
+    def offset_p(self, end: EndFit) -> float:
+        """The offset interval's test of 0 as a p-value (:func:`paired_offset_p`; NaN
+        without an offset). ``end``: the one :func:`knee_fit` was given."""
+        if self.jackknife is None or self.floor_at is None:
+            return float("nan")
+        return paired_offset_p(self.jackknife, end.jackknife, self.floor_at)
 
 
 def knee_fit(epochs: np.ndarray, llc_by_seed: np.ndarray, level: float, end: EndFit
@@ -294,7 +312,7 @@ def knee_fit(epochs: np.ndarray, llc_by_seed: np.ndarray, level: float, end: End
     :func:`knee_with_interval`), whether it is unstable, whether the curve bends within its
     noise (:func:`bends_beyond_noise` false), the earliest epoch it can take, and
     its offset from the ``end`` (:func:`paired_offset`, at least the two resolutions added in
-    quadrature) with its p-value (:func:`paired_offset_p`); NaN unless the end is located."""
+    quadrature; its p-value: :meth:`KneeFit.offset_p`), NaN unless the end is located."""
     nan3 = (float("nan"),) * 3
     epochs = np.asarray(epochs, dtype=float)
     matrix = np.asarray(llc_by_seed, dtype=float).reshape(epochs.size, -1)
@@ -302,7 +320,7 @@ def knee_fit(epochs: np.ndarray, llc_by_seed: np.ndarray, level: float, end: End
     profile = profile_knee_interval(epochs, matrix, level)  # the knee's interval and floor
     knee = knee_with_interval(epochs, matrix, level, loo, profile)
     if not np.isfinite(knee[0]):
-        return KneeFit(knee, nan3, float("nan"), 0, 0, float("nan"), None, float("nan"))
+        return KneeFit(knee, nan3, 0, 0, float("nan"), None, float("nan"))
     within_noise = int(bends_beyond_noise(epochs, matrix, level) is False)
     present = np.isfinite(matrix).any(axis=0)
     x = np.sort(epochs[np.isfinite(matrix).any(axis=1)])
@@ -311,12 +329,14 @@ def knee_fit(epochs: np.ndarray, llc_by_seed: np.ndarray, level: float, end: End
     jackknife = SeedJackknife(knee[0], loo, present, (x[1], x[-2]))
     half = knee_resolution(epochs, matrix, knee[0], level, profile)
     if not end.located:
-        return KneeFit(knee, nan3, float("nan"), unstable, within_noise, float(x[1]),
-                       jackknife, half)
-    floor = offset_floor(half, end.resolution)
-    return KneeFit(knee, paired_offset(jackknife, end.jackknife, level, min_half_width=floor),
-                   paired_offset_p(jackknife, end.jackknife, min_half_width=floor), unstable,
-                   within_noise, float(x[1]), jackknife, half)
+        return KneeFit(knee, nan3, unstable, within_noise, float(x[1]), jackknife, half)
+
+    def floor_at(at: float) -> float:  # the profile intervals, hence the floor, widen with it
+        return offset_floor(knee_resolution(epochs, matrix, knee[0], at), end.resolution_at(at))
+
+    return KneeFit(knee, paired_offset(jackknife, end.jackknife, level,
+                                       min_half_width=offset_floor(half, end.resolution)),
+                   unstable, within_noise, float(x[1]), jackknife, half, floor_at)
 
 
 def knee_values(curve_by_seed: xr.DataArray, level: float, end: EndFit) -> KneeFit:
@@ -324,6 +344,6 @@ def knee_values(curve_by_seed: xr.DataArray, level: float, end: EndFit) -> KneeF
     without both dims."""
     nan3 = (float("nan"),) * 3
     if "seed" not in curve_by_seed.dims or "epoch" not in curve_by_seed.dims:
-        return KneeFit(nan3, nan3, float("nan"), 0, 0, float("nan"), None, float("nan"))
+        return KneeFit(nan3, nan3, 0, 0, float("nan"), None, float("nan"))
     values = curve_by_seed.transpose("epoch", "seed")
     return knee_fit(values["epoch"].values, values.values, level, end)

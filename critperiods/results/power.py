@@ -136,8 +136,9 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
     excludes 0``, ``drop paired excludes 0``): the runs that call the marker after or
     before the end. A run without a knee, a drop or a located end reports no offset, and so
     calls nothing. ``paired excludes 0, unflagged``: the share whose knee call the short
-    answer would count, on a knee neither unstable, within noise, nor unable to come before
-    the end (:attr:`~critperiods.results.tables.MarkerCall.weak`). ``bends``: the share of
+    answer would count before Holm's correction over a run's offsets, on a knee neither
+    unstable, within noise, nor unable to come before the end
+    (:attr:`~critperiods.results.tables.MarkerCall.weak`). ``bends``: the share of
     all runs whose λ̂ curve has a knee that bends beyond its noise (not flagged within
     noise, :func:`~critperiods.results.knee.bends_beyond_noise`)."""
     rng = np.random.default_rng(0)

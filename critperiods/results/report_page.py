@@ -659,11 +659,11 @@ def _offsets_caveat(cube: xr.Dataset) -> list[str]:
         return []
     level = float(cube.attrs.get("summary_level", 0.9))
     return [f"* The markers' offsets from the end are {tests} tests of one question. Each "
-            f"bracket is its own {100 * level:.0f} % interval, so where every marker marks the "
-            f"end about {tests * (1 - level):.1f} of them would still exclude 0. The answer "
-            f"tells a marker from the end only where its offset also excludes 0 after Holm's "
-            f"correction for all {tests} (family-wise {100 * (1 - level):.0f} %; "
-            "``<offset>_p_holm`` in the cube)."]
+            f"bracket is its own {100 * level:.0f} % interval, so even where every marker "
+            f"marks the end, up to {100 * (1 - level):.0f} % of them may exclude 0 by chance. "
+            "The answer tells a marker from the end only where its offset also excludes 0 "
+            f"after Holm's correction for all {tests} (family-wise {100 * (1 - level):.0f} "
+            "%; ``<offset>_p_holm`` in the cube)."]
 
 
 def _few_switches_caveat(cube: xr.Dataset) -> list[str]:

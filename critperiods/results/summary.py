@@ -189,7 +189,7 @@ def _cell_values(
         knee = knee_values(curve, level, end)
         for name, triple in ((knee_name, knee.knee), (offset_name, knee.offset)):
             values[name], values[f"{name}_lower"], values[f"{name}_upper"] = triple
-        values[f"{offset_name}_p"] = knee.offset_p
+        values[f"{offset_name}_p"] = knee.offset_p(end)
         values[f"{knee_name}_unstable"] = knee.unstable
         values[f"{knee_name}_within_noise"] = knee.within_noise
         values[f"{knee_name}_earliest"] = knee.earliest
@@ -203,7 +203,7 @@ def _cell_values(
     values["divergence_drop_epoch_lower"], values["divergence_drop_epoch_upper"] = drop.interval
     (values["divergence_drop_minus_end"], values["divergence_drop_minus_end_lower"],
      values["divergence_drop_minus_end_upper"]) = drop.offset
-    values["divergence_drop_minus_end_p"] = drop.offset_p
+    values["divergence_drop_minus_end_p"] = drop.offset_p(end)
     if not np.isfinite(values["divergence_drop_epoch"]):
         why["divergence_drop_minus_end"] = ("no divergence_drop_epoch: "
                                             + why["divergence_drop_epoch"])

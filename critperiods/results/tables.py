@@ -117,7 +117,13 @@ def marker_verdict(offset: float, lower: float, upper: float,
     if not np.isfinite(p_holm):
         return f"{said}, {side} the end"
     only = "" if p_holm < alpha else " by its own interval only"
-    return f"{said}, {side} the end{only} (Holm-adjusted p {p_holm:.2g})"
+    return f"{said}, {side} the end{only} (Holm-adjusted p {_p_text(p_holm)})"
+
+
+def _p_text(p: float) -> str:
+    """A p-value to three significant digits (so that 0.0996 is not read as 0.1), or
+    "< 0.001"."""
+    return "< 0.001" if p < 0.001 else f"{p:.3g}"
 
 
 def _bound(value: float) -> str:
