@@ -48,11 +48,10 @@ def run_offsets(sc: Scenario, grid: Grid, rng: np.random.Generator
         end = fit_end(switches, acc, grid.level)
         for llc in (trunk, sharp):
             knee = knee_fit(epochs, llc, grid.level, end)
-            p.append(knee.offset_p(end))
+            p.append(knee.offset_p())
             flagged.append(bool(knee.unstable or knee.within_noise))
         drop, loo = _drop(switches, div)
-        p.append(drop_fit(switches, switches, drop, loo, present, grid.level, end
-                          ).offset_p(end))
+        p.append(drop_fit(switches, switches, drop, loo, present, grid.level, end).offset_p())
         flagged.append(False)
     return np.array(p), np.array(flagged)
 

@@ -159,8 +159,8 @@ def test_a_simulated_run_gets_the_summarys_own_intervals():
     assert triple("llc_knee_minus_end_trunk") == knee.offset
     assert summary["divergence_drop_epoch_interval"].values.tolist() == list(drop.interval)
     assert triple("divergence_drop_minus_end") == drop.offset
-    assert float(summary["llc_knee_minus_end_trunk_p"]) == knee.offset_p(end)
-    assert float(summary["divergence_drop_minus_end_p"]) == drop.offset_p(end)
+    assert float(summary["llc_knee_minus_end_trunk_p"]) == knee.offset_p()
+    assert float(summary["divergence_drop_minus_end_p"]) == drop.offset_p()
     # seeds that scatter the drop over the whole grid: the offset's interval is clipped to
     # what a drop (switch 0-20) minus an end (switch 0-20) can give
     scattered = np.array([0.0, 20.0, 2.0, 18.0])
@@ -475,8 +475,8 @@ def test_an_offsets_p_value_is_the_level_at_which_the_summarys_interval_touches_
     present = np.ones(DEFAULT_GRID.seeds, dtype=bool)
     drop, loo = _drop(switches, div)
     end = fit_end(switches, acc, 0.9)
-    p = (knee_fit(epochs, llc, 0.9, end).offset_p(end),
-         drop_fit(switches, switches, drop, loo, present, 0.9, end).offset_p(end))
+    p = (knee_fit(epochs, llc, 0.9, end).offset_p(),
+         drop_fit(switches, switches, drop, loo, present, 0.9, end).offset_p())
     for level in (0.5, 0.8, 0.9, 0.95, 0.99, 0.999):
         at = fit_end(switches, acc, level)
         if not at.located:

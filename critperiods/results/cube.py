@@ -8,7 +8,6 @@ trunk's; entries of runs that were not run are NaN. See docs/architecture.md for
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import xarray as xr
 
 from critperiods.measure.llc.quality import MAX_RHAT, MAX_TREND_Z
+from critperiods.pipeline.config_record import digest
 from critperiods.pipeline.files import read_netcdf
 from critperiods.pipeline.layout import parse_divergence, parse_perturbation
 from critperiods.results.assemble import RUN_DIMS, assemble_runs, load_pieces
@@ -128,7 +128,7 @@ def build_cube(
         "history": f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} "
                    "created by critperiods aggregate",
         "config": config_yaml,
-        "config_sha256": hashlib.sha256(config_yaml.encode()).hexdigest(),
+        "config_sha256": digest(config_yaml),
         "training_config_hash": config_hash(training),
         "git_commit": _git_commit(),
         "epochs_after_switch": epochs_after_switch,

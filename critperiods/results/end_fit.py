@@ -58,7 +58,7 @@ class EndFit:
     resolution: float  #: the end's resolution (:func:`~critperiods.results.fits.resolution`)
     #: the end's resolution at any level: its profile interval is the level's (NaN without
     #: an end)
-    resolution_at: Callable[[float], float] = lambda level: float("nan")
+    resolution_at: Callable[[float], float]
 
     @property
     def located(self) -> bool:
@@ -83,7 +83,7 @@ def fit_end(switch_epochs: np.ndarray, accuracy_by_seed: np.ndarray, level: floa
     jackknife = SeedJackknife(end, without_each_seed, np.isfinite(acc).any(axis=0), bounds)
     if not np.isfinite(end):
         return EndFit(end, lower, upper, slope, deficit, d_lo, d_hi, pairs, jackknife,
-                      float("nan"))
+                      float("nan"), lambda _level: float("nan"))
     return EndFit(end, lower, upper, slope, deficit, d_lo, d_hi, pairs, jackknife,
                   hinge_resolution(switches, acc, end, level, profile),
                   functools.partial(hinge_resolution, switches, acc, end))

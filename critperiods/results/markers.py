@@ -9,7 +9,9 @@ this module for:
 * the λ̂ knee along the blurred trunk and along the never-blurred run, its interval, its
   flags (unstable; within its curve's noise) and its offset from the end
   (:func:`knee_values`, on the numerical core :mod:`critperiods.results.knee`);
-* the divergence drop's interval and its offset from the end (:func:`drop_values`).
+* the divergence drop's interval and its offset from the end (:func:`drop_values`);
+* each offset's p-value, the level at which its interval touches 0 (:meth:`KneeFit.offset_p`,
+  :meth:`DropFit.offset_p`).
 
 The offsets are from the end as :func:`critperiods.results.end_fit.fit_end` fits it.
 :func:`knee_fit` and :func:`drop_fit` do the work on plain arrays, so that ``power``'s
@@ -17,7 +19,8 @@ simulated runs (:mod:`critperiods.results.power`) get the summary's own interval
 
 It also holds the names and the attributes of the variables these become
 (:func:`marker_attrs`, :func:`knee_unstable_attrs`, :func:`knee_within_noise_attrs`,
-:func:`knee_earliest_attrs`, :func:`loo_range_attrs`): here, not
+:func:`knee_earliest_attrs`, :func:`loo_range_attrs`, :func:`offset_p_attrs`,
+:func:`offset_p_holm_attrs`): here, not
 in :mod:`critperiods.variables`, whose every change reruns the stages that write the
 cube's other variables.
 """
@@ -223,16 +226,14 @@ class DropFit:
 
     interval: tuple[float, float]  #: ``(lower, upper)``, NaN without a drop
     offset: tuple[float, float, float]  #: drop − end, NaN without a drop or a located end
-    jackknife: SeedJackknife | None = None  #: the drop refitted without each seed
-    #: the offset's floor at any level (None without a drop or a located end)
-    floor_at: Callable[[float], float] | None = None
+    #: the drop and the end refitted without each seed, and the offset's floor at any level
+    #: (None without a drop or a located end)
+    pair: tuple[SeedJackknife, SeedJackknife, Callable[[float], float]] | None = None
 
-    def offset_p(self, end: EndFit) -> float:
+    def offset_p(self) -> float:
         """The offset interval's test of 0 as a p-value (:func:`paired_offset_p`; NaN
-        without an offset). ``end``: the one :func:`drop_fit` was given."""
-        if self.jackknife is None or self.floor_at is None:
-            return float("nan")
-        return paired_offset_p(self.jackknife, end.jackknife, self.floor_at)
+        without an offset)."""
+        return float("nan") if self.pair is None else paired_offset_p(*self.pair)
 
 
 def drop_fit(switch_epochs: np.ndarray, measured: np.ndarray, drop: float,
@@ -260,7 +261,8 @@ def drop_fit(switch_epochs: np.ndarray, measured: np.ndarray, drop: float,
     return DropFit((lower, upper),
                    paired_offset(jackknife, end.jackknife, level,
                                  min_half_width=offset_floor(half, end.resolution)),
-                   jackknife, lambda at: offset_floor(half, end.resolution_at(at)))
+                   (jackknife, end.jackknife,
+                    lambda at: offset_floor(half, end.resolution_at(at))))
 
 
 def drop_values(cube: xr.Dataset, batch_size: float, lr_schedule: str, horizon: float,
@@ -295,15 +297,14 @@ class KneeFit:
     earliest: float  #: the earliest epoch a knee can take (NaN without a knee)
     jackknife: SeedJackknife | None  #: the knee refitted without each seed (None without one)
     resolution: float  #: the knee's resolution (NaN without a knee)
-    #: the offset's floor at any level (None without a knee or a located end)
-    floor_at: Callable[[float], float] | None = None
+    #: the knee and the end refitted without each seed, and the offset's floor at any level
+    #: (None without a knee or a located end)
+    pair: tuple[SeedJackknife, SeedJackknife, Callable[[float], float]] | None = None
 
-    def offset_p(self, end: EndFit) -> float:
+    def offset_p(self) -> float:
         """The offset interval's test of 0 as a p-value (:func:`paired_offset_p`; NaN
-        without an offset). ``end``: the one :func:`knee_fit` was given."""
-        if self.jackknife is None or self.floor_at is None:
-            return float("nan")
-        return paired_offset_p(self.jackknife, end.jackknife, self.floor_at)
+        without an offset)."""
+        return float("nan") if self.pair is None else paired_offset_p(*self.pair)
 
 
 def knee_fit(epochs: np.ndarray, llc_by_seed: np.ndarray, level: float, end: EndFit
@@ -336,7 +337,8 @@ def knee_fit(epochs: np.ndarray, llc_by_seed: np.ndarray, level: float, end: End
 
     return KneeFit(knee, paired_offset(jackknife, end.jackknife, level,
                                        min_half_width=offset_floor(half, end.resolution)),
-                   unstable, within_noise, float(x[1]), jackknife, half, floor_at)
+                   unstable, within_noise, float(x[1]), jackknife, half,
+                   (jackknife, end.jackknife, floor_at))
 
 
 def knee_values(curve_by_seed: xr.DataArray, level: float, end: EndFit) -> KneeFit:

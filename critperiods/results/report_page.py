@@ -31,6 +31,7 @@ from critperiods.results.tables import (
     distinct_estimates,
     diverged_sentence,
     drops_follow_the_rate,
+    familywise_alpha,
     flag_reasons,
     llc_flag_counts,
     marker_calls,
@@ -148,17 +149,18 @@ def _markers_sentence(cube: xr.Dataset) -> str:
              if not (c.kind == "divergence drops" and c.lr_schedule == "continue"
                      and c.batch_size in follows)]
     clear = [c for c in calls if c.side and not c.weak and not c.chance]
-    weak = [c for c in calls if c.weak or c.chance]
+    not_told = [c for c in calls if c.weak or c.chance]  # told by their own intervals only
     parts = []
     if calls and not clear:
         kinds = [name for kind, name in (("λ̂ knees", "λ̂"), ("divergence drops",
                                                             "the divergence"))
                  if any(c.kind == kind for c in calls)]
-        why = ([] if not any(c.flags for c in weak) else ["a flagged knee"]) + (
-            [] if not any(c.floored and not c.flags for c in weak)
+        why = ([] if not any(c.flags for c in not_told) else ["a flagged knee"]) + (
+            [] if not any(c.floored and not c.flags for c in not_told)
             else ["a knee that could not come before the end"])
         reasons = ["includes 0", *([f"rests on {' or '.join(why)}"] if why else []),
-                   *([_chance(cube)] if any(c.chance and not c.weak for c in weak) else [])]
+                   *([_chance(cube)] if any(c.chance and not c.weak for c in not_told)
+                     else [])]
         parts.append(f"Whether {' or '.join(kinds)} marks the end, these seeds cannot tell: "
                      "every offset from the end " + (
                          " or ".join(reasons) if len(reasons) < 3
@@ -181,10 +183,10 @@ def _markers_sentence(cube: xr.Dataset) -> str:
         rest = len(calls) - len(clear)
         other = ("the other offset from the end includes 0" if rest == 1
                  else f"the other {rest} offsets from the end include 0")
-        if any(c.weak for c in weak):
+        if any(c.weak for c in not_told):
             other += (" or rests on a weak knee" if rest == 1 else " or rest on weak knees") \
                 + " (flagged, or unable to come before the end)"
-        if any(c.chance and not c.weak for c in weak):
+        if any(c.chance and not c.weak for c in not_told):
             other += f" or {_chance(cube, many=rest > 1)}"
         parts.append("Told apart from the end: " + "; ".join(said)
                      + (f"; {other}" if rest else ""))
@@ -657,13 +659,13 @@ def _offsets_caveat(cube: xr.Dataset) -> list[str]:
     tests = offset_tests(cube)
     if tests < 2:
         return []
-    level = float(cube.attrs.get("summary_level", 0.9))
+    alpha = 100 * familywise_alpha(cube)
     return [f"* The markers' offsets from the end are {tests} tests of one question. Each "
-            f"bracket is its own {100 * level:.0f} % interval, so even where every marker "
-            f"marks the end, up to {100 * (1 - level):.0f} % of them may exclude 0 by chance. "
-            "The answer tells a marker from the end only where its offset also excludes 0 "
-            f"after Holm's correction for all {tests} (family-wise {100 * (1 - level):.0f} "
-            "%; ``<offset>_p_holm`` in the cube)."]
+            f"bracket is its own {100 - alpha:.0f} % interval, so even where every marker "
+            f"marks the end, up to {alpha:.0f} % of them may exclude 0 by chance. The answer "
+            "tells a marker from the end only where its offset also excludes 0 after Holm's "
+            f"correction for all {tests} (family-wise {alpha:.0f} %; ``<offset>_p_holm`` in "
+            "the cube)."]
 
 
 def _few_switches_caveat(cube: xr.Dataset) -> list[str]:

@@ -20,12 +20,14 @@ the cube:
   fixed horizon after the switch drops below half of its early value, with a jackknife-t
   interval;
 * each marker (the knees, the drop) minus the end, with a paired jackknife-t interval: do
-  λ̂ and the divergence mark the end? (:mod:`critperiods.results.markers`);
+  λ̂ and the divergence mark the end? (:mod:`critperiods.results.markers`); with each
+  interval's p-value and that p-value after Holm's correction for all of the summary's
+  offsets (:mod:`critperiods.results.multiple_testing`);
 * the runs that diverged to chance, left out of all of the above (``diverged_runs``);
 * power-law exponents of the located ends versus temperature (``lr / batch_size``) and
   batch size.
 
-A NaN statistic says why in its ``missing`` attribute.
+A NaN statistic says why in its ``missing`` attribute (the p-values: in their offset's).
 """
 
 from __future__ import annotations
@@ -189,7 +191,7 @@ def _cell_values(
         knee = knee_values(curve, level, end)
         for name, triple in ((knee_name, knee.knee), (offset_name, knee.offset)):
             values[name], values[f"{name}_lower"], values[f"{name}_upper"] = triple
-        values[f"{offset_name}_p"] = knee.offset_p(end)
+        values[f"{offset_name}_p"] = knee.offset_p()
         values[f"{knee_name}_unstable"] = knee.unstable
         values[f"{knee_name}_within_noise"] = knee.within_noise
         values[f"{knee_name}_earliest"] = knee.earliest
@@ -203,7 +205,7 @@ def _cell_values(
     values["divergence_drop_epoch_lower"], values["divergence_drop_epoch_upper"] = drop.interval
     (values["divergence_drop_minus_end"], values["divergence_drop_minus_end_lower"],
      values["divergence_drop_minus_end_upper"]) = drop.offset
-    values["divergence_drop_minus_end_p"] = drop.offset_p(end)
+    values["divergence_drop_minus_end_p"] = drop.offset_p()
     if not np.isfinite(values["divergence_drop_epoch"]):
         why["divergence_drop_minus_end"] = ("no divergence_drop_epoch: "
                                             + why["divergence_drop_epoch"])

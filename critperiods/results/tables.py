@@ -1,6 +1,7 @@
-"""What a summary says, as text: the table, its CSV, the restart verdicts, the runs left
-out as diverged and the λ̂ flag counts. ``summarize`` prints these; the report page and the
-aggregate stage use them too.
+"""What a summary says, as text: the table, its CSV, the restart verdicts, the markers'
+calls (each offset's verdict, and which still hold after Holm's correction for all of a
+run's offsets), the runs left out as diverged and the λ̂ flag counts. ``summarize`` prints
+these; the report page and the aggregate stage use them too.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ summary to print.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import xarray as xr
 import yaml
 
 from critperiods.measure.llc.quality import MAX_RHAT, MAX_TREND_Z
+from critperiods.pipeline.config_record import digest
 from critperiods.results.cube import _git_commit, _versions
 from critperiods.toy.landscapes import KINDS
 from critperiods.toy.llc_check import FLAGS, MAX_ENDPOINT_BIAS, llc_quality
@@ -145,7 +145,7 @@ def build_toy_cube(files: Iterable[str | Path], config_yaml: str,
     cube = cube.reindex(landscape=kinds, k1=sorted(cube.k1.values), k2=sorted(cube.k2.values))
     cube["learning_coefficient_multiplicity"] = cube.learning_coefficient_multiplicity.astype(
         float)  # NaN where no landscape
-    sampler = yaml.safe_load(config_yaml)["toy"]["llc"]  # toy_plan.record: the whole section
+    sampler = yaml.safe_load(config_yaml)["toy"]["llc"]  # toy_record: the whole section
     for prefix in ("llc", "llc_at_critical_point"):  # at the endpoints, and at w*
         mean = cube["llc_mean" if prefix == "llc" else prefix]
         stats = (cube[f"{prefix}_{stat}"].values
@@ -164,7 +164,7 @@ def build_toy_cube(files: Iterable[str | Path], config_yaml: str,
                    "created by critperiods toy_cube",
         "cube_kind": CUBE_KIND,
         "config": config_yaml,
-        "config_sha256": hashlib.sha256(config_yaml.encode()).hexdigest(),
+        "config_sha256": digest(config_yaml),
         "git_commit": _git_commit(),
         "llc_nbeta": llc_nbeta if llc_nbeta is not None else float("nan"),
         "convergence_min_fit_steps": MIN_FIT_STEPS,
