@@ -21,9 +21,15 @@ sys.path.insert(0, str(ROOT))
 import tests.test_invalidation as ti  # noqa: E402
 
 ORDER = ["prepare_data", "train_trunk", "train_branch", "train_reference", "evaluate", "llc",
-         "divergence", "aggregate", "plots", "toy_landscape", "toy_cube", "toy_plots"]
+         "llc_descent", "divergence", "aggregate", "plots", "toy_landscape", "toy_cube",
+         "toy_plots"]
 NOTES = {"llc/calibration.py": " (the calibrate-llc command; no stage imports it)",
-         "llc/descent.py": " (calibrate-llc --descent; no stage imports it)",
+         "llc/descent.py": " (calibrate-llc --descent; with llc.descent on, the llc_descent "
+                           "rule: llc_descent, aggregate, plots)",
+         "stages/llc_descent.py": " (with llc.descent on, the llc_descent rule: llc_descent, "
+                                  "aggregate, plots)",
+         "scripts/llc_descent.py": " (with llc.descent on, the llc_descent rule: llc_descent, "
+                                   "aggregate, plots)",
          "results/power.py": " (the power command and bench/marker_coverage.py; no stage "
                              "imports it)",
          "results/observed_noise.py": " (the power command's --noise-from; no stage imports "

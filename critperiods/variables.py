@@ -88,6 +88,12 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
                       "above min(1 - 1/log10(draws), 0.7) (0.7 below 100 draws) their mean is not "
                       "reliable", "1"),
     "llc_quality": ("quality of the local learning coefficient estimate (0 = ok)", "1"),
+    "llc_descent": ("the chains' descent (llc.descent): n beta times the change of the full-batch "
+                    "loss along the noise-free SGLD drift from the checkpoint, averaged over the "
+                    "draws; lambda-hat minus it is lambda-hat without the descent, to first "
+                    "order", "1"),
+    "llc_descent_at_end": ("llc_descent at the last draw instead of averaged over the draws",
+                           "1"),
     "llc_nbeta": ("inverse temperature times sample size of the SGLD posterior (n beta)", "1"),
     "llc_burn_in": ("SGLD draws per chain discarded as burn-in", "1"),
     "llc_step_size": ("SGLD step size epsilon", "1"),
@@ -168,7 +174,7 @@ PERTURBATION_VARIABLES: dict[str, tuple[str, str]] = {
 #: and intervals to read before averaging or plotting it.
 ANCILLARY: dict[str, tuple[str, ...]] = {
     "final_test_accuracy": ("run_diverged",),
-    "llc_mean": ("llc_quality", "llc_distance_growth"),
+    "llc_mean": ("llc_quality", "llc_distance_growth", "llc_descent"),
     "llc_std": ("llc_quality",),
     "llc_chain": ("llc_quality",),
     "critical_period_end": ("critical_period_end_located", "critical_period_end_interval"),

@@ -601,6 +601,25 @@ def test_cost_prices_a_job_at_the_rate_measured_for_its_seeds(monkeypatch):
     assert "core-hours" not in cost.describe(alone, "cuda")
 
 
+def test_cost_counts_the_descents_full_batch_passes():
+    """``llc.descent`` adds, per λ̂ estimate, the chain's steps as full-batch passes over
+    λ̂'s data (not chains × SGLD batch images), and a job per llc job."""
+    from critperiods.pipeline import cost
+
+    config = load_default()
+    base = cost.grid_cost(config, "cpu")
+    config["llc"]["descent"] = True
+    more = cost.grid_cost(config, "cpu")
+    llc, grid = config["llc"], config["grid"]
+    estimates = base.llc_images / (len(grid["batch_sizes"]) * len(grid["seeds"]) * llc["chains"]
+                                   * (llc["burn_in"] + llc["draws"]) * llc["batch_size"])
+    n = config["dataset"]["train_subset"]
+    assert more.llc_images - base.llc_images == pytest.approx(
+        len(grid["batch_sizes"]) * estimates * len(grid["seeds"])
+        * (llc["burn_in"] + llc["draws"]) * n)
+    assert more.rules["llc_descent"] == base.rules["llc"] and more.seconds > base.seconds
+
+
 def test_cost_reads_an_unmeasured_batch_size_off_the_measured_ones_and_says_so():
     """The CIFAR-10 grid's batch 64 and 256 were never measured on a GPU (32 and 128 were):
     64 is interpolated (log rate against log batch), 256 priced at 128's rate (no more than

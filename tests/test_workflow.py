@@ -405,7 +405,8 @@ def job_table(out: str) -> dict[str, int]:
     ([TINY, ROOT / "tests/configs/perturbation_tiny.yaml"],
      "train:\n  seeds_per_job: 2\nperturbation:\n  switch_epochs: [0, 2]\n"),
     ([ROOT / "configs/perturbation.yaml"], None),
-], ids=["tiny", "tiny-perturbed-2-seeds-per-job", "perturbation-yaml"])
+    ([TINY], "llc:\n  descent: true\n"),
+], ids=["tiny", "tiny-perturbed-2-seeds-per-job", "perturbation-yaml", "tiny-descent"])
 def test_cost_counts_the_jobs_the_workflow_plans(tmp_path, configs, extra):
     """`critperiods cost` counts, rule by rule, the jobs a fresh run plans (one per seed
     group and piece, perturbation jobs included), so its per-job overhead is charged for jobs
@@ -419,6 +420,57 @@ def test_cost_counts_the_jobs_the_workflow_plans(tmp_path, configs, extra):
     assert cost.rules == job_table(out), out[-3000:]
     assert cost.jobs == int(re.search(r"^total\s+(\d+)", out, re.M)[1]) - 1
     assert (cost.perturbation_epochs > 0) == ("perturb" in cost.rules)
+
+
+# -- The chains' descent (llc.descent) ----------------------------------------------------------
+
+
+def test_the_descent_runs_beside_llc_and_lands_in_the_cube(tiny_run, tmp_path):
+    """``llc.descent: true`` on a finished run adds an ``llc_descent`` job per ``llc`` job and
+    reruns only aggregate and plots: no λ̂ is estimated again. The cube's ``llc_descent`` is
+    the noise-free drift's nβ ΔL at exactly the estimates λ̂ has, each what
+    ``measure.llc.descent`` gives for that checkpoint, and the report's λ̂ caveat says it."""
+    import shutil
+
+    import torch
+    import xarray as xr
+
+    from critperiods.measure.llc.descent import descent
+    from critperiods.pipeline.checkpoints import config_hash, load_checkpoints
+    from critperiods.pipeline.plan import training_params
+    from critperiods.pipeline.stages.llc import llc_config_from_params, llc_data
+    from critperiods.results.report_page import _llc_caveat
+    from critperiods.train.data import load_prepared
+    from critperiods.train.training import TrainConfig, model_for
+
+    shutil.copytree(tiny_run, tmp_path, dirs_exist_ok=True)
+    on = override(tmp_path, "descent", "llc:\n  descent: true\n")
+    llc_files = sorted((tmp_path / "results/tiny/runs").rglob("*.llc.nc"))
+    before = {f: f.stat().st_mtime_ns for f in llc_files}
+    out = snakemake(tmp_path, "--cores", "2", configs=[on])
+    jobs = planned(out)
+    assert set(jobs) == {"llc_descent", "aggregate", "plots"}, sorted(jobs)
+    assert len(jobs["llc_descent"]) == len(llc_files)
+    assert {f: f.stat().st_mtime_ns for f in llc_files} == before  # no λ̂ again
+    cube = xr.open_dataset(tmp_path / "results/tiny/cube.nc")
+    assert (cube["llc_descent"].notnull() == cube["llc_mean"].notnull()).all()
+    assert "llc_descent" in cube["llc_mean"].attrs["ancillary_variables"]
+    assert "This run measured the descent at all" in _llc_caveat(cube)[0]
+    # one estimate by hand: seed 1's trunk checkpoint at epoch 2 (in e2.pt)
+    config = yaml.safe_load((tmp_path / "results/tiny/config.yaml").read_text())
+    piece = tmp_path / "results/tiny/runs/bs64/seed1/trunk/e2.pt"
+    data = load_prepared(str(tmp_path / "results/tiny/data/train.pt"))
+    training = training_params(config)
+    checkpoint = next(c for c in load_checkpoints([str(piece)], config_hash(training), 1)
+                      if c["epoch"] == 2)
+    model = model_for(TrainConfig.from_params(training), data, "cpu")
+    model.load_state_dict(checkpoint["model"])
+    found = descent(model, torch.nn.functional.cross_entropy,
+                    llc_data(data, config["llc"])(checkpoint["phase"]),
+                    llc_config_from_params(config["llc"]), progress=False)
+    got = cube["llc_descent"].sel(batch_size=64, lr_schedule="continue", switch_epoch=2,
+                                  seed=1, epoch=2)
+    assert float(got) == pytest.approx(found.over_draws, rel=1e-6)
 
 
 # -- Perturbations (tests/configs/perturbation_tiny.yaml) -------------------------------------

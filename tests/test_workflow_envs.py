@@ -88,6 +88,6 @@ def test_site_profile_leaves_job_needs_to_the_rules_and_the_workflow_profile_set
     assert set(site["default-resources"]) == {"slurm_account", "slurm_partition"}
     gpu_rules = {name for name, (_, body) in rules().items() if re.search(r"\bgpu=GPUS\b", body)}
     assert gpu_rules == {"train_trunk", "train_branch", "train_reference", "evaluate", "llc",
-                         "divergence", "perturb", "perturbation_divergence"}
+                         "llc_descent", "divergence", "perturb", "perturbation_divergence"}
     assert set(site["set-resources"]) == gpu_rules
     assert all(set(r) == {"slurm_partition"} for r in site["set-resources"].values())

@@ -143,6 +143,8 @@ def jobs_per_rule(config: dict, device: str) -> dict[str, int]:
     jobs["evaluate"] = groups
     if config["llc"]["enabled"]:
         jobs["llc"] = groups * len(plan.llc_pieces(config))  # one per training file
+        if config["llc"].get("descent", False):
+            jobs["llc_descent"] = jobs["llc"]
     if config["divergence"]["enabled"]:
         jobs["divergence"] = per_schedule
     if _perturbing(config):
@@ -192,6 +194,9 @@ def grid_cost(config: dict, device: str) -> Cost:
     perturbed = pert_epochs * n * len(grid["seeds"])
     sgld = (_llc_estimates(config) * len(grid["seeds"]) * llc["chains"] * steps
             * min(llc["batch_size"], n))
+    if llc.get("descent", False):  # the same steps, each a full-batch pass over λ̂'s data
+        sgld += _llc_estimates(config) * len(grid["seeds"]) * steps * min(
+            llc.get("samples") or n, n)
     seconds, images, llc_images, pert_images, missing = 0.0, 0.0, 0.0, 0.0, []
     projected: dict[str, None] = {}  # how each unmeasured rate was had, once each, in order
     for b in grid["batch_sizes"]:

@@ -69,7 +69,7 @@ def _pieces(names: list[str], limit: int = 4) -> str:
         ", …" if len(names) > limit else "")
 
 
-STAGE_ORDER = [TRAIN_STAGE, "evaluate", "llc", "divergence", "perturb",
+STAGE_ORDER = [TRAIN_STAGE, "evaluate", "llc", "llc_descent", "divergence", "perturb",
                "perturbation_divergence"]
 
 

@@ -81,9 +81,10 @@ def build_cube(
     metrics_files: Iterable[str | Path], llc_files: Iterable[str | Path], grid: dict,
     epochs_after_switch: int, training: dict, config_yaml: str,
     divergence_files: Iterable[str | Path] = (), analysis: dict | None = None,
-    perturbation_files: Iterable[str | Path] = (),
+    perturbation_files: Iterable[str | Path] = (), descent_files: Iterable[str | Path] = (),
 ) -> xr.Dataset:
-    """Merge per-piece metrics, λ̂ and divergences into the cube (docs/architecture.md).
+    """Merge per-piece metrics, λ̂ (and its descent, ``llc.descent``) and divergences into
+    the cube (docs/architecture.md).
 
     ``analysis`` holds the config's ``analysis:`` section (the λ̂ quality thresholds and the
     interval settings of the critical-period statistics; defaults where absent).
@@ -95,8 +96,10 @@ def build_cube(
     settings = {**ANALYSIS_DEFAULTS, **(analysis or {})}
     schedules = list(grid.get("lr_schedules", ["continue"]))
     llc = assemble_runs(load_pieces(llc_files), schedules, grid["switch_epochs"])
+    descent = assemble_runs(load_pieces(descent_files), schedules, grid["switch_epochs"])
     perturbed = assemble_divergence(perturbation_files, parse_perturbation)
-    parts = [merge_files(metrics_files), llc, assemble_divergence(divergence_files), perturbed]
+    parts = [merge_files(metrics_files), llc, descent, assemble_divergence(divergence_files),
+             perturbed]
     cube = _merge(parts)
     cube = cube.sel(epoch=cube.epoch[cube.test_accuracy.notnull().any(RUN_DIMS)])
     cube = cube.reindex(batch_size=sorted(grid["batch_sizes"]), lr_schedule=schedules,

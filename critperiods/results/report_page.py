@@ -294,7 +294,27 @@ def _llc_caveat(cube: xr.Dataset) -> list[str]:
             + (f" {relaxed}" if relaxed else "")
             + " A knee is this setting's; ``calibrate-llc`` shows how much one checkpoint's "
             "λ̂ moves with them, and ``calibrate-llc --descent`` how much of it the chains' "
-            "descent from the checkpoint takes."]
+            "descent from the checkpoint takes." + _descent_sentence(cube)]
+
+
+def _descent_sentence(cube: xr.Dataset) -> str:
+    """Where the run measured the chains' descent at every estimate (``llc.descent``): how
+    much it takes off λ̂ over the distinct estimates (median, range) and at which epoch
+    most, and that the knees are still the raw λ̂'s; "" otherwise."""
+    if "llc_descent" not in cube:
+        return ""
+    values = distinct_estimates(cube, "llc_descent")
+    found = np.isfinite(values)
+    if not found.any():
+        return ""
+    taken = -values[found]
+    epoch_of = cube["epoch"].broadcast_like(cube["llc_descent"]).astype(float)
+    epochs = distinct_estimates(cube.assign(llc_descent=epoch_of), "llc_descent")[found]
+    return (f" This run measured the descent at all {found.sum()} estimates "
+            f"(``llc.descent``): it takes {_num(float(np.median(taken)))} off λ̂ at the "
+            f"median ({_num(float(taken.min()))} to {_num(float(taken.max()))}; most at "
+            f"epoch {int(epochs[np.argmax(taken)])}). λ̂ without it is ``llc_mean − "
+            "llc_descent`` in the cube; the knees above are the raw λ̂'s.")
 
 
 def llc_relaxation(cube: xr.Dataset) -> str:

@@ -33,6 +33,9 @@ REFERENCE = os.path.join(RESULTS, layout.REFERENCE)
 PIECE = os.path.join(RESULTS, layout.PIECE)
 GROUP_METRICS = os.path.join(RESULTS, layout.METRICS)
 PIECE_LLC = os.path.join(RESULTS, layout.LLC)
+# beside the piece's λ̂ (llc.descent); a name of its own here, not in layout.py, which
+# every stage imports
+PIECE_DESCENT = f"{PIECE}.descent.nc"
 DIVERGENCE = os.path.join(RESULTS, layout.DIVERGENCE)
 CUBE = f"{RESULTS}/cube.nc"
 SUMMARY = f"{RESULTS}/critical_period_summary.csv"
@@ -53,7 +56,8 @@ GPUS = 0 if config["device"] == "cpu" else 1
 # switch_epochs, every, first_epoch, epochs) reaches a job through the DAG and its `epochs`
 # param: changing the selection reruns only the pieces whose selection changes.
 LLC_SAMPLER = {k: v for k, v in config["llc"].items()
-               if k not in ("enabled", "switch_epochs", "every", "first_epoch", "epochs")}
+               if k not in ("enabled", "switch_epochs", "every", "first_epoch", "epochs",
+                            "descent")}
 
 
 wildcard_constraints:
@@ -189,13 +193,15 @@ def get_cube_inputs(wildcards):
     metrics = [GROUP_METRICS.format(batch_size=b, group=g) for b, g in group_dirs()]
     llc = ([PIECE_LLC.format(batch_size=b, group=g, piece=p) for b, g in group_dirs()
             for p in plan.llc_pieces(config)] if config["llc"]["enabled"] else [])
+    descent = [name.removesuffix(".llc.nc") + ".descent.nc" for name in llc
+               if config["llc"]["descent"]]
     divergence = (
         [DIVERGENCE.format(batch_size=b, lr_schedule=r) for b in GRID["batch_sizes"]
          for r in GRID["lr_schedules"]]
         if config["divergence"]["enabled"]
         else []
     )
-    return {"metrics": metrics, "llc": llc, "divergence": divergence,
+    return {"metrics": metrics, "llc": llc, "llc_descent": descent, "divergence": divergence,
             "perturbation": get_perturbation_outputs()}
 
 

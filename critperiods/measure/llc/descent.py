@@ -17,7 +17,9 @@ which heats the chains (docs/llc.md), is not in it: the drift runs on the full b
 :func:`descent` runs that path: ``(burn_in + draws) · loss_every`` full-batch gradients, as
 many as an estimate's steps but over all ``n`` samples, so it costs some ``n / (chains ·
 batch_size)`` estimates (about 80 at the default experiment's settings): a probe for a few
-checkpoints (``python -m critperiods calibrate-llc … --descent``), not a pipeline stage.
+checkpoints (``python -m critperiods calibrate-llc … --descent``), or, with
+``llc.descent: true``, the ``llc_descent`` rule at every λ̂ checkpoint
+(:mod:`critperiods.pipeline.stages.llc_descent`).
 """
 
 from __future__ import annotations

@@ -17,16 +17,17 @@ from critperiods.results.tables import to_csv
 def aggregate(cube_path: str, summary_path: str, config_path: str, *, metrics: list[str],
               llc: list[str], divergence: list[str], grid: dict, epochs_after_switch: int,
               training: dict, analysis: dict, config_yaml: str, code: str,
-              perturbation: Sequence[str] = ()) -> None:
-    """Assemble the cube from the groups' metrics, the pieces' λ̂, the divergences and the
-    perturbation comparisons; write it, the critical-period table (CSV) and the config that
-    made it."""
-    check_readable([*metrics, *llc, *divergence, *perturbation])
+              perturbation: Sequence[str] = (), descent: Sequence[str] = ()) -> None:
+    """Assemble the cube from the groups' metrics, the pieces' λ̂ (and its descent), the
+    divergences and the perturbation comparisons; write it, the critical-period table (CSV)
+    and the config that made it."""
+    inputs = [*metrics, *llc, *descent, *divergence, *perturbation]
+    check_readable(inputs)
     cube = build_cube(metrics_files=metrics, llc_files=llc, grid=grid,
                       epochs_after_switch=epochs_after_switch, training=training,
                       config_yaml=config_yaml, divergence_files=divergence, analysis=analysis,
-                      perturbation_files=perturbation)
-    cube.attrs.update(cube_attrs([*metrics, *llc, *divergence, *perturbation], code))
+                      perturbation_files=perturbation, descent_files=descent)
+    cube.attrs.update(cube_attrs(inputs, code))
     write_netcdf(cube, cube_path)
     write_atomic(summary_path, lambda tmp: to_csv(cube, tmp))
     write_atomic(config_path, lambda tmp: Path(tmp).write_text(config_yaml))
@@ -53,6 +54,7 @@ def run(sm: Any) -> None:
     aggregate(sm.output.cube, sm.output.summary, sm.output.config,
               metrics=list(sm.input.metrics), llc=list(sm.input.get("llc", [])),
               divergence=list(sm.input.get("divergence", [])),
+              descent=list(sm.input.get("llc_descent", [])),
               perturbation=list(sm.input.get("perturbation", [])), grid=sm.params.grid,
               epochs_after_switch=sm.params.epochs_after_switch, training=sm.params.training,
               analysis=sm.params.analysis,
