@@ -601,6 +601,17 @@ def test_cost_prices_a_job_at_the_rate_measured_for_its_seeds(monkeypatch):
     assert "core-hours" not in cost.describe(alone, "cuda")
 
 
+def test_the_descent_of_a_preconditioned_sampler_is_refused_before_any_job():
+    """llc.descent follows plain SGLD's drift; with rmsprop_sgld every llc_descent job would
+    fail after training, so the plan refuses it, naming both keys."""
+    config = load_default()
+    config["llc"].update(descent=True, sampler="rmsprop_sgld")
+    with pytest.raises(ConfigError, match=r"llc.descent: .* llc.sampler is 'rmsprop_sgld'"):
+        checked(config)
+    config["llc"]["sampler"] = "sgld"
+    assert checked(config)["llc"]["descent"] is True
+
+
 def test_cost_counts_the_descents_full_batch_passes():
     """``llc.descent`` adds, per λ̂ estimate, the chain's steps as full-batch passes over
     λ̂'s data (not chains × SGLD batch images), and a job per llc job."""

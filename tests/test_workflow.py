@@ -455,7 +455,7 @@ def test_the_descent_runs_beside_llc_and_lands_in_the_cube(tiny_run, tmp_path):
     cube = xr.open_dataset(tmp_path / "results/tiny/cube.nc")
     assert (cube["llc_descent"].notnull() == cube["llc_mean"].notnull()).all()
     assert "llc_descent" in cube["llc_mean"].attrs["ancillary_variables"]
-    assert "This run measured the descent at all" in _llc_caveat(cube)[0]
+    assert "This run measured the descent at " in _llc_caveat(cube)[0]
     # one estimate by hand: seed 1's trunk checkpoint at epoch 2 (in e2.pt)
     config = yaml.safe_load((tmp_path / "results/tiny/config.yaml").read_text())
     piece = tmp_path / "results/tiny/runs/bs64/seed1/trunk/e2.pt"

@@ -116,6 +116,11 @@ def check_config(config: dict, schema: dict) -> None:
     if extra:
         raise ConfigError(f"llc.switch_epochs: {extra} are not in grid.switch_epochs "
                           f"{grid['switch_epochs']}, so there is no such branch to estimate on")
+    llc = config.get("llc", {})
+    if llc.get("descent") and llc.get("sampler", "sgld") != "sgld":
+        raise ConfigError(f"llc.descent: the descent is that of plain SGLD, and llc.sampler is "
+                          f"{llc['sampler']!r}, which preconditions its drift by the gradients "
+                          "its noise led to; set llc.sampler: sgld or llc.descent: false")
     check_perturbation(config)
     horizon = max(last_epoch(config), trunk_end(config))
     late = sorted(e for e in config["checkpoints"].get("epochs") or () if e > horizon)

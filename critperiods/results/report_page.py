@@ -299,8 +299,8 @@ def _llc_caveat(cube: xr.Dataset) -> list[str]:
 
 def _descent_sentence(cube: xr.Dataset) -> str:
     """Where the run measured the chains' descent at every estimate (``llc.descent``): how
-    much it takes off λ̂ over the distinct estimates (median, range) and at which epoch
-    most, and that the knees are still the raw λ̂'s; "" otherwise."""
+    much it takes off λ̂ over the distinct estimates (median, range) and where most (epoch,
+    batch size, seed), and that the knees are still the raw λ̂'s; "" otherwise."""
     if "llc_descent" not in cube:
         return ""
     values = distinct_estimates(cube, "llc_descent")
@@ -308,13 +308,19 @@ def _descent_sentence(cube: xr.Dataset) -> str:
     if not found.any():
         return ""
     taken = -values[found]
-    epoch_of = cube["epoch"].broadcast_like(cube["llc_descent"]).astype(float)
-    epochs = distinct_estimates(cube.assign(llc_descent=epoch_of), "llc_descent")[found]
-    return (f" This run measured the descent at all {found.sum()} estimates "
-            f"(``llc.descent``): it takes {_num(float(np.median(taken)))} off λ̂ at the "
-            f"median ({_num(float(taken.min()))} to {_num(float(taken.max()))}; most at "
-            f"epoch {int(epochs[np.argmax(taken)])}). λ̂ without it is ``llc_mean − "
-            "llc_descent`` in the cube; the knees above are the raw λ̂'s.")
+
+    def at_most(coord: str) -> float:  # the coordinate of the estimate it takes most from
+        where = cube[coord].broadcast_like(cube["llc_descent"]).astype(float)
+        return float(distinct_estimates(cube.assign(llc_descent=where), "llc_descent")[found][
+            np.argmax(taken)])
+
+    return (f" This run measured the descent at {found.sum()} estimates (``llc.descent``): "
+            f"it takes {_num(float(np.median(taken)))} off λ̂ at the median "
+            f"({_num(float(taken.min()))} to {_num(float(taken.max()))}; most at epoch "
+            f"{at_most('epoch'):g}, batch {at_most('batch_size'):g}, seed "
+            f"{at_most('seed'):g}). λ̂ without it, to first order and with the minibatch "
+            "noise's heating still in, is ``llc_mean − llc_descent`` in the cube; the knees "
+            "above are the raw λ̂'s.")
 
 
 def llc_relaxation(cube: xr.Dataset) -> str:

@@ -58,6 +58,10 @@ GPUS = 0 if config["device"] == "cpu" else 1
 LLC_SAMPLER = {k: v for k, v in config["llc"].items()
                if k not in ("enabled", "switch_epochs", "every", "first_epoch", "epochs",
                             "descent")}
+# What the chains' descent (llc.descent) depends on: the drift of one chain, on the full
+# batch and without noise, so neither the number of chains, their minibatch nor their seed
+DESCENT_SAMPLER = {k: v for k, v in LLC_SAMPLER.items()
+                   if k not in ("chains", "batch_size", "seed")}
 
 
 wildcard_constraints:

@@ -32,7 +32,7 @@ rule llc_descent:
         PIECE_DESCENT,
     params:
         training=TRAINING,
-        llc=LLC_SAMPLER,
+        llc=DESCENT_SAMPLER,
         epochs=get_llc_epochs,
         device=config["device"],
     threads: THREADS

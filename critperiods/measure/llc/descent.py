@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from critperiods.measure.llc.estimate import INIT_LOSS_CHUNK, default_nbeta
-from critperiods.measure.llc.sampler import LLCConfig, LossFn, forward_precision
+from critperiods.measure.llc.sampler import LLCConfig, LossFn, cuda_numerics, forward_precision
 from critperiods.train.memory_format import channels_last_images
 
 
@@ -102,18 +102,19 @@ def descent(model: nn.Module, loss_fn: LossFn, data: tuple[Tensor, Tensor],
     half_eps, record = 0.5 * config.step_size, config.loss_every
     steps = (config.burn_in + config.draws) * record
     losses = []
-    for step in tqdm(range(steps), desc="descent", unit="step", disable=not progress):
-        for p in params:
-            p.grad = None
-        loss = _full_batch_loss(walker, loss_fn, x, y, config.precision)
-        if step == 0 and not np.isfinite(loss):
-            raise ValueError(f"the loss at the checkpoint is {loss}: no descent to follow")
-        if step % record == 0:
-            losses.append(loss)
-        with torch.no_grad():
-            for p, p0 in zip(params, start, strict=True):
-                drift = p.grad.mul(nbeta).add_(torch.sub(p, p0).mul_(config.gamma))
-                p.sub_(drift.mul_(half_eps))
+    with cuda_numerics(device, config.precision):  # the estimate's kernels and arithmetic
+        for step in tqdm(range(steps), desc="descent", unit="step", disable=not progress):
+            for p in params:
+                p.grad = None
+            loss = _full_batch_loss(walker, loss_fn, x, y, config.precision)
+            if step == 0 and not np.isfinite(loss):
+                raise ValueError(f"the loss at the checkpoint is {loss}: no descent to follow")
+            if step % record == 0:
+                losses.append(loss)
+            with torch.no_grad():
+                for p, p0 in zip(params, start, strict=True):
+                    drift = p.grad.mul(nbeta).add_(torch.sub(p, p0).mul_(config.gamma))
+                    p.sub_(drift.mul_(half_eps))
     excess = nbeta * (np.asarray(losses) - losses[0])
     return Descent(excess=excess, burn_in=config.burn_in, nbeta=nbeta)
 

@@ -30,7 +30,9 @@ def llc_descent(output: str, pieces: list[str], train_data: str, *, training: di
                 params: dict, epochs: list[int], code: str, stage: str = "llc_descent",
                 device: Any = "cpu") -> None:
     """The descent at ``epochs`` of the piece for every seed of its group, as the ``llc``
-    job of the piece estimates λ̂ there (its data, ``nβ``, step size, γ and steps): a
+    job of the piece estimates λ̂ there (its data, ``nβ``, step size, γ, steps and
+    precision; ``params``: the ``llc`` section without the chains' number, minibatch and
+    seed, which the drift does not use): a
     dataset with dims ``seed`` and ``epoch`` holding ``llc_descent`` (the noise-free path's
     ``nβ ΔL`` averaged over the draws: λ̂ minus it is λ̂ without the descent, to first
     order) and ``llc_descent_at_end`` (at the last draw)."""
@@ -38,7 +40,10 @@ def llc_descent(output: str, pieces: list[str], train_data: str, *, training: di
     cfg, expected = TrainConfig.from_params(training), config_hash(training)
     wanted, model = set(epochs), model_for(cfg, data, device)
     data_for = llc_data(data, params)
-    config = llc_config_from_params(params, device, cfg.model)
+    # the drift is one chain's, on the full batch and without noise: the sampler's chains,
+    # minibatch and seed (not in the rule's params) play no part
+    config = llc_config_from_params({"chains": 1, "batch_size": 1, "seed": 0, **params},
+                                    device, cfg.model)
     seeds = parse_piece(pieces[0]).seeds
     parts = []
     for seed in seeds:
