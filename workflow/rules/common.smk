@@ -195,10 +195,11 @@ def get_divergence_inputs(wildcards):
 
 def get_cube_inputs(wildcards):
     metrics = [GROUP_METRICS.format(batch_size=b, group=g) for b, g in group_dirs()]
-    llc = ([PIECE_LLC.format(batch_size=b, group=g, piece=p) for b, g in group_dirs()
-            for p in plan.llc_pieces(config)] if config["llc"]["enabled"] else [])
-    descent = [name.removesuffix(".llc.nc") + ".descent.nc" for name in llc
-               if config["llc"]["descent"]]
+    pieces = ([(b, g, p) for b, g in group_dirs() for p in plan.llc_pieces(config)]
+              if config["llc"]["enabled"] else [])
+    llc = [PIECE_LLC.format(batch_size=b, group=g, piece=p) for b, g, p in pieces]
+    descent = ([PIECE_DESCENT.format(batch_size=b, group=g, piece=p) for b, g, p in pieces]
+               if config["llc"]["descent"] else [])
     divergence = (
         [DIVERGENCE.format(batch_size=b, lr_schedule=r) for b in GRID["batch_sizes"]
          for r in GRID["lr_schedules"]]
