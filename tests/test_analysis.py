@@ -1385,10 +1385,10 @@ def test_the_critical_period_figure_leaves_a_diverged_run_out_of_its_mean(monkey
         "\n", " ")
 
 
-def llc_cube_with_a_flagged_trunk_estimate() -> xr.Dataset:
+def llc_cube_with_a_flagged_trunk_estimate(raw: bool = False) -> xr.Dataset:
     """A cube shaped like a run's: λ̂ on the trunk (a branch's values up to its switch) and
     the never-blurred run, seeds 3 apart plus noise, seed 2's trunk estimate at epoch 6
-    flagged; with its summary."""
+    flagged; with its summary (``raw``: without)."""
     cube = with_schedules(synthetic_cube(with_div=False))
     noise = np.random.default_rng(3).normal(0, 1.0, (3, cube.sizes["epoch"]))
     cube["llc_mean"] = (cube["llc_mean"] + xr.DataArray([-3.0, 0.0, 3.0], dims="seed")
@@ -1398,7 +1398,7 @@ def llc_cube_with_a_flagged_trunk_estimate() -> xr.Dataset:
     cube["llc_quality"] = xr.zeros_like(cube["llc_mean"]).where(
         (cube.seed != 2) | (cube.epoch != 6) | (cube.switch_epoch == 0), 1.0)
     cube["llc_std"] = xr.ones_like(cube["llc_mean"])
-    return cube.merge(critical_period_summary(cube))
+    return cube if raw else cube.merge(critical_period_summary(cube))
 
 
 def test_the_llc_figure_shows_the_end_beside_the_lambda_knees(monkeypatch, tmp_path) -> None:
@@ -1679,6 +1679,86 @@ def test_each_missing_knee_or_offset_says_why() -> None:
     assert ("restart: no located end (deficit not told from 0): nothing to compare the drop "
             "with") in missing
     assert "continue" not in missing
+
+
+def llc_cube_with_the_descent() -> tuple[xr.Dataset, xr.Dataset]:
+    """:func:`llc_cube_with_a_flagged_trunk_estimate`'s λ̂ without and with the chains'
+    descent measured (``llc.descent``), each with its summary: the descent takes off λ̂ what
+    makes it bend at epoch 20, so that λ̂ net of it bends at 40."""
+    raw = llc_cube_with_a_flagged_trunk_estimate(raw=True)
+    epochs = raw["epoch"]
+    bends_at_20 = xr.where(epochs < 20, epochs, 20 + 0.1 * (epochs - 20))
+    bends_at_40 = xr.where(epochs < 40, 0.5 * epochs, 20 + 0.05 * (epochs - 40))
+    measured = raw.assign(llc_descent=(bends_at_20 - bends_at_40).where(raw["llc_mean"].notnull()))
+    return (raw.merge(critical_period_summary(raw)),
+            measured.merge(critical_period_summary(measured)))
+
+
+def test_the_knees_of_lambda_net_of_the_descent_are_markers_of_their_own(tmp_path) -> None:
+    """With ``llc_descent`` in the cube, the knees of λ̂ − llc_descent are fitted beside
+    λ̂'s own, along the trunk and the never-blurred run, with intervals, flags and offsets
+    from the end; their offsets join Holm's family; the table, its CSV, the verdicts and the
+    report's table name them. Without it, none of this is there."""
+    from critperiods.results.report_page import table_rst
+
+    raw, measured = llc_cube_with_the_descent()
+    assert not [v for v in raw.data_vars if v.startswith("llc_net_")]
+    assert "net of descent" not in table_rst(raw)
+    assert "llc_net_trunk" not in tables.format_table(raw)
+    for where in ("trunk", "sharp"):
+        np.testing.assert_allclose(measured[f"llc_knee_{where}"].values, 20.0, atol=2.0)
+        np.testing.assert_allclose(measured[f"llc_net_knee_{where}"].values, 40.0, atol=2.0)
+        knee, offset = f"llc_net_knee_{where}", f"llc_net_knee_minus_end_{where}"
+        np.testing.assert_allclose(measured[offset], measured[knee]
+                                   - measured["critical_period_end"])
+        lo, hi = measured[f"{knee}_interval"].transpose("bound", ...).values
+        assert (lo <= measured[knee].values).all() and (measured[knee].values <= hi).all()
+        for flag in ("unstable", "within_noise", "earliest"):
+            assert f"{knee}_{flag}" in measured
+        assert measured[offset].attrs["ancillary_variables"] == (
+            f"{offset}_interval {offset}_p {offset}_p_holm")
+    net_tests = int(sum(np.isfinite(measured[f"{o}_p"]).sum()
+                        for o in ("llc_net_knee_minus_end_trunk", "llc_net_knee_minus_end_sharp")))
+    assert net_tests > 0
+    tests = measured["llc_knee_minus_end_trunk_p_holm"].attrs["tests"]
+    assert tests == raw["llc_knee_minus_end_trunk_p_holm"].attrs["tests"] + net_tests
+    table = tables.summary_table(measured)
+    assert {"llc_net_knee_trunk", "llc_net_knee_minus_end_sharp_p_holm"} <= set(table)
+    tables.to_csv(measured, tmp_path / "summary.csv")
+    assert "llc_net_knee_trunk_lower" in pd.read_csv(tmp_path / "summary.csv")
+    text = tables.format_table(measured)
+    assert "llc_net_trunk" in text and "λ̂ knees net of descent" in text
+    verdicts = tables.marker_verdicts(measured)
+    assert all("λ̂ trunk net of descent " in v for v in verdicts.values()) and verdicts
+    assert "net of descent: trunk" in table_rst(measured)
+
+
+def test_the_llc_figure_draws_lambda_net_of_the_descent_and_its_knees(monkeypatch,
+                                                                      tmp_path) -> None:
+    """With ``llc_descent`` in the cube each panel also draws λ̂ net of it along the trunk
+    and the never-blurred run (dash-dotted: the curves its knees are fitted to) and those
+    knees as diamonds; the caption and the legend say so."""
+    from critperiods.results import plots
+
+    _, cube = llc_cube_with_the_descent()
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi: figures.append(fig))
+    plots.llc(cube, tmp_path / "llc.png")
+    for ax, b in zip(figures[0].axes[: BATCHES.size], BATCHES, strict=True):
+        net = [line for line in ax.get_lines() if line.get_linestyle() == "-."]
+        expected = [selection.llc_sharp(cube, b, net_of_descent=True),
+                    selection.llc_trunk(cube, b, net_of_descent=True)]
+        assert len(net) == 2
+        for line, curve in zip(net, expected, strict=True):
+            np.testing.assert_allclose(line.get_ydata(), curve.values[np.isfinite(curve.values)])
+        diamonds = {float(line.get_xdata()[0]) for line in ax.get_lines()
+                    if line.get_marker() == "d"}
+        assert diamonds == {float(cube[n].sel(batch_size=b, lr_schedule="continue"))
+                            for n in ("llc_net_knee_trunk", "llc_net_knee_sharp")}
+    legend = [t.get_text() for t in figures[0].axes[-1].get_legend().get_texts()]
+    assert "knee of λ̂ net of descent, blurred trunk" in legend
+    assert "dash-dotted: λ̂ net of the chains' descent" in (
+        figures[0]._suptitle.get_text().replace("\n", " "))
 
 
 def test_the_report_gives_each_lambda_knee_its_interval_and_its_offset_from_the_end() -> None:

@@ -108,16 +108,18 @@ def test_every_cube_variable_is_documented():
     import re
     from pathlib import Path
 
-    from critperiods.results.markers import MARKER_STATISTICS
+    from critperiods.results.markers import MARKER_STATISTICS, NET_MARKER_STATISTICS
     from critperiods.variables import VARIABLES
 
     docs = Path(__file__).resolve().parents[1] / "docs"
     text = (_section((docs / "architecture.md").read_text(), "## The cube (`cube.nc`)")
             + _section((docs / "perturbations.md").read_text(), "## In the cube"))
-    from tests.test_analysis import critical_period_summary, synthetic_cube
+    from tests.test_analysis import llc_cube_with_the_descent
 
-    written = [str(v) for v in critical_period_summary(synthetic_cube()).data_vars
+    _, with_descent = llc_cube_with_the_descent()  # every summary variable, the net knees too
+    written = [str(v) for v in with_descent.data_vars
                if not str(v).endswith(("_interval", "_loo_range"))]  # "(+ `_interval`)"
+    assert set(NET_MARKER_STATISTICS) <= set(written)
     missing = [name for name in [*VARIABLES, *MARKER_STATISTICS, *written]
                if not re.search(rf"`{re.escape(name)}[`(]", text)]
     assert not missing, f"cube variables not described in docs/: {missing}"

@@ -8,7 +8,9 @@ this module for:
   themselves are :func:`critperiods.results.fits.largest_change_epoch`);
 * the λ̂ knee along the blurred trunk and along the never-blurred run, its interval, its
   flags (unstable; within its curve's noise) and its offset from the end
-  (:func:`knee_values`, on the numerical core :mod:`critperiods.results.knee`);
+  (:func:`knee_values`, on the numerical core :mod:`critperiods.results.knee`); where the
+  run measured the chains' descent (``llc.descent``), the same for λ̂ net of it
+  (:data:`NET_LLC_KNEES`);
 * the divergence drop's interval and its offset from the end (:func:`drop_values`);
 * each offset's p-value, the level at which its interval touches 0 (:meth:`KneeFit.offset_p`,
   :meth:`DropFit.offset_p`).
@@ -56,10 +58,11 @@ from critperiods.results.selection import divergence_at_horizon, divergence_to_b
 from critperiods.variables import interval_attrs
 
 __all__ = ["LLC_KNEES", "LLC_MARKERS", "LOO_RANGE_KIND", "MARKER_OFFSETS", "MARKER_STATISTICS",
-           "UNSTABLE_REASON", "KNEE_FLAGS", "DropFit", "KneeFit", "WITHIN_NOISE_REASON", "drop_fit",
-           "drop_values", "knee_earliest_attrs", "knee_fit", "knee_flags", "knee_unstable_attrs",
-           "knee_values", "knee_within_noise_attrs", "offset_p_attrs", "offset_p_holm_attrs",
-           "loo_range_attrs", "marker_attrs", "marker_interval_kind", "marker_spread"]
+           "NET_LLC_KNEES", "NET_MARKER_STATISTICS", "UNSTABLE_REASON", "KNEE_FLAGS", "DropFit",
+           "KneeFit", "WITHIN_NOISE_REASON", "drop_fit", "drop_values", "knee_earliest_attrs",
+           "knee_fit", "knee_flags", "knee_unstable_attrs", "knee_values",
+           "knee_within_noise_attrs", "offset_p_attrs", "offset_p_holm_attrs", "loo_range_attrs",
+           "marker_attrs", "marker_interval_kind", "marker_spread"]
 
 #: The λ̂ markers, each with ``<name>_loo_range``: how far it moves without one seed.
 LLC_MARKERS = ("llc_change_epoch_trunk", "llc_change_epoch_sharp")
@@ -67,20 +70,31 @@ LOO_RANGE_KIND = ("lowest and highest value, with all seeds and with each seed l
                   "turn (a spread, not a confidence interval)")
 
 
+#: The knees of λ̂ net of the chains' descent (``llc_mean − llc_descent``), along the
+#: blurred trunk and along the never-blurred run, each with its offset from the end: markers
+#: of their own, in a run that measured the descent (``llc.descent``) and only there.
+NET_LLC_KNEES = (("llc_net_knee_trunk", "llc_net_knee_minus_end_trunk"),
+                 ("llc_net_knee_sharp", "llc_net_knee_minus_end_sharp"))
 #: Does a marker mark the end? Each marker with its offset from the end
 #: (:func:`~critperiods.results.knee.paired_offset`), per (batch_size, lr_schedule), in the
 #: order the verdicts say them: the λ̂ knee along the blurred trunk and along the
-#: never-blurred run (:func:`~critperiods.results.knee.knee_with_interval`), and the
+#: never-blurred run (:func:`~critperiods.results.knee.knee_with_interval`), the same knees
+#: of λ̂ net of the descent (:data:`NET_LLC_KNEES`, absent from a run without it), and the
 #: divergence drop. Every marker and offset has ``<name>_interval``. Their metadata is here
 #: (:func:`marker_attrs`).
 MARKER_OFFSETS = (("llc_knee_trunk", "llc_knee_minus_end_trunk"),
                   ("llc_knee_sharp", "llc_knee_minus_end_sharp"),
+                  *NET_LLC_KNEES,
                   ("divergence_drop_epoch", "divergence_drop_minus_end"))
-LLC_KNEES = MARKER_OFFSETS[:2]
-#: The variables this module adds for the markers (``divergence_drop_epoch`` itself is a
-#: :data:`~critperiods.variables.SUMMARY_STATISTICS` one; its interval is added here).
+#: Every λ̂ knee, raw and net of the descent.
+LLC_KNEES = MARKER_OFFSETS[:4]
+#: The variables this module adds for the markers in every run (``divergence_drop_epoch``
+#: itself is a :data:`~critperiods.variables.SUMMARY_STATISTICS` one; its interval is added
+#: here).
 MARKER_STATISTICS = ("llc_knee_trunk", "llc_knee_minus_end_trunk", "llc_knee_sharp",
                      "llc_knee_minus_end_sharp", "divergence_drop_minus_end")
+#: The variables it adds in a run that measured the descent (:data:`NET_LLC_KNEES`).
+NET_MARKER_STATISTICS = tuple(name for pair in NET_LLC_KNEES for name in pair)
 #: ``<knee>_unstable`` (a 0/1 flag per knee of :data:`LLC_KNEES`): with some seed left out,
 #: the knee sits at an edge of the range a knee can take (the second or the second-to-last
 #: λ̂ epoch), or there is none. The bend may then lie outside the epochs λ̂ was measured
@@ -111,6 +125,16 @@ _MARKER_LONG_NAMES = {
                                 "the end is not located)",
     "divergence_drop_minus_end": "divergence_drop_epoch minus critical_period_end, in epochs "
                                  "(NaN where the end is not located)",
+    "llc_net_knee_trunk": "knee of valid lambda-hat net of the chains' descent (llc_mean - "
+                          "llc_descent) along the blurred trunk (continuous broken-stick fit "
+                          "to the seed mean), in epochs",
+    "llc_net_knee_sharp": "knee of valid lambda-hat net of the chains' descent (llc_mean - "
+                          "llc_descent) of the never-blurred run (continuous broken-stick fit "
+                          "to the seed mean), in epochs",
+    "llc_net_knee_minus_end_trunk": "llc_net_knee_trunk minus critical_period_end, in epochs "
+                                    "(NaN where the end is not located)",
+    "llc_net_knee_minus_end_sharp": "llc_net_knee_sharp minus critical_period_end, in epochs "
+                                    "(NaN where the end is not located)",
 }
 _MARKER_INTERVAL_KINDS = {
     "knee": "{level} jackknife-t over seeds (leave one seed out), joined with the mean "

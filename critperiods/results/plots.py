@@ -20,6 +20,8 @@ from critperiods.pipeline.files import write_atomic  # noqa: E402
 from critperiods.results.markers import KNEE_FLAGS  # noqa: E402
 from critperiods.results.selection import (  # noqa: E402
     diverged_branches,
+    llc_sharp,
+    llc_trunk,
     lr_schedules,
     run_diverged,
     seed_mean,
@@ -70,13 +72,14 @@ def _end_of(ends: xr.DataArray | None, batch_size, lr_schedule) -> float:
 
 
 def _marker_at_top(ax: plt.Axes, value: float, interval, height: float, color,
-                   hollow: bool = False) -> None:
-    """A marker's value as a triangle along the top of ``ax`` (at ``height`` in axes
-    coordinates; hollow where it is unstable) and its ``interval`` (lower, upper; None: none)
-    as a bar at the same height: the λ̂ knees in figure 3a, the divergence drop in 4b."""
+                   hollow: bool = False, shape: str = "v") -> None:
+    """A marker's value as a triangle (or another ``shape``) along the top of ``ax`` (at
+    ``height`` in axes coordinates; hollow where it is unstable) and its ``interval``
+    (lower, upper; None: none) as a bar at the same height: the λ̂ knees in figure 3a, the
+    divergence drop in 4b."""
     top = ax.get_xaxis_transform()
     if np.isfinite(value):
-        ax.plot([value], [height], marker="v", ms=7, color=color, transform=top,
+        ax.plot([value], [height], marker=shape, ms=7, color=color, transform=top,
                 mfc="none" if hollow else color)
     if interval is not None:
         lo, hi = interval
@@ -292,8 +295,9 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     branches of runs that diverged to chance are left out and drawn hollow. Beside the
     curves, to ask whether λ̂ marks the end: the continue schedule's located end (dashed,
     its interval shaded) and the λ̂ knees (triangles along the top, each with its interval
-    as a bar). The caption says that λ̂ far from a minimum carries the chains' descent
-    (docs/llc.md)."""
+    as a bar). Where the run measured the chains' descent (``llc.descent``), λ̂ net of it
+    along the trunk and the never-blurred run (dash-dotted) and its knees (diamonds). The
+    caption says that λ̂ far from a minimum carries the chains' descent (docs/llc.md)."""
     flagged = (cube.llc_quality > 0) if "llc_quality" in cube else xr.zeros_like(
         cube.llc_mean, dtype=bool)
     diverged = diverged_branches(cube)
@@ -303,14 +307,24 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     if ends is not None and "lr_schedule" in ends.dims:  # the end to compare with: continue's
         ends = ends.sel(lr_schedule="continue") if "continue" in ends.lr_schedule else None
     has_ends = ends is not None and bool(np.isfinite(ends).any())
-    markers = [(name, color, text) for name, color, text in (
-        ("llc_knee_sharp", plt.cm.viridis(0.0), "λ̂ knee, never-blurred run"),
-        ("llc_knee_trunk", plt.cm.viridis(0.9), "λ̂ knee, blurred trunk"))
+    sharp_color, trunk_color = plt.cm.viridis(0.0), plt.cm.viridis(0.9)
+    markers = [(name, color, shape, text) for name, color, shape, text in (
+        ("llc_knee_sharp", sharp_color, "v", "λ̂ knee, never-blurred run"),
+        ("llc_knee_trunk", trunk_color, "v", "λ̂ knee, blurred trunk"),
+        ("llc_net_knee_sharp", sharp_color, "d", "knee of λ̂ net of descent, never-blurred"),
+        ("llc_net_knee_trunk", trunk_color, "d", "knee of λ̂ net of descent, blurred trunk"))
         if name in cube and bool(np.isfinite(cube[name]).any())]
+    net = "llc_descent" in cube
 
     def overlay(ax: plt.Axes, b, _r: str) -> list:
-        """The continue schedule's located end (line, interval shaded) and the λ̂ knees
-        (triangles along the top, their interval as a bar): does λ̂ mark the end?"""
+        """The continue schedule's located end (line, interval shaded), λ̂ net of the
+        descent where the run measured it (dash-dotted) and the λ̂ knees (triangles and
+        diamonds along the top, their interval as a bar): does λ̂ mark the end?"""
+        for curve, color in ((llc_sharp(cube, b, net_of_descent=True), sharp_color),
+                             (llc_trunk(cube, b, net_of_descent=True), trunk_color)) if net \
+                else ():
+            ok = np.isfinite(curve.values)
+            ax.plot(curve["epoch"].values[ok], curve.values[ok], color=color, ls="-.", lw=1.2)
         end = _end_of(ends, b, "continue")
         if np.isfinite(end):
             if "critical_period_end_interval" in cube:
@@ -318,7 +332,7 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                               lr_schedule="continue").values
                 ax.axvspan(lo, hi, color="0.6", alpha=0.15, lw=0)
             ax.axvline(end, color="k", ls="--", lw=1)
-        for j, (name, color, _) in enumerate(markers):
+        for j, (name, color, shape, _) in enumerate(markers):
             value = float(shared_by_schedules(cube[name].sel(batch_size=b)))
             height = 0.95 - 0.06 * j
             flagged = any(f"{name}_{flag}" in cube and bool(
@@ -327,10 +341,13 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
             spread = f"{name}_interval"
             interval = (shared_by_schedules(cube[spread].sel(batch_size=b)).values
                         if spread in cube else None)
-            _marker_at_top(ax, value, interval, height, color, hollow=flagged)
-        handles = [plt.Line2D([], [], ls="none", marker="v", ms=7, color=color, label=text)
-                   for _, color, text in markers]
-        if any(bool(cube[f"{name}_{flag}"].any()) for name, _, _ in markers
+            _marker_at_top(ax, value, interval, height, color, hollow=flagged, shape=shape)
+        handles = [plt.Line2D([], [], ls="none", marker=shape, ms=7, color=color, label=text)
+                   for _, color, shape, text in markers]
+        if net:
+            handles.append(plt.Line2D([], [], color="0.3", ls="-.", lw=1.2,
+                                      label="λ̂ net of the chains' descent (llc.descent)"))
+        if any(bool(cube[f"{name}_{flag}"].any()) for name, _, _, _ in markers
                for flag, _ in KNEE_FLAGS if f"{name}_{flag}" in cube):
             handles.append(plt.Line2D([], [], ls="none", marker="v", ms=7, color="0.3",
                                       mfc="none",
@@ -353,9 +370,16 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                     "its interval (the seeds' jackknife joined with the curve's profile "
                     "interval); hollow: with some seed left out the knee sits at an edge of its "
                     "range or is gone, or λ̂ bends no more than its noise")
+    if net:
+        caption += ("; dash-dotted: λ̂ net of the chains' descent from each checkpoint (λ̂ − "
+                    "llc_descent, llc.descent) along the longest trunk and the never-blurred "
+                    "run, to first order and with the minibatch noise's heating still in"
+                    + ("; diamonds: its knees" if any(m[0].startswith("llc_net_")
+                                                       for m in markers) else ""))
     _curves_per_switch(cube.llc_mean, path, dpi, "λ̂ (local learning coefficient)", marker=".",
                        flagged=flagged | diverged, spread=cube.llc_std, flagged_label=label,
-                       overlay=overlay if has_ends or markers else None, caption=caption)
+                       overlay=overlay if has_ends or markers or net else None,
+                       caption=caption)
 
 
 def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:

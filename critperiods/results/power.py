@@ -48,7 +48,13 @@ from critperiods.results.fits import (
     jackknife_interval,
 )
 from critperiods.results.knee import offset_floor
-from critperiods.results.markers import MARKER_OFFSETS, KneeFit, drop_fit, knee_fit
+from critperiods.results.markers import (
+    MARKER_OFFSETS,
+    NET_LLC_KNEES,
+    KneeFit,
+    drop_fit,
+    knee_fit,
+)
 
 
 @dataclass(frozen=True)
@@ -408,8 +414,9 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
                      "falls, so the drop is read late; docs/analysis.md)")
     lines.append("note: each call is one offset on its own interval; the report tells a marker "
                  "from the end only where the offset also holds after Holm's correction over "
-                 f"all of a run's offsets ({len(MARKER_OFFSETS)} per batch size and schedule "
-                 "with a located end), "
+                 f"all of a run's offsets ({len(MARKER_OFFSETS) - len(NET_LLC_KNEES)} per "
+                 "batch size and schedule with a located end, "
+                 f"{len(MARKER_OFFSETS)} with llc.descent), "
                  "which calls less often, false calls and true ones alike "
                  "(bench/familywise_false_calls.py, docs/analysis.md)")
     return lines

@@ -133,6 +133,10 @@ def short_answer(cube: xr.Dataset) -> str:
 #: How the short answer names a marker of :data:`~critperiods.results.markers.MARKER_OFFSETS`.
 _MARKER_SUBJECTS = {"llc_knee_trunk": "λ̂'s knee on the trunk",
                     "llc_knee_sharp": "λ̂'s knee on the never-blurred run",
+                    "llc_net_knee_trunk": "the knee of λ̂ net of the chains' descent on the "
+                                          "trunk",
+                    "llc_net_knee_sharp": "the knee of λ̂ net of the chains' descent on the "
+                                          "never-blurred run",
                     "divergence_drop_epoch": "the divergence drop"}
 
 
@@ -300,7 +304,7 @@ def _llc_caveat(cube: xr.Dataset) -> list[str]:
 def _descent_sentence(cube: xr.Dataset) -> str:
     """Where the run measured the chains' descent at every estimate (``llc.descent``): how
     much it takes off λ̂ over the distinct estimates (median, range) and where most (epoch,
-    batch size, seed), and that the knees are still the raw λ̂'s; "" otherwise."""
+    batch size, seed), and where the knees of λ̂ net of it are; "" otherwise."""
     if "llc_descent" not in cube:
         return ""
     values = distinct_estimates(cube, "llc_descent")
@@ -319,8 +323,8 @@ def _descent_sentence(cube: xr.Dataset) -> str:
             f"({_num(float(taken.min()))} to {_num(float(taken.max()))}; most at epoch "
             f"{at_most('epoch'):g}, batch {at_most('batch_size'):g}, seed "
             f"{at_most('seed'):g}). λ̂ without it, to first order and with the minibatch "
-            "noise's heating still in, is ``llc_mean − llc_descent`` in the cube; the knees "
-            "above are the raw λ̂'s.")
+            "noise's heating still in, is ``llc_mean − llc_descent`` in the cube; its knees "
+            "are the table's *net of descent* columns, markers of their own.")
 
 
 def llc_relaxation(cube: xr.Dataset) -> str:
@@ -518,13 +522,16 @@ def table_rst(cube: xr.Dataset) -> str:
     A cell whose deficit's interval reaches zero has no end to locate: the end column
     says why (:func:`~critperiods.results.tables.unlocated_text`). The λ̂ columns are left
     out of a run without λ̂, the divergence column out of one without divergences
-    (:func:`markers_not_computed`)."""
+    (:func:`markers_not_computed`); the knees of λ̂ net of the chains' descent have columns
+    only in a run that measured it (``llc.descent``)."""
     table = summary_table(cube)
     counts = _flag_counts_by_cell(cube)
     header = ["batch", "lr after switch", "end (epoch)", "slope (pp/epoch)", "deficit (pp)",
-              "λ̂ knee: trunk", "λ̂ knee: never blurred", "divergence marker",
-              "λ̂ ok / estimates"]
+              "λ̂ knee: trunk", "λ̂ knee: never blurred", "net of descent: trunk",
+              "net of descent: never blurred", "divergence marker", "λ̂ ok / estimates"]
     left_out = {h for m in markers_not_computed(cube) for h in MARKER_STAGES[m].headers}
+    if "llc_net_knee_trunk" not in table:
+        left_out |= {"net of descent: trunk", "net of descent: never blurred"}
     dropped = {i for i, name in enumerate(header) if name in left_out}
     rows = []
     for _, row in table.iterrows():
@@ -541,6 +548,7 @@ def table_rst(cube: xr.Dataset) -> str:
             f"{_num(100 * row['permanent_deficit'])} "
             + _interval(100 * row["permanent_deficit_lower"], 100 * row["permanent_deficit_upper"]),
             _marker(row, "llc_knee_trunk"), _marker(row, "llc_knee_sharp"),
+            _marker(row, "llc_net_knee_trunk"), _marker(row, "llc_net_knee_sharp"),
             _marker(row, "divergence_drop_epoch"), f"{ok} / {total}"])
 
     def kept(cells: list[str]) -> list[str]:
@@ -566,6 +574,10 @@ def _legend(cube: xr.Dataset) -> str:
             "*λ̂ ok / estimates*: of the λ̂ estimates on the runs of that batch size and "
             "schedule, the blurred trunk's and the never-blurred run's counted in both "
             "schedules' rows")
+        if "llc_net_knee_trunk" in cube:
+            parts.append("*net of descent*: the same knees of λ̂ minus the chains' descent "
+                         "from each checkpoint (``llc_mean − llc_descent``, ``llc.descent``), "
+                         "markers of their own")
     if "divergence" not in absent:
         parts.append(
             "*divergence marker*: the switch epoch where the distance to the always-blurred "

@@ -101,12 +101,14 @@ def shared_by_schedules(da: xr.DataArray) -> xr.DataArray:
     return da.isel(lr_schedule=0, drop=True) if "lr_schedule" in da.dims else da
 
 
-def valid_llc(cube: xr.Dataset) -> xr.DataArray | None:
+def valid_llc(cube: xr.Dataset, net_of_descent: bool = False) -> xr.DataArray | None:
     """``llc_mean`` where its quality flag is ok, NaN where it is flagged or on the branch of
-    a run that diverged to chance; None without λ̂."""
-    if "llc_mean" not in cube:
+    a run that diverged to chance; None without λ̂. With ``net_of_descent``, λ̂ net of the
+    chains' descent, ``llc_mean − llc_descent`` (``llc.descent``; NaN where the descent was
+    not measured); None without ``llc_descent``."""
+    if "llc_mean" not in cube or (net_of_descent and "llc_descent" not in cube):
         return None
-    llc = cube["llc_mean"]
+    llc = cube["llc_mean"] - cube["llc_descent"] if net_of_descent else cube["llc_mean"]
     llc = llc.where(cube["llc_quality"] == 0) if "llc_quality" in cube else llc
     return without_diverged(cube, llc)
 
@@ -115,14 +117,16 @@ def _empty() -> xr.DataArray:
     return xr.DataArray(np.array([]), dims=["epoch"], coords={"epoch": np.array([])})
 
 
-def llc_trunk_by_seed(cube: xr.Dataset, batch_size: float) -> xr.DataArray:
+def llc_trunk_by_seed(cube: xr.Dataset, batch_size: float, net_of_descent: bool = False
+                      ) -> xr.DataArray:
     """Valid λ̂ along the blurred trunk for one batch size vs epoch (and ``seed``).
 
     Every run trains on blurred images until its switch, so the run with the largest switch
     epoch that has any λ̂ traces the longest trunk; its values at epochs ``<=`` that switch
-    are returned. Flagged estimates are left out (:func:`valid_llc`).
+    are returned. Flagged estimates are left out (:func:`valid_llc`; ``net_of_descent``:
+    λ̂ net of the chains' descent, empty without it).
     """
-    llc = valid_llc(cube)
+    llc = valid_llc(cube, net_of_descent)
     if llc is None:
         return _empty()
     llc = shared_by_schedules(llc.sel(batch_size=batch_size))
@@ -136,25 +140,29 @@ def llc_trunk_by_seed(cube: xr.Dataset, batch_size: float) -> xr.DataArray:
     return trunk.where(trunk["epoch"] <= s_max, drop=True)
 
 
-def llc_trunk(cube: xr.Dataset, batch_size: float) -> xr.DataArray:
+def llc_trunk(cube: xr.Dataset, batch_size: float, net_of_descent: bool = False
+              ) -> xr.DataArray:
     """:func:`llc_trunk_by_seed` averaged over seeds (:func:`seed_mean`)."""
-    return seed_mean(llc_trunk_by_seed(cube, batch_size))
+    return seed_mean(llc_trunk_by_seed(cube, batch_size, net_of_descent))
 
 
-def llc_sharp_by_seed(cube: xr.Dataset, batch_size: float) -> xr.DataArray:
+def llc_sharp_by_seed(cube: xr.Dataset, batch_size: float, net_of_descent: bool = False
+                      ) -> xr.DataArray:
     """Valid λ̂ of the never-blurred run (``switch_epoch == 0``) vs epoch (and ``seed``).
 
-    Empty if there is no λ̂ or no switch epoch 0.
+    Empty if there is no λ̂ or no switch epoch 0 (``net_of_descent``: λ̂ net of the chains'
+    descent, :func:`valid_llc`; empty also without it).
     """
-    llc = valid_llc(cube)
+    llc = valid_llc(cube, net_of_descent)
     if llc is None or 0 not in cube["switch_epoch"].values:
         return _empty()
     return shared_by_schedules(llc.sel(batch_size=batch_size, switch_epoch=0))
 
 
-def llc_sharp(cube: xr.Dataset, batch_size: float) -> xr.DataArray:
+def llc_sharp(cube: xr.Dataset, batch_size: float, net_of_descent: bool = False
+              ) -> xr.DataArray:
     """:func:`llc_sharp_by_seed` averaged over seeds (:func:`seed_mean`)."""
-    return seed_mean(llc_sharp_by_seed(cube, batch_size))
+    return seed_mean(llc_sharp_by_seed(cube, batch_size, net_of_descent))
 
 
 def default_horizon(cube: xr.Dataset) -> float:

@@ -15,7 +15,8 @@ the cube:
 * the model-free half-deficit epoch;
 * where the local learning coefficient (λ̂, ``llc_mean``) changes slope most, along the
   blurred trunk and along the never-blurred run (an arg-max, with a leave-one-out spread);
-* the knee of λ̂ along each (a broken-stick fit) with a jackknife-t interval;
+* the knee of λ̂ along each (a broken-stick fit) with a jackknife-t interval, and where the
+  run measured the chains' descent (``llc.descent``), the knee of λ̂ net of it as well;
 * when the distance to the blurred continuation (``div_l2``, ``reference="blurred"``) at a
   fixed horizon after the switch drops below half of its early value, with a jackknife-t
   interval;
@@ -49,6 +50,8 @@ from critperiods.results.markers import (
     LLC_MARKERS,
     MARKER_OFFSETS,
     MARKER_STATISTICS,
+    NET_LLC_KNEES,
+    NET_MARKER_STATISTICS,
     drop_values,
     knee_earliest_attrs,
     knee_unstable_attrs,
@@ -118,15 +121,16 @@ def located_end(summary: xr.Dataset) -> xr.DataArray:
     return end.where(lower > 0)
 
 
-def _llc_reason(cube: xr.Dataset, curve: xr.DataArray, where: str) -> str | None:
-    """Why a λ̂ marker is NaN (read only where it is)."""
+def _llc_reason(cube: xr.Dataset, curve: xr.DataArray, where: str, knee: bool = False
+                ) -> str | None:
+    """Why a λ̂ marker (``knee``: a knee) is NaN (read only where it is)."""
     if "llc_mean" not in cube:
         return "λ̂ not estimated (llc.enabled: false)"
     n = int(np.isfinite(curve.values).sum()) if curve.size else 0
     if n < MIN_LLC_POINTS:
         return (f"{n} valid λ̂ point(s) on the {where} (a slope change needs "
                 f"{MIN_LLC_POINTS}; see llc.every/llc.epochs/llc.first_epoch and the λ̂ flags)")
-    return f"valid λ̂ on the {where} is a straight line (no slope change)"
+    return f"valid λ̂ on the {where} is a straight line (no {'knee' if knee else 'slope change'})"
 
 
 def _cell_values(
@@ -186,8 +190,17 @@ def _cell_values(
                  f"({unlocated_reason(end.deficit, end.deficit_lower, end.deficit_upper)})")
     if unlocated and np.isfinite(end.end):
         why["not_an_end"] = unlocated
-    for (knee_name, offset_name), curve, marker in zip(
-            LLC_KNEES, (trunk_by_seed, sharp_by_seed), LLC_MARKERS, strict=True):
+    knees = [(*LLC_KNEES[0], trunk_by_seed, why.get(LLC_MARKERS[0])),
+             (*LLC_KNEES[1], sharp_by_seed, why.get(LLC_MARKERS[1]))]
+    if "llc_descent" in cube:  # λ̂ net of the chains' descent: markers of their own
+        net = [(llc_trunk_by_seed(cube, batch_size, net_of_descent=True), "blurred trunk"),
+               (llc_sharp_by_seed(cube, batch_size, net_of_descent=True), "never-blurred run")]
+        knees += [(*names, curve, _llc_reason(cube, seed_mean(curve), f"{where} net of the "
+                                              "descent", knee=True))
+                  for names, (curve, where) in zip(NET_LLC_KNEES, net, strict=True)]
+        if 0 not in switches:
+            knees[3] = (*knees[3][:3], "no switch epoch 0 (the never-blurred run) in the grid")
+    for knee_name, offset_name, curve, reason in knees:
         knee = knee_values(curve, level, end)
         for name, triple in ((knee_name, knee.knee), (offset_name, knee.offset)):
             values[name], values[f"{name}_lower"], values[f"{name}_upper"] = triple
@@ -196,7 +209,7 @@ def _cell_values(
         values[f"{knee_name}_within_noise"] = knee.within_noise
         values[f"{knee_name}_earliest"] = knee.earliest
         if not np.isfinite(knee.knee[0]):
-            why[knee_name] = why.get(marker) or "valid λ̂ is a straight line (no knee)"
+            why[knee_name] = reason or "valid λ̂ is a straight line (no knee)"
             why[offset_name] = f"no {knee_name}: {why[knee_name]}"
         elif unlocated:
             why[offset_name] = f"{unlocated}: nothing to compare the knee with"
@@ -326,7 +339,9 @@ def critical_period_summary(
     are NaN. A cube without an ``lr_schedule`` dim is treated as one ``continue`` schedule.
     Each marker offset of :data:`~critperiods.results.markers.MARKER_OFFSETS` has its
     interval's p-value ``<offset>_p`` and ``<offset>_p_holm``: that p-value after Holm's
-    correction for every offset with one in the summary.
+    correction for every offset with one in the summary. The knees of λ̂ net of the chains'
+    descent (:data:`~critperiods.results.markers.NET_LLC_KNEES`) and their offsets are there
+    only for a cube with ``llc_descent``, and join that correction there.
     """
     cube = with_lr_schedule(cube)
     batch_sizes = cube["batch_size"].values
@@ -377,25 +392,28 @@ def critical_period_summary(
             dims=[*dims, "bound"],
             attrs={**loo_range_attrs(name),
                    **({"missing": missing} if missing else {})})
-    for name in MARKER_STATISTICS:
+    net = "llc_descent" in cube  # the knees of λ̂ net of the descent are markers too
+    statistics = (*MARKER_STATISTICS, *(NET_MARKER_STATISTICS if net else ()))
+    offsets = [(marker, offset) for marker, offset in MARKER_OFFSETS
+               if net or (marker, offset) not in NET_LLC_KNEES]
+    for name in statistics:
         missing = _why_missing({(b, r): cells[(b, r)][1].get(name) for b in batch_sizes
                                 for r in schedules})
         data[name] = xr.DataArray(grid(name), dims=dims, attrs={
             **marker_attrs(name), **({"missing": missing} if missing else {})})
-    for name in (*MARKER_STATISTICS, "divergence_drop_epoch"):
+    for name in (*statistics, "divergence_drop_epoch"):
         data[f"{name}_interval"] = xr.DataArray(
             np.stack([grid(f"{name}_lower"), grid(f"{name}_upper")], axis=-1),
             dims=[*dims, "bound"], attrs=marker_attrs(name, level))
-    p_values = np.stack([grid(f"{offset}_p") for _, offset in MARKER_OFFSETS])
+    p_values = np.stack([grid(f"{offset}_p") for _, offset in offsets])
     tests = int(np.isfinite(p_values).sum())
-    for (_, offset), p, holm in zip(MARKER_OFFSETS, p_values, holm_adjusted(p_values),
-                                    strict=True):
+    for (_, offset), p, holm in zip(offsets, p_values, holm_adjusted(p_values), strict=True):
         data[f"{offset}_p"] = xr.DataArray(p, dims=dims, attrs=offset_p_attrs(offset))
         data[f"{offset}_p_holm"] = xr.DataArray(holm, dims=dims,
                                                 attrs=offset_p_holm_attrs(offset, tests))
         data[offset].attrs["ancillary_variables"] = \
             f"{offset}_interval {offset}_p {offset}_p_holm"
-    for knee, _ in LLC_KNEES:
+    for knee, _ in (knee for knee in LLC_KNEES if knee in offsets):
         data[f"{knee}_unstable"] = xr.DataArray(grid(f"{knee}_unstable").astype(np.int8),
                                                 dims=dims, attrs=knee_unstable_attrs(knee))
         data[f"{knee}_within_noise"] = xr.DataArray(

@@ -23,6 +23,7 @@ from critperiods.results.markers import (
     LOO_RANGE_KIND,
     MARKER_OFFSETS,
     MARKER_STATISTICS,
+    NET_MARKER_STATISTICS,
     UNSTABLE_REASON,
     WITHIN_NOISE_REASON,
     knee_flags,
@@ -41,6 +42,8 @@ __all__ = ["MARKER_NAMES", "MARKER_STAGES", "MarkerCall", "MarkerStage", "as_sai
 
 #: How the verdicts name each marker of :data:`MARKER_OFFSETS`.
 MARKER_NAMES = {"llc_knee_trunk": "λ̂ trunk", "llc_knee_sharp": "λ̂ never-blurred",
+                "llc_net_knee_trunk": "λ̂ trunk net of descent",
+                "llc_net_knee_sharp": "λ̂ never-blurred net of descent",
                 "divergence_drop_epoch": "divergence"}
 
 #: How the tables say :func:`unlocated_reason`'s reasons, in as few words as their column.
@@ -155,7 +158,7 @@ def marker_verdicts(summary: xr.Dataset) -> dict[tuple[float, str], str]:
     out = {}
     for _, row in table.iterrows():
         said = [f"{MARKER_NAMES[marker]} {verdict}{_too_late(row, marker)}"
-                for marker, offset in MARKER_OFFSETS
+                for marker, offset in MARKER_OFFSETS if offset in row  # net: llc.descent
                 if (verdict := marker_verdict(row[offset], row[f"{offset}_lower"],
                                               row[f"{offset}_upper"], knee_flags(row, marker),
                                               row.get(f"{offset}_p_holm", np.nan), alpha))]
@@ -215,6 +218,8 @@ def marker_calls(summary: xr.Dataset) -> list[MarkerCall]:
     calls = []
     for _, row in summary_table(summary).iterrows():
         for marker, offset in MARKER_OFFSETS:
+            if offset not in row:  # the net knees' offsets, in a run without llc.descent
+                continue
             lo, hi = row[f"{offset}_lower"], row[f"{offset}_upper"]
             if not (np.isfinite(row[offset]) and not np.isnan(lo) and not np.isnan(hi)):
                 continue
@@ -402,10 +407,10 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
                 if name in LLC_MARKERS and f"{name}_loo_range" in cell:
                     lo, hi = cell[f"{name}_loo_range"].values
                     row[f"{name}_loo_lower"], row[f"{name}_loo_upper"] = float(lo), float(hi)
-            for name in MARKER_STATISTICS:  # absent from cubes written before the markers'
-                if name in cell:  # offsets
+            for name in (*MARKER_STATISTICS, *NET_MARKER_STATISTICS):  # absent from cubes
+                if name in cell:  # written before the offsets, the net ones without llc.descent
                     row[name] = float(cell[name])
-            for name in (*MARKER_STATISTICS, "divergence_drop_epoch"):
+            for name in (*MARKER_STATISTICS, *NET_MARKER_STATISTICS, "divergence_drop_epoch"):
                 if f"{name}_interval" in cell:
                     lo, hi = cell[f"{name}_interval"].values
                     row[f"{name}_lower"], row[f"{name}_upper"] = float(lo), float(hi)
@@ -461,10 +466,10 @@ def _with_interval(table: pd.DataFrame, name: str, lower: str, upper: str) -> li
             for v, lo, hi in zip(table[name], table[lower], table[upper], strict=True)]
 
 
-def _llc_column(table: pd.DataFrame, knee: str, marker: str) -> list[str]:
+def _llc_column(table: pd.DataFrame, knee: str, marker: str | None = None) -> list[str]:
     """A λ̂ column: the knee with its interval, "*" where it is unstable and "~" where its
     curve bends within its noise; for a summary computed before the knees, the arg-max
-    marker with its leave-one-out range where it has one."""
+    ``marker`` with its leave-one-out range where it has one."""
     if knee in table:
         marks = [("*" if "unstable" in flags else "") + ("~" if "within-noise" in flags else "")
                  for flags in (knee_flags(row, knee) for _, row in table.iterrows())]
@@ -491,8 +496,10 @@ class MarkerStage:
 
 #: The markers a run may leave out (its stage off), by name.
 MARKER_STAGES = {
-    "λ̂": MarkerStage("λ̂", "llc_mean", "llc.enabled", "llc_", ("llc_trunk", "llc_sharp"),
-                     ("λ̂ knee: trunk", "λ̂ knee: never blurred", "λ̂ ok / estimates")),
+    "λ̂": MarkerStage("λ̂", "llc_mean", "llc.enabled", "llc_",
+                     ("llc_trunk", "llc_sharp", "llc_net_trunk", "llc_net_sharp"),
+                     ("λ̂ knee: trunk", "λ̂ knee: never blurred", "net of descent: trunk",
+                      "net of descent: never blurred", "λ̂ ok / estimates")),
     "divergence": MarkerStage("divergences", "div_l2", "divergence.enabled", "divergence_",
                               ("div_drop",), ("divergence marker",)),
 }
@@ -543,6 +550,9 @@ def format_table(summary: xr.Dataset, not_computed: Sequence[str] = ()) -> str:
             table["half_deficit_epoch"], located, strict=True)],
         "llc_trunk": _llc_column(table, "llc_knee_trunk", "llc_change_epoch_trunk"),
         "llc_sharp": _llc_column(table, "llc_knee_sharp", "llc_change_epoch_sharp"),
+        **({"llc_net_trunk": _llc_column(table, "llc_net_knee_trunk"),
+            "llc_net_sharp": _llc_column(table, "llc_net_knee_sharp")}
+           if "llc_net_knee_trunk" in table else {}),
         "div_drop": (_with_interval(table, "divergence_drop_epoch",
                                     "divergence_drop_epoch_lower",
                                     "divergence_drop_epoch_upper")
@@ -575,6 +585,10 @@ def format_table(summary: xr.Dataset, not_computed: Sequence[str] = ()) -> str:
         if any(table.get(f"{knee}_within_noise", pd.Series(dtype=bool)).any()
                for knee, _ in LLC_KNEES):
             lines.append(f"~ within-noise knee: {WITHIN_NOISE_REASON}")
+        if "llc_net_knee_trunk" in table:
+            lines.append("λ̂ knees net of descent (llc_net_trunk, llc_net_sharp): the same knees "
+                         "of λ̂ minus the chains' descent from each checkpoint (llc_mean − "
+                         "llc_descent, llc.descent), markers of their own")
     elif llc_shown and "llc_change_epoch_trunk_loo_lower" in table:
         lines.append(f"λ̂ markers (llc_trunk, llc_sharp) [lower, upper]: {LOO_RANGE_KIND}")
     if "divergence" not in not_computed and "divergence_drop_epoch_lower" in table and np.isfinite(
@@ -602,7 +616,7 @@ def format_table(summary: xr.Dataset, not_computed: Sequence[str] = ()) -> str:
                  if f"{name}_interval" in summary} - {None}
     lines += [f"exponent interval [-inf, inf]: {text}" for text in sorted(unbounded)]
     missing = [f"  {name}: {summary[name].attrs['missing']}"
-               for name in [*SUMMARY_STATISTICS, *MARKER_STATISTICS,
+               for name in [*SUMMARY_STATISTICS, *MARKER_STATISTICS, *NET_MARKER_STATISTICS,
                             *(EXPONENTS if not few else ()),
                             *(f"{m}_loo_range" for m in LLC_MARKERS)]
                if name in summary and "missing" in summary[name].attrs
