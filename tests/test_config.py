@@ -631,6 +631,24 @@ def test_cost_counts_the_descents_full_batch_passes():
     assert more.rules["llc_descent"] == base.rules["llc"] and more.seconds > base.seconds
 
 
+def test_cost_counts_the_sgld_batch_within_the_images_the_sampler_sees():
+    """``llc.samples`` caps λ̂'s data: an SGLD batch larger than it draws no more images per
+    step than there are, and the descent's full-batch pass is over those images only."""
+    from critperiods.pipeline import cost
+
+    config = load_default()
+    llc, grid = config["llc"], config["grid"]
+    steps = llc["burn_in"] + llc["draws"]
+    base = cost.grid_cost(config, "cpu")
+    estimates = base.llc_images / (len(grid["batch_sizes"]) * len(grid["seeds"]) * llc["chains"]
+                                   * steps * llc["batch_size"])
+    llc.update(samples=16, batch_size=32, descent=True)  # a batch larger than the subset
+    few = cost.grid_cost(config, "cpu")
+    assert few.llc_images == pytest.approx(
+        len(grid["batch_sizes"]) * estimates * len(grid["seeds"]) * steps
+        * (llc["chains"] * 16 + 16))
+
+
 def test_cost_reads_an_unmeasured_batch_size_off_the_measured_ones_and_says_so():
     """The CIFAR-10 grid's batch 64 and 256 were never measured on a GPU (32 and 128 were):
     64 is interpolated (log rate against log batch), 256 priced at 128's rate (no more than

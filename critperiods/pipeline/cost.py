@@ -192,11 +192,11 @@ def grid_cost(config: dict, device: str) -> Cost:
     # per batch size (the same for each: epochs and estimates do not depend on it)
     cell_images = cell_epochs * n * len(grid["seeds"])
     perturbed = pert_epochs * n * len(grid["seeds"])
+    llc_n = min(llc.get("samples") or n, n)  # the images λ̂'s sampler sees
     sgld = (_llc_estimates(config) * len(grid["seeds"]) * llc["chains"] * steps
-            * min(llc["batch_size"], n))
+            * min(llc["batch_size"], llc_n))
     if llc.get("descent", False):  # the same steps, each a full-batch pass over λ̂'s data
-        sgld += _llc_estimates(config) * len(grid["seeds"]) * steps * min(
-            llc.get("samples") or n, n)
+        sgld += _llc_estimates(config) * len(grid["seeds"]) * steps * llc_n
     seconds, images, llc_images, pert_images, missing = 0.0, 0.0, 0.0, 0.0, []
     projected: dict[str, None] = {}  # how each unmeasured rate was had, once each, in order
     for b in grid["batch_sizes"]:
