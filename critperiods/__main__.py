@@ -624,18 +624,22 @@ def power(args: argparse.Namespace) -> int:
               f"{'knee or drop' if len(off) > 1 else 'knee' if off[0] == 'λ̂' else 'drop'}; "
               "the rows say what turning them on would give")
     batch_sizes = sorted(config["grid"]["batch_sizes"])
+    family = {"cells": len(batch_sizes),  # Holm's correction: the run's knees and drops
+              "knees_per_cell": 4 if config["llc"].get("descent") else 2}
     if cube is None:
-        for line in power_table(grid, seeds, args.trials, args.offset, args.end, noise):
+        for line in power_table(grid, seeds, args.trials, args.offset, args.end, noise,
+                                **family):
             print(line)
         print()
         print("\n".join(exponent_table(grid, batch_sizes, seeds, args.trials, args.exponent,
                                        args.end, noise)))
         return 0
-    return _power_at_observed_noise(cube, args, grid, seeds, noise, given, batch_sizes)
+    return _power_at_observed_noise(cube, args, grid, seeds, noise, given, batch_sizes, family)
 
 
 def _power_at_observed_noise(cube, args: argparse.Namespace, grid, seeds: list[int],
-                             fallback, given: dict, batch_sizes: list[int]) -> int:
+                             fallback, given: dict, batch_sizes: list[int], family: dict
+                             ) -> int:
     """``power --noise-from``: a table per batch size of the cube, at the noise and effect
     sizes that batch size measured (flags given on the command line win); a note names the
     config's ``batch_sizes`` the cube has none of."""
@@ -678,7 +682,7 @@ def _power_at_observed_noise(cube, args: argparse.Namespace, grid, seeds: list[i
                   + (f", the default's for {', '.join(kept)}" if kept else "")
                   + (f", the command line's for {', '.join(given)}" if given else "")
                   + ("" if "seed_shift" in given else "; the seeds' shift is not measured"))
-        lines = power_table(grid, seeds, args.trials, args.offset, end, noise, source)
+        lines = power_table(grid, seeds, args.trials, args.offset, end, noise, source, **family)
         print("\n".join(lines))
         measured[int(batch_size)], ends[int(batch_size)] = noise, seen.end
     shared = [b for b in batch_sizes if b in measured]

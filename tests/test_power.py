@@ -301,9 +301,9 @@ def test_a_grid_without_trunk_llc_says_so_instead_of_failing():
     row = next(line for line in lines if line.startswith("| 3 "))
     assert row.split(" | ")[1].split(", ")[0] == "n/a"
     assert row.split(" | ")[1].split(", ")[1].endswith("%")
-    # the calls are each offset's own; the report's are after Holm's correction
-    assert lines[-1].startswith("note: each call is one offset on its own interval")
-    assert "Holm's correction" in lines[-1]
+    # the first calls are each offset's own; the last two columns, the report's, Holm's
+    assert lines[-1].startswith("note: the first calls are each offset's own interval's")
+    assert "The last two columns are those calls: a run of 3 batch sizes" in lines[-1]
 
 
 def test_power_says_where_an_interval_falls_short_and_how_noisy_its_shares_are():
@@ -486,3 +486,47 @@ def test_an_offsets_p_value_is_the_level_at_which_the_summarys_interval_touches_
         for p_value, (_, lo, hi) in zip(p, offsets, strict=True):
             if np.isfinite(p_value) and abs(p_value - (1 - level)) > 1e-6:
                 assert (lo > 0 or hi < 0) == (p_value < 1 - level), (level, p_value, lo, hi)
+
+
+def test_holms_correction_over_a_run_calls_less_the_more_offsets_the_run_tests():
+    """A knee p-value of 0.05 holds at 10 % on its own (one cell, one knee: the drop has no
+    offset) and not among 6 knees (Holm's smallest threshold is 0.1 / 6); one of 0.001 holds
+    among them too. A weak knee (flagged, or unable to come before the end) is not called,
+    as the short answer does not name it. Runs without an offset hold nothing."""
+    from critperiods.results.power import Offsets, held_after_holm
+
+    n = 10
+    nan = np.full(n, np.nan)
+    weak = np.zeros(n, dtype=bool)
+    for p, knees, cells, held in ((0.05, 1, 1, 1.0), (0.05, 2, 3, 0.0), (0.001, 2, 3, 1.0)):
+        got = held_after_holm(Offsets(np.full(n, p), nan, weak), cells, knees, 0.9)
+        assert got == {"some held": held, "knee held": held}, (p, knees, cells)
+    flagged = held_after_holm(Offsets(np.full(n, 0.001), nan, ~weak), 3, 2, 0.9)
+    assert flagged == {"some held": 0.0, "knee held": 0.0}
+    told_by_drops = held_after_holm(Offsets(np.full(n, 0.001), np.full(n, 0.001), ~weak), 3, 2,
+                                    0.9)
+    assert told_by_drops == {"some held": 1.0, "knee held": 0.0}
+    assert held_after_holm(Offsets(nan, nan, weak), 3, 2, 0.9) == {"some held": 0.0,
+                                                                   "knee held": 0.0}
+    # half the runs with a clear knee: a family around one of them holds its knee
+    mixed = Offsets(np.where(np.arange(n) % 2, 0.001, np.nan), nan, weak)
+    assert held_after_holm(mixed, 3, 2, 0.9)["knee held"] == 0.5
+
+
+def test_the_power_table_gives_the_calls_after_holms_correction_over_the_run():
+    """The last two columns are the report's calls: never more than each offset's own, and
+    at the default grid, noise and a knee 4 epochs after the end, a small share. The header
+    counts the run's offsets: 3 batch sizes × 3, or × 5 with the knees net of the descent."""
+    from critperiods.results.power import power_table
+
+    lines = power_table(DEFAULT_GRID, [3], trials=60, offset=4, end=7.0)
+    header = next(line for line in lines if line.startswith("| seeds"))
+    assert header.endswith("| after Holm over 9 offsets: runs with a false call "
+                           "| after Holm: knee 4 after called |")
+    cells = next(line for line in lines if line.startswith("| 3 ")).strip("| ").split(" | ")
+    own = float(cells[2].split(" (")[1].rstrip("%) "))  # on knees the answer does not flag
+    runs_false, knee_held = (float(c.rstrip(" %")) for c in cells[-2:])
+    assert knee_held <= own and knee_held < 10 and runs_false <= 10
+    with_net = power_table(DEFAULT_GRID, [3], trials=5, offset=4, end=7.0, knees_per_cell=4)
+    assert "after Holm over 15 offsets" in next(line for line in with_net
+                                                if line.startswith("| seeds"))

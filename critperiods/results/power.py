@@ -55,6 +55,7 @@ from critperiods.results.markers import (
     drop_fit,
     knee_fit,
 )
+from critperiods.results.multiple_testing import holm_adjusted
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,17 @@ def _unpaired(knee: KneeFit, end: EndFit, level: float) -> tuple[float, float]:
                                (k_lo - e_hi, k_hi - e_lo))
 
 
+@dataclass(frozen=True)
+class Offsets:
+    """The offsets' p-values of each simulated run (:meth:`KneeFit.offset_p`,
+    :meth:`DropFit.offset_p`; NaN where the run reports none) and whether its knee is one the
+    short answer counts as weak (flagged, or unable to come before the end)."""
+
+    knee: np.ndarray
+    drop: np.ndarray
+    weak: np.ndarray
+
+
 def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
     """Over ``trials`` simulated runs, each measured as the summary measures a cell
     (:func:`~critperiods.results.end_fit.fit_end`,
@@ -147,6 +159,13 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
     (:attr:`~critperiods.results.tables.MarkerCall.weak`). ``bends``: the share of
     all runs whose λ̂ curve has a knee that bends beyond its noise (not flagged within
     noise, :func:`~critperiods.results.knee.bends_beyond_noise`)."""
+    return simulated_offsets(sc, grid, trials)[0]
+
+
+def simulated_offsets(sc: Scenario, grid: Grid, trials: int, p_values: bool = False
+                      ) -> tuple[dict[str, float], Offsets | None]:
+    """:func:`coverage`'s shares, and (``p_values``) each simulated run's offsets
+    (:class:`Offsets`) for :func:`held_after_holm`; None without."""
     rng = np.random.default_rng(0)
     switches, epochs, level = np.asarray(grid.switches), np.asarray(grid.llc_epochs), grid.level
     keys = ("knee", "paired", "unpaired", "drop", "drop paired")
@@ -155,6 +174,7 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
     excludes: dict[str, list] = {"paired": [], "drop paired": []}
     strong: list[bool] = []  # called on a knee the answer does not flag as weak
     bends: list[bool] = []
+    p_knee, p_drop, weak = [], [], []
     present = np.ones(grid.seeds, dtype=bool)
 
     def record(key: str, truth: float, interval: tuple[float, float]) -> None:
@@ -175,9 +195,11 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
             record("knee", sc.knee, knee.knee[1:])
             record("paired", sc.knee - sc.end, knee.offset[1:])
             called("paired", knee.offset)
-            strong.append(bool(excludes["paired"][-1] and not (
-                knee.unstable or knee.within_noise
-                or (np.isfinite(knee.earliest) and knee.earliest >= end.end))))
+            weak.append(bool(knee.unstable or knee.within_noise
+                             or (np.isfinite(knee.earliest) and knee.earliest >= end.end)))
+            strong.append(excludes["paired"][-1] and not weak[-1])
+            if p_values:
+                p_knee.append(knee.offset_p())
             if np.isfinite(knee.offset[0]):
                 record("unpaired", sc.knee - sc.end, _unpaired(knee, end, level))
         drop, drop_loo = _drop(switches, div)
@@ -185,6 +207,8 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
         record("drop", sc.drop, fit.interval)
         record("drop paired", sc.drop - sc.end, fit.offset[1:])
         called("drop paired", fit.offset)
+        if p_values:
+            p_drop.append(fit.offset_p())
     out = {f"{k} cover": float(np.mean(v)) if v else float("nan") for k, v in hit.items()}
     out.update({f"{k} width": float(np.median(v)) if v else float("nan")
                 for k, v in width.items()})
@@ -192,7 +216,58 @@ def coverage(sc: Scenario, grid: Grid, trials: int) -> dict[str, float]:
                 for k, v in excludes.items()})
     out["bends"] = float(np.mean(bends)) if bends else float("nan")
     out["paired excludes 0, unflagged"] = float(np.mean(strong)) if strong else float("nan")
-    return out
+    if not p_values:
+        return out, None
+    if not epochs.size:
+        p_knee, weak = [float("nan")] * trials, [False] * trials
+    return out, Offsets(np.array(p_knee, dtype=float), np.array(p_drop, dtype=float),
+                        np.array(weak, dtype=bool))
+
+
+#: How many families :func:`held_after_holm` draws around each simulated run.
+FAMILIES_PER_RUN = 20
+
+
+def held_after_holm(offsets: Offsets, cells: int, knees_per_cell: int, level: float
+                    ) -> dict[str, float]:
+    """What Holm's correction over a whole run's offsets, as the report applies it
+    (:func:`~critperiods.results.multiple_testing.holm_adjusted`), leaves of simulated runs'
+    calls. Each simulated run is one cell (batch size) of :data:`FAMILIES_PER_RUN` runs of
+    ``cells`` cells, the others drawn from the other simulated runs: each cell offers its
+    trunk knee, ``knees_per_cell − 1`` more knees (the never-blurred run's, and with
+    ``llc.descent`` both again net of the descent), each another simulated run's trunk knee,
+    and its drop; the cells' noise and truth are the simulation's. An offset is called where
+    it holds at ``1 − level`` on a knee the answer does not count as weak (or on a drop):
+    where the short answer names it. Returns the share of runs with some such call (``some
+    held``: a false call where every marker is at the end) and the share of trunk knees
+    called (``knee held``), over all the simulated runs (one without an offset calls
+    nothing). The knees of one cell are drawn
+    independently, where a run's share the end and often their shape, so the correction
+    weighs as if they were separate questions: a conservative approximation."""
+    rng = np.random.default_rng(1)
+    alpha, n = 1 - level, offsets.knee.size
+    some, knee = [], []
+
+    def others(i: int, size: int) -> np.ndarray:  # simulated runs other than i (i: none)
+        if n == 1:
+            return np.zeros(size, dtype=int)
+        drawn = rng.integers(0, n - 1, size)
+        return drawn + (drawn >= i)
+
+    for i in range(n):
+        for _ in range(FAMILIES_PER_RUN):
+            cell_runs = np.concatenate([[i], others(i, cells - 1)])
+            more_knees = others(i, cells * (knees_per_cell - 1))
+            family = np.concatenate([offsets.knee[cell_runs], offsets.knee[more_knees],
+                                     offsets.drop[cell_runs]])
+            held = holm_adjusted(family) < alpha  # NaN: not told
+            weak = np.concatenate([offsets.weak[cell_runs], offsets.weak[more_knees],
+                                   np.zeros(cells, dtype=bool)])  # a drop is never weak
+            named = held & ~weak  # what the short answer names
+            some.append(bool(named.any()))
+            knee.append(bool(named[0]))
+    return {"some held": float(np.mean(some)) if some else float("nan"),
+            "knee held": float(np.mean(knee)) if knee else float("nan")}
 
 
 def exponent_coverage(grid: Grid, batch_sizes: Sequence[float], ends: Sequence[float],
@@ -337,15 +412,18 @@ def noise_line(noise: Scenario) -> str:
 
 def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
                 end: float | None = None, noise: Scenario | None = None,
-                noise_source: str = DEFAULT_NOISE_SOURCE) -> list[str]:
+                noise_source: str = DEFAULT_NOISE_SOURCE, cells: int = 3,
+                knees_per_cell: int = 2) -> list[str]:
     """Lines saying what ``grid`` can tell with each number of ``seeds``: where the markers
     are the end (``end``, default the middle of the switch range), how often an offset is
     called anyway (false calls, nominally at most 1 − level); with a knee ``offset`` epochs
     after the end and a drop ``offset`` before it, how often each is called, how often that
     knee's curve bends beyond its noise (is not flagged within noise: how often the run
-    could see the bend at all), and how often the paired intervals hold the truth. The
-    calls are each offset's own; a last note says that the report's are after Holm's
-    correction.
+    could see the bend at all), and how often the paired intervals hold the truth. Those
+    calls are each offset's own; two more columns give them after Holm's correction over a
+    run of ``cells`` batch sizes with ``knees_per_cell`` knees and a drop each, as the
+    report calls them (:func:`held_after_holm`): the runs with some false call, and the knees
+    called.
     ``noise`` carries the noise settings of :class:`Scenario` (its ``end``, ``knee`` and
     ``drop`` are ignored); ``noise_source`` says where they come from."""
     noise = noise or DEFAULT_NOISE
@@ -380,15 +458,20 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
         if not grid.switches[0] <= drop <= grid.switches[-1]:
             lines.append(f"note: a drop at switch epoch {drop:.3g} is outside the switch "
                          "epochs: n/a")
+    tests = cells * (knees_per_cell + 1)
     lines += ["", f"| seeds | false calls, markers at the end (knee, drop) | knee {offset:g} "
                   f"after the end: called (on a knee the answer does not flag) | its bend "
                   f"beyond λ̂'s noise | drop {offset:g} before: called | coverage of knee − "
-                  "end, drop − end |",
-              "|---|---|---|---|---|---|"]
+                  f"end, drop − end | after Holm over {tests} offsets: runs with a false call "
+                  f"| after Holm: knee {offset:g} after called |",
+              "|---|---|---|---|---|---|---|---|"]
     short = []
     for n in seeds:
         sized = replace(grid, seeds=n)
-        at, away = coverage(null, sized, trials), coverage(moved, sized, trials)
+        (at, at_p), (away, away_p) = (simulated_offsets(null, sized, trials, p_values=True),
+                                      simulated_offsets(moved, sized, trials, p_values=True))
+        at_holm = held_after_holm(at_p, cells, knees_per_cell, grid.level)
+        away_holm = held_after_holm(away_p, cells, knees_per_cell, grid.level)
         short += [f"with {n} seeds the {what} interval held the true offset in "
                   f"{_pct(away[key])} of simulated runs"
                   for what, key, where in (("knee − end", "paired cover", "knee away"),
@@ -405,20 +488,24 @@ def power_table(grid: Grid, seeds: list[int], trials: int, offset: float,
                      f"{cell(away, 'bends', 'knee away')} | "
                      f"{cell(away, 'drop paired excludes 0', 'drop away')} | "
                      f"{cell(away, 'paired cover', 'knee away')}, "
-                     f"{cell(away, 'drop paired cover', 'drop away')} |")
+                     f"{cell(away, 'drop paired cover', 'drop away')} | "
+                     f"{_pct(at_holm['some held'])} | "
+                     f"{cell(away_holm, 'knee held', 'knee away')} |")
     if short:
         lines.append(f"note: {'; '.join(short)}, against a nominal {grid.level:.0%}: at this "
                      "grid and end that interval is too narrow, and an offset it calls is not "
                      "to be trusted (one known cause: a drop within about a switch spacing of "
                      "the first switch, whose early value is read where the distance already "
                      "falls, so the drop is read late; docs/analysis.md)")
-    lines.append("note: each call is one offset on its own interval; the report tells a marker "
-                 "from the end only where the offset also holds after Holm's correction over "
-                 f"all of a run's offsets ({len(MARKER_OFFSETS) - len(NET_LLC_KNEES)} per "
-                 "batch size and schedule with a located end, "
-                 f"{len(MARKER_OFFSETS)} with llc.descent), "
-                 "which calls less often, false calls and true ones alike "
-                 "(bench/familywise_false_calls.py, docs/analysis.md)")
+    lines.append("note: the first calls are each offset's own interval's; the report tells a "
+                 "marker from the end only where the offset also holds after Holm's correction "
+                 f"over all of a run's offsets ({len(MARKER_OFFSETS) - len(NET_LLC_KNEES)} per "
+                 f"batch size and schedule with a located end, {len(MARKER_OFFSETS)} with "
+                 f"llc.descent). The last two columns are those calls: a run of {cells} batch "
+                 f"size{'s' * (cells != 1)} at this noise and truth, each with "
+                 f"{knees_per_cell + 1} offsets, drawn from the simulated runs, its knees "
+                 "drawn independently; a second schedule that locates ends adds offsets, and "
+                 "calls less (docs/analysis.md)")
     return lines
 
 
