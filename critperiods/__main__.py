@@ -178,6 +178,10 @@ def _stale_statistics(cube, diverged: list[str]) -> str | None:
     if "llc_knee_trunk" in cube and "llc_knee_trunk_within_noise" not in cube:
         return ("predates the flag of a λ̂ knee whose curve bends no more than its noise "
                 "(llc_knee_<trunk|sharp>_within_noise)")
+    if "llc_descent" in cube and "critical_period_end" in cube and (
+            "llc_net_knee_trunk" not in cube):
+        return ("predates the knees of λ̂ net of the chains' descent (llc_net_knee_<trunk|"
+                "sharp>), which join Holm's correction")
     return None
 
 

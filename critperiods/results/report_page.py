@@ -323,8 +323,9 @@ def _descent_sentence(cube: xr.Dataset) -> str:
             f"({_num(float(taken.min()))} to {_num(float(taken.max()))}; most at epoch "
             f"{at_most('epoch'):g}, batch {at_most('batch_size'):g}, seed "
             f"{at_most('seed'):g}). λ̂ without it, to first order and with the minibatch "
-            "noise's heating still in, is ``llc_mean − llc_descent`` in the cube; its knees "
-            "are the table's *net of descent* columns, markers of their own.")
+            "noise's heating still in, is ``llc_mean − llc_descent`` in the cube"
+            + ("; its knees are the table's *net of descent* columns, markers of their own."
+               if "llc_net_knee_trunk" in cube else "."))
 
 
 def llc_relaxation(cube: xr.Dataset) -> str:

@@ -128,8 +128,9 @@ def _llc_reason(cube: xr.Dataset, curve: xr.DataArray, where: str, knee: bool = 
         return "λ̂ not estimated (llc.enabled: false)"
     n = int(np.isfinite(curve.values).sum()) if curve.size else 0
     if n < MIN_LLC_POINTS:
-        return (f"{n} valid λ̂ point(s) on the {where} (a slope change needs "
-                f"{MIN_LLC_POINTS}; see llc.every/llc.epochs/llc.first_epoch and the λ̂ flags)")
+        return (f"{n} valid λ̂ point(s) on the {where} (a {'knee' if knee else 'slope change'} "
+                f"needs {MIN_LLC_POINTS}; see llc.every/llc.epochs/llc.first_epoch and the λ̂ "
+                "flags)")
     return f"valid λ̂ on the {where} is a straight line (no {'knee' if knee else 'slope change'})"
 
 
