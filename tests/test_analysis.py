@@ -1077,6 +1077,25 @@ def test_summarize_recomputes_a_cube_without_the_within_noise_flag(tmp_path, cap
     assert "~ within-noise knee:" in printed
 
 
+def test_summarize_recomputes_a_cube_with_the_descent_but_without_its_knees(tmp_path,
+                                                                           capsys) -> None:
+    """A cube aggregated with ``llc.descent`` before the knees of λ̂ net of it is recomputed,
+    so that they are fitted and join Holm's correction; the report's descent sentence points
+    to their columns only where the cube has them."""
+    from critperiods.__main__ import main
+    from critperiods.results.report_page import _descent_sentence
+
+    _, cube = llc_cube_with_the_descent()
+    old = cube.drop_vars([v for v in cube.data_vars if str(v).startswith("llc_net_")])
+    assert "*net of descent* columns" in _descent_sentence(cube)
+    assert "net of descent" not in _descent_sentence(old)
+    old.assign_attrs(summary_interval_method=INTERVAL_METHOD).to_netcdf(tmp_path / "old.nc")
+    assert main(["summarize", str(tmp_path / "old.nc")]) == 0
+    printed = capsys.readouterr().out
+    assert "statistics recomputed: this cube predates the knees of λ̂ net of" in printed
+    assert "llc_net_trunk" in printed
+
+
 def test_summarize_points_an_undecided_marker_to_the_power_command(tmp_path, capsys) -> None:
     """λ̂ bends at epoch 25, batch 64's end: its offset includes 0, and `summarize` says how
     to ask whether this grid could have told them apart."""
