@@ -21,7 +21,9 @@ interleaved order (A B C A B C …), medians reported:
 3. **Stacked seeds** (graphed default): 1, 5, 16 seeds; both layouts of the copies.
 4. **Fashion-MNIST cost model**: small_cnn width 8 and 16 on 28×28, batch 32–256, 5 seeds.
 5. **λ̂** (All-CNN-C w96 and small_cnn): 4 / 8 / 16 chains, graphed, both copy layouts,
-   against the eager sampler and devinterp 1.3.2 (4 chains).
+   against the eager sampler and devinterp 1.3.2 (4 chains); and ``llc.descent``'s job at
+   one checkpoint (a noise-free full-batch path as long as a chain), from which
+   ``runtime.minutes_per_descent_checkpoint`` can be set.
 6. **Cost**: the CIFAR-10 grid (``configs/cifar10_achille.yaml``) in GPU-hours.
 7. **Levers** (only with ``--sections levers``, a run of its own, about 5 minutes, which
    writes ``gpu_levers.md`` / ``.json``; always in ``--smoke``): ``torch.compile`` captured
@@ -943,6 +945,7 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
                 devinterp: bool) -> tuple[list[str], dict]:
     from critperiods.measure import llc
     from critperiods.measure.llc import sampler
+    from critperiods.measure.llc.descent import descent
     from critperiods.train import copies
 
     raw, rows = {}, []
@@ -996,6 +999,18 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
                 return run_devinterp13(m, d, conf, device)
 
             variants[f"{sizes.chains[0]} chains, devinterp 1.3.2"] = theirs
+
+        def drift(warm: bool = False, c=cfg, m=net, d=data) -> float:
+            """``llc.descent``'s job at one checkpoint: one noise-free path on the full
+            batch of the λ̂ data, as many steps as a chain takes."""
+            conf = replace(c, chains=1, **({"burn_in": 1, "draws": 3} if warm else {}))
+            sync(device)
+            start = time.perf_counter()
+            descent(m, F.cross_entropy, d, conf, progress=False)
+            sync(device)
+            return time.perf_counter() - start
+
+        variants["descent: one full-batch path, no noise (llc.descent)"] = drift
         errors: dict[str, str] = {}
         for key, run in list(variants.items()):  # warm-up (cuDNN, first shapes, capture)
             if budget.left() < 20:  # per variant: a slow one must not starve the sections after
@@ -1030,7 +1045,9 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
              "`llc.precision: bfloat16`). λ̂: the estimate of the last timed run (a chain "
              "draws the same noise whatever the layout, so float32 rows with the same chain "
              "count agree to round-off; bf16 passes show how far bf16 moves λ̂; a run this "
-             "short is not converged).", "",
+             "short is not converged). The descent row is `llc_descent`'s work at one "
+             "checkpoint and seed, a full-batch pass over the n images per step: "
+             "`runtime.minutes_per_descent_checkpoint` can be read off it.", "",
              "| model | sampler | steps | seconds (median) | ms per step | λ̂ |",
              "|---|---|---|---|---|---|", *rows, ""]
     return lines, raw

@@ -282,6 +282,9 @@ def test_bench_gpu_smoke_runs_every_section(tmp_path):
     assert "GPU-hours**, with compile **" in text
     assert "FAILED" not in text and "**NO**" not in text
     assert "| small_cnn | graphed, deterministic | yes | yes |" in text
+    # llc.descent's job at one checkpoint is timed beside the chains
+    assert re.search(r"\| small_cnn w\d+ \| descent: one full-batch path, no noise "
+                     r"\(llc.descent\) \| \d+ \| [\d.]+ \|", text)
     assert (tmp_path / "gpu.json").exists()
 
 
