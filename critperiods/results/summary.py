@@ -194,13 +194,14 @@ def _cell_values(
     knees = [(*LLC_KNEES[0], trunk_by_seed, why.get(LLC_MARKERS[0])),
              (*LLC_KNEES[1], sharp_by_seed, why.get(LLC_MARKERS[1]))]
     if "llc_descent" in cube:  # λ̂ net of the chains' descent: markers of their own
-        net = [(llc_trunk_by_seed(cube, batch_size, net_of_descent=True), "blurred trunk"),
-               (llc_sharp_by_seed(cube, batch_size, net_of_descent=True), "never-blurred run")]
-        knees += [(*names, curve, _llc_reason(cube, seed_mean(curve), f"{where} net of the "
-                                              "descent", knee=True))
-                  for names, (curve, where) in zip(NET_LLC_KNEES, net, strict=True)]
-        if 0 not in switches:
-            knees[3] = (*knees[3][:3], "no switch epoch 0 (the never-blurred run) in the grid")
+        net_trunk = llc_trunk_by_seed(cube, batch_size, net_of_descent=True)
+        net_sharp = llc_sharp_by_seed(cube, batch_size, net_of_descent=True)
+        knees += [(*NET_LLC_KNEES[0], net_trunk, _llc_reason(
+                      cube, seed_mean(net_trunk), "blurred trunk net of the descent", knee=True)),
+                  (*NET_LLC_KNEES[1], net_sharp, _llc_reason(
+                      cube, seed_mean(net_sharp), "never-blurred run net of the descent",
+                      knee=True) if 0 in switches
+                   else "no switch epoch 0 (the never-blurred run) in the grid")]
     for knee_name, offset_name, curve, reason in knees:
         knee = knee_values(curve, level, end)
         for name, triple in ((knee_name, knee.knee), (offset_name, knee.offset)):
@@ -414,7 +415,7 @@ def critical_period_summary(
                                                 attrs=offset_p_holm_attrs(offset, tests))
         data[offset].attrs["ancillary_variables"] = \
             f"{offset}_interval {offset}_p {offset}_p_holm"
-    for knee, _ in (knee for knee in LLC_KNEES if knee in offsets):
+    for knee, _ in (pair for pair in LLC_KNEES if pair in offsets):
         data[f"{knee}_unstable"] = xr.DataArray(grid(f"{knee}_unstable").astype(np.int8),
                                                 dims=dims, attrs=knee_unstable_attrs(knee))
         data[f"{knee}_within_noise"] = xr.DataArray(
