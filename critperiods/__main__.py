@@ -331,11 +331,11 @@ def summarize(args: argparse.Namespace) -> int:
         print(f"\nλ̂ estimates: {counts['estimates']}, ok {counts['ok']}, {flag_reasons(counts)}"
               + ("; flagged estimates are left out of the λ̂ markers and knees"
                  if counts["ok"] < counts["estimates"] else ""))
-        from critperiods.results.report_page import llc_relaxation
+        from critperiods.results.report_page import descent_sentence, llc_relaxation
 
-        relaxed = llc_relaxation(cube)
-        if relaxed:
-            print(textwrap.fill(_plain(relaxed), width=100))
+        for said in (llc_relaxation(cube), descent_sentence(cube).strip()):
+            if said:
+                print(textwrap.fill(_plain(said), width=100))
     if "perturb_l2" in cube:
         from critperiods.results.perturbation_page import nudge_label
         from critperiods.results.perturbation_summary import format_perturbation

@@ -1083,17 +1083,35 @@ def test_summarize_recomputes_a_cube_with_the_descent_but_without_its_knees(tmp_
     so that they are fitted and join Holm's correction; the report's descent sentence points
     to their columns only where the cube has them."""
     from critperiods.__main__ import main
-    from critperiods.results.report_page import _descent_sentence
+    from critperiods.results.report_page import descent_sentence
 
     _, cube = llc_cube_with_the_descent()
     old = cube.drop_vars([v for v in cube.data_vars if str(v).startswith("llc_net_")])
-    assert "*net of descent* columns" in _descent_sentence(cube)
-    assert "net of descent" not in _descent_sentence(old)
+    assert "*net of descent* columns" in descent_sentence(cube)
+    assert "net of descent" not in descent_sentence(old)
     old.assign_attrs(summary_interval_method=INTERVAL_METHOD).to_netcdf(tmp_path / "old.nc")
     assert main(["summarize", str(tmp_path / "old.nc")]) == 0
     printed = capsys.readouterr().out
     assert "statistics recomputed: this cube predates the knees of λ̂ net of" in printed
     assert "llc_net_trunk" in printed
+
+
+def test_where_the_drift_raised_the_loss_the_report_says_the_step_is_past_its_limit() -> None:
+    """A noise-free gradient step raises the localised loss only beyond its stability limit:
+    where ``llc_descent`` is above 0 the descent sentence (the report's λ̂ caveat, and
+    ``summarize``) says where, and that ε exceeds 4 / (nβ λ_max + γ) there; where the drift
+    only lowered the loss it says nothing of it."""
+    from critperiods.results.report_page import descent_sentence
+
+    _, cube = llc_cube_with_the_descent()
+    assert "raised the loss" not in descent_sentence(cube)
+    rising = cube.copy()
+    rising["llc_descent"] = cube["llc_descent"].where(
+        (cube.batch_size != 64) | ~cube.epoch.isin([55, 60]), 5.0).where(
+        cube["llc_mean"].notnull())
+    said = descent_sentence(rising)
+    assert " the drift raised the loss instead (batch 64 at epochs 55, 60): " in said
+    assert "ε > 4 / (nβ λ_max + γ)" in said
 
 
 def test_summarize_points_an_undecided_marker_to_the_power_command(tmp_path, capsys) -> None:
@@ -1703,11 +1721,12 @@ def test_each_missing_knee_or_offset_says_why() -> None:
 def llc_cube_with_the_descent() -> tuple[xr.Dataset, xr.Dataset]:
     """:func:`llc_cube_with_a_flagged_trunk_estimate`'s λ̂ without and with the chains'
     descent measured (``llc.descent``), each with its summary: the descent takes off λ̂ what
-    makes it bend at epoch 20, so that λ̂ net of it bends at 40."""
+    makes it bend at epoch 20, so that λ̂ net of it bends at 40 (and lies above it, as the
+    drift lowers the loss)."""
     raw = llc_cube_with_a_flagged_trunk_estimate(raw=True)
     epochs = raw["epoch"]
     bends_at_20 = xr.where(epochs < 20, epochs, 20 + 0.1 * (epochs - 20))
-    bends_at_40 = xr.where(epochs < 40, 0.5 * epochs, 20 + 0.05 * (epochs - 40))
+    bends_at_40 = xr.where(epochs < 40, 0.5 * epochs, 20 + 0.05 * (epochs - 40)) + 25
     measured = raw.assign(llc_descent=(bends_at_20 - bends_at_40).where(raw["llc_mean"].notnull()))
     return (raw.merge(critical_period_summary(raw)),
             measured.merge(critical_period_summary(measured)))

@@ -298,13 +298,14 @@ def _llc_caveat(cube: xr.Dataset) -> list[str]:
             + (f" {relaxed}" if relaxed else "")
             + " A knee is this setting's; ``calibrate-llc`` shows how much one checkpoint's "
             "λ̂ moves with them, and ``calibrate-llc --descent`` how much of it the chains' "
-            "descent from the checkpoint takes." + _descent_sentence(cube)]
+            "descent from the checkpoint takes." + descent_sentence(cube)]
 
 
-def _descent_sentence(cube: xr.Dataset) -> str:
+def descent_sentence(cube: xr.Dataset) -> str:
     """Where the run measured the chains' descent at every estimate (``llc.descent``): how
     much it takes off λ̂ over the distinct estimates (median, range) and where most (epoch,
-    batch size, seed), and where the knees of λ̂ net of it are; "" otherwise."""
+    batch size, seed), where the knees of λ̂ net of it are, and where the drift raised the
+    loss instead (:func:`_rising_drift`); "" otherwise."""
     if "llc_descent" not in cube:
         return ""
     values = distinct_estimates(cube, "llc_descent")
@@ -313,10 +314,12 @@ def _descent_sentence(cube: xr.Dataset) -> str:
         return ""
     taken = -values[found]
 
-    def at_most(coord: str) -> float:  # the coordinate of the estimate it takes most from
+    def of_each(coord: str) -> np.ndarray:  # the coordinate of each estimate found
         where = cube[coord].broadcast_like(cube["llc_descent"]).astype(float)
-        return float(distinct_estimates(cube.assign(llc_descent=where), "llc_descent")[found][
-            np.argmax(taken)])
+        return distinct_estimates(cube.assign(llc_descent=where), "llc_descent")[found]
+
+    def at_most(coord: str) -> float:  # the coordinate of the estimate it takes most from
+        return float(of_each(coord)[np.argmax(taken)])
 
     return (f" This run measured the descent at {found.sum()} estimates (``llc.descent``): "
             f"it takes {_num(float(np.median(taken)))} off λ̂ at the median "
@@ -324,8 +327,32 @@ def _descent_sentence(cube: xr.Dataset) -> str:
             f"{at_most('epoch'):g}, batch {at_most('batch_size'):g}, seed "
             f"{at_most('seed'):g}). λ̂ without it, to first order and with the minibatch "
             "noise's heating still in, is ``llc_mean − llc_descent`` in the cube"
-            + ("; its knees are the table's *net of descent* columns, markers of their own."
-               if "llc_net_knee_trunk" in cube else "."))
+            + ("; its knees are the *net of descent* columns (``llc_net_knee_*``), markers "
+               "of their own."
+               if "llc_net_knee_trunk" in cube else ".")
+            + _rising_drift(taken < 0, of_each("epoch"), of_each("batch_size")))
+
+
+def _rising_drift(rose: np.ndarray, epochs: np.ndarray, batch_sizes: np.ndarray) -> str:
+    """Where the noise-free drift raised the loss (``rose``, per distinct estimate with a
+    descent), by batch size and epoch. The drift is gradient descent with step ε / 2 on the
+    localised loss U = nβ L + γ ‖w − w*‖² / 2, which rises at least as much as nβ L does;
+    a gradient step raises U only where it exceeds U's stability limit, ε > 4 / (nβ λ_max +
+    γ) with λ_max the largest curvature of L along the path. There the chains oscillate
+    along the sharpest direction, and λ̂ includes the loss that costs. "" where it never
+    rose."""
+    count = int(rose.sum())
+    if not count:
+        return ""
+    where = "; ".join(f"batch {b:g} at epoch{'s' * (len(e) > 1)} {', '.join(f'{x:g}' for x in e)}"
+                      for b, e in ((b, sorted(set(epochs[rose & (batch_sizes == b)])))
+                                   for b in sorted(set(batch_sizes[rose]))))
+    return (f" At {count} estimate{'s' * (count > 1)} the drift raised the loss "
+            f"instead ({where}): a gradient step does that only where it exceeds the "
+            "localised loss's stability limit, ε > 4 / (nβ λ_max + γ) with λ_max the "
+            "largest curvature along the path, so there the chains oscillate along the "
+            "sharpest direction and λ̂ includes the loss that costs; a smaller "
+            "``llc.step_size`` avoids it (docs/llc.md).")
 
 
 def llc_relaxation(cube: xr.Dataset) -> str:
