@@ -320,11 +320,12 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         """The continue schedule's located end (line, interval shaded), λ̂ net of the
         descent where the run measured it (dash-dotted) and the λ̂ knees (triangles and
         diamonds along the top, their interval as a bar): does λ̂ mark the end?"""
-        for curve, color in ((llc_sharp(cube, b, net_of_descent=True), sharp_color),
-                             (llc_trunk(cube, b, net_of_descent=True), trunk_color)) if net \
-                else ():
-            ok = np.isfinite(curve.values)
-            ax.plot(curve["epoch"].values[ok], curve.values[ok], color=color, ls="-.", lw=1.2)
+        if net:  # the curves the net knees are fitted to
+            for curve, color in ((llc_sharp(cube, b, net_of_descent=True), sharp_color),
+                                 (llc_trunk(cube, b, net_of_descent=True), trunk_color)):
+                ok = np.isfinite(curve.values)
+                ax.plot(curve["epoch"].values[ok], curve.values[ok], color=color, ls="-.",
+                        lw=1.2)
         end = _end_of(ends, b, "continue")
         if np.isfinite(end):
             if "critical_period_end_interval" in cube:

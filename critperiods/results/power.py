@@ -244,9 +244,9 @@ def held_after_holm(offsets: Offsets, cells: int, knees_per_cell: int, level: fl
     nothing). The simulated runs a family draws are distinct where there are enough of them.
     The knees of one cell are drawn independently, where a run's share the end and often
     their shape: the correction is the same whatever their dependence, but a run's calls
-    then come together more often than here, so ``some held`` errs high and ``knee held``
-    may err either way. ``weak_knees=False`` counts flagged knees too (as
-    ``bench/familywise_false_calls.py`` counts them)."""
+    then come together more often than here, so ``some held`` may be off by a few points
+    (``bench/familywise_false_calls.py`` prints both; ``weak_knees=False`` counts flagged
+    knees too, as it does)."""
     rng = np.random.default_rng(1)
     alpha, n = 1 - level, offsets.knee.size
     some, knee = [], []
