@@ -331,9 +331,14 @@ def summarize(args: argparse.Namespace) -> int:
         print(f"\nλ̂ estimates: {counts['estimates']}, ok {counts['ok']}, {flag_reasons(counts)}"
               + ("; flagged estimates are left out of the λ̂ markers and knees"
                  if counts["ok"] < counts["estimates"] else ""))
-        from critperiods.results.report_page import descent_sentence, llc_relaxation
+        from critperiods.results.report_page import (
+            descent_sentence,
+            llc_relaxation,
+            stability_sentence,
+        )
 
-        for said in (llc_relaxation(cube), descent_sentence(cube).strip()):
+        for said in (llc_relaxation(cube), descent_sentence(cube).strip(),
+                     stability_sentence(cube).strip()):
             if said:
                 print(textwrap.fill(_plain(said), width=100))
     if "perturb_l2" in cube:
@@ -424,7 +429,13 @@ def calibrate_llc(args: argparse.Namespace) -> int:
     except ValueError as err:  # a broken checkpoint: nothing to calibrate
         raise SystemExit(f"critperiods: {err}") from None
     plot_calibration(result, args.out)
-    print("\n".join(calibration_lines(result, sampler, own, config["analysis"])))
+    from critperiods.measure.llc.stability import STABILITY_SAMPLES, top_hessian_eigenvalue
+
+    sharpness = top_hessian_eigenvalue(
+        model, torch.nn.functional.cross_entropy,
+        llc_data(data, llc_params)(ckpts[args.epoch]["phase"]),
+        samples=llc_params.get("stability_samples", STABILITY_SAMPLES), seed=sampler.seed)
+    print("\n".join(calibration_lines(result, sampler, own, config["analysis"], sharpness)))
     print(f"wrote {args.out}")
     if args.descent:
         from critperiods.measure.llc.descent import descent, descent_line

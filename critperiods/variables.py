@@ -87,6 +87,9 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
     "llc_tail_khat": ("Pareto k-hat of the right tail of the post-burn-in SGLD draws (ArviZ); "
                       "above min(1 - 1/log10(draws), 0.7) (0.7 below 100 draws) their mean is not "
                       "reliable", "1"),
+    "llc_sharpness": ("top eigenvalue of the Hessian of the mean loss the SGLD chains sample, "
+                      "at the checkpoint (on llc_stability_samples of its images); the drift "
+                      "is stable for step sizes below 4 / (n beta * it + gamma)", "1"),
     "llc_quality": ("quality of the local learning coefficient estimate (0 = ok)", "1"),
     "llc_descent": ("the chains' descent (llc.descent): n beta times the change of the full-batch "
                     "loss along the noise-free SGLD drift from the checkpoint, averaged over the "
@@ -100,6 +103,8 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
     "llc_gamma": ("SGLD localisation strength gamma", "1"),
     "llc_bf16": ("whether the SGLD forward and backward passes ran in bf16 autocast (1) or "
                  "float32 (0); the chains' state is float32 either way", "1"),
+    "llc_stability_samples": ("images llc_sharpness was measured on (0 = all the sampler's)",
+                              "1"),
     # aggregate: the critical-period summary, per (batch_size, lr_schedule)
     "critical_period_end": ("kink of the hinge fitted to final accuracy against switch "
                             "epoch, in epochs: the end of the critical period where "

@@ -1114,6 +1114,35 @@ def test_where_the_drift_raised_the_loss_the_report_says_the_step_is_past_its_li
     assert "ε > 4 / (nβ λ_max + γ)" in said
 
 
+def test_where_the_step_is_past_its_stability_limit_the_report_says_where_and_below_what(
+        tmp_path, capsys) -> None:
+    """Estimates flagged ``unstable_step`` are named by batch size and epoch in the report's
+    λ̂ caveat and by ``summarize``, with the smallest limit ``4 / (nβ λ_max + γ)`` measured
+    (a step below it keeps every checkpoint stable); a run with none flagged, or without
+    ``llc_sharpness``, says nothing of it."""
+    from critperiods.__main__ import main
+    from critperiods.measure.llc.quality import FLAGS
+    from critperiods.results.report_page import _llc_caveat, stability_sentence
+
+    cube = llc_cube_with_a_flagged_trunk_estimate()
+    assert stability_sentence(cube) == ""
+    sharp = (cube.batch_size == 64) & cube.epoch.isin([55, 60]) & (cube.switch_epoch == 0)
+    cube["llc_sharpness"] = xr.where(sharp, 30.0, 10.0).where(cube["llc_mean"].notnull())
+    cube = cube.assign(llc_nbeta=1000.0, llc_gamma=100.0, llc_step_size=2e-4)
+    assert stability_sentence(cube) == ""  # 2e-4 is below 4 / 30,100 everywhere
+    cube["llc_quality"] = cube["llc_quality"].where(~sharp, FLAGS["unstable_step"])
+    said = stability_sentence(cube)
+    assert " is past the SGLD drift's stability limit at the checkpoint" in said
+    assert "(0.0002)" in said and ": batch 64 at epochs 55, 60. " in said
+    assert "The smallest limit measured is 0.00013: " in said  # 4 / (1000 · 30 + 100)
+    assert said in " ".join(_llc_caveat(cube))
+    path = tmp_path / "cube.nc"
+    cube.to_netcdf(path)
+    assert main(["summarize", str(path)]) == 0
+    assert "stability limit at the checkpoint" in " ".join(capsys.readouterr().out.split())
+    assert stability_sentence(cube.drop_vars("llc_sharpness")) == ""
+
+
 def test_summarize_points_an_undecided_marker_to_the_power_command(tmp_path, capsys) -> None:
     """λ̂ bends at epoch 25, batch 64's end: its offset includes 0, and `summarize` says how
     to ask whether this grid could have told them apart."""

@@ -622,8 +622,7 @@ def test_cost_counts_the_descents_full_batch_passes():
     config["llc"]["descent"] = True
     more = cost.grid_cost(config, "cpu")
     llc, grid = config["llc"], config["grid"]
-    estimates = base.llc_images / (len(grid["batch_sizes"]) * len(grid["seeds"]) * llc["chains"]
-                                   * (llc["burn_in"] + llc["draws"]) * llc["batch_size"])
+    estimates = cost._llc_estimates(config)
     n = config["dataset"]["train_subset"]
     assert more.llc_images - base.llc_images == pytest.approx(
         len(grid["batch_sizes"]) * estimates * len(grid["seeds"])
@@ -639,14 +638,30 @@ def test_cost_counts_the_sgld_batch_within_the_images_the_sampler_sees():
     config = load_default()
     llc, grid = config["llc"], config["grid"]
     steps = llc["burn_in"] + llc["draws"]
-    base = cost.grid_cost(config, "cpu")
-    estimates = base.llc_images / (len(grid["batch_sizes"]) * len(grid["seeds"]) * llc["chains"]
-                                   * steps * llc["batch_size"])
+    estimates = cost._llc_estimates(config)
     llc.update(samples=16, batch_size=32, descent=True)  # a batch larger than the subset
     few = cost.grid_cost(config, "cpu")
-    assert few.llc_images == pytest.approx(
-        len(grid["batch_sizes"]) * estimates * len(grid["seeds"]) * steps
-        * (llc["chains"] * 16 + 16))
+    assert few.llc_images == pytest.approx(  # SGLD, the descent, the stability check
+        len(grid["batch_sizes"]) * estimates * len(grid["seeds"])
+        * (steps * (llc["chains"] * 16 + 16) + cost.STABILITY_PASSES * 16))
+
+
+def test_cost_counts_the_stability_check_on_its_images():
+    """Each λ̂ estimate's stability check costs ``STABILITY_PASSES`` passes over
+    ``llc.stability_samples`` images (all λ̂'s images for null), and nothing for a
+    preconditioned sampler, which has none."""
+    from critperiods.pipeline import cost
+
+    config = load_default()
+    llc, grid = config["llc"], config["grid"]
+    per_image = (len(grid["batch_sizes"]) * cost._llc_estimates(config) * len(grid["seeds"])
+                 * cost.STABILITY_PASSES)
+    base = cost.grid_cost(config, "cpu").llc_images
+    llc["stability_samples"] = None  # all 10,000 of λ̂'s images
+    assert cost.grid_cost(config, "cpu").llc_images - base == pytest.approx(
+        per_image * (config["dataset"]["train_subset"] - 1024))
+    llc["sampler"] = "rmsprop_sgld"
+    assert base - cost.grid_cost(config, "cpu").llc_images == pytest.approx(per_image * 1024)
 
 
 def test_cost_reads_an_unmeasured_batch_size_off_the_measured_ones_and_says_so():

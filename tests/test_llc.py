@@ -574,7 +574,10 @@ def test_each_quality_flag_is_raised_by_its_own_cause_and_only_by_it() -> None:
     looser = quality_flags(mean, chains_diverged, rhat, trend, max_rhat=1.3, max_trend_z=6)
     assert looser[2] == looser[3] == 0
     assert count_flags(bits) == {"estimates": 6, "ok": 1, "negative": 1, "not_converged": 2,
-                                 "diverged_chains": 2, "heavy_tailed": 0}
+                                 "diverged_chains": 2, "heavy_tailed": 0, "unstable_step": 0}
+    unstable = [True, False, False, False, False, False, False]
+    assert quality_flags(mean, chains_diverged, rhat, trend, unstable=unstable)[0] == \
+        FLAGS["unstable_step"]
     # a tail k̂ above the limit for its number of draws (0.58 at 240, 0.5 at 100, 0.7 below
     # 100); a NaN k̂ (too few draws to fit a tail) raises nothing
     khat = [0.55, 0.0, 0.0, 0.0, 0.0, nan, nan]
@@ -955,3 +958,102 @@ def test_descent_refuses_a_preconditioned_sampler_and_a_broken_checkpoint() -> N
         broken.w.fill_(float("nan"))
     with pytest.raises(ValueError, match="loss at the checkpoint is nan"):
         descent(broken, potential_loss, potential_data(10), cfg, progress=False)
+
+
+def test_the_top_hessian_eigenvalue_is_that_of_a_known_hessian() -> None:
+    """On ``½ δᵀAδ`` (eigenvalues 1 … 3) the top eigenvalue is 3, formed whole for a few
+    weights and by Lanczos for many; on a softmax classifier it is the top eigenvalue of
+    its exact Hessian (autograd's, over all its images). The call is deterministic, leaves
+    the model's weights and mode as they were, and is NaN where the loss is not finite."""
+    from critperiods.measure.llc.stability import DENSE_UP_TO, top_hessian_eigenvalue
+
+    small, large = QuadraticPotential(6), QuadraticPotential(3 * DENSE_UP_TO)
+    assert top_hessian_eigenvalue(small, potential_loss, potential_data(10)) == \
+        pytest.approx(3.0, rel=1e-5)
+    assert top_hessian_eigenvalue(large, potential_loss, potential_data(10)) == \
+        pytest.approx(3.0, rel=1e-2)
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(500, 20, generator=g), torch.randint(0, 5, (500,), generator=g)
+    model = nn.Linear(20, 5).train()
+    before = copy.deepcopy(model.state_dict())
+    weights = [p.detach().clone() for p in model.parameters()]
+
+    def loss_of(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(x @ w.T + b, y)
+
+    blocks = torch.autograd.functional.hessian(loss_of, tuple(weights))
+    sizes = [w.numel() for w in weights]
+    exact = torch.cat([torch.cat([blocks[i][j].reshape(sizes[i], sizes[j]) for j in range(2)],
+                                 dim=1) for i in range(2)]).double()
+    top = float(torch.linalg.eigvalsh(exact)[-1])
+    found = top_hessian_eigenvalue(model, nn.functional.cross_entropy, (x, y), samples=None)
+    assert found == pytest.approx(top, rel=1e-2)
+    assert top_hessian_eigenvalue(model, nn.functional.cross_entropy, (x, y), samples=500) \
+        == found  # as many as there are: all of them
+    subset = top_hessian_eigenvalue(model, nn.functional.cross_entropy, (x, y), samples=200)
+    assert subset != found and 0 < subset < 2 * top  # another Hessian, of 200 images
+    assert subset == top_hessian_eigenvalue(model, nn.functional.cross_entropy, (x, y),
+                                            samples=200)
+    assert model.training and all(torch.equal(before[k], v)
+                                  for k, v in model.state_dict().items())
+    with torch.no_grad():
+        model.bias.fill_(float("nan"))
+    assert np.isnan(top_hessian_eigenvalue(model, nn.functional.cross_entropy, (x, y)))
+
+
+def test_the_drift_is_stable_below_the_limit_and_runs_away_above_it() -> None:
+    """The flag's limit, ``4 / (nβ λ_max + γ)``, against the noise-free drift it is about: on
+    ``½ δᵀAδ`` (λ_max 3) a checkpoint just off the minimum, at 0.95 times the limit the
+    drift's loss falls, at 1.05 times it rises without end; ``past_stability_limit`` says
+    which, and NaN (not measured) is never past it."""
+    from critperiods.measure.llc.descent import descent
+    from critperiods.measure.llc.stability import past_stability_limit, stable_step_size
+
+    nbeta, gamma = 1e3, 1.0
+    limit = stable_step_size(3.0, nbeta, gamma)
+    assert limit == pytest.approx(4 / 3001)
+    cfg = LLCConfig(draws=200, burn_in=0, step_size=0.95 * limit, gamma=gamma, nbeta=nbeta,
+                    batch_size=None)
+    stable = descent(_off_minimum(4, 0.01), potential_loss, potential_data(10), cfg,
+                     progress=False)
+    unstable = descent(_off_minimum(4, 0.01), potential_loss, potential_data(10),
+                       replace(cfg, step_size=1.05 * limit), progress=False)
+    assert stable.at_end < 0 < unstable.at_end
+    assert unstable.excess[-1] > 10 * unstable.excess[len(unstable.excess) // 2] > 0
+    np.testing.assert_array_equal(
+        past_stability_limit([0.95 * limit, 1.05 * limit, 1.0, 1.0], [3.0, 3.0, np.nan, -1.0],
+                             nbeta, gamma), [False, True, False, False])
+    assert stable_step_size(-1.0, nbeta, gamma) == np.inf  # nothing the drift pushes out of
+
+
+def test_the_cube_flags_an_estimate_whose_step_is_past_its_stability_limit() -> None:
+    """``unstable_step`` where ``llc_step_size > 4 / (llc_nbeta · llc_sharpness +
+    llc_gamma)``, on top of the other flags; never where the sharpness is NaN or absent
+    (pieces made before it was measured)."""
+    import xarray as xr
+
+    from critperiods.measure.llc.quality import FLAGS
+    from critperiods.results.cube import ANALYSIS_DEFAULTS, _llc_quality
+
+    epoch = ("epoch", [1, 2, 3, 4])
+    nbeta, gamma = 1000.0, 100.0
+    limit_at_20 = 4 / (nbeta * 20 + gamma)
+    cube = xr.Dataset({
+        "llc_mean": (epoch[0], [5.0, 5.0, -1.0, 5.0]),
+        "llc_diverged_chains": (epoch[0], [0, 0, 0, 0]),
+        "llc_rhat": (epoch[0], [1.0] * 4), "llc_trend_z": (epoch[0], [0.0] * 4),
+        "llc_sharpness": (epoch[0], [19.0, 21.0, 21.0, np.nan]),
+        "llc_step_size": ((), limit_at_20), "llc_nbeta": ((), nbeta), "llc_gamma": ((), gamma),
+        "llc_burn_in": ((), 30), "llc_loss_trace": (("epoch", "chain", "draw"),
+                                                    np.zeros((4, 4, 90)))},
+        coords={"epoch": epoch[1]})
+    bits = _llc_quality(cube, ANALYSIS_DEFAULTS)
+    unstable = FLAGS["unstable_step"]
+    np.testing.assert_array_equal(bits.values.astype(int),
+                                  [0, unstable, unstable | FLAGS["negative"], 0])
+    assert "unstable_step" in bits.attrs["flag_meanings"].split()
+    assert "llc_sharpness" in bits.attrs["comment"]
+    np.testing.assert_array_equal(  # only the negative flag stays
+        _llc_quality(cube.drop_vars("llc_sharpness"), ANALYSIS_DEFAULTS).values,
+        [0, 0, FLAGS["negative"], 0])

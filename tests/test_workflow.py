@@ -142,7 +142,7 @@ def test_restart_runs_share_the_trunk_and_the_never_blurred_run(run):
 def test_llc_carries_its_diagnostics_and_quality_flag(run):
     cube = critperiods.open_cube(run / "results/tiny/cube.nc")
     for name in ("llc_rhat", "llc_ess", "llc_trend_z", "llc_distance_growth", "llc_tail_khat",
-                 "llc_quality"):
+                 "llc_sharpness", "llc_quality"):
         assert cube[name].dims == cube.llc_mean.dims, name
     estimated = cube.llc_mean.notnull()
     assert (cube.llc_quality.notnull() == estimated).all()
@@ -150,12 +150,20 @@ def test_llc_carries_its_diagnostics_and_quality_flag(run):
     assert (cube.llc_distance_growth.notnull() == estimated).all()  # wherever λ̂ is
     flags = cube.llc_quality.attrs
     assert flags["flag_meanings"].split() == ["ok", "negative", "not_converged",
-                                              "diverged_chains", "heavy_tailed"]
-    assert list(flags["flag_values"]) == [0, 1, 2, 4, 16]
+                                              "diverged_chains", "heavy_tailed",
+                                              "unstable_step"]
+    assert list(flags["flag_values"]) == [0, 1, 2, 4, 16, 32]
+    # the stability check ran at every estimate, and its flag is what its limit says
+    assert (cube.llc_sharpness.notnull() == estimated).all()
+    assert int(cube.llc_stability_samples) == 1024
+    limit = 4 / (cube.llc_nbeta * cube.llc_sharpness + cube.llc_gamma)
+    unstable = (cube.llc_quality.fillna(0).astype(int) & 32) > 0
+    assert (unstable == (cube.llc_step_size > limit)).where(estimated, True).all()
     negative = (cube.llc_mean < 0) & estimated
     assert ((cube.llc_quality.where(negative) % 2) == 1).where(negative, True).all(), \
         "every negative λ̂ carries the negative flag"
-    for name in ("llc_nbeta", "llc_burn_in", "llc_step_size", "llc_gamma", "llc_bf16"):
+    for name in ("llc_nbeta", "llc_burn_in", "llc_step_size", "llc_gamma", "llc_bf16",
+                 "llc_stability_samples"):
         assert cube[name].dims == (), name
     assert int(cube.llc_burn_in) == 5
     assert int(cube.llc_bf16) == 0  # precision: auto is float32 on the CPU
@@ -658,6 +666,15 @@ def test_calibrate_llc_runs_chains_of_the_length_and_batch_asked_for(run, tmp_pa
     assert "step size 0.0002 (the run's): λ̂" in said
     assert "step size 0.001: λ̂" in said  # the default sweep reaches 5 times the run's step
     assert re.search(r"tail k̂ \S+, limit 0\.70", said)  # 2 chains × 20 draws: too few for the rule
+    # the checkpoint's stability limit, and the flag a step above it gets
+    limit = float(re.search(r"the drift is stable for step sizes below 4 / \(nβ λ_max \+ γ\) = "
+                            r"(\S+) at nβ", said).group(1))
+    assert main(["calibrate-llc", str(piece), "--epoch", "1", "--step-sizes",
+                 f"{limit / 2:.3g}", f"{limit * 1.5:.3g}", "--draws", "7", "--burn-in", "3",
+                 "--threads", "1", "--out", str(out)]) == 0
+    below, above = (line for line in capsys.readouterr().out.splitlines()
+                    if line.startswith("nβ "))
+    assert "unstable step" not in below and "unstable step" in above
     assert main(["calibrate-llc", str(piece), "--epoch", "1", "--step-sizes", "2e-4", "--draws",
                  "7", "--burn-in", "3", "--threads", "1", "--out", str(out), "--descent"]) == 0
     said = capsys.readouterr().out

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from critperiods.measure.llc.stability import STABILITY_SAMPLES
 from critperiods.pipeline import plan
 
 #: Training images per second of one job, all seeds of a stacked job together, measured
@@ -56,6 +57,10 @@ RATES: dict[tuple[str, str, int, int, int], dict[int, float]] = {
 JOB_OVERHEAD_S = {"cpu": 6.0, "cuda": 2.0}
 #: Parallel jobs on the reference machine: the 2-core VM runs one job per core.
 PARALLEL_JOBS = {"cpu": 2, "cuda": 1}
+#: Image passes of λ̂'s stability check per image it looks at: Lanczos takes 6-9
+#: Hessian-vector products at the default's checkpoints, each about 3 gradients' work
+#: (forward-over-reverse; :mod:`critperiods.measure.llc.stability`).
+STABILITY_PASSES = 8 * 3
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,9 @@ def grid_cost(config: dict, device: str) -> Cost:
             * min(llc["batch_size"], llc_n))
     if llc.get("descent", False):  # the same steps, each a full-batch pass over λ̂'s data
         sgld += _llc_estimates(config) * len(grid["seeds"]) * steps * llc_n
+    if llc.get("sampler", "sgld") == "sgld":  # the stability check (llc_sharpness)
+        checked = min(llc.get("stability_samples", STABILITY_SAMPLES) or llc_n, llc_n)
+        sgld += _llc_estimates(config) * len(grid["seeds"]) * STABILITY_PASSES * checked
     seconds, images, llc_images, pert_images, missing = 0.0, 0.0, 0.0, 0.0, []
     projected: dict[str, None] = {}  # how each unmeasured rate was had, once each, in order
     for b in grid["batch_sizes"]:

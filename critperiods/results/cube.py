@@ -160,19 +160,36 @@ def _llc_quality(cube: xr.Dataset, settings: dict) -> xr.DataArray:
     from critperiods.measure.llc.quality import quality_flags
 
     mean = cube["llc_mean"]
+
+    def aligned(da: xr.DataArray) -> np.ndarray:
+        return da.broadcast_like(mean).transpose(*mean.dims).values
+
     khat = cube["llc_tail_khat"].values if "llc_tail_khat" in cube else None
     flags = quality_flags(mean.values, cube["llc_diverged_chains"].values,
                           cube["llc_rhat"].values, cube["llc_trend_z"].values,
                           settings["llc_max_rhat"], settings["llc_max_trend_z"],
-                          khat, _llc_samples(cube).broadcast_like(mean).transpose(*mean.dims)
-                          .values)
+                          khat, aligned(_llc_samples(cube)), _llc_unstable(cube, aligned))
     attrs = {**llc_quality_flag_attrs(), "comment": (
         f"bit field: negative = lambda < 0; not_converged = R-hat > {settings['llc_max_rhat']} "
         f"or |trend z| > {settings['llc_max_trend_z']}; diverged_chains = at least one chain "
         "diverged; heavy_tailed = llc_tail_khat > min(1 - 1/log10(draws), 0.7) for the "
-        "healthy chains' draws after burn-in (0.7 below 100 draws). Flagged estimates are left "
+        "healthy chains' draws after burn-in (0.7 below 100 draws); unstable_step = "
+        "llc_step_size > 4 / (llc_nbeta * llc_sharpness + llc_gamma), past the SGLD drift's "
+        "stability limit along the Hessian's top eigenvector. Flagged estimates are left "
         "out of the markers and drawn hollow.")}
     return xr.DataArray(flags, dims=mean.dims, coords=mean.coords, attrs=attrs)
+
+
+def _llc_unstable(cube: xr.Dataset, aligned: Callable[[xr.DataArray], np.ndarray]
+                  ) -> np.ndarray | None:
+    """Where an estimate's step size is past its drift's stability limit; None for pieces
+    made before ``llc_sharpness`` was measured."""
+    from critperiods.measure.llc.stability import past_stability_limit
+
+    if "llc_sharpness" not in cube:
+        return None
+    return past_stability_limit(*(aligned(cube[name]) for name in (
+        "llc_step_size", "llc_sharpness", "llc_nbeta", "llc_gamma")))
 
 
 def _llc_samples(cube: xr.Dataset) -> xr.DataArray:

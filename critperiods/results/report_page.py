@@ -298,7 +298,8 @@ def _llc_caveat(cube: xr.Dataset) -> list[str]:
             + (f" {relaxed}" if relaxed else "")
             + " A knee is this setting's; ``calibrate-llc`` shows how much one checkpoint's "
             "λ̂ moves with them, and ``calibrate-llc --descent`` how much of it the chains' "
-            "descent from the checkpoint takes." + descent_sentence(cube)]
+            "descent from the checkpoint takes." + descent_sentence(cube)
+            + stability_sentence(cube)]
 
 
 def descent_sentence(cube: xr.Dataset) -> str:
@@ -344,15 +345,61 @@ def _rising_drift(rose: np.ndarray, epochs: np.ndarray, batch_sizes: np.ndarray)
     count = int(rose.sum())
     if not count:
         return ""
-    where = "; ".join(f"batch {b:g} at epoch{'s' * (len(e) > 1)} {', '.join(f'{x:g}' for x in e)}"
-                      for b, e in ((b, sorted(set(epochs[rose & (batch_sizes == b)])))
-                                   for b in sorted(set(batch_sizes[rose]))))
     return (f" At {count} estimate{'s' * (count > 1)} the drift raised the loss "
-            f"instead ({where}): a gradient step does that only where it exceeds the "
-            "localised loss's stability limit, ε > 4 / (nβ λ_max + γ) with λ_max the "
-            "largest curvature along the path, so there the chains oscillate along the "
-            "sharpest direction and λ̂ includes the loss that costs; a smaller "
-            "``llc.step_size`` avoids it (docs/llc.md).")
+            f"instead ({_by_batch_size(rose, epochs, batch_sizes)}): a gradient step does "
+            "that only where it exceeds the localised loss's stability limit, ε > 4 / "
+            "(nβ λ_max + γ) with λ_max the largest curvature along the path, so there the "
+            "chains oscillate along the sharpest direction and λ̂ includes the loss that "
+            "costs; a smaller ``llc.step_size`` avoids it (docs/llc.md).")
+
+
+def _by_batch_size(where: np.ndarray, epochs: np.ndarray, batch_sizes: np.ndarray) -> str:
+    """"batch 128 at epochs 14, 16; batch 256 at epoch 8": the batch sizes and epochs of the
+    estimates ``where`` is true (arrays of one shape)."""
+    return "; ".join(
+        f"batch {b:g} at epoch{'s' * (len(e) > 1)} {', '.join(f'{x:g}' for x in e)}"
+        for b, e in ((b, sorted(set(epochs[where & (batch_sizes == b)])))
+                     for b in sorted(set(batch_sizes[where]))))
+
+
+def stability_sentence(cube: xr.Dataset) -> str:
+    """Where the step size is past the SGLD drift's stability limit at the checkpoint
+    (``unstable_step``, :mod:`critperiods.measure.llc.stability`): how many of the distinct
+    estimates, by batch size and epoch, and the smallest limit measured, below which every
+    checkpoint of the run would be stable; "" where none is flagged or the cube has no
+    ``llc_sharpness``."""
+    from critperiods.measure.llc.quality import FLAGS
+    from critperiods.measure.llc.stability import stable_step_size
+
+    if "llc_sharpness" not in cube or "llc_quality" not in cube:
+        return ""
+    quality = distinct_estimates(cube, "llc_quality")
+    made = np.isfinite(quality)
+    unstable = made & ((np.where(made, quality, 0).astype(int) & FLAGS["unstable_step"]) > 0)
+    if not unstable.any():
+        return ""
+    limit = xr.apply_ufunc(stable_step_size, cube["llc_sharpness"], cube["llc_nbeta"],
+                           cube["llc_gamma"]).broadcast_like(cube["llc_quality"])
+    limits = distinct_estimates(cube.assign(llc_quality=limit), "llc_quality")[made]
+
+    def of_each(coord: str) -> np.ndarray:
+        where = cube[coord].broadcast_like(cube["llc_quality"]).astype(float)
+        return distinct_estimates(cube.assign(llc_quality=where), "llc_quality")
+
+    eps = _llc_settings(cube)[0]["step_size"]
+    step = f" ({eps:g})" if np.isfinite(eps) else ""
+    count = int(unstable.sum())
+    smallest = float(np.nanmin(limits)) if np.isfinite(limits).any() else float("nan")
+    return (f" At {count} of {int(made.sum())} estimates the step size{step} is past the "
+            "SGLD drift's stability limit at the checkpoint, 4 / (nβ λ_max + γ) with λ_max "
+            "the top eigenvalue of the loss's Hessian there (``llc_sharpness``): "
+            f"{_by_batch_size(unstable, of_each('epoch'), of_each('batch_size'))}. Their "
+            "chains swing across the sharpest direction instead of sampling it, and λ̂ "
+            "includes what that costs, so they are flagged ``unstable_step`` and left out"
+            + (f". The smallest limit measured is {smallest:.2g}: a ``llc.step_size`` below "
+               "it keeps every checkpoint of this run stable, with chains longer in "
+               "proportion (they relax over ~1/(εγ) steps; docs/llc.md)."
+               if np.isfinite(smallest) else "."))
 
 
 def llc_relaxation(cube: xr.Dataset) -> str:
@@ -843,5 +890,5 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     return "\n".join(parts)
 
 
-__all__ = ["answer_lines", "landing_page", "llc_relaxation",
-           "perturbation_section", "question", "table_rst"]
+__all__ = ["answer_lines", "descent_sentence", "landing_page", "llc_relaxation",
+           "perturbation_section", "question", "stability_sentence", "table_rst"]

@@ -59,9 +59,10 @@ LLC_SAMPLER = {k: v for k, v in config["llc"].items()
                if k not in ("enabled", "switch_epochs", "every", "first_epoch", "epochs",
                             "descent")}
 # What the chains' descent (llc.descent) depends on: the drift of one chain, on the full
-# batch and without noise, so neither the number of chains, their minibatch nor their seed
+# batch and without noise, so neither the number of chains, their minibatch, their seed nor
+# the stability check's images
 DESCENT_SAMPLER = {k: v for k, v in LLC_SAMPLER.items()
-                   if k not in ("chains", "batch_size", "seed")}
+                   if k not in ("chains", "batch_size", "seed", "stability_samples")}
 
 
 wildcard_constraints:

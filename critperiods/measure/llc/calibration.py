@@ -193,14 +193,15 @@ def default_step_sizes(own_step: float) -> list[float]:
 
 
 def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
-                      analysis: dict) -> list[str]:
+                      analysis: dict, sharpness: float = float("nan")) -> list[str]:
     """What ``calibrate-llc`` prints of a sweep (:func:`calibrate`'s ``result``, run at
     ``sampler``'s chains and draws): per setting λ̂, the chains' spread, the tail's k̂
     against its limit, how far ``‖w − w*‖²`` still grew beside what a direction the loss
     leaves flat gives there (plain SGLD), and the flags the estimate would get at
     ``analysis``' thresholds (``llc_max_rhat``, ``llc_max_trend_z``; the run's own
-    ``own_step`` marked); then how to choose, from the smallest step that would be
-    flagged."""
+    ``own_step`` marked), ``unstable_step`` from the checkpoint's ``sharpness`` (the top
+    eigenvalue of its loss's Hessian; NaN: not measured); then how to choose, from the
+    smallest step that would be flagged."""
     from critperiods.measure.llc.quality import (
         FLAGS,
         RELAXED_GROWTH,
@@ -208,6 +209,7 @@ def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
         khat_threshold,
         quality_flags,
     )
+    from critperiods.measure.llc.stability import past_stability_limit, stable_step_size
 
     lines, flagged = [], []
     for nbeta in result["nbeta"].values:
@@ -218,9 +220,11 @@ def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
             samples = (sampler.chains - diverged) * sampler.draws
             limit = khat_threshold(samples)
             mean = float(cell["llc_mean"])
+            unstable = past_stability_limit(eps, sharpness, nbeta, sampler.gamma)
             bits = int(quality_flags(  # the cube's own flags, at the run's thresholds
                 [mean], [diverged], [float(cell["rhat"])], [float(cell["trend_z"])],
-                analysis["llc_max_rhat"], analysis["llc_max_trend_z"], [khat], [samples])[0])
+                analysis["llc_max_rhat"], analysis["llc_max_trend_z"], [khat], [samples],
+                [unstable and sampler.sampler == "sgld"])[0])
             flags = [name.replace("_", " ") for name, bit in FLAGS.items() if bits & bit]
             if any(f != "negative" for f in flags):
                 flagged.append(float(eps))
@@ -237,6 +241,12 @@ def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
                    if np.isfinite(growth) else "") + ")"
                 + (f": would be flagged {', '.join(flags)}" if flags else ""))
     steps = result["step_size"].values
+    if np.isfinite(sharpness) and sampler.sampler == "sgld":
+        limits = ", ".join(f"{stable_step_size(sharpness, nbeta, sampler.gamma):.2g} at nβ "
+                           f"{nbeta:.4g}" for nbeta in result["nbeta"].values)
+        lines.append(f"the top eigenvalue of the loss's Hessian at this checkpoint is "
+                     f"{sharpness:.4g}: the drift is stable for step sizes below 4 / (nβ "
+                     f"λ_max + γ) = {limits}; a step above is flagged unstable step")
     lines.append(
         (f"the smallest step size that would be flagged here is {min(flagged):g}: stay at "
          f"about half of it or below (≤ {min(flagged) / 2:.2g})" if flagged else

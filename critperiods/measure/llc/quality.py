@@ -25,8 +25,11 @@ and, from these, a CF bit-field flag (:data:`FLAGS`, :func:`quality_flags`): ``o
 any of ``negative`` (λ̂ < 0: the checkpoint is not a local minimum at this localisation, so
 SGLD descends and λ̂ is meaningless), ``not_converged`` (R-hat above ``max_rhat`` or
 ``|trend_z|`` above ``max_trend_z``), ``diverged_chains`` (a chain blew up and was left
-out; all of them: λ̂ is NaN) and ``heavy_tailed`` (``tail_khat`` above
-:func:`khat_threshold`). The llc stage writes the diagnostics; the cube applies the
+out; all of them: λ̂ is NaN), ``heavy_tailed`` (``tail_khat`` above
+:func:`khat_threshold`) and ``unstable_step`` (the step size is past the drift's stability
+limit at the checkpoint, ``4 / (nβ λ_max + γ)``: :mod:`critperiods.measure.llc.stability`,
+whose ``λ_max`` the llc stage stores as ``llc_sharpness``). The llc stage writes the
+diagnostics; the cube applies the
 thresholds (``analysis.llc_max_rhat``, ``analysis.llc_max_trend_z``), so changing them reruns
 only the aggregation. A flagged estimate is never used for a marker and is drawn hollow.
 """
@@ -39,7 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 
 #: flag → bit of ``llc_quality`` (a CF bit field); 0 means ok.
-FLAGS = {"negative": 1, "not_converged": 2, "diverged_chains": 4, "heavy_tailed": 16}
+FLAGS = {"negative": 1, "not_converged": 2, "diverged_chains": 4, "heavy_tailed": 16,
+         "unstable_step": 32}
 MAX_RHAT = 1.1
 MAX_TREND_Z = 4.0
 #: Above this ``distance_growth`` the chains are said to be still spreading. Chains sampled
@@ -156,7 +160,8 @@ def flat_direction_growth(step_size: float, gamma: float, burn_in: int, draws: i
 def quality_flags(llc_mean: np.ndarray, diverged_chains: np.ndarray, rhat: np.ndarray,
                   trend_z: np.ndarray, max_rhat: float = MAX_RHAT,
                   max_trend_z: float = MAX_TREND_Z, tail_khat: np.ndarray | None = None,
-                  samples: np.ndarray | None = None) -> np.ndarray:
+                  samples: np.ndarray | None = None,
+                  unstable: np.ndarray | None = None) -> np.ndarray:
     """The flag bits of every estimate (arrays of one shape); NaN where ``llc_mean`` and
     ``diverged_chains`` are both NaN (no estimate was made there).
 
@@ -165,6 +170,8 @@ def quality_flags(llc_mean: np.ndarray, diverged_chains: np.ndarray, rhat: np.nd
     ``tail_khat`` exceeds :func:`khat_threshold` of ``samples`` (the healthy chains' draws
     after burn-in); a NaN k̂ (too few draws to fit a tail) raises nothing, and without
     ``tail_khat`` (estimates made before it was recorded) the flag is never raised.
+    ``unstable_step`` where ``unstable`` (booleans: the step past its stability limit,
+    :func:`critperiods.measure.llc.stability.past_stability_limit`) is true.
     """
     mean, div = np.asarray(llc_mean, dtype=float), np.asarray(diverged_chains, dtype=float)
     rhat, trend = np.asarray(rhat, dtype=float), np.asarray(trend_z, dtype=float)
@@ -176,7 +183,9 @@ def quality_flags(llc_mean: np.ndarray, diverged_chains: np.ndarray, rhat: np.nd
                            FLAGS["not_converged"], 0)
                 | np.where((div > 0) | (np.isnan(mean) & np.isfinite(div)),
                            FLAGS["diverged_chains"], 0)
-                | np.where(khat > limit, FLAGS["heavy_tailed"], 0))
+                | np.where(khat > limit, FLAGS["heavy_tailed"], 0)
+                | np.where(np.zeros(mean.shape, bool) if unstable is None
+                           else np.asarray(unstable, bool), FLAGS["unstable_step"], 0))
     # an estimate whose chains all diverged has no diagnostics: it is not "not converged"
     bits = np.where(np.isnan(mean) & (div > 0), FLAGS["diverged_chains"], bits)
     return np.where(np.isnan(mean) & np.isnan(div), np.nan, bits.astype(float))

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from critperiods.measure.llc.estimate import estimate_llc
 from critperiods.measure.llc.sampler import LLCConfig
+from critperiods.measure.llc.stability import STABILITY_SAMPLES, top_hessian_eigenvalue
 from critperiods.pipeline.checkpoints import config_hash, load_checkpoints
 from critperiods.pipeline.files import write_netcdf
 from critperiods.pipeline.layout import parse_piece
@@ -46,6 +47,7 @@ def llc_config_from_params(params: dict, device: torch.device | str = "cpu",
 def llc_at_checkpoints(
     checkpoints: Sequence[dict], model: nn.Module, data_for: Callable[[str], tuple[Tensor, Tensor]],
     config: LLCConfig, label: str = "", progress: bool = True,
+    stability_samples: int | None = STABILITY_SAMPLES,
 ) -> Any:
     """λ̂ at each checkpoint, with its diagnostics, as an ``xarray.Dataset`` with dims
     ``epoch``, ``chain``, ``draw``.
@@ -56,18 +58,24 @@ def llc_at_checkpoints(
     ``llc_init_loss``, ``llc_loss_trace`` (minibatch loss per draw, burn-in included), the
     convergence diagnostics ``llc_rhat``, ``llc_ess``, ``llc_trend_z``, ``llc_tail_khat`` and
     ``llc_distance_growth`` (:mod:`critperiods.measure.llc.quality`, which also turns the
-    first three into the quality flag), and the
-    sampler's settings as 0-d variables ``llc_nbeta``, ``llc_burn_in``, ``llc_step_size``,
-    ``llc_gamma``, ``llc_bf16``.
+    first three into the quality flag), ``llc_sharpness``, the top eigenvalue of the loss's
+    Hessian at the checkpoint on ``stability_samples`` of the sampler's images
+    (:mod:`critperiods.measure.llc.stability`; NaN for a preconditioned sampler, whose drift
+    has no such limit), and the sampler's settings as 0-d variables ``llc_nbeta``,
+    ``llc_burn_in``, ``llc_step_size``, ``llc_gamma``, ``llc_bf16``,
+    ``llc_stability_samples`` (0 for all).
     """
     from critperiods.measure.llc.quality import diagnose
 
-    rows = []
+    rows, sharpness = [], []
     for c in checkpoints:
         model.load_state_dict(c["model"])
         result = estimate_llc(model, torch.nn.functional.cross_entropy, data_for(c["phase"]),
                               config, label=f"{label} epoch {c['epoch']}", progress=progress)
         rows.append(result)
+        sharpness.append(float("nan") if config.sampler != "sgld" else top_hessian_eigenvalue(
+            model, torch.nn.functional.cross_entropy, data_for(c["phase"]),
+            samples=stability_samples, seed=config.seed))
     checks = [diagnose(r.loss_trace, r.burn_in, r.diverged, r.distance_trace) for r in rows]
     epochs = np.asarray([int(c["epoch"]) for c in checkpoints], dtype=np.int64)
     draws = config.burn_in + config.draws
@@ -91,11 +99,13 @@ def llc_at_checkpoints(
             "llc_trend_z": per_epoch([d.trend_z for d in checks]),
             "llc_distance_growth": per_epoch([d.distance_growth for d in checks]),
             "llc_tail_khat": per_epoch([d.tail_khat for d in checks]),
+            "llc_sharpness": per_epoch(sharpness),
             "llc_nbeta": ((), rows[0].nbeta if rows else float("nan")),
             "llc_burn_in": ((), config.burn_in),
             "llc_step_size": ((), config.step_size),
             "llc_gamma": ((), config.gamma),
             "llc_bf16": ((), np.int8(config.precision == "bfloat16")),
+            "llc_stability_samples": ((), np.int64(stability_samples or 0)),
         },
         coords={"epoch": epochs, "chain": np.arange(config.chains), "draw": np.arange(draws)},
     )
@@ -133,11 +143,13 @@ def llc(output: str, pieces: list[str], train_data: str, *, training: dict, para
     wanted, model = set(epochs), model_for(cfg, data, device)
     data_for = llc_data(data, params)
     config = llc_config_from_params(params, device, cfg.model)
+    stability_samples = params.get("stability_samples", STABILITY_SAMPLES)
     parts = []
     for seed in parse_piece(pieces[0]).seeds:
         checkpoints = [c for c in load_checkpoints(pieces, expected, seed) if c["epoch"] in wanted]
         parts.append(llc_at_checkpoints(checkpoints, model, data_for, config,
-                                        label=f"{output} seed {seed}"))
+                                        label=f"{output} seed {seed}",
+                                        stability_samples=stability_samples))
     settings = [v for v in parts[0].data_vars if not parts[0][v].dims]
     result = xr.concat([p.drop_vars(settings).expand_dims(seed=[s])
                         for p, s in zip(parts, parse_piece(pieces[0]).seeds, strict=True)],

@@ -1,0 +1,144 @@
+"""Whether the SGLD drift is stable at a checkpoint: the top eigenvalue of the loss's
+Hessian there, and the step size below which the drift stays stable.
+
+The chains move by ``w ← w − (ε/2) [nβ ∇L(w) + γ (w − w*)] + √ε ξ``. Near the checkpoint
+``w*`` the drift is the linear map ``I − (ε/2) (nβ H + γ)``, with ``H`` the Hessian of the
+mean loss ``L`` at ``w*``. Along ``H``'s top eigenvector (eigenvalue ``λ_max``) it multiplies
+the distance from ``w*`` by ``1 − (ε/2) (nβ λ_max + γ)``, which exceeds 1 in size once
+
+    ε > 4 / (nβ λ_max + γ)        (:func:`stable_step_size`).
+
+Past that limit the chains do not sample the localised posterior along the sharpest
+direction. They swing across the valley, held only by the loss's curvature changing, and
+λ̂, their mean excess loss, includes the swing's. The chains agree and are stationary, so
+R-hat, the trend and the tail's k̂ pass them. The descent (``llc_descent``) can show it as
+a drift that raises the loss, but only where the swing is large.
+
+The limit is necessary, not sufficient. Minibatch gradients add curvature noise that can
+destabilise a step below it (Wu, Ma & E 2018, "How SGD selects the global minima"). So a
+flagged estimate is past it for certain; an unflagged one is not proven stable.
+
+:func:`top_hessian_eigenvalue` finds ``λ_max`` by Lanczos iteration (SciPy's ``eigsh``, i.e.
+ARPACK) on Hessian-vector products, forward-over-reverse (``torch.func.jvp`` of
+``torch.func.grad``, as the torch.func docs recommend for them). It uses the mean loss over
+a seeded random subset of the estimate's data (``llc.stability_samples``). On the default
+experiment's checkpoints, 1,024 images gave ``λ_max`` within 3 % of the full 10,000's, with
+6–9 products (docs/llc.md).
+
+The limit and the flag's test need numpy only (the aggregation imports them without torch);
+the eigenvalue imports torch and SciPy when called.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from critperiods.measure.llc.sampler import LossFn
+
+#: Default of ``llc.stability_samples``: the images the Hessian's top eigenvalue is taken on.
+STABILITY_SAMPLES = 1024
+#: Lanczos' relative tolerance on ``λ_max``: the flag compares it with a limit, so 1 % does.
+TOLERANCE = 1e-2
+#: Up to this many weights the Hessian is formed whole (one product per weight) and
+#: diagonalised; ARPACK needs more weights than Lanczos vectors.
+DENSE_UP_TO = 64
+
+
+def stable_step_size(top_eigenvalue: float | np.ndarray, nbeta: float | np.ndarray,
+                     gamma: float | np.ndarray) -> float | np.ndarray:
+    """The largest SGLD step at which the drift is stable along the Hessian's top
+    eigenvector, ``4 / (nβ λ_max + γ)``; ``inf`` where ``nβ λ_max + γ ≤ 0`` (no direction
+    the drift pushes out of), NaN where ``λ_max`` is NaN."""
+    stiffness = np.asarray(nbeta, dtype=float) * np.asarray(top_eigenvalue, dtype=float) \
+        + np.asarray(gamma, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        limit = np.where(stiffness > 0, 4.0 / stiffness, np.where(np.isnan(stiffness),
+                                                                  np.nan, np.inf))
+    return float(limit) if limit.ndim == 0 else limit
+
+
+def past_stability_limit(step_size: float | np.ndarray, top_eigenvalue: float | np.ndarray,
+                         nbeta: float | np.ndarray, gamma: float | np.ndarray) -> np.ndarray:
+    """Where ``step_size`` exceeds :func:`stable_step_size` (False where ``λ_max`` is NaN:
+    not measured, nothing to say)."""
+    with np.errstate(invalid="ignore"):
+        return np.asarray(step_size, dtype=float) > stable_step_size(top_eigenvalue, nbeta,
+                                                                     gamma)
+
+
+def top_hessian_eigenvalue(model: nn.Module, loss_fn: LossFn, data: tuple[Tensor, Tensor],
+                           *, samples: int | None = STABILITY_SAMPLES, seed: int = 0,
+                           tolerance: float = TOLERANCE) -> float:
+    """The largest eigenvalue of the Hessian of the mean loss ``loss_fn(model(x), y)`` over
+    ``samples`` images of ``data`` (a random subset drawn with ``seed``; all for ``None`` or
+    more than there are), at the model's weights, in eval mode (as the sampler runs) and in
+    float32; ``model`` is left unchanged.
+
+    Deterministic for one ``seed``, data, model and device (the subset, Lanczos' start
+    vector and its arithmetic are). NaN where the loss at the weights is not finite or
+    Lanczos does not converge.
+    """
+    import torch
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+    from torch.func import functional_call, grad, jvp
+
+    from critperiods.measure.llc.estimate import INIT_LOSS_CHUNK
+
+    x, y = data
+    generator = torch.Generator().manual_seed(seed)
+    if samples is not None and samples < x.shape[0]:
+        keep = torch.randperm(x.shape[0], generator=generator)[:samples].sort().values
+        x, y = x[keep.to(x.device)], y[keep.to(y.device)]
+    was_training = model.training
+    model.eval()
+    try:
+        names, weights = zip(*[(k, p.detach()) for k, p in model.named_parameters()
+                               if p.requires_grad], strict=True)
+        device, size = weights[0].device, sum(w.numel() for w in weights)
+        chunks = [(x[s : s + INIT_LOSS_CHUNK], y[s : s + INIT_LOSS_CHUNK])
+                  for s in range(0, x.shape[0], INIT_LOSS_CHUNK)]
+
+        def mean_loss(params: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
+            out = functional_call(model, params, (xb,))
+            return loss_fn(out.float(), yb) * (xb.shape[0] / x.shape[0])
+
+        with torch.no_grad():
+            at_weights = sum(float(mean_loss(dict(zip(names, weights, strict=True)), xb, yb))
+                             for xb, yb in chunks)
+        if not np.isfinite(at_weights):
+            return float("nan")
+
+        def product(vector: np.ndarray) -> np.ndarray:
+            flat = torch.as_tensor(np.ravel(vector), dtype=torch.float32, device=device)
+            directions = dict(zip(names, torch.split(flat, [w.numel() for w in weights]),
+                                  strict=True))
+            directions = {k: v.view_as(w) for (k, v), w in zip(directions.items(), weights,
+                                                                  strict=True)}
+            total = torch.zeros(size, dtype=torch.float64, device=device)
+            for xb, yb in chunks:
+                _, hv = jvp(grad(lambda p, xb=xb, yb=yb: mean_loss(p, xb, yb)),
+                            (dict(zip(names, weights, strict=True)),), (directions,))
+                total += torch.cat([hv[k].reshape(-1) for k in names]).double()
+            return total.cpu().numpy()
+
+        if size <= DENSE_UP_TO:
+            hessian = np.stack([product(e) for e in np.eye(size)])
+            return float(np.linalg.eigvalsh(0.5 * (hessian + hessian.T))[-1])
+        start = np.random.default_rng(seed).standard_normal(size)
+        operator = LinearOperator((size, size), matvec=product, dtype=np.float64)
+        try:
+            return float(eigsh(operator, k=1, which="LA", tol=tolerance, v0=start,
+                               ncv=min(6, size - 1))[0][0])
+        except ArpackNoConvergence:
+            return float("nan")
+    finally:
+        model.train(was_training)
+
+
+__all__ = ["DENSE_UP_TO", "STABILITY_SAMPLES", "TOLERANCE", "past_stability_limit",
+           "stable_step_size", "top_hessian_eigenvalue"]
