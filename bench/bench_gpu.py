@@ -23,7 +23,8 @@ interleaved order (A B C A B C …), medians reported:
 5. **λ̂** (All-CNN-C w96 and small_cnn): 4 / 8 / 16 chains, graphed, both copy layouts,
    against the eager sampler and devinterp 1.3.2 (4 chains); and ``llc.descent``'s job at
    one checkpoint (a noise-free full-batch path as long as a chain), from which
-   ``runtime.minutes_per_descent_checkpoint`` can be set.
+   ``runtime.minutes_per_descent_checkpoint`` can be set; and the llc stage's stability
+   check (the top Hessian eigenvalue) at one checkpoint.
 6. **Cost**: the CIFAR-10 grid (``configs/cifar10_achille.yaml``) in GPU-hours.
 7. **Levers** (only with ``--sections levers``, a run of its own, about 5 minutes, which
    writes ``gpu_levers.md`` / ``.json``; always in ``--smoke``): ``torch.compile`` captured
@@ -946,6 +947,7 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
     from critperiods.measure import llc
     from critperiods.measure.llc import sampler
     from critperiods.measure.llc.descent import descent
+    from critperiods.measure.llc.stability import TOLERANCE, top_hessian_eigenvalue
     from critperiods.train import copies
 
     raw, rows = {}, []
@@ -1011,6 +1013,17 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
             return time.perf_counter() - start
 
         variants["descent: one full-batch path, no noise (llc.descent)"] = drift
+
+        def stability(warm: bool = False, m=net, d=data) -> float:
+            """The llc stage's stability check at one checkpoint: the top eigenvalue of
+            the loss's Hessian by Lanczos, on the default ``llc.stability_samples``."""
+            sync(device)
+            start = time.perf_counter()
+            top_hessian_eigenvalue(m, F.cross_entropy, d, tolerance=0.5 if warm else TOLERANCE)
+            sync(device)
+            return time.perf_counter() - start
+
+        variants["stability check: top Hessian eigenvalue (llc_sharpness)"] = stability
         errors: dict[str, str] = {}
         for key, run in list(variants.items()):  # warm-up (cuDNN, first shapes, capture)
             if budget.left() < 20:  # per variant: a slow one must not starve the sections after
@@ -1047,7 +1060,9 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
              "count agree to round-off; bf16 passes show how far bf16 moves λ̂; a run this "
              "short is not converged). The descent row is `llc_descent`'s work at one "
              "checkpoint and seed, a full-batch pass over the n images per step: "
-             "`runtime.minutes_per_descent_checkpoint` can be read off it.", "",
+             "`runtime.minutes_per_descent_checkpoint` can be read off it. The stability "
+             "check row is what the llc stage adds per checkpoint and seed (its steps "
+             "column is not steps).", "",
              "| model | sampler | steps | seconds (median) | ms per step | λ̂ |",
              "|---|---|---|---|---|---|", *rows, ""]
     return lines, raw

@@ -80,14 +80,13 @@ def top_hessian_eigenvalue(model: nn.Module, loss_fn: LossFn, data: tuple[Tensor
     float32; ``model`` is left unchanged.
 
     Deterministic for one ``seed``, data, model and device (the subset, Lanczos' start
-    vector and its arithmetic are). NaN where the loss at the weights is not finite or
-    Lanczos does not converge.
+    vector and its arithmetic are; on CUDA with deterministic cuDNN kernels and no TF32,
+    as float32 chains run). NaN where the loss at the weights is not finite or Lanczos does
+    not converge.
     """
     import torch
-    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
-    from torch.func import functional_call, grad, jvp
 
-    from critperiods.measure.llc.estimate import INIT_LOSS_CHUNK
+    from critperiods.measure.llc.sampler import cuda_numerics
 
     x, y = data
     generator = torch.Generator().manual_seed(seed)
@@ -96,48 +95,62 @@ def top_hessian_eigenvalue(model: nn.Module, loss_fn: LossFn, data: tuple[Tensor
         x, y = x[keep.to(x.device)], y[keep.to(y.device)]
     was_training = model.training
     model.eval()
-    try:
-        names, weights = zip(*[(k, p.detach()) for k, p in model.named_parameters()
-                               if p.requires_grad], strict=True)
-        device, size = weights[0].device, sum(w.numel() for w in weights)
-        chunks = [(x[s : s + INIT_LOSS_CHUNK], y[s : s + INIT_LOSS_CHUNK])
-                  for s in range(0, x.shape[0], INIT_LOSS_CHUNK)]
-
-        def mean_loss(params: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
-            out = functional_call(model, params, (xb,))
-            return loss_fn(out.float(), yb) * (xb.shape[0] / x.shape[0])
-
-        with torch.no_grad():
-            at_weights = sum(float(mean_loss(dict(zip(names, weights, strict=True)), xb, yb))
-                             for xb, yb in chunks)
-        if not np.isfinite(at_weights):
-            return float("nan")
-
-        def product(vector: np.ndarray) -> np.ndarray:
-            flat = torch.as_tensor(np.ravel(vector), dtype=torch.float32, device=device)
-            directions = dict(zip(names, torch.split(flat, [w.numel() for w in weights]),
-                                  strict=True))
-            directions = {k: v.view_as(w) for (k, v), w in zip(directions.items(), weights,
-                                                                  strict=True)}
-            total = torch.zeros(size, dtype=torch.float64, device=device)
-            for xb, yb in chunks:
-                _, hv = jvp(grad(lambda p, xb=xb, yb=yb: mean_loss(p, xb, yb)),
-                            (dict(zip(names, weights, strict=True)),), (directions,))
-                total += torch.cat([hv[k].reshape(-1) for k in names]).double()
-            return total.cpu().numpy()
-
-        if size <= DENSE_UP_TO:
-            hessian = np.stack([product(e) for e in np.eye(size)])
-            return float(np.linalg.eigvalsh(0.5 * (hessian + hessian.T))[-1])
-        start = np.random.default_rng(seed).standard_normal(size)
-        operator = LinearOperator((size, size), matvec=product, dtype=np.float64)
+    with cuda_numerics(next(model.parameters()).device, "float32"):
         try:
-            return float(eigsh(operator, k=1, which="LA", tol=tolerance, v0=start,
-                               ncv=min(6, size - 1))[0][0])
-        except ArpackNoConvergence:
-            return float("nan")
-    finally:
-        model.train(was_training)
+            return _top_eigenvalue(model, loss_fn, x, y, seed, tolerance)
+        finally:
+            model.train(was_training)
+
+
+def _top_eigenvalue(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, seed: int,
+                    tolerance: float) -> float:
+    """:func:`top_hessian_eigenvalue` on ``(x, y)``, the subset, with the model in eval
+    mode."""
+    import torch
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+    from torch.func import functional_call, grad, jvp
+
+    from critperiods.measure.llc.estimate import INIT_LOSS_CHUNK
+
+    weights = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
+    sizes = [w.numel() for w in weights.values()]
+    device = next(iter(weights.values())).device
+    chunks = [(x[s : s + INIT_LOSS_CHUNK], y[s : s + INIT_LOSS_CHUNK])
+              for s in range(0, x.shape[0], INIT_LOSS_CHUNK)]
+
+    def mean_loss(params: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
+        out = functional_call(model, params, (xb,))
+        return loss_fn(out.float(), yb) * (xb.shape[0] / x.shape[0])
+
+    with torch.no_grad():
+        at_weights = sum(float(mean_loss(weights, xb, yb)) for xb, yb in chunks)
+    if not np.isfinite(at_weights):
+        return float("nan")
+
+    def product(vector: np.ndarray) -> np.ndarray:  # H v, chunk by chunk, in float64 sums
+        flat = torch.as_tensor(np.ravel(vector), dtype=torch.float32, device=device)
+        directions = {k: v.view_as(w) for (k, w), v in zip(weights.items(),
+                                                            torch.split(flat, sizes),
+                                                            strict=True)}
+        total = torch.zeros(sum(sizes), dtype=torch.float64, device=device)
+        for xb, yb in chunks:
+            _, hv = jvp(grad(lambda p, xb=xb, yb=yb: mean_loss(p, xb, yb)), (weights,),
+                        (directions,))
+            total += torch.cat([hv[k].reshape(-1) for k in weights]).double()
+        return total.cpu().numpy()
+
+    size = sum(sizes)
+
+    if size <= DENSE_UP_TO:
+        hessian = np.stack([product(e) for e in np.eye(size)])
+        return float(np.linalg.eigvalsh(0.5 * (hessian + hessian.T))[-1])
+    start = np.random.default_rng(seed).standard_normal(size)
+    operator = LinearOperator((size, size), matvec=product, dtype=np.float64)
+    try:
+        return float(eigsh(operator, k=1, which="LA", tol=tolerance, v0=start,
+                           ncv=min(6, size - 1))[0][0])
+    except ArpackNoConvergence:
+        return float("nan")
 
 
 __all__ = ["DENSE_UP_TO", "STABILITY_SAMPLES", "TOLERANCE", "past_stability_limit",
