@@ -398,7 +398,9 @@ def stability_sentence(cube: xr.Dataset) -> str:
             "includes what that costs, so they are flagged ``unstable_step`` and left out"
             + (f". The smallest limit measured is {smallest:.2g}: a ``llc.step_size`` below "
                "it keeps every checkpoint of this run stable, with chains longer in "
-               "proportion (they relax over ~1/(εγ) steps; docs/llc.md)."
+               "proportion (they relax over ~1/(εγ) steps), though a checkpoint far from "
+               "its minimum may then give a negative λ̂, the chains' descent outweighing "
+               "the rest (docs/llc.md)."
                if np.isfinite(smallest) else "."))
 
 
