@@ -1125,16 +1125,24 @@ def test_where_the_step_is_past_its_stability_limit_the_report_says_where_and_be
     from critperiods.results.report_page import _llc_caveat, stability_sentence
 
     cube = llc_cube_with_a_flagged_trunk_estimate()
-    assert stability_sentence(cube) == ""
+    assert stability_sentence(cube) == ""  # no sharpness measured: nothing to say
     sharp = (cube.batch_size == 64) & cube.epoch.isin([55, 60]) & (cube.switch_epoch == 0)
-    cube["llc_sharpness"] = xr.where(sharp, 30.0, 10.0).where(cube["llc_mean"].notnull())
-    cube = cube.assign(llc_nbeta=1000.0, llc_gamma=100.0, llc_step_size=2e-4)
-    assert stability_sentence(cube) == ""  # 2e-4 is below 4 / 30,100 everywhere
-    cube["llc_quality"] = cube["llc_quality"].where(~sharp, FLAGS["unstable_step"])
+    trunk = (cube.batch_size == 128) & (cube.epoch <= cube.switch_epoch)
+    cube["llc_sharpness"] = xr.where(sharp | trunk, 30.0, 10.0).where(
+        cube["llc_mean"].notnull())
+    cube = cube.assign(llc_nbeta=1000.0, llc_gamma=100.0, llc_step_size=1e-4)
+    # none flagged: the margin to the smallest limit, 4 / (1000 · 30 + 100)
+    assert "No estimate's step size is past" in stability_sentence(cube)
+    assert "the smallest limit is 0.00013, 1.3 times the step size" in stability_sentence(cube)
+    cube = cube.assign(llc_step_size=2e-4)
+    cube["llc_quality"] = cube["llc_quality"].where(~(sharp | trunk), FLAGS["unstable_step"])
     said = stability_sentence(cube)
+    trunk_epochs = cube.epoch.values[cube.epoch.values <= 60]
     assert " is past the SGLD drift's stability limit at the checkpoint" in said
-    assert "(0.0002)" in said and ": batch 64 at epochs 55, 60. " in said
-    assert "The smallest limit measured is 0.00013: " in said  # 4 / (1000 · 30 + 100)
+    assert ("(0.0002)" in said and ": batch 64: 6 (never-blurred run at epochs 55, 60), batch "
+            f"128: {3 * len(trunk_epochs)} (trunk at epochs 0–60). " in said)
+    assert "left out of the λ̂ markers and knees" in said
+    assert "The smallest limit measured is 0.00013: " in said
     assert said in " ".join(_llc_caveat(cube))
     path = tmp_path / "cube.nc"
     cube.to_netcdf(path)

@@ -640,11 +640,12 @@ def test_the_stability_check_on_cuda_repeats_bit_for_bit_and_agrees_with_the_cpu
     chains' numerics: the same seed gives the same bits, and the value is the CPU's to
     Lanczos' tolerance; cuDNN's settings are put back."""
     from critperiods.measure.llc.stability import top_hessian_eigenvalue
+    from critperiods.train.memory_format import to_channels_last
     from critperiods.train.models import build_model
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(300, 1, 28, 28, generator=g), torch.randint(0, 10, (300,), generator=g)
-    model = build_model("small_cnn", 8, 1, 28, 10, seed=0)
+    model = to_channels_last(build_model("small_cnn", 8, 1, 28, 10, seed=0))  # as the stage
     on_cpu = top_hessian_eigenvalue(model, torch.nn.functional.cross_entropy, (x, y),
                                     samples=256)
     benchmark = torch.backends.cudnn.benchmark

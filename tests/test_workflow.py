@@ -153,12 +153,17 @@ def test_llc_carries_its_diagnostics_and_quality_flag(run):
                                               "diverged_chains", "heavy_tailed",
                                               "unstable_step"]
     assert list(flags["flag_values"]) == [0, 1, 2, 4, 16, 32]
-    # the stability check ran at every estimate, and its flag is what its limit says
-    assert (cube.llc_sharpness.notnull() == estimated).all()
+    # the stability check ran at every estimate, and its flag is what its limit says: a
+    # step past every checkpoint's limit flags them all
+    assert cube.llc_sharpness.where(estimated).notnull().sum() == estimated.sum()
     assert int(cube.llc_stability_samples) == 1024
     limit = 4 / (cube.llc_nbeta * cube.llc_sharpness + cube.llc_gamma)
     unstable = (cube.llc_quality.fillna(0).astype(int) & 32) > 0
     assert (unstable == (cube.llc_step_size > limit)).where(estimated, True).all()
+    from critperiods.results.cube import ANALYSIS_DEFAULTS, _llc_quality
+
+    past = _llc_quality(cube.assign(llc_step_size=2 * float(limit.max())), ANALYSIS_DEFAULTS)
+    assert ((past.fillna(0).astype(int) & 32) > 0).where(estimated, True).all()
     negative = (cube.llc_mean < 0) & estimated
     assert ((cube.llc_quality.where(negative) % 2) == 1).where(negative, True).all(), \
         "every negative λ̂ carries the negative flag"

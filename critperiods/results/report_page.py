@@ -350,7 +350,8 @@ def _rising_drift(rose: np.ndarray, epochs: np.ndarray, batch_sizes: np.ndarray)
             "that only where it exceeds the localised loss's stability limit, ε > 4 / "
             "(nβ λ_max + γ) with λ_max the largest curvature along the path, so there the "
             "chains oscillate along the sharpest direction and λ̂ includes the loss that "
-            "costs; a smaller ``llc.step_size`` avoids it (docs/llc.md).")
+            "costs (the stability check below flags such estimates where the checkpoint's "
+            "own curvature is past the limit; docs/llc.md).")
 
 
 def _by_batch_size(where: np.ndarray, epochs: np.ndarray, batch_sizes: np.ndarray) -> str:
@@ -363,11 +364,11 @@ def _by_batch_size(where: np.ndarray, epochs: np.ndarray, batch_sizes: np.ndarra
 
 
 def stability_sentence(cube: xr.Dataset) -> str:
-    """Where the step size is past the SGLD drift's stability limit at the checkpoint
+    """Whether the step size is past the SGLD drift's stability limit at the checkpoints
     (``unstable_step``, :mod:`critperiods.measure.llc.stability`): how many of the distinct
-    estimates, by batch size and epoch, and the smallest limit measured, below which every
-    checkpoint of the run would be stable; "" where none is flagged or the cube has no
-    ``llc_sharpness``."""
+    estimates are, by batch size, run (trunk or branch) and epoch, and the smallest limit
+    measured, below which none would be flagged; where none is, how far the step is below
+    the smallest limit. "" where the cube has no ``llc_sharpness``."""
     from critperiods.measure.llc.quality import FLAGS
     from critperiods.measure.llc.stability import stable_step_size
 
@@ -376,32 +377,67 @@ def stability_sentence(cube: xr.Dataset) -> str:
     quality = distinct_estimates(cube, "llc_quality")
     made = np.isfinite(quality)
     unstable = made & ((np.where(made, quality, 0).astype(int) & FLAGS["unstable_step"]) > 0)
-    if not unstable.any():
-        return ""
     limit = xr.apply_ufunc(stable_step_size, cube["llc_sharpness"], cube["llc_nbeta"],
                            cube["llc_gamma"]).broadcast_like(cube["llc_quality"])
     limits = distinct_estimates(cube.assign(llc_quality=limit), "llc_quality")[made]
+    if not np.isfinite(limits).any():
+        return ""
+    smallest = float(np.nanmin(limits))
+    eps = _llc_settings(cube)[0]["step_size"]
+    if not unstable.any():
+        margin = (f", {smallest / eps:.2g} times the step size" if np.isfinite(eps) else "")
+        return (" No estimate's step size is past the SGLD drift's stability limit at its "
+                "checkpoint, 4 / (nβ λ_max + γ) with λ_max the top eigenvalue of the loss's "
+                f"Hessian there (``llc_sharpness``; the smallest limit is {smallest:.2g}"
+                f"{margin}).")
 
     def of_each(coord: str) -> np.ndarray:
         where = cube[coord].broadcast_like(cube["llc_quality"]).astype(float)
         return distinct_estimates(cube.assign(llc_quality=where), "llc_quality")
 
-    eps = _llc_settings(cube)[0]["step_size"]
     step = f" ({eps:g})" if np.isfinite(eps) else ""
-    count = int(unstable.sum())
-    smallest = float(np.nanmin(limits)) if np.isfinite(limits).any() else float("nan")
-    return (f" At {count} of {int(made.sum())} estimates the step size{step} is past the "
-            "SGLD drift's stability limit at the checkpoint, 4 / (nβ λ_max + γ) with λ_max "
-            "the top eigenvalue of the loss's Hessian there (``llc_sharpness``): "
-            f"{_by_batch_size(unstable, of_each('epoch'), of_each('batch_size'))}. Their "
-            "chains swing across the sharpest direction instead of sampling it, and λ̂ "
-            "includes what that costs, so they are flagged ``unstable_step`` and left out"
-            + (f". The smallest limit measured is {smallest:.2g}: a ``llc.step_size`` below "
-               "it keeps every checkpoint of this run stable, with chains longer in "
-               "proportion (they relax over ~1/(εγ) steps), though a checkpoint far from "
-               "its minimum may then give a negative λ̂, the chains' descent outweighing "
-               "the rest (docs/llc.md)."
-               if np.isfinite(smallest) else "."))
+    return (f" At {int(unstable.sum())} of {int(made.sum())} estimates the step size{step} "
+            "is past the SGLD drift's stability limit at the checkpoint, 4 / (nβ λ_max + γ) "
+            "with λ_max the top eigenvalue of the loss's Hessian there (``llc_sharpness``): "
+            f"{_by_run(unstable, of_each('epoch'), of_each('batch_size'), of_each('switch_epoch'))}"
+            ". Their chains swing across the sharpest direction instead of sampling it, and "
+            "λ̂ includes what that costs, so they are flagged ``unstable_step`` and left out "
+            f"of the λ̂ markers and knees. The smallest limit measured is {smallest:.2g}: at "
+            "a ``llc.step_size`` below it no estimate of this run would be flagged so, with "
+            "chains longer in proportion (they relax over ~1/(εγ) steps), though a "
+            "checkpoint far from its minimum may then give a negative λ̂, the chains' "
+            "descent outweighing the rest (docs/llc.md).")
+
+
+def _by_run(where: np.ndarray, epochs: np.ndarray, batch_sizes: np.ndarray,
+            switches: np.ndarray) -> str:
+    """"batch 64: 1 (never-blurred run at epoch 22), batch 256: 44 (trunk at epochs 2–16
+    every 2; …)": per batch size, at how many estimates ``where`` is true, and their epochs
+    on each run (arrays of one shape, of the distinct estimates: a trunk estimate's epoch
+    is at or before its switch)."""
+    runs = np.where(epochs <= switches, -1.0, switches)  # -1: the trunk
+    said = []
+    for b in sorted(set(batch_sizes[where])):
+        at = where & (batch_sizes == b)
+        parts = []
+        for run in sorted(set(runs[at])):
+            name = ("trunk" if run < 0 else "never-blurred run" if run == 0
+                    else f"run switched at {run:g}")
+            parts.append(f"{name} at {_epoch_list(sorted(set(epochs[at & (runs == run)])))}")
+        said.append(f"batch {b:g}: {int(at.sum())} ({'; '.join(parts)})")
+    return ", ".join(said)
+
+
+def _epoch_list(epochs: list[float]) -> str:
+    """"epoch 4", "epochs 4, 6", or "epochs 2–16 every 2" where three or more are evenly
+    spaced."""
+    if len(epochs) == 1:
+        return f"epoch {epochs[0]:g}"
+    steps = set(np.diff(epochs))
+    if len(epochs) >= 3 and len(steps) == 1:
+        step = steps.pop()
+        return f"epochs {epochs[0]:g}–{epochs[-1]:g}" + (f" every {step:g}" if step != 1 else "")
+    return "epochs " + ", ".join(f"{e:g}" for e in epochs)
 
 
 def llc_relaxation(cube: xr.Dataset) -> str:

@@ -23,8 +23,9 @@ from critperiods.measure.llc.quality import FLAGS as LLC_FLAGS
 from critperiods.measure.llc.quality import MAX_RHAT, MAX_TREND_Z, quality_flags
 from critperiods.toy.landscapes import Landscape, RegressionData, excess_loss
 
-#: flag → bit of the toy cube's ``llc_quality`` (a CF bit field); 0 means ok.
-FLAGS = {**LLC_FLAGS, "not_at_minimum": 8}
+#: flag → bit of the toy cube's ``llc_quality`` (a CF bit field); 0 means ok. The λ̂
+#: stage's ``unstable_step`` is not among them: the toy study does not measure the Hessian.
+FLAGS = {**{k: v for k, v in LLC_FLAGS.items() if k != "unstable_step"}, "not_at_minimum": 8}
 MAX_ENDPOINT_BIAS = 0.1  #: the schema default of ``toy.llc.max_endpoint_bias``
 
 

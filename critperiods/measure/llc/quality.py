@@ -186,8 +186,10 @@ def quality_flags(llc_mean: np.ndarray, diverged_chains: np.ndarray, rhat: np.nd
                 | np.where(khat > limit, FLAGS["heavy_tailed"], 0)
                 | np.where(np.zeros(mean.shape, bool) if unstable is None
                            else np.asarray(unstable, bool), FLAGS["unstable_step"], 0))
-    # an estimate whose chains all diverged has no diagnostics: it is not "not converged"
-    bits = np.where(np.isnan(mean) & (div > 0), FLAGS["diverged_chains"], bits)
+    # an estimate whose chains all diverged has no diagnostics: it is not "not converged";
+    # its checkpoint's stability limit still holds (a step past it is the likeliest cause)
+    bits = np.where(np.isnan(mean) & (div > 0),
+                    FLAGS["diverged_chains"] | (bits & FLAGS["unstable_step"]), bits)
     return np.where(np.isnan(mean) & np.isnan(div), np.nan, bits.astype(float))
 
 
