@@ -1019,7 +1019,7 @@ def test_the_drift_is_stable_below_the_limit_and_runs_away_above_it() -> None:
     drift's loss falls, at 1.05 times it rises without end; ``past_stability_limit`` says
     which, and NaN (not measured) is never past it."""
     from critperiods.measure.llc.descent import descent
-    from critperiods.measure.llc.stability import past_stability_limit, stable_step_size
+    from critperiods.measure.llc.quality import past_stability_limit, stable_step_size
 
     nbeta, gamma = 1e3, 1.0
     limit = stable_step_size(3.0, nbeta, gamma)

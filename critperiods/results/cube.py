@@ -184,7 +184,7 @@ def _llc_unstable(cube: xr.Dataset, aligned: Callable[[xr.DataArray], np.ndarray
                   ) -> np.ndarray | None:
     """Where an estimate's step size is past its drift's stability limit; None for pieces
     made before ``llc_sharpness`` was measured."""
-    from critperiods.measure.llc.stability import past_stability_limit
+    from critperiods.measure.llc.quality import past_stability_limit
 
     if "llc_sharpness" not in cube:
         return None

@@ -369,8 +369,7 @@ def stability_sentence(cube: xr.Dataset) -> str:
     estimates are, by batch size, run (trunk or branch) and epoch, and the smallest limit
     measured, below which none would be flagged; where none is, how far the step is below
     the smallest limit. "" where the cube has no ``llc_sharpness``."""
-    from critperiods.measure.llc.quality import FLAGS
-    from critperiods.measure.llc.stability import stable_step_size
+    from critperiods.measure.llc.quality import FLAGS, stable_step_size
 
     if "llc_sharpness" not in cube or "llc_quality" not in cube:
         return ""

@@ -5,17 +5,21 @@
   :class:`~critperiods.measure.llc.sampler.Draw`;
 * :mod:`~critperiods.measure.llc.estimate` — λ̂ from the draws (``estimate_llc``), with
   diverged chains left out;
-* :mod:`~critperiods.measure.llc.quality` — convergence diagnostics (R-hat, ESS, trend) and
-  the quality flag (numpy and ArviZ only: the aggregation reads it without the sampler);
+* :mod:`~critperiods.measure.llc.quality` — convergence diagnostics (R-hat, ESS, trend),
+  the step's stability limit, and the quality flag (numpy and ArviZ only: the aggregation
+  reads it without the sampler);
 * :mod:`~critperiods.measure.llc.calibration` — step-size sweeps (``calibrate``) and their
   plot (the only module here that plots);
 * :mod:`~critperiods.measure.llc.descent` — how much of λ̂ the chains' descent from a
-  checkpoint off its minimum takes (``descent``, the probe of ``calibrate-llc --descent``).
+  checkpoint off its minimum takes (``descent``, the probe of ``calibrate-llc --descent``);
+* :mod:`~critperiods.measure.llc.stability` — the top eigenvalue of the loss's Hessian at a
+  checkpoint (``top_hessian_eigenvalue``), against which the flag holds the step.
 
 The public names of the first four sub-modules are re-exported here, so ``from
-critperiods.measure.llc import estimate_llc, LLCConfig`` works (``descent``'s are imported
-from their module: adding them here would change the code of every λ̂ stage). They are
-imported on first use, so that importing one sub-module does not import the others;
+critperiods.measure.llc import estimate_llc, LLCConfig`` works (``descent``'s and
+``stability``'s are imported from their modules: adding them here would change the code of
+every λ̂ stage). They are imported on first use, so that importing one sub-module does not
+import the others;
 pipeline stages import from the sub-modules (a stage's code fingerprint then counts only
 those, see ``critperiods.pipeline.fingerprint``).
 """
@@ -30,7 +34,7 @@ _ESTIMATE = {"INIT_LOSS_CHUNK", "LLCDivergenceWarning", "LLCResult", "default_nb
              "divergence_threshold", "estimate_llc"}
 _QUALITY = {"FLAGS", "MAX_RHAT", "MAX_TREND_Z", "MIN_TAIL_DRAWS", "RELAXED_GROWTH",
             "Diagnostics", "count_flags", "diagnose", "flat_direction_growth", "khat_threshold",
-            "quality_flags"}
+            "past_stability_limit", "quality_flags", "stable_step_size"}
 _CALIBRATION = {"SWEEP_FACTORS", "calibrate", "calibration_lines", "default_step_sizes",
                 "plot_calibration"}
 
@@ -57,4 +61,4 @@ __all__ = ["Diagnostics", "Draw", "DrawCallback", "FLAGS", "INIT_LOSS_CHUNK", "L
            "chain_seed", "count_flags", "cuda_numerics", "default_nbeta",
            "default_step_sizes", "diagnose", "divergence_threshold", "estimate_llc",
            "flat_direction_growth", "forward_precision", "khat_threshold",
-           "plot_calibration", "quality_flags"]
+           "past_stability_limit", "plot_calibration", "quality_flags", "stable_step_size"]

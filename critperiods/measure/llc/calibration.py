@@ -207,9 +207,10 @@ def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
         RELAXED_GROWTH,
         flat_direction_growth,
         khat_threshold,
+        past_stability_limit,
         quality_flags,
+        stable_step_size,
     )
-    from critperiods.measure.llc.stability import past_stability_limit, stable_step_size
 
     lines, flagged = [], []
     for nbeta in result["nbeta"].values:

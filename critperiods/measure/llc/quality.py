@@ -171,7 +171,7 @@ def quality_flags(llc_mean: np.ndarray, diverged_chains: np.ndarray, rhat: np.nd
     after burn-in); a NaN k̂ (too few draws to fit a tail) raises nothing, and without
     ``tail_khat`` (estimates made before it was recorded) the flag is never raised.
     ``unstable_step`` where ``unstable`` (booleans: the step past its stability limit,
-    :func:`critperiods.measure.llc.stability.past_stability_limit`) is true.
+    :func:`past_stability_limit`) is true.
     """
     mean, div = np.asarray(llc_mean, dtype=float), np.asarray(diverged_chains, dtype=float)
     rhat, trend = np.asarray(rhat, dtype=float), np.asarray(trend_z, dtype=float)
@@ -193,6 +193,28 @@ def quality_flags(llc_mean: np.ndarray, diverged_chains: np.ndarray, rhat: np.nd
     return np.where(np.isnan(mean) & np.isnan(div), np.nan, bits.astype(float))
 
 
+def stable_step_size(top_eigenvalue: float | np.ndarray, nbeta: float | np.ndarray,
+                     gamma: float | np.ndarray) -> float | np.ndarray:
+    """The largest SGLD step at which the drift is stable along the Hessian's top
+    eigenvector, ``4 / (nβ λ_max + γ)``; ``inf`` where ``nβ λ_max + γ ≤ 0`` (no direction
+    the drift pushes out of), NaN where ``λ_max`` is NaN."""
+    stiffness = np.asarray(nbeta, dtype=float) * np.asarray(top_eigenvalue, dtype=float) \
+        + np.asarray(gamma, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        limit = np.where(stiffness > 0, 4.0 / stiffness, np.where(np.isnan(stiffness),
+                                                                  np.nan, np.inf))
+    return float(limit) if limit.ndim == 0 else limit
+
+
+def past_stability_limit(step_size: float | np.ndarray, top_eigenvalue: float | np.ndarray,
+                         nbeta: float | np.ndarray, gamma: float | np.ndarray) -> np.ndarray:
+    """Where ``step_size`` exceeds :func:`stable_step_size` (False where ``λ_max`` is NaN:
+    not measured, nothing to say)."""
+    with np.errstate(invalid="ignore"):
+        return np.asarray(step_size, dtype=float) > stable_step_size(top_eigenvalue, nbeta,
+                                                                     gamma)
+
+
 def count_flags(quality: np.ndarray) -> dict[str, int]:
     """How many estimates (finite entries of ``quality``) are ok and how many carry each flag."""
     q = np.asarray(quality, dtype=float)
@@ -202,5 +224,5 @@ def count_flags(quality: np.ndarray) -> dict[str, int]:
 
 
 __all__ = ["FLAGS", "MAX_RHAT", "MAX_TREND_Z", "MIN_TAIL_DRAWS", "RELAXED_GROWTH", "Diagnostics",
-           "count_flags",
-           "diagnose", "flat_direction_growth", "khat_threshold", "quality_flags"]
+           "count_flags", "diagnose", "flat_direction_growth", "khat_threshold",
+           "past_stability_limit", "quality_flags", "stable_step_size"]

@@ -6,7 +6,7 @@ The chains move by ``w ← w − (ε/2) [nβ ∇L(w) + γ (w − w*)] + √ε ξ
 mean loss ``L`` at ``w*``. Along ``H``'s top eigenvector (eigenvalue ``λ_max``) it multiplies
 the distance from ``w*`` by ``1 − (ε/2) (nβ λ_max + γ)``, which exceeds 1 in size once
 
-    ε > 4 / (nβ λ_max + γ)        (:func:`stable_step_size`).
+    ε > 4 / (nβ λ_max + γ)        (:func:`~critperiods.measure.llc.quality.stable_step_size`).
 
 Past that limit the chains do not sample the localised posterior along the sharpest
 direction. They swing across the valley, held only by the loss's curvature changing, and
@@ -27,8 +27,9 @@ a seeded random subset of the estimate's data (``llc.stability_samples``). On th
 experiment's checkpoints, 1,024 images gave ``λ_max`` 2–4 % above the full 10,000's, with
 6–9 products (docs/llc.md).
 
-The limit and the flag's test need numpy only (the aggregation imports them without torch);
-the eigenvalue imports torch and SciPy when called.
+The limit and the flag's test (``stable_step_size``, ``past_stability_limit``) are in
+:mod:`critperiods.measure.llc.quality`, which the aggregation reads without torch or the
+sampler; this module finds ``λ_max`` (torch and SciPy, imported when called).
 """
 
 from __future__ import annotations
@@ -52,28 +53,6 @@ DENSE_UP_TO = 64
 #: Lanczos vectors, and restarts before giving up (the default's checkpoints converged
 #: within the first: 6-9 products).
 LANCZOS_VECTORS, LANCZOS_RESTARTS = 6, 30
-
-
-def stable_step_size(top_eigenvalue: float | np.ndarray, nbeta: float | np.ndarray,
-                     gamma: float | np.ndarray) -> float | np.ndarray:
-    """The largest SGLD step at which the drift is stable along the Hessian's top
-    eigenvector, ``4 / (nβ λ_max + γ)``; ``inf`` where ``nβ λ_max + γ ≤ 0`` (no direction
-    the drift pushes out of), NaN where ``λ_max`` is NaN."""
-    stiffness = np.asarray(nbeta, dtype=float) * np.asarray(top_eigenvalue, dtype=float) \
-        + np.asarray(gamma, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        limit = np.where(stiffness > 0, 4.0 / stiffness, np.where(np.isnan(stiffness),
-                                                                  np.nan, np.inf))
-    return float(limit) if limit.ndim == 0 else limit
-
-
-def past_stability_limit(step_size: float | np.ndarray, top_eigenvalue: float | np.ndarray,
-                         nbeta: float | np.ndarray, gamma: float | np.ndarray) -> np.ndarray:
-    """Where ``step_size`` exceeds :func:`stable_step_size` (False where ``λ_max`` is NaN:
-    not measured, nothing to say)."""
-    with np.errstate(invalid="ignore"):
-        return np.asarray(step_size, dtype=float) > stable_step_size(top_eigenvalue, nbeta,
-                                                                     gamma)
 
 
 def top_hessian_eigenvalue(model: nn.Module, loss_fn: LossFn, data: tuple[Tensor, Tensor],
@@ -169,5 +148,4 @@ def _top_eigenvalue(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, see
 
 
 __all__ = ["DENSE_UP_TO", "LANCZOS_RESTARTS", "LANCZOS_VECTORS", "STABILITY_SAMPLES",
-           "TOLERANCE", "past_stability_limit",
-           "stable_step_size", "top_hessian_eigenvalue"]
+           "TOLERANCE", "top_hessian_eigenvalue"]
