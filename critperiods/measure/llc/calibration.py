@@ -200,8 +200,8 @@ def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
     leaves flat gives there (plain SGLD), and the flags the estimate would get at
     ``analysis``' thresholds (``llc_max_rhat``, ``llc_max_trend_z``; the run's own
     ``own_step`` marked), ``unstable_step`` from the checkpoint's ``sharpness`` (the top
-    eigenvalue of its loss's Hessian; NaN: not measured); then how to choose, from the
-    smallest step that would be flagged."""
+    eigenvalue of its loss's Hessian; NaN: not measured); then how to choose: below the
+    stability limit, and about half the smallest step at which the chains run away."""
     from critperiods.measure.llc.quality import (
         FLAGS,
         RELAXED_GROWTH,
@@ -227,8 +227,8 @@ def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
                 analysis["llc_max_rhat"], analysis["llc_max_trend_z"], [khat], [samples],
                 [unstable and sampler.sampler == "sgld"])[0])
             flags = [name.replace("_", " ") for name, bit in FLAGS.items() if bits & bit]
-            if any(f != "negative" for f in flags):
-                flagged.append(float(eps))
+            if any(f not in ("negative", "unstable step") for f in flags):
+                flagged.append(float(eps))  # the chains run away: the sweep finds where
             flat = ("" if sampler.sampler != "sgld" else "; a flat direction: " + format(round(
                 100 * flat_direction_growth(float(eps), sampler.gamma, sampler.burn_in,
                                             sampler.draws)), "+d") + " %")
@@ -242,18 +242,29 @@ def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
                    if np.isfinite(growth) else "") + ")"
                 + (f": would be flagged {', '.join(flags)}" if flags else ""))
     steps = result["step_size"].values
+    stable = float("nan")  # the smallest stability limit over the nβ swept
     if np.isfinite(sharpness) and sampler.sampler == "sgld":
-        limits = ", ".join(f"{stable_step_size(sharpness, nbeta, sampler.gamma):.2g} at nβ "
-                           f"{nbeta:.4g}" for nbeta in result["nbeta"].values)
+        limits = [stable_step_size(sharpness, nbeta, sampler.gamma)
+                  for nbeta in result["nbeta"].values]
+        stable = min(limits)
         lines.append(f"the top eigenvalue of the loss's Hessian at this checkpoint is "
                      f"{sharpness:.4g}: the drift is stable for step sizes below 4 / (nβ "
-                     f"λ_max + γ) = {limits}; a step above is flagged unstable step")
+                     f"λ_max + γ) = " + ", ".join(
+                         f"{limit:.2g} at nβ {nbeta:.4g}"
+                         for limit, nbeta in zip(limits, result["nbeta"].values, strict=True))
+                     + "; a step above is flagged unstable step")
+    runaway = (f"the smallest step size at which the chains run away here (flagged for more "
+               f"than its sign or its stability) is {min(flagged):g}: stay at about half of "
+               f"it or below (≤ {min(flagged) / 2:.2g})" if flagged else
+               f"no step size up to {max(steps):g} makes the chains run away here")
+    if np.isfinite(stable) and not (flagged and min(flagged) / 2 < stable):
+        runaway = ""  # the limit is the tighter bound
     lines.append(
-        (f"the smallest step size that would be flagged here is {min(flagged):g}: stay at "
-         f"about half of it or below (≤ {min(flagged) / 2:.2g})" if flagged else
-         f"no step size up to {max(steps):g} would be flagged here: add larger ones "
-         "(--step-sizes) to find where the chains start to run away, and stay at about half "
-         "of that")
+        (f"stay below this checkpoint's stability limit ({stable:.2g})"
+         + (f"; {runaway}" if runaway else "")
+         if np.isfinite(stable) else
+         runaway + ("" if flagged else ": add larger ones (--step-sizes) to find where they "
+                    "start to, and stay at about half of that"))
         + ". That step differs from checkpoint to checkpoint: sweep a few (early, middle and "
         "late, trunk and branch) and take the smallest. Where ‖w − w*‖² still spreads about "
         "as a flat direction does, the chains need to be longer (--draws, --burn-in; then "
