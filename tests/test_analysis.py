@@ -1509,6 +1509,7 @@ def test_the_llc_figure_shows_the_end_beside_the_lambda_knees(monkeypatch, tmp_p
         assert abs(trunk - plain) > 1.0  # what the adjustment changes
     legend = [t.get_text() for t in figures[0].axes[-1].get_legend().get_texts()]
     assert "critical-period end (continue), interval shaded" in legend
+    assert "flagged estimate (negative), left out" in legend  # the flag raised, named
     assert "triangles: where a broken stick fitted to λ̂ bends" in (
         figures[0]._suptitle.get_text().replace("\n", " "))
 

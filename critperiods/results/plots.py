@@ -292,7 +292,8 @@ def learning_curves(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
 
 def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """Valid λ̂ vs epoch (mean over seeds, bars: std over chains); flagged estimates and the
-    branches of runs that diverged to chance are left out and drawn hollow. Beside the
+    branches of runs that diverged to chance are left out and drawn hollow (the legend
+    names the flags raised). Beside the
     curves, to ask whether λ̂ marks the end: the continue schedule's located end (dashed,
     its interval shaded) and the λ̂ knees (triangles along the top, each with its interval
     as a bar). Where the run measured the chains' descent (``llc.descent``), λ̂ net of it
@@ -301,8 +302,12 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     flagged = (cube.llc_quality > 0) if "llc_quality" in cube else xr.zeros_like(
         cube.llc_mean, dtype=bool)
     diverged = diverged_branches(cube)
-    label = ("flagged estimate or diverged run (left out)" if bool(diverged.any())
-             else "flagged estimate (left out)")
+    from critperiods.results.tables import llc_flag_counts
+
+    why = ", ".join(name.replace("_", " ") for name, n in llc_flag_counts(cube).items()
+                    if name not in ("estimates", "ok") and n)  # the flags raised
+    label = (f"flagged estimate{f' ({why})' if why else ''}"
+             + (" or diverged run" if bool(diverged.any()) else "") + ", left out")
     ends = _located_ends(cube)
     if ends is not None and "lr_schedule" in ends.dims:  # the end to compare with: continue's
         ends = ends.sel(lr_schedule="continue") if "continue" in ends.lr_schedule else None
