@@ -999,3 +999,20 @@ def test_every_dataset_the_config_accepts_is_known_wherever_a_dataset_is_looked_
     for name in TORCHVISION_FOLDER:  # the IDX datasets: their sums are of the four files
         assert {f for split in PUBLISHED_MD5[name].values() for f in split} == \
             set(IDX_FILES.values()), name
+
+
+def test_the_stable_lambda_config_is_the_default_with_a_stable_step_and_the_descent():
+    """configs/fmnist_llc_stable.yaml changes only λ̂'s chains: a step below the smallest
+    stability limit measured on the default's checkpoints (9.0e-5, batch 256's trunk at
+    epoch 6; docs/llc.md), chains of at least four relaxation times 1 / (ε γ), and the
+    descent on, so that its knees are λ̂'s net of it; training and the grid are the
+    default's."""
+    from critperiods.__main__ import _load_config
+
+    default = _load_config([])
+    stable = _load_config([str(ROOT / "configs/fmnist_llc_stable.yaml")])
+    llc = stable["llc"]
+    assert llc["step_size"] < 9.0e-5 and llc["descent"] is True
+    assert (llc["burn_in"] + llc["draws"]) * llc["step_size"] * llc["gamma"] >= 4
+    assert {k: v for k, v in stable.items() if k not in ("llc", "experiment")} == \
+        {k: v for k, v in default.items() if k not in ("llc", "experiment")}
