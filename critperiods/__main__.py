@@ -422,9 +422,9 @@ def calibrate_llc(args: argparse.Namespace) -> int:
     own = float(llc_params["step_size"])
     step_sizes = args.step_sizes or default_step_sizes(own)
     sampler = replace(llc_config_from_params(llc_params), **chains)
+    sampled = llc_data(data, llc_params)(ckpts[args.epoch]["phase"])  # the sampler's images
     try:
-        result = calibrate(model, torch.nn.functional.cross_entropy,
-                           llc_data(data, llc_params)(ckpts[args.epoch]["phase"]), sampler,
+        result = calibrate(model, torch.nn.functional.cross_entropy, sampled, sampler,
                            step_sizes, args.nbetas, label=f"{args.piece} epoch {args.epoch}")
     except ValueError as err:  # a broken checkpoint: nothing to calibrate
         raise SystemExit(f"critperiods: {err}") from None
@@ -432,16 +432,14 @@ def calibrate_llc(args: argparse.Namespace) -> int:
     from critperiods.measure.llc.stability import STABILITY_SAMPLES, top_hessian_eigenvalue
 
     sharpness = top_hessian_eigenvalue(
-        model, torch.nn.functional.cross_entropy,
-        llc_data(data, llc_params)(ckpts[args.epoch]["phase"]),
+        model, torch.nn.functional.cross_entropy, sampled,
         samples=llc_params.get("stability_samples", STABILITY_SAMPLES), seed=sampler.seed)
     print("\n".join(calibration_lines(result, sampler, own, config["analysis"], sharpness)))
     print(f"wrote {args.out}")
     if args.descent:
         from critperiods.measure.llc.descent import descent, descent_line
 
-        found = descent(model, torch.nn.functional.cross_entropy,
-                        llc_data(data, llc_params)(ckpts[args.epoch]["phase"]), sampler)
+        found = descent(model, torch.nn.functional.cross_entropy, sampled, sampler)
         nbetas = [v for v in result["nbeta"].values if np.isclose(v, found.nbeta)]
         own_llc = (float(result["llc_mean"].sel(step_size=own, nbeta=nbetas[0]))
                    if nbetas and own in result["step_size"].values else None)  # the path's λ̂

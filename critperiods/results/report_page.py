@@ -316,8 +316,7 @@ def descent_sentence(cube: xr.Dataset) -> str:
     taken = -values[found]
 
     def of_each(coord: str) -> np.ndarray:  # the coordinate of each estimate found
-        where = cube[coord].broadcast_like(cube["llc_descent"]).astype(float)
-        return distinct_estimates(cube.assign(llc_descent=where), "llc_descent")[found]
+        return _of_each_estimate(cube, coord, "llc_descent")[found]
 
     def at_most(coord: str) -> float:  # the coordinate of the estimate it takes most from
         return float(of_each(coord)[np.argmax(taken)])
@@ -352,6 +351,13 @@ def _rising_drift(rose: np.ndarray, epochs: np.ndarray, batch_sizes: np.ndarray)
             "chains oscillate along the sharpest direction and λ̂ includes the loss that "
             "costs (the stability check below flags such estimates where the checkpoint's "
             "own curvature is past the limit; docs/llc.md).")
+
+
+def _of_each_estimate(cube: xr.Dataset, coord: str, like: str) -> np.ndarray:
+    """The coordinate ``coord`` of each distinct estimate of the per-estimate variable
+    ``like`` (:func:`distinct_estimates`' array, NaN where it has none)."""
+    where = cube[coord].broadcast_like(cube[like]).astype(float)
+    return distinct_estimates(cube.assign({like: where}), like)
 
 
 def _by_batch_size(where: np.ndarray, epochs: np.ndarray, batch_sizes: np.ndarray) -> str:
@@ -390,15 +396,13 @@ def stability_sentence(cube: xr.Dataset) -> str:
                 f"Hessian there (``llc_sharpness``; the smallest limit is {smallest:.2g}"
                 f"{margin}).")
 
-    def of_each(coord: str) -> np.ndarray:
-        where = cube[coord].broadcast_like(cube["llc_quality"]).astype(float)
-        return distinct_estimates(cube.assign(llc_quality=where), "llc_quality")
-
+    epochs, batch_sizes, switches = (_of_each_estimate(cube, coord, "llc_quality")
+                                     for coord in ("epoch", "batch_size", "switch_epoch"))
     step = f" ({eps:g})" if np.isfinite(eps) else ""
     return (f" At {int(unstable.sum())} of {int(made.sum())} estimates the step size{step} "
             "is past the SGLD drift's stability limit at the checkpoint, 4 / (nβ λ_max + γ) "
             "with λ_max the top eigenvalue of the loss's Hessian there (``llc_sharpness``): "
-            f"{_by_run(unstable, of_each('epoch'), of_each('batch_size'), of_each('switch_epoch'))}"
+            f"{_by_run(unstable, epochs, batch_sizes, switches)}"
             ". Their chains swing across the sharpest direction instead of sampling it, and "
             "λ̂ includes what that costs, so they are flagged ``unstable_step`` and left out "
             f"of the λ̂ markers and knees. The smallest limit measured is {smallest:.2g}: at "

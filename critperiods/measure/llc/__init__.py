@@ -31,7 +31,7 @@ from typing import Any
 _SAMPLER = {"PRECISIONS", "SAMPLERS", "SGLD_CUDA_GRAPHS", "Draw", "DrawCallback", "LLCConfig",
             "LossFn", "chain_seed", "cuda_numerics", "forward_precision"}
 _ESTIMATE = {"INIT_LOSS_CHUNK", "LLCDivergenceWarning", "LLCResult", "default_nbeta",
-             "divergence_threshold", "estimate_llc"}
+             "divergence_threshold", "estimate_llc", "eval_mode"}
 _QUALITY = {"FLAGS", "MAX_RHAT", "MAX_TREND_Z", "MIN_TAIL_DRAWS", "RELAXED_GROWTH",
             "Diagnostics", "count_flags", "diagnose", "flat_direction_growth", "khat_threshold",
             "past_stability_limit", "quality_flags", "stable_step_size"}
@@ -59,6 +59,6 @@ __all__ = ["Diagnostics", "Draw", "DrawCallback", "FLAGS", "INIT_LOSS_CHUNK", "L
            "MIN_TAIL_DRAWS", "PRECISIONS", "RELAXED_GROWTH", "SAMPLERS",
            "SGLD_CUDA_GRAPHS", "SWEEP_FACTORS", "calibrate", "calibration_lines",
            "chain_seed", "count_flags", "cuda_numerics", "default_nbeta",
-           "default_step_sizes", "diagnose", "divergence_threshold", "estimate_llc",
+           "default_step_sizes", "diagnose", "divergence_threshold", "estimate_llc", "eval_mode",
            "flat_direction_growth", "forward_precision", "khat_threshold",
            "past_stability_limit", "plot_calibration", "quality_flags", "stable_step_size"]

@@ -20,9 +20,10 @@ mean loss is then ``K(w)`` and ``n`` only enters through the default ``nbeta``
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -179,6 +180,19 @@ def _summarise(
     return per_chain, float(good.mean()), float(good.std())
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode (as the sampler runs it), each submodule put back in its own
+    mode afterwards (a sub-module may be frozen in eval)."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
 def _check_data(data: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
     """Validate ``(inputs, targets)`` and move them to the model's device."""
     x, y = data
@@ -233,9 +247,7 @@ def estimate_llc(
         If all chains diverge both are NaN and an ``LLCDivergenceWarning`` is issued.
         Never returns inf.
     """
-    modes = {m: m.training for m in model.modules()}  # a sub-module may be frozen in eval
-    model.eval()
-    try:
+    with eval_mode(model):
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
             raise ValueError("model has no trainable parameters")
@@ -250,9 +262,6 @@ def estimate_llc(
         tasks = _init_loss_tasks(model, loss_fn, (x, y), batch, config.precision)
         with cuda_numerics(device, config.precision):
             trace, init_tasks = _sample(block, tasks, count, progress)
-    finally:
-        for module, training in modes.items():
-            module.training = training
     # batch_std is 0 when the sampler uses the full batch (no two full minibatches)
     init_loss, batch_std = _init_loss(init_tasks, batch)
     threshold = divergence_threshold(n_params, nbeta, batch_std, config.divergence_factor)
@@ -301,4 +310,4 @@ def _finish(
 
 
 __all__ = ["INIT_LOSS_CHUNK", "LLCDivergenceWarning", "LLCResult", "default_nbeta",
-           "divergence_threshold", "estimate_llc"]
+           "divergence_threshold", "estimate_llc", "eval_mode"]

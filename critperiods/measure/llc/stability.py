@@ -70,22 +70,17 @@ def top_hessian_eigenvalue(model: nn.Module, loss_fn: LossFn, data: tuple[Tensor
     """
     import torch
 
+    from critperiods.measure.llc.estimate import _check_data, eval_mode
     from critperiods.measure.llc.sampler import cuda_numerics
 
     device = next(model.parameters()).device
     x, y = data
-    generator = torch.Generator().manual_seed(seed)
     if samples is not None and samples < x.shape[0]:
+        generator = torch.Generator().manual_seed(seed)
         keep = torch.randperm(x.shape[0], generator=generator)[:samples].sort().values
         x, y = x[keep.to(x.device)], y[keep.to(y.device)]
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    with cuda_numerics(device, "float32"):
-        try:
-            return _top_eigenvalue(model, loss_fn, x.to(device), y.to(device), seed, tolerance)
-        finally:
-            for module, training in modes.items():  # each as it was, as the sampler leaves it
-                module.training = training
+    with eval_mode(model), cuda_numerics(device, "float32"):
+        return _top_eigenvalue(model, loss_fn, *_check_data((x, y), device), seed, tolerance)
 
 
 def _top_eigenvalue(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, seed: int,

@@ -70,12 +70,12 @@ def llc_at_checkpoints(
     rows, sharpness = [], []
     for c in checkpoints:
         model.load_state_dict(c["model"])
-        result = estimate_llc(model, torch.nn.functional.cross_entropy, data_for(c["phase"]),
-                              config, label=f"{label} epoch {c['epoch']}", progress=progress)
-        rows.append(result)
+        sampled = data_for(c["phase"])
+        rows.append(estimate_llc(model, torch.nn.functional.cross_entropy, sampled, config,
+                                 label=f"{label} epoch {c['epoch']}", progress=progress))
         sharpness.append(float("nan") if config.sampler != "sgld" else top_hessian_eigenvalue(
-            model, torch.nn.functional.cross_entropy, data_for(c["phase"]),
-            samples=stability_samples, seed=config.seed))
+            model, torch.nn.functional.cross_entropy, sampled, samples=stability_samples,
+            seed=config.seed))
     checks = [diagnose(r.loss_trace, r.burn_in, r.diverged, r.distance_trace) for r in rows]
     epochs = np.asarray([int(c["epoch"]) for c in checkpoints], dtype=np.int64)
     draws = config.burn_in + config.draws
