@@ -947,7 +947,7 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
     from critperiods.measure import llc
     from critperiods.measure.llc import sampler
     from critperiods.measure.llc.descent import descent
-    from critperiods.measure.llc.stability import TOLERANCE, top_hessian_eigenvalue
+    from critperiods.measure.llc.stability import TOLERANCE, sharpness
     from critperiods.train import copies
 
     raw, rows = {}, []
@@ -1014,16 +1014,19 @@ def section_llc(device: torch.device, sizes: Sizes, budget: Budget, cache: dict,
 
         variants["descent: one full-batch path, no noise (llc.descent)"] = drift
 
-        def stability(warm: bool = False, m=net, d=data) -> float:
+        def stability(warm: bool = False, m=net, d=data, c=cfg) -> float:
             """The llc stage's stability check at one checkpoint: the top eigenvalue of
-            the loss's Hessian by Lanczos, on the default ``llc.stability_samples``."""
+            the loss's Hessian by Lanczos, on the default ``llc.stability_samples``, and the
+            curvature's spread along it over the sampler's minibatches."""
             sync(device)
             start = time.perf_counter()
-            top_hessian_eigenvalue(m, F.cross_entropy, d, tolerance=0.5 if warm else TOLERANCE)
+            sharpness(m, F.cross_entropy, d, batch_size=c.batch_size,
+                      tolerance=0.5 if warm else TOLERANCE)
             sync(device)
             return time.perf_counter() - start
 
-        variants["stability check: top Hessian eigenvalue (llc_sharpness)"] = stability
+        check = "stability check: top Hessian eigenvalue and its noise (llc_sharpness, _sd)"
+        variants[check] = stability
         errors: dict[str, str] = {}
         for key, run in list(variants.items()):  # warm-up (cuDNN, first shapes, capture)
             if budget.left() < 20:  # per variant: a slow one must not starve the sections after

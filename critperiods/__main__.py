@@ -429,12 +429,12 @@ def calibrate_llc(args: argparse.Namespace) -> int:
     except ValueError as err:  # a broken checkpoint: nothing to calibrate
         raise SystemExit(f"critperiods: {err}") from None
     plot_calibration(result, args.out)
-    from critperiods.measure.llc.stability import STABILITY_SAMPLES, top_hessian_eigenvalue
+    from critperiods.measure.llc.stability import STABILITY_SAMPLES, sharpness
 
-    sharpness = top_hessian_eigenvalue(
-        model, torch.nn.functional.cross_entropy, sampled,
+    curvature = sharpness(
+        model, torch.nn.functional.cross_entropy, sampled, batch_size=sampler.batch_size,
         samples=llc_params.get("stability_samples", STABILITY_SAMPLES), seed=sampler.seed)
-    print("\n".join(calibration_lines(result, sampler, own, config["analysis"], sharpness)))
+    print("\n".join(calibration_lines(result, sampler, own, config["analysis"], *curvature)))
     print(f"wrote {args.out}")
     if args.descent:
         from critperiods.measure.llc.descent import descent, descent_line

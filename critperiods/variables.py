@@ -89,7 +89,11 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
                       "reliable", "1"),
     "llc_sharpness": ("top eigenvalue of the Hessian of the mean loss the SGLD chains sample, "
                       "at the checkpoint (on llc_stability_samples of its images); the drift "
-                      "is stable for step sizes below 4 / (n beta * it + gamma)", "1"),
+                      "is stable for step sizes below 4 a / (a^2 + (n beta * llc_sharpness_sd)^2)"
+                      ", a = n beta * it + gamma", "1"),
+    "llc_sharpness_sd": ("standard deviation, over 64 of the SGLD chains' minibatches, of the "
+                         "loss's curvature along the Hessian's top eigenvector (0 for "
+                         "full-batch chains)", "1"),
     "llc_quality": ("quality of the local learning coefficient estimate (0 = ok)", "1"),
     "llc_descent": ("the chains' descent (llc.descent): n beta times the change of the full-batch "
                     "loss along the noise-free SGLD drift from the checkpoint, averaged over the "

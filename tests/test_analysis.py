@@ -1134,6 +1134,9 @@ def test_where_the_step_is_past_its_stability_limit_the_report_says_where_and_be
     # none flagged: the margin to the smallest limit, 4 / (1000 · 30 + 100)
     assert "No estimate's step size is past" in stability_sentence(cube)
     assert "the smallest limit is 0.00013, 1.3 times the step size" in stability_sentence(cube)
+    # the minibatches' curvature noise lowers it: (nβ s / a)² = 0.25 at every checkpoint
+    noisy = cube.assign(llc_sharpness_sd=0.5 * (1000 * cube["llc_sharpness"] + 100) / 1000)
+    assert "the smallest limit is 0.00011, 1.1 times the step size" in stability_sentence(noisy)
     cube = cube.assign(llc_step_size=2e-4)
     cube["llc_quality"] = cube["llc_quality"].where(~(sharp | trunk), FLAGS["unstable_step"])
     said = stability_sentence(cube)

@@ -285,8 +285,8 @@ def test_bench_gpu_smoke_runs_every_section(tmp_path):
     # llc.descent's job at one checkpoint is timed beside the chains
     assert re.search(r"\| small_cnn w\d+ \| descent: one full-batch path, no noise "
                      r"\(llc.descent\) \| \d+ \| [\d.]+ \|", text)
-    assert re.search(r"\| small_cnn w\d+ \| stability check: top Hessian eigenvalue "
-                     r"\(llc_sharpness\) \| \d+ \| [\d.]+ \|", text)
+    assert re.search(r"\| small_cnn w\d+ \| stability check: top Hessian eigenvalue and its "
+                     r"noise \(llc_sharpness, _sd\) \| \d+ \| [\d.]+ \|", text)
     assert (tmp_path / "gpu.json").exists()
 
 
@@ -636,23 +636,23 @@ def test_a_failed_sgld_capture_samples_on_as_if_never_tried(emulated_sgld_captur
 
 @cuda
 def test_the_stability_check_on_cuda_repeats_bit_for_bit_and_agrees_with_the_cpu():
-    """λ̂'s stability check (the top Hessian eigenvalue) runs on the GPU with the float32
-    chains' numerics: the same seed gives the same bits, and the value is the CPU's to
-    Lanczos' tolerance; cuDNN's settings are put back."""
-    from critperiods.measure.llc.stability import top_hessian_eigenvalue
+    """λ̂'s stability check (the top Hessian eigenvalue and its minibatches' noise) runs on
+    the GPU with the float32 chains' numerics: the same seed gives the same bits, and the
+    values are the CPU's to Lanczos' tolerance; cuDNN's settings are put back."""
+    from critperiods.measure.llc.stability import sharpness
     from critperiods.train.memory_format import to_channels_last
     from critperiods.train.models import build_model
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(300, 1, 28, 28, generator=g), torch.randint(0, 10, (300,), generator=g)
     model = to_channels_last(build_model("small_cnn", 8, 1, 28, 10, seed=0))  # as the stage
-    on_cpu = top_hessian_eigenvalue(model, torch.nn.functional.cross_entropy, (x, y),
-                                    samples=256)
+    loss = torch.nn.functional.cross_entropy
+    on_cpu = sharpness(model, loss, (x, y), samples=256, batch_size=32)
     benchmark = torch.backends.cudnn.benchmark
     gpu = model.to("cuda")
     data = (x.to("cuda"), y.to("cuda"))
-    first = top_hessian_eigenvalue(gpu, torch.nn.functional.cross_entropy, data, samples=256)
-    assert first == top_hessian_eigenvalue(gpu, torch.nn.functional.cross_entropy, data,
-                                           samples=256)
-    assert first == pytest.approx(on_cpu, rel=2e-2)
+    first = sharpness(gpu, loss, data, samples=256, batch_size=32)
+    assert first == sharpness(gpu, loss, data, samples=256, batch_size=32)
+    assert first.top == pytest.approx(on_cpu.top, rel=2e-2)
+    assert first.spread == pytest.approx(on_cpu.spread, rel=5e-2)  # the same minibatches
     assert torch.backends.cudnn.benchmark == benchmark

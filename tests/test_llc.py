@@ -1038,9 +1038,96 @@ def test_the_drift_is_stable_below_the_limit_and_runs_away_above_it() -> None:
     assert stable_step_size(-1.0, nbeta, gamma) == np.inf  # nothing the drift pushes out of
 
 
+class _RandomCurvature(nn.Module):
+    """``½ c w²`` per image, ``c`` its one input: each minibatch has its own curvature."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x[:, 0] * self.w.pow(2).sum()
+
+
+def test_the_curvature_spread_is_that_of_the_minibatches_hessians() -> None:
+    """``sharpness``' spread is the standard deviation of ``vᵀ H_B v`` over minibatches
+    ``B`` of the sampler's size: on a softmax classifier it matches the exact one (autograd
+    Hessians of 400 minibatches, along the exact top eigenvector) to within what 64
+    minibatches can tell, falls as 1/√(batch size), and is 0 for full-batch chains; the
+    top eigenvalue is the one ``top_hessian_eigenvalue`` gives, and the call is
+    deterministic. The cube's description names the number of minibatches."""
+    from critperiods.measure.llc.stability import sharpness, top_hessian_eigenvalue
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(600, 8, generator=g), torch.randint(0, 3, (600,), generator=g)
+    model = nn.Linear(8, 3)
+    weights = [p.detach().clone() for p in model.parameters()]
+
+    def hessian(rows: torch.Tensor) -> torch.Tensor:
+        blocks = torch.autograd.functional.hessian(
+            lambda w, b: nn.functional.cross_entropy(x[rows] @ w.T + b, y[rows]),
+            tuple(weights))
+        sizes = [w.numel() for w in weights]
+        return torch.cat([torch.cat([blocks[i][j].reshape(sizes[i], sizes[j])
+                                     for j in range(2)], dim=1) for i in range(2)]).double()
+
+    values, vectors = torch.linalg.eigh(hessian(torch.arange(600)))
+    top = vectors[:, -1]
+    exact = np.std([float(top @ hessian(torch.randint(600, (32,), generator=g)) @ top)
+                    for _ in range(400)])
+    found = sharpness(model, nn.functional.cross_entropy, (x, y), batch_size=32, samples=None)
+    assert found.top == pytest.approx(float(values[-1]), rel=1e-2)
+    assert found.top == top_hessian_eigenvalue(model, nn.functional.cross_entropy, (x, y),
+                                               samples=None)
+    assert found.spread == pytest.approx(exact, rel=0.25) and exact > 0.05 * found.top
+    assert found == sharpness(model, nn.functional.cross_entropy, (x, y), batch_size=32,
+                              samples=None)
+    larger = sharpness(model, nn.functional.cross_entropy, (x, y), batch_size=128).spread
+    assert larger == pytest.approx(found.spread / 2, rel=0.3)
+    assert sharpness(model, nn.functional.cross_entropy, (x, y)).spread == 0.0
+    from critperiods.measure.llc.stability import CURVATURE_BATCHES
+    from critperiods.variables import VARIABLES
+
+    assert f"over {CURVATURE_BATCHES} of" in VARIABLES["llc_sharpness_sd"][0]  # as described
+
+
+def test_minibatch_curvature_noise_lowers_the_stability_limit_as_the_chains_find() -> None:
+    """On ``½ c w²`` with ``c`` 0 or 2 (mean 1, spread 1 per image) and minibatches of one,
+    the mean-square limit ``4 a / (a² + (nβ s)²)`` is about half the full-batch one. SGLD's
+    chains stay bounded at half of it and run away at 1.5 times it, a step the
+    full-batch limit calls stable; ``past_stability_limit`` with the measured spread says
+    which, without it it would not."""
+    from critperiods.measure.llc.quality import past_stability_limit, stable_step_size
+    from critperiods.measure.llc.stability import sharpness
+
+    data = torch.tensor([[0.0], [2.0]]).repeat(500, 1), torch.zeros(1000)
+    nbeta, gamma = 1000.0, 1.0
+    model = _RandomCurvature()
+    found = sharpness(model, potential_loss, data, batch_size=1)
+    assert found.top == pytest.approx(1.0, rel=1e-5)
+    assert found.spread == pytest.approx(1.0, rel=0.2)
+    limit = stable_step_size(found.top, nbeta, gamma, found.spread)
+    full_batch = stable_step_size(found.top, nbeta, gamma)
+    assert limit == pytest.approx(full_batch / (1 + found.spread ** 2), rel=1e-2)
+    cfg = LLCConfig(chains=4, draws=300, burn_in=0, step_size=0.5 * limit, gamma=gamma,
+                    nbeta=nbeta, batch_size=1)
+    stable = estimate_llc(model, potential_loss, data, cfg, progress=False)
+    with pytest.warns(LLCDivergenceWarning):
+        unstable = estimate_llc(model, potential_loss, data,
+                                replace(cfg, step_size=1.5 * limit), progress=False)
+    assert not stable.diverged.any() and np.isfinite(stable.llc_mean)
+    assert unstable.diverged.all()
+    assert 1.5 * limit < full_batch  # stable by the full-batch limit
+    np.testing.assert_array_equal(
+        past_stability_limit([0.5 * limit, 1.5 * limit], found.top, nbeta, gamma,
+                             found.spread), [False, True])
+    assert not past_stability_limit(1.5 * limit, found.top, nbeta, gamma)
+
+
 def test_the_cube_flags_an_estimate_whose_step_is_past_its_stability_limit() -> None:
     """``unstable_step`` where ``llc_step_size > 4 / (llc_nbeta · llc_sharpness +
-    llc_gamma)``, on top of the other flags; never where the sharpness is NaN or absent
+    llc_gamma)``, on top of the other flags, and lower with ``llc_sharpness_sd``, the
+    minibatches' curvature noise (absent: none); never where the sharpness is NaN or absent
     (pieces made before it was measured)."""
     import xarray as xr
 
@@ -1068,3 +1155,9 @@ def test_the_cube_flags_an_estimate_whose_step_is_past_its_stability_limit() -> 
     np.testing.assert_array_equal(  # only the negative flag stays
         _llc_quality(cube.drop_vars("llc_sharpness"), ANALYSIS_DEFAULTS).values,
         [0, 0, FLAGS["negative"], 0])
+    # the minibatches' curvature noise lowers the limit: (nβ s / a)² = 0.1 takes epoch 1's
+    # 4 / (nβ 19 + γ) below the step
+    noisy = cube.assign(llc_sharpness_sd=(epoch[0], [np.sqrt(0.1) * 19.1, 0.0, 0.0, 1.0]))
+    np.testing.assert_array_equal(_llc_quality(noisy, ANALYSIS_DEFAULTS).values.astype(int),
+                                  [unstable, unstable, unstable | FLAGS["negative"], 0])
+    assert "llc_sharpness_sd" in bits.attrs["comment"]

@@ -142,7 +142,7 @@ def test_restart_runs_share_the_trunk_and_the_never_blurred_run(run):
 def test_llc_carries_its_diagnostics_and_quality_flag(run):
     cube = critperiods.open_cube(run / "results/tiny/cube.nc")
     for name in ("llc_rhat", "llc_ess", "llc_trend_z", "llc_distance_growth", "llc_tail_khat",
-                 "llc_sharpness", "llc_quality"):
+                 "llc_sharpness", "llc_sharpness_sd", "llc_quality"):
         assert cube[name].dims == cube.llc_mean.dims, name
     estimated = cube.llc_mean.notnull()
     assert (cube.llc_quality.notnull() == estimated).all()
@@ -156,8 +156,10 @@ def test_llc_carries_its_diagnostics_and_quality_flag(run):
     # the stability check ran at every estimate, and its flag is what its limit says: a
     # step past every checkpoint's limit flags them all
     assert cube.llc_sharpness.where(estimated).notnull().sum() == estimated.sum()
+    assert (cube.llc_sharpness_sd.where(estimated) > 0).sum() == estimated.sum()
     assert int(cube.llc_stability_samples) == 1024
-    limit = 4 / (cube.llc_nbeta * cube.llc_sharpness + cube.llc_gamma)
+    stiffness = cube.llc_nbeta * cube.llc_sharpness + cube.llc_gamma
+    limit = 4 * stiffness / (stiffness ** 2 + (cube.llc_nbeta * cube.llc_sharpness_sd) ** 2)
     unstable = (cube.llc_quality.fillna(0).astype(int) & 32) > 0
     assert (unstable == (cube.llc_step_size > limit)).where(estimated, True).all()
     from critperiods.results.cube import ANALYSIS_DEFAULTS, _llc_quality
@@ -672,8 +674,12 @@ def test_calibrate_llc_runs_chains_of_the_length_and_batch_asked_for(run, tmp_pa
     assert "step size 0.001: λ̂" in said  # the default sweep reaches 5 times the run's step
     assert re.search(r"tail k̂ \S+, limit 0\.70", said)  # 2 chains × 20 draws: too few for the rule
     # the checkpoint's stability limit, and the flag a step above it gets
-    limit = float(re.search(r"the drift is stable for step sizes below 4 / \(nβ λ_max \+ γ\) = "
-                            r"(\S+) at nβ", said).group(1))
+    stability = re.search(r"curvature along its eigenvector has s\.d\. \S+ over minibatches "
+                          r"of \d+: the drift is stable \(in mean square\) for step sizes "
+                          r"below 4 a / \(a² \+ \(nβ s\)²\) \(a = nβ λ_max \+ γ\) = (\S+) at nβ",
+                          said)
+    assert stability, said
+    limit = float(stability.group(1))
     assert main(["calibrate-llc", str(piece), "--epoch", "1", "--step-sizes",
                  f"{limit / 2:.3g}", f"{limit * 1.5:.3g}", "--draws", "7", "--burn-in", "3",
                  "--threads", "1", "--out", str(out)]) == 0

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from critperiods.measure.llc.stability import STABILITY_SAMPLES
+from critperiods.measure.llc.stability import CURVATURE_BATCHES, STABILITY_SAMPLES
 from critperiods.pipeline import plan
 
 #: Training images per second of one job, all seeds of a stacked job together, measured
@@ -57,10 +57,13 @@ RATES: dict[tuple[str, str, int, int, int], dict[int, float]] = {
 JOB_OVERHEAD_S = {"cpu": 6.0, "cuda": 2.0}
 #: Parallel jobs on the reference machine: the 2-core VM runs one job per core.
 PARALLEL_JOBS = {"cpu": 2, "cuda": 1}
-#: Image passes of λ̂'s stability check per image it looks at: Lanczos takes 6-9
-#: Hessian-vector products at the default's checkpoints, each about 3 gradients' work
-#: (forward-over-reverse; :mod:`critperiods.measure.llc.stability`).
-STABILITY_PASSES = 8 * 3
+#: Image passes of one Hessian-vector product: about 3 gradients' work (forward-over-reverse;
+#: :mod:`critperiods.measure.llc.stability`).
+HESSIAN_PRODUCT_PASSES = 3
+#: Image passes of λ̂'s stability check per image its ``λ_max`` looks at: Lanczos takes 6-9
+#: products at the default's checkpoints. The curvature's noise then takes one product on
+#: each of ``CURVATURE_BATCHES`` of the sampler's minibatches.
+STABILITY_PASSES = 8 * HESSIAN_PRODUCT_PASSES
 
 
 @dataclass(frozen=True)
@@ -204,7 +207,10 @@ def grid_cost(config: dict, device: str) -> Cost:
         sgld += _llc_estimates(config) * len(grid["seeds"]) * steps * llc_n
     if llc.get("sampler", "sgld") == "sgld":  # the stability check (llc_sharpness)
         checked = min(llc.get("stability_samples", STABILITY_SAMPLES) or llc_n, llc_n)
-        sgld += _llc_estimates(config) * len(grid["seeds"]) * STABILITY_PASSES * checked
+        noise = (CURVATURE_BATCHES * min(llc.get("batch_size") or 0, llc_n)
+                 * HESSIAN_PRODUCT_PASSES)  # none for full-batch chains
+        sgld += _llc_estimates(config) * len(grid["seeds"]) * (STABILITY_PASSES * checked
+                                                               + noise)
     seconds, images, llc_images, pert_images, missing = 0.0, 0.0, 0.0, 0.0, []
     projected: dict[str, None] = {}  # how each unmeasured rate was had, once each, in order
     for b in grid["batch_sizes"]:

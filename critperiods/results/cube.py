@@ -174,8 +174,9 @@ def _llc_quality(cube: xr.Dataset, settings: dict) -> xr.DataArray:
         f"or |trend z| > {settings['llc_max_trend_z']}; diverged_chains = at least one chain "
         "diverged; heavy_tailed = llc_tail_khat > min(1 - 1/log10(draws), 0.7) for the "
         "healthy chains' draws after burn-in (0.7 below 100 draws); unstable_step = "
-        "llc_step_size > 4 / (llc_nbeta * llc_sharpness + llc_gamma), past the SGLD drift's "
-        "stability limit along the Hessian's top eigenvector. Flagged estimates are left "
+        "llc_step_size > 4 a / (a^2 + (llc_nbeta * llc_sharpness_sd)^2) with a = llc_nbeta * "
+        "llc_sharpness + llc_gamma, past the SGLD drift's mean-square stability limit along "
+        "the Hessian's top eigenvector. Flagged estimates are left "
         "out of the markers and drawn hollow.")}
     return xr.DataArray(flags, dims=mean.dims, coords=mean.coords, attrs=attrs)
 
@@ -183,13 +184,15 @@ def _llc_quality(cube: xr.Dataset, settings: dict) -> xr.DataArray:
 def _llc_unstable(cube: xr.Dataset, aligned: Callable[[xr.DataArray], np.ndarray]
                   ) -> np.ndarray | None:
     """Where an estimate's step size is past its drift's stability limit; None for pieces
-    made before ``llc_sharpness`` was measured."""
+    made before ``llc_sharpness`` was measured (and a spread of 0 for those made before
+    ``llc_sharpness_sd`` was)."""
     from critperiods.measure.llc.quality import past_stability_limit
 
     if "llc_sharpness" not in cube:
         return None
+    spread = aligned(cube["llc_sharpness_sd"]) if "llc_sharpness_sd" in cube else 0.0
     return past_stability_limit(*(aligned(cube[name]) for name in (
-        "llc_step_size", "llc_sharpness", "llc_nbeta", "llc_gamma")))
+        "llc_step_size", "llc_sharpness", "llc_nbeta", "llc_gamma")), spread)
 
 
 def _llc_samples(cube: xr.Dataset) -> xr.DataArray:

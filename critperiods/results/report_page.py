@@ -369,6 +369,11 @@ def _by_batch_size(where: np.ndarray, epochs: np.ndarray, batch_sizes: np.ndarra
                      for b in sorted(set(batch_sizes[where]))))
 
 
+_LIMIT = ("4 / (nβ λ_max + γ) with λ_max the top eigenvalue of the loss's Hessian there "
+          "(``llc_sharpness``), lowered in mean square for the minibatches' curvature noise "
+          "along its eigenvector (``llc_sharpness_sd``)")
+
+
 def stability_sentence(cube: xr.Dataset) -> str:
     """Whether the step size is past the SGLD drift's stability limit at the checkpoints
     (``unstable_step``, :mod:`critperiods.measure.llc.stability`): how many of the distinct
@@ -382,8 +387,9 @@ def stability_sentence(cube: xr.Dataset) -> str:
     quality = distinct_estimates(cube, "llc_quality")
     made = np.isfinite(quality)
     unstable = made & ((np.where(made, quality, 0).astype(int) & FLAGS["unstable_step"]) > 0)
+    spread = cube.get("llc_sharpness_sd", 0.0)
     limit = xr.apply_ufunc(stable_step_size, cube["llc_sharpness"], cube["llc_nbeta"],
-                           cube["llc_gamma"]).broadcast_like(cube["llc_quality"])
+                           cube["llc_gamma"], spread).broadcast_like(cube["llc_quality"])
     limits = distinct_estimates(cube.assign(llc_quality=limit), "llc_quality")[made]
     if not np.isfinite(limits).any():
         return ""
@@ -392,16 +398,13 @@ def stability_sentence(cube: xr.Dataset) -> str:
     if not unstable.any():
         margin = (f", {smallest / eps:.2g} times the step size" if np.isfinite(eps) else "")
         return (" No estimate's step size is past the SGLD drift's stability limit at its "
-                "checkpoint, 4 / (nβ λ_max + γ) with λ_max the top eigenvalue of the loss's "
-                f"Hessian there (``llc_sharpness``; the smallest limit is {smallest:.2g}"
-                f"{margin}).")
+                f"checkpoint, {_LIMIT} (the smallest limit is {smallest:.2g}{margin}).")
 
     epochs, batch_sizes, switches = (_of_each_estimate(cube, coord, "llc_quality")
                                      for coord in ("epoch", "batch_size", "switch_epoch"))
     step = f" ({eps:g})" if np.isfinite(eps) else ""
     return (f" At {int(unstable.sum())} of {int(made.sum())} estimates the step size{step} "
-            "is past the SGLD drift's stability limit at the checkpoint, 4 / (nβ λ_max + γ) "
-            "with λ_max the top eigenvalue of the loss's Hessian there (``llc_sharpness``): "
+            f"is past the SGLD drift's stability limit at the checkpoint, {_LIMIT}: "
             f"{_by_run(unstable, epochs, batch_sizes, switches)}"
             ". Their chains swing across the sharpest direction instead of sampling it, and "
             "λ̂ includes what that costs, so they are flagged ``unstable_step`` and left out "

@@ -13,7 +13,8 @@
 * :mod:`~critperiods.measure.llc.descent` — how much of λ̂ the chains' descent from a
   checkpoint off its minimum takes (``descent``, the probe of ``calibrate-llc --descent``);
 * :mod:`~critperiods.measure.llc.stability` — the top eigenvalue of the loss's Hessian at a
-  checkpoint (``top_hessian_eigenvalue``), against which the flag holds the step.
+  checkpoint and the minibatches' curvature noise along it (``sharpness``), against which
+  the flag holds the step.
 
 The public names of the first four sub-modules are re-exported here, so ``from
 critperiods.measure.llc import estimate_llc, LLCConfig`` works (``descent``'s and

@@ -193,14 +193,16 @@ def default_step_sizes(own_step: float) -> list[float]:
 
 
 def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
-                      analysis: dict, sharpness: float = float("nan")) -> list[str]:
+                      analysis: dict, sharpness: float = float("nan"),
+                      spread: float = 0.0) -> list[str]:
     """What ``calibrate-llc`` prints of a sweep (:func:`calibrate`'s ``result``, run at
     ``sampler``'s chains and draws): per setting λ̂, the chains' spread, the tail's k̂
     against its limit, how far ``‖w − w*‖²`` still grew beside what a direction the loss
     leaves flat gives there (plain SGLD), and the flags the estimate would get at
     ``analysis``' thresholds (``llc_max_rhat``, ``llc_max_trend_z``; the run's own
     ``own_step`` marked), ``unstable_step`` from the checkpoint's ``sharpness`` (the top
-    eigenvalue of its loss's Hessian; NaN: not measured); then how to choose: below the
+    eigenvalue of its loss's Hessian; NaN: not measured) and the ``spread`` of the
+    minibatches' curvature along its eigenvector; then how to choose: below the
     stability limit, and about half the smallest step at which the chains run away."""
     from critperiods.measure.llc.quality import (
         FLAGS,
@@ -221,7 +223,7 @@ def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
             samples = (sampler.chains - diverged) * sampler.draws
             limit = khat_threshold(samples)
             mean = float(cell["llc_mean"])
-            unstable = past_stability_limit(eps, sharpness, nbeta, sampler.gamma)
+            unstable = past_stability_limit(eps, sharpness, nbeta, sampler.gamma, spread)
             bits = int(quality_flags(  # the cube's own flags, at the run's thresholds
                 [mean], [diverged], [float(cell["rhat"])], [float(cell["trend_z"])],
                 analysis["llc_max_rhat"], analysis["llc_max_trend_z"], [khat], [samples],
@@ -244,12 +246,16 @@ def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
     steps = result["step_size"].values
     stable = float("nan")  # the smallest stability limit over the nβ swept
     if np.isfinite(sharpness) and sampler.sampler == "sgld":
-        limits = [stable_step_size(sharpness, nbeta, sampler.gamma)
+        limits = [stable_step_size(sharpness, nbeta, sampler.gamma, spread)
                   for nbeta in result["nbeta"].values]
         stable = min(limits)
+        noise = (f", and the curvature along its eigenvector has s.d. {spread:.3g} over "
+                 f"minibatches of {sampler.batch_size}" if sampler.batch_size else "")
+        formula = ("4 a / (a² + (nβ s)²) (a = nβ λ_max + γ) =" if sampler.batch_size
+                   else "4 / (nβ λ_max + γ) =")
         lines.append(f"the top eigenvalue of the loss's Hessian at this checkpoint is "
-                     f"{sharpness:.4g}: the drift is stable for step sizes below 4 / (nβ "
-                     f"λ_max + γ) = " + ", ".join(
+                     f"{sharpness:.4g}{noise}: the drift is stable (in mean square) for step "
+                     f"sizes below {formula} " + ", ".join(
                          f"{limit:.2g} at nβ {nbeta:.4g}"
                          for limit, nbeta in zip(limits, result["nbeta"].values, strict=True))
                      + "; a step above is flagged unstable step")

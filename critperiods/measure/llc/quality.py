@@ -27,8 +27,9 @@ SGLD descends and λ̂ is meaningless), ``not_converged`` (R-hat above ``max_rha
 ``|trend_z|`` above ``max_trend_z``), ``diverged_chains`` (a chain blew up and was left
 out; all of them: λ̂ is NaN), ``heavy_tailed`` (``tail_khat`` above
 :func:`khat_threshold`) and ``unstable_step`` (the step size is past the drift's stability
-limit at the checkpoint, ``4 / (nβ λ_max + γ)``: :mod:`critperiods.measure.llc.stability`,
-whose ``λ_max`` the llc stage stores as ``llc_sharpness``). The llc stage writes the
+limit at the checkpoint, ``4 / (nβ λ_max + γ)`` lowered for the minibatches' curvature
+noise: :mod:`critperiods.measure.llc.stability`, whose ``λ_max`` and noise the llc stage
+stores as ``llc_sharpness`` and ``llc_sharpness_sd``). The llc stage writes the
 diagnostics; the cube applies the
 thresholds (``analysis.llc_max_rhat``, ``analysis.llc_max_trend_z``), so changing them reruns
 only the aggregation. A flagged estimate is never used for a marker and is drawn hollow.
@@ -194,25 +195,30 @@ def quality_flags(llc_mean: np.ndarray, diverged_chains: np.ndarray, rhat: np.nd
 
 
 def stable_step_size(top_eigenvalue: float | np.ndarray, nbeta: float | np.ndarray,
-                     gamma: float | np.ndarray) -> float | np.ndarray:
-    """The largest SGLD step at which the drift is stable along the Hessian's top
-    eigenvector, ``4 / (nβ λ_max + γ)``; ``inf`` where ``nβ λ_max + γ ≤ 0`` (no direction
-    the drift pushes out of), NaN where ``λ_max`` is NaN."""
-    stiffness = np.asarray(nbeta, dtype=float) * np.asarray(top_eigenvalue, dtype=float) \
-        + np.asarray(gamma, dtype=float)
+                     gamma: float | np.ndarray,
+                     spread: float | np.ndarray = 0.0) -> float | np.ndarray:
+    """The largest SGLD step at which the drift is stable, in mean square, along the
+    Hessian's top eigenvector: ``4 a / (a² + (nβ s)²)`` with ``a = nβ λ_max + γ`` and ``s``
+    the ``spread`` of the minibatches' curvature along it (0, full batch: ``4 / a``);
+    ``inf`` where ``a ≤ 0`` (no direction the drift pushes out of), NaN where ``λ_max`` is
+    NaN. A NaN ``spread`` (not measured) counts as 0."""
+    nbeta = np.asarray(nbeta, dtype=float)
+    stiffness = nbeta * np.asarray(top_eigenvalue, dtype=float) + np.asarray(gamma, dtype=float)
+    noise = nbeta * np.nan_to_num(np.asarray(spread, dtype=float))
     with np.errstate(divide="ignore", invalid="ignore"):
-        limit = np.where(stiffness > 0, 4.0 / stiffness, np.where(np.isnan(stiffness),
-                                                                  np.nan, np.inf))
+        limit = np.where(stiffness > 0, 4.0 * stiffness / (stiffness ** 2 + noise ** 2),
+                         np.where(np.isnan(stiffness), np.nan, np.inf))
     return float(limit) if limit.ndim == 0 else limit
 
 
 def past_stability_limit(step_size: float | np.ndarray, top_eigenvalue: float | np.ndarray,
-                         nbeta: float | np.ndarray, gamma: float | np.ndarray) -> np.ndarray:
+                         nbeta: float | np.ndarray, gamma: float | np.ndarray,
+                         spread: float | np.ndarray = 0.0) -> np.ndarray:
     """Where ``step_size`` exceeds :func:`stable_step_size` (False where ``λ_max`` is NaN:
     not measured, nothing to say)."""
     with np.errstate(invalid="ignore"):
         return np.asarray(step_size, dtype=float) > stable_step_size(top_eigenvalue, nbeta,
-                                                                     gamma)
+                                                                     gamma, spread)
 
 
 def count_flags(quality: np.ndarray) -> dict[str, int]:

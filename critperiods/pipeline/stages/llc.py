@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from critperiods.measure.llc.estimate import estimate_llc
 from critperiods.measure.llc.sampler import LLCConfig
-from critperiods.measure.llc.stability import STABILITY_SAMPLES, top_hessian_eigenvalue
+from critperiods.measure.llc.stability import STABILITY_SAMPLES, sharpness
 from critperiods.pipeline.checkpoints import config_hash, load_checkpoints
 from critperiods.pipeline.files import write_netcdf
 from critperiods.pipeline.layout import parse_piece
@@ -59,23 +59,24 @@ def llc_at_checkpoints(
     convergence diagnostics ``llc_rhat``, ``llc_ess``, ``llc_trend_z``, ``llc_tail_khat`` and
     ``llc_distance_growth`` (:mod:`critperiods.measure.llc.quality`, which also turns the
     first three into the quality flag), ``llc_sharpness``, the top eigenvalue of the loss's
-    Hessian at the checkpoint on ``stability_samples`` of the sampler's images
-    (:mod:`critperiods.measure.llc.stability`; NaN for a preconditioned sampler, whose drift
-    has no such limit), and the sampler's settings as 0-d variables ``llc_nbeta``,
-    ``llc_burn_in``, ``llc_step_size``, ``llc_gamma``, ``llc_bf16``,
-    ``llc_stability_samples`` (0 for all).
+    Hessian at the checkpoint on ``stability_samples`` of the sampler's images, and
+    ``llc_sharpness_sd``, the spread of the curvature along its eigenvector over the
+    sampler's minibatches (:mod:`critperiods.measure.llc.stability`; both NaN for a
+    preconditioned sampler, whose drift has no such limit), and the sampler's settings as
+    0-d variables ``llc_nbeta``, ``llc_burn_in``, ``llc_step_size``, ``llc_gamma``,
+    ``llc_bf16``, ``llc_stability_samples`` (0 for all).
     """
     from critperiods.measure.llc.quality import diagnose
 
-    rows, sharpness = [], []
+    rows, curvature = [], []
     for c in checkpoints:
         model.load_state_dict(c["model"])
         sampled = data_for(c["phase"])
         rows.append(estimate_llc(model, torch.nn.functional.cross_entropy, sampled, config,
                                  label=f"{label} epoch {c['epoch']}", progress=progress))
-        sharpness.append(float("nan") if config.sampler != "sgld" else top_hessian_eigenvalue(
+        curvature.append((float("nan"),) * 2 if config.sampler != "sgld" else sharpness(
             model, torch.nn.functional.cross_entropy, sampled, samples=stability_samples,
-            seed=config.seed))
+            batch_size=config.batch_size, seed=config.seed))
     checks = [diagnose(r.loss_trace, r.burn_in, r.diverged, r.distance_trace) for r in rows]
     epochs = np.asarray([int(c["epoch"]) for c in checkpoints], dtype=np.int64)
     draws = config.burn_in + config.draws
@@ -99,7 +100,8 @@ def llc_at_checkpoints(
             "llc_trend_z": per_epoch([d.trend_z for d in checks]),
             "llc_distance_growth": per_epoch([d.distance_growth for d in checks]),
             "llc_tail_khat": per_epoch([d.tail_khat for d in checks]),
-            "llc_sharpness": per_epoch(sharpness),
+            "llc_sharpness": per_epoch([c[0] for c in curvature]),
+            "llc_sharpness_sd": per_epoch([c[1] for c in curvature]),
             "llc_nbeta": ((), rows[0].nbeta if rows else float("nan")),
             "llc_burn_in": ((), config.burn_in),
             "llc_step_size": ((), config.step_size),
