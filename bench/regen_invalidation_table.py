@@ -30,6 +30,8 @@ NOTES = {"llc/calibration.py": " (the calibrate-llc command; no stage imports it
                                   "aggregate, plots)",
          "scripts/llc_descent.py": " (with llc.descent on, the llc_descent rule: llc_descent, "
                                    "aggregate, plots)",
+         "pipeline/llc_inputs.py": " (with llc.descent on, also llc_descent: both λ̂ stages "
+                                   "read the sampler's settings and images here)",
          "results/power.py": " (the power command and bench/marker_coverage.py; no stage "
                              "imports it)",
          "results/observed_noise.py": " (the power command's --noise-from; no stage imports "

@@ -382,8 +382,8 @@ def calibrate_llc(args: argparse.Namespace) -> int:
         member,
     )
     from critperiods.pipeline.layout import parse_piece
+    from critperiods.pipeline.llc_inputs import llc_config_from_params, llc_data
     from critperiods.pipeline.plan import training_params
-    from critperiods.pipeline.stages.llc import llc_config_from_params, llc_data
     from critperiods.train.data import load_prepared
     from critperiods.train.training import TrainConfig, model_for
 

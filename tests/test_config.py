@@ -331,7 +331,7 @@ def test_llc_defaults_agree_with_the_library():
     assert {"chains", "draws", "burn_in", "step_size", "gamma", "batch_size"} <= set(shared)
     assert {k: schema[k]["default"] for k in shared} == {k: fields[k] for k in shared}
     # precision's schema default, auto, is resolved per job; on the CPU it is the library's
-    from critperiods.pipeline.stages.llc import llc_config_from_params
+    from critperiods.pipeline.llc_inputs import llc_config_from_params
 
     params = {k: schema[k]["default"] for k in schema}
     assert schema["precision"]["default"] == "auto"

@@ -143,8 +143,9 @@ def test_fingerprints_do_not_depend_on_where_the_repository_is(package, tmp_path
 
 def test_the_stage_scripts_reach_the_modules_they_use():
     """On this repository: λ̂ runs the sampler and the native max-pool, never the
-    calibration; evaluation, training and the aggregation never reach the sampler; plots.py
-    reaches only the plots."""
+    calibration, and its two stages share their inputs' module, not each other; evaluation,
+    training and the aggregation never reach the sampler; plots.py reaches only the
+    plots."""
     fp = Fingerprints(ROOT)
     llc = set(fp.sources(ROOT / "scripts/llc.py"))
     assert {"critperiods/measure/llc/sampler.py", "critperiods/train/native.py",
@@ -155,6 +156,11 @@ def test_the_stage_scripts_reach_the_modules_they_use():
         assert "critperiods/measure/llc/sampler.py" not in sources, script
         assert "critperiods/results/plots.py" not in sources, script
     assert "critperiods/train/training.py" in fp.sources(ROOT / "scripts/train.py")
+    # the two λ̂ stages share the sampler's settings and images, and neither reads the other
+    descent = set(fp.sources(ROOT / "scripts/llc_descent.py"))
+    assert "critperiods/pipeline/llc_inputs.py" in llc & descent
+    assert "critperiods/pipeline/stages/llc.py" not in descent
+    assert "critperiods/pipeline/stages/llc_descent.py" not in llc
     assert len({fp.stage(p) for p in (ROOT / "scripts").glob("*.py")}) == len(
         list((ROOT / "scripts").glob("*.py")))
 

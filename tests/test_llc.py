@@ -251,7 +251,7 @@ def test_bf16_lambda_of_a_cnn_stays_near_float32() -> None:
 
 
 def test_precision_auto_is_bf16_only_for_the_large_cnns_on_cuda() -> None:
-    from critperiods.pipeline.stages.llc import resolve_precision
+    from critperiods.pipeline.llc_inputs import resolve_precision
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert resolve_precision("auto", cuda, "all_cnn_c") == "bfloat16"

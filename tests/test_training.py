@@ -230,7 +230,7 @@ def test_training_sees_the_prepared_blurred_images_that_evaluation_and_llc_read(
     """One blur route: a blurred training batch is the prepared (uint8) blurred tensor at the
     batch's indices, normalised, exactly what the evaluation and the λ̂ stage read; with
     augmentation, it is that image cropped and flipped."""
-    from critperiods.pipeline.stages.llc import llc_data
+    from critperiods.pipeline.llc_inputs import llc_data
     from critperiods.train.training import BatchCache, FastPath, augment_batch, make_batch
 
     n = len(data.train.labels)

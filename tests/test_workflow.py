@@ -452,8 +452,8 @@ def test_the_descent_runs_beside_llc_and_lands_in_the_cube(tiny_run, tmp_path):
 
     from critperiods.measure.llc.descent import descent
     from critperiods.pipeline.checkpoints import config_hash, load_checkpoints
+    from critperiods.pipeline.llc_inputs import llc_config_from_params, llc_data
     from critperiods.pipeline.plan import training_params
-    from critperiods.pipeline.stages.llc import llc_config_from_params, llc_data
     from critperiods.results.report_page import _llc_caveat
     from critperiods.train.data import load_prepared
     from critperiods.train.training import TrainConfig, model_for

@@ -192,7 +192,7 @@ class BatchCache:
 
 # bf16 autocast on CUDA under ``fast_path: auto``, per model: only where it measured faster
 # than float32 (TF32 convolutions) in the graphed step (bench/bench_gpu.py, docs/performance.md).
-# A model not listed would get bf16 here but float32 λ̂ passes (``stages.llc.resolve_precision``),
+# A model not listed would get bf16 here but float32 λ̂ passes (``llc_inputs.resolve_precision``),
 # so every model of ``models.MODELS`` is listed (tests/test_models.py holds them together):
 # adding a model means deciding this from a measurement (``make bench-gpu``).
 BF16_PAYS_ON_CUDA = {"small_cnn": False, "all_cnn_c": True, "resnet18": True}

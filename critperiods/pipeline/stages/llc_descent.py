@@ -19,9 +19,9 @@ from critperiods.measure.llc.descent import descent
 from critperiods.pipeline.checkpoints import config_hash, load_checkpoints
 from critperiods.pipeline.files import write_netcdf
 from critperiods.pipeline.layout import parse_piece
+from critperiods.pipeline.llc_inputs import llc_config_from_params, llc_data
 from critperiods.pipeline.provenance import piece_attrs
 from critperiods.pipeline.stages import setup
-from critperiods.pipeline.stages.llc import llc_config_from_params, llc_data
 from critperiods.train.data import load_prepared
 from critperiods.train.training import TrainConfig, model_for
 
