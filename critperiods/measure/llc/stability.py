@@ -25,13 +25,15 @@ moment of ``w − w*``, and the second moment stays bounded while ``E[(1 − ε 
 below the full-batch limit by the factor ``1 / (1 + (nβ s / a)²)``. :func:`sharpness`
 measures ``s`` as the spread of ``vᵀ H_B v`` over :data:`CURVATURE_BATCHES` minibatches of
 the sampler's batch size. On the default experiment's checkpoints (batch 32) it lowered
-the limit by 1–13 %, most on the sharp images (docs/llc.md).
+the limit by 2–17 % (median 8 %), most on the sharp images (docs/llc.md).
 
 The limit is still necessary, not sufficient: it looks along one direction, and a
-minibatch's Hessian also turns that direction (its own top eigenvalue was up to 2× the
-mean's, docs/llc.md). So an unflagged estimate is not proven stable, and a flagged one is past the
-limit, to within what the subset's ``λ_max`` is off (below: a few per cent high; Lanczos
-itself only errs low).
+minibatch's Hessian also turns that direction (its own top eigenvalue was up to 2.2× the
+mean's, docs/llc.md). So an unflagged estimate is not proven stable, and a flagged one is
+past the limit, to within what the subset's ``λ_max`` is off (below: a few per cent high;
+Lanczos itself only errs low). Past it, λ̂ need not show a break: on the default
+experiment's checkpoints swept across their limits it kept its trend in the step
+(docs/llc.md, "Crossing the limit shows as no break").
 
 :func:`sharpness` finds ``λ_max`` by Lanczos iteration (SciPy's ``eigsh``, i.e.
 ARPACK) on Hessian-vector products, forward-over-reverse (``torch.func.jvp`` of
