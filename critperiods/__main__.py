@@ -275,8 +275,12 @@ def summarize(args: argparse.Namespace) -> int:
             summary_csv(cube, args.csv)
             print(f"wrote {args.csv}")
         return 0
+    flagged = cube  # the estimates' own flags, whatever --read-flagged takes in
+    if args.read_flagged:
+        cube = _read_flagged(cube, args.cube, args.read_flagged)
     diverged = runs_at_chance(cube)
-    cube, summary, stale, recompute = _summary(cube, args.recompute, diverged)
+    cube, summary, stale, recompute = _summary(cube, args.recompute or bool(args.read_flagged),
+                                               diverged)
     setup = setup_sentence(cube)
     if setup:  # what ran, first: runs that differ in a key off the grid look alike otherwise
         experiment = recorded_config(cube).get("experiment")
@@ -284,6 +288,12 @@ def summarize(args: argparse.Namespace) -> int:
                             width=100) + "\n")
     if stale and not args.recompute:
         print(f"(statistics recomputed: this cube {stale})\n")
+    read = _flagged_only(args.read_flagged)
+    if read:
+        print(textwrap.fill(
+            f"(statistics recomputed with the λ̂ estimates {read} taken in as valid "
+            "(--read-flagged): the stored statistics, the report and the figures leave them "
+            "out)", width=100, break_on_hyphens=False) + "\n")
     if "perturb_l2" in cube and (recompute or "perturb_cp_ratio" not in cube):
         from critperiods.results.perturbation_summary import perturbation_summary
 
@@ -326,10 +336,11 @@ def summarize(args: argparse.Namespace) -> int:
         print(f"\n{diverged_sentence(len(diverged))}:")
         for run in diverged:
             print(f"  {run}")
-    counts = llc_flag_counts(cube)
+    counts = llc_flag_counts(flagged)
     if counts:
         print(f"\nλ̂ estimates: {counts['estimates']}, ok {counts['ok']}, {flag_reasons(counts)}"
               + ("; flagged estimates are left out of the λ̂ markers and knees"
+                 + (f" (here all but those {read})" if read else "")
                  if counts["ok"] < counts["estimates"] else ""))
         from critperiods.results.report_page import (
             descent_sentence,
@@ -337,8 +348,8 @@ def summarize(args: argparse.Namespace) -> int:
             stability_sentence,
         )
 
-        for said in (llc_relaxation(cube), descent_sentence(cube).strip(),
-                     stability_sentence(cube).strip()):
+        for said in (llc_relaxation(flagged), descent_sentence(flagged).strip(),
+                     stability_sentence(flagged).strip()):
             if said:
                 print(textwrap.fill(_plain(said), width=100))
     if "perturb_l2" in cube:
@@ -354,6 +365,29 @@ def summarize(args: argparse.Namespace) -> int:
         to_csv(summary, args.csv)
         print(f"wrote {args.csv}")
     return 0
+
+
+def _flagged_only(names: list[str]) -> str:
+    """How the summary names the estimates ``--read-flagged names`` takes in ("" for none)."""
+    names = sorted(set(names), key=names.index)
+    if len(names) < 2:
+        return f"flagged {names[0]} only" if names else ""
+    return f"whose every flag is among {', '.join(names)}"
+
+
+def _read_flagged(cube: Any, path: str, names: list[str]) -> Any:
+    """``cube`` with the ``names`` bits cleared from ``llc_quality``, so that the estimates
+    carrying no other flag count as valid; exits with one line for a cube without λ̂
+    flags or a toy cube."""
+    from critperiods.measure.llc.quality import FLAGS
+
+    if cube.attrs.get("cube_kind") == "toy_landscapes" or "llc_quality" not in cube:
+        raise SystemExit(f"critperiods: --read-flagged: {path} has no λ̂ quality flags "
+                         "(llc_quality) of the critical-period pipeline")
+    mask = sum(FLAGS[name] for name in set(names))
+    quality = cube["llc_quality"]
+    cleared = quality.fillna(0).astype(int) & ~mask
+    return cube.assign(llc_quality=cleared.astype(float).where(quality.notnull()))
 
 
 def _plain(rst: str) -> str:
@@ -759,6 +793,13 @@ def provenance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flag_names() -> list[str]:
+    """The λ̂ quality flags' names (``llc_quality``'s bits), for ``--read-flagged``."""
+    from critperiods.measure.llc.quality import FLAGS
+
+    return list(FLAGS)
+
+
 def _described(command: str) -> dict:
     """The ``description`` of a subcommand's ``--help``: its bullet of this module's
     docstring (one text for the help and the docs)."""
@@ -782,6 +823,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recompute", action="store_true",
                    help="recompute the statistics from the raw variables instead of reading "
                         "the stored ones")
+    p.add_argument("--read-flagged", nargs="+", metavar="FLAG", default=[],
+                   choices=_flag_names(),
+                   help="recompute the statistics with the λ̂ estimates whose only flags are "
+                        "these taken in as valid (e.g. unstable_step: docs/llc.md, \"Crossing "
+                        "the limit shows as no break\"); the flag counts stay the estimates' "
+                        "own")
     p.set_defaults(func=summarize)
 
     p = sub.add_parser("compare", help="several runs side by side (one experiment per "

@@ -1154,6 +1154,49 @@ def test_where_the_step_is_past_its_stability_limit_the_report_says_where_and_be
     assert stability_sentence(cube.drop_vars("llc_sharpness")) == ""
 
 
+def test_summarize_reads_flagged_estimates_in_only_where_asked(tmp_path, capsys) -> None:
+    """``summarize --read-flagged unstable_step`` recomputes the statistics with the
+    estimates whose only flag that is taken in: batch 128's trunk, all of it flagged, gets
+    a knee back; the flag counts and the stability sentence stay the estimates' own, and
+    the output says what it took in. A cube without λ̂ flags, or an unknown flag, gets one
+    line."""
+    import pandas as pd
+
+    from critperiods.__main__ import main
+    from critperiods.measure.llc.quality import FLAGS
+
+    cube = llc_cube_with_a_flagged_trunk_estimate(raw=True)
+    trunk = (cube.batch_size == 128) & (cube.epoch <= cube.switch_epoch)
+    cube["llc_quality"] = cube["llc_quality"].where(
+        ~trunk, cube["llc_quality"] + FLAGS["unstable_step"])
+    cube["llc_sharpness"] = xr.where(trunk, 30.0, 10.0).where(cube["llc_mean"].notnull())
+    cube = cube.assign(llc_nbeta=1000.0, llc_gamma=100.0, llc_step_size=2e-4)
+    path = tmp_path / "cube.nc"
+    cube.merge(critical_period_summary(cube)).to_netcdf(path)
+    knee = {}
+    for read in ([], ["unstable_step"]):
+        csv = tmp_path / f"{len(read)}.csv"
+        assert main(["summarize", str(path), "--csv", str(csv),
+                     *(["--read-flagged", *read] if read else [])]) == 0
+        said = " ".join(capsys.readouterr().out.split())
+        knee[len(read)] = pd.read_csv(csv).set_index(
+            ["batch_size", "lr_schedule"])["llc_knee_trunk"]
+        assert ("flagged unstable_step only taken in as valid (--read-flagged)" in said) \
+            == bool(read)
+        assert "unstable_step" in said.split("λ̂ estimates:")[1]  # the estimates' own flags
+        assert "is past the SGLD drift's stability limit" in said
+        assert "No estimate's step size is past" not in said
+    assert np.isnan(knee[0][(128, "continue")]) and np.isfinite(knee[1][(128, "continue")])
+    assert knee[0][(64, "continue")] == knee[1][(64, "continue")]  # nothing flagged there
+    unflagged = tmp_path / "unflagged.nc"
+    cube.drop_vars("llc_quality").to_netcdf(unflagged)
+    with pytest.raises(SystemExit, match="has no λ̂ quality flags"):
+        main(["summarize", str(unflagged), "--read-flagged", "negative"])
+    with pytest.raises(SystemExit):
+        main(["summarize", str(path), "--read-flagged", "bogus"])
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err
+
+
 def test_summarize_points_an_undecided_marker_to_the_power_command(tmp_path, capsys) -> None:
     """λ̂ bends at epoch 25, batch 64's end: its offset includes 0, and `summarize` says how
     to ask whether this grid could have told them apart."""
