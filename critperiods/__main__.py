@@ -369,7 +369,7 @@ def summarize(args: argparse.Namespace) -> int:
 
 def _flagged_only(names: list[str]) -> str:
     """How the summary names the estimates ``--read-flagged names`` takes in ("" for none)."""
-    names = sorted(set(names), key=names.index)
+    names = list(dict.fromkeys(names))  # once each, in the order given
     if len(names) < 2:
         return f"flagged {names[0]} only" if names else ""
     return f"whose every flag is among {', '.join(names)}"
