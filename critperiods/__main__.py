@@ -828,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="recompute the statistics with the λ̂ estimates whose only flags are "
                         "these taken in as valid (e.g. unstable_step: docs/llc.md, \"Crossing "
                         "the limit shows as no break\"); the flag counts stay the estimates' "
-                        "own")
+                        "own. FLAG: " + ", ".join(_flag_names()))
     p.set_defaults(func=summarize)
 
     p = sub.add_parser("compare", help="several runs side by side (one experiment per "
