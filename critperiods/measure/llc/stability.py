@@ -108,18 +108,17 @@ def sharpness(model: nn.Module, loss_fn: LossFn, data: tuple[Tensor, Tensor], *,
     from critperiods.measure.llc.sampler import cuda_numerics
 
     device = next(model.parameters()).device
-    x, y = data
+    x, y = _check_data(data, device)
     generator = torch.Generator().manual_seed(seed)
     checked = (x, y)
     if samples is not None and samples < x.shape[0]:
         keep = torch.randperm(x.shape[0], generator=generator)[:samples].sort().values
-        checked = x[keep.to(x.device)], y[keep.to(y.device)]
+        checked = x[keep.to(device)], y[keep.to(device)]
     with eval_mode(model), cuda_numerics(device, "float32"):
         hessian = _HessianProducts(model, loss_fn)
-        top, direction = hessian.top_eigenpair(*_check_data(checked, device), seed, tolerance)
+        top, direction = hessian.top_eigenpair(*checked, seed, tolerance)
         if batch_size is None or not np.isfinite(top):
             return Sharpness(top, 0.0 if np.isfinite(top) else float("nan"))
-        x, y = _check_data(data, device)
         curvatures = []
         for _ in range(batches):
             rows = torch.randint(x.shape[0], (batch_size,), generator=generator).to(device)
