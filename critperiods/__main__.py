@@ -250,16 +250,19 @@ def _check_csv_path(path: str) -> None:
 
 
 def summarize(args: argparse.Namespace) -> int:
+    from critperiods.results.selection import read_in_flags
     from critperiods.results.setup import recorded_config, setup_sentence
     from critperiods.results.tables import (
         as_said,
         diverged_sentence,
         flag_reasons,
+        flagged_fate,
         format_table,
         llc_flag_counts,
         marker_tally,
         marker_verdicts,
         markers_not_computed,
+        read_in_phrase,
         restart_verdicts,
         runs_at_chance,
         to_csv,
@@ -275,7 +278,7 @@ def summarize(args: argparse.Namespace) -> int:
             summary_csv(cube, args.csv)
             print(f"wrote {args.csv}")
         return 0
-    flagged = cube  # the estimates' own flags, whatever --read-flagged takes in
+    stored = read_in_flags(cube)  # what the stored statistics read in (the config's)
     if args.read_flagged:
         cube = _read_flagged(cube, args.cube, args.read_flagged)
     diverged = runs_at_chance(cube)
@@ -288,12 +291,13 @@ def summarize(args: argparse.Namespace) -> int:
                             width=100) + "\n")
     if stale and not args.recompute:
         print(f"(statistics recomputed: this cube {stale})\n")
-    read = _flagged_only(args.read_flagged)
-    if read:
+    if args.read_flagged:
         print(textwrap.fill(
-            f"(statistics recomputed with the λ̂ estimates {read} taken in as valid "
-            "(--read-flagged): the stored statistics, the report and the figures leave them "
-            "out)", width=100, break_on_hyphens=False) + "\n")
+            f"(statistics recomputed with the λ̂ estimates {read_in_phrase(read_in_flags(cube))}"
+            " taken in as valid (--read-flagged): the stored statistics, the report and the "
+            "figures " + (f"take in those {read_in_phrase(stored)}"
+                          " (analysis.llc_read_flagged))" if stored else "leave them out)"),
+            width=100, break_on_hyphens=False) + "\n")
     if "perturb_l2" in cube and (recompute or "perturb_cp_ratio" not in cube):
         from critperiods.results.perturbation_summary import perturbation_summary
 
@@ -336,20 +340,20 @@ def summarize(args: argparse.Namespace) -> int:
         print(f"\n{diverged_sentence(len(diverged))}:")
         for run in diverged:
             print(f"  {run}")
-    counts = llc_flag_counts(flagged)
+    counts = llc_flag_counts(cube)
     if counts:
+        key = "--read-flagged" if args.read_flagged else "analysis.llc_read_flagged"
+        fate = flagged_fate(cube, key=key)
         print(f"\nλ̂ estimates: {counts['estimates']}, ok {counts['ok']}, {flag_reasons(counts)}"
-              + ("; flagged estimates are left out of the λ̂ markers and knees"
-                 + (f" (here all but those {read})" if read else "")
-                 if counts["ok"] < counts["estimates"] else ""))
+              + (f"; {fate}" if fate else ""))
         from critperiods.results.report_page import (
             descent_sentence,
             llc_relaxation,
             stability_sentence,
         )
 
-        for said in (llc_relaxation(flagged), descent_sentence(flagged).strip(),
-                     stability_sentence(flagged).strip()):
+        for said in (llc_relaxation(cube), descent_sentence(cube).strip(),
+                     stability_sentence(cube, key).strip()):
             if said:
                 print(textwrap.fill(_plain(said), width=100))
     if "perturb_l2" in cube:
@@ -367,27 +371,18 @@ def summarize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _flagged_only(names: list[str]) -> str:
-    """How the summary names the estimates ``--read-flagged names`` takes in ("" for none)."""
-    names = list(dict.fromkeys(names))  # once each, in the order given
-    if len(names) < 2:
-        return f"flagged {names[0]} only" if names else ""
-    return f"whose every flag is among {', '.join(names)}"
-
-
 def _read_flagged(cube: Any, path: str, names: list[str]) -> Any:
-    """``cube`` with the ``names`` bits cleared from ``llc_quality``, so that the estimates
-    carrying no other flag count as valid; exits with one line for a cube without λ̂
-    flags or a toy cube."""
-    from critperiods.measure.llc.quality import FLAGS
+    """``cube`` reading in the estimates flagged ``names`` as well as those it reads in
+    already (``llc_quality``'s ``read_in_flags``), so that those carrying no other flag
+    count as valid; exits with one line for a cube without λ̂ flags or a toy cube."""
+    from critperiods.results.selection import READ_IN, read_in_flags
 
     if cube.attrs.get("cube_kind") == "toy_landscapes" or "llc_quality" not in cube:
         raise SystemExit(f"critperiods: --read-flagged: {path} has no λ̂ quality flags "
                          "(llc_quality) of the critical-period pipeline")
-    mask = sum(FLAGS[name] for name in set(names))
-    quality = cube["llc_quality"]
-    cleared = quality.fillna(0).astype(int) & ~mask
-    return cube.assign(llc_quality=cleared.astype(float).where(quality.notnull()))
+    quality = cube["llc_quality"].copy()
+    quality.attrs[READ_IN] = " ".join(dict.fromkeys([*read_in_flags(cube), *names]))
+    return cube.assign(llc_quality=quality)
 
 
 def _plain(rst: str) -> str:
@@ -827,8 +822,10 @@ def main(argv: list[str] | None = None) -> int:
                    choices=_flag_names(),
                    help="recompute the statistics with the λ̂ estimates whose only flags are "
                         "these taken in as valid (e.g. unstable_step: docs/llc.md, \"Crossing "
-                        "the limit shows as no break\"); the flag counts stay the estimates' "
-                        "own. FLAG: " + ", ".join(_flag_names()))
+                        "the limit shows as no break\"), besides those the cube reads in "
+                        "already (analysis.llc_read_flagged, which does so for the report and "
+                        "figures too); the flag counts stay the estimates' own. FLAG: "
+                        + ", ".join(_flag_names()))
     p.set_defaults(func=summarize)
 
     p = sub.add_parser("compare", help="several runs side by side (one experiment per "

@@ -1197,6 +1197,74 @@ def test_summarize_reads_flagged_estimates_in_only_where_asked(tmp_path, capsys)
     assert "invalid choice: 'bogus'" in capsys.readouterr().err
 
 
+def test_a_cube_that_reads_a_flag_in_counts_those_estimates_everywhere(monkeypatch, tmp_path,
+                                                                     capsys) -> None:
+    """``analysis.llc_read_flagged: [unstable_step]`` (``llc_quality``'s ``read_in_flags``)
+    makes the stored statistics those ``summarize --read-flagged unstable_step`` gives the
+    same cube without it: batch 128's flagged trunk gets its knee back, while an estimate
+    flagged unstable_step and negative stays out. The report's count line and table say how
+    many count though flagged, the figure draws them half-filled and still draws the other
+    flagged estimates hollow, and the attribute survives the netCDF file."""
+    from critperiods.__main__ import main
+    from critperiods.measure.llc.quality import FLAGS
+    from critperiods.results import plots
+    from critperiods.results.cube import open_cube
+    from critperiods.results.report_page import landing_page, table_rst
+    from critperiods.results.selection import READ_IN, valid_llc
+
+    cube = llc_cube_with_a_flagged_trunk_estimate(raw=True)
+    trunk = (cube.batch_size == 128) & (cube.epoch <= cube.switch_epoch)
+    cube["llc_quality"] = cube["llc_quality"].where(
+        ~trunk, cube["llc_quality"] + FLAGS["unstable_step"])  # seed 2, epoch 6: also negative
+    plain = tmp_path / "plain.nc"
+    cube.merge(critical_period_summary(cube)).to_netcdf(plain)
+    assert main(["summarize", str(plain), "--read-flagged", "unstable_step", "--csv",
+                 str(tmp_path / "asked.csv")]) == 0
+    capsys.readouterr()
+    cube["llc_quality"].attrs[READ_IN] = "unstable_step"
+    valid = valid_llc(cube).sel(batch_size=128, lr_schedule="continue", switch_epoch=60)
+    valid = valid.where(valid.epoch <= 60, drop=True)  # the trunk
+    assert np.isfinite(valid.sel(seed=[0, 1])).all() and np.isnan(valid.sel(seed=2, epoch=6))
+    path = tmp_path / "read.nc"
+    cube.merge(critical_period_summary(cube)).to_netcdf(path)
+    assert main(["summarize", str(path), "--csv", str(tmp_path / "stored.csv")]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    knees = [pd.read_csv(tmp_path / f"{name}.csv").set_index(
+        ["batch_size", "lr_schedule"])["llc_knee_trunk"] for name in ("asked", "stored")]
+    assert np.isfinite(knees[1][(128, "continue")])
+    pd.testing.assert_series_equal(*knees)
+    trunk_estimates = int(trunk.sel(switch_epoch=60).sum()) * 3
+    assert (f"except the {trunk_estimates - 1} flagged unstable_step only, which count "
+            "(analysis.llc_read_flagged)") in said
+    assert "(--read-flagged)" not in said
+    stored = open_cube(path)
+    assert stored["llc_quality"].attrs[READ_IN] == "unstable_step"
+    figure = tmp_path / "f.png"
+    figure.write_bytes(b"\x89PNG")
+    page = " ".join(landing_page(stored, figure, "described").split())
+    assert (f"drawn hollow, except the {trunk_estimates - 1} flagged unstable_step only, "
+            "which count (analysis.llc_read_flagged) and are drawn half-filled.") in page
+    cells = [row for row in table_rst(stored).split("   * - ")[1:] if row.startswith("128")]
+    assert all(f" (+{trunk_estimates - 1} counted) / " in row for row in cells), cells
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi: figures.append(fig))
+    plots.llc(stored, tmp_path / "llc.png")
+    def points(fillstyle: str) -> set[tuple[int, float, float]]:
+        return {(i, float(x), round(float(y), 9)) for i, ax in enumerate(figures[0].axes)
+                for line in ax.get_lines()
+                if line.get_marker() == "o" and line.get_fillstyle() == fillstyle
+                for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True)}
+
+    panel = list(stored.batch_size.values).index(128)
+    assert {i for i, _, _ in points("left")} == {panel}
+    assert len(points("left")) == trunk_estimates - 1
+    # seed 2 at epoch 6, left out in every panel: at batch 128 unstable and negative
+    assert {(i, x) for i, x, _ in points("full")} == {(i, 6.0) for i in range(3)}
+    legend = [t.get_text() for t in figures[0].axes[-1].get_legend().get_texts()]
+    assert "flagged unstable step only, counted (analysis.llc_read_flagged)" in legend
+    assert "flagged estimate (negative, unstable step), left out" in legend
+
+
 def test_summarize_points_an_undecided_marker_to_the_power_command(tmp_path, capsys) -> None:
     """λ̂ bends at epoch 25, batch 64's end: its offset includes 0, and `summarize` says how
     to ask whether this grid could have told them apart."""

@@ -62,6 +62,8 @@ def test_every_schema_property_has_type_default_description():
         (lambda c: c["dataset"].update(name="imagenet"), "imagenet"),
         (lambda c: c["model"].update(name="vgg"), "vgg"),
         (lambda c: c.update(device="tpu"), "tpu"),
+        (lambda c: c.setdefault("analysis", {}).update(llc_read_flagged=["unstable"]),
+         "unstable"),
     ],
 )
 def test_schema_errors_name_key_and_value(mutate, expected):
@@ -316,6 +318,14 @@ def test_analysis_defaults_agree_with_the_library():
 
     schema = yaml.safe_load(Path(SCHEMA).read_text())["properties"]["analysis"]["properties"]
     assert {k: v["default"] for k, v in schema.items()} == ANALYSIS_DEFAULTS
+
+
+def test_the_flags_a_config_can_read_in_are_the_llc_stages():
+    """``analysis.llc_read_flagged`` takes exactly the names of ``llc_quality``'s bits."""
+    from critperiods.measure.llc.quality import FLAGS
+
+    schema = yaml.safe_load(Path(SCHEMA).read_text())["properties"]["analysis"]["properties"]
+    assert schema["llc_read_flagged"]["items"]["enum"] == list(FLAGS)
 
 
 def test_llc_defaults_agree_with_the_library():

@@ -1161,3 +1161,9 @@ def test_the_cube_flags_an_estimate_whose_step_is_past_its_stability_limit() -> 
     np.testing.assert_array_equal(_llc_quality(noisy, ANALYSIS_DEFAULTS).values.astype(int),
                                   [unstable, unstable, unstable | FLAGS["negative"], 0])
     assert "llc_sharpness_sd" in bits.attrs["comment"]
+    # analysis.llc_read_flagged names the flags the statistics count all the same; the bits
+    # stay
+    read = _llc_quality(noisy, {**ANALYSIS_DEFAULTS, "llc_read_flagged": ["unstable_step"]})
+    np.testing.assert_array_equal(read.values, _llc_quality(noisy, ANALYSIS_DEFAULTS).values)
+    assert read.attrs["read_in_flags"] == "unstable_step"
+    assert "read_in_flags" not in bits.attrs

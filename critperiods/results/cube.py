@@ -20,6 +20,7 @@ from critperiods.pipeline.config_record import digest
 from critperiods.pipeline.files import read_netcdf
 from critperiods.pipeline.layout import parse_divergence, parse_perturbation
 from critperiods.results.assemble import RUN_DIMS, assemble_runs, load_pieces
+from critperiods.results.selection import READ_IN
 from critperiods.variables import (
     ANCILLARY,
     VARIABLES,
@@ -152,7 +153,7 @@ COMMENT = ("A run's values up to its switch epoch are its trunk's: the same trun
 
 #: Defaults of the config's ``analysis:`` section (the schema holds the same; a test checks).
 ANALYSIS_DEFAULTS = {"llc_max_rhat": MAX_RHAT, "llc_max_trend_z": MAX_TREND_Z,
-                     "interval_level": 0.9}
+                     "llc_read_flagged": [], "interval_level": 0.9}
 
 
 def _llc_quality(cube: xr.Dataset, settings: dict) -> xr.DataArray:
@@ -177,7 +178,11 @@ def _llc_quality(cube: xr.Dataset, settings: dict) -> xr.DataArray:
         "llc_step_size > 4 a / (a^2 + (llc_nbeta * llc_sharpness_sd)^2) with a = llc_nbeta * "
         "llc_sharpness + llc_gamma, past the SGLD drift's mean-square stability limit along "
         "the Hessian's top eigenvector. Flagged estimates are left "
-        "out of the markers and drawn hollow.")}
+        "out of the markers and drawn hollow, except those whose every flag is among "
+        "read_in_flags (analysis.llc_read_flagged): those count, drawn half-filled.")}
+    read_in = list(dict.fromkeys(settings["llc_read_flagged"]))
+    if read_in:
+        attrs[READ_IN] = " ".join(read_in)
     return xr.DataArray(flags, dims=mean.dims, coords=mean.coords, attrs=attrs)
 
 

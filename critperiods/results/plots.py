@@ -20,9 +20,11 @@ from critperiods.pipeline.files import write_atomic  # noqa: E402
 from critperiods.results.markers import KNEE_FLAGS  # noqa: E402
 from critperiods.results.selection import (  # noqa: E402
     diverged_branches,
+    llc_counted,
     llc_sharp,
     llc_trunk,
     lr_schedules,
+    read_in_flags,
     run_diverged,
     seed_mean,
     shared_by_schedules,
@@ -33,6 +35,9 @@ from critperiods.results.summary import located_end  # noqa: E402
 
 #: How the figures draw what they leave out of a mean: hollow grey markers.
 _LEFT_OUT = {"ls": "none", "marker": "o", "mfc": "none", "color": "0.55"}
+#: How they draw flagged values a mean takes in all the same (``analysis.llc_read_flagged``):
+#: half-filled grey markers.
+_READ_IN = {"ls": "none", "marker": "o", "fillstyle": "left", "color": "0.55"}
 
 
 def _save(fig: plt.Figure, path: str | Path, dpi: int,
@@ -150,13 +155,16 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
                        flagged: xr.DataArray | None = None, spread: xr.DataArray | None = None,
                        flagged_label: str = "flagged estimate (left out)", caption: str = "",
                        overlay: Callable[[plt.Axes, object, str], list] | None = None,
+                       read_in: xr.DataArray | None = None, read_in_label: str = "",
                        ) -> None:
     """``var`` (mean over seeds, :func:`seed_mean`, so that a value left out does not dent
     the curve) vs epoch: a row per lr schedule, a panel per batch size, a line per switch
     epoch that has a value (one row when the schedules hold the same values, as λ̂ of the
     shared trunk and never-blurred run does). ``flagged`` (same dims, bool) marks values
     left out of the mean, drawn as hollow grey markers named ``flagged_label`` in the
-    legend; ``spread`` draws error bars (mean over the seeds kept); ``overlay(ax,
+    legend; ``read_in`` (same dims, bool) marks flagged values the mean takes in all the
+    same, drawn as half-filled grey markers named ``read_in_label``; ``spread`` draws error
+    bars (mean over the seeds kept); ``overlay(ax,
     batch_size, lr_schedule)`` draws more on a panel and returns legend handles;
     ``caption`` is the figure's title, if any."""
     schedules = [str(r) for r in var.lr_schedule.values] if "lr_schedule" in var.dims \
@@ -195,12 +203,14 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
                 else:
                     ax.plot(curve.epoch[ok], curve[ok], marker=marker, color=color,
                             label=label)
-                if flagged is not None:
-                    bad = _sel(var.where(flagged), batch_size=b, lr_schedule=r, switch_epoch=k)
+                for marks, style in ((flagged, _LEFT_OUT), (read_in, _READ_IN)):
+                    if marks is None:
+                        continue
+                    bad = _sel(var.where(marks), batch_size=b, lr_schedule=r, switch_epoch=k)
                     for s in bad.seed.values:
                         v = bad.sel(seed=s)
                         v = v[np.isfinite(v.values)]
-                        ax.plot(v.epoch, v, ms=6, **_LEFT_OUT)
+                        ax.plot(v.epoch, v, ms=6, **style)
                 if mark_switch:
                     ax.axvline(k, color=color, lw=0.6, ls=":")
             if overlay is not None:
@@ -219,9 +229,11 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
                       f"under switch {under:g}'s curve")
     handles += extra
     labels += [handle.get_label() for handle in extra]
-    if flagged is not None and bool(flagged.any()):
-        handles.append(plt.Line2D([], [], **_LEFT_OUT))
-        labels.append(flagged_label)
+    for marks, style, text in ((flagged, _LEFT_OUT, flagged_label),
+                               (read_in, _READ_IN, read_in_label)):
+        if marks is not None and bool(marks.any()):
+            handles.append(plt.Line2D([], [], **style))
+            labels.append(text)
     if overlay is not None:  # the overlay's marks sit along the top: headroom, legend outside
         bottom, top = grid[0][0].get_ylim()  # the panels share y
         grid[0][0].set_ylim(bottom, top + 0.15 * (top - bottom))
@@ -293,21 +305,29 @@ def learning_curves(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
 def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """Valid λ̂ vs epoch (mean over seeds, bars: std over chains); flagged estimates and the
     branches of runs that diverged to chance are left out and drawn hollow (the legend
-    names the flags raised). Beside the
+    names the flags raised), except the estimates whose flags the cube reads in
+    (``analysis.llc_read_flagged``): those count and are drawn half-filled. Beside the
     curves, to ask whether λ̂ marks the end: the continue schedule's located end (dashed,
     its interval shaded) and the λ̂ knees (triangles along the top, each with its interval
     as a bar). Where the run measured the chains' descent (``llc.descent``), λ̂ net of it
     along the trunk and the never-blurred run (dash-dotted) and its knees (diamonds). The
     caption says that λ̂ far from a minimum carries the chains' descent (docs/llc.md)."""
-    flagged = (cube.llc_quality > 0) if "llc_quality" in cube else xr.zeros_like(
-        cube.llc_mean, dtype=bool)
-    diverged = diverged_branches(cube)
     from critperiods.results.tables import llc_flag_counts
 
-    why = ", ".join(name.replace("_", " ") for name, n in llc_flag_counts(cube).items()
-                    if name not in ("estimates", "ok") and n)  # the flags raised
+    diverged = diverged_branches(cube)
+    flagged = read_in = xr.zeros_like(cube.llc_mean, dtype=bool)
+    why = ""
+    if "llc_quality" in cube:
+        counted = llc_counted(cube)
+        flagged = cube.llc_quality.notnull() & ~counted
+        read_in = (cube.llc_quality > 0) & counted & ~diverged
+        left_out = cube.assign(llc_quality=cube.llc_quality.where(flagged))
+        why = ", ".join(name.replace("_", " ") for name, n in llc_flag_counts(left_out).items()
+                        if name not in ("estimates", "ok") and n)  # the flags raised
     label = (f"flagged estimate{f' ({why})' if why else ''}"
              + (" or diverged run" if bool(diverged.any()) else "") + ", left out")
+    read = " or ".join(name.replace("_", " ") for name in read_in_flags(cube))
+    read_in_label = f"flagged {read} only, counted (analysis.llc_read_flagged)"
     ends = _located_ends(cube)
     if ends is not None and "lr_schedule" in ends.dims:  # the end to compare with: continue's
         ends = ends.sel(lr_schedule="continue") if "continue" in ends.lr_schedule else None
@@ -363,7 +383,10 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                                       label="critical-period end (continue), interval shaded"))
         return handles
 
-    caption = (f"λ̂ of the valid estimates (mean over {_seeds_note(cube)}; bars: s.d. over "
+    caption = ("λ̂ of the valid estimates"
+               + (f" and of those flagged {read} only (half-filled: counted, "
+                  "analysis.llc_read_flagged)" if bool(read_in.any()) else "")
+               + f" (mean over {_seeds_note(cube)}; bars: s.d. over "
                "chains; up to a run's switch epoch it is the blurred trunk's; where a checkpoint "
                "is far from a minimum, as early in training, λ̂ is lowered by the chains' "
                "descent from it, so an early rise may be the sampler's: calibrate-llc "
@@ -384,6 +407,7 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                                                        for m in markers) else ""))
     _curves_per_switch(cube.llc_mean, path, dpi, "λ̂ (local learning coefficient)", marker=".",
                        flagged=flagged | diverged, spread=cube.llc_std, flagged_label=label,
+                       read_in=read_in, read_in_label=read_in_label,
                        overlay=overlay if has_ends or markers or net else None,
                        caption=caption)
 
@@ -423,7 +447,9 @@ def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         if "llc_rhat" in cube:
             rhat = float(_sel(cube.llc_rhat, **where))
             quality = float(_sel(cube.llc_quality, **where)) if "llc_quality" in cube else 0
-            note = f"\nR-hat {rhat:.2f}, " + ("ok" if quality == 0 else "flagged")
+            counted = quality == 0 or bool(_sel(llc_counted(cube), **where))
+            note = f"\nR-hat {rhat:.2f}, " + ("ok" if quality == 0 else
+                                               "flagged, counted" if counted else "flagged")
         ax.set_title(f"batch {b}, switch {k}, epoch {int(t.epoch)}{note}", fontsize=9)
         if row == rows - 1:
             ax.set_xlabel("draw (left of dotted line: burn-in)")

@@ -23,7 +23,7 @@ from critperiods.results.figures import FIGURES
 from critperiods.results.fits import POWER_LAW_POINTS
 from critperiods.results.markers import UNSTABLE_REASON, WITHIN_NOISE_REASON, knee_flags
 from critperiods.results.rst import PAGE_STYLE, figure_rst, list_table
-from critperiods.results.selection import lr_schedules
+from critperiods.results.selection import lr_schedules, read_in_flags
 from critperiods.results.setup import recorded_config, setup_sentence
 from critperiods.results.tables import (
     MARKER_STAGES,
@@ -33,13 +33,16 @@ from critperiods.results.tables import (
     drops_follow_the_rate,
     familywise_alpha,
     flag_reasons,
+    flagged_fate,
     llc_flag_counts,
+    llc_read_in_count,
     marker_calls,
     marker_tally,
     marker_verdicts,
     markers_not_computed,
     not_computed_sentence,
     offset_tests,
+    read_in_phrase,
     restart_verdicts,
     runs_at_chance,
     summary_table,
@@ -374,10 +377,11 @@ _LIMIT = ("4 / (nβ λ_max + γ) with λ_max the top eigenvalue of the loss's He
           "along its eigenvector (``llc_sharpness_sd``)")
 
 
-def stability_sentence(cube: xr.Dataset) -> str:
+def stability_sentence(cube: xr.Dataset, key: str = "analysis.llc_read_flagged") -> str:
     """Whether the step size is past the SGLD drift's stability limit at the checkpoints
     (``unstable_step``, :mod:`critperiods.measure.llc.stability`): how many of the distinct
-    estimates are, by batch size, run (trunk or branch) and epoch, and the smallest limit
+    estimates are, by batch size, run (trunk or branch) and epoch, whether the statistics
+    count them all the same (read in by ``key``), and the smallest limit
     measured, below which none would be flagged; where none is, how far the step is below
     the smallest limit. "" where the cube has no ``llc_sharpness``."""
     from critperiods.measure.llc.quality import FLAGS, stable_step_size
@@ -409,8 +413,11 @@ def stability_sentence(cube: xr.Dataset) -> str:
             ". Their chains swing across the sharpest direction instead of sampling it, and "
             "λ̂ includes what that costs (on the default experiment's checkpoints swept "
             "across their limits, little: λ̂ kept its trend in the step), so they are "
-            "flagged ``unstable_step`` and left out of the λ̂ markers and knees "
-            "(``llc_quality`` 32 alone selects them). The smallest limit measured is "
+            + ("flagged ``unstable_step``, and this run counts those without another flag "
+               f"in the λ̂ markers and knees all the same (``{key}``; "
+               if "unstable_step" in read_in_flags(cube) else
+               "flagged ``unstable_step`` and left out of the λ̂ markers and knees (")
+            + "``llc_quality`` 32 alone selects them). The smallest limit measured is "
             f"{smallest:.2g}: at "
             "a ``llc.step_size`` below it no estimate of this run would be flagged so, with "
             "chains longer in proportion (they relax over ~1/(εγ) steps), though a "
@@ -657,7 +664,7 @@ def table_rst(cube: xr.Dataset) -> str:
     dropped = {i for i, name in enumerate(header) if name in left_out}
     rows = []
     for _, row in table.iterrows():
-        ok, total = counts.get((row["batch_size"], row["lr_schedule"]), (0, 0))
+        ok, read_in, total = counts.get((row["batch_size"], row["lr_schedule"]), (0, 0, 0))
         located = end_located(row["permanent_deficit_lower"])
         rows.append([
             f"{row['batch_size']:g}", row["lr_schedule"],
@@ -671,7 +678,8 @@ def table_rst(cube: xr.Dataset) -> str:
             + _interval(100 * row["permanent_deficit_lower"], 100 * row["permanent_deficit_upper"]),
             _marker(row, "llc_knee_trunk"), _marker(row, "llc_knee_sharp"),
             _marker(row, "llc_net_knee_trunk"), _marker(row, "llc_net_knee_sharp"),
-            _marker(row, "divergence_drop_epoch"), f"{ok} / {total}"])
+            _marker(row, "divergence_drop_epoch"),
+            f"{ok}{f' (+{read_in} counted)' if read_in else ''} / {total}"])
 
     def kept(cells: list[str]) -> list[str]:
         return [c for i, c in enumerate(cells) if i not in dropped]
@@ -695,7 +703,9 @@ def _legend(cube: xr.Dataset) -> str:
             f"*unstable*: {UNSTABLE_REASON}; *within noise*: {WITHIN_NOISE_REASON}; "
             "*λ̂ ok / estimates*: of the λ̂ estimates on the runs of that batch size and "
             "schedule, the blurred trunk's and the never-blurred run's counted in both "
-            "schedules' rows")
+            "schedules' rows"
+            + (f" (*counted*: {read_in_phrase(read_in_flags(cube))}, which the knees take in "
+               "all the same, ``analysis.llc_read_flagged``)" if read_in_flags(cube) else ""))
         if "llc_net_knee_trunk" in cube:
             parts.append("*net of descent*: the same knees of λ̂ minus the chains' descent "
                          "from each checkpoint (``llc_mean − llc_descent``, ``llc.descent``), "
@@ -725,15 +735,17 @@ def _not_computed_lines(cube: xr.Dataset) -> list[str]:
             + ("them." if len(absent) > 1 else "it."), ""]
 
 
-def _flag_counts_by_cell(cube: xr.Dataset) -> dict[tuple[float, str], tuple[int, int]]:
-    """(ok, estimates) of the λ̂ estimates of each (batch size, schedule)'s runs."""
+def _flag_counts_by_cell(cube: xr.Dataset) -> dict[tuple[float, str], tuple[int, int, int]]:
+    """(ok, flagged but counted, estimates) of the λ̂ estimates of each (batch size,
+    schedule)'s runs (the second: :func:`llc_read_in_count`)."""
     if "llc_quality" not in cube:
         return {}
     out = {}
     for b in cube["batch_size"].values:
         for r in cube["lr_schedule"].values:
-            counts = llc_flag_counts(cube.sel(batch_size=[b], lr_schedule=[r]))
-            out[(b, str(r))] = (counts["ok"], counts["estimates"])
+            cell = cube.sel(batch_size=[b], lr_schedule=[r])
+            counts = llc_flag_counts(cell)
+            out[(b, str(r))] = (counts["ok"], llc_read_in_count(cell), counts["estimates"])
     return out
 
 
@@ -874,11 +886,10 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     sharp = "" if sharp is None else f", {sharp} sharp epochs after each switch"
     title = f"Critical learning periods: {experiment}"
     counts = llc_flag_counts(cube)
+    fate = flagged_fate(cube, drawn=True)
     flags = ("" if not counts else
              f"λ̂: {counts['estimates']} estimates, {counts['ok']} ok, "
-             + flag_reasons(counts).replace("_", " ")
-             + ("; flagged estimates are left out of the λ̂ knees and drawn hollow"
-                if counts["ok"] < counts["estimates"] else "") + ".")
+             + flag_reasons(counts).replace("_", " ") + (f"; {fate}" if fate else "") + ".")
     drawn = set(FIGURES if drawn is None else drawn)
     shown = [FIGURES[stem] for stem in FIGURES if stem in drawn]
     reading = "\n".join(f"* {label} ({category.split(' ', 1)[1]})"  # numbered as the report

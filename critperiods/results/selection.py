@@ -4,7 +4,8 @@ A run that diverged to chance accuracy (:func:`run_diverged`) is no data point o
 that a seed mean or a fit should see: :func:`valid_final_accuracy`, :func:`valid_llc` and
 :func:`divergence_at_horizon` leave its sharp epochs out (its epochs up to the switch are
 the blurred trunk it shares with its seed's other runs). λ̂ counts only where its quality
-flag is ok. Every read-out here is a seed mean over what is left.
+flag is ok, or where its every flag is among those the cube reads in
+(:func:`llc_counted`). Every read-out here is a seed mean over what is left.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from critperiods.results.fits import seed_adjusted_mean
 
 __all__ = ["CHANCE_MULTIPLE", "CLASSES", "at_horizon", "default_horizon", "diverged_branches",
            "divergence_at_horizon", "divergence_to_blurred", "llc_sharp", "llc_sharp_by_seed",
-           "llc_trunk", "llc_trunk_by_seed", "lr_schedules", "run_diverged", "seed_mean",
+           "llc_counted", "llc_trunk", "llc_trunk_by_seed", "lr_schedules", "read_in_flags",
+           "run_diverged", "seed_mean",
            "shared_by_schedules",
            "valid_final_accuracy", "valid_llc", "with_lr_schedule", "without_diverged"]
 
@@ -101,15 +103,40 @@ def shared_by_schedules(da: xr.DataArray) -> xr.DataArray:
     return da.isel(lr_schedule=0, drop=True) if "lr_schedule" in da.dims else da
 
 
+#: The attribute of ``llc_quality`` naming the flags (space-separated) whose estimates the
+#: statistics and figures take in as valid all the same (``analysis.llc_read_flagged``).
+READ_IN = "read_in_flags"
+
+
+def read_in_flags(cube: xr.Dataset) -> list[str]:
+    """The λ̂ flags whose estimates ``cube``'s statistics read in (``llc_quality``'s
+    :data:`READ_IN` attribute; empty for none, or a cube without λ̂)."""
+    if "llc_quality" not in cube:
+        return []
+    return str(cube["llc_quality"].attrs.get(READ_IN, "")).split()
+
+
+def llc_counted(cube: xr.Dataset) -> xr.DataArray:
+    """Where a λ̂ estimate counts as valid: its quality flag is ok, or every flag it carries
+    is among :func:`read_in_flags` (False where no estimate was made; needs
+    ``llc_quality``)."""
+    from critperiods.measure.llc.quality import FLAGS
+
+    quality = cube["llc_quality"]
+    read_in = sum(FLAGS[name] for name in set(read_in_flags(cube)))
+    return quality.notnull() & ((quality.fillna(0).astype(int) & ~read_in) == 0)
+
+
 def valid_llc(cube: xr.Dataset, net_of_descent: bool = False) -> xr.DataArray | None:
-    """``llc_mean`` where its quality flag is ok, NaN where it is flagged or on the branch of
+    """``llc_mean`` where it counts (:func:`llc_counted`: its quality flag is ok, or its
+    flags are all read in), NaN where it is flagged or on the branch of
     a run that diverged to chance; None without λ̂. With ``net_of_descent``, λ̂ net of the
     chains' descent, ``llc_mean − llc_descent`` (``llc.descent``; NaN where the descent was
     not measured); None without ``llc_descent``."""
     if "llc_mean" not in cube or (net_of_descent and "llc_descent" not in cube):
         return None
     llc = cube["llc_mean"] - cube["llc_descent"] if net_of_descent else cube["llc_mean"]
-    llc = llc.where(cube["llc_quality"] == 0) if "llc_quality" in cube else llc
+    llc = llc.where(llc_counted(cube)) if "llc_quality" in cube else llc
     return without_diverged(cube, llc)
 
 

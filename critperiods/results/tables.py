@@ -28,13 +28,20 @@ from critperiods.results.markers import (
     WITHIN_NOISE_REASON,
     knee_flags,
 )
-from critperiods.results.selection import CLASSES, run_diverged, with_lr_schedule
+from critperiods.results.selection import (
+    CLASSES,
+    llc_counted,
+    read_in_flags,
+    run_diverged,
+    with_lr_schedule,
+)
 from critperiods.results.summary import EXPONENTS, INTERVAL_STATISTICS, unlocated_reason
 from critperiods.variables import SUMMARY_STATISTICS
 
 __all__ = ["MARKER_NAMES", "MARKER_STAGES", "MarkerCall", "MarkerStage", "as_said",
            "distinct_estimates", "diverged_sentence", "drops_follow_the_rate",
-           "familywise_alpha", "flag_reasons", "format_table", "llc_flag_counts",
+           "familywise_alpha", "flag_reasons", "flagged_fate", "format_table", "llc_flag_counts",
+           "llc_read_in_count", "read_in_phrase",
            "marker_calls", "marker_tally", "marker_verdict",
            "marker_verdicts", "markers_not_computed", "not_computed_sentence", "offset_tests",
            "points", "restart_verdicts", "runs_at_chance", "summary_table", "to_csv",
@@ -378,6 +385,46 @@ def flag_reasons(counts: dict[str, int]) -> str:
     return (f"{flagged} flagged (" + ", ".join(f"{name} {n}" for name, n in raised)
             + ("; an estimate can carry several" if sum(n for _, n in raised) > flagged else "")
             + ")")
+
+
+def llc_read_in_count(cube: xr.Dataset) -> int:
+    """How many distinct λ̂ estimates (:func:`distinct_estimates`) are flagged yet count,
+    their every flag among those the cube reads in (``analysis.llc_read_flagged``)."""
+    if "llc_quality" not in cube:
+        return 0
+    read_in = (cube["llc_quality"] > 0) & llc_counted(cube)
+    made = distinct_estimates(cube, "llc_quality")
+    counted = distinct_estimates(cube.assign(llc_quality=read_in.astype(float)),
+                                 "llc_quality")
+    return int(np.sum(np.isfinite(made) & (counted == 1)))
+
+
+def read_in_phrase(names: Sequence[str]) -> str:
+    """How a sentence names the estimates that flags ``names`` read in: "flagged
+    unstable_step only", "whose every flag is among heavy_tailed, unstable_step" ("" for
+    none)."""
+    names = list(dict.fromkeys(names))  # once each, in the order given
+    if len(names) < 2:
+        return f"flagged {names[0]} only" if names else ""
+    return f"whose every flag is among {', '.join(names)}"
+
+
+def flagged_fate(cube: xr.Dataset, drawn: bool = False,
+                 key: str = "analysis.llc_read_flagged") -> str:
+    """What the statistics do with the flagged λ̂ estimates: "flagged estimates are left out
+    of the λ̂ markers and knees", with "and drawn hollow" where ``drawn``, and the estimates
+    the cube reads in all the same (by config ``key``) excepted; "" where none is
+    flagged."""
+    counts = llc_flag_counts(cube)
+    if not counts or counts["ok"] == counts["estimates"]:
+        return ""
+    said = ("flagged estimates are left out of the λ̂ markers and knees"
+            + (" and drawn hollow" if drawn else ""))
+    n = llc_read_in_count(cube)
+    if n:
+        said += (f", except the {n} {read_in_phrase(read_in_flags(cube))}, which count "
+                 f"({key})" + (" and are drawn half-filled" if drawn else ""))
+    return said
 
 
 def summary_table(summary: xr.Dataset) -> pd.DataFrame:
