@@ -346,6 +346,11 @@ def summarize(args: argparse.Namespace) -> int:
         fate = flagged_fate(cube, key=key)
         print(f"\nλ̂ estimates: {counts['estimates']}, ok {counts['ok']}, {flag_reasons(counts)}"
               + (f"; {fate}" if fate else ""))
+        from critperiods.results.flag_reading import reading_sentence
+
+        said = reading_sentence(cube, key=key).strip()
+        if said:
+            print(textwrap.fill(_plain(said), width=100, break_on_hyphens=False))
         from critperiods.results.report_page import (
             descent_sentence,
             llc_relaxation,

@@ -1265,6 +1265,59 @@ def test_a_cube_that_reads_a_flag_in_counts_those_estimates_everywhere(monkeypat
     assert "flagged estimate (negative, unstable step), left out" in legend
 
 
+def test_the_report_says_which_calls_the_other_reading_of_unstable_step_would_change(
+        tmp_path, capsys) -> None:
+    """Beside the flag counts, the report and ``summarize`` say which markers' calls would
+    change were the estimates flagged ``unstable_step`` alone read the other way: counted
+    where the run leaves them out, left out where it counts them (the same changes,
+    reversed). Nothing where no estimate carries the flag alone."""
+    from critperiods.__main__ import main
+    from critperiods.measure.llc.quality import FLAGS
+    from critperiods.results.flag_reading import LISTED, _calls, other_reading, reading_sentence
+    from critperiods.results.report_page import landing_page
+    from critperiods.results.selection import READ_IN
+
+    cube = llc_cube_with_a_flagged_trunk_estimate(raw=True)
+    trunk = (cube.batch_size == 128) & (cube.epoch <= cube.switch_epoch)
+    cube["llc_quality"] = cube["llc_quality"].where(
+        ~trunk, cube["llc_quality"] + FLAGS["unstable_step"])
+    left_out = cube.merge(critical_period_summary(cube))
+    cube["llc_quality"].attrs[READ_IN] = "unstable_step"
+    counted = cube.merge(critical_period_summary(cube))
+    # the other reading of each is the other cube's
+    assert _calls(other_reading(left_out, "unstable_step")) == _calls(counted)
+    assert _calls(other_reading(counted, "unstable_step")) == _calls(left_out)
+    ours, theirs = _calls(left_out), _calls(counted)
+    assert (128, "continue", "llc_knee_trunk") in theirs
+    assert (128, "continue", "llc_knee_trunk") not in ours
+    changed = sum(ours.get(k) != theirs.get(k) for k in set(ours) | set(theirs))
+    n = int(trunk.sel(switch_epoch=60).sum()) * 3 - 1  # seed 2 at epoch 6 is also negative
+    said = reading_sentence(left_out)
+    assert said.startswith(f" Counting the {n} estimates flagged ``unstable_step`` and nothing "
+                           "else (``analysis.llc_read_flagged: [unstable_step]``) would change "
+                           f"{changed} of the markers' calls: ")
+    assert "batch 128, continue, λ̂ trunk: no offset → after the end" in said
+    assert said.count(" → ") == min(changed, LISTED)
+    back = reading_sentence(counted)
+    assert back.startswith(f" Leaving out the {n} estimates flagged ``unstable_step`` would "
+                           f"change {changed} of the markers' calls: ")
+    assert "batch 128, continue, λ̂ trunk: after the end" in back and "→ no offset" in back
+    figure = tmp_path / "f.png"
+    figure.write_bytes(b"\x89PNG")
+    assert said in landing_page(left_out, figure, "described")
+    path = tmp_path / "cube.nc"
+    left_out.to_netcdf(path)
+    assert main(["summarize", str(path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert " ".join(said.replace("``", "").split()) in out
+    plain = cube.merge(critical_period_summary(cube)).assign(
+        llc_quality=cube["llc_quality"].where(~trunk, 0.0))
+    assert reading_sentence(plain) == ""  # nothing carries the flag
+    both = left_out.assign(llc_quality=left_out["llc_quality"].where(
+        ~trunk, FLAGS["unstable_step"] | FLAGS["heavy_tailed"]))
+    assert reading_sentence(both) == ""  # every one so flagged stays out either way
+
+
 def test_summarize_points_an_undecided_marker_to_the_power_command(tmp_path, capsys) -> None:
     """λ̂ bends at epoch 25, batch 64's end: its offset includes 0, and `summarize` says how
     to ask whether this grid could have told them apart."""

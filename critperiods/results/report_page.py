@@ -21,6 +21,7 @@ from critperiods.measure.llc.quality import RELAXED_GROWTH, flat_direction_growt
 from critperiods.results.end_fit import end_located
 from critperiods.results.figures import FIGURES
 from critperiods.results.fits import POWER_LAW_POINTS
+from critperiods.results.flag_reading import reading_sentence
 from critperiods.results.markers import UNSTABLE_REASON, WITHIN_NOISE_REASON, knee_flags
 from critperiods.results.rst import PAGE_STYLE, figure_rst, list_table
 from critperiods.results.selection import lr_schedules, read_in_flags
@@ -889,7 +890,8 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     fate = flagged_fate(cube, drawn=True)
     flags = ("" if not counts else
              f"λ̂: {counts['estimates']} estimates, {counts['ok']} ok, "
-             + flag_reasons(counts).replace("_", " ") + (f"; {fate}" if fate else "") + ".")
+             + flag_reasons(counts).replace("_", " ") + (f"; {fate}" if fate else "") + "."
+             + reading_sentence(cube))
     drawn = set(FIGURES if drawn is None else drawn)
     shown = [FIGURES[stem] for stem in FIGURES if stem in drawn]
     reading = "\n".join(f"* {label} ({category.split(' ', 1)[1]})"  # numbered as the report
