@@ -2002,6 +2002,26 @@ def test_the_llc_figure_draws_lambda_net_of_the_descent_and_its_knees(monkeypatc
     assert "knee of λ̂ net of descent, blurred trunk" in legend
     assert "dash-dotted: λ̂ net of the chains' descent" in (
         figures[0]._suptitle.get_text().replace("\n", " "))
+    # the legend's hollow marker is drawn as the flagged knees are: a diamond where only
+    # knees of λ̂ net of the descent are flagged, a triangle where a raw knee is
+
+    def hollow_marker(cube: xr.Dataset) -> str:
+        figures.clear()
+        plots.llc(cube, tmp_path / "llc.png")
+        legend = figures[0].axes[-1].get_legend()
+        return {text.get_text(): handle for text, handle in zip(
+            legend.get_texts(), legend.legend_handles, strict=True)
+            }["hollow: unstable knee, or λ̂ bending within noise"].get_marker()
+
+    flags = [f"{knee}_{flag}" for knee in ("llc_knee_trunk", "llc_knee_sharp",
+                                           "llc_net_knee_trunk", "llc_net_knee_sharp")
+             for flag in ("unstable", "within_noise")]
+    cleared = cube.assign({name: cube[name] * 0 for name in flags if name in cube})
+    net_only = cleared.assign(llc_net_knee_trunk_unstable=cleared[
+        "llc_net_knee_trunk_unstable"] + 1)
+    assert hollow_marker(net_only) == "d"
+    assert hollow_marker(net_only.assign(llc_knee_sharp_unstable=net_only[
+        "llc_knee_sharp_unstable"] + 1)) == "v"
 
 
 def test_the_report_gives_each_lambda_knee_its_interval_and_its_offset_from_the_end() -> None:

@@ -373,9 +373,10 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         if net:
             handles.append(plt.Line2D([], [], color="0.3", ls="-.", lw=1.2,
                                       label="λ̂ net of the chains' descent (llc.descent)"))
-        if any(bool(cube[f"{name}_{flag}"].any()) for name, _, _, _ in markers
-               for flag, _ in KNEE_FLAGS if f"{name}_{flag}" in cube):
-            handles.append(plt.Line2D([], [], ls="none", marker="v", ms=7, color="0.3",
+        hollow = [shape for name, _, shape, _ in markers for flag, _ in KNEE_FLAGS
+                  if f"{name}_{flag}" in cube and bool(cube[f"{name}_{flag}"].any())]
+        if hollow:  # drawn as the flagged knees are: triangles, or diamonds where only those
+            handles.append(plt.Line2D([], [], ls="none", marker=hollow[0], ms=7, color="0.3",
                                       mfc="none",
                                       label="hollow: unstable knee, or λ̂ bending within noise"))
         if has_ends:
