@@ -1244,6 +1244,12 @@ def test_a_cube_that_reads_a_flag_in_counts_those_estimates_everywhere(monkeypat
     page = " ".join(landing_page(stored, figure, "described").split())
     assert (f"drawn hollow, except the {trunk_estimates - 1} flagged unstable_step only, "
             "which count (analysis.llc_read_flagged) and are drawn half-filled.") in page
+    only = stored["llc_quality"].where(stored["llc_quality"].isin([0, 32])
+                                       | stored["llc_quality"].isnull(), 32)
+    only.attrs = stored["llc_quality"].attrs  # every flagged estimate read in, then
+    assert tables.flagged_fate(stored.assign(llc_quality=only), drawn=True) == (
+        "the flagged estimates, all flagged unstable_step only, count in the λ̂ markers and "
+        "knees (analysis.llc_read_flagged) and are drawn half-filled")
     cells = [row for row in table_rst(stored).split("   * - ")[1:] if row.startswith("128")]
     assert all(f" (+{trunk_estimates - 1} counted) / " in row for row in cells), cells
     figures = []

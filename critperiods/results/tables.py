@@ -413,17 +413,22 @@ def flagged_fate(cube: xr.Dataset, drawn: bool = False,
                  key: str = "analysis.llc_read_flagged") -> str:
     """What the statistics do with the flagged λ̂ estimates: "flagged estimates are left out
     of the λ̂ markers and knees", with "and drawn hollow" where ``drawn``, and the estimates
-    the cube reads in all the same (by config ``key``) excepted; "" where none is
-    flagged."""
+    the cube reads in all the same (by config ``key``) excepted, or, where it reads in
+    every one, "the flagged estimates, all flagged unstable_step only, count …"; "" where
+    none is flagged."""
     counts = llc_flag_counts(cube)
     if not counts or counts["ok"] == counts["estimates"]:
         return ""
+    n = llc_read_in_count(cube)
+    read = read_in_phrase(read_in_flags(cube))
+    if n == counts["estimates"] - counts["ok"]:  # every flagged estimate is read in
+        return (f"the flagged estimates, all {read}, count in the λ̂ markers and knees "
+                f"({key})" + (" and are drawn half-filled" if drawn else ""))
     said = ("flagged estimates are left out of the λ̂ markers and knees"
             + (" and drawn hollow" if drawn else ""))
-    n = llc_read_in_count(cube)
     if n:
-        said += (f", except the {n} {read_in_phrase(read_in_flags(cube))}, which count "
-                 f"({key})" + (" and are drawn half-filled" if drawn else ""))
+        said += (f", except the {n} {read}, which count ({key})"
+                 + (" and are drawn half-filled" if drawn else ""))
     return said
 
 
