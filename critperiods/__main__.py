@@ -342,13 +342,15 @@ def summarize(args: argparse.Namespace) -> int:
             print(f"  {run}")
     counts = llc_flag_counts(cube)
     if counts:
-        key = "--read-flagged" if args.read_flagged else "analysis.llc_read_flagged"
+        key = " and ".join(name for name, given in (("analysis.llc_read_flagged", stored),
+                                                    ("--read-flagged", args.read_flagged))
+                           if given) or "analysis.llc_read_flagged"
         fate = flagged_fate(cube, key=key)
         print(f"\nλ̂ estimates: {counts['estimates']}, ok {counts['ok']}, {flag_reasons(counts)}"
               + (f"; {fate}" if fate else ""))
         from critperiods.results.flag_reading import reading_sentence
 
-        said = reading_sentence(cube, key=key).strip()
+        said = reading_sentence(cube).strip()
         if said:
             print(textwrap.fill(_plain(said), width=100, break_on_hyphens=False))
         from critperiods.results.report_page import (
@@ -380,14 +382,12 @@ def _read_flagged(cube: Any, path: str, names: list[str]) -> Any:
     """``cube`` reading in the estimates flagged ``names`` as well as those it reads in
     already (``llc_quality``'s ``read_in_flags``), so that those carrying no other flag
     count as valid; exits with one line for a cube without λ̂ flags or a toy cube."""
-    from critperiods.results.selection import READ_IN, read_in_flags
+    from critperiods.results.selection import read_in_flags, with_read_in
 
     if cube.attrs.get("cube_kind") == "toy_landscapes" or "llc_quality" not in cube:
         raise SystemExit(f"critperiods: --read-flagged: {path} has no λ̂ quality flags "
                          "(llc_quality) of the critical-period pipeline")
-    quality = cube["llc_quality"].copy()
-    quality.attrs[READ_IN] = " ".join(dict.fromkeys([*read_in_flags(cube), *names]))
-    return cube.assign(llc_quality=quality)
+    return with_read_in(cube, [*read_in_flags(cube), *names])
 
 
 def _plain(rst: str) -> str:

@@ -1237,6 +1237,14 @@ def test_a_cube_that_reads_a_flag_in_counts_those_estimates_everywhere(monkeypat
     assert (f"except the {trunk_estimates - 1} flagged unstable_step only, which count "
             "(analysis.llc_read_flagged)") in said
     assert "(--read-flagged)" not in said
+    # --read-flagged adds to what the cube reads in, and says what the stored reading was
+    assert main(["summarize", str(path), "--read-flagged", "negative"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert ("estimates whose every flag is among unstable_step, negative taken in as valid "
+            "(--read-flagged): the stored statistics, the report and the figures take in "
+            "those flagged unstable_step only (analysis.llc_read_flagged))") in said
+    assert ("every flagged estimate counts in the λ̂ markers and knees, its flags all read in "
+            "(analysis.llc_read_flagged and --read-flagged: unstable_step, negative)") in said
     stored = open_cube(path)
     assert stored["llc_quality"].attrs[READ_IN] == "unstable_step"
     figure = tmp_path / "f.png"
@@ -1248,8 +1256,19 @@ def test_a_cube_that_reads_a_flag_in_counts_those_estimates_everywhere(monkeypat
                                        | stored["llc_quality"].isnull(), 32)
     only.attrs = stored["llc_quality"].attrs  # every flagged estimate read in, then
     assert tables.flagged_fate(stored.assign(llc_quality=only), drawn=True) == (
-        "the flagged estimates, all flagged unstable_step only, count in the λ̂ markers and "
-        "knees (analysis.llc_read_flagged) and are drawn half-filled")
+        "every flagged estimate counts in the λ̂ markers and knees, its flags all read in "
+        "(analysis.llc_read_flagged: unstable_step) and drawn half-filled")
+    # a run at chance: its branch's estimates do not count, read in or not
+    branch = {"batch_size": 128, "switch_epoch": 0.0, "seed": 2}
+    on_branch = ((stored.batch_size == 128) & (stored.switch_epoch == 0) & (stored.seed == 2)
+                 & (stored.epoch > 0) & stored["llc_quality"].notnull())
+    quality = stored["llc_quality"].where(~on_branch, FLAGS["unstable_step"])
+    quality.attrs = stored["llc_quality"].attrs
+    sharp = stored.assign(llc_quality=quality)
+    m = int(on_branch.sel(lr_schedule="continue").sum())  # the schedules share switch 0
+    assert m > 0 and tables.llc_read_in_count(sharp) == trunk_estimates - 1 + m
+    assert tables.llc_read_in_count(with_a_run_at_chance(sharp, **branch)) == (
+        trunk_estimates - 1)
     cells = [row for row in table_rst(stored).split("   * - ")[1:] if row.startswith("128")]
     assert all(f" (+{trunk_estimates - 1} counted) / " in row for row in cells), cells
     figures = []
@@ -1267,7 +1286,7 @@ def test_a_cube_that_reads_a_flag_in_counts_those_estimates_everywhere(monkeypat
     # seed 2 at epoch 6, left out in every panel: at batch 128 unstable and negative
     assert {(i, x) for i, x, _ in points("full")} == {(i, 6.0) for i in range(3)}
     legend = [t.get_text() for t in figures[0].axes[-1].get_legend().get_texts()]
-    assert "flagged unstable step only, counted (analysis.llc_read_flagged)" in legend
+    assert "flagged unstable step only: counted (analysis.llc_read_flagged)" in legend
     assert "flagged estimate (negative, unstable step), left out" in legend
 
 
@@ -1299,14 +1318,21 @@ def test_the_report_says_which_calls_the_other_reading_of_unstable_step_would_ch
     changed = sum(ours.get(k) != theirs.get(k) for k in set(ours) | set(theirs))
     n = int(trunk.sel(switch_epoch=60).sum()) * 3 - 1  # seed 2 at epoch 6 is also negative
     said = reading_sentence(left_out)
-    assert said.startswith(f" Counting the {n} estimates flagged ``unstable_step`` and nothing "
-                           "else (``analysis.llc_read_flagged: [unstable_step]``) would change "
+    assert said.startswith(" Reading in ``unstable_step`` (``analysis.llc_read_flagged: "
+                           f"[unstable_step]``) would count {n} more estimates and change "
                            f"{changed} of the markers' calls: ")
     assert "batch 128, continue, λ̂ trunk: no offset → after the end" in said
     assert said.count(" → ") == min(changed, LISTED)
     back = reading_sentence(counted)
-    assert back.startswith(f" Leaving out the {n} estimates flagged ``unstable_step`` would "
-                           f"change {changed} of the markers' calls: ")
+    assert back.startswith(" Leaving ``unstable_step`` out (``analysis.llc_read_flagged: []``) "
+                           f"would drop {n} estimates and change {changed} of the markers' "
+                           "calls: ")
+    # the setting it names keeps the flags the cube reads in already
+    heavy = left_out["llc_quality"].copy()
+    heavy.attrs[READ_IN] = "heavy_tailed"
+    assert reading_sentence(left_out.assign(llc_quality=heavy)).startswith(
+        " Reading in ``unstable_step`` (``analysis.llc_read_flagged: [heavy_tailed, "
+        "unstable_step]``) would count")
     assert "batch 128, continue, λ̂ trunk: after the end" in back and "→ no offset" in back
     figure = tmp_path / "f.png"
     figure.write_bytes(b"\x89PNG")

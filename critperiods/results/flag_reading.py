@@ -7,10 +7,9 @@ it counts them. ``unstable_step`` marks a condition more than a visible error
 
 from __future__ import annotations
 
-import numpy as np
 import xarray as xr
 
-from critperiods.results.selection import READ_IN, read_in_flags, with_lr_schedule
+from critperiods.results.selection import read_in_flags, with_lr_schedule, with_read_in
 from critperiods.results.summary import critical_period_summary
 from critperiods.results.tables import (
     MARKER_NAMES,
@@ -25,15 +24,18 @@ __all__ = ["LISTED", "other_reading", "reading_sentence"]
 LISTED = 6
 
 
+def _read_the_other_way(cube: xr.Dataset, flag: str) -> xr.Dataset:
+    """``cube`` with ``flag`` added to the flags it reads in, or taken out of them."""
+    names = read_in_flags(cube)
+    return with_read_in(cube, [n for n in names if n != flag] if flag in names
+                        else [*names, flag])
+
+
 def other_reading(cube: xr.Dataset, flag: str) -> xr.Dataset:
     """``cube`` (with its statistics) reading the estimates flagged ``flag`` the other way:
     counted where it leaves them out, left out where it counts them; its statistics
     recomputed at the cube's interval level."""
-    names = read_in_flags(cube)
-    names = [n for n in names if n != flag] if flag in names else [*names, flag]
-    quality = cube["llc_quality"].copy()
-    quality.attrs[READ_IN] = " ".join(names)
-    other = with_lr_schedule(cube.assign(llc_quality=quality))
+    other = with_lr_schedule(_read_the_other_way(cube, flag))
     summary = critical_period_summary(other, level=float(cube.attrs.get("summary_level", 0.9)))
     return other.assign(summary.data_vars)
 
@@ -56,37 +58,35 @@ def _calls(cube: xr.Dataset) -> dict[tuple[float, str, str], str]:
     return {(c.batch_size, c.lr_schedule, c.marker): _said(c) for c in marker_calls(cube)}
 
 
-def reading_sentence(cube: xr.Dataset, flag: str = "unstable_step",
-                     key: str = "analysis.llc_read_flagged") -> str:
-    """" Counting the 84 estimates flagged ``unstable_step`` and nothing else (``key:
-    [flag]``) would change 1 of the markers' calls: batch 256, continue, λ̂ trunk: no offset
-    → after the end (…)." or "… none of the markers' calls."; "Leaving out the 84 …" where
-    the cube counts them.
-    "" where no estimate carries ``flag`` alone (or with flags read in), or the cube has no
-    markers' offsets. ``cube`` holds its statistics."""
+def reading_sentence(cube: xr.Dataset, flag: str = "unstable_step") -> str:
+    """" Reading in ``unstable_step`` (``analysis.llc_read_flagged: [unstable_step]``) would
+    count 84 more estimates and change 1 of the markers' calls: batch 256, continue, λ̂
+    trunk: no offset → after the end (…)." or "… and change none of the markers' calls.";
+    " Leaving ``unstable_step`` out (``analysis.llc_read_flagged: []``) would drop 84 …"
+    where the cube reads it in. The setting named keeps the other flags the cube reads in.
+    "" where no estimate the other reading moves carries ``flag`` (none carries it, or each
+    also carries a flag left out either way), or the cube has no markers' offsets.
+    ``cube`` holds its statistics."""
     if "llc_quality" not in cube or "llc_knee_minus_end_trunk" not in cube:
         return ""
-    quality = cube["llc_quality"].values
-    made = np.isfinite(quality)
-    from critperiods.measure.llc.quality import FLAGS
-
-    if not (np.where(made, quality, 0).astype(int) & FLAGS[flag]).any():
+    flipped = _read_the_other_way(cube, flag)
+    moved = abs(llc_read_in_count(flipped) - llc_read_in_count(cube))
+    if not moved:
         return ""
-    other = other_reading(cube, flag)
-    ours, theirs = _calls(cube), _calls(other)
+    ours, theirs = _calls(cube), _calls(other_reading(cube, flag))
     changed = [(where, ours.get(where, "no offset"), theirs.get(where, "no offset"))
                for where in sorted(set(ours) | set(theirs))
                if ours.get(where, "no offset") != theirs.get(where, "no offset")]
-    moved = abs(llc_read_in_count(other) - llc_read_in_count(cube))
-    if not moved:  # every estimate so flagged carries another flag the run leaves out
-        return ""
-    estimates = f"the {moved} estimate{'s' if moved != 1 else ''} flagged ``{flag}``"
-    how = (f"Leaving out {estimates} would change" if flag in read_in_flags(cube) else
-           f"Counting {estimates} and nothing else (``{key}: [{flag}]``) would change")
+    setting = f"``analysis.llc_read_flagged: [{', '.join(read_in_flags(flipped))}]``"
+    estimates = f"{moved} {'more ' if flag not in read_in_flags(cube) else ''}estimate" + (
+        "s" if moved != 1 else "")
+    how = (f"Leaving ``{flag}`` out ({setting}) would drop {estimates}"
+           if flag in read_in_flags(cube) else
+           f"Reading in ``{flag}`` ({setting}) would count {estimates}")
     if not changed:
-        return f" {how} none of the markers' calls."
+        return f" {how} and change none of the markers' calls."
     said = "; ".join(f"batch {b:g}, {r}, {MARKER_NAMES[m]}: {was} → {now}"
                      for (b, r, m), was, now in changed[:LISTED])
     if len(changed) > LISTED:
         said += f"; and {len(changed) - LISTED} more"
-    return f" {how} {len(changed)} of the markers' calls: {said}."
+    return f" {how} and change {len(changed)} of the markers' calls: {said}."

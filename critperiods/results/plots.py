@@ -326,8 +326,10 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                         if name not in ("estimates", "ok") and n)  # the flags raised
     label = (f"flagged estimate{f' ({why})' if why else ''}"
              + (" or diverged run" if bool(diverged.any()) else "") + ", left out")
-    read = " or ".join(name.replace("_", " ") for name in read_in_flags(cube))
-    read_in_label = f"flagged {read} only, counted (analysis.llc_read_flagged)"
+    names = [name.replace("_", " ") for name in read_in_flags(cube)]
+    read = (f"flagged {names[0]} only" if len(names) == 1 else
+            f"flagged, every flag among {', '.join(names)}")
+    read_in_label = f"{read}: counted (analysis.llc_read_flagged)"
     ends = _located_ends(cube)
     if ends is not None and "lr_schedule" in ends.dims:  # the end to compare with: continue's
         ends = ends.sel(lr_schedule="continue") if "continue" in ends.lr_schedule else None
@@ -385,7 +387,7 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         return handles
 
     caption = ("λ̂ of the valid estimates"
-               + (f" and of those flagged {read} only (half-filled: counted, "
+               + (f" and of those {read} (half-filled: counted, "
                   "analysis.llc_read_flagged)" if bool(read_in.any()) else "")
                + f" (mean over {_seeds_note(cube)}; bars: s.d. over "
                "chains; up to a run's switch epoch it is the blurred trunk's; where a checkpoint "

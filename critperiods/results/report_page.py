@@ -24,7 +24,7 @@ from critperiods.results.fits import POWER_LAW_POINTS
 from critperiods.results.flag_reading import reading_sentence
 from critperiods.results.markers import UNSTABLE_REASON, WITHIN_NOISE_REASON, knee_flags
 from critperiods.results.rst import PAGE_STYLE, figure_rst, list_table
-from critperiods.results.selection import lr_schedules, read_in_flags
+from critperiods.results.selection import llc_counted, lr_schedules, read_in_flags
 from critperiods.results.setup import recorded_config, setup_sentence
 from critperiods.results.tables import (
     MARKER_STAGES,
@@ -293,7 +293,7 @@ def _llc_caveat(cube: xr.Dataset) -> list[str]:
         (f"nβ = {nbeta:.4g}", np.isfinite(nbeta))) if ok)
     settings = f" ({settings})" if settings else ""
     relaxed = llc_relaxation(cube)
-    growth = _unflagged_growth(cube)  # none: nothing shows the chains had stopped spreading
+    growth = _counted_growth(cube)  # none: nothing shows the chains had stopped spreading
     short = "short chains, " if growth.size == 0 or (growth > RELAXED_GROWTH).any() else ""
     return [f"* λ̂ is an estimate at this run's SGLD settings{settings}, not the "
             f"checkpoint's equilibrium learning coefficient: {short}minibatch noise and "
@@ -459,12 +459,13 @@ def _epoch_list(epochs: list[float]) -> str:
 
 def llc_relaxation(cube: xr.Dataset) -> str:
     """Whether the run's SGLD chains were still spreading from the checkpoint, from
-    ``llc_distance_growth`` over the distinct unflagged estimates (one sentence; "" where the
-    cube has none): how many grew by more than ``RELAXED_GROWTH``, the median and range (or
-    the one value, where all round alike), and, for plain SGLD at one setting, what a
-    direction the loss leaves flat would give. A flagged estimate's chains (a heavy tail, a
-    diverged chain) run away rather than spread, and are left out."""
-    values = _unflagged_growth(cube)
+    ``llc_distance_growth`` over the distinct estimates the statistics count (one sentence;
+    "" where the cube has none): how many grew by more than ``RELAXED_GROWTH``, the median
+    and range (or the one value, where all round alike), and, for plain SGLD at one setting,
+    what a direction the loss leaves flat would give. A flagged estimate's chains (a heavy
+    tail, a diverged chain) run away rather than spread, and are left out, unless its flags
+    are read in (``analysis.llc_read_flagged``)."""
+    values = _counted_growth(cube)
     if values.size == 0:
         return ""
     above = int(np.sum(values > RELAXED_GROWTH))
@@ -474,7 +475,8 @@ def llc_relaxation(cube: xr.Dataset) -> str:
               else f"median {median:+d} %, range {low:+d} to {high:+d} %")
     said = (f"The chains' squared distance from the checkpoint grew by more than "
             f"{100 * RELAXED_GROWTH:.0f} % from the first to the second half of the draws in "
-            f"{above} of {values.size} unflagged estimates ({spread}; "
+            f"{above} of {values.size} {'counted' if read_in_flags(cube) else 'unflagged'} "
+            f"estimates ({spread}; "
             "``llc_distance_growth``)")
     if not above:
         flat = _flat_setting(cube)
@@ -485,14 +487,15 @@ def llc_relaxation(cube: xr.Dataset) -> str:
             "such chains moves with their length (docs/llc.md).")
 
 
-def _unflagged_growth(cube: xr.Dataset) -> np.ndarray:
-    """``llc_distance_growth`` of the distinct unflagged estimates (empty where the cube has
-    none)."""
+def _counted_growth(cube: xr.Dataset) -> np.ndarray:
+    """``llc_distance_growth`` of the distinct estimates the statistics count
+    (:func:`~critperiods.results.selection.llc_counted`: unflagged, or flagged only as the
+    cube reads in; empty where the cube has none)."""
     if "llc_distance_growth" not in cube:
         return np.array([])
     growth = cube["llc_distance_growth"]
     if "llc_quality" in cube:
-        growth = growth.where(cube["llc_quality"] == 0)
+        growth = growth.where(llc_counted(cube))
     values = distinct_estimates(cube.assign(llc_distance_growth=growth), "llc_distance_growth")
     return values[np.isfinite(values)]
 

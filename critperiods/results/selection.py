@@ -18,7 +18,7 @@ from critperiods.results.fits import seed_adjusted_mean
 __all__ = ["CHANCE_MULTIPLE", "CLASSES", "at_horizon", "default_horizon", "diverged_branches",
            "divergence_at_horizon", "divergence_to_blurred", "llc_sharp", "llc_sharp_by_seed",
            "llc_counted", "llc_trunk", "llc_trunk_by_seed", "lr_schedules", "read_in_flags",
-           "run_diverged", "seed_mean",
+           "run_diverged", "seed_mean", "with_read_in",
            "shared_by_schedules",
            "valid_final_accuracy", "valid_llc", "with_lr_schedule", "without_diverged"]
 
@@ -116,6 +116,14 @@ def read_in_flags(cube: xr.Dataset) -> list[str]:
     return str(cube["llc_quality"].attrs.get(READ_IN, "")).split()
 
 
+def with_read_in(cube: xr.Dataset, names: list[str]) -> xr.Dataset:
+    """``cube`` whose statistics read in the λ̂ flags ``names`` (each once, in order) and
+    no other; its flags themselves unchanged."""
+    quality = cube["llc_quality"].copy()
+    quality.attrs[READ_IN] = " ".join(dict.fromkeys(names))
+    return cube.assign(llc_quality=quality)
+
+
 def llc_counted(cube: xr.Dataset) -> xr.DataArray:
     """Where a λ̂ estimate counts as valid: its quality flag is ok, or every flag it carries
     is among :func:`read_in_flags` (False where no estimate was made; needs
@@ -150,8 +158,8 @@ def llc_trunk_by_seed(cube: xr.Dataset, batch_size: float, net_of_descent: bool 
 
     Every run trains on blurred images until its switch, so the run with the largest switch
     epoch that has any λ̂ traces the longest trunk; its values at epochs ``<=`` that switch
-    are returned. Flagged estimates are left out (:func:`valid_llc`; ``net_of_descent``:
-    λ̂ net of the chains' descent, empty without it).
+    are returned. Flagged estimates are left out unless read in (:func:`valid_llc`;
+    ``net_of_descent``: λ̂ net of the chains' descent, empty without it).
     """
     llc = valid_llc(cube, net_of_descent)
     if llc is None:

@@ -324,7 +324,8 @@ def critical_period_summary(
     ``permanent_deficit`` (+ ``_interval``, a Student-t interval over the
     ``permanent_deficit_seeds`` seeds with both runs; the deficit "survives the restart" when
     the restart schedule's lower bound is above 0), ``half_deficit_epoch``,
-    ``llc_change_epoch_trunk``/``_sharp`` (valid λ̂ only: flagged estimates are left out;
+    ``llc_change_epoch_trunk``/``_sharp`` (valid λ̂ only: flagged estimates are left out
+    unless their flags are read in, :func:`~critperiods.results.selection.llc_counted`;
     ``_loo_range``: the lowest and highest marker, with all seeds and with each seed left
     out in turn) and
     ``divergence_drop_epoch`` (distance to the always-blurred run at ``epoch = switch +

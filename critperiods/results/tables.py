@@ -34,6 +34,7 @@ from critperiods.results.selection import (
     read_in_flags,
     run_diverged,
     with_lr_schedule,
+    without_diverged,
 )
 from critperiods.results.summary import EXPONENTS, INTERVAL_STATISTICS, unlocated_reason
 from critperiods.variables import SUMMARY_STATISTICS
@@ -389,10 +390,12 @@ def flag_reasons(counts: dict[str, int]) -> str:
 
 def llc_read_in_count(cube: xr.Dataset) -> int:
     """How many distinct λ̂ estimates (:func:`distinct_estimates`) are flagged yet count,
-    their every flag among those the cube reads in (``analysis.llc_read_flagged``)."""
+    their every flag among those the cube reads in (``analysis.llc_read_flagged``) and their
+    run not diverged to chance."""
     if "llc_quality" not in cube:
         return 0
-    read_in = (cube["llc_quality"] > 0) & llc_counted(cube)
+    read_in = without_diverged(cube, ((cube["llc_quality"] > 0) & llc_counted(cube)).astype(
+        float))
     made = distinct_estimates(cube, "llc_quality")
     counted = distinct_estimates(cube.assign(llc_quality=read_in.astype(float)),
                                  "llc_quality")
@@ -414,16 +417,17 @@ def flagged_fate(cube: xr.Dataset, drawn: bool = False,
     """What the statistics do with the flagged λ̂ estimates: "flagged estimates are left out
     of the λ̂ markers and knees", with "and drawn hollow" where ``drawn``, and the estimates
     the cube reads in all the same (by config ``key``) excepted, or, where it reads in
-    every one, "the flagged estimates, all flagged unstable_step only, count …"; "" where
-    none is flagged."""
+    every one, "every flagged estimate counts …, its flags all read in (…)"; "" where none
+    is flagged."""
     counts = llc_flag_counts(cube)
     if not counts or counts["ok"] == counts["estimates"]:
         return ""
     n = llc_read_in_count(cube)
     read = read_in_phrase(read_in_flags(cube))
     if n == counts["estimates"] - counts["ok"]:  # every flagged estimate is read in
-        return (f"the flagged estimates, all {read}, count in the λ̂ markers and knees "
-                f"({key})" + (" and are drawn half-filled" if drawn else ""))
+        return (f"every flagged estimate counts in the λ̂ markers and knees, its flags all "
+                f"read in ({key}: {', '.join(read_in_flags(cube))})"
+                + (" and drawn half-filled" if drawn else ""))
     said = ("flagged estimates are left out of the λ̂ markers and knees"
             + (" and drawn hollow" if drawn else ""))
     if n:

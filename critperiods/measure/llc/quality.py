@@ -32,7 +32,8 @@ noise: :mod:`critperiods.measure.llc.stability`, whose ``λ_max`` and noise the 
 stores as ``llc_sharpness`` and ``llc_sharpness_sd``). The llc stage writes the
 diagnostics; the cube applies the
 thresholds (``analysis.llc_max_rhat``, ``analysis.llc_max_trend_z``), so changing them reruns
-only the aggregation. A flagged estimate is never used for a marker and is drawn hollow.
+only the aggregation. A flagged estimate is never used for a marker and is drawn hollow,
+unless its every flag is one the config reads in (``analysis.llc_read_flagged``).
 """
 
 from __future__ import annotations
