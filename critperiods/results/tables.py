@@ -397,8 +397,7 @@ def llc_read_in_count(cube: xr.Dataset) -> int:
     read_in = without_diverged(cube, ((cube["llc_quality"] > 0) & llc_counted(cube)).astype(
         float))
     made = distinct_estimates(cube, "llc_quality")
-    counted = distinct_estimates(cube.assign(llc_quality=read_in.astype(float)),
-                                 "llc_quality")
+    counted = distinct_estimates(cube.assign(llc_quality=read_in), "llc_quality")
     return int(np.sum(np.isfinite(made) & (counted == 1)))
 
 
@@ -423,7 +422,6 @@ def flagged_fate(cube: xr.Dataset, drawn: bool = False,
     if not counts or counts["ok"] == counts["estimates"]:
         return ""
     n = llc_read_in_count(cube)
-    read = read_in_phrase(read_in_flags(cube))
     if n == counts["estimates"] - counts["ok"]:  # every flagged estimate is read in
         return (f"every flagged estimate counts in the λ̂ markers and knees, its flags all "
                 f"read in ({key}: {', '.join(read_in_flags(cube))})"
@@ -431,7 +429,7 @@ def flagged_fate(cube: xr.Dataset, drawn: bool = False,
     said = ("flagged estimates are left out of the λ̂ markers and knees"
             + (" and drawn hollow" if drawn else ""))
     if n:
-        said += (f", except the {n} {read}, which count ({key})"
+        said += (f", except the {n} {read_in_phrase(read_in_flags(cube))}, which count ({key})"
                  + (" and are drawn half-filled" if drawn else ""))
     return said
 
