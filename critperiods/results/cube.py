@@ -20,7 +20,7 @@ from critperiods.pipeline.config_record import digest
 from critperiods.pipeline.files import read_netcdf
 from critperiods.pipeline.layout import parse_divergence, parse_perturbation
 from critperiods.results.assemble import RUN_DIMS, assemble_runs, load_pieces
-from critperiods.results.selection import READ_IN
+from critperiods.results.selection import read_in_attrs
 from critperiods.variables import (
     ANCILLARY,
     VARIABLES,
@@ -180,9 +180,7 @@ def _llc_quality(cube: xr.Dataset, settings: dict) -> xr.DataArray:
         "the Hessian's top eigenvector. Flagged estimates are left "
         "out of the markers and drawn hollow, except those whose every flag is among "
         "read_in_flags (analysis.llc_read_flagged): those count, drawn half-filled.")}
-    read_in = list(dict.fromkeys(settings["llc_read_flagged"]))
-    if read_in:
-        attrs[READ_IN] = " ".join(read_in)
+    attrs.update(read_in_attrs(settings["llc_read_flagged"]))
     return xr.DataArray(flags, dims=mean.dims, coords=mean.coords, attrs=attrs)
 
 

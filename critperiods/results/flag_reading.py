@@ -31,13 +31,18 @@ def _read_the_other_way(cube: xr.Dataset, flag: str) -> xr.Dataset:
                         else [*names, flag])
 
 
+def _with_statistics(cube: xr.Dataset) -> xr.Dataset:
+    """``cube`` with its statistics recomputed at its own interval level."""
+    cube = with_lr_schedule(cube)
+    summary = critical_period_summary(cube, level=float(cube.attrs.get("summary_level", 0.9)))
+    return cube.assign(summary.data_vars)
+
+
 def other_reading(cube: xr.Dataset, flag: str) -> xr.Dataset:
     """``cube`` (with its statistics) reading the estimates flagged ``flag`` the other way:
     counted where it leaves them out, left out where it counts them; its statistics
     recomputed at the cube's interval level."""
-    other = with_lr_schedule(_read_the_other_way(cube, flag))
-    summary = critical_period_summary(other, level=float(cube.attrs.get("summary_level", 0.9)))
-    return other.assign(summary.data_vars)
+    return _with_statistics(_read_the_other_way(cube, flag))
 
 
 def _said(call: MarkerCall | None) -> str:
@@ -73,7 +78,7 @@ def reading_sentence(cube: xr.Dataset, flag: str = "unstable_step") -> str:
     moved = abs(llc_read_in_count(flipped) - llc_read_in_count(cube))
     if not moved:
         return ""
-    ours, theirs = _calls(cube), _calls(other_reading(cube, flag))
+    ours, theirs = _calls(cube), _calls(_with_statistics(flipped))
     changed = [(where, ours.get(where, "no offset"), theirs.get(where, "no offset"))
                for where in sorted(set(ours) | set(theirs))
                if ours.get(where, "no offset") != theirs.get(where, "no offset")]

@@ -18,7 +18,7 @@ from critperiods.results.fits import seed_adjusted_mean
 __all__ = ["CHANCE_MULTIPLE", "CLASSES", "at_horizon", "default_horizon", "diverged_branches",
            "divergence_at_horizon", "divergence_to_blurred", "llc_sharp", "llc_sharp_by_seed",
            "llc_counted", "llc_trunk", "llc_trunk_by_seed", "lr_schedules", "read_in_flags",
-           "run_diverged", "seed_mean", "with_read_in",
+           "read_in_attrs", "run_diverged", "seed_mean", "with_read_in",
            "shared_by_schedules",
            "valid_final_accuracy", "valid_llc", "with_lr_schedule", "without_diverged"]
 
@@ -116,11 +116,18 @@ def read_in_flags(cube: xr.Dataset) -> list[str]:
     return str(cube["llc_quality"].attrs.get(READ_IN, "")).split()
 
 
+def read_in_attrs(names: list[str]) -> dict[str, str]:
+    """The ``llc_quality`` attribute that reads in the λ̂ flags ``names`` (each once, in
+    order); none for no flag."""
+    return {READ_IN: " ".join(dict.fromkeys(names))} if names else {}
+
+
 def with_read_in(cube: xr.Dataset, names: list[str]) -> xr.Dataset:
-    """``cube`` whose statistics read in the λ̂ flags ``names`` (each once, in order) and
-    no other; its flags themselves unchanged."""
+    """``cube`` whose statistics read in the λ̂ flags ``names`` and no other; its flags
+    themselves unchanged."""
     quality = cube["llc_quality"].copy()
-    quality.attrs[READ_IN] = " ".join(dict.fromkeys(names))
+    quality.attrs.pop(READ_IN, None)
+    quality.attrs.update(read_in_attrs(names))
     return cube.assign(llc_quality=quality)
 
 
