@@ -373,7 +373,7 @@ def summarize(args: argparse.Namespace) -> int:
         print(format_perturbation(cube))
     if args.csv:
         _check_csv_path(args.csv)
-        to_csv(summary, args.csv)
+        to_csv(cube, args.csv)  # the cube carries the statistics, and what λ̂ reads in
         print(f"wrote {args.csv}")
     return 0
 

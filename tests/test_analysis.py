@@ -1233,13 +1233,22 @@ def test_a_cube_that_reads_a_flag_in_counts_those_estimates_everywhere(monkeypat
         ["batch_size", "lr_schedule"])["llc_knee_trunk"] for name in ("asked", "stored")]
     assert np.isfinite(knees[1][(128, "continue")])
     pd.testing.assert_series_equal(*knees)
+    for name in ("asked", "stored"):  # each CSV says what its knees count
+        assert set(pd.read_csv(tmp_path / f"{name}.csv")["llc_read_in_flags"]) == {
+            "unstable_step"}
+    assert main(["summarize", str(plain), "--csv", str(tmp_path / "none.csv")]) == 0
+    assert pd.read_csv(tmp_path / "none.csv", keep_default_na=False)[
+        "llc_read_in_flags"].eq("").all()
     trunk_estimates = int(trunk.sel(switch_epoch=60).sum()) * 3
     assert (f"except the {trunk_estimates - 1} flagged unstable_step only, which count "
             "(analysis.llc_read_flagged)") in said
     assert "(--read-flagged)" not in said
     # --read-flagged adds to what the cube reads in, and says what the stored reading was
-    assert main(["summarize", str(path), "--read-flagged", "negative"]) == 0
+    assert main(["summarize", str(path), "--read-flagged", "negative", "--csv",
+                 str(tmp_path / "both.csv")]) == 0
     said = " ".join(capsys.readouterr().out.split())
+    assert set(pd.read_csv(tmp_path / "both.csv")["llc_read_in_flags"]) == {
+        "unstable_step negative"}
     assert ("estimates whose every flag is among unstable_step, negative taken in as valid "
             "(--read-flagged): the stored statistics, the report and the figures take in "
             "those flagged unstable_step only (analysis.llc_read_flagged))") in said

@@ -443,8 +443,13 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
     ``critical_period_end_located`` says whether the end is located (the permanent deficit's
     interval lies above 0, :func:`end_located`). The hinge puts a kink even on a flat curve, so
     ``critical_period_end`` and ``half_deficit_epoch`` of a row with ``False`` are not ends of a
-    critical period; they are kept, as in the cube, for inspection."""
+    critical period; they are kept, as in the cube, for inspection.
+
+    Given a cube with λ̂ flags (``llc_quality``), every row also says which flags the λ̂
+    markers read in (``llc_read_in_flags``, space-separated, empty where none:
+    ``analysis.llc_read_flagged``), so a CSV read cold says what its knees count."""
     summary = with_lr_schedule(summary)
+    read_in = " ".join(read_in_flags(summary)) if "llc_quality" in summary else None
     rows = []
     for b in summary["batch_size"].values:
         for r in summary["lr_schedule"].values:
@@ -487,6 +492,8 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
             for name in ("permanent_deficit_seeds", "diverged_runs"):
                 if name in cell:  # absent from cubes written before they were counted
                     row[name] = int(cell[name])
+            if read_in is not None:
+                row["llc_read_in_flags"] = read_in
             rows.append(row)
     return pd.DataFrame(rows)
 
