@@ -114,12 +114,9 @@ class _Potential(nn.Module):
         return (self.w[0] ** 2 * self.w[1] ** 4).expand(x.shape[0])
 
 
-def test_unsupported_models_raise_and_fall_back_to_vmap(monkeypatch, caplog) -> None:
+def test_unsupported_models_raise_and_fall_back_to_vmap() -> None:
     """A forward that reads parameters, or an unknown layer, is refused with the node's
-    name; copies_forward then uses vmap, gives the same values and logs why, once."""
-    from critperiods.train import copies
-
-    monkeypatch.setattr(copies, "_SAID", set())
+    name; copies_forward then uses vmap and gives the same values."""
     with pytest.raises(NotGroupable, match="get_attr w"):
         GroupedModel(_Potential())
     with pytest.raises(NotGroupable, match="0: Conv1d is not supported"):
@@ -127,14 +124,9 @@ def test_unsupported_models_raise_and_fall_back_to_vmap(monkeypatch, caplog) -> 
 
     potential = _Potential()
     params = {"w": torch.stack([potential.w.detach(), potential.w.detach() * 2])}
-    with caplog.at_level("INFO", logger="critperiods.train.copies"):
-        out = copies_forward(potential)(params, {}, torch.zeros(2, 4, 1))
-        copies_forward(potential)
+    out = copies_forward(potential)(params, {}, torch.zeros(2, 4, 1))
     expected = torch.stack([(w[0] ** 2 * w[1] ** 4).expand(4) for w in params["w"]])
     torch.testing.assert_close(out, expected)
-    assert [r.getMessage() for r in caplog.records] == [
-        "stacked copies of _Potential run through vmap (the same values, slower): "
-        "get_attr w (forward reads tensors directly)"]
 
 
 def test_dropout_in_training_mode_is_refused() -> None:
@@ -173,13 +165,9 @@ class _LinearOnImage(nn.Module):
 
 
 @pytest.mark.parametrize("flatten_all", [False, True])
-def test_layouts_without_a_grouped_rule_use_vmap(flatten_all: bool, monkeypatch,
-                                                 caplog) -> None:
+def test_layouts_without_a_grouped_rule_use_vmap(flatten_all: bool) -> None:
     """The layout check runs before anything executes: such models are refused by
-    GroupedModel and computed by vmap in copies_forward, with the same values (logged)."""
-    from critperiods.train import copies
-
-    monkeypatch.setattr(copies, "_SAID", set())
+    GroupedModel and computed by vmap in copies_forward, with the same values."""
     model = _LinearOnImage(flatten_all)
     params, buffers = stack_module_state([model, copy.deepcopy(model)])
     x = torch.randn(2, 4, 1, 8, 8)
@@ -187,10 +175,8 @@ def test_layouts_without_a_grouped_rule_use_vmap(flatten_all: bool, monkeypatch,
     assert not grouped.supports(params, buffers, x)
     with pytest.raises(NotGroupable, match="no grouped rule"):
         grouped(params, buffers, x)
-    with caplog.at_level("INFO", logger="critperiods.train.copies"):
-        torch.testing.assert_close(copies_forward(model)(params, buffers, x),
-                                   _reference(model, params, buffers, x))
-    assert "stacked copies of _LinearOnImage run through vmap" in caplog.text
+    torch.testing.assert_close(copies_forward(model)(params, buffers, x),
+                               _reference(model, params, buffers, x))
 
 
 class _TwoInputs(nn.Module):

@@ -12,7 +12,6 @@ layouts need not import each other.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import torch
@@ -30,19 +29,6 @@ from critperiods.train.grouped import CopiesForward, GroupedModel, NotGroupable,
 CUDA_LAYOUT = {"train": "channels", "llc": "channels", "llc_batchnorm": "batch"}
 #: Set (to "batch" or "channels") to force one layout on CUDA: for benchmarks only.
 LAYOUT_OVERRIDE: str | None = None
-
-log = logging.getLogger(__name__)
-_SAID: set[str] = set()  # the models whose fallback to vmap this process has logged
-
-
-def _say_fallback(model: nn.Module, why: str) -> None:
-    """Log, once per model class and process, that its copies run through ``vmap`` (the
-    same values, slower): a custom model's λ̂ or stacked seeds are otherwise slow unsaid."""
-    name = type(model).__name__
-    if name not in _SAID:
-        _SAID.add(name)
-        log.info("stacked copies of %s run through vmap (the same values, slower): %s",
-                 name, why)
 
 
 def copies_layout(device: torch.device | str, use: str = "train",
@@ -62,20 +48,16 @@ def copies_forward(model: nn.Module, layout: str = "channels") -> CopiesForward:
     """``f(params, buffers, x)`` evaluating stacked copies of ``model``: a
     :class:`GroupedModel` (``layout="channels"``) or a :class:`FoldedModel`
     (``layout="batch"``, for GPUs) for the inputs and modes it supports, else
-    ``vmap(functional_call)`` (the same values to float round-off; logged once per model
-    class, at INFO, with the reason)."""
+    ``vmap(functional_call)`` (the same values to float round-off)."""
     fallback = vmap(lambda p, b, xx: functional_call(model, (p, b), (xx,)))
     try:
         grouped = FoldedModel(model) if layout == "batch" else GroupedModel(model)
-    except NotGroupable as err:
-        _say_fallback(model, str(err))
+    except NotGroupable:
         return fallback
 
     def forward(params: Tensors, buffers: Tensors, x: Tensor) -> Tensor:
         graph = grouped._graph_for(params, buffers, x)  # one check per call
         if graph is None:
-            _say_fallback(model, "the grouped layers do not cover this call (hooks, dropout "
-                          "in training, a missing buffer or an unsupported shape)")
             return fallback(params, buffers, x)
         return grouped._execute(graph, params, buffers, x)
 
