@@ -951,6 +951,30 @@ def test_the_markers_answer_counts_the_offsets_told_from_the_end_and_their_flags
     assert "* **Do λ̂ and the divergence mark the end?** λ̂ knees: 6 of 6" in "\n".join(answer)
     assert tables.marker_tally(summary.drop_vars("llc_knee_minus_end_trunk")) == []
 
+def test_the_short_answer_does_not_call_one_seed_or_no_accuracy_an_absence() -> None:
+    """With one seed the deficits have no interval, and with no final accuracy there is no
+    deficit: the short answer says the runs cannot tell, not that there is no critical
+    period; only intervals that include 0 earn "no critical period to locate"."""
+    from critperiods.results.report_page import short_answer
+
+    cube = synthetic_cube(with_llc=False, with_div=False)
+    one = cube.isel(seed=[0])
+    said = short_answer(one.merge(critical_period_summary(one)))
+    assert "have no interval: fewer than two seeds have both the earliest and the latest " \
+        "switch, so these runs cannot tell a critical period from none" in said, said
+    assert f"points at batch sizes {BATCHES[0]:g}, {BATCHES[1]:g}, {BATCHES[2]:g})" in said
+    assert "no critical period" not in said
+    blank = cube.copy(deep=True)
+    blank["final_test_accuracy"][:] = np.nan
+    said = short_answer(blank.merge(critical_period_summary(blank)))
+    assert "no batch size has a deficit to measure" in said, said
+    flat = cube.copy(deep=True)
+    flat["final_test_accuracy"][:] = 0.8 + 0.01 * flat["seed"]
+    said = short_answer(flat.merge(critical_period_summary(flat)))
+    assert said.endswith("no batch size has a deficit whose interval lies above 0: no "
+                         "critical period to locate here."), said
+
+
 def test_the_short_answer_says_whether_the_markers_mark_the_end() -> None:
     """The first page's short answer answers the question's third part too: it names the
     markers told from the end on clear knees; with every such call on a flagged knee it says

@@ -105,8 +105,7 @@ def short_answer(cube: xr.Dataset) -> str:
     located = [float(row.batch_size) for row in rows.itertuples()
                if end_located(row.permanent_deficit_lower)]
     if not located:
-        return (f"**In short:** {rate}, no batch size has a deficit whose interval lies above "
-                "0: no critical period to locate here.")
+        return f"**In short:** {rate}, {_nothing_located(rows)}."
     level = f"{100 * float(cube.attrs.get('summary_level', 0.9)):.0f} %"
     p, lo, hi = _exponent(cube, first)
     if not np.isfinite(p):
@@ -132,6 +131,31 @@ def short_answer(cube: xr.Dataset) -> str:
         said += ". " + _restart_sentence(verdicts, located, len(rows), table)
     markers = _markers_sentence(cube)
     return f"**In short:** {said}." + (f" {markers}." if markers else "")
+
+
+def _nothing_located(rows: pd.DataFrame) -> str:
+    """Why no batch size's end is located (:func:`short_answer`): no deficit measured, no
+    interval (fewer than two seeds with both runs; a single seed is not an absence), or
+    intervals that include 0."""
+    measured = rows[np.isfinite(rows["permanent_deficit"].astype(float))]
+    if measured.empty:
+        return ("no batch size has a deficit to measure (no seed has a final accuracy at both "
+                "the earliest and the latest switch): nothing can be said about a critical "
+                "period here")
+    bare = [float(row.batch_size) for row in measured.itertuples()
+            if not np.isfinite(row.permanent_deficit_lower)]
+    if len(bare) == len(measured):
+        deficits = ", ".join(f"{_num(100 * row.permanent_deficit)}" for row in
+                             measured.itertuples())
+        return (f"the deficits ({deficits} points at {_batches(bare)}) have "
+                "no interval: fewer than two seeds have both the earliest and the latest "
+                "switch, so these runs cannot tell a critical period from none (more "
+                "``seeds`` can)")
+    said = "no batch size has a deficit whose interval lies above 0"
+    if bare:
+        return (said + f" ({_batches(bare)}: no interval, fewer than two seeds with both "
+                "runs): no critical period located here")
+    return said + ": no critical period to locate here"
 
 
 #: How the short answer names a marker of :data:`~critperiods.results.markers.MARKER_OFFSETS`.
