@@ -43,7 +43,7 @@ import os
 import re
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +215,8 @@ def compare(args: argparse.Namespace) -> int:
     if len(args.cubes) < 2:
         raise SystemExit("critperiods: compare needs at least two cubes (the first is the "
                          "baseline)")
+    if args.csv:
+        _check_out_path(args.csv, example="comparison.csv")
     cubes = [_open_cube_or_exit(path) for path in args.cubes]
     for path, cube in zip(args.cubes, cubes, strict=True):
         if cube.attrs.get("cube_kind") == "toy_landscapes":
@@ -235,18 +237,32 @@ def compare(args: argparse.Namespace) -> int:
         print()
     print(format_comparison(runs, differences))
     if args.csv:
-        _check_csv_path(args.csv)
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         comparison_table(differences, [r.name for r in runs]).to_csv(args.csv, index=False)
         print(f"wrote {args.csv}")
     return 0
 
 
-def _check_csv_path(path: str) -> None:
-    """Exit with one line where ``--csv`` names a folder (its parent is made if missing)."""
-    if Path(path).is_dir():
-        raise SystemExit(f"critperiods: --csv {path}: a folder; give a file name, e.g. "
-                         f"{Path(path) / 'summary.csv'}")
+#: The file types ``--out`` may name for a figure (a subset of what matplotlib saves).
+_IMAGE_TYPES = ("png", "pdf", "svg", "jpg", "jpeg", "tif", "tiff", "webp", "eps")
+
+
+def _check_out_path(path: str, option: str = "--csv", example: str = "summary.csv",
+                    suffixes: Sequence[str] = ()) -> None:
+    """Exit with one line, before any work, where ``option``'s file cannot be written: it
+    names a folder, a folder on its way is a file, or (with ``suffixes``) its suffix is
+    not one of them. A missing parent folder is fine: the writer makes it."""
+    target = Path(path)
+    if target.is_dir():
+        raise SystemExit(f"critperiods: {option} {path}: a folder; give a file name, e.g. "
+                         f"{target / example}")
+    blocked = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise SystemExit(f"critperiods: {option} {path}: {blocked} is a file, not a folder")
+    if suffixes and target.suffix.lower().lstrip(".") not in suffixes:
+        raise SystemExit(f"critperiods: {option} {path}: not a file type this can write; "
+                         f"give one of {', '.join('.' + s for s in suffixes)} (e.g. "
+                         f"{target.with_suffix(Path(example).suffix)})")
 
 
 def summarize(args: argparse.Namespace) -> int:
@@ -268,13 +284,14 @@ def summarize(args: argparse.Namespace) -> int:
         to_csv,
     )
 
+    if args.csv:
+        _check_out_path(args.csv)
     cube = _open_cube_or_exit(args.cube)
     if cube.attrs.get("cube_kind") == "toy_landscapes":
         from critperiods.toy.cube import format_summary, summary_csv
 
         print(format_summary(cube))
         if args.csv:
-            _check_csv_path(args.csv)
             summary_csv(cube, args.csv)
             print(f"wrote {args.csv}")
         return 0
@@ -372,7 +389,6 @@ def summarize(args: argparse.Namespace) -> int:
               + (f"; {label})" if label else ")"))
         print(format_perturbation(cube))
     if args.csv:
-        _check_csv_path(args.csv)
         to_csv(cube, args.csv)  # the cube carries the statistics, and what λ̂ reads in
         print(f"wrote {args.csv}")
     return 0
@@ -421,6 +437,7 @@ def calibrate_llc(args: argparse.Namespace) -> int:
     from critperiods.train.data import load_prepared
     from critperiods.train.training import TrainConfig, model_for
 
+    _check_out_path(args.out, "--out", "llc_calibration.png", _IMAGE_TYPES)
     recorded = None if args.configfile else _recorded_config_of(args.piece)
     if recorded is not None:
         print(f"the config of {args.piece}'s experiment: {recorded} (as recorded by its run; "
@@ -462,13 +479,13 @@ def calibrate_llc(args: argparse.Namespace) -> int:
                            step_sizes, args.nbetas, label=f"{args.piece} epoch {args.epoch}")
     except ValueError as err:  # a broken checkpoint: nothing to calibrate
         raise SystemExit(f"critperiods: {err}") from None
-    plot_calibration(result, args.out)
     from critperiods.measure.llc.stability import STABILITY_SAMPLES, sharpness
 
     curvature = sharpness(
         model, torch.nn.functional.cross_entropy, sampled, batch_size=sampler.batch_size,
         samples=llc_params.get("stability_samples", STABILITY_SAMPLES), seed=sampler.seed)
     print("\n".join(calibration_lines(result, sampler, own, config["analysis"], *curvature)))
+    plot_calibration(result, args.out)
     print(f"wrote {args.out}")
     if args.descent:
         from critperiods.measure.llc.descent import descent, descent_line

@@ -1402,6 +1402,34 @@ def test_summarize_points_an_undecided_marker_to_the_power_command(tmp_path, cap
     assert f"python -m critperiods power --noise-from {path}" in printed
     with pytest.raises(SystemExit, match=r"--csv .*: a folder; give a file name"):
         main(["summarize", str(path), "--csv", str(tmp_path)])  # was an IsADirectoryError
+    capsys.readouterr()
+    (tmp_path / "a.csv").write_text("")
+    for command in (["summarize", str(path)], ["compare", str(path), str(path)]):
+        with pytest.raises(SystemExit, match=r"--csv .*/x\.csv: .*a\.csv is a file, not a "
+                                             "folder"):
+            main([*command, "--csv", str(tmp_path / "a.csv" / "x.csv")])
+        assert capsys.readouterr().out == ""  # refused before any of the work
+
+
+def test_calibrate_llc_refuses_a_plot_it_cannot_write_before_sampling(tmp_path) -> None:
+    """``calibrate-llc --out`` is checked before the sweep (minutes at real settings): a
+    folder, a path through a file and a suffix matplotlib would not save under that name
+    are refused in one line; the types it names all are ones matplotlib saves."""
+    import matplotlib.figure
+
+    from critperiods.__main__ import _IMAGE_TYPES, main
+
+    piece = tmp_path / "not_even_read.pt"  # the check comes before the piece is opened
+    (tmp_path / "a.csv").write_text("")
+    for out, said in ((tmp_path, "a folder; give a file name, e.g. "),
+                      (tmp_path / "a.csv" / "x.png", "a.csv is a file, not a folder"),
+                      (tmp_path / "plot", "not a file type this can write; give one of .png"),
+                      (tmp_path / "plot.txt", "(e.g. " + str(tmp_path / "plot.png") + ")")):
+        with pytest.raises(SystemExit) as stop:
+            main(["calibrate-llc", str(piece), "--epoch", "1", "--out", str(out)])
+        assert said in str(stop.value), stop.value
+    saved = matplotlib.figure.Figure().canvas.get_supported_filetypes()
+    assert set(_IMAGE_TYPES) <= set(saved)
 
 
 def test_the_landing_page_leads_with_a_short_answer() -> None:
