@@ -133,12 +133,23 @@ def _not_a_file(path: Path) -> str | None:
     return "a folder, not a cube file" if path.is_dir() else "no such file"
 
 
+#: The first bytes of a netCDF file: netCDF-4 (HDF5) or the classic format.
+_NETCDF_MAGIC = (b"\x89HDF\r\n\x1a\n", b"CDF")
+_WHERE_CUBES_ARE = "expected results/<experiment>/cube.nc, or toy_cube.nc for the toy study"
+
+
 def _open_cube_or_exit(path: str) -> object:
-    """The cube at ``path``, or a one-line error (no traceback) naming the file and why."""
+    """The cube at ``path``, or a one-line error (no traceback) naming the file and why:
+    a file that is no netCDF at all (a config, a CSV) is told so, and only a netCDF file
+    the library cannot read is called truncated or corrupt."""
     from critperiods import open_cube
 
     if why := _not_a_file(Path(path)):
         raise SystemExit(f"critperiods: {path}: {why}")
+    with open(path, "rb") as file:
+        head = file.read(8)
+    if head and not head.startswith(_NETCDF_MAGIC):
+        raise SystemExit(f"critperiods: {path}: not a netCDF file ({_WHERE_CUBES_ARE})")
     try:
         cube = open_cube(path)
     except ValueError as err:  # unreadable: the file named with the command that remakes it
@@ -147,8 +158,7 @@ def _open_cube_or_exit(path: str) -> object:
         raise SystemExit(f"critperiods: {path}: not a netCDF cube ({type(err).__name__})") from None
     if "final_test_accuracy" not in cube and cube.attrs.get("cube_kind") != "toy_landscapes":
         raise SystemExit(f"critperiods: {path}: not a critperiods cube (no final_test_accuracy; "
-                         "expected results/<experiment>/cube.nc, or toy_cube.nc for the toy "
-                         "study)")
+                         f"{_WHERE_CUBES_ARE})")
     return cube
 
 
@@ -438,6 +448,9 @@ def calibrate_llc(args: argparse.Namespace) -> int:
     from critperiods.train.training import TrainConfig, model_for
 
     _check_out_path(args.out, "--out", "llc_calibration.png", _IMAGE_TYPES)
+    if Path(args.piece).suffix != ".pt":  # e.g. the piece's λ̂ file beside it
+        raise SystemExit(f"critperiods: {args.piece}: not a checkpoint file (.pt, e.g. "
+                         "results/<experiment>/runs/bs64/seeds0_1_2/trunk/e4.pt)")
     recorded = None if args.configfile else _recorded_config_of(args.piece)
     if recorded is not None:
         print(f"the config of {args.piece}'s experiment: {recorded} (as recorded by its run; "

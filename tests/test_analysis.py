@@ -1420,11 +1420,14 @@ def test_calibrate_llc_refuses_a_plot_it_cannot_write_before_sampling(tmp_path) 
     from critperiods.__main__ import _IMAGE_TYPES, main
 
     piece = tmp_path / "not_even_read.pt"  # the check comes before the piece is opened
+    with pytest.raises(SystemExit, match=r"e4\.llc\.nc: not a checkpoint file \(\.pt"):
+        main(["calibrate-llc", str(tmp_path / "e4.llc.nc"), "--epoch", "4"])
     (tmp_path / "a.csv").write_text("")
     for out, said in ((tmp_path, "a folder; give a file name, e.g. "),
                       (tmp_path / "a.csv" / "x.png", "a.csv is a file, not a folder"),
                       (tmp_path / "plot", "not a file type this can write; give one of .png"),
-                      (tmp_path / "plot.txt", "(e.g. " + str(tmp_path / "plot.png") + ")")):
+                      (tmp_path / "plot.txt", "(e.g. " + str(tmp_path / "plot.png") + ")"),
+                      (tmp_path / "ok.png", "not_even_read.pt: not a piece")):
         with pytest.raises(SystemExit) as stop:
             main(["calibrate-llc", str(piece), "--epoch", "1", "--out", str(out)])
         assert said in str(stop.value), stop.value

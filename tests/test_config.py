@@ -348,8 +348,12 @@ def test_llc_defaults_agree_with_the_library():
     assert llc_config_from_params(params, "cpu", "all_cnn_c").precision == fields["precision"]
 
 
-@pytest.mark.parametrize("content", [None, b"not a netCDF file", "folder"])
+@pytest.mark.parametrize("content", [None, b"experiment: x\n", b"\x89HDF\r\n\x1a\ncut",
+                                     "folder"])
 def test_summarize_on_a_missing_or_foreign_file_is_one_line(tmp_path, content):
+    """A missing file, a folder, a file that is no netCDF at all (a config) and a netCDF
+    file cut short each get one line; only the last is called truncated or corrupt (and
+    given the command that remakes it)."""
     path = tmp_path / "cube.nc"
     if content == "folder":
         path.mkdir()
@@ -361,8 +365,10 @@ def test_summarize_on_a_missing_or_foreign_file_is_one_line(tmp_path, content):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0], proc.stderr
-    expected = {None: "no such file", "folder": "a folder, not a cube file"}
+    expected = {None: "no such file", "folder": "a folder, not a cube file",
+                b"experiment: x\n": "not a netCDF file (expected results/<experiment>/cube.nc"}
     assert expected.get(content, "cannot be read as netCDF") in lines[0]
+    assert ("forcerun" in lines[0]) == (content == b"\x89HDF\r\n\x1a\ncut")
 
 
 def test_the_never_blurred_run_continues_in_segments_as_the_sharp_reference():
