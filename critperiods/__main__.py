@@ -928,7 +928,7 @@ def main(argv: list[str] | None = None) -> int:
                    nargs="+", default=None,
                    help="numbers of seeds to simulate, each at least 2 (default: the config's, "
                         "and twice that)")
-    p.add_argument("--offset", type=float, default=None,
+    p.add_argument("--offset", type=_positive(float), default=None,
                    help="epochs between the end and the knee (after) or drop (before) (default: "
                         "the switch epochs' spacing, 4 in config.yaml)")
     p.add_argument("--end", type=float, default=None,

@@ -460,6 +460,13 @@ def test_power_prints_the_exponent_table_after_the_markers(capsys):
             "refitted without a seed, at or before the first switch; of all) | interval holds "
             "p (of the bounded) |") in out
     assert "(the end at the middle batch size: the middle of the switch range; --end" in out
+    # an end given on the command line is said to be that one; an offset must be above 0
+    assert main(["power", "--trials", "2", "--seeds", "2", "--end", "6"]) == 0
+    assert "(the end at the middle batch size: --end);" in capsys.readouterr().out
+    for offset in ("0", "-4"):
+        with pytest.raises(SystemExit):
+            main(["power", "--trials", "2", "--offset", offset])
+        assert f"argument --offset: {offset} is not above 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -326,7 +326,8 @@ def exponent_table(grid: Grid, batch_sizes: Sequence[float], seeds: list[int], t
                    end_source: str = "") -> list[str]:
     """Lines saying what ``grid`` can tell of the exponent of end ∝ batch size^p with each
     number of ``seeds``, where the true ends lie on that power law through ``end`` (default
-    the middle of the switch range; ``end_source`` says where another came from) at the
+    the middle of the switch range; ``end_source`` says where another came from, "--end"
+    where unsaid) at the
     geometric middle of ``batch_sizes`` (in increasing order; ``noise`` one per batch size,
     or one for all): :func:`exponent_coverage`."""
     x = np.asarray(batch_sizes, dtype=float)
@@ -335,12 +336,13 @@ def exponent_table(grid: Grid, batch_sizes: Sequence[float], seeds: list[int], t
                 f"{x.size}: not simulated"]
     first, last = grid.switches[0], grid.switches[-1]
     middle = (first + last) / 2 if end is None else float(end)
+    source = end_source or ("--end" if end is not None else "the middle of the switch range")
     ends = middle * (x / np.exp(np.mean(np.log(x)))) ** exponent
     lines = [f"the exponent (end ∝ batch size^p, p = {exponent:g}, --exponent): true ends "
              + ", ".join(f"{e:.3g} at batch {b:g}" for b, e in zip(x, ends, strict=True))
-             + " (the end at the middle batch size: "
-             + (end_source or "the middle of the switch range")
-             + f"; --end sets it); {noise_source}, {trials} simulated grids per row"]
+             + f" (the end at the middle batch size: {source}"
+             + ("; --end sets it" if source != "--end" else "")
+             + f"); {noise_source}, {trials} simulated grids per row"]
     if ends.min() <= first + 1e-9 or ends.max() >= last - 1e-9:
         lines.append("note: an end at or outside the switch range is censored or cannot be "
                      "placed: set --end or the switch epochs so that every end lies inside")
