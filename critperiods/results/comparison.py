@@ -190,9 +190,10 @@ def format_comparison(runs: Sequence[Run], differences: xr.Dataset) -> str:
             at["deficit_difference_interval"].sel(run=i).values,
             int(at["deficit_difference_seeds"].sel(run=i))) for i in range(1, len(runs)))])
     lines += _columns(rows)
-    lines += ["", f"final sharp test accuracy (%), mean over the seeds every run has; each later "
-              f"run's difference from {names[0]}, paired by seed, in points [{level:.0%} "
-              "Student-t interval] (seeds)"]
+    lines += ["", "final sharp test accuracy (%), each run's mean over its own valid seeds "
+              f"(of those every run has); each later run's difference from {names[0]}, "
+              f"paired by seed (where both are valid), in points [{level:.0%} Student-t "
+              "interval] (seeds)"]
     for b, r in cells:
         at = differences.sel(batch_size=b, lr_schedule=r)
         rows = [["switch", *names]]
