@@ -209,6 +209,26 @@ def test_half_deficit_nan_cases() -> None:
     acc = hinge(SWITCHES)
     acc[[2, 8]] = np.nan  # 40 is missing: interpolate between 35 and 45 (same line)
     assert fits.half_deficit_epoch(SWITCHES, acc) == pytest.approx(42.5)
+    for edge in (0, -1):  # the deficit is the earliest's minus the latest's, or nothing
+        cut = hinge(SWITCHES)
+        cut[edge] = np.nan
+        assert np.isnan(fits.half_deficit_epoch(SWITCHES, cut))
+
+
+def test_a_missing_latest_switch_leaves_no_half_deficit_and_says_so() -> None:
+    """With no final accuracy at the latest switch, the permanent deficit is NaN, and so is
+    the half-deficit epoch (not one of the switches left); each NaN names its cause."""
+    cube = synthetic_cube(with_llc=False, with_div=False)
+    last = cube["switch_epoch"].values.max()
+    cube["final_test_accuracy"].loc[{"batch_size": BATCHES[0], "switch_epoch": last}] = np.nan
+    summary = critical_period_summary(cube).sel(lr_schedule="continue")
+    assert np.isnan(summary["half_deficit_epoch"].sel(batch_size=BATCHES[0]))
+    assert np.isfinite(summary["half_deficit_epoch"].sel(batch_size=BATCHES[1]))
+    missing = summary["half_deficit_epoch"].attrs["missing"]
+    assert f"batch {BATCHES[0]:g}, continue: no final accuracy at the latest switch" in missing
+    cube["final_test_accuracy"][:] = np.nan
+    assert "no final accuracy at the earliest and the latest switch" in critical_period_summary(
+        cube)["half_deficit_epoch"].attrs["missing"]
 
 
 def test_largest_change_epoch_slope_break() -> None:

@@ -650,8 +650,13 @@ def half_deficit_epoch(switch_epochs: np.ndarray, mean_accuracy: np.ndarray) -> 
     run); its final size is the deficit at the largest switch epoch.  The crossing of half the
     final deficit is linearly interpolated between switch epochs.  This needs no model, so it
     cross-checks the hinge kink (for an exact hinge it equals ``(k + s_max) / 2``).  NaN if the
-    final deficit is not positive or fewer than two finite points exist.
+    final deficit is not positive, or the earliest or latest switch epoch has no finite value
+    (the deficit is theirs, as the permanent deficit's: not that of the switches left).
     """
+    order = np.argsort(switch_epochs)
+    ends = np.asarray(mean_accuracy, dtype=float)[order[[0, -1]]]
+    if not np.isfinite(ends).all():
+        return float("nan")
     s, acc = _sorted_finite(switch_epochs, mean_accuracy)
     if s.size < 2:
         return float("nan")

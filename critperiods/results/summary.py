@@ -121,6 +121,15 @@ def located_end(summary: xr.Dataset) -> xr.DataArray:
     return end.where(lower > 0)
 
 
+def _half_deficit_reason(switches: np.ndarray, mean_accuracy: np.ndarray) -> str:
+    """Why :func:`~critperiods.results.fits.half_deficit_epoch` is NaN for this curve."""
+    ends = {"earliest": np.argmin(switches), "latest": np.argmax(switches)}
+    missing = [name for name, i in ends.items() if not np.isfinite(mean_accuracy[i])]
+    if missing:
+        return f"no final accuracy at the {' and the '.join(missing)} switch"
+    return "the latest switch costs no accuracy (no positive deficit)"
+
+
 def _llc_reason(cube: xr.Dataset, curve: xr.DataArray, where: str, knee: bool = False
                 ) -> str | None:
     """Why a λ̂ marker (``knee``: a knee) is NaN (read only where it is)."""
@@ -148,6 +157,7 @@ def _cell_values(
     acc = acc.transpose("switch_epoch", ...).values.reshape(switches.size, -1)
     n_diverged = int(diverged.sum())
     end = fit_end(switches, acc, level)
+    mean_acc = seed_adjusted_mean(acc)
     trunk_by_seed, sharp_by_seed = llc_trunk_by_seed(cube, batch_size), llc_sharp_by_seed(
         cube, batch_size)
     trunk, sharp = seed_mean(trunk_by_seed), seed_mean(sharp_by_seed)
@@ -157,7 +167,7 @@ def _cell_values(
         "critical_period_end_upper": end.upper, "critical_period_slope": end.slope,
         "permanent_deficit": end.deficit, "permanent_deficit_lower": end.deficit_lower,
         "permanent_deficit_upper": end.deficit_upper,
-        "half_deficit_epoch": half_deficit_epoch(switches, seed_adjusted_mean(acc)),
+        "half_deficit_epoch": half_deficit_epoch(switches, mean_acc),
         "llc_change_epoch_trunk": largest_change_epoch(trunk["epoch"].values, trunk.values),
         "llc_change_epoch_sharp": largest_change_epoch(sharp["epoch"].values, sharp.values),
         "divergence_drop_epoch": divergence_drop_epoch(switches, div),
@@ -169,8 +179,7 @@ def _cell_values(
     reasons = {
         "critical_period_end": "no finite final accuracy" + left_out,
         "permanent_deficit": "no seed with both the earliest and the latest switch" + left_out,
-        "half_deficit_epoch": "the latest switch costs no accuracy (no positive deficit)"
-                              + left_out,
+        "half_deficit_epoch": _half_deficit_reason(switches, mean_acc) + left_out,
         "llc_change_epoch_trunk": _llc_reason(cube, trunk, "blurred trunk"),
         "llc_change_epoch_sharp": (
             _llc_reason(cube, sharp, "never-blurred run") if 0 in switches
