@@ -1037,3 +1037,18 @@ def test_the_stable_lambda_config_is_the_default_with_a_stable_step_and_the_desc
     assert (llc["burn_in"] + llc["draws"]) * llc["step_size"] * llc["gamma"] >= 4
     assert {k: v for k, v in stable.items() if k not in ("llc", "experiment")} == \
         {k: v for k, v in default.items() if k not in ("llc", "experiment")}
+
+
+def test_the_docs_quote_the_cifar_grids_cost_as_cost_prints_it(capsys):
+    """docs/pipeline.md and docs/performance.md quote `cost configs/cifar10_achille.yaml`
+    (its CUDA hours, its SGLD images): a change to the grid or the rates must update them."""
+    from critperiods.__main__ import main
+
+    assert main(["cost", str(ROOT / "configs/cifar10_achille.yaml")]) == 0
+    out = capsys.readouterr().out
+    hours = re.search(r"cuda: (~[\d.]+ h) on one NVIDIA H200", out).group(1)
+    images = re.search(r"([\d,.]+ M) images through SGLD steps", out).group(1)
+    assert f'is "{hours} on one NVIDIA H200' in " ".join((ROOT / "docs/pipeline.md").read_text().split())
+    performance = " ".join((ROOT / "docs/performance.md").read_text().split())
+    assert f"`cost`: {images} images through SGLD steps" in performance
+    assert f"`cost` prints {hours.strip('~')}" in performance
