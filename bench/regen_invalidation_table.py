@@ -23,7 +23,10 @@ import tests.test_invalidation as ti  # noqa: E402
 ORDER = ["prepare_data", "train_trunk", "train_branch", "train_reference", "evaluate", "llc",
          "llc_descent", "divergence", "aggregate", "plots", "toy_landscape", "toy_cube",
          "toy_plots"]
-NOTES = {"llc/calibration.py": " (the calibrate-llc command; no stage imports it)",
+COMMAND_LINE = " (the command line; no stage imports it)"
+NOTES = {**{f"cli/{name}.py": COMMAND_LINE for name in (
+             "__init__", "calibrate", "common", "planning", "power", "provenance", "results")},
+         "llc/calibration.py": " (the calibrate-llc command; no stage imports it)",
          "llc/descent.py": " (calibrate-llc --descent; with llc.descent on, the llc_descent "
                            "rule: llc_descent, aggregate, plots)",
          "stages/llc_descent.py": " (with llc.descent on, the llc_descent rule: llc_descent, "

@@ -1437,7 +1437,8 @@ def test_calibrate_llc_refuses_a_plot_it_cannot_write_before_sampling(tmp_path) 
     are refused in one line; the types it names all are ones matplotlib saves."""
     import matplotlib.figure
 
-    from critperiods.__main__ import _IMAGE_TYPES, main
+    from critperiods.__main__ import main
+    from critperiods.cli.common import IMAGE_TYPES
 
     piece = tmp_path / "not_even_read.pt"  # the check comes before the piece is opened
     with pytest.raises(SystemExit, match=r"e4\.llc\.nc: not a checkpoint file \(\.pt"):
@@ -1452,7 +1453,7 @@ def test_calibrate_llc_refuses_a_plot_it_cannot_write_before_sampling(tmp_path) 
             main(["calibrate-llc", str(piece), "--epoch", "1", "--out", str(out)])
         assert said in str(stop.value), stop.value
     saved = matplotlib.figure.Figure().canvas.get_supported_filetypes()
-    assert set(_IMAGE_TYPES) <= set(saved)
+    assert set(IMAGE_TYPES) <= set(saved)
 
 
 def test_the_landing_page_leads_with_a_short_answer() -> None:

@@ -118,9 +118,9 @@ def test_the_shipped_configs_keep_their_training_hash(layers, pinned):
     blur, ``model``, ``optimizer``, ``augmentation``) changes it for every experiment even
     at its default: leave the key out of the slice while it has its default value, as
     ``model.init`` is (docs/architecture.md, "A config key")."""
-    from critperiods.__main__ import _load_config
+    from critperiods.cli.common import load_config
 
-    config = _load_config([f"configs/{name}.yaml" for name in layers])  # laid as documented
+    config = load_config([f"configs/{name}.yaml" for name in layers])  # laid as documented
     assert config_hash(training_params(config)) == pinned
 
 

@@ -698,13 +698,13 @@ def test_cost_reads_an_unmeasured_batch_size_off_the_measured_ones_and_says_so()
     assert cost.rate_at(rates, 256) == (400.0, "batch 256 at batch 128's rate")
     assert cost.rate_at(rates, 16) == (100.0, "batch 16 at batch 32's rate")
     assert cost.rate_at({}, 64) == (None, "")
-    from critperiods.__main__ import _load_config
+    from critperiods.cli.common import load_config
 
-    estimate = cost.grid_cost(_load_config([str(ROOT / "configs/cifar10_achille.yaml")]), "cuda")
+    estimate = cost.grid_cost(load_config([str(ROOT / "configs/cifar10_achille.yaml")]), "cuda")
     assert estimate.seconds is not None and estimate.projected == (
         "batch 64 interpolated between 32 and 128", "batch 256 at batch 128's rate")
     assert "projected: batch 64 interpolated" in cost.describe(estimate, "cuda")
-    assert not cost.grid_cost(_load_config([]), "cpu").projected
+    assert not cost.grid_cost(load_config([]), "cpu").projected
 
 
 def test_cost_of_the_toy_study_counts_its_jobs_and_refuses_its_bad_keys(tmp_path):
@@ -747,12 +747,12 @@ def test_more_batch_swaps_than_an_epoch_has_pairs_are_refused():
 
 def test_cost_names_config_yaml_once_when_it_is_given_too(tmp_path):
     """`cost config.yaml` reads the base config once more and must not say so twice."""
-    from critperiods.__main__ import _layers
+    from critperiods.cli.common import layers
 
     extra = tmp_path / "a.yaml"
-    assert _layers([str(ROOT / "config.yaml")]) == "config.yaml"
-    assert _layers([str(ROOT / "config.yaml"), str(extra)]) == f"config.yaml + {extra}"
-    assert _layers([str(extra)], "cube.nc's config") == f"config.yaml + cube.nc's config + {extra}"
+    assert layers([str(ROOT / "config.yaml")]) == "config.yaml"
+    assert layers([str(ROOT / "config.yaml"), str(extra)]) == f"config.yaml + {extra}"
+    assert layers([str(extra)], "cube.nc's config") == f"config.yaml + cube.nc's config + {extra}"
 
 
 def test_cost_marks_the_local_rules_and_says_when_stacking_needs_a_gpu_in_sight(capsys):
@@ -858,7 +858,7 @@ def test_laid_over_takes_file_names_of_other_files_and_is_not_checked_over_a_cub
     """A path or the file's own name in ``laid_over`` is refused as such (not as a missing
     layer with a command that would be refused again); over a cube's recorded config, the
     layers are already laid, so an overlay given on top is not refused."""
-    from critperiods.__main__ import _load_config
+    from critperiods.cli.common import load_config
     from critperiods.pipeline.config_file import check_layers
 
     own = tmp_path / "own.yaml"
@@ -869,9 +869,9 @@ def test_laid_over_takes_file_names_of_other_files_and_is_not_checked_over_a_cub
     path.write_text("laid_over: [configs/fmnist_study.yaml]\n")
     with pytest.raises(ConfigError, match="not paths"):
         check_layers([ROOT / "config.yaml", path])
-    study = _load_config([str(ROOT / "configs/fmnist_study.yaml")])
+    study = load_config([str(ROOT / "configs/fmnist_study.yaml")])
     recovery = str(ROOT / "configs/fmnist_study_recovery.yaml")
-    config = _load_config([recovery], recorded=("results/fmnist_study/cube.nc", study))
+    config = load_config([recovery], recorded=("results/fmnist_study/cube.nc", study))
     assert config["epochs_after_switch"] == 20 and config["experiment"] == "fmnist_study_recovery"
 
 
@@ -888,7 +888,7 @@ def test_snakemake_refuses_an_overlay_laid_alone(tmp_path):
 def test_cost_says_what_makes_sharing_dearer_than_training_from_scratch():
     """Where sharing trains more epochs than training every run from scratch, the reason
     named is the reference the config needs: λ̂'s alone continues the never-blurred run."""
-    from critperiods.__main__ import _times
+    from critperiods.cli.planning import _times
 
     assert _times(12, 6, {"divergence": {"enabled": False}}) == "2.00× more"
     llc_only = _times(6, 8, {"divergence": {"enabled": False}})
@@ -911,17 +911,17 @@ def test_a_cross_key_error_names_the_file_of_each_key(tmp_path):
 
 
 def test_the_cli_hashes_a_config_as_the_pipeline_does(tmp_path):
-    """calibrate-llc and the other commands read configs through _load_config: with
+    """calibrate-llc and the other commands read configs through load_config: with
     `weight_decay: 0` it must give the training-config hash the Snakefile's params give
     (0.0), or the run's own pieces are refused as another config's."""
-    from critperiods.__main__ import _load_config
+    from critperiods.cli.common import load_config
     from critperiods.pipeline.checkpoints import config_hash
     from critperiods.pipeline.plan import training_params
 
     whole, real = tmp_path / "whole.yaml", tmp_path / "real.yaml"
     whole.write_text("optimizer:\n  weight_decay: 0\n")
     real.write_text("optimizer:\n  weight_decay: 0.0\n")
-    a, b = _load_config([str(whole)]), _load_config([str(real)])
+    a, b = load_config([str(whole)]), load_config([str(real)])
     assert a["optimizer"]["weight_decay"] == 0.0 and isinstance(a["optimizer"]["weight_decay"],
                                                                 float)
     assert config_hash(training_params(a)) == config_hash(training_params(b))
@@ -1028,10 +1028,10 @@ def test_the_stable_lambda_config_is_the_default_with_a_stable_step_and_the_desc
     epoch 6; docs/llc.md), chains of at least four relaxation times 1 / (ε γ), and the
     descent on, so that its knees are λ̂'s net of it; training and the grid are the
     default's."""
-    from critperiods.__main__ import _load_config
+    from critperiods.cli.common import load_config
 
-    default = _load_config([])
-    stable = _load_config([str(ROOT / "configs/fmnist_llc_stable.yaml")])
+    default = load_config([])
+    stable = load_config([str(ROOT / "configs/fmnist_llc_stable.yaml")])
     llc = stable["llc"]
     assert llc["step_size"] < 8.7e-5 and llc["descent"] is True
     assert (llc["burn_in"] + llc["draws"]) * llc["step_size"] * llc["gamma"] >= 4
@@ -1048,7 +1048,8 @@ def test_the_docs_quote_the_cifar_grids_cost_as_cost_prints_it(capsys):
     out = capsys.readouterr().out
     hours = re.search(r"cuda: (~[\d.]+ h) on one NVIDIA H200", out).group(1)
     images = re.search(r"([\d,.]+ M) images through SGLD steps", out).group(1)
-    assert f'is "{hours} on one NVIDIA H200' in " ".join((ROOT / "docs/pipeline.md").read_text().split())
+    pipeline = " ".join((ROOT / "docs/pipeline.md").read_text().split())
+    assert f'is "{hours} on one NVIDIA H200' in pipeline
     performance = " ".join((ROOT / "docs/performance.md").read_text().split())
     assert f"`cost`: {images} images through SGLD steps" in performance
     assert f"`cost` prints {hours.strip('~')}" in performance

@@ -15,10 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_grid_is_the_configs_switches_llc_epochs_seeds_and_level():
-    from critperiods.__main__ import _load_config
+    from critperiods.cli.common import load_config
 
-    assert grid_of(_load_config([])) == DEFAULT_GRID  # config.yaml's: 0-16 by 4, λ̂ 2-16 by 2
-    study = grid_of(_load_config([str(ROOT / "configs/fmnist_study.yaml")]))
+    assert grid_of(load_config([])) == DEFAULT_GRID  # config.yaml's: 0-16 by 4, λ̂ 2-16 by 2
+    study = grid_of(load_config([str(ROOT / "configs/fmnist_study.yaml")]))
     assert study.seeds == 5 and study.switches[-1] == 20.0
 
 

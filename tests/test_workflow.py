@@ -426,12 +426,12 @@ def test_cost_counts_the_jobs_the_workflow_plans(tmp_path, configs, extra):
     """`critperiods cost` counts, rule by rule, the jobs a fresh run plans (one per seed
     group and piece, perturbation jobs included), so its per-job overhead is charged for jobs
     that exist, and it prices the perturbation experiment's training."""
-    from critperiods.__main__ import _load_config
+    from critperiods.cli.common import load_config
     from critperiods.pipeline.cost import grid_cost
 
     configs = [*configs, *([override(tmp_path, "g", extra)] if extra else [])]
     out = snakemake(tmp_path, "-n", configs=configs, tiny=False)
-    cost = grid_cost(_load_config(list(map(str, configs))), "cpu")
+    cost = grid_cost(load_config(list(map(str, configs))), "cpu")
     assert cost.rules == job_table(out), out[-3000:]
     assert cost.jobs == int(re.search(r"^total\s+(\d+)", out, re.M)[1]) - 1
     assert (cost.perturbation_epochs > 0) == ("perturb" in cost.rules)
