@@ -6,7 +6,7 @@ CORES   ?= all
 CONFIG  ?=
 STAMP   := $(VENV)/.installed
 
-.PHONY: run check-config test lint report bench bench-gpu bench-gpu-deps dataset clean-results help
+.PHONY: run check-config test lint report bench bench-gpu bench-gpu-deps dataset help
 
 help:
 	@echo "make run     - install into $(VENV) and run the default experiment (config.yaml)"
@@ -32,10 +32,10 @@ dataset:
 		|| echo "dataset-fashion-mnist not installable; torchvision will download it"; \
 	fi
 
-# CONFIG files are checked before anything else runs: for a file that is not YAML, or is
-# empty, Snakemake's message names neither the file nor the line.
+# config.yaml and the CONFIG files are checked before anything else runs: for a file that
+# is not YAML, or is empty, Snakemake's message names neither the file nor the line.
 check-config: $(STAMP)
-	$(if $(CONFIG),$(PY) -m critperiods check $(CONFIG))
+	$(PY) -m critperiods check $(CONFIG)
 
 run: $(STAMP) check-config dataset
 	$(SMK) --cores $(CORES) $(if $(CONFIG),--configfile $(CONFIG))
