@@ -838,6 +838,18 @@ def test_an_overlay_given_without_the_files_it_is_laid_over_is_refused(given, re
         in proc.stderr
 
 
+def test_an_overlay_given_before_its_base_is_told_what_was_given_after_it():
+    """The refusal lists every file given, in order: a base given after its overlay reads
+    as given, only too late (the list stopped at the overlay)."""
+    proc = subprocess.run([sys.executable, "-m", "critperiods", "check",
+                           "configs/fmnist_study_cpu.yaml", "configs/fmnist_study.yaml"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 1
+    assert ("fmnist_study.yaml was not given before it (given: config.yaml + "
+            "fmnist_study_cpu.yaml + fmnist_study.yaml); run it as --configfile "
+            "configs/fmnist_study.yaml configs/fmnist_study_cpu.yaml") in proc.stderr
+
+
 def test_an_overlay_kept_elsewhere_is_told_where_its_base_lies(tmp_path):
     """An overlay of one's own (outside configs/) laid over a shipped config is told the
     base's real path, not a file beside the overlay that does not exist."""

@@ -76,7 +76,7 @@ def check_layers(files: Sequence[str | Path]) -> None:
                     f"laid_over: {path} is to be laid over {', '.join(needed)}"
                     f"{', in that order,' if len(needed) > 1 else ''} "
                     f"but {'that order was not kept' if at >= 0 else f'{name} was not given'} "
-                    f"before it (given: {' + '.join(names[:i + 1])}); run it as "
+                    f"before it (given: {' + '.join(names)}); run it as "
                     f"--configfile {' '.join(_found_beside(n, path, files) for n in needed)} "
                     f"{path}")
             found.append(at)
