@@ -741,7 +741,8 @@ def test_more_batch_swaps_than_an_epoch_has_pairs_are_refused():
     checked(config)
     config["perturbation"]["epsilons"] = [0, 20]
     with pytest.raises(ConfigError, match=r"perturbation\.epsilons: \[20\] .* batch size 256 "
-                                          r"has 39 full batches, so at most 19"):
+                                          r"\(grid\.batch_sizes=\[64, 128, 256\]\) has 39 full "
+                                          r"batches, so at most 19"):
         checked(config)
 
 
@@ -908,7 +909,6 @@ def test_cost_says_what_makes_sharing_dearer_than_training_from_scratch():
     assert "divergences' references" in _times(6, 8, {"divergence": {"enabled": True}})
 
 
-
 def test_a_cross_key_error_names_the_file_of_each_key(tmp_path):
     """Batch sizes from config.yaml against a train_subset from an overlay: both files are
     named, not only the one that sets the key the message starts with."""
@@ -920,6 +920,15 @@ def test_a_cross_key_error_names_the_file_of_each_key(tmp_path):
     assert proc.stderr.strip().endswith(
         f"larger than dataset.train_subset=32 (set in {ROOT / 'config.yaml'}; "
         f"dataset.train_subset set in {overlay})"), proc.stderr
+    # the switch epochs an overlay cuts under the perturbation config's: both named
+    overlay.write_text("grid:\n  switch_epochs: [0, 4]\n")
+    proc = subprocess.run([sys.executable, "-m", "critperiods", "check",
+                           "configs/perturbation.yaml", str(overlay)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().endswith(
+        "are not in grid.switch_epochs=[0, 4], so there is no such run to perturb (set in "
+        f"configs/perturbation.yaml; grid.switch_epochs set in {overlay})"), proc.stderr
 
 
 def test_the_cli_hashes_a_config_as_the_pipeline_does(tmp_path):

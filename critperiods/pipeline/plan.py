@@ -114,7 +114,7 @@ def check_config(config: dict, schema: dict) -> None:
     asked = set(config.get("llc", {}).get("switch_epochs") or ())
     extra = sorted(asked - set(grid["switch_epochs"]))
     if extra:
-        raise ConfigError(f"llc.switch_epochs: {extra} are not in grid.switch_epochs "
+        raise ConfigError(f"llc.switch_epochs: {extra} are not in grid.switch_epochs="
                           f"{grid['switch_epochs']}, so there is no such branch to estimate on")
     llc = config.get("llc", {})
     if llc.get("descent") and llc.get("sampler", "sgld") != "sgld":
@@ -542,7 +542,7 @@ def check_perturbation(config: dict) -> None:
     asked = pert.get("switch_epochs")
     extra = sorted(set(asked or ()) - set(config["grid"]["switch_epochs"]))
     if extra:
-        raise ConfigError(f"perturbation.switch_epochs: {extra} are not in grid.switch_epochs "
+        raise ConfigError(f"perturbation.switch_epochs: {extra} are not in grid.switch_epochs="
                           f"{config['grid']['switch_epochs']}, so there is no such run to perturb")
     for key in ("epochs", "epsilons"):
         if pert.get(key) == []:
@@ -563,7 +563,8 @@ def check_perturbation(config: dict) -> None:
         too_many = [int(x) for x in pert["epsilons"] if 2 * int(x) > full]
         if too_many:
             raise ConfigError(f"perturbation.epsilons: {too_many} with kind batch_order; an "
-                              f"epoch at batch size {largest} has {full} full batches, so at "
+                              f"epoch at batch size {largest} (grid.batch_sizes="
+                              f"{config['grid']['batch_sizes']}) has {full} full batches, so at "
                               f"most {full // 2} disjoint pairs can be swapped")
 
 
