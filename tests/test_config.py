@@ -1074,3 +1074,27 @@ def test_the_docs_quote_the_cifar_grids_cost_as_cost_prints_it(capsys):
     performance = " ".join((ROOT / "docs/performance.md").read_text().split())
     assert f"`cost`: {images} images through SGLD steps" in performance
     assert f"`cost` prints {hours.strip('~')}" in performance
+
+
+def test_a_file_that_sets_a_key_beside_the_one_that_replaces_it_is_refused(tmp_path):
+    """``llc.epochs`` replaces ``llc.every`` and ``llc.first_epoch`` (``checkpoints.epochs``
+    ``checkpoints.every``): one file setting both would lose one unsaid, so `check` and the
+    Snakefile refuse it, naming the file; an overlay replacing its base's ``every`` is fine."""
+    both = tmp_path / "both.yaml"
+    both.write_text("llc:\n  every: 4\n  first_epoch: 6\n  epochs: [2, 4]\n")
+    proc = subprocess.run([sys.executable, "-m", "critperiods", "check", str(both)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f"critperiods: config error: llc.epochs: {both} sets it beside llc.every and "
+        "llc.first_epoch, which it replaces (so they are ignored); keep one"), proc.stderr
+    both.write_text("checkpoints:\n  every: 3\n  epochs: [0, 4, 8]\n")
+    dry = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(both)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert dry.returncode != 0
+    assert (f"checkpoints.epochs: {both} sets it beside checkpoints.every, which it replaces"
+            in dry.stderr + dry.stdout), dry.stderr
+    alone = tmp_path / "alone.yaml"
+    alone.write_text("experiment: own\nllc:\n  epochs: [2, 4]\n")  # over config.yaml's every
+    assert subprocess.run([sys.executable, "-m", "critperiods", "check", str(alone)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120).returncode == 0

@@ -54,13 +54,22 @@ def read_config_file(path: str | Path) -> dict:
     return data
 
 
+#: Keys that replace others of their section when given (``section: (key, replaced…)``).
+REPLACING = {"checkpoints": ("epochs", "every"), "llc": ("epochs", "every", "first_epoch")}
+
+
 def check_layers(files: Sequence[str | Path]) -> None:
     """Refuse a config file given without the files its ``laid_over`` names (by file name,
     in that order, before it): laid alone, an overlay such as
     ``configs/fmnist_study_recovery_cpu.yaml`` is another experiment under its name. A
-    :class:`ConfigError` names the file, what it needs and the command line that lays it."""
+    :class:`ConfigError` names the file, what it needs and the command line that lays it.
+
+    Also refuse a file that sets a key beside the key that replaces it
+    (:data:`REPLACING`: ``llc.epochs`` with ``llc.every``), where one would be dropped
+    unsaid; across files that is how an overlay replaces its base's choice."""
     names = [Path(f).name for f in files]
     for i, path in enumerate(files):
+        _refuse_replaced_keys(path)
         needed = read_config_file(path).get("laid_over") or []
         if not isinstance(needed, list):
             continue  # the schema names the bad value
@@ -80,6 +89,20 @@ def check_layers(files: Sequence[str | Path]) -> None:
                     f"--configfile {' '.join(_found_beside(n, path, files) for n in needed)} "
                     f"{path}")
             found.append(at)
+
+
+def _refuse_replaced_keys(path: str | Path) -> None:
+    """A :class:`ConfigError` where ``path`` sets a key of :data:`REPLACING` and one it
+    replaces."""
+    for section, (key, *replaced) in REPLACING.items():
+        given = read_config_file(path).get(section)
+        if not isinstance(given, dict) or given.get(key) is None:
+            continue
+        if both := [name for name in replaced if name in given]:
+            raise _located(
+                f"{section}.{key}: {path} sets it beside "
+                f"{' and '.join(f'{section}.{name}' for name in both)}, which "
+                f"it replaces (so {'they are' if len(both) > 1 else 'it is'} ignored); keep one")
 
 
 #: The repository's configs (where the overlays' bases ship).
