@@ -2424,6 +2424,18 @@ def test_a_curve_with_no_values_of_its_own_leaves_the_legend() -> None:
     assert _under_later_curves(means, np.array([0, 4, 8, 9])) == {8: 9}
     means[0] = curve(trunk)  # the same values, as far: a run of its own, kept
     assert 0 not in _under_later_curves(means, np.array([0, 4, 8, 9]))
+    # the trunk's later estimates left out: the latest switch's curve ends there too, and
+    # the earlier switches, all trunk, lie under it (the legend named each as a curve)
+    stop = curve(np.where(epochs <= 4, trunk, np.nan))
+    means = {0: curve(np.linspace(3, 4, 10)), 4: stop, 8: stop, 9: stop}
+    assert _under_later_curves(means, np.array([0, 4, 8, 9])) == {4: 9, 8: 9}
+    # the legend: one dotted entry per curve they lie under, naming the panels where they
+    # do when that is not every panel
+    from critperiods.results.plots import _hidden_entries
+
+    _, labels = _hidden_entries({"batch 64": {4: 9, 8: 9}, "batch 128": {4: 9}})
+    assert labels == ["switch 4 (dotted): under switch 9's curve",
+                      "switch 8 (dotted): under switch 9's curve (batch 64)"]
 
 
 def test_the_sgld_traces_figure_is_a_grid_with_its_legend_on_a_drawn_panel(monkeypatch,

@@ -182,14 +182,15 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
     switches = var.switch_epoch.values[present.values]
     kept = var if flagged is None else var.where(~flagged)
     extra: list = []
-    legend_panel = grid[0][-1]  # the legend is this panel's
-    legend_hidden: dict = {}
+    hidden_in: dict = {}  # panel title → {switch: the switch whose curve it lies under}
+    drawn: dict = {}  # switch → its legend handle, from a panel where it can be seen
     for row, r in zip(grid, rows, strict=True):
         for ax, b in zip(row, var.batch_size.values, strict=True):
             means = _run_means(_sel(kept, batch_size=b, lr_schedule=r), switches)
             hidden = _under_later_curves(means, switches)
-            if ax is legend_panel:
-                legend_hidden = hidden
+            title = (f"batch {b}" if len(schedules) == 1 else
+                     f"batch {b} (both lr schedules)" if shared else f"batch {b}, lr {r}")
+            hidden_in[title] = hidden
             for k in switches:
                 color = colors[k]
                 curve = means[k]
@@ -198,11 +199,13 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
                 if spread is not None:
                     err = _sel(spread.where(np.isfinite(kept)), batch_size=b, lr_schedule=r,
                                switch_epoch=k).mean("seed")
-                    ax.errorbar(curve.epoch[ok], curve[ok], yerr=err[ok], marker=marker,
-                                color=color, capsize=2, lw=1.2, label=label)
+                    line = ax.errorbar(curve.epoch[ok], curve[ok], yerr=err[ok], marker=marker,
+                                       color=color, capsize=2, lw=1.2, label=label)
                 else:
-                    ax.plot(curve.epoch[ok], curve[ok], marker=marker, color=color,
-                            label=label)
+                    (line,) = ax.plot(curve.epoch[ok], curve[ok], marker=marker, color=color,
+                                      label=label)
+                if k not in hidden and ok.any():
+                    drawn.setdefault(k, line)
                 for marks, style in ((flagged, _LEFT_OUT), (read_in, _READ_IN)):
                     if marks is None:
                         continue
@@ -215,18 +218,15 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
                     ax.axvline(k, color=color, lw=0.6, ls=":")
             if overlay is not None:
                 extra = overlay(ax, b, r)
-            title = (f"batch {b}" if len(schedules) == 1 else
-                     f"batch {b} (both lr schedules)" if shared else f"batch {b}, lr {r}")
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
         row[0].set_ylabel(ylabel)
-    handles, labels = legend_panel.get_legend_handles_labels()
-    for under in sorted(set(legend_hidden.values())):  # a line per curve they lie under
-        over = sorted(k for k, later in legend_hidden.items() if later == under)
-        handles.append(plt.Line2D([], [], color="0.4", lw=0.6, ls=":"))
-        labels.append(f"switch {', '.join(f'{k:g}' for k in over)} (dotted): "
-                      f"under switch {under:g}'s curve")
+    handles = [drawn[k] for k in switches if k in drawn]  # seen in some panel
+    labels = [f"switch {k}" for k in switches if k in drawn]
+    handles_hidden, labels_hidden = _hidden_entries(hidden_in)
+    handles += handles_hidden
+    labels += labels_hidden
     handles += extra
     labels += [handle.get_label() for handle in extra]
     for marks, style, text in ((flagged, _LEFT_OUT, flagged_label),
@@ -246,21 +246,43 @@ def _curves_per_switch(var: xr.DataArray, path: str | Path, dpi: int, ylabel: st
     _save(fig, path, dpi)
 
 
+def _hidden_entries(hidden_in: dict) -> tuple[list, list[str]]:
+    """Legend entries for the curves that lie under later ones (:func:`_under_later_curves`,
+    per panel title): a dotted line per later curve they lie under, naming the panels
+    where they do when that is not every panel."""
+    where: dict = {}  # (switch, under) → the panels where it lies so
+    for title, hidden in hidden_in.items():
+        for k, under in hidden.items():
+            where.setdefault((k, under), []).append(title)
+    groups: dict = {}  # (under, panels) → the switches under it there
+    for (k, under), titles in where.items():
+        panels = "" if len(titles) == len(hidden_in) else f" ({'; '.join(titles)})"
+        groups.setdefault((under, panels), []).append(k)
+    handles, labels = [], []
+    for (under, panels), over in sorted(groups.items()):
+        handles.append(plt.Line2D([], [], color="0.4", lw=0.6, ls=":"))
+        labels.append(f"switch {', '.join(f'{k:g}' for k in sorted(over))} (dotted): "
+                      f"under switch {under:g}'s curve{panels}")
+    return handles, labels
+
+
 def _under_later_curves(means: dict, switches: np.ndarray) -> dict:
     """The switch epochs whose curve has no value of its own, each with the latest switch
-    whose curve it lies under: every point it has, that curve has too, equal, and goes on
-    past its last (λ̂ measured on the trunk only: a run's values up to its switch are the
-    trunk's, under the latest switch's curve). Their legend entries would name curves no
-    one can see."""
+    whose curve it lies under: every point it has, that curve has too, equal, and either
+    goes on past its last or the curve ends by its switch, on the trunk (λ̂ measured on the
+    trunk only: a run's values up to its switch are the trunk's, under the latest switch's
+    curve, which also ends there where the trunk's later estimates are left out). Their
+    legend entries would name curves no one can see."""
     hidden = {}
     for i, k in enumerate(switches):
         mine = np.isfinite(means[k].values)
         if not mine.any():
             continue
         last = np.flatnonzero(mine)[-1]
+        trunk_only = means[k].epoch.values[last] <= k
         under = [later for later in switches[i + 1:]
                  if np.array_equal(means[k].values[mine], means[later].values[mine])
-                 and np.isfinite(means[later].values[last + 1:]).any()]
+                 and (trunk_only or np.isfinite(means[later].values[last + 1:]).any())]
         if under:
             hidden[k] = under[-1]
     return hidden
