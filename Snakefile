@@ -56,6 +56,10 @@ include: "workflow/rules/toy.smk"
 report: report_landing_page()  # the answer page of the last run (plots writes it)
 
 
+if note := report_config_note():  # captions read this config, figures the run's
+    print(note, file=sys.stderr)
+
+
 rule all:
     input:
         get_final_outputs(),

@@ -374,14 +374,22 @@ def test_larger_switch_epoch_plans_only_new_segments(run, tmp_path):
             "evaluate", "divergence", "aggregate", "plots", "all"}, (rule, outputs)
 
 
-def test_report_builds_with_every_figure_and_the_summary(run):
-    """``snakemake --report``: one self-contained HTML file with the captions."""
-    snakemake(run, "--report", "report.html")
+def test_report_builds_with_every_figure_and_the_summary(run, tmp_path):
+    """``snakemake --report``: one self-contained HTML file with the captions. Built with a
+    config other than the run's, it says in which keys (the captions read this config, the
+    figures are the run's); with the run's own, it says nothing of the kind."""
+    out = snakemake(run, "--report", "report.html")
+    assert "critperiods: note" not in out
     html = (run / "report.html").read_text(errors="replace")
     assert len(html) > 50_000
     for name in ("critical_period.png", "learning_curves.png", "llc.png", "divergence.png",
                  "critical_period_summary.csv"):
         assert name in html, name
+    level = override(tmp_path, "level", "analysis:\n  interval_level: 0.8\n")
+    out = snakemake(run, "--report", str(tmp_path / "other.html"), configs=[level])
+    assert ("critperiods: note: results/tiny/ was made with a config that differs from this "
+            "one in analysis.interval_level: the report shows that run's figures and tables, "
+            "but its captions follow this config") in out, out[-3000:]
 
 
 def test_seeds_per_job_trains_a_group_in_one_job_and_one_file(run, tmp_path):

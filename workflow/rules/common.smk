@@ -270,6 +270,27 @@ def report_landing_page():
     return landing if os.path.exists(landing) else "workflow/report/workflow.rst"
 
 
+def report_config_note():
+    """For ``snakemake --report``: where the run's recorded config (``CONFIG_RECORD``, written
+    by aggregate) differs from this one in a key that can change a result, a note naming
+    those keys. The report shows the run's figures and tables but fills its captions from
+    this config (a seed count, an interval level), so they would disagree unsaid."""
+    asked = any(arg == "--report" or arg.startswith("--report=") for arg in sys.argv)
+    if not asked or not os.path.exists(CONFIG_RECORD):
+        return ""
+    from critperiods.results.setup import differing_keys
+
+    with open(CONFIG_RECORD) as f:
+        recorded = yaml.safe_load(f) or {}
+    changed = differing_keys([recorded, yaml.safe_load(config_record.cube_record(config))])
+    if not changed:
+        return ""
+    return (f"critperiods: note: {RESULTS}/ was made with a config that differs from this one "
+            f"in {', '.join(changed)}: the report shows that run's figures and tables, but its "
+            "captions follow this config; run the workflow with this config first (make run), "
+            "or build the report with the configs the run was made with")
+
+
 def report_description():
     """The workflow's static description (workflow/report/workflow.rst), as text: the plots
     param holds its content, not its path, so a copy or move of the repository reruns
