@@ -76,6 +76,7 @@ def test_a_one_seed_config_is_told_that_it_can_call_nothing(tmp_path, capsys):
     (["--llc-noise", "-5"], "argument --llc-noise: -5: must be at least 0"),
     (["--seed-shift", "-1"], "argument --seed-shift: -1: must be at least 0"),
     (["--deficit-slope", "0"], "argument --deficit-slope: 0: must be above 0"),
+    (["--llc-noise", "nan"], "argument --llc-noise: nan: must be a finite number"),
 ])
 def test_the_command_refuses_impossible_flags_naming_them(capsys, flags, says):
     """Values no simulation can mean end with one line naming the flag, not a table of
@@ -466,7 +467,7 @@ def test_power_prints_the_exponent_table_after_the_markers(capsys):
     for offset in ("0", "-4"):
         with pytest.raises(SystemExit):
             main(["power", "--trials", "2", "--offset", offset])
-        assert f"argument --offset: {offset} is not above 0" in capsys.readouterr().err
+        assert f"argument --offset: {offset}: must be above 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("seed", range(6))

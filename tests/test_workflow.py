@@ -637,7 +637,8 @@ def test_the_readmes_cube_example_runs_on_a_real_cube(run):
 def test_calibrate_llc_reads_the_config_its_run_recorded(run, capsys):
     """`calibrate-llc PIECE` without --configfile takes the config the piece's run recorded
     (results/<x>/config.yaml), not config.yaml, whose training hash the piece would not
-    match; a step size or thread count that is not above 0 is a usage error."""
+    match; a step size or thread count that is not above 0, or not finite, is a usage
+    error."""
     from critperiods.__main__ import main
 
     piece = next((run / "results/tiny/runs").glob("bs*/*/continue/switch*.pt"))
@@ -645,10 +646,12 @@ def test_calibrate_llc_reads_the_config_its_run_recorded(run, capsys):
         main(["calibrate-llc", str(piece), "--epoch", "999"])
     assert "no checkpoint at epoch 999" in str(stop.value), stop.value
     assert "results/tiny/config.yaml (as recorded by its run" in capsys.readouterr().out
-    for bad in (["--step-sizes", "-1"], ["--threads", "0"], ["--nbetas", "nan"]):
+    for bad, says in ((["--step-sizes", "-1"], "-1: must be above 0"),
+                      (["--threads", "0"], "0: must be above 0"),
+                      (["--nbetas", "nan"], "nan: must be a finite number")):
         with pytest.raises(SystemExit) as stop:
             main(["calibrate-llc", str(piece), "--epoch", "1", *bad])
-        assert stop.value.code == 2 and "is not above 0" in capsys.readouterr().err, bad
+        assert stop.value.code == 2 and says in capsys.readouterr().err, bad
 
 
 def test_calibrate_llc_runs_chains_of_the_length_and_batch_asked_for(run, tmp_path,

@@ -74,18 +74,30 @@ def layers(paths: list[str], *between: str) -> str:
                        *(p for p in paths if Path(p).resolve() != base.resolve())])
 
 
-def number(kind: type, least: float, why: str = "", strict: bool = False):
-    """An argparse ``type`` that reads ``kind`` and refuses a value below ``least`` (or equal
-    to it, with ``strict``), saying why: the flag, the value and the bound in one line."""
-    def read(text: str):
-        value = kind(text)
+def number(kind: type, least: float = 0, why: str = "", strict: bool = False
+           ) -> Callable[[str], float]:
+    """An argparse ``type`` that reads a finite ``kind`` and refuses a value below ``least``
+    (or equal to it, with ``strict``), saying why: the flag, the value and the bound in one
+    line (argparse adds the flag)."""
+    def read(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text}: must be a finite number")
         if value < least or (strict and value == least):
             bound = f"{'above' if strict else 'at least'} {least:g}"
             raise argparse.ArgumentTypeError(f"{text}: must be {bound}"
                                              + (f" ({why})" if why else ""))
         return value
-    read.__name__ = kind.__name__  # argparse names the type in "invalid int value"
     return read
+
+
+def positive(kind: type, zero: bool = False) -> Callable[[str], float]:
+    """:func:`number` above 0 (0 too with ``zero``)."""
+    return number(kind, 0, strict=not zero)
 
 
 def interval_level(text: str) -> float:
@@ -98,23 +110,6 @@ def interval_level(text: str) -> float:
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1 (e.g. 0.9)")
     return value
-
-
-def positive(kind: type, zero: bool = False) -> Callable[[str], float]:
-    """An argparse type: a number of ``kind`` above 0 (0 too with ``zero``), else a one-line
-    usage error."""
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            what = "a whole number" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if zero and value < 0:
-            raise argparse.ArgumentTypeError(f"{text} is below 0")
-        if not (value > 0 or zero and value == 0) or not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text} is not above 0")
-        return value
-    return parse
 
 
 def not_a_file(path: Path) -> str | None:
