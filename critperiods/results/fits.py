@@ -654,8 +654,8 @@ def half_deficit_epoch(switch_epochs: np.ndarray, mean_accuracy: np.ndarray) -> 
     (the deficit is theirs, as the permanent deficit's: not that of the switches left).
     """
     order = np.argsort(switch_epochs)
-    ends = np.asarray(mean_accuracy, dtype=float)[order[[0, -1]]]
-    if not np.isfinite(ends).all():
+    if order.size < 2 or not np.isfinite(
+            np.asarray(mean_accuracy, dtype=float)[order[[0, -1]]]).all():
         return float("nan")
     s, acc = _sorted_finite(switch_epochs, mean_accuracy)
     if s.size < 2:

@@ -327,9 +327,8 @@ def exponent_table(grid: Grid, batch_sizes: Sequence[float], seeds: list[int], t
     """Lines saying what ``grid`` can tell of the exponent of end ∝ batch size^p with each
     number of ``seeds``, where the true ends lie on that power law through ``end`` (default
     the middle of the switch range; ``end_source`` says where another came from, "--end"
-    where unsaid) at the
-    geometric middle of ``batch_sizes`` (in increasing order; ``noise`` one per batch size,
-    or one for all): :func:`exponent_coverage`."""
+    where unsaid) at the geometric middle of ``batch_sizes`` (in increasing order;
+    ``noise`` one per batch size, or one for all): :func:`exponent_coverage`."""
     x = np.asarray(batch_sizes, dtype=float)
     if x.size < POWER_LAW_POINTS:
         return [f"the exponent: a power law needs {POWER_LAW_POINTS} batch sizes, this grid has "
