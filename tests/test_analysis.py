@@ -1456,6 +1456,20 @@ def test_calibrate_llc_refuses_a_plot_it_cannot_write_before_sampling(tmp_path) 
     assert set(IMAGE_TYPES) <= set(saved)
 
 
+def test_a_restart_that_gains_accuracy_is_said_as_a_gain_not_as_not_told() -> None:
+    """A restart deficit whose interval lies below 0 is a gain: beside one that survives,
+    the short answer says so, not "not told from 0" (which it keeps for an interval that
+    includes 0)."""
+    from critperiods.results.report_page import _restart_sentence
+
+    verdicts = {64.0: "below 0 (a gain): -2.7 pp", 128.0: "not told from 0: 0.3 pp",
+                256.0: "survives: 7.2 pp"}
+    said = _restart_sentence(verdicts, [64.0, 128.0, 256.0], 3)
+    assert said == ("The deficit survives restarting the rate at the switch at batch 256; it "
+                    "is not told from 0 with it restarted at batch 128; it is below 0 with it "
+                    "restarted (a gain) at batch 64"), said
+
+
 def test_the_landing_page_leads_with_a_short_answer() -> None:
     """The first page opens with the answer in a sentence or two: which way the end moves
     with the batch size (and whether the exponent's interval includes 0), and whether the

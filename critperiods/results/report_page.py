@@ -612,9 +612,13 @@ def _restart_sentence(verdicts: dict[float, str], located: list[float], batch_si
     if kept and not gone and not open_:
         return (f"The deficit survives restarting the rate at the switch {every}: a "
                 "critical period, not only the learning-rate confound")
+    not_told = [b for b in gone if verdicts[b].startswith("not told")]
+    gain = [b for b in gone if b not in not_told]  # below 0: the restart gains accuracy
     parts = ([f"survives restarting the rate at the switch at {_batches(kept)}"] if kept
-             else []) + ([f"is not told from 0 with it restarted at {_batches(gone)}{said}"]
-                         if gone else []) \
+             else []) \
+        + ([f"is not told from 0 with it restarted at {_batches(not_told)}{said}"]
+           if not_told else []) \
+        + ([f"is below 0 with it restarted (a gain) at {_batches(gain)}"] if gain else []) \
         + ([f"is undetermined under the restart at {_batches(open_)}"] if open_ else [])
     return "The deficit " + "; it ".join(parts)
 
