@@ -762,6 +762,20 @@ def test_runs_at_chance_accuracy_are_named() -> None:
     (line,) = tables.runs_at_chance(cube)
     assert f"switch epoch {where['switch_epoch']:g}" in line and f"seed {where['seed']:g}" in line
     assert line.startswith(f"batch {where['batch_size']:g}") and line.endswith("9.4 %")
+    # the never-blurred run is one run under both schedules: named and counted once
+    from critperiods.results.plots import _diverged_note
+
+    cube = flat_restart(synthetic_cube(with_llc=False, with_div=False)).copy(deep=True)
+    cube["final_test_accuracy"].loc[{"switch_epoch": 0, "seed": cube["seed"].values[0],
+                                     "batch_size": cube["batch_size"].values[0]}] = 0.094
+    cube["final_test_accuracy"].loc[{"switch_epoch": cube["switch_epoch"].values[1],
+                                     "seed": cube["seed"].values[0],
+                                     "batch_size": cube["batch_size"].values[0],
+                                     "lr_schedule": "restart"}] = 0.094
+    lines = tables.runs_at_chance(cube)
+    assert len(lines) == 2 and _diverged_note(cube) == "; 2 runs diverged to chance, left out"
+    assert sum("the never-blurred run (every lr schedule)" in v and "switch epoch 0" in v
+               for v in lines) == 1, lines
 
 
 def with_a_run_at_chance(cube: xr.Dataset, **where) -> xr.Dataset:

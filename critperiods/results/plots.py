@@ -19,6 +19,7 @@ from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator  # noqa: E4
 from critperiods.pipeline.files import write_atomic  # noqa: E402
 from critperiods.results.markers import KNEE_FLAGS  # noqa: E402
 from critperiods.results.selection import (  # noqa: E402
+    distinct_diverged,
     diverged_branches,
     llc_counted,
     llc_sharp,
@@ -99,7 +100,7 @@ def _seeds_note(cube: xr.Dataset) -> str:
 
 def _diverged_note(cube: xr.Dataset) -> str:
     """"; N diverged run(s) left out" for a caption, empty without any."""
-    n = int(run_diverged(cube).sum()) if "final_test_accuracy" in cube else 0
+    n = int(distinct_diverged(cube).sum()) if "final_test_accuracy" in cube else 0
     return f"; {n} run{'s' if n != 1 else ''} diverged to chance, left out" if n else ""
 
 

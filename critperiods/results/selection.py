@@ -15,7 +15,8 @@ import xarray as xr
 
 from critperiods.results.fits import seed_adjusted_mean
 
-__all__ = ["CHANCE_MULTIPLE", "CLASSES", "at_horizon", "default_horizon", "diverged_branches",
+__all__ = ["CHANCE_MULTIPLE", "CLASSES", "at_horizon", "default_horizon", "distinct_diverged",
+           "diverged_branches",
            "divergence_at_horizon", "divergence_to_blurred", "llc_sharp", "llc_sharp_by_seed",
            "llc_counted", "llc_trunk", "llc_trunk_by_seed", "lr_schedules", "read_in_flags",
            "read_in_attrs", "run_diverged", "seed_mean", "with_read_in",
@@ -40,6 +41,18 @@ def run_diverged(cube: xr.Dataset, classes: int = CLASSES) -> xr.DataArray:
     """
     acc = cube["final_test_accuracy"]
     return (acc < CHANCE_MULTIPLE / classes).rename("run_diverged")
+
+
+def distinct_diverged(cube: xr.Dataset, classes: int = CLASSES) -> xr.DataArray:
+    """:func:`run_diverged` with each run once: the never-blurred run (switch epoch 0) is
+    one run under every lr schedule, so only the first schedule's copy counts (for counting
+    and naming runs; a cell's own count, ``diverged_runs``, counts it in both)."""
+    diverged = run_diverged(cube, classes)
+    if "lr_schedule" not in diverged.dims or diverged.sizes["lr_schedule"] < 2:
+        return diverged
+    copy = (diverged["switch_epoch"] == 0) & (diverged["lr_schedule"]
+                                               != diverged["lr_schedule"][0])
+    return diverged & ~copy
 
 
 def diverged_branches(cube: xr.Dataset) -> xr.DataArray:

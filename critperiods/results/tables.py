@@ -30,9 +30,9 @@ from critperiods.results.markers import (
 )
 from critperiods.results.selection import (
     CLASSES,
+    distinct_diverged,
     llc_counted,
     read_in_flags,
-    run_diverged,
     with_lr_schedule,
     without_diverged,
 )
@@ -323,8 +323,9 @@ def drops_follow_the_rate(summary: xr.Dataset) -> list[float]:
 
 
 def runs_at_chance(cube: xr.Dataset, classes: int = CLASSES) -> list[str]:
-    """The runs that diverged to chance (:func:`run_diverged`), one line each: "batch B,
-    <schedule>, switch epoch K, seed S, final accuracy A %".
+    """The runs that diverged to chance (:func:`distinct_diverged`: the never-blurred run
+    once, for every schedule), one line each: "batch B, <schedule>, switch epoch K, seed
+    S, final accuracy A %".
 
     They are left out of the means and fits; ``summarize``, the report and the plots name
     them.
@@ -332,11 +333,14 @@ def runs_at_chance(cube: xr.Dataset, classes: int = CLASSES) -> list[str]:
     if "final_test_accuracy" not in cube:
         return []
     acc = cube["final_test_accuracy"]
-    low = acc.where(run_diverged(cube, classes))
+    low = acc.where(distinct_diverged(cube, classes))  # the never-blurred run once
     hits = low.to_dataframe().dropna()
+    shared = "lr_schedule" in acc.dims and acc.sizes["lr_schedule"] > 1
     out = []
     for index in hits.index:
         where = dict(zip(hits.index.names, index, strict=True))
+        if shared and where["switch_epoch"] == 0:
+            where["lr_schedule"] = "the never-blurred run (every lr schedule)"
         out.append(", ".join(
             f"{name.replace('_', ' ').replace('batch size', 'batch')} {where[name]:g}"
             if name != "lr_schedule" else str(where[name])
