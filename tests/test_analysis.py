@@ -1470,6 +1470,24 @@ def test_calibrate_llc_refuses_a_plot_it_cannot_write_before_sampling(tmp_path) 
     assert set(IMAGE_TYPES) <= set(saved)
 
 
+def test_a_restart_with_no_distance_to_halve_is_not_said_to_never_halve() -> None:
+    """Where every restarted run after switch 0 diverged, the restart has no distance at
+    the horizon to halve: its drop is NaN for that reason (said so), and the continue drop
+    there is not called the learning-rate confound ("never halves with the rate
+    restarted")."""
+    cube = flat_restart(synthetic_cube())
+    last = BATCHES[-1]
+    later = cube["switch_epoch"].values[1:]
+    blown = with_a_run_at_chance(cube, batch_size=last, lr_schedule="restart",
+                                 switch_epoch=list(later))
+    summary = critical_period_summary(blown)
+    assert np.isnan(float(summary["divergence_drop_epoch"].sel(batch_size=last,
+                                                              lr_schedule="restart")))
+    assert (f"batch {last:g}, restart: fewer than two switch epochs with a distance at the "
+            "horizon") in summary["divergence_drop_epoch"].attrs["missing"]
+    assert last not in tables.drops_follow_the_rate(blown.merge(summary))
+
+
 def test_a_restart_that_gains_accuracy_is_said_as_a_gain_not_as_not_told() -> None:
     """A restart deficit whose interval lies below 0 is a gain: beside one that survives,
     the short answer says so, not "not told from 0" (which it keeps for an interval that

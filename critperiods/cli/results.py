@@ -184,7 +184,7 @@ def summarize(args: argparse.Namespace) -> int:
               + as_said(summary.attrs.get('offset_interval_kind', 'over seeds')))
         for (b, r), verdict in markers.items():
             print(f"  batch {b:g}, {r}: {verdict}")
-        for line in marker_tally(summary):
+        for line in marker_tally(cube):
             print(f"  {line}")
         if any("includes 0" in verdict for verdict in markers.values()):
             print("  (\"includes 0\": these seeds cannot tell the marker from the end; how "

@@ -186,6 +186,8 @@ def _cell_values(
             else "no switch epoch 0 (the never-blurred run) in the grid"),
         "divergence_drop_epoch": (
             "divergence not computed (divergence.enabled: false)" if "div_l2" not in cube
+            else "fewer than two switch epochs with a distance at the horizon (their runs "
+                 "diverged or were not run): nothing to halve" if np.isfinite(div).sum() < 2
             else "the distance at the horizon never falls below half its early value"),
     }
     why = {name: reason for name, reason in reasons.items()

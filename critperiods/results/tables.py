@@ -30,7 +30,9 @@ from critperiods.results.markers import (
 )
 from critperiods.results.selection import (
     CLASSES,
+    default_horizon,
     distinct_diverged,
+    divergence_at_horizon,
     llc_counted,
     read_in_flags,
     with_lr_schedule,
@@ -319,7 +321,19 @@ def drops_follow_the_rate(summary: xr.Dataset) -> list[float]:
         return []
     return [float(b) for b in drop["batch_size"].values
             if np.isfinite(float(drop.sel(batch_size=b, lr_schedule="continue")))
-            and np.isnan(float(drop.sel(batch_size=b, lr_schedule="restart")))]
+            and np.isnan(float(drop.sel(batch_size=b, lr_schedule="restart")))
+            and _restart_distance_measured(summary, b)]
+
+
+def _restart_distance_measured(cube: xr.Dataset, batch_size: float) -> bool:
+    """Whether the restarted runs have a distance to halve at two switch epochs or more
+    (where every restarted run after switch 0 diverged there is none: no drop, but no
+    "never halves" either). True where the cube holds no distances to tell."""
+    if "div_l2" not in cube:
+        return True
+    horizon = float(cube.attrs.get("summary_horizon", default_horizon(cube)))
+    at = divergence_at_horizon(cube, batch_size, horizon, "restart")
+    return int(np.isfinite(at).sum()) >= 2
 
 
 def runs_at_chance(cube: xr.Dataset, classes: int = CLASSES) -> list[str]:
