@@ -1470,6 +1470,30 @@ def test_calibrate_llc_refuses_a_plot_it_cannot_write_before_sampling(tmp_path) 
     assert set(IMAGE_TYPES) <= set(saved)
 
 
+def test_two_switch_epochs_place_no_end() -> None:
+    """Through two switch epochs every kink between them fits exactly, so the hinge does not
+    place an end (it reported the earliest switch, located, with offsets from it), and the
+    half-deficit epoch would be their midpoint whatever the data: both NaN, each with its
+    reason; the short answer says the deficit is above 0 but its end cannot be placed."""
+    from critperiods.results.report_page import short_answer
+
+    cube = flat_restart(synthetic_cube(with_llc=False, with_div=False))
+    switches = cube["switch_epoch"].values
+    two = cube.sel(switch_epoch=[switches[0], switches[-1]])
+    summary = critical_period_summary(two)
+    cont = summary.sel(lr_schedule="continue")
+    assert (cont["permanent_deficit_interval"].sel(bound="lower") > 0).all()
+    assert cont["critical_period_end"].isnull().all()
+    assert cont["half_deficit_epoch"].isnull().all()
+    assert "2 switch epoch(s) with a final accuracy: a hinge's kink needs 3" in summary[
+        "critical_period_end"].attrs["missing"]
+    said = short_answer(two.merge(summary))
+    assert "the deficit lies above 0 at batch sizes" in said and \
+        "these switch epochs cannot place its end" in said, said
+    three = critical_period_summary(cube.sel(switch_epoch=switches[[0, 1, -1]]))
+    assert three["critical_period_end"].sel(lr_schedule="continue").notnull().all()
+
+
 def test_a_restart_with_no_distance_to_halve_is_not_said_to_never_halve() -> None:
     """Where every restarted run after switch 0 diverged, the restart has no distance at
     the horizon to halve: its drop is NaN for that reason (said so), and the continue drop

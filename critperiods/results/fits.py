@@ -593,6 +593,13 @@ def hinge_resolution(switch_epochs: np.ndarray, accuracy_by_seed: np.ndarray, ki
                       kink, profile)
 
 
+def hinge_switches(switch_epochs: np.ndarray, accuracy_by_seed: np.ndarray) -> int:
+    """How many switch epochs have a final accuracy: a hinge's kink needs 3 (through two
+    points every kink between them fits exactly, so the end is not identified)."""
+    acc = np.asarray(accuracy_by_seed, dtype=float).reshape(np.size(switch_epochs), -1)
+    return int(np.isfinite(acc).any(axis=1).sum())
+
+
 def hinge_end(
     switch_epochs: np.ndarray, accuracy_by_seed: np.ndarray, level: float = 0.90,
     without_each_seed: np.ndarray | None = None, profile: tuple[float, float] | None = None,
@@ -622,8 +629,8 @@ def hinge_end(
     from the fit to all data.
     """
     fit = fit_hinge(switch_epochs, without_seed_offsets(accuracy_by_seed))
-    if not np.isfinite(fit.kink):
-        return (float("nan"),) * 4
+    if not np.isfinite(fit.kink) or hinge_switches(switch_epochs, accuracy_by_seed) < 3:
+        return (float("nan"),) * 4  # two points: any kink between them fits them exactly
     loo = (kinks_without_each_seed(switch_epochs, accuracy_by_seed)
            if without_each_seed is None else np.asarray(without_each_seed, dtype=float))
     lower, upper = jackknife_interval(fit.kink, loo[np.isfinite(loo)], level)

@@ -102,8 +102,17 @@ def short_answer(cube: xr.Dataset) -> str:
     rate = "with the learning rate decaying" if first == "continue" else f"with {first}"
     table = summary_table(cube)
     rows = table[table["lr_schedule"] == first]
-    located = [float(row.batch_size) for row in rows.itertuples()
-               if end_located(row.permanent_deficit_lower)]
+    above = [row for row in rows.itertuples() if end_located(row.permanent_deficit_lower)]
+    located = [float(row.batch_size) for row in above if np.isfinite(row.critical_period_end)]
+    if above and not located:  # a deficit, but no hinge can place its end (two switches)
+        batches = [float(row.batch_size) for row in above]
+        verdicts = restart_verdicts(cube)
+        restart = (". " + _restart_sentence(verdicts, batches, len(rows), table)
+                   if verdicts else "")
+        return (f"**In short:** {rate}, the deficit lies above 0 at {_batches(batches)}, but "
+                "these switch epochs cannot place its end (a hinge's kink needs 3 switch "
+                "epochs with a final accuracy; through two, every kink between them fits)"
+                f"{restart}.")
     if not located:
         return f"**In short:** {rate}, {_nothing_located(rows)}."
     level = f"{100 * float(cube.attrs.get('summary_level', 0.9)):.0f} %"

@@ -42,6 +42,7 @@ from critperiods.results.fits import (
     divergence_drop_epoch,
     fit_power_law,
     half_deficit_epoch,
+    hinge_switches,
     largest_change_epoch,
     seed_adjusted_mean,
 )
@@ -122,11 +123,15 @@ def located_end(summary: xr.Dataset) -> xr.DataArray:
 
 
 def _half_deficit_reason(switches: np.ndarray, mean_accuracy: np.ndarray) -> str:
-    """Why :func:`~critperiods.results.fits.half_deficit_epoch` is NaN for this curve."""
+    """Why :func:`~critperiods.results.fits.half_deficit_epoch` is NaN for this curve (or
+    left out: with two switch epochs it is their midpoint, whatever the data)."""
     ends = {"earliest": np.argmin(switches), "latest": np.argmax(switches)}
     missing = [name for name, i in ends.items() if not np.isfinite(mean_accuracy[i])]
     if missing:
         return f"no final accuracy at the {' and the '.join(missing)} switch"
+    if np.isfinite(mean_accuracy).sum() < 3:
+        return ("two switch epochs with a final accuracy: the half-way crossing between them "
+                "is their midpoint, whatever the data (it needs 3)")
     return "the latest switch costs no accuracy (no positive deficit)"
 
 
@@ -167,7 +172,8 @@ def _cell_values(
         "critical_period_end_upper": end.upper, "critical_period_slope": end.slope,
         "permanent_deficit": end.deficit, "permanent_deficit_lower": end.deficit_lower,
         "permanent_deficit_upper": end.deficit_upper,
-        "half_deficit_epoch": half_deficit_epoch(switches, mean_acc),
+        "half_deficit_epoch": (half_deficit_epoch(switches, mean_acc)
+                               if hinge_switches(switches, acc) >= 3 else float("nan")),
         "llc_change_epoch_trunk": largest_change_epoch(trunk["epoch"].values, trunk.values),
         "llc_change_epoch_sharp": largest_change_epoch(sharp["epoch"].values, sharp.values),
         "divergence_drop_epoch": divergence_drop_epoch(switches, div),
@@ -177,7 +183,11 @@ def _cell_values(
     left_out = (f" ({n_diverged} run(s) diverged to chance and are left out)" if n_diverged
                 else "")
     reasons = {
-        "critical_period_end": "no finite final accuracy" + left_out,
+        "critical_period_end": (
+            f"{hinge_switches(switches, acc)} switch epoch(s) with a final accuracy: a "
+            "hinge's kink needs 3 (through two points every kink between them fits)"
+            if 0 < hinge_switches(switches, acc) < 3 else "no finite final accuracy")
+            + left_out,
         "permanent_deficit": "no seed with both the earliest and the latest switch" + left_out,
         "half_deficit_epoch": _half_deficit_reason(switches, mean_acc) + left_out,
         "llc_change_epoch_trunk": _llc_reason(cube, trunk, "blurred trunk"),
