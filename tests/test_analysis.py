@@ -1470,6 +1470,25 @@ def test_calibrate_llc_refuses_a_plot_it_cannot_write_before_sampling(tmp_path) 
     assert set(IMAGE_TYPES) <= set(saved)
 
 
+def test_a_seed_without_its_latest_switch_run_keeps_its_trunk() -> None:
+    """The trunk is read from the run with the latest switch; a seed whose run there is
+    missing keeps its trunk λ̂ from its earlier switches' runs, which hold the same
+    estimates up to their switch (it lost its whole trunk, and the knee moved)."""
+    from critperiods.results.selection import llc_trunk_by_seed
+
+    cube = synthetic_cube(with_div=False)
+    b, last = BATCHES[0], cube["switch_epoch"].values.max()
+    seed = cube["seed"].values[1]
+    full = llc_trunk_by_seed(cube, b)
+    gap = cube.copy(deep=True)
+    gap["llc_mean"] = gap["llc_mean"].where(~((gap.switch_epoch == last) & (gap.seed == seed)))
+    kept = llc_trunk_by_seed(gap, b).sel(seed=seed)
+    below = full["epoch"] <= cube["switch_epoch"].values[-2]  # held by an earlier switch too
+    xr.testing.assert_equal(kept.where(below, drop=True),
+                            full.sel(seed=seed).where(below, drop=True))
+    assert kept.where(~below, drop=True).isnull().all()  # only the missing run held these
+
+
 def test_two_switch_epochs_place_no_end() -> None:
     """Through two switch epochs every kink between them fits exactly, so the hinge does not
     place an end (it reported the earliest switch, located, with offsets from it), and the

@@ -178,8 +178,9 @@ def llc_trunk_by_seed(cube: xr.Dataset, batch_size: float, net_of_descent: bool 
 
     Every run trains on blurred images until its switch, so the run with the largest switch
     epoch that has any λ̂ traces the longest trunk; its values at epochs ``<=`` that switch
-    are returned. Flagged estimates are left out unless read in (:func:`valid_llc`;
-    ``net_of_descent``: λ̂ net of the chains' descent, empty without it).
+    are returned, a seed without that run taking its trunk from its earlier switches' runs.
+    Flagged estimates are left out unless read in (:func:`valid_llc`; ``net_of_descent``:
+    λ̂ net of the chains' descent, empty without it).
     """
     llc = valid_llc(cube, net_of_descent)
     if llc is None:
@@ -192,7 +193,11 @@ def llc_trunk_by_seed(cube: xr.Dataset, batch_size: float, net_of_descent: bool 
         return _empty()
     s_max = switches.max()
     trunk = llc.sel(switch_epoch=s_max)
-    return trunk.where(trunk["epoch"] <= s_max, drop=True)
+    trunk = trunk.where(trunk["epoch"] <= s_max, drop=True)
+    # a seed without that run keeps its trunk from its runs of earlier switches, which hold
+    # the same estimates up to their switch
+    copies = llc.where(llc["epoch"] <= llc["switch_epoch"]).sel(epoch=trunk["epoch"].values)
+    return trunk.fillna(copies.max("switch_epoch"))
 
 
 def llc_trunk(cube: xr.Dataset, batch_size: float, net_of_descent: bool = False
