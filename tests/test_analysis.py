@@ -2682,3 +2682,21 @@ def test_one_batch_size_gets_one_line_for_the_exponents_and_no_knee_no_knee_flag
     with_llc = synthetic_cube().merge(critical_period_summary(synthetic_cube()))
     flags = tables.summary_table(with_llc)["llc_knee_trunk_within_noise"]
     assert flags.notna().all() and set(flags) <= {True, False}
+
+
+def test_a_cube_with_its_sweeps_out_of_order_opens_in_order(tmp_path: Path) -> None:
+    """A cube edited by hand may hold its switch epochs (or batch sizes) out of order; the
+    figures draw curves, and the statistics take "earliest" and "later", along them, so
+    ``open_cube`` returns them in increasing order."""
+    from critperiods.results.cube import open_cube
+
+    cube = synthetic_cube(with_llc=False, with_div=False)
+    shuffled = cube.isel(switch_epoch=[2, 0, 1, *range(3, cube.sizes["switch_epoch"])],
+                         batch_size=[2, 0, 1])
+    shuffled.to_netcdf(tmp_path / "cube.nc")
+    opened = open_cube(tmp_path / "cube.nc")
+    assert list(opened["switch_epoch"].values) == sorted(cube["switch_epoch"].values)
+    assert list(opened["batch_size"].values) == sorted(cube["batch_size"].values)
+    xr.testing.assert_allclose(opened["final_test_accuracy"],
+                               cube["final_test_accuracy"].transpose(*opened[
+                                   "final_test_accuracy"].dims))

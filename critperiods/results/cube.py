@@ -252,11 +252,21 @@ def describe(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
+#: The swept dims the statistics and figures read in increasing order (a curve is drawn,
+#: and "earliest" and "later" are taken, along them).
+ORDERED_DIMS = ("batch_size", "switch_epoch", "seed", "epoch")
+
+
 def open_cube(path: str | Path) -> xr.Dataset:
-    """Open a cube written by the pipeline, fully loaded (the file is closed again); a file
-    that cannot be read is a ``ValueError`` naming it and the command that remakes it."""
-    return read_netcdf(path)
+    """Open a cube written by the pipeline, fully loaded (the file is closed again), its
+    :data:`ORDERED_DIMS` in increasing order (the pipeline writes them so; a cube edited by
+    hand may not be); a file that cannot be read is a ``ValueError`` naming it and the
+    command that remakes it."""
+    cube = read_netcdf(path)
+    unsorted = [d for d in ORDERED_DIMS if d in cube.indexes
+                and not cube.indexes[d].is_monotonic_increasing]
+    return cube.sortby(unsorted) if unsorted else cube
 
 
-__all__ = ["ANALYSIS_DEFAULTS", "align_at_switch", "build_cube", "describe", "merge_files",
-           "open_cube"]
+__all__ = ["ANALYSIS_DEFAULTS", "ORDERED_DIMS", "align_at_switch", "build_cube", "describe",
+           "merge_files", "open_cube"]
