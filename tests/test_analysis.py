@@ -1509,6 +1509,9 @@ def test_two_switch_epochs_place_no_end() -> None:
     said = short_answer(two.merge(summary))
     assert "the deficit lies above 0 at batch sizes" in said and \
         "these switch epochs cannot place its end" in said, said
+    row = next(v for v in tables.format_table(summary).splitlines()
+               if v.split()[:2] == [f"{BATCHES[0]:g}", "continue"])
+    assert row.split()[2:6] == ["-", "no", "end", "(<"], row
     three = critical_period_summary(cube.sel(switch_epoch=switches[[0, 1, -1]]))
     assert three["critical_period_end"].sel(lr_schedule="continue").notnull().all()
 

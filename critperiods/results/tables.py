@@ -611,11 +611,13 @@ def format_table(summary: xr.Dataset, not_computed: Sequence[str] = ()) -> str:
     columns = {
         "batch": table["batch_size"].map(lambda v: f"{v:g}"),
         "lr": table["lr_schedule"],
-        "cp_end": [_fmt(v) if ok else "-" for v, ok in zip(
+        "cp_end": [_fmt(v) if ok and np.isfinite(v) else "-" for v, ok in zip(
             table["critical_period_end"], located, strict=True)],
-        "cp_interval": [f"[{_fmt(lo)}, {_fmt(hi)}]" if ok else unlocated_text(d, d_lo, d_hi)
-                        for lo, hi, ok, d, d_lo, d_hi in zip(
-                            table["critical_period_end_lower"],
+        "cp_interval": [(f"[{_fmt(lo)}, {_fmt(hi)}]" if np.isfinite(end)
+                         else "no end (< 3 switches)") if ok
+                        else unlocated_text(d, d_lo, d_hi)
+                        for end, lo, hi, ok, d, d_lo, d_hi in zip(
+                            table["critical_period_end"], table["critical_period_end_lower"],
                             table["critical_period_end_upper"], located,
                             table["permanent_deficit"], table["permanent_deficit_lower"],
                             table["permanent_deficit_upper"], strict=True)],
