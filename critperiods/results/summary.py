@@ -122,14 +122,15 @@ def located_end(summary: xr.Dataset) -> xr.DataArray:
     return end.where(lower > 0)
 
 
-def _half_deficit_reason(switches: np.ndarray, mean_accuracy: np.ndarray) -> str:
+def _half_deficit_reason(switches: np.ndarray, mean_accuracy: np.ndarray,
+                         with_accuracy: int) -> str:
     """Why :func:`~critperiods.results.fits.half_deficit_epoch` is NaN for this curve (or
     left out: with two switch epochs it is their midpoint, whatever the data)."""
     ends = {"earliest": np.argmin(switches), "latest": np.argmax(switches)}
     missing = [name for name, i in ends.items() if not np.isfinite(mean_accuracy[i])]
     if missing:
         return f"no final accuracy at the {' and the '.join(missing)} switch"
-    if np.isfinite(mean_accuracy).sum() < 3:
+    if with_accuracy < 3:
         return ("two switch epochs with a final accuracy: the half-way crossing between them "
                 "is their midpoint, whatever the data (it needs 3)")
     return "the latest switch costs no accuracy (no positive deficit)"
@@ -163,6 +164,7 @@ def _cell_values(
     n_diverged = int(diverged.sum())
     end = fit_end(switches, acc, level)
     mean_acc = seed_adjusted_mean(acc)
+    with_accuracy = hinge_switches(switches, acc)  # a kink, and a half-way crossing, need 3
     trunk_by_seed, sharp_by_seed = llc_trunk_by_seed(cube, batch_size), llc_sharp_by_seed(
         cube, batch_size)
     trunk, sharp = seed_mean(trunk_by_seed), seed_mean(sharp_by_seed)
@@ -173,7 +175,7 @@ def _cell_values(
         "permanent_deficit": end.deficit, "permanent_deficit_lower": end.deficit_lower,
         "permanent_deficit_upper": end.deficit_upper,
         "half_deficit_epoch": (half_deficit_epoch(switches, mean_acc)
-                               if hinge_switches(switches, acc) >= 3 else float("nan")),
+                               if with_accuracy >= 3 else float("nan")),
         "llc_change_epoch_trunk": largest_change_epoch(trunk["epoch"].values, trunk.values),
         "llc_change_epoch_sharp": largest_change_epoch(sharp["epoch"].values, sharp.values),
         "divergence_drop_epoch": divergence_drop_epoch(switches, div),
@@ -184,12 +186,13 @@ def _cell_values(
                 else "")
     reasons = {
         "critical_period_end": (
-            f"{hinge_switches(switches, acc)} switch epoch(s) with a final accuracy: a "
+            f"{with_accuracy} switch epoch(s) with a final accuracy: a "
             "hinge's kink needs 3 (through two points every kink between them fits)"
-            if 0 < hinge_switches(switches, acc) < 3 else "no finite final accuracy")
+            if 0 < with_accuracy < 3 else "no finite final accuracy")
             + left_out,
         "permanent_deficit": "no seed with both the earliest and the latest switch" + left_out,
-        "half_deficit_epoch": _half_deficit_reason(switches, mean_acc) + left_out,
+        "half_deficit_epoch": _half_deficit_reason(switches, mean_acc, with_accuracy)
+                              + left_out,
         "llc_change_epoch_trunk": _llc_reason(cube, trunk, "blurred trunk"),
         "llc_change_epoch_sharp": (
             _llc_reason(cube, sharp, "never-blurred run") if 0 in switches
