@@ -1489,14 +1489,39 @@ def test_a_seed_without_its_latest_switch_run_keeps_its_trunk() -> None:
     assert kept.where(~below, drop=True).isnull().all()  # only the missing run held these
 
 
+def test_the_curves_keep_a_seed_whose_latest_switch_run_is_missing() -> None:
+    """The figures draw each run's trunk from the latest switch's run, as the markers read
+    it; a seed without that run keeps its trunk in the curves' means too (it was left out,
+    so the drawn trunk followed the other seeds' mean while the markers counted it)."""
+    from critperiods.results.plots import _run_means
+
+    switches, seeds, epochs = np.array([0.0, 4.0, 8.0]), np.arange(3), np.arange(0.0, 13.0)
+    # the shared trunk (seed-dependent) up to each run's switch, then the run's own values
+    trunk = epochs[None, :] + 10.0 * seeds[:, None] ** 2
+    own = 100.0 + switches[:, None, None] + trunk[None]
+    values = np.where(epochs <= switches[:, None, None], trunk[None], own)
+    panel = xr.DataArray(values, dims=("switch_epoch", "seed", "epoch"),
+                         coords={"switch_epoch": switches, "seed": seeds, "epoch": epochs})
+    gap = panel.where(~((panel.switch_epoch == 8.0) & (panel.seed == 1)))
+    full, kept = _run_means(panel, switches), _run_means(gap, switches)
+    for k in (4.0, 8.0):
+        xr.testing.assert_allclose(kept[k].sel(epoch=slice(None, 4.0)),
+                                   full[k].sel(epoch=slice(None, 4.0)))
+    # seed 1's trunk beyond epoch 4 only its missing run held: the adjusted mean fills it
+    np.testing.assert_allclose(kept[8.0].sel(epoch=slice(None, 8.0)),
+                               full[8.0].sel(epoch=slice(None, 8.0)))
+
+
 def test_two_switch_epochs_place_no_end() -> None:
     """Through two switch epochs every kink between them fits exactly, so the hinge does not
     place an end (it reported the earliest switch, located, with offsets from it), and the
     half-deficit epoch would be their midpoint whatever the data: both NaN, each with its
-    reason; the short answer says the deficit is above 0 but its end cannot be placed."""
+    reason; the short answer says the deficit is above 0 but its end cannot be placed. The
+    λ̂ knee and the divergence drop are still found, and their offsets from the end are NaN
+    for that reason (they were NaN with none given)."""
     from critperiods.results.report_page import short_answer
 
-    cube = flat_restart(synthetic_cube(with_llc=False, with_div=False))
+    cube = flat_restart(synthetic_cube())
     switches = cube["switch_epoch"].values
     two = cube.sel(switch_epoch=[switches[0], switches[-1]])
     summary = critical_period_summary(two)
@@ -1506,6 +1531,11 @@ def test_two_switch_epochs_place_no_end() -> None:
     assert cont["half_deficit_epoch"].isnull().all()
     assert "2 switch epoch(s) with a final accuracy: a hinge's kink needs 3" in summary[
         "critical_period_end"].attrs["missing"]
+    for marker, offset in (("llc_knee_trunk", "llc_knee_minus_end_trunk"),
+                           ("divergence_drop_epoch", "divergence_drop_minus_end")):
+        assert cont[marker].notnull().all() and cont[offset].isnull().all()
+        assert f"{BATCHES[0]:g}, continue" in summary[offset].attrs["missing"]
+        assert "no critical_period_end (2 switch epoch(s)" in summary[offset].attrs["missing"]
     said = short_answer(two.merge(summary))
     assert "the deficit lies above 0 at batch sizes" in said and \
         "these switch epochs cannot place its end" in said, said

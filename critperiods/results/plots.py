@@ -29,6 +29,7 @@ from critperiods.results.selection import (  # noqa: E402
     run_diverged,
     seed_mean,
     shared_by_schedules,
+    trunk_by_seed,
     valid_final_accuracy,
     without_diverged,
 )
@@ -294,13 +295,14 @@ def _run_means(panel: xr.DataArray, switches: np.ndarray) -> dict:
     panel's ``(switch_epoch, seed, epoch)`` values, taken as the markers take them
     (:func:`~critperiods.results.selection.seed_mean`, adjusted for a seed missing at some
     epochs): up to its switch a run is the blurred trunk, whose mean comes from the run with
-    the largest switch (so a trunk epoch has one mean whichever run draws it); after its
-    switch, and all of the never-blurred run, from the run's own values."""
+    the largest switch, a seed without that run keeping its trunk from its earlier
+    switches' runs (:func:`~critperiods.results.selection.trunk_by_seed`; so a trunk epoch
+    has one mean whichever run draws it); after its switch, and all of the never-blurred
+    run, from the run's own values."""
     branched = [k for k in switches if k > 0]
     trunk = None
     if branched:
-        longest = panel.sel(switch_epoch=max(branched))
-        trunk = seed_mean(longest.where(longest["epoch"] <= max(branched)))
+        trunk = seed_mean(trunk_by_seed(panel, max(branched)))
     out = {}
     for k in switches:
         run = panel.sel(switch_epoch=k)

@@ -191,12 +191,18 @@ def llc_trunk_by_seed(cube: xr.Dataset, batch_size: float, net_of_descent: bool 
     switches = llc["switch_epoch"].values[has.values]
     if switches.size == 0:
         return _empty()
-    s_max = switches.max()
-    trunk = llc.sel(switch_epoch=s_max)
-    trunk = trunk.where(trunk["epoch"] <= s_max, drop=True)
-    # a seed without that run keeps its trunk from its runs of earlier switches, which hold
-    # the same estimates up to their switch
-    copies = llc.where(llc["epoch"] <= llc["switch_epoch"]).sel(epoch=trunk["epoch"].values)
+    return trunk_by_seed(llc, switches.max())
+
+
+def trunk_by_seed(panel: xr.DataArray, last: float) -> xr.DataArray:
+    """The blurred trunk's values at epochs ``<= last`` from ``panel`` (over
+    ``switch_epoch``, ``epoch`` and any others, e.g. ``seed``): the run switching at
+    ``last``, a seed without it keeping its trunk from its runs of earlier switches, which
+    hold the same values up to their switch (every run is restored from the shared trunk).
+    """
+    trunk = panel.sel(switch_epoch=last)
+    trunk = trunk.where(trunk["epoch"] <= last, drop=True)
+    copies = panel.where(panel["epoch"] <= panel["switch_epoch"]).sel(epoch=trunk["epoch"].values)
     return trunk.fillna(copies.max("switch_epoch"))
 
 
