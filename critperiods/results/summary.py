@@ -215,6 +215,9 @@ def _cell_values(
                  f"({unlocated_reason(end.deficit, end.deficit_lower, end.deficit_upper)})")
     if unlocated and np.isfinite(end.end):
         why["not_an_end"] = unlocated
+    # an offset from the end needs a located, finite end
+    no_end = unlocated or ("" if np.isfinite(end.end)
+                           else f"no critical_period_end ({reasons['critical_period_end']})")
     knees = [(*LLC_KNEES[0], trunk_by_seed, why.get(LLC_MARKERS[0])),
              (*LLC_KNEES[1], sharp_by_seed, why.get(LLC_MARKERS[1]))]
     if "llc_descent" in cube:  # λ̂ net of the chains' descent: markers of their own
@@ -237,8 +240,8 @@ def _cell_values(
         if not np.isfinite(knee.knee[0]):
             why[knee_name] = reason or "valid λ̂ is a straight line (no knee)"
             why[offset_name] = f"no {knee_name}: {why[knee_name]}"
-        elif unlocated:
-            why[offset_name] = f"{unlocated}: nothing to compare the knee with"
+        elif no_end:
+            why[offset_name] = f"{no_end}: nothing to compare the knee with"
     drop = drop_values(cube, batch_size, lr_schedule, horizon, level,
                        values["divergence_drop_epoch"], end)
     values["divergence_drop_epoch_lower"], values["divergence_drop_epoch_upper"] = drop.interval
@@ -248,8 +251,8 @@ def _cell_values(
     if not np.isfinite(values["divergence_drop_epoch"]):
         why["divergence_drop_minus_end"] = ("no divergence_drop_epoch: "
                                             + why["divergence_drop_epoch"])
-    elif unlocated:
-        why["divergence_drop_minus_end"] = f"{unlocated}: nothing to compare the drop with"
+    elif no_end:
+        why["divergence_drop_minus_end"] = f"{no_end}: nothing to compare the drop with"
     return values, why, end.jackknife.without_each_seed
 
 
@@ -320,8 +323,8 @@ def _exponents(ends: np.ndarray, ends_without_each_seed: np.ndarray, temperature
         usable = [int(np.sum(np.isfinite(ends[:, j]) & (ends[:, j] > max(first_switch, 0))))
                   for j in range(len(schedules))]
         missing = "; ".join(
-            f"{r}: {n} batch size(s) with a located end after the first switch (located: the "
-            f"permanent deficit's interval is above 0; a power law needs 3)"
+            f"{r}: {n} batch size(s) with a located end after the first switch (located: a "
+            f"hinge end, with the permanent deficit's interval above 0; a power law needs 3)"
             for r, n, f in zip(schedules, usable, fits, strict=True) if not np.isfinite(f[0]))
         out[name] = xr.DataArray(
             np.array([f[0] for f in fits]), dims=["lr_schedule"],
