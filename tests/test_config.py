@@ -1098,3 +1098,25 @@ def test_a_file_that_sets_a_key_beside_the_one_that_replaces_it_is_refused(tmp_p
     alone.write_text("experiment: own\nllc:\n  epochs: [2, 4]\n")  # over config.yaml's every
     assert subprocess.run([sys.executable, "-m", "critperiods", "check", str(alone)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120).returncode == 0
+
+
+def test_check_says_what_a_valid_grid_cannot_answer(tmp_path, capsys):
+    """A grid the schema accepts can still be unable to answer: two switch epochs place no
+    end, one seed gives no interval, two batch sizes fit no power law. `check` (which
+    `make run` runs first) says each before the run, naming the key; the default grid gets
+    none of these notes."""
+    from critperiods.__main__ import main
+
+    small = tmp_path / "small.yaml"
+    small.write_text("experiment: small\ngrid:\n  batch_sizes: [64, 128]\n"
+                     "  switch_epochs: [0, 8]\n  seeds: [0]\n  lr_schedules: [continue]\n"
+                     "llc:\n  enabled: false\n")
+    assert main(["check", str(small)]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    for note in ("note: grid.switch_epochs has 2: the deficit is measured, but the critical "
+                 "period's end (a hinge's kink) needs 3 switch epochs",
+                 "note: grid.seeds has one seed: no interval on the deficit",
+                 "note: grid.batch_sizes has 2: the end's power law in the batch size"):
+        assert note in said, said
+    assert main(["check"]) == 0
+    assert "note: grid." not in capsys.readouterr().out

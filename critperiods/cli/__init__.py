@@ -11,7 +11,8 @@
   config.yaml and check them as the Snakefile does; a file that is empty or not YAML, a
   misspelt key or a bad value is one line naming the file (and line or key) and the reason,
   exit status 1 (``make run CONFIG=…`` runs it first: Snakemake's own message for a file
-  that is empty or not YAML names neither).
+  that is empty or not YAML names neither). A valid grid that cannot answer gets a note:
+  fewer than 3 switch epochs place no end, one seed gives no interval.
 * ``cost [CONFIG …]`` (or ``--configfile CONFIG …``) — epochs of SGD a grid costs with and
   without trunk sharing (and the perturbation experiment's), its images, the time on the
   reference CPU and GPU, and the jobs per rule a fresh run plans.

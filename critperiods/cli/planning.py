@@ -30,7 +30,10 @@ def check(args: argparse.Namespace) -> int:
     config = load_config(paths)  # exits with the one line on a bad file or key
     print(f"{config['experiment']} ({layers(paths)}): ok, study {config['study']}")
     print(_unnamed_note(paths, config), end="")
-    if config["study"] == "critical_period":  # as `snakemake -n` says it, before a run
+    if config["study"] == "critical_period":
+        for note in _grid_notes(config["grid"]):
+            print(textwrap.fill(f"note: {note}", 96, subsequent_indent="  "))
+        # as `snakemake -n` says it, before a run
         from critperiods.pipeline.plan import data_download_note
 
         data = Path(config["results_dir"]) / config["experiment"] / "data"
@@ -38,6 +41,26 @@ def check(args: argparse.Namespace) -> int:
                                                                                    "test")}):
             print(f"note: {note}")
     return 0
+
+
+def _grid_notes(grid: dict) -> list[str]:
+    """What a valid grid cannot answer, said before it runs (the summary says it after, as
+    the reason its values are NaN)."""
+    notes = []
+    if len(grid["switch_epochs"]) < 3:
+        notes.append(f"grid.switch_epochs has {len(grid['switch_epochs'])}: the deficit is "
+                     "measured, but the critical period's end (a hinge's kink) needs 3 switch "
+                     "epochs (through two, every kink between them fits), and the λ̂ knees and "
+                     "the divergence drop then have no end to be compared with")
+    if len(grid["seeds"]) < 2:
+        notes.append("grid.seeds has one seed: no interval on the deficit, the end or the "
+                     "markers (they come from the spread over seeds), so these runs cannot "
+                     "tell a deficit from seed noise; the default runs 3")
+    if len(grid["batch_sizes"]) < 3:
+        notes.append(f"grid.batch_sizes has {len(grid['batch_sizes'])}: the end's power law "
+                     "in the batch size (temperature_exponent, batch_size_exponent) needs 3 "
+                     "batch sizes with a located end")
+    return notes
 
 
 def _unnamed_note(paths: list[str], config: dict) -> str:
