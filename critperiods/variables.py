@@ -133,6 +133,13 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
     "diverged_runs": ("runs that diverged to chance accuracy, left out of the statistics", "1"),
     "permanent_deficit_seeds": ("seeds with both the earliest and the latest switch run, on "
                                 "which the permanent deficit and its interval rest", "1"),
+    # aggregate: the learning-rate control, per batch_size (with both schedules)
+    "restart_deficit_reduction": ("permanent_deficit with the rate continued minus that with "
+                                  "it restarted, paired by seed, mean over seeds: how much of "
+                                  "the deficit restarting the rate at the switch removes", "1"),
+    "restart_deficit_reduction_seeds": ("seeds with both ends of the deficit under both "
+                                        "schedules, on which restart_deficit_reduction and "
+                                        "its interval rest", "1"),
 }
 
 #: The summary's statistics per (batch_size, lr_schedule) (names in :data:`VARIABLES`).
@@ -189,6 +196,8 @@ ANCILLARY: dict[str, tuple[str, ...]] = {
     "critical_period_end": ("critical_period_end_located", "critical_period_end_interval"),
     "half_deficit_epoch": ("critical_period_end_located",),
     "permanent_deficit": ("permanent_deficit_interval", "permanent_deficit_seeds"),
+    "restart_deficit_reduction": ("restart_deficit_reduction_interval",
+                                  "restart_deficit_reduction_seeds"),
 }
 
 

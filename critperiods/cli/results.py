@@ -41,6 +41,11 @@ def _stale_statistics(cube, diverged: list[str]) -> str | None:
             "llc_net_knee_trunk" not in cube):
         return ("predates the knees of λ̂ net of the chains' descent (llc_net_knee_<trunk|"
                 "sharp>), which join Holm's correction")
+    if "critical_period_end" in cube and "lr_schedule" in cube.dims and {
+            "continue", "restart"} <= set(map(str, cube["lr_schedule"].values)) and (
+            "restart_deficit_reduction" not in cube):
+        return ("predates the paired comparison of the deficit with the rate continued and "
+                "restarted (restart_deficit_reduction)")
     return None
 
 

@@ -46,13 +46,15 @@ def other_reading(cube: xr.Dataset, flag: str) -> xr.Dataset:
 
 
 def _said(call: MarkerCall | None) -> str:
-    """One call in words: "no offset", "includes 0", "after the end (within-noise knee;
-    holds after Holm's correction)"."""
+    """One call in words: "no offset", "includes 0", "after the end (within-noise knee: no
+    evidence that λ̂ bends there; holds after Holm's correction)"."""
     if call is None:
         return "no offset"
     if call.side is None:
         return "includes 0"
-    notes = [f"{'/'.join(call.flags)} knee"] if call.flags else []
+    notes = [f"{'/'.join(call.flags)} knee"
+             + (": no evidence that λ̂ bends there" if "within-noise" in call.flags else "")
+             ] if call.flags else []
     if call.holds is not None:
         notes.append("holds after Holm's correction" if call.holds else
                      "not after Holm's correction")

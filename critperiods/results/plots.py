@@ -16,6 +16,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator  # noqa: E402
 
+from critperiods.measure.llc.quality import FLAGS as LLC_FLAGS  # noqa: E402
 from critperiods.pipeline.files import write_atomic  # noqa: E402
 from critperiods.results.markers import KNEE_FLAGS  # noqa: E402
 from critperiods.results.selection import (  # noqa: E402
@@ -476,8 +477,10 @@ def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
             rhat = float(_sel(cube.llc_rhat, **where))
             quality = float(_sel(cube.llc_quality, **where)) if "llc_quality" in cube else 0
             counted = quality == 0 or bool(_sel(llc_counted(cube), **where))
+            flags = "+".join(name for name, bit in LLC_FLAGS.items() if int(quality) & bit)
             note = f"\nR-hat {rhat:.2f}, " + ("ok" if quality == 0 else
-                                               "flagged, counted" if counted else "flagged")
+                                               f"flagged {flags}, counted" if counted
+                                               else f"flagged {flags}")
         ax.set_title(f"batch {b}, switch {k}, epoch {int(t.epoch)}{note}", fontsize=9)
         if row == rows - 1:
             ax.set_xlabel("draw (left of dotted line: burn-in)")
@@ -596,8 +599,9 @@ def _drop_panel(cube: xr.Dataset, ax: plt.Axes, horizon: float) -> None:
 def critical_period_vs_temperature(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """Critical-period end (with its interval) vs batch size and vs lr / batch size, a colour
     per schedule, for the cells whose end is located (a deficit whose interval is above 0).
-    Where the exponent is finite (≥ 3 located ends) the fitted power law is drawn, exponent in
-    the legend."""
+    Where the exponent is finite (≥ 3 located ends) the fitted power law is drawn, exponent
+    and its interval in the legend; dashed where that interval includes 0 (no direction
+    told)."""
     batch = cube.batch_size.values.astype(float)
     lr = float(cube.attrs.get("lr", 1.0))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -616,8 +620,14 @@ def critical_period_vs_temperature(cube: xr.Dataset, path: str | Path, dpi: int 
                 ok = np.isfinite(end.values) & (end.values > 0)
                 c = np.exp(np.mean(np.log(end.values[ok]) - p * np.log(x[ok])))
                 grid = np.geomspace(x.min(), x.max(), 50)
+                bounds = _sel(cube[f"{exponent}_interval"], lr_schedule=r).values \
+                    if f"{exponent}_interval" in cube else [np.nan, np.nan]
+                told = ("" if not np.isfinite(bounds).any()
+                        else f" [{bounds[0]:.2f}, {bounds[1]:.2f}]"
+                        + (", includes 0" if bounds[0] <= 0 <= bounds[1] else ""))
                 ax.plot(grid, c * grid**p, color=f"C{j}", lw=1,
-                        label=f"{r}: power law, exponent {p:.2f}")
+                        ls="--" if told.endswith("includes 0") else "-",
+                        label=f"{r}: power law, exponent {p:.2f}{told}")
     for ax, name, x, label in ((axes[0], "batch size", batch, "{:g}"),
                                (axes[1], "SGD temperature proxy lr / batch size", lr / batch,
                                 "{:.2g}")):

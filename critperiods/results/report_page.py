@@ -23,7 +23,7 @@ from critperiods.results.figures import FIGURES
 from critperiods.results.fits import POWER_LAW_POINTS
 from critperiods.results.flag_reading import reading_sentence
 from critperiods.results.markers import UNSTABLE_REASON, WITHIN_NOISE_REASON, knee_flags
-from critperiods.results.rst import PAGE_STYLE, figure_rst, list_table
+from critperiods.results.rst import PAGE_STYLE, figure_rst, list_table, rst_text
 from critperiods.results.selection import llc_counted, lr_schedules, read_in_flags
 from critperiods.results.setup import recorded_config, setup_sentence
 from critperiods.results.tables import (
@@ -41,9 +41,11 @@ from critperiods.results.tables import (
     marker_tally,
     marker_verdicts,
     markers_not_computed,
+    nan_reasons,
     not_computed_sentence,
     offset_tests,
     read_in_phrase,
+    restart_reductions,
     restart_verdicts,
     runs_at_chance,
     summary_table,
@@ -51,8 +53,8 @@ from critperiods.results.tables import (
 )
 
 #: How the answer says why a cell has no end (:func:`unlocated_text`'s few words, longer).
-_UNLOCATED = {"not told from 0": "no deficit told from 0, so no end to locate",
-              "below 0 (a gain)": "a deficit below 0 (a gain), so no end to locate",
+_UNLOCATED = {"deficit not told from 0": "no deficit told from 0, so no end to locate",
+              "deficit below 0 (a gain)": "a deficit below 0 (a gain), so no end to locate",
               "no interval (1 seed)": "one seed, so no interval to locate an end with"}
 
 
@@ -107,7 +109,8 @@ def short_answer(cube: xr.Dataset) -> str:
     if above and not located:  # a deficit, but no hinge can place its end (two switches)
         batches = [float(row.batch_size) for row in above]
         verdicts = restart_verdicts(cube)
-        restart = (". " + _restart_sentence(verdicts, batches, len(rows), table)
+        restart = (". " + _restart_sentence(verdicts, batches, len(rows), table,
+                                            restart_reductions(cube))
                    if verdicts else "")
         return (f"**In short:** {rate}, the deficit lies above 0 at {_batches(batches)}, but "
                 "these switch epochs cannot place its end (a hinge's kink needs 3 switch "
@@ -130,14 +133,18 @@ def short_answer(cube: xr.Dataset) -> str:
                     else ", no interval (one seed)")
         seeds = int(cube.sizes.get("seed", 1))
         excludes_0 = np.isfinite(lo) and not lo <= 0 <= hi
-        said = (f"{rate}, smaller batches end their critical period {way} (end ∝ batch "
-                f"size^{_num(p, 2)}{interval}, over {seeds} seed{'s' if seeds != 1 else ''}"
-                + (", which includes 0: no dependence is as consistent"
-                   if np.isfinite(lo) and not excludes_0 else "") + ")"
-                + (_ends_overlap(rows) if excludes_0 else ""))
+        fit = (f"end ∝ batch size^{_num(p, 2)}{interval}, over {seeds} "
+               f"seed{'s' if seeds != 1 else ''}")
+        if np.isfinite(lo) and not excludes_0:  # no direction to state
+            said = (f"{rate}, these seeds cannot tell whether smaller batches end their "
+                    f"critical period later or earlier ({fit}, which includes 0)")
+        else:
+            said = (f"{rate}, smaller batches end their critical period {way} ({fit})"
+                    + (_ends_overlap(rows) if excludes_0 else ""))
     verdicts = restart_verdicts(cube)
     if verdicts:
-        said += ". " + _restart_sentence(verdicts, located, len(rows), table)
+        said += ". " + _restart_sentence(verdicts, located, len(rows), table,
+                                         restart_reductions(cube))
     markers = _markers_sentence(cube)
     return f"**In short:** {said}." + (f" {markers}." if markers else "")
 
@@ -570,15 +577,18 @@ def _exponent_caveat(cube: xr.Dataset) -> list[str]:
 
 
 def _restart_sentence(verdicts: dict[float, str], located: list[float], batch_sizes: int,
-                      table: pd.DataFrame | None = None) -> str:
+                      table: pd.DataFrame | None = None,
+                      reductions: dict[float, tuple] | None = None) -> str:
     """What restarting the rate says of the located deficits (:func:`short_answer`). A
     restart deficit whose interval includes 0 (or lies below it) is not told from 0,
     bounded by the largest upper end of those intervals (from ``table``,
     :func:`summary_table`'s rows) and set beside the deficits with the rate continued: few
-    seeds never show that it is gone. The restart is said to shrink the deficit only where
-    each bound lies below its batch size's continued deficit's interval, and to take most
-    of it only where each bound is below half that interval's lower end; otherwise whether
-    a critical period remains is open."""
+    seeds never show that it is gone. Whether the restart lowers the deficit is the paired
+    comparison (``reductions``, :func:`~critperiods.results.tables.restart_reductions`): it
+    is said to shrink the deficit only where that interval lies above 0 at each batch size,
+    and to take most of it only where, at each, it lies above the restart deficit's bound
+    (more is removed than can remain); otherwise whether a critical period remains is
+    open."""
     kept = [b for b in located if verdicts.get(b, "").startswith("survives")]
     gone = [b for b in located if verdicts.get(b, "").startswith(("not told", "below 0"))]
     open_ = [b for b in located if b not in kept and b not in gone]
@@ -589,35 +599,40 @@ def _restart_sentence(verdicts: dict[float, str], located: list[float], batch_si
         return "at the one batch size" if batch_sizes == 1 else f"at {word} batch size{some}"
     anywhere, every = at("any"), at("every")
     bound = against = ""
-    unshrunk, most = list(gone), False
+    upper = pd.Series(dtype=float)
     if table is not None and gone:
-        at = table[table["batch_size"].isin(gone)].set_index(["lr_schedule", "batch_size"])
-        upper = at.loc["restart", "permanent_deficit_upper"]
-        if "continue" in at.index.get_level_values(0):
-            kept_on = at.loc["continue", "permanent_deficit"]
-            floor = at.loc["continue", "permanent_deficit_lower"]
+        rows = table[table["batch_size"].isin(gone)].set_index(["lr_schedule", "batch_size"])
+        upper = rows.loc["restart", "permanent_deficit_upper"]
+        if "continue" in rows.index.get_level_values(0):
+            kept_on = rows.loc["continue", "permanent_deficit"]
             lo, hi = 100 * kept_on.min(), 100 * kept_on.max()
             against = (f"{_num(lo)}" + ("" if _num(lo) == _num(hi) else f"–{_num(hi)}")
                        + " pp with the rate continued")
-            unshrunk = [b for b in gone if not upper.get(b, np.inf) < floor.get(b, -np.inf)]
-            most = all(upper.get(b, np.inf) < floor.get(b, -np.inf) / 2 for b in gone)
         if upper.notna().any():
             bound = f"at most {_num(100 * upper.max())} pp"
     said = "; ".join(x for x in (bound, against) if x)
     said = f" ({said})" if said else ""
+    reductions = reductions or {}
+    lowest = {b: reductions[b][1] if b in reductions else float("nan") for b in gone}
+    unshrunk = [b for b in gone if not lowest[b] > 0]
     if gone and not kept and not open_:
         start = (f"Restarting the rate at the switch leaves no deficit these seeds tell above 0 "
                  f"{anywhere}{said}")
         if unshrunk:
             return (f"{start}, but at {_batches(unshrunk)} they do not tell it from the "
-                    "continued deficit either: whether a critical period remains is open")
-        if most:
-            return (f"{start}, each below half its continued deficit's interval: most of what "
-                    "looks like a critical period here is the learning-rate confound, and a "
-                    "remainder up to that bound is not ruled out")
-        return (f"{start}, each below its continued deficit's interval: the restart shrinks "
-                "the deficit, part of what looks like a critical period here is the "
-                "learning-rate confound, and a remainder up to that bound is not ruled out")
+                    "continued deficit either (paired by seed): whether a critical period "
+                    "remains is open")
+        means = [100 * reductions[b][0] for b in gone]
+        lo, hi = _num(min(means)), _num(max(means))
+        removed = (f"paired by seed, the restart lowers it by {lo}"
+                   + ("" if lo == hi else f"–{hi}") + " pp")
+        if all(lowest[b] > upper.get(b, np.inf) for b in gone):
+            return (f"{start}; {removed}, at each batch size more than can remain: most of "
+                    "what looks like a critical period here is the learning-rate confound, and "
+                    "a remainder up to that bound is not ruled out")
+        return (f"{start}; {removed}, told from 0 at each: part of what looks like a critical "
+                "period here is the learning-rate confound, and a remainder up to that bound "
+                "is not ruled out")
     if kept and not gone and not open_:
         return (f"The deficit survives restarting the rate at the switch {every}: a "
                 "critical period, not only the learning-rate confound")
@@ -655,7 +670,8 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
                              f"{_num(row['critical_period_end'])} {end}, {deficit}")
             elif row["lr_schedule"] == "restart" and verdict:  # the verdict gives the deficit
                 parts.append("restart: no end to locate"
-                             if reason in ("not told from 0", "below 0 (a gain)")
+                             if reason in ("deficit not told from 0",
+                                           "deficit below 0 (a gain)")
                              else f"restart: {why}")
             else:
                 parts.append(f"{row['lr_schedule']}: {why}, {deficit}")
@@ -676,8 +692,10 @@ def answer_lines(cube: xr.Dataset) -> list[str]:
         p, lo, hi = _exponent(cube, r)
         unbounded = cube["batch_size_exponent_interval"].attrs.get("unbounded")
         if np.isfinite(p):
+            side = ("" if not np.isfinite(lo) else "; it includes 0: no direction told"
+                    if lo <= 0 <= hi else "; it excludes 0")
             lines.append(f"* end ∝ batch size^p ({r}): p = {_num(p, 2)} "
-                         f"{_interval(lo, hi, 2)} (p < 0: smaller batches end later)"
+                         f"{_interval(lo, hi, 2)} (p < 0: smaller batches end later{side})"
                          + (f"; the interval is unbounded: {unbounded}"
                             if np.isinf(lo) and unbounded else ""))
         else:
@@ -763,7 +781,18 @@ def _legend(cube: xr.Dataset) -> str:
             ": \"includes 0\" means these seeds cannot tell the marker from the end, not that "
             "they coincide; ``python -m critperiods power --noise-from results/<experiment>/"
             "cube.nc`` says how often this grid could have, at this run's noise")
-    return "; ".join(parts) + ". n/a: see ``python -m critperiods summarize`` for the reason."
+    return "; ".join(parts) + ". n/a: why, in the list below."
+
+
+def _nan_lines(cube: xr.Dataset) -> list[str]:
+    """Why each n/a of the table is n/a (rst): a bullet per statistic, naming the cells
+    (:func:`~critperiods.results.tables.nan_reasons`), or none."""
+    reasons = nan_reasons(cube, markers_not_computed(cube))
+    if not reasons:
+        return []
+    return ["**Why some values are n/a** (by the cube's variable; ``python -m critperiods "
+            "summarize`` prints the same):", "",
+            *(f"* ``{name}``: {rst_text(why)}" for name, why in reasons), ""]
 
 
 def _not_computed_lines(cube: xr.Dataset) -> list[str]:
@@ -823,10 +852,12 @@ def perturbation_section(cube: xr.Dataset) -> list[str]:
 
 
 def _diverged_lines(cube: xr.Dataset) -> list[str]:
-    """The caveat naming the runs that diverged to chance (rst bullets), empty without any."""
+    """The caveat naming the runs that diverged to chance (rst bullets); where the cube
+    flags none (``run_diverged``), a line saying so; empty for a cube without the flag."""
     runs = runs_at_chance(cube)
     if not runs:
-        return []
+        return (["* No run diverged to chance (``run_diverged``): every run's final accuracy "
+                 "counts in the means and fits."] if "run_diverged" in cube else [])
     return [f"* {diverged_sentence(len(runs))}:", "", *[f"  * {run}" for run in runs]]
 
 
@@ -950,6 +981,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         table_rst(cube), "",
         *_not_computed_lines(cube),
         _legend(cube), "",
+        *_nan_lines(cube),
     ]
     perturbed = "perturb_cp_ratio" in cube
     if perturbed:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 
 #: Snakemake sets the first page in a 32rem column beside the workflow graph, too narrow for
@@ -49,4 +50,12 @@ def figure_rst(png: str | Path, alt: str) -> str:
             f'   src="data:image/png;base64,\n{lines}"/>')
 
 
-__all__ = ["PAGE_STYLE", "figure_rst", "list_table"]
+def rst_text(text: str) -> str:
+    """Plain ``text`` (a reason written for the terminal) as rst that shows it as written:
+    the inline markup characters escaped (``*``, a backquote, ``|``, and a word's trailing
+    ``_``, which would make a reference)."""
+    text = re.sub(r"([*`|\\])", r"\\\1", text)
+    return re.sub(r"(\w)_(?=\W|$)", r"\1\\_", text)
+
+
+__all__ = ["PAGE_STYLE", "figure_rst", "list_table", "rst_text"]

@@ -44,6 +44,7 @@ from critperiods.results.fits import (
     half_deficit_epoch,
     hinge_switches,
     largest_change_epoch,
+    mean_t_interval,
     seed_adjusted_mean,
 )
 from critperiods.results.markers import (
@@ -85,7 +86,8 @@ from critperiods.variables import (
 from critperiods.variables import attrs as variable_attrs
 
 __all__ = ["EXPONENTS", "INTERVAL_METHOD", "INTERVAL_STATISTICS", "MIN_LLC_POINTS",
-           "critical_period_summary", "end_located", "located_end", "unlocated_reason"]
+           "critical_period_summary", "end_located", "located_end", "restart_reduction",
+           "unlocated_reason"]
 
 #: How the end's and the exponents' intervals are computed; stored as the cube attribute
 #: ``summary_interval_method`` so that ``summarize`` recognises statistics of older cubes.
@@ -254,6 +256,41 @@ def _cell_values(
     elif no_end:
         why["divergence_drop_minus_end"] = f"{no_end}: nothing to compare the drop with"
     return values, why, end.jackknife.without_each_seed
+
+
+def restart_reduction(cube: xr.Dataset, level: float = 0.90) -> dict[str, xr.DataArray]:
+    """How much of the permanent deficit restarting the rate removes, per batch size:
+    ``restart_deficit_reduction`` (+ ``_interval``, ``_seeds``), per seed the deficit with
+    the rate continued minus that with it restarted, mean and Student-t interval over the
+    seeds with all four runs (:func:`~critperiods.results.fits.mean_t_interval`; runs that
+    diverged to chance are left out).
+
+    Paired by seed, that difference is the latest switch's final accuracy restarted minus
+    continued: the earliest switch's run is one run under both schedules, and both latest
+    runs start from the seed's trunk, so the seed's own noise, which widens each deficit's
+    interval, cancels. Two deficit intervals that overlap can therefore still differ beyond
+    doubt. Needs a ``continue`` and a ``restart`` schedule."""
+    acc = valid_final_accuracy(with_lr_schedule(cube))
+    s = acc["switch_epoch"]
+    deficit = acc.sel(switch_epoch=s.min(), drop=True) - acc.sel(switch_epoch=s.max(), drop=True)
+    removed = deficit.sel(lr_schedule="continue") - deficit.sel(lr_schedule="restart")
+    batch_sizes = removed["batch_size"].values
+    cells = [mean_t_interval(removed.sel(batch_size=b).values, level) for b in batch_sizes]
+    name = "restart_deficit_reduction"
+    missing = "; ".join(f"batch {b:g}" for b, c in zip(batch_sizes, cells, strict=True)
+                        if not np.isfinite(c[0]))
+    dims = ["batch_size"]
+    return {
+        name: xr.DataArray([c[0] for c in cells], dims=dims, attrs={
+            **variable_attrs(name), **({"missing": f"{missing}: no seed with the earliest and "
+                                        "the latest switch's runs under both schedules"}
+                                       if missing else {})}),
+        f"{name}_interval": xr.DataArray(
+            [[c[1], c[2]] for c in cells], dims=[*dims, "bound"],
+            attrs=interval_attrs(name, f"{level:.0%} Student-t interval over seeds")),
+        f"{name}_seeds": xr.DataArray(np.array([c[3] for c in cells], dtype=np.int32),
+                                      dims=dims, attrs=variable_attrs(f"{name}_seeds")),
+    }
 
 
 def _why_missing(reasons: dict[tuple, str | None]) -> str:
@@ -467,6 +504,8 @@ def critical_period_summary(
                            batch_sizes.astype(float), schedules,
                            cube["seed"].values if "seed" in cube.dims else np.array([0]),
                            float(cube["switch_epoch"].min()), level))
+    if {"continue", "restart"} <= set(schedules):
+        data.update(restart_reduction(cube, level))
     attrs = {"horizon": h, "level": level, "seeds": seeds,
              "interval_method": INTERVAL_METHOD,
              "interval_kind": kinds["critical_period_end"],

@@ -34,11 +34,17 @@ from critperiods.results.selection import (
     distinct_diverged,
     divergence_at_horizon,
     llc_counted,
+    lr_schedules,
     read_in_flags,
     with_lr_schedule,
     without_diverged,
 )
-from critperiods.results.summary import EXPONENTS, INTERVAL_STATISTICS, unlocated_reason
+from critperiods.results.summary import (
+    EXPONENTS,
+    INTERVAL_STATISTICS,
+    restart_reduction,
+    unlocated_reason,
+)
 from critperiods.variables import SUMMARY_STATISTICS
 
 __all__ = ["MARKER_NAMES", "MARKER_STAGES", "MarkerCall", "MarkerStage", "as_said",
@@ -46,9 +52,10 @@ __all__ = ["MARKER_NAMES", "MARKER_STAGES", "MarkerCall", "MarkerStage", "as_sai
            "familywise_alpha", "flag_reasons", "flagged_fate", "format_table", "llc_flag_counts",
            "llc_read_in_count", "read_in_phrase",
            "marker_calls", "marker_tally", "marker_verdict",
-           "marker_verdicts", "markers_not_computed", "not_computed_sentence", "offset_tests",
-           "points", "restart_verdicts", "runs_at_chance", "summary_table", "to_csv",
-           "unlocated_text"]
+           "marker_verdicts", "markers_not_computed", "nan_reasons", "not_computed_sentence",
+           "offset_tests",
+           "points", "restart_reductions", "restart_verdicts", "runs_at_chance",
+           "summary_table", "to_csv", "unlocated_text"]
 
 #: How the verdicts name each marker of :data:`MARKER_OFFSETS`.
 MARKER_NAMES = {"llc_knee_trunk": "λ̂ trunk", "llc_knee_sharp": "λ̂ never-blurred",
@@ -57,16 +64,12 @@ MARKER_NAMES = {"llc_knee_trunk": "λ̂ trunk", "llc_knee_sharp": "λ̂ never-bl
                 "divergence_drop_epoch": "divergence"}
 
 #: How the tables say :func:`unlocated_reason`'s reasons, in as few words as their column.
-_SAID = {"deficit not told from 0": "not told from 0",
-         "deficit below 0 (a gain)": "below 0 (a gain)"}
-
-
 def unlocated_text(deficit: float, deficit_lower: float,
                    deficit_upper: float = float("nan")) -> str:
-    """Why a cell has no located end, as a table cell says it (:func:`unlocated_reason`):
-    "below 0 (a gain)" where the deficit's whole interval is below 0."""
-    reason = unlocated_reason(deficit, deficit_lower, deficit_upper)
-    return _SAID.get(reason, reason)
+    """Why a cell has no located end, as a table cell says it (:func:`unlocated_reason`:
+    "deficit not told from 0", "deficit below 0 (a gain)", ...; it names the deficit, so the
+    end column does not read as an end not told from epoch 0)."""
+    return unlocated_reason(deficit, deficit_lower, deficit_upper)
 
 
 def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
@@ -76,11 +79,13 @@ def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
     above 0; an interval that includes 0 is "not told from 0", with the largest deficit it
     leaves possible (never "no deficit": few seeds cannot show an absence); one wholly below
     0 is "below 0 (a gain)". Each verdict says how many seeds its interval rests on, and one
-    seed decides nothing.
+    seed decides nothing. With a ``continue`` schedule too, each verdict adds how much the
+    restart lowers the deficit, paired by seed (:func:`restart_reductions`).
     """
     if "lr_schedule" not in summary.dims or "restart" not in summary["lr_schedule"].values:
         return {}
     out = {}
+    reductions = restart_reductions(summary)
     for b in summary["batch_size"].values:
         cell = summary.sel(batch_size=b, lr_schedule="restart")
         d = float(cell["permanent_deficit"])
@@ -99,7 +104,42 @@ def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
         else:
             out[float(b)] = (f"not told from 0 under the restart: {interval}{seeds}, up to "
                              f"{100 * hi:.1f} pp within its interval")
+        removed = reductions.get(float(b))
+        if np.isfinite(d) and removed is not None and np.isfinite(removed[0]):
+            out[float(b)] += f"; {_reduction_said(removed)}"
     return out
+
+
+def restart_reductions(summary: xr.Dataset) -> dict[float, tuple[float, float, float, int]]:
+    """Per batch size, how much restarting the rate lowers the permanent deficit, paired by
+    seed: ``(mean, lower, upper, seeds)`` from ``restart_deficit_reduction`` (computed from
+    the final accuracies, :func:`~critperiods.results.summary.restart_reduction`, where a
+    cube predates it); empty without both a ``continue`` and a ``restart`` schedule."""
+    names = set(lr_schedules(summary)) if "lr_schedule" in summary.dims else set()
+    if not {"continue", "restart"} <= names:
+        return {}
+    if "restart_deficit_reduction" not in summary:
+        if "final_test_accuracy" not in summary:
+            return {}
+        summary = xr.Dataset(restart_reduction(
+            summary, float(summary.attrs.get("summary_level", summary.attrs.get("level", 0.9)))),
+            coords={"batch_size": summary["batch_size"].values})
+    name = "restart_deficit_reduction"
+    return {float(b): (float(summary[name].sel(batch_size=b)),
+                       *(float(v) for v in summary[f"{name}_interval"].sel(batch_size=b).values),
+                       int(summary[f"{name}_seeds"].sel(batch_size=b)))
+            for b in summary["batch_size"].values}
+
+
+def _reduction_said(removed: tuple[float, float, float, int]) -> str:
+    """One batch size's :func:`restart_reductions` entry in words."""
+    mean, lower, upper, _ = removed
+    interval = (f" [{100 * lower:.1f}, {100 * upper:.1f}]" if np.isfinite(lower)
+                else " (one seed: no interval)")
+    side = ("" if not np.isfinite(lower) else ", told from 0" if lower > 0 or upper < 0
+            else ", not told from 0")
+    return (f"the restart lowers it by {100 * mean:.1f} pp{interval} against the rate "
+            f"continued (paired by seed{side})")
 
 
 def _side(lower: float, upper: float) -> str | None:
@@ -455,8 +495,10 @@ def flagged_fate(cube: xr.Dataset, drawn: bool = False,
 def summary_table(summary: xr.Dataset) -> pd.DataFrame:
     """One row per (batch size, schedule): the statistics, each interval split into
     ``_lower``/``_upper``, the schedule's exponents repeated on every row (so the CSV is
-    self-contained), the seeds the deficit rests on (``permanent_deficit_seeds``) and the runs
-    left out as diverged (``diverged_runs``).
+    self-contained), the seeds the deficit rests on (``permanent_deficit_seeds``), the runs
+    left out as diverged (``diverged_runs``) and, with both schedules, how much the restart
+    lowers the batch size's deficit, paired by seed (``restart_deficit_reduction`` with its
+    interval and seeds, repeated on both its rows).
 
     ``critical_period_end_located`` says whether the end is located (the permanent deficit's
     interval lies above 0, :func:`end_located`). The hinge puts a kink even on a flat curve, so
@@ -510,6 +552,13 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
             for name in ("permanent_deficit_seeds", "diverged_runs"):
                 if name in cell:  # absent from cubes written before they were counted
                     row[name] = int(cell[name])
+            if "restart_deficit_reduction" in cell:  # per batch size, on both its rows
+                row["restart_deficit_reduction"] = float(cell["restart_deficit_reduction"])
+                lo, hi = cell["restart_deficit_reduction_interval"].values
+                row["restart_deficit_reduction_lower"] = float(lo)
+                row["restart_deficit_reduction_upper"] = float(hi)
+                row["restart_deficit_reduction_seeds"] = int(
+                    cell["restart_deficit_reduction_seeds"])
             if read_in is not None:
                 row["llc_read_in_flags"] = read_in
             rows.append(row)
@@ -603,9 +652,9 @@ def not_computed_sentence(not_computed: Sequence[str], key: Callable[[str], str]
 def format_table(summary: xr.Dataset, not_computed: Sequence[str] = ()) -> str:
     """Aligned plain-text table of the per-(batch, schedule) statistics, the exponents, what
     the intervals are, and why any value is NaN. A cell whose permanent deficit's interval
-    reaches zero shows no end and no half-deficit epoch ("-", "not told from 0"). The markers in
-    ``not_computed`` (:func:`markers_not_computed` of the run's cube) get no columns and one
-    line instead of a NaN reason per statistic."""
+    reaches zero shows no end and no half-deficit epoch ("-", "deficit not told from 0").
+    The markers in ``not_computed`` (:func:`markers_not_computed` of the run's cube) get no
+    columns and one line instead of a NaN reason per statistic."""
     table = summary_table(summary)
     located = table["critical_period_end_located"]
     columns = {
@@ -641,7 +690,6 @@ def format_table(summary: xr.Dataset, not_computed: Sequence[str] = ()) -> str:
                      else table["divergence_drop_epoch"].map(_fmt)),
     }
     stages = [MARKER_STAGES[m] for m in not_computed]
-    left_out = tuple(stage.statistics for stage in stages)
     columns = {k: col for k, col in columns.items()
                if not any(k in stage.columns for stage in stages)}
     widths = {k: max(len(k), *(len(str(v)) for v in col)) for k, col in columns.items()}
@@ -696,18 +744,28 @@ def format_table(summary: xr.Dataset, not_computed: Sequence[str] = ()) -> str:
     unbounded = {summary[f"{name}_interval"].attrs.get("unbounded") for name in EXPONENTS
                  if f"{name}_interval" in summary} - {None}
     lines += [f"exponent interval [-inf, inf]: {text}" for text in sorted(unbounded)]
-    missing = [f"  {name}: {summary[name].attrs['missing']}"
-               for name in [*SUMMARY_STATISTICS, *MARKER_STATISTICS, *NET_MARKER_STATISTICS,
-                            *(EXPONENTS if not few else ()),
-                            *(f"{m}_loo_range" for m in LLC_MARKERS)]
-               if name in summary and "missing" in summary[name].attrs
-               and not name.startswith(left_out)]
+    missing = [f"  {name}: {why}" for name, why in nan_reasons(summary, not_computed)]
     if not_computed:
         lines.append(not_computed_sentence(not_computed) + ": no columns for "
                      + ("them" if len(not_computed) > 1 else "it"))
     if missing:
         lines += ["why some values are nan:", *missing]
     return "\n".join(lines)
+
+
+def nan_reasons(summary: xr.Dataset, not_computed: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """``(statistic, why)`` for each of the summary's statistics that is NaN somewhere, from
+    its ``missing`` attribute (which names the cells), leaving out the markers of stages
+    ``not_computed`` (:func:`markers_not_computed`: said once, not per statistic) and, on a
+    grid with too few batch sizes for any power law, the exponents."""
+    left_out = tuple(MARKER_STAGES[m].statistics for m in not_computed)
+    few = summary.sizes.get("batch_size", 1) < POWER_LAW_POINTS
+    return [(name, summary[name].attrs["missing"])
+            for name in [*SUMMARY_STATISTICS, *MARKER_STATISTICS, *NET_MARKER_STATISTICS,
+                         *(EXPONENTS if not few else ()),
+                         *(f"{m}_loo_range" for m in LLC_MARKERS)]
+            if name in summary and "missing" in summary[name].attrs
+            and not name.startswith(left_out)]
 
 
 def to_csv(summary: xr.Dataset, path: str | Path) -> Path:
