@@ -564,6 +564,12 @@ def test_the_toy_report_page_answers_each_finding_from_the_summary(tmp_path):
            "Gauss–Newton" in lines[2]
     assert "in the cell with the most noise (lr 0.05, B 4) at 40 % of product_k1-1's " \
            "endpoints (along one coordinate" in lines[2]
+    # its worst cell's R² is 0.90: the line does not call it high (it always did)
+    assert "stays high" not in lines[2]
+    high = table.copy()
+    high.loc["product_k1-1", "R2_min"] = 0.99
+    assert "(along one coordinate; R², a fit over all entries, stays high)." in answer_lines(
+        high, n_cells=4, hot=(0.05, 4))[2]
     assert "line_k2" not in lines[2]
     assert "differ on 2 of 3 landscapes: W1 is 3.0–10.0× an exact posterior sample's level " \
            "on line_k2, product_k1-1; at that level (≤ 2×) on line_k1." in lines[3]

@@ -89,6 +89,12 @@ def test_toy_plots_and_summary_exist(run, capsys):
     out = capsys.readouterr().out
     for name in ("line_k2", "sum_k1-2", "product_k1-1", "W1 distance"):
         assert name in out
+    # the critical period's options do not apply to a toy cube: said, not ignored
+    for option in (["--read-flagged", "not_converged"], ["--recompute"]):
+        with pytest.raises(SystemExit) as stop:
+            main(["summarize", str(run / RESULTS / "toy_cube.nc"), *option])
+        assert f"{option[0]} reads a critical-period cube" in str(stop.value)
+        assert "analysis.llc_max_rhat" in str(stop.value)
 
 
 def test_toy_cube_flags_its_llc_estimates_and_the_summary_counts_them(run, capsys):
@@ -136,6 +142,12 @@ def test_the_toy_summary_reports_the_worst_cell_and_where_the_hessian_is_not_pos
                                   weight_b="w1")] = hess
     assert summary_table(cube).loc["line_k2", "H<=0_hot"] == pytest.approx(
         (measured // 2) / measured)
+    # an endpoint collapsed onto w* shows the cross moment's rounding (−2s ≈ −6e-18) as its
+    # curvature: rounding, left out of the share, not a Hessian ≤ 0
+    hess[: measured // 2] = -6e-18
+    cube["loss_hessian"].loc[dict(line, lr=0.05, batch_size=4, weight="w1",
+                                  weight_b="w1")] = hess
+    assert summary_table(cube).loc["line_k2", "H<=0_hot"] == 0
     # two coordinates: the larger share (w2's half), not w1's quarter nor their mean
     cell = dict(landscape="sum", k1=1, k2=2, lr=0.05, batch_size=4)
     for weight, share in (("w1", 4), ("w2", 2)):

@@ -132,6 +132,14 @@ def summarize(args: argparse.Namespace) -> int:
     if cube.attrs.get("cube_kind") == "toy_landscapes":
         from critperiods.toy.cube import format_summary, summary_csv
 
+        if args.read_flagged or args.recompute:
+            option = "--read-flagged" if args.read_flagged else "--recompute"
+            raise SystemExit(
+                f"critperiods: summarize: {option} reads a critical-period cube; "
+                f"{args.cube} is a toy cube, whose λ̂ flags follow analysis.llc_max_rhat, "
+                "analysis.llc_max_trend_z and toy.llc.max_endpoint_bias: change those in "
+                "the config and rerun (only toy_cube and toy_plots rerun)")
+
         print(format_summary(cube))
         if args.csv:
             summary_csv(cube, args.csv)

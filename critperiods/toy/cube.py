@@ -216,10 +216,20 @@ def hottest(cube: xr.Dataset) -> tuple[float, int]:
     return max(cells(cube), key=lambda c: c[0] / c[1])
 
 
+#: A Hessian entry this close to 0 is rounding, not curvature: the orthogonalised noise's
+#: cross moment ``s`` is 0 only to ~1e-17, so an endpoint SGD has collapsed onto ``w*``
+#: (``|w|`` below ~1e-9, where the true entry is ~0) can show ``−2s`` as a "negative"
+#: curvature. The toy data are O(1), so a real entry is far above this.
+ROUNDING_CURVATURE = 1e-12
+
+
 def _nonpositive_curvature(c: xr.Dataset, lr: float, batch: int) -> float:
     """The largest share, over coordinates, of measured prior-start endpoints whose Hessian
-    diagonal entry is ≤ 0 in the cell (lr, batch): there the noise cannot be c × H."""
+    diagonal entry is ≤ 0 in the cell (lr, batch): there the noise cannot be c × H. Entries
+    within :data:`ROUNDING_CURVATURE` of 0 are rounding and left out (NaN where every one
+    is)."""
     hess = c.loss_hessian.sel(lr=lr, batch_size=batch)
+    hess = hess.where(abs(hess) > ROUNDING_CURVATURE)
     shares = [float((d <= 0).sum() / d.notnull().sum())
               for w in c.weight.values
               if int((d := hess.sel(weight=w, weight_b=w)).notnull().sum())]

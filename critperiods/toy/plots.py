@@ -177,10 +177,12 @@ def endpoints_over_posterior(cube: xr.Dataset, path: str | Path, dpi: int = 110)
 
 
 def noise_vs_hessian(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
-    """Diagonal entries of the per-sample noise covariance against those of the Hessian at
-    the prior-start endpoints (cell with most noise), one panel per kind, with ``C = σ² H``.
-    Entries with ``H ≤ 0`` (or ``C ≤ 0``) cannot be drawn on log axes: each panel says how
-    many there are."""
+    """Entries of the per-sample noise covariance against those of the Hessian at the
+    prior-start endpoints (cell with most noise), one panel per kind, with ``C = σ² H``:
+    the diagonal ones, and a product's off-diagonal one (as magnitudes: the two share its
+    sign), where the Hessian is twice the Gauss–Newton matrix and the ratio half. Entries
+    with ``H ≤ 0`` (or ``C ≤ 0``) cannot be drawn on log axes: each panel says how many
+    there are."""
     lr, batch = hottest(cube)
     kinds = [str(k) for k in cube.landscape.values]
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), squeeze=False)
@@ -189,9 +191,14 @@ def noise_vs_hessian(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
         lo, hi, dropped, entries = np.inf, 0.0, 0, 0
         for i, (land, c) in enumerate(x for x in _landscapes(cube) if x[0].kind == kind):
             cell = c.sel(lr=lr, batch_size=batch)
-            for j, coord in enumerate(cube.weight.values[: land.dim]):
-                cov = cell.noise_covariance.sel(weight=coord, weight_b=coord).values
-                hess = cell.loss_hessian.sel(weight=coord, weight_b=coord).values
+            coords = cube.weight.values[: land.dim]
+            pairs = [(a, a) for a in coords] + (  # a product's mixed entry: |C|, |H|
+                [(coords[0], coords[1])] if land.kind == "product" else [])
+            for j, (coord, other) in enumerate(pairs):
+                cov = cell.noise_covariance.sel(weight=coord, weight_b=other).values
+                hess = cell.loss_hessian.sel(weight=coord, weight_b=other).values
+                if coord != other:
+                    cov, hess = np.abs(cov), np.abs(hess)
                 measured = np.isfinite(cov) & np.isfinite(hess)
                 ok = measured & (cov > 0) & (hess > 0)
                 dropped, entries = dropped + int((measured & ~ok).sum()), entries + int(
@@ -202,17 +209,21 @@ def noise_vs_hessian(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
                 fit = cell.sel(curvature="hessian")
                 label = (f"{land.name}: c={float(fit.noise_ratio):.2f}, "
                          f"R²={float(fit.noise_r2):.3f}") if j == 0 else None
-                if j == 0:  # every entry drawn: w1 filled dots, w2 hollow rings
+                if j == 0:  # every entry drawn: w1 filled dots, w2 hollow rings,
                     ax.scatter(hess[ok], cov[ok], s=3, color=f"C{i}", label=label)
-                else:
+                elif coord == other:
                     ax.scatter(hess[ok], cov[ok], s=9, facecolors="none",
                                edgecolors=f"C{i}", linewidths=0.5)
+                else:  # a product's off-diagonal: crosses
+                    ax.scatter(hess[ok], cov[ok], s=9, marker="x", color=f"C{i}",
+                               linewidths=0.5)
         if hi > 0:
             ref = np.geomspace(max(lo, 1e-12), hi, 10)
             ax.plot(ref, sigma2 * ref, color="k", lw=0.8, ls="--", label="C = σ² H")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("Hessian diagonal entry (dots: w1, rings: w2)")
+        ax.set_xlabel("Hessian entry (dots: w1, rings: w2"
+                      + (", crosses: |w1w2|)" if kind == "product" else ")"))
         ax.set_title(f"{kind} (lr {lr:g}, batch {batch})", fontsize=9)
         if dropped:  # a log axis cannot show them; say how many, never drop them silently
             ax.text(0.98, 0.02, f"{dropped} of {entries} entries with H ≤ 0 or C ≤ 0 "
@@ -220,7 +231,7 @@ def noise_vs_hessian(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
                     transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="C3")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6)
-    axes[0][0].set_ylabel("noise covariance diagonal entry")
+    axes[0][0].set_ylabel("noise covariance entry")
     _save(fig, path, dpi)
 
 
