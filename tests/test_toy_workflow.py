@@ -220,3 +220,22 @@ def test_power_declines_a_toy_cube_in_one_line(run, capsys):
     assert main(["power", "--noise-from", str(run / RESULTS / "toy_cube.nc")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "no critical period" in err
+
+
+def test_the_noise_figure_shows_a_products_mixed_entry_at_half_the_ratio(run, monkeypatch):
+    """The noise figure draws each entry's ratio C/H: on a product the mixed entry's
+    Hessian is twice its Gauss–Newton entry, so its ratio sits at about half the diagonal's
+    (on log axes of C against H that factor of 2 was invisible, and the mixed entries, which
+    pull the product's c down, were not drawn at all)."""
+    from critperiods.toy import plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi: drawn.setdefault("fig", fig))
+    cube = critperiods.open_cube(run / RESULTS / "toy_cube.nc").load()
+    plots.noise_vs_hessian(cube, "unused.png")
+    product = next(ax for ax in drawn["fig"].axes if ax.get_title().startswith("product"))
+    dots, *_, crosses = [c for c in product.collections if len(c.get_offsets())]
+    diagonal = np.median(np.asarray(dots.get_offsets())[:, 1])
+    mixed = np.median(np.asarray(crosses.get_offsets())[:, 1])
+    assert mixed == pytest.approx(diagonal / 2, rel=0.1), (diagonal, mixed)
+    assert "crosses" in product.get_xlabel()

@@ -176,62 +176,70 @@ def endpoints_over_posterior(cube: xr.Dataset, path: str | Path, dpi: int = 110)
     _save(fig, path, dpi)
 
 
+#: The top of the noise figure's ratio axis: C / H above it is counted, not drawn.
+RATIO_TOP = 1.6
+
+
 def noise_vs_hessian(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
-    """Entries of the per-sample noise covariance against those of the Hessian at the
-    prior-start endpoints (cell with most noise), one panel per kind, with ``C = σ² H``:
-    the diagonal ones, and a product's off-diagonal one (as magnitudes: the two share its
-    sign), where the Hessian is twice the Gauss–Newton matrix and the ratio half. Entries
-    with ``H ≤ 0`` (or ``C ≤ 0``) cannot be drawn on log axes: each panel says how many
-    there are."""
+    """The ratio ``C / H`` of per-sample noise covariance to Hessian entries against the
+    Hessian entry, at the prior-start endpoints (cell with most noise), one panel per kind,
+    with ``σ²`` dashed: the diagonal entries, whose ratio is ``σ² k/(2k − 1)`` along a
+    coordinate of degree ``k``, and a product's off-diagonal one, whose Hessian is twice its
+    Gauss–Newton entry (ratio ``σ²/2``). A ratio, not ``C`` against ``H`` on log axes, where
+    these factors of 2 vanish among the decades. Entries with ``H ≤ 0`` or ``C ≤ 0`` (no
+    ratio to draw on a log x axis) and ratios above :data:`RATIO_TOP` are counted in each
+    panel, never dropped silently."""
     lr, batch = hottest(cube)
     kinds = [str(k) for k in cube.landscape.values]
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), squeeze=False)
     sigma2 = float(cube.noise_variance.mean())
     for ax, kind in zip(axes[0], kinds, strict=True):
-        lo, hi, dropped, entries = np.inf, 0.0, 0, 0
+        dropped, above, entries = 0, 0, 0
         for i, (land, c) in enumerate(x for x in _landscapes(cube) if x[0].kind == kind):
             cell = c.sel(lr=lr, batch_size=batch)
             coords = cube.weight.values[: land.dim]
-            pairs = [(a, a) for a in coords] + (  # a product's mixed entry: |C|, |H|
+            pairs = [(a, a) for a in coords] + (  # a product's mixed entry
                 [(coords[0], coords[1])] if land.kind == "product" else [])
             for j, (coord, other) in enumerate(pairs):
                 cov = cell.noise_covariance.sel(weight=coord, weight_b=other).values
                 hess = cell.loss_hessian.sel(weight=coord, weight_b=other).values
-                if coord != other:
+                if coord != other:  # C and H share the mixed entry's sign: their sizes
                     cov, hess = np.abs(cov), np.abs(hess)
                 measured = np.isfinite(cov) & np.isfinite(hess)
                 ok = measured & (cov > 0) & (hess > 0)
-                dropped, entries = dropped + int((measured & ~ok).sum()), entries + int(
-                    measured.sum())
-                if not ok.any():
+                ratio = np.divide(cov, hess, out=np.full_like(cov, np.nan), where=ok)
+                shown = ok & (ratio <= RATIO_TOP)
+                dropped += int((measured & ~ok).sum())
+                above += int((ok & ~shown).sum())
+                entries += int(measured.sum())
+                if not shown.any():
                     continue
-                lo, hi = min(lo, hess[ok].min()), max(hi, hess[ok].max())
                 fit = cell.sel(curvature="hessian")
                 label = (f"{land.name}: c={float(fit.noise_ratio):.2f}, "
                          f"R²={float(fit.noise_r2):.3f}") if j == 0 else None
                 if j == 0:  # every entry drawn: w1 filled dots, w2 hollow rings,
-                    ax.scatter(hess[ok], cov[ok], s=3, color=f"C{i}", label=label)
+                    ax.scatter(hess[shown], ratio[shown], s=3, color=f"C{i}", label=label)
                 elif coord == other:
-                    ax.scatter(hess[ok], cov[ok], s=9, facecolors="none",
+                    ax.scatter(hess[shown], ratio[shown], s=9, facecolors="none",
                                edgecolors=f"C{i}", linewidths=0.5)
                 else:  # a product's off-diagonal: crosses
-                    ax.scatter(hess[ok], cov[ok], s=9, marker="x", color=f"C{i}",
+                    ax.scatter(hess[shown], ratio[shown], s=9, marker="x", color=f"C{i}",
                                linewidths=0.5)
-        if hi > 0:
-            ref = np.geomspace(max(lo, 1e-12), hi, 10)
-            ax.plot(ref, sigma2 * ref, color="k", lw=0.8, ls="--", label="C = σ² H")
+        ax.axhline(sigma2, color="k", lw=0.8, ls="--", label="C / H = σ²")
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        ax.set_ylim(0, RATIO_TOP)
         ax.set_xlabel("Hessian entry (dots: w1, rings: w2"
                       + (", crosses: |w1w2|)" if kind == "product" else ")"))
         ax.set_title(f"{kind} (lr {lr:g}, batch {batch})", fontsize=9)
-        if dropped:  # a log axis cannot show them; say how many, never drop them silently
-            ax.text(0.98, 0.02, f"{dropped} of {entries} entries with H ≤ 0 or C ≤ 0 "
-                    "not drawn",
-                    transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="C3")
+        left = [f"{dropped} with H ≤ 0 or C ≤ 0"] * bool(dropped) + [
+            f"{above} above {RATIO_TOP:g}"] * bool(above)
+        if left:  # say how many, never drop them silently
+            ax.text(0.98, 0.02, f"of {entries} entries, not drawn: {', '.join(left)}",
+                    transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="C3",
+                    bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none"})
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6)
-    axes[0][0].set_ylabel("noise covariance entry")
+        ax.legend(fontsize=6, loc="upper left")
+    axes[0][0].set_ylabel("noise covariance / Hessian entry")
     _save(fig, path, dpi)
 
 
