@@ -1850,6 +1850,25 @@ def test_the_landing_page_lists_only_the_figures_the_run_drew(tmp_path) -> None:
     assert "Perturbations" not in order and "lambda-hat" not in order
 
 
+def test_the_landing_page_says_its_words_before_its_answer_uses_them(tmp_path) -> None:
+    """The answer's bullets speak of trunks, knees and offsets, which the table's legend
+    defined only further down: a **Words.** line after the short answer defines them,
+    only those of the stages the run has."""
+    from critperiods.results.report_page import landing_page
+
+    figure = tmp_path / "f.png"
+    figure.write_bytes(b"\x89PNG")
+    for full in (True, False):
+        cube = synthetic_cube(with_llc=full, with_div=full)
+        page = landing_page(cube.merge(critical_period_summary(cube)), figure, "described")
+        said = page.split("**Words.**")[1].split("\n")[0]
+        assert page.index("**In short:**") < page.index("**Words.**") < page.index(
+            "**Answer from this run**")
+        assert "*trunk*" in said and "*never-blurred run*" in said and "*deficit*" in said
+        assert ("*knee*" in said) is full and ("*divergence drop*" in said) is full
+        assert ("*offset*" in said) is full
+
+
 def test_the_landing_page_opens_at_its_top_with_its_table_in_its_column(tmp_path) -> None:
     """Rendered as Snakemake renders it (docutils), the critical-period table sits in a
     block that scrolls sideways, and the page widens its column where the window has room,

@@ -882,6 +882,26 @@ def question(cube: xr.Dataset) -> str:
     return f"**Question.** {said}?"
 
 
+def words(cube: xr.Dataset) -> str:
+    """The words the answer uses before the table's legend defines them (rst), for the
+    stages this run has."""
+    said = ["*switch epoch*: the epochs a run trains on blurred images before the sharp ones; "
+            "the *never-blurred run* switches at 0",
+            "*trunk*: the blurred training one batch size and seed share up to every switch",
+            "*end*: the kink of a hinge fitted to final accuracy against switch epoch, after "
+            "which switching later costs accuracy; *deficit*: what the latest switch loses "
+            "against the earliest"]
+    absent = markers_not_computed(cube)
+    if "λ̂" not in absent:
+        said.append("*knee*: where a broken stick fitted to λ̂ over the epochs bends")
+    if "divergence" not in absent:
+        said.append("*divergence drop*: the switch epoch where a run's distance to the "
+                    "always-blurred run has halved")
+    if len(absent) < 2:
+        said.append("*offset*: a marker minus the end, in epochs")
+    return "**Words.** " + "; ".join(said) + "."
+
+
 def _per_batch_caveat(cube: xr.Dataset) -> list[str]:
     """Each batch size's deficit is called on its own one-sided 5 % test (its 90 % interval
     above 0): over several, one such call arises by chance more often."""
@@ -972,6 +992,7 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
         question(cube), "",
         *([f"**Setup.** {setup[:1].upper()}{setup[1:]}.", ""] if setup else []),
         short_answer(cube), "",
+        words(cube), "",
         f"**Answer from this run** ({seeds} seed{'s' if seeds != 1 else ''} per cell{sharp}; "
         f"brackets: the end's {kind.rstrip(';')}; the deficit's {deficit_kind}):", "",
         *answer_lines(cube), "",
