@@ -293,6 +293,9 @@ def test_a_perturbation_job_trains_the_replay_the_twin_and_each_copy() -> None:
     ({"epochs": [2, 14]}, "perturbation.epochs: [14]"),
     ({"kind": "batch_order", "epsilons": [1.5]}, "whole number"),
     ({"epsilons": []}, "perturbation.epsilons: empty"),
+    # it planned no perturbation but two comparisons, which failed after the whole grid
+    ({"switch_epochs": []}, "perturbation.switch_epochs: empty; list at least one value (or "
+                            "null"),
 ])
 def test_inconsistent_perturbation_settings_name_the_key(perturbation, expected) -> None:
     from critperiods.pipeline.plan import ConfigError, check_perturbation
@@ -320,6 +323,45 @@ def _synthetic_cube(end: float) -> xr.Dataset:
         coords={"batch_size": [32], "lr_schedule": ["continue"], "switch_epoch": [0, 8],
                 "seed": [0, 1], "perturb_epoch": nudges, "epsilon": [0.01], "replicate": [0],
                 "epoch": epochs})
+
+
+def test_the_perturbation_verdicts_say_what_was_not_measured() -> None:
+    """A matched delay that lands on no compared epoch is not a disagreement between the two
+    measures; a missing earliest epoch does not move the halving to a later reference; and
+    a sensitivity that never halves is said so, not "halves by perturbation epoch nan"."""
+    from critperiods.results.perturbation_summary import perturbation_summary, verdict_lines
+
+    cube = _synthetic_cube(7.0)
+    # the delay (2 epochs) lands on epochs 4, 8, 12: drop them, keep the end epoch 12
+    undelayed = cube.copy(deep=True)
+    undelayed["perturb_l2"] = undelayed["perturb_l2"].where(undelayed["epoch"] == 12)
+    summary = perturbation_summary(undelayed)
+    assert bool(summary["perturb_cp_ratio_delay"].isnull().all())
+    lines = verdict_lines(undelayed.merge(summary))
+    said = next(line for line in lines if "run blurred until epoch 8" in line
+                and "critical-period end" in line)
+    assert "disagree" not in said
+    assert "carries further than one after it at the end epoch (the matched delay has no " \
+        "compared epoch to confirm it)" in said, said
+    assert "2 epochs after the nudge: n/a, 2 epochs after perturbation epochs 2, 6 no " \
+        "distance was compared" in said, said
+    # the earliest perturbation epoch missing: no halving measured against a later one
+    gap = cube.copy(deep=True)
+    gap["perturb_l2"] = gap["perturb_l2"].where(gap["perturb_epoch"] != 2)
+    summary = perturbation_summary(gap)
+    assert bool(summary["perturb_drop_epoch"].isnull().all())
+    assert "no lasting distance at the earliest perturbation epoch (2)" in summary[
+        "perturb_drop_epoch"].attrs["missing"]
+    lines = verdict_lines(gap.merge(summary))
+    assert any("does not halve: no lasting distance at the earliest perturbation epoch (2)"
+               in line for line in lines), lines
+    # a sensitivity that stays up never halves
+    flat = cube.copy(deep=True)
+    flat["perturb_l2"] = flat["perturb_l2"].where(flat["perturb_l2"].isnull(), 0.1)
+    lines = verdict_lines(flat.merge(perturbation_summary(flat)))
+    assert any("does not halve: it stays above half its value at the earliest perturbation "
+               "epoch" in line for line in lines), lines
+    assert not any("epoch nan" in line for line in lines)
 
 
 def test_the_sensitivity_ratio_compares_nudges_before_and_after_the_critical_period_end():
@@ -388,6 +430,18 @@ def test_the_first_page_answers_in_short_with_the_caveats_that_bound_it():
             "cannot tell whether it steps at the critical-period end. Split at the ends' "
             "estimates, a nudge of ε = 0.01 made before") in said, said
     assert "the learning rate itself halves by epoch 4.3" in said
+    # under restart the rate decays too, until a run's switch: the confound is still said
+    restarted = cube.assign_coords(lr_schedule=["restart"])
+    assert "the learning rate itself halves by epoch 4.3" in short_answer(
+        restarted.merge(perturbation_summary(restarted)))
+    # and without a ratio, beside the halving the page still reports
+    unsplit = _synthetic_cube(np.nan)
+    unsplit.attrs["config"] = cube.attrs["config"]
+    assert short_answer(unsplit.merge(perturbation_summary(unsplit))).endswith(
+        "no critical-period end located. With the rate decaying, the learning rate itself "
+        "halves by epoch 4.3: a later nudge trains at a smaller rate, so a fall in the "
+        "sensitivity may be the learning rate's rather than the critical period's (the "
+        "restart schedule cannot tell: it restarts the rate only after a run's switch).")
     # said in the answer already: the caveat keeps only what would show a step
     assert caveats(cube.merge(perturbation_summary(cube)))[0] == (
         "* Perturbation epochs closer together around the end would show whether the "

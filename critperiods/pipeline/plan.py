@@ -544,9 +544,11 @@ def check_perturbation(config: dict) -> None:
     if extra:
         raise ConfigError(f"perturbation.switch_epochs: {extra} are not in grid.switch_epochs="
                           f"{config['grid']['switch_epochs']}, so there is no such run to perturb")
-    for key in ("epochs", "epsilons"):
+    for key in ("epochs", "epsilons", "switch_epochs"):
         if pert.get(key) == []:
-            raise ConfigError(f"perturbation.{key}: empty; list at least one value")
+            raise ConfigError(f"perturbation.{key}: empty; list at least one value"
+                              + (" (or null: the smallest and the largest of "
+                                 "grid.switch_epochs)" if key == "switch_epochs" else ""))
     end = perturbation_end(config)
     late = sorted(e for e in perturbation_epochs(config) if e >= end)
     if late:

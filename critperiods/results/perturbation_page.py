@@ -133,8 +133,9 @@ def short_answer(cube: xr.Dataset) -> str:
     cube = with_lr_schedule(cube)
     runs = _perturbed_runs(cube)
     if not runs:
-        return f"**In short:** this run cannot say whether a nudge inside the critical period " \
-               f"carries further: {_why_no_ratio(cube)}."
+        return (f"**In short:** this run cannot say whether a nudge inside the critical period "
+                f"carries further: {_why_no_ratio(cube)}." + "".join(
+                    f" {s[:1].upper()}{s[1:]}." for s in [_rate_sentence(cube)] if s))
     ratios = [float(cube["perturb_cp_ratio"].sel(at)) for at in runs]
     seeds = np.concatenate([cube["perturb_cp_ratio_seeds"].sel(at).values for at in runs])
     seeds = seeds[np.isfinite(seeds)]
@@ -197,15 +198,23 @@ def short_answer(cube: xr.Dataset) -> str:
     else:
         sentences = [said] + ([f"the sensitivity (lasting L2 / ε) {halves.removeprefix(' and ')}"]
                               if drops else [])
-    half = rate_half_life(cube)
-    if any(at["lr_schedule"] == "continue" for at in runs) and np.isfinite(half):
-        sentences.append(
-            f"with the rate decaying, the learning rate itself halves by epoch {half:.1f}: a "
-            "later nudge trains at a smaller rate, so the fall may be the learning rate's "
-            "rather than the critical period's (the restart schedule cannot tell: it "
-            "restarts the rate only after a run's switch)")
+    if rate := _rate_sentence(cube):
+        sentences.append(rate)
     text = ". ".join([sentences[0], *(s[:1].upper() + s[1:] for s in sentences[1:])])
     return f"**In short:** {text}."
+
+
+def _rate_sentence(cube: xr.Dataset) -> str:
+    """The learning-rate confound (a sentence, "" where the rate does not decay): under
+    either schedule the rate decays until a run's switch (restart resets it only there), so
+    a later nudge trains at a smaller rate."""
+    half = rate_half_life(cube)
+    if not np.isfinite(half):
+        return ""
+    return (f"with the rate decaying, the learning rate itself halves by epoch {half:.1f}: a "
+            "later nudge trains at a smaller rate, so a fall in the sensitivity may be the "
+            "learning rate's rather than the critical period's (the restart schedule cannot "
+            "tell: it restarts the rate only after a run's switch)")
 
 
 def caveats(cube: xr.Dataset) -> list[str]:

@@ -218,13 +218,51 @@ def drop_epoch(cube: xr.Dataset) -> xr.DataArray:
     amplification = np.exp(_nanmean(_log_amplification(_at_end(cube, "perturb_l2")),
                                     ["seed", "epsilon", "replicate"])).transpose(
         *RUN, "perturb_epoch")
+    order = np.argsort(amplification["perturb_epoch"].values)
+    amplification = amplification.isel(perturb_epoch=order)
     epochs = amplification["perturb_epoch"].values
-    values = np.apply_along_axis(lambda y: divergence_drop_epoch(epochs, y), -1,
-                                 amplification.values)
-    return xr.DataArray(values, dims=RUN, coords={d: amplification[d] for d in RUN}, attrs={
+    # the halving is measured against the earliest perturbation epoch: without a value
+    # there it would silently be measured against a later one
+    values = np.apply_along_axis(
+        lambda y: divergence_drop_epoch(epochs, y) if np.isfinite(y[0]) else np.nan, -1,
+        amplification.values)
+    out = xr.DataArray(values, dims=RUN, coords={d: amplification[d] for d in RUN}, attrs={
         "long_name": "perturbation epoch at which the lasting L2 / epsilon first falls below "
                      "half its value at the earliest perturbation epoch, in epochs",
         "units": "1"})
+    first = amplification.isel(perturb_epoch=0)
+    nothing = first.isnull() & amplification.notnull().any("perturb_epoch")
+    if bool(nothing.any()):
+        out.attrs["missing"] = (f"no lasting distance at the earliest perturbation epoch "
+                                f"({epochs[0]:g}), which the halving is measured against")
+    return out
+
+
+def _no_drop_reason(cube: xr.Dataset, at: dict) -> str:
+    """Why one run's ``perturb_drop_epoch`` is NaN, in a few words."""
+    amplification = _log_amplification(_at_end(with_lr_schedule(cube), "perturb_l2")).sel(at)
+    finite = amplification.notnull().any([d for d in amplification.dims
+                                          if d != "perturb_epoch"])
+    epochs = np.sort(cube["perturb_epoch"].values)
+    if not bool(finite.any()):
+        return "no nudged copy with a nonzero epsilon"
+    if not bool(finite.sel(perturb_epoch=epochs[0])):
+        return (f"no lasting distance at the earliest perturbation epoch ({epochs[0]:g}), "
+                "which the halving is measured against")
+    return "it stays above half its value at the earliest perturbation epoch"
+
+
+def _delay_not_compared(cube: xr.Dataset) -> str:
+    """Which perturbation epochs have no distance at the matched delay (its epoch was not
+    compared), in words; "" where every one has."""
+    delayed = at_delay(cube)
+    missed = [f"{e:g}" for e in delayed["perturb_epoch"].values
+              if bool(delayed.sel(perturb_epoch=e).isnull().all())]
+    if not missed:
+        return ""
+    return (f"{matched_delay(cube)} epochs after perturbation epoch"
+            f"{'s' if len(missed) != 1 else ''} {', '.join(missed)} no distance was compared "
+            "(an epoch off the checkpoints: checkpoints.every / checkpoints.epochs)")
 
 
 def _why_no_ratio(cube: xr.Dataset, batch_size: object, lr_schedule: object) -> str | None:
@@ -340,9 +378,12 @@ def _marker_lines(cube: xr.Dataset, at: dict, run: str) -> list[str]:
     half = (float(cube["half_deficit_epoch"].sel(batch_size=at["batch_size"],
                                                  lr_schedule=at["lr_schedule"]))
             if "half_deficit_epoch" in cube else np.nan)
+    halves = (f"halves by perturbation epoch {_fmt(drop)}{_bracket(cube, drop)}"
+              if np.isfinite(drop) else "does not halve: "
+              + _no_drop_reason(cube, at))
     lines = [f"batch {at['batch_size']}, {at['lr_schedule']}, {run}: lasting L2 / epsilon "
-             f"halves by perturbation epoch {_fmt(drop)}{_bracket(cube, drop)} (half-deficit "
-             f"epoch {_fmt(half)})"]
+             f"{halves} (" + (f"half-deficit epoch {_fmt(half)})" if np.isfinite(half)
+                              else "no half-deficit epoch)")]
     if "perturb_blur_ratio" not in cube or k == int(cube["switch_epoch"].min()):
         return lines
     ratio = cube["perturb_blur_ratio"].sel(at)
@@ -388,13 +429,24 @@ def verdict_lines(cube: xr.Dataset) -> list[str]:
                                  f"n/a, {why}")
                     continue
                 xd, delayed = _ratio_text(cube, "_delay", at)
-                if x > 1 and xd > 1:
+                delay = matched_delay(cube)
+                if not np.isfinite(xd):  # the second measure was not taken: no call on it
+                    answer = ("carries further than one after it at the end epoch (the "
+                              "matched delay has no compared epoch to confirm it)" if x > 1
+                              else "carries less far than one after it at the end epoch (the "
+                              "matched delay has no compared epoch to confirm it)")
+                    delayed = "n/a, " + (_delay_not_compared(cube)
+                                         or "too few finite distances")
+                elif x > 1 and xd > 1:
                     answer = "carries further than one after it"
                 elif x < 1 and xd < 1:
                     answer = "carries less far than one after it"
-                else:
+                elif (x - 1) * (xd - 1) < 0:
                     answer = "has no consistent answer (the two measures disagree)"
-                delay = matched_delay(cube)
+                else:  # a ratio of exactly 1
+                    answer = "carries no further than one after it by one measure"
+                if np.isfinite(xd) and (missed := _delay_not_compared(cube)):  # a subset
+                    delayed += f" ({missed}: those are left out of it)"
                 lines.append(
                     f"batch {b}, {r}, {run}: a nudge before the critical-period end (epoch "
                     f"{_fmt(end)}) {answer}. L2 / epsilon before over after, at the end: "
