@@ -183,6 +183,8 @@ PERTURBATION_VARIABLES: dict[str, tuple[str, str]] = {
                         f"({PERTURBATION_ROLE})", "1"),
     "perturb_accuracy_change": ("sharp test accuracy of the copy minus that of its twin at "
                                 "the end epoch", "1"),
+    "perturb_twin_accuracy": ("sharp test accuracy of the twin (the unperturbed copy, "
+                              "retrained alone) at the end epoch", "1"),
 }
 
 

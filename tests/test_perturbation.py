@@ -507,10 +507,39 @@ def test_the_copies_of_a_run_that_diverged_to_chance_are_left_out_and_named():
     assert np.isnan(float(run.perturb_cp_ratio_seeds.sel(seed=1)))
     np.testing.assert_allclose(run.perturb_lasting_l2.sel(epsilon=0.01), [0.1, 0.1, 0.02])
     lines = verdict_lines(cube.merge(summary))
-    assert lines[-1].startswith("1 perturbed run diverged to chance")
+    assert lines[-1].startswith("diverged to chance (final sharp accuracy below 1.5 × "
+                                "chance), and left out of every ratio and mean")
     assert "batch 32, lr continue, run 8, seed 1" in lines[-1]
     assert not any("diverged" in line for line in verdict_lines(
         _synthetic_cube(7.0).merge(perturbation_summary(_synthetic_cube(7.0)))))
+
+
+def test_a_copy_or_twin_that_ended_at_chance_is_left_out_and_named():
+    """The twin is retrained alone and a late nudge trains a copy past its run's own end:
+    the stored run's accuracy cannot tell that either blew up. A copy (twin accuracy plus
+    its change) or a twin below 1.5 × chance is left out of the means and ratios and named,
+    as a diverged run is."""
+    from critperiods.results.perturbation_summary import perturbation_summary, verdict_lines
+
+    cube = _synthetic_cube(7.0)
+    dims = ("batch_size", "lr_schedule", "switch_epoch", "seed", "perturb_epoch")
+    twin = np.full((1, 1, 2, 2, 3), 0.9)
+    change = np.zeros((*twin.shape, 1, 1))
+    change[0, 0, 1, 0, 1] = -0.8  # run 8, seed 0, nudged at 6: its one copy at 10 %
+    twin[0, 0, 1, 1, 0] = 0.05  # run 8, seed 1, nudged at 2: the twin itself at chance
+    cube["perturb_twin_accuracy"] = (dims, twin)
+    cube["perturb_accuracy_change"] = ((*dims, "epsilon", "replicate"), change)
+    l2 = cube["perturb_l2"].values
+    l2[0, 0, 1, 0, 1] *= 1000.0  # the blown-up copy's distance
+    l2[0, 0, 1, 1, 0] *= 1000.0
+    run = perturbation_summary(cube).sel(batch_size=32, lr_schedule="continue",
+                                         switch_epoch=8)
+    np.testing.assert_allclose(run.perturb_lasting_l2.sel(epsilon=0.01), [0.1, 0.1, 0.02])
+    assert float(run.perturb_cp_ratio) == pytest.approx(5.0)
+    lines = verdict_lines(cube.merge(perturbation_summary(cube)))
+    assert "batch 32, lr continue, run 8, seed 0, nudged at epoch 6: 1 of 1 copies" in \
+        lines[-1], lines[-1]
+    assert "batch 32, lr continue, run 8, seed 1, nudged at epoch 2: the twin" in lines[-1]
 
 
 def test_the_growth_laws_and_figure_6b_leave_out_a_run_that_diverged_to_chance(

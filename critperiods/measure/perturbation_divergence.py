@@ -84,6 +84,7 @@ def compare_group(perturbed: dict, comparer: Any, data: PreparedData, barrier_ep
     data_vars = {f"perturb_{v}": ((*dims, "epoch"), x) for v, x in values.items()}
     data_vars["perturb_step_l2"] = ((*dims, "step"), step_l2)
     data_vars["perturb_accuracy_change"] = (dims, change)
+    data_vars["perturb_twin_accuracy"] = ((), twin_acc)  # judges a twin or copy at chance
     return xr.Dataset(data_vars, coords={
         "epsilon": np.asarray(epsilons, dtype=float), "replicate": np.asarray(replicates),
         "epoch": np.asarray(epochs, dtype=np.int64), "step": np.arange(steps)})

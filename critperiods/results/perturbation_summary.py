@@ -67,38 +67,78 @@ def end_epoch(cube: xr.Dataset) -> int:
     return int(cube["epoch"].values[compared.values].max())
 
 
-def _valid(cube: xr.Dataset, name: str) -> xr.DataArray:
+def valid_copies(cube: xr.Dataset, name: str) -> xr.DataArray:
     """``cube[name]`` with every copy of a run that diverged to chance set to NaN: the
     copies and the twin of such a run follow its blown-up branch, so their distances say
     nothing about a nudge (:func:`~critperiods.results.selection.without_diverged`, the rule
-    the seed means and fits use too)."""
+    the seed means and fits use too). So too each copy that itself ended at chance, and
+    every copy of a twin that did (:func:`copies_at_chance`): the twin is retrained alone,
+    and a copy trains on past its run's own end where it is nudged late."""
     from critperiods.results.selection import without_diverged
 
-    return without_diverged(cube, cube[name].reset_coords(drop=True), whole_run=True)
+    var = without_diverged(cube, cube[name].reset_coords(drop=True), whole_run=True)
+    bad = copies_at_chance(cube)
+    return var if bad is None or not set(bad.dims) <= set(var.dims) else var.where(~bad)
+
+
+def copies_at_chance(cube: xr.Dataset) -> xr.DataArray | None:
+    """True for each copy (dims of ``perturb_accuracy_change``) whose final sharp accuracy,
+    or its twin's, is below 1.5 × chance (:data:`~critperiods.results.selection.
+    CHANCE_MULTIPLE`, the rule for a diverged run); None for a cube without the twin's
+    accuracy (``perturb_twin_accuracy``, stored since it was measured)."""
+    from critperiods.results.selection import CHANCE_MULTIPLE, CLASSES
+
+    if "perturb_twin_accuracy" not in cube or "perturb_accuracy_change" not in cube:
+        return None
+    limit = CHANCE_MULTIPLE / CLASSES
+    twin = cube["perturb_twin_accuracy"].reset_coords(drop=True)
+    copy = twin + cube["perturb_accuracy_change"].reset_coords(drop=True)
+    return (twin < limit) | (copy < limit)
 
 
 def diverged_perturbed_runs(cube: xr.Dataset) -> list[str]:
     """``"batch B, lr L, run S, seed K"`` for each perturbed run left out because it
-    diverged to chance (empty without perturbations or ``final_test_accuracy``)."""
-    if "perturb_l2" not in cube or "final_test_accuracy" not in cube:
+    diverged to chance, then ``"…, nudged at epoch E: the twin"`` or ``"…: N of M copies"``
+    for each twin or copy that ended at chance itself (:func:`copies_at_chance`); empty
+    without perturbations."""
+    if "perturb_l2" not in cube:
         return []
-    from critperiods.results.selection import run_diverged
+    from critperiods.results.selection import CHANCE_MULTIPLE, CLASSES, run_diverged
 
     cube = with_lr_schedule(cube)
     l2 = cube["perturb_l2"]
-    perturbed = l2.notnull().any([d for d in l2.dims if d not in (*RUN, "seed")])
-    bad = run_diverged(cube).reset_coords(drop=True)
-    bad = bad.broadcast_like(perturbed).sel({d: perturbed[d] for d in perturbed.dims})
-    hits = (bad & perturbed).stack(run=[*RUN, "seed"])
-    return [f"batch {b}, lr {lr}, run {s}, seed {k}"
-            for (b, lr, s, k), hit in zip(hits["run"].values, hits.values, strict=True)
-            if hit]
+    out = []
+    if "final_test_accuracy" in cube:
+        perturbed = l2.notnull().any([d for d in l2.dims if d not in (*RUN, "seed")])
+        bad = run_diverged(cube).reset_coords(drop=True)
+        bad = bad.broadcast_like(perturbed).sel({d: perturbed[d] for d in perturbed.dims})
+        hits = (bad & perturbed).stack(run=[*RUN, "seed"])
+        out += [f"batch {b}, lr {lr}, run {s}, seed {k}"
+                for (b, lr, s, k), hit in zip(hits["run"].values, hits.values, strict=True)
+                if hit]
+    copies = copies_at_chance(cube)
+    if copies is None:
+        return out
+    measured = cube["perturb_accuracy_change"].notnull()
+    twin = (cube["perturb_twin_accuracy"] < CHANCE_MULTIPLE / CLASSES).reset_coords(drop=True)
+    n_bad = (copies & measured).sum(["epsilon", "replicate"])
+    n_all = measured.sum(["epsilon", "replicate"])
+    for key in n_bad.stack(group=n_bad.dims)["group"].values:
+        at = dict(zip(n_bad.dims, key, strict=True))
+        if int(n_bad.sel(at)) == 0:
+            continue
+        b, lr, s, k, e = (at["batch_size"], at["lr_schedule"], at["switch_epoch"],
+                          at["seed"], at["perturb_epoch"])
+        what = ("the twin" if bool(twin.sel(at)) else
+                f"{int(n_bad.sel(at))} of {int(n_all.sel(at))} copies")
+        out.append(f"batch {b}, lr {lr}, run {s}, seed {k}, nudged at epoch {e}: {what}")
+    return out
 
 
 def _at_end(cube: xr.Dataset, name: str) -> xr.DataArray:
     """``name`` at the end epoch, without the coordinates that depend on the epoch, and
-    without the runs that diverged to chance (:func:`_valid`)."""
-    var = _valid(cube, name)
+    without the runs that diverged to chance (:func:`valid_copies`)."""
+    var = valid_copies(cube, name)
     return var.sel(epoch=end_epoch(cube), drop=True) if "epoch" in var.dims else var
 
 
@@ -117,7 +157,7 @@ def at_delay(cube: xr.Dataset, name: str = "perturb_l2") -> xr.DataArray:
     """``name`` :func:`matched_delay` epochs after each perturbation (NaN where that is not a
     compared epoch)."""
     delay = matched_delay(cube)
-    var = _valid(cube, name)
+    var = valid_copies(cube, name)
     parts = [var.sel(perturb_epoch=[e]).reindex(epoch=[e + delay]).squeeze("epoch", drop=True)
              for e in var["perturb_epoch"].values]
     return xr.concat(parts, dim="perturb_epoch")
@@ -454,9 +494,9 @@ def verdict_lines(cube: xr.Dataset) -> list[str]:
                     f"{delayed}")
     left_out = diverged_perturbed_runs(cube)
     if left_out:
-        lines.append(f"{len(left_out)} perturbed run{'s' if len(left_out) != 1 else ''} "
-                     "diverged to chance; their copies are left out of every ratio and "
-                     f"mean: {'; '.join(left_out)}")
+        lines.append("diverged to chance (final sharp accuracy below 1.5 × chance), and left "
+                     f"out of every ratio and mean with the copies they hold: "
+                     f"{'; '.join(left_out)}")
     return lines
 
 
@@ -472,7 +512,7 @@ def growth_lines(cube: xr.Dataset) -> list[str]:
                        ("perturb_l2_growth_form", "epochs after")):
         if name not in cube:
             continue
-        codes = _valid(cube, name).where(nonzero).values
+        codes = valid_copies(cube, name).where(nonzero).values
         codes = codes[np.isfinite(codes) & (codes >= 0)].astype(int)
         if codes.size == 0:
             continue
@@ -482,7 +522,7 @@ def growth_lines(cube: xr.Dataset) -> list[str]:
         lines.append(f"growth of the L2 distance over the {what} the perturbation "
                      f"(lowest AIC, {codes.size} copies): {ranked}")
     if "perturb_early_rate" in cube:
-        rates = _valid(cube, "perturb_early_rate").where(nonzero).values
+        rates = valid_copies(cube, "perturb_early_rate").where(nonzero).values
         rates = rates[np.isfinite(rates)]
         if rates.size:
             q1, med, q3 = np.percentile(rates, [25, 50, 75])
@@ -491,7 +531,7 @@ def growth_lines(cube: xr.Dataset) -> list[str]:
                     f"{_fmt(med)} [quartiles {_fmt(q1)}, {_fmt(q3)}], x{np.exp(med * steps):.3g}"
                     f" over the {steps} steps at that rate")
             if "perturb_step_l2" in cube:  # what the copies did, beside what the fit says
-                l2 = _valid(cube, "perturb_step_l2").where(nonzero)
+                l2 = valid_copies(cube, "perturb_step_l2").where(nonzero)
                 grown = (l2.sel(step=steps) / l2.sel(step=int(cube["step"].min()))).values
                 grown = grown[np.isfinite(grown)]
                 if grown.size:
@@ -544,7 +584,7 @@ def format_perturbation(cube: xr.Dataset) -> str:
     return "\n".join([*lines, "", *verdict_lines(cube), *growth_lines(cube)])
 
 
-__all__ = ["at_delay", "blur_ratio", "diverged_perturbed_runs", "drop_epoch", "end_epoch",
-           "format_perturbation",
-           "growth_lines", "matched_delay", "perturbation_rows", "perturbation_summary",
-           "sensitivity_ratio", "verdict_lines"]
+__all__ = ["at_delay", "blur_ratio", "copies_at_chance", "diverged_perturbed_runs",
+           "drop_epoch", "end_epoch", "format_perturbation", "growth_lines", "matched_delay",
+           "perturbation_rows", "perturbation_summary", "sensitivity_ratio", "valid_copies",
+           "verdict_lines"]

@@ -19,6 +19,7 @@ from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator  # noqa: E4
 from critperiods.measure.llc.quality import FLAGS as LLC_FLAGS  # noqa: E402
 from critperiods.pipeline.files import write_atomic  # noqa: E402
 from critperiods.results.markers import KNEE_FLAGS  # noqa: E402
+from critperiods.results.perturbation_summary import valid_copies  # noqa: E402
 from critperiods.results.selection import (  # noqa: E402
     distinct_diverged,
     diverged_branches,
@@ -32,7 +33,6 @@ from critperiods.results.selection import (  # noqa: E402
     shared_by_schedules,
     trunk_by_seed,
     valid_final_accuracy,
-    without_diverged,
 )
 from critperiods.results.summary import located_end  # noqa: E402
 
@@ -762,8 +762,9 @@ def perturbation_growth(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> N
     run (:func:`_run_styles`: solid for the never-blurred run), named in each panel's title."""
     eps = float(cube.epsilon.max())
     r = lr_schedules(cube)[0]
-    # the copies of a run that diverged to chance follow its blown-up branch: left out
-    steps, epochs = (_sel(without_diverged(cube, cube[name], whole_run=True).sel(epsilon=eps),
+    # the copies of a run that diverged to chance follow its blown-up branch, and a copy or
+    # twin that ended at chance itself says nothing of a nudge: left out
+    steps, epochs = (_sel(valid_copies(cube, name).sel(epsilon=eps),
                           lr_schedule=r) / eps for name in ("perturb_step_l2", "perturb_l2"))
     runs = steps.switch_epoch.values[steps.notnull().any(
         [d for d in steps.dims if d != "switch_epoch"]).values]
