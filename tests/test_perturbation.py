@@ -600,3 +600,33 @@ def test_the_table_marks_nudges_inside_the_ends_interval_and_never_compares_a_ru
 
     # a mean of equal accuracies' round-off is no change (one test image is 1/N)
     assert (_points(-3.7e-17), _points(0.0123), _points(np.nan)) == ("0", "1.23", "nan")
+
+
+def test_the_perturbation_table_says_why_a_column_is_empty_and_shows_no_one_seed_range():
+    """`summarize`'s perturbation table: with the never-blurred run unperturbed its vs_never
+    column is n/a and a line says why (it printed nan unexplained); epsilon 0 has no blur
+    ratio of its own ("–", not the nudges' pooled one); one seed prints no [x, x] range."""
+    from critperiods.results.perturbation_summary import (
+        format_perturbation,
+        perturbation_summary,
+    )
+
+    cube = _synthetic_cube(7.0)
+    cube["perturb_l2"] = cube["perturb_l2"].where(cube["switch_epoch"] != 0)
+    text = format_perturbation(cube.merge(perturbation_summary(cube)))
+    assert "vs_never n/a: the never-blurred run (switch epoch 0) was not perturbed" in text
+    one = _synthetic_cube(7.0).isel(seed=[0])
+    text = format_perturbation(one.merge(perturbation_summary(one)))
+    table = text.split("(run: switch epoch")[0]
+    assert "[" not in table and "one seed: no range" in text
+    zero = _synthetic_cube(7.0)
+    l2 = zero["perturb_l2"]
+    zero = zero.drop_vars("perturb_l2").drop_dims("epsilon").assign(perturb_l2=xr.concat(
+        [l2.assign_coords(epsilon=[0.0]) * 0, l2], dim="epsilon"))
+    rows = format_perturbation(zero.merge(perturbation_summary(zero))).splitlines()
+    assert rows[0].split()[4] == "eps" and rows[0].split()[-1] == "vs_never"
+    at_zero = [r.split() for r in rows[1:] if r.startswith("   32") and r.split()[4] == "0"]
+    assert at_zero and all(r[-1] == "–" for r in at_zero), rows[:8]
+    nudged = [r.split() for r in rows[1:] if r.startswith("   32") and r.split()[4] != "0"
+              and r.split()[2] != "0"]
+    assert nudged and all(r[-1] != "–" for r in nudged), rows[:8]

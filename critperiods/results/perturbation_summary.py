@@ -36,6 +36,8 @@ the ratios.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -547,24 +549,31 @@ def format_perturbation(cube: xr.Dataset) -> str:
     table = perturbation_rows(cube)
     if table.empty:
         return "no perturbation results"
+    one_seed = int(cube.sizes.get("seed", 1)) == 1  # a range of one value says nothing
+
+    def ranged(m: float, lo: float, hi: float, fmt: Callable[[float], str] = _fmt) -> str:
+        return fmt(m) if one_seed else f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]"
+
     columns = {
         "batch": table["batch_size"].astype(str), "lr": table["lr_schedule"],
         "run": table["run"].astype(str), "e": table["perturb_epoch"].astype(str),
         "eps": table["epsilon"].map(_fmt), "phase": table["phase"],
         "cp": table["critical_period"],
-        "lasting_l2": [f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]" for m, lo, hi in zip(
+        "lasting_l2": [ranged(m, lo, hi) for m, lo, hi in zip(
             table["perturb_lasting_l2"], table["perturb_lasting_l2_lower"],
             table["perturb_lasting_l2_upper"], strict=True)],
     }
     if "perturb_delay_l2" in table:
         columns[f"l2_after_{matched_delay(cube)}ep"] = table["perturb_delay_l2"].map(_fmt)
     if "perturb_blur_ratio" in table:
-        columns["vs_never"] = ["–" if run == 0 else _fmt(v) for run, v in  # itself
-                               zip(table["run"], table["perturb_blur_ratio"], strict=True)]
+        # "–": the never-blurred run itself, or epsilon 0 (the ratio is over nudges)
+        columns["vs_never"] = ["–" if run == 0 or eps == 0 else _fmt(v) for run, eps, v in
+                               zip(table["run"], table["epsilon"], table["perturb_blur_ratio"],
+                                   strict=True)]
     if "perturb_lasting_disagreement" in table:
         columns["disagree"] = table["perturb_lasting_disagreement"].map(_fmt)
     if "perturb_accuracy_change_mean" in table:
-        columns["d_acc_pp"] = [f"{_points(m)} [{_points(lo)}, {_points(hi)}]"
+        columns["d_acc_pp"] = [ranged(m, lo, hi, _points)
                                for m, lo, hi in zip(
             table["perturb_accuracy_change_mean"], table["perturb_accuracy_change_mean_lower"],
             table["perturb_accuracy_change_mean_upper"], strict=True)]
@@ -574,13 +583,16 @@ def format_perturbation(cube: xr.Dataset) -> str:
     lines = ["  ".join(k.rjust(widths[k]) for k in columns)]
     for i in range(len(table)):
         lines.append("  ".join(str(list(columns[k])[i]).rjust(widths[k]) for k in columns))
+    spread = ("one seed: no range" if one_seed
+              else "mean over seeds and replicates [range of the per-seed means]")
     lines.append(f"(run: switch epoch of the run perturbed; e: perturbation epoch; cp: before "
                  "(inside) or after the critical-period end's estimate, '?' where e lies in "
-                 "the end's interval; lasting at "
-                 f"epoch {end_epoch(cube)}: mean over seeds and replicates [range of the "
-                 f"per-seed means]; l2_after: at the matched delay; vs_never: lasting L2 over "
-                 "the never-blurred run's at the same epoch, paired by seed; d_acc: copy minus "
-                 "twin, percentage points)")
+                 f"the end's interval; lasting at epoch {end_epoch(cube)}: {spread}; "
+                 "l2_after: at the matched delay; vs_never: lasting L2 over "
+                 "the never-blurred run's at the same epoch, paired by seed, over the nonzero "
+                 "epsilons; d_acc: copy minus twin, percentage points)")
+    if "perturb_blur_ratio" in cube and "missing" in cube["perturb_blur_ratio"].attrs:
+        lines.append(f"vs_never n/a: {cube['perturb_blur_ratio'].attrs['missing']}")
     return "\n".join([*lines, "", *verdict_lines(cube), *growth_lines(cube)])
 
 
