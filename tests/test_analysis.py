@@ -646,6 +646,18 @@ def test_the_restart_comparison_is_paired_by_seed() -> None:
     assert "whether a critical period remains is open" not in said
     verdicts = tables.restart_verdicts(summary)
     assert all(f"the restart lowers it by {by} pp [" in v for v in verdicts.values()), verdicts
+    # a restart that raises the deficit is said to raise it, and the answer says so
+    worse = cube.copy(deep=True)
+    worse["final_test_accuracy"].loc[{"lr_schedule": "restart", "switch_epoch": 16.0}] -= 0.09
+    raised = critical_period_summary(worse)
+    assert "the restart raises it by " in tables.restart_verdicts(raised)[64.0]
+    # one switch epoch: no deficit, so nothing for the restart to lower (it was 0 [0, 0])
+    single = critical_period_summary(cube.sel(switch_epoch=[0.0]))
+    assert single["restart_deficit_reduction"].isnull().all()
+    assert "one switch epoch: no deficit" in single["restart_deficit_reduction"].attrs[
+        "missing"]
+    assert ("restart_deficit_reduction", single["restart_deficit_reduction"].attrs["missing"]
+            ) in tables.nan_reasons(single)
     # one seed: no interval, so no call
     one = critical_period_summary(cube.isel(seed=[0]))
     assert one["restart_deficit_reduction_interval"].isnull().all()
@@ -2811,3 +2823,27 @@ def test_a_cube_with_its_sweeps_out_of_order_opens_in_order(tmp_path: Path) -> N
     xr.testing.assert_allclose(opened["final_test_accuracy"],
                                cube["final_test_accuracy"].transpose(*opened[
                                    "final_test_accuracy"].dims))
+
+
+def test_figure_1b_dashes_a_power_law_whose_interval_tells_no_direction(monkeypatch) -> None:
+    """Figure 1b's legend gives the exponent's interval; the fitted line is dashed where
+    that interval includes 0 or is unbounded (a censored end), solid where it excludes 0
+    (an unbounded interval was drawn solid, with no interval, as if a direction held)."""
+    from critperiods.results import plots
+
+    cube = with_schedules(synthetic_cube(with_llc=False, with_div=False))
+    cube = cube.merge(critical_period_summary(cube))
+    for bounds, dashed, said in (([-0.71, -0.29], False, "[-0.71, -0.29]"),
+                                 ([-0.9, 0.2], True, "[-0.90, 0.20], includes 0"),
+                                 ([-np.inf, np.inf], True, "interval unbounded")):
+        c = cube.copy(deep=True)
+        for name in ("batch_size_exponent", "temperature_exponent"):
+            c[name].loc[{"lr_schedule": "continue"}] = -0.5
+            c[f"{name}_interval"].loc[{"lr_schedule": "continue"}] = bounds
+        figures = []
+        monkeypatch.setattr(plots, "_save", lambda fig, path, dpi, got=figures: got.append(fig))
+        plots.critical_period_vs_temperature(c, "unused.png")
+        line = next(ln for ln in figures[0].axes[0].lines
+                    if ln.get_label().startswith("continue: power law"))
+        assert said in line.get_label(), line.get_label()
+        assert (line.get_linestyle() == "--") is dashed

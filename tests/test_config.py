@@ -1118,5 +1118,10 @@ def test_check_says_what_a_valid_grid_cannot_answer(tmp_path, capsys):
                  "note: grid.seeds has one seed: no interval on the deficit",
                  "note: grid.batch_sizes has 2: the end's power law in the batch size"):
         assert note in said, said
+    (tmp_path / "one.yaml").write_text("experiment: one\ngrid:\n  switch_epochs: [0]\n"
+                                       "llc:\n  enabled: false\n")
+    assert main(["check", str(tmp_path / "one.yaml")]) == 0
+    assert "note: grid.switch_epochs has 1: no deficit can be measured" in " ".join(
+        capsys.readouterr().out.split())
     assert main(["check"]) == 0
     assert "note: grid." not in capsys.readouterr().out

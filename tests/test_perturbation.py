@@ -355,6 +355,11 @@ def test_the_perturbation_verdicts_say_what_was_not_measured() -> None:
     lines = verdict_lines(gap.merge(summary))
     assert any("does not halve: no lasting distance at the earliest perturbation epoch (2)"
                in line for line in lines), lines
+    # one perturbation epoch: nothing to halve (not "stays above half")
+    single = cube.isel(perturb_epoch=[0])
+    lines = verdict_lines(single.merge(perturbation_summary(single)))
+    assert any("does not halve: fewer than two perturbation epochs with a lasting distance"
+               in line for line in lines), lines
     # a sensitivity that stays up never halves
     flat = cube.copy(deep=True)
     flat["perturb_l2"] = flat["perturb_l2"].where(flat["perturb_l2"].isnull(), 0.1)
@@ -514,11 +519,12 @@ def test_the_copies_of_a_run_that_diverged_to_chance_are_left_out_and_named():
         _synthetic_cube(7.0).merge(perturbation_summary(_synthetic_cube(7.0)))))
 
 
-def test_a_copy_or_twin_that_ended_at_chance_is_left_out_and_named():
-    """The twin is retrained alone and a late nudge trains a copy past its run's own end:
-    the stored run's accuracy cannot tell that either blew up. A copy (twin accuracy plus
-    its change) or a twin below 1.5 × chance is left out of the means and ratios and named,
-    as a diverged run is."""
+def test_a_twin_at_chance_leaves_its_copies_out_and_a_copy_at_chance_is_named():
+    """The twin is retrained alone and a late nudge trains past its run's own end: the
+    stored run's accuracy cannot tell that either blew up. A twin below 1.5 × chance breaks
+    the reference: its copies are left out of the means and ratios, and it is named. A copy
+    that blew up while its twin did not is the nudge's own, largest response: counted, and
+    named (leaving it out would select on the outcome)."""
     from critperiods.results.perturbation_summary import perturbation_summary, verdict_lines
 
     cube = _synthetic_cube(7.0)
@@ -530,16 +536,20 @@ def test_a_copy_or_twin_that_ended_at_chance_is_left_out_and_named():
     cube["perturb_twin_accuracy"] = (dims, twin)
     cube["perturb_accuracy_change"] = ((*dims, "epsilon", "replicate"), change)
     l2 = cube["perturb_l2"].values
-    l2[0, 0, 1, 0, 1] *= 1000.0  # the blown-up copy's distance
-    l2[0, 0, 1, 1, 0] *= 1000.0
+    l2[0, 0, 1, 1, 0] *= 1000.0  # the broken twin's copy
     run = perturbation_summary(cube).sel(batch_size=32, lr_schedule="continue",
                                          switch_epoch=8)
     np.testing.assert_allclose(run.perturb_lasting_l2.sel(epsilon=0.01), [0.1, 0.1, 0.02])
     assert float(run.perturb_cp_ratio) == pytest.approx(5.0)
+    assert float(run.perturb_accuracy_change_mean.sel(perturb_epoch=6, epsilon=0.01)) \
+        == pytest.approx(-0.4)  # the blown-up copy counts
     lines = verdict_lines(cube.merge(perturbation_summary(cube)))
-    assert "batch 32, lr continue, run 8, seed 0, nudged at epoch 6: 1 of 1 copies" in \
-        lines[-1], lines[-1]
-    assert "batch 32, lr continue, run 8, seed 1, nudged at epoch 2: the twin" in lines[-1]
+    left_out = next(line for line in lines if line.startswith("diverged to chance"))
+    assert "batch 32, lr continue, run 8, seed 1, nudged at epoch 2: the twin" in left_out
+    blown = next(line for line in lines if line.startswith("nudged copies that ended at "
+                                                           "chance"))
+    assert "batch 32, lr continue, run 8, seed 0, nudged at epoch 6: 1 of 1 copies" in blown
+    assert "counted in every ratio and mean" in blown
 
 
 def test_the_growth_laws_and_figure_6b_leave_out_a_run_that_diverged_to_chance(

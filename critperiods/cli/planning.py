@@ -47,7 +47,10 @@ def _grid_notes(grid: dict) -> list[str]:
     """What a valid grid cannot answer, said before it runs (the summary says it after, as
     the reason its values are NaN)."""
     notes = []
-    if len(grid["switch_epochs"]) < 3:
+    if len(grid["switch_epochs"]) < 2:
+        notes.append("grid.switch_epochs has 1: no deficit can be measured (it needs 2 switch "
+                     "epochs, the earliest against the latest) and no end placed (3)")
+    elif len(grid["switch_epochs"]) < 3:
         notes.append(f"grid.switch_epochs has {len(grid['switch_epochs'])}: the deficit is "
                      "measured, but the critical period's end (a hinge's kink) needs 3 switch "
                      "epochs (through two, every kink between them fits), and the λ̂ knees and "

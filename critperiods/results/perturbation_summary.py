@@ -73,39 +73,54 @@ def valid_copies(cube: xr.Dataset, name: str) -> xr.DataArray:
     """``cube[name]`` with every copy of a run that diverged to chance set to NaN: the
     copies and the twin of such a run follow its blown-up branch, so their distances say
     nothing about a nudge (:func:`~critperiods.results.selection.without_diverged`, the rule
-    the seed means and fits use too). So too each copy that itself ended at chance, and
-    every copy of a twin that did (:func:`copies_at_chance`): the twin is retrained alone,
-    and a copy trains on past its run's own end where it is nudged late."""
+    the seed means and fits use too). So too every copy of a twin that ended at chance
+    itself (:func:`twin_at_chance`: the twin is retrained alone, and trains on past its
+    run's own end where the nudge is late): the reference is broken. A copy that ended at
+    chance while its twin did not is kept: that is the nudge's own, largest response
+    (:func:`copies_at_chance` names them)."""
     from critperiods.results.selection import without_diverged
 
     var = without_diverged(cube, cube[name].reset_coords(drop=True), whole_run=True)
-    bad = copies_at_chance(cube)
+    bad = twin_at_chance(cube)
     return var if bad is None or not set(bad.dims) <= set(var.dims) else var.where(~bad)
 
 
-def copies_at_chance(cube: xr.Dataset) -> xr.DataArray | None:
-    """True for each copy (dims of ``perturb_accuracy_change``) whose final sharp accuracy,
-    or its twin's, is below 1.5 × chance (:data:`~critperiods.results.selection.
-    CHANCE_MULTIPLE`, the rule for a diverged run); None for a cube without the twin's
-    accuracy (``perturb_twin_accuracy``, stored since it was measured)."""
+def _chance() -> float:
     from critperiods.results.selection import CHANCE_MULTIPLE, CLASSES
 
-    if "perturb_twin_accuracy" not in cube or "perturb_accuracy_change" not in cube:
+    return CHANCE_MULTIPLE / CLASSES
+
+
+def twin_at_chance(cube: xr.Dataset) -> xr.DataArray | None:
+    """True for each twin (dims of ``perturb_twin_accuracy``: a run, seed and perturbation
+    epoch) whose final sharp accuracy is below 1.5 × chance (the rule for a diverged run);
+    None for a cube without the twin's accuracy (stored since it was measured)."""
+    if "perturb_twin_accuracy" not in cube:
         return None
-    limit = CHANCE_MULTIPLE / CLASSES
-    twin = cube["perturb_twin_accuracy"].reset_coords(drop=True)
-    copy = twin + cube["perturb_accuracy_change"].reset_coords(drop=True)
-    return (twin < limit) | (copy < limit)
+    return cube["perturb_twin_accuracy"].reset_coords(drop=True) < _chance()
+
+
+def copies_at_chance(cube: xr.Dataset) -> xr.DataArray | None:
+    """True for each copy (dims of ``perturb_accuracy_change``) that ended below 1.5 ×
+    chance (its twin's accuracy plus its change) while its twin did not: a nudge that blew
+    the run up, counted in the statistics and named beside them; None for a cube without
+    the twin's accuracy."""
+    twin = twin_at_chance(cube)
+    if twin is None or "perturb_accuracy_change" not in cube:
+        return None
+    copy = (cube["perturb_twin_accuracy"].reset_coords(drop=True)
+            + cube["perturb_accuracy_change"].reset_coords(drop=True))
+    return (copy < _chance()) & ~twin
 
 
 def diverged_perturbed_runs(cube: xr.Dataset) -> list[str]:
     """``"batch B, lr L, run S, seed K"`` for each perturbed run left out because it
-    diverged to chance, then ``"…, nudged at epoch E: the twin"`` or ``"…: N of M copies"``
-    for each twin or copy that ended at chance itself (:func:`copies_at_chance`); empty
-    without perturbations."""
+    diverged to chance, then ``"…, nudged at epoch E: the twin"`` for each twin that ended
+    at chance itself (:func:`twin_at_chance`), whose copies are left out too; empty without
+    perturbations."""
     if "perturb_l2" not in cube:
         return []
-    from critperiods.results.selection import CHANCE_MULTIPLE, CLASSES, run_diverged
+    from critperiods.results.selection import run_diverged
 
     cube = with_lr_schedule(cube)
     l2 = cube["perturb_l2"]
@@ -118,23 +133,33 @@ def diverged_perturbed_runs(cube: xr.Dataset) -> list[str]:
         out += [f"batch {b}, lr {lr}, run {s}, seed {k}"
                 for (b, lr, s, k), hit in zip(hits["run"].values, hits.values, strict=True)
                 if hit]
-    copies = copies_at_chance(cube)
-    if copies is None:
+    twins = twin_at_chance(cube)
+    if twins is None:
         return out
+    hits = (twins & l2.notnull().any(["epsilon", "replicate", "epoch"])).stack(
+        group=[*RUN, "seed", "perturb_epoch"])
+    out += [f"batch {b}, lr {lr}, run {s}, seed {k}, nudged at epoch {e}: the twin"
+            for (b, lr, s, k, e), hit in zip(hits["group"].values, hits.values, strict=True)
+            if hit]
+    return out
+
+
+def blown_up_copies(cube: xr.Dataset) -> list[str]:
+    """``"batch B, lr L, run S, seed K, nudged at epoch E: N of M copies"`` where copies
+    ended at chance while their twin did not (:func:`copies_at_chance`); empty without."""
+    copies = copies_at_chance(with_lr_schedule(cube))
+    if copies is None:
+        return []
+    cube = with_lr_schedule(cube)
     measured = cube["perturb_accuracy_change"].notnull()
-    twin = (cube["perturb_twin_accuracy"] < CHANCE_MULTIPLE / CLASSES).reset_coords(drop=True)
     n_bad = (copies & measured).sum(["epsilon", "replicate"])
     n_all = measured.sum(["epsilon", "replicate"])
-    for key in n_bad.stack(group=n_bad.dims)["group"].values:
-        at = dict(zip(n_bad.dims, key, strict=True))
-        if int(n_bad.sel(at)) == 0:
-            continue
-        b, lr, s, k, e = (at["batch_size"], at["lr_schedule"], at["switch_epoch"],
-                          at["seed"], at["perturb_epoch"])
-        what = ("the twin" if bool(twin.sel(at)) else
-                f"{int(n_bad.sel(at))} of {int(n_all.sel(at))} copies")
-        out.append(f"batch {b}, lr {lr}, run {s}, seed {k}, nudged at epoch {e}: {what}")
-    return out
+    bad, total = (x.stack(group=n_bad.dims) for x in (n_bad, n_all.transpose(*n_bad.dims)))
+    return [f"batch {b}, lr {lr}, run {s}, seed {k}, nudged at epoch {e}: {int(n)} of "
+            f"{int(m)} copies"
+            for (b, lr, s, k, e), n, m in zip(bad["group"].values, bad.values, total.values,
+                                              strict=True)
+            if n]
 
 
 def _at_end(cube: xr.Dataset, name: str) -> xr.DataArray:
@@ -291,6 +316,8 @@ def _no_drop_reason(cube: xr.Dataset, at: dict) -> str:
     if not bool(finite.sel(perturb_epoch=epochs[0])):
         return (f"no lasting distance at the earliest perturbation epoch ({epochs[0]:g}), "
                 "which the halving is measured against")
+    if int(finite.sum()) < 2:
+        return "fewer than two perturbation epochs with a lasting distance: nothing to halve"
     return "it stays above half its value at the earliest perturbation epoch"
 
 
@@ -499,6 +526,11 @@ def verdict_lines(cube: xr.Dataset) -> list[str]:
         lines.append("diverged to chance (final sharp accuracy below 1.5 × chance), and left "
                      f"out of every ratio and mean with the copies they hold: "
                      f"{'; '.join(left_out)}")
+    blown = blown_up_copies(cube)
+    if blown:
+        lines.append("nudged copies that ended at chance while their twin did not, counted "
+                     "in every ratio and mean (the largest response a nudge can give, "
+                     f"which dominates a mean of distances): {'; '.join(blown)}")
     return lines
 
 
@@ -596,7 +628,8 @@ def format_perturbation(cube: xr.Dataset) -> str:
     return "\n".join([*lines, "", *verdict_lines(cube), *growth_lines(cube)])
 
 
-__all__ = ["at_delay", "blur_ratio", "copies_at_chance", "diverged_perturbed_runs",
+__all__ = ["at_delay", "blown_up_copies", "blur_ratio", "copies_at_chance",
+           "diverged_perturbed_runs", "twin_at_chance",
            "drop_epoch", "end_epoch", "format_perturbation", "growth_lines", "matched_delay",
            "perturbation_rows", "perturbation_summary", "sensitivity_ratio", "valid_copies",
            "verdict_lines"]

@@ -600,8 +600,8 @@ def critical_period_vs_temperature(cube: xr.Dataset, path: str | Path, dpi: int 
     """Critical-period end (with its interval) vs batch size and vs lr / batch size, a colour
     per schedule, for the cells whose end is located (a deficit whose interval is above 0).
     Where the exponent is finite (≥ 3 located ends) the fitted power law is drawn, exponent
-    and its interval in the legend; dashed where that interval includes 0 (no direction
-    told)."""
+    and its interval in the legend; dashed where that interval includes 0 or is unbounded
+    (no direction told)."""
     batch = cube.batch_size.values.astype(float)
     lr = float(cube.attrs.get("lr", 1.0))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -622,11 +622,13 @@ def critical_period_vs_temperature(cube: xr.Dataset, path: str | Path, dpi: int 
                 grid = np.geomspace(x.min(), x.max(), 50)
                 bounds = _sel(cube[f"{exponent}_interval"], lr_schedule=r).values \
                     if f"{exponent}_interval" in cube else [np.nan, np.nan]
-                told = ("" if not np.isfinite(bounds).any()
+                unbounded = bool(np.isinf(bounds).any())
+                told = ("" if np.isnan(bounds).all()
+                        else ", interval unbounded" if unbounded
                         else f" [{bounds[0]:.2f}, {bounds[1]:.2f}]"
                         + (", includes 0" if bounds[0] <= 0 <= bounds[1] else ""))
                 ax.plot(grid, c * grid**p, color=f"C{j}", lw=1,
-                        ls="--" if told.endswith("includes 0") else "-",
+                        ls="--" if unbounded or told.endswith("includes 0") else "-",
                         label=f"{r}: power law, exponent {p:.2f}{told}")
     for ax, name, x, label in ((axes[0], "batch size", batch, "{:g}"),
                                (axes[1], "SGD temperature proxy lr / batch size", lr / batch,
@@ -762,8 +764,8 @@ def perturbation_growth(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> N
     run (:func:`_run_styles`: solid for the never-blurred run), named in each panel's title."""
     eps = float(cube.epsilon.max())
     r = lr_schedules(cube)[0]
-    # the copies of a run that diverged to chance follow its blown-up branch, and a copy or
-    # twin that ended at chance itself says nothing of a nudge: left out
+    # the copies of a run that diverged to chance follow its blown-up branch, and those of
+    # a twin that ended at chance have a broken reference: left out
     steps, epochs = (_sel(valid_copies(cube, name).sel(epsilon=eps),
                           lr_schedule=r) / eps for name in ("perturb_step_l2", "perturb_l2"))
     runs = steps.switch_epoch.values[steps.notnull().any(

@@ -613,15 +613,23 @@ def _restart_sentence(verdicts: dict[float, str], located: list[float], batch_si
     said = "; ".join(x for x in (bound, against) if x)
     said = f" ({said})" if said else ""
     reductions = reductions or {}
-    lowest = {b: reductions[b][1] if b in reductions else float("nan") for b in gone}
+    nan4 = (float("nan"),) * 3 + (0,)
+    lowest = {b: reductions.get(b, nan4)[1] for b in gone}
     unshrunk = [b for b in gone if not lowest[b] > 0]
     if gone and not kept and not open_:
         start = (f"Restarting the rate at the switch leaves no deficit these seeds tell above 0 "
                  f"{anywhere}{said}")
         if unshrunk:
-            return (f"{start}, but at {_batches(unshrunk)} they do not tell it from the "
-                    "continued deficit either (paired by seed): whether a critical period "
-                    "remains is open")
+            raised = [b for b in unshrunk if reductions.get(b, nan4)[2] < 0]
+            unpaired = [b for b in unshrunk if not np.isfinite(reductions.get(b, nan4)[1])]
+            level = [b for b in unshrunk if b not in raised and b not in unpaired]
+            why = ([f"at {_batches(level)} they do not tell it from the continued deficit "
+                    "either (paired by seed)"] if level else []) + (
+                [f"at {_batches(raised)} the restart's deficit is the larger (paired by "
+                 "seed)"] if raised else []) + (
+                [f"at {_batches(unpaired)} no seed pairs the two schedules"]
+                if unpaired else [])
+            return f"{start}, but {'; '.join(why)}: whether a critical period remains is open"
         means = [100 * reductions[b][0] for b in gone]
         lo, hi = _num(min(means)), _num(max(means))
         removed = (f"paired by seed, the restart lowers it by {lo}"

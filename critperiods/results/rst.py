@@ -52,10 +52,10 @@ def figure_rst(png: str | Path, alt: str) -> str:
 
 def rst_text(text: str) -> str:
     """Plain ``text`` (a reason written for the terminal) as rst that shows it as written:
-    the inline markup characters escaped (``*``, a backquote, ``|``, and a word's trailing
-    ``_``, which would make a reference)."""
+    the inline markup characters escaped (``*``, a backquote, ``|``, and an ``_`` not
+    followed by a letter or digit, which would make a reference)."""
     text = re.sub(r"([*`|\\])", r"\\\1", text)
-    return re.sub(r"(\w)_(?=\W|$)", r"\1\\_", text)
+    return re.sub(r"_(?![A-Za-z0-9])", r"\\_", text)  # word_, word__, [1]_: references
 
 
 __all__ = ["PAGE_STYLE", "figure_rst", "list_table", "rst_text"]

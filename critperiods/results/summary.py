@@ -265,26 +265,30 @@ def restart_reduction(cube: xr.Dataset, level: float = 0.90) -> dict[str, xr.Dat
     seeds with all four runs (:func:`~critperiods.results.fits.mean_t_interval`; runs that
     diverged to chance are left out).
 
-    Paired by seed, that difference is the latest switch's final accuracy restarted minus
-    continued: the earliest switch's run is one run under both schedules, and both latest
-    runs start from the seed's trunk, so the seed's own noise, which widens each deficit's
-    interval, cancels. Two deficit intervals that overlap can therefore still differ beyond
-    doubt. Needs a ``continue`` and a ``restart`` schedule."""
+    Where the earliest switch is 0, the never-blurred run is one run under both schedules
+    and both latest runs start from the seed's trunk, so the difference is the latest
+    switch's final accuracy restarted minus continued, and the seed's own noise, which
+    widens each deficit's interval, cancels. Two deficit intervals that overlap can
+    therefore still differ beyond doubt. Needs a ``continue`` and a ``restart`` schedule;
+    NaN (with the reason in ``missing``) with one switch epoch or no seed with all four
+    runs."""
     acc = valid_final_accuracy(with_lr_schedule(cube))
     s = acc["switch_epoch"]
     deficit = acc.sel(switch_epoch=s.min(), drop=True) - acc.sel(switch_epoch=s.max(), drop=True)
     removed = deficit.sel(lr_schedule="continue") - deficit.sel(lr_schedule="restart")
+    if s.size < 2:  # one switch epoch: no deficit, so nothing to lower
+        removed = removed * np.nan
     batch_sizes = removed["batch_size"].values
     cells = [mean_t_interval(removed.sel(batch_size=b).values, level) for b in batch_sizes]
     name = "restart_deficit_reduction"
     missing = "; ".join(f"batch {b:g}" for b, c in zip(batch_sizes, cells, strict=True)
                         if not np.isfinite(c[0]))
+    why = ("one switch epoch: no deficit" if s.size < 2 else
+           "no seed with the earliest and the latest switch's runs under both schedules")
     dims = ["batch_size"]
     return {
         name: xr.DataArray([c[0] for c in cells], dims=dims, attrs={
-            **variable_attrs(name), **({"missing": f"{missing}: no seed with the earliest and "
-                                        "the latest switch's runs under both schedules"}
-                                       if missing else {})}),
+            **variable_attrs(name), **({"missing": f"{missing}: {why}"} if missing else {})}),
         f"{name}_interval": xr.DataArray(
             [[c[1], c[2]] for c in cells], dims=[*dims, "bound"],
             attrs=interval_attrs(name, f"{level:.0%} Student-t interval over seeds")),

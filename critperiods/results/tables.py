@@ -105,7 +105,7 @@ def restart_verdicts(summary: xr.Dataset) -> dict[float, str]:
             out[float(b)] = (f"not told from 0 under the restart: {interval}{seeds}, up to "
                              f"{100 * hi:.1f} pp within its interval")
         removed = reductions.get(float(b))
-        if np.isfinite(d) and removed is not None and np.isfinite(removed[0]):
+        if np.isfinite(d) and removed is not None:
             out[float(b)] += f"; {_reduction_said(removed)}"
     return out
 
@@ -134,10 +134,19 @@ def restart_reductions(summary: xr.Dataset) -> dict[float, tuple[float, float, f
 def _reduction_said(removed: tuple[float, float, float, int]) -> str:
     """One batch size's :func:`restart_reductions` entry in words."""
     mean, lower, upper, _ = removed
+    if not np.isfinite(mean):
+        return ("no paired comparison with the rate continued (no seed with the earliest and "
+                "the latest switch's runs under both schedules)")
     interval = (f" [{100 * lower:.1f}, {100 * upper:.1f}]" if np.isfinite(lower)
                 else " (one seed: no interval)")
     side = ("" if not np.isfinite(lower) else ", told from 0" if lower > 0 or upper < 0
             else ", not told from 0")
+    if mean < 0:  # the restart's deficit is the larger
+        return (f"the restart raises it by {-100 * mean:.1f} pp [{-100 * upper:.1f}, "
+                f"{-100 * lower:.1f}] against the rate continued (paired by seed{side})"
+                if np.isfinite(lower) else
+                f"the restart raises it by {-100 * mean:.1f} pp (one seed: no interval) "
+                "against the rate continued (paired by seed)")
     return (f"the restart lowers it by {100 * mean:.1f} pp{interval} against the rate "
             f"continued (paired by seed{side})")
 
@@ -763,7 +772,7 @@ def nan_reasons(summary: xr.Dataset, not_computed: Sequence[str] = ()) -> list[t
     return [(name, summary[name].attrs["missing"])
             for name in [*SUMMARY_STATISTICS, *MARKER_STATISTICS, *NET_MARKER_STATISTICS,
                          *(EXPONENTS if not few else ()),
-                         *(f"{m}_loo_range" for m in LLC_MARKERS)]
+                         *(f"{m}_loo_range" for m in LLC_MARKERS), "restart_deficit_reduction"]
             if name in summary and "missing" in summary[name].attrs
             and not name.startswith(left_out)]
 

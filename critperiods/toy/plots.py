@@ -15,7 +15,7 @@ import xarray as xr  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
 from critperiods.pipeline.files import write_atomic  # noqa: E402
-from critperiods.toy.cube import cells, configured, hottest  # noqa: E402
+from critperiods.toy.cube import ROUNDING_CURVATURE, cells, configured, hottest  # noqa: E402
 from critperiods.toy.landscapes import Landscape  # noqa: E402
 
 KIND_COLOURS = {"line": "C0", "sum": "C1", "product": "C2"}
@@ -187,14 +187,15 @@ def noise_vs_hessian(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
     coordinate of degree ``k``, and a product's off-diagonal one, whose Hessian is twice its
     Gauss–Newton entry (ratio ``σ²/2``). A ratio, not ``C`` against ``H`` on log axes, where
     these factors of 2 vanish among the decades. Entries with ``H ≤ 0`` or ``C ≤ 0`` (no
-    ratio to draw on a log x axis) and ratios above :data:`RATIO_TOP` are counted in each
-    panel, never dropped silently."""
+    ratio to draw on a log x axis), ratios above :data:`RATIO_TOP` and Hessian entries 0 to
+    rounding (:data:`~critperiods.toy.cube.ROUNDING_CURVATURE`, as the summary's
+    ``H<=0_hot`` reads them) are counted in each panel, never dropped silently."""
     lr, batch = hottest(cube)
     kinds = [str(k) for k in cube.landscape.values]
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), squeeze=False)
     sigma2 = float(cube.noise_variance.mean())
     for ax, kind in zip(axes[0], kinds, strict=True):
-        dropped, above, entries = 0, 0, 0
+        dropped, above, at_zero, entries = 0, 0, 0, 0
         for i, (land, c) in enumerate(x for x in _landscapes(cube) if x[0].kind == kind):
             cell = c.sel(lr=lr, batch_size=batch)
             coords = cube.weight.values[: land.dim]
@@ -206,10 +207,12 @@ def noise_vs_hessian(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
                 if coord != other:  # C and H share the mixed entry's sign: their sizes
                     cov, hess = np.abs(cov), np.abs(hess)
                 measured = np.isfinite(cov) & np.isfinite(hess)
-                ok = measured & (cov > 0) & (hess > 0)
+                rounding = measured & (np.abs(hess) <= ROUNDING_CURVATURE)  # as H<=0_hot
+                ok = measured & ~rounding & (cov > 0) & (hess > 0)
                 ratio = np.divide(cov, hess, out=np.full_like(cov, np.nan), where=ok)
                 shown = ok & (ratio <= RATIO_TOP)
-                dropped += int((measured & ~ok).sum())
+                at_zero += int(rounding.sum())
+                dropped += int((measured & ~ok & ~rounding).sum())
                 above += int((ok & ~shown).sum())
                 entries += int(measured.sum())
                 if not shown.any():
@@ -232,7 +235,8 @@ def noise_vs_hessian(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
                       + (", crosses: |w1w2|)" if kind == "product" else ")"))
         ax.set_title(f"{kind} (lr {lr:g}, batch {batch})", fontsize=9)
         left = [f"{dropped} with H ≤ 0 or C ≤ 0"] * bool(dropped) + [
-            f"{above} above {RATIO_TOP:g}"] * bool(above)
+            f"{above} above {RATIO_TOP:g}"] * bool(above) + [
+            f"{at_zero} with H 0 to rounding"] * bool(at_zero)
         if left:  # say how many, never drop them silently
             ax.text(0.98, 0.02, f"of {entries} entries, not drawn: {', '.join(left)}",
                     transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="C3",
