@@ -1052,4 +1052,4 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
 
 
 __all__ = ["answer_lines", "descent_sentence", "landing_page", "llc_relaxation",
-           "perturbation_section", "question", "stability_sentence", "table_rst"]
+           "perturbation_section", "question", "stability_sentence", "table_rst", "words"]

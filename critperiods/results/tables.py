@@ -53,9 +53,8 @@ __all__ = ["MARKER_NAMES", "MARKER_STAGES", "MarkerCall", "MarkerStage", "as_sai
            "llc_read_in_count", "read_in_phrase",
            "marker_calls", "marker_tally", "marker_verdict",
            "marker_verdicts", "markers_not_computed", "nan_reasons", "not_computed_sentence",
-           "offset_tests",
-           "points", "restart_reductions", "restart_verdicts", "runs_at_chance",
-           "summary_table", "to_csv", "unlocated_text"]
+           "offset_tests", "points", "restart_reductions", "restart_verdicts",
+           "runs_at_chance", "summary_table", "to_csv", "unlocated_text"]
 
 #: How the verdicts name each marker of :data:`MARKER_OFFSETS`.
 MARKER_NAMES = {"llc_knee_trunk": "λ̂ trunk", "llc_knee_sharp": "λ̂ never-blurred",
@@ -63,7 +62,6 @@ MARKER_NAMES = {"llc_knee_trunk": "λ̂ trunk", "llc_knee_sharp": "λ̂ never-bl
                 "llc_net_knee_sharp": "λ̂ never-blurred net of descent",
                 "divergence_drop_epoch": "divergence"}
 
-#: How the tables say :func:`unlocated_reason`'s reasons, in as few words as their column.
 def unlocated_text(deficit: float, deficit_lower: float,
                    deficit_upper: float = float("nan")) -> str:
     """Why a cell has no located end, as a table cell says it (:func:`unlocated_reason`:
