@@ -629,7 +629,6 @@ def format_perturbation(cube: xr.Dataset) -> str:
 
 
 __all__ = ["at_delay", "blown_up_copies", "blur_ratio", "copies_at_chance",
-           "diverged_perturbed_runs", "twin_at_chance",
-           "drop_epoch", "end_epoch", "format_perturbation", "growth_lines", "matched_delay",
-           "perturbation_rows", "perturbation_summary", "sensitivity_ratio", "valid_copies",
-           "verdict_lines"]
+           "diverged_perturbed_runs", "drop_epoch", "end_epoch", "format_perturbation",
+           "growth_lines", "matched_delay", "perturbation_rows", "perturbation_summary",
+           "sensitivity_ratio", "twin_at_chance", "valid_copies", "verdict_lines"]
