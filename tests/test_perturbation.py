@@ -580,6 +580,11 @@ def test_the_growth_laws_and_figure_6b_leave_out_a_run_that_diverged_to_chance(
     plots.perturbation_growth(cube, tmp_path / "growth.png")
     heights = [max(line.get_ydata()) for line in figures[0].axes[0].get_lines()]
     assert heights and max(heights) == pytest.approx(1.0), heights  # no 1e5 from the blow-up
+    # only epsilon 0: no empty panels, a line saying why nothing is drawn
+    zero = cube.assign_coords(epsilon=[0.0])
+    plots.perturbation_growth(zero, tmp_path / "zero.png")
+    assert not figures[-1].axes[0].get_lines()
+    assert "only ε = 0 here" in figures[-1].axes[0].texts[0].get_text()
 
 
 def test_the_table_marks_nudges_inside_the_ends_interval_and_never_compares_a_run_with_itself():

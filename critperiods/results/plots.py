@@ -766,8 +766,9 @@ def perturbation_growth(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> N
     r = lr_schedules(cube)[0]
     # the copies of a run that diverged to chance follow its blown-up branch, and those of
     # a twin that ended at chance have a broken reference: left out
+    per = eps if eps > 0 else np.nan  # only epsilon 0: nothing to draw (said in the panels)
     steps, epochs = (_sel(valid_copies(cube, name).sel(epsilon=eps),
-                          lr_schedule=r) / eps for name in ("perturb_step_l2", "perturb_l2"))
+                          lr_schedule=r) / per for name in ("perturb_step_l2", "perturb_l2"))
     runs = steps.switch_epoch.values[steps.notnull().any(
         [d for d in steps.dims if d != "switch_epoch"]).values]
     styles = _run_styles(runs)
@@ -798,7 +799,12 @@ def perturbation_growth(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> N
             ax.grid(alpha=0.3, which="both")
     grid[0][0].set_ylabel(f"‖θ_copy − θ_twin‖ / ε (ε={eps:g})")
     grid[1][0].set_ylabel(f"‖θ_copy − θ_twin‖ / ε (ε={eps:g})")
-    grid[0][-1].legend(fontsize=7, title="perturbed at", title_fontsize=7)
+    if eps > 0:
+        grid[0][-1].legend(fontsize=7, title="perturbed at", title_fontsize=7)
+    else:  # nothing to divide by, and nothing grows: say so, not an empty panel
+        for ax in grid.ravel():
+            ax.text(0.5, 0.5, "only ε = 0 here: each copy is its twin,\nso no distance grows",
+                    transform=ax.transAxes, ha="center", va="center", fontsize=8)
     _save(fig, path, dpi)
 
 
