@@ -2847,3 +2847,24 @@ def test_figure_1b_dashes_a_power_law_whose_interval_tells_no_direction(monkeypa
                     if ln.get_label().startswith("continue: power law"))
         assert said in line.get_label(), line.get_label()
         assert (line.get_linestyle() == "--") is dashed
+
+
+def test_the_net_of_descent_reads_its_own_sign() -> None:
+    """A raw λ̂ below 0 at a checkpoint off its minimum is what the chains' descent gives;
+    λ̂ net of it (``llc_mean − llc_descent``) is there to undo that, so its ``negative``
+    flag is judged on the net value: −5 with a descent of −116 counts as 111 in the net
+    markers (it was dropped with the raw one), while a net value below 0 is left out."""
+    from critperiods.measure.llc.quality import FLAGS
+
+    epochs = np.array([2.0, 4.0])
+    cube = xr.Dataset(
+        {"llc_mean": (("epoch",), [-5.0, 30.0]), "llc_descent": (("epoch",), [-116.0, 40.0]),
+         "llc_quality": (("epoch",), [float(FLAGS["negative"]), 0.0])},
+        coords={"epoch": epochs})
+    raw = selection.valid_llc(cube)
+    net = selection.valid_llc(cube, net_of_descent=True)
+    assert np.isnan(raw.sel(epoch=2.0)) and float(raw.sel(epoch=4.0)) == 30.0
+    assert float(net.sel(epoch=2.0)) == 111.0 and np.isnan(net.sel(epoch=4.0))
+    # other flags stay whatever the sign
+    cube["llc_quality"][0] = float(FLAGS["negative"] | FLAGS["unstable_step"])
+    assert np.isnan(selection.valid_llc(cube, net_of_descent=True).sel(epoch=2.0))

@@ -144,15 +144,23 @@ def with_read_in(cube: xr.Dataset, names: list[str]) -> xr.Dataset:
     return cube.assign(llc_quality=quality)
 
 
-def llc_counted(cube: xr.Dataset) -> xr.DataArray:
+def llc_counted(cube: xr.Dataset, net_of_descent: bool = False) -> xr.DataArray:
     """Where a λ̂ estimate counts as valid: its quality flag is ok, or every flag it carries
     is among :func:`read_in_flags` (False where no estimate was made; needs
-    ``llc_quality``)."""
+    ``llc_quality``). With ``net_of_descent``, the ``negative`` flag is judged on λ̂ net of
+    the chains' descent (``llc_mean − llc_descent``), the value then read: a raw λ̂ below 0
+    is what the descent from a checkpoint off its minimum gives, and the net value is
+    there to undo it."""
     from critperiods.measure.llc.quality import FLAGS
 
     quality = cube["llc_quality"]
     read_in = sum(FLAGS[name] for name in set(read_in_flags(cube)))
-    return quality.notnull() & ((quality.fillna(0).astype(int) & ~read_in) == 0)
+    bits = quality.fillna(0).astype(int)
+    if net_of_descent and "llc_descent" in cube:
+        negative = FLAGS["negative"]
+        net = cube["llc_mean"] - cube["llc_descent"]
+        bits = (bits & ~negative) | xr.where(net < 0, negative, 0)
+    return quality.notnull() & ((bits & ~read_in) == 0)
 
 
 def valid_llc(cube: xr.Dataset, net_of_descent: bool = False) -> xr.DataArray | None:
@@ -160,11 +168,12 @@ def valid_llc(cube: xr.Dataset, net_of_descent: bool = False) -> xr.DataArray | 
     flags are all read in), NaN where it is flagged or on the branch of
     a run that diverged to chance; None without λ̂. With ``net_of_descent``, λ̂ net of the
     chains' descent, ``llc_mean − llc_descent`` (``llc.descent``; NaN where the descent was
-    not measured); None without ``llc_descent``."""
+    not measured), its ``negative`` flag judged on that net value; None without
+    ``llc_descent``."""
     if "llc_mean" not in cube or (net_of_descent and "llc_descent" not in cube):
         return None
     llc = cube["llc_mean"] - cube["llc_descent"] if net_of_descent else cube["llc_mean"]
-    llc = llc.where(llc_counted(cube)) if "llc_quality" in cube else llc
+    llc = llc.where(llc_counted(cube, net_of_descent)) if "llc_quality" in cube else llc
     return without_diverged(cube, llc)
 
 
