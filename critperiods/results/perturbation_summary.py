@@ -43,7 +43,12 @@ import pandas as pd
 import xarray as xr
 
 from critperiods.results.fits import nanmean
-from critperiods.results.selection import with_lr_schedule
+from critperiods.results.selection import (
+    below_chance,
+    run_diverged,
+    with_lr_schedule,
+    without_diverged,
+)
 from critperiods.results.summary import located_end, unlocated_reason
 
 RUN = ("batch_size", "lr_schedule", "switch_epoch")
@@ -78,17 +83,9 @@ def valid_copies(cube: xr.Dataset, name: str) -> xr.DataArray:
     run's own end where the nudge is late): the reference is broken. A copy that ended at
     chance while its twin did not is kept: that is the nudge's own, largest response
     (:func:`copies_at_chance` names them)."""
-    from critperiods.results.selection import without_diverged
-
     var = without_diverged(cube, cube[name].reset_coords(drop=True), whole_run=True)
     bad = twin_at_chance(cube)
     return var if bad is None or not set(bad.dims) <= set(var.dims) else var.where(~bad)
-
-
-def _chance() -> float:
-    from critperiods.results.selection import CHANCE_MULTIPLE, CLASSES
-
-    return CHANCE_MULTIPLE / CLASSES
 
 
 def twin_at_chance(cube: xr.Dataset) -> xr.DataArray | None:
@@ -97,7 +94,7 @@ def twin_at_chance(cube: xr.Dataset) -> xr.DataArray | None:
     None for a cube without the twin's accuracy (stored since it was measured)."""
     if "perturb_twin_accuracy" not in cube:
         return None
-    return cube["perturb_twin_accuracy"].reset_coords(drop=True) < _chance()
+    return below_chance(cube["perturb_twin_accuracy"].reset_coords(drop=True))
 
 
 def copies_at_chance(cube: xr.Dataset) -> xr.DataArray | None:
@@ -110,7 +107,7 @@ def copies_at_chance(cube: xr.Dataset) -> xr.DataArray | None:
         return None
     copy = (cube["perturb_twin_accuracy"].reset_coords(drop=True)
             + cube["perturb_accuracy_change"].reset_coords(drop=True))
-    return (copy < _chance()) & ~twin
+    return below_chance(copy) & ~twin
 
 
 def diverged_perturbed_runs(cube: xr.Dataset) -> list[str]:
@@ -120,8 +117,6 @@ def diverged_perturbed_runs(cube: xr.Dataset) -> list[str]:
     perturbations."""
     if "perturb_l2" not in cube:
         return []
-    from critperiods.results.selection import run_diverged
-
     cube = with_lr_schedule(cube)
     l2 = cube["perturb_l2"]
     out = []
@@ -147,10 +142,10 @@ def diverged_perturbed_runs(cube: xr.Dataset) -> list[str]:
 def blown_up_copies(cube: xr.Dataset) -> list[str]:
     """``"batch B, lr L, run S, seed K, nudged at epoch E: N of M copies"`` where copies
     ended at chance while their twin did not (:func:`copies_at_chance`); empty without."""
-    copies = copies_at_chance(with_lr_schedule(cube))
+    cube = with_lr_schedule(cube)
+    copies = copies_at_chance(cube)
     if copies is None:
         return []
-    cube = with_lr_schedule(cube)
     measured = cube["perturb_accuracy_change"].notnull()
     n_bad = (copies & measured).sum(["epsilon", "replicate"])
     n_all = measured.sum(["epsilon", "replicate"])
@@ -482,6 +477,7 @@ def verdict_lines(cube: xr.Dataset) -> list[str]:
     ratio = cube["perturb_cp_ratio"]
     lasting = cube["perturb_lasting_l2"]
     ends = located_end(cube)
+    missed = _delay_not_compared(cube)  # the same for every run: the grid's epochs
     for b in ratio["batch_size"].values:
         for r in ratio["lr_schedule"].values:
             end = float(ends.sel(batch_size=b, lr_schedule=r))
@@ -504,8 +500,7 @@ def verdict_lines(cube: xr.Dataset) -> list[str]:
                               "matched delay has no compared epoch to confirm it)" if x > 1
                               else "carries less far than one after it at the end epoch (the "
                               "matched delay has no compared epoch to confirm it)")
-                    delayed = "n/a, " + (_delay_not_compared(cube)
-                                         or "too few finite distances")
+                    delayed = "n/a, " + (missed or "too few finite distances")
                 elif x > 1 and xd > 1:
                     answer = "carries further than one after it"
                 elif x < 1 and xd < 1:
@@ -514,7 +509,7 @@ def verdict_lines(cube: xr.Dataset) -> list[str]:
                     answer = "has no consistent answer (the two measures disagree)"
                 else:  # a ratio of exactly 1
                     answer = "carries no further than one after it by one measure"
-                if np.isfinite(xd) and (missed := _delay_not_compared(cube)):  # a subset
+                if np.isfinite(xd) and missed:  # the delayed ratio is over a subset
                     delayed += f" ({missed}: those are left out of it)"
                 lines.append(
                     f"batch {b}, {r}, {run}: a nudge before the critical-period end (epoch "

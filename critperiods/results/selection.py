@@ -15,7 +15,8 @@ import xarray as xr
 
 from critperiods.results.fits import seed_adjusted_mean
 
-__all__ = ["CHANCE_MULTIPLE", "CLASSES", "at_horizon", "default_horizon", "distinct_diverged",
+__all__ = ["CHANCE_MULTIPLE", "CLASSES", "at_horizon", "below_chance", "default_horizon",
+           "distinct_diverged",
            "diverged_branches",
            "divergence_at_horizon", "divergence_to_blurred", "llc_sharp", "llc_sharp_by_seed",
            "llc_counted", "llc_trunk", "llc_trunk_by_seed", "lr_schedules", "read_in_flags",
@@ -39,8 +40,14 @@ def run_diverged(cube: xr.Dataset, classes: int = CLASSES) -> xr.DataArray:
     the statistics recompute it from ``final_test_accuracy``, so cubes written before the
     flag existed are read the same way.
     """
-    acc = cube["final_test_accuracy"]
-    return (acc < CHANCE_MULTIPLE / classes).rename("run_diverged")
+    return below_chance(cube["final_test_accuracy"], classes).rename("run_diverged")
+
+
+def below_chance(accuracy: xr.DataArray, classes: int = CLASSES) -> xr.DataArray:
+    """True where a final sharp test ``accuracy`` is below :data:`CHANCE_MULTIPLE` /
+    ``classes``: the one rule for having diverged to chance (a run, and a perturbed copy or
+    its twin alike); False where it is NaN."""
+    return accuracy < CHANCE_MULTIPLE / classes
 
 
 def distinct_diverged(cube: xr.Dataset, classes: int = CLASSES) -> xr.DataArray:
