@@ -80,6 +80,9 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
     "llc_ess": ("bulk effective sample size of the post-burn-in SGLD draws (ArviZ)", "1"),
     "llc_trend_z": ("mean of the first 20% minus the last 50% of the post-burn-in draws, in "
                     "Monte Carlo standard errors", "1"),
+    "llc_mcse": ("Monte Carlo standard error of llc_mean: n beta times ArviZ's MCSE of the mean "
+                 "of the healthy chains' post-burn-in draws (aggregate, from llc_loss_trace)",
+                 "1"),
     "llc_distance_growth": ("growth of the SGLD chains' squared distance from the "
                             "checkpoint, |w - w*|^2, from the first to the second half of the "
                             "post-burn-in draws (ratio of means minus 1; near 0 once the "
@@ -192,7 +195,7 @@ PERTURBATION_VARIABLES: dict[str, tuple[str, str]] = {
 #: and intervals to read before averaging or plotting it.
 ANCILLARY: dict[str, tuple[str, ...]] = {
     "final_test_accuracy": ("run_diverged",),
-    "llc_mean": ("llc_quality", "llc_distance_growth", "llc_descent"),
+    "llc_mean": ("llc_quality", "llc_mcse", "llc_distance_growth", "llc_descent"),
     "llc_std": ("llc_quality",),
     "llc_chain": ("llc_quality",),
     "critical_period_end": ("critical_period_end_located", "critical_period_end_interval"),

@@ -1808,6 +1808,34 @@ def test_the_llc_caveat_says_from_the_chains_distances_whether_they_still_spread
     assert llc_relaxation(cube.drop_vars("llc_distance_growth")) == ""
 
 
+def test_the_llc_caveat_gives_the_monte_carlo_error_and_the_estimates_below_0_within_it(
+) -> None:
+    """Over the distinct counted estimates: ``llc_mcse``'s range and median, and how many
+    λ̂ below 0 count because they lie within 2 MCSE of it; a flagged estimate is left out;
+    no MCSE (an older cube): no sentence."""
+    from critperiods.results.report_page import _llc_caveat, llc_error_sentence
+    from critperiods.results.tables import llc_flag_counts
+
+    cube = synthetic_cube(with_div=False)
+    error = xr.where(cube.llc_mean.notnull(), 10.0, np.nan)
+    error[0, 0, 0, 10] = 14.0  # the never-blurred run of the smallest batch, seed 0, epoch 10
+    cube = cube.assign(llc_mcse=error, llc_quality=error * 0)
+    n = llc_flag_counts(cube)["estimates"]
+    said = llc_error_sentence(cube)
+    assert said == (f"λ̂'s Monte Carlo error (``llc_mcse``, from the chains' draws) is 10–14 "
+                    f"(median 10) over the {n} unflagged estimates: read a λ̂ as ± that.")
+    assert said in _llc_caveat(cube)[0]
+    low = cube.copy(deep=True)
+    low["llc_mean"][0, 0, 0, 10] = -5.0
+    assert llc_error_sentence(low).endswith(
+        " 1 of them lies below 0 by less than 2 of its errors and counts: only a λ̂ further "
+        "below is flagged negative.")
+    flagged = low.assign(llc_quality=xr.where(low.llc_mean < 0, 1.0, low.llc_quality))
+    assert f"draws) is 10 over the {n - 1} unflagged" in llc_error_sentence(flagged)
+    assert "below 0" not in llc_error_sentence(flagged)
+    assert llc_error_sentence(cube.drop_vars("llc_mcse")) == ""
+
+
 def test_a_grid_of_three_switches_is_said_to_interpolate_the_end() -> None:
     """With as many switch epochs as the hinge has parameters the end cannot disagree with
     the data: the caveats say so; with more they do not."""

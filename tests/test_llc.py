@@ -748,6 +748,16 @@ def test_calibrate_and_plot(tmp_path) -> None:  # noqa: ANN001
     assert (ds["distance_growth"] > 0.1).all()  # 35 steps of a 1,000-step time constant
     out = plot_calibration(ds, tmp_path / "cal.png")
     assert out.exists() and out.stat().st_size > 0
+    # the lines give each λ̂ with its Monte Carlo error, as the cube's llc_mcse has it
+    from critperiods.measure.llc.calibration import calibration_lines
+    from critperiods.measure.llc.error import llc_mcse
+    from critperiods.results.cube import ANALYSIS_DEFAULTS
+
+    lines = calibration_lines(ds, cfg, 1e-4, ANALYSIS_DEFAULTS)
+    cell = ds.sel(nbeta=100.0, step_size=1e-4)
+    error = float(llc_mcse(cell["loss_trace"].values, cfg.burn_in, 100.0))
+    assert f"nβ 100, step size 0.0001 (the run's): λ̂ {float(cell['llc_mean']):.4g} (MCSE " \
+           f"{error:.2g}, chains' s.d." in "\n".join(lines)
 
 
 def test_a_sweep_into_divergence_warns_of_nothing_and_says_so_in_its_plot(
@@ -1167,3 +1177,54 @@ def test_the_cube_flags_an_estimate_whose_step_is_past_its_stability_limit() -> 
     np.testing.assert_array_equal(read.values, _llc_quality(noisy, ANALYSIS_DEFAULTS).values)
     assert read.attrs["read_in_flags"] == "unstable_step"
     assert "read_in_flags" not in bits.attrs
+
+
+def test_the_cube_holds_the_monte_carlo_error_of_each_estimate_and_flags_negative_beyond_it(
+) -> None:
+    """``llc_mcse`` is nβ times ArviZ's MCSE of the mean of the healthy chains' draws after
+    burn-in (a chain with a NaN draw diverged and is left out; NaN where no estimate was
+    made); ``negative`` is raised only where λ̂ lies below 0 by more than
+    ``NEGATIVE_MCSE`` of it, and on the sign alone where the MCSE is missing."""
+    import xarray as xr
+    from arviz_stats.base import array_stats
+
+    from critperiods.measure.llc.error import NEGATIVE_MCSE
+    from critperiods.measure.llc.quality import FLAGS
+    from critperiods.results.cube import ANALYSIS_DEFAULTS, _llc_mcse, _llc_quality
+    from critperiods.results.selection import llc_counted
+
+    rng = np.random.default_rng(0)
+    nbeta, burn_in = 50.0, 10
+    trace = rng.normal(1.0, 0.3, size=(4, 4, 60))
+    trace[1, 2, 30:] = np.nan  # chain 2 of epoch 2 diverged after burn-in
+    trace[3] = np.nan  # no estimate at epoch 4
+    cube = xr.Dataset({
+        "llc_loss_trace": (("epoch", "chain", "draw"), trace.astype(np.float32)),
+        "llc_nbeta": ((), nbeta), "llc_burn_in": ((), burn_in)},
+        coords={"epoch": [1, 2, 3, 4]})
+    mcse = _llc_mcse(cube)
+    assert mcse.dims == ("epoch",)
+    post = trace.astype(np.float32).astype(float)[:, :, burn_in:]
+    np.testing.assert_allclose(mcse.values[[0, 2]], nbeta * array_stats.mcse(
+        post[[0, 2]], chain_axis=-2, draw_axis=-1))
+    np.testing.assert_allclose(mcse.values[1], nbeta * array_stats.mcse(
+        post[1, [0, 1, 3]], chain_axis=-2, draw_axis=-1))
+    assert np.isnan(mcse.values[3])
+    assert 0 < mcse.values[0] < nbeta * 0.3 / np.sqrt(40)  # below one chain's error
+    # at epoch 1 λ̂ sits 1 MCSE below 0 (noise: counted), at 2 three below (negative), at 3
+    # one above; epoch 4's made-up estimate has no trace: its sign alone decides
+    error = mcse.values
+    means = [-1.0 * error[0], -3.0 * error[1], 1.0 * error[2], -0.01]
+    estimates = cube.assign(
+        llc_mean=("epoch", means), llc_diverged_chains=("epoch", [0, 1, 0, 0]),
+        llc_rhat=("epoch", [1.0] * 4), llc_trend_z=("epoch", [0.0] * 4), llc_mcse=mcse)
+    bits = _llc_quality(estimates, ANALYSIS_DEFAULTS).values.astype(int)
+    negative, diverged = FLAGS["negative"], FLAGS["diverged_chains"]
+    np.testing.assert_array_equal(bits, [0, negative | diverged, 0, negative])
+    assert f"lambda + {NEGATIVE_MCSE:g} llc_mcse < 0" in _llc_quality(
+        estimates, ANALYSIS_DEFAULTS).attrs["comment"]
+    # λ̂ net of the descent is judged against the same error
+    net = estimates.assign(llc_quality=("epoch", np.zeros(4)),
+                           llc_descent=("epoch", [0.0, 0.0, 4.0 * error[2], 0.0]))
+    np.testing.assert_array_equal(llc_counted(net, net_of_descent=True).values,
+                                  [True, False, False, False])

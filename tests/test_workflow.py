@@ -81,7 +81,7 @@ def test_cube_has_design_dims_and_no_nan_where_runs_exist(run):
         "sharp test accuracy at epoch switch_epoch + epochs_after_switch")
     # every flag a value must be read with is named beside it, and exists
     assert cube.final_test_accuracy.attrs["ancillary_variables"] == "run_diverged"
-    assert cube.llc_mean.attrs["ancillary_variables"] == "llc_quality llc_distance_growth"
+    assert cube.llc_mean.attrs["ancillary_variables"] == "llc_quality llc_mcse llc_distance_growth"
     for name in cube.data_vars:
         for other in cube[name].attrs.get("ancillary_variables", "").split():
             assert other in cube, f"{name}: ancillary variable {other} not in the cube"

@@ -222,11 +222,13 @@ def summarize(args: argparse.Namespace) -> int:
             print(textwrap.fill(plain(said), width=100, break_on_hyphens=False))
         from critperiods.results.report_page import (
             descent_sentence,
+            llc_error_sentence,
             llc_relaxation,
             stability_sentence,
         )
 
-        for said in (llc_relaxation(cube), descent_sentence(cube).strip(),
+        for said in (llc_error_sentence(cube), llc_relaxation(cube),
+                     descent_sentence(cube).strip(),
                      stability_sentence(cube, key).strip()):
             if said:
                 print(textwrap.fill(plain(said), width=100))

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from critperiods.measure.llc.error import NEGATIVE_MCSE, llc_mcse, upper_bound
 from critperiods.measure.llc.quality import MAX_RHAT, MAX_TREND_Z
 from critperiods.pipeline.config_record import digest
 from critperiods.pipeline.files import read_netcdf
@@ -114,6 +115,8 @@ def build_cube(
     for name in [v for v in cube.data_vars if str(v).endswith("_growth_form")]:
         # merging promotes the int8 codes to float; entries without a fit are code NO_FIT
         cube[name] = cube[name].fillna(NO_FIT).astype(np.int8)
+    if "llc_loss_trace" in cube:
+        cube["llc_mcse"] = _llc_mcse(cube)
     if "llc_mean" in cube:
         cube["llc_quality"] = _llc_quality(cube, settings)
     cube.attrs["lr"] = training["optimizer"]["lr"]  # the summary's temperature, lr / batch_size
@@ -166,12 +169,16 @@ def _llc_quality(cube: xr.Dataset, settings: dict) -> xr.DataArray:
         return da.broadcast_like(mean).transpose(*mean.dims).values
 
     khat = cube["llc_tail_khat"].values if "llc_tail_khat" in cube else None
-    flags = quality_flags(mean.values, cube["llc_diverged_chains"].values,
+    # the sign test reads λ̂'s upper bound: below 0 by more than its noise is negative
+    upper = upper_bound(mean.values, aligned(cube["llc_mcse"]) if "llc_mcse" in cube else None)
+    flags = quality_flags(upper, cube["llc_diverged_chains"].values,
                           cube["llc_rhat"].values, cube["llc_trend_z"].values,
                           settings["llc_max_rhat"], settings["llc_max_trend_z"],
                           khat, aligned(_llc_samples(cube)), _llc_unstable(cube, aligned))
     attrs = {**llc_quality_flag_attrs(), "comment": (
-        f"bit field: negative = lambda < 0; not_converged = R-hat > {settings['llc_max_rhat']} "
+        f"bit field: negative = lambda + {NEGATIVE_MCSE:g} llc_mcse < 0 (lambda below 0 by "
+        "more than its Monte Carlo noise; lambda < 0 where llc_mcse is NaN); not_converged = "
+        f"R-hat > {settings['llc_max_rhat']} "
         f"or |trend z| > {settings['llc_max_trend_z']}; diverged_chains = at least one chain "
         "diverged; heavy_tailed = llc_tail_khat > min(1 - 1/log10(draws), 0.7) for the "
         "healthy chains' draws after burn-in (0.7 below 100 draws); unstable_step = "
@@ -182,6 +189,26 @@ def _llc_quality(cube: xr.Dataset, settings: dict) -> xr.DataArray:
         "read_in_flags (analysis.llc_read_flagged): those count, drawn half-filled.")}
     attrs.update(read_in_attrs(settings["llc_read_flagged"]))
     return xr.DataArray(flags, dims=mean.dims, coords=mean.coords, attrs=attrs)
+
+
+def _llc_mcse(cube: xr.Dataset) -> xr.DataArray:
+    """``llc_mcse``: each estimate's Monte Carlo standard error, from ``llc_loss_trace``
+    (:func:`critperiods.measure.llc.error.llc_mcse`, at each piece's own burn-in and nβ)."""
+    trace = cube["llc_loss_trace"]
+    run = [d for d in trace.dims if d not in ("chain", "draw")]
+    trace = trace.transpose(*run, "chain", "draw")
+    shape = trace.isel(chain=0, draw=0, drop=True)
+
+    def per_estimate(name: str, default: float) -> xr.DataArray:
+        value = cube[name] if name in cube else xr.DataArray(default)
+        return value.broadcast_like(shape).transpose(*run)
+
+    burn_in, nbeta = per_estimate("llc_burn_in", 0), per_estimate("llc_nbeta", np.nan)
+    out = np.full(burn_in.shape, np.nan)
+    for start in np.unique(burn_in.values[np.isfinite(burn_in.values)]).astype(int):
+        here = burn_in.values == start
+        out[here] = llc_mcse(trace.values[here], start, nbeta.values[here])
+    return xr.DataArray(out, dims=run, coords=burn_in.coords)
 
 
 def _llc_unstable(cube: xr.Dataset, aligned: Callable[[xr.DataArray], np.ndarray]

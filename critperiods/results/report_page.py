@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from critperiods.measure.llc.error import NEGATIVE_MCSE
 from critperiods.measure.llc.quality import RELAXED_GROWTH, flat_direction_growth
 from critperiods.results.end_fit import end_located
 from critperiods.results.figures import FIGURES
@@ -332,7 +333,8 @@ def _llc_caveat(cube: xr.Dataset) -> list[str]:
         (f"ε = {eps:g}", np.isfinite(eps)), (f"γ = {gamma:g}", np.isfinite(gamma)),
         (f"nβ = {nbeta:.4g}", np.isfinite(nbeta))) if ok)
     settings = f" ({settings})" if settings else ""
-    relaxed = llc_relaxation(cube)
+    relaxed = " ".join(said for said in (llc_error_sentence(cube), llc_relaxation(cube))
+                       if said)
     growth = _counted_growth(cube)  # none: nothing shows the chains had stopped spreading
     short = "short chains, " if growth.size == 0 or (growth > RELAXED_GROWTH).any() else ""
     return [f"* λ̂ is an estimate at this run's SGLD settings{settings}, not the "
@@ -495,6 +497,37 @@ def _epoch_list(epochs: list[float]) -> str:
         step = steps.pop()
         return f"epochs {epochs[0]:g}–{epochs[-1]:g}" + (f" every {step:g}" if step != 1 else "")
     return "epochs " + ", ".join(f"{e:g}" for e in epochs)
+
+
+def llc_error_sentence(cube: xr.Dataset) -> str:
+    """λ̂'s Monte Carlo error (``llc_mcse``) over the distinct estimates the statistics count:
+    its range and median, and how many of them lie below 0 within ``NEGATIVE_MCSE`` of it,
+    counted rather than flagged ``negative`` (one sentence or two; "" where the cube has
+    no MCSE)."""
+    if "llc_mcse" not in cube or "llc_quality" not in cube:
+        return ""
+    counted = llc_counted(cube)
+    mean = cube["llc_mean"].where(counted)
+    error = cube["llc_mcse"].transpose(*mean.dims).where(counted)
+    values = cube.assign(llc_mean=mean, llc_mcse=error)
+    means, errors = (distinct_estimates(values, name) for name in ("llc_mean", "llc_mcse"))
+    known = np.isfinite(means) & np.isfinite(errors)
+    if not known.any():
+        return ""
+    means, errors = means[known], errors[known]
+    low, median, high = (float(f(errors)) for f in (np.min, np.median, np.max))
+    spread = (f"{low:.3g}" if f"{low:.3g}" == f"{high:.3g}" else
+              f"{low:.3g}–{high:.3g} (median {median:.3g})")
+    said = (f"λ̂'s Monte Carlo error (``llc_mcse``, from the chains' draws) is {spread} over "
+            f"the {errors.size} {'counted' if read_in_flags(cube) else 'unflagged'} "
+            f"estimate{'s' if errors.size != 1 else ''}: read a λ̂ as ± that.")
+    below = int(np.sum(means < 0))
+    if below:
+        said += (f" {below} of them lie{'s' if below == 1 else ''} below 0 by less than "
+                 f"{NEGATIVE_MCSE:g} of {'their' if below > 1 else 'its'} errors and "
+                 f"count{'s' if below == 1 else ''}: only a λ̂ further below is flagged "
+                 "negative.")
+    return said
 
 
 def llc_relaxation(cube: xr.Dataset) -> str:
@@ -1051,5 +1084,6 @@ def landing_page(cube: xr.Dataset, figure: str | Path, description: str,
     return "\n".join(parts)
 
 
-__all__ = ["answer_lines", "descent_sentence", "landing_page", "llc_relaxation",
+__all__ = ["answer_lines", "descent_sentence", "landing_page", "llc_error_sentence",
+           "llc_relaxation",
            "perturbation_section", "question", "stability_sentence", "table_rst", "words"]

@@ -19,7 +19,8 @@ __all__ = ["CHANCE_MULTIPLE", "CLASSES", "at_horizon", "below_chance", "default_
            "distinct_diverged",
            "diverged_branches",
            "divergence_at_horizon", "divergence_to_blurred", "llc_sharp", "llc_sharp_by_seed",
-           "llc_counted", "llc_trunk", "llc_trunk_by_seed", "lr_schedules", "read_in_flags",
+           "llc_counted", "llc_negative", "llc_trunk", "llc_trunk_by_seed", "lr_schedules",
+           "read_in_flags",
            "read_in_attrs", "run_diverged", "seed_mean", "with_read_in",
            "shared_by_schedules",
            "valid_final_accuracy", "valid_llc", "with_lr_schedule", "without_diverged"]
@@ -155,9 +156,9 @@ def llc_counted(cube: xr.Dataset, net_of_descent: bool = False) -> xr.DataArray:
     """Where a λ̂ estimate counts as valid: its quality flag is ok, or every flag it carries
     is among :func:`read_in_flags` (False where no estimate was made; needs
     ``llc_quality``). With ``net_of_descent``, the ``negative`` flag is judged on λ̂ net of
-    the chains' descent (``llc_mean − llc_descent``), the value then read: a raw λ̂ below 0
-    is what the descent from a checkpoint off its minimum gives, and the net value is
-    there to undo it."""
+    the chains' descent (``llc_mean − llc_descent``), the value then read, against the same
+    Monte Carlo error (:func:`llc_negative`): a raw λ̂ below 0 is what the descent from a
+    checkpoint off its minimum gives, and the net value is there to undo it."""
     from critperiods.measure.llc.quality import FLAGS
 
     quality = cube["llc_quality"]
@@ -166,8 +167,20 @@ def llc_counted(cube: xr.Dataset, net_of_descent: bool = False) -> xr.DataArray:
     if net_of_descent and "llc_descent" in cube:
         negative = FLAGS["negative"]
         net = cube["llc_mean"] - cube["llc_descent"]
-        bits = (bits & ~negative) | xr.where(net < 0, negative, 0)
+        bits = (bits & ~negative) | xr.where(llc_negative(net, cube.get("llc_mcse")),
+                                             negative, 0)
     return quality.notnull() & ((bits & ~read_in) == 0)
+
+
+def llc_negative(llc: xr.DataArray, mcse: xr.DataArray | None) -> xr.DataArray:
+    """Where a λ̂ counts as ``negative``: below 0 by more than ``NEGATIVE_MCSE`` of its
+    Monte Carlo standard errors ``mcse`` (``llc_mcse``); below 0 at all where the MCSE is
+    NaN or not given (a cube made before it was stored). False where ``llc`` is NaN."""
+    from critperiods.measure.llc.error import NEGATIVE_MCSE
+
+    if mcse is None:
+        return llc < 0
+    return (llc + NEGATIVE_MCSE * mcse.fillna(0)) < 0
 
 
 def valid_llc(cube: xr.Dataset, net_of_descent: bool = False) -> xr.DataArray | None:

@@ -196,14 +196,17 @@ def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
                       analysis: dict, sharpness: float = float("nan"),
                       spread: float = 0.0) -> list[str]:
     """What ``calibrate-llc`` prints of a sweep (:func:`calibrate`'s ``result``, run at
-    ``sampler``'s chains and draws): per setting λ̂, the chains' spread, the tail's k̂
+    ``sampler``'s chains and draws): per setting λ̂, its Monte Carlo standard error
+    (:func:`critperiods.measure.llc.error.llc_mcse`), the chains' spread, the tail's k̂
     against its limit, how far ``‖w − w*‖²`` still grew beside what a direction the loss
     leaves flat gives there (plain SGLD), and the flags the estimate would get at
-    ``analysis``' thresholds (``llc_max_rhat``, ``llc_max_trend_z``; the run's own
+    ``analysis``' thresholds (``llc_max_rhat``, ``llc_max_trend_z``; ``negative`` beyond
+    the MCSE, as in the cube; the run's own
     ``own_step`` marked), ``unstable_step`` from the checkpoint's ``sharpness`` (the top
     eigenvalue of its loss's Hessian; NaN: not measured) and the ``spread`` of the
     minibatches' curvature along its eigenvector; then how to choose: below the
     stability limit, and about half the smallest step at which the chains run away."""
+    from critperiods.measure.llc.error import llc_mcse, upper_bound
     from critperiods.measure.llc.quality import (
         FLAGS,
         RELAXED_GROWTH,
@@ -223,9 +226,11 @@ def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
             samples = (sampler.chains - diverged) * sampler.draws
             limit = khat_threshold(samples)
             mean = float(cell["llc_mean"])
+            error = float(llc_mcse(cell["loss_trace"].values, sampler.burn_in, nbeta))
             unstable = past_stability_limit(eps, sharpness, nbeta, sampler.gamma, spread)
             bits = int(quality_flags(  # the cube's own flags, at the run's thresholds
-                [mean], [diverged], [float(cell["rhat"])], [float(cell["trend_z"])],
+                upper_bound([mean], [error]), [diverged], [float(cell["rhat"])],
+                [float(cell["trend_z"])],
                 analysis["llc_max_rhat"], analysis["llc_max_trend_z"], [khat], [samples],
                 [unstable and sampler.sampler == "sgld"])[0])
             flags = [name.replace("_", " ") for name, bit in FLAGS.items() if bits & bit]
@@ -236,7 +241,8 @@ def calibration_lines(result: Any, sampler: LLCConfig, own_step: float,
                                             sampler.draws)), "+d") + " %")
             lines.append(
                 f"nβ {nbeta:.4g}, step size {eps:g}" + (" (the run's)" if eps == own_step else "")
-                + f": λ̂ {mean:.4g} (chains' s.d. {float(cell['llc_std']):.3g}"
+                + f": λ̂ {mean:.4g} (MCSE {error:.2g}, chains' s.d. "
+                + f"{float(cell['llc_std']):.3g}"
                 + (f", {diverged} chain(s) diverged" if diverged else "")
                 + (f"; tail k̂ {khat:.2f}, limit {limit:.2f}" if np.isfinite(khat) else "")
                 + (f"; ‖w − w*‖² changed by {round(100 * growth):+d} % over the draws"
