@@ -101,8 +101,9 @@ def test_compare_prints_what_differs_each_end_and_the_paired_accuracies(tmp_path
     assert "  dataset.blur_size: 4 | 8\n" in out
     assert "dataset.root" not in out and "dpi" not in out and "git_commit" not in out
     assert "each run's critical period, as its own cube gives it" in out
-    assert ("the deficit (earliest minus latest switch): each later run minus blur4, paired "
-            "by seed, in points [90% Student-t interval] (seeds)") in out
+    assert ("the deficit (switch 0 minus switch 60, the earliest and latest every run has): "
+            "each later run minus blur4, paired by seed, in points [90% Student-t interval] "
+            "(seeds)\nbatch") in out  # every run's own deficit spans these: no note
     assert "-3.0 [" in out  # blur8 loses 3 points less at the latest switch
     assert ("final sharp test accuracy (%), each run's mean over its own valid seeds (of "
             "those every run has); each later run's difference from blur4, paired by seed "
@@ -112,7 +113,9 @@ def test_compare_prints_what_differs_each_end_and_the_paired_accuracies(tmp_path
     assert list(table.columns) == [
         "run", "batch_size", "lr_schedule", "switch_epoch", "accuracy", "difference",
         "difference_lower", "difference_upper", "difference_seeds", "deficit_difference",
-        "deficit_difference_lower", "deficit_difference_upper", "deficit_difference_seeds"]
+        "deficit_difference_lower", "deficit_difference_upper", "deficit_difference_seeds",
+        "level"]
+    assert (table["level"] == 0.9).all()  # and fractions, as the cube: 3 points is 0.03
     assert set(table["run"]) == {"blur4", "blur8"} and len(table) == 2 * 3 * 13
     later = table[table["run"] == "blur8"]
     assert later["deficit_difference"].to_numpy() == pytest.approx(-0.03)
@@ -165,3 +168,61 @@ def test_compare_says_what_pairing_by_seed_means_across_datasets(tmp_path, capsy
     assert "  dataset.name: fashion_mnist | mnist\n" in out
     assert "  on different data, a seed's runs share only their initial weights and batch " \
            "order" in out
+
+
+def test_compare_names_code_devices_and_torch_that_differ_and_what_it_cannot_see(
+        tmp_path, capsys) -> None:
+    """Besides the config, the runs' provenance: each stage whose code fingerprints or
+    devices differ (a difference the key did not make), torch's version; commits that
+    differ while every stage's code agrees make no difference; a cube without provenance
+    hides its code, and one without a config what the runs differ in. A run whose own
+    switches reach beyond those every run has is told its deficit above is not the
+    paired one's."""
+    import json
+
+    from critperiods.__main__ import main
+
+    def provenance(code: str, device: str) -> str:
+        return json.dumps({"aggregate": {"code": "agg1"}, "pieces": [
+            {"file": "results/x/runs/bs64/seeds0_1_2/metrics.nc", "stage": "evaluate",
+             "code": "ev1", "data": {}, "device": "cpu", "training_code": [code],
+             "training_device": [device]}]})
+
+    base = run("a", 4).assign_attrs(provenance=provenance("tr1", "cpu"), torch_version="2.14")
+    paths = {name: tmp_path / f"{name}.nc" for name in ("a", "b", "c", "d", "e")}
+    base.to_netcdf(paths["a"])
+    base.assign_attrs(config=base.attrs["config"].replace("experiment: a", "experiment: b"),
+                      provenance=provenance("tr2", "cuda NVIDIA H100"),
+                      torch_version="2.11").to_netcdf(paths["b"])
+    main(["compare", str(paths["a"]), str(paths["b"])])
+    out = capsys.readouterr().out
+    assert "  (their configs agree on every key that can change a result)\n" in out
+    assert "  code of train: tr1 | tr2: differences may also be the code's\n" in out
+    assert ("  device of train: cpu | cuda NVIDIA H100: results repeat bit for bit only on "
+            "one device; differences may also be the hardware's\n") in out
+    assert "  torch: 2.14 | 2.11: differences may also be the library's\n" in out
+    assert "code of evaluate" not in out and "git_commit" not in out
+    base.assign_attrs(config=base.attrs["config"].replace("experiment: a", "experiment: c"),
+                      git_commit="fff0000").to_netcdf(paths["c"])
+    main(["compare", str(paths["a"]), str(paths["c"])])
+    out = capsys.readouterr().out
+    assert ("  code (git_commit): abc1234 | fff0000, but every stage ran the same code "
+            "(provenance): the commits differ in nothing these results depend on\n") in out
+    bare = base.copy()
+    del bare.attrs["provenance"], bare.attrs["config"]
+    bare.to_netcdf(paths["d"])
+    main(["compare", str(paths["a"]), str(paths["d"])])
+    out = capsys.readouterr().out
+    assert (f"  {paths['d']}: no recorded config (the cube's config attribute): cannot tell "
+            "what the runs differ in\n") in out
+    assert "run 2 records no provenance" not in out and (
+        "records no provenance (a cube from before it was kept): cannot tell whether the "
+        "code differs") in out
+    assert "their configs agree" not in out
+    shorter = run("e", 4).sel(switch_epoch=slice(None, 40))
+    shorter.to_netcdf(paths["e"])
+    main(["compare", str(paths["a"]), str(paths["e"])])
+    out = capsys.readouterr().out
+    assert "the deficit (switch 0 minus switch 40, the earliest and latest every run has)" in out
+    assert "  (the deficit of a above spans its own earliest and latest switches, not these)" \
+        in out

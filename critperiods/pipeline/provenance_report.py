@@ -2,7 +2,8 @@
 code and data version, and on which device (:mod:`critperiods.pipeline.provenance` records
 them), flagging a stage whose results come from more than one code version, or a data split
 with more than one version, and noting a stage that ran on more than one device. Only the
-command line imports this module.
+command line imports this module (``provenance``, and ``compare`` through
+:mod:`critperiods.results.comparison`).
 """
 
 from __future__ import annotations

@@ -139,6 +139,66 @@ def _critical_period(run: Run, batch_size: float, lr_schedule: str) -> str:
             + (f" ({int(seeds)})" if np.isfinite(seeds) else ""))
 
 
+def _stage_values(cube: xr.Dataset) -> tuple[dict, dict] | None:
+    """``({stage: code fingerprints}, {stage: devices})`` of the cube's pieces, from its
+    ``provenance`` attribute (None for a cube without one); the ``train`` stage's are
+    those of the training pieces its results were computed from, ``aggregate``'s the code
+    that computed the cube's statistics."""
+    import json
+
+    from critperiods.pipeline.provenance_report import devices, versions
+
+    text = cube.attrs.get("provenance")
+    if not text:
+        return None
+    prov = json.loads(text)
+    code = {k: frozenset(v) for k, v in versions(prov).items()}
+    if "code" in prov.get("aggregate", {}):  # its statistics
+        code["aggregate"] = frozenset([prov["aggregate"]["code"]])
+    return (code,
+            {k: frozenset(v) for k, v in devices(prov).items()})
+
+
+def provenance_differences(names: Sequence[str], cubes: Sequence[xr.Dataset]) -> list[str]:
+    """What besides the config can make the runs' results differ, one line each: each
+    stage whose code (its fingerprints, ``provenance``) or device differs between the runs
+    (``names``), and torch's version. Where every stage's code agrees, commits that differ
+    (``git_commit``, the commit ``aggregate`` ran at) are said to have made no difference;
+    a cube without provenance is said to hide its code."""
+    lines = []
+    recorded = [_stage_values(c) for c in cubes]
+    missing = [n for n, r in zip(names, recorded, strict=True) if r is None]
+    commits = [c.attrs.get("git_commit") for c in cubes]
+    if missing:
+        lines.append(f"code: {', '.join(missing)} record{'s' if len(missing) == 1 else ''} no "
+                     "provenance (a cube from before it was kept): cannot tell whether the "
+                     "code differs")
+        if len({c for c in commits if c}) > 1:
+            lines.append("code (git_commit): " + " | ".join((c or "?")[:7] for c in commits)
+                         + ": differences may also be the code's")
+    else:
+        code_differs = False
+        for which, word, note in ((0, "code", "differences may also be the code's"),
+                                  (1, "device", "results repeat bit for bit only on one "
+                                   "device; differences may also be the hardware's")):
+            stages = sorted({s for r in recorded for s in r[which]})
+            for stage in stages:
+                values = [r[which].get(stage, frozenset()) for r in recorded]
+                if len(set(values)) > 1:
+                    code_differs |= which == 0
+                    lines.append(f"{word} of {stage}: " + " | ".join(
+                        ", ".join(sorted(v)) or "-" for v in values) + f": {note}")
+        if not code_differs and len({c for c in commits if c}) > 1:
+            lines.append("code (git_commit): " + " | ".join((c or "?")[:7] for c in commits)
+                         + ", but every stage ran the same code (provenance): the commits "
+                         "differ in nothing these results depend on")
+    torch = [c.attrs.get("torch_version") for c in cubes]
+    if len({t for t in torch if t}) > 1:
+        lines.append("torch: " + " | ".join(t or "?" for t in torch)
+                     + ": differences may also be the library's")
+    return lines
+
+
 def format_comparison(runs: Sequence[Run], differences: xr.Dataset) -> str:
     """The comparison as the terminal prints it: what the runs differ in and what was left
     out, each run's end and deficit per batch size and schedule (as its cube gives them),
@@ -146,15 +206,17 @@ def format_comparison(runs: Sequence[Run], differences: xr.Dataset) -> str:
     with each run's paired difference from the first."""
     names = [r.name for r in runs]
     lines = [f"comparing {len(runs)} runs, the first ({names[0]}) as the baseline:"]
-    differ = differing_keys([recorded_config(r.cube) for r in runs])
+    configs = [recorded_config(r.cube) for r in runs]
+    unrecorded = [r.name for r, c in zip(runs, configs, strict=True) if not c]
+    differ = {} if unrecorded else differing_keys(configs)
     lines += [f"  {key}: " + " | ".join(str(v) for v in values)
               for key, values in differ.items()]
-    if not differ:
+    if unrecorded:
+        lines.append(f"  {', '.join(unrecorded)}: no recorded config (the cube's config "
+                     "attribute): cannot tell what the runs differ in")
+    elif not differ:
         lines.append("  (their configs agree on every key that can change a result)")
-    commits = [r.cube.attrs.get("git_commit") for r in runs]
-    if len({c for c in commits if c}) > 1:
-        lines.append("  code (git_commit): " + " | ".join((c or "?")[:7] for c in commits)
-                     + ": differences may also be the code's")
+    lines += [f"  {line}" for line in provenance_differences(names, [r.cube for r in runs])]
     if differences.attrs.get("left_out"):
         lines.append(f"  not in every run, left out: {differences.attrs['left_out']}")
     if "dataset.name" in differ:
@@ -179,9 +241,18 @@ def format_comparison(runs: Sequence[Run], differences: xr.Dataset) -> str:
              for r in differences["lr_schedule"].values]
     rows += [[f"{b:g}", r, *(_critical_period(run, b, r) for run in runs)] for b, r in cells]
     lines += _columns(rows)
-    lines += ["", f"the deficit (earliest minus latest switch): each later run minus "
+    shared = differences["switch_epoch"].values
+    span = (f"switch {shared[0]:g} minus switch {shared[-1]:g}, the earliest and latest "
+            "every run has" if shared.size > 1 else "none: the runs share one switch epoch")
+    own = [r.name for r in runs if shared.size > 1 and (
+        float(r.cube["switch_epoch"].min()), float(r.cube["switch_epoch"].max()))
+        != (shared[0], shared[-1])]
+    lines += ["", f"the deficit ({span}): each later run minus "
               f"{names[0]}, paired by seed, in points [{level:.0%} Student-t interval] "
               "(seeds)"]
+    if own:
+        lines.append(f"  (the deficit of {', '.join(own)} above spans its own earliest and "
+                     "latest switches, not these)")
     rows = [["batch", "lr", *names[1:]]]
     for b, r in cells:
         at = differences.sel(batch_size=b, lr_schedule=r)
@@ -212,7 +283,9 @@ def comparison_table(differences: xr.Dataset, names: Sequence[str]) -> Any:
     """:func:`accuracy_differences` as a table (a pandas DataFrame), one row per run,
     batch size, schedule and switch epoch: ``accuracy``, ``difference`` with
     ``difference_lower``/``difference_upper`` and ``difference_seeds``, and the cell's
-    ``deficit_difference`` (repeated on each switch's row) with its bounds and seeds."""
+    ``deficit_difference`` (repeated on each switch's row) with its bounds and seeds, and
+    the intervals' ``level``. Accuracies and differences are fractions, as the cube holds
+    them (0.024 is 2.4 points)."""
     flat = differences.assign_coords(run=list(names))
     for name in ("difference", "deficit_difference"):
         bounds = flat[f"{name}_interval"]
@@ -220,10 +293,11 @@ def comparison_table(differences: xr.Dataset, names: Sequence[str]) -> Any:
                             f"{name}_upper": bounds.sel(bound="upper", drop=True)})
     flat = flat.drop_vars(["difference_interval", "deficit_difference_interval"])
     table = flat.drop_dims("bound").to_dataframe().reset_index()
+    table["level"] = float(differences.attrs.get("level", np.nan))
     return table[["run", *MATCHED[:3], "accuracy", "difference", "difference_lower",
                   "difference_upper", "difference_seeds", "deficit_difference",
                   "deficit_difference_lower", "deficit_difference_upper",
-                  "deficit_difference_seeds"]]
+                  "deficit_difference_seeds", "level"]]
 
 
 def run_names(cubes: Sequence[xr.Dataset], paths: Sequence[str]) -> list[str]:
@@ -234,4 +308,4 @@ def run_names(cubes: Sequence[xr.Dataset], paths: Sequence[str]) -> list[str]:
 
 
 __all__ = ["MATCHED", "Run", "accuracy_differences", "comparison_table", "format_comparison",
-           "run_names"]
+           "provenance_differences", "run_names"]
