@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 
 from critperiods.__main__ import main
 from critperiods.results.power import DEFAULT_GRID, DEFAULT_NOISE, Grid, Scenario, coverage, grid_of
@@ -355,6 +356,10 @@ def test_power_reads_a_finished_runs_noise_off_its_cube(tiny_run, tmp_path, caps
     rows = [line for line in out.splitlines() if line.startswith("| 2 ")]
     assert len(rows) == 1
     assert "not in" not in out  # the cube's own grid: every batch size measured
+    assert ("note: grid.switch_epochs has 2: the deficit is measured, but the critical "
+            "period's end (a hinge's kink) needs 3 switch epochs") in out  # as `check` says
+    assert ("Every call below needs a located end, so its 0 % means nothing can be called on "
+            "this grid, not that false calls are rare") in out
     wider = tmp_path / "wider.yaml"
     wider.write_text("grid:\n  batch_sizes: [32, 64, 512]\n")
     assert main(["power", str(wider), "--noise-from", str(cube), "--trials", "3",
@@ -365,6 +370,18 @@ def test_power_reads_a_finished_runs_noise_off_its_cube(tiny_run, tmp_path, caps
     assert "## batch 64" in out and "## batch 32" not in out
     assert (f"the exponent: 1 of the config's 3 batch sizes have noise measured in {cube}, "
             "and a power law needs 3: not simulated") in out
+    three = tmp_path / "three.yaml"  # the tiny run's batch size 64 and a cube of three
+    three.write_text("grid:\n  batch_sizes: [32, 64, 128, 256, 512]\n")
+    default = xr.open_dataset(cube).load()
+    wide = xr.concat([default.assign_coords(batch_size=[b]) for b in (64, 128, 256)],
+                     "batch_size", data_vars="minimal", coords="minimal",
+                     combine_attrs="override")
+    wide.to_netcdf(tmp_path / "wide.nc")
+    assert main(["power", str(three), "--noise-from", str(tmp_path / "wide.nc"), "--trials",
+                 "3", "--seeds", "2"]) == 0
+    assert ("note: the exponent is simulated on the 3 of the config's 5 batch sizes with "
+            "noise measured (64, 128, 256), not on the others (32, 512)") in \
+        capsys.readouterr().out
 
 
 def simulated_grid(ends: dict[int, float], seeds: int, same_draws: bool = False):

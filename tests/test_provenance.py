@@ -48,13 +48,14 @@ def test_one_version_per_stage_is_consistent():
 def test_the_devices_are_listed_and_a_mix_is_noted_but_not_an_error():
     lines, problems = report(prov())
     text = "\n".join(lines)
-    assert "train       cpu A: 2 pieces" in text and "llc         cpu A: 2 pieces" in text
+    assert "train       cpu A: 2 results from training pieces: bs64/seed0/switch2" in text
+    assert "llc         cpu A: 2 pieces" in text
     assert "note:" not in text
     lines, problems = report(prov(devices={"train_bs64/seed0/trunk": "cuda H100",
                                            "llc_bs64/seed0/switch2": "cuda H100"}))
     text = "\n".join(lines)
     assert not problems  # another device is not another result, only other bits
-    assert "train       cuda H100: 1 piece: bs64/seed0/trunk" in text
+    assert "train       cuda H100: 1 result from training pieces: bs64/seed0/trunk" in text
     assert "note: llc ran on 2 devices" in text and "note: train ran on 2 devices" in text
     assert "note: evaluate" not in text
     old = record("results/x/runs/bs64/seed0/trunk.llc.nc", {  # before devices were recorded
@@ -62,13 +63,14 @@ def test_the_devices_are_listed_and_a_mix_is_noted_but_not_an_error():
         "provenance_training_code": "t1"})
     lines, _ = report({"aggregate": {"code": "a1"}, "pieces": [old]})
     text = "\n".join(lines)
-    assert "llc         unknown: 1 piece" in text and "train       unknown: 1 piece" in text
+    assert "llc         unknown: 1 piece" in text and "train       unknown: 1 result" in text
 
 
 def test_pieces_of_different_code_versions_of_one_stage_are_flagged():
     _, problems = report(prov(**{"llc_bs64/seed0/switch2": "llc-new"}))
     assert problems == ["MIXED: llc results come from 2 code versions (llc: 1 piece; llc-new: "
-                        "1 piece); rerun them with one version (snakemake --forcerun llc)"]
+                        "1 piece); rerun them with one version (snakemake --forcerun llc, with the "
+                        "run's own --configfile and options)"]
     _, problems = report(prov(**{"train_bs64/seed0/trunk": "t2"}))
     assert len(problems) == 1 and problems[0].startswith("MIXED: train results come from 2")
     assert "--forcerun train_trunk train_branch train_reference" in problems[0]

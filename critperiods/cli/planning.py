@@ -31,7 +31,7 @@ def check(args: argparse.Namespace) -> int:
     print(f"{config['experiment']} ({layers(paths)}): ok, study {config['study']}")
     print(_unnamed_note(paths, config), end="")
     if config["study"] == "critical_period":
-        for note in _grid_notes(config["grid"]):
+        for note in grid_notes(config["grid"]):
             print(textwrap.fill(f"note: {note}", 96, subsequent_indent="  "))
         # as `snakemake -n` says it, before a run
         from critperiods.pipeline.plan import data_download_note
@@ -43,7 +43,7 @@ def check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _grid_notes(grid: dict) -> list[str]:
+def grid_notes(grid: dict) -> list[str]:
     """What a valid grid cannot answer, said before it runs (the summary says it after, as
     the reason its values are NaN)."""
     notes = []
@@ -133,4 +133,4 @@ def cost(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["check", "cost"]
+__all__ = ["check", "cost", "grid_notes"]

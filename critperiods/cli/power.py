@@ -57,6 +57,12 @@ def power(args: argparse.Namespace) -> int:
                                  ("divergences", config["divergence"]["enabled"])) if not on]
     recorded = [] if cube is None else [f"{args.noise_from}'s config"]
     print(f"{config['experiment']} ({layers(paths, *recorded)})")
+    if len(config["grid"]["switch_epochs"]) < 3:  # no end: nothing can be called
+        from critperiods.cli.planning import grid_notes
+
+        print(f"note: {grid_notes(config['grid'])[0]}. Every call below needs a located end, "
+              "so its 0 % means nothing can be called on this grid, not that false calls are "
+              "rare (3 switch epochs or more)")
     if grid.seeds < 2 and not args.seeds:
         print("note: 1 seed in this config: an interval over seeds needs 2, so it can call "
               "nothing; the rows are for 2 seeds and more")
@@ -133,6 +139,12 @@ def _power_at_observed_noise(cube, args: argparse.Namespace, grid, seeds: list[i
               f"noise measured in {args.noise_from}, and a power law needs 3: not simulated "
               "(without --noise-from, at the default noise, it is)")
         return 0
+    if len(shared) < len(batch_sizes):
+        print(f"note: the exponent is simulated on the {len(shared)} of the config's "
+              f"{len(batch_sizes)} batch sizes with noise measured ({', '.join(map(str, shared))}"
+              f"), not on the others ({', '.join(str(b) for b in batch_sizes if b not in shared)})"
+              ": the config's own grid, with more batch sizes over a wider range, usually "
+              "tells it more often than this says")
     together = residual_correlation(cube)
     if math.isfinite(together.r):
         beyond = abs(together.r) > 2 * together.chance

@@ -64,10 +64,13 @@ def data_versions(prov: dict) -> dict[str, dict[str, list[str]]]:
     return out
 
 
-def _pieces(names: list[str], limit: int = 4) -> str:
+def _pieces(names: list[str], limit: int = 4, stage: str = "") -> str:
+    """"3 pieces: a, b, c"; for ``train``, the results computed from its training pieces
+    (the cube records those, not the training files themselves)."""
     shown = ", ".join(names[:limit])
-    return f"{len(names)} piece{'s' * (len(names) != 1)}: {shown}" + (
-        ", …" if len(names) > limit else "")
+    noun = ("result" if stage == TRAIN_STAGE else "piece") + "s" * (len(names) != 1)
+    said = " from training pieces" if stage == TRAIN_STAGE else ""
+    return f"{len(names)} {noun}{said}: {shown}" + (", …" if len(names) > limit else "")
 
 
 STAGE_ORDER = [TRAIN_STAGE, "evaluate", "llc", "llc_descent", "divergence", "perturb",
@@ -84,14 +87,15 @@ def report(prov: dict) -> tuple[list[str], list[str]]:
     for stage in sorted(by_stage, key=lambda s: (STAGE_ORDER + [s]).index(s)):
         codes = by_stage[stage]
         for code, names in sorted(codes.items()):
-            lines.append(f"{stage:<11} {code:<13} {_pieces(names)}")
+            lines.append(f"{stage:<11} {code:<13} {_pieces(names, stage=stage)}")
         if len(codes) > 1:
             problems.append(
                 f"MIXED: {stage} results come from {len(codes)} code versions ("
                 + "; ".join(f"{c}: {len(n)} piece{'s' * (len(n) != 1)}"
                             for c, n in sorted(codes.items()))
                 + f"); rerun them with one version (snakemake --forcerun "
-                f"{'train_trunk train_branch train_reference' if stage == TRAIN_STAGE else stage})")
+                f"{'train_trunk train_branch train_reference' if stage == TRAIN_STAGE else stage}"
+                ", with the run's own --configfile and options)")
     lines += ["", f"{'data split':<11} {'fingerprint':<13} pieces"]
     for split, fingerprints in sorted(data_versions(prov).items()):
         for fingerprint, names in sorted(fingerprints.items()):
@@ -103,7 +107,7 @@ def report(prov: dict) -> tuple[list[str], list[str]]:
     by_device = devices(prov)
     for stage in sorted(by_device, key=lambda s: (STAGE_ORDER + [s]).index(s)):
         for device, names in sorted(by_device[stage].items()):
-            lines.append(f"{stage:<11} {device}: {_pieces(names)}")
+            lines.append(f"{stage:<11} {device}: {_pieces(names, stage=stage)}")
         if len(by_device[stage]) > 1:
             lines.append(f"{'':<11} note: {stage} ran on {len(by_device[stage])} devices; "
                          "results repeat bit for bit only on the same device")

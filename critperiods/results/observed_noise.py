@@ -220,8 +220,10 @@ def observed_noise(cube: xr.Dataset, batch_size: int, schedule: str | None = Non
         slopes = (before, after) if bends else (NAN, NAN)
         if not np.isfinite(llc_noise):
             missing["llc_noise"] = missing["llc_seed_spread"] = (
-                f"too few valid λ̂ estimates ({points} epoch(s), {int(present.sum())} "
-                "seed(s); a spread needs 2 of each)")
+                f"too few valid λ̂ estimates ({int(np.isfinite(by_seed).sum())} over "
+                f"{points} epoch(s) and {int(present.sum())} seed(s): a spread around each "
+                "epoch's mean and each seed's offset needs 2 of each and one value more than "
+                "those fit)")
         if not np.isfinite(before):
             missing["llc_slopes"] = (f"the trunk's mean λ̂ has no knee ({points} valid epochs; "
                                      "a knee needs 4 and a bend)")

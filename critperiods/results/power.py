@@ -390,11 +390,12 @@ def _pct(value: float) -> str:
 
 #: The noise and effect sizes ``power`` assumes unless told: the noise of the default run's
 #: batch 128 (the middle of its three) as ``power --noise-from`` reads it off its cube
-#: (:mod:`critperiods.results.observed_noise`), rounded, and the designed scenarios' bend of
-#: λ̂ (8, then 2 per epoch). That run's one trunk curve that bends beyond its noise (batch
-#: 128's, 22 then 7) owes its bend to the rise from epoch 2 to 4, where the chains' descent
-#: bias is largest (docs/llc.md), so it is no effect size to plan with. Its markers are
-#: placeholders.
+#: (:mod:`critperiods.results.observed_noise`), rounded, at 99f26cd (before the
+#: ``unstable_step`` flag, which leaves out some of its estimates and reads λ̂ ± 16, levels
+#: ± 32: docs/analysis.md), and the designed scenarios' bend of λ̂ (8, then 2 per epoch).
+#: No trunk of that run bends beyond its noise in a way to plan with (batch 128's bend at
+#: 99f26cd, 22 then 7, was the rise from epoch 2 to 4, where the chains' descent bias is
+#: largest: docs/llc.md). Its markers are placeholders.
 DEFAULT_NOISE = Scenario(0.0, 0.0, llc_noise=14.0, accuracy_noise=1.0, deficit_slope=0.5,
                          llc_slopes=(8.0, 2.0), llc_seed_spread=25.0, divergence_noise=0.1)
 DEFAULT_NOISE_SOURCE = ("the default run's noise at batch 128 and a designed bend of λ̂: set "
