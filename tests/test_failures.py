@@ -85,6 +85,8 @@ def test_a_killed_job_and_a_job_that_never_started_are_said_so(tmp_path):
     (branch, why, _), (aggregate, never, _) = failed_jobs(log)
     assert why.startswith("stopped from outside, with no error in its log") and "0/2" in why
     assert never.startswith("no log: it ended before its setup opened one")
+    said = say_why(log).splitlines()  # the log of the job that never wrote one: not named
+    assert said[0].endswith(f"(log: {killed})") and "(log:" not in said[1]
 
 
 def test_a_stage_that_ends_with_its_own_verdict_is_named_by_it(tmp_path, capsys):

@@ -238,6 +238,7 @@ def test_seeds_per_job_auto_stacks_small_models_on_cuda_only(monkeypatch):
     config = {"device": "auto", "grid": {"seeds": [0, 1, 2, 17]}, "model": {"name": "small_cnn"},
               "train": {"seeds_per_job": "auto"}}
     big = {**config, "device": "cuda", "model": {"name": "all_cnn_c"}}
+    monkeypatch.delenv(plan.DAG_GPU_ENV, raising=False)  # no DAG's machine: probe this one
     assert plan.seed_group(big, 1) == [1]  # All-CNN-C fills an H200 alone
     monkeypatch.setattr(plan, "cuda_visible", lambda: False)
     assert plan.seed_group(config, 1) == [1]  # a CPU machine (or a login node): alone
@@ -248,6 +249,38 @@ def test_seeds_per_job_auto_stacks_small_models_on_cuda_only(monkeypatch):
     assert plan.seed_group({**config, "device": "cpu"}, 2) == [2]
     explicit = {**config, "device": "cuda", "train": {"seeds_per_job": 2}}
     assert plan.seed_group(explicit, 1) == [0, 1]
+
+
+def test_seeds_per_job_auto_groups_as_the_machine_that_built_the_dag_decided(monkeypatch):
+    """A cluster job reads the workflow again on its own node: where the DAG's machine (a
+    login node) showed no GPU, a job on a GPU node groups the seeds as it did, not as its
+    own node would; where nothing is pinned (a CLI command), the machine is probed. The
+    pin is set once, by the first process, and kept by the jobs it starts."""
+    config = {"device": "auto", "grid": {"seeds": [0, 1, 2]}, "model": {"name": "small_cnn"},
+              "train": {"seeds_per_job": "auto"}}
+    monkeypatch.delenv(plan.DAG_GPU_ENV, raising=False)
+    monkeypatch.setattr(plan, "cuda_visible", lambda: False)  # the login node
+    plan.pin_dag_gpu()
+    assert os.environ[plan.DAG_GPU_ENV] == "0"
+    monkeypatch.setattr(plan, "cuda_visible", lambda: True)  # the job's GPU node
+    plan.pin_dag_gpu()  # the job's own read of the workflow keeps the DAG's value
+    assert os.environ[plan.DAG_GPU_ENV] == "0"
+    assert plan.seed_group(config, 1) == [1]
+    assert plan.seed_group({**config, "device": "cuda"}, 1) == [0, 1, 2]  # cuda: always
+    monkeypatch.setenv(plan.DAG_GPU_ENV, "1")
+    monkeypatch.setattr(plan, "cuda_visible", lambda: False)
+    assert plan.seed_group(config, 1) == [0, 1, 2]
+    monkeypatch.delenv(plan.DAG_GPU_ENV)
+    assert plan.seed_group(config, 1) == [1]  # not pinned: this machine's own answer
+
+
+def test_the_workflow_pins_the_dag_machines_gpu_before_it_groups_the_seeds():
+    """``common.smk`` pins it (so that the SLURM executor's ``--export=ALL`` hands it to
+    every job) before ``GROUPS``, the seed groups the divergence and perturbation rules
+    read their inputs from."""
+    text = (Path(__file__).parents[1] / "workflow/rules/common.smk").read_text()
+    assert "plan.pin_dag_gpu()" in text
+    assert text.index("plan.pin_dag_gpu()") < text.index("GROUPS = ")
 
 
 def test_cuda_visible_respects_an_empty_cuda_visible_devices(monkeypatch):

@@ -255,6 +255,16 @@ def test_stated_defaults_and_time_limits_plan_nothing(run, tmp_path):
     assert "Nothing to be done" in out
 
 
+def test_a_trunk_segments_time_limit_counts_the_epochs_it_trains(tmp_path):
+    """``runtime.minutes_base`` + epochs × seeds × ``minutes_per_epoch``: a stride for a
+    segment, none for ``e0``, the initial weights (the tiny grid: stride 2, one seed a job,
+    and the schema's 10 + 2 per epoch)."""
+    out = snakemake(tmp_path / "w", "-n")
+    limits = dict(re.findall(r"output: \S+/trunk/e(\d+)\.pt\n(?:    .*\n)*?    resources: "
+                             r".*\bruntime=(\d+)", out))
+    assert limits["0"] == "10" and limits["2"] == str(10 + 2 * 1 * 2), limits
+
+
 def test_gpu_jobs_ask_for_no_gpu_with_device_cpu(tmp_path):
     """A cluster would otherwise queue a CPU-only run's jobs for GPUs (``GPUS``)."""
     def gpus(configs: list[Path]) -> set[str]:

@@ -91,11 +91,13 @@ def _reason(job_log: str | Path) -> str:
 
 def say_why(snakemake_logs: str | Path | Iterable[str | Path]) -> str:
     """The lines the ``onerror`` handler prints: "critperiods: <rule> failed: <reason>
-    (log: <path>)" per failed job; "" when the logs name none. Snakemake 9 hands ``onerror``
-    a list of its logs; one path is taken too."""
+    (log: <path>)" per failed job, without the log where the job never wrote it (a
+    submission that failed); "" when the logs name none. Snakemake 9 hands ``onerror`` a
+    list of its logs; one path is taken too."""
     logs = ([snakemake_logs] if isinstance(snakemake_logs, str | Path)
             else list(snakemake_logs))
-    return "\n".join(f"critperiods: {rule} failed: {reason or 'see its log'} (log: {path})"
+    return "\n".join(f"critperiods: {rule} failed: {reason or 'see its log'}"
+                     + (f" (log: {path})" if Path(path).exists() else "")
                      for log in logs for rule, reason, path in failed_jobs(log))
 
 

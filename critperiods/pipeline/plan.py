@@ -210,16 +210,33 @@ def cuda_visible() -> bool:
     return gpus.is_dir() and any(gpus.iterdir())
 
 
+#: Where the DAG is built, the workflow records here whether that machine shows a GPU
+#: (``"1"`` or ``"0"``, :func:`pin_dag_gpu`). A cluster job reads the workflow again on its
+#: own node, whose GPU a login node may lack, and must group the seeds as the DAG did: with
+#: the variable set (the SLURM executor exports the environment to its jobs),
+#: ``seeds_per_job: auto`` reads it instead of probing the node.
+DAG_GPU_ENV = "CRITPERIODS_DAG_GPU"
+
+
+def pin_dag_gpu() -> None:
+    """Record, once per process tree, whether the machine building the DAG shows a GPU
+    (:data:`DAG_GPU_ENV`); a value already set (a job of that DAG) is kept."""
+    os.environ.setdefault(DAG_GPU_ENV, "1" if cuda_visible() else "0")
+
+
 def seeds_per_job(config: dict) -> int:
     """``train.seeds_per_job`` as a number, resolved when the DAG is built: ``auto`` is
     ``AUTO_SEEDS_PER_JOB`` of the model when training runs on CUDA (``device: cuda``, or
-    ``device: auto`` on a machine that shows a GPU: :func:`cuda_visible`), else 1. On a
-    cluster whose login node has no GPU, write ``device: cuda`` to stack the seeds."""
+    ``device: auto`` where the DAG is built on a machine that shows a GPU:
+    :data:`DAG_GPU_ENV`, else :func:`cuda_visible`), else 1. On a cluster whose login node
+    has no GPU, write ``device: cuda`` to stack the seeds."""
     size = config.get("train", {}).get("seeds_per_job", 1)
     if size != "auto":
         return int(size)
     device = config.get("device", "auto")
-    on_cuda = device == "cuda" or (device == "auto" and cuda_visible())
+    pinned = os.environ.get(DAG_GPU_ENV)
+    gpu = pinned == "1" if pinned in ("0", "1") else cuda_visible()
+    on_cuda = device == "cuda" or (device == "auto" and gpu)
     return AUTO_SEEDS_PER_JOB.get(config["model"]["name"], 1) if on_cuda else 1
 
 

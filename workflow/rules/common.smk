@@ -45,6 +45,9 @@ PLOTS = f"{RESULTS}/plots"
 LOGS = f"{RESULTS}/logs"
 
 GRID = config["grid"]
+# seeds_per_job: auto groups the seeds as the machine building the DAG decides, also in a
+# cluster job that reads this file again on a node with a GPU the login node lacks
+plan.pin_dag_gpu()
 GROUPS = [layout.group_label(g) for g in plan.seed_groups(config)]
 TRAINING = plan.training_params(config)  # what shapes trajectories; checkpoints carry its hash
 THREADS = config["train"]["threads"]
@@ -150,8 +153,10 @@ def get_branch_end(wildcards):
 
 
 def trunk_job_epochs(wildcards):
-    """Epochs × seeds a trunk segment job trains (for its time limit)."""
-    return config["trunk_stride"] * len(get_seeds(wildcards))
+    """Epochs × seeds a trunk segment job trains (for its time limit): a stride, none for
+    ``e0``, the initial weights."""
+    epochs = config["trunk_stride"] if int(wildcards.epoch) > 0 else 0
+    return epochs * len(get_seeds(wildcards))
 
 
 def branch_job_epochs(wildcards):
