@@ -749,7 +749,8 @@ def divergence_drop_epoch(switch_epochs: np.ndarray, div_at_horizon: np.ndarray)
     ``div_at_horizon[i]`` is the L2 distance between the switched run and the blurred
     continuation, ``h`` epochs after switch ``switch_epochs[i]`` (seed-averaged).  Early in
     training the switch sends the weights far from the blurred path; after the critical
-    period the network barely moves.  The early value is the one at the smallest switch
+    period the weights barely move (the function-space distances to the blurred run do not
+    drop so: docs/divergence.md).  The early value is the one at the smallest switch
     epoch, and the half-crossing is linearly interpolated.  NaN if it never drops below half,
     if the early value is not positive, or with fewer than two finite points.
     """
