@@ -255,14 +255,23 @@ def test_stated_defaults_and_time_limits_plan_nothing(run, tmp_path):
     assert "Nothing to be done" in out
 
 
-def test_a_trunk_segments_time_limit_counts_the_epochs_it_trains(tmp_path):
-    """``runtime.minutes_base`` + epochs × seeds × ``minutes_per_epoch``: a stride for a
-    segment, none for ``e0``, the initial weights (the tiny grid: stride 2, one seed a job,
-    and the schema's 10 + 2 per epoch)."""
+def test_time_limits_count_the_work_and_cost_sums_them_as_the_jobs_ask(tmp_path):
+    """A trunk segment asks ``runtime.minutes_base`` + epochs × seeds ×
+    ``minutes_per_epoch``: a stride for a segment, none for ``e0``, the initial weights (the
+    tiny grid: stride 2, one seed a job, and the schema's 10 + 2 per epoch); ``cost``'s
+    total per rule is the dry run's sum of its jobs' limits."""
+    from critperiods.cli.common import load_config
+    from critperiods.pipeline.cost import requested_minutes
+
     out = snakemake(tmp_path / "w", "-n")
     limits = dict(re.findall(r"output: \S+/trunk/e(\d+)\.pt\n(?:    .*\n)*?    resources: "
                              r".*\bruntime=(\d+)", out))
     assert limits["0"] == "10" and limits["2"] == str(10 + 2 * 1 * 2), limits
+    asked: dict[str, int] = {}
+    for rule, minutes in re.findall(r"\nrule (\w+):\n(?:    .*\n)*?    resources: .*"
+                                    r"\bruntime=(\d+)", out):
+        asked[rule] = asked.get(rule, 0) + int(minutes)
+    assert asked == requested_minutes(load_config([str(TINY)]), "cpu")
 
 
 def test_gpu_jobs_ask_for_no_gpu_with_device_cpu(tmp_path):

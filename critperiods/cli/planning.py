@@ -90,7 +90,7 @@ def _unnamed_note(paths: list[str], config: dict) -> str:
 
 
 def cost(args: argparse.Namespace) -> int:
-    from critperiods.pipeline.cost import LOCAL_RULES, describe, grid_cost
+    from critperiods.pipeline.cost import LOCAL_RULES, describe, grid_cost, requested_minutes
     from critperiods.pipeline.plan import epochs_trained
 
     paths = config_paths(args)
@@ -124,6 +124,14 @@ def cost(args: argparse.Namespace) -> int:
     for rule in cpu.rules:
         local = "  (local: beside Snakemake, never a cluster job)" if rule in LOCAL_RULES else ""
         print(f"    {rule:<23} {cpu.rules[rule]:>5} {found['cuda'].rules[rule]:>5}{local}")
+    asked = sum(requested_minutes(config, "cuda").values()) / 60
+    print(textwrap.fill(
+        f"time limits: {asked:,.0f} hours in all over a cluster run's jobs (first attempt, the "
+        "cuda column's jobs; runtime.* in the config)"
+        + (f", for ~{found['cuda'].seconds / 60:,.1f} min of work on the GPU above: lower "
+           "runtime.* to a few times what a job needs (docs/slurm.md)"
+           if found["cuda"].seconds and asked * 60 > 20 * found["cuda"].seconds / 60 else ""),
+        96, initial_indent="  ", subsequent_indent="  "))
     if config["train"].get("seeds_per_job") == "auto" and cpu.rules != found["cuda"].rules:
         print(textwrap.fill(
             "the cuda column stacks seeds as `seeds_per_job: auto` does with `device: cuda`; "

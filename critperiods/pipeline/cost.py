@@ -161,6 +161,31 @@ def jobs_per_rule(config: dict, device: str) -> dict[str, int]:
     return {**jobs, "aggregate": 1, "plots": 1}
 
 
+def requested_minutes(config: dict, device: str) -> dict[str, float]:
+    """Minutes of time limit the cluster jobs of each rule ask for in all, at their first
+    attempt, as the rules compute them: ``runtime.minutes_base`` per job plus
+    ``minutes_per_epoch`` per seed-epoch trained (``minutes_per_llc_checkpoint``,
+    ``minutes_per_descent_checkpoint`` per seed-checkpoint of λ̂), or the rule's fixed
+    limit (:data:`plan.FIXED_MINUTES`) per job; local rules ask for none."""
+    rt, jobs = config["runtime"], jobs_per_rule(config, device)
+    grid = config["grid"]
+    estimates = _llc_estimates(config) * len(grid["seeds"]) * len(grid["batch_sizes"])
+    work = {"train_trunk": plan.trunk_end(config) * len(grid["seeds"])
+            * len(grid["batch_sizes"]) * rt["minutes_per_epoch"],
+            "train_branch": len(plan.branches(config)) * config["epochs_after_switch"]
+            * len(grid["seeds"]) * len(grid["batch_sizes"]) * rt["minutes_per_epoch"],
+            "llc": estimates * rt["minutes_per_llc_checkpoint"],
+            "llc_descent": estimates * rt["minutes_per_descent_checkpoint"],
+            "perturb": perturbation_epochs(config) * rt["minutes_per_epoch"]}
+    if plan.reference_epochs(config):  # the never-blurred run's continuation
+        work["train_reference"] = ((plan.reference_end(config) - plan.run_end(config, 0))
+                                   * len(grid["seeds"]) * len(grid["batch_sizes"])
+                                   * rt["minutes_per_epoch"])
+    return {rule: n * plan.FIXED_MINUTES[rule] if rule in plan.FIXED_MINUTES
+            else n * rt["minutes_base"] + work[rule]
+            for rule, n in jobs.items() if rule not in LOCAL_RULES}
+
+
 def _perturbing(config: dict) -> bool:
     return bool(config.get("perturbation", {}).get("enabled", False))
 
@@ -254,4 +279,4 @@ def describe(cost: Cost, device: str) -> str:
 
 
 __all__ = ["RATES", "Cost", "describe", "grid_cost", "jobs_per_rule", "perturbation_epochs",
-           "rate_at"]
+           "rate_at", "requested_minutes"]

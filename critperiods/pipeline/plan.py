@@ -210,6 +210,12 @@ def cuda_visible() -> bool:
     return gpus.is_dir() and any(gpus.iterdir())
 
 
+#: The time limits (minutes, first attempt; each retry asks for that many more) of the rules
+#: whose work grows with nothing a config sets per job; the others' grow with their epochs
+#: or checkpoints (``runtime.*``). The rules and ``cost`` read them from here.
+FIXED_MINUTES = {"evaluate": 60, "divergence": 120, "perturbation_divergence": 120}
+
+
 #: Where the DAG is built, the workflow records here whether that machine shows a GPU
 #: (``"1"`` or ``"0"``, :func:`pin_dag_gpu`). A cluster job reads the workflow again on its
 #: own node, whose GPU a login node may lack, and must group the seeds as the DAG did: with

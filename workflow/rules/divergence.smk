@@ -15,7 +15,7 @@ rule divergence:
     resources:
         gpu=GPUS,
         mem_mb=holding_inputs(16000),
-        runtime=per_attempt(120),
+        runtime=per_attempt(plan.FIXED_MINUTES["divergence"]),
     log:
         f"{LOGS}/divergence/bs{{batch_size}}_{{lr_schedule}}.log",
     conda:

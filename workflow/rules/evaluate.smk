@@ -16,7 +16,7 @@ rule evaluate:
         # each evaluated on some 20,000 images, hours on a CPU node
         gpu=GPUS,
         mem_mb=per_attempt(8000),
-        runtime=per_attempt(60),
+        runtime=per_attempt(plan.FIXED_MINUTES["evaluate"]),
     log:
         f"{LOGS}/evaluate/bs{{batch_size}}_{{group}}.log",
     conda:

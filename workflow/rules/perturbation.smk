@@ -44,7 +44,7 @@ rule perturbation_divergence:
     resources:
         gpu=GPUS,
         mem_mb=per_attempt(16000),
-        runtime=per_attempt(120),
+        runtime=per_attempt(plan.FIXED_MINUTES["perturbation_divergence"]),
     log:
         f"{LOGS}/perturbation/bs{{batch_size}}_{{lr_schedule}}.log",
     conda:
