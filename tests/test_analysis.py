@@ -1830,6 +1830,12 @@ def test_the_llc_caveat_gives_the_monte_carlo_error_and_the_estimates_below_0_wi
     assert llc_error_sentence(low).endswith(
         " 1 of them lies below 0 by less than 2 of its errors and counts: only a λ̂ further "
         "below is flagged negative.")
+    far = low.copy(deep=True)  # 10 errors below 0: negative, counted only as read in
+    far["llc_mean"][0, 0, 0, 10] = -140.0
+    read = far.assign(llc_quality=xr.where(far.llc_mean < 0, 1.0, far.llc_quality))
+    read["llc_quality"].attrs["read_in_flags"] = "negative"
+    assert "below 0" not in llc_error_sentence(read) and f"the {n} counted" in \
+        llc_error_sentence(read)
     flagged = low.assign(llc_quality=xr.where(low.llc_mean < 0, 1.0, low.llc_quality))
     assert f"draws) is 10 over the {n - 1} unflagged" in llc_error_sentence(flagged)
     assert "below 0" not in llc_error_sentence(flagged)

@@ -206,8 +206,18 @@ def test_compare_names_code_devices_and_torch_that_differ_and_what_it_cannot_see
                       git_commit="fff0000").to_netcdf(paths["c"])
     main(["compare", str(paths["a"]), str(paths["c"])])
     out = capsys.readouterr().out
-    assert ("  code (git_commit): abc1234 | fff0000, but every stage ran the same code "
-            "(provenance): the commits differ in nothing these results depend on\n") in out
+    assert ("  code (git_commit): abc1234 | fff0000, but every stage ran the same code on the "
+            "same data (provenance): the commits differ in nothing these results depend "
+            "on\n") in out
+    other_data = provenance("tr1", "cpu").replace('"data": {}', '"data": {"train": "d2"}')
+    changed_data = base.assign_attrs(
+        config=base.attrs["config"].replace("experiment: a", "experiment: c"),
+        git_commit="fff0000", provenance=other_data)
+    changed_data.to_netcdf(paths["c"])
+    main(["compare", str(paths["a"]), str(paths["c"])])
+    out = capsys.readouterr().out
+    assert "  data of train: - | d2: the prepared images differ" in out
+    assert "differ in nothing" not in out
     bare = base.copy()
     del bare.attrs["provenance"], bare.attrs["config"]
     bare.to_netcdf(paths["d"])

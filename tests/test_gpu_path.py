@@ -238,7 +238,8 @@ def test_seeds_per_job_auto_stacks_small_models_on_cuda_only(monkeypatch):
     config = {"device": "auto", "grid": {"seeds": [0, 1, 2, 17]}, "model": {"name": "small_cnn"},
               "train": {"seeds_per_job": "auto"}}
     big = {**config, "device": "cuda", "model": {"name": "all_cnn_c"}}
-    monkeypatch.delenv(plan.DAG_GPU_ENV, raising=False)  # no DAG's machine: probe this one
+    monkeypatch.setenv(plan.DAG_GPU_ENV, "")  # no DAG's machine: probe this one
+    monkeypatch.delenv(plan.DAG_GPU_ENV)
     assert plan.seed_group(big, 1) == [1]  # All-CNN-C fills an H200 alone
     monkeypatch.setattr(plan, "cuda_visible", lambda: False)
     assert plan.seed_group(config, 1) == [1]  # a CPU machine (or a login node): alone
@@ -258,7 +259,8 @@ def test_seeds_per_job_auto_groups_as_the_machine_that_built_the_dag_decided(mon
     pin is set once, by the first process, and kept by the jobs it starts."""
     config = {"device": "auto", "grid": {"seeds": [0, 1, 2]}, "model": {"name": "small_cnn"},
               "train": {"seeds_per_job": "auto"}}
-    monkeypatch.delenv(plan.DAG_GPU_ENV, raising=False)
+    monkeypatch.setenv(plan.DAG_GPU_ENV, "")  # recorded, so that teardown removes the pin
+    monkeypatch.delenv(plan.DAG_GPU_ENV)
     monkeypatch.setattr(plan, "cuda_visible", lambda: False)  # the login node
     plan.pin_dag_gpu()
     assert os.environ[plan.DAG_GPU_ENV] == "0"

@@ -126,8 +126,8 @@ def cost(args: argparse.Namespace) -> int:
         print(f"    {rule:<23} {cpu.rules[rule]:>5} {found['cuda'].rules[rule]:>5}{local}")
     asked = sum(requested_minutes(config, "cuda").values()) / 60
     print(textwrap.fill(
-        f"time limits: {asked:,.0f} hours in all over a cluster run's jobs (first attempt, the "
-        "cuda column's jobs; runtime.* in the config)"
+        f"time limits: about {asked:,.0f} hours in all over a cluster run's jobs (first "
+        "attempt, the cuda column's jobs; runtime.* in the config)"
         + (f", for ~{found['cuda'].seconds / 60:,.1f} min of work on the GPU above: lower "
            "runtime.* to a few times what a job needs (docs/slurm.md)"
            if found["cuda"].seconds and asked * 60 > 20 * found["cuda"].seconds / 60 else ""),

@@ -166,7 +166,9 @@ def requested_minutes(config: dict, device: str) -> dict[str, float]:
     attempt, as the rules compute them: ``runtime.minutes_base`` per job plus
     ``minutes_per_epoch`` per seed-epoch trained (``minutes_per_llc_checkpoint``,
     ``minutes_per_descent_checkpoint`` per seed-checkpoint of λ̂), or the rule's fixed
-    limit (:data:`plan.FIXED_MINUTES`) per job; local rules ask for none."""
+    limit (:data:`plan.FIXED_MINUTES`) per job; local rules ask for none. The rules round
+    each job's limit down to whole minutes (at least 1): with fractional ``runtime.*`` values
+    this sum is a few per cent above theirs."""
     rt, jobs = config["runtime"], jobs_per_rule(config, device)
     grid = config["grid"]
     estimates = _llc_estimates(config) * len(grid["seeds"]) * len(grid["batch_sizes"])

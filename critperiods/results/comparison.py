@@ -139,14 +139,14 @@ def _critical_period(run: Run, batch_size: float, lr_schedule: str) -> str:
             + (f" ({int(seeds)})" if np.isfinite(seeds) else ""))
 
 
-def _stage_values(cube: xr.Dataset) -> tuple[dict, dict] | None:
-    """``({stage: code fingerprints}, {stage: devices})`` of the cube's pieces, from its
-    ``provenance`` attribute (None for a cube without one); the ``train`` stage's are
-    those of the training pieces its results were computed from, ``aggregate``'s the code
-    that computed the cube's statistics."""
+def _stage_values(cube: xr.Dataset) -> tuple[dict, dict, dict] | None:
+    """``({stage: code fingerprints}, {stage: devices}, {split: data fingerprints})`` of the
+    cube's pieces, from its ``provenance`` attribute (None for a cube without one); the
+    ``train`` stage's are those of the training pieces its results were computed from,
+    ``aggregate``'s the code that computed the cube's statistics."""
     import json
 
-    from critperiods.pipeline.provenance_report import devices, versions
+    from critperiods.pipeline.provenance_report import data_versions, devices, versions
 
     text = cube.attrs.get("provenance")
     if not text:
@@ -155,16 +155,17 @@ def _stage_values(cube: xr.Dataset) -> tuple[dict, dict] | None:
     code = {k: frozenset(v) for k, v in versions(prov).items()}
     if "code" in prov.get("aggregate", {}):  # its statistics
         code["aggregate"] = frozenset([prov["aggregate"]["code"]])
-    return (code,
-            {k: frozenset(v) for k, v in devices(prov).items()})
+    return (code, {k: frozenset(v) for k, v in devices(prov).items()},
+            {k: frozenset(v) for k, v in data_versions(prov).items()})
 
 
 def provenance_differences(names: Sequence[str], cubes: Sequence[xr.Dataset]) -> list[str]:
     """What besides the config can make the runs' results differ, one line each: each
-    stage whose code (its fingerprints, ``provenance``) or device differs between the runs
-    (``names``), and torch's version. Where every stage's code agrees, commits that differ
-    (``git_commit``, the commit ``aggregate`` ran at) are said to have made no difference;
-    a cube without provenance is said to hide its code."""
+    stage whose code (its fingerprints, ``provenance``) or device, and each data split whose
+    fingerprint, differs between the runs (``names``), and torch's version. Where every
+    stage's code and every split agree, commits that differ (``git_commit``, the commit
+    ``aggregate`` ran at) are said to have made no difference; a cube without provenance is
+    said to hide its code."""
     lines = []
     recorded = [_stage_values(c) for c in cubes]
     missing = [n for n, r in zip(names, recorded, strict=True) if r is None]
@@ -179,19 +180,21 @@ def provenance_differences(names: Sequence[str], cubes: Sequence[xr.Dataset]) ->
     else:
         code_differs = False
         for which, word, note in ((0, "code", "differences may also be the code's"),
+                                  (2, "data", "the prepared images differ (a config key "
+                                   "above, or the data or their preparation changed)"),
                                   (1, "device", "results repeat bit for bit only on one "
                                    "device; differences may also be the hardware's")):
             stages = sorted({s for r in recorded for s in r[which]})
             for stage in stages:
                 values = [r[which].get(stage, frozenset()) for r in recorded]
                 if len(set(values)) > 1:
-                    code_differs |= which == 0
+                    code_differs |= which in (0, 2)
                     lines.append(f"{word} of {stage}: " + " | ".join(
                         ", ".join(sorted(v)) or "-" for v in values) + f": {note}")
         if not code_differs and len({c for c in commits if c}) > 1:
             lines.append("code (git_commit): " + " | ".join((c or "?")[:7] for c in commits)
-                         + ", but every stage ran the same code (provenance): the commits "
-                         "differ in nothing these results depend on")
+                         + ", but every stage ran the same code on the same data (provenance): "
+                         "the commits differ in nothing these results depend on")
     torch = [c.attrs.get("torch_version") for c in cubes]
     if len({t for t in torch if t}) > 1:
         lines.append("torch: " + " | ".join(t or "?" for t in torch)

@@ -502,7 +502,8 @@ def _epoch_list(epochs: list[float]) -> str:
 def llc_error_sentence(cube: xr.Dataset) -> str:
     """λ̂'s Monte Carlo error (``llc_mcse``) over the distinct estimates the statistics count:
     its range and median, and how many of them lie below 0 within ``NEGATIVE_MCSE`` of it,
-    counted rather than flagged ``negative`` (one sentence or two; "" where the cube has
+    counted rather than flagged ``negative`` (those further below, counted only because the
+    cube reads the flag in, are not among them; one sentence or two; "" where the cube has
     no MCSE)."""
     if "llc_mcse" not in cube or "llc_quality" not in cube:
         return ""
@@ -521,7 +522,7 @@ def llc_error_sentence(cube: xr.Dataset) -> str:
     said = (f"λ̂'s Monte Carlo error (``llc_mcse``, from the chains' draws) is {spread} over "
             f"the {errors.size} {'counted' if read_in_flags(cube) else 'unflagged'} "
             f"estimate{'s' if errors.size != 1 else ''}: read a λ̂ as ± that.")
-    below = int(np.sum(means < 0))
+    below = int(np.sum((means < 0) & (means + NEGATIVE_MCSE * errors >= 0)))
     if below:
         said += (f" {below} of them lie{'s' if below == 1 else ''} below 0 by less than "
                  f"{NEGATIVE_MCSE:g} of {'their' if below > 1 else 'its'} errors and "

@@ -225,7 +225,8 @@ def runtime_minutes(units, per_unit):
     rt = config["runtime"]
 
     def runtime(wildcards, attempt):
-        return attempt * int(rt["minutes_base"] + units(wildcards) * rt[per_unit])
+        # at least a minute: SLURM reads a limit of 0 as none asked, the partition's default
+        return attempt * max(1, int(rt["minutes_base"] + units(wildcards) * rt[per_unit]))
 
     return runtime
 
