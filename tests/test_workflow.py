@@ -698,7 +698,7 @@ def test_calibrate_llc_runs_chains_of_the_length_and_batch_asked_for(run, tmp_pa
                  "--out", str(out)]) == 0
     assert seen == {"draws": 7, "burn_in": 3, "batch_size": 8} and out.stat().st_size > 0
     said = capsys.readouterr().out
-    assert re.search(r"nβ \S+, step size 1e-05: λ̂ \S+ \(chains' s\.d\. ", said)
+    assert re.search(r"nβ \S+, step size 1e-05: λ̂ \S+ \(MCSE \S+, chains' s\.d\. ", said)
     assert "That step differs from checkpoint to checkpoint: sweep a few" in said
     assert main(["calibrate-llc", str(piece), "--epoch", "1", "--threads", "1", "--out",
                  str(out)]) == 0  # the config's chains; the run's own step size among them
