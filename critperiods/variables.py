@@ -257,7 +257,11 @@ def growth_attrs(metric: str) -> dict[str, dict]:
         "rate": {"long_name": f"rate or exponent of the chosen growth law of {metric}",
                  "units": "1",
                  "comment": "; ".join(f"{f}: {RATE_MEANING[f]}" for f in GROWTH_FORMS)},
-        "r2": {"long_name": f"R^2 of the chosen growth law of {metric}", "units": "1"},
+        "r2": {"long_name": f"R^2 of the chosen growth law of {metric}", "units": "1",
+               "comment": "each law has 2 parameters: fitted to 3 points (a run with 6 epochs "
+                          "after its switch and a checkpoint every 2), any rising series "
+                          "gives R^2 near 1, so it tells neither the law nor its rate "
+                          "(docs/divergence.md)"},
     }
 
 
