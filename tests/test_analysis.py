@@ -2374,7 +2374,8 @@ def test_the_llc_figure_draws_lambda_net_of_the_descent_and_its_knees(monkeypatc
         legend = figures[0].axes[-1].get_legend()
         return {text.get_text(): handle for text, handle in zip(
             legend.get_texts(), legend.legend_handles, strict=True)
-            }["hollow: unstable knee, or λ̂ bending within noise"].get_marker()
+            }["hollow: unstable knee, λ̂ bending within noise,\nor an interval over every "
+              "epoch it can take"].get_marker()
 
     flags = [f"{knee}_{flag}" for knee in ("llc_knee_trunk", "llc_knee_sharp",
                                            "llc_net_knee_trunk", "llc_net_knee_sharp")
@@ -2385,6 +2386,23 @@ def test_the_llc_figure_draws_lambda_net_of_the_descent_and_its_knees(monkeypatc
     assert hollow_marker(net_only) == "d"
     assert hollow_marker(net_only.assign(llc_knee_sharp_unstable=net_only[
         "llc_knee_sharp_unstable"] + 1)) == "v"
+    # an unflagged knee whose interval spans every epoch a knee can take there (the second
+    # to the second-to-last with valid λ̂) is drawn hollow too: it places no knee
+
+    def knee_face(cube: xr.Dataset) -> str:
+        figures.clear()
+        plots.llc(cube, tmp_path / "llc.png")
+        knee = float(cube["llc_knee_trunk"].sel(batch_size=BATCHES[0], lr_schedule="continue"))
+        (marker,) = [line for line in figures[0].axes[0].get_lines() if line.get_marker() == "v"
+                     and float(line.get_xdata()[0]) == knee]
+        return str(marker.get_markerfacecolor())
+
+    assert knee_face(cleared) != "none"
+    valid = selection.llc_trunk(cleared, BATCHES[0])
+    epochs = np.sort(valid["epoch"].values[np.isfinite(valid.values)])
+    wide = cleared.copy(deep=True)
+    wide["llc_knee_trunk_interval"].loc[{"batch_size": BATCHES[0]}] = [epochs[1], epochs[-2]]
+    assert knee_face(wide) == "none"
 
 
 def test_the_report_gives_each_lambda_knee_its_interval_and_its_offset_from_the_end() -> None:

@@ -328,6 +328,21 @@ def learning_curves(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                              f"{_diverged_note(cube)})")
 
 
+def _spans_its_range(cube: xr.Dataset, name: str, batch_size: float,
+                     interval: np.ndarray | None) -> bool:
+    """Whether the knee ``name``'s interval at ``batch_size`` reaches over every epoch a knee
+    can take there, the second to the second-to-last epoch with valid λ̂ on its curve: such
+    an interval places no knee, whatever its point value."""
+    if interval is None or not np.all(np.isfinite(interval)):
+        return False
+    curve = (llc_sharp if "sharp" in name else llc_trunk)(cube, batch_size,
+                                                          net_of_descent="_net_" in name)
+    epochs = np.sort(curve["epoch"].values[np.isfinite(curve.values)])
+    if epochs.size < 4:
+        return False
+    return bool(interval[0] <= epochs[1] + 1e-9 and interval[1] >= epochs[-2] - 1e-9)
+
+
 def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """Valid λ̂ vs epoch (mean over seeds, bars: std over chains); flagged estimates and the
     branches of runs that diverged to chance are left out and drawn hollow (the legend
@@ -395,6 +410,7 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
             spread = f"{name}_interval"
             interval = (shared_by_schedules(cube[spread].sel(batch_size=b)).values
                         if spread in cube else None)
+            flagged = flagged or _spans_its_range(cube, name, b, interval)
             _marker_at_top(ax, value, interval, height, color, hollow=flagged, shape=shape)
         handles = [plt.Line2D([], [], ls="none", marker=shape, ms=7, color=color, label=text)
                    for _, color, shape, text in markers]
@@ -403,10 +419,15 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                                       label="λ̂ net of the chains' descent (llc.descent)"))
         hollow = [shape for name, _, shape, _ in markers for flag, _ in KNEE_FLAGS
                   if f"{name}_{flag}" in cube and bool(cube[f"{name}_{flag}"].any())]
+        hollow += [shape for name, _, shape, _ in markers if any(
+            _spans_its_range(cube, name, c, shared_by_schedules(
+                cube[f"{name}_interval"].sel(batch_size=c)).values)
+            for c in cube.batch_size.values if f"{name}_interval" in cube)]
         if hollow:  # drawn as the flagged knees are: triangles, or diamonds where only those
             handles.append(plt.Line2D([], [], ls="none", marker=hollow[0], ms=7, color="0.3",
                                       mfc="none",
-                                      label="hollow: unstable knee, or λ̂ bending within noise"))
+                                      label="hollow: unstable knee, λ̂ bending within noise,\n"
+                                            "or an interval over every epoch it can take"))
         if has_ends:
             handles.append(plt.Line2D([], [], color="k", ls="--", lw=1,
                                       label="critical-period end (continue), interval shaded"))
@@ -427,7 +448,8 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         caption += ("; triangles: where a broken stick fitted to λ̂ bends (its knee), the bar "
                     "its interval (the seeds' jackknife joined with the curve's profile "
                     "interval); hollow: with some seed left out the knee sits at an edge of its "
-                    "range or is gone, or λ̂ bends no more than its noise")
+                    "range or is gone, or λ̂ bends no more than its noise, or its interval "
+                    "spans every epoch a knee can take there (it places no knee)")
     if net:
         caption += ("; dash-dotted: λ̂ net of the chains' descent from each checkpoint (λ̂ − "
                     "llc_descent, llc.descent) along the longest trunk and the never-blurred "
