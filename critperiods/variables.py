@@ -70,7 +70,8 @@ VARIABLES: dict[str, tuple[str, str | None]] = {
                      "means and fits)", "1"),
     # llc: per checkpoint, and the sampler's settings
     "llc_mean": ("local learning coefficient, mean over healthy SGLD chains", "1"),
-    "llc_std": ("local learning coefficient, std over healthy SGLD chains", "1"),
+    "llc_std": ("local learning coefficient, std over healthy SGLD chains (ddof 0; its "
+                "standard error is llc_mcse)", "1"),
     "llc_chain": ("local learning coefficient per SGLD chain (NaN if diverged)", "1"),
     "llc_diverged_chains": ("SGLD chains that diverged (excluded from the mean)", "1"),
     "llc_init_loss": ("loss of the checkpoint on the LLC samples, L_n(w*), in nats", "1"),

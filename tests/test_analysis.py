@@ -414,6 +414,9 @@ def test_critical_period_summary_full_cube() -> None:
     assert summary["batch_size_exponent"].item() == pytest.approx(-0.5, abs=0.1)
     assert summary["temperature_exponent"].item() == pytest.approx(0.5, abs=0.1)
     assert np.all(np.isfinite(summary["temperature_exponent_interval"].values))
+    for name in ("temperature_exponent_interval", "batch_size_exponent_interval"):
+        # the jackknife over seeds does not carry the switch grid's resolution: it says so
+        assert "critical_period_end_interval" in summary[name].attrs["comment"]
     # the hinge drops 0.003 per epoch after the kink, up to switch 60
     deficit = summary["permanent_deficit"].sel(lr_schedule="continue").values
     np.testing.assert_allclose(deficit, [-SLOPE * (60 - KINKS[b]) for b in BATCHES], atol=0.004)

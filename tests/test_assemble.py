@@ -237,3 +237,24 @@ def test_aggregate_names_every_unreadable_input_at_once(tmp_path):
     assert said.startswith("2 inputs of the cube cannot be read as netCDF")
     assert said.endswith(f"snakemake --cores all --forcerun {paths[1]} {paths[2]}")
     assert str(paths[0]) not in said
+
+
+def test_a_statistic_names_the_companions_that_qualify_it():
+    """``ancillary_variables`` lists the interval, the flags, the earliest value and the
+    tests of a statistic that the cube has (after the table's own qualifiers, once each),
+    so that a reader of the cube alone finds them: a knee flagged unstable and within noise
+    names both."""
+    from critperiods.results.cube import describe
+
+    ds = xr.Dataset({
+        "llc_knee_trunk": ("b", [4.0]), "llc_knee_trunk_interval": (("b", "bound"), [[4, 14]]),
+        "llc_knee_trunk_unstable": ("b", [1.0]), "llc_knee_trunk_within_noise": ("b", [1.0]),
+        "llc_knee_trunk_earliest": ("b", [4.0]), "divergence_drop_epoch": ("b", [3.0]),
+        "divergence_drop_epoch_interval": (("b", "bound"), [[2, 6]]), "lonely": ("b", [1.0])})
+    out = describe(ds)
+    assert out["llc_knee_trunk"].attrs["ancillary_variables"] == (
+        "llc_knee_trunk_interval llc_knee_trunk_unstable llc_knee_trunk_within_noise "
+        "llc_knee_trunk_earliest")
+    assert out["divergence_drop_epoch"].attrs["ancillary_variables"] == \
+        "divergence_drop_epoch_interval"
+    assert "ancillary_variables" not in out["lonely"].attrs

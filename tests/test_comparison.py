@@ -188,12 +188,13 @@ def test_compare_names_code_devices_and_torch_that_differ_and_what_it_cannot_see
              "code": "ev1", "data": {}, "device": "cpu", "training_code": [code],
              "training_device": [device]}]})
 
-    base = run("a", 4).assign_attrs(provenance=provenance("tr1", "cpu"), torch_version="2.14")
+    base = run("a", 4).assign_attrs(provenance=provenance("tr1", "cpu"), torch_version="2.14",
+                                    numpy_version="2.3.1")
     paths = {name: tmp_path / f"{name}.nc" for name in ("a", "b", "c", "d", "e")}
     base.to_netcdf(paths["a"])
     base.assign_attrs(config=base.attrs["config"].replace("experiment: a", "experiment: b"),
                       provenance=provenance("tr2", "cuda NVIDIA H100"),
-                      torch_version="2.11").to_netcdf(paths["b"])
+                      torch_version="2.11", numpy_version="2.4.0").to_netcdf(paths["b"])
     main(["compare", str(paths["a"]), str(paths["b"])])
     out = capsys.readouterr().out
     assert "  (their configs agree on every key that can change a result)\n" in out
@@ -201,6 +202,7 @@ def test_compare_names_code_devices_and_torch_that_differ_and_what_it_cannot_see
     assert ("  device of train: cpu | cuda NVIDIA H100: results repeat bit for bit only on "
             "one device; differences may also be the hardware's\n") in out
     assert "  torch: 2.14 | 2.11: differences may also be the library's\n" in out
+    assert "  numpy: 2.3.1 | 2.4.0: differences may also be the library's\n" in out
     assert "code of evaluate" not in out and "git_commit" not in out
     base.assign_attrs(config=base.attrs["config"].replace("experiment: a", "experiment: c"),
                       git_commit="fff0000").to_netcdf(paths["c"])

@@ -93,8 +93,10 @@ def test_cube_has_design_dims_and_no_nan_where_runs_exist(run):
     config = yaml.safe_load(cube.attrs["config"])
     assert config["experiment"] == "tiny"
     for key in ("Conventions", "history", "git_commit", "torch_version", "snakemake_version",
-                "critperiods_version", "training_config_hash"):
-        assert key in cube.attrs
+                "critperiods_version", "training_config_hash", "numpy_version",
+                "scipy_version", "xarray_version", "arviz_stats_version", "python_version"):
+        assert key in cube.attrs, key
+    assert "seed < seed_b" in cube.attrs["comment"]  # the seed pairs' double count
     if (ROOT / ".git").exists():  # snakemake ran with -d elsewhere: still this checkout's
         assert re.fullmatch(r"[0-9a-f]{40}", cube.attrs["git_commit"])
     for name in [*cube.data_vars, *cube.coords]:

@@ -162,10 +162,10 @@ def _stage_values(cube: xr.Dataset) -> tuple[dict, dict, dict] | None:
 def provenance_differences(names: Sequence[str], cubes: Sequence[xr.Dataset]) -> list[str]:
     """What besides the config can make the runs' results differ, one line each: each
     stage whose code (its fingerprints, ``provenance``) or device, and each data split whose
-    fingerprint, differs between the runs (``names``), and torch's version. Where every
-    stage's code and every split agree, commits that differ (``git_commit``, the commit
-    ``aggregate`` ran at) are said to have made no difference; a cube without provenance is
-    said to hide its code."""
+    fingerprint, differs between the runs (``names``), and the recorded library versions
+    (:data:`LIBRARIES`). Where every stage's code and every split agree, commits that differ
+    (``git_commit``, the commit ``aggregate`` ran at) are said to have made no difference;
+    a cube without provenance is said to hide its code."""
     lines = []
     recorded = [_stage_values(c) for c in cubes]
     missing = [n for n, r in zip(names, recorded, strict=True) if r is None]
@@ -195,11 +195,17 @@ def provenance_differences(names: Sequence[str], cubes: Sequence[xr.Dataset]) ->
             lines.append("code (git_commit): " + " | ".join((c or "?")[:7] for c in commits)
                          + ", but every stage ran the same code on the same data (provenance): "
                          "the commits differ in nothing these results depend on")
-    torch = [c.attrs.get("torch_version") for c in cubes]
-    if len({t for t in torch if t}) > 1:
-        lines.append("torch: " + " | ".join(t or "?" for t in torch)
-                     + ": differences may also be the library's")
+    for library in LIBRARIES:
+        found = [c.attrs.get(f"{library}_version") for c in cubes]
+        if len({v for v in found if v}) > 1:
+            lines.append(f"{library}: " + " | ".join(v or "?" for v in found)
+                         + ": differences may also be the library's")
     return lines
+
+
+#: What else can move a result's last bits: the libraries whose versions the cube records
+#: (``<name>_version``; cubes made before 2026-12-08 record torch's only).
+LIBRARIES = ("torch", "numpy", "scipy", "xarray", "arviz_stats", "python")
 
 
 def format_comparison(runs: Sequence[Run], differences: xr.Dataset) -> str:

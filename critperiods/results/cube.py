@@ -43,13 +43,25 @@ def _git_commit() -> str:
 
 
 def _versions() -> dict[str, str]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
     import snakemake
     import torch
 
     import critperiods
 
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
     return {"torch_version": torch.__version__, "snakemake_version": snakemake.__version__,
-            "critperiods_version": critperiods.__version__}
+            "critperiods_version": critperiods.__version__,
+            "python_version": platform.python_version(),
+            **{f"{name.replace('-', '_')}_version": installed(name)
+               for name in ("numpy", "scipy", "xarray", "arviz-stats")}}
 
 
 def _merge(parts: list[xr.Dataset]) -> xr.Dataset:
@@ -150,6 +162,11 @@ def build_cube(
 COMMENT = ("A run's values up to its switch epoch are its trunk's: the same trunk checkpoint "
            "sits under every later switch_epoch and under both lr_schedules, and switch_epoch "
            "0 is one run under both schedules, so count or average trunk values on one copy. "
+           "div_<metric> with reference=blurred is 0 up to each switch (the run is its "
+           "reference there); div_<metric>_seeds holds each seed pair twice and each seed "
+           "against itself (0): average over seed < seed_b. Statistics that do not depend on "
+           "the schedule (the λ̂ knees and markers, their flags) repeat on both lr_schedule "
+           "rows. "
            "A variable's ancillary_variables name the flags and intervals that qualify it "
            "(llc_quality, run_diverged, critical_period_end_located): read them before "
            "averaging or plotting it.")
@@ -273,10 +290,19 @@ def describe(ds: xr.Dataset) -> xr.Dataset:
     of their descriptions."""
     for name in list(ds.data_vars) + list(ds.coords):
         ds[name].attrs.update(variable_attrs(str(name), index=name in ds.dims))
-        qualifiers = [q for q in ANCILLARY.get(str(name), ()) if q in ds]
+        qualifiers = [q for q in (*ds[name].attrs.get("ancillary_variables", "").split(),
+                                  *ANCILLARY.get(str(name), ()),
+                                  *(f"{name}{suffix}" for suffix in COMPANIONS)) if q in ds]
         if qualifiers:
-            ds[name].attrs["ancillary_variables"] = " ".join(qualifiers)
+            ds[name].attrs["ancillary_variables"] = " ".join(dict.fromkeys(qualifiers))
     return ds
+
+
+#: A statistic's companions, named by suffix, that qualify it (its interval, its flags, the
+#: earliest value it can take, its test of 0): :func:`describe` names those the cube has in
+#: its ``ancillary_variables``.
+COMPANIONS = ("_interval", "_loo_range", "_unstable", "_within_noise", "_earliest", "_p",
+              "_p_holm")
 
 
 #: The swept dims the statistics and figures read in increasing order (a curve is drawn,

@@ -375,6 +375,10 @@ def _exponents(ends: np.ndarray, ends_without_each_seed: np.ndarray, temperature
             np.array([[f[2], f[3]] for f in fits]).reshape(-1, 2), dims=["lr_schedule", "bound"],
             attrs={**interval_attrs(name, f"{level:.0%} {INTERVAL_METHOD} (left out at every "
                                           "batch size)"),
+                   "comment": "the ends' seed-to-seed error only: it does not carry how "
+                              "loosely the switch grid pins each end, so read it beside "
+                              "critical_period_end_interval (ends whose intervals overlap "
+                              "are not ordered, whatever this says)",
                    **({"unbounded": unbounded} if unbounded else {})})
     return out
 
