@@ -2334,7 +2334,10 @@ def test_the_knees_of_lambda_net_of_the_descent_are_markers_of_their_own(tmp_pat
     table = tables.summary_table(measured)
     assert {"llc_net_knee_trunk", "llc_net_knee_minus_end_sharp_p_holm"} <= set(table)
     tables.to_csv(measured, tmp_path / "summary.csv")
-    assert "llc_net_knee_trunk_lower" in pd.read_csv(tmp_path / "summary.csv")
+    written = pd.read_csv(tmp_path / "summary.csv")
+    assert "llc_net_knee_trunk_lower" in written
+    assert (written["interval_level"] == float(measured.attrs.get(
+        "summary_level", measured.attrs.get("level", 0.9)))).all()  # a CSV read cold
     text = tables.format_table(measured)
     assert "llc_net_trunk" in text and "λ̂ knees net of descent" in text
     verdicts = tables.marker_verdicts(measured)

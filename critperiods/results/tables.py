@@ -514,9 +514,11 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
 
     Given a cube with λ̂ flags (``llc_quality``), every row also says which flags the λ̂
     markers read in (``llc_read_in_flags``, space-separated, empty where none:
-    ``analysis.llc_read_flagged``), so a CSV read cold says what its knees count."""
+    ``analysis.llc_read_flagged``), so a CSV read cold says what its knees count; and
+    every row gives the intervals' level (``interval_level``)."""
     summary = with_lr_schedule(summary)
     read_in = " ".join(read_in_flags(summary)) if "llc_quality" in summary else None
+    level = float(summary.attrs.get("summary_level", summary.attrs.get("level", 0.9)))
     rows = []
     for b in summary["batch_size"].values:
         for r in summary["lr_schedule"].values:
@@ -568,6 +570,7 @@ def summary_table(summary: xr.Dataset) -> pd.DataFrame:
                     cell["restart_deficit_reduction_seeds"])
             if read_in is not None:
                 row["llc_read_in_flags"] = read_in
+            row["interval_level"] = level
             rows.append(row)
     return pd.DataFrame(rows)
 
