@@ -2926,3 +2926,18 @@ def test_the_net_of_descent_reads_its_own_sign() -> None:
     # other flags stay whatever the sign
     cube["llc_quality"][0] = float(FLAGS["negative"] | FLAGS["unstable_step"])
     assert np.isnan(selection.valid_llc(cube, net_of_descent=True).sel(epoch=2.0))
+
+
+def test_a_figure_of_a_stage_that_did_not_run_says_so(tmp_path) -> None:
+    """The workflow asks for the λ̂, divergence and perturbation figures only where their
+    stages ran; called on a cube without them, each says which variable and which config
+    key, not a KeyError."""
+    import re
+
+    from critperiods.results.plots import NEEDS, PLOTTERS
+
+    cube = synthetic_cube(with_llc=False, with_div=False)
+    for figure, (name, key) in NEEDS.items():
+        with pytest.raises(ValueError, match=rf"figure {figure}: the cube has no {name} .*"
+                                             rf"{re.escape(key)} is off"):
+            PLOTTERS[figure](cube, tmp_path / f"{figure}.png")

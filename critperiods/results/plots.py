@@ -328,6 +328,23 @@ def learning_curves(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                              f"{_diverged_note(cube)})")
 
 
+#: What each figure needs in the cube, and the config key that makes it.
+NEEDS = {"llc": ("llc_mean", "llc.enabled"), "llc_traces": ("llc_loss_trace", "llc.enabled"),
+         "divergence": ("div_l2", "divergence.enabled"),
+         "divergence_final": ("div_l2", "divergence.enabled"),
+         "perturbation": ("perturb_lasting_l2", "perturbation.enabled"),
+         "perturbation_growth": ("epsilon", "perturbation.enabled")}
+
+
+def _needs(cube: xr.Dataset, figure: str) -> None:
+    """Raise ValueError, naming the variable and the config key, where the cube lacks what
+    ``figure`` draws (the workflow asks for a figure only where its stage ran)."""
+    name, key = NEEDS[figure]
+    if name not in cube:
+        raise ValueError(f"figure {figure}: the cube has no {name} (its stage did not run: "
+                         f"{key} is off in the run's config)")
+
+
 def _spans_its_range(cube: xr.Dataset, name: str, batch_size: float,
                      interval: np.ndarray | None) -> bool:
     """Whether the knee ``name``'s interval at ``batch_size`` reaches over every epoch a knee
@@ -353,6 +370,7 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     as a bar). Where the run measured the chains' descent (``llc.descent``), λ̂ net of it
     along the trunk and the never-blurred run (dash-dotted) and its knees (diamonds). The
     caption says that λ̂ far from a minimum carries the chains' descent (docs/llc.md)."""
+    _needs(cube, "llc")
     from critperiods.results.tables import llc_flag_counts
 
     diverged = diverged_branches(cube)
@@ -472,6 +490,7 @@ def llc_traces(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     trend or a run-away chain means the step size is off. The panel title gives R-hat and
     the quality flag.
     """
+    _needs(cube, "llc_traces")
     trace = _sel(cube.llc_loss_trace.isel(seed=0), lr_schedule=lr_schedules(cube)[0])
     switches = sorted({cube.switch_epoch.values[0], cube.switch_epoch.values[-1]})
     picks = {}  # (row, column) → (batch size, switch epoch, traces)
@@ -518,6 +537,7 @@ def divergence(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     """L2 distance to the always-blurred run vs epoch: a row per schedule, a panel per batch
     size, a line per switch; runs that diverged to chance are left out (the caption counts
     them)."""
+    _needs(cube, "divergence")
     div = cube.div_l2.sel(reference="blurred")
     _curves_per_switch(div.where(~diverged_branches(cube)), path, dpi, "‖θ − θ_blurred‖ (L2)",
                        marker=".", mark_switch=False,
@@ -535,6 +555,7 @@ def divergence_final(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None
     switch's, the continue schedule's drop where it falls below half (triangles, their
     interval as a bar) and its critical period's end (dotted), with the restart schedule
     dashed beside it."""
+    _needs(cube, "divergence_final")
     kept = ~run_diverged(cube)
     final = cube.sel(epoch=cube.switch_epoch + int(cube.attrs["epochs_after_switch"]))
     horizon = float(cube.attrs.get("summary_horizon", np.nan))
@@ -710,6 +731,7 @@ def perturbation(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
     a line per perturbed run and epsilon (mean over seeds and replicates, bars: the range of
     the seeds' means); dashed grey: the critical-period end (band: its interval); dash-dotted
     grey: the half-deficit epoch; dotted: the switch of the blurred run."""
+    _needs(cube, "perturbation")
     lasting = cube.perturb_lasting_l2
     span = cube.perturb_lasting_l2_seed_range
     schedules = lr_schedules(cube)
@@ -784,6 +806,7 @@ def perturbation_growth(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> N
     over the first steps (top) and over the
     epochs since the perturbation (bottom); a colour per perturbation epoch, a line style per
     run (:func:`_run_styles`: solid for the never-blurred run), named in each panel's title."""
+    _needs(cube, "perturbation_growth")
     eps = float(cube.epsilon.max())
     r = lr_schedules(cube)[0]
     # the copies of a run that diverged to chance follow its blown-up branch, and those of
