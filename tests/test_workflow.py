@@ -648,14 +648,17 @@ def test_perturbation_changes_rerun_only_what_they_invalidate(perturbed, tmp_pat
 
 
 def test_the_readmes_cube_example_runs_on_a_real_cube(run):
-    """The README's "Opening the cube" block, run as written on the tiny run's cube."""
-    text = (ROOT / "README.md").read_text()
-    block = text.split("## Opening the cube")[1].split("```python\n")[1].split("```")[0]
-    assert "results/fmnist_quick/cube.nc" in block
-    code = block.replace("results/fmnist_quick/cube.nc", str(run / "results/tiny/cube.nc"))
-    namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
-    assert namespace["acc"].dims and "critical_period_end" in namespace["cube"]
+    """The README's "Opening the cube" block, and the fuller one in docs/architecture.md,
+    run as written on the tiny run's cube."""
+    for doc, heading in (("README.md", "## Opening the cube"),
+                         ("docs/architecture.md", "### Opening it")):
+        text = (ROOT / doc).read_text()
+        block = text.split(heading)[1].split("```python\n")[1].split("```")[0]
+        assert "results/fmnist_quick/cube.nc" in block
+        code = block.replace("results/fmnist_quick/cube.nc", str(run / "results/tiny/cube.nc"))
+        namespace: dict = {}
+        exec(compile(code, doc, "exec"), namespace)  # noqa: S102 - the docs' own code
+        assert namespace["acc"].dims and "critical_period_end" in namespace["cube"]
 
 
 def test_calibrate_llc_reads_the_config_its_run_recorded(run, capsys):
