@@ -139,9 +139,10 @@ def _critical_period(run: Run, batch_size: float, lr_schedule: str) -> str:
             + (f" ({int(seeds)})" if np.isfinite(seeds) else ""))
 
 
-def _stage_values(cube: xr.Dataset) -> tuple[dict, dict, dict] | None:
-    """``({stage: code fingerprints}, {stage: devices}, {split: data fingerprints})`` of the
-    cube's pieces, from its ``provenance`` attribute (None for a cube without one); the
+def _stage_values(cube: xr.Dataset) -> dict[str, dict[str, frozenset]] | None:
+    """``{"code": {stage: fingerprints}, "data": {split: fingerprints}, "device": {stage:
+    devices}}`` of the cube's pieces, from its ``provenance`` attribute (None for a cube
+    without one); the
     ``train`` stage's are those of the training pieces its results were computed from,
     ``aggregate``'s the code that computed the cube's statistics."""
     import json
@@ -155,8 +156,9 @@ def _stage_values(cube: xr.Dataset) -> tuple[dict, dict, dict] | None:
     code = {k: frozenset(v) for k, v in versions(prov).items()}
     if "code" in prov.get("aggregate", {}):  # its statistics
         code["aggregate"] = frozenset([prov["aggregate"]["code"]])
-    return (code, {k: frozenset(v) for k, v in devices(prov).items()},
-            {k: frozenset(v) for k, v in data_versions(prov).items()})
+    return {"code": code,
+            "data": {k: frozenset(v) for k, v in data_versions(prov).items()},
+            "device": {k: frozenset(v) for k, v in devices(prov).items()}}
 
 
 def provenance_differences(names: Sequence[str], cubes: Sequence[xr.Dataset]) -> list[str]:
@@ -179,16 +181,15 @@ def provenance_differences(names: Sequence[str], cubes: Sequence[xr.Dataset]) ->
                          + ": differences may also be the code's")
     else:
         code_differs = False
-        for which, word, note in ((0, "code", "differences may also be the code's"),
-                                  (2, "data", "the prepared images differ (a config key "
-                                   "above, or the data or their preparation changed)"),
-                                  (1, "device", "results repeat bit for bit only on one "
-                                   "device; differences may also be the hardware's")):
-            stages = sorted({s for r in recorded for s in r[which]})
-            for stage in stages:
-                values = [r[which].get(stage, frozenset()) for r in recorded]
+        for word, note in (("code", "differences may also be the code's"),
+                           ("data", "the prepared images differ (a config key above, or the "
+                            "data or their preparation changed)"),
+                           ("device", "results repeat bit for bit only on one device; "
+                            "differences may also be the hardware's")):
+            for stage in sorted({s for r in recorded for s in r[word]}):
+                values = [r[word].get(stage, frozenset()) for r in recorded]
                 if len(set(values)) > 1:
-                    code_differs |= which in (0, 2)
+                    code_differs |= word != "device"
                     lines.append(f"{word} of {stage}: " + " | ".join(
                         ", ".join(sorted(v)) or "-" for v in values) + f": {note}")
         if not code_differs and len({c for c in commits if c}) > 1:

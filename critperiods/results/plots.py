@@ -401,6 +401,11 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
         ("llc_net_knee_trunk", trunk_color, "d", "knee of λ̂ net of descent, blurred trunk"))
         if name in cube and bool(np.isfinite(cube[name]).any())]
     net = "llc_descent" in cube
+    # the knees whose interval spans every epoch a knee can take: drawn hollow
+    placeless = {(name, b) for name, *_ in markers if f"{name}_interval" in cube
+                 for b in cube.batch_size.values if _spans_its_range(
+                     cube, name, b, shared_by_schedules(
+                         cube[f"{name}_interval"].sel(batch_size=b)).values)}
 
     def overlay(ax: plt.Axes, b, _r: str) -> list:
         """The continue schedule's located end (line, interval shaded), λ̂ net of the
@@ -428,7 +433,7 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
             spread = f"{name}_interval"
             interval = (shared_by_schedules(cube[spread].sel(batch_size=b)).values
                         if spread in cube else None)
-            flagged = flagged or _spans_its_range(cube, name, b, interval)
+            flagged = flagged or (name, b) in placeless
             _marker_at_top(ax, value, interval, height, color, hollow=flagged, shape=shape)
         handles = [plt.Line2D([], [], ls="none", marker=shape, ms=7, color=color, label=text)
                    for _, color, shape, text in markers]
@@ -437,10 +442,8 @@ def llc(cube: xr.Dataset, path: str | Path, dpi: int = 110) -> None:
                                       label="λ̂ net of the chains' descent (llc.descent)"))
         hollow = [shape for name, _, shape, _ in markers for flag, _ in KNEE_FLAGS
                   if f"{name}_{flag}" in cube and bool(cube[f"{name}_{flag}"].any())]
-        hollow += [shape for name, _, shape, _ in markers if any(
-            _spans_its_range(cube, name, c, shared_by_schedules(
-                cube[f"{name}_interval"].sel(batch_size=c)).values)
-            for c in cube.batch_size.values if f"{name}_interval" in cube)]
+        hollow += [shape for name, _, shape, _ in markers
+                   if any(knee == name for knee, _ in placeless)]
         if hollow:  # drawn as the flagged knees are: triangles, or diamonds where only those
             handles.append(plt.Line2D([], [], ls="none", marker=hollow[0], ms=7, color="0.3",
                                       mfc="none",
